@@ -1,0 +1,113 @@
+//! Command-line definitions (clap derive). The man page and shell completions are
+//! generated from these, so help texts here are the documentation.
+
+use crate::args::{parse_fd, parse_fd_map, parse_pid, FdMap};
+use clap::{Parser, Subcommand};
+use fdgrab::{Pid, TargetFd};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Take, steal and hand over the open file descriptors of other processes.
+#[derive(Debug, Parser)]
+#[command(name = "fdgrab", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
+4 permission denied, 5 no such process or fd.")]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List a process's open fds: number, mode, type, device/inode, offset and name.
+    ///
+    /// Nothing in the target is touched: offsets do not move and no socket is grabbed.
+    /// Sockets are resolved in the target's network namespace.
+    Ls(LsArgs),
+    /// Copy fds out of a process and run a command with them installed.
+    ///
+    /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
+    /// with close-on-exec cleared. fdgrab exits with CMD's status.
+    Get(GetArgs),
+    /// Copy a file's content to stdout through one of a process's fds.
+    ///
+    /// Regular files and memfds are read from offset 0 with positional reads, so the
+    /// target's offset does not move; this recovers deleted files and memfds. Pipes,
+    /// sockets and character devices would lose data for the target, so they are read
+    /// only with --consume.
+    Cat(CatArgs),
+    /// Send copies of a process's fds to a unix socket with SCM_RIGHTS.
+    ///
+    /// Each message carries at most 253 fds and the text
+    /// "fdgrab pid=PID fds=N,N,...\n" naming the target's numbers, in order.
+    Send(SendArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (or write one page per command into --dir).
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// The process to list.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// Only these fds. An fd the process does not have is an error (exit 5).
+    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    pub fds: Vec<TargetFd>,
+    /// One JSON document on stdout (schema in README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The process to take fds from.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// FD or FD:NEWFD, one or more.
+    #[arg(required = true, value_parser = parse_fd_map, allow_negative_numbers = true, value_name = "FD[:NEWFD]")]
+    pub fds: Vec<FdMap>,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    pub fd: TargetFd,
+    /// Read pipes, sockets and devices too, taking the data away from the target.
+    #[arg(long)]
+    pub consume: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The fds to send, in order.
+    #[arg(required = true, value_parser = parse_fd, allow_negative_numbers = true)]
+    pub fds: Vec<TargetFd>,
+    /// Path of a listening unix stream socket (`@name` for an abstract one).
+    #[arg(long, value_name = "SOCKET_PATH")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write fdgrab.1 and one fdgrab-COMMAND.1 per command into this directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

@@ -1,0 +1,81 @@
+//! `fdgrab cat`: copy a file's content out through another process's fd.
+
+use crate::cli::CatArgs;
+use anyhow::{Context, Result};
+use fdgrab::{Error, GrabOptions, PidFd};
+use rustix::fs::{fstat, FileType};
+use rustix::io::{pread, read, Errno};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+
+pub fn run(a: CatArgs) -> Result<ExitCode> {
+    let target = PidFd::open(a.pid)?;
+    let g = GrabOptions::new().grab(&target, a.fd)?;
+    let st = fstat(&g.fd).context("fstat on the grabbed fd")?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let mut out = std::io::stdout().lock();
+    match ft {
+        // pread never moves the shared file position, so the target sees no change.
+        FileType::RegularFile | FileType::BlockDevice => copy_positional(&g.fd, &mut out)?,
+        FileType::Directory => {
+            return Err(Error::WrongKind { pid: a.pid, fd: a.fd, reason: "is a directory".into() }.into())
+        }
+        _ if a.consume => copy_consuming(&g.fd, &mut out)?,
+        _ => {
+            let what = match ft {
+                FileType::Fifo => "a pipe",
+                FileType::Socket => "a socket",
+                FileType::CharacterDevice => "a character device",
+                _ => "not a regular file",
+            };
+            return Err(Error::WrongKind {
+                pid: a.pid,
+                fd: a.fd,
+                reason: format!(
+                    "is {what}; reading it takes the data away from the process. Pass --consume to do it anyway"
+                ),
+            }
+            .into());
+        }
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_positional(fd: &OwnedFd, out: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = match pread(fd, &mut buf, off) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e).context("reading the file"),
+        };
+        out.write_all(&buf[..n]).context("writing to stdout")?;
+        off += n as u64;
+    }
+}
+
+fn copy_consuming(fd: &OwnedFd, out: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match read(fd, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            // The description is shared, and the target may have made it non-blocking.
+            Err(Errno::AGAIN) => {
+                let mut pfd = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) | Err(Errno::INTR) => continue,
+                    Err(e) => return Err(e).context("waiting for data on the fd"),
+                }
+            }
+            Err(e) => return Err(e).context("reading from the fd"),
+        };
+        out.write_all(&buf[..n]).context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+    }
+}

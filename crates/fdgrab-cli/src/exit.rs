@@ -1,0 +1,59 @@
+//! Exit codes. They are part of the interface (see README), so each one is a
+//! named variant rather than a number scattered through the code.
+
+use std::process::ExitCode;
+
+/// The documented exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Failure = 1,
+    Usage = 2,
+    Unsupported = 3,
+    PermissionDenied = 4,
+    NoSuchProcessOrFd = 5,
+}
+
+impl From<Code> for ExitCode {
+    fn from(c: Code) -> ExitCode {
+        ExitCode::from(c as u8)
+    }
+}
+
+/// A command-line error that is the user's to fix (exit 2), raised after clap has
+/// accepted the syntax, e.g. two fds mapped to the same number.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Picks the exit code for an error by looking through its chain for a typed cause.
+pub fn code_for(e: &anyhow::Error) -> Code {
+    for cause in e.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return Code::Usage;
+        }
+        if let Some(err) = cause.downcast_ref::<fdgrab::Error>() {
+            return match err {
+                fdgrab::Error::NoSuchProcess { .. } | fdgrab::Error::NoSuchFd { .. } => Code::NoSuchProcessOrFd,
+                fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
+                fdgrab::Error::Unsupported { .. } => Code::Unsupported,
+                fdgrab::Error::InvalidArgument(_) => Code::Usage,
+                _ => Code::Failure,
+            };
+        }
+    }
+    Code::Failure
+}
+
+/// Prints the error chain on stderr and returns its exit code.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    eprintln!("fdgrab: {e:#}");
+    code_for(e).into()
+}

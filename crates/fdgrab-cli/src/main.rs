@@ -1,0 +1,39 @@
+//! The `fdgrab` command. All logic that is not about arguments, output or exit
+//! codes lives in the `fdgrab` library.
+
+mod args;
+mod cli;
+mod cmd;
+mod exit;
+mod spawn;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() { exit::Code::Usage.into() } else { ExitCode::SUCCESS };
+        }
+    };
+    init_tracing(cli.verbose);
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(e) => exit::report(&e),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("FDGRAB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

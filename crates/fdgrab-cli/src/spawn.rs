@@ -1,0 +1,86 @@
+//! Starting a command with descriptors installed at chosen numbers.
+
+use crate::exit::UsageError;
+use anyhow::{Context, Result};
+use rustix::io::{fcntl_dupfd_cloexec, FdFlags};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+
+/// Descriptors to install in a child: `(our fd, number in the child)`.
+#[derive(Debug, Default)]
+pub struct FdPlan {
+    moves: Vec<(OwnedFd, RawFd)>,
+}
+
+impl FdPlan {
+    /// Builds a plan, refusing two fds for the same child number.
+    pub fn new(pairs: Vec<(OwnedFd, RawFd)>) -> Result<Self> {
+        let mut seen = HashSet::new();
+        for (_, to) in &pairs {
+            if !seen.insert(*to) {
+                return Err(UsageError(format!("fd number {to} is the destination of more than one fd")).into());
+            }
+        }
+        // Every source is first moved above every destination, so that installing one
+        // fd can never overwrite another source that is still to be installed. The
+        // copies are close-on-exec; dup2 onto the destination clears that flag.
+        let floor = pairs.iter().map(|(_, to)| *to).max().unwrap_or(0).saturating_add(1).max(3);
+        let mut moves = Vec::with_capacity(pairs.len());
+        for (fd, to) in pairs {
+            let high = fcntl_dupfd_cloexec(&fd, floor).context("duplicating a grabbed fd")?;
+            moves.push((high, to));
+        }
+        Ok(Self { moves })
+    }
+
+    /// Applies the plan to `cmd`, to run in the child between fork and exec.
+    pub fn apply(&self, cmd: &mut Command) {
+        let pairs: Vec<(RawFd, RawFd)> = self.moves.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // dup2 and fcntl, which are async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(from, to) in &pairs {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // dup2 onto the same number is a no-op and would keep FD_CLOEXEC.
+                    let flags = libc::fcntl(to, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Spawns `argv` with `plan` applied.
+pub fn spawn(argv: &[OsString], plan: &FdPlan) -> Result<Child> {
+    let (prog, rest) = argv.split_first().ok_or_else(|| UsageError("no command given after --".into()))?;
+    let mut cmd = Command::new(prog);
+    cmd.args(rest);
+    plan.apply(&mut cmd);
+    cmd.spawn().with_context(|| format!("cannot run '{}'", prog.to_string_lossy()))
+}
+
+/// The exit code a shell would report for `status`: the exit code, or 128+signal.
+pub fn passthrough(status: ExitStatus) -> ExitCode {
+    if let Some(code) = status.code() {
+        ExitCode::from(code as u8)
+    } else if let Some(sig) = status.signal() {
+        ExitCode::from((128 + sig) as u8)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Clears FD_CLOEXEC on one of our fds.
+#[allow(dead_code)]
+pub fn clear_cloexec(fd: &OwnedFd) -> Result<()> {
+    rustix::io::fcntl_setfd(fd, FdFlags::empty()).context("clearing FD_CLOEXEC")
+}

@@ -1,0 +1,90 @@
+//! Typed errors. Every variant that concerns a target names its pid (and fd where
+//! there is one), because "EBADF" alone does not tell a user which of two processes
+//! or descriptors was wrong.
+
+use crate::{Pid, TargetFd};
+use std::io;
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The process (or thread) does not exist, has exited, or was reaped.
+    #[error("process {pid}: no such process (it does not exist, has exited, or was reaped)")]
+    NoSuchProcess { pid: Pid },
+
+    /// The target is alive but has nothing open at that number.
+    #[error("process {pid} has no open fd {fd}")]
+    NoSuchFd { pid: Pid, fd: TargetFd },
+
+    /// The kernel refused the access check (`EPERM`/`EACCES`).
+    #[error("permission denied: {op} on process {pid}{}: {hint}", fd_suffix(*.fd))]
+    PermissionDenied {
+        pid: Pid,
+        fd: Option<TargetFd>,
+        op: &'static str,
+        /// The likely cause, worked out from the target's credentials and the system's
+        /// ptrace policy.
+        hint: String,
+    },
+
+    /// The running kernel lacks a system call or flag we need (`ENOSYS`, or `EINVAL`
+    /// for an unknown flag).
+    #[error("{op} is not supported by this kernel (needs Linux {needs} or later): {source}")]
+    Unsupported {
+        op: &'static str,
+        needs: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Our own fd table is full (`EMFILE`/`ENFILE`).
+    #[error("too many open files in fdgrab while taking fd {fd} from process {pid}")]
+    TooManyFiles { pid: Pid, fd: TargetFd },
+
+    /// An argument that no process could satisfy.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A file we expected to be of one kind is of another (e.g. `cat` on a socket
+    /// without consuming).
+    #[error("process {pid} fd {fd}: {reason}")]
+    WrongKind { pid: Pid, fd: TargetFd, reason: String },
+
+    /// Any other system error, with the operation that hit it.
+    #[error("{op} (process {pid}{}): {source}", fd_suffix(*.fd))]
+    Io {
+        op: &'static str,
+        pid: Pid,
+        fd: Option<TargetFd>,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn fd_suffix(fd: Option<TargetFd>) -> String {
+    fd.map(|fd| format!(", fd {fd}")).unwrap_or_default()
+}
+
+impl Error {
+    /// Builds an `Io` error from a rustix errno.
+    pub(crate) fn io(op: &'static str, pid: Pid, fd: Option<TargetFd>, e: rustix::io::Errno) -> Self {
+        Error::Io { op, pid, fd, source: e.into() }
+    }
+
+    /// The pid the error is about, when it is about one.
+    pub fn pid(&self) -> Option<Pid> {
+        match self {
+            Error::NoSuchProcess { pid }
+            | Error::NoSuchFd { pid, .. }
+            | Error::PermissionDenied { pid, .. }
+            | Error::TooManyFiles { pid, .. }
+            | Error::WrongKind { pid, .. }
+            | Error::Io { pid, .. } => Some(*pid),
+            Error::Unsupported { .. } | Error::InvalidArgument(_) => None,
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! A read-only listing of a process's descriptors, built from `/proc/PID/fd`,
+//! `/proc/PID/fdinfo` and the target's own network namespace.
+//!
+//! Listing never changes the target: nothing is read from its files (offsets stay
+//! put) and no socket is grabbed. `pidfd_getfd` on a socket would rewrite its
+//! cgroup-v1 net_cls/net_prio ids to ours, so sockets are resolved through
+//! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
+
+mod sockets;
+mod unix_diag;
+
+pub use sockets::{Endpoint, SocketInfo};
+
+use crate::error::{Error, Result};
+use crate::pidfd::PidFd;
+use crate::{grab::permission_hint, Pid, TargetFd};
+use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
+use rustix::io::Errno;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+/// What kind of object a descriptor refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FdKind {
+    /// A regular file (memfds are reported as [`FdKind::Memfd`]).
+    File,
+    Dir,
+    /// Character device.
+    Chr,
+    /// Block device.
+    Blk,
+    /// A named FIFO in the file system.
+    Fifo,
+    /// An anonymous pipe (`pipe(2)`).
+    Pipe,
+    Socket,
+    /// An anonymous inode: eventfd, epoll, timerfd, signalfd, pidfd, inotify, bpf, io_uring, ...
+    Anon,
+    /// A `memfd_create(2)` file.
+    Memfd,
+    Symlink,
+    Unknown,
+}
+
+impl FdKind {
+    /// The short upper-case name used in table output (close to `lsof`'s TYPE).
+    pub fn label(self) -> &'static str {
+        match self {
+            FdKind::File => "REG",
+            FdKind::Dir => "DIR",
+            FdKind::Chr => "CHR",
+            FdKind::Blk => "BLK",
+            FdKind::Fifo => "FIFO",
+            FdKind::Pipe => "PIPE",
+            FdKind::Socket => "SOCK",
+            FdKind::Anon => "a_inode",
+            FdKind::Memfd => "MEMFD",
+            FdKind::Symlink => "LINK",
+            FdKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Access mode from `O_ACCMODE`, or `path` for `O_PATH` descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[serde(rename = "r")]
+    Read,
+    #[serde(rename = "w")]
+    Write,
+    #[serde(rename = "rw")]
+    ReadWrite,
+    Path,
+}
+
+impl Access {
+    /// `lsof`'s mode letter.
+    pub fn letter(self) -> char {
+        match self {
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::ReadWrite => 'u',
+            Access::Path => ' ',
+        }
+    }
+}
+
+/// Status flags of the open file description, and the descriptor's close-on-exec bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FdFlags {
+    pub append: bool,
+    pub nonblock: bool,
+    pub cloexec: bool,
+    /// The raw `flags:` value from fdinfo (octal there), for anything not named above.
+    pub raw: u32,
+}
+
+/// One descriptor of the target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FdEntry {
+    pub fd: TargetFd,
+    pub access: Access,
+    pub flags: FdFlags,
+    #[serde(rename = "type")]
+    pub kind: FdKind,
+    /// `major:minor` of the device holding the inode.
+    pub dev: Option<String>,
+    /// `major:minor` of a character or block device itself.
+    pub rdev: Option<String>,
+    pub inode: Option<u64>,
+    /// Size in bytes for regular files and memfds.
+    pub size: Option<u64>,
+    /// The file position (`pos:` in fdinfo).
+    pub offset: Option<u64>,
+    pub mnt_id: Option<u64>,
+    /// What `/proc/PID/fd/N` points at, exactly as the kernel says it.
+    pub link: String,
+    /// The file's path for path-backed descriptors, without the " (deleted)" suffix.
+    pub path: Option<String>,
+    /// The file was unlinked while open (it can still be recovered through the fd).
+    pub deleted: bool,
+    /// For anonymous inodes: eventfd, epoll, timerfd, signalfd, pidfd, inotify,
+    /// fanotify, bpf, io_uring, userfaultfd, ... (`bpf-map`-like names keep their detail
+    /// in `link`).
+    pub anon: Option<String>,
+    /// For memfds: the name given to `memfd_create`.
+    pub memfd: Option<String>,
+    pub socket: Option<SocketInfo>,
+}
+
+impl FdEntry {
+    /// A one-line human description, as in `lsof`'s NAME column.
+    pub fn display_name(&self) -> String {
+        match (&self.socket, self.kind) {
+            (Some(s), _) => s.describe(),
+            (None, FdKind::Pipe) => self.link.clone(),
+            (None, FdKind::Memfd) => {
+                format!("memfd:{}", self.memfd.as_deref().unwrap_or(""))
+            }
+            _ => self.link.clone(),
+        }
+    }
+}
+
+/// The descriptors of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inventory {
+    pub pid: Pid,
+    pub fds: Vec<FdEntry>,
+}
+
+const O_PATH_BIT: u32 = 0o10000000;
+const O_APPEND_BIT: u32 = 0o2000;
+const O_NONBLOCK_BIT: u32 = 0o4000;
+const O_CLOEXEC_BIT: u32 = 0o2000000;
+
+/// Lists every descriptor of the process behind `target`.
+///
+/// Descriptors opened or closed while we read are either included or not; a
+/// descriptor closed between `readlink` and `fdinfo` is skipped. If the process
+/// itself exits during the listing, the result is [`Error::NoSuchProcess`] rather
+/// than a partial list that could belong to a recycled pid.
+pub fn inventory(target: &PidFd) -> Result<Inventory> {
+    let pid = target.pid();
+    let proc_dir = openat(
+        rustix::fs::CWD,
+        format!("/proc/{pid}"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
+    let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+    let fdinfo_dir =
+        openat(&proc_dir, "fdinfo", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
+
+    let mut numbers = Vec::new();
+    let mut dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+    while let Some(entry) = dir.next() {
+        let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+
+    let mut reader = EntryReader { pid, fd_dir: &fd_dir, fdinfo_dir: &fdinfo_dir, fs_devs: HashMap::new() };
+    let mut fds = Vec::with_capacity(numbers.len());
+    for n in numbers {
+        if let Some(e) = reader.read(n)? {
+            fds.push(e);
+        }
+    }
+
+    if fds.iter().any(|e| e.kind == FdKind::Socket) {
+        let table = sockets::SocketTable::load(pid, &proc_dir)?;
+        for e in fds.iter_mut().filter(|e| e.kind == FdKind::Socket) {
+            if let Some(ino) = e.inode {
+                e.socket = Some(table.lookup(ino, &fd_dir, e.fd));
+            }
+        }
+    }
+
+    if !target.is_alive() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    Ok(Inventory { pid, fds })
+}
+
+/// Opens `pid` and lists its descriptors.
+pub fn inventory_pid(pid: Pid) -> Result<Inventory> {
+    inventory(&PidFd::open(pid)?)
+}
+
+fn proc_error(pid: Pid, op: &'static str, e: Errno) -> Error {
+    match e {
+        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied { pid, fd: None, op, hint: permission_hint(pid) },
+        e => Error::io(op, pid, None, e),
+    }
+}
+
+struct EntryReader<'a> {
+    pid: Pid,
+    fd_dir: &'a OwnedFd,
+    fdinfo_dir: &'a OwnedFd,
+    /// Pipes, sockets and most anon inodes share one pseudo file system each, so
+    /// their device number is looked up once per kind rather than per fd.
+    fs_devs: HashMap<&'static str, Option<u64>>,
+}
+
+struct FdInfo {
+    pos: Option<u64>,
+    flags: u32,
+    mnt_id: Option<u64>,
+}
+
+impl EntryReader<'_> {
+    fn read(&mut self, n: i32) -> Result<Option<FdEntry>> {
+        let name = itoa(n);
+        let link = match readlinkat(self.fd_dir, name.as_str(), Vec::new()) {
+            Ok(l) => l.to_string_lossy().into_owned(),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
+        };
+        let Some(info) = self.fdinfo(&name)? else { return Ok(None) };
+        let fd = TargetFd(n);
+        let flags = FdFlags {
+            append: info.flags & O_APPEND_BIT != 0,
+            nonblock: info.flags & O_NONBLOCK_BIT != 0,
+            cloexec: info.flags & O_CLOEXEC_BIT != 0,
+            raw: info.flags,
+        };
+        let access = if info.flags & O_PATH_BIT != 0 {
+            Access::Path
+        } else {
+            match info.flags & 0o3 {
+                0 => Access::Read,
+                1 => Access::Write,
+                _ => Access::ReadWrite,
+            }
+        };
+        let mut e = FdEntry {
+            fd,
+            access,
+            flags,
+            kind: FdKind::Unknown,
+            dev: None,
+            rdev: None,
+            inode: None,
+            size: None,
+            offset: info.pos,
+            mnt_id: info.mnt_id,
+            link: String::new(),
+            path: None,
+            deleted: false,
+            anon: None,
+            memfd: None,
+            socket: None,
+        };
+
+        if let Some(ino) = bracketed(&link, "socket:[") {
+            e.kind = FdKind::Socket;
+            e.inode = Some(ino);
+            e.dev = self.shared_dev("sockfs", &name);
+        } else if let Some(ino) = bracketed(&link, "pipe:[") {
+            e.kind = FdKind::Pipe;
+            e.inode = Some(ino);
+            e.dev = self.shared_dev("pipefs", &name);
+        } else if let Some(kind) = link.strip_prefix("anon_inode:") {
+            e.kind = FdKind::Anon;
+            e.anon = Some(anon_kind(kind));
+            self.fill_from_stat(&mut e, &name);
+            // Everything on anon_inodefs shares one inode; only pidfs and a few
+            // others have real ones, and stat() tells which.
+            e.kind = FdKind::Anon;
+        } else {
+            self.fill_from_stat(&mut e, &name);
+            let (path, deleted_suffix) = match link.strip_suffix(" (deleted)") {
+                Some(p) => (p.to_string(), true),
+                None => (link.clone(), false),
+            };
+            if let Some(memfd) = path.strip_prefix("/memfd:") {
+                e.kind = FdKind::Memfd;
+                e.memfd = Some(memfd.to_string());
+                e.deleted = false;
+            } else {
+                e.deleted = e.deleted || deleted_suffix;
+                if path.starts_with('/') {
+                    e.path = Some(path);
+                }
+            }
+        }
+        e.link = link;
+        Ok(Some(e))
+    }
+
+    fn fdinfo(&self, name: &str) -> Result<Option<FdInfo>> {
+        let file = match openat(self.fdinfo_dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(f) => f,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(proc_error(self.pid, "open /proc/PID/fdinfo/N", e)),
+        };
+        // The fields we need are the first lines; the rest (epoll targets, inotify
+        // watches) can be long and is not needed.
+        let mut buf = [0u8; 512];
+        let len = loop {
+            match rustix::io::read(&file, &mut buf) {
+                Ok(n) => break n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(proc_error(self.pid, "read /proc/PID/fdinfo/N", e)),
+            }
+        };
+        let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
+        let mut info = FdInfo { pos: None, flags: 0, mnt_id: None };
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(':') else { continue };
+            let v = v.trim();
+            match k {
+                "pos" => info.pos = v.parse().ok(),
+                "flags" => info.flags = u32::from_str_radix(v, 8).unwrap_or(0),
+                "mnt_id" => info.mnt_id = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Ok(Some(info))
+    }
+
+    fn fill_from_stat(&self, e: &mut FdEntry, name: &str) {
+        let Ok(st) = statat(self.fd_dir, name, AtFlags::empty()) else { return };
+        let mode = st.st_mode & libc::S_IFMT;
+        e.kind = match mode {
+            libc::S_IFREG => FdKind::File,
+            libc::S_IFDIR => FdKind::Dir,
+            libc::S_IFCHR => FdKind::Chr,
+            libc::S_IFBLK => FdKind::Blk,
+            libc::S_IFIFO => FdKind::Fifo,
+            libc::S_IFSOCK => FdKind::Socket,
+            libc::S_IFLNK => FdKind::Symlink,
+            _ => FdKind::Unknown,
+        };
+        e.dev = Some(devstr(st.st_dev));
+        e.inode = Some(st.st_ino);
+        if matches!(e.kind, FdKind::Chr | FdKind::Blk) {
+            e.rdev = Some(devstr(st.st_rdev));
+        }
+        if matches!(e.kind, FdKind::File | FdKind::Dir) {
+            e.size = Some(st.st_size as u64);
+        }
+        if e.kind == FdKind::File && st.st_nlink == 0 {
+            e.deleted = true;
+        }
+    }
+
+    fn shared_dev(&mut self, fs: &'static str, name: &str) -> Option<String> {
+        let fd_dir = self.fd_dir;
+        let dev = *self
+            .fs_devs
+            .entry(fs)
+            .or_insert_with(|| statat(fd_dir, name, AtFlags::empty()).ok().map(|st| st.st_dev));
+        dev.map(devstr)
+    }
+}
+
+fn bracketed(link: &str, prefix: &str) -> Option<u64> {
+    link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+}
+
+fn anon_kind(raw: &str) -> String {
+    let k = raw.trim_start_matches('[').trim_end_matches(']');
+    match k {
+        "eventpoll" => "epoll".into(),
+        k if k.starts_with("bpf") => "bpf".into(),
+        k => k.to_string(),
+    }
+}
+
+fn devstr(dev: u64) -> String {
+    format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+}
+
+/// Formats a small non-negative integer without going through `fmt`.
+fn itoa(mut n: i32) -> String {
+    if n == 0 {
+        return "0".into();
+    }
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    String::from_utf8_lossy(&digits[i..]).into_owned()
+}
+
+/// Whether two fds are in the same network namespace as us (used by tests and the
+/// socket resolver).
+pub(crate) fn same_netns(pid: Pid, proc_dir: impl AsFd) -> Option<bool> {
+    let theirs = statat(proc_dir, "ns/net", AtFlags::empty()).ok()?;
+    let ours = rustix::fs::stat("/proc/self/ns/net").ok()?;
+    let _ = pid;
+    Some(theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev)
+}

@@ -1,0 +1,62 @@
+//! Small readers for `/proc` files. They fall back gracefully: `/proc` is the slow
+//! path behind ioctls and syscalls, and a missing field is not worth failing over.
+
+use crate::Pid;
+use std::fs;
+
+/// Fields of `/proc/PID/status` that we use.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Status {
+    pub tgid: Option<Pid>,
+    pub ppid: Option<Pid>,
+    /// real, effective, saved, fs
+    pub uids: Option<[u32; 4]>,
+    pub gids: Option<[u32; 4]>,
+}
+
+pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut st = Status::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        match key {
+            "Tgid" => st.tgid = value.parse().ok(),
+            "PPid" => st.ppid = value.parse().ok(),
+            "Uid" => st.uids = parse4(value),
+            "Gid" => st.gids = parse4(value),
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+fn parse4(value: &str) -> Option<[u32; 4]> {
+    let mut it = value.split_whitespace().map(|v| v.parse::<u32>());
+    Some([it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?])
+}
+
+/// The thread ids of a process, from `/proc/PID/task`.
+pub(crate) fn tasks(pid: Pid) -> std::io::Result<Vec<Pid>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            out.push(tid);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `/proc/sys/kernel/yama/ptrace_scope`, when Yama is built in.
+pub(crate) fn yama_ptrace_scope() -> Option<u32> {
+    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?.trim().parse().ok()
+}
+
+/// The cgroup v2 id of a process: the inode number of its cgroup directory.
+pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    fs::metadata(format!("/sys/fs/cgroup{path}")).ok().map(|m| m.ino())
+}

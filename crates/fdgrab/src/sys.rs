@@ -1,0 +1,100 @@
+//! The few raw system calls and ioctls that rustix does not wrap. All of this
+//! crate's `unsafe` outside the ptrace engine lives here.
+
+use rustix::io::Errno;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// `struct pidfd_info` from `<linux/pidfd.h>`, version 0 (64 bytes, Linux 6.13).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PidfdInfo {
+    pub mask: u64,
+    pub cgroupid: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub ruid: u32,
+    pub rgid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub suid: u32,
+    pub sgid: u32,
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub spare0: u32,
+}
+
+pub(crate) const PIDFD_INFO_PID: u64 = 1 << 0;
+pub(crate) const PIDFD_INFO_CREDS: u64 = 1 << 1;
+pub(crate) const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
+
+/// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16)
+    | (0xFF << 8)
+    | 11;
+
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+
+/// `ioctl(pidfd, PIDFD_GET_INFO, &info)`. Kernels before 6.13 answer `ENOTTY` (or
+/// `EINVAL` on some 6.1x), which callers treat as "not supported".
+pub(crate) fn pidfd_get_info(pidfd: impl AsFd, mask: u64) -> Result<PidfdInfo, Errno> {
+    let mut info = PidfdInfo { mask, ..Default::default() };
+    // SAFETY: `info` is a properly sized, writable `struct pidfd_info`; the ioctl
+    // number encodes exactly that size, so the kernel writes within it.
+    let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(info)
+    }
+}
+
+/// `KCMP_FILE` from `<linux/kcmp.h>`.
+const KCMP_FILE: libc::c_int = 0;
+
+/// `kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)`: `Ok(true)` when both fds refer to the
+/// same open file description. Needs `CONFIG_KCMP` (absent kernels give `ENOSYS`)
+/// and ptrace-read access to both processes.
+pub(crate) fn kcmp_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; no memory is passed to the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1 as libc::c_long,
+            pid2 as libc::c_long,
+            KCMP_FILE as libc::c_long,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(r == 0)
+    }
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)` with any signal number, 0 and real-time
+/// signals included (rustix's wrapper takes only named, non-zero signals).
+pub(crate) fn pidfd_send_signal(pidfd: impl AsFd, sig: i32) -> Result<(), Errno> {
+    // SAFETY: a null siginfo pointer and zero flags; the kernel reads no memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_fd().as_raw_fd() as libc::c_long,
+            sig as libc::c_long,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
