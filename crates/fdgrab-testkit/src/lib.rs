@@ -1,1 +1,223 @@
+//! Shared helpers for fdgrab's integration tests: finding the workspace's binaries,
+//! spawning real target processes that report their own view of their fds, and
+//! running commands with a hard timeout so that no test can hang CI.
 
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default limit for anything a test waits on.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of a binary built from this workspace (`fdgrab`, `fdgrab-target`, ...).
+///
+/// Test executables live in `target/<profile>/deps/`; the binaries one level up.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The `fdgrab` command.
+pub fn fdgrab() -> Command {
+    Command::new(bin("fdgrab"))
+}
+
+/// A spawned `fdgrab-target` (or any process that prints one JSON line when ready).
+/// It is killed and reaped on drop.
+#[allow(missing_debug_implementations)]
+pub struct Target {
+    pub child: Child,
+    pub pid: i32,
+    /// The first JSON line the target printed: its own view of what it opened.
+    pub report: Value,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Target {
+    /// Runs `fdgrab-target ARGS...` and waits for its report.
+    pub fn spawn<I, S>(args: I) -> Target
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(bin("fdgrab-target"));
+        cmd.args(args);
+        Target::spawn_cmd(cmd)
+    }
+
+    /// Runs `cmd` (stdin/stdout piped) and waits for its first line of JSON.
+    pub fn spawn_cmd(mut cmd: Command) -> Target {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning the target");
+        let pid = child.id() as i32;
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let line = read_line_timeout(&mut stdout, TIMEOUT).unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!("target {pid} did not report: {e}")
+        });
+        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"));
+        let stdin = child.stdin.take();
+        Target { child, pid, report, stdin, stdout: Some(stdout) }
+    }
+
+    /// Reads the next line the target prints, with a timeout.
+    pub fn next_line(&mut self) -> String {
+        read_line_timeout(self.stdout.as_mut().expect("stdout"), TIMEOUT).expect("target line")
+    }
+
+    /// Closes the target's stdin (the zoo target exits on EOF) and waits.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        wait_timeout(&mut self.child, TIMEOUT).expect("target did not exit")
+    }
+
+    /// The report entry for fd `fd`.
+    pub fn fd_report(&self, fd: i64) -> &Value {
+        self.report["fds"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["fd"].as_i64() == Some(fd)))
+            .unwrap_or_else(|| panic!("no fd {fd} in report"))
+    }
+
+    /// The number of the fd the target labelled `label`.
+    pub fn fd_labelled(&self, label: &str) -> i32 {
+        self.report["fds"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["label"] == label))
+            .and_then(|e| e["fd"].as_i64())
+            .unwrap_or_else(|| panic!("no fd labelled {label}")) as i32
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one line, failing after `timeout`.
+pub fn read_line_timeout<R: Read + AsFd>(r: &mut BufReader<R>, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    loop {
+        if !r.buffer().is_empty() {
+            let buf = r.buffer();
+            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buf[..pos]);
+                r.consume(pos + 1);
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            let n = buf.len();
+            line.extend_from_slice(buf);
+            r.consume(n);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out after {timeout:?}"));
+        }
+        if !poll_readable(r.get_ref().as_fd(), left) {
+            continue;
+        }
+        let got = r.fill_buf().map_err(|e| e.to_string())?;
+        if got.is_empty() {
+            return Err(format!("EOF before a full line (got {:?})", String::from_utf8_lossy(&line)));
+        }
+    }
+}
+
+impl AsFd for Target {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stdout.as_ref().expect("stdout").get_ref().as_fd()
+    }
+}
+
+fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd on the stack, count 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    r > 0
+}
+
+/// Waits for `child`, killing it after `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("process {} still running after {timeout:?}; killed", child.id()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `cmd` to completion with captured output, killing it after `timeout`.
+pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+}
+
+/// Runs `fdgrab ARGS...` with the default timeout.
+pub fn run_fdgrab<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    output_timeout(fdgrab().args(args), TIMEOUT)
+}
+
+/// `major:minor` as the inventory prints it.
+pub fn devstr(dev: u64) -> String {
+    let (ma, mi) = (libc::major(dev), libc::minor(dev));
+    format!("{ma}:{mi}")
+}
+
+/// Whether we run as root (the integration tests need it; CI runs as root).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Reads `/proc/PID/fdinfo/FD`'s `pos:` field.
+pub fn proc_offset(pid: i32, fd: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+    text.lines()
+        .find_map(|l| l.strip_prefix("pos:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("pos field")
+}
