@@ -52,6 +52,34 @@ pub fn parse_fd_map(s: &str) -> Result<FdMap, String> {
     Ok(FdMap { fd, new_fd })
 }
 
+/// A socket selector for `exec` (`tcp:*:8080`, `unix:/run/x.sock`, `fd:3`, `*`).
+pub fn parse_selector(s: &str) -> Result<fdgrab::activation::Selector, String> {
+    s.parse()
+}
+
+/// A signal by name or number (`TERM`, `SIGHUP`, `15`).
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    fdgrab::signalfd::parse_signal(s)
+}
+
+/// A duration: a number with a unit (`250ms`, `2s`, `1.5s`, `1m`), or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (expected e.g. 500ms, 2s, 1.5s, 1m)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("'{other}' in '{s}' is not a time unit (ms, s, m, h)")),
+    };
+    std::time::Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration '{s}' is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +103,16 @@ mod tests {
         assert!(parse_fd_map("3:-1").unwrap_err().contains("NEWFD"));
         assert!(parse_fd_map("99999999999").unwrap_err().contains("out of range"));
         assert!(parse_fd_map("x").unwrap_err().contains("'x'"));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").unwrap_err().contains("'soon'"));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("time unit"));
     }
 }

@@ -54,6 +54,15 @@ pub enum Error {
     #[error("process {pid} fd {fd}: {reason}")]
     WrongKind { pid: Pid, fd: TargetFd, reason: String },
 
+    /// A socket selector (`fdgrab exec`) matched none of the target's sockets.
+    #[error("process {pid} has no socket matching '{selector}'; {available}")]
+    NoMatchingSocket {
+        pid: Pid,
+        selector: String,
+        /// What the process does listen on, for the user to pick from.
+        available: String,
+    },
+
     /// Any other system error, with the operation that hit it.
     #[error("{op} (process {pid}{}): {source}", fd_suffix(*.fd))]
     Io {
@@ -83,6 +92,7 @@ impl Error {
             | Error::PermissionDenied { pid, .. }
             | Error::TooManyFiles { pid, .. }
             | Error::WrongKind { pid, .. }
+            | Error::NoMatchingSocket { pid, .. }
             | Error::Io { pid, .. } => Some(*pid),
             Error::Unsupported { .. } | Error::InvalidArgument(_) => None,
         }

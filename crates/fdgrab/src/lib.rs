@@ -8,11 +8,13 @@
 //! The library never prints and never exits; it emits `tracing` events and returns
 //! [`Error`] values that carry the pid, the fd and the operation that failed.
 
+pub mod activation;
 pub mod error;
 pub mod grab;
 pub mod inventory;
 pub mod passfd;
 pub mod pidfd;
+pub mod signalfd;
 mod procfs;
 mod sys;
 

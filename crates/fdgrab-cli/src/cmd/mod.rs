@@ -2,6 +2,7 @@
 
 mod cat;
 mod docs;
+mod exec;
 mod get;
 mod ls;
 mod send;
@@ -15,6 +16,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Exec(a) => exec::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }

@@ -1,0 +1,180 @@
+//! `fdgrab exec`: hand a running server's sockets to a new server through systemd
+//! socket activation, and retire the old server only once the new one is ready.
+
+use crate::cli::ExecArgs;
+use crate::exit::UsageError;
+use crate::spawn::passthrough;
+use anyhow::{bail, Context, Result};
+use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
+use fdgrab::signalfd::{signal_name, SignalFd};
+use fdgrab::PidFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitCode, ExitStatus};
+use std::time::Duration;
+
+/// How long a new server that failed to start gets to shut down after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The signals fdgrab passes on to the new server.
+const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+pub fn run(a: ExecArgs) -> Result<ExitCode> {
+    if !a.names.is_empty() && a.names.len() != a.selectors.len() {
+        return Err(UsageError(format!(
+            "{} --name values for {} selectors; give one per selector, or none",
+            a.names.len(),
+            a.selectors.len()
+        ))
+        .into());
+    }
+    for name in &a.names {
+        activation::check_fd_name(name).map_err(|e| UsageError(format!("--name: {e}")))?;
+    }
+    if a.steal {
+        steal_available()?;
+    }
+    let program = activation::find_program(&a.cmd[0])?;
+    // Blocked before anything is started, so that a ^C during the handover is seen
+    // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
+    let signals = SignalFd::block(&FORWARDED)?;
+
+    let target = PidFd::open(a.pid)?;
+    let taken = activation::take_sockets(&target, &a.selectors)
+        .with_context(|| format!("choosing sockets of process {}", a.pid))?;
+    let names: Vec<String> = taken
+        .iter()
+        .map(|t| match a.names.get(t.selected.selector) {
+            Some(n) => n.clone(),
+            None => a.selectors[t.selected.selector].default_fd_name(),
+        })
+        .collect();
+
+    let notify = NotifySocket::bind()?;
+    let cmd = ActivationCommand {
+        program,
+        argv: a.cmd.clone(),
+        names,
+        notify_socket: Some(notify.address().to_string()),
+        new_session: a.detach,
+    };
+    let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
+    let mut child = activation::spawn(&cmd, &fds)?;
+    // The child has its own copies. Ours must go now: if the new server dies later,
+    // a listening socket kept open only by fdgrab would queue connections nobody takes.
+    drop(fds);
+    let summary = describe_taken(&taken);
+    let target_fds: Vec<fdgrab::TargetFd> =
+        taken.iter().flat_map(|t| t.selected.target_fds.iter().copied()).collect();
+    drop(taken);
+
+    let new_pid = child.pid();
+    let outcome = child.wait_ready(Some(&notify), Some(&signals), a.ready_timeout, a.start_timeout)?;
+    drop(notify);
+    let how = match outcome {
+        Ok(how) => how,
+        Err(why) => {
+            let reason = match why {
+                NotReady::Exited(st) => format!("exited ({}) before it was ready", describe_status(st)),
+                NotReady::TimedOut(t) => {
+                    let st = child.terminate(STOP_GRACE)?;
+                    format!(
+                        "sent no READY=1 within {t:?} (stopped it: {}); if it does not speak sd_notify, \
+                         use --ready-timeout",
+                        describe_status(st)
+                    )
+                }
+                NotReady::Interrupted(sig) => {
+                    let st = child.terminate(STOP_GRACE)?;
+                    format!(
+                        "was not ready yet when fdgrab received {} (stopped it: {})",
+                        signal_name(sig),
+                        describe_status(st)
+                    )
+                }
+            };
+            bail!(
+                "new server {new_pid} ({}) {reason}; process {} was not touched and keeps its sockets",
+                a.cmd[0].to_string_lossy(),
+                a.pid
+            );
+        }
+    };
+
+    if a.steal {
+        steal(&target, &target_fds, &mut child)?;
+    }
+    let how = match how {
+        Readiness::Notified => "sent READY=1".to_string(),
+        Readiness::Assumed(t) => format!("still running after {t:?}"),
+    };
+    eprintln!("fdgrab: new server {new_pid} is ready ({how}); it has {summary} from process {}", a.pid);
+    if let Some(sig) = a.signal_old {
+        match target.send_signal(sig) {
+            Ok(()) => eprintln!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
+            Err(fdgrab::Error::NoSuchProcess { .. }) => {
+                eprintln!("fdgrab: old server {} has already exited; no signal sent", a.pid)
+            }
+            Err(e) => return Err(e).context("signalling the old server (the new server keeps running)"),
+        }
+    }
+    if a.detach {
+        println!("{new_pid}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait_forwarding(&signals)?;
+    Ok(passthrough(status))
+}
+
+fn describe_taken(taken: &[TakenSocket]) -> String {
+    let parts: Vec<String> = taken
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let s = &t.selected;
+            let nums: Vec<String> = s.target_fds.iter().map(|f| f.to_string()).collect();
+            format!(
+                "fd {} = {} {} (old fd {})",
+                activation::LISTEN_FDS_START + i as i32,
+                s.info.protocol.as_deref().unwrap_or(&s.info.family),
+                describe_endpoint(&s.info),
+                nums.join(",")
+            )
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn describe_endpoint(info: &fdgrab::inventory::SocketInfo) -> String {
+    match &info.local {
+        Some(l) => match (l.ip(), l.port, &l.path) {
+            (Some(std::net::IpAddr::V6(ip)), Some(p), _) => format!("[{ip}]:{p}"),
+            (Some(ip), Some(p), _) => format!("{ip}:{p}"),
+            (_, _, Some(path)) => path.clone(),
+            _ => "?".into(),
+        },
+        None => "?".into(),
+    }
+}
+
+fn describe_status(st: ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (_, Some(s)) => format!("killed by {}", signal_name(s)),
+        _ => st.to_string(),
+    }
+}
+
+/// `--steal` closes the sockets in the old server with the ptrace engine.
+fn steal_available() -> Result<()> {
+    Err(fdgrab::Error::Unsupported {
+        op: "fdgrab exec --steal",
+        needs: "the ptrace injection engine (not in this build)",
+        source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+    }
+    .into())
+}
+
+fn steal(_target: &PidFd, _fds: &[fdgrab::TargetFd], _child: &mut activation::ActivatedChild) -> Result<()> {
+    steal_available()
+}

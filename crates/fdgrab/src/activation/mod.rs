@@ -1,0 +1,467 @@
+//! systemd socket activation for sockets taken out of a running process.
+//!
+//! The pieces of a zero-downtime handover, in the order they are used:
+//! 1. [`select`] picks sockets from the target's [`inventory`] by [`Selector`], and
+//!    [`take_sockets`] copies them with `pidfd_getfd`, checking that each copy is the
+//!    socket the inventory saw;
+//! 2. [`spawn`] starts the new server as systemd would: the sockets at fd 3, 4, …
+//!    without `FD_CLOEXEC`, `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` set to the
+//!    child's own pid after fork, optionally `NOTIFY_SOCKET`, and nothing else of ours;
+//! 3. [`ActivatedChild::wait_ready`] waits for `READY=1` (or for a grace time) while
+//!    watching for the child's exit and for signals.
+//!
+//! Nothing here changes the old server: the copies share its open file
+//! descriptions, and what happens to it afterwards is the caller's decision.
+
+pub mod notify;
+pub mod selector;
+
+pub use notify::{Notification, NotifySocket};
+pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
+
+use crate::error::{Error, Result};
+use crate::inventory::{inventory, FdEntry, Inventory, SocketInfo};
+use crate::pidfd::PidFd;
+use crate::signalfd::SignalFd;
+use crate::sys::{self, ChildSession, ChildStage, ExecImage};
+use crate::{Pid, TargetFd};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// The first descriptor number of passed sockets (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: i32 = 3;
+
+/// A socket chosen for handover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// Index of the selector that chose it (for its `LISTEN_FDNAMES` entry).
+    pub selector: usize,
+    /// Every number the socket has in the target, lowest first: a socket dup'd to
+    /// several numbers is one socket and is passed once.
+    pub target_fds: Vec<TargetFd>,
+    pub inode: u64,
+    pub info: SocketInfo,
+}
+
+/// A selected socket with our copy of it.
+#[derive(Debug)]
+pub struct TakenSocket {
+    pub selected: Selected,
+    /// Our copy (close-on-exec), sharing the target's open file description.
+    pub fd: OwnedFd,
+}
+
+/// Chooses sockets of `inv` for `selectors`, in selector order and, within one
+/// selector, in the target's fd order.
+///
+/// Every member of an `SO_REUSEPORT` group is taken together, also for `fd:N`. A
+/// socket chosen by two selectors is passed once, under the first. A selector that
+/// matches nothing is an error listing what the process does listen on.
+pub fn select(inv: &Inventory, selectors: &[Selector]) -> Result<Vec<Selected>> {
+    let pid = inv.pid;
+    let resolve = |rel: &str| {
+        std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|cwd| cwd.join(rel).to_string_lossy().into_owned())
+    };
+    let mut chosen: Vec<Selected> = Vec::new();
+    let mut by_inode: HashMap<u64, usize> = HashMap::new();
+    for (index, sel) in selectors.iter().enumerate() {
+        let mut hits: Vec<&FdEntry> = inv.fds.iter().filter(|e| sel.matches(e, resolve)).collect();
+        if let Selector::Fd(fd) = sel {
+            let Some(entry) = hits.first().copied() else {
+                return Err(Error::NoSuchFd { pid, fd: *fd });
+            };
+            let Some(sock) = entry.socket.as_ref().filter(|_| entry.inode.is_some()) else {
+                return Err(Error::WrongKind {
+                    pid,
+                    fd: *fd,
+                    reason: format!("'{}' is not a socket; only sockets can be handed over", entry.link),
+                });
+            };
+            if !is_listening_or_bound(sock) {
+                return Err(Error::WrongKind {
+                    pid,
+                    fd: *fd,
+                    reason: format!(
+                        "{} {} is not listening or bound, so a new server could not serve it",
+                        sock.protocol.as_deref().unwrap_or(&sock.family),
+                        entry.display_name()
+                    ),
+                });
+            }
+            hits.extend(inv.fds.iter().filter(|e| {
+                e.fd != *fd
+                    && e.socket.as_ref().is_some_and(|s| is_listening_or_bound(s) && selector::same_group(s, sock))
+            }));
+            hits.sort_by_key(|e| e.fd);
+        }
+        if hits.is_empty() {
+            return Err(Error::NoMatchingSocket { pid, selector: sel.to_string(), available: describe_listeners(inv) });
+        }
+        for entry in hits {
+            let (Some(inode), Some(info)) = (entry.inode, entry.socket.as_ref()) else { continue };
+            match by_inode.get(&inode) {
+                Some(&i) => {
+                    if !chosen[i].target_fds.contains(&entry.fd) {
+                        chosen[i].target_fds.push(entry.fd);
+                        chosen[i].target_fds.sort();
+                    }
+                }
+                None => {
+                    by_inode.insert(inode, chosen.len());
+                    chosen.push(Selected { selector: index, target_fds: vec![entry.fd], inode, info: info.clone() });
+                }
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// What a process listens on, for error messages.
+pub fn describe_listeners(inv: &Inventory) -> String {
+    let list: Vec<String> = inv
+        .fds
+        .iter()
+        .filter(|e| e.socket.as_ref().is_some_and(is_listening_or_bound))
+        .map(|e| {
+            let s = e.socket.as_ref().map(|s| s.protocol.clone().unwrap_or_else(|| s.family.clone()));
+            format!("fd {} {} {}", e.fd, s.unwrap_or_default(), e.display_name())
+        })
+        .collect();
+    if list.is_empty() {
+        "it has no listening or bound sockets".into()
+    } else {
+        format!("it listens on: {}", list.join(", "))
+    }
+}
+
+/// Lists the target's fds, selects, and copies the chosen sockets out of it.
+///
+/// Each copy is checked to be the socket the inventory saw (same inode): the target
+/// may close a number and reuse it between the listing and the copy.
+pub fn take_sockets(target: &PidFd, selectors: &[Selector]) -> Result<Vec<TakenSocket>> {
+    let inv = inventory(target)?;
+    let selected = select(&inv, selectors)?;
+    let mut taken = Vec::with_capacity(selected.len());
+    for sel in selected {
+        let fd = sel.target_fds[0];
+        let ours = crate::grab::grab(target, fd)?;
+        let st = rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
+        if st.st_ino != sel.inode {
+            return Err(Error::WrongKind {
+                pid: target.pid(),
+                fd,
+                reason: format!(
+                    "the fd changed while it was being taken (was socket:[{}], now inode {})",
+                    sel.inode, st.st_ino
+                ),
+            });
+        }
+        tracing::debug!(pid = target.pid(), fd = fd.as_raw(), inode = sel.inode, "took socket");
+        taken.push(TakenSocket { selected: sel, fd: ours });
+    }
+    Ok(taken)
+}
+
+/// Checks a `LISTEN_FDNAMES` entry the way systemd does: at most 255 printable
+/// ASCII characters, no `:` (the separator).
+pub fn check_fd_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("an fd name cannot be empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("fd name '{name}' is longer than 255 characters"));
+    }
+    if let Some(c) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
+        return Err(format!("fd name '{name}' contains {c:?}; names are printable ASCII without ':' or spaces"));
+    }
+    Ok(())
+}
+
+/// Finds `cmd` as `execvp` would: a name with a `/` is used as is, anything else is
+/// looked up in `PATH`. Done before anything else so that a typo costs nothing.
+pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
+    use rustix::fs::{access, Access};
+    let display = cmd.to_string_lossy();
+    if cmd.is_empty() {
+        return Err(Error::InvalidArgument("the command to run is empty".into()));
+    }
+    let runnable = |p: &Path| {
+        p.metadata().is_ok_and(|m| m.is_file()) && access(p, Access::EXEC_OK).is_ok()
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(cmd);
+        return if runnable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(Error::InvalidArgument(format!("command '{display}' is not an executable file")))
+        } else {
+            Err(Error::InvalidArgument(format!("command '{display}' not found")))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }.join(cmd);
+        if runnable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::InvalidArgument(format!("command '{display}' not found in PATH ({})", path.to_string_lossy())))
+}
+
+/// How to start the new server.
+#[derive(Clone, Debug)]
+pub struct ActivationCommand {
+    /// The resolved program ([`find_program`]).
+    pub program: PathBuf,
+    /// The full argument vector, `argv[0]` included.
+    pub argv: Vec<OsString>,
+    /// One `LISTEN_FDNAMES` entry per socket.
+    pub names: Vec<String>,
+    /// `NOTIFY_SOCKET` for the child, if readiness is to be reported.
+    pub notify_socket: Option<String>,
+    /// Start the child in a new session (it will outlive us) rather than in a new
+    /// process group of ours.
+    pub new_session: bool,
+}
+
+/// Variables we set, removed from the inherited environment first.
+const OWN_VARS: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"];
+
+fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
+}
+
+/// Starts `cmd` with `fds` at 3, 4, … and the socket-activation environment.
+///
+/// The environment is ours, minus any inherited `LISTEN_*`/`NOTIFY_SOCKET`, plus
+/// `LISTEN_FDS`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` (when set) and `LISTEN_PID`, which
+/// the child writes itself between fork and exec. Every other descriptor above 2 is
+/// closed at exec.
+pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<ActivatedChild> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    if cmd.names.len() != fds.len() {
+        return Err(Error::InvalidArgument(format!("{} fd names for {} sockets", cmd.names.len(), fds.len())));
+    }
+    for name in &cmd.names {
+        check_fd_name(name).map_err(Error::InvalidArgument)?;
+    }
+    let mut env: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if OWN_VARS.iter().any(|own| k.as_bytes() == own.as_bytes()) {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        if let Ok(c) = CString::new(kv) {
+            env.push(c);
+        }
+    }
+    env.push(cstring(format!("LISTEN_FDS={}", fds.len()).into_bytes(), "LISTEN_FDS")?);
+    env.push(cstring(format!("LISTEN_FDNAMES={}", cmd.names.join(":")).into_bytes(), "an fd name")?);
+    if let Some(n) = &cmd.notify_socket {
+        env.push(cstring(format!("NOTIFY_SOCKET={n}").into_bytes(), "NOTIFY_SOCKET")?);
+    }
+    let image = ExecImage {
+        path: cstring(cmd.program.as_os_str().as_bytes().to_vec(), "the program path")?,
+        argv: cmd.argv.iter().map(|a| cstring(a.as_bytes().to_vec(), "an argument")).collect::<Result<_>>()?,
+        env,
+    };
+    // Move every socket above the numbers the child will use, so that installing one
+    // can never overwrite another that is still to be installed.
+    let floor = LISTEN_FDS_START + fds.len() as i32;
+    let high: Vec<OwnedFd> = fds
+        .iter()
+        .map(|f| rustix::io::fcntl_dupfd_cloexec(f, floor))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::io("fcntl(F_DUPFD_CLOEXEC)", me, None, e))?;
+    let borrowed: Vec<BorrowedFd<'_>> = high.iter().map(|f| f.as_fd()).collect();
+    let session = if cmd.new_session { ChildSession::NewSession } else { ChildSession::NewProcessGroup };
+    let program = cmd.program.display();
+    let pid = sys::fork_exec(&image, &borrowed, session).map_err(|(stage, e)| match (stage, e) {
+        (ChildStage::Exec, Errno::NOENT) => Error::InvalidArgument(format!("command '{program}' not found")),
+        (ChildStage::Exec, Errno::ACCESS) | (ChildStage::Exec, Errno::NOEXEC) => {
+            Error::InvalidArgument(format!("cannot execute '{program}': {}", std::io::Error::from(e)))
+        }
+        (ChildStage::Exec, e) => Error::io("execve", me, None, e),
+        (ChildStage::Dup2, e) => Error::io("dup2 (installing sockets in the new server)", me, None, e),
+    })?;
+    tracing::info!(pid, program = %program, fds = fds.len(), "started new server");
+    // Our unreaped child keeps its pid, so this cannot name another process.
+    let pidfd = PidFd::open(pid)?;
+    Ok(ActivatedChild { pidfd, status: None })
+}
+
+/// Why the new server counts as ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// It sent `READY=1`.
+    Notified,
+    /// It sent nothing but was alive when the ready timeout passed.
+    Assumed(Duration),
+}
+
+/// Why the new server did not become ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// It exited (and was reaped) first.
+    Exited(ExitStatus),
+    /// No `READY=1` within the start timeout; it is still running.
+    TimedOut(Duration),
+    /// We received this signal while waiting; it is still running.
+    Interrupted(i32),
+}
+
+/// The new server, our child.
+#[derive(Debug)]
+pub struct ActivatedChild {
+    pidfd: PidFd,
+    status: Option<ExitStatus>,
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as _, tv_nsec: d.subsec_nanos() as _ }
+}
+
+impl ActivatedChild {
+    pub fn pid(&self) -> Pid {
+        self.pidfd.pid()
+    }
+
+    pub fn pidfd(&self) -> &PidFd {
+        &self.pidfd
+    }
+
+    /// Waits until the child is ready: it sends `READY=1` on `notify` (from itself or
+    /// a descendant), or, with `ready_after`, that much time passes and it is alive.
+    /// Gives up after `start_timeout`, when the child exits, or when one of the
+    /// signals in `signals` arrives.
+    pub fn wait_ready(
+        &mut self,
+        notify: Option<&NotifySocket>,
+        signals: Option<&SignalFd>,
+        ready_after: Option<Duration>,
+        start_timeout: Duration,
+    ) -> Result<std::result::Result<Readiness, NotReady>> {
+        let start = Instant::now();
+        let pid = self.pid();
+        loop {
+            let elapsed = start.elapsed();
+            if let Some(after) = ready_after {
+                if elapsed >= after {
+                    if self.reap_if_exited()? {
+                        return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                    }
+                    return Ok(Ok(Readiness::Assumed(after)));
+                }
+            }
+            if elapsed >= start_timeout {
+                if self.reap_if_exited()? {
+                    return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                }
+                return Ok(Err(NotReady::TimedOut(start_timeout)));
+            }
+            let deadline = ready_after.map_or(start_timeout, |a| a.min(start_timeout));
+            let left = deadline.saturating_sub(elapsed);
+            let mut fds = vec![PollFd::new(&self.pidfd, PollFlags::IN)];
+            if let Some(n) = notify {
+                fds.push(PollFd::new(n, PollFlags::IN));
+            }
+            if let Some(s) = signals {
+                fds.push(PollFd::new(s, PollFlags::IN));
+            }
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("poll", pid, None, e)),
+            }
+            if self.reap_if_exited()? {
+                return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+            }
+            if let Some(s) = signals {
+                if let Some(sig) = s.read()? {
+                    return Ok(Err(NotReady::Interrupted(sig)));
+                }
+            }
+            if let Some(n) = notify {
+                while let Some(msg) = n.recv()? {
+                    if !notify::is_same_or_descendant(msg.pid, pid) {
+                        tracing::warn!(sender = msg.pid, server = pid, "ignored a notification from outside the new server");
+                        continue;
+                    }
+                    if let Some(status) = msg.field("STATUS") {
+                        tracing::info!(pid, status, "new server status");
+                    }
+                    if msg.is_ready() {
+                        // It may have said READY=1 and died straight after.
+                        if self.reap_if_exited()? {
+                            return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                        }
+                        return Ok(Ok(Readiness::Notified));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reaps the child if it has exited; `true` if it has.
+    fn reap_if_exited(&mut self) -> Result<bool> {
+        if self.status.is_some() {
+            return Ok(true);
+        }
+        if self.pidfd.is_alive() {
+            return Ok(false);
+        }
+        self.status = Some(self.pidfd.wait_child()?);
+        Ok(true)
+    }
+
+    /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        match self.pidfd.send_signal(libc::SIGTERM) {
+            Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if !self.pidfd.wait_exit(Some(grace))? {
+            tracing::warn!(pid = self.pid(), ?grace, "new server ignored SIGTERM; killing it");
+            match self.pidfd.send_signal(libc::SIGKILL) {
+                Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let st = self.pidfd.wait_child()?;
+        self.status = Some(st);
+        Ok(st)
+    }
+
+    /// Waits for the child to exit, passing every signal read from `signals` on to
+    /// it, and returns its status.
+    pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
+        loop {
+            if self.reap_if_exited()? {
+                return Ok(self.status.unwrap_or_default());
+            }
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("poll", self.pid(), None, e)),
+            }
+            while let Some(sig) = signals.read()? {
+                tracing::info!(pid = self.pid(), sig, "forwarding signal");
+                match self.pidfd.send_signal(sig) {
+                    Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}

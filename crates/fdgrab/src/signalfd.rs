@@ -1,0 +1,126 @@
+//! Receiving signals as data (`signalfd(2)`), so that a process can wait for a child,
+//! a socket and a signal in one `poll`.
+
+use crate::error::{Error, Result};
+use crate::sys;
+use rustix::io::Errno;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Signals blocked in the calling thread and readable from a descriptor. Dropping it
+/// restores the previous signal mask.
+///
+/// The mask is per thread: create it on the thread that waits, before starting any
+/// other thread, so that no other thread takes the signals instead.
+#[derive(Debug)]
+pub struct SignalFd {
+    fd: OwnedFd,
+    old_mask: libc::sigset_t,
+}
+
+impl SignalFd {
+    /// Blocks `signals` (`pthread_sigmask(SIG_BLOCK)`) and opens a non-blocking,
+    /// close-on-exec signalfd for them. Children inherit a blocked mask across exec,
+    /// so whoever spawns while this is alive must reset the child's mask (the
+    /// activation spawner does).
+    pub fn block(signals: &[i32]) -> Result<Self> {
+        let old_mask = sys::block_signals(signals)
+            .map_err(|e| Error::InvalidArgument(format!("cannot block signals {signals:?}: {e}")))?;
+        match sys::signalfd(signals) {
+            Ok(fd) => Ok(Self { fd, old_mask }),
+            Err(e) => {
+                sys::set_signal_mask(&old_mask);
+                Err(Error::Io { op: "signalfd", pid: rustix::process::getpid().as_raw_nonzero().get(), fd: None, source: e.into() })
+            }
+        }
+    }
+
+    /// The next pending signal number, or `None` if none is pending.
+    pub fn read(&self) -> Result<Option<i32>> {
+        // struct signalfd_siginfo is 128 bytes; ssi_signo is its first u32.
+        let mut buf = [0u8; 128];
+        loop {
+            match rustix::io::read(&self.fd, &mut buf) {
+                Ok(n) if n >= 4 => return Ok(Some(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))),
+                Ok(_) => return Ok(None),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Ok(None),
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "read(signalfd)",
+                        pid: rustix::process::getpid().as_raw_nonzero().get(),
+                        fd: None,
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        sys::set_signal_mask(&self.old_mask);
+    }
+}
+
+/// The conventional name of a signal (`TERM` for 15), for messages.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: &[(i32, &str)] = &[
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGQUIT, "QUIT"),
+        (libc::SIGKILL, "KILL"),
+        (libc::SIGUSR1, "USR1"),
+        (libc::SIGUSR2, "USR2"),
+        (libc::SIGPIPE, "PIPE"),
+        (libc::SIGALRM, "ALRM"),
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGCHLD, "CHLD"),
+        (libc::SIGCONT, "CONT"),
+        (libc::SIGSTOP, "STOP"),
+        (libc::SIGTSTP, "TSTP"),
+        (libc::SIGWINCH, "WINCH"),
+    ];
+    match NAMES.iter().find(|(n, _)| *n == sig) {
+        Some((_, name)) => format!("SIG{name}"),
+        None => format!("signal {sig}"),
+    }
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> std::result::Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal number {n} is out of range (1-{})", libc::SIGRTMAX()))
+        };
+    }
+    let upper = s.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    (1..32)
+        .find(|&n| signal_name(n) == format!("SIG{bare}"))
+        .ok_or_else(|| format!("'{s}' is not a signal name (e.g. TERM, HUP, QUIT, USR2, WINCH, or a number)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_signal_names() {
+        assert_eq!(parse_signal("TERM"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("sigquit"), Ok(libc::SIGQUIT));
+        assert_eq!(parse_signal("SIGWINCH"), Ok(libc::SIGWINCH));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("0").unwrap_err().contains("out of range"));
+        assert!(parse_signal("BOGUS").unwrap_err().contains("'BOGUS'"));
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+    }
+}
