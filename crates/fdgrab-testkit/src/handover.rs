@@ -251,7 +251,10 @@ fn field(text: &str, key: &str) -> Result<i32, String> {
 /// The outcome of one request in a [`Load`] loop.
 pub type Answer = Result<i32, String>;
 
-/// A bounded request loop on its own thread, cycling through `probes`.
+/// A bounded request loop on its own thread, cycling through `probes`. Requests are
+/// paced to at most one per [`Load::PACE`]: every TCP connection leaves a TIME_WAIT
+/// entry for a minute, and an unpaced loop against a fast server would run out of
+/// loopback ports.
 #[derive(Debug)]
 pub struct Load {
     pub answers: Arc<Mutex<Vec<Answer>>>,
@@ -260,6 +263,8 @@ pub struct Load {
 }
 
 impl Load {
+    pub const PACE: Duration = Duration::from_micros(400);
+
     /// Starts the loop; it stops by itself after `max` requests.
     pub fn start(probes: Vec<Probe>, max: usize) -> Load {
         let answers = Arc::new(Mutex::new(Vec::new()));
@@ -270,8 +275,12 @@ impl Load {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
+                let t = Instant::now();
                 let r = probes[i % probes.len()].ask();
                 a.lock().expect("answers").push(r);
+                if let Some(rest) = Load::PACE.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
             }
         });
         Load { answers, stop, handle: Some(handle) }

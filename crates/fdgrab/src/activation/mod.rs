@@ -192,8 +192,12 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
     if cmd.is_empty() {
         return Err(Error::InvalidArgument("the command to run is empty".into()));
     }
+    // access(X_OK) alone is true for root whenever any x bit is set, or even none on
+    // some file systems; execve needs a regular file with an x bit.
     let runnable = |p: &Path| {
-        p.metadata().is_ok_and(|m| m.is_file()) && access(p, Access::EXEC_OK).is_ok()
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            && access(p, Access::EXEC_OK).is_ok()
     };
     if cmd.as_bytes().contains(&b'/') {
         let p = PathBuf::from(cmd);

@@ -1,0 +1,195 @@
+//! `fdgrab exec` failing: whatever goes wrong, the old server keeps serving with
+//! exactly the fds it had, no other process is left holding its sockets, and fdgrab
+//! says why with the documented exit code.
+
+use fdgrab_testkit::handover::{fd_table, holders, process_tree, Probe, Server, TempDir};
+use fdgrab_testkit::{bin, fdgrab, run_fdgrab, wait_timeout, TIMEOUT};
+use std::collections::BTreeMap;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+struct Old {
+    server: Server,
+    probe: Probe,
+    fds: BTreeMap<i32, String>,
+}
+
+fn old_server() -> Old {
+    let server = Server::activated(&["--listen", "tcp:127.0.0.1:0", "--listen", "udp:127.0.0.1:0"]);
+    let probe = Probe::Tcp(server.addrs[0].parse().expect("addr"));
+    assert_eq!(probe.ask(), Ok(server.pid));
+    let fds = fd_table(server.pid);
+    Old { server, probe, fds }
+}
+
+impl Old {
+    fn tcp(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.server.port(0))
+    }
+
+    /// The old server still serves, has the same fd table, and shares its sockets
+    /// with no process outside its own tree.
+    fn assert_untouched(&self) {
+        let pid = self.server.pid;
+        assert_eq!(fd_table(pid), self.fds, "the old server's fd table changed");
+        for _ in 0..20 {
+            assert_eq!(self.probe.ask(), Ok(pid), "the old server must still answer every request");
+        }
+        let tree = process_tree(pid);
+        for link in self.fds.values().filter(|l| l.starts_with("socket:")) {
+            let extra: Vec<i32> = holders(link).into_iter().filter(|p| !tree.contains(p)).collect();
+            assert!(extra.is_empty(), "{link} is also held by {extra:?}");
+        }
+    }
+}
+
+fn exec(old: &Old, args: &[&str]) -> Output {
+    let mut all = vec!["exec".to_string(), old.server.pid.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    run_fdgrab(&all)
+}
+
+fn activated() -> String {
+    bin("fdgrab-activated").to_string_lossy().into_owned()
+}
+
+fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
+
+#[test]
+fn exec_selector_matching_nothing_lists_listeners() {
+    let old = old_server();
+    let out = exec(&old, &["tcp:127.0.0.1:1", "--", &activated(), "serve"]);
+    let tcp_port = old.server.port(0).to_string();
+    let udp_port = old.server.port(1).to_string();
+    assert_fails(
+        &out,
+        5,
+        &[
+            &format!("process {} has no socket matching 'tcp:127.0.0.1:1'", old.server.pid),
+            "it listens on:",
+            &format!("tcp 127.0.0.1:{tcp_port} (LISTEN)"),
+            &format!("udp 127.0.0.1:{udp_port}"),
+        ],
+    );
+    // A selector of the wrong kind for an existing port also matches nothing.
+    let out = exec(&old, &[&format!("udp:*:{tcp_port}"), "--", &activated(), "serve"]);
+    assert_fails(&out, 5, &["no socket matching"]);
+    old.assert_untouched();
+}
+
+#[test]
+fn exec_fd_selector_errors() {
+    let old = old_server();
+    let out = exec(&old, &["fd:0", "--", &activated(), "serve"]);
+    assert_fails(&out, 1, &["fd 0", "not a socket"]);
+    let out = exec(&old, &["fd:999", "--", &activated(), "serve"]);
+    assert_fails(&out, 5, &["has no open fd 999"]);
+    old.assert_untouched();
+}
+
+#[test]
+fn exec_bad_arguments_are_usage_errors() {
+    let old = old_server();
+    let tcp = old.tcp();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["tcp:::1:80", "--", "true"], "IPv6 addresses go in brackets"),
+        (vec!["tcp:*:80", "--name", "a", "--name", "b", "--", "true"], "2 --name values for 1 selectors"),
+        (vec![&tcp, "--name", "has:colon", "--", "true"], "without ':'"),
+        (vec![&tcp, "--signal-old", "NOPE", "--", "true"], "'NOPE' is not a signal"),
+        (vec![&tcp, "--ready-timeout", "soon", "--", "true"], "'soon' is not a duration"),
+        (vec![&tcp], "CMD"),
+    ];
+    for (args, needle) in cases {
+        let out = exec(&old, &args);
+        assert_fails(&out, 2, &[needle]);
+    }
+    let out = run_fdgrab(["exec", "0", "tcp:*:80", "--", "true"]);
+    assert_fails(&out, 2, &["pid 0"]);
+    old.assert_untouched();
+}
+
+#[test]
+fn exec_command_not_found() {
+    let old = old_server();
+    let tcp = old.tcp();
+    let out = exec(&old, &[&tcp, "--", "/nonexistent/fdgrab-server"]);
+    assert_fails(&out, 2, &["command '/nonexistent/fdgrab-server' not found"]);
+    let out = exec(&old, &[&tcp, "--", "fdgrab-no-such-server-anywhere", "--flag"]);
+    assert_fails(&out, 2, &["command 'fdgrab-no-such-server-anywhere' not found in PATH"]);
+    let dir = TempDir::new("exec-noexec");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "not a program\n").expect("write");
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let out = exec(&old, &[&tcp, "--", &plain.to_string_lossy()]);
+    assert_fails(&out, 2, &["not an executable file"]);
+    // Executable but not a program: execve itself fails in the child (ENOEXEC), which
+    // is reported through the exec pipe after the sockets were already taken.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, [0x7fu8, b'E', b'L', b'F', 0, 0, 0, 0]).expect("write");
+    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out = exec(&old, &[&tcp, "--", &junk.to_string_lossy()]);
+    assert_fails(&out, 2, &["cannot execute", "junk"]);
+    old.assert_untouched();
+}
+
+#[test]
+fn exec_new_server_exiting_at_once() {
+    let old = old_server();
+    let out = exec(&old, &[&old.tcp(), "--signal-old", "TERM", "--", &activated(), "serve", "--ready", "exit:3"]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "exited (exit status 3) before it was ready",
+            &format!("process {} was not touched and keeps its sockets", old.server.pid),
+        ],
+    );
+    old.assert_untouched();
+}
+
+#[test]
+fn exec_new_server_never_ready() {
+    let old = old_server();
+    let out = exec(
+        &old,
+        &[&old.tcp(), "--signal-old", "KILL", "--start-timeout", "1s", "--", &activated(), "serve", "--ready", "never"],
+    );
+    assert_fails(&out, 1, &["sent no READY=1 within 1s", "stopped it", "use --ready-timeout", "was not touched"]);
+    old.assert_untouched();
+}
+
+/// ^C while the new server is starting aborts the handover: the new server is
+/// stopped and the old one is left alone.
+#[test]
+fn exec_interrupted_while_waiting() {
+    let old = old_server();
+    let mut child = fdgrab()
+        .args(["exec", &old.server.pid.to_string(), &old.tcp(), "--signal-old", "KILL", "--"])
+        .args([&activated(), "serve", "--ready", "never"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until the new server is up (it holds the listener too).
+    let link = old.fds.values().find(|l| l.starts_with("socket:")).cloned().expect("socket");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while holders(&link).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "new server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert_eq!(st.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not ready yet when fdgrab received SIGINT"), "{stderr}");
+    old.assert_untouched();
+}
