@@ -22,6 +22,12 @@ fn main() {
         "zoo" => zoo(args.iter().any(|a| a == "--nondumpable")),
         "leader-exit" => leader_exit(),
         "many" => many(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "try-grab" => {
+            // Reports what fdgrab::grab says when called from this process (used to
+            // test the library with dropped credentials); exits at once.
+            emit(&try_grab(args.get(1), args.get(2)));
+            return;
+        }
         other => {
             eprintln!("fdgrab-target: unknown mode {other}");
             std::process::exit(2);
@@ -50,6 +56,20 @@ fn check(r: libc::c_int, what: &str) -> RawFd {
         panic!("{what}: {}", std::io::Error::last_os_error());
     }
     r
+}
+
+fn try_grab(pid: Option<&String>, fd: Option<&String>) -> Value {
+    let pid: i32 = pid.and_then(|p| p.parse().ok()).unwrap_or(0);
+    let fd = fd.and_then(|f| f.parse().ok()).and_then(fdgrab::TargetFd::new);
+    let Some(fd) = fd else { return json!({"error": "usage"}) };
+    match fdgrab::PidFd::open(pid).and_then(|p| fdgrab::grab(&p, fd)) {
+        Ok(_) => json!({"ok": true}),
+        Err(e) => {
+            let kind = format!("{e:?}");
+            let variant = kind.split([' ', '{', '(']).next().unwrap_or("").to_string();
+            json!({"error": variant, "message": e.to_string()})
+        }
+    }
 }
 
 /// Our own view of one descriptor.
