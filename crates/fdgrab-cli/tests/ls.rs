@@ -222,3 +222,46 @@ fn ls_works_for_plain_sleep_and_python() {
     assert_eq!(listener["socket"]["state"], "LISTEN");
     assert_eq!(listener["socket"]["local"]["address"], "127.0.0.1");
 }
+
+#[test]
+fn ls_of_a_process_whose_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(format!("/proc/{}/status", t.pid))
+        .expect("status")
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'))
+    {
+        assert!(std::time::Instant::now() < deadline, "leader never exited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let doc = ls_json(t.pid);
+    for label in ["pipe-r", "pipe-w"] {
+        let fd = t.fd_labelled(label);
+        assert_eq!(entry(&doc, fd.into())["inode"], t.fd_report(fd.into())["ino"], "{label}");
+    }
+}
+
+/// `process` comes from PIDFD_GET_INFO; with the ioctl failing as on a kernel
+/// before 6.13 (ENOTTY, injected by strace), /proc gives the same answer.
+#[test]
+fn ls_process_info_with_and_without_pidfd_get_info() {
+    let t = Target::spawn(["zoo"]);
+    let doc = ls_json(t.pid);
+    let p = &doc["process"];
+    assert_eq!(p["source"], "ioctl");
+    assert_eq!(p["pid"].as_i64(), Some(t.pid.into()));
+    assert_eq!(p["ppid"].as_u64(), Some(std::process::id().into()));
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-o", "/dev/null", "-e", "inject=ioctl:error=ENOTTY"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["ls", &t.pid.to_string(), "--json"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fallback: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let q = &fallback["process"];
+    assert_eq!(q["source"], "procfs");
+    for k in ["pid", "tgid", "ppid", "uids", "gids", "cgroup_id"] {
+        assert_eq!(p[k], q[k], "{k}");
+    }
+}

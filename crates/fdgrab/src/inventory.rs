@@ -165,42 +165,21 @@ const O_CLOEXEC_BIT: u32 = 0o2000000;
 /// than a partial list that could belong to a recycled pid.
 pub fn inventory(target: &PidFd) -> Result<Inventory> {
     let pid = target.pid();
-    let proc_dir = openat(
-        rustix::fs::CWD,
-        format!("/proc/{pid}"),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
-    let fd_dir = openat(
-        &proc_dir,
-        "fd",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
-    let fdinfo_dir = openat(
-        &proc_dir,
-        "fdinfo",
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
-
-    let mut numbers = Vec::new();
-    let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-    for entry in dir {
-        let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        if let Some(n) = entry
-            .file_name()
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<i32>().ok())
-        {
-            numbers.push(n);
+    let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
+    // Once the thread-group leader has exited, /proc/PID/fd is empty even though
+    // the other threads still share a live fd table; read it through one of them.
+    if numbers.is_empty() && target.is_alive() {
+        for tid in crate::procfs::tasks(pid).unwrap_or_default().into_iter().filter(|&t| t != pid) {
+            if let Ok((d, n)) = ProcDirs::open(pid, &format!("/proc/{pid}/task/{tid}")) {
+                if !n.is_empty() {
+                    tracing::debug!(pid, tid, "leader exited; listing fds through a live thread");
+                    (dirs, numbers) = (d, n);
+                    break;
+                }
+            }
         }
     }
-    numbers.sort_unstable();
+    let ProcDirs { proc_dir, fd_dir, fdinfo_dir } = dirs;
 
     // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
     // and all independent, so large tables are split across cores. The socket
@@ -254,6 +233,36 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
         return Err(Error::NoSuchProcess { pid });
     }
     Ok(Inventory { pid, fds })
+}
+
+/// `/proc/PID` (or `/proc/PID/task/TID`) and its `fd` and `fdinfo` directories.
+struct ProcDirs {
+    proc_dir: OwnedFd,
+    fd_dir: OwnedFd,
+    fdinfo_dir: OwnedFd,
+}
+
+impl ProcDirs {
+    /// Opens the directories under `base` and returns the sorted fd numbers.
+    fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
+        let dir_flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let proc_dir = openat(rustix::fs::CWD, base, OFlags::PATH | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
+        let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+        let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
+        let mut numbers = Vec::new();
+        let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+            if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        Ok((Self { proc_dir, fd_dir, fdinfo_dir }, numbers))
+    }
 }
 
 /// Opens `pid` and lists its descriptors.
