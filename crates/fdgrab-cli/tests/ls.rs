@@ -265,3 +265,26 @@ fn ls_process_info_with_and_without_pidfd_get_info() {
         assert_eq!(p[k], q[k], "{k}");
     }
 }
+
+/// An unprivileged user lists its own processes in full, and is refused (exit 4)
+/// for root's.
+#[test]
+fn ls_as_an_unprivileged_user() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+    cmd.arg("zoo").uid(65534).gid(65534);
+    let t = Target::spawn_cmd(cmd);
+    let mut ls = fdgrab_testkit::fdgrab();
+    ls.args(["ls", &t.pid.to_string(), "--json"]).uid(65534).gid(65534);
+    let out = output_timeout(&mut ls, TIMEOUT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_matches_report(&t, &doc);
+
+    let root = Target::spawn(["zoo"]);
+    let mut ls = fdgrab_testkit::fdgrab();
+    ls.args(["ls", &root.pid.to_string()]).uid(65534).gid(65534);
+    let out = output_timeout(&mut ls, TIMEOUT);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&root.pid.to_string()));
+}
