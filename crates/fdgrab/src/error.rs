@@ -9,6 +9,9 @@ use std::io;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, with enough context to act on it.
+///
+/// Variants that wrap an OS error expose it through `source()` rather than in their
+/// own message, so printing the chain (`{:#}` with anyhow) shows it exactly once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -33,7 +36,7 @@ pub enum Error {
 
     /// The running kernel lacks a system call or flag we need (`ENOSYS`, or `EINVAL`
     /// for an unknown flag).
-    #[error("{op} is not supported by this kernel (needs Linux {needs} or later): {source}")]
+    #[error("{op} is not supported by this kernel (needs Linux {needs} or later)")]
     Unsupported {
         op: &'static str,
         needs: &'static str,
@@ -52,7 +55,11 @@ pub enum Error {
     /// A file we expected to be of one kind is of another (e.g. `cat` on a socket
     /// without consuming).
     #[error("process {pid} fd {fd}: {reason}")]
-    WrongKind { pid: Pid, fd: TargetFd, reason: String },
+    WrongKind {
+        pid: Pid,
+        fd: TargetFd,
+        reason: String,
+    },
 
     /// A socket selector (`fdgrab exec`) matched none of the target's sockets.
     #[error("process {pid} has no socket matching '{selector}'; {available}")]
@@ -64,7 +71,7 @@ pub enum Error {
     },
 
     /// Any other system error, with the operation that hit it.
-    #[error("{op} (process {pid}{}): {source}", fd_suffix(*.fd))]
+    #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
     Io {
         op: &'static str,
         pid: Pid,
@@ -80,8 +87,18 @@ fn fd_suffix(fd: Option<TargetFd>) -> String {
 
 impl Error {
     /// Builds an `Io` error from a rustix errno.
-    pub(crate) fn io(op: &'static str, pid: Pid, fd: Option<TargetFd>, e: rustix::io::Errno) -> Self {
-        Error::Io { op, pid, fd, source: e.into() }
+    pub(crate) fn io(
+        op: &'static str,
+        pid: Pid,
+        fd: Option<TargetFd>,
+        e: rustix::io::Errno,
+    ) -> Self {
+        Error::Io {
+            op,
+            pid,
+            fd,
+            source: e.into(),
+        }
     }
 
     /// The pid the error is about, when it is about one.
