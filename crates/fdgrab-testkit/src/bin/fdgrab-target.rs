@@ -7,6 +7,20 @@
 //! - `leader-exit`: opens a pipe, starts a thread, and ends the main thread with
 //!   `SYS_exit`, leaving a process whose leader is a zombie.
 //! - `many N`: N mixed descriptors (for benchmarks).
+//!
+//! Modes for the ptrace injection tests; each opens a file labelled `file` (content
+//! `INJECT_FILE_CONTENT`) and reports it, then:
+//! - `blocked-read`: blocks SIGUSR1/SIGUSR2, leaves one of each pending (thread- and
+//!   process-directed), then loops on single `read(0)` calls, printing
+//!   `{"n": ret, "errno": e, "data": "..."}` per call; exits on EOF.
+//! - `nanosleep MS`: one `nanosleep(MS)`, then prints `{"ret", "errno", "elapsed_ms"}`.
+//! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
+//! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
+//!   condvar) while the main thread echoes stdin lines back.
+//! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
+//!   then echoes stdin lines.
+//! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
+//!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
 
 use serde_json::{json, Value};
 use std::ffi::CString;
@@ -22,6 +36,12 @@ fn main() {
         "zoo" => zoo(args.iter().any(|a| a == "--nondumpable")),
         "leader-exit" => leader_exit(),
         "many" => many(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "blocked-read" => return blocked_read(),
+        "nanosleep" => return nanosleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "spin" => return spin(),
+        "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
+        "deny-socket" => return deny_socket(),
+        "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -46,7 +66,12 @@ fn emit(v: &Value) {
 fn wait_for_eof() {
     let stdin = std::io::stdin();
     let mut line = String::new();
-    while stdin.lock().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+    while stdin
+        .lock()
+        .read_line(&mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {
         line.clear();
     }
 }
@@ -60,8 +85,12 @@ fn check(r: libc::c_int, what: &str) -> RawFd {
 
 fn try_grab(pid: Option<&String>, fd: Option<&String>) -> Value {
     let pid: i32 = pid.and_then(|p| p.parse().ok()).unwrap_or(0);
-    let fd = fd.and_then(|f| f.parse().ok()).and_then(fdgrab::TargetFd::new);
-    let Some(fd) = fd else { return json!({"error": "usage"}) };
+    let fd = fd
+        .and_then(|f| f.parse().ok())
+        .and_then(fdgrab::TargetFd::new);
+    let Some(fd) = fd else {
+        return json!({"error": "usage"});
+    };
     match fdgrab::PidFd::open(pid).and_then(|p| fdgrab::grab(&p, fd)) {
         Ok(_) => json!({"ok": true}),
         Err(e) => {
@@ -103,7 +132,11 @@ fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
 }
 
 fn sockname(fd: RawFd, peer: bool) -> Value {
-    let addr = if peer { rustix::net::getpeername(borrow(fd)) } else { rustix::net::getsockname(borrow(fd)).map(Some) };
+    let addr = if peer {
+        rustix::net::getpeername(borrow(fd))
+    } else {
+        rustix::net::getsockname(borrow(fd)).map(Some)
+    };
     match addr {
         Ok(Some(a)) => {
             if let Ok(sa) = SocketAddr::try_from(a.clone()) {
@@ -141,14 +174,22 @@ fn zoo(nondumpable: bool) -> Value {
     // A regular file with its offset moved, and one in append mode.
     let path = dir.join("file.txt");
     std::fs::write(&path, b"hello, world\n").expect("write");
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
     let ffd = f.into_raw_fd();
     // SAFETY: plain lseek on our fd.
     unsafe { libc::lseek(ffd, 7, libc::SEEK_SET) };
     let mut v = describe(ffd, "file");
     v["path"] = json!(path.to_string_lossy());
     fds.push(v);
-    let a = std::fs::OpenOptions::new().append(true).open(&path).expect("open append").into_raw_fd();
+    let a = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open append")
+        .into_raw_fd();
     let mut v = describe(a, "append");
     v["path"] = json!(path.to_string_lossy());
     fds.push(v);
@@ -168,7 +209,12 @@ fn zoo(nondumpable: bool) -> Value {
     let mut v = describe(dfd, "dir");
     v["path"] = json!(dir.to_string_lossy());
     fds.push(v);
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").expect("null").into_raw_fd();
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .expect("null")
+        .into_raw_fd();
     let mut v = describe(null, "devnull");
     v["path"] = json!("/dev/null");
     fds.push(v);
@@ -190,7 +236,10 @@ fn zoo(nondumpable: bool) -> Value {
     let ep = check(unsafe { libc::epoll_create1(0) }, "epoll");
     fds.push(anon(ep, "epoll"));
     // SAFETY: as above.
-    let tfd = check(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) }, "timerfd");
+    let tfd = check(
+        unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) },
+        "timerfd",
+    );
     fds.push(anon(tfd, "timerfd"));
     // SAFETY: an empty, initialised sigset on the stack.
     let sfd = unsafe {
@@ -230,40 +279,118 @@ fn zoo(nondumpable: bool) -> Value {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("tcp listen");
     let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (s, _) = l.accept().expect("accept");
-    fds.push(sock(l.into_raw_fd(), "tcp-listen", "inet", "stream", "tcp", Some("LISTEN")));
-    fds.push(sock(c.into_raw_fd(), "tcp-client", "inet", "stream", "tcp", Some("ESTABLISHED")));
-    fds.push(sock(s.into_raw_fd(), "tcp-server", "inet", "stream", "tcp", Some("ESTABLISHED")));
+    fds.push(sock(
+        l.into_raw_fd(),
+        "tcp-listen",
+        "inet",
+        "stream",
+        "tcp",
+        Some("LISTEN"),
+    ));
+    fds.push(sock(
+        c.into_raw_fd(),
+        "tcp-client",
+        "inet",
+        "stream",
+        "tcp",
+        Some("ESTABLISHED"),
+    ));
+    fds.push(sock(
+        s.into_raw_fd(),
+        "tcp-server",
+        "inet",
+        "stream",
+        "tcp",
+        Some("ESTABLISHED"),
+    ));
     if let Ok(l6) = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
-        fds.push(sock(l6.into_raw_fd(), "tcp6-listen", "inet6", "stream", "tcp", Some("LISTEN")));
+        fds.push(sock(
+            l6.into_raw_fd(),
+            "tcp6-listen",
+            "inet6",
+            "stream",
+            "tcp",
+            Some("LISTEN"),
+        ));
     }
     // UDP, unconnected and connected; IPv6.
     let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
     let uc = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
-    uc.connect(u.local_addr().expect("addr")).expect("udp connect");
-    fds.push(sock(u.into_raw_fd(), "udp", "inet", "dgram", "udp", Some("UNCONN")));
-    fds.push(sock(uc.into_raw_fd(), "udp-connected", "inet", "dgram", "udp", Some("CONNECTED")));
+    uc.connect(u.local_addr().expect("addr"))
+        .expect("udp connect");
+    fds.push(sock(
+        u.into_raw_fd(),
+        "udp",
+        "inet",
+        "dgram",
+        "udp",
+        Some("UNCONN"),
+    ));
+    fds.push(sock(
+        uc.into_raw_fd(),
+        "udp-connected",
+        "inet",
+        "dgram",
+        "udp",
+        Some("CONNECTED"),
+    ));
     if let Ok(u6) = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)) {
-        fds.push(sock(u6.into_raw_fd(), "udp6", "inet6", "dgram", "udp", Some("UNCONN")));
+        fds.push(sock(
+            u6.into_raw_fd(),
+            "udp6",
+            "inet6",
+            "dgram",
+            "udp",
+            Some("UNCONN"),
+        ));
     }
     // Unix: a stream pair, a listener on a path, an abstract datagram socket.
     let (p1, p2) = UnixStream::pair().expect("pair");
     let (p1, p2) = (p1.into_raw_fd(), p2.into_raw_fd());
-    let mut v1 = sock(p1, "unix-pair-a", "unix", "stream", "unix", Some("CONNECTED"));
-    let mut v2 = sock(p2, "unix-pair-b", "unix", "stream", "unix", Some("CONNECTED"));
+    let mut v1 = sock(
+        p1,
+        "unix-pair-a",
+        "unix",
+        "stream",
+        "unix",
+        Some("CONNECTED"),
+    );
+    let mut v2 = sock(
+        p2,
+        "unix-pair-b",
+        "unix",
+        "stream",
+        "unix",
+        Some("CONNECTED"),
+    );
     v1["socket"]["peer_inode"] = v2["ino"].clone();
     v2["socket"]["peer_inode"] = v1["ino"].clone();
     fds.push(v1);
     fds.push(v2);
     let upath = dir.join("listen.sock");
     let ul = UnixListener::bind(&upath).expect("unix listen");
-    fds.push(sock(ul.into_raw_fd(), "unix-listen", "unix", "stream", "unix", Some("LISTEN")));
+    fds.push(sock(
+        ul.into_raw_fd(),
+        "unix-listen",
+        "unix",
+        "stream",
+        "unix",
+        Some("LISTEN"),
+    ));
     let abs = format!("fdgrab-zoo-{}", std::process::id());
     let addr = {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()).expect("abstract")
     };
     let ud = UnixDatagram::bind_addr(&addr).expect("abstract bind");
-    fds.push(sock(ud.into_raw_fd(), "unix-abstract", "unix", "dgram", "unix", Some("UNCONNECTED")));
+    fds.push(sock(
+        ud.into_raw_fd(),
+        "unix-abstract",
+        "unix",
+        "dgram",
+        "unix",
+        Some("UNCONNECTED"),
+    ));
 
     if nondumpable {
         // SAFETY: prctl with integer arguments.
@@ -288,10 +415,21 @@ fn bpf_map() -> Option<RawFd> {
         max_entries: u32,
         rest: [u8; 112],
     }
-    let attr = MapCreate { map_type: 2, key_size: 4, value_size: 4, max_entries: 1, rest: [0; 112] };
+    let attr = MapCreate {
+        map_type: 2,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        rest: [0; 112],
+    };
     // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr of the stated size.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, 0, &attr as *const MapCreate, std::mem::size_of::<MapCreate>())
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
     };
     (r >= 0).then_some(r as RawFd)
 }
@@ -307,7 +445,8 @@ fn io_uring() -> Option<RawFd> {
 fn leader_exit() -> Value {
     let (r, w) = rustix::pipe::pipe().expect("pipe");
     let (r, w) = (r.into_raw_fd(), w.into_raw_fd());
-    let report = json!({"pid": std::process::id(), "fds": [describe(r, "pipe-r"), describe(w, "pipe-w")]});
+    let report =
+        json!({"pid": std::process::id(), "fds": [describe(r, "pipe-r"), describe(w, "pipe-w")]});
     std::thread::spawn(|| loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     });
@@ -339,14 +478,22 @@ fn many(n: usize) -> Value {
                 kept.push(r);
                 kept.push(w);
             }
-            2 => kept.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen").into()),
+            2 => kept.push(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .expect("listen")
+                    .into(),
+            ),
             3 => {
                 let c = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
                 let (s, _) = listener.accept().expect("accept");
                 kept.push(c.into());
                 kept.push(s.into());
             }
-            4 => kept.push(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp").into()),
+            4 => kept.push(
+                UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .expect("udp")
+                    .into(),
+            ),
             5 => {
                 let (a, b) = UnixStream::pair().expect("pair");
                 kept.push(a.into());
@@ -377,6 +524,193 @@ fn many(n: usize) -> Value {
 fn raise_nofile(want: u64) {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let max = lim.maximum.unwrap_or(u64::MAX);
-    let new = rustix::process::Rlimit { current: Some(want.min(max).max(lim.current.unwrap_or(0))), maximum: lim.maximum };
+    let new = rustix::process::Rlimit {
+        current: Some(want.min(max).max(lim.current.unwrap_or(0))),
+        maximum: lim.maximum,
+    };
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+}
+
+/// The content of the file every injection mode opens (label `file`).
+const INJECT_FILE_CONTENT: &str = "inject test file\n";
+
+fn inject_report(extra: Value) -> Value {
+    let dir = std::env::temp_dir().join(format!("fdgrab-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("file.txt");
+    std::fs::write(&path, INJECT_FILE_CONTENT).expect("write");
+    let fd = std::fs::File::open(&path).expect("open").into_raw_fd();
+    let mut v = describe(fd, "file");
+    v["path"] = json!(path.to_string_lossy());
+    v["content"] = json!(INJECT_FILE_CONTENT);
+    json!({"pid": std::process::id(), "dir": dir.to_string_lossy(), "fds": [v], "extra": extra})
+}
+
+/// One raw `read(0)` per line printed: no retry loop, so an `EINTR` or a wrong count
+/// caused by the injection would show.
+fn echo_reads() {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        let errno = if n < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        } else {
+            0
+        };
+        let data = if n > 0 {
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        } else {
+            String::new()
+        };
+        emit(&json!({"n": n, "errno": errno, "data": data}));
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn blocked_read() {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: an initialised set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let (pid, tid) = (
+        std::process::id() as libc::c_long,
+        rustix::thread::gettid().as_raw_nonzero().get(),
+    );
+    // Blocked, so both stay pending: one thread-directed, one process-directed.
+    // SAFETY: tgkill to our own thread, integers only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            pid,
+            tid as libc::c_long,
+            libc::SIGUSR1 as libc::c_long,
+        )
+    };
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
+        .expect("kill");
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+fn nanosleep(ms: u64) {
+    emit(&inject_report(json!({"ms": ms})));
+    let req = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
+    let mut rem = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let t0 = std::time::Instant::now();
+    // SAFETY: both timespecs are valid locals.
+    let r = unsafe { libc::nanosleep(&req, &mut rem) };
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    emit(&json!({"ret": r, "errno": errno, "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0}));
+    wait_for_eof();
+}
+
+fn spin() {
+    emit(&inject_report(json!({})));
+    let start = std::time::Instant::now();
+    let mut acc: u64 = 1;
+    let mut ticks = 0u64;
+    loop {
+        for i in 0..1_000_000u64 {
+            acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(acc);
+        // Instant::now() goes through the vDSO: no syscall while spinning.
+        if start.elapsed().as_millis() as u64 >= (ticks + 1) * 100 {
+            ticks += 1;
+            emit(&json!({"tick": ticks}));
+            if ticks >= 1200 {
+                return;
+            }
+        }
+    }
+}
+
+fn threads(n: usize) {
+    let (r, _w) = rustix::pipe::pipe().expect("pipe");
+    let r = std::sync::Arc::new(r);
+    let pair = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    for i in 1..n {
+        let r = r.clone();
+        let pair = pair.clone();
+        std::thread::spawn(move || match i % 4 {
+            0 => {
+                let mut acc = 0u64;
+                loop {
+                    acc = std::hint::black_box(acc.wrapping_add(1));
+                }
+            }
+            1 => loop {
+                std::thread::sleep(std::time::Duration::from_millis(7));
+            },
+            2 => {
+                let mut b = [0u8; 1];
+                let _ = rustix::io::read(&*r, &mut b);
+            }
+            _ => {
+                let (m, c) = &*pair;
+                let mut g = m.lock().expect("lock");
+                while !*g {
+                    g = c.wait(g).expect("wait");
+                }
+            }
+        });
+    }
+    emit(&inject_report(json!({"threads": n})));
+    echo_reads();
+}
+
+fn deny_socket() {
+    fdgrab_testkit::install_errno_filter(&[(libc::SYS_socket, libc::EPERM)])
+        .expect("seccomp filter");
+    emit(&inject_report(json!({"denied": "socket"})));
+    echo_reads();
+}
+
+fn exec_enosys(args: &[String]) {
+    use std::os::unix::process::CommandExt;
+    let (names, cmd) = match args.split_first() {
+        Some((names, rest)) if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 => {
+            (names, &rest[1..])
+        }
+        _ => {
+            eprintln!("usage: fdgrab-target exec-enosys NAME,... -- CMD ARGS...");
+            std::process::exit(2);
+        }
+    };
+    let mut rules = Vec::new();
+    for name in names.split(',') {
+        let nr = match name {
+            "pidfd_open" => libc::SYS_pidfd_open,
+            "pidfd_getfd" => libc::SYS_pidfd_getfd,
+            other => {
+                eprintln!("fdgrab-target: unknown syscall {other}");
+                std::process::exit(2);
+            }
+        };
+        rules.push((nr, libc::ENOSYS));
+    }
+    fdgrab_testkit::install_errno_filter(&rules).expect("seccomp filter");
+    let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("fdgrab-target: exec {}: {e}", cmd[0]);
+    std::process::exit(127);
 }
