@@ -6,7 +6,11 @@ use std::process::Command;
 
 fn ls_json(pid: i32) -> Value {
     let out = run_fdgrab(["ls", &pid.to_string(), "--json"]);
-    assert!(out.status.success(), "ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ls failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ls --json output is one JSON document")
 }
 
@@ -94,12 +98,18 @@ fn ls_does_not_move_offsets() {
     let t = Target::spawn(["zoo"]);
     let file = t.fd_labelled("file");
     let memfd = t.fd_labelled("memfd");
-    let before = (fdgrab_testkit::proc_offset(t.pid, file), fdgrab_testkit::proc_offset(t.pid, memfd));
+    let before = (
+        fdgrab_testkit::proc_offset(t.pid, file),
+        fdgrab_testkit::proc_offset(t.pid, memfd),
+    );
     for _ in 0..3 {
         ls_json(t.pid);
         run_fdgrab(["ls", &t.pid.to_string()]);
     }
-    let after = (fdgrab_testkit::proc_offset(t.pid, file), fdgrab_testkit::proc_offset(t.pid, memfd));
+    let after = (
+        fdgrab_testkit::proc_offset(t.pid, file),
+        fdgrab_testkit::proc_offset(t.pid, memfd),
+    );
     assert_eq!(before, after);
     assert_eq!(before, (7, 3));
 }
@@ -110,7 +120,8 @@ fn ls_does_not_move_offsets() {
 #[test]
 fn ls_resolves_sockets_in_the_targets_netns() {
     let mut cmd = Command::new("unshare");
-    cmd.args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" zoo"]).arg(fdgrab_testkit::bin("fdgrab-target"));
+    cmd.args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" zoo"])
+        .arg(fdgrab_testkit::bin("fdgrab-target"));
     let t = Target::spawn_cmd(cmd);
     let ours = std::fs::metadata("/proc/self/ns/net").expect("ns");
     let theirs = std::fs::metadata(format!("/proc/{}/ns/net", t.pid)).expect("ns");
@@ -119,10 +130,15 @@ fn ls_resolves_sockets_in_the_targets_netns() {
     let doc = ls_json(t.pid);
     assert_matches_report(&t, &doc);
     // And the listener is really not in our namespace's table.
-    let port = t.fd_report(t.fd_labelled("tcp-listen").into())["socket"]["local"]["port"].as_u64().expect("port");
+    let port = t.fd_report(t.fd_labelled("tcp-listen").into())["socket"]["local"]["port"]
+        .as_u64()
+        .expect("port");
     let ours_tcp = std::fs::read_to_string("/proc/self/net/tcp").expect("tcp");
     let needle = format!("0100007F:{port:04X} 00000000:0000 0A");
-    assert!(!ours_tcp.contains(&needle), "listener unexpectedly visible in our netns");
+    assert!(
+        !ours_tcp.contains(&needle),
+        "listener unexpectedly visible in our netns"
+    );
 }
 
 #[test]
@@ -138,7 +154,11 @@ fn ls_table_reads_like_lsof() {
     let line_for = |label: &str| {
         let fd = t.fd_labelled(label);
         text.lines()
-            .find(|l| l.trim_start().split_whitespace().next().is_some_and(|c| c.trim_end_matches(['r', 'w', 'u']) == fd.to_string()))
+            .find(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|c| c.trim_end_matches(['r', 'w', 'u']) == fd.to_string())
+            })
             .unwrap_or_else(|| panic!("no row for {label}:\n{text}"))
             .to_string()
     };
@@ -161,16 +181,24 @@ fn ls_selected_fds_and_missing_fd() {
     let out = run_fdgrab(["ls", &t.pid.to_string(), "0", "777"]);
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("777") && err.contains(&t.pid.to_string()), "{err}");
+    assert!(
+        err.contains("777") && err.contains(&t.pid.to_string()),
+        "{err}"
+    );
 }
 
 #[test]
 fn ls_works_for_plain_sleep_and_python() {
     let mut sleep = Command::new("sleep").arg("30").spawn().expect("sleep");
-    let out = output_timeout(fdgrab_testkit::fdgrab().args(["ls", &sleep.id().to_string(), "--json"]), TIMEOUT);
+    let out = output_timeout(
+        fdgrab_testkit::fdgrab().args(["ls", &sleep.id().to_string(), "--json"]),
+        TIMEOUT,
+    );
     assert!(out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert!(doc["fds"].as_array().is_some_and(|a| a.iter().any(|e| e["fd"] == 0)));
+    assert!(doc["fds"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["fd"] == 0)));
     let _ = sleep.kill();
     let _ = sleep.wait();
 
@@ -186,8 +214,77 @@ fn ls_works_for_plain_sleep_and_python() {
     let doc = ls_json(t.pid);
     let listener = doc["fds"]
         .as_array()
-        .and_then(|a| a.iter().find(|e| e["socket"]["local"]["port"].as_u64() == Some(port)))
+        .and_then(|a| {
+            a.iter()
+                .find(|e| e["socket"]["local"]["port"].as_u64() == Some(port))
+        })
         .expect("python's listener in ls");
     assert_eq!(listener["socket"]["state"], "LISTEN");
     assert_eq!(listener["socket"]["local"]["address"], "127.0.0.1");
+}
+
+#[test]
+fn ls_of_a_process_whose_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(format!("/proc/{}/status", t.pid))
+        .expect("status")
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'))
+    {
+        assert!(std::time::Instant::now() < deadline, "leader never exited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let doc = ls_json(t.pid);
+    for label in ["pipe-r", "pipe-w"] {
+        let fd = t.fd_labelled(label);
+        assert_eq!(entry(&doc, fd.into())["inode"], t.fd_report(fd.into())["ino"], "{label}");
+    }
+}
+
+/// `process` comes from PIDFD_GET_INFO; with the ioctl failing as on a kernel
+/// before 6.13 (ENOTTY, injected by strace), /proc gives the same answer.
+#[test]
+fn ls_process_info_with_and_without_pidfd_get_info() {
+    let t = Target::spawn(["zoo"]);
+    let doc = ls_json(t.pid);
+    let p = &doc["process"];
+    assert_eq!(p["source"], "ioctl");
+    assert_eq!(p["pid"].as_i64(), Some(t.pid.into()));
+    assert_eq!(p["ppid"].as_u64(), Some(std::process::id().into()));
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-o", "/dev/null", "-e", "inject=ioctl:error=ENOTTY"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["ls", &t.pid.to_string(), "--json"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fallback: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let q = &fallback["process"];
+    assert_eq!(q["source"], "procfs");
+    for k in ["pid", "tgid", "ppid", "uids", "gids", "cgroup_id"] {
+        assert_eq!(p[k], q[k], "{k}");
+    }
+}
+
+/// An unprivileged user lists its own processes in full, and is refused (exit 4)
+/// for root's.
+#[test]
+fn ls_as_an_unprivileged_user() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+    cmd.arg("zoo").uid(65534).gid(65534);
+    let t = Target::spawn_cmd(cmd);
+    let mut ls = fdgrab_testkit::fdgrab();
+    ls.args(["ls", &t.pid.to_string(), "--json"]).uid(65534).gid(65534);
+    let out = output_timeout(&mut ls, TIMEOUT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_matches_report(&t, &doc);
+
+    let root = Target::spawn(["zoo"]);
+    let mut ls = fdgrab_testkit::fdgrab();
+    ls.args(["ls", &root.pid.to_string()]).uid(65534).gid(65534);
+    let out = output_timeout(&mut ls, TIMEOUT);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&root.pid.to_string()));
 }

@@ -5,7 +5,13 @@ use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 fn pair() -> (OwnedFd, OwnedFd) {
-    socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).expect("socketpair")
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair")
 }
 
 fn ino(fd: impl AsFd) -> u64 {
@@ -25,7 +31,10 @@ fn fds_arrive_close_on_exec_and_identical() {
     assert_eq!(ino(&got.fds[0]), ino(&r));
     for fd in &got.fds {
         let fl = rustix::io::fcntl_getfd(fd).expect("F_GETFD");
-        assert!(fl.contains(rustix::io::FdFlags::CLOEXEC), "MSG_CMSG_CLOEXEC");
+        assert!(
+            fl.contains(rustix::io::FdFlags::CLOEXEC),
+            "MSG_CMSG_CLOEXEC"
+        );
     }
 }
 
@@ -61,10 +70,16 @@ fn truncated_control_message_is_an_error() {
 #[test]
 fn long_lists_are_split_into_messages() {
     let (a, b) = pair();
-    let files: Vec<OwnedFd> = (0..600).map(|_| rustix::io::dup(std::io::stdin()).expect("dup")).collect();
+    let files: Vec<OwnedFd> = (0..600)
+        .map(|_| rustix::io::dup(std::io::stdin()).expect("dup"))
+        .collect();
     let borrowed: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
     std::thread::scope(|s| {
-        let sender = s.spawn(|| send_all_fds(&a, &borrowed, |i, n| format!("chunk {i} of {n}\n").into_bytes()));
+        let sender = s.spawn(|| {
+            send_all_fds(&a, &borrowed, |i, n| {
+                format!("chunk {i} of {n}\n").into_bytes()
+            })
+        });
         receive_600(&b);
         sender.join().expect("sender").expect("send_all_fds");
     });

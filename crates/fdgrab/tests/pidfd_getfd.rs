@@ -28,7 +28,10 @@ fn grabbed_fd_is_the_same_open_file_and_cloexec() {
     assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
 
     // The offset is shared: the target left it at 7, and moving ours moves theirs.
-    assert_eq!(rustix::fs::seek(&ours, rustix::fs::SeekFrom::Current(0)).expect("lseek"), 7);
+    assert_eq!(
+        rustix::fs::seek(&ours, rustix::fs::SeekFrom::Current(0)).expect("lseek"),
+        7
+    );
     rustix::fs::seek(&ours, rustix::fs::SeekFrom::Start(3)).expect("lseek");
     assert_eq!(fdgrab_testkit::proc_offset(t.pid, n), 3);
 }
@@ -62,7 +65,10 @@ fn unknown_fd_is_no_such_fd() {
         }
     }
     let msg = grab(&pidfd, tfd(1000)).expect_err("no fd 1000").to_string();
-    assert!(msg.contains(&t.pid.to_string()) && msg.contains("1000"), "{msg}");
+    assert!(
+        msg.contains(&t.pid.to_string()) && msg.contains("1000"),
+        "{msg}"
+    );
 }
 
 /// A caller that dropped to uid 65534 cannot take fds from a non-dumpable target,
@@ -71,17 +77,26 @@ fn unknown_fd_is_no_such_fd() {
 fn nondumpable_target_unprivileged_caller_is_permission_denied() {
     // The target runs as 65534 too, so only its dumpability stands in the way.
     let mut cmd = Command::new(bin("fdgrab-target"));
-    cmd.args(["zoo", "--nondumpable"]).uid(65534).gid(65534).env("TMPDIR", "/tmp");
+    cmd.args(["zoo", "--nondumpable"])
+        .uid(65534)
+        .gid(65534)
+        .env("TMPDIR", "/tmp");
     let t = Target::spawn_cmd(cmd);
     let n = t.fd_labelled("file");
 
     let mut probe = Command::new(bin("fdgrab-target"));
-    probe.args(["try-grab", &t.pid.to_string(), &n.to_string()]).uid(65534).gid(65534);
+    probe
+        .args(["try-grab", &t.pid.to_string(), &n.to_string()])
+        .uid(65534)
+        .gid(65534);
     let out = fdgrab_testkit::output_timeout(&mut probe, TIMEOUT);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
     assert_eq!(v["error"], "PermissionDenied", "{v}");
     let msg = v["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("not dumpable"), "hint should name dumpability: {msg}");
+    assert!(
+        msg.contains("not dumpable"),
+        "hint should name dumpability: {msg}"
+    );
     assert!(msg.contains(&t.pid.to_string()), "{msg}");
 
     // The same caller with the same uid succeeds against a dumpable target.
@@ -89,7 +104,14 @@ fn nondumpable_target_unprivileged_caller_is_permission_denied() {
     cmd.args(["zoo"]).uid(65534).gid(65534);
     let t2 = Target::spawn_cmd(cmd);
     let mut probe = Command::new(bin("fdgrab-target"));
-    probe.args(["try-grab", &t2.pid.to_string(), &t2.fd_labelled("file").to_string()]).uid(65534).gid(65534);
+    probe
+        .args([
+            "try-grab",
+            &t2.pid.to_string(),
+            &t2.fd_labelled("file").to_string(),
+        ])
+        .uid(65534)
+        .gid(65534);
     let out = fdgrab_testkit::output_timeout(&mut probe, TIMEOUT);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
     assert_eq!(v["ok"], true, "{v}");
@@ -101,14 +123,23 @@ fn killed_target_is_no_such_process() {
     let pidfd = PidFd::open(t.pid).expect("pidfd_open");
     let n = tfd(t.fd_labelled("file"));
     pidfd.send_signal(libc::SIGKILL).expect("kill");
-    assert!(pidfd.wait_exit(Some(TIMEOUT)).expect("poll"), "target did not exit");
+    assert!(
+        pidfd.wait_exit(Some(TIMEOUT)).expect("poll"),
+        "target did not exit"
+    );
     // Exited but not yet reaped (a zombie).
     assert!(matches!(grab(&pidfd, n), Err(Error::NoSuchProcess { pid }) if pid == t.pid));
     // Reaped.
     t.child.wait().expect("reap");
     assert!(matches!(grab(&pidfd, n), Err(Error::NoSuchProcess { pid }) if pid == t.pid));
-    assert!(matches!(pidfd.send_signal(0), Err(Error::NoSuchProcess { .. })));
-    assert!(matches!(PidFd::open(t.pid), Err(Error::NoSuchProcess { .. }) | Ok(_)));
+    assert!(matches!(
+        pidfd.send_signal(0),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        PidFd::open(t.pid),
+        Err(Error::NoSuchProcess { .. }) | Ok(_)
+    ));
 }
 
 #[test]
@@ -119,7 +150,10 @@ fn process_whose_leader_exited_is_still_grabbable() {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let st = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
-        if st.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+        if st
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "leader never exited");
@@ -157,12 +191,17 @@ fn thread_pidfd_reaches_the_process_fd_table() {
 fn batch_grab_is_all_or_nothing_and_names_the_bad_fd() {
     let t = Target::spawn(["zoo"]);
     let pidfd = PidFd::open(t.pid).expect("pidfd_open");
-    let good: Vec<TargetFd> =
-        ["file", "pipe-r", "eventfd", "memfd", "tcp-listen"].iter().map(|l| tfd(t.fd_labelled(l))).collect();
+    let good: Vec<TargetFd> = ["file", "pipe-r", "eventfd", "memfd", "tcp-listen"]
+        .iter()
+        .map(|l| tfd(t.fd_labelled(l)))
+        .collect();
     let all = grab_many(&pidfd, &good).expect("batch");
     assert_eq!(all.len(), good.len());
     for (fd, ours) in good.iter().zip(&all) {
-        assert!(same_file(&pidfd, *fd, ours.as_fd()).expect("kcmp"), "fd {fd}");
+        assert!(
+            same_file(&pidfd, *fd, ours.as_fd()).expect("kcmp"),
+            "fd {fd}"
+        );
     }
     let mut bad = good.clone();
     bad.insert(2, tfd(4000));
@@ -176,11 +215,26 @@ fn batch_grab_is_all_or_nothing_and_names_the_bad_fd() {
 fn sockets_memfds_eventfds_are_grabbable() {
     let t = Target::spawn(["zoo"]);
     let pidfd = PidFd::open(t.pid).expect("pidfd_open");
-    for label in ["eventfd", "epoll", "timerfd", "signalfd", "pidfd", "inotify", "memfd", "tcp-listen", "udp", "unix-pair-a"] {
+    for label in [
+        "eventfd",
+        "epoll",
+        "timerfd",
+        "signalfd",
+        "pidfd",
+        "inotify",
+        "memfd",
+        "tcp-listen",
+        "udp",
+        "unix-pair-a",
+    ] {
         let n = t.fd_labelled(label);
         let ours = grab(&pidfd, tfd(n)).unwrap_or_else(|e| panic!("{label}: {e}"));
         let st = rustix::fs::fstat(&ours).expect("fstat");
-        assert_eq!(Some(st.st_ino), t.fd_report(n.into())["ino"].as_u64(), "{label}");
+        assert_eq!(
+            Some(st.st_ino),
+            t.fd_report(n.into())["ino"].as_u64(),
+            "{label}"
+        );
         assert!(ours.as_raw_fd() >= 0);
     }
     // A grabbed eventfd is the same counter: the target created it with 3.
