@@ -12,7 +12,7 @@
 //! `INJECT_FILE_CONTENT`) and reports it, then:
 //! - `blocked-read`: blocks SIGUSR1/SIGUSR2, leaves one of each pending (thread- and
 //!   process-directed), then loops on single `read(0)` calls, printing
-//!   `{"n": ret, "errno": e, "data": "..."}` per call; exits on EOF.
+//!   `{"n": ret, "errno": e, "data": "..."}` per call; ends at EOF or an error.
 //! - `nanosleep MS`: one `nanosleep(MS)`, then prints `{"ret", "errno", "elapsed_ms"}`.
 //! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
 //! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
@@ -564,7 +564,7 @@ fn echo_reads() {
             String::new()
         };
         emit(&json!({"n": n, "errno": errno, "data": data}));
-        if n == 0 {
+        if n <= 0 {
             return;
         }
     }

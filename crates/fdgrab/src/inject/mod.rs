@@ -137,6 +137,14 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
     let pid = s.pid();
     let mut out = Vec::with_capacity(fds.len());
     for chunk in fds.chunks(SCM_MAX_FD) {
+        if s.termination_requested() {
+            return Err(Error::io(
+                "taking fds (interrupted by a termination signal)",
+                pid,
+                None,
+                rustix::io::Errno::INTR,
+            ));
+        }
         s.reset_scratch();
         let byte = s.push_bytes(b"F")?;
         let iov = s.push_bytes(&iovec(byte, 1))?;

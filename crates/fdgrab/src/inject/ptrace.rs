@@ -155,6 +155,19 @@ pub(crate) fn block_termination_signals() -> OurMask {
     OurMask(old)
 }
 
+/// Whether one of the signals [`block_termination_signals`] holds back is pending.
+pub(crate) fn termination_pending() -> bool {
+    let mut pending = empty_sigset();
+    // SAFETY: sigpending writes one sigset into our initialised local.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return false;
+    }
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+        .into_iter()
+        // SAFETY: sigismember reads the initialised set.
+        .any(|sig| unsafe { libc::sigismember(&pending, sig) } == 1)
+}
+
 fn empty_sigset() -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the whole set it is given.

@@ -397,6 +397,13 @@ impl<'a> Session<'a> {
         Ok(r)
     }
 
+    /// Whether SIGINT, SIGTERM, SIGHUP or SIGQUIT is waiting for the session to end.
+    /// Long loops of injected calls check this to stop early; the signal then takes
+    /// effect when the session has restored the target.
+    pub fn termination_requested(&self) -> bool {
+        ptrace::termination_pending()
+    }
+
     /// Copies `data` into the scratch mapping and returns its address in the target.
     /// The space is reused after [`Session::reset_scratch`].
     pub fn push_bytes(&mut self, data: &[u8]) -> Result<u64> {
