@@ -6,6 +6,7 @@
 //! `FD_CLOEXEC`.
 
 use crate::error::{Error, Result};
+use crate::inject::{self, CloseMode};
 use crate::pidfd::PidFd;
 use crate::{procfs, sys, Pid, TargetFd};
 use rustix::io::Errno;
@@ -22,6 +23,9 @@ pub enum Backend {
     Auto,
     /// `pidfd_getfd(2)`.
     Pidfd,
+    /// ptrace injection: the target is made to send the fd over a unix socket
+    /// (see [`crate::inject`]). Slower, and briefly stops one target thread.
+    Ptrace,
 }
 
 impl Backend {
@@ -30,6 +34,22 @@ impl Backend {
         match self {
             Backend::Auto => "auto",
             Backend::Pidfd => "pidfd",
+            Backend::Ptrace => "ptrace",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "pidfd" => Ok(Backend::Pidfd),
+            "ptrace" => Ok(Backend::Ptrace),
+            other => Err(format!(
+                "unknown backend '{other}' (expected auto, pidfd or ptrace)"
+            )),
         }
     }
 }
@@ -49,6 +69,8 @@ pub struct Grabbed {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrabOptions {
     pub backend: Backend,
+    /// Take the fds away from the target once the copies are verified.
+    pub steal: Option<CloseMode>,
 }
 
 impl GrabOptions {
@@ -61,21 +83,70 @@ impl GrabOptions {
         self
     }
 
+    /// Makes the grab a steal: after every copy has been checked to be the same open
+    /// file as the target's fd, the target's fds are closed (or get /dev/null) with
+    /// [`crate::inject::close_in_target`]. If that fails, the copies are dropped and
+    /// the target keeps its fds.
+    pub fn steal(mut self, how: CloseMode) -> Self {
+        self.steal = Some(how);
+        self
+    }
+
     /// Takes one descriptor.
     pub fn grab(&self, target: &PidFd, fd: TargetFd) -> Result<Grabbed> {
-        match self.backend {
-            Backend::Auto | Backend::Pidfd => grab(target, fd).map(|ours| Grabbed {
-                target_fd: fd,
-                fd: ours,
-                backend: Backend::Pidfd,
-            }),
-        }
+        let mut all = self.grab_many(target, &[fd])?;
+        all.pop().ok_or(Error::NoSuchFd {
+            pid: target.pid(),
+            fd,
+        })
     }
 
     /// Takes several descriptors, all or nothing: on the first failure the copies
     /// already made are closed and the error names the fd that failed.
+    ///
+    /// [`Backend::Auto`] uses `pidfd_getfd` and falls back to ptrace injection only
+    /// when the kernel lacks it (`ENOSYS`); any other refusal is reported as is,
+    /// because ptrace would be refused for the same reason. Every copy, whichever
+    /// backend made it, is checked with [`same_file`].
     pub fn grab_many(&self, target: &PidFd, fds: &[TargetFd]) -> Result<Vec<Grabbed>> {
-        fds.iter().map(|&fd| self.grab(target, fd)).collect()
+        let (copies, backend) = match self.backend {
+            Backend::Pidfd => (grab_many(target, fds)?, Backend::Pidfd),
+            Backend::Ptrace => (inject::grab_fds(target, fds)?, Backend::Ptrace),
+            Backend::Auto => {
+                match grab_many(target, fds) {
+                    Err(Error::Unsupported {
+                        op: "pidfd_getfd", ..
+                    }) => {
+                        tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
+                        (inject::grab_fds(target, fds)?, Backend::Ptrace)
+                    }
+                    r => (r?, Backend::Pidfd),
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(copies.len());
+        for (&target_fd, fd) in fds.iter().zip(copies) {
+            if !same_file(target, target_fd, fd.as_fd())? {
+                return Err(Error::WrongKind {
+                    pid: target.pid(),
+                    fd: target_fd,
+                    reason: format!(
+                        "the copy taken by {} is not the same open file as the target's fd \
+                         (the target replaced the fd meanwhile?)",
+                        backend.name()
+                    ),
+                });
+            }
+            out.push(Grabbed {
+                target_fd,
+                fd,
+                backend,
+            });
+        }
+        if let Some(how) = self.steal {
+            inject::close_in_target(target, fds, how)?;
+        }
+        Ok(out)
     }
 }
 

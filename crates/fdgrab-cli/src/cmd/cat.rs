@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 pub fn run(a: CatArgs) -> Result<ExitCode> {
     let target = PidFd::open(a.pid)?;
-    let g = GrabOptions::new().grab(&target, a.fd)?;
+    let g = GrabOptions::new()
+        .backend(a.backend.backend)
+        .grab(&target, a.fd)?;
     let st = fstat(&g.fd).context("fstat on the grabbed fd")?;
     let ft = FileType::from_raw_mode(st.st_mode);
     let mut out = std::io::stdout().lock();

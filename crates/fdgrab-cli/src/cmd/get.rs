@@ -9,7 +9,9 @@ use std::process::ExitCode;
 pub fn run(a: GetArgs) -> Result<ExitCode> {
     let target = PidFd::open(a.pid)?;
     let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
-    let grabbed = GrabOptions::new().grab_many(&target, &wanted)?;
+    let grabbed = GrabOptions::new()
+        .backend(a.backend.backend)
+        .grab_many(&target, &wanted)?;
     let pairs = grabbed
         .into_iter()
         .zip(&a.fds)

@@ -5,7 +5,10 @@ mod docs;
 mod exec;
 mod get;
 mod ls;
+mod put;
+mod redirect;
 mod send;
+mod steal;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -17,6 +20,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
         Command::Exec(a) => exec::run(a),
+        Command::Steal(a) => steal::run(a),
+        Command::Put(a) => put::run(a),
+        Command::Redirect(a) => redirect::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }
