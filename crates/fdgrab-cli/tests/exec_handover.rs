@@ -290,3 +290,42 @@ fn exec_detach_returns_once_ready() {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
 }
+
+/// --steal closes the sockets in the old server once the new one is ready: the old
+/// process lives on without them (nothing else of it changes), and from then on only
+/// the new server answers. No request fails on the way.
+#[test]
+fn exec_steal_closes_sockets_in_old_server() {
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0", "--listen", "udp:127.0.0.1:0"]);
+    let report = old.report.clone().expect("report");
+    let tcp_fd = report["sockets"][0]["fd"].as_i64().expect("fd") as i32;
+    let before = fdgrab_testkit::handover::fd_table(old.pid);
+    let link = before.get(&tcp_fd).cloned().expect("tcp fd");
+    let addr = old.addrs[0].parse().expect("addr");
+    let load = Load::start(vec![Probe::Tcp(addr)], 40_000);
+    load.wait_for(300, TIMEOUT);
+    let args: Vec<String> = [old.pid.to_string(), format!("tcp:127.0.0.1:{}", old.port(0)), "--steal".into(), "--".into()]
+        .into_iter()
+        .chain(activated_cmd(&[]))
+        .collect();
+    let exec = Exec::start(&args);
+    // The "closed" line comes before the "ready" line Exec waits for.
+    assert!(
+        exec.log.iter().any(|l| l.contains(&format!("closed fd {tcp_fd} in old server {}", old.pid))),
+        "{:?}",
+        exec.log
+    );
+    let cut = load.count();
+    load.wait_for(cut + 500, TIMEOUT);
+    let answers = load.finish();
+    let failures: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let late: Vec<i32> = answers[cut + 1..].iter().flatten().copied().filter(|&p| p != exec.new_pid).collect();
+    assert!(late.is_empty(), "after the steal {} answers came from {late:?}", late.len());
+    assert!(process_exists(old.pid), "the old server was not signalled and must still run");
+    let mut expected = before.clone();
+    expected.remove(&tcp_fd);
+    assert_eq!(fdgrab_testkit::handover::fd_table(old.pid), expected, "only the stolen fd may be gone");
+    assert_eq!(holders(&link), vec![exec.new_pid]);
+    stop_through_fdgrab(exec);
+}

@@ -5,6 +5,7 @@ use crate::cli::ExecArgs;
 use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{bail, Context, Result};
+use fdgrab::inject::CloseMode;
 use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
@@ -30,9 +31,6 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     }
     for name in &a.names {
         activation::check_fd_name(name).map_err(|e| UsageError(format!("--name: {e}")))?;
-    }
-    if a.steal {
-        steal_available()?;
     }
     let program = activation::find_program(&a.cmd[0])?;
     // Blocked before anything is started, so that a ^C during the handover is seen
@@ -165,16 +163,25 @@ fn describe_status(st: ExitStatus) -> String {
     }
 }
 
-/// `--steal` closes the sockets in the old server with the ptrace engine.
-fn steal_available() -> Result<()> {
-    Err(fdgrab::Error::Unsupported {
-        op: "fdgrab exec --steal",
-        needs: "the ptrace injection engine (not in this build)",
-        source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+/// `--steal`: closes every number the taken sockets have in the old server, in one
+/// ptrace session. If that fails the handover is called off: the new server is
+/// stopped and the old one, which `close_in_target` leaves unchanged when an fd is
+/// missing, keeps serving.
+fn steal(target: &PidFd, fds: &[fdgrab::TargetFd], child: &mut activation::ActivatedChild) -> Result<()> {
+    match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
+        Ok(()) => {
+            let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+            eprintln!("fdgrab: closed fd {} in old server {}", nums.join(","), target.pid());
+            Ok(())
+        }
+        Err(e) => {
+            let st = child.terminate(STOP_GRACE)?;
+            Err(anyhow::Error::new(e).context(format!(
+                "closing the sockets in process {} failed; stopped the new server {} ({})",
+                target.pid(),
+                child.pid(),
+                describe_status(st)
+            )))
+        }
     }
-    .into())
-}
-
-fn steal(_target: &PidFd, _fds: &[fdgrab::TargetFd], _child: &mut activation::ActivatedChild) -> Result<()> {
-    steal_available()
 }

@@ -188,24 +188,43 @@ fn serve(args: &[String]) {
         other => die(&format!("unknown --ready {other}")),
     }
     let reply = format!("pid={}\n", std::process::id());
+    // A socket closed under us (fdgrab exec --steal) polls as POLLNVAL; it is dropped
+    // from the set without closing the number, which is no longer ours.
+    let mut socks: Vec<Option<Sock>> = socks.into_iter().map(Some).collect();
     loop {
-        let mut fds: Vec<PollFd<'_>> = socks.iter().map(|s| PollFd::from_borrowed_fd(s.fd(), PollFlags::IN)).collect();
+        let live: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].is_some()).collect();
+        let mut fds: Vec<PollFd<'_>> = live
+            .iter()
+            .filter_map(|&i| socks[i].as_ref().map(|s| PollFd::from_borrowed_fd(s.fd(), PollFlags::IN)))
+            .collect();
         fds.push(PollFd::new(&signals, PollFlags::IN));
         if poll(&mut fds, None).is_err() {
             continue;
         }
-        let ready_idx: Vec<usize> =
-            fds.iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+        let events: Vec<(Option<usize>, PollFlags)> = fds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(j, f)| (live.get(j).copied(), f.revents()))
+            .collect();
         drop(fds);
-        for i in ready_idx {
-            match socks.get(i) {
-                None => {
-                    if signals.read().ok().flatten().is_some() {
-                        // Finished the requests in hand; anything queued stays in the
-                        // shared socket for whoever else holds it.
-                        std::process::exit(0);
-                    }
+        for (idx, revents) in events {
+            let Some(i) = idx else {
+                if signals.read().ok().flatten().is_some() {
+                    // Finished the requests in hand; anything queued stays in the
+                    // shared socket for whoever else holds it.
+                    std::process::exit(0);
                 }
+                continue;
+            };
+            if revents.contains(PollFlags::NVAL) {
+                if let Some(gone) = socks[i].take() {
+                    std::mem::forget(gone);
+                }
+                continue;
+            }
+            match &socks[i] {
+                None => {}
                 Some(Sock::Tcp(l)) => {
                     if let Ok((c, _)) = l.accept() {
                         answer(c, &reply);
