@@ -11,6 +11,10 @@
 //!   `--ready` is `notify` (default: READY=1 to NOTIFY_SOCKET once serving),
 //!   `never` (serve, never notify), `exit:CODE` (exit at once), or `delay:MS`.
 //!
+//! `fdgrab-activated hold --listen SPEC...`
+//!   Opens the sockets like `serve`, prints the same report, and never accepts:
+//!   an old server whose only role is to own the listeners (for benchmarks).
+//!
 //! `fdgrab-activated probe FILE`
 //!   Writes what it was started with (pid, environment, every fd with its fd flags,
 //!   status flags and socket identity) to FILE as JSON, sends READY=1 if
@@ -30,7 +34,8 @@ use std::time::Duration;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(&args[1..]),
+        Some("serve") => serve(&args[1..], false),
+        Some("hold") => serve(&args[1..], true),
         Some("probe") => probe(args.get(1).map(String::as_str).unwrap_or_else(|| die("probe FILE"))),
         _ => die("usage: fdgrab-activated serve|probe ..."),
     }
@@ -141,7 +146,7 @@ fn notify(state: &str) {
     }
 }
 
-fn serve(args: &[String]) {
+fn serve(args: &[String], hold: bool) {
     let mut specs = Vec::new();
     let mut reuseport = 1;
     let mut ready = "notify".to_string();
@@ -186,6 +191,11 @@ fn serve(args: &[String]) {
             notify("READY=1\n");
         }
         other => die(&format!("unknown --ready {other}")),
+    }
+    if hold {
+        let mut pfd = [PollFd::new(&signals, PollFlags::IN)];
+        while !matches!(poll(&mut pfd, None), Ok(n) if n > 0) {}
+        std::process::exit(0);
     }
     let reply = format!("pid={}\n", std::process::id());
     // A socket closed under us (fdgrab exec --steal) polls as POLLNVAL; it is dropped
