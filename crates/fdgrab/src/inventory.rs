@@ -6,8 +6,9 @@
 //! cgroup-v1 net_cls/net_prio ids to ours, so sockets are resolved through
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
+pub(crate) mod inet_diag;
 mod sockets;
-mod unix_diag;
+pub(crate) mod unix_diag;
 
 pub use sockets::{Endpoint, SocketInfo};
 

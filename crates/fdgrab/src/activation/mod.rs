@@ -1,7 +1,7 @@
 //! systemd socket activation for sockets taken out of a running process.
 //!
 //! The pieces of a zero-downtime handover, in the order they are used:
-//! 1. [`select`] picks sockets from the target's [`inventory`] by [`Selector`], and
+//! 1. [`select`] picks sockets from a read-only [`listing`] of the target by [`Selector`], and
 //!    [`take_sockets`] copies them with `pidfd_getfd`, checking that each copy is the
 //!    socket the inventory saw;
 //! 2. [`spawn`] starts the new server as systemd would: the sockets at fd 3, 4, …
@@ -20,7 +20,7 @@ pub use notify::{Notification, NotifySocket};
 pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
 
 use crate::error::{Error, Result};
-use crate::inventory::{inventory, FdEntry, Inventory, SocketInfo};
+use crate::inventory::{inet_diag, inventory, unix_diag, Inventory, SocketInfo};
 use crate::pidfd::PidFd;
 use crate::signalfd::SignalFd;
 use crate::sys::{self, ChildSession, ChildStage, ExecImage};
@@ -64,25 +64,25 @@ pub struct TakenSocket {
 /// Every member of an `SO_REUSEPORT` group is taken together, also for `fd:N`. A
 /// socket chosen by two selectors is passed once, under the first. A selector that
 /// matches nothing is an error listing what the process does listen on.
-pub fn select(inv: &Inventory, selectors: &[Selector]) -> Result<Vec<Selected>> {
-    let pid = inv.pid;
+pub fn select(pid: Pid, fds: &[Candidate], selectors: &[Selector]) -> Result<Vec<Selected>> {
     let resolve = |rel: &str| {
         std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|cwd| cwd.join(rel).to_string_lossy().into_owned())
     };
     let mut chosen: Vec<Selected> = Vec::new();
     let mut by_inode: HashMap<u64, usize> = HashMap::new();
     for (index, sel) in selectors.iter().enumerate() {
-        let mut hits: Vec<&FdEntry> = inv.fds.iter().filter(|e| sel.matches(e, resolve)).collect();
+        let mut hits: Vec<&Candidate> = fds.iter().filter(|e| sel.matches(e, resolve)).collect();
         if let Selector::Fd(fd) = sel {
             let Some(entry) = hits.first().copied() else {
                 return Err(Error::NoSuchFd { pid, fd: *fd });
             };
             let Some(sock) = entry.socket.as_ref().filter(|_| entry.inode.is_some()) else {
-                return Err(Error::WrongKind {
-                    pid,
-                    fd: *fd,
-                    reason: format!("'{}' is not a socket; only sockets can be handed over", entry.link),
-                });
+                let what = if entry.link.starts_with("socket:") {
+                    "is a socket that is neither listening nor bound (a connection, or a kind fdgrab cannot pass)"
+                } else {
+                    "is not a socket; only sockets can be handed over"
+                };
+                return Err(Error::WrongKind { pid, fd: *fd, reason: format!("'{}' {what}", entry.link) });
             };
             if !is_listening_or_bound(sock) {
                 return Err(Error::WrongKind {
@@ -95,14 +95,14 @@ pub fn select(inv: &Inventory, selectors: &[Selector]) -> Result<Vec<Selected>> 
                     ),
                 });
             }
-            hits.extend(inv.fds.iter().filter(|e| {
+            hits.extend(fds.iter().filter(|e| {
                 e.fd != *fd
                     && e.socket.as_ref().is_some_and(|s| is_listening_or_bound(s) && selector::same_group(s, sock))
             }));
             hits.sort_by_key(|e| e.fd);
         }
         if hits.is_empty() {
-            return Err(Error::NoMatchingSocket { pid, selector: sel.to_string(), available: describe_listeners(inv) });
+            return Err(Error::NoMatchingSocket { pid, selector: sel.to_string(), available: describe_listeners(fds) });
         }
         for entry in hits {
             let (Some(inode), Some(info)) = (entry.inode, entry.socket.as_ref()) else { continue };
@@ -124,9 +124,8 @@ pub fn select(inv: &Inventory, selectors: &[Selector]) -> Result<Vec<Selected>> 
 }
 
 /// What a process listens on, for error messages.
-pub fn describe_listeners(inv: &Inventory) -> String {
-    let list: Vec<String> = inv
-        .fds
+pub fn describe_listeners(fds: &[Candidate]) -> String {
+    let list: Vec<String> = fds
         .iter()
         .filter(|e| e.socket.as_ref().is_some_and(is_listening_or_bound))
         .map(|e| {
@@ -141,13 +140,138 @@ pub fn describe_listeners(inv: &Inventory) -> String {
     }
 }
 
+/// One descriptor of the target, as far as socket selection needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub fd: TargetFd,
+    /// What `/proc/PID/fd/N` points at.
+    pub link: String,
+    /// The socket inode, for sockets.
+    pub inode: Option<u64>,
+    /// Details of listening and bound sockets (others may be left out).
+    pub socket: Option<SocketInfo>,
+}
+
+impl Candidate {
+    /// `127.0.0.1:8080 (LISTEN)`, a path, or the link.
+    pub fn display_name(&self) -> String {
+        self.socket.as_ref().map_or_else(|| self.link.clone(), SocketInfo::describe)
+    }
+}
+
+/// Every fd of the target, with details for its listening and bound sockets.
+///
+/// Listeners are found with kernel-filtered `sock_diag` dumps in the target's
+/// network namespace (listening TCP, all UDP and unix sockets), which is much
+/// cheaper than the full [`inventory`]; where those dumps are unavailable (no
+/// `inet_diag` module, no right to enter the namespace) the inventory is used.
+pub fn listing(target: &PidFd) -> Result<Vec<Candidate>> {
+    match quick_listing(target) {
+        Ok(Some(list)) => Ok(list),
+        Ok(None) => Ok(from_inventory(&inventory(target)?)),
+        Err(e) => Err(e),
+    }
+}
+
+fn from_inventory(inv: &Inventory) -> Vec<Candidate> {
+    inv.fds
+        .iter()
+        .map(|e| Candidate { fd: e.fd, link: e.link.clone(), inode: e.inode, socket: e.socket.clone() })
+        .collect()
+}
+
+/// `Ok(None)` asks the caller to fall back to the full inventory.
+fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
+    use rustix::fs::{openat, readlinkat, Mode, OFlags};
+    let pid = target.pid();
+    let gone = |e: Errno| match e {
+        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
+            pid,
+            fd: None,
+            op: "reading /proc/PID/fd",
+            hint: "listing another user's fds needs the same uid or CAP_SYS_PTRACE".into(),
+        },
+        e => Error::io("reading /proc/PID/fd", pid, None, e),
+    };
+    let proc_dir = openat(rustix::fs::CWD, format!("/proc/{pid}"), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(gone)?;
+    let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(gone)?;
+    let mut numbers = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(&fd_dir).map_err(gone)?;
+    while let Some(entry) = dir.next() {
+        let entry = entry.map_err(gone)?;
+        if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    let mut list = Vec::with_capacity(numbers.len());
+    for n in numbers {
+        let Some(fd) = TargetFd::new(n) else { continue };
+        let link = match readlinkat(&fd_dir, n.to_string(), Vec::new()) {
+            Ok(l) => l.to_string_lossy().into_owned(),
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(gone(e)),
+        };
+        let inode = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse().ok());
+        list.push(Candidate { fd, link, inode, socket: None });
+    }
+    if list.iter().any(|c| c.inode.is_some()) {
+        let Some(table) = listener_table(pid, &proc_dir) else { return Ok(None) };
+        for c in &mut list {
+            c.socket = c.inode.and_then(|i| table.get(&i).cloned());
+        }
+    }
+    if !target.is_alive() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    Ok(Some(list))
+}
+
+/// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by inode;
+/// `None` if any dump is refused.
+fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInfo>> {
+    let sock = match unix_diag::diag_socket_in(pid, proc_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "no sock_diag socket in the target's netns; using the inventory");
+            return None;
+        }
+    };
+    let mut table = HashMap::new();
+    for (family, protocol, states) in [
+        (libc::AF_INET, libc::IPPROTO_TCP, inet_diag::STATES_LISTEN),
+        (libc::AF_INET6, libc::IPPROTO_TCP, inet_diag::STATES_LISTEN),
+        (libc::AF_INET, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
+        (libc::AF_INET6, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
+    ] {
+        match inet_diag::dump(&sock, family as u8, protocol as u8, states) {
+            Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
+            Err(e) => {
+                tracing::debug!(pid, family, protocol, error = %e, "inet_diag dump failed; using the inventory");
+                return None;
+            }
+        }
+    }
+    match unix_diag::dump(pid, proc_dir) {
+        Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "unix_diag dump failed; using the inventory");
+            return None;
+        }
+    }
+    Some(table)
+}
+
 /// Lists the target's fds, selects, and copies the chosen sockets out of it.
 ///
-/// Each copy is checked to be the socket the inventory saw (same inode): the target
+/// Each copy is checked to be the socket the listing saw (same inode): the target
 /// may close a number and reuse it between the listing and the copy.
 pub fn take_sockets(target: &PidFd, selectors: &[Selector]) -> Result<Vec<TakenSocket>> {
-    let inv = inventory(target)?;
-    let selected = select(&inv, selectors)?;
+    let fds = listing(target)?;
+    let selected = select(target.pid(), &fds, selectors)?;
     let mut taken = Vec::with_capacity(selected.len());
     for sel in selected {
         let fd = sel.target_fds[0];

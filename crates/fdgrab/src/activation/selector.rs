@@ -1,11 +1,12 @@
 //! Selecting listening sockets by address: `tcp:ADDR:PORT`, `udp:ADDR:PORT`,
 //! `unix:PATH`, `fd:N` and `*`.
 //!
-//! Matching works on the read-only [`inventory`](crate::inventory), so choosing
+//! Matching works on a read-only listing of the target's sockets, so choosing
 //! sockets never grabs one that is not wanted (a grab rewrites a socket's cgroup-v1
 //! class ids).
 
-use crate::inventory::{Endpoint, FdEntry, SocketInfo};
+use super::Candidate;
+use crate::inventory::{Endpoint, SocketInfo};
 use crate::TargetFd;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -155,7 +156,7 @@ impl Selector {
 
     /// Whether `entry` is a socket this selector takes. `fd:N` matches on the number
     /// alone; callers check that the socket is listening or bound.
-    pub fn matches(&self, entry: &FdEntry, resolve_target_path: impl Fn(&str) -> Option<String>) -> bool {
+    pub fn matches(&self, entry: &Candidate, resolve_target_path: impl Fn(&str) -> Option<String>) -> bool {
         if let Selector::Fd(fd) = self {
             return entry.fd == *fd;
         }

@@ -11,9 +11,9 @@ use rustix::net::{
 };
 use std::os::fd::{AsFd, OwnedFd};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const UDIAG_SHOW_NAME: u32 = 0x1;
@@ -42,20 +42,31 @@ pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock
     req.extend_from_slice(&0u32.to_ne_bytes()); // any inode
     req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
     req.extend_from_slice(&[0u8; 8]); // cookie
-    send(&sock, &req, SendFlags::empty())?;
-
     let mut out = Vec::new();
+    dump_raw(&sock, &req, |payload| {
+        if let Some(s) = parse_msg(payload) {
+            out.push(s);
+        }
+    })?;
+    Ok(out)
+}
+
+/// Sends one `SOCK_DIAG_BY_FAMILY` dump request and hands the payload of every
+/// answer message to `each`, until `NLMSG_DONE`. A kernel error (`NLMSG_ERROR`)
+/// becomes the error, e.g. `ENOENT` when the protocol's diag module is missing.
+pub(crate) fn dump_raw(sock: &OwnedFd, req: &[u8], mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    send(sock, req, SendFlags::empty())?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = loop {
-            match recv(&sock, &mut buf, RecvFlags::empty()) {
+            match recv(sock, &mut buf, RecvFlags::empty()) {
                 Ok((n, _)) => break n,
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         };
         if n == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let mut msgs = &buf[..n];
         while msgs.len() >= 16 {
@@ -65,7 +76,7 @@ pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock
                 return Err(std::io::Error::other("malformed netlink message"));
             }
             match ty {
-                NLMSG_DONE => return Ok(out),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let err = msgs
                         .get(16..20)
@@ -74,11 +85,7 @@ pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock
                         -err.unwrap_or(-libc::EIO),
                     ));
                 }
-                SOCK_DIAG_BY_FAMILY => {
-                    if let Some(s) = parse_msg(&msgs[16..len]) {
-                        out.push(s);
-                    }
-                }
+                SOCK_DIAG_BY_FAMILY => each(&msgs[16..len]),
                 _ => {}
             }
             msgs = &msgs[align4(len).min(msgs.len())..];
@@ -142,7 +149,7 @@ fn align4(n: usize) -> usize {
 /// A sock_diag netlink socket in `pid`'s network namespace. A netlink socket stays
 /// in the namespace it was created in, so a short-lived thread enters the target's
 /// namespace (`setns` affects only the calling thread), creates the socket and ends.
-fn diag_socket_in(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
+pub(crate) fn diag_socket_in(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
     let make = || {
         socket_with(
             AddressFamily::NETLINK,
