@@ -42,8 +42,16 @@ impl Holder {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let line = read_line_timeout(&mut out, TIMEOUT).expect("holder report");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        let addr = v["sockets"][0]["addr"].as_str().expect("addr").parse().expect("addr");
-        Holder { pid: child.id() as i32, child, addr }
+        let addr = v["sockets"][0]["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("addr");
+        Holder {
+            pid: child.id() as i32,
+            child,
+            addr,
+        }
     }
 }
 
@@ -77,10 +85,19 @@ fn first_answer(probe: &Probe, deadline: Instant) -> i32 {
 }
 
 fn via_fdgrab(holder: &Holder, server: &[String], http: bool) -> Duration {
-    let probe = if http { Probe::Http(holder.addr) } else { Probe::Tcp(holder.addr) };
+    let probe = if http {
+        Probe::Http(holder.addr)
+    } else {
+        Probe::Tcp(holder.addr)
+    };
     let t0 = Instant::now();
     let mut child = Command::new(bin("fdgrab"))
-        .args(["exec", &holder.pid.to_string(), &format!("tcp:{}", holder.addr), "--"])
+        .args([
+            "exec",
+            &holder.pid.to_string(),
+            &format!("tcp:{}", holder.addr),
+            "--",
+        ])
         .args(server)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -96,7 +113,11 @@ fn via_fdgrab(holder: &Holder, server: &[String], http: bool) -> Duration {
 
 fn via_systemd(server: &[String], http: bool) -> Duration {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let probe = if http { Probe::Http(addr) } else { Probe::Tcp(addr) };
+    let probe = if http {
+        Probe::Http(addr)
+    } else {
+        Probe::Tcp(addr)
+    };
     let t0 = Instant::now();
     let mut child = Command::new(SOCKET_ACTIVATE)
         .arg(format!("--listen={addr}"))
@@ -148,22 +169,35 @@ fn main() {
         return;
     }
     if !Path::new(SOCKET_ACTIVATE).exists() {
-        println!("exec_vs_socket_activate: SKIP, {SOCKET_ACTIVATE} is missing (Debian package systemd)");
+        println!(
+            "exec_vs_socket_activate: SKIP, {SOCKET_ACTIVATE} is missing (Debian package systemd)"
+        );
         return;
     }
     println!("time from launch to the new server's first answer (goal: fdgrab within 1.2x)");
-    let fast = vec![bin("fdgrab-activated").to_string_lossy().into_owned(), "serve".to_string()];
+    let fast = vec![
+        bin("fdgrab-activated").to_string_lossy().into_owned(),
+        "serve".to_string(),
+    ];
     let r1 = compare("fdgrab-activated (tiny)", &fast, false, 40);
     let mut worst = r1;
     match gunicorn() {
         Some(g) => {
             let dir = TempDir::new("bench-exec");
             write_pid_app(dir.path());
-            let server: Vec<String> =
-                std::iter::once(g.to_string_lossy().into_owned()).chain(gunicorn_args(dir.path())).collect();
+            let server: Vec<String> = std::iter::once(g.to_string_lossy().into_owned())
+                .chain(gunicorn_args(dir.path()))
+                .collect();
             worst = worst.max(compare("gunicorn -w 2", &server, true, 10));
         }
         None => println!("gunicorn: SKIP, not installed (Debian package gunicorn)"),
     }
-    println!("worst ratio {worst:.2}x {}", if worst <= 1.2 { "(within the 1.2x goal)" } else { "(ABOVE the 1.2x goal)" });
+    println!(
+        "worst ratio {worst:.2}x {}",
+        if worst <= 1.2 {
+            "(within the 1.2x goal)"
+        } else {
+            "(ABOVE the 1.2x goal)"
+        }
+    );
 }

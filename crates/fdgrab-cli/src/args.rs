@@ -73,7 +73,9 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 /// A duration: a number with a unit (`250ms`, `2s`, `1.5s`, `1m`), or plain seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -83,9 +85,14 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("'{other}' in '{s}' is not a time unit (ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "'{other}' in '{s}' is not a time unit (ms, s, m, h)"
+            ))
+        }
     };
-    std::time::Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration '{s}' is out of range"))
+    std::time::Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("duration '{s}' is out of range"))
 }
 
 #[cfg(test)]
@@ -125,6 +132,8 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("soon").unwrap_err().contains("'soon'"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("time unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("time unit"));
     }
 }

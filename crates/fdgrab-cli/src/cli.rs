@@ -2,7 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_pid, parse_selector, parse_signal, FdMap,
+    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_pid, parse_selector, parse_signal,
+    FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;

@@ -33,11 +33,18 @@ impl Old {
         let pid = self.server.pid;
         assert_eq!(fd_table(pid), self.fds, "the old server's fd table changed");
         for _ in 0..20 {
-            assert_eq!(self.probe.ask(), Ok(pid), "the old server must still answer every request");
+            assert_eq!(
+                self.probe.ask(),
+                Ok(pid),
+                "the old server must still answer every request"
+            );
         }
         let tree = process_tree(pid);
         for link in self.fds.values().filter(|l| l.starts_with("socket:")) {
-            let extra: Vec<i32> = holders(link).into_iter().filter(|p| !tree.contains(p)).collect();
+            let extra: Vec<i32> = holders(link)
+                .into_iter()
+                .filter(|p| !tree.contains(p))
+                .collect();
             assert!(extra.is_empty(), "{link} is also held by {extra:?}");
         }
     }
@@ -71,14 +78,20 @@ fn exec_selector_matching_nothing_lists_listeners() {
         &out,
         5,
         &[
-            &format!("process {} has no socket matching 'tcp:127.0.0.1:1'", old.server.pid),
+            &format!(
+                "process {} has no socket matching 'tcp:127.0.0.1:1'",
+                old.server.pid
+            ),
             "it listens on:",
             &format!("tcp 127.0.0.1:{tcp_port} (LISTEN)"),
             &format!("udp 127.0.0.1:{udp_port}"),
         ],
     );
     // A selector of the wrong kind for an existing port also matches nothing.
-    let out = exec(&old, &[&format!("udp:*:{tcp_port}"), "--", &activated(), "serve"]);
+    let out = exec(
+        &old,
+        &[&format!("udp:*:{tcp_port}"), "--", &activated(), "serve"],
+    );
     assert_fails(&out, 5, &["no socket matching"]);
     old.assert_untouched();
 }
@@ -98,11 +111,26 @@ fn exec_bad_arguments_are_usage_errors() {
     let old = old_server();
     let tcp = old.tcp();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["tcp:::1:80", "--", "true"], "IPv6 addresses go in brackets"),
-        (vec!["tcp:*:80", "--name", "a", "--name", "b", "--", "true"], "2 --name values for 1 selectors"),
-        (vec![&tcp, "--name", "has:colon", "--", "true"], "without ':'"),
-        (vec![&tcp, "--signal-old", "NOPE", "--", "true"], "'NOPE' is not a signal"),
-        (vec![&tcp, "--ready-timeout", "soon", "--", "true"], "'soon' is not a duration"),
+        (
+            vec!["tcp:::1:80", "--", "true"],
+            "IPv6 addresses go in brackets",
+        ),
+        (
+            vec!["tcp:*:80", "--name", "a", "--name", "b", "--", "true"],
+            "2 --name values for 1 selectors",
+        ),
+        (
+            vec![&tcp, "--name", "has:colon", "--", "true"],
+            "without ':'",
+        ),
+        (
+            vec![&tcp, "--signal-old", "NOPE", "--", "true"],
+            "'NOPE' is not a signal",
+        ),
+        (
+            vec![&tcp, "--ready-timeout", "soon", "--", "true"],
+            "'soon' is not a duration",
+        ),
         (vec![&tcp], "CMD"),
     ];
     for (args, needle) in cases {
@@ -120,19 +148,28 @@ fn exec_command_not_found() {
     let tcp = old.tcp();
     let out = exec(&old, &[&tcp, "--", "/nonexistent/fdgrab-server"]);
     assert_fails(&out, 2, &["command '/nonexistent/fdgrab-server' not found"]);
-    let out = exec(&old, &[&tcp, "--", "fdgrab-no-such-server-anywhere", "--flag"]);
-    assert_fails(&out, 2, &["command 'fdgrab-no-such-server-anywhere' not found in PATH"]);
+    let out = exec(
+        &old,
+        &[&tcp, "--", "fdgrab-no-such-server-anywhere", "--flag"],
+    );
+    assert_fails(
+        &out,
+        2,
+        &["command 'fdgrab-no-such-server-anywhere' not found in PATH"],
+    );
     let dir = TempDir::new("exec-noexec");
     let plain = dir.path().join("plain");
     std::fs::write(&plain, "not a program\n").expect("write");
-    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &plain.to_string_lossy()]);
     assert_fails(&out, 2, &["not an executable file"]);
     // Executable but not a program: execve itself fails in the child (ENOEXEC), which
     // is reported through the exec pipe after the sockets were already taken.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, [0x7fu8, b'E', b'L', b'F', 0, 0, 0, 0]).expect("write");
-    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &junk.to_string_lossy()]);
     assert_fails(&out, 2, &["cannot execute", "junk"]);
     old.assert_untouched();
@@ -141,13 +178,28 @@ fn exec_command_not_found() {
 #[test]
 fn exec_new_server_exiting_at_once() {
     let old = old_server();
-    let out = exec(&old, &[&old.tcp(), "--signal-old", "TERM", "--", &activated(), "serve", "--ready", "exit:3"]);
+    let out = exec(
+        &old,
+        &[
+            &old.tcp(),
+            "--signal-old",
+            "TERM",
+            "--",
+            &activated(),
+            "serve",
+            "--ready",
+            "exit:3",
+        ],
+    );
     assert_fails(
         &out,
         1,
         &[
             "exited (exit status 3) before it was ready",
-            &format!("process {} was not touched and keeps its sockets", old.server.pid),
+            &format!(
+                "process {} was not touched and keeps its sockets",
+                old.server.pid
+            ),
         ],
     );
     old.assert_untouched();
@@ -158,9 +210,29 @@ fn exec_new_server_never_ready() {
     let old = old_server();
     let out = exec(
         &old,
-        &[&old.tcp(), "--signal-old", "KILL", "--start-timeout", "1s", "--", &activated(), "serve", "--ready", "never"],
+        &[
+            &old.tcp(),
+            "--signal-old",
+            "KILL",
+            "--start-timeout",
+            "1s",
+            "--",
+            &activated(),
+            "serve",
+            "--ready",
+            "never",
+        ],
     );
-    assert_fails(&out, 1, &["sent no READY=1 within 1s", "stopped it", "use --ready-timeout", "was not touched"]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "sent no READY=1 within 1s",
+            "stopped it",
+            "use --ready-timeout",
+            "was not touched",
+        ],
+    );
     old.assert_untouched();
 }
 
@@ -170,7 +242,14 @@ fn exec_new_server_never_ready() {
 fn exec_interrupted_while_waiting() {
     let old = old_server();
     let mut child = fdgrab()
-        .args(["exec", &old.server.pid.to_string(), &old.tcp(), "--signal-old", "KILL", "--"])
+        .args([
+            "exec",
+            &old.server.pid.to_string(),
+            &old.tcp(),
+            "--signal-old",
+            "KILL",
+            "--",
+        ])
         .args([&activated(), "serve", "--ready", "never"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -178,18 +257,30 @@ fn exec_interrupted_while_waiting() {
         .spawn()
         .expect("spawn");
     // Wait until the new server is up (it holds the listener too).
-    let link = old.fds.values().find(|l| l.starts_with("socket:")).cloned().expect("socket");
+    let link = old
+        .fds
+        .values()
+        .find(|l| l.starts_with("socket:"))
+        .cloned()
+        .expect("socket");
     let deadline = std::time::Instant::now() + TIMEOUT;
     while holders(&link).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "new server never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new server never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
     let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
     assert_eq!(st.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("was not ready yet when fdgrab received SIGINT"), "{stderr}");
+    assert!(
+        stderr.contains("was not ready yet when fdgrab received SIGINT"),
+        "{stderr}"
+    );
     old.assert_untouched();
 }

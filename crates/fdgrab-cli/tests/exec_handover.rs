@@ -2,7 +2,8 @@
 //! once the old server has gone every answer comes from the new one.
 
 use fdgrab_testkit::handover::{
-    gunicorn, gunicorn_args, holders, process_exists, write_pid_app, Answer, Exec, Load, Probe, Server, TempDir,
+    gunicorn, gunicorn_args, holders, process_exists, write_pid_app, Answer, Exec, Load, Probe,
+    Server, TempDir,
 };
 use fdgrab_testkit::{bin, wait_timeout, TIMEOUT};
 use std::collections::BTreeMap;
@@ -21,15 +22,21 @@ struct Case {
 }
 
 fn gunicorn_cmd(dir: &TempDir) -> Vec<String> {
-    let g = gunicorn().expect("gunicorn is not installed (./scripts/test installs the Debian package)");
-    std::iter::once(g.to_string_lossy().into_owned()).chain(gunicorn_args(dir.path())).collect()
+    let g =
+        gunicorn().expect("gunicorn is not installed (./scripts/test installs the Debian package)");
+    std::iter::once(g.to_string_lossy().into_owned())
+        .chain(gunicorn_args(dir.path()))
+        .collect()
 }
 
 fn activated_cmd(args: &[&str]) -> Vec<String> {
-    [bin("fdgrab-activated").to_string_lossy().into_owned(), "serve".into()]
-        .into_iter()
-        .chain(args.iter().map(|s| s.to_string()))
-        .collect()
+    [
+        bin("fdgrab-activated").to_string_lossy().into_owned(),
+        "serve".into(),
+    ]
+    .into_iter()
+    .chain(args.iter().map(|s| s.to_string()))
+    .collect()
 }
 
 fn tally(answers: &[Answer]) -> BTreeMap<i32, usize> {
@@ -58,26 +65,57 @@ fn zero_downtime(mut case: Case) -> Exec {
     assert_ne!(new_pid, old_pid);
 
     let st = case.old.wait_exit(TIMEOUT);
-    assert!(st.success(), "old server {old_pid} did not exit cleanly on SIGTERM: {st:?}");
+    assert!(
+        st.success(),
+        "old server {old_pid} did not exit cleanly on SIGTERM: {st:?}"
+    );
     let cut = load.count();
     load.wait_for(case.total.max(cut + case.after), Duration::from_secs(120));
     let answers = load.finish();
 
-    let failures: Vec<(usize, &String)> =
-        answers.iter().enumerate().filter_map(|(i, a)| a.as_ref().err().map(|e| (i, e))).collect();
+    let failures: Vec<(usize, &String)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.as_ref().err().map(|e| (i, e)))
+        .collect();
     let by = tally(&answers);
     eprintln!(
         "{} requests, answered by {by:?} (old {old_pid}, new {new_pid}); old server exited after request {cut}",
         answers.len()
     );
-    assert!(failures.is_empty(), "{} of {} requests failed, first: {:?}", failures.len(), answers.len(), &failures[..failures.len().min(5)]);
-    assert!(answers.len() >= case.total, "only {} requests", answers.len());
-    assert!(by.get(&old_pid).copied().unwrap_or(0) > 0, "the old server answered nothing: {by:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failures.len(),
+        answers.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        answers.len() >= case.total,
+        "only {} requests",
+        answers.len()
+    );
+    assert!(
+        by.get(&old_pid).copied().unwrap_or(0) > 0,
+        "the old server answered nothing: {by:?}"
+    );
     // The one request that may have been in flight when the old server exited is
     // skipped; everything after it must come from the new server.
-    let late: Vec<i32> = answers[cut + 1..].iter().flatten().copied().filter(|&p| p != new_pid).collect();
-    assert!(late.is_empty(), "after the old server exited, {} answers came from {late:?}, not {new_pid}", late.len());
-    assert!(answers.len() - cut > case.after.min(100), "too few requests after the switch");
+    let late: Vec<i32> = answers[cut + 1..]
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&p| p != new_pid)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "after the old server exited, {} answers came from {late:?}, not {new_pid}",
+        late.len()
+    );
+    assert!(
+        answers.len() - cut > case.after.min(100),
+        "too few requests after the switch"
+    );
     exec
 }
 
@@ -86,9 +124,16 @@ fn zero_downtime(mut case: Case) -> Exec {
 fn stop_through_fdgrab(mut exec: Exec) {
     let new_pid = exec.new_pid;
     exec.signal(libc::SIGTERM);
-    let st = wait_timeout(&mut exec.child, TIMEOUT).expect("fdgrab exec did not exit after SIGTERM");
-    assert!(st.success(), "fdgrab exec should exit with the new server's status (0 after SIGTERM): {st:?}");
-    assert!(!process_exists(new_pid), "new server {new_pid} still running after fdgrab forwarded SIGTERM");
+    let st =
+        wait_timeout(&mut exec.child, TIMEOUT).expect("fdgrab exec did not exit after SIGTERM");
+    assert!(
+        st.success(),
+        "fdgrab exec should exit with the new server's status (0 after SIGTERM): {st:?}"
+    );
+    assert!(
+        !process_exists(new_pid),
+        "new server {new_pid} still running after fdgrab forwarded SIGTERM"
+    );
 }
 
 #[test]
@@ -136,11 +181,28 @@ fn exec_zero_downtime_two_sockets_gunicorn() {
     let dir = TempDir::new("exec-gunicorn2");
     write_pid_app(dir.path());
     let old = Server::gunicorn(dir.path(), &["127.0.0.1:0", "127.0.0.1:0"]);
-    assert_eq!(old.addrs.len(), 2, "gunicorn should listen twice: {:?}", old.addrs);
-    let probes = old.addrs.iter().map(|a| Probe::Http(a.parse().expect("addr"))).collect();
+    assert_eq!(
+        old.addrs.len(),
+        2,
+        "gunicorn should listen twice: {:?}",
+        old.addrs
+    );
+    let probes = old
+        .addrs
+        .iter()
+        .map(|a| Probe::Http(a.parse().expect("addr")))
+        .collect();
     let exec = zero_downtime(Case {
-        selectors: vec![format!("tcp:*:{}", old.port(0)), format!("tcp:127.0.0.1:{}", old.port(1))],
-        extra: vec!["--name".into(), "web".into(), "--name".into(), "admin".into()],
+        selectors: vec![
+            format!("tcp:*:{}", old.port(0)),
+            format!("tcp:127.0.0.1:{}", old.port(1)),
+        ],
+        extra: vec![
+            "--name".into(),
+            "web".into(),
+            "--name".into(),
+            "admin".into(),
+        ],
         new_cmd: gunicorn_cmd(&dir),
         probes,
         total: 1000,
@@ -148,7 +210,9 @@ fn exec_zero_downtime_two_sockets_gunicorn() {
         old,
     });
     assert!(
-        exec.log.iter().any(|l| l.contains("fd 3 = tcp") && l.contains("fd 4 = tcp")),
+        exec.log
+            .iter()
+            .any(|l| l.contains("fd 3 = tcp") && l.contains("fd 4 = tcp")),
         "both sockets should be handed over: {:?}",
         exec.log
     );
@@ -197,7 +261,10 @@ fn exec_zero_downtime_unix_datagram() {
         selectors: vec![format!("unix:{}", path.display())],
         extra: vec![],
         new_cmd: activated_cmd(&[]),
-        probes: vec![Probe::UnixDgram { server: path.clone(), dir: dir.path().to_path_buf() }],
+        probes: vec![Probe::UnixDgram {
+            server: path.clone(),
+            dir: dir.path().to_path_buf(),
+        }],
         total: 1000,
         after: 300,
         old,
@@ -225,10 +292,17 @@ fn exec_reuseport_group_moves_whole() {
         after: 500,
         old,
     });
-    let line = fdgrab_testkit::read_line_timeout(exec.stdout.as_mut().expect("stdout"), TIMEOUT).expect("report");
+    let line = fdgrab_testkit::read_line_timeout(exec.stdout.as_mut().expect("stdout"), TIMEOUT)
+        .expect("report");
     let new: serde_json::Value = serde_json::from_str(&line).expect("json");
-    assert_eq!(new["listen_fds"], "3", "all three group members should be passed: {new}");
-    assert_eq!(new["listen_fdnames"], format!("fd-{first_fd}:fd-{first_fd}:fd-{first_fd}"));
+    assert_eq!(
+        new["listen_fds"], "3",
+        "all three group members should be passed: {new}"
+    );
+    assert_eq!(
+        new["listen_fdnames"],
+        format!("fd-{first_fd}:fd-{first_fd}:fd-{first_fd}")
+    );
     stop_through_fdgrab(exec);
 }
 
@@ -246,7 +320,13 @@ fn exec_ready_timeout_without_notification() {
         after: 300,
         old,
     });
-    assert!(exec.log.iter().any(|l| l.contains("still running after 300ms")), "{:?}", exec.log);
+    assert!(
+        exec.log
+            .iter()
+            .any(|l| l.contains("still running after 300ms")),
+        "{:?}",
+        exec.log
+    );
     stop_through_fdgrab(exec);
 }
 
@@ -256,7 +336,11 @@ fn exec_ready_timeout_without_notification() {
 fn exec_detach_returns_once_ready() {
     let mut old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
     let addr = old.addrs[0].parse().expect("addr");
-    let mut args: Vec<String> = vec!["exec".into(), old.pid.to_string(), format!("tcp:127.0.0.1:{}", old.port(0))];
+    let mut args: Vec<String> = vec![
+        "exec".into(),
+        old.pid.to_string(),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+    ];
     args.extend(["--signal-old", "TERM", "--detach", "--"].map(String::from));
     args.extend(activated_cmd(&["--ready", "delay:200"]));
     // The detached server inherits fdgrab's stdout and stderr, so they go to files:
@@ -282,10 +366,26 @@ fn exec_detach_returns_once_ready() {
     assert!(old.wait_exit(TIMEOUT).success());
     assert_eq!(Probe::Tcp(addr).ask(), Ok(new_pid));
     let sid = std::fs::read_to_string(format!("/proc/{new_pid}/stat")).expect("stat");
-    let fields: Vec<&str> = sid.rsplit_once(')').expect("stat").1.split_whitespace().collect();
-    assert_eq!(fields[3], new_pid.to_string(), "a detached server leads its own session: {fields:?}");
-    let link = fdgrab_testkit::handover::fd_table(new_pid).get(&3).cloned().expect("fd 3");
-    assert_eq!(holders(&link), vec![new_pid], "only the new server holds the socket now");
+    let fields: Vec<&str> = sid
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[3],
+        new_pid.to_string(),
+        "a detached server leads its own session: {fields:?}"
+    );
+    let link = fdgrab_testkit::handover::fd_table(new_pid)
+        .get(&3)
+        .cloned()
+        .expect("fd 3");
+    assert_eq!(
+        holders(&link),
+        vec![new_pid],
+        "only the new server holds the socket now"
+    );
     if let Some(p) = rustix::process::Pid::from_raw(new_pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
@@ -304,14 +404,21 @@ fn exec_steal_closes_sockets_in_old_server() {
     let addr = old.addrs[0].parse().expect("addr");
     let load = Load::start(vec![Probe::Tcp(addr)], 40_000);
     load.wait_for(300, TIMEOUT);
-    let args: Vec<String> = [old.pid.to_string(), format!("tcp:127.0.0.1:{}", old.port(0)), "--steal".into(), "--".into()]
-        .into_iter()
-        .chain(activated_cmd(&[]))
-        .collect();
+    let args: Vec<String> = [
+        old.pid.to_string(),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+        "--steal".into(),
+        "--".into(),
+    ]
+    .into_iter()
+    .chain(activated_cmd(&[]))
+    .collect();
     let exec = Exec::start(&args);
     // The "closed" line comes before the "ready" line Exec waits for.
     assert!(
-        exec.log.iter().any(|l| l.contains(&format!("closed fd {tcp_fd} in old server {}", old.pid))),
+        exec.log
+            .iter()
+            .any(|l| l.contains(&format!("closed fd {tcp_fd} in old server {}", old.pid))),
         "{:?}",
         exec.log
     );
@@ -319,13 +426,34 @@ fn exec_steal_closes_sockets_in_old_server() {
     load.wait_for(cut + 500, TIMEOUT);
     let answers = load.finish();
     let failures: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    let late: Vec<i32> = answers[cut + 1..].iter().flatten().copied().filter(|&p| p != exec.new_pid).collect();
-    assert!(late.is_empty(), "after the steal {} answers came from {late:?}", late.len());
-    assert!(process_exists(old.pid), "the old server was not signalled and must still run");
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let late: Vec<i32> = answers[cut + 1..]
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&p| p != exec.new_pid)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "after the steal {} answers came from {late:?}",
+        late.len()
+    );
+    assert!(
+        process_exists(old.pid),
+        "the old server was not signalled and must still run"
+    );
     let mut expected = before.clone();
     expected.remove(&tcp_fd);
-    assert_eq!(fdgrab_testkit::handover::fd_table(old.pid), expected, "only the stolen fd may be gone");
+    assert_eq!(
+        fdgrab_testkit::handover::fd_table(old.pid),
+        expected,
+        "only the stolen fd may be gone"
+    );
     assert_eq!(holders(&link), vec![exec.new_pid]);
     stop_through_fdgrab(exec);
 }

@@ -62,7 +62,10 @@ fn under_systemd(dir: &Path) -> Value {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(c) => break c,
             Err(e) => {
-                assert!(Instant::now() < deadline, "systemd-socket-activate never listened: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "systemd-socket-activate never listened: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -85,7 +88,11 @@ fn under_fdgrab(dir: &Path) -> Value {
     base_env(&mut cmd);
     let out = cmd
         .args(["exec", &zoo.pid.to_string()])
-        .arg(format!("tcp:{}:{}", tcp["address"].as_str().expect("addr"), tcp["port"]))
+        .arg(format!(
+            "tcp:{}:{}",
+            tcp["address"].as_str().expect("addr"),
+            tcp["port"]
+        ))
         .arg(format!("unix:{}", unix.display()))
         .args(["--name", "web", "--name", "ctl", "--detach", "--"])
         .arg(bin("fdgrab-activated"))
@@ -118,17 +125,28 @@ fn exec_environment_matches_systemd_socket_activate() {
     // Variables: the same names, except NOTIFY_SOCKET which only fdgrab provides
     // (systemd itself does for Type=notify services; the tool does not).
     let keys = |v: &Value| -> Vec<String> {
-        let mut k: Vec<String> =
-            v["env"].as_object().expect("env").keys().filter(|k| *k != "NOTIFY_SOCKET").cloned().collect();
+        let mut k: Vec<String> = v["env"]
+            .as_object()
+            .expect("env")
+            .keys()
+            .filter(|k| *k != "NOTIFY_SOCKET")
+            .cloned()
+            .collect();
         k.sort();
         k
     };
     assert_eq!(keys(&fg), keys(&sd));
-    assert!(fg["env"]["NOTIFY_SOCKET"].as_str().is_some_and(|s| s.starts_with('@')));
+    assert!(fg["env"]["NOTIFY_SOCKET"]
+        .as_str()
+        .is_some_and(|s| s.starts_with('@')));
     for v in [&sd, &fg] {
         assert_eq!(v["env"]["LISTEN_FDS"], "2");
         assert_eq!(v["env"]["LISTEN_FDNAMES"], "web:ctl");
-        assert_eq!(v["env"]["LISTEN_PID"], v["pid"].to_string(), "LISTEN_PID is the server's own pid");
+        assert_eq!(
+            v["env"]["LISTEN_PID"],
+            v["pid"].to_string(),
+            "LISTEN_PID is the server's own pid"
+        );
     }
     for k in ["PATH", "HOME", "TERM", "USER"] {
         assert_eq!(fg["env"][k], sd["env"][k], "{k}");
@@ -137,12 +155,32 @@ fn exec_environment_matches_systemd_socket_activate() {
     // Descriptors: the same numbers; for the passed sockets the same fd flags
     // (close-on-exec cleared), status flags and socket identity.
     let fds = |v: &Value| -> Vec<Value> { v["fds"].as_array().expect("fds").clone() };
-    let numbers = |v: &Value| -> Vec<i64> { fds(v).iter().map(|f| f["fd"].as_i64().expect("fd")).collect() };
-    assert_eq!(numbers(&fg), vec![0, 1, 2, 3, 4], "no fd of fdgrab's may leak into the new server");
+    let numbers = |v: &Value| -> Vec<i64> {
+        fds(v)
+            .iter()
+            .map(|f| f["fd"].as_i64().expect("fd"))
+            .collect()
+    };
+    assert_eq!(
+        numbers(&fg),
+        vec![0, 1, 2, 3, 4],
+        "no fd of fdgrab's may leak into the new server"
+    );
     assert_eq!(numbers(&fg), numbers(&sd));
     for (a, b) in fds(&fg).iter().zip(fds(&sd).iter()).skip(3) {
-        for field in ["cloexec", "status_flags", "is_socket", "domain", "type", "listening"] {
-            assert_eq!(a[field], b[field], "fd {}: {field} differs: fdgrab {a} vs systemd {b}", a["fd"]);
+        for field in [
+            "cloexec",
+            "status_flags",
+            "is_socket",
+            "domain",
+            "type",
+            "listening",
+        ] {
+            assert_eq!(
+                a[field], b[field],
+                "fd {}: {field} differs: fdgrab {a} vs systemd {b}",
+                a["fd"]
+            );
         }
         assert_eq!(a["cloexec"], false);
         assert_eq!(a["listening"], true);

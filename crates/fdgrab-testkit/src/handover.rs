@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The gunicorn program, if installed (Debian package `gunicorn`).
 pub fn gunicorn() -> Option<PathBuf> {
-    ["/usr/bin/gunicorn", "/usr/local/bin/gunicorn"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/bin/gunicorn", "/usr/local/bin/gunicorn"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// A scratch directory removed on drop.
@@ -87,7 +90,10 @@ impl Server {
         for b in binds {
             cmd.args(["-b", b]);
         }
-        cmd.args(gunicorn_args(app_dir)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(gunicorn_args(app_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn gunicorn");
         let pid = child.id() as i32;
         let mut err = BufReader::new(child.stderr.take().expect("stderr"));
@@ -102,17 +108,29 @@ impl Server {
             });
             if let Some(rest) = line.split("Listening at: ").nth(1) {
                 let list = rest.rsplit_once(" (").map_or(rest, |(l, _)| l);
-                addrs = list.split(',').map(|a| a.trim().trim_start_matches("http://").to_string()).collect();
+                addrs = list
+                    .split(',')
+                    .map(|a| a.trim().trim_start_matches("http://").to_string())
+                    .collect();
             }
         }
         drain(err);
-        Server { child, pid, addrs, report: None }
+        Server {
+            child,
+            pid,
+            addrs,
+            report: None,
+        }
     }
 
     /// Starts `fdgrab-activated serve ARGS...` and reads its report line.
     pub fn activated(args: &[&str]) -> Server {
         let mut cmd = Command::new(bin("fdgrab-activated"));
-        cmd.arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn fdgrab-activated");
         let pid = child.id() as i32;
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -125,16 +143,30 @@ impl Server {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|s| s["addr"].as_str().or(s["path"].as_str()).unwrap_or_default().to_string())
+                    .map(|s| {
+                        s["addr"]
+                            .as_str()
+                            .or(s["path"].as_str())
+                            .unwrap_or_default()
+                            .to_string()
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        Server { child, pid, addrs, report: Some(report) }
+        Server {
+            child,
+            pid,
+            addrs,
+            report: Some(report),
+        }
     }
 
     /// The port of listener `i`.
     pub fn port(&self, i: usize) -> u16 {
-        self.addrs[i].parse::<SocketAddr>().expect("inet address").port()
+        self.addrs[i]
+            .parse::<SocketAddr>()
+            .expect("inet address")
+            .port()
     }
 
     /// Waits until the process has exited and been reaped.
@@ -168,7 +200,10 @@ pub enum Probe {
     Udp(SocketAddr),
     Unix(PathBuf),
     /// A datagram from a bound client socket in `dir`.
-    UnixDgram { server: PathBuf, dir: PathBuf },
+    UnixDgram {
+        server: PathBuf,
+        dir: PathBuf,
+    },
 }
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,40 +213,60 @@ impl Probe {
     pub fn ask(&self) -> Result<i32, String> {
         match self {
             Probe::Http(a) => {
-                let mut s = TcpStream::connect_timeout(a, IO_TIMEOUT).map_err(|e| format!("connect {a}: {e}"))?;
-                s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-                s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+                let mut s = TcpStream::connect_timeout(a, IO_TIMEOUT)
+                    .map_err(|e| format!("connect {a}: {e}"))?;
+                s.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+                    .map_err(|e| format!("send: {e}"))?;
                 let mut body = String::new();
-                s.read_to_string(&mut body).map_err(|e| format!("read: {e}"))?;
+                s.read_to_string(&mut body)
+                    .map_err(|e| format!("read: {e}"))?;
                 if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
                     return Err(format!("bad response {body:?}"));
                 }
                 field(&body, "master=")
             }
             Probe::Tcp(a) => {
-                let s = TcpStream::connect_timeout(a, IO_TIMEOUT).map_err(|e| format!("connect {a}: {e}"))?;
+                let s = TcpStream::connect_timeout(a, IO_TIMEOUT)
+                    .map_err(|e| format!("connect {a}: {e}"))?;
                 line_exchange(s)
             }
             Probe::Unix(p) => {
-                let s = UnixStream::connect(p).map_err(|e| format!("connect {}: {e}", p.display()))?;
+                let s =
+                    UnixStream::connect(p).map_err(|e| format!("connect {}: {e}", p.display()))?;
                 line_exchange(s)
             }
             Probe::Udp(a) => {
-                let local = if a.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+                let local = if a.is_ipv4() {
+                    "127.0.0.1:0"
+                } else {
+                    "[::1]:0"
+                };
                 let s = UdpSocket::bind(local).map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-                s.send_to(b"who\n", a).map_err(|e| format!("send {a}: {e}"))?;
+                s.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                s.send_to(b"who\n", a)
+                    .map_err(|e| format!("send {a}: {e}"))?;
                 let mut buf = [0u8; 128];
-                let n = s.recv(&mut buf).map_err(|e| format!("recv from {a}: {e}"))?;
+                let n = s
+                    .recv(&mut buf)
+                    .map_err(|e| format!("recv from {a}: {e}"))?;
                 field(&String::from_utf8_lossy(&buf[..n]), "pid=")
             }
             Probe::UnixDgram { server, dir } => {
                 static N: AtomicUsize = AtomicUsize::new(0);
-                let me = dir.join(format!("c{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+                let me = dir.join(format!(
+                    "c{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
                 let s = UnixDatagram::bind(&me).map_err(|e| e.to_string())?;
                 let _cleanup = RemoveOnDrop(me);
-                s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-                s.send_to(b"who\n", server).map_err(|e| format!("send: {e}"))?;
+                s.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                s.send_to(b"who\n", server)
+                    .map_err(|e| format!("send: {e}"))?;
                 let mut buf = [0u8; 128];
                 let n = s.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
                 field(&String::from_utf8_lossy(&buf[..n]), "pid=")
@@ -228,15 +283,17 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn line_exchange<S: Read + Write>(mut s: S) -> Result<i32, String>
-where
-    S: std::os::fd::AsFd,
-{
-    rustix::net::sockopt::set_socket_timeout(&s, rustix::net::sockopt::Timeout::Recv, Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+fn line_exchange<S: Read + Write + std::os::fd::AsFd>(mut s: S) -> Result<i32, String> {
+    rustix::net::sockopt::set_socket_timeout(
+        &s,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(IO_TIMEOUT),
+    )
+    .map_err(|e| e.to_string())?;
     s.write_all(b"who\n").map_err(|e| format!("send: {e}"))?;
     let mut reply = String::new();
-    s.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
+    s.read_to_string(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
     field(&reply, "pid=")
 }
 
@@ -283,7 +340,11 @@ impl Load {
                 }
             }
         });
-        Load { answers, stop, handle: Some(handle) }
+        Load {
+            answers,
+            stop,
+            handle: Some(handle),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -294,8 +355,15 @@ impl Load {
     pub fn wait_for(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.count() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} requests after {timeout:?}", self.count());
-            assert!(!self.handle.as_ref().is_some_and(|h| h.is_finished()) || self.count() >= n, "load loop ended");
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} requests after {timeout:?}",
+                self.count()
+            );
+            assert!(
+                !self.handle.as_ref().is_some_and(|h| h.is_finished()) || self.count() >= n,
+                "load loop ended"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -347,13 +415,22 @@ impl Exec {
             log.push(line.clone());
             if let Some(rest) = line.strip_prefix("fdgrab: new server ") {
                 if rest.contains(" is ready") {
-                    break rest.split(' ').next().and_then(|p| p.parse().ok()).expect("new server pid");
+                    break rest
+                        .split(' ')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("new server pid");
                 }
             }
         };
         forward_lines(err);
         let stdout = child.stdout.take().map(BufReader::new);
-        Exec { child, new_pid, stdout, log }
+        Exec {
+            child,
+            new_pid,
+            stdout,
+            log,
+        }
     }
 
     /// Sends `sig` to fdgrab itself.
@@ -390,7 +467,10 @@ pub fn forward_lines(r: BufReader<ChildStderr>) {
 pub fn process_exists(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
@@ -399,9 +479,10 @@ pub fn fd_table(pid: i32) -> BTreeMap<i32, String> {
     let mut out = BTreeMap::new();
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in dir.flatten() {
-            if let (Some(n), Ok(link)) =
-                (e.file_name().to_str().and_then(|s| s.parse().ok()), std::fs::read_link(e.path()))
-            {
+            if let (Some(n), Ok(link)) = (
+                e.file_name().to_str().and_then(|s| s.parse().ok()),
+                std::fs::read_link(e.path()),
+            ) {
                 out.insert(n, link.to_string_lossy().into_owned());
             }
         }
@@ -413,7 +494,9 @@ pub fn fd_table(pid: i32) -> BTreeMap<i32, String> {
 pub fn holders(link: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if fd_table(pid).values().any(|l| l == link) && process_exists(pid) {
             pids.push(pid);
         }
@@ -428,8 +511,13 @@ pub fn process_tree(root: i32) -> Vec<i32> {
     let mut i = 0;
     while i < all.len() {
         let parent = all[i];
-        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
-        all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        all.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
         i += 1;
     }
     all.sort_unstable();
@@ -438,5 +526,8 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 
 /// A free TCP port on loopback (bound and released; fine for tests on a quiet host).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

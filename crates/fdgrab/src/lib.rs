@@ -36,8 +36,8 @@ pub mod inject;
 pub mod inventory;
 pub mod passfd;
 pub mod pidfd;
-pub mod signalfd;
 mod procfs;
+pub mod signalfd;
 mod sys;
 
 pub use error::{Error, Result};

@@ -23,13 +23,19 @@ impl SignalFd {
     /// so whoever spawns while this is alive must reset the child's mask (the
     /// activation spawner does).
     pub fn block(signals: &[i32]) -> Result<Self> {
-        let old_mask = sys::block_signals(signals)
-            .map_err(|e| Error::InvalidArgument(format!("cannot block signals {signals:?}: {e}")))?;
+        let old_mask = sys::block_signals(signals).map_err(|e| {
+            Error::InvalidArgument(format!("cannot block signals {signals:?}: {e}"))
+        })?;
         match sys::signalfd(signals) {
             Ok(fd) => Ok(Self { fd, old_mask }),
             Err(e) => {
                 sys::set_signal_mask(&old_mask);
-                Err(Error::Io { op: "signalfd", pid: rustix::process::getpid().as_raw_nonzero().get(), fd: None, source: e.into() })
+                Err(Error::Io {
+                    op: "signalfd",
+                    pid: rustix::process::getpid().as_raw_nonzero().get(),
+                    fd: None,
+                    source: e.into(),
+                })
             }
         }
     }
@@ -40,7 +46,9 @@ impl SignalFd {
         let mut buf = [0u8; 128];
         loop {
             match rustix::io::read(&self.fd, &mut buf) {
-                Ok(n) if n >= 4 => return Ok(Some(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))),
+                Ok(n) if n >= 4 => {
+                    return Ok(Some(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])))
+                }
                 Ok(_) => return Ok(None),
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(None),
@@ -99,14 +107,19 @@ pub fn parse_signal(s: &str) -> std::result::Result<i32, String> {
         return if (1..=libc::SIGRTMAX()).contains(&n) {
             Ok(n)
         } else {
-            Err(format!("signal number {n} is out of range (1-{})", libc::SIGRTMAX()))
+            Err(format!(
+                "signal number {n} is out of range (1-{})",
+                libc::SIGRTMAX()
+            ))
         };
     }
     let upper = s.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     (1..32)
         .find(|&n| signal_name(n) == format!("SIG{bare}"))
-        .ok_or_else(|| format!("'{s}' is not a signal name (e.g. TERM, HUP, QUIT, USR2, WINCH, or a number)"))
+        .ok_or_else(|| {
+            format!("'{s}' is not a signal name (e.g. TERM, HUP, QUIT, USR2, WINCH, or a number)")
+        })
 }
 
 #[cfg(test)]

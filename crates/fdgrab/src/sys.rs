@@ -150,8 +150,12 @@ pub(crate) fn fork_exec(
         return Err((ChildStage::Dup2, Errno::INVAL));
     }
     let sources: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let argv: Vec<*const libc::c_char> =
-        image.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv: Vec<*const libc::c_char> = image
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     // Room for the longest pid (10 digits) and the terminating NUL.
     let mut pid_entry = LISTEN_PID_PREFIX.to_vec();
     pid_entry.extend_from_slice(&[0u8; 16]);
@@ -163,7 +167,9 @@ pub(crate) fn fork_exec(
         .map(|e| e.as_ptr())
         .chain([pid_ptr as *const libc::c_char, std::ptr::null()])
         .collect();
-    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
     let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| (ChildStage::Exec, e))?;
 
@@ -204,9 +210,16 @@ pub(crate) fn fork_exec(
     if got < buf.len() {
         return Ok(pid);
     }
-    let stage = if buf[0] == ChildStage::Dup2 as u8 { ChildStage::Dup2 } else { ChildStage::Exec };
+    let stage = if buf[0] == ChildStage::Dup2 as u8 {
+        ChildStage::Dup2
+    } else {
+        ChildStage::Exec
+    };
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+    let _ = rustix::process::waitpid(
+        rustix::process::Pid::from_raw(pid),
+        rustix::process::WaitOptions::empty(),
+    );
     Err((stage, Errno::from_raw_os_error(errno)))
 }
 
@@ -256,7 +269,14 @@ impl ChildPlan<'_> {
         let first = 3 + self.sources.len() as u32;
         // SAFETY: integers only. CLOSE_RANGE_CLOEXEC (5.11) marks rather than closes,
         // so the report pipe stays usable until exec succeeds.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if r < 0 {
             for fd in first as i32..self.nofile {
                 // SAFETY: integers only; EBADF for numbers not in use is expected.
@@ -291,7 +311,9 @@ impl ChildPlan<'_> {
     }
 
     fn fail(&self, stage: ChildStage) -> ! {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         let e = errno.to_ne_bytes();
         let msg = [stage as u8, 0, 0, 0, e[0], e[1], e[2], e[3]];
         let _ = rustix::io::write(self.report, &msg);

@@ -5,8 +5,8 @@ use crate::cli::ExecArgs;
 use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{bail, Context, Result};
-use fdgrab::inject::CloseMode;
 use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
+use fdgrab::inject::CloseMode;
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -62,18 +62,27 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     // a listening socket kept open only by fdgrab would queue connections nobody takes.
     drop(fds);
     let summary = describe_taken(&taken);
-    let target_fds: Vec<fdgrab::TargetFd> =
-        taken.iter().flat_map(|t| t.selected.target_fds.iter().copied()).collect();
+    let target_fds: Vec<fdgrab::TargetFd> = taken
+        .iter()
+        .flat_map(|t| t.selected.target_fds.iter().copied())
+        .collect();
     drop(taken);
 
     let new_pid = child.pid();
-    let outcome = child.wait_ready(Some(&notify), Some(&signals), a.ready_timeout, a.start_timeout)?;
+    let outcome = child.wait_ready(
+        Some(&notify),
+        Some(&signals),
+        a.ready_timeout,
+        a.start_timeout,
+    )?;
     drop(notify);
     let how = match outcome {
         Ok(how) => how,
         Err(why) => {
             let reason = match why {
-                NotReady::Exited(st) => format!("exited ({}) before it was ready", describe_status(st)),
+                NotReady::Exited(st) => {
+                    format!("exited ({}) before it was ready", describe_status(st))
+                }
                 NotReady::TimedOut(t) => {
                     let st = child.terminate(STOP_GRACE)?;
                     format!(
@@ -106,14 +115,22 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         Readiness::Notified => "sent READY=1".to_string(),
         Readiness::Assumed(t) => format!("still running after {t:?}"),
     };
-    eprintln!("fdgrab: new server {new_pid} is ready ({how}); it has {summary} from process {}", a.pid);
+    eprintln!(
+        "fdgrab: new server {new_pid} is ready ({how}); it has {summary} from process {}",
+        a.pid
+    );
     if let Some(sig) = a.signal_old {
         match target.send_signal(sig) {
             Ok(()) => eprintln!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
             Err(fdgrab::Error::NoSuchProcess { .. }) => {
-                eprintln!("fdgrab: old server {} has already exited; no signal sent", a.pid)
+                eprintln!(
+                    "fdgrab: old server {} has already exited; no signal sent",
+                    a.pid
+                )
             }
-            Err(e) => return Err(e).context("signalling the old server (the new server keeps running)"),
+            Err(e) => {
+                return Err(e).context("signalling the old server (the new server keeps running)")
+            }
         }
     }
     if a.detach {
@@ -167,11 +184,19 @@ fn describe_status(st: ExitStatus) -> String {
 /// ptrace session. If that fails the handover is called off: the new server is
 /// stopped and the old one, which `close_in_target` leaves unchanged when an fd is
 /// missing, keeps serving.
-fn steal(target: &PidFd, fds: &[fdgrab::TargetFd], child: &mut activation::ActivatedChild) -> Result<()> {
+fn steal(
+    target: &PidFd,
+    fds: &[fdgrab::TargetFd],
+    child: &mut activation::ActivatedChild,
+) -> Result<()> {
     match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
         Ok(()) => {
             let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-            eprintln!("fdgrab: closed fd {} in old server {}", nums.join(","), target.pid());
+            eprintln!(
+                "fdgrab: closed fd {} in old server {}",
+                nums.join(","),
+                target.pid()
+            );
             Ok(())
         }
         Err(e) => {

@@ -36,7 +36,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..], false),
         Some("hold") => serve(&args[1..], true),
-        Some("probe") => probe(args.get(1).map(String::as_str).unwrap_or_else(|| die("probe FILE"))),
+        Some("probe") => probe(
+            args.get(1)
+                .map(String::as_str)
+                .unwrap_or_else(|| die("probe FILE")),
+        ),
         _ => die("usage: fdgrab-activated serve|probe ..."),
     }
 }
@@ -66,8 +70,12 @@ impl Sock {
     fn describe(&self) -> Value {
         let fd = self.fd().as_raw_fd();
         match self {
-            Sock::Tcp(s) => json!({"fd": fd, "kind": "tcp", "addr": s.local_addr().map(|a| a.to_string()).ok()}),
-            Sock::Udp(s) => json!({"fd": fd, "kind": "udp", "addr": s.local_addr().map(|a| a.to_string()).ok()}),
+            Sock::Tcp(s) => {
+                json!({"fd": fd, "kind": "tcp", "addr": s.local_addr().map(|a| a.to_string()).ok()})
+            }
+            Sock::Udp(s) => {
+                json!({"fd": fd, "kind": "udp", "addr": s.local_addr().map(|a| a.to_string()).ok()})
+            }
             Sock::Unix(s) => json!({"fd": fd, "kind": "unix",
                 "path": s.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_string_lossy().into_owned()))}),
             Sock::UnixDgram(s) => json!({"fd": fd, "kind": "unixdgram",
@@ -84,12 +92,18 @@ fn activation_fds() -> Option<Vec<OwnedFd>> {
     let n: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
     // SAFETY: with LISTEN_PID naming us, fds 3..3+n were handed to us and nothing else
     // in this process has claimed them.
-    Some((3..3 + n).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect())
+    Some(
+        (3..3 + n)
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect(),
+    )
 }
 
 fn classify(fd: OwnedFd) -> Sock {
-    let domain = sockopt::socket_domain(&fd).unwrap_or_else(|e| die(&format!("fd {}: {e}", fd.as_raw_fd())));
-    let ty = sockopt::socket_type(&fd).unwrap_or_else(|e| die(&format!("fd {}: {e}", fd.as_raw_fd())));
+    let domain =
+        sockopt::socket_domain(&fd).unwrap_or_else(|e| die(&format!("fd {}: {e}", fd.as_raw_fd())));
+    let ty =
+        sockopt::socket_type(&fd).unwrap_or_else(|e| die(&format!("fd {}: {e}", fd.as_raw_fd())));
     match (domain, ty) {
         (AddressFamily::INET | AddressFamily::INET6, SocketType::STREAM) => Sock::Tcp(fd.into()),
         (AddressFamily::INET | AddressFamily::INET6, SocketType::DGRAM) => Sock::Udp(fd.into()),
@@ -104,36 +118,61 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> Vec<Sock> {
     let mut out = Vec::new();
     let mut bound = addr;
     for _ in 0..n {
-        let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-        let s = socket(family, SocketType::STREAM, None).unwrap_or_else(|e| die(&format!("socket: {e}")));
-        sockopt::set_socket_reuseport(&s, true).unwrap_or_else(|e| die(&format!("SO_REUSEPORT: {e}")));
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let s = socket(family, SocketType::STREAM, None)
+            .unwrap_or_else(|e| die(&format!("socket: {e}")));
+        sockopt::set_socket_reuseport(&s, true)
+            .unwrap_or_else(|e| die(&format!("SO_REUSEPORT: {e}")));
         bind(&s, &bound).unwrap_or_else(|e| die(&format!("bind {bound}: {e}")));
         listen(&s, 128).unwrap_or_else(|e| die(&format!("listen: {e}")));
         let l: TcpListener = s.into();
-        bound = l.local_addr().unwrap_or_else(|e| die(&format!("local_addr: {e}")));
+        bound = l
+            .local_addr()
+            .unwrap_or_else(|e| die(&format!("local_addr: {e}")));
         out.push(Sock::Tcp(l));
     }
     out
 }
 
 fn open_spec(spec: &str, reuseport: usize) -> Vec<Sock> {
-    let (kind, rest) = spec.split_once(':').unwrap_or_else(|| die(&format!("bad --listen {spec}")));
-    let inet = || -> SocketAddr { rest.parse().unwrap_or_else(|_| die(&format!("bad address {rest}"))) };
+    let (kind, rest) = spec
+        .split_once(':')
+        .unwrap_or_else(|| die(&format!("bad --listen {spec}")));
+    let inet = || -> SocketAddr {
+        rest.parse()
+            .unwrap_or_else(|_| die(&format!("bad address {rest}")))
+    };
     match kind {
         "tcp" if reuseport > 1 => reuseport_listeners(inet(), reuseport),
-        "tcp" => vec![Sock::Tcp(TcpListener::bind(inet()).unwrap_or_else(|e| die(&format!("{spec}: {e}"))))],
-        "udp" => vec![Sock::Udp(UdpSocket::bind(inet()).unwrap_or_else(|e| die(&format!("{spec}: {e}"))))],
-        "unix" => vec![Sock::Unix(UnixListener::bind(rest).unwrap_or_else(|e| die(&format!("{spec}: {e}"))))],
+        "tcp" => vec![Sock::Tcp(
+            TcpListener::bind(inet()).unwrap_or_else(|e| die(&format!("{spec}: {e}"))),
+        )],
+        "udp" => vec![Sock::Udp(
+            UdpSocket::bind(inet()).unwrap_or_else(|e| die(&format!("{spec}: {e}"))),
+        )],
+        "unix" => vec![Sock::Unix(
+            UnixListener::bind(rest).unwrap_or_else(|e| die(&format!("{spec}: {e}"))),
+        )],
         "unixdgram" => {
-            vec![Sock::UnixDgram(UnixDatagram::bind(rest).unwrap_or_else(|e| die(&format!("{spec}: {e}"))))]
+            vec![Sock::UnixDgram(
+                UnixDatagram::bind(rest).unwrap_or_else(|e| die(&format!("{spec}: {e}"))),
+            )]
         }
         _ => die(&format!("unknown kind in --listen {spec}")),
     }
 }
 
 fn notify(state: &str) {
-    let Ok(addr) = std::env::var("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
+    let Ok(addr) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
     let r = if let Some(name) = addr.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -152,7 +191,11 @@ fn serve(args: &[String], hold: bool) {
     let mut ready = "notify".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--listen" => specs.push(val()),
             "--reuseport" => reuseport = val().parse().unwrap_or_else(|_| die("--reuseport N")),
@@ -163,7 +206,8 @@ fn serve(args: &[String], hold: bool) {
     if let Some(code) = ready.strip_prefix("exit:") {
         std::process::exit(code.parse().unwrap_or(1));
     }
-    let signals = SignalFd::block(&[libc::SIGTERM, libc::SIGINT]).unwrap_or_else(|e| die(&e.to_string()));
+    let signals =
+        SignalFd::block(&[libc::SIGTERM, libc::SIGINT]).unwrap_or_else(|e| die(&e.to_string()));
     let activated = activation_fds();
     let socks: Vec<Sock> = match activated {
         Some(fds) => fds.into_iter().map(classify).collect(),
@@ -205,7 +249,11 @@ fn serve(args: &[String], hold: bool) {
         let live: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].is_some()).collect();
         let mut fds: Vec<PollFd<'_>> = live
             .iter()
-            .filter_map(|&i| socks[i].as_ref().map(|s| PollFd::from_borrowed_fd(s.fd(), PollFlags::IN)))
+            .filter_map(|&i| {
+                socks[i]
+                    .as_ref()
+                    .map(|s| PollFd::from_borrowed_fd(s.fd(), PollFlags::IN))
+            })
             .collect();
         fds.push(PollFd::new(&signals, PollFlags::IN));
         if poll(&mut fds, None).is_err() {
@@ -280,9 +328,13 @@ fn answer<S: Read + Write + AsFd>(mut c: S, reply: &str) {
 }
 
 fn probe(file: &str) {
-    let signals = SignalFd::block(&[libc::SIGTERM, libc::SIGINT]).unwrap_or_else(|e| die(&e.to_string()));
+    let signals =
+        SignalFd::block(&[libc::SIGTERM, libc::SIGINT]).unwrap_or_else(|e| die(&e.to_string()));
     let mut numbers: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     numbers.sort_unstable();
     let sfd = signals.as_fd().as_raw_fd();
@@ -311,7 +363,8 @@ fn probe(file: &str) {
             Some(v)
         })
         .collect();
-    let env: serde_json::Map<String, Value> = std::env::vars().map(|(k, v)| (k, json!(v))).collect();
+    let env: serde_json::Map<String, Value> =
+        std::env::vars().map(|(k, v)| (k, json!(v))).collect();
     let report = json!({"pid": std::process::id(), "env": env, "fds": fds});
     std::fs::write(file, report.to_string()).unwrap_or_else(|e| die(&format!("{file}: {e}")));
     notify("READY=1\n");

@@ -66,7 +66,9 @@ pub struct TakenSocket {
 /// matches nothing is an error listing what the process does listen on.
 pub fn select(pid: Pid, fds: &[Candidate], selectors: &[Selector]) -> Result<Vec<Selected>> {
     let resolve = |rel: &str| {
-        std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|cwd| cwd.join(rel).to_string_lossy().into_owned())
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .map(|cwd| cwd.join(rel).to_string_lossy().into_owned())
     };
     let mut chosen: Vec<Selected> = Vec::new();
     let mut by_inode: HashMap<u64, usize> = HashMap::new();
@@ -82,7 +84,11 @@ pub fn select(pid: Pid, fds: &[Candidate], selectors: &[Selector]) -> Result<Vec
                 } else {
                     "is not a socket; only sockets can be handed over"
                 };
-                return Err(Error::WrongKind { pid, fd: *fd, reason: format!("'{}' {what}", entry.link) });
+                return Err(Error::WrongKind {
+                    pid,
+                    fd: *fd,
+                    reason: format!("'{}' {what}", entry.link),
+                });
             };
             if !is_listening_or_bound(sock) {
                 return Err(Error::WrongKind {
@@ -97,15 +103,23 @@ pub fn select(pid: Pid, fds: &[Candidate], selectors: &[Selector]) -> Result<Vec
             }
             hits.extend(fds.iter().filter(|e| {
                 e.fd != *fd
-                    && e.socket.as_ref().is_some_and(|s| is_listening_or_bound(s) && selector::same_group(s, sock))
+                    && e.socket
+                        .as_ref()
+                        .is_some_and(|s| is_listening_or_bound(s) && selector::same_group(s, sock))
             }));
             hits.sort_by_key(|e| e.fd);
         }
         if hits.is_empty() {
-            return Err(Error::NoMatchingSocket { pid, selector: sel.to_string(), available: describe_listeners(fds) });
+            return Err(Error::NoMatchingSocket {
+                pid,
+                selector: sel.to_string(),
+                available: describe_listeners(fds),
+            });
         }
         for entry in hits {
-            let (Some(inode), Some(info)) = (entry.inode, entry.socket.as_ref()) else { continue };
+            let (Some(inode), Some(info)) = (entry.inode, entry.socket.as_ref()) else {
+                continue;
+            };
             match by_inode.get(&inode) {
                 Some(&i) => {
                     if !chosen[i].target_fds.contains(&entry.fd) {
@@ -115,7 +129,12 @@ pub fn select(pid: Pid, fds: &[Candidate], selectors: &[Selector]) -> Result<Vec
                 }
                 None => {
                     by_inode.insert(inode, chosen.len());
-                    chosen.push(Selected { selector: index, target_fds: vec![entry.fd], inode, info: info.clone() });
+                    chosen.push(Selected {
+                        selector: index,
+                        target_fds: vec![entry.fd],
+                        inode,
+                        info: info.clone(),
+                    });
                 }
             }
         }
@@ -129,7 +148,10 @@ pub fn describe_listeners(fds: &[Candidate]) -> String {
         .iter()
         .filter(|e| e.socket.as_ref().is_some_and(is_listening_or_bound))
         .map(|e| {
-            let s = e.socket.as_ref().map(|s| s.protocol.clone().unwrap_or_else(|| s.family.clone()));
+            let s = e
+                .socket
+                .as_ref()
+                .map(|s| s.protocol.clone().unwrap_or_else(|| s.family.clone()));
             format!("fd {} {} {}", e.fd, s.unwrap_or_default(), e.display_name())
         })
         .collect();
@@ -155,7 +177,9 @@ pub struct Candidate {
 impl Candidate {
     /// `127.0.0.1:8080 (LISTEN)`, a path, or the link.
     pub fn display_name(&self) -> String {
-        self.socket.as_ref().map_or_else(|| self.link.clone(), SocketInfo::describe)
+        self.socket
+            .as_ref()
+            .map_or_else(|| self.link.clone(), SocketInfo::describe)
     }
 }
 
@@ -176,7 +200,12 @@ pub fn listing(target: &PidFd) -> Result<Vec<Candidate>> {
 fn from_inventory(inv: &Inventory) -> Vec<Candidate> {
     inv.fds
         .iter()
-        .map(|e| Candidate { fd: e.fd, link: e.link.clone(), inode: e.inode, socket: e.socket.clone() })
+        .map(|e| Candidate {
+            fd: e.fd,
+            link: e.link.clone(),
+            inode: e.inode,
+            socket: e.socket.clone(),
+        })
         .collect()
 }
 
@@ -194,15 +223,30 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
         },
         e => Error::io("reading /proc/PID/fd", pid, None, e),
     };
-    let proc_dir = openat(rustix::fs::CWD, format!("/proc/{pid}"), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(gone)?;
-    let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(gone)?;
+    let proc_dir = openat(
+        rustix::fs::CWD,
+        format!("/proc/{pid}"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone)?;
+    let fd_dir = openat(
+        &proc_dir,
+        "fd",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone)?;
     let mut numbers = Vec::new();
-    let mut dir = rustix::fs::Dir::read_from(&fd_dir).map_err(gone)?;
-    while let Some(entry) = dir.next() {
+    let dir = rustix::fs::Dir::read_from(&fd_dir).map_err(gone)?;
+    for entry in dir {
         let entry = entry.map_err(gone)?;
-        if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+        {
             numbers.push(n);
         }
     }
@@ -215,11 +259,21 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(gone(e)),
         };
-        let inode = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse().ok());
-        list.push(Candidate { fd, link, inode, socket: None });
+        let inode = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|i| i.parse().ok());
+        list.push(Candidate {
+            fd,
+            link,
+            inode,
+            socket: None,
+        });
     }
     if list.iter().any(|c| c.inode.is_some()) {
-        let Some(table) = listener_table(pid, &proc_dir) else { return Ok(None) };
+        let Some(table) = listener_table(pid, &proc_dir) else {
+            return Ok(None);
+        };
         for c in &mut list {
             c.socket = c.inode.and_then(|i| table.get(&i).cloned());
         }
@@ -276,7 +330,8 @@ pub fn take_sockets(target: &PidFd, selectors: &[Selector]) -> Result<Vec<TakenS
     for sel in selected {
         let fd = sel.target_fds[0];
         let ours = crate::grab::grab(target, fd)?;
-        let st = rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
+        let st =
+            rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
         if st.st_ino != sel.inode {
             return Err(Error::WrongKind {
                 pid: target.pid(),
@@ -287,8 +342,16 @@ pub fn take_sockets(target: &PidFd, selectors: &[Selector]) -> Result<Vec<TakenS
                 ),
             });
         }
-        tracing::debug!(pid = target.pid(), fd = fd.as_raw(), inode = sel.inode, "took socket");
-        taken.push(TakenSocket { selected: sel, fd: ours });
+        tracing::debug!(
+            pid = target.pid(),
+            fd = fd.as_raw(),
+            inode = sel.inode,
+            "took socket"
+        );
+        taken.push(TakenSocket {
+            selected: sel,
+            fd: ours,
+        });
     }
     Ok(taken)
 }
@@ -303,7 +366,9 @@ pub fn check_fd_name(name: &str) -> std::result::Result<(), String> {
         return Err(format!("fd name '{name}' is longer than 255 characters"));
     }
     if let Some(c) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
-        return Err(format!("fd name '{name}' contains {c:?}; names are printable ASCII without ':' or spaces"));
+        return Err(format!(
+            "fd name '{name}' contains {c:?}; names are printable ASCII without ':' or spaces"
+        ));
     }
     Ok(())
 }
@@ -320,7 +385,8 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
     // some file systems; execve needs a regular file with an x bit.
     let runnable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             && access(p, Access::EXEC_OK).is_ok()
     };
     if cmd.as_bytes().contains(&b'/') {
@@ -328,19 +394,31 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
         return if runnable(&p) {
             Ok(p)
         } else if p.exists() {
-            Err(Error::InvalidArgument(format!("command '{display}' is not an executable file")))
+            Err(Error::InvalidArgument(format!(
+                "command '{display}' is not an executable file"
+            )))
         } else {
-            Err(Error::InvalidArgument(format!("command '{display}' not found")))
+            Err(Error::InvalidArgument(format!(
+                "command '{display}' not found"
+            )))
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     for dir in std::env::split_paths(&path) {
-        let candidate = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }.join(cmd);
+        let candidate = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        }
+        .join(cmd);
         if runnable(&candidate) {
             return Ok(candidate);
         }
     }
-    Err(Error::InvalidArgument(format!("command '{display}' not found in PATH ({})", path.to_string_lossy())))
+    Err(Error::InvalidArgument(format!(
+        "command '{display}' not found in PATH ({})",
+        path.to_string_lossy()
+    )))
 }
 
 /// How to start the new server.
@@ -360,7 +438,12 @@ pub struct ActivationCommand {
 }
 
 /// Variables we set, removed from the inherited environment first.
-const OWN_VARS: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"];
+const OWN_VARS: [&str; 4] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+];
 
 fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString> {
     CString::new(bytes).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
@@ -375,7 +458,11 @@ fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString> {
 pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<ActivatedChild> {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     if cmd.names.len() != fds.len() {
-        return Err(Error::InvalidArgument(format!("{} fd names for {} sockets", cmd.names.len(), fds.len())));
+        return Err(Error::InvalidArgument(format!(
+            "{} fd names for {} sockets",
+            cmd.names.len(),
+            fds.len()
+        )));
     }
     for name in &cmd.names {
         check_fd_name(name).map_err(Error::InvalidArgument)?;
@@ -392,14 +479,30 @@ pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Activate
             env.push(c);
         }
     }
-    env.push(cstring(format!("LISTEN_FDS={}", fds.len()).into_bytes(), "LISTEN_FDS")?);
-    env.push(cstring(format!("LISTEN_FDNAMES={}", cmd.names.join(":")).into_bytes(), "an fd name")?);
+    env.push(cstring(
+        format!("LISTEN_FDS={}", fds.len()).into_bytes(),
+        "LISTEN_FDS",
+    )?);
+    env.push(cstring(
+        format!("LISTEN_FDNAMES={}", cmd.names.join(":")).into_bytes(),
+        "an fd name",
+    )?);
     if let Some(n) = &cmd.notify_socket {
-        env.push(cstring(format!("NOTIFY_SOCKET={n}").into_bytes(), "NOTIFY_SOCKET")?);
+        env.push(cstring(
+            format!("NOTIFY_SOCKET={n}").into_bytes(),
+            "NOTIFY_SOCKET",
+        )?);
     }
     let image = ExecImage {
-        path: cstring(cmd.program.as_os_str().as_bytes().to_vec(), "the program path")?,
-        argv: cmd.argv.iter().map(|a| cstring(a.as_bytes().to_vec(), "an argument")).collect::<Result<_>>()?,
+        path: cstring(
+            cmd.program.as_os_str().as_bytes().to_vec(),
+            "the program path",
+        )?,
+        argv: cmd
+            .argv
+            .iter()
+            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
+            .collect::<Result<_>>()?,
         env,
     };
     // Move every socket above the numbers the child will use, so that installing one
@@ -411,20 +514,35 @@ pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Activate
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::io("fcntl(F_DUPFD_CLOEXEC)", me, None, e))?;
     let borrowed: Vec<BorrowedFd<'_>> = high.iter().map(|f| f.as_fd()).collect();
-    let session = if cmd.new_session { ChildSession::NewSession } else { ChildSession::NewProcessGroup };
+    let session = if cmd.new_session {
+        ChildSession::NewSession
+    } else {
+        ChildSession::NewProcessGroup
+    };
     let program = cmd.program.display();
-    let pid = sys::fork_exec(&image, &borrowed, session).map_err(|(stage, e)| match (stage, e) {
-        (ChildStage::Exec, Errno::NOENT) => Error::InvalidArgument(format!("command '{program}' not found")),
-        (ChildStage::Exec, Errno::ACCESS) | (ChildStage::Exec, Errno::NOEXEC) => {
-            Error::InvalidArgument(format!("cannot execute '{program}': {}", std::io::Error::from(e)))
-        }
-        (ChildStage::Exec, e) => Error::io("execve", me, None, e),
-        (ChildStage::Dup2, e) => Error::io("dup2 (installing sockets in the new server)", me, None, e),
-    })?;
+    let pid =
+        sys::fork_exec(&image, &borrowed, session).map_err(|(stage, e)| match (stage, e) {
+            (ChildStage::Exec, Errno::NOENT) => {
+                Error::InvalidArgument(format!("command '{program}' not found"))
+            }
+            (ChildStage::Exec, Errno::ACCESS) | (ChildStage::Exec, Errno::NOEXEC) => {
+                Error::InvalidArgument(format!(
+                    "cannot execute '{program}': {}",
+                    std::io::Error::from(e)
+                ))
+            }
+            (ChildStage::Exec, e) => Error::io("execve", me, None, e),
+            (ChildStage::Dup2, e) => {
+                Error::io("dup2 (installing sockets in the new server)", me, None, e)
+            }
+        })?;
     tracing::info!(pid, program = %program, fds = fds.len(), "started new server");
     // Our unreaped child keeps its pid, so this cannot name another process.
     let pidfd = PidFd::open(pid)?;
-    Ok(ActivatedChild { pidfd, status: None })
+    Ok(ActivatedChild {
+        pidfd,
+        status: None,
+    })
 }
 
 /// Why the new server counts as ready.
@@ -455,7 +573,10 @@ pub struct ActivatedChild {
 }
 
 fn timespec(d: Duration) -> Timespec {
-    Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as _, tv_nsec: d.subsec_nanos() as _ }
+    Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as _,
+        tv_nsec: d.subsec_nanos() as _,
+    }
 }
 
 impl ActivatedChild {
@@ -520,7 +641,11 @@ impl ActivatedChild {
             if let Some(n) = notify {
                 while let Some(msg) = n.recv()? {
                     if !notify::is_same_or_descendant(msg.pid, pid) {
-                        tracing::warn!(sender = msg.pid, server = pid, "ignored a notification from outside the new server");
+                        tracing::warn!(
+                            sender = msg.pid,
+                            server = pid,
+                            "ignored a notification from outside the new server"
+                        );
                         continue;
                     }
                     if let Some(status) = msg.field("STATUS") {
@@ -560,7 +685,11 @@ impl ActivatedChild {
             Err(e) => return Err(e),
         }
         if !self.pidfd.wait_exit(Some(grace))? {
-            tracing::warn!(pid = self.pid(), ?grace, "new server ignored SIGTERM; killing it");
+            tracing::warn!(
+                pid = self.pid(),
+                ?grace,
+                "new server ignored SIGTERM; killing it"
+            );
             match self.pidfd.send_signal(libc::SIGKILL) {
                 Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
                 Err(e) => return Err(e),
@@ -578,7 +707,10 @@ impl ActivatedChild {
             if self.reap_if_exited()? {
                 return Ok(self.status.unwrap_or_default());
             }
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+            let mut fds = [
+                PollFd::new(&self.pidfd, PollFlags::IN),
+                PollFd::new(signals, PollFlags::IN),
+            ];
             match poll(&mut fds, None) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(Error::io("poll", self.pid(), None, e)),

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::{procfs, Pid};
 use rustix::io::Errno;
 use rustix::net::{
-    bind, recvmsg, socket_with, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
-    SocketAddrUnix, SocketFlags, SocketType,
+    bind, recvmsg, socket_with, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+    RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -47,7 +47,11 @@ impl Notification {
 
     /// The value of one assignment.
     pub fn field(&self, key: &str) -> Option<&str> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -56,7 +60,12 @@ impl NotifySocket {
     pub fn bind() -> Result<Self> {
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         let me = rustix::process::getpid().as_raw_nonzero().get();
-        let io = |op, e: Errno| Error::Io { op, pid: me, fd: None, source: e.into() };
+        let io = |op, e: Errno| Error::Io {
+            op,
+            pid: me,
+            fd: None,
+            source: e.into(),
+        };
         let sock = socket_with(
             AddressFamily::UNIX,
             SocketType::DGRAM,
@@ -70,12 +79,19 @@ impl NotifySocket {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let name = format!("fdgrab/notify/{me}/{}-{nanos:x}", SERIAL.fetch_add(1, Ordering::Relaxed));
-            let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(|e| io("notify address", e))?;
+            let name = format!(
+                "fdgrab/notify/{me}/{}-{nanos:x}",
+                SERIAL.fetch_add(1, Ordering::Relaxed)
+            );
+            let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())
+                .map_err(|e| io("notify address", e))?;
             match bind(&sock, &addr) {
                 Ok(()) => {
                     tracing::debug!(address = %name, "notify socket bound");
-                    return Ok(Self { sock, address: format!("@{name}") });
+                    return Ok(Self {
+                        sock,
+                        address: format!("@{name}"),
+                    });
                 }
                 // Another process in this network namespace has the name; pick another.
                 Err(Errno::ADDRINUSE) => continue,
@@ -95,7 +111,8 @@ impl NotifySocket {
         let me = rustix::process::getpid().as_raw_nonzero().get();
         loop {
             let mut data = vec![0u8; MAX_MESSAGE];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(16))];
+            let mut space =
+                [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(16))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let msg = match recvmsg(
                 &self.sock,
@@ -106,7 +123,14 @@ impl NotifySocket {
                 Ok(m) => m,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(None),
-                Err(e) => return Err(Error::Io { op: "recvmsg(notify socket)", pid: me, fd: None, source: e.into() }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "recvmsg(notify socket)",
+                        pid: me,
+                        fd: None,
+                        source: e.into(),
+                    })
+                }
             };
             let mut cred = None;
             for m in control.drain() {
@@ -179,9 +203,11 @@ mod tests {
         let tx = UnixDatagram::unbound().expect("socket");
         let addr = {
             use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(&n.address().as_bytes()[1..]).expect("addr")
+            std::os::unix::net::SocketAddr::from_abstract_name(&n.address().as_bytes()[1..])
+                .expect("addr")
         };
-        tx.send_to_addr(b"STATUS=starting\nREADY=1\n", &addr).expect("send");
+        tx.send_to_addr(b"STATUS=starting\nREADY=1\n", &addr)
+            .expect("send");
         let got = n.recv().expect("recv").expect("a message");
         assert_eq!(got.pid, std::process::id() as Pid);
         assert!(got.is_ready());

@@ -80,23 +80,30 @@ impl FromStr for Selector {
 
 fn parse_inet(rest: &str) -> Result<(AddrMatch, PortMatch), String> {
     let (addr, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (inside, after) =
-            v6.split_once(']').ok_or_else(|| "an IPv6 address opened with '[' needs a closing ']'".to_string())?;
+        let (inside, after) = v6
+            .split_once(']')
+            .ok_or_else(|| "an IPv6 address opened with '[' needs a closing ']'".to_string())?;
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| "expected ':PORT' after the bracketed IPv6 address".to_string())?;
-        let ip: Ipv6Addr = inside.parse().map_err(|_| format!("'{inside}' is not an IPv6 address"))?;
+        let ip: Ipv6Addr = inside
+            .parse()
+            .map_err(|_| format!("'{inside}' is not an IPv6 address"))?;
         (AddrMatch::Exact(IpAddr::V6(ip)), port)
     } else {
-        let (addr, port) = rest.rsplit_once(':').ok_or_else(|| "expected ADDR:PORT".to_string())?;
+        let (addr, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| "expected ADDR:PORT".to_string())?;
         let addr = if addr == "*" {
             AddrMatch::Any
         } else if addr.contains(':') {
-            return Err(format!("IPv6 addresses go in brackets, as in [{addr}]:{port}"));
+            return Err(format!(
+                "IPv6 addresses go in brackets, as in [{addr}]:{port}"
+            ));
         } else {
-            let ip: Ipv4Addr = addr
-                .parse()
-                .map_err(|_| format!("'{addr}' is not an IPv4 address (use * for any, [ADDR] for IPv6)"))?;
+            let ip: Ipv4Addr = addr.parse().map_err(|_| {
+                format!("'{addr}' is not an IPv4 address (use * for any, [ADDR] for IPv6)")
+            })?;
             AddrMatch::Exact(IpAddr::V4(ip))
         };
         (addr, port)
@@ -146,7 +153,11 @@ impl Selector {
     /// the selector with each `:` turned into `-` (systemd forbids `:` in names),
     /// e.g. `tcp-127.0.0.1-8080`, `unix-/run/app.sock`, `fd-3`.
     pub fn default_fd_name(&self) -> String {
-        let name: String = self.to_string().chars().map(|c| if c == ':' { '-' } else { c }).collect();
+        let name: String = self
+            .to_string()
+            .chars()
+            .map(|c| if c == ':' { '-' } else { c })
+            .collect();
         if name == "*" {
             "listen".into()
         } else {
@@ -156,23 +167,33 @@ impl Selector {
 
     /// Whether `entry` is a socket this selector takes. `fd:N` matches on the number
     /// alone; callers check that the socket is listening or bound.
-    pub fn matches(&self, entry: &Candidate, resolve_target_path: impl Fn(&str) -> Option<String>) -> bool {
+    pub fn matches(
+        &self,
+        entry: &Candidate,
+        resolve_target_path: impl Fn(&str) -> Option<String>,
+    ) -> bool {
         if let Selector::Fd(fd) = self {
             return entry.fd == *fd;
         }
-        let Some(sock) = entry.socket.as_ref() else { return false };
+        let Some(sock) = entry.socket.as_ref() else {
+            return false;
+        };
         if !is_listening_or_bound(sock) {
             return false;
         }
         match self {
             Selector::Tcp { addr, port } => {
-                sock.protocol.as_deref() == Some("tcp") && inet_matches(sock.local.as_ref(), *addr, *port)
+                sock.protocol.as_deref() == Some("tcp")
+                    && inet_matches(sock.local.as_ref(), *addr, *port)
             }
             Selector::Udp { addr, port } => {
-                sock.protocol.as_deref() == Some("udp") && inet_matches(sock.local.as_ref(), *addr, *port)
+                sock.protocol.as_deref() == Some("udp")
+                    && inet_matches(sock.local.as_ref(), *addr, *port)
             }
             Selector::Unix { path } => {
-                let Some(theirs) = sock.local.as_ref().and_then(|l| l.path.as_deref()) else { return false };
+                let Some(theirs) = sock.local.as_ref().and_then(|l| l.path.as_deref()) else {
+                    return false;
+                };
                 if sock.family != "unix" {
                     return false;
                 }
@@ -197,12 +218,16 @@ fn same_path(a: &str, b: &str) -> bool {
     if b.starts_with('/') || b.starts_with('@') {
         return false;
     }
-    std::env::current_dir().map(|cwd| cwd.join(b)).is_ok_and(|abs| abs.as_os_str() == a)
+    std::env::current_dir()
+        .map(|cwd| cwd.join(b))
+        .is_ok_and(|abs| abs.as_os_str() == a)
 }
 
 fn inet_matches(local: Option<&Endpoint>, addr: AddrMatch, port: PortMatch) -> bool {
     let Some(local) = local else { return false };
-    let (Some(ip), Some(p)) = (local.ip(), local.port) else { return false };
+    let (Some(ip), Some(p)) = (local.ip(), local.port) else {
+        return false;
+    };
     let addr_ok = match addr {
         AddrMatch::Any => true,
         AddrMatch::Exact(want) => want == ip,
@@ -220,10 +245,19 @@ fn inet_matches(local: Option<&Endpoint>, addr: AddrMatch, port: PortMatch) -> b
 /// something a new server can take over.
 pub fn is_listening_or_bound(sock: &SocketInfo) -> bool {
     let state = sock.state.as_deref();
-    match (sock.family.as_str(), sock.protocol.as_deref(), sock.socket_type.as_deref()) {
+    match (
+        sock.family.as_str(),
+        sock.protocol.as_deref(),
+        sock.socket_type.as_deref(),
+    ) {
         ("inet" | "inet6", Some("tcp"), _) => state == Some("LISTEN"),
         ("inet" | "inet6", Some("udp"), _) => {
-            state == Some("UNCONN") && sock.local.as_ref().and_then(|l| l.port).is_some_and(|p| p != 0)
+            state == Some("UNCONN")
+                && sock
+                    .local
+                    .as_ref()
+                    .and_then(|l| l.port)
+                    .is_some_and(|p| p != 0)
         }
         ("unix", _, Some("stream" | "seqpacket")) => state == Some("LISTEN"),
         ("unix", _, Some("dgram")) => {
@@ -257,26 +291,59 @@ mod tests {
     fn parses_every_kind() {
         assert_eq!(
             sel("tcp:127.0.0.1:8080"),
-            Selector::Tcp { addr: AddrMatch::Exact("127.0.0.1".parse().expect("ip")), port: PortMatch::Exact(8080) }
+            Selector::Tcp {
+                addr: AddrMatch::Exact("127.0.0.1".parse().expect("ip")),
+                port: PortMatch::Exact(8080)
+            }
         );
-        assert_eq!(sel("tcp:*:80"), Selector::Tcp { addr: AddrMatch::Any, port: PortMatch::Exact(80) });
+        assert_eq!(
+            sel("tcp:*:80"),
+            Selector::Tcp {
+                addr: AddrMatch::Any,
+                port: PortMatch::Exact(80)
+            }
+        );
         assert_eq!(
             sel("udp:[::1]:53"),
-            Selector::Udp { addr: AddrMatch::Exact("::1".parse().expect("ip")), port: PortMatch::Exact(53) }
+            Selector::Udp {
+                addr: AddrMatch::Exact("::1".parse().expect("ip")),
+                port: PortMatch::Exact(53)
+            }
         );
         assert_eq!(
             sel("tcp:[::]:*"),
-            Selector::Tcp { addr: AddrMatch::Exact(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port: PortMatch::Any }
+            Selector::Tcp {
+                addr: AddrMatch::Exact(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+                port: PortMatch::Any
+            }
         );
-        assert_eq!(sel("unix:/run/x.sock"), Selector::Unix { path: "/run/x.sock".into() });
-        assert_eq!(sel("unix:@abstract"), Selector::Unix { path: "@abstract".into() });
+        assert_eq!(
+            sel("unix:/run/x.sock"),
+            Selector::Unix {
+                path: "/run/x.sock".into()
+            }
+        );
+        assert_eq!(
+            sel("unix:@abstract"),
+            Selector::Unix {
+                path: "@abstract".into()
+            }
+        );
         assert_eq!(sel("fd:7"), Selector::Fd(TargetFd::new(7).expect("fd")));
         assert_eq!(sel("*"), Selector::All);
     }
 
     #[test]
     fn display_round_trips() {
-        for s in ["tcp:127.0.0.1:8080", "tcp:*:80", "udp:[::1]:53", "tcp:[::]:*", "unix:/a b", "fd:3", "*"] {
+        for s in [
+            "tcp:127.0.0.1:8080",
+            "tcp:*:80",
+            "udp:[::1]:53",
+            "tcp:[::]:*",
+            "unix:/a b",
+            "fd:3",
+            "*",
+        ] {
             assert_eq!(sel(s).to_string(), s);
         }
     }
@@ -306,9 +373,15 @@ mod tests {
 
     #[test]
     fn default_names_have_no_colons() {
-        assert_eq!(sel("tcp:127.0.0.1:8080").default_fd_name(), "tcp-127.0.0.1-8080");
+        assert_eq!(
+            sel("tcp:127.0.0.1:8080").default_fd_name(),
+            "tcp-127.0.0.1-8080"
+        );
         assert_eq!(sel("udp:[::1]:53").default_fd_name(), "udp-[--1]-53");
-        assert_eq!(sel("unix:/run/a.sock").default_fd_name(), "unix-/run/a.sock");
+        assert_eq!(
+            sel("unix:/run/a.sock").default_fd_name(),
+            "unix-/run/a.sock"
+        );
         assert_eq!(sel("fd:3").default_fd_name(), "fd-3");
         assert_eq!(sel("*").default_fd_name(), "listen");
     }

@@ -24,7 +24,12 @@ pub(crate) struct InetSock {
 /// Dumps the `protocol` (`IPPROTO_TCP`/`IPPROTO_UDP`) sockets of one address
 /// family whose state is in `states`, on a sock_diag socket made in the right
 /// network namespace.
-pub(crate) fn dump(sock: &OwnedFd, family: u8, protocol: u8, states: u32) -> std::io::Result<Vec<InetSock>> {
+pub(crate) fn dump(
+    sock: &OwnedFd,
+    family: u8,
+    protocol: u8,
+    states: u32,
+) -> std::io::Result<Vec<InetSock>> {
     // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero).
     let mut req = Vec::with_capacity(72);
     req.extend_from_slice(&72u32.to_ne_bytes());
@@ -69,18 +74,37 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     if inode == 0 {
         return None;
     }
-    let endpoint = |ip: IpAddr, port| Endpoint { address: Some(ip.to_string()), port: Some(port), path: None };
+    let endpoint = |ip: IpAddr, port| Endpoint {
+        address: Some(ip.to_string()),
+        port: Some(port),
+        path: None,
+    };
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
-        ("stream", "tcp", if state == 10 { "LISTEN" } else { "OTHER" }, state != 10)
+        (
+            "stream",
+            "tcp",
+            if state == 10 { "LISTEN" } else { "OTHER" },
+            state != 10,
+        )
     } else {
         // UDP reports TCP_ESTABLISHED for connected sockets and TCP_CLOSE otherwise.
         let connected = state == 1;
-        ("dgram", "udp", if connected { "CONNECTED" } else { "UNCONN" }, connected)
+        (
+            "dgram",
+            "udp",
+            if connected { "CONNECTED" } else { "UNCONN" },
+            connected,
+        )
     };
     Some(InetSock {
         inode,
         info: SocketInfo {
-            family: if family == libc::AF_INET as u8 { "inet" } else { "inet6" }.into(),
+            family: if family == libc::AF_INET as u8 {
+                "inet"
+            } else {
+                "inet6"
+            }
+            .into(),
             socket_type: Some(ty.into()),
             protocol: Some(proto.into()),
             state: Some(state_name.into()),

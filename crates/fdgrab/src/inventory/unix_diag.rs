@@ -54,7 +54,11 @@ pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock
 /// Sends one `SOCK_DIAG_BY_FAMILY` dump request and hands the payload of every
 /// answer message to `each`, until `NLMSG_DONE`. A kernel error (`NLMSG_ERROR`)
 /// becomes the error, e.g. `ENOENT` when the protocol's diag module is missing.
-pub(crate) fn dump_raw(sock: &OwnedFd, req: &[u8], mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+pub(crate) fn dump_raw(
+    sock: &OwnedFd,
+    req: &[u8],
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
     send(sock, req, SendFlags::empty())?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
