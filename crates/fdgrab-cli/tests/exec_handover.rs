@@ -39,6 +39,19 @@ fn activated_cmd(args: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// A handover to a fresh `fdgrab-activated serve` with one selector.
+fn activated_case(old: Server, selector: String, probe: Probe, total: usize) -> Case {
+    Case {
+        selectors: vec![selector],
+        extra: vec![],
+        new_cmd: activated_cmd(&[]),
+        probes: vec![probe],
+        total,
+        after: total / 4,
+        old,
+    }
+}
+
 fn tally(answers: &[Answer]) -> BTreeMap<i32, usize> {
     let mut by = BTreeMap::new();
     for a in answers.iter().flatten() {
@@ -136,21 +149,48 @@ fn stop_through_fdgrab(mut exec: Exec) {
     );
 }
 
+/// gunicorn bound to `binds`, replaced under load by a new gunicorn. The app
+/// directory is returned with the running `fdgrab exec` so that it outlives both.
+fn gunicorn_handover(
+    binds: &[&str],
+    selectors: fn(&Server) -> Vec<String>,
+    extra: &[&str],
+    total: usize,
+) -> (Exec, TempDir) {
+    let dir = TempDir::new("exec-gunicorn");
+    write_pid_app(dir.path());
+    let old = Server::gunicorn(dir.path(), binds);
+    assert_eq!(
+        old.addrs.len(),
+        binds.len(),
+        "gunicorn listens on {:?}",
+        old.addrs
+    );
+    let probes = old
+        .addrs
+        .iter()
+        .map(|a| Probe::Http(a.parse().expect("addr")))
+        .collect();
+    let case = Case {
+        selectors: selectors(&old),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        new_cmd: gunicorn_cmd(&dir),
+        probes,
+        total,
+        after: total / 4,
+        old,
+    };
+    (zero_downtime(case), dir)
+}
+
 #[test]
 fn exec_zero_downtime_gunicorn_tcp4() {
-    let dir = TempDir::new("exec-gunicorn4");
-    write_pid_app(dir.path());
-    let old = Server::gunicorn(dir.path(), &["127.0.0.1:0"]);
-    let addr = old.addrs[0].parse().expect("addr");
-    let exec = zero_downtime(Case {
-        selectors: vec![format!("tcp:127.0.0.1:{}", old.port(0))],
-        extra: vec![],
-        new_cmd: gunicorn_cmd(&dir),
-        probes: vec![Probe::Http(addr)],
-        total: 2000,
-        after: 500,
-        old,
-    });
+    let (exec, _dir) = gunicorn_handover(
+        &["127.0.0.1:0"],
+        |old| vec![format!("tcp:127.0.0.1:{}", old.port(0))],
+        &[],
+        2000,
+    );
     stop_through_fdgrab(exec);
 }
 
@@ -160,55 +200,28 @@ fn exec_zero_downtime_gunicorn_ipv6() {
         eprintln!("SKIP: no IPv6 loopback in this network namespace");
         return;
     }
-    let dir = TempDir::new("exec-gunicorn6");
-    write_pid_app(dir.path());
-    let old = Server::gunicorn(dir.path(), &["[::1]:0"]);
-    let addr: std::net::SocketAddr = old.addrs[0].parse().expect("addr");
-    let exec = zero_downtime(Case {
-        selectors: vec![format!("tcp:[::1]:{}", addr.port())],
-        extra: vec![],
-        new_cmd: gunicorn_cmd(&dir),
-        probes: vec![Probe::Http(addr)],
-        total: 1000,
-        after: 300,
-        old,
-    });
+    let (exec, _dir) = gunicorn_handover(
+        &["[::1]:0"],
+        |old| vec![format!("tcp:[::1]:{}", old.port(0))],
+        &[],
+        1000,
+    );
     stop_through_fdgrab(exec);
 }
 
 #[test]
 fn exec_zero_downtime_two_sockets_gunicorn() {
-    let dir = TempDir::new("exec-gunicorn2");
-    write_pid_app(dir.path());
-    let old = Server::gunicorn(dir.path(), &["127.0.0.1:0", "127.0.0.1:0"]);
-    assert_eq!(
-        old.addrs.len(),
-        2,
-        "gunicorn should listen twice: {:?}",
-        old.addrs
+    let (exec, _dir) = gunicorn_handover(
+        &["127.0.0.1:0", "127.0.0.1:0"],
+        |old| {
+            vec![
+                format!("tcp:*:{}", old.port(0)),
+                format!("tcp:127.0.0.1:{}", old.port(1)),
+            ]
+        },
+        &["--name", "web", "--name", "admin"],
+        1000,
     );
-    let probes = old
-        .addrs
-        .iter()
-        .map(|a| Probe::Http(a.parse().expect("addr")))
-        .collect();
-    let exec = zero_downtime(Case {
-        selectors: vec![
-            format!("tcp:*:{}", old.port(0)),
-            format!("tcp:127.0.0.1:{}", old.port(1)),
-        ],
-        extra: vec![
-            "--name".into(),
-            "web".into(),
-            "--name".into(),
-            "admin".into(),
-        ],
-        new_cmd: gunicorn_cmd(&dir),
-        probes,
-        total: 1000,
-        after: 300,
-        old,
-    });
     assert!(
         exec.log
             .iter()
@@ -222,54 +235,46 @@ fn exec_zero_downtime_two_sockets_gunicorn() {
 #[test]
 fn exec_zero_downtime_udp() {
     let old = Server::activated(&["--listen", "udp:127.0.0.1:0"]);
-    let addr = old.addrs[0].parse().expect("addr");
-    let exec = zero_downtime(Case {
-        selectors: vec![format!("udp:127.0.0.1:{}", old.port(0))],
-        extra: vec![],
-        new_cmd: activated_cmd(&[]),
-        probes: vec![Probe::Udp(addr)],
-        total: 2000,
-        after: 500,
+    let (addr, selector) = (
+        old.addrs[0].parse().expect("addr"),
+        format!("udp:127.0.0.1:{}", old.port(0)),
+    );
+    let exec = zero_downtime(activated_case(old, selector, Probe::Udp(addr), 2000));
+    stop_through_fdgrab(exec);
+}
+
+/// A unix stream listener or a bound unix datagram socket, selected by path.
+fn unix_handover(dgram: bool) {
+    let dir = TempDir::new("exec-unix");
+    let path = dir.path().join("app.sock");
+    let kind = if dgram { "unixdgram" } else { "unix" };
+    let old = Server::activated(&["--listen", &format!("{kind}:{}", path.display())]);
+    let probe = if dgram {
+        Probe::UnixDgram {
+            server: path.clone(),
+            dir: dir.path().to_path_buf(),
+        }
+    } else {
+        Probe::Unix(path.clone())
+    };
+    let selector = format!("unix:{}", path.display());
+    let exec = zero_downtime(activated_case(
         old,
-    });
+        selector,
+        probe,
+        if dgram { 1000 } else { 2000 },
+    ));
     stop_through_fdgrab(exec);
 }
 
 #[test]
 fn exec_zero_downtime_unix_listener() {
-    let dir = TempDir::new("exec-unix");
-    let path = dir.path().join("app.sock");
-    let old = Server::activated(&["--listen", &format!("unix:{}", path.display())]);
-    let exec = zero_downtime(Case {
-        selectors: vec![format!("unix:{}", path.display())],
-        extra: vec![],
-        new_cmd: activated_cmd(&[]),
-        probes: vec![Probe::Unix(path.clone())],
-        total: 2000,
-        after: 500,
-        old,
-    });
-    stop_through_fdgrab(exec);
+    unix_handover(false);
 }
 
 #[test]
 fn exec_zero_downtime_unix_datagram() {
-    let dir = TempDir::new("exec-unixdg");
-    let path = dir.path().join("dg.sock");
-    let old = Server::activated(&["--listen", &format!("unixdgram:{}", path.display())]);
-    let exec = zero_downtime(Case {
-        selectors: vec![format!("unix:{}", path.display())],
-        extra: vec![],
-        new_cmd: activated_cmd(&[]),
-        probes: vec![Probe::UnixDgram {
-            server: path.clone(),
-            dir: dir.path().to_path_buf(),
-        }],
-        total: 1000,
-        after: 300,
-        old,
-    });
-    stop_through_fdgrab(exec);
+    unix_handover(true);
 }
 
 /// Three SO_REUSEPORT listeners share a port; naming one by number takes all three.
@@ -283,15 +288,12 @@ fn exec_reuseport_group_moves_whole() {
     assert_eq!(socks.len(), 3);
     let first_fd = socks[0]["fd"].as_i64().expect("fd");
     let addr = old.addrs[0].parse().expect("addr");
-    let mut exec = zero_downtime(Case {
-        selectors: vec![format!("fd:{first_fd}")],
-        extra: vec![],
-        new_cmd: activated_cmd(&[]),
-        probes: vec![Probe::Tcp(addr)],
-        total: 2000,
-        after: 500,
+    let mut exec = zero_downtime(activated_case(
         old,
-    });
+        format!("fd:{first_fd}"),
+        Probe::Tcp(addr),
+        2000,
+    ));
     let line = fdgrab_testkit::read_line_timeout(exec.stdout.as_mut().expect("stdout"), TIMEOUT)
         .expect("report");
     let new: serde_json::Value = serde_json::from_str(&line).expect("json");

@@ -245,15 +245,15 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
 }
 
 /// `/proc/PID` (or `/proc/PID/task/TID`) and its `fd` and `fdinfo` directories.
-struct ProcDirs {
-    proc_dir: OwnedFd,
-    fd_dir: OwnedFd,
+pub(crate) struct ProcDirs {
+    pub(crate) proc_dir: OwnedFd,
+    pub(crate) fd_dir: OwnedFd,
     fdinfo_dir: OwnedFd,
 }
 
 impl ProcDirs {
     /// Opens the directories under `base` and returns the sorted fd numbers.
-    fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
+    pub(crate) fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
         let dir_flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
         let proc_dir = openat(
             rustix::fs::CWD,
@@ -309,7 +309,7 @@ fn worker_panicked(pid: Pid) -> Error {
     }
 }
 
-fn proc_error(pid: Pid, op: &'static str, e: Errno) -> Error {
+pub(crate) fn proc_error(pid: Pid, op: &'static str, e: Errno) -> Error {
     match e {
         Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
         Errno::ACCESS | Errno::PERM => Error::PermissionDenied {

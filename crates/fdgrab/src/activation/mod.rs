@@ -20,7 +20,9 @@ pub use notify::{Notification, NotifySocket};
 pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
 
 use crate::error::{Error, Result};
-use crate::inventory::{inet_diag, inventory, unix_diag, Inventory, SocketInfo};
+use crate::inventory::{
+    inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs, SocketInfo,
+};
 use crate::pidfd::PidFd;
 use crate::signalfd::SignalFd;
 use crate::sys::{self, ChildSession, ChildStage, ExecImage};
@@ -211,53 +213,21 @@ fn from_inventory(inv: &Inventory) -> Vec<Candidate> {
 
 /// `Ok(None)` asks the caller to fall back to the full inventory.
 fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
-    use rustix::fs::{openat, readlinkat, Mode, OFlags};
     let pid = target.pid();
-    let gone = |e: Errno| match e {
-        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
-        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
-            pid,
-            fd: None,
-            op: "reading /proc/PID/fd",
-            hint: "listing another user's fds needs the same uid or CAP_SYS_PTRACE".into(),
-        },
-        e => Error::io("reading /proc/PID/fd", pid, None, e),
-    };
-    let proc_dir = openat(
-        rustix::fs::CWD,
-        format!("/proc/{pid}"),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(gone)?;
-    let fd_dir = openat(
-        &proc_dir,
-        "fd",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(gone)?;
-    let mut numbers = Vec::new();
-    let dir = rustix::fs::Dir::read_from(&fd_dir).map_err(gone)?;
-    for entry in dir {
-        let entry = entry.map_err(gone)?;
-        if let Some(n) = entry
-            .file_name()
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<i32>().ok())
-        {
-            numbers.push(n);
-        }
+    let (dirs, numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
+    if numbers.is_empty() {
+        // Also what a process whose leader thread exited shows; the inventory knows
+        // how to read its table through another thread.
+        return Ok(None);
     }
-    numbers.sort_unstable();
+    let (proc_dir, fd_dir) = (&dirs.proc_dir, &dirs.fd_dir);
     let mut list = Vec::with_capacity(numbers.len());
     for n in numbers {
         let Some(fd) = TargetFd::new(n) else { continue };
-        let link = match readlinkat(&fd_dir, n.to_string(), Vec::new()) {
+        let link = match rustix::fs::readlinkat(fd_dir, n.to_string(), Vec::new()) {
             Ok(l) => l.to_string_lossy().into_owned(),
             Err(Errno::NOENT) => continue,
-            Err(e) => return Err(gone(e)),
+            Err(e) => return Err(proc_error(pid, "readlink /proc/PID/fd/N", e)),
         };
         let inode = link
             .strip_prefix("socket:[")
@@ -271,7 +241,7 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
         });
     }
     if list.iter().any(|c| c.inode.is_some()) {
-        let Some(table) = listener_table(pid, &proc_dir) else {
+        let Some(table) = listener_table(pid, proc_dir) else {
             return Ok(None);
         };
         for c in &mut list {
