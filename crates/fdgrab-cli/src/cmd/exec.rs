@@ -120,6 +120,8 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         a.pid
     );
     if let Some(sig) = a.signal_old {
+        // The new server is serving by now (and with --steal the old one no longer
+        // is), so a failed signal must not take the new server down: say so and go on.
         match target.send_signal(sig) {
             Ok(()) => eprintln!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
             Err(fdgrab::Error::NoSuchProcess { .. }) => {
@@ -128,13 +130,15 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     a.pid
                 )
             }
-            Err(e) => {
-                return Err(e).context("signalling the old server (the new server keeps running)")
-            }
+            Err(e) => eprintln!(
+                "fdgrab: could not send {} to old server {}: {e}; both servers keep running",
+                signal_name(sig),
+                a.pid
+            ),
         }
     }
     if a.detach {
-        println!("{new_pid}");
+        println!("{}", child.release());
         return Ok(ExitCode::SUCCESS);
     }
     let status = child.wait_forwarding(&signals)?;

@@ -508,10 +508,22 @@ pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Activate
         })?;
     tracing::info!(pid, program = %program, fds = fds.len(), "started new server");
     // Our unreaped child keeps its pid, so this cannot name another process.
-    let pidfd = PidFd::open(pid)?;
+    let pidfd = match PidFd::open(pid) {
+        Ok(p) => p,
+        Err(e) => {
+            // Without a pidfd we cannot supervise it; a server nobody watches must not
+            // share the old server's sockets. Unreaped, the pid is still our child's.
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+            }
+            return Err(e);
+        }
+    };
     Ok(ActivatedChild {
         pidfd,
         status: None,
+        released: false,
     })
 }
 
@@ -536,10 +548,15 @@ pub enum NotReady {
 }
 
 /// The new server, our child.
+///
+/// Dropping it while it runs stops it (SIGTERM, then SIGKILL after two seconds),
+/// because a half-started server must not keep sharing the old server's sockets;
+/// [`ActivatedChild::release`] lets it run on instead.
 #[derive(Debug)]
 pub struct ActivatedChild {
     pidfd: PidFd,
     status: Option<ExitStatus>,
+    released: bool,
 }
 
 fn timespec(d: Duration) -> Timespec {
@@ -556,6 +573,12 @@ impl ActivatedChild {
 
     pub fn pidfd(&self) -> &PidFd {
         &self.pidfd
+    }
+
+    /// Lets the child outlive this handle (and us): it is not stopped on drop.
+    pub fn release(mut self) -> Pid {
+        self.released = true;
+        self.pid()
     }
 
     /// Waits until the child is ready: it sends `READY=1` on `notify` (from itself or
@@ -692,6 +715,18 @@ impl ActivatedChild {
                     Err(e) => return Err(e),
                 }
             }
+        }
+    }
+}
+
+impl Drop for ActivatedChild {
+    fn drop(&mut self) {
+        if self.released || self.status.is_some() {
+            return;
+        }
+        tracing::warn!(pid = self.pid(), "stopping the new server");
+        if let Err(e) = self.terminate(Duration::from_secs(2)) {
+            tracing::warn!(pid = self.pid(), error = %e, "could not stop the new server");
         }
     }
 }
