@@ -278,6 +278,8 @@ impl ChildSetup {
                 std::io::Error::from(e)
             })
         };
+        // The parent blocks these to forward them; the program must get them.
+        ForwardedSignals::unblock();
         if let Some(u) = &self.user {
             // One thread after fork, so the per-thread credential calls cover the process.
             check(Step::Groups, rustix::thread::set_thread_groups(&u.groups))?;
@@ -388,23 +390,39 @@ fn drop_capabilities() {
 }
 
 /// SIGINT, SIGTERM and SIGHUP, blocked and read from a signalfd so they can be
-/// forwarded. The child's mask is reset by the standard library before exec.
+/// forwarded. The child unblocks them again before exec.
 struct ForwardedSignals {
     fd: OwnedFd,
 }
 
 impl ForwardedSignals {
-    fn block() -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
+    fn set() -> libc::sigset_t {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t for these calls, and the signal numbers
-        // are valid; pthread_sigmask changes only this thread's mask.
-        let fd = unsafe {
+        // SAFETY: `set` is a valid sigset_t and the signal numbers are valid; these
+        // calls are async-signal-safe, so this also runs between fork and exec.
+        unsafe {
             libc::sigemptyset(&mut set);
             for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
                 libc::sigaddset(&mut set, sig);
             }
+        }
+        set
+    }
+
+    /// Undoes the parent's blocking in the child (the mask survives fork and exec).
+    fn unblock() {
+        let set = Self::set();
+        // SAFETY: a valid sigset_t; changes only the calling thread's mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+
+    fn block() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let set = Self::set();
+        // SAFETY: a valid sigset_t; pthread_sigmask changes only this thread's mask
+        // (fdgrab run is single-threaded), and signalfd returns a new fd or -1.
+        let fd = unsafe {
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
         };

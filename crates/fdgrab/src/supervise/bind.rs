@@ -19,7 +19,8 @@ use super::audit::{rfc3339_now, AuditRecord, Decision};
 use super::handler::{Answer, Context, Handler};
 use super::policy::{Policy, Proto};
 use crate::pidfd::PidFd;
-use crate::seccomp::{read_validated, Notification, ReadError, Response};
+use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use std::collections::HashMap;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
@@ -37,12 +38,22 @@ const SOCKADDR_IN6_MIN: usize = 24;
 #[derive(Debug)]
 pub struct BindHandler {
     policy: Arc<Policy>,
+    /// Sockets (by sockfs device and inode) we bound whose caller never saw the
+    /// answer, with the address.
+    unanswered: HashMap<(u64, u64), SocketAddr>,
 }
+
+/// More than this many withdrawn binds at once means nobody is retrying them.
+const MAX_UNANSWERED: usize = 4096;
 
 impl BindHandler {
     pub fn new(policy: Arc<Policy>) -> Self {
-        Self { policy }
+        Self { policy, unanswered: HashMap::new() }
     }
+}
+
+fn socket_key(sock: &OwnedFd) -> Option<(u64, u64)> {
+    rustix::fs::fstat(sock).ok().map(|st| (st.st_dev, st.st_ino))
 }
 
 /// What we learned about one request, for the audit line.
@@ -60,7 +71,7 @@ impl Handler for BindHandler {
 
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
         let mut facts = Facts::default();
-        let (response, decision, reason) = match self.decide(cx, notif, &mut facts) {
+        let (response, decision, reason, bound) = match self.decide(cx, notif, &mut facts) {
             Some(d) => d,
             None => return Answer::Done,
         };
@@ -74,16 +85,33 @@ impl Handler for BindHandler {
         if cx.audit.is_enabled() {
             audit(cx, notif, &facts, response, decision, reason);
         }
-        Answer::Respond(response)
+        let Some(sock) = bound else { return Answer::Respond(response) };
+        // We changed the socket: if the caller never learns that, remember it so a
+        // restarted call is answered as the success it was.
+        match cx.listener.respond(notif.id, response) {
+            Ok(()) => {}
+            Err(SendError::Gone) => {
+                if let (Some(key), Some(addr)) = (socket_key(&sock), facts.addr) {
+                    if self.unanswered.len() >= MAX_UNANSWERED {
+                        self.unanswered.clear();
+                    }
+                    self.unanswered.insert(key, addr);
+                    tracing::debug!(tid = notif.tid, %addr, "bound, but the caller left the call; remembering for its restart");
+                }
+            }
+            Err(e) => tracing::warn!(tid = notif.tid, error = %e, "answering a bind"),
+        }
+        Answer::Done
     }
 }
 
-type Decided = (Response, Decision, &'static str);
+/// The answer, the audit decision and reason, and the socket if we bound it.
+type Decided = (Response, Decision, &'static str, Option<OwnedFd>);
 
 impl BindHandler {
     /// `None` when the request vanished (nothing to answer).
-    fn decide(&self, cx: &mut Context<'_>, n: &Notification, facts: &mut Facts) -> Option<Decided> {
-        let cont = |reason| Some((Response::Continue, Decision::Continue, reason));
+    fn decide(&mut self, cx: &mut Context<'_>, n: &Notification, facts: &mut Facts) -> Option<Decided> {
+        let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
         let fd = n.data.args[0] as u32 as i32;
         let ptr = n.data.args[1];
@@ -134,19 +162,16 @@ impl BindHandler {
         if !self.policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        Some(match rustix::net::bind(&sock, &addr) {
-            Ok(()) => (Response::Value(0), Decision::Bind, "allowed by policy"),
-            Err(Errno::INVAL) if bound_to(&sock, &addr) => (
+        match rustix::net::bind(&sock, &addr) {
+            Ok(()) => Some((Response::Value(0), Decision::Bind, "allowed by policy", Some(sock))),
+            Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
                 Response::Value(0),
                 Decision::AlreadyBound,
-                "already bound to this address",
-            ),
-            Err(e) => (
-                Response::Error(e),
-                Decision::Bind,
-                "allowed by policy; bind failed",
-            ),
-        })
+                "restarted call; already bound to this address",
+                Some(sock),
+            )),
+            Err(e) => Some((Response::Error(e), Decision::Bind, "allowed by policy; bind failed", None)),
+        }
     }
 }
 
@@ -196,6 +221,20 @@ fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
         (SocketType::STREAM, libc::IPPROTO_TCP) => Ok(Proto::Tcp),
         (SocketType::DGRAM, libc::IPPROTO_UDP) => Ok(Proto::Udp),
         _ => Err("not a TCP or UDP socket"),
+    }
+}
+
+impl BindHandler {
+    /// Whether `sock` is one we bound to `want` for a call its caller left.
+    fn restarted(&mut self, sock: &OwnedFd, want: &SocketAddr) -> bool {
+        let Some(key) = socket_key(sock) else { return false };
+        match self.unanswered.get(&key) {
+            Some(addr) if addr == want && bound_to(sock, want) => {
+                self.unanswered.remove(&key);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
