@@ -46,6 +46,8 @@ pub enum SupervisorEvent {
         tid: i32,
         syscall: i32,
     },
+    /// An fd registered with [`Supervisor::watch`] is readable (or hung up).
+    Ready(u64),
 }
 
 struct Entry {
@@ -58,6 +60,8 @@ struct Entry {
 pub struct Supervisor {
     epoll: OwnedFd,
     entries: HashMap<u64, Entry>,
+    /// epoll ids of fds an outer loop asked us to watch, with the caller's token.
+    watched: HashMap<u64, u64>,
     next_id: u64,
     audit: AuditSink,
     ports: UnprivilegedPorts,
@@ -90,6 +94,7 @@ impl Supervisor {
         Ok(Self {
             epoll,
             entries: HashMap::new(),
+            watched: HashMap::new(),
             next_id: 1,
             audit,
             ports: UnprivilegedPorts::new(),
@@ -156,6 +161,31 @@ impl Supervisor {
         }
     }
 
+    /// Also waits for `fd` in [`Supervisor::dispatch`], which then reports
+    /// [`SupervisorEvent::Ready`]`(token)`. Lets a caller with a few fds of its own
+    /// (a signalfd, a pidfd) block in one `epoll_wait` instead of polling the
+    /// supervisor and then dispatching. The caller keeps `fd` open until
+    /// [`Supervisor::unwatch`].
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
+        self.watched.insert(id, token);
+        Ok(())
+    }
+
+    /// Stops watching `fd` (registered with `token`).
+    pub fn unwatch(&mut self, fd: BorrowedFd<'_>, token: u64) {
+        self.watched.retain(|_, t| *t != token);
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
     pub fn listener_count(&self) -> usize {
         self.entries.len()
     }
@@ -184,7 +214,9 @@ impl Supervisor {
             .collect();
         let mut out = Vec::with_capacity(ready.len());
         for (id, flags) in ready {
-            if flags.contains(epoll::EventFlags::IN) {
+            if let Some(&token) = self.watched.get(&id) {
+                out.push(SupervisorEvent::Ready(token));
+            } else if flags.contains(epoll::EventFlags::IN) {
                 if let Some(ev) = self.serve_one(id) {
                     out.push(ev);
                 }
