@@ -4,7 +4,7 @@
 //!    fdgrab's code) where a child's trapped `getppid` is answered at once by a
 //!    `RECV`/`SEND` loop, with and without `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`.
 //! 2. The added cost of one intercepted privileged bind: the median iteration of a
-//!    socket/setsockopt/bind/close loop on 127.0.0.1:80 under `fdgrab run --user
+//!    socket/setsockopt/bind/close loop on 127.66.0.1:80 under `fdgrab run --user
 //!    nobody`, minus the same loop as root without a supervisor. Goal: at most 1.5×
 //!    the SYNC_WAKE_UP round trip. nsjail publishes 88 µs per notified call.
 //! 3. Untrapped calls: a `getppid` loop under `fdgrab run` against the same loop
@@ -81,7 +81,7 @@ fn main() {
         "--user",
         "nobody",
         "--allow-bind",
-        "tcp:80@127.0.0.1",
+        "tcp:80@127.66.0.1",
         "--",
     ];
     let supervised = median_ns(Command::new(&fdgrab).args(run_args).arg(&probe).args([
@@ -90,7 +90,7 @@ fn main() {
         "80",
     ]));
     let added = supervised - root;
-    println!("intercepted privileged bind (socket/setsockopt/bind/close on 127.0.0.1:80):");
+    println!("intercepted privileged bind (socket/setsockopt/bind/close on 127.66.0.1:80):");
     println!("  root, no supervisor            {root:>9.0} ns per iteration");
     println!("  nobody under fdgrab run        {supervised:>9.0} ns per iteration");
     println!(

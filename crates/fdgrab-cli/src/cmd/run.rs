@@ -97,7 +97,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     sup.watch(signals.fd.as_fd(), SIGNALS)?;
     sup.watch(pidfd.as_fd(), EXITED)?;
     loop {
-        for ev in sup.dispatch(None)? {
+        // A timeout so that the supervisor's idle maintenance runs.
+        for ev in sup.dispatch(Some(std::time::Duration::from_secs(1)))? {
             match ev {
                 SupervisorEvent::Ready(SIGNALS) => {
                     for sig in signals.drain() {

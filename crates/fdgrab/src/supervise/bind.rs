@@ -20,6 +20,7 @@ use super::handler::{Answer, Context, Handler};
 use super::policy::{Policy, Proto};
 use crate::pidfd::PidFd;
 use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
@@ -79,6 +80,37 @@ struct Facts {
 impl Handler for BindHandler {
     fn syscalls(&self) -> &[libc::c_long] {
         &[libc::SYS_bind]
+    }
+
+    /// Closes the cached pidfds of threads that have exited (a thread pidfd polls
+    /// readable once its thread is gone), in one `poll`.
+    fn maintain(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let tids: Vec<i32> = self.threads.keys().copied().collect();
+        let mut fds: Vec<PollFd<'_>> = tids
+            .iter()
+            .filter_map(|t| self.threads.get(t))
+            .map(|p| PollFd::new(p, PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).is_err() {
+            return;
+        }
+        let dead: Vec<i32> = tids
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        drop(fds);
+        for t in dead {
+            self.threads.remove(&t);
+        }
     }
 
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {

@@ -27,7 +27,9 @@ use rustix::io::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Names one listener within a [`Supervisor`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +68,7 @@ pub struct Supervisor {
     audit: AuditSink,
     ports: UnprivilegedPorts,
     events: Vec<epoll::Event>,
+    last_maintenance: Instant,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -99,6 +102,7 @@ impl Supervisor {
             audit,
             ports: UnprivilegedPorts::new(),
             events: Vec::with_capacity(64),
+            last_maintenance: Instant::now(),
         })
     }
 
@@ -192,6 +196,10 @@ impl Supervisor {
 
     /// Waits up to `timeout` (forever with `None`) for ready listeners and answers
     /// one pending request on each. Returns what happened.
+    ///
+    /// Handlers cache per-thread state; about once a second `dispatch` lets them
+    /// drop what belongs to exited threads, so a caller should pass a timeout of
+    /// a second or so rather than `None` if it wants that to happen while idle.
     pub fn dispatch(&mut self, timeout: Option<Duration>) -> Result<Vec<SupervisorEvent>> {
         let ts = timeout.map(|t| Timespec {
             tv_sec: t.as_secs() as _,
@@ -225,6 +233,14 @@ impl Supervisor {
             {
                 tracing::debug!(listener = id, "filter has no users left; listener closed");
                 out.push(SupervisorEvent::ListenerClosed(ListenerId(id)));
+            }
+        }
+        if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            self.last_maintenance = Instant::now();
+            for entry in self.entries.values_mut() {
+                for h in &mut entry.handlers {
+                    h.maintain();
+                }
             }
         }
         Ok(out)
