@@ -752,3 +752,35 @@ fn wait_gone(pid: u32) -> bool {
     }
     false
 }
+
+#[test]
+fn run_uses_the_sockets_netns_port_threshold() {
+    if !root_or_skip() {
+        return;
+    }
+    // A fresh netns whose ip_unprivileged_port_start is 70: port 75 is unprivileged
+    // there (the kernel lets nobody bind it), port 65 is not (fdgrab binds it).
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let p = probe();
+    let script = format!(
+        "ip link set lo up && echo 70 > /proc/sys/net/ipv4/ip_unprivileged_port_start && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 75 && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 65"
+    );
+    let out = output_timeout(
+        Command::new("unshare").args(["--net", "sh", "-c", &script]),
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "continue", "{lines:?}");
+    assert_eq!(lines[0]["reason"], "unprivileged port", "{lines:?}");
+    assert_eq!(lines[1]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[2]["decision"], "bind", "{lines:?}");
+    assert_eq!(lines[3]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[3]["port"], 65, "{lines:?}");
+}

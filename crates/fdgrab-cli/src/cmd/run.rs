@@ -326,8 +326,8 @@ fn setup_error(ours: &OwnedFd, spawn_err: std::io::Error, prog: &OsString) -> an
                 let ie = InstallError::from_errno(errno);
                 let hint = match ie {
                     InstallError::ListenerExists => {
-                        "; fdgrab run cannot run inside another fdgrab run (or under another seccomp \
-                         notify supervisor): the kernel allows one listener per filter chain"
+                        "; fdgrab run cannot run inside another fdgrab run or under another seccomp \
+                         notify supervisor"
                     }
                     _ => "",
                 };
@@ -421,9 +421,8 @@ impl ForwardedSignals {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: signalfd returned a new fd that we own.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// The signals that arrived since the last call.

@@ -2,11 +2,11 @@
 //! racy ones real programs rarely make, and prints one JSON line with what the
 //! kernel (or the supervisor) answered.
 //!
-//! Modes:
+//! Modes (those with a fixed address use 127.66.0.1, which other tests on the
+//! machine are unlikely to bind):
 //! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6
 //!   or unix (ADDR is then a path). TCP sockets also listen, and dual-stack ones
 //!   accept an IPv4 connection to prove it.
-//! Fixed-address modes use 127.66.0.1 (unusual, so other tests do not collide).
 //! - `inuse PORT`: binds and listens on 127.66.0.1:PORT, then binds a second socket there.
 //! - `efault PORT` / `short PORT`: bind with an unmapped pointer / addrlen 8.
 //! - `rebind PORT`: binds 127.66.0.1:PORT, then the same again (EINVAL), then another port.

@@ -153,4 +153,39 @@ mod tests {
         // Cached the second time.
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
     }
+
+    /// A socket made in another netns (as a container's would be) is judged by that
+    /// netns's sysctl, not ours.
+    #[test]
+    fn foreign_netns_threshold_is_the_sockets() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: creating a network namespace needs root");
+            return;
+        }
+        let maker = std::thread::spawn(|| -> Option<std::net::UdpSocket> {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this short-lived thread into
+            // a new network namespace; it touches no memory.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            std::fs::write(SYSCTL, "123").ok()?;
+            // Loopback is down in a new netns; an unbound socket is enough.
+            let raw = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )
+            .ok()?;
+            Some(std::net::UdpSocket::from(raw))
+        });
+        let Some(sock) = maker.join().expect("thread") else {
+            eprintln!("SKIP: cannot create a network namespace here");
+            return;
+        };
+        let mut ports = UnprivilegedPorts::new();
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
+        assert_eq!(ports.for_socket(&ours, std::process::id() as i32), expected);
+    }
 }
