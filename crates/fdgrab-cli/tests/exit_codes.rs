@@ -179,7 +179,13 @@ fn too_many_open_files_is_reported() {
     let t = Target::spawn(["zoo"]);
     let mut cmd = Command::new("prlimit");
     // stdin, stdout, stderr and the pidfd fit; the grabbed copy does not.
-    cmd.args(["--nofile=4:4", "--"]).arg(fdgrab_testkit::bin("fdgrab")).args(["cat", &t.pid.to_string(), "3"]);
+    cmd.args(["--nofile=4:4", "--"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["cat", &t.pid.to_string(), "3"]);
     let out = output_timeout(&mut cmd, TIMEOUT);
-    check(&out, 1, &["too many open files", &t.pid.to_string(), "fd 3"]);
+    check(
+        &out,
+        1,
+        &["too many open files", &t.pid.to_string(), "fd 3"],
+    );
 }
