@@ -453,3 +453,110 @@ fn inject_cli_sigterm_during_session_restores_target() {
     send_line(&mut t, "after\n");
     assert_eq!(json_line(&mut t)["data"], "after\n");
 }
+
+#[test]
+fn inject_cli_ptrace_into_another_netns() {
+    // The rendezvous name is abstract, so it must be created in the target's netns.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net"])
+        .arg(bin("fdgrab-target"))
+        .arg("blocked-read");
+    let t = Target::spawn_cmd(cmd);
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("ns");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/net", t.pid)).expect("ns"),
+        ours
+    );
+    let before = snapshot(t.pid);
+    let fd = t.fd_labelled("file").to_string();
+    let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}
+
+#[test]
+fn inject_cli_ptrace_when_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        status_field(t.pid, "State").is_some_and(|s| s.starts_with('Z')),
+        "leader should be a zombie"
+    );
+    let fd = t.fd_labelled("pipe-w").to_string();
+    let sock = tmp("leader-exit.sock");
+    let _ = std::fs::remove_file(&sock);
+    let l = UnixListener::bind(&sock).expect("bind");
+    let out = run_fdgrab([
+        "send",
+        "--json",
+        "--backend",
+        "ptrace",
+        &t.pid.to_string(),
+        &fd,
+        "--to",
+        sock.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (conn, _) = l.accept().expect("accept");
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        fdgrab::passfd::recv_fds(&conn, &mut buf, 4)
+            .expect("recv")
+            .fds
+            .len(),
+        1
+    );
+    for task in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("task") {
+        let tid = task
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let st = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid))
+            .unwrap_or_default();
+        assert!(st.contains("TracerPid:\t0"), "thread {tid} still traced");
+    }
+}
+
+#[test]
+fn inject_cli_errors_name_the_target() {
+    let t = Target::spawn(["deny-socket"]);
+    wait_in_read(t.pid);
+    let before = snapshot(t.pid);
+    let pid = t.pid.to_string();
+    let out = run_fdgrab([
+        "cat",
+        "--backend",
+        "ptrace",
+        &pid,
+        &t.fd_labelled("file").to_string(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&pid) && err.contains("socket") && err.contains("seccomp"),
+        "{err}"
+    );
+    let out = run_fdgrab(["redirect", &pid, "55", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no open fd 55"));
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", "notanumber"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", "300"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}

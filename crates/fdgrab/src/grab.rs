@@ -304,25 +304,30 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
 
 /// Checks that `ours` and the target's `fd` are the same open file description.
 ///
-/// Uses `kcmp(KCMP_FILE)` where the kernel has it; otherwise compares device and
-/// inode numbers, which proves the same file but not the same open.
+/// First the device and inode numbers (`stat` of `/proc/PID/task/TID/fd/N` against
+/// `fstat`), which proves the same file; then `kcmp(KCMP_FILE)` where the kernel has
+/// it (`CONFIG_KCMP`), which proves the same *open* (shared offset and flags). The
+/// table is looked up through a live thread, so a process whose leader has exited
+/// is checked too.
 pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    match sys::kcmp_file(target.pid(), fd.as_raw(), me, ours.as_raw_fd()) {
-        Ok(same) => return Ok(same),
-        Err(Errno::NOSYS) | Err(Errno::PERM) => {}
-        Err(Errno::BADF) => {
-            return Err(Error::NoSuchFd {
-                pid: target.pid(),
-                fd,
-            })
-        }
-        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid: target.pid() }),
-        Err(e) => return Err(Error::io("kcmp", target.pid(), Some(fd), e)),
+    let pid = target.pid();
+    let owner = inject::fd_table_owner(target)?;
+    let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
+        Ok(st) => st,
+        Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
+        Err(Errno::NOENT) | Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
+    };
+    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", pid, Some(fd), e))?;
+    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) {
+        return Ok(false);
     }
-    let theirs = rustix::fs::stat(format!("/proc/{}/fd/{}", target.pid(), fd))
-        .map_err(|e| Error::io("stat(/proc/PID/fd/N)", target.pid(), Some(fd), e))?;
-    let mine = rustix::fs::fstat(ours.as_fd())
-        .map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
-    Ok(theirs.st_dev == mine.st_dev && theirs.st_ino == mine.st_ino)
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
+        Ok(same) => Ok(same),
+        Err(Errno::NOSYS) | Err(Errno::PERM) => Ok(true),
+        Err(Errno::BADF) => Err(Error::NoSuchFd { pid, fd }),
+        Err(Errno::SRCH) => Err(Error::NoSuchProcess { pid }),
+        Err(e) => Err(Error::io("kcmp", pid, Some(fd), e)),
+    }
 }

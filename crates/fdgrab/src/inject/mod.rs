@@ -21,6 +21,7 @@ mod ptrace;
 mod rendezvous;
 mod session;
 
+pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
 
 use crate::error::{Error, Result};
@@ -81,7 +82,7 @@ fn cmsg_space(nfds: usize) -> usize {
 /// Opens the channel: the target makes a unix stream socket and connects to ours.
 fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
     let pid = s.pid();
-    let listener = Listener::new(pid)?;
+    let listener = Listener::new(pid, s.tid())?;
     let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
     let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
     if fd < 0 {

@@ -30,8 +30,9 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Listens on a new abstract name in `pid`'s network namespace.
-    pub(crate) fn new(pid: Pid) -> Result<Listener> {
+    /// Listens on a new abstract name in the network namespace of thread `tid` of
+    /// process `pid` (a thread's view, because a zombie leader has no namespaces).
+    pub(crate) fn new(pid: Pid, tid: Pid) -> Result<Listener> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -52,7 +53,7 @@ impl Listener {
             listen(&fd, 8)?;
             Ok(fd)
         };
-        let fd = in_netns_of(pid, make).map_err(|e| match e.raw_os_error() {
+        let fd = in_netns_of(pid, tid, make).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
             _ => Error::Io {
                 op: "creating the rendezvous socket in the target's network namespace",
@@ -115,9 +116,10 @@ impl Listener {
 /// scoped thread that `setns`es there first.
 fn in_netns_of<T: Send>(
     pid: Pid,
+    tid: Pid,
     make: impl FnOnce() -> std::io::Result<T> + Send,
 ) -> std::io::Result<T> {
-    let path = format!("/proc/{pid}/ns/net");
+    let path = format!("/proc/{pid}/task/{tid}/ns/net");
     let theirs = stat(path.as_str())?;
     let ours = stat("/proc/self/ns/net")?;
     if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino) {

@@ -169,7 +169,7 @@ impl<'a> Session<'a> {
         // A thread that was being traced by someone else cannot be seized, so from here
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
-        self.insn = find_syscall_insn(self.pid, &self.saved)?;
+        self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, "stopped");
         self.block_signals()?;
         let addr = self.syscall(
@@ -257,13 +257,13 @@ impl<'a> Session<'a> {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
             sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
-            ptrace::write_mem(self.pid, area, &sets)
+            ptrace::write_mem(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
             match self.run(libc::SYS_rt_sigprocmask, &args, false) {
                 Ok(0) => {
                     let mut old = [0u8; 8];
-                    ptrace::read_mem(self.pid, area + 8, &mut old)
+                    ptrace::read_mem(self.tid, area + 8, &mut old)
                         .map_err(|e| self.mem_error("reading the signal mask", e))?;
                     self.old_mask = Some(u64::from_ne_bytes(old));
                     return Ok(());
@@ -301,7 +301,7 @@ impl<'a> Session<'a> {
         if self.stack_backup.map(|(a, _)| a) != Some(area) {
             self.restore_stack();
             let mut bytes = [0u8; 16];
-            ptrace::read_mem(self.pid, area, &mut bytes)
+            ptrace::read_mem(self.tid, area, &mut bytes)
                 .map_err(|e| self.mem_error("reading the target's stack", e))?;
             self.stack_backup = Some((area, bytes));
         }
@@ -310,7 +310,7 @@ impl<'a> Session<'a> {
 
     fn restore_stack(&mut self) {
         if let Some((area, bytes)) = self.stack_backup.take() {
-            if let Err(e) = ptrace::write_mem(self.pid, area, &bytes) {
+            if let Err(e) = ptrace::write_mem(self.tid, area, &bytes) {
                 tracing::debug!(pid = self.pid, error = %e, "could not put back stack bytes");
             }
         }
@@ -418,7 +418,7 @@ impl<'a> Session<'a> {
                 data.len()
             )));
         }
-        ptrace::write_mem(self.pid, base + start, data)
+        ptrace::write_mem(self.tid, base + start, data)
             .map_err(|e| self.mem_error("writing scratch memory", e))?;
         self.scratch_used = end;
         Ok(base + start)
@@ -426,7 +426,7 @@ impl<'a> Session<'a> {
 
     /// Reads `buf.len()` bytes at `addr` in the target.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        ptrace::read_mem(self.pid, addr, buf)
+        ptrace::read_mem(self.tid, addr, buf)
             .map_err(|e| self.mem_error("reading target memory", e))
     }
 
@@ -531,7 +531,7 @@ impl<'a> Session<'a> {
 
     fn unblock_signals(&mut self, mask: u64) -> Result<()> {
         let area = self.mask_area()?;
-        ptrace::write_mem(self.pid, area, &mask.to_ne_bytes())
+        ptrace::write_mem(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
@@ -640,7 +640,7 @@ fn proc_state(stat: &str) -> Option<char> {
 
 /// The thread to inject into: the leader, unless it has exited (a zombie leader with
 /// live threads), then the first live thread.
-fn pick_thread(target: &PidFd) -> Result<Pid> {
+pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
     let pid = target.pid();
     if !target.is_alive() {
         return Err(Error::NoSuchProcess { pid });
@@ -687,8 +687,11 @@ fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
 /// Finds the address of a `syscall` instruction the target can execute: in the vDSO
 /// (its clock fallbacks contain one), else the one the thread is stopped right after,
 /// else in any executable mapping.
-fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+///
+/// Memory is always addressed through the thread id: once the leader has exited,
+/// `/proc/PID/maps` is empty and `process_vm_readv(PID)` fails.
+fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
         .map_err(|_| Error::NoSuchProcess { pid })?;
     let mut regions: Vec<(u64, u64, bool)> = Vec::new();
     for line in maps.lines() {
@@ -709,7 +712,7 @@ fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
     }
     regions.sort_by_key(|r| !r.2);
     if let Some((start, end, _)) = regions.first().filter(|r| r.2) {
-        if let Some(at) = scan(pid, *start, *end) {
+        if let Some(at) = scan(tid, *start, *end) {
             return Ok(at);
         }
     }
@@ -718,12 +721,12 @@ fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
             .instruction_pointer()
             .wrapping_sub(SYSCALL_INSN.len() as u64);
         let mut b = [0u8; 2];
-        if ptrace::read_mem(pid, at, &mut b).is_ok() && b == SYSCALL_INSN {
+        if ptrace::read_mem(tid, at, &mut b).is_ok() && b == SYSCALL_INSN {
             return Ok(at);
         }
     }
     for (start, end, _) in regions {
-        if let Some(at) = scan(pid, start, end.min(start + (4 << 20))) {
+        if let Some(at) = scan(tid, start, end.min(start + (4 << 20))) {
             return Ok(at);
         }
     }
@@ -735,9 +738,9 @@ fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
     ))
 }
 
-fn scan(pid: Pid, start: u64, end: u64) -> Option<u64> {
+fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
     let mut buf = vec![0u8; (end - start) as usize];
-    ptrace::read_mem(pid, start, &mut buf).ok()?;
+    ptrace::read_mem(tid, start, &mut buf).ok()?;
     buf.windows(2)
         .position(|w| w == SYSCALL_INSN)
         .map(|i| start + i as u64)
