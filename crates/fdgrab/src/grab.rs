@@ -125,8 +125,9 @@ impl GrabOptions {
             }
         };
         let mut out = Vec::with_capacity(copies.len());
+        let owner = inject::fd_table_owner(target)?;
         for (&target_fd, fd) in fds.iter().zip(copies) {
-            if !same_file(target, target_fd, fd.as_fd())? {
+            if !same_file_in(target, owner, target_fd, fd.as_fd())? {
                 return Err(Error::WrongKind {
                     pid: target.pid(),
                     fd: target_fd,
@@ -304,14 +305,28 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
 
 /// Checks that `ours` and the target's `fd` are the same open file description.
 ///
-/// First the device and inode numbers (`stat` of `/proc/PID/task/TID/fd/N` against
-/// `fstat`), which proves the same file; then `kcmp(KCMP_FILE)` where the kernel has
-/// it (`CONFIG_KCMP`), which proves the same *open* (shared offset and flags). The
-/// table is looked up through a live thread, so a process whose leader has exited
-/// is checked too.
+/// With `kcmp(KCMP_FILE)` (`CONFIG_KCMP`, and allowed to us) the answer is exact: the
+/// same *open* (shared offset and flags), which implies the same device and inode.
+/// Without it, the device and inode numbers are compared (`stat` of
+/// `/proc/PID/task/TID/fd/N` against `fstat`), which proves the same file only. The
+/// table is reached through a live thread, so a process whose leader has exited is
+/// checked too.
 pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    let pid = target.pid();
     let owner = inject::fd_table_owner(target)?;
+    same_file_in(target, owner, fd, ours)
+}
+
+/// [`same_file`] with the thread that owns the fd table already chosen.
+fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
+    let pid = target.pid();
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
+        Ok(same) => return Ok(same),
+        Err(Errno::NOSYS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
+        Err(Errno::BADF) => return Err(Error::NoSuchFd { pid, fd }),
+        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
+    }
     let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
         Ok(st) => st,
         Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
@@ -319,15 +334,5 @@ pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<b
         Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
     };
     let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", pid, Some(fd), e))?;
-    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) {
-        return Ok(false);
-    }
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
-        Ok(same) => Ok(same),
-        Err(Errno::NOSYS) | Err(Errno::PERM) => Ok(true),
-        Err(Errno::BADF) => Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::SRCH) => Err(Error::NoSuchProcess { pid }),
-        Err(e) => Err(Error::io("kcmp", pid, Some(fd), e)),
-    }
+    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }

@@ -684,38 +684,14 @@ fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
     }
 }
 
-/// Finds the address of a `syscall` instruction the target can execute: in the vDSO
-/// (its clock fallbacks contain one), else the one the thread is stopped right after,
+/// Finds the address of a `syscall` instruction the target can execute: the one the
+/// thread is stopped right after, if it is in a syscall (one 2-byte read); else in
+/// the vDSO, whose clock fallbacks contain one (found through `AT_SYSINFO_EHDR`);
 /// else in any executable mapping.
 ///
 /// Memory is always addressed through the thread id: once the leader has exited,
 /// `/proc/PID/maps` is empty and `process_vm_readv(PID)` fails.
 fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
-        .map_err(|_| Error::NoSuchProcess { pid })?;
-    let mut regions: Vec<(u64, u64, bool)> = Vec::new();
-    for line in maps.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if !perms.contains('x') || !perms.starts_with('r') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        regions.push((a, b, line.ends_with("[vdso]")));
-    }
-    regions.sort_by_key(|r| !r.2);
-    if let Some((start, end, _)) = regions.first().filter(|r| r.2) {
-        if let Some(at) = scan(tid, *start, *end) {
-            return Ok(at);
-        }
-    }
     if regs.syscall_nr().is_some() {
         let at = regs
             .instruction_pointer()
@@ -725,8 +701,26 @@ fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
             return Ok(at);
         }
     }
-    for (start, end, _) in regions {
-        if let Some(at) = scan(tid, start, end.min(start + (4 << 20))) {
+    if let Some(at) = vdso_base(pid, tid).and_then(|base| scan_pages(tid, base, 8)) {
+        return Ok(at);
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
+        .map_err(|_| Error::NoSuchProcess { pid })?;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !perms.starts_with("r-x") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if let Some(at) = scan(tid, a, b.min(a + (4 << 20))) {
             return Ok(at);
         }
     }
@@ -736,6 +730,36 @@ fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
         None,
         Errno::NOEXEC,
     ))
+}
+
+/// `AT_SYSINFO_EHDR` from the thread's auxiliary vector: where the vDSO is mapped.
+fn vdso_base(pid: Pid, tid: Pid) -> Option<u64> {
+    const AT_SYSINFO_EHDR: u64 = 33;
+    let auxv = std::fs::read(format!("/proc/{pid}/task/{tid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|pair| {
+        let mut k = [0u8; 8];
+        let mut v = [0u8; 8];
+        k.copy_from_slice(&pair[..8]);
+        v.copy_from_slice(&pair[8..]);
+        (u64::from_ne_bytes(k) == AT_SYSINFO_EHDR).then_some(u64::from_ne_bytes(v))
+    })
+}
+
+/// Scans up to `max` pages from `base`, stopping at the first unreadable one.
+fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let mut buf = Vec::new();
+    for i in 0..max {
+        let mut page = vec![0u8; PAGE as usize];
+        if ptrace::read_mem(tid, base + i * PAGE, &mut page).is_err() {
+            break;
+        }
+        buf.extend_from_slice(&page);
+        if let Some(pos) = buf.windows(2).position(|w| w == SYSCALL_INSN) {
+            return Some(base + pos as u64);
+        }
+    }
+    None
 }
 
 fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
