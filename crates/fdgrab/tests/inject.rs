@@ -329,3 +329,24 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).expect("mkdir");
     d
 }
+
+#[test]
+fn inject_keeps_the_mask_a_ppoll_will_restore() {
+    // ppoll runs with a temporary mask and puts the normal one back when it returns.
+    // The session must not make the temporary mask permanent.
+    let mut t = Target::spawn(["ppoll"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_ppoll);
+    let before = snapshot(t.pid);
+    let during = status_field(t.pid, "SigBlk").expect("SigBlk");
+    let _g = grab_file_by_ptrace(&t);
+    assert_eq!(status_field(t.pid, "SigBlk").expect("SigBlk"), during);
+    assert_clean(t.pid, &before);
+    write_line(&mut t, "wake\n");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(line["ret"], 1, "{line}");
+    assert_eq!(
+        (line["usr1"].as_bool(), line["usr2"].as_bool()),
+        (Some(true), Some(false)),
+        "mask after ppoll: {line}"
+    );
+}

@@ -17,6 +17,9 @@
 //! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
 //! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
 //!   condvar) while the main thread echoes stdin lines back.
+//! - `ppoll`: blocks SIGUSR1, then waits in `ppoll` on stdin with a temporary mask
+//!   of SIGUSR2 only; when stdin is readable prints `{"ret", "usr1", "usr2"}`: which
+//!   of the two are blocked *after* ppoll has put the normal mask back.
 //! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
 //!   then echoes stdin lines.
 //! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
@@ -41,6 +44,7 @@ fn main() {
         "spin" => return spin(),
         "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
         "deny-socket" => return deny_socket(),
+        "ppoll" => return ppoll_mask(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
@@ -713,4 +717,44 @@ fn exec_enosys(args: &[String]) {
     let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("fdgrab-target: exec {}: {e}", cmd[0]);
     std::process::exit(127);
+}
+
+fn sigset_of(sigs: &[i32]) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for &sig in sigs {
+        // SAFETY: an initialised set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
+fn ppoll_mask() {
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    emit(&inject_report(json!({})));
+    let during = sigset_of(&[libc::SIGUSR2]);
+    let mut pfd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout, a valid temporary mask.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &during) };
+    let mut now = sigset_of(&[]);
+    // SAFETY: reads the current mask into an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
+    // SAFETY: sigismember reads the initialised set.
+    let (u1, u2) = unsafe {
+        (
+            libc::sigismember(&now, libc::SIGUSR1),
+            libc::sigismember(&now, libc::SIGUSR2),
+        )
+    };
+    emit(&json!({"ret": r, "usr1": u1 == 1, "usr2": u2 == 1}));
+    wait_for_eof();
 }
