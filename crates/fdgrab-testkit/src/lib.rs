@@ -306,17 +306,35 @@ pub fn status_field(pid: i32, key: &str) -> Option<String> {
     })
 }
 
-/// Checks that nothing of an injection session is left in `pid`: it is not stopped
-/// or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
+/// Checks that nothing of an injection session is left in `pid`: none of its threads
+/// is stopped or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
 /// listed in `fds_before`. Returns a description of the first difference.
 pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -> Option<String> {
-    let state = status_field(pid, "State").unwrap_or_default();
-    if state.starts_with('t') || state.starts_with('T') {
-        return Some(format!("target {pid} left stopped: {state}"));
-    }
-    let tracer = status_field(pid, "TracerPid").unwrap_or_default();
-    if tracer != "0" {
-        return Some(format!("target {pid} still traced by {tracer}"));
+    // Every thread: a session stops and traces one of them, not always the leader.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>());
+    for task in tasks.unwrap_or_default() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("")
+        };
+        if field("State:").starts_with('t') || field("State:").starts_with('T') {
+            return Some(format!(
+                "thread {tid} of {pid} left stopped: {}",
+                field("State:")
+            ));
+        }
+        if field("TracerPid:") != "0" && !field("TracerPid:").is_empty() {
+            return Some(format!(
+                "thread {tid} of {pid} still traced by {}",
+                field("TracerPid:")
+            ));
+        }
     }
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let before: std::collections::HashSet<&str> = maps_before.lines().collect();
