@@ -37,6 +37,36 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts success and parses the JSON document fdgrab printed.
+fn success_json(out: &std::process::Output) -> Value {
+    assert_ok(out);
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}
+
+/// Waits until the file at `path` contains `text`.
+fn wait_for_text(path: &std::path::Path, text: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} never reached {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn snapshot(pid: i32) -> (String, Vec<String>) {
     (
         std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
@@ -49,11 +79,7 @@ fn cat_file_by_ptrace(t: &Target) {
     let before = snapshot(t.pid);
     let fd = t.fd_labelled("file").to_string();
     let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
@@ -83,12 +109,7 @@ fn inject_cli_send_json_names_backend() {
             "--to",
             sock.to_str().expect("utf8"),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let doc = success_json(&out);
         assert_eq!(doc["backend"], expect, "{doc}");
         let (conn, _) = l.accept().expect("accept");
         let mut buf = [0u8; 64];
@@ -155,12 +176,7 @@ fn inject_cli_auto_falls_back_to_ptrace_on_enosys() {
         "--to",
         sock.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = success_json(&out);
     assert_eq!(doc["backend"], "ptrace");
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
@@ -262,25 +278,10 @@ fn inject_cli_put_file_and_own_fd() {
         "--file",
         path.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = success_json(&out);
     assert_eq!(doc["method"], "ptrace");
     send_line(&mut t, "to the file\n");
-    let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .contains("to the file")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the target's output never reached the file"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_text(&path, "to the file");
     // --fd: fdgrab's own stdout (another file) goes in at 1.
     let path2 = tmp("put-fd.txt");
     let f = std::fs::File::create(&path2).expect("create");
@@ -296,17 +297,7 @@ fn inject_cli_put_file_and_own_fd() {
         .expect("exit")
         .success());
     send_line(&mut t, "second\n");
-    let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&path2)
-        .unwrap_or_default()
-        .contains("second")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the target's output never reached the second file"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_text(&path2, "second");
     // Bad input.
     let out = run_fdgrab(["put", &pid, "1", "--fd", "977"]);
     assert_eq!(out.status.code(), Some(2));
@@ -342,8 +333,7 @@ fn inject_cli_redirect_python_stdout_and_undo() {
         "1",
         path.to_str().expect("utf8"),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let doc: Value = serde_json::from_slice(&r.stdout).expect("json");
+    let doc = success_json(&r);
     let undo: Vec<String> = doc["undo"]
         .as_array()
         .expect("undo")
@@ -367,7 +357,7 @@ fn inject_cli_redirect_python_stdout_and_undo() {
     }
     // The undo command, exactly as printed, puts stdout back.
     let u = run_fdgrab(&undo[1..]);
-    assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
+    assert_ok(&u);
     let in_file: Vec<i64> = std::fs::read_to_string(&path)
         .expect("file")
         .lines()
@@ -497,11 +487,7 @@ fn inject_cli_ptrace_when_leader_exited() {
         "--to",
         sock.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let (conn, _) = l.accept().expect("accept");
     let mut buf = [0u8; 64];
     assert_eq!(

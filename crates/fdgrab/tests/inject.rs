@@ -60,6 +60,17 @@ fn assert_clean(pid: i32, before: &(String, Vec<String>)) {
     }
 }
 
+/// The target reads `s` with one read and reports exactly it: it works normally.
+fn assert_echo(t: &mut Target, s: &str) {
+    write_line(t, s);
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["n"].as_u64(), line["data"].as_str()),
+        (Some(s.len() as u64), Some(s)),
+        "{line}"
+    );
+}
+
 fn write_line(t: &mut Target, s: &str) {
     let stdin = t.stdin.as_mut().expect("stdin");
     stdin.write_all(s.as_bytes()).expect("write");
@@ -153,9 +164,7 @@ fn inject_eight_thread_target() {
         let _g = grab_file_by_ptrace(&t);
     }
     assert_clean(t.pid, &before);
-    write_line(&mut t, "ping\n");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(line["data"], "ping\n");
+    assert_echo(&mut t, "ping\n");
 }
 
 #[test]
@@ -206,9 +215,7 @@ fn inject_refused_by_target_seccomp_restores_target() {
         other => panic!("expected PermissionDenied from the target's seccomp, got {other:?}"),
     }
     assert_clean(t.pid, &before);
-    write_line(&mut t, "still alive\n");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(line["data"], "still alive\n");
+    assert_echo(&mut t, "still alive\n");
 }
 
 #[test]
