@@ -256,11 +256,25 @@ pub fn proc_offset(pid: i32, fd: i32) -> u64 {
 /// Call it only in a process made for the purpose (it cannot be removed), after
 /// `PR_SET_NO_NEW_PRIVS`, which it sets.
 pub fn install_errno_filter(rules: &[(i64, i32)]) -> std::io::Result<()> {
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let actions: Vec<(i64, u32)> = rules
+        .iter()
+        .map(|&(nr, e)| (nr, RET_ERRNO | (e as u32 & 0xffff)))
+        .collect();
+    install_filter(&actions)
+}
+
+/// `SECCOMP_RET_TRAP`: the call fails with ENOSYS and the thread gets SIGSYS, whose
+/// default action kills the process.
+pub const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+
+/// Test-only seccomp: each listed syscall number gets the given `SECCOMP_RET_*` action,
+/// everything else is allowed. See [`install_errno_filter`].
+pub fn install_filter(rules: &[(i64, u32)]) -> std::io::Result<()> {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
     const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![
@@ -269,9 +283,9 @@ pub fn install_errno_filter(rules: &[(i64, i32)]) -> std::io::Result<()> {
         ins(RET_K, 0, 0, RET_ALLOW),
         ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
-    for &(nr, errno) in rules {
+    for &(nr, action) in rules {
         prog.push(ins(JEQ_K, 0, 1, nr as u32));
-        prog.push(ins(RET_K, 0, 0, RET_ERRNO | (errno as u32 & 0xffff)));
+        prog.push(ins(RET_K, 0, 0, action));
     }
     prog.push(ins(RET_K, 0, 0, RET_ALLOW));
     let fprog = libc::sock_fprog {

@@ -197,9 +197,10 @@ fn inject_missing_fd_is_no_such_fd_and_target_clean() {
     assert_clean(t.pid, &before);
 }
 
-#[test]
-fn inject_refused_by_target_seccomp_restores_target() {
-    let mut t = Target::spawn(["deny-socket"]);
+/// The target's seccomp filter refuses the injected `socket()`, with EPERM or by
+/// trapping it (SIGSYS, which would kill the target if delivered).
+fn refused_by_seccomp(mode: &str) {
+    let mut t = Target::spawn([mode]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let before = snapshot(t.pid);
@@ -216,6 +217,16 @@ fn inject_refused_by_target_seccomp_restores_target() {
     }
     assert_clean(t.pid, &before);
     assert_echo(&mut t, "still alive\n");
+}
+
+#[test]
+fn inject_refused_by_target_seccomp_restores_target() {
+    refused_by_seccomp("deny-socket");
+}
+
+#[test]
+fn inject_trapped_by_target_seccomp_restores_target() {
+    refused_by_seccomp("trap-socket");
 }
 
 #[test]

@@ -17,6 +17,8 @@
 //! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
 //! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
 //!   condvar) while the main thread echoes stdin lines back.
+//! - `trap-socket`: like `deny-socket`, but the filter traps `socket()` with SIGSYS
+//!   (which kills the process unless the signal never arrives).
 //! - `ppoll`: blocks SIGUSR1, then waits in `ppoll` on stdin with a temporary mask
 //!   of SIGUSR2 only; when stdin is readable prints `{"ret", "usr1", "usr2"}`: which
 //!   of the two are blocked *after* ppoll has put the normal mask back.
@@ -44,6 +46,7 @@ fn main() {
         "spin" => return spin(),
         "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
         "deny-socket" => return deny_socket(),
+        "trap-socket" => return trap_socket(),
         "ppoll" => return ppoll_mask(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
@@ -687,6 +690,13 @@ fn deny_socket() {
     fdgrab_testkit::install_errno_filter(&[(libc::SYS_socket, libc::EPERM)])
         .expect("seccomp filter");
     emit(&inject_report(json!({"denied": "socket"})));
+    echo_reads();
+}
+
+fn trap_socket() {
+    fdgrab_testkit::install_filter(&[(libc::SYS_socket, fdgrab_testkit::SECCOMP_RET_TRAP)])
+        .expect("seccomp filter");
+    emit(&inject_report(json!({"trapped": "socket"})));
     echo_reads();
 }
 

@@ -116,7 +116,7 @@ impl<'a> Session<'a> {
     ///
     /// Errors: [`Error::NoSuchProcess`] if it is gone; [`Error::PermissionDenied`]
     /// when `PTRACE_SEIZE` gives `EPERM` (another tracer, Yama, uid, LSM);
-    /// [`Error::Unsupported`] for a 32-bit target.
+    /// an error for a 32-bit target.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
         let pid = target.pid();
         let tid = pick_thread(target)?;
@@ -238,9 +238,11 @@ impl<'a> Session<'a> {
         self.saved = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
         self.at_attach_stop = true;
         if !self.saved.is_native_abi() {
-            return Err(Error::Unsupported {
-                op: "ptrace injection into a 32-bit process",
-                needs: "a 64-bit target;",
+            return Err(Error::Io {
+                op:
+                    "ptrace injection (a 32-bit process; only the native 64-bit ABI is implemented)",
+                pid: self.pid,
+                fd: None,
                 source: std::io::Error::from(std::io::ErrorKind::Unsupported),
             });
         }
@@ -376,17 +378,17 @@ impl<'a> Session<'a> {
                         deliver = libc::SIGSTOP;
                     }
                     Stop::Signal(sig) if !blocked => return Err(RunError::SignalFirst(sig)),
-                    // With everything blocked, only a fault caused by the injected call
-                    // itself gets here (SIGSYS from seccomp, SIGSEGV). Not delivering it
-                    // keeps the target alive; the session is over.
+                    // With everything blocked, only a signal forced by an injected call
+                    // gets here: SIGSYS from a seccomp filter that traps it (the call
+                    // itself then returned ENOSYS), or a fault. Delivering it would run
+                    // the target's handler on our frame, or kill it; it is dropped.
                     Stop::Signal(sig) => {
-                        return Err(Error::io(
-                            "injected syscall raised a signal in the target (seccomp SIGSYS or a fault); not delivered",
-                            self.pid,
-                            None,
-                            Errno::from_raw_os_error(sig),
-                        )
-                        .into())
+                        tracing::debug!(
+                            pid = self.pid,
+                            sig,
+                            nr,
+                            "dropping a signal forced by an injected call"
+                        );
                     }
                 }
             }
@@ -394,6 +396,19 @@ impl<'a> Session<'a> {
         let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
         let r = regs.syscall_result();
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
+        // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
+        // the result register and queues SIGSYS. Acting on that "result" (say, as an fd
+        // from socket()) would touch an unrelated fd of the target, so a result equal
+        // to the number is checked against the thread's pending signals.
+        if r == nr && self.sigsys_pending() {
+            return Err(Error::PermissionDenied {
+                pid: self.pid,
+                fd: None,
+                op: syscall_name(nr),
+                hint: "the target's seccomp filter traps this call (SIGSYS); the signal was not delivered".into(),
+            }
+            .into());
+        }
         Ok(r)
     }
 
@@ -595,6 +610,18 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Whether SIGSYS is pending for the injected thread (`SigPnd` in its status).
+    fn sigsys_pending(&self) -> bool {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/status", self.pid, self.tid))
+                .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|set| set & (1 << (libc::SIGSYS - 1)) != 0)
+    }
+
     fn died(&mut self) -> Error {
         self.gone = true;
         Error::NoSuchProcess { pid: self.pid }
@@ -768,6 +795,23 @@ fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
     buf.windows(2)
         .position(|w| w == SYSCALL_INSN)
         .map(|i| start + i as u64)
+}
+
+/// The name of a syscall the session injects, for error messages.
+fn syscall_name(nr: i64) -> &'static str {
+    match nr {
+        libc::SYS_socket => "socket (injected)",
+        libc::SYS_connect => "connect (injected)",
+        libc::SYS_sendmsg => "sendmsg (injected)",
+        libc::SYS_recvmsg => "recvmsg (injected)",
+        libc::SYS_close => "close (injected)",
+        libc::SYS_dup3 => "dup3 (injected)",
+        libc::SYS_fcntl => "fcntl (injected)",
+        libc::SYS_mmap => "mmap (injected)",
+        libc::SYS_munmap => "munmap (injected)",
+        libc::SYS_rt_sigprocmask => "rt_sigprocmask (injected)",
+        _ => "a syscall injected into the target",
+    }
 }
 
 /// Maps a negative return of an injected call to an error that says it happened
