@@ -538,3 +538,27 @@ fn inject_cli_errors_name_the_target() {
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
+
+#[test]
+fn inject_cli_ptrace_permission_denied_as_another_user() {
+    use std::os::unix::process::CommandExt;
+    let t = Target::spawn(["blocked-read"]);
+    let before = snapshot(t.pid);
+    let mut cmd = fdgrab();
+    cmd.args(["cat", "--backend", "ptrace", &t.pid.to_string(), "0"])
+        .uid(65534)
+        .gid(65534);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PTRACE_SEIZE") && err.contains(&t.pid.to_string()),
+        "{err}"
+    );
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}

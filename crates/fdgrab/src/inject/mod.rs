@@ -309,6 +309,10 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
 /// them), all in one session. Every fd is checked to exist before any is touched, so
 /// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
 pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Result<()> {
+    let mut fds = fds.to_vec();
+    fds.sort_unstable();
+    fds.dedup();
+    let fds = fds.as_slice();
     if fds.is_empty() {
         return Ok(());
     }
