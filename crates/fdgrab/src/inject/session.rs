@@ -88,8 +88,10 @@ pub struct Session<'a> {
     target: &'a PidFd,
     pid: Pid,
     tid: Pid,
-    /// The thread's registers when we stopped it.
+    /// The thread's registers when we stopped it (valid once `stopped`).
     saved: Regs,
+    /// The thread reached its first stop and `saved` holds its registers.
+    stopped: bool,
     /// Address of a `syscall` instruction in the target.
     insn: u64,
     /// The thread's original blocked-signal set, once we have replaced it.
@@ -131,6 +133,7 @@ impl<'a> Session<'a> {
             pid,
             tid,
             saved: Regs::default(),
+            stopped: false,
             insn: 0,
             old_mask: None,
             stack_backup: None,
@@ -197,6 +200,7 @@ impl<'a> Session<'a> {
 
     /// `PTRACE_INTERRUPT` and wait for the resulting stop, then save the registers.
     fn stop_for_injection(&mut self, timeout: Duration) -> Result<()> {
+        self.stopped = false;
         ptrace::interrupt(self.tid).map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
         let deadline = Instant::now() + timeout;
         let mut spins = 0u32;
@@ -236,6 +240,7 @@ impl<'a> Session<'a> {
             }
         }
         self.saved = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+        self.stopped = true;
         self.at_attach_stop = true;
         if !self.saved.is_native_abi() {
             return Err(Error::Io {
@@ -574,6 +579,20 @@ impl<'a> Session<'a> {
     /// original registers, and detached from there.
     fn restore_and_detach(&mut self) -> Result<()> {
         let tid = self.tid;
+        if !self.stopped {
+            // It never stopped (uninterruptible sleep past the timeout): there is
+            // nothing to restore, and a running tracee cannot be detached. If it stops
+            // later it stays stopped until this process exits, when the kernel drops
+            // the trace and lets it go; so the error says so.
+            return ptrace::detach(tid, 0).map_err(|e| {
+                Error::io(
+                    "detaching from a thread that never stopped (it is released when fdgrab exits)",
+                    self.pid,
+                    None,
+                    e,
+                )
+            });
+        }
         self.saved
             .write(tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
