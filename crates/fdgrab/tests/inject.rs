@@ -356,3 +356,34 @@ fn inject_keeps_the_mask_a_ppoll_will_restore() {
         "mask after ppoll: {line}"
     );
 }
+
+#[test]
+fn inject_blocked_accept_restarts_and_epoll_wait_gets_eintr() {
+    let mut t = Target::spawn(["accept"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_accept4);
+    let before = snapshot(t.pid);
+    let _g = grab_file_by_ptrace(&t);
+    assert_clean(t.pid, &before);
+    let port = t.report["extra"]["port"].as_u64().expect("port") as u16;
+    let _c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert!(
+        line["ret"].as_i64().is_some_and(|fd| fd > 2),
+        "accept4 must return the connection: {line}"
+    );
+
+    let mut t = Target::spawn(["epoll"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_epoll_wait);
+    let before = snapshot(t.pid);
+    let _g = grab_file_by_ptrace(&t);
+    assert_clean(t.pid, &before);
+    // epoll_wait is one of the calls the kernel never restarts after a stop (see
+    // signal(7), "interruption by stop signals"; a ptrace stop is one): it returns
+    // EINTR, exactly as after SIGSTOP/SIGCONT or `strace -p`, and callers retry it.
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["ret"].as_i64(), line["errno"].as_i64()),
+        (Some(-1), Some(libc::EINTR as i64)),
+        "{line}"
+    );
+}

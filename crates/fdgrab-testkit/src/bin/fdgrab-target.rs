@@ -19,6 +19,9 @@
 //!   condvar) while the main thread echoes stdin lines back.
 //! - `trap-socket`: like `deny-socket`, but the filter traps `socket()` with SIGSYS
 //!   (which kills the process unless the signal never arrives).
+//! - `accept`: one raw `accept4` on a loopback TCP listener (port in the report's
+//!   `extra.port`), then prints `{"ret", "errno"}`.
+//! - `epoll`: one raw `epoll_wait` on stdin, then prints `{"ret", "errno"}`.
 //! - `ppoll`: blocks SIGUSR1, then waits in `ppoll` on stdin with a temporary mask
 //!   of SIGUSR2 only; when stdin is readable prints `{"ret", "usr1", "usr2"}`: which
 //!   of the two are blocked *after* ppoll has put the normal mask back.
@@ -48,6 +51,8 @@ fn main() {
         "deny-socket" => return deny_socket(),
         "trap-socket" => return trap_socket(),
         "ppoll" => return ppoll_mask(),
+        "accept" => return blocked_accept(),
+        "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
@@ -766,5 +771,64 @@ fn ppoll_mask() {
         )
     };
     emit(&json!({"ret": r, "usr1": u1 == 1, "usr2": u2 == 1}));
+    wait_for_eof();
+}
+
+fn report_call(r: i64) {
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    emit(&json!({"ret": r, "errno": errno}));
+}
+
+fn blocked_accept() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    emit(&inject_report(json!({"port": port})));
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: accept4 on our listener with null address pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_accept4,
+            l.as_raw_fd() as libc::c_long,
+            null,
+            null,
+            0 as libc::c_long,
+        )
+    };
+    report_call(r);
+    wait_for_eof();
+}
+
+fn blocked_epoll() {
+    // SAFETY: creates a new epoll fd; no pointers.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: registers fd 0 with a valid event struct.
+    check(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev) },
+        "epoll_ctl",
+    );
+    emit(&inject_report(json!({})));
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: `out` has room for the 4 events asked for; no timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_wait,
+            ep as libc::c_long,
+            out.as_mut_ptr(),
+            4 as libc::c_long,
+            -1 as libc::c_long,
+        )
+    };
+    report_call(r);
     wait_for_eof();
 }
