@@ -5,7 +5,7 @@ use fdgrab_testkit::{
     status_field, Target, TIMEOUT,
 };
 use serde_json::Value;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -183,33 +183,41 @@ fn inject_cli_auto_falls_back_to_ptrace_on_enosys() {
 
 #[test]
 fn inject_cli_steal_closes_and_target_sees_ebadf() {
-    let mut t = Target::spawn(["blocked-read"]);
-    wait_in_read(t.pid);
-    // The command reads the target's stdin pipe; the target's own blocked read restarts
-    // after the steal and finds fd 0 gone.
-    let mut child = fdgrab()
-        .args(["steal", &t.pid.to_string(), "0", "--", "head", "-c", "6"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("fdgrab steal");
-    let line = json_line(&mut t);
-    assert_eq!(
-        (line["n"].as_i64(), line["errno"].as_i64()),
-        (Some(-1), Some(libc::EBADF as i64)),
-        "{line}"
-    );
-    send_line(&mut t, "hello\n");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
-    let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
-    assert!(st.success());
-    assert_eq!(out, "hello\n", "the command got the stolen pipe");
+    for backend in ["auto", "ptrace"] {
+        let mut t = Target::spawn(["blocked-read"]);
+        wait_in_read(t.pid);
+        // The command reads the target's stdin pipe; the target's own blocked read
+        // restarts after the steal and finds fd 0 gone.
+        let pid = t.pid.to_string();
+        let mut child = fdgrab()
+            .args([
+                "steal",
+                "--backend",
+                backend,
+                &pid,
+                "0",
+                "--",
+                "head",
+                "-n",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fdgrab steal");
+        let line = json_line(&mut t);
+        assert_eq!(
+            (line["n"].as_i64(), line["errno"].as_i64()),
+            (Some(-1), Some(libc::EBADF as i64)),
+            "{backend}: {line}"
+        );
+        send_line(&mut t, "hello\n");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let got = read_line_timeout(&mut out, TIMEOUT).expect("the command's output");
+        assert_eq!(got, "hello", "{backend}: the command got the stolen pipe");
+        let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
+        assert!(st.success(), "{backend}");
+    }
 }
 
 #[test]
