@@ -129,18 +129,22 @@ fn inject_cli_send_json_names_backend() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend 'gdb'"));
 }
 
-/// Runs fdgrab under a seccomp filter that makes `pidfd_getfd` fail with ENOSYS, as
-/// on a kernel older than 5.6.
-fn fdgrab_without_getfd(args: &[&str]) -> std::process::Output {
+/// Runs fdgrab under a seccomp filter that makes the listed syscalls fail with
+/// ENOSYS: `pidfd_getfd` as on kernels 5.3 to 5.5, plus `pidfd_open` as before 5.3.
+fn fdgrab_with_enosys(syscalls: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(bin("fdgrab-target"));
     cmd.args([
         "exec-enosys",
-        "pidfd_getfd",
+        syscalls,
         "--",
         bin("fdgrab").to_str().expect("utf8"),
     ])
     .args(args);
     output_timeout(&mut cmd, TIMEOUT)
+}
+
+fn fdgrab_without_getfd(args: &[&str]) -> std::process::Output {
+    fdgrab_with_enosys("pidfd_getfd", args)
 }
 
 #[test]
@@ -569,4 +573,61 @@ fn inject_cli_ptrace_permission_denied_as_another_user() {
         "{err}"
     );
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}
+
+#[test]
+fn inject_cli_auto_works_without_pidfd_open() {
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let before = snapshot(t.pid);
+    let pid = t.pid.to_string();
+    let fd = t.fd_labelled("file").to_string();
+    let both = "pidfd_open,pidfd_getfd";
+    // The pidfd backend cannot work at all: exit 3, naming pidfd_open.
+    let out = fdgrab_with_enosys(both, &["cat", "--backend", "pidfd", &pid, &fd]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pidfd_open"));
+    // auto: the process is named through /proc and the fd taken by ptrace.
+    let out = fdgrab_with_enosys(both, &["-vv", "cat", &pid, &fd]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    assert!(
+        err.contains("through /proc") && err.contains("falling back to ptrace"),
+        "{err}"
+    );
+    // put and redirect need only ptrace.
+    let path = tmp("no-pidfd-open.txt");
+    let out = fdgrab_with_enosys(
+        both,
+        &[
+            "redirect",
+            "--json",
+            &pid,
+            "1",
+            path.to_str().expect("utf8"),
+        ],
+    );
+    let doc = success_json(&out);
+    send_line(&mut t, "via proc\n");
+    wait_for_text(&path, "via proc");
+    let saved = doc["saved_fd"].to_string();
+    assert_ok(&fdgrab_with_enosys(
+        both,
+        &["redirect", "--undo", &pid, "1", &saved],
+    ));
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+    // A pid that does not exist, through /proc: exit 5.
+    let out = fdgrab_with_enosys(both, &["cat", "999999999", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -151,6 +151,22 @@ impl GrabOptions {
     }
 }
 
+/// Opens the target for taking fds with `backend`. Without `pidfd_open` (kernels
+/// before 5.3, or a sandbox that refuses it with ENOSYS) the [`Backend::Auto`] and
+/// [`Backend::Ptrace`] backends can still work, so the process is then named through
+/// `/proc` ([`PidFd::open_procfs`]); [`Backend::Pidfd`] reports the error.
+pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
+    match PidFd::open(pid) {
+        Err(Error::Unsupported {
+            op: "pidfd_open", ..
+        }) if backend != Backend::Pidfd => {
+            tracing::debug!(pid, "pidfd_open is not available (ENOSYS); naming the process through /proc for ptrace injection");
+            PidFd::open_procfs(pid)
+        }
+        r => r,
+    }
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target.
 ///
 /// Errors, as the kernel reports them:
@@ -164,6 +180,14 @@ impl GrabOptions {
 ///   with the most likely cause;
 /// - `EMFILE`/`ENFILE` → [`Error::TooManyFiles`]; `ENOSYS` → [`Error::Unsupported`].
 pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
+    if target.is_procfs() {
+        // No pidfd_open means no pidfd_getfd either (5.3 < 5.6).
+        return Err(Error::Unsupported {
+            op: "pidfd_getfd",
+            needs: "5.6",
+            source: Errno::NOSYS.into(),
+        });
+    }
     match pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
         Ok(ours) => Ok(ours),
         Err(Errno::SRCH) if !target.is_thread() && target.is_alive() => {

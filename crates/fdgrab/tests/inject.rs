@@ -387,3 +387,36 @@ fn inject_blocked_accept_restarts_and_epoll_wait_gets_eintr() {
         "{line}"
     );
 }
+
+#[test]
+fn inject_procfs_handle_without_pidfd_open() {
+    // What the ptrace backend uses on kernels without pidfd_open.
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let handle = PidFd::open_procfs(t.pid).expect("open through /proc");
+    assert!(handle.is_procfs() && handle.is_alive());
+    assert_eq!(handle.info().expect("info").tgid, t.pid);
+    match fdgrab::grab(&handle, tfd(0)) {
+        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "pidfd_getfd"),
+        other => panic!("pidfd_getfd on a /proc handle must be unsupported, got {other:?}"),
+    }
+    let g = GrabOptions::new()
+        .grab(&handle, tfd(t.fd_labelled("file")))
+        .expect("auto grab");
+    assert_eq!(g.backend, Backend::Ptrace);
+    assert_echo(&mut t, "fine\n");
+    handle.send_signal(libc::SIGKILL).expect("kill");
+    assert!(handle
+        .wait_exit(Some(Duration::from_secs(10)))
+        .expect("wait"));
+    let _ = t.child.wait();
+    assert!(!handle.is_alive());
+    assert!(matches!(
+        handle.send_signal(0),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        PidFd::open_procfs(t.pid),
+        Err(Error::NoSuchProcess { .. })
+    ));
+}

@@ -3,11 +3,11 @@
 use crate::cli::GetArgs;
 use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
-use fdgrab::PidFd;
+use fdgrab::grab::open_target;
 use std::process::ExitCode;
 
 pub fn run(a: GetArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, a.backend.backend)?;
     let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))

@@ -3,12 +3,12 @@
 use crate::cli::StealArgs;
 use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
+use fdgrab::grab::open_target;
 use fdgrab::inject::{close_in_target, CloseMode};
-use fdgrab::PidFd;
 use std::process::ExitCode;
 
 pub fn run(a: StealArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, a.backend.backend)?;
     // The copies are verified (same open file as the target's fd) before the command
     // starts, and the command has exec'd before the target loses anything, so a
     // command that cannot start takes nothing.

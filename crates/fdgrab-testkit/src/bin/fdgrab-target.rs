@@ -69,6 +69,25 @@ fn main() {
     wait_for_eof();
 }
 
+/// A new, empty directory in the temp dir. The name carries the pid and the time,
+/// so a directory left by an earlier process with the same (reused) pid, possibly
+/// owned by another user, is never reused.
+fn fresh_dir(kind: &str) -> std::path::PathBuf {
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("fdgrab-{kind}-{}-{nanos}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("creating {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn emit(v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -179,8 +198,7 @@ fn sock(fd: RawFd, label: &str, family: &str, ty: &str, proto: &str, state: Opti
 }
 
 fn zoo(nondumpable: bool) -> Value {
-    let dir = std::env::temp_dir().join(format!("fdgrab-zoo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("zoo");
     let mut fds = Vec::new();
 
     // A regular file with its offset moved, and one in append mode.
@@ -474,8 +492,7 @@ fn leader_exit() -> Value {
 /// connections, UDP, unix pairs, eventfds, memfds.
 fn many(n: usize) -> Value {
     raise_nofile(n as u64 + 64);
-    let dir = std::env::temp_dir().join(format!("fdgrab-many-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("many");
     let mut kept: Vec<OwnedFd> = Vec::with_capacity(n);
     let mut i = 0usize;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
@@ -547,8 +564,7 @@ fn raise_nofile(want: u64) {
 const INJECT_FILE_CONTENT: &str = "inject test file\n";
 
 fn inject_report(extra: Value) -> Value {
-    let dir = std::env::temp_dir().join(format!("fdgrab-inject-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("inject");
     let path = dir.join("file.txt");
     std::fs::write(&path, INJECT_FILE_CONTENT).expect("write");
     let fd = std::fs::File::open(&path).expect("open").into_raw_fd();

@@ -128,6 +128,9 @@ impl<'a> Session<'a> {
             return Err(seize_error(target, tid, e));
         }
         tracing::debug!(pid, tid, "seized");
+        // The pid could have been reused between choosing the thread and seizing it;
+        // the pidfd (or the start time) tells. A stranger is stopped and let go untouched.
+        let stranger = !target.is_alive();
         let mut s = Session {
             target,
             pid,
@@ -147,6 +150,11 @@ impl<'a> Session<'a> {
             our_mask: Some(our_mask),
             _not_send: PhantomData,
         };
+        if stranger {
+            let _ = s.stop_for_injection(STOP_TIMEOUT);
+            let _ = s.finish();
+            return Err(Error::NoSuchProcess { pid });
+        }
         match s.prepare() {
             Ok(()) => Ok(s),
             Err(e) => {
