@@ -95,9 +95,15 @@ pub fn grab_and_spawn(
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
-    let grabbed = fdgrab::GrabOptions::new().backend(backend).grab_many(target, &wanted)?;
+    let grabbed = fdgrab::GrabOptions::new()
+        .backend(backend)
+        .grab_many(target, &wanted)?;
     let used = grabbed.first().map(|g| g.backend).unwrap_or(backend);
-    let pairs = grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)).collect();
+    let pairs = grabbed
+        .into_iter()
+        .zip(fds)
+        .map(|(g, m)| (g.fd, m.new_fd))
+        .collect();
     let plan = FdPlan::new(pairs)?;
     let child = spawn(argv, &plan)?;
     Ok((child, used))
