@@ -392,9 +392,9 @@ impl<'a> Session<'a> {
                     }
                     Stop::Signal(sig) if !blocked => return Err(RunError::SignalFirst(sig)),
                     // With everything blocked, only a signal forced by an injected call
-                    // gets here: SIGSYS from a seccomp filter that traps it (the call
-                    // itself then returned ENOSYS), or a fault. Delivering it would run
-                    // the target's handler on our frame, or kill it; it is dropped.
+                    // gets here: SIGSYS from a seccomp filter that traps it (detected
+                    // when that call returned, below), or a fault. Delivering it would
+                    // run the target's handler on our frame, or kill it; it is dropped.
                     Stop::Signal(sig) => {
                         tracing::debug!(
                             pid = self.pid,
