@@ -45,6 +45,13 @@ fn assert_ok(out: &std::process::Output) {
     );
 }
 
+/// Asserts that fdgrab failed with exit `code` and returns its stderr.
+fn failure_text(out: &std::process::Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
 /// Asserts success and parses the JSON document fdgrab printed.
 fn success_json(out: &std::process::Output) -> Value {
     assert_ok(out);
@@ -530,13 +537,7 @@ fn inject_cli_errors_name_the_target() {
         &pid,
         &t.fd_labelled("file").to_string(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failure_text(&out, 4);
     assert!(
         err.contains(&pid) && err.contains("socket") && err.contains("seccomp"),
         "{err}"
@@ -561,13 +562,7 @@ fn inject_cli_ptrace_permission_denied_as_another_user() {
         .uid(65534)
         .gid(65534);
     let out = output_timeout(&mut cmd, TIMEOUT);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failure_text(&out, 4);
     assert!(
         err.contains("PTRACE_SEIZE") && err.contains(&t.pid.to_string()),
         "{err}"
