@@ -58,7 +58,8 @@ fn code_3_unsupported_kernel() {
     let fdgrab = fdgrab_testkit::bin("fdgrab");
     for (sys, args) in [
         ("pidfd_open", vec!["ls", &pid]),
-        ("pidfd_getfd", vec!["cat", &pid, "0"]),
+        // auto would fall back to ptrace injection; the pidfd backend must report it.
+        ("pidfd_getfd", vec!["cat", "--backend", "pidfd", &pid, "0"]),
     ] {
         let mut cmd = Command::new("strace");
         cmd.args([
