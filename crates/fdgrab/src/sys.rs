@@ -96,6 +96,18 @@ pub(crate) fn pidfd_send_signal(pidfd: impl AsFd, sig: i32) -> Result<(), Errno>
     }
 }
 
+/// `kill(pid, sig)`, for [`crate::PidFd::open_procfs`] handles on kernels without
+/// pidfds; any signal number, 0 included.
+pub(crate) fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes only integers.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
