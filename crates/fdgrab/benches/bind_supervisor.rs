@@ -205,18 +205,7 @@ fn child_getppid_ns(install: bool) -> f64 {
             libc::_exit(0);
         }
     }
-    let mut buf = [0u8; 8];
-    // SAFETY: reading 8 bytes into an 8-byte buffer; reaping our child.
-    unsafe {
-        check(
-            libc::read(result[0], buf.as_mut_ptr().cast(), 8) as libc::c_long,
-            "read result",
-        );
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-        libc::close(result[0]);
-        libc::close(result[1]);
-    }
-    f64::from_ne_bytes(buf)
+    child_result(pid, result[0], &[result[0], result[1]])
 }
 
 fn check(r: libc::c_long, what: &str) -> libc::c_long {
@@ -250,16 +239,10 @@ fn roundtrip_ns(sync_wake_up: bool, through_epoll: bool) -> f64 {
     // valid for the sizes given.
     let listener = unsafe {
         let mut byte = 0u8;
-        let mut iov = libc::iovec {
-            iov_base: (&mut byte as *mut u8).cast(),
-            iov_len: 1,
-        };
+        let mut iov = one_byte(&mut byte);
         let mut cbuf = [0u64; 4];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        let len = std::mem::size_of_val(&cbuf);
+        let mut msg = msghdr(&mut iov, &mut cbuf, len);
         check(libc::recvmsg(sv[0], &mut msg, 0) as libc::c_long, "recvmsg");
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         assert!(!cmsg.is_null(), "no listener fd from the child");
@@ -301,19 +284,48 @@ fn roundtrip_ns(sync_wake_up: bool, through_epoll: bool) -> f64 {
             check(libc::ioctl(listener, IOCTL_SEND, &mut r).into(), "SEND");
         }
     }
+    child_result(
+        pid,
+        result[0],
+        &[sv[0], sv[1], result[0], result[1], listener, ep],
+    )
+}
+
+/// Reads the f64 a measuring child wrote, reaps it and closes `fds`.
+fn child_result(pid: libc::pid_t, from: RawFd, fds: &[RawFd]) -> f64 {
     let mut buf = [0u8; 8];
-    // SAFETY: reading 8 bytes into an 8-byte buffer; reaping our child.
+    // SAFETY: reading 8 bytes into an 8-byte buffer; reaping our child; closing fds
+    // this bench opened.
     unsafe {
         check(
-            libc::read(result[0], buf.as_mut_ptr().cast(), 8) as libc::c_long,
+            libc::read(from, buf.as_mut_ptr().cast(), 8) as libc::c_long,
             "read result",
         );
         libc::waitpid(pid, std::ptr::null_mut(), 0);
-        for fd in [sv[0], sv[1], result[0], result[1], listener, ep] {
+        for &fd in fds {
             libc::close(fd);
         }
     }
     f64::from_ne_bytes(buf)
+}
+
+fn one_byte(byte: &mut u8) -> libc::iovec {
+    libc::iovec {
+        iov_base: (byte as *mut u8).cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message of one data byte with room for one SCM_RIGHTS fd in `cbuf`. The
+/// pointers in it are valid while `iov` and `cbuf` are.
+fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64; 4], controllen: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = controllen;
+    msg
 }
 
 /// The trapped side: install the filter, hand over the listener, time the calls.
@@ -366,16 +378,9 @@ unsafe fn child(sock: RawFd, result: RawFd) -> ! {
             libc::_exit(1);
         }
         let mut byte = b'L';
-        let mut iov = libc::iovec {
-            iov_base: (&mut byte as *mut u8).cast(),
-            iov_len: 1,
-        };
+        let mut iov = one_byte(&mut byte);
         let mut cbuf = [0u64; 4];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let msg = msghdr(&mut iov, &mut cbuf, libc::CMSG_SPACE(4) as usize);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;

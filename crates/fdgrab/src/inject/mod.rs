@@ -17,7 +17,7 @@
 //! call, with the target restored.
 
 mod arch;
-mod ptrace;
+pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
 

@@ -1,5 +1,5 @@
-//! Raw `seccomp(2)`, listener ioctls and `process_vm_readv(2)`. This file and
-//! `crate::sys` hold the seccomp layer's `unsafe`; everything above it is typed.
+//! Raw `seccomp(2)` and the listener ioctls. This file holds the seccomp layer's
+//! `unsafe`; everything above it is typed.
 
 use rustix::io::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -127,26 +127,5 @@ pub(crate) fn notif_set_flags(fd: BorrowedFd<'_>, flags: u64) -> Result<(), Errn
         Err(errno())
     } else {
         Ok(())
-    }
-}
-
-/// `process_vm_readv(pid, [buf], [addr..addr+len], 0)`: returns the bytes read,
-/// which may be fewer than asked when the range crosses into unmapped memory.
-pub(crate) fn process_vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: `local` covers exactly `buf`, which is writable for its length; the
-    // remote iovec is only interpreted in the other process's address space.
-    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(r as usize)
     }
 }

@@ -6,7 +6,6 @@
 //! still parked in *this* call, so the tid still named the right process while we
 //! read), and from then on act only on our copy.
 
-use super::ioctl;
 use super::notify::{Listener, Notification};
 use rustix::io::Errno;
 
@@ -36,9 +35,10 @@ pub fn read_validated(
         // The caller lives outside our pid namespace; we cannot name it.
         return Err(ReadError::Other(Errno::SRCH));
     }
-    let result = match ioctl::process_vm_read(notif.tid, addr, buf) {
-        Ok(n) if n == buf.len() => Ok(()),
-        Ok(_) | Err(Errno::FAULT) => Err(ReadError::Fault),
+    // A short read (the range runs into unmapped memory) is EFAULT too.
+    let result = match crate::inject::ptrace::read_mem(notif.tid, addr, buf) {
+        Ok(()) => Ok(()),
+        Err(Errno::FAULT) => Err(ReadError::Fault),
         Err(Errno::SRCH) => Err(ReadError::Gone),
         Err(e) => Err(ReadError::Other(e)),
     };
