@@ -25,11 +25,14 @@ use rustix::event::epoll;
 use rustix::event::Timespec;
 use rustix::io::Errno;
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Ready fds taken per `epoll_wait`; more are picked up by the next round.
+const EVENTS_PER_ROUND: usize = 64;
 
 /// Names one listener within a [`Supervisor`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,7 +70,6 @@ pub struct Supervisor {
     next_id: u64,
     audit: AuditSink,
     ports: UnprivilegedPorts,
-    events: Vec<epoll::Event>,
     last_maintenance: Instant,
 }
 
@@ -101,7 +103,6 @@ impl Supervisor {
             next_id: 1,
             audit,
             ports: UnprivilegedPorts::new(),
-            events: Vec::with_capacity(64),
             last_maintenance: Instant::now(),
         })
     }
@@ -205,21 +206,13 @@ impl Supervisor {
             tv_sec: t.as_secs() as _,
             tv_nsec: t.subsec_nanos() as _,
         });
-        self.events.clear();
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.events),
-            ts.as_ref(),
-        ) {
-            Ok(_) => {}
-            Err(Errno::INTR) => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("epoll_wait", e)),
-        }
-        let ready: Vec<(u64, epoll::EventFlags)> = self
-            .events
-            .iter()
-            .map(|ev| (ev.data.u64(), ev.flags))
-            .collect();
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_ROUND];
+        let ready: Vec<(u64, epoll::EventFlags)> =
+            match epoll::wait(&self.epoll, &mut events, ts.as_ref()) {
+                Ok((ready, _)) => ready.iter().map(|ev| (ev.data.u64(), ev.flags)).collect(),
+                Err(Errno::INTR) => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("epoll_wait", e)),
+            };
         let mut out = Vec::with_capacity(ready.len());
         for (id, flags) in ready {
             if let Some(&token) = self.watched.get(&id) {
@@ -300,6 +293,12 @@ fn answer(
     };
     handler.handle(&mut cx, notif)
 }
+
+// The OCI agent may move a supervisor into a thread of its own.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Supervisor>();
+};
 
 impl AsFd for Supervisor {
     /// The epoll fd: readable when some listener has work (or hung up).
