@@ -685,6 +685,18 @@ fn run_exit_status_and_parent_death() {
     let out = output_timeout(&mut run_cmd(&[], &["sh", "-c", "exit 7"]), TIMEOUT);
     assert_eq!(out.status.code(), Some(7));
 
+    // SIGINT and SIGHUP are forwarded like SIGTERM.
+    for sig in [rustix::process::Signal::INT, rustix::process::Signal::HUP] {
+        let mut child = run_cmd(&[], &["sleep", "60"]).spawn().expect("spawn");
+        let _g = Guard(child.id());
+        let sleeper = wait_for_child_of(child.id());
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("signal fdgrab");
+        let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits");
+        assert_eq!(st.code(), Some(128 + sig.as_raw()), "{sig:?}: {st:?}");
+        assert!(wait_gone(sleeper));
+    }
+
     // fdgrab killed: by default the program dies with it.
     let mut child = run_cmd(&[], &["sleep", "60"]).spawn().expect("spawn");
     let _g = Guard(child.id());
