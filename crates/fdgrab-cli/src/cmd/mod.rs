@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod agent;
 mod cat;
 mod docs;
 mod get;
@@ -15,6 +16,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }

@@ -1,0 +1,129 @@
+//! `fdgrab agent` with real runc and crun containers: an unprivileged container
+//! (uid 1000, no capabilities) serves on port 80 through the agent, and one whose
+//! metadata, annotation or the agent's policy does not allow port 80 gets EACCES.
+//! Each container joins a network namespace the test creates, so port 80 is the
+//! test's alone.
+
+use fdgrab_testkit::oci::{unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind};
+use fdgrab_testkit::is_root;
+use std::path::Path;
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(20);
+
+fn usable(rt: Runtime) -> bool {
+    if !is_root() {
+        eprintln!("skipping: needs root to run {} containers", rt.name());
+        return false;
+    }
+    if !rt.available() {
+        eprintln!("skipping: {} is not installed (scripts/test installs it)", rt.name());
+        return false;
+    }
+    rt.prepare();
+    true
+}
+
+fn notify(agent: &AgentProc, metadata: Option<&str>) -> SeccompBind {
+    SeccompBind::Notify { listener_path: agent.socket.clone(), metadata: metadata.map(str::to_owned) }
+}
+
+fn serves_port_80(rt: Runtime) {
+    if !usable(rt) {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
+    let ns = NetNs::new();
+    let mut spec = BundleSpec::new(&["httpd", "-f", "-p", "80", "-h", "/www"], notify(&agent, Some("allow-bind=tcp:80")));
+    spec.netns = Some(ns.path.clone());
+    let bundle = Bundle::new(&spec);
+    let id = unique(&format!("fdgrab-{}-serve", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+
+    let resp = ns
+        .http_get_eventually(80, START)
+        .unwrap_or_else(|e| panic!("GET :80 in the container's netns: {e}; container said {:?}; agent log {}", c.output.text(), agent.log.text()));
+    assert!(resp.starts_with("HTTP/1.") && resp.contains(" 200 "), "{resp}");
+    assert!(resp.contains("served by a container"), "{resp}");
+
+    // The container really is uid 1000 without capabilities: the port came from the agent.
+    let audit = agent.audit_lines();
+    let line = audit
+        .iter()
+        .find(|l| l["port"] == 80 && l["container_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no audit line for port 80 of {id}: {audit:?}"));
+    assert_eq!(line["bundle"], bundle.path().to_str().expect("utf-8 path"), "{line}");
+    assert_eq!(line["uid"], 1000, "{line}");
+    assert_eq!(line["decision"], "bind", "{line}");
+    assert_eq!(line["errno"], 0, "{line}");
+    c.kill();
+}
+
+/// Runs `nc -l -p 80` in a container and returns what it printed; the caller
+/// expects the kernel's own EACCES.
+fn bind_80_output(rt: Runtime, agent: &AgentProc, metadata: Option<&str>, annotation: Option<&str>) -> String {
+    let ns = NetNs::new();
+    let mut spec = BundleSpec::new(&["nc", "-l", "-p", "80"], notify(agent, metadata));
+    spec.netns = Some(ns.path.clone());
+    if let Some(a) = annotation {
+        spec.annotations.push(("org.fdgrab.allow-bind".into(), a.into()));
+    }
+    let bundle = Bundle::new(&spec);
+    let id = unique(&format!("fdgrab-{}-deny", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let (status, out) = c.wait(START).unwrap_or_else(|e| panic!("{e}; agent log {}", agent.log.text()));
+    assert!(!status.success(), "nc should have failed: {out}");
+    out
+}
+
+fn metadata_narrows_to_eacces(rt: Runtime) {
+    if !usable(rt) {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
+    let out = bind_80_output(rt, &agent, Some("allow-bind=tcp:443"), None);
+    assert!(out.contains("bind: Permission denied"), "expected EACCES: {out}; agent log {}", agent.log.text());
+    let audit = agent.audit_lines();
+    assert!(
+        audit.iter().any(|l| l["port"] == 80 && l["decision"] == "continue"),
+        "the refused bind is handed back to the kernel and logged: {audit:?}"
+    );
+}
+
+fn never_widens(rt: Runtime) {
+    if !usable(rt) {
+        return;
+    }
+    // The agent allows only 443; the container asks for 80 both ways.
+    let agent = AgentProc::start(&["--allow-bind", "tcp:443"]);
+    let out = bind_80_output(rt, &agent, Some("allow-bind=tcp:80"), Some("tcp:80"));
+    assert!(out.contains("bind: Permission denied"), "expected EACCES: {out}; agent log {}", agent.log.text());
+}
+
+fn policy_file_bounds_annotation(rt: Runtime) {
+    if !usable(rt) {
+        return;
+    }
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-policy");
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "[[bind]]\nport = \"1-1023\"\nproto = \"tcp\"\n").expect("policy file");
+    let agent = AgentProc::start(&["--policy", file.to_str().expect("utf-8")]);
+    // The annotation alone narrows 1-1023 to 22: port 80 is refused.
+    let out = bind_80_output(rt, &agent, None, Some("tcp:22"));
+    assert!(out.contains("bind: Permission denied"), "expected EACCES: {out}; agent log {}", agent.log.text());
+    assert!(Path::new(&agent.audit).exists());
+}
+
+macro_rules! per_runtime {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        mod runc { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Runc) } )* }
+        mod crun { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Crun) } )* }
+    };
+}
+
+per_runtime! {
+    agent_container_serves_port_80 => serves_port_80,
+    agent_metadata_narrows_to_eacces => metadata_narrows_to_eacces,
+    agent_container_never_widens_the_policy => never_widens,
+    agent_policy_file_bounds_the_annotation => policy_file_bounds_annotation,
+}
