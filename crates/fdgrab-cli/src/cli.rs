@@ -9,9 +9,16 @@ use std::path::PathBuf;
 
 /// Take, steal and hand over the open file descriptors of other processes.
 #[derive(Debug, Parser)]
-#[command(name = "fdgrab", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd.")]
+#[command(
+    name = "fdgrab",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
+4 permission denied, 5 no such process or fd."
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -3,7 +3,9 @@
 //! and that a stream of containers leaves nothing behind in the agent.
 
 use fdgrab_testkit::is_root;
-use fdgrab_testkit::oci::{unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir};
+use fdgrab_testkit::oci::{
+    unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir,
+};
 use std::time::{Duration, Instant};
 
 const START: Duration = Duration::from_secs(20);
@@ -14,7 +16,10 @@ fn usable(rt: Runtime) -> bool {
         return false;
     }
     if !rt.available() {
-        eprintln!("skipping: {} is not installed (scripts/test installs it)", rt.name());
+        eprintln!(
+            "skipping: {} is not installed (scripts/test installs it)",
+            rt.name()
+        );
         return false;
     }
     rt.prepare();
@@ -30,19 +35,34 @@ fn stopped_agent_gives_enosys(rt: Runtime) {
     let mut agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
     let ns = NetNs::new();
     let mut spec = BundleSpec::new(
-        &["sh", "-c", "echo started; read go; nc -l -p 80; echo nc-exit=$?"],
-        SeccompBind::Notify { listener_path: agent.socket.clone(), metadata: None },
+        &[
+            "sh",
+            "-c",
+            "echo started; read go; nc -l -p 80; echo nc-exit=$?",
+        ],
+        SeccompBind::Notify {
+            listener_path: agent.socket.clone(),
+            metadata: None,
+        },
     );
     spec.netns = Some(ns.path.clone());
     let bundle = Bundle::new(&spec);
     let id = unique(&format!("fdgrab-{}-enosys", rt.name()));
     let mut c = Container::run(rt, &bundle, &id);
-    c.output.wait_for("started", START).expect("container started");
-    agent.log.wait_for(&format!("container={id}"), START).expect("agent took the listener");
+    c.output
+        .wait_for("started", START)
+        .expect("container started");
+    agent
+        .log
+        .wait_for(&format!("container={id}"), START)
+        .expect("agent took the listener");
     agent.kill();
     c.send_line("go");
     let (_, out) = c.wait(START).expect("container exits");
-    assert!(out.contains("bind: Function not implemented"), "expected ENOSYS: {out}");
+    assert!(
+        out.contains("bind: Function not implemented"),
+        "expected ENOSYS: {out}"
+    );
     assert!(out.contains("nc-exit=1"), "{out}");
 }
 
@@ -56,15 +76,24 @@ fn start_without_agent_fails(rt: Runtime) {
     let socket = dir.path().join("nobody.sock");
     let spec = BundleSpec::new(
         &["echo", "container ran"],
-        SeccompBind::Notify { listener_path: socket.clone(), metadata: None },
+        SeccompBind::Notify {
+            listener_path: socket.clone(),
+            metadata: None,
+        },
     );
     let bundle = Bundle::new(&spec);
     let id = unique(&format!("fdgrab-{}-noagent", rt.name()));
     let mut c = Container::run(rt, &bundle, &id);
     let (status, out) = c.wait(START).expect("runtime exits");
-    assert!(!status.success(), "the runtime started a container without its agent: {out}");
+    assert!(
+        !status.success(),
+        "the runtime started a container without its agent: {out}"
+    );
     assert!(!out.contains("container ran"), "{out}");
-    assert!(out.contains("nobody.sock"), "the runtime's error names the socket: {out}");
+    assert!(
+        out.contains("nobody.sock"),
+        "the runtime's error names the socket: {out}"
+    );
 }
 
 /// 20 containers, one after the other, each binding port 80 through the agent
@@ -80,7 +109,10 @@ fn twenty_containers_leave_nothing(rt: Runtime) {
     let ns = NetNs::new();
     let mut spec = BundleSpec::new(
         &["sh", "-c", "httpd -p 80 -h /www && echo bound"],
-        SeccompBind::Notify { listener_path: agent.socket.clone(), metadata: Some("allow-bind=tcp:80".into()) },
+        SeccompBind::Notify {
+            listener_path: agent.socket.clone(),
+            metadata: Some("allow-bind=tcp:80".into()),
+        },
     );
     spec.netns = Some(ns.path.clone());
     let bundle = Bundle::new(&spec);
@@ -88,20 +120,34 @@ fn twenty_containers_leave_nothing(rt: Runtime) {
     for i in 0..N {
         let id = unique(&format!("fdgrab-{}-loop{i}", rt.name()));
         let mut c = Container::run(rt, &bundle, &id);
-        let (status, out) = c.wait(START).unwrap_or_else(|e| panic!("container {i}: {e}"));
-        assert!(status.success() && out.contains("bound"), "container {i}: {status} {out}");
+        let (status, out) = c
+            .wait(START)
+            .unwrap_or_else(|e| panic!("container {i}: {e}"));
+        assert!(
+            status.success() && out.contains("bound"),
+            "container {i}: {status} {out}"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let released = |log: &str| log.matches("released").count();
-    while (agent.fd_count() != baseline || released(&agent.log.text()) < N) && Instant::now() < deadline {
+    while (agent.fd_count() != baseline || released(&agent.log.text()) < N)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = agent.log.text();
     assert_eq!(released(&log), N, "every container released: {log}");
     assert!(log.contains("containers=0"), "{log}");
-    assert_eq!(agent.fd_count(), baseline, "agent fds back to baseline; log {log}");
+    assert_eq!(
+        agent.fd_count(),
+        baseline,
+        "agent fds back to baseline; log {log}"
+    );
     let audit = agent.audit_lines();
-    let binds = audit.iter().filter(|l| l["port"] == 80 && l["decision"] == "bind" && l["errno"] == 0).count();
+    let binds = audit
+        .iter()
+        .filter(|l| l["port"] == 80 && l["decision"] == "bind" && l["errno"] == 0)
+        .count();
     assert_eq!(binds, N, "{audit:?}");
 }
 

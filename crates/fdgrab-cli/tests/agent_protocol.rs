@@ -3,7 +3,9 @@
 //! real container, even while a slow client sits on a half-sent document.
 
 use fdgrab::passfd::send_fds;
-use fdgrab_testkit::oci::{unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir};
+use fdgrab_testkit::oci::{
+    unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir,
+};
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -15,7 +17,8 @@ const DOC: &str = r#"{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":1,"metadata
 
 fn connect(agent: &AgentProc) -> UnixStream {
     let s = UnixStream::connect(&agent.socket).expect("connecting to the agent");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s
 }
 
@@ -46,27 +49,69 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
 
     // A slow client: half a document, then silence. It must not hold up anyone.
     let mut slow = connect(&agent);
-    slow.write_all(&DOC.as_bytes()[..40]).expect("half a document");
+    slow.write_all(&DOC.as_bytes()[..40])
+        .expect("half a document");
 
     let (pipe_r, pipe_w) = rustix::pipe::pipe().expect("pipe");
     let cases: Vec<(&str, Vec<u8>, Vec<BorrowedFd<'_>>, &str)> = vec![
-        ("garbage JSON", b"this is not json {".to_vec(), vec![pipe_r.as_fd()], "not a ContainerProcessState document"),
-        ("no fd", DOC.as_bytes().to_vec(), vec![], "names 1 descriptors but 0 came"),
-        ("two fds", DOC.as_bytes().to_vec(), vec![pipe_r.as_fd(), pipe_w.as_fd()], "names 1 descriptors but 2 came"),
-        ("not a seccomp listener", DOC.as_bytes().to_vec(), vec![pipe_r.as_fd()], "is not a seccomp listener but \"pipe:"),
-        ("truncated", DOC.as_bytes()[..DOC.len() / 2].to_vec(), vec![pipe_r.as_fd()], "in the middle of the document"),
-        ("wrong status", DOC.replace("creating", "stopped").into_bytes(), vec![pipe_r.as_fd()], "status is `stopped`"),
-        ("no seccompFd name", DOC.replace("seccompFd", "pidFd").into_bytes(), vec![pipe_r.as_fd()], "names no `seccompFd`"),
+        (
+            "garbage JSON",
+            b"this is not json {".to_vec(),
+            vec![pipe_r.as_fd()],
+            "not a ContainerProcessState document",
+        ),
+        (
+            "no fd",
+            DOC.as_bytes().to_vec(),
+            vec![],
+            "names 1 descriptors but 0 came",
+        ),
+        (
+            "two fds",
+            DOC.as_bytes().to_vec(),
+            vec![pipe_r.as_fd(), pipe_w.as_fd()],
+            "names 1 descriptors but 2 came",
+        ),
+        (
+            "not a seccomp listener",
+            DOC.as_bytes().to_vec(),
+            vec![pipe_r.as_fd()],
+            "is not a seccomp listener but \"pipe:",
+        ),
+        (
+            "truncated",
+            DOC.as_bytes()[..DOC.len() / 2].to_vec(),
+            vec![pipe_r.as_fd()],
+            "in the middle of the document",
+        ),
+        (
+            "wrong status",
+            DOC.replace("creating", "stopped").into_bytes(),
+            vec![pipe_r.as_fd()],
+            "status is `stopped`",
+        ),
+        (
+            "no seccompFd name",
+            DOC.replace("seccompFd", "pidFd").into_bytes(),
+            vec![pipe_r.as_fd()],
+            "names no `seccompFd`",
+        ),
     ];
     for (what, data, fds, reason) in cases {
         let s = send_with(&agent, &data, &fds);
         expect_closed(s, what);
-        agent.log.wait_for(reason, TIMEOUT).unwrap_or_else(|e| panic!("{what}: rejection not logged: {e}"));
+        agent
+            .log
+            .wait_for(reason, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{what}: rejection not logged: {e}"));
     }
     // Too many fds for the agent's control buffer: the kernel truncates, the agent says so.
     let many: Vec<BorrowedFd<'_>> = std::iter::repeat_n(pipe_r.as_fd(), 20).collect();
     expect_closed(send_with(&agent, DOC.as_bytes(), &many), "twenty fds");
-    agent.log.wait_for("descriptors attached", TIMEOUT).expect("too many fds logged");
+    agent
+        .log
+        .wait_for("descriptors attached", TIMEOUT)
+        .expect("too many fds logged");
     // A document that arrives in many small writes is fine (it only lacks a real listener).
     let s = connect(&agent);
     send_fds(&s, &DOC.as_bytes()[..1], &[pipe_r.as_fd()]).expect("first byte with the fd");
@@ -76,39 +121,68 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
     }
     expect_closed(s, "document in pieces");
     let log = agent.log.text();
-    assert_eq!(log.matches("is not a seccomp listener").count(), 2, "the split document was parsed whole: {log}");
+    assert_eq!(
+        log.matches("is not a seccomp listener").count(),
+        2,
+        "the split document was parsed whole: {log}"
+    );
 
     // The agent still serves a real container while the slow client hangs on.
     for rt in Runtime::ALL {
         if !rt.available() {
-            eprintln!("{} not installed: not checking it after the bad clients", rt.name());
+            eprintln!(
+                "{} not installed: not checking it after the bad clients",
+                rt.name()
+            );
             continue;
         }
         rt.prepare();
         let ns = NetNs::new();
         let mut spec = BundleSpec::new(
             &["httpd", "-f", "-p", "80", "-h", "/www"],
-            SeccompBind::Notify { listener_path: agent.socket.clone(), metadata: None },
+            SeccompBind::Notify {
+                listener_path: agent.socket.clone(),
+                metadata: None,
+            },
         );
         spec.netns = Some(ns.path.clone());
         let bundle = Bundle::new(&spec);
-        let mut c = Container::run(rt, &bundle, &unique(&format!("fdgrab-{}-after-bad", rt.name())));
+        let mut c = Container::run(
+            rt,
+            &bundle,
+            &unique(&format!("fdgrab-{}-after-bad", rt.name())),
+        );
         let resp = ns
             .http_get_eventually(80, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{}: {e}; {}; agent {}", rt.name(), c.output.text(), agent.log.text()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; {}; agent {}",
+                    rt.name(),
+                    c.output.text(),
+                    agent.log.text()
+                )
+            });
         assert!(resp.contains(" 200 "), "{resp}");
         c.kill();
     }
 
     // The slow client is dropped at its deadline (5 s), with a reason.
-    agent.log.wait_for("no complete document within", Duration::from_secs(15)).expect("slow client timed out");
+    agent
+        .log
+        .wait_for("no complete document within", Duration::from_secs(15))
+        .expect("slow client timed out");
     expect_closed(slow, "slow client");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while agent.fd_count() != baseline && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(agent.fd_count(), baseline, "no fd of a rejected client is kept: {}", agent.log.text());
+    assert_eq!(
+        agent.fd_count(),
+        baseline,
+        "no fd of a rejected client is kept: {}",
+        agent.log.text()
+    );
 }
 
 #[test]
@@ -135,9 +209,17 @@ fn agent_replaces_a_stale_socket() {
     drop(UnixListener::bind(&socket).expect("bind"));
     assert!(socket.exists());
     let audit = dir.path().join("audit.jsonl");
-    let agent = AgentProc::start_at(TempDir::new("fdgrab-stale-agent"), &socket, &audit, &["--allow-bind", "80"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    agent.log.wait_for("replacing a stale socket", TIMEOUT).expect("logged");
+    let agent = AgentProc::start_at(
+        TempDir::new("fdgrab-stale-agent"),
+        &socket,
+        &audit,
+        &["--allow-bind", "80"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    agent
+        .log
+        .wait_for("replacing a stale socket", TIMEOUT)
+        .expect("logged");
     UnixStream::connect(&socket).expect("the new agent listens");
 }
 
@@ -148,10 +230,16 @@ fn agent_refuses_a_socket_a_live_agent_owns() {
         return;
     }
     let first = AgentProc::start(&["--allow-bind", "tcp:80"]);
-    let out = output_timeout(fdgrab().args(["agent", "--socket"]).arg(&first.socket), TIMEOUT);
+    let out = output_timeout(
+        fdgrab().args(["agent", "--socket"]).arg(&first.socket),
+        TIMEOUT,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another agent is already listening on"), "{err}");
+    assert!(
+        err.contains("another agent is already listening on"),
+        "{err}"
+    );
     // The first agent is untouched and still answers.
     let s = UnixStream::connect(&first.socket).expect("first agent still listening");
     drop(s);
@@ -164,14 +252,29 @@ fn agent_refuses_bad_arguments() {
     let dir = TempDir::new("fdgrab-agent-args");
     let file = dir.path().join("plain-file");
     std::fs::write(&file, "not a socket").expect("file");
-    let out = output_timeout(fdgrab().args(["agent", "--socket"]).arg(&file).args(["--allow-bind", "80"]), TIMEOUT);
+    let out = output_timeout(
+        fdgrab()
+            .args(["agent", "--socket"])
+            .arg(&file)
+            .args(["--allow-bind", "80"]),
+        TIMEOUT,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("exists and is not a socket"), "{err}");
-    assert_eq!(std::fs::read_to_string(&file).expect("file kept"), "not a socket");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file kept"),
+        "not a socket"
+    );
 
     let sock = dir.path().join("agent.sock");
-    let out = output_timeout(fdgrab().args(["agent", "--socket"]).arg(&sock).args(["--allow-bind", "tcp:http"]), TIMEOUT);
+    let out = output_timeout(
+        fdgrab()
+            .args(["agent", "--socket"])
+            .arg(&sock)
+            .args(["--allow-bind", "tcp:http"]),
+        TIMEOUT,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--allow-bind"), "{err}");

@@ -72,9 +72,16 @@ impl Target {
             let _ = child.kill();
             panic!("target {pid} did not report: {e}")
         });
-        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"));
+        let report =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"));
         let stdin = child.stdin.take();
-        Target { child, pid, report, stdin, stdout: Some(stdout) }
+        Target {
+            child,
+            pid,
+            report,
+            stdin,
+            stdout: Some(stdout),
+        }
     }
 
     /// Reads the next line the target prints, with a timeout.
@@ -114,7 +121,10 @@ impl Drop for Target {
 }
 
 /// Reads one line, failing after `timeout`.
-pub fn read_line_timeout<R: Read + AsFd>(r: &mut BufReader<R>, timeout: Duration) -> Result<String, String> {
+pub fn read_line_timeout<R: Read + AsFd>(
+    r: &mut BufReader<R>,
+    timeout: Duration,
+) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     let mut line = Vec::new();
     loop {
@@ -138,7 +148,10 @@ pub fn read_line_timeout<R: Read + AsFd>(r: &mut BufReader<R>, timeout: Duration
         }
         let got = r.fill_buf().map_err(|e| e.to_string())?;
         if got.is_empty() {
-            return Err(format!("EOF before a full line (got {:?})", String::from_utf8_lossy(&line)));
+            return Err(format!(
+                "EOF before a full line (got {:?})",
+                String::from_utf8_lossy(&line)
+            ));
         }
     }
 }
@@ -151,7 +164,11 @@ impl AsFd for Target {
 
 fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd on the stack, count 1.
     let r = unsafe { libc::poll(&mut pfd, 1, ms) };
     r > 0
@@ -169,7 +186,10 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus, 
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("process {} still running after {timeout:?}; killed", child.id()));
+            return Err(format!(
+                "process {} still running after {timeout:?}; killed",
+                child.id()
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -177,8 +197,12 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus, 
 
 /// Runs `cmd` to completion with captured output, killing it after `timeout`.
 pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let t_out = std::thread::spawn(move || {
@@ -192,7 +216,11 @@ pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         v
     });
     let status = wait_timeout(&mut child, timeout).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 /// Runs `fdgrab ARGS...` with the default timeout.

@@ -23,7 +23,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A name no other test process or earlier run uses: prefix, our pid, a counter.
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
 
@@ -85,7 +87,9 @@ impl Runtime {
             return;
         }
         let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
-        let Ok(controllers) = std::fs::read_to_string(unified) else { return };
+        let Ok(controllers) = std::fs::read_to_string(unified) else {
+            return;
+        };
         for c in controllers.split_whitespace() {
             let dir = PathBuf::from("/sys/fs/cgroup").join(c);
             let _ = std::fs::create_dir_all(&dir);
@@ -105,8 +109,13 @@ impl Runtime {
 
     /// `RUNTIME ARGS...`, output discarded, bounded in time.
     fn quiet(self, args: &[&str]) -> Option<ExitStatus> {
-        let mut child =
-            Command::new(self.name()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+        let mut child = Command::new(self.name())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
         wait_timeout(&mut child, Duration::from_secs(20)).ok()
     }
 }
@@ -115,7 +124,10 @@ impl Runtime {
 #[derive(Clone, Debug)]
 pub enum SeccompBind {
     /// `bind` → `SCMP_ACT_NOTIFY`, listener sent to `listener_path`.
-    Notify { listener_path: PathBuf, metadata: Option<String> },
+    Notify {
+        listener_path: PathBuf,
+        metadata: Option<String>,
+    },
     /// The same profile shape with `bind` → `SCMP_ACT_LOG` and no agent: the
     /// reference the benchmark compares against.
     NoAgent,
@@ -153,8 +165,11 @@ impl Bundle {
         let dir = TempDir::new("fdgrab-bundle");
         make_rootfs(&dir.path().join("rootfs"));
         let config = config_json(spec);
-        std::fs::write(dir.path().join("config.json"), serde_json::to_vec_pretty(&config).expect("json"))
-            .expect("writing config.json");
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        )
+        .expect("writing config.json");
         Bundle { dir }
     }
 
@@ -179,13 +194,20 @@ fn make_rootfs(root: &Path) {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).expect("applet symlink");
     }
     std::fs::write(root.join("www/index.html"), "served by a container\n").expect("index.html");
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").expect("passwd");
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+    )
+    .expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").expect("group");
 }
 
 fn config_json(spec: &BundleSpec) -> Value {
     let seccomp = match &spec.seccomp {
-        SeccompBind::Notify { listener_path, metadata } => {
+        SeccompBind::Notify {
+            listener_path,
+            metadata,
+        } => {
             let mut s = json!({
                 "defaultAction": "SCMP_ACT_ALLOW",
                 "architectures": ["SCMP_ARCH_X86_64"],
@@ -203,12 +225,20 @@ fn config_json(spec: &BundleSpec) -> Value {
             "syscalls": [{"names": ["bind"], "action": "SCMP_ACT_LOG"}],
         }),
     };
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
     if let Some(ns) = &spec.netns {
         namespaces.push(json!({"type": "network", "path": ns}));
     }
-    let annotations: serde_json::Map<String, Value> =
-        spec.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let annotations: serde_json::Map<String, Value> = spec
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let no_caps: Vec<String> = Vec::new();
     json!({
         "ociVersion": "1.0.2",
@@ -258,7 +288,9 @@ impl Captured {
                 if n == 0 {
                     break;
                 }
-                buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+                buf.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
             }
         });
     }
@@ -311,14 +343,19 @@ impl Container {
         output.drain_from(child.stdout.take().expect("stdout"));
         output.drain_from(child.stderr.take().expect("stderr"));
         let stdin = child.stdin.take();
-        Container { runtime, id: id.to_owned(), child, stdin, output }
+        Container {
+            runtime,
+            id: id.to_owned(),
+            child,
+            stdin,
+            output,
+        }
     }
 
     /// Waits for the runtime (and so the container) to exit; returns its status
     /// and everything it printed.
     pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
-        let st = wait_timeout(&mut self.child, timeout)
-            .map_err(|e| format!("{} container {}: {e}; output {:?}", self.runtime.name(), self.id, self.output.text()))?;
+        let st = self.wait_exit(timeout)?;
         // The reader threads finish at EOF, right after the exit.
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut last = self.output.text();
@@ -332,10 +369,31 @@ impl Container {
         }
     }
 
+    /// Waits for the runtime to exit, woken by its pidfd the moment it does (the
+    /// benchmark times this), and reaps it. Killed after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let exited = fdgrab::PidFd::from_child(&self.child)
+            .and_then(|p| p.wait_exit(Some(timeout)))
+            .map_err(|e| format!("pidfd of {} run: {e}", self.runtime.name()))?;
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(format!(
+                "{} container {} still running after {timeout:?}; output {:?}",
+                self.runtime.name(),
+                self.id,
+                self.output.text()
+            ));
+        }
+        self.child.wait().map_err(|e| e.to_string())
+    }
+
     /// Writes a line to the container's stdin (its `read` gets it).
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("writing to the container");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("writing to the container");
         stdin.flush().expect("flush");
     }
 
@@ -368,14 +426,24 @@ pub struct NetNs {
 impl NetNs {
     pub fn new() -> NetNs {
         let mut holder = Command::new("unshare")
-            .args(["--net", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 3600"])
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && echo up && exec sleep 3600",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("unshare --net");
         let mut out = BufReader::new(holder.stdout.take().expect("stdout"));
         let line = read_line_timeout(&mut out, TIMEOUT);
-        assert_eq!(line.as_deref(), Ok("up"), "network namespace holder did not start");
+        assert_eq!(
+            line.as_deref(),
+            Ok("up"),
+            "network namespace holder did not start"
+        );
         let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
         NetNs { holder, path }
     }
@@ -384,8 +452,11 @@ impl NetNs {
     pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let ns = std::fs::File::open(&self.path).expect("opening the netns");
         std::thread::spawn(move || {
-            rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-                .expect("setns into the test netns");
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns into the test netns");
             f()
         })
         .join()
@@ -396,9 +467,12 @@ impl NetNs {
     pub fn http_get(&self, port: u16) -> Result<String, String> {
         self.within(move || {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .map_err(|e| e.to_string())?;
             let mut resp = String::new();
             s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
             Ok(resp)
@@ -454,10 +528,17 @@ impl AgentProc {
 
     /// Starts an agent on `socket`; `Err` carries its output when it exits instead
     /// of becoming ready.
-    pub fn start_at<S: AsRef<str>>(dir: TempDir, socket: &Path, audit: &Path, args: &[S]) -> Result<AgentProc, String> {
+    pub fn start_at<S: AsRef<str>>(
+        dir: TempDir,
+        socket: &Path,
+        audit: &Path,
+        args: &[S],
+    ) -> Result<AgentProc, String> {
         let notify_path = dir.path().join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
-        notify.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let mut child = Command::new(bin("fdgrab"))
             .arg("-vv")
             .arg("agent")
@@ -488,12 +569,18 @@ impl AgentProc {
             }
             if let Ok(Some(st)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
-                return Err(format!("agent exited with {st} before READY=1: {}", log.text()));
+                return Err(format!(
+                    "agent exited with {st} before READY=1: {}",
+                    log.text()
+                ));
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("agent not ready within {TIMEOUT:?}: {}", log.text()));
+                return Err(format!(
+                    "agent not ready within {TIMEOUT:?}: {}",
+                    log.text()
+                ));
             }
         }
         let _ = std::fs::remove_file(&notify_path);
@@ -501,12 +588,21 @@ impl AgentProc {
         // taken from here on are its steady state.
         log.wait_for("fdgrab agent ready", TIMEOUT)?;
         let pid = child.id() as i32;
-        Ok(AgentProc { child, pid, socket: socket.to_owned(), audit: audit.to_owned(), log, dir })
+        Ok(AgentProc {
+            child,
+            pid,
+            socket: socket.to_owned(),
+            audit: audit.to_owned(),
+            log,
+            dir,
+        })
     }
 
     /// The agent's open descriptors, counted in `/proc/PID/fd`.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// The audit log's lines, parsed.

@@ -25,7 +25,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let audit = match a.audit.as_deref() {
         None => AuditSink::none(),
         Some(p) if p == Path::new("-") => AuditSink::stdout(),
-        Some(p) => AuditSink::from_path(p).with_context(|| format!("opening the audit log {}", p.display()))?,
+        Some(p) => AuditSink::from_path(p)
+            .with_context(|| format!("opening the audit log {}", p.display()))?,
     };
     let listener = listen_at(&a.socket)?;
     let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
@@ -39,13 +40,17 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// The agent-wide bound: every `--allow-bind` spec plus the `--policy` file.
 fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
-    let mut policy = Policy::from_specs(&a.allow_bind).map_err(|e| UsageError(format!("--allow-bind: {e}")))?;
+    let mut policy =
+        Policy::from_specs(&a.allow_bind).map_err(|e| UsageError(format!("--allow-bind: {e}")))?;
     if let Some(file) = &a.policy {
-        let from_file = Policy::from_file(file).map_err(|e| UsageError(format!("--policy {}: {e}", file.display())))?;
+        let from_file = Policy::from_file(file)
+            .map_err(|e| UsageError(format!("--policy {}: {e}", file.display())))?;
         policy = policy.merge(from_file);
     }
     if a.allow_bind.is_empty() && a.policy.is_none() {
-        tracing::warn!("no --allow-bind or --policy: containers get no privileged ports from this agent");
+        tracing::warn!(
+            "no --allow-bind or --policy: containers get no privileged ports from this agent"
+        );
     }
     Ok(policy)
 }
@@ -53,31 +58,42 @@ fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
 /// Creates the listening socket at `path`, mode 0600 and owned by root (when we
 /// are root), replacing a stale socket file but never a live agent's.
 fn listen_at(path: &Path) -> anyhow::Result<OwnedFd> {
-    let addr = SocketAddrUnix::new(path).map_err(|e| UsageError(format!("--socket {}: {e}", path.display())))?;
+    let addr = SocketAddrUnix::new(path)
+        .map_err(|e| UsageError(format!("--socket {}: {e}", path.display())))?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if socket_is_live(&addr)? {
                 bail!("another agent is already listening on {}", path.display());
             }
             tracing::info!(socket = %path.display(), "replacing a stale socket");
-            std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
         }
         Ok(_) => {
-            return Err(UsageError(format!("--socket {}: exists and is not a socket; not replacing it", path.display()))
-                .into())
+            return Err(UsageError(format!(
+                "--socket {}: exists and is not a socket; not replacing it",
+                path.display()
+            ))
+            .into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
     }
-    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
-        .context("creating the agent socket")?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("creating the agent socket")?;
     // The file is created by bind with the umask applied; 0177 makes it 0600 from
     // the first instant, so no runtime-visible window exists with wider access.
     let old = rustix::process::umask(Mode::from_raw_mode(0o177));
     let bound = rustix::net::bind(&sock, &addr);
     rustix::process::umask(old);
     bound.with_context(|| format!("binding the agent socket {}", path.display()))?;
-    rustix::fs::chmod(path, Mode::from_raw_mode(0o600)).with_context(|| format!("chmod 0600 {}", path.display()))?;
+    rustix::fs::chmod(path, Mode::from_raw_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
     if rustix::process::geteuid().is_root() {
         rustix::fs::chown(path, Some(Uid::ROOT), Some(rustix::fs::Gid::ROOT))
             .with_context(|| format!("chown root {}", path.display()))?;
@@ -107,15 +123,27 @@ fn socket_is_live(addr: &SocketAddrUnix) -> anyhow::Result<bool> {
 /// Sends `state` to systemd's notification socket when `NOTIFY_SOCKET` is set
 /// (`sd_notify(3)`: a datagram; `@` starts an abstract name).
 fn notify_systemd(state: &str) -> anyhow::Result<()> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
     let addr = match bytes.strip_prefix(b"@") {
         Some(name) => SocketAddrUnix::new_abstract_name(name),
         None => SocketAddrUnix::new(bytes),
     }
     .with_context(|| format!("NOTIFY_SOCKET={target:?}"))?;
-    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
-    rustix::net::sendto(&sock, state.as_bytes(), rustix::net::SendFlags::NOSIGNAL, &addr)
-        .with_context(|| format!("notifying systemd at {target:?}"))?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sendto(
+        &sock,
+        state.as_bytes(),
+        rustix::net::SendFlags::NOSIGNAL,
+        &addr,
+    )
+    .with_context(|| format!("notifying systemd at {target:?}"))?;
     Ok(())
 }

@@ -40,9 +40,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
     /// A container's listener is now supervised.
-    ContainerAdded { container_id: String, listener: ListenerId },
+    ContainerAdded {
+        container_id: String,
+        listener: ListenerId,
+    },
     /// A container's filter has no users left; its listener and policy are gone.
-    ContainerReleased { container_id: String, listener: ListenerId },
+    ContainerReleased {
+        container_id: String,
+        listener: ListenerId,
+    },
     /// A connection was turned away; the reason was logged.
     Rejected { reason: String },
 }
@@ -93,8 +99,18 @@ impl Agent {
     pub fn new(listener: OwnedFd, upper: Policy, supervisor: Supervisor) -> io::Result<Self> {
         rustix::io::ioctl_fionbio(&listener, true)?;
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        epoll::add(&epoll, &listener, epoll::EventData::new_u64(LISTENER_TOKEN), epoll::EventFlags::IN)?;
-        epoll::add(&epoll, &supervisor, epoll::EventData::new_u64(SUPERVISOR_TOKEN), epoll::EventFlags::IN)?;
+        epoll::add(
+            &epoll,
+            &listener,
+            epoll::EventData::new_u64(LISTENER_TOKEN),
+            epoll::EventFlags::IN,
+        )?;
+        epoll::add(
+            &epoll,
+            &supervisor,
+            epoll::EventData::new_u64(SUPERVISOR_TOKEN),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Agent {
             epoll,
             listener,
@@ -129,7 +145,9 @@ impl Agent {
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<Vec<AgentEvent>> {
         let mut events = Vec::new();
         let now = Instant::now();
-        let wait = self.next_deadline().map(|d| d.saturating_duration_since(now));
+        let wait = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
         let wait = match (timeout, wait) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -139,7 +157,11 @@ impl Agent {
             tv_nsec: i64::from(d.subsec_nanos()),
         });
         let mut ready = Vec::with_capacity(64);
-        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut ready), ts.as_ref()) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut ready),
+            ts.as_ref(),
+        ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -155,12 +177,19 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.connections.values().map(|c| c.deadline).chain(self.accept_paused_until).min()
+        self.connections
+            .values()
+            .map(|c| c.deadline)
+            .chain(self.accept_paused_until)
+            .min()
     }
 
     fn accept_all(&mut self) {
         loop {
-            match rustix::net::accept_with(&self.listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            match rustix::net::accept_with(
+                &self.listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
                 Ok(sock) => self.add_connection(sock),
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR | Errno::CONNABORTED) => {}
@@ -187,13 +216,21 @@ impl Agent {
 
     fn add_connection(&mut self, sock: OwnedFd) {
         if self.connections.len() >= MAX_PENDING_CONNECTIONS {
-            tracing::warn!(limit = MAX_PENDING_CONNECTIONS, "too many connections being read; closing a new one");
+            tracing::warn!(
+                limit = MAX_PENDING_CONNECTIONS,
+                "too many connections being read; closing a new one"
+            );
             return;
         }
         let peer = rustix::net::sockopt::socket_peercred(&sock).ok();
         let token = self.next_token;
         self.next_token += 1;
-        if let Err(e) = epoll::add(&self.epoll, &sock, epoll::EventData::new_u64(token), epoll::EventFlags::IN) {
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &sock,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN,
+        ) {
             tracing::error!(error = %e, "could not watch a new connection; closing it");
             return;
         }
@@ -204,11 +241,20 @@ impl Agent {
             "runtime connected"
         );
         let deadline = Instant::now() + self.connection_timeout;
-        self.connections.insert(token, Connection { sock, reader: StateReader::new(), deadline });
+        self.connections.insert(
+            token,
+            Connection {
+                sock,
+                reader: StateReader::new(),
+                deadline,
+            },
+        );
     }
 
     fn read_connection(&mut self, token: u64, events: &mut Vec<AgentEvent>) {
-        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let Some(conn) = self.connections.get_mut(&token) else {
+            return;
+        };
         let outcome = conn.reader.read_from(conn.sock.as_fd());
         if matches!(outcome, Ok(ReadProgress::Pending)) {
             return;
@@ -225,12 +271,18 @@ impl Agent {
             }
             Err(rejection) => {
                 tracing::warn!(token, reason = %rejection, "rejected a seccomp agent connection");
-                events.push(AgentEvent::Rejected { reason: rejection.to_string() });
+                events.push(AgentEvent::Rejected {
+                    reason: rejection.to_string(),
+                });
             }
         }
     }
 
-    fn add_container(&mut self, listener: crate::supervise::oci::ContainerListener, events: &mut Vec<AgentEvent>) {
+    fn add_container(
+        &mut self,
+        listener: crate::supervise::oci::ContainerListener,
+        events: &mut Vec<AgentEvent>,
+    ) {
         let state = listener.state;
         let container_id = state.state.id.clone();
         let policy = match container_policy(&self.upper, &state) {
@@ -244,8 +296,14 @@ impl Agent {
                 deny_all()
             }
         };
-        let labels = AuditLabels { container_id: Some(container_id.clone()), bundle: Some(state.state.bundle.clone()) };
-        match self.supervisor.add_listener(listener.notify_fd, policy, labels) {
+        let labels = AuditLabels {
+            container_id: Some(container_id.clone()),
+            bundle: Some(state.state.bundle.clone()),
+        };
+        match self
+            .supervisor
+            .add_listener(listener.notify_fd, policy, labels)
+        {
             Ok(id) => {
                 tracing::info!(
                     container = %container_id,
@@ -256,8 +314,16 @@ impl Agent {
                     containers = self.containers.len() + 1,
                     "supervising container"
                 );
-                self.containers.insert(id, Container { id: container_id.clone() });
-                events.push(AgentEvent::ContainerAdded { container_id, listener: id });
+                self.containers.insert(
+                    id,
+                    Container {
+                        id: container_id.clone(),
+                    },
+                );
+                events.push(AgentEvent::ContainerAdded {
+                    container_id,
+                    listener: id,
+                });
             }
             Err(e) => {
                 let reason = format!("supervising container {container_id}: {e}");
@@ -268,16 +334,26 @@ impl Agent {
     }
 
     fn dispatch(&mut self, events: &mut Vec<AgentEvent>) -> io::Result<()> {
-        let happened = self.supervisor.dispatch(Some(Duration::ZERO)).map_err(io::Error::other)?;
+        let happened = self
+            .supervisor
+            .dispatch(Some(Duration::ZERO))
+            .map_err(io::Error::other)?;
         for ev in happened {
             if let SupervisorEvent::ListenerClosed(id) = ev {
-                let container_id = self.containers.remove(&id).map(|c| c.id).unwrap_or_default();
+                let container_id = self
+                    .containers
+                    .remove(&id)
+                    .map(|c| c.id)
+                    .unwrap_or_default();
                 tracing::info!(
                     container = %container_id,
                     containers = self.containers.len(),
                     "container's filter has no users left; released"
                 );
-                events.push(AgentEvent::ContainerReleased { container_id, listener: id });
+                events.push(AgentEvent::ContainerReleased {
+                    container_id,
+                    listener: id,
+                });
             }
         }
         Ok(())
@@ -296,7 +372,12 @@ impl Agent {
                 tracing::error!(error = %e, "could not resume the listening socket");
             }
         }
-        let late: Vec<u64> = self.connections.iter().filter(|(_, c)| c.deadline <= now).map(|(t, _)| *t).collect();
+        let late: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
         for token in late {
             if let Some(conn) = self.connections.remove(&token) {
                 let reason = format!(

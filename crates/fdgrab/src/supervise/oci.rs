@@ -167,8 +167,12 @@ impl StateReader {
         loop {
             let got = match recv_fds(sock, &mut chunk, MAX_FDS) {
                 Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadProgress::Pending),
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(Rejection::TooManyFds),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadProgress::Pending)
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Rejection::TooManyFds)
+                }
                 Err(e) if e.raw_os_error() == Some(Errno::CONNRESET.raw_os_error()) => {
                     return Err(self.ended());
                 }
@@ -200,7 +204,9 @@ impl StateReader {
         if self.buf.is_empty() {
             Rejection::Empty
         } else {
-            Rejection::Truncated { len: self.buf.len() }
+            Rejection::Truncated {
+                len: self.buf.len(),
+            }
         }
     }
 }
@@ -221,22 +227,40 @@ pub fn parse_document(buf: &[u8]) -> Result<Option<ContainerProcessState>, Rejec
 /// Matches the named descriptors against the received ones and checks that the
 /// `seccompFd` one really is a seccomp listener. Descriptors other than the
 /// listener are closed here.
-pub fn take_listener(state: ContainerProcessState, fds: Vec<OwnedFd>) -> Result<ContainerListener, Rejection> {
+pub fn take_listener(
+    state: ContainerProcessState,
+    fds: Vec<OwnedFd>,
+) -> Result<ContainerListener, Rejection> {
     if state.state.status == ContainerStatus::Stopped {
         return Err(Rejection::Stopped);
     }
     if state.fds.len() != fds.len() {
-        return Err(Rejection::FdCountMismatch { names: state.fds.len(), received: fds.len() });
+        return Err(Rejection::FdCountMismatch {
+            names: state.fds.len(),
+            received: fds.len(),
+        });
     }
-    let positions: Vec<usize> =
-        state.fds.iter().enumerate().filter(|(_, n)| *n == SECCOMP_FD_NAME).map(|(i, _)| i).collect();
+    let positions: Vec<usize> = state
+        .fds
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| *n == SECCOMP_FD_NAME)
+        .map(|(i, _)| i)
+        .collect();
     let index = match positions.as_slice() {
-        [] => return Err(Rejection::NoSeccompFd { names: state.fds.clone() }),
+        [] => {
+            return Err(Rejection::NoSeccompFd {
+                names: state.fds.clone(),
+            })
+        }
         [i] => *i,
         many => return Err(Rejection::DuplicateSeccompFd { count: many.len() }),
     };
     let Some(notify_fd) = fds.into_iter().nth(index) else {
-        return Err(Rejection::FdCountMismatch { names: state.fds.len(), received: index });
+        return Err(Rejection::FdCountMismatch {
+            names: state.fds.len(),
+            received: index,
+        });
     };
     check_seccomp_listener(notify_fd.as_fd())?;
     Ok(ContainerListener { state, notify_fd })
@@ -249,7 +273,9 @@ fn check_seccomp_listener(fd: BorrowedFd<'_>) -> Result<(), Rejection> {
     if link.as_os_str() == "anon_inode:seccomp notify" {
         Ok(())
     } else {
-        Err(Rejection::NotSeccompListener { kind: link.to_string_lossy().into_owned() })
+        Err(Rejection::NotSeccompListener {
+            kind: link.to_string_lossy().into_owned(),
+        })
     }
 }
 
@@ -285,15 +311,27 @@ pub struct NarrowError {
 /// `;`; the only key is `allow-bind`, whose value (like the annotation's) is a
 /// comma-separated list of bind specs. An empty value asks for nothing at all.
 /// Because the result is an intersection, a container can only ever lose ports.
-pub fn container_policy(upper: &Arc<Policy>, state: &ContainerProcessState) -> Result<Arc<Policy>, NarrowError> {
+pub fn container_policy(
+    upper: &Arc<Policy>,
+    state: &ContainerProcessState,
+) -> Result<Arc<Policy>, NarrowError> {
     let mut requests = Vec::new();
     if let Some(meta) = state.metadata.as_deref() {
-        for item in meta.split(|c: char| c == ';' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-            let err = |reason: String| NarrowError { source_kind: NarrowSource::Metadata, reason };
-            let (key, value) =
-                item.split_once('=').ok_or_else(|| err(format!("`{item}` is not KEY=VALUE")))?;
+        for item in meta
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+        {
+            let err = |reason: String| NarrowError {
+                source_kind: NarrowSource::Metadata,
+                reason,
+            };
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| err(format!("`{item}` is not KEY=VALUE")))?;
             if key != METADATA_ALLOW_BIND {
-                return Err(err(format!("unknown key `{key}` (the only key is `{METADATA_ALLOW_BIND}`)")));
+                return Err(err(format!(
+                    "unknown key `{key}` (the only key is `{METADATA_ALLOW_BIND}`)"
+                )));
             }
             requests.push((NarrowSource::Metadata, value));
         }
@@ -303,10 +341,21 @@ pub fn container_policy(upper: &Arc<Policy>, state: &ContainerProcessState) -> R
     }
     let mut narrowed: Option<Policy> = None;
     for (source_kind, value) in requests {
-        let specs: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let asked =
-            Policy::from_specs(&specs).map_err(|e| NarrowError { source_kind, reason: e.to_string() })?;
-        narrowed = Some(narrowed.as_ref().unwrap_or(upper.as_ref()).intersect(&asked));
+        let specs: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let asked = Policy::from_specs(&specs).map_err(|e| NarrowError {
+            source_kind,
+            reason: e.to_string(),
+        })?;
+        narrowed = Some(
+            narrowed
+                .as_ref()
+                .unwrap_or(upper.as_ref())
+                .intersect(&asked),
+        );
     }
     Ok(narrowed.map_or_else(|| Arc::clone(upper), Arc::new))
 }
@@ -327,15 +376,21 @@ mod tests {
 
     #[test]
     fn parses_what_runc_and_crun_send() {
-        let r = parse_document(RUNC.as_bytes()).expect("runc").expect("complete");
+        let r = parse_document(RUNC.as_bytes())
+            .expect("runc")
+            .expect("complete");
         assert_eq!(r.state.id, "r5test");
         assert_eq!(r.fds, vec![SECCOMP_FD_NAME]);
         assert_eq!(r.metadata.as_deref(), Some("allow-bind=tcp:80"));
-        let c = parse_document(CRUN.as_bytes()).expect("crun").expect("complete");
+        let c = parse_document(CRUN.as_bytes())
+            .expect("crun")
+            .expect("complete");
         assert_eq!(c.oci_version, "0.2.0");
         assert_eq!(c.state.status, ContainerStatus::Creating);
         let running = RUNC.replace("creating", "running");
-        let r = parse_document(running.as_bytes()).expect("running").expect("complete");
+        let r = parse_document(running.as_bytes())
+            .expect("running")
+            .expect("complete");
         assert_eq!(r.state.status, ContainerStatus::Running);
     }
 
@@ -367,35 +422,55 @@ mod tests {
 
     #[test]
     fn fd_names_must_match_the_descriptors() {
-        let state = parse_document(RUNC.as_bytes()).expect("parse").expect("complete");
+        let state = parse_document(RUNC.as_bytes())
+            .expect("parse")
+            .expect("complete");
         assert!(matches!(
             take_listener(state.clone(), Vec::new()),
-            Err(Rejection::FdCountMismatch { names: 1, received: 0 })
+            Err(Rejection::FdCountMismatch {
+                names: 1,
+                received: 0
+            })
         ));
         let (a, b) = rustix::pipe::pipe().expect("pipe");
         assert!(matches!(
             take_listener(state.clone(), vec![a, b]),
-            Err(Rejection::FdCountMismatch { names: 1, received: 2 })
+            Err(Rejection::FdCountMismatch {
+                names: 1,
+                received: 2
+            })
         ));
         let (a, _b) = rustix::pipe::pipe().expect("pipe");
         match take_listener(state.clone(), vec![a]) {
-            Err(Rejection::NotSeccompListener { kind }) => assert!(kind.starts_with("pipe:"), "{kind}"),
+            Err(Rejection::NotSeccompListener { kind }) => {
+                assert!(kind.starts_with("pipe:"), "{kind}")
+            }
             other => panic!("{other:?}"),
         }
         let mut other = state.clone();
         other.fds = vec!["somethingElse".into()];
         let (a, _b) = rustix::pipe::pipe().expect("pipe");
-        assert!(matches!(take_listener(other, vec![a]), Err(Rejection::NoSeccompFd { .. })));
+        assert!(matches!(
+            take_listener(other, vec![a]),
+            Err(Rejection::NoSeccompFd { .. })
+        ));
         let mut stopped = state;
         stopped.state.status = ContainerStatus::Stopped;
-        assert!(matches!(take_listener(stopped, Vec::new()), Err(Rejection::Stopped)));
+        assert!(matches!(
+            take_listener(stopped, Vec::new()),
+            Err(Rejection::Stopped)
+        ));
     }
 
     fn state_with(metadata: Option<&str>, annotation: Option<&str>) -> ContainerProcessState {
-        let mut s = parse_document(RUNC.as_bytes()).expect("parse").expect("complete");
+        let mut s = parse_document(RUNC.as_bytes())
+            .expect("parse")
+            .expect("complete");
         s.metadata = metadata.map(str::to_owned);
         if let Some(a) = annotation {
-            s.state.annotations.insert(ALLOW_BIND_ANNOTATION.into(), a.into());
+            s.state
+                .annotations
+                .insert(ALLOW_BIND_ANNOTATION.into(), a.into());
         }
         s
     }
@@ -410,18 +485,32 @@ mod tests {
         let p = container_policy(&upper, &state_with(None, None)).expect("no request");
         assert!(p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
 
-        let p = container_policy(&upper, &state_with(Some("allow-bind=tcp:443"), None)).expect("meta");
+        let p =
+            container_policy(&upper, &state_with(Some("allow-bind=tcp:443"), None)).expect("meta");
         assert!(!p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
 
-        let p = container_policy(&upper, &state_with(None, Some("tcp:80, tcp:22"))).expect("annotation");
-        assert!(p.allows(Proto::Tcp, lo, 80) && !p.allows(Proto::Tcp, lo, 22) && !p.allows(Proto::Tcp, lo, 443));
+        let p = container_policy(&upper, &state_with(None, Some("tcp:80, tcp:22")))
+            .expect("annotation");
+        assert!(
+            p.allows(Proto::Tcp, lo, 80)
+                && !p.allows(Proto::Tcp, lo, 22)
+                && !p.allows(Proto::Tcp, lo, 443)
+        );
 
-        let p = container_policy(&upper, &state_with(Some("allow-bind=tcp:80,tcp:443"), Some("tcp:443")))
-            .expect("both");
+        let p = container_policy(
+            &upper,
+            &state_with(Some("allow-bind=tcp:80,tcp:443"), Some("tcp:443")),
+        )
+        .expect("both");
         assert!(!p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
 
-        let p = container_policy(&upper, &state_with(Some("allow-bind=tcp:1-1023"), None)).expect("wide");
-        assert!(p.allows(Proto::Tcp, lo, 80) && !p.allows(Proto::Tcp, lo, 22) && !p.allows(Proto::Udp, lo, 80));
+        let p = container_policy(&upper, &state_with(Some("allow-bind=tcp:1-1023"), None))
+            .expect("wide");
+        assert!(
+            p.allows(Proto::Tcp, lo, 80)
+                && !p.allows(Proto::Tcp, lo, 22)
+                && !p.allows(Proto::Udp, lo, 80)
+        );
 
         let p = container_policy(&upper, &state_with(Some("allow-bind="), None)).expect("nothing");
         assert!(!p.allows(Proto::Tcp, lo, 80));
@@ -430,7 +519,8 @@ mod tests {
             let e = container_policy(&upper, &state_with(Some(bad), None)).expect_err(bad);
             assert_eq!(e.source_kind, NarrowSource::Metadata, "{bad}: {e}");
         }
-        let e = container_policy(&upper, &state_with(None, Some("tcp:99999"))).expect_err("annotation");
+        let e =
+            container_policy(&upper, &state_with(None, Some("tcp:99999"))).expect_err("annotation");
         assert_eq!(e.source_kind, NarrowSource::Annotation);
 
         let none = deny_all();
