@@ -52,6 +52,16 @@ pub enum Command {
     /// Each message carries at most 253 fds and the text
     /// "fdgrab pid=PID fds=N,N,...\n" naming the target's numbers, in order.
     Send(SendArgs),
+    /// Run a command under a seccomp supervisor that performs its privileged binds.
+    ///
+    /// `bind` is trapped with seccomp user notification. A bind to a port below the
+    /// socket netns's ip_unprivileged_port_start that the policy allows is performed
+    /// by fdgrab on the program's own socket and answered with the exact result;
+    /// every other bind is handed back to the kernel untouched. io_uring_setup fails
+    /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
+    /// SIGHUP and exits with the program's status.
+    Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
     ///
     /// Runtimes connect to --socket (the seccomp profile's `listenerPath`) and hand
@@ -115,6 +125,30 @@ pub struct SendArgs {
     /// Path of a listening unix stream socket (`@name` for an abstract one).
     #[arg(long, value_name = "SOCKET_PATH")]
     pub to: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
+    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Allow binds matching SPEC = [tcp|udp:]PORT[-PORT][@ADDR]. Repeatable.
+    #[arg(long = "allow-bind", value_name = "SPEC")]
+    pub allow_bind: Vec<String>,
+    /// A TOML policy file (format in README); its rules are added to --allow-bind.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Append one JSON line per decision to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub audit: Option<PathBuf>,
+    /// Do not kill the program (SIGKILL as parent-death signal) if fdgrab dies.
+    /// Its trapped binds then fail with ENOSYS.
+    #[arg(long)]
+    pub keep_running_on_supervisor_exit: bool,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,6 +9,9 @@ use std::io;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, with enough context to act on it.
+///
+/// Variants that wrap an OS error expose it through `source()` rather than in their
+/// own message, so printing the chain (`{:#}` with anyhow) shows it exactly once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -33,7 +36,7 @@ pub enum Error {
 
     /// The running kernel lacks a system call or flag we need (`ENOSYS`, or `EINVAL`
     /// for an unknown flag).
-    #[error("{op} is not supported by this kernel (needs Linux {needs} or later): {source}")]
+    #[error("{op} is not supported by this kernel (needs Linux {needs} or later)")]
     Unsupported {
         op: &'static str,
         needs: &'static str,
@@ -55,7 +58,7 @@ pub enum Error {
     WrongKind { pid: Pid, fd: TargetFd, reason: String },
 
     /// Any other system error, with the operation that hit it.
-    #[error("{op} (process {pid}{}): {source}", fd_suffix(*.fd))]
+    #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
     Io {
         op: &'static str,
         pid: Pid,

@@ -176,8 +176,9 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
                 uids[1], uids[0], uids[1], uids[2]
             ));
         }
-        // Non-dumpable processes have their /proc entries owned by root.
-        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}")) {
+        // The files inside /proc/PID of a non-dumpable process are owned by root,
+        // whatever its uid.
+        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/status")) {
             if meta.uid() == 0 && uids[1] != 0 && our_euid != 0 {
                 causes.push(
                     "the target is not dumpable (set-uid/set-gid exec, or prctl(PR_SET_DUMPABLE, 0))"

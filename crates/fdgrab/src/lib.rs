@@ -14,6 +14,8 @@ pub mod inventory;
 pub mod passfd;
 pub mod pidfd;
 mod procfs;
+pub mod seccomp;
+pub mod supervise;
 mod sys;
 
 pub use error::{Error, Result};

@@ -98,3 +98,20 @@ pub(crate) fn pidfd_send_signal(pidfd: impl AsFd, sig: i32) -> Result<(), Errno>
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
+
+/// `SIOCGSKNS` (4.9): an fd for the network namespace a socket lives in.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// `ioctl(sock, SIOCGSKNS)`: the socket's own netns, which may differ from the
+/// netns of any thread that holds it. Needs `CAP_NET_ADMIN` over that netns.
+pub(crate) fn socket_netns(sock: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+    let r = unsafe { libc::ioctl(sock.as_fd().as_raw_fd(), SIOCGSKNS as _) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        // SAFETY: on success the return value is a fresh fd that we now own.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) })
+    }
+}

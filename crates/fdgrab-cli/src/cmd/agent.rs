@@ -38,19 +38,13 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The agent-wide bound: every `--allow-bind` spec plus the `--policy` file.
+/// The agent-wide bound: every `--allow-bind` spec plus the `--policy` file,
+/// read exactly as `fdgrab run` reads them.
 fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
-    let mut policy =
-        Policy::from_specs(&a.allow_bind).map_err(|e| UsageError(format!("--allow-bind: {e}")))?;
-    if let Some(file) = &a.policy {
-        let from_file = Policy::from_file(file)
-            .map_err(|e| UsageError(format!("--policy {}: {e}", file.display())))?;
-        policy = policy.merge(from_file);
-    }
-    if a.allow_bind.is_empty() && a.policy.is_none() {
-        tracing::warn!(
-            "no --allow-bind or --policy: containers get no privileged ports from this agent"
-        );
+    let policy = super::run::load_policy(&a.allow_bind, a.policy.as_deref())
+        .context("the agent's policy (--allow-bind, --policy)")?;
+    if policy.is_empty() {
+        tracing::warn!("empty policy: containers get no privileged ports from this agent");
     }
     Ok(policy)
 }

@@ -5,6 +5,7 @@ mod cat;
 mod docs;
 mod get;
 mod ls;
+mod run;
 mod send;
 
 use crate::cli::{Cli, Command};
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Run(a) => run::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
