@@ -28,7 +28,8 @@ pub fn parse_fd(s: &str) -> Result<TargetFd, String> {
     if n < 0 {
         return Err(format!("fd {n} is negative; descriptor numbers start at 0"));
     }
-    let raw = i32::try_from(n).map_err(|_| format!("fd {n} is out of range (at most {})", i32::MAX))?;
+    let raw =
+        i32::try_from(n).map_err(|_| format!("fd {n} is out of range (at most {})", i32::MAX))?;
     TargetFd::new(raw).ok_or_else(|| format!("fd {n} is not valid"))
 }
 
@@ -47,7 +48,9 @@ pub fn parse_fd_map(s: &str) -> Result<FdMap, String> {
     let fd = parse_fd(src)?;
     let new_fd = match dst {
         None => fd.as_raw(),
-        Some(d) => parse_fd(d).map_err(|e| format!("NEWFD in '{s}': {e}"))?.as_raw(),
+        Some(d) => parse_fd(d)
+            .map_err(|e| format!("NEWFD in '{s}': {e}"))?
+            .as_raw(),
     };
     Ok(FdMap { fd, new_fd })
 }
@@ -62,7 +65,9 @@ mod tests {
         assert!(parse_pid("0").unwrap_err().contains("pid 0"));
         assert!(parse_pid("-3").unwrap_err().contains("negative"));
         assert!(parse_pid("abc").unwrap_err().contains("'abc'"));
-        assert!(parse_pid("99999999999").unwrap_err().contains("out of range"));
+        assert!(parse_pid("99999999999")
+            .unwrap_err()
+            .contains("out of range"));
     }
 
     #[test]
@@ -73,7 +78,9 @@ mod tests {
         assert_eq!((m.fd.as_raw(), m.new_fd), (4, 4));
         assert!(parse_fd_map("-1").unwrap_err().contains("negative"));
         assert!(parse_fd_map("3:-1").unwrap_err().contains("NEWFD"));
-        assert!(parse_fd_map("99999999999").unwrap_err().contains("out of range"));
+        assert!(parse_fd_map("99999999999")
+            .unwrap_err()
+            .contains("out of range"));
         assert!(parse_fd_map("x").unwrap_err().contains("'x'"));
     }
 }

@@ -41,7 +41,9 @@ pub fn code_for(e: &anyhow::Error) -> Code {
         }
         if let Some(err) = cause.downcast_ref::<fdgrab::Error>() {
             return match err {
-                fdgrab::Error::NoSuchProcess { .. } | fdgrab::Error::NoSuchFd { .. } => Code::NoSuchProcessOrFd,
+                fdgrab::Error::NoSuchProcess { .. } | fdgrab::Error::NoSuchFd { .. } => {
+                    Code::NoSuchProcessOrFd
+                }
                 fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,

@@ -21,13 +21,22 @@ impl FdPlan {
         let mut seen = HashSet::new();
         for (_, to) in &pairs {
             if !seen.insert(*to) {
-                return Err(UsageError(format!("fd number {to} is the destination of more than one fd")).into());
+                return Err(UsageError(format!(
+                    "fd number {to} is the destination of more than one fd"
+                ))
+                .into());
             }
         }
         // Every source is first moved above every destination, so that installing one
         // fd can never overwrite another source that is still to be installed. The
         // copies are close-on-exec; dup2 onto the destination clears that flag.
-        let floor = pairs.iter().map(|(_, to)| *to).max().unwrap_or(0).saturating_add(1).max(3);
+        let floor = pairs
+            .iter()
+            .map(|(_, to)| *to)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(3);
         let mut moves = Vec::with_capacity(pairs.len());
         for (fd, to) in pairs {
             let high = fcntl_dupfd_cloexec(&fd, floor).context("duplicating a grabbed fd")?;
@@ -38,7 +47,11 @@ impl FdPlan {
 
     /// Applies the plan to `cmd`, to run in the child between fork and exec.
     pub fn apply(&self, cmd: &mut Command) {
-        let pairs: Vec<(RawFd, RawFd)> = self.moves.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
+        let pairs: Vec<(RawFd, RawFd)> = self
+            .moves
+            .iter()
+            .map(|(fd, to)| (fd.as_raw_fd(), *to))
+            .collect();
         // SAFETY: the closure runs in the forked child before exec and only calls
         // dup2 and fcntl, which are async-signal-safe; it allocates nothing.
         unsafe {
@@ -61,11 +74,14 @@ impl FdPlan {
 
 /// Spawns `argv` with `plan` applied.
 pub fn spawn(argv: &[OsString], plan: &FdPlan) -> Result<Child> {
-    let (prog, rest) = argv.split_first().ok_or_else(|| UsageError("no command given after --".into()))?;
+    let (prog, rest) = argv
+        .split_first()
+        .ok_or_else(|| UsageError("no command given after --".into()))?;
     let mut cmd = Command::new(prog);
     cmd.args(rest);
     plan.apply(&mut cmd);
-    cmd.spawn().with_context(|| format!("cannot run '{}'", prog.to_string_lossy()))
+    cmd.spawn()
+        .with_context(|| format!("cannot run '{}'", prog.to_string_lossy()))
 }
 
 /// The exit code a shell would report for `status`: the exit code, or 128+signal.

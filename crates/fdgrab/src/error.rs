@@ -55,7 +55,11 @@ pub enum Error {
     /// A file we expected to be of one kind is of another (e.g. `cat` on a socket
     /// without consuming).
     #[error("process {pid} fd {fd}: {reason}")]
-    WrongKind { pid: Pid, fd: TargetFd, reason: String },
+    WrongKind {
+        pid: Pid,
+        fd: TargetFd,
+        reason: String,
+    },
 
     /// Any other system error, with the operation that hit it.
     #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
@@ -74,8 +78,18 @@ fn fd_suffix(fd: Option<TargetFd>) -> String {
 
 impl Error {
     /// Builds an `Io` error from a rustix errno.
-    pub(crate) fn io(op: &'static str, pid: Pid, fd: Option<TargetFd>, e: rustix::io::Errno) -> Self {
-        Error::Io { op, pid, fd, source: e.into() }
+    pub(crate) fn io(
+        op: &'static str,
+        pid: Pid,
+        fd: Option<TargetFd>,
+        e: rustix::io::Errno,
+    ) -> Self {
+        Error::Io {
+            op,
+            pid,
+            fd,
+            source: e.into(),
+        }
     }
 
     /// The pid the error is about, when it is about one.

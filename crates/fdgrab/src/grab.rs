@@ -64,9 +64,11 @@ impl GrabOptions {
     /// Takes one descriptor.
     pub fn grab(&self, target: &PidFd, fd: TargetFd) -> Result<Grabbed> {
         match self.backend {
-            Backend::Auto | Backend::Pidfd => {
-                grab(target, fd).map(|ours| Grabbed { target_fd: fd, fd: ours, backend: Backend::Pidfd })
-            }
+            Backend::Auto | Backend::Pidfd => grab(target, fd).map(|ours| Grabbed {
+                target_fd: fd,
+                fd: ours,
+                backend: Backend::Pidfd,
+            }),
         }
     }
 
@@ -117,10 +119,17 @@ fn grab_via_live_thread(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
     let pid = target.pid();
     let tids = procfs::tasks(pid).map_err(|_| Error::NoSuchProcess { pid })?;
     for tid in tids.into_iter().filter(|&t| t != pid) {
-        let Ok(thread) = PidFd::open_thread(tid) else { continue };
+        let Ok(thread) = PidFd::open_thread(tid) else {
+            continue;
+        };
         match pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
             Ok(ours) => {
-                tracing::debug!(pid, tid, fd = fd.as_raw(), "leader exited; took fd through a thread pidfd");
+                tracing::debug!(
+                    pid,
+                    tid,
+                    fd = fd.as_raw(),
+                    "leader exited; took fd through a thread pidfd"
+                );
                 return Ok(ours);
             }
             Err(Errno::SRCH) => continue,
@@ -143,7 +152,11 @@ fn getfd_error(target: &PidFd, fd: TargetFd, e: Errno) -> Error {
             hint: permission_hint(pid),
         },
         Errno::MFILE | Errno::NFILE => Error::TooManyFiles { pid, fd },
-        Errno::NOSYS => Error::Unsupported { op: "pidfd_getfd", needs: "5.6", source: e.into() },
+        Errno::NOSYS => Error::Unsupported {
+            op: "pidfd_getfd",
+            needs: "5.6",
+            source: e.into(),
+        },
         e => Error::io("pidfd_getfd", pid, Some(fd), e),
     }
 }
@@ -153,7 +166,9 @@ impl Error {
         match self {
             Error::NoSuchProcess { .. } => Error::NoSuchProcess { pid },
             Error::NoSuchFd { fd, .. } => Error::NoSuchFd { pid, fd },
-            Error::PermissionDenied { fd, op, hint, .. } => Error::PermissionDenied { pid, fd, op, hint },
+            Error::PermissionDenied { fd, op, hint, .. } => {
+                Error::PermissionDenied { pid, fd, op, hint }
+            }
             Error::TooManyFiles { fd, .. } => Error::TooManyFiles { pid, fd },
             other => other,
         }
@@ -189,10 +204,14 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
     }
     match procfs::yama_ptrace_scope() {
         Some(1) if our_euid != 0 => causes.push(
-            "Yama ptrace_scope is 1: only descendants can be accessed without CAP_SYS_PTRACE".into(),
+            "Yama ptrace_scope is 1: only descendants can be accessed without CAP_SYS_PTRACE"
+                .into(),
         ),
-        Some(2) => causes.push("Yama ptrace_scope is 2: only CAP_SYS_PTRACE may access other processes".into()),
-        Some(3) => causes.push("Yama ptrace_scope is 3: process access is disabled for everyone".into()),
+        Some(2) => causes
+            .push("Yama ptrace_scope is 2: only CAP_SYS_PTRACE may access other processes".into()),
+        Some(3) => {
+            causes.push("Yama ptrace_scope is 3: process access is disabled for everyone".into())
+        }
         _ => {}
     }
     if causes.is_empty() {
@@ -201,7 +220,11 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
         format!(
             "possible causes: another uid, a non-dumpable target, Yama's ptrace_scope, or an LSM \
              policy{}",
-            if lsm.is_empty() { String::new() } else { format!(" (active LSMs: {lsm})") }
+            if lsm.is_empty() {
+                String::new()
+            } else {
+                format!(" (active LSMs: {lsm})")
+            }
         )
     } else {
         causes.join("; ")
@@ -217,12 +240,18 @@ pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<b
     match sys::kcmp_file(target.pid(), fd.as_raw(), me, ours.as_raw_fd()) {
         Ok(same) => return Ok(same),
         Err(Errno::NOSYS) | Err(Errno::PERM) => {}
-        Err(Errno::BADF) => return Err(Error::NoSuchFd { pid: target.pid(), fd }),
+        Err(Errno::BADF) => {
+            return Err(Error::NoSuchFd {
+                pid: target.pid(),
+                fd,
+            })
+        }
         Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid: target.pid() }),
         Err(e) => return Err(Error::io("kcmp", target.pid(), Some(fd), e)),
     }
     let theirs = rustix::fs::stat(format!("/proc/{}/fd/{}", target.pid(), fd))
         .map_err(|e| Error::io("stat(/proc/PID/fd/N)", target.pid(), Some(fd), e))?;
-    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
+    let mine = rustix::fs::fstat(ours.as_fd())
+        .map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
     Ok(theirs.st_dev == mine.st_dev && theirs.st_ino == mine.st_ino)
 }

@@ -165,39 +165,63 @@ const O_CLOEXEC_BIT: u32 = 0o2000000;
 /// than a partial list that could belong to a recycled pid.
 pub fn inventory(target: &PidFd) -> Result<Inventory> {
     let pid = target.pid();
-    let proc_dir = openat(
-        rustix::fs::CWD,
-        format!("/proc/{pid}"),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
-    let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
-    let fdinfo_dir =
-        openat(&proc_dir, "fdinfo", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
-
-    let mut numbers = Vec::new();
-    let mut dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-    while let Some(entry) = dir.next() {
-        let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
-            numbers.push(n);
+    let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
+    // Once the thread-group leader has exited, /proc/PID/fd is empty even though
+    // the other threads still share a live fd table; read it through one of them.
+    if numbers.is_empty() && target.is_alive() {
+        for tid in crate::procfs::tasks(pid).unwrap_or_default().into_iter().filter(|&t| t != pid) {
+            if let Ok((d, n)) = ProcDirs::open(pid, &format!("/proc/{pid}/task/{tid}")) {
+                if !n.is_empty() {
+                    tracing::debug!(pid, tid, "leader exited; listing fds through a live thread");
+                    (dirs, numbers) = (d, n);
+                    break;
+                }
+            }
         }
     }
-    numbers.sort_unstable();
+    let ProcDirs { proc_dir, fd_dir, fdinfo_dir } = dirs;
 
-    let mut reader = EntryReader { pid, fd_dir: &fd_dir, fdinfo_dir: &fdinfo_dir, fs_devs: HashMap::new() };
-    let mut fds = Vec::with_capacity(numbers.len());
-    for n in numbers {
-        if let Some(e) = reader.read(n)? {
-            fds.push(e);
+    // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
+    // and all independent, so large tables are split across cores. The socket
+    // tables are read meanwhile on one more thread.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS);
+    let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
+    let (mut fds, table) = std::thread::scope(|s| {
+        let table = s.spawn(|| sockets::SocketTable::load(pid, &proc_dir));
+        let handles: Vec<_> = numbers
+            .chunks(chunk.max(1))
+            .map(|part| {
+                let (fd_dir, fdinfo_dir) = (&fd_dir, &fdinfo_dir);
+                s.spawn(move || {
+                    let mut reader = EntryReader {
+                        pid,
+                        fd_dir,
+                        fdinfo_dir,
+                        devs_by_mount: HashMap::new(),
+                        pseudo_mounts: HashMap::new(),
+                    };
+                    let mut out = Vec::with_capacity(part.len());
+                    for &n in part {
+                        if let Some(e) = reader.read(n)? {
+                            out.push(e);
+                        }
+                    }
+                    Ok::<_, Error>(out)
+                })
+            })
+            .collect();
+        let mut fds = Vec::with_capacity(numbers.len());
+        for h in handles {
+            fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
         }
-    }
+        let table = table.join().map_err(|_| worker_panicked(pid));
+        Ok::<_, Error>((fds, table))
+    })?;
 
     if fds.iter().any(|e| e.kind == FdKind::Socket) {
-        let table = sockets::SocketTable::load(pid, &proc_dir)?;
+        let table = table??;
         for e in fds.iter_mut().filter(|e| e.kind == FdKind::Socket) {
             if let Some(ino) = e.inode {
                 e.socket = Some(table.lookup(ino, &fd_dir, e.fd));
@@ -211,15 +235,63 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
     Ok(Inventory { pid, fds })
 }
 
+/// `/proc/PID` (or `/proc/PID/task/TID`) and its `fd` and `fdinfo` directories.
+struct ProcDirs {
+    proc_dir: OwnedFd,
+    fd_dir: OwnedFd,
+    fdinfo_dir: OwnedFd,
+}
+
+impl ProcDirs {
+    /// Opens the directories under `base` and returns the sorted fd numbers.
+    fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
+        let dir_flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let proc_dir = openat(rustix::fs::CWD, base, OFlags::PATH | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
+        let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+        let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
+            .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
+        let mut numbers = Vec::new();
+        let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+            if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        Ok((Self { proc_dir, fd_dir, fdinfo_dir }, numbers))
+    }
+}
+
 /// Opens `pid` and lists its descriptors.
 pub fn inventory_pid(pid: Pid) -> Result<Inventory> {
     inventory(&PidFd::open(pid)?)
 }
 
+/// Below this many fds, threads cost more than they save.
+const PARALLEL_THRESHOLD: usize = 256;
+const MAX_WORKERS: usize = 4;
+
+fn worker_panicked(pid: Pid) -> Error {
+    Error::Io {
+        op: "inventory worker",
+        pid,
+        fd: None,
+        source: std::io::Error::other("worker thread panicked"),
+    }
+}
+
 fn proc_error(pid: Pid, op: &'static str, e: Errno) -> Error {
     match e {
         Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
-        Errno::ACCESS | Errno::PERM => Error::PermissionDenied { pid, fd: None, op, hint: permission_hint(pid) },
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
+            pid,
+            fd: None,
+            op,
+            hint: permission_hint(pid),
+        },
         e => Error::io(op, pid, None, e),
     }
 }
@@ -228,26 +300,49 @@ struct EntryReader<'a> {
     pid: Pid,
     fd_dir: &'a OwnedFd,
     fdinfo_dir: &'a OwnedFd,
-    /// Pipes, sockets and most anon inodes share one pseudo file system each, so
-    /// their device number is looked up once per kind rather than per fd.
-    fs_devs: HashMap<&'static str, Option<u64>>,
+    /// Device numbers of mounts already seen, by mount id.
+    devs_by_mount: HashMap<u64, Option<u64>>,
+    /// Mount ids known to be sockfs or pipefs, with their link prefix.
+    pseudo_mounts: HashMap<u64, &'static str>,
 }
 
 struct FdInfo {
     pos: Option<u64>,
     flags: u32,
     mnt_id: Option<u64>,
+    /// `ino:` (Linux 5.14+).
+    ino: Option<u64>,
 }
 
 impl EntryReader<'_> {
     fn read(&mut self, n: i32) -> Result<Option<FdEntry>> {
         let name = itoa(n);
-        let link = match readlinkat(self.fd_dir, name.as_str(), Vec::new()) {
-            Ok(l) => l.to_string_lossy().into_owned(),
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
+        let Some(info) = self.fdinfo(&name)? else {
+            return Ok(None);
         };
-        let Some(info) = self.fdinfo(&name)? else { return Ok(None) };
+        // Sockets and pipes live on one internal mount each, and their link is just
+        // "socket:[INO]" / "pipe:[INO]". Once a mount id is known to be one of those,
+        // fdinfo's mnt_id and ino say everything readlink would, for one syscall less.
+        let pseudo = info
+            .mnt_id
+            .and_then(|m| self.pseudo_mounts.get(&m).copied());
+        let link = match (pseudo, info.ino) {
+            (Some(prefix), Some(ino)) => format!("{prefix}{ino}]"),
+            _ => match readlinkat(self.fd_dir, name.as_str(), Vec::new()) {
+                Ok(l) => l.to_string_lossy().into_owned(),
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
+            },
+        };
+        if pseudo.is_none() {
+            if let (Some(mnt), Some(ino)) = (info.mnt_id, info.ino) {
+                for prefix in ["socket:[", "pipe:["] {
+                    if bracketed(&link, prefix) == Some(ino) {
+                        self.pseudo_mounts.insert(mnt, prefix);
+                    }
+                }
+            }
+        }
         let fd = TargetFd(n);
         let flags = FdFlags {
             append: info.flags & O_APPEND_BIT != 0,
@@ -286,18 +381,26 @@ impl EntryReader<'_> {
         if let Some(ino) = bracketed(&link, "socket:[") {
             e.kind = FdKind::Socket;
             e.inode = Some(ino);
-            e.dev = self.shared_dev("sockfs", &name);
+            e.dev = self.mount_dev(info.mnt_id, &name);
         } else if let Some(ino) = bracketed(&link, "pipe:[") {
             e.kind = FdKind::Pipe;
             e.inode = Some(ino);
-            e.dev = self.shared_dev("pipefs", &name);
+            e.dev = self.mount_dev(info.mnt_id, &name);
         } else if let Some(kind) = link.strip_prefix("anon_inode:") {
             e.kind = FdKind::Anon;
             e.anon = Some(anon_kind(kind));
-            self.fill_from_stat(&mut e, &name);
-            // Everything on anon_inodefs shares one inode; only pidfs and a few
-            // others have real ones, and stat() tells which.
-            e.kind = FdKind::Anon;
+            // The inode comes from fdinfo and the device from the mount, so most
+            // anonymous inodes need no stat at all.
+            match (info.ino, info.mnt_id) {
+                (Some(ino), Some(_)) => {
+                    e.inode = Some(ino);
+                    e.dev = self.mount_dev(info.mnt_id, &name);
+                }
+                _ => {
+                    self.fill_from_stat(&mut e, &name);
+                    e.kind = FdKind::Anon;
+                }
+            }
         } else {
             self.fill_from_stat(&mut e, &name);
             let (path, deleted_suffix) = match link.strip_suffix(" (deleted)") {
@@ -320,7 +423,12 @@ impl EntryReader<'_> {
     }
 
     fn fdinfo(&self, name: &str) -> Result<Option<FdInfo>> {
-        let file = match openat(self.fdinfo_dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let file = match openat(
+            self.fdinfo_dir,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(f) => f,
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(proc_error(self.pid, "open /proc/PID/fdinfo/N", e)),
@@ -337,14 +445,22 @@ impl EntryReader<'_> {
             }
         };
         let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
-        let mut info = FdInfo { pos: None, flags: 0, mnt_id: None };
+        let mut info = FdInfo {
+            pos: None,
+            flags: 0,
+            mnt_id: None,
+            ino: None,
+        };
         for line in text.lines() {
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let v = v.trim();
             match k {
                 "pos" => info.pos = v.parse().ok(),
                 "flags" => info.flags = u32::from_str_radix(v, 8).unwrap_or(0),
                 "mnt_id" => info.mnt_id = v.parse().ok(),
+                "ino" => info.ino = v.parse().ok(),
                 _ => {}
             }
         }
@@ -352,7 +468,9 @@ impl EntryReader<'_> {
     }
 
     fn fill_from_stat(&self, e: &mut FdEntry, name: &str) {
-        let Ok(st) = statat(self.fd_dir, name, AtFlags::empty()) else { return };
+        let Ok(st) = statat(self.fd_dir, name, AtFlags::empty()) else {
+            return;
+        };
         let mode = st.st_mode & libc::S_IFMT;
         e.kind = match mode {
             libc::S_IFREG => FdKind::File,
@@ -377,12 +495,19 @@ impl EntryReader<'_> {
         }
     }
 
-    fn shared_dev(&mut self, fs: &'static str, name: &str) -> Option<String> {
+    /// The device of everything on one mount is the same, so pseudo file systems
+    /// (sockfs, pipefs, anon_inodefs, pidfs) are stat'ed once per mount.
+    fn mount_dev(&mut self, mnt_id: Option<u64>, name: &str) -> Option<String> {
         let fd_dir = self.fd_dir;
-        let dev = *self
-            .fs_devs
-            .entry(fs)
-            .or_insert_with(|| statat(fd_dir, name, AtFlags::empty()).ok().map(|st| st.st_dev));
+        let lookup = || {
+            statat(fd_dir, name, AtFlags::empty())
+                .ok()
+                .map(|st| st.st_dev)
+        };
+        let dev = match mnt_id {
+            Some(m) => *self.devs_by_mount.entry(m).or_insert_with(lookup),
+            None => lookup(),
+        };
         dev.map(devstr)
     }
 }

@@ -7,6 +7,27 @@
 //!
 //! The library never prints and never exits; it emits `tracing` events and returns
 //! [`Error`] values that carry the pid, the fd and the operation that failed.
+//!
+//! ```
+//! use fdgrab::{grab, inventory, PidFd, TargetFd};
+//! use std::process::{Command, Stdio};
+//!
+//! // A process holding the read end of a pipe as its stdin.
+//! let mut child = Command::new("sleep").arg("10").stdin(Stdio::piped()).spawn()?;
+//! let target = PidFd::from_child(&child)?;
+//!
+//! // What it has open, without touching it.
+//! let inv = inventory(&target)?;
+//! assert!(inv.fds.iter().any(|e| e.fd.as_raw() == 0 && e.link.starts_with("pipe:")));
+//!
+//! // A copy of its fd 0: the same open pipe, in our table, close-on-exec.
+//! let stdin_copy = grab(&target, TargetFd::new(0).expect("fd 0"))?;
+//! assert!(rustix::fs::fstat(&stdin_copy).is_ok());
+//!
+//! target.send_signal(libc::SIGKILL)?;
+//! child.wait()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod error;
 pub mod grab;

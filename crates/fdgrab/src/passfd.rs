@@ -23,12 +23,18 @@ pub const SCM_MAX_FD: usize = 253;
 /// stream socket does not deliver ancillary data without at least one byte.
 pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
     if data.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "SCM_RIGHTS needs at least one data byte"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "SCM_RIGHTS needs at least one data byte",
+        ));
     }
     if fds.len() > SCM_MAX_FD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} fds in one message; the kernel accepts at most {SCM_MAX_FD}", fds.len()),
+            format!(
+                "{} fds in one message; the kernel accepts at most {SCM_MAX_FD}",
+                fds.len()
+            ),
         ));
     }
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
@@ -37,7 +43,12 @@ pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Res
         return Err(io::Error::other("control buffer too small for SCM_RIGHTS"));
     }
     loop {
-        match sendmsg(&sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL) {
+        match sendmsg(
+            &sock,
+            &[IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
             Err(Errno::INTR) => continue,
             r => return r.map_err(Into::into),
         }
@@ -91,7 +102,12 @@ pub fn recv_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<R
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match recvmsg(
+            &sock,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
             Err(Errno::INTR) => continue,
             r => break r?,
         }
@@ -109,5 +125,8 @@ pub fn recv_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<R
             format!("control message truncated: the sender attached more than {max_fds} fds"),
         ));
     }
-    Ok(Received { len: msg.bytes, fds })
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+    })
 }

@@ -78,7 +78,13 @@ impl PidFd {
     /// notifications report thread ids, and a process whose leader has exited can
     /// only be reached through one of its remaining threads.
     pub fn open_thread(tid: Pid) -> Result<Self> {
-        Self::open_with(tid, PidFdFlags { thread: true, nonblock: false })
+        Self::open_with(
+            tid,
+            PidFdFlags {
+                thread: true,
+                nonblock: false,
+            },
+        )
     }
 
     /// Opens a pidfd with explicit flags.
@@ -102,14 +108,22 @@ impl PidFd {
     /// Opens a pidfd for a child we spawned. This cannot race with pid reuse: our
     /// unreaped child keeps its pid until we wait for it.
     pub fn from_child(child: &std::process::Child) -> Result<Self> {
-        let pid = Pid::try_from(child.id())
-            .map_err(|_| Error::InvalidArgument(format!("child pid {} out of range", child.id())))?;
+        let pid = Pid::try_from(child.id()).map_err(|_| {
+            Error::InvalidArgument(format!("child pid {} out of range", child.id()))
+        })?;
         Self::open(pid)
     }
 
     /// Wraps an existing pidfd (for example one made by `clone3(CLONE_PIDFD)`).
     pub fn from_owned(fd: OwnedFd, pid: Pid, thread: bool) -> Self {
-        Self { fd, pid, flags: PidFdFlags { thread, nonblock: false } }
+        Self {
+            fd,
+            pid,
+            flags: PidFdFlags {
+                thread,
+                nonblock: false,
+            },
+        }
     }
 
     /// The pid (or tid) this pidfd was opened for.
@@ -125,7 +139,9 @@ impl PidFd {
     /// `pidfd_send_signal(2)` (Linux 5.1). `sig` 0 checks existence and permission.
     pub fn send_signal(&self, sig: i32) -> Result<()> {
         if !(0..=libc::SIGRTMAX()).contains(&sig) {
-            return Err(Error::InvalidArgument(format!("signal {sig} is not a valid signal number")));
+            return Err(Error::InvalidArgument(format!(
+                "signal {sig} is not a valid signal number"
+            )));
         }
         sys::pidfd_send_signal(&self.fd, sig).map_err(|e| match e {
             Errno::SRCH => Error::NoSuchProcess { pid: self.pid },
@@ -135,9 +151,11 @@ impl PidFd {
                 op: "pidfd_send_signal",
                 hint: "the target runs as another user and we lack CAP_KILL".into(),
             },
-            Errno::NOSYS => {
-                Error::Unsupported { op: "pidfd_send_signal", needs: "5.1", source: e.into() }
-            }
+            Errno::NOSYS => Error::Unsupported {
+                op: "pidfd_send_signal",
+                needs: "5.1",
+                source: e.into(),
+            },
             e => Error::io("pidfd_send_signal", self.pid, None, e),
         })
     }
@@ -244,12 +262,20 @@ impl PidFd {
 fn open_error(pid: Pid, flags: PidFdFlags, e: Errno) -> Error {
     match e {
         Errno::SRCH => Error::NoSuchProcess { pid },
-        Errno::NOSYS => Error::Unsupported { op: "pidfd_open", needs: "5.3", source: e.into() },
+        Errno::NOSYS => Error::Unsupported {
+            op: "pidfd_open",
+            needs: "5.3",
+            source: e.into(),
+        },
         // A non-leader tid without PIDFD_THREAD: ENOENT on 6.9+, EINVAL before.
         Errno::NOENT | Errno::INVAL if !flags.thread => Error::InvalidArgument(format!(
             "pid {pid} is a thread, not a process; open it as a thread"
         )),
-        Errno::INVAL => Error::Unsupported { op: "pidfd_open(PIDFD_THREAD)", needs: "6.9", source: e.into() },
+        Errno::INVAL => Error::Unsupported {
+            op: "pidfd_open(PIDFD_THREAD)",
+            needs: "6.9",
+            source: e.into(),
+        },
         Errno::MFILE | Errno::NFILE => Error::io("pidfd_open", pid, None, e),
         e => Error::io("pidfd_open", pid, None, e),
     }

@@ -18,7 +18,9 @@ pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let mut st = Status::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match key {
             "Tgid" => st.tgid = value.parse().ok(),
@@ -33,7 +35,12 @@ pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
 
 fn parse4(value: &str) -> Option<[u32; 4]> {
     let mut it = value.split_whitespace().map(|v| v.parse::<u32>());
-    Some([it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?])
+    Some([
+        it.next()?.ok()?,
+        it.next()?.ok()?,
+        it.next()?.ok()?,
+        it.next()?.ok()?,
+    ])
 }
 
 /// The thread ids of a process, from `/proc/PID/task`.
@@ -50,7 +57,11 @@ pub(crate) fn tasks(pid: Pid) -> std::io::Result<Vec<Pid>> {
 
 /// `/proc/sys/kernel/yama/ptrace_scope`, when Yama is built in.
 pub(crate) fn yama_ptrace_scope() -> Option<u32> {
-    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?.trim().parse().ok()
+    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The cgroup v2 id of a process: the inode number of its cgroup directory.
@@ -58,5 +69,7 @@ pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    fs::metadata(format!("/sys/fs/cgroup{path}")).ok().map(|m| m.ino())
+    fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .ok()
+        .map(|m| m.ino())
 }

@@ -29,17 +29,18 @@ pub(crate) const PIDFD_INFO_CREDS: u64 = 1 << 1;
 pub(crate) const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
 
 /// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)`.
-const PIDFD_GET_INFO: libc::c_ulong = (3 << 30)
-    | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16)
-    | (0xFF << 8)
-    | 11;
+const PIDFD_GET_INFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
 
 const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
 
 /// `ioctl(pidfd, PIDFD_GET_INFO, &info)`. Kernels before 6.13 answer `ENOTTY` (or
 /// `EINVAL` on some 6.1x), which callers treat as "not supported".
 pub(crate) fn pidfd_get_info(pidfd: impl AsFd, mask: u64) -> Result<PidfdInfo, Errno> {
-    let mut info = PidfdInfo { mask, ..Default::default() };
+    let mut info = PidfdInfo {
+        mask,
+        ..Default::default()
+    };
     // SAFETY: `info` is a properly sized, writable `struct pidfd_info`; the ioctl
     // number encodes exactly that size, so the kernel writes within it.
     let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO, &mut info) };
@@ -96,7 +97,9 @@ pub(crate) fn pidfd_send_signal(pidfd: impl AsFd, sig: i32) -> Result<(), Errno>
 }
 
 fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// `SIOCGSKNS` (4.9): an fd for the network namespace a socket lives in.

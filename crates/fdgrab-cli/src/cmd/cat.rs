@@ -19,7 +19,12 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
         // pread never moves the shared file position, so the target sees no change.
         FileType::RegularFile | FileType::BlockDevice => copy_positional(&g.fd, &mut out)?,
         FileType::Directory => {
-            return Err(Error::WrongKind { pid: a.pid, fd: a.fd, reason: "is a directory".into() }.into())
+            return Err(Error::WrongKind {
+                pid: a.pid,
+                fd: a.fd,
+                reason: "is a directory".into(),
+            }
+            .into())
         }
         _ if a.consume => copy_consuming(&g.fd, &mut out)?,
         _ => {

@@ -15,7 +15,9 @@ pub fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
     let cmd = Cli::command();
     match a.dir {
         None => {
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("writing the man page")?;
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
         }
         Some(dir) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -33,6 +35,8 @@ pub fn man(a: ManArgs) -> anyhow::Result<ExitCode> {
 fn write_page(dir: &std::path::Path, name: &str, cmd: clap::Command) -> anyhow::Result<()> {
     let path = dir.join(format!("{name}.1"));
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut out).context("rendering a man page")?;
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .context("rendering a man page")?;
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }

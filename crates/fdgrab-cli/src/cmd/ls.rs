@@ -14,6 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 struct Doc<'a> {
     schema_version: u32,
     pid: i32,
+    /// Identity and credentials; null if the process could not be asked.
+    process: Option<fdgrab::ProcessInfo>,
     fds: &'a [FdEntry],
 }
 
@@ -22,14 +24,19 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let mut inv = inventory(&target)?;
     if !a.fds.is_empty() {
         if let Some(missing) = a.fds.iter().find(|f| !inv.fds.iter().any(|e| e.fd == **f)) {
-            return Err(Error::NoSuchFd { pid: a.pid, fd: *missing }.into());
+            return Err(Error::NoSuchFd {
+                pid: a.pid,
+                fd: *missing,
+            }
+            .into());
         }
         inv.fds.retain(|e| a.fds.contains(&e.fd));
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     if a.json {
-        let doc = Doc { schema_version: SCHEMA_VERSION, pid: inv.pid, fds: &inv.fds };
+        let process = target.info().ok();
+        let doc = Doc { schema_version: SCHEMA_VERSION, pid: inv.pid, process, fds: &inv.fds };
         serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
         out.write_all(b"\n").context("writing JSON")?;
     } else {

@@ -15,7 +15,12 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
     let numbers: Vec<String> = a.fds.iter().map(|f| f.to_string()).collect();
     passfd::send_all_fds(&sock, &borrowed, |i, n| {
         let start = i * passfd::SCM_MAX_FD;
-        format!("fdgrab pid={} fds={}\n", a.pid, numbers[start..start + n].join(",")).into_bytes()
+        format!(
+            "fdgrab pid={} fds={}\n",
+            a.pid,
+            numbers[start..start + n].join(",")
+        )
+        .into_bytes()
     })
     .with_context(|| format!("sending fds to {}", a.to.display()))?;
     Ok(ExitCode::SUCCESS)
@@ -28,7 +33,8 @@ fn connect(path: &std::path::Path) -> Result<UnixStream> {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)
             .with_context(|| format!("abstract socket name {}", path.display()))?;
-        return UnixStream::connect_addr(&addr).with_context(|| format!("connecting to {}", path.display()));
+        return UnixStream::connect_addr(&addr)
+            .with_context(|| format!("connecting to {}", path.display()));
     }
     UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))
 }

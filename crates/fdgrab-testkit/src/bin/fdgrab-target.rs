@@ -22,6 +22,12 @@ fn main() {
         "zoo" => zoo(args.iter().any(|a| a == "--nondumpable")),
         "leader-exit" => leader_exit(),
         "many" => many(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "try-grab" => {
+            // Reports what fdgrab::grab says when called from this process (used to
+            // test the library with dropped credentials); exits at once.
+            emit(&try_grab(args.get(1), args.get(2)));
+            return;
+        }
         other => {
             eprintln!("fdgrab-target: unknown mode {other}");
             std::process::exit(2);
@@ -40,7 +46,12 @@ fn emit(v: &Value) {
 fn wait_for_eof() {
     let stdin = std::io::stdin();
     let mut line = String::new();
-    while stdin.lock().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+    while stdin
+        .lock()
+        .read_line(&mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {
         line.clear();
     }
 }
@@ -50,6 +61,24 @@ fn check(r: libc::c_int, what: &str) -> RawFd {
         panic!("{what}: {}", std::io::Error::last_os_error());
     }
     r
+}
+
+fn try_grab(pid: Option<&String>, fd: Option<&String>) -> Value {
+    let pid: i32 = pid.and_then(|p| p.parse().ok()).unwrap_or(0);
+    let fd = fd
+        .and_then(|f| f.parse().ok())
+        .and_then(fdgrab::TargetFd::new);
+    let Some(fd) = fd else {
+        return json!({"error": "usage"});
+    };
+    match fdgrab::PidFd::open(pid).and_then(|p| fdgrab::grab(&p, fd)) {
+        Ok(_) => json!({"ok": true}),
+        Err(e) => {
+            let kind = format!("{e:?}");
+            let variant = kind.split([' ', '{', '(']).next().unwrap_or("").to_string();
+            json!({"error": variant, "message": e.to_string()})
+        }
+    }
 }
 
 /// Our own view of one descriptor.
@@ -83,7 +112,11 @@ fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
 }
 
 fn sockname(fd: RawFd, peer: bool) -> Value {
-    let addr = if peer { rustix::net::getpeername(borrow(fd)) } else { rustix::net::getsockname(borrow(fd)).map(Some) };
+    let addr = if peer {
+        rustix::net::getpeername(borrow(fd))
+    } else {
+        rustix::net::getsockname(borrow(fd)).map(Some)
+    };
     match addr {
         Ok(Some(a)) => {
             if let Ok(sa) = SocketAddr::try_from(a.clone()) {
@@ -121,14 +154,22 @@ fn zoo(nondumpable: bool) -> Value {
     // A regular file with its offset moved, and one in append mode.
     let path = dir.join("file.txt");
     std::fs::write(&path, b"hello, world\n").expect("write");
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
     let ffd = f.into_raw_fd();
     // SAFETY: plain lseek on our fd.
     unsafe { libc::lseek(ffd, 7, libc::SEEK_SET) };
     let mut v = describe(ffd, "file");
     v["path"] = json!(path.to_string_lossy());
     fds.push(v);
-    let a = std::fs::OpenOptions::new().append(true).open(&path).expect("open append").into_raw_fd();
+    let a = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open append")
+        .into_raw_fd();
     let mut v = describe(a, "append");
     v["path"] = json!(path.to_string_lossy());
     fds.push(v);
@@ -148,7 +189,12 @@ fn zoo(nondumpable: bool) -> Value {
     let mut v = describe(dfd, "dir");
     v["path"] = json!(dir.to_string_lossy());
     fds.push(v);
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").expect("null").into_raw_fd();
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .expect("null")
+        .into_raw_fd();
     let mut v = describe(null, "devnull");
     v["path"] = json!("/dev/null");
     fds.push(v);
@@ -170,7 +216,10 @@ fn zoo(nondumpable: bool) -> Value {
     let ep = check(unsafe { libc::epoll_create1(0) }, "epoll");
     fds.push(anon(ep, "epoll"));
     // SAFETY: as above.
-    let tfd = check(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) }, "timerfd");
+    let tfd = check(
+        unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) },
+        "timerfd",
+    );
     fds.push(anon(tfd, "timerfd"));
     // SAFETY: an empty, initialised sigset on the stack.
     let sfd = unsafe {
@@ -210,40 +259,118 @@ fn zoo(nondumpable: bool) -> Value {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("tcp listen");
     let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (s, _) = l.accept().expect("accept");
-    fds.push(sock(l.into_raw_fd(), "tcp-listen", "inet", "stream", "tcp", Some("LISTEN")));
-    fds.push(sock(c.into_raw_fd(), "tcp-client", "inet", "stream", "tcp", Some("ESTABLISHED")));
-    fds.push(sock(s.into_raw_fd(), "tcp-server", "inet", "stream", "tcp", Some("ESTABLISHED")));
+    fds.push(sock(
+        l.into_raw_fd(),
+        "tcp-listen",
+        "inet",
+        "stream",
+        "tcp",
+        Some("LISTEN"),
+    ));
+    fds.push(sock(
+        c.into_raw_fd(),
+        "tcp-client",
+        "inet",
+        "stream",
+        "tcp",
+        Some("ESTABLISHED"),
+    ));
+    fds.push(sock(
+        s.into_raw_fd(),
+        "tcp-server",
+        "inet",
+        "stream",
+        "tcp",
+        Some("ESTABLISHED"),
+    ));
     if let Ok(l6) = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
-        fds.push(sock(l6.into_raw_fd(), "tcp6-listen", "inet6", "stream", "tcp", Some("LISTEN")));
+        fds.push(sock(
+            l6.into_raw_fd(),
+            "tcp6-listen",
+            "inet6",
+            "stream",
+            "tcp",
+            Some("LISTEN"),
+        ));
     }
     // UDP, unconnected and connected; IPv6.
     let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
     let uc = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
-    uc.connect(u.local_addr().expect("addr")).expect("udp connect");
-    fds.push(sock(u.into_raw_fd(), "udp", "inet", "dgram", "udp", Some("UNCONN")));
-    fds.push(sock(uc.into_raw_fd(), "udp-connected", "inet", "dgram", "udp", Some("CONNECTED")));
+    uc.connect(u.local_addr().expect("addr"))
+        .expect("udp connect");
+    fds.push(sock(
+        u.into_raw_fd(),
+        "udp",
+        "inet",
+        "dgram",
+        "udp",
+        Some("UNCONN"),
+    ));
+    fds.push(sock(
+        uc.into_raw_fd(),
+        "udp-connected",
+        "inet",
+        "dgram",
+        "udp",
+        Some("CONNECTED"),
+    ));
     if let Ok(u6) = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)) {
-        fds.push(sock(u6.into_raw_fd(), "udp6", "inet6", "dgram", "udp", Some("UNCONN")));
+        fds.push(sock(
+            u6.into_raw_fd(),
+            "udp6",
+            "inet6",
+            "dgram",
+            "udp",
+            Some("UNCONN"),
+        ));
     }
     // Unix: a stream pair, a listener on a path, an abstract datagram socket.
     let (p1, p2) = UnixStream::pair().expect("pair");
     let (p1, p2) = (p1.into_raw_fd(), p2.into_raw_fd());
-    let mut v1 = sock(p1, "unix-pair-a", "unix", "stream", "unix", Some("CONNECTED"));
-    let mut v2 = sock(p2, "unix-pair-b", "unix", "stream", "unix", Some("CONNECTED"));
+    let mut v1 = sock(
+        p1,
+        "unix-pair-a",
+        "unix",
+        "stream",
+        "unix",
+        Some("CONNECTED"),
+    );
+    let mut v2 = sock(
+        p2,
+        "unix-pair-b",
+        "unix",
+        "stream",
+        "unix",
+        Some("CONNECTED"),
+    );
     v1["socket"]["peer_inode"] = v2["ino"].clone();
     v2["socket"]["peer_inode"] = v1["ino"].clone();
     fds.push(v1);
     fds.push(v2);
     let upath = dir.join("listen.sock");
     let ul = UnixListener::bind(&upath).expect("unix listen");
-    fds.push(sock(ul.into_raw_fd(), "unix-listen", "unix", "stream", "unix", Some("LISTEN")));
+    fds.push(sock(
+        ul.into_raw_fd(),
+        "unix-listen",
+        "unix",
+        "stream",
+        "unix",
+        Some("LISTEN"),
+    ));
     let abs = format!("fdgrab-zoo-{}", std::process::id());
     let addr = {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()).expect("abstract")
     };
     let ud = UnixDatagram::bind_addr(&addr).expect("abstract bind");
-    fds.push(sock(ud.into_raw_fd(), "unix-abstract", "unix", "dgram", "unix", Some("UNCONNECTED")));
+    fds.push(sock(
+        ud.into_raw_fd(),
+        "unix-abstract",
+        "unix",
+        "dgram",
+        "unix",
+        Some("UNCONNECTED"),
+    ));
 
     if nondumpable {
         // SAFETY: prctl with integer arguments.
@@ -268,10 +395,21 @@ fn bpf_map() -> Option<RawFd> {
         max_entries: u32,
         rest: [u8; 112],
     }
-    let attr = MapCreate { map_type: 2, key_size: 4, value_size: 4, max_entries: 1, rest: [0; 112] };
+    let attr = MapCreate {
+        map_type: 2,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        rest: [0; 112],
+    };
     // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr of the stated size.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, 0, &attr as *const MapCreate, std::mem::size_of::<MapCreate>())
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
     };
     (r >= 0).then_some(r as RawFd)
 }
@@ -287,7 +425,8 @@ fn io_uring() -> Option<RawFd> {
 fn leader_exit() -> Value {
     let (r, w) = rustix::pipe::pipe().expect("pipe");
     let (r, w) = (r.into_raw_fd(), w.into_raw_fd());
-    let report = json!({"pid": std::process::id(), "fds": [describe(r, "pipe-r"), describe(w, "pipe-w")]});
+    let report =
+        json!({"pid": std::process::id(), "fds": [describe(r, "pipe-r"), describe(w, "pipe-w")]});
     std::thread::spawn(|| loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     });
@@ -319,14 +458,22 @@ fn many(n: usize) -> Value {
                 kept.push(r);
                 kept.push(w);
             }
-            2 => kept.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen").into()),
+            2 => kept.push(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .expect("listen")
+                    .into(),
+            ),
             3 => {
                 let c = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
                 let (s, _) = listener.accept().expect("accept");
                 kept.push(c.into());
                 kept.push(s.into());
             }
-            4 => kept.push(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp").into()),
+            4 => kept.push(
+                UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .expect("udp")
+                    .into(),
+            ),
             5 => {
                 let (a, b) = UnixStream::pair().expect("pair");
                 kept.push(a.into());
@@ -357,6 +504,9 @@ fn many(n: usize) -> Value {
 fn raise_nofile(want: u64) {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let max = lim.maximum.unwrap_or(u64::MAX);
-    let new = rustix::process::Rlimit { current: Some(want.min(max).max(lim.current.unwrap_or(0))), maximum: lim.maximum };
+    let new = rustix::process::Rlimit {
+        current: Some(want.min(max).max(lim.current.unwrap_or(0))),
+        maximum: lim.maximum,
+    };
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
 }

@@ -27,11 +27,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn inet(ip: IpAddr, port: u16) -> Self {
-        Self { address: Some(ip.to_string()), port: Some(port), path: None }
+        Self {
+            address: Some(ip.to_string()),
+            port: Some(port),
+            path: None,
+        }
     }
 
     fn unix(path: String) -> Self {
-        Self { address: None, port: None, path: Some(path) }
+        Self {
+            address: None,
+            port: None,
+            path: Some(path),
+        }
     }
 
     /// The IP address, parsed.
@@ -129,7 +137,9 @@ pub(crate) struct SocketTable {
 
 impl SocketTable {
     pub(crate) fn load(pid: Pid, proc_dir: &OwnedFd) -> Result<Self> {
-        let mut t = SocketTable { by_inode: HashMap::new() };
+        let mut t = SocketTable {
+            by_inode: HashMap::new(),
+        };
         for (file, family, proto, ty) in [
             ("net/tcp", "inet", "tcp", "stream"),
             ("net/tcp6", "inet6", "tcp", "stream"),
@@ -186,11 +196,14 @@ impl SocketTable {
             if f.len() < 10 {
                 continue;
             }
-            let Ok(inode) = f[9].parse::<u64>() else { continue };
+            let Ok(inode) = f[9].parse::<u64>() else {
+                continue;
+            };
             if inode == 0 {
                 continue; // TIME_WAIT and request sockets have no inode
             }
-            let (Some(local), Some(peer)) = (parse_hex_endpoint(f[1]), parse_hex_endpoint(f[2])) else {
+            let (Some(local), Some(peer)) = (parse_hex_endpoint(f[1]), parse_hex_endpoint(f[2]))
+            else {
                 continue;
             };
             let st = u8::from_str_radix(f[3], 16).unwrap_or(0);
@@ -199,7 +212,10 @@ impl SocketTable {
                 "raw" => (None, (!is_unspecified(&peer)).then_some(peer)),
                 _ => {
                     let connected = st == 1;
-                    (Some(if connected { "CONNECTED" } else { "UNCONN" }.to_string()), connected.then_some(peer))
+                    (
+                        Some(if connected { "CONNECTED" } else { "UNCONN" }.to_string()),
+                        connected.then_some(peer),
+                    )
                 }
             };
             let protocol = if proto == "raw" {
@@ -230,7 +246,9 @@ impl SocketTable {
             if f.len() < 10 {
                 continue;
             }
-            let Ok(inode) = f[9].parse::<u64>() else { continue };
+            let Ok(inode) = f[9].parse::<u64>() else {
+                continue;
+            };
             let proto = netlink_protocol(f[1].parse().unwrap_or(-1));
             self.by_inode.insert(
                 inode,
@@ -239,7 +257,11 @@ impl SocketTable {
                     socket_type: None,
                     protocol: Some(proto),
                     state: None,
-                    local: Some(Endpoint { address: None, port: None, path: Some(format!("portid={}", f[2])) }),
+                    local: Some(Endpoint {
+                        address: None,
+                        port: None,
+                        path: Some(format!("portid={}", f[2])),
+                    }),
                     peer: None,
                     peer_inode: None,
                 },
@@ -254,7 +276,9 @@ impl SocketTable {
             if f.len() < 9 {
                 continue;
             }
-            let Ok(inode) = f[8].parse::<u64>() else { continue };
+            let Ok(inode) = f[8].parse::<u64>() else {
+                continue;
+            };
             let ty = match f[2] {
                 "2" => "dgram",
                 "3" => "raw",
@@ -282,7 +306,9 @@ impl SocketTable {
             if f.len() < 7 {
                 continue;
             }
-            let Ok(inode) = f[6].parse::<u64>() else { continue };
+            let Ok(inode) = f[6].parse::<u64>() else {
+                continue;
+            };
             let flags = u32::from_str_radix(f[3], 16).unwrap_or(0);
             let ty = u16::from_str_radix(f[4], 16).unwrap_or(0);
             let st = u8::from_str_radix(f[5], 16).unwrap_or(0);
@@ -299,13 +325,23 @@ impl SocketTable {
             };
             self.by_inode.insert(
                 inode,
-                unix_info(unix_type(ty.into()), state, f.get(7).map(|p| p.to_string()), None),
+                unix_info(
+                    unix_type(ty.into()),
+                    state,
+                    f.get(7).map(|p| p.to_string()),
+                    None,
+                ),
             );
         }
     }
 }
 
-pub(crate) fn unix_info(ty: &str, state: &str, path: Option<String>, peer_inode: Option<u64>) -> SocketInfo {
+pub(crate) fn unix_info(
+    ty: &str,
+    state: &str,
+    path: Option<String>,
+    peer_inode: Option<u64>,
+) -> SocketInfo {
     SocketInfo {
         family: "unix".into(),
         socket_type: Some(ty.into()),
@@ -327,7 +363,12 @@ pub(crate) fn unix_type(ty: u32) -> &'static str {
 }
 
 fn read_proc(pid: Pid, proc_dir: &OwnedFd, file: &str) -> Result<Option<String>> {
-    let f = match openat(proc_dir, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+    let f = match openat(
+        proc_dir,
+        file,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(f) => f,
         // The protocol is not built into this kernel.
         Err(Errno::NOENT) => return Ok(None),
@@ -410,7 +451,11 @@ fn netlink_protocol(n: i32) -> String {
 fn sockprotoname(fd_dir: &OwnedFd, name: &str) -> Option<String> {
     // getxattr needs a path; /proc/self/fd/DIRFD/NAME reaches the entry without
     // opening the socket itself.
-    let path = format!("/proc/self/fd/{}/{}", std::os::fd::AsRawFd::as_raw_fd(&fd_dir.as_fd()), name);
+    let path = format!(
+        "/proc/self/fd/{}/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd_dir.as_fd()),
+        name
+    );
     let mut buf = [0u8; 64];
     let n = rustix::fs::getxattr(path.as_str(), "system.sockprotoname", &mut buf).ok()?;
     let s = std::str::from_utf8(&buf[..n]).ok()?;

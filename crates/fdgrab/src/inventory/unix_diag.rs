@@ -6,7 +6,9 @@ use super::sockets::{unix_info, unix_type, SocketInfo};
 use crate::Pid;
 use rustix::fs::{openat, Mode, OFlags};
 use rustix::io::Errno;
-use rustix::net::{netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use rustix::net::{
+    netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+};
 use std::os::fd::{AsFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -65,8 +67,12 @@ pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock
             match ty {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let err = msgs.get(16..20).map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
-                    return Err(std::io::Error::from_raw_os_error(-err.unwrap_or(-libc::EIO)));
+                    let err = msgs
+                        .get(16..20)
+                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
+                    return Err(std::io::Error::from_raw_os_error(
+                        -err.unwrap_or(-libc::EIO),
+                    ));
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(s) = parse_msg(&msgs[16..len]) {
@@ -123,7 +129,10 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
         }
         attrs = &attrs[align4(alen).min(attrs.len())..];
     }
-    Some(UnixSock { inode, info: unix_info(ty, state, path, peer) })
+    Some(UnixSock {
+        inode,
+        info: unix_info(ty, state, path, peer),
+    })
 }
 
 fn align4(n: usize) -> usize {
@@ -145,7 +154,12 @@ fn diag_socket_in(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
     if super::same_netns(pid, proc_dir) != Some(false) {
         return Ok(make()?);
     }
-    let ns = openat(proc_dir, "ns/net", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let ns = openat(
+        proc_dir,
+        "ns/net",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     std::thread::scope(|s| {
         s.spawn(|| -> std::io::Result<OwnedFd> {
             rustix::thread::move_into_link_name_space(

@@ -1,0 +1,254 @@
+//! `get`, `cat` and `send` end to end, against real processes.
+
+use fdgrab_testkit::{output_timeout, run_fdgrab, Target, TIMEOUT};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// `sleep` holds the write end of a pipe at fd 5; `get` installs it as stdout of a
+/// shell, whose output must come out of our read end.
+#[test]
+fn get_into_sh_writes_to_the_targets_pipe() {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    let wraw = w.as_raw_fd();
+    let mut sleep = Command::new("sleep");
+    sleep.arg("60");
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        sleep.pre_exec(move || {
+            if libc::dup2(wraw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut sleep = sleep.spawn().expect("sleep");
+    drop(w);
+    let out = run_fdgrab([
+        "get",
+        &sleep.id().to_string(),
+        "5:1",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from sh; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit status passes through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    let mut got = String::new();
+    std::fs::File::from(r)
+        .read_to_string(&mut got)
+        .expect("read");
+    assert_eq!(got, "hello from sh\n");
+}
+
+#[test]
+fn get_installs_several_fds_without_cloexec() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let memfd = t.fd_labelled("memfd");
+    // The child names its fd 7, prints its fdinfo flags, and reads the memfd via 8.
+    let script = "readlink /proc/$$/fd/7; grep flags /proc/$$/fdinfo/7; cat <&8";
+    let spec10 = format!("{file}:7");
+    let spec11 = format!("{memfd}:8");
+    let out = run_fdgrab([
+        "get",
+        &t.pid.to_string(),
+        &spec10,
+        &spec11,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("file.txt"), "{text}");
+    let flags = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .expect("flags line");
+    assert_eq!(
+        flags & 0o2000000,
+        0,
+        "close-on-exec must be cleared in the command: {text}"
+    );
+    // The memfd's shared offset was 3: the child reads from there ("fd payload").
+    assert!(text.contains("fd payload"), "{text}");
+    // Reading through the shared description moved the target's offset too.
+    assert_eq!(fdgrab_testkit::proc_offset(t.pid, memfd), 13);
+}
+
+#[test]
+fn get_refuses_two_fds_for_one_number() {
+    let t = Target::spawn(["zoo"]);
+    let a = format!("{}:9", t.fd_labelled("file"));
+    let b = format!("{}:9", t.fd_labelled("memfd"));
+    let out = run_fdgrab(["get", &t.pid.to_string(), &a, &b, "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fd number 9"));
+}
+
+#[test]
+fn cat_recovers_memfd_and_deleted_file_without_moving_offsets() {
+    let t = Target::spawn(["zoo"]);
+    for label in ["memfd", "deleted", "file"] {
+        let fd = t.fd_labelled(label);
+        let before = fdgrab_testkit::proc_offset(t.pid, fd);
+        let out = run_fdgrab(["cat", &t.pid.to_string(), &fd.to_string()]);
+        assert!(
+            out.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = match label {
+            "file" => "hello, world\n",
+            _ => t.fd_report(fd.into())["content"].as_str().expect("content"),
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{label}");
+        assert_eq!(
+            fdgrab_testkit::proc_offset(t.pid, fd),
+            before,
+            "{label}: offset moved"
+        );
+    }
+}
+
+#[test]
+fn cat_of_pipe_needs_consume() {
+    let t = Target::spawn(["zoo"]);
+    let r = t.fd_labelled("pipe-r");
+    let out = run_fdgrab(["cat", &t.pid.to_string(), &r.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--consume") && err.contains("pipe") && err.contains(&r.to_string()),
+        "{err}"
+    );
+
+    // With --consume, data written into the target's pipe comes out of cat. Put some
+    // data in through the write end (via get), then close every writer so cat ends.
+    let w = t.fd_labelled("pipe-w");
+    let out = run_fdgrab([
+        "get",
+        &t.pid.to_string(),
+        &format!("{w}:1"),
+        "--",
+        "printf",
+        "queued bytes",
+    ]);
+    assert!(out.status.success());
+    // The target still holds the write end, so read exactly what is queued via get+head.
+    let out = run_fdgrab([
+        "get",
+        &t.pid.to_string(),
+        &format!("{r}:0"),
+        "--",
+        "head",
+        "-c",
+        "12",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "queued bytes");
+    let dir = run_fdgrab(["cat", &t.pid.to_string(), &t.fd_labelled("dir").to_string()]);
+    assert_eq!(dir.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dir.stderr).contains("directory"));
+}
+
+#[test]
+fn cat_consume_reads_a_pipe_until_eof() {
+    // `sh` holds the read end at fd 0 and sleeps; we own the only write end.
+    let mut child = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sleep");
+    let mut stdin = child.stdin.take().expect("stdin");
+    use std::io::Write;
+    stdin
+        .write_all(b"consumed through the target\n")
+        .expect("write");
+    drop(stdin);
+    let out = run_fdgrab(["cat", &child.id().to_string(), "0", "--consume"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "consumed through the target\n"
+    );
+}
+
+#[test]
+fn send_to_a_listening_unix_socket() {
+    let t = Target::spawn(["zoo"]);
+    let dir = std::env::temp_dir().join(format!("fdgrab-send-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("recv.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let labels = ["memfd", "tcp-listen", "pipe-r"];
+    let fds: Vec<String> = labels
+        .iter()
+        .map(|l| t.fd_labelled(l).to_string())
+        .collect();
+    let mut args = vec!["send".to_string(), t.pid.to_string()];
+    args.extend(fds.iter().cloned());
+    args.extend(["--to".to_string(), path.to_string_lossy().into_owned()]);
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(&args);
+    let sender = std::thread::spawn(move || output_timeout(&mut cmd, TIMEOUT));
+    let (conn, _) = listener.accept().expect("accept");
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 256];
+    let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 16).expect("recv");
+    let header = String::from_utf8_lossy(&buf[..got.len]).into_owned();
+    assert_eq!(
+        header,
+        format!("fdgrab pid={} fds={}\n", t.pid, fds.join(","))
+    );
+    assert_eq!(got.fds.len(), 3);
+    for (label, fd) in labels.iter().zip(&got.fds) {
+        let ino = rustix::fs::fstat(fd).expect("fstat").st_ino;
+        let want = t.fd_report(t.fd_labelled(label).into())["ino"].as_u64();
+        assert_eq!(Some(ino), want, "{label}");
+    }
+    let out = sender.join().expect("sender");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _: Vec<OwnedFd> = got.fds;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn send_to_a_missing_socket_fails_cleanly() {
+    let t = Target::spawn(["zoo"]);
+    let out = run_fdgrab([
+        "send",
+        &t.pid.to_string(),
+        "0",
+        "--to",
+        "/nonexistent/fdgrab.sock",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fdgrab.sock"));
+}

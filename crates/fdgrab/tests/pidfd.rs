@@ -1,0 +1,120 @@
+//! `PidFd` against real processes: opening, signalling, waiting and identity.
+
+use fdgrab::{Error, PidFd, PidFdFlags};
+use fdgrab_testkit::{Target, TIMEOUT};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn signal_and_wait_for_exit() {
+    let mut child = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let pidfd = PidFd::from_child(&child).expect("pidfd");
+    assert!(pidfd.is_alive());
+    assert!(!pidfd
+        .wait_exit(Some(Duration::from_millis(20)))
+        .expect("poll"));
+    pidfd.send_signal(0).expect("signal 0 probes existence");
+    pidfd.send_signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(pidfd.wait_exit(Some(TIMEOUT)).expect("poll"));
+    let status = pidfd.wait_child().expect("waitid(P_PIDFD)");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    assert!(matches!(
+        pidfd.send_signal(libc::SIGTERM),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    // waitid(P_PIDFD) reaped it, so std's own waitpid finds no child any more.
+    assert!(child.try_wait().is_err());
+}
+
+#[test]
+#[allow(clippy::zombie_processes)] // reaped through the pidfd, which clippy cannot see
+fn child_exit_code_through_pidfd() {
+    let child = Command::new("sh")
+        .args(["-c", "exit 7"])
+        .spawn()
+        .expect("sh");
+    let pidfd = PidFd::from_child(&child).expect("pidfd");
+    assert_eq!(pidfd.wait_child().expect("wait").code(), Some(7));
+}
+
+#[test]
+fn nonblocking_pidfd() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open_with(
+        t.pid,
+        PidFdFlags {
+            nonblock: true,
+            thread: false,
+        },
+    )
+    .expect("pidfd");
+    let fl = rustix::fs::fcntl_getfl(&pidfd).expect("F_GETFL");
+    assert!(fl.contains(rustix::fs::OFlags::NONBLOCK));
+    // waitid on a non-blocking pidfd of a running child does not block.
+    let r = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&pidfd)),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+    assert!(matches!(r, Err(rustix::io::Errno::AGAIN)), "{r:?}");
+}
+
+#[test]
+fn info_matches_proc() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let info = pidfd.info().expect("info");
+    assert_eq!(info.pid, t.pid);
+    assert_eq!(info.tgid, t.pid);
+    assert_eq!(info.ppid, std::process::id() as i32);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid")
+        .split_whitespace()
+        .map(|v| v.parse().expect("uid"))
+        .collect();
+    assert_eq!(info.uids.to_vec(), uids);
+    if let Some(cg) = info.cgroup_id {
+        let path = std::fs::read_to_string(format!("/proc/{}/cgroup", t.pid)).expect("cgroup");
+        let path = path
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("cgroup v2 line");
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+            .expect("cgroup dir")
+            .ino();
+        assert_eq!(cg, ino);
+    }
+}
+
+#[test]
+fn info_of_dropped_privileges() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+    cmd.arg("zoo").uid(65534).gid(65534);
+    let t = Target::spawn_cmd(cmd);
+    let info = PidFd::open(t.pid).expect("pidfd").info().expect("info");
+    assert_eq!(info.uids, [65534; 4]);
+    assert_eq!(info.gids, [65534; 4]);
+}
+
+#[test]
+fn bad_pids() {
+    assert!(matches!(PidFd::open(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(PidFd::open(-4), Err(Error::InvalidArgument(_))));
+    // A pid that cannot exist: above the kernel's hard limit of 2^22.
+    assert!(matches!(
+        PidFd::open(4_194_305),
+        Err(Error::NoSuchProcess { pid: 4_194_305 })
+    ));
+    let t = Target::spawn(["zoo"]);
+    let p = PidFd::open(t.pid).expect("pidfd");
+    assert!(matches!(p.send_signal(-1), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        p.send_signal(1000),
+        Err(Error::InvalidArgument(_))
+    ));
+}

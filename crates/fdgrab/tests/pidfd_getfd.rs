@@ -1,0 +1,245 @@
+//! The kernel's pidfd_getfd selftests, ported to fdgrab's API and run against real
+//! processes, plus the cases fdgrab adds on top (leader-exited processes, thread
+//! pidfds, batches).
+
+use fdgrab::grab::{grab, grab_many, same_file, GrabOptions};
+use fdgrab::{Error, PidFd, TargetFd};
+use fdgrab_testkit::{bin, Target, TIMEOUT};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+fn tfd(n: i32) -> TargetFd {
+    TargetFd::new(n).expect("non-negative fd")
+}
+
+#[test]
+fn grabbed_fd_is_the_same_open_file_and_cloexec() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let n = t.fd_labelled("file");
+    let ours = grab(&pidfd, tfd(n)).expect("grab");
+
+    // kcmp(KCMP_FILE) says it is the same open file description.
+    assert!(same_file(&pidfd, tfd(n), ours.as_fd()).expect("kcmp"));
+
+    // FD_CLOEXEC is always set on the copy, whatever the target had.
+    let flags = rustix::io::fcntl_getfd(&ours).expect("F_GETFD");
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+
+    // The offset is shared: the target left it at 7, and moving ours moves theirs.
+    assert_eq!(
+        rustix::fs::seek(&ours, rustix::fs::SeekFrom::Current(0)).expect("lseek"),
+        7
+    );
+    rustix::fs::seek(&ours, rustix::fs::SeekFrom::Start(3)).expect("lseek");
+    assert_eq!(fdgrab_testkit::proc_offset(t.pid, n), 3);
+}
+
+#[test]
+fn grabbed_pipe_carries_data_both_ways() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let w = grab(&pidfd, tfd(t.fd_labelled("pipe-w"))).expect("grab write end");
+    let r = grab(&pidfd, tfd(t.fd_labelled("pipe-r"))).expect("grab read end");
+    // The write end was non-blocking in the target; the copy shares that status flag.
+    let fl = rustix::fs::fcntl_getfl(&w).expect("F_GETFL");
+    assert!(fl.contains(rustix::fs::OFlags::NONBLOCK));
+    rustix::io::write(&w, b"through the target's pipe").expect("write");
+    let mut buf = [0u8; 64];
+    let n = rustix::io::read(&r, &mut buf).expect("read");
+    assert_eq!(&buf[..n], b"through the target's pipe");
+}
+
+#[test]
+fn unknown_fd_is_no_such_fd() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    for n in [1000, i32::MAX] {
+        match grab(&pidfd, tfd(n)) {
+            Err(Error::NoSuchFd { pid, fd }) => {
+                assert_eq!(pid, t.pid);
+                assert_eq!(fd.as_raw(), n);
+            }
+            other => panic!("expected NoSuchFd for fd {n}, got {other:?}"),
+        }
+    }
+    let msg = grab(&pidfd, tfd(1000)).expect_err("no fd 1000").to_string();
+    assert!(
+        msg.contains(&t.pid.to_string()) && msg.contains("1000"),
+        "{msg}"
+    );
+}
+
+/// A caller that dropped to uid 65534 cannot take fds from a non-dumpable target,
+/// and the error explains why.
+#[test]
+fn nondumpable_target_unprivileged_caller_is_permission_denied() {
+    // The target runs as 65534 too, so only its dumpability stands in the way.
+    let mut cmd = Command::new(bin("fdgrab-target"));
+    cmd.args(["zoo", "--nondumpable"])
+        .uid(65534)
+        .gid(65534)
+        .env("TMPDIR", "/tmp");
+    let t = Target::spawn_cmd(cmd);
+    let n = t.fd_labelled("file");
+
+    let mut probe = Command::new(bin("fdgrab-target"));
+    probe
+        .args(["try-grab", &t.pid.to_string(), &n.to_string()])
+        .uid(65534)
+        .gid(65534);
+    let out = fdgrab_testkit::output_timeout(&mut probe, TIMEOUT);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(v["error"], "PermissionDenied", "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("not dumpable"),
+        "hint should name dumpability: {msg}"
+    );
+    assert!(msg.contains(&t.pid.to_string()), "{msg}");
+
+    // The same caller with the same uid succeeds against a dumpable target.
+    let mut cmd = Command::new(bin("fdgrab-target"));
+    cmd.args(["zoo"]).uid(65534).gid(65534);
+    let t2 = Target::spawn_cmd(cmd);
+    let mut probe = Command::new(bin("fdgrab-target"));
+    probe
+        .args([
+            "try-grab",
+            &t2.pid.to_string(),
+            &t2.fd_labelled("file").to_string(),
+        ])
+        .uid(65534)
+        .gid(65534);
+    let out = fdgrab_testkit::output_timeout(&mut probe, TIMEOUT);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn killed_target_is_no_such_process() {
+    let mut t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let n = tfd(t.fd_labelled("file"));
+    pidfd.send_signal(libc::SIGKILL).expect("kill");
+    assert!(
+        pidfd.wait_exit(Some(TIMEOUT)).expect("poll"),
+        "target did not exit"
+    );
+    // Exited but not yet reaped (a zombie).
+    assert!(matches!(grab(&pidfd, n), Err(Error::NoSuchProcess { pid }) if pid == t.pid));
+    // Reaped.
+    t.child.wait().expect("reap");
+    assert!(matches!(grab(&pidfd, n), Err(Error::NoSuchProcess { pid }) if pid == t.pid));
+    assert!(matches!(
+        pidfd.send_signal(0),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        PidFd::open(t.pid),
+        Err(Error::NoSuchProcess { .. }) | Ok(_)
+    ));
+}
+
+#[test]
+fn process_whose_leader_exited_is_still_grabbable() {
+    let t = Target::spawn(["leader-exit"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    // Wait until the leader is a zombie while its other thread runs.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
+        if st
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "leader never exited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(pidfd.is_alive(), "the process is alive while a thread runs");
+    let n = tfd(t.fd_labelled("pipe-w"));
+    let ours = grab(&pidfd, n).expect("grab through a live thread");
+    let theirs = t.fd_report(n.as_raw().into());
+    let st = rustix::fs::fstat(&ours).expect("fstat");
+    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64());
+}
+
+#[test]
+fn thread_pidfd_reaches_the_process_fd_table() {
+    let t = Target::spawn(["leader-exit"]);
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", t.pid))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let tid = *tids.iter().find(|&&x| x != t.pid).expect("a second thread");
+    // A plain pidfd_open of a non-leader tid is refused with a clear error...
+    match PidFd::open(tid) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("thread"), "{msg}"),
+        other => panic!("expected InvalidArgument for a tid, got {other:?}"),
+    }
+    // ...while PIDFD_THREAD opens it, and it grabs from the shared table.
+    let thread = PidFd::open_thread(tid).expect("PIDFD_THREAD");
+    assert!(thread.is_thread());
+    let ours = grab(&thread, tfd(t.fd_labelled("pipe-r"))).expect("grab via thread");
+    assert!(rustix::fs::fstat(&ours).is_ok());
+}
+
+#[test]
+fn batch_grab_is_all_or_nothing_and_names_the_bad_fd() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let good: Vec<TargetFd> = ["file", "pipe-r", "eventfd", "memfd", "tcp-listen"]
+        .iter()
+        .map(|l| tfd(t.fd_labelled(l)))
+        .collect();
+    let all = grab_many(&pidfd, &good).expect("batch");
+    assert_eq!(all.len(), good.len());
+    for (fd, ours) in good.iter().zip(&all) {
+        assert!(
+            same_file(&pidfd, *fd, ours.as_fd()).expect("kcmp"),
+            "fd {fd}"
+        );
+    }
+    let mut bad = good.clone();
+    bad.insert(2, tfd(4000));
+    match GrabOptions::new().grab_many(&pidfd, &bad) {
+        Err(Error::NoSuchFd { fd, .. }) => assert_eq!(fd.as_raw(), 4000),
+        other => panic!("expected NoSuchFd(4000), got {other:?}"),
+    }
+}
+
+#[test]
+fn sockets_memfds_eventfds_are_grabbable() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    for label in [
+        "eventfd",
+        "epoll",
+        "timerfd",
+        "signalfd",
+        "pidfd",
+        "inotify",
+        "memfd",
+        "tcp-listen",
+        "udp",
+        "unix-pair-a",
+    ] {
+        let n = t.fd_labelled(label);
+        let ours = grab(&pidfd, tfd(n)).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let st = rustix::fs::fstat(&ours).expect("fstat");
+        assert_eq!(
+            Some(st.st_ino),
+            t.fd_report(n.into())["ino"].as_u64(),
+            "{label}"
+        );
+        assert!(ours.as_raw_fd() >= 0);
+    }
+    // A grabbed eventfd is the same counter: the target created it with 3.
+    let efd = grab(&pidfd, tfd(t.fd_labelled("eventfd"))).expect("eventfd");
+    let mut buf = [0u8; 8];
+    rustix::io::read(&efd, &mut buf).expect("read eventfd");
+    assert_eq!(u64::from_ne_bytes(buf), 3);
+}
