@@ -117,7 +117,10 @@ fn twenty_containers_leave_nothing(rt: Runtime) {
     spec.netns = Some(ns.path.clone());
     let bundle = Bundle::new(&spec);
     const N: usize = 20;
+    // Read systemd's side as we go: its queue is short (net.unix.max_dgram_qlen).
+    let mut statuses = Vec::new();
     for i in 0..N {
+        statuses.extend(agent.notifications());
         let id = unique(&format!("fdgrab-{}-loop{i}", rt.name()));
         let mut c = Container::run(rt, &bundle, &id);
         let (status, out) = c
@@ -142,6 +145,18 @@ fn twenty_containers_leave_nothing(rt: Runtime) {
         agent.fd_count(),
         baseline,
         "agent fds back to baseline; log {log}"
+    );
+    statuses.extend(agent.notifications());
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s == "STATUS=supervising 1 containers"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("STATUS=supervising 0 containers"),
+        "{statuses:?}"
     );
     let audit = agent.audit_lines();
     let binds = audit

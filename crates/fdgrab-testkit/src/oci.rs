@@ -515,6 +515,8 @@ pub struct AgentProc {
     pub audit: PathBuf,
     pub log: Captured,
     pub dir: TempDir,
+    /// Our end of the agent's `NOTIFY_SOCKET`.
+    pub notify: UnixDatagram,
 }
 
 impl AgentProc {
@@ -583,9 +585,8 @@ impl AgentProc {
                 ));
             }
         }
-        let _ = std::fs::remove_file(&notify_path);
-        // The agent logs this after its notify socket is closed again, so fd counts
-        // taken from here on are its steady state.
+        // The agent logs this after READY=1 is out, so fd counts taken from here
+        // on are its steady state.
         log.wait_for("fdgrab agent ready", TIMEOUT)?;
         let pid = child.id() as i32;
         Ok(AgentProc {
@@ -595,7 +596,19 @@ impl AgentProc {
             audit: audit.to_owned(),
             log,
             dir,
+            notify,
         })
+    }
+
+    /// systemd notifications the agent sent since the last call (READY=1 excluded).
+    pub fn notifications(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        let _ = self.notify.set_nonblocking(true);
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
     }
 
     /// The agent's open descriptors, counted in `/proc/PID/fd`.

@@ -8,7 +8,7 @@
 use crate::cli::AgentArgs;
 use crate::exit::UsageError;
 use anyhow::{bail, Context};
-use fdgrab::supervise::agent::Agent;
+use fdgrab::supervise::agent::{Agent, AgentEvent};
 use fdgrab::supervise::audit::AuditSink;
 use fdgrab::supervise::policy::Policy;
 use fdgrab::supervise::Supervisor;
@@ -31,10 +31,26 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let listener = listen_at(&a.socket)?;
     let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
     let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
-    notify_systemd("READY=1\nSTATUS=waiting for containers")?;
+    let systemd = SystemdNotify::from_env()?;
+    if let Some(n) = &systemd {
+        n.send("READY=1\nSTATUS=supervising 0 containers", true)
+            .context("notifying systemd (NOTIFY_SOCKET)")?;
+    }
     tracing::info!(socket = %a.socket.display(), "fdgrab agent ready");
     loop {
-        agent.turn(None).context("agent event loop")?;
+        let events = agent.turn(None).context("agent event loop")?;
+        let changed = events
+            .iter()
+            .any(|e| !matches!(e, AgentEvent::Rejected { .. }));
+        if let (true, Some(n)) = (changed, &systemd) {
+            // Only a status line: losing one must neither stop nor stall the agent.
+            if let Err(e) = n.send(
+                &format!("STATUS=supervising {} containers", agent.container_count()),
+                false,
+            ) {
+                tracing::debug!(error = %e, "systemd status update failed");
+            }
+        }
     }
 }
 
@@ -114,30 +130,41 @@ fn socket_is_live(addr: &SocketAddrUnix) -> anyhow::Result<bool> {
     }
 }
 
-/// Sends `state` to systemd's notification socket when `NOTIFY_SOCKET` is set
-/// (`sd_notify(3)`: a datagram; `@` starts an abstract name).
-fn notify_systemd(state: &str) -> anyhow::Result<()> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => SocketAddrUnix::new_abstract_name(name),
-        None => SocketAddrUnix::new(bytes),
+/// systemd's notification socket (`sd_notify(3)`), when `NOTIFY_SOCKET` is set:
+/// datagrams of `KEY=VALUE` lines; a leading `@` names an abstract socket.
+struct SystemdNotify {
+    sock: OwnedFd,
+    addr: SocketAddrUnix,
+}
+
+impl SystemdNotify {
+    fn from_env() -> anyhow::Result<Option<SystemdNotify>> {
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddrUnix::new_abstract_name(name),
+            None => SocketAddrUnix::new(bytes),
+        }
+        .with_context(|| format!("NOTIFY_SOCKET={target:?}"))?;
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .context("creating the systemd notification socket")?;
+        Ok(Some(SystemdNotify { sock, addr }))
     }
-    .with_context(|| format!("NOTIFY_SOCKET={target:?}"))?;
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    rustix::net::sendto(
-        &sock,
-        state.as_bytes(),
-        rustix::net::SendFlags::NOSIGNAL,
-        &addr,
-    )
-    .with_context(|| format!("notifying systemd at {target:?}"))?;
-    Ok(())
+
+    /// Sends one notification. `wait` false: drop it rather than block when the
+    /// receiver's queue is full, because a blocked agent answers no container.
+    fn send(&self, state: &str, wait: bool) -> rustix::io::Result<usize> {
+        let mut flags = rustix::net::SendFlags::NOSIGNAL;
+        if !wait {
+            flags |= rustix::net::SendFlags::DONTWAIT;
+        }
+        rustix::net::sendto(&self.sock, state.as_bytes(), flags, &self.addr)
+    }
 }

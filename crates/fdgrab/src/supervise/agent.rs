@@ -10,12 +10,12 @@
 use crate::supervise::audit::AuditLabels;
 use crate::supervise::oci::{container_policy, deny_all, ReadProgress, StateReader};
 use crate::supervise::policy::Policy;
-use crate::supervise::{ListenerId, Supervisor, SupervisorEvent};
+use crate::supervise::{io_err, ListenerId, Supervisor, SupervisorEvent};
+use crate::Result;
 use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,21 +96,24 @@ impl Agent {
     /// Takes a listening unix stream socket (it is made non-blocking here), the
     /// agent-wide policy that bounds every container, and the supervisor that will
     /// own the containers' listeners.
-    pub fn new(listener: OwnedFd, upper: Policy, supervisor: Supervisor) -> io::Result<Self> {
-        rustix::io::ioctl_fionbio(&listener, true)?;
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    pub fn new(listener: OwnedFd, upper: Policy, supervisor: Supervisor) -> Result<Self> {
+        rustix::io::ioctl_fionbio(&listener, true).map_err(|e| io_err("ioctl(FIONBIO)", e))?;
+        let epoll =
+            epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| io_err("epoll_create1", e))?;
         epoll::add(
             &epoll,
             &listener,
             epoll::EventData::new_u64(LISTENER_TOKEN),
             epoll::EventFlags::IN,
-        )?;
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD listener)", e))?;
         epoll::add(
             &epoll,
             &supervisor,
             epoll::EventData::new_u64(SUPERVISOR_TOKEN),
             epoll::EventFlags::IN,
-        )?;
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD supervisor)", e))?;
         Ok(Agent {
             epoll,
             listener,
@@ -142,7 +145,7 @@ impl Agent {
     /// Waits up to `timeout` (`None`: until something happens) and handles
     /// everything that is ready. Errors are the agent's own (epoll, supervisor);
     /// anything a runtime or container does wrong is logged and handled here.
-    pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<Vec<AgentEvent>> {
+    pub fn turn(&mut self, timeout: Option<Duration>) -> Result<Vec<AgentEvent>> {
         let mut events = Vec::new();
         let now = Instant::now();
         let wait = self
@@ -163,7 +166,7 @@ impl Agent {
             ts.as_ref(),
         ) {
             Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_err("epoll_wait", e)),
         }
         for ev in &ready {
             match ev.data.u64() {
@@ -333,11 +336,8 @@ impl Agent {
         }
     }
 
-    fn dispatch(&mut self, events: &mut Vec<AgentEvent>) -> io::Result<()> {
-        let happened = self
-            .supervisor
-            .dispatch(Some(Duration::ZERO))
-            .map_err(io::Error::other)?;
+    fn dispatch(&mut self, events: &mut Vec<AgentEvent>) -> Result<()> {
+        let happened = self.supervisor.dispatch(Some(Duration::ZERO))?;
         for ev in happened {
             if let SupervisorEvent::ListenerClosed(id) = ev {
                 let container_id = self
