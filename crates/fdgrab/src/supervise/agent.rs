@@ -8,7 +8,9 @@
 //! the supervisor reports `ListenerClosed` and everything kept for it is dropped.
 
 use crate::supervise::audit::AuditLabels;
-use crate::supervise::oci::{container_policy, deny_all, ReadProgress, StateReader};
+use crate::supervise::oci::{
+    container_policy, deny_all, ContainerListener, ReadProgress, Rejection, StateReader,
+};
 use crate::supervise::policy::Policy;
 use crate::supervise::{io_err, ListenerId, Supervisor, SupervisorEvent};
 use crate::Result;
@@ -225,7 +227,6 @@ impl Agent {
             );
             return;
         }
-        let peer = rustix::net::sockopt::socket_peercred(&sock).ok();
         let token = self.next_token;
         self.next_token += 1;
         if let Err(e) = epoll::add(
@@ -237,12 +238,7 @@ impl Agent {
             tracing::error!(error = %e, "could not watch a new connection; closing it");
             return;
         }
-        tracing::debug!(
-            token,
-            peer_pid = peer.map(|p| p.pid.as_raw_nonzero().get()),
-            peer_uid = peer.map(|p| p.uid.as_raw()),
-            "runtime connected"
-        );
+        tracing::debug!(token, "runtime connected");
         let deadline = Instant::now() + self.connection_timeout;
         self.connections.insert(
             token,
@@ -267,7 +263,7 @@ impl Agent {
         match outcome {
             Ok(ReadProgress::Pending) => {}
             Ok(ReadProgress::Complete(listener)) => self.add_container(*listener, events),
-            Err(crate::supervise::oci::Rejection::Empty) => {
+            Err(Rejection::Empty) => {
                 // A liveness probe (another agent checking the socket) or a runtime
                 // that gave up: nothing to report beyond debug.
                 tracing::debug!(token, "connection closed without data");
@@ -281,11 +277,7 @@ impl Agent {
         }
     }
 
-    fn add_container(
-        &mut self,
-        listener: crate::supervise::oci::ContainerListener,
-        events: &mut Vec<AgentEvent>,
-    ) {
+    fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {
         let state = listener.state;
         let container_id = state.state.id.clone();
         let policy = match container_policy(&self.upper, &state) {
