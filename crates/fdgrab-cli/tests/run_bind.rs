@@ -16,7 +16,9 @@ const NOBODY: u32 = 65534;
 
 fn root_or_skip() -> bool {
     if !fdgrab_testkit::is_root() {
-        eprintln!("SKIP: fdgrab run tests need root (they drop to uid 65534 and bind privileged ports)");
+        eprintln!(
+            "SKIP: fdgrab run tests need root (they drop to uid 65534 and bind privileged ports)"
+        );
         return false;
     }
     true
@@ -25,7 +27,12 @@ fn root_or_skip() -> bool {
 /// `fdgrab run --user nobody ARGS... -- CMD...`
 fn run_cmd(opts: &[&str], cmd: &[&str]) -> Command {
     let mut c = fdgrab();
-    c.arg("run").arg("--user").arg("nobody").args(opts).arg("--").args(cmd);
+    c.arg("run")
+        .arg("--user")
+        .arg("nobody")
+        .args(opts)
+        .arg("--")
+        .args(cmd);
     c
 }
 
@@ -45,7 +52,11 @@ fn probe_run(opts: &[&str], args: &[&str]) -> Value {
 fn parse_last(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!("no output; status {:?}, stderr: {}", out.status, String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "no output; status {:?}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
 }
@@ -122,13 +133,22 @@ fn http_get(addr: &str, server: &mut Server) -> String {
             let _ = s.read_to_string(&mut resp);
             return resp;
         }
-        assert!(Instant::now() < deadline, "nothing listening on {addr} after {TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn spawn_server(cmd: &mut Command) -> Server {
-    Server(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn fdgrab run"))
+    Server(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fdgrab run"),
+    )
 }
 
 fn python() -> &'static str {
@@ -149,7 +169,16 @@ fn run_python_http_server_on_port_80_as_nobody() {
     let d = dir.0.to_string_lossy().into_owned();
     let mut server = spawn_server(&mut run_cmd(
         &["--allow-bind", "tcp:80@127.0.0.1"],
-        &[python(), "-m", "http.server", "80", "--bind", "127.0.0.1", "--directory", &d],
+        &[
+            python(),
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            &d,
+        ],
     ));
     let resp = http_get("127.0.0.1:80", &mut server);
     assert!(resp.starts_with("HTTP/1.0 200"), "response: {resp}");
@@ -170,7 +199,10 @@ fn run_without_allow_rule_gets_eacces_like_unsupervised() {
     assert_eq!(supervised, plain);
     // And a real server fails the same way.
     let out = output_timeout(
-        &mut run_cmd(&[], &[python(), "-m", "http.server", "80", "--bind", "127.0.0.4"]),
+        &mut run_cmd(
+            &[],
+            &[python(), "-m", "http.server", "80", "--bind", "127.0.0.4"],
+        ),
         TIMEOUT,
     );
     assert!(!out.status.success());
@@ -183,7 +215,10 @@ fn run_busybox_httpd_static_on_port_80() {
     if !root_or_skip() {
         return;
     }
-    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()) else {
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
         panic!("busybox-static is not installed (scripts/test installs it)");
     };
     let dir = TempDir::new("bb");
@@ -194,7 +229,10 @@ fn run_busybox_httpd_static_on_port_80() {
         &[busybox, "httpd", "-f", "-p", "127.0.0.2:80", "-h", &d],
     ));
     let resp = http_get("127.0.0.2:80", &mut server);
-    assert!(resp.starts_with("HTTP/1.") && resp.contains(" 200 "), "response: {resp}");
+    assert!(
+        resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
+        "response: {resp}"
+    );
     assert!(resp.contains("static busybox"), "body: {resp}");
 }
 
@@ -203,7 +241,10 @@ fn run_nginx_as_nobody_listen_80() {
     if !root_or_skip() {
         return;
     }
-    let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists()) else {
+    let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
         panic!("nginx is not installed (scripts/test installs it)");
     };
     let dir = TempDir::new("nginx");
@@ -225,12 +266,26 @@ fn run_nginx_as_nobody_listen_80() {
         &[nginx, "-c", &conf_path, "-p", &d, "-e", &err_log],
     ));
     let resp = http_get("127.0.0.3:80", &mut server);
-    assert!(resp.contains(" 200 OK"), "response: {resp}\nerror.log: {}", std::fs::read_to_string(&err_log).unwrap_or_default());
+    assert!(
+        resp.contains(" 200 OK"),
+        "response: {resp}\nerror.log: {}",
+        std::fs::read_to_string(&err_log).unwrap_or_default()
+    );
     assert!(resp.contains("nginx as nobody"), "body: {resp}");
     let st = server.stop();
-    assert!(st.success(), "nginx stops cleanly on a forwarded SIGTERM: {st:?}");
-    let left = Command::new("pgrep").args(["-f", &conf_path]).output().expect("pgrep");
-    assert!(left.stdout.is_empty(), "nginx processes left: {}", String::from_utf8_lossy(&left.stdout));
+    assert!(
+        st.success(),
+        "nginx stops cleanly on a forwarded SIGTERM: {st:?}"
+    );
+    let left = Command::new("pgrep")
+        .args(["-f", &conf_path])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "nginx processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
@@ -241,11 +296,17 @@ fn run_unprivileged_and_unix_binds_pass_untouched() {
     let dir = TempDir::new("untouched");
     let audit = dir.path("audit.jsonl");
     let audit_s = audit.to_string_lossy().into_owned();
-    let v = probe_run(&["--allow-bind", "1-65535", "--audit", &audit_s], &["bind", "tcp4", "127.0.0.1", "42081"]);
+    let v = probe_run(
+        &["--allow-bind", "1-65535", "--audit", &audit_s],
+        &["bind", "tcp4", "127.0.0.1", "42081"],
+    );
     assert_eq!(v["errno"], 0, "{v}");
     assert_eq!(v["port"], 42081);
     let sock = dir.path("s.sock").to_string_lossy().into_owned();
-    let v = probe_run(&["--allow-bind", "1-65535", "--audit", &audit_s], &["bind", "unix", &sock]);
+    let v = probe_run(
+        &["--allow-bind", "1-65535", "--audit", &audit_s],
+        &["bind", "unix", &sock],
+    );
     assert_eq!(v["errno"], 0, "{v}");
     let lines: Vec<Value> = std::fs::read_to_string(&audit)
         .expect("audit file")
@@ -268,15 +329,33 @@ fn run_ipv6_dual_stack_and_udp() {
     let allow = ["--allow-bind", "92-94"];
     let dual = probe_run(&allow, &["bind", "tcp6", "::", "92"]);
     assert_eq!(dual["errno"], 0, "{dual}");
-    assert_eq!(dual["v4_connect"], true, "a dual-stack socket on [::]:92 accepts IPv4: {dual}");
+    assert_eq!(
+        dual["v4_connect"], true,
+        "a dual-stack socket on [::]:92 accepts IPv4: {dual}"
+    );
     let v6only = probe_run(&allow, &["bind", "tcp6only", "::1", "93"]);
-    assert_eq!((v6only["errno"].clone(), v6only["port"].clone()), (0.into(), 93.into()), "{v6only}");
+    assert_eq!(
+        (v6only["errno"].clone(), v6only["port"].clone()),
+        (0.into(), 93.into()),
+        "{v6only}"
+    );
     let udp4 = probe_run(&allow, &["bind", "udp4", "127.0.0.1", "94"]);
-    assert_eq!((udp4["errno"].clone(), udp4["port"].clone()), (0.into(), 94.into()), "{udp4}");
+    assert_eq!(
+        (udp4["errno"].clone(), udp4["port"].clone()),
+        (0.into(), 94.into()),
+        "{udp4}"
+    );
     let udp6 = probe_run(&allow, &["bind", "udp6", "::1", "94"]);
-    assert_eq!((udp6["errno"].clone(), udp6["port"].clone()), (0.into(), 94.into()), "{udp6}");
+    assert_eq!(
+        (udp6["errno"].clone(), udp6["port"].clone()),
+        (0.into(), 94.into()),
+        "{udp6}"
+    );
     // A TCP-only rule does not cover UDP.
-    let udp_denied = probe_run(&["--allow-bind", "tcp:94"], &["bind", "udp4", "127.0.0.1", "94"]);
+    let udp_denied = probe_run(
+        &["--allow-bind", "tcp:94"],
+        &["bind", "udp4", "127.0.0.1", "94"],
+    );
     assert_eq!(udp_denied["errno"], libc::EACCES, "{udp_denied}");
 }
 
@@ -287,7 +366,11 @@ fn run_answers_the_kernels_errnos() {
     }
     let allow = ["--allow-bind", "87-90@127.0.0.1"];
     let inuse = probe_run(&allow, &["inuse", "87"]);
-    assert_eq!((inuse["first"].clone(), inuse["second"].clone()), (0.into(), libc::EADDRINUSE.into()), "{inuse}");
+    assert_eq!(
+        (inuse["first"].clone(), inuse["second"].clone()),
+        (0.into(), libc::EADDRINUSE.into()),
+        "{inuse}"
+    );
     let efault = probe_run(&allow, &["efault", "88"]);
     assert_eq!(efault["errno"], libc::EFAULT, "{efault}");
     let short = probe_run(&allow, &["short", "89"]);
@@ -332,9 +415,15 @@ fn run_64_threads_10000_binds() {
         return;
     }
     // Threads bind ports 100..=163; every fifth bind goes to 99, which is forbidden.
-    let v = probe_run(&["--allow-bind", "tcp:100-163@127.0.0.1"], &["threads", "64", "10000", "100"]);
+    let v = probe_run(
+        &["--allow-bind", "tcp:100-163@127.0.0.1"],
+        &["threads", "64", "10000", "100"],
+    );
     assert_eq!(v["wrong"], 0, "{v}");
-    let (ok, denied) = (v["ok"].as_u64().unwrap_or(0), v["denied"].as_u64().unwrap_or(0));
+    let (ok, denied) = (
+        v["ok"].as_u64().unwrap_or(0),
+        v["denied"].as_u64().unwrap_or(0),
+    );
     assert_eq!(ok + denied, 10_000, "{v}");
     assert!(ok > 7900 && denied > 1900, "{v}");
 }
@@ -345,13 +434,22 @@ fn run_dup2_race_never_binds_the_wrong_file() {
         return;
     }
     let n = 3000;
-    let v = probe_run(&["--allow-bind", "tcp:84@127.0.0.1"], &["dup2race", &n.to_string(), "84"]);
+    let v = probe_run(
+        &["--allow-bind", "tcp:84@127.0.0.1"],
+        &["dup2race", &n.to_string(), "84"],
+    );
     assert_eq!(v["decoy_port"], 0, "the UDP decoy must never be bound: {v}");
-    assert_eq!(v["zero_but_unbound"], 0, "a 0 answer must mean our TCP socket got the port: {v}");
+    assert_eq!(
+        v["zero_but_unbound"], 0,
+        "a 0 answer must mean our TCP socket got the port: {v}"
+    );
     let errnos = v["errnos"].as_object().expect("errnos");
     let mut total = 0;
     for (k, count) in errnos {
-        assert!(["0", "13", "88"].contains(&k.as_str()), "unexpected errno {k}: {v}");
+        assert!(
+            ["0", "13", "88"].contains(&k.as_str()),
+            "unexpected errno {k}: {v}"
+        );
         total += count.as_u64().expect("count");
     }
     assert_eq!(total, n, "{v}");
@@ -362,14 +460,22 @@ fn run_sigurg_storm_during_binds() {
     if !root_or_skip() {
         return;
     }
-    let v = probe_run(&["--allow-bind", "tcp:85@127.0.0.1"], &["sigurg", "3000", "85"]);
+    let v = probe_run(
+        &["--allow-bind", "tcp:85@127.0.0.1"],
+        &["sigurg", "3000", "85"],
+    );
     assert_eq!(v["bad"], 0, "{v}");
     assert_eq!(v["ok"], 3000, "{v}");
-    assert!(v["signals"].as_u64().unwrap_or(0) > 1000, "the storm must actually happen: {v}");
+    assert!(
+        v["signals"].as_u64().unwrap_or(0) > 1000,
+        "the storm must actually happen: {v}"
+    );
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -378,11 +484,14 @@ fn run_program_killed_mid_notification_leaks_nothing() {
         return;
     }
     let p = probe();
-    let mut child = run_cmd(&["--allow-bind", "tcp:86@127.0.0.1"], &[&p, "fork-kill", "150", "86"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = run_cmd(
+        &["--allow-bind", "tcp:86@127.0.0.1"],
+        &[&p, "fork-kill", "150", "86"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     let _guard = Guard(child.id());
     let mut stdin = child.stdin.take().expect("stdin");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -401,9 +510,16 @@ fn run_program_killed_mid_notification_leaks_nothing() {
         after = fd_count(child.id());
     }
     let listing: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
-        .map(|d| d.flatten().map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default())).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
-    assert_eq!(before, after, "fdgrab's fd count changed: {before} -> {after}: {listing:?}");
+    assert_eq!(
+        before, after,
+        "fdgrab's fd count changed: {before} -> {after}: {listing:?}"
+    );
     writeln!(stdin).expect("finish");
     let st = wait_timeout(&mut child, TIMEOUT).expect("exit");
     assert!(st.success(), "{st:?}");
@@ -446,8 +562,14 @@ fn run_nested_is_a_clear_error() {
     let out = output_timeout(&mut c, TIMEOUT);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("installing the seccomp filter"), "stderr: {err}");
-    assert!(err.contains("cannot run inside another fdgrab run"), "stderr: {err}");
+    assert!(
+        err.contains("installing the seccomp filter"),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("cannot run inside another fdgrab run"),
+        "stderr: {err}"
+    );
 }
 
 #[test]
@@ -459,8 +581,15 @@ fn run_refuses_io_uring_and_foreign_abis() {
     assert_eq!(v["errno"], libc::ENOSYS, "{v}");
     for mode in ["x32", "int80"] {
         let out = output_timeout(&mut run_cmd(&[], &[&probe(), mode]), TIMEOUT);
-        assert_eq!(out.status.code(), Some(128 + libc::SIGSYS), "{mode}: {out:?}");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"), "{mode}: {out:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGSYS),
+            "{mode}: {out:?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("survived"),
+            "{mode}: {out:?}"
+        );
     }
 }
 
@@ -471,7 +600,11 @@ fn run_policy_file() {
     }
     let dir = TempDir::new("policy");
     let good = dir.path("good.toml");
-    std::fs::write(&good, "# web\n[[bind]]\nport = \"97-98\"\nproto = \"tcp\"\naddr = \"127.0.0.1\"\n").expect("write");
+    std::fs::write(
+        &good,
+        "# web\n[[bind]]\nport = \"97-98\"\nproto = \"tcp\"\naddr = \"127.0.0.1\"\n",
+    )
+    .expect("write");
     let g = good.to_string_lossy().into_owned();
     let v = probe_run(&["--policy", &g], &["bind", "tcp4", "127.0.0.1", "97"]);
     assert_eq!(v["errno"], 0, "{v}");
@@ -486,11 +619,23 @@ fn run_policy_file() {
     let out = output_timeout(&mut run_cmd(&["--policy", &b], &["touch", &m]), TIMEOUT);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:3") && err.contains("sctp"), "stderr: {err}");
-    assert!(!marker.exists(), "the program must not start with a bad policy");
-    let out = output_timeout(&mut run_cmd(&["--allow-bind", "tcp:80-70"], &["touch", &m]), TIMEOUT);
+    assert!(
+        err.contains("bad.toml:3") && err.contains("sctp"),
+        "stderr: {err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the program must not start with a bad policy"
+    );
+    let out = output_timeout(
+        &mut run_cmd(&["--allow-bind", "tcp:80-70"], &["touch", &m]),
+        TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("backwards"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("backwards"),
+        "{out:?}"
+    );
     assert!(!marker.exists());
 }
 
@@ -501,13 +646,21 @@ fn run_audit_line_fields() {
     }
     let dir = TempDir::new("audit");
     let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
-    let v = probe_run(&["--allow-bind", "83@127.0.0.1", "--audit", &audit], &["inuse", "83"]);
+    let v = probe_run(
+        &["--allow-bind", "83@127.0.0.1", "--audit", &audit],
+        &["inuse", "83"],
+    );
     assert_eq!(v["second"], libc::EADDRINUSE, "{v}");
     let text = std::fs::read_to_string(&audit).expect("audit");
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(lines.len(), 2, "{text}");
     for l in &lines {
-        for key in ["time", "pid", "tid", "exe", "uid", "family", "address", "port", "decision", "errno"] {
+        for key in [
+            "time", "pid", "tid", "exe", "uid", "family", "address", "port", "decision", "errno",
+        ] {
             assert!(l.get(key).is_some(), "missing {key}: {l}");
         }
         assert_eq!(l["uid"], NOBODY);
@@ -515,7 +668,10 @@ fn run_audit_line_fields() {
         assert_eq!(l["address"], "127.0.0.1");
         assert_eq!(l["port"], 83);
         assert_eq!(l["decision"], "bind");
-        assert!(l["exe"].as_str().unwrap_or("").ends_with("bind-probe"), "{l}");
+        assert!(
+            l["exe"].as_str().unwrap_or("").ends_with("bind-probe"),
+            "{l}"
+        );
     }
     assert_eq!(lines[0]["errno"], 0);
     assert_eq!(lines[1]["errno"], libc::EADDRINUSE);
@@ -535,15 +691,21 @@ fn run_exit_status_and_parent_death() {
     let sleeper = wait_for_child_of(child.id());
     child.kill().expect("kill fdgrab");
     let _ = child.wait();
-    assert!(wait_gone(sleeper), "the program outlived fdgrab without --keep-running-on-supervisor-exit");
+    assert!(
+        wait_gone(sleeper),
+        "the program outlived fdgrab without --keep-running-on-supervisor-exit"
+    );
 
     // With --keep-running-on-supervisor-exit it lives on, and its binds get ENOSYS.
     let p = probe();
-    let mut child = run_cmd(&["--keep-running-on-supervisor-exit", "--allow-bind", "82"], &[&p, "wait-bind", "82"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = run_cmd(
+        &["--keep-running-on-supervisor-exit", "--allow-bind", "82"],
+        &[&p, "wait-bind", "82"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     let _g2 = Guard(child.id());
     let program = wait_for_child_of(child.id());
     let _g3 = Guard(program);
@@ -560,8 +722,13 @@ fn run_exit_status_and_parent_death() {
 fn wait_for_child_of(pid: u32) -> u32 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(c) = children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
             // Wait until it has exec'd (its filter is in place by then).
             let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
             if !exe.to_string_lossy().ends_with("fdgrab") {

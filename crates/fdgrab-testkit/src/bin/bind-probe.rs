@@ -87,7 +87,11 @@ fn tcp_socket(family: AddressFamily) -> OwnedFd {
 }
 
 fn local_port(s: impl AsFd) -> u16 {
-    rustix::net::getsockname(s).ok().and_then(|a| SocketAddr::try_from(a).ok()).map(|a| a.port()).unwrap_or(0)
+    rustix::net::getsockname(s)
+        .ok()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
@@ -113,7 +117,10 @@ fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
     if e == 0 && ty == SocketType::STREAM {
         rustix::net::listen(&s, 8).expect("listen");
         if kind == "tcp6" && ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-            let c = TcpStream::connect_timeout(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port), Duration::from_secs(5));
+            let c = TcpStream::connect_timeout(
+                &SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+                Duration::from_secs(5),
+            );
             v["v4_connect"] = json!(c.is_ok());
         }
     }
@@ -149,7 +156,9 @@ fn sockaddr_in(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -165,7 +174,11 @@ fn short(port: u16) -> Value {
     let s = tcp_socket(AddressFamily::INET);
     let sa = sockaddr_in(port);
     let e = raw_bind(s.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), 8);
-    let negative = raw_bind(s.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), u32::MAX);
+    let negative = raw_bind(
+        s.as_raw_fd(),
+        (&sa as *const libc::sockaddr_in).cast(),
+        u32::MAX,
+    );
     json!({ "errno": e, "negative_len_errno": negative, "port": local_port(&s) })
 }
 
@@ -200,7 +213,10 @@ fn threads(t: usize, total: u64, base: u16) -> Value {
                         }
                         (f, r) => {
                             if let Ok(mut w) = wrong.lock() {
-                                w.push(format!("thread {i} port {port} forbidden={f}: {r:?} bound {}", local_port(&s)));
+                                w.push(format!(
+                                    "thread {i} port {port} forbidden={f}: {r:?} bound {}",
+                                    local_port(&s)
+                                ));
                             }
                         }
                     }
@@ -260,7 +276,10 @@ fn dup2race(n: u64, port: u16) -> Value {
     racer.join().expect("racer");
     // SAFETY: SLOT is a number this test put there; closing it frees it.
     unsafe { libc::close(SLOT) };
-    let counts: serde_json::Map<String, Value> = counts.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let counts: serde_json::Map<String, Value> = counts
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     json!({ "errnos": counts, "bound_tcp": bound_tcp, "zero_but_unbound": zero_but_unbound,
             "decoy_port": local_port(&decoy) })
 }
@@ -320,7 +339,13 @@ fn fork_kill(n: u64, port: u16) -> Value {
                 unsafe {
                     let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
                     let one: libc::c_int = 1;
-                    libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+                    libc::setsockopt(
+                        s,
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEADDR,
+                        (&one as *const libc::c_int).cast(),
+                        4,
+                    );
                     let sa = sockaddr_in(port);
                     libc::bind(s, (&sa as *const libc::sockaddr_in).cast(), 16);
                     libc::close(s);
@@ -345,7 +370,11 @@ fn io_uring() -> Value {
     let mut params = [0u8; 120];
     // SAFETY: io_uring_setup reads and writes a 120-byte io_uring_params.
     let r = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
-    let errno = if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 };
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
     if r >= 0 {
         // SAFETY: r is the io_uring fd we just got.
         drop(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
@@ -363,8 +392,8 @@ fn x32() -> Value {
 fn int80() -> Value {
     println!("{}", json!({ "calling": "int 0x80 getpid" }));
     let mut ret: i64 = 20; // __NR_getpid on i386
-    // SAFETY: the i386 getpid takes no arguments and touches no memory; `int 0x80`
-    // clobbers only eax (and r8-r11 are preserved by the kernel's compat entry).
+                           // SAFETY: the i386 getpid takes no arguments and touches no memory; `int 0x80`
+                           // clobbers only eax (and r8-r11 are preserved by the kernel's compat entry).
     unsafe { std::arch::asm!("int 0x80", inout("rax") ret, options(nostack)) };
     json!({ "survived": true, "ret": ret })
 }

@@ -20,10 +20,10 @@ use super::handler::{Answer, Context, Handler};
 use super::policy::{Policy, Proto};
 use crate::pidfd::PidFd;
 use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
-use std::collections::HashMap;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -48,12 +48,17 @@ const MAX_UNANSWERED: usize = 4096;
 
 impl BindHandler {
     pub fn new(policy: Arc<Policy>) -> Self {
-        Self { policy, unanswered: HashMap::new() }
+        Self {
+            policy,
+            unanswered: HashMap::new(),
+        }
     }
 }
 
 fn socket_key(sock: &OwnedFd) -> Option<(u64, u64)> {
-    rustix::fs::fstat(sock).ok().map(|st| (st.st_dev, st.st_ino))
+    rustix::fs::fstat(sock)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// What we learned about one request, for the audit line.
@@ -85,7 +90,9 @@ impl Handler for BindHandler {
         if cx.audit.is_enabled() {
             audit(cx, notif, &facts, response, decision, reason);
         }
-        let Some(sock) = bound else { return Answer::Respond(response) };
+        let Some(sock) = bound else {
+            return Answer::Respond(response);
+        };
         // We changed the socket: if the caller never learns that, remember it so a
         // restarted call is answered as the success it was.
         match cx.listener.respond(notif.id, response) {
@@ -110,7 +117,12 @@ type Decided = (Response, Decision, &'static str, Option<OwnedFd>);
 
 impl BindHandler {
     /// `None` when the request vanished (nothing to answer).
-    fn decide(&mut self, cx: &mut Context<'_>, n: &Notification, facts: &mut Facts) -> Option<Decided> {
+    fn decide(
+        &mut self,
+        cx: &mut Context<'_>,
+        n: &Notification,
+        facts: &mut Facts,
+    ) -> Option<Decided> {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
         let fd = n.data.args[0] as u32 as i32;
@@ -163,14 +175,24 @@ impl BindHandler {
             return cont("not allowed by policy (the kernel decides)");
         }
         match rustix::net::bind(&sock, &addr) {
-            Ok(()) => Some((Response::Value(0), Decision::Bind, "allowed by policy", Some(sock))),
+            Ok(()) => Some((
+                Response::Value(0),
+                Decision::Bind,
+                "allowed by policy",
+                Some(sock),
+            )),
             Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
                 Response::Value(0),
                 Decision::AlreadyBound,
                 "restarted call; already bound to this address",
                 Some(sock),
             )),
-            Err(e) => Some((Response::Error(e), Decision::Bind, "allowed by policy; bind failed", None)),
+            Err(e) => Some((
+                Response::Error(e),
+                Decision::Bind,
+                "allowed by policy; bind failed",
+                None,
+            )),
         }
     }
 }
@@ -227,7 +249,9 @@ fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
 impl BindHandler {
     /// Whether `sock` is one we bound to `want` for a call its caller left.
     fn restarted(&mut self, sock: &OwnedFd, want: &SocketAddr) -> bool {
-        let Some(key) = socket_key(sock) else { return false };
+        let Some(key) = socket_key(sock) else {
+            return false;
+        };
         match self.unanswered.get(&key) {
             Some(addr) if addr == want && bound_to(sock, want) => {
                 self.unanswered.remove(&key);
