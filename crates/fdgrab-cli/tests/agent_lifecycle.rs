@@ -2,7 +2,6 @@
 //! sees when the agent goes away, what the runtime does when no agent is there,
 //! and that a stream of containers leaves nothing behind in the agent.
 
-use fdgrab_testkit::is_root;
 use fdgrab_testkit::oci::{
     unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir,
 };
@@ -10,26 +9,10 @@ use std::time::{Duration, Instant};
 
 const START: Duration = Duration::from_secs(20);
 
-fn usable(rt: Runtime) -> bool {
-    if !is_root() {
-        eprintln!("skipping: needs root to run {} containers", rt.name());
-        return false;
-    }
-    if !rt.available() {
-        eprintln!(
-            "skipping: {} is not installed (scripts/test installs it)",
-            rt.name()
-        );
-        return false;
-    }
-    rt.prepare();
-    true
-}
-
 /// The agent dies while the container runs: the kernel answers every trapped
 /// bind with ENOSYS from then on (the filter's listener is gone).
 fn stopped_agent_gives_enosys(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let mut agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
@@ -69,7 +52,7 @@ fn stopped_agent_gives_enosys(rt: Runtime) {
 /// No agent on the socket: runc and crun both refuse to start the container,
 /// naming the socket (documented in the README).
 fn start_without_agent_fails(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let dir = TempDir::new("fdgrab-noagent");
@@ -101,7 +84,7 @@ fn start_without_agent_fails(rt: Runtime) {
 /// an unanswered notification would hang it), every container is released, and
 /// the agent's fd count is back to where it started.
 fn twenty_containers_leave_nothing(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
@@ -166,14 +149,7 @@ fn twenty_containers_leave_nothing(rt: Runtime) {
     assert_eq!(binds, N, "{audit:?}");
 }
 
-macro_rules! per_runtime {
-    ($($name:ident => $body:ident),* $(,)?) => {
-        mod runc { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Runc) } )* }
-        mod crun { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Crun) } )* }
-    };
-}
-
-per_runtime! {
+fdgrab_testkit::per_runtime! {
     agent_stopped_agent_gives_enosys => stopped_agent_gives_enosys,
     agent_runtime_refuses_to_start_without_agent => start_without_agent_fails,
     agent_twenty_containers_leave_nothing => twenty_containers_leave_nothing,

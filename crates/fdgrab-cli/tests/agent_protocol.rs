@@ -247,36 +247,31 @@ fn agent_refuses_a_socket_a_live_agent_owns() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
 
+/// Runs `fdgrab agent --socket SOCKET --allow-bind SPEC`, expects a usage error
+/// (exit 2), and returns its stderr.
+fn agent_usage_error(socket: &std::path::Path, spec: &str) -> String {
+    let mut cmd = fdgrab();
+    cmd.args(["agent", "--socket"])
+        .arg(socket)
+        .args(["--allow-bind", spec]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 #[test]
 fn agent_refuses_bad_arguments() {
     let dir = TempDir::new("fdgrab-agent-args");
     let file = dir.path().join("plain-file");
     std::fs::write(&file, "not a socket").expect("file");
-    let out = output_timeout(
-        fdgrab()
-            .args(["agent", "--socket"])
-            .arg(&file)
-            .args(["--allow-bind", "80"]),
-        TIMEOUT,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = agent_usage_error(&file, "80");
     assert!(err.contains("exists and is not a socket"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(&file).expect("file kept"),
-        "not a socket"
-    );
+    let kept = std::fs::read_to_string(&file).expect("file kept");
+    assert_eq!(kept, "not a socket");
 
     let sock = dir.path().join("agent.sock");
-    let out = output_timeout(
-        fdgrab()
-            .args(["agent", "--socket"])
-            .arg(&sock)
-            .args(["--allow-bind", "tcp:http"]),
-        TIMEOUT,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = agent_usage_error(&sock, "tcp:http");
     assert!(err.contains("--allow-bind"), "{err}");
     assert!(!sock.exists(), "no socket is created for a refused policy");
 }

@@ -4,7 +4,6 @@
 //! Each container joins a network namespace the test creates, so port 80 is the
 //! test's alone.
 
-use fdgrab_testkit::is_root;
 use fdgrab_testkit::oci::{
     unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind,
 };
@@ -12,22 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const START: Duration = Duration::from_secs(20);
-
-fn usable(rt: Runtime) -> bool {
-    if !is_root() {
-        eprintln!("skipping: needs root to run {} containers", rt.name());
-        return false;
-    }
-    if !rt.available() {
-        eprintln!(
-            "skipping: {} is not installed (scripts/test installs it)",
-            rt.name()
-        );
-        return false;
-    }
-    rt.prepare();
-    true
-}
 
 fn notify(agent: &AgentProc, metadata: Option<&str>) -> SeccompBind {
     SeccompBind::Notify {
@@ -37,7 +20,7 @@ fn notify(agent: &AgentProc, metadata: Option<&str>) -> SeccompBind {
 }
 
 fn serves_port_80(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
@@ -107,7 +90,7 @@ fn bind_80_output(
 }
 
 fn metadata_narrows_to_eacces(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
@@ -127,7 +110,7 @@ fn metadata_narrows_to_eacces(rt: Runtime) {
 }
 
 fn never_widens(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     // The agent allows only 443; the container asks for 80 both ways.
@@ -141,7 +124,7 @@ fn never_widens(rt: Runtime) {
 }
 
 fn policy_file_bounds_annotation(rt: Runtime) {
-    if !usable(rt) {
+    if !rt.usable() {
         return;
     }
     let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-policy");
@@ -158,14 +141,7 @@ fn policy_file_bounds_annotation(rt: Runtime) {
     assert!(Path::new(&agent.audit).exists());
 }
 
-macro_rules! per_runtime {
-    ($($name:ident => $body:ident),* $(,)?) => {
-        mod runc { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Runc) } )* }
-        mod crun { $( #[test] fn $name() { super::$body(fdgrab_testkit::oci::Runtime::Crun) } )* }
-    };
-}
-
-per_runtime! {
+fdgrab_testkit::per_runtime! {
     agent_container_serves_port_80 => serves_port_80,
     agent_metadata_narrows_to_eacces => metadata_narrows_to_eacces,
     agent_container_never_widens_the_policy => never_widens,
@@ -178,7 +154,7 @@ per_runtime! {
 /// a `NOTIFY_SOCKET` reader that never reads.
 #[test]
 fn agent_serves_many_containers_at_once() {
-    let runtimes: Vec<Runtime> = Runtime::ALL.into_iter().filter(|rt| usable(*rt)).collect();
+    let runtimes: Vec<Runtime> = Runtime::ALL.into_iter().filter(|rt| rt.usable()).collect();
     if runtimes.is_empty() {
         return;
     }

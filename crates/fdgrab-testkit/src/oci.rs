@@ -107,6 +107,24 @@ impl Runtime {
         }
     }
 
+    /// Whether this test can run containers with this runtime (root, installed),
+    /// after preparing the host for it; prints why not when it cannot.
+    pub fn usable(self) -> bool {
+        if !crate::is_root() {
+            eprintln!("skipping: needs root to run {} containers", self.name());
+            return false;
+        }
+        if !self.available() {
+            eprintln!(
+                "skipping: {} is not installed (scripts/test installs it)",
+                self.name()
+            );
+            return false;
+        }
+        self.prepare();
+        true
+    }
+
     /// `RUNTIME ARGS...`, output discarded, bounded in time.
     fn quiet(self, args: &[&str]) -> Option<ExitStatus> {
         let mut child = Command::new(self.name())
@@ -643,4 +661,14 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Declares each listed test once per runtime, in modules `runc` and `crun`:
+/// `per_runtime! { test_name => body_fn }` with `fn body_fn(rt: Runtime)`.
+#[macro_export]
+macro_rules! per_runtime {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        mod runc { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Runc) } )* }
+        mod crun { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Crun) } )* }
+    };
 }

@@ -102,20 +102,22 @@ impl Agent {
         rustix::io::ioctl_fionbio(&listener, true).map_err(|e| io_err("ioctl(FIONBIO)", e))?;
         let epoll =
             epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| io_err("epoll_create1", e))?;
-        epoll::add(
-            &epoll,
-            &listener,
-            epoll::EventData::new_u64(LISTENER_TOKEN),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| io_err("epoll_ctl(ADD listener)", e))?;
-        epoll::add(
-            &epoll,
-            &supervisor,
-            epoll::EventData::new_u64(SUPERVISOR_TOKEN),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| io_err("epoll_ctl(ADD supervisor)", e))?;
+        for (fd, token, what) in [
+            (listener.as_fd(), LISTENER_TOKEN, "epoll_ctl(ADD listener)"),
+            (
+                supervisor.as_fd(),
+                SUPERVISOR_TOKEN,
+                "epoll_ctl(ADD supervisor)",
+            ),
+        ] {
+            epoll::add(
+                &epoll,
+                fd,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| io_err(what, e))?;
+        }
         Ok(Agent {
             epoll,
             listener,
