@@ -10,11 +10,12 @@
 //! answer, so nothing the agent does here delays the container's start beyond the
 //! `connect`/`sendmsg` pair.
 //!
-//! Runtimes differ in details this module tolerates: runc 1.1 and crun 1.8 both
-//! report `status: "creating"`, newer runc reports `running`; the `ociVersion`
-//! values differ (`1.0.2-dev`, `0.2.0`, ...) and are not a compatibility signal here;
-//! crun pretty-prints the document, runc does not. A document may arrive in
-//! several reads, and the descriptors come with its first byte.
+//! Runtimes differ in details this module tolerates: runc 1.1.5 and crun 1.8.1
+//! both report `status: "creating"`, and other versions may report `created` or
+//! `running`; the `ociVersion` values differ (`1.0.2-dev`, `0.2.0`, ...) and are not
+//! a compatibility signal here; crun pretty-prints the document, runc does not. A
+//! document may arrive in several reads, and the descriptors come with its first
+//! byte.
 //!
 //! A container can *narrow* the agent's policy, never widen it: through the
 //! profile's `listenerMetadata` (`allow-bind=tcp:80,tcp:443`) and through the
@@ -80,7 +81,8 @@ pub struct ContainerState {
 }
 
 /// The runtime-spec container status. Runtimes send the filter while the
-/// container is `creating` (runc 1.1, crun) or already `running` (newer runc).
+/// container is `creating` (runc 1.1.5, crun 1.8.1); other versions may say
+/// `created` or `running`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerStatus {
