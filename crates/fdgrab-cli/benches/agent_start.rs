@@ -65,7 +65,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
+    let agent = AgentProc::start_quiet(&["--allow-bind", "tcp:80"]);
     let acceptor_dir = fdgrab_testkit::oci::TempDir::new("fdgrab-bench-acceptor");
     let acceptor_path = acceptor_dir.path().join("acceptor.sock");
     minimal_acceptor(UnixListener::bind(&acceptor_path).expect("acceptor socket"));
@@ -132,10 +132,9 @@ fn main() {
             ratio(1, 0),
         );
     }
-    let log = agent.log.text();
-    let released = log.matches("; released").count();
     println!(
-        "agent: {released} containers supervised and released, {} fds open at the end",
-        agent.fd_count()
+        "agent: {} fds open at the end, {} log lines (warnings)",
+        agent.fd_count(),
+        agent.log.text().lines().count() - 1
     );
 }

@@ -546,6 +546,16 @@ impl AgentProc {
         AgentProc::start_at(dir, &socket, &audit, args).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Like [`AgentProc::start`], but logging only warnings (and its ready line):
+    /// for the benchmark, so that debug logging does not weigh on the agent side.
+    pub fn start_quiet<S: AsRef<str>>(args: &[S]) -> AgentProc {
+        let dir = TempDir::new("fdgrab-agent");
+        let socket = dir.path().join("agent.sock");
+        let audit = dir.path().join("audit.jsonl");
+        AgentProc::launch(dir, &socket, &audit, args, "warn,fdgrab::cmd::agent=info")
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts an agent on `socket`; `Err` carries its output when it exits instead
     /// of becoming ready.
     pub fn start_at<S: AsRef<str>>(
@@ -553,6 +563,16 @@ impl AgentProc {
         socket: &Path,
         audit: &Path,
         args: &[S],
+    ) -> Result<AgentProc, String> {
+        AgentProc::launch(dir, socket, audit, args, "debug")
+    }
+
+    fn launch<S: AsRef<str>>(
+        dir: TempDir,
+        socket: &Path,
+        audit: &Path,
+        args: &[S],
+        log_filter: &str,
     ) -> Result<AgentProc, String> {
         let notify_path = dir.path().join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
@@ -568,7 +588,7 @@ impl AgentProc {
             .arg(audit)
             .args(args.iter().map(|a| a.as_ref()))
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("FDGRAB_LOG", "debug")
+            .env("FDGRAB_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
