@@ -28,7 +28,7 @@ const FIRST_CONN_TOKEN: u64 = 2;
 
 /// How long a runtime may take to send its whole document. runc and crun send it
 /// in one `sendmsg` right after `connect`, so this only bounds broken clients.
-pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections being read at once; beyond this new ones are closed at once, so a
 /// flood of idle connections cannot exhaust the agent's descriptors.
@@ -76,7 +76,6 @@ pub struct Agent {
     connections: HashMap<u64, Connection>,
     containers: HashMap<ListenerId, Container>,
     next_token: u64,
-    connection_timeout: Duration,
 }
 
 impl std::fmt::Debug for Agent {
@@ -127,23 +126,12 @@ impl Agent {
             connections: HashMap::new(),
             containers: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
-            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
         })
-    }
-
-    /// Changes how long a connection may take to deliver its document.
-    pub fn set_connection_timeout(&mut self, timeout: Duration) {
-        self.connection_timeout = timeout;
     }
 
     /// Containers currently supervised.
     pub fn container_count(&self) -> usize {
         self.containers.len()
-    }
-
-    /// Connections still being read.
-    pub fn pending_connections(&self) -> usize {
-        self.connections.len()
     }
 
     /// Waits up to `timeout` (`None`: until something happens) and handles
@@ -241,7 +229,7 @@ impl Agent {
             return;
         }
         tracing::debug!(token, "runtime connected");
-        let deadline = Instant::now() + self.connection_timeout;
+        let deadline = Instant::now() + CONNECTION_TIMEOUT;
         self.connections.insert(
             token,
             Connection {
@@ -376,7 +364,7 @@ impl Agent {
             if let Some(conn) = self.connections.remove(&token) {
                 let reason = format!(
                     "no complete document within {:?} ({} bytes received)",
-                    self.connection_timeout,
+                    CONNECTION_TIMEOUT,
                     conn.reader.len()
                 );
                 tracing::warn!(token, reason = %reason, "rejected a seccomp agent connection");
