@@ -33,6 +33,11 @@ pub fn parse_fd(s: &str) -> Result<TargetFd, String> {
     TargetFd::new(raw).ok_or_else(|| format!("fd {n} is not valid"))
 }
 
+/// `--backend auto|pidfd|ptrace`.
+pub fn parse_backend(s: &str) -> Result<fdgrab::Backend, String> {
+    s.parse()
+}
+
 /// `FD[:NEWFD]`: a target descriptor and the number it gets in the command we run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdMap {

@@ -1,9 +1,9 @@
 //! Command-line definitions (clap derive). The man page and shell completions are
 //! generated from these, so help texts here are the documentation.
 
-use crate::args::{parse_fd, parse_fd_map, parse_pid, FdMap};
+use crate::args::{parse_backend, parse_fd, parse_fd_map, parse_pid, FdMap};
 use clap::{Parser, Subcommand};
-use fdgrab::{Pid, TargetFd};
+use fdgrab::{Backend, Pid, TargetFd};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -52,6 +52,26 @@ pub enum Command {
     /// Each message carries at most 253 fds and the text
     /// "fdgrab pid=PID fds=N,N,...\n" naming the target's numbers, in order.
     Send(SendArgs),
+    /// Move fds out of a process into a command: copy, start CMD, then close them in
+    /// the process.
+    ///
+    /// Like `get`, but once every copy is verified to be the same open file as the
+    /// process's fd and CMD has started (exec succeeded), the fds are closed in the
+    /// process (its next use of the number fails with EBADF, and the number may be
+    /// reused), or with --null, /dev/null is put over them (the number stays taken;
+    /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
+    /// is taken from the process. Closing uses ptrace injection.
+    Steal(StealArgs),
+    /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
+    ///
+    /// Whatever the process had open at FD is replaced atomically (dup3 in the
+    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    Put(PutArgs),
+    /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
+    ///
+    /// The old fd is first kept alive in the process at a high number; fdgrab prints
+    /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
     /// `bind` is trapped with seccomp user notification. A bind to a port below the
@@ -99,6 +119,8 @@ pub struct GetArgs {
     /// FD or FD:NEWFD, one or more.
     #[arg(required = true, value_parser = parse_fd_map, allow_negative_numbers = true, value_name = "FD[:NEWFD]")]
     pub fds: Vec<FdMap>,
+    #[command(flatten)]
+    pub backend: BackendArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
@@ -113,6 +135,8 @@ pub struct CatArgs {
     /// Read pipes, sockets and devices too, taking the data away from the target.
     #[arg(long)]
     pub consume: bool,
+    #[command(flatten)]
+    pub backend: BackendArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +149,91 @@ pub struct SendArgs {
     /// Path of a listening unix stream socket (`@name` for an abstract one).
     #[arg(long, value_name = "SOCKET_PATH")]
     pub to: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--backend`, shared by every command that takes fds out of a process.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BackendArg {
+    /// How fds are taken: pidfd (pidfd_getfd, Linux 5.6), ptrace (injection: the process
+    /// is briefly stopped and sends them itself), or auto (pidfd, falling back to ptrace
+    /// only if the kernel lacks pidfd_getfd).
+    #[arg(long, default_value = "auto", value_parser = parse_backend, value_name = "auto|pidfd|ptrace")]
+    pub backend: Backend,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StealArgs {
+    /// The process to take fds from.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// FD or FD:NEWFD, one or more.
+    #[arg(required = true, value_parser = parse_fd_map, allow_negative_numbers = true, value_name = "FD[:NEWFD]")]
+    pub fds: Vec<FdMap>,
+    /// Put /dev/null over the fds in the process instead of closing them.
+    #[arg(long)]
+    pub null: bool,
+    #[command(flatten)]
+    pub backend: BackendArg,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "our_fd"])))]
+pub struct PutArgs {
+    /// The process to install the fd into.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The number it gets in the process.
+    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    pub fd: TargetFd,
+    /// Open this file (default: write-only, created, truncated).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Open the file for appending instead of truncating it.
+    #[arg(long, requires = "file", conflicts_with_all = ["read", "rw"])]
+    pub append: bool,
+    /// Open the file read-only.
+    #[arg(long, requires = "file", conflicts_with = "rw")]
+    pub read: bool,
+    /// Open the file read-write (created if missing, not truncated).
+    #[arg(long, requires = "file")]
+    pub rw: bool,
+    /// Install fdgrab's own fd N (inherited from the shell, e.g. `--fd 3 3>log`).
+    #[arg(long = "fd", value_name = "N", value_parser = parse_fd, allow_negative_numbers = true)]
+    pub our_fd: Option<TargetFd>,
+    /// Print one JSON object describing what was done.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RedirectArgs {
+    /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    #[arg(long)]
+    pub undo: bool,
+    /// The process.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// Its fd to redirect (1 for stdout).
+    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    pub fd: TargetFd,
+    /// The file to write to (created; truncated unless --append), or with --undo the
+    /// saved fd number.
+    #[arg(value_name = "PATH|SAVEDFD")]
+    pub target: OsString,
+    /// Append to the file instead of truncating it.
+    #[arg(long, conflicts_with = "undo")]
+    pub append: bool,
+    /// Print one JSON object (with the undo command as an argv array).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -58,7 +58,8 @@ fn code_3_unsupported_kernel() {
     let fdgrab = fdgrab_testkit::bin("fdgrab");
     for (sys, args) in [
         ("pidfd_open", vec!["ls", &pid]),
-        ("pidfd_getfd", vec!["cat", &pid, "0"]),
+        // auto would fall back to ptrace injection; the pidfd backend must report it.
+        ("pidfd_getfd", vec!["cat", "--backend", "pidfd", &pid, "0"]),
     ] {
         let mut cmd = Command::new("strace");
         cmd.args([
@@ -179,7 +180,13 @@ fn too_many_open_files_is_reported() {
     let t = Target::spawn(["zoo"]);
     let mut cmd = Command::new("prlimit");
     // stdin, stdout, stderr and the pidfd fit; the grabbed copy does not.
-    cmd.args(["--nofile=4:4", "--"]).arg(fdgrab_testkit::bin("fdgrab")).args(["cat", &t.pid.to_string(), "3"]);
+    cmd.args(["--nofile=4:4", "--"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["cat", &t.pid.to_string(), "3"]);
     let out = output_timeout(&mut cmd, TIMEOUT);
-    check(&out, 1, &["too many open files", &t.pid.to_string(), "fd 3"]);
+    check(
+        &out,
+        1,
+        &["too many open files", &t.pid.to_string(), "fd 3"],
+    );
 }

@@ -238,7 +238,11 @@ fn ls_of_a_process_whose_leader_exited() {
     let doc = ls_json(t.pid);
     for label in ["pipe-r", "pipe-w"] {
         let fd = t.fd_labelled(label);
-        assert_eq!(entry(&doc, fd.into())["inode"], t.fd_report(fd.into())["ino"], "{label}");
+        assert_eq!(
+            entry(&doc, fd.into())["inode"],
+            t.fd_report(fd.into())["ino"],
+            "{label}"
+        );
     }
 }
 
@@ -257,7 +261,11 @@ fn ls_process_info_with_and_without_pidfd_get_info() {
         .arg(fdgrab_testkit::bin("fdgrab"))
         .args(["ls", &t.pid.to_string(), "--json"]);
     let out = output_timeout(&mut cmd, TIMEOUT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fallback: Value = serde_json::from_slice(&out.stdout).expect("json");
     let q = &fallback["process"];
     assert_eq!(q["source"], "procfs");
@@ -275,9 +283,15 @@ fn ls_as_an_unprivileged_user() {
     cmd.arg("zoo").uid(65534).gid(65534);
     let t = Target::spawn_cmd(cmd);
     let mut ls = fdgrab_testkit::fdgrab();
-    ls.args(["ls", &t.pid.to_string(), "--json"]).uid(65534).gid(65534);
+    ls.args(["ls", &t.pid.to_string(), "--json"])
+        .uid(65534)
+        .gid(65534);
     let out = output_timeout(&mut ls, TIMEOUT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_matches_report(&t, &doc);
 
@@ -285,6 +299,11 @@ fn ls_as_an_unprivileged_user() {
     let mut ls = fdgrab_testkit::fdgrab();
     ls.args(["ls", &root.pid.to_string()]).uid(65534).gid(65534);
     let out = output_timeout(&mut ls, TIMEOUT);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&root.pid.to_string()));
 }

@@ -168,19 +168,19 @@ fn run_python_http_server_on_port_80_as_nobody() {
     std::fs::write(dir.path("hello.txt"), "hi\n").expect("write");
     let d = dir.0.to_string_lossy().into_owned();
     let mut server = spawn_server(&mut run_cmd(
-        &["--allow-bind", "tcp:80@127.0.0.1"],
+        &["--allow-bind", "tcp:80@127.66.0.1"],
         &[
             python(),
             "-m",
             "http.server",
             "80",
             "--bind",
-            "127.0.0.1",
+            "127.66.0.1",
             "--directory",
             &d,
         ],
     ));
-    let resp = http_get("127.0.0.1:80", &mut server);
+    let resp = http_get("127.66.0.1:80", &mut server);
     assert!(resp.starts_with("HTTP/1.0 200"), "response: {resp}");
     assert!(resp.contains("hello.txt"), "directory listing: {resp}");
     // SIGTERM to fdgrab is forwarded; python dies of it and fdgrab reports 128+15.
@@ -193,15 +193,15 @@ fn run_without_allow_rule_gets_eacces_like_unsupervised() {
     if !root_or_skip() {
         return;
     }
-    let supervised = probe_run(&[], &["bind", "tcp4", "127.0.0.4", "80"]);
-    let plain = probe_unsupervised(&["bind", "tcp4", "127.0.0.4", "80"]);
+    let supervised = probe_run(&[], &["bind", "tcp4", "127.66.0.4", "80"]);
+    let plain = probe_unsupervised(&["bind", "tcp4", "127.66.0.4", "80"]);
     assert_eq!(supervised["errno"], libc::EACCES, "{supervised}");
     assert_eq!(supervised, plain);
     // And a real server fails the same way.
     let out = output_timeout(
         &mut run_cmd(
             &[],
-            &[python(), "-m", "http.server", "80", "--bind", "127.0.0.4"],
+            &[python(), "-m", "http.server", "80", "--bind", "127.66.0.4"],
         ),
         TIMEOUT,
     );
@@ -225,10 +225,10 @@ fn run_busybox_httpd_static_on_port_80() {
     std::fs::write(dir.path("index.html"), "static busybox\n").expect("write");
     let d = dir.0.to_string_lossy().into_owned();
     let mut server = spawn_server(&mut run_cmd(
-        &["--allow-bind", "tcp:80@127.0.0.2"],
-        &[busybox, "httpd", "-f", "-p", "127.0.0.2:80", "-h", &d],
+        &["--allow-bind", "tcp:80@127.66.0.2"],
+        &[busybox, "httpd", "-f", "-p", "127.66.0.2:80", "-h", &d],
     ));
-    let resp = http_get("127.0.0.2:80", &mut server);
+    let resp = http_get("127.66.0.2:80", &mut server);
     assert!(
         resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
         "response: {resp}"
@@ -256,16 +256,16 @@ fn run_nginx_as_nobody_listen_80() {
          events {{ worker_connections 64; }}\n\
          http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
           fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-          server {{ listen 127.0.0.3:80; root {d}/www; }}\n}}\n"
+          server {{ listen 127.66.0.3:80; root {d}/www; }}\n}}\n"
     );
     std::fs::write(dir.path("nginx.conf"), conf).expect("write conf");
     let conf_path = format!("{d}/nginx.conf");
     let err_log = format!("{d}/error.log");
     let mut server = spawn_server(&mut run_cmd(
-        &["--allow-bind", "tcp:80@127.0.0.3"],
+        &["--allow-bind", "tcp:80@127.66.0.3"],
         &[nginx, "-c", &conf_path, "-p", &d, "-e", &err_log],
     ));
-    let resp = http_get("127.0.0.3:80", &mut server);
+    let resp = http_get("127.66.0.3:80", &mut server);
     assert!(
         resp.contains(" 200 OK"),
         "response: {resp}\nerror.log: {}",
@@ -298,7 +298,7 @@ fn run_unprivileged_and_unix_binds_pass_untouched() {
     let audit_s = audit.to_string_lossy().into_owned();
     let v = probe_run(
         &["--allow-bind", "1-65535", "--audit", &audit_s],
-        &["bind", "tcp4", "127.0.0.1", "42081"],
+        &["bind", "tcp4", "127.66.0.1", "42081"],
     );
     assert_eq!(v["errno"], 0, "{v}");
     assert_eq!(v["port"], 42081);
@@ -339,7 +339,7 @@ fn run_ipv6_dual_stack_and_udp() {
         (0.into(), 93.into()),
         "{v6only}"
     );
-    let udp4 = probe_run(&allow, &["bind", "udp4", "127.0.0.1", "94"]);
+    let udp4 = probe_run(&allow, &["bind", "udp4", "127.66.0.1", "94"]);
     assert_eq!(
         (udp4["errno"].clone(), udp4["port"].clone()),
         (0.into(), 94.into()),
@@ -354,7 +354,7 @@ fn run_ipv6_dual_stack_and_udp() {
     // A TCP-only rule does not cover UDP.
     let udp_denied = probe_run(
         &["--allow-bind", "tcp:94"],
-        &["bind", "udp4", "127.0.0.1", "94"],
+        &["bind", "udp4", "127.66.0.1", "94"],
     );
     assert_eq!(udp_denied["errno"], libc::EACCES, "{udp_denied}");
 }
@@ -364,7 +364,7 @@ fn run_answers_the_kernels_errnos() {
     if !root_or_skip() {
         return;
     }
-    let allow = ["--allow-bind", "87-90@127.0.0.1"];
+    let allow = ["--allow-bind", "87-90@127.66.0.1"];
     let inuse = probe_run(&allow, &["inuse", "87"]);
     assert_eq!(
         (inuse["first"].clone(), inuse["second"].clone()),
@@ -393,19 +393,19 @@ fn run_forbidden_privileged_port_never_succeeds() {
     if !root_or_skip() {
         return;
     }
-    let allow = ["--allow-bind", "tcp:95@127.0.0.1"];
+    let allow = ["--allow-bind", "tcp:95@127.66.0.1"];
     for args in [
-        ["bind", "tcp4", "127.0.0.1", "96"],
-        ["bind", "tcp4", "127.0.0.5", "95"],
+        ["bind", "tcp4", "127.66.0.1", "96"],
+        ["bind", "tcp4", "127.66.0.9", "95"],
         ["bind", "tcp4", "0.0.0.0", "95"],
-        ["bind", "udp4", "127.0.0.1", "95"],
+        ["bind", "udp4", "127.66.0.1", "95"],
         ["bind", "tcp6", "::1", "95"],
     ] {
         let v = probe_run(&allow, &args);
         assert_eq!(v["errno"], libc::EACCES, "{args:?}: {v}");
         assert_eq!(v["port"], 0, "{args:?}: {v}");
     }
-    let ok = probe_run(&allow, &["bind", "tcp4", "127.0.0.1", "95"]);
+    let ok = probe_run(&allow, &["bind", "tcp4", "127.66.0.1", "95"]);
     assert_eq!(ok["errno"], 0, "{ok}");
 }
 
@@ -416,7 +416,7 @@ fn run_64_threads_10000_binds() {
     }
     // Threads bind ports 100..=163; every fifth bind goes to 99, which is forbidden.
     let v = probe_run(
-        &["--allow-bind", "tcp:100-163@127.0.0.1"],
+        &["--allow-bind", "tcp:100-163@127.66.0.1"],
         &["threads", "64", "10000", "100"],
     );
     assert_eq!(v["wrong"], 0, "{v}");
@@ -435,7 +435,7 @@ fn run_dup2_race_never_binds_the_wrong_file() {
     }
     let n = 3000;
     let v = probe_run(
-        &["--allow-bind", "tcp:84@127.0.0.1"],
+        &["--allow-bind", "tcp:84@127.66.0.1"],
         &["dup2race", &n.to_string(), "84"],
     );
     assert_eq!(v["decoy_port"], 0, "the UDP decoy must never be bound: {v}");
@@ -461,7 +461,7 @@ fn run_sigurg_storm_during_binds() {
         return;
     }
     let v = probe_run(
-        &["--allow-bind", "tcp:85@127.0.0.1"],
+        &["--allow-bind", "tcp:85@127.66.0.1"],
         &["sigurg", "3000", "85"],
     );
     assert_eq!(v["bad"], 0, "{v}");
@@ -485,7 +485,7 @@ fn run_program_killed_mid_notification_leaks_nothing() {
     }
     let p = probe();
     let mut child = run_cmd(
-        &["--allow-bind", "tcp:86@127.0.0.1"],
+        &["--allow-bind", "tcp:86@127.66.0.1"],
         &[&p, "fork-kill", "150", "86"],
     )
     .stdin(Stdio::piped())
@@ -602,13 +602,13 @@ fn run_policy_file() {
     let good = dir.path("good.toml");
     std::fs::write(
         &good,
-        "# web\n[[bind]]\nport = \"97-98\"\nproto = \"tcp\"\naddr = \"127.0.0.1\"\n",
+        "# web\n[[bind]]\nport = \"97-98\"\nproto = \"tcp\"\naddr = \"127.66.0.1\"\n",
     )
     .expect("write");
     let g = good.to_string_lossy().into_owned();
-    let v = probe_run(&["--policy", &g], &["bind", "tcp4", "127.0.0.1", "97"]);
+    let v = probe_run(&["--policy", &g], &["bind", "tcp4", "127.66.0.1", "97"]);
     assert_eq!(v["errno"], 0, "{v}");
-    let v = probe_run(&["--policy", &g], &["bind", "udp4", "127.0.0.1", "97"]);
+    let v = probe_run(&["--policy", &g], &["bind", "udp4", "127.66.0.1", "97"]);
     assert_eq!(v["errno"], libc::EACCES, "{v}");
 
     let bad = dir.path("bad.toml");
@@ -647,7 +647,7 @@ fn run_audit_line_fields() {
     let dir = TempDir::new("audit");
     let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
     let v = probe_run(
-        &["--allow-bind", "83@127.0.0.1", "--audit", &audit],
+        &["--allow-bind", "83@127.66.0.1", "--audit", &audit],
         &["inuse", "83"],
     );
     assert_eq!(v["second"], libc::EADDRINUSE, "{v}");
@@ -665,7 +665,7 @@ fn run_audit_line_fields() {
         }
         assert_eq!(l["uid"], NOBODY);
         assert_eq!(l["family"], "inet");
-        assert_eq!(l["address"], "127.0.0.1");
+        assert_eq!(l["address"], "127.66.0.1");
         assert_eq!(l["port"], 83);
         assert_eq!(l["decision"], "bind");
         assert!(
@@ -751,4 +751,36 @@ fn wait_gone(pid: u32) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+#[test]
+fn run_uses_the_sockets_netns_port_threshold() {
+    if !root_or_skip() {
+        return;
+    }
+    // A fresh netns whose ip_unprivileged_port_start is 70: port 75 is unprivileged
+    // there (the kernel lets nobody bind it), port 65 is not (fdgrab binds it).
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let p = probe();
+    let script = format!(
+        "ip link set lo up && echo 70 > /proc/sys/net/ipv4/ip_unprivileged_port_start && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 75 && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 65"
+    );
+    let out = output_timeout(
+        Command::new("unshare").args(["--net", "sh", "-c", &script]),
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "continue", "{lines:?}");
+    assert_eq!(lines[0]["reason"], "unprivileged port", "{lines:?}");
+    assert_eq!(lines[1]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[2]["decision"], "bind", "{lines:?}");
+    assert_eq!(lines[3]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[3]["port"], 65, "{lines:?}");
 }

@@ -251,3 +251,149 @@ pub fn proc_offset(pid: i32, fd: i32) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .expect("pos field")
 }
+
+/// Test-only seccomp: installs a filter that makes each listed syscall number fail
+/// with its errno and allows everything else. Used by the test targets to simulate a
+/// kernel without `pidfd_getfd` (ENOSYS) or a sandbox that refuses `socket` (EPERM).
+/// Call it only in a process made for the purpose (it cannot be removed), after
+/// `PR_SET_NO_NEW_PRIVS`, which it sets.
+pub fn install_errno_filter(rules: &[(i64, i32)]) -> std::io::Result<()> {
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let actions: Vec<(i64, u32)> = rules
+        .iter()
+        .map(|&(nr, e)| (nr, RET_ERRNO | (e as u32 & 0xffff)))
+        .collect();
+    install_filter(&actions)
+}
+
+/// `SECCOMP_RET_TRAP`: the call fails with ENOSYS and the thread gets SIGSYS, whose
+/// default action kills the process.
+pub const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+
+/// Test-only seccomp: each listed syscall number gets the given `SECCOMP_RET_*` action,
+/// everything else is allowed. See [`install_errno_filter`].
+pub fn install_filter(rules: &[(i64, u32)]) -> std::io::Result<()> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = vec![
+        ins(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        ins(RET_K, 0, 0, RET_ALLOW),
+        ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+    ];
+    for &(nr, action) in rules {
+        prog.push(ins(JEQ_K, 0, 1, nr as u32));
+        prog.push(ins(RET_K, 0, 0, action));
+    }
+    prog.push(ins(RET_K, 0, 0, RET_ALLOW));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies it.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A line of `/proc/PID/status`, e.g. `status_field(pid, "SigBlk")`.
+pub fn status_field(pid: i32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Checks that nothing of an injection session is left in `pid`: none of its threads
+/// is stopped or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
+/// listed in `fds_before`. Returns a description of the first difference.
+pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -> Option<String> {
+    // Every thread: a session stops and traces one of them, not always the leader.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>());
+    for task in tasks.unwrap_or_default() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("")
+        };
+        if field("State:").starts_with('t') || field("State:").starts_with('T') {
+            return Some(format!(
+                "thread {tid} of {pid} left stopped: {}",
+                field("State:")
+            ));
+        }
+        if field("TracerPid:") != "0" && !field("TracerPid:").is_empty() {
+            return Some(format!(
+                "thread {tid} of {pid} still traced by {}",
+                field("TracerPid:")
+            ));
+        }
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let before: std::collections::HashSet<&str> = maps_before.lines().collect();
+    for line in maps.lines().filter(|l| !before.contains(l)) {
+        // A new anonymous mapping that is not the heap or a stack growth.
+        let mut parts = line.split_whitespace();
+        let range = parts.next().unwrap_or("");
+        let name = line.split_whitespace().nth(5);
+        if name.is_none() {
+            if let Some((a, b)) = range.split_once('-') {
+                let len = u64::from_str_radix(b, 16).unwrap_or(0)
+                    - u64::from_str_radix(a, 16).unwrap_or(0);
+                if len == 16 * 1024 {
+                    return Some(format!(
+                        "new 16 KiB anonymous mapping left in {pid}: {line}"
+                    ));
+                }
+            }
+        }
+    }
+    let fds = proc_fds(pid);
+    if fds != fds_before {
+        return Some(format!(
+            "fd table of {pid} changed: before {fds_before:?}, after {fds:?}"
+        ));
+    }
+    None
+}
+
+/// `/proc/PID/fd` as sorted "N -> target" strings.
+pub fn proc_fds(pid: i32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    let link = std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    format!("{} -> {link}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

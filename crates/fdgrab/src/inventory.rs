@@ -169,7 +169,11 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
     // the other threads still share a live fd table; read it through one of them.
     if numbers.is_empty() && target.is_alive() {
-        for tid in crate::procfs::tasks(pid).unwrap_or_default().into_iter().filter(|&t| t != pid) {
+        for tid in crate::procfs::tasks(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&t| t != pid)
+        {
             if let Ok((d, n)) = ProcDirs::open(pid, &format!("/proc/{pid}/task/{tid}")) {
                 if !n.is_empty() {
                     tracing::debug!(pid, tid, "leader exited; listing fds through a live thread");
@@ -179,7 +183,11 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
             }
         }
     }
-    let ProcDirs { proc_dir, fd_dir, fdinfo_dir } = dirs;
+    let ProcDirs {
+        proc_dir,
+        fd_dir,
+        fdinfo_dir,
+    } = dirs;
 
     // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
     // and all independent, so large tables are split across cores. The socket
@@ -246,8 +254,13 @@ impl ProcDirs {
     /// Opens the directories under `base` and returns the sorted fd numbers.
     fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
         let dir_flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let proc_dir = openat(rustix::fs::CWD, base, OFlags::PATH | dir_flags, Mode::empty())
-            .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
+        let proc_dir = openat(
+            rustix::fs::CWD,
+            base,
+            OFlags::PATH | dir_flags,
+            Mode::empty(),
+        )
+        .map_err(|e| proc_error(pid, "open /proc/PID", e))?;
         let fd_dir = openat(&proc_dir, "fd", OFlags::RDONLY | dir_flags, Mode::empty())
             .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
         let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
@@ -256,12 +269,24 @@ impl ProcDirs {
         let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         for entry in dir {
             let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-            if let Some(n) = entry.file_name().to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<i32>().ok())
+            {
                 numbers.push(n);
             }
         }
         numbers.sort_unstable();
-        Ok((Self { proc_dir, fd_dir, fdinfo_dir }, numbers))
+        Ok((
+            Self {
+                proc_dir,
+                fd_dir,
+                fdinfo_dir,
+            },
+            numbers,
+        ))
     }
 }
 

@@ -31,6 +31,7 @@
 
 pub mod error;
 pub mod grab;
+pub mod inject;
 pub mod inventory;
 pub mod passfd;
 pub mod pidfd;
@@ -41,6 +42,7 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use grab::{grab, grab_many, Backend, GrabOptions, Grabbed};
+pub use inject::{close_in_target, put, CloseMode, Session};
 pub use inventory::{inventory, FdEntry, FdKind, Inventory};
 pub use pidfd::{PidFd, PidFdFlags, ProcessInfo};
 

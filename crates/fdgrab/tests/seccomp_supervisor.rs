@@ -108,10 +108,10 @@ fn seccomp_supervisor_binds_for_an_unprivileged_child_and_reports_hangup() {
     }
     let filter = SyscallFilter::new(Action::Allow).rule(libc::SYS_bind, Action::Notify);
     let mut cmd = Command::new(bin("bind-probe"));
-    cmd.args(["bind", "tcp4", "127.0.0.1", "79"]);
+    cmd.args(["bind", "tcp4", "127.66.0.1", "79"]);
     let (child, listener) = spawn_filtered(cmd, &filter, Some(65534));
     let mut sup = Supervisor::new(AuditSink::none()).expect("supervisor");
-    let policy = Arc::new(Policy::from_specs(&["tcp:79@127.0.0.1"]).expect("policy"));
+    let policy = Arc::new(Policy::from_specs(&["tcp:79@127.66.0.1"]).expect("policy"));
     let labels = AuditLabels {
         container_id: Some("test".into()),
         bundle: None,

@@ -36,7 +36,12 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     if a.json {
         let process = target.info().ok();
-        let doc = Doc { schema_version: SCHEMA_VERSION, pid: inv.pid, process, fds: &inv.fds };
+        let doc = Doc {
+            schema_version: SCHEMA_VERSION,
+            pid: inv.pid,
+            process,
+            fds: &inv.fds,
+        };
         serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
         out.write_all(b"\n").context("writing JSON")?;
     } else {

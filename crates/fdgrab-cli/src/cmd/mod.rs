@@ -5,8 +5,11 @@ mod cat;
 mod docs;
 mod get;
 mod ls;
+mod put;
+mod redirect;
 mod run;
 mod send;
+mod steal;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -17,6 +20,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Steal(a) => steal::run(a),
+        Command::Put(a) => put::run(a),
+        Command::Redirect(a) => redirect::run(a),
         Command::Run(a) => run::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Completions(a) => docs::completions(a),

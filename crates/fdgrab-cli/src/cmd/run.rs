@@ -11,9 +11,8 @@ use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{anyhow, Context, Result};
 use fdgrab::seccomp::{self, InstallError, InstallFlags};
-use fdgrab::supervise::{AuditLabels, AuditSink, Policy, Supervisor};
+use fdgrab::supervise::{AuditLabels, AuditSink, Policy, Supervisor, SupervisorEvent};
 use fdgrab::PidFd;
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -27,7 +26,6 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let policy = load_policy(&a.allow_bind, a.policy.as_deref())?;
@@ -93,37 +91,30 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     sup.add_listener(listener, Arc::new(policy), AuditLabels::default())?;
     drop_capabilities();
 
+    // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
+    const SIGNALS: u64 = 1;
+    const EXITED: u64 = 2;
+    sup.watch(signals.fd.as_fd(), SIGNALS)?;
+    sup.watch(pidfd.as_fd(), EXITED)?;
     loop {
-        let mut fds = [
-            PollFd::new(&sup, PollFlags::IN),
-            PollFd::new(&signals.fd, PollFlags::IN),
-            PollFd::new(&pidfd, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(anyhow!(std::io::Error::from(e)).context("poll")),
-        }
-        let (sup_ready, sig_ready, exited) = (
-            !fds[0].revents().is_empty(),
-            !fds[1].revents().is_empty(),
-            !fds[2].revents().is_empty(),
-        );
-        if sup_ready {
-            sup.dispatch(Some(Duration::ZERO))?;
-        }
-        if sig_ready {
-            for sig in signals.drain() {
-                tracing::debug!(sig, pid = pidfd.pid(), "forwarding signal");
-                if let Err(e) = pidfd.send_signal(sig) {
-                    tracing::debug!(error = %e, "forwarding a signal to an exited program");
+        // A timeout so that the supervisor's idle maintenance runs.
+        for ev in sup.dispatch(Some(std::time::Duration::from_secs(1)))? {
+            match ev {
+                SupervisorEvent::Ready(SIGNALS) => {
+                    for sig in signals.drain() {
+                        tracing::debug!(sig, pid = pidfd.pid(), "forwarding signal");
+                        if let Err(e) = pidfd.send_signal(sig) {
+                            tracing::debug!(error = %e, "forwarding a signal to an exited program");
+                        }
+                    }
                 }
+                SupervisorEvent::Ready(EXITED) => {
+                    let status = pidfd.wait_child()?;
+                    tracing::info!(?status, "program exited");
+                    return Ok(passthrough(status));
+                }
+                _ => {}
             }
-        }
-        if exited {
-            let status = pidfd.wait_child()?;
-            tracing::info!(?status, "program exited");
-            return Ok(passthrough(status));
         }
     }
 }
@@ -335,8 +326,8 @@ fn setup_error(ours: &OwnedFd, spawn_err: std::io::Error, prog: &OsString) -> an
                 let ie = InstallError::from_errno(errno);
                 let hint = match ie {
                     InstallError::ListenerExists => {
-                        "; fdgrab run cannot run inside another fdgrab run (or under another seccomp \
-                         notify supervisor): the kernel allows one listener per filter chain"
+                        "; fdgrab run cannot run inside another fdgrab run or under another seccomp \
+                         notify supervisor"
                     }
                     _ => "",
                 };
@@ -430,9 +421,8 @@ impl ForwardedSignals {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: signalfd returned a new fd that we own.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// The signals that arrived since the last call.

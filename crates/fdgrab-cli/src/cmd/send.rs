@@ -2,14 +2,17 @@
 
 use crate::cli::SendArgs;
 use anyhow::{Context, Result};
-use fdgrab::{passfd, GrabOptions, PidFd};
+use fdgrab::grab::open_target;
+use fdgrab::{passfd, GrabOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 pub fn run(a: SendArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
-    let grabbed = GrabOptions::new().grab_many(&target, &a.fds)?;
+    let target = open_target(a.pid, a.backend.backend)?;
+    let grabbed = GrabOptions::new()
+        .backend(a.backend.backend)
+        .grab_many(&target, &a.fds)?;
     let sock = connect(&a.to)?;
     let borrowed: Vec<BorrowedFd<'_>> = grabbed.iter().map(|g| g.fd.as_fd()).collect();
     let numbers: Vec<String> = a.fds.iter().map(|f| f.to_string()).collect();
@@ -23,6 +26,11 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
         .into_bytes()
     })
     .with_context(|| format!("sending fds to {}", a.to.display()))?;
+    if a.json {
+        let backend = grabbed.first().map(|g| g.backend.name()).unwrap_or("none");
+        let doc = serde_json::json!({"pid": a.pid, "fds": a.fds, "backend": backend, "to": a.to});
+        println!("{doc}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

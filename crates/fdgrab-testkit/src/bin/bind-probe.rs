@@ -2,13 +2,14 @@
 //! racy ones real programs rarely make, and prints one JSON line with what the
 //! kernel (or the supervisor) answered.
 //!
-//! Modes:
+//! Modes (those with a fixed address use 127.66.0.1, which other tests on the
+//! machine are unlikely to bind):
 //! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6
 //!   or unix (ADDR is then a path). TCP sockets also listen, and dual-stack ones
 //!   accept an IPv4 connection to prove it.
-//! - `inuse PORT`: binds and listens on 127.0.0.1:PORT, then binds a second socket there.
+//! - `inuse PORT`: binds and listens on 127.66.0.1:PORT, then binds a second socket there.
 //! - `efault PORT` / `short PORT`: bind with an unmapped pointer / addrlen 8.
-//! - `rebind PORT`: binds 127.0.0.1:PORT, then the same again (EINVAL), then another port.
+//! - `rebind PORT`: binds 127.66.0.1:PORT, then the same again (EINVAL), then another port.
 //! - `threads T TOTAL BASE`: T threads make TOTAL binds in all, thread i on port BASE+i;
 //!   every fifth bind goes to port BASE-1, which the policy should forbid.
 //! - `dup2race N PORT`: one thread binds a TCP socket at a fixed fd number to PORT while
@@ -16,7 +17,7 @@
 //! - `sigurg N PORT`: binds while another thread sends SIGURG (SA_RESTART) in a storm.
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
-//! - `wait-bind PORT`: waits for a line on stdin, then binds 127.0.0.1:PORT.
+//! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
@@ -47,7 +48,7 @@ fn main() {
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
             wait_line();
-            bind_mode("tcp4", "127.0.0.1", num(1, 80) as u16)
+            bind_mode("tcp4", "127.66.0.1", num(1, 80) as u16)
         }
         "io-uring" => io_uring(),
         "x32" => x32(),
@@ -118,7 +119,7 @@ fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
         rustix::net::listen(&s, 8).expect("listen");
         if kind == "tcp6" && ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
             let c = TcpStream::connect_timeout(
-                &SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+                &SocketAddr::new(ADDR.into(), port),
                 Duration::from_secs(5),
             );
             v["v4_connect"] = json!(c.is_ok());
@@ -127,8 +128,12 @@ fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
     v
 }
 
+/// The loopback address the fixed-address modes use: an unusual one, so that
+/// other tests on the machine binding 127.0.0.1 do not collide with ours.
+const ADDR: Ipv4Addr = Ipv4Addr::new(127, 66, 0, 1);
+
 fn v4(port: u16) -> SocketAddr {
-    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)
+    SocketAddr::new(ADDR.into(), port)
 }
 
 fn inuse(port: u16) -> Value {
@@ -157,7 +162,7 @@ fn sockaddr_in(port: u16) -> libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
         sin_addr: libc::in_addr {
-            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            s_addr: u32::from(ADDR).to_be(),
         },
         sin_zero: [0; 8],
     }

@@ -7,6 +7,28 @@
 //! - `leader-exit`: opens a pipe, starts a thread, and ends the main thread with
 //!   `SYS_exit`, leaving a process whose leader is a zombie.
 //! - `many N`: N mixed descriptors (for benchmarks).
+//!
+//! Modes for the ptrace injection tests; each opens a file labelled `file` (content
+//! `INJECT_FILE_CONTENT`) and reports it, then:
+//! - `blocked-read`: blocks SIGUSR1/SIGUSR2, leaves one of each pending (thread- and
+//!   process-directed), then loops on single `read(0)` calls, printing
+//!   `{"n": ret, "errno": e, "data": "..."}` per call; ends at EOF or an error.
+//! - `nanosleep MS`: one `nanosleep(MS)`, then prints `{"ret", "errno", "elapsed_ms"}`.
+//! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
+//! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
+//!   condvar) while the main thread echoes stdin lines back.
+//! - `trap-socket`: like `deny-socket`, but the filter traps `socket()` with SIGSYS
+//!   (which kills the process unless the signal never arrives).
+//! - `accept`: one raw `accept4` on a loopback TCP listener (port in the report's
+//!   `extra.port`), then prints `{"ret", "errno"}`.
+//! - `epoll`: one raw `epoll_wait` on stdin, then prints `{"ret", "errno"}`.
+//! - `ppoll`: blocks SIGUSR1, then waits in `ppoll` on stdin with a temporary mask
+//!   of SIGUSR2 only; when stdin is readable prints `{"ret", "usr1", "usr2"}`: which
+//!   of the two are blocked *after* ppoll has put the normal mask back.
+//! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
+//!   then echoes stdin lines.
+//! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
+//!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
 
 use serde_json::{json, Value};
 use std::ffi::CString;
@@ -22,6 +44,16 @@ fn main() {
         "zoo" => zoo(args.iter().any(|a| a == "--nondumpable")),
         "leader-exit" => leader_exit(),
         "many" => many(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "blocked-read" => return blocked_read(),
+        "nanosleep" => return nanosleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "spin" => return spin(),
+        "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
+        "deny-socket" => return deny_socket(),
+        "trap-socket" => return trap_socket(),
+        "ppoll" => return ppoll_mask(),
+        "accept" => return blocked_accept(),
+        "epoll" => return blocked_epoll(),
+        "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -35,6 +67,25 @@ fn main() {
     };
     emit(&report);
     wait_for_eof();
+}
+
+/// A new, empty directory in the temp dir. The name carries the pid and the time,
+/// so a directory left by an earlier process with the same (reused) pid, possibly
+/// owned by another user, is never reused.
+fn fresh_dir(kind: &str) -> std::path::PathBuf {
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("fdgrab-{kind}-{}-{nanos}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("creating {}: {e}", dir.display()),
+        }
+    }
 }
 
 fn emit(v: &Value) {
@@ -147,8 +198,7 @@ fn sock(fd: RawFd, label: &str, family: &str, ty: &str, proto: &str, state: Opti
 }
 
 fn zoo(nondumpable: bool) -> Value {
-    let dir = std::env::temp_dir().join(format!("fdgrab-zoo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("zoo");
     let mut fds = Vec::new();
 
     // A regular file with its offset moved, and one in append mode.
@@ -442,8 +492,7 @@ fn leader_exit() -> Value {
 /// connections, UDP, unix pairs, eventfds, memfds.
 fn many(n: usize) -> Value {
     raise_nofile(n as u64 + 64);
-    let dir = std::env::temp_dir().join(format!("fdgrab-many-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("many");
     let mut kept: Vec<OwnedFd> = Vec::with_capacity(n);
     let mut i = 0usize;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
@@ -509,4 +558,293 @@ fn raise_nofile(want: u64) {
         maximum: lim.maximum,
     };
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+}
+
+/// The content of the file every injection mode opens (label `file`).
+const INJECT_FILE_CONTENT: &str = "inject test file\n";
+
+fn inject_report(extra: Value) -> Value {
+    let dir = fresh_dir("inject");
+    let path = dir.join("file.txt");
+    std::fs::write(&path, INJECT_FILE_CONTENT).expect("write");
+    let fd = std::fs::File::open(&path).expect("open").into_raw_fd();
+    let mut v = describe(fd, "file");
+    v["path"] = json!(path.to_string_lossy());
+    v["content"] = json!(INJECT_FILE_CONTENT);
+    json!({"pid": std::process::id(), "dir": dir.to_string_lossy(), "fds": [v], "extra": extra})
+}
+
+/// One raw `read(0)` per line printed: no retry loop, so an `EINTR` or a wrong count
+/// caused by the injection would show.
+fn echo_reads() {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        let errno = if n < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        } else {
+            0
+        };
+        let data = if n > 0 {
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        } else {
+            String::new()
+        };
+        emit(&json!({"n": n, "errno": errno, "data": data}));
+        if n <= 0 {
+            return;
+        }
+    }
+}
+
+fn blocked_read() {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: an initialised set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let (pid, tid) = (
+        std::process::id() as libc::c_long,
+        rustix::thread::gettid().as_raw_nonzero().get(),
+    );
+    // Blocked, so both stay pending: one thread-directed, one process-directed.
+    // SAFETY: tgkill to our own thread, integers only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            pid,
+            tid as libc::c_long,
+            libc::SIGUSR1 as libc::c_long,
+        )
+    };
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
+        .expect("kill");
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+fn nanosleep(ms: u64) {
+    emit(&inject_report(json!({"ms": ms})));
+    let req = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
+    let mut rem = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let t0 = std::time::Instant::now();
+    // SAFETY: both timespecs are valid locals.
+    let r = unsafe { libc::nanosleep(&req, &mut rem) };
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    emit(&json!({"ret": r, "errno": errno, "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0}));
+    wait_for_eof();
+}
+
+fn spin() {
+    emit(&inject_report(json!({})));
+    let start = std::time::Instant::now();
+    let mut acc: u64 = 1;
+    let mut ticks = 0u64;
+    loop {
+        for i in 0..1_000_000u64 {
+            acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(acc);
+        // Instant::now() goes through the vDSO: no syscall while spinning.
+        if start.elapsed().as_millis() as u64 >= (ticks + 1) * 100 {
+            ticks += 1;
+            emit(&json!({"tick": ticks}));
+            if ticks >= 1200 {
+                return;
+            }
+        }
+    }
+}
+
+fn threads(n: usize) {
+    let (r, _w) = rustix::pipe::pipe().expect("pipe");
+    let r = std::sync::Arc::new(r);
+    let pair = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    for i in 1..n {
+        let r = r.clone();
+        let pair = pair.clone();
+        std::thread::spawn(move || match i % 4 {
+            0 => {
+                let mut acc = 0u64;
+                loop {
+                    acc = std::hint::black_box(acc.wrapping_add(1));
+                }
+            }
+            1 => loop {
+                std::thread::sleep(std::time::Duration::from_millis(7));
+            },
+            2 => {
+                let mut b = [0u8; 1];
+                let _ = rustix::io::read(&*r, &mut b);
+            }
+            _ => {
+                let (m, c) = &*pair;
+                let mut g = m.lock().expect("lock");
+                while !*g {
+                    g = c.wait(g).expect("wait");
+                }
+            }
+        });
+    }
+    emit(&inject_report(json!({"threads": n})));
+    echo_reads();
+}
+
+fn deny_socket() {
+    fdgrab_testkit::install_errno_filter(&[(libc::SYS_socket, libc::EPERM)])
+        .expect("seccomp filter");
+    emit(&inject_report(json!({"denied": "socket"})));
+    echo_reads();
+}
+
+fn trap_socket() {
+    fdgrab_testkit::install_filter(&[(libc::SYS_socket, fdgrab_testkit::SECCOMP_RET_TRAP)])
+        .expect("seccomp filter");
+    emit(&inject_report(json!({"trapped": "socket"})));
+    echo_reads();
+}
+
+fn exec_enosys(args: &[String]) {
+    use std::os::unix::process::CommandExt;
+    let (names, cmd) = match args.split_first() {
+        Some((names, rest)) if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 => {
+            (names, &rest[1..])
+        }
+        _ => {
+            eprintln!("usage: fdgrab-target exec-enosys NAME,... -- CMD ARGS...");
+            std::process::exit(2);
+        }
+    };
+    let mut rules = Vec::new();
+    for name in names.split(',') {
+        let nr = match name {
+            "pidfd_open" => libc::SYS_pidfd_open,
+            "pidfd_getfd" => libc::SYS_pidfd_getfd,
+            other => {
+                eprintln!("fdgrab-target: unknown syscall {other}");
+                std::process::exit(2);
+            }
+        };
+        rules.push((nr, libc::ENOSYS));
+    }
+    fdgrab_testkit::install_errno_filter(&rules).expect("seccomp filter");
+    let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("fdgrab-target: exec {}: {e}", cmd[0]);
+    std::process::exit(127);
+}
+
+fn sigset_of(sigs: &[i32]) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for &sig in sigs {
+        // SAFETY: an initialised set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
+fn ppoll_mask() {
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    emit(&inject_report(json!({})));
+    let during = sigset_of(&[libc::SIGUSR2]);
+    let mut pfd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout, a valid temporary mask.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &during) };
+    let mut now = sigset_of(&[]);
+    // SAFETY: reads the current mask into an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
+    // SAFETY: sigismember reads the initialised set.
+    let (u1, u2) = unsafe {
+        (
+            libc::sigismember(&now, libc::SIGUSR1),
+            libc::sigismember(&now, libc::SIGUSR2),
+        )
+    };
+    emit(&json!({"ret": r, "usr1": u1 == 1, "usr2": u2 == 1}));
+    wait_for_eof();
+}
+
+fn report_call(r: i64) {
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    emit(&json!({"ret": r, "errno": errno}));
+}
+
+fn blocked_accept() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    emit(&inject_report(json!({"port": port})));
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: accept4 on our listener with null address pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_accept4,
+            l.as_raw_fd() as libc::c_long,
+            null,
+            null,
+            0 as libc::c_long,
+        )
+    };
+    report_call(r);
+    wait_for_eof();
+}
+
+fn blocked_epoll() {
+    // SAFETY: creates a new epoll fd; no pointers.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: registers fd 0 with a valid event struct.
+    check(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev) },
+        "epoll_ctl",
+    );
+    emit(&inject_report(json!({})));
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: `out` has room for the 4 events asked for; no timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_wait,
+            ep as libc::c_long,
+            out.as_mut_ptr(),
+            4 as libc::c_long,
+            -1 as libc::c_long,
+        )
+    };
+    report_call(r);
+    wait_for_eof();
 }

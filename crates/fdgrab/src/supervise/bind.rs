@@ -20,6 +20,7 @@ use super::handler::{Answer, Context, Handler};
 use super::policy::{Policy, Proto};
 use crate::pidfd::PidFd;
 use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
@@ -41,7 +42,13 @@ pub struct BindHandler {
     /// Sockets (by sockfs device and inode) we bound whose caller never saw the
     /// answer, with the address.
     unanswered: HashMap<(u64, u64), SocketAddr>,
+    /// Thread pidfds by tid. A cached pidfd whose thread died fails with `ESRCH`
+    /// and is reopened; while its thread lives, no other thread has that tid.
+    threads: HashMap<i32, PidFd>,
 }
+
+/// Beyond this many cached thread pidfds the cache is emptied.
+const MAX_THREADS: usize = 1024;
 
 /// More than this many withdrawn binds at once means nobody is retrying them.
 const MAX_UNANSWERED: usize = 4096;
@@ -51,6 +58,7 @@ impl BindHandler {
         Self {
             policy,
             unanswered: HashMap::new(),
+            threads: HashMap::new(),
         }
     }
 }
@@ -74,6 +82,37 @@ impl Handler for BindHandler {
         &[libc::SYS_bind]
     }
 
+    /// Closes the cached pidfds of threads that have exited (a thread pidfd polls
+    /// readable once its thread is gone), in one `poll`.
+    fn maintain(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let tids: Vec<i32> = self.threads.keys().copied().collect();
+        let mut fds: Vec<PollFd<'_>> = tids
+            .iter()
+            .filter_map(|t| self.threads.get(t))
+            .map(|p| PollFd::new(p, PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).is_err() {
+            return;
+        }
+        let dead: Vec<i32> = tids
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        drop(fds);
+        for t in dead {
+            self.threads.remove(&t);
+        }
+    }
+
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
         let mut facts = Facts::default();
         let (response, decision, reason, bound) = match self.decide(cx, notif, &mut facts) {
@@ -90,7 +129,7 @@ impl Handler for BindHandler {
         if cx.audit.is_enabled() {
             audit(cx, notif, &facts, response, decision, reason);
         }
-        let Some(sock) = bound else {
+        let Some(key) = bound else {
             return Answer::Respond(response);
         };
         // We changed the socket: if the caller never learns that, remember it so a
@@ -98,7 +137,7 @@ impl Handler for BindHandler {
         match cx.listener.respond(notif.id, response) {
             Ok(()) => {}
             Err(SendError::Gone) => {
-                if let (Some(key), Some(addr)) = (socket_key(&sock), facts.addr) {
+                if let Some(addr) = facts.addr {
                     if self.unanswered.len() >= MAX_UNANSWERED {
                         self.unanswered.clear();
                     }
@@ -112,8 +151,11 @@ impl Handler for BindHandler {
     }
 }
 
-/// The answer, the audit decision and reason, and the socket if we bound it.
-type Decided = (Response, Decision, &'static str, Option<OwnedFd>);
+/// The answer, the audit decision and reason, and the identity of the socket if we
+/// bound it. Our copy of the socket is closed before answering: while the caller
+/// still holds its fd our close is a reference drop, whereas closing after the
+/// caller did would tear the socket down on the supervisor's time.
+type Decided = (Response, Decision, &'static str, Option<(u64, u64)>);
 
 impl BindHandler {
     /// `None` when the request vanished (nothing to answer).
@@ -131,17 +173,18 @@ impl BindHandler {
         if !(2..=MAX_ADDRLEN).contains(&addrlen) {
             return cont("address length the kernel judges");
         }
-        // The pidfd is opened before the read and validated by the ID_VALID after
-        // it: while the thread is parked in this call its tid cannot be reused.
-        let Ok(thread) = PidFd::open_thread(n.tid) else {
+        let mut raw = [0u8; MAX_ADDRLEN as usize];
+        let raw = &mut raw[..addrlen as usize];
+        // A cached thread pidfd was validated by an earlier request of this thread;
+        // a new one is validated by the ID_VALID that follows the read below.
+        let fresh = !self.threads.contains_key(&n.tid);
+        if fresh && !self.open_thread(n.tid) {
             return if cx.listener.id_valid(n.id) {
                 cont("cannot open a pidfd for the caller")
             } else {
                 None
             };
-        };
-        let mut raw = [0u8; MAX_ADDRLEN as usize];
-        let raw = &mut raw[..addrlen as usize];
+        }
         match read_validated(cx.listener, n, ptr, raw) {
             Ok(()) => {}
             Err(ReadError::Gone) => return None,
@@ -158,34 +201,37 @@ impl BindHandler {
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }
-        let sock: OwnedFd = match pidfd_getfd(&thread, fd, PidfdGetfdFlags::empty()) {
+        if !self.policy.covers_port(addr.port()) {
+            return cont("not allowed by policy (the kernel decides)");
+        }
+        let sock = match self.grab(cx, n, fd, fresh) {
             Ok(s) => s,
-            Err(Errno::SRCH) => return None,
-            Err(_) => return cont("no such fd in the caller (the kernel answers)"),
+            Err(None) => return None,
+            Err(Some(reason)) => return cont(reason),
         };
         let proto = match socket_proto(&sock, family) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
-            return cont("unprivileged port");
-        }
         if !self.policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
+        }
+        if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
+            return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
             Ok(()) => Some((
                 Response::Value(0),
                 Decision::Bind,
                 "allowed by policy",
-                Some(sock),
+                socket_key(&sock),
             )),
             Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
                 Response::Value(0),
                 Decision::AlreadyBound,
                 "restarted call; already bound to this address",
-                Some(sock),
+                socket_key(&sock),
             )),
             Err(e) => Some((
                 Response::Error(e),
@@ -247,6 +293,50 @@ fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
 }
 
 impl BindHandler {
+    fn open_thread(&mut self, tid: i32) -> bool {
+        match PidFd::open_thread(tid) {
+            Ok(p) => {
+                if self.threads.len() >= MAX_THREADS {
+                    self.threads.clear();
+                }
+                self.threads.insert(tid, p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Copies the caller's fd `fd`. `Err(None)`: the request is gone;
+    /// `Err(Some(why))`: the kernel should decide.
+    fn grab(
+        &mut self,
+        cx: &Context<'_>,
+        n: &Notification,
+        fd: i32,
+        fresh: bool,
+    ) -> Result<OwnedFd, Option<&'static str>> {
+        let Some(thread) = self.threads.get(&n.tid) else {
+            return Err(Some("cannot open a pidfd for the caller"));
+        };
+        match pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()) {
+            Ok(s) => return Ok(s),
+            Err(Errno::SRCH) if !fresh => {}
+            Err(Errno::SRCH) => return Err(None),
+            Err(_) => return Err(Some("no such fd in the caller (the kernel answers)")),
+        }
+        // The cached pidfd named an earlier thread with this tid: open the current
+        // one and validate it against the request.
+        self.threads.remove(&n.tid);
+        if !self.open_thread(n.tid) || !cx.listener.id_valid(n.id) {
+            return Err(None);
+        }
+        let thread = self.threads.get(&n.tid).ok_or(None)?;
+        pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()).map_err(|e| match e {
+            Errno::SRCH => None,
+            _ => Some("no such fd in the caller (the kernel answers)"),
+        })
+    }
+
     /// Whether `sock` is one we bound to `want` for a call its caller left.
     fn restarted(&mut self, sock: &OwnedFd, want: &SocketAddr) -> bool {
         let Some(key) = socket_key(sock) else {

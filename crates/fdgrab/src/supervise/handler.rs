@@ -38,4 +38,8 @@ pub trait Handler: Send + std::fmt::Debug {
     /// Decides one request. Must not block on the target: it is parked until we
     /// answer, and other targets wait behind it.
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer;
+
+    /// Called from [`super::Supervisor::dispatch`] about once a second: drop what
+    /// is cached about processes that have exited.
+    fn maintain(&mut self) {}
 }

@@ -29,7 +29,9 @@ use rustix::io::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Names one listener within a [`Supervisor`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +50,8 @@ pub enum SupervisorEvent {
         tid: i32,
         syscall: i32,
     },
+    /// An fd registered with [`Supervisor::watch`] is readable (or hung up).
+    Ready(u64),
 }
 
 struct Entry {
@@ -60,10 +64,13 @@ struct Entry {
 pub struct Supervisor {
     epoll: OwnedFd,
     entries: HashMap<u64, Entry>,
+    /// epoll ids of fds an outer loop asked us to watch, with the caller's token.
+    watched: HashMap<u64, u64>,
     next_id: u64,
     audit: AuditSink,
     ports: UnprivilegedPorts,
     events: Vec<epoll::Event>,
+    last_maintenance: Instant,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -92,10 +99,12 @@ impl Supervisor {
         Ok(Self {
             epoll,
             entries: HashMap::new(),
+            watched: HashMap::new(),
             next_id: 1,
             audit,
             ports: UnprivilegedPorts::new(),
             events: Vec::with_capacity(64),
+            last_maintenance: Instant::now(),
         })
     }
 
@@ -158,12 +167,41 @@ impl Supervisor {
         }
     }
 
+    /// Also waits for `fd` in [`Supervisor::dispatch`], which then reports
+    /// [`SupervisorEvent::Ready`]`(token)`. Lets a caller with a few fds of its own
+    /// (a signalfd, a pidfd) block in one `epoll_wait` instead of polling the
+    /// supervisor and then dispatching. The caller keeps `fd` open until
+    /// [`Supervisor::unwatch`].
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
+        self.watched.insert(id, token);
+        Ok(())
+    }
+
+    /// Stops watching `fd` (registered with `token`).
+    pub fn unwatch(&mut self, fd: BorrowedFd<'_>, token: u64) {
+        self.watched.retain(|_, t| *t != token);
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
     pub fn listener_count(&self) -> usize {
         self.entries.len()
     }
 
     /// Waits up to `timeout` (forever with `None`) for ready listeners and answers
     /// one pending request on each. Returns what happened.
+    ///
+    /// Handlers cache per-thread state; about once a second `dispatch` lets them
+    /// drop what belongs to exited threads, so a caller should pass a timeout of
+    /// a second or so rather than `None` if it wants that to happen while idle.
     pub fn dispatch(&mut self, timeout: Option<Duration>) -> Result<Vec<SupervisorEvent>> {
         let ts = timeout.map(|t| Timespec {
             tv_sec: t.as_secs() as _,
@@ -186,7 +224,9 @@ impl Supervisor {
             .collect();
         let mut out = Vec::with_capacity(ready.len());
         for (id, flags) in ready {
-            if flags.contains(epoll::EventFlags::IN) {
+            if let Some(&token) = self.watched.get(&id) {
+                out.push(SupervisorEvent::Ready(token));
+            } else if flags.contains(epoll::EventFlags::IN) {
                 if let Some(ev) = self.serve_one(id) {
                     out.push(ev);
                 }
@@ -195,6 +235,14 @@ impl Supervisor {
             {
                 tracing::debug!(listener = id, "filter has no users left; listener closed");
                 out.push(SupervisorEvent::ListenerClosed(ListenerId(id)));
+            }
+        }
+        if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            self.last_maintenance = Instant::now();
+            for entry in self.entries.values_mut() {
+                for h in &mut entry.handlers {
+                    h.maintain();
+                }
             }
         }
         Ok(out)

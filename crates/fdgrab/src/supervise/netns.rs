@@ -2,13 +2,13 @@
 //!
 //! `bind` checks `CAP_NET_BIND_SERVICE` for ports below the
 //! `net.ipv4.ip_unprivileged_port_start` sysctl of the **socket's** netns (IPv6
-//! uses the same sysctl). The supervisor asks the socket for its netns
-//! (`SIOCGSKNS`), reads our own netns's value fresh each time through a kept-open
-//! file, and reads a foreign netns's value from a short-lived thread that joins
-//! it, caching that for a second.
+//! uses the same sysctl). The supervisor names the socket's netns by its cookie
+//! (`SO_NETNS_COOKIE`, one `getsockopt`), falling back to `SIOCGSKNS` on kernels
+//! without it. Our own netns's value is read through a kept-open file; a foreign
+//! netns's value from a short-lived thread that joins it. Values are cached for a
+//! second, so a changed sysctl takes effect within a second.
 
 use crate::sys;
-use rustix::fs::{fstat, Stat};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,19 +18,20 @@ use std::time::{Duration, Instant};
 const SYSCTL: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
 /// The kernel's default when the sysctl cannot be read.
 const DEFAULT_START: u16 = 1024;
-const FOREIGN_TTL: Duration = Duration::from_secs(1);
+const TTL: Duration = Duration::from_secs(1);
+const MAX_CACHED: usize = 4096;
 
-type NsKey = (u64, u64);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum NsKey {
+    Cookie(u64),
+    Inode(u64, u64),
+}
 
 /// Per-netns threshold lookups.
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
     own: Option<(NsKey, File)>,
-    foreign: HashMap<NsKey, (u16, Instant)>,
-}
-
-fn key(st: &Stat) -> NsKey {
-    (st.st_dev, st.st_ino)
+    cache: HashMap<NsKey, (u16, Instant)>,
 }
 
 fn parse(text: &[u8]) -> Option<u16> {
@@ -42,6 +43,30 @@ fn parse(text: &[u8]) -> Option<u16> {
         .map(|v| v.min(u32::from(u16::MAX)) as u16)
 }
 
+/// The socket's netns key, and an fd for the netns when one had to be opened.
+fn ns_key(sock: impl AsFd, tid: i32) -> Option<(NsKey, Option<OwnedFd>)> {
+    if let Ok(c) = sys::socket_netns_cookie(&sock) {
+        return Some((NsKey::Cookie(c), None));
+    }
+    let ns = ns_fd(sock, tid)?;
+    let st = rustix::fs::fstat(&ns).ok()?;
+    Some((NsKey::Inode(st.st_dev, st.st_ino), Some(ns)))
+}
+
+/// The socket's own netns (`SIOCGSKNS`), or the thread's when the kernel will not
+/// name the socket's.
+fn ns_fd(sock: impl AsFd, tid: i32) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    sys::socket_netns(&sock).ok().or_else(|| {
+        rustix::fs::open(
+            format!("/proc/{tid}/ns/net"),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    })
+}
+
 impl Default for UnprivilegedPorts {
     fn default() -> Self {
         Self::new()
@@ -51,51 +76,43 @@ impl Default for UnprivilegedPorts {
 impl UnprivilegedPorts {
     pub fn new() -> Self {
         let own = (|| {
-            let ns = rustix::fs::stat("/proc/thread-self/ns/net").ok()?;
-            let file = File::open(SYSCTL).ok()?;
-            Some((key(&ns), file))
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0")
+                .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+                .ok()?;
+            let (key, _) = ns_key(&probe, std::process::id() as i32)?;
+            Some((key, File::open(SYSCTL).ok()?))
         })();
         Self {
             own,
-            foreign: HashMap::new(),
+            cache: HashMap::new(),
         }
     }
 
     /// The first unprivileged port for `sock`. `tid` names a thread that holds the
     /// socket, used when the kernel will not name the socket's netns.
     pub fn for_socket(&mut self, sock: impl AsFd, tid: i32) -> u16 {
-        let ns = sys::socket_netns(&sock).ok().or_else(|| {
-            rustix::fs::open(
-                format!("/proc/{tid}/ns/net"),
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .ok()
-        });
-        let Some(ns) = ns else { return DEFAULT_START };
-        let Ok(st) = fstat(&ns) else {
+        let Some((key, ns)) = ns_key(&sock, tid) else {
             return DEFAULT_START;
         };
-        let k = key(&st);
-        if let Some((own_key, file)) = &self.own {
-            if *own_key == k {
-                let mut buf = [0u8; 16];
-                return match file.read_at(&mut buf, 0) {
-                    Ok(n) => parse(&buf[..n]).unwrap_or(DEFAULT_START),
-                    Err(_) => DEFAULT_START,
-                };
-            }
-        }
-        if let Some(&(v, at)) = self.foreign.get(&k) {
-            if at.elapsed() < FOREIGN_TTL {
+        if let Some(&(v, at)) = self.cache.get(&key) {
+            if at.elapsed() < TTL {
                 return v;
             }
         }
-        let v = read_in_netns(ns).unwrap_or(DEFAULT_START);
-        if self.foreign.len() > 4096 {
-            self.foreign.retain(|_, (_, at)| at.elapsed() < FOREIGN_TTL);
+        let v = match &self.own {
+            Some((own, file)) if *own == key => {
+                let mut buf = [0u8; 16];
+                file.read_at(&mut buf, 0)
+                    .ok()
+                    .and_then(|n| parse(&buf[..n]))
+            }
+            _ => ns.or_else(|| ns_fd(&sock, tid)).and_then(read_in_netns),
         }
-        self.foreign.insert(k, (v, Instant::now()));
+        .unwrap_or(DEFAULT_START);
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.retain(|_, (_, at)| at.elapsed() < TTL);
+        }
+        self.cache.insert(key, (v, Instant::now()));
         v
     }
 }
@@ -131,6 +148,44 @@ mod tests {
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
         let mut ports = UnprivilegedPorts::new();
+        assert!(ports.own.is_some());
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+        // Cached the second time.
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+    }
+
+    /// A socket made in another netns (as a container's would be) is judged by that
+    /// netns's sysctl, not ours.
+    #[test]
+    fn foreign_netns_threshold_is_the_sockets() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: creating a network namespace needs root");
+            return;
+        }
+        let maker = std::thread::spawn(|| -> Option<std::net::UdpSocket> {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this short-lived thread into
+            // a new network namespace; it touches no memory.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            std::fs::write(SYSCTL, "123").ok()?;
+            // Loopback is down in a new netns; an unbound socket is enough.
+            let raw = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )
+            .ok()?;
+            Some(std::net::UdpSocket::from(raw))
+        });
+        let Some(sock) = maker.join().expect("thread") else {
+            eprintln!("SKIP: cannot create a network namespace here");
+            return;
+        };
+        let mut ports = UnprivilegedPorts::new();
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
+        assert_eq!(ports.for_socket(&ours, std::process::id() as i32), expected);
     }
 }

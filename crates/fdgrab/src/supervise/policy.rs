@@ -265,6 +265,12 @@ impl Policy {
         self.rules.iter().any(|r| r.matches(proto, addr, port))
     }
 
+    /// Whether any rule mentions `port`: when none does, the bind is the kernel's
+    /// to decide and the socket need not be looked at.
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.rules.iter().any(|r| r.ports.contains(&port))
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

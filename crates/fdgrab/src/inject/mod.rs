@@ -1,0 +1,459 @@
+//! The ptrace injection engine: making another process run system calls for us.
+//!
+//! Before `pidfd_getfd(2)` (Linux 5.6) the only way to take a descriptor out of a
+//! process was to make it send the descriptor itself. A [`Session`] stops one thread
+//! of the target with `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, runs syscalls in it, and
+//! puts everything back. On top of it this module offers:
+//!
+//! - taking copies of descriptors (the `ptrace` backend of [`crate::grab`]): the
+//!   target connects to a unix socket of ours and sends them with `SCM_RIGHTS`;
+//! - the reverse, [`put`]: we send one of our descriptors and the target `dup3`s it
+//!   over a number of its own;
+//! - [`close_in_target`], the second half of a steal;
+//! - [`redirect`]/[`undo_redirect`]: point a descriptor elsewhere and back.
+//!
+//! Injected calls run as the target: with its credentials, its seccomp filter, its
+//! mount and network namespaces. A refusal there comes back as an error naming the
+//! call, with the target restored.
+
+mod arch;
+mod ptrace;
+mod rendezvous;
+mod session;
+
+pub(crate) use session::pick_thread as fd_table_owner;
+pub use session::Session;
+
+use crate::error::{Error, Result};
+use crate::passfd::{self, SCM_MAX_FD};
+use crate::pidfd::PidFd;
+use crate::TargetFd;
+use rendezvous::Listener;
+use session::remote_error;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// What a steal leaves behind at the target's number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloseMode {
+    /// `close(2)`: the number is freed (and may be reused by the target's next open);
+    /// the target's next use of it fails with `EBADF`. A thread already blocked on
+    /// the fd is not woken.
+    Close,
+    /// `dup2` /dev/null over it: the number stays taken, reads see end-of-file and
+    /// writes are discarded.
+    DevNull,
+}
+
+/// A connection between fdgrab and the target, set up inside a session.
+#[derive(Debug)]
+struct Channel {
+    /// The target's end (a descriptor number in the target).
+    remote: i32,
+    /// Ours.
+    conn: OwnedFd,
+}
+
+/// `struct msghdr` for LP64 Linux, as the target's kernel reads it.
+fn msghdr(iov: u64, control: u64, controllen: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(56);
+    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_name
+    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_namelen + padding
+    m.extend_from_slice(&iov.to_ne_bytes());
+    m.extend_from_slice(&1u64.to_ne_bytes()); // msg_iovlen
+    m.extend_from_slice(&control.to_ne_bytes());
+    m.extend_from_slice(&controllen.to_ne_bytes());
+    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_flags + padding
+    m
+}
+
+const MSGHDR_CONTROLLEN: u64 = 40;
+const MSGHDR_FLAGS: u64 = 48;
+const CMSG_HDR: usize = 16;
+
+fn iovec(base: u64, len: u64) -> Vec<u8> {
+    [base.to_ne_bytes(), len.to_ne_bytes()].concat()
+}
+
+fn cmsg_space(nfds: usize) -> usize {
+    (CMSG_HDR + 4 * nfds + 7) & !7
+}
+
+/// Opens the channel: the target makes a unix stream socket and connects to ours.
+fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
+    let pid = s.pid();
+    let listener = Listener::new(pid, s.tid())?;
+    let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
+    if fd < 0 {
+        return Err(remote_error(pid, None, "socket(AF_UNIX) (injected)", fd));
+    }
+    let fd = fd as i32;
+    s.track_remote_fd(fd);
+    let addr = s.push_bytes(listener.sockaddr())?;
+    let r = s.syscall(
+        libc::SYS_connect,
+        &[fd as u64, addr, listener.sockaddr().len() as u64],
+    )?;
+    if r < 0 {
+        return Err(remote_error(
+            pid,
+            None,
+            "connect to fdgrab's rendezvous socket (injected)",
+            r,
+        ));
+    }
+    let conn = listener.accept_from(pid)?;
+    s.reset_scratch();
+    Ok(Channel { remote: fd, conn })
+}
+
+/// Which of `fds` the target does not have, using `fcntl(F_GETFD)` in the target.
+fn first_missing(s: &mut Session<'_>, fds: &[TargetFd]) -> Result<Option<TargetFd>> {
+    for &fd in fds {
+        if fd_flags(s, fd)?.is_none() {
+            return Ok(Some(fd));
+        }
+    }
+    Ok(None)
+}
+
+/// The target's `FD_*` flags of `fd`, or `None` if it has no such fd.
+fn fd_flags(s: &mut Session<'_>, fd: TargetFd) -> Result<Option<i32>> {
+    let r = s.syscall(libc::SYS_fcntl, &[fd.as_raw() as u64, libc::F_GETFD as u64])?;
+    match r {
+        r if r >= 0 => Ok(Some(r as i32)),
+        r if r == -(libc::EBADF as i64) => Ok(None),
+        r => Err(remote_error(
+            s.pid(),
+            Some(fd),
+            "fcntl(F_GETFD) (injected)",
+            r,
+        )),
+    }
+}
+
+/// Makes the target send copies of `fds` over the channel, at most 253 per message.
+fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+    let pid = s.pid();
+    let mut out = Vec::with_capacity(fds.len());
+    for chunk in fds.chunks(SCM_MAX_FD) {
+        if s.termination_requested() {
+            return Err(Error::io(
+                "taking fds (interrupted by a termination signal)",
+                pid,
+                None,
+                rustix::io::Errno::INTR,
+            ));
+        }
+        s.reset_scratch();
+        let byte = s.push_bytes(b"F")?;
+        let iov = s.push_bytes(&iovec(byte, 1))?;
+        let mut control = Vec::with_capacity(cmsg_space(chunk.len()));
+        control.extend_from_slice(&((CMSG_HDR + 4 * chunk.len()) as u64).to_ne_bytes());
+        control.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        control.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        for fd in chunk {
+            control.extend_from_slice(&fd.as_raw().to_ne_bytes());
+        }
+        control.resize(cmsg_space(chunk.len()), 0);
+        let ctl = s.push_bytes(&control)?;
+        let msg = s.push_bytes(&msghdr(iov, ctl, control.len() as u64))?;
+        let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+        let r = s.syscall(libc::SYS_sendmsg, &[ch.remote as u64, msg, flags])?;
+        if r == -(libc::EBADF as i64) {
+            if let Some(fd) = first_missing(s, chunk)? {
+                return Err(Error::NoSuchFd { pid, fd });
+            }
+        }
+        if r < 0 {
+            return Err(remote_error(
+                pid,
+                None,
+                "sendmsg(SCM_RIGHTS) to fdgrab (injected)",
+                r,
+            ));
+        }
+        let mut buf = [0u8; 1];
+        let got = passfd::recv_fds(&ch.conn, &mut buf, chunk.len()).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                    Error::TooManyFiles { pid, fd: chunk[0] }
+                }
+                _ => Error::Io {
+                    op: "receiving fds from the target",
+                    pid,
+                    fd: None,
+                    source: e,
+                },
+            }
+        })?;
+        if got.fds.len() != chunk.len() {
+            return Err(Error::io(
+                "receiving fds from the target (fewer arrived than were sent; is fdgrab's fd limit too low?)",
+                pid,
+                None,
+                rustix::io::Errno::MFILE,
+            ));
+        }
+        out.extend(got.fds);
+    }
+    Ok(out)
+}
+
+/// Sends `ours` to the target, which receives it at some free number (close-on-exec)
+/// that is returned; the session closes it at the end unless the caller keeps it.
+fn receive_from_us(s: &mut Session<'_>, ch: &Channel, ours: BorrowedFd<'_>) -> Result<i32> {
+    let pid = s.pid();
+    passfd::send_fds(&ch.conn, b"P", &[ours]).map_err(|e| Error::Io {
+        op: "sending the fd to the target",
+        pid,
+        fd: None,
+        source: e,
+    })?;
+    s.reset_scratch();
+    let byte = s.push_bytes(&[0u8])?;
+    let iov = s.push_bytes(&iovec(byte, 1))?;
+    let space = cmsg_space(1);
+    let ctl = s.push_bytes(&vec![0u8; space])?;
+    let msg = s.push_bytes(&msghdr(iov, ctl, space as u64))?;
+    let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
+    let r = s.syscall(libc::SYS_recvmsg, &[ch.remote as u64, msg, flags])?;
+    if r < 0 {
+        return Err(remote_error(
+            pid,
+            None,
+            "recvmsg(SCM_RIGHTS) from fdgrab (injected)",
+            r,
+        ));
+    }
+    let mut hdr = [0u8; 56];
+    s.read_bytes(msg, &mut hdr)?;
+    let controllen = u64_at(&hdr, MSGHDR_CONTROLLEN as usize);
+    let msg_flags = u32_at(&hdr, MSGHDR_FLAGS as usize) as i32;
+    let mut control = vec![0u8; space];
+    s.read_bytes(ctl, &mut control)?;
+    let ok = controllen as usize >= CMSG_HDR + 4
+        && msg_flags & libc::MSG_CTRUNC == 0
+        && u64_at(&control, 0) as usize == CMSG_HDR + 4
+        && u32_at(&control, 8) as i32 == libc::SOL_SOCKET
+        && u32_at(&control, 12) as i32 == libc::SCM_RIGHTS;
+    if !ok {
+        return Err(Error::io(
+            "the target received no fd (its recvmsg returned no SCM_RIGHTS)",
+            pid,
+            None,
+            rustix::io::Errno::PROTO,
+        ));
+    }
+    let fd = u32_at(&control, CMSG_HDR) as i32;
+    s.track_remote_fd(fd);
+    Ok(fd)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(a)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(a)
+}
+
+/// Installs the target's `from` at `at` with `dup3`, atomically replacing whatever
+/// was there and keeping its close-on-exec flag. `from` stays open.
+fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
+    let pid = s.pid();
+    let cloexec = fd_flags(s, at)?.is_some_and(|f| f & libc::FD_CLOEXEC != 0);
+    if from == at.as_raw() {
+        // The received fd landed on the (free) number itself; only the flag is left.
+        let flags = if cloexec { libc::FD_CLOEXEC } else { 0 };
+        let r = s.syscall(
+            libc::SYS_fcntl,
+            &[from as u64, libc::F_SETFD as u64, flags as u64],
+        )?;
+        if r < 0 {
+            return Err(remote_error(pid, Some(at), "fcntl(F_SETFD) (injected)", r));
+        }
+        s.keep_remote_fd(from);
+        return Ok(());
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    let r = s.syscall(
+        libc::SYS_dup3,
+        &[from as u64, at.as_raw() as u64, flags as u64],
+    )?;
+    if r < 0 {
+        return Err(remote_error(pid, Some(at), "dup3 (injected)", r));
+    }
+    Ok(())
+}
+
+/// Takes copies of `fds` out of `target` with one injection session. The copies are
+/// close-on-exec. Callers normally go through [`crate::grab::GrabOptions`] with
+/// [`crate::Backend::Ptrace`], which also checks each copy's identity.
+pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+    if fds.is_empty() {
+        return Ok(Vec::new());
+    }
+    with_session(target, |s| {
+        let ch = open_channel(s)?;
+        send_to_us(s, &ch, fds)
+    })
+}
+
+/// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over
+/// them), all in one session. Every fd is checked to exist before any is touched, so
+/// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
+pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Result<()> {
+    let mut fds = fds.to_vec();
+    fds.sort_unstable();
+    fds.dedup();
+    let fds = fds.as_slice();
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let null = match how {
+        CloseMode::DevNull => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| Error::Io {
+                    op: "opening /dev/null",
+                    pid: target.pid(),
+                    fd: None,
+                    source: e,
+                })?,
+        ),
+        CloseMode::Close => None,
+    };
+    with_session(target, |s| {
+        if let Some(fd) = first_missing(s, fds)? {
+            return Err(Error::NoSuchFd { pid: s.pid(), fd });
+        }
+        match &null {
+            None => {
+                for &fd in fds {
+                    let r = s.syscall(libc::SYS_close, &[fd.as_raw() as u64])?;
+                    if r < 0 && r != -(libc::EINTR as i64) {
+                        return Err(remote_error(s.pid(), Some(fd), "close (injected)", r));
+                    }
+                }
+            }
+            Some(null) => {
+                let ch = open_channel(s)?;
+                let theirs = receive_from_us(s, &ch, null.as_fd())?;
+                for &fd in fds {
+                    install(s, theirs, fd)?;
+                }
+            }
+        }
+        tracing::debug!(pid = s.pid(), ?fds, ?how, "closed in target");
+        Ok(())
+    })
+}
+
+/// Installs our `ours` into `target` at number `at`, atomically replacing whatever
+/// was open there (`dup3`), keeping that number's close-on-exec flag (a free number
+/// gets none). The target's copy shares our open file description.
+pub fn put(target: &PidFd, ours: BorrowedFd<'_>, at: TargetFd) -> Result<()> {
+    with_session(target, |s| {
+        let ch = open_channel(s)?;
+        let theirs = receive_from_us(s, &ch, ours)?;
+        install(s, theirs, at)
+    })
+}
+
+/// The lowest numbers tried for the saved copy in [`redirect`], highest first; each
+/// must stay under the target's `RLIMIT_NOFILE`.
+const SAVE_FLOORS: [u64; 4] = [1000, 500, 100, 10];
+
+/// Points the target's `fd` at our `file`, first keeping the old one alive at a high
+/// number (`fcntl(F_DUPFD_CLOEXEC)` in the target), which is returned. Undo with
+/// [`undo_redirect`].
+pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<TargetFd> {
+    with_session(target, |s| {
+        let pid = s.pid();
+        if fd_flags(s, fd)?.is_none() {
+            return Err(Error::NoSuchFd { pid, fd });
+        }
+        let mut saved = None;
+        for floor in SAVE_FLOORS {
+            let r = s.syscall(
+                libc::SYS_fcntl,
+                &[fd.as_raw() as u64, libc::F_DUPFD_CLOEXEC as u64, floor],
+            )?;
+            if r >= 0 {
+                saved = Some(r as i32);
+                break;
+            }
+            if r != -(libc::EINVAL as i64) && r != -(libc::EMFILE as i64) {
+                return Err(remote_error(
+                    pid,
+                    Some(fd),
+                    "fcntl(F_DUPFD_CLOEXEC) (injected)",
+                    r,
+                ));
+            }
+        }
+        let saved = saved.ok_or_else(|| {
+            Error::io(
+                "keeping the old fd at a high number (the target's fd limit is too low)",
+                pid,
+                Some(fd),
+                rustix::io::Errno::MFILE,
+            )
+        })?;
+        s.track_remote_fd(saved);
+        let ch = open_channel(s)?;
+        let theirs = receive_from_us(s, &ch, file)?;
+        install(s, theirs, fd)?;
+        s.keep_remote_fd(saved);
+        let saved = TargetFd::new(saved)
+            .ok_or_else(|| Error::InvalidArgument("negative fd from the target".into()))?;
+        tracing::debug!(pid, fd = fd.as_raw(), saved = saved.as_raw(), "redirected");
+        Ok(saved)
+    })
+}
+
+/// Undoes [`redirect`]: `dup3(saved, fd)` in the target, then closes `saved`.
+pub fn undo_redirect(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<()> {
+    if fd == saved {
+        return Err(Error::InvalidArgument(format!(
+            "fd {fd} and the saved fd are the same number"
+        )));
+    }
+    with_session(target, |s| {
+        if fd_flags(s, saved)?.is_none() {
+            return Err(Error::NoSuchFd {
+                pid: s.pid(),
+                fd: saved,
+            });
+        }
+        install(s, saved.as_raw(), fd)?;
+        s.close_remote(saved.as_raw())
+    })
+}
+
+/// Runs `f` in a session and always restores the target; `f`'s error wins over a
+/// restore error, which is then only logged.
+fn with_session<T>(target: &PidFd, f: impl FnOnce(&mut Session<'_>) -> Result<T>) -> Result<T> {
+    let mut s = Session::attach(target)?;
+    let r = f(&mut s);
+    let d = s.detach();
+    match (r, d) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(restore)) => {
+            if !matches!(restore, Error::NoSuchProcess { .. }) {
+                tracing::warn!(pid = target.pid(), error = %restore, "restoring the target after a failure");
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The raw ptrace(2), waitpid(2), process_vm_readv/writev(2) and signal-mask calls the
+//! injection session is built from. Nothing here knows about registers (that is
+//! `arch`) or about sessions; every function returns the kernel's errno untouched.
+
+use crate::Pid;
+use rustix::io::Errno;
+
+/// `PTRACE_O_TRACESYSGOOD`: syscall stops report `SIGTRAP | 0x80`, so they cannot be
+/// mistaken for a real `SIGTRAP`.
+pub(crate) const O_TRACESYSGOOD: libc::c_int = libc::PTRACE_O_TRACESYSGOOD;
+
+fn errno() -> Errno {
+    Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
+    // SAFETY: every request sent through here (SEIZE, INTERRUPT, CONT, SYSCALL,
+    // DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// `PTRACE_SEIZE`: become the tracer of `tid` without stopping it.
+pub(crate) fn seize(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
+    request(libc::PTRACE_SEIZE, tid, 0, options as usize)
+}
+
+/// `PTRACE_INTERRUPT`: make a seized tracee stop (`PTRACE_EVENT_STOP`) without a signal.
+pub(crate) fn interrupt(tid: Pid) -> Result<(), Errno> {
+    request(libc::PTRACE_INTERRUPT, tid, 0, 0)
+}
+
+/// `PTRACE_CONT`, delivering `sig` (0 for none).
+pub(crate) fn cont(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_CONT, tid, 0, sig as usize)
+}
+
+/// `PTRACE_SYSCALL`: resume until the next syscall entry or exit, delivering `sig`.
+pub(crate) fn resume_to_syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
+}
+
+/// `PTRACE_DETACH`, delivering `sig`.
+pub(crate) fn detach(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_DETACH, tid, 0, sig as usize)
+}
+
+/// `waitpid(tid, &status, __WALL)`: blocks until the tracee's next stop or exit.
+pub(crate) fn wait(tid: Pid) -> Result<i32, Errno> {
+    loop {
+        if let Some(st) = wait_flags(tid, 0)? {
+            return Ok(st);
+        }
+    }
+}
+
+/// `waitpid(tid, &status, __WALL | WNOHANG)`: `Ok(None)` when nothing is ready.
+pub(crate) fn try_wait(tid: Pid) -> Result<Option<i32>, Errno> {
+    wait_flags(tid, libc::WNOHANG)
+}
+
+fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
+    let mut status = 0;
+    let flags = libc::__WALL | extra;
+    loop {
+        // SAFETY: `status` is a valid, writable int for the duration of the call.
+        let r = unsafe { libc::waitpid(tid, &mut status, flags) };
+        if r < 0 {
+            match errno() {
+                Errno::INTR => continue,
+                e => return Err(e),
+            }
+        }
+        return Ok((r != 0).then_some(status));
+    }
+}
+
+/// Writes all of `data` at `addr` in `pid`'s memory (`process_vm_writev`).
+pub(crate) fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: `local` describes `data`, which the kernel only reads; `remote` names
+    // memory in the other process, which the kernel checks and never touches in ours.
+    let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    match r {
+        r if r < 0 => Err(errno()),
+        r if r as usize != data.len() => Err(Errno::FAULT),
+        _ => Ok(()),
+    }
+}
+
+/// Fills `buf` from `addr` in `pid`'s memory (`process_vm_readv`).
+pub(crate) fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, writable for its whole length; `remote` names
+    // memory in the other process, which the kernel checks.
+    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    match r {
+        r if r < 0 => Err(errno()),
+        r if r as usize != buf.len() => Err(Errno::FAULT),
+        _ => Ok(()),
+    }
+}
+
+/// Our own thread's signal mask, as saved by [`block_termination_signals`].
+#[derive(Clone, Copy)]
+pub(crate) struct OurMask(libc::sigset_t);
+
+impl std::fmt::Debug for OurMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OurMask")
+    }
+}
+
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread and returns the
+/// previous mask. A termination signal that arrives during a session then stays
+/// pending until [`restore_mask`], i.e. until the target has been put back.
+pub(crate) fn block_termination_signals() -> OurMask {
+    let mut set = empty_sigset();
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: `set` is an initialised sigset and `sig` a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    let mut old = empty_sigset();
+    // SAFETY: pthread_sigmask reads `set` and writes `old`, both valid locals.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    OurMask(old)
+}
+
+/// Whether one of the signals [`block_termination_signals`] holds back is pending.
+pub(crate) fn termination_pending() -> bool {
+    let mut pending = empty_sigset();
+    // SAFETY: sigpending writes one sigset into our initialised local.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return false;
+    }
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+        .into_iter()
+        // SAFETY: sigismember reads the initialised set.
+        .any(|sig| unsafe { libc::sigismember(&pending, sig) } == 1)
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set it is given.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    unsafe { set.assume_init() }
+}
+
+/// Puts back a mask saved by [`block_termination_signals`]; a pending SIGINT or
+/// SIGTERM is delivered now.
+pub(crate) fn restore_mask(mask: OurMask) {
+    // SAFETY: `mask.0` is a sigset the kernel filled in; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
+}
