@@ -66,14 +66,14 @@ fn serves_port_80(rt: Runtime) {
     c.kill();
 }
 
-/// Runs `nc -l -p 80` in a container and returns what it printed; the caller
-/// expects the kernel's own EACCES.
-fn bind_80_output(
+/// Runs `nc -l -p 80` in a container and checks that it got the kernel's own
+/// EACCES, and that the agent logged handing the call back to the kernel.
+fn expect_eacces_on_80(
     rt: Runtime,
     agent: &AgentProc,
     metadata: Option<&str>,
     annotation: Option<&str>,
-) -> String {
+) {
     let ns = NetNs::new();
     let mut spec = BundleSpec::new(&["nc", "-l", "-p", "80"], notify(agent, metadata));
     spec.netns = Some(ns.path.clone());
@@ -88,15 +88,6 @@ fn bind_80_output(
         .wait(START)
         .unwrap_or_else(|e| panic!("{e}; agent log {}", agent.log.text()));
     assert!(!status.success(), "nc should have failed: {out}");
-    out
-}
-
-fn metadata_narrows_to_eacces(rt: Runtime) {
-    if !rt.usable() {
-        return;
-    }
-    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
-    let out = bind_80_output(rt, &agent, Some("allow-bind=tcp:443"), None);
     assert!(
         out.contains("bind: Permission denied"),
         "expected EACCES: {out}; agent log {}",
@@ -104,11 +95,19 @@ fn metadata_narrows_to_eacces(rt: Runtime) {
     );
     let audit = agent.audit_lines();
     assert!(
-        audit
-            .iter()
-            .any(|l| l["port"] == 80 && l["decision"] == "continue"),
+        audit.iter().any(|l| l["port"] == 80
+            && l["decision"] == "continue"
+            && l["container_id"] == id.as_str()),
         "the refused bind is handed back to the kernel and logged: {audit:?}"
     );
+}
+
+fn metadata_narrows_to_eacces(rt: Runtime) {
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
+    expect_eacces_on_80(rt, &agent, Some("allow-bind=tcp:443"), None);
 }
 
 fn never_widens(rt: Runtime) {
@@ -117,12 +116,7 @@ fn never_widens(rt: Runtime) {
     }
     // The agent allows only 443; the container asks for 80 both ways.
     let agent = AgentProc::start(&["--allow-bind", "tcp:443"]);
-    let out = bind_80_output(rt, &agent, Some("allow-bind=tcp:80"), Some("tcp:80"));
-    assert!(
-        out.contains("bind: Permission denied"),
-        "expected EACCES: {out}; agent log {}",
-        agent.log.text()
-    );
+    expect_eacces_on_80(rt, &agent, Some("allow-bind=tcp:80"), Some("tcp:80"));
 }
 
 fn policy_file_bounds_annotation(rt: Runtime) {
@@ -134,19 +128,7 @@ fn policy_file_bounds_annotation(rt: Runtime) {
     std::fs::write(&file, "[[bind]]\nport = \"1-1023\"\nproto = \"tcp\"\n").expect("policy file");
     let agent = AgentProc::start(&["--policy", file.to_str().expect("utf-8")]);
     // The annotation alone narrows 1-1023 to 22: port 80 is refused.
-    let out = bind_80_output(rt, &agent, None, Some("tcp:22"));
-    assert!(
-        out.contains("bind: Permission denied"),
-        "expected EACCES: {out}; agent log {}",
-        agent.log.text()
-    );
-    let audit = agent.audit_lines();
-    assert!(
-        audit
-            .iter()
-            .any(|l| l["port"] == 80 && l["decision"] == "continue"),
-        "{audit:?}"
-    );
+    expect_eacces_on_80(rt, &agent, None, Some("tcp:22"));
 }
 
 fdgrab_testkit::per_runtime! {
