@@ -82,6 +82,16 @@ pub enum Command {
     /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
     /// SIGHUP and exits with the program's status.
     Run(RunArgs),
+    /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
+    ///
+    /// Runtimes connect to --socket (the seccomp profile's `listenerPath`) and hand
+    /// over each container's seccomp listener. Privileged binds the policy allows are
+    /// performed for the container; all else gets the kernel's own answer. A container
+    /// may narrow the policy through `listenerMetadata` (`allow-bind=tcp:80,tcp:443`) or
+    /// the annotation `org.fdgrab.allow-bind`, never widen it. If the agent exits,
+    /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
+    /// that name the socket.
+    Agent(AgentArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command into --dir).
@@ -260,4 +270,23 @@ pub struct ManArgs {
     /// Write fdgrab.1 and one fdgrab-COMMAND.1 per command into this directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The unix socket runtimes connect to (created mode 0600, owned by root). A stale
+    /// socket file is replaced; one a live agent listens on is an error.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Allow privileged binds matching SPEC, `[tcp|udp:]PORT[-PORT][@ADDR]`, to every
+    /// container (repeatable; the upper bound containers can only narrow).
+    #[arg(long = "allow-bind", value_name = "SPEC")]
+    pub allow_bind: Vec<String>,
+    /// A TOML policy file, merged with the --allow-bind specs (format in README).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Write one JSON line per decision, with the container id and bundle, to FILE
+    /// (`-` for stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub audit: Option<PathBuf>,
 }

@@ -2,6 +2,8 @@
 //! spawning real target processes that report their own view of their fds, and
 //! running commands with a hard timeout so that no test can hang CI.
 
+pub mod oci;
+
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod agent;
 mod cat;
 mod docs;
 mod get;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Put(a) => put::run(a),
         Command::Redirect(a) => redirect::run(a),
         Command::Run(a) => run::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }

@@ -119,7 +119,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     }
 }
 
-fn load_policy(specs: &[String], file: Option<&Path>) -> Result<Policy> {
+pub(crate) fn load_policy(specs: &[String], file: Option<&Path>) -> Result<Policy> {
     let mut policy = Policy::from_specs(specs).map_err(|e| UsageError(e.to_string()))?;
     if let Some(path) = file {
         let from_file =

@@ -7,10 +7,12 @@
 //! call [`Supervisor::dispatch`] when it is readable. One request is answered per
 //! ready listener per round; nothing in a round waits on a target.
 
+pub mod agent;
 pub mod audit;
 pub mod bind;
 pub mod handler;
 pub mod netns;
+pub mod oci;
 pub mod policy;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
