@@ -33,6 +33,7 @@ pub mod error;
 pub mod grab;
 pub mod inject;
 pub mod inventory;
+mod netns;
 pub mod passfd;
 pub mod pidfd;
 mod procfs;

@@ -120,20 +120,10 @@ impl UnprivilegedPorts {
 /// Reads the sysctl from a thread that has joined `ns`. `/proc/sys/net` shows the
 /// netns of the reading thread, and a thread may change netns on its own.
 fn read_in_netns(ns: OwnedFd) -> Option<u16> {
-    let reader = std::thread::Builder::new()
-        .name("fdgrab-netns".into())
-        .spawn(move || {
-            rustix::thread::move_into_link_name_space(
-                ns.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .ok()?;
-            parse(&std::fs::read(SYSCTL).ok()?)
-        });
-    match reader {
-        Ok(h) => h.join().ok().flatten(),
+    match crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL)) {
+        Ok(text) => parse(&text),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot start a thread to read a foreign netns's port threshold");
+            tracing::warn!(error = %e, "cannot read a foreign netns's port threshold");
             None
         }
     }
