@@ -94,6 +94,26 @@ pub enum Command {
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
     Redirect(RedirectArgs),
+    /// Run a command under a seccomp supervisor that performs its privileged binds.
+    ///
+    /// `bind` is trapped with seccomp user notification. A bind to a port below the
+    /// socket netns's ip_unprivileged_port_start that the policy allows is performed
+    /// by fdgrab on the program's own socket and answered with the exact result;
+    /// every other bind is handed back to the kernel untouched. io_uring_setup fails
+    /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
+    /// SIGHUP and exits with the program's status.
+    Run(RunArgs),
+    /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
+    ///
+    /// Runtimes connect to --socket (the seccomp profile's `listenerPath`) and hand
+    /// over each container's seccomp listener. Privileged binds the policy allows are
+    /// performed for the container; all else gets the kernel's own answer. A container
+    /// may narrow the policy through `listenerMetadata` (`allow-bind=tcp:80,tcp:443`) or
+    /// the annotation `org.fdgrab.allow-bind`, never widen it. If the agent exits,
+    /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
+    /// that name the socket.
+    Agent(AgentArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command into --dir).
@@ -273,6 +293,30 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
+    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Allow binds matching SPEC = [tcp|udp:]PORT[-PORT][@ADDR]. Repeatable.
+    #[arg(long = "allow-bind", value_name = "SPEC")]
+    pub allow_bind: Vec<String>,
+    /// A TOML policy file (format in README); its rules are added to --allow-bind.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Append one JSON line per decision to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub audit: Option<PathBuf>,
+    /// Do not kill the program (SIGKILL as parent-death signal) if fdgrab dies.
+    /// Its trapped binds then fail with ENOSYS.
+    #[arg(long)]
+    pub keep_running_on_supervisor_exit: bool,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
@@ -282,4 +326,23 @@ pub struct ManArgs {
     /// Write fdgrab.1 and one fdgrab-COMMAND.1 per command into this directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The unix socket runtimes connect to (created mode 0600, owned by root). A stale
+    /// socket file is replaced; one a live agent listens on is an error.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Allow privileged binds matching SPEC, `[tcp|udp:]PORT[-PORT][@ADDR]`, to every
+    /// container (repeatable; the upper bound containers can only narrow).
+    #[arg(long = "allow-bind", value_name = "SPEC")]
+    pub allow_bind: Vec<String>,
+    /// A TOML policy file, merged with the --allow-bind specs (format in README).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Write one JSON line per decision, with the container id and bundle, to FILE
+    /// (`-` for stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub audit: Option<PathBuf>,
 }

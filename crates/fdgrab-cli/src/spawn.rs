@@ -84,6 +84,31 @@ pub fn spawn(argv: &[OsString], plan: &FdPlan) -> Result<Child> {
         .with_context(|| format!("cannot run '{}'", prog.to_string_lossy()))
 }
 
+/// Takes `fds` out of `target` with `backend` and starts `argv` with each installed at
+/// its new number. Returns once exec has succeeded (std reports an exec failure
+/// through a close-on-exec pipe), with the backend that took the fds. Our copies are
+/// closed before returning, so no pipe stays open on our side.
+pub fn grab_and_spawn(
+    target: &fdgrab::PidFd,
+    fds: &[crate::args::FdMap],
+    backend: fdgrab::Backend,
+    argv: &[OsString],
+) -> Result<(Child, fdgrab::Backend)> {
+    let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
+    let grabbed = fdgrab::GrabOptions::new()
+        .backend(backend)
+        .grab_many(target, &wanted)?;
+    let used = grabbed.first().map(|g| g.backend).unwrap_or(backend);
+    let pairs = grabbed
+        .into_iter()
+        .zip(fds)
+        .map(|(g, m)| (g.fd, m.new_fd))
+        .collect();
+    let plan = FdPlan::new(pairs)?;
+    let child = spawn(argv, &plan)?;
+    Ok((child, used))
+}
+
 /// The exit code a shell would report for `status`: the exit code, or 128+signal.
 pub fn passthrough(status: ExitStatus) -> ExitCode {
     if let Some(code) = status.code() {

@@ -5,7 +5,7 @@ use fdgrab_testkit::{
     status_field, Target, TIMEOUT,
 };
 use serde_json::Value;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +37,43 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that fdgrab failed with exit `code` and returns its stderr.
+fn failure_text(out: &std::process::Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// Asserts success and parses the JSON document fdgrab printed.
+fn success_json(out: &std::process::Output) -> Value {
+    assert_ok(out);
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}
+
+/// Waits until the file at `path` contains `text`.
+fn wait_for_text(path: &std::path::Path, text: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} never reached {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn snapshot(pid: i32) -> (String, Vec<String>) {
     (
         std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
@@ -44,20 +81,21 @@ fn snapshot(pid: i32) -> (String, Vec<String>) {
     )
 }
 
+/// `fdgrab cat --backend ptrace` of the target's `file` fd, and the target left clean.
+fn cat_file_by_ptrace(t: &Target) {
+    let before = snapshot(t.pid);
+    let fd = t.fd_labelled("file").to_string();
+    let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}
+
 #[test]
 fn inject_cli_cat_by_ptrace() {
     let t = Target::spawn(["blocked-read"]);
     wait_in_read(t.pid);
-    let before = snapshot(t.pid);
-    let fd = t.fd_labelled("file").to_string();
-    let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
-    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+    cat_file_by_ptrace(&t);
 }
 
 #[test]
@@ -78,12 +116,7 @@ fn inject_cli_send_json_names_backend() {
             "--to",
             sock.to_str().expect("utf8"),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let doc = success_json(&out);
         assert_eq!(doc["backend"], expect, "{doc}");
         let (conn, _) = l.accept().expect("accept");
         let mut buf = [0u8; 64];
@@ -103,18 +136,22 @@ fn inject_cli_send_json_names_backend() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend 'gdb'"));
 }
 
-/// Runs fdgrab under a seccomp filter that makes `pidfd_getfd` fail with ENOSYS, as
-/// on a kernel older than 5.6.
-fn fdgrab_without_getfd(args: &[&str]) -> std::process::Output {
+/// Runs fdgrab under a seccomp filter that makes the listed syscalls fail with
+/// ENOSYS: `pidfd_getfd` as on kernels 5.3 to 5.5, plus `pidfd_open` as before 5.3.
+fn fdgrab_with_enosys(syscalls: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(bin("fdgrab-target"));
     cmd.args([
         "exec-enosys",
-        "pidfd_getfd",
+        syscalls,
         "--",
         bin("fdgrab").to_str().expect("utf8"),
     ])
     .args(args);
     output_timeout(&mut cmd, TIMEOUT)
+}
+
+fn fdgrab_without_getfd(args: &[&str]) -> std::process::Output {
+    fdgrab_with_enosys("pidfd_getfd", args)
 }
 
 #[test]
@@ -150,45 +187,48 @@ fn inject_cli_auto_falls_back_to_ptrace_on_enosys() {
         "--to",
         sock.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = success_json(&out);
     assert_eq!(doc["backend"], "ptrace");
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
 
 #[test]
 fn inject_cli_steal_closes_and_target_sees_ebadf() {
-    let mut t = Target::spawn(["blocked-read"]);
-    wait_in_read(t.pid);
-    // The command reads the target's stdin pipe; the target's own blocked read restarts
-    // after the steal and finds fd 0 gone.
-    let mut child = fdgrab()
-        .args(["steal", &t.pid.to_string(), "0", "--", "head", "-c", "6"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("fdgrab steal");
-    let line = json_line(&mut t);
-    assert_eq!(
-        (line["n"].as_i64(), line["errno"].as_i64()),
-        (Some(-1), Some(libc::EBADF as i64)),
-        "{line}"
-    );
-    send_line(&mut t, "hello\n");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
-    let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
-    assert!(st.success());
-    assert_eq!(out, "hello\n", "the command got the stolen pipe");
+    for backend in ["auto", "ptrace"] {
+        let mut t = Target::spawn(["blocked-read"]);
+        wait_in_read(t.pid);
+        // The command reads the target's stdin pipe; the target's own blocked read
+        // restarts after the steal and finds fd 0 gone.
+        let pid = t.pid.to_string();
+        let mut child = fdgrab()
+            .args([
+                "steal",
+                "--backend",
+                backend,
+                &pid,
+                "0",
+                "--",
+                "head",
+                "-n",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fdgrab steal");
+        let line = json_line(&mut t);
+        assert_eq!(
+            (line["n"].as_i64(), line["errno"].as_i64()),
+            (Some(-1), Some(libc::EBADF as i64)),
+            "{backend}: {line}"
+        );
+        send_line(&mut t, "hello\n");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let got = read_line_timeout(&mut out, TIMEOUT).expect("the command's output");
+        assert_eq!(got, "hello", "{backend}: the command got the stolen pipe");
+        let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
+        assert!(st.success(), "{backend}");
+    }
 }
 
 #[test]
@@ -257,25 +297,10 @@ fn inject_cli_put_file_and_own_fd() {
         "--file",
         path.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = success_json(&out);
     assert_eq!(doc["method"], "ptrace");
     send_line(&mut t, "to the file\n");
-    let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .contains("to the file")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the target's output never reached the file"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_text(&path, "to the file");
     // --fd: fdgrab's own stdout (another file) goes in at 1.
     let path2 = tmp("put-fd.txt");
     let f = std::fs::File::create(&path2).expect("create");
@@ -291,17 +316,7 @@ fn inject_cli_put_file_and_own_fd() {
         .expect("exit")
         .success());
     send_line(&mut t, "second\n");
-    let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&path2)
-        .unwrap_or_default()
-        .contains("second")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the target's output never reached the second file"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_text(&path2, "second");
     // Bad input.
     let out = run_fdgrab(["put", &pid, "1", "--fd", "977"]);
     assert_eq!(out.status.code(), Some(2));
@@ -337,8 +352,7 @@ fn inject_cli_redirect_python_stdout_and_undo() {
         "1",
         path.to_str().expect("utf8"),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let doc: Value = serde_json::from_slice(&r.stdout).expect("json");
+    let doc = success_json(&r);
     let undo: Vec<String> = doc["undo"]
         .as_array()
         .expect("undo")
@@ -362,7 +376,7 @@ fn inject_cli_redirect_python_stdout_and_undo() {
     }
     // The undo command, exactly as printed, puts stdout back.
     let u = run_fdgrab(&undo[1..]);
-    assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
+    assert_ok(&u);
     let in_file: Vec<i64> = std::fs::read_to_string(&path)
         .expect("file")
         .lines()
@@ -452,4 +466,163 @@ fn inject_cli_sigterm_during_session_restores_target() {
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
     send_line(&mut t, "after\n");
     assert_eq!(json_line(&mut t)["data"], "after\n");
+}
+
+#[test]
+fn inject_cli_ptrace_into_another_netns() {
+    // The rendezvous name is abstract, so it must be created in the target's netns.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net"])
+        .arg(bin("fdgrab-target"))
+        .arg("blocked-read");
+    let t = Target::spawn_cmd(cmd);
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("ns");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/net", t.pid)).expect("ns"),
+        ours
+    );
+    cat_file_by_ptrace(&t);
+}
+
+#[test]
+fn inject_cli_ptrace_when_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        status_field(t.pid, "State").is_some_and(|s| s.starts_with('Z')),
+        "leader should be a zombie"
+    );
+    let fd = t.fd_labelled("pipe-w").to_string();
+    let sock = tmp("leader-exit.sock");
+    let _ = std::fs::remove_file(&sock);
+    let l = UnixListener::bind(&sock).expect("bind");
+    let out = run_fdgrab([
+        "send",
+        "--json",
+        "--backend",
+        "ptrace",
+        &t.pid.to_string(),
+        &fd,
+        "--to",
+        sock.to_str().expect("utf8"),
+    ]);
+    assert_ok(&out);
+    let (conn, _) = l.accept().expect("accept");
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        fdgrab::passfd::recv_fds(&conn, &mut buf, 4)
+            .expect("recv")
+            .fds
+            .len(),
+        1
+    );
+    let threads_only = (String::new(), Vec::new());
+    let left = injection_leftovers(t.pid, &threads_only.0, &threads_only.1);
+    assert!(
+        left.as_deref().is_none_or(|m| m.starts_with("fd table")),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn inject_cli_errors_name_the_target() {
+    let t = Target::spawn(["deny-socket"]);
+    wait_in_read(t.pid);
+    let before = snapshot(t.pid);
+    let pid = t.pid.to_string();
+    let out = run_fdgrab([
+        "cat",
+        "--backend",
+        "ptrace",
+        &pid,
+        &t.fd_labelled("file").to_string(),
+    ]);
+    let err = failure_text(&out, 4);
+    assert!(
+        err.contains(&pid) && err.contains("socket") && err.contains("seccomp"),
+        "{err}"
+    );
+    let out = run_fdgrab(["redirect", &pid, "55", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no open fd 55"));
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", "notanumber"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", "300"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}
+
+#[test]
+fn inject_cli_ptrace_permission_denied_as_another_user() {
+    use std::os::unix::process::CommandExt;
+    let t = Target::spawn(["blocked-read"]);
+    let before = snapshot(t.pid);
+    let mut cmd = fdgrab();
+    cmd.args(["cat", "--backend", "ptrace", &t.pid.to_string(), "0"])
+        .uid(65534)
+        .gid(65534);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = failure_text(&out, 4);
+    assert!(
+        err.contains("PTRACE_SEIZE") && err.contains(&t.pid.to_string()),
+        "{err}"
+    );
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+}
+
+#[test]
+fn inject_cli_auto_works_without_pidfd_open() {
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let before = snapshot(t.pid);
+    let pid = t.pid.to_string();
+    let fd = t.fd_labelled("file").to_string();
+    let both = "pidfd_open,pidfd_getfd";
+    // The pidfd backend cannot work at all: exit 3, naming pidfd_open.
+    let out = fdgrab_with_enosys(both, &["cat", "--backend", "pidfd", &pid, &fd]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pidfd_open"));
+    // auto: the process is named through /proc and the fd taken by ptrace.
+    let out = fdgrab_with_enosys(both, &["-vv", "cat", &pid, &fd]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    assert!(
+        err.contains("through /proc") && err.contains("falling back to ptrace"),
+        "{err}"
+    );
+    // put and redirect need only ptrace.
+    let path = tmp("no-pidfd-open.txt");
+    let out = fdgrab_with_enosys(
+        both,
+        &[
+            "redirect",
+            "--json",
+            &pid,
+            "1",
+            path.to_str().expect("utf8"),
+        ],
+    );
+    let doc = success_json(&out);
+    send_line(&mut t, "via proc\n");
+    wait_for_text(&path, "via proc");
+    let saved = doc["saved_fd"].to_string();
+    assert_ok(&fdgrab_with_enosys(
+        both,
+        &["redirect", "--undo", &pid, "1", &saved],
+    ));
+    assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
+    // A pid that does not exist, through /proc: exit 5.
+    let out = fdgrab_with_enosys(both, &["cat", "999999999", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -3,6 +3,7 @@
 //! running commands with a hard timeout so that no test can hang CI.
 
 pub mod handover;
+pub mod oci;
 
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -258,11 +259,25 @@ pub fn proc_offset(pid: i32, fd: i32) -> u64 {
 /// Call it only in a process made for the purpose (it cannot be removed), after
 /// `PR_SET_NO_NEW_PRIVS`, which it sets.
 pub fn install_errno_filter(rules: &[(i64, i32)]) -> std::io::Result<()> {
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let actions: Vec<(i64, u32)> = rules
+        .iter()
+        .map(|&(nr, e)| (nr, RET_ERRNO | (e as u32 & 0xffff)))
+        .collect();
+    install_filter(&actions)
+}
+
+/// `SECCOMP_RET_TRAP`: the call fails with ENOSYS and the thread gets SIGSYS, whose
+/// default action kills the process.
+pub const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+
+/// Test-only seccomp: each listed syscall number gets the given `SECCOMP_RET_*` action,
+/// everything else is allowed. See [`install_errno_filter`].
+pub fn install_filter(rules: &[(i64, u32)]) -> std::io::Result<()> {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
     const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![
@@ -271,9 +286,9 @@ pub fn install_errno_filter(rules: &[(i64, i32)]) -> std::io::Result<()> {
         ins(RET_K, 0, 0, RET_ALLOW),
         ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
-    for &(nr, errno) in rules {
+    for &(nr, action) in rules {
         prog.push(ins(JEQ_K, 0, 1, nr as u32));
-        prog.push(ins(RET_K, 0, 0, RET_ERRNO | (errno as u32 & 0xffff)));
+        prog.push(ins(RET_K, 0, 0, action));
     }
     prog.push(ins(RET_K, 0, 0, RET_ALLOW));
     let fprog = libc::sock_fprog {
@@ -308,17 +323,35 @@ pub fn status_field(pid: i32, key: &str) -> Option<String> {
     })
 }
 
-/// Checks that nothing of an injection session is left in `pid`: it is not stopped
-/// or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
+/// Checks that nothing of an injection session is left in `pid`: none of its threads
+/// is stopped or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
 /// listed in `fds_before`. Returns a description of the first difference.
 pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -> Option<String> {
-    let state = status_field(pid, "State").unwrap_or_default();
-    if state.starts_with('t') || state.starts_with('T') {
-        return Some(format!("target {pid} left stopped: {state}"));
-    }
-    let tracer = status_field(pid, "TracerPid").unwrap_or_default();
-    if tracer != "0" {
-        return Some(format!("target {pid} still traced by {tracer}"));
+    // Every thread: a session stops and traces one of them, not always the leader.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>());
+    for task in tasks.unwrap_or_default() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("")
+        };
+        if field("State:").starts_with('t') || field("State:").starts_with('T') {
+            return Some(format!(
+                "thread {tid} of {pid} left stopped: {}",
+                field("State:")
+            ));
+        }
+        if field("TracerPid:") != "0" && !field("TracerPid:").is_empty() {
+            return Some(format!(
+                "thread {tid} of {pid} still traced by {}",
+                field("TracerPid:")
+            ));
+        }
     }
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let before: std::collections::HashSet<&str> = maps_before.lines().collect();

@@ -125,8 +125,9 @@ impl GrabOptions {
             }
         };
         let mut out = Vec::with_capacity(copies.len());
+        let owner = inject::fd_table_owner(target)?;
         for (&target_fd, fd) in fds.iter().zip(copies) {
-            if !same_file(target, target_fd, fd.as_fd())? {
+            if !same_file_in(target, owner, target_fd, fd.as_fd())? {
                 return Err(Error::WrongKind {
                     pid: target.pid(),
                     fd: target_fd,
@@ -150,6 +151,22 @@ impl GrabOptions {
     }
 }
 
+/// Opens the target for taking fds with `backend`. Without `pidfd_open` (kernels
+/// before 5.3, or a sandbox that refuses it with ENOSYS) the [`Backend::Auto`] and
+/// [`Backend::Ptrace`] backends can still work, so the process is then named through
+/// `/proc` ([`PidFd::open_procfs`]); [`Backend::Pidfd`] reports the error.
+pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
+    match PidFd::open(pid) {
+        Err(Error::Unsupported {
+            op: "pidfd_open", ..
+        }) if backend != Backend::Pidfd => {
+            tracing::debug!(pid, "pidfd_open is not available (ENOSYS); naming the process through /proc for ptrace injection");
+            PidFd::open_procfs(pid)
+        }
+        r => r,
+    }
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target.
 ///
 /// Errors, as the kernel reports them:
@@ -163,6 +180,14 @@ impl GrabOptions {
 ///   with the most likely cause;
 /// - `EMFILE`/`ENFILE` → [`Error::TooManyFiles`]; `ENOSYS` → [`Error::Unsupported`].
 pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
+    if target.is_procfs() {
+        // No pidfd_open means no pidfd_getfd either (5.3 < 5.6).
+        return Err(Error::Unsupported {
+            op: "pidfd_getfd",
+            needs: "5.6",
+            source: Errno::NOSYS.into(),
+        });
+    }
     match pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
         Ok(ours) => Ok(ours),
         Err(Errno::SRCH) if !target.is_thread() && target.is_alive() => {
@@ -304,25 +329,34 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
 
 /// Checks that `ours` and the target's `fd` are the same open file description.
 ///
-/// Uses `kcmp(KCMP_FILE)` where the kernel has it; otherwise compares device and
-/// inode numbers, which proves the same file but not the same open.
+/// With `kcmp(KCMP_FILE)` (`CONFIG_KCMP`, and allowed to us) the answer is exact: the
+/// same *open* (shared offset and flags), which implies the same device and inode.
+/// Without it, the device and inode numbers are compared (`stat` of
+/// `/proc/PID/task/TID/fd/N` against `fstat`), which proves the same file only. The
+/// table is reached through a live thread, so a process whose leader has exited is
+/// checked too.
 pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
+    let owner = inject::fd_table_owner(target)?;
+    same_file_in(target, owner, fd, ours)
+}
+
+/// [`same_file`] with the thread that owns the fd table already chosen.
+fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
+    let pid = target.pid();
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    match sys::kcmp_file(target.pid(), fd.as_raw(), me, ours.as_raw_fd()) {
+    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
         Ok(same) => return Ok(same),
-        Err(Errno::NOSYS) | Err(Errno::PERM) => {}
-        Err(Errno::BADF) => {
-            return Err(Error::NoSuchFd {
-                pid: target.pid(),
-                fd,
-            })
-        }
-        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid: target.pid() }),
-        Err(e) => return Err(Error::io("kcmp", target.pid(), Some(fd), e)),
+        Err(Errno::NOSYS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
+        Err(Errno::BADF) => return Err(Error::NoSuchFd { pid, fd }),
+        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
     }
-    let theirs = rustix::fs::stat(format!("/proc/{}/fd/{}", target.pid(), fd))
-        .map_err(|e| Error::io("stat(/proc/PID/fd/N)", target.pid(), Some(fd), e))?;
-    let mine = rustix::fs::fstat(ours.as_fd())
-        .map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
-    Ok(theirs.st_dev == mine.st_dev && theirs.st_ino == mine.st_ino)
+    let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
+        Ok(st) => st,
+        Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
+        Err(Errno::NOENT) | Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
+    };
+    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", pid, Some(fd), e))?;
+    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }

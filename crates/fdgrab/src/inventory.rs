@@ -19,7 +19,7 @@ use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// What kind of object a descriptor refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -568,13 +568,4 @@ fn itoa(mut n: i32) -> String {
         n /= 10;
     }
     String::from_utf8_lossy(&digits[i..]).into_owned()
-}
-
-/// Whether two fds are in the same network namespace as us (used by tests and the
-/// socket resolver).
-pub(crate) fn same_netns(pid: Pid, proc_dir: impl AsFd) -> Option<bool> {
-    let theirs = statat(proc_dir, "ns/net", AtFlags::empty()).ok()?;
-    let ours = rustix::fs::stat("/proc/self/ns/net").ok()?;
-    let _ = pid;
-    Some(theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev)
 }

@@ -34,10 +34,13 @@ pub mod error;
 pub mod grab;
 pub mod inject;
 pub mod inventory;
+mod netns;
 pub mod passfd;
 pub mod pidfd;
 mod procfs;
+pub mod seccomp;
 pub mod signalfd;
+pub mod supervise;
 mod sys;
 
 pub use error::{Error, Result};

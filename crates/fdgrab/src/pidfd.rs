@@ -44,6 +44,9 @@ pub struct PidFd {
     fd: OwnedFd,
     pid: Pid,
     flags: PidFdFlags,
+    /// Set by [`PidFd::open_procfs`] on kernels without `pidfd_open`: `fd` is then
+    /// the `/proc/PID` directory, and the process is recognised by its start time.
+    proc_start: Option<u64>,
 }
 
 /// Identity and credentials of a process, from `PIDFD_GET_INFO` or `/proc`.
@@ -99,7 +102,12 @@ impl PidFd {
         match pidfd_open(raw, flags.to_rustix()) {
             Ok(fd) => {
                 tracing::trace!(pid, thread = flags.thread, "pidfd_open");
-                Ok(Self { fd, pid, flags })
+                Ok(Self {
+                    fd,
+                    pid,
+                    flags,
+                    proc_start: None,
+                })
             }
             Err(e) => Err(open_error(pid, flags, e)),
         }
@@ -123,7 +131,44 @@ impl PidFd {
                 thread,
                 nonblock: false,
             },
+            proc_start: None,
         }
+    }
+
+    /// For kernels without `pidfd_open` (before 5.3): names process `pid` by its
+    /// `/proc/PID` directory and its start time, which a reused pid would not share.
+    /// Only what the ptrace backend needs works on such a handle: liveness, signals
+    /// and [`PidFd::info`]; `pidfd_getfd` reports [`Error::Unsupported`].
+    pub fn open_procfs(pid: Pid) -> Result<Self> {
+        if pid <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "pid {pid}: a process id must be a positive number"
+            )));
+        }
+        let dir = rustix::fs::open(
+            format!("/proc/{pid}"),
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+            e => Error::io("open(/proc/PID)", pid, None, e),
+        })?;
+        let (_, start) = procfs::stat_state(pid).ok_or(Error::NoSuchProcess { pid })?;
+        tracing::debug!(pid, start, "identified through /proc (no pidfd_open)");
+        Ok(Self {
+            fd: dir,
+            pid,
+            flags: PidFdFlags::default(),
+            proc_start: Some(start),
+        })
+    }
+
+    /// Whether this is a [`PidFd::open_procfs`] handle rather than a real pidfd.
+    pub fn is_procfs(&self) -> bool {
+        self.proc_start.is_some()
     }
 
     /// The pid (or tid) this pidfd was opened for.
@@ -143,7 +188,12 @@ impl PidFd {
                 "signal {sig} is not a valid signal number"
             )));
         }
-        sys::pidfd_send_signal(&self.fd, sig).map_err(|e| match e {
+        let sent = match self.proc_start {
+            None => sys::pidfd_send_signal(&self.fd, sig),
+            Some(_) if !self.is_alive() => Err(Errno::SRCH),
+            Some(_) => sys::kill(self.pid, sig),
+        };
+        sent.map_err(|e| match e {
             Errno::SRCH => Error::NoSuchProcess { pid: self.pid },
             Errno::PERM => Error::PermissionDenied {
                 pid: self.pid,
@@ -163,6 +213,9 @@ impl PidFd {
     /// Whether the process is still running (has not exited). A pidfd polls
     /// readable once the process exits, whether or not it was reaped.
     pub fn is_alive(&self) -> bool {
+        if let Some(start) = self.proc_start {
+            return procfs::alive_since(self.pid, start);
+        }
         matches!(self.wait_exit(Some(Duration::ZERO)), Ok(false))
     }
 
@@ -170,6 +223,18 @@ impl PidFd {
     /// Returns `true` if it exited. Works for any process, not only our children.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        if self.proc_start.is_some() {
+            // No pidfd to poll: look every few milliseconds.
+            loop {
+                if !self.is_alive() {
+                    return Ok(true);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         loop {
             let ts = match deadline {
                 None => None,
@@ -197,7 +262,14 @@ impl PidFd {
         use rustix::process::{waitid, WaitId, WaitIdOptions};
         use std::os::unix::process::ExitStatusExt;
         loop {
-            match waitid(WaitId::PidFd(self.fd.as_fd()), WaitIdOptions::EXITED) {
+            let id = match self.proc_start {
+                None => WaitId::PidFd(self.fd.as_fd()),
+                Some(_) => WaitId::Pid(
+                    rustix::process::Pid::from_raw(self.pid)
+                        .ok_or(Error::NoSuchProcess { pid: self.pid })?,
+                ),
+            };
+            match waitid(id, WaitIdOptions::EXITED) {
                 Ok(Some(st)) => {
                     let raw = if let Some(code) = st.exit_status() {
                         (code & 0xff) << 8
@@ -220,6 +292,9 @@ impl PidFd {
     /// `/proc/PID/status` on older kernels. The fallback re-checks the pidfd after
     /// reading, so a recycled pid cannot make it report another process.
     pub fn info(&self) -> Result<ProcessInfo> {
+        if self.proc_start.is_some() {
+            return self.info_from_proc();
+        }
         let mask = sys::PIDFD_INFO_PID | sys::PIDFD_INFO_CREDS | sys::PIDFD_INFO_CGROUPID;
         match sys::pidfd_get_info(&self.fd, mask) {
             Ok(i) => Ok(ProcessInfo {

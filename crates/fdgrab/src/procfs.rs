@@ -73,3 +73,26 @@ pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
         .ok()
         .map(|m| m.ino())
 }
+
+/// The state letter and start time (clock ticks after boot) of `/proc/PID/stat`.
+pub(crate) fn stat_state(pid: Pid) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; fields follow
+    // the last ')': state is field 3 and starttime field 22 of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether `pid` is still the process that started at `start` and has not exited.
+/// A zombie leader counts as alive while another of its threads runs.
+pub(crate) fn alive_since(pid: Pid, start: u64) -> bool {
+    match stat_state(pid) {
+        Some((_, s)) if s != start => false,
+        Some(('Z' | 'X', _)) => tasks(pid).map(|t| t.len() > 1).unwrap_or(false),
+        Some(_) => true,
+        None => false,
+    }
+}

@@ -96,6 +96,18 @@ pub(crate) fn pidfd_send_signal(pidfd: impl AsFd, sig: i32) -> Result<(), Errno>
     }
 }
 
+/// `kill(pid, sig)`, for [`crate::PidFd::open_procfs`] handles on kernels without
+/// pidfds; any signal number, 0 included.
+pub(crate) fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes only integers.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -364,4 +376,46 @@ pub(crate) fn signalfd(sigs: &[i32]) -> Result<std::os::fd::OwnedFd, Errno> {
     }
     // SAFETY: signalfd returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SIOCGSKNS` (4.9): an fd for the network namespace a socket lives in.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// `ioctl(sock, SIOCGSKNS)`: the socket's own netns, which may differ from the
+/// netns of any thread that holds it. Needs `CAP_NET_ADMIN` over that netns.
+pub(crate) fn socket_netns(sock: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+    let r = unsafe { libc::ioctl(sock.as_fd().as_raw_fd(), SIOCGSKNS as _) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        // SAFETY: on success the return value is a fresh fd that we now own.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) })
+    }
+}
+
+/// `SO_NETNS_COOKIE` (5.14) from `<asm-generic/socket.h>`.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// `getsockopt(sock, SOL_SOCKET, SO_NETNS_COOKIE)`: a 64-bit id of the socket's
+/// network namespace, unique for the boot, without opening the namespace.
+pub(crate) fn socket_netns_cookie(sock: impl AsFd) -> Result<u64, Errno> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(cookie)
+    }
 }

@@ -60,6 +60,17 @@ fn assert_clean(pid: i32, before: &(String, Vec<String>)) {
     }
 }
 
+/// The target reads `s` with one read and reports exactly it: it works normally.
+fn assert_echo(t: &mut Target, s: &str) {
+    write_line(t, s);
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["n"].as_u64(), line["data"].as_str()),
+        (Some(s.len() as u64), Some(s)),
+        "{line}"
+    );
+}
+
 fn write_line(t: &mut Target, s: &str) {
     let stdin = t.stdin.as_mut().expect("stdin");
     stdin.write_all(s.as_bytes()).expect("write");
@@ -153,19 +164,7 @@ fn inject_eight_thread_target() {
         let _g = grab_file_by_ptrace(&t);
     }
     assert_clean(t.pid, &before);
-    for task in std::fs::read_dir(format!("/proc/{}/task", t.pid)).expect("task") {
-        let tid = task
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        let st = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid))
-            .unwrap_or_default();
-        assert!(!st.contains("State:\tt"), "thread {tid} left stopped");
-    }
-    write_line(&mut t, "ping\n");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(line["data"], "ping\n");
+    assert_echo(&mut t, "ping\n");
 }
 
 #[test]
@@ -198,9 +197,10 @@ fn inject_missing_fd_is_no_such_fd_and_target_clean() {
     assert_clean(t.pid, &before);
 }
 
-#[test]
-fn inject_refused_by_target_seccomp_restores_target() {
-    let mut t = Target::spawn(["deny-socket"]);
+/// The target's seccomp filter refuses the injected `socket()`, with EPERM or by
+/// trapping it (SIGSYS, which would kill the target if delivered).
+fn refused_by_seccomp(mode: &str) {
+    let mut t = Target::spawn([mode]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let before = snapshot(t.pid);
@@ -216,9 +216,17 @@ fn inject_refused_by_target_seccomp_restores_target() {
         other => panic!("expected PermissionDenied from the target's seccomp, got {other:?}"),
     }
     assert_clean(t.pid, &before);
-    write_line(&mut t, "still alive\n");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(line["data"], "still alive\n");
+    assert_echo(&mut t, "still alive\n");
+}
+
+#[test]
+fn inject_refused_by_target_seccomp_restores_target() {
+    refused_by_seccomp("deny-socket");
+}
+
+#[test]
+fn inject_trapped_by_target_seccomp_restores_target() {
+    refused_by_seccomp("trap-socket");
 }
 
 #[test]
@@ -328,4 +336,87 @@ fn tempdir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&d).expect("mkdir");
     d
+}
+
+#[test]
+fn inject_keeps_the_mask_a_ppoll_will_restore() {
+    // ppoll runs with a temporary mask and puts the normal one back when it returns.
+    // The session must not make the temporary mask permanent.
+    let mut t = Target::spawn(["ppoll"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_ppoll);
+    let before = snapshot(t.pid);
+    let _g = grab_file_by_ptrace(&t);
+    assert_clean(t.pid, &before);
+    write_line(&mut t, "wake\n");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(line["ret"], 1, "{line}");
+    assert_eq!(
+        (line["usr1"].as_bool(), line["usr2"].as_bool()),
+        (Some(true), Some(false)),
+        "mask after ppoll: {line}"
+    );
+}
+
+#[test]
+fn inject_blocked_accept_restarts_and_epoll_wait_gets_eintr() {
+    let mut t = Target::spawn(["accept"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_accept4);
+    let before = snapshot(t.pid);
+    let _g = grab_file_by_ptrace(&t);
+    assert_clean(t.pid, &before);
+    let port = t.report["extra"]["port"].as_u64().expect("port") as u16;
+    let _c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert!(
+        line["ret"].as_i64().is_some_and(|fd| fd > 2),
+        "accept4 must return the connection: {line}"
+    );
+
+    let mut t = Target::spawn(["epoll"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_epoll_wait);
+    let before = snapshot(t.pid);
+    let _g = grab_file_by_ptrace(&t);
+    assert_clean(t.pid, &before);
+    // epoll_wait is one of the calls the kernel never restarts after a stop (see
+    // signal(7), "interruption by stop signals"; a ptrace stop is one): it returns
+    // EINTR, exactly as after SIGSTOP/SIGCONT or `strace -p`, and callers retry it.
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["ret"].as_i64(), line["errno"].as_i64()),
+        (Some(-1), Some(libc::EINTR as i64)),
+        "{line}"
+    );
+}
+
+#[test]
+fn inject_procfs_handle_without_pidfd_open() {
+    // What the ptrace backend uses on kernels without pidfd_open.
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let handle = PidFd::open_procfs(t.pid).expect("open through /proc");
+    assert!(handle.is_procfs() && handle.is_alive());
+    assert_eq!(handle.info().expect("info").tgid, t.pid);
+    match fdgrab::grab(&handle, tfd(0)) {
+        Err(Error::Unsupported { op, .. }) => assert_eq!(op, "pidfd_getfd"),
+        other => panic!("pidfd_getfd on a /proc handle must be unsupported, got {other:?}"),
+    }
+    let g = GrabOptions::new()
+        .grab(&handle, tfd(t.fd_labelled("file")))
+        .expect("auto grab");
+    assert_eq!(g.backend, Backend::Ptrace);
+    assert_echo(&mut t, "fine\n");
+    handle.send_signal(libc::SIGKILL).expect("kill");
+    assert!(handle
+        .wait_exit(Some(Duration::from_secs(10)))
+        .expect("wait"));
+    let _ = t.child.wait();
+    assert!(!handle.is_alive());
+    assert!(matches!(
+        handle.send_signal(0),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    assert!(matches!(
+        PidFd::open_procfs(t.pid),
+        Err(Error::NoSuchProcess { .. })
+    ));
 }

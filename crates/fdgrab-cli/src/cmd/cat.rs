@@ -2,7 +2,8 @@
 
 use crate::cli::CatArgs;
 use anyhow::{Context, Result};
-use fdgrab::{Error, GrabOptions, PidFd};
+use fdgrab::grab::open_target;
+use fdgrab::{Error, GrabOptions};
 use rustix::fs::{fstat, FileType};
 use rustix::io::{pread, read, Errno};
 use std::io::Write;
@@ -10,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 pub fn run(a: CatArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, a.backend.backend)?;
     let g = GrabOptions::new()
         .backend(a.backend.backend)
         .grab(&target, a.fd)?;

@@ -1,26 +1,14 @@
 //! `fdgrab get`: run a command with copies of a process's fds.
 
 use crate::cli::GetArgs;
-use crate::spawn::{passthrough, spawn, FdPlan};
+use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
-use fdgrab::{GrabOptions, PidFd};
+use fdgrab::grab::open_target;
 use std::process::ExitCode;
 
 pub fn run(a: GetArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
-    let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
-    let grabbed = GrabOptions::new()
-        .backend(a.backend.backend)
-        .grab_many(&target, &wanted)?;
-    let pairs = grabbed
-        .into_iter()
-        .zip(&a.fds)
-        .map(|(g, m)| (g.fd, m.new_fd))
-        .collect();
-    let plan = FdPlan::new(pairs)?;
-    let mut child = spawn(&a.cmd, &plan)?;
-    // Our copies must not keep pipes open once the child has them.
-    drop(plan);
+    let target = open_target(a.pid, a.backend.backend)?;
+    let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))
 }

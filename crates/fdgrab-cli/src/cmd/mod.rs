@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod agent;
 mod cat;
 mod docs;
 mod exec;
@@ -7,6 +8,7 @@ mod get;
 mod ls;
 mod put;
 mod redirect;
+mod run;
 mod send;
 mod steal;
 
@@ -23,6 +25,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Steal(a) => steal::run(a),
         Command::Put(a) => put::run(a),
         Command::Redirect(a) => redirect::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }

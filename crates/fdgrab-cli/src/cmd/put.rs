@@ -3,13 +3,14 @@
 use crate::cli::PutArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use fdgrab::{inject, PidFd};
+use fdgrab::grab::open_target;
+use fdgrab::{inject, Backend};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, Backend::Ptrace)?;
     let opened: Option<OwnedFd> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();

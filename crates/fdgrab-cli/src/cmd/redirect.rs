@@ -3,14 +3,15 @@
 use crate::cli::RedirectArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use fdgrab::{inject, PidFd};
+use fdgrab::grab::open_target;
+use fdgrab::{inject, Backend};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub fn run(a: RedirectArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, Backend::Ptrace)?;
     if a.undo {
         let saved = a
             .target

@@ -2,13 +2,14 @@
 
 use crate::cli::SendArgs;
 use anyhow::{Context, Result};
-use fdgrab::{passfd, GrabOptions, PidFd};
+use fdgrab::grab::open_target;
+use fdgrab::{passfd, GrabOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 pub fn run(a: SendArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, a.backend.backend)?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
         .grab_many(&target, &a.fds)?;

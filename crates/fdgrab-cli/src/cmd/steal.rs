@@ -1,30 +1,19 @@
 //! `fdgrab steal`: move fds out of a process into a command.
 
 use crate::cli::StealArgs;
-use crate::spawn::{passthrough, spawn, FdPlan};
+use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
+use fdgrab::grab::open_target;
 use fdgrab::inject::{close_in_target, CloseMode};
-use fdgrab::{GrabOptions, PidFd};
 use std::process::ExitCode;
 
 pub fn run(a: StealArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
+    let target = open_target(a.pid, a.backend.backend)?;
+    // The copies are verified (same open file as the target's fd) before the command
+    // starts, and the command has exec'd before the target loses anything, so a
+    // command that cannot start takes nothing.
+    let (mut child, backend) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
     let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
-    // The copies are verified (same open file as the target's fd) by grab_many.
-    let grabbed = GrabOptions::new()
-        .backend(a.backend.backend)
-        .grab_many(&target, &wanted)?;
-    let backend = grabbed.first().map(|g| g.backend);
-    let pairs = grabbed
-        .into_iter()
-        .zip(&a.fds)
-        .map(|(g, m)| (g.fd, m.new_fd))
-        .collect();
-    let plan = FdPlan::new(pairs)?;
-    // `spawn` returns only once exec has succeeded (std reports exec failure through
-    // a close-on-exec pipe), so a command that cannot start takes nothing.
-    let mut child = spawn(&a.cmd, &plan)?;
-    drop(plan);
     let how = if a.null {
         CloseMode::DevNull
     } else {
@@ -37,7 +26,7 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
             a.pid
         )));
     }
-    tracing::info!(pid = a.pid, fds = ?wanted, ?how, backend = ?backend, "stolen");
+    tracing::info!(pid = a.pid, fds = ?wanted, ?how, backend = backend.name(), "stolen");
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))
 }

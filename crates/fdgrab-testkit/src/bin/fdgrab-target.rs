@@ -17,6 +17,14 @@
 //! - `spin`: a single thread in a CPU-bound loop, printing `tick N` every 100 ms.
 //! - `threads N`: N threads (spinning, sleeping, blocked on a pipe, waiting on a
 //!   condvar) while the main thread echoes stdin lines back.
+//! - `trap-socket`: like `deny-socket`, but the filter traps `socket()` with SIGSYS
+//!   (which kills the process unless the signal never arrives).
+//! - `accept`: one raw `accept4` on a loopback TCP listener (port in the report's
+//!   `extra.port`), then prints `{"ret", "errno"}`.
+//! - `epoll`: one raw `epoll_wait` on stdin, then prints `{"ret", "errno"}`.
+//! - `ppoll`: blocks SIGUSR1, then waits in `ppoll` on stdin with a temporary mask
+//!   of SIGUSR2 only; when stdin is readable prints `{"ret", "usr1", "usr2"}`: which
+//!   of the two are blocked *after* ppoll has put the normal mask back.
 //! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
 //!   then echoes stdin lines.
 //! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
@@ -41,6 +49,10 @@ fn main() {
         "spin" => return spin(),
         "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
         "deny-socket" => return deny_socket(),
+        "trap-socket" => return trap_socket(),
+        "ppoll" => return ppoll_mask(),
+        "accept" => return blocked_accept(),
+        "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
@@ -55,6 +67,25 @@ fn main() {
     };
     emit(&report);
     wait_for_eof();
+}
+
+/// A new, empty directory in the temp dir. The name carries the pid and the time,
+/// so a directory left by an earlier process with the same (reused) pid, possibly
+/// owned by another user, is never reused.
+fn fresh_dir(kind: &str) -> std::path::PathBuf {
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("fdgrab-{kind}-{}-{nanos}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("creating {}: {e}", dir.display()),
+        }
+    }
 }
 
 fn emit(v: &Value) {
@@ -167,8 +198,7 @@ fn sock(fd: RawFd, label: &str, family: &str, ty: &str, proto: &str, state: Opti
 }
 
 fn zoo(nondumpable: bool) -> Value {
-    let dir = std::env::temp_dir().join(format!("fdgrab-zoo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("zoo");
     let mut fds = Vec::new();
 
     // A regular file with its offset moved, and one in append mode.
@@ -462,8 +492,7 @@ fn leader_exit() -> Value {
 /// connections, UDP, unix pairs, eventfds, memfds.
 fn many(n: usize) -> Value {
     raise_nofile(n as u64 + 64);
-    let dir = std::env::temp_dir().join(format!("fdgrab-many-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("many");
     let mut kept: Vec<OwnedFd> = Vec::with_capacity(n);
     let mut i = 0usize;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
@@ -535,8 +564,7 @@ fn raise_nofile(want: u64) {
 const INJECT_FILE_CONTENT: &str = "inject test file\n";
 
 fn inject_report(extra: Value) -> Value {
-    let dir = std::env::temp_dir().join(format!("fdgrab-inject-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = fresh_dir("inject");
     let path = dir.join("file.txt");
     std::fs::write(&path, INJECT_FILE_CONTENT).expect("write");
     let fd = std::fs::File::open(&path).expect("open").into_raw_fd();
@@ -686,6 +714,13 @@ fn deny_socket() {
     echo_reads();
 }
 
+fn trap_socket() {
+    fdgrab_testkit::install_filter(&[(libc::SYS_socket, fdgrab_testkit::SECCOMP_RET_TRAP)])
+        .expect("seccomp filter");
+    emit(&inject_report(json!({"trapped": "socket"})));
+    echo_reads();
+}
+
 fn exec_enosys(args: &[String]) {
     use std::os::unix::process::CommandExt;
     let (names, cmd) = match args.split_first() {
@@ -713,4 +748,103 @@ fn exec_enosys(args: &[String]) {
     let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("fdgrab-target: exec {}: {e}", cmd[0]);
     std::process::exit(127);
+}
+
+fn sigset_of(sigs: &[i32]) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let mut set = unsafe { set.assume_init() };
+    for &sig in sigs {
+        // SAFETY: an initialised set and a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
+fn ppoll_mask() {
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    emit(&inject_report(json!({})));
+    let during = sigset_of(&[libc::SIGUSR2]);
+    let mut pfd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout, a valid temporary mask.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &during) };
+    let mut now = sigset_of(&[]);
+    // SAFETY: reads the current mask into an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now) };
+    // SAFETY: sigismember reads the initialised set.
+    let (u1, u2) = unsafe {
+        (
+            libc::sigismember(&now, libc::SIGUSR1),
+            libc::sigismember(&now, libc::SIGUSR2),
+        )
+    };
+    emit(&json!({"ret": r, "usr1": u1 == 1, "usr2": u2 == 1}));
+    wait_for_eof();
+}
+
+fn report_call(r: i64) {
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    emit(&json!({"ret": r, "errno": errno}));
+}
+
+fn blocked_accept() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    emit(&inject_report(json!({"port": port})));
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: accept4 on our listener with null address pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_accept4,
+            l.as_raw_fd() as libc::c_long,
+            null,
+            null,
+            0 as libc::c_long,
+        )
+    };
+    report_call(r);
+    wait_for_eof();
+}
+
+fn blocked_epoll() {
+    // SAFETY: creates a new epoll fd; no pointers.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: registers fd 0 with a valid event struct.
+    check(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev) },
+        "epoll_ctl",
+    );
+    emit(&inject_report(json!({})));
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: `out` has room for the 4 events asked for; no timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_wait,
+            ep as libc::c_long,
+            out.as_mut_ptr(),
+            4 as libc::c_long,
+            -1 as libc::c_long,
+        )
+    };
+    report_call(r);
+    wait_for_eof();
 }

@@ -257,7 +257,7 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
 /// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by inode;
 /// `None` if any dump is refused.
 fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInfo>> {
-    let sock = match unix_diag::diag_socket_in(pid, proc_dir) {
+    let sock = match unix_diag::diag_socket_in(proc_dir) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(pid, error = %e, "no sock_diag socket in the target's netns; using the inventory");
@@ -279,7 +279,7 @@ fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInf
             }
         }
     }
-    match unix_diag::dump(pid, proc_dir) {
+    match unix_diag::dump(proc_dir) {
         Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
         Err(e) => {
             tracing::debug!(pid, error = %e, "unix_diag dump failed; using the inventory");

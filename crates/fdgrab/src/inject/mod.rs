@@ -17,10 +17,11 @@
 //! call, with the target restored.
 
 mod arch;
-mod ptrace;
+pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
 
+pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
 
 use crate::error::{Error, Result};
@@ -81,7 +82,7 @@ fn cmsg_space(nfds: usize) -> usize {
 /// Opens the channel: the target makes a unix stream socket and connects to ours.
 fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
     let pid = s.pid();
-    let listener = Listener::new(pid)?;
+    let listener = Listener::new(pid, s.tid())?;
     let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
     let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
     if fd < 0 {
@@ -308,6 +309,10 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
 /// them), all in one session. Every fd is checked to exist before any is touched, so
 /// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
 pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Result<()> {
+    let mut fds = fds.to_vec();
+    fds.sort_unstable();
+    fds.dedup();
+    let fds = fds.as_slice();
     if fds.is_empty() {
         return Ok(());
     }

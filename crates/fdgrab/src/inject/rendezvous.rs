@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::Pid;
-use rustix::fs::{open, stat, Mode, OFlags};
+use rustix::fs::{open, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::net::{
     accept_with, bind, listen, socket_with, sockopt, AddressFamily, SocketAddrUnix, SocketFlags,
@@ -30,8 +30,9 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Listens on a new abstract name in `pid`'s network namespace.
-    pub(crate) fn new(pid: Pid) -> Result<Listener> {
+    /// Listens on a new abstract name in the network namespace of thread `tid` of
+    /// process `pid` (a thread's view, because a zombie leader has no namespaces).
+    pub(crate) fn new(pid: Pid, tid: Pid) -> Result<Listener> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -52,7 +53,7 @@ impl Listener {
             listen(&fd, 8)?;
             Ok(fd)
         };
-        let fd = in_netns_of(pid, make).map_err(|e| match e.raw_os_error() {
+        let fd = in_netns_of(pid, tid, make).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
             _ => Error::Io {
                 op: "creating the rendezvous socket in the target's network namespace",
@@ -111,32 +112,17 @@ impl Listener {
     }
 }
 
-/// Runs `make` in `pid`'s network namespace: directly if it is ours, otherwise on a
-/// scoped thread that `setns`es there first.
+/// Runs `make` in the network namespace of thread `tid` of `pid`.
 fn in_netns_of<T: Send>(
     pid: Pid,
+    tid: Pid,
     make: impl FnOnce() -> std::io::Result<T> + Send,
 ) -> std::io::Result<T> {
-    let path = format!("/proc/{pid}/ns/net");
-    let theirs = stat(path.as_str())?;
-    let ours = stat("/proc/self/ns/net")?;
-    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino) {
-        return make();
-    }
+    let path = format!("/proc/{pid}/task/{tid}/ns/net");
     let ns = open(
         path.as_str(),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<T> {
-            rustix::thread::move_into_link_name_space(
-                ns.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            make()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("netns helper thread panicked")))
-    })
+    crate::netns::run_in(ns.as_fd(), make)
 }

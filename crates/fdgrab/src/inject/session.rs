@@ -88,8 +88,10 @@ pub struct Session<'a> {
     target: &'a PidFd,
     pid: Pid,
     tid: Pid,
-    /// The thread's registers when we stopped it.
+    /// The thread's registers when we stopped it (valid once `stopped`).
     saved: Regs,
+    /// The thread reached its first stop and `saved` holds its registers.
+    stopped: bool,
     /// Address of a `syscall` instruction in the target.
     insn: u64,
     /// The thread's original blocked-signal set, once we have replaced it.
@@ -116,7 +118,7 @@ impl<'a> Session<'a> {
     ///
     /// Errors: [`Error::NoSuchProcess`] if it is gone; [`Error::PermissionDenied`]
     /// when `PTRACE_SEIZE` gives `EPERM` (another tracer, Yama, uid, LSM);
-    /// [`Error::Unsupported`] for a 32-bit target.
+    /// an error for a 32-bit target.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
         let pid = target.pid();
         let tid = pick_thread(target)?;
@@ -126,11 +128,15 @@ impl<'a> Session<'a> {
             return Err(seize_error(target, tid, e));
         }
         tracing::debug!(pid, tid, "seized");
+        // The pid could have been reused between choosing the thread and seizing it;
+        // the pidfd (or the start time) tells. A stranger is stopped and let go untouched.
+        let stranger = !target.is_alive();
         let mut s = Session {
             target,
             pid,
             tid,
             saved: Regs::default(),
+            stopped: false,
             insn: 0,
             old_mask: None,
             stack_backup: None,
@@ -144,6 +150,11 @@ impl<'a> Session<'a> {
             our_mask: Some(our_mask),
             _not_send: PhantomData,
         };
+        if stranger {
+            let _ = s.stop_for_injection(STOP_TIMEOUT);
+            let _ = s.finish();
+            return Err(Error::NoSuchProcess { pid });
+        }
         match s.prepare() {
             Ok(()) => Ok(s),
             Err(e) => {
@@ -169,7 +180,7 @@ impl<'a> Session<'a> {
         // A thread that was being traced by someone else cannot be seized, so from here
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
-        self.insn = find_syscall_insn(self.pid, &self.saved)?;
+        self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, "stopped");
         self.block_signals()?;
         let addr = self.syscall(
@@ -197,6 +208,7 @@ impl<'a> Session<'a> {
 
     /// `PTRACE_INTERRUPT` and wait for the resulting stop, then save the registers.
     fn stop_for_injection(&mut self, timeout: Duration) -> Result<()> {
+        self.stopped = false;
         ptrace::interrupt(self.tid).map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
         let deadline = Instant::now() + timeout;
         let mut spins = 0u32;
@@ -236,11 +248,14 @@ impl<'a> Session<'a> {
             }
         }
         self.saved = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+        self.stopped = true;
         self.at_attach_stop = true;
         if !self.saved.is_native_abi() {
-            return Err(Error::Unsupported {
-                op: "ptrace injection into a 32-bit process",
-                needs: "a 64-bit target;",
+            return Err(Error::Io {
+                op:
+                    "ptrace injection (a 32-bit process; only the native 64-bit ABI is implemented)",
+                pid: self.pid,
+                fd: None,
                 source: std::io::Error::from(std::io::ErrorKind::Unsupported),
             });
         }
@@ -257,13 +272,13 @@ impl<'a> Session<'a> {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
             sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
-            ptrace::write_mem(self.pid, area, &sets)
+            ptrace::write_mem(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
             match self.run(libc::SYS_rt_sigprocmask, &args, false) {
                 Ok(0) => {
                     let mut old = [0u8; 8];
-                    ptrace::read_mem(self.pid, area + 8, &mut old)
+                    ptrace::read_mem(self.tid, area + 8, &mut old)
                         .map_err(|e| self.mem_error("reading the signal mask", e))?;
                     self.old_mask = Some(u64::from_ne_bytes(old));
                     return Ok(());
@@ -301,7 +316,7 @@ impl<'a> Session<'a> {
         if self.stack_backup.map(|(a, _)| a) != Some(area) {
             self.restore_stack();
             let mut bytes = [0u8; 16];
-            ptrace::read_mem(self.pid, area, &mut bytes)
+            ptrace::read_mem(self.tid, area, &mut bytes)
                 .map_err(|e| self.mem_error("reading the target's stack", e))?;
             self.stack_backup = Some((area, bytes));
         }
@@ -310,7 +325,7 @@ impl<'a> Session<'a> {
 
     fn restore_stack(&mut self) {
         if let Some((area, bytes)) = self.stack_backup.take() {
-            if let Err(e) = ptrace::write_mem(self.pid, area, &bytes) {
+            if let Err(e) = ptrace::write_mem(self.tid, area, &bytes) {
                 tracing::debug!(pid = self.pid, error = %e, "could not put back stack bytes");
             }
         }
@@ -376,17 +391,17 @@ impl<'a> Session<'a> {
                         deliver = libc::SIGSTOP;
                     }
                     Stop::Signal(sig) if !blocked => return Err(RunError::SignalFirst(sig)),
-                    // With everything blocked, only a fault caused by the injected call
-                    // itself gets here (SIGSYS from seccomp, SIGSEGV). Not delivering it
-                    // keeps the target alive; the session is over.
+                    // With everything blocked, only a signal forced by an injected call
+                    // gets here: SIGSYS from a seccomp filter that traps it (detected
+                    // when that call returned, below), or a fault. Delivering it would
+                    // run the target's handler on our frame, or kill it; it is dropped.
                     Stop::Signal(sig) => {
-                        return Err(Error::io(
-                            "injected syscall raised a signal in the target (seccomp SIGSYS or a fault); not delivered",
-                            self.pid,
-                            None,
-                            Errno::from_raw_os_error(sig),
-                        )
-                        .into())
+                        tracing::debug!(
+                            pid = self.pid,
+                            sig,
+                            nr,
+                            "dropping a signal forced by an injected call"
+                        );
                     }
                 }
             }
@@ -394,6 +409,19 @@ impl<'a> Session<'a> {
         let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
         let r = regs.syscall_result();
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
+        // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
+        // the result register and queues SIGSYS. Acting on that "result" (say, as an fd
+        // from socket()) would touch an unrelated fd of the target, so a result equal
+        // to the number is checked against the thread's pending signals.
+        if r == nr && self.sigsys_pending() {
+            return Err(Error::PermissionDenied {
+                pid: self.pid,
+                fd: None,
+                op: syscall_name(nr),
+                hint: "the target's seccomp filter traps this call (SIGSYS); the signal was not delivered".into(),
+            }
+            .into());
+        }
         Ok(r)
     }
 
@@ -418,7 +446,7 @@ impl<'a> Session<'a> {
                 data.len()
             )));
         }
-        ptrace::write_mem(self.pid, base + start, data)
+        ptrace::write_mem(self.tid, base + start, data)
             .map_err(|e| self.mem_error("writing scratch memory", e))?;
         self.scratch_used = end;
         Ok(base + start)
@@ -426,7 +454,7 @@ impl<'a> Session<'a> {
 
     /// Reads `buf.len()` bytes at `addr` in the target.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        ptrace::read_mem(self.pid, addr, buf)
+        ptrace::read_mem(self.tid, addr, buf)
             .map_err(|e| self.mem_error("reading target memory", e))
     }
 
@@ -531,7 +559,7 @@ impl<'a> Session<'a> {
 
     fn unblock_signals(&mut self, mask: u64) -> Result<()> {
         let area = self.mask_area()?;
-        ptrace::write_mem(self.pid, area, &mask.to_ne_bytes())
+        ptrace::write_mem(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
@@ -559,6 +587,20 @@ impl<'a> Session<'a> {
     /// original registers, and detached from there.
     fn restore_and_detach(&mut self) -> Result<()> {
         let tid = self.tid;
+        if !self.stopped {
+            // It never stopped (uninterruptible sleep past the timeout): there is
+            // nothing to restore, and a running tracee cannot be detached. If it stops
+            // later it stays stopped until this process exits, when the kernel drops
+            // the trace and lets it go; so the error says so.
+            return ptrace::detach(tid, 0).map_err(|e| {
+                Error::io(
+                    "detaching from a thread that never stopped (it is released when fdgrab exits)",
+                    self.pid,
+                    None,
+                    e,
+                )
+            });
+        }
         self.saved
             .write(tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
@@ -593,6 +635,18 @@ impl<'a> Session<'a> {
         }
         tracing::debug!(pid = self.pid, tid, "detached, target restored");
         Ok(())
+    }
+
+    /// Whether SIGSYS is pending for the injected thread (`SigPnd` in its status).
+    fn sigsys_pending(&self) -> bool {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/status", self.pid, self.tid))
+                .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|set| set & (1 << (libc::SIGSYS - 1)) != 0)
     }
 
     fn died(&mut self) -> Error {
@@ -640,7 +694,7 @@ fn proc_state(stat: &str) -> Option<char> {
 
 /// The thread to inject into: the leader, unless it has exited (a zombie leader with
 /// live threads), then the first live thread.
-fn pick_thread(target: &PidFd) -> Result<Pid> {
+pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
     let pid = target.pid();
     if !target.is_alive() {
         return Err(Error::NoSuchProcess { pid });
@@ -684,19 +738,34 @@ fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
     }
 }
 
-/// Finds the address of a `syscall` instruction the target can execute: in the vDSO
-/// (its clock fallbacks contain one), else the one the thread is stopped right after,
+/// Finds the address of a `syscall` instruction the target can execute: the one the
+/// thread is stopped right after, if it is in a syscall (one 2-byte read); else in
+/// the vDSO, whose clock fallbacks contain one (found through `AT_SYSINFO_EHDR`);
 /// else in any executable mapping.
-fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+///
+/// Memory is always addressed through the thread id: once the leader has exited,
+/// `/proc/PID/maps` is empty and `process_vm_readv(PID)` fails.
+fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
+    if regs.syscall_nr().is_some() {
+        let at = regs
+            .instruction_pointer()
+            .wrapping_sub(SYSCALL_INSN.len() as u64);
+        let mut b = [0u8; 2];
+        if ptrace::read_mem(tid, at, &mut b).is_ok() && b == SYSCALL_INSN {
+            return Ok(at);
+        }
+    }
+    if let Some(at) = vdso_base(pid, tid).and_then(|base| scan_pages(tid, base, 8)) {
+        return Ok(at);
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
         .map_err(|_| Error::NoSuchProcess { pid })?;
-    let mut regions: Vec<(u64, u64, bool)> = Vec::new();
     for line in maps.lines() {
         let mut parts = line.split_whitespace();
         let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
             continue;
         };
-        if !perms.contains('x') || !perms.starts_with('r') {
+        if !perms.starts_with("r-x") {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else {
@@ -705,25 +774,7 @@ fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
         let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
             continue;
         };
-        regions.push((a, b, line.ends_with("[vdso]")));
-    }
-    regions.sort_by_key(|r| !r.2);
-    if let Some((start, end, _)) = regions.first().filter(|r| r.2) {
-        if let Some(at) = scan(pid, *start, *end) {
-            return Ok(at);
-        }
-    }
-    if regs.syscall_nr().is_some() {
-        let at = regs
-            .instruction_pointer()
-            .wrapping_sub(SYSCALL_INSN.len() as u64);
-        let mut b = [0u8; 2];
-        if ptrace::read_mem(pid, at, &mut b).is_ok() && b == SYSCALL_INSN {
-            return Ok(at);
-        }
-    }
-    for (start, end, _) in regions {
-        if let Some(at) = scan(pid, start, end.min(start + (4 << 20))) {
+        if let Some(at) = scan(tid, a, b.min(a + (4 << 20))) {
             return Ok(at);
         }
     }
@@ -735,12 +786,59 @@ fn find_syscall_insn(pid: Pid, regs: &Regs) -> Result<u64> {
     ))
 }
 
-fn scan(pid: Pid, start: u64, end: u64) -> Option<u64> {
+/// `AT_SYSINFO_EHDR` from the thread's auxiliary vector: where the vDSO is mapped.
+fn vdso_base(pid: Pid, tid: Pid) -> Option<u64> {
+    const AT_SYSINFO_EHDR: u64 = 33;
+    let auxv = std::fs::read(format!("/proc/{pid}/task/{tid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|pair| {
+        let mut k = [0u8; 8];
+        let mut v = [0u8; 8];
+        k.copy_from_slice(&pair[..8]);
+        v.copy_from_slice(&pair[8..]);
+        (u64::from_ne_bytes(k) == AT_SYSINFO_EHDR).then_some(u64::from_ne_bytes(v))
+    })
+}
+
+/// Scans up to `max` pages from `base`, stopping at the first unreadable one.
+fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let mut buf = Vec::new();
+    for i in 0..max {
+        let mut page = vec![0u8; PAGE as usize];
+        if ptrace::read_mem(tid, base + i * PAGE, &mut page).is_err() {
+            break;
+        }
+        buf.extend_from_slice(&page);
+        if let Some(pos) = buf.windows(2).position(|w| w == SYSCALL_INSN) {
+            return Some(base + pos as u64);
+        }
+    }
+    None
+}
+
+fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
     let mut buf = vec![0u8; (end - start) as usize];
-    ptrace::read_mem(pid, start, &mut buf).ok()?;
+    ptrace::read_mem(tid, start, &mut buf).ok()?;
     buf.windows(2)
         .position(|w| w == SYSCALL_INSN)
         .map(|i| start + i as u64)
+}
+
+/// The name of a syscall the session injects, for error messages.
+fn syscall_name(nr: i64) -> &'static str {
+    match nr {
+        libc::SYS_socket => "socket (injected)",
+        libc::SYS_connect => "connect (injected)",
+        libc::SYS_sendmsg => "sendmsg (injected)",
+        libc::SYS_recvmsg => "recvmsg (injected)",
+        libc::SYS_close => "close (injected)",
+        libc::SYS_dup3 => "dup3 (injected)",
+        libc::SYS_fcntl => "fcntl (injected)",
+        libc::SYS_mmap => "mmap (injected)",
+        libc::SYS_munmap => "munmap (injected)",
+        libc::SYS_rt_sigprocmask => "rt_sigprocmask (injected)",
+        _ => "a syscall injected into the target",
+    }
 }
 
 /// Maps a negative return of an injected call to an error that says it happened

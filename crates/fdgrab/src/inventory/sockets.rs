@@ -160,7 +160,7 @@ impl SocketTable {
         if let Some(text) = read_proc(pid, proc_dir, "net/packet")? {
             t.parse_packet(&text);
         }
-        match unix_diag::dump(pid, proc_dir) {
+        match unix_diag::dump(proc_dir) {
             Ok(socks) => {
                 for s in socks {
                     t.by_inode.insert(s.inode, s.info);

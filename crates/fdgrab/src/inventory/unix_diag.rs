@@ -3,7 +3,6 @@
 //! connected unix socket.
 
 use super::sockets::{unix_info, unix_type, SocketInfo};
-use crate::Pid;
 use rustix::fs::{openat, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::net::{
@@ -27,8 +26,8 @@ pub(crate) struct UnixSock {
 }
 
 /// Dumps every unix socket of `pid`'s network namespace.
-pub(crate) fn dump(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
-    let sock = diag_socket_in(pid, proc_dir)?;
+pub(crate) fn dump(proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
+    let sock = diag_socket_in(proc_dir)?;
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -153,33 +152,19 @@ fn align4(n: usize) -> usize {
 /// A sock_diag netlink socket in `pid`'s network namespace. A netlink socket stays
 /// in the namespace it was created in, so a short-lived thread enters the target's
 /// namespace (`setns` affects only the calling thread), creates the socket and ends.
-pub(crate) fn diag_socket_in(pid: Pid, proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
-    let make = || {
-        socket_with(
-            AddressFamily::NETLINK,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC,
-            Some(netlink::SOCK_DIAG),
-        )
-    };
-    if super::same_netns(pid, proc_dir) != Some(false) {
-        return Ok(make()?);
-    }
+pub(crate) fn diag_socket_in(proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
     let ns = openat(
         proc_dir,
         "ns/net",
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<OwnedFd> {
-            rustix::thread::move_into_link_name_space(
-                ns.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            Ok(make()?)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("netns helper thread panicked")))
+    crate::netns::run_in(ns.as_fd(), || {
+        Ok(socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )?)
     })
 }

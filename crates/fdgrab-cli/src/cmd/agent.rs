@@ -1,0 +1,170 @@
+//! `fdgrab agent`: the bind supervisor as an OCI seccomp agent.
+//!
+//! Runtimes (runc, crun) connect to `--socket` and hand over each container's
+//! seccomp listener; the library's [`Agent`] supervises them all on one event loop.
+//! This file owns what is about the command: the socket file, the policy bound,
+//! the audit sink and systemd readiness.
+
+use crate::cli::AgentArgs;
+use crate::exit::UsageError;
+use anyhow::{bail, Context};
+use fdgrab::supervise::agent::{Agent, AgentEvent};
+use fdgrab::supervise::audit::AuditSink;
+use fdgrab::supervise::policy::Policy;
+use fdgrab::supervise::Supervisor;
+use rustix::fs::{Mode, Uid};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let upper = upper_policy(&a)?;
+    let audit = match a.audit.as_deref() {
+        None => AuditSink::none(),
+        Some(p) if p == Path::new("-") => AuditSink::stdout(),
+        Some(p) => AuditSink::from_path(p)
+            .with_context(|| format!("opening the audit log {}", p.display()))?,
+    };
+    let listener = listen_at(&a.socket)?;
+    let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
+    let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
+    let systemd = SystemdNotify::from_env()?;
+    if let Some(n) = &systemd {
+        n.send("READY=1\nSTATUS=supervising 0 containers", true)
+            .context("notifying systemd (NOTIFY_SOCKET)")?;
+    }
+    tracing::info!(socket = %a.socket.display(), "fdgrab agent ready");
+    loop {
+        let events = agent.turn(None).context("agent event loop")?;
+        let changed = events
+            .iter()
+            .any(|e| !matches!(e, AgentEvent::Rejected { .. }));
+        if let (true, Some(n)) = (changed, &systemd) {
+            // Only a status line: losing one must neither stop nor stall the agent.
+            if let Err(e) = n.send(
+                &format!("STATUS=supervising {} containers", agent.container_count()),
+                false,
+            ) {
+                tracing::debug!(error = %e, "systemd status update failed");
+            }
+        }
+    }
+}
+
+/// The agent-wide bound: every `--allow-bind` spec plus the `--policy` file,
+/// read exactly as `fdgrab run` reads them.
+fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
+    let policy = super::run::load_policy(&a.allow_bind, a.policy.as_deref())
+        .context("the agent's policy (--allow-bind, --policy)")?;
+    if policy.is_empty() {
+        tracing::warn!("empty policy: containers get no privileged ports from this agent");
+    }
+    Ok(policy)
+}
+
+/// Creates the listening socket at `path`, mode 0600 and owned by root (when we
+/// are root), replacing a stale socket file but never a live agent's.
+fn listen_at(path: &Path) -> anyhow::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)
+        .map_err(|e| UsageError(format!("--socket {}: {e}", path.display())))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if socket_is_live(&addr)? {
+                bail!("another agent is already listening on {}", path.display());
+            }
+            tracing::info!(socket = %path.display(), "replacing a stale socket");
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "--socket {}: exists and is not a socket; not replacing it",
+                path.display()
+            ))
+            .into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    }
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("creating the agent socket")?;
+    // The file is created by bind with the umask applied; 0177 makes it 0600 from
+    // the first instant, so no runtime-visible window exists with wider access.
+    let old = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = rustix::net::bind(&sock, &addr);
+    rustix::process::umask(old);
+    bound.with_context(|| format!("binding the agent socket {}", path.display()))?;
+    rustix::fs::chmod(path, Mode::from_raw_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    if rustix::process::geteuid().is_root() {
+        rustix::fs::chown(path, Some(Uid::ROOT), Some(rustix::fs::Gid::ROOT))
+            .with_context(|| format!("chown root {}", path.display()))?;
+    } else {
+        tracing::warn!("not running as root: the socket is owned by the current user, and binds need privileges");
+    }
+    rustix::net::listen(&sock, 128).with_context(|| format!("listening on {}", path.display()))?;
+    Ok(sock)
+}
+
+/// Whether something accepts connections on `addr`. A socket file nobody listens
+/// on refuses (ECONNREFUSED); a full backlog (EAGAIN) still means a live owner.
+fn socket_is_live(addr: &SocketAddrUnix) -> anyhow::Result<bool> {
+    let probe = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    match rustix::net::connect(&probe, addr) {
+        Ok(()) | Err(Errno::AGAIN | Errno::INPROGRESS) => Ok(true),
+        Err(Errno::CONNREFUSED) => Ok(false),
+        Err(e) => Err(e).context("probing the existing socket"),
+    }
+}
+
+/// systemd's notification socket (`sd_notify(3)`), when `NOTIFY_SOCKET` is set:
+/// datagrams of `KEY=VALUE` lines; a leading `@` names an abstract socket.
+struct SystemdNotify {
+    sock: OwnedFd,
+    addr: SocketAddrUnix,
+}
+
+impl SystemdNotify {
+    fn from_env() -> anyhow::Result<Option<SystemdNotify>> {
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddrUnix::new_abstract_name(name),
+            None => SocketAddrUnix::new(bytes),
+        }
+        .with_context(|| format!("NOTIFY_SOCKET={target:?}"))?;
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .context("creating the systemd notification socket")?;
+        Ok(Some(SystemdNotify { sock, addr }))
+    }
+
+    /// Sends one notification. `wait` false: drop it rather than block when the
+    /// receiver's queue is full, because a blocked agent answers no container.
+    fn send(&self, state: &str, wait: bool) -> rustix::io::Result<usize> {
+        let mut flags = rustix::net::SendFlags::NOSIGNAL;
+        if !wait {
+            flags |= rustix::net::SendFlags::DONTWAIT;
+        }
+        rustix::net::sendto(&self.sock, state.as_bytes(), flags, &self.addr)
+    }
+}

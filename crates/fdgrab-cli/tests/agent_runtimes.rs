@@ -1,0 +1,218 @@
+//! `fdgrab agent` with real runc and crun containers: an unprivileged container
+//! (uid 1000, no capabilities) serves on port 80 through the agent, and one whose
+//! metadata, annotation or the agent's policy does not allow port 80 gets EACCES.
+//! Each container joins a network namespace the test creates, so port 80 is the
+//! test's alone.
+
+use fdgrab_testkit::oci::{
+    unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind,
+};
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(20);
+
+fn notify(agent: &AgentProc, metadata: Option<&str>) -> SeccompBind {
+    SeccompBind::Notify {
+        listener_path: agent.socket.clone(),
+        metadata: metadata.map(str::to_owned),
+    }
+}
+
+fn serves_port_80(rt: Runtime) {
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
+    let ns = NetNs::new();
+    let mut spec = BundleSpec::new(
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+        notify(&agent, Some("allow-bind=tcp:80")),
+    );
+    spec.netns = Some(ns.path.clone());
+    // Both ways of narrowing at once; port 80 is in both and in the agent's bound.
+    spec.annotations
+        .push(("org.fdgrab.allow-bind".into(), "tcp:80,tcp:8080".into()));
+    let bundle = Bundle::new(&spec);
+    let id = unique(&format!("fdgrab-{}-serve", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+
+    let resp = ns.http_get_eventually(80, START).unwrap_or_else(|e| {
+        panic!(
+            "GET :80 in the container's netns: {e}; container said {:?}; agent log {}",
+            c.output.text(),
+            agent.log.text()
+        )
+    });
+    assert!(
+        resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
+        "{resp}"
+    );
+    assert!(resp.contains("served by a container"), "{resp}");
+
+    // The container really is uid 1000 without capabilities: the port came from the agent.
+    let audit = agent.audit_lines();
+    let line = audit
+        .iter()
+        .find(|l| l["port"] == 80 && l["container_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no audit line for port 80 of {id}: {audit:?}"));
+    assert_eq!(
+        line["bundle"],
+        bundle.path().to_str().expect("utf-8 path"),
+        "{line}"
+    );
+    assert_eq!(line["uid"], 1000, "{line}");
+    assert_eq!(line["decision"], "bind", "{line}");
+    assert_eq!(line["errno"], 0, "{line}");
+    c.kill();
+}
+
+/// Runs `nc -l -p 80` in a container and checks that it got the kernel's own
+/// EACCES, and that the agent logged handing the call back to the kernel.
+fn expect_eacces_on_80(
+    rt: Runtime,
+    agent: &AgentProc,
+    metadata: Option<&str>,
+    annotation: Option<&str>,
+) {
+    let ns = NetNs::new();
+    let mut spec = BundleSpec::new(&["nc", "-l", "-p", "80"], notify(agent, metadata));
+    spec.netns = Some(ns.path.clone());
+    if let Some(a) = annotation {
+        spec.annotations
+            .push(("org.fdgrab.allow-bind".into(), a.into()));
+    }
+    let bundle = Bundle::new(&spec);
+    let id = unique(&format!("fdgrab-{}-deny", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let (status, out) = c
+        .wait(START)
+        .unwrap_or_else(|e| panic!("{e}; agent log {}", agent.log.text()));
+    assert!(!status.success(), "nc should have failed: {out}");
+    assert!(
+        out.contains("bind: Permission denied"),
+        "expected EACCES: {out}; agent log {}",
+        agent.log.text()
+    );
+    let audit = agent.audit_lines();
+    assert!(
+        audit.iter().any(|l| l["port"] == 80
+            && l["decision"] == "continue"
+            && l["container_id"] == id.as_str()),
+        "the refused bind is handed back to the kernel and logged: {audit:?}"
+    );
+}
+
+fn metadata_narrows_to_eacces(rt: Runtime) {
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
+    expect_eacces_on_80(rt, &agent, Some("allow-bind=tcp:443"), None);
+}
+
+fn never_widens(rt: Runtime) {
+    if !rt.usable() {
+        return;
+    }
+    // The agent allows only 443; the container asks for 80 both ways.
+    let agent = AgentProc::start(&["--allow-bind", "tcp:443"]);
+    expect_eacces_on_80(rt, &agent, Some("allow-bind=tcp:80"), Some("tcp:80"));
+}
+
+fn policy_file_bounds_annotation(rt: Runtime) {
+    if !rt.usable() {
+        return;
+    }
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-policy");
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "[[bind]]\nport = \"1-1023\"\nproto = \"tcp\"\n").expect("policy file");
+    let agent = AgentProc::start(&["--policy", file.to_str().expect("utf-8")]);
+    // The annotation alone narrows 1-1023 to 22: port 80 is refused.
+    expect_eacces_on_80(rt, &agent, None, Some("tcp:22"));
+}
+
+fdgrab_testkit::per_runtime! {
+    agent_container_serves_port_80 => serves_port_80,
+    agent_metadata_narrows_to_eacces => metadata_narrows_to_eacces,
+    agent_container_never_widens_the_policy => never_widens,
+    agent_policy_file_bounds_the_annotation => policy_file_bounds_annotation,
+}
+
+/// Several containers of both runtimes at once, each in its own network
+/// namespace and each serving port 80 through the one agent; one of them is
+/// frozen (SIGSTOP) with its filter live, and that holds up nobody; neither does
+/// a `NOTIFY_SOCKET` reader that never reads.
+#[test]
+fn agent_serves_many_containers_at_once() {
+    let runtimes: Vec<Runtime> = Runtime::ALL.into_iter().filter(|rt| rt.usable()).collect();
+    if runtimes.is_empty() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
+    let frozen_ns = NetNs::new();
+    let mut spec = BundleSpec::new(
+        &["sh", "-c", "echo frozen-ready; read x"],
+        notify(&agent, None),
+    );
+    spec.netns = Some(frozen_ns.path.clone());
+    let frozen_bundle = Bundle::new(&spec);
+    let frozen_id = unique("fdgrab-frozen");
+    let frozen = Container::run(runtimes[0], &frozen_bundle, &frozen_id);
+    frozen
+        .output
+        .wait_for("frozen-ready", START)
+        .expect("frozen container started");
+    let state = std::process::Command::new(runtimes[0].name())
+        .args(["state", &frozen_id])
+        .output()
+        .expect("state");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state json");
+    let frozen_pid = state["pid"].as_i64().expect("pid") as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(frozen_pid).expect("pid"),
+        rustix::process::Signal::STOP,
+    )
+    .expect("SIGSTOP");
+
+    // More status updates than a unix datagram queue holds (max_dgram_qlen, 10),
+    // none of them read: the agent must drop them rather than block on systemd.
+    const EACH: usize = 6;
+    let mut running = Vec::new();
+    for i in 0..EACH * runtimes.len() {
+        let rt = runtimes[i % runtimes.len()];
+        let ns = NetNs::new();
+        let mut spec = BundleSpec::new(
+            &["httpd", "-f", "-p", "80", "-h", "/www"],
+            notify(&agent, None),
+        );
+        spec.netns = Some(ns.path.clone());
+        let bundle = Bundle::new(&spec);
+        let c = Container::run(
+            rt,
+            &bundle,
+            &unique(&format!("fdgrab-{}-many{i}", rt.name())),
+        );
+        running.push((ns, bundle, c));
+    }
+    for (ns, _, c) in &running {
+        let resp = ns.http_get_eventually(80, START).unwrap_or_else(|e| {
+            panic!(
+                "{} {}: {e}; {}; agent {}",
+                c.runtime.name(),
+                c.id,
+                c.output.text(),
+                agent.log.text()
+            )
+        });
+        assert!(resp.contains(" 200 "), "{resp}");
+    }
+    let log = agent.log.text();
+    assert!(
+        log.contains(&format!("containers={}", running.len() + 1)),
+        "all supervised at once: {log}"
+    );
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(frozen_pid).expect("pid"),
+        rustix::process::Signal::CONT,
+    );
+}

@@ -1,0 +1,798 @@
+//! `fdgrab run`: real programs as uid 65534 binding privileged ports on loopback
+//! through the seccomp supervisor, plus the kernel's errnos, races and process
+//! handling. Every test uses its own port (or loopback address) so tests can run
+//! in parallel.
+
+use fdgrab_testkit::{bin, fdgrab, output_timeout, read_line_timeout, wait_timeout, TIMEOUT};
+use serde_json::Value;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NOBODY: u32 = 65534;
+
+fn root_or_skip() -> bool {
+    if !fdgrab_testkit::is_root() {
+        eprintln!(
+            "SKIP: fdgrab run tests need root (they drop to uid 65534 and bind privileged ports)"
+        );
+        return false;
+    }
+    true
+}
+
+/// `fdgrab run --user nobody ARGS... -- CMD...`
+fn run_cmd(opts: &[&str], cmd: &[&str]) -> Command {
+    let mut c = fdgrab();
+    c.arg("run")
+        .arg("--user")
+        .arg("nobody")
+        .args(opts)
+        .arg("--")
+        .args(cmd);
+    c
+}
+
+fn probe() -> String {
+    bin("bind-probe").to_string_lossy().into_owned()
+}
+
+/// Runs `bind-probe ARGS` under `fdgrab run` and parses its JSON line.
+fn probe_run(opts: &[&str], args: &[&str]) -> Value {
+    let p = probe();
+    let mut cmd: Vec<&str> = vec![&p];
+    cmd.extend_from_slice(args);
+    let out = output_timeout(&mut run_cmd(opts, &cmd), Duration::from_secs(150));
+    parse_last(&out)
+}
+
+fn parse_last(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no output; status {:?}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+}
+
+/// Runs `bind-probe ARGS` as uid 65534 with no supervisor.
+fn probe_unsupervised(args: &[&str]) -> Value {
+    let mut c = Command::new(probe());
+    c.args(args).uid(NOBODY).gid(NOBODY);
+    parse_last(&output_timeout(&mut c, TIMEOUT))
+}
+
+/// A temporary directory that uid 65534 may write to.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("fdgrab-run-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).expect("chown");
+        TempDir(p)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `fdgrab run` server, killed on drop.
+struct Server(Child);
+
+impl Server {
+    /// SIGTERM to fdgrab, which forwards it; returns fdgrab's exit status. A
+    /// SIGKILL would leave the server's own children (nginx workers) running: the
+    /// parent-death signal reaches only the program fdgrab started.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        wait_timeout(&mut self.0, TIMEOUT).expect("fdgrab exits after SIGTERM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// GETs `/` from `addr`, retrying until the server is up. Returns the response.
+fn http_get(addr: &str, server: &mut Server) -> String {
+    let addr: SocketAddr = addr.parse().expect("socket address");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(Some(st)) = server.0.try_wait() {
+            let mut err = String::new();
+            if let Some(e) = server.0.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("server exited early with {st:?}: {err}");
+        }
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            write!(s, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            return resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_server(cmd: &mut Command) -> Server {
+    Server(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fdgrab run"),
+    )
+}
+
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+#[test]
+fn run_python_http_server_on_port_80_as_nobody() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("py");
+    std::fs::write(dir.path("hello.txt"), "hi\n").expect("write");
+    let d = dir.0.to_string_lossy().into_owned();
+    let mut server = spawn_server(&mut run_cmd(
+        &["--allow-bind", "tcp:80@127.66.0.1"],
+        &[
+            python(),
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            "127.66.0.1",
+            "--directory",
+            &d,
+        ],
+    ));
+    let resp = http_get("127.66.0.1:80", &mut server);
+    assert!(resp.starts_with("HTTP/1.0 200"), "response: {resp}");
+    assert!(resp.contains("hello.txt"), "directory listing: {resp}");
+    // SIGTERM to fdgrab is forwarded; python dies of it and fdgrab reports 128+15.
+    let st = server.stop();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "status {st:?}");
+}
+
+#[test]
+fn run_without_allow_rule_gets_eacces_like_unsupervised() {
+    if !root_or_skip() {
+        return;
+    }
+    let supervised = probe_run(&[], &["bind", "tcp4", "127.66.0.4", "80"]);
+    let plain = probe_unsupervised(&["bind", "tcp4", "127.66.0.4", "80"]);
+    assert_eq!(supervised["errno"], libc::EACCES, "{supervised}");
+    assert_eq!(supervised, plain);
+    // And a real server fails the same way.
+    let out = output_timeout(
+        &mut run_cmd(
+            &[],
+            &[python(), "-m", "http.server", "80", "--bind", "127.66.0.4"],
+        ),
+        TIMEOUT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "stderr: {err}");
+}
+
+#[test]
+fn run_busybox_httpd_static_on_port_80() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        panic!("busybox-static is not installed (scripts/test installs it)");
+    };
+    let dir = TempDir::new("bb");
+    std::fs::write(dir.path("index.html"), "static busybox\n").expect("write");
+    let d = dir.0.to_string_lossy().into_owned();
+    let mut server = spawn_server(&mut run_cmd(
+        &["--allow-bind", "tcp:80@127.66.0.2"],
+        &[busybox, "httpd", "-f", "-p", "127.66.0.2:80", "-h", &d],
+    ));
+    let resp = http_get("127.66.0.2:80", &mut server);
+    assert!(
+        resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
+        "response: {resp}"
+    );
+    assert!(resp.contains("static busybox"), "body: {resp}");
+}
+
+#[test]
+fn run_nginx_as_nobody_listen_80() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        panic!("nginx is not installed (scripts/test installs it)");
+    };
+    let dir = TempDir::new("nginx");
+    let d = dir.0.to_string_lossy().into_owned();
+    std::fs::create_dir_all(dir.path("www")).expect("mkdir");
+    std::fs::write(dir.path("www/index.html"), "nginx as nobody\n").expect("write");
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+          fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+          server {{ listen 127.66.0.3:80; root {d}/www; }}\n}}\n"
+    );
+    std::fs::write(dir.path("nginx.conf"), conf).expect("write conf");
+    let conf_path = format!("{d}/nginx.conf");
+    let err_log = format!("{d}/error.log");
+    let mut server = spawn_server(&mut run_cmd(
+        &["--allow-bind", "tcp:80@127.66.0.3"],
+        &[nginx, "-c", &conf_path, "-p", &d, "-e", &err_log],
+    ));
+    let resp = http_get("127.66.0.3:80", &mut server);
+    assert!(
+        resp.contains(" 200 OK"),
+        "response: {resp}\nerror.log: {}",
+        std::fs::read_to_string(&err_log).unwrap_or_default()
+    );
+    assert!(resp.contains("nginx as nobody"), "body: {resp}");
+    let st = server.stop();
+    assert!(
+        st.success(),
+        "nginx stops cleanly on a forwarded SIGTERM: {st:?}"
+    );
+    let left = Command::new("pgrep")
+        .args(["-f", &conf_path])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "nginx processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+#[test]
+fn run_unprivileged_and_unix_binds_pass_untouched() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("untouched");
+    let audit = dir.path("audit.jsonl");
+    let audit_s = audit.to_string_lossy().into_owned();
+    let v = probe_run(
+        &["--allow-bind", "1-65535", "--audit", &audit_s],
+        &["bind", "tcp4", "127.66.0.1", "42081"],
+    );
+    assert_eq!(v["errno"], 0, "{v}");
+    assert_eq!(v["port"], 42081);
+    let sock = dir.path("s.sock").to_string_lossy().into_owned();
+    let v = probe_run(
+        &["--allow-bind", "1-65535", "--audit", &audit_s],
+        &["bind", "unix", &sock],
+    );
+    assert_eq!(v["errno"], 0, "{v}");
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .expect("audit file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "continue");
+    assert_eq!(lines[0]["reason"], "unprivileged port");
+    assert_eq!(lines[0]["port"], 42081);
+    assert_eq!(lines[1]["decision"], "continue");
+    assert_eq!(lines[1]["family"], "unix");
+}
+
+#[test]
+fn run_ipv6_dual_stack_and_udp() {
+    if !root_or_skip() {
+        return;
+    }
+    let allow = ["--allow-bind", "92-94"];
+    let dual = probe_run(&allow, &["bind", "tcp6", "::", "92"]);
+    assert_eq!(dual["errno"], 0, "{dual}");
+    assert_eq!(
+        dual["v4_connect"], true,
+        "a dual-stack socket on [::]:92 accepts IPv4: {dual}"
+    );
+    let v6only = probe_run(&allow, &["bind", "tcp6only", "::1", "93"]);
+    assert_eq!(
+        (v6only["errno"].clone(), v6only["port"].clone()),
+        (0.into(), 93.into()),
+        "{v6only}"
+    );
+    let udp4 = probe_run(&allow, &["bind", "udp4", "127.66.0.1", "94"]);
+    assert_eq!(
+        (udp4["errno"].clone(), udp4["port"].clone()),
+        (0.into(), 94.into()),
+        "{udp4}"
+    );
+    let udp6 = probe_run(&allow, &["bind", "udp6", "::1", "94"]);
+    assert_eq!(
+        (udp6["errno"].clone(), udp6["port"].clone()),
+        (0.into(), 94.into()),
+        "{udp6}"
+    );
+    // A TCP-only rule does not cover UDP.
+    let udp_denied = probe_run(
+        &["--allow-bind", "tcp:94"],
+        &["bind", "udp4", "127.66.0.1", "94"],
+    );
+    assert_eq!(udp_denied["errno"], libc::EACCES, "{udp_denied}");
+}
+
+#[test]
+fn run_answers_the_kernels_errnos() {
+    if !root_or_skip() {
+        return;
+    }
+    let allow = ["--allow-bind", "87-90@127.66.0.1"];
+    let inuse = probe_run(&allow, &["inuse", "87"]);
+    assert_eq!(
+        (inuse["first"].clone(), inuse["second"].clone()),
+        (0.into(), libc::EADDRINUSE.into()),
+        "{inuse}"
+    );
+    let efault = probe_run(&allow, &["efault", "88"]);
+    assert_eq!(efault["errno"], libc::EFAULT, "{efault}");
+    let short = probe_run(&allow, &["short", "89"]);
+    assert_eq!(short["errno"], libc::EINVAL, "{short}");
+    assert_eq!(short["negative_len_errno"], libc::EINVAL, "{short}");
+    // What root would get without a supervisor, for the same calls.
+    let mut c = Command::new(probe());
+    c.args(["short", "89"]);
+    let root_short = parse_last(&output_timeout(&mut c, TIMEOUT));
+    assert_eq!(short, root_short);
+    // Binding a bound socket again is EINVAL, as for root; port 91 is not allowed.
+    let rebind = probe_run(&allow, &["rebind", "90"]);
+    assert_eq!(rebind["first"], 0, "{rebind}");
+    assert_eq!(rebind["again"], libc::EINVAL, "{rebind}");
+    assert_eq!(rebind["port"], 90, "{rebind}");
+}
+
+#[test]
+fn run_forbidden_privileged_port_never_succeeds() {
+    if !root_or_skip() {
+        return;
+    }
+    let allow = ["--allow-bind", "tcp:95@127.66.0.1"];
+    for args in [
+        ["bind", "tcp4", "127.66.0.1", "96"],
+        ["bind", "tcp4", "127.66.0.9", "95"],
+        ["bind", "tcp4", "0.0.0.0", "95"],
+        ["bind", "udp4", "127.66.0.1", "95"],
+        ["bind", "tcp6", "::1", "95"],
+    ] {
+        let v = probe_run(&allow, &args);
+        assert_eq!(v["errno"], libc::EACCES, "{args:?}: {v}");
+        assert_eq!(v["port"], 0, "{args:?}: {v}");
+    }
+    let ok = probe_run(&allow, &["bind", "tcp4", "127.66.0.1", "95"]);
+    assert_eq!(ok["errno"], 0, "{ok}");
+}
+
+#[test]
+fn run_64_threads_10000_binds() {
+    if !root_or_skip() {
+        return;
+    }
+    // Threads bind ports 100..=163; every fifth bind goes to 99, which is forbidden.
+    let v = probe_run(
+        &["--allow-bind", "tcp:100-163@127.66.0.1"],
+        &["threads", "64", "10000", "100"],
+    );
+    assert_eq!(v["wrong"], 0, "{v}");
+    let (ok, denied) = (
+        v["ok"].as_u64().unwrap_or(0),
+        v["denied"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(ok + denied, 10_000, "{v}");
+    assert!(ok > 7900 && denied > 1900, "{v}");
+}
+
+#[test]
+fn run_dup2_race_never_binds_the_wrong_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let n = 3000;
+    let v = probe_run(
+        &["--allow-bind", "tcp:84@127.66.0.1"],
+        &["dup2race", &n.to_string(), "84"],
+    );
+    assert_eq!(v["decoy_port"], 0, "the UDP decoy must never be bound: {v}");
+    assert_eq!(
+        v["zero_but_unbound"], 0,
+        "a 0 answer must mean our TCP socket got the port: {v}"
+    );
+    let errnos = v["errnos"].as_object().expect("errnos");
+    let mut total = 0;
+    for (k, count) in errnos {
+        assert!(
+            ["0", "13", "88"].contains(&k.as_str()),
+            "unexpected errno {k}: {v}"
+        );
+        total += count.as_u64().expect("count");
+    }
+    assert_eq!(total, n, "{v}");
+}
+
+#[test]
+fn run_sigurg_storm_during_binds() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(
+        &["--allow-bind", "tcp:85@127.66.0.1"],
+        &["sigurg", "3000", "85"],
+    );
+    assert_eq!(v["bad"], 0, "{v}");
+    assert_eq!(v["ok"], 3000, "{v}");
+    assert!(
+        v["signals"].as_u64().unwrap_or(0) > 1000,
+        "the storm must actually happen: {v}"
+    );
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn run_program_killed_mid_notification_leaks_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = probe();
+    let mut child = run_cmd(
+        &["--allow-bind", "tcp:86@127.66.0.1"],
+        &[&p, "fork-kill", "150", "86"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let _guard = Guard(child.id());
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let ready = read_line_timeout(&mut out, TIMEOUT).expect("ready line");
+    assert!(ready.contains("ready"), "{ready}");
+    // fdgrab may still be setting up its supervisor when the program reports ready.
+    let before = settled_fd_count(child.id());
+    writeln!(stdin).expect("start");
+    let done = read_line_timeout(&mut out, Duration::from_secs(120)).expect("result line");
+    assert!(done.contains("\"killed\":150"), "{done}");
+    // The supervisor may still be finishing the request of the child killed last.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = fd_count(child.id());
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after = fd_count(child.id());
+    }
+    let listing: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        before, after,
+        "fdgrab's fd count changed: {before} -> {after}: {listing:?}"
+    );
+    writeln!(stdin).expect("finish");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("exit");
+    assert!(st.success(), "{st:?}");
+}
+
+/// The fd count once it has not changed for 300 ms.
+fn settled_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = fd_count(pid);
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_count(pid);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    last
+}
+
+struct Guard(u32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn run_nested_is_a_clear_error() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let mut c = fdgrab();
+    c.args(["run", "--allow-bind", "80", "--", &f, "run", "--", "true"]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("installing the seccomp filter"),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("cannot run inside another fdgrab run"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn run_refuses_io_uring_and_foreign_abis() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(&[], &["io-uring"]);
+    assert_eq!(v["errno"], libc::ENOSYS, "{v}");
+    for mode in ["x32", "int80"] {
+        let out = output_timeout(&mut run_cmd(&[], &[&probe(), mode]), TIMEOUT);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGSYS),
+            "{mode}: {out:?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("survived"),
+            "{mode}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn run_policy_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("policy");
+    let good = dir.path("good.toml");
+    std::fs::write(
+        &good,
+        "# web\n[[bind]]\nport = \"97-98\"\nproto = \"tcp\"\naddr = \"127.66.0.1\"\n",
+    )
+    .expect("write");
+    let g = good.to_string_lossy().into_owned();
+    let v = probe_run(&["--policy", &g], &["bind", "tcp4", "127.66.0.1", "97"]);
+    assert_eq!(v["errno"], 0, "{v}");
+    let v = probe_run(&["--policy", &g], &["bind", "udp4", "127.66.0.1", "97"]);
+    assert_eq!(v["errno"], libc::EACCES, "{v}");
+
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[[bind]]\nport = 80\nproto = \"sctp\"\n").expect("write");
+    let marker = dir.path("started");
+    let b = bad.to_string_lossy().into_owned();
+    let m = marker.to_string_lossy().into_owned();
+    let out = output_timeout(&mut run_cmd(&["--policy", &b], &["touch", &m]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:3") && err.contains("sctp"),
+        "stderr: {err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the program must not start with a bad policy"
+    );
+    let out = output_timeout(
+        &mut run_cmd(&["--allow-bind", "tcp:80-70"], &["touch", &m]),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("backwards"),
+        "{out:?}"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn run_audit_line_fields() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("audit");
+    let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
+    let v = probe_run(
+        &["--allow-bind", "83@127.66.0.1", "--audit", &audit],
+        &["inuse", "83"],
+    );
+    assert_eq!(v["second"], libc::EADDRINUSE, "{v}");
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in &lines {
+        for key in [
+            "time", "pid", "tid", "exe", "uid", "family", "address", "port", "decision", "errno",
+        ] {
+            assert!(l.get(key).is_some(), "missing {key}: {l}");
+        }
+        assert_eq!(l["uid"], NOBODY);
+        assert_eq!(l["family"], "inet");
+        assert_eq!(l["address"], "127.66.0.1");
+        assert_eq!(l["port"], 83);
+        assert_eq!(l["decision"], "bind");
+        assert!(
+            l["exe"].as_str().unwrap_or("").ends_with("bind-probe"),
+            "{l}"
+        );
+    }
+    assert_eq!(lines[0]["errno"], 0);
+    assert_eq!(lines[1]["errno"], libc::EADDRINUSE);
+}
+
+#[test]
+fn run_exit_status_and_parent_death() {
+    if !root_or_skip() {
+        return;
+    }
+    let out = output_timeout(&mut run_cmd(&[], &["sh", "-c", "exit 7"]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(7));
+
+    // SIGINT and SIGHUP are forwarded like SIGTERM.
+    for sig in [rustix::process::Signal::INT, rustix::process::Signal::HUP] {
+        let mut child = run_cmd(&[], &["sleep", "60"]).spawn().expect("spawn");
+        let _g = Guard(child.id());
+        let sleeper = wait_for_child_of(child.id());
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("signal fdgrab");
+        let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits");
+        assert_eq!(st.code(), Some(128 + sig.as_raw()), "{sig:?}: {st:?}");
+        assert!(wait_gone(sleeper));
+    }
+
+    // fdgrab killed: by default the program dies with it.
+    let mut child = run_cmd(&[], &["sleep", "60"]).spawn().expect("spawn");
+    let _g = Guard(child.id());
+    let sleeper = wait_for_child_of(child.id());
+    child.kill().expect("kill fdgrab");
+    let _ = child.wait();
+    assert!(
+        wait_gone(sleeper),
+        "the program outlived fdgrab without --keep-running-on-supervisor-exit"
+    );
+
+    // With --keep-running-on-supervisor-exit it lives on, and its binds get ENOSYS.
+    let p = probe();
+    let mut child = run_cmd(
+        &["--keep-running-on-supervisor-exit", "--allow-bind", "82"],
+        &[&p, "wait-bind", "82"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let _g2 = Guard(child.id());
+    let program = wait_for_child_of(child.id());
+    let _g3 = Guard(program);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    child.kill().expect("kill fdgrab");
+    let _ = child.wait();
+    writeln!(stdin).expect("tell the program to bind");
+    let line = read_line_timeout(&mut out, TIMEOUT).expect("program output");
+    let v: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["errno"], libc::ENOSYS, "{v}");
+}
+
+fn wait_for_child_of(pid: u32) -> u32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            // Wait until it has exec'd (its filter is in place by then).
+            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+            if !exe.to_string_lossy().ends_with("fdgrab") {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "fdgrab {pid} started no program");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for init to reap it.
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn run_uses_the_sockets_netns_port_threshold() {
+    if !root_or_skip() {
+        return;
+    }
+    // A fresh netns whose ip_unprivileged_port_start is 70: port 75 is unprivileged
+    // there (the kernel lets nobody bind it), port 65 is not (fdgrab binds it).
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let p = probe();
+    let script = format!(
+        "ip link set lo up && echo 70 > /proc/sys/net/ipv4/ip_unprivileged_port_start && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 75 && \
+         {f} run --user nobody --allow-bind 60-80 --audit - -- {p} bind tcp4 127.0.0.1 65"
+    );
+    let out = output_timeout(
+        Command::new("unshare").args(["--net", "sh", "-c", &script]),
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "continue", "{lines:?}");
+    assert_eq!(lines[0]["reason"], "unprivileged port", "{lines:?}");
+    assert_eq!(lines[1]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[2]["decision"], "bind", "{lines:?}");
+    assert_eq!(lines[3]["errno"], 0, "{lines:?}");
+    assert_eq!(lines[3]["port"], 65, "{lines:?}");
+}

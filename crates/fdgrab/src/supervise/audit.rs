@@ -1,0 +1,216 @@
+//! One JSON line per supervisor decision.
+//!
+//! Fields: `time` (RFC 3339, UTC), `pid`, `tid`, `exe`, `uid`, `family`
+//! (`inet`, `inet6`, `unix`, or the number), `proto`, `address`, `port`,
+//! `decision`, `errno` (the number the program saw, 0 for success, null when the
+//! kernel decided), `reason`, and `container_id`/`bundle` when known.
+
+use serde::Serialize;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Labels added to every line of one listener (the OCI agent fills these in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditLabels {
+    pub container_id: Option<String>,
+    pub bundle: Option<String>,
+}
+
+/// What the supervisor did with one trapped call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The supervisor performed the bind; `errno` is its result (0 on success).
+    Bind,
+    /// The socket was already bound to the requested address (a call restarted
+    /// after a signal); answered 0.
+    AlreadyBound,
+    /// Handed back to the kernel (`CONTINUE`): it decides with the program's own
+    /// credentials.
+    Continue,
+    /// Answered with an error without running the call.
+    Refused,
+}
+
+/// One decision, as written.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    pub time: String,
+    pub pid: Option<i32>,
+    pub tid: i32,
+    pub exe: Option<String>,
+    pub uid: Option<u32>,
+    pub syscall: &'a str,
+    pub family: Option<String>,
+    pub proto: Option<&'a str>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub decision: Decision,
+    pub errno: Option<i32>,
+    pub reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<&'a str>,
+}
+
+enum Sink {
+    None,
+    Stdout,
+    File(Mutex<File>),
+}
+
+/// Where audit lines go.
+pub struct AuditSink {
+    sink: Sink,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.sink {
+            Sink::None => "none",
+            Sink::Stdout => "stdout",
+            Sink::File(_) => "file",
+        };
+        f.debug_struct("AuditSink").field("sink", &kind).finish()
+    }
+}
+
+impl AuditSink {
+    /// Appends to `path`, creating it (mode 0600) if needed.
+    pub fn from_path(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Self {
+            sink: Sink::File(Mutex::new(file)),
+        })
+    }
+
+    /// Writes to standard output.
+    pub fn stdout() -> Self {
+        Self { sink: Sink::Stdout }
+    }
+
+    /// Writes nothing (decisions still go to `tracing`).
+    pub fn none() -> Self {
+        Self { sink: Sink::None }
+    }
+
+    /// Whether lines are written at all; gathering `exe` and `uid` costs syscalls.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.sink, Sink::None)
+    }
+
+    /// Writes one line. A full disk must not stop the supervisor from answering,
+    /// so failures are reported to `tracing` and otherwise ignored.
+    pub fn write(&self, record: &AuditRecord<'_>) {
+        if !self.is_enabled() {
+            return;
+        }
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode an audit record");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let result = match &self.sink {
+            Sink::None => Ok(()),
+            Sink::Stdout => io::stdout().lock().write_all(&line),
+            Sink::File(f) => match f.lock() {
+                Ok(mut f) => f.write_all(&line),
+                Err(_) => Err(io::Error::other("audit file lock poisoned")),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot write an audit record");
+        }
+    }
+}
+
+/// `SystemTime::now()` as RFC 3339 with microseconds, UTC.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs() as i64, now.subsec_micros())
+}
+
+fn rfc3339(secs: i64, micros: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(
+            rfc3339(1_798_761_599, 999_999),
+            "2026-12-31T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn lines_are_json() {
+        let dir = std::env::temp_dir().join(format!("fdgrab-audit-{}", std::process::id()));
+        let sink = AuditSink::from_path(&dir).expect("open");
+        let rec = AuditRecord {
+            time: rfc3339_now(),
+            pid: Some(1),
+            tid: 2,
+            exe: Some("/bin/x".into()),
+            uid: Some(65534),
+            syscall: "bind",
+            family: Some("inet".into()),
+            proto: Some("tcp"),
+            address: Some("127.0.0.1".into()),
+            port: Some(80),
+            decision: Decision::Bind,
+            errno: Some(0),
+            reason: "policy allows",
+            container_id: Some("c1"),
+            bundle: None,
+        };
+        sink.write(&rec);
+        let text = std::fs::read_to_string(&dir).expect("read");
+        let _ = std::fs::remove_file(&dir);
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(v["decision"], "bind");
+        assert_eq!(v["port"], 80);
+        assert_eq!(v["container_id"], "c1");
+        assert!(v.get("bundle").is_none());
+    }
+}

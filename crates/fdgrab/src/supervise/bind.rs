@@ -1,0 +1,441 @@
+//! The `bind(2)` handler: performs allowed privileged binds on the caller's socket.
+//!
+//! For each trapped `bind(fd, addr, addrlen)`:
+//! 1. an `addrlen` the kernel rejects, or an unreadable `addr`, is handed back to the
+//!    kernel (`CONTINUE`), which answers `EINVAL`/`EFAULT` exactly as it would have;
+//! 2. the sockaddr is copied with `process_vm_readv` and `ID_VALID` is checked;
+//!    from here on only our copy is used;
+//! 3. the fd is copied out through a **thread** pidfd (the request names a thread)
+//!    and must be a TCP or UDP socket of the sockaddr's family: another thread may
+//!    have `dup2`'d something else over the number, and then the kernel decides;
+//! 4. a port below the socket netns's `ip_unprivileged_port_start` that the policy
+//!    allows is bound by us, and the result (0 or the exact errno) is the answer;
+//!    anything else goes back to the kernel with the caller's own credentials.
+//!
+//! A call restarted after a signal (new request id) on a socket we already bound to
+//! that address is answered 0.
+
+use super::audit::{rfc3339_now, AuditRecord, Decision};
+use super::handler::{Answer, Context, Handler};
+use super::policy::{Policy, Proto};
+use crate::pidfd::PidFd;
+use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketType};
+use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// `sizeof(struct sockaddr_storage)`: the kernel refuses a longer `addrlen`.
+const MAX_ADDRLEN: i32 = 128;
+const SOCKADDR_IN_LEN: usize = 16;
+/// `SIN6_LEN_RFC2133`: the shortest `sockaddr_in6` the kernel accepts (no scope id).
+const SOCKADDR_IN6_MIN: usize = 24;
+
+/// Performs allowed privileged binds.
+#[derive(Debug)]
+pub struct BindHandler {
+    policy: Arc<Policy>,
+    /// Sockets (by sockfs device and inode) we bound whose caller never saw the
+    /// answer, with the address.
+    unanswered: HashMap<(u64, u64), SocketAddr>,
+    /// Thread pidfds by tid. A cached pidfd whose thread died fails with `ESRCH`
+    /// and is reopened; while its thread lives, no other thread has that tid.
+    threads: HashMap<i32, PidFd>,
+}
+
+/// Beyond this many cached thread pidfds the cache is emptied.
+const MAX_THREADS: usize = 1024;
+
+/// More than this many withdrawn binds at once means nobody is retrying them.
+const MAX_UNANSWERED: usize = 4096;
+
+impl BindHandler {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            policy,
+            unanswered: HashMap::new(),
+            threads: HashMap::new(),
+        }
+    }
+}
+
+fn socket_key(sock: &OwnedFd) -> Option<(u64, u64)> {
+    rustix::fs::fstat(sock)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
+}
+
+/// What we learned about one request, for the audit line.
+#[derive(Default)]
+struct Facts {
+    family: Option<i32>,
+    proto: Option<Proto>,
+    addr: Option<SocketAddr>,
+}
+
+impl Handler for BindHandler {
+    fn syscalls(&self) -> &[libc::c_long] {
+        &[libc::SYS_bind]
+    }
+
+    /// Closes the cached pidfds of threads that have exited (a thread pidfd polls
+    /// readable once its thread is gone), in one `poll`.
+    fn maintain(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let tids: Vec<i32> = self.threads.keys().copied().collect();
+        let mut fds: Vec<PollFd<'_>> = tids
+            .iter()
+            .filter_map(|t| self.threads.get(t))
+            .map(|p| PollFd::new(p, PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).is_err() {
+            return;
+        }
+        let dead: Vec<i32> = tids
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        drop(fds);
+        for t in dead {
+            self.threads.remove(&t);
+        }
+    }
+
+    fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
+        let mut facts = Facts::default();
+        let (response, decision, reason, bound) = match self.decide(cx, notif, &mut facts) {
+            Some(d) => d,
+            None => return Answer::Done,
+        };
+        tracing::debug!(
+            tid = notif.tid,
+            addr = ?facts.addr,
+            ?decision,
+            reason,
+            "bind"
+        );
+        if cx.audit.is_enabled() {
+            audit(cx, notif, &facts, response, decision, reason);
+        }
+        let Some(key) = bound else {
+            return Answer::Respond(response);
+        };
+        // We changed the socket: if the caller never learns that, remember it so a
+        // restarted call is answered as the success it was.
+        match cx.listener.respond(notif.id, response) {
+            Ok(()) => {}
+            Err(SendError::Gone) => {
+                if let Some(addr) = facts.addr {
+                    if self.unanswered.len() >= MAX_UNANSWERED {
+                        self.unanswered.clear();
+                    }
+                    self.unanswered.insert(key, addr);
+                    tracing::debug!(tid = notif.tid, %addr, "bound, but the caller left the call; remembering for its restart");
+                }
+            }
+            Err(e) => tracing::warn!(tid = notif.tid, error = %e, "answering a bind"),
+        }
+        Answer::Done
+    }
+}
+
+/// The answer, the audit decision and reason, and the identity of the socket if we
+/// bound it. Our copy of the socket is closed before answering: while the caller
+/// still holds its fd our close is a reference drop, whereas closing after the
+/// caller did would tear the socket down on the supervisor's time.
+type Decided = (Response, Decision, &'static str, Option<(u64, u64)>);
+
+impl BindHandler {
+    /// `None` when the request vanished (nothing to answer).
+    fn decide(
+        &mut self,
+        cx: &mut Context<'_>,
+        n: &Notification,
+        facts: &mut Facts,
+    ) -> Option<Decided> {
+        let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
+        // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
+        let fd = n.data.args[0] as u32 as i32;
+        let ptr = n.data.args[1];
+        let addrlen = n.data.args[2] as u32 as i32;
+        if !(2..=MAX_ADDRLEN).contains(&addrlen) {
+            return cont("address length the kernel judges");
+        }
+        let mut raw = [0u8; MAX_ADDRLEN as usize];
+        let raw = &mut raw[..addrlen as usize];
+        // A cached thread pidfd was validated by an earlier request of this thread;
+        // a new one is validated by the ID_VALID that follows the read below.
+        let fresh = !self.threads.contains_key(&n.tid);
+        if fresh && !self.open_thread(n.tid) {
+            return if cx.listener.id_valid(n.id) {
+                cont("cannot open a pidfd for the caller")
+            } else {
+                None
+            };
+        }
+        match read_validated(cx.listener, n, ptr, raw) {
+            Ok(()) => {}
+            Err(ReadError::Gone) => return None,
+            Err(ReadError::Fault) => return cont("bad address (the kernel answers EFAULT)"),
+            Err(ReadError::Other(_)) => return cont("cannot read the caller's memory"),
+        }
+        let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
+        facts.family = Some(family);
+        let addr = match parse_sockaddr(family, raw) {
+            Ok(a) => a,
+            Err(reason) => return cont(reason),
+        };
+        facts.addr = Some(addr);
+        if addr.port() == 0 {
+            return cont("port 0 (the kernel picks a port)");
+        }
+        if !self.policy.covers_port(addr.port()) {
+            return cont("not allowed by policy (the kernel decides)");
+        }
+        let sock = match self.grab(cx, n, fd, fresh) {
+            Ok(s) => s,
+            Err(None) => return None,
+            Err(Some(reason)) => return cont(reason),
+        };
+        let proto = match socket_proto(&sock, family) {
+            Ok(p) => p,
+            Err(reason) => return cont(reason),
+        };
+        facts.proto = Some(proto);
+        if !self.policy.allows(proto, addr.ip(), addr.port()) {
+            return cont("not allowed by policy (the kernel decides)");
+        }
+        if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
+            return cont("unprivileged port");
+        }
+        match rustix::net::bind(&sock, &addr) {
+            Ok(()) => Some((
+                Response::Value(0),
+                Decision::Bind,
+                "allowed by policy",
+                socket_key(&sock),
+            )),
+            Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
+                Response::Value(0),
+                Decision::AlreadyBound,
+                "restarted call; already bound to this address",
+                socket_key(&sock),
+            )),
+            Err(e) => Some((
+                Response::Error(e),
+                Decision::Bind,
+                "allowed by policy; bind failed",
+                None,
+            )),
+        }
+    }
+}
+
+/// Our copy of the caller's sockaddr, checked the way `inet_bind`/`inet6_bind` do.
+fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
+    match family {
+        libc::AF_INET if raw.len() >= SOCKADDR_IN_LEN => {
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            let ip = Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]);
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+        }
+        libc::AF_INET6 if raw.len() >= SOCKADDR_IN6_MIN => {
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            let flow = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&raw[8..24]);
+            let scope = if raw.len() >= 28 {
+                u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]])
+            } else {
+                0
+            };
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(octets),
+                port,
+                flow,
+                scope,
+            )))
+        }
+        libc::AF_INET | libc::AF_INET6 => {
+            Err("address shorter than its family needs (the kernel answers EINVAL)")
+        }
+        _ => Err("not an IP address"),
+    }
+}
+
+/// TCP or UDP, if `sock` is a socket of `family`; otherwise why the kernel should decide.
+fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
+    let domain = rustix::net::sockopt::socket_domain(sock).map_err(|_| "the fd is not a socket")?;
+    if domain != AddressFamily::from_raw(family as _) {
+        return Err("socket family differs from the address family");
+    }
+    let ty = rustix::net::sockopt::socket_type(sock).map_err(|_| "the fd is not a socket")?;
+    let protocol =
+        rustix::net::sockopt::socket_protocol(sock).map_err(|_| "the fd is not a socket")?;
+    let protocol = protocol.map(|p| p.as_raw().get() as i32).unwrap_or(0);
+    match (ty, protocol) {
+        (SocketType::STREAM, libc::IPPROTO_TCP) => Ok(Proto::Tcp),
+        (SocketType::DGRAM, libc::IPPROTO_UDP) => Ok(Proto::Udp),
+        _ => Err("not a TCP or UDP socket"),
+    }
+}
+
+impl BindHandler {
+    fn open_thread(&mut self, tid: i32) -> bool {
+        match PidFd::open_thread(tid) {
+            Ok(p) => {
+                if self.threads.len() >= MAX_THREADS {
+                    self.threads.clear();
+                }
+                self.threads.insert(tid, p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Copies the caller's fd `fd`. `Err(None)`: the request is gone;
+    /// `Err(Some(why))`: the kernel should decide.
+    fn grab(
+        &mut self,
+        cx: &Context<'_>,
+        n: &Notification,
+        fd: i32,
+        fresh: bool,
+    ) -> Result<OwnedFd, Option<&'static str>> {
+        let Some(thread) = self.threads.get(&n.tid) else {
+            return Err(Some("cannot open a pidfd for the caller"));
+        };
+        match pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()) {
+            Ok(s) => return Ok(s),
+            Err(Errno::SRCH) if !fresh => {}
+            Err(Errno::SRCH) => return Err(None),
+            Err(_) => return Err(Some("no such fd in the caller (the kernel answers)")),
+        }
+        // The cached pidfd named an earlier thread with this tid: open the current
+        // one and validate it against the request.
+        self.threads.remove(&n.tid);
+        if !self.open_thread(n.tid) || !cx.listener.id_valid(n.id) {
+            return Err(None);
+        }
+        let thread = self.threads.get(&n.tid).ok_or(None)?;
+        pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()).map_err(|e| match e {
+            Errno::SRCH => None,
+            _ => Some("no such fd in the caller (the kernel answers)"),
+        })
+    }
+
+    /// Whether `sock` is one we bound to `want` for a call its caller left.
+    fn restarted(&mut self, sock: &OwnedFd, want: &SocketAddr) -> bool {
+        let Some(key) = socket_key(sock) else {
+            return false;
+        };
+        match self.unanswered.get(&key) {
+            Some(addr) if addr == want && bound_to(sock, want) => {
+                self.unanswered.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn bound_to(sock: &OwnedFd, want: &SocketAddr) -> bool {
+    let Ok(name) = rustix::net::getsockname(sock) else {
+        return false;
+    };
+    match SocketAddr::try_from(name) {
+        Ok(have) => have.port() == want.port() && have.ip() == want.ip(),
+        Err(_) => false,
+    }
+}
+
+fn family_name(f: i32) -> String {
+    match f {
+        libc::AF_INET => "inet".into(),
+        libc::AF_INET6 => "inet6".into(),
+        libc::AF_UNIX => "unix".into(),
+        libc::AF_NETLINK => "netlink".into(),
+        libc::AF_PACKET => "packet".into(),
+        other => other.to_string(),
+    }
+}
+
+fn audit(
+    cx: &Context<'_>,
+    n: &Notification,
+    facts: &Facts,
+    response: Response,
+    decision: Decision,
+    reason: &str,
+) {
+    let status = crate::procfs::status(n.tid).ok();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", n.tid))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let errno = match response {
+        Response::Value(_) => Some(0),
+        Response::Error(e) => Some(e.raw_os_error()),
+        Response::Continue => None,
+    };
+    let rec = AuditRecord {
+        time: rfc3339_now(),
+        pid: status.as_ref().and_then(|s| s.tgid),
+        tid: n.tid,
+        exe,
+        uid: status.as_ref().and_then(|s| s.uids).map(|u| u[1]),
+        syscall: "bind",
+        family: facts.family.map(family_name),
+        proto: facts.proto.map(|p| match p {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }),
+        address: facts.addr.map(|a| a.ip().to_string()),
+        port: facts.addr.map(|a| a.port()),
+        decision,
+        errno,
+        reason,
+        container_id: cx.labels.container_id.as_deref(),
+        bundle: cx.labels.bundle.as_deref(),
+    };
+    cx.audit.write(&rec);
+}
+
+/// `IpAddr` of a parsed sockaddr, for tests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn sockaddr_parsing_follows_the_kernel() {
+        let mut v4 = [0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        let a = parse_sockaddr(libc::AF_INET, &v4).expect("v4");
+        assert_eq!(a, "127.0.0.1:80".parse().expect("addr"));
+        assert!(parse_sockaddr(libc::AF_INET, &v4[..15]).is_err());
+        let mut v6 = [0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v6[23] = 1;
+        let a = parse_sockaddr(libc::AF_INET6, &v6[..24]).expect("rfc2133 length");
+        assert_eq!(a.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(a.port(), 443);
+        assert!(parse_sockaddr(libc::AF_INET6, &v6[..23]).is_err());
+        assert!(parse_sockaddr(libc::AF_UNIX, &v6).is_err());
+    }
+}

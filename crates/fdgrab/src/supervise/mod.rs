@@ -1,0 +1,310 @@
+//! The supervisor: an event loop over seccomp listeners that answers trapped calls
+//! through [`Handler`]s, with [`bind::BindHandler`] performing allowed privileged
+//! binds.
+//!
+//! [`Supervisor`] owns an epoll fd and is itself pollable ([`AsFd`]), so an outer
+//! loop (the `run` command, the OCI agent) can wait on it next to its own fds and
+//! call [`Supervisor::dispatch`] when it is readable. One request is answered per
+//! ready listener per round; nothing in a round waits on a target.
+
+pub mod agent;
+pub mod audit;
+pub mod bind;
+pub mod handler;
+pub mod netns;
+pub mod oci;
+pub mod policy;
+
+pub use audit::{AuditLabels, AuditSink, Decision};
+pub use bind::BindHandler;
+pub use handler::{Answer, Context, Handler};
+pub use policy::{Policy, PolicyError, Proto};
+
+use crate::error::{Error, Result};
+use crate::seccomp::{Listener, Notification, Response, SendError};
+use netns::UnprivilegedPorts;
+use rustix::event::epoll;
+use rustix::event::Timespec;
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Ready fds taken per `epoll_wait`; more are picked up by the next round.
+const EVENTS_PER_ROUND: usize = 64;
+
+/// Names one listener within a [`Supervisor`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u64);
+
+/// Something the outer loop may want to know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SupervisorEvent {
+    /// The filter has no users left (`POLLHUP`): every process it covered has
+    /// exited. The listener and its handlers were dropped.
+    ListenerClosed(ListenerId),
+    /// A request was answered (or found gone).
+    Handled {
+        listener: ListenerId,
+        tid: i32,
+        syscall: i32,
+    },
+    /// An fd registered with [`Supervisor::watch`] is readable (or hung up).
+    Ready(u64),
+}
+
+struct Entry {
+    listener: Listener,
+    labels: AuditLabels,
+    handlers: Vec<Box<dyn Handler>>,
+}
+
+/// Answers seccomp notifications from any number of listeners.
+pub struct Supervisor {
+    epoll: OwnedFd,
+    entries: HashMap<u64, Entry>,
+    /// epoll ids of fds an outer loop asked us to watch, with the caller's token.
+    watched: HashMap<u64, u64>,
+    next_id: u64,
+    audit: AuditSink,
+    ports: UnprivilegedPorts,
+    last_maintenance: Instant,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("listeners", &self.entries.len())
+            .field("audit", &self.audit)
+            .finish()
+    }
+}
+
+fn io_err(op: &'static str, e: Errno) -> Error {
+    Error::Io {
+        op,
+        pid: std::process::id() as i32,
+        fd: None,
+        source: e.into(),
+    }
+}
+
+impl Supervisor {
+    /// Creates an empty supervisor that writes decisions to `audit`.
+    pub fn new(audit: AuditSink) -> Result<Self> {
+        let epoll =
+            epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| io_err("epoll_create1", e))?;
+        Ok(Self {
+            epoll,
+            entries: HashMap::new(),
+            watched: HashMap::new(),
+            next_id: 1,
+            audit,
+            ports: UnprivilegedPorts::new(),
+            last_maintenance: Instant::now(),
+        })
+    }
+
+    /// Supervises a listener with the bind handler and `policy`.
+    pub fn add_listener(
+        &mut self,
+        notify_fd: OwnedFd,
+        policy: Arc<Policy>,
+        labels: AuditLabels,
+    ) -> Result<ListenerId> {
+        self.add_listener_with(notify_fd, vec![Box::new(BindHandler::new(policy))], labels)
+    }
+
+    /// Supervises a listener with explicit handlers. A trapped call no handler
+    /// claims is handed back to the kernel (`CONTINUE`).
+    ///
+    /// `SYNC_WAKE_UP` is switched on where the kernel has it (6.6).
+    pub fn add_listener_with(
+        &mut self,
+        notify_fd: OwnedFd,
+        handlers: Vec<Box<dyn Handler>>,
+        labels: AuditLabels,
+    ) -> Result<ListenerId> {
+        let listener = Listener::from_fd(notify_fd);
+        match listener.set_sync_wake_up() {
+            Ok(on) => tracing::debug!(sync_wake_up = on, "listener added"),
+            Err(e) => {
+                tracing::debug!(error = %e, "SET_FLAGS(SYNC_WAKE_UP) failed; continuing without")
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        epoll::add(
+            &self.epoll,
+            &listener,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD, seccomp listener)", e))?;
+        self.entries.insert(
+            id,
+            Entry {
+                listener,
+                labels,
+                handlers,
+            },
+        );
+        Ok(ListenerId(id))
+    }
+
+    /// Stops supervising a listener. Its filter's trapped calls then fail with
+    /// `ENOSYS` once no other copy of the listener fd exists.
+    pub fn remove_listener(&mut self, id: ListenerId) -> bool {
+        match self.entries.remove(&id.0) {
+            Some(e) => {
+                let _ = epoll::delete(&self.epoll, &e.listener);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Also waits for `fd` in [`Supervisor::dispatch`], which then reports
+    /// [`SupervisorEvent::Ready`]`(token)`. Lets a caller with a few fds of its own
+    /// (a signalfd, a pidfd) block in one `epoll_wait` instead of polling the
+    /// supervisor and then dispatching. The caller keeps `fd` open until
+    /// [`Supervisor::unwatch`].
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
+        self.watched.insert(id, token);
+        Ok(())
+    }
+
+    /// Stops watching `fd` (registered with `token`).
+    pub fn unwatch(&mut self, fd: BorrowedFd<'_>, token: u64) {
+        self.watched.retain(|_, t| *t != token);
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
+    pub fn listener_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for ready listeners and answers
+    /// one pending request on each. Returns what happened.
+    ///
+    /// Handlers cache per-thread state; about once a second `dispatch` lets them
+    /// drop what belongs to exited threads, so a caller should pass a timeout of
+    /// a second or so rather than `None` if it wants that to happen while idle.
+    pub fn dispatch(&mut self, timeout: Option<Duration>) -> Result<Vec<SupervisorEvent>> {
+        let ts = timeout.map(|t| Timespec {
+            tv_sec: t.as_secs() as _,
+            tv_nsec: t.subsec_nanos() as _,
+        });
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_ROUND];
+        let ready: Vec<(u64, epoll::EventFlags)> =
+            match epoll::wait(&self.epoll, &mut events, ts.as_ref()) {
+                Ok((ready, _)) => ready.iter().map(|ev| (ev.data.u64(), ev.flags)).collect(),
+                Err(Errno::INTR) => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("epoll_wait", e)),
+            };
+        let mut out = Vec::with_capacity(ready.len());
+        for (id, flags) in ready {
+            if let Some(&token) = self.watched.get(&id) {
+                out.push(SupervisorEvent::Ready(token));
+            } else if flags.contains(epoll::EventFlags::IN) {
+                if let Some(ev) = self.serve_one(id) {
+                    out.push(ev);
+                }
+            } else if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+                && self.remove_listener(ListenerId(id))
+            {
+                tracing::debug!(listener = id, "filter has no users left; listener closed");
+                out.push(SupervisorEvent::ListenerClosed(ListenerId(id)));
+            }
+        }
+        if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            self.last_maintenance = Instant::now();
+            for entry in self.entries.values_mut() {
+                for h in &mut entry.handlers {
+                    h.maintain();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn serve_one(&mut self, id: u64) -> Option<SupervisorEvent> {
+        let entry = self.entries.get_mut(&id)?;
+        let notif = match entry.listener.recv() {
+            Ok(Some(n)) => n,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(listener = id, error = %e, "SECCOMP_IOCTL_NOTIF_RECV failed");
+                return None;
+            }
+        };
+        let answer = answer(entry, &self.audit, &mut self.ports, &notif);
+        if let Answer::Respond(resp) = answer {
+            match entry.listener.respond(notif.id, resp) {
+                Ok(()) | Err(SendError::Gone) => {}
+                Err(e) => {
+                    tracing::warn!(listener = id, tid = notif.tid, error = %e, "answering a trapped call")
+                }
+            }
+        }
+        Some(SupervisorEvent::Handled {
+            listener: ListenerId(id),
+            tid: notif.tid,
+            syscall: notif.data.nr,
+        })
+    }
+}
+
+fn answer(
+    entry: &mut Entry,
+    audit: &AuditSink,
+    ports: &mut UnprivilegedPorts,
+    notif: &Notification,
+) -> Answer {
+    let nr = libc::c_long::from(notif.data.nr);
+    let Some(handler) = entry
+        .handlers
+        .iter_mut()
+        .find(|h| h.syscalls().contains(&nr))
+    else {
+        tracing::debug!(
+            nr,
+            tid = notif.tid,
+            "no handler for a trapped call; continuing"
+        );
+        return Answer::Respond(Response::Continue);
+    };
+    let mut cx = Context {
+        listener: &entry.listener,
+        audit,
+        labels: &entry.labels,
+        ports,
+    };
+    handler.handle(&mut cx, notif)
+}
+
+// The OCI agent may move a supervisor into a thread of its own.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Supervisor>();
+};
+
+impl AsFd for Supervisor {
+    /// The epoll fd: readable when some listener has work (or hung up).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+}

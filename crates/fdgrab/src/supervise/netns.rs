@@ -1,0 +1,181 @@
+//! The privileged-port threshold of a socket's network namespace.
+//!
+//! `bind` checks `CAP_NET_BIND_SERVICE` for ports below the
+//! `net.ipv4.ip_unprivileged_port_start` sysctl of the **socket's** netns (IPv6
+//! uses the same sysctl). The supervisor names the socket's netns by its cookie
+//! (`SO_NETNS_COOKIE`, one `getsockopt`), falling back to `SIOCGSKNS` on kernels
+//! without it. Our own netns's value is read through a kept-open file; a foreign
+//! netns's value from a short-lived thread that joins it. Values are cached for a
+//! second, so a changed sysctl takes effect within a second.
+
+use crate::sys;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+const SYSCTL: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+/// The kernel's default when the sysctl cannot be read.
+const DEFAULT_START: u16 = 1024;
+const TTL: Duration = Duration::from_secs(1);
+const MAX_CACHED: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum NsKey {
+    Cookie(u64),
+    Inode(u64, u64),
+}
+
+/// Per-netns threshold lookups.
+#[derive(Debug)]
+pub struct UnprivilegedPorts {
+    own: Option<(NsKey, File)>,
+    cache: HashMap<NsKey, (u16, Instant)>,
+}
+
+fn parse(text: &[u8]) -> Option<u16> {
+    std::str::from_utf8(text)
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .map(|v| v.min(u32::from(u16::MAX)) as u16)
+}
+
+/// The socket's netns key, and an fd for the netns when one had to be opened.
+fn ns_key(sock: impl AsFd, tid: i32) -> Option<(NsKey, Option<OwnedFd>)> {
+    if let Ok(c) = sys::socket_netns_cookie(&sock) {
+        return Some((NsKey::Cookie(c), None));
+    }
+    let ns = ns_fd(sock, tid)?;
+    let st = rustix::fs::fstat(&ns).ok()?;
+    Some((NsKey::Inode(st.st_dev, st.st_ino), Some(ns)))
+}
+
+/// The socket's own netns (`SIOCGSKNS`), or the thread's when the kernel will not
+/// name the socket's.
+fn ns_fd(sock: impl AsFd, tid: i32) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    sys::socket_netns(&sock).ok().or_else(|| {
+        rustix::fs::open(
+            format!("/proc/{tid}/ns/net"),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    })
+}
+
+impl Default for UnprivilegedPorts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UnprivilegedPorts {
+    pub fn new() -> Self {
+        let own = (|| {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0")
+                .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+                .ok()?;
+            let (key, _) = ns_key(&probe, std::process::id() as i32)?;
+            Some((key, File::open(SYSCTL).ok()?))
+        })();
+        Self {
+            own,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The first unprivileged port for `sock`. `tid` names a thread that holds the
+    /// socket, used when the kernel will not name the socket's netns.
+    pub fn for_socket(&mut self, sock: impl AsFd, tid: i32) -> u16 {
+        let Some((key, ns)) = ns_key(&sock, tid) else {
+            return DEFAULT_START;
+        };
+        if let Some(&(v, at)) = self.cache.get(&key) {
+            if at.elapsed() < TTL {
+                return v;
+            }
+        }
+        let v = match &self.own {
+            Some((own, file)) if *own == key => {
+                let mut buf = [0u8; 16];
+                file.read_at(&mut buf, 0)
+                    .ok()
+                    .and_then(|n| parse(&buf[..n]))
+            }
+            _ => ns.or_else(|| ns_fd(&sock, tid)).and_then(read_in_netns),
+        }
+        .unwrap_or(DEFAULT_START);
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.retain(|_, (_, at)| at.elapsed() < TTL);
+        }
+        self.cache.insert(key, (v, Instant::now()));
+        v
+    }
+}
+
+/// Reads the sysctl from a thread that has joined `ns`. `/proc/sys/net` shows the
+/// netns of the reading thread, and a thread may change netns on its own.
+fn read_in_netns(ns: OwnedFd) -> Option<u16> {
+    match crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL)) {
+        Ok(text) => parse(&text),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a foreign netns's port threshold");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_netns_threshold_matches_sysctl() {
+        let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        let mut ports = UnprivilegedPorts::new();
+        assert!(ports.own.is_some());
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+        // Cached the second time.
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+    }
+
+    /// A socket made in another netns (as a container's would be) is judged by that
+    /// netns's sysctl, not ours.
+    #[test]
+    fn foreign_netns_threshold_is_the_sockets() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: creating a network namespace needs root");
+            return;
+        }
+        let maker = std::thread::spawn(|| -> Option<std::net::UdpSocket> {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this short-lived thread into
+            // a new network namespace; it touches no memory.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            std::fs::write(SYSCTL, "123").ok()?;
+            // Loopback is down in a new netns; an unbound socket is enough.
+            let raw = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )
+            .ok()?;
+            Some(std::net::UdpSocket::from(raw))
+        });
+        let Some(sock) = maker.join().expect("thread") else {
+            eprintln!("SKIP: cannot create a network namespace here");
+            return;
+        };
+        let mut ports = UnprivilegedPorts::new();
+        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
+        assert_eq!(ports.for_socket(&ours, std::process::id() as i32), expected);
+    }
+}

@@ -1,0 +1,531 @@
+//! The OCI runtime's seccomp-agent protocol (runtime-spec `config-linux.md`,
+//! `linux.seccomp.listenerPath`).
+//!
+//! When a container's seccomp profile names a `listenerPath`, the runtime (runc,
+//! crun, youki) installs the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`,
+//! connects to that unix stream socket and sends one `ContainerProcessState` JSON
+//! document with the listener fd attached in `SCM_RIGHTS`. The document's `fds`
+//! array names the attached descriptors in order; the listener is the one named
+//! `seccompFd`. The runtime then closes the connection and does not wait for an
+//! answer, so nothing the agent does here delays the container's start beyond the
+//! `connect`/`sendmsg` pair.
+//!
+//! Runtimes differ in details this module tolerates: runc 1.1.5 and crun 1.8.1
+//! both report `status: "creating"`, and other versions may report `created` or
+//! `running`; the `ociVersion` values differ (`1.0.2-dev`, `0.2.0`, ...) and are not
+//! a compatibility signal here; crun pretty-prints the document, runc does not. A
+//! document may arrive in several reads, and the descriptors come with its first
+//! byte.
+//!
+//! A container can *narrow* the agent's policy, never widen it: through the
+//! profile's `listenerMetadata` (`allow-bind=tcp:80,tcp:443`) and through the
+//! annotation [`ALLOW_BIND_ANNOTATION`]. See [`container_policy`].
+
+use crate::passfd::recv_fds;
+use crate::supervise::policy::Policy;
+use rustix::io::Errno;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// The descriptor name runtimes give the seccomp listener in `fds`.
+pub const SECCOMP_FD_NAME: &str = "seccompFd";
+
+/// The container annotation through which a container asks for fewer ports than
+/// the agent allows: a comma-separated list of `fdgrab run` bind specs.
+pub const ALLOW_BIND_ANNOTATION: &str = "org.fdgrab.allow-bind";
+
+/// The `listenerMetadata` key with the same meaning as [`ALLOW_BIND_ANNOTATION`].
+pub const METADATA_ALLOW_BIND: &str = "allow-bind";
+
+/// Largest document accepted. Real ones are a few hundred bytes plus the
+/// annotations; anything this large is a broken or hostile client.
+pub const MAX_DOCUMENT: usize = 1 << 20;
+
+/// More descriptors than any runtime sends today (one); a few more are read so
+/// that an extra one is reported as such rather than as a truncated control message.
+const MAX_FDS: usize = 8;
+
+/// What the runtime sends (runtime-spec `ContainerProcessState`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerProcessState {
+    /// The runtime's spec version; informational only.
+    pub oci_version: String,
+    /// Names of the attached descriptors, in `SCM_RIGHTS` order.
+    pub fds: Vec<String>,
+    /// The container process, in the runtime's (and so, normally, our) pid namespace.
+    pub pid: i32,
+    /// The profile's `listenerMetadata`, verbatim.
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// The container's state at the time the filter was installed.
+    pub state: ContainerState,
+}
+
+/// The runtime-spec `state` of the container.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    pub oci_version: String,
+    pub id: String,
+    pub status: ContainerStatus,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    pub bundle: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The runtime-spec container status. Runtimes send the filter while the
+/// container is `creating` (runc 1.1.5, crun 1.8.1); other versions may say
+/// `created` or `running`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+/// A document with its listener, checked and ready to supervise.
+#[derive(Debug)]
+pub struct ContainerListener {
+    pub state: ContainerProcessState,
+    /// The seccomp user-notification listener of the container's filter.
+    pub notify_fd: OwnedFd,
+}
+
+/// Why a connection was turned away. Each one is logged with its reason; none is
+/// fatal to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("connection closed before any data")]
+    Empty,
+    #[error("connection closed after {len} bytes, in the middle of the document")]
+    Truncated { len: usize },
+    #[error("document larger than {MAX_DOCUMENT} bytes")]
+    TooLarge,
+    #[error("not a ContainerProcessState document: {0}")]
+    Malformed(String),
+    #[error("container status is `stopped`: there is no process left to supervise")]
+    Stopped,
+    #[error("the document names no `{SECCOMP_FD_NAME}` in `fds` ({names:?})")]
+    NoSeccompFd { names: Vec<String> },
+    #[error("`{SECCOMP_FD_NAME}` appears {count} times in `fds`")]
+    DuplicateSeccompFd { count: usize },
+    #[error("`fds` names {names} descriptors but {received} came with the message")]
+    FdCountMismatch { names: usize, received: usize },
+    #[error("more than {MAX_FDS} descriptors attached")]
+    TooManyFds,
+    #[error("the `{SECCOMP_FD_NAME}` descriptor is not a seccomp listener but {kind:?}")]
+    NotSeccompListener { kind: String },
+    #[error("reading the connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Progress of one connection.
+#[derive(Debug)]
+pub enum ReadProgress {
+    /// More bytes are needed; wait until the socket is readable again.
+    Pending,
+    /// The whole document and its listener.
+    Complete(Box<ContainerListener>),
+}
+
+/// Accumulates one connection's document and descriptors across reads.
+///
+/// The socket must be non-blocking: [`StateReader::read_from`] reads until the
+/// socket would block, so a runtime that stalls mid-document costs nothing but
+/// the buffer and never holds up another connection.
+#[derive(Debug, Default)]
+pub struct StateReader {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl StateReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing has been received yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Reads what `sock` has, and returns the document once it is complete.
+    pub fn read_from(&mut self, sock: BorrowedFd<'_>) -> Result<ReadProgress, Rejection> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let got = match recv_fds(sock, &mut chunk, MAX_FDS) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadProgress::Pending)
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Rejection::TooManyFds)
+                }
+                Err(e) if e.raw_os_error() == Some(Errno::CONNRESET.raw_os_error()) => {
+                    return Err(self.ended());
+                }
+                Err(e) => return Err(Rejection::Io(e)),
+            };
+            self.fds.extend(got.fds);
+            if self.fds.len() > MAX_FDS {
+                return Err(Rejection::TooManyFds);
+            }
+            if got.len == 0 {
+                return Err(self.ended());
+            }
+            if self.buf.len() + got.len > MAX_DOCUMENT {
+                return Err(Rejection::TooLarge);
+            }
+            self.buf.extend_from_slice(&chunk[..got.len]);
+            match parse_document(&self.buf) {
+                Ok(None) => {}
+                Ok(Some(state)) => {
+                    let fds = std::mem::take(&mut self.fds);
+                    return take_listener(state, fds).map(|l| ReadProgress::Complete(Box::new(l)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn ended(&self) -> Rejection {
+        if self.buf.is_empty() {
+            Rejection::Empty
+        } else {
+            Rejection::Truncated {
+                len: self.buf.len(),
+            }
+        }
+    }
+}
+
+/// Parses one complete document at the start of `buf`; `Ok(None)` while it is
+/// still incomplete. Trailing bytes after the document are ignored: the runtime
+/// closes the connection after it, and nothing there could change the answer.
+pub fn parse_document(buf: &[u8]) -> Result<Option<ContainerProcessState>, Rejection> {
+    let mut docs = serde_json::Deserializer::from_slice(buf).into_iter::<ContainerProcessState>();
+    match docs.next() {
+        None => Ok(None),
+        Some(Ok(state)) => Ok(Some(state)),
+        Some(Err(e)) if e.is_eof() => Ok(None),
+        Some(Err(e)) => Err(Rejection::Malformed(e.to_string())),
+    }
+}
+
+/// Matches the named descriptors against the received ones and checks that the
+/// `seccompFd` one really is a seccomp listener. Descriptors other than the
+/// listener are closed here.
+pub fn take_listener(
+    state: ContainerProcessState,
+    fds: Vec<OwnedFd>,
+) -> Result<ContainerListener, Rejection> {
+    if state.state.status == ContainerStatus::Stopped {
+        return Err(Rejection::Stopped);
+    }
+    if state.fds.len() != fds.len() {
+        return Err(Rejection::FdCountMismatch {
+            names: state.fds.len(),
+            received: fds.len(),
+        });
+    }
+    let positions: Vec<usize> = state
+        .fds
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| *n == SECCOMP_FD_NAME)
+        .map(|(i, _)| i)
+        .collect();
+    let index = match positions.as_slice() {
+        [] => {
+            return Err(Rejection::NoSeccompFd {
+                names: state.fds.clone(),
+            })
+        }
+        [i] => *i,
+        many => return Err(Rejection::DuplicateSeccompFd { count: many.len() }),
+    };
+    let Some(notify_fd) = fds.into_iter().nth(index) else {
+        return Err(Rejection::FdCountMismatch {
+            names: state.fds.len(),
+            received: index,
+        });
+    };
+    check_seccomp_listener(notify_fd.as_fd())?;
+    Ok(ContainerListener { state, notify_fd })
+}
+
+/// A seccomp listener is an anonymous inode the kernel names `seccomp notify`
+/// (`kernel/seccomp.c`, `init_listener`); nothing else carries that name.
+fn check_seccomp_listener(fd: BorrowedFd<'_>) -> Result<(), Rejection> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if link.as_os_str() == "anon_inode:seccomp notify" {
+        Ok(())
+    } else {
+        Err(Rejection::NotSeccompListener {
+            kind: link.to_string_lossy().into_owned(),
+        })
+    }
+}
+
+/// Where a narrowing request came from, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NarrowSource {
+    Metadata,
+    Annotation,
+}
+
+impl fmt::Display for NarrowSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NarrowSource::Metadata => f.write_str("listenerMetadata"),
+            NarrowSource::Annotation => write!(f, "annotation {ALLOW_BIND_ANNOTATION}"),
+        }
+    }
+}
+
+/// A container's request for a narrower policy that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_kind}: {reason}")]
+pub struct NarrowError {
+    pub source_kind: NarrowSource,
+    pub reason: String,
+}
+
+/// The policy one container gets: the agent's `upper` bound, intersected with
+/// what the container asks for in `listenerMetadata` and in the
+/// [`ALLOW_BIND_ANNOTATION`] annotation (both, when both are present).
+///
+/// `listenerMetadata` is a list of `KEY=VALUE` items separated by whitespace or
+/// `;`; the only key is `allow-bind`, whose value (like the annotation's) is a
+/// comma-separated list of bind specs. An empty value asks for nothing at all.
+/// Because the result is an intersection, a container can only ever lose ports.
+pub fn container_policy(
+    upper: &Arc<Policy>,
+    state: &ContainerProcessState,
+) -> Result<Arc<Policy>, NarrowError> {
+    let mut requests = Vec::new();
+    if let Some(meta) = state.metadata.as_deref() {
+        for item in meta
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+        {
+            let err = |reason: String| NarrowError {
+                source_kind: NarrowSource::Metadata,
+                reason,
+            };
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| err(format!("`{item}` is not KEY=VALUE")))?;
+            if key != METADATA_ALLOW_BIND {
+                return Err(err(format!(
+                    "unknown key `{key}` (the only key is `{METADATA_ALLOW_BIND}`)"
+                )));
+            }
+            requests.push((NarrowSource::Metadata, value));
+        }
+    }
+    if let Some(value) = state.state.annotations.get(ALLOW_BIND_ANNOTATION) {
+        requests.push((NarrowSource::Annotation, value.as_str()));
+    }
+    let mut narrowed: Option<Policy> = None;
+    for (source_kind, value) in requests {
+        let specs: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let asked = Policy::from_specs(&specs).map_err(|e| NarrowError {
+            source_kind,
+            reason: e.to_string(),
+        })?;
+        narrowed = Some(
+            narrowed
+                .as_ref()
+                .unwrap_or(upper.as_ref())
+                .intersect(&asked),
+        );
+    }
+    Ok(narrowed.map_or_else(|| Arc::clone(upper), Arc::new))
+}
+
+/// The policy for a container whose narrowing request was unreadable: nothing is
+/// granted, so its privileged binds get the kernel's own EACCES, while every
+/// other bind still works.
+pub fn deny_all() -> Arc<Policy> {
+    Arc::new(Policy::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUNC: &str = r#"{"ociVersion":"1.0.2-dev","fds":["seccompFd"],"pid":8793,"metadata":"allow-bind=tcp:80","state":{"ociVersion":"1.0.2-dev","id":"r5test","status":"creating","pid":8793,"bundle":"/tmp/b5"}}"#;
+    const CRUN: &str = "{\n    \"ociVersion\": \"0.2.0\",\n    \"fds\": [\n        \"seccompFd\"\n    ],\n    \"pid\": 9671,\n    \"metadata\": \"allow-bind=tcp:80\",\n    \"state\": {\n        \"ociVersion\": \"0.2.0\",\n        \"id\": \"c5test\",\n        \"status\": \"creating\",\n        \"pid\": 9671,\n        \"bundle\": \"/tmp/b5\"\n    }\n}\n";
+
+    #[test]
+    fn parses_what_runc_and_crun_send() {
+        let r = parse_document(RUNC.as_bytes())
+            .expect("runc")
+            .expect("complete");
+        assert_eq!(r.state.id, "r5test");
+        assert_eq!(r.fds, vec![SECCOMP_FD_NAME]);
+        assert_eq!(r.metadata.as_deref(), Some("allow-bind=tcp:80"));
+        let c = parse_document(CRUN.as_bytes())
+            .expect("crun")
+            .expect("complete");
+        assert_eq!(c.oci_version, "0.2.0");
+        assert_eq!(c.state.status, ContainerStatus::Creating);
+        let running = RUNC.replace("creating", "running");
+        let r = parse_document(running.as_bytes())
+            .expect("running")
+            .expect("complete");
+        assert_eq!(r.state.status, ContainerStatus::Running);
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_not_an_error() {
+        for cut in 0..CRUN.len() - 2 {
+            assert!(
+                matches!(parse_document(&CRUN.as_bytes()[..cut]), Ok(None)),
+                "prefix of {cut} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_documents_are_rejected_with_a_reason() {
+        for bad in [
+            "garbage",
+            "[1,2]",
+            r#"{"ociVersion":"1","fds":[],"pid":1}"#,
+            &RUNC.replace("creating", "paused"),
+            &RUNC.replace("8793,\"metadata", "\"x\",\"metadata"),
+        ] {
+            match parse_document(bad.as_bytes()) {
+                Err(Rejection::Malformed(reason)) => assert!(!reason.is_empty()),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fd_names_must_match_the_descriptors() {
+        let state = parse_document(RUNC.as_bytes())
+            .expect("parse")
+            .expect("complete");
+        assert!(matches!(
+            take_listener(state.clone(), Vec::new()),
+            Err(Rejection::FdCountMismatch {
+                names: 1,
+                received: 0
+            })
+        ));
+        let (a, b) = rustix::pipe::pipe().expect("pipe");
+        assert!(matches!(
+            take_listener(state.clone(), vec![a, b]),
+            Err(Rejection::FdCountMismatch {
+                names: 1,
+                received: 2
+            })
+        ));
+        let (a, _b) = rustix::pipe::pipe().expect("pipe");
+        match take_listener(state.clone(), vec![a]) {
+            Err(Rejection::NotSeccompListener { kind }) => {
+                assert!(kind.starts_with("pipe:"), "{kind}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut other = state.clone();
+        other.fds = vec!["somethingElse".into()];
+        let (a, _b) = rustix::pipe::pipe().expect("pipe");
+        assert!(matches!(
+            take_listener(other, vec![a]),
+            Err(Rejection::NoSeccompFd { .. })
+        ));
+        let mut stopped = state;
+        stopped.state.status = ContainerStatus::Stopped;
+        assert!(matches!(
+            take_listener(stopped, Vec::new()),
+            Err(Rejection::Stopped)
+        ));
+    }
+
+    fn state_with(metadata: Option<&str>, annotation: Option<&str>) -> ContainerProcessState {
+        let mut s = parse_document(RUNC.as_bytes())
+            .expect("parse")
+            .expect("complete");
+        s.metadata = metadata.map(str::to_owned);
+        if let Some(a) = annotation {
+            s.state
+                .annotations
+                .insert(ALLOW_BIND_ANNOTATION.into(), a.into());
+        }
+        s
+    }
+
+    #[test]
+    fn a_container_narrows_but_never_widens() {
+        use crate::supervise::policy::Proto;
+        use std::net::{IpAddr, Ipv4Addr};
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let upper = Arc::new(Policy::from_specs(&["tcp:80", "tcp:443"]).expect("upper"));
+
+        let p = container_policy(&upper, &state_with(None, None)).expect("no request");
+        assert!(p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
+
+        let p =
+            container_policy(&upper, &state_with(Some("allow-bind=tcp:443"), None)).expect("meta");
+        assert!(!p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
+
+        let p = container_policy(&upper, &state_with(None, Some("tcp:80, tcp:22")))
+            .expect("annotation");
+        assert!(
+            p.allows(Proto::Tcp, lo, 80)
+                && !p.allows(Proto::Tcp, lo, 22)
+                && !p.allows(Proto::Tcp, lo, 443)
+        );
+
+        let p = container_policy(
+            &upper,
+            &state_with(Some("allow-bind=tcp:80,tcp:443"), Some("tcp:443")),
+        )
+        .expect("both");
+        assert!(!p.allows(Proto::Tcp, lo, 80) && p.allows(Proto::Tcp, lo, 443));
+
+        let p = container_policy(&upper, &state_with(Some("allow-bind=tcp:1-1023"), None))
+            .expect("wide");
+        assert!(
+            p.allows(Proto::Tcp, lo, 80)
+                && !p.allows(Proto::Tcp, lo, 22)
+                && !p.allows(Proto::Udp, lo, 80)
+        );
+
+        let p = container_policy(&upper, &state_with(Some("allow-bind="), None)).expect("nothing");
+        assert!(!p.allows(Proto::Tcp, lo, 80));
+
+        for bad in ["allow-bind=tcp:http", "allow=tcp:80", "tcp:80"] {
+            let e = container_policy(&upper, &state_with(Some(bad), None)).expect_err(bad);
+            assert_eq!(e.source_kind, NarrowSource::Metadata, "{bad}: {e}");
+        }
+        let e =
+            container_policy(&upper, &state_with(None, Some("tcp:99999"))).expect_err("annotation");
+        assert_eq!(e.source_kind, NarrowSource::Annotation);
+
+        let none = deny_all();
+        assert!(!none.allows(Proto::Tcp, lo, 80));
+    }
+}

@@ -1,0 +1,496 @@
+//! Which privileged binds the supervisor performs.
+//!
+//! A policy is a union of rules; a rule names a protocol (or both), a port range
+//! and optionally one address. The command line writes rules as
+//! `[tcp|udp:]PORT[-PORT][@ADDR]`; a TOML file writes the same rules as tables:
+//!
+//! ```toml
+//! [[bind]]
+//! port = 80            # or "8000-8080"
+//! proto = "tcp"        # optional: "tcp" or "udp"; both when absent
+//! addr = "127.0.0.1"   # optional: any address when absent
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+/// A transport protocol a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One allow rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `None`: TCP and UDP.
+    pub proto: Option<Proto>,
+    pub ports: RangeInclusive<u16>,
+    /// `None`: any address, wildcard included.
+    pub addr: Option<IpAddr>,
+}
+
+impl Rule {
+    fn matches(&self, proto: Proto, addr: IpAddr, port: u16) -> bool {
+        self.proto.is_none_or(|p| p == proto)
+            && self.ports.contains(&port)
+            && self.addr.is_none_or(|a| same_addr(a, addr))
+    }
+
+    fn intersect(&self, other: &Rule) -> Option<Rule> {
+        let proto = match (self.proto, other.proto) {
+            (None, p) | (p, None) => p,
+            (Some(a), Some(b)) if a == b => Some(a),
+            _ => return None,
+        };
+        let lo = (*self.ports.start()).max(*other.ports.start());
+        let hi = (*self.ports.end()).min(*other.ports.end());
+        if lo > hi {
+            return None;
+        }
+        let addr = match (self.addr, other.addr) {
+            (None, a) | (a, None) => a,
+            (Some(a), Some(b)) if same_addr(a, b) => Some(a),
+            _ => return None,
+        };
+        Some(Rule {
+            proto,
+            ports: lo..=hi,
+            addr,
+        })
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = self.proto {
+            write!(f, "{p}:")?;
+        }
+        if self.ports.start() == self.ports.end() {
+            write!(f, "{}", self.ports.start())?;
+        } else {
+            write!(f, "{}-{}", self.ports.start(), self.ports.end())?;
+        }
+        match self.addr {
+            Some(IpAddr::V6(a)) => write!(f, "@[{a}]"),
+            Some(a) => write!(f, "@{a}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An IPv4 address and its IPv4-mapped IPv6 form name the same bind target on a
+/// dual-stack socket.
+fn same_addr(a: IpAddr, b: IpAddr) -> bool {
+    canonical(a) == canonical(b)
+}
+
+fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// A set of allow rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+/// A rule or policy file that could not be read, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file, for errors in one.
+    pub path: Option<PathBuf>,
+    /// 1-based line in the file, when the error has a place.
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.path, self.line) {
+            (Some(p), Some(l)) => write!(f, "{}:{l}: {}", p.display(), self.reason),
+            (Some(p), None) => write!(f, "{}: {}", p.display(), self.reason),
+            (None, Some(l)) => write!(f, "line {l}: {}", self.reason),
+            (None, None) => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl PolicyError {
+    fn plain(reason: impl Into<String>) -> Self {
+        Self {
+            path: None,
+            line: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Policy {
+    /// A policy that allows nothing.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Parses `[tcp|udp:]PORT[-PORT][@ADDR]` rules (ADDR may be bracketed IPv6).
+    pub fn from_specs<S: AsRef<str>>(specs: &[S]) -> Result<Policy, PolicyError> {
+        let rules = specs
+            .iter()
+            .map(|s| {
+                parse_spec(s.as_ref())
+                    .map_err(|r| PolicyError::plain(format!("bind rule '{}': {r}", s.as_ref())))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Policy { rules })
+    }
+
+    /// Parses the TOML policy format (see the module docs). Errors carry the line.
+    pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
+        let file: toml_format::File = toml::from_str(text).map_err(|e| PolicyError {
+            path: None,
+            line: e.span().map(|s| line_of(text, s.start)),
+            reason: e.message().trim().to_string(),
+        })?;
+        let mut rules = Vec::new();
+        for spec in file.allow.unwrap_or_default() {
+            let rule = parse_spec(spec.get_ref()).map_err(|r| PolicyError {
+                path: None,
+                line: Some(line_of(text, spec.span().start)),
+                reason: format!("bind rule '{}': {r}", spec.get_ref()),
+            })?;
+            rules.push(rule);
+        }
+        for table in file.bind.unwrap_or_default() {
+            let at = |span: std::ops::Range<usize>| Some(line_of(text, span.start));
+            let ports =
+                match table.port.get_ref() {
+                    toml_format::Port::Number(n) => {
+                        let p = u16::try_from(*n).ok().filter(|&p| p > 0).ok_or_else(|| {
+                            PolicyError {
+                                path: None,
+                                line: at(table.port.span()),
+                                reason: format!("port {n} is out of range (1-65535)"),
+                            }
+                        })?;
+                        p..=p
+                    }
+                    toml_format::Port::Text(s) => parse_ports(s).map_err(|r| PolicyError {
+                        path: None,
+                        line: at(table.port.span()),
+                        reason: r,
+                    })?,
+                };
+            let proto = match &table.proto {
+                None => None,
+                Some(p) => Some(parse_proto(p.get_ref()).ok_or_else(|| PolicyError {
+                    path: None,
+                    line: at(p.span()),
+                    reason: format!("proto '{}' is not \"tcp\" or \"udp\"", p.get_ref()),
+                })?),
+            };
+            let addr = match &table.addr {
+                None => None,
+                Some(a) => Some(parse_addr(a.get_ref()).map_err(|r| PolicyError {
+                    path: None,
+                    line: at(a.span()),
+                    reason: r,
+                })?),
+            };
+            rules.push(Rule { proto, ports, addr });
+        }
+        Ok(Policy { rules })
+    }
+
+    /// Reads and parses a TOML policy file.
+    pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            path: Some(path.to_path_buf()),
+            line: None,
+            reason: format!("cannot read the policy file: {e}"),
+        })?;
+        Self::from_toml_str(&text).map_err(|e| PolicyError {
+            path: Some(path.to_path_buf()),
+            ..e
+        })
+    }
+
+    /// The union of both policies.
+    pub fn merge(mut self, other: Policy) -> Policy {
+        for r in other.rules {
+            if !self.rules.contains(&r) {
+                self.rules.push(r);
+            }
+        }
+        self
+    }
+
+    /// What both policies allow: a container's policy can only narrow the node's.
+    pub fn intersect(&self, other: &Policy) -> Policy {
+        let mut rules = Vec::new();
+        for a in &self.rules {
+            for b in &other.rules {
+                if let Some(r) = a.intersect(b) {
+                    if !rules.contains(&r) {
+                        rules.push(r);
+                    }
+                }
+            }
+        }
+        Policy { rules }
+    }
+
+    /// Whether a bind of `proto` to `addr:port` is allowed.
+    pub fn allows(&self, proto: Proto, addr: IpAddr, port: u16) -> bool {
+        self.rules.iter().any(|r| r.matches(proto, addr, port))
+    }
+
+    /// Whether any rule mentions `port`: when none does, the bind is the kernel's
+    /// to decide and the socket need not be looked at.
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.rules.iter().any(|r| r.ports.contains(&port))
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_proto(s: &str) -> Option<Proto> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a port number"))?;
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("port {n} is out of range (1-65535)"))
+}
+
+fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, String> {
+    match s.split_once('-') {
+        None => parse_port(s).map(|p| p..=p),
+        Some((a, b)) => {
+            let (lo, hi) = (parse_port(a)?, parse_port(b)?);
+            if lo > hi {
+                return Err(format!("port range {lo}-{hi} is backwards"));
+            }
+            Ok(lo..=hi)
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<IpAddr, String> {
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    inner
+        .parse::<IpAddr>()
+        .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address"))
+}
+
+fn parse_spec(spec: &str) -> Result<Rule, String> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err("empty rule; expected [tcp|udp:]PORT[-PORT][@ADDR]".into());
+    }
+    let (proto, rest) = match spec.split_once(':') {
+        Some((p, rest)) if parse_proto(p).is_some() => (parse_proto(p), rest),
+        Some((p, _)) if !p.contains('@') => {
+            return Err(format!("'{p}' is not a protocol (expected tcp or udp)"));
+        }
+        _ => (None, spec),
+    };
+    let (ports, addr) = match rest.split_once('@') {
+        Some((ports, addr)) => (ports, Some(parse_addr(addr)?)),
+        None => (rest, None),
+    };
+    Ok(Rule {
+        proto,
+        ports: parse_ports(ports)?,
+        addr,
+    })
+}
+
+/// The serde shape of the TOML file; kept private so the format can grow.
+mod toml_format {
+    use toml::Spanned;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct File {
+        /// `allow = ["tcp:80", "443@::1"]`: rules in command-line syntax.
+        pub allow: Option<Vec<Spanned<String>>>,
+        /// `[[bind]]` tables.
+        pub bind: Option<Vec<Table>>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Table {
+        pub port: Spanned<Port>,
+        pub proto: Option<Spanned<String>>,
+        pub addr: Option<Spanned<String>>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Port {
+        Number(i64),
+        Text(String),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn specs() {
+        let p = Policy::from_specs(&[
+            "80",
+            "udp:53",
+            "tcp:8000-8080@127.0.0.1",
+            "443@[::1]",
+            "22@::",
+        ])
+        .expect("valid");
+        assert!(p.allows(Proto::Tcp, LO, 80));
+        assert!(p.allows(Proto::Udp, LO, 80));
+        assert!(p.allows(Proto::Udp, LO, 53));
+        assert!(!p.allows(Proto::Tcp, LO, 53));
+        assert!(p.allows(Proto::Tcp, LO, 8042));
+        assert!(!p.allows(Proto::Tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8042));
+        assert!(p.allows(Proto::Tcp, "::1".parse().expect("addr"), 443));
+        assert!(!p.allows(Proto::Tcp, LO, 443));
+        assert!(p.allows(Proto::Tcp, "::".parse().expect("addr"), 22));
+        // The mapped form of an allowed IPv4 address is the same address.
+        assert!(p.allows(Proto::Tcp, "::ffff:127.0.0.1".parse().expect("addr"), 8000));
+        assert_eq!(
+            p.to_string(),
+            "80,udp:53,tcp:8000-8080@127.0.0.1,443@[::1],22@[::]"
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        for (spec, why) in [
+            ("", "empty"),
+            ("0", "out of range"),
+            ("70000", "out of range"),
+            ("sctp:80", "not a protocol"),
+            ("90-80", "backwards"),
+            ("80@localhost", "not an IPv4"),
+            ("x", "not a port"),
+        ] {
+            let e = Policy::from_specs(&[spec]).expect_err(spec);
+            assert!(e.to_string().contains(why), "{spec}: {e}");
+            assert!(e.to_string().contains(spec), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn toml_policy() {
+        let text = r#"
+allow = ["udp:53"]
+
+[[bind]]
+port = 80
+proto = "tcp"
+addr = "127.0.0.1"
+
+[[bind]]
+port = "440-450"
+"#;
+        let p = Policy::from_toml_str(text).expect("valid");
+        assert!(p.allows(Proto::Tcp, LO, 80));
+        assert!(!p.allows(Proto::Udp, LO, 80));
+        assert!(!p.allows(Proto::Tcp, "10.0.0.1".parse().expect("addr"), 80));
+        assert!(p.allows(Proto::Udp, "10.0.0.1".parse().expect("addr"), 445));
+        assert!(p.allows(Proto::Udp, LO, 53));
+    }
+
+    #[test]
+    fn toml_errors_have_lines() {
+        let cases = [
+            ("[[bind]]\nport = 80\nproto = \"sctp\"\n", 3, "sctp"),
+            ("[[bind]]\nport = 70000\n", 2, "out of range"),
+            ("\n[[bind]]\nport = \"80-x\"\n", 3, "not a port"),
+            ("[[bind]]\nport = 80\naddr = \"nope\"\n", 3, "nope"),
+            ("[[bind]]\nprot = \"tcp\"\nport = 1\n", 2, "unknown field"),
+            ("allow = [\"80\",\n \"bogus\"]\n", 2, "bogus"),
+            ("[[bind]\n", 1, ""),
+        ];
+        for (text, line, why) in cases {
+            let e = Policy::from_toml_str(text).expect_err(text);
+            assert_eq!(e.line, Some(line), "{text:?}: {e}");
+            assert!(e.reason.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn merge_and_intersect() {
+        let a = Policy::from_specs(&["tcp:1-1023"]).expect("valid");
+        let b = Policy::from_specs(&["80@127.0.0.1", "udp:53"]).expect("valid");
+        let both = a.intersect(&b);
+        assert!(both.allows(Proto::Tcp, LO, 80));
+        assert!(!both.allows(Proto::Tcp, "10.0.0.1".parse().expect("addr"), 80));
+        assert!(!both.allows(Proto::Udp, LO, 53));
+        assert!(!both.allows(Proto::Tcp, LO, 81));
+        let union = a.clone().merge(b);
+        assert!(union.allows(Proto::Udp, LO, 53));
+        assert!(union.allows(Proto::Tcp, LO, 81));
+        assert!(a.intersect(&Policy::empty()).is_empty());
+    }
+}
