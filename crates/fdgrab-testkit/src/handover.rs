@@ -21,32 +21,8 @@ pub fn gunicorn() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// A scratch directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "fdgrab-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// Scratch directories are the OCI helpers' (removed on drop).
+pub use crate::oci::TempDir;
 
 /// A WSGI app answering `master=PPID worker=PID`: under gunicorn's sync workers the
 /// parent is the arbiter, i.e. the server instance.
