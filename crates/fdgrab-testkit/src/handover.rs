@@ -331,11 +331,14 @@ impl Load {
     pub fn wait_for(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} requests after {timeout:?}",
-                self.count()
-            );
+            if Instant::now() >= deadline {
+                let answers = self.answers.lock().expect("answers");
+                let last: Vec<&Answer> = answers.iter().rev().take(5).collect();
+                panic!(
+                    "only {} of {n} requests after {timeout:?}; the last ones: {last:?}",
+                    answers.len()
+                );
+            }
             assert!(
                 !self.handle.as_ref().is_some_and(|h| h.is_finished()) || self.count() >= n,
                 "load loop ended"
