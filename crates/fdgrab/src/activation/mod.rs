@@ -279,7 +279,7 @@ fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInf
             }
         }
     }
-    match unix_diag::dump(proc_dir) {
+    match unix_diag::dump(&sock) {
         Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
         Err(e) => {
             tracing::debug!(pid, error = %e, "unix_diag dump failed; using the inventory");

@@ -13,6 +13,10 @@ use std::os::fd::OwnedFd;
 pub(crate) const STATES_LISTEN: u32 = 1 << 10;
 /// Every state.
 pub(crate) const STATES_ALL: u32 = u32::MAX;
+/// Every state a socket with an inode can be in: TIME_WAIT (6) and NEW_SYN_RECV
+/// (12) entries are kernel-internal mini sockets that no fd refers to, and on a busy
+/// host they outnumber the real ones many times over.
+pub(crate) const STATES_WITH_INODE: u32 = !((1 << 6) | (1 << 12));
 
 /// One socket from a dump.
 #[derive(Debug)]
@@ -83,7 +87,7 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
         (
             "stream",
             "tcp",
-            if state == 10 { "LISTEN" } else { "OTHER" },
+            super::sockets::tcp_state(state),
             state != 10,
         )
     } else {

@@ -2,7 +2,7 @@
 //! namespace: `/proc/PID/net/*` shows the namespace of PID, not ours, and the unix
 //! socket dump is made on a netlink socket created inside that namespace.
 
-use super::unix_diag;
+use super::{inet_diag, unix_diag};
 use crate::error::{Error, Result};
 use crate::{Pid, TargetFd};
 use rustix::fs::{openat, Mode, OFlags};
@@ -140,6 +140,15 @@ impl SocketTable {
         let mut t = SocketTable {
             by_inode: HashMap::new(),
         };
+        // sock_diag answers per protocol and filters by state in the kernel, so it
+        // skips the TIME_WAIT entries that make /proc/net/tcp slow on busy hosts.
+        // Without it (no CAP_SYS_ADMIN over a foreign netns, or a missing diag
+        // module) the /proc text tables say the same, minus unix peers.
+        let diag = unix_diag::diag_socket_in(proc_dir)
+            .map_err(
+                |e| tracing::debug!(pid, error = %e, "no sock_diag socket; reading /proc/PID/net"),
+            )
+            .ok();
         for (file, family, proto, ty) in [
             ("net/tcp", "inet", "tcp", "stream"),
             ("net/tcp6", "inet6", "tcp", "stream"),
@@ -150,6 +159,30 @@ impl SocketTable {
             ("net/raw", "inet", "raw", "raw"),
             ("net/raw6", "inet6", "raw", "raw"),
         ] {
+            if let Some(sock) = &diag {
+                let fam = if family == "inet" {
+                    libc::AF_INET
+                } else {
+                    libc::AF_INET6
+                } as u8;
+                let ipproto = match proto {
+                    "tcp" => Some(libc::IPPROTO_TCP as u8),
+                    "udp" => Some(libc::IPPROTO_UDP as u8),
+                    _ => None,
+                };
+                if let Some(ipproto) = ipproto {
+                    match inet_diag::dump(sock, fam, ipproto, inet_diag::STATES_WITH_INODE) {
+                        Ok(socks) => {
+                            t.by_inode
+                                .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(pid, file, error = %e, "inet_diag failed; reading /proc")
+                        }
+                    }
+                }
+            }
             if let Some(text) = read_proc(pid, proc_dir, file)? {
                 t.parse_inet(&text, family, proto, ty);
             }
@@ -160,16 +193,14 @@ impl SocketTable {
         if let Some(text) = read_proc(pid, proc_dir, "net/packet")? {
             t.parse_packet(&text);
         }
-        match unix_diag::dump(proc_dir) {
-            Ok(socks) => {
-                for s in socks {
-                    t.by_inode.insert(s.inode, s.info);
+        match diag.as_ref().map(unix_diag::dump) {
+            Some(Ok(socks)) => t
+                .by_inode
+                .extend(socks.into_iter().map(|s| (s.inode, s.info))),
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::debug!(pid, error = %e, "unix_diag failed; reading /proc/PID/net/unix");
                 }
-            }
-            Err(e) => {
-                // Without CAP_SYS_ADMIN over a foreign netns we cannot make a diag
-                // socket there; /proc/PID/net/unix still has everything but peers.
-                tracing::debug!(pid, error = %e, "unix_diag unavailable, using /proc/PID/net/unix");
                 if let Some(text) = read_proc(pid, proc_dir, "net/unix")? {
                     t.parse_unix(&text);
                 }
@@ -414,7 +445,7 @@ fn is_unspecified(e: &Endpoint) -> bool {
     e.ip().is_none_or(|ip| ip.is_unspecified())
 }
 
-fn tcp_state(st: u8) -> &'static str {
+pub(crate) fn tcp_state(st: u8) -> &'static str {
     match st {
         1 => "ESTABLISHED",
         2 => "SYN_SENT",

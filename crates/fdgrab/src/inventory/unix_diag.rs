@@ -25,9 +25,8 @@ pub(crate) struct UnixSock {
     pub info: SocketInfo,
 }
 
-/// Dumps every unix socket of `pid`'s network namespace.
-pub(crate) fn dump(proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
-    let sock = diag_socket_in(proc_dir)?;
+/// Dumps every unix socket of the namespace `sock` (a sock_diag socket) lives in.
+pub(crate) fn dump(sock: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -42,7 +41,7 @@ pub(crate) fn dump(proc_dir: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
     req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
     req.extend_from_slice(&[0u8; 8]); // cookie
     let mut out = Vec::new();
-    dump_raw(&sock, &req, |payload| {
+    dump_raw(sock, &req, |payload| {
         if let Some(s) = parse_msg(payload) {
             out.push(s);
         }
