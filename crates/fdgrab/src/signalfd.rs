@@ -65,6 +65,32 @@ impl SignalFd {
     }
 }
 
+impl SignalFd {
+    /// The signal mask from before [`SignalFd::block`], for a child to put back
+    /// between fork and exec (a blocked mask survives both).
+    pub fn saved_mask(&self) -> SavedMask {
+        SavedMask(self.old_mask)
+    }
+}
+
+/// A signal mask saved by [`SignalFd::block`].
+#[derive(Clone, Copy)]
+pub struct SavedMask(libc::sigset_t);
+
+impl std::fmt::Debug for SavedMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SavedMask")
+    }
+}
+
+impl SavedMask {
+    /// Makes this the calling thread's mask. Only `pthread_sigmask`, which is
+    /// async-signal-safe, so it may run between fork and exec.
+    pub fn restore(&self) {
+        sys::set_signal_mask(&self.0);
+    }
+}
+
 impl AsFd for SignalFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

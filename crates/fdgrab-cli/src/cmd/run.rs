@@ -11,6 +11,7 @@ use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{anyhow, Context, Result};
 use fdgrab::seccomp::{self, InstallError, InstallFlags};
+use fdgrab::signalfd::{SavedMask, SignalFd};
 use fdgrab::supervise::{AuditLabels, AuditSink, Policy, Supervisor, SupervisorEvent};
 use fdgrab::PidFd;
 use rustix::io::Errno;
@@ -52,8 +53,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         None,
     )
     .context("socketpair for the listener fd")?;
-    let signals =
-        ForwardedSignals::block().context("blocking SIGINT/SIGTERM/SIGHUP for forwarding")?;
+    // Blocked and read from a signalfd so that they can be forwarded; the child puts
+    // the old mask back before exec.
+    let signals = SignalFd::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .context("blocking SIGINT/SIGTERM/SIGHUP for forwarding")?;
 
     let setup = ChildSetup {
         user: user.clone(),
@@ -61,6 +64,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         pdeathsig: !a.keep_running_on_supervisor_exit,
         filter,
         sock: theirs.as_raw_fd(),
+        signal_mask: signals.saved_mask(),
     };
     let mut cmd = Command::new(prog);
     cmd.args(rest);
@@ -94,14 +98,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
     const SIGNALS: u64 = 1;
     const EXITED: u64 = 2;
-    sup.watch(signals.fd.as_fd(), SIGNALS)?;
+    sup.watch(signals.as_fd(), SIGNALS)?;
     sup.watch(pidfd.as_fd(), EXITED)?;
     loop {
         // A timeout so that the supervisor's idle maintenance runs.
         for ev in sup.dispatch(Some(std::time::Duration::from_secs(1)))? {
             match ev {
                 SupervisorEvent::Ready(SIGNALS) => {
-                    for sig in signals.drain() {
+                    while let Some(sig) = signals.read()? {
                         tracing::debug!(sig, pid = pidfd.pid(), "forwarding signal");
                         if let Err(e) = pidfd.send_signal(sig) {
                             tracing::debug!(error = %e, "forwarding a signal to an exited program");
@@ -252,6 +256,7 @@ struct ChildSetup {
     pdeathsig: bool,
     filter: Vec<libc::sock_filter>,
     sock: RawFd,
+    signal_mask: SavedMask,
 }
 
 impl ChildSetup {
@@ -270,7 +275,7 @@ impl ChildSetup {
             })
         };
         // The parent blocks these to forward them; the program must get them.
-        ForwardedSignals::unblock();
+        self.signal_mask.restore();
         if let Some(u) = &self.user {
             // One thread after fork, so the per-thread credential calls cover the process.
             check(Step::Groups, rustix::thread::set_thread_groups(&u.groups))?;
@@ -377,62 +382,5 @@ fn drop_capabilities() {
     };
     if let Err(e) = rustix::thread::set_capabilities(None, sets) {
         tracing::debug!(error = %e, "capset failed; keeping capabilities");
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, blocked and read from a signalfd so they can be
-/// forwarded. The child unblocks them again before exec.
-struct ForwardedSignals {
-    fd: OwnedFd,
-}
-
-impl ForwardedSignals {
-    fn set() -> libc::sigset_t {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t and the signal numbers are valid; these
-        // calls are async-signal-safe, so this also runs between fork and exec.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-        }
-        set
-    }
-
-    /// Undoes the parent's blocking in the child (the mask survives fork and exec).
-    fn unblock() {
-        let set = Self::set();
-        // SAFETY: a valid sigset_t; changes only the calling thread's mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    }
-
-    fn block() -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        let set = Self::set();
-        // SAFETY: a valid sigset_t; pthread_sigmask changes only this thread's mask
-        // (fdgrab run is single-threaded), and signalfd returns a new fd or -1.
-        let fd = unsafe {
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: signalfd returned a new fd that we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd })
-    }
-
-    /// The signals that arrived since the last call.
-    fn drain(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        // struct signalfd_siginfo is 128 bytes; ssi_signo is its first field.
-        let mut buf = [0u8; 128];
-        while let Ok(128) = rustix::io::read(&self.fd, &mut buf) {
-            out.push(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]));
-        }
-        out
     }
 }
