@@ -197,7 +197,7 @@ fn exec_zero_downtime_gunicorn_tcp4() {
 #[test]
 fn exec_zero_downtime_gunicorn_ipv6() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback in this network namespace");
+        fdgrab_testkit::skip("no IPv6 loopback in this network namespace");
         return;
     }
     let (exec, _dir) = gunicorn_handover(

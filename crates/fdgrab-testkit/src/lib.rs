@@ -239,6 +239,17 @@ pub fn devstr(dev: u64) -> String {
     format!("{ma}:{mi}")
 }
 
+/// Reports that a test cannot run here and why. Returns normally (the caller then
+/// returns early) unless `FDGRAB_REQUIRE_ALL` is set, as `scripts/test` does: there a
+/// skip is a failure, so a machine that silently lacks root, a runtime or a kernel
+/// feature cannot turn the suite green.
+pub fn skip(reason: &str) {
+    if std::env::var_os("FDGRAB_REQUIRE_ALL").is_some_and(|v| v != "0") {
+        panic!("cannot run this test here: {reason} (FDGRAB_REQUIRE_ALL is set)");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
 /// Whether we run as root (the integration tests need it; CI runs as root).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
