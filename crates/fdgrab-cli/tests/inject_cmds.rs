@@ -487,7 +487,7 @@ fn inject_cli_ptrace_into_another_netns() {
 #[test]
 fn inject_cli_ptrace_when_leader_exited() {
     let t = Target::spawn(["leader-exit"]);
-    std::thread::sleep(Duration::from_millis(200));
+    fdgrab_testkit::wait_leader_zombie(t.pid);
     assert!(
         status_field(t.pid, "State").is_some_and(|s| s.starts_with('Z')),
         "leader should be a zombie"

@@ -239,15 +239,7 @@ fn ls_works_for_plain_sleep_and_python() {
 #[test]
 fn ls_of_a_process_whose_leader_exited() {
     let t = Target::spawn(["leader-exit"]);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(format!("/proc/{}/status", t.pid))
-        .expect("status")
-        .lines()
-        .any(|l| l.starts_with("State:") && l.contains('Z'))
-    {
-        assert!(std::time::Instant::now() < deadline, "leader never exited");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    fdgrab_testkit::wait_leader_zombie(t.pid);
     let doc = ls_json(t.pid);
     for label in ["pipe-r", "pipe-w"] {
         let fd = t.fd_labelled(label);

@@ -239,6 +239,26 @@ pub fn devstr(dev: u64) -> String {
     format!("{ma}:{mi}")
 }
 
+/// Waits until the thread-group leader of `pid` is a zombie (the `leader-exit` target
+/// ends its main thread right after reporting).
+pub fn wait_leader_zombie(pid: i32) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        if st
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader of {pid} never exited"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reports that a test cannot run here and why. Returns normally (the caller then
 /// returns early) unless `FDGRAB_REQUIRE_ALL` is set, as `scripts/test` does: there a
 /// skip is a failure, so a machine that silently lacks root, a runtime or a kernel
