@@ -426,6 +426,15 @@ fn inject_cli_redirect_python_stdout_and_undo() {
 
 #[test]
 fn inject_cli_sigterm_during_session_restores_target() {
+    signal_during_session_restores_target(libc::SIGTERM);
+}
+
+#[test]
+fn inject_cli_sigint_during_session_restores_target() {
+    signal_during_session_restores_target(libc::SIGINT);
+}
+
+fn signal_during_session_restores_target(sig: i32) {
     let mut t = Target::spawn(["blocked-read"]);
     wait_in_read(t.pid);
     let before = snapshot(t.pid);
@@ -446,19 +455,15 @@ fn inject_cli_sigterm_during_session_restores_target() {
     let sent = Instant::now();
     fdgrab::PidFd::open(probe.id() as i32)
         .expect("pidfd")
-        .send_signal(libc::SIGTERM)
-        .expect("SIGTERM");
+        .send_signal(sig)
+        .expect("signal");
     let st = fdgrab_testkit::wait_timeout(&mut probe, TIMEOUT).expect("probe exits");
     assert!(
         sent.elapsed() < Duration::from_secs(10),
-        "the session ends promptly on SIGTERM"
+        "the session ends promptly on signal {sig}"
     );
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGTERM),
-        "the probe dies of SIGTERM"
-    );
+    assert_eq!(st.signal(), Some(sig), "the probe dies of signal {sig}");
     assert!(
         read_line_timeout(&mut out, Duration::from_millis(100)).is_err(),
         "it never finished normally"
