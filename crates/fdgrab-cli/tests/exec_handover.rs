@@ -243,6 +243,20 @@ fn exec_zero_downtime_udp() {
     stop_through_fdgrab(exec);
 }
 
+/// The sockets can also be taken by ptrace injection (kernels without pidfd_getfd).
+#[test]
+fn exec_zero_downtime_by_ptrace_backend() {
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
+    let (addr, selector) = (
+        old.addrs[0].parse().expect("addr"),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+    );
+    let mut case = activated_case(old, selector, Probe::Tcp(addr), 2000);
+    case.extra = vec!["--backend".into(), "ptrace".into()];
+    let exec = zero_downtime(case);
+    stop_through_fdgrab(exec);
+}
+
 /// A unix stream listener or a bound unix datagram socket, selected by path.
 fn unix_handover(dgram: bool) {
     let dir = TempDir::new("exec-unix");
