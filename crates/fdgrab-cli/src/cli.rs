@@ -266,6 +266,8 @@ pub struct ExecArgs {
     /// Which sockets to hand over, in the order the new server gets them (fd 3, 4, ...).
     #[arg(required = true, value_parser = parse_selector, value_name = "SELECTOR")]
     pub selectors: Vec<Selector>,
+    #[command(flatten)]
+    pub backend: BackendArg,
     /// LISTEN_FDNAMES entry for each selector, in order (default: the selector with ':'
     /// replaced by '-'). Give one per selector or none.
     #[arg(long = "name", value_name = "NAME")]

@@ -27,21 +27,35 @@ impl FdPlan {
                 .into());
             }
         }
-        // Every source is first moved above every destination, so that installing one
-        // fd can never overwrite another source that is still to be installed. The
-        // copies are close-on-exec; dup2 onto the destination clears that flag.
-        let floor = pairs
-            .iter()
-            .map(|(_, to)| *to)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1)
-            .max(3);
-        let mut moves = Vec::with_capacity(pairs.len());
-        for (fd, to) in pairs {
-            let high = fcntl_dupfd_cloexec(&fd, floor).context("duplicating a grabbed fd")?;
-            moves.push((high, to));
+        // dup2 past the soft fd limit fails in the child with a bare EBADF; say which
+        // number is wrong before anything is started.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        if let Some(limit) = limit {
+            if let Some(to) = seen.iter().find(|&&to| to as u64 >= limit) {
+                return Err(UsageError(format!(
+                    "NEWFD {to} is not below the open-file limit {limit} (ulimit -n)"
+                ))
+                .into());
+            }
         }
+        // Every source is first copied to a number that no destination uses, so that
+        // installing one fd can never overwrite a source still to be installed. The
+        // copies are close-on-exec; dup2 onto the destination clears that flag.
+        let mut moves = Vec::with_capacity(pairs.len());
+        let mut parked = Vec::new();
+        for (fd, to) in pairs {
+            let copy = loop {
+                let c = fcntl_dupfd_cloexec(&fd, 3).context("duplicating a grabbed fd")?;
+                if seen.contains(&c.as_raw_fd()) {
+                    // Hold that number until every source has its copy.
+                    parked.push(c);
+                } else {
+                    break c;
+                }
+            };
+            moves.push((copy, to));
+        }
+        drop(parked);
         Ok(Self { moves })
     }
 

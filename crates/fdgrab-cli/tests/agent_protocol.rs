@@ -41,7 +41,7 @@ fn send_with(agent: &AgentProc, data: &[u8], fds: &[BorrowedFd<'_>]) -> UnixStre
 #[test]
 fn agent_rejects_malformed_messages_and_keeps_serving() {
     if !is_root() {
-        eprintln!("skipping: the agent needs root");
+        fdgrab_testkit::skip("the agent needs root");
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
@@ -188,7 +188,7 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
 #[test]
 fn agent_socket_is_private_to_root() {
     if !is_root() {
-        eprintln!("skipping: the agent needs root");
+        fdgrab_testkit::skip("the agent needs root");
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
@@ -200,7 +200,7 @@ fn agent_socket_is_private_to_root() {
 #[test]
 fn agent_replaces_a_stale_socket() {
     if !is_root() {
-        eprintln!("skipping: the agent needs root");
+        fdgrab_testkit::skip("the agent needs root");
         return;
     }
     let dir = TempDir::new("fdgrab-stale");
@@ -226,7 +226,7 @@ fn agent_replaces_a_stale_socket() {
 #[test]
 fn agent_refuses_a_socket_a_live_agent_owns() {
     if !is_root() {
-        eprintln!("skipping: the agent needs root");
+        fdgrab_testkit::skip("the agent needs root");
         return;
     }
     let first = AgentProc::start(&["--allow-bind", "tcp:80"]);

@@ -197,7 +197,7 @@ fn exec_zero_downtime_gunicorn_tcp4() {
 #[test]
 fn exec_zero_downtime_gunicorn_ipv6() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback in this network namespace");
+        fdgrab_testkit::skip("no IPv6 loopback in this network namespace");
         return;
     }
     let (exec, _dir) = gunicorn_handover(
@@ -240,6 +240,20 @@ fn exec_zero_downtime_udp() {
         format!("udp:127.0.0.1:{}", old.port(0)),
     );
     let exec = zero_downtime(activated_case(old, selector, Probe::Udp(addr), 2000));
+    stop_through_fdgrab(exec);
+}
+
+/// The sockets can also be taken by ptrace injection (kernels without pidfd_getfd).
+#[test]
+fn exec_zero_downtime_by_ptrace_backend() {
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
+    let (addr, selector) = (
+        old.addrs[0].parse().expect("addr"),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+    );
+    let mut case = activated_case(old, selector, Probe::Tcp(addr), 2000);
+    case.extra = vec!["--backend".into(), "ptrace".into()];
+    let exec = zero_downtime(case);
     stop_through_fdgrab(exec);
 }
 

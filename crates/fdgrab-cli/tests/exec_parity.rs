@@ -1,7 +1,7 @@
 //! The new server sees what `systemd-socket-activate` would give it for the same
 //! kind of sockets: the same variables, fd numbers, fd flags and status flags.
 
-use fdgrab_testkit::handover::{free_port, TempDir};
+use fdgrab_testkit::handover::{free_port_on, TempDir};
 use fdgrab_testkit::{bin, fdgrab, wait_timeout, Target, TIMEOUT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,9 @@ fn wait_file(p: &Path) -> Value {
     }
 }
 
+/// The systemd side's listening address, used by no other test.
+const PARITY_IP: &str = "127.77.0.1";
+
 fn kill(pid: i64) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
@@ -42,12 +45,12 @@ fn kill(pid: i64) {
 /// Our probe under systemd-socket-activate, on a TCP port and a unix path of its
 /// making. It starts the command on the first connection.
 fn under_systemd(dir: &Path) -> Value {
-    let port = free_port();
+    let port = free_port_on(PARITY_IP);
     let report = dir.join("systemd.json");
     let unix = dir.join("systemd.sock");
     let mut cmd = Command::new(SOCKET_ACTIVATE);
     base_env(&mut cmd);
-    cmd.arg(format!("--listen=127.0.0.1:{port}"))
+    cmd.arg(format!("--listen={PARITY_IP}:{port}"))
         .arg(format!("--listen={}", unix.display()))
         .arg("--fdname=web:ctl")
         .arg(bin("fdgrab-activated"))
@@ -59,7 +62,7 @@ fn under_systemd(dir: &Path) -> Value {
     let mut child = cmd.spawn().expect("spawn systemd-socket-activate");
     let deadline = Instant::now() + TIMEOUT;
     let conn = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        match std::net::TcpStream::connect((PARITY_IP, port)) {
             Ok(c) => break c,
             Err(e) => {
                 assert!(

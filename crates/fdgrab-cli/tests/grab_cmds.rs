@@ -252,3 +252,43 @@ fn send_to_a_missing_socket_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fdgrab.sock"));
 }
+
+/// Destinations near the fd limit work (sources are parked on free numbers, not
+/// above the highest destination), and one past the limit is a usage error.
+#[test]
+fn get_near_the_fd_limit() {
+    let t = Target::spawn(["zoo"]);
+    let pid = t.pid.to_string();
+    let file = t.fd_labelled("file");
+    let fdgrab = fdgrab_testkit::bin("fdgrab");
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=1024:1024", "--"]).arg(&fdgrab).args([
+        "get",
+        &pid,
+        &format!("{file}:1023"),
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/$$/fd/1023",
+    ]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("file.txt"));
+
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=1024:1024", "--"]).arg(&fdgrab).args([
+        "get",
+        &pid,
+        &format!("{file}:1024"),
+        "--",
+        "true",
+    ]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NEWFD 1024") && err.contains("1024"), "{err}");
+}

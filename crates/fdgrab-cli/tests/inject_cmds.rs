@@ -426,6 +426,15 @@ fn inject_cli_redirect_python_stdout_and_undo() {
 
 #[test]
 fn inject_cli_sigterm_during_session_restores_target() {
+    signal_during_session_restores_target(libc::SIGTERM);
+}
+
+#[test]
+fn inject_cli_sigint_during_session_restores_target() {
+    signal_during_session_restores_target(libc::SIGINT);
+}
+
+fn signal_during_session_restores_target(sig: i32) {
     let mut t = Target::spawn(["blocked-read"]);
     wait_in_read(t.pid);
     let before = snapshot(t.pid);
@@ -446,19 +455,15 @@ fn inject_cli_sigterm_during_session_restores_target() {
     let sent = Instant::now();
     fdgrab::PidFd::open(probe.id() as i32)
         .expect("pidfd")
-        .send_signal(libc::SIGTERM)
-        .expect("SIGTERM");
+        .send_signal(sig)
+        .expect("signal");
     let st = fdgrab_testkit::wait_timeout(&mut probe, TIMEOUT).expect("probe exits");
     assert!(
         sent.elapsed() < Duration::from_secs(10),
-        "the session ends promptly on SIGTERM"
+        "the session ends promptly on signal {sig}"
     );
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        st.signal(),
-        Some(libc::SIGTERM),
-        "the probe dies of SIGTERM"
-    );
+    assert_eq!(st.signal(), Some(sig), "the probe dies of signal {sig}");
     assert!(
         read_line_timeout(&mut out, Duration::from_millis(100)).is_err(),
         "it never finished normally"
@@ -487,7 +492,7 @@ fn inject_cli_ptrace_into_another_netns() {
 #[test]
 fn inject_cli_ptrace_when_leader_exited() {
     let t = Target::spawn(["leader-exit"]);
-    std::thread::sleep(Duration::from_millis(200));
+    fdgrab_testkit::wait_leader_zombie(t.pid);
     assert!(
         status_field(t.pid, "State").is_some_and(|s| s.starts_with('Z')),
         "leader should be a zombie"

@@ -16,8 +16,8 @@ const NOBODY: u32 = 65534;
 
 fn root_or_skip() -> bool {
     if !fdgrab_testkit::is_root() {
-        eprintln!(
-            "SKIP: fdgrab run tests need root (they drop to uid 65534 and bind privileged ports)"
+        fdgrab_testkit::skip(
+            "fdgrab run tests need root (they drop to uid 65534 and bind privileged ports)",
         );
         return false;
     }

@@ -505,7 +505,14 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 
 /// A free TCP port on loopback (bound and released; fine for tests on a quiet host).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A TCP port free on `ip` a moment ago. Tests that must hand a port number to
+/// another program use an address of their own in 127.0.0.0/8, so that other tests'
+/// ephemeral ports on 127.0.0.1 cannot take it in between.
+pub fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")

@@ -239,6 +239,37 @@ pub fn devstr(dev: u64) -> String {
     format!("{ma}:{mi}")
 }
 
+/// Waits until the thread-group leader of `pid` is a zombie (the `leader-exit` target
+/// ends its main thread right after reporting).
+pub fn wait_leader_zombie(pid: i32) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        if st
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader of {pid} never exited"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reports that a test cannot run here and why. Returns normally (the caller then
+/// returns early) unless `FDGRAB_REQUIRE_ALL` is set, as `scripts/test` does: there a
+/// skip is a failure, so a machine that silently lacks root, a runtime or a kernel
+/// feature cannot turn the suite green.
+pub fn skip(reason: &str) {
+    if std::env::var_os("FDGRAB_REQUIRE_ALL").is_some_and(|v| v != "0") {
+        panic!("cannot run this test here: {reason} (FDGRAB_REQUIRE_ALL is set)");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
 /// Whether we run as root (the integration tests need it; CI runs as root).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -111,14 +111,14 @@ impl Runtime {
     /// after preparing the host for it; prints why not when it cannot.
     pub fn usable(self) -> bool {
         if !crate::is_root() {
-            eprintln!("skipping: needs root to run {} containers", self.name());
+            crate::skip(&format!("needs root to run {} containers", self.name()));
             return false;
         }
         if !self.available() {
-            eprintln!(
-                "skipping: {} is not installed (scripts/test installs it)",
+            crate::skip(&format!(
+                "{} is not installed (scripts/test installs it)",
                 self.name()
-            );
+            ));
             return false;
         }
         self.prepare();

@@ -147,18 +147,7 @@ fn process_whose_leader_exited_is_still_grabbable() {
     let t = Target::spawn(["leader-exit"]);
     let pidfd = PidFd::open(t.pid).expect("pidfd_open");
     // Wait until the leader is a zombie while its other thread runs.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let st = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).expect("status");
-        if st
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'))
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "leader never exited");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    fdgrab_testkit::wait_leader_zombie(t.pid);
     assert!(pidfd.is_alive(), "the process is alive while a thread runs");
     let n = tfd(t.fd_labelled("pipe-w"));
     let ours = grab(&pidfd, n).expect("grab through a live thread");

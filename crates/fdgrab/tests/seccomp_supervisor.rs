@@ -95,7 +95,7 @@ fn supervise(sup: &mut Supervisor, mut child: Child) -> (Vec<SupervisorEvent>, S
 
 fn root_or_skip() -> bool {
     if !fdgrab_testkit::is_root() {
-        eprintln!("SKIP: needs root (drops to uid 65534 and binds port 80)");
+        fdgrab_testkit::skip("needs root (drops to uid 65534 and binds port 80)");
         return false;
     }
     true

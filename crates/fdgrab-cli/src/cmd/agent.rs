@@ -102,11 +102,19 @@ fn listen_at(path: &Path) -> anyhow::Result<OwnedFd> {
     let bound = rustix::net::bind(&sock, &addr);
     rustix::process::umask(old);
     bound.with_context(|| format!("binding the agent socket {}", path.display()))?;
-    rustix::fs::chmod(path, Mode::from_raw_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    // No chmod by path: the umask above already made it 0600, and a path-based call
+    // after bind could be redirected by a symlink swapped in meanwhile. The owner is
+    // the creator (root); only the group can differ (a set-gid directory), and
+    // lchown never follows a symlink.
     if rustix::process::geteuid().is_root() {
-        rustix::fs::chown(path, Some(Uid::ROOT), Some(rustix::fs::Gid::ROOT))
-            .with_context(|| format!("chown root {}", path.display()))?;
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(Uid::ROOT),
+            Some(rustix::fs::Gid::ROOT),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("chown root {}", path.display()))?;
     } else {
         tracing::warn!("not running as root: the socket is owned by the current user, and binds need privileges");
     }

@@ -6,6 +6,7 @@ use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{bail, Context, Result};
 use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
+use fdgrab::grab::open_target;
 use fdgrab::inject::CloseMode;
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
@@ -37,8 +38,9 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
     let signals = SignalFd::block(&FORWARDED)?;
 
-    let target = PidFd::open(a.pid)?;
-    let taken = activation::take_sockets(&target, &a.selectors)
+    let target = open_target(a.pid, a.backend.backend)?;
+    let how = fdgrab::GrabOptions::new().backend(a.backend.backend);
+    let taken = activation::take_sockets_with(&target, &a.selectors, &how)
         .with_context(|| format!("choosing sockets of process {}", a.pid))?;
     let names: Vec<String> = taken
         .iter()

@@ -294,12 +294,21 @@ fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInf
 /// Each copy is checked to be the socket the listing saw (same inode): the target
 /// may close a number and reuse it between the listing and the copy.
 pub fn take_sockets(target: &PidFd, selectors: &[Selector]) -> Result<Vec<TakenSocket>> {
+    take_sockets_with(target, selectors, &crate::grab::GrabOptions::new())
+}
+
+/// [`take_sockets`] with a chosen grab backend (`pidfd_getfd` or ptrace injection).
+pub fn take_sockets_with(
+    target: &PidFd,
+    selectors: &[Selector],
+    how: &crate::grab::GrabOptions,
+) -> Result<Vec<TakenSocket>> {
     let fds = listing(target)?;
     let selected = select(target.pid(), &fds, selectors)?;
     let mut taken = Vec::with_capacity(selected.len());
     for sel in selected {
         let fd = sel.target_fds[0];
-        let ours = crate::grab::grab(target, fd)?;
+        let ours = how.grab(target, fd)?.fd;
         let st =
             rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
         if st.st_ino != sel.inode {
