@@ -292,9 +292,26 @@ fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
     }
 }
 
+/// Before Linux 6.9 there are no thread pidfds; a pidfd of the thread's process
+/// reaches the same fd table. The tgid is read from `/proc/TID/status`; the
+/// ID_VALID that follows the memory read proves the thread (so its process, so the
+/// number) stayed alive from before this lookup until after it.
+fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
+    let tgid = crate::procfs::status(tid)
+        .ok()
+        .and_then(|st| st.tgid)
+        .ok_or(crate::Error::NoSuchProcess { pid: tid })?;
+    tracing::debug!(tid, tgid, "no PIDFD_THREAD; using the thread group's pidfd");
+    PidFd::open(tgid)
+}
+
 impl BindHandler {
     fn open_thread(&mut self, tid: i32) -> bool {
-        match PidFd::open_thread(tid) {
+        let opened = match PidFd::open_thread(tid) {
+            Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
+            r => r,
+        };
+        match opened {
             Ok(p) => {
                 if self.threads.len() >= MAX_THREADS {
                     self.threads.clear();
@@ -437,5 +454,24 @@ mod tests {
         assert_eq!(a.port(), 443);
         assert!(parse_sockaddr(libc::AF_INET6, &v6[..23]).is_err());
         assert!(parse_sockaddr(libc::AF_UNIX, &v6).is_err());
+    }
+
+    #[test]
+    fn thread_group_pidfd_of_a_non_leader_thread() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .expect("send");
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().expect("tid");
+        assert_ne!(tid, me);
+        let p = thread_group_pidfd(tid).expect("pidfd of the thread group");
+        assert_eq!(p.pid(), me);
+        assert!(!p.is_thread());
+        done_tx.send(()).expect("done");
+        t.join().expect("join");
     }
 }
