@@ -108,6 +108,47 @@ pub(crate) fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
     }
 }
 
+/// Another process's memory, used by the ptrace engine (scratch page) and by the
+/// seccomp supervisor (a trapped call's arguments). Writes all of `data` at `addr` in `pid`'s memory (`process_vm_writev`).
+pub(crate) fn process_vm_write(pid: crate::Pid, addr: u64, data: &[u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: `local` describes `data`, which the kernel only reads; `remote` names
+    // memory in the other process, which the kernel checks and never touches in ours.
+    let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    match r {
+        r if r < 0 => Err(Errno::from_raw_os_error(last_errno())),
+        r if r as usize != data.len() => Err(Errno::FAULT),
+        _ => Ok(()),
+    }
+}
+
+/// Fills `buf` from `addr` in `pid`'s memory (`process_vm_readv`).
+pub(crate) fn process_vm_read(pid: crate::Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, writable for its whole length; `remote` names
+    // memory in the other process, which the kernel checks.
+    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    match r {
+        r if r < 0 => Err(Errno::from_raw_os_error(last_errno())),
+        r if r as usize != buf.len() => Err(Errno::FAULT),
+        _ => Ok(()),
+    }
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()

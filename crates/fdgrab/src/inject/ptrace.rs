@@ -1,4 +1,4 @@
-//! The raw ptrace(2), waitpid(2), process_vm_readv/writev(2) and signal-mask calls the
+//! The raw ptrace(2), waitpid(2) and signal-mask calls the
 //! injection session is built from. Nothing here knows about registers (that is
 //! `arch`) or about sessions; every function returns the kernel's errno untouched.
 
@@ -87,46 +87,6 @@ fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
             }
         }
         return Ok((r != 0).then_some(status));
-    }
-}
-
-/// Writes all of `data` at `addr` in `pid`'s memory (`process_vm_writev`).
-pub(crate) fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Errno> {
-    let local = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: `local` describes `data`, which the kernel only reads; `remote` names
-    // memory in the other process, which the kernel checks and never touches in ours.
-    let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-    match r {
-        r if r < 0 => Err(errno()),
-        r if r as usize != data.len() => Err(Errno::FAULT),
-        _ => Ok(()),
-    }
-}
-
-/// Fills `buf` from `addr` in `pid`'s memory (`process_vm_readv`).
-pub(crate) fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: `local` describes `buf`, writable for its whole length; `remote` names
-    // memory in the other process, which the kernel checks.
-    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    match r {
-        r if r < 0 => Err(errno()),
-        r if r as usize != buf.len() => Err(Errno::FAULT),
-        _ => Ok(()),
     }
 }
 

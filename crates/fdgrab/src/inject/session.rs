@@ -272,13 +272,13 @@ impl<'a> Session<'a> {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
             sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
-            ptrace::write_mem(self.tid, area, &sets)
+            crate::sys::process_vm_write(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
             match self.run(libc::SYS_rt_sigprocmask, &args, false) {
                 Ok(0) => {
                     let mut old = [0u8; 8];
-                    ptrace::read_mem(self.tid, area + 8, &mut old)
+                    crate::sys::process_vm_read(self.tid, area + 8, &mut old)
                         .map_err(|e| self.mem_error("reading the signal mask", e))?;
                     self.old_mask = Some(u64::from_ne_bytes(old));
                     return Ok(());
@@ -316,7 +316,7 @@ impl<'a> Session<'a> {
         if self.stack_backup.map(|(a, _)| a) != Some(area) {
             self.restore_stack();
             let mut bytes = [0u8; 16];
-            ptrace::read_mem(self.tid, area, &mut bytes)
+            crate::sys::process_vm_read(self.tid, area, &mut bytes)
                 .map_err(|e| self.mem_error("reading the target's stack", e))?;
             self.stack_backup = Some((area, bytes));
         }
@@ -325,7 +325,7 @@ impl<'a> Session<'a> {
 
     fn restore_stack(&mut self) {
         if let Some((area, bytes)) = self.stack_backup.take() {
-            if let Err(e) = ptrace::write_mem(self.tid, area, &bytes) {
+            if let Err(e) = crate::sys::process_vm_write(self.tid, area, &bytes) {
                 tracing::debug!(pid = self.pid, error = %e, "could not put back stack bytes");
             }
         }
@@ -446,7 +446,7 @@ impl<'a> Session<'a> {
                 data.len()
             )));
         }
-        ptrace::write_mem(self.tid, base + start, data)
+        crate::sys::process_vm_write(self.tid, base + start, data)
             .map_err(|e| self.mem_error("writing scratch memory", e))?;
         self.scratch_used = end;
         Ok(base + start)
@@ -454,7 +454,7 @@ impl<'a> Session<'a> {
 
     /// Reads `buf.len()` bytes at `addr` in the target.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        ptrace::read_mem(self.tid, addr, buf)
+        crate::sys::process_vm_read(self.tid, addr, buf)
             .map_err(|e| self.mem_error("reading target memory", e))
     }
 
@@ -559,7 +559,7 @@ impl<'a> Session<'a> {
 
     fn unblock_signals(&mut self, mask: u64) -> Result<()> {
         let area = self.mask_area()?;
-        ptrace::write_mem(self.tid, area, &mask.to_ne_bytes())
+        crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
@@ -751,7 +751,7 @@ fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> {
             .instruction_pointer()
             .wrapping_sub(SYSCALL_INSN.len() as u64);
         let mut b = [0u8; 2];
-        if ptrace::read_mem(tid, at, &mut b).is_ok() && b == SYSCALL_INSN {
+        if crate::sys::process_vm_read(tid, at, &mut b).is_ok() && b == SYSCALL_INSN {
             return Ok(at);
         }
     }
@@ -805,7 +805,7 @@ fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
     let mut buf = Vec::new();
     for i in 0..max {
         let mut page = vec![0u8; PAGE as usize];
-        if ptrace::read_mem(tid, base + i * PAGE, &mut page).is_err() {
+        if crate::sys::process_vm_read(tid, base + i * PAGE, &mut page).is_err() {
             break;
         }
         buf.extend_from_slice(&page);
@@ -818,7 +818,7 @@ fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
 
 fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
     let mut buf = vec![0u8; (end - start) as usize];
-    ptrace::read_mem(tid, start, &mut buf).ok()?;
+    crate::sys::process_vm_read(tid, start, &mut buf).ok()?;
     buf.windows(2)
         .position(|w| w == SYSCALL_INSN)
         .map(|i| start + i as u64)

@@ -36,7 +36,7 @@ pub fn read_validated(
         return Err(ReadError::Other(Errno::SRCH));
     }
     // A short read (the range runs into unmapped memory) is EFAULT too.
-    let result = match crate::inject::ptrace::read_mem(notif.tid, addr, buf) {
+    let result = match crate::sys::process_vm_read(notif.tid, addr, buf) {
         Ok(()) => Ok(()),
         Err(Errno::FAULT) => Err(ReadError::Fault),
         Err(Errno::SRCH) => Err(ReadError::Gone),

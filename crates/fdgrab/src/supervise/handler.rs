@@ -6,7 +6,7 @@
 //! plug in the same way.
 
 use super::audit::{AuditLabels, AuditSink};
-use super::netns::UnprivilegedPorts;
+use super::port_threshold::UnprivilegedPorts;
 use crate::seccomp::{Listener, Notification, Response};
 
 /// Everything a handler may use while answering one request.

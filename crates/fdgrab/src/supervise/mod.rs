@@ -11,9 +11,9 @@ pub mod agent;
 pub mod audit;
 pub mod bind;
 pub mod handler;
-pub mod netns;
 pub mod oci;
 pub mod policy;
+pub mod port_threshold;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
 pub use bind::BindHandler;
@@ -22,7 +22,7 @@ pub use policy::{Policy, PolicyError, Proto};
 
 use crate::error::{Error, Result};
 use crate::seccomp::{Listener, Notification, Response, SendError};
-use netns::UnprivilegedPorts;
+use port_threshold::UnprivilegedPorts;
 use rustix::event::epoll;
 use rustix::event::Timespec;
 use rustix::io::Errno;
