@@ -300,15 +300,8 @@ pub struct RunArgs {
     /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
-    /// Allow binds matching SPEC = [tcp|udp:]PORT[-PORT][@ADDR]. Repeatable.
-    #[arg(long = "allow-bind", value_name = "SPEC")]
-    pub allow_bind: Vec<String>,
-    /// A TOML policy file (format in README); its rules are added to --allow-bind.
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
-    /// Append one JSON line per decision to FILE (`-` for stdout).
-    #[arg(long, value_name = "FILE|-")]
-    pub audit: Option<PathBuf>,
+    #[command(flatten)]
+    pub bind_policy: BindPolicyArgs,
     /// Do not kill the program (SIGKILL as parent-death signal) if fdgrab dies.
     /// Its trapped binds then fail with ENOSYS.
     #[arg(long)]
@@ -336,15 +329,22 @@ pub struct AgentArgs {
     /// socket file is replaced; one a live agent listens on is an error.
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Allow privileged binds matching SPEC, `[tcp|udp:]PORT[-PORT][@ADDR]`, to every
-    /// container (repeatable; the upper bound containers can only narrow).
+    /// For the agent, the policy is the upper bound that containers can only narrow,
+    /// and audit lines carry the container id and bundle.
+    #[command(flatten)]
+    pub bind_policy: BindPolicyArgs,
+}
+
+/// The bind policy and audit options, shared by `run` and `agent`.
+#[derive(Debug, clap::Args)]
+pub struct BindPolicyArgs {
+    /// Allow privileged binds matching SPEC = [tcp|udp:]PORT[-PORT][@ADDR]. Repeatable.
     #[arg(long = "allow-bind", value_name = "SPEC")]
     pub allow_bind: Vec<String>,
-    /// A TOML policy file, merged with the --allow-bind specs (format in README).
+    /// A TOML policy file (format in README); its rules are added to --allow-bind.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// Write one JSON line per decision, with the container id and bundle, to FILE
-    /// (`-` for stdout).
+    /// Append one JSON line per decision to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE|-")]
     pub audit: Option<PathBuf>,
 }

@@ -9,7 +9,6 @@ use crate::cli::AgentArgs;
 use crate::exit::UsageError;
 use anyhow::{bail, Context};
 use fdgrab::supervise::agent::{Agent, AgentEvent};
-use fdgrab::supervise::audit::AuditSink;
 use fdgrab::supervise::policy::Policy;
 use fdgrab::supervise::Supervisor;
 use rustix::fs::{Mode, Uid};
@@ -22,12 +21,7 @@ use std::process::ExitCode;
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let upper = upper_policy(&a)?;
-    let audit = match a.audit.as_deref() {
-        None => AuditSink::none(),
-        Some(p) if p == Path::new("-") => AuditSink::stdout(),
-        Some(p) => AuditSink::from_path(p)
-            .with_context(|| format!("opening the audit log {}", p.display()))?,
-    };
+    let audit = super::run::open_audit(&a.bind_policy)?;
     let listener = listen_at(&a.socket)?;
     let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
     let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
@@ -57,8 +51,9 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
 /// The agent-wide bound: every `--allow-bind` spec plus the `--policy` file,
 /// read exactly as `fdgrab run` reads them.
 fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
-    let policy = super::run::load_policy(&a.allow_bind, a.policy.as_deref())
-        .context("the agent's policy (--allow-bind, --policy)")?;
+    let policy =
+        super::run::load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())
+            .context("the agent's policy (--allow-bind, --policy)")?;
     if policy.is_empty() {
         tracing::warn!("empty policy: containers get no privileged ports from this agent");
     }

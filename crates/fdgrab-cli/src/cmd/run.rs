@@ -6,7 +6,7 @@
 //! keeps only the capabilities the supervisor needs and serves the listener until
 //! the program exits, forwarding SIGINT, SIGTERM and SIGHUP.
 
-use crate::cli::RunArgs;
+use crate::cli::{BindPolicyArgs, RunArgs};
 use crate::exit::UsageError;
 use crate::spawn::passthrough;
 use anyhow::{anyhow, Context, Result};
@@ -29,13 +29,8 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
-    let policy = load_policy(&a.allow_bind, a.policy.as_deref())?;
-    let audit = match a.audit.as_deref() {
-        None => AuditSink::none(),
-        Some(p) if p == Path::new("-") => AuditSink::stdout(),
-        Some(p) => AuditSink::from_path(p)
-            .with_context(|| format!("cannot open audit file {}", p.display()))?,
-    };
+    let policy = load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())?;
+    let audit = open_audit(&a.bind_policy)?;
     let user = a.user.as_deref().map(resolve_user).transpose()?;
     let (prog, rest) = a
         .cmd
@@ -121,6 +116,16 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The audit sink named by `--audit`: none, stdout for `-`, or an appended file.
+pub(crate) fn open_audit(a: &BindPolicyArgs) -> Result<AuditSink> {
+    Ok(match a.audit.as_deref() {
+        None => AuditSink::none(),
+        Some(p) if p == Path::new("-") => AuditSink::stdout(),
+        Some(p) => AuditSink::from_path(p)
+            .with_context(|| format!("cannot open audit file {}", p.display()))?,
+    })
 }
 
 pub(crate) fn load_policy(specs: &[String], file: Option<&Path>) -> Result<Policy> {
