@@ -10,6 +10,7 @@ pub(crate) mod inet_diag;
 mod sockets;
 pub(crate) mod unix_diag;
 
+pub(crate) use sockets::diag_table;
 pub use sockets::{Endpoint, SocketInfo};
 
 use crate::error::{Error, Result};

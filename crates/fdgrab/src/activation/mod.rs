@@ -21,7 +21,7 @@ pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
 
 use crate::error::{Error, Result};
 use crate::inventory::{
-    inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs, SocketInfo,
+    diag_table, inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs, SocketInfo,
 };
 use crate::pidfd::PidFd;
 use crate::signalfd::SignalFd;
@@ -257,36 +257,10 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
 /// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by inode;
 /// `None` if any dump is refused.
 fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInfo>> {
-    let sock = match unix_diag::diag_socket_in(proc_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(pid, error = %e, "no sock_diag socket in the target's netns; using the inventory");
-            return None;
-        }
-    };
-    let mut table = HashMap::new();
-    for (family, protocol, states) in [
-        (libc::AF_INET, libc::IPPROTO_TCP, inet_diag::STATES_LISTEN),
-        (libc::AF_INET6, libc::IPPROTO_TCP, inet_diag::STATES_LISTEN),
-        (libc::AF_INET, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
-        (libc::AF_INET6, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
-    ] {
-        match inet_diag::dump(&sock, family as u8, protocol as u8, states) {
-            Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
-            Err(e) => {
-                tracing::debug!(pid, family, protocol, error = %e, "inet_diag dump failed; using the inventory");
-                return None;
-            }
-        }
-    }
-    match unix_diag::dump(&sock) {
-        Ok(socks) => table.extend(socks.into_iter().map(|s| (s.inode, s.info))),
-        Err(e) => {
-            tracing::debug!(pid, error = %e, "unix_diag dump failed; using the inventory");
-            return None;
-        }
-    }
-    Some(table)
+    unix_diag::diag_socket_in(proc_dir)
+        .and_then(|sock| diag_table(&sock, inet_diag::STATES_LISTEN))
+        .map_err(|e| tracing::debug!(pid, error = %e, "sock_diag dumps unavailable; using the inventory"))
+        .ok()
 }
 
 /// Lists the target's fds, selects, and copies the chosen sockets out of it.

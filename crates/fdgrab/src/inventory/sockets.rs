@@ -137,52 +137,38 @@ pub(crate) struct SocketTable {
 
 impl SocketTable {
     pub(crate) fn load(pid: Pid, proc_dir: &OwnedFd) -> Result<Self> {
-        let mut t = SocketTable {
-            by_inode: HashMap::new(),
-        };
         // sock_diag answers per protocol and filters by state in the kernel, so it
         // skips the TIME_WAIT entries that make /proc/net/tcp slow on busy hosts.
         // Without it (no CAP_SYS_ADMIN over a foreign netns, or a missing diag
         // module) the /proc text tables say the same, minus unix peers.
         let diag = unix_diag::diag_socket_in(proc_dir)
-            .map_err(
-                |e| tracing::debug!(pid, error = %e, "no sock_diag socket; reading /proc/PID/net"),
-            )
-            .ok();
-        for (file, family, proto, ty) in [
-            ("net/tcp", "inet", "tcp", "stream"),
-            ("net/tcp6", "inet6", "tcp", "stream"),
-            ("net/udp", "inet", "udp", "dgram"),
-            ("net/udp6", "inet6", "udp", "dgram"),
+            .and_then(|sock| diag_table(&sock, inet_diag::STATES_WITH_INODE));
+        let mut text_tables = vec![
             ("net/udplite", "inet", "udplite", "dgram"),
             ("net/udplite6", "inet6", "udplite", "dgram"),
             ("net/raw", "inet", "raw", "raw"),
             ("net/raw6", "inet6", "raw", "raw"),
-        ] {
-            if let Some(sock) = &diag {
-                let fam = if family == "inet" {
-                    libc::AF_INET
-                } else {
-                    libc::AF_INET6
-                } as u8;
-                let ipproto = match proto {
-                    "tcp" => Some(libc::IPPROTO_TCP as u8),
-                    "udp" => Some(libc::IPPROTO_UDP as u8),
-                    _ => None,
+        ];
+        let mut t = match diag {
+            Ok(by_inode) => SocketTable { by_inode },
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "sock_diag unavailable; reading /proc/PID/net");
+                text_tables.extend([
+                    ("net/tcp", "inet", "tcp", "stream"),
+                    ("net/tcp6", "inet6", "tcp", "stream"),
+                    ("net/udp", "inet", "udp", "dgram"),
+                    ("net/udp6", "inet6", "udp", "dgram"),
+                ]);
+                let mut t = SocketTable {
+                    by_inode: HashMap::new(),
                 };
-                if let Some(ipproto) = ipproto {
-                    match inet_diag::dump(sock, fam, ipproto, inet_diag::STATES_WITH_INODE) {
-                        Ok(socks) => {
-                            t.by_inode
-                                .extend(socks.into_iter().map(|s| (s.inode, s.info)));
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::debug!(pid, file, error = %e, "inet_diag failed; reading /proc")
-                        }
-                    }
+                if let Some(text) = read_proc(pid, proc_dir, "net/unix")? {
+                    t.parse_unix(&text);
                 }
+                t
             }
+        };
+        for (file, family, proto, ty) in text_tables {
             if let Some(text) = read_proc(pid, proc_dir, file)? {
                 t.parse_inet(&text, family, proto, ty);
             }
@@ -192,19 +178,6 @@ impl SocketTable {
         }
         if let Some(text) = read_proc(pid, proc_dir, "net/packet")? {
             t.parse_packet(&text);
-        }
-        match diag.as_ref().map(unix_diag::dump) {
-            Some(Ok(socks)) => t
-                .by_inode
-                .extend(socks.into_iter().map(|s| (s.inode, s.info))),
-            other => {
-                if let Some(Err(e)) = other {
-                    tracing::debug!(pid, error = %e, "unix_diag failed; reading /proc/PID/net/unix");
-                }
-                if let Some(text) = read_proc(pid, proc_dir, "net/unix")? {
-                    t.parse_unix(&text);
-                }
-            }
         }
         Ok(t)
     }
@@ -391,6 +364,32 @@ pub(crate) fn unix_type(ty: u32) -> &'static str {
         5 => "seqpacket",
         _ => "unknown",
     }
+}
+
+/// TCP sockets whose state is in `tcp_states`, every UDP socket and every unix
+/// socket of the network namespace the sock_diag socket `sock` was made in, by
+/// inode. Any refused dump (a missing `udp_diag` module, say) is the error, so the
+/// caller can fall back as a whole.
+pub(crate) fn diag_table(
+    sock: &OwnedFd,
+    tcp_states: u32,
+) -> std::io::Result<HashMap<u64, SocketInfo>> {
+    let mut table = HashMap::new();
+    for (family, protocol, states) in [
+        (libc::AF_INET, libc::IPPROTO_TCP, tcp_states),
+        (libc::AF_INET6, libc::IPPROTO_TCP, tcp_states),
+        (libc::AF_INET, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
+        (libc::AF_INET6, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
+    ] {
+        let socks = inet_diag::dump(sock, family as u8, protocol as u8, states)?;
+        table.extend(socks.into_iter().map(|s| (s.inode, s.info)));
+    }
+    table.extend(
+        unix_diag::dump(sock)?
+            .into_iter()
+            .map(|s| (s.inode, s.info)),
+    );
+    Ok(table)
 }
 
 fn read_proc(pid: Pid, proc_dir: &OwnedFd, file: &str) -> Result<Option<String>> {
