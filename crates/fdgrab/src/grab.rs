@@ -125,9 +125,9 @@ impl GrabOptions {
             }
         };
         let mut out = Vec::with_capacity(copies.len());
-        let owner = inject::fd_table_owner(target)?;
+        let mut owner = None;
         for (&target_fd, fd) in fds.iter().zip(copies) {
-            if !same_file_in(target, owner, target_fd, fd.as_fd())? {
+            if !same_file_cached(target, &mut owner, target_fd, fd.as_fd())? {
                 return Err(Error::WrongKind {
                     pid: target.pid(),
                     fd: target_fd,
@@ -336,8 +336,30 @@ pub(crate) fn permission_hint(pid: Pid) -> String {
 /// table is reached through a live thread, so a process whose leader has exited is
 /// checked too.
 pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    let owner = inject::fd_table_owner(target)?;
-    same_file_in(target, owner, fd, ours)
+    same_file_cached(target, &mut None, fd, ours)
+}
+
+/// [`same_file`] that asks about the process's own id first, so the common case
+/// costs one `kcmp`. Only a process whose leader has exited (its table reachable
+/// through another thread) needs a live thread looked up in `/proc`; that thread is
+/// kept in `owner` for the next fds.
+fn same_file_cached(
+    target: &PidFd,
+    owner: &mut Option<Pid>,
+    fd: TargetFd,
+    ours: BorrowedFd<'_>,
+) -> Result<bool> {
+    if let Some(tid) = *owner {
+        return same_file_in(target, tid, fd, ours);
+    }
+    match same_file_in(target, target.pid(), fd, ours) {
+        Err(Error::NoSuchFd { .. }) | Err(Error::NoSuchProcess { .. }) => {
+            let tid = inject::fd_table_owner(target)?;
+            *owner = Some(tid);
+            same_file_in(target, tid, fd, ours)
+        }
+        r => r,
+    }
 }
 
 /// [`same_file`] with the thread that owns the fd table already chosen.
