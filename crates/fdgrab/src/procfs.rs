@@ -76,7 +76,19 @@ pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
 
 /// The state letter and start time (clock ticks after boot) of `/proc/PID/stat`.
 pub(crate) fn stat_state(pid: Pid) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether thread `tid` of process `pid` exists and has not exited (is neither a
+/// zombie nor dead).
+pub(crate) fn thread_alive(pid: Pid, tid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name is in parentheses and may contain anything; fields follow
     // the last ')': state is field 3 and starttime field 22 of the whole line.
     let rest = stat.rsplit_once(')')?.1;

@@ -657,7 +657,7 @@ impl<'a> Session<'a> {
     /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died.
     fn ptrace_error(&mut self, op: &'static str, e: Errno) -> Error {
         if matches!(e, Errno::SRCH | Errno::CHILD)
-            && (!self.target.is_alive() || !thread_alive(self.pid, self.tid))
+            && (!self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid))
         {
             return self.died();
         }
@@ -680,18 +680,6 @@ impl Drop for Session<'_> {
     }
 }
 
-fn thread_alive(pid: Pid, tid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .map(|s| !matches!(proc_state(&s), Some('Z') | Some('X')))
-        .unwrap_or(false)
-}
-
-/// The state letter of a `/proc/.../stat` line (after the parenthesised name, which
-/// may itself contain spaces and parentheses).
-fn proc_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// The thread to inject into: the leader, unless it has exited (a zombie leader with
 /// live threads), then the first live thread.
 pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
@@ -699,12 +687,12 @@ pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
     if !target.is_alive() {
         return Err(Error::NoSuchProcess { pid });
     }
-    if target.is_thread() || thread_alive(pid, pid) {
+    if target.is_thread() || procfs::thread_alive(pid, pid) {
         return Ok(pid);
     }
     let tids = procfs::tasks(pid).map_err(|_| Error::NoSuchProcess { pid })?;
     tids.into_iter()
-        .find(|&t| t != pid && thread_alive(pid, t))
+        .find(|&t| t != pid && procfs::thread_alive(pid, t))
         .ok_or(Error::NoSuchProcess { pid })
 }
 
