@@ -2,7 +2,7 @@
 
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use rustix::io::{fcntl_dupfd_cloexec, FdFlags};
+use rustix::io::fcntl_dupfd_cloexec;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -67,17 +67,14 @@ impl FdPlan {
             .map(|(fd, to)| (fd.as_raw_fd(), *to))
             .collect();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // dup2 and fcntl, which are async-signal-safe; it allocates nothing.
+        // dup2, which is async-signal-safe; it allocates nothing. No source sits on a
+        // destination number (see `new`), so every dup2 makes a new descriptor, and
+        // a new descriptor never has FD_CLOEXEC.
         unsafe {
             cmd.pre_exec(move || {
                 for &(from, to) in &pairs {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
-                    }
-                    // dup2 onto the same number is a no-op and would keep FD_CLOEXEC.
-                    let flags = libc::fcntl(to, libc::F_GETFD);
-                    if flags >= 0 {
-                        libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
                     }
                 }
                 Ok(())
@@ -132,10 +129,4 @@ pub fn passthrough(status: ExitStatus) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Clears FD_CLOEXEC on one of our fds.
-#[allow(dead_code)]
-pub fn clear_cloexec(fd: &OwnedFd) -> Result<()> {
-    rustix::io::fcntl_setfd(fd, FdFlags::empty()).context("clearing FD_CLOEXEC")
 }
