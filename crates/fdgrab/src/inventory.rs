@@ -539,7 +539,7 @@ impl EntryReader<'_> {
     }
 }
 
-fn bracketed(link: &str, prefix: &str) -> Option<u64> {
+pub(crate) fn bracketed(link: &str, prefix: &str) -> Option<u64> {
     link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
 }
 

@@ -21,7 +21,8 @@ pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
 
 use crate::error::{Error, Result};
 use crate::inventory::{
-    diag_table, inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs, SocketInfo,
+    bracketed, diag_table, inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs,
+    SocketInfo,
 };
 use crate::pidfd::PidFd;
 use crate::signalfd::SignalFd;
@@ -229,10 +230,7 @@ fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(proc_error(pid, "readlink /proc/PID/fd/N", e)),
         };
-        let inode = link
-            .strip_prefix("socket:[")
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|i| i.parse().ok());
+        let inode = bracketed(&link, "socket:[");
         list.push(Candidate {
             fd,
             link,
