@@ -14,6 +14,22 @@ fn ls_json(pid: i32) -> Value {
     serde_json::from_slice(&out.stdout).expect("ls --json output is one JSON document")
 }
 
+/// `ls --json` with a system call made to fail by strace's fault injection
+/// (`inject` is strace's `-e` argument), as on an older or sandboxed kernel.
+fn ls_json_with_fault(pid: i32, inject: &str) -> Value {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-o", "/dev/null", "-e", inject])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["ls", &pid.to_string(), "--json"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ls --json output")
+}
+
 fn entry(doc: &Value, fd: i64) -> &Value {
     doc["fds"]
         .as_array()
@@ -269,17 +285,7 @@ fn ls_process_info_with_and_without_pidfd_get_info() {
     assert_eq!(p["source"], "ioctl");
     assert_eq!(p["pid"].as_i64(), Some(t.pid.into()));
     assert_eq!(p["ppid"].as_u64(), Some(std::process::id().into()));
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-o", "/dev/null", "-e", "inject=ioctl:error=ENOTTY"])
-        .arg(fdgrab_testkit::bin("fdgrab"))
-        .args(["ls", &t.pid.to_string(), "--json"]);
-    let out = output_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fallback: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let fallback = ls_json_with_fault(t.pid, "inject=ioctl:error=ENOTTY");
     let q = &fallback["process"];
     assert_eq!(q["source"], "procfs");
     for k in ["pid", "tgid", "ppid", "uids", "gids", "cgroup_id"] {
@@ -327,16 +333,6 @@ fn ls_as_an_unprivileged_user() {
 #[test]
 fn ls_without_sock_diag_reads_proc_net() {
     let t = Target::spawn(["zoo"]);
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-o", "/dev/null", "-e", "inject=socket:error=EPERM"])
-        .arg(fdgrab_testkit::bin("fdgrab"))
-        .args(["ls", &t.pid.to_string(), "--json"]);
-    let out = output_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = ls_json_with_fault(t.pid, "inject=socket:error=EPERM");
     assert_matches_report_with(&t, &doc, false);
 }
