@@ -7,6 +7,7 @@
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
 pub(crate) mod inet_diag;
+mod sock_diag;
 mod sockets;
 pub(crate) mod unix_diag;
 

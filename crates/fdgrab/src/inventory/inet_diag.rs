@@ -4,8 +4,8 @@
 //! hash as well: several milliseconds on a host with a large table, however few
 //! sockets it holds. `fdgrab exec` uses this to find listeners quickly.
 
+use super::sock_diag::{self, request_header, NLM_F_DUMP};
 use super::sockets::{Endpoint, SocketInfo};
-use super::unix_diag::{dump_raw, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
@@ -35,17 +35,12 @@ pub(crate) fn dump(
     states: u32,
 ) -> std::io::Result<Vec<InetSock>> {
     // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
+    let mut req = request_header(72, NLM_F_DUMP);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
     let mut out = Vec::new();
-    dump_raw(sock, &req, |p| {
+    sock_diag::request(sock, &req, |p| {
         if let Some(s) = parse_msg(p, protocol) {
             out.push(s);
         }

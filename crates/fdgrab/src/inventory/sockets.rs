@@ -2,7 +2,7 @@
 //! namespace: `/proc/PID/net/*` shows the namespace of PID, not ours, and the unix
 //! socket dump is made on a netlink socket created inside that namespace.
 
-use super::{inet_diag, unix_diag};
+use super::{inet_diag, sock_diag, unix_diag};
 use crate::error::{Error, Result};
 use crate::{Pid, TargetFd};
 use rustix::fs::{openat, Mode, OFlags};
@@ -141,7 +141,7 @@ impl SocketTable {
         // skips the TIME_WAIT entries that make /proc/net/tcp slow on busy hosts.
         // Without it (no CAP_SYS_ADMIN over a foreign netns, or a missing diag
         // module) the /proc text tables say the same, minus unix peers.
-        let diag = unix_diag::diag_socket_in(proc_dir)
+        let diag = sock_diag::socket_in(proc_dir)
             .and_then(|sock| diag_table(&sock, inet_diag::STATES_WITH_INODE));
         let mut text_tables = vec![
             ("net/udplite", "inet", "udplite", "dgram"),
