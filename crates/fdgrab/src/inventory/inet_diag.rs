@@ -25,20 +25,42 @@ pub(crate) struct InetSock {
     pub info: SocketInfo,
 }
 
+/// `INET_DIAG_REQ_BYTECODE`: a filter program attached to a dump request.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter ops (`enum` in `linux/inet_diag.h`): source / destination port equal.
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+const INET_DIAG_BC_D_EQ: u8 = 12;
+
 /// Dumps the `protocol` (`IPPROTO_TCP`/`IPPROTO_UDP`) sockets of one address
 /// family whose state is in `states`, on a sock_diag socket made in the right
-/// network namespace.
+/// network namespace. With `port`, the kernel itself keeps only sockets whose local
+/// or remote port is `port` (a bytecode filter, Linux 4.16+ for the `*_EQ` ops), so
+/// a host with a large table sends back only what was asked for.
 pub(crate) fn dump(
     sock: &OwnedFd,
     family: u8,
     protocol: u8,
     states: u32,
+    port: Option<u16>,
 ) -> std::io::Result<Vec<InetSock>> {
-    // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero).
-    let mut req = request_header(72, NLM_F_DUMP);
+    let filter = port.map(port_filter).unwrap_or_default();
+    let attr_len = if filter.is_empty() {
+        0
+    } else {
+        4 + filter.len()
+    };
+    // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero),
+    // then the optional bytecode attribute.
+    let mut req = request_header((72 + attr_len) as u32, NLM_F_DUMP);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
+    if !filter.is_empty() {
+        req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        req.extend_from_slice(&filter);
+    }
     let mut out = Vec::new();
     sock_diag::request(sock, &req, |p| {
         if let Some(s) = parse_msg(p, protocol) {
@@ -46,6 +68,28 @@ pub(crate) fn dump(
         }
     })?;
     Ok(out)
+}
+
+/// "source port == `port` or destination port == `port`" as `inet_diag_bc_op`s
+/// (code, yes, no: bytes to jump forward when the test holds or fails). A port test
+/// is two ops, the second carrying the port in its `no` field. Ending exactly at the
+/// end accepts; jumping 4 bytes past it rejects. The kernel's audit follows the
+/// `yes` jumps and wants every `no` target on that path, hence the `or` as ss
+/// writes it: test, an unconditional jump to the end, the second test.
+fn port_filter(port: u16) -> Vec<u8> {
+    let op = |code: u8, yes: u8, no: u16| {
+        let mut b = vec![code, yes];
+        b.extend_from_slice(&no.to_ne_bytes());
+        b
+    };
+    [
+        op(INET_DIAG_BC_S_EQ, 8, 12), // holds: on to the jump; fails: the second test
+        op(0, 0, port),
+        op(INET_DIAG_BC_JMP, 4, 12),  // to the end: accept
+        op(INET_DIAG_BC_D_EQ, 8, 12), // holds: the end (accept); fails: past it
+        op(0, 0, port),
+    ]
+    .concat()
 }
 
 /// `struct inet_diag_msg`: family, state, timer, retrans; the socket id (ports in
@@ -73,11 +117,7 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     if inode == 0 {
         return None;
     }
-    let endpoint = |ip: IpAddr, port| Endpoint {
-        address: Some(ip.to_string()),
-        port: Some(port),
-        path: None,
-    };
+    let endpoint = Endpoint::inet;
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
         (
             "stream",

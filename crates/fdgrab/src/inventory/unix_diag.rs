@@ -3,7 +3,7 @@
 //! connected unix socket.
 
 use super::sock_diag::{self, attributes, request_header, NLM_F_DUMP};
-use super::sockets::{unix_info, unix_type, SocketInfo};
+use super::sockets::{unix_info, unix_type, Endpoint, SocketInfo};
 use std::os::fd::OwnedFd;
 
 /// Kept for `activation`, which still reaches the transport through this module.
@@ -28,6 +28,20 @@ pub(crate) fn dump(sock: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
         }
     })?;
     Ok(out)
+}
+
+/// The unix socket with inode `ino`, asked for alone (no dump); `None` if it is
+/// gone.
+pub(crate) fn lookup(sock: &OwnedFd, ino: u64) -> std::io::Result<Option<UnixSock>> {
+    let Ok(ino32) = u32::try_from(ino) else {
+        return Ok(None); // unix_diag inodes are 32-bit; such a socket cannot be asked for
+    };
+    let mut out = None;
+    match sock_diag::request(sock, &unix_request(ino32, 0), |p| out = parse_msg(p)) {
+        Ok(()) => Ok(out),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `struct nlmsghdr` + `struct unix_diag_req` for `inode` (0 with a dump: any).
@@ -62,14 +76,7 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     let mut peer = None;
     for (aty, data) in attributes(&p[16..]) {
         match aty {
-            UNIX_DIAG_NAME if !data.is_empty() => {
-                path = Some(if data[0] == 0 {
-                    format!("@{}", String::from_utf8_lossy(&data[1..]))
-                } else {
-                    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                    String::from_utf8_lossy(&data[..end]).into_owned()
-                });
-            }
+            UNIX_DIAG_NAME if !data.is_empty() => path = Some(Endpoint::unix_bytes(data)),
             UNIX_DIAG_PEER if data.len() >= 4 => {
                 let v = u32::from_ne_bytes(data[0..4].try_into().ok()?);
                 if v != 0 {
