@@ -153,3 +153,51 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode_of(fd: &impl std::os::fd::AsRawFd) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("stat")
+            .ino()
+    }
+
+    /// The kernel accepts the port filter (a refused one is EINVAL) and applies it:
+    /// both ends of a loopback connection and the listener come back, and nothing
+    /// on any other port.
+    #[test]
+    fn the_kernel_filters_by_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proc_dir = rustix::fs::open(
+            "/proc/self",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("/proc/self");
+        let sock = sock_diag::socket_in(&proc_dir).expect("sock_diag socket");
+        let found = dump(
+            &sock,
+            libc::AF_INET as u8,
+            libc::IPPROTO_TCP as u8,
+            STATES_WITH_INODE,
+            Some(port),
+        )
+        .expect("a filtered dump");
+        let inodes: Vec<u64> = found.iter().map(|s| s.inode).collect();
+        for s in [inode_of(&listener), inode_of(&client), inode_of(&server)] {
+            assert!(inodes.contains(&s), "{s} missing from {found:?}");
+        }
+        assert!(!inodes.contains(&inode_of(&other)));
+        for s in &found {
+            let ports = [&s.info.local, &s.info.peer].map(|e| e.as_ref().and_then(|e| e.port));
+            assert!(ports.contains(&Some(port)), "{s:?}");
+        }
+    }
+}

@@ -91,3 +91,36 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
         info: unix_info(ty, state, path, peer),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// One socket asked for by inode, without a dump: its type and its peer.
+    #[test]
+    fn lookup_by_inode_finds_the_peer() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let ino = |s: &std::os::unix::net::UnixStream| {
+            use std::os::fd::AsRawFd;
+            std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))
+                .expect("stat")
+                .ino()
+        };
+        let proc_dir = rustix::fs::open(
+            "/proc/self",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("/proc/self");
+        let sock = sock_diag::socket_in(&proc_dir).expect("sock_diag socket");
+        let found = lookup(&sock, ino(&a)).expect("lookup").expect("the socket");
+        assert_eq!(found.inode, ino(&a));
+        assert_eq!(found.info.peer_inode, Some(ino(&b)));
+        assert_eq!(found.info.socket_type.as_deref(), Some("stream"));
+        drop(b);
+        // A closed socket is no error, just absent.
+        let gone = ino(&a) + 1_000_000;
+        assert!(lookup(&sock, gone).expect("lookup").is_none());
+    }
+}
