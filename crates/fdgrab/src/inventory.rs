@@ -226,15 +226,11 @@ pub(crate) struct Select<'a> {
 impl Select<'_> {
     /// Whether anything can be decided from the link alone.
     fn by_link(&self) -> bool {
-        self.sockets.is_some() || self.file.is_some() || self.unlinked
+        self.sockets.is_some() || self.unlinked
     }
 
-    /// Whether descriptor `n` with link `link` can still match; `fd_dir` answers the
-    /// stat a file match needs.
-    fn link_may_match(&self, link: &[u8], fd_dir: &OwnedFd, n: &str) -> bool {
-        let pseudo = link.starts_with(b"socket:[")
-            || link.starts_with(b"pipe:[")
-            || link.starts_with(b"anon_inode:");
+    /// Whether descriptor `n` with link `link` can still match.
+    fn link_may_match(&self, link: &[u8]) -> bool {
         if let Some(socks) = self.sockets {
             let ino = std::str::from_utf8(link)
                 .ok()
@@ -243,19 +239,15 @@ impl Select<'_> {
                 return false;
             }
         }
-        if self.unlinked && !link.ends_with(b" (deleted)") {
-            return false;
-        }
-        if let Some((dev, ino)) = self.file {
-            if pseudo {
-                return false;
-            }
-            match statat(fd_dir, n, AtFlags::empty()) {
-                Ok(st) if st.st_dev == dev && st.st_ino == ino => {}
-                _ => return false,
-            }
-        }
-        true
+        !self.unlinked || link.ends_with(b" (deleted)")
+    }
+
+    /// Whether descriptor `n` can be on the file asked for: one stat through the
+    /// fd link, as fuser does, with no readlink.
+    fn file_may_match(&self, fd_dir: &OwnedFd, n: &str) -> bool {
+        self.file.is_none_or(|(dev, ino)| {
+            statat(fd_dir, n, AtFlags::empty()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+        })
     }
 
     fn keeps(&self, e: &FdEntry) -> bool {
@@ -302,51 +294,58 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     } = dirs;
 
     // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
-    // and all independent, so large tables are split across cores.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_WORKERS);
-    let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
-    let mut fds = std::thread::scope(|s| {
-        let handles: Vec<_> = numbers
-            .chunks(chunk.max(1))
-            .map(|part| {
-                let (fd_dir, fdinfo_dir) = (&fd_dir, &fdinfo_dir);
-                s.spawn(move || {
-                    let mut reader = EntryReader {
-                        pid,
-                        fd_dir,
-                        fdinfo_dir,
-                        devs_by_mount: HashMap::new(),
-                        pseudo_mounts: HashMap::new(),
-                    };
-                    let mut out = Vec::with_capacity(part.len());
-                    for &n in part {
-                        let link = if select.by_link() {
-                            let name = itoa(n);
-                            match reader.link(&name)? {
-                                Some(l) if select.link_may_match(&l, fd_dir, &name) => Some(l),
-                                _ => continue,
-                            }
-                        } else {
-                            None
-                        };
-                        if let Some(e) = reader.read(n, link)? {
-                            if select.keeps(&e) {
-                                out.push(e);
-                            }
-                        }
-                    }
-                    Ok::<_, Error>(out)
-                })
-            })
-            .collect();
-        let mut fds = Vec::with_capacity(numbers.len());
-        for h in handles {
-            fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+    // and all independent, so large tables are split across cores; small ones are
+    // read right here (a thread costs more than it saves, and far more on a loaded
+    // host, where each new thread waits for a CPU).
+    let read_part = |part: &[i32]| {
+        let mut reader = EntryReader {
+            pid,
+            fd_dir: &fd_dir,
+            fdinfo_dir: &fdinfo_dir,
+            devs_by_mount: HashMap::new(),
+            pseudo_mounts: HashMap::new(),
+        };
+        let mut out = Vec::with_capacity(part.len());
+        for &n in part {
+            let link = if select.by_link() {
+                let name = itoa(n);
+                match reader.link(&name)? {
+                    Some(l) if select.link_may_match(&l) => Some(l),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
+            if select.file.is_some() && !select.file_may_match(&fd_dir, &itoa(n)) {
+                continue;
+            }
+            if let Some(e) = reader.read(n, link)? {
+                if select.keeps(&e) {
+                    out.push(e);
+                }
+            }
         }
-        Ok::<_, Error>(fds)
-    })?;
+        Ok::<_, Error>(out)
+    };
+    let mut fds = if numbers.len() <= PARALLEL_THRESHOLD {
+        read_part(&numbers)?
+    } else {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = numbers
+                .chunks(chunk)
+                .map(|part| s.spawn(|| read_part(part)))
+                .collect();
+            let mut fds = Vec::with_capacity(numbers.len());
+            for h in handles {
+                fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+            }
+            Ok::<_, Error>(fds)
+        })?
+    };
 
     let held: Vec<(u64, TargetFd)> = fds
         .iter()

@@ -108,34 +108,41 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     } else {
         SocketSource::PerProcess
     };
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(pids.len().max(1));
-    let mut slots: Vec<Option<Result<Option<ProcessFds>>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&pid) = pids.get(i) else { break };
-                        done.push((i, one(pid, q, &select, &source)));
-                    }
-                    done
+    let mut slots: Vec<Option<Result<Option<ProcessFds>>>> = if pids.len() <= 1 {
+        // One process: no thread to wait for.
+        pids.iter()
+            .map(|&pid| Some(one(pid, q, &select, &source)))
+            .collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(pids.len());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&pid) = pids.get(i) else { break };
+                            done.push((i, one(pid, q, &select, &source)));
+                        }
+                        done
+                    })
                 })
-            })
-            .collect();
-        let mut slots: Vec<_> = (0..pids.len()).map(|_| None).collect();
-        for h in handles {
-            // A panicking worker leaves its processes as None: reported below.
-            for (i, r) in h.join().unwrap_or_default() {
-                slots[i] = Some(r);
+                .collect();
+            let mut slots: Vec<_> = (0..pids.len()).map(|_| None).collect();
+            for h in handles {
+                // A panicking worker leaves its processes as None: reported below.
+                for (i, r) in h.join().unwrap_or_default() {
+                    slots[i] = Some(r);
+                }
             }
-        }
-        slots
-    });
+            slots
+        })
+    };
     let mut out = QueryResult::default();
     for (pid, slot) in pids.iter().zip(slots.iter_mut()) {
         match slot.take() {

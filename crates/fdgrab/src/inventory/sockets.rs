@@ -179,6 +179,9 @@ struct Want {
     tcp: [bool; 2],
     udp: [bool; 2],
     unix: bool,
+    /// The TCP sockets to find, when known: if they all listen, the listening
+    /// hash alone answers and the (often much larger) established one is not walked.
+    tcp_inodes: Vec<u64>,
     /// Unix sockets to look up by inode; `None`: dump them all.
     unix_inodes: Option<Vec<u64>>,
     /// `/proc/PID/net` text tables: (file, family, protocol, type).
@@ -191,6 +194,7 @@ impl Want {
             tcp: [true; 2],
             udp: [true; 2],
             unix: true,
+            tcp_inodes: Vec::new(),
             unix_inodes: None,
             text: vec![
                 ("net/udplite", "inet", "udplite", "dgram"),
@@ -238,8 +242,10 @@ impl SocketTable {
         };
         for &(ino, fd) in held {
             match sockprotoname(fd_dir, &fd.as_raw().to_string()).as_deref() {
-                Some("TCP") => want.tcp[0] = true,
-                Some("TCPv6") => want.tcp[1] = true,
+                Some(p @ ("TCP" | "TCPv6")) => {
+                    want.tcp[usize::from(p == "TCPv6")] = true;
+                    want.tcp_inodes.push(ino);
+                }
                 Some("UDP") => want.udp[0] = true,
                 Some("UDPv6") => want.udp[1] = true,
                 Some(p) if p.starts_with("UNIX") => {
@@ -316,16 +322,33 @@ impl SocketTable {
 
     fn fill_from_diag(&mut self, sock: &OwnedFd, want: &Want) -> std::io::Result<()> {
         let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
+        let tcp = libc::IPPROTO_TCP as u8;
+        let mut tcp_states = inet_diag::STATES_WITH_INODE;
+        if !want.tcp_inodes.is_empty() {
+            for (_, family) in families.iter().enumerate().filter(|(i, _)| want.tcp[*i]) {
+                let socks = inet_diag::dump(sock, *family, tcp, inet_diag::STATES_LISTEN, None)?;
+                self.by_inode
+                    .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+            }
+            tcp_states &= !inet_diag::STATES_LISTEN;
+            if want
+                .tcp_inodes
+                .iter()
+                .all(|i| self.by_inode.contains_key(i))
+            {
+                tcp_states = 0;
+            }
+        }
         for (i, family) in families.into_iter().enumerate() {
             let mut dumps = Vec::new();
-            if want.tcp[i] {
-                dumps.push((libc::IPPROTO_TCP, inet_diag::STATES_WITH_INODE));
+            if want.tcp[i] && tcp_states != 0 {
+                dumps.push((tcp, tcp_states));
             }
             if want.udp[i] {
-                dumps.push((libc::IPPROTO_UDP, inet_diag::STATES_ALL));
+                dumps.push((libc::IPPROTO_UDP as u8, inet_diag::STATES_ALL));
             }
             for (protocol, states) in dumps {
-                let socks = inet_diag::dump(sock, family, protocol as u8, states, None)?;
+                let socks = inet_diag::dump(sock, family, protocol, states, None)?;
                 self.by_inode
                     .extend(socks.into_iter().map(|s| (s.inode, s.info)));
             }
