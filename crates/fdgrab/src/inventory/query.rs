@@ -166,6 +166,9 @@ fn one(pid: Pid, q: &Query, select: &Select, source: &SocketSource) -> Result<Op
             return Ok(None);
         }
     }
+    if !select.may_match_in(pid)? {
+        return Ok(None);
+    }
     let target = PidFd::open(pid)?;
     let inv = super::list(&target, select, source)?;
     if q.narrows_fds() && inv.fds.is_empty() {
@@ -225,15 +228,16 @@ fn matching_sockets(pids: &[Pid], q: &Query) -> HashMap<u64, SocketInfo> {
     let mut seen = std::collections::HashSet::new();
     let mut found = HashMap::new();
     for &pid in pids {
+        // One stat per process; the /proc directory is opened once per namespace.
+        let Ok(st) = rustix::fs::stat(format!("/proc/{pid}/ns/net")) else {
+            continue; // not ours to read; the process is skipped later anyway
+        };
+        if !seen.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
         let Some(proc_dir) = open_proc(pid) else {
             continue;
         };
-        let Some(ns) = netns_of(&proc_dir) else {
-            continue; // not ours to read; the process is skipped later anyway
-        };
-        if !seen.insert(ns) {
-            continue;
-        }
         let from_diag = sock_diag::socket_in(&proc_dir).and_then(|sock| diag_matches(&sock, q));
         let socks = match from_diag {
             Ok(s) => s,
