@@ -120,8 +120,12 @@ fn fdgrab_fds(text: &str) -> BTreeMap<i64, BTreeSet<i64>> {
     out
 }
 
-/// fd numbers by pid from `lsof -F pf` (numeric fds only: lsof adds cwd, txt, mem...).
-fn lsof_fds(text: &str) -> BTreeMap<i64, BTreeSet<i64>> {
+/// fd numbers by pid from `lsof -n -P -F pf ARGS` (numeric fds only: lsof adds cwd,
+/// txt, mem...).
+fn lsof_fds(args: &[&str]) -> BTreeMap<i64, BTreeSet<i64>> {
+    let mut argv: Vec<String> = ["lsof", "-n", "-P", "-F", "pf"].map(String::from).to_vec();
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let text = output(&argv);
     let mut out: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
     let mut pid = None;
     for line in text.lines() {
@@ -157,15 +161,7 @@ fn main() {
                 fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
             })
             .collect();
-        let theirs = lsof_fds(&output(&[
-            "lsof".into(),
-            "-n".into(),
-            "-P".into(),
-            "-F".into(),
-            "pf".into(),
-            "-p".into(),
-            pid.clone(),
-        ]));
+        let theirs = lsof_fds(&["-p", &pid]);
         let theirs = theirs.get(&i64::from(t.pid)).cloned().unwrap_or_default();
         println!(
             "fds listed: fdgrab {}, lsof {} (numeric)",
@@ -186,13 +182,7 @@ fn main() {
     // Every process, with one busy one among them.
     let busy = Target::spawn(["many", "1000"]);
     let ours = fdgrab_fds(&output(&[fg.clone(), "ls".into()]));
-    let theirs = lsof_fds(&output(&[
-        "lsof".into(),
-        "-n".into(),
-        "-P".into(),
-        "-F".into(),
-        "pf".into(),
-    ]));
+    let theirs = lsof_fds(&[]);
     let common: Vec<&i64> = ours.keys().filter(|p| theirs.contains_key(p)).collect();
     let agree = common.iter().filter(|p| ours[p] == theirs[p]).count();
     println!(

@@ -175,13 +175,7 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let proc_dir = rustix::fs::open(
-            "/proc/self",
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .expect("/proc/self");
-        let sock = sock_diag::socket_in(&proc_dir).expect("sock_diag socket");
+        let sock = sock_diag::socket_here();
         let found = dump(
             &sock,
             libc::AF_INET as u8,

@@ -127,3 +127,15 @@ pub(crate) fn socket_in(proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
         )?)
     })
 }
+
+/// A sock_diag socket in our own network namespace, for tests.
+#[cfg(test)]
+pub(crate) fn socket_here() -> OwnedFd {
+    let proc_dir = rustix::fs::open(
+        "/proc/self",
+        OFlags::PATH | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .expect("/proc/self");
+    socket_in(&proc_dir).expect("sock_diag socket")
+}

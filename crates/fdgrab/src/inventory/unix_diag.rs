@@ -107,13 +107,7 @@ mod tests {
                 .expect("stat")
                 .ino()
         };
-        let proc_dir = rustix::fs::open(
-            "/proc/self",
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .expect("/proc/self");
-        let sock = sock_diag::socket_in(&proc_dir).expect("sock_diag socket");
+        let sock = sock_diag::socket_here();
         let found = lookup(&sock, ino(&a)).expect("lookup").expect("the socket");
         assert_eq!(found.inode, ino(&a));
         assert_eq!(found.info.peer_inode, Some(ino(&b)));
