@@ -5,7 +5,7 @@ mod args;
 mod cli;
 mod cmd;
 mod exit;
-mod spawn;
+mod launch;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -40,6 +40,7 @@ pub mod pidfd;
 mod procfs;
 pub mod seccomp;
 pub mod signalfd;
+pub mod spawn;
 pub mod supervise;
 mod sys;
 

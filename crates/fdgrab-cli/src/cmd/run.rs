@@ -8,7 +8,7 @@
 
 use crate::cli::{BindPolicyArgs, RunArgs};
 use crate::exit::UsageError;
-use crate::spawn::passthrough;
+use crate::launch::passthrough;
 use anyhow::{anyhow, Context, Result};
 use fdgrab::seccomp::{self, InstallError, InstallFlags};
 use fdgrab::signalfd::{SavedMask, SignalFd};

@@ -1,8 +1,8 @@
 //! `fdgrab steal`: move fds out of a process into a command.
 
 use crate::cli::StealArgs;
-use crate::spawn::{grab_and_spawn, passthrough};
-use anyhow::{Context, Result};
+use crate::launch::{grab_and_spawn, passthrough};
+use anyhow::Result;
 use fdgrab::grab::open_target;
 use fdgrab::inject::{close_in_target, CloseMode};
 use std::process::ExitCode;
@@ -27,6 +27,6 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
         )));
     }
     tracing::info!(pid = a.pid, fds = ?wanted, ?how, backend = backend.name(), "stolen");
-    let status = child.wait().context("waiting for the command")?;
+    let status = child.wait()?;
     Ok(passthrough(status))
 }
