@@ -3,7 +3,10 @@
 //! handling. Every test uses its own port (or loopback address) so tests can run
 //! in parallel.
 
-use fdgrab_testkit::{bin, fdgrab, output_timeout, read_line_timeout, wait_timeout, TIMEOUT};
+use fdgrab_testkit::{
+    bin, fdgrab, output_timeout, read_line_timeout, wait_for_child_of, wait_gone, wait_timeout,
+    TIMEOUT,
+};
 use serde_json::Value;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -729,40 +732,6 @@ fn run_exit_status_and_parent_death() {
     let line = read_line_timeout(&mut out, TIMEOUT).expect("program output");
     let v: Value = serde_json::from_str(&line).expect("json");
     assert_eq!(v["errno"], libc::ENOSYS, "{v}");
-}
-
-fn wait_for_child_of(pid: u32) -> u32 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(c) = children
-            .split_whitespace()
-            .next()
-            .and_then(|c| c.parse().ok())
-        {
-            // Wait until it has exec'd (its filter is in place by then).
-            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-            if !exe.to_string_lossy().ends_with("fdgrab") {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "fdgrab {pid} started no program");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for init to reap it.
-        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]
