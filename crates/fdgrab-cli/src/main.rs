@@ -2,6 +2,7 @@
 //! codes lives in the `fdgrab` library.
 
 mod args;
+mod bind_policy;
 mod cli;
 mod cmd;
 mod exit;

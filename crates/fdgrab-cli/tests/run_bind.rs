@@ -563,16 +563,54 @@ fn run_nested_is_a_clear_error() {
     let mut c = fdgrab();
     c.args(["run", "--allow-bind", "80", "--", &f, "run", "--", "true"]);
     let out = output_timeout(&mut c, TIMEOUT);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("installing the seccomp filter"),
+        err.contains("cannot start '/usr/bin/true': installing the seccomp filter"),
         "stderr: {err}"
     );
+    assert!(err.contains("(os error 16)"), "EBUSY: {err}");
     assert!(
         err.contains("cannot run inside another fdgrab run"),
         "stderr: {err}"
     );
+}
+
+/// Each credential step of the child's set-up fails on its own, named, with exit
+/// 126 and nothing started. fdgrab runs without one capability (bounding set) so
+/// that exactly that step is refused. (setgid alone cannot be made to fail this
+/// way: it needs the same capability as setgroups; the library's spawn tests
+/// cover it with an invalid gid.)
+#[test]
+fn run_child_setup_failures_name_the_step() {
+    if !root_or_skip() {
+        return;
+    }
+    let cases = [
+        ("-setgid", "setting the supplementary groups (setgroups)"),
+        ("-setuid", "switching user (setuid)"),
+    ];
+    for (caps, step) in cases {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--bounding-set={caps}"))
+            .arg(bin("fdgrab"))
+            .args(["run", "--user", "nobody", "--", "sh", "-c", "echo started"]);
+        let out = output_timeout(&mut c, TIMEOUT);
+        assert_eq!(out.status.code(), Some(126), "{caps}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot start '/usr/bin/sh': {step}"))
+                || err.contains(&format!("cannot start '/bin/sh': {step}")),
+            "{caps}: {err}"
+        );
+        assert!(err.contains("Operation not permitted"), "{caps}: {err}");
+        assert!(out.stdout.is_empty(), "{caps}: the program ran");
+    }
+    // Not found and not executable: 127 and 126, as for get, steal and exec.
+    let out = output_timeout(&mut run_cmd(&[], &["/nonexistent/prog"]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let out = output_timeout(&mut run_cmd(&[], &["/etc/passwd"]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
 }
 
 #[test]

@@ -434,7 +434,6 @@ impl Spawn {
         self
     }
 
-    #[allow(dead_code)] // for the supervised launcher, next
     pub(crate) fn seccomp(mut self, s: SeccompHandBack) -> Self {
         self.seccomp = Some(s);
         self
