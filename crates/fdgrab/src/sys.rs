@@ -1,5 +1,10 @@
-//! The few raw system calls and ioctls that rustix does not wrap. All of this
-//! crate's `unsafe` outside the ptrace engine lives here.
+//! The few raw system calls and ioctls that rustix does not wrap.
+//!
+//! `unsafe` in this crate lives in four places, each block with a `// SAFETY:`
+//! comment: here; `seccomp/ioctl.rs` (the seccomp system call and the notify
+//! ioctls, whose structs rustix lacks); `spawn/clone.rs` (the vfork-style child
+//! and its steps before exec); and `inject/` (ptrace and register access). The
+//! CLI crate has none (`#![forbid(unsafe_code)]`).
 
 use rustix::io::Errno;
 use std::os::fd::{AsFd, AsRawFd};
@@ -147,6 +152,18 @@ pub(crate) fn process_vm_read(pid: crate::Pid, addr: u64, buf: &mut [u8]) -> Res
         r if r as usize != buf.len() => Err(Errno::FAULT),
         _ => Ok(()),
     }
+}
+
+/// A close-on-exec copy (numbered 3 or above) of descriptor number `n` of our own
+/// process, e.g. one inherited from the shell; `EBADF` if `n` is not open.
+pub(crate) fn dup_own_fd(n: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    if n < 0 {
+        return Err(Errno::BADF);
+    }
+    // SAFETY: the borrow lasts for one fcntl that only duplicates the descriptor;
+    // it closes nothing, and a number that is not open gives EBADF.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+    rustix::io::fcntl_dupfd_cloexec(fd, 3)
 }
 
 fn last_errno() -> i32 {

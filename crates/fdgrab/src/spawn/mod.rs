@@ -532,6 +532,17 @@ impl Spawn {
     }
 }
 
+/// A copy of descriptor `n` that this process inherited (from the shell, or from
+/// whoever started it), as an [`OwnedFd`] that can be installed or passed on.
+///
+/// Errors: [`Error::InvalidArgument`] naming `n` when it is not open (`EBADF`).
+pub fn dup_inherited(n: RawFd) -> Result<OwnedFd> {
+    crate::sys::dup_own_fd(n).map_err(|e| match e {
+        Errno::BADF => Error::InvalidArgument(format!("fd {n} is not open in this process")),
+        e => local_io("F_DUPFD_CLOEXEC", e),
+    })
+}
+
 /// Finds `cmd` as `execvp` would: a name with a `/` is used as is, anything else is
 /// looked up in `PATH`. Done in the parent, before anything is started, so that a
 /// typo costs nothing and the child need not allocate.
