@@ -613,6 +613,72 @@ fn run_child_setup_failures_name_the_step() {
     assert_eq!(out.status.code(), Some(126), "{out:?}");
 }
 
+/// `--user` goes through NSS: a user and groups that exist only in the extrausers
+/// database (as LDAP, SSSD or systemd dynamic users exist only in theirs). The
+/// database and an nsswitch.conf naming it are bind-mounted in a mount namespace
+/// private to this test, so nothing outside it (other tests included) sees them.
+#[test]
+fn run_user_known_only_through_nss() {
+    if !root_or_skip() {
+        return;
+    }
+    let db = Path::new("/var/lib/extrausers");
+    if !db.is_dir() || !Path::new("/usr/lib/libnss_extrausers.so.2").exists() {
+        fdgrab_testkit::skip("libnss-extrausers is not installed (./scripts/test installs it)");
+        return;
+    }
+    let dir = TempDir::new("nss");
+    let conf = std::fs::read_to_string("/etc/nsswitch.conf").expect("nsswitch.conf");
+    let conf: String = conf
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((db @ ("passwd" | "group"), rest)) => format!("{db}:{rest} extrausers\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.path("nsswitch.conf"), conf).expect("write nsswitch.conf");
+    std::fs::create_dir(dir.path("db")).expect("mkdir");
+    std::fs::write(
+        dir.path("db/passwd"),
+        "fdgrabnss:x:23456:23457:NSS only:/nonexistent-nss-home:/bin/sh\n",
+    )
+    .expect("write passwd");
+    std::fs::write(
+        dir.path("db/group"),
+        "fdgrabnssgrp:x:23457:\nfdgrabnssextra:x:23458:fdgrabnss\n",
+    )
+    .expect("write group");
+    let in_private_ns = |user: &str| {
+        let script = format!(
+            "mount --bind {conf} /etc/nsswitch.conf && mount --bind {db} {real} && \
+             exec {fdgrab} run --user {user} -- sh -c 'id -u; id -g; id -G; echo \"$HOME $USER\"'",
+            conf = dir.path("nsswitch.conf").display(),
+            db = dir.path("db").display(),
+            real = db.display(),
+            fdgrab = bin("fdgrab").display(),
+        );
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        let out = output_timeout(&mut c, TIMEOUT);
+        assert!(out.status.success(), "{user}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        in_private_ns("fdgrabnss"),
+        "23456\n23457\n23457 23458\n/nonexistent-nss-home fdgrabnss\n"
+    );
+    assert_eq!(
+        in_private_ns("fdgrabnss:fdgrabnssextra"),
+        "23456\n23458\n23458\n/nonexistent-nss-home fdgrabnss\n"
+    );
+    // Outside the namespace the user does not exist: a usage error naming it.
+    let mut c = fdgrab();
+    c.args(["run", "--user", "fdgrabnss", "--", "true"]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'fdgrabnss'"));
+}
+
 #[test]
 fn run_refuses_io_uring_and_foreign_abis() {
     if !root_or_skip() {

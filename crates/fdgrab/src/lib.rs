@@ -36,6 +36,7 @@ pub mod inject;
 pub mod inventory;
 mod netns;
 pub mod passfd;
+pub mod passwd;
 pub mod pidfd;
 mod procfs;
 pub mod seccomp;

@@ -1,10 +1,11 @@
 //! The few raw system calls and ioctls that rustix does not wrap.
 //!
-//! `unsafe` in this crate lives in four places, each block with a `// SAFETY:`
+//! `unsafe` in this crate lives in five places, each block with a `// SAFETY:`
 //! comment: here; `seccomp/ioctl.rs` (the seccomp system call and the notify
 //! ioctls, whose structs rustix lacks); `spawn/clone.rs` (the vfork-style child
-//! and its steps before exec); and `inject/` (ptrace and register access). The
-//! CLI crate has none (`#![forbid(unsafe_code)]`).
+//! and its steps before exec); `passwd.rs` (the C library's NSS lookups); and
+//! `inject/` (ptrace and register access). The CLI crate has none
+//! (`#![forbid(unsafe_code)]`).
 
 use rustix::io::Errno;
 use std::os::fd::{AsFd, AsRawFd};

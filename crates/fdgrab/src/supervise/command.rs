@@ -15,6 +15,7 @@
 
 use super::{AuditLabels, AuditSink, Policy, Supervisor, SupervisorEvent};
 use crate::error::{Error, Result};
+pub use crate::passwd::User;
 use crate::seccomp::{self, InstallFlags, Listener, Program};
 use crate::signalfd::SignalFd;
 use crate::spawn::{Child, Credentials, SeccompHandBack, Spawn};
@@ -24,19 +25,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The user a supervised program runs as.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    /// Login name, for `USER` and `LOGNAME`.
-    pub name: String,
-    /// Home directory, for `HOME`.
-    pub home: String,
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-    /// Supplementary groups, `gid` included.
-    pub groups: Vec<libc::gid_t>,
-}
 
 /// A program to run under a seccomp notify supervisor.
 #[derive(Debug)]
@@ -69,7 +57,8 @@ impl SupervisedCommand {
         }
     }
 
-    /// Runs the program as `user` (and sets `USER`, `LOGNAME`, `HOME` for it).
+    /// Runs the program as `user` (see [`User::lookup`]), and sets `USER`,
+    /// `LOGNAME` and `HOME` for it.
     pub fn user(mut self, user: User) -> Self {
         self.user = Some(user);
         self
