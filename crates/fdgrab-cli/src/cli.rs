@@ -172,7 +172,8 @@ pub struct LsArgs {
     /// Only listening sockets: TCP and unix in LISTEN, UDP bound and unconnected (ss -l).
     #[arg(long)]
     pub listen: bool,
-    /// Only processes whose effective user is USER (a name or a number).
+    /// Only processes whose effective user is USER (a name, looked up through NSS, or a
+    /// number).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// Print only the matching pids, sorted and unique, one per line (lsof -t).

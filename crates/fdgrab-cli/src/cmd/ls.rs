@@ -83,18 +83,12 @@ fn build_query(a: &LsArgs) -> Result<Query> {
     })
 }
 
-/// A user name from /etc/passwd, or a number.
+/// A user name (through NSS, as `run --user` resolves it) or a number.
 fn uid_of(user: &str) -> Result<u32> {
-    if let Ok(n) = user.parse::<u32>() {
-        return Ok(n);
+    if user.contains(':') {
+        return Err(UsageError(format!("--user '{user}': a user, without a group")).into());
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 3 && f[0] == user)
-        .and_then(|f| f[2].parse().ok())
-        .ok_or_else(|| UsageError(format!("--user '{user}': no such user in /etc/passwd")).into())
+    Ok(fdgrab::passwd::User::lookup(user)?.uid)
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail
