@@ -500,3 +500,32 @@ fn ls_asks_the_kernel_only_about_sockets_the_target_holds() {
         );
     }
 }
+
+/// A table large enough to be read on several threads, with the socket tables read
+/// meanwhile: every socket is resolved, the same as when the process is listed
+/// among others (one shared table per namespace, read after the fds).
+#[test]
+fn ls_of_a_large_table_resolves_every_socket() {
+    let t = Target::spawn(["many", "800"]);
+    let alone = ls_json(t.pid);
+    let fds = alone["fds"].as_array().expect("fds");
+    assert!(fds.len() >= 800, "{} fds", fds.len());
+    let sockets: Vec<&Value> = fds.iter().filter(|e| e["type"] == "socket").collect();
+    assert!(sockets.len() > 200, "{} sockets", sockets.len());
+    for e in &sockets {
+        let s = &e["socket"];
+        assert!(
+            ["inet", "unix"].contains(&s["family"].as_str().unwrap_or("")) && !s["state"].is_null(),
+            "unresolved: {e}"
+        );
+    }
+    let me = std::process::id().to_string();
+    let out = run_fdgrab(["ls", &t.pid.to_string(), &me, "--json"]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let shared = doc["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["pid"].as_i64() == Some(t.pid.into())))
+        .expect("target listed");
+    assert_eq!(shared["fds"], alone["fds"]);
+}

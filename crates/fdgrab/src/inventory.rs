@@ -27,6 +27,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc;
 
 /// What kind of object a descriptor refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -335,7 +336,8 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     // and all independent, so large tables are split across cores; small ones are
     // read right here (a thread costs more than it saves, and far more on a loaded
     // host, where each new thread waits for a CPU).
-    let read_part = |part: &[i32]| {
+    let read_part = |part: &[i32], socket_seen: Option<&mpsc::Sender<()>>| {
+        let mut told = false;
         let mut reader = EntryReader {
             pid,
             fd_dir: &fd_dir,
@@ -359,27 +361,51 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             }
             if let Some(e) = reader.read(n, link)? {
                 if select.keeps(&e) {
+                    if let (Some(tx), false, FdKind::Socket) = (socket_seen, told, e.kind) {
+                        told = tx.send(()).is_ok();
+                    }
                     out.push(e);
                 }
             }
         }
         Ok::<_, Error>(out)
     };
+    let mut preloaded = None;
     let mut fds = if numbers.len() <= PARALLEL_THRESHOLD {
-        read_part(&numbers)?
+        read_part(&numbers, None)?
     } else {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
         let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
+        // A large table of one process: its namespace's socket tables are read on
+        // one more thread as soon as a reader meets the first socket (and never,
+        // if none does), while the readers go on.
+        let preload = select.sockets.is_none() && matches!(sockets, SocketSource::PerProcess);
+        let (tx, rx) = mpsc::channel::<()>();
         std::thread::scope(|s| {
+            let table = preload.then(|| {
+                let proc_dir = &proc_dir;
+                s.spawn(move || {
+                    rx.recv()
+                        .ok()
+                        .map(|()| sockets::SocketTable::load(pid, proc_dir))
+                })
+            });
             let handles: Vec<_> = numbers
                 .chunks(chunk)
-                .map(|part| s.spawn(|| read_part(part)))
+                .map(|part| {
+                    let tx = preload.then(|| tx.clone());
+                    s.spawn(move || read_part(part, tx.as_ref()))
+                })
                 .collect();
+            drop(tx);
             let mut fds = Vec::with_capacity(numbers.len());
             for h in handles {
                 fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+            }
+            if let Some(t) = table {
+                preloaded = t.join().map_err(|_| worker_panicked(pid))?.transpose()?;
             }
             Ok::<_, Error>(fds)
         })?
@@ -405,7 +431,10 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             let table = tables.get(pid, &proc_dir, &fd_dir, &held)?;
             socket_fds.for_each(|e| resolve(&table, e));
         } else {
-            let table = sockets::SocketTable::load_for(pid, &proc_dir, &fd_dir, &held)?;
+            let table = match preloaded {
+                Some(t) => t,
+                None => sockets::SocketTable::load_for(pid, &proc_dir, &fd_dir, &held)?,
+            };
             socket_fds.for_each(|e| resolve(&table, e));
         }
     }
