@@ -633,3 +633,22 @@ sys.stdin.read()
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--listen` on the zoo: its TCP listeners (IPv4 and IPv6), its bound unconnected
+/// UDP sockets and its listening unix socket, and nothing connected.
+#[test]
+fn listen_keeps_exactly_the_listening_sockets() {
+    let t = Target::spawn(["zoo"]);
+    let doc = ls_json(&[&t.pid.to_string(), "--listen"]);
+    let got: BTreeSet<i64> = processes(&doc)[0]["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect();
+    let want: BTreeSet<i64> = ["tcp-listen", "tcp6-listen", "udp", "udp6", "unix-listen"]
+        .iter()
+        .map(|l| i64::from(t.fd_labelled(l)))
+        .collect();
+    assert_eq!(got, want, "{doc}");
+}
