@@ -199,7 +199,9 @@ impl Bundle {
 /// The busybox applets the tests' containers use.
 const APPLETS: &[&str] = &["sh", "httpd", "nc", "true", "sleep", "echo", "cat", "id"];
 
-fn make_rootfs(root: &Path) {
+/// Writes a busybox rootfs (the applets in `APPLETS`, /www/index.html, passwd
+/// and group naming uid 1000 `app`) at `root`.
+pub fn make_rootfs(root: &Path) {
     for d in ["bin", "proc", "dev", "tmp", "www", "etc"] {
         std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
     }
@@ -298,7 +300,8 @@ fn config_json(spec: &BundleSpec) -> Value {
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    fn drain_from(&self, mut r: impl Read + Send + 'static) {
+    /// Appends everything `r` yields, read on a thread of its own until EOF.
+    pub fn drain_from(&self, mut r: impl Read + Send + 'static) {
         let buf = Arc::clone(&self.0);
         std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
