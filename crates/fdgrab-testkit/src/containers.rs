@@ -286,15 +286,22 @@ const CTR_DEFAULT_CAPS: &[&str] = &[
 impl Containerd {
     /// Starts containerd with the CRI plugin disabled (`ctr` needs none of it).
     pub fn start() -> Containerd {
-        Containerd::start_with("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", "")
+        Containerd::start_with(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "",
+            None,
+        )
     }
 
     /// Starts containerd; `top` goes at the top of its config, `plugins` after it.
-    pub fn start_with(top: &str, plugins: &str) -> Containerd {
+    /// With `netns`, containerd (and so every shim and host-network pod it starts)
+    /// runs in that network namespace.
+    pub fn start_with(top: &str, plugins: &str, netns: Option<&Path>) -> Containerd {
         // A short directory name: shim and containerd socket paths must fit in
         // sun_path (108 bytes).
         let dir = TempDir::new("fdg-ctd");
         let d = dir.path();
+        let plugins = plugins.replace("@DIR@", &d.display().to_string());
         let address = d.join("c.sock");
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{top}\n\
@@ -306,7 +313,15 @@ impl Containerd {
         );
         let config_path = d.join("config.toml");
         std::fs::write(&config_path, config).expect("containerd config");
-        let mut child = Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())

@@ -3,6 +3,7 @@
 //! running commands with a hard timeout so that no test can hang CI.
 
 pub mod containers;
+pub mod cri;
 pub mod handover;
 pub mod oci;
 
