@@ -360,6 +360,10 @@ pub struct ProfileArgs {
     /// agent's policy for containers using this profile). Default: the input's, if any.
     #[arg(long, value_name = "TEXT")]
     pub metadata: Option<String>,
+    /// Write the profile to FILE (through a temporary file renamed into place, so
+    /// that a runtime never reads half a profile) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// The bind policy and audit options, shared by `run` and `agent`.

@@ -105,3 +105,200 @@ fdgrab_testkit::per_runtime! {
     cri_pod_serves_port_80 => pod_serves_port_80,
     cri_pod_annotation_narrows_to_eacces => pod_annotation_narrows_to_eacces,
 }
+
+fn contrib(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/kubernetes")
+        .join(path)
+}
+
+/// Every YAML document of a file, as JSON (python3-yaml parses it).
+fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+            ])
+            .arg(path),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// The manifests parse, and the DaemonSet is what docs/kubernetes.md says: host
+/// PID, hostPath /run/fdgrab, OnDelete, its own unconfined profile, only the
+/// capabilities the agent uses, the profile installed by `fdgrab profile` into the
+/// kubelet's directory; the example pod uses that profile.
+#[test]
+fn kubernetes_manifests_have_the_documented_shape() {
+    let python_yaml = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import yaml, tomllib"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_yaml {
+        fdgrab_testkit::skip("python3-yaml is not installed (scripts/test installs it)");
+        return;
+    }
+    let docs = yaml_docs(&contrib("fdgrab-agent.yaml"));
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
+    );
+    let ds = &docs[5];
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "OnDelete");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    let agent = &pod["containers"][0];
+    assert_eq!(
+        agent["securityContext"]["seccompProfile"]["type"],
+        "Unconfined"
+    );
+    assert_eq!(
+        agent["securityContext"]["privileged"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!([
+            "SYS_PTRACE",
+            "NET_BIND_SERVICE",
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "DAC_OVERRIDE",
+            "CHOWN",
+            "FOWNER"
+        ])
+    );
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let host = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(host("run-fdgrab").as_deref(), Some("/run/fdgrab"));
+    assert_eq!(
+        host("seccomp-profiles").as_deref(),
+        Some("/var/lib/kubelet/seccomp/profiles/fdgrab")
+    );
+    let install = &pod["initContainers"][0];
+    let cmd: Vec<&str> = install["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        cmd,
+        [
+            "/usr/local/bin/fdgrab",
+            "profile",
+            "--socket",
+            "/run/fdgrab/agent.sock",
+            "--output",
+            "/host/seccomp/fdgrab/fdgrab-bind.json"
+        ]
+    );
+    assert_eq!(
+        install["volumeMounts"][0]["mountPath"],
+        "/host/seccomp/fdgrab"
+    );
+
+    let example = yaml_docs(&contrib("example-pod.yaml"));
+    let sc = &example[0]["spec"]["securityContext"]["seccompProfile"];
+    assert_eq!(sc["type"], "Localhost");
+    // Relative to the kubelet's seccomp root, /var/lib/kubelet/seccomp.
+    assert_eq!(sc["localhostProfile"], "profiles/fdgrab/fdgrab-bind.json");
+    assert_eq!(
+        example[0]["spec"]["nodeSelector"]["fdgrab.io/agent"],
+        "ready"
+    );
+
+    for toml in ["containerd-config.toml", "crio-fdgrab.conf"] {
+        let out = fdgrab_testkit::output_timeout(
+            std::process::Command::new("/usr/bin/python3")
+                .args([
+                    "-c",
+                    "import sys, tomllib; tomllib.load(open(sys.argv[1], 'rb'))",
+                ])
+                .arg(contrib(toml)),
+            Duration::from_secs(20),
+        );
+        assert!(
+            out.status.success(),
+            "{toml}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `build-image.sh` makes an image with no base image from the fdgrab binary,
+/// containerd imports it, and the binary runs in it with only the libraries the
+/// script copied: its `fdgrab profile` prints what the host's does.
+#[test]
+fn agent_image_builds_and_runs_without_a_base_image() {
+    if !tool_usable("containerd") || !Runtime::Runc.usable() {
+        return;
+    }
+    let ctd = fdgrab_testkit::containers::Containerd::start();
+    let archive = ctd.dir.path().join("agent.oci.tar");
+    let name = "docker.io/library/fdgrab-agent:test";
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new(contrib("build-image.sh"))
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .arg(&archive)
+            .arg(name),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fdgrab_testkit::output_timeout(
+        ctd.ctr("default").args(["images", "import"]).arg(&archive),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = fdgrab_testkit::oci::unique("fdgrab-image");
+    ctd.track("default", &id);
+    let out = fdgrab_testkit::output_timeout(
+        ctd.ctr("default")
+            .args(["run", "--rm", name, &id, "/usr/local/bin/fdgrab", "profile"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "fdgrab in the image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = fdgrab_testkit::run_fdgrab(["profile"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&host.stdout)
+    );
+}

@@ -5,6 +5,8 @@
 //!
 //! The gRPC client is `cri/cri_call.py` (Debian's python3-grpcio and
 //! python3-grpc-tools; stubs generated at each call from `cri/cri_subset.proto`).
+//! The image is written by the agent image's own writer,
+//! `contrib/kubernetes/oci-image.py`.
 //! containerd runs in a network namespace the test owns, and pods use the node's
 //! network (`hostNetwork`), which is that namespace: no CNI plugin is needed and
 //! port 80 is the test's alone.
@@ -27,8 +29,8 @@ pub const IMAGE: &str = "docker.io/library/fdgrab-test:1";
 
 /// The CRI plugin's settings: the sandbox image is ours; the OOM score of pods is
 /// kept at or above containerd's own (lowering it needs CAP_SYS_RESOURCE, which
-/// container hosts may lack); pod annotations `org.fdgrab.*` reach the OCI spec,
-/// for runc and for a `crun` runtime handler.
+/// container hosts may lack). The runtime handlers and their `org.fdgrab.*` pod
+/// annotation allowlist come from the shipped `contrib/kubernetes/containerd-config.toml`.
 const CRI_CONFIG: &str = r#"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/library/fdgrab-test:1"
@@ -41,18 +43,28 @@ const CRI_CONFIG: &str = r#"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      pod_annotations = ["org.fdgrab.*"]
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
-      runtime_type = "io.containerd.runc.v2"
-      pod_annotations = ["org.fdgrab.*"]
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
-        BinaryName = "crun"
 "#;
+
+/// The shipped containerd snippet, without its `version` line (ours has one).
+fn shipped_runtimes() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/kubernetes/containerd-config.toml");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with("version"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cri/cri_call.py")
+}
+
+/// `contrib/kubernetes/oci-image.py`: the image writer the agent's image is built
+/// with, so the tests exercise the shipped script.
+pub fn oci_image_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/kubernetes/oci-image.py")
 }
 
 /// Whether the CRI client can run (python3-grpcio, python3-grpc-tools);
@@ -78,18 +90,19 @@ pub struct Cri {
 impl Cri {
     /// Starts containerd in `netns` and imports an image of a busybox rootfs.
     pub fn start(netns: &Path) -> Cri {
-        let containerd = Containerd::start_with("", CRI_CONFIG, Some(netns));
+        let config = format!("{CRI_CONFIG}\n{}", shipped_runtimes());
+        let containerd = Containerd::start_with("", &config, Some(netns));
         std::fs::create_dir_all(containerd.dir.path().join("cni")).expect("cni conf dir");
         let work = TempDir::new("fdgrab-cri-image");
         let rootfs = client_rootfs(work.path());
         let archive = work.path().join("image.tar");
         let out = output_timeout(
             Command::new(PYTHON)
-                .arg(script())
-                .arg("image")
+                .arg(oci_image_script())
                 .arg(&rootfs)
                 .arg(&archive)
-                .arg(IMAGE),
+                .arg(IMAGE)
+                .args(["--cmd", r#"["/bin/sleep", "86400"]"#]),
             Duration::from_secs(60),
         );
         assert!(
@@ -121,7 +134,6 @@ impl Cri {
         std::fs::write(&req, request.to_string()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(PYTHON);
         cmd.arg(script())
-            .arg("call")
             .arg(&self.containerd.address)
             .arg(method)
             .arg(&req);
