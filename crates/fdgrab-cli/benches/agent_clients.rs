@@ -12,7 +12,7 @@
 //!
 //! Run: `cargo bench -p fdgrab-cli --bench agent_clients` (as root; podman,
 //! containerd, runc and busybox-static installed). `FDGRAB_BENCH_ROUNDS` changes
-//! the number of rounds (default 12). Exits 1 when a client starts containers more
+//! the number of rounds (default 25). Exits 1 when a client starts containers more
 //! than 5% slower with the agent.
 
 use fdgrab_testkit::containers::{
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(25);
     sizes();
     start_to_ready(rounds);
 

@@ -13,8 +13,8 @@
 
 use fdgrab::seccomp::profile::{rewrite, rule_names_bind, Listener};
 use fdgrab_testkit::containers::{
-    agent_profile, client_rootfs, tool_usable, ClientContainer, ClientSpec, Containerd, Podman,
-    PODMAN_DEFAULT_PROFILE,
+    agent_profile, client_rootfs, containerd_runtime_of, tool_usable, ClientContainer, ClientSpec,
+    Containerd, Podman, PODMAN_DEFAULT_PROFILE,
 };
 use fdgrab_testkit::oci::{AgentProc, NetNs, Runtime, TempDir};
 use fdgrab_testkit::run_fdgrab;
@@ -463,6 +463,7 @@ fn ctr_serves_port_80(rt: Runtime) {
     let c = ctd.run(rt, &s.spec(&ns, SERVE));
     let name = c.name.clone();
     s.expect_served(&ns, &c, |id| id == name);
+    assert_eq!(containerd_runtime_of("default", &name), Some(rt));
 }
 
 fn ctr_annotation_narrows_to_eacces(rt: Runtime) {
@@ -515,4 +516,38 @@ fn appending_a_notify_rule_to_the_default_is_silently_ignored() {
         "the agent was never asked: {:?}",
         s.agent.audit_lines()
     );
+}
+
+/// `--output` writes what stdout would get, through a rename (no temporary file
+/// left), and a directory that does not exist is an error naming the path.
+#[test]
+fn profile_output_file_is_written_whole() {
+    let dir = TempDir::new("fdgrab-profile-out");
+    let file = dir.path().join("fdgrab-bind.json");
+    std::fs::write(&file, "old").expect("write");
+    let out = run_fdgrab([
+        "profile",
+        "--metadata",
+        "allow-bind=tcp:80",
+        "-o",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let stdout = run_fdgrab(["profile", "--metadata", "allow-bind=tcp:80"]).stdout;
+    assert_eq!(std::fs::read(&file).expect("read"), stdout);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("fdgrab-bind.json")]);
+
+    let missing = dir.path().join("no/such/dir/p.json");
+    let out = run_fdgrab(["profile", "-o", missing.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir/p.json"));
 }

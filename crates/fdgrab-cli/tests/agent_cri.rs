@@ -5,7 +5,9 @@
 //! private containerd with the `org.fdgrab.*` pod-annotation allowlist, runc and
 //! crun as runtime handlers. The profile is `fdgrab profile` of podman's default.
 
-use fdgrab_testkit::containers::{agent_profile, tool_usable, PODMAN_DEFAULT_PROFILE};
+use fdgrab_testkit::containers::{
+    agent_profile, containerd_runtime_of, tool_usable, PODMAN_DEFAULT_PROFILE,
+};
 use fdgrab_testkit::cri::{client_usable, Cri};
 use fdgrab_testkit::oci::{AgentProc, NetNs, Runtime};
 use std::path::Path;
@@ -59,6 +61,11 @@ fn pod_serves_port_80(rt: Runtime) {
         "{resp}"
     );
     assert_eq!(pod.status(&id)["state"], "CONTAINER_RUNNING");
+    assert_eq!(
+        containerd_runtime_of("k8s.io", &id),
+        Some(rt),
+        "the runtime handler's binary"
+    );
     let audit = agent.audit_lines();
     let line = audit
         .iter()

@@ -202,6 +202,15 @@ impl Podman {
         ]
     }
 
+    /// The OCI runtime podman says it runs container `name` with.
+    pub fn runtime_of(&self, name: &str) -> String {
+        let mut cmd = Command::new("podman");
+        cmd.args(self.base_args())
+            .args(["inspect", "--format", "{{.OCIRuntime}}", name]);
+        let out = output_timeout(&mut cmd, Duration::from_secs(30));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// `podman run --rootfs ROOTFS --security-opt seccomp=PROFILE ...`: uid 1000,
     /// every capability dropped, the test's network namespace. The nofile and nproc
     /// limits are set to values any host allows, since podman's defaults for root
@@ -249,6 +258,20 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         unmount_under(self.dir.path());
+    }
+}
+
+/// Which OCI runtime containerd's runc shim started a running container with,
+/// told by the state each leaves in the shim's runtime root: runc writes
+/// `state.json`, crun `status`. So a test of the crun handler fails if runc ran.
+pub fn containerd_runtime_of(namespace: &str, id: &str) -> Option<Runtime> {
+    let dir = Path::new("/run/containerd/runc").join(namespace).join(id);
+    if dir.join("state.json").exists() {
+        Some(Runtime::Runc)
+    } else if dir.join("status").exists() {
+        Some(Runtime::Crun)
+    } else {
+        None
     }
 }
 
