@@ -28,11 +28,10 @@ fn usable(rt: Runtime) -> bool {
     true
 }
 
-/// A pod allowed port 80 by annotation serves it from uid 1000 through the agent.
-fn pod_serves_port_80(rt: Runtime) {
-    if !usable(rt) {
-        return;
-    }
+/// What a node has: an agent allowing tcp:80 and tcp:443, a network namespace
+/// that containerd and its host-network pods run in, containerd with the CRI
+/// plugin, and the agent's profile made from podman's default.
+fn node() -> (AgentProc, NetNs, Cri, std::path::PathBuf) {
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
     let ns = NetNs::new();
     let cri = Cri::start(&ns.path);
@@ -42,6 +41,15 @@ fn pod_serves_port_80(rt: Runtime) {
         Some(Path::new(PODMAN_DEFAULT_PROFILE)),
         &agent.socket,
     );
+    (agent, ns, cri, profile)
+}
+
+/// A pod allowed port 80 by annotation serves it from uid 1000 through the agent.
+fn pod_serves_port_80(rt: Runtime) {
+    if !usable(rt) {
+        return;
+    }
+    let (agent, ns, cri, profile) = node();
     let pod = cri.run_pod(rt, "web", &[("org.fdgrab.allow-bind", "tcp:80")]);
     let id = pod.start_container(
         "httpd",
@@ -82,15 +90,7 @@ fn pod_annotation_narrows_to_eacces(rt: Runtime) {
     if !usable(rt) {
         return;
     }
-    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:443"]);
-    let ns = NetNs::new();
-    let cri = Cri::start(&ns.path);
-    let profile = agent_profile(
-        cri.logs.path(),
-        "fdgrab-bind.json",
-        Some(Path::new(PODMAN_DEFAULT_PROFILE)),
-        &agent.socket,
-    );
+    let (agent, _ns, cri, profile) = node();
     let pod = cri.run_pod(rt, "narrow", &[("org.fdgrab.allow-bind", "tcp:443")]);
     let id = pod.start_container("nc", &["nc", "-l", "-p", "80"], &profile);
     let st = pod

@@ -134,17 +134,7 @@ impl ClientContainer {
     pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
         let st = wait_timeout(&mut self.child, timeout)
             .map_err(|e| format!("{}: {e}; output {:?}", self.name, self.output.text()))?;
-        // The reader threads finish at EOF, right after the exit.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut last = self.output.text();
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.output.text();
-            if now == last || Instant::now() >= deadline {
-                return Ok((st, now));
-            }
-            last = now;
-        }
+        Ok((st, self.output.settled()))
     }
 }
 

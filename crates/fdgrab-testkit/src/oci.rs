@@ -316,6 +316,21 @@ impl Captured {
         });
     }
 
+    /// The text once it has stopped growing (at most 2 s): the reader threads
+    /// finish at EOF, right after the writer exits.
+    pub fn settled(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = self.text();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.text();
+            if now == last || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
@@ -377,17 +392,7 @@ impl Container {
     /// and everything it printed.
     pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
         let st = self.wait_exit(timeout)?;
-        // The reader threads finish at EOF, right after the exit.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut last = self.output.text();
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.output.text();
-            if now == last || Instant::now() >= deadline {
-                return Ok((st, now));
-            }
-            last = now;
-        }
+        Ok((st, self.output.settled()))
     }
 
     /// Waits for the runtime to exit, woken by its pidfd the moment it does (the
