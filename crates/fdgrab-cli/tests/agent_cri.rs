@@ -145,12 +145,7 @@ fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
 /// kubelet's directory; the example pod uses that profile.
 #[test]
 fn kubernetes_manifests_have_the_documented_shape() {
-    let python_yaml = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import yaml, tomllib"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !python_yaml {
-        fdgrab_testkit::skip("python3-yaml is not installed (scripts/test installs it)");
+    if !usable_yaml() {
         return;
     }
     let docs = yaml_docs(&contrib("fdgrab-agent.yaml"));
@@ -183,17 +178,10 @@ fn kubernetes_manifests_have_the_documented_shape() {
         agent["securityContext"]["capabilities"]["drop"],
         serde_json::json!(["ALL"])
     );
+    // What the capabilities are for is tested below, from this very list.
     assert_eq!(
-        agent["securityContext"]["capabilities"]["add"],
-        serde_json::json!([
-            "SYS_PTRACE",
-            "NET_BIND_SERVICE",
-            "NET_ADMIN",
-            "SYS_ADMIN",
-            "DAC_OVERRIDE",
-            "CHOWN",
-            "FOWNER"
-        ])
+        daemonset_caps(),
+        ["SYS_PTRACE", "NET_BIND_SERVICE", "SYS_ADMIN"]
     );
     let volumes = pod["volumes"].as_array().expect("volumes");
     let host = |name: &str| {
@@ -308,4 +296,122 @@ fn agent_image_builds_and_runs_without_a_base_image() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&host.stdout)
     );
+}
+
+/// The capabilities the DaemonSet gives the agent container.
+fn daemonset_caps() -> Vec<String> {
+    let docs = yaml_docs(&contrib("fdgrab-agent.yaml"));
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// An agent whose bounding set is exactly `caps` (setpriv, util-linux).
+fn agent_with_caps(caps: &[String]) -> AgentProc {
+    let set: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase()))
+        .collect();
+    let bounding = format!("-all,{}", set.join(","));
+    AgentProc::start_under(
+        &["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all"],
+        &["--allow-bind", "tcp:80"],
+    )
+}
+
+/// The DaemonSet's capability list is enough: an agent with only those serves a
+/// container's port 80 (ctr, podman's default made into the agent's profile), and
+/// without SYS_PTRACE the same container gets EACCES (the agent cannot take the
+/// socket and hands the call back to the kernel).
+#[test]
+fn agent_needs_only_the_daemonset_capabilities() {
+    if !tool_usable("containerd") || !Runtime::Runc.usable() || !usable_yaml() {
+        return;
+    }
+    if !Path::new(PODMAN_DEFAULT_PROFILE).exists() {
+        fdgrab_testkit::skip(&format!("{PODMAN_DEFAULT_PROFILE} is missing"));
+        return;
+    }
+    let caps = daemonset_caps();
+    let ctd = fdgrab_testkit::containers::Containerd::start();
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-caps");
+    let rootfs = fdgrab_testkit::containers::client_rootfs(dir.path());
+    let spec =
+        |agent: &AgentProc, ns: &NetNs, script: &str| fdgrab_testkit::containers::ClientSpec {
+            rootfs: rootfs.clone(),
+            profile: agent_profile(
+                dir.path(),
+                &fdgrab_testkit::oci::unique("p.json"),
+                Some(Path::new(PODMAN_DEFAULT_PROFILE)),
+                &agent.socket,
+            ),
+            netns: ns.path.clone(),
+            annotations: Vec::new(),
+            script: script.into(),
+        };
+
+    let agent = agent_with_caps(&caps);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid)).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("{k} in {status}"))
+    };
+    assert_eq!(field("CapEff:"), field("CapBnd:"), "{status}");
+    assert_eq!(
+        field("CapEff:").count_ones() as usize,
+        caps.len(),
+        "{status}"
+    );
+    let ns = NetNs::new();
+    let _c = ctd.run(
+        Runtime::Runc,
+        &spec(&agent, &ns, "exec httpd -f -p 80 -h /www"),
+    );
+    let resp = ns
+        .http_get_eventually(80, START)
+        .unwrap_or_else(|e| panic!("GET :80: {e}; agent {}", agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+
+    let without: Vec<String> = caps
+        .iter()
+        .filter(|c| *c != "SYS_PTRACE")
+        .cloned()
+        .collect();
+    let weak = agent_with_caps(&without);
+    let ns = NetNs::new();
+    let mut c = ctd.run(
+        Runtime::Runc,
+        &spec(&weak, &ns, "nc -l -p 80; echo nc-exit=$?"),
+    );
+    let (_, out) = c.wait(START).expect("container ran");
+    assert!(out.contains("bind: Permission denied"), "{out}");
+    assert!(
+        // Without SYS_PTRACE the agent cannot even read the sockaddr.
+        weak.audit_lines()
+            .iter()
+            .any(|l| l["decision"] == "continue" && l["uid"] == 1000),
+        "{:?}",
+        weak.audit_lines()
+    );
+}
+
+fn usable_yaml() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import yaml, tomllib"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fdgrab_testkit::skip("python3-yaml is not installed (scripts/test installs it)");
+    }
+    ok
 }

@@ -560,8 +560,15 @@ impl AgentProc {
         let dir = TempDir::new("fdgrab-agent");
         let socket = dir.path().join("agent.sock");
         let audit = dir.path().join("audit.jsonl");
-        AgentProc::launch(dir, &socket, &audit, args, "warn,fdgrab::cmd::agent=info")
-            .unwrap_or_else(|e| panic!("{e}"))
+        AgentProc::launch(
+            dir,
+            &socket,
+            &audit,
+            args,
+            "warn,fdgrab::cmd::agent=info",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts an agent on `socket`; `Err` carries its output when it exits instead
@@ -572,7 +579,17 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
     ) -> Result<AgentProc, String> {
-        AgentProc::launch(dir, socket, audit, args, "debug")
+        AgentProc::launch(dir, socket, audit, args, "debug", &[])
+    }
+
+    /// Like [`AgentProc::start`], with the agent run by `wrapper` (e.g. `setpriv
+    /// --bounding-set ...`, to give it only some capabilities).
+    pub fn start_under<S: AsRef<str>>(wrapper: &[&str], args: &[S]) -> AgentProc {
+        let dir = TempDir::new("fdgrab-agent");
+        let socket = dir.path().join("agent.sock");
+        let audit = dir.path().join("audit.jsonl");
+        AgentProc::launch(dir, &socket, &audit, args, "debug", wrapper)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn launch<S: AsRef<str>>(
@@ -581,13 +598,22 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
         log_filter: &str,
+        wrapper: &[&str],
     ) -> Result<AgentProc, String> {
         let notify_path = dir.path().join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let mut child = Command::new(bin("fdgrab"))
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin("fdgrab"));
+                c
+            }
+            None => Command::new(bin("fdgrab")),
+        };
+        let mut child = cmd
             .arg("-vv")
             .arg("agent")
             .arg("--socket")
