@@ -11,7 +11,7 @@
 //! rule: no rule lets bind through except the NOTIFY rules, every other rule and
 //! field is unchanged.
 
-use fdgrab::seccomp::profile::{rewrite, rule_names_bind, Listener};
+use fdgrab::seccomp::profile::{rewrite, rule_names_bind, ProfileListener};
 use fdgrab_testkit::containers::{
     agent_profile, client_rootfs, containerd_runtime_of, tool_usable, ClientContainer, ClientSpec,
     Containerd, Podman, PODMAN_DEFAULT_PROFILE,
@@ -107,7 +107,7 @@ fn check_rewrite(input: &Value, output: &Value, expect_notify: usize) {
 }
 
 fn rewrite_ok(input: &Value) -> Value {
-    rewrite(input.clone(), &Listener::default())
+    rewrite(input.clone(), &ProfileListener::default())
         .expect("rewrite")
         .profile
 }

@@ -3,7 +3,7 @@
 use crate::cli::ProfileArgs;
 use crate::exit::UsageError;
 use anyhow::Context;
-use fdgrab::seccomp::profile::{runtime_default, to_agent_profile, Listener};
+use fdgrab::seccomp::profile::{runtime_default, to_agent_profile, ProfileListener};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading the profile {}", path.display()))?,
         None => runtime_default().to_owned(),
     };
-    let listener = Listener {
+    let listener = ProfileListener {
         path: a.socket.to_string_lossy().into_owned(),
         metadata: a.metadata,
     };

@@ -56,16 +56,16 @@ pub struct AgentProfile {
 
 /// How the agent is reached: `listenerPath`, and `listenerMetadata` if set.
 #[derive(Debug, Clone)]
-pub struct Listener {
+pub struct ProfileListener {
     /// The agent's socket (`listenerPath`).
     pub path: String,
     /// Replaces the input's `listenerMetadata` when set, e.g. `allow-bind=tcp:80`.
     pub metadata: Option<String>,
 }
 
-impl Default for Listener {
+impl Default for ProfileListener {
     fn default() -> Self {
-        Listener {
+        ProfileListener {
             path: DEFAULT_LISTENER_PATH.to_owned(),
             metadata: None,
         }
@@ -123,13 +123,16 @@ pub fn rule_names_bind(rule: &Value) -> bool {
 /// Rules that deny `bind` (ERRNO, KILL, TRAP, TRACE) are kept: the kernel still
 /// answers them. Fails when the input is not a profile, or when it never allows
 /// `bind` (the agent would then grant what the profile forbade).
-pub fn to_agent_profile(input: &str, listener: &Listener) -> Result<AgentProfile, ProfileError> {
+pub fn to_agent_profile(
+    input: &str,
+    listener: &ProfileListener,
+) -> Result<AgentProfile, ProfileError> {
     let value: Value = serde_json::from_str(input)?;
     rewrite(value, listener)
 }
 
 /// [`to_agent_profile`] on a parsed profile.
-pub fn rewrite(mut value: Value, listener: &Listener) -> Result<AgentProfile, ProfileError> {
+pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProfile, ProfileError> {
     let profile = value
         .as_object_mut()
         .ok_or_else(|| ProfileError::Shape("the top level is not a JSON object".into()))?;
@@ -180,6 +183,8 @@ pub fn rewrite(mut value: Value, listener: &Listener) -> Result<AgentProfile, Pr
             continue;
         };
         let cond = conditions(obj);
+        let shown = Value::Object(cond.clone());
+        tracing::debug!(rule = i, %action, conditions = %shown, "taking bind out of a rule that lets it through");
         if !notify_when.contains(&cond) {
             notify_when.push(cond);
         }
@@ -241,7 +246,7 @@ mod tests {
     use serde_json::json;
 
     fn agent(v: Value) -> AgentProfile {
-        rewrite(v, &Listener::default()).expect("rewrite")
+        rewrite(v, &ProfileListener::default()).expect("rewrite")
     }
 
     fn notify_rules(p: &Value) -> Vec<&Value> {
@@ -313,7 +318,7 @@ mod tests {
     fn a_profile_that_never_allows_bind_is_refused() {
         let e = rewrite(
             json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}),
-            &Listener::default(),
+            &ProfileListener::default(),
         )
         .expect_err("nothing to notify");
         assert!(matches!(e, ProfileError::BindNeverAllowed { .. }), "{e}");
@@ -337,7 +342,7 @@ mod tests {
                 "syscalls[0].action",
             ),
         ] {
-            let e = rewrite(v, &Listener::default()).expect_err("bad shape");
+            let e = rewrite(v, &ProfileListener::default()).expect_err("bad shape");
             assert!(e.to_string().contains(what), "{e} should name {what}");
         }
     }
