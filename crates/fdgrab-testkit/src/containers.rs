@@ -187,6 +187,11 @@ impl Podman {
             d.join("run").display().to_string(),
             "--tmpdir".into(),
             d.join("tmp").display().to_string(),
+            // --rootfs needs no image layers; vfs, unlike overlay, mounts
+            // nothing, so conmon's late `podman container cleanup` cannot leave
+            // a mount behind in the test's directory.
+            "--storage-driver".into(),
+            "vfs".into(),
             "--runtime".into(),
             self.runtime.name().into(),
         ]
