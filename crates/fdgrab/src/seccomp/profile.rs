@@ -110,6 +110,10 @@ fn conditions(rule: &Map<String, Value>) -> Map<String, Value> {
 
 /// Whether a rule names `bind`, through `names` or the old `name` field.
 pub fn rule_names_bind(rule: &Value) -> bool {
+    rule.as_object().is_some_and(names_bind)
+}
+
+fn names_bind(rule: &Map<String, Value>) -> bool {
     let in_names = rule
         .get("names")
         .and_then(Value::as_array)
@@ -161,8 +165,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
     }
 
     let mut kept = Vec::with_capacity(rules.len() + 1);
+    let mut other_notify = 0;
     for (i, mut rule) in rules.into_iter().enumerate() {
-        let Some(obj) = rule.as_object_mut() else {
+        let Value::Object(obj) = &mut rule else {
             return Err(ProfileError::Shape(format!(
                 "syscalls[{i}] is not a JSON object"
             )));
@@ -175,13 +180,13 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
                 )))
             }
         };
-        if !rule_names_bind(&rule) || !lets_bind_through(&action) {
+        if !names_bind(obj) || !lets_bind_through(&action) {
+            if action == "SCMP_ACT_NOTIFY" {
+                other_notify += 1;
+            }
             kept.push(rule);
             continue;
         }
-        let Some(obj) = rule.as_object_mut() else {
-            continue;
-        };
         let cond = conditions(obj);
         let shown = Value::Object(cond.clone());
         tracing::debug!(rule = i, %action, conditions = %shown, "taking bind out of a rule that lets it through");
@@ -228,6 +233,17 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
                 .into(),
         );
         kept.push(Value::Object(rule));
+    }
+    if other_notify > 0 {
+        notes.push(format!(
+            "{other_notify} other SCMP_ACT_NOTIFY rule(s) now notify the fdgrab agent, \
+             which lets those calls proceed untouched"
+        ));
+    }
+    if let Some(old) = profile.get("listenerPath").and_then(Value::as_str) {
+        if old != listener.path {
+            notes.push(format!("listenerPath {old} replaced by {}", listener.path));
+        }
     }
     profile.insert("syscalls".into(), Value::Array(kept));
     profile.insert("listenerPath".into(), listener.path.clone().into());
@@ -312,6 +328,26 @@ mod tests {
         assert_eq!(n[0]["includes"], caps);
         assert_eq!(n[1]["args"], args);
         assert_eq!(out.notes.len(), 1, "{:?}", out.notes);
+    }
+
+    #[test]
+    fn other_notify_rules_and_a_replaced_listener_are_noted() {
+        let out = rewrite(
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/other.sock",
+                   "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}),
+            &ProfileListener::default(),
+        )
+        .expect("rewrite");
+        let notes = out.notes.join("\n");
+        assert!(notes.contains("1 other SCMP_ACT_NOTIFY rule"), "{notes}");
+        assert!(
+            notes.contains("listenerPath /run/other.sock replaced"),
+            "{notes}"
+        );
+        assert_eq!(
+            out.profile["syscalls"][0],
+            json!({"names": ["mount"], "action": "SCMP_ACT_NOTIFY"})
+        );
     }
 
     #[test]
