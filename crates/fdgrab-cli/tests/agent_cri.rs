@@ -8,7 +8,7 @@
 use fdgrab_testkit::containers::{
     agent_profile, containerd_runtime_of, tool_usable, PODMAN_DEFAULT_PROFILE,
 };
-use fdgrab_testkit::cri::{client_usable, Cri};
+use fdgrab_testkit::cri::{client_usable, Cri, PodNetwork};
 use fdgrab_testkit::oci::{AgentProc, NetNs, Runtime};
 use std::path::Path;
 use std::time::Duration;
@@ -44,26 +44,35 @@ fn node() -> (AgentProc, NetNs, Cri, std::path::PathBuf) {
     (agent, ns, cri, profile)
 }
 
-/// A pod allowed port 80 by annotation serves it from uid 1000 through the agent.
+/// A pod (its own network, through CNI) allowed port 80 by annotation serves it
+/// from uid 1000 through the agent, asked for on the pod's IP.
 fn pod_serves_port_80(rt: Runtime) {
     if !usable(rt) {
         return;
     }
     let (agent, ns, cri, profile) = node();
-    let pod = cri.run_pod(rt, "web", &[("org.fdgrab.allow-bind", "tcp:80")]);
+    let pod = cri.run_pod(
+        rt,
+        "web",
+        &[("org.fdgrab.allow-bind", "tcp:80")],
+        PodNetwork::Pod,
+    );
     let id = pod.start_container(
         "httpd",
         &["httpd", "-f", "-p", "80", "-h", "/www"],
         &profile,
     );
-    let resp = ns.http_get_eventually(80, START).unwrap_or_else(|e| {
-        panic!(
-            "GET :80 in the pod's network: {e}; status {}; log {}; agent {}",
-            pod.status(&id),
-            pod.log("httpd"),
-            agent.log.text()
-        )
-    });
+    let addr = std::net::SocketAddr::new(pod.ip(), 80);
+    let resp = ns
+        .http_get_addr_eventually(addr, START)
+        .unwrap_or_else(|e| {
+            panic!(
+                "GET :80 in the pod's network: {e}; status {}; log {}; agent {}",
+                pod.status(&id),
+                pod.log("httpd"),
+                agent.log.text()
+            )
+        });
     assert!(
         resp.contains(" 200 ") && resp.contains("served by a container"),
         "{resp}"
@@ -85,13 +94,19 @@ fn pod_serves_port_80(rt: Runtime) {
 }
 
 /// The pod annotation narrows the agent's policy to tcp:443: containerd passed it
-/// through its allowlist, and the container's bind to 80 gets EACCES.
+/// through its allowlist, and the container's bind to 80 gets EACCES. This pod
+/// uses the node's network (`hostNetwork: true`).
 fn pod_annotation_narrows_to_eacces(rt: Runtime) {
     if !usable(rt) {
         return;
     }
     let (agent, _ns, cri, profile) = node();
-    let pod = cri.run_pod(rt, "narrow", &[("org.fdgrab.allow-bind", "tcp:443")]);
+    let pod = cri.run_pod(
+        rt,
+        "narrow",
+        &[("org.fdgrab.allow-bind", "tcp:443")],
+        PodNetwork::Node,
+    );
     let id = pod.start_container("nc", &["nc", "-l", "-p", "80"], &profile);
     let st = pod
         .wait_exited(&id, START)

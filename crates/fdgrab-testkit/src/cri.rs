@@ -7,9 +7,11 @@
 //! python3-grpc-tools; stubs generated at each call from `cri/cri_subset.proto`).
 //! The image is written by the agent image's own writer,
 //! `contrib/kubernetes/oci-image.py`.
-//! containerd runs in a network namespace the test owns, and pods use the node's
-//! network (`hostNetwork`), which is that namespace: no CNI plugin is needed and
-//! port 80 is the test's alone.
+//! containerd runs in a network namespace the test owns. Pods get a network
+//! namespace of their own through CNI (a bridge plugin network inside the test's
+//! namespace), or use the node's network (`hostNetwork`), which is the test's
+//! namespace: either way port 80 is the test's alone and nothing is left on the
+//! host.
 
 use crate::containers::{client_rootfs, Containerd};
 use crate::oci::{unique, Runtime, TempDir};
@@ -92,7 +94,22 @@ impl Cri {
     pub fn start(netns: &Path) -> Cri {
         let config = format!("{CRI_CONFIG}\n{}", shipped_runtimes());
         let containerd = Containerd::start_with("", &config, Some(netns));
-        std::fs::create_dir_all(containerd.dir.path().join("cni")).expect("cni conf dir");
+        // Pod networks: a bridge with host-local addresses. containerd, and so the
+        // CNI plugins it runs, live in the test's network namespace: the bridge
+        // and its routes are made there, and vanish with it.
+        let cni = containerd.dir.path().join("cni");
+        std::fs::create_dir_all(&cni).expect("cni conf dir");
+        let conflist = json!({
+            "cniVersion": "0.4.0",
+            "name": "fdgrab-pods",
+            "plugins": [
+                {"type": "bridge", "bridge": "fdgbr0", "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "dataDir": containerd.dir.path().join("cni-ipam"),
+                          "ranges": [[{"subnet": "10.88.77.0/24"}]]}},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(cni.join("10-fdgrab.conflist"), conflist.to_string()).expect("conflist");
         let work = TempDir::new("fdgrab-cri-image");
         let rootfs = client_rootfs(work.path());
         let archive = work.path().join("image.tar");
@@ -145,18 +162,32 @@ impl Cri {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{method} answer: {e}"))
     }
 
-    /// RunPodSandbox with the node's network, `annotations` on the pod.
-    pub fn run_pod(&self, runtime: Runtime, name: &str, annotations: &[(&str, &str)]) -> Pod<'_> {
+    /// RunPodSandbox, `annotations` on the pod, in a network of its own (through
+    /// CNI, as a kubelet's pods) or the node's (`hostNetwork: true`).
+    pub fn run_pod(
+        &self,
+        runtime: Runtime,
+        name: &str,
+        annotations: &[(&str, &str)],
+        network: PodNetwork,
+    ) -> Pod<'_> {
         let ann: serde_json::Map<String, Value> = annotations
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
-        let config = json!({
+        let mut config = json!({
             "metadata": {"name": name, "uid": unique("uid"), "namespace": "fdgrab-test"},
             "log_directory": self.logs.path(),
             "annotations": ann,
-            "linux": {"security_context": {"namespace_options": {"network": "NODE"}}},
+            "linux": {},
         });
+        match network {
+            PodNetwork::Pod => config["hostname"] = json!(name),
+            PodNetwork::Node => {
+                config["linux"] =
+                    json!({"security_context": {"namespace_options": {"network": "NODE"}}})
+            }
+        }
         let handler = match runtime {
             Runtime::Runc => "runc",
             Runtime::Crun => "crun",
@@ -182,6 +213,15 @@ impl Cri {
             config,
         }
     }
+}
+
+/// Where a pod's network is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Its own network namespace, set up by CNI (a bridge in the test's namespace).
+    Pod,
+    /// The node's, that is the test's namespace containerd runs in.
+    Node,
 }
 
 /// A pod sandbox; stopped and removed on drop, with its containers.
@@ -226,6 +266,19 @@ impl Pod<'_> {
             .call("StartContainer", &json!({"container_id": id}))
             .unwrap_or_else(|e| panic!("StartContainer: {e}"));
         id
+    }
+
+    /// The pod's IP address (PodSandboxStatus), on the bridge in the test's
+    /// network namespace.
+    pub fn ip(&self) -> std::net::IpAddr {
+        let resp = self
+            .cri
+            .call("PodSandboxStatus", &json!({"pod_sandbox_id": self.id}))
+            .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"));
+        resp["status"]["network"]["ip"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("no pod IP in {resp}"))
     }
 
     /// ContainerStatus's `status`.

@@ -491,8 +491,12 @@ impl NetNs {
 
     /// `GET /` on 127.0.0.1:`port` inside the namespace: the whole response.
     pub fn http_get(&self, port: u16) -> Result<String, String> {
+        self.http_get_addr(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// `GET /` on `addr`, connecting from inside the namespace.
+    pub fn http_get_addr(&self, addr: SocketAddr) -> Result<String, String> {
         self.within(move || {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
                 .map_err(|e| e.to_string())?;
             s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -507,9 +511,18 @@ impl NetNs {
 
     /// Retries [`NetNs::http_get`] until it answers or `timeout` passes.
     pub fn http_get_eventually(&self, port: u16, timeout: Duration) -> Result<String, String> {
+        self.http_get_addr_eventually(SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+    }
+
+    /// Retries [`NetNs::http_get_addr`] until it answers or `timeout` passes.
+    pub fn http_get_addr_eventually(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.http_get(port) {
+            match self.http_get_addr(addr) {
                 Ok(r) => return Ok(r),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(25)),
