@@ -161,7 +161,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// The processes to list; none: every process fdgrab may read.
-    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    #[arg(value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pids: Vec<Pid>,
     /// Only these fds (repeat or separate with commas). With one PID, an fd the
     /// process does not have is an error (exit 5).
