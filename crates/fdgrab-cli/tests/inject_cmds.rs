@@ -569,7 +569,7 @@ fn inject_cli_ptrace_permission_denied_as_another_user() {
     let out = output_timeout(&mut cmd, TIMEOUT);
     let err = failure_text(&out, 4);
     assert!(
-        err.contains("PTRACE_SEIZE") && err.contains(&t.pid.to_string()),
+        err.contains("ptrace") && err.contains(&t.pid.to_string()),
         "{err}"
     );
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
@@ -630,4 +630,200 @@ fn inject_cli_auto_works_without_pidfd_open() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// What a refused command must leave exactly as it was: the target (alive, running,
+/// untraced, same maps and fds) and the user's files (same bytes, or still absent).
+struct Untouched {
+    pid: i32,
+    before: (String, Vec<String>),
+    files: Vec<(std::path::PathBuf, Option<Vec<u8>>)>,
+}
+
+impl Untouched {
+    fn new(pid: i32, files: &[&std::path::Path]) -> Self {
+        Untouched {
+            pid,
+            before: snapshot(pid),
+            files: files
+                .iter()
+                .map(|p| (p.to_path_buf(), std::fs::read(p).ok()))
+                .collect(),
+        }
+    }
+
+    /// `what` names the command in the failure message.
+    fn check(&self, what: &str) {
+        let state = status_field(self.pid, "State").unwrap_or_default();
+        assert!(
+            !state.is_empty() && !state.starts_with('Z') && !state.starts_with('X'),
+            "{what}: target {} is gone ({state})",
+            self.pid
+        );
+        assert_eq!(
+            injection_leftovers(self.pid, &self.before.0, &self.before.1),
+            None,
+            "{what}"
+        );
+        for (path, content) in &self.files {
+            assert_eq!(
+                &std::fs::read(path).ok(),
+                content,
+                "{what}: {} changed",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A zombie: a child of this test that has exited and is not reaped yet.
+fn zombie() -> std::process::Child {
+    let child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + TIMEOUT;
+    while !status_field(pid, "State").is_some_and(|s| s.starts_with('Z')) {
+        assert!(Instant::now() < deadline, "{pid} never became a zombie");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// The target's soft RLIMIT_NOFILE, from its own /proc entry.
+fn nofile_limit(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric open-file limit")
+}
+
+#[test]
+fn refused_put_and_redirect_touch_no_file_and_no_target() {
+    let t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = tmp("refusal-keep.txt");
+    std::fs::write(&keep, b"precious content\n").expect("write keep");
+    let fresh = tmp("refusal-fresh.txt");
+    let _ = std::fs::remove_file(&fresh);
+    let marker = tmp("refusal-cmd-ran");
+    let _ = std::fs::remove_file(&marker);
+    let (keep_s, fresh_s, marker_s) = (
+        keep.to_str().expect("utf8"),
+        fresh.to_str().expect("utf8"),
+        marker.to_str().expect("utf8"),
+    );
+    let guard = Untouched::new(t.pid, &[&keep, &fresh, &marker]);
+    let mut z = zombie();
+    let zpid = z.id().to_string();
+    let limit = nofile_limit(t.pid).to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["redirect", &zpid, "1", keep_s], 5, "no such process"),
+        (
+            vec!["redirect", "--append", &zpid, "1", keep_s],
+            5,
+            "no such process",
+        ),
+        (vec!["redirect", &pid, "999", keep_s], 5, "no open fd 999"),
+        (vec!["redirect", &pid, "999", fresh_s], 5, "no open fd 999"),
+        (
+            vec!["put", &pid, &limit, "--file", fresh_s],
+            2,
+            "open-file limit",
+        ),
+        (
+            vec!["put", &pid, "20000000", "--file", keep_s],
+            2,
+            "open-file limit",
+        ),
+        (
+            vec!["put", &zpid, "5", "--file", keep_s],
+            5,
+            "no such process",
+        ),
+        (vec!["put", "2", "1", "--file", keep_s], 2, "kernel thread"),
+        (vec!["redirect", "2", "1", fresh_s], 2, "kernel thread"),
+        (
+            vec!["steal", &pid, "999", "--", "touch", marker_s],
+            5,
+            "no open fd 999",
+        ),
+        (
+            vec!["steal", &zpid, "0", "--", "touch", marker_s],
+            5,
+            "no such process",
+        ),
+        (
+            vec!["get", &pid, "999", "--", "touch", marker_s],
+            5,
+            "no open fd 999",
+        ),
+        (
+            vec!["get", "2", "0", "--", "touch", marker_s],
+            2,
+            "kernel thread",
+        ),
+    ];
+    for (args, code, needle) in &cases {
+        let out = run_fdgrab(args);
+        let err = failure_text(&out, *code);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if *code == 2 && needle.contains("limit") {
+            assert!(err.contains(&limit), "the limit is named: {err}");
+        }
+        guard.check(&format!("{args:?}"));
+    }
+    let _ = z.wait();
+}
+
+#[test]
+fn refused_when_another_tracer_holds_the_target() {
+    let t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = tmp("traced-keep.txt");
+    std::fs::write(&keep, b"precious content\n").expect("write keep");
+    let marker = tmp("traced-cmd-ran");
+    let _ = std::fs::remove_file(&marker);
+    let guard = Untouched::new(t.pid, &[&keep, &marker]);
+    let mut strace = Command::new("strace")
+        .args(["-q", "-o", "/dev/null", "-p", &pid])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    let deadline = Instant::now() + TIMEOUT;
+    while status_field(t.pid, "TracerPid").as_deref() != Some(&strace.id().to_string()) {
+        assert!(Instant::now() < deadline, "strace never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (keep_s, marker_s) = (keep.to_str().expect("utf8"), marker.to_str().expect("utf8"));
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["redirect", &pid, "1", keep_s],
+        vec!["put", &pid, "1", "--file", keep_s],
+        vec!["steal", &pid, "0", "--", "touch", marker_s],
+        vec!["cat", "--backend", "ptrace", &pid, "0"],
+    ];
+    for args in &cases {
+        let out = run_fdgrab(args);
+        let err = failure_text(&out, 4);
+        assert!(
+            err.contains("already traced by process") && err.contains(&strace.id().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!marker.exists(), "{args:?} started CMD");
+        assert_eq!(std::fs::read(&keep).expect("keep"), b"precious content\n");
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = fdgrab_testkit::wait_timeout(&mut strace, TIMEOUT);
+    let deadline = Instant::now() + TIMEOUT;
+    while status_field(t.pid, "TracerPid").as_deref() != Some("0") {
+        assert!(Instant::now() < deadline, "strace never detached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    guard.check("after the tracer left");
 }

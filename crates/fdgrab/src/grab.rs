@@ -5,13 +5,14 @@
 //! as the target's: offsets and status flags are shared, and it always carries
 //! `FD_CLOEXEC`.
 
+use crate::access::{self, permission_hint, same_file_cached};
 use crate::error::{Error, Result};
 use crate::inject::{self, CloseMode};
 use crate::pidfd::PidFd;
-use crate::{procfs, sys, Pid, TargetFd};
+use crate::{procfs, Pid, TargetFd};
 use rustix::io::Errno;
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// How a descriptor is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -34,6 +35,18 @@ impl Backend {
         match self {
             Backend::Auto => "auto",
             Backend::Pidfd => "pidfd",
+            Backend::Ptrace => "ptrace",
+        }
+    }
+}
+
+impl Backend {
+    /// The kernel mechanism behind a backend that took an fd, as reported in JSON
+    /// output and logs: `pidfd_getfd` or `ptrace`.
+    pub fn method(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Pidfd => "pidfd_getfd",
             Backend::Ptrace => "ptrace",
         }
     }
@@ -128,14 +141,10 @@ impl GrabOptions {
         let mut owner = None;
         for (&target_fd, fd) in fds.iter().zip(copies) {
             if !same_file_cached(target, &mut owner, target_fd, fd.as_fd())? {
-                return Err(Error::WrongKind {
+                return Err(Error::IdentityMismatch {
                     pid: target.pid(),
                     fd: target_fd,
-                    reason: format!(
-                        "the copy taken by {} is not the same open file as the target's fd \
-                         (the target replaced the fd meanwhile?)",
-                        backend.name()
-                    ),
+                    method: backend.method(),
                 });
             }
             out.push(Grabbed {
@@ -148,6 +157,132 @@ impl GrabOptions {
             inject::close_in_target(target, fds, how)?;
         }
         Ok(out)
+    }
+}
+
+/// What a command is about to do to a process, checked as a whole before it starts.
+///
+/// ```no_run
+/// use fdgrab::{grab::Preflight, Backend, TargetFd};
+/// let fd = TargetFd::new(1).expect("fd 1");
+/// // `put` and `redirect` inject; the fd must exist and be under the target's limit.
+/// let target = Preflight::new(1234)
+///     .backend(Backend::Ptrace)
+///     .injects()
+///     .existing(&[fd])
+///     .install_at(fd)
+///     .check()?;
+/// # Ok::<(), fdgrab::Error>(())
+/// ```
+///
+/// The checks, in order (the first failure is returned):
+/// 1. the process exists ([`Error::NoSuchProcess`]); a zombie whose threads have all
+///    exited counts as gone;
+/// 2. it is not a kernel thread ([`Error::InvalidArgument`]: it has no fds of its own);
+/// 3. for injection: the thread fdgrab would stop is not traced by another process,
+///    and the ptrace attach check passes (an `O_RDONLY` open of `/proc/PID/mem`
+///    runs the same `PTRACE_MODE_ATTACH` check, Yama and LSMs included, without
+///    attaching) → [`Error::PermissionDenied`];
+/// 4. every fd in `existing` is open in the target ([`Error::NoSuchFd`]);
+/// 5. every number in `install_at` is below the target's soft `RLIMIT_NOFILE`
+///    ([`Error::InvalidArgument`] naming the limit: `dup3` would refuse it).
+///
+/// A check cannot stop the target from changing afterwards (closing the fd, exiting);
+/// the operation itself still reports that, as the same error.
+#[derive(Clone, Debug)]
+pub struct Preflight {
+    pid: Pid,
+    backend: Backend,
+    injects: bool,
+    existing: Vec<TargetFd>,
+    install_at: Vec<TargetFd>,
+}
+
+impl Preflight {
+    /// Starts a plan for process `pid` (backend [`Backend::Auto`], no injection).
+    pub fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            backend: Backend::Auto,
+            injects: false,
+            existing: Vec::new(),
+            install_at: Vec::new(),
+        }
+    }
+
+    /// The backend fds will be taken with; [`Backend::Ptrace`] implies [`Self::injects`].
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self.injects |= backend == Backend::Ptrace;
+        self
+    }
+
+    /// The command will stop a thread of the target and inject calls (put, redirect,
+    /// the close half of steal).
+    pub fn injects(mut self) -> Self {
+        self.injects = true;
+        self
+    }
+
+    /// Fds the target must have open.
+    pub fn existing(mut self, fds: &[TargetFd]) -> Self {
+        self.existing.extend_from_slice(fds);
+        self
+    }
+
+    /// A number a descriptor will be installed at in the target.
+    pub fn install_at(mut self, fd: TargetFd) -> Self {
+        self.install_at.push(fd);
+        self
+    }
+
+    /// Runs the checks and returns the opened target.
+    pub fn check(self) -> Result<PidFd> {
+        let pid = self.pid;
+        let target = open_target(pid, self.backend)?;
+        // The checks below read /proc; a failure to read it at all (fdgrab's own fd
+        // table full, /proc missing) is reported as what it is, not as "no process".
+        if let Err(e) = procfs::status(pid) {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+                _ => Error::Io {
+                    op: "reading /proc/PID/status",
+                    pid,
+                    fd: None,
+                    source: e,
+                },
+            });
+        }
+        // A reaped or fully exited process fails here, before anything else is read.
+        let owner = access::fd_table_owner(&target)?;
+        if procfs::is_kernel_thread(pid) {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "process {pid} ({}) is a kernel thread: it has no fds of its own, and fdgrab \
+                 never stops or injects into kernel threads",
+                name.trim()
+            )));
+        }
+        if self.injects {
+            access::check_attach(&target, owner)?;
+        }
+        for &fd in &self.existing {
+            access::fd_is_open(&target, owner, fd)?;
+        }
+        if let Some(limit) = procfs::nofile_limit(pid) {
+            if let Some(fd) = self
+                .install_at
+                .iter()
+                .find(|fd| fd.as_raw() as u64 >= limit)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "fd {fd} is not below process {pid}'s open-file limit {limit} \
+                     (RLIMIT_NOFILE; dup3 refuses numbers at or above it)"
+                )));
+            }
+        }
+        tracing::debug!(pid, owner, injects = self.injects, "preflight passed");
+        Ok(target)
     }
 }
 
@@ -269,116 +404,4 @@ impl Error {
             other => other,
         }
     }
-}
-
-/// Works out the most likely reason the ptrace access check (`PTRACE_MODE_ATTACH_REALCREDS`)
-/// refused us, so the user is not left guessing between uid, dumpability, Yama and LSMs.
-pub(crate) fn permission_hint(pid: Pid) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let our_uid = rustix::process::getuid().as_raw();
-    let our_euid = rustix::process::geteuid().as_raw();
-    let mut causes = Vec::new();
-    let status = procfs::status(pid).ok();
-    if let Some(uids) = status.as_ref().and_then(|s| s.uids) {
-        if our_euid != 0 && uids.iter().any(|&u| u != our_uid) {
-            causes.push(format!(
-                "the target runs as uid {} (real/effective/saved {}/{}/{}) and fdgrab as uid {our_uid}; \
-                 taking fds needs the same uids or CAP_SYS_PTRACE",
-                uids[1], uids[0], uids[1], uids[2]
-            ));
-        }
-        // The files inside /proc/PID of a non-dumpable process are owned by root,
-        // whatever its uid.
-        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/status")) {
-            if meta.uid() == 0 && uids[1] != 0 && our_euid != 0 {
-                causes.push(
-                    "the target is not dumpable (set-uid/set-gid exec, or prctl(PR_SET_DUMPABLE, 0))"
-                        .into(),
-                );
-            }
-        }
-    }
-    match procfs::yama_ptrace_scope() {
-        Some(1) if our_euid != 0 => causes.push(
-            "Yama ptrace_scope is 1: only descendants can be accessed without CAP_SYS_PTRACE"
-                .into(),
-        ),
-        Some(2) => causes
-            .push("Yama ptrace_scope is 2: only CAP_SYS_PTRACE may access other processes".into()),
-        Some(3) => {
-            causes.push("Yama ptrace_scope is 3: process access is disabled for everyone".into())
-        }
-        _ => {}
-    }
-    if causes.is_empty() {
-        let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-        let lsm = lsm.trim();
-        format!(
-            "possible causes: another uid, a non-dumpable target, Yama's ptrace_scope, or an LSM \
-             policy{}",
-            if lsm.is_empty() {
-                String::new()
-            } else {
-                format!(" (active LSMs: {lsm})")
-            }
-        )
-    } else {
-        causes.join("; ")
-    }
-}
-
-/// Checks that `ours` and the target's `fd` are the same open file description.
-///
-/// With `kcmp(KCMP_FILE)` (`CONFIG_KCMP`, and allowed to us) the answer is exact: the
-/// same *open* (shared offset and flags), which implies the same device and inode.
-/// Without it, the device and inode numbers are compared (`stat` of
-/// `/proc/PID/task/TID/fd/N` against `fstat`), which proves the same file only. The
-/// table is reached through a live thread, so a process whose leader has exited is
-/// checked too.
-pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    same_file_cached(target, &mut None, fd, ours)
-}
-
-/// [`same_file`] that asks about the process's own id first, so the common case
-/// costs one `kcmp`. Only a process whose leader has exited (its table reachable
-/// through another thread) needs a live thread looked up in `/proc`; that thread is
-/// kept in `owner` for the next fds.
-fn same_file_cached(
-    target: &PidFd,
-    owner: &mut Option<Pid>,
-    fd: TargetFd,
-    ours: BorrowedFd<'_>,
-) -> Result<bool> {
-    if let Some(tid) = *owner {
-        return same_file_in(target, tid, fd, ours);
-    }
-    match same_file_in(target, target.pid(), fd, ours) {
-        Err(Error::NoSuchFd { .. }) | Err(Error::NoSuchProcess { .. }) => {
-            let tid = inject::fd_table_owner(target)?;
-            *owner = Some(tid);
-            same_file_in(target, tid, fd, ours)
-        }
-        r => r,
-    }
-}
-
-/// [`same_file`] with the thread that owns the fd table already chosen.
-fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    let pid = target.pid();
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
-        Ok(same) => return Ok(same),
-        Err(Errno::NOSYS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
-        Err(Errno::BADF) => return Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
-        Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
-    }
-    let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
-        Ok(st) => st,
-        Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::NOENT) | Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
-        Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
-    };
-    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", pid, Some(fd), e))?;
-    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }

@@ -2,7 +2,8 @@
 //! processes, plus the cases fdgrab adds on top (leader-exited processes, thread
 //! pidfds, batches).
 
-use fdgrab::grab::{grab, grab_many, same_file, GrabOptions};
+use fdgrab::access::same_file;
+use fdgrab::grab::{grab, grab_many, GrabOptions};
 use fdgrab::{Error, PidFd, TargetFd};
 use fdgrab_testkit::{bin, Target, TIMEOUT};
 use std::os::fd::{AsFd, AsRawFd};

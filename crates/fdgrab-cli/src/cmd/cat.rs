@@ -2,7 +2,7 @@
 
 use crate::cli::CatArgs;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::{Error, GrabOptions};
 use rustix::fs::{fstat, FileType};
 use rustix::io::{pread, read, Errno};
@@ -11,7 +11,10 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 pub fn run(a: CatArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .existing(&[a.fd])
+        .check()?;
     let g = GrabOptions::new()
         .backend(a.backend.backend)
         .grab(&target, a.fd)?;

@@ -3,11 +3,15 @@
 use crate::cli::GetArgs;
 use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use std::process::ExitCode;
 
 pub fn run(a: GetArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .existing(&wanted)
+        .check()?;
     let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))

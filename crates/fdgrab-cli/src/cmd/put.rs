@@ -3,14 +3,16 @@
 use crate::cli::PutArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
-use fdgrab::{inject, Backend};
+use fdgrab::grab::Preflight;
+use fdgrab::inject;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, Backend::Ptrace)?;
+    // Everything that can refuse runs before the file is created or truncated.
+    let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
+    let inherited = a.our_fd.map(|n| borrow_inherited(n.as_raw())).transpose()?;
     let opened: Option<OwnedFd> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
@@ -33,7 +35,7 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     };
     let ours: BorrowedFd<'_> = match (&opened, a.our_fd) {
         (Some(f), _) => f.as_fd(),
-        (None, Some(n)) => borrow_inherited(n.as_raw())?,
+        (None, Some(_)) => inherited.ok_or_else(|| UsageError("--fd without a number".into()))?,
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
     inject::put(&target, ours, a.fd)?;

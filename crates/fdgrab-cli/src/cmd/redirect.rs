@@ -3,15 +3,14 @@
 use crate::cli::RedirectArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
-use fdgrab::{inject, Backend};
+use fdgrab::grab::Preflight;
+use fdgrab::inject;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub fn run(a: RedirectArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, Backend::Ptrace)?;
     if a.undo {
         let saved = a
             .target
@@ -20,6 +19,10 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             .and_then(|s| {
                 crate::args::parse_fd(s).map_err(|e| UsageError(format!("SAVEDFD: {e}")))
             })?;
+        let target = Preflight::new(a.pid)
+            .injects()
+            .existing(&[a.fd, saved])
+            .check()?;
         inject::undo_redirect(&target, a.fd, saved)?;
         if a.json {
             println!(
@@ -29,6 +32,8 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Everything that can refuse runs before the file is created or truncated.
+    let target = Preflight::new(a.pid).injects().existing(&[a.fd]).check()?;
     let path = PathBuf::from(&a.target);
     let mut o = std::fs::OpenOptions::new();
     if a.append {

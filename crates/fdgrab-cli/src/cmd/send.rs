@@ -2,14 +2,17 @@
 
 use crate::cli::SendArgs;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::{passfd, GrabOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 pub fn run(a: SendArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .existing(&a.fds)
+        .check()?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
         .grab_many(&target, &a.fds)?;

@@ -3,17 +3,23 @@
 use crate::cli::StealArgs;
 use crate::spawn::{grab_and_spawn, passthrough};
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::inject::{close_in_target, CloseMode};
 use std::process::ExitCode;
 
 pub fn run(a: StealArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
+    // The close half of a steal injects, so a target that cannot be stopped (traced,
+    // kernel thread, no access) is refused here, before CMD starts.
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .injects()
+        .existing(&wanted)
+        .check()?;
     // The copies are verified (same open file as the target's fd) before the command
     // starts, and the command has exec'd before the target loses anything, so a
     // command that cannot start takes nothing.
     let (mut child, backend) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
-    let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
     let how = if a.null {
         CloseMode::DevNull
     } else {

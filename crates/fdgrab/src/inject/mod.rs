@@ -21,7 +21,6 @@ pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
 
-pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
 
 use crate::error::{Error, Result};
