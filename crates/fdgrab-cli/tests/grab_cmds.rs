@@ -292,3 +292,81 @@ fn get_near_the_fd_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NEWFD 1024") && err.contains("1024"), "{err}");
 }
+
+/// A logger's view: a deleted log held `O_WRONLY|O_APPEND`, and a memfd reachable
+/// only through a write-only fd. `cat` must read both through either backend,
+/// leave the offsets where they were and the target's fd table as it was.
+#[test]
+fn cat_reads_write_only_deleted_log_and_memfd() {
+    let dir = std::env::temp_dir().join(format!("fdgrab-cat-wronly-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let log = dir.join("app.log");
+    let script = r#"
+import json, os, sys
+log = sys.argv[1]
+fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.write(fd, b"line one\nline two\n")
+os.unlink(log)
+m = os.memfd_create("wronly-memfd")
+os.write(m, b"memfd via a write-only fd")
+w = os.open("/proc/self/fd/%d" % m, os.O_WRONLY)
+os.close(m)
+print(json.dumps({"log": fd, "memfd": w}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&log);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    for (label, want) in [
+        ("log", "line one\nline two\n"),
+        ("memfd", "memfd via a write-only fd"),
+    ] {
+        let fd = t.report[label].as_i64().expect("fd") as i32;
+        // The premise: the target's fd really is write-only (O_ACCMODE == O_WRONLY).
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", t.pid)).expect("fdinfo");
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("flags");
+        assert_eq!(flags & 3, 1, "{label}: not write-only: {fdinfo}");
+        let before = (
+            fdgrab_testkit::proc_offset(t.pid, fd),
+            fdgrab_testkit::proc_fds(t.pid),
+        );
+        for backend in ["pidfd", "ptrace"] {
+            let out = run_fdgrab(["-v", "cat", "--backend", backend, &pid, &fd.to_string()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "{label} {backend}: {:?} {err}",
+                out.status
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "{label} {backend}"
+            );
+            let method = if backend == "pidfd" {
+                "pidfd_getfd"
+            } else {
+                "ptrace"
+            };
+            assert!(
+                err.contains(&format!("(method: {method})")),
+                "{label} {backend}: {err}"
+            );
+            let after = (
+                fdgrab_testkit::proc_offset(t.pid, fd),
+                fdgrab_testkit::proc_fds(t.pid),
+            );
+            assert_eq!(
+                after, before,
+                "{label} {backend}: offset or fd table changed"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -153,6 +153,8 @@ impl GrabOptions {
                 backend,
             });
         }
+        // In the message, not only as a field, so `-v` output states it plainly.
+        tracing::info!(pid = target.pid(), fds = ?fds, "took copies (method: {})", backend.method());
         if let Some(how) = self.steal {
             inject::close_in_target(target, fds, how)?;
         }
@@ -404,4 +406,59 @@ impl Error {
             other => other,
         }
     }
+}
+
+/// A read-only descriptor for the file behind the target's `fd`, of which `copy` is a
+/// grabbed copy: `copy` itself when its open file description is readable, else a
+/// new read-only open of `/proc/PID/fd/N` (which reaches deleted files and memfds),
+/// checked to be the same device and inode as `copy`.
+///
+/// A logger typically holds its log `O_WRONLY|O_APPEND`; reading through the shared
+/// description would fail with `EBADF`. The new open is a description of our own,
+/// so nothing done with it moves the target's offset.
+///
+/// Errors: [`Error::PermissionDenied`] when the reopen is refused (the file's own
+/// mode applies, as for any open); [`Error::IdentityMismatch`] when the target
+/// replaced its fd between the copy and the reopen.
+pub fn readable(target: &PidFd, fd: TargetFd, copy: OwnedFd) -> Result<OwnedFd> {
+    use rustix::fs::{fcntl_getfl, fstat, Mode, OFlags};
+    let pid = target.pid();
+    let flags = fcntl_getfl(&copy).map_err(|e| Error::local("fcntl(F_GETFL)", e))?;
+    let access = flags & OFlags::RWMODE;
+    if (access == OFlags::RDONLY || access == OFlags::RDWR) && !flags.contains(OFlags::PATH) {
+        return Ok(copy);
+    }
+    let owner = access::fd_table_owner(target)?;
+    let path = format!("/proc/{pid}/task/{owner}/fd/{fd}");
+    let reopened = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
+        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+        Errno::PERM | Errno::ACCESS => Error::PermissionDenied {
+            pid,
+            fd: Some(fd),
+            op: "reopening a write-only fd read-only (open /proc/PID/fd/N)",
+            hint: "the file's own permissions do not allow fdgrab to read it".into(),
+        },
+        e => Error::io("open(/proc/PID/fd/N, O_RDONLY)", pid, Some(fd), e),
+    })?;
+    let a = fstat(&copy).map_err(|e| Error::local("fstat", e))?;
+    let b = fstat(&reopened).map_err(|e| Error::local("fstat", e))?;
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Err(Error::IdentityMismatch {
+            pid,
+            fd,
+            method: "open(/proc/PID/fd/N)",
+        });
+    }
+    tracing::debug!(
+        pid,
+        fd = fd.as_raw(),
+        "the fd is not readable; reading a read-only reopen of the same inode"
+    );
+    Ok(reopened)
 }

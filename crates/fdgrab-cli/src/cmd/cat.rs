@@ -23,7 +23,11 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match ft {
         // pread never moves the shared file position, so the target sees no change.
-        FileType::RegularFile | FileType::BlockDevice => copy_positional(&g.fd, &mut out)?,
+        // A write-only fd (a logger's O_APPEND log) is read through a read-only reopen.
+        FileType::RegularFile | FileType::BlockDevice => {
+            let fd = fdgrab::grab::readable(&target, a.fd, g.fd)?;
+            copy_positional(&fd, &mut out)?
+        }
         FileType::Directory => {
             return Err(Error::WrongKind {
                 pid: a.pid,
