@@ -827,3 +827,65 @@ fn refused_when_another_tracer_holds_the_target() {
     }
     guard.check("after the tracer left");
 }
+
+/// `redirect --undo` acts only on the saved fd that `redirect` made for that fd:
+/// a typo (`--undo PID 1 2`), another fd's saved copy, or a saved number the
+/// process has since reused are refused with exit 2 and change nothing.
+#[test]
+fn undo_accepts_only_the_saved_fd_redirect_made() {
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let log = tmp("undo-only-ours.log");
+    let log2 = tmp("undo-only-ours-2.log");
+    let doc = success_json(&run_fdgrab([
+        "redirect",
+        "--json",
+        &pid,
+        "1",
+        log.to_str().expect("utf8"),
+    ]));
+    let saved = doc["saved_fd"].as_i64().expect("saved_fd").to_string();
+    // The same process's stderr, redirected too: its saved fd is not fd 1's.
+    let doc2 = success_json(&run_fdgrab([
+        "redirect",
+        "--json",
+        &pid,
+        "2",
+        log2.to_str().expect("utf8"),
+    ]));
+    let saved2 = doc2["saved_fd"].as_i64().expect("saved_fd").to_string();
+    let guard = Untouched::new(t.pid, &[&log, &log2]);
+    for wrong in ["2", "0", saved2.as_str()] {
+        let out = run_fdgrab(["redirect", "--undo", &pid, "1", wrong]);
+        let err = failure_text(&out, 2);
+        assert!(
+            err.contains("not a saved fd") && err.contains("nothing was changed"),
+            "{wrong}: {err}"
+        );
+        guard.check(&format!("--undo 1 {wrong}"));
+    }
+    // The process reuses the saved number for something else: refused too.
+    let other = tmp("undo-only-ours-other");
+    std::fs::write(&other, b"x").expect("write");
+    assert_ok(&run_fdgrab([
+        "put",
+        &pid,
+        &saved2,
+        "--read",
+        "--file",
+        other.to_str().expect("utf8"),
+    ]));
+    let guard = Untouched::new(t.pid, &[&log, &log2]);
+    let err = failure_text(&run_fdgrab(["redirect", "--undo", &pid, "2", &saved2]), 2);
+    assert!(err.contains("no longer the file"), "{err}");
+    guard.check("--undo of a reused saved fd");
+    // The real one works, once.
+    assert_ok(&run_fdgrab(["redirect", "--undo", &pid, "1", &saved]));
+    send_line(&mut t, "after undo\n");
+    let line = json_line(&mut t);
+    assert_eq!(line["data"], "after undo\n", "stdout is the pipe again");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/fd/{saved}")).exists());
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", &saved]);
+    failure_text(&out, 5);
+}

@@ -193,3 +193,56 @@ fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) 
     let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::local("fstat", e))?;
     Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }
+
+/// What can be checked about a target's fd from outside, without a copy of it: the
+/// file (device and inode, as `stat` of `/proc/PID/fd/N` reports them), the mount,
+/// and the fd's close-on-exec flag, plus the process's start time, which a reused
+/// pid would not share. Used to recognise an fd later, when no copy of ours is
+/// left to `kcmp` against.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FdIdentity {
+    /// Start of the process, in clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+    pub dev: u64,
+    pub ino: u64,
+    /// `mnt_id` from `/proc/PID/fdinfo/N`.
+    pub mnt_id: u64,
+    /// `O_CLOEXEC` is set in the fd's flags.
+    pub cloexec: bool,
+}
+
+/// Reads the [`FdIdentity`] of the target's `fd`.
+pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
+    let pid = target.pid();
+    let owner = fd_table_owner(target)?;
+    let (_, start) = procfs::stat_state(pid).ok_or(Error::NoSuchProcess { pid })?;
+    let st =
+        rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")).map_err(|e| match e {
+            Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
+            Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+            e => Error::io("stat(/proc/PID/fd/N)", pid, Some(fd), e),
+        })?;
+    let info =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{owner}/fdinfo/{fd}")).map_err(|e| {
+            Error::Io {
+                op: "reading /proc/PID/fdinfo/N",
+                pid,
+                fd: Some(fd),
+                source: e,
+            }
+        })?;
+    let field = |key: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let flags = u64::from_str_radix(field("flags:"), 8).unwrap_or(0);
+    Ok(FdIdentity {
+        start,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        mnt_id: field("mnt_id:").parse().unwrap_or(0),
+        cloexec: flags & libc::O_CLOEXEC as u64 != 0,
+    })
+}

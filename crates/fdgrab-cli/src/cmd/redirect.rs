@@ -1,10 +1,23 @@
 //! `fdgrab redirect`: point a running process's fd at a file, and back.
+//!
+//! `--undo` must never act on an fd fdgrab did not save: `redirect --undo PID 1 2`
+//! (a typo) would otherwise move stderr onto stdout and close fd 2. `kcmp` cannot
+//! tell, because once `redirect` exits no copy of ours is left to compare with. So
+//! `redirect` writes a record (root: /run/fdgrab/redirect, others:
+//! $XDG_RUNTIME_DIR/fdgrab/redirect) named after the pid, the process's start time
+//! and both fd numbers, holding the [`FdIdentity`] of the saved fd (file, mount,
+//! close-on-exec, which `F_DUPFD_CLOEXEC` set) and of the file installed at FD.
+//! `--undo` proceeds only when a record exists for exactly this process (a reused
+//! pid has another start time) and both fds still match it; else it exits 2 and
+//! changes nothing.
 
 use crate::cli::RedirectArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
+use fdgrab::access::{fd_identity, FdIdentity};
 use fdgrab::grab::Preflight;
 use fdgrab::inject;
+use fdgrab::{PidFd, TargetFd};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -23,7 +36,11 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             .injects()
             .existing(&[a.fd, saved])
             .check()?;
+        let record = recorded(&target, a.fd, saved)?;
         inject::undo_redirect(&target, a.fd, saved)?;
+        if let Err(e) = std::fs::remove_file(&record) {
+            tracing::warn!(path = %record.display(), error = %e, "removing the redirect record");
+        }
         if a.json {
             println!(
                 "{}",
@@ -47,6 +64,12 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let saved = inject::redirect(&target, a.fd, file.as_fd())?;
+    if let Err(e) = record(&target, a.fd, saved, &path) {
+        eprintln!(
+            "fdgrab: warning: could not record saved fd {saved} ({e:#}); \
+             `fdgrab redirect --undo` will refuse it"
+        );
+    }
     let undo = [
         "fdgrab".to_string(),
         "redirect".into(),
@@ -70,4 +93,85 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         println!("undo: {}", undo.join(" "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A saved fd and the file that was installed in place of the original.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    saved: FdIdentity,
+    installed: FdIdentity,
+    path: PathBuf,
+}
+
+fn state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/fdgrab/redirect");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("fdgrab/redirect"),
+        _ => std::env::temp_dir().join(format!(
+            "fdgrab-{}/redirect",
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
+fn record_path(start: u64, pid: fdgrab::Pid, fd: TargetFd, saved: TargetFd) -> PathBuf {
+    state_dir().join(format!("{pid}-{start}-{fd}-{saved}.json"))
+}
+
+fn record(target: &PidFd, fd: TargetFd, saved: TargetFd, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let rec = Record {
+        saved: fd_identity(target, saved)?,
+        installed: fd_identity(target, fd)?,
+        path: path.to_path_buf(),
+    };
+    let file = record_path(rec.saved.start, target.pid(), fd, saved);
+    let dir = state_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&file, serde_json::to_vec(&rec)?)
+        .with_context(|| format!("writing {}", file.display()))
+}
+
+/// The record `redirect` wrote for this process, fd and saved fd, checked against
+/// both fds as they are now. Returns the record's path.
+fn recorded(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<PathBuf> {
+    let pid = target.pid();
+    let now_saved = fd_identity(target, saved)?;
+    let now_fd = fd_identity(target, fd)?;
+    let file = record_path(now_saved.start, pid, fd, saved);
+    let refuse = |why: String| -> anyhow::Error {
+        UsageError(format!(
+            "fd {saved} of process {pid} is not a saved fd that `fdgrab redirect` made for fd {fd}: \
+             {why}; nothing was changed"
+        ))
+        .into()
+    };
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(refuse(format!("no record {}", file.display())))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let rec: Record = serde_json::from_slice(&text)
+        .map_err(|e| refuse(format!("unreadable record {}: {e}", file.display())))?;
+    if rec.saved != now_saved {
+        return Err(refuse(format!(
+            "fd {saved} is no longer the file redirect saved (the process replaced it)"
+        )));
+    }
+    let same_file = |a: &FdIdentity, b: &FdIdentity| (a.dev, a.ino) == (b.dev, b.ino);
+    if !same_file(&rec.installed, &now_fd) {
+        return Err(refuse(format!(
+            "fd {fd} no longer points at {} (the process reopened it since)",
+            rec.path.display()
+        )));
+    }
+    Ok(file)
 }
