@@ -199,6 +199,11 @@ pub struct StealArgs {
     /// Put /dev/null over the fds in the process instead of closing them.
     #[arg(long)]
     pub null: bool,
+    /// Signal the process once its fds are taken (e.g. TERM). A server that polls a
+    /// stolen listening socket with poll/select spins on it afterwards; see
+    /// docs/grab.md for which server shapes are safe without it.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub signal_old: Option<i32>,
     #[command(flatten)]
     pub backend: BackendArg,
     /// The command to run, after `--`.

@@ -106,18 +106,28 @@ pub fn grab_and_spawn(
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
-    let grabbed = fdgrab::GrabOptions::new()
-        .backend(backend)
-        .grab_many(target, &wanted)?;
-    let used = grabbed.first().map(|g| g.backend).unwrap_or(backend);
+    let taken =
+        fdgrab::GrabOptions::new()
+            .backend(backend)
+            .grab_many_then(target, &wanted, |grabbed| spawn_grabbed(grabbed, fds, argv))?;
+    taken.closed?;
+    Ok((taken.value, taken.backend))
+}
+
+/// Starts `argv` with each of `grabbed` installed at the matching `fds` entry's new
+/// number. Returns once exec has succeeded.
+pub fn spawn_grabbed(
+    grabbed: Vec<fdgrab::Grabbed>,
+    fds: &[crate::args::FdMap],
+    argv: &[OsString],
+) -> Result<Child> {
     let pairs = grabbed
         .into_iter()
         .zip(fds)
         .map(|(g, m)| (g.fd, m.new_fd))
         .collect();
     let plan = FdPlan::new(pairs)?;
-    let child = spawn(argv, &plan)?;
-    Ok((child, used))
+    spawn(argv, &plan)
 }
 
 /// The exit code a shell would report for `status`: the exit code, or 128+signal.

@@ -889,3 +889,156 @@ fn undo_accepts_only_the_saved_fd_redirect_made() {
     let out = run_fdgrab(["redirect", "--undo", &pid, "1", &saved]);
     failure_text(&out, 5);
 }
+
+/// CPU ticks (utime + stime) a process has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// The only socket in `pid`'s fd table.
+fn only_socket_fd(pid: i32) -> String {
+    let socks: Vec<String> = proc_fds(pid)
+        .into_iter()
+        .filter(|l| l.contains("socket:"))
+        .map(|l| l.split(' ').next().expect("fd").to_string())
+        .collect();
+    assert_eq!(socks.len(), 1, "{pid}: {socks:?}");
+    socks[0].clone()
+}
+
+/// A new server for a stolen listener at fd 3: answers one connection with "new",
+/// then holds the listener until its stdin (fdgrab's, a pipe of the test) closes.
+const NEW_SERVER: &str = r#"
+import os, socket, sys
+os.close(2)
+s = socket.socket(fileno=3)
+c, _ = s.accept()
+c.sendall(b'new\n')
+c.close()
+sys.stdin.read()
+"#;
+
+fn fetch_line(port: u16) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    s
+}
+
+/// python3 -m http.server polls its listener (selectors.PollSelector): after a steal
+/// it would spin on the closed fd, so `--signal-old TERM` stops it once the fd is
+/// taken, and the new server gets the connections.
+#[test]
+fn steal_listener_from_a_poll_server_with_signal_old() {
+    let mut old = Command::new("python3")
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let mut out = BufReader::new(old.stdout.take().expect("stdout"));
+    let banner = read_line_timeout(&mut out, TIMEOUT).expect("banner");
+    let port: u16 = banner
+        .split(" port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {banner:?}"));
+    let pid = old.id() as i32;
+    let fd = only_socket_fd(pid);
+    let mut steal = fdgrab();
+    steal
+        .args([
+            "steal",
+            "--signal-old",
+            "TERM",
+            &pid.to_string(),
+            &format!("{fd}:3"),
+        ])
+        .args(["--", "python3", "-c", NEW_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut steal = steal.spawn().expect("fdgrab steal");
+    // The old server is told to go once the fd is taken: it exits, never spins.
+    let status = fdgrab_testkit::wait_timeout(&mut old, TIMEOUT).expect("old server exits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+    assert_eq!(fetch_line(port), "new\n", "the new server answers");
+    drop(steal.stdin.take());
+    let status = fdgrab_testkit::wait_timeout(&mut steal, TIMEOUT).expect("steal ends");
+    assert!(status.success(), "fdgrab exits with CMD's status");
+}
+
+/// An epoll server keeps the stolen listener in its epoll set; with no signal it
+/// stays alive and idle (it is not the one accepting), which the CPU it uses after
+/// the steal shows. The steal warns about poll servers all the same.
+#[test]
+fn steal_listener_from_an_epoll_server_leaves_it_idle() {
+    let code = r#"
+import json, selectors, socket
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen()
+s.setblocking(False)
+sel = selectors.EpollSelector()
+sel.register(s, selectors.EVENT_READ)
+print(json.dumps({'port': s.getsockname()[1], 'fd': s.fileno()}), flush=True)
+while True:
+    for key, _ in sel.select():
+        try:
+            c, _ = s.accept()
+            c.sendall(b'old\n')
+            c.close()
+        except OSError:
+            pass
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", code]);
+    let t = Target::spawn_cmd(cmd);
+    let port = t.report["port"].as_u64().expect("port") as u16;
+    let fd = t.report["fd"].as_i64().expect("fd");
+    let mut steal = fdgrab();
+    steal
+        .args(["steal", &t.pid.to_string(), &format!("{fd}:3")])
+        .args(["--", "python3", "-c", NEW_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut steal = steal.spawn().expect("fdgrab steal");
+    let deadline = Instant::now() + TIMEOUT;
+    while std::path::Path::new(&format!("/proc/{}/fd/{fd}", t.pid)).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "fd {fd} never left the old server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fetch_line(port), "new\n", "the new server answers");
+    let before = cpu_ticks(t.pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(t.pid) - before;
+    let hz = 100.0; // USER_HZ
+    let share = used as f64 / hz / start.elapsed().as_secs_f64();
+    eprintln!("epoll server CPU after the steal: {:.0}%", share * 100.0);
+    assert!(
+        share < 0.5,
+        "the old epoll server spins: {:.0}% CPU",
+        share * 100.0
+    );
+    assert!(status_field(t.pid, "State").is_some_and(|s| !s.starts_with('Z')));
+    drop(steal.stdin.take());
+    let out = steal.wait_with_output().expect("steal output");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a listening socket"), "{err}");
+}

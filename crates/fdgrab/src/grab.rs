@@ -1,9 +1,11 @@
 //! The front door for taking descriptors out of another process.
 //!
-//! [`grab`] is a thin, typed wrapper over `pidfd_getfd(2)` (Linux 5.6). The result
-//! is a new descriptor in *our* table that refers to the same open file description
-//! as the target's: offsets and status flags are shared, and it always carries
-//! `FD_CLOEXEC`.
+//! [`GrabOptions`] is the one way in: `pidfd_getfd(2)` (Linux 5.6) or ptrace
+//! injection, every copy verified to be the target's open file, and for a steal a
+//! hook between the copy and the close. [`Preflight`] checks a whole command before
+//! its first side effect. A copy is a new descriptor in *our* table that refers to
+//! the same open file description as the target's: offsets and status flags are
+//! shared, and it always carries `FD_CLOEXEC`.
 
 use crate::access::{self, permission_hint, same_file_cached};
 use crate::error::{Error, Result};
@@ -11,7 +13,7 @@ use crate::inject::{self, CloseMode};
 use crate::pidfd::PidFd;
 use crate::{procfs, Pid, TargetFd};
 use rustix::io::Errno;
-use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
+use rustix::process::PidfdGetfdFlags;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// How a descriptor is taken.
@@ -74,16 +76,43 @@ pub struct Grabbed {
     pub target_fd: TargetFd,
     /// Our copy (close-on-exec).
     pub fd: OwnedFd,
-    /// The mechanism that actually took it (never `Auto`).
+    /// The mechanism that actually took it (never `Auto`); see [`Backend::method`].
     pub backend: Backend,
 }
 
-/// Options for taking descriptors.
+/// The front door for taking descriptors: a builder with the backend and, for a
+/// steal, what to leave behind in the target.
+///
+/// ```no_run
+/// use fdgrab::{grab::Preflight, CloseMode, GrabOptions, TargetFd};
+/// let fd = TargetFd::new(3).expect("fd 3");
+/// let target = Preflight::new(1234).injects().existing(&[fd]).check()?;
+/// // Steal fd 3: copy, verify, hand the copies on, then close it in the target.
+/// let taken = GrabOptions::new()
+///     .steal(CloseMode::Close)
+///     .grab_many_then(&target, &[fd], |copies| -> fdgrab::Result<usize> {
+///         Ok(copies.len()) // e.g. start the process that will own them
+///     })?;
+/// taken.closed?;
+/// # Ok::<(), fdgrab::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrabOptions {
+    backend: Backend,
+    steal: Option<CloseMode>,
+}
+
+/// What [`GrabOptions::grab_many_then`] did.
+#[derive(Debug)]
+#[must_use = "a failed close leaves the fds in the target: check `closed`"]
+pub struct Taken<T> {
+    /// What the hook returned.
+    pub value: T,
+    /// The mechanism that took the copies.
     pub backend: Backend,
-    /// Take the fds away from the target once the copies are verified.
-    pub steal: Option<CloseMode>,
+    /// The close half of a steal: `Ok` when the target no longer has the fds (or
+    /// when this was not a steal); on error the target still has them all.
+    pub closed: Result<()>,
 }
 
 impl GrabOptions {
@@ -91,15 +120,16 @@ impl GrabOptions {
         Self::default()
     }
 
+    /// How the copies are taken (default [`Backend::Auto`]).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }
 
     /// Makes the grab a steal: after every copy has been checked to be the same open
-    /// file as the target's fd, the target's fds are closed (or get /dev/null) with
-    /// [`crate::inject::close_in_target`]. If that fails, the copies are dropped and
-    /// the target keeps its fds.
+    /// file as the target's fd (and the hook of [`Self::grab_many_then`] has run), the
+    /// target's fds are closed (or get /dev/null) with
+    /// [`crate::inject::close_in_target`]. If that fails the target keeps its fds.
     pub fn steal(mut self, how: CloseMode) -> Self {
         self.steal = Some(how);
         self
@@ -120,23 +150,28 @@ impl GrabOptions {
     /// [`Backend::Auto`] uses `pidfd_getfd` and falls back to ptrace injection only
     /// when the kernel lacks it (`ENOSYS`); any other refusal is reported as is,
     /// because ptrace would be refused for the same reason. Every copy, whichever
-    /// backend made it, is checked with [`same_file`].
+    /// backend made it, is checked with [`access::same_file`]
+    /// ([`Error::IdentityMismatch`] if the target replaced the fd meanwhile). For a
+    /// steal, a failed close is returned as the error and the copies are dropped.
     pub fn grab_many(&self, target: &PidFd, fds: &[TargetFd]) -> Result<Vec<Grabbed>> {
-        let (copies, backend) = match self.backend {
-            Backend::Pidfd => (grab_many(target, fds)?, Backend::Pidfd),
-            Backend::Ptrace => (inject::grab_fds(target, fds)?, Backend::Ptrace),
-            Backend::Auto => {
-                match grab_many(target, fds) {
-                    Err(Error::Unsupported {
-                        op: "pidfd_getfd", ..
-                    }) => {
-                        tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
-                        (inject::grab_fds(target, fds)?, Backend::Ptrace)
-                    }
-                    r => (r?, Backend::Pidfd),
-                }
-            }
-        };
+        let taken = self.grab_many_then(target, fds, Ok::<_, Error>)?;
+        taken.closed?;
+        Ok(taken.value)
+    }
+
+    /// [`Self::grab_many`] with a hook that receives the verified copies *before* a
+    /// steal closes anything in the target. The hook hands the copies on (starts the
+    /// command that will own them, sends them); if it fails, nothing is closed. The
+    /// close result comes back in [`Taken::closed`] rather than as an error, so the
+    /// caller still holds what the hook returned (a started child, say) when the
+    /// target refused to let go.
+    pub fn grab_many_then<T, E: From<Error>>(
+        &self,
+        target: &PidFd,
+        fds: &[TargetFd],
+        hook: impl FnOnce(Vec<Grabbed>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Taken<T>, E> {
+        let (copies, backend) = self.copy(target, fds)?;
         let mut out = Vec::with_capacity(copies.len());
         let mut owner = None;
         for (&target_fd, fd) in fds.iter().zip(copies) {
@@ -145,7 +180,8 @@ impl GrabOptions {
                     pid: target.pid(),
                     fd: target_fd,
                     method: backend.method(),
-                });
+                }
+                .into());
             }
             out.push(Grabbed {
                 target_fd,
@@ -155,10 +191,35 @@ impl GrabOptions {
         }
         // In the message, not only as a field, so `-v` output states it plainly.
         tracing::info!(pid = target.pid(), fds = ?fds, "took copies (method: {})", backend.method());
-        if let Some(how) = self.steal {
-            inject::close_in_target(target, fds, how)?;
-        }
-        Ok(out)
+        let value = hook(out)?;
+        let closed = match self.steal {
+            Some(how) => inject::close_in_target(target, fds, how),
+            None => Ok(()),
+        };
+        Ok(Taken {
+            value,
+            backend,
+            closed,
+        })
+    }
+
+    fn copy(&self, target: &PidFd, fds: &[TargetFd]) -> Result<(Vec<OwnedFd>, Backend)> {
+        let by_pidfd = || fds.iter().map(|&fd| pidfd_getfd(target, fd)).collect();
+        Ok(match self.backend {
+            Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),
+            Backend::Ptrace => (inject::grab_fds(target, fds)?, Backend::Ptrace),
+            Backend::Auto => {
+                match by_pidfd() {
+                    Err(Error::Unsupported {
+                        op: "pidfd_getfd", ..
+                    }) => {
+                        tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
+                        (inject::grab_fds(target, fds)?, Backend::Ptrace)
+                    }
+                    r => (r?, Backend::Pidfd),
+                }
+            }
+        })
     }
 }
 
@@ -304,7 +365,9 @@ pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
     }
 }
 
-/// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target.
+/// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target. This is
+/// the bare primitive: no fallback and no identity check. Use [`GrabOptions`]
+/// unless you mean exactly this call.
 ///
 /// Errors, as the kernel reports them:
 /// - `EBADF` for an fd the target does not have → [`Error::NoSuchFd`]; before
@@ -316,7 +379,7 @@ pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
 /// - `EPERM` from the ptrace access check, Yama or an LSM → [`Error::PermissionDenied`]
 ///   with the most likely cause;
 /// - `EMFILE`/`ENFILE` → [`Error::TooManyFiles`]; `ENOSYS` → [`Error::Unsupported`].
-pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
+pub fn pidfd_getfd(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
     if target.is_procfs() {
         // No pidfd_open means no pidfd_getfd either (5.3 < 5.6).
         return Err(Error::Unsupported {
@@ -325,23 +388,13 @@ pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
             source: Errno::NOSYS.into(),
         });
     }
-    match pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
+    match rustix::process::pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
         Ok(ours) => Ok(ours),
         Err(Errno::SRCH) if !target.is_thread() && target.is_alive() => {
             grab_via_live_thread(target, fd)
         }
         Err(e) => Err(getfd_error(target, fd, e)),
     }
-}
-
-/// Opens `pid` and takes one descriptor from it.
-pub fn grab_pid(pid: Pid, fd: TargetFd) -> Result<OwnedFd> {
-    grab(&PidFd::open(pid)?, fd)
-}
-
-/// Takes several descriptors in one pass, all or nothing.
-pub fn grab_many(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
-    fds.iter().map(|&fd| grab(target, fd)).collect()
 }
 
 /// A process pidfd reports `ESRCH` once the thread-group leader has exited, even
@@ -355,7 +408,7 @@ fn grab_via_live_thread(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
         let Ok(thread) = PidFd::open_thread(tid) else {
             continue;
         };
-        match pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
+        match rustix::process::pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
             Ok(ours) => {
                 tracing::debug!(
                     pid,

@@ -3,7 +3,7 @@
 //! pidfds, batches).
 
 use fdgrab::access::same_file;
-use fdgrab::grab::{grab, grab_many, GrabOptions};
+use fdgrab::grab::{pidfd_getfd as grab, GrabOptions};
 use fdgrab::{Error, PidFd, TargetFd};
 use fdgrab_testkit::{bin, Target, TIMEOUT};
 use std::os::fd::{AsFd, AsRawFd};
@@ -192,7 +192,11 @@ fn batch_grab_is_all_or_nothing_and_names_the_bad_fd() {
         .iter()
         .map(|l| tfd(t.fd_labelled(l)))
         .collect();
-    let all = grab_many(&pidfd, &good).expect("batch");
+    let all: Vec<_> = good
+        .iter()
+        .map(|&fd| grab(&pidfd, fd))
+        .collect::<Result<_, _>>()
+        .expect("batch");
     assert_eq!(all.len(), good.len());
     for (fd, ours) in good.iter().zip(&all) {
         assert!(
