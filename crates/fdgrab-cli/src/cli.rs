@@ -143,9 +143,22 @@ pub struct GetArgs {
     pub fds: Vec<FdMap>,
     #[command(flatten)]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct UnpassableArg {
+    /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
+    /// instances; `send`, and `get --backend ptrace`) and hand over the rest, naming
+    /// each one left out on stderr. Without it such an fd makes the whole command
+    /// fail before anything is taken or sent.
+    #[arg(long)]
+    pub skip_unpassable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,7 +186,10 @@ pub struct SendArgs {
     pub to: PathBuf,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
+    /// After sending, print one JSON object: pid, fds sent, the backend and method
+    /// that took them, and the fds left out with --skip-unpassable.
     #[arg(long)]
     pub json: bool,
 }

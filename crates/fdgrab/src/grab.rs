@@ -205,16 +205,29 @@ impl GrabOptions {
 
     fn copy(&self, target: &PidFd, fds: &[TargetFd]) -> Result<(Vec<OwnedFd>, Backend)> {
         let by_pidfd = || fds.iter().map(|&fd| pidfd_getfd(target, fd)).collect();
+        // The target sends the copies over a unix socket: refuse what the kernel
+        // would refuse, naming the fd, before stopping anything.
+        let by_ptrace = || {
+            if let Some(&(fd, why)) = unpassable(target, fds)?.first() {
+                return Err(unpassable_error(
+                    target.pid(),
+                    fd,
+                    why,
+                    "taken by the ptrace backend",
+                ));
+            }
+            inject::grab_fds(target, fds)
+        };
         Ok(match self.backend {
             Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),
-            Backend::Ptrace => (inject::grab_fds(target, fds)?, Backend::Ptrace),
+            Backend::Ptrace => (by_ptrace()?, Backend::Ptrace),
             Backend::Auto => {
                 match by_pidfd() {
                     Err(Error::Unsupported {
                         op: "pidfd_getfd", ..
                     }) => {
                         tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
-                        (inject::grab_fds(target, fds)?, Backend::Ptrace)
+                        (by_ptrace()?, Backend::Ptrace)
                     }
                     r => (r?, Backend::Pidfd),
                 }
@@ -514,4 +527,42 @@ pub fn readable(target: &PidFd, fd: TargetFd, copy: OwnedFd) -> Result<OwnedFd> 
         "the fd is not readable; reading a read-only reopen of the same inode"
     );
     Ok(reopened)
+}
+
+/// Those of the target's `fds` that the kernel would refuse to pass over a unix
+/// socket (see [`crate::passfd::refusal`]), with the reason. The ptrace backend
+/// and `SCM_RIGHTS` hand-overs cannot take them; `pidfd_getfd` can.
+pub fn unpassable(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<(TargetFd, &'static str)>> {
+    let pid = target.pid();
+    let owner = access::fd_table_owner(target)?;
+    let mut out = Vec::new();
+    for &fd in fds {
+        match std::fs::read_link(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
+            Ok(link) => {
+                if let Some(why) = crate::passfd::refusal(&link) {
+                    out.push((fd, why));
+                }
+            }
+            // A missing fd is reported by the operation itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "readlink(/proc/PID/fd/N)",
+                    pid,
+                    fd: Some(fd),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`Error::WrongKind`] for an fd the kernel will not pass over a unix socket.
+pub fn unpassable_error(pid: Pid, fd: TargetFd, why: &'static str, how: &str) -> Error {
+    Error::WrongKind {
+        pid,
+        fd,
+        reason: format!("cannot be {how}: {why}"),
+    }
 }

@@ -12,7 +12,22 @@ pub fn run(a: GetArgs) -> Result<ExitCode> {
         .backend(a.backend.backend)
         .existing(&wanted)
         .check()?;
-    let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
+    // pidfd_getfd takes any fd; the ptrace backend has the target send them over a
+    // unix socket, which refuses some (io_uring).
+    let fds = if a.backend.backend == fdgrab::Backend::Ptrace {
+        let skip = a.unpassable.skip_unpassable;
+        super::send::passable(
+            &target,
+            &a.fds,
+            skip,
+            |m| m.fd,
+            "taken by the ptrace backend",
+        )?
+        .0
+    } else {
+        a.fds.clone()
+    };
+    let (mut child, _) = grab_and_spawn(&target, &fds, a.backend.backend, &a.cmd)?;
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))
 }
