@@ -85,9 +85,13 @@ fn snapshot(pid: i32) -> (String, Vec<String>) {
 fn cat_file_by_ptrace(t: &Target) {
     let before = snapshot(t.pid);
     let fd = t.fd_labelled("file").to_string();
-    let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
+    let out = run_fdgrab(["-v", "cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    // The ptrace backend really did it (a --backend that was ignored would say
+    // pidfd_getfd here).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(method: ptrace)"), "{err}");
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
 
@@ -118,6 +122,12 @@ fn inject_cli_send_json_names_backend() {
         ]);
         let doc = success_json(&out);
         assert_eq!(doc["backend"], expect, "{doc}");
+        let method = if expect == "pidfd" {
+            "pidfd_getfd"
+        } else {
+            "ptrace"
+        };
+        assert_eq!(doc["method"], method, "{doc}");
         let (conn, _) = l.accept().expect("accept");
         let mut buf = [0u8; 64];
         let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 4).expect("recv");
@@ -202,6 +212,7 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
         let pid = t.pid.to_string();
         let mut child = fdgrab()
             .args([
+                "-v",
                 "steal",
                 "--backend",
                 backend,
@@ -214,6 +225,7 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("fdgrab steal");
         let line = json_line(&mut t);
@@ -228,6 +240,18 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
         assert_eq!(got, "hello", "{backend}: the command got the stolen pipe");
         let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
         assert!(st.success(), "{backend}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        let method = if backend == "ptrace" {
+            "ptrace"
+        } else {
+            "pidfd_getfd"
+        };
+        assert!(
+            err.contains(&format!("stolen (method: {method})")),
+            "{backend}: {err}"
+        );
     }
 }
 
@@ -511,7 +535,7 @@ fn inject_cli_ptrace_when_leader_exited() {
         "--to",
         sock.to_str().expect("utf8"),
     ]);
-    assert_ok(&out);
+    assert_eq!(success_json(&out)["method"], "ptrace");
     let (conn, _) = l.accept().expect("accept");
     let mut buf = [0u8; 64];
     assert_eq!(

@@ -180,8 +180,16 @@ fn thread_pidfd_reaches_the_process_fd_table() {
         Err(e) => panic!("PIDFD_THREAD: {e}"),
     };
     assert!(thread.is_thread());
-    let ours = grab(&thread, tfd(t.fd_labelled("pipe-r"))).expect("grab via thread");
-    assert!(rustix::fs::fstat(&ours).is_ok());
+    let fd = t.fd_labelled("pipe-r");
+    let ours = grab(&thread, tfd(fd)).expect("grab via thread");
+    // The very pipe the target reported, not merely some open file.
+    let st = rustix::fs::fstat(&ours).expect("fstat");
+    let theirs = t.fd_report(fd.into());
+    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64(), "{theirs}");
+    assert_eq!(
+        fdgrab_testkit::devstr(st.st_dev),
+        theirs["dev"].as_str().expect("dev")
+    );
 }
 
 #[test]
