@@ -1066,3 +1066,31 @@ while True:
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is a listening socket"), "{err}");
 }
+
+/// A refusal that only the injection itself meets (the target's seccomp filter
+/// makes the injected socket() fail) still leaves the user's files alone: the file
+/// is truncated only right before the install, and a file the command created is
+/// removed again.
+#[test]
+fn failed_injection_leaves_files_as_they_were() {
+    let t = Target::spawn(["deny-socket"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = tmp("inject-fails-keep.txt");
+    std::fs::write(&keep, b"precious content\n").expect("write keep");
+    let fresh = tmp("inject-fails-fresh.txt");
+    let _ = std::fs::remove_file(&fresh);
+    let guard = Untouched::new(t.pid, &[&keep, &fresh]);
+    let (keep_s, fresh_s) = (keep.to_str().expect("utf8"), fresh.to_str().expect("utf8"));
+    for args in [
+        vec!["redirect", &pid, "1", keep_s],
+        vec!["redirect", &pid, "1", fresh_s],
+        vec!["put", &pid, "1", "--file", keep_s],
+        vec!["put", &pid, "9", "--file", fresh_s],
+        vec!["put", &pid, "9", "--append", "--file", fresh_s],
+    ] {
+        let err = failure_text(&run_fdgrab(&args), 4);
+        assert!(err.contains("socket"), "{args:?}: {err}");
+        guard.check(&format!("{args:?}"));
+    }
+}

@@ -1,11 +1,12 @@
 //! `fdgrab put`: install a file or one of our fds into a running process.
 
+use super::redirect::Output;
 use crate::cli::PutArgs;
 use crate::exit::UsageError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fdgrab::grab::Preflight;
 use fdgrab::inject;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     // Everything that can refuse runs before the file is created or truncated.
     let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
     let inherited = a.our_fd.map(|n| borrow_inherited(n.as_raw())).transpose()?;
-    let opened: Option<OwnedFd> = match &a.file {
+    let opened: Option<Output> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
             if a.read {
@@ -23,13 +24,10 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
             } else if a.append {
                 o.append(true).create(true);
             } else {
-                o.write(true).create(true).truncate(true);
+                o.write(true).create(true);
             }
-            let f = o
-                .mode(0o644)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            Some(f.into())
+            let (create, truncate) = (!a.read, !(a.read || a.rw || a.append));
+            Some(Output::open(path, o.mode(0o644), create, truncate)?)
         }
         None => None,
     };
@@ -38,7 +36,10 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
         (None, Some(_)) => inherited.ok_or_else(|| UsageError("--fd without a number".into()))?,
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
-    inject::put(&target, ours, a.fd)?;
+    match &opened {
+        Some(out) => out.keep_if(inject::put_with(&target, ours, a.fd, out.before_install()))?,
+        None => inject::put(&target, ours, a.fd)?,
+    }
     if a.json {
         let source = match (&a.file, a.our_fd) {
             (Some(p), _) => serde_json::json!({"file": p}),

@@ -56,14 +56,11 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
     if a.append {
         o.append(true);
     } else {
-        o.write(true).truncate(true);
+        o.write(true);
     }
-    let file = o
-        .create(true)
-        .mode(0o644)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let saved = inject::redirect(&target, a.fd, file.as_fd())?;
+    let file = Output::open(&path, o.create(true).mode(0o644), true, !a.append)?;
+    let r = inject::redirect_with(&target, a.fd, file.as_fd(), file.before_install());
+    let saved = file.keep_if(r)?;
     if let Err(e) = record(&target, a.fd, saved, &path) {
         eprintln!(
             "fdgrab: warning: could not record saved fd {saved} ({e:#}); \
@@ -174,4 +171,85 @@ fn recorded(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<PathBuf> {
         )));
     }
     Ok(file)
+}
+
+/// A file opened for a command that can still fail after the open (the injection
+/// itself; every check that can be made beforehand already ran). The file is not
+/// truncated at the open: [`Output::before_install`] truncates it at the last moment
+/// before the target is changed, and [`Output::keep_if`] removes a file the open
+/// created when the command fails. A refusal therefore leaves the user's files as
+/// they were.
+pub(crate) struct Output {
+    file: std::fs::File,
+    created: Option<PathBuf>,
+    truncate: bool,
+}
+
+impl Output {
+    /// Opens `path` with `o` (which must not truncate); `create` says whether `o`
+    /// may create it, `truncate` whether to empty it before the install.
+    pub(crate) fn open(
+        path: &std::path::Path,
+        o: &mut std::fs::OpenOptions,
+        create: bool,
+        truncate: bool,
+    ) -> Result<Self> {
+        let ctx = || format!("opening {}", path.display());
+        let mut created = None;
+        // create_new tells whether this open made the file.
+        let file = match o.clone().create_new(create).open(path) {
+            Ok(file) if create => {
+                created = Some(path.to_path_buf());
+                file
+            }
+            Ok(file) => file,
+            Err(e) if create && e.kind() == std::io::ErrorKind::AlreadyExists => {
+                o.create(false).open(path).with_context(ctx)?
+            }
+            Err(e) => return Err(e).with_context(ctx),
+        };
+        Ok(Self {
+            file,
+            created,
+            truncate,
+        })
+    }
+
+    /// The hook for [`inject::put_with`]/[`inject::redirect_with`]: empties the file
+    /// if it is to be truncated.
+    pub(crate) fn before_install(&self) -> impl FnOnce() -> fdgrab::Result<()> + '_ {
+        move || {
+            if self.truncate {
+                self.file.set_len(0).map_err(|e| fdgrab::Error::Local {
+                    op: "truncating the output file",
+                    source: e,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Passes `r` through; on error removes the file if this open created it and
+    /// the path still names it.
+    pub(crate) fn keep_if<T>(&self, r: fdgrab::Result<T>) -> fdgrab::Result<T> {
+        if r.is_err() {
+            if let Some(path) = &self.created {
+                use std::os::unix::fs::MetadataExt;
+                let ours = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+                let there = std::fs::symlink_metadata(path)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
+                if ours.is_some() && ours == there {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl AsFd for Output {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }
