@@ -87,12 +87,17 @@ pub enum Command {
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
     /// Whatever the process had open at FD is replaced atomically (dup3 in the
-    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    /// process, through ptrace injection); FD's close-on-exec flag is kept. The
+    /// process, FD (below its open-file limit) and access are checked before the file
+    /// is opened, and the file is emptied only right before the dup3: a refused put
+    /// changes no file.
     Put(PutArgs),
     /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
     ///
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    /// Everything is checked before the file is opened, and it is emptied only right
+    /// before the switch: a refused redirect changes no file.
     Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
@@ -259,6 +264,8 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct RedirectArgs {
     /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    /// Only a saved fd that redirect recorded for this process and FD is accepted
+    /// (else exit 2, nothing changed).
     #[arg(long)]
     pub undo: bool,
     /// The process.

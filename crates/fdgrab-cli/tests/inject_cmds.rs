@@ -939,6 +939,8 @@ const NEW_SERVER: &str = r#"
 import os, socket, sys
 os.close(2)
 s = socket.socket(fileno=3)
+# The description is shared: the old server may have made it non-blocking.
+s.setblocking(True)
 c, _ = s.accept()
 c.sendall(b'new\n')
 c.close()
