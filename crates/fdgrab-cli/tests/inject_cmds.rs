@@ -186,8 +186,7 @@ fn inject_cli_auto_falls_back_to_ptrace_on_enosys() {
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
     assert!(err.contains("falling back to ptrace"), "{err}");
-    let sock = tmp("fallback.sock");
-    let _ = std::fs::remove_file(&sock);
+    let sock = absent("fallback.sock");
     let _l = UnixListener::bind(&sock).expect("bind");
     let out = fdgrab_without_getfd(&[
         "send",
@@ -522,8 +521,7 @@ fn inject_cli_ptrace_when_leader_exited() {
         "leader should be a zombie"
     );
     let fd = t.fd_labelled("pipe-w").to_string();
-    let sock = tmp("leader-exit.sock");
-    let _ = std::fs::remove_file(&sock);
+    let sock = absent("leader-exit.sock");
     let l = UnixListener::bind(&sock).expect("bind");
     let out = run_fdgrab([
         "send",
@@ -700,6 +698,20 @@ impl Untouched {
     }
 }
 
+/// A user file with content that a refused command must not change.
+fn precious(name: &str) -> std::path::PathBuf {
+    let path = tmp(name);
+    std::fs::write(&path, b"precious content\n").expect("write");
+    path
+}
+
+/// A path that a refused command must not create.
+fn absent(name: &str) -> std::path::PathBuf {
+    let path = tmp(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 /// A zombie: a child of this test that has exited and is not reaped yet.
 fn zombie() -> std::process::Child {
     let child = Command::new("true").spawn().expect("spawn true");
@@ -728,12 +740,9 @@ fn refused_put_and_redirect_touch_no_file_and_no_target() {
     let t = Target::spawn(["blocked-read"]);
     wait_in_read(t.pid);
     let pid = t.pid.to_string();
-    let keep = tmp("refusal-keep.txt");
-    std::fs::write(&keep, b"precious content\n").expect("write keep");
-    let fresh = tmp("refusal-fresh.txt");
-    let _ = std::fs::remove_file(&fresh);
-    let marker = tmp("refusal-cmd-ran");
-    let _ = std::fs::remove_file(&marker);
+    let keep = precious("refusal-keep.txt");
+    let fresh = absent("refusal-fresh.txt");
+    let marker = absent("refusal-cmd-ran");
     let (keep_s, fresh_s, marker_s) = (
         keep.to_str().expect("utf8"),
         fresh.to_str().expect("utf8"),
@@ -807,10 +816,8 @@ fn refused_when_another_tracer_holds_the_target() {
     let t = Target::spawn(["blocked-read"]);
     wait_in_read(t.pid);
     let pid = t.pid.to_string();
-    let keep = tmp("traced-keep.txt");
-    std::fs::write(&keep, b"precious content\n").expect("write keep");
-    let marker = tmp("traced-cmd-ran");
-    let _ = std::fs::remove_file(&marker);
+    let keep = precious("traced-keep.txt");
+    let marker = absent("traced-cmd-ran");
     let guard = Untouched::new(t.pid, &[&keep, &marker]);
     let mut strace = Command::new("strace")
         .args(["-q", "-o", "/dev/null", "-p", &pid])
@@ -1078,10 +1085,8 @@ fn failed_injection_leaves_files_as_they_were() {
     let t = Target::spawn(["deny-socket"]);
     wait_in_read(t.pid);
     let pid = t.pid.to_string();
-    let keep = tmp("inject-fails-keep.txt");
-    std::fs::write(&keep, b"precious content\n").expect("write keep");
-    let fresh = tmp("inject-fails-fresh.txt");
-    let _ = std::fs::remove_file(&fresh);
+    let keep = precious("inject-fails-keep.txt");
+    let fresh = absent("inject-fails-fresh.txt");
     let guard = Untouched::new(t.pid, &[&keep, &fresh]);
     let (keep_s, fresh_s) = (keep.to_str().expect("utf8"), fresh.to_str().expect("utf8"));
     for args in [
