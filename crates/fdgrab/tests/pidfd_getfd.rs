@@ -252,3 +252,83 @@ fn sockets_memfds_eventfds_are_grabbable() {
     rustix::io::read(&efd, &mut buf).expect("read eventfd");
     assert_eq!(u64::from_ne_bytes(buf), 3);
 }
+
+/// The front door's steal hook runs with the verified copies while the target still
+/// has its fd; a failing hook closes nothing; a succeeding one is followed by the
+/// close, and the method is reported.
+#[test]
+fn steal_hook_runs_between_copy_and_close() {
+    use fdgrab::{Backend, CloseMode};
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let fd = tfd(t.fd_labelled("pipe-r"));
+    let in_target = || std::path::Path::new(&format!("/proc/{}/fd/{fd}", t.pid)).exists();
+    let steal = GrabOptions::new().steal(CloseMode::Close);
+    let refused: Result<fdgrab::Taken<()>, Error> = steal.grab_many_then(&pidfd, &[fd], |copies| {
+        assert_eq!(copies.len(), 1);
+        assert!(in_target(), "the hook runs before the close");
+        Err(Error::InvalidArgument("the hook refuses".into()))
+    });
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+    assert!(in_target(), "a failing hook closes nothing");
+    let taken = steal
+        .grab_many_then(&pidfd, &[fd], |copies| -> Result<_, Error> {
+            assert!(in_target(), "the hook runs before the close");
+            let g = copies.into_iter().next().expect("one copy");
+            let st = rustix::fs::fstat(&g.fd).expect("fstat");
+            assert_eq!(
+                Some(st.st_ino),
+                t.fd_report(fd.as_raw().into())["ino"].as_u64()
+            );
+            Ok(g.backend)
+        })
+        .expect("steal");
+    taken.closed.expect("closed in the target");
+    assert_eq!(taken.value, Backend::Pidfd);
+    assert_eq!(taken.backend.method(), "pidfd_getfd");
+    assert!(!in_target(), "stolen");
+}
+
+/// The preflight refuses, with the error each case deserves, before anything is
+/// done: a zombie, a kernel thread, a missing fd, a number at the fd limit.
+#[test]
+fn preflight_refuses_what_no_operation_could_do() {
+    use fdgrab::grab::Preflight;
+    let t = Target::spawn(["zoo"]);
+    let mut zombie = Command::new("true").spawn().expect("true");
+    let zpid = zombie.id() as i32;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !fdgrab_testkit::status_field(zpid, "State").is_some_and(|s| s.starts_with('Z')) {
+        assert!(std::time::Instant::now() < deadline, "no zombie");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    match Preflight::new(zpid).injects().check() {
+        Err(Error::NoSuchProcess { pid }) => assert_eq!(pid, zpid),
+        other => panic!("zombie: {other:?}"),
+    }
+    let _ = zombie.wait();
+    match Preflight::new(2).check() {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("kernel thread"), "{m}"),
+        other => panic!("kthreadd: {other:?}"),
+    }
+    match Preflight::new(t.pid).existing(&[tfd(4000)]).check() {
+        Err(Error::NoSuchFd { fd, .. }) => assert_eq!(fd.as_raw(), 4000),
+        other => panic!("missing fd: {other:?}"),
+    }
+    let limit = std::fs::read_to_string(format!("/proc/{}/limits", t.pid))
+        .expect("limits")
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("limit");
+    match Preflight::new(t.pid).install_at(tfd(limit)).check() {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains(&limit.to_string()), "{m}"),
+        other => panic!("at the limit: {other:?}"),
+    }
+    assert!(Preflight::new(t.pid)
+        .injects()
+        .existing(&[tfd(t.fd_labelled("file"))])
+        .install_at(tfd(limit - 1))
+        .check()
+        .is_ok());
+}
