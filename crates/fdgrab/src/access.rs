@@ -246,3 +246,9 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
         cloexec: flags & libc::O_CLOEXEC as u64 != 0,
     })
 }
+
+/// When process `pid` started (clock ticks after boot, `/proc/PID/stat` field 22), or
+/// `None` if there is no such process. With the pid it names one process for good.
+pub fn process_start(pid: Pid) -> Option<u64> {
+    procfs::stat_state(pid).map(|(_, start)| start)
+}

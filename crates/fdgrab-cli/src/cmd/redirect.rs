@@ -113,6 +113,43 @@ fn state_dir() -> PathBuf {
     }
 }
 
+/// Removes the records of processes that have exited (their pid is gone or names
+/// a process with another start time): nothing can undo those any more.
+fn prune(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let mut parts = name.to_str().unwrap_or("").split('-');
+        let (Some(Ok(pid)), Some(Ok(start))) = (
+            parts.next().map(str::parse::<fdgrab::Pid>),
+            parts.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        if fdgrab::access::process_start(pid) != Some(start) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Records decide whether an fd of another process gets closed, so they are only
+/// read from, and written to, a directory that fdgrab's user owns and nobody else
+/// can write to (a shared temp dir could have been prepared by someone else).
+fn trusted_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} is not a directory owned by uid {me} and writable only by it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn record_path(start: u64, pid: fdgrab::Pid, fd: TargetFd, saved: TargetFd) -> PathBuf {
     state_dir().join(format!("{pid}-{start}-{fd}-{saved}.json"))
 }
@@ -131,6 +168,8 @@ fn record(target: &PidFd, fd: TargetFd, saved: TargetFd, path: &std::path::Path)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    trusted_dir(&dir)?;
+    prune(&dir);
     std::fs::write(&file, serde_json::to_vec(&rec)?)
         .with_context(|| format!("writing {}", file.display()))
 }
@@ -149,6 +188,7 @@ fn recorded(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<PathBuf> {
         ))
         .into()
     };
+    trusted_dir(&state_dir()).map_err(|e| refuse(format!("{e:#}")))?;
     let text = match std::fs::read(&file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
