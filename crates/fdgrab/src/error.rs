@@ -100,6 +100,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A program we were to start did not start ([`crate::spawn`]).
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
 }
 
 fn fd_suffix(fd: Option<TargetFd>) -> String {
@@ -141,7 +145,10 @@ impl Error {
             | Error::IdentityMismatch { pid, .. }
             | Error::NoMatchingSocket { pid, .. }
             | Error::Io { pid, .. } => Some(*pid),
-            Error::Unsupported { .. } | Error::InvalidArgument(_) | Error::Local { .. } => None,
+            Error::Unsupported { .. }
+            | Error::InvalidArgument(_)
+            | Error::Local { .. }
+            | Error::Spawn(_) => None,
         }
     }
 }

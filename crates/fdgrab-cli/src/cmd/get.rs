@@ -1,8 +1,8 @@
 //! `fdgrab get`: run a command with copies of a process's fds.
 
 use crate::cli::GetArgs;
-use crate::spawn::{grab_and_spawn, passthrough};
-use anyhow::{Context, Result};
+use crate::launch::{forwarded_signals, grab_and_spawn, passthrough};
+use anyhow::Result;
 use fdgrab::grab::Preflight;
 use std::process::ExitCode;
 
@@ -27,7 +27,8 @@ pub fn run(a: GetArgs) -> Result<ExitCode> {
     } else {
         a.fds.clone()
     };
+    let signals = forwarded_signals()?;
     let (mut child, _) = grab_and_spawn(&target, &fds, a.backend.backend, &a.cmd)?;
-    let status = child.wait().context("waiting for the command")?;
+    let status = child.wait_forwarding(&signals)?;
     Ok(passthrough(status))
 }

@@ -6,14 +6,14 @@ use crate::exit::UsageError;
 use anyhow::Result;
 use fdgrab::grab::Preflight;
 use fdgrab::inject;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
     // Everything that can refuse runs before the file is created or truncated.
     let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
-    let inherited = a.our_fd.map(|n| borrow_inherited(n.as_raw())).transpose()?;
+    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
     let opened: Option<Output> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
@@ -31,9 +31,9 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let ours: BorrowedFd<'_> = match (&opened, a.our_fd) {
+    let ours: BorrowedFd<'_> = match (&opened, &inherited) {
         (Some(f), _) => f.as_fd(),
-        (None, Some(_)) => inherited.ok_or_else(|| UsageError("--fd without a number".into()))?,
+        (None, Some(fd)) => fd.as_fd(),
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
     match &opened {
@@ -53,16 +53,14 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One of fdgrab's own fds, inherited from the shell. Checked to be open first, so
-/// a typo gives a clear error rather than acting on nothing.
-fn borrow_inherited(n: i32) -> Result<BorrowedFd<'static>> {
-    if !std::path::Path::new(&format!("/proc/self/fd/{n}")).exists() {
-        return Err(UsageError(format!(
+/// One of fdgrab's own fds, inherited from the shell; a typo gives a clear error
+/// rather than acting on nothing.
+fn dup_inherited(n: i32) -> Result<OwnedFd> {
+    fdgrab::spawn::dup_inherited(n).map_err(|e| match e {
+        fdgrab::Error::InvalidArgument(_) => UsageError(format!(
             "--fd {n}: fdgrab has no fd {n} open (pass it from the shell, e.g. {n}>FILE)"
         ))
-        .into());
-    }
-    // SAFETY: fd `n` is open (checked just above) and fdgrab never closes an fd it
-    // did not open itself, so it stays open for the rest of the process.
-    Ok(unsafe { BorrowedFd::borrow_raw(n) })
+        .into(),
+        e => e.into(),
+    })
 }

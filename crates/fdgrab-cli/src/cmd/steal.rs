@@ -1,8 +1,8 @@
 //! `fdgrab steal`: move fds out of a process into a command.
 
 use crate::cli::StealArgs;
-use crate::spawn::{passthrough, spawn_grabbed};
-use anyhow::{Context, Result};
+use crate::launch::{forwarded_signals, passthrough, Spawner};
+use anyhow::Result;
 use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
 use fdgrab::{GrabOptions, Grabbed};
@@ -25,6 +25,8 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
     // The library's steal: the copies are verified (same open file as the target's
     // fd), then the hook starts CMD, and only once it has exec'd does the target lose
     // anything; a command that cannot start takes nothing.
+    let spawn = Spawner::new(&a.cmd)?;
+    let signals = forwarded_signals()?;
     let taken = GrabOptions::new()
         .backend(a.backend.backend)
         .steal(how)
@@ -32,11 +34,11 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
             if a.signal_old.is_none() {
                 warn_listening(a.pid, &grabbed);
             }
-            spawn_grabbed(grabbed, &a.fds, &a.cmd)
+            spawn.start(grabbed, &a.fds)
         })?;
     let mut child = taken.value;
     if let Err(e) = taken.closed {
-        let _ = child.wait();
+        let _ = child.wait_forwarding(&signals);
         return Err(anyhow::Error::new(e).context(format!(
             "the command ran with copies, but the fds could not be taken from process {}, which still has them",
             a.pid
@@ -53,7 +55,7 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
             );
         }
     }
-    let status = child.wait().context("waiting for the command")?;
+    let status = child.wait_forwarding(&signals)?;
     Ok(passthrough(status))
 }
 
