@@ -40,9 +40,7 @@ impl Backend {
             Backend::Ptrace => "ptrace",
         }
     }
-}
 
-impl Backend {
     /// The kernel mechanism behind a backend that took an fd, as reported in JSON
     /// output and logs: `pidfd_getfd` or `ptrace`.
     pub fn method(self) -> &'static str {
@@ -256,15 +254,19 @@ impl GrabOptions {
 ///    exited counts as gone;
 /// 2. it is not a kernel thread ([`Error::InvalidArgument`]: it has no fds of its own);
 /// 3. for injection: the thread fdgrab would stop is not traced by another process,
-///    and the ptrace attach check passes (an `O_RDONLY` open of `/proc/PID/mem`
-///    runs the same `PTRACE_MODE_ATTACH` check, Yama and LSMs included, without
-///    attaching) → [`Error::PermissionDenied`];
+///    and the ptrace attach check passes (an `O_RDONLY` open of
+///    `/proc/PID/task/TID/mem` runs the same `PTRACE_MODE_ATTACH` check, Yama and
+///    LSMs included, without attaching) → [`Error::PermissionDenied`];
 /// 4. every fd in `existing` is open in the target ([`Error::NoSuchFd`]);
 /// 5. every number in `install_at` is below the target's soft `RLIMIT_NOFILE`
 ///    ([`Error::InvalidArgument`] naming the limit: `dup3` would refuse it).
 ///
 /// A check cannot stop the target from changing afterwards (closing the fd, exiting);
-/// the operation itself still reports that, as the same error.
+/// the operation itself still reports that, as the same error. What only an injected
+/// call can find out (the target's seccomp filter or LSM refusing it) is reported by
+/// the injection before it changes the target; [`crate::inject::put_with`] and
+/// [`crate::inject::redirect_with`] let a caller defer its own side effects to that
+/// point.
 #[derive(Clone, Debug)]
 pub struct Preflight {
     pid: Pid,
