@@ -119,6 +119,18 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Print a seccomp profile (OCI/Docker JSON) whose `bind` goes to the agent.
+    ///
+    /// Starts from --from, or from a built-in profile equivalent to the default
+    /// container runtimes apply. `bind` is taken out of every rule that lets it
+    /// through (with or without argument, capability, architecture or kernel
+    /// conditions, `names` or the old `name` field) and put into SCMP_ACT_NOTIFY
+    /// rules with the same conditions; a defaultAction that allows it (ALLOW, LOG)
+    /// gets an explicit NOTIFY rule. Simply appending a NOTIFY rule would do nothing:
+    /// the profile's own ALLOW for bind would win. Every other rule and field is kept
+    /// as it was; listenerPath and listenerMetadata are set. Notes go to stderr. A
+    /// profile that never allows bind is refused (exit 2): the agent would widen it.
+    Profile(ProfileArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command into --dir).
@@ -361,6 +373,25 @@ pub struct AgentArgs {
     /// and audit lines carry the container id and bundle.
     #[command(flatten)]
     pub bind_policy: BindPolicyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The profile to start from (a file in the OCI/Docker seccomp JSON format, e.g.
+    /// /usr/share/containers/seccomp.json). Default: the built-in runtime default.
+    #[arg(long, value_name = "PROFILE.json")]
+    pub from: Option<PathBuf>,
+    /// The agent's socket, written as `listenerPath`.
+    #[arg(long, value_name = "PATH", default_value = fdgrab::seccomp::profile::DEFAULT_LISTENER_PATH)]
+    pub socket: PathBuf,
+    /// `listenerMetadata` for the agent, e.g. `allow-bind=tcp:80,tcp:443` (narrows the
+    /// agent's policy for containers using this profile). Default: the input's, if any.
+    #[arg(long, value_name = "TEXT")]
+    pub metadata: Option<String>,
+    /// Write the profile to FILE (through a temporary file renamed into place, so
+    /// that a runtime never reads half a profile) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// The bind policy and audit options, shared by `run` and `agent`.
