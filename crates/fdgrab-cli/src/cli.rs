@@ -113,12 +113,17 @@ pub enum Command {
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
     /// Whatever the process had open at FD is replaced atomically (dup3 in the
-    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    /// process, through ptrace injection); FD's close-on-exec flag is kept. The
+    /// process, FD (below its open-file limit) and access are checked before the file
+    /// is opened, and the file is emptied only right before the dup3: a refused put
+    /// changes no file.
     Put(PutArgs),
     /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
     ///
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    /// Everything is checked before the file is opened, and it is emptied only right
+    /// before the switch: a refused redirect changes no file.
     Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
@@ -206,9 +211,22 @@ pub struct GetArgs {
     pub fds: Vec<FdMap>,
     #[command(flatten)]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct UnpassableArg {
+    /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
+    /// instances; `send`, and `get --backend ptrace`) and hand over the rest, naming
+    /// each one left out on stderr. Without it such an fd makes the whole command
+    /// fail before anything is taken or sent.
+    #[arg(long)]
+    pub skip_unpassable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,7 +254,10 @@ pub struct SendArgs {
     pub to: PathBuf,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
+    /// After sending, print one JSON object: pid, fds sent, the backend and method
+    /// that took them, and the fds left out with --skip-unpassable.
     #[arg(long)]
     pub json: bool,
 }
@@ -262,6 +283,11 @@ pub struct StealArgs {
     /// Put /dev/null over the fds in the process instead of closing them.
     #[arg(long)]
     pub null: bool,
+    /// Signal the process once its fds are taken (e.g. TERM). A server that polls a
+    /// stolen listening socket with poll/select spins on it afterwards; see
+    /// docs/grab.md for which server shapes are safe without it.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub signal_old: Option<i32>,
     #[command(flatten)]
     pub backend: BackendArg,
     /// The command to run, after `--`.
@@ -301,6 +327,8 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct RedirectArgs {
     /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    /// Only a saved fd that redirect recorded for this process and FD is accepted
+    /// (else exit 2, nothing changed).
     #[arg(long)]
     pub undo: bool,
     /// The process.
