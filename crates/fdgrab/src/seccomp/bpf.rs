@@ -195,6 +195,8 @@ pub enum BuildError {
     JumpTooFar(usize),
     #[error("system call {0} has two rules")]
     DuplicateRule(u32),
+    #[error("the filter does not end in a return instruction; the kernel refuses it")]
+    NoFinalReturn,
 }
 
 /// A finished, verified-in-shape seccomp program.
@@ -212,10 +214,16 @@ pub struct Verdict {
 }
 
 impl Program {
-    /// Wraps hand-written instructions, checking length and jump targets.
+    /// Wraps hand-written instructions, checking what the kernel's checker does:
+    /// length, jump targets, and a return as the last instruction.
     pub fn from_insns(insns: Vec<Insn>) -> Result<Program, BuildError> {
         if insns.is_empty() || insns.len() > MAX_INSNS {
             return Err(BuildError::TooLong(insns.len()));
+        }
+        // The kernel's checker refuses a program whose last instruction is not a
+        // return: execution could run off its end.
+        if insns.last().is_some_and(|i| i.0.code != BPF_RET | BPF_K) {
+            return Err(BuildError::NoFinalReturn);
         }
         for (pc, i) in insns.iter().enumerate() {
             let code = i.0.code;
@@ -465,9 +473,14 @@ mod tests {
         }
         assert!(matches!(many.build(), Err(BuildError::JumpTooFar(_))));
         assert!(matches!(
-            Program::from_insns(vec![Insn::jeq(1, 3, 0)]),
+            Program::from_insns(vec![Insn::jeq(1, 3, 0), Insn::ret(Action::Allow)]),
             Err(BuildError::JumpTooFar(_))
         ));
+        // Found by the bpf_kernel fuzz target: the kernel refuses this (EINVAL).
+        assert_eq!(
+            Program::from_insns(vec![Insn::load(Field::Arch), Insn::load(Field::Nr)]),
+            Err(BuildError::NoFinalReturn)
+        );
         assert!(Program::from_insns(Vec::new()).is_err());
     }
 }
