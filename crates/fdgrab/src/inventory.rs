@@ -7,10 +7,10 @@
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
 pub(crate) mod inet_diag;
-mod names;
+pub(crate) mod names;
 mod query;
-mod sock_diag;
-mod sockets;
+pub(crate) mod sock_diag;
+pub(crate) mod sockets;
 pub(crate) mod unix_diag;
 
 pub use names::escape;
@@ -533,12 +533,41 @@ struct EntryReader<'a> {
     pseudo_mounts: HashMap<u64, &'static str>,
 }
 
-struct FdInfo {
-    pos: Option<u64>,
-    flags: u32,
-    mnt_id: Option<u64>,
+#[derive(Debug)]
+pub(crate) struct FdInfo {
+    pub(crate) pos: Option<u64>,
+    pub(crate) flags: u32,
+    pub(crate) mnt_id: Option<u64>,
     /// `ino:` (Linux 5.14+).
-    ino: Option<u64>,
+    pub(crate) ino: Option<u64>,
+}
+
+impl FdInfo {
+    /// The fields we use from the text of `/proc/PID/fdinfo/N`; a field that is
+    /// missing or unreadable stays unknown.
+    pub(crate) fn parse(buf: &[u8]) -> FdInfo {
+        let text = std::str::from_utf8(buf).unwrap_or("");
+        let mut info = FdInfo {
+            pos: None,
+            flags: 0,
+            mnt_id: None,
+            ino: None,
+        };
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k {
+                "pos" => info.pos = v.parse().ok(),
+                "flags" => info.flags = u32::from_str_radix(v, 8).unwrap_or(0),
+                "mnt_id" => info.mnt_id = v.parse().ok(),
+                "ino" => info.ino = v.parse().ok(),
+                _ => {}
+            }
+        }
+        info
+    }
 }
 
 impl EntryReader<'_> {
@@ -688,27 +717,7 @@ impl EntryReader<'_> {
                 Err(e) => return Err(proc_error(self.pid, "read /proc/PID/fdinfo/N", e)),
             }
         };
-        let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
-        let mut info = FdInfo {
-            pos: None,
-            flags: 0,
-            mnt_id: None,
-            ino: None,
-        };
-        for line in text.lines() {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            let v = v.trim();
-            match k {
-                "pos" => info.pos = v.parse().ok(),
-                "flags" => info.flags = u32::from_str_radix(v, 8).unwrap_or(0),
-                "mnt_id" => info.mnt_id = v.parse().ok(),
-                "ino" => info.ino = v.parse().ok(),
-                _ => {}
-            }
-        }
-        Ok(Some(info))
+        Ok(Some(FdInfo::parse(&buf[..len])))
     }
 
     fn fill_from_stat(&self, e: &mut FdEntry, name: &str) {
@@ -761,7 +770,7 @@ pub(crate) fn bracketed(link: &str, prefix: &str) -> Option<u64> {
     link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
 }
 
-fn anon_kind(raw: &str) -> String {
+pub(crate) fn anon_kind(raw: &str) -> String {
     let k = raw.trim_start_matches('[').trim_end_matches(']');
     match k {
         "eventpoll" => "epoll".into(),

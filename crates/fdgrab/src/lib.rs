@@ -32,6 +32,8 @@
 pub mod access;
 pub mod activation;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grab;
 pub mod inject;
 pub mod inventory;

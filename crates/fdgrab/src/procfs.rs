@@ -27,7 +27,7 @@ pub(crate) fn task_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
     ))?)
 }
 
-fn parse_status(text: &str) -> std::io::Result<Status> {
+pub(crate) fn parse_status(text: &str) -> std::io::Result<Status> {
     let mut st = Status::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -101,7 +101,7 @@ pub(crate) fn thread_alive(pid: Pid, tid: Pid) -> bool {
         .is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
 }
 
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
+pub(crate) fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name is in parentheses and may contain anything; fields follow
     // the last ')': state is field 3 and starttime field 22 of the whole line.
     let rest = stat.rsplit_once(')')?.1;

@@ -95,7 +95,7 @@ fn port_filter(port: u16) -> Vec<u8> {
 /// `struct inet_diag_msg`: family, state, timer, retrans; the socket id (ports in
 /// network order, then 16-byte source and destination addresses, interface,
 /// cookie); expires, rqueue, wqueue, uid, inode.
-fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
+pub(crate) fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     if p.len() < 72 {
         return None;
     }

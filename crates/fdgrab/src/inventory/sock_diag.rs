@@ -53,36 +53,50 @@ pub(crate) fn request(
         if n == 0 {
             return Ok(());
         }
-        let mut msgs = &buf[..n];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
-            let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            if len < 16 || len > msgs.len() {
-                return Err(std::io::Error::other("malformed netlink message"));
-            }
-            match ty {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let err = msgs
-                        .get(16..20)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(-libc::EIO);
-                    if err == 0 {
-                        return Ok(()); // an acknowledgement
-                    }
-                    return Err(std::io::Error::from_raw_os_error(-err));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    each(&msgs[16..len]);
-                    if !dump {
-                        return Ok(());
-                    }
-                }
-                _ => {}
-            }
-            msgs = &msgs[align4(len).min(msgs.len())..];
+        if let Some(end) = walk(&buf[..n], dump, &mut each) {
+            return end;
         }
     }
+}
+
+/// Hands the payload of each `SOCK_DIAG_BY_FAMILY` message in one reply datagram to
+/// `each`; `Some` once the answer is complete (`NLMSG_DONE`, an error or an
+/// acknowledgement, or the one answer to a non-dump request), `None` when more
+/// datagrams follow.
+pub(crate) fn walk(
+    mut msgs: &[u8],
+    dump: bool,
+    each: &mut impl FnMut(&[u8]),
+) -> Option<std::io::Result<()>> {
+    while msgs.len() >= 16 {
+        let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+        let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+        if len < 16 || len > msgs.len() {
+            return Some(Err(std::io::Error::other("malformed netlink message")));
+        }
+        match ty {
+            NLMSG_DONE => return Some(Ok(())),
+            NLMSG_ERROR => {
+                let err = msgs
+                    .get(16..20)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(-libc::EIO);
+                if err == 0 {
+                    return Some(Ok(())); // an acknowledgement
+                }
+                return Some(Err(std::io::Error::from_raw_os_error(-err)));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                each(&msgs[16..len]);
+                if !dump {
+                    return Some(Ok(()));
+                }
+            }
+            _ => {}
+        }
+        msgs = &msgs[align4(len).min(msgs.len())..];
+    }
+    None
 }
 
 /// The netlink attributes (`struct nlattr`: length, type, data) packed in `attrs`,

@@ -214,7 +214,7 @@ impl Want {
 
 /// All sockets of the target's network namespace, keyed by inode.
 pub(crate) struct SocketTable {
-    by_inode: HashMap<u64, SocketInfo>,
+    pub(crate) by_inode: HashMap<u64, SocketInfo>,
 }
 
 impl SocketTable {
@@ -387,7 +387,7 @@ impl SocketTable {
         SocketInfo::unknown(proto)
     }
 
-    fn parse_inet(&mut self, text: &str, family: &str, proto: &str, ty: &str) {
+    pub(crate) fn parse_inet(&mut self, text: &str, family: &str, proto: &str, ty: &str) {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 {
@@ -436,7 +436,7 @@ impl SocketTable {
         }
     }
 
-    fn parse_netlink(&mut self, text: &str) {
+    pub(crate) fn parse_netlink(&mut self, text: &str) {
         // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -462,7 +462,7 @@ impl SocketTable {
         }
     }
 
-    fn parse_packet(&mut self, text: &str) {
+    pub(crate) fn parse_packet(&mut self, text: &str) {
         // sk RefCnt Type Proto Iface R Rmem User Inode
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -492,7 +492,7 @@ impl SocketTable {
         }
     }
 
-    fn parse_unix(&mut self, text: &str) {
+    pub(crate) fn parse_unix(&mut self, text: &str) {
         // Num RefCount Protocol Flags Type St Inode Path
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -611,7 +611,7 @@ fn read_proc(pid: Pid, proc_dir: &OwnedFd, file: &str) -> Result<Option<String>>
     Ok(Some(String::from_utf8_lossy(&out).into_owned()))
 }
 
-fn parse_hex_endpoint(s: &str) -> Option<Endpoint> {
+pub(crate) fn parse_hex_endpoint(s: &str) -> Option<Endpoint> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match addr.len() {
@@ -623,7 +623,8 @@ fn parse_hex_endpoint(s: &str) -> Option<Endpoint> {
         32 => {
             let mut bytes = [0u8; 16];
             for i in 0..4 {
-                let v = u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok()?;
+                // `get`: a field that is not ASCII must not split a character.
+                let v = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
                 bytes[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
             }
             IpAddr::V6(Ipv6Addr::from(bytes))

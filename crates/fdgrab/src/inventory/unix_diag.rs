@@ -58,7 +58,7 @@ fn unix_request(inode: u32, flags: u16) -> Vec<u8> {
     req
 }
 
-fn parse_msg(p: &[u8]) -> Option<UnixSock> {
+pub(crate) fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     // struct unix_diag_msg { u8 family, type, state, pad; u32 ino; u32 cookie[2]; }
     if p.len() < 16 {
         return None;

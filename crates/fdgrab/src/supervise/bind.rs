@@ -244,7 +244,7 @@ impl BindHandler {
 }
 
 /// Our copy of the caller's sockaddr, checked the way `inet_bind`/`inet6_bind` do.
-fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
+pub(crate) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
     match family {
         libc::AF_INET if raw.len() >= SOCKADDR_IN_LEN => {
             let port = u16::from_be_bytes([raw[2], raw[3]]);
