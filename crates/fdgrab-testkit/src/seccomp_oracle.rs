@@ -377,8 +377,9 @@ unsafe fn child(shared: *mut i64, fprog: Option<&libc::sock_fprog>, call: Call) 
 
 /// Builds `insns` with the builder and checks it against the kernel: the builder
 /// accepts exactly what the kernel accepts, and for an accepted program every call
-/// in [`CALLS`] ends as the interpreter says. `Err` describes the first mismatch.
-pub fn check(insns: Vec<Insn>) -> Result<(), String> {
+/// in [`CALLS`] ends as the interpreter says. `Ok(accepted)`; `Err` describes the
+/// first mismatch.
+pub fn check(insns: Vec<Insn>) -> Result<bool, String> {
     let built = Program::from_insns(insns.clone());
     let raw: Vec<libc::sock_filter> = insns.iter().map(|i| i.raw()).collect();
     for (i, call) in CALLS.into_iter().enumerate() {
@@ -398,7 +399,7 @@ pub fn check(insns: Vec<Insn>) -> Result<(), String> {
                 }
                 continue;
             }
-            (Err(_), Err(OracleError::Refused)) if i == 0 => return Ok(()),
+            (Err(_), Err(OracleError::Refused)) if i == 0 => return Ok(false),
             (built, Err(OracleError::Refused)) => (built.clone().map(|_| ()), false),
             (built, Ok(_)) => (built.clone().map(|_| ()), true),
             (_, Err(e)) => return Err(format!("{call:?}: {e:?}")),
@@ -408,5 +409,5 @@ pub fn check(insns: Vec<Insn>) -> Result<(), String> {
             program.0, program.1
         ));
     }
-    Ok(())
+    Ok(true)
 }

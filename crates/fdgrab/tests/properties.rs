@@ -257,11 +257,118 @@ proptest! {
     /// only such a program passes the builder) ends every probe call the way the
     /// interpreter's verdict says. See `fdgrab_testkit::seccomp_oracle`.
     #[test]
-    fn bpf_interpreter_agrees_with_the_kernel(bytes in proptest::collection::vec(any::<u8>(), 7..200)) {
-        let insns = seccomp_oracle::insns_from_bytes(&bytes);
-        if let Err(mismatch) = seccomp_oracle::check(insns) {
-            prop_assert!(false, "{}", mismatch);
+    fn bpf_interpreter_agrees_with_the_kernel(mut bytes in proptest::collection::vec(any::<u8>(), 7..200), valid in any::<bool>()) {
+        if valid {
+            // Jumps inside the program and a final return: the kernel must accept it.
+            for c in bytes.chunks_exact_mut(7) {
+                c[1] &= 0x7f;
+                c[2] &= 0x7f;
+            }
+            let last = bytes.len() / 7 * 7 - 7;
+            bytes[last] = 5;
         }
+        let insns = seccomp_oracle::insns_from_bytes(&bytes);
+        match seccomp_oracle::check(insns) {
+            Ok(accepted) => prop_assert!(accepted || !valid, "a valid program was refused"),
+            Err(mismatch) => prop_assert!(false, "{}", mismatch),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The agent's answer to a runtime's connection does not depend on how the
+    /// document is split across reads, and it names what is wrong: the descriptor
+    /// count, the missing or repeated `seccompFd`, a stopped container, or an
+    /// attached descriptor that is no seccomp listener.
+    #[test]
+    fn oci_state_answer_ignores_chunking(
+        names in proptest::collection::vec(prop_oneof![Just("seccompFd"), Just("other")], 0..3),
+        attached in 0usize..3,
+        stopped in any::<bool>(),
+        pretty in any::<bool>(),
+        chunk in 1usize..64,
+    ) {
+        let doc = serde_json::json!({
+            "ociVersion": "1.0.2", "fds": names, "pid": 1, "metadata": "allow-bind=tcp:80",
+            "state": {"ociVersion": "1.0.2", "id": "c", "status": if stopped { "stopped" } else { "creating" },
+                      "pid": 1, "bundle": "/b", "annotations": {"a": "b"}},
+        });
+        let text = if pretty { serde_json::to_vec_pretty(&doc) } else { serde_json::to_vec(&doc) }.expect("json");
+        let whole = deliver(&text, attached, text.len());
+        let split = deliver(&text, attached, chunk);
+        prop_assert_eq!(&whole, &split);
+        let seccomp = names.iter().filter(|n| **n == "seccompFd").count();
+        let want = if stopped {
+            "Stopped"
+        } else if names.len() != attached {
+            "FdCountMismatch"
+        } else if seccomp == 0 {
+            "NoSeccompFd"
+        } else if seccomp > 1 {
+            "DuplicateSeccompFd"
+        } else {
+            "NotSeccompListener"
+        };
+        prop_assert!(whole.starts_with(want), "{} for {:?}", whole, doc);
+    }
+}
+
+/// Sends `doc` in `chunk`-byte pieces with `nfds` eventfds on the first, then hangs
+/// up, through `StateReader::read_from` as the agent reads; the answer's Debug form.
+fn deliver(doc: &[u8], nfds: usize, chunk: usize) -> String {
+    use fdgrab::supervise::oci::{ReadProgress, StateReader};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let (runtime, agent) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    agent.set_nonblocking(true).expect("nonblocking");
+    let fds: Vec<_> = (0..nfds)
+        .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
+        .collect();
+    let mut reader = StateReader::new();
+    for (i, piece) in doc.chunks(chunk).enumerate() {
+        let attach: Vec<_> = if i == 0 {
+            fds.iter().map(|f| f.as_fd()).collect()
+        } else {
+            Vec::new()
+        };
+        let sent = fdgrab::passfd::send_fds(runtime.as_fd(), piece, &attach).expect("send");
+        (&runtime).write_all(&piece[sent..]).expect("send the rest");
+        match reader.read_from(agent.as_fd()) {
+            Ok(ReadProgress::Pending) => {}
+            Ok(ReadProgress::Complete(l)) => return format!("Complete {:?}", l.state),
+            Err(e) => return format!("{e:?}"),
+        }
+    }
+    runtime
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    match reader.read_from(agent.as_fd()) {
+        Ok(ReadProgress::Pending) => "Pending after hang-up".into(),
+        Ok(ReadProgress::Complete(l)) => format!("Complete {:?}", l.state),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+proptest! {
+    /// `/proc/PID/stat` with any command name (parentheses, spaces, newlines
+    /// included) gives the state and start time; `/proc/PID/status` its fields.
+    #[test]
+    fn proc_stat_and_status(comm in "[() a-z\n:]{0,16}", state in "[RSDZTtXIP]", start in any::<u64>(), ids in any::<[u32; 4]>(), tgid in 1i32..) {
+        let stat = format!("42 ({comm}) {state} 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10\n");
+        prop_assert_eq!(fuzzing::proc_stat(&stat), Some((state.chars().next().expect("one letter"), start)));
+        let status = format!("Name:\t{}\nTgid:\t{tgid}\nPPid:\t1\nTracerPid:\t0\nUid:\t{}\t{}\t{}\t{}\n", comm.replace('\n', " "), ids[0], ids[1], ids[2], ids[3]);
+        prop_assert_eq!(fuzzing::proc_status(&status), (Some(tgid), Some(1), Some(ids), None, Some(0)));
+    }
+
+    /// fd link targets: a socket or pipe inode reads back, and every name keeps its
+    /// exact bytes.
+    #[test]
+    fn fd_link_targets(ino in any::<u64>(), name in proptest::collection::vec(any::<u8>(), 0..40)) {
+        prop_assert_eq!(fuzzing::fd_link(format!("socket:[{ino}]").as_bytes()).0, Some(ino));
+        prop_assert_eq!(fuzzing::fd_link(format!("pipe:[{ino}]").as_bytes()).1, Some(ino));
+        prop_assert_eq!(fuzzing::fd_link(&name).3, name);
     }
 }
 
@@ -346,5 +453,46 @@ fn regression_bpf_program_without_final_return() {
         Err(BuildError::NoFinalReturn)
     );
     assert!(!seccomp_oracle::kernel_accepts(&insns).expect("the probe child ran"));
-    seccomp_oracle::check(insns).expect("builder and kernel agree");
+    assert_eq!(seccomp_oracle::check(insns), Ok(false), "refused by both");
+}
+
+/// The oracle itself tells the outcomes apart (so agreement means something): each
+/// action, on getpid and on an unimplemented number, through both ABIs.
+#[test]
+fn the_seccomp_oracle_sees_each_outcome() {
+    use fdgrab::seccomp::bpf::Insn;
+    use seccomp_oracle::{Abi, Call, Outcome};
+    let getpid = Call {
+        abi: Abi::X86_64,
+        nr: 39,
+    };
+    let none = Call {
+        abi: Abi::X86_64,
+        nr: 1000,
+    };
+    let getpid32 = Call {
+        abi: Abi::I386,
+        nr: 20,
+    };
+    let enosys = Outcome::Returned(-i64::from(libc::ENOSYS));
+    for (action, call, want) in [
+        (Action::Allow, getpid, Outcome::Pid),
+        (Action::Allow, getpid32, Outcome::Pid),
+        (Action::Log, none, enosys),
+        (Action::Errno(7), getpid, Outcome::Returned(-7)),
+        (Action::Errno(0), getpid32, Outcome::Returned(0)),
+        (Action::Errno(60000), getpid, Outcome::Returned(-4095)),
+        (Action::Notify, getpid, enosys),
+        (Action::Trap, getpid, Outcome::Trapped),
+        (Action::KillProcess, getpid32, Outcome::Killed),
+    ] {
+        let program = Program::from_insns(vec![Insn::ret(action)]).expect("one return");
+        let got = seccomp_oracle::kernel(&program, call).expect("the child ran");
+        assert_eq!(got, want, "{action:?} on {call:?}");
+        assert_eq!(
+            seccomp_oracle::expected(action, call),
+            want,
+            "{action:?} on {call:?}"
+        );
+    }
 }
