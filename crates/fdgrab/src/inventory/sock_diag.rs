@@ -84,7 +84,10 @@ pub(crate) fn walk(
                 if err == 0 {
                     return Some(Ok(())); // an acknowledgement
                 }
-                return Some(Err(std::io::Error::from_raw_os_error(-err)));
+                // The kernel sends a negative errno; anything else (i32::MIN has no
+                // negation) is a malformed reply, reported as EIO.
+                let errno = err.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO);
+                return Some(Err(std::io::Error::from_raw_os_error(errno)));
             }
             SOCK_DIAG_BY_FAMILY => {
                 each(&msgs[16..len]);
