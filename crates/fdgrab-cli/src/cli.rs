@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_pid, parse_selector, parse_signal,
-    FdMap,
+    parse_backend, parse_duration, parse_escape, parse_fd, parse_fd_map, parse_pid, parse_selector,
+    parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -114,6 +114,24 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Move a running program's terminal session onto this terminal (like reptyr).
+    ///
+    /// Finds the pseudo-terminal PID runs on and the process holding its master (sshd,
+    /// tmux, screen, script, a terminal emulator), takes a copy of the master and puts
+    /// /dev/null over the holder's fds, then relays between this terminal (in raw mode)
+    /// and the session, copying the window size now and on every resize. Every process
+    /// on that terminal moves, job control included.
+    ///
+    /// Type Enter ~ . to detach: the program keeps running (a small `fdgrab-keep`
+    /// process holds the session) and `fdgrab attach PID` picks it up again. SIGHUP,
+    /// SIGINT, SIGTERM and SIGQUIT to fdgrab detach the same way.
+    ///
+    /// Exit status: 0 the session ended (no process has the terminal open any more);
+    /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
+    /// a pseudo-terminal, is on this one, or stdin/stdout is not a terminal; 4 the
+    /// master's holder may not be inspected or traced; 5 no such process, or nobody
+    /// holds the master; 6 already attached by another fdgrab.
+    Attach(AttachArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command into --dir).
@@ -204,6 +222,17 @@ pub struct StealArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// A process on the terminal session to move.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The escape character typed after Enter to detach (~ . ) or send itself (~ ~);
+    /// `^]` style for a control key; `none` disables it.
+    #[arg(short, long, value_name = "CHAR", value_parser = parse_escape)]
+    pub escape: Option<fdgrab::pty::Escape>,
 }
 
 #[derive(Debug, clap::Args)]

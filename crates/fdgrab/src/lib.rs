@@ -38,6 +38,7 @@ mod netns;
 pub mod passfd;
 pub mod pidfd;
 mod procfs;
+pub mod pty;
 pub mod seccomp;
 pub mod signalfd;
 pub mod supervise;

@@ -1,0 +1,220 @@
+//! `fdgrab attach`: move a running program's terminal session onto this terminal.
+
+use crate::cli::AttachArgs;
+use crate::exit::{Code, CodedError, UsageError};
+use anyhow::{Context, Result};
+use fdgrab::grab::{open_target, GrabOptions};
+use fdgrab::inject::{close_in_target, CloseMode};
+use fdgrab::pty::{self, Escape, MasterHolder, Pty, RawMode, RelayEnd};
+use fdgrab::signalfd::{signal_name, SignalFd};
+use fdgrab::{Pid, PidFd};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(a: AttachArgs) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    if !pty::is_terminal(stdin.as_fd()) || !pty::is_terminal(stdout.as_fd()) {
+        return Err(UsageError(
+            "fdgrab attach needs a terminal: its stdin and stdout must both be one (run it in \
+             the terminal the program should move to)"
+                .into(),
+        )
+        .into());
+    }
+    let target = open_target(a.pid, fdgrab::Backend::Auto)?;
+    let pid = a.pid;
+    let Some(tty) = pty::terminal_of(pid)? else {
+        return Err(UsageError(format!(
+            "process {pid} is not on a pseudo-terminal (no /dev/pts/N as controlling terminal \
+             or on fds 0-2), so there is no terminal session to move"
+        ))
+        .into());
+    };
+    if Pty::of_fd(stdin.as_fd()) == Some(tty) {
+        return Err(UsageError(format!(
+            "process {pid} already runs on this terminal ({tty})"
+        ))
+        .into());
+    }
+    let holders = find_holders(pid, tty)?;
+    let escape = a.escape.unwrap_or(Escape::DEFAULT);
+
+    // From here on a terminating signal must not kill us while the session depends
+    // on our copy of the master: signals are read from a descriptor.
+    let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
+    let master = take_master(pid, tty, &holders)?;
+    drop(target);
+
+    let from = holders
+        .iter()
+        .map(|h| format!("{} ({})", h.pid, h.comm))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match escape.char() {
+        Some(c) => format!(
+            "; type Enter {} . to detach (it keeps running)",
+            char::from(c)
+        ),
+        None => String::new(),
+    };
+    eprintln!("fdgrab: attached to process {pid} on {tty}, taken from {from}{hint}");
+    let _ = std::io::stderr().flush();
+
+    let end = {
+        let mut raw = RawMode::enter(stdin.as_fd())?;
+        if let Err(e) = pty::copy_window_size(stdin.as_fd(), &master) {
+            tracing::debug!(error = %e, "window size not copied");
+        }
+        pty::relay(
+            master.as_fd(),
+            stdin.as_fd(),
+            stdout.as_fd(),
+            &mut raw,
+            &signals,
+            escape,
+        )
+        // `raw` is dropped here: our terminal's modes are back before anything
+        // else is printed, whatever the relay returned.
+    };
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            // Keep the session alive even when the relay failed.
+            let kept = pty::keep_in_background(master);
+            return Err(anyhow::Error::new(e).context(match kept {
+                Ok(k) => format!(
+                    "relaying for process {pid} failed; its session is kept by process {k}, \
+                     re-attach with `fdgrab attach {pid}`"
+                ),
+                Err(_) => format!("relaying for process {pid} failed"),
+            }));
+        }
+    };
+    match end {
+        RelayEnd::SessionEnded => {
+            eprintln!("\r\nfdgrab: the session on {tty} ended (no process has it open any more)");
+            Ok(ExitCode::SUCCESS)
+        }
+        RelayEnd::Detached | RelayEnd::TerminalGone | RelayEnd::Signal(_) => {
+            let keeper = detach(master, pid)?;
+            let why = match end {
+                RelayEnd::Signal(sig) => format!(" on {}", signal_name(sig)),
+                RelayEnd::TerminalGone => " (this terminal went away)".into(),
+                _ => String::new(),
+            };
+            eprintln!(
+                "\r\nfdgrab: detached{why}; process {pid} keeps running on {tty} (held by process \
+                 {keeper}); re-attach with: fdgrab attach {pid}"
+            );
+            Ok(match end {
+                RelayEnd::Signal(sig) => ExitCode::from(128 + sig as u8),
+                _ => Code::Detached.into(),
+            })
+        }
+    }
+}
+
+fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
+    pty::keep_in_background(master).with_context(|| {
+        format!("could not leave process {pid}'s session with a keeper; it was hung up")
+    })
+}
+
+/// The processes holding the master, other than us, or a refusal.
+fn find_holders(pid: Pid, tty: Pty) -> Result<Vec<MasterHolder>> {
+    let me = std::process::id() as Pid;
+    let found = pty::master_holders(tty)?;
+    let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
+    if holders.is_empty() {
+        if let Some(&other) = found.unreadable.first() {
+            return Err(fdgrab::Error::PermissionDenied {
+                pid: other,
+                fd: None,
+                op: "finding the holder of the pty master",
+                hint: format!(
+                    "no process we may inspect holds the master of {tty} (process {pid}'s \
+                     terminal); {} processes' fds are not readable by uid {}, and taking the \
+                     master from one of them needs CAP_SYS_PTRACE or the same uid",
+                    found.unreadable.len(),
+                    rustix::process::geteuid().as_raw()
+                ),
+            }
+            .into());
+        }
+        return Err(fdgrab::Error::NoSuchProcess { pid }).with_context(|| {
+            format!(
+                "no process holds the master of {tty}, process {pid}'s terminal (the terminal \
+                 was closed and the program lives on a hung-up tty?)"
+            )
+        });
+    }
+    let our_exe = std::fs::metadata("/proc/self/exe").ok();
+    for h in &holders {
+        if h.is_keeper() {
+            continue;
+        }
+        let same_exe = our_exe.as_ref().is_some_and(|ours| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{}/exe", h.pid))
+                .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+        });
+        if same_exe || h.comm == "fdgrab" {
+            return Err(CodedError(
+                Code::AlreadyAttached,
+                format!(
+                    "process {pid}'s terminal {tty} is already attached by fdgrab (process {}); \
+                 detach it there first (Enter ~ .), then run fdgrab attach {pid} again",
+                    h.pid
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(holders)
+}
+
+/// Takes a copy of the master from every holder, then (only once all copies are
+/// made) puts /dev/null over the holders' fds, or retires keepers.
+fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> {
+    let mut opened = Vec::with_capacity(holders.len());
+    let mut master = None;
+    for h in holders {
+        let holder = PidFd::open(h.pid)
+            .with_context(|| format!("opening process {} ({}), holder of {tty}", h.pid, h.comm))?;
+        let copies = GrabOptions::new()
+            .grab_many(&holder, &h.fds)
+            .with_context(|| {
+                format!(
+                    "cannot take the master of {tty} (process {pid}'s terminal) from its holder, \
+                     process {} ({})",
+                    h.pid, h.comm
+                )
+            })?;
+        for c in copies {
+            if pty::master_index(&c.fd) == Some(tty) && master.is_none() {
+                master = Some(c.fd);
+            }
+        }
+        opened.push(holder);
+    }
+    let master = master
+        .with_context(|| format!("the holders' fds turned out not to be the master of {tty}"))?;
+    for (h, holder) in holders.iter().zip(&opened) {
+        if h.is_keeper() {
+            holder.send_signal(libc::SIGTERM)?;
+            let _ = holder.wait_exit(Some(Duration::from_secs(2)));
+            continue;
+        }
+        close_in_target(holder, &h.fds, CloseMode::DevNull).with_context(|| {
+            format!(
+                "cannot put /dev/null over the master of {tty} in process {} ({})",
+                h.pid, h.comm
+            )
+        })?;
+        tracing::info!(holder = h.pid, fds = ?h.fds, "master replaced with /dev/null in holder");
+    }
+    Ok(master)
+}
