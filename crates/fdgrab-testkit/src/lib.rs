@@ -4,6 +4,7 @@
 
 pub mod handover;
 pub mod oci;
+pub mod tmux;
 
 use serde_json::Value;
 use std::ffi::OsStr;

@@ -122,6 +122,10 @@ pub struct MasterHolder {
     pub pid: Pid,
     /// Its fds open on the master, lowest first.
     pub fds: Vec<TargetFd>,
+    /// Its fds open on the slave, when the slave is not its own terminal (emulators
+    /// such as `script` keep one so the pty never reads as hung up). While any is
+    /// open the session cannot end, so taking the session over takes these too.
+    pub slave_fds: Vec<TargetFd>,
     /// Its command name (`/proc/PID/comm`), e.g. `sshd`, `tmux: server`.
     pub comm: String,
 }
@@ -173,6 +177,7 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
             Err(_) => continue,
         };
         let mut found = Vec::new();
+        let mut slave_fds = Vec::new();
         for fd in fds.flatten() {
             let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
@@ -180,23 +185,31 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
             let Ok(link) = fs::read_link(fd.path()) else {
                 continue;
             };
-            if !is_ptmx_path(&link) {
+            let Some(t) = TargetFd::new(n) else {
                 continue;
-            }
-            if tty_index(pid, n) == Some(pty.index()) {
-                if let Some(t) = TargetFd::new(n) {
+            };
+            if is_ptmx_path(&link) {
+                if tty_index(pid, n) == Some(pty.index()) {
                     found.push(t);
                 }
+            } else if link.starts_with("/dev/pts/") && is_slave_of(&fd.path(), pty) {
+                slave_fds.push(t);
             }
         }
         if !found.is_empty() {
             found.sort_unstable();
+            slave_fds.sort_unstable();
+            if terminal_of(pid).ok().flatten() == Some(pty) {
+                // It is on the session itself: its slave fds are its terminal.
+                slave_fds.clear();
+            }
             let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.trim_end().to_owned())
                 .unwrap_or_default();
             out.holders.push(MasterHolder {
                 pid,
                 fds: found,
+                slave_fds,
                 comm,
             });
         }
@@ -204,6 +217,12 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
     out.holders.sort_by_key(|h| h.pid);
     tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
     Ok(out)
+}
+
+fn is_slave_of(fd_link: &std::path::Path, pty: Pty) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fs::metadata(fd_link)
+        .is_ok_and(|m| m.file_type().is_char_device() && Pty::from_rdev(m.rdev()) == Some(pty))
 }
 
 fn is_ptmx_path(link: &std::path::Path) -> bool {

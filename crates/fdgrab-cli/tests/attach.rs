@@ -1,0 +1,355 @@
+//! `fdgrab attach` against real terminals: tmux servers (each on its own socket) as
+//! the old and the new terminal, `script` as another old one, python3 and bash as
+//! the programs. Every wait polls the pane with a deadline.
+
+use fdgrab_testkit::tmux::Tmux;
+use fdgrab_testkit::{bin, skip, status_field, TIMEOUT};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn ready() -> bool {
+    if !fdgrab_testkit::is_root() {
+        skip("attach tests need root (they steal from root-owned tmux servers and drop to uid 65534)");
+        return false;
+    }
+    if !Tmux::available() {
+        skip("tmux is not installed (scripts/test installs it)");
+        return false;
+    }
+    true
+}
+
+/// A new terminal running `fdgrab attach ARGS`, then printing its exit status and
+/// the terminal's modes, then idling.
+fn attach_in(tag: &str, cols: u16, rows: u16, prefix: &str, args: &str) -> Tmux {
+    let cmd = format!(
+        "{prefix}{} attach {args}; echo EXIT=$?; stty -a; exec sleep 600",
+        bin("fdgrab").display()
+    );
+    Tmux::start(tag, cols, rows, &cmd)
+}
+
+/// Waits for fdgrab's exit line and checks its status and that the terminal it ran
+/// in is back in cooked mode. Returns the pane text.
+fn expect_exit(t: &Tmux, code: i32) -> String {
+    let text = t.wait_for("speed", WAIT);
+    assert!(
+        text.contains(&format!("EXIT={code}\n")),
+        "expected exit status {code}; pane:\n{text}"
+    );
+    let modes = text.split("EXIT=").nth(1).expect("stty output");
+    for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(
+            modes.split_whitespace().any(|w| w == flag),
+            "the terminal was left without {flag} (raw mode?):\n{modes}"
+        );
+    }
+    text
+}
+
+/// The program is neither stopped nor traced.
+fn assert_healthy(pid: i32) {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| panic!("process {pid} is gone"));
+    assert!(
+        !matches!(state.as_str(), "T" | "t" | "Z" | "X"),
+        "process {pid} is in state {state}"
+    );
+    assert_eq!(
+        status_field(pid, "TracerPid").as_deref(),
+        Some("0"),
+        "process {pid} is still traced"
+    );
+}
+
+/// Whether `pid` has a pty master open.
+fn holds_a_master(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.file_name().is_some_and(|n| n == "ptmx"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn state(pid: i32) -> Option<char> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+fn gone(pid: i32) -> bool {
+    matches!(state(pid), None | Some('Z') | Some('X'))
+}
+
+/// A python REPL in an old terminal, with `x = 41` typed into it.
+fn old_python(tag: &str) -> (Tmux, i32) {
+    let old = Tmux::start(tag, 80, 24, "exec python3 -q");
+    old.wait_for(">>>", WAIT);
+    old.type_line("x = 41; import os");
+    let pid = old.pane_pid();
+    (old, pid)
+}
+
+#[test]
+fn python_repl_moves_resizes_and_outlives_its_old_terminal() {
+    if !ready() {
+        return;
+    }
+    let (old, py) = old_python("att-py-old");
+    let old_server = old.server_pid();
+    let new = attach_in("att-py-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert_healthy(py);
+
+    new.type_line("print('X', x + 1, 'SZ', *os.get_terminal_size())");
+    new.wait_for("X 42 SZ 100 30", WAIT);
+
+    new.resize(90, 20);
+    new.wait_until(WAIT, |_| {
+        new.type_line("print('SZ2', *os.get_terminal_size())");
+        std::thread::sleep(Duration::from_millis(50));
+        new.capture().contains("SZ2 90 20")
+    })
+    .unwrap_or_else(|s| panic!("size after resize not seen:\n{s}"));
+
+    // The old terminal goes away entirely; the program stays, attached here.
+    old.kill();
+    wait_until("the old tmux server to exit", || gone(old_server));
+    assert_healthy(py);
+    new.type_line("print('STILL', x * 2)");
+    new.wait_for("STILL 82", WAIT);
+
+    new.type_line("exit()");
+    expect_exit(&new, 0);
+    wait_until("python to exit", || gone(py));
+}
+
+#[test]
+fn shell_session_moves_from_script_with_job_control() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start(
+        "att-sh-old",
+        80,
+        24,
+        "script -q -c 'bash --norc --noprofile -i' /dev/null",
+    );
+    old.wait_for("bash-", WAIT);
+    let script = old.pane_pid();
+    // script does not notice that its master became /dev/null and polls it forever
+    // (see docs/attach.md): the old terminal is closed for good at the end.
+    let _kill_script = KillOnDrop(script);
+    let bash = *children(script).first().expect("bash under script");
+    old.type_line("sleep 300");
+    wait_until("sleep to start", || !children(bash).is_empty());
+    let sleep = children(bash)[0];
+
+    // Attach through the foreground job's pid: the whole session moves.
+    let new = attach_in("att-sh-new", 100, 30, "", &sleep.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(!holds_a_master(script), "script still holds the master");
+
+    new.key("C-c");
+    wait_until("Ctrl-C to end the sleep", || gone(sleep));
+    new.type_line("echo A$((1+1))");
+    new.wait_for("A2", WAIT);
+
+    new.type_line("sleep 301");
+    wait_until("the second sleep", || !children(bash).is_empty());
+    let job = children(bash)[0];
+    new.key("C-z");
+    new.wait_for("Stopped", WAIT);
+    assert_eq!(state(job), Some('T'), "Ctrl-Z did not stop the job");
+    new.type_line("fg");
+    wait_until("fg to continue the job", || state(job) == Some('S'));
+    new.key("C-c");
+    wait_until("Ctrl-C to end the job", || gone(job));
+    new.type_line("echo B$((2+2))");
+    new.wait_for("B4", WAIT);
+    assert_healthy(bash);
+
+    new.type_line("exit");
+    expect_exit(&new, 0);
+    wait_until("bash to exit", || gone(bash));
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn detach_reattach_and_a_second_attach_is_refused() {
+    if !ready() {
+        return;
+    }
+    let (old, py) = old_python("att-det-old");
+    let first = attach_in("att-det-a", 100, 30, "", &py.to_string());
+    first.wait_for("type Enter ~ . to detach", WAIT);
+    first.type_line("y = 7");
+
+    // Refused while attached: nothing changes for the first attach.
+    let second = attach_in("att-det-b", 100, 30, "", &py.to_string());
+    let text = expect_exit(&second, 6);
+    assert!(text.contains("already attached by fdgrab"), "{text}");
+    assert_healthy(py);
+    first.type_line("print('Y', y * 6)");
+    first.wait_for("Y 42", WAIT);
+
+    // Detach: Enter ~ .
+    first.key("Enter");
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let keeper: i32 = text
+        .split("held by process ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"));
+    assert!(holds_a_master(keeper), "the keeper holds no master");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{keeper}/comm"))
+            .ok()
+            .as_deref(),
+        Some("fdgrab-keep\n")
+    );
+    assert_healthy(py);
+    drop(first);
+    drop(old);
+
+    // Re-attach: from the keeper, which then exits.
+    let third = attach_in("att-det-c", 90, 25, "", &py.to_string());
+    let text = third.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("fdgrab-keep"), "{text}");
+    wait_until("the keeper to exit", || gone(keeper));
+    third.type_line("print('Z', y + x, 'SZ', *os.get_terminal_size())");
+    third.wait_for("Z 48 SZ 90 25", WAIT);
+    third.type_line("exit()");
+    expect_exit(&third, 0);
+}
+
+/// Runs a refused attach of `py` in a new terminal and checks that nothing moved.
+fn refused(tag: &str, prefix: &str, args: &str, code: i32, why: &str, holder: i32, py: i32) {
+    let t = attach_in(tag, 100, 30, prefix, args);
+    let text = expect_exit(&t, code);
+    assert!(text.contains(why), "expected {why:?} in:\n{text}");
+    assert!(holds_a_master(holder), "the old terminal lost its master");
+    assert_healthy(py);
+}
+
+#[test]
+fn refusals_change_nothing() {
+    if !ready() {
+        return;
+    }
+    let (old, py) = old_python("att-ref-old");
+    let server = old.server_pid();
+
+    // Our own stdin is not a terminal.
+    let out = fdgrab_testkit::output_timeout(
+        fdgrab_testkit::fdgrab()
+            .args(["attach", &py.to_string()])
+            .stdin(std::process::Stdio::piped()),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"));
+    assert!(holds_a_master(server));
+    assert_healthy(py);
+
+    // A process on no terminal.
+    let mut lone = std::process::Command::new("setsid")
+        .args(["sleep", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setsid sleep");
+    let lone_pid = lone.id() as i32;
+    wait_until("setsid to exec sleep", || {
+        std::fs::read_to_string(format!("/proc/{lone_pid}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    refused(
+        "att-ref-notty",
+        "",
+        &lone_pid.to_string(),
+        2,
+        "is not on a pseudo-terminal",
+        server,
+        py,
+    );
+    let _ = lone.kill();
+    let _ = lone.wait();
+
+    // No such process.
+    refused(
+        "att-ref-nopid",
+        "",
+        "999999999",
+        5,
+        "no such process",
+        server,
+        py,
+    );
+
+    // An unprivileged user against a root-held master.
+    refused(
+        "att-ref-perm",
+        "setpriv --reuid=65534 --regid=65534 --clear-groups ",
+        &py.to_string(),
+        4,
+        "permission denied",
+        server,
+        py,
+    );
+
+    // The process is on this very terminal.
+    let own = Tmux::start(
+        "att-ref-self",
+        100,
+        30,
+        &format!(
+            "sleep 60 & {} attach $!; echo EXIT=$?; stty -a; exec sleep 600",
+            bin("fdgrab").display()
+        ),
+    );
+    let text = expect_exit(&own, 2);
+    assert!(text.contains("already runs on this terminal"), "{text}");
+    assert_healthy(py);
+}
