@@ -122,15 +122,19 @@ pub enum Command {
     /// and the session, copying the window size now and on every resize. Every process
     /// on that terminal moves, job control included.
     ///
+    /// When nobody holds the master any more (or with --single), PID alone moves: it
+    /// gets a new terminal as its controlling terminal and on every fd that was on the
+    /// old one; its children and other processes on the old terminal stay behind.
+    ///
     /// Type Enter ~ . to detach: the program keeps running (a small `fdgrab-keep`
     /// process holds the session) and `fdgrab attach PID` picks it up again. SIGHUP,
     /// SIGINT, SIGTERM and SIGQUIT to fdgrab detach the same way.
     ///
     /// Exit status: 0 the session ended (no process has the terminal open any more);
     /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
-    /// a pseudo-terminal, is on this one, or stdin/stdout is not a terminal; 4 the
-    /// master's holder may not be inspected or traced; 5 no such process, or nobody
-    /// holds the master; 6 already attached by another fdgrab.
+    /// a pseudo-terminal, is on this one, cannot be moved alone, or stdin/stdout is not
+    /// a terminal; 4 the master's holder (or PID) may not be inspected or traced; 5 no
+    /// such process; 6 already attached by another fdgrab.
     Attach(AttachArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
@@ -233,6 +237,11 @@ pub struct AttachArgs {
     /// `^]` style for a control key; `none` disables it.
     #[arg(short, long, value_name = "CHAR", value_parser = parse_escape)]
     pub escape: Option<fdgrab::pty::Escape>,
+    /// Move PID alone onto a new terminal instead of taking the session (the default
+    /// when nobody holds the master any more). Its children and every other process
+    /// on the old terminal stay there.
+    #[arg(long)]
+    pub single: bool,
 }
 
 #[derive(Debug, clap::Args)]

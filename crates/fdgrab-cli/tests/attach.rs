@@ -24,7 +24,7 @@ fn ready() -> bool {
 /// the terminal's modes, then idling.
 fn attach_in(tag: &str, cols: u16, rows: u16, prefix: &str, args: &str) -> Tmux {
     let cmd = format!(
-        "{prefix}{} attach {args}; echo EXIT=$?; stty -a; exec sleep 600",
+        "{prefix}{} attach {args}; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
         bin("fdgrab").display()
     );
     Tmux::start(tag, cols, rows, &cmd)
@@ -33,7 +33,7 @@ fn attach_in(tag: &str, cols: u16, rows: u16, prefix: &str, args: &str) -> Tmux 
 /// Waits for fdgrab's exit line and checks its status and that the terminal it ran
 /// in is back in cooked mode. Returns the pane text.
 fn expect_exit(t: &Tmux, code: i32) -> String {
-    let text = t.wait_for("speed", WAIT);
+    let text = t.wait_for("STTY-DONE", WAIT);
     assert!(
         text.contains(&format!("EXIT={code}\n")),
         "expected exit status {code}; pane:\n{text}"
@@ -345,11 +345,71 @@ fn refusals_change_nothing() {
         100,
         30,
         &format!(
-            "sleep 60 & {} attach $!; echo EXIT=$?; stty -a; exec sleep 600",
+            "sleep 60 & {} attach $!; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
             bin("fdgrab").display()
         ),
     );
     let text = expect_exit(&own, 2);
     assert!(text.contains("already runs on this terminal"), "{text}");
     assert_healthy(py);
+}
+
+#[test]
+fn single_process_mode_moves_the_process_alone() {
+    if !ready() {
+        return;
+    }
+    let (old, py) = old_python("att-one-old");
+    let old_tty = std::fs::read_link(format!("/proc/{py}/fd/0")).expect("python's fd 0");
+    let new = attach_in("att-one-new", 100, 30, "", &format!("--single {py}"));
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    assert_healthy(py);
+    new.type_line("print('T', x + 1, os.ttyname(0) == os.ttyname(2), *os.get_terminal_size())");
+    new.wait_for("T 42 True 100 30", WAIT);
+    let now = std::fs::read_link(format!("/proc/{py}/fd/0")).expect("python's fd 0");
+    assert_ne!(now, old_tty, "fd 0 still on the old terminal");
+    // Its controlling terminal moved too: Ctrl-C reaches it as SIGINT.
+    new.key("C-c");
+    new.wait_for("KeyboardInterrupt", WAIT);
+    assert_healthy(py);
+    drop(old);
+    new.type_line("exit()");
+    expect_exit(&new, 0);
+    wait_until("python to exit", || gone(py));
+}
+
+#[test]
+fn a_session_whose_terminal_is_gone_is_moved_alone_and_can_detach() {
+    if !ready() {
+        return;
+    }
+    // A loop that survives its terminal's hangup, as a nohup'd job would.
+    let old = Tmux::start(
+        "att-gone-old",
+        80,
+        24,
+        "exec sh -c 'trap \"\" HUP; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done'",
+    );
+    old.wait_for("tick 2", WAIT);
+    let sh = old.pane_pid();
+    let _kill = KillOnDrop(sh);
+    let server = old.server_pid();
+    old.kill();
+    wait_until("the old tmux server to exit", || gone(server));
+    assert_healthy(sh);
+
+    let new = attach_in("att-gone-new", 100, 30, "", &sh.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    let first = new
+        .wait_until(WAIT, |s| s.matches("tick").count() >= 3)
+        .unwrap_or_else(|s| panic!("no ticks relayed:\n{s}"));
+    assert!(first.contains("tick"));
+    assert_healthy(sh);
+
+    new.key("Enter");
+    new.type_text("~.");
+    expect_exit(&new, 7);
+    assert_healthy(sh);
 }

@@ -4,7 +4,7 @@ use crate::cli::AttachArgs;
 use crate::exit::{Code, CodedError, UsageError};
 use anyhow::{Context, Result};
 use fdgrab::grab::{open_target, GrabOptions};
-use fdgrab::inject::{close_in_target, CloseMode};
+use fdgrab::inject::{close_in_target, take_terminal, CloseMode};
 use fdgrab::pty::{self, Escape, MasterHolder, Pty, RawMode, RelayEnd};
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::{Pid, PidFd};
@@ -39,20 +39,53 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let holders = find_holders(pid, tty)?;
+    // Steal the whole session when its master can be had; move PID alone when asked
+    // to, or when nobody holds the master any more.
+    let how = match (a.single, find_holders(pid, tty, a.single)?) {
+        (false, Some(holders)) => How::Steal(holders),
+        _ => How::Single(pty::plan_single_move(pid)?),
+    };
     let escape = a.escape.unwrap_or(Escape::DEFAULT);
 
     // From here on a terminating signal must not kill us while the session depends
     // on our copy of the master: signals are read from a descriptor.
     let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
-    let master = take_master(pid, tty, &holders)?;
-    drop(target);
+    let (master, what) = match &how {
+        How::Steal(holders) => {
+            let master = take_master(pid, tty, holders)?;
+            let from = holders
+                .iter()
+                .map(|h| format!("{} ({})", h.pid, h.comm))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (master, format!("on {tty}, taken from {from}"))
+        }
+        How::Single(plan) => {
+            let (master, slave) = pty::open_pair()?;
+            pty::copy_modes(plan.old, &slave);
+            take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
+                format!("moving process {pid} alone onto a new terminal (single-process mode)")
+            })?;
+            let new = pty::master_index(&master).map_or_else(String::new, |p| format!(" {p}"));
 
-    let from = holders
-        .iter()
-        .map(|h| format!("{} ({})", h.pid, h.comm))
-        .collect::<Vec<_>>()
-        .join(", ");
+            let stay = if plan.left_behind.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} other process(es) of its session stay on {tty}",
+                    plan.left_behind.len()
+                )
+            };
+            (
+                master,
+                format!("alone, moved from {tty} onto a new terminal{new}{stay}"),
+            )
+        }
+    };
+    drop(target);
+    // The terminal the session now lives on (a new one in single-process mode).
+    let tty = pty::master_index(&master).unwrap_or(tty);
+
     let hint = match escape.char() {
         Some(c) => format!(
             "; type Enter {} . to detach (it keeps running)",
@@ -60,7 +93,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         ),
         None => String::new(),
     };
-    eprintln!("fdgrab: attached to process {pid} on {tty}, taken from {from}{hint}");
+    eprintln!("fdgrab: attached to process {pid} {what}{hint}");
     let _ = std::io::stderr().flush();
 
     let end = {
@@ -123,8 +156,17 @@ fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
     })
 }
 
-/// The processes holding the master, other than us, or a refusal.
-fn find_holders(pid: Pid, tty: Pty) -> Result<Vec<MasterHolder>> {
+enum How {
+    Steal(Vec<MasterHolder>),
+    Single(pty::SingleMove),
+}
+
+/// The processes holding the master, other than us; `None` if there are none (or
+/// `single`, which skips the search), or a refusal.
+fn find_holders(pid: Pid, tty: Pty, single: bool) -> Result<Option<Vec<MasterHolder>>> {
+    if single {
+        return Ok(None);
+    }
     let me = std::process::id() as Pid;
     let found = pty::master_holders(tty)?;
     let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
@@ -144,12 +186,8 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Vec<MasterHolder>> {
             }
             .into());
         }
-        return Err(fdgrab::Error::NoSuchProcess { pid }).with_context(|| {
-            format!(
-                "no process holds the master of {tty}, process {pid}'s terminal (the terminal \
-                 was closed and the program lives on a hung-up tty?)"
-            )
-        });
+        tracing::info!(pid, %tty, "nobody holds the master: single-process mode");
+        return Ok(None);
     }
     let our_exe = std::fs::metadata("/proc/self/exe").ok();
     for h in &holders {
@@ -173,7 +211,7 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Vec<MasterHolder>> {
             .into());
         }
     }
-    Ok(holders)
+    Ok(Some(holders))
 }
 
 /// Takes a copy of the master from every holder, then (only once all copies are

@@ -20,9 +20,11 @@ mod arch;
 pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
+mod tty;
 
 pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
+pub use tty::{take_terminal, CttyChange};
 
 use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};

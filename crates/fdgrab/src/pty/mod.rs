@@ -14,17 +14,21 @@
 //! - [`relay`]: the emulator's loop between our terminal and a master, with raw
 //!   mode ([`RawMode`]), window-size propagation and an ssh-style escape;
 //! - [`keep_in_background`]: leaves a master with a small process that keeps the
-//!   session alive (and re-attachable) after we go.
+//!   session alive (and re-attachable) after we go;
+//! - [`plan_single_move`] with [`crate::inject::take_terminal`]: when the master
+//!   cannot be had, one process alone moves onto a new pty ([`open_pair`]).
 //!
 //! Pty indexes are per devpts instance: a container with its own `/dev/pts` has its
 //! own `pts/0`. Only holders in our devpts instance are looked for.
 
 mod keeper;
 mod relay;
+mod single;
 mod termios;
 
 pub use keeper::{keep_in_background, KEEPER_COMM};
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
+pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, RawMode};
 
 use crate::error::{Error, Result};
