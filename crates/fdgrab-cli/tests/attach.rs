@@ -413,3 +413,69 @@ fn a_session_whose_terminal_is_gone_is_moved_alone_and_can_detach() {
     expect_exit(&new, 7);
     assert_healthy(sh);
 }
+
+fn tokens_of_stty(tty: &str) -> Vec<String> {
+    let out = std::process::Command::new("stty")
+        .args(["-a", "-F", tty])
+        .output()
+        .expect("stty");
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn signals_restore_the_terminal_and_keep_the_session() {
+    if !ready() {
+        return;
+    }
+    let (old, py) = old_python("att-sig-old");
+    let _py = KillOnDrop(py);
+    let new = attach_in("att-sig-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+    let tty = std::fs::read_link(format!("/proc/{fdgrab}/fd/0")).expect("fdgrab's tty");
+    let tty = tty.to_str().expect("tty path").to_owned();
+    assert!(
+        tokens_of_stty(&tty).iter().any(|t| t == "-icanon"),
+        "not raw while attached"
+    );
+
+    // SIGTSTP: our terminal back to normal while fdgrab is stopped, raw again after.
+    signal(fdgrab, "TSTP");
+    wait_until("fdgrab to stop", || state(fdgrab) == Some('T'));
+    assert!(
+        tokens_of_stty(&tty).iter().any(|t| t == "icanon"),
+        "raw while stopped"
+    );
+    signal(fdgrab, "CONT");
+    wait_until("fdgrab to be raw again", || {
+        tokens_of_stty(&tty).iter().any(|t| t == "-icanon")
+    });
+    new.type_line("print('C', x)");
+    new.wait_for("C 41", WAIT);
+    drop(old);
+
+    // SIGTERM: detaches, the program keeps running with a keeper.
+    signal(fdgrab, "TERM");
+    let text = expect_exit(&new, 128 + 15);
+    assert!(text.contains("detached on SIGTERM"), "{text}");
+    let keeper: i32 = text
+        .split("held by process ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"));
+    let _keeper = KillOnDrop(keeper);
+    assert!(holds_a_master(keeper));
+    assert_healthy(py);
+}

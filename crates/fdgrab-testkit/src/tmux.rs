@@ -120,6 +120,44 @@ impl Tmux {
         }
     }
 
+    /// Opens another window running `cmd` (`sh -c`); returns its id and the pane's
+    /// pid.
+    pub fn new_window(&self, cmd: &str) -> (String, i32) {
+        let out = self.run(&[
+            "new-window",
+            "-d",
+            "-P",
+            "-F",
+            "#{window_id} #{pane_pid}",
+            cmd,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace();
+        match (it.next(), it.next().and_then(|p| p.parse().ok())) {
+            (Some(id), Some(pid)) => (id.to_owned(), pid),
+            _ => panic!(
+                "tmux new-window failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Types `text` and Enter into window `id`.
+    pub fn type_line_in(&self, id: &str, text: &str) {
+        let ok = self
+            .run(&["send-keys", "-t", id, "-l", "--", text])
+            .status
+            .success()
+            && self.run(&["send-keys", "-t", id, "Enter"]).status.success();
+        assert!(ok, "send-keys to {id} failed");
+    }
+
+    /// The visible text of window `id`.
+    pub fn capture_window(&self, id: &str) -> String {
+        let out = self.run(&["capture-pane", "-p", "-J", "-t", id]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Resizes the window.
     pub fn resize(&self, cols: u16, rows: u16) {
         let out = self.run(&[

@@ -24,6 +24,16 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         )
         .into());
     }
+    // In the background, switching our terminal to raw mode would stop us (SIGTTOU)
+    // after the session was taken; refuse before touching anything.
+    if let Ok(fg) = rustix::termios::tcgetpgrp(stdin.as_fd()) {
+        if fg != rustix::process::getpgrp() {
+            return Err(UsageError(
+                "fdgrab attach must run in the foreground of its terminal (not with &)".into(),
+            )
+            .into());
+        }
+    }
     let target = open_target(a.pid, fdgrab::Backend::Auto)?;
     let pid = a.pid;
     let Some(tty) = pty::terminal_of(pid)? else {

@@ -141,16 +141,31 @@ fn run(
         }
 
         if m.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-            match rustix::io::read(master, &mut buf) {
-                Ok(0) => return Ok(RelayEnd::SessionEnded),
-                Ok(n) => {
-                    if write_all(output, &buf[..n]).is_err() {
-                        return Ok(RelayEnd::TerminalGone);
+            // A pty hands out at most a few KiB per read: gather what is there into
+            // one write, so the terminal we write to wakes up once per batch.
+            let mut got = 0;
+            let mut ended = false;
+            while got < buf.len() {
+                match rustix::io::read(master, &mut buf[got..]) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
                     }
+                    Ok(n) => got += n,
+                    Err(Errno::INTR) => {}
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::IO) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(e) => return Err(own_errno("read(pty master)", e)),
                 }
-                Err(Errno::AGAIN) | Err(Errno::INTR) => {}
-                Err(Errno::IO) => return Ok(RelayEnd::SessionEnded),
-                Err(e) => return Err(own_errno("read(pty master)", e)),
+            }
+            if got > 0 && write_all(output, &buf[..got]).is_err() {
+                return Ok(RelayEnd::TerminalGone);
+            }
+            if ended {
+                return Ok(RelayEnd::SessionEnded);
             }
         }
 
