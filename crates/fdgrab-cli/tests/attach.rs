@@ -339,6 +339,59 @@ fn refusals_change_nothing() {
         py,
     );
 
+    // The sshd case: the program runs as the user, its terminal's master is held by
+    // a root process, and the user attaches.
+    let user_old = Tmux::start(
+        "att-ref-user-old",
+        80,
+        24,
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups cat",
+    );
+    let user_py = user_old.pane_pid();
+    wait_until("cat to run as uid 65534", || {
+        status_field(user_py, "Uid").is_some_and(|u| u.starts_with("65534"))
+            && std::fs::read_to_string(format!("/proc/{user_py}/comm")).is_ok_and(|c| c == "cat\n")
+    });
+    let user_server = user_old.server_pid();
+    let t = attach_in(
+        "att-ref-user",
+        100,
+        30,
+        "setpriv --reuid=65534 --regid=65534 --clear-groups ",
+        &user_py.to_string(),
+    );
+    let text = expect_exit(&t, 4);
+    assert!(
+        text.contains("permission denied") && text.contains("uid 65534"),
+        "{text}"
+    );
+    assert!(
+        holds_a_master(user_server),
+        "the root holder lost its master"
+    );
+    assert_healthy(user_py);
+    drop(user_old);
+
+    // Single-process mode cannot take a process out of a group others share: the
+    // first process of a pipeline.
+    let shell = Tmux::start("att-ref-pipe-old", 80, 24, "exec bash --norc --noprofile");
+    shell.wait_for("bash-", WAIT);
+    let bash = shell.pane_pid();
+    shell.type_line("sleep 300 | sleep 301");
+    wait_until("the pipeline", || children(bash).len() == 2);
+    let first = *children(bash).iter().min().expect("first sleep");
+    let t = attach_in("att-ref-pipe", 100, 30, "", &format!("--single {first}"));
+    let text = expect_exit(&t, 2);
+    assert!(text.contains("cannot be moved alone"), "{text}");
+    assert_healthy(first);
+    assert!(
+        std::fs::read_link(format!("/proc/{first}/fd/0"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:") || l.starts_with("/dev/pts")),
+        "the sleep's fds changed"
+    );
+    assert!(holds_a_master(shell.server_pid()));
+    drop(shell);
+
     // The process is on this very terminal.
     let own = Tmux::start(
         "att-ref-self",
@@ -478,4 +531,53 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     let _keeper = KillOnDrop(keeper);
     assert!(holds_a_master(keeper));
     assert_healthy(py);
+}
+
+#[test]
+fn a_holder_with_the_master_at_several_fds_loses_all_of_them() {
+    if !ready() {
+        return;
+    }
+    // A minimal "emulator": forks python3 on a new pty, keeps the master at two fds,
+    // and relays nothing.
+    let holder_src = r#"
+import os, pty, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp('python3', ['python3', '-q'])
+dup = os.dup(fd)
+print(pid, fd, dup, flush=True)
+time.sleep(600)
+"#;
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", holder_src])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let holder_pid = holder.id() as i32;
+    let _kill = KillOnDrop(holder_pid);
+    let mut out = std::io::BufReader::new(holder.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("holder's report");
+    let nums: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (py, fds) = (nums[0], [nums[1], nums[2]]);
+    let _py = KillOnDrop(py);
+
+    let new = attach_in("att-multi-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{holder_pid}/fd/{fd}")).expect("holder fd");
+        assert_eq!(link, std::path::Path::new("/dev/null"), "holder fd {fd}");
+    }
+    assert!(!holds_a_master(holder_pid));
+    new.type_line("print('M', 6 * 7)");
+    new.wait_for("M 42", WAIT);
+    new.type_line("exit()");
+    expect_exit(&new, 0);
+    assert_healthy(holder_pid);
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
