@@ -531,6 +531,10 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     let _keeper = KillOnDrop(keeper);
     assert!(holds_a_master(keeper));
     assert_healthy(py);
+
+    // The session ends while detached: the keeper goes too.
+    signal(py, "KILL");
+    wait_until("the keeper to exit with the session", || gone(keeper));
 }
 
 #[test]
