@@ -16,6 +16,11 @@ pub enum Code {
     AlreadyAttached = 6,
     /// `attach`: detached; the program keeps running and can be attached again.
     Detached = 7,
+    /// CMD was found but could not be started: not executable, or a set-up step
+    /// before its exec failed (as `env` and shells use 126).
+    CannotExecute = 126,
+    /// CMD was not found (as `env` and shells use 127).
+    NotFound = 127,
 }
 
 impl From<Code> for ExitCode {
@@ -66,6 +71,8 @@ pub fn code_for(e: &anyhow::Error) -> Code {
                 fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,
+                fdgrab::Error::Spawn(e) if e.is_not_found() => Code::NotFound,
+                fdgrab::Error::Spawn(_) => Code::CannotExecute,
                 _ => Code::Failure,
             };
         }
