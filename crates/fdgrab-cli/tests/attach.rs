@@ -111,6 +111,22 @@ fn gone(pid: i32) -> bool {
     matches!(state(pid), None | Some('Z') | Some('X'))
 }
 
+/// Ends the attached python with `exit()`, which ends fdgrab with status 0.
+fn exit_python(t: &Tmux, py: i32) {
+    t.type_line("exit()");
+    expect_exit(t, 0);
+    wait_until("python to exit", || gone(py));
+}
+
+/// The keeper pid named in fdgrab's detach message.
+fn keeper_in(text: &str) -> i32 {
+    text.split("held by process ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"))
+}
+
 /// A python REPL in an old terminal, with `x = 41` typed into it.
 fn old_python(tag: &str) -> (Tmux, i32) {
     let old = Tmux::start(tag, 80, 24, "exec python3 -q");
@@ -149,9 +165,7 @@ fn python_repl_moves_resizes_and_outlives_its_old_terminal() {
     new.type_line("print('STILL', x * 2)");
     new.wait_for("STILL 82", WAIT);
 
-    new.type_line("exit()");
-    expect_exit(&new, 0);
-    wait_until("python to exit", || gone(py));
+    exit_python(&new, py);
 }
 
 #[test]
@@ -236,12 +250,7 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     first.key("Enter");
     first.type_text("~.");
     let text = expect_exit(&first, 7);
-    let keeper: i32 = text
-        .split("held by process ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"));
+    let keeper = keeper_in(&text);
     assert!(holds_a_master(keeper), "the keeper holds no master");
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{keeper}/comm"))
@@ -260,8 +269,7 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     wait_until("the keeper to exit", || gone(keeper));
     third.type_line("print('Z', y + x, 'SZ', *os.get_terminal_size())");
     third.wait_for("Z 48 SZ 90 25", WAIT);
-    third.type_line("exit()");
-    expect_exit(&third, 0);
+    exit_python(&third, py);
 }
 
 /// Runs a refused attach of `py` in a new terminal and checks that nothing moved.
@@ -427,9 +435,7 @@ fn single_process_mode_moves_the_process_alone() {
     new.wait_for("KeyboardInterrupt", WAIT);
     assert_healthy(py);
     drop(old);
-    new.type_line("exit()");
-    expect_exit(&new, 0);
-    wait_until("python to exit", || gone(py));
+    exit_python(&new, py);
 }
 
 #[test]
@@ -522,12 +528,7 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     signal(fdgrab, "TERM");
     let text = expect_exit(&new, 128 + 15);
     assert!(text.contains("detached on SIGTERM"), "{text}");
-    let keeper: i32 = text
-        .split("held by process ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"));
+    let keeper = keeper_in(&text);
     let _keeper = KillOnDrop(keeper);
     assert!(holds_a_master(keeper));
     assert_healthy(py);
@@ -579,8 +580,7 @@ time.sleep(600)
     assert!(!holds_a_master(holder_pid));
     new.type_line("print('M', 6 * 7)");
     new.wait_for("M 42", WAIT);
-    new.type_line("exit()");
-    expect_exit(&new, 0);
+    exit_python(&new, py);
     assert_healthy(holder_pid);
     let _ = holder.kill();
     let _ = holder.wait();

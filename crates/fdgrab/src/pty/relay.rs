@@ -76,24 +76,7 @@ pub fn relay(
     signals: &SignalFd,
     escape: Escape,
 ) -> Result<RelayEnd> {
-    let flags = rustix::fs::fcntl_getfl(master).map_err(|e| own_errno("fcntl(F_GETFL)", e))?;
-    rustix::fs::fcntl_setfl(master, flags | OFlags::NONBLOCK)
-        .map_err(|e| own_errno("fcntl(F_SETFL, O_NONBLOCK)", e))?;
-    let end = run(master, input, output, raw, signals, escape);
-    if let Err(e) = rustix::fs::fcntl_setfl(master, flags) {
-        tracing::warn!(error = %e, "could not restore the master's status flags");
-    }
-    end
-}
-
-fn run(
-    master: BorrowedFd<'_>,
-    input: BorrowedFd<'_>,
-    output: BorrowedFd<'_>,
-    raw: &mut RawMode,
-    signals: &SignalFd,
-    escape: Escape,
-) -> Result<RelayEnd> {
+    let _nonblocking = NonBlocking::set(master)?;
     let mut buf = vec![0u8; BUF];
     let mut to_master: Vec<u8> = Vec::new();
     let mut keys = EscapeState::new(escape);
@@ -192,6 +175,29 @@ fn run(
             if let Some(end) = send(master, &mut to_master)? {
                 return Ok(end);
             }
+        }
+    }
+}
+
+/// The master's status flags, put back on drop.
+struct NonBlocking<'a> {
+    fd: BorrowedFd<'a>,
+    flags: OFlags,
+}
+
+impl<'a> NonBlocking<'a> {
+    fn set(fd: BorrowedFd<'a>) -> Result<Self> {
+        let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| own_errno("fcntl(F_GETFL)", e))?;
+        rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)
+            .map_err(|e| own_errno("fcntl(F_SETFL, O_NONBLOCK)", e))?;
+        Ok(Self { fd, flags })
+    }
+}
+
+impl Drop for NonBlocking<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::fs::fcntl_setfl(self.fd, self.flags) {
+            tracing::warn!(error = %e, "could not restore the master's status flags");
         }
     }
 }
