@@ -103,10 +103,11 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         ),
         None => String::new(),
     };
-    eprintln!("fdgrab: attached to process {pid} {what}{hint}");
-    let _ = std::io::stderr().flush();
+    say(format_args!(
+        "fdgrab: attached to process {pid} {what}{hint}"
+    ));
 
-    let end = {
+    let end = (|| {
         let mut raw = RawMode::enter(stdin.as_fd())?;
         if let Err(e) = pty::copy_window_size(stdin.as_fd(), &master) {
             tracing::debug!(error = %e, "window size not copied");
@@ -121,11 +122,12 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         )
         // `raw` is dropped here: our terminal's modes are back before anything
         // else is printed, whatever the relay returned.
-    };
+    })();
     let end = match end {
         Ok(end) => end,
         Err(e) => {
-            // Keep the session alive even when the relay failed.
+            // Our copy may be the master's only one: keep the session alive even when
+            // raw mode or the relay failed.
             let kept = pty::keep_in_background(master);
             return Err(anyhow::Error::new(e).context(match kept {
                 Ok(k) => format!(
@@ -138,7 +140,9 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     };
     match end {
         RelayEnd::SessionEnded => {
-            eprintln!("\r\nfdgrab: the session on {tty} ended (no process has it open any more)");
+            say(format_args!(
+                "\r\nfdgrab: the session on {tty} ended (no process has it open any more)"
+            ));
             Ok(ExitCode::SUCCESS)
         }
         RelayEnd::Detached | RelayEnd::TerminalGone | RelayEnd::Signal(_) => {
@@ -148,16 +152,24 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
                 RelayEnd::TerminalGone => " (this terminal went away)".into(),
                 _ => String::new(),
             };
-            eprintln!(
+            say(format_args!(
                 "\r\nfdgrab: detached{why}; process {pid} keeps running on {tty} (held by process \
                  {keeper}); re-attach with: fdgrab attach {pid}"
-            );
+            ));
             Ok(match end {
                 RelayEnd::Signal(sig) => ExitCode::from(128 + sig as u8),
                 _ => Code::Detached.into(),
             })
         }
     }
+}
+
+/// A line on stderr. Unlike `eprintln!` it never panics: once the session depends
+/// on us, a closed stderr (our terminal went away) must not end us abruptly.
+fn say(msg: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "{msg}");
+    let _ = err.flush();
 }
 
 fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
