@@ -585,3 +585,34 @@ time.sleep(600)
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
+    if !ready() {
+        return;
+    }
+    let (_old, py) = old_python("att-drop-old");
+    let new = attach_in("att-drop-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("z = 5; print('SET', z)");
+    new.wait_for("SET 5", WAIT);
+    let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+    // The terminal fdgrab runs in disappears, as when an ssh connection drops.
+    new.kill();
+    wait_until("fdgrab to exit", || gone(fdgrab));
+    assert_healthy(py);
+    let tty = fdgrab::pty::terminal_of(py)
+        .expect("python's terminal")
+        .expect("python on a pty");
+    let holders = fdgrab::pty::master_holders(tty).expect("holders").holders;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert!(holders[0].is_keeper(), "{holders:?}");
+    let _keeper = KillOnDrop(holders[0].pid);
+    assert_healthy(py);
+
+    let again = attach_in("att-drop-again", 90, 20, "", &py.to_string());
+    again.wait_for("type Enter ~ . to detach", WAIT);
+    again.type_line("print('Z', z * x)");
+    again.wait_for("Z 205", WAIT);
+    exit_python(&again, py);
+}
