@@ -51,9 +51,14 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     }
     // Steal the whole session when its master can be had; move PID alone when asked
     // to, or when nobody holds the master any more.
-    let how = match (a.single, find_holders(pid, tty, a.single)?) {
-        (false, Some(holders)) => How::Steal(holders),
-        _ => How::Single(pty::plan_single_move(pid)?),
+    let holders = if a.single {
+        None
+    } else {
+        find_holders(pid, tty)?
+    };
+    let how = match holders {
+        Some(holders) => How::Steal(holders),
+        None => How::Single(pty::plan_single_move(pid)?),
     };
     let escape = a.escape.unwrap_or(Escape::DEFAULT);
 
@@ -77,7 +82,6 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
                 format!("moving process {pid} alone onto a new terminal (single-process mode)")
             })?;
             let new = pty::master_index(&master).map_or_else(String::new, |p| format!(" {p}"));
-
             let stay = if plan.left_behind.is_empty() {
                 String::new()
             } else {
@@ -183,12 +187,9 @@ enum How {
     Single(pty::SingleMove),
 }
 
-/// The processes holding the master, other than us; `None` if there are none (or
-/// `single`, which skips the search), or a refusal.
-fn find_holders(pid: Pid, tty: Pty, single: bool) -> Result<Option<Vec<MasterHolder>>> {
-    if single {
-        return Ok(None);
-    }
+/// The processes holding the master, other than us; `None` if there are none, or a
+/// refusal.
+fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
     let me = std::process::id() as Pid;
     let found = pty::master_holders(tty)?;
     let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
@@ -201,7 +202,8 @@ fn find_holders(pid: Pid, tty: Pty, single: bool) -> Result<Option<Vec<MasterHol
                 hint: format!(
                     "no process we may inspect holds the master of {tty} (process {pid}'s \
                      terminal); {} processes' fds are not readable by uid {}, and taking the \
-                     master from one of them needs CAP_SYS_PTRACE or the same uid",
+                     master from one of them needs CAP_SYS_PTRACE or the same uid; \
+                     `fdgrab attach --single {pid}` would move process {pid} alone",
                     found.unreadable.len(),
                     rustix::process::geteuid().as_raw()
                 ),
@@ -249,7 +251,8 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
             .with_context(|| {
                 format!(
                     "cannot take the master of {tty} (process {pid}'s terminal) from its holder, \
-                     process {} ({})",
+                     process {} ({}); `fdgrab attach --single {pid}` would move process {pid} \
+                     alone",
                     h.pid, h.comm
                 )
             })?;
