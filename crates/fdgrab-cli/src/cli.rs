@@ -132,9 +132,10 @@ pub enum Command {
     ///
     /// Exit status: 0 the session ended (no process has the terminal open any more);
     /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
-    /// a pseudo-terminal, is on this one, cannot be moved alone, or stdin/stdout is not
-    /// a terminal; 4 the master's holder (or PID) may not be inspected or traced; 5 no
-    /// such process; 6 already attached by another fdgrab.
+    /// a pseudo-terminal, is on this one, or cannot be moved alone, or stdin/stdout is
+    /// not a terminal in whose foreground fdgrab runs; 4 the master's holder (or PID)
+    /// may not be inspected or traced; 5 no such process; 6 already attached by another
+    /// fdgrab.
     Attach(AttachArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),

@@ -111,7 +111,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         "fdgrab: attached to process {pid} {what}{hint}"
     ));
 
-    let end = (|| {
+    let relayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut raw = RawMode::enter(stdin.as_fd())?;
         if let Err(e) = pty::copy_window_size(stdin.as_fd(), &master) {
             tracing::debug!(error = %e, "window size not copied");
@@ -124,9 +124,17 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             &signals,
             escape,
         )
-        // `raw` is dropped here: our terminal's modes are back before anything
-        // else is printed, whatever the relay returned.
-    })();
+        // `raw` is dropped here (also when unwinding): our terminal's modes are
+        // back before anything else is printed, whatever the relay returned.
+    }));
+    let end = match relayed {
+        Ok(end) => end,
+        Err(panic) => {
+            // Even a bug must not hang the session up.
+            let _ = pty::keep_in_background(master);
+            std::panic::resume_unwind(panic)
+        }
+    };
     let end = match end {
         Ok(end) => end,
         Err(e) => {
