@@ -616,3 +616,34 @@ fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
     again.wait_for("Z 205", WAIT);
     exit_python(&again, py);
 }
+
+#[test]
+fn a_full_screen_program_redraws_on_a_terminal_of_the_same_size() {
+    if !ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fdgrab-attach-less-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("text");
+    let text: String = (1..=200).map(|i| format!("LESSLINE {i}\n")).collect();
+    std::fs::write(&file, text).expect("file");
+    let old = Tmux::start("att-less-old", 90, 25, "exec bash --norc --noprofile");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    old.type_line(&format!("less {}", file.display()));
+    old.wait_for("LESSLINE 3", WAIT);
+    let less = *children(bash).first().expect("less");
+
+    // Same size: the kernel sends no SIGWINCH of its own.
+    let new = attach_in("att-less-new", 90, 25, "", &less.to_string());
+    new.wait_for("LESSLINE 3", WAIT);
+    new.type_text(" ");
+    new.wait_for("LESSLINE 30", WAIT);
+    new.type_text("q");
+    wait_until("less to quit", || gone(less));
+    new.type_line("echo Q$((40+2))");
+    new.wait_for("Q42", WAIT);
+    new.type_line("exit");
+    expect_exit(&new, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

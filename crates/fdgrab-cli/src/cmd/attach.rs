@@ -116,6 +116,9 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         if let Err(e) = pty::copy_window_size(stdin.as_fd(), &master) {
             tracing::debug!(error = %e, "window size not copied");
         }
+        if let Err(e) = pty::redraw(&master) {
+            tracing::debug!(error = %e, "no redraw asked for");
+        }
         pty::relay(
             master.as_fd(),
             stdin.as_fd(),

@@ -29,7 +29,7 @@ mod termios;
 pub use keeper::{keep_in_background, KEEPER_COMM};
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
-pub use termios::{copy_window_size, is_terminal, RawMode};
+pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
 
 use crate::error::{Error, Result};
 use crate::{Pid, TargetFd};

@@ -95,3 +95,13 @@ pub(super) fn own_error(op: &'static str, e: std::io::Error) -> Error {
         source: e,
     }
 }
+
+/// Sends `SIGWINCH` to the foreground process group of the session on `master`'s
+/// slave (`TIOCGPGRP` on the master), so that full-screen programs redraw on a new
+/// terminal even when its size equals the old one (the kernel signals only changes).
+pub fn redraw(master: impl AsFd) -> Result<()> {
+    let pgrp =
+        termios::tcgetpgrp(master).map_err(|e| own_errno("TIOCGPGRP on the pty master", e))?;
+    rustix::process::kill_process_group(pgrp, rustix::process::Signal::WINCH)
+        .map_err(|e| own_errno("kill(SIGWINCH) to the foreground process group", e))
+}
