@@ -128,12 +128,12 @@ fn keeper_in(text: &str) -> i32 {
 }
 
 /// A python REPL in an old terminal, with `x = 41` typed into it.
-fn old_python(tag: &str) -> (Tmux, i32) {
+fn old_python(tag: &str) -> (Tmux, i32, KillOnDrop) {
     let old = Tmux::start(tag, 80, 24, "exec python3 -q");
     old.wait_for(">>>", WAIT);
     old.type_line("x = 41; import os");
     let pid = old.pane_pid();
-    (old, pid)
+    (old, pid, KillOnDrop::new(pid))
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn python_repl_moves_resizes_and_outlives_its_old_terminal() {
     if !ready() {
         return;
     }
-    let (old, py) = old_python("att-py-old");
+    let (old, py, _py) = old_python("att-py-old");
     let old_server = old.server_pid();
     let new = attach_in("att-py-new", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);
@@ -183,8 +183,9 @@ fn shell_session_moves_from_script_with_job_control() {
     let script = old.pane_pid();
     // script does not notice that its master became /dev/null and polls it forever
     // (see docs/attach.md): the old terminal is closed for good at the end.
-    let _kill_script = KillOnDrop(script);
+    let _kill_script = KillOnDrop::new(script);
     let bash = *children(script).first().expect("bash under script");
+    let _bash = KillOnDrop::new(bash);
     old.type_line("sleep 300");
     wait_until("sleep to start", || !children(bash).is_empty());
     let sleep = children(bash)[0];
@@ -218,13 +219,34 @@ fn shell_session_moves_from_script_with_job_control() {
     wait_until("bash to exit", || gone(bash));
 }
 
-struct KillOnDrop(i32);
+/// Kills a process when the test ends, however it ends (a failed test must not
+/// leave programs and keepers behind), unless its pid now names another process.
+struct KillOnDrop(i32, Option<String>);
+
+impl KillOnDrop {
+    fn new(pid: i32) -> Self {
+        KillOnDrop(pid, start_time(pid))
+    }
+}
+
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .to_owned(),
+    )
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
+        if self.1.is_some() && start_time(self.0) == self.1 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
     }
 }
 
@@ -233,7 +255,7 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     if !ready() {
         return;
     }
-    let (old, py) = old_python("att-det-old");
+    let (old, py, _py) = old_python("att-det-old");
     let first = attach_in("att-det-a", 100, 30, "", &py.to_string());
     first.wait_for("type Enter ~ . to detach", WAIT);
     first.type_line("y = 7");
@@ -286,7 +308,7 @@ fn refusals_change_nothing() {
     if !ready() {
         return;
     }
-    let (old, py) = old_python("att-ref-old");
+    let (old, py, _py) = old_python("att-ref-old");
     let server = old.server_pid();
 
     // Our own stdin is not a terminal.
@@ -420,7 +442,7 @@ fn single_process_mode_moves_the_process_alone() {
     if !ready() {
         return;
     }
-    let (old, py) = old_python("att-one-old");
+    let (old, py, _py) = old_python("att-one-old");
     let old_tty = std::fs::read_link(format!("/proc/{py}/fd/0")).expect("python's fd 0");
     let new = attach_in("att-one-new", 100, 30, "", &format!("--single {py}"));
     let text = new.wait_for("type Enter ~ . to detach", WAIT);
@@ -452,7 +474,7 @@ fn a_session_whose_terminal_is_gone_is_moved_alone_and_can_detach() {
     );
     old.wait_for("tick 2", WAIT);
     let sh = old.pane_pid();
-    let _kill = KillOnDrop(sh);
+    let _kill = KillOnDrop::new(sh);
     let server = old.server_pid();
     old.kill();
     wait_until("the old tmux server to exit", || gone(server));
@@ -497,8 +519,7 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     if !ready() {
         return;
     }
-    let (old, py) = old_python("att-sig-old");
-    let _py = KillOnDrop(py);
+    let (old, py, _py) = old_python("att-sig-old");
     let new = attach_in("att-sig-new", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);
     let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
@@ -529,7 +550,7 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     let text = expect_exit(&new, 128 + 15);
     assert!(text.contains("detached on SIGTERM"), "{text}");
     let keeper = keeper_in(&text);
-    let _keeper = KillOnDrop(keeper);
+    let _keeper = KillOnDrop::new(keeper);
     assert!(holds_a_master(keeper));
     assert_healthy(py);
 
@@ -561,7 +582,7 @@ time.sleep(600)
         .spawn()
         .expect("holder");
     let holder_pid = holder.id() as i32;
-    let _kill = KillOnDrop(holder_pid);
+    let _kill = KillOnDrop::new(holder_pid);
     let mut out = std::io::BufReader::new(holder.stdout.take().expect("stdout"));
     let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("holder's report");
     let nums: Vec<i32> = line
@@ -569,7 +590,7 @@ time.sleep(600)
         .filter_map(|n| n.parse().ok())
         .collect();
     let (py, fds) = (nums[0], [nums[1], nums[2]]);
-    let _py = KillOnDrop(py);
+    let _py = KillOnDrop::new(py);
 
     let new = attach_in("att-multi-new", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);
@@ -591,7 +612,7 @@ fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
     if !ready() {
         return;
     }
-    let (_old, py) = old_python("att-drop-old");
+    let (_old, py, _py) = old_python("att-drop-old");
     let new = attach_in("att-drop-new", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);
     new.type_line("z = 5; print('SET', z)");
@@ -607,7 +628,7 @@ fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
     let holders = fdgrab::pty::master_holders(tty).expect("holders").holders;
     assert_eq!(holders.len(), 1, "{holders:?}");
     assert!(holders[0].is_keeper(), "{holders:?}");
-    let _keeper = KillOnDrop(holders[0].pid);
+    let _keeper = KillOnDrop::new(holders[0].pid);
     assert_healthy(py);
 
     let again = attach_in("att-drop-again", 90, 20, "", &py.to_string());
@@ -630,6 +651,7 @@ fn a_full_screen_program_redraws_on_a_terminal_of_the_same_size() {
     let old = Tmux::start("att-less-old", 90, 25, "exec bash --norc --noprofile");
     old.wait_for("bash-", WAIT);
     let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
     old.type_line(&format!("less {}", file.display()));
     old.wait_for("LESSLINE 3", WAIT);
     let less = *children(bash).first().expect("less");
