@@ -263,7 +263,26 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     // Refused while attached: nothing changes for the first attach.
     let second = attach_in("att-det-b", 100, 30, "", &py.to_string());
     let text = expect_exit(&second, 6);
-    assert!(text.contains("already attached by fdgrab"), "{text}");
+    assert!(text.contains("already being attached"), "{text}");
+    assert_healthy(py);
+    // A copy of fdgrab under another name is refused too (the attach lock).
+    let dir = std::env::temp_dir().join(format!("fdgrab-attach-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("other-name");
+    std::fs::copy(bin("fdgrab"), &copy).expect("copy of fdgrab");
+    let third = Tmux::start(
+        "att-det-copy",
+        100,
+        30,
+        &format!(
+            "{} attach {py}; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
+            copy.display()
+        ),
+    );
+    let text = expect_exit(&third, 6);
+    assert!(text.contains("already being attached"), "{text}");
+    drop(third);
+    let _ = std::fs::remove_dir_all(&dir);
     assert_healthy(py);
     first.type_line("print('Y', y * 6)");
     first.wait_for("Y 42", WAIT);

@@ -51,6 +51,19 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     }
     // Steal the whole session when its master can be had; move PID alone when asked
     // to, or when nobody holds the master any more.
+    // Taken before anything is looked at or changed, so two attaches of one session
+    // cannot race; held until fdgrab exits (the keeper does not inherit it).
+    let Some(lock) = pty::AttachLock::acquire(tty)? else {
+        return Err(CodedError(
+            Code::AlreadyAttached,
+            format!(
+                "process {pid}'s terminal {tty} is already being attached by another fdgrab; \
+                 detach it there first (Enter ~ .), then run fdgrab attach {pid} again"
+            ),
+        )
+        .into());
+    };
+    let mut _locks = vec![lock];
     let holders = if a.single {
         None
     } else {
@@ -77,6 +90,10 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         }
         How::Single(plan) => {
             let (master, slave) = pty::open_pair()?;
+            // The session's new terminal gets its lock too.
+            if let Some(new) = pty::master_index(&master) {
+                _locks.extend(pty::AttachLock::acquire(new)?);
+            }
             pty::copy_modes(plan.old, &slave);
             take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
                 format!("moving process {pid} alone onto a new terminal (single-process mode)")

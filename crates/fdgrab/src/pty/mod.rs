@@ -22,11 +22,13 @@
 //! own `pts/0`. Only holders in our devpts instance are looked for.
 
 mod keeper;
+mod lock;
 mod relay;
 mod single;
 mod termios;
 
 pub use keeper::{keep_in_background, KEEPER_COMM};
+pub use lock::AttachLock;
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
