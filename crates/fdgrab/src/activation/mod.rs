@@ -16,7 +16,7 @@
 pub mod notify;
 pub mod selector;
 
-pub use notify::{Notification, NotifySocket};
+pub use notify::{Notification, NotifySender, NotifySocket};
 pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
 
 use crate::error::{Error, Result};
