@@ -31,7 +31,7 @@ use rustix::io::{fcntl_dupfd_cloexec, Errno};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -497,10 +497,14 @@ impl Spawn {
                 || (self.listen_pid && k == "LISTEN_PID")
         };
         let mut push = |k: OsString, v: &OsStr| -> Result<()> {
-            let mut kv = k.into_vec();
+            // Sized for the '=' and the NUL, so that CString::new does not reallocate.
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+            kv.extend_from_slice(k.as_bytes());
             kv.push(b'=');
             kv.extend_from_slice(v.as_bytes());
-            env.push(cstr(&kv, "an environment variable")?);
+            env.push(CString::new(kv).map_err(|_| {
+                Error::InvalidArgument("an environment variable contains a NUL byte".into())
+            })?);
             Ok(())
         };
         for (k, v) in std::env::vars_os() {
