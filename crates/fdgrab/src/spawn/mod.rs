@@ -460,12 +460,14 @@ impl Spawn {
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
+        let shares_group = self.session == Session::Inherit;
         drop(self);
         // Our unreaped child keeps its pid, so this cannot name another process.
         match PidFd::open(pid) {
             Ok(pidfd) => Ok(Child {
                 pidfd,
                 status: None,
+                shares_group,
             }),
             Err(e) => {
                 // A child we cannot watch must not run on with the fds we gave it.
@@ -614,6 +616,8 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
 pub struct Child {
     pidfd: PidFd,
     status: Option<ExitStatus>,
+    /// In our process group: a terminal's signals reach it without us.
+    shares_group: bool,
 }
 
 impl Child {
@@ -667,9 +671,21 @@ impl Child {
         }
     }
 
-    /// Passes every pending signal of `signals` on to the child.
+    /// Passes every pending signal of `signals` on to the child, except one the
+    /// kernel sent to our whole process group (a terminal's ^C) when the child is
+    /// in that group: it got its own, and a second ^C means "force" to many
+    /// programs.
     pub fn forward(&self, signals: &SignalFd) -> Result<()> {
-        while let Some(sig) = signals.read()? {
+        while let Some(info) = signals.read_info()? {
+            let sig = info.signo;
+            if info.from_kernel() && self.shares_group {
+                tracing::debug!(
+                    pid = self.pid(),
+                    sig,
+                    "not forwarding a process-group signal"
+                );
+                continue;
+            }
             tracing::info!(pid = self.pid(), sig, "forwarding signal");
             match self.pidfd.send_signal(sig) {
                 Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
