@@ -36,14 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// A failure of ours (not of a target), named with our own pid.
+/// A failure of ours (not of a target).
 fn local_io(op: &'static str, e: Errno) -> Error {
-    Error::io(
-        op,
-        rustix::process::getpid().as_raw_nonzero().get(),
-        None,
-        e,
-    )
+    Error::local(op, e)
 }
 
 /// Descriptors to install in the child: each of ours at a chosen number.
