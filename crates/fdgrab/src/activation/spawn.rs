@@ -27,7 +27,7 @@ pub fn check_fd_name(name: &str) -> std::result::Result<(), String> {
 /// How to start the new server.
 #[derive(Clone, Debug)]
 pub struct ActivationCommand {
-    /// The resolved program ([`find_program`]).
+    /// The resolved program ([`super::find_program`]).
     pub program: PathBuf,
     /// The full argument vector, `argv[0]` included.
     pub argv: Vec<OsString>,

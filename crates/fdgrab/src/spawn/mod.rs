@@ -4,7 +4,7 @@
 //! Everything the child needs is prepared here, in the parent: the resolved program,
 //! `argv` and `envp` as C arrays, the fd plan as a list of `dup2` pairs, the
 //! credentials and the seccomp filter. The child then runs a fixed list of steps
-//! that only make system calls ([`clone`] holds that code and all of this module's
+//! that only make system calls (`spawn/clone.rs` holds that code and all of this module's
 //! `unsafe`), and either execs or reports the step and errno that failed.
 //!
 //! The child is made with `clone(CLONE_VM | CLONE_VFORK)`, not `fork`: it borrows our
