@@ -7,6 +7,7 @@ mod docs;
 mod exec;
 mod get;
 mod ls;
+mod profile;
 mod put;
 mod redirect;
 mod run;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Attach(a) => attach::run(a),
+        Command::Profile(a) => profile::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }
