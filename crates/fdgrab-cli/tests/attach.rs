@@ -688,3 +688,37 @@ fn a_full_screen_program_redraws_on_a_terminal_of_the_same_size() {
     expect_exit(&new, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn single_process_mode_takes_a_job_out_of_its_shell_session() {
+    if !ready() {
+        return;
+    }
+    // python3 as a foreground job of bash: it leads its process group but not the
+    // session, so it steps into the shell's group, then starts a session of its own.
+    let old = Tmux::start("att-job-old", 80, 24, "exec bash --norc --noprofile");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    old.type_line("python3 -q");
+    old.wait_for(">>>", WAIT);
+    let py = *children(bash).first().expect("python under bash");
+    let _py = KillOnDrop::new(py);
+    old.type_line("w = 6");
+
+    let new = attach_in("att-job-new", 100, 30, "", &format!("--single {py}"));
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    new.type_line(
+        "import os; print('J', w * 7, os.getsid(0) == os.getpid(), *os.get_terminal_size())",
+    );
+    new.wait_for("J 42 True 100 30", WAIT);
+    new.key("C-c");
+    new.wait_for("KeyboardInterrupt", WAIT);
+    assert_healthy(py);
+    assert_healthy(bash);
+    exit_python(&new, py);
+    // The shell stays on the old terminal and gets its prompt back.
+    old.type_line("echo S$((5*5))");
+    old.wait_for("S25", WAIT);
+}
