@@ -299,11 +299,32 @@ pub struct ExecArgs {
     #[arg(long)]
     pub steal: bool,
     /// Return once the new server is ready, printing its pid, instead of waiting for it.
+    /// With --via bind or both, a small supervisor process stays behind for as long as
+    /// the new server lives; its pid is printed on a second line.
     #[arg(long)]
     pub detach: bool,
+    /// How the new server receives the sockets: `env` passes them as fd 3, 4, ... with
+    /// LISTEN_FDS (systemd socket activation); `bind` runs it under a seccomp supervisor
+    /// that answers its own bind() of a taken address by installing the taken socket at
+    /// that fd number (for servers that know nothing of LISTEN_FDS); `both` does both.
+    /// Under bind, the server is ready once it has called listen() on every taken
+    /// socket (or sent READY=1, or --ready-timeout passed, after it bound them all).
+    #[arg(long, value_enum, default_value = "env", value_name = "MODE")]
+    pub via: Via,
     /// The new server, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// How `exec` passes the sockets to the new server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// LISTEN_FDS (systemd socket activation).
+    Env,
+    /// The server's own bind() receives the taken socket.
+    Bind,
+    /// Both at once.
+    Both,
 }
 
 #[derive(Debug, clap::Args)]
