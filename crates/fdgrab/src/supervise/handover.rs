@@ -11,8 +11,9 @@
 //! 3. the caller's socket must be unbound and of the taken socket's family, type
 //!    and protocol (another thread may have `dup2`'d something else over the
 //!    number): otherwise the kernel decides;
-//! 4. `IPV6_V6ONLY` must agree: a dual-stack socket cannot stand in for a v6-only
-//!    one or the reverse. A conflict refuses the whole handover ([`Handover::refusal`])
+//! 4. for the IPv6 wildcard, `IPV6_V6ONLY` must agree: a dual-stack socket cannot
+//!    stand in for a v6-only one or the reverse (a specific v6 address is always
+//!    v6-only once bound). A conflict refuses the whole handover ([`Handover::refusal`])
 //!    and the bind is answered `EADDRINUSE`, which is what the kernel would have
 //!    said while the old server holds the address;
 //! 5. what the new server set on its own socket is carried over to the taken one:
@@ -453,7 +454,9 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     let Some(ours) = slot.fd.as_ref() else {
         return cont("the handover is over");
     };
-    if kind.domain == AddressFamily::INET6 {
+    // Bound to a specific v6 address a socket is v6-only whatever was asked (the
+    // kernel sets the flag at bind); only the wildcard's flag decides anything.
+    if kind.domain == AddressFamily::INET6 && addr.ip().is_unspecified() {
         let mine = rustix::net::sockopt::ipv6_v6only(ours).ok();
         let wanted = rustix::net::sockopt::ipv6_v6only(&theirs).ok();
         if mine != wanted {

@@ -1,0 +1,627 @@
+//! `fdgrab exec --via bind`: servers that know nothing of LISTEN_FDS take over a
+//! live server's sockets through their own `bind()`, under load, with not one
+//! request failing; and every way the handover can fail leaves the old server
+//! serving with its fd table unchanged.
+//!
+//! Every page says `master=N` so that the testkit's HTTP probe reports which
+//! generation answered: 1 the old server, 2 the new one.
+
+use fdgrab_testkit::handover::{
+    fd_table, free_port_on, process_exists, Answer, Exec, Load, Probe, Server, TempDir,
+};
+use fdgrab_testkit::{fdgrab, is_root, output_timeout, read_line_timeout, skip, TIMEOUT};
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small HTTP server that binds each `HOST,PORT[,reuseport][,v6only=N]` spec
+/// itself (SO_REUSEADDR like most servers), answers every request with argv[1],
+/// prints `listening` once all are listening, and on SIGTERM finishes the request
+/// in hand and exits.
+const MULTI_PY: &str = r#"
+import selectors, signal, socket, sys
+body = sys.argv[1].encode()
+sel = selectors.DefaultSelector()
+for spec in sys.argv[2:]:
+    parts = spec.split(',')
+    host, port = parts[0], int(parts[1])
+    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for p in parts[2:]:
+        if p == 'reuseport':
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        elif p.startswith('v6only='):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(p[7:]))
+    s.bind((host, port))
+    s.listen(64)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+print('listening', flush=True)
+while not stop:
+    for key, _ in sel.select(0.1):
+        try:
+            c, _ = key.fileobj.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        c.setblocking(True)
+        c.settimeout(5)
+        try:
+            data = b''
+            while b'\r\n\r\n' not in data:
+                d = c.recv(4096)
+                if not d:
+                    break
+                data += d
+            c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n' % len(body) + body)
+        except OSError:
+            pass
+        c.close()
+"#;
+
+fn python() -> String {
+    "python3".into()
+}
+
+fn multi_cmd(page: &str, specs: &[String]) -> Vec<String> {
+    let mut v = vec![python(), "-c".into(), MULTI_PY.into(), page.into()];
+    v.extend(specs.iter().cloned());
+    v
+}
+
+/// Starts `cmd` (prints `listening` on stdout when ready) as the old server.
+fn start_multi(page: &str, specs: &[String]) -> Server {
+    let cmd = multi_cmd(page, specs);
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3");
+    let pid = child.id() as i32;
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = read_line_timeout(&mut out, TIMEOUT).unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("server {pid} did not start: {e}")
+    });
+    assert_eq!(line.trim(), "listening");
+    Server {
+        child,
+        pid,
+        addrs: specs.to_vec(),
+        report: None,
+    }
+}
+
+/// Starts a server that logs nothing useful on start: waits until `addr` answers.
+fn start_and_wait(cmd: &[String], addr: SocketAddr) -> Server {
+    let child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    let server = Server {
+        child,
+        pid,
+        addrs: vec![addr.to_string()],
+        report: None,
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while Probe::Http(addr).ask() != Ok(1) {
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} never answered on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+fn ready() -> bool {
+    if !is_root() {
+        skip(
+            "fdgrab exec --via bind tests need root (pidfd_getfd of another user's server, nginx)",
+        );
+        return false;
+    }
+    true
+}
+
+fn tally(answers: &[Answer]) -> BTreeMap<i32, usize> {
+    let mut by = BTreeMap::new();
+    for a in answers.iter().flatten() {
+        *by.entry(*a).or_insert(0) += 1;
+    }
+    by
+}
+
+/// How the old server leaves once the new one is ready.
+enum Retire {
+    /// `--signal-old SIG`, and the old server exits by itself (gracefully).
+    Signal(&'static str),
+    /// `--steal`: the sockets are closed in the old server (for servers without a
+    /// graceful stop); the test kills it once only the new server answers.
+    Steal,
+}
+
+/// Hands `old`'s `selectors` to `new_cmd` under load on `probes` and checks: no
+/// request failed, both generations answered, and the last answers all come from
+/// the new server. Returns the running `fdgrab exec` and the answers.
+fn zero_downtime(
+    old: &mut Server,
+    selectors: &[String],
+    new_cmd: &[String],
+    probes: Vec<Probe>,
+    retire: Retire,
+) -> (Exec, Vec<Answer>) {
+    let old_sockets = sockets_of(old.pid);
+    let load = Load::start(probes, 200_000);
+    load.wait_for(40, TIMEOUT);
+    let mut args = vec![old.pid.to_string()];
+    args.extend(selectors.iter().cloned());
+    args.extend(["--via".into(), "bind".into()]);
+    match retire {
+        Retire::Signal(sig) => args.extend(["--signal-old".into(), sig.into()]),
+        Retire::Steal => args.push("--steal".into()),
+    }
+    args.push("--".into());
+    args.extend(new_cmd.iter().cloned());
+    let exec = Exec::start(&args);
+    // Its own bind() received the old server's socket (the kernel alone would have
+    // answered EADDRINUSE).
+    let handed = sockets_of(exec.new_pid);
+    assert!(
+        handed.iter().any(|s| old_sockets.contains(s)),
+        "the new server holds none of the old server's sockets: {handed:?} vs {old_sockets:?}"
+    );
+    match retire {
+        Retire::Signal(_) => {
+            old.wait_exit(TIMEOUT);
+        }
+        Retire::Steal => {
+            // Once the old server's numbers are closed only the new one accepts.
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let answers = load.answers.lock().expect("answers").clone();
+                if answers.len() > 60 && answers.iter().rev().take(30).all(|a| *a == Ok(2)) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "answers never switched");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = old.child.kill();
+            old.wait_exit(TIMEOUT);
+        }
+    }
+    let n = load.count();
+    load.wait_for(n + 60, TIMEOUT);
+    let answers = load.finish();
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let by = tally(&answers);
+    assert!(
+        by.get(&1).is_some_and(|&n| n > 0),
+        "old never answered: {by:?}"
+    );
+    assert!(
+        answers.iter().rev().take(40).all(|a| *a == Ok(2)),
+        "the last answers are not all from the new server: {by:?}"
+    );
+    assert!(process_exists(exec.new_pid), "new server died");
+    (exec, answers)
+}
+
+/// The inodes of the sockets a process holds (`socket:[N]` links).
+fn sockets_of(pid: i32) -> Vec<String> {
+    fd_table(pid)
+        .into_values()
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}").parse().expect("addr")
+    } else {
+        format!("{ip}:{port}").parse().expect("addr")
+    }
+}
+
+fn spec(ip: &str, port: u16, extra: &str) -> String {
+    format!("{ip},{port}{extra}")
+}
+
+fn selector(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("tcp:[{ip}]:{port}")
+    } else {
+        format!("tcp:{ip}:{port}")
+    }
+}
+
+/// A directory holding `index.html` with `master=N`.
+fn site(tmp: &TempDir, n: u32) -> String {
+    let dir = tmp.path().join(format!("site{n}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("index.html"), format!("master={n}\n")).expect("write page");
+    dir.to_string_lossy().into_owned()
+}
+
+fn http_server_case(ip: &str) {
+    if !ready() {
+        return;
+    }
+    let tmp = TempDir::new("via-bind-http");
+    let port = free_port_on(ip);
+    let cmd = |n| {
+        vec![
+            python(),
+            "-m".into(),
+            "http.server".into(),
+            "--bind".into(),
+            ip.to_string(),
+            port.to_string(),
+            "--directory".into(),
+            site(&tmp, n),
+        ]
+    };
+    let mut old = start_and_wait(&cmd(1), addr(ip, port));
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &cmd(2),
+        vec![Probe::Http(addr(ip, port))],
+        Retire::Steal,
+    );
+    drop(exec);
+}
+
+#[test]
+fn python_http_server_to_python_http_server_ipv4() {
+    http_server_case("127.61.0.1");
+}
+
+#[test]
+fn python_http_server_to_python_http_server_ipv6() {
+    http_server_case("::1");
+}
+
+#[test]
+fn busybox_httpd_to_busybox_httpd() {
+    if !ready() {
+        return;
+    }
+    let Some(busybox) = which("busybox") else {
+        skip("busybox is not installed (Debian package busybox-static)");
+        return;
+    };
+    let tmp = TempDir::new("via-bind-busybox");
+    let ip = "127.61.0.2";
+    let port = free_port_on(ip);
+    let cmd = |n| {
+        vec![
+            busybox.clone(),
+            "httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            format!("{ip}:{port}"),
+            "-h".into(),
+            site(&tmp, n),
+        ]
+    };
+    let mut old = start_and_wait(&cmd(1), addr(ip, port));
+    // busybox httpd forks a process per connection: SIGTERM to the listener
+    // leaves requests in progress to finish.
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &cmd(2),
+        vec![Probe::Http(addr(ip, port))],
+        Retire::Signal("TERM"),
+    );
+    drop(exec);
+}
+
+fn which(name: &str) -> Option<String> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .chain([Path::new("/usr/sbin").to_path_buf()])
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+            .map(|f| f.to_string_lossy().into_owned())
+    })
+}
+
+/// An nginx prefix in `tmp` serving `master=N` on `listen` (one `listen` line each).
+fn nginx_cmd(nginx: &str, tmp: &TempDir, n: u32, listens: &[String]) -> Vec<String> {
+    let prefix = tmp.path().join(format!("nginx{n}"));
+    std::fs::create_dir_all(prefix.join("logs")).expect("mkdir");
+    let root = site(tmp, n);
+    let listen: String = listens
+        .iter()
+        .map(|l| format!("    listen {l};\n"))
+        .collect();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+         server {{\n{listen}    root {root};\n    add_header X-Generation {n};\n  }}\n}}\n",
+        p = prefix.display()
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    vec![
+        nginx.into(),
+        "-p".into(),
+        prefix.to_string_lossy().into_owned(),
+        "-c".into(),
+        conf_path.to_string_lossy().into_owned(),
+    ]
+}
+
+#[test]
+fn nginx_to_nginx_with_a_different_configuration() {
+    if !ready() {
+        return;
+    }
+    let Some(nginx) = which("nginx") else {
+        skip("nginx is not installed (Debian package nginx-light)");
+        return;
+    };
+    let tmp = TempDir::new("via-bind-nginx");
+    let ip = "127.61.0.3";
+    let (p1, p2) = (free_port_on(ip), free_port_on(ip));
+    let listens = [format!("{ip}:{p1}"), format!("{ip}:{p2}")];
+    let mut old = start_and_wait(&nginx_cmd(&nginx, &tmp, 1, &listens), addr(ip, p1));
+    let new_cmd = nginx_cmd(&nginx, &tmp, 2, &listens);
+    // QUIT: nginx's graceful stop (finish requests in hand, then exit). Two ports
+    // at once.
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, p1), selector(ip, p2)],
+        &new_cmd,
+        vec![Probe::Http(addr(ip, p1)), Probe::Http(addr(ip, p2))],
+        Retire::Signal("QUIT"),
+    );
+    drop(exec);
+}
+
+#[test]
+fn two_ports_ipv4_and_ipv6_at_once() {
+    if !ready() {
+        return;
+    }
+    let (ip4, ip6) = ("127.61.0.4", "::1");
+    let (p4, p6) = (free_port_on(ip4), free_port_on(ip6));
+    let specs = [spec(ip4, p4, ""), spec(ip6, p6, ",v6only=1")];
+    let mut old = start_multi("master=1", &specs);
+    let before = sockets_of(old.pid);
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip4, p4), selector(ip6, p6)],
+        &multi_cmd("master=2", &specs),
+        vec![Probe::Http(addr(ip4, p4)), Probe::Http(addr(ip6, p6))],
+        Retire::Signal("TERM"),
+    );
+    // The new server holds the very sockets the old one had.
+    let now = sockets_of(exec.new_pid);
+    for s in &before {
+        assert!(
+            now.contains(s),
+            "{s} of the old server is not in the new one: {now:?}"
+        );
+    }
+}
+
+#[test]
+fn reuseport_group_is_handed_over_member_by_member_and_a_third_bind_joins_through_the_kernel() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.5";
+    let port = free_port_on(ip);
+    let member = spec(ip, port, ",reuseport");
+    let mut old = start_multi("master=1", &[member.clone(), member.clone()]);
+    let before = sockets_of(old.pid);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &multi_cmd("master=2", &[member.clone(), member.clone(), member]),
+        vec![Probe::Http(addr(ip, port))],
+        Retire::Signal("TERM"),
+    );
+    let now = sockets_of(exec.new_pid);
+    assert_eq!(now.len(), 3, "{now:?}");
+    for s in &before {
+        assert!(
+            now.contains(s),
+            "group member {s} was not handed over: {now:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bind_to_an_untaken_port_goes_through_the_kernel() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.6";
+    let (taken, other) = (free_port_on(ip), free_port_on(ip));
+    let mut old = start_multi("master=1", &[spec(ip, taken, "")]);
+    let before = sockets_of(old.pid);
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, taken)],
+        &multi_cmd("master=2", &[spec(ip, taken, ""), spec(ip, other, "")]),
+        vec![Probe::Http(addr(ip, taken))],
+        Retire::Signal("TERM"),
+    );
+    assert_eq!(Probe::Http(addr(ip, other)).ask(), Ok(2));
+    let now = sockets_of(exec.new_pid);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(
+        now.iter().filter(|s| before.contains(s)).count(),
+        1,
+        "exactly one socket is the old server's: {now:?} vs {before:?}"
+    );
+}
+
+/// Runs a handover that must fail, under load on `probes` (all served by the old
+/// server), and checks the message, that no request failed and that the old
+/// server's fd table and socket flags are as before.
+fn failed_handover(
+    old: &Server,
+    selectors: &[String],
+    extra: &[&str],
+    new_cmd: &[String],
+    probes: Vec<Probe>,
+    expect: &str,
+) {
+    let table = fd_table(old.pid);
+    let flags = socket_flags(old.pid);
+    let load = Load::start(probes, 200_000);
+    load.wait_for(20, TIMEOUT);
+    let mut cmd = fdgrab();
+    cmd.arg("exec").arg(old.pid.to_string()).args(selectors);
+    cmd.args(["--via", "bind", "--signal-old", "TERM"])
+        .args(extra);
+    cmd.arg("--").args(new_cmd);
+    let out = output_timeout(&mut cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "handover succeeded: {err}");
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert!(
+        err.contains("was not touched and keeps its sockets"),
+        "{err}"
+    );
+    let n = load.count();
+    load.wait_for(n + 20, TIMEOUT);
+    let answers = load.finish();
+    assert!(
+        answers.iter().all(|a| *a == Ok(1)),
+        "not every request was answered by the old server: {:?}",
+        tally(&answers)
+    );
+    assert!(process_exists(old.pid));
+    assert_eq!(
+        fd_table(old.pid),
+        table,
+        "the old server's fd table changed"
+    );
+    assert_eq!(
+        socket_flags(old.pid),
+        flags,
+        "the old server's socket flags changed"
+    );
+}
+
+/// `flags:` of every socket fd of `pid` (O_NONBLOCK lives in the shared open file
+/// description: a handover must not leave it changed when it fails).
+fn socket_flags(pid: i32) -> BTreeMap<i32, String> {
+    fd_table(pid)
+        .into_iter()
+        .filter(|(_, l)| l.starts_with("socket:"))
+        .map(|(n, _)| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+            let flags = info
+                .lines()
+                .find(|l| l.starts_with("flags:"))
+                .unwrap_or_default()
+                .to_string();
+            (n, flags)
+        })
+        .collect()
+}
+
+#[test]
+fn failure_new_server_exits_early() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.7";
+    let port = free_port_on(ip);
+    let old = start_multi("master=1", &[spec(ip, port, "")]);
+    failed_handover(
+        &old,
+        &[selector(ip, port)],
+        &[],
+        &[python(), "-c".into(), "import sys; sys.exit(3)".into()],
+        vec![Probe::Http(addr(ip, port))],
+        "exited (exit status 3) before it was ready",
+    );
+}
+
+#[test]
+fn failure_new_server_never_binds_a_taken_address() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.8";
+    let (port, other) = (free_port_on(ip), free_port_on(ip));
+    let old = start_multi("master=1", &[spec(ip, port, "")]);
+    failed_handover(
+        &old,
+        &[selector(ip, port)],
+        &["--start-timeout", "3s", "--ready-timeout", "1s"],
+        &multi_cmd("master=2", &[spec(ip, other, "")]),
+        vec![Probe::Http(addr(ip, port))],
+        &format!("did not bind tcp {ip}:{port}"),
+    );
+}
+
+#[test]
+fn failure_new_server_binds_only_some_taken_addresses() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.9";
+    let (p1, p2) = (free_port_on(ip), free_port_on(ip));
+    let old = start_multi("master=1", &[spec(ip, p1, ""), spec(ip, p2, "")]);
+    // The new server gets p1 and serves it until the handover is called off, so
+    // the load asks p2 only.
+    failed_handover(
+        &old,
+        &[selector(ip, p1), selector(ip, p2)],
+        &["--start-timeout", "3s"],
+        &multi_cmd("master=2", &[spec(ip, p1, "")]),
+        vec![Probe::Http(addr(ip, p2))],
+        &format!("did not bind tcp {ip}:{p2}"),
+    );
+    assert_eq!(Probe::Http(addr(ip, p1)).ask(), Ok(1));
+}
+
+#[test]
+fn failure_ipv6_v6only_conflict_refuses_the_handover() {
+    if !ready() {
+        return;
+    }
+    // The wildcard: a socket bound to a specific v6 address is v6-only anyway.
+    let ip = "::";
+    let port = free_port_on(ip);
+    let old = start_multi("master=1", &[spec(ip, port, ",v6only=1")]);
+    failed_handover(
+        &old,
+        &[selector(ip, port)],
+        &[],
+        &multi_cmd("master=2", &[spec(ip, port, ",v6only=0")]),
+        vec![Probe::Http(addr("::1", port))],
+        "IPV6_V6ONLY=0 but the taken one has 1",
+    );
+}
