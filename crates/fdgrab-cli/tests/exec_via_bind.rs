@@ -7,10 +7,14 @@
 //! generation answered: 1 the old server, 2 the new one.
 
 use fdgrab_testkit::handover::{
-    fd_table, free_port_on, process_exists, Answer, Exec, Load, Probe, Server, TempDir,
+    fd_table, free_port_on, gunicorn, gunicorn_args, process_exists, write_pid_app, Answer, Exec,
+    Load, Probe, Server, TempDir,
 };
-use fdgrab_testkit::{fdgrab, is_root, output_timeout, read_line_timeout, skip, TIMEOUT};
+use fdgrab_testkit::{
+    fdgrab, is_root, output_timeout, read_line_timeout, skip, wait_gone, TIMEOUT,
+};
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -160,6 +164,7 @@ fn zero_downtime(
     selectors: &[String],
     new_cmd: &[String],
     probes: Vec<Probe>,
+    via: &str,
     retire: Retire,
 ) -> (Exec, Vec<Answer>) {
     let old_sockets = sockets_of(old.pid);
@@ -167,7 +172,7 @@ fn zero_downtime(
     load.wait_for(40, TIMEOUT);
     let mut args = vec![old.pid.to_string()];
     args.extend(selectors.iter().cloned());
-    args.extend(["--via".into(), "bind".into()]);
+    args.extend(["--via".into(), via.into()]);
     match retire {
         Retire::Signal(sig) => args.extend(["--signal-old".into(), sig.into()]),
         Retire::Steal => args.push("--steal".into()),
@@ -175,6 +180,10 @@ fn zero_downtime(
     args.push("--".into());
     args.extend(new_cmd.iter().cloned());
     let exec = Exec::start(&args);
+    // Pages say 1 or 2; gunicorn's pid app says the arbiter's pid.
+    let (old_pid, new_pid) = (old.pid, exec.new_pid);
+    let is_new = move |a: &Answer| *a == Ok(2) || *a == Ok(new_pid);
+    let is_old = move |a: &Answer| *a == Ok(1) || *a == Ok(old_pid);
     // Its own bind() received the old server's socket (the kernel alone would have
     // answered EADDRINUSE).
     let handed = sockets_of(exec.new_pid);
@@ -191,7 +200,7 @@ fn zero_downtime(
             let deadline = Instant::now() + TIMEOUT;
             loop {
                 let answers = load.answers.lock().expect("answers").clone();
-                if answers.len() > 60 && answers.iter().rev().take(30).all(|a| *a == Ok(2)) {
+                if answers.len() > 60 && answers.iter().rev().take(30).all(is_new) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "answers never switched");
@@ -213,12 +222,9 @@ fn zero_downtime(
         &failed[..failed.len().min(5)]
     );
     let by = tally(&answers);
+    assert!(answers.iter().any(is_old), "old never answered: {by:?}");
     assert!(
-        by.get(&1).is_some_and(|&n| n > 0),
-        "old never answered: {by:?}"
-    );
-    assert!(
-        answers.iter().rev().take(40).all(|a| *a == Ok(2)),
+        answers.iter().rev().take(40).all(is_new),
         "the last answers are not all from the new server: {by:?}"
     );
     assert!(process_exists(exec.new_pid), "new server died");
@@ -285,6 +291,7 @@ fn http_server_case(ip: &str) {
         &[selector(ip, port)],
         &cmd(2),
         vec![Probe::Http(addr(ip, port))],
+        "bind",
         Retire::Steal,
     );
     drop(exec);
@@ -331,6 +338,7 @@ fn busybox_httpd_to_busybox_httpd() {
         &[selector(ip, port)],
         &cmd(2),
         vec![Probe::Http(addr(ip, port))],
+        "bind",
         Retire::Signal("TERM"),
     );
     drop(exec);
@@ -396,8 +404,26 @@ fn nginx_to_nginx_with_a_different_configuration() {
         &[selector(ip, p1), selector(ip, p2)],
         &new_cmd,
         vec![Probe::Http(addr(ip, p1)), Probe::Http(addr(ip, p2))],
+        "bind",
         Retire::Signal("QUIT"),
     );
+    // A reload that adds a port: the supervisor (still there) lets the new bind
+    // through to the kernel as if unsupervised.
+    let p3 = free_port_on(ip);
+    let mut more = listens.to_vec();
+    more.push(format!("{ip}:{p3}"));
+    nginx_cmd(&nginx, &tmp, 2, &more);
+    let master = rustix::process::Pid::from_raw(exec.new_pid).expect("pid");
+    rustix::process::kill_process(master, rustix::process::Signal::HUP).expect("HUP nginx");
+    let deadline = Instant::now() + TIMEOUT;
+    while Probe::Http(addr(ip, p3)).ask() != Ok(2) {
+        assert!(
+            Instant::now() < deadline,
+            "nginx never served the port added by reload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(Probe::Http(addr(ip, p1)).ask(), Ok(2));
     drop(exec);
 }
 
@@ -416,6 +442,7 @@ fn two_ports_ipv4_and_ipv6_at_once() {
         &[selector(ip4, p4), selector(ip6, p6)],
         &multi_cmd("master=2", &specs),
         vec![Probe::Http(addr(ip4, p4)), Probe::Http(addr(ip6, p6))],
+        "bind",
         Retire::Signal("TERM"),
     );
     // The new server holds the very sockets the old one had.
@@ -444,6 +471,7 @@ fn reuseport_group_is_handed_over_member_by_member_and_a_third_bind_joins_throug
         &[selector(ip, port)],
         &multi_cmd("master=2", &[member.clone(), member.clone(), member]),
         vec![Probe::Http(addr(ip, port))],
+        "bind",
         Retire::Signal("TERM"),
     );
     let now = sockets_of(exec.new_pid);
@@ -470,6 +498,7 @@ fn a_bind_to_an_untaken_port_goes_through_the_kernel() {
         &[selector(ip, taken)],
         &multi_cmd("master=2", &[spec(ip, taken, ""), spec(ip, other, "")]),
         vec![Probe::Http(addr(ip, taken))],
+        "bind",
         Retire::Signal("TERM"),
     );
     assert_eq!(Probe::Http(addr(ip, other)).ask(), Ok(2));
@@ -623,5 +652,74 @@ fn failure_ipv6_v6only_conflict_refuses_the_handover() {
         &multi_cmd("master=2", &[spec(ip, port, ",v6only=0")]),
         vec![Probe::Http(addr("::1", port))],
         "IPV6_V6ONLY=0 but the taken one has 1",
+    );
+}
+
+#[test]
+fn via_both_gunicorn_takes_the_sockets_by_listen_fds_and_is_ready_by_listen() {
+    if !ready() {
+        return;
+    }
+    let Some(g) = gunicorn() else {
+        skip("gunicorn is not installed (Debian package gunicorn)");
+        return;
+    };
+    let tmp = TempDir::new("via-both-gunicorn");
+    write_pid_app(tmp.path());
+    let ip = "127.61.0.10";
+    let port = free_port_on(ip);
+    let bind = format!("{ip}:{port}");
+    let mut old = Server::gunicorn(tmp.path(), &[&bind]);
+    let mut new_cmd = vec![g.to_string_lossy().into_owned(), "-b".into(), bind];
+    new_cmd.extend(gunicorn_args(tmp.path()));
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &new_cmd,
+        vec![Probe::Http(addr(ip, port))],
+        "both",
+        Retire::Signal("TERM"),
+    );
+    assert!(
+        exec.log
+            .iter()
+            .any(|l| l.contains("listens on every taken socket")),
+        "{:?}",
+        exec.log
+    );
+}
+
+#[test]
+fn detach_leaves_a_supervisor_for_the_new_servers_life() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.11";
+    let port = free_port_on(ip);
+    let specs = [spec(ip, port, "")];
+    let mut old = start_multi("master=1", &specs);
+    let mut args = vec![old.pid.to_string(), selector(ip, port)];
+    args.extend(["--via", "bind", "--detach", "--signal-old", "TERM", "--"].map(String::from));
+    args.extend(multi_cmd("master=2", &specs));
+    let mut exec = Exec::start(&args);
+    let mut out = exec.stdout.take().expect("stdout");
+    let mut line = String::new();
+    out.read_line(&mut line).expect("new pid");
+    let new_pid: i32 = line.trim().parse().expect("new pid");
+    line.clear();
+    out.read_line(&mut line).expect("supervisor pid");
+    let sup: i32 = line.trim().parse().expect("supervisor pid");
+    assert_eq!(new_pid, exec.new_pid);
+    let st = fdgrab_testkit::wait_timeout(&mut exec.child, TIMEOUT).expect("fdgrab exits");
+    assert!(st.success(), "{st:?}");
+    old.wait_exit(TIMEOUT);
+    assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(2));
+    assert!(process_exists(sup), "the supervisor did not stay");
+    // It leaves with the last process under the filter.
+    let pid = rustix::process::Pid::from_raw(new_pid).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("TERM new server");
+    assert!(
+        wait_gone(sup as u32),
+        "the supervisor outlived the new server"
     );
 }
