@@ -593,7 +593,7 @@ fn failure_new_server_exits_early() {
         &[],
         &[python(), "-c".into(), "import sys; sys.exit(3)".into()],
         vec![Probe::Http(addr(ip, port))],
-        "exited (exit status 3) before it was ready",
+        "exited (exit status 3) before it was ready, without binding tcp",
     );
 }
 

@@ -111,9 +111,16 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                 s.handover().abort();
             }
             let reason = match why {
-                NotReady::Exited(st) => {
-                    format!("exited ({}) before it was ready", describe_status(st))
-                }
+                NotReady::Exited(st) => match unclaimed.as_ref().filter(|u| !u.is_empty()) {
+                    Some(u) => format!(
+                        "exited ({}) before it was ready, without binding {} (a bind must name \
+                         exactly a taken address, with its family and type; any other gets the \
+                         kernel's answer, EADDRINUSE while the old server holds the port)",
+                        describe_status(st),
+                        u.join(", ")
+                    ),
+                    None => format!("exited ({}) before it was ready", describe_status(st)),
+                },
                 NotReady::TimedOut(t) => {
                     let st = child.terminate(STOP_GRACE)?;
                     match unclaimed.filter(|u| !u.is_empty()) {

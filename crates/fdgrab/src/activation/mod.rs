@@ -563,6 +563,10 @@ impl ActivatedChild {
             }
             if let Some(g) = gate.as_mut() {
                 g.service()?;
+                // Before the exit check: a refused server usually exits next.
+                if g.refused() {
+                    return Ok(Err(NotReady::Refused));
+                }
             }
             if self.reap_if_exited()? {
                 return Ok(Err(NotReady::Exited(
@@ -570,9 +574,6 @@ impl ActivatedChild {
                 )));
             }
             if let Some(g) = &gate {
-                if g.refused() {
-                    return Ok(Err(NotReady::Refused));
-                }
                 if g.ready() {
                     return Ok(Ok(Readiness::Listening));
                 }

@@ -204,9 +204,13 @@ impl Handover {
         self.lock().slots.iter().all(|s| s.handed.is_some())
     }
 
-    /// Whether the server has called `listen` on every taken socket.
+    /// Whether the server has called `listen` on every taken stream socket and
+    /// bound every taken datagram socket (which has no `listen`).
     pub fn all_listening(&self) -> bool {
-        self.lock().slots.iter().all(|s| s.listened.is_some())
+        self.lock().slots.iter().all(|s| match s.kind.ty {
+            SocketType::STREAM | SocketType::SEQPACKET => s.listened.is_some(),
+            _ => s.handed.is_some(),
+        })
     }
 
     /// How many taken sockets were installed by a bind.
