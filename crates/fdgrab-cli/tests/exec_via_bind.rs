@@ -21,12 +21,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A small HTTP server that binds each `HOST,PORT[,reuseport][,v6only=N]` spec
-/// itself (SO_REUSEADDR like most servers), answers every request with argv[1],
-/// prints `listening` once all are listening, and on SIGTERM finishes the request
-/// in hand and exits.
+/// A small HTTP server that binds each `HOST,PORT[,OPTION...]` spec itself
+/// (SO_REUSEADDR like most servers; options `reuseport`, `v6only=N`, `nonblock`
+/// before bind, `defer=N` (TCP_DEFER_ACCEPT), `rcvbuf=N`, `blocking` to keep the
+/// listener blocking), answers every request with argv[1], prints a `sock` line per
+/// socket (its inode and options as it sees them after bind) and then `listening`,
+/// and on SIGTERM finishes the request in hand and exits.
 const MULTI_PY: &str = r#"
-import selectors, signal, socket, sys
+import os, selectors, signal, socket, sys
 body = sys.argv[1].encode()
 sel = selectors.DefaultSelector()
 for spec in sys.argv[2:]:
@@ -39,10 +41,22 @@ for spec in sys.argv[2:]:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         elif p.startswith('v6only='):
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(p[7:]))
+        elif p == 'nonblock':
+            s.setblocking(False)
+        elif p.startswith('defer='):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(p[6:]))
+        elif p.startswith('rcvbuf='):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(p[7:]))
     s.bind((host, port))
     s.listen(64)
-    s.setblocking(False)
+    if 'blocking' not in parts and 'nonblock' not in parts:
+        s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
+    print('sock ino=%d defer=%d rcvbuf=%d nonblock=%d' % (
+        os.fstat(s.fileno()).st_ino,
+        s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
+        s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        int(os.get_blocking(s.fileno()) is False)))
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 print('listening', flush=True)
@@ -89,11 +103,15 @@ fn start_multi(page: &str, specs: &[String]) -> Server {
         .expect("spawn python3");
     let pid = child.id() as i32;
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let line = read_line_timeout(&mut out, TIMEOUT).unwrap_or_else(|e| {
-        let _ = child.kill();
-        panic!("server {pid} did not start: {e}")
-    });
-    assert_eq!(line.trim(), "listening");
+    loop {
+        let line = read_line_timeout(&mut out, TIMEOUT).unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!("server {pid} did not start: {e}")
+        });
+        if line.trim() == "listening" {
+            break;
+        }
+    }
     Server {
         child,
         pid,
@@ -622,14 +640,18 @@ fn failure_new_server_binds_only_some_taken_addresses() {
     }
     let ip = "127.61.0.9";
     let (p1, p2) = (free_port_on(ip), free_port_on(ip));
-    let old = start_multi("master=1", &[spec(ip, p1, ""), spec(ip, p2, "")]);
-    // The new server gets p1 and serves it until the handover is called off, so
-    // the load asks p2 only.
+    let old = start_multi(
+        "master=1",
+        &[spec(ip, p1, ",blocking"), spec(ip, p2, ",blocking")],
+    );
+    // The new server gets p1 (made non-blocking and TCP_DEFER_ACCEPT for it, which
+    // must be undone) and serves it until the handover is called off, so the load
+    // asks p2 only.
     failed_handover(
         &old,
         &[selector(ip, p1), selector(ip, p2)],
         &["--start-timeout", "3s"],
-        &multi_cmd("master=2", &[spec(ip, p1, "")]),
+        &multi_cmd("master=2", &[spec(ip, p1, ",nonblock,defer=7")]),
         vec![Probe::Http(addr(ip, p2))],
         &format!("did not bind tcp {ip}:{p2}"),
     );
@@ -721,5 +743,39 @@ fn detach_leaves_a_supervisor_for_the_new_servers_life() {
     assert!(
         wait_gone(sup as u32),
         "the supervisor outlived the new server"
+    );
+}
+
+#[test]
+fn options_the_new_server_set_are_carried_to_the_taken_socket() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.12";
+    let port = free_port_on(ip);
+    let mut old = start_multi("master=1", &[spec(ip, port, ",blocking")]);
+    let before = sockets_of(old.pid);
+    let (mut exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &multi_cmd(
+            "master=2",
+            &[spec(ip, port, ",nonblock,defer=7,rcvbuf=65536")],
+        ),
+        vec![Probe::Http(addr(ip, port))],
+        "bind",
+        Retire::Signal("TERM"),
+    );
+    let mut out = exec.stdout.take().expect("stdout");
+    let mut line = String::new();
+    out.read_line(&mut line).expect("sock line");
+    // The server reads these from its fd after bind, i.e. from the old socket.
+    let ino = before[0]
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string();
+    assert_eq!(
+        line.trim(),
+        format!("sock ino={ino} defer=7 rcvbuf=131072 nonblock=1")
     );
 }
