@@ -13,35 +13,15 @@
 //!
 //! Run with `scripts/bench exec_via_bind` (it builds the release binaries).
 
-use fdgrab_testkit::handover::{free_port, gunicorn, gunicorn_args, write_pid_app, Probe, TempDir};
-use fdgrab_testkit::{bin, wait_timeout, TIMEOUT};
+use fdgrab_testkit::handover::{
+    first_answer, free_port, gunicorn, gunicorn_args, stop_child, write_pid_app, Probe, TempDir,
+};
+use fdgrab_testkit::{bin, TIMEOUT};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 const GOAL: f64 = 1.2;
-
-fn stop(child: &mut Child) {
-    if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-    }
-    if wait_timeout(child, TIMEOUT).is_err() {
-        eprintln!("process {} did not stop", child.id());
-    }
-}
-
-/// Asks until an answer comes, retrying refused connections every 100 µs.
-fn first_answer(probe: &Probe, deadline: Instant) -> i32 {
-    loop {
-        match probe.ask() {
-            Ok(pid) => return pid,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer: {e}");
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-    }
-}
 
 fn timed(mut cmd: Command, addr: SocketAddr) -> Duration {
     cmd.stdin(Stdio::null())
@@ -51,7 +31,7 @@ fn timed(mut cmd: Command, addr: SocketAddr) -> Duration {
     let mut child = cmd.spawn().expect("spawn");
     first_answer(&Probe::Http(addr), t0 + TIMEOUT);
     let took = t0.elapsed();
-    stop(&mut child);
+    stop_child(&mut child);
     took
 }
 

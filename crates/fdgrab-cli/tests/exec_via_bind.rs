@@ -464,13 +464,16 @@ fn two_ports_ipv4_and_ipv6_at_once() {
         Retire::Signal("TERM"),
     );
     // The new server holds the very sockets the old one had.
-    let now = sockets_of(exec.new_pid);
-    for s in &before {
-        assert!(
-            now.contains(s),
-            "{s} of the old server is not in the new one: {now:?}"
-        );
+    holds_all(exec.new_pid, &before);
+}
+
+/// Asserts that `pid` holds every socket of `sockets`; returns its sockets.
+fn holds_all(pid: i32, sockets: &[String]) -> Vec<String> {
+    let now = sockets_of(pid);
+    for s in sockets {
+        assert!(now.contains(s), "{s} was not handed over: {now:?}");
     }
+    now
 }
 
 #[test]
@@ -492,14 +495,8 @@ fn reuseport_group_is_handed_over_member_by_member_and_a_third_bind_joins_throug
         "bind",
         Retire::Signal("TERM"),
     );
-    let now = sockets_of(exec.new_pid);
+    let now = holds_all(exec.new_pid, &before);
     assert_eq!(now.len(), 3, "{now:?}");
-    for s in &before {
-        assert!(
-            now.contains(s),
-            "group member {s} was not handed over: {now:?}"
-        );
-    }
 }
 
 #[test]
