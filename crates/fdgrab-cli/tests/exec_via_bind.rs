@@ -734,6 +734,12 @@ fn detach_leaves_a_supervisor_for_the_new_servers_life() {
     old.wait_exit(TIMEOUT);
     assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(2));
     assert!(process_exists(sup), "the supervisor did not stay");
+    let blocked = fdgrab_testkit::status_field(sup, "SigBlk").expect("SigBlk");
+    assert_eq!(
+        u64::from_str_radix(blocked.trim(), 16).ok(),
+        Some(0),
+        "the supervisor keeps fdgrab's blocked signals: {blocked}"
+    );
     // It leaves with the last process under the filter.
     let pid = rustix::process::Pid::from_raw(new_pid).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("TERM new server");

@@ -174,7 +174,7 @@ fn last_errno() -> i32 {
 }
 
 /// A signal set made from signal numbers.
-fn sigset(sigs: &[i32]) -> libc::sigset_t {
+pub(crate) fn sigset(sigs: &[i32]) -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is the empty set on Linux.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     for &s in sigs {

@@ -120,6 +120,9 @@ impl BindHandover {
             Some(pid) => Ok(pid),
             None => {
                 let _ = rustix::process::setsid();
+                // fdgrab blocks the signals it forwards; this process must be
+                // stoppable by them like any other.
+                crate::sys::set_signal_mask(&crate::sys::sigset(&[]));
                 for n in 0..3 {
                     let _ = crate::sys::dup_onto(&devnull, n);
                 }
