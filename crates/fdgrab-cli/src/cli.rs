@@ -69,6 +69,12 @@ pub enum Command {
     /// parent, forwards SIGTERM, SIGINT and SIGHUP to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
+    /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
+    /// that traps bind and listen, and its own bind() of a taken address (same address,
+    /// port, family, type) receives the taken socket at that fd number (ADDFD). Other
+    /// binds go to the kernel. It is ready once it called listen() on every taken socket.
+    /// fdgrab supervises it for its whole life (--detach leaves a supervisor process).
+    ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
     /// a number or *), unix:PATH (@NAME for abstract), fd:N, or * for every listening or
     /// bound socket. All members of an SO_REUSEPORT group are taken together.
