@@ -782,3 +782,32 @@ fn options_the_new_server_set_are_carried_to_the_taken_socket() {
         format!("sock ino={ino} defer=7 rcvbuf=131072 nonblock=1")
     );
 }
+
+#[test]
+fn via_both_a_socket_activated_server_that_never_binds_is_ready_by_ready_1() {
+    if !ready() {
+        return;
+    }
+    let listen = format!("tcp:127.61.0.13:{}", free_port_on("127.61.0.13"));
+    let mut old = Server::activated(&["--listen", &listen]);
+    let a: SocketAddr = old.addrs[0].parse().expect("addr");
+    let new_cmd = [
+        fdgrab_testkit::bin("fdgrab-activated")
+            .to_string_lossy()
+            .into_owned(),
+        "serve".into(),
+    ];
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[format!("tcp:{a}")],
+        &new_cmd,
+        vec![Probe::Tcp(a)],
+        "both",
+        Retire::Signal("TERM"),
+    );
+    assert!(
+        exec.log.iter().any(|l| l.contains("sent READY=1")),
+        "{:?}",
+        exec.log
+    );
+}

@@ -25,6 +25,10 @@ use std::time::Duration;
 pub struct BindHandover {
     sup: Supervisor,
     handover: Handover,
+    /// Only by bind (`--via bind`): `READY=1` and the ready timeout count only once
+    /// every taken address is bound. With socket activation too, the server may
+    /// never bind at all.
+    bind_only: bool,
 }
 
 impl BindHandover {
@@ -47,6 +51,7 @@ impl BindHandover {
         let handover = Handover::new(taken)?;
         let filter = handover_filter()
             .map_err(|e| Error::InvalidArgument(format!("building the seccomp filter: {e}")))?;
+        let bind_only = env_plan.is_empty();
         let plan = env_plan;
         let setup_cmd = cmd.clone();
         let Started { child, listener } = SupervisedCommand::new(&cmd.argv)
@@ -61,7 +66,14 @@ impl BindHandover {
         let mut sup = Supervisor::new(AuditSink::none())?;
         let handlers: Vec<Box<dyn Handler>> = vec![Box::new(handover.handler())];
         sup.add_listener_with(listener.into_fd(), handlers, AuditLabels::default())?;
-        Ok((child, BindHandover { sup, handover }))
+        Ok((
+            child,
+            BindHandover {
+                sup,
+                handover,
+                bind_only,
+            },
+        ))
     }
 
     /// What happened to the offered sockets.
@@ -157,7 +169,7 @@ impl ReadyGate for BindHandover {
     }
 
     fn may_count(&self) -> bool {
-        self.handover.all_bound()
+        !self.bind_only || self.handover.all_bound()
     }
 
     fn refused(&self) -> bool {
