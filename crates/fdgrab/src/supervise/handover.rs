@@ -603,3 +603,87 @@ fn restore(ours: &OwnedFd, s: &Saved) {
         let _ = setsockopt_int(ours, libc::SOL_SOCKET, libc::SO_SNDBUF, v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seccomp::bpf::AUDIT_ARCH_X86_64;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn the_filter_traps_bind_and_listen_only() {
+        let p = handover_filter().expect("filter");
+        let verdict = |nr: libc::c_long| p.run(AUDIT_ARCH_X86_64, nr as u32).action;
+        assert_eq!(verdict(libc::SYS_bind), Action::Notify);
+        assert_eq!(verdict(libc::SYS_listen), Action::Notify);
+        for nr in [
+            libc::SYS_accept4,
+            libc::SYS_connect,
+            libc::SYS_io_uring_setup,
+        ] {
+            assert_eq!(verdict(nr), Action::Allow, "syscall {nr}");
+        }
+    }
+
+    #[test]
+    fn fd_flags_show_close_on_exec_of_the_fd() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let f = std::fs::File::open("/dev/null").expect("open");
+        let flags = fd_flags(me, f.as_raw_fd()).expect("fdinfo flags");
+        assert_ne!(flags & libc::O_CLOEXEC, 0);
+        let dup = rustix::io::dup(&f).expect("dup");
+        let flags = fd_flags(me, dup.as_raw_fd()).expect("fdinfo flags");
+        assert_eq!(flags & libc::O_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn a_unix_socket_is_refused_with_a_reason() {
+        let (a, _b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let err = Handover::new(vec![a]).expect_err("unix socket accepted");
+        assert!(
+            err.to_string().contains("IPv4 and IPv6 sockets only"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn carried_options_are_applied_and_restored() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let ours: OwnedFd = l.into();
+        let copy = rustix::io::fcntl_dupfd_cloexec(&ours, 0).expect("dup");
+        let h = Handover::new(vec![copy]).expect("handover");
+        assert!(!h.all_bound() && !h.all_listening());
+        assert_eq!(h.unclaimed().len(), 1);
+        assert!(h.unclaimed()[0].starts_with("tcp 127.0.0.1:"));
+        // What the handler does for a bind with a non-blocking, deferring socket.
+        let wanted = Carried {
+            nonblock: true,
+            defer_accept: Some(7),
+            // 7 s round-trips: the kernel keeps a count of SYN-ACK retransmits.
+            rcvbuf: None,
+            sndbuf: None,
+        };
+        let saved = apply(&ours, &wanted);
+        let nonblock = |fd: &OwnedFd| {
+            rustix::fs::fcntl_getfl(fd)
+                .expect("getfl")
+                .contains(rustix::fs::OFlags::NONBLOCK)
+        };
+        let defer = |fd: &OwnedFd| {
+            crate::sys::getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT).expect("get")
+        };
+        assert!(nonblock(&ours));
+        assert_eq!(defer(&ours), 7);
+        restore(&ours, &saved);
+        assert!(!nonblock(&ours));
+        assert_eq!(defer(&ours), 0);
+        h.abort();
+        assert!(h.refusal().is_none());
+    }
+}
