@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_pid, parse_selector, parse_signal,
-    FdMap,
+    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_kind, parse_pid, parse_selector,
+    parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -22,7 +22,8 @@ use std::time::Duration;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd."
+4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
+status, 126 if it cannot be started, 127 if it is not found."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
@@ -35,15 +36,42 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List a process's open fds: number, mode, type, device/inode, offset and name.
+    /// List open fds: of some processes, or of every process, or only those matching.
     ///
-    /// Nothing in the target is touched: offsets do not move and no socket is grabbed.
-    /// Sockets are resolved in the target's network namespace.
+    /// Each fd: number, mode, type, device/inode, size or offset, and a name (path,
+    /// socket addresses and state, pipe inode, anon-inode kind). Nothing in a target is
+    /// touched: offsets do not move and no socket is grabbed. Sockets are resolved in
+    /// each process's own network namespace.
+    ///
+    /// Without PID every process fdgrab may read is listed, and the table starts with
+    /// COMMAND and PID columns (as with several PIDs). A process that cannot be read
+    /// (it exited, or it is not ours) is skipped with one summary line on stderr; that
+    /// changes the exit status only for a PID named on the command line (4 permission
+    /// denied, 5 no such process), and the others are listed all the same.
+    ///
+    /// Filters combine (all must hold): --port, --path, --deleted, --type, --listen,
+    /// --user, --fd. --pids prints just the sorted, unique pids, e.g. for
+    /// kill $(fdgrab ls --port 8080 --pids).
+    ///
+    /// Names in the table are escaped so that they cannot act on a terminal or span
+    /// lines: \\ for a backslash, \n \t \r \e, \xNN for other control bytes and for
+    /// bytes that are not UTF-8, \u{XXXX} for Unicode controls and bidi overrides; an
+    /// abstract unix socket's leading NUL is shown as @.
+    ///
+    /// --json prints one document, schema 2:
+    /// {"schema_version": 2, "processes": [{"pid", "command", "process", "fds": [...]}]}.
+    /// Changed from schema 1 (one process at the top level): the processes array,
+    /// "command", and per fd "nlink". Every name field (link, path, memfd, a socket's
+    /// path, command) is a string; when that string alone would not give back the
+    /// exact bytes (not UTF-8, or an abstract socket name), a sibling field NAME_bytes
+    /// holds them as an array of numbers 0-255.
+    #[command(verbatim_doc_comment)]
     Ls(LsArgs),
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab exits with CMD's status.
+    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
     Get(GetArgs),
     /// Copy a file's content to stdout through one of a process's fds.
     ///
@@ -66,7 +94,7 @@ pub enum Command {
     /// long. Then --steal closes the sockets in the old server and --signal-old signals it
     /// (through a pidfd). If CMD exits or never becomes ready, it is stopped, the old server
     /// is left exactly as it was, and fdgrab exits non-zero. Otherwise fdgrab stays CMD's
-    /// parent, forwards SIGTERM, SIGINT and SIGHUP to it and exits with its status
+    /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
     /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
@@ -88,17 +116,23 @@ pub enum Command {
     /// process (its next use of the number fails with EBADF, and the number may be
     /// reused), or with --null, /dev/null is put over them (the number stays taken;
     /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
-    /// is taken from the process. Closing uses ptrace injection.
+    /// is taken from the process. Closing uses ptrace injection. Signals and exit status
+    /// as for `get`.
     Steal(StealArgs),
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
     /// Whatever the process had open at FD is replaced atomically (dup3 in the
-    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    /// process, through ptrace injection); FD's close-on-exec flag is kept. The
+    /// process, FD (below its open-file limit) and access are checked before the file
+    /// is opened, and the file is emptied only right before the dup3: a refused put
+    /// changes no file.
     Put(PutArgs),
     /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
     ///
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    /// Everything is checked before the file is opened, and it is emptied only right
+    /// before the switch: a refused redirect changes no file.
     Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
@@ -107,8 +141,9 @@ pub enum Command {
     /// by fdgrab on the program's own socket and answered with the exact result;
     /// every other bind is handed back to the kernel untouched. io_uring_setup fails
     /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
-    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
-    /// SIGHUP and exits with the program's status.
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM, SIGHUP
+    /// and SIGQUIT and exits with the program's status (127: not found; 126: it cannot
+    /// be started, e.g. a failed switch to --user).
     Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
     ///
@@ -140,13 +175,38 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// The process to list.
-    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
-    pub pid: Pid,
-    /// Only these fds. An fd the process does not have is an error (exit 5).
-    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    /// The processes to list; none: every process fdgrab may read.
+    #[arg(value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pids: Vec<Pid>,
+    /// Only these fds (repeat or separate with commas). With one PID, an fd the
+    /// process does not have is an error (exit 5).
+    #[arg(long = "fd", value_name = "FD", value_parser = parse_fd, value_delimiter = ',')]
     pub fds: Vec<TargetFd>,
-    /// One JSON document on stdout (schema in README).
+    /// Only TCP and UDP sockets whose local or peer port is PORT (lsof -i :PORT).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Only fds on files with no name left (link count 0): deleted files and memfds,
+    /// with their sizes (lsof +L1).
+    #[arg(long)]
+    pub deleted: bool,
+    /// Only fds of these types (repeat or separate with commas): file, dir, chr, blk,
+    /// fifo, pipe, socket, anon, memfd, symlink, unknown.
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind, value_delimiter = ',')]
+    pub kinds: Vec<fdgrab::FdKind>,
+    /// Only listening sockets: TCP and unix in LISTEN, UDP bound and unconnected (ss -l).
+    #[arg(long)]
+    pub listen: bool,
+    /// Only processes whose effective user is USER (a name, looked up through NSS, or a
+    /// number).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Print only the matching pids, sorted and unique, one per line (lsof -t).
+    #[arg(long = "pids", conflicts_with = "json")]
+    pub pids_only: bool,
+    /// One JSON document on stdout (schema 2; see docs/inventory.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -161,9 +221,22 @@ pub struct GetArgs {
     pub fds: Vec<FdMap>,
     #[command(flatten)]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct UnpassableArg {
+    /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
+    /// instances; `send`, and `get --backend ptrace`) and hand over the rest, naming
+    /// each one left out on stderr. Without it such an fd makes the whole command
+    /// fail before anything is taken or sent.
+    #[arg(long)]
+    pub skip_unpassable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,7 +264,10 @@ pub struct SendArgs {
     pub to: PathBuf,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
+    /// After sending, print one JSON object: pid, fds sent, the backend and method
+    /// that took them, and the fds left out with --skip-unpassable.
     #[arg(long)]
     pub json: bool,
 }
@@ -217,6 +293,11 @@ pub struct StealArgs {
     /// Put /dev/null over the fds in the process instead of closing them.
     #[arg(long)]
     pub null: bool,
+    /// Signal the process once its fds are taken (e.g. TERM). A server that polls a
+    /// stolen listening socket with poll/select spins on it afterwards; see
+    /// docs/grab.md for which server shapes are safe without it.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub signal_old: Option<i32>,
     #[command(flatten)]
     pub backend: BackendArg,
     /// The command to run, after `--`.
@@ -256,6 +337,8 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct RedirectArgs {
     /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    /// Only a saved fd that redirect recorded for this process and FD is accepted
+    /// (else exit 2, nothing changed).
     #[arg(long)]
     pub undo: bool,
     /// The process.
@@ -335,8 +418,9 @@ pub enum Via {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
-    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    /// Run the program as USER (and GROUP): a name or a number, looked up through NSS
+    /// (nsswitch.conf), with the user's supplementary groups. fdgrab itself keeps root,
+    /// but only the capabilities it needs.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     #[command(flatten)]
