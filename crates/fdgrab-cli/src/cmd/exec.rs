@@ -18,6 +18,16 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
+/// Writes one line to stderr in a single `write`: the new server shares the stream,
+/// and `eprintln!` (unbuffered) writes a line in pieces that its output can split.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 /// How long a new server that failed to start gets to shut down after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -183,7 +193,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         Readiness::Assumed(t) => format!("still running after {t:?}"),
         Readiness::Listening => "listens on every taken socket".to_string(),
     };
-    eprintln!(
+    say!(
         "fdgrab: new server {new_pid} is ready ({how}); it has {summary} from process {}",
         a.pid
     );
@@ -191,14 +201,14 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         // The new server is serving by now (and with --steal the old one no longer
         // is), so a failed signal must not take the new server down: say so and go on.
         match target.send_signal(sig) {
-            Ok(()) => eprintln!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
+            Ok(()) => say!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
             Err(fdgrab::Error::NoSuchProcess { .. }) => {
-                eprintln!(
+                say!(
                     "fdgrab: old server {} has already exited; no signal sent",
                     a.pid
                 )
             }
-            Err(e) => eprintln!(
+            Err(e) => say!(
                 "fdgrab: could not send {} to old server {}: {e}; both servers keep running",
                 signal_name(sig),
                 a.pid
@@ -212,7 +222,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         };
         println!("{}", child.release());
         if let Some(p) = sup_pid {
-            eprintln!("fdgrab: supervisor {p} stays with new server {new_pid}");
+            say!("fdgrab: supervisor {p} stays with new server {new_pid}");
             println!("{p}");
         }
         return Ok(ExitCode::SUCCESS);
@@ -279,7 +289,7 @@ fn steal(
     match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
         Ok(()) => {
             let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-            eprintln!(
+            say!(
                 "fdgrab: closed fd {} in old server {}",
                 nums.join(","),
                 target.pid()
