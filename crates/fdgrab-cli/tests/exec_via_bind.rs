@@ -819,3 +819,89 @@ fn via_both_a_socket_activated_server_that_never_binds_is_ready_by_ready_1() {
         exec.log
     );
 }
+
+#[test]
+fn via_bind_refuses_unix_sockets_and_fd_names_as_usage_errors() {
+    if !ready() {
+        return;
+    }
+    let tmp = TempDir::new("via-bind-unix");
+    let path = tmp.path().join("s");
+    let old = Server::activated(&["--listen", &format!("unix:{}", path.display())]);
+    let table = fd_table(old.pid);
+    let run = |args: &[&str]| {
+        let mut cmd = fdgrab();
+        cmd.arg("exec").arg(old.pid.to_string()).args(args);
+        output_timeout(&mut cmd, TIMEOUT)
+    };
+    let unix = format!("unix:{}", path.display());
+    let out = run(&[&unix, "--via", "bind", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("IPv4 and IPv6 sockets only"), "{err}");
+    let out = run(&[&unix, "--via", "bind", "--name", "web", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--name sets LISTEN_FDNAMES"), "{err}");
+    assert_eq!(fd_table(old.pid), table);
+    assert!(process_exists(old.pid));
+}
+
+/// Binds the taken address from a pipe dup2'd over a socket's number, and from a UDP
+/// socket; prints what each got.
+const MISMATCH_PY: &str = r#"
+import os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+r, w = os.pipe()
+os.dup2(r, s.fileno())
+try:
+    s.bind((host, port))
+    print('pipe bound', flush=True)
+except OSError as e:
+    print('pipe errno %d' % e.errno, flush=True)
+print('pipe now %s' % os.readlink('/proc/self/fd/%d' % s.fileno()), flush=True)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((host, port))
+print('udp now %s type=%d' % (os.readlink('/proc/self/fd/%d' % u.fileno()), int(u.type)), flush=True)
+"#;
+
+#[test]
+fn a_bind_on_a_non_socket_or_another_type_never_receives_the_taken_socket() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.14";
+    let port = free_port_on(ip);
+    let old = start_multi("master=1", &[spec(ip, port, "")]);
+    let taken = sockets_of(old.pid);
+    let table = fd_table(old.pid);
+    let mut cmd = fdgrab();
+    cmd.arg("exec")
+        .arg(old.pid.to_string())
+        .arg(selector(ip, port))
+        .args(["--via", "bind", "--"])
+        .args([python(), "-c".into(), MISMATCH_PY.into()])
+        .args([ip.to_string(), port.to_string()]);
+    let out = output_timeout(&mut cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    // The kernel's own answer for a pipe: ENOTSOCK; the pipe stays.
+    assert!(
+        text.contains(&format!("pipe errno {}", libc::ENOTSOCK)),
+        "{text}"
+    );
+    assert!(text.contains("pipe now pipe:["), "{text}");
+    // A UDP socket gets the kernel's bind (TCP and UDP ports are apart).
+    let udp = text
+        .lines()
+        .find_map(|l| l.strip_prefix("udp now "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        udp.starts_with("socket:[") && udp.ends_with(&format!("type={}", libc::SOCK_DGRAM)),
+        "{text}"
+    );
+    assert!(!taken.iter().any(|t| udp.contains(t.as_str())), "{text}");
+    assert_eq!(fd_table(old.pid), table);
+    assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(1));
+}
