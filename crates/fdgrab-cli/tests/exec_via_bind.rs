@@ -31,6 +31,12 @@ const MULTI_PY: &str = r#"
 import os, selectors, signal, socket, sys
 body = sys.argv[1].encode()
 sel = selectors.DefaultSelector()
+if os.environ.get('STORM'):
+    # SIGALRM every 50 us while binding, with SA_RESTART: trapped calls are
+    # interrupted and restarted by the kernel (a new notification each time).
+    signal.signal(signal.SIGALRM, lambda *a: None)
+    signal.siginterrupt(signal.SIGALRM, False)
+    signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
 for spec in sys.argv[2:]:
     parts = spec.split(',')
     host, port = parts[0], int(parts[1])
@@ -57,6 +63,7 @@ for spec in sys.argv[2:]:
         s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
         s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         int(os.get_blocking(s.fileno()) is False)))
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 print('listening', flush=True)
@@ -904,4 +911,27 @@ fn a_bind_on_a_non_socket_or_another_type_never_receives_the_taken_socket() {
     assert!(!taken.iter().any(|t| udp.contains(t.as_str())), "{text}");
     assert_eq!(fd_table(old.pid), table);
     assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(1));
+}
+
+#[test]
+fn binds_interrupted_by_a_signal_storm_still_receive_the_taken_sockets() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.15";
+    let (p1, p2) = (free_port_on(ip), free_port_on(ip));
+    let specs = [spec(ip, p1, ""), spec(ip, p2, "")];
+    let mut old = start_multi("master=1", &specs);
+    let before = sockets_of(old.pid);
+    let mut new_cmd = vec!["env".to_string(), "STORM=1".into()];
+    new_cmd.extend(multi_cmd("master=2", &specs));
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, p1), selector(ip, p2)],
+        &new_cmd,
+        vec![Probe::Http(addr(ip, p1)), Probe::Http(addr(ip, p2))],
+        "bind",
+        Retire::Signal("TERM"),
+    );
+    holds_all(exec.new_pid, &before);
 }
