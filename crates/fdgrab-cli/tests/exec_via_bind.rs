@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 /// A small HTTP server that binds each `HOST,PORT[,OPTION...]` spec itself
 /// (SO_REUSEADDR like most servers; options `reuseport`, `v6only=N`, `nonblock`
-/// before bind, `defer=N` (TCP_DEFER_ACCEPT), `rcvbuf=N`, `blocking` to keep the
-/// listener blocking), answers every request with argv[1], prints a `sock` line per
+/// before bind, `defer=N` (TCP_DEFER_ACCEPT), `rcvbuf=N`, `backlog=N` (default 64),
+/// `blocking` to keep the listener blocking), answers every request with argv[1], prints a `sock` line per
 /// socket (its inode and options as it sees them after bind) and then `listening`,
 /// and on SIGTERM finishes the request in hand and exits.
 const MULTI_PY: &str = r#"
@@ -54,7 +54,7 @@ for spec in sys.argv[2:]:
         elif p.startswith('rcvbuf='):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(p[7:]))
     s.bind((host, port))
-    s.listen(64)
+    s.listen(int(([p[8:] for p in parts if p.startswith('backlog=')] or ['64'])[0]))
     if 'blocking' not in parts and 'nonblock' not in parts:
         s.setblocking(False)
     sel.register(s, selectors.EVENT_READ)
@@ -655,11 +655,13 @@ fn failure_new_server_binds_only_some_taken_addresses() {
         &old,
         &[selector(ip, p1), selector(ip, p2)],
         &["--start-timeout", "3s"],
-        &multi_cmd("master=2", &[spec(ip, p1, ",nonblock,defer=7")]),
+        &multi_cmd("master=2", &[spec(ip, p1, ",nonblock,defer=7,backlog=17")]),
         vec![Probe::Http(addr(ip, p2))],
         &format!("did not bind tcp {ip}:{p2}"),
     );
     assert_eq!(Probe::Http(addr(ip, p1)).ask(), Ok(1));
+    // The new server's listen() did not change the old server's backlog.
+    assert_eq!(backlog(ip, p1), Some(64));
 }
 
 #[test]
@@ -778,7 +780,7 @@ fn options_the_new_server_set_are_carried_to_the_taken_socket() {
         &[selector(ip, port)],
         &multi_cmd(
             "master=2",
-            &[spec(ip, port, ",nonblock,defer=7,rcvbuf=65536")],
+            &[spec(ip, port, ",nonblock,defer=7,rcvbuf=65536,backlog=17")],
         ),
         vec![Probe::Http(addr(ip, port))],
         "bind",
@@ -796,6 +798,18 @@ fn options_the_new_server_set_are_carried_to_the_taken_socket() {
         line.trim(),
         format!("sock ino={ino} defer=7 rcvbuf=131072 nonblock=1")
     );
+    // The backlog the new server asked for is applied once the handover succeeded.
+    assert_eq!(backlog(ip, port), Some(17));
+}
+
+/// The backlog of the TCP listener on `ip:port` (`ss`'s Send-Q for a listener).
+fn backlog(ip: &str, port: u16) -> Option<u32> {
+    let out = output_timeout(
+        Command::new("ss").args(["-Hltn", "src", &format!("{ip}:{port}")]),
+        TIMEOUT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(2).and_then(|q| q.parse().ok())
 }
 
 #[test]
