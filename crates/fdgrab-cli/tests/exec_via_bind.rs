@@ -949,3 +949,28 @@ fn binds_interrupted_by_a_signal_storm_still_receive_the_taken_sockets() {
     );
     holds_all(exec.new_pid, &before);
 }
+
+#[test]
+fn the_dual_stack_ipv6_wildcard_is_handed_over_when_v6only_agrees() {
+    if !ready() {
+        return;
+    }
+    let ip = "::";
+    let port = free_port_on(ip);
+    let specs = [spec(ip, port, ",v6only=0")];
+    let mut old = start_multi("master=1", &specs);
+    let before = sockets_of(old.pid);
+    // IPv4 clients reach the same dual-stack socket.
+    let (exec, _) = zero_downtime(
+        &mut old,
+        &[selector(ip, port)],
+        &multi_cmd("master=2", &specs),
+        vec![
+            Probe::Http(addr("::1", port)),
+            Probe::Http(addr("127.0.0.1", port)),
+        ],
+        "bind",
+        Retire::Signal("TERM"),
+    );
+    holds_all(exec.new_pid, &before);
+}
