@@ -974,3 +974,45 @@ fn the_dual_stack_ipv6_wildcard_is_handed_over_when_v6only_agrees() {
     );
     holds_all(exec.new_pid, &before);
 }
+
+#[test]
+fn a_server_started_by_via_bind_can_itself_be_handed_over_again() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.16";
+    let port = free_port_on(ip);
+    let specs = [spec(ip, port, "")];
+    let mut gen1 = start_multi("master=1", &specs);
+    let probe = Probe::Http(addr(ip, port));
+    let load = Load::start(vec![probe.clone()], 200_000);
+    load.wait_for(30, TIMEOUT);
+    let upgrade = |from: i32, page: &str| {
+        let mut args = vec![from.to_string(), selector(ip, port)];
+        args.extend(["--via", "bind", "--signal-old", "TERM", "--"].map(String::from));
+        args.extend(multi_cmd(page, &specs));
+        Exec::start(&args)
+    };
+    let mut first = upgrade(gen1.pid, "master=2");
+    gen1.wait_exit(TIMEOUT);
+    let n = load.count();
+    load.wait_for(n + 30, TIMEOUT);
+    // gen2 runs under a handover filter of its own; gen3 replaces it the same way.
+    let third = upgrade(first.new_pid, "master=3");
+    // gen2 leaves on TERM, and its fdgrab with it, passing on its status.
+    let st = fdgrab_testkit::wait_timeout(&mut first.child, TIMEOUT).expect("first fdgrab exits");
+    assert!(st.success(), "{st:?}");
+    let n = load.count();
+    load.wait_for(n + 30, TIMEOUT);
+    let answers = load.finish();
+    let by = tally(&answers);
+    assert!(answers.iter().all(|a| a.is_ok()), "failed requests: {by:?}");
+    for generation in [1, 2, 3] {
+        assert!(
+            by.contains_key(&generation),
+            "generation {generation} never answered: {by:?}"
+        );
+    }
+    assert!(answers.iter().rev().take(20).all(|a| *a == Ok(3)), "{by:?}");
+    drop(third);
+}
