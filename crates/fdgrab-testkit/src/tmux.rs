@@ -170,9 +170,15 @@ impl Tmux {
         assert!(out.status.success(), "resize-window failed");
     }
 
-    /// Kills the server (and so its panes' terminals).
+    /// Kills the server (and so its panes' terminals) and removes its socket, which
+    /// tmux leaves behind.
     pub fn kill(&self) {
         let _ = self.run(&["kill-server"]);
+        let dir = std::env::var_os("TMUX_TMPDIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/tmp".into());
+        let uid = rustix::process::getuid().as_raw();
+        let _ = std::fs::remove_file(dir.join(format!("tmux-{uid}")).join(&self.socket));
     }
 }
 
