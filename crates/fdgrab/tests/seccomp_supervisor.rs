@@ -114,7 +114,7 @@ fn seccomp_supervisor_binds_for_an_unprivileged_child_and_reports_hangup() {
     let policy = Arc::new(Policy::from_specs(&["tcp:79@127.66.0.1"]).expect("policy"));
     let labels = AuditLabels {
         container_id: Some("test".into()),
-        bundle: None,
+        ..AuditLabels::default()
     };
     let id = sup.add_listener(listener, policy, labels).expect("add");
     assert_eq!(sup.listener_count(), 1);

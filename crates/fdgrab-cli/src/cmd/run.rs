@@ -86,6 +86,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         receive_listener(&ours).context("receiving the seccomp listener from the program")?;
     drop(ours);
 
+    fdgrab::supervise::pidfd_cache::FdBudget::raise_nofile(); // after the spawn: the child keeps its limit
     let mut sup = Supervisor::new(audit)?;
     sup.add_listener(listener, Arc::new(policy), AuditLabels::default())?;
     drop_capabilities();

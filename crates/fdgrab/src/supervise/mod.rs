@@ -12,12 +12,14 @@ pub mod audit;
 pub mod bind;
 pub mod handler;
 pub mod oci;
+pub mod pidfd_cache;
 pub mod policy;
 pub mod port_threshold;
+pub mod tenant;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
 pub use bind::BindHandler;
-pub use handler::{Answer, Context, Handler};
+pub use handler::{Answer, Claim, Context, Handler};
 pub use policy::{Policy, PolicyError, Proto};
 
 use crate::error::{Error, Result};
@@ -253,7 +255,7 @@ impl Supervisor {
                 return None;
             }
         };
-        let answer = answer(entry, &self.audit, &mut self.ports, &notif);
+        let answer = answer(entry, &self.audit, &self.ports, &notif);
         if let Answer::Respond(resp) = answer {
             match entry.listener.respond(notif.id, resp) {
                 Ok(()) | Err(SendError::Gone) => {}
@@ -273,7 +275,7 @@ impl Supervisor {
 fn answer(
     entry: &mut Entry,
     audit: &AuditSink,
-    ports: &mut UnprivilegedPorts,
+    ports: &UnprivilegedPorts,
     notif: &Notification,
 ) -> Answer {
     let nr = libc::c_long::from(notif.data.nr);
@@ -294,6 +296,7 @@ fn answer(
         audit,
         labels: &entry.labels,
         ports,
+        claim: None,
     };
     handler.handle(&mut cx, notif)
 }

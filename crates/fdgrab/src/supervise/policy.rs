@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// A transport protocol a rule applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -112,6 +113,28 @@ fn canonical(a: IpAddr) -> IpAddr {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<Rule>,
+}
+
+/// A policy that can be replaced while handlers read it (a reload): each
+/// decision takes the current one once and uses it throughout.
+#[derive(Debug)]
+pub struct PolicyCell(RwLock<Arc<Policy>>);
+
+impl PolicyCell {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self(RwLock::new(policy))
+    }
+
+    /// The current policy.
+    pub fn get(&self) -> Arc<Policy> {
+        // The lock guards one `Arc` swap; a poisoned one still holds a valid Arc.
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the policy for every later decision.
+    pub fn set(&self, policy: Arc<Policy>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
 }
 
 /// A rule or policy file that could not be read, with where and why.
@@ -263,6 +286,12 @@ impl Policy {
     /// Whether a bind of `proto` to `addr:port` is allowed.
     pub fn allows(&self, proto: Proto, addr: IpAddr, port: u16) -> bool {
         self.rules.iter().any(|r| r.matches(proto, addr, port))
+    }
+
+    /// Whether some protocol may bind `addr:port`: checked before anything is
+    /// opened for the caller, since the protocol needs the socket.
+    pub fn could_allow(&self, addr: IpAddr, port: u16) -> bool {
+        self.allows(Proto::Tcp, addr, port) || self.allows(Proto::Udp, addr, port)
     }
 
     /// Whether any rule mentions `port`: when none does, the bind is the kernel's

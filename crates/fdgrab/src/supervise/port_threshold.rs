@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SYSCTL: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
@@ -31,7 +32,9 @@ enum NsKey {
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
     own: Option<(NsKey, File)>,
-    cache: HashMap<NsKey, (u16, Instant)>,
+    /// Shared by every worker of the agent; held only for map operations, never
+    /// while a foreign netns is read.
+    cache: Mutex<HashMap<NsKey, (u16, Instant)>>,
 }
 
 fn parse(text: &[u8]) -> Option<u16> {
@@ -84,17 +87,17 @@ impl UnprivilegedPorts {
         })();
         Self {
             own,
-            cache: HashMap::new(),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The first unprivileged port for `sock`. `tid` names a thread that holds the
     /// socket, used when the kernel will not name the socket's netns.
-    pub fn for_socket(&mut self, sock: impl AsFd, tid: i32) -> u16 {
+    pub fn for_socket(&self, sock: impl AsFd, tid: i32) -> u16 {
         let Some((key, ns)) = ns_key(&sock, tid) else {
             return DEFAULT_START;
         };
-        if let Some(&(v, at)) = self.cache.get(&key) {
+        if let Some(&(v, at)) = self.lock().get(&key) {
             if at.elapsed() < TTL {
                 return v;
             }
@@ -109,11 +112,17 @@ impl UnprivilegedPorts {
             _ => ns.or_else(|| ns_fd(&sock, tid)).and_then(read_in_netns),
         }
         .unwrap_or(DEFAULT_START);
-        if self.cache.len() >= MAX_CACHED {
-            self.cache.retain(|_, (_, at)| at.elapsed() < TTL);
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, at)| at.elapsed() < TTL);
         }
-        self.cache.insert(key, (v, Instant::now()));
+        cache.insert(key, (v, Instant::now()));
         v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NsKey, (u16, Instant)>> {
+        // Entries are plain values: a poisoned map is still a valid map.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -137,7 +146,7 @@ mod tests {
     fn own_netns_threshold_matches_sysctl() {
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-        let mut ports = UnprivilegedPorts::new();
+        let ports = UnprivilegedPorts::new();
         assert!(ports.own.is_some());
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
         // Cached the second time.
@@ -172,7 +181,7 @@ mod tests {
             eprintln!("SKIP: cannot create a network namespace here");
             return;
         };
-        let mut ports = UnprivilegedPorts::new();
+        let ports = UnprivilegedPorts::new();
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
         let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
