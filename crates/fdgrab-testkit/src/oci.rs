@@ -552,8 +552,15 @@ impl AgentProc {
         let dir = TempDir::new("fdgrab-agent");
         let socket = dir.path().join("agent.sock");
         let audit = dir.path().join("audit.jsonl");
-        AgentProc::launch(dir, &socket, &audit, args, "warn,fdgrab::cmd::agent=info")
-            .unwrap_or_else(|e| panic!("{e}"))
+        AgentProc::launch(
+            dir,
+            &socket,
+            &audit,
+            args,
+            "warn,fdgrab::cmd::agent=info",
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts an agent on `socket`; `Err` carries its output when it exits instead
@@ -564,7 +571,17 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
     ) -> Result<AgentProc, String> {
-        AgentProc::launch(dir, socket, audit, args, "debug")
+        AgentProc::launch(dir, socket, audit, args, "debug", None)
+    }
+
+    /// Like [`AgentProc::start`], with `RLIMIT_NOFILE` set to `nofile` (soft and
+    /// hard) through prlimit(1): the descriptor budget an attack must not exhaust.
+    pub fn start_with_nofile<S: AsRef<str>>(args: &[S], nofile: u64) -> AgentProc {
+        let dir = TempDir::new("fdgrab-agent");
+        let socket = dir.path().join("agent.sock");
+        let audit = dir.path().join("audit.jsonl");
+        AgentProc::launch(dir, &socket, &audit, args, "debug", Some(nofile))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn launch<S: AsRef<str>>(
@@ -573,13 +590,24 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
         log_filter: &str,
+        nofile: Option<u64>,
     ) -> Result<AgentProc, String> {
         let notify_path = dir.path().join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let mut child = Command::new(bin("fdgrab"))
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("fdgrab"));
+                c
+            }
+            None => Command::new(bin("fdgrab")),
+        };
+        let mut child = cmd
             .arg("-vv")
             .arg("agent")
             .arg("--socket")
@@ -691,4 +719,83 @@ macro_rules! per_runtime {
         mod runc { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Runc) } )* }
         mod crun { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Crun) } )* }
     };
+}
+
+/// A `fake-tenant` process: a "container" that hands its bind listener to an
+/// agent without a runtime and then binds on command (see that program's docs).
+#[derive(Debug)]
+pub struct FakeTenant {
+    pub child: Child,
+    pub pid: i32,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl FakeTenant {
+    /// Starts a tenant with container id `id` and waits until it has sent its
+    /// listener, then until the agent logs that it supervises it.
+    pub fn start(agent: &AgentProc, id: &str) -> FakeTenant {
+        let mut child = Command::new(bin("fake-tenant"))
+            .arg(&agent.socket)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning fake-tenant");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let pid = child.id() as i32;
+        let mut t = FakeTenant {
+            child,
+            pid,
+            stdin,
+            stdout,
+        };
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        agent
+            .log
+            .wait_for(&format!("container={id} "), TIMEOUT)
+            .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
+        t
+    }
+
+    /// Sends one command.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("writing to fake-tenant");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// The next JSON line, within `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Value {
+        let l = read_line_timeout(&mut self.stdout, timeout)
+            .unwrap_or_else(|e| panic!("fake-tenant {}: {e}", self.pid));
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("fake-tenant said {l:?}: {e}"))
+    }
+
+    /// Sends a command and returns its answer.
+    pub fn ask(&mut self, line: &str, timeout: Duration) -> Value {
+        self.send(line);
+        self.line(timeout)
+    }
+
+    /// Kills and reaps the tenant.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeTenant {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    crate::status_field(pid, "VmRSS")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
 }
