@@ -194,3 +194,62 @@ fn agent_32_slow_large_documents() {
     let grown = rss_kib(agent.pid).saturating_sub(rss);
     assert!(grown < 64 * 1024, "agent RSS grew by {grown} KiB");
 }
+
+/// A container handed a socket from another network namespace: by default the
+/// agent leaves that bind to the kernel (EACCES for an unprivileged caller), and
+/// says so in the audit line, which names the socket's netns; a policy with
+/// `netns = "any"` lets it through.
+#[test]
+fn agent_socket_from_a_foreign_netns() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:88"]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("netns"));
+    let own_ns = std::fs::metadata(format!("/proc/{}/ns/net", t.pid))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("tenant netns");
+    // The agent does bind for this unprivileged tenant in its own netns...
+    let r = t.ask("bind 127.78.4.1 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    // ...but not on the socket from elsewhere.
+    let r = t.ask("foreign 88", TIMEOUT);
+    assert_eq!(r["errno"], libc::EACCES, "{r}");
+    let audit = agent.audit_lines();
+    let own = audit
+        .iter()
+        .find(|l| l["decision"] == "bind")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(own["netns"], own_ns, "{own}");
+    let refused = audit
+        .iter()
+        .find(|l| l["decision"] == "continue" && l["port"] == 88)
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("network namespace")),
+        "{refused}"
+    );
+    assert!(
+        refused["netns"].as_u64().is_some_and(|n| n != own_ns),
+        "the line names the socket's netns: {refused}"
+    );
+    drop(t);
+    drop(agent);
+
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-netns-policy");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "netns = \"any\"\nallow = [\"tcp:88\"]\n").expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("netns-any"));
+    let r = t.ask("foreign 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "netns = \"any\" allows it: {r}");
+    let audit = agent.audit_lines();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["decision"] == "bind" && l["errno"] == 0 && l["netns"] != own_ns),
+        "{audit:?}"
+    );
+}

@@ -735,7 +735,21 @@ impl FakeTenant {
     /// Starts a tenant with container id `id` and waits until it has sent its
     /// listener, then until the agent logs that it supervises it.
     pub fn start(agent: &AgentProc, id: &str) -> FakeTenant {
-        let mut child = Command::new(bin("fake-tenant"))
+        FakeTenant::launch(agent, id, false)
+    }
+
+    /// A tenant that holds a socket from a network namespace of its own and runs
+    /// as uid 65534 (`FAKE_TENANT_FOREIGN`; the `foreign PORT` command).
+    pub fn start_foreign(agent: &AgentProc, id: &str) -> FakeTenant {
+        FakeTenant::launch(agent, id, true)
+    }
+
+    fn launch(agent: &AgentProc, id: &str, foreign: bool) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        if foreign {
+            cmd.env("FAKE_TENANT_FOREIGN", "1");
+        }
+        let mut child = cmd
             .arg(&agent.socket)
             .arg(id)
             .stdin(Stdio::piped())

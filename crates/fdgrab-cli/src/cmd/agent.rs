@@ -87,15 +87,17 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
 /// not load is logged and the running one stays; a reopen that fails keeps
 /// writing to the old file.
 fn reload(a: &AgentArgs, agent: &mut Agent) {
-    match upper_policy(a) {
-        Ok(p) => {
-            tracing::info!(policy = %p, "SIGHUP: policy reloaded");
-            agent.set_policy(p);
-        }
-        Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the current policy"),
-    }
     if let Err(e) = agent.reopen_audit() {
         tracing::error!(error = %e, "SIGHUP: cannot reopen the audit file; still writing to the old one");
+    }
+    // Logged once in effect, so that whoever waits for the line sees the new policy.
+    match upper_policy(a) {
+        Ok(p) => {
+            let shown = p.to_string();
+            agent.set_policy(p);
+            tracing::info!(policy = %shown, "SIGHUP: policy reloaded, audit file reopened");
+        }
+        Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the current policy"),
     }
 }
 

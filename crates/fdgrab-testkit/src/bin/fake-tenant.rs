@@ -12,6 +12,10 @@
 //! - `uffd PORT`: a thread binds with its sockaddr on a userfaultfd page that
 //!   is never filled; prints `{"stalled":true}` at once and `{"uffd_errno":N}`
 //!   when the bind returns.
+//! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
+//!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
+//!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
+//!   a privileged port); `{"errno":N}`.
 //! - `exit`.
 
 use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
@@ -64,6 +68,7 @@ fn main() {
             maximum: Some(65_536),
         },
     );
+    let foreign = std::env::var_os("FAKE_TENANT_FOREIGN").map(|_| foreign_socket());
     let prog = SyscallFilter::new(Action::Allow)
         .rule(libc::SYS_bind, Action::Notify)
         .build()
@@ -97,6 +102,12 @@ fn main() {
             .expect("sending the listener");
     }
     drop(fd);
+    if foreign.is_some() {
+        // setresgid/setresuid to non-root ids clear every capability.
+        rustix::thread::set_thread_res_gid(gid(), gid(), gid()).expect("setresgid");
+        rustix::thread::set_thread_res_uid(uid(), uid(), uid()).expect("setresuid");
+    }
+    let mut foreign = foreign;
     say(json!({"ready": true, "pid": std::process::id()}));
     let mut held: Vec<OwnedFd> = Vec::new();
     for line in std::io::stdin().lock().lines() {
@@ -113,10 +124,42 @@ fn main() {
             Some("lat") => lat(num(1) as usize, ip(2).expect("ADDR"), num(3) as u16),
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
             Some("uffd") => uffd(num(1) as u16),
+            Some("foreign") => {
+                let Some(s) = foreign.take() else {
+                    say(json!({"error": "no foreign socket (FAKE_TENANT_FOREIGN)"}));
+                    continue;
+                };
+                let r =
+                    rustix::net::bind(&s, &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, num(1) as u16));
+                held.push(s);
+                say(json!({"errno": r.err().map_or(0, |e| e.raw_os_error())}));
+            }
             Some("exit") | None => break,
             Some(other) => say(json!({"error": format!("unknown command {other}")})),
         }
     }
+}
+
+fn uid() -> rustix::process::Uid {
+    rustix::process::Uid::from_raw(65534)
+}
+
+fn gid() -> rustix::process::Gid {
+    rustix::process::Gid::from_raw(65534)
+}
+
+/// A TCP socket made in a new network namespace by a thread that then ends: the
+/// socket stays there while the process stays in its own.
+fn foreign_socket() -> OwnedFd {
+    std::thread::spawn(|| {
+        // SAFETY: CLONE_NEWNET moves only this short-lived thread; no file table or
+        // memory is unshared behind the standard library's back.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .expect("unshare(CLONE_NEWNET) needs root");
+        tcp()
+    })
+    .join()
+    .expect("foreign socket thread")
 }
 
 fn lat(n: usize, addr: Ipv4Addr, port: u16) {

@@ -3,7 +3,9 @@
 //! Fields: `time` (RFC 3339, UTC), `pid`, `tid`, `exe`, `uid`, `family`
 //! (`inet`, `inet6`, `unix`, or the number), `proto`, `address`, `port`,
 //! `decision`, `errno` (the number the program saw, 0 for success, null when the
-//! kernel decided), `reason`, and `container_id`/`bundle` when known.
+//! kernel decided), `reason`, `netns` (the socket's network namespace inode, or
+//! the caller's when the socket was not looked at), and `container_id`,
+//! `bundle`, `pod`, `namespace`, `container_name` when known.
 
 use serde::Serialize;
 use std::fs::File;
@@ -102,6 +104,9 @@ pub struct AuditRecord<'a> {
     pub namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_name: Option<&'a str>,
+    /// The network namespace (nsfs inode, as in `/proc/PID/ns/net`) of the
+    /// socket, or of the caller when the socket was not looked at.
+    pub netns: Option<u64>,
 }
 
 enum Sink {
@@ -269,6 +274,7 @@ mod tests {
             pod: Some("web-0"),
             namespace: None,
             container_name: None,
+            netns: Some(4026531840),
         };
         sink.write(&rec);
         let text = std::fs::read_to_string(&dir).expect("read");

@@ -91,6 +91,21 @@ struct Facts {
     family: Option<i32>,
     proto: Option<Proto>,
     addr: Option<SocketAddr>,
+    /// The socket's network namespace (nsfs inode), once the socket was looked at.
+    netns: Option<u64>,
+}
+
+/// The nsfs inode of `sock`'s network namespace (`SIOCGSKNS`).
+fn socket_netns_inode(sock: &OwnedFd) -> Option<u64> {
+    let ns = crate::sys::socket_netns(sock).ok()?;
+    rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
+}
+
+/// The nsfs inode of thread `tid`'s network namespace.
+fn thread_netns_inode(tid: i32) -> Option<u64> {
+    rustix::fs::stat(format!("/proc/{tid}/ns/net"))
+        .ok()
+        .map(|st| st.st_ino)
 }
 
 impl Handler for BindHandler {
@@ -206,6 +221,13 @@ impl BindHandler {
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
+        // The caller is parked in this call, so its netns cannot change under us.
+        facts.netns = socket_netns_inode(&sock);
+        if !policy.any_netns()
+            && (facts.netns.is_none() || facts.netns != thread_netns_inode(n.tid))
+        {
+            return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
+        }
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
@@ -535,6 +557,7 @@ fn write_audit(
         pod: labels.pod.as_deref(),
         namespace: labels.namespace.as_deref(),
         container_name: labels.container_name.as_deref(),
+        netns: facts.netns.or_else(|| thread_netns_inode(tid)),
     };
     audit.write(&rec);
 }

@@ -409,10 +409,14 @@ pub fn container_policy(
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        let asked = Policy::from_specs(&specs).map_err(|e| NarrowError {
-            source_kind,
-            reason: e.to_string(),
-        })?;
+        // A list of ports narrows the ports only; where sockets may live stays
+        // as the agent's policy says.
+        let asked = Policy::from_specs(&specs)
+            .map_err(|e| NarrowError {
+                source_kind,
+                reason: e.to_string(),
+            })?
+            .with_any_netns(true);
         narrowed = Some(
             narrowed
                 .as_ref()
