@@ -69,6 +69,15 @@ fn agent_sighup_reloads_policy_and_reopens_the_audit_file() {
         "lines after the reload go to the reopened file: {new:?}"
     );
     assert!(new.iter().all(|l| l["port"] != 89 || l["errno"] != 0));
+    // The kernel's line still names the protocol, though the decision never
+    // needed the socket.
+    let handed_back = new
+        .iter()
+        .find(|l| l["port"] == 89)
+        .unwrap_or_else(|| panic!("{new:?}"));
+    assert_eq!(handed_back["decision"], "continue", "{handed_back}");
+    assert_eq!(handed_back["proto"], "tcp", "{handed_back}");
+    assert_eq!(handed_back["namespace"], "tenants", "{handed_back}");
 
     // An invalid policy: logged, and the running one stays.
     std::fs::write(&policy, "[[bind]]\nport = \"ninety\"\n").expect("policy");

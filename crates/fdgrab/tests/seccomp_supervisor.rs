@@ -218,7 +218,17 @@ fn seccomp_listener_basics() {
     let (mut child, fd) = spawn_filtered(Command::new("true"), &filter, None);
     let listener = Listener::from_fd(fd);
     assert!(!listener.id_valid(0xdead_beef));
-    assert!(listener.set_sync_wake_up().is_ok());
+    // SYNC_WAKE_UP exists since 6.6: there it must take effect, not be skipped.
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let took = listener.set_sync_wake_up().expect("SET_FLAGS");
+    assert_eq!(took, version >= (6, 6), "kernel {release}");
     let _ = child.wait();
     // Answering a request that does not exist is ENOENT, reported as "gone".
     assert!(matches!(

@@ -93,6 +93,8 @@ struct Facts {
     addr: Option<SocketAddr>,
     /// The socket's network namespace (nsfs inode), once the socket was looked at.
     netns: Option<u64>,
+    /// The caller's fd number, for the audit line's protocol.
+    fd: Option<i32>,
 }
 
 /// The nsfs inode of `sock`'s network namespace (`SIOCGSKNS`).
@@ -135,7 +137,7 @@ impl Handler for BindHandler {
             "bind"
         );
         if cx.audit.is_enabled() {
-            audit(cx, notif, &facts, response, decision, reason);
+            audit(cx, notif, &mut facts, response, decision, reason);
         }
         let Some(key) = bound else {
             return Answer::Respond(response);
@@ -178,6 +180,7 @@ impl BindHandler {
         let fd = n.data.args[0] as u32 as i32;
         let ptr = n.data.args[1];
         let addrlen = n.data.args[2] as u32 as i32;
+        facts.fd = Some(fd);
         if !(2..=MAX_ADDRLEN).contains(&addrlen) {
             return cont("address length the kernel judges");
         }
@@ -313,6 +316,11 @@ fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str>
     if domain != want {
         return Err("socket family differs from the address family");
     }
+    transport(sock)
+}
+
+/// TCP or UDP, whatever the family.
+fn transport(sock: &OwnedFd) -> Result<Proto, &'static str> {
     let ty = rustix::net::sockopt::socket_type(sock).map_err(|_| "the fd is not a socket")?;
     let protocol =
         rustix::net::sockopt::socket_protocol(sock).map_err(|_| "the fd is not a socket")?;
@@ -483,14 +491,34 @@ fn family_name(f: i32) -> String {
 fn audit(
     cx: &Context<'_>,
     n: &Notification,
-    facts: &Facts,
+    facts: &mut Facts,
     response: Response,
     decision: Decision,
     reason: &str,
 ) {
+    let inet = matches!(
+        facts.family,
+        Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
+    );
+    if facts.proto.is_none() && inet {
+        facts.proto = facts.fd.and_then(|fd| peek_transport(n.tid, fd));
+    }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
     );
+}
+
+/// The protocol of the caller's socket `fd`, for an audit line the decision did
+/// not need it for: a pidfd and a copy of the socket, both closed at once, so
+/// nothing stays open for a bind the policy does not allow.
+fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+    let thread = match PidFd::open_thread(tid) {
+        Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
+        r => r,
+    }
+    .ok()?;
+    let sock = pidfd_getfd(&thread, fd, PidfdGetfdFlags::empty()).ok()?;
+    transport(&sock).ok()
 }
 
 /// Audits a bind answered without looking at it (a deadline passed, or an

@@ -149,42 +149,114 @@ mod tests {
         let ports = UnprivilegedPorts::new();
         assert!(ports.own.is_some());
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
-        // Cached the second time.
-        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+    }
+
+    /// A thread parked in a new network namespace, with a socket made there; it
+    /// writes that netns's sysctl on request.
+    struct ForeignNetns {
+        sock: std::net::UdpSocket,
+        set: std::sync::mpsc::Sender<Option<&'static str>>,
+        done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl ForeignNetns {
+        /// `Ok(None)`: this machine cannot make a netns (no privilege), a skip.
+        fn new(start: &'static str) -> Result<Option<ForeignNetns>, String> {
+            let (sock_tx, sock_rx) = std::sync::mpsc::channel();
+            let (set, set_rx) = std::sync::mpsc::channel::<Option<&'static str>>();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new
+                // network namespace; it touches no memory.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    let _ = sock_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                let made = std::fs::write(SYSCTL, start).and_then(|()| {
+                    // Loopback is down in a new netns; an unbound socket is enough.
+                    rustix::net::socket(
+                        rustix::net::AddressFamily::INET,
+                        rustix::net::SocketType::DGRAM,
+                        None,
+                    )
+                    .map(std::net::UdpSocket::from)
+                    .map_err(std::io::Error::from)
+                });
+                let _ = sock_tx.send(made);
+                while let Ok(Some(v)) = set_rx.recv() {
+                    let _ = done_tx.send(std::fs::write(SYSCTL, v));
+                }
+            });
+            match sock_rx.recv().map_err(|e| e.to_string())? {
+                Ok(sock) => Ok(Some(ForeignNetns {
+                    sock,
+                    set,
+                    done,
+                    thread: Some(thread),
+                })),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+                Err(e) => Err(format!("making a socket in a new netns: {e}")),
+            }
+        }
+
+        fn set(&self, v: &'static str) {
+            self.set.send(Some(v)).expect("netns thread");
+            self.done
+                .recv()
+                .expect("netns thread")
+                .expect("writing the sysctl");
+        }
+    }
+
+    impl Drop for ForeignNetns {
+        fn drop(&mut self) {
+            let _ = self.set.send(None);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that
     /// netns's sysctl, not ours.
     #[test]
     fn foreign_netns_threshold_is_the_sockets() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP: creating a network namespace needs root");
-            return;
-        }
-        let maker = std::thread::spawn(|| -> Option<std::net::UdpSocket> {
-            // SAFETY: unshare(CLONE_NEWNET) moves only this short-lived thread into
-            // a new network namespace; it touches no memory.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return None;
-            }
-            std::fs::write(SYSCTL, "123").ok()?;
-            // Loopback is down in a new netns; an unbound socket is enough.
-            let raw = rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::DGRAM,
-                None,
-            )
-            .ok()?;
-            Some(std::net::UdpSocket::from(raw))
-        });
-        let Some(sock) = maker.join().expect("thread") else {
-            eprintln!("SKIP: cannot create a network namespace here");
+        let Some(ns) = ForeignNetns::new("123").expect("foreign netns") else {
+            fdgrab_testkit::skip("creating a network namespace needs CAP_SYS_ADMIN");
             return;
         };
         let ports = UnprivilegedPorts::new();
-        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
+        assert_eq!(ports.for_socket(&ns.sock, std::process::id() as i32), 123);
         let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
         assert_eq!(ports.for_socket(&ours, std::process::id() as i32), expected);
+    }
+
+    /// A value is read once per TTL: a change shows only after it.
+    #[test]
+    fn threshold_is_cached_for_a_second() {
+        let Some(ns) = ForeignNetns::new("200").expect("foreign netns") else {
+            fdgrab_testkit::skip("creating a network namespace needs CAP_SYS_ADMIN");
+            return;
+        };
+        let tid = std::process::id() as i32;
+        let ports = UnprivilegedPorts::new();
+        let first = Instant::now();
+        assert_eq!(ports.for_socket(&ns.sock, tid), 200);
+        ns.set("300");
+        if first.elapsed() < TTL {
+            assert_eq!(
+                ports.for_socket(&ns.sock, tid),
+                200,
+                "served from the cache"
+            );
+        }
+        std::thread::sleep(TTL);
+        assert_eq!(
+            ports.for_socket(&ns.sock, tid),
+            300,
+            "read again after the TTL"
+        );
     }
 }
