@@ -156,3 +156,52 @@ fn agent_policy_must_be_a_small_regular_file() {
     let mut t = FakeTenant::start_foreign(&agent, &unique("many"));
     assert_eq!(t.ask("bind 127.78.6.1 91", TIMEOUT)["errno"], 0);
 }
+
+/// `CapEff`/`CapPrm` of a thread, as masks.
+fn caps(pid: i32, tid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("status");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .expect("cap field")
+    };
+    (field("CapEff:"), field("CapPrm:"))
+}
+
+/// The agent keeps CAP_NET_BIND_SERVICE, CAP_NET_ADMIN and CAP_SYS_PTRACE
+/// effective and CAP_SYS_ADMIN permitted only, on every thread; with that it
+/// still reads a foreign netns's port threshold (50 there, so port 88 is not
+/// privileged in it and the kernel decides).
+#[test]
+fn agent_keeps_only_the_capabilities_it_uses() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-caps");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "netns = \"any\"\nallow = [\"tcp:88\"]\n").expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    let mut t = FakeTenant::start_foreign_with_port_start(&agent, &unique("caps"), 50);
+    assert_eq!(t.ask("bind 127.78.7.1 88", TIMEOUT)["errno"], 0);
+    // capability(7) numbers: NET_BIND_SERVICE 10, NET_ADMIN 12, SYS_PTRACE 19,
+    // SYS_ADMIN 21.
+    const EFFECTIVE: u64 = 1 << 10 | 1 << 12 | 1 << 19;
+    const PERMITTED: u64 = EFFECTIVE | 1 << 21;
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .expect("tasks")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    assert!(tasks.len() >= 2, "the agent and its container's worker");
+    for tid in tasks {
+        assert_eq!(caps(agent.pid, tid), (EFFECTIVE, PERMITTED), "thread {tid}");
+    }
+    assert_eq!(t.ask("foreign 88", TIMEOUT)["errno"], 0);
+    let line = agent
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["address"] == "0.0.0.0" && l["port"] == 88)
+        .expect("audit line");
+    assert_eq!(line["decision"], "continue", "{line}");
+    assert_eq!(line["reason"], "unprivileged port", "{line}");
+}

@@ -735,19 +735,32 @@ impl FakeTenant {
     /// Starts a tenant with container id `id` and waits until it has sent its
     /// listener, then until the agent logs that it supervises it.
     pub fn start(agent: &AgentProc, id: &str) -> FakeTenant {
-        FakeTenant::launch(agent, id, false)
+        FakeTenant::launch(agent, id, false, None)
     }
 
     /// A tenant that holds a socket from a network namespace of its own and runs
     /// as uid 65534 (`FAKE_TENANT_FOREIGN`; the `foreign PORT` command).
     pub fn start_foreign(agent: &AgentProc, id: &str) -> FakeTenant {
-        FakeTenant::launch(agent, id, true)
+        FakeTenant::launch(agent, id, true, None)
     }
 
-    fn launch(agent: &AgentProc, id: &str, foreign: bool) -> FakeTenant {
+    /// Like [`FakeTenant::start_foreign`], with the foreign netns's
+    /// `ip_unprivileged_port_start` set to `port_start`.
+    pub fn start_foreign_with_port_start(
+        agent: &AgentProc,
+        id: &str,
+        port_start: u16,
+    ) -> FakeTenant {
+        FakeTenant::launch(agent, id, true, Some(port_start))
+    }
+
+    fn launch(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
         let mut cmd = Command::new(bin("fake-tenant"));
         if foreign {
             cmd.env("FAKE_TENANT_FOREIGN", "1");
+        }
+        if let Some(p) = port_start {
+            cmd.env("FAKE_TENANT_FOREIGN_PORT_START", p.to_string());
         }
         let mut child = cmd
             .arg(&agent.socket)

@@ -10,11 +10,13 @@ use crate::exit::UsageError;
 use anyhow::{bail, Context};
 use fdgrab::signalfd::SignalFd;
 use fdgrab::supervise::agent::{Agent, AgentEvent};
+use fdgrab::supervise::capabilities;
 use fdgrab::supervise::pidfd_cache::FdBudget;
 use fdgrab::supervise::policy::Policy;
 use rustix::fs::{Mode, Uid};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::thread::CapabilitySet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -32,6 +34,14 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let upper = upper_policy(&a)?;
     let audit = super::run::open_audit(&a.bind_policy)?;
     let listener = listen_at(&a.socket)?;
+    // Before any thread exists: capabilities are per thread, and threads inherit.
+    match capabilities::restrict(CapabilitySet::empty()) {
+        Ok(Some(sets)) => {
+            tracing::debug!(effective = ?sets.effective, "capabilities dropped to what the agent uses")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities; keeping them"),
+    }
     // Blocked before any worker thread exists: threads inherit the mask, so these
     // signals reach only the signalfd (SIGHUP no longer kills the agent).
     let signals = SignalFd::block(&[libc::SIGHUP, libc::SIGUSR1])

@@ -15,7 +15,8 @@
 //! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
 //!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
-//!   a privileged port); `{"errno":N}`.
+//!   a privileged port); `{"errno":N}`. `FAKE_TENANT_FOREIGN_PORT_START` sets that
+//!   netns's `ip_unprivileged_port_start`.
 //! - `exit`.
 
 use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
@@ -156,6 +157,10 @@ fn foreign_socket() -> OwnedFd {
         // memory is unshared behind the standard library's back.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
             .expect("unshare(CLONE_NEWNET) needs root");
+        if let Ok(start) = std::env::var("FAKE_TENANT_FOREIGN_PORT_START") {
+            std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", start)
+                .expect("setting the foreign netns's port threshold");
+        }
         tcp()
     })
     .join()

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod audit;
 pub mod bind;
+pub mod capabilities;
 pub mod handler;
 pub mod oci;
 pub mod pidfd_cache;

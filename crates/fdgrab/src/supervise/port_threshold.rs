@@ -112,6 +112,7 @@ impl UnprivilegedPorts {
             _ => ns.or_else(|| ns_fd(&sock, tid)).and_then(read_in_netns),
         }
         .unwrap_or(DEFAULT_START);
+        tracing::debug!(netns = ?key, start = v, "ip_unprivileged_port_start read");
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, at)| at.elapsed() < TTL);
@@ -128,8 +129,19 @@ impl UnprivilegedPorts {
 
 /// Reads the sysctl from a thread that has joined `ns`. `/proc/sys/net` shows the
 /// netns of the reading thread, and a thread may change netns on its own.
+/// The thread that enters it raises CAP_SYS_ADMIN for itself only (see
+/// [`super::capabilities`]); the rest of the process never holds it effective.
 fn read_in_netns(ns: OwnedFd) -> Option<u16> {
-    match crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL)) {
+    let read = std::thread::scope(|s| {
+        s.spawn(|| {
+            super::capabilities::with_netns_entry(|| {
+                crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL))
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns reader thread panicked")))
+    });
+    match read {
         Ok(text) => parse(&text),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a foreign netns's port threshold");
