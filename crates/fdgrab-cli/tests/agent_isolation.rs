@@ -8,7 +8,6 @@
 use fdgrab_testkit::oci::{rss_kib, unique, AgentProc, FakeTenant};
 use fdgrab_testkit::{is_root, TIMEOUT};
 use serde_json::Value;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -166,16 +165,7 @@ fn agent_32_slow_large_documents() {
         .map(|_| {
             let socket = socket.clone();
             std::thread::spawn(move || {
-                let Ok(mut s) = UnixStream::connect(&socket) else {
-                    return;
-                };
-                let mut doc = br#"{"ociVersion":""#.to_vec();
-                doc.resize((1 << 20) + 512, b'a');
-                for piece in doc.chunks(256) {
-                    if s.write_all(piece).is_err() {
-                        return;
-                    }
-                }
+                fdgrab_testkit::oci::trickle_oversized_document(&socket);
             })
         })
         .collect();

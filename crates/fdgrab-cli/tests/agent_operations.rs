@@ -105,14 +105,7 @@ fn agent_policy_must_be_a_small_regular_file() {
     }
     let dir = TempDir::new("fdgrab-policy-input");
     let fifo = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("mkfifo");
+    fdgrab_testkit::oci::mkfifo(&fifo);
     let big = dir.path().join("big.toml");
     std::fs::File::create(&big)
         .and_then(|f| f.set_len(100 << 20))

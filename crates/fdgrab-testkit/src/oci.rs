@@ -738,6 +738,17 @@ impl FakeTenant {
         FakeTenant::launch(agent, id, false, None)
     }
 
+    /// Like [`FakeTenant::start`] for an agent started with
+    /// [`AgentProc::start_quiet`], which does not log each container: returns
+    /// once the listener is sent (a bind made before the agent serves it waits
+    /// in the kernel's queue).
+    pub fn start_quiet(agent: &AgentProc, id: &str) -> FakeTenant {
+        let mut t = FakeTenant::spawn(agent, id, false, None);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        t
+    }
+
     /// A tenant that holds a socket from a network namespace of its own and runs
     /// as uid 65534 (`FAKE_TENANT_FOREIGN`; the `foreign PORT` command).
     pub fn start_foreign(agent: &AgentProc, id: &str) -> FakeTenant {
@@ -755,6 +766,17 @@ impl FakeTenant {
     }
 
     fn launch(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
+        let mut t = FakeTenant::spawn(agent, id, foreign, port_start);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        agent
+            .log
+            .wait_for(&format!("container={id} "), TIMEOUT)
+            .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
+        t
+    }
+
+    fn spawn(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
         let mut cmd = Command::new(bin("fake-tenant"));
         if foreign {
             cmd.env("FAKE_TENANT_FOREIGN", "1");
@@ -773,19 +795,12 @@ impl FakeTenant {
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let pid = child.id() as i32;
-        let mut t = FakeTenant {
+        FakeTenant {
             child,
             pid,
             stdin,
             stdout,
-        };
-        let ready = t.line(TIMEOUT);
-        assert_eq!(ready["ready"], true, "{ready}");
-        agent
-            .log
-            .wait_for(&format!("container={id} "), TIMEOUT)
-            .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
-        t
+        }
     }
 
     /// Sends one command.
@@ -825,4 +840,31 @@ pub fn rss_kib(pid: i32) -> u64 {
     crate::status_field(pid, "VmRSS")
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
+}
+
+/// A client that connects to the agent at `socket` and sends a document that
+/// never ends, in 256-byte writes, until it passes 1 MiB or the agent hangs up.
+pub fn trickle_oversized_document(socket: &Path) {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return;
+    };
+    let mut doc = br#"{"ociVersion":""#.to_vec();
+    doc.resize((1 << 20) + 512, b'a');
+    for piece in doc.chunks(256) {
+        if s.write_all(piece).is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes a FIFO at `path` (mode 0600).
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
 }

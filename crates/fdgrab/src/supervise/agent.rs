@@ -17,7 +17,7 @@ use crate::supervise::pidfd_cache::{FdBudget, ThreadPidfds};
 use crate::supervise::policy::{Policy, PolicyCell};
 use crate::supervise::port_threshold::UnprivilegedPorts;
 use crate::supervise::tenant::{LatencyStats, Shared, Tenant, TenantEvent, READ_DEADLINE};
-use crate::supervise::{io_err, ListenerId};
+use crate::supervise::{io_err, watch_in, ListenerId};
 use crate::Result;
 use rustix::event::epoll;
 use rustix::io::Errno;
@@ -38,6 +38,10 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the watchdog looks for overdue requests while containers exist.
 const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() as u64 / 5);
+
+/// How long a connection whose document arrives in pieces is left unread
+/// after each piece.
+const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
 
 /// How often cached pidfds of exited threads are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -116,6 +120,8 @@ struct Connection {
     deadline: Instant,
     /// When data last arrived (or the connection was accepted).
     active: Instant,
+    /// Set while the connection is left unwatched after a partial read.
+    resume_at: Option<Instant>,
 }
 
 struct Container {
@@ -228,17 +234,13 @@ impl Agent {
     /// Also waits for `fd` (a signalfd, say) in [`Agent::turn`], which then reports
     /// [`AgentEvent::Ready`]`(token)`. The caller keeps `fd` open.
     pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
-        let id = self.next_token;
-        self.next_token += 1;
-        epoll::add(
+        watch_in(
             &self.epoll,
+            &mut self.next_token,
+            &mut self.watched,
             fd,
-            epoll::EventData::new_u64(id),
-            epoll::EventFlags::IN,
+            token,
         )
-        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
-        self.watched.insert(id, token);
-        Ok(())
     }
 
     /// Replaces the agent-wide bound (a reload). Every container's policy is
@@ -342,7 +344,7 @@ impl Agent {
         let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
         self.connections
             .values()
-            .map(|c| c.deadline)
+            .map(|c| c.resume_at.unwrap_or(c.deadline))
             .chain(self.accept_paused_until)
             .chain(watchdog)
             .min()
@@ -418,6 +420,7 @@ impl Agent {
                 reader: StateReader::new(),
                 deadline: now + CONNECTION_TIMEOUT,
                 active: now,
+                resume_at: None,
             },
         );
     }
@@ -426,9 +429,24 @@ impl Agent {
         let Some(conn) = self.connections.get_mut(&token) else {
             return;
         };
-        conn.active = Instant::now();
+        let now = Instant::now();
+        conn.active = now;
         let outcome = conn.reader.read_from(conn.sock.as_fd());
         if matches!(outcome, Ok(ReadProgress::Pending)) {
+            // Runtimes send the whole document in one message. One that trickles
+            // in is read in batches: the connection is left alone for a moment so
+            // that its data piles up in the socket, instead of waking this thread
+            // (and taking a CPU from the containers' workers) for every piece.
+            if epoll::modify(
+                &self.epoll,
+                &conn.sock,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::empty(),
+            )
+            .is_ok()
+            {
+                conn.resume_at = Some(now + TRICKLE_PAUSE);
+            }
             return;
         }
         // Done with this connection either way; closing it also drops it from epoll.
@@ -547,6 +565,19 @@ impl Agent {
                 epoll::EventFlags::IN,
             ) {
                 tracing::error!(error = %e, "could not resume the listening socket");
+            }
+        }
+        for (token, conn) in &mut self.connections {
+            if conn.resume_at.is_some_and(|t| t <= now) {
+                conn.resume_at = None;
+                if let Err(e) = epoll::modify(
+                    &self.epoll,
+                    &conn.sock,
+                    epoll::EventData::new_u64(*token),
+                    epoll::EventFlags::IN,
+                ) {
+                    tracing::error!(error = %e, "could not resume reading a connection");
+                }
             }
         }
         let late: Vec<u64> = self

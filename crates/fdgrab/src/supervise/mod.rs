@@ -87,6 +87,28 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// Adds `fd` to `epoll` under a fresh id from `next_id`, remembered in `watched`
+/// with the caller's `token`: an outer loop's own fds in a loop's epoll set.
+fn watch_in(
+    epoll: &OwnedFd,
+    next_id: &mut u64,
+    watched: &mut HashMap<u64, u64>,
+    fd: BorrowedFd<'_>,
+    token: u64,
+) -> Result<()> {
+    let id = *next_id;
+    *next_id += 1;
+    epoll::add(
+        epoll,
+        fd,
+        epoll::EventData::new_u64(id),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
+    watched.insert(id, token);
+    Ok(())
+}
+
 fn io_err(op: &'static str, e: Errno) -> Error {
     Error::Io {
         op,
@@ -177,17 +199,7 @@ impl Supervisor {
     /// supervisor and then dispatching. The caller keeps `fd` open until
     /// [`Supervisor::unwatch`].
     pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
-        let id = self.next_id;
-        self.next_id += 1;
-        epoll::add(
-            &self.epoll,
-            fd,
-            epoll::EventData::new_u64(id),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
-        self.watched.insert(id, token);
-        Ok(())
+        watch_in(&self.epoll, &mut self.next_id, &mut self.watched, fd, token)
     }
 
     /// Stops watching `fd` (registered with `token`).

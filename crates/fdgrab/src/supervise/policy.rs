@@ -667,14 +667,7 @@ port = "440-450"
         }
         let fifo = dir.join("fifo");
         let _ = std::fs::remove_file(&fifo);
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("mkfifo");
+        fdgrab_testkit::oci::mkfifo(&fifo);
         // No writer: a blocking open would wait forever.
         let e = Policy::from_file(&fifo).expect_err("fifo");
         assert!(e.to_string().contains("FIFO"), "{e}");
