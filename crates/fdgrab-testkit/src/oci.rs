@@ -743,7 +743,7 @@ impl FakeTenant {
     /// once the listener is sent (a bind made before the agent serves it waits
     /// in the kernel's queue).
     pub fn start_quiet(agent: &AgentProc, id: &str) -> FakeTenant {
-        let mut t = FakeTenant::spawn(agent, id, false, None);
+        let mut t = FakeTenant::spawn_at(&agent.socket, id, false, None);
         let ready = t.line(TIMEOUT);
         assert_eq!(ready["ready"], true, "{ready}");
         t
@@ -766,7 +766,7 @@ impl FakeTenant {
     }
 
     fn launch(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
-        let mut t = FakeTenant::spawn(agent, id, foreign, port_start);
+        let mut t = FakeTenant::spawn_at(&agent.socket, id, foreign, port_start);
         let ready = t.line(TIMEOUT);
         assert_eq!(ready["ready"], true, "{ready}");
         agent
@@ -776,7 +776,10 @@ impl FakeTenant {
         t
     }
 
-    fn spawn(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
+    /// Starts `fake-tenant SOCKET ID` without waiting for anything: for a test
+    /// that accepts the listener on `socket` itself. `foreign` and `port_start`
+    /// as in [`FakeTenant::start_foreign_with_port_start`].
+    pub fn spawn_at(socket: &Path, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
         let mut cmd = Command::new(bin("fake-tenant"));
         if foreign {
             cmd.env("FAKE_TENANT_FOREIGN", "1");
@@ -785,7 +788,7 @@ impl FakeTenant {
             cmd.env("FAKE_TENANT_FOREIGN_PORT_START", p.to_string());
         }
         let mut child = cmd
-            .arg(&agent.socket)
+            .arg(socket)
             .arg(id)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -236,3 +236,55 @@ fn seccomp_listener_basics() {
         Err(seccomp::SendError::Gone)
     ));
 }
+
+/// The supervisor `fdgrab run` uses, on a socket made in another network
+/// namespace by an unprivileged program: handed back to the kernel (EACCES) under
+/// the default policy, bound when the policy says `netns = "any"`.
+#[test]
+fn seccomp_supervisor_socket_from_another_netns() {
+    use fdgrab_testkit::oci::{FakeTenant, TempDir};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !root_or_skip() {
+        return;
+    }
+    for any in [false, true] {
+        let dir = TempDir::new("fdgrab-sup-netns");
+        let path = dir.path().join("listener.sock");
+        let accept = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let mut tenant = FakeTenant::spawn_at(&path, "run-netns", true, None);
+        let (conn, _) = accept.accept().expect("accept");
+        let mut buf = vec![0u8; 8192];
+        let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 4).expect("recv the listener");
+        let listener = got.fds.into_iter().next().expect("one fd");
+        assert_eq!(tenant.line(TIMEOUT)["ready"], true);
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut sup =
+            Supervisor::new(AuditSink::from_path(&audit_path).expect("audit")).expect("sup");
+        let policy = Policy::from_specs(&["tcp:88"])
+            .expect("policy")
+            .with_any_netns(any);
+        sup.add_listener(listener, Arc::new(policy), AuditLabels::default())
+            .expect("add");
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sup.dispatch(Some(Duration::from_millis(20)))
+                        .expect("dispatch");
+                }
+            })
+        };
+        let r = tenant.ask("foreign 88", TIMEOUT);
+        stop.store(true, Ordering::Relaxed);
+        serving.join().expect("supervisor thread");
+        let want = if any { 0 } else { libc::EACCES };
+        assert_eq!(r["errno"], want, "netns = any: {any}: {r}");
+        let text = std::fs::read_to_string(&audit_path).expect("audit");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+        let decision = if any { "bind" } else { "continue" };
+        assert_eq!(line["decision"], decision, "{line}");
+        assert!(line["netns"].as_u64().is_some(), "{line}");
+    }
+}
