@@ -243,3 +243,55 @@ fn agent_socket_from_a_foreign_netns() {
         "{audit:?}"
     );
 }
+
+/// A real runc or crun container starting while a fake neighbour stalls its own
+/// worker on a userfaultfd page, 600 idle connections sit in the agent's table
+/// and 32 clients trickle oversized documents: the container's httpd still gets
+/// port 80, and once everyone is gone the agent is back to its baseline fds.
+fn real_container_under_attack(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, BundleSpec, Container, NetNs, SeccompBind};
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:83"]);
+    let baseline = agent.fd_count();
+    let mut attacker = FakeTenant::start(&agent, &unique("attacker"));
+    assert_eq!(attacker.ask("uffd 83", TIMEOUT)["stalled"], true);
+    let idle: Vec<UnixStream> = (0..600)
+        .map(|_| UnixStream::connect(&agent.socket).expect("connect"))
+        .collect();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let socket = agent.socket.clone();
+            std::thread::spawn(move || fdgrab_testkit::oci::trickle_oversized_document(&socket))
+        })
+        .collect();
+    let ns = NetNs::new();
+    let mut spec = BundleSpec::new(
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+        SeccompBind::Notify {
+            listener_path: agent.socket.clone(),
+            metadata: None,
+        },
+    );
+    spec.netns = Some(ns.path.clone());
+    let bundle = Bundle::new(&spec);
+    let id = unique(&format!("fdgrab-{}-attacked", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    for w in writers {
+        w.join().expect("writer");
+    }
+    drop(idle);
+    assert_eq!(attacker.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    attacker.kill();
+    c.kill();
+    fds_return(&agent, baseline);
+}
+
+fdgrab_testkit::per_runtime! {
+    agent_real_container_under_attack => real_container_under_attack,
+}
