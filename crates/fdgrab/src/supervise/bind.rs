@@ -97,17 +97,16 @@ struct Facts {
     fd: Option<i32>,
 }
 
-/// The nsfs inode of `sock`'s network namespace (`SIOCGSKNS`).
-fn socket_netns_inode(sock: &OwnedFd) -> Option<u64> {
-    let ns = crate::sys::socket_netns(sock).ok()?;
-    rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
-}
-
-/// The nsfs inode of thread `tid`'s network namespace.
+/// The nsfs inode of thread `tid`'s network namespace, from the link's text
+/// (`net:[INODE]`): reading the link costs half of following it.
 fn thread_netns_inode(tid: i32) -> Option<u64> {
-    rustix::fs::stat(format!("/proc/{tid}/ns/net"))
+    let link = rustix::fs::readlink(format!("/proc/{tid}/ns/net"), Vec::new()).ok()?;
+    link.to_str()
+        .ok()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
         .ok()
-        .map(|st| st.st_ino)
 }
 
 impl Handler for BindHandler {
@@ -225,7 +224,7 @@ impl BindHandler {
         };
         facts.proto = Some(proto);
         // The caller is parked in this call, so its netns cannot change under us.
-        facts.netns = socket_netns_inode(&sock);
+        facts.netns = cx.ports.netns_inode(&sock);
         if !policy.any_netns()
             && (facts.netns.is_none() || facts.netns != thread_netns_inode(n.tid))
         {

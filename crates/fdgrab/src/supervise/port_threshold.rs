@@ -32,6 +32,10 @@ enum NsKey {
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
     own: Option<(NsKey, File)>,
+    /// nsfs inodes by netns cookie. A cookie names one netns for the life of the
+    /// system, so an entry never goes stale; it saves a `SIOCGSKNS` (which opens
+    /// a file) per bind.
+    inodes: Mutex<HashMap<u64, u64>>,
     /// Shared by every worker of the agent; held only for map operations, never
     /// while a foreign netns is read.
     cache: Mutex<HashMap<NsKey, (u16, Instant)>>,
@@ -87,6 +91,7 @@ impl UnprivilegedPorts {
         })();
         Self {
             own,
+            inodes: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -119,6 +124,28 @@ impl UnprivilegedPorts {
         }
         cache.insert(key, (v, Instant::now()));
         v
+    }
+
+    /// The nsfs inode of `sock`'s network namespace (as `/proc/PID/ns/net`
+    /// names it).
+    pub fn netns_inode(&self, sock: impl AsFd) -> Option<u64> {
+        let inode_of = |sock: &dyn AsFd| {
+            let ns = sys::socket_netns(sock.as_fd()).ok()?;
+            rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
+        };
+        let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
+            return inode_of(&sock);
+        };
+        let mut map = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&ino) = map.get(&cookie) {
+            return Some(ino);
+        }
+        let ino = inode_of(&sock)?;
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(cookie, ino);
+        Some(ino)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NsKey, (u16, Instant)>> {
