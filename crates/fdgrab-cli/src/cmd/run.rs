@@ -89,7 +89,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     fdgrab::supervise::pidfd_cache::FdBudget::raise_nofile(); // after the spawn: the child keeps its limit
     let mut sup = Supervisor::new(audit)?;
     sup.add_listener(listener, Arc::new(policy), AuditLabels::default())?;
-    drop_capabilities();
+    // The supervisor's set (docs/supervisor.md), plus CAP_KILL to forward signals.
+    if let Err(e) = fdgrab::supervise::capabilities::restrict(rustix::thread::CapabilitySet::KILL) {
+        tracing::debug!(error = %e, "capset failed; keeping capabilities");
+    }
 
     // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
     const SIGNALS: u64 = 1;
@@ -360,33 +363,5 @@ fn receive_listener(ours: &OwnedFd) -> Result<OwnedFd> {
     match (got.len, buf[0], got.fds.into_iter().next()) {
         (1, b'L', Some(fd)) => Ok(fd),
         _ => Err(anyhow!("the program did not pass its listener fd")),
-    }
-}
-
-/// Keeps root's uid but only the capabilities the supervisor uses: binding
-/// privileged ports, copying fds and reading memory of another user's process,
-/// naming a socket's netns, and signalling the program.
-fn drop_capabilities() {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    if !rustix::process::geteuid().is_root() {
-        return;
-    }
-    let keep = CapabilitySet::NET_BIND_SERVICE
-        | CapabilitySet::SYS_PTRACE
-        | CapabilitySet::NET_ADMIN
-        | CapabilitySet::KILL;
-    let sets = match rustix::thread::capabilities(None) {
-        Ok(s) => CapabilitySets {
-            effective: s.effective & keep,
-            permitted: s.permitted & keep,
-            inheritable: CapabilitySet::empty(),
-        },
-        Err(e) => {
-            tracing::debug!(error = %e, "capget failed; keeping capabilities");
-            return;
-        }
-    };
-    if let Err(e) = rustix::thread::set_capabilities(None, sets) {
-        tracing::debug!(error = %e, "capset failed; keeping capabilities");
     }
 }
