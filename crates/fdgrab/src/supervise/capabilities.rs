@@ -9,7 +9,7 @@
 //!
 //! Permitted but not effective: `CAP_SYS_ADMIN`, which `setns(2)` needs. Only the
 //! short-lived thread that enters a container's network namespace to read its
-//! `ip_unprivileged_port_start` raises it, for itself ([`with_netns_entry`]).
+//! `ip_unprivileged_port_start` raises it, for itself.
 //!
 //! Everything else is dropped from all three sets. Capabilities are per thread, so
 //! [`restrict`] must run before the supervisor starts any thread; threads inherit
