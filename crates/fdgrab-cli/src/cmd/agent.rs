@@ -32,7 +32,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let budget = FdBudget::raise_nofile();
     let upper = upper_policy(&a)?;
-    let audit = super::run::open_audit(&a.bind_policy)?;
+    let audit = crate::bind_policy::open_audit(&a.bind_policy)?;
     let listener = listen_at(&a.socket)?;
     // Before any thread exists: capabilities are per thread, and threads inherit.
     match capabilities::restrict(CapabilitySet::empty()) {
@@ -123,7 +123,7 @@ fn dump_stats(agent: &Agent) {
 /// read exactly as `fdgrab run` reads them.
 fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
     let policy =
-        super::run::load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())
+        crate::bind_policy::load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())
             .context("the agent's policy (--allow-bind, --policy)")?;
     if policy.is_empty() {
         tracing::warn!("empty policy: containers get no privileged ports from this agent");

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod audit;
 pub mod bind;
 pub mod capabilities;
+pub mod command;
 pub mod handler;
 pub mod oci;
 pub mod pidfd_cache;
@@ -20,6 +21,7 @@ pub mod tenant;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
 pub use bind::BindHandler;
+pub use command::{SupervisedCommand, User};
 pub use handler::{Answer, Claim, Context, Handler};
 pub use policy::{Policy, PolicyError, Proto};
 
