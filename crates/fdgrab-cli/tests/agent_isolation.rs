@@ -295,3 +295,36 @@ fn real_container_under_attack(rt: fdgrab_testkit::oci::Runtime) {
 fdgrab_testkit::per_runtime! {
     agent_real_container_under_attack => real_container_under_attack,
 }
+
+/// Without CAP_NET_ADMIN the agent cannot name a socket's netns (`SIOCGSKNS`);
+/// it compares netns cookies instead, learning the caller's by entering it once.
+/// The foreign socket is still refused and the container's own still bound.
+#[test]
+fn agent_netns_check_without_net_admin() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start_under(
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-all,+sys_ptrace,+net_bind_service,+sys_admin",
+            "--inh-caps",
+            "-all",
+        ],
+        &["--allow-bind", "tcp:92"],
+    );
+    let mut t = FakeTenant::start_foreign(&agent, &unique("no-net-admin"));
+    assert_eq!(t.ask("bind 127.78.8.1 92", TIMEOUT)["errno"], 0);
+    assert_eq!(t.ask("bind 127.78.8.2 92", TIMEOUT)["errno"], 0);
+    assert_eq!(t.ask("foreign 92", TIMEOUT)["errno"], libc::EACCES);
+    let audit = agent.audit_lines();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|l| l["decision"] == "bind" && l["errno"] == 0)
+            .count(),
+        2,
+        "{audit:?}"
+    );
+}

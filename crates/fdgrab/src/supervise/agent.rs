@@ -449,8 +449,10 @@ impl Agent {
             }
             return;
         }
-        // Done with this connection either way; closing it also drops it from epoll.
-        self.connections.remove(&token);
+        // Done with this connection either way. It is closed (which also drops it
+        // from epoll) only after the outcome is logged: a client that waits for
+        // the close then finds the reason in the log.
+        let closing = self.connections.remove(&token);
         match outcome {
             Ok(ReadProgress::Pending) => {}
             Ok(ReadProgress::Complete(listener)) => self.add_container(*listener, events),
@@ -466,6 +468,7 @@ impl Agent {
                 });
             }
         }
+        drop(closing);
     }
 
     fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {

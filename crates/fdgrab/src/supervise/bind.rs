@@ -225,10 +225,12 @@ impl BindHandler {
         facts.proto = Some(proto);
         // The caller is parked in this call, so its netns cannot change under us.
         facts.netns = cx.ports.netns_inode(&sock);
-        if !policy.any_netns()
-            && (facts.netns.is_none() || facts.netns != thread_netns_inode(n.tid))
-        {
-            return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
+        if !policy.any_netns() {
+            let same = thread_netns_inode(n.tid)
+                .and_then(|caller| cx.ports.same_netns(&sock, n.tid, caller));
+            if same != Some(true) {
+                return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
+            }
         }
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");

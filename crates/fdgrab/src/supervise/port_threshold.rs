@@ -127,31 +127,93 @@ impl UnprivilegedPorts {
     }
 
     /// The nsfs inode of `sock`'s network namespace (as `/proc/PID/ns/net`
-    /// names it).
+    /// names it), when it can be learnt: from the cookie cache, else with
+    /// `SIOCGSKNS` (which needs `CAP_NET_ADMIN`).
     pub fn netns_inode(&self, sock: impl AsFd) -> Option<u64> {
-        let inode_of = |sock: &dyn AsFd| {
-            let ns = sys::socket_netns(sock.as_fd()).ok()?;
-            rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
-        };
         let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
-            return inode_of(&sock);
+            return socket_netns_inode(&sock);
         };
-        let mut map = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&ino) = map.get(&cookie) {
+        if let Some(&ino) = self.inodes().get(&cookie) {
             return Some(ino);
         }
-        let ino = inode_of(&sock)?;
+        let ino = socket_netns_inode(&sock)?;
+        self.remember(cookie, ino);
+        Some(ino)
+    }
+
+    /// Whether `sock` lives in the network namespace whose nsfs inode is
+    /// `caller_ns` (thread `tid`'s). `None`: cannot tell.
+    ///
+    /// Without `CAP_NET_ADMIN` the socket's namespace cannot be named, but its
+    /// cookie can be read; the caller's namespace's cookie is then learnt once, by
+    /// a short-lived thread that enters it (`CAP_SYS_ADMIN`) and makes a socket
+    /// there, and kept like any other cookie.
+    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
+        if let Some(ino) = self.netns_inode(&sock) {
+            return Some(ino == caller_ns);
+        }
+        let cookie = sys::socket_netns_cookie(&sock).ok()?;
+        let caller_cookie = caller_netns_cookie(tid, caller_ns)?;
+        self.remember(caller_cookie, caller_ns);
+        Some(cookie == caller_cookie)
+    }
+
+    fn inodes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, cookie: u64, ino: u64) {
+        let mut map = self.inodes();
         if map.len() >= MAX_CACHED {
             map.clear();
         }
         map.insert(cookie, ino);
-        Some(ino)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NsKey, (u16, Instant)>> {
         // Entries are plain values: a poisoned map is still a valid map.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn socket_netns_inode(sock: impl AsFd) -> Option<u64> {
+    let ns = sys::socket_netns(sock).ok()?;
+    rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
+}
+
+/// The cookie of thread `tid`'s network namespace, from a socket made there by a
+/// thread that joins it; `None` if the namespace moved on from `expect_ns`.
+fn caller_netns_cookie(tid: i32, expect_ns: u64) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
+    let ns = rustix::fs::open(
+        format!("/proc/{tid}/ns/net"),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    if rustix::fs::fstat(&ns).ok()?.st_ino != expect_ns {
+        return None;
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            super::capabilities::with_netns_entry(|| {
+                crate::netns::run_in(ns.as_fd(), || {
+                    let probe = rustix::net::socket(
+                        rustix::net::AddressFamily::INET,
+                        rustix::net::SocketType::DGRAM,
+                        None,
+                    )?;
+                    sys::socket_netns_cookie(&probe).map_err(std::io::Error::from)
+                })
+            })
+        })
+        .join()
+        .ok()
+    })
+    .and_then(|r| {
+        r.map_err(|e| tracing::warn!(tid, error = %e, "cannot learn a netns's cookie"))
+            .ok()
+    })
 }
 
 /// Reads the sysctl from a thread that has joined `ns`. `/proc/sys/net` shows the
