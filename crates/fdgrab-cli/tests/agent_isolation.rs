@@ -249,7 +249,7 @@ fn agent_socket_from_a_foreign_netns() {
 /// and 32 clients trickle oversized documents: the container's httpd still gets
 /// port 80, and once everyone is gone the agent is back to its baseline fds.
 fn real_container_under_attack(rt: fdgrab_testkit::oci::Runtime) {
-    use fdgrab_testkit::oci::{Bundle, BundleSpec, Container, NetNs, SeccompBind};
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs};
     if !rt.usable() {
         return;
     }
@@ -267,15 +267,7 @@ fn real_container_under_attack(rt: fdgrab_testkit::oci::Runtime) {
         })
         .collect();
     let ns = NetNs::new();
-    let mut spec = BundleSpec::new(
-        &["httpd", "-f", "-p", "80", "-h", "/www"],
-        SeccompBind::Notify {
-            listener_path: agent.socket.clone(),
-            metadata: None,
-        },
-    );
-    spec.netns = Some(ns.path.clone());
-    let bundle = Bundle::new(&spec);
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&agent.socket, &ns));
     let id = unique(&format!("fdgrab-{}-attacked", rt.name()));
     let mut c = Container::run(rt, &bundle, &id);
     let resp = ns

@@ -897,3 +897,17 @@ pub fn mkfifo(path: &Path) {
     )
     .expect("mkfifo");
 }
+
+/// A bundle spec for busybox httpd on port 80 in `ns`, its bind sent to the agent
+/// listening at `listener_path` with no narrowing request.
+pub fn httpd_spec(listener_path: &Path, ns: &NetNs) -> BundleSpec {
+    let mut spec = BundleSpec::new(
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+        SeccompBind::Notify {
+            listener_path: listener_path.to_owned(),
+            metadata: None,
+        },
+    );
+    spec.netns = Some(ns.path.clone());
+    spec
+}
