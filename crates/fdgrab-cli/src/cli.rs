@@ -97,6 +97,12 @@ pub enum Command {
     /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
+    /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
+    /// that traps bind and listen, and its own bind() of a taken address (same address,
+    /// port, family, type) receives the taken socket at that fd number (ADDFD). Other
+    /// binds go to the kernel. It is ready once it called listen() on every taken socket.
+    /// fdgrab supervises it for its whole life (--detach leaves a supervisor process).
+    ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
     /// a number or *), unix:PATH (@NAME for abstract), fd:N, or * for every listening or
     /// bound socket. All members of an SO_REUSEPORT group are taken together.
@@ -382,11 +388,32 @@ pub struct ExecArgs {
     #[arg(long)]
     pub steal: bool,
     /// Return once the new server is ready, printing its pid, instead of waiting for it.
+    /// With --via bind or both, a small supervisor process stays behind for as long as
+    /// the new server lives; its pid is printed on a second line.
     #[arg(long)]
     pub detach: bool,
+    /// How the new server receives the sockets: `env` passes them as fd 3, 4, ... with
+    /// LISTEN_FDS (systemd socket activation); `bind` runs it under a seccomp supervisor
+    /// that answers its own bind() of a taken address by installing the taken socket at
+    /// that fd number (for servers that know nothing of LISTEN_FDS); `both` does both.
+    /// Under bind, the server is ready once it has called listen() on every taken
+    /// socket (or sent READY=1, or --ready-timeout passed, after it bound them all).
+    #[arg(long, value_enum, default_value = "env", value_name = "MODE")]
+    pub via: Via,
     /// The new server, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// How `exec` passes the sockets to the new server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// LISTEN_FDS (systemd socket activation).
+    Env,
+    /// The server's own bind() receives the taken socket.
+    Bind,
+    /// Both at once.
+    Both,
 }
 
 #[derive(Debug, clap::Args)]

@@ -265,7 +265,7 @@ impl BindHandler {
 /// `inet_bind` accepts `AF_UNSPEC` as `AF_INET` when the address is `INADDR_ANY`
 /// (an old compatibility rule); `inet6_bind` accepts only `AF_INET6`, which the
 /// socket check then enforces.
-fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
+pub(super) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
     match family {
         libc::AF_UNSPEC if raw.len() >= SOCKADDR_IN_LEN && raw[4..8] == [0; 4] => {
             let port = u16::from_be_bytes([raw[2], raw[3]]);
@@ -337,7 +337,7 @@ fn transport(sock: &OwnedFd) -> Result<Proto, &'static str> {
 /// reaches the same fd table. The tgid is read from `/proc/TID/status`; the
 /// ID_VALID that follows the memory read proves the thread (so its process, so the
 /// number) stayed alive from before this lookup until after it.
-fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
+pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     let tgid = crate::procfs::status(tid)
         .ok()
         .and_then(|st| st.tgid)

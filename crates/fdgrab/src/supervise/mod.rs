@@ -13,6 +13,7 @@ pub mod bind;
 pub mod capabilities;
 pub mod command;
 pub mod handler;
+pub mod handover;
 pub mod oci;
 pub mod pidfd_cache;
 pub mod policy;
