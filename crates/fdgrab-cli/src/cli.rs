@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_kind, parse_pid, parse_selector,
-    parse_signal, FdMap,
+    parse_backend, parse_duration, parse_escape, parse_fd, parse_fd_map, parse_kind, parse_pid,
+    parse_selector, parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -22,7 +22,8 @@ use std::time::Duration;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd."
+4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
+status, 126 if it cannot be started, 127 if it is not found."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
@@ -69,7 +70,8 @@ pub enum Command {
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab exits with CMD's status.
+    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
     Get(GetArgs),
     /// Copy a file's content to stdout through one of a process's fds.
     ///
@@ -92,8 +94,14 @@ pub enum Command {
     /// long. Then --steal closes the sockets in the old server and --signal-old signals it
     /// (through a pidfd). If CMD exits or never becomes ready, it is stopped, the old server
     /// is left exactly as it was, and fdgrab exits non-zero. Otherwise fdgrab stays CMD's
-    /// parent, forwards SIGTERM, SIGINT and SIGHUP to it and exits with its status
+    /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
+    ///
+    /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
+    /// that traps bind and listen, and its own bind() of a taken address (same address,
+    /// port, family, type) receives the taken socket at that fd number (ADDFD). Other
+    /// binds go to the kernel. It is ready once it called listen() on every taken socket.
+    /// fdgrab supervises it for its whole life (--detach leaves a supervisor process).
     ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
     /// a number or *), unix:PATH (@NAME for abstract), fd:N, or * for every listening or
@@ -108,7 +116,8 @@ pub enum Command {
     /// process (its next use of the number fails with EBADF, and the number may be
     /// reused), or with --null, /dev/null is put over them (the number stays taken;
     /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
-    /// is taken from the process. Closing uses ptrace injection.
+    /// is taken from the process. Closing uses ptrace injection. Signals and exit status
+    /// as for `get`.
     Steal(StealArgs),
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
@@ -132,8 +141,9 @@ pub enum Command {
     /// by fdgrab on the program's own socket and answered with the exact result;
     /// every other bind is handed back to the kernel untouched. io_uring_setup fails
     /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
-    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
-    /// SIGHUP and exits with the program's status.
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM, SIGHUP
+    /// and SIGQUIT and exits with the program's status (127: not found; 126: it cannot
+    /// be started, e.g. a failed switch to --user).
     Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
     ///
@@ -145,6 +155,29 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Move a running program's terminal session onto this terminal (like reptyr).
+    ///
+    /// Finds the pseudo-terminal PID runs on and the process holding its master (sshd,
+    /// tmux, screen, script, a terminal emulator), takes a copy of the master and puts
+    /// /dev/null over the holder's fds, then relays between this terminal (in raw mode)
+    /// and the session, copying the window size now and on every resize. Every process
+    /// on that terminal moves, job control included.
+    ///
+    /// When nobody holds the master any more (or with --single), PID alone moves: it
+    /// gets a new terminal as its controlling terminal and on every fd that was on the
+    /// old one; its children and other processes on the old terminal stay behind.
+    ///
+    /// Type Enter ~ . to detach: the program keeps running (a small `fdgrab-keep`
+    /// process holds the session) and `fdgrab attach PID` picks it up again. SIGHUP,
+    /// SIGINT, SIGTERM and SIGQUIT to fdgrab detach the same way.
+    ///
+    /// Exit status: 0 the session ended (no process has the terminal open any more);
+    /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
+    /// a pseudo-terminal, is on this one, or cannot be moved alone, or stdin/stdout is
+    /// not a terminal in whose foreground fdgrab runs; 4 the master's holder (or PID)
+    /// may not be inspected or traced; 5 no such process; 6 already attached by another
+    /// fdgrab.
+    Attach(AttachArgs),
     /// Print a seccomp profile (OCI/Docker JSON) whose `bind` goes to the agent.
     ///
     /// Starts from --from, or from a built-in profile equivalent to the default
@@ -296,6 +329,22 @@ pub struct StealArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// A process on the terminal session to move.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The escape character typed after Enter to detach (~ . ) or send itself (~ ~);
+    /// `^]` style for a control key; `none` disables it.
+    #[arg(short, long, value_name = "CHAR", value_parser = parse_escape)]
+    pub escape: Option<fdgrab::pty::Escape>,
+    /// Move PID alone onto a new terminal instead of taking the session (the default
+    /// when nobody holds the master any more). Its children and every other process
+    /// on the old terminal stay there.
+    #[arg(long)]
+    pub single: bool,
+}
+
+#[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "our_fd"])))]
 pub struct PutArgs {
     /// The process to install the fd into.
@@ -378,17 +427,39 @@ pub struct ExecArgs {
     #[arg(long)]
     pub steal: bool,
     /// Return once the new server is ready, printing its pid, instead of waiting for it.
+    /// With --via bind or both, a small supervisor process stays behind for as long as
+    /// the new server lives; its pid is printed on a second line.
     #[arg(long)]
     pub detach: bool,
+    /// How the new server receives the sockets: `env` passes them as fd 3, 4, ... with
+    /// LISTEN_FDS (systemd socket activation); `bind` runs it under a seccomp supervisor
+    /// that answers its own bind() of a taken address by installing the taken socket at
+    /// that fd number (for servers that know nothing of LISTEN_FDS); `both` does both.
+    /// Under bind, the server is ready once it has called listen() on every taken
+    /// socket (or sent READY=1, or --ready-timeout passed, after it bound them all).
+    #[arg(long, value_enum, default_value = "env", value_name = "MODE")]
+    pub via: Via,
     /// The new server, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
 }
 
+/// How `exec` passes the sockets to the new server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// LISTEN_FDS (systemd socket activation).
+    Env,
+    /// The server's own bind() receives the taken socket.
+    Bind,
+    /// Both at once.
+    Both,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
-    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    /// Run the program as USER (and GROUP): a name or a number, looked up through NSS
+    /// (nsswitch.conf), with the user's supplementary groups. fdgrab itself keeps root,
+    /// but only the capabilities it needs.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     #[command(flatten)]

@@ -7,6 +7,7 @@ pub mod cri;
 pub mod handover;
 pub mod oci;
 pub mod seccomp_oracle;
+pub mod tmux;
 
 use serde_json::Value;
 use std::ffi::OsStr;
