@@ -157,3 +157,17 @@ pub fn unescape(shown: &str) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// `fdgrab attach`'s escape detection over typed bytes arriving in `pieces`, as the
+/// relay feeds it: what is sent on to the program, and whether the user detached
+/// (nothing after the detach is read).
+pub fn pty_escape(escape: crate::pty::Escape, pieces: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut keys = crate::pty::relay::EscapeState::new(escape);
+    let mut out = Vec::new();
+    for piece in pieces {
+        if keys.feed(piece, &mut out) {
+            return (out, true);
+        }
+    }
+    (out, false)
+}

@@ -23,7 +23,7 @@
 
 mod keeper;
 mod lock;
-mod relay;
+pub(crate) mod relay;
 mod single;
 mod termios;
 

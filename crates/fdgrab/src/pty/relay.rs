@@ -264,14 +264,14 @@ fn flush_blocking(master: BorrowedFd<'_>, data: &[u8]) {
 
 /// Recognises the escape in the typed bytes.
 #[derive(Debug)]
-struct EscapeState {
+pub(crate) struct EscapeState {
     escape: Escape,
     at_line_start: bool,
     saw_escape: bool,
 }
 
 impl EscapeState {
-    fn new(escape: Escape) -> Self {
+    pub(crate) fn new(escape: Escape) -> Self {
         Self {
             escape,
             at_line_start: true,
@@ -280,7 +280,7 @@ impl EscapeState {
     }
 
     /// Appends to `out` what `typed` sends on; true once the escape is complete.
-    fn feed(&mut self, typed: &[u8], out: &mut Vec<u8>) -> bool {
+    pub(crate) fn feed(&mut self, typed: &[u8], out: &mut Vec<u8>) -> bool {
         let Some(esc) = self.escape.char() else {
             out.extend_from_slice(typed);
             return false;
