@@ -911,3 +911,39 @@ pub fn httpd_spec(listener_path: &Path, ns: &NetNs) -> BundleSpec {
     spec.netns = Some(ns.path.clone());
     spec
 }
+
+/// A runtime's connection to the agent, replayed: `doc` sent in `chunk`-byte pieces
+/// over a unix stream socket pair with `nfds` eventfds attached to the first piece,
+/// then a hang-up, each step read with `StateReader::read_from` as the agent reads.
+/// Returns the first answer that is not "pending", or the answer after the hang-up.
+/// Shared by the `oci_state` fuzz target and the property tests.
+pub fn deliver_state(
+    doc: &[u8],
+    nfds: usize,
+    chunk: usize,
+) -> Result<fdgrab::supervise::oci::ReadProgress, fdgrab::supervise::oci::Rejection> {
+    use fdgrab::supervise::oci::{ReadProgress, StateReader};
+    let (runtime, agent) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    agent.set_nonblocking(true).expect("nonblocking");
+    let fds: Vec<_> = (0..nfds)
+        .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
+        .collect();
+    let mut reader = StateReader::new();
+    for (i, piece) in doc.chunks(chunk.max(1)).enumerate() {
+        let attach: Vec<_> = if i == 0 {
+            fds.iter().map(|f| f.as_fd()).collect()
+        } else {
+            Vec::new()
+        };
+        let sent = fdgrab::passfd::send_fds(runtime.as_fd(), piece, &attach).expect("send");
+        (&runtime).write_all(&piece[sent..]).expect("send the rest");
+        match reader.read_from(agent.as_fd()) {
+            Ok(ReadProgress::Pending) => {}
+            answer => return answer,
+        }
+    }
+    runtime
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    reader.read_from(agent.as_fd())
+}

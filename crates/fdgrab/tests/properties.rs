@@ -315,38 +315,11 @@ proptest! {
     }
 }
 
-/// Sends `doc` in `chunk`-byte pieces with `nfds` eventfds on the first, then hangs
-/// up, through `StateReader::read_from` as the agent reads; the answer's Debug form.
+/// The agent's answer to a replayed connection, in its Debug form.
 fn deliver(doc: &[u8], nfds: usize, chunk: usize) -> String {
-    use fdgrab::supervise::oci::{ReadProgress, StateReader};
-    use std::io::Write;
-    use std::os::fd::AsFd;
-    let (runtime, agent) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    agent.set_nonblocking(true).expect("nonblocking");
-    let fds: Vec<_> = (0..nfds)
-        .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
-        .collect();
-    let mut reader = StateReader::new();
-    for (i, piece) in doc.chunks(chunk).enumerate() {
-        let attach: Vec<_> = if i == 0 {
-            fds.iter().map(|f| f.as_fd()).collect()
-        } else {
-            Vec::new()
-        };
-        let sent = fdgrab::passfd::send_fds(runtime.as_fd(), piece, &attach).expect("send");
-        (&runtime).write_all(&piece[sent..]).expect("send the rest");
-        match reader.read_from(agent.as_fd()) {
-            Ok(ReadProgress::Pending) => {}
-            Ok(ReadProgress::Complete(l)) => return format!("Complete {:?}", l.state),
-            Err(e) => return format!("{e:?}"),
-        }
-    }
-    runtime
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    match reader.read_from(agent.as_fd()) {
-        Ok(ReadProgress::Pending) => "Pending after hang-up".into(),
-        Ok(ReadProgress::Complete(l)) => format!("Complete {:?}", l.state),
+    match fdgrab_testkit::oci::deliver_state(doc, nfds, chunk) {
+        Ok(fdgrab::supervise::oci::ReadProgress::Pending) => "Pending after hang-up".into(),
+        Ok(fdgrab::supervise::oci::ReadProgress::Complete(l)) => format!("Complete {:?}", l.state),
         Err(e) => format!("{e:?}"),
     }
 }
@@ -369,6 +342,29 @@ proptest! {
         prop_assert_eq!(fuzzing::fd_link(format!("socket:[{ino}]").as_bytes()).0, Some(ino));
         prop_assert_eq!(fuzzing::fd_link(format!("pipe:[{ino}]").as_bytes()).1, Some(ino));
         prop_assert_eq!(fuzzing::fd_link(&name).3, name);
+    }
+}
+
+proptest! {
+    /// `attach`'s detach escape: the answer does not depend on how the typed bytes
+    /// arrive in reads; with no escape, or no escape character typed, every byte
+    /// goes through; `~.` at a line start detaches and `~~` sends one `~`.
+    #[test]
+    fn pty_escape_ignores_reads(typed in proptest::collection::vec(prop_oneof![Just(b'~'), Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..40), step in 1usize..8) {
+        use fdgrab::pty::Escape;
+        for escape in [Escape::DEFAULT, Escape::NONE, Escape::new(b'.')] {
+            let whole = fuzzing::pty_escape(escape, &[&typed]);
+            let pieces: Vec<&[u8]> = typed.chunks(step).collect();
+            prop_assert_eq!(fuzzing::pty_escape(escape, &pieces), whole.clone());
+            if escape.char().is_none_or(|c| !typed.contains(&c)) {
+                prop_assert_eq!(whole, (typed.clone(), false));
+            }
+        }
+        let mut line = b"\r~~".to_vec();
+        line.extend_from_slice(&typed);
+        let (out, _) = fuzzing::pty_escape(Escape::DEFAULT, &[&line]);
+        prop_assert!(out.starts_with(b"\r~") && !out.starts_with(b"\r~~") || typed.first() == Some(&b'~'));
+        prop_assert_eq!(fuzzing::pty_escape(Escape::DEFAULT, &[b"\n~.", &typed]), (b"\n".to_vec(), true));
     }
 }
 
