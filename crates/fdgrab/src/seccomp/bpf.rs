@@ -15,6 +15,19 @@ pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// `__X32_SYSCALL_BIT`: x32 calls carry the x86_64 arch with this bit set in `nr`.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `AUDIT_ARCH_AARCH64` (`EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
+pub const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+/// `AUDIT_ARCH_ARM`: what an AArch32 (compat) task on an arm64 kernel reports.
+pub const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+
+/// The `AUDIT_ARCH_*` of the ABI this crate is built for; every other one is foreign.
+#[cfg(target_arch = "x86_64")]
+pub const NATIVE_AUDIT_ARCH: u32 = AUDIT_ARCH_X86_64;
+/// The `AUDIT_ARCH_*` of the ABI this crate is built for; every other one is foreign.
+#[cfg(target_arch = "aarch64")]
+pub const NATIVE_AUDIT_ARCH: u32 = AUDIT_ARCH_AARCH64;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("fdgrab's seccomp filters know the AUDIT_ARCH of x86_64 and aarch64 only");
 
 /// Offsets into `struct seccomp_data`.
 const OFF_NR: u32 = 0;
@@ -292,12 +305,14 @@ impl Program {
     }
 }
 
-/// "Native x86_64 ABI only; these syscalls get these actions; everything else gets
-/// the default" — the one filter shape fdgrab installs.
+/// "Native ABI only; these syscalls get these actions; everything else gets the
+/// default" — the one filter shape fdgrab installs. Native is [`NATIVE_AUDIT_ARCH`]:
+/// on x86_64 that leaves out i386 (`int 0x80`) and, by the number check, x32; on
+/// aarch64 it leaves out AArch32 compat tasks (whose numbers never reach the x32 bit).
 ///
 /// Layout (an allowed call takes `4 + rules` instructions):
 /// ```text
-///   ld arch;  jeq X86_64 ? next : foreign
+///   ld arch;  jeq NATIVE ? next : foreign
 ///   ld nr;    jge X32_BIT ? foreign : next
 ///   jeq nr0 ? ret0 : next ... jeq nrN ? retN : next
 ///   ret default
@@ -313,7 +328,7 @@ pub struct SyscallFilter {
 
 impl SyscallFilter {
     /// A filter with `default` for every call not named by a rule. Calls through
-    /// another ABI (i386 `int 0x80`, x32) are killed unless
+    /// another ABI (i386 `int 0x80`, x32, AArch32) are killed unless
     /// [`SyscallFilter::on_foreign_arch`] says otherwise.
     pub fn new(default: Action) -> Self {
         Self {
@@ -329,7 +344,7 @@ impl SyscallFilter {
         self
     }
 
-    /// Gives system call `nr` (x86_64 numbering) its own action.
+    /// Gives system call `nr` (the native numbering, as `libc::SYS_*`) its own action.
     pub fn rule(mut self, nr: libc::c_long, action: Action) -> Self {
         self.rules.push((nr as u32, action));
         self
@@ -353,7 +368,7 @@ impl SyscallFilter {
         };
         let mut insns = Vec::with_capacity(foreign + 1);
         insns.push(Insn::load(Field::Arch));
-        insns.push(Insn::jeq(AUDIT_ARCH_X86_64, 0, jump(1, foreign)?));
+        insns.push(Insn::jeq(NATIVE_AUDIT_ARCH, 0, jump(1, foreign)?));
         insns.push(Insn::load(Field::Nr));
         insns.push(Insn::jge(X32_SYSCALL_BIT, jump(3, foreign)?, 0));
         for (i, &(nr, _)) in self.rules.iter().enumerate() {
@@ -382,9 +397,9 @@ mod tests {
     #[test]
     fn traps_bind_and_refuses_io_uring() {
         let p = bind_filter();
-        let bind = p.run(AUDIT_ARCH_X86_64, libc::SYS_bind as u32);
+        let bind = p.run(NATIVE_AUDIT_ARCH, libc::SYS_bind as u32);
         assert_eq!(bind.action, Action::Notify);
-        let uring = p.run(AUDIT_ARCH_X86_64, libc::SYS_io_uring_setup as u32);
+        let uring = p.run(NATIVE_AUDIT_ARCH, libc::SYS_io_uring_setup as u32);
         assert_eq!(uring.action, Action::Errno(libc::ENOSYS as u16));
     }
 
@@ -398,7 +413,7 @@ mod tests {
             libc::SYS_connect as u32,
             460,
         ] {
-            let v = p.run(AUDIT_ARCH_X86_64, nr);
+            let v = p.run(NATIVE_AUDIT_ARCH, nr);
             assert_eq!(v.action, Action::Allow, "nr {nr}");
             assert_eq!(
                 v.steps,
@@ -411,20 +426,30 @@ mod tests {
     #[test]
     fn foreign_abis_are_killed() {
         let p = bind_filter();
+        // The other architecture's native ABI is foreign too (a filter built for one
+        // must never pass the other's numbers, which mean different calls).
+        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64] {
+            if arch != NATIVE_AUDIT_ARCH {
+                assert_eq!(p.run(arch, 49).action, Action::KillProcess);
+                assert_eq!(p.run(arch, 200).action, Action::KillProcess);
+            }
+        }
+        // AArch32 compat on arm64: bind is 282, socketcall does not exist there.
+        for nr in [282u32, libc::SYS_bind as u32] {
+            assert_eq!(p.run(AUDIT_ARCH_ARM, nr).action, Action::KillProcess);
+        }
         // i386 bind is socketcall (102) or bind (361); neither may slip through.
         for nr in [102u32, 361, libc::SYS_bind as u32] {
             assert_eq!(p.run(AUDIT_ARCH_I386, nr).action, Action::KillProcess);
         }
-        // x32: the x86_64 arch with the x32 bit set in the number.
-        let x32_bind = X32_SYSCALL_BIT | libc::SYS_bind as u32;
-        assert_eq!(
-            p.run(AUDIT_ARCH_X86_64, x32_bind).action,
-            Action::KillProcess
-        );
-        assert_eq!(
-            p.run(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39).action,
-            Action::KillProcess
-        );
+        // x32: the x86_64 arch with the x32 bit set in the number (x32 bind is 49).
+        // On aarch64 no real number reaches the bit; the check costs one step.
+        for nr in [
+            X32_SYSCALL_BIT | libc::SYS_bind as u32,
+            X32_SYSCALL_BIT | 39,
+        ] {
+            assert_eq!(p.run(NATIVE_AUDIT_ARCH, nr).action, Action::KillProcess);
+        }
         let refusing = SyscallFilter::new(Action::Allow)
             .on_foreign_arch(Action::Errno(libc::ENOSYS as u16))
             .build()

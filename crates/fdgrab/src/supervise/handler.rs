@@ -32,7 +32,7 @@ pub enum Answer {
 
 /// One kind of trapped system call.
 pub trait Handler: Send + std::fmt::Debug {
-    /// The x86_64 syscall numbers this handler answers.
+    /// The native syscall numbers (`libc::SYS_*`) this handler answers.
     fn syscalls(&self) -> &[libc::c_long];
 
     /// Decides one request. Must not block on the target: it is parked until we
