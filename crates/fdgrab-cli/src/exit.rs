@@ -1,17 +1,82 @@
-//! Exit codes. They are part of the interface (see README), so each one is a
-//! named variant rather than a number scattered through the code.
+//! Exit codes. They are part of the interface, so each one is a named variant
+//! rather than a number scattered through the code, and this table is their only
+//! description: `--help`, the man page and docs/exit-codes.md are generated from it.
 
 use std::process::ExitCode;
 
-/// The documented exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Code {
-    Failure = 1,
-    Usage = 2,
-    Unsupported = 3,
-    PermissionDenied = 4,
-    NoSuchProcessOrFd = 5,
+/// Declares [`Code`], its [`Code::ALL`] table and each code's one-line meaning, so a
+/// code cannot be added without its documentation.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $n:literal => $meaning:literal,)+) => {
+        /// The documented exit codes (besides 0, and a wrapped command's own status).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Code {
+            $($(#[$doc])* $name = $n,)+
+        }
+
+        impl Code {
+            /// Every code, in numeric order.
+            pub const ALL: &'static [Code] = &[$(Code::$name,)+];
+
+            /// What the code means, in one line.
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Code::$name => $meaning,)+
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    Failure = 1 => "failure: anything not listed below (an fd of the wrong kind, an I/O error)",
+    Usage = 2 => "usage: a bad argument (pid 0, a negative pid or fd, a number out of range, a missing -- CMD, a bad policy file)",
+    Unsupported = 3 => "the running kernel lacks a needed system call (pidfd_open needs Linux 5.3, pidfd_getfd 5.6)",
+    PermissionDenied = 4 => "permission denied (another uid, a non-dumpable target, Yama, an LSM); the message names the likely cause",
+    NoSuchProcessOrFd = 5 => "no such process (it never existed, exited or was reaped) or no such fd in it",
+}
+
+/// What exit status 0 and the statuses of wrapped commands mean; shared by every
+/// rendering of the table.
+pub const SUCCESS_MEANING: &str = "success. Commands that run a program (get, steal, exec, run) exit with its status instead; a program killed by signal N gives 128+N. A closed stdout (EPIPE: its reader, such as head, exited) ends fdgrab quietly with 0";
+
+impl Code {
+    /// `--help`'s closing text.
+    pub fn help_text() -> String {
+        let mut s = format!("Exit status:\n  0  {SUCCESS_MEANING}\n");
+        for c in Code::ALL {
+            s.push_str(&format!("  {}  {}\n", *c as u8, c.meaning()));
+        }
+        s.push_str(
+            "Errors go to stderr as one line naming the pid, fd or argument and the reason.",
+        );
+        s
+    }
+
+    /// The man page's EXIT STATUS section body (roff).
+    pub fn roff() -> String {
+        let mut s = format!(".TP\n0\n{}\n", roff_escape(SUCCESS_MEANING));
+        for c in Code::ALL {
+            s.push_str(&format!(
+                ".TP\n{}\n{}\n",
+                *c as u8,
+                roff_escape(c.meaning())
+            ));
+        }
+        s
+    }
+}
+
+/// Escapes text for a roff paragraph: backslashes, hyphens (so they are not
+/// hyphenation points) and a leading dot or quote (which would start a request).
+pub fn roff_escape(text: &str) -> String {
+    let s = text.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') {
+        format!("\\&{s}")
+    } else {
+        s
+    }
 }
 
 impl From<Code> for ExitCode {
@@ -54,8 +119,52 @@ pub fn code_for(e: &anyhow::Error) -> Code {
     Code::Failure
 }
 
-/// Prints the error chain on stderr and returns its exit code.
+/// Whether the error is a write to a reader that went away (EPIPE): the ordinary
+/// end of `fdgrab ... | head`, not a failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints the error chain on stderr and returns its exit code; a closed stdout
+/// (EPIPE) ends quietly with 0 instead.
 pub fn report(e: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(e) {
+        return ExitCode::SUCCESS;
+    }
     eprintln!("fdgrab: {e:#}");
     code_for(e).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_in_order_and_complete() {
+        let numbers: Vec<u8> = Code::ALL.iter().map(|c| *c as u8).collect();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+        assert_eq!(numbers.first(), Some(&1));
+        let help = Code::help_text();
+        for c in Code::ALL {
+            assert!(help.contains(c.meaning()), "{c:?} missing from --help");
+        }
+    }
+
+    #[test]
+    fn roff_is_escaped() {
+        assert_eq!(roff_escape("a-b"), "a\\-b");
+        assert_eq!(roff_escape(".x"), "\\&.x");
+        assert!(!Code::roff().contains("pid-"), "hyphens escaped");
+    }
+
+    #[test]
+    fn broken_pipe_is_found_anywhere_in_the_chain() {
+        let e = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing the listing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
 }
