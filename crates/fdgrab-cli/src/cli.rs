@@ -50,7 +50,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// Each command's arguments are built only when that command runs (`defer`): the
+/// others cost nothing at start-up. Help, man pages and completions expand them all.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// List a process's open fds: number, mode, type, device/inode, offset and name.
     ///

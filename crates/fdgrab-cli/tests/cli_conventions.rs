@@ -344,3 +344,38 @@ fn exit_codes_are_shown_the_same_everywhere() {
     gone.wait().expect("reap");
     assert_eq!(run_fdgrab(["ls", &pid]).status.code(), Some(5));
 }
+
+/// Without -v, FDGRAB_LOG or --log-format no log subscriber is set up, yet warnings
+/// still reach stderr as one plain line (here the agent's empty-policy warning).
+#[test]
+fn warnings_print_without_logging_setup() {
+    use std::io::BufRead;
+    let dir = scratch("warn");
+    let sock = dir.join("agent.sock");
+    let mut child = fdgrab()
+        .args(["agent", "--socket", &sock.to_string_lossy()])
+        .env_remove("FDGRAB_LOG")
+        .env_remove("FDGRAB_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx.recv_timeout(TIMEOUT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = line.expect("the agent printed no warning");
+    assert!(line.starts_with("fdgrab: WARN "), "{line:?}");
+    assert!(line.contains("empty policy"), "{line:?}");
+    assert!(!line.contains('\x1b'), "{line:?}");
+}
