@@ -35,6 +35,11 @@ codes! {
     Unsupported = 3 => "the running kernel lacks a needed system call (pidfd_open needs Linux 5.3, pidfd_getfd 5.6)",
     PermissionDenied = 4 => "permission denied (another uid, a non-dumpable target, Yama, an LSM); the message names the likely cause",
     NoSuchProcessOrFd = 5 => "no such process (it never existed, exited or was reaped) or no such fd in it",
+    /// CMD was found but could not be started: not executable, or a set-up step
+    /// before its exec failed (as `env` and shells use 126).
+    CannotExecute = 126 => "CMD was found but could not be started (not executable, or a set-up step before its exec failed), as env and shells use 126",
+    /// CMD was not found (as `env` and shells use 127).
+    NotFound = 127 => "CMD was not found, as env and shells use 127",
 }
 
 /// What exit status 0 and the statuses of wrapped commands mean; shared by every
@@ -112,6 +117,8 @@ pub fn code_for(e: &anyhow::Error) -> Code {
                 fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,
+                fdgrab::Error::Spawn(e) if e.is_not_found() => Code::NotFound,
+                fdgrab::Error::Spawn(_) => Code::CannotExecute,
                 _ => Code::Failure,
             };
         }

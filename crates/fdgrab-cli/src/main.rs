@@ -1,12 +1,17 @@
 //! The `fdgrab` command. All logic that is not about arguments, output or exit
 //! codes lives in the `fdgrab` library.
 
+// Every `unsafe` block of the project lives in the library, next to the kernel
+// interface it wraps.
+#![forbid(unsafe_code)]
+
 mod args;
+mod bind_policy;
 mod cli;
 mod cmd;
 mod exit;
+mod launch;
 mod logging;
-mod spawn;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -35,11 +35,34 @@ fn code_1_failure() {
     let pid = t.pid.to_string();
     let pipe = t.fd_labelled("pipe-r").to_string();
     check(&run_fdgrab(["cat", &pid, &pipe]), 1, &["--consume", &pid]);
-    check(
-        &run_fdgrab(["get", &pid, "0", "--", "/nonexistent/cmd"]),
-        1,
-        &["/nonexistent/cmd"],
-    );
+}
+
+/// CMD not found is 127 and not executable is 126, as with `env` and shells, for
+/// every command that starts one.
+#[test]
+fn code_126_127_when_cmd_cannot_start() {
+    let t = Target::spawn(["zoo"]);
+    let pid = t.pid.to_string();
+    let fd = t.fd_labelled("file").to_string();
+    for cmd in ["get", "steal"] {
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "/nonexistent/cmd"]),
+            127,
+            &["command '/nonexistent/cmd' not found"],
+        );
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "fdgrab-no-such-cmd"]),
+            127,
+            &["command 'fdgrab-no-such-cmd' not found in PATH"],
+        );
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "/etc/passwd"]),
+            126,
+            &["cannot execute '/etc/passwd'", "not an executable file"],
+        );
+    }
+    // Refused before anything was taken: the target keeps its fd.
+    assert!(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists());
 }
 
 #[test]

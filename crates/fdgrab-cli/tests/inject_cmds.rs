@@ -272,8 +272,10 @@ fn inject_cli_steal_takes_nothing_if_command_fails() {
         "--",
         "/nonexistent/command",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run '/nonexistent/command'"));
+    assert_eq!(out.status.code(), Some(127), "CMD not found");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command '/nonexistent/command' not found")
+    );
     assert_eq!(proc_fds(t.pid), before, "nothing taken");
     send_line(&mut t, "still mine\n");
     assert_eq!(json_line(&mut t)["data"], "still mine\n");

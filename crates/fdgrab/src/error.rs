@@ -79,6 +79,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A program we were to start did not start ([`crate::spawn`]).
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
 }
 
 fn fd_suffix(fd: Option<TargetFd>) -> String {
@@ -111,7 +115,7 @@ impl Error {
             | Error::WrongKind { pid, .. }
             | Error::NoMatchingSocket { pid, .. }
             | Error::Io { pid, .. } => Some(*pid),
-            Error::Unsupported { .. } | Error::InvalidArgument(_) => None,
+            Error::Unsupported { .. } | Error::InvalidArgument(_) | Error::Spawn(_) => None,
         }
     }
 }

@@ -36,10 +36,12 @@ pub mod inject;
 pub mod inventory;
 mod netns;
 pub mod passfd;
+pub mod passwd;
 pub mod pidfd;
 mod procfs;
 pub mod seccomp;
 pub mod signalfd;
+pub mod spawn;
 pub mod supervise;
 mod sys;
 

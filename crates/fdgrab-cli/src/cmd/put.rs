@@ -31,9 +31,13 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    let inherited: OwnedFd;
     let ours: BorrowedFd<'_> = match (&opened, a.our_fd) {
         (Some(f), _) => f.as_fd(),
-        (None, Some(n)) => borrow_inherited(n.as_raw())?,
+        (None, Some(n)) => {
+            inherited = dup_inherited(n.as_raw())?;
+            inherited.as_fd()
+        }
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
     inject::put(&target, ours, a.fd)?;
@@ -50,16 +54,14 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One of fdgrab's own fds, inherited from the shell. Checked to be open first, so
-/// a typo gives a clear error rather than acting on nothing.
-fn borrow_inherited(n: i32) -> Result<BorrowedFd<'static>> {
-    if !std::path::Path::new(&format!("/proc/self/fd/{n}")).exists() {
-        return Err(UsageError(format!(
+/// One of fdgrab's own fds, inherited from the shell; a typo gives a clear error
+/// rather than acting on nothing.
+fn dup_inherited(n: i32) -> Result<OwnedFd> {
+    fdgrab::spawn::dup_inherited(n).map_err(|e| match e {
+        fdgrab::Error::InvalidArgument(_) => UsageError(format!(
             "--fd {n}: fdgrab has no fd {n} open (pass it from the shell, e.g. {n}>FILE)"
         ))
-        .into());
-    }
-    // SAFETY: fd `n` is open (checked just above) and fdgrab never closes an fd it
-    // did not open itself, so it stays open for the rest of the process.
-    Ok(unsafe { BorrowedFd::borrow_raw(n) })
+        .into(),
+        e => e.into(),
+    })
 }

@@ -1,8 +1,8 @@
 //! `fdgrab steal`: move fds out of a process into a command.
 
 use crate::cli::StealArgs;
-use crate::spawn::{grab_and_spawn, passthrough};
-use anyhow::{Context, Result};
+use crate::launch::{forwarded_signals, grab_and_spawn, passthrough};
+use anyhow::Result;
 use fdgrab::grab::open_target;
 use fdgrab::inject::{close_in_target, CloseMode};
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
     // The copies are verified (same open file as the target's fd) before the command
     // starts, and the command has exec'd before the target loses anything, so a
     // command that cannot start takes nothing.
+    let signals = forwarded_signals()?;
     let (mut child, backend) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
     let wanted: Vec<_> = a.fds.iter().map(|m| m.fd).collect();
     let how = if a.null {
@@ -27,6 +28,6 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
         )));
     }
     tracing::info!(pid = a.pid, fds = ?wanted, ?how, backend = backend.name(), "stolen");
-    let status = child.wait().context("waiting for the command")?;
+    let status = child.wait_forwarding(&signals)?;
     Ok(passthrough(status))
 }
