@@ -283,6 +283,12 @@ fn man_pages_stand_alone() {
             }
         }
     }
+    // One page at a time, by name; an unknown one is a usage error listing them.
+    let out = run_fdgrab(["man", "policy"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH fdgrab-policy 5"));
+    let out = run_fdgrab(["man", "nonesuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy, json"));
     // The policy page carries the format itself, not a pointer to the README.
     let policy = &texts
         .iter()
