@@ -47,11 +47,26 @@ codes! {
 pub const SUCCESS_MEANING: &str = "success. Commands that run a program (get, steal, exec, run) exit with its status instead; a program killed by signal N gives 128+N. A closed stdout (EPIPE: its reader, such as head, exited) ends fdgrab quietly with 0";
 
 impl Code {
-    /// `--help`'s closing text.
+    /// `--help`'s closing text: one entry per code, wrapped to fit 80 columns.
     pub fn help_text() -> String {
-        let mut s = format!("Exit status:\n  0  {SUCCESS_MEANING}\n");
-        for c in Code::ALL {
-            s.push_str(&format!("  {}  {}\n", *c as u8, c.meaning()));
+        let mut s = String::from("Exit status:\n");
+        let rows = std::iter::once((0, SUCCESS_MEANING))
+            .chain(Code::ALL.iter().map(|c| (*c as u8, c.meaning())));
+        for (code, meaning) in rows {
+            s.push_str(&format!("  {code:<3}  "));
+            let mut width = 0;
+            for word in meaning.split(' ') {
+                if width > 0 && width + 1 + word.len() > 71 {
+                    s.push_str("\n       ");
+                    width = 0;
+                } else if width > 0 {
+                    s.push(' ');
+                    width += 1;
+                }
+                s.push_str(word);
+                width += word.len();
+            }
+            s.push('\n');
         }
         s.push_str(
             "Errors go to stderr as one line naming the pid, fd or argument and the reason.",
@@ -155,8 +170,10 @@ mod tests {
         assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
         assert_eq!(numbers.first(), Some(&1));
         let help = Code::help_text();
+        assert!(help.lines().all(|l| l.len() <= 80), "{help}");
+        let flowed = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for c in Code::ALL {
-            assert!(help.contains(c.meaning()), "{c:?} missing from --help");
+            assert!(flowed.contains(c.meaning()), "{c:?} missing from --help");
         }
     }
 

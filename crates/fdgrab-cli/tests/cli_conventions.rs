@@ -300,7 +300,8 @@ fn man_pages_stand_alone() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// The exit-status lines of `fdgrab --help`: (code, meaning).
+/// The exit-status entries of `fdgrab --help`: (code, meaning), with wrapped
+/// continuation lines joined.
 fn help_exit_codes() -> Vec<(String, String)> {
     let out = run_fdgrab(["--help"]);
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -308,14 +309,23 @@ fn help_exit_codes() -> Vec<(String, String)> {
         .split("Exit status:\n")
         .nth(1)
         .expect("exit status section");
-    section
-        .lines()
-        .map_while(|l| {
-            let (code, meaning) = l.trim_start().split_once("  ")?;
-            code.parse::<u8>().ok()?;
-            Some((code.to_owned(), meaning.to_owned()))
-        })
-        .collect()
+    let mut codes: Vec<(String, String)> = Vec::new();
+    for line in section.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match trimmed.split_once("  ") {
+            Some((code, meaning)) if indent == 2 && code.trim().parse::<u8>().is_ok() => {
+                codes.push((code.trim().to_owned(), meaning.trim().to_owned()))
+            }
+            _ if indent > 2 && !codes.is_empty() => {
+                let last = codes.last_mut().expect("an entry");
+                last.1.push(' ');
+                last.1.push_str(trimmed);
+            }
+            _ => break,
+        }
+    }
+    codes
 }
 
 #[test]
