@@ -17,6 +17,12 @@
 //! its full timeout, because the return code that told them apart is gone from the
 //! registers the tracer can see.
 //!
+//! At syscall-entry and syscall-exit stops arm64 shows x7 as 0 or 1 (entry/exit)
+//! and puts the thread's own x7 back when it resumes, whatever the tracer wrote:
+//! registers kept for restoring must be read at a stop that is not a syscall stop
+//! (the session saves them at its interrupt stop), and no injected call may take a
+//! seventh argument.
+//!
 //! This module is compile-checked and its pure parts are unit-tested under
 //! qemu-user, which does not emulate ptrace; the injection itself has not run on
 //! arm64 hardware.
@@ -139,8 +145,12 @@ impl Regs {
                 size,
             )
         }?;
-        // An AArch32 task's NT_PRSTATUS is the shorter compat layout.
+        // An AArch32 task's NT_PRSTATUS is the shorter compat layout; it is refused
+        // by `is_native_abi`, so nothing more is read.
         r.compat = got != size;
+        if r.compat {
+            return Ok(r);
+        }
         // SAFETY: `r.syscallno` is an i32, the regset's whole size.
         unsafe {
             regset(
