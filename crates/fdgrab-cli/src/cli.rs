@@ -20,7 +20,8 @@ use std::time::Duration;
     propagate_version = true,
     max_term_width = 100
 )]
-#[command(after_help = crate::exit::Code::help_text())]
+// `--help` closes with the exit-status table (exit::Code::help_text), attached by
+// main only when help may be printed.
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

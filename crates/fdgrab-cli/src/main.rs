@@ -13,12 +13,11 @@ mod exit;
 mod launch;
 mod logging;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = match cli::Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr.
@@ -35,6 +34,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => exit::report(&e),
     }
+}
+
+/// Parses the command line. The exit-status table closing `fdgrab --help` is
+/// rendered only when help may be printed: formatting it costs more than parsing a
+/// short command line.
+fn parse() -> Result<cli::Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = cli::Cli::command();
+    if args
+        .iter()
+        .skip(1)
+        .any(|a| a == "-h" || a == "--help" || a == "help")
+    {
+        cmd = cmd.after_help(exit::Code::help_text());
+    }
+    let matches = cmd.try_get_matches_from(args)?;
+    cli::Cli::from_arg_matches(&matches)
 }
 
 /// `println!` panics when stdout's reader has gone (EPIPE): end quietly with 0
