@@ -395,3 +395,38 @@ fn warnings_print_without_logging_setup() {
     assert!(line.contains("empty policy"), "{line:?}");
     assert!(!line.contains('\x1b'), "{line:?}");
 }
+
+/// fdgrab-json(5) documents the schema version `ls --json` really prints, and every
+/// field of an fd object it prints.
+#[test]
+fn json_man_page_matches_ls_output() {
+    let t = Target::spawn(["zoo"]);
+    let out = run_fdgrab(["ls", "--json", &t.pid.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls JSON");
+    let version = doc["schema_version"].as_u64().expect("schema_version");
+    let page = unroff(&String::from_utf8_lossy(
+        &run_fdgrab(["man", "json"]).stdout,
+    ));
+    assert!(
+        page.contains(&format!("(SCHEMA VERSION {version})"))
+            && page.contains(&format!("\"schema_version\": {version}")),
+        "fdgrab-json(5) does not document schema {version}"
+    );
+    let fds = doc["processes"][0]["fds"].as_array().expect("fds");
+    for fd in fds {
+        for key in fd.as_object().expect("fd object").keys() {
+            if key.ends_with("_bytes") {
+                continue;
+            }
+            assert!(
+                page.contains(&format!("\\fB{key}\\fR")),
+                "fdgrab-json(5) does not describe the field {key}"
+            );
+        }
+    }
+}
