@@ -90,7 +90,8 @@ pub enum Command {
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab exits with CMD's status.
+    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
     Get(GetArgs),
     /// Copy a file's content to stdout through one of a process's fds.
     ///
@@ -113,7 +114,7 @@ pub enum Command {
     /// long. Then --steal closes the sockets in the old server and --signal-old signals it
     /// (through a pidfd). If CMD exits or never becomes ready, it is stopped, the old server
     /// is left exactly as it was, and fdgrab exits non-zero. Otherwise fdgrab stays CMD's
-    /// parent, forwards SIGTERM, SIGINT and SIGHUP to it and exits with its status
+    /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
@@ -129,17 +130,23 @@ pub enum Command {
     /// process (its next use of the number fails with EBADF, and the number may be
     /// reused), or with --null, /dev/null is put over them (the number stays taken;
     /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
-    /// is taken from the process. Closing uses ptrace injection.
+    /// is taken from the process. Closing uses ptrace injection. Signals and exit status
+    /// as for `get`.
     Steal(StealArgs),
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
     /// Whatever the process had open at FD is replaced atomically (dup3 in the
-    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    /// process, through ptrace injection); FD's close-on-exec flag is kept. The
+    /// process, FD (below its open-file limit) and access are checked before the file
+    /// is opened, and the file is emptied only right before the dup3: a refused put
+    /// changes no file.
     Put(PutArgs),
     /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
     ///
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    /// Everything is checked before the file is opened, and it is emptied only right
+    /// before the switch: a refused redirect changes no file.
     Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
@@ -148,8 +155,9 @@ pub enum Command {
     /// by fdgrab on the program's own socket and answered with the exact result;
     /// every other bind is handed back to the kernel untouched. io_uring_setup fails
     /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
-    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
-    /// SIGHUP and exits with the program's status.
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM, SIGHUP
+    /// and SIGQUIT and exits with the program's status (127: not found; 126: it cannot
+    /// be started, e.g. a failed switch to --user).
     Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
     ///
@@ -227,9 +235,22 @@ pub struct GetArgs {
     pub fds: Vec<FdMap>,
     #[command(flatten)]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct UnpassableArg {
+    /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
+    /// instances; `send`, and `get --backend ptrace`) and hand over the rest, naming
+    /// each one left out on stderr. Without it such an fd makes the whole command
+    /// fail before anything is taken or sent.
+    #[arg(long)]
+    pub skip_unpassable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,7 +278,10 @@ pub struct SendArgs {
     pub to: PathBuf,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
+    /// After sending, print one JSON object: pid, fds sent, the backend and method
+    /// that took them, and the fds left out with --skip-unpassable.
     #[arg(long)]
     pub json: bool,
 }
@@ -290,6 +314,11 @@ pub struct StealArgs {
     /// Put /dev/null over the fds in the process instead of closing them.
     #[arg(long)]
     pub null: bool,
+    /// Signal the process once its fds are taken (e.g. TERM). A server that polls a
+    /// stolen listening socket with poll/select spins on it afterwards; see
+    /// docs/grab.md for which server shapes are safe without it.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub signal_old: Option<i32>,
     #[command(flatten)]
     pub backend: BackendArg,
     /// The command to run, after `--`.
@@ -329,6 +358,8 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct RedirectArgs {
     /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    /// Only a saved fd that redirect recorded for this process and FD is accepted
+    /// (else exit 2, nothing changed).
     #[arg(long)]
     pub undo: bool,
     /// The process.
@@ -387,8 +418,9 @@ pub struct ExecArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
-    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    /// Run the program as USER (and GROUP): a name or a number, looked up through NSS
+    /// (nsswitch.conf), with the user's supplementary groups. fdgrab itself keeps root,
+    /// but only the capabilities it needs.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     #[command(flatten)]

@@ -30,16 +30,37 @@ pub fn grab_and_spawn(
     backend: fdgrab::Backend,
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
-    let spawn = Spawn::new(argv)?;
-    let program = find_program(&argv[0])?;
+    let spawn = Spawner::new(argv)?;
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
-    let grabbed = fdgrab::GrabOptions::new()
-        .backend(backend)
-        .grab_many(target, &wanted)?;
-    let used = grabbed.first().map(|g| g.backend).unwrap_or(backend);
-    let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
-    let child = spawn.program(program).fds(plan).spawn()?;
-    Ok((child, used))
+    let taken =
+        fdgrab::GrabOptions::new()
+            .backend(backend)
+            .grab_many_then(target, &wanted, |grabbed| spawn.start(grabbed, fds))?;
+    taken.closed?;
+    Ok((taken.value, taken.backend))
+}
+
+/// CMD, looked up before anything is taken (a typo takes nothing), to be started
+/// with grabbed fds: from the front door's hook, so that a steal closes the fds in
+/// the target only once CMD has exec'd.
+pub struct Spawner {
+    spawn: Spawn,
+    program: std::path::PathBuf,
+}
+
+impl Spawner {
+    pub fn new(argv: &[OsString]) -> Result<Self> {
+        let spawn = Spawn::new(argv)?;
+        let program = find_program(&argv[0])?;
+        Ok(Self { spawn, program })
+    }
+
+    /// Starts CMD with each of `grabbed` installed at the matching `fds` entry's new
+    /// number. Returns once CMD has exec'd.
+    pub fn start(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> Result<Child> {
+        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
+        Ok(self.spawn.program(self.program).fds(plan).spawn()?)
+    }
 }
 
 /// The exit code a shell would report for `status`: the exit code, or 128+signal.

@@ -197,12 +197,13 @@ fn completions_and_man_page() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Our own fd table is full: pidfd_getfd fails with EMFILE, reported as such.
+/// Our own fd table is full: the first read of the target's /proc entry (before
+/// anything is taken) fails with EMFILE, reported as such and naming the target.
 #[test]
 fn too_many_open_files_is_reported() {
     let t = Target::spawn(["zoo"]);
     let mut cmd = Command::new("prlimit");
-    // stdin, stdout, stderr and the pidfd fit; the grabbed copy does not.
+    // stdin, stdout, stderr and the pidfd fit; nothing else does.
     cmd.args(["--nofile=4:4", "--"])
         .arg(fdgrab_testkit::bin("fdgrab"))
         .args(["cat", &t.pid.to_string(), "3"]);
@@ -210,6 +211,10 @@ fn too_many_open_files_is_reported() {
     check(
         &out,
         1,
-        &["too many open files", &t.pid.to_string(), "fd 3"],
+        &[
+            "Too many open files",
+            &t.pid.to_string(),
+            "/proc/PID/status",
+        ],
     );
 }

@@ -71,7 +71,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(100));
 
     let pidfd = time_n(5000, || {
-        drop(fdgrab::grab(&target, fd).expect("pidfd_getfd"))
+        drop(fdgrab::grab::pidfd_getfd(&target, fd).expect("pidfd_getfd"))
     });
     let ptrace_opts = GrabOptions::new().backend(Backend::Ptrace);
     for _ in 0..20 {

@@ -8,7 +8,7 @@
 //! Run as root (or as the child's owner with ptrace access):
 //! `cargo run -p fdgrab --example grab_socket`
 
-use fdgrab::{grab, inventory, FdKind, PidFd, TargetFd};
+use fdgrab::{inventory, FdKind, GrabOptions, PidFd, TargetFd};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -41,7 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(entry.kind, FdKind::Socket, "fd {fd} is {:?}", entry.kind);
     println!("child {} fd {fd}: {}", child.id(), entry.link);
 
-    let ours = TcpListener::from(grab(&target, TargetFd::new(fd).ok_or("bad fd")?)?);
+    let grabbed = GrabOptions::new().grab(&target, TargetFd::new(fd).ok_or("bad fd")?)?;
+    println!("taken with {}", grabbed.backend.method());
+    let ours = TcpListener::from(grabbed.fd);
     let _client = TcpStream::connect(("127.0.0.1", port))?;
     let (_conn, peer) = ours.accept()?;
     println!("accepted {peer} on our copy of the child's socket (port {port})");

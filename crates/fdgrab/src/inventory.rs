@@ -21,7 +21,7 @@ pub use sockets::{Endpoint, SocketInfo};
 
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
-use crate::{grab::permission_hint, Pid, TargetFd};
+use crate::{access::permission_hint, Pid, TargetFd};
 use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;

@@ -12,10 +12,22 @@ pub(crate) struct Status {
     /// real, effective, saved, fs
     pub uids: Option<[u32; 4]>,
     pub gids: Option<[u32; 4]>,
+    /// The process (thread) tracing this one; 0 when none.
+    pub tracer_pid: Option<Pid>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status(&fs::read_to_string(format!("/proc/{pid}/status"))?)
+}
+
+/// `/proc/PID/task/TID/status`: what differs per thread (the tracer, above all).
+pub(crate) fn task_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
+    parse_status(&fs::read_to_string(format!(
+        "/proc/{pid}/task/{tid}/status"
+    ))?)
+}
+
+fn parse_status(text: &str) -> std::io::Result<Status> {
     let mut st = Status::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -27,6 +39,7 @@ pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
             "PPid" => st.ppid = value.parse().ok(),
             "Uid" => st.uids = parse4(value),
             "Gid" => st.gids = parse4(value),
+            "TracerPid" => st.tracer_pid = value.parse().ok(),
             _ => {}
         }
     }
@@ -107,4 +120,35 @@ pub(crate) fn alive_since(pid: Pid, start: u64) -> bool {
         Some(_) => true,
         None => false,
     }
+}
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat` (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` is a kernel thread (it has no fd table or memory of its own).
+pub(crate) fn is_kernel_thread(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // flags is field 9: the 7th after the state that follows the ')'.
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(6)?
+                .parse::<u64>()
+                .ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The soft `RLIMIT_NOFILE` of `pid` from `/proc/PID/limits` (readable by anyone);
+/// `None` for "unlimited" or when it cannot be read.
+pub(crate) fn nofile_limit(pid: Pid) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

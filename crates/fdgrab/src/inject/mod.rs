@@ -21,7 +21,6 @@ pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
 
-pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
 
 use crate::error::{Error, Result};
@@ -361,9 +360,22 @@ pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Resu
 /// was open there (`dup3`), keeping that number's close-on-exec flag (a free number
 /// gets none). The target's copy shares our open file description.
 pub fn put(target: &PidFd, ours: BorrowedFd<'_>, at: TargetFd) -> Result<()> {
+    put_with(target, ours, at, || Ok(()))
+}
+
+/// [`put`] that runs `before_install` right before the `dup3` that changes the
+/// target: the last point where a failure leaves the target as it was. A caller
+/// that truncates the user's file there loses nothing when the injection fails.
+pub fn put_with(
+    target: &PidFd,
+    ours: BorrowedFd<'_>,
+    at: TargetFd,
+    before_install: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     with_session(target, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, ours)?;
+        before_install()?;
         install(s, theirs, at)
     })
 }
@@ -376,6 +388,17 @@ const SAVE_FLOORS: [u64; 4] = [1000, 500, 100, 10];
 /// number (`fcntl(F_DUPFD_CLOEXEC)` in the target), which is returned. Undo with
 /// [`undo_redirect`].
 pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<TargetFd> {
+    redirect_with(target, fd, file, || Ok(()))
+}
+
+/// [`redirect`] that runs `before_install` right before the `dup3` that points
+/// the target's fd at `file` (see [`put_with`]).
+pub fn redirect_with(
+    target: &PidFd,
+    fd: TargetFd,
+    file: BorrowedFd<'_>,
+    before_install: impl FnOnce() -> Result<()>,
+) -> Result<TargetFd> {
     with_session(target, |s| {
         let pid = s.pid();
         if fd_flags(s, fd)?.is_none() {
@@ -411,6 +434,7 @@ pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<Ta
         s.track_remote_fd(saved);
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, file)?;
+        before_install()?;
         install(s, theirs, fd)?;
         s.keep_remote_fd(saved);
         let saved = TargetFd::new(saved)

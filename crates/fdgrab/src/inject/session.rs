@@ -121,7 +121,7 @@ impl<'a> Session<'a> {
     /// an error for a 32-bit target.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
         let pid = target.pid();
-        let tid = pick_thread(target)?;
+        let tid = crate::access::fd_table_owner(target)?;
         let our_mask = ptrace::block_termination_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
             ptrace::restore_mask(our_mask);
@@ -680,22 +680,6 @@ impl Drop for Session<'_> {
     }
 }
 
-/// The thread to inject into: the leader, unless it has exited (a zombie leader with
-/// live threads), then the first live thread.
-pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
-    let pid = target.pid();
-    if !target.is_alive() {
-        return Err(Error::NoSuchProcess { pid });
-    }
-    if target.is_thread() || procfs::thread_alive(pid, pid) {
-        return Ok(pid);
-    }
-    let tids = procfs::tasks(pid).map_err(|_| Error::NoSuchProcess { pid })?;
-    tids.into_iter()
-        .find(|&t| t != pid && procfs::thread_alive(pid, t))
-        .ok_or(Error::NoSuchProcess { pid })
-}
-
 fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
     let pid = target.pid();
     match e {
@@ -713,7 +697,7 @@ fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
                 Some(t) => {
                     format!("thread {tid} is already traced by process {t} (a debugger or strace?)")
                 }
-                None => crate::grab::permission_hint(pid),
+                None => crate::access::permission_hint(pid),
             };
             Error::PermissionDenied {
                 pid,
