@@ -17,17 +17,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The process (or thread) does not exist, has exited, or was reaped.
     #[error("process {pid}: no such process (it does not exist, has exited, or was reaped)")]
-    NoSuchProcess { pid: Pid },
+    NoSuchProcess {
+        /// The pid (or tid) that named it.
+        pid: Pid,
+    },
 
     /// The target is alive but has nothing open at that number.
     #[error("process {pid} has no open fd {fd}")]
-    NoSuchFd { pid: Pid, fd: TargetFd },
+    NoSuchFd {
+        /// The target.
+        pid: Pid,
+        /// The number it does not have.
+        fd: TargetFd,
+    },
 
     /// The kernel refused the access check (`EPERM`/`EACCES`).
     #[error("permission denied: {op} on process {pid}{}: {hint}", fd_suffix(*.fd))]
     PermissionDenied {
+        /// The target.
         pid: Pid,
+        /// The target's fd, when one was involved.
         fd: Option<TargetFd>,
+        /// The operation refused, e.g. `pidfd_getfd`.
         op: &'static str,
         /// The likely cause, worked out from the target's credentials and the system's
         /// ptrace policy.
@@ -38,15 +49,23 @@ pub enum Error {
     /// for an unknown flag).
     #[error("{op} is not supported by this kernel (needs Linux {needs} or later)")]
     Unsupported {
+        /// The system call or flag, e.g. `pidfd_getfd`.
         op: &'static str,
+        /// The first Linux version that has it, e.g. `5.6`.
         needs: &'static str,
+        /// The kernel's answer.
         #[source]
         source: io::Error,
     },
 
     /// Our own fd table is full (`EMFILE`/`ENFILE`).
     #[error("too many open files in fdgrab while taking fd {fd} from process {pid}")]
-    TooManyFiles { pid: Pid, fd: TargetFd },
+    TooManyFiles {
+        /// The target.
+        pid: Pid,
+        /// The fd being taken when our table filled up.
+        fd: TargetFd,
+    },
 
     /// An argument that no process could satisfy.
     #[error("invalid argument: {0}")]
@@ -56,15 +75,20 @@ pub enum Error {
     /// without consuming).
     #[error("process {pid} fd {fd}: {reason}")]
     WrongKind {
+        /// The target.
         pid: Pid,
+        /// Its fd.
         fd: TargetFd,
+        /// What it is and why that does not fit.
         reason: String,
     },
 
     /// A socket selector (`fdgrab exec`) matched none of the target's sockets.
     #[error("process {pid} has no socket matching '{selector}'; {available}")]
     NoMatchingSocket {
+        /// The target.
         pid: Pid,
+        /// The selector as given, e.g. `tcp:*:8080`.
         selector: String,
         /// What the process does listen on, for the user to pick from.
         available: String,
@@ -77,7 +101,9 @@ pub enum Error {
          target's fd (the target replaced the fd meanwhile?)"
     )]
     IdentityMismatch {
+        /// The target.
         pid: Pid,
+        /// Its fd.
         fd: TargetFd,
         /// The mechanism that made the copy (`pidfd_getfd` or `ptrace`).
         method: &'static str,
@@ -86,7 +112,9 @@ pub enum Error {
     /// A system call on fdgrab's own side failed (no target is involved).
     #[error("{op}")]
     Local {
+        /// The operation, e.g. `opening /dev/null`.
         op: &'static str,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -94,9 +122,13 @@ pub enum Error {
     /// Any other system error, with the operation that hit it.
     #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
     Io {
+        /// The operation, e.g. `reading /proc/PID/fdinfo/N`.
         op: &'static str,
+        /// The target.
         pid: Pid,
+        /// The target's fd, when one was involved.
         fd: Option<TargetFd>,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
