@@ -10,7 +10,7 @@
 
 use crate::cli::LogFormat;
 use std::fmt::Write as _;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata};
@@ -28,7 +28,10 @@ pub fn init(verbose: u8, format: Option<LogFormat>) {
         2 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // A log line to a dead stderr must not become a panic or an error of its own.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let json = format == Some(LogFormat::Json);
     let ansi = !json && std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = match (env, json) {
@@ -77,7 +80,9 @@ impl tracing::Subscriber for WarningsOnly {
         let meta = event.metadata();
         let mut line = format!("fdgrab: {} {}:", meta.level(), meta.target());
         event.record(&mut Line(&mut line));
-        eprintln!("{line}");
+        line.push('\n');
+        // Never a panic over a log line: stderr may be gone (a hung-up terminal).
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 
     fn enter(&self, _: &Id) {}

@@ -430,3 +430,41 @@ fn json_man_page_matches_ls_output() {
         }
     }
 }
+
+/// A warning to a stderr nobody reads any more (a hung-up terminal, a closed pipe)
+/// is dropped, not turned into a panic: the agent warns about its empty policy
+/// before it creates its socket, so a socket means it survived the warning.
+#[test]
+fn warnings_to_a_dead_stderr_do_not_kill() {
+    let dir = scratch("deadstderr");
+    let sock = dir.join("agent.sock");
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    let mut child = fdgrab()
+        .args(["agent", "--socket", &sock.to_string_lossy()])
+        .env_remove("FDGRAB_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(w))
+        .spawn()
+        .expect("spawn agent");
+    let start = Instant::now();
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if sock.exists() || start.elapsed() > TIMEOUT {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let appeared = sock.exists();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        exited, None,
+        "the agent died after warning into a dead stderr"
+    );
+    assert!(appeared, "the agent never got past its warning");
+}
