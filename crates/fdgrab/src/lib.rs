@@ -29,6 +29,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Every public item is documented. Two modules that other branches are rewriting
+// are exempt until those land (with their docs); see the allows below.
+#![deny(missing_docs)]
+
 pub mod access;
 pub mod activation;
 pub mod error;
@@ -43,6 +47,7 @@ mod procfs;
 pub mod seccomp;
 pub mod signalfd;
 pub mod spawn;
+#[allow(missing_docs)] // being rewritten (OCI agent); documented when that lands
 pub mod supervise;
 mod sys;
 
