@@ -344,6 +344,37 @@ pub fn install_filter(rules: &[(i64, u32)]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`: [`install_filter_with`] then returns the
+/// listener fd.
+pub const SECCOMP_FLAG_NEW_LISTENER: u32 = 1 << 3;
+
+/// Installs a raw classic-BPF program with `seccomp(SECCOMP_SET_MODE_FILTER, flags)`
+/// after `PR_SET_NO_NEW_PRIVS`; returns what the call returned (a listener fd with
+/// [`SECCOMP_FLAG_NEW_LISTENER`], else 0). Test-only, like [`install_filter`].
+pub fn install_filter_with(prog: &[libc::sock_filter], flags: u32) -> std::io::Result<i32> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_long,
+            flags as libc::c_long,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
 /// A line of `/proc/PID/status`, e.g. `status_field(pid, "SigBlk")`.
 pub fn status_field(pid: i32, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
