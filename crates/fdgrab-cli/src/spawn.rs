@@ -102,14 +102,18 @@ pub fn spawn(argv: &[OsString], plan: &FdPlan) -> Result<Child> {
 pub fn grab_and_spawn(
     target: &fdgrab::PidFd,
     fds: &[crate::args::FdMap],
-    backend: fdgrab::Backend,
+    backend: crate::cli::BackendArg,
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
     let grabbed = fdgrab::GrabOptions::new()
-        .backend(backend)
+        .backend(backend.backend)
+        .seccomp(backend.force.seccomp())
         .grab_many(target, &wanted)?;
-    let used = grabbed.first().map(|g| g.backend).unwrap_or(backend);
+    let used = grabbed
+        .first()
+        .map(|g| g.backend)
+        .unwrap_or(backend.backend);
     let pairs = grabbed
         .into_iter()
         .zip(fds)

@@ -81,7 +81,7 @@ fn main() {
         drop(ptrace_opts.grab(&target, fd).expect("ptrace grab"))
     });
     let raw = time_n(1000, || {
-        drop(fdgrab::inject::grab_fds(&target, &[fd]).expect("ptrace grab"))
+        drop(fdgrab::inject::grab_fds(&target, &[fd], Default::default()).expect("ptrace grab"))
     });
 
     let many = time_n(20, || {

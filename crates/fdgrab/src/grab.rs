@@ -71,6 +71,8 @@ pub struct GrabOptions {
     pub backend: Backend,
     /// Take the fds away from the target once the copies are verified.
     pub steal: Option<CloseMode>,
+    /// What ptrace injection does about the target's seccomp filters.
+    pub seccomp: inject::SeccompPolicy,
 }
 
 impl GrabOptions {
@@ -80,6 +82,12 @@ impl GrabOptions {
 
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// The seccomp policy of the ptrace backend (e.g. [`inject::SeccompPolicy::force`]).
+    pub fn seccomp(mut self, policy: inject::SeccompPolicy) -> Self {
+        self.seccomp = policy;
         self
     }
 
@@ -111,14 +119,20 @@ impl GrabOptions {
     pub fn grab_many(&self, target: &PidFd, fds: &[TargetFd]) -> Result<Vec<Grabbed>> {
         let (copies, backend) = match self.backend {
             Backend::Pidfd => (grab_many(target, fds)?, Backend::Pidfd),
-            Backend::Ptrace => (inject::grab_fds(target, fds)?, Backend::Ptrace),
+            Backend::Ptrace => (
+                inject::grab_fds(target, fds, self.seccomp)?,
+                Backend::Ptrace,
+            ),
             Backend::Auto => {
                 match grab_many(target, fds) {
                     Err(Error::Unsupported {
                         op: "pidfd_getfd", ..
                     }) => {
                         tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
-                        (inject::grab_fds(target, fds)?, Backend::Ptrace)
+                        (
+                            inject::grab_fds(target, fds, self.seccomp)?,
+                            Backend::Ptrace,
+                        )
                     }
                     r => (r?, Backend::Pidfd),
                 }
@@ -145,7 +159,7 @@ impl GrabOptions {
             });
         }
         if let Some(how) = self.steal {
-            inject::close_in_target(target, fds, how)?;
+            inject::close_in_target(target, fds, how, self.seccomp)?;
         }
         Ok(out)
     }

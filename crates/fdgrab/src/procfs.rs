@@ -12,10 +12,38 @@ pub(crate) struct Status {
     /// real, effective, saved, fs
     pub uids: Option<[u32; 4]>,
     pub gids: Option<[u32; 4]>,
+    /// `TracerPid`: 0 when nobody traces it.
+    pub tracer: Option<Pid>,
+    /// `SigPnd`: signals pending for this thread only.
+    pub sig_pending: Option<u64>,
+    /// `Seccomp`: 0 none, 1 strict, 2 filter.
+    pub seccomp: Option<u8>,
+    /// `CapEff`: the effective capability set.
+    pub cap_eff: Option<u64>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(parse_status(&fs::read_to_string(format!(
+        "/proc/{pid}/status"
+    ))?))
+}
+
+/// `/proc/PID/task/TID/status`: one thread's view (its own pending signals and
+/// seccomp mode; the rest is the process's).
+pub(crate) fn thread_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
+    Ok(parse_status(&fs::read_to_string(format!(
+        "/proc/{pid}/task/{tid}/status"
+    ))?))
+}
+
+/// `/proc/thread-self/status`: the calling thread's (our seccomp mode is per thread).
+pub(crate) fn own_thread_status() -> std::io::Result<Status> {
+    Ok(parse_status(&fs::read_to_string(
+        "/proc/thread-self/status",
+    )?))
+}
+
+fn parse_status(text: &str) -> Status {
     let mut st = Status::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -27,10 +55,14 @@ pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
             "PPid" => st.ppid = value.parse().ok(),
             "Uid" => st.uids = parse4(value),
             "Gid" => st.gids = parse4(value),
+            "TracerPid" => st.tracer = value.parse().ok(),
+            "SigPnd" => st.sig_pending = u64::from_str_radix(value, 16).ok(),
+            "Seccomp" => st.seccomp = value.parse().ok(),
+            "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }
-    Ok(st)
+    st
 }
 
 fn parse4(value: &str) -> Option<[u32; 4]> {

@@ -2,7 +2,7 @@
 //! syscalls, spinning, multithreaded, sandboxed, and dying mid-session. After every
 //! test the target must be running, untraced, with no mapping or fd of ours left.
 
-use fdgrab::inject::{self, CloseMode, Session};
+use fdgrab::inject::{self, CloseMode, SeccompPolicy, Session};
 use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};
 use fdgrab_testkit::{injection_leftovers, proc_fds, status_field, Target};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -190,7 +190,7 @@ fn inject_missing_fd_is_no_such_fd_and_target_clean() {
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let before = snapshot(t.pid);
     let file = tfd(t.fd_labelled("file"));
-    match inject::grab_fds(&pidfd, &[file, tfd(777)]) {
+    match inject::grab_fds(&pidfd, &[file, tfd(777)], SeccompPolicy::default()) {
         Err(Error::NoSuchFd { fd, .. }) => assert_eq!(fd.as_raw(), 777),
         other => panic!("expected NoSuchFd, got {other:?}"),
     }
@@ -198,8 +198,9 @@ fn inject_missing_fd_is_no_such_fd_and_target_clean() {
 }
 
 /// The target's seccomp filter refuses the injected `socket()`, with EPERM or by
-/// trapping it (SIGSYS, which would kill the target if delivered).
-fn refused_by_seccomp(mode: &str) {
+/// trapping it (SIGSYS, which would kill the target if delivered). Not allowed to
+/// suspend the filter, the session refuses after reading it, before running anything.
+fn refused_by_seccomp(mode: &str, action: &str) {
     let mut t = Target::spawn([mode]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
@@ -207,13 +208,16 @@ fn refused_by_seccomp(mode: &str) {
     let file = tfd(t.fd_labelled("file"));
     match GrabOptions::new()
         .backend(Backend::Ptrace)
+        .seccomp(SeccompPolicy::new().suspend(false))
         .grab(&pidfd, file)
     {
-        Err(Error::PermissionDenied { op, hint, .. }) => {
-            assert!(op.contains("socket"), "{op}");
-            assert!(hint.contains("seccomp"), "{hint}");
+        Err(Error::SeccompRefused {
+            call, action: a, ..
+        }) => {
+            assert!(call.starts_with("socket("), "{call}");
+            assert!(a.starts_with(action), "{a}");
         }
-        other => panic!("expected PermissionDenied from the target's seccomp, got {other:?}"),
+        other => panic!("expected SeccompRefused from the target's seccomp, got {other:?}"),
     }
     assert_clean(t.pid, &before);
     assert_echo(&mut t, "still alive\n");
@@ -221,12 +225,12 @@ fn refused_by_seccomp(mode: &str) {
 
 #[test]
 fn inject_refused_by_target_seccomp_restores_target() {
-    refused_by_seccomp("deny-socket");
+    refused_by_seccomp("deny-socket", "SECCOMP_RET_ERRNO(errno 1)");
 }
 
 #[test]
 fn inject_trapped_by_target_seccomp_restores_target() {
-    refused_by_seccomp("trap-socket");
+    refused_by_seccomp("trap-socket", "SECCOMP_RET_TRAP");
 }
 
 #[test]
@@ -303,12 +307,13 @@ fn inject_put_and_redirect_roundtrip() {
     let path = dir.join("put.txt");
     let f = std::fs::File::create(&path).expect("create");
     // Put into a free number, then over an existing one.
-    inject::put(&pidfd, f.as_fd(), tfd(200)).expect("put free");
+    inject::put(&pidfd, f.as_fd(), tfd(200), SeccompPolicy::default()).expect("put free");
     let link = std::fs::read_link(format!("/proc/{}/fd/200", t.pid)).expect("link");
     assert_eq!(link, path);
     let null = tfd(t.fd_labelled("devnull"));
     let before_fds = proc_fds(t.pid);
-    let saved = inject::redirect(&pidfd, null, f.as_fd()).expect("redirect");
+    let saved =
+        inject::redirect(&pidfd, null, f.as_fd(), SeccompPolicy::default()).expect("redirect");
     assert!(saved.as_raw() >= 10);
     assert_eq!(
         std::fs::read_link(format!("/proc/{}/fd/{null}", t.pid)).expect("link"),
@@ -320,7 +325,7 @@ fn inject_put_and_redirect_roundtrip() {
             .to_string_lossy(),
         "/dev/null"
     );
-    inject::undo_redirect(&pidfd, null, saved).expect("undo");
+    inject::undo_redirect(&pidfd, null, saved, SeccompPolicy::default()).expect("undo");
     assert_eq!(
         proc_fds(t.pid),
         before_fds,

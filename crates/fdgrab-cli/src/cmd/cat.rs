@@ -14,6 +14,7 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
     let target = open_target(a.pid, a.backend.backend)?;
     let g = GrabOptions::new()
         .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp())
         .grab(&target, a.fd)?;
     let st = fstat(&g.fd).context("fstat on the grabbed fd")?;
     let ft = FileType::from_raw_mode(st.st_mode);

@@ -39,7 +39,9 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     let signals = SignalFd::block(&FORWARDED)?;
 
     let target = open_target(a.pid, a.backend.backend)?;
-    let how = fdgrab::GrabOptions::new().backend(a.backend.backend);
+    let how = fdgrab::GrabOptions::new()
+        .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp());
     let taken = activation::take_sockets_with(&target, &a.selectors, &how)
         .with_context(|| format!("choosing sockets of process {}", a.pid))?;
     let names: Vec<String> = taken
@@ -111,7 +113,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     };
 
     if a.steal {
-        steal(&target, &target_fds, &mut child)?;
+        steal(&target, &target_fds, &mut child, a.backend.force.seccomp())?;
     }
     let how = match how {
         Readiness::Notified => "sent READY=1".to_string(),
@@ -194,8 +196,9 @@ fn steal(
     target: &PidFd,
     fds: &[fdgrab::TargetFd],
     child: &mut activation::ActivatedChild,
+    seccomp: fdgrab::inject::SeccompPolicy,
 ) -> Result<()> {
-    match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
+    match fdgrab::inject::close_in_target(target, fds, CloseMode::Close, seccomp) {
         Ok(()) => {
             let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
             eprintln!(

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 pub fn run(a: GetArgs) -> Result<ExitCode> {
     let target = open_target(a.pid, a.backend.backend)?;
-    let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend.backend, &a.cmd)?;
+    let (mut child, _) = grab_and_spawn(&target, &a.fds, a.backend, &a.cmd)?;
     let status = child.wait().context("waiting for the command")?;
     Ok(passthrough(status))
 }

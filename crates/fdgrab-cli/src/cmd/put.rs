@@ -36,7 +36,7 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
         (None, Some(n)) => borrow_inherited(n.as_raw())?,
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
-    inject::put(&target, ours, a.fd)?;
+    inject::put(&target, ours, a.fd, a.force.seccomp())?;
     if a.json {
         let source = match (&a.file, a.our_fd) {
             (Some(p), _) => serde_json::json!({"file": p}),

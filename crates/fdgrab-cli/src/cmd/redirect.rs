@@ -20,7 +20,7 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             .and_then(|s| {
                 crate::args::parse_fd(s).map_err(|e| UsageError(format!("SAVEDFD: {e}")))
             })?;
-        inject::undo_redirect(&target, a.fd, saved)?;
+        inject::undo_redirect(&target, a.fd, saved, a.force.seccomp())?;
         if a.json {
             println!(
                 "{}",
@@ -41,7 +41,7 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         .mode(0o644)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let saved = inject::redirect(&target, a.fd, file.as_fd())?;
+    let saved = inject::redirect(&target, a.fd, file.as_fd(), a.force.seccomp())?;
     let undo = [
         "fdgrab".to_string(),
         "redirect".into(),

@@ -12,6 +12,7 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
     let target = open_target(a.pid, a.backend.backend)?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp())
         .grab_many(&target, &a.fds)?;
     let sock = connect(&a.to)?;
     let borrowed: Vec<BorrowedFd<'_>> = grabbed.iter().map(|g| g.fd.as_fd()).collect();

@@ -27,6 +27,12 @@
 //!   of the two are blocked *after* ppoll has put the normal mask back.
 //! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
 //!   then echoes stdin lines.
+//! - `seccomp ACTION NAME,...`: like `blocked-read`, but once the report is out it
+//!   installs a seccomp filter that answers the named syscalls (`socket`, `mmap`,
+//!   `munmap`, `connect`, `sendmsg`, `recvmsg`, `dup3`, `close`, `fcntl`,
+//!   `rt_sigprocmask`, `mknod`) with ACTION (`kill-process`, `kill-thread`, `trap`,
+//!   `errno`, `notify` (with a listener nobody answers), `trace`, `log`), then echoes
+//!   stdin with raw reads and writes only.
 //! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
 //!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
 
@@ -54,6 +60,7 @@ fn main() {
         "accept" => return blocked_accept(),
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
+        "seccomp" => return seccomp_filtered(&args[1..]),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -719,6 +726,105 @@ fn trap_socket() {
         .expect("seccomp filter");
     emit(&inject_report(json!({"trapped": "socket"})));
     echo_reads();
+}
+
+fn seccomp_filtered(args: &[String]) {
+    let usage = || -> ! {
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,...");
+        std::process::exit(2);
+    };
+    let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
+        usage()
+    };
+    let action: u32 = match action.as_str() {
+        "kill-process" => 0x8000_0000,
+        "kill-thread" => 0,
+        "trap" => fdgrab_testkit::SECCOMP_RET_TRAP,
+        "errno" => 0x0005_0000 | libc::EPERM as u32,
+        "notify" => 0x7fc0_0000,
+        "trace" => 0x7ff0_0000,
+        "log" => 0x7ffc_0000,
+        _ => usage(),
+    };
+    let mut nrs = Vec::new();
+    for name in names.split(',') {
+        nrs.push(match name {
+            "socket" => libc::SYS_socket,
+            "mmap" => libc::SYS_mmap,
+            "munmap" => libc::SYS_munmap,
+            "connect" => libc::SYS_connect,
+            "sendmsg" => libc::SYS_sendmsg,
+            "recvmsg" => libc::SYS_recvmsg,
+            "dup3" => libc::SYS_dup3,
+            "close" => libc::SYS_close,
+            "fcntl" => libc::SYS_fcntl,
+            "rt_sigprocmask" => libc::SYS_rt_sigprocmask,
+            "mknod" => libc::SYS_mknod,
+            _ => usage(),
+        });
+    }
+    // As `blocked-read`: SIGUSR1 and SIGUSR2 blocked, one of each pending.
+    let set = sigset_of(&[libc::SIGUSR1, libc::SIGUSR2]);
+    // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: tgkill to our own thread, integers only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            std::process::id() as libc::c_long,
+            rustix::thread::gettid().as_raw_nonzero().get() as libc::c_long,
+            libc::SIGUSR1 as libc::c_long,
+        )
+    };
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
+        .expect("kill");
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
+    for &nr in &nrs {
+        prog.push(ins(0x15, 0, 1, nr as u32));
+        prog.push(ins(0x06, 0, 0, action));
+    }
+    prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+    let report = serde_json::to_string(&inject_report(json!({"action": args[0], "calls": names})))
+        .expect("json")
+        + "\n";
+    let flags = if args[0] == "notify" {
+        fdgrab_testkit::SECCOMP_FLAG_NEW_LISTENER
+    } else {
+        0
+    };
+    // The listener (if any) stays open and unanswered: a notified call would hang.
+    fdgrab_testkit::install_filter_with(&prog, flags).expect("seccomp filter");
+    // From here on: raw read and write only, so the filter never meets our own calls.
+    raw_write(report.as_bytes());
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            // SAFETY: ends the process; no destructors needed.
+            unsafe { libc::_exit(0) };
+        }
+        // Each line comes back as it was read: the test's echo check.
+        raw_write(b"{\"n\":");
+        raw_write(n.to_string().as_bytes());
+        raw_write(b",\"errno\":0,\"data\":");
+        let quoted =
+            serde_json::to_string(&String::from_utf8_lossy(&buf[..n as usize])).unwrap_or_default();
+        raw_write(quoted.as_bytes());
+        raw_write(b"}\n");
+    }
+}
+
+fn raw_write(mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid buffer for its length.
+        let n = unsafe { libc::write(1, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
 }
 
 fn exec_enosys(args: &[String]) {

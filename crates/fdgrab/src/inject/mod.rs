@@ -19,10 +19,14 @@
 mod arch;
 pub(crate) mod ptrace;
 mod rendezvous;
+mod seccomp;
 mod session;
 
+pub use seccomp::SeccompPolicy;
 pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
+
+use seccomp::{k, Planned, UNKNOWN};
 
 use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};
@@ -77,6 +81,51 @@ fn iovec(base: u64, len: u64) -> Vec<u8> {
 
 fn cmsg_space(nfds: usize) -> usize {
     (CMSG_HDR + 4 * nfds + 7) & !7
+}
+
+/// The calls [`open_channel`] makes, and the `close` of its socket at the end.
+fn channel_calls(plan: &mut Vec<Planned>) {
+    let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    plan.push(Planned::new(
+        libc::SYS_socket,
+        &[k(libc::AF_UNIX as u64), k(ty), k(0)],
+    ));
+    plan.push(Planned::new(
+        libc::SYS_connect,
+        &[UNKNOWN, UNKNOWN, UNKNOWN],
+    ));
+    plan.push(Planned::new(libc::SYS_close, &[UNKNOWN]));
+}
+
+/// The calls [`receive_from_us`] and then [`install`] at `at` make.
+fn receive_and_install_calls(plan: &mut Vec<Planned>, at: TargetFd) {
+    channel_calls(plan);
+    let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
+    plan.push(Planned::new(
+        libc::SYS_recvmsg,
+        &[UNKNOWN, UNKNOWN, k(flags)],
+    ));
+    install_calls(plan, UNKNOWN, at);
+}
+
+/// The calls [`install`] of `from` at `at` may make.
+fn install_calls(plan: &mut Vec<Planned>, from: Option<u64>, at: TargetFd) {
+    let at = at.as_raw() as u64;
+    plan.push(get_flags_call(at));
+    for cloexec in [0, libc::O_CLOEXEC as u64] {
+        plan.push(Planned::new(libc::SYS_dup3, &[from, k(at), k(cloexec)]));
+    }
+    for cloexec in [0, libc::FD_CLOEXEC as u64] {
+        plan.push(Planned::new(
+            libc::SYS_fcntl,
+            &[k(at), k(libc::F_SETFD as u64), k(cloexec)],
+        ));
+    }
+    plan.push(Planned::new(libc::SYS_close, &[from]));
+}
+
+fn get_flags_call(fd: u64) -> Planned {
+    Planned::new(libc::SYS_fcntl, &[k(fd), k(libc::F_GETFD as u64)])
 }
 
 /// Opens the channel: the target makes a unix stream socket and connects to ours.
@@ -295,11 +344,22 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 /// Takes copies of `fds` out of `target` with one injection session. The copies are
 /// close-on-exec. Callers normally go through [`crate::grab::GrabOptions`] with
 /// [`crate::Backend::Ptrace`], which also checks each copy's identity.
-pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+///
+/// `policy` says what to do about the target's seccomp filters; the calls checked
+/// against them are `socket`, `connect`, `sendmsg` and `close` besides the session's
+/// own (see [`Session`]).
+pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
     if fds.is_empty() {
         return Ok(Vec::new());
     }
-    with_session(target, |s| {
+    let mut plan = Vec::new();
+    channel_calls(&mut plan);
+    let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+    plan.push(Planned::new(
+        libc::SYS_sendmsg,
+        &[UNKNOWN, UNKNOWN, k(flags)],
+    ));
+    with_session(target, policy, &plan, |s| {
         let ch = open_channel(s)?;
         send_to_us(s, &ch, fds)
     })
@@ -308,7 +368,12 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
 /// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over
 /// them), all in one session. Every fd is checked to exist before any is touched, so
 /// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
-pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Result<()> {
+pub fn close_in_target(
+    target: &PidFd,
+    fds: &[TargetFd],
+    how: CloseMode,
+    policy: SeccompPolicy,
+) -> Result<()> {
     let mut fds = fds.to_vec();
     fds.sort_unstable();
     fds.dedup();
@@ -331,7 +396,15 @@ pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Resu
         ),
         CloseMode::Close => None,
     };
-    with_session(target, |s| {
+    let mut plan = Vec::new();
+    for &fd in fds {
+        plan.push(get_flags_call(fd.as_raw() as u64));
+        match how {
+            CloseMode::Close => plan.push(Planned::new(libc::SYS_close, &[k(fd.as_raw() as u64)])),
+            CloseMode::DevNull => receive_and_install_calls(&mut plan, fd),
+        }
+    }
+    with_session(target, policy, &plan, |s| {
         if let Some(fd) = first_missing(s, fds)? {
             return Err(Error::NoSuchFd { pid: s.pid(), fd });
         }
@@ -360,8 +433,15 @@ pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Resu
 /// Installs our `ours` into `target` at number `at`, atomically replacing whatever
 /// was open there (`dup3`), keeping that number's close-on-exec flag (a free number
 /// gets none). The target's copy shares our open file description.
-pub fn put(target: &PidFd, ours: BorrowedFd<'_>, at: TargetFd) -> Result<()> {
-    with_session(target, |s| {
+pub fn put(
+    target: &PidFd,
+    ours: BorrowedFd<'_>,
+    at: TargetFd,
+    policy: SeccompPolicy,
+) -> Result<()> {
+    let mut plan = Vec::new();
+    receive_and_install_calls(&mut plan, at);
+    with_session(target, policy, &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, ours)?;
         install(s, theirs, at)
@@ -375,8 +455,22 @@ const SAVE_FLOORS: [u64; 4] = [1000, 500, 100, 10];
 /// Points the target's `fd` at our `file`, first keeping the old one alive at a high
 /// number (`fcntl(F_DUPFD_CLOEXEC)` in the target), which is returned. Undo with
 /// [`undo_redirect`].
-pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<TargetFd> {
-    with_session(target, |s| {
+pub fn redirect(
+    target: &PidFd,
+    fd: TargetFd,
+    file: BorrowedFd<'_>,
+    policy: SeccompPolicy,
+) -> Result<TargetFd> {
+    let raw = fd.as_raw() as u64;
+    let mut plan = vec![get_flags_call(raw)];
+    for floor in SAVE_FLOORS {
+        plan.push(Planned::new(
+            libc::SYS_fcntl,
+            &[k(raw), k(libc::F_DUPFD_CLOEXEC as u64), k(floor)],
+        ));
+    }
+    receive_and_install_calls(&mut plan, fd);
+    with_session(target, policy, &plan, |s| {
         let pid = s.pid();
         if fd_flags(s, fd)?.is_none() {
             return Err(Error::NoSuchFd { pid, fd });
@@ -421,13 +515,20 @@ pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<Ta
 }
 
 /// Undoes [`redirect`]: `dup3(saved, fd)` in the target, then closes `saved`.
-pub fn undo_redirect(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<()> {
+pub fn undo_redirect(
+    target: &PidFd,
+    fd: TargetFd,
+    saved: TargetFd,
+    policy: SeccompPolicy,
+) -> Result<()> {
     if fd == saved {
         return Err(Error::InvalidArgument(format!(
             "fd {fd} and the saved fd are the same number"
         )));
     }
-    with_session(target, |s| {
+    let mut plan = vec![get_flags_call(saved.as_raw() as u64)];
+    install_calls(&mut plan, k(saved.as_raw() as u64), fd);
+    with_session(target, policy, &plan, |s| {
         if fd_flags(s, saved)?.is_none() {
             return Err(Error::NoSuchFd {
                 pid: s.pid(),
@@ -441,8 +542,13 @@ pub fn undo_redirect(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<()
 
 /// Runs `f` in a session and always restores the target; `f`'s error wins over a
 /// restore error, which is then only logged.
-fn with_session<T>(target: &PidFd, f: impl FnOnce(&mut Session<'_>) -> Result<T>) -> Result<T> {
-    let mut s = Session::attach(target)?;
+fn with_session<T>(
+    target: &PidFd,
+    policy: SeccompPolicy,
+    plan: &[Planned],
+    f: impl FnOnce(&mut Session<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut s = Session::attach_planned(target, policy, plan)?;
     let r = f(&mut s);
     let d = s.detach();
     match (r, d) {

@@ -18,8 +18,8 @@ fn errno() -> Errno {
 }
 
 fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
-    // SAFETY: every request sent through here (SEIZE, INTERRUPT, CONT, SYSCALL,
-    // DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
+    // SAFETY: every request sent through here (SEIZE, SETOPTIONS, INTERRUPT, CONT,
+    // SYSCALL, DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
     let r = unsafe {
         libc::ptrace(
             req,
@@ -38,6 +38,61 @@ fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), 
 /// `PTRACE_SEIZE`: become the tracer of `tid` without stopping it.
 pub(crate) fn seize(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
     request(libc::PTRACE_SEIZE, tid, 0, options as usize)
+}
+
+/// `PTRACE_SETOPTIONS`: replace the tracing options (e.g. add or drop
+/// `PTRACE_O_SUSPEND_SECCOMP`).
+pub(crate) fn set_options(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
+    request(libc::PTRACE_SETOPTIONS, tid, 0, options as usize)
+}
+
+/// `PTRACE_O_SUSPEND_SECCOMP` (4.3): the tracee's seccomp filters do not run while
+/// this option is set. Setting it needs `CAP_SYS_ADMIN`, `CONFIG_CHECKPOINT_RESTORE`
+/// and a tracer that is not itself under seccomp (`EPERM`/`EINVAL` otherwise).
+pub(crate) const O_SUSPEND_SECCOMP: libc::c_int = libc::PTRACE_O_SUSPEND_SECCOMP;
+
+/// `PTRACE_SECCOMP_GET_FILTER` (4.4).
+const SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// Filter number `index` (0 = the most recently installed) of a stopped tracee, as
+/// the classic BPF it was installed with. `ENOENT` past the oldest filter; `EACCES`
+/// without `CAP_SYS_ADMIN` or when we are under seccomp ourselves; `EMEDIUMTYPE`
+/// when the thread is not in filter mode.
+pub(crate) fn seccomp_filter(tid: Pid, index: usize) -> Result<Vec<libc::sock_filter>, Errno> {
+    // SAFETY: with a null `data` the kernel only returns the filter's length.
+    let n = unsafe {
+        libc::ptrace(
+            SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    let empty = libc::sock_filter {
+        code: 0,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let mut buf = vec![empty; n as usize];
+    // SAFETY: `buf` holds `n` sock_filters, which is what the kernel writes for this
+    // index; a filter cannot change once installed, so the length still holds.
+    let r = unsafe {
+        libc::ptrace(
+            SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
 }
 
 /// `PTRACE_INTERRUPT`: make a seized tracee stop (`PTRACE_EVENT_STOP`) without a signal.

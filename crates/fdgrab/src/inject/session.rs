@@ -15,6 +15,7 @@
 
 use super::arch::{Regs, RED_ZONE, SYSCALL_INSN};
 use super::ptrace;
+use super::seccomp::{self, k, Gate, Planned, SeccompPolicy, UNKNOWN};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{procfs, Pid, TargetFd};
@@ -109,6 +110,8 @@ pub struct Session<'a> {
     gone: bool,
     finished: bool,
     our_mask: Option<ptrace::OurMask>,
+    /// What the thread's seccomp filters mean for the injected calls.
+    gate: Gate,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -119,9 +122,26 @@ impl<'a> Session<'a> {
     /// Errors: [`Error::NoSuchProcess`] if it is gone; [`Error::PermissionDenied`]
     /// when `PTRACE_SEIZE` gives `EPERM` (another tracer, Yama, uid, LSM);
     /// an error for a 32-bit target.
+    ///
+    /// The thread's seccomp filters are handled with the default [`SeccompPolicy`]:
+    /// each injected call is checked against them before it runs.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
+        Self::attach_planned(target, SeccompPolicy::default(), &[])
+    }
+
+    /// [`Session::attach`] with a seccomp policy and the calls the caller plans to
+    /// make besides the session's own (`rt_sigprocmask`, `mmap`, `munmap`): when the
+    /// thread is under seccomp they are all checked before anything runs in it, and
+    /// the session refuses ([`Error::SeccompRefused`], [`Error::SeccompUnchecked`])
+    /// rather than let a filter kill or trap the target.
+    pub(crate) fn attach_planned(
+        target: &'a PidFd,
+        policy: SeccompPolicy,
+        plan: &[Planned],
+    ) -> Result<Session<'a>> {
         let pid = target.pid();
         let tid = pick_thread(target)?;
+        let seccomp_mode = seccomp::before_seize(pid, tid, policy)?;
         let our_mask = ptrace::block_termination_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
             ptrace::restore_mask(our_mask);
@@ -148,6 +168,11 @@ impl<'a> Session<'a> {
             gone: false,
             finished: false,
             our_mask: Some(our_mask),
+            gate: if seccomp_mode.is_none() && policy.is_forced() {
+                Gate::Unchecked
+            } else {
+                Gate::Open
+            },
             _not_send: PhantomData,
         };
         if stranger {
@@ -155,7 +180,7 @@ impl<'a> Session<'a> {
             let _ = s.finish();
             return Err(Error::NoSuchProcess { pid });
         }
-        match s.prepare() {
+        match s.prepare(seccomp_mode.map(|m| (m, policy, plan))) {
             Ok(()) => Ok(s),
             Err(e) => {
                 if let Err(cleanup) = s.finish() {
@@ -176,12 +201,18 @@ impl<'a> Session<'a> {
         self.tid
     }
 
-    fn prepare(&mut self) -> Result<()> {
+    fn prepare(&mut self, seccomp: Option<(u8, SeccompPolicy, &[Planned])>) -> Result<()> {
         // A thread that was being traced by someone else cannot be seized, so from here
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
         self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, "stopped");
+        if let Some((mode, policy, plan)) = seccomp {
+            let mut all = self.own_calls();
+            all.extend_from_slice(plan);
+            let ip = self.insn + SYSCALL_INSN.len() as u64;
+            self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
+        }
         self.block_signals()?;
         let addr = self.syscall(
             libc::SYS_mmap,
@@ -262,6 +293,35 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The calls every session makes besides the caller's, with the arguments they
+    /// will have: block signals, map the scratch page, unmap it, restore the mask.
+    fn own_calls(&self) -> Vec<Planned> {
+        let area = self.saved.stack_pointer().wrapping_sub(MASK_AREA) & !15;
+        let set_mask = libc::SIG_SETMASK as u64;
+        vec![
+            Planned::new(
+                libc::SYS_rt_sigprocmask,
+                &[k(set_mask), k(area), k(area + 8), k(8)],
+            ),
+            Planned::new(
+                libc::SYS_mmap,
+                &[
+                    k(0),
+                    k(SCRATCH_LEN),
+                    k((libc::PROT_READ | libc::PROT_WRITE) as u64),
+                    k((libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64),
+                    k(u64::MAX),
+                    k(0),
+                ],
+            ),
+            Planned::new(libc::SYS_munmap, &[UNKNOWN, k(SCRATCH_LEN)]),
+            Planned::new(
+                libc::SYS_rt_sigprocmask,
+                &[k(set_mask), k(area), k(0), k(8)],
+            ),
+        ]
+    }
+
     /// Replaces the thread's signal mask with "everything blocked", keeping the old one.
     /// Done with the target's own `rt_sigprocmask` rather than `PTRACE_SETSIGMASK`,
     /// because the latter also clears the thread's "restore the saved mask" flag and
@@ -297,6 +357,9 @@ impl<'a> Session<'a> {
                     self.saved
                         .write(self.tid)
                         .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+                    self.gate
+                        .before_own_code(self.tid)
+                        .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
                     ptrace::cont(self.tid, sig).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
                     self.stop_for_injection(STOP_TIMEOUT)?;
                 }
@@ -366,6 +429,23 @@ impl<'a> Session<'a> {
             )
             .into());
         }
+        let ip = self.insn + SYSCALL_INSN.len() as u64;
+        if let Gate::Checked(filters) = &self.gate {
+            if let Some(v) = seccomp::refused_now(filters, nr, args, ip) {
+                let known: Vec<Option<u64>> = args.iter().map(|&a| Some(a)).collect();
+                return Err(seccomp::refusal(
+                    self.pid,
+                    self.tid,
+                    seccomp::describe(nr, &known),
+                    v,
+                    "the call was not made; the target is restored".into(),
+                )
+                .into());
+            }
+        }
+        self.gate
+            .before_injected(self.tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
         let frame = self.saved.for_syscall(self.insn, nr, args);
         frame
             .write(self.tid)
@@ -601,6 +681,9 @@ impl<'a> Session<'a> {
                 )
             });
         }
+        self.gate
+            .before_own_code(tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
         self.saved
             .write(tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
@@ -813,7 +896,7 @@ fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
 }
 
 /// The name of a syscall the session injects, for error messages.
-fn syscall_name(nr: i64) -> &'static str {
+pub(crate) fn syscall_name(nr: i64) -> &'static str {
     match nr {
         libc::SYS_socket => "socket (injected)",
         libc::SYS_connect => "connect (injected)",
@@ -825,6 +908,8 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_mmap => "mmap (injected)",
         libc::SYS_munmap => "munmap (injected)",
         libc::SYS_rt_sigprocmask => "rt_sigprocmask (injected)",
+        libc::SYS_dup2 => "dup2 (injected)",
+        libc::SYS_close_range => "close_range (injected)",
         _ => "a syscall injected into the target",
     }
 }

@@ -1,0 +1,219 @@
+//! Injection into targets under seccomp filters that answer one of the injected
+//! calls with kill, trap, errno, trace or a user notification. Without suspension
+//! fdgrab must refuse before running anything; with it (root) it must succeed. Either
+//! way the target is checked after every case: alive and answering, not stopped, not
+//! traced, signal mask and pending signals unchanged, no mapping of ours, fd table
+//! unchanged except for the intended change.
+
+use fdgrab::inject::{self, SeccompPolicy};
+use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};
+use fdgrab_testkit::{injection_leftovers, is_root, proc_fds, skip, status_field, Target};
+use std::io::Write;
+use std::os::fd::AsFd;
+
+fn tfd(n: i32) -> TargetFd {
+    TargetFd::new(n).expect("fd")
+}
+
+/// Everything the checks compare before and after.
+struct Before {
+    maps: String,
+    fds: Vec<String>,
+    signals: [String; 3],
+}
+
+fn before(pid: i32) -> Before {
+    Before {
+        maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
+        fds: proc_fds(pid),
+        signals: signals(pid),
+    }
+}
+
+fn signals(pid: i32) -> [String; 3] {
+    ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status"))
+}
+
+/// The target is alive, not stopped or traced, kept its signal state and mappings,
+/// its fd table is `fds` (the one before, or with the intended change), and it
+/// still answers on stdin.
+fn assert_unharmed(t: &mut Target, b: &Before, fds: &[String], case: &str) {
+    if let Some(problem) = injection_leftovers(t.pid, &b.maps, fds) {
+        panic!("{case}: {problem}");
+    }
+    assert_eq!(signals(t.pid), b.signals, "{case}: signal state changed");
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"ping\n").expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value =
+        serde_json::from_str(&t.next_line()).unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(line["data"], "ping\n", "{case}: target does not answer");
+}
+
+/// Which library operation exercises `call`: a grab (socket, connect, sendmsg, close
+/// and the session's mmap/munmap/rt_sigprocmask) or a put (recvmsg, fcntl, dup3).
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Grab,
+    Put,
+}
+
+fn op_for(call: &str) -> Op {
+    match call {
+        "recvmsg" | "dup3" | "fcntl" => Op::Put,
+        _ => Op::Grab,
+    }
+}
+
+/// Where `put` installs our file in the target.
+const PUT_AT: i32 = 61;
+
+fn run_op(t: &Target, op: Op, policy: SeccompPolicy) -> fdgrab::Result<()> {
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    match op {
+        Op::Grab => {
+            let g = GrabOptions::new()
+                .backend(Backend::Ptrace)
+                .seccomp(policy)
+                .grab(&pidfd, tfd(t.fd_labelled("file")))?;
+            assert_eq!(g.backend, Backend::Ptrace);
+            Ok(())
+        }
+        Op::Put => {
+            let f = std::fs::File::open("/dev/null").expect("open");
+            inject::put(&pidfd, f.as_fd(), tfd(PUT_AT), policy)
+        }
+    }
+}
+
+fn spawn_filtered(action: &str, calls: &str) -> Target {
+    let t = Target::spawn(["seccomp", action, calls]);
+    assert_eq!(
+        status_field(t.pid, "Seccomp").as_deref(),
+        Some("2"),
+        "target {action} {calls} is not in filter mode"
+    );
+    t
+}
+
+/// The kernel's name of the action the target's filter uses.
+fn kernel_name(action: &str) -> &'static str {
+    match action {
+        "kill-process" => "SECCOMP_RET_KILL_PROCESS",
+        "kill-thread" => "SECCOMP_RET_KILL_THREAD",
+        "trap" => "SECCOMP_RET_TRAP",
+        "errno" => "SECCOMP_RET_ERRNO",
+        "notify" => "SECCOMP_RET_USER_NOTIF",
+        "trace" => "SECCOMP_RET_TRACE",
+        other => panic!("no such action {other}"),
+    }
+}
+
+const CALLS: [&str; 10] = [
+    "socket",
+    "mmap",
+    "connect",
+    "sendmsg",
+    "close",
+    "munmap",
+    "rt_sigprocmask",
+    "recvmsg",
+    "dup3",
+    "fcntl",
+];
+
+/// For each injected call: refused (nothing run) without suspension, served with it.
+fn refused_then_served(action: &str) {
+    if !is_root() {
+        skip("reading and suspending seccomp filters needs root");
+        return;
+    }
+    for call in CALLS {
+        let case = format!("{action} on {call}");
+        let op = op_for(call);
+        let mut t = spawn_filtered(action, call);
+        let b = before(t.pid);
+        match run_op(&t, op, SeccompPolicy::new().suspend(false)) {
+            Err(Error::SeccompRefused {
+                call: c,
+                action: a,
+                pid,
+                ..
+            }) => {
+                assert_eq!(pid, t.pid, "{case}");
+                assert!(c.starts_with(&format!("{call}(")), "{case}: named {c}");
+                assert!(a.starts_with(kernel_name(action)), "{case}: action {a}");
+            }
+            other => panic!("{case}: expected SeccompRefused, got {other:?}"),
+        }
+        assert_unharmed(&mut t, &b, &b.fds, &format!("{case}, refused"));
+        // Suspending the filter for the injected calls lets the operation through.
+        run_op(&t, op, SeccompPolicy::new())
+            .unwrap_or_else(|e| panic!("{case}: with suspension: {e}"));
+        let mut fds = b.fds.clone();
+        if op == Op::Put {
+            fds.push(format!("{PUT_AT} -> /dev/null"));
+            fds.sort();
+        }
+        assert_unharmed(&mut t, &b, &fds, &format!("{case}, suspended"));
+    }
+}
+
+#[test]
+fn seccomp_kill_process_filters_are_never_triggered() {
+    refused_then_served("kill-process");
+}
+
+#[test]
+fn seccomp_kill_thread_filters_are_never_triggered() {
+    refused_then_served("kill-thread");
+}
+
+#[test]
+fn seccomp_trap_filters_are_never_triggered() {
+    refused_then_served("trap");
+}
+
+#[test]
+fn seccomp_errno_filters_are_refused_up_front() {
+    refused_then_served("errno");
+}
+
+#[test]
+fn seccomp_user_notif_filters_are_refused_up_front() {
+    refused_then_served("notify");
+}
+
+#[test]
+fn seccomp_trace_filters_are_refused_up_front() {
+    refused_then_served("trace");
+}
+
+/// Filters on calls fdgrab never makes, or that only log, are checked and served
+/// without suspending anything.
+#[test]
+fn seccomp_filter_on_unrelated_call_is_served() {
+    if !is_root() {
+        skip("reading seccomp filters needs root");
+        return;
+    }
+    for (action, calls) in [
+        ("kill-process", "mknod"),
+        ("kill-thread", "mknod"),
+        ("log", "socket,mmap,sendmsg,recvmsg,dup3,close"),
+    ] {
+        for op in [Op::Grab, Op::Put] {
+            let case = format!("{action} on {calls}");
+            let mut t = spawn_filtered(action, calls);
+            let b = before(t.pid);
+            run_op(&t, op, SeccompPolicy::new().suspend(false))
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            let mut fds = b.fds.clone();
+            if op == Op::Put {
+                fds.push(format!("{PUT_AT} -> /dev/null"));
+                fds.sort();
+            }
+            assert_unharmed(&mut t, &b, &fds, &case);
+        }
+    }
+}
