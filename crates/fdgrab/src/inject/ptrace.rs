@@ -19,7 +19,7 @@ fn errno() -> Errno {
 
 fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
     // SAFETY: every request sent through here (SEIZE, SETOPTIONS, INTERRUPT, CONT,
-    // SYSCALL, DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
+    // SINGLESTEP, DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
     let r = unsafe {
         libc::ptrace(
             req,
@@ -105,37 +105,62 @@ pub(crate) fn cont(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_CONT, tid, 0, sig as usize)
 }
 
-/// `PTRACE_SYSCALL`: resume until the next syscall entry or exit, delivering `sig`.
-pub(crate) fn resume_to_syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
-}
-
 /// `PTRACE_DETACH`, delivering `sig`.
 pub(crate) fn detach(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_DETACH, tid, 0, sig as usize)
 }
 
-/// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit.
+/// `PTRACE_SINGLESTEP`: run one instruction, delivering `sig`.
+pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
+}
+
+/// How long [`wait`] polls before it blocks, adapted to how fast stops arrive.
 ///
 /// A stop normally follows within microseconds. Blocking at once lets our CPU go
-/// idle, and waking an idle CPU costs far more than the stop itself (tens of µs on a
-/// VM), once per injected call and per stop. So poll briefly first, then block.
-pub(crate) fn wait(tid: Pid) -> Result<i32, Errno> {
-    for _ in 0..SPIN_POLLS {
+/// idle, and waking an idle CPU costs more than the stop itself (tens of µs on a
+/// VM), once per stop. Polling for too long, though, takes the CPU from the very
+/// thread we wait for when the machine is busy. So the budget follows the stops:
+/// a stop that came while polling sets it to a little over twice its latency; one
+/// that did not halves it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spin {
+    budget: std::time::Duration,
+}
+
+const SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(4);
+const SPIN_MAX: std::time::Duration = std::time::Duration::from_micros(60);
+
+impl Default for Spin {
+    fn default() -> Self {
+        Spin {
+            budget: std::time::Duration::from_micros(30),
+        }
+    }
+}
+
+/// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit, polling
+/// for at most `spin`'s budget first.
+pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
+    let start = std::time::Instant::now();
+    loop {
         if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            let took = start.elapsed();
+            spin.budget = (took * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
             return Ok(st);
+        }
+        if start.elapsed() >= spin.budget {
+            break;
         }
         std::hint::spin_loop();
     }
+    spin.budget = (spin.budget / 2).max(SPIN_MIN);
     loop {
         if let Some(st) = wait_flags(tid, 0)? {
             return Ok(st);
         }
     }
 }
-
-/// How many non-blocking polls [`wait`] makes before it blocks (about 100–200 µs).
-const SPIN_POLLS: u32 = 200;
 
 /// `waitpid(tid, &status, __WALL | WNOHANG)`: `Ok(None)` when nothing is ready.
 pub(crate) fn try_wait(tid: Pid) -> Result<Option<i32>, Errno> {

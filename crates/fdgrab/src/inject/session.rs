@@ -9,7 +9,7 @@
 //!
 //! Each injected syscall is run by pointing the instruction pointer at a `syscall`
 //! instruction that already exists in the target (in the vDSO, or the one the thread
-//! is stopped after) and resuming with `PTRACE_SYSCALL` to its entry and exit stops.
+//! is stopped after) and single-stepping over it (`PTRACE_SINGLESTEP`): one stop per call.
 //! Nothing in the target's code is ever patched, so other threads running the same
 //! code are unaffected.
 
@@ -110,6 +110,8 @@ pub struct Session<'a> {
     gone: bool,
     finished: bool,
     our_mask: Option<ptrace::OurMask>,
+    /// How long to poll for a stop before blocking in waitpid.
+    spin: ptrace::Spin,
     /// What the thread's seccomp filters mean for the injected calls.
     gate: Gate,
     _not_send: PhantomData<*const ()>,
@@ -168,6 +170,7 @@ impl<'a> Session<'a> {
             gone: false,
             finished: false,
             our_mask: Some(our_mask),
+            spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
                 Gate::Unchecked
             } else {
@@ -451,49 +454,13 @@ impl<'a> Session<'a> {
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
         self.at_attach_stop = false;
-        // Entry stop, then exit stop.
-        for _ in 0..2 {
-            let mut deliver = 0;
-            loop {
-                ptrace::resume_to_syscall(self.tid, deliver)
-                    .map_err(|e| self.ptrace_error("PTRACE_SYSCALL", e))?;
-                deliver = 0;
-                let status = ptrace::wait(self.tid).map_err(|e| self.ptrace_error("waitpid", e))?;
-                match classify(status) {
-                    Stop::Gone => return Err(self.died().into()),
-                    Stop::Syscall => break,
-                    // A group stop (another thread got SIGSTOP): carry on; the thread
-                    // rejoins the stop when we detach.
-                    Stop::Event(_) => {}
-                    // SIGSTOP cannot be blocked; passing it on starts a group stop.
-                    Stop::Signal(libc::SIGSTOP) => {
-                        self.stop_seen = true;
-                        deliver = libc::SIGSTOP;
-                    }
-                    Stop::Signal(sig) if !blocked => return Err(RunError::SignalFirst(sig)),
-                    // With everything blocked, only a signal forced by an injected call
-                    // gets here: SIGSYS from a seccomp filter that traps it (detected
-                    // when that call returned, below), or a fault. Delivering it would
-                    // run the target's handler on our frame, or kill it; it is dropped.
-                    Stop::Signal(sig) => {
-                        tracing::debug!(
-                            pid = self.pid,
-                            sig,
-                            nr,
-                            "dropping a signal forced by an injected call"
-                        );
-                    }
-                }
-            }
-        }
-        let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
-        let r = regs.syscall_result();
+        let (r, forced) = self.step_over_syscall(nr, blocked)?;
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
         // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
         // the result register and queues SIGSYS. Acting on that "result" (say, as an fd
-        // from socket()) would touch an unrelated fd of the target, so a result equal
-        // to the number is checked against the thread's pending signals.
-        if r == nr && self.sigsys_pending() {
+        // from socket()) would touch an unrelated fd of the target. Only possible when
+        // the filters could not be checked (a forced session).
+        if r == nr && forced == Some(libc::SIGSYS) {
             return Err(Error::PermissionDenied {
                 pid: self.pid,
                 fd: None,
@@ -503,6 +470,76 @@ impl<'a> Session<'a> {
             .into());
         }
         Ok(r)
+    }
+
+    /// Runs the frame with `PTRACE_SINGLESTEP` over the `syscall` instruction: one
+    /// stop (the single-step SIGTRAP, with the instruction pointer just past the
+    /// instruction) instead of a syscall-entry and a syscall-exit stop.
+    ///
+    /// Whether the call has run is read from the instruction pointer at each stop, so
+    /// a resume never steps an instruction of the target's own. Pending signals are
+    /// reported before the instruction runs: while the thread's signals are not
+    /// blocked yet (`blocked` false) such a signal ends the attempt
+    /// ([`RunError::SignalFirst`]); once they are, the only signals left are SIGSTOP,
+    /// which is passed on, and those the call itself forces (SIGSYS from a seccomp
+    /// trap, a fault), which are dropped. A forced signal is reported before the
+    /// step's SIGTRAP. Returns the result and the forced signal dropped, if any.
+    fn step_over_syscall(
+        &mut self,
+        nr: i64,
+        blocked: bool,
+    ) -> std::result::Result<(i64, Option<i32>), RunError> {
+        let after = self.insn + SYSCALL_INSN.len() as u64;
+        let mut deliver = 0;
+        let mut forced = None;
+        loop {
+            ptrace::single_step(self.tid, deliver)
+                .map_err(|e| self.ptrace_error("PTRACE_SINGLESTEP", e))?;
+            deliver = 0;
+            let status = self.wait()?;
+            let sig = match classify(status) {
+                Stop::Gone => return Err(self.died().into()),
+                // Group-stop and other event stops come before a queued SIGTRAP is
+                // reported; resuming again reports it without running anything.
+                Stop::Event(_) | Stop::Syscall => continue,
+                Stop::Signal(sig) => sig,
+            };
+            let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+            let done = regs.instruction_pointer() == after;
+            match sig {
+                libc::SIGTRAP if done => return Ok((regs.syscall_result(), forced)),
+                // Interrupted before it ran (or rewound for a restart): deliver the
+                // stop and step again.
+                libc::SIGSTOP => {
+                    self.stop_seen = true;
+                    deliver = libc::SIGSTOP;
+                }
+                sig if !done && !blocked => return Err(RunError::SignalFirst(sig)),
+                // With everything blocked, only a signal forced by the call gets
+                // here (SIGSYS from a seccomp trap, or a fault), or a stale SIGTRAP
+                // of an earlier step. Delivering it would run the target's handler on
+                // our frame, or kill it; it is dropped.
+                sig => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        sig,
+                        nr,
+                        "dropping a signal forced by an injected call"
+                    );
+                    if sig != libc::SIGTRAP {
+                        forced = Some(sig);
+                    }
+                }
+            }
+            // If the call ran, its SIGTRAP is still queued and is reported on the
+            // next resume, before the thread runs any instruction of its own.
+        }
+    }
+
+    /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).
+    fn wait(&mut self) -> std::result::Result<i32, RunError> {
+        let tid = self.tid;
+        ptrace::wait(tid, &mut self.spin).map_err(|e| self.ptrace_error("waitpid", e).into())
     }
 
     /// Whether SIGINT, SIGTERM, SIGHUP or SIGQUIT is waiting for the session to end.
@@ -694,7 +731,8 @@ impl<'a> Session<'a> {
             ptrace::interrupt(tid).map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
             ptrace::cont(tid, 0).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
             loop {
-                let status = ptrace::wait(tid).map_err(|e| self.ptrace_error("waitpid", e))?;
+                let status = ptrace::wait(tid, &mut self.spin)
+                    .map_err(|e| self.ptrace_error("waitpid", e))?;
                 match classify(status) {
                     Stop::Gone => return Err(self.died()),
                     Stop::Event(_) => break,
@@ -718,18 +756,6 @@ impl<'a> Session<'a> {
         }
         tracing::debug!(pid = self.pid, tid, "detached, target restored");
         Ok(())
-    }
-
-    /// Whether SIGSYS is pending for the injected thread (`SigPnd` in its status).
-    fn sigsys_pending(&self) -> bool {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/status", self.pid, self.tid))
-                .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigPnd:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .is_some_and(|set| set & (1 << (libc::SIGSYS - 1)) != 0)
     }
 
     fn died(&mut self) -> Error {
