@@ -33,6 +33,16 @@
 //!   `rt_sigprocmask`, `mknod`) with ACTION (`kill-process`, `kill-thread`, `trap`,
 //!   `errno`, `notify` (with a listener nobody answers), `trace`, `log`), then echoes
 //!   stdin with raw reads and writes only.
+//! - `signal-read rt|usr2 restart|norestart`: a counting handler for SIGRTMIN (queued,
+//!   so none merge) or SIGUSR2, with or without `SA_RESTART`, signals unblocked;
+//!   then single raw `read(0)` calls, printing `{"n", "errno", "data", "count"}`.
+//! - `vfork-sleep MS`: after the report, `vfork`s a child that sleeps MS and exits,
+//!   so the main thread sits in uninterruptible sleep (state D) for that long; then
+//!   echoes stdin like `blocked-read`.
+//! - `lock-pi`: a helper thread holds a PI futex; the main thread blocks in
+//!   `FUTEX_LOCK_PI` on it (interrupted, the kernel answers `-ERESTARTNOINTR`), with
+//!   a counting SIGUSR1 handler without `SA_RESTART`. A line on stdin makes the helper
+//!   unlock; the main thread then prints `{"ret", "errno", "count"}`.
 //! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
 //!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
 
@@ -61,6 +71,11 @@ fn main() {
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
+        "signal-read" => return signal_read(&args[1..]),
+        "vfork-sleep" => {
+            return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
+        }
+        "lock-pi" => return lock_pi(),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -813,6 +828,134 @@ fn seccomp_filtered(args: &[String]) {
             serde_json::to_string(&String::from_utf8_lossy(&buf[..n as usize])).unwrap_or_default();
         raw_write(quoted.as_bytes());
         raw_write(b"}\n");
+    }
+}
+
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs [`count_signal`] for `sig`, with `SA_RESTART` if asked.
+fn install_counter(sig: i32, restart: bool) {
+    // SAFETY: a zeroed sigaction is valid; the fields used are set below.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = count_signal as *const () as libc::sighandler_t;
+    sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+    // SAFETY: installs a handler that only touches an atomic.
+    check(
+        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+        "sigaction",
+    );
+}
+
+fn signal_read(args: &[String]) {
+    let sig = match args.first().map(String::as_str) {
+        Some("rt") => libc::SIGRTMIN(),
+        Some("usr2") => libc::SIGUSR2,
+        _ => {
+            eprintln!("usage: fdgrab-target signal-read rt|usr2 restart|norestart");
+            std::process::exit(2);
+        }
+    };
+    install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
+    emit(&inject_report(json!({"signal": sig})));
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        let errno = if n < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        } else {
+            0
+        };
+        let data = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"n": n, "errno": errno, "data": data, "count": count}));
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn vfork_sleep(ms: u64) {
+    emit(&inject_report(json!({"ms": ms})));
+    let req = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
+    // vfork is the point: it is what leaves the parent in state D.
+    #[allow(deprecated)]
+    // SAFETY: the child only makes raw nanosleep and _exit calls on a timespec
+    // prepared before, so it touches nothing the suspended parent relies on.
+    let pid = unsafe { libc::vfork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(libc::SYS_nanosleep, &req as *const libc::timespec, 0usize);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    echo_reads();
+}
+
+static PI_LOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn lock_pi() {
+    install_counter(libc::SIGUSR1, false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        // Uncontended PI lock: the owner's tid in the word, no syscall.
+        PI_LOCK
+            .compare_exchange(
+                0,
+                tid,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .expect("free lock");
+        tx.send(()).expect("send");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        // SAFETY: unlocks the PI futex we own; the kernel hands it to the waiter.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                PI_LOCK.as_ptr(),
+                libc::FUTEX_UNLOCK_PI,
+                0,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        // Keep the process alive until stdin closes.
+        wait_for_eof();
+    });
+    rx.recv().expect("helper locked");
+    emit(&inject_report(json!({})));
+    // SAFETY: waits for the PI futex; the kernel reads and writes the word.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            PI_LOCK.as_ptr(),
+            libc::FUTEX_LOCK_PI,
+            0,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+    emit(&json!({"ret": r, "errno": errno, "count": count}));
+    loop {
+        std::thread::park();
     }
 }
 
