@@ -140,3 +140,10 @@ pub(crate) fn alive_since(pid: Pid, start: u64) -> bool {
         None => false,
     }
 }
+
+/// Whether fd `fd` of thread `tid` of `pid` is an io_uring instance (its
+/// `/proc/PID/task/TID/fd/N` link reads `anon_inode:[io_uring]`).
+pub(crate) fn is_io_uring(pid: Pid, tid: Pid, fd: i32) -> bool {
+    fs::read_link(format!("/proc/{pid}/task/{tid}/fd/{fd}"))
+        .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+}

@@ -425,3 +425,32 @@ fn inject_procfs_handle_without_pidfd_open() {
         Err(Error::NoSuchProcess { .. })
     ));
 }
+
+/// The kernel refuses to pass an io_uring fd with SCM_RIGHTS (sendmsg: EINVAL): the
+/// ptrace backend says so, naming the fd, and leaves the target as it was.
+#[test]
+fn inject_io_uring_fd_is_refused_by_name() {
+    let t = Target::spawn(["zoo"]);
+    let Some(uring) = t.report["fds"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["label"] == "io_uring"))
+        .and_then(|e| e["fd"].as_i64())
+    else {
+        fdgrab_testkit::skip("io_uring is disabled on this machine");
+        return;
+    };
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let before = snapshot(t.pid);
+    let file = tfd(t.fd_labelled("file"));
+    match inject::grab_fds(&pidfd, &[file, tfd(uring as i32)], SeccompPolicy::default()) {
+        Err(Error::WrongKind { pid, fd, reason }) => {
+            assert_eq!((pid, fd.as_raw()), (t.pid, uring as i32));
+            assert!(
+                reason.contains("io_uring") && reason.contains("SCM_RIGHTS"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected WrongKind for the io_uring fd, got {other:?}"),
+    }
+    assert_clean(t.pid, &before);
+}

@@ -31,7 +31,7 @@ use seccomp::{k, Planned, UNKNOWN};
 use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};
 use crate::pidfd::PidFd;
-use crate::TargetFd;
+use crate::{procfs, TargetFd};
 use rendezvous::Listener;
 use session::remote_error;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -213,6 +213,19 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
         if r == -(libc::EBADF as i64) {
             if let Some(fd) = first_missing(s, chunk)? {
                 return Err(Error::NoSuchFd { pid, fd });
+            }
+        }
+        if r == -(libc::EINVAL as i64) {
+            if let Some(fd) = chunk
+                .iter()
+                .copied()
+                .find(|&fd| procfs::is_io_uring(pid, s.tid(), fd.as_raw()))
+            {
+                return Err(Error::WrongKind {
+                    pid,
+                    fd,
+                    reason: "it is an io_uring instance, and the kernel refuses to pass io_uring fds with SCM_RIGHTS (sendmsg gave EINVAL), so it cannot be taken by ptrace injection".into(),
+                });
             }
         }
         if r < 0 {
