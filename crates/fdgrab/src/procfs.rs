@@ -147,3 +147,14 @@ pub(crate) fn is_io_uring(pid: Pid, tid: Pid, fd: i32) -> bool {
     fs::read_link(format!("/proc/{pid}/task/{tid}/fd/{fd}"))
         .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
 }
+
+/// `/proc/PID/task/TID/maps`: a thread's view, which still works once the leader
+/// has exited (`/proc/PID/maps` is then empty).
+pub(crate) fn thread_maps(pid: Pid, tid: Pid) -> std::io::Result<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
+}
+
+/// `/proc/PID/task/TID/auxv`: the auxiliary vector the process started with.
+pub(crate) fn thread_auxv(pid: Pid, tid: Pid) -> std::io::Result<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/task/{tid}/auxv"))
+}

@@ -1,5 +1,4 @@
-//! The raw ptrace(2), waitpid(2) and signal-mask calls the
-//! injection session is built from. Nothing here knows about registers (that is
+//! The raw ptrace(2) and waitpid(2) calls the injection session is built from. Nothing here knows about registers (that is
 //! `arch`) or about sessions; every function returns the kernel's errno untouched.
 
 use crate::Pid;
@@ -181,57 +180,4 @@ fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
         }
         return Ok((r != 0).then_some(status));
     }
-}
-
-/// Our own thread's signal mask, as saved by [`block_termination_signals`].
-#[derive(Clone, Copy)]
-pub(crate) struct OurMask(libc::sigset_t);
-
-impl std::fmt::Debug for OurMask {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OurMask")
-    }
-}
-
-/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread and returns the
-/// previous mask. A termination signal that arrives during a session then stays
-/// pending until [`restore_mask`], i.e. until the target has been put back.
-pub(crate) fn block_termination_signals() -> OurMask {
-    let mut set = empty_sigset();
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // SAFETY: `set` is an initialised sigset and `sig` a valid signal number.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
-    let mut old = empty_sigset();
-    // SAFETY: pthread_sigmask reads `set` and writes `old`, both valid locals.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    OurMask(old)
-}
-
-/// Whether one of the signals [`block_termination_signals`] holds back is pending.
-pub(crate) fn termination_pending() -> bool {
-    let mut pending = empty_sigset();
-    // SAFETY: sigpending writes one sigset into our initialised local.
-    if unsafe { libc::sigpending(&mut pending) } != 0 {
-        return false;
-    }
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
-        .into_iter()
-        // SAFETY: sigismember reads the initialised set.
-        .any(|sig| unsafe { libc::sigismember(&pending, sig) } == 1)
-}
-
-fn empty_sigset() -> libc::sigset_t {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the whole set it is given.
-    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-    // SAFETY: initialised just above.
-    unsafe { set.assume_init() }
-}
-
-/// Puts back a mask saved by [`block_termination_signals`]; a pending SIGINT or
-/// SIGTERM is delivered now.
-pub(crate) fn restore_mask(mask: OurMask) {
-    // SAFETY: `mask.0` is a sigset the kernel filled in; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
 }
