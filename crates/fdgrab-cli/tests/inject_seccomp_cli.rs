@@ -3,39 +3,16 @@
 //! read, so a filtered target is refused (exit 4) unless `--force` is given. After
 //! every case the target is alive, answering, untraced, with nothing of ours left.
 
-use fdgrab_testkit::{
-    fdgrab, injection_leftovers, is_root, output_timeout, proc_fds, skip, status_field, Target,
-    TIMEOUT,
-};
-use std::io::Write;
+use fdgrab_testkit::{fdgrab, is_root, output_timeout, skip, Snapshot, Target, TIMEOUT};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
-struct Before {
-    maps: String,
-    fds: Vec<String>,
-    signals: [String; 3],
-}
-
-fn before(pid: i32) -> Before {
-    Before {
-        maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
-        fds: proc_fds(pid),
-        signals: ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status")),
-    }
-}
-
-fn assert_unharmed(t: &mut Target, b: &Before, fds: &[String], case: &str) {
-    if let Some(problem) = injection_leftovers(t.pid, &b.maps, fds) {
-        panic!("{case}: {problem}");
-    }
-    let signals = ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(t.pid, k).expect("status"));
-    assert_eq!(signals, b.signals, "{case}: signal state changed");
-    let stdin = t.stdin.as_mut().expect("stdin");
-    stdin.write_all(b"ping\n").expect("write");
-    stdin.flush().expect("flush");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(line["data"], "ping\n", "{case}: target does not answer");
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A target as uid 65534 under a filter giving `action` to `calls`.
@@ -43,6 +20,10 @@ fn nobody_target(action: &str, calls: &str) -> Target {
     let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
     cmd.args(["seccomp", action, calls]).uid(65534).gid(65534);
     Target::spawn_cmd(cmd)
+}
+
+fn fdgrab_as_root(args: &[&str]) -> Output {
+    output_timeout(fdgrab().args(args), TIMEOUT)
 }
 
 fn fdgrab_as_nobody(args: &[&str]) -> Output {
@@ -58,7 +39,7 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
         return;
     }
     let mut t = nobody_target("errno", "mknod");
-    let b = before(t.pid);
+    let b = Snapshot::take(t.pid);
     let pid = t.pid.to_string();
     let file = t.fd_labelled("file").to_string();
     let cases: [&[&str]; 6] = [
@@ -86,17 +67,13 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
             err.contains("seccomp") && err.contains("--force") && err.contains(&pid),
             "{case}: {err}"
         );
-        assert_unharmed(&mut t, &b, &b.fds, &case);
+        b.assert_unharmed(&mut t, &b.fds, &case);
     }
     // --force: the filter (errno on mknod) is harmless, so the commands now work.
     let out = fdgrab_as_nobody(&["cat", "--force", "--backend", "ptrace", &pid, &file]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
-    assert_unharmed(&mut t, &b, &b.fds, "cat --force");
+    b.assert_unharmed(&mut t, &b.fds, "cat --force");
     let out = fdgrab_as_nobody(&[
         "put",
         "--force",
@@ -106,15 +83,9 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
         "/dev/null",
         "--read",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut fds = b.fds.clone();
-    fds.push("61 -> /dev/null".into());
-    fds.sort();
-    assert_unharmed(&mut t, &b, &fds, "put --force");
+    assert_success(&out);
+    let fds = b.fds_with("61 -> /dev/null");
+    b.assert_unharmed(&mut t, &fds, "put --force");
 }
 
 /// Forced into a filter that traps the injected `socket`: the trap is caught (the
@@ -126,14 +97,14 @@ fn seccomp_cli_forced_into_a_trap_the_target_survives() {
         return;
     }
     let mut t = nobody_target("trap", "socket");
-    let b = before(t.pid);
+    let b = Snapshot::take(t.pid);
     let pid = t.pid.to_string();
     let file = t.fd_labelled("file").to_string();
     let out = fdgrab_as_nobody(&["cat", "--force", "--backend", "ptrace", &pid, &file]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("socket") && err.contains("SIGSYS"), "{err}");
-    assert_unharmed(&mut t, &b, &b.fds, "forced trap");
+    b.assert_unharmed(&mut t, &b.fds, "forced trap");
 }
 
 /// As root the default plan suspends a filter that would kill the target.
@@ -144,27 +115,23 @@ fn seccomp_cli_root_serves_a_kill_filter_by_suspending_it() {
         return;
     }
     let mut t = Target::spawn(["seccomp", "kill-process", "socket,mmap,dup3"]);
-    let b = before(t.pid);
+    let b = Snapshot::take(t.pid);
     let pid = t.pid.to_string();
     let file = t.fd_labelled("file").to_string();
-    let mut cmd = fdgrab();
-    cmd.args(["-v", "cat", "--backend", "ptrace", &pid, &file]);
-    let out = output_timeout(&mut cmd, TIMEOUT);
+    let out = fdgrab_as_root(&["-v", "cat", "--backend", "ptrace", &pid, &file]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("PTRACE_O_SUSPEND_SECCOMP"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
-    assert_unharmed(&mut t, &b, &b.fds, "cat");
-    let mut cmd = fdgrab();
-    cmd.args(["put", &pid, "61", "--file", "/dev/null", "--read"]);
-    let out = output_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut fds = b.fds.clone();
-    fds.push("61 -> /dev/null".into());
-    fds.sort();
-    assert_unharmed(&mut t, &b, &fds, "put");
+    b.assert_unharmed(&mut t, &b.fds, "cat");
+    assert_success(&fdgrab_as_root(&[
+        "put",
+        &pid,
+        "61",
+        "--file",
+        "/dev/null",
+        "--read",
+    ]));
+    let fds = b.fds_with("61 -> /dev/null");
+    b.assert_unharmed(&mut t, &fds, "put");
 }

@@ -7,7 +7,7 @@ pub mod oci;
 
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
@@ -441,6 +441,76 @@ pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -
         ));
     }
     None
+}
+
+/// What an injection must leave as it was: mappings, fd table, signal mask and
+/// pending signals (`SigBlk`, `SigPnd`, `ShdPnd`).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub pid: i32,
+    pub maps: String,
+    pub fds: Vec<String>,
+    pub signals: [String; 3],
+}
+
+impl Snapshot {
+    pub fn take(pid: i32) -> Snapshot {
+        Snapshot {
+            pid,
+            maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
+            fds: proc_fds(pid),
+            signals: ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status")),
+        }
+    }
+
+    /// The fd table with `line` ("N -> target") added, sorted like [`proc_fds`].
+    pub fn fds_with(&self, line: &str) -> Vec<String> {
+        let mut fds = self.fds.clone();
+        fds.push(line.into());
+        fds.sort();
+        fds
+    }
+
+    /// Panics unless nothing of a session is left ([`injection_leftovers`], with
+    /// `fds` as the expected table).
+    pub fn assert_no_leftovers(&self, fds: &[String], case: &str) {
+        if let Some(problem) = injection_leftovers(self.pid, &self.maps, fds) {
+            panic!("{case}: {problem}");
+        }
+    }
+
+    /// [`Snapshot::assert_no_leftovers`], the signal state unchanged, and the target
+    /// (a mode that echoes stdin as `{"data": ...}` lines) still answering.
+    pub fn assert_unharmed(&self, t: &mut Target, fds: &[String], case: &str) {
+        self.assert_no_leftovers(fds, case);
+        let now = Snapshot::take(self.pid);
+        assert_eq!(now.signals, self.signals, "{case}: signal state changed");
+        let stdin = t.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"ping\n").expect("write");
+        stdin.flush().expect("flush");
+        let line: Value =
+            serde_json::from_str(&t.next_line()).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(line["data"], "ping\n", "{case}: target does not answer");
+    }
+}
+
+/// Waits until thread `tid` of `pid` is blocked in syscall `nr` (the first field
+/// of `/proc/PID/task/TID/syscall`).
+pub fn wait_in_syscall(pid: i32, tid: i32, nr: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let s =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+        if s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            == Some(nr)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("thread {tid} of {pid} never blocked in syscall {nr}");
 }
 
 /// `/proc/PID/fd` as sorted "N -> target" strings.

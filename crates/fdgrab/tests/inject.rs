@@ -4,30 +4,13 @@
 
 use fdgrab::inject::{self, CloseMode, SeccompPolicy, Session};
 use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};
-use fdgrab_testkit::{injection_leftovers, proc_fds, status_field, Target};
+use fdgrab_testkit::{injection_leftovers, proc_fds, status_field, wait_in_syscall, Target};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
 fn tfd(n: i32) -> TargetFd {
     TargetFd::new(n).expect("fd")
-}
-
-/// Waits until `pid`'s thread `tid` is blocked in syscall `nr` (from /proc/PID/task/TID/syscall).
-fn wait_in_syscall(pid: i32, tid: i32, nr: i64) {
-    for _ in 0..500 {
-        let s =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
-        if s.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-            == Some(nr)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("thread {tid} of {pid} never blocked in syscall {nr}");
 }
 
 /// Takes the target's `file` fd by ptrace and checks it reads the file's content.

@@ -6,9 +6,7 @@
 
 use fdgrab::inject::Session;
 use fdgrab::{Backend, GrabOptions, PidFd, TargetFd};
-use fdgrab_testkit::{
-    injection_leftovers, output_timeout, proc_fds, status_field, Target, TIMEOUT,
-};
+use fdgrab_testkit::{output_timeout, status_field, wait_in_syscall, Snapshot, Target, TIMEOUT};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,37 +14,6 @@ use std::time::{Duration, Instant};
 
 fn tfd(n: i32) -> TargetFd {
     TargetFd::new(n).expect("fd")
-}
-
-/// Waits until thread `tid` of `pid` is blocked in syscall `nr`.
-fn wait_in_syscall(pid: i32, tid: i32, nr: i64) {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        let s =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
-        if s.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-            == Some(nr)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("thread {tid} of {pid} never blocked in syscall {nr}");
-}
-
-fn snapshot(pid: i32) -> (String, Vec<String>) {
-    (
-        std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
-        proc_fds(pid),
-    )
-}
-
-fn assert_clean(pid: i32, before: &(String, Vec<String>)) {
-    if let Some(problem) = injection_leftovers(pid, &before.0, &before.1) {
-        panic!("{problem}");
-    }
 }
 
 fn send_line(t: &mut Target, s: &str) {
@@ -73,7 +40,7 @@ fn kill(pid: i32, sig: i32) {
 fn restart_signal_storm_goes_through_the_signal_first_retry_loop() {
     let mut t = Target::spawn(["signal-read", "rt", "restart"]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
-    let before = snapshot(t.pid);
+    let before = Snapshot::take(t.pid);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let file = tfd(t.fd_labelled("file"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +66,7 @@ fn restart_signal_storm_goes_through_the_signal_first_retry_loop() {
     stop.store(true, Ordering::SeqCst);
     storm.join().expect("storm");
     assert!(grabs > 10, "only {grabs} grabs");
-    assert_clean(t.pid, &before);
+    before.assert_no_leftovers(&before.fds, "after the session");
     // Every queued signal is handled before the read that follows returns.
     let sent = sent.load(Ordering::SeqCst);
     let deadline = Instant::now() + TIMEOUT;
@@ -135,7 +102,7 @@ fn signal_during_session(restart: bool) {
         if restart { "restart" } else { "norestart" },
     ]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
-    let before = snapshot(t.pid);
+    let before = Snapshot::take(t.pid);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let mut s = Session::attach(&pidfd).expect("attach");
     assert_eq!(
@@ -148,7 +115,7 @@ fn signal_during_session(restart: bool) {
         t.pid as i64
     );
     s.detach().expect("detach");
-    assert_clean(t.pid, &before);
+    before.assert_no_leftovers(&before.fds, "after the session");
     if restart {
         send_line(&mut t, "after\n");
         let line = json_line(&mut t);
@@ -183,7 +150,7 @@ fn restart_signal_during_session_with_sa_restart_restarts() {
 fn restart_sigstop_during_session_leaves_the_process_stopped() {
     let mut t = Target::spawn(["signal-read", "usr2", "restart"]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
-    let before = snapshot(t.pid);
+    let before = Snapshot::take(t.pid);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let mut s = Session::attach(&pidfd).expect("attach");
     kill(t.pid, libc::SIGSTOP);
@@ -205,7 +172,7 @@ fn restart_sigstop_during_session_leaves_the_process_stopped() {
     }
     assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
     kill(t.pid, libc::SIGCONT);
-    assert_clean(t.pid, &before);
+    before.assert_no_leftovers(&before.fds, "after the session");
     send_line(&mut t, "cont\n");
     let line = json_line(&mut t);
     assert_eq!(
@@ -226,7 +193,7 @@ fn restart_never_stopped_thread_is_left_alone() {
         assert!(Instant::now() < deadline, "target never entered state D");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let before = snapshot(t.pid);
+    let before = Snapshot::take(t.pid);
     let file = t.fd_labelled("file").to_string();
     let started = Instant::now();
     let mut cmd = fdgrab_testkit::fdgrab();
@@ -246,7 +213,7 @@ fn restart_never_stopped_thread_is_left_alone() {
     send_line(&mut t, "woke\n");
     let line = json_line(&mut t);
     assert_eq!(line["n"], 5, "{line}");
-    assert_clean(t.pid, &before);
+    before.assert_no_leftovers(&before.fds, "after the session");
 }
 
 /// `FUTEX_LOCK_PI` interrupted answers `-ERESTARTNOINTR`: the kernel restarts it even
@@ -258,7 +225,7 @@ fn restart_erestartnointr_call_is_restarted_after_a_handler() {
     let mut t = Target::spawn(["lock-pi"]);
     wait_in_syscall(t.pid, t.pid, libc::SYS_futex);
     let pidfd = PidFd::open(t.pid).expect("pidfd");
-    let before = snapshot(t.pid);
+    let before = Snapshot::take(t.pid);
     let mut s = Session::attach(&pidfd).expect("attach");
     kill(t.pid, libc::SIGUSR1);
     assert_eq!(
@@ -271,7 +238,7 @@ fn restart_erestartnointr_call_is_restarted_after_a_handler() {
         .backend(Backend::Ptrace)
         .grab(&pidfd, file)
         .expect("grab");
-    assert_clean(t.pid, &before);
+    before.assert_no_leftovers(&before.fds, "after the session");
     // Still waiting for the lock (restarted, not failed with EINTR).
     wait_in_syscall(t.pid, t.pid, libc::SYS_futex);
     send_line(&mut t, "unlock\n");

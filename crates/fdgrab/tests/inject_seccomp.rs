@@ -7,47 +7,11 @@
 
 use fdgrab::inject::{self, SeccompPolicy};
 use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};
-use fdgrab_testkit::{injection_leftovers, is_root, proc_fds, skip, status_field, Target};
-use std::io::Write;
+use fdgrab_testkit::{is_root, skip, status_field, Snapshot, Target};
 use std::os::fd::AsFd;
 
 fn tfd(n: i32) -> TargetFd {
     TargetFd::new(n).expect("fd")
-}
-
-/// Everything the checks compare before and after.
-struct Before {
-    maps: String,
-    fds: Vec<String>,
-    signals: [String; 3],
-}
-
-fn before(pid: i32) -> Before {
-    Before {
-        maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
-        fds: proc_fds(pid),
-        signals: signals(pid),
-    }
-}
-
-fn signals(pid: i32) -> [String; 3] {
-    ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status"))
-}
-
-/// The target is alive, not stopped or traced, kept its signal state and mappings,
-/// its fd table is `fds` (the one before, or with the intended change), and it
-/// still answers on stdin.
-fn assert_unharmed(t: &mut Target, b: &Before, fds: &[String], case: &str) {
-    if let Some(problem) = injection_leftovers(t.pid, &b.maps, fds) {
-        panic!("{case}: {problem}");
-    }
-    assert_eq!(signals(t.pid), b.signals, "{case}: signal state changed");
-    let stdin = t.stdin.as_mut().expect("stdin");
-    stdin.write_all(b"ping\n").expect("write");
-    stdin.flush().expect("flush");
-    let line: serde_json::Value =
-        serde_json::from_str(&t.next_line()).unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(line["data"], "ping\n", "{case}: target does not answer");
 }
 
 /// Which library operation exercises `call`: a grab (socket, connect, sendmsg, close
@@ -132,7 +96,7 @@ fn refused_then_served(action: &str) {
         let case = format!("{action} on {call}");
         let op = op_for(call);
         let mut t = spawn_filtered(action, call);
-        let b = before(t.pid);
+        let b = Snapshot::take(t.pid);
         match run_op(&t, op, SeccompPolicy::new().suspend(false)) {
             Err(Error::SeccompRefused {
                 call: c,
@@ -146,16 +110,15 @@ fn refused_then_served(action: &str) {
             }
             other => panic!("{case}: expected SeccompRefused, got {other:?}"),
         }
-        assert_unharmed(&mut t, &b, &b.fds, &format!("{case}, refused"));
+        b.assert_unharmed(&mut t, &b.fds, &format!("{case}, refused"));
         // Suspending the filter for the injected calls lets the operation through.
         run_op(&t, op, SeccompPolicy::new())
             .unwrap_or_else(|e| panic!("{case}: with suspension: {e}"));
-        let mut fds = b.fds.clone();
-        if op == Op::Put {
-            fds.push(format!("{PUT_AT} -> /dev/null"));
-            fds.sort();
-        }
-        assert_unharmed(&mut t, &b, &fds, &format!("{case}, suspended"));
+        let fds = match op {
+            Op::Put => b.fds_with(&format!("{PUT_AT} -> /dev/null")),
+            Op::Grab => b.fds.clone(),
+        };
+        b.assert_unharmed(&mut t, &fds, &format!("{case}, suspended"));
     }
 }
 
@@ -205,15 +168,14 @@ fn seccomp_filter_on_unrelated_call_is_served() {
         for op in [Op::Grab, Op::Put] {
             let case = format!("{action} on {calls}");
             let mut t = spawn_filtered(action, calls);
-            let b = before(t.pid);
+            let b = Snapshot::take(t.pid);
             run_op(&t, op, SeccompPolicy::new().suspend(false))
                 .unwrap_or_else(|e| panic!("{case}: {e}"));
-            let mut fds = b.fds.clone();
-            if op == Op::Put {
-                fds.push(format!("{PUT_AT} -> /dev/null"));
-                fds.sort();
-            }
-            assert_unharmed(&mut t, &b, &fds, &case);
+            let fds = match op {
+                Op::Put => b.fds_with(&format!("{PUT_AT} -> /dev/null")),
+                Op::Grab => b.fds.clone(),
+            };
+            b.assert_unharmed(&mut t, &fds, &case);
         }
     }
 }

@@ -171,46 +171,61 @@ fn cases(seed: u64, n: usize) -> Vec<(u32, [u64; 6])> {
         .collect()
 }
 
-/// Installs `filters` (oldest first) in a forked child, makes every call, and
-/// returns the results the kernel gave, in order.
-fn kernel_results(filters: &[Vec<libc::sock_filter>], calls: &[(u32, [u64; 6])]) -> Vec<i64> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-int array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: the child only makes raw syscalls (prctl, seccomp, the calls, write,
+/// Forks a child that installs `filters` (oldest first) and then exits with what
+/// `body` returns (3 if the kernel refused a filter). `body` runs after fork in a
+/// multithreaded process, so it may only make raw syscalls on memory prepared
+/// before. Returns the child's pid, to reap with [`reap`].
+fn filtered_child(filters: &[Vec<libc::sock_filter>], body: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only makes raw syscalls (prctl, seccomp, the body's calls,
     // _exit) on memory prepared before the fork: async-signal-safe.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        // SAFETY: closing our copy of the read end.
-        unsafe { libc::close(fds[0]) };
         for f in filters {
             if install_filter_with(f, 0).is_err() {
                 // SAFETY: ends the child.
                 unsafe { libc::_exit(3) };
             }
         }
+        let code = body();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits for our child `pid` and returns its wait status.
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    status
+}
+
+/// Installs `filters` (oldest first) in a forked child, makes every call, and
+/// returns the results the kernel gave, in order.
+fn kernel_results(filters: &[Vec<libc::sock_filter>], calls: &[(u32, [u64; 6])]) -> Vec<i64> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-int array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let pid = filtered_child(filters, || {
         for &(nr, a) in calls {
             let (r, _) = raw_syscall(u64::from(nr), a);
             let b = r.to_ne_bytes();
             // SAFETY: `b` is a valid 8-byte buffer; a pipe write of 8 bytes is atomic.
             if unsafe { libc::write(fds[1], b.as_ptr().cast(), 8) } != 8 {
-                // SAFETY: ends the child.
-                unsafe { libc::_exit(4) };
+                return 4;
             }
         }
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
+        0
+    });
     // SAFETY: our write end, closed so that the read sees EOF when the child exits.
     unsafe { libc::close(fds[1]) };
     // SAFETY: fds[0] is the open read end, owned from here on.
     let mut r = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
     let mut bytes = Vec::new();
     r.read_to_end(&mut bytes).expect("read results");
-    let mut status = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let status = reap(pid);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child status {status:#x}"
@@ -638,32 +653,27 @@ fn kernel_seen(stack: &[Program]) -> Seen {
         })
         .collect();
     let ppid = std::process::id() as i64;
-    // SAFETY: the child makes raw syscalls on prepared memory only.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // SAFETY: installs a handler that only calls _exit.
-        unsafe { libc::signal(libc::SIGSYS, on_sigsys as *const () as libc::sighandler_t) };
-        for f in &guarded {
-            if install_filter_with(f, 0).is_err() {
-                // SAFETY: ends the child.
-                unsafe { libc::_exit(3) };
-            }
-        }
+    let body = || {
         let (r, _) = raw_syscall(libc::SYS_getppid as u64, [0; 6]);
-        let code = if r == ppid {
+        if r == ppid {
             0
         } else if r < 0 && r > -200 {
             (100 + (-r)) as i32
         } else {
             2
-        };
-        // SAFETY: ends the child with the outcome as its status.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+    };
+    let pid = filtered_child(&[], || {
+        // SAFETY: the handler only calls _exit.
+        unsafe { libc::signal(libc::SIGSYS, on_sigsys as *const () as libc::sighandler_t) };
+        for f in &guarded {
+            if install_filter_with(f, 0).is_err() {
+                return 3;
+            }
+        }
+        body()
+    });
+    let status = reap(pid);
     if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
         return Seen::Killed;
     }
@@ -738,20 +748,11 @@ fn kernel_refuses_what_the_checker_refuses() {
     ];
     for prog in bad {
         assert!(Program::from_raw(&prog).is_err(), "{prog:?}");
-        // SAFETY: the child only installs the filter and exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let code = match install_filter_with(&prog, 0) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => 0,
-                _ => 1,
-            };
-            // SAFETY: ends the child.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let pid = filtered_child(&[], || match install_filter_with(&prog, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => 0,
+            _ => 1,
+        });
+        let status = reap(pid);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "the kernel accepted {prog:?}"

@@ -597,7 +597,8 @@ fn inject_report(extra: Value) -> Value {
 }
 
 /// One raw `read(0)` per line printed: no retry loop, so an `EINTR` or a wrong count
-/// caused by the injection would show.
+/// caused by the injection would show. Each line also carries how many signals the
+/// `signal-read` handler has counted. Ends at EOF or an error other than EINTR.
 fn echo_reads() {
     let mut buf = [0u8; 4096];
     loop {
@@ -608,46 +609,36 @@ fn echo_reads() {
         } else {
             0
         };
-        let data = if n > 0 {
-            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
-        } else {
-            String::new()
-        };
-        emit(&json!({"n": n, "errno": errno, "data": data}));
-        if n <= 0 {
+        let data = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"n": n, "errno": errno, "data": data, "count": count}));
+        if n == 0 || (n < 0 && errno != libc::EINTR) {
             return;
         }
     }
 }
 
-fn blocked_read() {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the whole set.
-    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-    // SAFETY: initialised just above.
-    let mut set = unsafe { set.assume_init() };
-    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: an initialised set and a valid signal number.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
+/// Blocks SIGUSR1 and SIGUSR2 and leaves one of each pending: SIGUSR1 directed at
+/// this thread, SIGUSR2 at the process.
+fn leave_usr_signals_pending() {
+    let set = sigset_of(&[libc::SIGUSR1, libc::SIGUSR2]);
     // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let (pid, tid) = (
-        std::process::id() as libc::c_long,
-        rustix::thread::gettid().as_raw_nonzero().get(),
-    );
-    // Blocked, so both stay pending: one thread-directed, one process-directed.
     // SAFETY: tgkill to our own thread, integers only.
     unsafe {
         libc::syscall(
             libc::SYS_tgkill,
-            pid,
-            tid as libc::c_long,
+            std::process::id() as libc::c_long,
+            rustix::thread::gettid().as_raw_nonzero().get() as libc::c_long,
             libc::SIGUSR1 as libc::c_long,
         )
     };
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
         .expect("kill");
+}
+
+fn blocked_read() {
+    leave_usr_signals_pending();
     emit(&inject_report(json!({})));
     echo_reads();
 }
@@ -778,21 +769,7 @@ fn seccomp_filtered(args: &[String]) {
             _ => usage(),
         });
     }
-    // As `blocked-read`: SIGUSR1 and SIGUSR2 blocked, one of each pending.
-    let set = sigset_of(&[libc::SIGUSR1, libc::SIGUSR2]);
-    // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    // SAFETY: tgkill to our own thread, integers only.
-    unsafe {
-        libc::syscall(
-            libc::SYS_tgkill,
-            std::process::id() as libc::c_long,
-            rustix::thread::gettid().as_raw_nonzero().get() as libc::c_long,
-            libc::SIGUSR1 as libc::c_long,
-        )
-    };
-    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
-        .expect("kill");
+    leave_usr_signals_pending();
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
     for &nr in &nrs {
@@ -861,22 +838,7 @@ fn signal_read(args: &[String]) {
     };
     install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
     emit(&inject_report(json!({"signal": sig})));
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        let errno = if n < 0 {
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-        } else {
-            0
-        };
-        let data = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
-        emit(&json!({"n": n, "errno": errno, "data": data, "count": count}));
-        if n == 0 {
-            return;
-        }
-    }
+    echo_reads();
 }
 
 fn vfork_sleep(ms: u64) {

@@ -161,9 +161,38 @@ pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
     }
 }
 
-/// `waitpid(tid, &status, __WALL | WNOHANG)`: `Ok(None)` when nothing is ready.
-pub(crate) fn try_wait(tid: Pid) -> Result<Option<i32>, Errno> {
-    wait_flags(tid, libc::WNOHANG)
+/// [`wait`] with a deadline, for a stop that may never come (a thread in
+/// uninterruptible sleep): after the spin, polls with sleeps that grow from 20 µs
+/// to 500 µs. Not `sched_yield`: on a busy machine that hands the CPU to every other
+/// runnable task, for milliseconds. `Ok(None)` at the deadline.
+pub(crate) fn wait_until(
+    tid: Pid,
+    spin: &mut Spin,
+    deadline: std::time::Instant,
+) -> Result<Option<i32>, Errno> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            spin.budget = (start.elapsed() * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
+            return Ok(Some(st));
+        }
+        if start.elapsed() >= spin.budget {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            return Ok(Some(st));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_micros(500));
+    }
 }
 
 fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {

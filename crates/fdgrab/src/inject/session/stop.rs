@@ -46,28 +46,15 @@ impl Session<'_> {
         self.state = State::Seized;
         ptrace::interrupt(self.tid).map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
         let deadline = Instant::now() + timeout;
-        let mut spins = 0u32;
         loop {
-            let status = match ptrace::try_wait(self.tid) {
+            let status = match ptrace::wait_until(self.tid, &mut self.spin, deadline) {
                 Ok(Some(st)) => st,
-                Ok(None) => {
-                    if Instant::now() >= deadline {
-                        return Err(Error::io(
-                            "waiting for the target thread to stop (it may be in uninterruptible sleep)",
-                            self.pid,
-                            None,
-                            Errno::TIMEDOUT,
-                        ));
-                    }
-                    // Stops normally arrive within microseconds; yield first, then back off.
-                    spins += 1;
-                    if spins < 2000 {
-                        std::thread::yield_now();
-                    } else {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    continue;
-                }
+                Ok(None) => return Err(Error::io(
+                    "waiting for the target thread to stop (it may be in uninterruptible sleep)",
+                    self.pid,
+                    None,
+                    Errno::TIMEDOUT,
+                )),
                 Err(e) => return Err(self.ptrace_error("waitpid", e)),
             };
             match classify(status) {
