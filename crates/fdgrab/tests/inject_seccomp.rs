@@ -14,8 +14,8 @@ fn tfd(n: i32) -> TargetFd {
     TargetFd::new(n).expect("fd")
 }
 
-/// Which library operation exercises `call`: a grab (socket, connect, sendmsg, close
-/// and the session's mmap/munmap/rt_sigprocmask) or a put (recvmsg, fcntl, dup3).
+/// Which library operation exercises `call`: a grab (socket, sendmsg, close and the
+/// session's mmap/munmap/rt_sigprocmask) or a put (connect, recvmsg, fcntl, dup3).
 #[derive(Clone, Copy, PartialEq)]
 enum Op {
     Grab,
@@ -24,7 +24,7 @@ enum Op {
 
 fn op_for(call: &str) -> Op {
     match call {
-        "recvmsg" | "dup3" | "fcntl" => Op::Put,
+        "connect" | "recvmsg" | "dup3" | "fcntl" => Op::Put,
         _ => Op::Grab,
     }
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};
 use crate::pidfd::PidFd;
 use crate::{procfs, TargetFd};
-use rendezvous::Listener;
+use rendezvous::{Listener, Mailbox};
 use session::remote_error;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -58,11 +58,12 @@ struct Channel {
     conn: OwnedFd,
 }
 
-/// `struct msghdr` for LP64 Linux, as the target's kernel reads it.
-fn msghdr(iov: u64, control: u64, controllen: u64) -> Vec<u8> {
+/// `struct msghdr` for LP64 Linux, as the target's kernel reads it; `name` is the
+/// address and length of a `msg_name` (0, 0 for none).
+fn msghdr(name: (u64, u64), iov: u64, control: u64, controllen: u64) -> Vec<u8> {
     let mut m = Vec::with_capacity(56);
-    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_name
-    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_namelen + padding
+    m.extend_from_slice(&name.0.to_ne_bytes()); // msg_name
+    m.extend_from_slice(&name.1.to_ne_bytes()); // msg_namelen + padding
     m.extend_from_slice(&iov.to_ne_bytes());
     m.extend_from_slice(&1u64.to_ne_bytes()); // msg_iovlen
     m.extend_from_slice(&control.to_ne_bytes());
@@ -157,6 +158,40 @@ fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
     Ok(Channel { remote: fd, conn })
 }
 
+/// The calls [`grab_fds`] makes: a datagram socket, `sendmsg`s to our mailbox, and
+/// the `close` of the socket at the end.
+fn mailbox_calls(plan: &mut Vec<Planned>) {
+    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    plan.push(Planned::new(
+        libc::SYS_socket,
+        &[k(libc::AF_UNIX as u64), k(ty), k(0)],
+    ));
+    let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+    plan.push(Planned::new(
+        libc::SYS_sendmsg,
+        &[UNKNOWN, UNKNOWN, k(flags)],
+    ));
+    plan.push(Planned::new(libc::SYS_close, &[UNKNOWN]));
+}
+
+/// Our mailbox, and the unconnected datagram socket the target sends to it from.
+fn open_mailbox(s: &mut Session<'_>) -> Result<(Mailbox, i32)> {
+    let pid = s.pid();
+    let mailbox = Mailbox::new(pid, s.tid())?;
+    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
+    if fd < 0 {
+        return Err(remote_error(
+            pid,
+            None,
+            "socket(AF_UNIX, SOCK_DGRAM) (injected)",
+            fd,
+        ));
+    }
+    s.track_remote_fd(fd as i32);
+    Ok((mailbox, fd as i32))
+}
+
 /// Which of `fds` the target does not have, using `fcntl(F_GETFD)` in the target.
 fn first_missing(s: &mut Session<'_>, fds: &[TargetFd]) -> Result<Option<TargetFd>> {
     for &fd in fds {
@@ -182,8 +217,14 @@ fn fd_flags(s: &mut Session<'_>, fd: TargetFd) -> Result<Option<i32>> {
     }
 }
 
-/// Makes the target send copies of `fds` over the channel, at most 253 per message.
-fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+/// Makes the target send copies of `fds` to our mailbox from its socket `remote`, at
+/// most 253 per message.
+fn send_to_us(
+    s: &mut Session<'_>,
+    mailbox: &Mailbox,
+    remote: i32,
+    fds: &[TargetFd],
+) -> Result<Vec<OwnedFd>> {
     let pid = s.pid();
     let mut out = Vec::with_capacity(fds.len());
     for chunk in fds.chunks(SCM_MAX_FD) {
@@ -196,6 +237,7 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
             ));
         }
         s.reset_scratch();
+        let name = s.push_bytes(mailbox.sockaddr())?;
         let byte = s.push_bytes(b"F")?;
         let iov = s.push_bytes(&iovec(byte, 1))?;
         let mut control = Vec::with_capacity(cmsg_space(chunk.len()));
@@ -207,9 +249,10 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
         }
         control.resize(cmsg_space(chunk.len()), 0);
         let ctl = s.push_bytes(&control)?;
-        let msg = s.push_bytes(&msghdr(iov, ctl, control.len() as u64))?;
+        let name = (name, mailbox.sockaddr().len() as u64);
+        let msg = s.push_bytes(&msghdr(name, iov, ctl, control.len() as u64))?;
         let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
-        let r = s.syscall(libc::SYS_sendmsg, &[ch.remote as u64, msg, flags])?;
+        let r = s.syscall(libc::SYS_sendmsg, &[remote as u64, msg, flags])?;
         if r == -(libc::EBADF as i64) {
             if let Some(fd) = first_missing(s, chunk)? {
                 return Err(Error::NoSuchFd { pid, fd });
@@ -236,9 +279,9 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                 r,
             ));
         }
-        let mut buf = [0u8; 1];
-        let got = passfd::recv_fds(&ch.conn, &mut buf, chunk.len()).map_err(|e| {
-            match e.raw_os_error() {
+        let got = mailbox
+            .take_from(pid, chunk.len())
+            .map_err(|e| match e.raw_os_error() {
                 Some(libc::EMFILE) | Some(libc::ENFILE) => {
                     Error::TooManyFiles { pid, fd: chunk[0] }
                 }
@@ -248,9 +291,8 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                     fd: None,
                     source: e,
                 },
-            }
-        })?;
-        if got.fds.len() != chunk.len() {
+            })?;
+        if got.len() != chunk.len() {
             return Err(Error::io(
                 "receiving fds from the target (fewer arrived than were sent; is fdgrab's fd limit too low?)",
                 pid,
@@ -258,7 +300,7 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                 rustix::io::Errno::MFILE,
             ));
         }
-        out.extend(got.fds);
+        out.extend(got);
     }
     Ok(out)
 }
@@ -278,7 +320,7 @@ fn receive_from_us(s: &mut Session<'_>, ch: &Channel, ours: BorrowedFd<'_>) -> R
     let iov = s.push_bytes(&iovec(byte, 1))?;
     let space = cmsg_space(1);
     let ctl = s.push_bytes(&vec![0u8; space])?;
-    let msg = s.push_bytes(&msghdr(iov, ctl, space as u64))?;
+    let msg = s.push_bytes(&msghdr((0, 0), iov, ctl, space as u64))?;
     let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
     let r = s.syscall(libc::SYS_recvmsg, &[ch.remote as u64, msg, flags])?;
     if r < 0 {
@@ -359,22 +401,17 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 /// [`crate::Backend::Ptrace`], which also checks each copy's identity.
 ///
 /// `policy` says what to do about the target's seccomp filters; the calls checked
-/// against them are `socket`, `connect`, `sendmsg` and `close` besides the session's
+/// against them are `socket`, `sendmsg` and `close` besides the session's
 /// own (see [`Session`]).
 pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
     if fds.is_empty() {
         return Ok(Vec::new());
     }
     let mut plan = Vec::new();
-    channel_calls(&mut plan);
-    let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
-    plan.push(Planned::new(
-        libc::SYS_sendmsg,
-        &[UNKNOWN, UNKNOWN, k(flags)],
-    ));
+    mailbox_calls(&mut plan);
     with_session(target, policy, &plan, |s| {
-        let ch = open_channel(s)?;
-        send_to_us(s, &ch, fds)
+        let (mailbox, remote) = open_mailbox(s)?;
+        send_to_us(s, &mailbox, remote, fds)
     })
 }
 
