@@ -33,6 +33,35 @@ pub fn parse_fd(s: &str) -> Result<TargetFd, String> {
     TargetFd::new(raw).ok_or_else(|| format!("fd {n} is not valid"))
 }
 
+/// `ls --type`: the type names of `ls --json`.
+pub fn parse_kind(s: &str) -> Result<fdgrab::FdKind, String> {
+    use fdgrab::FdKind::*;
+    let kinds = [
+        ("file", File),
+        ("dir", Dir),
+        ("chr", Chr),
+        ("blk", Blk),
+        ("fifo", Fifo),
+        ("pipe", Pipe),
+        ("socket", Socket),
+        ("anon", Anon),
+        ("memfd", Memfd),
+        ("symlink", Symlink),
+        ("unknown", Unknown),
+    ];
+    kinds
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            let names: Vec<&str> = kinds.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown fd type '{s}' (expected one of {})",
+                names.join(", ")
+            )
+        })
+}
+
 /// `--backend auto|pidfd|ptrace`.
 pub fn parse_backend(s: &str) -> Result<fdgrab::Backend, String> {
     s.parse()

@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_pid, parse_selector, parse_signal,
-    FdMap,
+    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_kind, parse_pid, parse_selector,
+    parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -35,10 +35,36 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List a process's open fds: number, mode, type, device/inode, offset and name.
+    /// List open fds: of some processes, or of every process, or only those matching.
     ///
-    /// Nothing in the target is touched: offsets do not move and no socket is grabbed.
-    /// Sockets are resolved in the target's network namespace.
+    /// Each fd: number, mode, type, device/inode, size or offset, and a name (path,
+    /// socket addresses and state, pipe inode, anon-inode kind). Nothing in a target is
+    /// touched: offsets do not move and no socket is grabbed. Sockets are resolved in
+    /// each process's own network namespace.
+    ///
+    /// Without PID every process fdgrab may read is listed, and the table starts with
+    /// COMMAND and PID columns (as with several PIDs). A process that cannot be read
+    /// (it exited, or it is not ours) is skipped with one summary line on stderr; that
+    /// changes the exit status only for a PID named on the command line (4 permission
+    /// denied, 5 no such process), and the others are listed all the same.
+    ///
+    /// Filters combine (all must hold): --port, --path, --deleted, --type, --listen,
+    /// --user, --fd. --pids prints just the sorted, unique pids, e.g. for
+    /// kill $(fdgrab ls --port 8080 --pids).
+    ///
+    /// Names in the table are escaped so that they cannot act on a terminal or span
+    /// lines: \\ for a backslash, \n \t \r \e, \xNN for other control bytes and for
+    /// bytes that are not UTF-8, \u{XXXX} for Unicode controls and bidi overrides; an
+    /// abstract unix socket's leading NUL is shown as @.
+    ///
+    /// --json prints one document, schema 2:
+    /// {"schema_version": 2, "processes": [{"pid", "command", "process", "fds": [...]}]}.
+    /// Changed from schema 1 (one process at the top level): the processes array,
+    /// "command", and per fd "nlink". Every name field (link, path, memfd, a socket's
+    /// path, command) is a string; when that string alone would not give back the
+    /// exact bytes (not UTF-8, or an abstract socket name), a sibling field NAME_bytes
+    /// holds them as an array of numbers 0-255.
+    #[command(verbatim_doc_comment)]
     Ls(LsArgs),
     /// Copy fds out of a process and run a command with them installed.
     ///
@@ -87,12 +113,17 @@ pub enum Command {
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
     /// Whatever the process had open at FD is replaced atomically (dup3 in the
-    /// process, through ptrace injection); FD's close-on-exec flag is kept.
+    /// process, through ptrace injection); FD's close-on-exec flag is kept. The
+    /// process, FD (below its open-file limit) and access are checked before the file
+    /// is opened, and the file is emptied only right before the dup3: a refused put
+    /// changes no file.
     Put(PutArgs),
     /// Point a running process's fd (e.g. 1, its stdout) at a file, reversibly.
     ///
     /// The old fd is first kept alive in the process at a high number; fdgrab prints
     /// the exact `fdgrab redirect --undo PID FD SAVEDFD` command that puts it back.
+    /// Everything is checked before the file is opened, and it is emptied only right
+    /// before the switch: a refused redirect changes no file.
     Redirect(RedirectArgs),
     /// Run a command under a seccomp supervisor that performs its privileged binds.
     ///
@@ -114,6 +145,18 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Print a seccomp profile (OCI/Docker JSON) whose `bind` goes to the agent.
+    ///
+    /// Starts from --from, or from a built-in profile equivalent to the default
+    /// container runtimes apply. `bind` is taken out of every rule that lets it
+    /// through (with or without argument, capability, architecture or kernel
+    /// conditions, `names` or the old `name` field) and put into SCMP_ACT_NOTIFY
+    /// rules with the same conditions; a defaultAction that allows it (ALLOW, LOG)
+    /// gets an explicit NOTIFY rule. Simply appending a NOTIFY rule would do nothing:
+    /// the profile's own ALLOW for bind would win. Every other rule and field is kept
+    /// as it was; listenerPath and listenerMetadata are set. Notes go to stderr. A
+    /// profile that never allows bind is refused (exit 2): the agent would widen it.
+    Profile(ProfileArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command into --dir).
@@ -122,13 +165,38 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// The process to list.
-    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
-    pub pid: Pid,
-    /// Only these fds. An fd the process does not have is an error (exit 5).
-    #[arg(value_parser = parse_fd, allow_negative_numbers = true)]
+    /// The processes to list; none: every process fdgrab may read.
+    #[arg(value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pids: Vec<Pid>,
+    /// Only these fds (repeat or separate with commas). With one PID, an fd the
+    /// process does not have is an error (exit 5).
+    #[arg(long = "fd", value_name = "FD", value_parser = parse_fd, value_delimiter = ',')]
     pub fds: Vec<TargetFd>,
-    /// One JSON document on stdout (schema in README).
+    /// Only TCP and UDP sockets whose local or peer port is PORT (lsof -i :PORT).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Only fds on files with no name left (link count 0): deleted files and memfds,
+    /// with their sizes (lsof +L1).
+    #[arg(long)]
+    pub deleted: bool,
+    /// Only fds of these types (repeat or separate with commas): file, dir, chr, blk,
+    /// fifo, pipe, socket, anon, memfd, symlink, unknown.
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind, value_delimiter = ',')]
+    pub kinds: Vec<fdgrab::FdKind>,
+    /// Only listening sockets: TCP and unix in LISTEN, UDP bound and unconnected (ss -l).
+    #[arg(long)]
+    pub listen: bool,
+    /// Only processes whose effective user is USER (a name, looked up through NSS, or a
+    /// number).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Print only the matching pids, sorted and unique, one per line (lsof -t).
+    #[arg(long = "pids", conflicts_with = "json")]
+    pub pids_only: bool,
+    /// One JSON document on stdout (schema 2; see docs/inventory.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -143,9 +211,22 @@ pub struct GetArgs {
     pub fds: Vec<FdMap>,
     #[command(flatten)]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct UnpassableArg {
+    /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
+    /// instances; `send`, and `get --backend ptrace`) and hand over the rest, naming
+    /// each one left out on stderr. Without it such an fd makes the whole command
+    /// fail before anything is taken or sent.
+    #[arg(long)]
+    pub skip_unpassable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,7 +254,10 @@ pub struct SendArgs {
     pub to: PathBuf,
     #[command(flatten)]
     pub backend: BackendArg,
-    /// After sending, print one JSON object: pid, fds, and the backend that took them.
+    #[command(flatten)]
+    pub unpassable: UnpassableArg,
+    /// After sending, print one JSON object: pid, fds sent, the backend and method
+    /// that took them, and the fds left out with --skip-unpassable.
     #[arg(long)]
     pub json: bool,
 }
@@ -217,6 +301,11 @@ pub struct StealArgs {
     /// Put /dev/null over the fds in the process instead of closing them.
     #[arg(long)]
     pub null: bool,
+    /// Signal the process once its fds are taken (e.g. TERM). A server that polls a
+    /// stolen listening socket with poll/select spins on it afterwards; see
+    /// docs/grab.md for which server shapes are safe without it.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal)]
+    pub signal_old: Option<i32>,
     #[command(flatten)]
     pub backend: BackendArg,
     /// The command to run, after `--`.
@@ -258,6 +347,8 @@ pub struct PutArgs {
 #[derive(Debug, clap::Args)]
 pub struct RedirectArgs {
     /// Undo an earlier redirect: the third argument is then the saved fd it printed.
+    /// Only a saved fd that redirect recorded for this process and FD is accepted
+    /// (else exit 2, nothing changed).
     #[arg(long)]
     pub undo: bool,
     /// The process.
@@ -355,6 +446,25 @@ pub struct AgentArgs {
     /// and audit lines carry the container id and bundle.
     #[command(flatten)]
     pub bind_policy: BindPolicyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The profile to start from (a file in the OCI/Docker seccomp JSON format, e.g.
+    /// /usr/share/containers/seccomp.json). Default: the built-in runtime default.
+    #[arg(long, value_name = "PROFILE.json")]
+    pub from: Option<PathBuf>,
+    /// The agent's socket, written as `listenerPath`.
+    #[arg(long, value_name = "PATH", default_value = fdgrab::seccomp::profile::DEFAULT_LISTENER_PATH)]
+    pub socket: PathBuf,
+    /// `listenerMetadata` for the agent, e.g. `allow-bind=tcp:80,tcp:443` (narrows the
+    /// agent's policy for containers using this profile). Default: the input's, if any.
+    #[arg(long, value_name = "TEXT")]
+    pub metadata: Option<String>,
+    /// Write the profile to FILE (through a temporary file renamed into place, so
+    /// that a runtime never reads half a profile) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// The bind policy and audit options, shared by `run` and `agent`.

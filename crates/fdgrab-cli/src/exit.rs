@@ -12,6 +12,11 @@ pub enum Code {
     Unsupported = 3,
     PermissionDenied = 4,
     NoSuchProcessOrFd = 5,
+    /// CMD was found but could not be started: not executable, or a set-up step
+    /// before its exec failed (as `env` and shells use 126).
+    CannotExecute = 126,
+    /// CMD was not found (as `env` and shells use 127).
+    NotFound = 127,
 }
 
 impl From<Code> for ExitCode {
@@ -49,6 +54,8 @@ pub fn code_for(e: &anyhow::Error) -> Code {
                 | fdgrab::Error::SeccompUnchecked { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,
+                fdgrab::Error::Spawn(e) if e.is_not_found() => Code::NotFound,
+                fdgrab::Error::Spawn(_) => Code::CannotExecute,
                 _ => Code::Failure,
             };
         }

@@ -1,11 +1,16 @@
 //! The `fdgrab` command. All logic that is not about arguments, output or exit
 //! codes lives in the `fdgrab` library.
 
+// Every `unsafe` block of the project lives in the library, next to the kernel
+// interface it wraps.
+#![forbid(unsafe_code)]
+
 mod args;
+mod bind_policy;
 mod cli;
 mod cmd;
 mod exit;
-mod spawn;
+mod launch;
 
 use clap::Parser;
 use std::process::ExitCode;

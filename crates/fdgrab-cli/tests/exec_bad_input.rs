@@ -147,14 +147,18 @@ fn exec_command_not_found() {
     let old = old_server();
     let tcp = old.tcp();
     let out = exec(&old, &[&tcp, "--", "/nonexistent/fdgrab-server"]);
-    assert_fails(&out, 2, &["command '/nonexistent/fdgrab-server' not found"]);
+    assert_fails(
+        &out,
+        127,
+        &["command '/nonexistent/fdgrab-server' not found"],
+    );
     let out = exec(
         &old,
         &[&tcp, "--", "fdgrab-no-such-server-anywhere", "--flag"],
     );
     assert_fails(
         &out,
-        2,
+        127,
         &["command 'fdgrab-no-such-server-anywhere' not found in PATH"],
     );
     let dir = TempDir::new("exec-noexec");
@@ -163,15 +167,15 @@ fn exec_command_not_found() {
     std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &plain.to_string_lossy()]);
-    assert_fails(&out, 2, &["not an executable file"]);
+    assert_fails(&out, 126, &["cannot execute", "not an executable file"]);
     // Executable but not a program: execve itself fails in the child (ENOEXEC), which
-    // is reported through the exec pipe after the sockets were already taken.
+    // the child reports to the spawner after the sockets were already taken.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, [0x7fu8, b'E', b'L', b'F', 0, 0, 0, 0]).expect("write");
     std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &junk.to_string_lossy()]);
-    assert_fails(&out, 2, &["cannot execute", "junk"]);
+    assert_fails(&out, 126, &["cannot execute", "junk", "Exec format error"]);
     old.assert_untouched();
 }
 

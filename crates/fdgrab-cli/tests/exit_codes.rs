@@ -35,11 +35,34 @@ fn code_1_failure() {
     let pid = t.pid.to_string();
     let pipe = t.fd_labelled("pipe-r").to_string();
     check(&run_fdgrab(["cat", &pid, &pipe]), 1, &["--consume", &pid]);
-    check(
-        &run_fdgrab(["get", &pid, "0", "--", "/nonexistent/cmd"]),
-        1,
-        &["/nonexistent/cmd"],
-    );
+}
+
+/// CMD not found is 127 and not executable is 126, as with `env` and shells, for
+/// every command that starts one.
+#[test]
+fn code_126_127_when_cmd_cannot_start() {
+    let t = Target::spawn(["zoo"]);
+    let pid = t.pid.to_string();
+    let fd = t.fd_labelled("file").to_string();
+    for cmd in ["get", "steal"] {
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "/nonexistent/cmd"]),
+            127,
+            &["command '/nonexistent/cmd' not found"],
+        );
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "fdgrab-no-such-cmd"]),
+            127,
+            &["command 'fdgrab-no-such-cmd' not found in PATH"],
+        );
+        check(
+            &run_fdgrab([cmd, &pid, &fd, "--", "/etc/passwd"]),
+            126,
+            &["cannot execute '/etc/passwd'", "not an executable file"],
+        );
+    }
+    // Refused before anything was taken: the target keeps its fd.
+    assert!(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists());
 }
 
 #[test]
@@ -174,12 +197,13 @@ fn completions_and_man_page() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Our own fd table is full: pidfd_getfd fails with EMFILE, reported as such.
+/// Our own fd table is full: the first read of the target's /proc entry (before
+/// anything is taken) fails with EMFILE, reported as such and naming the target.
 #[test]
 fn too_many_open_files_is_reported() {
     let t = Target::spawn(["zoo"]);
     let mut cmd = Command::new("prlimit");
-    // stdin, stdout, stderr and the pidfd fit; the grabbed copy does not.
+    // stdin, stdout, stderr and the pidfd fit; nothing else does.
     cmd.args(["--nofile=4:4", "--"])
         .arg(fdgrab_testkit::bin("fdgrab"))
         .args(["cat", &t.pid.to_string(), "3"]);
@@ -187,6 +211,10 @@ fn too_many_open_files_is_reported() {
     check(
         &out,
         1,
-        &["too many open files", &t.pid.to_string(), "fd 3"],
+        &[
+            "Too many open files",
+            &t.pid.to_string(),
+            "/proc/PID/status",
+        ],
     );
 }

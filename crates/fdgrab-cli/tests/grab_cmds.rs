@@ -292,3 +292,190 @@ fn get_near_the_fd_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NEWFD 1024") && err.contains("1024"), "{err}");
 }
+
+/// A logger's view: a deleted log held `O_WRONLY|O_APPEND`, and a memfd reachable
+/// only through a write-only fd. `cat` must read both through either backend,
+/// leave the offsets where they were and the target's fd table as it was.
+#[test]
+fn cat_reads_write_only_deleted_log_and_memfd() {
+    let dir = std::env::temp_dir().join(format!("fdgrab-cat-wronly-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let log = dir.join("app.log");
+    let script = r#"
+import json, os, sys
+log = sys.argv[1]
+fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.write(fd, b"line one\nline two\n")
+os.unlink(log)
+m = os.memfd_create("wronly-memfd")
+os.write(m, b"memfd via a write-only fd")
+w = os.open("/proc/self/fd/%d" % m, os.O_WRONLY)
+os.close(m)
+print(json.dumps({"log": fd, "memfd": w}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&log);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    for (label, want) in [
+        ("log", "line one\nline two\n"),
+        ("memfd", "memfd via a write-only fd"),
+    ] {
+        let fd = t.report[label].as_i64().expect("fd") as i32;
+        // The premise: the target's fd really is write-only (O_ACCMODE == O_WRONLY).
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", t.pid)).expect("fdinfo");
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("flags");
+        assert_eq!(flags & 3, 1, "{label}: not write-only: {fdinfo}");
+        let before = (
+            fdgrab_testkit::proc_offset(t.pid, fd),
+            fdgrab_testkit::proc_fds(t.pid),
+        );
+        for backend in ["pidfd", "ptrace"] {
+            let out = run_fdgrab(["-v", "cat", "--backend", backend, &pid, &fd.to_string()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "{label} {backend}: {:?} {err}",
+                out.status
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "{label} {backend}"
+            );
+            let method = if backend == "pidfd" {
+                "pidfd_getfd"
+            } else {
+                "ptrace"
+            };
+            assert!(
+                err.contains(&format!("(method: {method})")),
+                "{label} {backend}: {err}"
+            );
+            let after = (
+                fdgrab_testkit::proc_offset(t.pid, fd),
+                fdgrab_testkit::proc_fds(t.pid),
+            );
+            assert_eq!(
+                after, before,
+                "{label} {backend}: offset or fd table changed"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// io_uring fds cannot travel over a unix socket. `send` and `get --backend ptrace`
+/// name the fd and the reason and take nothing, unless --skip-unpassable is given,
+/// then the other fds go and the skipped one is named. `get` by pidfd_getfd (no
+/// socket involved) installs it like any other fd.
+#[test]
+fn io_uring_fds_are_named_and_skipped_only_when_asked() {
+    let t = Target::spawn(["zoo"]);
+    let has_ring = t.report["fds"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["label"] == "io_uring"));
+    if !has_ring {
+        fdgrab_testkit::skip("io_uring_setup failed here (io_uring disabled?)");
+        return;
+    }
+    let pid = t.pid.to_string();
+    let ring = t.fd_labelled("io_uring").to_string();
+    let file = t.fd_labelled("file").to_string();
+    let dir = std::env::temp_dir().join(format!("fdgrab-uring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("recv.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let sock = path.to_str().expect("utf8");
+    let fds_before = fdgrab_testkit::proc_fds(t.pid);
+
+    let out = run_fdgrab(["send", &pid, &file, &ring, "--to", sock]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("fd {ring}"))
+            && err.contains("io_uring")
+            && err.contains("--skip-unpassable"),
+        "{err}"
+    );
+    assert!(listener.accept().is_err(), "nothing may be sent");
+    let ptrace_get = |extra: &[&str]| {
+        let mut args = vec!["get", "--backend", "ptrace"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[pid.as_str(), file.as_str(), ring.as_str(), "--", "true"]);
+        run_fdgrab(args)
+    };
+    let out = ptrace_get(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("fd {ring}")) && err.contains("io_uring"),
+        "{err}"
+    );
+    let out = ptrace_get(&["--skip-unpassable"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("skipping fd {ring}")), "{err}");
+    assert_eq!(fdgrab_testkit::proc_fds(t.pid), fds_before);
+
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args([
+        "send",
+        "--json",
+        "--skip-unpassable",
+        &pid,
+        &file,
+        &ring,
+        "--to",
+        sock,
+    ]);
+    let sender = std::thread::spawn(move || output_timeout(&mut cmd, TIMEOUT));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("no connection: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 256];
+    let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 16).expect("recv");
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..got.len]),
+        format!("fdgrab pid={pid} fds={file}\n")
+    );
+    assert_eq!(got.fds.len(), 1);
+    let out = sender.join().expect("sender");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("skipping fd {ring}")), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["skipped"][0]["fd"].as_i64(), ring.parse().ok());
+    assert_eq!(doc["method"], "pidfd_getfd");
+
+    // pidfd_getfd and dup2 into the command: no socket, so the ring is installed.
+    let script = format!("readlink /proc/$$/fd/{ring}");
+    let out = run_fdgrab(["get", &pid, &ring, "--", "sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "anon_inode:[io_uring]"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

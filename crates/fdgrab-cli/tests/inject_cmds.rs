@@ -85,9 +85,13 @@ fn snapshot(pid: i32) -> (String, Vec<String>) {
 fn cat_file_by_ptrace(t: &Target) {
     let before = snapshot(t.pid);
     let fd = t.fd_labelled("file").to_string();
-    let out = run_fdgrab(["cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
+    let out = run_fdgrab(["-v", "cat", "--backend", "ptrace", &t.pid.to_string(), &fd]);
     assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
+    // The ptrace backend really did it (a --backend that was ignored would say
+    // pidfd_getfd here).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(method: ptrace)"), "{err}");
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
 }
 
@@ -118,6 +122,12 @@ fn inject_cli_send_json_names_backend() {
         ]);
         let doc = success_json(&out);
         assert_eq!(doc["backend"], expect, "{doc}");
+        let method = if expect == "pidfd" {
+            "pidfd_getfd"
+        } else {
+            "ptrace"
+        };
+        assert_eq!(doc["method"], method, "{doc}");
         let (conn, _) = l.accept().expect("accept");
         let mut buf = [0u8; 64];
         let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 4).expect("recv");
@@ -176,8 +186,7 @@ fn inject_cli_auto_falls_back_to_ptrace_on_enosys() {
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "inject test file\n");
     assert!(err.contains("falling back to ptrace"), "{err}");
-    let sock = tmp("fallback.sock");
-    let _ = std::fs::remove_file(&sock);
+    let sock = absent("fallback.sock");
     let _l = UnixListener::bind(&sock).expect("bind");
     let out = fdgrab_without_getfd(&[
         "send",
@@ -202,6 +211,7 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
         let pid = t.pid.to_string();
         let mut child = fdgrab()
             .args([
+                "-v",
                 "steal",
                 "--backend",
                 backend,
@@ -214,6 +224,7 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("fdgrab steal");
         let line = json_line(&mut t);
@@ -228,6 +239,18 @@ fn inject_cli_steal_closes_and_target_sees_ebadf() {
         assert_eq!(got, "hello", "{backend}: the command got the stolen pipe");
         let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("steal exits");
         assert!(st.success(), "{backend}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        let method = if backend == "ptrace" {
+            "ptrace"
+        } else {
+            "pidfd_getfd"
+        };
+        assert!(
+            err.contains(&format!("stolen (method: {method})")),
+            "{backend}: {err}"
+        );
     }
 }
 
@@ -272,8 +295,10 @@ fn inject_cli_steal_takes_nothing_if_command_fails() {
         "--",
         "/nonexistent/command",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run '/nonexistent/command'"));
+    assert_eq!(out.status.code(), Some(127), "CMD not found");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command '/nonexistent/command' not found")
+    );
     assert_eq!(proc_fds(t.pid), before, "nothing taken");
     send_line(&mut t, "still mine\n");
     assert_eq!(json_line(&mut t)["data"], "still mine\n");
@@ -498,8 +523,7 @@ fn inject_cli_ptrace_when_leader_exited() {
         "leader should be a zombie"
     );
     let fd = t.fd_labelled("pipe-w").to_string();
-    let sock = tmp("leader-exit.sock");
-    let _ = std::fs::remove_file(&sock);
+    let sock = absent("leader-exit.sock");
     let l = UnixListener::bind(&sock).expect("bind");
     let out = run_fdgrab([
         "send",
@@ -511,7 +535,7 @@ fn inject_cli_ptrace_when_leader_exited() {
         "--to",
         sock.to_str().expect("utf8"),
     ]);
-    assert_ok(&out);
+    assert_eq!(success_json(&out)["method"], "ptrace");
     let (conn, _) = l.accept().expect("accept");
     let mut buf = [0u8; 64];
     assert_eq!(
@@ -568,7 +592,7 @@ fn inject_cli_ptrace_permission_denied_as_another_user() {
     let out = output_timeout(&mut cmd, TIMEOUT);
     let err = failure_text(&out, 4);
     assert!(
-        err.contains("PTRACE_SEIZE") && err.contains(&t.pid.to_string()),
+        err.contains("ptrace") && err.contains(&t.pid.to_string()),
         "{err}"
     );
     assert_eq!(injection_leftovers(t.pid, &before.0, &before.1), None);
@@ -629,4 +653,455 @@ fn inject_cli_auto_works_without_pidfd_open() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// What a refused command must leave exactly as it was: the target (alive, running,
+/// untraced, same maps and fds) and the user's files (same bytes, or still absent).
+struct Untouched {
+    pid: i32,
+    before: (String, Vec<String>),
+    files: Vec<(std::path::PathBuf, Option<Vec<u8>>)>,
+}
+
+impl Untouched {
+    fn new(pid: i32, files: &[&std::path::Path]) -> Self {
+        Untouched {
+            pid,
+            before: snapshot(pid),
+            files: files
+                .iter()
+                .map(|p| (p.to_path_buf(), std::fs::read(p).ok()))
+                .collect(),
+        }
+    }
+
+    /// `what` names the command in the failure message.
+    fn check(&self, what: &str) {
+        let state = status_field(self.pid, "State").unwrap_or_default();
+        assert!(
+            !state.is_empty() && !state.starts_with('Z') && !state.starts_with('X'),
+            "{what}: target {} is gone ({state})",
+            self.pid
+        );
+        assert_eq!(
+            injection_leftovers(self.pid, &self.before.0, &self.before.1),
+            None,
+            "{what}"
+        );
+        for (path, content) in &self.files {
+            assert_eq!(
+                &std::fs::read(path).ok(),
+                content,
+                "{what}: {} changed",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A user file with content that a refused command must not change.
+fn precious(name: &str) -> std::path::PathBuf {
+    let path = tmp(name);
+    std::fs::write(&path, b"precious content\n").expect("write");
+    path
+}
+
+/// A path that a refused command must not create.
+fn absent(name: &str) -> std::path::PathBuf {
+    let path = tmp(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// A zombie: a child of this test that has exited and is not reaped yet.
+fn zombie() -> std::process::Child {
+    let child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + TIMEOUT;
+    while !status_field(pid, "State").is_some_and(|s| s.starts_with('Z')) {
+        assert!(Instant::now() < deadline, "{pid} never became a zombie");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// The target's soft RLIMIT_NOFILE, from its own /proc entry.
+fn nofile_limit(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric open-file limit")
+}
+
+#[test]
+fn refused_put_and_redirect_touch_no_file_and_no_target() {
+    let t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = precious("refusal-keep.txt");
+    let fresh = absent("refusal-fresh.txt");
+    let marker = absent("refusal-cmd-ran");
+    let (keep_s, fresh_s, marker_s) = (
+        keep.to_str().expect("utf8"),
+        fresh.to_str().expect("utf8"),
+        marker.to_str().expect("utf8"),
+    );
+    let guard = Untouched::new(t.pid, &[&keep, &fresh, &marker]);
+    let mut z = zombie();
+    let zpid = z.id().to_string();
+    let limit = nofile_limit(t.pid).to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["redirect", &zpid, "1", keep_s], 5, "no such process"),
+        (
+            vec!["redirect", "--append", &zpid, "1", keep_s],
+            5,
+            "no such process",
+        ),
+        (vec!["redirect", &pid, "999", keep_s], 5, "no open fd 999"),
+        (vec!["redirect", &pid, "999", fresh_s], 5, "no open fd 999"),
+        (
+            vec!["put", &pid, &limit, "--file", fresh_s],
+            2,
+            "open-file limit",
+        ),
+        (
+            vec!["put", &pid, "20000000", "--file", keep_s],
+            2,
+            "open-file limit",
+        ),
+        (
+            vec!["put", &zpid, "5", "--file", keep_s],
+            5,
+            "no such process",
+        ),
+        (vec!["put", "2", "1", "--file", keep_s], 2, "kernel thread"),
+        (vec!["redirect", "2", "1", fresh_s], 2, "kernel thread"),
+        (
+            vec!["steal", &pid, "999", "--", "touch", marker_s],
+            5,
+            "no open fd 999",
+        ),
+        (
+            vec!["steal", &zpid, "0", "--", "touch", marker_s],
+            5,
+            "no such process",
+        ),
+        (
+            vec!["get", &pid, "999", "--", "touch", marker_s],
+            5,
+            "no open fd 999",
+        ),
+        (
+            vec!["get", "2", "0", "--", "touch", marker_s],
+            2,
+            "kernel thread",
+        ),
+    ];
+    for (args, code, needle) in &cases {
+        let out = run_fdgrab(args);
+        let err = failure_text(&out, *code);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if *code == 2 && needle.contains("limit") {
+            assert!(err.contains(&limit), "the limit is named: {err}");
+        }
+        guard.check(&format!("{args:?}"));
+    }
+    let _ = z.wait();
+}
+
+#[test]
+fn refused_when_another_tracer_holds_the_target() {
+    let t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = precious("traced-keep.txt");
+    let marker = absent("traced-cmd-ran");
+    let guard = Untouched::new(t.pid, &[&keep, &marker]);
+    let mut strace = Command::new("strace")
+        .args(["-q", "-o", "/dev/null", "-p", &pid])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    let deadline = Instant::now() + TIMEOUT;
+    while status_field(t.pid, "TracerPid").as_deref() != Some(&strace.id().to_string()) {
+        assert!(Instant::now() < deadline, "strace never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (keep_s, marker_s) = (keep.to_str().expect("utf8"), marker.to_str().expect("utf8"));
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["redirect", &pid, "1", keep_s],
+        vec!["put", &pid, "1", "--file", keep_s],
+        vec!["steal", &pid, "0", "--", "touch", marker_s],
+        vec!["cat", "--backend", "ptrace", &pid, "0"],
+    ];
+    for args in &cases {
+        let out = run_fdgrab(args);
+        let err = failure_text(&out, 4);
+        assert!(
+            err.contains("already traced by process") && err.contains(&strace.id().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!marker.exists(), "{args:?} started CMD");
+        assert_eq!(std::fs::read(&keep).expect("keep"), b"precious content\n");
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = fdgrab_testkit::wait_timeout(&mut strace, TIMEOUT);
+    let deadline = Instant::now() + TIMEOUT;
+    while status_field(t.pid, "TracerPid").as_deref() != Some("0") {
+        assert!(Instant::now() < deadline, "strace never detached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    guard.check("after the tracer left");
+}
+
+/// `redirect --undo` acts only on the saved fd that `redirect` made for that fd:
+/// a typo (`--undo PID 1 2`), another fd's saved copy, or a saved number the
+/// process has since reused are refused with exit 2 and change nothing.
+#[test]
+fn undo_accepts_only_the_saved_fd_redirect_made() {
+    let mut t = Target::spawn(["blocked-read"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let log = tmp("undo-only-ours.log");
+    let log2 = tmp("undo-only-ours-2.log");
+    let doc = success_json(&run_fdgrab([
+        "redirect",
+        "--json",
+        &pid,
+        "1",
+        log.to_str().expect("utf8"),
+    ]));
+    let saved = doc["saved_fd"].as_i64().expect("saved_fd").to_string();
+    // The same process's stderr, redirected too: its saved fd is not fd 1's.
+    let doc2 = success_json(&run_fdgrab([
+        "redirect",
+        "--json",
+        &pid,
+        "2",
+        log2.to_str().expect("utf8"),
+    ]));
+    let saved2 = doc2["saved_fd"].as_i64().expect("saved_fd").to_string();
+    let guard = Untouched::new(t.pid, &[&log, &log2]);
+    for wrong in ["2", "0", saved2.as_str()] {
+        let out = run_fdgrab(["redirect", "--undo", &pid, "1", wrong]);
+        let err = failure_text(&out, 2);
+        assert!(
+            err.contains("not a saved fd") && err.contains("nothing was changed"),
+            "{wrong}: {err}"
+        );
+        guard.check(&format!("--undo 1 {wrong}"));
+    }
+    // The process reuses the saved number for something else: refused too.
+    let other = tmp("undo-only-ours-other");
+    std::fs::write(&other, b"x").expect("write");
+    assert_ok(&run_fdgrab([
+        "put",
+        &pid,
+        &saved2,
+        "--read",
+        "--file",
+        other.to_str().expect("utf8"),
+    ]));
+    let guard = Untouched::new(t.pid, &[&log, &log2]);
+    let err = failure_text(&run_fdgrab(["redirect", "--undo", &pid, "2", &saved2]), 2);
+    assert!(err.contains("no longer the file"), "{err}");
+    guard.check("--undo of a reused saved fd");
+    // The real one works, once.
+    assert_ok(&run_fdgrab(["redirect", "--undo", &pid, "1", &saved]));
+    send_line(&mut t, "after undo\n");
+    let line = json_line(&mut t);
+    assert_eq!(line["data"], "after undo\n", "stdout is the pipe again");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/fd/{saved}")).exists());
+    let out = run_fdgrab(["redirect", "--undo", &pid, "1", &saved]);
+    failure_text(&out, 5);
+}
+
+/// CPU ticks (utime + stime) a process has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// The only socket in `pid`'s fd table.
+fn only_socket_fd(pid: i32) -> String {
+    let socks: Vec<String> = proc_fds(pid)
+        .into_iter()
+        .filter(|l| l.contains("socket:"))
+        .map(|l| l.split(' ').next().expect("fd").to_string())
+        .collect();
+    assert_eq!(socks.len(), 1, "{pid}: {socks:?}");
+    socks[0].clone()
+}
+
+/// A new server for a stolen listener at fd 3: answers one connection with "new",
+/// then holds the listener until its stdin (fdgrab's, a pipe of the test) closes.
+const NEW_SERVER: &str = r#"
+import os, socket, sys
+os.close(2)
+s = socket.socket(fileno=3)
+# The description is shared: the old server may have made it non-blocking.
+s.setblocking(True)
+c, _ = s.accept()
+c.sendall(b'new\n')
+c.close()
+sys.stdin.read()
+"#;
+
+fn fetch_line(port: u16) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    s
+}
+
+/// python3 -m http.server polls its listener (selectors.PollSelector): after a steal
+/// it would spin on the closed fd, so `--signal-old TERM` stops it once the fd is
+/// taken, and the new server gets the connections.
+#[test]
+fn steal_listener_from_a_poll_server_with_signal_old() {
+    let mut old = Command::new("python3")
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let mut out = BufReader::new(old.stdout.take().expect("stdout"));
+    let banner = read_line_timeout(&mut out, TIMEOUT).expect("banner");
+    let port: u16 = banner
+        .split(" port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {banner:?}"));
+    let pid = old.id() as i32;
+    let fd = only_socket_fd(pid);
+    let mut steal = fdgrab();
+    steal
+        .args([
+            "steal",
+            "--signal-old",
+            "TERM",
+            &pid.to_string(),
+            &format!("{fd}:3"),
+        ])
+        .args(["--", "python3", "-c", NEW_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut steal = steal.spawn().expect("fdgrab steal");
+    // The old server is told to go once the fd is taken: it exits, never spins.
+    let status = fdgrab_testkit::wait_timeout(&mut old, TIMEOUT).expect("old server exits");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
+    assert_eq!(fetch_line(port), "new\n", "the new server answers");
+    drop(steal.stdin.take());
+    let status = fdgrab_testkit::wait_timeout(&mut steal, TIMEOUT).expect("steal ends");
+    assert!(status.success(), "fdgrab exits with CMD's status");
+}
+
+/// An epoll server keeps the stolen listener in its epoll set; with no signal it
+/// stays alive and idle (it is not the one accepting), which the CPU it uses after
+/// the steal shows. The steal warns about poll servers all the same.
+#[test]
+fn steal_listener_from_an_epoll_server_leaves_it_idle() {
+    let code = r#"
+import json, selectors, socket
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen()
+s.setblocking(False)
+sel = selectors.EpollSelector()
+sel.register(s, selectors.EVENT_READ)
+print(json.dumps({'port': s.getsockname()[1], 'fd': s.fileno()}), flush=True)
+while True:
+    for key, _ in sel.select():
+        try:
+            c, _ = s.accept()
+            c.sendall(b'old\n')
+            c.close()
+        except OSError:
+            pass
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", code]);
+    let t = Target::spawn_cmd(cmd);
+    let port = t.report["port"].as_u64().expect("port") as u16;
+    let fd = t.report["fd"].as_i64().expect("fd");
+    let mut steal = fdgrab();
+    steal
+        .args(["steal", &t.pid.to_string(), &format!("{fd}:3")])
+        .args(["--", "python3", "-c", NEW_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut steal = steal.spawn().expect("fdgrab steal");
+    let deadline = Instant::now() + TIMEOUT;
+    while std::path::Path::new(&format!("/proc/{}/fd/{fd}", t.pid)).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "fd {fd} never left the old server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fetch_line(port), "new\n", "the new server answers");
+    let before = cpu_ticks(t.pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(t.pid) - before;
+    let hz = 100.0; // USER_HZ
+    let share = used as f64 / hz / start.elapsed().as_secs_f64();
+    eprintln!("epoll server CPU after the steal: {:.0}%", share * 100.0);
+    assert!(
+        share < 0.5,
+        "the old epoll server spins: {:.0}% CPU",
+        share * 100.0
+    );
+    assert!(status_field(t.pid, "State").is_some_and(|s| !s.starts_with('Z')));
+    drop(steal.stdin.take());
+    let out = steal.wait_with_output().expect("steal output");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a listening socket"), "{err}");
+}
+
+/// A refusal that only the injection itself meets (the target's seccomp filter
+/// makes the injected socket() fail) still leaves the user's files alone: the file
+/// is truncated only right before the install, and a file the command created is
+/// removed again.
+#[test]
+fn failed_injection_leaves_files_as_they_were() {
+    let t = Target::spawn(["deny-socket"]);
+    wait_in_read(t.pid);
+    let pid = t.pid.to_string();
+    let keep = precious("inject-fails-keep.txt");
+    let fresh = absent("inject-fails-fresh.txt");
+    let guard = Untouched::new(t.pid, &[&keep, &fresh]);
+    let (keep_s, fresh_s) = (keep.to_str().expect("utf8"), fresh.to_str().expect("utf8"));
+    // As root fdgrab would suspend the target's filter for its calls; running under
+    // a seccomp filter itself it can neither read nor suspend it, and --force makes
+    // it inject anyway, so the injected socket() really fails inside the target.
+    for args in [
+        vec!["redirect", "--force", &pid, "1", keep_s],
+        vec!["redirect", "--force", &pid, "1", fresh_s],
+        vec!["put", "--force", &pid, "1", "--file", keep_s],
+        vec!["put", "--force", &pid, "9", "--file", fresh_s],
+        vec!["put", "--force", &pid, "9", "--append", "--file", fresh_s],
+    ] {
+        let err = failure_text(&fdgrab_without_getfd(&args), 4);
+        assert!(err.contains("socket"), "{args:?}: {err}");
+        guard.check(&format!("{args:?}"));
+    }
 }

@@ -4,6 +4,17 @@ use fdgrab_testkit::{output_timeout, run_fdgrab, Target, TIMEOUT};
 use serde_json::Value;
 use std::process::Command;
 
+/// The one process of a schema-2 document about a single pid.
+fn only_process(doc: Value, pid: i32) -> Value {
+    assert_eq!(doc["schema_version"], 2, "{doc}");
+    let procs = doc["processes"].as_array().expect("processes array");
+    assert_eq!(procs.len(), 1, "{doc}");
+    let p = procs[0].clone();
+    assert_eq!(p["pid"].as_i64(), Some(pid.into()));
+    assert!(p["command"].is_string(), "{p}");
+    p
+}
+
 fn ls_json(pid: i32) -> Value {
     let out = run_fdgrab(["ls", &pid.to_string(), "--json"]);
     assert!(
@@ -11,7 +22,8 @@ fn ls_json(pid: i32) -> Value {
         "ls failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("ls --json output is one JSON document")
+    let doc = serde_json::from_slice(&out.stdout).expect("ls --json output is one JSON document");
+    only_process(doc, pid)
 }
 
 /// `ls --json` with a system call made to fail by strace's fault injection
@@ -27,7 +39,10 @@ fn ls_json_with_fault(pid: i32, inject: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("ls --json output")
+    only_process(
+        serde_json::from_slice(&out.stdout).expect("ls --json output"),
+        pid,
+    )
 }
 
 fn entry(doc: &Value, fd: i64) -> &Value {
@@ -59,8 +74,14 @@ fn assert_matches_report(t: &Target, doc: &Value) {
 
 /// `unix_peers`: whether the listing can know unix peer inodes (sock_diag only).
 fn assert_matches_report_with(t: &Target, doc: &Value, unix_peers: bool) {
-    assert_eq!(doc["schema_version"], 1);
     assert_eq!(doc["pid"].as_i64(), Some(t.pid.into()));
+    assert_eq!(
+        doc["command"].as_str(),
+        std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
+            .ok()
+            .as_deref()
+            .map(str::trim_end)
+    );
     let reports = t.report["fds"].as_array().expect("report fds");
     assert!(reports.len() >= 25, "the zoo opened {} fds", reports.len());
     for r in reports {
@@ -80,7 +101,15 @@ fn assert_matches_report_with(t: &Target, doc: &Value, unix_peers: bool) {
             assert_eq!(e["offset"], r["offset"], "offset: {ctx}");
         }
         match expected_type(r) {
-            "file" | "memfd" => assert_eq!(e["size"], r["size"], "size: {ctx}"),
+            "file" | "memfd" => {
+                assert_eq!(e["size"], r["size"], "size: {ctx}");
+                let nlink = if label == "deleted" || expected_type(r) == "memfd" {
+                    0
+                } else {
+                    1
+                };
+                assert_eq!(e["nlink"], nlink, "nlink: {ctx}");
+            }
             _ => {}
         }
         if let Some(path) = r.get("path") {
@@ -98,8 +127,16 @@ fn assert_matches_report_with(t: &Target, doc: &Value, unix_peers: bool) {
             for k in ["family", "type", "protocol", "state"] {
                 assert_eq!(es[k], s[k], "socket {k}: {ctx}");
             }
-            assert_eq!(es["local"], s["local"], "local address: {ctx}");
-            assert_eq!(es["peer"], s["peer"], "peer address: {ctx}");
+            assert_eq!(
+                endpoint_as_reported(&es["local"]),
+                s["local"],
+                "local address: {ctx}"
+            );
+            assert_eq!(
+                endpoint_as_reported(&es["peer"]),
+                s["peer"],
+                "peer address: {ctx}"
+            );
             match s.get("peer_inode") {
                 Some(peer) if unix_peers => {
                     assert_eq!(&es["peer_inode"], peer, "unix peer inode: {ctx}")
@@ -108,6 +145,39 @@ fn assert_matches_report_with(t: &Target, doc: &Value, unix_peers: bool) {
             }
         }
     }
+}
+
+/// The exact bytes of a name field of `ls --json`: `NAME_bytes` when present, else
+/// the string's UTF-8 (the documented round-trip rule of schema 2).
+fn name_bytes(obj: &Value, field: &str) -> Option<Vec<u8>> {
+    match obj.get(format!("{field}_bytes")) {
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|b| u8::try_from(b.as_u64().expect("byte")).expect("0-255"))
+                .collect(),
+        ),
+        _ => obj[field].as_str().map(|s| s.as_bytes().to_vec()),
+    }
+}
+
+/// A socket endpoint of `ls --json` in the target's own words: an abstract name
+/// is "@name", and its `path_bytes` must hold the NUL-led bytes.
+fn endpoint_as_reported(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(path) = e["path"].as_str().map(str::to_string) {
+        let exact = name_bytes(&e, "path").expect("path");
+        if let Some(name) = path.strip_prefix('@') {
+            assert_eq!(
+                exact,
+                [b"\0", name.as_bytes()].concat(),
+                "abstract name bytes"
+            );
+        } else {
+            assert_eq!(exact, path.as_bytes());
+        }
+        e.as_object_mut().map(|o| o.remove("path_bytes"));
+    }
+    e
 }
 
 #[test]
@@ -211,11 +281,12 @@ fn ls_table_reads_like_lsof() {
 fn ls_selected_fds_and_missing_fd() {
     let t = Target::spawn(["zoo"]);
     let fd = t.fd_labelled("pipe-r").to_string();
-    let out = run_fdgrab(["ls", &t.pid.to_string(), &fd, "--json"]);
+    let out = run_fdgrab(["ls", &t.pid.to_string(), "--fd", &fd, "--json"]);
     assert!(out.status.success());
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = only_process(serde_json::from_slice(&out.stdout).expect("json"), t.pid);
     assert_eq!(doc["fds"].as_array().map(Vec::len), Some(1));
-    let out = run_fdgrab(["ls", &t.pid.to_string(), "0", "777"]);
+    assert_eq!(doc["fds"][0]["fd"].as_i64(), Some(fd.parse().expect("fd")));
+    let out = run_fdgrab(["ls", &t.pid.to_string(), "--fd", "0,777"]);
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -232,7 +303,11 @@ fn ls_works_for_plain_sleep_and_python() {
         TIMEOUT,
     );
     assert!(out.status.success());
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = only_process(
+        serde_json::from_slice(&out.stdout).expect("json"),
+        sleep.id() as i32,
+    );
+    assert_eq!(doc["command"], "sleep");
     assert!(doc["fds"]
         .as_array()
         .is_some_and(|a| a.iter().any(|e| e["fd"] == 0)));
@@ -311,7 +386,7 @@ fn ls_as_an_unprivileged_user() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let doc = only_process(serde_json::from_slice(&out.stdout).expect("json"), t.pid);
     assert_matches_report(&t, &doc);
 
     let root = Target::spawn(["zoo"]);
@@ -335,4 +410,122 @@ fn ls_without_sock_diag_reads_proc_net() {
     let t = Target::spawn(["zoo"]);
     let doc = ls_json_with_fault(t.pid, "inject=socket:error=EPERM");
     assert_matches_report_with(&t, &doc, false);
+}
+
+/// Several processes in one run share one socket table per network namespace
+/// (whole-namespace dumps rather than the per-socket lookups of a single pid): two
+/// zoos, one in a fresh netns, each still matches its own report field by field.
+#[test]
+fn ls_of_several_pids_matches_each_targets_own_view() {
+    let here = Target::spawn(["zoo"]);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" zoo"])
+        .arg(fdgrab_testkit::bin("fdgrab-target"));
+    let there = Target::spawn_cmd(cmd);
+    let out = run_fdgrab([
+        "ls",
+        &here.pid.to_string(),
+        &there.pid.to_string(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["schema_version"], 2);
+    let procs = doc["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), 2);
+    for t in [&here, &there] {
+        let p = procs
+            .iter()
+            .find(|p| p["pid"].as_i64() == Some(t.pid.into()))
+            .unwrap_or_else(|| panic!("{} missing", t.pid));
+        assert_matches_report(t, p);
+    }
+}
+
+/// Pay only for what is asked: a process holding no socket costs no netlink socket
+/// at all, and one holding a unix pair is answered by exact lookups by inode (no
+/// dump of the host's unix sockets). Seen through strace.
+#[test]
+fn ls_asks_the_kernel_only_about_sockets_the_target_holds() {
+    let trace = |pid: u32| {
+        let log = std::env::temp_dir().join(format!("fdgrab-ls-trace-{pid}"));
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-e", "trace=socket,sendto", "-o"])
+            .arg(&log)
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["ls", &pid.to_string()]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&log).expect("strace log");
+        let _ = std::fs::remove_file(&log);
+        text
+    };
+    let mut sleep = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let text = trace(sleep.id());
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert!(
+        !text.contains("AF_NETLINK"),
+        "netlink used for a process without sockets:\n{text}"
+    );
+
+    let pair = Target::spawn_cmd({
+        let mut py = Command::new("python3");
+        py.args([
+            "-c",
+            "import socket,sys\na,b=socket.socketpair()\nprint('{}', flush=True)\nsys.stdin.read()",
+        ]);
+        py
+    });
+    let text = trace(pair.pid as u32);
+    // A unix_diag request is 40 bytes (an inet_diag one 72); strace decodes the
+    // first message on a socket before it knows the protocol, so match the length.
+    let unix_requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sendto(") && l.contains("nlmsg_len=40"))
+        .collect();
+    assert_eq!(unix_requests.len(), 2, "one lookup per socket:\n{text}");
+    for l in unix_requests {
+        assert!(
+            !l.contains("NLM_F_DUMP") && !l.contains("0x300"),
+            "a dump: {l}"
+        );
+    }
+}
+
+/// A table large enough to be read on several threads, with the socket tables read
+/// meanwhile: every socket is resolved, the same as when the process is listed
+/// among others (one shared table per namespace, read after the fds).
+#[test]
+fn ls_of_a_large_table_resolves_every_socket() {
+    let t = Target::spawn(["many", "800"]);
+    let alone = ls_json(t.pid);
+    let fds = alone["fds"].as_array().expect("fds");
+    assert!(fds.len() >= 800, "{} fds", fds.len());
+    let sockets: Vec<&Value> = fds.iter().filter(|e| e["type"] == "socket").collect();
+    assert!(sockets.len() > 200, "{} sockets", sockets.len());
+    for e in &sockets {
+        let s = &e["socket"];
+        assert!(
+            ["inet", "unix"].contains(&s["family"].as_str().unwrap_or("")) && !s["state"].is_null(),
+            "unresolved: {e}"
+        );
+    }
+    let me = std::process::id().to_string();
+    let out = run_fdgrab(["ls", &t.pid.to_string(), &me, "--json"]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let shared = doc["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["pid"].as_i64() == Some(t.pid.into())))
+        .expect("target listed");
+    assert_eq!(shared["fds"], alone["fds"]);
 }

@@ -3,7 +3,10 @@
 //! handling. Every test uses its own port (or loopback address) so tests can run
 //! in parallel.
 
-use fdgrab_testkit::{bin, fdgrab, output_timeout, read_line_timeout, wait_timeout, TIMEOUT};
+use fdgrab_testkit::{
+    bin, fdgrab, output_timeout, read_line_timeout, wait_for_child_of, wait_gone, wait_timeout,
+    TIMEOUT,
+};
 use serde_json::Value;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -560,16 +563,120 @@ fn run_nested_is_a_clear_error() {
     let mut c = fdgrab();
     c.args(["run", "--allow-bind", "80", "--", &f, "run", "--", "true"]);
     let out = output_timeout(&mut c, TIMEOUT);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("installing the seccomp filter"),
+        err.contains("cannot start '/usr/bin/true': installing the seccomp filter"),
         "stderr: {err}"
     );
+    assert!(err.contains("(os error 16)"), "EBUSY: {err}");
     assert!(
         err.contains("cannot run inside another fdgrab run"),
         "stderr: {err}"
     );
+}
+
+/// Each credential step of the child's set-up fails on its own, named, with exit
+/// 126 and nothing started. fdgrab runs without one capability (bounding set) so
+/// that exactly that step is refused. (setgid alone cannot be made to fail this
+/// way: it needs the same capability as setgroups; the library's spawn tests
+/// cover it with an invalid gid.)
+#[test]
+fn run_child_setup_failures_name_the_step() {
+    if !root_or_skip() {
+        return;
+    }
+    let cases = [
+        ("-setgid", "setting the supplementary groups (setgroups)"),
+        ("-setuid", "switching user (setuid)"),
+    ];
+    for (caps, step) in cases {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--bounding-set={caps}"))
+            .arg(bin("fdgrab"))
+            .args(["run", "--user", "nobody", "--", "sh", "-c", "echo started"]);
+        let out = output_timeout(&mut c, TIMEOUT);
+        assert_eq!(out.status.code(), Some(126), "{caps}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot start '/usr/bin/sh': {step}"))
+                || err.contains(&format!("cannot start '/bin/sh': {step}")),
+            "{caps}: {err}"
+        );
+        assert!(err.contains("Operation not permitted"), "{caps}: {err}");
+        assert!(out.stdout.is_empty(), "{caps}: the program ran");
+    }
+    // Not found and not executable: 127 and 126, as for get, steal and exec.
+    let out = output_timeout(&mut run_cmd(&[], &["/nonexistent/prog"]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let out = output_timeout(&mut run_cmd(&[], &["/etc/passwd"]), TIMEOUT);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+}
+
+/// `--user` goes through NSS: a user and groups that exist only in the extrausers
+/// database (as LDAP, SSSD or systemd dynamic users exist only in theirs). The
+/// database and an nsswitch.conf naming it are bind-mounted in a mount namespace
+/// private to this test, so nothing outside it (other tests included) sees them.
+#[test]
+fn run_user_known_only_through_nss() {
+    if !root_or_skip() {
+        return;
+    }
+    let db = Path::new("/var/lib/extrausers");
+    if !db.is_dir() || !Path::new("/usr/lib/libnss_extrausers.so.2").exists() {
+        fdgrab_testkit::skip("libnss-extrausers is not installed (./scripts/test installs it)");
+        return;
+    }
+    let dir = TempDir::new("nss");
+    let conf = std::fs::read_to_string("/etc/nsswitch.conf").expect("nsswitch.conf");
+    let conf: String = conf
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((db @ ("passwd" | "group"), rest)) => format!("{db}:{rest} extrausers\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.path("nsswitch.conf"), conf).expect("write nsswitch.conf");
+    std::fs::create_dir(dir.path("db")).expect("mkdir");
+    std::fs::write(
+        dir.path("db/passwd"),
+        "fdgrabnss:x:23456:23457:NSS only:/nonexistent-nss-home:/bin/sh\n",
+    )
+    .expect("write passwd");
+    std::fs::write(
+        dir.path("db/group"),
+        "fdgrabnssgrp:x:23457:\nfdgrabnssextra:x:23458:fdgrabnss\n",
+    )
+    .expect("write group");
+    let in_private_ns = |user: &str| {
+        let script = format!(
+            "mount --bind {conf} /etc/nsswitch.conf && mount --bind {db} {real} && \
+             exec {fdgrab} run --user {user} -- sh -c 'id -u; id -g; id -G; echo \"$HOME $USER\"'",
+            conf = dir.path("nsswitch.conf").display(),
+            db = dir.path("db").display(),
+            real = db.display(),
+            fdgrab = bin("fdgrab").display(),
+        );
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        let out = output_timeout(&mut c, TIMEOUT);
+        assert!(out.status.success(), "{user}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        in_private_ns("fdgrabnss"),
+        "23456\n23457\n23457 23458\n/nonexistent-nss-home fdgrabnss\n"
+    );
+    assert_eq!(
+        in_private_ns("fdgrabnss:fdgrabnssextra"),
+        "23456\n23458\n23458\n/nonexistent-nss-home fdgrabnss\n"
+    );
+    // Outside the namespace the user does not exist: a usage error naming it.
+    let mut c = fdgrab();
+    c.args(["run", "--user", "fdgrabnss", "--", "true"]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'fdgrabnss'"));
 }
 
 #[test]
@@ -729,40 +836,6 @@ fn run_exit_status_and_parent_death() {
     let line = read_line_timeout(&mut out, TIMEOUT).expect("program output");
     let v: Value = serde_json::from_str(&line).expect("json");
     assert_eq!(v["errno"], libc::ENOSYS, "{v}");
-}
-
-fn wait_for_child_of(pid: u32) -> u32 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(c) = children
-            .split_whitespace()
-            .next()
-            .and_then(|c| c.parse().ok())
-        {
-            // Wait until it has exec'd (its filter is in place by then).
-            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-            if !exe.to_string_lossy().ends_with("fdgrab") {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "fdgrab {pid} started no program");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for init to reap it.
-        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

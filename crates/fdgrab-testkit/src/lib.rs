@@ -2,6 +2,8 @@
 //! spawning real target processes that report their own view of their fds, and
 //! running commands with a hard timeout so that no test can hang CI.
 
+pub mod containers;
+pub mod cri;
 pub mod handover;
 pub mod oci;
 
@@ -529,4 +531,42 @@ pub fn proc_fds(pid: i32) -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// The first child of `pid` once it has exec'd something other than `fdgrab`
+/// (the CMD an fdgrab command started); panics after [`TIMEOUT`].
+pub fn wait_for_child_of(pid: u32) -> u32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+            if !exe.to_string_lossy().ends_with("fdgrab") {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} started no program"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is gone (or a zombie) within [`TIMEOUT`].
+pub fn wait_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

@@ -199,7 +199,9 @@ impl Bundle {
 /// The busybox applets the tests' containers use.
 const APPLETS: &[&str] = &["sh", "httpd", "nc", "true", "sleep", "echo", "cat", "id"];
 
-fn make_rootfs(root: &Path) {
+/// Writes a busybox rootfs (the applets in `APPLETS`, /www/index.html, passwd
+/// and group naming uid 1000 `app`) at `root`.
+pub fn make_rootfs(root: &Path) {
     for d in ["bin", "proc", "dev", "tmp", "www", "etc"] {
         std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
     }
@@ -298,7 +300,8 @@ fn config_json(spec: &BundleSpec) -> Value {
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    fn drain_from(&self, mut r: impl Read + Send + 'static) {
+    /// Appends everything `r` yields, read on a thread of its own until EOF.
+    pub fn drain_from(&self, mut r: impl Read + Send + 'static) {
         let buf = Arc::clone(&self.0);
         std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
@@ -311,6 +314,21 @@ impl Captured {
                     .extend_from_slice(&chunk[..n]);
             }
         });
+    }
+
+    /// The text once it has stopped growing (at most 2 s): the reader threads
+    /// finish at EOF, right after the writer exits.
+    pub fn settled(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = self.text();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.text();
+            if now == last || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 
     pub fn text(&self) -> String {
@@ -374,17 +392,7 @@ impl Container {
     /// and everything it printed.
     pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
         let st = self.wait_exit(timeout)?;
-        // The reader threads finish at EOF, right after the exit.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut last = self.output.text();
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.output.text();
-            if now == last || Instant::now() >= deadline {
-                return Ok((st, now));
-            }
-            last = now;
-        }
+        Ok((st, self.output.settled()))
     }
 
     /// Waits for the runtime to exit, woken by its pidfd the moment it does (the
@@ -483,8 +491,12 @@ impl NetNs {
 
     /// `GET /` on 127.0.0.1:`port` inside the namespace: the whole response.
     pub fn http_get(&self, port: u16) -> Result<String, String> {
+        self.http_get_addr(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// `GET /` on `addr`, connecting from inside the namespace.
+    pub fn http_get_addr(&self, addr: SocketAddr) -> Result<String, String> {
         self.within(move || {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
                 .map_err(|e| e.to_string())?;
             s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -499,9 +511,18 @@ impl NetNs {
 
     /// Retries [`NetNs::http_get`] until it answers or `timeout` passes.
     pub fn http_get_eventually(&self, port: u16, timeout: Duration) -> Result<String, String> {
+        self.http_get_addr_eventually(SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+    }
+
+    /// Retries [`NetNs::http_get_addr`] until it answers or `timeout` passes.
+    pub fn http_get_addr_eventually(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.http_get(port) {
+            match self.http_get_addr(addr) {
                 Ok(r) => return Ok(r),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(25)),
@@ -552,8 +573,15 @@ impl AgentProc {
         let dir = TempDir::new("fdgrab-agent");
         let socket = dir.path().join("agent.sock");
         let audit = dir.path().join("audit.jsonl");
-        AgentProc::launch(dir, &socket, &audit, args, "warn,fdgrab::cmd::agent=info")
-            .unwrap_or_else(|e| panic!("{e}"))
+        AgentProc::launch(
+            dir,
+            &socket,
+            &audit,
+            args,
+            "warn,fdgrab::cmd::agent=info",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts an agent on `socket`; `Err` carries its output when it exits instead
@@ -564,7 +592,17 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
     ) -> Result<AgentProc, String> {
-        AgentProc::launch(dir, socket, audit, args, "debug")
+        AgentProc::launch(dir, socket, audit, args, "debug", &[])
+    }
+
+    /// Like [`AgentProc::start`], with the agent run by `wrapper` (e.g. `setpriv
+    /// --bounding-set ...`, to give it only some capabilities).
+    pub fn start_under<S: AsRef<str>>(wrapper: &[&str], args: &[S]) -> AgentProc {
+        let dir = TempDir::new("fdgrab-agent");
+        let socket = dir.path().join("agent.sock");
+        let audit = dir.path().join("audit.jsonl");
+        AgentProc::launch(dir, &socket, &audit, args, "debug", wrapper)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn launch<S: AsRef<str>>(
@@ -573,13 +611,22 @@ impl AgentProc {
         audit: &Path,
         args: &[S],
         log_filter: &str,
+        wrapper: &[&str],
     ) -> Result<AgentProc, String> {
         let notify_path = dir.path().join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let mut child = Command::new(bin("fdgrab"))
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin("fdgrab"));
+                c
+            }
+            None => Command::new(bin("fdgrab")),
+        };
+        let mut child = cmd
             .arg("-vv")
             .arg("agent")
             .arg("--socket")

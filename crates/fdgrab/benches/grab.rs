@@ -1,7 +1,8 @@
-//! `fdgrab::grab` + close against a raw `pidfd_getfd` + close loop, interleaved in
+//! `fdgrab::grab::pidfd_getfd` + close against a raw `pidfd_getfd` + close loop, interleaved in
 //! the same run. Goal: at most 1.10x the raw syscall.
 
-use fdgrab::{grab, PidFd, TargetFd};
+use fdgrab::grab::pidfd_getfd as grab;
+use fdgrab::{PidFd, TargetFd};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::hint::black_box;
 use std::process::{Command, Stdio};
@@ -53,7 +54,7 @@ fn main() {
     let (rm, om) = (r[ROUNDS / 2], o[ROUNDS / 2]);
     println!("grab+close, median of {ROUNDS} rounds x {BATCH}:");
     println!("  raw pidfd_getfd + close  {rm:>8.0} ns");
-    println!("  fdgrab::grab + close     {om:>8.0} ns");
+    println!("  grab::pidfd_getfd+close {om:>8.0} ns");
     println!(
         "  ratio fdgrab/raw         {:>8.3}x (goal <= 1.10)",
         om / rm

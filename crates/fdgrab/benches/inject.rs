@@ -122,7 +122,7 @@ fn main() {
     let (pid_s, fd_s) = (pid.to_string(), fd.as_raw().to_string());
     for _ in 0..ROUNDS {
         pidfd.push(time_n(50, || {
-            drop(fdgrab::grab(&target, fd).expect("pidfd_getfd"))
+            drop(fdgrab::grab::pidfd_getfd(&target, fd).expect("pidfd_getfd"))
         }));
         ptrace.push(time_n(50, || {
             drop(ptrace_opts.grab(&target, fd).expect("ptrace grab"))

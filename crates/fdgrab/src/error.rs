@@ -97,6 +97,27 @@ pub enum Error {
         why: String,
     },
 
+    /// The copy we hold is not the open file the target has at `fd` (the target
+    /// replaced the fd between the copy and the check).
+    #[error(
+        "process {pid} fd {fd}: the copy taken by {method} is not the same open file as the \
+         target's fd (the target replaced the fd meanwhile?)"
+    )]
+    IdentityMismatch {
+        pid: Pid,
+        fd: TargetFd,
+        /// The mechanism that made the copy (`pidfd_getfd` or `ptrace`).
+        method: &'static str,
+    },
+
+    /// A system call on fdgrab's own side failed (no target is involved).
+    #[error("{op}")]
+    Local {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
     /// Any other system error, with the operation that hit it.
     #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
     Io {
@@ -106,6 +127,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A program we were to start did not start ([`crate::spawn`]).
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
 }
 
 fn fd_suffix(fd: Option<TargetFd>) -> String {
@@ -128,6 +153,14 @@ impl Error {
         }
     }
 
+    /// Builds a [`Error::Local`] error from a rustix errno.
+    pub(crate) fn local(op: &'static str, e: rustix::io::Errno) -> Self {
+        Error::Local {
+            op,
+            source: e.into(),
+        }
+    }
+
     /// The pid the error is about, when it is about one.
     pub fn pid(&self) -> Option<Pid> {
         match self {
@@ -136,11 +169,15 @@ impl Error {
             | Error::PermissionDenied { pid, .. }
             | Error::TooManyFiles { pid, .. }
             | Error::WrongKind { pid, .. }
+            | Error::IdentityMismatch { pid, .. }
             | Error::NoMatchingSocket { pid, .. }
             | Error::SeccompRefused { pid, .. }
             | Error::SeccompUnchecked { pid, .. }
             | Error::Io { pid, .. } => Some(*pid),
-            Error::Unsupported { .. } | Error::InvalidArgument(_) => None,
+            Error::Unsupported { .. }
+            | Error::InvalidArgument(_)
+            | Error::Local { .. }
+            | Error::Spawn(_) => None,
         }
     }
 }

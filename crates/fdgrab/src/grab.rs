@@ -1,17 +1,20 @@
 //! The front door for taking descriptors out of another process.
 //!
-//! [`grab`] is a thin, typed wrapper over `pidfd_getfd(2)` (Linux 5.6). The result
-//! is a new descriptor in *our* table that refers to the same open file description
-//! as the target's: offsets and status flags are shared, and it always carries
-//! `FD_CLOEXEC`.
+//! [`GrabOptions`] is the one way in: `pidfd_getfd(2)` (Linux 5.6) or ptrace
+//! injection, every copy verified to be the target's open file, and for a steal a
+//! hook between the copy and the close. [`Preflight`] checks a whole command before
+//! its first side effect. A copy is a new descriptor in *our* table that refers to
+//! the same open file description as the target's: offsets and status flags are
+//! shared, and it always carries `FD_CLOEXEC`.
 
+use crate::access::{self, permission_hint, same_file_cached};
 use crate::error::{Error, Result};
 use crate::inject::{self, CloseMode};
 use crate::pidfd::PidFd;
-use crate::{procfs, sys, Pid, TargetFd};
+use crate::{procfs, Pid, TargetFd};
 use rustix::io::Errno;
-use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::process::PidfdGetfdFlags;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// How a descriptor is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -34,6 +37,16 @@ impl Backend {
         match self {
             Backend::Auto => "auto",
             Backend::Pidfd => "pidfd",
+            Backend::Ptrace => "ptrace",
+        }
+    }
+
+    /// The kernel mechanism behind a backend that took an fd, as reported in JSON
+    /// output and logs: `pidfd_getfd` or `ptrace`.
+    pub fn method(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Pidfd => "pidfd_getfd",
             Backend::Ptrace => "ptrace",
         }
     }
@@ -61,18 +74,44 @@ pub struct Grabbed {
     pub target_fd: TargetFd,
     /// Our copy (close-on-exec).
     pub fd: OwnedFd,
-    /// The mechanism that actually took it (never `Auto`).
+    /// The mechanism that actually took it (never `Auto`); see [`Backend::method`].
     pub backend: Backend,
 }
 
-/// Options for taking descriptors.
+/// The front door for taking descriptors: a builder with the backend and, for a
+/// steal, what to leave behind in the target.
+///
+/// ```no_run
+/// use fdgrab::{grab::Preflight, CloseMode, GrabOptions, TargetFd};
+/// let fd = TargetFd::new(3).expect("fd 3");
+/// let target = Preflight::new(1234).injects().existing(&[fd]).check()?;
+/// // Steal fd 3: copy, verify, hand the copies on, then close it in the target.
+/// let taken = GrabOptions::new()
+///     .steal(CloseMode::Close)
+///     .grab_many_then(&target, &[fd], |copies| -> fdgrab::Result<usize> {
+///         Ok(copies.len()) // e.g. start the process that will own them
+///     })?;
+/// taken.closed?;
+/// # Ok::<(), fdgrab::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrabOptions {
+    backend: Backend,
+    steal: Option<CloseMode>,
+    seccomp: inject::SeccompPolicy,
+}
+
+/// What [`GrabOptions::grab_many_then`] did.
+#[derive(Debug)]
+#[must_use = "a failed close leaves the fds in the target: check `closed`"]
+pub struct Taken<T> {
+    /// What the hook returned.
+    pub value: T,
+    /// The mechanism that took the copies.
     pub backend: Backend,
-    /// Take the fds away from the target once the copies are verified.
-    pub steal: Option<CloseMode>,
-    /// What ptrace injection does about the target's seccomp filters.
-    pub seccomp: inject::SeccompPolicy,
+    /// The close half of a steal: `Ok` when the target no longer has the fds (or
+    /// when this was not a steal); on error the target still has them all.
+    pub closed: Result<()>,
 }
 
 impl GrabOptions {
@@ -80,23 +119,25 @@ impl GrabOptions {
         Self::default()
     }
 
+    /// How the copies are taken (default [`Backend::Auto`]).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }
 
-    /// The seccomp policy of the ptrace backend (e.g. [`inject::SeccompPolicy::force`]).
-    pub fn seccomp(mut self, policy: inject::SeccompPolicy) -> Self {
-        self.seccomp = policy;
+    /// Makes the grab a steal: after every copy has been checked to be the same open
+    /// file as the target's fd (and the hook of [`Self::grab_many_then`] has run), the
+    /// target's fds are closed (or get /dev/null) with
+    /// [`crate::inject::close_in_target`]. If that fails the target keeps its fds.
+    pub fn steal(mut self, how: CloseMode) -> Self {
+        self.steal = Some(how);
         self
     }
 
-    /// Makes the grab a steal: after every copy has been checked to be the same open
-    /// file as the target's fd, the target's fds are closed (or get /dev/null) with
-    /// [`crate::inject::close_in_target`]. If that fails, the copies are dropped and
-    /// the target keeps its fds.
-    pub fn steal(mut self, how: CloseMode) -> Self {
-        self.steal = Some(how);
+    /// What the ptrace backend (and a steal's close) does about the target's seccomp
+    /// filters, e.g. [`inject::SeccompPolicy::force`].
+    pub fn seccomp(mut self, policy: inject::SeccompPolicy) -> Self {
+        self.seccomp = policy;
         self
     }
 
@@ -115,42 +156,38 @@ impl GrabOptions {
     /// [`Backend::Auto`] uses `pidfd_getfd` and falls back to ptrace injection only
     /// when the kernel lacks it (`ENOSYS`); any other refusal is reported as is,
     /// because ptrace would be refused for the same reason. Every copy, whichever
-    /// backend made it, is checked with [`same_file`].
+    /// backend made it, is checked with [`access::same_file`]
+    /// ([`Error::IdentityMismatch`] if the target replaced the fd meanwhile). For a
+    /// steal, a failed close is returned as the error and the copies are dropped.
     pub fn grab_many(&self, target: &PidFd, fds: &[TargetFd]) -> Result<Vec<Grabbed>> {
-        let (copies, backend) = match self.backend {
-            Backend::Pidfd => (grab_many(target, fds)?, Backend::Pidfd),
-            Backend::Ptrace => (
-                inject::grab_fds(target, fds, self.seccomp)?,
-                Backend::Ptrace,
-            ),
-            Backend::Auto => {
-                match grab_many(target, fds) {
-                    Err(Error::Unsupported {
-                        op: "pidfd_getfd", ..
-                    }) => {
-                        tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
-                        (
-                            inject::grab_fds(target, fds, self.seccomp)?,
-                            Backend::Ptrace,
-                        )
-                    }
-                    r => (r?, Backend::Pidfd),
-                }
-            }
-        };
+        let taken = self.grab_many_then(target, fds, Ok::<_, Error>)?;
+        taken.closed?;
+        Ok(taken.value)
+    }
+
+    /// [`Self::grab_many`] with a hook that receives the verified copies *before* a
+    /// steal closes anything in the target. The hook hands the copies on (starts the
+    /// command that will own them, sends them); if it fails, nothing is closed. The
+    /// close result comes back in [`Taken::closed`] rather than as an error, so the
+    /// caller still holds what the hook returned (a started child, say) when the
+    /// target refused to let go.
+    pub fn grab_many_then<T, E: From<Error>>(
+        &self,
+        target: &PidFd,
+        fds: &[TargetFd],
+        hook: impl FnOnce(Vec<Grabbed>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Taken<T>, E> {
+        let (copies, backend) = self.copy(target, fds)?;
         let mut out = Vec::with_capacity(copies.len());
         let mut owner = None;
         for (&target_fd, fd) in fds.iter().zip(copies) {
             if !same_file_cached(target, &mut owner, target_fd, fd.as_fd())? {
-                return Err(Error::WrongKind {
+                return Err(Error::IdentityMismatch {
                     pid: target.pid(),
                     fd: target_fd,
-                    reason: format!(
-                        "the copy taken by {} is not the same open file as the target's fd \
-                         (the target replaced the fd meanwhile?)",
-                        backend.name()
-                    ),
-                });
+                    method: backend.method(),
+                }
+                .into());
             }
             out.push(Grabbed {
                 target_fd,
@@ -158,10 +195,180 @@ impl GrabOptions {
                 backend,
             });
         }
-        if let Some(how) = self.steal {
-            inject::close_in_target(target, fds, how, self.seccomp)?;
+        // In the message, not only as a field, so `-v` output states it plainly.
+        tracing::info!(pid = target.pid(), fds = ?fds, "took copies (method: {})", backend.method());
+        let value = hook(out)?;
+        let closed = match self.steal {
+            Some(how) => inject::close_in_target(target, fds, how, self.seccomp),
+            None => Ok(()),
+        };
+        Ok(Taken {
+            value,
+            backend,
+            closed,
+        })
+    }
+
+    fn copy(&self, target: &PidFd, fds: &[TargetFd]) -> Result<(Vec<OwnedFd>, Backend)> {
+        let by_pidfd = || fds.iter().map(|&fd| pidfd_getfd(target, fd)).collect();
+        // The target sends the copies over a unix socket: refuse what the kernel
+        // would refuse, naming the fd, before stopping anything.
+        let by_ptrace = || {
+            if let Some(&(fd, why)) = unpassable(target, fds)?.first() {
+                return Err(unpassable_error(
+                    target.pid(),
+                    fd,
+                    why,
+                    "taken by the ptrace backend",
+                ));
+            }
+            inject::grab_fds(target, fds, self.seccomp)
+        };
+        Ok(match self.backend {
+            Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),
+            Backend::Ptrace => (by_ptrace()?, Backend::Ptrace),
+            Backend::Auto => {
+                match by_pidfd() {
+                    Err(Error::Unsupported {
+                        op: "pidfd_getfd", ..
+                    }) => {
+                        tracing::debug!(pid = target.pid(), "pidfd_getfd is not available (ENOSYS); falling back to ptrace injection");
+                        (by_ptrace()?, Backend::Ptrace)
+                    }
+                    r => (r?, Backend::Pidfd),
+                }
+            }
+        })
+    }
+}
+
+/// What a command is about to do to a process, checked as a whole before it starts.
+///
+/// ```no_run
+/// use fdgrab::{grab::Preflight, Backend, TargetFd};
+/// let fd = TargetFd::new(1).expect("fd 1");
+/// // `put` and `redirect` inject; the fd must exist and be under the target's limit.
+/// let target = Preflight::new(1234)
+///     .backend(Backend::Ptrace)
+///     .injects()
+///     .existing(&[fd])
+///     .install_at(fd)
+///     .check()?;
+/// # Ok::<(), fdgrab::Error>(())
+/// ```
+///
+/// The checks, in order (the first failure is returned):
+/// 1. the process exists ([`Error::NoSuchProcess`]); a zombie whose threads have all
+///    exited counts as gone;
+/// 2. it is not a kernel thread ([`Error::InvalidArgument`]: it has no fds of its own);
+/// 3. for injection: the thread fdgrab would stop is not traced by another process,
+///    and the ptrace attach check passes (an `O_RDONLY` open of
+///    `/proc/PID/task/TID/mem` runs the same `PTRACE_MODE_ATTACH` check, Yama and
+///    LSMs included, without attaching) → [`Error::PermissionDenied`];
+/// 4. every fd in `existing` is open in the target ([`Error::NoSuchFd`]);
+/// 5. every number in `install_at` is below the target's soft `RLIMIT_NOFILE`
+///    ([`Error::InvalidArgument`] naming the limit: `dup3` would refuse it).
+///
+/// A check cannot stop the target from changing afterwards (closing the fd, exiting);
+/// the operation itself still reports that, as the same error. What only an injected
+/// call can find out (the target's seccomp filter or LSM refusing it) is reported by
+/// the injection before it changes the target; [`crate::inject::put_with`] and
+/// [`crate::inject::redirect_with`] let a caller defer its own side effects to that
+/// point.
+#[derive(Clone, Debug)]
+pub struct Preflight {
+    pid: Pid,
+    backend: Backend,
+    injects: bool,
+    existing: Vec<TargetFd>,
+    install_at: Vec<TargetFd>,
+}
+
+impl Preflight {
+    /// Starts a plan for process `pid` (backend [`Backend::Auto`], no injection).
+    pub fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            backend: Backend::Auto,
+            injects: false,
+            existing: Vec::new(),
+            install_at: Vec::new(),
         }
-        Ok(out)
+    }
+
+    /// The backend fds will be taken with; [`Backend::Ptrace`] implies [`Self::injects`].
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self.injects |= backend == Backend::Ptrace;
+        self
+    }
+
+    /// The command will stop a thread of the target and inject calls (put, redirect,
+    /// the close half of steal).
+    pub fn injects(mut self) -> Self {
+        self.injects = true;
+        self
+    }
+
+    /// Fds the target must have open.
+    pub fn existing(mut self, fds: &[TargetFd]) -> Self {
+        self.existing.extend_from_slice(fds);
+        self
+    }
+
+    /// A number a descriptor will be installed at in the target.
+    pub fn install_at(mut self, fd: TargetFd) -> Self {
+        self.install_at.push(fd);
+        self
+    }
+
+    /// Runs the checks and returns the opened target.
+    pub fn check(self) -> Result<PidFd> {
+        let pid = self.pid;
+        let target = open_target(pid, self.backend)?;
+        // The checks below read /proc; a failure to read it at all (fdgrab's own fd
+        // table full, /proc missing) is reported as what it is, not as "no process".
+        if let Err(e) = procfs::status(pid) {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+                _ => Error::Io {
+                    op: "reading /proc/PID/status",
+                    pid,
+                    fd: None,
+                    source: e,
+                },
+            });
+        }
+        // A reaped or fully exited process fails here, before anything else is read.
+        let owner = access::fd_table_owner(&target)?;
+        if procfs::is_kernel_thread(pid) {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "process {pid} ({}) is a kernel thread: it has no fds of its own, and fdgrab \
+                 never stops or injects into kernel threads",
+                name.trim()
+            )));
+        }
+        if self.injects {
+            access::check_attach(&target, owner)?;
+        }
+        for &fd in &self.existing {
+            access::fd_is_open(&target, owner, fd)?;
+        }
+        if let Some(limit) = procfs::nofile_limit(pid) {
+            if let Some(fd) = self
+                .install_at
+                .iter()
+                .find(|fd| fd.as_raw() as u64 >= limit)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "fd {fd} is not below process {pid}'s open-file limit {limit} \
+                     (RLIMIT_NOFILE; dup3 refuses numbers at or above it)"
+                )));
+            }
+        }
+        tracing::debug!(pid, owner, injects = self.injects, "preflight passed");
+        Ok(target)
     }
 }
 
@@ -181,7 +388,9 @@ pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
     }
 }
 
-/// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target.
+/// `pidfd_getfd(pidfd, fd, 0)`: copies descriptor `fd` out of the target. This is
+/// the bare primitive: no fallback and no identity check. Use [`GrabOptions`]
+/// unless you mean exactly this call.
 ///
 /// Errors, as the kernel reports them:
 /// - `EBADF` for an fd the target does not have → [`Error::NoSuchFd`]; before
@@ -193,7 +402,7 @@ pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
 /// - `EPERM` from the ptrace access check, Yama or an LSM → [`Error::PermissionDenied`]
 ///   with the most likely cause;
 /// - `EMFILE`/`ENFILE` → [`Error::TooManyFiles`]; `ENOSYS` → [`Error::Unsupported`].
-pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
+pub fn pidfd_getfd(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
     if target.is_procfs() {
         // No pidfd_open means no pidfd_getfd either (5.3 < 5.6).
         return Err(Error::Unsupported {
@@ -202,23 +411,13 @@ pub fn grab(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
             source: Errno::NOSYS.into(),
         });
     }
-    match pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
+    match rustix::process::pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
         Ok(ours) => Ok(ours),
         Err(Errno::SRCH) if !target.is_thread() && target.is_alive() => {
             grab_via_live_thread(target, fd)
         }
         Err(e) => Err(getfd_error(target, fd, e)),
     }
-}
-
-/// Opens `pid` and takes one descriptor from it.
-pub fn grab_pid(pid: Pid, fd: TargetFd) -> Result<OwnedFd> {
-    grab(&PidFd::open(pid)?, fd)
-}
-
-/// Takes several descriptors in one pass, all or nothing.
-pub fn grab_many(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
-    fds.iter().map(|&fd| grab(target, fd)).collect()
 }
 
 /// A process pidfd reports `ESRCH` once the thread-group leader has exited, even
@@ -232,7 +431,7 @@ fn grab_via_live_thread(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
         let Ok(thread) = PidFd::open_thread(tid) else {
             continue;
         };
-        match pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
+        match rustix::process::pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
             Ok(ours) => {
                 tracing::debug!(
                     pid,
@@ -285,114 +484,95 @@ impl Error {
     }
 }
 
-/// Works out the most likely reason the ptrace access check (`PTRACE_MODE_ATTACH_REALCREDS`)
-/// refused us, so the user is not left guessing between uid, dumpability, Yama and LSMs.
-pub(crate) fn permission_hint(pid: Pid) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let our_uid = rustix::process::getuid().as_raw();
-    let our_euid = rustix::process::geteuid().as_raw();
-    let mut causes = Vec::new();
-    let status = procfs::status(pid).ok();
-    if let Some(uids) = status.as_ref().and_then(|s| s.uids) {
-        if our_euid != 0 && uids.iter().any(|&u| u != our_uid) {
-            causes.push(format!(
-                "the target runs as uid {} (real/effective/saved {}/{}/{}) and fdgrab as uid {our_uid}; \
-                 taking fds needs the same uids or CAP_SYS_PTRACE",
-                uids[1], uids[0], uids[1], uids[2]
-            ));
-        }
-        // The files inside /proc/PID of a non-dumpable process are owned by root,
-        // whatever its uid.
-        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/status")) {
-            if meta.uid() == 0 && uids[1] != 0 && our_euid != 0 {
-                causes.push(
-                    "the target is not dumpable (set-uid/set-gid exec, or prctl(PR_SET_DUMPABLE, 0))"
-                        .into(),
-                );
-            }
-        }
-    }
-    match procfs::yama_ptrace_scope() {
-        Some(1) if our_euid != 0 => causes.push(
-            "Yama ptrace_scope is 1: only descendants can be accessed without CAP_SYS_PTRACE"
-                .into(),
-        ),
-        Some(2) => causes
-            .push("Yama ptrace_scope is 2: only CAP_SYS_PTRACE may access other processes".into()),
-        Some(3) => {
-            causes.push("Yama ptrace_scope is 3: process access is disabled for everyone".into())
-        }
-        _ => {}
-    }
-    if causes.is_empty() {
-        let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-        let lsm = lsm.trim();
-        format!(
-            "possible causes: another uid, a non-dumpable target, Yama's ptrace_scope, or an LSM \
-             policy{}",
-            if lsm.is_empty() {
-                String::new()
-            } else {
-                format!(" (active LSMs: {lsm})")
-            }
-        )
-    } else {
-        causes.join("; ")
-    }
-}
-
-/// Checks that `ours` and the target's `fd` are the same open file description.
+/// A read-only descriptor for the file behind the target's `fd`, of which `copy` is a
+/// grabbed copy: `copy` itself when its open file description is readable, else a
+/// new read-only open of `/proc/PID/fd/N` (which reaches deleted files and memfds),
+/// checked to be the same device and inode as `copy`.
 ///
-/// With `kcmp(KCMP_FILE)` (`CONFIG_KCMP`, and allowed to us) the answer is exact: the
-/// same *open* (shared offset and flags), which implies the same device and inode.
-/// Without it, the device and inode numbers are compared (`stat` of
-/// `/proc/PID/task/TID/fd/N` against `fstat`), which proves the same file only. The
-/// table is reached through a live thread, so a process whose leader has exited is
-/// checked too.
-pub fn same_file(target: &PidFd, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
-    same_file_cached(target, &mut None, fd, ours)
-}
-
-/// [`same_file`] that asks about the process's own id first, so the common case
-/// costs one `kcmp`. Only a process whose leader has exited (its table reachable
-/// through another thread) needs a live thread looked up in `/proc`; that thread is
-/// kept in `owner` for the next fds.
-fn same_file_cached(
-    target: &PidFd,
-    owner: &mut Option<Pid>,
-    fd: TargetFd,
-    ours: BorrowedFd<'_>,
-) -> Result<bool> {
-    if let Some(tid) = *owner {
-        return same_file_in(target, tid, fd, ours);
-    }
-    match same_file_in(target, target.pid(), fd, ours) {
-        Err(Error::NoSuchFd { .. }) | Err(Error::NoSuchProcess { .. }) => {
-            let tid = inject::fd_table_owner(target)?;
-            *owner = Some(tid);
-            same_file_in(target, tid, fd, ours)
-        }
-        r => r,
-    }
-}
-
-/// [`same_file`] with the thread that owns the fd table already chosen.
-fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) -> Result<bool> {
+/// A logger typically holds its log `O_WRONLY|O_APPEND`; reading through the shared
+/// description would fail with `EBADF`. The new open is a description of our own,
+/// so nothing done with it moves the target's offset.
+///
+/// Errors: [`Error::PermissionDenied`] when the reopen is refused (the file's own
+/// mode applies, as for any open); [`Error::IdentityMismatch`] when the target
+/// replaced its fd between the copy and the reopen.
+pub fn readable(target: &PidFd, fd: TargetFd, copy: OwnedFd) -> Result<OwnedFd> {
+    use rustix::fs::{fcntl_getfl, fstat, Mode, OFlags};
     let pid = target.pid();
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    match sys::kcmp_file(owner, fd.as_raw(), me, ours.as_raw_fd()) {
-        Ok(same) => return Ok(same),
-        Err(Errno::NOSYS) | Err(Errno::PERM) | Err(Errno::ACCESS) => {}
-        Err(Errno::BADF) => return Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
-        Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
+    let flags = fcntl_getfl(&copy).map_err(|e| Error::local("fcntl(F_GETFL)", e))?;
+    let access = flags & OFlags::RWMODE;
+    if (access == OFlags::RDONLY || access == OFlags::RDWR) && !flags.contains(OFlags::PATH) {
+        return Ok(copy);
     }
-    let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
-        Ok(st) => st,
-        Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::NOENT) | Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
-        Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
-    };
-    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::io("fstat", pid, Some(fd), e))?;
-    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
+    let owner = access::fd_table_owner(target)?;
+    let path = format!("/proc/{pid}/task/{owner}/fd/{fd}");
+    let reopened = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
+        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+        Errno::PERM | Errno::ACCESS => Error::PermissionDenied {
+            pid,
+            fd: Some(fd),
+            op: "reopening a write-only fd read-only (open /proc/PID/fd/N)",
+            hint: "the file's own permissions do not allow fdgrab to read it".into(),
+        },
+        e => Error::io("open(/proc/PID/fd/N, O_RDONLY)", pid, Some(fd), e),
+    })?;
+    let a = fstat(&copy).map_err(|e| Error::local("fstat", e))?;
+    let b = fstat(&reopened).map_err(|e| Error::local("fstat", e))?;
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Err(Error::IdentityMismatch {
+            pid,
+            fd,
+            method: "open(/proc/PID/fd/N)",
+        });
+    }
+    tracing::debug!(
+        pid,
+        fd = fd.as_raw(),
+        "the fd is not readable; reading a read-only reopen of the same inode"
+    );
+    Ok(reopened)
+}
+
+/// Those of the target's `fds` that the kernel would refuse to pass over a unix
+/// socket (see [`crate::passfd::refusal`]), with the reason. The ptrace backend
+/// and `SCM_RIGHTS` hand-overs cannot take them; `pidfd_getfd` can.
+pub fn unpassable(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<(TargetFd, &'static str)>> {
+    let pid = target.pid();
+    let owner = access::fd_table_owner(target)?;
+    let mut out = Vec::new();
+    for &fd in fds {
+        match std::fs::read_link(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
+            Ok(link) => {
+                if let Some(why) = crate::passfd::refusal(&link) {
+                    out.push((fd, why));
+                }
+            }
+            // A missing fd is reported by the operation itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "readlink(/proc/PID/fd/N)",
+                    pid,
+                    fd: Some(fd),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`Error::WrongKind`] for an fd the kernel will not pass over a unix socket.
+pub fn unpassable_error(pid: Pid, fd: TargetFd, why: &'static str, how: &str) -> Error {
+    Error::WrongKind {
+        pid,
+        fd,
+        reason: format!("cannot be {how}: {why}"),
+    }
 }

@@ -7,20 +7,27 @@
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
 pub(crate) mod inet_diag;
+mod names;
+mod query;
+mod sock_diag;
 mod sockets;
 pub(crate) mod unix_diag;
+
+pub use names::escape;
+pub use query::{query, ProcessFds, Query, QueryResult, Skipped};
 
 pub(crate) use sockets::diag_table;
 pub use sockets::{Endpoint, SocketInfo};
 
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
-use crate::{grab::permission_hint, Pid, TargetFd};
+use crate::{access::permission_hint, Pid, TargetFd};
 use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc;
 
 /// What kind of object a descriptor refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -118,10 +125,19 @@ pub struct FdEntry {
     /// The file position (`pos:` in fdinfo).
     pub offset: Option<u64>,
     pub mnt_id: Option<u64>,
-    /// What `/proc/PID/fd/N` points at, exactly as the kernel says it.
+    /// The link count of the inode (0 for unlinked files and memfds), when stat'ed.
+    pub nlink: Option<u64>,
+    /// What `/proc/PID/fd/N` points at, as the kernel says it (lossy UTF-8; see
+    /// `link_bytes`).
     pub link: String,
+    /// The exact bytes of `link` when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_bytes: Option<Vec<u8>>,
     /// The file's path for path-backed descriptors, without the " (deleted)" suffix.
     pub path: Option<String>,
+    /// The exact bytes of `path` when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     /// The file was unlinked while open (it can still be recovered through the fd).
     pub deleted: bool,
     /// For anonymous inodes: eventfd, epoll, timerfd, signalfd, pidfd, inotify,
@@ -130,20 +146,38 @@ pub struct FdEntry {
     pub anon: Option<String>,
     /// For memfds: the name given to `memfd_create`.
     pub memfd: Option<String>,
+    /// The exact bytes of `memfd` when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memfd_bytes: Option<Vec<u8>>,
     pub socket: Option<SocketInfo>,
 }
 
 impl FdEntry {
-    /// A one-line human description, as in `lsof`'s NAME column.
+    /// A one-line human description, as in `lsof`'s NAME column (lossy UTF-8; see
+    /// [`FdEntry::display_name_bytes`]).
     pub fn display_name(&self) -> String {
+        String::from_utf8_lossy(&self.display_name_bytes()).into_owned()
+    }
+
+    /// The NAME column as exact bytes: a file name may be any bytes but NUL, and an
+    /// abstract unix socket name any bytes at all. Pass it through [`escape`] before
+    /// it reaches a terminal.
+    pub fn display_name_bytes(&self) -> Vec<u8> {
         match (&self.socket, self.kind) {
-            (Some(s), _) => s.describe(),
-            (None, FdKind::Pipe) => self.link.clone(),
+            (Some(s), _) => s.describe_bytes(),
             (None, FdKind::Memfd) => {
-                format!("memfd:{}", self.memfd.as_deref().unwrap_or(""))
+                let mut name = b"memfd:".to_vec();
+                name.extend_from_slice(names::exact(&self.memfd, &self.memfd_bytes));
+                name
             }
-            _ => self.link.clone(),
+            _ => names::exact_str(&self.link, &self.link_bytes).to_vec(),
         }
+    }
+
+    /// Whether the inode has no name left in any directory (`lsof +L1`): unlinked
+    /// files and memfds.
+    pub fn is_unlinked(&self) -> bool {
+        self.deleted || self.nlink == Some(0)
     }
 }
 
@@ -165,7 +199,111 @@ const O_CLOEXEC_BIT: u32 = 0o2000000;
 /// descriptor closed between `readlink` and `fdinfo` is skipped. If the process
 /// itself exits during the listing, the result is [`Error::NoSuchProcess`] rather
 /// than a partial list that could belong to a recycled pid.
+///
+/// Sockets cost the most: nothing is asked of the kernel when the process holds
+/// none, a few are looked up per protocol (unix sockets by inode), and only a
+/// process holding many gets its namespace's tables dumped.
 pub fn inventory(target: &PidFd) -> Result<Inventory> {
+    list(target, &Select::default(), &SocketSource::PerProcess)
+}
+
+/// Which descriptors a listing keeps. Everything is kept by default; each narrowing
+/// is decided from the cheapest source first (the link, then a stat), so fdinfo is
+/// read only for the descriptors that are kept.
+#[derive(Default)]
+pub(crate) struct Select<'a> {
+    /// Only these numbers (empty: all).
+    pub fds: &'a [TargetFd],
+    /// Only sockets with these inodes, already resolved (a port or listening query).
+    pub sockets: Option<&'a HashMap<u64, SocketInfo>>,
+    /// Only descriptors on this (device, inode).
+    pub file: Option<(u64, u64)>,
+    /// Only unlinked files and memfds.
+    pub unlinked: bool,
+    /// Only these kinds (empty: all).
+    pub kinds: &'a [FdKind],
+}
+
+impl Select<'_> {
+    /// Whether process `pid` may hold a matching fd, judged from links and stats
+    /// alone: the cheap first pass of a narrowing query over many processes, which
+    /// opens nothing else (no pidfd, no fdinfo) for the many that hold no match.
+    pub(crate) fn may_match_in(&self, pid: Pid) -> Result<bool> {
+        if !self.by_link() && self.file.is_none() {
+            return Ok(true);
+        }
+        let fd_dir = openat(
+            rustix::fs::CWD,
+            format!("/proc/{pid}/fd"),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+        let mut dir = Dir::new(fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        let mut names = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+            if let Ok(n) = entry.file_name().to_str().map(str::to_string) {
+                if n.bytes().all(|b| b.is_ascii_digit()) {
+                    names.push(n);
+                }
+            }
+        }
+        if names.is_empty() {
+            return Ok(true); // a leader that exited: the listing looks through a thread
+        }
+        let fd_dir = dir
+            .fd()
+            .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        Ok(names.iter().any(|n| {
+            let link_ok = !self.by_link()
+                || readlinkat(fd_dir, n.as_str(), Vec::new())
+                    .is_ok_and(|l| self.link_may_match(l.as_bytes()));
+            link_ok && self.file_may_match(fd_dir, n)
+        }))
+    }
+
+    /// Whether anything can be decided from the link alone.
+    fn by_link(&self) -> bool {
+        self.sockets.is_some() || self.unlinked
+    }
+
+    /// Whether descriptor `n` with link `link` can still match.
+    fn link_may_match(&self, link: &[u8]) -> bool {
+        if let Some(socks) = self.sockets {
+            let ino = std::str::from_utf8(link)
+                .ok()
+                .and_then(|l| bracketed(l, "socket:["));
+            if !ino.is_some_and(|i| socks.contains_key(&i)) {
+                return false;
+            }
+        }
+        !self.unlinked || link.ends_with(b" (deleted)")
+    }
+
+    /// Whether descriptor `n` can be on the file asked for: one stat through the
+    /// fd link, as fuser does, with no readlink.
+    fn file_may_match(&self, fd_dir: BorrowedFd<'_>, n: &str) -> bool {
+        self.file.is_none_or(|(dev, ino)| {
+            statat(fd_dir, n, AtFlags::empty()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+        })
+    }
+
+    fn keeps(&self, e: &FdEntry) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && (!self.unlinked || e.is_unlinked())
+    }
+}
+
+/// Where socket details come from.
+pub(crate) enum SocketSource<'a> {
+    /// Asked of the kernel for this process alone, for just the sockets it holds.
+    PerProcess,
+    /// One table per network namespace, shared by every process of a scan.
+    Shared(&'a query::NetnsTables),
+}
+
+pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
     let pid = target.pid();
     let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
@@ -185,6 +323,9 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
             }
         }
     }
+    if !select.fds.is_empty() {
+        numbers.retain(|n| select.fds.contains(&TargetFd(*n)));
+    }
     let ProcDirs {
         proc_dir,
         fd_dir,
@@ -192,50 +333,109 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
     } = dirs;
 
     // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
-    // and all independent, so large tables are split across cores. The socket
-    // tables are read meanwhile on one more thread.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_WORKERS);
-    let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
-    let (mut fds, table) = std::thread::scope(|s| {
-        let table = s.spawn(|| sockets::SocketTable::load(pid, &proc_dir));
-        let handles: Vec<_> = numbers
-            .chunks(chunk.max(1))
-            .map(|part| {
-                let (fd_dir, fdinfo_dir) = (&fd_dir, &fdinfo_dir);
-                s.spawn(move || {
-                    let mut reader = EntryReader {
-                        pid,
-                        fd_dir,
-                        fdinfo_dir,
-                        devs_by_mount: HashMap::new(),
-                        pseudo_mounts: HashMap::new(),
-                    };
-                    let mut out = Vec::with_capacity(part.len());
-                    for &n in part {
-                        if let Some(e) = reader.read(n)? {
-                            out.push(e);
-                        }
+    // and all independent, so large tables are split across cores; small ones are
+    // read right here (a thread costs more than it saves, and far more on a loaded
+    // host, where each new thread waits for a CPU).
+    let read_part = |part: &[i32], socket_seen: Option<&mpsc::Sender<()>>| {
+        let mut told = false;
+        let mut reader = EntryReader {
+            pid,
+            fd_dir: &fd_dir,
+            fdinfo_dir: &fdinfo_dir,
+            devs_by_mount: HashMap::new(),
+            pseudo_mounts: HashMap::new(),
+        };
+        let mut out = Vec::with_capacity(part.len());
+        for &n in part {
+            let link = if select.by_link() {
+                let name = itoa(n);
+                match reader.link(&name)? {
+                    Some(l) if select.link_may_match(&l) => Some(l),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
+            if select.file.is_some() && !select.file_may_match(fd_dir.as_fd(), &itoa(n)) {
+                continue;
+            }
+            if let Some(e) = reader.read(n, link)? {
+                if select.keeps(&e) {
+                    if let (Some(tx), false, FdKind::Socket) = (socket_seen, told, e.kind) {
+                        told = tx.send(()).is_ok();
                     }
-                    Ok::<_, Error>(out)
-                })
-            })
-            .collect();
-        let mut fds = Vec::with_capacity(numbers.len());
-        for h in handles {
-            fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+                    out.push(e);
+                }
+            }
         }
-        let table = table.join().map_err(|_| worker_panicked(pid));
-        Ok::<_, Error>((fds, table))
-    })?;
+        Ok::<_, Error>(out)
+    };
+    let mut preloaded = None;
+    let mut fds = if numbers.len() <= PARALLEL_THRESHOLD {
+        read_part(&numbers, None)?
+    } else {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
+        // A large table of one process: its namespace's socket tables are read on
+        // one more thread as soon as a reader meets the first socket (and never,
+        // if none does), while the readers go on.
+        let preload = select.sockets.is_none() && matches!(sockets, SocketSource::PerProcess);
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let table = preload.then(|| {
+                let proc_dir = &proc_dir;
+                s.spawn(move || {
+                    rx.recv()
+                        .ok()
+                        .map(|()| sockets::SocketTable::load(pid, proc_dir))
+                })
+            });
+            let handles: Vec<_> = numbers
+                .chunks(chunk)
+                .map(|part| {
+                    let tx = preload.then(|| tx.clone());
+                    s.spawn(move || read_part(part, tx.as_ref()))
+                })
+                .collect();
+            drop(tx);
+            let mut fds = Vec::with_capacity(numbers.len());
+            for h in handles {
+                fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+            }
+            if let Some(t) = table {
+                preloaded = t.join().map_err(|_| worker_panicked(pid))?.transpose()?;
+            }
+            Ok::<_, Error>(fds)
+        })?
+    };
 
-    if fds.iter().any(|e| e.kind == FdKind::Socket) {
-        let table = table??;
-        for e in fds.iter_mut().filter(|e| e.kind == FdKind::Socket) {
+    let held: Vec<(u64, TargetFd)> = fds
+        .iter()
+        .filter(|e| e.kind == FdKind::Socket)
+        .filter_map(|e| Some((e.inode?, e.fd)))
+        .collect();
+    if !held.is_empty() {
+        let resolve = |table: &sockets::SocketTable, e: &mut FdEntry| {
             if let Some(ino) = e.inode {
                 e.socket = Some(table.lookup(ino, &fd_dir, e.fd));
             }
+        };
+        let socket_fds = fds.iter_mut().filter(|e| e.kind == FdKind::Socket);
+        if let Some(found) = select.sockets {
+            for e in socket_fds {
+                e.socket = e.inode.and_then(|i| found.get(&i).cloned());
+            }
+        } else if let SocketSource::Shared(tables) = sockets {
+            let table = tables.get(pid, &proc_dir, &fd_dir, &held)?;
+            socket_fds.for_each(|e| resolve(&table, e));
+        } else {
+            let table = match preloaded {
+                Some(t) => t,
+                None => sockets::SocketTable::load_for(pid, &proc_dir, &fd_dir, &held)?,
+            };
+            socket_fds.for_each(|e| resolve(&table, e));
         }
     }
 
@@ -342,7 +542,17 @@ struct FdInfo {
 }
 
 impl EntryReader<'_> {
-    fn read(&mut self, n: i32) -> Result<Option<FdEntry>> {
+    /// The target of `/proc/PID/fd/N` as bytes; `None` if the fd was closed.
+    fn link(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match readlinkat(self.fd_dir, name, Vec::new()) {
+            Ok(l) => Ok(Some(l.into_bytes())),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
+        }
+    }
+
+    /// Reads descriptor `n`; `link` when the caller already read it.
+    fn read(&mut self, n: i32, link: Option<Vec<u8>>) -> Result<Option<FdEntry>> {
         let name = itoa(n);
         let Some(info) = self.fdinfo(&name)? else {
             return Ok(None);
@@ -353,14 +563,15 @@ impl EntryReader<'_> {
         let pseudo = info
             .mnt_id
             .and_then(|m| self.pseudo_mounts.get(&m).copied());
-        let link = match (pseudo, info.ino) {
-            (Some(prefix), Some(ino)) => format!("{prefix}{ino}]"),
-            _ => match readlinkat(self.fd_dir, name.as_str(), Vec::new()) {
-                Ok(l) => l.to_string_lossy().into_owned(),
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
+        let link_bytes = match (link, pseudo, info.ino) {
+            (Some(l), _, _) => l,
+            (None, Some(prefix), Some(ino)) => format!("{prefix}{ino}]").into_bytes(),
+            (None, _, _) => match self.link(&name)? {
+                Some(l) => l,
+                None => return Ok(None),
             },
         };
+        let (link, raw_link) = names::split_utf8(link_bytes);
         if pseudo.is_none() {
             if let (Some(mnt), Some(ino)) = (info.mnt_id, info.ino) {
                 for prefix in ["socket:[", "pipe:["] {
@@ -397,11 +608,15 @@ impl EntryReader<'_> {
             size: None,
             offset: info.pos,
             mnt_id: info.mnt_id,
+            nlink: None,
             link: String::new(),
+            link_bytes: None,
             path: None,
+            path_bytes: None,
             deleted: false,
             anon: None,
             memfd: None,
+            memfd_bytes: None,
             socket: None,
         };
 
@@ -430,21 +645,23 @@ impl EntryReader<'_> {
             }
         } else {
             self.fill_from_stat(&mut e, &name);
-            let (path, deleted_suffix) = match link.strip_suffix(" (deleted)") {
-                Some(p) => (p.to_string(), true),
-                None => (link.clone(), false),
+            let raw = names::exact_str(&link, &raw_link);
+            let (path, deleted_suffix) = match raw.strip_suffix(b" (deleted)") {
+                Some(p) => (p, true),
+                None => (raw, false),
             };
-            if let Some(memfd) = path.strip_prefix("/memfd:") {
+            if let Some(memfd) = path.strip_prefix(b"/memfd:") {
                 e.kind = FdKind::Memfd;
-                e.memfd = Some(memfd.to_string());
+                (e.memfd, e.memfd_bytes) = names::split_utf8_opt(memfd.to_vec());
                 e.deleted = false;
             } else {
                 e.deleted = e.deleted || deleted_suffix;
-                if path.starts_with('/') {
-                    e.path = Some(path);
+                if path.starts_with(b"/") {
+                    (e.path, e.path_bytes) = names::split_utf8_opt(path.to_vec());
                 }
             }
         }
+        e.link_bytes = raw_link;
         e.link = link;
         Ok(Some(e))
     }
@@ -517,6 +734,7 @@ impl EntryReader<'_> {
         if matches!(e.kind, FdKind::File | FdKind::Dir) {
             e.size = Some(st.st_size as u64);
         }
+        e.nlink = Some(st.st_nlink);
         if e.kind == FdKind::File && st.st_nlink == 0 {
             e.deleted = true;
         }

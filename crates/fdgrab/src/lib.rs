@@ -9,7 +9,7 @@
 //! [`Error`] values that carry the pid, the fd and the operation that failed.
 //!
 //! ```
-//! use fdgrab::{grab, inventory, PidFd, TargetFd};
+//! use fdgrab::{inventory, GrabOptions, PidFd, TargetFd};
 //! use std::process::{Command, Stdio};
 //!
 //! // A process holding the read end of a pipe as its stdin.
@@ -20,15 +20,16 @@
 //! let inv = inventory(&target)?;
 //! assert!(inv.fds.iter().any(|e| e.fd.as_raw() == 0 && e.link.starts_with("pipe:")));
 //!
-//! // A copy of its fd 0: the same open pipe, in our table, close-on-exec.
-//! let stdin_copy = grab(&target, TargetFd::new(0).expect("fd 0"))?;
-//! assert!(rustix::fs::fstat(&stdin_copy).is_ok());
+//! // A copy of its fd 0: the same open pipe (checked), in our table, close-on-exec.
+//! let stdin_copy = GrabOptions::new().grab(&target, TargetFd::new(0).expect("fd 0"))?;
+//! assert_eq!(stdin_copy.backend.method(), "pidfd_getfd");
 //!
 //! target.send_signal(libc::SIGKILL)?;
 //! child.wait()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod access;
 pub mod activation;
 pub mod error;
 pub mod grab;
@@ -36,16 +37,18 @@ pub mod inject;
 pub mod inventory;
 mod netns;
 pub mod passfd;
+pub mod passwd;
 pub mod pidfd;
 mod procfs;
 pub mod seccomp;
 pub mod signalfd;
+pub mod spawn;
 pub mod supervise;
 mod sys;
 
 pub use error::{Error, Result};
-pub use grab::{grab, grab_many, Backend, GrabOptions, Grabbed};
-pub use inject::{close_in_target, put, CloseMode, Session};
+pub use grab::{Backend, GrabOptions, Grabbed, Preflight, Taken};
+pub use inject::{close_in_target, put, CloseMode};
 pub use inventory::{inventory, FdEntry, FdKind, Inventory};
 pub use pidfd::{PidFd, PidFdFlags, ProcessInfo};
 

@@ -130,3 +130,23 @@ pub fn recv_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<R
         fds,
     })
 }
+
+/// Why the kernel would refuse to pass a file with `SCM_RIGHTS`, judged from its
+/// `/proc/PID/fd/N` link, or `None` when it would pass it.
+///
+/// io_uring instances are refused (`sendmsg` fails with `EINVAL` for the whole
+/// message): a ring that could travel over a unix socket could end up holding a
+/// reference to that socket, a cycle the kernel no longer allows.
+pub fn refusal(link: &std::path::Path) -> Option<&'static str> {
+    (link.as_os_str() == "anon_inode:[io_uring]").then_some(
+        "it is an io_uring instance, and the kernel refuses to pass io_uring fds over unix \
+         sockets (SCM_RIGHTS gives EINVAL)",
+    )
+}
+
+/// [`refusal`] for one of our own descriptors.
+pub fn refusal_for(fd: BorrowedFd<'_>) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    refusal(&link)
+}

@@ -12,38 +12,31 @@ pub(crate) struct Status {
     /// real, effective, saved, fs
     pub uids: Option<[u32; 4]>,
     pub gids: Option<[u32; 4]>,
-    /// `TracerPid`: 0 when nobody traces it.
-    pub tracer: Option<Pid>,
-    /// `SigPnd`: signals pending for this thread only.
-    pub sig_pending: Option<u64>,
-    /// `Seccomp`: 0 none, 1 strict, 2 filter.
+    /// The process (thread) tracing this one; 0 when none.
+    pub tracer_pid: Option<Pid>,
+    /// `Seccomp`: 0 none, 1 strict, 2 filter (per thread).
     pub seccomp: Option<u8>,
     /// `CapEff`: the effective capability set.
     pub cap_eff: Option<u64>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
-    Ok(parse_status(&fs::read_to_string(format!(
-        "/proc/{pid}/status"
-    ))?))
+    parse_status(&fs::read_to_string(format!("/proc/{pid}/status"))?)
 }
 
-/// `/proc/PID/task/TID/status`: one thread's view (its own pending signals and
-/// seccomp mode; the rest is the process's).
-pub(crate) fn thread_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
-    Ok(parse_status(&fs::read_to_string(format!(
+/// `/proc/PID/task/TID/status`: what differs per thread (the tracer, above all).
+pub(crate) fn task_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
+    parse_status(&fs::read_to_string(format!(
         "/proc/{pid}/task/{tid}/status"
-    ))?))
+    ))?)
 }
 
 /// `/proc/thread-self/status`: the calling thread's (our seccomp mode is per thread).
 pub(crate) fn own_thread_status() -> std::io::Result<Status> {
-    Ok(parse_status(&fs::read_to_string(
-        "/proc/thread-self/status",
-    )?))
+    parse_status(&fs::read_to_string("/proc/thread-self/status")?)
 }
 
-fn parse_status(text: &str) -> Status {
+fn parse_status(text: &str) -> std::io::Result<Status> {
     let mut st = Status::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -55,14 +48,13 @@ fn parse_status(text: &str) -> Status {
             "PPid" => st.ppid = value.parse().ok(),
             "Uid" => st.uids = parse4(value),
             "Gid" => st.gids = parse4(value),
-            "TracerPid" => st.tracer = value.parse().ok(),
-            "SigPnd" => st.sig_pending = u64::from_str_radix(value, 16).ok(),
+            "TracerPid" => st.tracer_pid = value.parse().ok(),
             "Seccomp" => st.seccomp = value.parse().ok(),
             "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }
-    st
+    Ok(st)
 }
 
 fn parse4(value: &str) -> Option<[u32; 4]> {
@@ -157,4 +149,35 @@ pub(crate) fn thread_maps(pid: Pid, tid: Pid) -> std::io::Result<String> {
 /// `/proc/PID/task/TID/auxv`: the auxiliary vector the process started with.
 pub(crate) fn thread_auxv(pid: Pid, tid: Pid) -> std::io::Result<Vec<u8>> {
     fs::read(format!("/proc/{pid}/task/{tid}/auxv"))
+}
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat` (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` is a kernel thread (it has no fd table or memory of its own).
+pub(crate) fn is_kernel_thread(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // flags is field 9: the 7th after the state that follows the ')'.
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(6)?
+                .parse::<u64>()
+                .ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The soft `RLIMIT_NOFILE` of `pid` from `/proc/PID/limits` (readable by anyone);
+/// `None` for "unlimited" or when it cannot be read.
+pub(crate) fn nofile_limit(pid: Pid) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

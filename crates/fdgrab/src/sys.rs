@@ -1,5 +1,11 @@
-//! The few raw system calls and ioctls that rustix does not wrap. All of this
-//! crate's `unsafe` outside the ptrace engine lives here.
+//! The few raw system calls and ioctls that rustix does not wrap.
+//!
+//! `unsafe` in this crate lives in five places, each block with a `// SAFETY:`
+//! comment: here; `seccomp/ioctl.rs` (the seccomp system call and the notify
+//! ioctls, whose structs rustix lacks); `spawn/clone.rs` (the vfork-style child
+//! and its steps before exec); `passwd.rs` (the C library's NSS lookups); and
+//! `inject/` (ptrace and register access). The CLI crate has none
+//! (`#![forbid(unsafe_code)]`).
 
 use rustix::io::Errno;
 use std::os::fd::{AsFd, AsRawFd};
@@ -149,231 +155,22 @@ pub(crate) fn process_vm_read(pid: crate::Pid, addr: u64, buf: &mut [u8]) -> Res
     }
 }
 
+/// A close-on-exec copy (numbered 3 or above) of descriptor number `n` of our own
+/// process, e.g. one inherited from the shell; `EBADF` if `n` is not open.
+pub(crate) fn dup_own_fd(n: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    if n < 0 {
+        return Err(Errno::BADF);
+    }
+    // SAFETY: the borrow lasts for one fcntl that only duplicates the descriptor;
+    // it closes nothing, and a number that is not open gives EBADF.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+    rustix::io::fcntl_dupfd_cloexec(fd, 3)
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
-}
-
-/// How a spawned child relates to our session and process group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChildSession {
-    /// Its own process group, so that a terminal's ^C reaches only us (we forward it).
-    NewProcessGroup,
-    /// A new session without a controlling terminal, for a child that outlives us.
-    NewSession,
-}
-
-/// The step of child set-up that failed, reported back through the exec pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChildStage {
-    Dup2 = 1,
-    Exec = 2,
-}
-
-/// A program ready to `execve`, built entirely before `fork`: after `fork` the child
-/// may only use async-signal-safe calls, so nothing there allocates.
-#[derive(Debug)]
-pub(crate) struct ExecImage {
-    pub path: std::ffi::CString,
-    pub argv: Vec<std::ffi::CString>,
-    /// `KEY=VALUE` entries; `LISTEN_PID=` is appended by [`fork_exec`] with the
-    /// child's own pid.
-    pub env: Vec<std::ffi::CString>,
-}
-
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
-
-/// Forks, installs `fds[i]` at descriptor `3 + i` (close-on-exec cleared), marks every
-/// other descriptor above 2 close-on-exec, resets the signal mask and dispositions,
-/// writes the child's pid into `LISTEN_PID`, and execs `image`.
-///
-/// Returns the child's pid once `execve` has succeeded (an `O_CLOEXEC` pipe reports
-/// failure from the child, which is then reaped here). Each `fds` entry must be a
-/// descriptor numbered at least `3 + fds.len()`, so that installing one can never
-/// overwrite another.
-pub(crate) fn fork_exec(
-    image: &ExecImage,
-    fds: &[std::os::fd::BorrowedFd<'_>],
-    session: ChildSession,
-) -> Result<i32, (ChildStage, Errno)> {
-    use std::os::fd::AsRawFd as _;
-    let first_free = 3 + fds.len() as i32;
-    if fds.iter().any(|f| f.as_raw_fd() < first_free) {
-        return Err((ChildStage::Dup2, Errno::INVAL));
-    }
-    let sources: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let argv: Vec<*const libc::c_char> = image
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    // Room for the longest pid (10 digits) and the terminating NUL.
-    let mut pid_entry = LISTEN_PID_PREFIX.to_vec();
-    pid_entry.extend_from_slice(&[0u8; 16]);
-    let pid_ptr = pid_entry.as_mut_ptr();
-    let pid_len = pid_entry.len();
-    let envp: Vec<*const libc::c_char> = image
-        .env
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([pid_ptr as *const libc::c_char, std::ptr::null()])
-        .collect();
-    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
-    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| (ChildStage::Exec, e))?;
-
-    // SAFETY: fork has no memory-safety preconditions. The child branch below only
-    // makes async-signal-safe system calls on memory prepared above, and leaves
-    // through execve or _exit, never returning into the caller's stack frames.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err((ChildStage::Exec, Errno::from_raw_os_error(last_errno())));
-    }
-    if pid == 0 {
-        let child = ChildPlan {
-            path: image.path.as_ptr(),
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
-            pid_entry: pid_ptr,
-            pid_len,
-            sources: &sources,
-            session,
-            nofile: nofile.min(1 << 20) as i32,
-            report: &report_w,
-        };
-        child.run();
-    }
-    drop(report_w);
-    let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        match rustix::io::read(&report_r, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::INTR) => {}
-            Err(_) => break,
-        }
-    }
-    // Keep the pid buffer alive until the child has exec'd or failed.
-    drop(pid_entry);
-    if got < buf.len() {
-        return Ok(pid);
-    }
-    let stage = if buf[0] == ChildStage::Dup2 as u8 {
-        ChildStage::Dup2
-    } else {
-        ChildStage::Exec
-    };
-    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let _ = rustix::process::waitpid(
-        rustix::process::Pid::from_raw(pid),
-        rustix::process::WaitOptions::empty(),
-    );
-    Err((stage, Errno::from_raw_os_error(errno)))
-}
-
-/// What the forked child needs, as raw pointers into the parent's (copied) memory.
-struct ChildPlan<'a> {
-    path: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    pid_entry: *mut u8,
-    pid_len: usize,
-    sources: &'a [i32],
-    session: ChildSession,
-    nofile: i32,
-    report: &'a std::os::fd::OwnedFd,
-}
-
-impl ChildPlan<'_> {
-    /// Runs in the child between fork and exec: async-signal-safe calls only, no
-    /// allocation, no panics.
-    fn run(&self) -> ! {
-        // SAFETY: an all-zero sigset_t is the empty set on Linux.
-        let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid set pointer, null old-set pointer.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // SAFETY: resets a disposition; handlers are not ours to keep, and an
-                // ignored signal (SIGPIPE in Rust programs) would otherwise stay ignored
-                // across exec.
-                unsafe { libc::signal(sig, libc::SIG_DFL) };
-            }
-        }
-        match self.session {
-            // SAFETY: no pointers; failure leaves the child in our group, which is harmless.
-            ChildSession::NewProcessGroup => unsafe { libc::setpgid(0, 0) },
-            // SAFETY: as above.
-            ChildSession::NewSession => unsafe { libc::setsid() },
-        };
-        self.write_pid();
-        for (i, &src) in self.sources.iter().enumerate() {
-            // SAFETY: integers only. dup2 onto a different number gives a descriptor
-            // without FD_CLOEXEC; sources are all above the destinations.
-            if unsafe { libc::dup2(src, 3 + i as i32) } < 0 {
-                self.fail(ChildStage::Dup2);
-            }
-        }
-        let first = 3 + self.sources.len() as u32;
-        // SAFETY: integers only. CLOSE_RANGE_CLOEXEC (5.11) marks rather than closes,
-        // so the report pipe stays usable until exec succeeds.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                first,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
-        if r < 0 {
-            for fd in first as i32..self.nofile {
-                // SAFETY: integers only; EBADF for numbers not in use is expected.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            }
-        }
-        // SAFETY: path, argv and envp are NUL-terminated strings and null-terminated
-        // arrays built before fork and still owned by the (copied) parent frames.
-        unsafe { libc::execve(self.path, self.argv, self.envp) };
-        self.fail(ChildStage::Exec)
-    }
-
-    fn write_pid(&self) {
-        // SAFETY: pid_entry points at a buffer of pid_len bytes that this (forked)
-        // process owns a private copy of; nothing else references it here.
-        let entry = unsafe { std::slice::from_raw_parts_mut(self.pid_entry, self.pid_len) };
-        let mut pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-        let mut digits = [0u8; 10];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (pid % 10) as u8;
-            n += 1;
-            pid /= 10;
-            if pid == 0 || n == digits.len() {
-                break;
-            }
-        }
-        let start = LISTEN_PID_PREFIX.len();
-        for (i, slot) in entry.iter_mut().skip(start).enumerate() {
-            *slot = if i < n { digits[n - 1 - i] } else { 0 };
-        }
-    }
-
-    fn fail(&self, stage: ChildStage) -> ! {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        let e = errno.to_ne_bytes();
-        let msg = [stage as u8, 0, 0, 0, e[0], e[1], e[2], e[3]];
-        let _ = rustix::io::write(self.report, &msg);
-        // SAFETY: ends the child without running the parent's destructors or atexit
-        // handlers, which belong to the parent.
-        unsafe { libc::_exit(127) }
-    }
 }
 
 /// A signal set made from signal numbers.

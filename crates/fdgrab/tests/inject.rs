@@ -384,7 +384,7 @@ fn inject_procfs_handle_without_pidfd_open() {
     let handle = PidFd::open_procfs(t.pid).expect("open through /proc");
     assert!(handle.is_procfs() && handle.is_alive());
     assert_eq!(handle.info().expect("info").tgid, t.pid);
-    match fdgrab::grab(&handle, tfd(0)) {
+    match fdgrab::grab::pidfd_getfd(&handle, tfd(0)) {
         Err(Error::Unsupported { op, .. }) => assert_eq!(op, "pidfd_getfd"),
         other => panic!("pidfd_getfd on a /proc handle must be unsupported, got {other:?}"),
     }

@@ -59,12 +59,15 @@ fn truncated_control_message_is_an_error() {
     let mut buf = [0u8; 8];
     let e = recv_fds(&b, &mut buf, 2).expect_err("room for 2 of 10");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
-    // Nothing leaked into our table: count our fds before and after another round.
+    // Nothing leaked into our table: count our fds before and after another round
+    // that must fail the same way (had it succeeded, dropping what it returned
+    // would have closed the fds and made the count match whatever recv_fds did).
     let before = std::fs::read_dir("/proc/self/fd").expect("fd dir").count();
     send_fds(&a, b"x", &ten).expect("send");
-    let _ = recv_fds(&b, &mut buf, 2);
+    let e = recv_fds(&b, &mut buf, 2).expect_err("room for 2 of 10, again");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     let after = std::fs::read_dir("/proc/self/fd").expect("fd dir").count();
-    assert_eq!(before, after);
+    assert_eq!(before, after, "the 2 fds that fit were not closed");
 }
 
 #[test]

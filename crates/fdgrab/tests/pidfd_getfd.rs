@@ -2,7 +2,8 @@
 //! processes, plus the cases fdgrab adds on top (leader-exited processes, thread
 //! pidfds, batches).
 
-use fdgrab::grab::{grab, grab_many, same_file, GrabOptions};
+use fdgrab::access::same_file;
+use fdgrab::grab::{pidfd_getfd as grab, GrabOptions};
 use fdgrab::{Error, PidFd, TargetFd};
 use fdgrab_testkit::{bin, Target, TIMEOUT};
 use std::os::fd::{AsFd, AsRawFd};
@@ -179,8 +180,16 @@ fn thread_pidfd_reaches_the_process_fd_table() {
         Err(e) => panic!("PIDFD_THREAD: {e}"),
     };
     assert!(thread.is_thread());
-    let ours = grab(&thread, tfd(t.fd_labelled("pipe-r"))).expect("grab via thread");
-    assert!(rustix::fs::fstat(&ours).is_ok());
+    let fd = t.fd_labelled("pipe-r");
+    let ours = grab(&thread, tfd(fd)).expect("grab via thread");
+    // The very pipe the target reported, not merely some open file.
+    let st = rustix::fs::fstat(&ours).expect("fstat");
+    let theirs = t.fd_report(fd.into());
+    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64(), "{theirs}");
+    assert_eq!(
+        fdgrab_testkit::devstr(st.st_dev),
+        theirs["dev"].as_str().expect("dev")
+    );
 }
 
 #[test]
@@ -191,7 +200,11 @@ fn batch_grab_is_all_or_nothing_and_names_the_bad_fd() {
         .iter()
         .map(|l| tfd(t.fd_labelled(l)))
         .collect();
-    let all = grab_many(&pidfd, &good).expect("batch");
+    let all: Vec<_> = good
+        .iter()
+        .map(|&fd| grab(&pidfd, fd))
+        .collect::<Result<_, _>>()
+        .expect("batch");
     assert_eq!(all.len(), good.len());
     for (fd, ours) in good.iter().zip(&all) {
         assert!(
@@ -238,4 +251,84 @@ fn sockets_memfds_eventfds_are_grabbable() {
     let mut buf = [0u8; 8];
     rustix::io::read(&efd, &mut buf).expect("read eventfd");
     assert_eq!(u64::from_ne_bytes(buf), 3);
+}
+
+/// The front door's steal hook runs with the verified copies while the target still
+/// has its fd; a failing hook closes nothing; a succeeding one is followed by the
+/// close, and the method is reported.
+#[test]
+fn steal_hook_runs_between_copy_and_close() {
+    use fdgrab::{Backend, CloseMode};
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let fd = tfd(t.fd_labelled("pipe-r"));
+    let in_target = || std::path::Path::new(&format!("/proc/{}/fd/{fd}", t.pid)).exists();
+    let steal = GrabOptions::new().steal(CloseMode::Close);
+    let refused: Result<fdgrab::Taken<()>, Error> = steal.grab_many_then(&pidfd, &[fd], |copies| {
+        assert_eq!(copies.len(), 1);
+        assert!(in_target(), "the hook runs before the close");
+        Err(Error::InvalidArgument("the hook refuses".into()))
+    });
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+    assert!(in_target(), "a failing hook closes nothing");
+    let taken = steal
+        .grab_many_then(&pidfd, &[fd], |copies| -> Result<_, Error> {
+            assert!(in_target(), "the hook runs before the close");
+            let g = copies.into_iter().next().expect("one copy");
+            let st = rustix::fs::fstat(&g.fd).expect("fstat");
+            assert_eq!(
+                Some(st.st_ino),
+                t.fd_report(fd.as_raw().into())["ino"].as_u64()
+            );
+            Ok(g.backend)
+        })
+        .expect("steal");
+    taken.closed.expect("closed in the target");
+    assert_eq!(taken.value, Backend::Pidfd);
+    assert_eq!(taken.backend.method(), "pidfd_getfd");
+    assert!(!in_target(), "stolen");
+}
+
+/// The preflight refuses, with the error each case deserves, before anything is
+/// done: a zombie, a kernel thread, a missing fd, a number at the fd limit.
+#[test]
+fn preflight_refuses_what_no_operation_could_do() {
+    use fdgrab::grab::Preflight;
+    let t = Target::spawn(["zoo"]);
+    let mut zombie = Command::new("true").spawn().expect("true");
+    let zpid = zombie.id() as i32;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !fdgrab_testkit::status_field(zpid, "State").is_some_and(|s| s.starts_with('Z')) {
+        assert!(std::time::Instant::now() < deadline, "no zombie");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    match Preflight::new(zpid).injects().check() {
+        Err(Error::NoSuchProcess { pid }) => assert_eq!(pid, zpid),
+        other => panic!("zombie: {other:?}"),
+    }
+    let _ = zombie.wait();
+    match Preflight::new(2).check() {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("kernel thread"), "{m}"),
+        other => panic!("kthreadd: {other:?}"),
+    }
+    match Preflight::new(t.pid).existing(&[tfd(4000)]).check() {
+        Err(Error::NoSuchFd { fd, .. }) => assert_eq!(fd.as_raw(), 4000),
+        other => panic!("missing fd: {other:?}"),
+    }
+    let limit = std::fs::read_to_string(format!("/proc/{}/limits", t.pid))
+        .expect("limits")
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("limit");
+    match Preflight::new(t.pid).install_at(tfd(limit)).check() {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains(&limit.to_string()), "{m}"),
+        other => panic!("at the limit: {other:?}"),
+    }
+    assert!(Preflight::new(t.pid)
+        .injects()
+        .existing(&[tfd(t.fd_labelled("file"))])
+        .install_at(tfd(limit - 1))
+        .check()
+        .is_ok());
 }

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let upper = upper_policy(&a)?;
-    let audit = super::run::open_audit(&a.bind_policy)?;
+    let audit = crate::bind_policy::open_audit(&a.bind_policy)?;
     let listener = listen_at(&a.socket)?;
     let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
     let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
@@ -52,7 +52,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
 /// read exactly as `fdgrab run` reads them.
 fn upper_policy(a: &AgentArgs) -> anyhow::Result<Policy> {
     let policy =
-        super::run::load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())
+        crate::bind_policy::load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())
             .context("the agent's policy (--allow-bind, --policy)")?;
     if policy.is_empty() {
         tracing::warn!("empty policy: containers get no privileged ports from this agent");

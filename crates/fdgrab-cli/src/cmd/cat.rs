@@ -2,7 +2,7 @@
 
 use crate::cli::CatArgs;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::{Error, GrabOptions};
 use rustix::fs::{fstat, FileType};
 use rustix::io::{pread, read, Errno};
@@ -11,7 +11,10 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 pub fn run(a: CatArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .existing(&[a.fd])
+        .check()?;
     let g = GrabOptions::new()
         .backend(a.backend.backend)
         .seccomp(a.backend.force.seccomp())
@@ -21,7 +24,11 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match ft {
         // pread never moves the shared file position, so the target sees no change.
-        FileType::RegularFile | FileType::BlockDevice => copy_positional(&g.fd, &mut out)?,
+        // A write-only fd (a logger's O_APPEND log) is read through a read-only reopen.
+        FileType::RegularFile | FileType::BlockDevice => {
+            let fd = fdgrab::grab::readable(&target, a.fd, g.fd)?;
+            copy_positional(&fd, &mut out)?
+        }
         FileType::Directory => {
             return Err(Error::WrongKind {
                 pid: a.pid,

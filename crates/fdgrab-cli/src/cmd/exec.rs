@@ -3,12 +3,12 @@
 
 use crate::cli::ExecArgs;
 use crate::exit::UsageError;
-use crate::spawn::passthrough;
+use crate::launch::{forwarded_signals, passthrough};
 use anyhow::{bail, Context, Result};
 use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
 use fdgrab::grab::open_target;
 use fdgrab::inject::CloseMode;
-use fdgrab::signalfd::{signal_name, SignalFd};
+use fdgrab::signalfd::signal_name;
 use fdgrab::PidFd;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -17,9 +17,6 @@ use std::time::Duration;
 
 /// How long a new server that failed to start gets to shut down after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// The signals fdgrab passes on to the new server.
-const FORWARDED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 pub fn run(a: ExecArgs) -> Result<ExitCode> {
     if !a.names.is_empty() && a.names.len() != a.selectors.len() {
@@ -36,7 +33,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     let program = activation::find_program(&a.cmd[0])?;
     // Blocked before anything is started, so that a ^C during the handover is seen
     // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
-    let signals = SignalFd::block(&FORWARDED)?;
+    let signals = forwarded_signals()?;
 
     let target = open_target(a.pid, a.backend.backend)?;
     let how = fdgrab::GrabOptions::new()

@@ -1,73 +1,186 @@
-//! `fdgrab ls`: a read-only listing of a process's fds.
+//! `fdgrab ls`: a read-only listing of the fds of some processes, or of all of them,
+//! narrowed by the questions lsof, ss and fuser answer.
 
 use crate::cli::LsArgs;
+use crate::exit::UsageError;
 use anyhow::{Context, Result};
-use fdgrab::inventory::{inventory, FdEntry, FdKind};
-use fdgrab::{Error, PidFd};
+use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
+use fdgrab::Error;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
 
 /// Bumped whenever a field changes meaning or disappears; new fields do not bump it.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: one document for any number of processes (`processes`), `command`, `nlink`,
+/// and `*_bytes` for names that are not UTF-8.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(serde::Serialize)]
 struct Doc<'a> {
     schema_version: u32,
-    pid: i32,
-    /// Identity and credentials; null if the process could not be asked.
-    process: Option<fdgrab::ProcessInfo>,
-    fds: &'a [FdEntry],
+    processes: &'a [ProcessFds],
 }
 
 pub fn run(a: LsArgs) -> Result<ExitCode> {
-    let target = PidFd::open(a.pid)?;
-    let mut inv = inventory(&target)?;
-    if !a.fds.is_empty() {
-        if let Some(missing) = a.fds.iter().find(|f| !inv.fds.iter().any(|e| e.fd == **f)) {
+    let q = build_query(&a)?;
+    let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
+    let mut result = query(named, &q);
+    // One named process without a requested fd: the user asked for something that
+    // is not there.
+    if let ([pid], [_, ..], [p]) = (a.pids.as_slice(), a.fds.as_slice(), &result.processes[..]) {
+        if let Some(missing) = a.fds.iter().find(|f| !p.fds.iter().any(|e| e.fd == **f)) {
             return Err(Error::NoSuchFd {
-                pid: a.pid,
+                pid: *pid,
                 fd: *missing,
             }
             .into());
         }
-        inv.fds.retain(|e| a.fds.contains(&e.fd));
     }
+    let status = report_skipped(&mut result, named.is_some());
+
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    if a.json {
-        let process = target.info().ok();
+    if a.pids_only {
+        let mut pids: Vec<i32> = result.processes.iter().map(|p| p.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            writeln!(out, "{pid}").context("writing to stdout")?;
+        }
+    } else if a.json {
         let doc = Doc {
             schema_version: SCHEMA_VERSION,
-            pid: inv.pid,
-            process,
-            fds: &inv.fds,
+            processes: &result.processes,
         };
         serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
         out.write_all(b"\n").context("writing JSON")?;
     } else {
-        write_table(&mut out, &inv.fds).context("writing the table")?;
+        let with_process = a.pids.len() != 1;
+        write_table(&mut out, &result.processes, with_process).context("writing the table")?;
     }
     out.flush().context("writing to stdout")?;
+    status
+}
+
+fn build_query(a: &LsArgs) -> Result<Query> {
+    let file = match &a.path {
+        Some(p) => {
+            let m = std::fs::metadata(p)
+                .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
+            Some((m.dev(), m.ino()))
+        }
+        None => None,
+    };
+    let uid = a.user.as_deref().map(uid_of).transpose()?;
+    Ok(Query {
+        fds: a.fds.clone(),
+        port: a.port,
+        file,
+        unlinked: a.deleted,
+        kinds: a.kinds.clone(),
+        listening: a.listen,
+        uid,
+    })
+}
+
+/// A user name (through NSS, as `run --user` resolves it) or a number.
+fn uid_of(user: &str) -> Result<u32> {
+    if user.contains(':') {
+        return Err(UsageError(format!("--user '{user}': a user, without a group")).into());
+    }
+    Ok(fdgrab::passwd::User::lookup(user)?.uid)
+}
+
+/// One summary line on stderr for the processes that could not be read. They fail
+/// the run only when the user named them: the first one's error gives the status.
+fn report_skipped(result: &mut QueryResult, named: bool) -> Result<ExitCode> {
+    if result.skipped.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let gone = result
+        .skipped
+        .iter()
+        .filter(|s| matches!(s.error, Error::NoSuchProcess { .. }))
+        .count();
+    let denied = result
+        .skipped
+        .iter()
+        .filter(|s| matches!(s.error, Error::PermissionDenied { .. }))
+        .count();
+    let other = result.skipped.len() - gone - denied;
+    let mut parts = Vec::new();
+    for (n, why) in [
+        (denied, "permission denied"),
+        (gone, "no such process (or exited)"),
+        (other, "other errors"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {why}"));
+        }
+    }
+    let mut line = format!(
+        "fdgrab: skipped {} process{}: {}",
+        result.skipped.len(),
+        if result.skipped.len() == 1 { "" } else { "es" },
+        parts.join(", ")
+    );
+    if named {
+        let pids: Vec<String> = result.skipped.iter().map(|s| s.pid.to_string()).collect();
+        line.push_str(&format!(" (pid {})", pids.join(", ")));
+        if let [only] = &result.skipped[..] {
+            line = format!("fdgrab: {}", only.error);
+        }
+    }
+    eprintln!("{line}");
+    if named {
+        let first = result.skipped.remove(0).error;
+        return Ok(crate::exit::code_for(&first.into()).into());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_table(out: &mut impl Write, fds: &[FdEntry]) -> std::io::Result<()> {
-    let rows: Vec<[String; 7]> = fds.iter().map(row).collect();
-    let headers = ["FD", "FLAGS", "TYPE", "DEVICE", "SIZE/OFF", "NODE", "NAME"];
-    let mut widths = headers.map(str::len);
+const HEADERS: [&str; 9] = [
+    "COMMAND", "PID", "FD", "FLAGS", "TYPE", "DEVICE", "SIZE/OFF", "NODE", "NAME",
+];
+
+fn write_table(
+    out: &mut impl Write,
+    procs: &[ProcessFds],
+    with_process: bool,
+) -> std::io::Result<()> {
+    let skip = if with_process { 0 } else { 2 };
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for p in procs {
+        let command = escape(p.command_bytes.as_deref().unwrap_or(p.command.as_bytes()));
+        for e in &p.fds {
+            let [fd, flags, ty, dev, size_off, node, name] = row(e);
+            rows.push([
+                command.clone(),
+                p.pid.to_string(),
+                fd,
+                flags,
+                ty,
+                dev,
+                size_off,
+                node,
+                name,
+            ]);
+        }
+    }
+    let mut widths = HEADERS.map(str::len);
     for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()).take(6) {
-            *w = (*w).max(c.len());
+        for (w, c) in widths.iter_mut().zip(r.iter()).take(8) {
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut line = String::with_capacity(256);
-    let mut emit = |cells: [&str; 7], out: &mut dyn Write| -> std::io::Result<()> {
+    let mut emit = |cells: [&str; 9], out: &mut dyn Write| -> std::io::Result<()> {
         line.clear();
-        for (i, c) in cells.iter().enumerate() {
-            if i < 6 {
+        for (i, c) in cells.iter().enumerate().skip(skip) {
+            if i < 8 {
                 // Numbers right-aligned as in lsof; words left-aligned.
-                let right = matches!(i, 0 | 4 | 5);
-                let pad = widths[i].saturating_sub(c.len());
+                let right = matches!(i, 1 | 2 | 6 | 7);
+                let pad = widths[i].saturating_sub(c.chars().count());
                 if right {
                     line.extend(std::iter::repeat_n(' ', pad));
                     line.push_str(c);
@@ -83,9 +196,12 @@ fn write_table(out: &mut impl Write, fds: &[FdEntry]) -> std::io::Result<()> {
         line.push('\n');
         out.write_all(line.as_bytes())
     };
-    emit(headers, out)?;
+    if rows.is_empty() {
+        return Ok(()); // nothing matched: no header either, as lsof
+    }
+    emit(HEADERS, out)?;
     for r in &rows {
-        emit([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]], out)?;
+        emit(std::array::from_fn(|i| r[i].as_str()), out)?;
     }
     Ok(())
 }
@@ -126,7 +242,7 @@ fn row(e: &FdEntry) -> [String; 7] {
         }
         _ => e.inode.map(|i| i.to_string()).unwrap_or_default(),
     };
-    let mut name = e.display_name();
+    let mut name = escape(&e.display_name_bytes());
     if e.deleted && !name.ends_with("(deleted)") {
         name.push_str(" (deleted)");
     }

@@ -6,6 +6,7 @@ mod docs;
 mod exec;
 mod get;
 mod ls;
+mod profile;
 mod put;
 mod redirect;
 mod run;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Redirect(a) => redirect::run(a),
         Command::Run(a) => run::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Profile(a) => profile::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
     }

@@ -1,17 +1,20 @@
 //! `fdgrab put`: install a file or one of our fds into a running process.
 
+use super::redirect::Output;
 use crate::cli::PutArgs;
 use crate::exit::UsageError;
-use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
-use fdgrab::{inject, Backend};
+use anyhow::Result;
+use fdgrab::grab::Preflight;
+use fdgrab::inject;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, Backend::Ptrace)?;
-    let opened: Option<OwnedFd> = match &a.file {
+    // Everything that can refuse runs before the file is created or truncated.
+    let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
+    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
+    let opened: Option<Output> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
             if a.read {
@@ -21,22 +24,28 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
             } else if a.append {
                 o.append(true).create(true);
             } else {
-                o.write(true).create(true).truncate(true);
+                o.write(true).create(true);
             }
-            let f = o
-                .mode(0o644)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            Some(f.into())
+            let (create, truncate) = (!a.read, !(a.read || a.rw || a.append));
+            Some(Output::open(path, o.mode(0o644), create, truncate)?)
         }
         None => None,
     };
-    let ours: BorrowedFd<'_> = match (&opened, a.our_fd) {
+    let ours: BorrowedFd<'_> = match (&opened, &inherited) {
         (Some(f), _) => f.as_fd(),
-        (None, Some(n)) => borrow_inherited(n.as_raw())?,
+        (None, Some(fd)) => fd.as_fd(),
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
-    inject::put(&target, ours, a.fd, a.force.seccomp())?;
+    match &opened {
+        Some(out) => out.keep_if(inject::put_with(
+            &target,
+            ours,
+            a.fd,
+            a.force.seccomp(),
+            out.before_install(),
+        ))?,
+        None => inject::put(&target, ours, a.fd, a.force.seccomp())?,
+    }
     if a.json {
         let source = match (&a.file, a.our_fd) {
             (Some(p), _) => serde_json::json!({"file": p}),
@@ -50,16 +59,14 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One of fdgrab's own fds, inherited from the shell. Checked to be open first, so
-/// a typo gives a clear error rather than acting on nothing.
-fn borrow_inherited(n: i32) -> Result<BorrowedFd<'static>> {
-    if !std::path::Path::new(&format!("/proc/self/fd/{n}")).exists() {
-        return Err(UsageError(format!(
+/// One of fdgrab's own fds, inherited from the shell; a typo gives a clear error
+/// rather than acting on nothing.
+fn dup_inherited(n: i32) -> Result<OwnedFd> {
+    fdgrab::spawn::dup_inherited(n).map_err(|e| match e {
+        fdgrab::Error::InvalidArgument(_) => UsageError(format!(
             "--fd {n}: fdgrab has no fd {n} open (pass it from the shell, e.g. {n}>FILE)"
         ))
-        .into());
-    }
-    // SAFETY: fd `n` is open (checked just above) and fdgrab never closes an fd it
-    // did not open itself, so it stays open for the rest of the process.
-    Ok(unsafe { BorrowedFd::borrow_raw(n) })
+        .into(),
+        e => e.into(),
+    })
 }

@@ -2,21 +2,32 @@
 
 use crate::cli::SendArgs;
 use anyhow::{Context, Result};
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::{passfd, GrabOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 pub fn run(a: SendArgs) -> Result<ExitCode> {
-    let target = open_target(a.pid, a.backend.backend)?;
+    let target = Preflight::new(a.pid)
+        .backend(a.backend.backend)
+        .existing(&a.fds)
+        .check()?;
+    // Every fd SCM_RIGHTS would refuse is known before anything is taken or sent.
+    let (fds, skipped) = passable(
+        &target,
+        &a.fds,
+        a.unpassable.skip_unpassable,
+        |f| *f,
+        "sent",
+    )?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
         .seccomp(a.backend.force.seccomp())
-        .grab_many(&target, &a.fds)?;
+        .grab_many(&target, &fds)?;
     let sock = connect(&a.to)?;
     let borrowed: Vec<BorrowedFd<'_>> = grabbed.iter().map(|g| g.fd.as_fd()).collect();
-    let numbers: Vec<String> = a.fds.iter().map(|f| f.to_string()).collect();
+    let numbers: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
     passfd::send_all_fds(&sock, &borrowed, |i, n| {
         let start = i * passfd::SCM_MAX_FD;
         format!(
@@ -28,11 +39,66 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
     })
     .with_context(|| format!("sending fds to {}", a.to.display()))?;
     if a.json {
-        let backend = grabbed.first().map(|g| g.backend.name()).unwrap_or("none");
-        let doc = serde_json::json!({"pid": a.pid, "fds": a.fds, "backend": backend, "to": a.to});
+        let used = grabbed.first().map(|g| g.backend);
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|(fd, why)| serde_json::json!({"fd": fd, "reason": why}))
+            .collect();
+        let doc = serde_json::json!({
+            "pid": a.pid,
+            "fds": fds,
+            "backend": used.map(|b| b.name()).unwrap_or("none"),
+            "method": used.map(|b| b.method()).unwrap_or("none"),
+            "skipped": skipped,
+            "to": a.to,
+        });
         println!("{doc}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Target fds left out, each with the kernel's reason.
+pub(crate) type Refused = Vec<(fdgrab::TargetFd, &'static str)>;
+
+/// Splits `items` (each naming a target fd through `fd_of`) into those the kernel
+/// will pass over a unix socket and those it refuses, with the reason. A refused fd
+/// is an error naming it unless `skip` (`--skip-unpassable`); skipped ones are named
+/// on stderr, and skipping every fd is an error too.
+pub(crate) fn passable<T: Clone>(
+    target: &fdgrab::PidFd,
+    items: &[T],
+    skip: bool,
+    fd_of: impl Fn(&T) -> fdgrab::TargetFd,
+    how: &str,
+) -> Result<(Vec<T>, Refused)> {
+    let fds: Vec<_> = items.iter().map(&fd_of).collect();
+    let refused = fdgrab::grab::unpassable(target, &fds)?;
+    if refused.is_empty() {
+        return Ok((items.to_vec(), refused));
+    }
+    let pid = target.pid();
+    if !skip {
+        let (fd, why) = refused[0];
+        return Err(
+            anyhow::Error::new(fdgrab::grab::unpassable_error(pid, fd, why, how))
+                .context("nothing was taken; pass --skip-unpassable to hand over the other fds"),
+        );
+    }
+    for (fd, why) in &refused {
+        eprintln!("fdgrab: skipping fd {fd} of process {pid}: {why}");
+    }
+    let kept: Vec<T> = items
+        .iter()
+        .filter(|i| !refused.iter().any(|(fd, _)| *fd == fd_of(i)))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        return Err(crate::exit::UsageError(format!(
+            "every fd given for process {pid} was skipped; nothing to hand over"
+        ))
+        .into());
+    }
+    Ok((kept, refused))
 }
 
 fn connect(path: &std::path::Path) -> Result<UnixStream> {

@@ -17,7 +17,7 @@ fn main() {
         std::process::exit(2);
     };
     let target = fdgrab::PidFd::open(pid).expect("pidfd");
-    let mut s = fdgrab::Session::attach(&target).expect("attach");
+    let mut s = fdgrab::inject::Session::attach(&target).expect("attach");
     println!("attached");
     let _ = std::io::stdout().flush();
     let end = Instant::now() + Duration::from_secs(secs);

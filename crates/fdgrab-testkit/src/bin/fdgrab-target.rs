@@ -144,7 +144,7 @@ fn try_grab(pid: Option<&String>, fd: Option<&String>) -> Value {
     let Some(fd) = fd else {
         return json!({"error": "usage"});
     };
-    match fdgrab::PidFd::open(pid).and_then(|p| fdgrab::grab(&p, fd)) {
+    match fdgrab::PidFd::open(pid).and_then(|p| fdgrab::grab::pidfd_getfd(&p, fd)) {
         Ok(_) => json!({"ok": true}),
         Err(e) => {
             let kind = format!("{e:?}");

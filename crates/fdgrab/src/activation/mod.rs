@@ -26,20 +26,18 @@ use crate::inventory::{
 };
 use crate::pidfd::PidFd;
 use crate::signalfd::SignalFd;
-use crate::sys::{self, ChildSession, ChildStage, ExecImage};
+use crate::spawn::{Child, FdPlan, Session, SignalDefaults, Spawn};
 use crate::{Pid, TargetFd};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-/// The first descriptor number of passed sockets (`SD_LISTEN_FDS_START`).
-pub const LISTEN_FDS_START: i32 = 3;
+pub use crate::spawn::{find_program, LISTEN_FDS_START};
 
 /// A socket chosen for handover.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,54 +322,6 @@ pub fn check_fd_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Finds `cmd` as `execvp` would: a name with a `/` is used as is, anything else is
-/// looked up in `PATH`. Done before anything else so that a typo costs nothing.
-pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
-    use rustix::fs::{access, Access};
-    let display = cmd.to_string_lossy();
-    if cmd.is_empty() {
-        return Err(Error::InvalidArgument("the command to run is empty".into()));
-    }
-    // access(X_OK) alone is true for root whenever any x bit is set, or even none on
-    // some file systems; execve needs a regular file with an x bit.
-    let runnable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            && access(p, Access::EXEC_OK).is_ok()
-    };
-    if cmd.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(cmd);
-        return if runnable(&p) {
-            Ok(p)
-        } else if p.exists() {
-            Err(Error::InvalidArgument(format!(
-                "command '{display}' is not an executable file"
-            )))
-        } else {
-            Err(Error::InvalidArgument(format!(
-                "command '{display}' not found"
-            )))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    for dir in std::env::split_paths(&path) {
-        let candidate = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        }
-        .join(cmd);
-        if runnable(&candidate) {
-            return Ok(candidate);
-        }
-    }
-    Err(Error::InvalidArgument(format!(
-        "command '{display}' not found in PATH ({})",
-        path.to_string_lossy()
-    )))
-}
-
 /// How to start the new server.
 #[derive(Clone, Debug)]
 pub struct ActivationCommand {
@@ -396,18 +346,14 @@ const OWN_VARS: [&str; 4] = [
     "NOTIFY_SOCKET",
 ];
 
-fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString> {
-    CString::new(bytes).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
-}
-
-/// Starts `cmd` with `fds` at 3, 4, … and the socket-activation environment.
+/// Starts `cmd` with `fds` at 3, 4, … and the socket-activation environment, on the
+/// crate's one spawner ([`crate::spawn`]).
 ///
 /// The environment is ours, minus any inherited `LISTEN_*`/`NOTIFY_SOCKET`, plus
 /// `LISTEN_FDS`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` (when set) and `LISTEN_PID`, which
-/// the child writes itself between fork and exec. Every other descriptor above 2 is
-/// closed at exec.
+/// the child writes itself before exec. Every other descriptor above 2 is closed at
+/// exec, and every signal starts at its default, as systemd starts a service.
 pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<ActivatedChild> {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
     if cmd.names.len() != fds.len() {
         return Err(Error::InvalidArgument(format!(
             "{} fd names for {} sockets",
@@ -418,92 +364,30 @@ pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Activate
     for name in &cmd.names {
         check_fd_name(name).map_err(Error::InvalidArgument)?;
     }
-    let mut env: Vec<CString> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if OWN_VARS.iter().any(|own| k.as_bytes() == own.as_bytes()) {
-            continue;
-        }
-        let mut kv = k.into_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        if let Ok(c) = CString::new(kv) {
-            env.push(c);
-        }
+    let mut spawn = Spawn::new(&cmd.argv)?.program(&cmd.program);
+    for var in OWN_VARS {
+        spawn = spawn.env_remove(var);
     }
-    env.push(cstring(
-        format!("LISTEN_FDS={}", fds.len()).into_bytes(),
-        "LISTEN_FDS",
-    )?);
-    env.push(cstring(
-        format!("LISTEN_FDNAMES={}", cmd.names.join(":")).into_bytes(),
-        "an fd name",
-    )?);
+    spawn = spawn
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", cmd.names.join(":"))
+        .listen_pid();
     if let Some(n) = &cmd.notify_socket {
-        env.push(cstring(
-            format!("NOTIFY_SOCKET={n}").into_bytes(),
-            "NOTIFY_SOCKET",
-        )?);
+        spawn = spawn.env("NOTIFY_SOCKET", n);
     }
-    let image = ExecImage {
-        path: cstring(
-            cmd.program.as_os_str().as_bytes().to_vec(),
-            "the program path",
-        )?,
-        argv: cmd
-            .argv
-            .iter()
-            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
-            .collect::<Result<_>>()?,
-        env,
-    };
-    // Move every socket above the numbers the child will use, so that installing one
-    // can never overwrite another that is still to be installed.
-    let floor = LISTEN_FDS_START + fds.len() as i32;
-    let high: Vec<OwnedFd> = fds
-        .iter()
-        .map(|f| rustix::io::fcntl_dupfd_cloexec(f, floor))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::io("fcntl(F_DUPFD_CLOEXEC)", me, None, e))?;
-    let borrowed: Vec<BorrowedFd<'_>> = high.iter().map(|f| f.as_fd()).collect();
-    let session = if cmd.new_session {
-        ChildSession::NewSession
-    } else {
-        ChildSession::NewProcessGroup
-    };
-    let program = cmd.program.display();
-    let pid =
-        sys::fork_exec(&image, &borrowed, session).map_err(|(stage, e)| match (stage, e) {
-            (ChildStage::Exec, Errno::NOENT) => {
-                Error::InvalidArgument(format!("command '{program}' not found"))
-            }
-            (ChildStage::Exec, Errno::ACCESS) | (ChildStage::Exec, Errno::NOEXEC) => {
-                Error::InvalidArgument(format!(
-                    "cannot execute '{program}': {}",
-                    std::io::Error::from(e)
-                ))
-            }
-            (ChildStage::Exec, e) => Error::io("execve", me, None, e),
-            (ChildStage::Dup2, e) => {
-                Error::io("dup2 (installing sockets in the new server)", me, None, e)
-            }
-        })?;
-    tracing::info!(pid, program = %program, fds = fds.len(), "started new server");
-    // Our unreaped child keeps its pid, so this cannot name another process.
-    let pidfd = match PidFd::open(pid) {
-        Ok(p) => p,
-        Err(e) => {
-            // Without a pidfd we cannot supervise it; a server nobody watches must not
-            // share the old server's sockets. Unreaped, the pid is still our child's.
-            if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
-            }
-            return Err(e);
-        }
-    };
+    let child = spawn
+        .fds(FdPlan::listen_fds(fds)?)
+        .close_other_fds()
+        .signal_defaults(SignalDefaults::All)
+        .session(if cmd.new_session {
+            Session::NewSession
+        } else {
+            Session::NewProcessGroup
+        })
+        .spawn()?;
+    tracing::info!(pid = child.pid(), program = %cmd.program.display(), fds = fds.len(), "started new server");
     Ok(ActivatedChild {
-        pidfd,
-        status: None,
+        child,
         released: false,
     })
 }
@@ -535,8 +419,7 @@ pub enum NotReady {
 /// [`ActivatedChild::release`] lets it run on instead.
 #[derive(Debug)]
 pub struct ActivatedChild {
-    pidfd: PidFd,
-    status: Option<ExitStatus>,
+    child: Child,
     released: bool,
 }
 
@@ -549,11 +432,11 @@ fn timespec(d: Duration) -> Timespec {
 
 impl ActivatedChild {
     pub fn pid(&self) -> Pid {
-        self.pidfd.pid()
+        self.child.pid()
     }
 
     pub fn pidfd(&self) -> &PidFd {
-        &self.pidfd
+        self.child.pidfd()
     }
 
     /// Lets the child outlive this handle (and us): it is not stopped on drop.
@@ -580,20 +463,24 @@ impl ActivatedChild {
             if let Some(after) = ready_after {
                 if elapsed >= after {
                     if self.reap_if_exited()? {
-                        return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                        return Ok(Err(NotReady::Exited(
+                            self.child.status().unwrap_or_default(),
+                        )));
                     }
                     return Ok(Ok(Readiness::Assumed(after)));
                 }
             }
             if elapsed >= start_timeout {
                 if self.reap_if_exited()? {
-                    return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                    return Ok(Err(NotReady::Exited(
+                        self.child.status().unwrap_or_default(),
+                    )));
                 }
                 return Ok(Err(NotReady::TimedOut(start_timeout)));
             }
             let deadline = ready_after.map_or(start_timeout, |a| a.min(start_timeout));
             let left = deadline.saturating_sub(elapsed);
-            let mut fds = vec![PollFd::new(&self.pidfd, PollFlags::IN)];
+            let mut fds = vec![PollFd::new(self.child.pidfd(), PollFlags::IN)];
             if let Some(n) = notify {
                 fds.push(PollFd::new(n, PollFlags::IN));
             }
@@ -605,7 +492,9 @@ impl ActivatedChild {
                 Err(e) => return Err(Error::io("poll", pid, None, e)),
             }
             if self.reap_if_exited()? {
-                return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                return Ok(Err(NotReady::Exited(
+                    self.child.status().unwrap_or_default(),
+                )));
             }
             if let Some(s) = signals {
                 if let Some(sig) = s.read()? {
@@ -628,7 +517,9 @@ impl ActivatedChild {
                     if msg.is_ready() {
                         // It may have said READY=1 and died straight after.
                         if self.reap_if_exited()? {
-                            return Ok(Err(NotReady::Exited(self.status.unwrap_or_default())));
+                            return Ok(Err(NotReady::Exited(
+                                self.child.status().unwrap_or_default(),
+                            )));
                         }
                         return Ok(Ok(Readiness::Notified));
                     }
@@ -639,70 +530,24 @@ impl ActivatedChild {
 
     /// Reaps the child if it has exited; `true` if it has.
     fn reap_if_exited(&mut self) -> Result<bool> {
-        if self.status.is_some() {
-            return Ok(true);
-        }
-        if self.pidfd.is_alive() {
-            return Ok(false);
-        }
-        self.status = Some(self.pidfd.wait_child()?);
-        Ok(true)
+        Ok(self.child.try_wait()?.is_some())
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
-        if let Some(st) = self.status {
-            return Ok(st);
-        }
-        match self.pidfd.send_signal(libc::SIGTERM) {
-            Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        if !self.pidfd.wait_exit(Some(grace))? {
-            tracing::warn!(
-                pid = self.pid(),
-                ?grace,
-                "new server ignored SIGTERM; killing it"
-            );
-            match self.pidfd.send_signal(libc::SIGKILL) {
-                Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let st = self.pidfd.wait_child()?;
-        self.status = Some(st);
-        Ok(st)
+        self.child.terminate(grace)
     }
 
     /// Waits for the child to exit, passing every signal read from `signals` on to
     /// it, and returns its status.
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
-        loop {
-            if self.reap_if_exited()? {
-                return Ok(self.status.unwrap_or_default());
-            }
-            let mut fds = [
-                PollFd::new(&self.pidfd, PollFlags::IN),
-                PollFd::new(signals, PollFlags::IN),
-            ];
-            match poll(&mut fds, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(Error::io("poll", self.pid(), None, e)),
-            }
-            while let Some(sig) = signals.read()? {
-                tracing::info!(pid = self.pid(), sig, "forwarding signal");
-                match self.pidfd.send_signal(sig) {
-                    Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        self.child.wait_forwarding(signals)
     }
 }
 
 impl Drop for ActivatedChild {
     fn drop(&mut self) {
-        if self.released || self.status.is_some() {
+        if self.released || self.child.status().is_some() {
             return;
         }
         tracing::warn!(pid = self.pid(), "stopping the new server");

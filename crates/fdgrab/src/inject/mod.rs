@@ -23,7 +23,6 @@ mod seccomp;
 mod session;
 
 pub use seccomp::SeccompPolicy;
-pub(crate) use session::pick_thread as fd_table_owner;
 pub use session::Session;
 
 use seccomp::{k, Planned, UNKNOWN};
@@ -489,11 +488,25 @@ pub fn put(
     at: TargetFd,
     policy: SeccompPolicy,
 ) -> Result<()> {
+    put_with(target, ours, at, policy, || Ok(()))
+}
+
+/// [`put`] that runs `before_install` right before the `dup3` that changes the
+/// target: the last point where a failure leaves the target as it was. A caller
+/// that truncates the user's file there loses nothing when the injection fails.
+pub fn put_with(
+    target: &PidFd,
+    ours: BorrowedFd<'_>,
+    at: TargetFd,
+    policy: SeccompPolicy,
+    before_install: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let mut plan = Vec::new();
     receive_and_install_calls(&mut plan, at);
     with_session(target, policy, &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, ours)?;
+        before_install()?;
         install(s, theirs, at)
     })
 }
@@ -510,6 +523,18 @@ pub fn redirect(
     fd: TargetFd,
     file: BorrowedFd<'_>,
     policy: SeccompPolicy,
+) -> Result<TargetFd> {
+    redirect_with(target, fd, file, policy, || Ok(()))
+}
+
+/// [`redirect`] that runs `before_install` right before the `dup3` that points
+/// the target's fd at `file` (see [`put_with`]).
+pub fn redirect_with(
+    target: &PidFd,
+    fd: TargetFd,
+    file: BorrowedFd<'_>,
+    policy: SeccompPolicy,
+    before_install: impl FnOnce() -> Result<()>,
 ) -> Result<TargetFd> {
     let raw = fd.as_raw() as u64;
     let mut plan = vec![get_flags_call(raw)];
@@ -555,6 +580,7 @@ pub fn redirect(
         s.track_remote_fd(saved);
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, file)?;
+        before_install()?;
         install(s, theirs, fd)?;
         s.keep_remote_fd(saved);
         let saved = TargetFd::new(saved)

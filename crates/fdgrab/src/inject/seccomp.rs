@@ -144,7 +144,7 @@ fn why_unreadable() -> Option<String> {
 /// and its filters can be read; `Ok(None)` when there is nothing to check or the
 /// caller forced an unreadable case; an error when it must be refused.
 pub(crate) fn before_seize(pid: Pid, tid: Pid, policy: SeccompPolicy) -> Result<Option<u8>> {
-    let mode = procfs::thread_status(pid, tid)
+    let mode = procfs::task_status(pid, tid)
         .map_err(|_| Error::NoSuchProcess { pid })?
         .seccomp
         .unwrap_or(0);

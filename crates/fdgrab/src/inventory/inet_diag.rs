@@ -4,8 +4,8 @@
 //! hash as well: several milliseconds on a host with a large table, however few
 //! sockets it holds. `fdgrab exec` uses this to find listeners quickly.
 
+use super::sock_diag::{self, request_header, NLM_F_DUMP};
 use super::sockets::{Endpoint, SocketInfo};
-use super::unix_diag::{dump_raw, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
@@ -25,32 +25,71 @@ pub(crate) struct InetSock {
     pub info: SocketInfo,
 }
 
+/// `INET_DIAG_REQ_BYTECODE`: a filter program attached to a dump request.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter ops (`enum` in `linux/inet_diag.h`): source / destination port equal.
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+const INET_DIAG_BC_D_EQ: u8 = 12;
+
 /// Dumps the `protocol` (`IPPROTO_TCP`/`IPPROTO_UDP`) sockets of one address
 /// family whose state is in `states`, on a sock_diag socket made in the right
-/// network namespace.
+/// network namespace. With `port`, the kernel itself keeps only sockets whose local
+/// or remote port is `port` (a bytecode filter, Linux 4.16+ for the `*_EQ` ops), so
+/// a host with a large table sends back only what was asked for.
 pub(crate) fn dump(
     sock: &OwnedFd,
     family: u8,
     protocol: u8,
     states: u32,
+    port: Option<u16>,
 ) -> std::io::Result<Vec<InetSock>> {
-    // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
+    let filter = port.map(port_filter).unwrap_or_default();
+    let attr_len = if filter.is_empty() {
+        0
+    } else {
+        4 + filter.len()
+    };
+    // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero),
+    // then the optional bytecode attribute.
+    let mut req = request_header((72 + attr_len) as u32, NLM_F_DUMP);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
+    if !filter.is_empty() {
+        req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        req.extend_from_slice(&filter);
+    }
     let mut out = Vec::new();
-    dump_raw(sock, &req, |p| {
+    sock_diag::request(sock, &req, |p| {
         if let Some(s) = parse_msg(p, protocol) {
             out.push(s);
         }
     })?;
     Ok(out)
+}
+
+/// "source port == `port` or destination port == `port`" as `inet_diag_bc_op`s
+/// (code, yes, no: bytes to jump forward when the test holds or fails). A port test
+/// is two ops, the second carrying the port in its `no` field. Ending exactly at the
+/// end accepts; jumping 4 bytes past it rejects. The kernel's audit follows the
+/// `yes` jumps and wants every `no` target on that path, hence the `or` as ss
+/// writes it: test, an unconditional jump to the end, the second test.
+fn port_filter(port: u16) -> Vec<u8> {
+    let op = |code: u8, yes: u8, no: u16| {
+        let mut b = vec![code, yes];
+        b.extend_from_slice(&no.to_ne_bytes());
+        b
+    };
+    [
+        op(INET_DIAG_BC_S_EQ, 8, 12), // holds: on to the jump; fails: the second test
+        op(0, 0, port),
+        op(INET_DIAG_BC_JMP, 4, 12),  // to the end: accept
+        op(INET_DIAG_BC_D_EQ, 8, 12), // holds: the end (accept); fails: past it
+        op(0, 0, port),
+    ]
+    .concat()
 }
 
 /// `struct inet_diag_msg`: family, state, timer, retrans; the socket id (ports in
@@ -78,11 +117,7 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     if inode == 0 {
         return None;
     }
-    let endpoint = |ip: IpAddr, port| Endpoint {
-        address: Some(ip.to_string()),
-        port: Some(port),
-        path: None,
-    };
+    let endpoint = Endpoint::inet;
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
         (
             "stream",
@@ -117,4 +152,46 @@ fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
             peer_inode: None,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode_of(fd: &impl std::os::fd::AsRawFd) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("stat")
+            .ino()
+    }
+
+    /// The kernel accepts the port filter (a refused one is EINVAL) and applies it:
+    /// both ends of a loopback connection and the listener come back, and nothing
+    /// on any other port.
+    #[test]
+    fn the_kernel_filters_by_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sock = sock_diag::socket_here();
+        let found = dump(
+            &sock,
+            libc::AF_INET as u8,
+            libc::IPPROTO_TCP as u8,
+            STATES_WITH_INODE,
+            Some(port),
+        )
+        .expect("a filtered dump");
+        let inodes: Vec<u64> = found.iter().map(|s| s.inode).collect();
+        for s in [inode_of(&listener), inode_of(&client), inode_of(&server)] {
+            assert!(inodes.contains(&s), "{s} missing from {found:?}");
+        }
+        assert!(!inodes.contains(&inode_of(&other)));
+        for s in &found {
+            let ports = [&s.info.local, &s.info.peer].map(|e| e.as_ref().and_then(|e| e.port));
+            assert!(ports.contains(&Some(port)), "{s:?}");
+        }
+    }
 }

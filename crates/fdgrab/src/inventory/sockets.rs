@@ -2,7 +2,7 @@
 //! namespace: `/proc/PID/net/*` shows the namespace of PID, not ours, and the unix
 //! socket dump is made on a netlink socket created inside that namespace.
 
-use super::{inet_diag, unix_diag};
+use super::{inet_diag, sock_diag, unix_diag};
 use crate::error::{Error, Result};
 use crate::{Pid, TargetFd};
 use rustix::fs::{openat, Mode, OFlags};
@@ -23,14 +23,20 @@ pub struct Endpoint {
     /// File system path, or `@name` for an abstract unix address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The exact address bytes when `path` alone does not give them back: an
+    /// abstract name (its first byte is the NUL shown as `@`) or a name that is not
+    /// UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
 }
 
 impl Endpoint {
-    fn inet(ip: IpAddr, port: u16) -> Self {
+    pub(crate) fn inet(ip: IpAddr, port: u16) -> Self {
         Self {
             address: Some(ip.to_string()),
             port: Some(port),
             path: None,
+            path_bytes: None,
         }
     }
 
@@ -39,6 +45,30 @@ impl Endpoint {
             address: None,
             port: None,
             path: Some(path),
+            path_bytes: None,
+        }
+    }
+
+    /// A unix address from the kernel's bytes: a leading NUL marks an abstract name,
+    /// shown as `@`; a path name ends at its first NUL.
+    pub(crate) fn unix_bytes(addr: &[u8]) -> Self {
+        let (shown, exact) = match addr.split_first() {
+            Some((0, name)) => {
+                let mut shown = b"@".to_vec();
+                shown.extend_from_slice(name);
+                (
+                    String::from_utf8_lossy(&shown).into_owned(),
+                    Some(addr.to_vec()),
+                )
+            }
+            _ => {
+                let end = addr.iter().position(|&b| b == 0).unwrap_or(addr.len());
+                super::names::split_utf8(addr[..end].to_vec())
+            }
+        };
+        Self {
+            path_bytes: exact,
+            ..Self::unix(shown)
         }
     }
 
@@ -47,12 +77,18 @@ impl Endpoint {
         self.address.as_deref()?.parse().ok()
     }
 
-    fn describe(&self) -> String {
+    /// As shown in a NAME column: the abstract name's leading NUL as `@`, every
+    /// other byte exact.
+    fn describe_bytes(&self) -> Vec<u8> {
         match (self.ip(), self.port, &self.path) {
-            (Some(IpAddr::V6(ip)), Some(port), _) => format!("[{ip}]:{port}"),
-            (Some(ip), Some(port), _) => format!("{ip}:{port}"),
-            (_, _, Some(p)) => p.clone(),
-            _ => String::new(),
+            (Some(IpAddr::V6(ip)), Some(port), _) => format!("[{ip}]:{port}").into_bytes(),
+            (Some(ip), Some(port), _) => format!("{ip}:{port}").into_bytes(),
+            (_, _, Some(p)) => match &self.path_bytes {
+                Some(b) if b.first() == Some(&0) => [b"@", &b[1..]].concat(),
+                Some(b) => b.clone(),
+                None => p.clone().into_bytes(),
+            },
+            _ => Vec::new(),
         }
     }
 }
@@ -97,36 +133,82 @@ impl SocketInfo {
         }
     }
 
-    /// A one-line description like `lsof`'s NAME column.
+    /// A one-line description like `lsof`'s NAME column (lossy UTF-8).
     pub fn describe(&self) -> String {
-        let mut s = String::new();
+        String::from_utf8_lossy(&self.describe_bytes()).into_owned()
+    }
+
+    /// [`SocketInfo::describe`] with unix names as exact bytes.
+    pub fn describe_bytes(&self) -> Vec<u8> {
+        let mut s = Vec::new();
         if let Some(l) = &self.local {
-            s.push_str(&l.describe());
+            s.extend_from_slice(&l.describe_bytes());
         }
         if let Some(p) = &self.peer {
-            s.push_str("->");
-            s.push_str(&p.describe());
+            s.extend_from_slice(b"->");
+            s.extend_from_slice(&p.describe_bytes());
         }
         if self.family == "unix" {
             if !s.is_empty() {
-                s.push(' ');
+                s.push(b' ');
             }
-            s.push_str("type=");
-            s.push_str(&self.socket_type.as_deref().unwrap_or("?").to_uppercase());
+            s.extend_from_slice(b"type=");
+            let ty = self.socket_type.as_deref().unwrap_or("?").to_uppercase();
+            s.extend_from_slice(ty.as_bytes());
             if let Some(ino) = self.peer_inode {
-                s.push_str(&format!(" ->INO={ino}"));
+                s.extend_from_slice(format!(" ->INO={ino}").as_bytes());
             }
         } else if s.is_empty() {
-            s = format!(
-                "{} {}",
-                self.family,
-                self.protocol.as_deref().unwrap_or("?")
-            );
+            let proto = self.protocol.as_deref().unwrap_or("?");
+            s = format!("{} {proto}", self.family).into_bytes();
         }
         if let Some(state) = &self.state {
-            s.push_str(&format!(" ({state})"));
+            s.extend_from_slice(format!(" ({state})").as_bytes());
         }
         s
+    }
+}
+
+/// Up to this many sockets are looked up one protocol (unix: one inode) at a time.
+const FEW_SOCKETS: usize = 16;
+
+/// Which tables a listing needs.
+#[derive(Default)]
+struct Want {
+    /// TCP, UDP over IPv4 and IPv6.
+    tcp: [bool; 2],
+    udp: [bool; 2],
+    unix: bool,
+    /// The TCP sockets to find, when known: if they all listen, the listening
+    /// hash alone answers and the (often much larger) established one is not walked.
+    tcp_inodes: Vec<u64>,
+    /// Unix sockets to look up by inode; `None`: dump them all.
+    unix_inodes: Option<Vec<u64>>,
+    /// `/proc/PID/net` text tables: (file, family, protocol, type).
+    text: Vec<(&'static str, &'static str, &'static str, &'static str)>,
+}
+
+impl Want {
+    fn all() -> Self {
+        Self {
+            tcp: [true; 2],
+            udp: [true; 2],
+            unix: true,
+            tcp_inodes: Vec::new(),
+            unix_inodes: None,
+            text: vec![
+                ("net/udplite", "inet", "udplite", "dgram"),
+                ("net/udplite6", "inet6", "udplite", "dgram"),
+                ("net/raw", "inet", "raw", "raw"),
+                ("net/raw6", "inet6", "raw", "raw"),
+                ("net/netlink", "", "", ""),
+                ("net/packet", "", "", ""),
+            ],
+        }
+    }
+
+    fn needs_diag(&self) -> bool {
+        self.tcp.contains(&true) || self.udp.contains(&true) || self.unix
     }
 }
 
@@ -136,50 +218,161 @@ pub(crate) struct SocketTable {
 }
 
 impl SocketTable {
+    /// Every socket of `pid`'s network namespace.
     pub(crate) fn load(pid: Pid, proc_dir: &OwnedFd) -> Result<Self> {
+        Self::load_some(pid, proc_dir, &Want::all())
+    }
+
+    /// Just enough to describe the sockets `held` (inode, fd number) by `pid`. A
+    /// handful are sorted by protocol first (the `system.sockprotoname` xattr, no
+    /// socket touched) so that only their protocols' tables are read, unix sockets
+    /// by inode; beyond that, dumping everything is cheaper than asking.
+    pub(crate) fn load_for(
+        pid: Pid,
+        proc_dir: &OwnedFd,
+        fd_dir: &OwnedFd,
+        held: &[(u64, TargetFd)],
+    ) -> Result<Self> {
+        if held.len() > FEW_SOCKETS {
+            return Self::load(pid, proc_dir);
+        }
+        let mut want = Want {
+            unix_inodes: Some(Vec::new()),
+            ..Want::default()
+        };
+        for &(ino, fd) in held {
+            match sockprotoname(fd_dir, &fd.as_raw().to_string()).as_deref() {
+                Some(p @ ("TCP" | "TCPv6")) => {
+                    want.tcp[usize::from(p == "TCPv6")] = true;
+                    want.tcp_inodes.push(ino);
+                }
+                Some("UDP") => want.udp[0] = true,
+                Some("UDPv6") => want.udp[1] = true,
+                Some(p) if p.starts_with("UNIX") => {
+                    if let Some(inodes) = &mut want.unix_inodes {
+                        inodes.push(ino);
+                    }
+                    want.unix = true;
+                }
+                Some("NETLINK") => want.text.push(("net/netlink", "", "", "")),
+                Some("PACKET") => want.text.push(("net/packet", "", "", "")),
+                Some("RAW") => want.text.push(("net/raw", "inet", "raw", "raw")),
+                Some("RAWv6") => want.text.push(("net/raw6", "inet6", "raw", "raw")),
+                Some("UDP-Lite") => want.text.push(("net/udplite", "inet", "udplite", "dgram")),
+                Some("UDPLITEv6") => want
+                    .text
+                    .push(("net/udplite6", "inet6", "udplite", "dgram")),
+                // Gone meanwhile, or a protocol no table lists (the xattr names it).
+                _ => {}
+            }
+        }
+        want.text.sort_unstable();
+        want.text.dedup();
+        Self::load_some(pid, proc_dir, &want)
+    }
+
+    fn load_some(pid: Pid, proc_dir: &OwnedFd, want: &Want) -> Result<Self> {
         // sock_diag answers per protocol and filters by state in the kernel, so it
         // skips the TIME_WAIT entries that make /proc/net/tcp slow on busy hosts.
         // Without it (no CAP_SYS_ADMIN over a foreign netns, or a missing diag
         // module) the /proc text tables say the same, minus unix peers.
-        let diag = unix_diag::diag_socket_in(proc_dir)
-            .and_then(|sock| diag_table(&sock, inet_diag::STATES_WITH_INODE));
-        let mut text_tables = vec![
-            ("net/udplite", "inet", "udplite", "dgram"),
-            ("net/udplite6", "inet6", "udplite", "dgram"),
-            ("net/raw", "inet", "raw", "raw"),
-            ("net/raw6", "inet6", "raw", "raw"),
-        ];
-        let mut t = match diag {
-            Ok(by_inode) => SocketTable { by_inode },
-            Err(e) => {
-                tracing::debug!(pid, error = %e, "sock_diag unavailable; reading /proc/PID/net");
-                text_tables.extend([
-                    ("net/tcp", "inet", "tcp", "stream"),
-                    ("net/tcp6", "inet6", "tcp", "stream"),
-                    ("net/udp", "inet", "udp", "dgram"),
-                    ("net/udp6", "inet6", "udp", "dgram"),
-                ]);
-                let mut t = SocketTable {
-                    by_inode: HashMap::new(),
+        let mut t = SocketTable {
+            by_inode: HashMap::new(),
+        };
+        let diag = if want.needs_diag() {
+            sock_diag::socket_in(proc_dir).and_then(|sock| t.fill_from_diag(&sock, want))
+        } else {
+            Ok(())
+        };
+        let mut text_tables = want.text.clone();
+        if let Err(e) = diag {
+            tracing::debug!(pid, error = %e, "sock_diag unavailable; reading /proc/PID/net");
+            t.by_inode.clear();
+            for (i, v6) in [false, true].into_iter().enumerate() {
+                let (tcp, udp) = if v6 {
+                    (("net/tcp6", "inet6"), ("net/udp6", "inet6"))
+                } else {
+                    (("net/tcp", "inet"), ("net/udp", "inet"))
                 };
+                if want.tcp[i] {
+                    text_tables.push((tcp.0, tcp.1, "tcp", "stream"));
+                }
+                if want.udp[i] {
+                    text_tables.push((udp.0, udp.1, "udp", "dgram"));
+                }
+            }
+            if want.unix {
                 if let Some(text) = read_proc(pid, proc_dir, "net/unix")? {
                     t.parse_unix(&text);
                 }
-                t
             }
-        };
+        }
         for (file, family, proto, ty) in text_tables {
-            if let Some(text) = read_proc(pid, proc_dir, file)? {
-                t.parse_inet(&text, family, proto, ty);
+            let Some(text) = read_proc(pid, proc_dir, file)? else {
+                continue;
+            };
+            match file {
+                "net/netlink" => t.parse_netlink(&text),
+                "net/packet" => t.parse_packet(&text),
+                _ => t.parse_inet(&text, family, proto, ty),
             }
-        }
-        if let Some(text) = read_proc(pid, proc_dir, "net/netlink")? {
-            t.parse_netlink(&text);
-        }
-        if let Some(text) = read_proc(pid, proc_dir, "net/packet")? {
-            t.parse_packet(&text);
         }
         Ok(t)
+    }
+
+    fn fill_from_diag(&mut self, sock: &OwnedFd, want: &Want) -> std::io::Result<()> {
+        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
+        let tcp = libc::IPPROTO_TCP as u8;
+        let mut tcp_states = inet_diag::STATES_WITH_INODE;
+        if !want.tcp_inodes.is_empty() {
+            for (_, family) in families.iter().enumerate().filter(|(i, _)| want.tcp[*i]) {
+                let socks = inet_diag::dump(sock, *family, tcp, inet_diag::STATES_LISTEN, None)?;
+                self.by_inode
+                    .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+            }
+            tcp_states &= !inet_diag::STATES_LISTEN;
+            if want
+                .tcp_inodes
+                .iter()
+                .all(|i| self.by_inode.contains_key(i))
+            {
+                tcp_states = 0;
+            }
+        }
+        for (i, family) in families.into_iter().enumerate() {
+            let mut dumps = Vec::new();
+            if want.tcp[i] && tcp_states != 0 {
+                dumps.push((tcp, tcp_states));
+            }
+            if want.udp[i] {
+                dumps.push((libc::IPPROTO_UDP as u8, inet_diag::STATES_ALL));
+            }
+            for (protocol, states) in dumps {
+                let socks = inet_diag::dump(sock, family, protocol, states, None)?;
+                self.by_inode
+                    .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+            }
+        }
+        match (&want.unix_inodes, want.unix) {
+            (_, false) => {}
+            (Some(inodes), true) => {
+                for &ino in inodes {
+                    if let Some(s) = unix_diag::lookup(sock, ino)? {
+                        self.by_inode.insert(s.inode, s.info);
+                    }
+                }
+            }
+            (None, true) => self.by_inode.extend(
+                unix_diag::dump(sock)?
+                    .into_iter()
+                    .map(|s| (s.inode, s.info)),
+            ),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_map(self) -> HashMap<u64, SocketInfo> {
+        self.by_inode
     }
 
     /// The socket with inode `ino`. A socket we do not find in any table (it may
@@ -261,11 +454,7 @@ impl SocketTable {
                     socket_type: None,
                     protocol: Some(proto),
                     state: None,
-                    local: Some(Endpoint {
-                        address: None,
-                        port: None,
-                        path: Some(format!("portid={}", f[2])),
-                    }),
+                    local: Some(Endpoint::unix(format!("portid={}", f[2]))),
                     peer: None,
                     peer_inode: None,
                 },
@@ -332,7 +521,11 @@ impl SocketTable {
                 unix_info(
                     unix_type(ty.into()),
                     state,
-                    f.get(7).map(|p| p.to_string()),
+                    // The kernel prints an abstract name's NULs as '@'.
+                    f.get(7).map(|p| match p.strip_prefix('@') {
+                        Some(name) => Endpoint::unix_bytes(&[b"\0", name.as_bytes()].concat()),
+                        None => Endpoint::unix(p.to_string()),
+                    }),
                     None,
                 ),
             );
@@ -343,7 +536,7 @@ impl SocketTable {
 pub(crate) fn unix_info(
     ty: &str,
     state: &str,
-    path: Option<String>,
+    path: Option<Endpoint>,
     peer_inode: Option<u64>,
 ) -> SocketInfo {
     SocketInfo {
@@ -351,7 +544,7 @@ pub(crate) fn unix_info(
         socket_type: Some(ty.into()),
         protocol: Some("unix".into()),
         state: Some(state.into()),
-        local: path.map(Endpoint::unix),
+        local: path,
         peer: None,
         peer_inode,
     }
@@ -381,7 +574,7 @@ pub(crate) fn diag_table(
         (libc::AF_INET, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
         (libc::AF_INET6, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
     ] {
-        let socks = inet_diag::dump(sock, family as u8, protocol as u8, states)?;
+        let socks = inet_diag::dump(sock, family as u8, protocol as u8, states, None)?;
         table.extend(socks.into_iter().map(|s| (s.inode, s.info)));
     }
     table.extend(

@@ -2,19 +2,13 @@
 //! target's network namespace. It is the only source of the peer inode of a
 //! connected unix socket.
 
-use super::sockets::{unix_info, unix_type, SocketInfo};
-use rustix::fs::{openat, Mode, OFlags};
-use rustix::io::Errno;
-use rustix::net::{
-    netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
-};
-use std::os::fd::{AsFd, OwnedFd};
+use super::sock_diag::{self, attributes, request_header, NLM_F_DUMP};
+use super::sockets::{unix_info, unix_type, Endpoint, SocketInfo};
+use std::os::fd::OwnedFd;
 
-pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+/// Kept for `activation`, which still reaches the transport through this module.
+pub(crate) use super::sock_diag::socket_in as diag_socket_in;
+
 const UDIAG_SHOW_NAME: u32 = 0x1;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_NAME: u16 = 0;
@@ -27,21 +21,8 @@ pub(crate) struct UnixSock {
 
 /// Dumps every unix socket of the namespace `sock` (a sock_diag socket) lives in.
 pub(crate) fn dump(sock: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // portid: the kernel
-    req.push(libc::AF_UNIX as u8);
-    req.push(0);
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
-    req.extend_from_slice(&0u32.to_ne_bytes()); // any inode
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
-    req.extend_from_slice(&[0u8; 8]); // cookie
     let mut out = Vec::new();
-    dump_raw(sock, &req, |payload| {
+    sock_diag::request(sock, &unix_request(0, NLM_F_DUMP), |payload| {
         if let Some(s) = parse_msg(payload) {
             out.push(s);
         }
@@ -49,50 +30,32 @@ pub(crate) fn dump(sock: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
     Ok(out)
 }
 
-/// Sends one `SOCK_DIAG_BY_FAMILY` dump request and hands the payload of every
-/// answer message to `each`, until `NLMSG_DONE`. A kernel error (`NLMSG_ERROR`)
-/// becomes the error, e.g. `ENOENT` when the protocol's diag module is missing.
-pub(crate) fn dump_raw(
-    sock: &OwnedFd,
-    req: &[u8],
-    mut each: impl FnMut(&[u8]),
-) -> std::io::Result<()> {
-    send(sock, req, SendFlags::empty())?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = loop {
-            match recv(sock, &mut buf, RecvFlags::empty()) {
-                Ok((n, _)) => break n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        let mut msgs = &buf[..n];
-        while msgs.len() >= 16 {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap_or_default()) as usize;
-            let ty = u16::from_ne_bytes(msgs[4..6].try_into().unwrap_or_default());
-            if len < 16 || len > msgs.len() {
-                return Err(std::io::Error::other("malformed netlink message"));
-            }
-            match ty {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let err = msgs
-                        .get(16..20)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
-                    return Err(std::io::Error::from_raw_os_error(
-                        -err.unwrap_or(-libc::EIO),
-                    ));
-                }
-                SOCK_DIAG_BY_FAMILY => each(&msgs[16..len]),
-                _ => {}
-            }
-            msgs = &msgs[align4(len).min(msgs.len())..];
-        }
+/// The unix socket with inode `ino`, asked for alone (no dump); `None` if it is
+/// gone.
+pub(crate) fn lookup(sock: &OwnedFd, ino: u64) -> std::io::Result<Option<UnixSock>> {
+    let Ok(ino32) = u32::try_from(ino) else {
+        return Ok(None); // unix_diag inodes are 32-bit; such a socket cannot be asked for
+    };
+    let mut out = None;
+    match sock_diag::request(sock, &unix_request(ino32, 0), |p| out = parse_msg(p)) {
+        Ok(()) => Ok(out),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// `struct nlmsghdr` + `struct unix_diag_req` for `inode` (0 with a dump: any).
+fn unix_request(inode: u32, flags: u16) -> Vec<u8> {
+    let mut req = request_header(40, flags);
+    req.push(libc::AF_UNIX as u8);
+    req.push(0);
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&inode.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    // An exact lookup needs the cookie or INET_DIAG_NOCOOKIE (all ones).
+    req.extend_from_slice(&[0xff; 8]);
+    req
 }
 
 fn parse_msg(p: &[u8]) -> Option<UnixSock> {
@@ -111,23 +74,9 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     let inode = u64::from(u32::from_ne_bytes(p[4..8].try_into().ok()?));
     let mut path = None;
     let mut peer = None;
-    let mut attrs = &p[16..];
-    while attrs.len() >= 4 {
-        let alen = u16::from_ne_bytes(attrs[0..2].try_into().ok()?) as usize;
-        let aty = u16::from_ne_bytes(attrs[2..4].try_into().ok()?);
-        if alen < 4 || alen > attrs.len() {
-            break;
-        }
-        let data = &attrs[4..alen];
+    for (aty, data) in attributes(&p[16..]) {
         match aty {
-            UNIX_DIAG_NAME if !data.is_empty() => {
-                path = Some(if data[0] == 0 {
-                    format!("@{}", String::from_utf8_lossy(&data[1..]))
-                } else {
-                    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                    String::from_utf8_lossy(&data[..end]).into_owned()
-                });
-            }
+            UNIX_DIAG_NAME if !data.is_empty() => path = Some(Endpoint::unix_bytes(data)),
             UNIX_DIAG_PEER if data.len() >= 4 => {
                 let v = u32::from_ne_bytes(data[0..4].try_into().ok()?);
                 if v != 0 {
@@ -136,7 +85,6 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
             }
             _ => {}
         }
-        attrs = &attrs[align4(alen).min(attrs.len())..];
     }
     Some(UnixSock {
         inode,
@@ -144,26 +92,29 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     })
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
 
-/// A sock_diag netlink socket in `pid`'s network namespace. A netlink socket stays
-/// in the namespace it was created in, so a short-lived thread enters the target's
-/// namespace (`setns` affects only the calling thread), creates the socket and ends.
-pub(crate) fn diag_socket_in(proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
-    let ns = openat(
-        proc_dir,
-        "ns/net",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    crate::netns::run_in(ns.as_fd(), || {
-        Ok(socket_with(
-            AddressFamily::NETLINK,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC,
-            Some(netlink::SOCK_DIAG),
-        )?)
-    })
+    /// One socket asked for by inode, without a dump: its type and its peer.
+    #[test]
+    fn lookup_by_inode_finds_the_peer() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let ino = |s: &std::os::unix::net::UnixStream| {
+            use std::os::fd::AsRawFd;
+            std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))
+                .expect("stat")
+                .ino()
+        };
+        let sock = sock_diag::socket_here();
+        let found = lookup(&sock, ino(&a)).expect("lookup").expect("the socket");
+        assert_eq!(found.inode, ino(&a));
+        assert_eq!(found.info.peer_inode, Some(ino(&b)));
+        assert_eq!(found.info.socket_type.as_deref(), Some("stream"));
+        drop(b);
+        // A closed socket is no error, just absent.
+        let gone = ino(&a) + 1_000_000;
+        assert!(lookup(&sock, gone).expect("lookup").is_none());
+    }
 }

@@ -8,6 +8,7 @@ pub mod bpf;
 mod filter;
 mod ioctl;
 mod notify;
+pub mod profile;
 mod remote;
 
 pub use bpf::{

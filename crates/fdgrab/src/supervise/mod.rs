@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod audit;
 pub mod bind;
+pub mod command;
 pub mod handler;
 pub mod oci;
 pub mod policy;
@@ -17,6 +18,7 @@ pub mod port_threshold;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
 pub use bind::BindHandler;
+pub use command::{SupervisedCommand, User};
 pub use handler::{Answer, Context, Handler};
 pub use policy::{Policy, PolicyError, Proto};
 

@@ -51,15 +51,15 @@ pub(super) fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
     match e {
         Errno::SRCH => Error::NoSuchProcess { pid },
         Errno::PERM | Errno::ACCESS => {
-            let tracer = procfs::thread_status(pid, tid)
+            let tracer = procfs::task_status(pid, tid)
                 .ok()
-                .and_then(|st| st.tracer)
+                .and_then(|st| st.tracer_pid)
                 .filter(|&t| t != 0);
             let hint = match tracer {
                 Some(t) => {
                     format!("thread {tid} is already traced by process {t} (a debugger or strace?)")
                 }
-                None => crate::grab::permission_hint(pid),
+                None => crate::access::permission_hint(pid),
             };
             Error::PermissionDenied {
                 pid,

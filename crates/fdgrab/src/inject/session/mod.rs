@@ -25,7 +25,7 @@ use super::ptrace;
 use super::seccomp::{self, k, Gate, Planned, SeccompPolicy, UNKNOWN};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
-use crate::{procfs, Pid, TargetFd};
+use crate::{Pid, TargetFd};
 use errors::{seize_error, RunError};
 use locate::find_syscall_insn;
 use rustix::io::Errno;
@@ -115,7 +115,7 @@ impl<'a> Session<'a> {
         plan: &[Planned],
     ) -> Result<Session<'a>> {
         let pid = target.pid();
-        let tid = pick_thread(target)?;
+        let tid = crate::access::fd_table_owner(target)?;
         let seccomp_mode = seccomp::before_seize(pid, tid, policy)?;
         let our_mask = OurMask::hold_termination_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
@@ -446,20 +446,4 @@ impl Drop for Session<'_> {
             tracing::warn!(pid = self.pid, error = %e, "restoring the target when dropping the session");
         }
     }
-}
-
-/// The thread to inject into: the leader, unless it has exited (a zombie leader with
-/// live threads), then the first live thread.
-pub(crate) fn pick_thread(target: &PidFd) -> Result<Pid> {
-    let pid = target.pid();
-    if !target.is_alive() {
-        return Err(Error::NoSuchProcess { pid });
-    }
-    if target.is_thread() || procfs::thread_alive(pid, pid) {
-        return Ok(pid);
-    }
-    let tids = procfs::tasks(pid).map_err(|_| Error::NoSuchProcess { pid })?;
-    tids.into_iter()
-        .find(|&t| t != pid && procfs::thread_alive(pid, t))
-        .ok_or(Error::NoSuchProcess { pid })
 }

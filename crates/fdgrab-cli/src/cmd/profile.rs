@@ -1,0 +1,59 @@
+//! `fdgrab profile`: prints a seccomp profile whose `bind` goes to the agent.
+
+use crate::cli::ProfileArgs;
+use crate::exit::UsageError;
+use anyhow::Context;
+use fdgrab::seccomp::profile::{runtime_default, to_agent_profile, ProfileListener};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
+    let text = match &a.from {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the profile {}", path.display()))?,
+        None => runtime_default().to_owned(),
+    };
+    let listener = ProfileListener {
+        path: a.socket.to_string_lossy().into_owned(),
+        metadata: a.metadata,
+    };
+    let source = a.from.as_ref().map_or_else(
+        || "the built-in default".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let out = to_agent_profile(&text, &listener)
+        .map_err(|e| UsageError(format!("--from {source}: {e}")))?;
+    for note in &out.notes {
+        eprintln!("fdgrab: note: {note}");
+    }
+    let mut json = serde_json::to_string_pretty(&out.profile).context("serialising the profile")?;
+    json.push('\n');
+    match &a.output {
+        None => std::io::stdout()
+            .lock()
+            .write_all(json.as_bytes())
+            .context("writing the profile to stdout")?,
+        Some(path) => write_atomically(path, json.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `data` to a temporary file next to `path`, then renames it over `path`:
+/// a kubelet or runtime reading the profile sees the old one or the new one.
+fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| UsageError(format!("--output {}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the profile to {}", path.display()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,75 @@
+//! Starting CMD for `get`, `steal`, `exec` and `run`, and passing its status on.
+//!
+//! The spawning itself is the library's ([`fdgrab::spawn`]); this module holds what
+//! the commands share around it: the signals they forward and the exit code they
+//! report for CMD.
+
+use anyhow::Result;
+use fdgrab::signalfd::SignalFd;
+use fdgrab::spawn::{find_program, Child, FdPlan, Spawn};
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitCode, ExitStatus};
+
+/// The signals fdgrab passes on to CMD while it waits for it.
+pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Blocks [`FORWARDED`] and opens a signalfd for them. Called before CMD starts, so
+/// that a signal arriving meanwhile is forwarded rather than killing fdgrab with
+/// CMD orphaned; the spawner unblocks them in CMD.
+pub fn forwarded_signals() -> Result<SignalFd> {
+    Ok(SignalFd::block(&FORWARDED)?)
+}
+
+/// Takes `fds` out of `target` with `backend` and starts `argv` with each installed at
+/// its new number. CMD is looked up first, so that a typo takes nothing. Returns once
+/// CMD has exec'd, with the backend that took the fds; our copies are closed by then.
+pub fn grab_and_spawn(
+    target: &fdgrab::PidFd,
+    fds: &[crate::args::FdMap],
+    backend: crate::cli::BackendArg,
+    argv: &[OsString],
+) -> Result<(Child, fdgrab::Backend)> {
+    let spawn = Spawner::new(argv)?;
+    let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
+    let taken = fdgrab::GrabOptions::new()
+        .backend(backend.backend)
+        .seccomp(backend.force.seccomp())
+        .grab_many_then(target, &wanted, |grabbed| spawn.start(grabbed, fds))?;
+    taken.closed?;
+    Ok((taken.value, taken.backend))
+}
+
+/// CMD, looked up before anything is taken (a typo takes nothing), to be started
+/// with grabbed fds: from the front door's hook, so that a steal closes the fds in
+/// the target only once CMD has exec'd.
+pub struct Spawner {
+    spawn: Spawn,
+    program: std::path::PathBuf,
+}
+
+impl Spawner {
+    pub fn new(argv: &[OsString]) -> Result<Self> {
+        let spawn = Spawn::new(argv)?;
+        let program = find_program(&argv[0])?;
+        Ok(Self { spawn, program })
+    }
+
+    /// Starts CMD with each of `grabbed` installed at the matching `fds` entry's new
+    /// number. Returns once CMD has exec'd.
+    pub fn start(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> Result<Child> {
+        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
+        Ok(self.spawn.program(self.program).fds(plan).spawn()?)
+    }
+}
+
+/// The exit code a shell would report for `status`: the exit code, or 128+signal.
+pub fn passthrough(status: ExitStatus) -> ExitCode {
+    if let Some(code) = status.code() {
+        ExitCode::from(code as u8)
+    } else if let Some(sig) = status.signal() {
+        ExitCode::from((128 + sig) as u8)
+    } else {
+        ExitCode::FAILURE
+    }
+}

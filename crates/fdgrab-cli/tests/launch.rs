@@ -1,0 +1,68 @@
+//! What `get` and `steal` do around CMD: signals sent to fdgrab reach CMD, fdgrab
+//! exits with CMD's status, and no CMD is left behind holding the fds.
+
+use fdgrab_testkit::{fdgrab, wait_for_child_of, wait_gone, wait_timeout, Target, TIMEOUT};
+use rustix::process::{kill_process, Pid, Signal};
+use std::process::Stdio;
+
+/// Kills a process on drop, so that a failing test leaves nothing running.
+struct Guard(u32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(pid) = Pid::from_raw(self.0 as i32) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
+fn holds(pid: u32, fd: i32, like: &str) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .is_ok_and(|l| l.to_string_lossy().contains(like))
+}
+
+/// Starts `fdgrab CMD PID FD:7 -- sh -c SCRIPT`, waits until the shell holds the
+/// target's file at fd 7, sends `sig` to fdgrab, and returns fdgrab's exit code
+/// and the shell's pid.
+fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32) {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let mut child = fdgrab()
+        .args([command, &t.pid.to_string(), &format!("{file}:7"), "--"])
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn fdgrab");
+    let _g = Guard(child.id());
+    let cmd = wait_for_child_of(child.id());
+    let _g2 = Guard(cmd);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !holds(cmd, 7, "file.txt") {
+        assert!(std::time::Instant::now() < deadline, "CMD never got fd 7");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = Pid::from_raw(child.id() as i32).expect("pid");
+    kill_process(pid, sig).expect("signal fdgrab");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits after the signal");
+    (st.code(), cmd)
+}
+
+#[test]
+fn get_and_steal_forward_signals_and_exit_with_cmds_status() {
+    for command in ["get", "steal"] {
+        for sig in [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT] {
+            // CMD dies of the forwarded signal: fdgrab reports it as a shell would.
+            let (code, cmd) = signal_fdgrab(command, "exec sleep 60", sig);
+            assert_eq!(code, Some(128 + sig.as_raw()), "{command} {sig:?}");
+            assert!(wait_gone(cmd), "{command}: CMD {cmd} outlived fdgrab");
+        }
+        // CMD handles the signal and picks its own status: fdgrab passes it on.
+        let (code, cmd) = signal_fdgrab(
+            command,
+            "trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            Signal::TERM,
+        );
+        assert_eq!(code, Some(42), "{command}");
+        assert!(wait_gone(cmd));
+    }
+}

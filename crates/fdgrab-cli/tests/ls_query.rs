@@ -1,0 +1,654 @@
+//! `fdgrab ls` over many processes and its filters, checked against the truth: what
+//! the target processes report about their own sockets and files, and what ss,
+//! fuser and lsof say where they agree.
+
+use fdgrab_testkit::{output_timeout, Target, TIMEOUT};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+
+/// Runs `fdgrab ARGS` with a timeout, optionally as uid/gid 65534.
+fn fdgrab(args: &[&str], nobody: bool) -> Output {
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(args);
+    if nobody {
+        cmd.uid(65534).gid(65534);
+    }
+    output_timeout(&mut cmd, TIMEOUT)
+}
+
+/// `fdgrab ls ARGS --json`, which must succeed; the schema-2 document.
+fn ls_json(args: &[&str]) -> Value {
+    let mut all = vec!["ls"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = fdgrab(&all, false);
+    assert!(
+        out.status.success(),
+        "ls {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["schema_version"], 2);
+    doc
+}
+
+fn processes(doc: &Value) -> &[Value] {
+    doc["processes"].as_array().expect("processes")
+}
+
+/// (pid, inode) of every fd in the document.
+fn pid_inodes(doc: &Value) -> BTreeSet<(i64, u64)> {
+    let mut out = BTreeSet::new();
+    for p in processes(doc) {
+        for e in p["fds"].as_array().expect("fds") {
+            out.insert((
+                p["pid"].as_i64().expect("pid"),
+                e["inode"].as_u64().expect("inode"),
+            ));
+        }
+    }
+    out
+}
+
+/// `fdgrab ls ARGS --pids`: the pids printed, which must be sorted and unique.
+fn ls_pids(args: &[&str]) -> Vec<i64> {
+    let mut all = vec!["ls"];
+    all.extend_from_slice(args);
+    all.push("--pids");
+    let out = fdgrab(&all, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids: Vec<i64> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| l.parse().expect("one pid per line"))
+        .collect();
+    let mut sorted = pids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(pids, sorted, "--pids output must be sorted and unique");
+    pids
+}
+
+/// A python3 process running `script` (which prints one JSON line when ready).
+fn python(script: &str, args: &[&str]) -> Target {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    Target::spawn_cmd(cmd)
+}
+
+/// Listens on 127.0.0.1:PORT and [::1]:PORT (TCP) and binds UDP 127.0.0.1:PORT,
+/// one PORT free on all three; reports the inodes, then accepts two connections
+/// and reports theirs.
+const SERVER: &str = r#"
+import json, os, socket, sys
+ino = lambda s: os.fstat(s.fileno()).st_ino
+while True:
+    l4 = socket.socket(); l4.bind(("127.0.0.1", 0)); port = l4.getsockname()[1]
+    try:
+        l6 = socket.socket(socket.AF_INET6); l6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        l6.bind(("::1", port))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        l4.close()
+l4.listen(); l6.listen()
+print(json.dumps({"port": port, "listen4": ino(l4), "listen6": ino(l6), "udp": ino(u)}), flush=True)
+a4, _ = l4.accept(); a6, _ = l6.accept()
+print(json.dumps({"acc4": ino(a4), "acc6": ino(a6)}), flush=True)
+sys.stdin.read()
+"#;
+
+/// Connects to 127.0.0.1:PORT and [::1]:PORT and reports its sockets' inodes.
+const CLIENT: &str = r#"
+import json, os, socket, sys
+port = int(sys.argv[1])
+ino = lambda s: os.fstat(s.fileno()).st_ino
+c4 = socket.create_connection(("127.0.0.1", port))
+c6 = socket.socket(socket.AF_INET6); c6.connect(("::1", port))
+print(json.dumps({"c4": ino(c4), "c6": ino(c6)}), flush=True)
+sys.stdin.read()
+"#;
+
+fn inode(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// The socket inodes ss reports for TCP and UDP sockets with local or peer PORT.
+fn ss_inodes(port: u16) -> BTreeSet<u64> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let out = output_timeout(Command::new("ss").args(["-tuaneH", &filter]), TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("ino:")?.parse().ok())
+        .filter(|&i| i != 0)
+        .collect()
+}
+
+/// `lsof -t ARGS`: the pids lsof finds.
+fn lsof_pids(args: &[&str]) -> BTreeSet<i64> {
+    let out = output_timeout(Command::new("lsof").arg("-t").args(args), TIMEOUT);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn port_finds_listeners_and_clients_on_ipv4_and_ipv6() {
+    let mut server = python(SERVER, &[]);
+    let port = server.report["port"].as_u64().expect("port") as u16;
+    let client = python(CLIENT, &[&port.to_string()]);
+    let accepted: Value = serde_json::from_str(&server.next_line()).expect("accepted");
+    let (s, c) = (server.pid as i64, client.pid as i64);
+    let truth: BTreeSet<(i64, u64)> = [
+        (s, inode(&server.report, "listen4")),
+        (s, inode(&server.report, "listen6")),
+        (s, inode(&server.report, "udp")),
+        (s, inode(&accepted, "acc4")),
+        (s, inode(&accepted, "acc6")),
+        (c, inode(&client.report, "c4")),
+        (c, inode(&client.report, "c6")),
+    ]
+    .into();
+
+    let p = port.to_string();
+    let doc = ls_json(&["--port", &p]);
+    assert_eq!(pid_inodes(&doc), truth, "ls --port {port}: {doc}");
+    // Every fd found names the port at one of its ends, in the family it lives in.
+    for proc_ in processes(&doc) {
+        for e in proc_["fds"].as_array().expect("fds") {
+            let sock = &e["socket"];
+            let ends = [&sock["local"]["port"], &sock["peer"]["port"]];
+            assert!(ends.iter().any(|v| v.as_u64() == Some(port.into())), "{e}");
+            let v6 = [inode(&server.report, "listen6"), inode(&accepted, "acc6")]
+                .contains(&inode(e, "inode"))
+                || inode(e, "inode") == inode(&client.report, "c6");
+            assert_eq!(sock["family"], if v6 { "inet6" } else { "inet" }, "{e}");
+        }
+    }
+    // ss sees the same sockets; lsof the same processes.
+    let inodes: BTreeSet<u64> = truth.iter().map(|&(_, i)| i).collect();
+    assert_eq!(ss_inodes(port), inodes, "ss disagrees");
+    let pids = ls_pids(&["--port", &p]);
+    assert_eq!(pids, vec![s.min(c), s.max(c)]);
+    let lsof = lsof_pids(&["-n", "-P", &format!("-i:{port}")]);
+    assert_eq!(lsof, pids.iter().copied().collect(), "lsof disagrees");
+
+    // Listening only: the two TCP listeners and the bound UDP socket.
+    let doc = ls_json(&["--port", &p, "--listen"]);
+    let listeners: BTreeSet<(i64, u64)> = [
+        (s, inode(&server.report, "listen4")),
+        (s, inode(&server.report, "listen6")),
+        (s, inode(&server.report, "udp")),
+    ]
+    .into();
+    assert_eq!(pid_inodes(&doc), listeners, "{doc}");
+    // Combined with a type and a pid: still the same three.
+    let doc = ls_json(&[&s.to_string(), "--port", &p, "--listen", "--type", "socket"]);
+    assert_eq!(pid_inodes(&doc), listeners);
+    // And the client alone has no listener.
+    let out = fdgrab(&["ls", &c.to_string(), "--port", &p, "--listen"], false);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A listener in a fresh network namespace, on a port nothing uses there: found by
+/// port although it is invisible in our namespace's tables.
+#[test]
+fn port_in_another_network_namespace() {
+    let script = r#"
+import json, os, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen()
+print(json.dumps({"ino": os.fstat(l.fileno()).st_ino}), flush=True)
+sys.stdin.read()
+"#;
+    // Another namespace, so a fixed port cannot collide with other tests.
+    let port = "47813";
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec python3 -c \"$0\" \"$1\"",
+    ])
+    .args([script, port]);
+    let t = Target::spawn_cmd(cmd);
+    let doc = ls_json(&["--port", port]);
+    let ino = inode(&t.report, "ino");
+    assert!(
+        pid_inodes(&doc).contains(&(t.pid.into(), ino)),
+        "listener in another netns not found: {doc}"
+    );
+    let ours = ss_inodes(port.parse().expect("port"));
+    assert!(!ours.contains(&ino), "unexpectedly visible in our netns");
+}
+
+/// Holds the files named in argv open and reports (path, fd, inode) for each.
+const HOLDER: &str = r#"
+import json, os, sys
+fds = []
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY)
+    fds.append({"fd": fd, "ino": os.fstat(fd).st_ino})
+print(json.dumps({"fds": fds}), flush=True)
+sys.stdin.read()
+"#;
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fdgrab-lsq-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn path_finds_every_holder_by_device_and_inode() {
+    let dir = temp_dir("path");
+    let file = dir.join("shared");
+    std::fs::write(&file, b"hello").expect("write");
+    let alias = dir.join("alias");
+    std::fs::hard_link(&file, &alias).expect("link");
+    let other = dir.join("other");
+    std::fs::write(&other, b"x").expect("write");
+    let (f, a, o) = (
+        file.to_str().expect("utf8"),
+        alias.to_str().expect("utf8"),
+        other.to_str().expect("utf8"),
+    );
+    // One opens it by its name, one by a second hard link, one holds another file.
+    let t1 = python(HOLDER, &[f, o]);
+    let t2 = python(HOLDER, &[a]);
+    let t3 = python(HOLDER, &[o]);
+    let doc = ls_json(&["--path", f]);
+    let ino = t1.report["fds"][0]["ino"].as_u64().expect("ino");
+    let truth: BTreeSet<(i64, u64)> = [(t1.pid.into(), ino), (t2.pid.into(), ino)].into();
+    assert_eq!(pid_inodes(&doc), truth, "{doc}");
+    let fd_of = |t: &Target| t.report["fds"][0]["fd"].as_i64();
+    for (t, p) in [(&t1, f), (&t2, a)] {
+        let proc_ = processes(&doc)
+            .iter()
+            .find(|x| x["pid"].as_i64() == Some(t.pid.into()))
+            .expect("holder");
+        assert_eq!(proc_["fds"][0]["fd"].as_i64(), fd_of(t));
+        assert_eq!(proc_["fds"][0]["path"], p);
+    }
+    // fuser agrees on the holders.
+    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
+    let fuser: BTreeSet<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
+        .collect();
+    let ours: BTreeSet<i64> = ls_pids(&["--path", f]).into_iter().collect();
+    assert_eq!(ours, fuser, "fuser disagrees");
+    assert!(!ours.contains(&t3.pid.into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A deleted file held by two processes, one in another mount namespace, and a
+/// memfd: all of them, with sizes, and nothing that still has a name.
+#[test]
+fn deleted_finds_unlinked_files_and_memfds_across_mount_namespaces() {
+    let dir = temp_dir("deleted");
+    let file = dir.join("gone.log");
+    std::fs::write(&file, vec![b'x'; 4321]).expect("write");
+    let kept = dir.join("kept");
+    std::fs::write(&kept, b"still here").expect("write");
+    let f = file.to_str().expect("utf8");
+    let t1 = python(HOLDER, &[f, kept.to_str().expect("utf8")]);
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "python3",
+        "-c",
+        HOLDER,
+        f,
+    ]);
+    let t2 = Target::spawn_cmd(cmd);
+    let mnt = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("ns");
+    assert_ne!(
+        mnt(t1.pid),
+        mnt(t2.pid),
+        "second holder must be in its own mount ns"
+    );
+    let memfd_script = r#"
+import json, os, sys
+fd = os.memfd_create("lsq-memfd"); os.write(fd, b"12345")
+print(json.dumps({"fd": fd, "ino": os.fstat(fd).st_ino}), flush=True)
+sys.stdin.read()
+"#;
+    let t3 = python(memfd_script, &[]);
+    std::fs::remove_file(&file).expect("unlink");
+
+    let pids: Vec<String> = [t1.pid, t2.pid, t3.pid]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
+    args.push("--deleted");
+    let doc = ls_json(&args);
+    let ino = t1.report["fds"][0]["ino"].as_u64().expect("ino");
+    let truth: BTreeSet<(i64, u64)> = [
+        (t1.pid.into(), ino),
+        (t2.pid.into(), ino),
+        (t3.pid.into(), inode(&t3.report, "ino")),
+    ]
+    .into();
+    assert_eq!(pid_inodes(&doc), truth, "{doc}");
+    for p in processes(&doc) {
+        let e = &p["fds"][0];
+        assert_eq!(e["nlink"], 0, "{e}");
+        let (size, ty) = if p["pid"].as_i64() == Some(t3.pid.into()) {
+            (5, "memfd")
+        } else {
+            (4321, "file")
+        };
+        assert_eq!(e["size"], size, "{e}");
+        assert_eq!(e["type"], ty, "{e}");
+    }
+    // System-wide, the same three are among the holders, as lsof +L1 sees them.
+    let all: BTreeSet<i64> = ls_pids(&["--deleted"]).into_iter().collect();
+    let lsof = lsof_pids(&["-n", "+L1"]);
+    for t in [&t1, &t2, &t3] {
+        assert!(
+            all.contains(&t.pid.into()),
+            "{} missing from ls --deleted",
+            t.pid
+        );
+        assert!(
+            lsof.contains(&t.pid.into()),
+            "lsof +L1 disagrees on {}",
+            t.pid
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Several pids in one document, each as it reports itself; the table gains
+/// COMMAND and PID columns.
+#[test]
+fn several_pids_in_one_schema_2_document_and_table() {
+    let a = Target::spawn(["zoo"]);
+    let b = python(HOLDER, &["/dev/null"]);
+    let (pa, pb) = (a.pid.to_string(), b.pid.to_string());
+    let doc = ls_json(&[&pb, &pa]);
+    let procs = processes(&doc);
+    assert_eq!(procs.len(), 2);
+    let (first, second) = (a.pid.min(b.pid), a.pid.max(b.pid));
+    assert_eq!(
+        procs[0]["pid"].as_i64(),
+        Some(first.into()),
+        "sorted by pid"
+    );
+    assert_eq!(procs[1]["pid"].as_i64(), Some(second.into()));
+    for p in procs {
+        let pid = p["pid"].as_i64().expect("pid");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+        assert_eq!(p["command"], comm.trim_end());
+        assert_eq!(p["process"]["pid"].as_i64(), Some(pid));
+        let reported = if pid == i64::from(a.pid) {
+            &a.report
+        } else {
+            &b.report
+        };
+        for r in reported["fds"].as_array().expect("fds") {
+            let e = p["fds"]
+                .as_array()
+                .and_then(|fds| fds.iter().find(|e| e["fd"] == r["fd"]))
+                .unwrap_or_else(|| panic!("fd {} of {pid} missing", r["fd"]));
+            assert_eq!(e["inode"], r["ino"], "{e}");
+        }
+    }
+    let out = fdgrab(&["ls", &pa, &pb], false);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&header[..3], ["COMMAND", "PID", "FD"]);
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols[1] == pa || cols[1] == pb, "{line}");
+    }
+    // --type narrows to what the target says it holds of that kind.
+    let doc = ls_json(&[&pa, "--type", "pipe,memfd"]);
+    let want: BTreeSet<i64> = a.report["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter(|r| r.get("memfd").is_some() || r["mode"].as_u64() == Some(libc::S_IFIFO.into()))
+        .map(|r| r["fd"].as_i64().expect("fd"))
+        .collect();
+    let reported: BTreeSet<i64> = a.report["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|r| r["fd"].as_i64().expect("fd"))
+        .collect();
+    let listed = processes(&doc)[0]["fds"].as_array().expect("fds");
+    for e in listed {
+        assert!(e["type"] == "pipe" || e["type"] == "memfd", "{e}");
+    }
+    // Beyond the zoo's own fds the target inherited stdio pipes: compare the zoo's.
+    let got: BTreeSet<i64> = listed
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .filter(|fd| reported.contains(fd))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Processes that exit while the whole system is scanned are skipped with at most
+/// one line on stderr, and the run succeeds every time.
+#[test]
+fn processes_exiting_during_the_scan_do_not_fail_the_run() {
+    let mut churn = Command::new("sh")
+        .args(["-c", "while :; do sleep 0.001 & sleep 0.001 & wait; done"])
+        .spawn()
+        .expect("churn");
+    let steady = python(HOLDER, &["/dev/null"]);
+    for _ in 0..5 {
+        let out = fdgrab(&["ls", "--json"], false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.lines().count() <= 1,
+            "more than one summary line: {err}"
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert!(processes(&doc)
+            .iter()
+            .any(|p| p["pid"].as_i64() == Some(steady.pid.into())));
+    }
+    let _ = churn.kill();
+    let _ = churn.wait();
+}
+
+/// uid 65534 sees its own processes and none of root's, with one summary line
+/// for those it may not read, and exit status 0.
+#[test]
+fn an_unprivileged_caller_lists_only_its_own_processes() {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", HOLDER, "/dev/null"]).uid(65534).gid(65534);
+    let mine = Target::spawn_cmd(cmd);
+    let roots = python(HOLDER, &["/dev/null"]);
+    let out = fdgrab(&["ls", "--json"], true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pids: BTreeSet<i64> = processes(&doc)
+        .iter()
+        .map(|p| p["pid"].as_i64().expect("pid"))
+        .collect();
+    assert!(pids.contains(&mine.pid.into()), "own process missing");
+    assert!(!pids.contains(&roots.pid.into()), "root's process listed");
+    for p in processes(&doc) {
+        assert_eq!(p["process"]["uids"][1], 65534, "{}", p["pid"]);
+    }
+    // --user as root: the same process, by name and by number.
+    for user in ["nobody", "65534"] {
+        let pids = ls_pids(&["--user", user]);
+        assert!(pids.contains(&mine.pid.into()), "--user {user}");
+        assert!(!pids.contains(&roots.pid.into()), "--user {user}");
+    }
+    // Naming root's process explicitly is an error (exit 4), naming the pid.
+    let out = fdgrab(&["ls", &roots.pid.to_string(), &mine.pid.to_string()], true);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&roots.pid.to_string()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&mine.pid.to_string()));
+}
+
+#[test]
+fn pids_output_feeds_kill() {
+    let dir = temp_dir("kill");
+    let file = dir.join("victim");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let mut a = python(HOLDER, &[f]);
+    let mut b = python(HOLDER, &[f]);
+    let bystander = python(HOLDER, &["/dev/null"]);
+    let script = format!(
+        "kill $({} ls --path '{f}' --pids)",
+        fdgrab_testkit::bin("fdgrab").display()
+    );
+    let out = output_timeout(Command::new("sh").args(["-c", &script]), TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::process::ExitStatusExt;
+    for t in [&mut a, &mut b] {
+        let st = fdgrab_testkit::wait_timeout(&mut t.child, TIMEOUT).expect("holder exits");
+        assert_eq!(st.signal(), Some(libc::SIGTERM));
+    }
+    assert!(std::path::Path::new(&format!("/proc/{}", bystander.pid)).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// File and socket names with a newline, an escape sequence, a backslash, invalid
+/// UTF-8, and an abstract socket name with NULs: the table prints each fd on one
+/// line with nothing a terminal would act on, and JSON gives the exact bytes back.
+#[test]
+fn hostile_names_are_escaped_in_the_table_and_exact_in_json() {
+    let dir = temp_dir("hostile");
+    let script = r#"
+import json, os, socket, sys
+d = os.fsencode(sys.argv[1])
+names = [b"new\nline", b"esc\x1b[31mred", b"back\\slash", b"bad\xff\xfeutf8"]
+fds = []
+for n in names:
+    p = d + b"/" + n
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o600)
+    fds.append({"fd": fd, "path": list(p)})
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = b"\0lsq\nabs\0tract\x1b" + str(os.getpid()).encode()
+s.bind(addr)
+fds.append({"fd": s.fileno(), "path": list(addr), "socket": True})
+print(json.dumps({"fds": fds}), flush=True)
+sys.stdin.read()
+"#;
+    let t = python(script, &[dir.to_str().expect("utf8")]);
+    let pid = t.pid.to_string();
+    let doc = ls_json(&[&pid]);
+    let p = &processes(&doc)[0];
+    let bytes_of = |obj: &Value, field: &str| -> Vec<u8> {
+        match obj.get(format!("{field}_bytes")) {
+            Some(Value::Array(a)) => a.iter().map(|b| b.as_u64().expect("byte") as u8).collect(),
+            _ => obj[field].as_str().expect("name").as_bytes().to_vec(),
+        }
+    };
+    let reported = t.report["fds"].as_array().expect("fds");
+    for r in reported {
+        let want: Vec<u8> = r["path"]
+            .as_array()
+            .expect("path")
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect();
+        let e = p["fds"]
+            .as_array()
+            .and_then(|fds| fds.iter().find(|e| e["fd"] == r["fd"]))
+            .expect("fd listed");
+        if r.get("socket").is_some() {
+            assert_eq!(bytes_of(&e["socket"]["local"], "path"), want, "{e}");
+        } else {
+            assert_eq!(bytes_of(e, "path"), want, "path round trip: {e}");
+            assert_eq!(bytes_of(e, "link"), want, "link round trip: {e}");
+            let utf8 = std::str::from_utf8(&want).is_ok();
+            assert_eq!(e.get("path_bytes").is_some(), !utf8, "{e}");
+        }
+    }
+
+    let out = fdgrab(&["ls", &pid], false);
+    assert!(out.status.success());
+    assert!(!out.stdout.contains(&0x1b), "raw ESC in the table");
+    assert!(!out.stdout.contains(&0), "raw NUL in the table");
+    let text = String::from_utf8(out.stdout).expect("the table is valid UTF-8");
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let fds = t.report["fds"].as_array().expect("fds").len();
+    let numbered = |fd: &Value| {
+        rows.iter()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .map(|c| c.trim_end_matches(['r', 'w', 'u']))
+                    == fd.as_i64().map(|n| n.to_string()).as_deref()
+            })
+            .count()
+    };
+    for r in reported {
+        assert_eq!(numbered(&r["fd"]), 1, "one row for fd {}:\n{text}", r["fd"]);
+    }
+    assert!(rows.len() >= fds);
+    for needle in [
+        "new\\nline",
+        "esc\\e[31mred",
+        "back\\\\slash",
+        "bad\\xff\\xfeutf8",
+        "@lsq\\nabs\\x00tract\\e",
+    ] {
+        assert!(text.contains(needle), "{needle} not in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--listen` on the zoo: its TCP listeners (IPv4 and IPv6), its bound unconnected
+/// UDP sockets and its listening unix socket, and nothing connected.
+#[test]
+fn listen_keeps_exactly_the_listening_sockets() {
+    let t = Target::spawn(["zoo"]);
+    let doc = ls_json(&[&t.pid.to_string(), "--listen"]);
+    let got: BTreeSet<i64> = processes(&doc)[0]["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect();
+    let want: BTreeSet<i64> = ["tcp-listen", "tcp6-listen", "udp", "udp6", "unix-listen"]
+        .iter()
+        .map(|l| i64::from(t.fd_labelled(l)))
+        .collect();
+    assert_eq!(got, want, "{doc}");
+}

@@ -1,0 +1,210 @@
+//! Users and groups through the C library's name service switch (NSS), so that
+//! `run --user` finds whoever the system knows: `/etc/passwd`, LDAP, SSSD,
+//! extrausers, systemd's dynamic users. The lookups run in the parent before
+//! anything is spawned (NSS modules allocate and may talk to daemons).
+
+use crate::error::{Error, Result};
+use std::ffi::{CStr, CString};
+
+/// A user to run a program as, with its groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Login name, for `USER` and `LOGNAME`.
+    pub name: String,
+    /// Home directory, for `HOME`.
+    pub home: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Supplementary groups, `gid` included.
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// A passwd entry, copied out of the C library's buffer.
+struct PasswdEntry {
+    name: String,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    home: String,
+}
+
+impl User {
+    /// Resolves `USER[:GROUP]`, each a name or a number: `getpwnam_r` (or
+    /// `getpwuid_r` for a number), `getgrnam_r` for a group name, and
+    /// `getgrouplist` for the supplementary groups. A number that names no user is
+    /// used as is, with the same number as its group and `/` as its home.
+    ///
+    /// Errors: [`Error::InvalidArgument`] naming the user or group that NSS does not
+    /// know.
+    pub fn lookup(spec: &str) -> Result<User> {
+        let bad = |why: String| Error::InvalidArgument(format!("--user '{spec}': {why}"));
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        if user.is_empty() {
+            return Err(bad("empty user name".into()));
+        }
+        let number = user.parse::<libc::uid_t>().ok();
+        let entry = match getpw(Key::Name(user))? {
+            Some(e) => Some(e),
+            None => match number {
+                Some(n) => getpw(Key::Uid(n))?,
+                None => None,
+            },
+        };
+        let (name, uid, mut gid, home, known) = match (entry, number) {
+            (Some(e), _) => (e.name, e.uid, e.gid, e.home, true),
+            (None, Some(n)) => (n.to_string(), n, n, "/".to_string(), false),
+            (None, None) => {
+                return Err(bad(format!(
+                    "no user '{user}' (looked up through NSS, see /etc/nsswitch.conf)"
+                )))
+            }
+        };
+        if let Some(g) = group {
+            gid = match g.parse::<libc::gid_t>() {
+                Ok(n) => n,
+                Err(_) => getgr_gid(g)?.ok_or_else(|| {
+                    bad(format!(
+                        "no group '{g}' (looked up through NSS, see /etc/nsswitch.conf)"
+                    ))
+                })?,
+            };
+        }
+        let groups = if known {
+            group_list(&name, gid)?
+        } else {
+            vec![gid]
+        };
+        Ok(User {
+            name,
+            home,
+            uid,
+            gid,
+            groups,
+        })
+    }
+}
+
+enum Key<'a> {
+    Name(&'a str),
+    Uid(libc::uid_t),
+}
+
+fn nul_free(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::InvalidArgument(format!("'{s}' contains a NUL byte")))
+}
+
+fn nss_error(op: &'static str, errno: i32) -> Error {
+    Error::Io {
+        op,
+        pid: rustix::process::getpid().as_raw_nonzero().get(),
+        fd: None,
+        source: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+/// Calls a `get*_r` function with a buffer that grows on `ERANGE`.
+fn with_buffer<T>(
+    op: &'static str,
+    mut call: impl FnMut(&mut [libc::c_char]) -> (i32, Option<T>),
+) -> Result<Option<T>> {
+    let mut len = 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        match call(&mut buf) {
+            (0, found) => return Ok(found),
+            (libc::ERANGE, _) if len < 1 << 20 => len *= 4,
+            // Some modules say "not found" with these instead of 0 and no entry.
+            (libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM, _) => return Ok(None),
+            (e, _) => return Err(nss_error(op, e)),
+        }
+    }
+}
+
+fn getpw(key: Key<'_>) -> Result<Option<PasswdEntry>> {
+    let name = match &key {
+        Key::Name(n) => Some(nul_free(n)?),
+        Key::Uid(_) => None,
+    };
+    with_buffer("getpwnam_r", |buf| {
+        // SAFETY: an all-zero passwd is a valid value for the call to overwrite.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: `pw`, `buf` (with its true length) and `result` are valid for
+        // writes; the name is NUL-terminated. The strings `pw` points to live in `buf`.
+        let rc = unsafe {
+            match (&key, &name) {
+                (Key::Name(_), Some(n)) => libc::getpwnam_r(
+                    n.as_ptr(),
+                    &mut pw,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut result,
+                ),
+                (Key::Uid(uid), _) => {
+                    libc::getpwuid_r(*uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result)
+                }
+                (Key::Name(_), None) => libc::EINVAL,
+            }
+        };
+        if rc != 0 || result.is_null() {
+            return (rc, None);
+        }
+        // SAFETY: on success the strings are NUL-terminated, inside `buf`, which is
+        // alive here; they are copied before it goes.
+        let text =
+            |p: *const libc::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        let entry = PasswdEntry {
+            name: text(pw.pw_name),
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+            home: text(pw.pw_dir),
+        };
+        (0, Some(entry))
+    })
+}
+
+fn getgr_gid(name: &str) -> Result<Option<libc::gid_t>> {
+    let cname = nul_free(name)?;
+    with_buffer("getgrnam_r", |buf| {
+        // SAFETY: an all-zero group is a valid value for the call to overwrite.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `gr`, `buf` (with its true length) and `result` are valid for
+        // writes; the name is NUL-terminated.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc != 0 || result.is_null() {
+            return (rc, None);
+        }
+        (0, Some(gr.gr_gid))
+    })
+}
+
+/// `getgrouplist(name, gid)`: `gid` and every group that lists the user.
+fn group_list(name: &str, gid: libc::gid_t) -> Result<Vec<libc::gid_t>> {
+    let cname = nul_free(name)?;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `groups` has room for `n` gids, and `n` says so; the name is
+        // NUL-terminated. On -1, `n` holds the number needed.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return Ok(groups);
+        }
+        if n as usize <= groups.len() || groups.len() >= 1 << 16 {
+            return Err(nss_error("getgrouplist", libc::ERANGE));
+        }
+        groups.resize(n as usize, 0);
+    }
+}

@@ -1,0 +1,433 @@
+//! The child half of the spawner: `clone(CLONE_VM | CLONE_VFORK)` and the steps the
+//! child runs before `execve`. All of the spawner's `unsafe` lives here.
+//!
+//! The child shares our memory (and the spawning thread's TLS) until it execs, and
+//! we are suspended meanwhile. So the child must not allocate, take locks, unwind or
+//! return into our frames; it reads what [`Prepared`] holds, makes system calls, and
+//! leaves through `execve` or `_exit`. Before `clone` every signal is blocked, so no
+//! handler of ours can run on the child's stack; the child resets handlers to their
+//! defaults before it unblocks anything.
+
+use super::{Credentials, SeccompHandBack, Session, SignalDefaults, Step};
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Everything the child reads, built in the parent.
+pub(super) struct Prepared<'a> {
+    path: CString,
+    // The C arrays point into these; they must outlive the child's exec.
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+    /// `LISTEN_PID=` followed by room for the digits and a NUL, when asked for.
+    pid_entry: Option<Vec<u8>>,
+    moves: Vec<(RawFd, RawFd)>,
+    close_other_fds: bool,
+    nofile: i32,
+    sigrtmax: c_int,
+    session: Session,
+    signals: SignalDefaults,
+    credentials: Option<&'a Credentials>,
+    death_signal: Option<(c_int, rustix::process::Pid)>,
+    no_new_privs: bool,
+    seccomp: Option<&'a SeccompHandBack>,
+}
+
+impl<'a> Prepared<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        path: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        listen_pid: bool,
+        moves: Vec<(RawFd, RawFd)>,
+        close_other_fds: bool,
+        session: Session,
+        signals: SignalDefaults,
+        credentials: Option<&'a Credentials>,
+        death_signal: Option<c_int>,
+        no_new_privs: bool,
+        seccomp: Option<&'a SeccompHandBack>,
+    ) -> Self {
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let mut pid_entry = listen_pid.then(|| {
+            let mut e = LISTEN_PID_PREFIX.to_vec();
+            // The longest pid has 10 digits; the rest stays NUL.
+            e.extend_from_slice(&[0u8; 16]);
+            e
+        });
+        let envp_ptrs = env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(pid_entry.as_mut().map(|e| e.as_mut_ptr() as *const c_char))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20)
+            .min(1 << 20) as i32;
+        Self {
+            path,
+            _argv: argv,
+            _env: env,
+            argv_ptrs,
+            envp_ptrs,
+            pid_entry,
+            moves,
+            close_other_fds,
+            nofile,
+            sigrtmax: libc::SIGRTMAX(),
+            session,
+            signals,
+            credentials,
+            death_signal: death_signal.map(|s| (s, rustix::process::getpid())),
+            no_new_privs,
+            seccomp,
+        }
+    }
+}
+
+/// `struct sigaction` as the kernel's `rt_sigaction` takes it on x86-64 and
+/// aarch64 (handler, flags, restorer, 64-bit mask).
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// What the child left for us: its pid, and the step and errno if it failed.
+pub(super) struct Outcome {
+    pub pid: i32,
+    pub failure: Option<(u8, Errno)>,
+}
+
+/// Written by the child, read by us after it has exec'd or exited.
+struct Report {
+    step: AtomicU8,
+    errno: AtomicI32,
+}
+
+struct ChildArgs<'p, 'a> {
+    prepared: &'p Prepared<'a>,
+    report: &'p Report,
+}
+
+/// The child's stack: a private mapping with a guard page below it.
+struct Stack {
+    base: *mut c_void,
+    len: usize,
+}
+
+const STACK_SIZE: usize = 256 * 1024;
+
+impl Stack {
+    fn new() -> Result<Self, Errno> {
+        let page = rustix::param::page_size();
+        let len = STACK_SIZE + page;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing;
+        // it aliases nothing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+            )?
+        };
+        let stack = Self { base, len };
+        // SAFETY: the lowest page of the mapping we just made; a stack overflow in the
+        // child then faults instead of writing into whatever lies below.
+        unsafe { rustix::mm::mprotect(base, page, rustix::mm::MprotectFlags::empty())? };
+        Ok(stack)
+    }
+
+    fn top(&self) -> *mut c_void {
+        // Stacks grow down on every architecture Linux runs this on except parisc.
+        self.base.wrapping_byte_add(self.len)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the child has exec'd or exited, so nothing runs
+        // on it any more.
+        let _ = unsafe { rustix::mm::munmap(self.base, self.len) };
+    }
+}
+
+/// Starts the child and returns once it has exec'd or exited.
+pub(super) fn spawn(prepared: &Prepared<'_>) -> Result<Outcome, Errno> {
+    let stack = Stack::new()?;
+    let report = Report {
+        step: AtomicU8::new(0),
+        errno: AtomicI32::new(0),
+    };
+    let args = ChildArgs {
+        prepared,
+        report: &report,
+    };
+    // SAFETY: an all-ones sigset_t is the full set; the pointers are valid.
+    let mut full: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a sigset_t.
+    unsafe { libc::sigfillset(&mut full) };
+    // SAFETY: as above; `old` receives our mask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to two sigset_t values.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut old) };
+    // SAFETY: `child_main` runs on `stack` with `args`, both alive until clone
+    // returns, which with CLONE_VFORK is after the child's execve or exit. The child
+    // only makes system calls on memory prepared above (see `ChildArgs::run`).
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&args as *const ChildArgs<'_, '_>).cast_mut().cast(),
+        )
+    };
+    let clone_errno = (pid < 0).then(errno);
+    // SAFETY: puts our own mask back; valid pointer.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    if let Some(e) = clone_errno {
+        return Err(e);
+    }
+    let step = report.step.load(Ordering::SeqCst);
+    let failure = (step != 0).then(|| {
+        (
+            step,
+            match report.errno.load(Ordering::SeqCst) {
+                e if e > 0 => Errno::from_raw_os_error(e),
+                _ => Errno::IO,
+            },
+        )
+    });
+    Ok(Outcome { pid, failure })
+}
+
+/// The errno of the call that just failed (never 0, which `Errno` cannot hold).
+fn errno() -> Errno {
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(e) if e > 0 => Errno::from_raw_os_error(e),
+        _ => Errno::IO,
+    }
+}
+
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `spawn` passed, alive while we run.
+    let args = unsafe { &*(arg as *const ChildArgs<'_, '_>) };
+    args.run()
+}
+
+impl ChildArgs<'_, '_> {
+    /// The child between clone and exec: system calls only, no allocation, no panic.
+    fn run(&self) -> ! {
+        let p = self.prepared;
+        self.reset_signals();
+        let r = match p.session {
+            Session::Inherit => Ok(()),
+            Session::NewProcessGroup => rustix::process::setpgid(None, None),
+            Session::NewSession => rustix::process::setsid().map(drop),
+        };
+        self.check(Step::Session, r);
+        self.write_listen_pid();
+        self.install_fds();
+        if let Some(c) = p.credentials {
+            // A process of one thread: the raw per-thread calls cover all of it
+            // (glibc's wrappers would signal every thread of *our* process).
+            // SAFETY: `groups` is a valid array of `len` gids; the kernel copies it.
+            let r =
+                unsafe { libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) };
+            self.check_raw(Step::Groups, r);
+            // SAFETY: integers only.
+            let r = unsafe { libc::syscall(libc::SYS_setgid, c.gid) };
+            self.check_raw(Step::Gid, r);
+            // SAFETY: integers only.
+            let r = unsafe { libc::syscall(libc::SYS_setuid, c.uid) };
+            self.check_raw(Step::Uid, r);
+        }
+        if let Some((sig, parent)) = p.death_signal {
+            // After the uid change: changing credentials clears the death signal.
+            // SAFETY: integers only.
+            let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+            if r < 0 {
+                self.fail(Step::DeathSignal, errno());
+            }
+            // The parent may have died before the signal was armed.
+            if rustix::process::getppid() != Some(parent) {
+                self.fail(Step::DeathSignal, Errno::SRCH);
+            }
+        }
+        if p.no_new_privs {
+            self.check(Step::NoNewPrivs, rustix::thread::set_no_new_privs(true));
+        }
+        if let Some(s) = p.seccomp {
+            self.install_filter(s);
+        }
+        // SAFETY: an all-zero sigset_t is the empty set; the pointer is valid. Last
+        // before exec: from here on a signal acts on the child alone, by default.
+        let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer; null old set.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+        // SAFETY: path, argv and envp are NUL-terminated strings and null-terminated
+        // pointer arrays in `Prepared`, alive until clone returns in the parent.
+        unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
+        self.fail(Step::Exec, errno())
+    }
+
+    fn reset_signals(&self) {
+        let p = self.prepared;
+        for sig in 1..=p.sigrtmax {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // The raw call: glibc's sigaction refuses the two signals it keeps for
+            // itself (32, 33), which an ignoring parent may still pass on.
+            let mut old = KernelSigaction::default();
+            // SAFETY: a null new action (a query) and a valid pointer for the old one,
+            // with the kernel's sigset size.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::null::<KernelSigaction>(),
+                    &mut old as *mut KernelSigaction,
+                    8usize,
+                )
+            };
+            let reset = match old.handler {
+                h if h == libc::SIG_DFL => false,
+                h if h == libc::SIG_IGN => p.signals == SignalDefaults::All || sig == libc::SIGPIPE,
+                // A handler of ours: it must never run in the child.
+                _ => true,
+            };
+            if reset {
+                let dfl = KernelSigaction::default();
+                // SAFETY: a valid SIG_DFL action; dispositions are the child's own
+                // (no CLONE_SIGHAND).
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        &dfl as *const KernelSigaction,
+                        std::ptr::null_mut::<KernelSigaction>(),
+                        8usize,
+                    )
+                };
+                self.check_raw(Step::Signals, r);
+            }
+        }
+    }
+
+    fn write_listen_pid(&self) {
+        let Some(entry) = &self.prepared.pid_entry else {
+            return;
+        };
+        let mut pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        while n < digits.len() {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let start = LISTEN_PID_PREFIX.len();
+        let base = entry.as_ptr().cast_mut();
+        for i in 0..entry.len() - start {
+            let b = if i < n { digits[n - 1 - i] } else { 0 };
+            // SAFETY: within the entry's buffer, which only the envp array points
+            // into; our caller is suspended, so nothing reads it meanwhile.
+            unsafe { base.add(start + i).write_volatile(b) };
+        }
+    }
+
+    fn install_fds(&self) {
+        let p = self.prepared;
+        if p.close_other_fds {
+            // SAFETY: integers only. CLOSE_RANGE_CLOEXEC (5.11) marks rather than
+            // closes, so the sources and the hand-back socket stay usable until exec;
+            // dup2 below clears the flag on the installed numbers.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            if r < 0 {
+                for fd in 3..p.nofile {
+                    // SAFETY: integers only; EBADF for numbers not in use is expected.
+                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                }
+            }
+        }
+        for &(from, to) in &p.moves {
+            // SAFETY: integers only. No source sits on a destination number, so each
+            // dup2 makes a new descriptor, which never has FD_CLOEXEC.
+            if unsafe { libc::dup2(from, to) } < 0 {
+                self.fail(Step::Fds, errno());
+            }
+        }
+    }
+
+    fn install_filter(&self, s: &SeccompHandBack) {
+        let listener = match crate::seccomp::install_filter(&s.filter, s.flags) {
+            Ok(Some(l)) => l,
+            Ok(None) => self.fail(Step::Filter, Errno::INVAL),
+            Err(e) => self.fail(Step::Filter, e.errno()),
+        };
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [listener.as_fd()];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            self.fail(Step::SendListener, Errno::NOBUFS);
+        }
+        let sent = rustix::net::sendmsg(
+            &s.sock,
+            &[IoSlice::new(b"L")],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        );
+        self.check(Step::SendListener, sent.map(drop));
+        // `listener` closes here: the program keeps no copy of its own listener.
+    }
+
+    fn check<T>(&self, step: Step, r: Result<T, Errno>) {
+        if let Err(e) = r {
+            self.fail(step, e);
+        }
+    }
+
+    fn check_raw(&self, step: Step, r: libc::c_long) {
+        if r < 0 {
+            self.fail(step, errno());
+        }
+    }
+
+    fn fail(&self, step: Step, e: Errno) -> ! {
+        self.report.errno.store(e.raw_os_error(), Ordering::SeqCst);
+        self.report.step.store(step as u8, Ordering::SeqCst);
+        // SAFETY: ends the child without running our destructors or atexit handlers,
+        // which belong to the parent whose memory we share.
+        unsafe { libc::_exit(127) }
+    }
+}

@@ -1,0 +1,695 @@
+//! Starting a program with a chosen set of descriptors: the one spawner behind
+//! `get`, `steal`, `exec` (socket activation) and `run` (the bind supervisor).
+//!
+//! Everything the child needs is prepared here, in the parent: the resolved program,
+//! `argv` and `envp` as C arrays, the fd plan as a list of `dup2` pairs, the
+//! credentials and the seccomp filter. The child then runs a fixed list of steps
+//! that only make system calls ([`clone`] holds that code and all of this module's
+//! `unsafe`), and either execs or reports the step and errno that failed.
+//!
+//! The child is made with `clone(CLONE_VM | CLONE_VFORK)`, not `fork`: it borrows our
+//! memory until `execve`, so nothing is copied (a `fork` of this binary costs ~0.3 ms;
+//! the vfork-style child ~50 µs until the exec has happened) and the caller is
+//! suspended meanwhile. `posix_spawn` uses the same kind of child inside glibc, but
+//! it cannot write `LISTEN_PID` (the child's own pid) into the environment, set
+//! credentials or install a seccomp filter, so one spawner could not serve all four
+//! commands with it; measured on this machine it is no faster (see
+//! `docs/architecture.md`).
+//!
+//! Because the caller stays suspended until the child has exec'd or exited, a
+//! failure is reported through memory both share, and [`Spawn::spawn`] returns only
+//! once the program is running: an error names the program and the step.
+
+mod clone;
+
+use crate::error::{Error, Result};
+use crate::pidfd::PidFd;
+use crate::signalfd::SignalFd;
+use crate::Pid;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::{fcntl_dupfd_cloexec, Errno};
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// A failure of ours (not of a target).
+fn local_io(op: &'static str, e: Errno) -> Error {
+    Error::local(op, e)
+}
+
+/// Descriptors to install in the child: each of ours at a chosen number.
+///
+/// Every other descriptor of ours that is close-on-exec stays so; with
+/// [`Spawn::close_other_fds`] every other descriptor above 2 is made close-on-exec
+/// in the child too. Only the installed numbers lose `FD_CLOEXEC`.
+#[derive(Debug, Default)]
+pub struct FdPlan {
+    /// Close-on-exec copies, none of them on a destination number, so that no
+    /// `dup2` in the child can overwrite a source still to be installed, and every
+    /// `dup2` makes a new descriptor (which never has `FD_CLOEXEC`).
+    moves: Vec<(OwnedFd, RawFd)>,
+}
+
+impl FdPlan {
+    /// No descriptors.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a plan from `(our fd, number in the child)` pairs.
+    ///
+    /// Refuses two fds for one number and a number at or above the soft
+    /// `RLIMIT_NOFILE` (where `dup2` in the child would fail with a bare `EBADF`),
+    /// before anything is started.
+    pub fn from_pairs<F: AsFd>(pairs: impl IntoIterator<Item = (F, RawFd)>) -> Result<Self> {
+        let pairs: Vec<(F, RawFd)> = pairs.into_iter().collect();
+        let mut seen = HashSet::new();
+        for (_, to) in &pairs {
+            if *to < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "fd number {to} is negative"
+                )));
+            }
+            if !seen.insert(*to) {
+                return Err(Error::InvalidArgument(format!(
+                    "fd number {to} is the destination of more than one fd"
+                )));
+            }
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        if let Some(limit) = limit {
+            if let Some(to) = seen.iter().find(|&&to| to as u64 >= limit) {
+                return Err(Error::InvalidArgument(format!(
+                    "NEWFD {to} is not below the open-file limit {limit} (ulimit -n)"
+                )));
+            }
+        }
+        let mut moves = Vec::with_capacity(pairs.len());
+        let mut parked = Vec::new();
+        for (fd, to) in pairs {
+            let copy = loop {
+                let c = fcntl_dupfd_cloexec(&fd, 3).map_err(|e| local_io("F_DUPFD_CLOEXEC", e))?;
+                if seen.contains(&c.as_raw_fd()) {
+                    // Hold that number until every source has its copy.
+                    parked.push(c);
+                } else {
+                    break c;
+                }
+            };
+            moves.push((copy, to));
+        }
+        drop(parked);
+        Ok(Self { moves })
+    }
+
+    /// `fds[i]` at `3 + i`, as systemd passes sockets (`SD_LISTEN_FDS_START`).
+    pub fn listen_fds<F: AsFd>(fds: &[F]) -> Result<Self> {
+        Self::from_pairs(
+            fds.iter()
+                .enumerate()
+                .map(|(i, f)| (f.as_fd(), LISTEN_FDS_START + i as RawFd)),
+        )
+    }
+
+    /// How many descriptors the plan installs.
+    pub fn len(&self) -> usize {
+        self.moves.len()
+    }
+
+    /// Whether the plan installs nothing.
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty()
+    }
+}
+
+/// The first descriptor number of socket-activation fds (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// How the child relates to our session and process group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Session {
+    /// Ours: a terminal's ^C reaches both, and the child can read the terminal.
+    #[default]
+    Inherit,
+    /// Its own process group, so that a terminal's ^C reaches only us (we forward it).
+    NewProcessGroup,
+    /// A new session without a controlling terminal, for a child that outlives us.
+    NewSession,
+}
+
+/// Which signal dispositions the child starts with. Handlers never survive exec;
+/// the question is what happens to ignored signals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SignalDefaults {
+    /// Keep ignored signals ignored (as `nohup` expects), except `SIGPIPE`, which
+    /// the Rust runtime ignores for itself, not for the program.
+    #[default]
+    KeepIgnored,
+    /// Every signal at its default, as systemd starts a service.
+    All,
+}
+
+/// The user and groups the child switches to before exec (`setgroups`, `setgid`,
+/// `setuid`, in that order, on the child alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// The supplementary groups (`setgroups`); usually includes `gid`.
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// A step of the child's set-up, named in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum Step {
+    /// Finding the program in `PATH` (in the parent).
+    Resolve = 1,
+    /// Resetting signal dispositions.
+    Signals,
+    /// `setsid`/`setpgid`.
+    Session,
+    /// Installing the fd plan (`dup2`, `close_range`).
+    Fds,
+    /// `setgroups`.
+    Groups,
+    /// `setgid`.
+    Gid,
+    /// `setuid`.
+    Uid,
+    /// `PR_SET_PDEATHSIG`, and checking the parent is still the one that spawned.
+    DeathSignal,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    Filter,
+    /// Sending the seccomp listener back to the parent.
+    SendListener,
+    /// `execve`.
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 12] = [
+        Step::Resolve,
+        Step::Signals,
+        Step::Session,
+        Step::Fds,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::DeathSignal,
+        Step::NoNewPrivs,
+        Step::Filter,
+        Step::SendListener,
+        Step::Exec,
+    ];
+
+    fn from_u8(b: u8) -> Option<Step> {
+        Self::ALL.into_iter().find(|s| *s as u8 == b)
+    }
+
+    /// What the step does, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Step::Resolve => "finding the program",
+            Step::Signals => "resetting signal dispositions",
+            Step::Session => "setting the session or process group",
+            Step::Fds => "installing the descriptors (dup2)",
+            Step::Groups => "setting the supplementary groups (setgroups)",
+            Step::Gid => "switching group (setgid)",
+            Step::Uid => "switching user (setuid)",
+            Step::DeathSignal => "setting the parent-death signal",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Filter => "installing the seccomp filter",
+            Step::SendListener => "passing the seccomp listener to the supervisor",
+            Step::Exec => "executing the program (execve)",
+        }
+    }
+}
+
+/// A program that did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct SpawnError {
+    program: String,
+    step: Step,
+    errno: Errno,
+    /// Where it was looked for, or why it cannot run, when we know more than errno.
+    detail: Option<String>,
+    #[source]
+    source: std::io::Error,
+}
+
+impl SpawnError {
+    fn new(program: &Path, step: Step, errno: Errno) -> Self {
+        Self {
+            program: program.to_string_lossy().into_owned(),
+            step,
+            errno,
+            detail: None,
+            source: errno.into(),
+        }
+    }
+
+    fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// The errno of the failed call.
+    pub fn errno(&self) -> Errno {
+        self.errno
+    }
+
+    /// The program as given or resolved.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The program does not exist (`ENOENT`/`ENOTDIR` finding or executing it):
+    /// what shells report with status 127.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.step, Step::Resolve | Step::Exec)
+            && matches!(self.errno, Errno::NOENT | Errno::NOTDIR)
+    }
+
+    fn message(&self) -> String {
+        let p = &self.program;
+        let msg = match self.step {
+            _ if self.is_not_found() => format!("command '{p}' not found"),
+            Step::Resolve | Step::Exec => format!("cannot execute '{p}'"),
+            Step::Filter => {
+                let ie = crate::seccomp::InstallError::from_errno(self.errno);
+                let hint = match ie {
+                    crate::seccomp::InstallError::ListenerExists => {
+                        " (this process already has a seccomp listener: fdgrab run cannot run \
+                         inside another fdgrab run or under another seccomp notify supervisor)"
+                    }
+                    _ => "",
+                };
+                format!("cannot start '{p}': {}{hint}", self.step.what())
+            }
+            step => format!("cannot start '{p}': {}", step.what()),
+        };
+        match &self.detail {
+            Some(d) => format!("{msg} {d}"),
+            None => msg,
+        }
+    }
+}
+
+/// The seccomp part of a supervised start: the filter the child installs on
+/// itself with `NEW_LISTENER`, and the socket on which it hands the listener back.
+#[derive(Debug)]
+pub(crate) struct SeccompHandBack {
+    pub filter: Vec<libc::sock_filter>,
+    pub flags: crate::seccomp::InstallFlags,
+    /// The child's end of a socketpair (close-on-exec).
+    pub sock: OwnedFd,
+}
+
+/// A program to start: the builder for the one spawner.
+#[derive(Debug)]
+pub struct Spawn {
+    argv: Vec<OsString>,
+    program: Option<PathBuf>,
+    env_set: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+    listen_pid: bool,
+    fds: FdPlan,
+    close_other_fds: bool,
+    session: Session,
+    signals: SignalDefaults,
+    credentials: Option<Credentials>,
+    death_signal: Option<i32>,
+    no_new_privs: bool,
+    seccomp: Option<SeccompHandBack>,
+}
+
+impl Spawn {
+    /// `argv[0]` is the program, found as `execvp` would unless [`Spawn::program`]
+    /// names it.
+    pub fn new(argv: &[OsString]) -> Result<Self> {
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidArgument("no command given".into()));
+        }
+        Ok(Self {
+            argv: argv.to_vec(),
+            program: None,
+            env_set: Vec::new(),
+            env_remove: Vec::new(),
+            listen_pid: false,
+            fds: FdPlan::new(),
+            close_other_fds: false,
+            session: Session::Inherit,
+            signals: SignalDefaults::KeepIgnored,
+            credentials: None,
+            death_signal: None,
+            no_new_privs: false,
+            seccomp: None,
+        })
+    }
+
+    /// The program file to execute (already resolved, e.g. by [`find_program`]).
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// Sets a variable in the child's environment (ours otherwise).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env_set.push((key.into(), value.into()));
+        self
+    }
+
+    /// Removes an inherited variable.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_remove.push(key.into());
+        self
+    }
+
+    /// Sets `LISTEN_PID` to the child's own pid, written by the child before exec
+    /// (systemd socket activation).
+    pub fn listen_pid(mut self) -> Self {
+        self.listen_pid = true;
+        self
+    }
+
+    /// The descriptors to install.
+    pub fn fds(mut self, plan: FdPlan) -> Self {
+        self.fds = plan;
+        self
+    }
+
+    /// Makes every descriptor above 2 that the plan does not install close-on-exec
+    /// in the child, so nothing of ours but the plan reaches the program.
+    pub fn close_other_fds(mut self) -> Self {
+        self.close_other_fds = true;
+        self
+    }
+
+    pub fn session(mut self, s: Session) -> Self {
+        self.session = s;
+        self
+    }
+
+    pub fn signal_defaults(mut self, s: SignalDefaults) -> Self {
+        self.signals = s;
+        self
+    }
+
+    /// Switches the child to this user and these groups before exec.
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = Some(c);
+        self
+    }
+
+    /// `PR_SET_PDEATHSIG`: the child gets `sig` when the spawning thread exits. Set
+    /// after the credential change, which would clear it; the child also checks
+    /// that its parent did not die before the signal was armed.
+    pub fn death_signal(mut self, sig: i32) -> Self {
+        self.death_signal = Some(sig);
+        self
+    }
+
+    /// `PR_SET_NO_NEW_PRIVS` in the child.
+    pub fn no_new_privs(mut self) -> Self {
+        self.no_new_privs = true;
+        self
+    }
+
+    pub(crate) fn seccomp(mut self, s: SeccompHandBack) -> Self {
+        self.seccomp = Some(s);
+        self
+    }
+
+    /// Starts the program. Returns once it has exec'd; every failure before that
+    /// (not found, not executable, a set-up step) is a [`SpawnError`] inside
+    /// [`Error::Spawn`], and the failed child has been reaped.
+    pub fn spawn(self) -> Result<Child> {
+        let program = match &self.program {
+            Some(p) => p.clone(),
+            None => find_program(&self.argv[0])?,
+        };
+        let prepared = self.prepare(&program)?;
+        let report = clone::spawn(&prepared).map_err(|e| local_io("clone", e))?;
+        let pid = report.pid;
+        if let Some((step, errno)) = report.failure {
+            // The child has _exit'ed (vfork semantics): reap it now.
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+            }
+            let step = Step::from_u8(step).unwrap_or(Step::Exec);
+            return Err(SpawnError::new(&program, step, errno).into());
+        }
+        tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
+        drop(prepared);
+        drop(self);
+        // Our unreaped child keeps its pid, so this cannot name another process.
+        match PidFd::open(pid) {
+            Ok(pidfd) => Ok(Child {
+                pidfd,
+                status: None,
+            }),
+            Err(e) => {
+                // A child we cannot watch must not run on with the fds we gave it.
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    let _ =
+                        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare(&self, program: &Path) -> Result<clone::Prepared<'_>> {
+        let cstr = |b: &[u8], what: &str| {
+            CString::new(b)
+                .map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
+        };
+        let path = cstr(program.as_os_str().as_bytes(), "the program path")?;
+        let argv = self
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "an argument"))
+            .collect::<Result<Vec<_>>>()?;
+        let mut env: Vec<CString> = Vec::new();
+        let own = |k: &OsStr| {
+            self.env_remove.iter().any(|r| r == k)
+                || self.env_set.iter().any(|(s, _)| s == k)
+                || (self.listen_pid && k == "LISTEN_PID")
+        };
+        let mut push = |k: OsString, v: &OsStr| -> Result<()> {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(cstr(&kv, "an environment variable")?);
+            Ok(())
+        };
+        for (k, v) in std::env::vars_os() {
+            if !own(&k) {
+                push(k, &v)?;
+            }
+        }
+        for (k, v) in &self.env_set {
+            push(k.clone(), v)?;
+        }
+        Ok(clone::Prepared::new(
+            path,
+            argv,
+            env,
+            self.listen_pid,
+            self.fds
+                .moves
+                .iter()
+                .map(|(fd, to)| (fd.as_raw_fd(), *to))
+                .collect(),
+            self.close_other_fds,
+            self.session,
+            self.signals,
+            self.credentials.as_ref(),
+            self.death_signal,
+            self.no_new_privs,
+            self.seccomp.as_ref(),
+        ))
+    }
+}
+
+/// A copy of descriptor `n` that this process inherited (from the shell, or from
+/// whoever started it), as an [`OwnedFd`] that can be installed or passed on.
+///
+/// Errors: [`Error::InvalidArgument`] naming `n` when it is not open (`EBADF`).
+pub fn dup_inherited(n: RawFd) -> Result<OwnedFd> {
+    crate::sys::dup_own_fd(n).map_err(|e| match e {
+        Errno::BADF => Error::InvalidArgument(format!("fd {n} is not open in this process")),
+        e => local_io("F_DUPFD_CLOEXEC", e),
+    })
+}
+
+/// Finds `cmd` as `execvp` would: a name with a `/` is used as is, anything else is
+/// looked up in `PATH`. Done in the parent, before anything is started, so that a
+/// typo costs nothing and the child need not allocate.
+///
+/// Errors are [`SpawnError`]s at [`Step::Resolve`]: `ENOENT` when nothing by that
+/// name exists, `EACCES` when it exists but is not an executable file.
+pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
+    use rustix::fs::{access, Access};
+    let fail = |p: &Path, e| SpawnError::new(p, Step::Resolve, e);
+    if cmd.is_empty() {
+        return Err(Error::InvalidArgument("the command to run is empty".into()));
+    }
+    // access(X_OK) alone is true for root whenever any x bit is set, or even none on
+    // some file systems; execve needs a regular file with an x bit.
+    let runnable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            && access(p, Access::EXEC_OK).is_ok()
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(cmd);
+        return if runnable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(fail(&p, Errno::ACCESS)
+                .detail("(not an executable file)")
+                .into())
+        } else {
+            Err(fail(&p, Errno::NOENT).into())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut found_unrunnable = false;
+    for dir in std::env::split_paths(&path) {
+        let candidate = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        }
+        .join(cmd);
+        if runnable(&candidate) {
+            return Ok(candidate);
+        }
+        found_unrunnable |= candidate.exists();
+    }
+    let errno = if found_unrunnable {
+        Errno::ACCESS
+    } else {
+        Errno::NOENT
+    };
+    let detail = if found_unrunnable {
+        format!(
+            "(found in PATH, but not as an executable file; PATH={})",
+            path.to_string_lossy()
+        )
+    } else {
+        format!("in PATH ({})", path.to_string_lossy())
+    };
+    Err(fail(Path::new(cmd), errno).detail(detail).into())
+}
+
+/// A started program, our child. Dropping it neither waits for nor stops it.
+#[derive(Debug)]
+pub struct Child {
+    pidfd: PidFd,
+    status: Option<ExitStatus>,
+}
+
+impl Child {
+    pub fn pid(&self) -> Pid {
+        self.pidfd.pid()
+    }
+
+    pub fn pidfd(&self) -> &PidFd {
+        &self.pidfd
+    }
+
+    /// The exit status, once [`Child::try_wait`] or a wait has reaped it.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Reaps the child if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() && !self.pidfd.is_alive() {
+            self.status = Some(self.pidfd.wait_child()?);
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the child to exit.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        let st = self.pidfd.wait_child()?;
+        self.status = Some(st);
+        Ok(st)
+    }
+
+    /// Waits for the child to exit, passing every signal read from `signals` on to
+    /// it, and returns its status.
+    pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
+        loop {
+            if let Some(st) = self.try_wait()? {
+                return Ok(st);
+            }
+            let mut fds = [
+                PollFd::new(&self.pidfd, PollFlags::IN),
+                PollFd::new(signals, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("poll", self.pid(), None, e)),
+            }
+            self.forward(signals)?;
+        }
+    }
+
+    /// Passes every pending signal of `signals` on to the child.
+    pub fn forward(&self, signals: &SignalFd) -> Result<()> {
+        while let Some(sig) = signals.read()? {
+            tracing::info!(pid = self.pid(), sig, "forwarding signal");
+            match self.pidfd.send_signal(sig) {
+                Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        match self.pidfd.send_signal(libc::SIGTERM) {
+            Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if !self.pidfd.wait_exit(Some(grace))? {
+            tracing::warn!(
+                pid = self.pid(),
+                ?grace,
+                "child ignored SIGTERM; killing it"
+            );
+            match self.pidfd.send_signal(libc::SIGKILL) {
+                Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.wait()
+    }
+}

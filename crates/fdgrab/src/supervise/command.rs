@@ -1,0 +1,226 @@
+//! Starting a program under a seccomp notify filter and supervising it: the
+//! launcher behind `fdgrab run`.
+//!
+//! The program is started on the crate's one spawner ([`crate::spawn`]). Between
+//! clone and exec the child, in this order: drops to the user (`setgroups`,
+//! `setgid`, `setuid`), arms `PR_SET_PDEATHSIG` (after `setuid`, which clears it),
+//! sets `no_new_privs`, installs the filter with `NEW_LISTENER` (so the filter is
+//! installed by the unprivileged program itself), and hands the listener back over a
+//! socketpair. Each step that fails is reported as a [`SpawnError`] naming it.
+//!
+//! The filter is pluggable: [`SupervisedCommand::filter`] takes any program that
+//! notifies; the default traps `bind` ([`seccomp::bind_supervisor_filter`]).
+//!
+//! [`SpawnError`]: crate::spawn::SpawnError
+
+use super::{AuditLabels, AuditSink, Policy, Supervisor, SupervisorEvent};
+use crate::error::{Error, Result};
+pub use crate::passwd::User;
+use crate::seccomp::{self, InstallFlags, Listener, Program};
+use crate::signalfd::SignalFd;
+use crate::spawn::{Child, Credentials, SeccompHandBack, Spawn};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A program to run under a seccomp notify supervisor.
+#[derive(Debug)]
+pub struct SupervisedCommand {
+    argv: Vec<OsString>,
+    user: Option<User>,
+    policy: Policy,
+    audit: AuditSink,
+    filter: Option<Vec<libc::sock_filter>>,
+    death_signal: bool,
+}
+
+/// A supervised program that has exec'd, with the listener of its filter.
+#[derive(Debug)]
+pub struct Started {
+    pub child: Child,
+    pub listener: Listener,
+}
+
+impl SupervisedCommand {
+    /// `argv[0]` is looked up as `execvp` would.
+    pub fn new(argv: &[OsString]) -> Self {
+        Self {
+            argv: argv.to_vec(),
+            user: None,
+            policy: Policy::default(),
+            audit: AuditSink::none(),
+            filter: None,
+            death_signal: true,
+        }
+    }
+
+    /// Runs the program as `user` (see [`User::lookup`]), and sets `USER`,
+    /// `LOGNAME` and `HOME` for it.
+    pub fn user(mut self, user: User) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// What the bind handler allows.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where decisions are logged.
+    pub fn audit(mut self, audit: AuditSink) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The filter the program installs; it must return `SECCOMP_RET_USER_NOTIF`
+    /// for what the supervisor is to answer. Default: trap `bind`.
+    pub fn filter(mut self, prog: &Program) -> Self {
+        self.filter = Some(prog.raw());
+        self
+    }
+
+    /// Whether the program gets `SIGKILL` when the supervisor exits (default). If
+    /// not, it runs on and its trapped calls fail with `ENOSYS`.
+    pub fn kill_on_supervisor_exit(mut self, yes: bool) -> Self {
+        self.death_signal = yes;
+        self
+    }
+
+    /// Starts the program and receives its listener; the caller supervises.
+    ///
+    /// Signals the caller blocked (e.g. in a [`SignalFd`]) are unblocked in the
+    /// program.
+    pub fn start(&mut self) -> Result<Started> {
+        let filter = match self.filter.take() {
+            Some(f) => f,
+            None => seccomp::bind_supervisor_filter()
+                .map_err(|e| Error::InvalidArgument(format!("building the seccomp filter: {e}")))?
+                .raw(),
+        };
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::io("socketpair (listener hand-back)", me, None, e))?;
+        let mut spawn = Spawn::new(&self.argv)?;
+        if let Some(u) = &self.user {
+            // Programs look at these to find their home and name.
+            spawn = spawn
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name)
+                .env("HOME", &u.home)
+                .credentials(Credentials {
+                    uid: u.uid,
+                    gid: u.gid,
+                    groups: u.groups.clone(),
+                });
+        }
+        if self.death_signal {
+            spawn = spawn.death_signal(libc::SIGKILL);
+        }
+        let child = spawn
+            .no_new_privs()
+            .seccomp(SeccompHandBack {
+                filter,
+                flags: InstallFlags::supervised(),
+                sock: theirs,
+            })
+            .spawn()?;
+        // The child's end closed with the spawner, so a missing message is EOF, not
+        // a hang.
+        let listener = receive_listener(&ours, child.pid())?;
+        Ok(Started { child, listener })
+    }
+
+    /// Starts the program and supervises it until it exits, forwarding every
+    /// signal read from `signals` to it; returns its exit status. Once the listener
+    /// is ours, the process keeps only the capabilities the supervisor uses.
+    pub fn run(mut self, signals: &SignalFd) -> Result<ExitStatus> {
+        let Started {
+            mut child,
+            listener,
+        } = self.start()?;
+        let audit = std::mem::replace(&mut self.audit, AuditSink::none());
+        let mut sup = Supervisor::new(audit)?;
+        sup.add_listener(
+            listener.into_fd(),
+            Arc::new(self.policy),
+            AuditLabels::default(),
+        )?;
+        drop_capabilities();
+
+        // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
+        const SIGNALS: u64 = 1;
+        const EXITED: u64 = 2;
+        sup.watch(signals.as_fd(), SIGNALS)?;
+        sup.watch(child.pidfd().as_fd(), EXITED)?;
+        loop {
+            // A timeout so that the supervisor's idle maintenance runs.
+            for ev in sup.dispatch(Some(Duration::from_secs(1)))? {
+                match ev {
+                    SupervisorEvent::Ready(SIGNALS) => child.forward(signals)?,
+                    SupervisorEvent::Ready(EXITED) => {
+                        let status = child.wait()?;
+                        tracing::info!(?status, "program exited");
+                        return Ok(status);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn receive_listener(ours: &OwnedFd, pid: crate::Pid) -> Result<Listener> {
+    let mut buf = [0u8; 8];
+    let got = crate::passfd::recv_fds(ours, &mut buf, 1).map_err(|e| Error::Io {
+        op: "receiving the seccomp listener",
+        pid,
+        fd: None,
+        source: e,
+    })?;
+    match (got.len, buf[0], got.fds.into_iter().next()) {
+        (1, b'L', Some(fd)) => Ok(Listener::from_fd(fd)),
+        _ => Err(Error::Io {
+            op: "receiving the seccomp listener",
+            pid,
+            fd: None,
+            source: std::io::Error::other("the program did not pass its listener fd"),
+        }),
+    }
+}
+
+/// Keeps root's uid but only the capabilities the supervisor uses: binding
+/// privileged ports, copying fds and reading memory of another user's process,
+/// naming a socket's netns, and signalling the program.
+fn drop_capabilities() {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let keep = CapabilitySet::NET_BIND_SERVICE
+        | CapabilitySet::SYS_PTRACE
+        | CapabilitySet::NET_ADMIN
+        | CapabilitySet::KILL;
+    let sets = match rustix::thread::capabilities(None) {
+        Ok(s) => CapabilitySets {
+            effective: s.effective & keep,
+            permitted: s.permitted & keep,
+            inheritable: CapabilitySet::empty(),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "capget failed; keeping capabilities");
+            return;
+        }
+    };
+    if let Err(e) = rustix::thread::set_capabilities(None, sets) {
+        tracing::debug!(error = %e, "capset failed; keeping capabilities");
+    }
+}
