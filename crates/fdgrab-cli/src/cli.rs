@@ -22,7 +22,8 @@ use std::time::Duration;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd."
+4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
+status, 126 if it cannot be started, 127 if it is not found."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
@@ -69,7 +70,8 @@ pub enum Command {
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab exits with CMD's status.
+    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
     Get(GetArgs),
     /// Copy a file's content to stdout through one of a process's fds.
     ///
@@ -92,7 +94,7 @@ pub enum Command {
     /// long. Then --steal closes the sockets in the old server and --signal-old signals it
     /// (through a pidfd). If CMD exits or never becomes ready, it is stopped, the old server
     /// is left exactly as it was, and fdgrab exits non-zero. Otherwise fdgrab stays CMD's
-    /// parent, forwards SIGTERM, SIGINT and SIGHUP to it and exits with its status
+    /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
@@ -108,7 +110,8 @@ pub enum Command {
     /// process (its next use of the number fails with EBADF, and the number may be
     /// reused), or with --null, /dev/null is put over them (the number stays taken;
     /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
-    /// is taken from the process. Closing uses ptrace injection.
+    /// is taken from the process. Closing uses ptrace injection. Signals and exit status
+    /// as for `get`.
     Steal(StealArgs),
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
@@ -132,8 +135,9 @@ pub enum Command {
     /// by fdgrab on the program's own socket and answered with the exact result;
     /// every other bind is handed back to the kernel untouched. io_uring_setup fails
     /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
-    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM and
-    /// SIGHUP and exits with the program's status.
+    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM, SIGHUP
+    /// and SIGQUIT and exits with the program's status (127: not found; 126: it cannot
+    /// be started, e.g. a failed switch to --user).
     Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.
     ///
@@ -409,8 +413,9 @@ pub struct ExecArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Run the program as USER (and GROUP): a name or a number. Supplementary groups
-    /// come from /etc/group. fdgrab itself keeps root, but only the capabilities it needs.
+    /// Run the program as USER (and GROUP): a name or a number, looked up through NSS
+    /// (nsswitch.conf), with the user's supplementary groups. fdgrab itself keeps root,
+    /// but only the capabilities it needs.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     #[command(flatten)]

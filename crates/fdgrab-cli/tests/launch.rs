@@ -66,3 +66,84 @@ fn get_and_steal_forward_signals_and_exit_with_cmds_status() {
         assert!(wait_gone(cmd));
     }
 }
+
+/// A terminal's ^C goes to the whole foreground process group, CMD included: fdgrab
+/// must not forward a second SIGINT (to many programs a second ^C means "force").
+/// fdgrab runs as the session leader of a pty, and ^C is typed into its master three
+/// times. CMD counts deliveries at the C level (Python's wakeup fd gets one byte per
+/// delivery), so with the bug the count is above 3 unless the kernel happened to
+/// merge every pair.
+#[test]
+fn terminal_interrupt_reaches_cmd_once() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let counter = r#"
+import os, signal, sys, time
+r, w = os.pipe()
+os.set_blocking(w, False)
+os.set_blocking(r, False)
+signal.set_wakeup_fd(w)
+signal.signal(signal.SIGINT, lambda *a: None)
+def term(*a):
+    try:
+        data = os.read(r, 4096)
+    except BlockingIOError:
+        data = b''
+    print('count', data.count(bytes([signal.SIGINT])), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print('ready', flush=True)
+while True:
+    time.sleep(0.01)
+"#;
+    let driver = r#"
+import os, pty, select, signal, sys, time
+argv = sys.argv[1:]
+pid, master = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out = b''
+end = time.time() + 20
+while b'ready' not in out:
+    left = end - time.time()
+    if left <= 0 or not select.select([master], [], [], left)[0]:
+        sys.exit('timed out waiting for CMD: %r' % out)
+    out += os.read(master, 4096)
+for _ in range(3):
+    os.write(master, b'\x03')
+    # Room for a forwarded second SIGINT, if any, to arrive on its own.
+    time.sleep(0.2)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+while select.select([master], [], [], 1.0)[0]:
+    try:
+        chunk = os.read(master, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+print(out.decode(errors='replace'))
+print('status', os.waitstatus_to_exitcode(status))
+"#;
+    for command in ["get", "steal"] {
+        let out = fdgrab_testkit::output_timeout(
+            std::process::Command::new("python3")
+                .args(["-c", driver])
+                .arg(fdgrab_testkit::bin("fdgrab"))
+                .args([command, &t.pid.to_string(), &format!("{file}:7"), "--"])
+                .args(["python3", "-c", counter]),
+            TIMEOUT,
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {out:?}");
+        assert!(
+            text.contains("count 3"),
+            "{command}: three ^C must be three SIGINTs in CMD: {text}"
+        );
+        assert!(
+            text.contains("status 0"),
+            "{command}: fdgrab exits with CMD's status: {text}"
+        );
+    }
+}

@@ -38,15 +38,23 @@ impl PidFdFlags {
     }
 }
 
-/// An open pidfd, with the pid it was opened for.
+/// An open pidfd, with the pid it was opened for, or (before Linux 5.3) the
+/// `/proc/PID` directory of that process.
 #[derive(Debug)]
 pub struct PidFd {
-    fd: OwnedFd,
+    handle: Handle,
     pid: Pid,
     flags: PidFdFlags,
-    /// Set by [`PidFd::open_procfs`] on kernels without `pidfd_open`: `fd` is then
-    /// the `/proc/PID` directory, and the process is recognised by its start time.
-    proc_start: Option<u64>,
+}
+
+/// What names the process.
+#[derive(Debug)]
+enum Handle {
+    /// A real pidfd (`pidfd_open`, or checked by [`PidFd::from_owned`]).
+    Pidfd(OwnedFd),
+    /// [`PidFd::open_procfs`]: the `/proc/PID` directory and the start time that a
+    /// reused pid would not share. Pidfd system calls reject it (`EBADF`).
+    Procfs { dir: OwnedFd, start: u64 },
 }
 
 /// Identity and credentials of a process, from `PIDFD_GET_INFO` or `/proc`.
@@ -103,10 +111,9 @@ impl PidFd {
             Ok(fd) => {
                 tracing::trace!(pid, thread = flags.thread, "pidfd_open");
                 Ok(Self {
-                    fd,
+                    handle: Handle::Pidfd(fd),
                     pid,
                     flags,
-                    proc_start: None,
                 })
             }
             Err(e) => Err(open_error(pid, flags, e)),
@@ -122,17 +129,51 @@ impl PidFd {
         Self::open(pid)
     }
 
-    /// Wraps an existing pidfd (for example one made by `clone3(CLONE_PIDFD)`).
-    pub fn from_owned(fd: OwnedFd, pid: Pid, thread: bool) -> Self {
-        Self {
-            fd,
+    /// Wraps an existing pidfd (for example one made by `clone3(CLONE_PIDFD)` or
+    /// received from another process), after checking that it is one and that it
+    /// names `pid`: `/proc/self/fdinfo/N` of a pidfd carries a `Pid:` line with the
+    /// pid it refers to in our namespace. Whether it names a thread is read from
+    /// its `PIDFD_THREAD` (`O_EXCL`) flag.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an fd that is not a pidfd or names
+    /// another process; [`Error::NoSuchProcess`] when the process has exited
+    /// (the kernel then shows `Pid: -1`, and `pid` cannot be confirmed).
+    pub fn from_owned(fd: OwnedFd, pid: Pid) -> Result<Self> {
+        let n = fd.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap_or_default();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+        };
+        let named = field("Pid:").and_then(|v| v.parse::<Pid>().ok());
+        let Some(named) = named.filter(|_| link.to_string_lossy().contains("pidfd")) else {
+            return Err(Error::InvalidArgument(format!(
+                "fd {n} ({}) is not a pidfd",
+                link.display()
+            )));
+        };
+        match named {
+            p if p == pid => {}
+            -1 | 0 => return Err(Error::NoSuchProcess { pid }),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "fd {n} is a pidfd for process {other}, not {pid}"
+                )))
+            }
+        }
+        let flags = field("flags:")
+            .and_then(|f| u32::from_str_radix(&f, 8).ok())
+            .unwrap_or(0);
+        Ok(Self {
+            handle: Handle::Pidfd(fd),
             pid,
             flags: PidFdFlags {
-                thread,
-                nonblock: false,
+                thread: flags & PIDFD_THREAD != 0,
+                nonblock: flags & libc::O_NONBLOCK as u32 != 0,
             },
-            proc_start: None,
-        }
+        })
     }
 
     /// For kernels without `pidfd_open` (before 5.3): names process `pid` by its
@@ -159,16 +200,24 @@ impl PidFd {
         let (_, start) = procfs::stat_state(pid).ok_or(Error::NoSuchProcess { pid })?;
         tracing::debug!(pid, start, "identified through /proc (no pidfd_open)");
         Ok(Self {
-            fd: dir,
+            handle: Handle::Procfs { dir, start },
             pid,
             flags: PidFdFlags::default(),
-            proc_start: Some(start),
         })
     }
 
     /// Whether this is a [`PidFd::open_procfs`] handle rather than a real pidfd.
     pub fn is_procfs(&self) -> bool {
-        self.proc_start.is_some()
+        matches!(self.handle, Handle::Procfs { .. })
+    }
+
+    /// The pidfd, for pidfd system calls; `None` for a [`PidFd::open_procfs`]
+    /// handle, which has none.
+    pub fn as_pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.handle {
+            Handle::Pidfd(fd) => Some(fd.as_fd()),
+            Handle::Procfs { .. } => None,
+        }
     }
 
     /// The pid (or tid) this pidfd was opened for.
@@ -188,10 +237,10 @@ impl PidFd {
                 "signal {sig} is not a valid signal number"
             )));
         }
-        let sent = match self.proc_start {
-            None => sys::pidfd_send_signal(&self.fd, sig),
-            Some(_) if !self.is_alive() => Err(Errno::SRCH),
-            Some(_) => sys::kill(self.pid, sig),
+        let sent = match &self.handle {
+            Handle::Pidfd(fd) => sys::pidfd_send_signal(fd, sig),
+            Handle::Procfs { .. } if !self.is_alive() => Err(Errno::SRCH),
+            Handle::Procfs { .. } => sys::kill(self.pid, sig),
         };
         sent.map_err(|e| match e {
             Errno::SRCH => Error::NoSuchProcess { pid: self.pid },
@@ -213,7 +262,7 @@ impl PidFd {
     /// Whether the process is still running (has not exited). A pidfd polls
     /// readable once the process exits, whether or not it was reaped.
     pub fn is_alive(&self) -> bool {
-        if let Some(start) = self.proc_start {
+        if let Handle::Procfs { start, .. } = self.handle {
             return procfs::alive_since(self.pid, start);
         }
         matches!(self.wait_exit(Some(Duration::ZERO)), Ok(false))
@@ -223,7 +272,7 @@ impl PidFd {
     /// Returns `true` if it exited. Works for any process, not only our children.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        if self.proc_start.is_some() {
+        let Handle::Pidfd(fd) = &self.handle else {
             // No pidfd to poll: look every few milliseconds.
             loop {
                 if !self.is_alive() {
@@ -234,7 +283,7 @@ impl PidFd {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-        }
+        };
         loop {
             let ts = match deadline {
                 None => None,
@@ -246,7 +295,7 @@ impl PidFd {
                     })
                 }
             };
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
             match poll(&mut fds, ts.as_ref()) {
                 Ok(0) => return Ok(false),
                 Ok(_) => return Ok(true),
@@ -262,9 +311,9 @@ impl PidFd {
         use rustix::process::{waitid, WaitId, WaitIdOptions};
         use std::os::unix::process::ExitStatusExt;
         loop {
-            let id = match self.proc_start {
-                None => WaitId::PidFd(self.fd.as_fd()),
-                Some(_) => WaitId::Pid(
+            let id = match &self.handle {
+                Handle::Pidfd(fd) => WaitId::PidFd(fd.as_fd()),
+                Handle::Procfs { .. } => WaitId::Pid(
                     rustix::process::Pid::from_raw(self.pid)
                         .ok_or(Error::NoSuchProcess { pid: self.pid })?,
                 ),
@@ -292,11 +341,11 @@ impl PidFd {
     /// `/proc/PID/status` on older kernels. The fallback re-checks the pidfd after
     /// reading, so a recycled pid cannot make it report another process.
     pub fn info(&self) -> Result<ProcessInfo> {
-        if self.proc_start.is_some() {
+        let Handle::Pidfd(fd) = &self.handle else {
             return self.info_from_proc();
-        }
+        };
         let mask = sys::PIDFD_INFO_PID | sys::PIDFD_INFO_CREDS | sys::PIDFD_INFO_CGROUPID;
-        match sys::pidfd_get_info(&self.fd, mask) {
+        match sys::pidfd_get_info(fd, mask) {
             Ok(i) => Ok(ProcessInfo {
                 pid: i.pid as Pid,
                 tgid: i.tgid as Pid,
@@ -356,20 +405,33 @@ fn open_error(pid: Pid, flags: PidFdFlags, e: Errno) -> Error {
     }
 }
 
+impl Handle {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            Handle::Pidfd(fd) | Handle::Procfs { dir: fd, .. } => fd,
+        }
+    }
+}
+
+/// The pidfd, or for a [`PidFd::open_procfs`] handle the `/proc/PID` directory,
+/// which pollers may wait on but pidfd system calls reject with `EBADF`: use
+/// [`PidFd::as_pidfd`] where only a real pidfd will do.
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.handle.fd().as_fd()
     }
 }
 
 impl AsRawFd for PidFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.handle.fd().as_raw_fd()
     }
 }
 
 impl From<PidFd> for OwnedFd {
     fn from(p: PidFd) -> OwnedFd {
-        p.fd
+        match p.handle {
+            Handle::Pidfd(fd) | Handle::Procfs { dir: fd, .. } => fd,
+        }
     }
 }

@@ -42,12 +42,23 @@ impl SignalFd {
 
     /// The next pending signal number, or `None` if none is pending.
     pub fn read(&self) -> Result<Option<i32>> {
-        // struct signalfd_siginfo is 128 bytes; ssi_signo is its first u32.
+        Ok(self.read_info()?.map(|i| i.signo))
+    }
+
+    /// The next pending signal with where it came from, or `None`.
+    pub fn read_info(&self) -> Result<Option<SignalInfo>> {
+        // struct signalfd_siginfo is 128 bytes: ssi_signo, ssi_errno, ssi_code, ssi_pid.
         let mut buf = [0u8; 128];
+        let word =
+            |b: &[u8; 128], at: usize| i32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         loop {
             match rustix::io::read(&self.fd, &mut buf) {
-                Ok(n) if n >= 4 => {
-                    return Ok(Some(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])))
+                Ok(n) if n >= 16 => {
+                    return Ok(Some(SignalInfo {
+                        signo: word(&buf, 0),
+                        code: word(&buf, 8),
+                        pid: word(&buf, 12),
+                    }))
                 }
                 Ok(_) => return Ok(None),
                 Err(Errno::INTR) => continue,
@@ -62,6 +73,25 @@ impl SignalFd {
                 }
             }
         }
+    }
+}
+
+/// A signal read from a [`SignalFd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalInfo {
+    pub signo: i32,
+    /// `si_code`: `SI_USER` (0) for `kill`, `SI_KERNEL` (0x80) for what the kernel
+    /// sends itself, e.g. a terminal's ^C to its foreground process group.
+    pub code: i32,
+    /// The sender's pid, for `SI_USER` and `SI_QUEUE`.
+    pub pid: i32,
+}
+
+impl SignalInfo {
+    /// Sent by the kernel (`SI_KERNEL`), not by a process: a terminal's ^C, ^\ or
+    /// hang-up, which go to a whole process group.
+    pub fn from_kernel(&self) -> bool {
+        self.code == libc::SI_KERNEL
     }
 }
 

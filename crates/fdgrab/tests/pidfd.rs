@@ -118,3 +118,53 @@ fn bad_pids() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// `from_owned` accepts only a pidfd, and only for the pid it names.
+#[test]
+fn from_owned_checks_the_fd() {
+    use rustix::process::{pidfd_open, Pid as RPid, PidfdFlags};
+    let mut child = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let pid = child.id() as i32;
+    let open =
+        || pidfd_open(RPid::from_raw(pid).expect("pid"), PidfdFlags::empty()).expect("pidfd_open");
+
+    let p = PidFd::from_owned(open(), pid).expect("a pidfd for pid");
+    assert_eq!(p.pid(), pid);
+    assert!(!p.is_thread() && !p.is_procfs() && p.as_pidfd().is_some());
+    assert!(p.is_alive());
+
+    match PidFd::from_owned(open(), pid + 1) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains(&format!("process {pid}")), "{m}"),
+        other => panic!("a pidfd for another pid was accepted: {other:?}"),
+    }
+    let file = std::fs::File::open("/proc/self/status").expect("open");
+    match PidFd::from_owned(file.into(), pid) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("is not a pidfd"), "{m}"),
+        other => panic!("a regular file was accepted: {other:?}"),
+    }
+    let dir = std::fs::File::open(format!("/proc/{pid}")).expect("open /proc/PID");
+    assert!(
+        matches!(
+            PidFd::from_owned(dir.into(), pid),
+            Err(Error::InvalidArgument(_))
+        ),
+        "a /proc/PID directory is not a pidfd"
+    );
+    let thread = PidFd::open_thread(pid).expect("thread pidfd");
+    let raw: std::os::fd::OwnedFd = thread.into();
+    assert!(PidFd::from_owned(raw, pid)
+        .expect("thread pidfd")
+        .is_thread());
+
+    let kept = open();
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    assert!(matches!(
+        PidFd::from_owned(kept, pid),
+        Err(Error::NoSuchProcess { .. })
+    ));
+
+    // A /proc handle has no pidfd to hand to pidfd system calls.
+    let me = std::process::id() as i32;
+    assert!(PidFd::open_procfs(me).expect("procfs").as_pidfd().is_none());
+}

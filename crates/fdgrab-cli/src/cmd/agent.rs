@@ -8,6 +8,7 @@
 use crate::cli::AgentArgs;
 use crate::exit::UsageError;
 use anyhow::{bail, Context};
+use fdgrab::activation::NotifySender;
 use fdgrab::supervise::agent::{Agent, AgentEvent};
 use fdgrab::supervise::policy::Policy;
 use fdgrab::supervise::Supervisor;
@@ -25,7 +26,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let listener = listen_at(&a.socket)?;
     let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
     let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
-    let systemd = SystemdNotify::from_env()?;
+    let systemd = NotifySender::from_env()?;
     if let Some(n) = &systemd {
         n.send("READY=1\nSTATUS=supervising 0 containers", true)
             .context("notifying systemd (NOTIFY_SOCKET)")?;
@@ -130,44 +131,5 @@ fn socket_is_live(addr: &SocketAddrUnix) -> anyhow::Result<bool> {
         Ok(()) | Err(Errno::AGAIN | Errno::INPROGRESS) => Ok(true),
         Err(Errno::CONNREFUSED) => Ok(false),
         Err(e) => Err(e).context("probing the existing socket"),
-    }
-}
-
-/// systemd's notification socket (`sd_notify(3)`), when `NOTIFY_SOCKET` is set:
-/// datagrams of `KEY=VALUE` lines; a leading `@` names an abstract socket.
-struct SystemdNotify {
-    sock: OwnedFd,
-    addr: SocketAddrUnix,
-}
-
-impl SystemdNotify {
-    fn from_env() -> anyhow::Result<Option<SystemdNotify>> {
-        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Ok(None);
-        };
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => SocketAddrUnix::new_abstract_name(name),
-            None => SocketAddrUnix::new(bytes),
-        }
-        .with_context(|| format!("NOTIFY_SOCKET={target:?}"))?;
-        let sock = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::DGRAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .context("creating the systemd notification socket")?;
-        Ok(Some(SystemdNotify { sock, addr }))
-    }
-
-    /// Sends one notification. `wait` false: drop it rather than block when the
-    /// receiver's queue is full, because a blocked agent answers no container.
-    fn send(&self, state: &str, wait: bool) -> rustix::io::Result<usize> {
-        let mut flags = rustix::net::SendFlags::NOSIGNAL;
-        if !wait {
-            flags |= rustix::net::SendFlags::DONTWAIT;
-        }
-        rustix::net::sendto(&self.sock, state.as_bytes(), flags, &self.addr)
     }
 }

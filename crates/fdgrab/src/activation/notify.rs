@@ -1,5 +1,7 @@
-//! The receiving end of `sd_notify(3)`: a datagram socket named by `NOTIFY_SOCKET`
-//! on which a service reports `READY=1`.
+//! `sd_notify(3)` both ways: [`NotifySocket`] is the receiving end, a datagram
+//! socket named by `NOTIFY_SOCKET` on which a service reports `READY=1` (used by
+//! `fdgrab exec`); [`NotifySender`] is a service's sending end (used by
+//! `fdgrab agent` when systemd starts it).
 //!
 //! The socket has an abstract address, so there is no file to clean up, but
 //! anyone in the network namespace can send to it. Every datagram therefore carries
@@ -160,6 +162,56 @@ impl AsFd for NotifySocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
+}
+
+/// The sending end of `sd_notify(3)`, for a process that systemd (or `fdgrab
+/// exec`) started with `NOTIFY_SOCKET` set: datagrams of `KEY=VALUE` lines to that
+/// address, where a leading `@` names an abstract socket.
+#[derive(Debug)]
+pub struct NotifySender {
+    sock: OwnedFd,
+    addr: SocketAddrUnix,
+}
+
+impl NotifySender {
+    /// The sender for `NOTIFY_SOCKET`, or `None` when it is not set.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an address no unix socket can have.
+    pub fn from_env() -> Result<Option<Self>> {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let bytes = target.as_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddrUnix::new_abstract_name(name),
+            None => SocketAddrUnix::new(bytes),
+        }
+        .map_err(|e| Error::InvalidArgument(format!("NOTIFY_SOCKET={target:?}: {e}")))?;
+        let sock = socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::io("socket (NOTIFY_SOCKET)", own_pid(), None, e))?;
+        Ok(Some(Self { sock, addr }))
+    }
+
+    /// Sends one notification, e.g. `READY=1\nSTATUS=...`. With `wait` false the
+    /// message is dropped rather than blocking when the receiver's queue is full
+    /// (`EAGAIN`), for a sender that must never stall on its supervisor.
+    pub fn send(&self, state: &str, wait: bool) -> rustix::io::Result<usize> {
+        let mut flags = rustix::net::SendFlags::NOSIGNAL;
+        if !wait {
+            flags |= rustix::net::SendFlags::DONTWAIT;
+        }
+        rustix::net::sendto(&self.sock, state.as_bytes(), flags, &self.addr)
+    }
+}
+
+fn own_pid() -> Pid {
+    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 fn parse_fields(text: &str) -> Vec<(String, String)> {

@@ -162,6 +162,31 @@ impl Stack {
     }
 }
 
+// SAFETY: a Stack owns its mapping outright (nothing else points into it once a
+// child has exec'd or exited), so it may move between threads.
+unsafe impl Send for Stack {}
+
+/// One stack kept from the last spawn: mapping, guarding and unmapping a fresh one
+/// and faulting its pages in again cost more than the rest of the parent's work.
+static SPARE: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
+
+impl Stack {
+    fn take() -> Result<Self, Errno> {
+        match SPARE.lock().ok().and_then(|mut s| s.take()) {
+            Some(s) => Ok(s),
+            None => Self::new(),
+        }
+    }
+
+    fn give_back(self) {
+        if let Ok(mut spare) = SPARE.lock() {
+            if spare.is_none() {
+                *spare = Some(self);
+            }
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // SAFETY: our own mapping; the child has exec'd or exited, so nothing runs
@@ -172,7 +197,7 @@ impl Drop for Stack {
 
 /// Starts the child and returns once it has exec'd or exited.
 pub(super) fn spawn(prepared: &Prepared<'_>) -> Result<Outcome, Errno> {
-    let stack = Stack::new()?;
+    let stack = Stack::take()?;
     let report = Report {
         step: AtomicU8::new(0),
         errno: AtomicI32::new(0),
@@ -203,7 +228,8 @@ pub(super) fn spawn(prepared: &Prepared<'_>) -> Result<Outcome, Errno> {
     let clone_errno = (pid < 0).then(errno);
     // SAFETY: puts our own mask back; valid pointer.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(stack);
+    // The child has exec'd or exited: nothing runs on the stack any more.
+    stack.give_back();
     if let Some(e) = clone_errno {
         return Err(e);
     }

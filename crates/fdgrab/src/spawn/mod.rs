@@ -4,7 +4,7 @@
 //! Everything the child needs is prepared here, in the parent: the resolved program,
 //! `argv` and `envp` as C arrays, the fd plan as a list of `dup2` pairs, the
 //! credentials and the seccomp filter. The child then runs a fixed list of steps
-//! that only make system calls ([`clone`] holds that code and all of this module's
+//! that only make system calls (`spawn/clone.rs` holds that code and all of this module's
 //! `unsafe`), and either execs or reports the step and errno that failed.
 //!
 //! The child is made with `clone(CLONE_VM | CLONE_VFORK)`, not `fork`: it borrows our
@@ -31,7 +31,7 @@ use rustix::io::{fcntl_dupfd_cloexec, Errno};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -455,12 +455,14 @@ impl Spawn {
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
+        let shares_group = self.session == Session::Inherit;
         drop(self);
         // Our unreaped child keeps its pid, so this cannot name another process.
         match PidFd::open(pid) {
             Ok(pidfd) => Ok(Child {
                 pidfd,
                 status: None,
+                shares_group,
             }),
             Err(e) => {
                 // A child we cannot watch must not run on with the fds we gave it.
@@ -492,10 +494,14 @@ impl Spawn {
                 || (self.listen_pid && k == "LISTEN_PID")
         };
         let mut push = |k: OsString, v: &OsStr| -> Result<()> {
-            let mut kv = k.into_vec();
+            // Sized for the '=' and the NUL, so that CString::new does not reallocate.
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+            kv.extend_from_slice(k.as_bytes());
             kv.push(b'=');
             kv.extend_from_slice(v.as_bytes());
-            env.push(cstr(&kv, "an environment variable")?);
+            env.push(CString::new(kv).map_err(|_| {
+                Error::InvalidArgument("an environment variable contains a NUL byte".into())
+            })?);
             Ok(())
         };
         for (k, v) in std::env::vars_os() {
@@ -605,6 +611,8 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
 pub struct Child {
     pidfd: PidFd,
     status: Option<ExitStatus>,
+    /// In our process group: a terminal's signals reach it without us.
+    shares_group: bool,
 }
 
 impl Child {
@@ -658,9 +666,21 @@ impl Child {
         }
     }
 
-    /// Passes every pending signal of `signals` on to the child.
+    /// Passes every pending signal of `signals` on to the child, except one the
+    /// kernel sent to our whole process group (a terminal's ^C) when the child is
+    /// in that group: it got its own, and a second ^C means "force" to many
+    /// programs.
     pub fn forward(&self, signals: &SignalFd) -> Result<()> {
-        while let Some(sig) = signals.read()? {
+        while let Some(info) = signals.read_info()? {
+            let sig = info.signo;
+            if info.from_kernel() && self.shares_group {
+                tracing::debug!(
+                    pid = self.pid(),
+                    sig,
+                    "not forwarding a process-group signal"
+                );
+                continue;
+            }
             tracing::info!(pid = self.pid(), sig, "forwarding signal");
             match self.pidfd.send_signal(sig) {
                 Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
