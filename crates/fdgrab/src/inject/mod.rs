@@ -21,9 +21,11 @@ pub(crate) mod ptrace;
 mod rendezvous;
 mod seccomp;
 mod session;
+mod tty;
 
 pub use seccomp::SeccompPolicy;
 pub use session::Session;
+pub use tty::{take_terminal, CttyChange};
 
 use seccomp::{k, Planned, UNKNOWN};
 
