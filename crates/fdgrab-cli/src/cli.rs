@@ -303,6 +303,24 @@ pub struct BackendArg {
     /// only if the kernel lacks pidfd_getfd).
     #[arg(long, default_value = "auto", value_parser = parse_backend, value_name = "auto|pidfd|ptrace")]
     pub backend: Backend,
+    #[command(flatten)]
+    pub force: ForceArg,
+}
+
+/// `--force`, shared by every command that may inject into a process with ptrace.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ForceArg {
+    /// Inject (ptrace) even into a process under seccomp whose filters fdgrab cannot
+    /// read (it needs CAP_SYS_ADMIN for that): a call the filter forbids could then kill
+    /// the process. Calls a readable filter refuses are never made, --force or not.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ForceArg {
+    pub fn seccomp(self) -> fdgrab::inject::SeccompPolicy {
+        fdgrab::inject::SeccompPolicy::new().force(self.force)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -371,6 +389,8 @@ pub struct PutArgs {
     /// Print one JSON object describing what was done.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub force: ForceArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -396,6 +416,8 @@ pub struct RedirectArgs {
     /// Print one JSON object (with the undo command as an argv array).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub force: ForceArg,
 }
 
 #[derive(Debug, clap::Args)]
