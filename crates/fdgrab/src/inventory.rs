@@ -647,8 +647,8 @@ impl EntryReader<'_> {
             self.fill_from_stat(&mut e, &name);
             let raw = names::exact_str(&link, &raw_link);
             let (path, deleted_suffix) = match raw.strip_suffix(b" (deleted)") {
-                Some(p) => (p, true),
-                None => (raw, false),
+                Some(p) if !self.names_this_inode(raw, &e) => (p, true),
+                _ => (raw, false),
             };
             if let Some(memfd) = path.strip_prefix(b"/memfd:") {
                 e.kind = FdKind::Memfd;
@@ -738,6 +738,19 @@ impl EntryReader<'_> {
         if e.kind == FdKind::File && st.st_nlink == 0 {
             e.deleted = true;
         }
+    }
+
+    /// Whether `path`, the whole link, is a name of `e`'s inode in the target's
+    /// root: then a " (deleted)" at its end belongs to the name, not to the kernel.
+    /// Only asked of inodes that still have a link, so unlinked files cost nothing.
+    fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
+        if e.nlink.is_none_or(|n| n == 0) {
+            return false;
+        }
+        let mut in_root = b"../root".to_vec();
+        in_root.extend_from_slice(path);
+        statat(self.fd_dir, in_root.as_slice(), AtFlags::empty())
+            .is_ok_and(|st| Some(devstr(st.st_dev)) == e.dev && Some(st.st_ino) == e.inode)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems
