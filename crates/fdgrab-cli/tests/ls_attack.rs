@@ -1,5 +1,5 @@
 //! `fdgrab ls` against inputs its authors did not try: names that imitate the
-//! kernel's own decorations.
+//! kernel's own decorations, and command lines that repeat themselves.
 
 use fdgrab_testkit::{output_timeout, Target, TIMEOUT};
 use serde_json::Value;
@@ -72,5 +72,31 @@ fn a_live_file_named_like_a_deleted_one_is_not_deleted() {
     assert_eq!(fds, [fd(1)], "only the unlinked file: {doc}");
     let e = &doc["processes"][0]["fds"][0];
     assert_eq!((&e["deleted"], &e["path"]), (&Value::Bool(true), &g.into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pid named twice is listed once, in the table, in JSON and in --pids
+/// (as lsof -p does).
+#[test]
+fn a_pid_named_twice_is_listed_once() {
+    let dir = temp_dir("twice");
+    let f = dir.join("f");
+    let t = holder(&[f.to_str().expect("utf8")]);
+    let pid = t.pid.to_string();
+    let fd = t.report["fds"][0]["fd"].as_i64().expect("fd").to_string();
+    let doc = ls_json(&[&pid, &pid, "--fd", &fd]);
+    let pids: Vec<&Value> = doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| &p["pid"])
+        .collect();
+    assert_eq!(pids, [&Value::from(t.pid)], "{doc}");
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(["ls", &pid, &pid, "--fd", &fd]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "header and one row:\n{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -91,7 +91,12 @@ pub struct QueryResult {
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     let pids: Vec<Pid> = match pids {
-        Some(p) => p.to_vec(),
+        Some(p) => {
+            // A pid named twice is one process: listed (or skipped) once. The
+            // order is kept, since the first skipped pid decides the exit status.
+            let mut seen = std::collections::HashSet::new();
+            p.iter().copied().filter(|&pid| seen.insert(pid)).collect()
+        }
         None => all_pids(),
     };
     let found = (q.port.is_some() || q.listening).then(|| matching_sockets(&pids, q));
