@@ -152,12 +152,15 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
     };
 
     let mut notes = Vec::new();
-    // The condition sets under which the input lets bind through; an empty set
-    // (unconditional) makes the others redundant.
-    let mut notify_when: Vec<Map<String, Value>> = Vec::new();
+    // The condition sets under which the input lets bind through (an empty set,
+    // unconditional, makes the others redundant), each with the place its NOTIFY
+    // rule takes: that of the first rule allowing bind under them, or the end for
+    // the default action. Of two rules with the same conditions libseccomp keeps
+    // the first, so a denial that came after the allowing rule must stay behind.
+    let mut notify_when: Vec<(Map<String, Value>, Option<usize>)> = Vec::new();
     let default_allows = lets_bind_through(&default_action);
     if default_allows {
-        notify_when.push(Map::new());
+        notify_when.push((Map::new(), None));
         notes.push(format!(
             "defaultAction {default_action} lets bind through: added an explicit \
              SCMP_ACT_NOTIFY rule for bind, which takes precedence over the default"
@@ -190,8 +193,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
         let cond = conditions(obj);
         let shown = Value::Object(cond.clone());
         tracing::debug!(rule = i, %action, conditions = %shown, "taking bind out of a rule that lets it through");
-        if !notify_when.contains(&cond) {
-            notify_when.push(cond);
+        match notify_when.iter_mut().find(|(c, _)| *c == cond) {
+            Some((_, at)) => *at = at.or(Some(kept.len())),
+            None => notify_when.push((cond, Some(kept.len()))),
         }
         if obj.get("name").is_some_and(|s| s == BIND) {
             obj.remove("name");
@@ -212,9 +216,8 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
         return Err(ProfileError::BindNeverAllowed { default_action });
     }
     // An unconditional rule covers every conditional one.
-    if notify_when.iter().any(Map::is_empty) {
-        notify_when.retain(Map::is_empty);
-        notify_when.truncate(1);
+    if notify_when.iter().any(|(c, _)| c.is_empty()) {
+        notify_when.retain(|(c, _)| c.is_empty());
     } else {
         notes.push(format!(
             "the input allows bind only under conditions: {} SCMP_ACT_NOTIFY rule(s) for \
@@ -222,7 +225,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             notify_when.len()
         ));
     }
-    for cond in notify_when {
+    // Placed from the last place to the first, so that each index still holds.
+    notify_when.sort_by_key(|&(_, at)| at.unwrap_or(usize::MAX));
+    for (cond, at) in notify_when.into_iter().rev() {
         let mut rule = Map::new();
         rule.insert("names".into(), Value::Array(vec![BIND.into()]));
         rule.insert("action".into(), "SCMP_ACT_NOTIFY".into());
@@ -232,7 +237,7 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             "fdgrab: bind goes to the fdgrab agent, which performs the binds its policy allows"
                 .into(),
         );
-        kept.push(Value::Object(rule));
+        kept.insert(at.unwrap_or(kept.len()), Value::Object(rule));
     }
     if other_notify > 0 {
         notes.push(format!(
@@ -317,17 +322,44 @@ mod tests {
         let p = &out.profile;
         assert_eq!(p["x-unknown"], json!({"kept": true}));
         let rules = p["syscalls"].as_array().expect("rules");
-        // The old-style rule is gone, `listen` keeps its rule, the denial stays.
+        // The old-style rule is gone, `listen` keeps its rule, the denial stays,
+        // and the NOTIFY rules take the places of the rules they replace.
+        assert_eq!(rules[0]["includes"], caps);
+        assert_eq!(rules[1]["args"], args);
         assert_eq!(
-            rules[0],
+            rules[2],
             json!({"names": ["listen"], "action": "SCMP_ACT_LOG", "args": args, "x": 1})
         );
-        assert_eq!(rules[1]["action"], "SCMP_ACT_ERRNO");
-        let n = notify_rules(p);
-        assert_eq!(n.len(), 2, "{p}");
-        assert_eq!(n[0]["includes"], caps);
-        assert_eq!(n[1]["args"], args);
+        assert_eq!(rules[3]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(notify_rules(p).len(), 2, "{p}");
         assert_eq!(out.notes.len(), 1, "{:?}", out.notes);
+    }
+
+    /// libseccomp keeps the first of two rules with the same conditions: a denial
+    /// behind an ALLOW never applied, and must stay behind the NOTIFY rule; one
+    /// ahead of it still wins, and so does any rule ahead of the default.
+    #[test]
+    fn notify_takes_the_place_of_the_rule_it_replaces() {
+        let deny = json!({"names": ["bind"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1});
+        let read = json!({"names": ["read"], "action": "SCMP_ACT_ALLOW"});
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            read, {"names": ["bind", "listen"], "action": "SCMP_ACT_ALLOW"}, deny]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], read);
+        assert_eq!(rules[1]["action"], "SCMP_ACT_NOTIFY", "{rules}");
+        assert_eq!(rules[2]["names"], json!(["listen"]));
+        assert_eq!(rules[3], deny);
+
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            deny, {"names": ["bind"], "action": "SCMP_ACT_ALLOW"}]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], deny);
+        assert_eq!(rules[1]["action"], "SCMP_ACT_NOTIFY", "{rules}");
+
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [deny, read]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], deny);
+        assert_eq!(rules[2]["action"], "SCMP_ACT_NOTIFY", "{rules}");
     }
 
     #[test]
