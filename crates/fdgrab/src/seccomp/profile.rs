@@ -43,6 +43,22 @@ pub enum ProfileError {
         /// The profile's `defaultAction`.
         default_action: String,
     },
+    /// The default action allows `bind` and a rule denies it only under `args`
+    /// conditions. The NOTIFY rule for the default must be unconditional, and
+    /// libseccomp drops a syscall's `args` rules once it has an unconditional one, so
+    /// the result would let through what the input denied.
+    #[error(
+        "syscalls[{rule}] denies bind only under args conditions while defaultAction \
+         {default_action} allows it: libseccomp drops such a rule once bind has an \
+         unconditional SCMP_ACT_NOTIFY rule, so the result would allow what the profile \
+         denies; deny bind without args conditions, or use a defaultAction that denies bind"
+    )]
+    DenialUnderArgs {
+        /// The index of the denying rule in `syscalls`.
+        rule: usize,
+        /// The profile's `defaultAction`.
+        default_action: String,
+    },
 }
 
 /// What [`to_agent_profile`] produces.
@@ -169,6 +185,7 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
 
     let mut kept = Vec::with_capacity(rules.len() + 1);
     let mut other_notify = 0;
+    let mut denial_under_args = None;
     for (i, mut rule) in rules.into_iter().enumerate() {
         let Value::Object(obj) = &mut rule else {
             return Err(ProfileError::Shape(format!(
@@ -184,6 +201,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             }
         };
         if !names_bind(obj) || !lets_bind_through(&action) {
+            if names_bind(obj) && !is_empty(obj.get("args")) {
+                denial_under_args = denial_under_args.or(Some(i));
+            }
             if action == "SCMP_ACT_NOTIFY" {
                 other_notify += 1;
             }
@@ -214,6 +234,19 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
 
     if notify_when.is_empty() {
         return Err(ProfileError::BindNeverAllowed { default_action });
+    }
+    // Only the default's NOTIFY rule is new as an unconditional rule: one from an
+    // allowing rule was already unconditional in the input.
+    if let (Some(rule), Some(_)) = (
+        denial_under_args,
+        notify_when
+            .iter()
+            .find(|(c, at)| c.is_empty() && at.is_none()),
+    ) {
+        return Err(ProfileError::DenialUnderArgs {
+            rule,
+            default_action,
+        });
     }
     // An unconditional rule covers every conditional one.
     if notify_when.iter().any(|(c, _)| c.is_empty()) {
