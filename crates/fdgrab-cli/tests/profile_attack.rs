@@ -40,3 +40,41 @@ fn a_denial_under_args_with_an_allowing_default_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--output` goes through a temporary file whose name is predictable (it carries
+/// fdgrab's pid). Whoever can write to the directory can put a symlink there first;
+/// root running `fdgrab profile -o` must not write through it into another file.
+#[test]
+fn output_does_not_write_through_a_planted_temporary_symlink() {
+    let dir = TempDir::new("fdgrab-profile-symlink");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").expect("write");
+    let out_file = dir.path().join("out.json");
+    // `exec` keeps the shell's pid, so $$ is fdgrab's pid.
+    let script = format!(
+        "ln -s {victim} {dir}/.out.json.tmp$$ && exec {fdgrab} profile -o {out}",
+        victim = victim.display(),
+        dir = dir.path().display(),
+        fdgrab = fdgrab_testkit::bin("fdgrab").display(),
+        out = out_file.display(),
+    );
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new("sh").arg("-c").arg(&script),
+        fdgrab_testkit::TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        std::fs::read_to_string(&victim).expect("victim") == "precious",
+        "written through the symlink; fdgrab said {err}"
+    );
+    // Refused, naming the file, and the symlink is left for its owner to see.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(".out.json.tmp"), "{err}");
+    assert!(!out_file.exists());
+    let planted = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .count();
+    assert_eq!(planted, 1);
+}

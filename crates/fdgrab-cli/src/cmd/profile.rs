@@ -40,7 +40,9 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes `data` to a temporary file next to `path`, then renames it over `path`:
-/// a kubelet or runtime reading the profile sees the old one or the new one.
+/// a kubelet or runtime reading the profile sees the old one or the new one. The
+/// temporary name is predictable, so it is created exclusively: a symlink or file
+/// someone put there first is never written through, and never removed.
 fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let name = path
         .file_name()
@@ -49,7 +51,19 @@ fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let result = std::fs::write(&tmp, data)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| {
+            format!(
+                "writing the profile to {}: creating {}",
+                path.display(),
+                tmp.display()
+            )
+        })?;
+    let result = file
+        .write_all(data)
         .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("writing the profile to {}", path.display()));
     if result.is_err() {
