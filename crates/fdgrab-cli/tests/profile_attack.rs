@@ -78,3 +78,22 @@ fn output_does_not_write_through_a_planted_temporary_symlink() {
         .count();
     assert_eq!(planted, 1);
 }
+
+/// An endless `--from` (/dev/zero, a stream that never ends) is refused once it is
+/// far larger than any profile, instead of filling memory (bounded here by
+/// `ulimit -v` so that a regression fails without hurting the machine).
+#[test]
+fn an_endless_input_is_refused_without_filling_memory() {
+    let script = format!(
+        "ulimit -v 2000000 && exec {} profile --from /dev/zero",
+        fdgrab_testkit::bin("fdgrab").display()
+    );
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new("sh").arg("-c").arg(&script),
+        fdgrab_testkit::TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/dev/zero") && err.contains("MiB"), "{err}");
+    assert!(out.stdout.is_empty());
+}

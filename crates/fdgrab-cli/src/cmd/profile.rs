@@ -4,14 +4,13 @@ use crate::cli::ProfileArgs;
 use crate::exit::UsageError;
 use anyhow::Context;
 use fdgrab::seccomp::profile::{runtime_default, to_agent_profile, ProfileListener};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
     let text = match &a.from {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the profile {}", path.display()))?,
+        Some(path) => read_profile(path)?,
         None => runtime_default().to_owned(),
     };
     let listener = ProfileListener {
@@ -37,6 +36,28 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         Some(path) => write_atomically(path, json.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Far more than any real profile (podman's default is some 30 KB): a larger
+/// input is not one, and an endless one (/dev/zero) must not fill memory.
+const MAX_PROFILE_BYTES: u64 = 16 << 20;
+
+fn read_profile(path: &Path) -> anyhow::Result<String> {
+    let context = || format!("reading the profile {}", path.display());
+    let file = std::fs::File::open(path).with_context(context)?;
+    let mut text = String::new();
+    file.take(MAX_PROFILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(context)?;
+    if text.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(UsageError(format!(
+            "--from {}: larger than {} MiB, not a seccomp profile",
+            path.display(),
+            MAX_PROFILE_BYTES >> 20
+        ))
+        .into());
+    }
+    Ok(text)
 }
 
 /// Writes `data` to a temporary file next to `path`, then renames it over `path`:
