@@ -180,6 +180,7 @@ pub struct LsArgs {
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
     /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
+    /// For a unix socket's name: the sockets bound to it and those accepted on them.
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
     /// Only fds on files with no name left (link count 0): deleted files and memfds,

@@ -100,3 +100,66 @@ fn a_pid_named_twice_is_listed_once() {
     assert_eq!(table.lines().count(), 2, "header and one row:\n{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--path` on a unix socket's name finds the socket bound to it and the
+/// connections accepted on it, as lsof and fuser do (the fds refer to sockfs
+/// inodes, never to the name's inode, so comparing stats alone finds nothing).
+/// The client's end is not bound to the name and is left out, as lsof does.
+#[test]
+fn path_of_a_unix_socket_finds_its_listener_and_accepted_connections() {
+    let dir = temp_dir("usock");
+    let sock = dir.join("app.sock");
+    let s = sock.to_str().expect("utf8");
+    let server = r#"
+import json, os, socket, sys
+l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen()
+print(json.dumps({"listen": l.fileno()}), flush=True)
+a, _ = l.accept()
+print(json.dumps({"accepted": a.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let client = r#"
+import json, os, socket, sys
+c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])
+print(json.dumps({"client": c.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let py = |script: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script).arg(s);
+        Target::spawn_cmd(cmd)
+    };
+    let mut srv = py(server);
+    let cli = py(client);
+    let accepted: Value = serde_json::from_str(&srv.next_line()).expect("accepted");
+    let doc = ls_json(&["--path", s]);
+    let mut found: Vec<(i64, i64)> = Vec::new();
+    for p in doc["processes"].as_array().expect("processes") {
+        for e in p["fds"].as_array().expect("fds") {
+            found.push((
+                p["pid"].as_i64().expect("pid"),
+                e["fd"].as_i64().expect("fd"),
+            ));
+            assert_eq!(e["socket"]["local"]["path"], s, "{e}");
+        }
+    }
+    found.sort_unstable();
+    let srv_pid = i64::from(srv.pid);
+    assert_eq!(
+        found,
+        [
+            (srv_pid, srv.report["listen"].as_i64().expect("fd")),
+            (srv_pid, accepted["accepted"].as_i64().expect("fd")),
+        ],
+        "{doc}"
+    );
+    // fuser agrees on the holders.
+    let out = output_timeout(Command::new("fuser").arg(s), TIMEOUT);
+    let fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(fuser, [srv_pid]);
+    drop(cli);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::Error;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
 /// Bumped whenever a field changes meaning or disappears; new fields do not bump it.
@@ -63,19 +63,20 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
 }
 
 fn build_query(a: &LsArgs) -> Result<Query> {
-    let file = match &a.path {
+    let (file, file_is_socket) = match &a.path {
         Some(p) => {
             let m = std::fs::metadata(p)
                 .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
-            Some((m.dev(), m.ino()))
+            (Some((m.dev(), m.ino())), m.file_type().is_socket())
         }
-        None => None,
+        None => (None, false),
     };
     let uid = a.user.as_deref().map(uid_of).transpose()?;
     Ok(Query {
         fds: a.fds.clone(),
         port: a.port,
         file,
+        file_is_socket,
         unlinked: a.deleted,
         kinds: a.kinds.clone(),
         listening: a.listen,
