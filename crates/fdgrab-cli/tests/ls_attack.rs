@@ -163,3 +163,47 @@ sys.stdin.read()
     drop(cli);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With one PID, `--fd N` for an fd the process does not have is exit 5 whether
+/// or not another requested fd exists; and an fd that exists but is filtered out
+/// by another filter is not "missing" (nothing printed, exit 0).
+#[test]
+fn a_missing_fd_is_an_error_alone_and_a_filtered_one_is_not() {
+    let dir = temp_dir("missing-fd");
+    let f = dir.join("f");
+    let t = holder(&[f.to_str().expect("utf8")]);
+    let pid = t.pid.to_string();
+    let fd = t.report["fds"][0]["fd"].as_i64().expect("fd").to_string();
+    let run = |args: &[&str]| {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.arg("ls").arg(&pid).args(args);
+        output_timeout(&mut cmd, TIMEOUT)
+    };
+    for missing in [
+        &["--fd", "777"][..],
+        &["--fd", "777", "--json"],
+        &["--fd", "777", "--pids"],
+    ] {
+        let out = run(missing);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{missing:?}: {err}");
+        assert!(err.contains("777") && err.contains(&pid), "{err}");
+    }
+    // The file is there but is not a socket: filtered, not missing.
+    let out = run(&["--fd", &fd, "--type", "socket"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let out = run(&["--fd", &format!("0,{fd}"), "--type", "file"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

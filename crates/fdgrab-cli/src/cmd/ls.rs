@@ -5,7 +5,7 @@ use crate::cli::LsArgs;
 use crate::exit::UsageError;
 use anyhow::{Context, Result};
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
-use fdgrab::Error;
+use fdgrab::{Error, TargetFd};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
@@ -26,9 +26,17 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
     let mut result = query(named, &q);
     // One named process without a requested fd: the user asked for something that
-    // is not there.
-    if let ([pid], [_, ..], [p]) = (a.pids.as_slice(), a.fds.as_slice(), &result.processes[..]) {
-        if let Some(missing) = a.fds.iter().find(|f| !p.fds.iter().any(|e| e.fd == **f)) {
+    // is not there. An fd that is there but another filter left out is not missing;
+    // nor is one when the process itself could not be read (reported below).
+    if let ([pid], [_, ..], []) = (a.pids.as_slice(), a.fds.as_slice(), &result.skipped[..]) {
+        let listed = |fd: TargetFd| {
+            result
+                .processes
+                .iter()
+                .any(|p| p.fds.iter().any(|e| e.fd == fd))
+        };
+        let held = |fd: TargetFd| std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}")).is_ok();
+        if let Some(missing) = a.fds.iter().find(|&&f| !listed(f) && !held(f)) {
             return Err(Error::NoSuchFd {
                 pid: *pid,
                 fd: *missing,
