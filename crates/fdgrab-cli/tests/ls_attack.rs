@@ -207,3 +207,37 @@ fn a_missing_fd_is_an_error_alone_and_a_filtered_one_is_not() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--deleted` is `lsof +L1`: files with no name left. A file whose opened name
+/// was removed but which keeps another hard link still has a name: its fd says
+/// `deleted` (the name it was opened by is gone) with link count 1, and
+/// `--deleted` leaves it out, as lsof +L1 does.
+#[test]
+fn deleted_leaves_out_a_file_that_keeps_another_link() {
+    let dir = temp_dir("hardlink");
+    let opened = dir.join("opened");
+    let other = dir.join("other");
+    let t = holder(&[opened.to_str().expect("utf8")]);
+    std::fs::hard_link(&opened, &other).expect("link");
+    std::fs::remove_file(&opened).expect("unlink");
+    let pid = t.pid.to_string();
+    let doc = ls_json(&[&pid, "--fd", &t.report["fds"][0]["fd"].to_string()]);
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["deleted"], &e["nlink"]),
+        (&Value::Bool(true), &Value::from(1)),
+        "{e}"
+    );
+    let doc = ls_json(&[&pid, "--deleted"]);
+    assert_eq!(doc["processes"], Value::Array(Vec::new()), "{doc}");
+    let lsof = output_timeout(
+        Command::new("lsof").args(["-n", "-a", "+L1", "-p", &pid]),
+        TIMEOUT,
+    );
+    assert!(
+        !String::from_utf8_lossy(&lsof.stdout).contains("opened"),
+        "lsof +L1 lists it after all: {}",
+        String::from_utf8_lossy(&lsof.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

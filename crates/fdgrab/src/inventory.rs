@@ -175,9 +175,10 @@ impl FdEntry {
     }
 
     /// Whether the inode has no name left in any directory (`lsof +L1`): unlinked
-    /// files and memfds.
+    /// files and memfds. The link count decides when it is known: a file whose
+    /// opened name was removed (`deleted`) may keep another hard link.
     pub fn is_unlinked(&self) -> bool {
-        self.deleted || self.nlink == Some(0)
+        self.nlink.map_or(self.deleted, |n| n == 0)
     }
 }
 
