@@ -97,3 +97,19 @@ fn an_endless_input_is_refused_without_filling_memory() {
     assert!(err.contains("/dev/zero") && err.contains("MiB"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// A `--socket` that is not UTF-8 cannot be written into JSON as it is; a lossy
+/// `listenerPath` would name a socket that does not exist, and the runtime would
+/// refuse every container. Refused (exit 2) instead.
+#[test]
+fn a_socket_path_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(["profile", "--socket"])
+        .arg(std::ffi::OsStr::from_bytes(b"/run/fdgrab/\xffagent.sock"));
+    let out = fdgrab_testkit::output_timeout(&mut cmd, fdgrab_testkit::TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--socket"), "{err}");
+    assert!(out.stdout.is_empty());
+}

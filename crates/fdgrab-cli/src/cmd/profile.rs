@@ -13,8 +13,15 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         Some(path) => read_profile(path)?,
         None => runtime_default().to_owned(),
     };
+    // JSON strings are UTF-8: any other name would come out as a different path.
+    let socket = a.socket.to_str().ok_or_else(|| {
+        UsageError(format!(
+            "--socket {}: not UTF-8, so it cannot be written as listenerPath",
+            a.socket.display()
+        ))
+    })?;
     let listener = ProfileListener {
-        path: a.socket.to_string_lossy().into_owned(),
+        path: socket.to_owned(),
         metadata: a.metadata,
     };
     let source = a.from.as_ref().map_or_else(
