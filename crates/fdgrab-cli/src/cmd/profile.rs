@@ -83,12 +83,19 @@ fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .with_context(|| {
-            format!(
-                "writing the profile to {}: creating {}",
+        .map_err(|e| {
+            // Not ours to remove: it may be a leftover of a run that was killed,
+            // or something put there on purpose.
+            let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                " (it exists already: remove it if it is a leftover)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "writing the profile to {}: creating {}{hint}",
                 path.display(),
                 tmp.display()
-            )
+            ))
         })?;
     let result = file
         .write_all(data)
