@@ -241,3 +241,46 @@ fn deleted_leaves_out_a_file_that_keeps_another_link() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A unix socket bound to the relative path `@name` is not the abstract socket
+/// `@name`: the table shows the abstract one's NUL as `@` (as ss and lsof do), so
+/// the path's own `@` is escaped, and JSON keeps the two apart by `path_bytes`.
+#[test]
+fn a_socket_path_starting_with_at_is_not_shown_as_abstract() {
+    let dir = temp_dir("at");
+    let name = format!("fdgrab-lsa-at-{}", std::process::id());
+    let script = r#"
+import json, os, socket, sys
+os.chdir(sys.argv[1])
+a = socket.socket(socket.AF_UNIX); a.bind(b"\0" + sys.argv[2].encode()); a.listen()
+p = socket.socket(socket.AF_UNIX); p.bind(b"@" + sys.argv[2].encode()); p.listen()
+print(json.dumps({"abstract": a.fileno(), "path": p.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(dir.to_str().expect("utf8"))
+        .arg(&name);
+    let t = Target::spawn_cmd(cmd);
+    let fd = |k: &str| t.report[k].as_i64().expect("fd").to_string();
+    let row = |fd: &str| {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.args(["ls", &t.pid.to_string(), "--fd", fd]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        assert!(out.status.success());
+        let table = String::from_utf8(out.stdout).expect("utf8");
+        table.lines().nth(1).expect("one row").to_string()
+    };
+    let (abstract_row, path_row) = (row(&fd("abstract")), row(&fd("path")));
+    assert!(
+        abstract_row.contains(&format!(" @{name} ")),
+        "{abstract_row}"
+    );
+    assert!(path_row.contains(&format!(" \\x40{name} ")), "{path_row}");
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", &fd("path")]);
+    let local = &doc["processes"][0]["fds"][0]["socket"]["local"];
+    assert_eq!(local["path"], format!("@{name}"));
+    assert!(local.get("path_bytes").is_none(), "{local}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

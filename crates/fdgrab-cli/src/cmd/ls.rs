@@ -252,6 +252,17 @@ fn row(e: &FdEntry) -> [String; 7] {
         _ => e.inode.map(|i| i.to_string()).unwrap_or_default(),
     };
     let mut name = escape(&e.display_name_bytes());
+    // An abstract socket's leading NUL shows as `@`: a path's own leading `@` is
+    // escaped, so that the two never print the same.
+    let local = e.socket.as_ref().and_then(|s| s.local.as_ref());
+    let local_bytes = local.and_then(|l| {
+        l.path_bytes
+            .as_deref()
+            .or(l.path.as_deref().map(str::as_bytes))
+    });
+    if local_bytes.is_some_and(|b| b.first() == Some(&b'@')) {
+        name.replace_range(..1, "\\x40");
+    }
     if e.deleted && !name.ends_with("(deleted)") {
         name.push_str(" (deleted)");
     }
