@@ -284,3 +284,28 @@ sys.stdin.read()
     assert!(local.get("path_bytes").is_none(), "{local}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same for a holder in a chroot: /proc/PID/fd/N reads relative to the
+/// reader's root, not the holder's, so the name is checked from ours as well.
+#[test]
+fn a_live_file_named_like_a_deleted_one_in_a_chroot_is_not_deleted() {
+    let dir = temp_dir("chroot");
+    std::fs::create_dir_all(dir.join("bin")).expect("bin");
+    // Debian's busybox is static: a chroot needs nothing else.
+    std::fs::copy("/usr/bin/busybox", dir.join("bin/busybox")).expect("busybox");
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&dir).args([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "exec 3<>'/app.log (deleted)'; echo '{}'; exec /bin/busybox cat",
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", "3"]);
+    let e = &doc["processes"][0]["fds"][0];
+    let full = dir.join("app.log (deleted)");
+    assert_eq!(e["deleted"], false, "{e}");
+    assert_eq!(e["path"], full.to_str().expect("utf8"), "{e}");
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}

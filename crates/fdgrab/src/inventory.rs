@@ -741,17 +741,24 @@ impl EntryReader<'_> {
         }
     }
 
-    /// Whether `path`, the whole link, is a name of `e`'s inode in the target's
-    /// root: then a " (deleted)" at its end belongs to the name, not to the kernel.
-    /// Only asked of inodes that still have a link, so unlinked files cost nothing.
+    /// Whether `path`, the whole link, is a name of `e`'s inode: then a
+    /// " (deleted)" at its end belongs to the name, not to the kernel. The link is
+    /// written from our root when the file is reachable from it (a chrooted
+    /// target), else from the root of the target's mount namespace, so both are
+    /// asked; the inode check rules out a wrong answer from either. Only asked of
+    /// inodes that still have a link, so unlinked files cost nothing.
     fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
         if e.nlink.is_none_or(|n| n == 0) {
             return false;
         }
+        let same =
+            |st: rustix::fs::Stat| Some(devstr(st.st_dev)) == e.dev && Some(st.st_ino) == e.inode;
+        if statat(rustix::fs::CWD, path, AtFlags::empty()).is_ok_and(same) {
+            return true;
+        }
         let mut in_root = b"../root".to_vec();
         in_root.extend_from_slice(path);
-        statat(self.fd_dir, in_root.as_slice(), AtFlags::empty())
-            .is_ok_and(|st| Some(devstr(st.st_dev)) == e.dev && Some(st.st_ino) == e.inode)
+        statat(self.fd_dir, in_root.as_slice(), AtFlags::empty()).is_ok_and(same)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems
