@@ -443,6 +443,7 @@ pub struct ProfileArgs {
     pub socket: PathBuf,
     /// `listenerMetadata` for the agent, e.g. `allow-bind=tcp:80,tcp:443` (narrows the
     /// agent's policy for containers using this profile). Default: the input's, if any.
+    /// Checked as the agent reads it: one it could not read is refused (exit 2).
     #[arg(long, value_name = "TEXT")]
     pub metadata: Option<String>,
     /// Write the profile to FILE (through a temporary file renamed into place, so

@@ -113,3 +113,30 @@ fn a_socket_path_that_is_not_utf8_is_refused() {
     assert!(err.contains("--socket"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// `--metadata` is read by the agent for every container that uses the profile;
+/// one it cannot read costs each of them every privileged port (the agent logs it
+/// and denies). So it is checked here, with the agent's own parser: a typo is
+/// exit 2 naming --metadata, before anything is written.
+#[test]
+fn metadata_the_agent_cannot_read_is_refused() {
+    for bad in ["allow-bind=tcp:8O", "allow-binds=tcp:80", "tcp:80"] {
+        let out = run_fdgrab(["profile", "--metadata", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--metadata"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    for good in [
+        "allow-bind=tcp:80,tcp:443",
+        "allow-bind=udp:53 allow-bind=tcp:80",
+        "",
+    ] {
+        let out = run_fdgrab(["profile", "--metadata", good]);
+        assert!(
+            out.status.success(),
+            "{good}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

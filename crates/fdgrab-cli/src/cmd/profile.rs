@@ -20,6 +20,14 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             a.socket.display()
         ))
     })?;
+    if let Some(meta) = &a.metadata {
+        fdgrab::supervise::oci::check_listener_metadata(meta).map_err(|e| {
+            UsageError(format!(
+                "--metadata '{meta}': the agent could not read it ({e}), and would \
+                 grant no privileged port to any container using the profile"
+            ))
+        })?;
+    }
     let listener = ProfileListener {
         path: socket.to_owned(),
         metadata: a.metadata,
