@@ -127,6 +127,19 @@ fn metadata_the_agent_cannot_read_is_refused() {
         assert!(err.contains("--metadata"), "{err}");
         assert!(out.stdout.is_empty());
     }
+    // The same for metadata the input profile carries.
+    let dir = TempDir::new("fdgrab-profile-meta");
+    let input = dir.path().join("with-meta.json");
+    std::fs::write(
+        &input,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "allow-bind=tcp:8O"}"#,
+    )
+    .expect("write");
+    let out = run_fdgrab(["profile", "--from", input.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("listenerMetadata"), "{err}");
+    assert!(out.stdout.is_empty());
     for good in [
         "allow-bind=tcp:80,tcp:443",
         "allow-bind=udp:53 allow-bind=tcp:80",

@@ -20,14 +20,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             a.socket.display()
         ))
     })?;
-    if let Some(meta) = &a.metadata {
-        fdgrab::supervise::oci::check_listener_metadata(meta).map_err(|e| {
-            UsageError(format!(
-                "--metadata '{meta}': the agent could not read it ({e}), and would \
-                 grant no privileged port to any container using the profile"
-            ))
-        })?;
-    }
+    let metadata_given = a.metadata.is_some();
     let listener = ProfileListener {
         path: socket.to_owned(),
         metadata: a.metadata,
@@ -38,6 +31,27 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
     );
     let out = to_agent_profile(&text, &listener)
         .map_err(|e| UsageError(format!("--from {source}: {e}")))?;
+    // Given or kept from the input: either way every container using the profile
+    // would get no privileged port if the agent could not read it.
+    if let Some(meta) = out.profile.get("listenerMetadata") {
+        let whose = if metadata_given {
+            "--metadata".to_owned()
+        } else {
+            format!("--from {source}: listenerMetadata")
+        };
+        let checked = match meta.as_str() {
+            Some(m) => {
+                fdgrab::supervise::oci::check_listener_metadata(m).map_err(|e| e.to_string())
+            }
+            None => Err("not a string".to_owned()),
+        };
+        checked.map_err(|e| {
+            UsageError(format!(
+                "{whose} {meta}: the agent could not read it ({e}), and would grant no \
+                 privileged port to any container using the profile"
+            ))
+        })?;
+    }
     for note in &out.notes {
         eprintln!("fdgrab: note: {note}");
     }
