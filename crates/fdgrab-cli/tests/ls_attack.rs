@@ -309,3 +309,52 @@ fn a_live_file_named_like_a_deleted_one_in_a_chroot_is_not_deleted() {
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A process whose thread-group leader exited has no /proc/PID/ns/net (the
+/// leader is a zombie), yet its other threads still hold its sockets in their
+/// network namespace. `ls PID` already lists through a live thread; `--port` and
+/// `--listen` must find the listener the same way, here in a namespace of its own.
+#[test]
+fn port_and_listen_find_a_listener_whose_leader_exited() {
+    let script = r#"
+import ctypes, json, socket, threading, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+print(json.dumps({"port": l.getsockname()[1], "fd": l.fileno()}), flush=True)
+threading.Thread(target=lambda: time.sleep(120)).start()
+ctypes.CDLL(None).syscall(60, 0)  # exit(2): the leader thread alone
+"#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "python3", "-c", script]);
+    let t = Target::spawn_cmd(cmd);
+    fdgrab_testkit::wait_leader_zombie(t.pid);
+    let pid = t.pid.to_string();
+    let port = t.report["port"].to_string();
+    let fd = t.report["fd"].as_i64().expect("fd");
+    for args in [
+        vec![&pid[..], "--port", &port],
+        vec!["--port", &port],
+        vec![&pid[..], "--listen"],
+    ] {
+        let doc = ls_json(&args);
+        let found: Vec<(i64, i64)> = doc["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .flat_map(|p| {
+                let pid = p["pid"].as_i64().expect("pid");
+                p["fds"]
+                    .as_array()
+                    .expect("fds")
+                    .iter()
+                    .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
+            })
+            .collect();
+        let ours = (i64::from(t.pid), fd);
+        if args[0] == pid {
+            assert_eq!(found, [ours], "ls {args:?}: {doc}");
+        } else {
+            // System-wide, another namespace may use the same port number.
+            assert!(found.contains(&ours), "ls {args:?}: {doc}");
+        }
+    }
+}

@@ -232,14 +232,33 @@ fn netns_of(proc_dir: &OwnedFd) -> Option<(u64, u64)> {
         .map(|st| (st.st_dev, st.st_ino))
 }
 
-fn open_proc(pid: Pid) -> Option<OwnedFd> {
+fn open_proc(dir: &str) -> Option<OwnedFd> {
     openat(
         rustix::fs::CWD,
-        format!("/proc/{pid}"),
+        dir,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .ok()
+}
+
+/// `/proc/PID`, or for a process whose leader exited (a zombie leader has no
+/// namespaces left) `/proc/PID/task/TID` of a live thread, with the stat of its
+/// `ns/net`.
+fn netns_dir(pid: Pid) -> Option<(rustix::fs::Stat, String)> {
+    let base = format!("/proc/{pid}");
+    if let Ok(st) = rustix::fs::stat(format!("{base}/ns/net")) {
+        return Some((st, base));
+    }
+    crate::procfs::tasks(pid)
+        .ok()?
+        .into_iter()
+        .filter(|&tid| tid != pid)
+        .find_map(|tid| {
+            let base = format!("/proc/{pid}/task/{tid}");
+            let st = rustix::fs::stat(format!("{base}/ns/net")).ok()?;
+            Some((st, base))
+        })
 }
 
 /// Calls `each` with one process of every network namespace among `pids` and its
@@ -248,13 +267,13 @@ fn for_each_netns(pids: &[Pid], mut each: impl FnMut(Pid, &OwnedFd)) {
     let mut seen = std::collections::HashSet::new();
     for &pid in pids {
         // One stat per process; the /proc directory is opened once per namespace.
-        let Ok(st) = rustix::fs::stat(format!("/proc/{pid}/ns/net")) else {
+        let Some((st, base)) = netns_dir(pid) else {
             continue; // not ours to read; the process is skipped later anyway
         };
         if !seen.insert((st.st_dev, st.st_ino)) {
             continue;
         }
-        if let Some(proc_dir) = open_proc(pid) {
+        if let Some(proc_dir) = open_proc(&base) {
             each(pid, &proc_dir);
         }
     }
