@@ -244,7 +244,7 @@ impl BindHandler {
 }
 
 /// Our copy of the caller's sockaddr, checked the way `inet_bind`/`inet6_bind` do.
-fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
+pub(super) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
     match family {
         libc::AF_INET if raw.len() >= SOCKADDR_IN_LEN => {
             let port = u16::from_be_bytes([raw[2], raw[3]]);
@@ -296,7 +296,7 @@ fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
 /// reaches the same fd table. The tgid is read from `/proc/TID/status`; the
 /// ID_VALID that follows the memory read proves the thread (so its process, so the
 /// number) stayed alive from before this lookup until after it.
-fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
+pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     let tgid = crate::procfs::status(tid)
         .ok()
         .and_then(|st| st.tgid)

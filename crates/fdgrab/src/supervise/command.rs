@@ -35,6 +35,16 @@ pub struct SupervisedCommand {
     audit: AuditSink,
     filter: Option<Vec<libc::sock_filter>>,
     death_signal: bool,
+    setup: Option<SpawnSetup>,
+}
+
+/// A caller's additions to the [`Spawn`] (environment, fd plan, session).
+pub struct SpawnSetup(Box<dyn FnOnce(Spawn) -> Result<Spawn> + Send>);
+
+impl std::fmt::Debug for SpawnSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnSetup")
+    }
 }
 
 /// A supervised program that has exec'd, with the listener of its filter.
@@ -54,6 +64,7 @@ impl SupervisedCommand {
             audit: AuditSink::none(),
             filter: None,
             death_signal: true,
+            setup: None,
         }
     }
 
@@ -80,6 +91,14 @@ impl SupervisedCommand {
     /// for what the supervisor is to answer. Default: trap `bind`.
     pub fn filter(mut self, prog: &Program) -> Self {
         self.filter = Some(prog.raw());
+        self
+    }
+
+    /// Lets the caller shape the launch (environment, fds to install, session,
+    /// signal dispositions) on the spawner before the user, death signal and filter
+    /// are added; `argv` may be resolved there too ([`Spawn::program`]).
+    pub fn spawn_setup(mut self, f: impl FnOnce(Spawn) -> Result<Spawn> + Send + 'static) -> Self {
+        self.setup = Some(SpawnSetup(Box::new(f)));
         self
     }
 
@@ -110,6 +129,9 @@ impl SupervisedCommand {
         )
         .map_err(|e| Error::io("socketpair (listener hand-back)", me, None, e))?;
         let mut spawn = Spawn::new(&self.argv)?;
+        if let Some(SpawnSetup(f)) = self.setup.take() {
+            spawn = f(spawn)?;
+        }
         if let Some(u) = &self.user {
             // Programs look at these to find their home and name.
             spawn = spawn

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bind;
 pub mod command;
 pub mod handler;
+pub mod handover;
 pub mod oci;
 pub mod policy;
 pub mod port_threshold;
