@@ -247,8 +247,12 @@ fn open_proc(dir: &str) -> Option<OwnedFd> {
 /// `ns/net`.
 fn netns_dir(pid: Pid) -> Option<(rustix::fs::Stat, String)> {
     let base = format!("/proc/{pid}");
-    if let Ok(st) = rustix::fs::stat(format!("{base}/ns/net")) {
-        return Some((st, base));
+    match rustix::fs::stat(format!("{base}/ns/net")) {
+        Ok(st) => return Some((st, base)),
+        // Only a leader that exited is worth a look at the threads; a process we
+        // may not read (EACCES) is skipped later anyway.
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(_) => return None,
     }
     crate::procfs::tasks(pid)
         .ok()?
