@@ -209,6 +209,7 @@ pub struct LsArgs {
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
     /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
+    /// For a unix socket's name: the sockets bound to it and those accepted on them.
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
     /// Only fds on files with no name left (link count 0): deleted files and memfds,
@@ -530,6 +531,7 @@ pub struct ProfileArgs {
     pub socket: PathBuf,
     /// `listenerMetadata` for the agent, e.g. `allow-bind=tcp:80,tcp:443` (narrows the
     /// agent's policy for containers using this profile). Default: the input's, if any.
+    /// Checked as the agent reads it: one it could not read is refused (exit 2).
     #[arg(long, value_name = "TEXT")]
     pub metadata: Option<String>,
     /// Write the profile to FILE (through a temporary file renamed into place, so
