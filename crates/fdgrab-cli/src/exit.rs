@@ -35,6 +35,10 @@ codes! {
     Unsupported = 3 => "the running kernel lacks a needed system call (pidfd_open needs Linux 5.3, pidfd_getfd 5.6)",
     PermissionDenied = 4 => "permission denied (another uid, a non-dumpable target, Yama, an LSM); the message names the likely cause",
     NoSuchProcessOrFd = 5 => "no such process (it never existed, exited or was reaped) or no such fd in it",
+    /// `attach`: the terminal session is already attached by another fdgrab.
+    AlreadyAttached = 6 => "attach: the terminal session is already attached by another fdgrab",
+    /// `attach`: detached; the program keeps running and can be attached again.
+    Detached = 7 => "attach: detached; the program keeps running and can be attached again",
     /// CMD was found but could not be started: not executable, or a set-up step
     /// before its exec failed (as `env` and shells use 126).
     CannotExecute = 126 => "CMD was found but could not be started (not executable, or a set-up step before its exec failed), as env and shells use 126",
@@ -118,18 +122,35 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error that carries its own exit code (a refusal no library error kind names).
+#[derive(Debug)]
+pub struct CodedError(pub Code, pub String);
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for CodedError {}
+
 /// Picks the exit code for an error by looking through its chain for a typed cause.
 pub fn code_for(e: &anyhow::Error) -> Code {
     for cause in e.chain() {
         if cause.downcast_ref::<UsageError>().is_some() {
             return Code::Usage;
         }
+        if let Some(CodedError(code, _)) = cause.downcast_ref::<CodedError>() {
+            return *code;
+        }
         if let Some(err) = cause.downcast_ref::<fdgrab::Error>() {
             return match err {
                 fdgrab::Error::NoSuchProcess { .. }
                 | fdgrab::Error::NoSuchFd { .. }
                 | fdgrab::Error::NoMatchingSocket { .. } => Code::NoSuchProcessOrFd,
-                fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
+                fdgrab::Error::PermissionDenied { .. }
+                | fdgrab::Error::SeccompRefused { .. }
+                | fdgrab::Error::SeccompUnchecked { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,
                 fdgrab::Error::Spawn(e) if e.is_not_found() => Code::NotFound,

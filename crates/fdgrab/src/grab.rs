@@ -98,6 +98,7 @@ pub struct Grabbed {
 pub struct GrabOptions {
     backend: Backend,
     steal: Option<CloseMode>,
+    seccomp: inject::SeccompPolicy,
 }
 
 /// What [`GrabOptions::grab_many_then`] did.
@@ -131,6 +132,13 @@ impl GrabOptions {
     /// [`crate::inject::close_in_target`]. If that fails the target keeps its fds.
     pub fn steal(mut self, how: CloseMode) -> Self {
         self.steal = Some(how);
+        self
+    }
+
+    /// What the ptrace backend (and a steal's close) does about the target's seccomp
+    /// filters, e.g. [`inject::SeccompPolicy::force`].
+    pub fn seccomp(mut self, policy: inject::SeccompPolicy) -> Self {
+        self.seccomp = policy;
         self
     }
 
@@ -192,7 +200,7 @@ impl GrabOptions {
         tracing::info!(pid = target.pid(), fds = ?fds, "took copies (method: {})", backend.method());
         let value = hook(out)?;
         let closed = match self.steal {
-            Some(how) => inject::close_in_target(target, fds, how),
+            Some(how) => inject::close_in_target(target, fds, how, self.seccomp),
             None => Ok(()),
         };
         Ok(Taken {
@@ -215,7 +223,7 @@ impl GrabOptions {
                     "taken by the ptrace backend",
                 ));
             }
-            inject::grab_fds(target, fds)
+            inject::grab_fds(target, fds, self.seccomp)
         };
         Ok(match self.backend {
             Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),

@@ -4,7 +4,6 @@
 //! This is the project's only BPF builder; the `run` supervisor and the OCI agent
 //! both use it.
 
-#[allow(missing_docs)] // being rewritten (the interpreter); documented when that lands
 pub mod bpf;
 mod filter;
 mod ioctl;
@@ -12,7 +11,9 @@ mod notify;
 pub mod profile;
 mod remote;
 
-pub use bpf::{Action, BuildError, Insn, Program, SyscallFilter};
+pub use bpf::{
+    evaluate_stack, Action, BuildError, Insn, Program, SeccompData, StackVerdict, SyscallFilter,
+};
 pub use filter::{install, install_filter, set_no_new_privs, InstallError, InstallFlags};
 pub use notify::{AddFdAt, Listener, Notification, Response, SendError, SyscallData};
 pub use remote::{read_validated, ReadError};
