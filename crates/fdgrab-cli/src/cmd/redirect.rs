@@ -256,10 +256,16 @@ impl Output {
     }
 
     /// The hook for [`inject::put_with`]/[`inject::redirect_with`]: empties the file
-    /// if it is to be truncated.
+    /// if it is to be truncated. Only a regular file is: a FIFO, a terminal or
+    /// /dev/null has no length (`ftruncate` refuses it with EINVAL), and `O_TRUNC`
+    /// ignores them too.
     pub(crate) fn before_install(&self) -> impl FnOnce() -> fdgrab::Result<()> + '_ {
         move || {
-            if self.truncate {
+            let meta = self.file.metadata().map_err(|e| fdgrab::Error::Local {
+                op: "fstat on the output file",
+                source: e,
+            })?;
+            if self.truncate && meta.is_file() {
                 self.file.set_len(0).map_err(|e| fdgrab::Error::Local {
                     op: "truncating the output file",
                     source: e,

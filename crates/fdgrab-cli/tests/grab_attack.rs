@@ -1,0 +1,98 @@
+//! Attacks on `cat`, `put`, `redirect`, `get` and `steal` that the commands' own
+//! tests did not try: special files, odd fd maps, records and spawn corner cases.
+//! Every target is a real process, checked after each case.
+
+use fdgrab_testkit::{proc_fds, run_fdgrab, wait_timeout, TIMEOUT};
+use std::process::{Child, Command, Stdio};
+
+/// A `sleep` whose stdout is `out`, killed and reaped on drop.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn with_stdout(out: &std::path::Path) -> Self {
+        let file = std::fs::File::create(out).expect("create the target's stdout");
+        let child = Command::new("sleep")
+            .arg("300")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .spawn()
+            .expect("sleep");
+        Sleeper(child)
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    fn fd_link(&self, fd: i32) -> String {
+        std::fs::read_link(format!("/proc/{}/fd/{fd}", self.0.id()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_timeout(&mut self.0, TIMEOUT);
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fdgrab-attack-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d.join(name)
+}
+
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `redirect PID 1 /dev/null` is how one silences a chatty process, and a FIFO is
+/// how one pipes it elsewhere: neither can be truncated (`ftruncate` gives EINVAL),
+/// and neither needs to be, as a shell's `>` (O_TRUNC, ignored there) shows.
+#[test]
+fn redirect_and_put_to_devices_and_fifos() {
+    let log = tmp("devnull-target.out");
+    let t = Sleeper::with_stdout(&log);
+    let r = run_fdgrab(["redirect", "--json", &t.pid(), "1", "/dev/null"]);
+    assert_ok(&r);
+    assert_eq!(t.fd_link(1), "/dev/null");
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let undo: Vec<String> = doc["undo"]
+        .as_array()
+        .expect("undo")
+        .iter()
+        .map(|v| v.as_str().expect("str").to_string())
+        .collect();
+    assert_ok(&run_fdgrab(&undo[1..]));
+    assert_eq!(t.fd_link(1), log.display().to_string());
+
+    let out = run_fdgrab(["put", &t.pid(), "7", "--file", "/dev/null"]);
+    assert_ok(&out);
+    assert_eq!(t.fd_link(7), "/dev/null");
+
+    let fifo = tmp("redirect.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A reader, so that the writer's open does not block.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("fifo reader");
+    let out = run_fdgrab(["put", &t.pid(), "8", "--file", fifo.to_str().expect("utf8")]);
+    assert_ok(&out);
+    assert!(t.fd_link(8).starts_with("pipe:") || t.fd_link(8) == fifo.display().to_string());
+    drop(reader);
+    assert!(proc_fds(t.0.id() as i32).len() >= 3);
+}
+
+use std::os::unix::fs::OpenOptionsExt;
