@@ -88,7 +88,12 @@ fn uid_of(user: &str) -> Result<u32> {
     if user.contains(':') {
         return Err(UsageError(format!("--user '{user}': a user, without a group")).into());
     }
-    Ok(fdgrab::passwd::User::lookup(user)?.uid)
+    // Only the uid matters here: a bare number that `run --user` would refuse for
+    // its group is still a uid to filter by.
+    match fdgrab::passwd::User::lookup(user) {
+        Ok(u) => Ok(u.uid),
+        Err(e) => user.parse().map_err(|_| e.into()),
+    }
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail
