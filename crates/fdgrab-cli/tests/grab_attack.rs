@@ -96,3 +96,51 @@ fn redirect_and_put_to_devices_and_fifos() {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// `fdgrab redirect PID 1 FILE | true` (or `fdgrab cat PID FD | head`): a reader
+/// that goes away is not a failure of the command. Before, `redirect` panicked
+/// (exit 101, a backtrace) *after* redirecting the target, and `cat` printed
+/// "Broken pipe" and exited 1. Now fdgrab ends quietly with 141, as a shell reports
+/// a process killed by SIGPIPE, and the redirect it made stays recorded for undo.
+#[test]
+fn closed_stdout_is_a_quiet_141_not_a_panic() {
+    let log = tmp("epipe-target.out");
+    let t = Sleeper::with_stdout(&log);
+    std::fs::write(&log, "something to print\n").expect("write the log");
+    let new = tmp("epipe-redirect.out");
+    for args in [
+        vec!["cat".to_string(), t.pid(), "1".into()],
+        vec![
+            "redirect".to_string(),
+            t.pid(),
+            "1".into(),
+            new.display().to_string(),
+        ],
+    ] {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        drop(r);
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.args(&args).stdin(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::from(w));
+        let child = cmd.spawn().expect("fdgrab");
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+    // The redirect happened and can be undone from its record.
+    let saved = std::fs::read_dir(format!("/proc/{}/fd", t.0.id()))
+        .expect("fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&n| n != 1 && t.fd_link(n) == log.display().to_string())
+        .expect("the saved fd");
+    assert_eq!(t.fd_link(1), new.display().to_string());
+    assert_ok(&run_fdgrab([
+        "redirect",
+        "--undo",
+        &t.pid(),
+        "1",
+        &saved.to_string(),
+    ]));
+    assert_eq!(t.fd_link(1), log.display().to_string());
+}

@@ -137,7 +137,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         }
     }
     if a.detach {
-        println!("{}", child.release());
+        crate::exit::print_line(child.release())?;
         return Ok(ExitCode::SUCCESS);
     }
     let status = child.wait_forwarding(&signals)?;

@@ -3,7 +3,7 @@
 
 use crate::cli::LsArgs;
 use crate::exit::UsageError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::Error;
 use std::io::Write;
@@ -45,20 +45,24 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {
-            writeln!(out, "{pid}").context("writing to stdout")?;
+            writeln!(out, "{pid}").map_err(crate::exit::stdout_error("writing to stdout"))?;
         }
     } else if a.json {
         let doc = Doc {
             schema_version: SCHEMA_VERSION,
             processes: &result.processes,
         };
-        serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
-        out.write_all(b"\n").context("writing JSON")?;
+        serde_json::to_writer(&mut out, &doc)
+            .map_err(|e| crate::exit::stdout_error("writing JSON")(e.into()))?;
+        out.write_all(b"\n")
+            .map_err(crate::exit::stdout_error("writing JSON"))?;
     } else {
         let with_process = a.pids.len() != 1;
-        write_table(&mut out, &result.processes, with_process).context("writing the table")?;
+        write_table(&mut out, &result.processes, with_process)
+            .map_err(crate::exit::stdout_error("writing the table"))?;
     }
-    out.flush().context("writing to stdout")?;
+    out.flush()
+        .map_err(crate::exit::stdout_error("writing to stdout"))?;
     status
 }
 

@@ -45,10 +45,9 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
             (Some(p), _) => serde_json::json!({"file": p}),
             (None, n) => serde_json::json!({"fd": n}),
         };
-        println!(
-            "{}",
-            serde_json::json!({"pid": a.pid, "fd": a.fd, "source": source, "method": "ptrace"})
-        );
+        crate::exit::print_line(
+            serde_json::json!({"pid": a.pid, "fd": a.fd, "source": source, "method": "ptrace"}),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,10 +42,9 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             tracing::warn!(path = %record.display(), error = %e, "removing the redirect record");
         }
         if a.json {
-            println!(
-                "{}",
-                serde_json::json!({"pid": a.pid, "fd": a.fd, "restored_from": saved, "method": "ptrace"})
-            );
+            crate::exit::print_line(
+                serde_json::json!({"pid": a.pid, "fd": a.fd, "restored_from": saved, "method": "ptrace"}),
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -79,15 +78,15 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         let doc = serde_json::json!({
             "pid": a.pid, "fd": a.fd, "path": path, "saved_fd": saved, "undo": undo, "method": "ptrace",
         });
-        println!("{doc}");
+        crate::exit::print_line(doc)?;
     } else {
-        println!(
+        crate::exit::print_line(format_args!(
             "fd {} of process {} now goes to {} (the old fd is kept in the process as fd {saved})",
             a.fd,
             a.pid,
             path.display()
-        );
-        println!("undo: {}", undo.join(" "));
+        ))?;
+        crate::exit::print_line(format_args!("undo: {}", undo.join(" ")))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -51,7 +51,7 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
             "skipped": skipped,
             "to": a.to,
         });
-        println!("{doc}");
+        crate::exit::print_line(doc)?;
     }
     Ok(ExitCode::SUCCESS)
 }
