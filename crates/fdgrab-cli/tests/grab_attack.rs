@@ -17,6 +17,17 @@ impl Sleeper {
             .stdout(file)
             .spawn()
             .expect("sleep");
+        // Until `sleep` runs, the table still holds the spawner's own pipe.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
+            .map_or(true, |c| c.trim() != "sleep")
+            || proc_fds(child.id() as i32)
+                .iter()
+                .any(|l| l.ends_with("-> "))
+        {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         Sleeper(child)
     }
 
@@ -143,4 +154,24 @@ fn closed_stdout_is_a_quiet_141_not_a_panic() {
         &saved.to_string(),
     ]));
     assert_eq!(t.fd_link(1), log.display().to_string());
+}
+
+/// `put PID N --fd 3` when the shell gave fdgrab no fd 3: fdgrab's own pidfd of
+/// the target used to be opened first and land on 3, so the "fdgrab has no fd 3
+/// open" check passed and the target got a pidfd of itself. The inherited fd must
+/// be taken before fdgrab opens anything of its own.
+#[test]
+fn put_fd_never_passes_fdgrabs_own_descriptor() {
+    let t = Sleeper::with_stdout(&tmp("own-fd-target.out"));
+    let before = proc_fds(t.0.id() as i32);
+    let script = format!(
+        "exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; exec '{}' put {} 9 --fd 3",
+        fdgrab_testkit::bin("fdgrab").display(),
+        t.pid()
+    );
+    let out = fdgrab_testkit::output_timeout(Command::new("sh").args(["-c", &script]), TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no fd 3 open"), "{err}");
+    assert_eq!(proc_fds(t.0.id() as i32), before);
 }

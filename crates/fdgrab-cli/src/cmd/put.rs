@@ -11,9 +11,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
+    // First, before fdgrab opens anything of its own that could land on that
+    // number (the target's pidfd would, as the lowest free fd).
+    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
     // Everything that can refuse runs before the file is created or truncated.
     let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
-    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
     let opened: Option<Output> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
