@@ -51,3 +51,29 @@ fn unknown_uid_never_borrows_an_existing_group() {
     let u = User::lookup(&free.to_string()).expect("free id");
     assert_eq!((u.uid, u.gid, u.groups), (free, free, vec![free]));
 }
+
+/// A script whose `#!` names an interpreter that does not exist: `execve` says
+/// ENOENT although the script is right there. Still 127, as `env` and bash give,
+/// but "command './x' not found" sent the user looking for the wrong file.
+#[test]
+fn missing_interpreter_is_not_reported_as_a_missing_command() {
+    use fdgrab::spawn::Spawn;
+    let dir = std::env::temp_dir().join(format!("fdgrab-spawn-attack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let script = dir.join("needs-interp");
+    std::fs::write(&script, "#!/nonexistent/interpreter\necho hi\n").expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let e = match Spawn::new(&[script.clone().into_os_string()])
+        .expect("argv")
+        .spawn()
+    {
+        Err(fdgrab::Error::Spawn(e)) => e,
+        other => panic!("expected a spawn error, got {other:?}"),
+    };
+    assert!(e.is_not_found(), "127 like env and bash: {e:?}");
+    let msg = e.to_string();
+    assert!(!msg.contains("not found"), "{msg}");
+    assert!(msg.contains("interpreter"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -242,6 +242,9 @@ pub struct SpawnError {
     errno: Errno,
     /// Where it was looked for, or why it cannot run, when we know more than errno.
     detail: Option<String>,
+    /// `execve` said ENOENT about a file that exists: what is missing is the
+    /// interpreter its `#!` line names, or its ELF loader.
+    loader_missing: bool,
     #[source]
     source: std::io::Error,
 }
@@ -253,6 +256,7 @@ impl SpawnError {
             step,
             errno,
             detail: None,
+            loader_missing: false,
             source: errno.into(),
         }
     }
@@ -287,6 +291,10 @@ impl SpawnError {
     fn message(&self) -> String {
         let p = &self.program;
         let msg = match self.step {
+            _ if self.is_not_found() && self.loader_missing => format!(
+                "cannot execute '{p}': the interpreter its #! line names (or its ELF loader) \
+                 does not exist"
+            ),
             _ if self.is_not_found() => format!("command '{p}' not found"),
             Step::Resolve | Step::Exec => format!("cannot execute '{p}'"),
             Step::Filter => {
@@ -451,7 +459,9 @@ impl Spawn {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
             }
             let step = Step::from_u8(step).unwrap_or(Step::Exec);
-            return Err(SpawnError::new(&program, step, errno).into());
+            let mut e = SpawnError::new(&program, step, errno);
+            e.loader_missing = step == Step::Exec && errno == Errno::NOENT && program.is_file();
+            return Err(e.into());
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
