@@ -11,12 +11,14 @@ struct Sleeper(Child);
 impl Sleeper {
     fn with_stdout(out: &std::path::Path) -> Self {
         let file = std::fs::File::create(out).expect("create the target's stdout");
-        let child = Command::new("sleep")
-            .arg("300")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .spawn()
-            .expect("sleep");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300").stdout(file);
+        Self::from_command(cmd)
+    }
+
+    /// `cmd` must run `sleep`.
+    fn from_command(mut cmd: Command) -> Self {
+        let child = cmd.stdin(Stdio::null()).spawn().expect("sleep");
         // Until `sleep` runs, the table still holds the spawner's own pipe.
         let deadline = std::time::Instant::now() + TIMEOUT;
         while std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
@@ -175,3 +177,73 @@ fn put_fd_never_passes_fdgrabs_own_descriptor() {
     assert!(err.contains("no fd 3 open"), "{err}");
     assert_eq!(proc_fds(t.0.id() as i32), before);
 }
+
+/// Without `XDG_RUNTIME_DIR`, a user's redirect records live in
+/// `$TMPDIR/fdgrab-UID/redirect`. Another user can create `fdgrab-UID` first; the
+/// record directory inside is then the victim's, but its parent is the attacker's,
+/// who can swap it for a directory of forged records between fdgrab's check and
+/// its read. A parent fdgrab's user does not own is refused: no record is
+/// written there, and `--undo` refuses (exit 2, nothing changed).
+#[test]
+fn redirect_records_refuse_a_parent_another_user_owns() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("needs root to act as two users");
+        return;
+    }
+    let base = tmp("records-tmpdir");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("chmod");
+    // The "attacker" (uid 4242) got there first.
+    let planted = base.join("fdgrab-65534");
+    std::fs::create_dir_all(&planted).expect("mkdir");
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(&planted, Some(4242), Some(4242)).expect("chown");
+    // Target and fdgrab both run as nobody.
+    let as_nobody = |cmd: &mut Command| {
+        cmd.uid(65534).gid(65534);
+    };
+    let out_file = base.join("target.out");
+    std::fs::write(&out_file, "").expect("create");
+    std::os::unix::fs::chown(&out_file, Some(65534), Some(65534)).expect("chown");
+    let mut sleep = Command::new("sleep");
+    sleep
+        .arg("300")
+        .stdout(std::fs::File::create(&out_file).expect("open"));
+    as_nobody(&mut sleep);
+    let t = Sleeper::from_command(sleep);
+    let new = base.join("new.out");
+    let mut c = fdgrab_testkit::fdgrab();
+    c.args(["redirect", "--json", &t.pid(), "1"])
+        .arg(&new)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &base);
+    as_nobody(&mut c);
+    let r = fdgrab_testkit::output_timeout(&mut c, TIMEOUT);
+    assert_ok(&r);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("will refuse it"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let saved = doc["saved_fd"].as_i64().expect("saved_fd").to_string();
+    let mut u = fdgrab_testkit::fdgrab();
+    u.args(["redirect", "--undo", &t.pid(), "1", &saved])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &base);
+    as_nobody(&mut u);
+    let before = proc_fds(t.0.id() as i32);
+    let out = fdgrab_testkit::output_timeout(&mut u, TIMEOUT);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proc_fds(t.0.id() as i32), before);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+use std::os::unix::process::CommandExt;

@@ -135,16 +135,20 @@ fn prune(dir: &std::path::Path) {
 
 /// Records decide whether an fd of another process gets closed, so they are only
 /// read from, and written to, a directory that fdgrab's user owns and nobody else
-/// can write to (a shared temp dir could have been prepared by someone else).
+/// can write to (a shared temp dir could have been prepared by someone else). The
+/// same holds for its parent (`fdgrab-UID` in a temp dir): whoever owns that can
+/// swap the record directory for another between this check and the read.
 fn trusted_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        anyhow::bail!(
-            "{} is not a directory owned by uid {me} and writable only by it",
-            dir.display()
-        );
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let meta = std::fs::symlink_metadata(d).with_context(|| format!("{}", d.display()))?;
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            anyhow::bail!(
+                "{} is not a directory owned by uid {me} and writable only by it",
+                d.display()
+            );
+        }
     }
     Ok(())
 }
