@@ -247,3 +247,30 @@ fn redirect_records_refuse_a_parent_another_user_owns() {
 }
 
 use std::os::unix::process::CommandExt;
+
+/// Handing N fds to CMD takes about 2N of fdgrab's own (each copy and the copy
+/// the fd plan keeps), so a low `ulimit -n` runs out well before N reaches it.
+/// That was a bare "F_DUPFD_CLOEXEC: Too many open files"; the message now says
+/// what ran out and what to raise, and the target keeps everything.
+#[test]
+fn get_past_our_fd_limit_names_the_limit() {
+    let t = Sleeper::with_stdout(&tmp("limit-target.out"));
+    // 40 copies of its stdout, at 10..49.
+    let fds: Vec<String> = (10..50).map(|n| n.to_string()).collect();
+    for n in 10..50 {
+        let out = run_fdgrab(["put", &t.pid(), &n.to_string(), "--file", "/dev/null"]);
+        assert_ok(&out);
+    }
+    let before = proc_fds(t.0.id() as i32);
+    let script = format!(
+        "ulimit -n 60 && exec '{}' get {} {} -- true",
+        fdgrab_testkit::bin("fdgrab").display(),
+        t.pid(),
+        fds.join(" ")
+    );
+    let out = fdgrab_testkit::output_timeout(Command::new("sh").args(["-c", &script]), TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ulimit -n"), "{err}");
+    assert_eq!(proc_fds(t.0.id() as i32), before);
+}

@@ -92,7 +92,14 @@ impl FdPlan {
         let mut parked = Vec::new();
         for (fd, to) in pairs {
             let copy = loop {
-                let c = fcntl_dupfd_cloexec(&fd, 3).map_err(|e| local_io("F_DUPFD_CLOEXEC", e))?;
+                let c = fcntl_dupfd_cloexec(&fd, 3).map_err(|e| match e {
+                    Errno::MFILE => local_io(
+                        "copying the fds for the command (F_DUPFD_CLOEXEC): fdgrab holds about \
+                         two of its own per fd it hands on; raise `ulimit -n`",
+                        e,
+                    ),
+                    e => local_io("F_DUPFD_CLOEXEC", e),
+                })?;
                 if seen.contains(&c.as_raw_fd()) {
                     // Hold that number until every source has its copy.
                     parked.push(c);
