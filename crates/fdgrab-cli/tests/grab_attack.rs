@@ -2,7 +2,9 @@
 //! tests did not try: special files, odd fd maps, records and spawn corner cases.
 //! Every target is a real process, checked after each case.
 
-use fdgrab_testkit::{proc_fds, run_fdgrab, wait_timeout, TIMEOUT};
+use fdgrab_testkit::{
+    assert_success as assert_ok, proc_fds, run_fdgrab, test_path, wait_timeout, TIMEOUT,
+};
 use std::process::{Child, Command, Stdio};
 
 /// A `sleep` whose stdout is `out`, killed and reaped on drop.
@@ -52,18 +54,7 @@ impl Drop for Sleeper {
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("fdgrab-attack-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d.join(name)
-}
-
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_path("fdgrab-attack", name)
 }
 
 /// `redirect PID 1 /dev/null` is how one silences a chatty process, and a FIFO is
@@ -77,13 +68,8 @@ fn redirect_and_put_to_devices_and_fifos() {
     assert_ok(&r);
     assert_eq!(t.fd_link(1), "/dev/null");
     let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
-    let undo: Vec<String> = doc["undo"]
-        .as_array()
-        .expect("undo")
-        .iter()
-        .map(|v| v.as_str().expect("str").to_string())
-        .collect();
-    assert_ok(&run_fdgrab(&undo[1..]));
+    let saved = doc["saved_fd"].as_i64().expect("saved_fd").to_string();
+    assert_ok(&run_fdgrab(["redirect", "--undo", &t.pid(), "1", &saved]));
     assert_eq!(t.fd_link(1), log.display().to_string());
 
     let out = run_fdgrab(["put", &t.pid(), "7", "--file", "/dev/null"]);
