@@ -21,14 +21,18 @@ impl Sleeper {
     /// `cmd` must run `sleep`.
     fn from_command(mut cmd: Command) -> Self {
         let child = cmd.stdin(Stdio::null()).spawn().expect("sleep");
-        // Until `sleep` runs, the table still holds the spawner's own pipe.
+        // Until `sleep` sleeps, its table still changes (the spawner's pipe, the
+        // locale files it reads at start-up).
         let deadline = std::time::Instant::now() + TIMEOUT;
-        while std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
-            .map_or(true, |c| c.trim() != "sleep")
-            || proc_fds(child.id() as i32)
-                .iter()
-                .any(|l| l.ends_with("-> "))
-        {
+        let sleeping = |pid: u32| {
+            let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            let nr = sc
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok());
+            nr == Some(libc::SYS_clock_nanosleep) || nr == Some(libc::SYS_nanosleep)
+        };
+        while !sleeping(child.id()) {
             assert!(std::time::Instant::now() < deadline, "sleep never started");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -78,9 +82,14 @@ fn redirect_and_put_to_devices_and_fifos() {
 
     let fifo = tmp("redirect.fifo");
     let _ = std::fs::remove_file(&fifo);
-    let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o600),
+        0,
+    )
+    .expect("mkfifo");
     // A reader, so that the writer's open does not block.
     let reader = std::fs::OpenOptions::new()
         .read(true)
