@@ -269,3 +269,33 @@ fn get_past_our_fd_limit_names_the_limit() {
     assert!(err.contains("ulimit -n"), "{err}");
     assert_eq!(proc_fds(t.0.id() as i32), before);
 }
+
+/// Two fds for one NEWFD (or a NEWFD past fdgrab's limit) is a usage error that
+/// docs/grab.md promises "before anything is taken". It was found only once the
+/// copies existed: with `--backend ptrace` after stopping the target and making it
+/// send them.
+#[test]
+fn bad_newfd_maps_are_refused_before_anything_is_taken() {
+    let t = Sleeper::with_stdout(&tmp("newfd-target.out"));
+    for (cmd, maps) in [
+        ("get", ["0:5", "1:5"]),
+        ("steal", ["0:5", "1:5"]),
+        ("get", ["0:5", "1:2147483647"]),
+    ] {
+        let out = run_fdgrab([
+            "-v",
+            cmd,
+            "--backend",
+            "ptrace",
+            &t.pid(),
+            maps[0],
+            maps[1],
+            "--",
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd} {maps:?}: {err}");
+        assert!(!err.contains("took copies"), "{cmd} {maps:?}: {err}");
+    }
+    assert_eq!(t.fd_link(1), tmp("newfd-target.out").display().to_string());
+}

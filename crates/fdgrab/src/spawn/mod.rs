@@ -67,27 +67,7 @@ impl FdPlan {
     /// before anything is started.
     pub fn from_pairs<F: AsFd>(pairs: impl IntoIterator<Item = (F, RawFd)>) -> Result<Self> {
         let pairs: Vec<(F, RawFd)> = pairs.into_iter().collect();
-        let mut seen = HashSet::new();
-        for (_, to) in &pairs {
-            if *to < 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "fd number {to} is negative"
-                )));
-            }
-            if !seen.insert(*to) {
-                return Err(Error::InvalidArgument(format!(
-                    "fd number {to} is the destination of more than one fd"
-                )));
-            }
-        }
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        if let Some(limit) = limit {
-            if let Some(to) = seen.iter().find(|&&to| to as u64 >= limit) {
-                return Err(Error::InvalidArgument(format!(
-                    "NEWFD {to} is not below the open-file limit {limit} (ulimit -n)"
-                )));
-            }
-        }
+        let seen = Self::checked(pairs.iter().map(|(_, to)| *to))?;
         let mut moves = Vec::with_capacity(pairs.len());
         let mut parked = Vec::new();
         for (fd, to) in pairs {
@@ -111,6 +91,37 @@ impl FdPlan {
         }
         drop(parked);
         Ok(Self { moves })
+    }
+
+    /// The checks of [`FdPlan::from_pairs`] on the numbers alone, so that a command
+    /// can refuse a bad map before it takes any fd.
+    pub fn check_numbers(numbers: impl IntoIterator<Item = RawFd>) -> Result<()> {
+        Self::checked(numbers).map(drop)
+    }
+
+    fn checked(numbers: impl IntoIterator<Item = RawFd>) -> Result<HashSet<RawFd>> {
+        let mut seen = HashSet::new();
+        for to in numbers {
+            if to < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "fd number {to} is negative"
+                )));
+            }
+            if !seen.insert(to) {
+                return Err(Error::InvalidArgument(format!(
+                    "fd number {to} is the destination of more than one fd"
+                )));
+            }
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        if let Some(limit) = limit {
+            if let Some(to) = seen.iter().find(|&&to| to as u64 >= limit) {
+                return Err(Error::InvalidArgument(format!(
+                    "NEWFD {to} is not below the open-file limit {limit} (ulimit -n)"
+                )));
+            }
+        }
+        Ok(seen)
     }
 
     /// `fds[i]` at `3 + i`, as systemd passes sockets (`SD_LISTEN_FDS_START`).
