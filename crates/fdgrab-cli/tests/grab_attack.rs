@@ -299,3 +299,46 @@ fn bad_newfd_maps_are_refused_before_anything_is_taken() {
     }
     assert_eq!(t.fd_link(1), tmp("newfd-target.out").display().to_string());
 }
+
+/// A FILE whose name is not UTF-8: `redirect --json` panicked (exit 101) after
+/// redirecting, plain `redirect` could not write its undo record ("path contains
+/// invalid UTF-8"), so `--undo` refused for good, and `put --json` panicked too.
+/// The JSON now carries the name as `ls --json` does (`path` lossy, `path_bytes`
+/// exact).
+#[test]
+fn non_utf8_file_names_redirect_undo_and_report() {
+    use std::os::unix::ffi::OsStrExt;
+    let log = tmp("utf8-target.out");
+    let t = Sleeper::with_stdout(&log);
+    let dir = tmp("");
+    let name = std::ffi::OsStr::from_bytes(b"odd-\xff-name.log");
+    let file = dir.join(name);
+    let mut c = fdgrab_testkit::fdgrab();
+    c.args(["redirect", "--json", &t.pid(), "1"]).arg(&file);
+    let r = fdgrab_testkit::output_timeout(&mut c, TIMEOUT);
+    assert_ok(&r);
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let bytes: Vec<u8> = doc["path_bytes"]
+        .as_array()
+        .expect("path_bytes")
+        .iter()
+        .map(|b| b.as_u64().expect("byte") as u8)
+        .collect();
+    assert_eq!(bytes, file.as_os_str().as_bytes());
+    assert!(
+        r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let saved = doc["saved_fd"].as_i64().expect("saved_fd").to_string();
+    assert_ok(&run_fdgrab(["redirect", "--undo", &t.pid(), "1", &saved]));
+    assert_eq!(t.fd_link(1), log.display().to_string());
+
+    let mut c = fdgrab_testkit::fdgrab();
+    c.args(["put", "--json", &t.pid(), "9", "--file"])
+        .arg(&file);
+    let r = fdgrab_testkit::output_timeout(&mut c, TIMEOUT);
+    assert_ok(&r);
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    assert!(doc["source"]["file_bytes"].is_array(), "{doc}");
+}

@@ -44,7 +44,11 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     }
     if a.json {
         let source = match (&a.file, a.our_fd) {
-            (Some(p), _) => serde_json::json!({"file": p}),
+            (Some(p), _) => {
+                let mut source = serde_json::json!({});
+                super::redirect::json_path(&mut source, "file", p);
+                source
+            }
             (None, n) => serde_json::json!({"fd": n}),
         };
         crate::exit::print_line(

@@ -75,9 +75,10 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         saved.to_string(),
     ];
     if a.json {
-        let doc = serde_json::json!({
-            "pid": a.pid, "fd": a.fd, "path": path, "saved_fd": saved, "undo": undo, "method": "ptrace",
+        let mut doc = serde_json::json!({
+            "pid": a.pid, "fd": a.fd, "saved_fd": saved, "undo": undo, "method": "ptrace",
         });
+        json_path(&mut doc, "path", &path);
         crate::exit::print_line(doc)?;
     } else {
         crate::exit::print_line(format_args!(
@@ -96,7 +97,20 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
 struct Record {
     saved: FdIdentity,
     installed: FdIdentity,
-    path: PathBuf,
+    /// For messages only, so lossy: a name that is not UTF-8 must not keep the
+    /// record from being written.
+    path: String,
+}
+
+/// Sets `doc[key]` to `path` as `ls --json` gives names (docs/inventory.md): the
+/// UTF-8 string, lossy, and for a name that is not UTF-8 also `KEY_bytes`, the
+/// exact bytes as numbers.
+pub(crate) fn json_path(doc: &mut serde_json::Value, key: &str, path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    doc[key] = path.to_string_lossy().into();
+    if path.to_str().is_none() {
+        doc[format!("{key}_bytes")] = path.as_os_str().as_bytes().into();
+    }
 }
 
 fn state_dir() -> PathBuf {
@@ -162,7 +176,7 @@ fn record(target: &PidFd, fd: TargetFd, saved: TargetFd, path: &std::path::Path)
     let rec = Record {
         saved: fd_identity(target, saved)?,
         installed: fd_identity(target, fd)?,
-        path: path.to_path_buf(),
+        path: path.to_string_lossy().into_owned(),
     };
     let file = record_path(rec.saved.start, target.pid(), fd, saved);
     let dir = state_dir();
@@ -210,7 +224,7 @@ fn recorded(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<PathBuf> {
     if !same_file(&rec.installed, &now_fd) {
         return Err(refuse(format!(
             "fd {fd} no longer points at {} (the process reopened it since)",
-            rec.path.display()
+            rec.path
         )));
     }
     Ok(file)
