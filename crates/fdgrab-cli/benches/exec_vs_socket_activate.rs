@@ -15,8 +15,10 @@
 //!
 //! Run with `scripts/bench exec_vs_socket_activate` (it builds the release binaries).
 
-use fdgrab_testkit::handover::{free_port, gunicorn, gunicorn_args, write_pid_app, Probe, TempDir};
-use fdgrab_testkit::{bin, read_line_timeout, wait_timeout, TIMEOUT};
+use fdgrab_testkit::handover::{
+    first_answer, free_port, gunicorn, gunicorn_args, stop_child, write_pid_app, Probe, TempDir,
+};
+use fdgrab_testkit::{bin, read_line_timeout, TIMEOUT};
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -62,28 +64,6 @@ impl Drop for Holder {
     }
 }
 
-fn stop(child: &mut Child) {
-    if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-    }
-    if wait_timeout(child, TIMEOUT).is_err() {
-        eprintln!("process {} did not stop", child.id());
-    }
-}
-
-/// Asks until an answer comes, retrying refused connections every 100 µs.
-fn first_answer(probe: &Probe, deadline: Instant) -> i32 {
-    loop {
-        match probe.ask() {
-            Ok(pid) => return pid,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer: {e}");
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-    }
-}
-
 fn via_fdgrab(holder: &Holder, server: &[String], http: bool) -> Duration {
     let probe = if http {
         Probe::Http(holder.addr)
@@ -107,7 +87,7 @@ fn via_fdgrab(holder: &Holder, server: &[String], http: bool) -> Duration {
     let pid = first_answer(&probe, t0 + TIMEOUT);
     let took = t0.elapsed();
     assert_ne!(pid, holder.pid, "the holder never accepts");
-    stop(&mut child);
+    stop_child(&mut child);
     took
 }
 
@@ -129,7 +109,7 @@ fn via_systemd(server: &[String], http: bool) -> Duration {
         .expect("spawn systemd-socket-activate");
     first_answer(&probe, t0 + TIMEOUT);
     let took = t0.elapsed();
-    stop(&mut child);
+    stop_child(&mut child);
     took
 }
 

@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_kind, parse_pid, parse_selector,
-    parse_signal, FdMap,
+    parse_backend, parse_duration, parse_escape, parse_fd, parse_fd_map, parse_kind, parse_pid,
+    parse_selector, parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -98,6 +98,12 @@ pub enum Command {
     /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
     /// (--detach: returns once CMD is ready and prints its pid).
     ///
+    /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
+    /// that traps bind and listen, and its own bind() of a taken address (same address,
+    /// port, family, type) receives the taken socket at that fd number (ADDFD). Other
+    /// binds go to the kernel. It is ready once it called listen() on every taken socket.
+    /// fdgrab supervises it for its whole life (--detach leaves a supervisor process).
+    ///
     /// Selectors: tcp:ADDR:PORT, udp:ADDR:PORT (ADDR is an IPv4 address, [IPv6] or *, PORT
     /// a number or *), unix:PATH (@NAME for abstract), fd:N, or * for every listening or
     /// bound socket. All members of an SO_REUSEPORT group are taken together.
@@ -150,6 +156,29 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Move a running program's terminal session onto this terminal (like reptyr).
+    ///
+    /// Finds the pseudo-terminal PID runs on and the process holding its master (sshd,
+    /// tmux, screen, script, a terminal emulator), takes a copy of the master and puts
+    /// /dev/null over the holder's fds, then relays between this terminal (in raw mode)
+    /// and the session, copying the window size now and on every resize. Every process
+    /// on that terminal moves, job control included.
+    ///
+    /// When nobody holds the master any more (or with --single), PID alone moves: it
+    /// gets a new terminal as its controlling terminal and on every fd that was on the
+    /// old one; its children and other processes on the old terminal stay behind.
+    ///
+    /// Type Enter ~ . to detach: the program keeps running (a small `fdgrab-keep`
+    /// process holds the session) and `fdgrab attach PID` picks it up again. SIGHUP,
+    /// SIGINT, SIGTERM and SIGQUIT to fdgrab detach the same way.
+    ///
+    /// Exit status: 0 the session ended (no process has the terminal open any more);
+    /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
+    /// a pseudo-terminal, is on this one, or cannot be moved alone, or stdin/stdout is
+    /// not a terminal in whose foreground fdgrab runs; 4 the master's holder (or PID)
+    /// may not be inspected or traced; 5 no such process; 6 already attached by another
+    /// fdgrab.
+    Attach(AttachArgs),
     /// Print a seccomp profile (OCI/Docker JSON) whose `bind` goes to the agent.
     ///
     /// Starts from --from, or from a built-in profile equivalent to the default
@@ -301,6 +330,22 @@ pub struct StealArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// A process on the terminal session to move.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The escape character typed after Enter to detach (~ . ) or send itself (~ ~);
+    /// `^]` style for a control key; `none` disables it.
+    #[arg(short, long, value_name = "CHAR", value_parser = parse_escape)]
+    pub escape: Option<fdgrab::pty::Escape>,
+    /// Move PID alone onto a new terminal instead of taking the session (the default
+    /// when nobody holds the master any more). Its children and every other process
+    /// on the old terminal stay there.
+    #[arg(long)]
+    pub single: bool,
+}
+
+#[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "our_fd"])))]
 pub struct PutArgs {
     /// The process to install the fd into.
@@ -383,11 +428,32 @@ pub struct ExecArgs {
     #[arg(long)]
     pub steal: bool,
     /// Return once the new server is ready, printing its pid, instead of waiting for it.
+    /// With --via bind or both, a small supervisor process stays behind for as long as
+    /// the new server lives; its pid is printed on a second line.
     #[arg(long)]
     pub detach: bool,
+    /// How the new server receives the sockets: `env` passes them as fd 3, 4, ... with
+    /// LISTEN_FDS (systemd socket activation); `bind` runs it under a seccomp supervisor
+    /// that answers its own bind() of a taken address by installing the taken socket at
+    /// that fd number (for servers that know nothing of LISTEN_FDS); `both` does both.
+    /// Under bind, the server is ready once it has called listen() on every taken
+    /// socket (or sent READY=1, or --ready-timeout passed, after it bound them all).
+    #[arg(long, value_enum, default_value = "env", value_name = "MODE")]
+    pub via: Via,
     /// The new server, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// How `exec` passes the sockets to the new server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// LISTEN_FDS (systemd socket activation).
+    Env,
+    /// The server's own bind() receives the taken socket.
+    Bind,
+    /// Both at once.
+    Both,
 }
 
 #[derive(Debug, clap::Args)]

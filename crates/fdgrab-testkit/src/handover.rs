@@ -517,3 +517,27 @@ pub fn free_port_on(ip: &str) -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Asks until an answer comes, retrying refused connections every 100 µs (for
+/// launch-to-first-answer benchmarks). Panics at `deadline`.
+pub fn first_answer(probe: &Probe, deadline: Instant) -> i32 {
+    loop {
+        match probe.ask() {
+            Ok(pid) => return pid,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no answer: {e}");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` and reaps it (says so if it does not stop in time).
+pub fn stop_child(child: &mut Child) {
+    if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
+    if crate::wait_timeout(child, TIMEOUT).is_err() {
+        eprintln!("process {} did not stop", child.id());
+    }
+}

@@ -174,7 +174,7 @@ fn last_errno() -> i32 {
 }
 
 /// A signal set made from signal numbers.
-fn sigset(sigs: &[i32]) -> libc::sigset_t {
+pub(crate) fn sigset(sigs: &[i32]) -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is the empty set on Linux.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     for &s in sigs {
@@ -256,4 +256,86 @@ pub(crate) fn socket_netns_cookie(sock: impl AsFd) -> Result<u64, Errno> {
     } else {
         Ok(cookie)
     }
+}
+
+/// `getsockopt(sock, level, name)` for an `int` option.
+pub(crate) fn getsockopt_int(
+    sock: impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Result<libc::c_int, Errno> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(v)
+    }
+}
+
+/// `setsockopt(sock, level, name, &value)` for an `int` option.
+pub(crate) fn setsockopt_int(
+    sock: impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Result<(), Errno> {
+    // SAFETY: `value` is a valid int for the size given; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `fork(2)`: `Some(child pid)` in the parent, `None` in the child. Callers make
+/// sure the process is single-threaded, so the child's copy of every lock and
+/// allocator state is consistent.
+pub(crate) fn fork() -> Result<Option<crate::Pid>, Errno> {
+    // SAFETY: fork has no memory-safety preconditions of its own; in a
+    // single-threaded process (checked by the caller) the child may go on running
+    // ordinary Rust code.
+    let r = unsafe { libc::fork() };
+    match r {
+        -1 => Err(Errno::from_raw_os_error(last_errno())),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// `dup2(from, to)` onto a number we do not own as an `OwnedFd` (stdio).
+pub(crate) fn dup_onto(from: impl AsFd, to: std::os::fd::RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 only changes the fd table; `to` is a stdio number the caller
+    // means to replace.
+    let r = unsafe { libc::dup2(from.as_fd().as_raw_fd(), to) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `_exit(2)`: ends a forked helper without running the parent's exit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
 }

@@ -1,11 +1,14 @@
 //! `fdgrab exec`: hand a running server's sockets to a new server through systemd
 //! socket activation, and retire the old server only once the new one is ready.
 
-use crate::cli::ExecArgs;
+use crate::cli::{ExecArgs, Via};
 use crate::exit::UsageError;
 use crate::launch::{forwarded_signals, passthrough};
 use anyhow::{bail, Context, Result};
-use fdgrab::activation::{self, ActivationCommand, NotReady, NotifySocket, Readiness, TakenSocket};
+use fdgrab::activation::bind_handover::BindHandover;
+use fdgrab::activation::{
+    self, ActivationCommand, NotReady, NotifySocket, Readiness, ReadyGate, TakenSocket,
+};
 use fdgrab::grab::open_target;
 use fdgrab::inject::CloseMode;
 use fdgrab::signalfd::signal_name;
@@ -14,6 +17,16 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
+
+/// Writes one line to stderr in a single `write`: the new server shares the stream,
+/// and `eprintln!` (unbuffered) writes a line in pieces that its output can split.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
 
 /// How long a new server that failed to start gets to shut down after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -25,6 +38,12 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             a.names.len(),
             a.selectors.len()
         ))
+        .into());
+    }
+    if a.via == Via::Bind && !a.names.is_empty() {
+        return Err(UsageError(
+            "--name sets LISTEN_FDNAMES, which --via bind does not pass; use --via both".into(),
+        )
         .into());
     }
     for name in &a.names {
@@ -48,53 +67,104 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         .collect();
 
     let notify = NotifySocket::bind()?;
+    let via_env = a.via != Via::Bind;
     let cmd = ActivationCommand {
         program,
         argv: a.cmd.clone(),
-        names,
+        names: if via_env { names } else { Vec::new() },
         notify_socket: Some(notify.address().to_string()),
         new_session: a.detach,
     };
-    let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
-    let mut child = activation::spawn(&cmd, &fds)?;
-    // The child has its own copies. Ours must go now: if the new server dies later,
-    // a listening socket kept open only by fdgrab would queue connections nobody takes.
-    drop(fds);
-    let summary = describe_taken(&taken);
+    let summary = describe_taken(&taken, via_env);
     let target_fds: Vec<fdgrab::TargetFd> = taken
         .iter()
         .flat_map(|t| t.selected.target_fds.iter().copied())
         .collect();
-    drop(taken);
+    let (mut child, mut supervisor) = if a.via == Via::Env {
+        let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
+        let child = activation::spawn(&cmd, &fds)?;
+        // The child has its own copies. Ours must go now: if the new server dies later,
+        // a listening socket kept open only by fdgrab would queue connections nobody takes.
+        drop(fds);
+        drop(taken);
+        (child, None)
+    } else {
+        let env_fds: Vec<BorrowedFd<'_>> = match a.via {
+            Via::Both => taken.iter().map(|t| t.fd.as_fd()).collect(),
+            _ => Vec::new(),
+        };
+        let plan = fdgrab::spawn::FdPlan::listen_fds(&env_fds)?;
+        drop(env_fds);
+        // The supervisor keeps its copies until the handover is decided.
+        let ours = taken.into_iter().map(|t| t.fd).collect();
+        let (child, sup) = BindHandover::spawn(&cmd, plan, ours)?;
+        (child, Some(sup))
+    };
 
     let new_pid = child.pid();
-    let outcome = child.wait_ready(
+    let outcome = child.wait_ready_gated(
         Some(&notify),
         Some(&signals),
         a.ready_timeout,
         a.start_timeout,
+        supervisor.as_mut().map(|s| s as &mut dyn ReadyGate),
     )?;
     drop(notify);
     let how = match outcome {
         Ok(how) => how,
         Err(why) => {
+            // Undo what the new server changed on the shared sockets and stop
+            // supervising (its pending and later binds see ENOSYS) before stopping it.
+            let unclaimed = supervisor.as_ref().map(|s| s.handover().unclaimed());
+            let refusal = supervisor.as_ref().and_then(|s| s.handover().refusal());
+            if let Some(s) = supervisor.take() {
+                s.handover().abort();
+            }
             let reason = match why {
-                NotReady::Exited(st) => {
-                    format!("exited ({}) before it was ready", describe_status(st))
-                }
+                NotReady::Exited(st) => match unclaimed.as_ref().filter(|u| !u.is_empty()) {
+                    Some(u) => format!(
+                        "exited ({}) before it was ready, without binding {} (a bind must name \
+                         exactly a taken address, with its family and type; any other gets the \
+                         kernel's answer, EADDRINUSE while the old server holds the port)",
+                        describe_status(st),
+                        u.join(", ")
+                    ),
+                    None => format!("exited ({}) before it was ready", describe_status(st)),
+                },
                 NotReady::TimedOut(t) => {
                     let st = child.terminate(STOP_GRACE)?;
-                    format!(
-                        "sent no READY=1 within {t:?} (stopped it: {}); if it does not speak sd_notify, \
-                         use --ready-timeout",
-                        describe_status(st)
-                    )
+                    match unclaimed.filter(|u| !u.is_empty()) {
+                        Some(u) => format!(
+                            "did not bind {} within {t:?} (stopped it: {}); it must bind exactly \
+                             the taken addresses",
+                            u.join(", "),
+                            describe_status(st)
+                        ),
+                        None if a.via != Via::Env => format!(
+                            "bound every taken address but neither called listen() on all of them \
+                             nor sent READY=1 within {t:?} (stopped it: {}); use --ready-timeout",
+                            describe_status(st)
+                        ),
+                        None => format!(
+                            "sent no READY=1 within {t:?} (stopped it: {}); if it does not speak \
+                             sd_notify, use --ready-timeout",
+                            describe_status(st)
+                        ),
+                    }
                 }
                 NotReady::Interrupted(sig) => {
                     let st = child.terminate(STOP_GRACE)?;
                     format!(
                         "was not ready yet when fdgrab received {} (stopped it: {})",
                         signal_name(sig),
+                        describe_status(st)
+                    )
+                }
+                NotReady::Refused => {
+                    let st = child.terminate(STOP_GRACE)?;
+                    format!(
+                        "cannot take over: {} (stopped it: {})",
+                        refusal.unwrap_or_default(),
                         describe_status(st)
                     )
                 }
@@ -108,13 +178,22 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     };
 
     if a.steal {
-        steal(&target, &target_fds, &mut child)?;
+        if let Err(e) = steal(&target, &target_fds, &mut child) {
+            if let Some(s) = &supervisor {
+                s.handover().abort();
+            }
+            return Err(e);
+        }
+    }
+    if let Some(s) = &supervisor {
+        s.handover().commit();
     }
     let how = match how {
         Readiness::Notified => "sent READY=1".to_string(),
         Readiness::Assumed(t) => format!("still running after {t:?}"),
+        Readiness::Listening => "listens on every taken socket".to_string(),
     };
-    eprintln!(
+    say!(
         "fdgrab: new server {new_pid} is ready ({how}); it has {summary} from process {}",
         a.pid
     );
@@ -122,14 +201,14 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         // The new server is serving by now (and with --steal the old one no longer
         // is), so a failed signal must not take the new server down: say so and go on.
         match target.send_signal(sig) {
-            Ok(()) => eprintln!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
+            Ok(()) => say!("fdgrab: sent {} to old server {}", signal_name(sig), a.pid),
             Err(fdgrab::Error::NoSuchProcess { .. }) => {
-                eprintln!(
+                say!(
                     "fdgrab: old server {} has already exited; no signal sent",
                     a.pid
                 )
             }
-            Err(e) => eprintln!(
+            Err(e) => say!(
                 "fdgrab: could not send {} to old server {}: {e}; both servers keep running",
                 signal_name(sig),
                 a.pid
@@ -137,23 +216,38 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         }
     }
     if a.detach {
+        let sup_pid = match supervisor {
+            Some(s) => Some(s.detach()?),
+            None => None,
+        };
         crate::exit::print_line(child.release())?;
+        if let Some(p) = sup_pid {
+            say!("fdgrab: supervisor {p} stays with new server {new_pid}");
+            crate::exit::print_line(p)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let status = child.wait_forwarding(&signals)?;
+    let status = match supervisor.as_mut() {
+        Some(s) => s.serve(&mut child, &signals)?,
+        None => child.wait_forwarding(&signals)?,
+    };
     Ok(passthrough(status))
 }
 
-fn describe_taken(taken: &[TakenSocket]) -> String {
+fn describe_taken(taken: &[TakenSocket], numbered: bool) -> String {
     let parts: Vec<String> = taken
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let s = &t.selected;
             let nums: Vec<String> = s.target_fds.iter().map(|f| f.to_string()).collect();
+            let at = if numbered {
+                format!("fd {} = ", activation::LISTEN_FDS_START + i as i32)
+            } else {
+                String::new()
+            };
             format!(
-                "fd {} = {} {} (old fd {})",
-                activation::LISTEN_FDS_START + i as i32,
+                "{at}{} {} (old fd {})",
                 s.info.protocol.as_deref().unwrap_or(&s.info.family),
                 describe_endpoint(&s.info),
                 nums.join(",")
@@ -195,7 +289,7 @@ fn steal(
     match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
         Ok(()) => {
             let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-            eprintln!(
+            say!(
                 "fdgrab: closed fd {} in old server {}",
                 nums.join(","),
                 target.pid()

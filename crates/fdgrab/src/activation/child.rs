@@ -9,6 +9,7 @@ use crate::spawn::Child;
 use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
+use std::os::fd::BorrowedFd;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ pub enum Readiness {
     Notified,
     /// It sent nothing but was alive when the ready timeout passed.
     Assumed(Duration),
+    /// It called `listen` on every socket it was handed through `bind`.
+    Listening,
 }
 
 /// Why the new server did not become ready.
@@ -30,6 +33,24 @@ pub enum NotReady {
     TimedOut(Duration),
     /// We received this signal while waiting; it is still running.
     Interrupted(i32),
+    /// The [`ReadyGate`] called the handover off; it is still running.
+    Refused,
+}
+
+/// A second source of readiness for [`ActivatedChild::wait_ready_gated`]: the
+/// `bind` handover supervisor, which must also keep answering trapped calls while
+/// the launcher waits.
+pub trait ReadyGate {
+    /// Readable when the gate has work.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Does that work (without blocking).
+    fn service(&mut self) -> Result<()>;
+    /// Ready by the gate's own measure.
+    fn ready(&self) -> bool;
+    /// Whether `READY=1` or the ready timeout may count now.
+    fn may_count(&self) -> bool;
+    /// Whether the handover must be called off.
+    fn refused(&self) -> bool;
 }
 
 /// The new server, our child.
@@ -67,6 +88,22 @@ impl ActivatedChild {
         self.child.pidfd()
     }
 
+    /// Takes charge of a child started on the spawner (e.g. by
+    /// [`crate::supervise::SupervisedCommand`]).
+    pub fn from_child(child: Child) -> Self {
+        Self::new(child)
+    }
+
+    /// Passes every pending signal of `signals` on to the child.
+    pub fn forward(&self, signals: &SignalFd) -> Result<()> {
+        self.child.forward(signals)
+    }
+
+    /// Reaps the child if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Lets the child outlive this handle (and us): it is not stopped on drop.
     pub fn release(mut self) -> Pid {
         self.released = true;
@@ -84,11 +121,25 @@ impl ActivatedChild {
         ready_after: Option<Duration>,
         start_timeout: Duration,
     ) -> Result<std::result::Result<Readiness, NotReady>> {
+        self.wait_ready_gated(notify, signals, ready_after, start_timeout, None)
+    }
+
+    /// [`ActivatedChild::wait_ready`] with a [`ReadyGate`] served meanwhile: its own
+    /// readiness counts, and `READY=1` or `ready_after` count only once it allows.
+    pub fn wait_ready_gated(
+        &mut self,
+        notify: Option<&NotifySocket>,
+        signals: Option<&SignalFd>,
+        ready_after: Option<Duration>,
+        start_timeout: Duration,
+        mut gate: Option<&mut dyn ReadyGate>,
+    ) -> Result<std::result::Result<Readiness, NotReady>> {
         let start = Instant::now();
         let pid = self.pid();
         loop {
             let elapsed = start.elapsed();
-            if let Some(after) = ready_after {
+            let may_count = gate.as_ref().is_none_or(|g| g.may_count());
+            if let Some(after) = ready_after.filter(|_| may_count) {
                 if elapsed >= after {
                     if self.reap_if_exited()? {
                         return Ok(Err(NotReady::Exited(
@@ -106,9 +157,15 @@ impl ActivatedChild {
                 }
                 return Ok(Err(NotReady::TimedOut(start_timeout)));
             }
-            let deadline = ready_after.map_or(start_timeout, |a| a.min(start_timeout));
+            let deadline = ready_after
+                .filter(|_| may_count)
+                .map_or(start_timeout, |a| a.min(start_timeout));
             let left = deadline.saturating_sub(elapsed);
+            let gate_fd = gate.as_ref().map(|g| g.fd());
             let mut fds = vec![PollFd::new(self.child.pidfd(), PollFlags::IN)];
+            if let Some(g) = &gate_fd {
+                fds.push(PollFd::new(g, PollFlags::IN));
+            }
             if let Some(n) = notify {
                 fds.push(PollFd::new(n, PollFlags::IN));
             }
@@ -119,10 +176,22 @@ impl ActivatedChild {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(Error::io("poll", pid, None, e)),
             }
+            if let Some(g) = gate.as_mut() {
+                g.service()?;
+                // Before the exit check: a refused server usually exits next.
+                if g.refused() {
+                    return Ok(Err(NotReady::Refused));
+                }
+            }
             if self.reap_if_exited()? {
                 return Ok(Err(NotReady::Exited(
                     self.child.status().unwrap_or_default(),
                 )));
+            }
+            if let Some(g) = &gate {
+                if g.ready() {
+                    return Ok(Ok(Readiness::Listening));
+                }
             }
             if let Some(s) = signals {
                 if let Some(sig) = s.read()? {
@@ -141,6 +210,13 @@ impl ActivatedChild {
                     }
                     if let Some(status) = msg.field("STATUS") {
                         tracing::info!(pid, status, "new server status");
+                    }
+                    if msg.is_ready() && !gate.as_ref().is_none_or(|g| g.may_count()) {
+                        tracing::info!(
+                            pid,
+                            "READY=1 before every taken address was bound; waiting on"
+                        );
+                        continue;
                     }
                     if msg.is_ready() {
                         // It may have said READY=1 and died straight after.

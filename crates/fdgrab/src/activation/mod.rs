@@ -13,19 +13,20 @@
 //! Nothing here changes the old server: the copies share its open file
 //! descriptions, and what happens to it afterwards is the caller's decision.
 
+pub mod bind_handover;
 mod child;
 mod listing;
 pub mod notify;
 pub mod selector;
 mod spawn;
 
-pub use child::{ActivatedChild, NotReady, Readiness};
+pub use child::{ActivatedChild, NotReady, Readiness, ReadyGate};
 pub use listing::{
     describe_listeners, listing, select, take_sockets, take_sockets_with, Candidate, Selected,
     TakenSocket,
 };
 pub use notify::{Notification, NotifySender, NotifySocket};
 pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
-pub use spawn::{check_fd_name, spawn, ActivationCommand};
+pub use spawn::{check_fd_name, prepare, setup, spawn, ActivationCommand};
 
 pub use crate::spawn::{find_program, LISTEN_FDS_START};

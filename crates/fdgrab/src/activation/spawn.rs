@@ -56,6 +56,15 @@ const OWN_VARS: [&str; 4] = [
 /// the child writes itself before exec. Every other descriptor above 2 is closed at
 /// exec, and every signal starts at its default, as systemd starts a service.
 pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<ActivatedChild> {
+    let child = prepare(cmd, fds)?.spawn()?;
+    tracing::info!(pid = child.pid(), program = %cmd.program.display(), fds = fds.len(), "started new server");
+    Ok(ActivatedChild::new(child))
+}
+
+/// The [`Spawn`] behind [`spawn`]: `fds` at 3, 4, … with `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` (none and no `LISTEN_*` at all when `fds` is empty), `NOTIFY_SOCKET`,
+/// every other fd closed at exec, default signal dispositions, and the session.
+pub fn prepare(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Spawn> {
     if cmd.names.len() != fds.len() {
         return Err(Error::InvalidArgument(format!(
             "{} fd names for {} sockets",
@@ -63,30 +72,34 @@ pub fn spawn(cmd: &ActivationCommand, fds: &[BorrowedFd<'_>]) -> Result<Activate
             fds.len()
         )));
     }
+    setup(Spawn::new(&cmd.argv)?, cmd, FdPlan::listen_fds(fds)?)
+}
+
+/// Adds what [`prepare`] describes to `spawn`, with `plan` installing the sockets.
+pub fn setup(spawn: Spawn, cmd: &ActivationCommand, plan: FdPlan) -> Result<Spawn> {
     for name in &cmd.names {
         check_fd_name(name).map_err(Error::InvalidArgument)?;
     }
-    let mut spawn = Spawn::new(&cmd.argv)?.program(&cmd.program);
+    let mut spawn = spawn.program(&cmd.program);
     for var in OWN_VARS {
         spawn = spawn.env_remove(var);
     }
-    spawn = spawn
-        .env("LISTEN_FDS", fds.len().to_string())
-        .env("LISTEN_FDNAMES", cmd.names.join(":"))
-        .listen_pid();
+    if !plan.is_empty() {
+        spawn = spawn
+            .env("LISTEN_FDS", plan.len().to_string())
+            .env("LISTEN_FDNAMES", cmd.names.join(":"))
+            .listen_pid();
+    }
     if let Some(n) = &cmd.notify_socket {
         spawn = spawn.env("NOTIFY_SOCKET", n);
     }
-    let child = spawn
-        .fds(FdPlan::listen_fds(fds)?)
+    Ok(spawn
+        .fds(plan)
         .close_other_fds()
         .signal_defaults(SignalDefaults::All)
         .session(if cmd.new_session {
             Session::NewSession
         } else {
             Session::NewProcessGroup
-        })
-        .spawn()?;
-    tracing::info!(pid = child.pid(), program = %cmd.program.display(), fds = fds.len(), "started new server");
-    Ok(ActivatedChild::new(child))
+        }))
 }

@@ -35,6 +35,16 @@ pub struct SupervisedCommand {
     audit: AuditSink,
     filter: Option<Vec<libc::sock_filter>>,
     death_signal: bool,
+    setup: Option<SpawnSetup>,
+}
+
+/// A caller's additions to the [`Spawn`] (environment, fd plan, session).
+pub struct SpawnSetup(Box<dyn FnOnce(Spawn) -> Result<Spawn> + Send>);
+
+impl std::fmt::Debug for SpawnSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnSetup")
+    }
 }
 
 /// A supervised program that has exec'd, with the listener of its filter.
@@ -54,6 +64,7 @@ impl SupervisedCommand {
             audit: AuditSink::none(),
             filter: None,
             death_signal: true,
+            setup: None,
         }
     }
 
@@ -80,6 +91,14 @@ impl SupervisedCommand {
     /// for what the supervisor is to answer. Default: trap `bind`.
     pub fn filter(mut self, prog: &Program) -> Self {
         self.filter = Some(prog.raw());
+        self
+    }
+
+    /// Lets the caller shape the launch (environment, fds to install, session,
+    /// signal dispositions) on the spawner before the user, death signal and filter
+    /// are added; `argv` may be resolved there too ([`Spawn::program`]).
+    pub fn spawn_setup(mut self, f: impl FnOnce(Spawn) -> Result<Spawn> + Send + 'static) -> Self {
+        self.setup = Some(SpawnSetup(Box::new(f)));
         self
     }
 
@@ -110,6 +129,9 @@ impl SupervisedCommand {
         )
         .map_err(|e| Error::io("socketpair (listener hand-back)", me, None, e))?;
         let mut spawn = Spawn::new(&self.argv)?;
+        if let Some(SpawnSetup(f)) = self.setup.take() {
+            spawn = f(spawn)?;
+        }
         if let Some(u) = &self.user {
             // Programs look at these to find their home and name.
             spawn = spawn
@@ -147,6 +169,8 @@ impl SupervisedCommand {
             mut child,
             listener,
         } = self.start()?;
+        // After the spawn, so that the program keeps the limit it was given.
+        super::pidfd_cache::FdBudget::raise_nofile();
         let audit = std::mem::replace(&mut self.audit, AuditSink::none());
         let mut sup = Supervisor::new(audit)?;
         sup.add_listener(
@@ -154,7 +178,10 @@ impl SupervisedCommand {
             Arc::new(self.policy),
             AuditLabels::default(),
         )?;
-        drop_capabilities();
+        // The supervisor's set, plus CAP_KILL to forward signals to another user.
+        if let Err(e) = super::capabilities::restrict(rustix::thread::CapabilitySet::KILL) {
+            tracing::debug!(error = %e, "capset failed; keeping capabilities");
+        }
 
         // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
         const SIGNALS: u64 = 1;
@@ -194,33 +221,5 @@ fn receive_listener(ours: &OwnedFd, pid: crate::Pid) -> Result<Listener> {
             fd: None,
             source: std::io::Error::other("the program did not pass its listener fd"),
         }),
-    }
-}
-
-/// Keeps root's uid but only the capabilities the supervisor uses: binding
-/// privileged ports, copying fds and reading memory of another user's process,
-/// naming a socket's netns, and signalling the program.
-fn drop_capabilities() {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    if !rustix::process::geteuid().is_root() {
-        return;
-    }
-    let keep = CapabilitySet::NET_BIND_SERVICE
-        | CapabilitySet::SYS_PTRACE
-        | CapabilitySet::NET_ADMIN
-        | CapabilitySet::KILL;
-    let sets = match rustix::thread::capabilities(None) {
-        Ok(s) => CapabilitySets {
-            effective: s.effective & keep,
-            permitted: s.permitted & keep,
-            inheritable: CapabilitySet::empty(),
-        },
-        Err(e) => {
-            tracing::debug!(error = %e, "capget failed; keeping capabilities");
-            return;
-        }
-    };
-    if let Err(e) = rustix::thread::set_capabilities(None, sets) {
-        tracing::debug!(error = %e, "capset failed; keeping capabilities");
     }
 }
