@@ -74,7 +74,9 @@ pub fn code_for(e: &anyhow::Error) -> Code {
                 fdgrab::Error::NoSuchProcess { .. }
                 | fdgrab::Error::NoSuchFd { .. }
                 | fdgrab::Error::NoMatchingSocket { .. } => Code::NoSuchProcessOrFd,
-                fdgrab::Error::PermissionDenied { .. } => Code::PermissionDenied,
+                fdgrab::Error::PermissionDenied { .. }
+                | fdgrab::Error::SeccompRefused { .. }
+                | fdgrab::Error::SeccompUnchecked { .. } => Code::PermissionDenied,
                 fdgrab::Error::Unsupported { .. } => Code::Unsupported,
                 fdgrab::Error::InvalidArgument(_) => Code::Usage,
                 fdgrab::Error::Spawn(e) if e.is_not_found() => Code::NotFound,

@@ -27,15 +27,15 @@ pub fn forwarded_signals() -> Result<SignalFd> {
 pub fn grab_and_spawn(
     target: &fdgrab::PidFd,
     fds: &[crate::args::FdMap],
-    backend: fdgrab::Backend,
+    backend: crate::cli::BackendArg,
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
     let spawn = Spawner::new(argv, fds)?;
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
-    let taken =
-        fdgrab::GrabOptions::new()
-            .backend(backend)
-            .grab_many_then(target, &wanted, |grabbed| spawn.start(grabbed, fds))?;
+    let taken = fdgrab::GrabOptions::new()
+        .backend(backend.backend)
+        .seccomp(backend.force.seccomp())
+        .grab_many_then(target, &wanted, |grabbed| spawn.start(grabbed, fds))?;
     taken.closed?;
     Ok((taken.value, taken.backend))
 }

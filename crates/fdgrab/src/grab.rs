@@ -98,6 +98,7 @@ pub struct Grabbed {
 pub struct GrabOptions {
     backend: Backend,
     steal: Option<CloseMode>,
+    seccomp: inject::SeccompPolicy,
 }
 
 /// What [`GrabOptions::grab_many_then`] did.
@@ -133,6 +134,13 @@ impl GrabOptions {
     /// [`Error::IdentityMismatch`] and nothing is closed.
     pub fn steal(mut self, how: CloseMode) -> Self {
         self.steal = Some(how);
+        self
+    }
+
+    /// What the ptrace backend (and a steal's close) does about the target's seccomp
+    /// filters, e.g. [`inject::SeccompPolicy::force`].
+    pub fn seccomp(mut self, policy: inject::SeccompPolicy) -> Self {
+        self.seccomp = policy;
         self
     }
 
@@ -208,7 +216,7 @@ impl GrabOptions {
         let value = hook(out)?;
         let closed = match self.steal {
             Some(how) => still_copied(target, &copied, backend)
-                .and_then(|()| inject::close_in_target(target, fds, how)),
+                .and_then(|()| inject::close_in_target(target, fds, how, self.seccomp)),
             None => Ok(()),
         };
         Ok(Taken {
@@ -231,7 +239,7 @@ impl GrabOptions {
                     "taken by the ptrace backend",
                 ));
             }
-            inject::grab_fds(target, fds)
+            inject::grab_fds(target, fds, self.seccomp)
         };
         Ok(match self.backend {
             Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),

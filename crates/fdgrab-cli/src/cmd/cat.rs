@@ -17,6 +17,7 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
         .check()?;
     let g = GrabOptions::new()
         .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp())
         .grab(&target, a.fd)?;
     let st = fstat(&g.fd).context("fstat on the grabbed fd")?;
     let ft = FileType::from_raw_mode(st.st_mode);

@@ -5,9 +5,9 @@ use crate::cli::LsArgs;
 use crate::exit::UsageError;
 use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
-use fdgrab::Error;
+use fdgrab::{Error, TargetFd};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
 /// Bumped whenever a field changes meaning or disappears; new fields do not bump it.
@@ -26,9 +26,17 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
     let mut result = query(named, &q);
     // One named process without a requested fd: the user asked for something that
-    // is not there.
-    if let ([pid], [_, ..], [p]) = (a.pids.as_slice(), a.fds.as_slice(), &result.processes[..]) {
-        if let Some(missing) = a.fds.iter().find(|f| !p.fds.iter().any(|e| e.fd == **f)) {
+    // is not there. An fd that is there but another filter left out is not missing;
+    // nor is one when the process itself could not be read (reported below).
+    if let ([pid], [_, ..], []) = (a.pids.as_slice(), a.fds.as_slice(), &result.skipped[..]) {
+        let listed = |fd: TargetFd| {
+            result
+                .processes
+                .iter()
+                .any(|p| p.fds.iter().any(|e| e.fd == fd))
+        };
+        let held = |fd: TargetFd| std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}")).is_ok();
+        if let Some(missing) = a.fds.iter().find(|&&f| !listed(f) && !held(f)) {
             return Err(Error::NoSuchFd {
                 pid: *pid,
                 fd: *missing,
@@ -67,19 +75,20 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
 }
 
 fn build_query(a: &LsArgs) -> Result<Query> {
-    let file = match &a.path {
+    let (file, file_is_socket) = match &a.path {
         Some(p) => {
             let m = std::fs::metadata(p)
                 .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
-            Some((m.dev(), m.ino()))
+            (Some((m.dev(), m.ino())), m.file_type().is_socket())
         }
-        None => None,
+        None => (None, false),
     };
     let uid = a.user.as_deref().map(uid_of).transpose()?;
     Ok(Query {
         fds: a.fds.clone(),
         port: a.port,
         file,
+        file_is_socket,
         unlinked: a.deleted,
         kinds: a.kinds.clone(),
         listening: a.listen,
@@ -252,6 +261,17 @@ fn row(e: &FdEntry) -> [String; 7] {
         _ => e.inode.map(|i| i.to_string()).unwrap_or_default(),
     };
     let mut name = escape(&e.display_name_bytes());
+    // An abstract socket's leading NUL shows as `@`: a path's own leading `@` is
+    // escaped, so that the two never print the same.
+    let local = e.socket.as_ref().and_then(|s| s.local.as_ref());
+    let local_bytes = local.and_then(|l| {
+        l.path_bytes
+            .as_deref()
+            .or(l.path.as_deref().map(str::as_bytes))
+    });
+    if local_bytes.is_some_and(|b| b.first() == Some(&b'@')) {
+        name.replace_range(..1, "\\x40");
+    }
     if e.deleted && !name.ends_with("(deleted)") {
         name.push_str(" (deleted)");
     }

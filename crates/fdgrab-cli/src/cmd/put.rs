@@ -39,8 +39,14 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
         (None, None) => return Err(UsageError("give --file PATH or --fd N".into()).into()),
     };
     match &opened {
-        Some(out) => out.keep_if(inject::put_with(&target, ours, a.fd, out.before_install()))?,
-        None => inject::put(&target, ours, a.fd)?,
+        Some(out) => out.keep_if(inject::put_with(
+            &target,
+            ours,
+            a.fd,
+            a.force.seccomp(),
+            out.before_install(),
+        ))?,
+        None => inject::put(&target, ours, a.fd, a.force.seccomp())?,
     }
     if a.json {
         let source = match (&a.file, a.our_fd) {

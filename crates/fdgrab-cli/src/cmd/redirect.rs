@@ -37,7 +37,7 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             .existing(&[a.fd, saved])
             .check()?;
         let record = recorded(&target, a.fd, saved)?;
-        inject::undo_redirect(&target, a.fd, saved)?;
+        inject::undo_redirect(&target, a.fd, saved, a.force.seccomp())?;
         if let Err(e) = std::fs::remove_file(&record) {
             tracing::warn!(path = %record.display(), error = %e, "removing the redirect record");
         }
@@ -58,7 +58,13 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         o.write(true);
     }
     let file = Output::open(&path, o.create(true).mode(0o644), true, !a.append)?;
-    let r = inject::redirect_with(&target, a.fd, file.as_fd(), file.before_install());
+    let r = inject::redirect_with(
+        &target,
+        a.fd,
+        file.as_fd(),
+        a.force.seccomp(),
+        file.before_install(),
+    );
     let saved = file.keep_if(r)?;
     if let Err(e) = record(&target, a.fd, saved, &path) {
         eprintln!(

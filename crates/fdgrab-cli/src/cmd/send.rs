@@ -23,6 +23,7 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
     )?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp())
         .grab_many(&target, &fds)?;
     let sock = connect(&a.to)?;
     let borrowed: Vec<BorrowedFd<'_>> = grabbed.iter().map(|g| g.fd.as_fd()).collect();

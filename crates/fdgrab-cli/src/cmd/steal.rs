@@ -29,6 +29,7 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
     let signals = forwarded_signals()?;
     let taken = GrabOptions::new()
         .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp())
         .steal(how)
         .grab_many_then(&target, &wanted, |grabbed| {
             if a.signal_old.is_none() {

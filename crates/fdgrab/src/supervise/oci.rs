@@ -380,22 +380,7 @@ pub fn container_policy(
 ) -> Result<Arc<Policy>, NarrowError> {
     let mut requests = Vec::new();
     if let Some(meta) = state.metadata.as_deref() {
-        for item in meta
-            .split(|c: char| c == ';' || c.is_whitespace())
-            .filter(|s| !s.is_empty())
-        {
-            let err = |reason: String| NarrowError {
-                source_kind: NarrowSource::Metadata,
-                reason,
-            };
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| err(format!("`{item}` is not KEY=VALUE")))?;
-            if key != METADATA_ALLOW_BIND {
-                return Err(err(format!(
-                    "unknown key `{key}` (the only key is `{METADATA_ALLOW_BIND}`)"
-                )));
-            }
+        for value in metadata_allow_binds(meta)? {
             requests.push((NarrowSource::Metadata, value));
         }
     }
@@ -404,19 +389,9 @@ pub fn container_policy(
     }
     let mut narrowed: Option<Policy> = None;
     for (source_kind, value) in requests {
-        let specs: Vec<&str> = value
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
         // A list of ports narrows the ports only; where sockets may live stays
         // as the agent's policy says.
-        let asked = Policy::from_specs(&specs)
-            .map_err(|e| NarrowError {
-                source_kind,
-                reason: e.to_string(),
-            })?
-            .with_any_netns(true);
+        let asked = asked_policy(source_kind, value)?.with_any_netns(true);
         narrowed = Some(
             narrowed
                 .as_ref()
@@ -425,6 +400,53 @@ pub fn container_policy(
         );
     }
     Ok(narrowed.map_or_else(|| Arc::clone(upper), Arc::new))
+}
+
+/// The `allow-bind` values of a `listenerMetadata` text (see [`container_policy`]).
+fn metadata_allow_binds(meta: &str) -> Result<Vec<&str>, NarrowError> {
+    let mut values = Vec::new();
+    for item in meta
+        .split(|c: char| c == ';' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        let err = |reason: String| NarrowError {
+            source_kind: NarrowSource::Metadata,
+            reason,
+        };
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| err(format!("`{item}` is not KEY=VALUE")))?;
+        if key != METADATA_ALLOW_BIND {
+            return Err(err(format!(
+                "unknown key `{key}` (the only key is `{METADATA_ALLOW_BIND}`)"
+            )));
+        }
+        values.push(value);
+    }
+    Ok(values)
+}
+
+/// The policy one comma-separated list of bind specs asks for.
+fn asked_policy(source_kind: NarrowSource, value: &str) -> Result<Policy, NarrowError> {
+    let specs: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    Policy::from_specs(&specs).map_err(|e| NarrowError {
+        source_kind,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads `meta` as the agent reads a container's `listenerMetadata`, so that a
+/// profile can be refused before every container using it loses its ports to a
+/// typo.
+pub fn check_listener_metadata(meta: &str) -> Result<(), NarrowError> {
+    for value in metadata_allow_binds(meta)? {
+        asked_policy(NarrowSource::Metadata, value)?;
+    }
+    Ok(())
 }
 
 /// The policy for a container whose narrowing request was unreadable: nothing is
