@@ -44,11 +44,14 @@ codes! {
     CannotExecute = 126 => "CMD was found but could not be started (not executable, or a set-up step before its exec failed), as env and shells use 126",
     /// CMD was not found (as `env` and shells use 127).
     NotFound = 127 => "CMD was not found, as env and shells use 127",
+    /// Whoever read fdgrab's stdout went away (`fdgrab ls | head`): fdgrab stops
+    /// quietly with the status a shell shows for a program killed by SIGPIPE.
+    BrokenPipe = 141 => "stdout's reader went away (EPIPE, e.g. piped into head): fdgrab stops quietly, with the status a shell shows for a program killed by SIGPIPE",
 }
 
 /// What exit status 0 and the statuses of wrapped commands mean; shared by every
 /// rendering of the table.
-pub const SUCCESS_MEANING: &str = "success. Commands that run a program (get, steal, exec, run) exit with its status instead; a program killed by signal N gives 128+N. A closed stdout (EPIPE: its reader, such as head, exited) ends fdgrab quietly with 0";
+pub const SUCCESS_MEANING: &str = "success. Commands that run a program (get, steal, exec, run) exit with its status instead; a program killed by signal N gives 128+N.";
 
 impl Code {
     /// `--help`'s closing text: one entry per code, wrapped to fit 80 columns.
@@ -137,6 +140,9 @@ impl std::error::Error for CodedError {}
 /// Picks the exit code for an error by looking through its chain for a typed cause.
 pub fn code_for(e: &anyhow::Error) -> Code {
     for cause in e.chain() {
+        if cause.downcast_ref::<StdoutClosed>().is_some() {
+            return Code::BrokenPipe;
+        }
         if cause.downcast_ref::<UsageError>().is_some() {
             return Code::Usage;
         }
@@ -162,23 +168,46 @@ pub fn code_for(e: &anyhow::Error) -> Code {
     Code::Failure
 }
 
-/// Whether the error is a write to a reader that went away (EPIPE): the ordinary
-/// end of `fdgrab ... | head`, not a failure.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+/// Prints the error chain on stderr and returns its exit code; a closed stdout
+/// ([`Code::BrokenPipe`]) is not worth a message.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    let code = code_for(e);
+    if code != Code::BrokenPipe {
+        eprintln!("fdgrab: {e:#}");
+    }
+    code.into()
 }
 
-/// Prints the error chain on stderr and returns its exit code; a closed stdout
-/// (EPIPE) ends quietly with 0 instead.
-pub fn report(e: &anyhow::Error) -> ExitCode {
-    if is_broken_pipe(e) {
-        return ExitCode::SUCCESS;
+/// The reader of our stdout went away (EPIPE on a write to stdout; Rust ignores
+/// SIGPIPE). Only writes to stdout become this: EPIPE on a socket fdgrab sends to
+/// is an error like any other.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed by its reader")
     }
-    eprintln!("fdgrab: {e:#}");
-    code_for(e).into()
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// For `map_err` on a write to stdout: [`StdoutClosed`] for EPIPE, else the error
+/// with `what` as its context.
+pub fn stdout_error(what: &'static str) -> impl FnOnce(std::io::Error) -> anyhow::Error {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            StdoutClosed.into()
+        } else {
+            anyhow::Error::new(e).context(what)
+        }
+    }
+}
+
+/// `println!` that returns an error instead of panicking when stdout is closed.
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(stdout_error("writing to stdout"))
 }
 
 #[cfg(test)]
@@ -203,13 +232,5 @@ mod tests {
         assert_eq!(roff_escape("a-b"), "a\\-b");
         assert_eq!(roff_escape(".x"), "\\&.x");
         assert!(!Code::roff().contains("pid-"), "hyphens escaped");
-    }
-
-    #[test]
-    fn broken_pipe_is_found_anywhere_in_the_chain() {
-        let e = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
-            .context("writing the listing");
-        assert!(is_broken_pipe(&e));
-        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
     }
 }

@@ -16,7 +16,6 @@ mod logging;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    quiet_on_closed_stdout();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -52,24 +51,4 @@ fn parse() -> Result<cli::Cli, clap::Error> {
     }
     let matches = cmd.try_get_matches_from(args)?;
     cli::Cli::from_arg_matches(&matches)
-}
-
-/// `println!` panics when stdout's reader has gone (EPIPE): end quietly with 0
-/// instead, as errors carrying EPIPE do (see `exit::report`). Rust ignores SIGPIPE,
-/// so without this `fdgrab ... | head` would report a panic.
-fn quiet_on_closed_stdout() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let msg = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        let epipe = format!("(os error {})", libc::EPIPE);
-        if msg.starts_with("failed printing to stdout") && msg.contains(&epipe) {
-            std::process::exit(0);
-        }
-        default(info)
-    }));
 }

@@ -18,7 +18,7 @@ const SEE_ALSO: &str = include_str!("../man/see-also.roff");
 pub fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = Cli::command();
     // Rendered first: clap_complete panics on a write error, and a closed stdout is
-    // an ordinary end (see exit::report).
+    // reported as such (exit::StdoutClosed).
     let mut out = Vec::new();
     clap_complete::generate(a.shell, &mut cmd, "fdgrab", &mut out);
     write_stdout(&out)
@@ -129,6 +129,6 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|()| out.flush())
-        .context("writing to stdout")?;
+        .map_err(crate::exit::stdout_error("writing to stdout"))?;
     Ok(ExitCode::SUCCESS)
 }
