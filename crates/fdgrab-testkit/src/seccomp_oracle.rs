@@ -138,7 +138,38 @@ pub fn insns_from_bytes(data: &[u8]) -> Vec<Insn> {
                     (usize::from(b) % left) as u8
                 }
             };
-            match c[0] % 8 {
+            match c[0] % 12 {
+                // Any opcode the kernel accepts, or not, with constants that keep
+                // loads inside nr and arch (the interpreter's `run` knows no
+                // arguments) and indexes and jumps near the valid range.
+                8..=10 => {
+                    let code = VALID_CODES[usize::from(c[1]) % VALID_CODES.len()];
+                    let k = match code {
+                        0x20 => raw_k & 4,
+                        0x60 | 0x61 | 0x02 | 0x03 => raw_k % 20,
+                        0x64 | 0x74 => raw_k % 40,
+                        0x34 | 0x94 => raw_k % 3,
+                        0x05 => raw_k % (left as u32 + 2),
+                        0x06 => action_from(c[5], raw_k).to_raw() | (raw_k & 0xffff),
+                        _ => k,
+                    };
+                    Insn::from_raw(libc::sock_filter {
+                        code,
+                        jt: jump(c[2]),
+                        jf: jump(c[5]),
+                        k,
+                    })
+                }
+                11 => Insn::from_raw(libc::sock_filter {
+                    code: u16::from(c[1]),
+                    jt: jump(c[2]),
+                    jf: jump(c[5]),
+                    k: if u16::from(c[1]) & 0xe7 == 0x20 {
+                        raw_k & 4
+                    } else {
+                        raw_k
+                    },
+                }),
                 0 => Insn::load(Field::Nr),
                 1 => Insn::load(Field::Arch),
                 2 => Insn::jeq(k, jump(c[1]), jump(c[2])),
@@ -151,8 +182,17 @@ pub fn insns_from_bytes(data: &[u8]) -> Vec<Insn> {
         .collect()
 }
 
+/// Classic-BPF opcodes seccomp accepts, and `BPF_MOD` (0x94), which it refuses.
+const VALID_CODES: [u16; 35] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x0c, 0x14, 0x24, 0x34, 0x3c, 0x44, 0x54, 0x64, 0x74, 0x84, 0xa4,
+    0xac, 0x05, 0x15, 0x1d, 0x25, 0x2d, 0x35, 0x45, 0x4d, 0x06, 0x16, 0x07, 0x87, 0x60, 0x61, 0x20,
+    0x80, 0x81, 0x94,
+];
+
 fn action_from(sel: u8, raw_k: u32) -> Action {
-    match sel % 8 {
+    match sel % 10 {
+        8 => Action::KillThread,
+        9 => Action::Trace(raw_k as u16),
         0 => Action::Allow,
         1 => Action::Errno(raw_k as u16),
         2 => Action::Errno((raw_k % 200) as u16),
@@ -175,7 +215,9 @@ pub fn expected(action: Action, call: Call) -> Outcome {
         Action::Errno(e) => Outcome::Returned(-i64::from(e.min(4095))),
         Action::Notify => Outcome::Returned(-i64::from(libc::ENOSYS)),
         Action::Trap => Outcome::Trapped,
-        Action::KillProcess => Outcome::Killed,
+        Action::KillProcess | Action::KillThread => Outcome::Killed,
+        // No tracer: the call fails with ENOSYS.
+        Action::Trace(_) => Outcome::Returned(-i64::from(libc::ENOSYS)),
     }
 }
 
