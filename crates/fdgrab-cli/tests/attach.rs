@@ -722,3 +722,76 @@ fn single_process_mode_takes_a_job_out_of_its_shell_session() {
     old.type_line("echo S$((5*5))");
     old.wait_for("S25", WAIT);
 }
+
+/// The pty index of `pid`'s stdin (`/dev/pts/N`).
+fn pts_index(pid: i32) -> u32 {
+    std::fs::read_link(format!("/proc/{pid}/fd/0"))
+        .ok()
+        .and_then(|l| l.to_str()?.strip_prefix("/dev/pts/")?.parse().ok())
+        .unwrap_or_else(|| panic!("process {pid}'s stdin is not on /dev/pts"))
+}
+
+#[test]
+fn a_master_of_the_same_index_in_another_devpts_instance_is_left_alone() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-inst-old");
+    let n = pts_index(py);
+    // A bystander in its own mount namespace with its own devpts instance (as in a
+    // container) holds the master of *its* pts/N: the same index, another pty.
+    let dir = std::env::temp_dir().join(format!("fdgrab-devpts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = format!(
+        "import os, fcntl, struct, sys, time\n\
+         keep = []\n\
+         while True:\n\
+         \x20   fd = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+         \x20   keep.append(fd)\n\
+         \x20   if struct.unpack('I', fcntl.ioctl(fd, 0x80045430, b'\\0' * 4))[0] == {n}: break\n\
+         print('FD', fd, flush=True)\n\
+         time.sleep(600)\n",
+        d = dir.display()
+    );
+    let mut child = std::process::Command::new("timeout")
+        .args(["120", "unshare", "-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts {d} && exec python3 -c \"$0\"",
+            d = dir.display()
+        ))
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("bystander's line");
+    let fd: i32 = line
+        .strip_prefix("FD ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("bystander said {line:?}"));
+    let bystander = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("python under timeout");
+    let _bystander = KillOnDrop::new(bystander);
+    let link = |pid: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    assert!(link(bystander).is_some_and(|l| l.ends_with("ptmx")));
+
+    let new = attach_in("att-inst-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('X', x + 1)");
+    new.wait_for("X 42", WAIT);
+    assert!(
+        link(bystander).is_some_and(|l| l.ends_with("ptmx")),
+        "fdgrab attach replaced another devpts instance's pty master: {:?}",
+        link(bystander)
+    );
+    exit_python(&new, py);
+    drop(_bystander);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+}
