@@ -795,3 +795,36 @@ fn a_master_of_the_same_index_in_another_devpts_instance_is_left_alone() {
     let _ = child.wait();
     let _ = std::fs::remove_dir(&dir);
 }
+
+#[test]
+fn detach_works_after_a_paste_the_program_does_not_read() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start("att-paste-old", 80, 24, "exec bash --norc --noprofile -i");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    // Raw mode, and a foreground job that never reads its input: whatever is typed
+    // stays queued in the pty.
+    old.type_line("stty raw -echo; sleep 300");
+    wait_until("sleep to start", || !children(bash).is_empty());
+    let _sleep = KillOnDrop::new(children(bash)[0]);
+
+    let new = attach_in("att-paste-new", 100, 30, "", &bash.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    // More than the pty queues: the rest waits in fdgrab.
+    let paste = std::env::temp_dir().join(format!("fdgrab-paste-{}", std::process::id()));
+    std::fs::write(&paste, "a".repeat(20_000)).expect("paste file");
+    let path = paste.to_str().expect("utf-8 temp path");
+    assert!(new.run(&["load-buffer", path]).status.success());
+    assert!(new.run(&["paste-buffer"]).status.success());
+    let _ = std::fs::remove_file(&paste);
+    std::thread::sleep(Duration::from_millis(300));
+    new.key("Enter");
+    new.type_text("~.");
+    let text = expect_exit(&new, 7);
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    assert_healthy(bash);
+}

@@ -59,6 +59,12 @@ pub const RELAY_SIGNALS: [i32; 6] = [
 
 const BUF: usize = 64 * 1024;
 
+/// Typed input kept while the program does not read it. Below this, input is
+/// still read (so a detach works after a paste into a program that stopped
+/// reading, whose pty queues only a few KiB); above it, input waits in our
+/// terminal.
+const MAX_PENDING: usize = 1024 * 1024;
+
 /// Relays between our terminal (`raw`'s, read from `input`, written to `output`)
 /// and the pty `master` until one of the [`RelayEnd`] events. `signals` should
 /// carry [`RELAY_SIGNALS`]: `SIGWINCH` copies our window size to the master,
@@ -67,7 +73,8 @@ const BUF: usize = 64 * 1024;
 ///
 /// The master is made non-blocking for the loop (so a program that stops reading
 /// its input cannot stall its output), and its status flags are restored before
-/// returning. Input is read only while the previous input has been written.
+/// returning. Input the program does not take yet is kept, up to 1 MiB; past
+/// that, input is read only once the program takes some (and the escape with it).
 pub fn relay(
     master: BorrowedFd<'_>,
     input: BorrowedFd<'_>,
@@ -86,7 +93,7 @@ pub fn relay(
         } else {
             PollFlags::IN | PollFlags::OUT
         };
-        let input_events = if to_master.is_empty() {
+        let input_events = if to_master.len() < MAX_PENDING {
             PollFlags::IN
         } else {
             PollFlags::empty()
