@@ -828,3 +828,82 @@ fn detach_works_after_a_paste_the_program_does_not_read() {
     let _keeper = KillOnDrop::new(keeper);
     assert_healthy(bash);
 }
+
+/// A keeper (`fdgrab-keep`) holding the master of `/dev/pts/n`, if there is one.
+fn keeper_of(n: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim_end() != "fdgrab-keep" || gone(pid) {
+            return None;
+        }
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .ok()?
+            .flatten()
+            .any(|f| {
+                std::fs::read_to_string(f.path())
+                    .is_ok_and(|t| t.lines().any(|l| l == format!("tty-index:\t{n}")))
+            })
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_terminal_that_stops_reading_does_not_keep_signals_from_detaching() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start("att-stall-old", 80, 24, "exec bash --norc --noprofile -i");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    let n = pts_index(bash);
+    // fdgrab's own terminal is a pty nobody reads after the banner (a stalled ssh
+    // connection): the session's output fills it and fdgrab's writes block.
+    let harness = format!(
+        "import os, pty, sys, time\n\
+         pid, m = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execv('{fdgrab}', ['fdgrab', 'attach', '{bash}'])\n\
+         print('FDGRAB', pid, flush=True)\n\
+         data = b''\n\
+         while b'to detach' not in data:\n\
+         \x20   data += os.read(m, 4096)\n\
+         os.write(m, b'yes | head -c 3000000\\r')\n\
+         print('STALLED', flush=True)\n\
+         time.sleep(120)\n",
+        fdgrab = bin("fdgrab").display()
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &harness])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let _harness = KillOnDrop::new(child.id() as i32);
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("harness line");
+    let fdgrab: i32 = line
+        .strip_prefix("FDGRAB ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("harness said {line:?}"));
+    let _fdgrab = KillOnDrop::new(fdgrab);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("harness line");
+    assert_eq!(line.trim(), "STALLED");
+    // Let the output fill fdgrab's terminal.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(keeper_of(n).is_none(), "a keeper before the signal");
+    signal(fdgrab, "TERM");
+    wait_until("a keeper to hold the session after SIGTERM", || {
+        keeper_of(n).is_some()
+    });
+    let keeper = keeper_of(n).expect("keeper");
+    let _keeper = KillOnDrop::new(keeper);
+    // Whatever fdgrab does now, the session no longer depends on it.
+    signal(fdgrab, "KILL");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_healthy(bash);
+    drop(_harness);
+    let _ = child.wait();
+}
