@@ -907,3 +907,47 @@ fn a_terminal_that_stops_reading_does_not_keep_signals_from_detaching() {
     drop(_harness);
     let _ = child.wait();
 }
+
+#[test]
+fn another_users_squatting_on_the_attach_lock_does_not_lock_root_out() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-squat-old");
+    let n = pts_index(py);
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/dev/pts").expect("/dev/pts").dev()
+    };
+    // uid 65534 binds (and listens on) the abstract name the lock of this pty uses.
+    let squat = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind(b'\\0fdgrab-attach/{dev:x}/{n}')\n\
+         s.listen(8)\n\
+         print('BOUND', flush=True)\n\
+         time.sleep(120)\n"
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &squat])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let _squatter = KillOnDrop::new(child.id() as i32);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("squatter's line");
+    assert_eq!(line.trim(), "BOUND");
+
+    let new = attach_in("att-squat-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('X', x + 1)");
+    new.wait_for("X 42", WAIT);
+    exit_python(&new, py);
+    drop(_squatter);
+    let _ = child.wait();
+}
