@@ -22,8 +22,9 @@ use std::time::Duration;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
-status, 126 if it cannot be started, 127 if it is not found."
+4 permission denied, 5 no such process or fd, 141 (quietly) if whoever read stdout went \
+away; commands that start CMD exit with its status, 126 if it cannot be started, 127 if \
+it is not found."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
@@ -209,6 +210,7 @@ pub struct LsArgs {
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
     /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
+    /// For a unix socket's name: the sockets bound to it and those accepted on them.
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
     /// Only fds on files with no name left (link count 0): deleted files and memfds,
@@ -303,6 +305,24 @@ pub struct BackendArg {
     /// only if the kernel lacks pidfd_getfd).
     #[arg(long, default_value = "auto", value_parser = parse_backend, value_name = "auto|pidfd|ptrace")]
     pub backend: Backend,
+    #[command(flatten)]
+    pub force: ForceArg,
+}
+
+/// `--force`, shared by every command that may inject into a process with ptrace.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ForceArg {
+    /// Inject (ptrace) even into a process under seccomp whose filters fdgrab cannot
+    /// read (it needs CAP_SYS_ADMIN for that): a call the filter forbids could then kill
+    /// the process. Calls a readable filter refuses are never made, --force or not.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ForceArg {
+    pub fn seccomp(self) -> fdgrab::inject::SeccompPolicy {
+        fdgrab::inject::SeccompPolicy::new().force(self.force)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -371,6 +391,8 @@ pub struct PutArgs {
     /// Print one JSON object describing what was done.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub force: ForceArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -396,6 +418,8 @@ pub struct RedirectArgs {
     /// Print one JSON object (with the undo command as an argv array).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub force: ForceArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -508,6 +532,7 @@ pub struct ProfileArgs {
     pub socket: PathBuf,
     /// `listenerMetadata` for the agent, e.g. `allow-bind=tcp:80,tcp:443` (narrows the
     /// agent's policy for containers using this profile). Default: the input's, if any.
+    /// Checked as the agent reads it: one it could not read is refused (exit 2).
     #[arg(long, value_name = "TEXT")]
     pub metadata: Option<String>,
     /// Write the profile to FILE (through a temporary file renamed into place, so

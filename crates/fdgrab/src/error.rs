@@ -70,6 +70,33 @@ pub enum Error {
         available: String,
     },
 
+    /// The seccomp filter of the thread fdgrab would inject into answers one of the
+    /// calls it needs with something other than "allow" (kill, trap, errno, trace,
+    /// user notification), and there was no other way (see `docs/injection.md`). The
+    /// call was not run; the target was left as it was.
+    #[error("process {pid}: the seccomp filter of thread {tid} (filter {filter}, 0 = newest) answers the injected call {call} with {action}; refusing to inject: {hint}")]
+    SeccompRefused {
+        pid: Pid,
+        tid: Pid,
+        /// The call as it would have been made, e.g. `socket(0x1, 0x80001, 0x0)`.
+        call: String,
+        /// The filter's action, e.g. `SECCOMP_RET_KILL_PROCESS`.
+        action: String,
+        filter: usize,
+        hint: String,
+    },
+
+    /// The thread is under seccomp, and its filters cannot be read to check the
+    /// injected calls (this needs `CAP_SYS_ADMIN` and a caller not under seccomp).
+    /// Nothing was done to the target; the caller may force injection.
+    #[error("process {pid}: thread {tid} is under seccomp ({mode}) and fdgrab cannot check its filters ({why}); an injected call it forbids could kill the process, so nothing was done (force it with --force)")]
+    SeccompUnchecked {
+        pid: Pid,
+        tid: Pid,
+        mode: &'static str,
+        why: String,
+    },
+
     /// The copy we hold is not the open file the target has at `fd` (the target
     /// replaced the fd between the copy and the check).
     #[error(
@@ -144,6 +171,8 @@ impl Error {
             | Error::WrongKind { pid, .. }
             | Error::IdentityMismatch { pid, .. }
             | Error::NoMatchingSocket { pid, .. }
+            | Error::SeccompRefused { pid, .. }
+            | Error::SeccompUnchecked { pid, .. }
             | Error::Io { pid, .. } => Some(*pid),
             Error::Unsupported { .. }
             | Error::InvalidArgument(_)

@@ -175,9 +175,10 @@ impl FdEntry {
     }
 
     /// Whether the inode has no name left in any directory (`lsof +L1`): unlinked
-    /// files and memfds.
+    /// files and memfds. The link count decides when it is known: a file whose
+    /// opened name was removed (`deleted`) may keep another hard link.
     pub fn is_unlinked(&self) -> bool {
-        self.deleted || self.nlink == Some(0)
+        self.nlink.map_or(self.deleted, |n| n == 0)
     }
 }
 
@@ -647,8 +648,8 @@ impl EntryReader<'_> {
             self.fill_from_stat(&mut e, &name);
             let raw = names::exact_str(&link, &raw_link);
             let (path, deleted_suffix) = match raw.strip_suffix(b" (deleted)") {
-                Some(p) => (p, true),
-                None => (raw, false),
+                Some(p) if !self.names_this_inode(raw, &e) => (p, true),
+                _ => (raw, false),
             };
             if let Some(memfd) = path.strip_prefix(b"/memfd:") {
                 e.kind = FdKind::Memfd;
@@ -738,6 +739,26 @@ impl EntryReader<'_> {
         if e.kind == FdKind::File && st.st_nlink == 0 {
             e.deleted = true;
         }
+    }
+
+    /// Whether `path`, the whole link, is a name of `e`'s inode: then a
+    /// " (deleted)" at its end belongs to the name, not to the kernel. The link is
+    /// written from our root when the file is reachable from it (a chrooted
+    /// target), else from the root of the target's mount namespace, so both are
+    /// asked; the inode check rules out a wrong answer from either. Only asked of
+    /// inodes that still have a link, so unlinked files cost nothing.
+    fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
+        if e.nlink.is_none_or(|n| n == 0) {
+            return false;
+        }
+        let same =
+            |st: rustix::fs::Stat| Some(devstr(st.st_dev)) == e.dev && Some(st.st_ino) == e.inode;
+        if statat(rustix::fs::CWD, path, AtFlags::empty()).is_ok_and(same) {
+            return true;
+        }
+        let mut in_root = b"../root".to_vec();
+        in_root.extend_from_slice(path);
+        statat(self.fd_dir, in_root.as_slice(), AtFlags::empty()).is_ok_and(same)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems

@@ -15,7 +15,7 @@
 //!
 //! Then the new slave is `dup3`ed over every fd that was on the old terminal.
 
-use super::{open_channel, receive_from_us, remote_error, with_session, Session};
+use super::{open_channel, receive_from_us, remote_error, with_session, SeccompPolicy, Session};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{Pid, TargetFd};
@@ -43,7 +43,22 @@ pub fn take_terminal(
     change: CttyChange,
     fds: &[TargetFd],
 ) -> Result<()> {
-    with_session(target, |s| {
+    // Checked against the target's seccomp filters before anything runs (the
+    // terminal calls too, as far as their arguments are known); the rest are checked
+    // one by one just before they run.
+    let mut plan = Vec::new();
+    for &fd in fds {
+        super::receive_and_install_calls(&mut plan, fd);
+    }
+    plan.push(super::seccomp::Planned::new(
+        libc::SYS_ioctl,
+        &[
+            super::seccomp::UNKNOWN,
+            super::seccomp::k(libc::TIOCSCTTY),
+            super::seccomp::k(0),
+        ],
+    ));
+    with_session(target, SeccompPolicy::default(), &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, slave)?;
         match change {

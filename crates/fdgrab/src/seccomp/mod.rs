@@ -11,7 +11,9 @@ mod notify;
 pub mod profile;
 mod remote;
 
-pub use bpf::{Action, BuildError, Insn, Program, SyscallFilter};
+pub use bpf::{
+    evaluate_stack, Action, BuildError, Insn, Program, SeccompData, StackVerdict, SyscallFilter,
+};
 pub use filter::{install, install_filter, set_no_new_privs, InstallError, InstallFlags};
 pub use notify::{AddFdAt, Listener, Notification, Response, SendError, SyscallData};
 pub use remote::{read_validated, ReadError};
