@@ -181,6 +181,9 @@ impl GrabOptions {
         fds: &[TargetFd],
         hook: impl FnOnce(Vec<Grabbed>) -> std::result::Result<T, E>,
     ) -> std::result::Result<Taken<T>, E> {
+        if self.steal.is_some() {
+            inject::check_close_allowed(target, self.seccomp)?;
+        }
         let (copies, backend) = self.copy(target, fds)?;
         let mut out = Vec::with_capacity(copies.len());
         let mut owner = None;

@@ -416,6 +416,14 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Resu
     })
 }
 
+/// Refuses now what a later [`close_in_target`] with `policy` would refuse before
+/// seizing (a thread under seccomp whose filters fdgrab cannot read, without
+/// `force`), so that a steal can say no before it copies anything or starts CMD.
+pub(crate) fn check_close_allowed(target: &PidFd, policy: SeccompPolicy) -> Result<()> {
+    let tid = crate::access::fd_table_owner(target)?;
+    seccomp::before_seize(target.pid(), tid, policy).map(|_| ())
+}
+
 /// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over
 /// them), all in one session. Every fd is checked to exist before any is touched, so
 /// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
