@@ -120,14 +120,13 @@ impl SupervisedCommand {
                 .map_err(|e| Error::InvalidArgument(format!("building the seccomp filter: {e}")))?
                 .raw(),
         };
-        let me = rustix::process::getpid().as_raw_nonzero().get();
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| Error::io("socketpair (listener hand-back)", me, None, e))?;
+        .map_err(|e| Error::local("socketpair (listener hand-back)", e))?;
         let mut spawn = Spawn::new(&self.argv)?;
         if let Some(SpawnSetup(f)) = self.setup.take() {
             spawn = f(spawn)?;

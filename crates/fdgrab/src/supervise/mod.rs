@@ -88,12 +88,7 @@ impl std::fmt::Debug for Supervisor {
 }
 
 fn io_err(op: &'static str, e: Errno) -> Error {
-    Error::Io {
-        op,
-        pid: std::process::id() as i32,
-        fd: None,
-        source: e.into(),
-    }
+    Error::local(op, e)
 }
 
 impl Supervisor {
