@@ -87,7 +87,7 @@ impl BindHandover {
         const SIGNALS: u64 = 1;
         const EXITED: u64 = 2;
         self.sup.watch(signals.as_fd(), SIGNALS)?;
-        self.sup.watch(child.pidfd().as_fd(), EXITED)?;
+        self.sup.watch(child.pidfd().exit_fd()?, EXITED)?;
         loop {
             if let Some(st) = child.try_wait()? {
                 return Ok(st);

@@ -181,7 +181,7 @@ impl SupervisedCommand {
         const SIGNALS: u64 = 1;
         const EXITED: u64 = 2;
         sup.watch(signals.as_fd(), SIGNALS)?;
-        sup.watch(child.pidfd().as_fd(), EXITED)?;
+        sup.watch(child.pidfd().exit_fd()?, EXITED)?;
         loop {
             // A timeout so that the supervisor's idle maintenance runs.
             for ev in sup.dispatch(Some(Duration::from_secs(1)))? {
