@@ -4,6 +4,7 @@
 
 use super::selector::{self, is_listening_or_bound, Selector};
 use crate::error::{Error, Result};
+use crate::grab::{Backend, Grabbed};
 use crate::inventory::{self, FdEntry, FdKind, SocketInfo};
 use crate::pidfd::PidFd;
 use crate::{Pid, TargetFd};
@@ -28,6 +29,8 @@ pub struct TakenSocket {
     pub selected: Selected,
     /// Our copy (close-on-exec), sharing the target's open file description.
     pub fd: OwnedFd,
+    /// The mechanism that made the copy (never `Auto`).
+    pub backend: Backend,
 }
 
 /// Chooses sockets of `inv` for `selectors`, in selector order and, within one
@@ -195,7 +198,9 @@ pub fn take_sockets_with(
     let mut taken = Vec::with_capacity(selected.len());
     for sel in selected {
         let fd = sel.target_fds[0];
-        let ours = how.grab(target, fd)?.fd;
+        let Grabbed {
+            fd: ours, backend, ..
+        } = how.grab(target, fd)?;
         let st =
             rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
         if st.st_ino != sel.inode {
@@ -212,11 +217,13 @@ pub fn take_sockets_with(
             pid = target.pid(),
             fd = fd.as_raw(),
             inode = sel.inode,
+            method = backend.method(),
             "took socket"
         );
         taken.push(TakenSocket {
             selected: sel,
             fd: ours,
+            backend,
         });
     }
     Ok(taken)
