@@ -2,10 +2,10 @@
 //! inventory's listening view, selection, and taking the chosen sockets with a
 //! check that each copy is the socket the listing saw.
 
-use super::selector::{self, is_listening_or_bound, Selector};
+use super::selector::{self, is_listening_or_bound, Candidate, Selector};
 use crate::error::{Error, Result};
 use crate::grab::{Backend, Grabbed};
-use crate::inventory::{self, FdEntry, FdKind, SocketInfo};
+use crate::inventory::{self, SocketInfo};
 use crate::pidfd::PidFd;
 use crate::{Pid, TargetFd};
 use std::collections::HashMap;
@@ -137,27 +137,6 @@ pub fn describe_listeners(fds: &[Candidate]) -> String {
     }
 }
 
-/// One descriptor of the target, as far as socket selection needs to know it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    pub fd: TargetFd,
-    /// What `/proc/PID/fd/N` points at.
-    pub link: String,
-    /// The socket inode, for sockets.
-    pub inode: Option<u64>,
-    /// Details of listening and bound sockets (others may be left out).
-    pub socket: Option<SocketInfo>,
-}
-
-impl Candidate {
-    /// `127.0.0.1:8080 (LISTEN)`, a path, or the link.
-    pub fn display_name(&self) -> String {
-        self.socket
-            .as_ref()
-            .map_or_else(|| self.link.clone(), SocketInfo::describe)
-    }
-}
-
 /// Every fd of the target, with details for its listening and bound sockets: the
 /// inventory's [`inventory::listening`] view, narrowed to what selection reads.
 pub fn listing(target: &PidFd) -> Result<Vec<Candidate>> {
@@ -166,17 +145,6 @@ pub fn listing(target: &PidFd) -> Result<Vec<Candidate>> {
         .iter()
         .map(Candidate::from)
         .collect())
-}
-
-impl From<&FdEntry> for Candidate {
-    fn from(e: &FdEntry) -> Self {
-        Candidate {
-            fd: e.fd,
-            link: e.link.clone(),
-            inode: e.inode.filter(|_| e.kind == FdKind::Socket),
-            socket: e.socket.clone(),
-        }
-    }
 }
 
 /// Lists the target's fds, selects, and copies the chosen sockets out of it.
