@@ -62,4 +62,7 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    let mut goals = fdgrab_testkit::bench::Goals::new("grab");
+    goals.at_most("grab::pidfd_getfd / raw pidfd_getfd", om / rm, 1.10);
+    goals.finish()
 }
