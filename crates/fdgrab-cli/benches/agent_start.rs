@@ -12,9 +12,20 @@
 //! Run: `cargo bench -p fdgrab-cli --bench agent_start` (as root; runc/crun and
 //! busybox-static installed). `FDGRAB_BENCH_ROUNDS` changes the number of rounds.
 //! Goal: the agent adds less than 5% to a container start.
+//!
+//! First, *isolation*: a victim container's bind latency (p50, p99 of 400 binds,
+//! measured inside a `fake-tenant`) with and without a hostile neighbour making
+//! each attack of the agent issue: 1,100 threads binding at once, a sockaddr on a
+//! userfaultfd page nobody fills, 600 idle runtime connections, 32 clients
+//! trickling 1 MiB documents in 256-byte pieces. Rounds interleave quiet and
+//! attacked runs; medians of the rounds. Goal: attacked p99 <= 2x quiet p99 and
+//! never above 50 ms; the bench exits non-zero when it is missed.
+//! `FDGRAB_BENCH_PHASE=isolation` (or `starts`) runs one phase only.
 
-use fdgrab_testkit::oci::{unique, AgentProc, Bundle, BundleSpec, Container, Runtime, SeccompBind};
-use std::os::unix::net::UnixListener;
+use fdgrab_testkit::oci::{
+    unique, AgentProc, Bundle, BundleSpec, Container, FakeTenant, Runtime, SeccompBind,
+};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 /// Accepts runtime connections and drops what they send, on a thread of its own.
@@ -56,11 +67,155 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Starts one attack; calling what it returns (with the attacker) ends it.
+type End = Box<dyn FnOnce(&mut Option<FakeTenant>)>;
+type Attack = fn(&AgentProc, &mut Option<FakeTenant>) -> End;
+
+fn attacker(t: &mut Option<FakeTenant>) -> &mut FakeTenant {
+    t.as_mut().expect("this attack needs an attacking tenant")
+}
+
+fn attack_threads(_: &AgentProc, t: &mut Option<FakeTenant>) -> End {
+    attacker(t).send("threads 1100 80 81");
+    Box::new(|t| {
+        let r = attacker(t).line(Duration::from_secs(120));
+        assert_eq!(r["ok"], 1100, "{r}");
+    })
+}
+
+fn attack_uffd(_: &AgentProc, t: &mut Option<FakeTenant>) -> End {
+    let r = attacker(t).ask("uffd 83", Duration::from_secs(30));
+    assert_eq!(r["stalled"], true, "{r}");
+    Box::new(|t| {
+        let r = attacker(t).line(Duration::from_secs(30));
+        assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+    })
+}
+
+fn attack_idle(agent: &AgentProc, _: &mut Option<FakeTenant>) -> End {
+    let idle: Vec<UnixStream> = (0..600)
+        .filter_map(|_| UnixStream::connect(&agent.socket).ok())
+        .collect();
+    Box::new(move |_| drop(idle))
+}
+
+fn attack_documents(agent: &AgentProc, _: &mut Option<FakeTenant>) -> End {
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let socket = agent.socket.clone();
+            std::thread::spawn(move || {
+                fdgrab_testkit::oci::trickle_oversized_document(&socket);
+            })
+        })
+        .collect();
+    Box::new(move |_| {
+        for w in writers {
+            let _ = w.join();
+        }
+    })
+}
+
+/// p50 and p99 (µs) of `n` victim binds.
+fn victim_run(victim: &mut FakeTenant, n: usize) -> (f64, f64) {
+    let r = victim.ask(&format!("lat {n} 127.79.0.1 84"), Duration::from_secs(120));
+    assert_eq!(r["errors"], 0, "victim binds failed: {r}");
+    let f = |k: &str| r[k].as_f64().expect("latency");
+    (f("p50_us"), f("p99_us"))
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The isolation phase; returns whether every goal was met.
+///
+/// Each attack also runs against a second agent, which the victim does not use:
+/// the attacker's own CPU load on this machine without any effect through the
+/// victim's agent. The goal is judged against the quiet runs, as the issue sets
+/// it; the second ratio shows how much of a miss is the machine, not the agent.
+fn isolation(rounds: usize) -> bool {
+    let agent = AgentProc::start_quiet(&["--allow-bind", "tcp:81-84"]);
+    let other = AgentProc::start_quiet(&["--allow-bind", "tcp:81-84"]);
+    let mut victim = FakeTenant::start_quiet(&agent, &unique("bench-victim"));
+    let attacks: [(&str, Attack, bool); 4] = [
+        ("1,100 binding threads", attack_threads, true),
+        ("userfaultfd stall", attack_uffd, true),
+        ("600 idle connections", attack_idle, false),
+        ("32 slow 1 MiB documents", attack_documents, false),
+    ];
+    const BINDS: usize = 400;
+    victim_run(&mut victim, BINDS);
+    let mut ok = true;
+    println!(
+        "victim bind latency through the agent, {BINDS} binds per run, {rounds} rounds, medians"
+    );
+    for (name, attack, needs_tenant) in attacks {
+        let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
+        for _ in 0..rounds {
+            runs[0].push(victim_run(&mut victim, BINDS));
+            for (k, target) in [(1, &other), (2, &agent)] {
+                let mut attacker = needs_tenant
+                    .then(|| FakeTenant::start_quiet(target, &unique("bench-attacker")));
+                let end = attack(target, &mut attacker);
+                runs[k].push(victim_run(&mut victim, BINDS));
+                end(&mut attacker);
+            }
+        }
+        let med = |k: usize, p99: bool| {
+            median_f(
+                runs[k]
+                    .iter()
+                    .map(|r| if p99 { r.1 } else { r.0 })
+                    .collect(),
+            )
+        };
+        let (q50, q99) = (med(0, false), med(0, true));
+        let e99 = med(1, true);
+        let (l50, l99) = (med(2, false), med(2, true));
+        let ratio = l99 / q99;
+        let met = ratio <= 2.0 && l99 <= 50_000.0;
+        ok &= met;
+        println!(
+            "  {name:<24} quiet p50 {q50:6.1} p99 {q99:7.1} | aimed elsewhere p99 {e99:7.1} | \
+             aimed at the victim's agent p50 {l50:6.1} p99 {l99:7.1} (us) | p99 {ratio:.2}x quiet \
+             (goal <= 2x, <= 50 ms){}, {:.2}x elsewhere",
+            if met { "" } else { " MISSED" },
+            l99 / e99
+        );
+    }
+    println!(
+        "  agent afterwards: {} fds, {} KiB RSS",
+        agent.fd_count(),
+        fdgrab_testkit::oci::rss_kib(agent.pid)
+    );
+    ok
+}
+
 fn main() {
     if !rustix::process::geteuid().is_root() {
         eprintln!("agent_start: needs root to run containers; skipped");
         return;
     }
+    let phase = std::env::var("FDGRAB_BENCH_PHASE").unwrap_or_default();
+    let mut met = true;
+    if phase.is_empty() || phase == "isolation" {
+        let rounds = std::env::var("FDGRAB_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        met = isolation(rounds);
+    }
+    if phase == "isolation" {
+        std::process::exit(if met { 0 } else { 1 });
+    }
+    starts();
+    if !met {
+        std::process::exit(1);
+    }
+}
+
+fn starts() {
     let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

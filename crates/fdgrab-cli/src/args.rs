@@ -124,6 +124,23 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("duration '{s}' is out of range"))
 }
 
+/// `attach --escape`: one character (printable ASCII, or `^X` for a control key),
+/// or `none`.
+pub fn parse_escape(s: &str) -> Result<fdgrab::pty::Escape, String> {
+    let b = s.as_bytes();
+    match b {
+        b"none" => Ok(fdgrab::pty::Escape::NONE),
+        [c] if c.is_ascii_graphic() => Ok(fdgrab::pty::Escape::new(*c)),
+        [b'^', c] if c.is_ascii_alphabetic() || b"@[\\]^_".contains(c) => {
+            Ok(fdgrab::pty::Escape::new(c.to_ascii_uppercase() & 0x1f))
+        }
+        _ => Err(format!(
+            "'{s}' is not an escape character (expected one printable character such as ~, \
+             a control key such as ^], or none)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +181,16 @@ mod tests {
         assert!(parse_duration("5 parsecs")
             .unwrap_err()
             .contains("time unit"));
+    }
+
+    #[test]
+    fn parses_escape_characters() {
+        use fdgrab::pty::Escape;
+        assert_eq!(parse_escape("~"), Ok(Escape::DEFAULT));
+        assert_eq!(parse_escape("none"), Ok(Escape::NONE));
+        assert_eq!(parse_escape("^]"), Ok(Escape::new(0x1d)));
+        assert_eq!(parse_escape("^a"), Ok(Escape::new(1)));
+        assert!(parse_escape("ab").unwrap_err().contains("'ab'"));
+        assert!(parse_escape(" ").is_err());
     }
 }

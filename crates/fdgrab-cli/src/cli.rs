@@ -2,8 +2,8 @@
 //! generated from these, so help texts here are the documentation.
 
 use crate::args::{
-    parse_backend, parse_duration, parse_fd, parse_fd_map, parse_kind, parse_pid, parse_selector,
-    parse_signal, FdMap,
+    parse_backend, parse_duration, parse_escape, parse_fd, parse_fd_map, parse_kind, parse_pid,
+    parse_selector, parse_signal, FdMap,
 };
 use clap::{Parser, Subcommand};
 use fdgrab::activation::Selector;
@@ -155,6 +155,29 @@ pub enum Command {
     /// supervised binds fail with ENOSYS, and runtimes refuse to start new containers
     /// that name the socket.
     Agent(AgentArgs),
+    /// Move a running program's terminal session onto this terminal (like reptyr).
+    ///
+    /// Finds the pseudo-terminal PID runs on and the process holding its master (sshd,
+    /// tmux, screen, script, a terminal emulator), takes a copy of the master and puts
+    /// /dev/null over the holder's fds, then relays between this terminal (in raw mode)
+    /// and the session, copying the window size now and on every resize. Every process
+    /// on that terminal moves, job control included.
+    ///
+    /// When nobody holds the master any more (or with --single), PID alone moves: it
+    /// gets a new terminal as its controlling terminal and on every fd that was on the
+    /// old one; its children and other processes on the old terminal stay behind.
+    ///
+    /// Type Enter ~ . to detach: the program keeps running (a small `fdgrab-keep`
+    /// process holds the session) and `fdgrab attach PID` picks it up again. SIGHUP,
+    /// SIGINT, SIGTERM and SIGQUIT to fdgrab detach the same way.
+    ///
+    /// Exit status: 0 the session ended (no process has the terminal open any more);
+    /// 7 detached, the program still runs; 128+N detached on signal N; 2 PID is not on
+    /// a pseudo-terminal, is on this one, or cannot be moved alone, or stdin/stdout is
+    /// not a terminal in whose foreground fdgrab runs; 4 the master's holder (or PID)
+    /// may not be inspected or traced; 5 no such process; 6 already attached by another
+    /// fdgrab.
+    Attach(AttachArgs),
     /// Print a seccomp profile (OCI/Docker JSON) whose `bind` goes to the agent.
     ///
     /// Starts from --from, or from a built-in profile equivalent to the default
@@ -303,6 +326,22 @@ pub struct StealArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// A process on the terminal session to move.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+    /// The escape character typed after Enter to detach (~ . ) or send itself (~ ~);
+    /// `^]` style for a control key; `none` disables it.
+    #[arg(short, long, value_name = "CHAR", value_parser = parse_escape)]
+    pub escape: Option<fdgrab::pty::Escape>,
+    /// Move PID alone onto a new terminal instead of taking the session (the default
+    /// when nobody holds the master any more). Its children and every other process
+    /// on the old terminal stay there.
+    #[arg(long)]
+    pub single: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,6 +12,10 @@ pub enum Code {
     Unsupported = 3,
     PermissionDenied = 4,
     NoSuchProcessOrFd = 5,
+    /// `attach`: the terminal session is already attached by another fdgrab.
+    AlreadyAttached = 6,
+    /// `attach`: detached; the program keeps running and can be attached again.
+    Detached = 7,
     /// CMD was found but could not be started: not executable, or a set-up step
     /// before its exec failed (as `env` and shells use 126).
     CannotExecute = 126,
@@ -38,11 +42,26 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error that carries its own exit code (a refusal no library error kind names).
+#[derive(Debug)]
+pub struct CodedError(pub Code, pub String);
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for CodedError {}
+
 /// Picks the exit code for an error by looking through its chain for a typed cause.
 pub fn code_for(e: &anyhow::Error) -> Code {
     for cause in e.chain() {
         if cause.downcast_ref::<UsageError>().is_some() {
             return Code::Usage;
+        }
+        if let Some(CodedError(code, _)) = cause.downcast_ref::<CodedError>() {
+            return *code;
         }
         if let Some(err) = cause.downcast_ref::<fdgrab::Error>() {
             return match err {

@@ -47,5 +47,8 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line to a dead stderr (e.g. `attach` after its terminal hung up) must
+        // not turn into a panic that takes the process down.
+        .log_internal_errors(false)
         .try_init();
 }

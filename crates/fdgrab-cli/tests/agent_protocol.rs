@@ -3,9 +3,7 @@
 //! real container, even while a slow client sits on a half-sent document.
 
 use fdgrab::passfd::send_fds;
-use fdgrab_testkit::oci::{
-    unique, AgentProc, Bundle, BundleSpec, Container, NetNs, Runtime, SeccompBind, TempDir,
-};
+use fdgrab_testkit::oci::{unique, AgentProc, Bundle, Container, NetNs, Runtime, TempDir};
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -138,15 +136,7 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
         }
         rt.prepare();
         let ns = NetNs::new();
-        let mut spec = BundleSpec::new(
-            &["httpd", "-f", "-p", "80", "-h", "/www"],
-            SeccompBind::Notify {
-                listener_path: agent.socket.clone(),
-                metadata: None,
-            },
-        );
-        spec.netns = Some(ns.path.clone());
-        let bundle = Bundle::new(&spec);
+        let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&agent.socket, &ns));
         let mut c = Container::run(
             rt,
             &bundle,

@@ -146,12 +146,15 @@ fdgrab_testkit::per_runtime! {
 fn agent_serves_many_containers_at_once() {
     let runtimes: Vec<Runtime> = Runtime::ALL.into_iter().filter(|rt| rt.usable()).collect();
     if runtimes.is_empty() {
+        fdgrab_testkit::skip("neither runc nor crun is usable here");
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
     let frozen_ns = NetNs::new();
+    // The frozen container's own bind goes through the agent before it is
+    // stopped, so it is a supervised tenant like the others.
     let mut spec = BundleSpec::new(
-        &["sh", "-c", "echo frozen-ready; read x"],
+        &["sh", "-c", "echo frozen-ready; exec httpd -f -p 80 -h /www"],
         notify(&agent, None),
     );
     spec.netns = Some(frozen_ns.path.clone());
@@ -162,6 +165,10 @@ fn agent_serves_many_containers_at_once() {
         .output
         .wait_for("frozen-ready", START)
         .expect("frozen container started");
+    let resp = frozen_ns
+        .http_get_eventually(80, START)
+        .expect("the frozen container's httpd bound port 80 through the agent");
+    assert!(resp.contains(" 200 "), "{resp}");
     let state = std::process::Command::new(runtimes[0].name())
         .args(["state", &frozen_id])
         .output()
@@ -211,8 +218,22 @@ fn agent_serves_many_containers_at_once() {
         log.contains(&format!("containers={}", running.len() + 1)),
         "all supervised at once: {log}"
     );
+    // The stopped container's listener was never given up: once thawed, its
+    // httpd serves again.
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(frozen_pid).expect("pid"),
         rustix::process::Signal::CONT,
+    );
+    let resp = frozen_ns.http_get_eventually(80, START).expect("thawed");
+    assert!(resp.contains(" 200 "), "{resp}");
+    let audit = agent.audit_lines();
+    let binds = audit
+        .iter()
+        .filter(|l| l["port"] == 80 && l["decision"] == "bind" && l["errno"] == 0)
+        .count();
+    assert_eq!(
+        binds,
+        running.len() + 1,
+        "every container's bind, the frozen one's too"
     );
 }

@@ -7,6 +7,7 @@ pub mod containers;
 pub mod cri;
 pub mod handover;
 pub mod oci;
+pub mod tmux;
 
 use serde_json::Value;
 use std::ffi::OsStr;

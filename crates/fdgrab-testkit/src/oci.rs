@@ -595,6 +595,13 @@ impl AgentProc {
         AgentProc::launch(dir, socket, audit, args, "debug", &[])
     }
 
+    /// Like [`AgentProc::start`], with `RLIMIT_NOFILE` set to `nofile` (soft and
+    /// hard) through prlimit(1): the descriptor budget an attack must not exhaust.
+    pub fn start_with_nofile<S: AsRef<str>>(args: &[S], nofile: u64) -> AgentProc {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        AgentProc::start_under(&["prlimit", &limit, "--"], args)
+    }
+
     /// Like [`AgentProc::start`], with the agent run by `wrapper` (e.g. `setpriv
     /// --bounding-set ...`, to give it only some capabilities).
     pub fn start_under<S: AsRef<str>>(wrapper: &[&str], args: &[S]) -> AgentProc {
@@ -738,4 +745,169 @@ macro_rules! per_runtime {
         mod runc { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Runc) } )* }
         mod crun { $( #[test] fn $name() { super::$body($crate::oci::Runtime::Crun) } )* }
     };
+}
+
+/// A `fake-tenant` process: a "container" that hands its bind listener to an
+/// agent without a runtime and then binds on command (see that program's docs).
+#[derive(Debug)]
+pub struct FakeTenant {
+    pub child: Child,
+    pub pid: i32,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl FakeTenant {
+    /// Starts a tenant with container id `id` and waits until it has sent its
+    /// listener, then until the agent logs that it supervises it.
+    pub fn start(agent: &AgentProc, id: &str) -> FakeTenant {
+        FakeTenant::launch(agent, id, false, None)
+    }
+
+    /// Like [`FakeTenant::start`] for an agent started with
+    /// [`AgentProc::start_quiet`], which does not log each container: returns
+    /// once the listener is sent (a bind made before the agent serves it waits
+    /// in the kernel's queue).
+    pub fn start_quiet(agent: &AgentProc, id: &str) -> FakeTenant {
+        let mut t = FakeTenant::spawn_at(&agent.socket, id, false, None);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        t
+    }
+
+    /// A tenant that holds a socket from a network namespace of its own and runs
+    /// as uid 65534 (`FAKE_TENANT_FOREIGN`; the `foreign PORT` command).
+    pub fn start_foreign(agent: &AgentProc, id: &str) -> FakeTenant {
+        FakeTenant::launch(agent, id, true, None)
+    }
+
+    /// Like [`FakeTenant::start_foreign`], with the foreign netns's
+    /// `ip_unprivileged_port_start` set to `port_start`.
+    pub fn start_foreign_with_port_start(
+        agent: &AgentProc,
+        id: &str,
+        port_start: u16,
+    ) -> FakeTenant {
+        FakeTenant::launch(agent, id, true, Some(port_start))
+    }
+
+    fn launch(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
+        let mut t = FakeTenant::spawn_at(&agent.socket, id, foreign, port_start);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        agent
+            .log
+            .wait_for(&format!("container={id} "), TIMEOUT)
+            .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
+        t
+    }
+
+    /// Starts `fake-tenant SOCKET ID` without waiting for anything: for a test
+    /// that accepts the listener on `socket` itself. `foreign` and `port_start`
+    /// as in [`FakeTenant::start_foreign_with_port_start`].
+    pub fn spawn_at(socket: &Path, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        if foreign {
+            cmd.env("FAKE_TENANT_FOREIGN", "1");
+        }
+        if let Some(p) = port_start {
+            cmd.env("FAKE_TENANT_FOREIGN_PORT_START", p.to_string());
+        }
+        let mut child = cmd
+            .arg(socket)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning fake-tenant");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let pid = child.id() as i32;
+        FakeTenant {
+            child,
+            pid,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("writing to fake-tenant");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// The next JSON line, within `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Value {
+        let l = read_line_timeout(&mut self.stdout, timeout)
+            .unwrap_or_else(|e| panic!("fake-tenant {}: {e}", self.pid));
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("fake-tenant said {l:?}: {e}"))
+    }
+
+    /// Sends a command and returns its answer.
+    pub fn ask(&mut self, line: &str, timeout: Duration) -> Value {
+        self.send(line);
+        self.line(timeout)
+    }
+
+    /// Kills and reaps the tenant.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeTenant {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    crate::status_field(pid, "VmRSS")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A client that connects to the agent at `socket` and sends a document that
+/// never ends, in 256-byte writes, until it passes 1 MiB or the agent hangs up.
+pub fn trickle_oversized_document(socket: &Path) {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return;
+    };
+    let mut doc = br#"{"ociVersion":""#.to_vec();
+    doc.resize((1 << 20) + 512, b'a');
+    for piece in doc.chunks(256) {
+        if s.write_all(piece).is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes a FIFO at `path` (mode 0600).
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+}
+
+/// A bundle spec for busybox httpd on port 80 in `ns`, its bind sent to the agent
+/// listening at `listener_path` with no narrowing request.
+pub fn httpd_spec(listener_path: &Path, ns: &NetNs) -> BundleSpec {
+    let mut spec = BundleSpec::new(
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+        SeccompBind::Notify {
+            listener_path: listener_path.to_owned(),
+            metadata: None,
+        },
+    );
+    spec.netns = Some(ns.path.clone());
+    spec
 }

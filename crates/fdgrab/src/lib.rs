@@ -40,6 +40,7 @@ pub mod passfd;
 pub mod passwd;
 pub mod pidfd;
 mod procfs;
+pub mod pty;
 pub mod seccomp;
 pub mod signalfd;
 pub mod spawn;

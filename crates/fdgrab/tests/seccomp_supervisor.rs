@@ -114,7 +114,7 @@ fn seccomp_supervisor_binds_for_an_unprivileged_child_and_reports_hangup() {
     let policy = Arc::new(Policy::from_specs(&["tcp:79@127.66.0.1"]).expect("policy"));
     let labels = AuditLabels {
         container_id: Some("test".into()),
-        bundle: None,
+        ..AuditLabels::default()
     };
     let id = sup.add_listener(listener, policy, labels).expect("add");
     assert_eq!(sup.listener_count(), 1);
@@ -218,11 +218,73 @@ fn seccomp_listener_basics() {
     let (mut child, fd) = spawn_filtered(Command::new("true"), &filter, None);
     let listener = Listener::from_fd(fd);
     assert!(!listener.id_valid(0xdead_beef));
-    assert!(listener.set_sync_wake_up().is_ok());
+    // SYNC_WAKE_UP exists since 6.6: there it must take effect, not be skipped.
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let took = listener.set_sync_wake_up().expect("SET_FLAGS");
+    assert_eq!(took, version >= (6, 6), "kernel {release}");
     let _ = child.wait();
     // Answering a request that does not exist is ENOENT, reported as "gone".
     assert!(matches!(
         listener.respond(12345, Response::Continue),
         Err(seccomp::SendError::Gone)
     ));
+}
+
+/// The supervisor `fdgrab run` uses, on a socket made in another network
+/// namespace by an unprivileged program: handed back to the kernel (EACCES) under
+/// the default policy, bound when the policy says `netns = "any"`.
+#[test]
+fn seccomp_supervisor_socket_from_another_netns() {
+    use fdgrab_testkit::oci::{FakeTenant, TempDir};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !root_or_skip() {
+        return;
+    }
+    for any in [false, true] {
+        let dir = TempDir::new("fdgrab-sup-netns");
+        let path = dir.path().join("listener.sock");
+        let accept = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let mut tenant = FakeTenant::spawn_at(&path, "run-netns", true, None);
+        let (conn, _) = accept.accept().expect("accept");
+        let mut buf = vec![0u8; 8192];
+        let got = fdgrab::passfd::recv_fds(&conn, &mut buf, 4).expect("recv the listener");
+        let listener = got.fds.into_iter().next().expect("one fd");
+        assert_eq!(tenant.line(TIMEOUT)["ready"], true);
+        let audit_path = dir.path().join("audit.jsonl");
+        let mut sup =
+            Supervisor::new(AuditSink::from_path(&audit_path).expect("audit")).expect("sup");
+        let policy = Policy::from_specs(&["tcp:88"])
+            .expect("policy")
+            .with_any_netns(any);
+        sup.add_listener(listener, Arc::new(policy), AuditLabels::default())
+            .expect("add");
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sup.dispatch(Some(Duration::from_millis(20)))
+                        .expect("dispatch");
+                }
+            })
+        };
+        let r = tenant.ask("foreign 88", TIMEOUT);
+        stop.store(true, Ordering::Relaxed);
+        serving.join().expect("supervisor thread");
+        let want = if any { 0 } else { libc::EACCES };
+        assert_eq!(r["errno"], want, "netns = any: {any}: {r}");
+        let text = std::fs::read_to_string(&audit_path).expect("audit");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+        let decision = if any { "bind" } else { "continue" };
+        assert_eq!(line["decision"], decision, "{line}");
+        assert!(line["netns"].as_u64().is_some(), "{line}");
+    }
 }

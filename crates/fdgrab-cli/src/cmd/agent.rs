@@ -9,43 +9,114 @@ use crate::cli::AgentArgs;
 use crate::exit::UsageError;
 use anyhow::{bail, Context};
 use fdgrab::activation::NotifySender;
+use fdgrab::signalfd::SignalFd;
 use fdgrab::supervise::agent::{Agent, AgentEvent};
+use fdgrab::supervise::capabilities;
+use fdgrab::supervise::pidfd_cache::FdBudget;
 use fdgrab::supervise::policy::Policy;
-use fdgrab::supervise::Supervisor;
 use rustix::fs::{Mode, Uid};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use std::os::fd::OwnedFd;
+use rustix::thread::CapabilitySet;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The agent's epoll token for its signalfd.
+const SIGNALS: u64 = 1;
+
+/// How often, at most, the `STATUS=` line is refreshed for decisions alone.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let budget = FdBudget::raise_nofile();
     let upper = upper_policy(&a)?;
     let audit = crate::bind_policy::open_audit(&a.bind_policy)?;
     let listener = listen_at(&a.socket)?;
-    let supervisor = Supervisor::new(audit).context("creating the supervisor")?;
-    let mut agent = Agent::new(listener, upper, supervisor).context("setting up the event loop")?;
-    let systemd = NotifySender::from_env()?;
-    if let Some(n) = &systemd {
-        n.send("READY=1\nSTATUS=supervising 0 containers", true)
-            .context("notifying systemd (NOTIFY_SOCKET)")?;
+    // Before any thread exists: capabilities are per thread, and threads inherit.
+    match capabilities::restrict(CapabilitySet::empty()) {
+        Ok(Some(sets)) => {
+            tracing::debug!(effective = ?sets.effective, "capabilities dropped to what the agent uses")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities; keeping them"),
     }
-    tracing::info!(socket = %a.socket.display(), "fdgrab agent ready");
+    // Blocked before any worker thread exists: threads inherit the mask, so these
+    // signals reach only the signalfd (SIGHUP no longer kills the agent).
+    let signals = SignalFd::block(&[libc::SIGHUP, libc::SIGUSR1])
+        .context("blocking SIGHUP and SIGUSR1 for the agent's signalfd")?;
+    let mut agent =
+        Agent::new(listener, upper, audit, budget).context("setting up the event loop")?;
+    agent
+        .watch(signals.as_fd(), SIGNALS)
+        .context("watching the signalfd")?;
+    let systemd = NotifySender::from_env().context("NOTIFY_SOCKET")?;
+    if let Some(n) = &systemd {
+        n.send(
+            &format!("READY=1\nSTATUS={}", agent.stats().status_line()),
+            true,
+        )
+        .context("notifying systemd (NOTIFY_SOCKET)")?;
+    }
+    tracing::info!(socket = %a.socket.display(), nofile = budget.limit, "fdgrab agent ready");
+    let mut last_status = (Instant::now(), 0u64);
     loop {
         let events = agent.turn(None).context("agent event loop")?;
-        let changed = events
-            .iter()
-            .any(|e| !matches!(e, AgentEvent::Rejected { .. }));
-        if let (true, Some(n)) = (changed, &systemd) {
+        let mut changed = false;
+        for ev in &events {
+            match ev {
+                AgentEvent::Ready(SIGNALS) => {
+                    while let Some(sig) = signals.read().context("reading the signalfd")? {
+                        match sig {
+                            libc::SIGHUP => reload(&a, &mut agent),
+                            libc::SIGUSR1 => dump_stats(&agent),
+                            _ => {}
+                        }
+                    }
+                    changed = true;
+                }
+                AgentEvent::Rejected { .. } | AgentEvent::Ready(_) => {}
+                _ => changed = true,
+            }
+        }
+        let Some(n) = &systemd else { continue };
+        let stats = agent.stats();
+        let decided = stats.decisions != last_status.1;
+        if changed || (decided && last_status.0.elapsed() >= STATUS_EVERY) {
+            last_status = (Instant::now(), stats.decisions);
             // Only a status line: losing one must neither stop nor stall the agent.
-            if let Err(e) = n.send(
-                &format!("STATUS=supervising {} containers", agent.container_count()),
-                false,
-            ) {
+            if let Err(e) = n.send(&format!("STATUS={}", stats.status_line()), false) {
                 tracing::debug!(error = %e, "systemd status update failed");
             }
         }
+    }
+}
+
+/// SIGHUP: read the policy again and reopen the audit file. A policy that does
+/// not load is logged and the running one stays; a reopen that fails keeps
+/// writing to the old file.
+fn reload(a: &AgentArgs, agent: &mut Agent) {
+    if let Err(e) = agent.reopen_audit() {
+        tracing::error!(error = %e, "SIGHUP: cannot reopen the audit file; still writing to the old one");
+    }
+    // Logged once in effect, so that whoever waits for the line sees the new policy.
+    match upper_policy(a) {
+        Ok(p) => {
+            let shown = p.to_string();
+            agent.set_policy(p);
+            tracing::info!(policy = %shown, "SIGHUP: policy reloaded, audit file reopened");
+        }
+        Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the current policy"),
+    }
+}
+
+/// SIGUSR1: one log line with the agent's state as JSON.
+fn dump_stats(agent: &Agent) {
+    match serde_json::to_string(&agent.stats()) {
+        Ok(json) => tracing::info!(stats = %json, "SIGUSR1: agent state"),
+        Err(e) => tracing::warn!(error = %e, "cannot encode the agent's state"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod agent;
+mod attach;
 mod cat;
 mod docs;
 mod exec;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Redirect(a) => redirect::run(a),
         Command::Run(a) => run::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Attach(a) => attach::run(a),
         Command::Profile(a) => profile::run(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),

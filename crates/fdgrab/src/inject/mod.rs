@@ -20,8 +20,10 @@ mod arch;
 pub(crate) mod ptrace;
 mod rendezvous;
 mod session;
+mod tty;
 
 pub use session::Session;
+pub use tty::{take_terminal, CttyChange};
 
 use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};

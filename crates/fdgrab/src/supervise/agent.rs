@@ -1,42 +1,99 @@
 //! The OCI seccomp agent's event loop: one epoll set holding the listening unix
-//! socket, every runtime connection still being read, and the [`Supervisor`]'s
-//! own fd (which stands for all container listeners).
+//! socket, every runtime connection still being read, and an eventfd through
+//! which the containers' workers ([`super::tenant`]) report.
 //!
-//! Nothing in a turn blocks on one container: connections are non-blocking and
-//! read only as far as they have data, each has a deadline, and the supervisor is
-//! dispatched with a zero timeout. When a container's filter loses its last user,
-//! the supervisor reports `ListenerClosed` and everything kept for it is dropped.
+//! Each container's listener is served by a worker thread of its own, so no
+//! container's bind waits on another's. This thread accepts and reads runtime
+//! connections (non-blocking, each with a deadline, parsed in linear time), runs
+//! the workers' watchdog, and drops what was kept for a container once its filter
+//! has lost its last user.
 
-use crate::supervise::audit::AuditLabels;
+use crate::supervise::audit::{AuditLabels, AuditSink};
 use crate::supervise::oci::{
-    container_policy, deny_all, ContainerListener, ReadProgress, Rejection, StateReader,
+    container_policy, deny_all, ContainerListener, ContainerProcessState, ReadProgress, Rejection,
+    StateReader,
 };
-use crate::supervise::policy::Policy;
-use crate::supervise::{io_err, ListenerId, Supervisor, SupervisorEvent};
+use crate::supervise::pidfd_cache::{FdBudget, ThreadPidfds};
+use crate::supervise::policy::{Policy, PolicyCell};
+use crate::supervise::port_threshold::UnprivilegedPorts;
+use crate::supervise::tenant::{LatencyStats, Shared, Tenant, TenantEvent, READ_DEADLINE};
+use crate::supervise::{io_err, watch_in, ListenerId};
 use crate::Result;
 use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER_TOKEN: u64 = 0;
-const SUPERVISOR_TOKEN: u64 = 1;
+const WORKERS_TOKEN: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 2;
 
 /// How long a runtime may take to send its whole document. runc and crun send it
 /// in one `sendmsg` right after `connect`, so this only bounds broken clients.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections being read at once; beyond this new ones are closed at once, so a
-/// flood of idle connections cannot exhaust the agent's descriptors.
-pub const MAX_PENDING_CONNECTIONS: usize = 512;
+/// How often the watchdog looks for overdue requests while containers exist.
+const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() as u64 / 5);
+
+/// How long a connection whose document arrives in pieces is left unread
+/// after each piece.
+const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
+
+/// How often cached pidfds of exited threads are closed.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// After `EMFILE`/`ENFILE` on accept, the listening socket is left alone this long
 /// instead of spinning on a readiness that cannot be served.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A snapshot of the agent ([`Agent::stats`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentStats {
+    pub containers: usize,
+    pub connections_pending: usize,
+    /// Idle connections closed to make room for new ones.
+    pub connections_evicted: u64,
+    pub cached_pidfds: usize,
+    /// Trapped calls decided (by the bind handler; answered by workers).
+    pub decisions: u64,
+    /// Decision latency quantiles, as the upper bound of a power-of-two bucket.
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+    pub per_container: Vec<ContainerStats>,
+}
+
+/// One container in [`AgentStats`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerStats {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub decisions: u64,
+    /// Requests answered ETIMEDOUT by the watchdog.
+    pub timeouts: u64,
+    pub blocked_workers: usize,
+    pub cached_pidfds: usize,
+}
+
+impl AgentStats {
+    /// One line for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let lat = match (self.latency_p50_us, self.latency_p99_us) {
+            (Some(a), Some(b)) => format!("; bind latency p50<={a}us p99<={b}us"),
+            _ => String::new(),
+        };
+        format!(
+            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}",
+            self.containers, self.decisions, self.cached_pidfds, self.connections_pending
+        )
+    }
+}
 
 /// Something that happened in one [`Agent::turn`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +110,25 @@ pub enum AgentEvent {
     },
     /// A connection was turned away; the reason was logged.
     Rejected { reason: String },
+    /// An fd registered with [`Agent::watch`] is readable.
+    Ready(u64),
 }
 
 struct Connection {
     sock: OwnedFd,
     reader: StateReader,
     deadline: Instant,
+    /// When data last arrived (or the connection was accepted).
+    active: Instant,
+    /// Set while the connection is left unwatched after a partial read.
+    resume_at: Option<Instant>,
 }
 
 struct Container {
     id: String,
+    tenant: Arc<Tenant>,
+    /// What the container asked for, kept so that a reload can recompute it.
+    state: ContainerProcessState,
 }
 
 /// The OCI seccomp agent. It is itself pollable ([`AsFd`]): its epoll fd is
@@ -71,11 +137,20 @@ pub struct Agent {
     epoll: OwnedFd,
     listener: OwnedFd,
     accept_paused_until: Option<Instant>,
-    supervisor: Supervisor,
     upper: Arc<Policy>,
     connections: HashMap<u64, Connection>,
+    max_connections: usize,
     containers: HashMap<ListenerId, Container>,
     next_token: u64,
+    next_listener: u64,
+    shared: Arc<Shared>,
+    events_tx: Sender<TenantEvent>,
+    events_rx: Receiver<TenantEvent>,
+    waker: Arc<OwnedFd>,
+    last_prune: Instant,
+    evicted_connections: u64,
+    /// epoll tokens of fds a caller asked us to watch, with the caller's token.
+    watched: HashMap<u64, u64>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -95,19 +170,25 @@ impl AsFd for Agent {
 
 impl Agent {
     /// Takes a listening unix stream socket (it is made non-blocking here), the
-    /// agent-wide policy that bounds every container, and the supervisor that will
-    /// own the containers' listeners.
-    pub fn new(listener: OwnedFd, upper: Policy, supervisor: Supervisor) -> Result<Self> {
+    /// agent-wide policy that bounds every container, where to audit, and the
+    /// descriptor budget (see [`FdBudget::raise_nofile`]).
+    pub fn new(
+        listener: OwnedFd,
+        upper: Policy,
+        audit: AuditSink,
+        budget: FdBudget,
+    ) -> Result<Self> {
         rustix::io::ioctl_fionbio(&listener, true).map_err(|e| io_err("ioctl(FIONBIO)", e))?;
         let epoll =
             epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| io_err("epoll_create1", e))?;
+        let waker = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| io_err("eventfd", e))?;
         for (fd, token, what) in [
             (listener.as_fd(), LISTENER_TOKEN, "epoll_ctl(ADD listener)"),
-            (
-                supervisor.as_fd(),
-                SUPERVISOR_TOKEN,
-                "epoll_ctl(ADD supervisor)",
-            ),
+            (waker.as_fd(), WORKERS_TOKEN, "epoll_ctl(ADD eventfd)"),
         ] {
             epoll::add(
                 &epoll,
@@ -117,16 +198,93 @@ impl Agent {
             )
             .map_err(|e| io_err(what, e))?;
         }
+        let (events_tx, events_rx) = channel();
+        let shared = Arc::new(Shared {
+            audit: Arc::new(audit),
+            ports: UnprivilegedPorts::new(),
+            pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
+            latency: LatencyStats::default(),
+        });
+        tracing::debug!(
+            nofile = budget.limit,
+            pidfds = budget.pidfd_capacity(),
+            connections = budget.pending_connections(),
+            "descriptor budget"
+        );
         Ok(Agent {
             epoll,
             listener,
             accept_paused_until: None,
-            supervisor,
             upper: Arc::new(upper),
             connections: HashMap::new(),
+            max_connections: budget.pending_connections(),
             containers: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
+            next_listener: 1,
+            shared,
+            events_tx,
+            events_rx,
+            waker: Arc::new(waker),
+            last_prune: Instant::now(),
+            evicted_connections: 0,
+            watched: HashMap::new(),
         })
+    }
+
+    /// Also waits for `fd` (a signalfd, say) in [`Agent::turn`], which then reports
+    /// [`AgentEvent::Ready`]`(token)`. The caller keeps `fd` open.
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        watch_in(
+            &self.epoll,
+            &mut self.next_token,
+            &mut self.watched,
+            fd,
+            token,
+        )
+    }
+
+    /// Replaces the agent-wide bound (a reload). Every container's policy is
+    /// recomputed from it and the container's own request, and takes effect
+    /// from its next decision.
+    pub fn set_policy(&mut self, upper: Policy) {
+        self.upper = Arc::new(upper);
+        for c in self.containers.values() {
+            let p = self.policy_for(&c.state);
+            c.tenant.policy.set(p);
+        }
+    }
+
+    /// Reopens the audit file at its path (after logrotate moved it away).
+    pub fn reopen_audit(&self) -> std::io::Result<()> {
+        self.shared.audit.reopen()
+    }
+
+    /// What the agent holds and has done, for a status line or a stats dump.
+    pub fn stats(&self) -> AgentStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let containers: Vec<ContainerStats> = self
+            .containers
+            .values()
+            .map(|c| ContainerStats {
+                id: c.id.clone(),
+                pod: c.tenant.labels.pod.clone(),
+                namespace: c.tenant.labels.namespace.clone(),
+                decisions: c.tenant.counters.decisions.load(Relaxed),
+                timeouts: c.tenant.counters.timeouts.load(Relaxed),
+                blocked_workers: c.tenant.blocked_workers(),
+                cached_pidfds: self.shared.pidfds.len_of(c.tenant.id),
+            })
+            .collect();
+        AgentStats {
+            containers: containers.len(),
+            connections_pending: self.connections.len(),
+            connections_evicted: self.evicted_connections,
+            cached_pidfds: self.shared.pidfds.len(),
+            decisions: self.shared.latency.count(),
+            latency_p50_us: self.shared.latency.quantile_us(0.5),
+            latency_p99_us: self.shared.latency.quantile_us(0.99),
+            per_container: containers,
+        }
     }
 
     /// Containers currently supervised.
@@ -163,19 +321,32 @@ impl Agent {
         for ev in &ready {
             match ev.data.u64() {
                 LISTENER_TOKEN => self.accept_all(),
-                SUPERVISOR_TOKEN => self.dispatch(&mut events)?,
-                token => self.read_connection(token, &mut events),
+                WORKERS_TOKEN => self.drain_worker_events(&mut events),
+                token => match self.watched.get(&token) {
+                    Some(&t) => events.push(AgentEvent::Ready(t)),
+                    None => self.read_connection(token, &mut events),
+                },
             }
         }
         self.expire(&mut events);
+        let now = Instant::now();
+        for c in self.containers.values() {
+            c.tenant.expire_overdue(now);
+        }
+        if now.duration_since(self.last_prune) >= PRUNE_EVERY {
+            self.last_prune = now;
+            self.shared.pidfds.prune_exited();
+        }
         Ok(events)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
         self.connections
             .values()
-            .map(|c| c.deadline)
+            .map(|c| c.resume_at.unwrap_or(c.deadline))
             .chain(self.accept_paused_until)
+            .chain(watchdog)
             .min()
     }
 
@@ -210,12 +381,24 @@ impl Agent {
     }
 
     fn add_connection(&mut self, sock: OwnedFd) {
-        if self.connections.len() >= MAX_PENDING_CONNECTIONS {
-            tracing::warn!(
-                limit = MAX_PENDING_CONNECTIONS,
-                "too many connections being read; closing a new one"
-            );
-            return;
+        if self.connections.len() >= self.max_connections {
+            // A runtime sends its document right after connecting, so the
+            // connection that has been quiet longest is the least likely to be
+            // one; the new one is always read.
+            let idlest = self
+                .connections
+                .iter()
+                .min_by_key(|(_, c)| c.active)
+                .map(|(t, _)| *t);
+            if let Some(conn) = idlest.and_then(|t| self.connections.remove(&t)) {
+                self.evicted_connections += 1;
+                tracing::warn!(
+                    limit = self.max_connections,
+                    bytes = conn.reader.len(),
+                    idle = ?conn.active.elapsed(),
+                    "too many connections being read; closed the one idle longest"
+                );
+            }
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -229,13 +412,15 @@ impl Agent {
             return;
         }
         tracing::debug!(token, "runtime connected");
-        let deadline = Instant::now() + CONNECTION_TIMEOUT;
+        let now = Instant::now();
         self.connections.insert(
             token,
             Connection {
                 sock,
                 reader: StateReader::new(),
-                deadline,
+                deadline: now + CONNECTION_TIMEOUT,
+                active: now,
+                resume_at: None,
             },
         );
     }
@@ -244,12 +429,30 @@ impl Agent {
         let Some(conn) = self.connections.get_mut(&token) else {
             return;
         };
+        let now = Instant::now();
+        conn.active = now;
         let outcome = conn.reader.read_from(conn.sock.as_fd());
         if matches!(outcome, Ok(ReadProgress::Pending)) {
+            // Runtimes send the whole document in one message. One that trickles
+            // in is read in batches: the connection is left alone for a moment so
+            // that its data piles up in the socket, instead of waking this thread
+            // (and taking a CPU from the containers' workers) for every piece.
+            if epoll::modify(
+                &self.epoll,
+                &conn.sock,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::empty(),
+            )
+            .is_ok()
+            {
+                conn.resume_at = Some(now + TRICKLE_PAUSE);
+            }
             return;
         }
-        // Done with this connection either way; closing it also drops it from epoll.
-        self.connections.remove(&token);
+        // Done with this connection either way. It is closed (which also drops it
+        // from epoll) only after the outcome is logged: a client that waits for
+        // the close then finds the reason in the log.
+        let closing = self.connections.remove(&token);
         match outcome {
             Ok(ReadProgress::Pending) => {}
             Ok(ReadProgress::Complete(listener)) => self.add_container(*listener, events),
@@ -265,80 +468,93 @@ impl Agent {
                 });
             }
         }
+        drop(closing);
     }
 
     fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {
         let state = listener.state;
         let container_id = state.state.id.clone();
-        let policy = match container_policy(&self.upper, &state) {
+        let policy = self.policy_for(&state);
+        let labels = AuditLabels::from_state(&state);
+        let id = self.next_listener;
+        self.next_listener += 1;
+        self.shared.pidfds.add_owner(id);
+        let tenant = Tenant::new(
+            id,
+            listener.notify_fd,
+            labels,
+            Arc::new(PolicyCell::new(policy)),
+            Arc::clone(&self.shared),
+            self.events_tx.clone(),
+            Arc::clone(&self.waker),
+        );
+        if let Err(e) = tenant.spawn_worker(0) {
+            self.shared.pidfds.remove_owner(id);
+            let reason = format!("supervising container {container_id}: starting its worker: {e}");
+            tracing::warn!(container = %container_id, error = %e, "could not supervise container");
+            events.push(AgentEvent::Rejected { reason });
+            return;
+        }
+        tracing::info!(
+            container = %container_id,
+            bundle = %state.state.bundle,
+            pid = state.pid,
+            status = ?state.state.status,
+            oci_version = %state.oci_version,
+            containers = self.containers.len() + 1,
+            "supervising container"
+        );
+        let id = ListenerId(id);
+        self.containers.insert(
+            id,
+            Container {
+                id: container_id.clone(),
+                tenant,
+                state,
+            },
+        );
+        events.push(AgentEvent::ContainerAdded {
+            container_id,
+            listener: id,
+        });
+    }
+
+    /// The agent's bound narrowed by what the container asked for.
+    fn policy_for(&self, state: &ContainerProcessState) -> Arc<Policy> {
+        match container_policy(&self.upper, state) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(
-                    container = %container_id,
+                    container = %state.state.id,
                     error = %e,
                     "unreadable narrowing request; this container gets no privileged ports"
                 );
                 deny_all()
             }
-        };
-        let labels = AuditLabels {
-            container_id: Some(container_id.clone()),
-            bundle: Some(state.state.bundle.clone()),
-        };
-        match self
-            .supervisor
-            .add_listener(listener.notify_fd, policy, labels)
-        {
-            Ok(id) => {
-                tracing::info!(
-                    container = %container_id,
-                    bundle = %state.state.bundle,
-                    pid = state.pid,
-                    status = ?state.state.status,
-                    oci_version = %state.oci_version,
-                    containers = self.containers.len() + 1,
-                    "supervising container"
-                );
-                self.containers.insert(
-                    id,
-                    Container {
-                        id: container_id.clone(),
-                    },
-                );
-                events.push(AgentEvent::ContainerAdded {
-                    container_id,
-                    listener: id,
-                });
-            }
-            Err(e) => {
-                let reason = format!("supervising container {container_id}: {e}");
-                tracing::warn!(container = %container_id, error = %e, "could not supervise container");
-                events.push(AgentEvent::Rejected { reason });
-            }
         }
     }
 
-    fn dispatch(&mut self, events: &mut Vec<AgentEvent>) -> Result<()> {
-        let happened = self.supervisor.dispatch(Some(Duration::ZERO))?;
-        for ev in happened {
-            if let SupervisorEvent::ListenerClosed(id) = ev {
-                let container_id = self
-                    .containers
-                    .remove(&id)
-                    .map(|c| c.id)
-                    .unwrap_or_default();
-                tracing::info!(
-                    container = %container_id,
-                    containers = self.containers.len(),
-                    "container's filter has no users left; released"
-                );
-                events.push(AgentEvent::ContainerReleased {
-                    container_id,
-                    listener: id,
-                });
-            }
+    fn drain_worker_events(&mut self, events: &mut Vec<AgentEvent>) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&*self.waker, &mut buf);
+        while let Ok(TenantEvent::Released(raw)) = self.events_rx.try_recv() {
+            let id = ListenerId(raw);
+            self.shared.pidfds.remove_owner(raw);
+            let container_id = self
+                .containers
+                .remove(&id)
+                .map(|c| c.id)
+                .unwrap_or_default();
+            tracing::info!(
+                container = %container_id,
+                containers = self.containers.len(),
+                "container's filter has no users left; released"
+            );
+            events.push(AgentEvent::ContainerReleased {
+                container_id,
+                listener: id,
+            });
         }
-        Ok(())
     }
 
     fn expire(&mut self, events: &mut Vec<AgentEvent>) {
@@ -352,6 +568,19 @@ impl Agent {
                 epoll::EventFlags::IN,
             ) {
                 tracing::error!(error = %e, "could not resume the listening socket");
+            }
+        }
+        for (token, conn) in &mut self.connections {
+            if conn.resume_at.is_some_and(|t| t <= now) {
+                conn.resume_at = None;
+                if let Err(e) = epoll::modify(
+                    &self.epoll,
+                    &conn.sock,
+                    epoll::EventData::new_u64(*token),
+                    epoll::EventFlags::IN,
+                ) {
+                    tracing::error!(error = %e, "could not resume reading a connection");
+                }
             }
         }
         let late: Vec<u64> = self

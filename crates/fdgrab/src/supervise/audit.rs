@@ -3,12 +3,14 @@
 //! Fields: `time` (RFC 3339, UTC), `pid`, `tid`, `exe`, `uid`, `family`
 //! (`inet`, `inet6`, `unix`, or the number), `proto`, `address`, `port`,
 //! `decision`, `errno` (the number the program saw, 0 for success, null when the
-//! kernel decided), `reason`, and `container_id`/`bundle` when known.
+//! kernel decided), `reason`, `netns` (the socket's network namespace inode, or
+//! the caller's when the socket was not looked at), and `container_id`,
+//! `bundle`, `pod`, `namespace`, `container_name` when known.
 
 use serde::Serialize;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Labels added to every line of one listener (the OCI agent fills these in).
@@ -16,6 +18,48 @@ use std::sync::Mutex;
 pub struct AuditLabels {
     pub container_id: Option<String>,
     pub bundle: Option<String>,
+    /// Kubernetes pod name, namespace and container name, from the runtime's
+    /// annotations when it passes them.
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub container_name: Option<String>,
+}
+
+/// Annotation keys that carry the pod name, its namespace and the container name:
+/// the CRI's own (set by the kubelet, passed on by containerd and CRI-O), then
+/// containerd's and CRI-O's.
+const POD_KEYS: [&str; 3] = [
+    "io.kubernetes.pod.name",
+    "io.kubernetes.cri.sandbox-name",
+    "io.kubernetes.cri-o.Name",
+];
+const NAMESPACE_KEYS: [&str; 2] = [
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.cri.sandbox-namespace",
+];
+const CONTAINER_NAME_KEYS: [&str; 3] = [
+    "io.kubernetes.container.name",
+    "io.kubernetes.cri.container-name",
+    "io.kubernetes.cri-o.ContainerName",
+];
+
+impl AuditLabels {
+    /// Labels for a container described by its runtime.
+    pub fn from_state(state: &super::oci::ContainerProcessState) -> Self {
+        let pick = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| state.state.annotations.get(*k))
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        Self {
+            container_id: Some(state.state.id.clone()),
+            bundle: Some(state.state.bundle.clone()),
+            pod: pick(&POD_KEYS),
+            namespace: pick(&NAMESPACE_KEYS),
+            container_name: pick(&CONTAINER_NAME_KEYS),
+        }
+    }
 }
 
 /// What the supervisor did with one trapped call.
@@ -54,12 +98,22 @@ pub struct AuditRecord<'a> {
     pub container_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<&'a str>,
+    /// The network namespace (nsfs inode, as in `/proc/PID/ns/net`) of the
+    /// socket, or of the caller when the socket was not looked at.
+    pub netns: Option<u64>,
 }
 
 enum Sink {
     None,
     Stdout,
-    File(Mutex<File>),
+    /// The file and the path it was opened at, for [`AuditSink::reopen`].
+    File(Mutex<File>, PathBuf),
 }
 
 /// Where audit lines go.
@@ -72,7 +126,7 @@ impl std::fmt::Debug for AuditSink {
         let kind = match self.sink {
             Sink::None => "none",
             Sink::Stdout => "stdout",
-            Sink::File(_) => "file",
+            Sink::File(..) => "file",
         };
         f.debug_struct("AuditSink").field("sink", &kind).finish()
     }
@@ -81,15 +135,20 @@ impl std::fmt::Debug for AuditSink {
 impl AuditSink {
     /// Appends to `path`, creating it (mode 0600) if needed.
     pub fn from_path(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
         Ok(Self {
-            sink: Sink::File(Mutex::new(file)),
+            sink: Sink::File(Mutex::new(open_append(path)?), path.to_path_buf()),
         })
+    }
+
+    /// Opens the path again and writes there from now on (logrotate moved the
+    /// old file away). On failure the old file stays in use. A no-op for stdout.
+    pub fn reopen(&self) -> io::Result<()> {
+        let Sink::File(file, path) = &self.sink else {
+            return Ok(());
+        };
+        let new = open_append(path)?;
+        *file.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
     }
 
     /// Writes to standard output.
@@ -124,7 +183,7 @@ impl AuditSink {
         let result = match &self.sink {
             Sink::None => Ok(()),
             Sink::Stdout => io::stdout().lock().write_all(&line),
-            Sink::File(f) => match f.lock() {
+            Sink::File(f, _) => match f.lock() {
                 Ok(mut f) => f.write_all(&line),
                 Err(_) => Err(io::Error::other("audit file lock poisoned")),
             },
@@ -133,6 +192,15 @@ impl AuditSink {
             tracing::warn!(error = %e, "cannot write an audit record");
         }
     }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// `SystemTime::now()` as RFC 3339 with microseconds, UTC.
@@ -203,6 +271,10 @@ mod tests {
             reason: "policy allows",
             container_id: Some("c1"),
             bundle: None,
+            pod: Some("web-0"),
+            namespace: None,
+            container_name: None,
+            netns: Some(4026531840),
         };
         sink.write(&rec);
         let text = std::fs::read_to_string(&dir).expect("read");
@@ -212,5 +284,6 @@ mod tests {
         assert_eq!(v["port"], 80);
         assert_eq!(v["container_id"], "c1");
         assert!(v.get("bundle").is_none());
+        assert_eq!(v["pod"], "web-0");
     }
 }

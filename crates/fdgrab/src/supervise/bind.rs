@@ -15,12 +15,12 @@
 //! A call restarted after a signal (new request id) on a socket we already bound to
 //! that address is answered 0.
 
-use super::audit::{rfc3339_now, AuditRecord, Decision};
+use super::audit::{rfc3339_now, AuditLabels, AuditRecord, AuditSink, Decision};
 use super::handler::{Answer, Context, Handler};
-use super::policy::{Policy, Proto};
+use super::pidfd_cache::{FdBudget, ThreadPidfds};
+use super::policy::{Policy, PolicyCell, Proto};
 use crate::pidfd::PidFd;
 use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
-use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
@@ -38,27 +38,43 @@ const SOCKADDR_IN6_MIN: usize = 24;
 /// Performs allowed privileged binds.
 #[derive(Debug)]
 pub struct BindHandler {
-    policy: Arc<Policy>,
+    policy: Arc<PolicyCell>,
     /// Sockets (by sockfs device and inode) we bound whose caller never saw the
     /// answer, with the address.
     unanswered: HashMap<(u64, u64), SocketAddr>,
-    /// Thread pidfds by tid. A cached pidfd whose thread died fails with `ESRCH`
-    /// and is reopened; while its thread lives, no other thread has that tid.
-    threads: HashMap<i32, PidFd>,
+    /// Thread pidfds by tid, possibly shared with other listeners. A cached pidfd
+    /// whose thread died fails with `ESRCH` and is reopened; while its thread
+    /// lives, no other thread has that tid.
+    pidfds: Arc<ThreadPidfds>,
+    /// Whose share of `pidfds` this handler spends.
+    owner: u64,
+    /// Whether `pidfds` is ours alone (then `maintain` prunes it).
+    private_cache: bool,
 }
-
-/// Beyond this many cached thread pidfds the cache is emptied.
-const MAX_THREADS: usize = 1024;
 
 /// More than this many withdrawn binds at once means nobody is retrying them.
 const MAX_UNANSWERED: usize = 4096;
 
 impl BindHandler {
+    /// A handler with a pidfd cache of its own, sized from `RLIMIT_NOFILE`.
     pub fn new(policy: Arc<Policy>) -> Self {
+        let cache = Arc::new(ThreadPidfds::new(FdBudget::current().pidfd_capacity()));
+        let mut h = Self::shared(Arc::new(PolicyCell::new(policy)), cache, 0);
+        h.private_cache = true;
+        h
+    }
+
+    /// A handler that reads its policy from `policy` at each decision and caches
+    /// pidfds in `pidfds` within `owner`'s share. Whoever shares the cache closes
+    /// an owner's entries ([`ThreadPidfds::remove_owner`]) when it is gone.
+    pub fn shared(policy: Arc<PolicyCell>, pidfds: Arc<ThreadPidfds>, owner: u64) -> Self {
+        pidfds.add_owner(owner);
         Self {
             policy,
             unanswered: HashMap::new(),
-            threads: HashMap::new(),
+            pidfds,
+            owner,
+            private_cache: false,
         }
     }
 }
@@ -75,6 +91,22 @@ struct Facts {
     family: Option<i32>,
     proto: Option<Proto>,
     addr: Option<SocketAddr>,
+    /// The socket's network namespace (nsfs inode), once the socket was looked at.
+    netns: Option<u64>,
+    /// The caller's fd number, for the audit line's protocol.
+    fd: Option<i32>,
+}
+
+/// The nsfs inode of thread `tid`'s network namespace, from the link's text
+/// (`net:[INODE]`): reading the link costs half of following it.
+fn thread_netns_inode(tid: i32) -> Option<u64> {
+    let link = rustix::fs::readlink(format!("/proc/{tid}/ns/net"), Vec::new()).ok()?;
+    link.to_str()
+        .ok()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 impl Handler for BindHandler {
@@ -82,34 +114,11 @@ impl Handler for BindHandler {
         &[libc::SYS_bind]
     }
 
-    /// Closes the cached pidfds of threads that have exited (a thread pidfd polls
-    /// readable once its thread is gone), in one `poll`.
+    /// Closes the cached pidfds of threads that have exited, when the cache is
+    /// this handler's alone (a shared one is pruned by its owner).
     fn maintain(&mut self) {
-        if self.threads.is_empty() {
-            return;
-        }
-        let tids: Vec<i32> = self.threads.keys().copied().collect();
-        let mut fds: Vec<PollFd<'_>> = tids
-            .iter()
-            .filter_map(|t| self.threads.get(t))
-            .map(|p| PollFd::new(p, PollFlags::IN))
-            .collect();
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        if rustix::event::poll(&mut fds, Some(&zero)).is_err() {
-            return;
-        }
-        let dead: Vec<i32> = tids
-            .iter()
-            .zip(&fds)
-            .filter(|(_, f)| !f.revents().is_empty())
-            .map(|(t, _)| *t)
-            .collect();
-        drop(fds);
-        for t in dead {
-            self.threads.remove(&t);
+        if self.private_cache {
+            self.pidfds.prune_exited();
         }
     }
 
@@ -127,7 +136,7 @@ impl Handler for BindHandler {
             "bind"
         );
         if cx.audit.is_enabled() {
-            audit(cx, notif, &facts, response, decision, reason);
+            audit(cx, notif, &mut facts, response, decision, reason);
         }
         let Some(key) = bound else {
             return Answer::Respond(response);
@@ -170,26 +179,25 @@ impl BindHandler {
         let fd = n.data.args[0] as u32 as i32;
         let ptr = n.data.args[1];
         let addrlen = n.data.args[2] as u32 as i32;
+        facts.fd = Some(fd);
         if !(2..=MAX_ADDRLEN).contains(&addrlen) {
             return cont("address length the kernel judges");
         }
         let mut raw = [0u8; MAX_ADDRLEN as usize];
         let raw = &mut raw[..addrlen as usize];
-        // A cached thread pidfd was validated by an earlier request of this thread;
-        // a new one is validated by the ID_VALID that follows the read below.
-        let fresh = !self.threads.contains_key(&n.tid);
-        if fresh && !self.open_thread(n.tid) {
-            return if cx.listener.id_valid(n.id) {
-                cont("cannot open a pidfd for the caller")
-            } else {
-                None
-            };
-        }
+        // The read names the thread by tid and the ID_VALID inside proves the tid
+        // still named the caller; nothing per-caller is opened before the policy
+        // could allow the bind.
         match read_validated(cx.listener, n, ptr, raw) {
             Ok(()) => {}
             Err(ReadError::Gone) => return None,
             Err(ReadError::Fault) => return cont("bad address (the kernel answers EFAULT)"),
             Err(ReadError::Other(_)) => return cont("cannot read the caller's memory"),
+        }
+        // Past the only step that can block on the caller: from here on the answer
+        // is ours to give, unless a watchdog already gave one.
+        if !cx.claim() {
+            return None;
         }
         let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
         facts.family = Some(family);
@@ -201,20 +209,30 @@ impl BindHandler {
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }
-        if !self.policy.covers_port(addr.port()) {
+        let policy = self.policy.get();
+        if !policy.could_allow(addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        let sock = match self.grab(cx, n, fd, fresh) {
+        let sock = match self.grab(cx, n, fd) {
             Ok(s) => s,
             Err(None) => return None,
             Err(Some(reason)) => return cont(reason),
         };
-        let proto = match socket_proto(&sock, family) {
+        let proto = match socket_proto(&sock, addr) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        if !self.policy.allows(proto, addr.ip(), addr.port()) {
+        // The caller is parked in this call, so its netns cannot change under us.
+        facts.netns = cx.ports.netns_inode(&sock);
+        if !policy.any_netns() {
+            let same = thread_netns_inode(n.tid)
+                .and_then(|caller| cx.ports.same_netns(&sock, n.tid, caller));
+            if same != Some(true) {
+                return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
+            }
+        }
+        if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
         if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
@@ -244,8 +262,21 @@ impl BindHandler {
 }
 
 /// Our copy of the caller's sockaddr, checked the way `inet_bind`/`inet6_bind` do.
+/// `inet_bind` accepts `AF_UNSPEC` as `AF_INET` when the address is `INADDR_ANY`
+/// (an old compatibility rule); `inet6_bind` accepts only `AF_INET6`, which the
+/// socket check then enforces.
 pub(super) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'static str> {
     match family {
+        libc::AF_UNSPEC if raw.len() >= SOCKADDR_IN_LEN && raw[4..8] == [0; 4] => {
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::UNSPECIFIED,
+                port,
+            )))
+        }
+        libc::AF_UNSPEC if raw.len() >= SOCKADDR_IN_LEN => {
+            Err("AF_UNSPEC with an address other than INADDR_ANY (the kernel answers EAFNOSUPPORT)")
+        }
         libc::AF_INET if raw.len() >= SOCKADDR_IN_LEN => {
             let port = u16::from_be_bytes([raw[2], raw[3]]);
             let ip = Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]);
@@ -268,19 +299,29 @@ pub(super) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'st
                 scope,
             )))
         }
-        libc::AF_INET | libc::AF_INET6 => {
+        libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC => {
             Err("address shorter than its family needs (the kernel answers EINVAL)")
         }
         _ => Err("not an IP address"),
     }
 }
 
-/// TCP or UDP, if `sock` is a socket of `family`; otherwise why the kernel should decide.
-fn socket_proto(sock: &OwnedFd, family: i32) -> Result<Proto, &'static str> {
+/// TCP or UDP, if `sock` is a socket of `addr`'s family; otherwise why the kernel
+/// should decide.
+fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str> {
     let domain = rustix::net::sockopt::socket_domain(sock).map_err(|_| "the fd is not a socket")?;
-    if domain != AddressFamily::from_raw(family as _) {
+    let want = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    if domain != want {
         return Err("socket family differs from the address family");
     }
+    transport(sock)
+}
+
+/// TCP or UDP, whatever the family.
+fn transport(sock: &OwnedFd) -> Result<Proto, &'static str> {
     let ty = rustix::net::sockopt::socket_type(sock).map_err(|_| "the fd is not a socket")?;
     let protocol =
         rustix::net::sockopt::socket_protocol(sock).map_err(|_| "the fd is not a socket")?;
@@ -305,22 +346,77 @@ pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     PidFd::open(tgid)
 }
 
+const EMFILE_REASON: &str =
+    "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
+const NO_PIDFD_REASON: &str = "cannot open a pidfd for the caller (the kernel decides)";
+const NO_FD_REASON: &str = "no such fd in the caller (the kernel answers)";
+
+/// Why no pidfd could be opened for a thread.
+enum OpenFailure {
+    /// Our table is full even after shrinking the cache.
+    TooManyFiles,
+    Other,
+}
+
+fn is_emfile(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ),
+        crate::Error::TooManyFiles { .. } => true,
+        _ => false,
+    }
+}
+
 impl BindHandler {
-    fn open_thread(&mut self, tid: i32) -> bool {
-        let opened = match PidFd::open_thread(tid) {
+    /// Opens and caches a pidfd for `tid`. On `EMFILE` half the cache is closed
+    /// and the open retried once.
+    fn open_thread(&self, tid: i32) -> Result<Arc<PidFd>, OpenFailure> {
+        let open = || match PidFd::open_thread(tid) {
             Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
             r => r,
         };
-        match opened {
-            Ok(p) => {
-                if self.threads.len() >= MAX_THREADS {
-                    self.threads.clear();
-                }
-                self.threads.insert(tid, p);
-                true
+        let opened = match open() {
+            Err(e) if is_emfile(&e) => {
+                let closed = self.pidfds.shrink();
+                tracing::warn!(
+                    tid,
+                    closed,
+                    "EMFILE opening a pidfd; shrank the pidfd cache"
+                );
+                open()
             }
-            Err(_) => false,
+            r => r,
+        };
+        match opened {
+            Ok(p) => Ok(self.pidfds.insert(self.owner, tid, p)),
+            Err(e) if is_emfile(&e) => Err(OpenFailure::TooManyFiles),
+            Err(_) => Err(OpenFailure::Other),
         }
+    }
+
+    /// A fresh pidfd for the request's thread, validated: the thread was in the
+    /// call before the open (the read's ID_VALID) and still is after it, so the
+    /// tid named it throughout.
+    fn fresh_thread(
+        &self,
+        cx: &Context<'_>,
+        n: &Notification,
+    ) -> Result<Arc<PidFd>, Option<&'static str>> {
+        let opened = self.open_thread(n.tid);
+        if !cx.listener.id_valid(n.id) {
+            if opened.is_ok() {
+                self.pidfds.remove(n.tid);
+            }
+            return Err(None);
+        }
+        opened.map_err(|f| {
+            Some(match f {
+                OpenFailure::TooManyFiles => EMFILE_REASON,
+                OpenFailure::Other => NO_PIDFD_REASON,
+            })
+        })
     }
 
     /// Copies the caller's fd `fd`. `Err(None)`: the request is gone;
@@ -330,28 +426,30 @@ impl BindHandler {
         cx: &Context<'_>,
         n: &Notification,
         fd: i32,
-        fresh: bool,
     ) -> Result<OwnedFd, Option<&'static str>> {
-        let Some(thread) = self.threads.get(&n.tid) else {
-            return Err(Some("cannot open a pidfd for the caller"));
-        };
-        match pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()) {
-            Ok(s) => return Ok(s),
-            Err(Errno::SRCH) if !fresh => {}
-            Err(Errno::SRCH) => return Err(None),
-            Err(_) => return Err(Some("no such fd in the caller (the kernel answers)")),
-        }
-        // The cached pidfd named an earlier thread with this tid: open the current
-        // one and validate it against the request.
-        self.threads.remove(&n.tid);
-        if !self.open_thread(n.tid) || !cx.listener.id_valid(n.id) {
-            return Err(None);
-        }
-        let thread = self.threads.get(&n.tid).ok_or(None)?;
-        pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()).map_err(|e| match e {
+        let getfd_error = |e: Errno| match e {
             Errno::SRCH => None,
-            _ => Some("no such fd in the caller (the kernel answers)"),
-        })
+            Errno::MFILE | Errno::NFILE => Some(EMFILE_REASON),
+            _ => Some(NO_FD_REASON),
+        };
+        let (thread, fresh) = match self.pidfds.get(n.tid) {
+            Some(t) => (t, false),
+            None => (self.fresh_thread(cx, n)?, true),
+        };
+        match pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty()) {
+            Ok(s) => return Ok(s),
+            // The cached pidfd named an earlier thread with this tid.
+            Err(Errno::SRCH) if !fresh => {}
+            Err(e @ (Errno::MFILE | Errno::NFILE)) => {
+                self.pidfds.shrink();
+                return pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty())
+                    .map_err(|_| getfd_error(e));
+            }
+            Err(e) => return Err(getfd_error(e)),
+        }
+        self.pidfds.remove(n.tid);
+        let thread = self.fresh_thread(cx, n)?;
+        pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty()).map_err(getfd_error)
     }
 
     /// Whether `sock` is one we bound to `want` for a call its caller left.
@@ -381,6 +479,7 @@ fn bound_to(sock: &OwnedFd, want: &SocketAddr) -> bool {
 
 fn family_name(f: i32) -> String {
     match f {
+        libc::AF_UNSPEC => "unspec".into(),
         libc::AF_INET => "inet".into(),
         libc::AF_INET6 => "inet6".into(),
         libc::AF_UNIX => "unix".into(),
@@ -393,13 +492,71 @@ fn family_name(f: i32) -> String {
 fn audit(
     cx: &Context<'_>,
     n: &Notification,
+    facts: &mut Facts,
+    response: Response,
+    decision: Decision,
+    reason: &str,
+) {
+    let inet = matches!(
+        facts.family,
+        Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
+    );
+    if facts.proto.is_none() && inet {
+        facts.proto = facts.fd.and_then(|fd| peek_transport(n.tid, fd));
+    }
+    write_audit(
+        cx.audit, cx.labels, n.tid, facts, response, decision, reason,
+    );
+}
+
+/// The protocol of the caller's socket `fd`, for an audit line the decision did
+/// not need it for: a pidfd and a copy of the socket, both closed at once, so
+/// nothing stays open for a bind the policy does not allow.
+fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+    let thread = match PidFd::open_thread(tid) {
+        Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
+        r => r,
+    }
+    .ok()?;
+    let sock = pidfd_getfd(&thread, fd, PidfdGetfdFlags::empty()).ok()?;
+    transport(&sock).ok()
+}
+
+/// Audits a bind answered without looking at it (a deadline passed, or an
+/// earlier read of the caller's memory is still blocked).
+pub(crate) fn audit_unread(
+    audit: &AuditSink,
+    labels: &AuditLabels,
+    tid: i32,
+    errno: Errno,
+    reason: &str,
+) {
+    if audit.is_enabled() {
+        let facts = Facts::default();
+        let response = Response::Error(errno);
+        write_audit(
+            audit,
+            labels,
+            tid,
+            &facts,
+            response,
+            Decision::Refused,
+            reason,
+        );
+    }
+}
+
+fn write_audit(
+    audit: &AuditSink,
+    labels: &AuditLabels,
+    tid: i32,
     facts: &Facts,
     response: Response,
     decision: Decision,
     reason: &str,
 ) {
-    let status = crate::procfs::status(n.tid).ok();
-    let exe = std::fs::read_link(format!("/proc/{}/exe", n.tid))
+    let status = crate::procfs::status(tid).ok();
+    let exe = std::fs::read_link(format!("/proc/{tid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
     let errno = match response {
@@ -410,7 +567,7 @@ fn audit(
     let rec = AuditRecord {
         time: rfc3339_now(),
         pid: status.as_ref().and_then(|s| s.tgid),
-        tid: n.tid,
+        tid,
         exe,
         uid: status.as_ref().and_then(|s| s.uids).map(|u| u[1]),
         syscall: "bind",
@@ -424,10 +581,14 @@ fn audit(
         decision,
         errno,
         reason,
-        container_id: cx.labels.container_id.as_deref(),
-        bundle: cx.labels.bundle.as_deref(),
+        container_id: labels.container_id.as_deref(),
+        bundle: labels.bundle.as_deref(),
+        pod: labels.pod.as_deref(),
+        namespace: labels.namespace.as_deref(),
+        container_name: labels.container_name.as_deref(),
+        netns: facts.netns.or_else(|| thread_netns_inode(tid)),
     };
-    cx.audit.write(&rec);
+    audit.write(&rec);
 }
 
 /// `IpAddr` of a parsed sockaddr, for tests.
@@ -454,6 +615,15 @@ mod tests {
         assert_eq!(a.port(), 443);
         assert!(parse_sockaddr(libc::AF_INET6, &v6[..23]).is_err());
         assert!(parse_sockaddr(libc::AF_UNIX, &v6).is_err());
+        // AF_UNSPEC is the IPv4 wildcard when its address is INADDR_ANY, as in
+        // inet_bind; anything else is the kernel's EAFNOSUPPORT.
+        let mut unspec = [0u8; 16];
+        unspec[2..4].copy_from_slice(&80u16.to_be_bytes());
+        let a = parse_sockaddr(libc::AF_UNSPEC, &unspec).expect("wildcard");
+        assert_eq!(a, "0.0.0.0:80".parse().expect("addr"));
+        assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec[..15]).is_err());
+        unspec[4] = 127;
+        assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec).is_err());
     }
 
     #[test]

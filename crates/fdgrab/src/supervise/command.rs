@@ -168,6 +168,8 @@ impl SupervisedCommand {
             mut child,
             listener,
         } = self.start()?;
+        // After the spawn, so that the program keeps the limit it was given.
+        super::pidfd_cache::FdBudget::raise_nofile();
         let audit = std::mem::replace(&mut self.audit, AuditSink::none());
         let mut sup = Supervisor::new(audit)?;
         sup.add_listener(
@@ -175,7 +177,10 @@ impl SupervisedCommand {
             Arc::new(self.policy),
             AuditLabels::default(),
         )?;
-        drop_capabilities();
+        // The supervisor's set, plus CAP_KILL to forward signals to another user.
+        if let Err(e) = super::capabilities::restrict(rustix::thread::CapabilitySet::KILL) {
+            tracing::debug!(error = %e, "capset failed; keeping capabilities");
+        }
 
         // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
         const SIGNALS: u64 = 1;
@@ -215,33 +220,5 @@ fn receive_listener(ours: &OwnedFd, pid: crate::Pid) -> Result<Listener> {
             fd: None,
             source: std::io::Error::other("the program did not pass its listener fd"),
         }),
-    }
-}
-
-/// Keeps root's uid but only the capabilities the supervisor uses: binding
-/// privileged ports, copying fds and reading memory of another user's process,
-/// naming a socket's netns, and signalling the program.
-fn drop_capabilities() {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    if !rustix::process::geteuid().is_root() {
-        return;
-    }
-    let keep = CapabilitySet::NET_BIND_SERVICE
-        | CapabilitySet::SYS_PTRACE
-        | CapabilitySet::NET_ADMIN
-        | CapabilitySet::KILL;
-    let sets = match rustix::thread::capabilities(None) {
-        Ok(s) => CapabilitySets {
-            effective: s.effective & keep,
-            permitted: s.permitted & keep,
-            inheritable: CapabilitySet::empty(),
-        },
-        Err(e) => {
-            tracing::debug!(error = %e, "capget failed; keeping capabilities");
-            return;
-        }
-    };
-    if let Err(e) = rustix::thread::set_capabilities(None, sets) {
-        tracing::debug!(error = %e, "capset failed; keeping capabilities");
     }
 }

@@ -8,6 +8,7 @@
 use super::audit::{AuditLabels, AuditSink};
 use super::port_threshold::UnprivilegedPorts;
 use crate::seccomp::{Listener, Notification, Response};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Everything a handler may use while answering one request.
 #[derive(Debug)]
@@ -17,7 +18,53 @@ pub struct Context<'a> {
     pub audit: &'a AuditSink,
     pub labels: &'a AuditLabels,
     /// Privileged-port thresholds per network namespace, shared by all listeners.
-    pub ports: &'a mut UnprivilegedPorts,
+    pub ports: &'a UnprivilegedPorts,
+    /// Set when someone else may answer this request after a deadline: the
+    /// handler must [`Context::claim`] it before changing anything.
+    pub claim: Option<&'a Claim>,
+}
+
+impl Context<'_> {
+    /// Takes the right to act on (and answer) this request. `false`: the deadline
+    /// passed and the request was answered for us; do nothing more with it.
+    pub fn claim(&self) -> bool {
+        self.claim.is_none_or(Claim::take)
+    }
+}
+
+/// Who answers a request that has a deadline: the handler that claims it first,
+/// or the watchdog that expires it first. Exactly one of them wins.
+#[derive(Debug, Default)]
+pub struct Claim(AtomicU8);
+
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const EXPIRED: u8 = 2;
+
+impl Claim {
+    /// The handler's side; `true` also when it already holds the claim.
+    pub fn take(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == TAKEN,
+        }
+    }
+
+    /// The watchdog's side: `true` if the handler had not claimed it yet, and now
+    /// never will.
+    pub fn expire(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether the watchdog won.
+    pub fn expired(&self) -> bool {
+        self.0.load(Ordering::Acquire) == EXPIRED
+    }
 }
 
 /// What the loop does after a handler ran.

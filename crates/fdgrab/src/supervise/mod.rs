@@ -10,17 +10,20 @@
 pub mod agent;
 pub mod audit;
 pub mod bind;
+pub mod capabilities;
 pub mod command;
 pub mod handler;
 pub mod handover;
 pub mod oci;
+pub mod pidfd_cache;
 pub mod policy;
 pub mod port_threshold;
+pub mod tenant;
 
 pub use audit::{AuditLabels, AuditSink, Decision};
 pub use bind::BindHandler;
 pub use command::{SupervisedCommand, User};
-pub use handler::{Answer, Context, Handler};
+pub use handler::{Answer, Claim, Context, Handler};
 pub use policy::{Policy, PolicyError, Proto};
 
 use crate::error::{Error, Result};
@@ -85,6 +88,28 @@ impl std::fmt::Debug for Supervisor {
             .field("audit", &self.audit)
             .finish()
     }
+}
+
+/// Adds `fd` to `epoll` under a fresh id from `next_id`, remembered in `watched`
+/// with the caller's `token`: an outer loop's own fds in a loop's epoll set.
+fn watch_in(
+    epoll: &OwnedFd,
+    next_id: &mut u64,
+    watched: &mut HashMap<u64, u64>,
+    fd: BorrowedFd<'_>,
+    token: u64,
+) -> Result<()> {
+    let id = *next_id;
+    *next_id += 1;
+    epoll::add(
+        epoll,
+        fd,
+        epoll::EventData::new_u64(id),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
+    watched.insert(id, token);
+    Ok(())
 }
 
 fn io_err(op: &'static str, e: Errno) -> Error {
@@ -172,17 +197,7 @@ impl Supervisor {
     /// supervisor and then dispatching. The caller keeps `fd` open until
     /// [`Supervisor::unwatch`].
     pub fn watch(&mut self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
-        let id = self.next_id;
-        self.next_id += 1;
-        epoll::add(
-            &self.epoll,
-            fd,
-            epoll::EventData::new_u64(id),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| io_err("epoll_ctl(ADD, watched fd)", e))?;
-        self.watched.insert(id, token);
-        Ok(())
+        watch_in(&self.epoll, &mut self.next_id, &mut self.watched, fd, token)
     }
 
     /// Stops watching `fd` (registered with `token`).
@@ -251,7 +266,7 @@ impl Supervisor {
                 return None;
             }
         };
-        let answer = answer(entry, &self.audit, &mut self.ports, &notif);
+        let answer = answer(entry, &self.audit, &self.ports, &notif);
         if let Answer::Respond(resp) = answer {
             match entry.listener.respond(notif.id, resp) {
                 Ok(()) | Err(SendError::Gone) => {}
@@ -271,7 +286,7 @@ impl Supervisor {
 fn answer(
     entry: &mut Entry,
     audit: &AuditSink,
-    ports: &mut UnprivilegedPorts,
+    ports: &UnprivilegedPorts,
     notif: &Notification,
 ) -> Answer {
     let nr = libc::c_long::from(notif.data.nr);
@@ -292,6 +307,7 @@ fn answer(
         audit,
         labels: &entry.labels,
         ports,
+        claim: None,
     };
     handler.handle(&mut cx, notif)
 }

@@ -146,6 +146,66 @@ pub enum ReadProgress {
 pub struct StateReader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
+    end: ObjectEnd,
+}
+
+/// Finds the end of the top-level JSON object, resuming where the last call
+/// stopped: every byte is looked at once, so a document that trickles in costs
+/// linear time, and it is parsed once, when complete.
+#[derive(Debug, Default)]
+struct ObjectEnd {
+    scanned: usize,
+    depth: u32,
+    started: bool,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl ObjectEnd {
+    /// The length of the document once `buf` holds all of it.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, Rejection> {
+        for (i, &b) in buf.iter().enumerate().skip(self.scanned) {
+            if !self.started {
+                match b {
+                    b' ' | b'\t' | b'\n' | b'\r' => continue,
+                    b'{' => {
+                        self.started = true;
+                        self.depth = 1;
+                        continue;
+                    }
+                    _ => {
+                        return Err(Rejection::Malformed(format!(
+                            "expected a JSON object, found {:?} at byte {i}",
+                            char::from(b)
+                        )))
+                    }
+                }
+            }
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        self.scanned = i + 1;
+                        return Ok(Some(i + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.scanned = buf.len();
+        Ok(None)
+    }
 }
 
 impl StateReader {
@@ -191,14 +251,15 @@ impl StateReader {
                 return Err(Rejection::TooLarge);
             }
             self.buf.extend_from_slice(&chunk[..got.len]);
-            match parse_document(&self.buf) {
-                Ok(None) => {}
-                Ok(Some(state)) => {
-                    let fds = std::mem::take(&mut self.fds);
-                    return take_listener(state, fds).map(|l| ReadProgress::Complete(Box::new(l)));
-                }
-                Err(e) => return Err(e),
-            }
+            let Some(end) = self.end.scan(&self.buf)? else {
+                continue;
+            };
+            let state = match parse_document(&self.buf[..end])? {
+                Some(state) => state,
+                None => return Err(Rejection::Malformed("unbalanced JSON object".into())),
+            };
+            let fds = std::mem::take(&mut self.fds);
+            return take_listener(state, fds).map(|l| ReadProgress::Complete(Box::new(l)));
         }
     }
 
@@ -348,10 +409,14 @@ pub fn container_policy(
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        let asked = Policy::from_specs(&specs).map_err(|e| NarrowError {
-            source_kind,
-            reason: e.to_string(),
-        })?;
+        // A list of ports narrows the ports only; where sockets may live stays
+        // as the agent's policy says.
+        let asked = Policy::from_specs(&specs)
+            .map_err(|e| NarrowError {
+                source_kind,
+                reason: e.to_string(),
+            })?
+            .with_any_netns(true);
         narrowed = Some(
             narrowed
                 .as_ref()
@@ -462,6 +527,164 @@ mod tests {
             take_listener(stopped, Vec::new()),
             Err(Rejection::Stopped)
         ));
+    }
+
+    /// A non-blocking socket pair: the reader's end and the client's.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .expect("socketpair")
+    }
+
+    fn send(sock: &OwnedFd, data: &[u8], fds: &[BorrowedFd<'_>]) {
+        crate::passfd::send_fds(sock, data, fds).expect("sendmsg");
+    }
+
+    #[test]
+    fn reader_rejects_empty_truncated_and_oversized() {
+        let (ours, theirs) = pair();
+        let mut r = StateReader::new();
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Ok(ReadProgress::Pending)
+        ));
+        drop(theirs);
+        assert!(matches!(r.read_from(ours.as_fd()), Err(Rejection::Empty)));
+
+        let (ours, theirs) = pair();
+        let mut r = StateReader::new();
+        send(&theirs, &RUNC.as_bytes()[..50], &[]);
+        drop(theirs);
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Err(Rejection::Truncated { len: 50 })
+        ));
+
+        // A string that never ends: the cap stops it, not memory.
+        let (ours, theirs) = pair();
+        let mut r = StateReader::new();
+        let writer = std::thread::spawn(move || {
+            let _ = rustix::io::ioctl_fionbio(&theirs, false);
+            let mut doc = b"{\"ociVersion\":\"".to_vec();
+            doc.resize(MAX_DOCUMENT + 4096, b'a');
+            let _ = rustix::io::write(&theirs, &doc[..]).map(|_| ());
+            let mut off = 0;
+            while off < doc.len() {
+                match rustix::io::write(&theirs, &doc[off..]) {
+                    Ok(n) => off += n,
+                    Err(_) => break,
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let outcome = loop {
+            match r.read_from(ours.as_fd()) {
+                Ok(ReadProgress::Pending) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => break other,
+            }
+        };
+        assert!(matches!(outcome, Err(Rejection::TooLarge)), "{outcome:?}");
+        drop(ours);
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn reader_reports_a_reset_connection() {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        // ECONNRESET: a peer that closes with unread data in its own queue.
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .expect("socketpair");
+        send(&theirs, &RUNC.as_bytes()[..10], &[]);
+        send(&ours, b"unread", &[]);
+        drop(theirs);
+        let mut r = StateReader::new();
+        let got = r.read_from(ours.as_fd());
+        assert!(
+            matches!(
+                got,
+                Err(Rejection::Truncated { len: 10 }) | Err(Rejection::Empty)
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn descriptors_accumulate_across_reads() {
+        let (ours, theirs) = pair();
+        let (a, b) = rustix::pipe::pipe().expect("pipe");
+        let mut r = StateReader::new();
+        let (first, second) = RUNC.as_bytes().split_at(40);
+        send(&theirs, first, &[a.as_fd()]);
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Ok(ReadProgress::Pending)
+        ));
+        send(&theirs, second, &[b.as_fd()]);
+        // Both reads' descriptors are counted against the one name.
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Err(Rejection::FdCountMismatch {
+                names: 1,
+                received: 2
+            })
+        ));
+
+        // One descriptor with the first byte, the rest of the document later: the
+        // descriptor is matched (and found not to be a listener).
+        let (ours, theirs) = pair();
+        let mut r = StateReader::new();
+        send(&theirs, &RUNC.as_bytes()[..1], &[a.as_fd()]);
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Ok(ReadProgress::Pending)
+        ));
+        for piece in RUNC.as_bytes()[1..].chunks(7) {
+            send(&theirs, piece, &[]);
+        }
+        assert!(matches!(
+            r.read_from(ours.as_fd()),
+            Err(Rejection::NotSeccompListener { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_listener_names_are_refused() {
+        let mut state = parse_document(RUNC.as_bytes())
+            .expect("parse")
+            .expect("complete");
+        state.fds = vec![SECCOMP_FD_NAME.into(), SECCOMP_FD_NAME.into()];
+        let (a, b) = rustix::pipe::pipe().expect("pipe");
+        assert!(matches!(
+            take_listener(state, vec![a, b]),
+            Err(Rejection::DuplicateSeccompFd { count: 2 })
+        ));
+    }
+
+    #[test]
+    fn object_end_is_found_incrementally() {
+        // Braces inside strings and escaped quotes do not count.
+        let doc = br#"{"a":"}{\"]","b":[{"c":1}]}trailing"#;
+        let want = doc.len() - "trailing".len();
+        for cut in 0..doc.len() {
+            let mut end = ObjectEnd::default();
+            let first = end.scan(&doc[..cut]).expect("scan");
+            let found = first.or_else(|| end.scan(doc).expect("scan"));
+            assert_eq!(found, Some(want), "cut at {cut}");
+        }
+        let mut end = ObjectEnd::default();
+        assert!(matches!(end.scan(b"  [1]"), Err(Rejection::Malformed(_))));
     }
 
     fn state_with(metadata: Option<&str>, annotation: Option<&str>) -> ContainerProcessState {

@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// A transport protocol a rule applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -34,7 +35,7 @@ impl fmt::Display for Proto {
 }
 
 /// One allow rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// `None`: TCP and UDP.
     pub proto: Option<Proto>,
@@ -108,10 +109,36 @@ fn canonical(a: IpAddr) -> IpAddr {
     }
 }
 
-/// A set of allow rules.
+/// A set of allow rules, and where the sockets may live.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Whether a socket from another network namespace than the caller's may be
+    /// bound. Off by default: a program handed a socket from elsewhere (another
+    /// container's, the host's) would otherwise get a port *there*.
+    any_netns: bool,
+}
+
+/// A policy that can be replaced while handlers read it (a reload): each
+/// decision takes the current one once and uses it throughout.
+#[derive(Debug)]
+pub struct PolicyCell(RwLock<Arc<Policy>>);
+
+impl PolicyCell {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self(RwLock::new(policy))
+    }
+
+    /// The current policy.
+    pub fn get(&self) -> Arc<Policy> {
+        // The lock guards one `Arc` swap; a poisoned one still holds a valid Arc.
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the policy for every later decision.
+    pub fn set(&self, policy: Arc<Policy>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
 }
 
 /// A rule or policy file that could not be read, with where and why.
@@ -162,7 +189,10 @@ impl Policy {
                     .map_err(|r| PolicyError::plain(format!("bind rule '{}': {r}", s.as_ref())))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Policy { rules })
+        Ok(Policy {
+            rules,
+            any_netns: false,
+        })
     }
 
     /// Parses the TOML policy format (see the module docs). Errors carry the line.
@@ -219,15 +249,33 @@ impl Policy {
             };
             rules.push(Rule { proto, ports, addr });
         }
-        Ok(Policy { rules })
+        let any_netns = match &file.netns {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "caller" => false,
+                "any" => true,
+                other => {
+                    return Err(PolicyError {
+                        path: None,
+                        line: Some(line_of(text, v.span().start)),
+                        reason: format!(
+                            "netns = \"{other}\": expected netns = \"caller\" (the default) or netns = \"any\""
+                        ),
+                    })
+                }
+            },
+        };
+        Ok(Policy { rules, any_netns })
     }
 
-    /// Reads and parses a TOML policy file.
+    /// Reads and parses a TOML policy file. It must be a regular file of at most
+    /// [`MAX_POLICY_FILE`] bytes: a device, a FIFO or a huge file is refused at
+    /// once, before anything is read (a FIFO is opened without waiting for a writer).
     pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        let text = read_policy_file(path).map_err(|reason| PolicyError {
             path: Some(path.to_path_buf()),
             line: None,
-            reason: format!("cannot read the policy file: {e}"),
+            reason,
         })?;
         Self::from_toml_str(&text).map_err(|e| PolicyError {
             path: Some(path.to_path_buf()),
@@ -235,34 +283,58 @@ impl Policy {
         })
     }
 
-    /// The union of both policies.
+    /// The union of both policies, in time linear in their size.
     pub fn merge(mut self, other: Policy) -> Policy {
+        let mut seen: std::collections::HashSet<Rule> = self.rules.iter().cloned().collect();
         for r in other.rules {
-            if !self.rules.contains(&r) {
+            if seen.insert(r.clone()) {
                 self.rules.push(r);
             }
         }
+        self.any_netns |= other.any_netns;
+        self
+    }
+
+    /// Whether sockets from any network namespace may be bound (`netns = "any"`),
+    /// not only those in the caller's.
+    pub fn any_netns(&self) -> bool {
+        self.any_netns
+    }
+
+    /// This policy with the network-namespace rule set to `any`.
+    pub fn with_any_netns(mut self, any: bool) -> Policy {
+        self.any_netns = any;
         self
     }
 
     /// What both policies allow: a container's policy can only narrow the node's.
     pub fn intersect(&self, other: &Policy) -> Policy {
         let mut rules = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for a in &self.rules {
             for b in &other.rules {
                 if let Some(r) = a.intersect(b) {
-                    if !rules.contains(&r) {
+                    if seen.insert(r.clone()) {
                         rules.push(r);
                     }
                 }
             }
         }
-        Policy { rules }
+        Policy {
+            rules,
+            any_netns: self.any_netns && other.any_netns,
+        }
     }
 
     /// Whether a bind of `proto` to `addr:port` is allowed.
     pub fn allows(&self, proto: Proto, addr: IpAddr, port: u16) -> bool {
         self.rules.iter().any(|r| r.matches(proto, addr, port))
+    }
+
+    /// Whether some protocol may bind `addr:port`: checked before anything is
+    /// opened for the caller, since the protocol needs the socket.
+    pub fn could_allow(&self, addr: IpAddr, port: u16) -> bool {
+        self.allows(Proto::Tcp, addr, port) || self.allows(Proto::Udp, addr, port)
     }
 
     /// Whether any rule mentions `port`: when none does, the bind is the kernel's
@@ -285,6 +357,53 @@ impl fmt::Display for Policy {
         let parts: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
         f.write_str(&parts.join(","))
     }
+}
+
+/// Largest policy file read: some 400,000 one-line rules.
+pub const MAX_POLICY_FILE: u64 = 16 << 20;
+
+fn read_policy_file(path: &Path) -> Result<String, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the policy file: {e}"))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot stat the policy file: {e}"))?;
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(format!(
+            "not a regular file but a {}; expected a TOML file",
+            match kind {
+                rustix::fs::FileType::Fifo => "FIFO",
+                rustix::fs::FileType::CharacterDevice => "character device",
+                rustix::fs::FileType::BlockDevice => "block device",
+                rustix::fs::FileType::Directory => "directory",
+                rustix::fs::FileType::Socket => "socket",
+                _ => "special file",
+            }
+        ));
+    }
+    let size = st.st_size as u64;
+    if size > MAX_POLICY_FILE {
+        return Err(format!(
+            "{size} bytes; a policy file may have at most {MAX_POLICY_FILE} bytes"
+        ));
+    }
+    let mut text = String::new();
+    // The file may grow after the fstat: read one byte past the cap to notice.
+    std::fs::File::from(fd)
+        .take(MAX_POLICY_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the policy file: {e}"))?;
+    if text.len() as u64 > MAX_POLICY_FILE {
+        return Err(format!(
+            "grew past {MAX_POLICY_FILE} bytes while being read"
+        ));
+    }
+    Ok(text)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -371,6 +490,8 @@ mod toml_format {
         pub allow: Option<Vec<Spanned<String>>>,
         /// `[[bind]]` tables.
         pub bind: Option<Vec<Table>>,
+        /// `"caller"` (the default) or `"any"`.
+        pub netns: Option<Spanned<String>>,
     }
 
     #[derive(serde::Deserialize)]
@@ -381,11 +502,35 @@ mod toml_format {
         pub addr: Option<Spanned<String>>,
     }
 
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
     pub(super) enum Port {
         Number(i64),
         Text(String),
+    }
+
+    /// By hand, so that a wrong value is reported in the file's terms rather than
+    /// as an internal enum that no variant matched.
+    impl<'de> serde::Deserialize<'de> for Port {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Port;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str(
+                        "a port number (port = 80) or a range string (port = \"8000-8080\")",
+                    )
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Port, E> {
+                    Ok(Port::Number(v))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Port, E> {
+                    Ok(Port::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Port, E> {
+                    Ok(Port::Text(v.to_owned()))
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 }
 
@@ -471,11 +616,14 @@ port = "440-450"
             ("[[bind]]\nprot = \"tcp\"\nport = 1\n", 2, "unknown field"),
             ("allow = [\"80\",\n \"bogus\"]\n", 2, "bogus"),
             ("[[bind]\n", 1, ""),
+            ("[[bind]]\nport = true\n", 2, "a port number (port = 80)"),
+            ("netns = \"host\"\n", 1, "expected netns = \"caller\""),
         ];
         for (text, line, why) in cases {
             let e = Policy::from_toml_str(text).expect_err(text);
             assert_eq!(e.line, Some(line), "{text:?}: {e}");
             assert!(e.reason.contains(why), "{text:?}: {e}");
+            assert!(!e.reason.contains("enum"), "{text:?}: {e}");
         }
     }
 
@@ -492,5 +640,64 @@ port = "440-450"
         assert!(union.allows(Proto::Udp, LO, 53));
         assert!(union.allows(Proto::Tcp, LO, 81));
         assert!(a.intersect(&Policy::empty()).is_empty());
+    }
+
+    #[test]
+    fn netns_rule_is_caller_unless_widened() {
+        let p = Policy::from_toml_str("allow = [\"80\"]\n").expect("valid");
+        assert!(!p.any_netns());
+        let any = Policy::from_toml_str("netns = \"any\"\nallow = [\"80\"]\n").expect("valid");
+        assert!(any.any_netns());
+        assert!(Policy::from_toml_str("netns = \"caller\"\n").is_ok_and(|p| !p.any_netns()));
+        // A union widens, an intersection keeps the narrower.
+        assert!(p.clone().merge(any.clone()).any_netns());
+        assert!(!p.intersect(&any).any_netns());
+    }
+
+    #[test]
+    fn policy_files_must_be_regular_and_small() {
+        let dir = std::env::temp_dir().join(format!("fdgrab-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (path, why) in [
+            (Path::new("/dev/zero").to_path_buf(), "character device"),
+            (dir.clone(), "directory"),
+        ] {
+            let e = Policy::from_file(&path).expect_err("refused");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        fdgrab_testkit::oci::mkfifo(&fifo);
+        // No writer: a blocking open would wait forever.
+        let e = Policy::from_file(&fifo).expect_err("fifo");
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        let big = dir.join("big.toml");
+        let f = std::fs::File::create(&big).expect("create");
+        f.set_len(100 << 20).expect("sparse 100 MB");
+        let e = Policy::from_file(&big).expect_err("too big");
+        assert!(e.to_string().contains("at most"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sixty_thousand_rules_merge_without_repeats() {
+        let specs: Vec<String> = (0..60_000u32)
+            .map(|i| format!("tcp:{}@10.{}.{}.1", i % 1000 + 1, i / 256 % 256, i % 256))
+            .collect();
+        let p = Policy::from_specs(&specs).expect("valid");
+        let again = p.clone().merge(p.clone());
+        assert_eq!(again.rules().len(), p.rules().len());
+        let text: String = specs
+            .iter()
+            .map(|s| {
+                format!(
+                    "[[bind]]\nport = {}\naddr = \"{}\"\n",
+                    s.split(['@', ':']).nth(1).unwrap_or("1"),
+                    s.split('@').nth(1).unwrap_or("::")
+                )
+            })
+            .collect();
+        let file = Policy::from_toml_str(&text).expect("valid file");
+        assert_eq!(file.rules().len(), 60_000);
     }
 }

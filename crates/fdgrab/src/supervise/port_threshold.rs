@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SYSCTL: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
@@ -31,7 +32,13 @@ enum NsKey {
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
     own: Option<(NsKey, File)>,
-    cache: HashMap<NsKey, (u16, Instant)>,
+    /// nsfs inodes by netns cookie. A cookie names one netns for the life of the
+    /// system, so an entry never goes stale; it saves a `SIOCGSKNS` (which opens
+    /// a file) per bind.
+    inodes: Mutex<HashMap<u64, u64>>,
+    /// Shared by every worker of the agent; held only for map operations, never
+    /// while a foreign netns is read.
+    cache: Mutex<HashMap<NsKey, (u16, Instant)>>,
 }
 
 fn parse(text: &[u8]) -> Option<u16> {
@@ -84,17 +91,18 @@ impl UnprivilegedPorts {
         })();
         Self {
             own,
-            cache: HashMap::new(),
+            inodes: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The first unprivileged port for `sock`. `tid` names a thread that holds the
     /// socket, used when the kernel will not name the socket's netns.
-    pub fn for_socket(&mut self, sock: impl AsFd, tid: i32) -> u16 {
+    pub fn for_socket(&self, sock: impl AsFd, tid: i32) -> u16 {
         let Some((key, ns)) = ns_key(&sock, tid) else {
             return DEFAULT_START;
         };
-        if let Some(&(v, at)) = self.cache.get(&key) {
+        if let Some(&(v, at)) = self.lock().get(&key) {
             if at.elapsed() < TTL {
                 return v;
             }
@@ -109,18 +117,120 @@ impl UnprivilegedPorts {
             _ => ns.or_else(|| ns_fd(&sock, tid)).and_then(read_in_netns),
         }
         .unwrap_or(DEFAULT_START);
-        if self.cache.len() >= MAX_CACHED {
-            self.cache.retain(|_, (_, at)| at.elapsed() < TTL);
+        tracing::debug!(netns = ?key, start = v, "ip_unprivileged_port_start read");
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, at)| at.elapsed() < TTL);
         }
-        self.cache.insert(key, (v, Instant::now()));
+        cache.insert(key, (v, Instant::now()));
         v
     }
+
+    /// The nsfs inode of `sock`'s network namespace (as `/proc/PID/ns/net`
+    /// names it), when it can be learnt: from the cookie cache, else with
+    /// `SIOCGSKNS` (which needs `CAP_NET_ADMIN`).
+    pub fn netns_inode(&self, sock: impl AsFd) -> Option<u64> {
+        let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
+            return socket_netns_inode(&sock);
+        };
+        if let Some(&ino) = self.inodes().get(&cookie) {
+            return Some(ino);
+        }
+        let ino = socket_netns_inode(&sock)?;
+        self.remember(cookie, ino);
+        Some(ino)
+    }
+
+    /// Whether `sock` lives in the network namespace whose nsfs inode is
+    /// `caller_ns` (thread `tid`'s). `None`: cannot tell.
+    ///
+    /// Without `CAP_NET_ADMIN` the socket's namespace cannot be named, but its
+    /// cookie can be read; the caller's namespace's cookie is then learnt once, by
+    /// a short-lived thread that enters it (`CAP_SYS_ADMIN`) and makes a socket
+    /// there, and kept like any other cookie.
+    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
+        if let Some(ino) = self.netns_inode(&sock) {
+            return Some(ino == caller_ns);
+        }
+        let cookie = sys::socket_netns_cookie(&sock).ok()?;
+        let caller_cookie = caller_netns_cookie(tid, caller_ns)?;
+        self.remember(caller_cookie, caller_ns);
+        Some(cookie == caller_cookie)
+    }
+
+    fn inodes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, cookie: u64, ino: u64) {
+        let mut map = self.inodes();
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(cookie, ino);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NsKey, (u16, Instant)>> {
+        // Entries are plain values: a poisoned map is still a valid map.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn socket_netns_inode(sock: impl AsFd) -> Option<u64> {
+    let ns = sys::socket_netns(sock).ok()?;
+    rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
+}
+
+/// The cookie of thread `tid`'s network namespace, from a socket made there by a
+/// thread that joins it; `None` if the namespace moved on from `expect_ns`.
+fn caller_netns_cookie(tid: i32, expect_ns: u64) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
+    let ns = rustix::fs::open(
+        format!("/proc/{tid}/ns/net"),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    if rustix::fs::fstat(&ns).ok()?.st_ino != expect_ns {
+        return None;
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            super::capabilities::with_netns_entry(|| {
+                crate::netns::run_in(ns.as_fd(), || {
+                    let probe = rustix::net::socket(
+                        rustix::net::AddressFamily::INET,
+                        rustix::net::SocketType::DGRAM,
+                        None,
+                    )?;
+                    sys::socket_netns_cookie(&probe).map_err(std::io::Error::from)
+                })
+            })
+        })
+        .join()
+        .ok()
+    })
+    .and_then(|r| {
+        r.map_err(|e| tracing::warn!(tid, error = %e, "cannot learn a netns's cookie"))
+            .ok()
+    })
 }
 
 /// Reads the sysctl from a thread that has joined `ns`. `/proc/sys/net` shows the
 /// netns of the reading thread, and a thread may change netns on its own.
+/// The thread that enters it raises CAP_SYS_ADMIN for itself only (see
+/// [`super::capabilities`]); the rest of the process never holds it effective.
 fn read_in_netns(ns: OwnedFd) -> Option<u16> {
-    match crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL)) {
+    let read = std::thread::scope(|s| {
+        s.spawn(|| {
+            super::capabilities::with_netns_entry(|| {
+                crate::netns::run_in(ns.as_fd(), || std::fs::read(SYSCTL))
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns reader thread panicked")))
+    });
+    match read {
         Ok(text) => parse(&text),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a foreign netns's port threshold");
@@ -137,45 +247,117 @@ mod tests {
     fn own_netns_threshold_matches_sysctl() {
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-        let mut ports = UnprivilegedPorts::new();
+        let ports = UnprivilegedPorts::new();
         assert!(ports.own.is_some());
         assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
-        // Cached the second time.
-        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), expected);
+    }
+
+    /// A thread parked in a new network namespace, with a socket made there; it
+    /// writes that netns's sysctl on request.
+    struct ForeignNetns {
+        sock: std::net::UdpSocket,
+        set: std::sync::mpsc::Sender<Option<&'static str>>,
+        done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl ForeignNetns {
+        /// `Ok(None)`: this machine cannot make a netns (no privilege), a skip.
+        fn new(start: &'static str) -> Result<Option<ForeignNetns>, String> {
+            let (sock_tx, sock_rx) = std::sync::mpsc::channel();
+            let (set, set_rx) = std::sync::mpsc::channel::<Option<&'static str>>();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new
+                // network namespace; it touches no memory.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    let _ = sock_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                let made = std::fs::write(SYSCTL, start).and_then(|()| {
+                    // Loopback is down in a new netns; an unbound socket is enough.
+                    rustix::net::socket(
+                        rustix::net::AddressFamily::INET,
+                        rustix::net::SocketType::DGRAM,
+                        None,
+                    )
+                    .map(std::net::UdpSocket::from)
+                    .map_err(std::io::Error::from)
+                });
+                let _ = sock_tx.send(made);
+                while let Ok(Some(v)) = set_rx.recv() {
+                    let _ = done_tx.send(std::fs::write(SYSCTL, v));
+                }
+            });
+            match sock_rx.recv().map_err(|e| e.to_string())? {
+                Ok(sock) => Ok(Some(ForeignNetns {
+                    sock,
+                    set,
+                    done,
+                    thread: Some(thread),
+                })),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+                Err(e) => Err(format!("making a socket in a new netns: {e}")),
+            }
+        }
+
+        fn set(&self, v: &'static str) {
+            self.set.send(Some(v)).expect("netns thread");
+            self.done
+                .recv()
+                .expect("netns thread")
+                .expect("writing the sysctl");
+        }
+    }
+
+    impl Drop for ForeignNetns {
+        fn drop(&mut self) {
+            let _ = self.set.send(None);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that
     /// netns's sysctl, not ours.
     #[test]
     fn foreign_netns_threshold_is_the_sockets() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP: creating a network namespace needs root");
-            return;
-        }
-        let maker = std::thread::spawn(|| -> Option<std::net::UdpSocket> {
-            // SAFETY: unshare(CLONE_NEWNET) moves only this short-lived thread into
-            // a new network namespace; it touches no memory.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return None;
-            }
-            std::fs::write(SYSCTL, "123").ok()?;
-            // Loopback is down in a new netns; an unbound socket is enough.
-            let raw = rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::DGRAM,
-                None,
-            )
-            .ok()?;
-            Some(std::net::UdpSocket::from(raw))
-        });
-        let Some(sock) = maker.join().expect("thread") else {
-            eprintln!("SKIP: cannot create a network namespace here");
+        let Some(ns) = ForeignNetns::new("123").expect("foreign netns") else {
+            fdgrab_testkit::skip("creating a network namespace needs CAP_SYS_ADMIN");
             return;
         };
-        let mut ports = UnprivilegedPorts::new();
-        assert_eq!(ports.for_socket(&sock, std::process::id() as i32), 123);
+        let ports = UnprivilegedPorts::new();
+        assert_eq!(ports.for_socket(&ns.sock, std::process::id() as i32), 123);
         let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
         let expected = parse(&std::fs::read(SYSCTL).expect("sysctl")).expect("number");
         assert_eq!(ports.for_socket(&ours, std::process::id() as i32), expected);
+    }
+
+    /// A value is read once per TTL: a change shows only after it.
+    #[test]
+    fn threshold_is_cached_for_a_second() {
+        let Some(ns) = ForeignNetns::new("200").expect("foreign netns") else {
+            fdgrab_testkit::skip("creating a network namespace needs CAP_SYS_ADMIN");
+            return;
+        };
+        let tid = std::process::id() as i32;
+        let ports = UnprivilegedPorts::new();
+        let first = Instant::now();
+        assert_eq!(ports.for_socket(&ns.sock, tid), 200);
+        ns.set("300");
+        if first.elapsed() < TTL {
+            assert_eq!(
+                ports.for_socket(&ns.sock, tid),
+                200,
+                "served from the cache"
+            );
+        }
+        std::thread::sleep(TTL);
+        assert_eq!(
+            ports.for_socket(&ns.sock, tid),
+            300,
+            "read again after the TTL"
+        );
     }
 }

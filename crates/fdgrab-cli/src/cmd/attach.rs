@@ -1,0 +1,312 @@
+//! `fdgrab attach`: move a running program's terminal session onto this terminal.
+
+use crate::cli::AttachArgs;
+use crate::exit::{Code, CodedError, UsageError};
+use anyhow::{Context, Result};
+use fdgrab::grab::{open_target, GrabOptions};
+use fdgrab::inject::{close_in_target, take_terminal, CloseMode};
+use fdgrab::pty::{self, Escape, MasterHolder, Pty, RawMode, RelayEnd};
+use fdgrab::signalfd::{signal_name, SignalFd};
+use fdgrab::{Pid, PidFd};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(a: AttachArgs) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    if !pty::is_terminal(stdin.as_fd()) || !pty::is_terminal(stdout.as_fd()) {
+        return Err(UsageError(
+            "fdgrab attach needs a terminal: its stdin and stdout must both be one (run it in \
+             the terminal the program should move to)"
+                .into(),
+        )
+        .into());
+    }
+    // In the background, switching our terminal to raw mode would stop us (SIGTTOU)
+    // after the session was taken; refuse before touching anything.
+    if let Ok(fg) = rustix::termios::tcgetpgrp(stdin.as_fd()) {
+        if fg != rustix::process::getpgrp() {
+            return Err(UsageError(
+                "fdgrab attach must run in the foreground of its terminal (not with &)".into(),
+            )
+            .into());
+        }
+    }
+    let target = open_target(a.pid, fdgrab::Backend::Auto)?;
+    let pid = a.pid;
+    let Some(tty) = pty::terminal_of(pid)? else {
+        return Err(UsageError(format!(
+            "process {pid} is not on a pseudo-terminal (no /dev/pts/N as controlling terminal \
+             or on fds 0-2), so there is no terminal session to move"
+        ))
+        .into());
+    };
+    if Pty::of_fd(stdin.as_fd()) == Some(tty) {
+        return Err(UsageError(format!(
+            "process {pid} already runs on this terminal ({tty})"
+        ))
+        .into());
+    }
+    // Steal the whole session when its master can be had; move PID alone when asked
+    // to, or when nobody holds the master any more.
+    // Taken before anything is looked at or changed, so two attaches of one session
+    // cannot race; held until fdgrab exits (the keeper does not inherit it).
+    let Some(lock) = pty::AttachLock::acquire(tty)? else {
+        return Err(CodedError(
+            Code::AlreadyAttached,
+            format!(
+                "process {pid}'s terminal {tty} is already being attached by another fdgrab; \
+                 detach it there first (Enter ~ .), then run fdgrab attach {pid} again"
+            ),
+        )
+        .into());
+    };
+    let mut _locks = vec![lock];
+    let holders = if a.single {
+        None
+    } else {
+        find_holders(pid, tty)?
+    };
+    let how = match holders {
+        Some(holders) => How::Steal(holders),
+        None => How::Single(pty::plan_single_move(pid)?),
+    };
+    let escape = a.escape.unwrap_or(Escape::DEFAULT);
+
+    // From here on a terminating signal must not kill us while the session depends
+    // on our copy of the master: signals are read from a descriptor.
+    let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
+    let (master, what) = match &how {
+        How::Steal(holders) => {
+            let master = take_master(pid, tty, holders)?;
+            let from = holders
+                .iter()
+                .map(|h| format!("{} ({})", h.pid, h.comm))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (master, format!("on {tty}, taken from {from}"))
+        }
+        How::Single(plan) => {
+            let (master, slave) = pty::open_pair()?;
+            // The session's new terminal gets its lock too.
+            if let Some(new) = pty::master_index(&master) {
+                _locks.extend(pty::AttachLock::acquire(new)?);
+            }
+            pty::copy_modes(plan.old, &slave);
+            take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
+                format!("moving process {pid} alone onto a new terminal (single-process mode)")
+            })?;
+            let new = pty::master_index(&master).map_or_else(String::new, |p| format!(" {p}"));
+            let stay = if plan.left_behind.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} other process(es) of its session stay on {tty}",
+                    plan.left_behind.len()
+                )
+            };
+            (
+                master,
+                format!("alone, moved from {tty} onto a new terminal{new}{stay}"),
+            )
+        }
+    };
+    drop(target);
+    // The terminal the session now lives on (a new one in single-process mode).
+    let tty = pty::master_index(&master).unwrap_or(tty);
+
+    let hint = match escape.char() {
+        Some(c) => format!(
+            "; type Enter {} . to detach (it keeps running)",
+            char::from(c)
+        ),
+        None => String::new(),
+    };
+    say(format_args!(
+        "fdgrab: attached to process {pid} {what}{hint}"
+    ));
+
+    let relayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut raw = RawMode::enter(stdin.as_fd())?;
+        if let Err(e) = pty::copy_window_size(stdin.as_fd(), &master) {
+            tracing::debug!(error = %e, "window size not copied");
+        }
+        if let Err(e) = pty::redraw(&master) {
+            tracing::debug!(error = %e, "no redraw asked for");
+        }
+        pty::relay(
+            master.as_fd(),
+            stdin.as_fd(),
+            stdout.as_fd(),
+            &mut raw,
+            &signals,
+            escape,
+        )
+        // `raw` is dropped here (also when unwinding): our terminal's modes are
+        // back before anything else is printed, whatever the relay returned.
+    }));
+    let end = match relayed {
+        Ok(end) => end,
+        Err(panic) => {
+            // Even a bug must not hang the session up.
+            let _ = pty::keep_in_background(master);
+            std::panic::resume_unwind(panic)
+        }
+    };
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            // Our copy may be the master's only one: keep the session alive even when
+            // raw mode or the relay failed.
+            let kept = pty::keep_in_background(master);
+            return Err(anyhow::Error::new(e).context(match kept {
+                Ok(k) => format!(
+                    "relaying for process {pid} failed; its session is kept by process {k}, \
+                     re-attach with `fdgrab attach {pid}`"
+                ),
+                Err(_) => format!("relaying for process {pid} failed"),
+            }));
+        }
+    };
+    match end {
+        RelayEnd::SessionEnded => {
+            say(format_args!(
+                "\r\nfdgrab: the session on {tty} ended (no process has it open any more)"
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        RelayEnd::Detached | RelayEnd::TerminalGone | RelayEnd::Signal(_) => {
+            let keeper = detach(master, pid)?;
+            let why = match end {
+                RelayEnd::Signal(sig) => format!(" on {}", signal_name(sig)),
+                RelayEnd::TerminalGone => " (this terminal went away)".into(),
+                _ => String::new(),
+            };
+            say(format_args!(
+                "\r\nfdgrab: detached{why}; process {pid} keeps running on {tty} (held by process \
+                 {keeper}); re-attach with: fdgrab attach {pid}"
+            ));
+            Ok(match end {
+                RelayEnd::Signal(sig) => ExitCode::from(128 + sig as u8),
+                _ => Code::Detached.into(),
+            })
+        }
+    }
+}
+
+/// A line on stderr. Unlike `eprintln!` it never panics: once the session depends
+/// on us, a closed stderr (our terminal went away) must not end us abruptly.
+fn say(msg: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "{msg}");
+    let _ = err.flush();
+}
+
+fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
+    pty::keep_in_background(master).with_context(|| {
+        format!("could not leave process {pid}'s session with a keeper; it was hung up")
+    })
+}
+
+enum How {
+    Steal(Vec<MasterHolder>),
+    Single(pty::SingleMove),
+}
+
+/// The processes holding the master, other than us; `None` if there are none, or a
+/// refusal.
+fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
+    let me = std::process::id() as Pid;
+    let found = pty::master_holders(tty)?;
+    let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
+    if holders.is_empty() {
+        if let Some(&other) = found.unreadable.first() {
+            return Err(fdgrab::Error::PermissionDenied {
+                pid: other,
+                fd: None,
+                op: "finding the holder of the pty master",
+                hint: format!(
+                    "no process we may inspect holds the master of {tty} (process {pid}'s \
+                     terminal); {} processes' fds are not readable by uid {}, and taking the \
+                     master from one of them needs CAP_SYS_PTRACE or the same uid; \
+                     `fdgrab attach --single {pid}` would move process {pid} alone",
+                    found.unreadable.len(),
+                    rustix::process::geteuid().as_raw()
+                ),
+            }
+            .into());
+        }
+        tracing::info!(pid, %tty, "nobody holds the master: single-process mode");
+        return Ok(None);
+    }
+    let our_exe = std::fs::metadata("/proc/self/exe").ok();
+    for h in &holders {
+        if h.is_keeper() {
+            continue;
+        }
+        let same_exe = our_exe.as_ref().is_some_and(|ours| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{}/exe", h.pid))
+                .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+        });
+        if same_exe || h.comm == "fdgrab" {
+            return Err(CodedError(
+                Code::AlreadyAttached,
+                format!(
+                    "process {pid}'s terminal {tty} is already attached by fdgrab (process {}); \
+                 detach it there first (Enter ~ .), then run fdgrab attach {pid} again",
+                    h.pid
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(Some(holders))
+}
+
+/// Takes a copy of the master from every holder, then (only once all copies are
+/// made) puts /dev/null over the holders' fds, or retires keepers.
+fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> {
+    let mut opened = Vec::with_capacity(holders.len());
+    let mut master = None;
+    for h in holders {
+        let holder = PidFd::open(h.pid)
+            .with_context(|| format!("opening process {} ({}), holder of {tty}", h.pid, h.comm))?;
+        let copies = GrabOptions::new()
+            .grab_many(&holder, &h.fds)
+            .with_context(|| {
+                format!(
+                    "cannot take the master of {tty} (process {pid}'s terminal) from its holder, \
+                     process {} ({}); `fdgrab attach --single {pid}` would move process {pid} \
+                     alone",
+                    h.pid, h.comm
+                )
+            })?;
+        for c in copies {
+            if pty::master_index(&c.fd) == Some(tty) && master.is_none() {
+                master = Some(c.fd);
+            }
+        }
+        opened.push(holder);
+    }
+    let master = master
+        .with_context(|| format!("the holders' fds turned out not to be the master of {tty}"))?;
+    for (h, holder) in holders.iter().zip(&opened) {
+        if h.is_keeper() {
+            holder.send_signal(libc::SIGTERM)?;
+            let _ = holder.wait_exit(Some(Duration::from_secs(2)));
+            continue;
+        }
+        let all: Vec<_> = h.fds.iter().chain(&h.slave_fds).copied().collect();
+        close_in_target(holder, &all, CloseMode::DevNull).with_context(|| {
+            format!(
+                "cannot put /dev/null over the master of {tty} in process {} ({})",
+                h.pid, h.comm
+            )
+        })?;
+        tracing::info!(holder = h.pid, fds = ?h.fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
+    }
+    Ok(master)
+}

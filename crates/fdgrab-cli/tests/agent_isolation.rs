@@ -1,0 +1,322 @@
+//! One tenant cannot hurt another: each attack from the agent issue, made by a
+//! hostile "container" (a `fake-tenant` process, or a flood of runtime
+//! connections), while a victim container keeps binding. The victim's binds must
+//! all succeed and none may hang (a generous bound that only a stall misses; the
+//! latency goals live in the `bind_supervisor` benchmark), and the agent's
+//! descriptors must come back to where they were once the attacker is gone.
+
+use fdgrab_testkit::oci::{rss_kib, unique, AgentProc, FakeTenant};
+use fdgrab_testkit::{is_root, TIMEOUT};
+use serde_json::Value;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// Longer than any bind takes unless something stalls it.
+const HANG: Duration = Duration::from_secs(2);
+
+fn root_or_skip() -> bool {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return false;
+    }
+    true
+}
+
+/// `lat` on the victim: every bind succeeds and none comes near a stall.
+fn victim_binds(victim: &mut FakeTenant, addr: &str, port: u16, n: usize) -> Value {
+    let r = victim.ask(&format!("lat {n} {addr} {port}"), TIMEOUT);
+    assert_eq!(r["errors"], 0, "victim's binds failed: {r}");
+    let max = r["max_us"].as_u64().expect("max_us");
+    assert!(
+        max < HANG.as_micros() as u64,
+        "a victim bind took {max} µs: {r}"
+    );
+    r
+}
+
+/// Waits until the agent's fd count is back to `baseline`.
+fn fds_return(agent: &AgentProc, baseline: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.fd_count() != baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        agent.fd_count(),
+        baseline,
+        "agent fds back to baseline; log {}",
+        agent.log.text()
+    );
+}
+
+/// 1,100 threads that each bind once, at a low descriptor limit: the attacker
+/// recycles its own share of cached pidfds; the victim's binds go on.
+#[test]
+fn agent_neighbour_with_1100_binding_threads() {
+    if !root_or_skip() {
+        return;
+    }
+    // At 1024 descriptors, a pidfd cached for each of a thousand threads would
+    // exhaust the agent.
+    let agent = AgentProc::start_with_nofile(&["--allow-bind", "tcp:81-82"], 1024);
+    let baseline = agent.fd_count();
+    let rss = rss_kib(agent.pid);
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    let mut attacker = FakeTenant::start(&agent, &unique("attacker"));
+    victim_binds(&mut victim, "127.78.0.1", 82, 20);
+    attacker.send("threads 1100 79 81");
+    // While the attacker's binds are being served.
+    victim_binds(&mut victim, "127.78.0.1", 82, 200);
+    let r = attacker.line(Duration::from_secs(120));
+    assert_eq!(r["ok"], 1100, "every attacker bind is still served: {r}");
+    victim_binds(&mut victim, "127.78.0.1", 82, 20);
+    let log = agent.log.text();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("EMFILE"), "{log}");
+    attacker.kill();
+    victim.kill();
+    fds_return(&agent, baseline);
+    let grown = rss_kib(agent.pid).saturating_sub(rss);
+    assert!(grown < 32 * 1024, "agent RSS grew by {grown} KiB");
+    let audit = agent.audit_lines();
+    let attacker_binds = audit
+        .iter()
+        .filter(|l| l["port"] == 81 && l["errno"] == 0 && l["pod"].as_str().is_some())
+        .count();
+    assert_eq!(attacker_binds, 1100, "audited with the pod name");
+}
+
+/// A bind whose sockaddr sits on a userfaultfd page nobody fills: only the
+/// attacker waits, and it gets ETIMEDOUT with an audit line; its next ordinary
+/// bind works; the victim never waits.
+#[test]
+fn agent_neighbour_stalled_on_userfaultfd() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:83-84"]);
+    let baseline = agent.fd_count();
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    let mut attacker = FakeTenant::start(&agent, &unique("attacker"));
+    let r = attacker.ask("uffd 83", TIMEOUT);
+    assert_eq!(r["stalled"], true, "{r}");
+    // The attacker's worker is now blocked in the read.
+    victim_binds(&mut victim, "127.78.1.1", 84, 100);
+    let r = attacker.line(TIMEOUT);
+    assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+    let timed_out = agent
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["errno"] == libc::ETIMEDOUT)
+        .unwrap_or_else(|| panic!("no audit line for the deadline: {:?}", agent.audit_lines()));
+    assert_eq!(timed_out["decision"], "refused", "{timed_out}");
+    assert!(
+        timed_out["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("deadline")),
+        "{timed_out}"
+    );
+    // A fresh worker serves the attacker's ordinary binds.
+    let r = attacker.ask("bind 127.78.1.2 83", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    victim_binds(&mut victim, "127.78.1.1", 84, 20);
+    attacker.kill();
+    victim.kill();
+    // The blocked read returns once the attacker is gone; so does its worker.
+    fds_return(&agent, baseline);
+}
+
+/// 600 idle runtime connections (more than the agent reads at once): a real
+/// runtime's connection is still read, and the idle ones cost nothing lasting.
+#[test]
+fn agent_600_idle_connections_do_not_lock_out_a_runtime() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85"]);
+    let baseline = agent.fd_count();
+    let idle: Vec<UnixStream> = (0..600)
+        .map(|_| UnixStream::connect(&agent.socket).expect("connect"))
+        .collect();
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    victim_binds(&mut victim, "127.78.2.1", 85, 50);
+    assert!(
+        agent.log.text().contains("closed the one idle longest"),
+        "{}",
+        agent.log.text()
+    );
+    drop(idle);
+    victim.kill();
+    fds_return(&agent, baseline);
+}
+
+/// 32 clients each trickling a 1 MiB document in 256-byte pieces: each is
+/// rejected as too large, and the victim binds all the while.
+#[test]
+fn agent_32_slow_large_documents() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:86"]);
+    let baseline = agent.fd_count();
+    let rss = rss_kib(agent.pid);
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    let socket = agent.socket.clone();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                fdgrab_testkit::oci::trickle_oversized_document(&socket);
+            })
+        })
+        .collect();
+    victim_binds(&mut victim, "127.78.3.1", 86, 200);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while agent.log.text().matches("larger than").count() < 32 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(agent.log.text().matches("larger than").count(), 32);
+    victim_binds(&mut victim, "127.78.3.1", 86, 20);
+    victim.kill();
+    fds_return(&agent, baseline);
+    let grown = rss_kib(agent.pid).saturating_sub(rss);
+    assert!(grown < 64 * 1024, "agent RSS grew by {grown} KiB");
+}
+
+/// A container handed a socket from another network namespace: by default the
+/// agent leaves that bind to the kernel (EACCES for an unprivileged caller), and
+/// says so in the audit line, which names the socket's netns; a policy with
+/// `netns = "any"` lets it through.
+#[test]
+fn agent_socket_from_a_foreign_netns() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:88"]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("netns"));
+    let own_ns = std::fs::metadata(format!("/proc/{}/ns/net", t.pid))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("tenant netns");
+    // The agent does bind for this unprivileged tenant in its own netns...
+    let r = t.ask("bind 127.78.4.1 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    // ...but not on the socket from elsewhere.
+    let r = t.ask("foreign 88", TIMEOUT);
+    assert_eq!(r["errno"], libc::EACCES, "{r}");
+    let audit = agent.audit_lines();
+    let own = audit
+        .iter()
+        .find(|l| l["decision"] == "bind")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(own["netns"], own_ns, "{own}");
+    let refused = audit
+        .iter()
+        .find(|l| l["decision"] == "continue" && l["port"] == 88)
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("network namespace")),
+        "{refused}"
+    );
+    assert!(
+        refused["netns"].as_u64().is_some_and(|n| n != own_ns),
+        "the line names the socket's netns: {refused}"
+    );
+    drop(t);
+    drop(agent);
+
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-netns-policy");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "netns = \"any\"\nallow = [\"tcp:88\"]\n").expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("netns-any"));
+    let r = t.ask("foreign 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "netns = \"any\" allows it: {r}");
+    let audit = agent.audit_lines();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["decision"] == "bind" && l["errno"] == 0 && l["netns"] != own_ns),
+        "{audit:?}"
+    );
+}
+
+/// A real runc or crun container starting while a fake neighbour stalls its own
+/// worker on a userfaultfd page, 600 idle connections sit in the agent's table
+/// and 32 clients trickle oversized documents: the container's httpd still gets
+/// port 80, and once everyone is gone the agent is back to its baseline fds.
+fn real_container_under_attack(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs};
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:83"]);
+    let baseline = agent.fd_count();
+    let mut attacker = FakeTenant::start(&agent, &unique("attacker"));
+    assert_eq!(attacker.ask("uffd 83", TIMEOUT)["stalled"], true);
+    let idle: Vec<UnixStream> = (0..600)
+        .map(|_| UnixStream::connect(&agent.socket).expect("connect"))
+        .collect();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let socket = agent.socket.clone();
+            std::thread::spawn(move || fdgrab_testkit::oci::trickle_oversized_document(&socket))
+        })
+        .collect();
+    let ns = NetNs::new();
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&agent.socket, &ns));
+    let id = unique(&format!("fdgrab-{}-attacked", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    for w in writers {
+        w.join().expect("writer");
+    }
+    drop(idle);
+    assert_eq!(attacker.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    attacker.kill();
+    c.kill();
+    fds_return(&agent, baseline);
+}
+
+fdgrab_testkit::per_runtime! {
+    agent_real_container_under_attack => real_container_under_attack,
+}
+
+/// Without CAP_NET_ADMIN the agent cannot name a socket's netns (`SIOCGSKNS`);
+/// it compares netns cookies instead, learning the caller's by entering it once.
+/// The foreign socket is still refused and the container's own still bound.
+#[test]
+fn agent_netns_check_without_net_admin() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start_under(
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-all,+sys_ptrace,+net_bind_service,+sys_admin",
+            "--inh-caps",
+            "-all",
+        ],
+        &["--allow-bind", "tcp:92"],
+    );
+    let mut t = FakeTenant::start_foreign(&agent, &unique("no-net-admin"));
+    assert_eq!(t.ask("bind 127.78.8.1 92", TIMEOUT)["errno"], 0);
+    assert_eq!(t.ask("bind 127.78.8.2 92", TIMEOUT)["errno"], 0);
+    assert_eq!(t.ask("foreign 92", TIMEOUT)["errno"], libc::EACCES);
+    let audit = agent.audit_lines();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|l| l["decision"] == "bind" && l["errno"] == 0)
+            .count(),
+        2,
+        "{audit:?}"
+    );
+}

@@ -1,0 +1,200 @@
+//! Running the agent: SIGHUP reloads the policy and reopens the audit file (a bad
+//! policy is logged and the running one stays), SIGUSR1 dumps its state, and
+//! `--policy` refuses what is not a small regular file at once.
+
+use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant, TempDir};
+use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
+use std::time::{Duration, Instant};
+
+fn root_or_skip() -> bool {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return false;
+    }
+    true
+}
+
+fn signal(agent: &AgentProc, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(agent.pid).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("kill");
+}
+
+/// Waits until the agent's log holds `needle` `n` times.
+fn log_count(agent: &AgentProc, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let log = agent.log.text();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} x{n} in {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn agent_sighup_reloads_policy_and_reopens_the_audit_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-reload");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "allow = [\"tcp:89\"]\n").expect("policy");
+    let mut agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    // An unprivileged tenant: the kernel alone refuses it any port below 1024.
+    let mut t = FakeTenant::start_foreign(&agent, &unique("reload"));
+    assert_eq!(t.ask("bind 127.78.5.1 89", TIMEOUT)["errno"], 0);
+
+    // logrotate's move, then a new policy and SIGHUP.
+    let rotated = agent.audit.with_extension("jsonl.1");
+    std::fs::rename(&agent.audit, &rotated).expect("rename the audit file");
+    std::fs::write(&policy, "allow = [\"tcp:90\"]\n").expect("policy");
+    signal(&agent, rustix::process::Signal::HUP);
+    log_count(&agent, "policy reloaded", 1);
+    assert!(agent.is_running(), "SIGHUP must not kill the agent");
+    assert_eq!(t.ask("bind 127.78.5.2 89", TIMEOUT)["errno"], libc::EACCES);
+    assert_eq!(t.ask("bind 127.78.5.3 90", TIMEOUT)["errno"], 0);
+    let old: Vec<serde_json::Value> = std::fs::read_to_string(&rotated)
+        .expect("rotated file")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        old.iter().any(|l| l["port"] == 89 && l["errno"] == 0),
+        "{old:?}"
+    );
+    let new = agent.audit_lines();
+    assert!(
+        new.iter().any(|l| l["port"] == 90 && l["errno"] == 0),
+        "lines after the reload go to the reopened file: {new:?}"
+    );
+    assert!(new.iter().all(|l| l["port"] != 89 || l["errno"] != 0));
+    // The kernel's line still names the protocol, though the decision never
+    // needed the socket.
+    let handed_back = new
+        .iter()
+        .find(|l| l["port"] == 89)
+        .unwrap_or_else(|| panic!("{new:?}"));
+    assert_eq!(handed_back["decision"], "continue", "{handed_back}");
+    assert_eq!(handed_back["proto"], "tcp", "{handed_back}");
+    assert_eq!(handed_back["namespace"], "tenants", "{handed_back}");
+
+    // An invalid policy: logged, and the running one stays.
+    std::fs::write(&policy, "[[bind]]\nport = \"ninety\"\n").expect("policy");
+    signal(&agent, rustix::process::Signal::HUP);
+    let log = log_count(&agent, "keeping the current policy", 1);
+    assert!(log.contains("policy.toml:2"), "{log}");
+    assert!(agent.is_running());
+    assert_eq!(t.ask("bind 127.78.5.4 90", TIMEOUT)["errno"], 0);
+
+    // SIGUSR1: the state as one JSON log line.
+    signal(&agent, rustix::process::Signal::USR1);
+    let log = log_count(&agent, "SIGUSR1: agent state", 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGUSR1: agent state"))
+        .expect("line");
+    assert!(line.contains("\"containers\":1"), "{line}");
+    assert!(line.contains("\"pod\":\"pod-reload"), "{line}");
+}
+
+#[test]
+fn agent_policy_must_be_a_small_regular_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-policy-input");
+    let fifo = dir.path().join("fifo");
+    fdgrab_testkit::oci::mkfifo(&fifo);
+    let big = dir.path().join("big.toml");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(100 << 20))
+        .expect("100 MB file");
+    for (path, why) in [
+        (std::path::PathBuf::from("/dev/zero"), "character device"),
+        (fifo, "FIFO"),
+        (big, "at most"),
+    ] {
+        let sock = dir.path().join(unique("s"));
+        let out = output_timeout(
+            fdgrab()
+                .arg("agent")
+                .arg("--socket")
+                .arg(&sock)
+                .arg("--policy")
+                .arg(&path),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path:?}: {err}");
+        assert!(err.contains(why), "{path:?}: {err}");
+        assert!(err.contains(&*path.to_string_lossy()), "{path:?}: {err}");
+        assert!(!sock.exists(), "a refused start leaves no socket");
+    }
+    // 60,000 rules load, and the agent serves them.
+    let many = dir.path().join("many.toml");
+    let text: String = (0..60_000u32)
+        .map(|i| {
+            format!(
+                "[[bind]]\nport = {}\naddr = \"10.{}.{}.1\"\n",
+                i % 1000 + 1,
+                i / 256 % 256,
+                i % 256
+            )
+        })
+        .collect::<String>()
+        + "[[bind]]\nport = 91\n";
+    std::fs::write(&many, text).expect("policy");
+    let agent = AgentProc::start(&["--policy", many.to_str().expect("utf-8")]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("many"));
+    assert_eq!(t.ask("bind 127.78.6.1 91", TIMEOUT)["errno"], 0);
+}
+
+/// `CapEff`/`CapPrm` of a thread, as masks.
+fn caps(pid: i32, tid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("status");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .expect("cap field")
+    };
+    (field("CapEff:"), field("CapPrm:"))
+}
+
+/// The agent keeps CAP_NET_BIND_SERVICE, CAP_NET_ADMIN and CAP_SYS_PTRACE
+/// effective and CAP_SYS_ADMIN permitted only, on every thread; with that it
+/// still reads a foreign netns's port threshold (50 there, so port 88 is not
+/// privileged in it and the kernel decides).
+#[test]
+fn agent_keeps_only_the_capabilities_it_uses() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-caps");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "netns = \"any\"\nallow = [\"tcp:88\"]\n").expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    let mut t = FakeTenant::start_foreign_with_port_start(&agent, &unique("caps"), 50);
+    assert_eq!(t.ask("bind 127.78.7.1 88", TIMEOUT)["errno"], 0);
+    // capability(7) numbers: NET_BIND_SERVICE 10, NET_ADMIN 12, SYS_PTRACE 19,
+    // SYS_ADMIN 21.
+    const EFFECTIVE: u64 = 1 << 10 | 1 << 12 | 1 << 19;
+    const PERMITTED: u64 = EFFECTIVE | 1 << 21;
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .expect("tasks")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    assert!(tasks.len() >= 2, "the agent and its container's worker");
+    for tid in tasks {
+        assert_eq!(caps(agent.pid, tid), (EFFECTIVE, PERMITTED), "thread {tid}");
+    }
+    assert_eq!(t.ask("foreign 88", TIMEOUT)["errno"], 0);
+    let line = agent
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["address"] == "0.0.0.0" && l["port"] == 88)
+        .expect("audit line");
+    assert_eq!(line["decision"], "continue", "{line}");
+    assert_eq!(line["reason"], "unprivileged port", "{line}");
+}

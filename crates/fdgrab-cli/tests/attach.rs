@@ -1,0 +1,724 @@
+//! `fdgrab attach` against real terminals: tmux servers (each on its own socket) as
+//! the old and the new terminal, `script` as another old one, python3 and bash as
+//! the programs. Every wait polls the pane with a deadline.
+
+use fdgrab_testkit::tmux::Tmux;
+use fdgrab_testkit::{bin, skip, status_field, TIMEOUT};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn ready() -> bool {
+    if !fdgrab_testkit::is_root() {
+        skip("attach tests need root (they steal from root-owned tmux servers and drop to uid 65534)");
+        return false;
+    }
+    if !Tmux::available() {
+        skip("tmux is not installed (scripts/test installs it)");
+        return false;
+    }
+    true
+}
+
+/// A new terminal running `fdgrab attach ARGS`, then printing its exit status and
+/// the terminal's modes, then idling.
+fn attach_in(tag: &str, cols: u16, rows: u16, prefix: &str, args: &str) -> Tmux {
+    let cmd = format!(
+        "{prefix}{} attach {args}; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
+        bin("fdgrab").display()
+    );
+    Tmux::start(tag, cols, rows, &cmd)
+}
+
+/// Waits for fdgrab's exit line and checks its status and that the terminal it ran
+/// in is back in cooked mode. Returns the pane text.
+fn expect_exit(t: &Tmux, code: i32) -> String {
+    let text = t.wait_for("STTY-DONE", WAIT);
+    assert!(
+        text.contains(&format!("EXIT={code}\n")),
+        "expected exit status {code}; pane:\n{text}"
+    );
+    let modes = text.split("EXIT=").nth(1).expect("stty output");
+    for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(
+            modes.split_whitespace().any(|w| w == flag),
+            "the terminal was left without {flag} (raw mode?):\n{modes}"
+        );
+    }
+    text
+}
+
+/// The program is neither stopped nor traced.
+fn assert_healthy(pid: i32) {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| panic!("process {pid} is gone"));
+    assert!(
+        !matches!(state.as_str(), "T" | "t" | "Z" | "X"),
+        "process {pid} is in state {state}"
+    );
+    assert_eq!(
+        status_field(pid, "TracerPid").as_deref(),
+        Some("0"),
+        "process {pid} is still traced"
+    );
+}
+
+/// Whether `pid` has a pty master open.
+fn holds_a_master(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.file_name().is_some_and(|n| n == "ptmx"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn state(pid: i32) -> Option<char> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+fn gone(pid: i32) -> bool {
+    matches!(state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Ends the attached python with `exit()`, which ends fdgrab with status 0.
+fn exit_python(t: &Tmux, py: i32) {
+    t.type_line("exit()");
+    expect_exit(t, 0);
+    wait_until("python to exit", || gone(py));
+}
+
+/// The keeper pid named in fdgrab's detach message.
+fn keeper_in(text: &str) -> i32 {
+    text.split("held by process ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keeper pid in:\n{text}"))
+}
+
+/// A python REPL in an old terminal, with `x = 41` typed into it.
+fn old_python(tag: &str) -> (Tmux, i32, KillOnDrop) {
+    let old = Tmux::start(tag, 80, 24, "exec python3 -q");
+    old.wait_for(">>>", WAIT);
+    old.type_line("x = 41; import os");
+    let pid = old.pane_pid();
+    (old, pid, KillOnDrop::new(pid))
+}
+
+#[test]
+fn python_repl_moves_resizes_and_outlives_its_old_terminal() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-py-old");
+    let old_server = old.server_pid();
+    let new = attach_in("att-py-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert_healthy(py);
+
+    new.type_line("print('X', x + 1, 'SZ', *os.get_terminal_size())");
+    new.wait_for("X 42 SZ 100 30", WAIT);
+
+    new.resize(90, 20);
+    new.wait_until(WAIT, |_| {
+        new.type_line("print('SZ2', *os.get_terminal_size())");
+        std::thread::sleep(Duration::from_millis(50));
+        new.capture().contains("SZ2 90 20")
+    })
+    .unwrap_or_else(|s| panic!("size after resize not seen:\n{s}"));
+
+    // The old terminal goes away entirely; the program stays, attached here.
+    old.kill();
+    wait_until("the old tmux server to exit", || gone(old_server));
+    assert_healthy(py);
+    new.type_line("print('STILL', x * 2)");
+    new.wait_for("STILL 82", WAIT);
+
+    exit_python(&new, py);
+}
+
+#[test]
+fn shell_session_moves_from_script_with_job_control() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start(
+        "att-sh-old",
+        80,
+        24,
+        "script -q -c 'bash --norc --noprofile -i' /dev/null",
+    );
+    old.wait_for("bash-", WAIT);
+    let script = old.pane_pid();
+    // script does not notice that its master became /dev/null and polls it forever
+    // (see docs/attach.md): the old terminal is closed for good at the end.
+    let _kill_script = KillOnDrop::new(script);
+    let bash = *children(script).first().expect("bash under script");
+    let _bash = KillOnDrop::new(bash);
+    old.type_line("sleep 300");
+    wait_until("sleep to start", || !children(bash).is_empty());
+    let sleep = children(bash)[0];
+
+    // Attach through the foreground job's pid: the whole session moves.
+    let new = attach_in("att-sh-new", 100, 30, "", &sleep.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(!holds_a_master(script), "script still holds the master");
+
+    new.key("C-c");
+    wait_until("Ctrl-C to end the sleep", || gone(sleep));
+    new.type_line("echo A$((1+1))");
+    new.wait_for("A2", WAIT);
+
+    new.type_line("sleep 301");
+    wait_until("the second sleep", || !children(bash).is_empty());
+    let job = children(bash)[0];
+    new.key("C-z");
+    new.wait_for("Stopped", WAIT);
+    assert_eq!(state(job), Some('T'), "Ctrl-Z did not stop the job");
+    new.type_line("fg");
+    wait_until("fg to continue the job", || state(job) == Some('S'));
+    new.key("C-c");
+    wait_until("Ctrl-C to end the job", || gone(job));
+    new.type_line("echo B$((2+2))");
+    new.wait_for("B4", WAIT);
+    assert_healthy(bash);
+
+    new.type_line("exit");
+    expect_exit(&new, 0);
+    wait_until("bash to exit", || gone(bash));
+}
+
+/// Kills a process when the test ends, however it ends (a failed test must not
+/// leave programs and keepers behind), unless its pid now names another process.
+struct KillOnDrop(i32, Option<String>);
+
+impl KillOnDrop {
+    fn new(pid: i32) -> Self {
+        KillOnDrop(pid, start_time(pid))
+    }
+}
+
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .to_owned(),
+    )
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.1.is_some() && start_time(self.0) == self.1 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn detach_reattach_and_a_second_attach_is_refused() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-det-old");
+    let first = attach_in("att-det-a", 100, 30, "", &py.to_string());
+    first.wait_for("type Enter ~ . to detach", WAIT);
+    first.type_line("y = 7");
+
+    // Refused while attached: nothing changes for the first attach.
+    let second = attach_in("att-det-b", 100, 30, "", &py.to_string());
+    let text = expect_exit(&second, 6);
+    assert!(text.contains("already being attached"), "{text}");
+    assert_healthy(py);
+    // A copy of fdgrab under another name is refused too (the attach lock).
+    let dir = std::env::temp_dir().join(format!("fdgrab-attach-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("other-name");
+    std::fs::copy(bin("fdgrab"), &copy).expect("copy of fdgrab");
+    let third = Tmux::start(
+        "att-det-copy",
+        100,
+        30,
+        &format!(
+            "{} attach {py}; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
+            copy.display()
+        ),
+    );
+    let text = expect_exit(&third, 6);
+    assert!(text.contains("already being attached"), "{text}");
+    drop(third);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_healthy(py);
+    first.type_line("print('Y', y * 6)");
+    first.wait_for("Y 42", WAIT);
+
+    // Detach: Enter ~ .
+    first.key("Enter");
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let keeper = keeper_in(&text);
+    assert!(holds_a_master(keeper), "the keeper holds no master");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{keeper}/comm"))
+            .ok()
+            .as_deref(),
+        Some("fdgrab-keep\n")
+    );
+    assert_healthy(py);
+    drop(first);
+    drop(old);
+
+    // Re-attach: from the keeper, which then exits.
+    let third = attach_in("att-det-c", 90, 25, "", &py.to_string());
+    let text = third.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("fdgrab-keep"), "{text}");
+    wait_until("the keeper to exit", || gone(keeper));
+    third.type_line("print('Z', y + x, 'SZ', *os.get_terminal_size())");
+    third.wait_for("Z 48 SZ 90 25", WAIT);
+    exit_python(&third, py);
+}
+
+/// Runs a refused attach of `py` in a new terminal and checks that nothing moved.
+fn refused(tag: &str, prefix: &str, args: &str, code: i32, why: &str, holder: i32, py: i32) {
+    let t = attach_in(tag, 100, 30, prefix, args);
+    let text = expect_exit(&t, code);
+    assert!(text.contains(why), "expected {why:?} in:\n{text}");
+    assert!(holds_a_master(holder), "the old terminal lost its master");
+    assert_healthy(py);
+}
+
+#[test]
+fn refusals_change_nothing() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-ref-old");
+    let server = old.server_pid();
+
+    // Our own stdin is not a terminal.
+    let out = fdgrab_testkit::output_timeout(
+        fdgrab_testkit::fdgrab()
+            .args(["attach", &py.to_string()])
+            .stdin(std::process::Stdio::piped()),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"));
+    assert!(holds_a_master(server));
+    assert_healthy(py);
+
+    // A process on no terminal.
+    let mut lone = std::process::Command::new("setsid")
+        .args(["sleep", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setsid sleep");
+    let lone_pid = lone.id() as i32;
+    wait_until("setsid to exec sleep", || {
+        std::fs::read_to_string(format!("/proc/{lone_pid}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    refused(
+        "att-ref-notty",
+        "",
+        &lone_pid.to_string(),
+        2,
+        "is not on a pseudo-terminal",
+        server,
+        py,
+    );
+    let _ = lone.kill();
+    let _ = lone.wait();
+
+    // No such process.
+    refused(
+        "att-ref-nopid",
+        "",
+        "999999999",
+        5,
+        "no such process",
+        server,
+        py,
+    );
+
+    // An unprivileged user against a root-held master.
+    refused(
+        "att-ref-perm",
+        "setpriv --reuid=65534 --regid=65534 --clear-groups ",
+        &py.to_string(),
+        4,
+        "permission denied",
+        server,
+        py,
+    );
+
+    // The sshd case: the program runs as the user, its terminal's master is held by
+    // a root process, and the user attaches.
+    let user_old = Tmux::start(
+        "att-ref-user-old",
+        80,
+        24,
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups cat",
+    );
+    let user_py = user_old.pane_pid();
+    wait_until("cat to run as uid 65534", || {
+        status_field(user_py, "Uid").is_some_and(|u| u.starts_with("65534"))
+            && std::fs::read_to_string(format!("/proc/{user_py}/comm")).is_ok_and(|c| c == "cat\n")
+    });
+    let user_server = user_old.server_pid();
+    let t = attach_in(
+        "att-ref-user",
+        100,
+        30,
+        "setpriv --reuid=65534 --regid=65534 --clear-groups ",
+        &user_py.to_string(),
+    );
+    let text = expect_exit(&t, 4);
+    assert!(
+        text.contains("permission denied") && text.contains("uid 65534"),
+        "{text}"
+    );
+    assert!(
+        holds_a_master(user_server),
+        "the root holder lost its master"
+    );
+    assert_healthy(user_py);
+    drop(user_old);
+
+    // Single-process mode cannot take a process out of a group others share: the
+    // first process of a pipeline.
+    let shell = Tmux::start("att-ref-pipe-old", 80, 24, "exec bash --norc --noprofile");
+    shell.wait_for("bash-", WAIT);
+    let bash = shell.pane_pid();
+    shell.type_line("sleep 300 | sleep 301");
+    wait_until("the pipeline", || children(bash).len() == 2);
+    let first = *children(bash).iter().min().expect("first sleep");
+    let t = attach_in("att-ref-pipe", 100, 30, "", &format!("--single {first}"));
+    let text = expect_exit(&t, 2);
+    assert!(text.contains("cannot be moved alone"), "{text}");
+    assert_healthy(first);
+    assert!(
+        std::fs::read_link(format!("/proc/{first}/fd/0"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:") || l.starts_with("/dev/pts")),
+        "the sleep's fds changed"
+    );
+    assert!(holds_a_master(shell.server_pid()));
+    drop(shell);
+
+    // The process is on this very terminal.
+    let own = Tmux::start(
+        "att-ref-self",
+        100,
+        30,
+        &format!(
+            "sleep 60 & {} attach $!; echo EXIT=$?; stty -a; echo STTY-DONE; exec sleep 600",
+            bin("fdgrab").display()
+        ),
+    );
+    let text = expect_exit(&own, 2);
+    assert!(text.contains("already runs on this terminal"), "{text}");
+    assert_healthy(py);
+}
+
+#[test]
+fn single_process_mode_moves_the_process_alone() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-one-old");
+    let old_tty = std::fs::read_link(format!("/proc/{py}/fd/0")).expect("python's fd 0");
+    let new = attach_in("att-one-new", 100, 30, "", &format!("--single {py}"));
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    assert_healthy(py);
+    new.type_line("print('T', x + 1, os.ttyname(0) == os.ttyname(2), *os.get_terminal_size())");
+    new.wait_for("T 42 True 100 30", WAIT);
+    let now = std::fs::read_link(format!("/proc/{py}/fd/0")).expect("python's fd 0");
+    assert_ne!(now, old_tty, "fd 0 still on the old terminal");
+    // Its controlling terminal moved too: Ctrl-C reaches it as SIGINT.
+    new.key("C-c");
+    new.wait_for("KeyboardInterrupt", WAIT);
+    assert_healthy(py);
+    drop(old);
+    exit_python(&new, py);
+}
+
+#[test]
+fn a_session_whose_terminal_is_gone_is_moved_alone_and_can_detach() {
+    if !ready() {
+        return;
+    }
+    // A loop that survives its terminal's hangup, as a nohup'd job would.
+    let old = Tmux::start(
+        "att-gone-old",
+        80,
+        24,
+        "exec sh -c 'trap \"\" HUP; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done'",
+    );
+    old.wait_for("tick 2", WAIT);
+    let sh = old.pane_pid();
+    let _kill = KillOnDrop::new(sh);
+    let server = old.server_pid();
+    old.kill();
+    wait_until("the old tmux server to exit", || gone(server));
+    assert_healthy(sh);
+
+    let new = attach_in("att-gone-new", 100, 30, "", &sh.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    let first = new
+        .wait_until(WAIT, |s| s.matches("tick").count() >= 3)
+        .unwrap_or_else(|s| panic!("no ticks relayed:\n{s}"));
+    assert!(first.contains("tick"));
+    assert_healthy(sh);
+
+    new.key("Enter");
+    new.type_text("~.");
+    expect_exit(&new, 7);
+    assert_healthy(sh);
+}
+
+fn tokens_of_stty(tty: &str) -> Vec<String> {
+    let out = std::process::Command::new("stty")
+        .args(["-a", "-F", tty])
+        .output()
+        .expect("stty");
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn signals_restore_the_terminal_and_keep_the_session() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-sig-old");
+    let new = attach_in("att-sig-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+    let tty = std::fs::read_link(format!("/proc/{fdgrab}/fd/0")).expect("fdgrab's tty");
+    let tty = tty.to_str().expect("tty path").to_owned();
+    assert!(
+        tokens_of_stty(&tty).iter().any(|t| t == "-icanon"),
+        "not raw while attached"
+    );
+
+    // SIGTSTP: our terminal back to normal while fdgrab is stopped, raw again after.
+    signal(fdgrab, "TSTP");
+    wait_until("fdgrab to stop", || state(fdgrab) == Some('T'));
+    assert!(
+        tokens_of_stty(&tty).iter().any(|t| t == "icanon"),
+        "raw while stopped"
+    );
+    signal(fdgrab, "CONT");
+    wait_until("fdgrab to be raw again", || {
+        tokens_of_stty(&tty).iter().any(|t| t == "-icanon")
+    });
+    new.type_line("print('C', x)");
+    new.wait_for("C 41", WAIT);
+    drop(old);
+
+    // SIGTERM: detaches, the program keeps running with a keeper.
+    signal(fdgrab, "TERM");
+    let text = expect_exit(&new, 128 + 15);
+    assert!(text.contains("detached on SIGTERM"), "{text}");
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    assert!(holds_a_master(keeper));
+    assert_healthy(py);
+
+    // The session ends while detached: the keeper goes too.
+    signal(py, "KILL");
+    wait_until("the keeper to exit with the session", || gone(keeper));
+}
+
+#[test]
+fn a_holder_with_the_master_at_several_fds_loses_all_of_them() {
+    if !ready() {
+        return;
+    }
+    // A minimal "emulator": forks python3 on a new pty, keeps the master at two fds,
+    // and relays nothing.
+    let holder_src = r#"
+import os, pty, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp('python3', ['python3', '-q'])
+dup = os.dup(fd)
+print(pid, fd, dup, flush=True)
+time.sleep(600)
+"#;
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", holder_src])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let holder_pid = holder.id() as i32;
+    let _kill = KillOnDrop::new(holder_pid);
+    let mut out = std::io::BufReader::new(holder.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("holder's report");
+    let nums: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (py, fds) = (nums[0], [nums[1], nums[2]]);
+    let _py = KillOnDrop::new(py);
+
+    let new = attach_in("att-multi-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{holder_pid}/fd/{fd}")).expect("holder fd");
+        assert_eq!(link, std::path::Path::new("/dev/null"), "holder fd {fd}");
+    }
+    assert!(!holds_a_master(holder_pid));
+    new.type_line("print('M', 6 * 7)");
+    new.wait_for("M 42", WAIT);
+    exit_python(&new, py);
+    assert_healthy(holder_pid);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-drop-old");
+    let new = attach_in("att-drop-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("z = 5; print('SET', z)");
+    new.wait_for("SET 5", WAIT);
+    let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+    // The terminal fdgrab runs in disappears, as when an ssh connection drops.
+    new.kill();
+    wait_until("fdgrab to exit", || gone(fdgrab));
+    assert_healthy(py);
+    let tty = fdgrab::pty::terminal_of(py)
+        .expect("python's terminal")
+        .expect("python on a pty");
+    let holders = fdgrab::pty::master_holders(tty).expect("holders").holders;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert!(holders[0].is_keeper(), "{holders:?}");
+    let _keeper = KillOnDrop::new(holders[0].pid);
+    assert_healthy(py);
+
+    let again = attach_in("att-drop-again", 90, 20, "", &py.to_string());
+    again.wait_for("type Enter ~ . to detach", WAIT);
+    again.type_line("print('Z', z * x)");
+    again.wait_for("Z 205", WAIT);
+    exit_python(&again, py);
+}
+
+#[test]
+fn a_full_screen_program_redraws_on_a_terminal_of_the_same_size() {
+    if !ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fdgrab-attach-less-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("text");
+    let text: String = (1..=200).map(|i| format!("LESSLINE {i}\n")).collect();
+    std::fs::write(&file, text).expect("file");
+    let old = Tmux::start("att-less-old", 90, 25, "exec bash --norc --noprofile");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    old.type_line(&format!("less {}", file.display()));
+    old.wait_for("LESSLINE 3", WAIT);
+    let less = *children(bash).first().expect("less");
+
+    // Same size: the kernel sends no SIGWINCH of its own.
+    let new = attach_in("att-less-new", 90, 25, "", &less.to_string());
+    new.wait_for("LESSLINE 3", WAIT);
+    new.type_text(" ");
+    new.wait_for("LESSLINE 30", WAIT);
+    new.type_text("q");
+    wait_until("less to quit", || gone(less));
+    new.type_line("echo Q$((40+2))");
+    new.wait_for("Q42", WAIT);
+    new.type_line("exit");
+    expect_exit(&new, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn single_process_mode_takes_a_job_out_of_its_shell_session() {
+    if !ready() {
+        return;
+    }
+    // python3 as a foreground job of bash: it leads its process group but not the
+    // session, so it steps into the shell's group, then starts a session of its own.
+    let old = Tmux::start("att-job-old", 80, 24, "exec bash --norc --noprofile");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    old.type_line("python3 -q");
+    old.wait_for(">>>", WAIT);
+    let py = *children(bash).first().expect("python under bash");
+    let _py = KillOnDrop::new(py);
+    old.type_line("w = 6");
+
+    let new = attach_in("att-job-new", 100, 30, "", &format!("--single {py}"));
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(text.contains("alone, moved from"), "{text}");
+    new.type_line(
+        "import os; print('J', w * 7, os.getsid(0) == os.getpid(), *os.get_terminal_size())",
+    );
+    new.wait_for("J 42 True 100 30", WAIT);
+    new.key("C-c");
+    new.wait_for("KeyboardInterrupt", WAIT);
+    assert_healthy(py);
+    assert_healthy(bash);
+    exit_python(&new, py);
+    // The shell stays on the old terminal and gets its prompt back.
+    old.type_line("echo S$((5*5))");
+    old.wait_for("S25", WAIT);
+}

@@ -1,0 +1,303 @@
+//! A container as the agent sees it, without a runtime: installs a filter that
+//! sends `bind` to a listener, hands the listener to the agent at SOCKET the way
+//! runc does (one `ContainerProcessState` document, the fd in `SCM_RIGHTS`), then
+//! makes binds on command, one JSON line per answer.
+//!
+//! `fake-tenant SOCKET ID [METADATA]`, then on stdin:
+//! - `bind ADDR PORT`: one TCP bind; `{"errno":N,"us":T}`.
+//! - `lat N ADDR PORT`: N binds of fresh sockets, each closed after;
+//!   `{"n":N,"errors":E,"first_errno":X,"p50_us":..,"p99_us":..,"max_us":..}`.
+//! - `threads N BASE PORT`: N threads bind at once, thread i to 127.BASE.(i/250).(i%250+1):PORT
+//!   (BASE is the second octet); `{"ok":K,"errnos":[...]}` once all are done.
+//! - `uffd PORT`: a thread binds with its sockaddr on a userfaultfd page that
+//!   is never filled; prints `{"stalled":true}` at once and `{"uffd_errno":N}`
+//!   when the bind returns.
+//! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
+//!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
+//!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
+//!   a privileged port); `{"errno":N}`. `FAKE_TENANT_FOREIGN_PORT_START` sets that
+//!   netns's `ip_unprivileged_port_start`.
+//! - `exit`.
+
+use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+fn say(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn tcp() -> OwnedFd {
+    rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .expect("socket")
+}
+
+fn bind_once(addr: Ipv4Addr, port: u16) -> (i32, u128, OwnedFd) {
+    let s = tcp();
+    let t = Instant::now();
+    let r = rustix::net::bind(&s, &SocketAddrV4::new(addr, port));
+    let us = t.elapsed().as_micros();
+    (r.err().map_or(0, |e| e.raw_os_error()), us, s)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (socket, id) = match (args.first(), args.get(1)) {
+        (Some(s), Some(i)) => (s.clone(), i.clone()),
+        _ => {
+            eprintln!("usage: fake-tenant SOCKET ID [METADATA]");
+            std::process::exit(2);
+        }
+    };
+    let metadata = args.get(2).cloned().unwrap_or_default();
+    // A test may lower the descriptor limit for the agent it starts; a tenant
+    // holding a socket per thread needs more (root may raise its hard limit).
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(65_536),
+            maximum: Some(65_536),
+        },
+    );
+    let foreign = std::env::var_os("FAKE_TENANT_FOREIGN").map(|_| foreign_socket());
+    let prog = SyscallFilter::new(Action::Allow)
+        .rule(libc::SYS_bind, Action::Notify)
+        .build()
+        .expect("filter");
+    seccomp::set_no_new_privs().expect("no_new_privs");
+    let listener = seccomp::install(&prog, InstallFlags::supervised())
+        .expect("installing the filter")
+        .expect("a listener");
+    let doc = json!({
+        "ociVersion": "1.0.2",
+        "fds": ["seccompFd"],
+        "pid": std::process::id(),
+        "metadata": metadata,
+        "state": {
+            "ociVersion": "1.0.2",
+            "id": id,
+            "status": "creating",
+            "pid": std::process::id(),
+            "bundle": "/nonexistent",
+            "annotations": {
+                "io.kubernetes.pod.name": format!("pod-{id}"),
+                "io.kubernetes.pod.namespace": "tenants",
+                "io.kubernetes.container.name": "app",
+            },
+        },
+    });
+    let fd = listener.into_fd();
+    {
+        let conn = UnixStream::connect(&socket).expect("connecting to the agent");
+        fdgrab::passfd::send_fds(&conn, doc.to_string().as_bytes(), &[fd.as_fd()])
+            .expect("sending the listener");
+    }
+    drop(fd);
+    if foreign.is_some() {
+        // setresgid/setresuid to non-root ids clear every capability.
+        rustix::thread::set_thread_res_gid(gid(), gid(), gid()).expect("setresgid");
+        rustix::thread::set_thread_res_uid(uid(), uid(), uid()).expect("setresuid");
+    }
+    let mut foreign = foreign;
+    say(json!({"ready": true, "pid": std::process::id()}));
+    let mut held: Vec<OwnedFd> = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let ip = |i: usize| w.get(i).and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let num = |i: usize| w.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        match w.first().copied() {
+            Some("bind") => {
+                let (errno, us, s) = bind_once(ip(1).expect("ADDR"), num(2) as u16);
+                held.push(s);
+                say(json!({"errno": errno, "us": us}));
+            }
+            Some("lat") => lat(num(1) as usize, ip(2).expect("ADDR"), num(3) as u16),
+            Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
+            Some("uffd") => uffd(num(1) as u16),
+            Some("foreign") => {
+                let Some(s) = foreign.take() else {
+                    say(json!({"error": "no foreign socket (FAKE_TENANT_FOREIGN)"}));
+                    continue;
+                };
+                let r =
+                    rustix::net::bind(&s, &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, num(1) as u16));
+                held.push(s);
+                say(json!({"errno": r.err().map_or(0, |e| e.raw_os_error())}));
+            }
+            Some("exit") | None => break,
+            Some(other) => say(json!({"error": format!("unknown command {other}")})),
+        }
+    }
+}
+
+fn uid() -> rustix::process::Uid {
+    rustix::process::Uid::from_raw(65534)
+}
+
+fn gid() -> rustix::process::Gid {
+    rustix::process::Gid::from_raw(65534)
+}
+
+/// A TCP socket made in a new network namespace by a thread that then ends: the
+/// socket stays there while the process stays in its own.
+fn foreign_socket() -> OwnedFd {
+    std::thread::spawn(|| {
+        // SAFETY: CLONE_NEWNET moves only this short-lived thread; no file table or
+        // memory is unshared behind the standard library's back.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .expect("unshare(CLONE_NEWNET) needs root");
+        if let Ok(start) = std::env::var("FAKE_TENANT_FOREIGN_PORT_START") {
+            std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", start)
+                .expect("setting the foreign netns's port threshold");
+        }
+        tcp()
+    })
+    .join()
+    .expect("foreign socket thread")
+}
+
+fn lat(n: usize, addr: Ipv4Addr, port: u16) {
+    let mut times = Vec::with_capacity(n);
+    let (mut errors, mut first) = (0, 0);
+    for _ in 0..n {
+        let (errno, us, s) = bind_once(addr, port);
+        drop(s);
+        if errno != 0 {
+            errors += 1;
+            if first == 0 {
+                first = errno;
+            }
+        }
+        times.push(us);
+    }
+    times.sort_unstable();
+    let q = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p) as usize)
+            .copied()
+    };
+    say(json!({"n": n, "errors": errors, "first_errno": first,
+        "p50_us": q(0.5), "p99_us": q(0.99), "max_us": times.last()}));
+}
+
+fn threads(n: usize, base: u8, port: u16) {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let start = std::sync::Arc::clone(&start);
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    start.wait();
+                    let addr = Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8);
+                    bind_once(addr, port)
+                })
+                .expect("thread")
+        })
+        .collect();
+    let results: Vec<(i32, u128, OwnedFd)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
+    let ok = results.iter().filter(|r| r.0 == 0).count();
+    let mut errnos: Vec<i32> = results.iter().map(|r| r.0).filter(|&e| e != 0).collect();
+    errnos.sort_unstable();
+    errnos.dedup();
+    say(json!({"ok": ok, "errnos": errnos}));
+}
+
+/// A sockaddr on a page registered with userfaultfd for missing-page faults that
+/// nobody serves: whoever reads it from another process blocks.
+fn uffd(port: u16) {
+    // SAFETY: userfaultfd(2) takes flags only and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+    if raw < 0 {
+        say(json!({"error": format!("userfaultfd: {}", std::io::Error::last_os_error())}));
+        return;
+    }
+    // SAFETY: raw is a new fd we own.
+    let ufd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
+    let mut api = UffdioApi {
+        api: 0xAA,
+        features: 0,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes the struct we pass.
+    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
+        say(json!({"error": format!("UFFDIO_API: {}", std::io::Error::last_os_error())}));
+        return;
+    }
+    // SAFETY: a fresh private anonymous mapping of one page.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        say(json!({"error": "mmap failed"}));
+        return;
+    }
+    let mut reg = UffdioRegister {
+        start: page as u64,
+        len: 4096,
+        mode: 1, // UFFDIO_REGISTER_MODE_MISSING
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes the struct we pass.
+    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
+        say(json!({"error": format!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error())}));
+        return;
+    }
+    let page = page as usize;
+    std::thread::spawn(move || {
+        let s = tcp();
+        // SAFETY: bind reads 16 bytes at `page` (never touched here); the page
+        // stays mapped for the life of the process.
+        let r = unsafe { libc::bind(s.as_raw_fd(), page as *const libc::sockaddr, 16) };
+        let errno = if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        say(json!({"uffd_errno": errno, "port": port}));
+        // Keep the userfaultfd open: the page must stay unserved.
+        std::mem::forget(ufd);
+    });
+    say(json!({"stalled": true}));
+}
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;

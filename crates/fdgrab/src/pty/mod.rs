@@ -1,0 +1,326 @@
+//! Pseudo-terminals: finding the pty a process runs on and who holds its master,
+//! and acting as the terminal emulator for it (what `fdgrab attach` is made of).
+//!
+//! A pty is a pair: the *slave* `/dev/pts/N` is the terminal programs read and
+//! write (their stdin/stdout/stderr and controlling tty), the *master* is held by
+//! whatever draws it: sshd, tmux, screen, `script`, a terminal emulator. Moving a
+//! whole terminal session means taking the master from that holder; the programs
+//! on the slave keep their session, process groups and job control untouched.
+//!
+//! - [`terminal_of`]: the pty a process runs on (`/proc/PID/stat` field `tty_nr`,
+//!   else the `/dev/pts/N` its fd 0, 1 or 2 points at);
+//! - [`master_holders`]: every process with that pty's master open, found through
+//!   the `tty-index` line the kernel puts in `/proc/PID/fdinfo/FD` of a ptmx fd;
+//! - [`relay`]: the emulator's loop between our terminal and a master, with raw
+//!   mode ([`RawMode`]), window-size propagation and an ssh-style escape;
+//! - [`keep_in_background`]: leaves a master with a small process that keeps the
+//!   session alive (and re-attachable) after we go;
+//! - [`plan_single_move`] with [`crate::inject::take_terminal`]: when the master
+//!   cannot be had, one process alone moves onto a new pty ([`open_pair`]).
+//!
+//! Pty indexes are per devpts instance: a container with its own `/dev/pts` has its
+//! own `pts/0`. Only holders in our devpts instance are looked for.
+
+mod keeper;
+mod lock;
+mod relay;
+mod single;
+mod termios;
+
+pub use keeper::{keep_in_background, KEEPER_COMM};
+pub use lock::AttachLock;
+pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
+pub use single::{copy_modes, plan_single_move, SingleMove};
+pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
+
+use crate::error::{Error, Result};
+use crate::{Pid, TargetFd};
+use std::fs;
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+
+/// The major number of Unix98 pty slaves (`UNIX98_PTY_SLAVE_MAJOR`); the minor is
+/// the index (up to 2^20, all under this one major).
+const PTS_MAJOR: u32 = 136;
+
+/// A pty slave, `/dev/pts/N`, by its index `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Pty(u32);
+
+impl Pty {
+    /// The pty with index `n` (`/dev/pts/n`).
+    pub fn new(n: u32) -> Self {
+        Self(n)
+    }
+
+    /// The index `N` of `/dev/pts/N`.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    /// The pty whose slave has device number `rdev` (as in `st_rdev` or
+    /// `tty_nr`), if it is a Unix98 pty slave.
+    pub fn from_rdev(rdev: u64) -> Option<Self> {
+        let major = rustix::fs::major(rdev);
+        let minor = rustix::fs::minor(rdev);
+        (major == PTS_MAJOR).then_some(Self(minor))
+    }
+
+    /// The pty `fd` is a slave of (`fstat`), if it is one.
+    pub fn of_fd(fd: impl AsFd) -> Option<Self> {
+        let st = rustix::fs::fstat(fd).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFCHR)
+            .then(|| Self::from_rdev(st.st_rdev))
+            .flatten()
+    }
+}
+
+impl std::fmt::Display for Pty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/dev/pts/{}", self.0)
+    }
+}
+
+/// The pty `pid` runs on: its controlling terminal (`tty_nr` in `/proc/PID/stat`)
+/// if that is a pty, otherwise the pty its fd 0, 1 or 2 is open on (a process that
+/// left its session with `setsid` but kept the fds). `None`: not on a pty.
+pub fn terminal_of(pid: Pid) -> Result<Option<Pty>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| proc_read_error(pid, "read /proc/PID/stat", e))?;
+    // Fields after the command name's closing parenthesis: state ppid pgrp session
+    // tty_nr ...; tty_nr is the 5th.
+    let tty_nr = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
+        .and_then(|f| f.parse::<i64>().ok())
+        .unwrap_or(0);
+    if let Some(pty) = decode_tty_nr(tty_nr) {
+        return Ok(Some(pty));
+    }
+    for fd in 0..3 {
+        if let Ok(meta) = fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            if meta.file_type().is_char_device() {
+                if let Some(pty) = Pty::from_rdev(meta.rdev()) {
+                    return Ok(Some(pty));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `tty_nr` packs the device number as the kernel's old `new_encode_dev`: minor
+/// bits 0-7 and 20-31, major bits 8-19.
+fn decode_tty_nr(tty_nr: i64) -> Option<Pty> {
+    let v = tty_nr as u64 & 0xffff_ffff;
+    let major = (v >> 8) & 0xfff;
+    let minor = (v & 0xff) | ((v >> 12) & 0xfff00);
+    if v == 0 {
+        return None;
+    }
+    Pty::from_rdev(rustix::fs::makedev(major as u32, minor as u32))
+}
+
+/// A process that has a pty's master open, at one or more fds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MasterHolder {
+    pub pid: Pid,
+    /// Its fds open on the master, lowest first.
+    pub fds: Vec<TargetFd>,
+    /// Its fds open on the slave, when the slave is not its own terminal (emulators
+    /// such as `script` keep one so the pty never reads as hung up). While any is
+    /// open the session cannot end, so taking the session over takes these too.
+    pub slave_fds: Vec<TargetFd>,
+    /// Its command name (`/proc/PID/comm`), e.g. `sshd`, `tmux: server`.
+    pub comm: String,
+}
+
+impl MasterHolder {
+    /// Whether this is a session left behind by [`keep_in_background`].
+    pub fn is_keeper(&self) -> bool {
+        self.comm == KEEPER_COMM
+    }
+}
+
+/// What [`master_holders`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Holders {
+    pub holders: Vec<MasterHolder>,
+    /// Processes whose fds we were not allowed to look at (`EACCES`): one of them
+    /// may hold the master.
+    pub unreadable: Vec<Pid>,
+}
+
+/// Every process that has the master of `pty` open, found by scanning `/proc/*/fd`
+/// for links to `/dev/ptmx` (or a devpts instance's `ptmx`) whose
+/// `/proc/PID/fdinfo/FD` says `tty-index: N`. Only thread-group leaders are
+/// scanned (threads share the fd table in all but exotic `clone` uses).
+pub fn master_holders(pty: Pty) -> Result<Holders> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let mut out = Holders::default();
+    let dir = fs::read_dir("/proc").map_err(|e| Error::Io {
+        op: "read /proc",
+        pid: me,
+        fd: None,
+        source: e,
+    })?;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<Pid>().ok())
+        else {
+            continue;
+        };
+        let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                out.unreadable.push(pid);
+                continue;
+            }
+            // Exited meanwhile, or a kernel thread.
+            Err(_) => continue,
+        };
+        let mut found = Vec::new();
+        let mut slave_fds = Vec::new();
+        for fd in fds.flatten() {
+            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(t) = TargetFd::new(n) else {
+                continue;
+            };
+            if is_ptmx_path(&link) {
+                if tty_index(pid, n) == Some(pty.index()) {
+                    found.push(t);
+                }
+            } else if link.starts_with("/dev/pts/") && is_slave_of(&fd.path(), pty) {
+                slave_fds.push(t);
+            }
+        }
+        if !found.is_empty() {
+            found.sort_unstable();
+            slave_fds.sort_unstable();
+            if terminal_of(pid).ok().flatten() == Some(pty) {
+                // It is on the session itself: its slave fds are its terminal.
+                slave_fds.clear();
+            }
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end().to_owned())
+                .unwrap_or_default();
+            out.holders.push(MasterHolder {
+                pid,
+                fds: found,
+                slave_fds,
+                comm,
+            });
+        }
+    }
+    out.holders.sort_by_key(|h| h.pid);
+    tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
+    Ok(out)
+}
+
+fn is_slave_of(fd_link: &std::path::Path, pty: Pty) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fs::metadata(fd_link)
+        .is_ok_and(|m| m.file_type().is_char_device() && Pty::from_rdev(m.rdev()) == Some(pty))
+}
+
+fn is_ptmx_path(link: &std::path::Path) -> bool {
+    link.file_name().is_some_and(|n| n == "ptmx")
+}
+
+/// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
+fn tty_index(pid: Pid, fd: i32) -> Option<u32> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("tty-index:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn proc_read_error(pid: Pid, op: &'static str, e: std::io::Error) -> Error {
+    match e.kind() {
+        ErrorKind::NotFound => Error::NoSuchProcess { pid },
+        _ => Error::Io {
+            op,
+            pid,
+            fd: None,
+            source: e,
+        },
+    }
+}
+
+/// A new pty: `(master, slave)`, both close-on-exec, the slave opened without
+/// becoming our controlling terminal (`/dev/ptmx`, `TIOCSPTLCK` to unlock, then
+/// `TIOCGPTPEER` for the slave, Linux 4.13, so no path lookup can pick another
+/// devpts instance's `pts/N`).
+pub fn open_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let master = rustix::fs::open(
+        "/dev/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| termios::own_errno("open /dev/ptmx", e))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points at a local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(termios::own_error(
+            "ioctl(TIOCSPTLCK)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags by value and returns a new fd.
+    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if slave < 0 {
+        return Err(termios::own_error(
+            "ioctl(TIOCGPTPEER)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    Ok((master, slave))
+}
+
+/// The index of the pty whose master is `master` (`TIOCGPTN`).
+pub fn master_index(master: impl AsFd) -> Option<Pty> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int through the pointer, which points at
+    // a live local; on a non-master fd the kernel fails with ENOTTY and writes nothing.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master.as_fd()),
+            libc::TIOCGPTN,
+            &mut n,
+        )
+    };
+    (r == 0).then_some(Pty(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_pts_device_numbers() {
+        // pts/0: 136:0 -> tty_nr 0x8800.
+        assert_eq!(decode_tty_nr(0x8800), Some(Pty(0)));
+        assert_eq!(decode_tty_nr((136 << 8) | 44), Some(Pty(44)));
+        // /dev/tty1 (4:1) and no tty at all.
+        assert_eq!(decode_tty_nr((4 << 8) | 1), None);
+        assert_eq!(decode_tty_nr(0), None);
+        // A minor above 255 spills into bits 20-31: 136:0x1234 is pts 4660.
+        assert_eq!(
+            decode_tty_nr((136 << 8) | 0x34 | (0x12 << 20)),
+            Some(Pty(0x1234))
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! The supervisor's descriptor budget and its cache of thread pidfds.
+//!
+//! Every descriptor the supervisor holds comes out of one table, sized by
+//! `RLIMIT_NOFILE`. The only per-caller descriptors it keeps are thread pidfds
+//! (one per thread that made an allowed bind, to skip `pidfd_open` on the next
+//! one), so those live in one cache with a fixed share of the table. Within it,
+//! each owner (a container, for the agent) gets an equal share and is evicted
+//! least-recently-used first: a container with a thousand binding threads
+//! recycles its own entries and never pushes out another's.
+
+use crate::pidfd::PidFd;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Fewest entries an owner may keep however many owners share the cache.
+const MIN_SHARE: usize = 4;
+/// Largest cache, whatever the limit: pruning polls every entry once a second.
+const MAX_CAPACITY: usize = 16_384;
+
+/// How the process's descriptor table is divided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdBudget {
+    /// `RLIMIT_NOFILE`'s soft limit after raising it.
+    pub limit: u64,
+}
+
+impl FdBudget {
+    /// Raises the soft `RLIMIT_NOFILE` to the hard one (a long-lived supervisor
+    /// should not run out below what the administrator allows) and returns the
+    /// resulting budget. A failure to raise keeps the current soft limit.
+    pub fn raise_nofile() -> FdBudget {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let cur = getrlimit(Resource::Nofile);
+        if cur.maximum != cur.current {
+            let want = Rlimit {
+                current: cur.maximum,
+                maximum: cur.maximum,
+            };
+            match setrlimit(Resource::Nofile, want) {
+                Ok(()) => {
+                    tracing::debug!(limit = ?cur.maximum, "raised RLIMIT_NOFILE to its hard limit")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE; keeping the soft limit")
+                }
+            }
+        }
+        FdBudget::current()
+    }
+
+    /// The budget under the current soft limit, changing nothing.
+    pub fn current() -> FdBudget {
+        let cur = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        FdBudget {
+            limit: cur.current.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Cached thread pidfds: a quarter of the table.
+    pub fn pidfd_capacity(&self) -> usize {
+        usize::try_from(self.limit / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(MIN_SHARE, MAX_CAPACITY)
+    }
+
+    /// Runtime connections being read at once: an eighth of the table, at most 512.
+    pub fn pending_connections(&self) -> usize {
+        usize::try_from(self.limit / 8)
+            .unwrap_or(usize::MAX)
+            .clamp(8, 512)
+    }
+}
+
+struct Slot {
+    pidfd: Arc<PidFd>,
+    owner: u64,
+    stamp: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_tid: HashMap<i32, Slot>,
+    /// Per owner: its entries by last use, oldest first.
+    lru: HashMap<u64, BTreeMap<u64, i32>>,
+    owners: usize,
+    clock: u64,
+}
+
+impl Inner {
+    fn share(&self, capacity: usize) -> usize {
+        (capacity / self.owners.max(1)).max(MIN_SHARE)
+    }
+
+    fn remove(&mut self, tid: i32) -> Option<Slot> {
+        let slot = self.by_tid.remove(&tid)?;
+        if let Some(l) = self.lru.get_mut(&slot.owner) {
+            l.remove(&slot.stamp);
+        }
+        Some(slot)
+    }
+
+    fn evict_oldest_of(&mut self, owner: u64) -> bool {
+        let oldest = self
+            .lru
+            .get_mut(&owner)
+            .and_then(|l| l.pop_first())
+            .map(|(_, tid)| tid);
+        match oldest {
+            Some(tid) => {
+                self.by_tid.remove(&tid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evicts from whichever owner holds the most.
+    fn evict_from_largest(&mut self) -> bool {
+        let largest = self
+            .lru
+            .iter()
+            .max_by_key(|(_, l)| l.len())
+            .map(|(o, _)| *o);
+        largest.is_some_and(|o| self.evict_oldest_of(o))
+    }
+}
+
+/// Thread pidfds by tid, shared by every listener of a process.
+pub struct ThreadPidfds {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for ThreadPidfds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPidfds")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl ThreadPidfds {
+    /// A cache of at most `capacity` pidfds.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(MIN_SHARE),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves maps that are still consistent
+        // enough to evict from; a poisoned cache must not stop the supervisor.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `owner` among those sharing the cache (its share shrinks others').
+    pub fn add_owner(&self, owner: u64) {
+        let mut g = self.lock();
+        if g.lru.insert(owner, BTreeMap::new()).is_none() {
+            g.owners += 1;
+        }
+    }
+
+    /// Closes every pidfd `owner` cached and gives its share back.
+    pub fn remove_owner(&self, owner: u64) {
+        let mut g = self.lock();
+        if let Some(l) = g.lru.remove(&owner) {
+            g.owners = g.owners.saturating_sub(1);
+            for tid in l.into_values() {
+                g.by_tid.remove(&tid);
+            }
+        }
+    }
+
+    /// The cached pidfd of `tid`, now the most recently used.
+    pub fn get(&self, tid: i32) -> Option<Arc<PidFd>> {
+        let mut g = self.lock();
+        g.clock += 1;
+        let now = g.clock;
+        let slot = g.by_tid.get_mut(&tid)?;
+        let (owner, old) = (slot.owner, slot.stamp);
+        slot.stamp = now;
+        let pidfd = Arc::clone(&slot.pidfd);
+        if let Some(l) = g.lru.get_mut(&owner) {
+            l.remove(&old);
+            l.insert(now, tid);
+        }
+        Some(pidfd)
+    }
+
+    /// Caches `pidfd` for `tid` on behalf of `owner`, first evicting `owner`'s
+    /// least recently used entry if it is at its share, then the largest owner's
+    /// if the cache is full.
+    pub fn insert(&self, owner: u64, tid: i32, pidfd: PidFd) -> Arc<PidFd> {
+        let pidfd = Arc::new(pidfd);
+        let mut g = self.lock();
+        g.remove(tid);
+        if let std::collections::hash_map::Entry::Vacant(v) = g.lru.entry(owner) {
+            v.insert(BTreeMap::new());
+            g.owners += 1;
+        }
+        let share = g.share(self.capacity);
+        while g.lru.get(&owner).map_or(0, BTreeMap::len) >= share {
+            if !g.evict_oldest_of(owner) {
+                break;
+            }
+        }
+        while g.by_tid.len() >= self.capacity {
+            if !g.evict_from_largest() {
+                break;
+            }
+        }
+        g.clock += 1;
+        let stamp = g.clock;
+        g.by_tid.insert(
+            tid,
+            Slot {
+                pidfd: Arc::clone(&pidfd),
+                owner,
+                stamp,
+            },
+        );
+        if let Some(l) = g.lru.get_mut(&owner) {
+            l.insert(stamp, tid);
+        }
+        pidfd
+    }
+
+    /// Forgets `tid` (its pidfd named an earlier thread).
+    pub fn remove(&self, tid: i32) {
+        self.lock().remove(tid);
+    }
+
+    /// Closes up to half the cache, largest owners first: the answer to `EMFILE`.
+    pub fn shrink(&self) -> usize {
+        let mut g = self.lock();
+        let n = g.by_tid.len().div_ceil(2);
+        let mut done = 0;
+        while done < n && g.evict_from_largest() {
+            done += 1;
+        }
+        done
+    }
+
+    /// Closes the pidfds of threads that have exited (a thread pidfd polls readable
+    /// once its thread is gone). The poll runs outside the lock.
+    pub fn prune_exited(&self) {
+        use rustix::event::{PollFd, PollFlags};
+        let snapshot: Vec<(i32, Arc<PidFd>)> = {
+            let g = self.lock();
+            g.by_tid
+                .iter()
+                .map(|(t, s)| (*t, Arc::clone(&s.pidfd)))
+                .collect()
+        };
+        if snapshot.is_empty() {
+            return;
+        }
+        let mut fds: Vec<PollFd<'_>> = snapshot
+            .iter()
+            .map(|(_, p)| PollFd::new(p.as_ref(), PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).is_err() {
+            return;
+        }
+        let dead: Vec<(i32, &Arc<PidFd>)> = snapshot
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|((t, p), _)| (*t, p))
+            .collect();
+        let mut g = self.lock();
+        for (tid, p) in dead {
+            // Only if the entry is still the one polled, not a newer thread's.
+            if g.by_tid.get(&tid).is_some_and(|s| Arc::ptr_eq(&s.pidfd, p)) {
+                g.remove(tid);
+            }
+        }
+    }
+
+    /// Entries cached.
+    pub fn len(&self) -> usize {
+        self.lock().by_tid.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries cached for `owner`.
+    pub fn len_of(&self, owner: u64) -> usize {
+        self.lock().lru.get(&owner).map_or(0, BTreeMap::len)
+    }
+
+    /// The most entries any one owner may keep right now.
+    pub fn share(&self) -> usize {
+        self.lock().share(self.capacity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of our own process, parked until dropped, each with a real pidfd.
+    struct Threads {
+        tids: Vec<i32>,
+        stop: std::sync::mpsc::Sender<()>,
+        handles: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    fn threads(n: usize) -> Threads {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let stop_rx = Arc::new(Mutex::new(stop_rx));
+        let handles = (0..n)
+            .map(|_| {
+                let tx = tid_tx.clone();
+                let rx = Arc::clone(&stop_rx);
+                std::thread::spawn(move || {
+                    tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                        .expect("send tid");
+                    let _ = rx.lock().map(|r| r.recv());
+                })
+            })
+            .collect();
+        let tids = (0..n).map(|_| tid_rx.recv().expect("tid")).collect();
+        Threads {
+            tids,
+            stop,
+            handles,
+        }
+    }
+
+    impl Drop for Threads {
+        fn drop(&mut self) {
+            for _ in &self.handles {
+                let _ = self.stop.send(());
+            }
+            for h in self.handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn pidfd(tid: i32) -> PidFd {
+        PidFd::open_thread(tid)
+            .or_else(|_| PidFd::open(std::process::id() as i32))
+            .expect("pidfd")
+    }
+
+    #[test]
+    fn one_owner_cannot_push_out_another() {
+        let t = threads(24);
+        let cache = ThreadPidfds::new(16);
+        cache.add_owner(1);
+        cache.add_owner(2);
+        assert_eq!(cache.share(), 8);
+        for &tid in &t.tids[..4] {
+            cache.insert(2, tid, pidfd(tid));
+        }
+        // Owner 1 binds from 20 threads: it recycles its own 8 entries.
+        for &tid in &t.tids[4..] {
+            cache.insert(1, tid, pidfd(tid));
+        }
+        assert_eq!(cache.len_of(1), 8);
+        assert_eq!(cache.len_of(2), 4, "the neighbour's entries survived");
+        for &tid in &t.tids[..4] {
+            assert!(cache.get(tid).is_some(), "tid {tid} of owner 2 evicted");
+        }
+        // Owner 1 kept its most recent threads, not its first ones.
+        assert!(cache.get(t.tids[4]).is_none());
+        assert!(cache.get(*t.tids.last().expect("tid")).is_some());
+        cache.remove_owner(1);
+        assert_eq!(cache.len(), 4);
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_and_shrink_halves() {
+        let t = threads(6);
+        let cache = ThreadPidfds::new(4);
+        for &tid in &t.tids[..4] {
+            cache.insert(7, tid, pidfd(tid));
+        }
+        // Touch the oldest so that the second oldest is evicted next.
+        assert!(cache.get(t.tids[0]).is_some());
+        cache.insert(7, t.tids[4], pidfd(t.tids[4]));
+        assert!(cache.get(t.tids[0]).is_some());
+        assert!(cache.get(t.tids[1]).is_none());
+        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.shrink(), 2);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn exited_threads_are_pruned() {
+        let cache = ThreadPidfds::new(8);
+        let live = threads(1);
+        let dead = threads(1);
+        let dead_tid = dead.tids[0];
+        cache.insert(1, live.tids[0], pidfd(live.tids[0]));
+        cache.insert(1, dead_tid, pidfd(dead_tid));
+        drop(dead);
+        // The kernel reports the thread's exit on its pidfd once it is reaped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cache.len() > 1 && std::time::Instant::now() < deadline {
+            cache.prune_exited();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(live.tids[0]).is_some());
+    }
+
+    #[test]
+    fn budget_follows_the_limit() {
+        assert_eq!(FdBudget { limit: 1024 }.pidfd_capacity(), 256);
+        assert_eq!(FdBudget { limit: 1024 }.pending_connections(), 128);
+        assert_eq!(FdBudget { limit: 1 << 20 }.pidfd_capacity(), MAX_CAPACITY);
+        assert_eq!(FdBudget { limit: 1 << 20 }.pending_connections(), 512);
+        let raised = FdBudget::raise_nofile();
+        let r = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(r.current, r.maximum, "soft limit raised to the hard one");
+        assert_eq!(Some(raised.limit), r.current);
+    }
+}

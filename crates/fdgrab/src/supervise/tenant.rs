@@ -1,0 +1,327 @@
+//! One container's share of the agent: its seccomp listener, served by a thread
+//! of its own.
+//!
+//! The only step of a bind decision that can block on the container is reading
+//! its memory (`process_vm_readv` waits, uninterruptibly, on a page that a
+//! userfaultfd or FUSE server never fills). So each container is served by its
+//! own worker thread, which blocks in `poll` on the listener and answers with no
+//! hand-off, and nothing one container does can stall another's worker.
+//!
+//! A watchdog on the agent's thread bounds the stall for the container itself:
+//! once a request has been in a worker for [`READ_DEADLINE`], the watchdog
+//! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
+//! when its read returns, at the latest when the container dies) and starts a
+//! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
+//! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
+//! [`Claim`] decides whether the worker or the watchdog answers, never both.
+
+use super::audit::{AuditLabels, AuditSink};
+use super::bind::{audit_unread, BindHandler};
+use super::handler::{Answer, Claim, Context, Handler};
+use super::pidfd_cache::ThreadPidfds;
+use super::policy::PolicyCell;
+use super::port_threshold::UnprivilegedPorts;
+use crate::seccomp::{Listener, Response, SendError};
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long one request may take before its container gets `ETIMEDOUT`. A read
+/// of resident memory takes microseconds; this leaves room for a swapped-out page.
+pub const READ_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Workers of one container that may be blocked in a read at once.
+pub const MAX_BLOCKED_WORKERS: usize = 2;
+
+/// Workers do little besides syscalls; the netns reader runs in a thread of its own.
+const WORKER_STACK: usize = 256 * 1024;
+
+/// Everything the workers of all containers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub audit: Arc<AuditSink>,
+    pub ports: UnprivilegedPorts,
+    pub pidfds: Arc<ThreadPidfds>,
+    pub latency: LatencyStats,
+}
+
+/// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
+#[derive(Debug, Default)]
+pub struct LatencyStats {
+    buckets: [AtomicU64; 24],
+}
+
+impl LatencyStats {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().max(1);
+        let i = (127 - us.leading_zeros() as usize).min(23);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total decisions recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0..=1), in microseconds.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(2u64 << i);
+            }
+        }
+        None
+    }
+}
+
+/// What a worker tells the agent's thread.
+#[derive(Debug)]
+pub(crate) enum TenantEvent {
+    /// The filter has no users left.
+    Released(u64),
+}
+
+/// The request a worker is deciding.
+#[derive(Clone, Debug)]
+struct Job {
+    id: u64,
+    tid: i32,
+    since: Instant,
+    claim: Arc<Claim>,
+}
+
+/// Counters shown in the agent's status.
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    pub decisions: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+/// One container's listener and its workers' shared state.
+#[derive(Debug)]
+pub(crate) struct Tenant {
+    pub id: u64,
+    listener: Listener,
+    pub labels: AuditLabels,
+    pub policy: Arc<PolicyCell>,
+    job: Mutex<Option<Job>>,
+    /// Workers given up on that are still inside a read.
+    blocked: AtomicUsize,
+    /// Bumped whenever the current worker is replaced; a worker whose number is
+    /// stale exits.
+    generation: AtomicU64,
+    pub counters: TenantCounters,
+    shared: Arc<Shared>,
+    events: Mutex<Sender<TenantEvent>>,
+    waker: Arc<OwnedFd>,
+}
+
+impl Tenant {
+    pub fn new(
+        id: u64,
+        notify_fd: OwnedFd,
+        labels: AuditLabels,
+        policy: Arc<PolicyCell>,
+        shared: Arc<Shared>,
+        events: Sender<TenantEvent>,
+        waker: Arc<OwnedFd>,
+    ) -> Arc<Tenant> {
+        let listener = Listener::from_fd(notify_fd);
+        match listener.set_sync_wake_up() {
+            Ok(on) => tracing::debug!(sync_wake_up = on, "container listener added"),
+            Err(e) => {
+                tracing::debug!(error = %e, "SET_FLAGS(SYNC_WAKE_UP) failed; continuing without")
+            }
+        }
+        Arc::new(Tenant {
+            id,
+            listener,
+            labels,
+            policy,
+            job: Mutex::new(None),
+            blocked: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            counters: TenantCounters::default(),
+            shared,
+            events: Mutex::new(events),
+            waker,
+        })
+    }
+
+    /// Starts the worker for generation `generation`.
+    pub fn spawn_worker(self: &Arc<Self>, generation: u64) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("fdgrab-tenant-{}", self.id))
+            .stack_size(WORKER_STACK)
+            .spawn(move || me.work(generation))
+            .map(drop)
+    }
+
+    /// Workers blocked in a read that the watchdog gave up on.
+    pub fn blocked_workers(&self) -> usize {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    fn current_job(&self) -> Option<Job> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_job(&self, job: Option<Job>, only_if: Option<&Arc<Claim>>) {
+        let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        // A worker given up on must not clear its successor's job.
+        if let Some(mine) = only_if {
+            if !g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, mine)) {
+                return;
+            }
+        }
+        *g = job;
+    }
+
+    /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
+    /// replaces its worker. Returns whether it did.
+    pub fn expire_overdue(self: &Arc<Self>, now: Instant) -> bool {
+        let Some(job) = self.current_job() else {
+            return false;
+        };
+        if now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire() {
+            return false;
+        }
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
+        tracing::warn!(
+            container = self.labels.container_id.as_deref().unwrap_or(""),
+            tid = job.tid,
+            deadline = ?READ_DEADLINE,
+            "bind answered ETIMEDOUT: {reason}"
+        );
+        self.answer_unread(job.id, job.tid, reason);
+        if let Err(e) = self.spawn_worker(generation) {
+            tracing::error!(error = %e, container = self.labels.container_id.as_deref().unwrap_or(""),
+                "cannot start a replacement worker; this container's binds now wait");
+        }
+        true
+    }
+
+    fn answer_unread(&self, id: u64, tid: i32, reason: &str) {
+        audit_unread(
+            &self.shared.audit,
+            &self.labels,
+            tid,
+            Errno::TIMEDOUT,
+            reason,
+        );
+        match self.listener.respond(id, Response::Error(Errno::TIMEDOUT)) {
+            Ok(()) | Err(SendError::Gone) => {}
+            Err(e) => tracing::warn!(tid, error = %e, "answering a timed-out bind"),
+        }
+    }
+
+    fn release(&self) {
+        if let Ok(tx) = self.events.lock() {
+            let _ = tx.send(TenantEvent::Released(self.id));
+        }
+        let _ = rustix::io::write(&*self.waker, &1u64.to_ne_bytes());
+    }
+
+    fn work(self: Arc<Self>, generation: u64) {
+        let policy = Arc::clone(&self.policy);
+        let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
+        let bind_nr = handler.syscalls().to_vec();
+        loop {
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
+            match rustix::event::poll(&mut pfd, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+                    return self.release();
+                }
+            }
+            let revents = pfd[0].revents();
+            if !revents.contains(PollFlags::IN)
+                && revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+            {
+                return self.release();
+            }
+            let notif = match self.listener.recv() {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "SECCOMP_IOCTL_NOTIF_RECV failed; releasing the container");
+                    return self.release();
+                }
+            };
+            let started = Instant::now();
+            self.counters.decisions.fetch_add(1, Ordering::Relaxed);
+            if !bind_nr.contains(&libc::c_long::from(notif.data.nr)) {
+                let _ = self.listener.respond(notif.id, Response::Continue);
+                continue;
+            }
+            if self.blocked.load(Ordering::Acquire) >= MAX_BLOCKED_WORKERS {
+                self.answer_unread(
+                    notif.id,
+                    notif.tid,
+                    "earlier reads of this container's memory are still blocked",
+                );
+                continue;
+            }
+            let claim = Arc::new(Claim::default());
+            self.set_job(
+                Some(Job {
+                    id: notif.id,
+                    tid: notif.tid,
+                    since: started,
+                    claim: Arc::clone(&claim),
+                }),
+                None,
+            );
+            let answer = {
+                let mut cx = Context {
+                    listener: &self.listener,
+                    audit: &self.shared.audit,
+                    labels: &self.labels,
+                    ports: &self.shared.ports,
+                    claim: Some(&claim),
+                };
+                handler.handle(&mut cx, &notif)
+            };
+            self.set_job(None, Some(&claim));
+            if !claim.take() {
+                // The watchdog answered and started our successor.
+                self.blocked.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
+                return;
+            }
+            if let Answer::Respond(resp) = answer {
+                match self.listener.respond(notif.id, resp) {
+                    Ok(()) | Err(SendError::Gone) => {}
+                    Err(e) => {
+                        tracing::warn!(tid = notif.tid, error = %e, "answering a trapped call")
+                    }
+                }
+            }
+            self.shared.latency.record(started.elapsed());
+        }
+    }
+}
