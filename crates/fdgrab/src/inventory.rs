@@ -6,12 +6,12 @@
 //! cgroup-v1 net_cls/net_prio ids to ours, so sockets are resolved through
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
-mod inet_diag;
+pub(crate) mod inet_diag;
 mod names;
 mod query;
 mod sock_diag;
 mod sockets;
-mod unix_diag;
+pub(crate) mod unix_diag;
 
 pub use names::escape;
 pub use query::{query, ProcessFds, Query, QueryResult, Skipped};
