@@ -518,6 +518,45 @@ fn appending_a_notify_rule_to_the_default_is_silently_ignored() {
     );
 }
 
+/// Of two rules for one syscall with the same conditions, libseccomp keeps the
+/// first. A denial of bind placed after podman's ALLOW list never applied: the
+/// container (no capabilities, so `excludes` keeps the rule) was allowed to bind.
+/// The NOTIFY rule must take the ALLOW's place, ahead of the denial, so that the
+/// agent is asked as before the rewrite the kernel was.
+#[test]
+fn a_denial_shadowed_by_the_allow_stays_shadowed_by_notify() {
+    if !tool_usable("podman") || !Runtime::Crun.usable() {
+        return;
+    }
+    let Some(s) = Setup::new() else { return };
+    let Some(mut input) = podman_default() else {
+        return;
+    };
+    let rules = input["syscalls"].as_array_mut().expect("rules");
+    let allow = rules
+        .iter()
+        .position(|r| rule_names_bind(r) && allows(&r["action"]))
+        .expect("podman's default allows bind");
+    rules.insert(
+        allow + 1,
+        json!({"names": ["bind"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+               "excludes": {"caps": ["CAP_NET_BIND_SERVICE"]}}),
+    );
+    let input_path = s.dir.path().join("shadowed-deny.json");
+    std::fs::write(&input_path, input.to_string()).expect("write");
+    let podman = Podman::new(Runtime::Crun);
+    let ns = NetNs::new();
+    let mut spec = s.spec(&ns, SERVE);
+    spec.profile = agent_profile(
+        s.dir.path(),
+        "shadowed-deny-agent.json",
+        Some(&input_path),
+        &s.agent.socket,
+    );
+    let c = podman.run(&spec);
+    s.expect_served(&ns, &c, |_| true);
+}
+
 /// `--output` writes what stdout would get, through a rename (no temporary file
 /// left), and a directory that does not exist is an error naming the path.
 #[test]

@@ -11,7 +11,7 @@ pub mod tmux;
 
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
@@ -348,6 +348,37 @@ pub fn install_filter(rules: &[(i64, u32)]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`: [`install_filter_with`] then returns the
+/// listener fd.
+pub const SECCOMP_FLAG_NEW_LISTENER: u32 = 1 << 3;
+
+/// Installs a raw classic-BPF program with `seccomp(SECCOMP_SET_MODE_FILTER, flags)`
+/// after `PR_SET_NO_NEW_PRIVS`; returns what the call returned (a listener fd with
+/// [`SECCOMP_FLAG_NEW_LISTENER`], else 0). Test-only, like [`install_filter`].
+pub fn install_filter_with(prog: &[libc::sock_filter], flags: u32) -> std::io::Result<i32> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_long,
+            flags as libc::c_long,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
 /// A line of `/proc/PID/status`, e.g. `status_field(pid, "SigBlk")`.
 pub fn status_field(pid: i32, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -416,6 +447,76 @@ pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -
     None
 }
 
+/// What an injection must leave as it was: mappings, fd table, signal mask and
+/// pending signals (`SigBlk`, `SigPnd`, `ShdPnd`).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub pid: i32,
+    pub maps: String,
+    pub fds: Vec<String>,
+    pub signals: [String; 3],
+}
+
+impl Snapshot {
+    pub fn take(pid: i32) -> Snapshot {
+        Snapshot {
+            pid,
+            maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
+            fds: proc_fds(pid),
+            signals: ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status")),
+        }
+    }
+
+    /// The fd table with `line` ("N -> target") added, sorted like [`proc_fds`].
+    pub fn fds_with(&self, line: &str) -> Vec<String> {
+        let mut fds = self.fds.clone();
+        fds.push(line.into());
+        fds.sort();
+        fds
+    }
+
+    /// Panics unless nothing of a session is left ([`injection_leftovers`], with
+    /// `fds` as the expected table).
+    pub fn assert_no_leftovers(&self, fds: &[String], case: &str) {
+        if let Some(problem) = injection_leftovers(self.pid, &self.maps, fds) {
+            panic!("{case}: {problem}");
+        }
+    }
+
+    /// [`Snapshot::assert_no_leftovers`], the signal state unchanged, and the target
+    /// (a mode that echoes stdin as `{"data": ...}` lines) still answering.
+    pub fn assert_unharmed(&self, t: &mut Target, fds: &[String], case: &str) {
+        self.assert_no_leftovers(fds, case);
+        let now = Snapshot::take(self.pid);
+        assert_eq!(now.signals, self.signals, "{case}: signal state changed");
+        let stdin = t.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"ping\n").expect("write");
+        stdin.flush().expect("flush");
+        let line: Value =
+            serde_json::from_str(&t.next_line()).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(line["data"], "ping\n", "{case}: target does not answer");
+    }
+}
+
+/// Waits until thread `tid` of `pid` is blocked in syscall `nr` (the first field
+/// of `/proc/PID/task/TID/syscall`).
+pub fn wait_in_syscall(pid: i32, tid: i32, nr: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let s =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+        if s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            == Some(nr)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("thread {tid} of {pid} never blocked in syscall {nr}");
+}
+
 /// `/proc/PID/fd` as sorted "N -> target" strings.
 pub fn proc_fds(pid: i32) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -470,4 +571,22 @@ pub fn wait_gone(pid: u32) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// `name` inside a directory of this test process's own (`prefix-PID` under the
+/// temp dir), created on first use.
+pub fn test_path(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d.join(name)
+}
+
+/// Asserts that a command succeeded, showing its exit status and stderr if not.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,6 +14,10 @@ pub(crate) struct Status {
     pub gids: Option<[u32; 4]>,
     /// The process (thread) tracing this one; 0 when none.
     pub tracer_pid: Option<Pid>,
+    /// `Seccomp`: 0 none, 1 strict, 2 filter (per thread).
+    pub seccomp: Option<u8>,
+    /// `CapEff`: the effective capability set.
+    pub cap_eff: Option<u64>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
@@ -25,6 +29,11 @@ pub(crate) fn task_status(pid: Pid, tid: Pid) -> std::io::Result<Status> {
     parse_status(&fs::read_to_string(format!(
         "/proc/{pid}/task/{tid}/status"
     ))?)
+}
+
+/// `/proc/thread-self/status`: the calling thread's (our seccomp mode is per thread).
+pub(crate) fn own_thread_status() -> std::io::Result<Status> {
+    parse_status(&fs::read_to_string("/proc/thread-self/status")?)
 }
 
 fn parse_status(text: &str) -> std::io::Result<Status> {
@@ -40,6 +49,8 @@ fn parse_status(text: &str) -> std::io::Result<Status> {
             "Uid" => st.uids = parse4(value),
             "Gid" => st.gids = parse4(value),
             "TracerPid" => st.tracer_pid = value.parse().ok(),
+            "Seccomp" => st.seccomp = value.parse().ok(),
+            "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }
@@ -120,6 +131,24 @@ pub(crate) fn alive_since(pid: Pid, start: u64) -> bool {
         Some(_) => true,
         None => false,
     }
+}
+
+/// Whether fd `fd` of thread `tid` of `pid` is an io_uring instance (its
+/// `/proc/PID/task/TID/fd/N` link reads `anon_inode:[io_uring]`).
+pub(crate) fn is_io_uring(pid: Pid, tid: Pid, fd: i32) -> bool {
+    fs::read_link(format!("/proc/{pid}/task/{tid}/fd/{fd}"))
+        .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+}
+
+/// `/proc/PID/task/TID/maps`: a thread's view, which still works once the leader
+/// has exited (`/proc/PID/maps` is then empty).
+pub(crate) fn thread_maps(pid: Pid, tid: Pid) -> std::io::Result<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/maps"))
+}
+
+/// `/proc/PID/task/TID/auxv`: the auxiliary vector the process started with.
+pub(crate) fn thread_auxv(pid: Pid, tid: Pid) -> std::io::Result<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/task/{tid}/auxv"))
 }
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat` (include/linux/sched.h).

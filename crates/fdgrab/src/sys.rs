@@ -203,6 +203,19 @@ pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
+/// Whether any of `sigs` is pending for the calling thread (or its process).
+pub(crate) fn any_signal_pending(sigs: &[i32]) -> bool {
+    // SAFETY: an all-zero sigset_t is a valid value to be overwritten.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigpending writes one sigset into our local.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return false;
+    }
+    sigs.iter()
+        // SAFETY: sigismember reads the initialised set.
+        .any(|&sig| unsafe { libc::sigismember(&pending, sig) } == 1)
+}
+
 /// `signalfd(-1, sigs, SFD_CLOEXEC | SFD_NONBLOCK)`.
 pub(crate) fn signalfd(sigs: &[i32]) -> Result<std::os::fd::OwnedFd, Errno> {
     use std::os::fd::FromRawFd as _;

@@ -300,12 +300,14 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
             continue;
         }
         let all: Vec<_> = h.fds.iter().chain(&h.slave_fds).copied().collect();
-        close_in_target(holder, &all, CloseMode::DevNull).with_context(|| {
-            format!(
-                "cannot put /dev/null over the master of {tty} in process {} ({})",
-                h.pid, h.comm
-            )
-        })?;
+        close_in_target(holder, &all, CloseMode::DevNull, Default::default()).with_context(
+            || {
+                format!(
+                    "cannot put /dev/null over the master of {tty} in process {} ({})",
+                    h.pid, h.comm
+                )
+            },
+        )?;
         tracing::info!(holder = h.pid, fds = ?h.fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
     }
     Ok(master)

@@ -55,7 +55,9 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     let signals = forwarded_signals()?;
 
     let target = open_target(a.pid, a.backend.backend)?;
-    let how = fdgrab::GrabOptions::new().backend(a.backend.backend);
+    let how = fdgrab::GrabOptions::new()
+        .backend(a.backend.backend)
+        .seccomp(a.backend.force.seccomp());
     let taken = activation::take_sockets_with(&target, &a.selectors, &how)
         .with_context(|| format!("choosing sockets of process {}", a.pid))?;
     let names: Vec<String> = taken
@@ -178,7 +180,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     };
 
     if a.steal {
-        if let Err(e) = steal(&target, &target_fds, &mut child) {
+        if let Err(e) = steal(&target, &target_fds, &mut child, a.backend.force.seccomp()) {
             if let Some(s) = &supervisor {
                 s.handover().abort();
             }
@@ -220,10 +222,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             Some(s) => Some(s.detach()?),
             None => None,
         };
-        println!("{}", child.release());
+        crate::exit::print_line(child.release())?;
         if let Some(p) = sup_pid {
             say!("fdgrab: supervisor {p} stays with new server {new_pid}");
-            println!("{p}");
+            crate::exit::print_line(p)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -286,8 +288,9 @@ fn steal(
     target: &PidFd,
     fds: &[fdgrab::TargetFd],
     child: &mut activation::ActivatedChild,
+    seccomp: fdgrab::inject::SeccompPolicy,
 ) -> Result<()> {
-    match fdgrab::inject::close_in_target(target, fds, CloseMode::Close) {
+    match fdgrab::inject::close_in_target(target, fds, CloseMode::Close, seccomp) {
         Ok(()) => {
             let nums: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
             say!(

@@ -28,7 +28,7 @@ pub fn run(a: GetArgs) -> Result<ExitCode> {
         a.fds.clone()
     };
     let signals = forwarded_signals()?;
-    let (mut child, _) = grab_and_spawn(&target, &fds, a.backend.backend, &a.cmd)?;
+    let (mut child, _) = grab_and_spawn(&target, &fds, a.backend, &a.cmd)?;
     let status = child.wait_forwarding(&signals)?;
     Ok(passthrough(status))
 }

@@ -3,11 +3,11 @@
 
 use crate::cli::LsArgs;
 use crate::exit::UsageError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
-use fdgrab::Error;
+use fdgrab::{Error, TargetFd};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
 /// Bumped whenever a field changes meaning or disappears; new fields do not bump it.
@@ -26,9 +26,17 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
     let mut result = query(named, &q);
     // One named process without a requested fd: the user asked for something that
-    // is not there.
-    if let ([pid], [_, ..], [p]) = (a.pids.as_slice(), a.fds.as_slice(), &result.processes[..]) {
-        if let Some(missing) = a.fds.iter().find(|f| !p.fds.iter().any(|e| e.fd == **f)) {
+    // is not there. An fd that is there but another filter left out is not missing;
+    // nor is one when the process itself could not be read (reported below).
+    if let ([pid], [_, ..], []) = (a.pids.as_slice(), a.fds.as_slice(), &result.skipped[..]) {
+        let listed = |fd: TargetFd| {
+            result
+                .processes
+                .iter()
+                .any(|p| p.fds.iter().any(|e| e.fd == fd))
+        };
+        let held = |fd: TargetFd| std::fs::symlink_metadata(format!("/proc/{pid}/fd/{fd}")).is_ok();
+        if let Some(missing) = a.fds.iter().find(|&&f| !listed(f) && !held(f)) {
             return Err(Error::NoSuchFd {
                 pid: *pid,
                 fd: *missing,
@@ -45,37 +53,42 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {
-            writeln!(out, "{pid}").context("writing to stdout")?;
+            writeln!(out, "{pid}").map_err(crate::exit::stdout_error("writing to stdout"))?;
         }
     } else if a.json {
         let doc = Doc {
             schema_version: SCHEMA_VERSION,
             processes: &result.processes,
         };
-        serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
-        out.write_all(b"\n").context("writing JSON")?;
+        serde_json::to_writer(&mut out, &doc)
+            .map_err(|e| crate::exit::stdout_error("writing JSON")(e.into()))?;
+        out.write_all(b"\n")
+            .map_err(crate::exit::stdout_error("writing JSON"))?;
     } else {
         let with_process = a.pids.len() != 1;
-        write_table(&mut out, &result.processes, with_process).context("writing the table")?;
+        write_table(&mut out, &result.processes, with_process)
+            .map_err(crate::exit::stdout_error("writing the table"))?;
     }
-    out.flush().context("writing to stdout")?;
+    out.flush()
+        .map_err(crate::exit::stdout_error("writing to stdout"))?;
     status
 }
 
 fn build_query(a: &LsArgs) -> Result<Query> {
-    let file = match &a.path {
+    let (file, file_is_socket) = match &a.path {
         Some(p) => {
             let m = std::fs::metadata(p)
                 .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
-            Some((m.dev(), m.ino()))
+            (Some((m.dev(), m.ino())), m.file_type().is_socket())
         }
-        None => None,
+        None => (None, false),
     };
     let uid = a.user.as_deref().map(uid_of).transpose()?;
     Ok(Query {
         fds: a.fds.clone(),
         port: a.port,
         file,
+        file_is_socket,
         unlinked: a.deleted,
         kinds: a.kinds.clone(),
         listening: a.listen,
@@ -88,7 +101,12 @@ fn uid_of(user: &str) -> Result<u32> {
     if user.contains(':') {
         return Err(UsageError(format!("--user '{user}': a user, without a group")).into());
     }
-    Ok(fdgrab::passwd::User::lookup(user)?.uid)
+    // Only the uid matters here: a bare number that `run --user` would refuse for
+    // its group is still a uid to filter by.
+    match fdgrab::passwd::User::lookup(user) {
+        Ok(u) => Ok(u.uid),
+        Err(e) => user.parse().map_err(|_| e.into()),
+    }
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail
@@ -243,6 +261,17 @@ fn row(e: &FdEntry) -> [String; 7] {
         _ => e.inode.map(|i| i.to_string()).unwrap_or_default(),
     };
     let mut name = escape(&e.display_name_bytes());
+    // An abstract socket's leading NUL shows as `@`: a path's own leading `@` is
+    // escaped, so that the two never print the same.
+    let local = e.socket.as_ref().and_then(|s| s.local.as_ref());
+    let local_bytes = local.and_then(|l| {
+        l.path_bytes
+            .as_deref()
+            .or(l.path.as_deref().map(str::as_bytes))
+    });
+    if local_bytes.is_some_and(|b| b.first() == Some(&b'@')) {
+        name.replace_range(..1, "\\x40");
+    }
     if e.deleted && !name.ends_with("(deleted)") {
         name.push_str(" (deleted)");
     }

@@ -27,6 +27,22 @@
 //!   of the two are blocked *after* ppoll has put the normal mask back.
 //! - `deny-socket`: installs a seccomp filter that makes `socket()` fail with EPERM,
 //!   then echoes stdin lines.
+//! - `seccomp ACTION NAME,...`: like `blocked-read`, but once the report is out it
+//!   installs a seccomp filter that answers the named syscalls (`socket`, `mmap`,
+//!   `munmap`, `connect`, `sendmsg`, `recvmsg`, `dup3`, `close`, `fcntl`,
+//!   `rt_sigprocmask`, `mknod`) with ACTION (`kill-process`, `kill-thread`, `trap`,
+//!   `errno`, `notify` (with a listener nobody answers), `trace`, `log`), then echoes
+//!   stdin with raw reads and writes only.
+//! - `signal-read rt|usr2 restart|norestart`: a counting handler for SIGRTMIN (queued,
+//!   so none merge) or SIGUSR2, with or without `SA_RESTART`, signals unblocked;
+//!   then single raw `read(0)` calls, printing `{"n", "errno", "data", "count"}`.
+//! - `vfork-sleep MS`: after the report, `vfork`s a child that sleeps MS and exits,
+//!   so the main thread sits in uninterruptible sleep (state D) for that long; then
+//!   echoes stdin like `blocked-read`.
+//! - `lock-pi`: a helper thread holds a PI futex; the main thread blocks in
+//!   `FUTEX_LOCK_PI` on it (interrupted, the kernel answers `-ERESTARTNOINTR`), with
+//!   a counting SIGUSR1 handler without `SA_RESTART`. A line on stdin makes the helper
+//!   unlock; the main thread then prints `{"ret", "errno", "count"}`.
 //! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
 //!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
 
@@ -54,6 +70,12 @@ fn main() {
         "accept" => return blocked_accept(),
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
+        "seccomp" => return seccomp_filtered(&args[1..]),
+        "signal-read" => return signal_read(&args[1..]),
+        "vfork-sleep" => {
+            return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
+        }
+        "lock-pi" => return lock_pi(),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -575,7 +597,8 @@ fn inject_report(extra: Value) -> Value {
 }
 
 /// One raw `read(0)` per line printed: no retry loop, so an `EINTR` or a wrong count
-/// caused by the injection would show.
+/// caused by the injection would show. Each line also carries how many signals the
+/// `signal-read` handler has counted. Ends at EOF or an error other than EINTR.
 fn echo_reads() {
     let mut buf = [0u8; 4096];
     loop {
@@ -586,46 +609,36 @@ fn echo_reads() {
         } else {
             0
         };
-        let data = if n > 0 {
-            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
-        } else {
-            String::new()
-        };
-        emit(&json!({"n": n, "errno": errno, "data": data}));
-        if n <= 0 {
+        let data = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"n": n, "errno": errno, "data": data, "count": count}));
+        if n == 0 || (n < 0 && errno != libc::EINTR) {
             return;
         }
     }
 }
 
-fn blocked_read() {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the whole set.
-    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-    // SAFETY: initialised just above.
-    let mut set = unsafe { set.assume_init() };
-    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: an initialised set and a valid signal number.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
+/// Blocks SIGUSR1 and SIGUSR2 and leaves one of each pending: SIGUSR1 directed at
+/// this thread, SIGUSR2 at the process.
+fn leave_usr_signals_pending() {
+    let set = sigset_of(&[libc::SIGUSR1, libc::SIGUSR2]);
     // SAFETY: blocks two signals in this thread; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let (pid, tid) = (
-        std::process::id() as libc::c_long,
-        rustix::thread::gettid().as_raw_nonzero().get(),
-    );
-    // Blocked, so both stay pending: one thread-directed, one process-directed.
     // SAFETY: tgkill to our own thread, integers only.
     unsafe {
         libc::syscall(
             libc::SYS_tgkill,
-            pid,
-            tid as libc::c_long,
+            std::process::id() as libc::c_long,
+            rustix::thread::gettid().as_raw_nonzero().get() as libc::c_long,
             libc::SIGUSR1 as libc::c_long,
         )
     };
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
         .expect("kill");
+}
+
+fn blocked_read() {
+    leave_usr_signals_pending();
     emit(&inject_report(json!({})));
     echo_reads();
 }
@@ -719,6 +732,208 @@ fn trap_socket() {
         .expect("seccomp filter");
     emit(&inject_report(json!({"trapped": "socket"})));
     echo_reads();
+}
+
+fn seccomp_filtered(args: &[String]) {
+    let usage = || -> ! {
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,...");
+        std::process::exit(2);
+    };
+    let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
+        usage()
+    };
+    let action: u32 = match action.as_str() {
+        "kill-process" => 0x8000_0000,
+        "kill-thread" => 0,
+        "trap" => fdgrab_testkit::SECCOMP_RET_TRAP,
+        "errno" => 0x0005_0000 | libc::EPERM as u32,
+        "notify" => 0x7fc0_0000,
+        "trace" => 0x7ff0_0000,
+        "log" => 0x7ffc_0000,
+        _ => usage(),
+    };
+    let mut nrs = Vec::new();
+    for name in names.split(',') {
+        nrs.push(match name {
+            "socket" => libc::SYS_socket,
+            "mmap" => libc::SYS_mmap,
+            "munmap" => libc::SYS_munmap,
+            "connect" => libc::SYS_connect,
+            "sendmsg" => libc::SYS_sendmsg,
+            "recvmsg" => libc::SYS_recvmsg,
+            "dup3" => libc::SYS_dup3,
+            "close" => libc::SYS_close,
+            "fcntl" => libc::SYS_fcntl,
+            "rt_sigprocmask" => libc::SYS_rt_sigprocmask,
+            #[cfg(target_arch = "x86_64")]
+            "mknod" => libc::SYS_mknod,
+            // arm64 has only mknodat.
+            #[cfg(not(target_arch = "x86_64"))]
+            "mknod" => libc::SYS_mknodat,
+            _ => usage(),
+        });
+    }
+    leave_usr_signals_pending();
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
+    for &nr in &nrs {
+        prog.push(ins(0x15, 0, 1, nr as u32));
+        prog.push(ins(0x06, 0, 0, action));
+    }
+    prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+    let report = serde_json::to_string(&inject_report(json!({"action": args[0], "calls": names})))
+        .expect("json")
+        + "\n";
+    let flags = if args[0] == "notify" {
+        fdgrab_testkit::SECCOMP_FLAG_NEW_LISTENER
+    } else {
+        0
+    };
+    // The listener (if any) stays open and unanswered: a notified call would hang.
+    fdgrab_testkit::install_filter_with(&prog, flags).expect("seccomp filter");
+    // From here on: raw read and write only, so the filter never meets our own calls.
+    raw_write(report.as_bytes());
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            // SAFETY: ends the process; no destructors needed.
+            unsafe { libc::_exit(0) };
+        }
+        // Each line comes back as it was read: the test's echo check.
+        raw_write(b"{\"n\":");
+        raw_write(n.to_string().as_bytes());
+        raw_write(b",\"errno\":0,\"data\":");
+        let quoted =
+            serde_json::to_string(&String::from_utf8_lossy(&buf[..n as usize])).unwrap_or_default();
+        raw_write(quoted.as_bytes());
+        raw_write(b"}\n");
+    }
+}
+
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs [`count_signal`] for `sig`, with `SA_RESTART` if asked.
+fn install_counter(sig: i32, restart: bool) {
+    // SAFETY: a zeroed sigaction is valid; the fields used are set below.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = count_signal as *const () as libc::sighandler_t;
+    sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+    // SAFETY: installs a handler that only touches an atomic.
+    check(
+        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+        "sigaction",
+    );
+}
+
+fn signal_read(args: &[String]) {
+    let sig = match args.first().map(String::as_str) {
+        Some("rt") => libc::SIGRTMIN(),
+        Some("usr2") => libc::SIGUSR2,
+        _ => {
+            eprintln!("usage: fdgrab-target signal-read rt|usr2 restart|norestart");
+            std::process::exit(2);
+        }
+    };
+    install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
+    emit(&inject_report(json!({"signal": sig})));
+    echo_reads();
+}
+
+fn vfork_sleep(ms: u64) {
+    emit(&inject_report(json!({"ms": ms})));
+    let req = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
+    // vfork is the point: it is what leaves the parent in state D.
+    #[allow(deprecated)]
+    // SAFETY: the child only makes raw nanosleep and _exit calls on a timespec
+    // prepared before, so it touches nothing the suspended parent relies on.
+    let pid = unsafe { libc::vfork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(libc::SYS_nanosleep, &req as *const libc::timespec, 0usize);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    echo_reads();
+}
+
+static PI_LOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn lock_pi() {
+    install_counter(libc::SIGUSR1, false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        // Uncontended PI lock: the owner's tid in the word, no syscall.
+        PI_LOCK
+            .compare_exchange(
+                0,
+                tid,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .expect("free lock");
+        tx.send(()).expect("send");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        // SAFETY: unlocks the PI futex we own; the kernel hands it to the waiter.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                PI_LOCK.as_ptr(),
+                libc::FUTEX_UNLOCK_PI,
+                0,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        // Keep the process alive until stdin closes.
+        wait_for_eof();
+    });
+    rx.recv().expect("helper locked");
+    emit(&inject_report(json!({})));
+    // SAFETY: waits for the PI futex; the kernel reads and writes the word.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            PI_LOCK.as_ptr(),
+            libc::FUTEX_LOCK_PI,
+            0,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+    let errno = if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+    emit(&json!({"ret": r, "errno": errno, "count": count}));
+    loop {
+        std::thread::park();
+    }
+}
+
+fn raw_write(mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid buffer for its length.
+        let n = unsafe { libc::write(1, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
 }
 
 fn exec_enosys(args: &[String]) {
@@ -836,6 +1051,7 @@ fn blocked_epoll() {
     emit(&inject_report(json!({})));
     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
     // SAFETY: `out` has room for the 4 events asked for; no timeout.
+    #[cfg(target_arch = "x86_64")]
     let r = unsafe {
         libc::syscall(
             libc::SYS_epoll_wait,
@@ -843,6 +1059,20 @@ fn blocked_epoll() {
             out.as_mut_ptr(),
             4 as libc::c_long,
             -1 as libc::c_long,
+        )
+    };
+    // arm64 has no epoll_wait; epoll_pwait without a mask is the same call.
+    // SAFETY: as above; a null sigmask leaves the mask alone.
+    #[cfg(not(target_arch = "x86_64"))]
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait,
+            ep as libc::c_long,
+            out.as_mut_ptr(),
+            4 as libc::c_long,
+            -1 as libc::c_long,
+            std::ptr::null::<libc::sigset_t>(),
+            8 as libc::c_long,
         )
     };
     report_call(r);

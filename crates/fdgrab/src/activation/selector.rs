@@ -14,6 +14,7 @@ use std::str::FromStr;
 /// One descriptor of the target, as far as socket selection needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
+    /// The number in the target.
     pub fd: TargetFd,
     /// What `/proc/PID/fd/N` points at.
     pub link: String,
@@ -46,14 +47,18 @@ impl From<&FdEntry> for Candidate {
 /// An address, or any address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddrMatch {
+    /// `*`: any address, the wildcards `0.0.0.0` and `::` included.
     Any,
+    /// Exactly this address (an IPv4 one also as its IPv4-mapped IPv6 form).
     Exact(IpAddr),
 }
 
 /// A port, or any port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortMatch {
+    /// `*`: any port.
     Any,
+    /// Exactly this port.
     Exact(u16),
 }
 
@@ -61,12 +66,24 @@ pub enum PortMatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
     /// A listening TCP socket (IPv4 or IPv6).
-    Tcp { addr: AddrMatch, port: PortMatch },
+    Tcp {
+        /// The local address it listens on.
+        addr: AddrMatch,
+        /// The local port.
+        port: PortMatch,
+    },
     /// A bound, unconnected UDP socket.
-    Udp { addr: AddrMatch, port: PortMatch },
+    Udp {
+        /// The local address it is bound to.
+        addr: AddrMatch,
+        /// The local port.
+        port: PortMatch,
+    },
     /// A listening unix stream/seqpacket socket or a bound unix datagram socket.
-    /// `@name` is an abstract address.
-    Unix { path: String },
+    Unix {
+        /// The socket's path; `@name` is an abstract address.
+        path: String,
+    },
     /// The socket at this number in the target, which must be listening or bound.
     Fd(TargetFd),
     /// Every listening or bound socket of the target.

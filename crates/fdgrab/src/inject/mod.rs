@@ -19,17 +19,21 @@
 mod arch;
 pub(crate) mod ptrace;
 mod rendezvous;
+mod seccomp;
 mod session;
 mod tty;
 
+pub use seccomp::SeccompPolicy;
 pub use session::Session;
 pub use tty::{take_terminal, CttyChange};
+
+use seccomp::{k, Planned, UNKNOWN};
 
 use crate::error::{Error, Result};
 use crate::passfd::{self, SCM_MAX_FD};
 use crate::pidfd::PidFd;
-use crate::TargetFd;
-use rendezvous::Listener;
+use crate::{procfs, TargetFd};
+use rendezvous::{Listener, Mailbox};
 use session::remote_error;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -55,11 +59,12 @@ struct Channel {
     conn: OwnedFd,
 }
 
-/// `struct msghdr` for LP64 Linux, as the target's kernel reads it.
-fn msghdr(iov: u64, control: u64, controllen: u64) -> Vec<u8> {
+/// `struct msghdr` for LP64 Linux, as the target's kernel reads it; `name` is the
+/// address and length of a `msg_name` (0, 0 for none).
+fn msghdr(name: (u64, u64), iov: u64, control: u64, controllen: u64) -> Vec<u8> {
     let mut m = Vec::with_capacity(56);
-    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_name
-    m.extend_from_slice(&0u64.to_ne_bytes()); // msg_namelen + padding
+    m.extend_from_slice(&name.0.to_ne_bytes()); // msg_name
+    m.extend_from_slice(&name.1.to_ne_bytes()); // msg_namelen + padding
     m.extend_from_slice(&iov.to_ne_bytes());
     m.extend_from_slice(&1u64.to_ne_bytes()); // msg_iovlen
     m.extend_from_slice(&control.to_ne_bytes());
@@ -78,6 +83,51 @@ fn iovec(base: u64, len: u64) -> Vec<u8> {
 
 fn cmsg_space(nfds: usize) -> usize {
     (CMSG_HDR + 4 * nfds + 7) & !7
+}
+
+/// The calls [`open_channel`] makes, and the `close` of its socket at the end.
+fn channel_calls(plan: &mut Vec<Planned>) {
+    let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    plan.push(Planned::new(
+        libc::SYS_socket,
+        &[k(libc::AF_UNIX as u64), k(ty), k(0)],
+    ));
+    plan.push(Planned::new(
+        libc::SYS_connect,
+        &[UNKNOWN, UNKNOWN, UNKNOWN],
+    ));
+    plan.push(Planned::new(libc::SYS_close, &[UNKNOWN]));
+}
+
+/// The calls [`receive_from_us`] and then [`install`] at `at` make.
+fn receive_and_install_calls(plan: &mut Vec<Planned>, at: TargetFd) {
+    channel_calls(plan);
+    let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
+    plan.push(Planned::new(
+        libc::SYS_recvmsg,
+        &[UNKNOWN, UNKNOWN, k(flags)],
+    ));
+    install_calls(plan, UNKNOWN, at);
+}
+
+/// The calls [`install`] of `from` at `at` may make.
+fn install_calls(plan: &mut Vec<Planned>, from: Option<u64>, at: TargetFd) {
+    let at = at.as_raw() as u64;
+    plan.push(get_flags_call(at));
+    for cloexec in [0, libc::O_CLOEXEC as u64] {
+        plan.push(Planned::new(libc::SYS_dup3, &[from, k(at), k(cloexec)]));
+    }
+    for cloexec in [0, libc::FD_CLOEXEC as u64] {
+        plan.push(Planned::new(
+            libc::SYS_fcntl,
+            &[k(at), k(libc::F_SETFD as u64), k(cloexec)],
+        ));
+    }
+    plan.push(Planned::new(libc::SYS_close, &[from]));
+}
+
+fn get_flags_call(fd: u64) -> Planned {
+    Planned::new(libc::SYS_fcntl, &[k(fd), k(libc::F_GETFD as u64)])
 }
 
 /// Opens the channel: the target makes a unix stream socket and connects to ours.
@@ -109,6 +159,40 @@ fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
     Ok(Channel { remote: fd, conn })
 }
 
+/// The calls [`grab_fds`] makes: a datagram socket, `sendmsg`s to our mailbox, and
+/// the `close` of the socket at the end.
+fn mailbox_calls(plan: &mut Vec<Planned>) {
+    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    plan.push(Planned::new(
+        libc::SYS_socket,
+        &[k(libc::AF_UNIX as u64), k(ty), k(0)],
+    ));
+    let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+    plan.push(Planned::new(
+        libc::SYS_sendmsg,
+        &[UNKNOWN, UNKNOWN, k(flags)],
+    ));
+    plan.push(Planned::new(libc::SYS_close, &[UNKNOWN]));
+}
+
+/// Our mailbox, and the unconnected datagram socket the target sends to it from.
+fn open_mailbox(s: &mut Session<'_>) -> Result<(Mailbox, i32)> {
+    let pid = s.pid();
+    let mailbox = Mailbox::new(pid, s.tid())?;
+    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
+    if fd < 0 {
+        return Err(remote_error(
+            pid,
+            None,
+            "socket(AF_UNIX, SOCK_DGRAM) (injected)",
+            fd,
+        ));
+    }
+    s.track_remote_fd(fd as i32);
+    Ok((mailbox, fd as i32))
+}
+
 /// Which of `fds` the target does not have, using `fcntl(F_GETFD)` in the target.
 fn first_missing(s: &mut Session<'_>, fds: &[TargetFd]) -> Result<Option<TargetFd>> {
     for &fd in fds {
@@ -134,8 +218,14 @@ fn fd_flags(s: &mut Session<'_>, fd: TargetFd) -> Result<Option<i32>> {
     }
 }
 
-/// Makes the target send copies of `fds` over the channel, at most 253 per message.
-fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+/// Makes the target send copies of `fds` to our mailbox from its socket `remote`, at
+/// most 253 per message.
+fn send_to_us(
+    s: &mut Session<'_>,
+    mailbox: &Mailbox,
+    remote: i32,
+    fds: &[TargetFd],
+) -> Result<Vec<OwnedFd>> {
     let pid = s.pid();
     let mut out = Vec::with_capacity(fds.len());
     for chunk in fds.chunks(SCM_MAX_FD) {
@@ -148,6 +238,7 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
             ));
         }
         s.reset_scratch();
+        let name = s.push_bytes(mailbox.sockaddr())?;
         let byte = s.push_bytes(b"F")?;
         let iov = s.push_bytes(&iovec(byte, 1))?;
         let mut control = Vec::with_capacity(cmsg_space(chunk.len()));
@@ -159,12 +250,26 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
         }
         control.resize(cmsg_space(chunk.len()), 0);
         let ctl = s.push_bytes(&control)?;
-        let msg = s.push_bytes(&msghdr(iov, ctl, control.len() as u64))?;
+        let name = (name, mailbox.sockaddr().len() as u64);
+        let msg = s.push_bytes(&msghdr(name, iov, ctl, control.len() as u64))?;
         let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
-        let r = s.syscall(libc::SYS_sendmsg, &[ch.remote as u64, msg, flags])?;
+        let r = s.syscall(libc::SYS_sendmsg, &[remote as u64, msg, flags])?;
         if r == -(libc::EBADF as i64) {
             if let Some(fd) = first_missing(s, chunk)? {
                 return Err(Error::NoSuchFd { pid, fd });
+            }
+        }
+        if r == -(libc::EINVAL as i64) {
+            if let Some(fd) = chunk
+                .iter()
+                .copied()
+                .find(|&fd| procfs::is_io_uring(pid, s.tid(), fd.as_raw()))
+            {
+                return Err(Error::WrongKind {
+                    pid,
+                    fd,
+                    reason: "it is an io_uring instance, and the kernel refuses to pass io_uring fds with SCM_RIGHTS (sendmsg gave EINVAL), so it cannot be taken by ptrace injection".into(),
+                });
             }
         }
         if r < 0 {
@@ -175,9 +280,9 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                 r,
             ));
         }
-        let mut buf = [0u8; 1];
-        let got = passfd::recv_fds(&ch.conn, &mut buf, chunk.len()).map_err(|e| {
-            match e.raw_os_error() {
+        let got = mailbox
+            .take_from(pid, chunk.len())
+            .map_err(|e| match e.raw_os_error() {
                 Some(libc::EMFILE) | Some(libc::ENFILE) => {
                     Error::TooManyFiles { pid, fd: chunk[0] }
                 }
@@ -187,9 +292,8 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                     fd: None,
                     source: e,
                 },
-            }
-        })?;
-        if got.fds.len() != chunk.len() {
+            })?;
+        if got.len() != chunk.len() {
             return Err(Error::io(
                 "receiving fds from the target (fewer arrived than were sent; is fdgrab's fd limit too low?)",
                 pid,
@@ -197,7 +301,7 @@ fn send_to_us(s: &mut Session<'_>, ch: &Channel, fds: &[TargetFd]) -> Result<Vec
                 rustix::io::Errno::MFILE,
             ));
         }
-        out.extend(got.fds);
+        out.extend(got);
     }
     Ok(out)
 }
@@ -217,7 +321,7 @@ fn receive_from_us(s: &mut Session<'_>, ch: &Channel, ours: BorrowedFd<'_>) -> R
     let iov = s.push_bytes(&iovec(byte, 1))?;
     let space = cmsg_space(1);
     let ctl = s.push_bytes(&vec![0u8; space])?;
-    let msg = s.push_bytes(&msghdr(iov, ctl, space as u64))?;
+    let msg = s.push_bytes(&msghdr((0, 0), iov, ctl, space as u64))?;
     let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
     let r = s.syscall(libc::SYS_recvmsg, &[ch.remote as u64, msg, flags])?;
     if r < 0 {
@@ -296,20 +400,31 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 /// Takes copies of `fds` out of `target` with one injection session. The copies are
 /// close-on-exec. Callers normally go through [`crate::grab::GrabOptions`] with
 /// [`crate::Backend::Ptrace`], which also checks each copy's identity.
-pub fn grab_fds(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+///
+/// `policy` says what to do about the target's seccomp filters; the calls checked
+/// against them are `socket`, `sendmsg` and `close` besides the session's
+/// own (see [`Session`]).
+pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
     if fds.is_empty() {
         return Ok(Vec::new());
     }
-    with_session(target, |s| {
-        let ch = open_channel(s)?;
-        send_to_us(s, &ch, fds)
+    let mut plan = Vec::new();
+    mailbox_calls(&mut plan);
+    with_session(target, policy, &plan, |s| {
+        let (mailbox, remote) = open_mailbox(s)?;
+        send_to_us(s, &mailbox, remote, fds)
     })
 }
 
 /// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over
 /// them), all in one session. Every fd is checked to exist before any is touched, so
 /// a wrong number leaves the target unchanged ([`Error::NoSuchFd`]).
-pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Result<()> {
+pub fn close_in_target(
+    target: &PidFd,
+    fds: &[TargetFd],
+    how: CloseMode,
+    policy: SeccompPolicy,
+) -> Result<()> {
     let mut fds = fds.to_vec();
     fds.sort_unstable();
     fds.dedup();
@@ -332,7 +447,15 @@ pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Resu
         ),
         CloseMode::Close => None,
     };
-    with_session(target, |s| {
+    let mut plan = Vec::new();
+    for &fd in fds {
+        plan.push(get_flags_call(fd.as_raw() as u64));
+        match how {
+            CloseMode::Close => plan.push(Planned::new(libc::SYS_close, &[k(fd.as_raw() as u64)])),
+            CloseMode::DevNull => receive_and_install_calls(&mut plan, fd),
+        }
+    }
+    with_session(target, policy, &plan, |s| {
         if let Some(fd) = first_missing(s, fds)? {
             return Err(Error::NoSuchFd { pid: s.pid(), fd });
         }
@@ -361,8 +484,13 @@ pub fn close_in_target(target: &PidFd, fds: &[TargetFd], how: CloseMode) -> Resu
 /// Installs our `ours` into `target` at number `at`, atomically replacing whatever
 /// was open there (`dup3`), keeping that number's close-on-exec flag (a free number
 /// gets none). The target's copy shares our open file description.
-pub fn put(target: &PidFd, ours: BorrowedFd<'_>, at: TargetFd) -> Result<()> {
-    put_with(target, ours, at, || Ok(()))
+pub fn put(
+    target: &PidFd,
+    ours: BorrowedFd<'_>,
+    at: TargetFd,
+    policy: SeccompPolicy,
+) -> Result<()> {
+    put_with(target, ours, at, policy, || Ok(()))
 }
 
 /// [`put`] that runs `before_install` right before the `dup3` that changes the
@@ -372,9 +500,12 @@ pub fn put_with(
     target: &PidFd,
     ours: BorrowedFd<'_>,
     at: TargetFd,
+    policy: SeccompPolicy,
     before_install: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    with_session(target, |s| {
+    let mut plan = Vec::new();
+    receive_and_install_calls(&mut plan, at);
+    with_session(target, policy, &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, ours)?;
         before_install()?;
@@ -389,8 +520,13 @@ const SAVE_FLOORS: [u64; 4] = [1000, 500, 100, 10];
 /// Points the target's `fd` at our `file`, first keeping the old one alive at a high
 /// number (`fcntl(F_DUPFD_CLOEXEC)` in the target), which is returned. Undo with
 /// [`undo_redirect`].
-pub fn redirect(target: &PidFd, fd: TargetFd, file: BorrowedFd<'_>) -> Result<TargetFd> {
-    redirect_with(target, fd, file, || Ok(()))
+pub fn redirect(
+    target: &PidFd,
+    fd: TargetFd,
+    file: BorrowedFd<'_>,
+    policy: SeccompPolicy,
+) -> Result<TargetFd> {
+    redirect_with(target, fd, file, policy, || Ok(()))
 }
 
 /// [`redirect`] that runs `before_install` right before the `dup3` that points
@@ -399,9 +535,19 @@ pub fn redirect_with(
     target: &PidFd,
     fd: TargetFd,
     file: BorrowedFd<'_>,
+    policy: SeccompPolicy,
     before_install: impl FnOnce() -> Result<()>,
 ) -> Result<TargetFd> {
-    with_session(target, |s| {
+    let raw = fd.as_raw() as u64;
+    let mut plan = vec![get_flags_call(raw)];
+    for floor in SAVE_FLOORS {
+        plan.push(Planned::new(
+            libc::SYS_fcntl,
+            &[k(raw), k(libc::F_DUPFD_CLOEXEC as u64), k(floor)],
+        ));
+    }
+    receive_and_install_calls(&mut plan, fd);
+    with_session(target, policy, &plan, |s| {
         let pid = s.pid();
         if fd_flags(s, fd)?.is_none() {
             return Err(Error::NoSuchFd { pid, fd });
@@ -447,13 +593,20 @@ pub fn redirect_with(
 }
 
 /// Undoes [`redirect`]: `dup3(saved, fd)` in the target, then closes `saved`.
-pub fn undo_redirect(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<()> {
+pub fn undo_redirect(
+    target: &PidFd,
+    fd: TargetFd,
+    saved: TargetFd,
+    policy: SeccompPolicy,
+) -> Result<()> {
     if fd == saved {
         return Err(Error::InvalidArgument(format!(
             "fd {fd} and the saved fd are the same number"
         )));
     }
-    with_session(target, |s| {
+    let mut plan = vec![get_flags_call(saved.as_raw() as u64)];
+    install_calls(&mut plan, k(saved.as_raw() as u64), fd);
+    with_session(target, policy, &plan, |s| {
         if fd_flags(s, saved)?.is_none() {
             return Err(Error::NoSuchFd {
                 pid: s.pid(),
@@ -467,8 +620,13 @@ pub fn undo_redirect(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<()
 
 /// Runs `f` in a session and always restores the target; `f`'s error wins over a
 /// restore error, which is then only logged.
-fn with_session<T>(target: &PidFd, f: impl FnOnce(&mut Session<'_>) -> Result<T>) -> Result<T> {
-    let mut s = Session::attach(target)?;
+fn with_session<T>(
+    target: &PidFd,
+    policy: SeccompPolicy,
+    plan: &[Planned],
+    f: impl FnOnce(&mut Session<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut s = Session::attach_planned(target, policy, plan)?;
     let r = f(&mut s);
     let d = s.detach();
     match (r, d) {

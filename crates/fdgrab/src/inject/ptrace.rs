@@ -1,5 +1,4 @@
-//! The raw ptrace(2), waitpid(2) and signal-mask calls the
-//! injection session is built from. Nothing here knows about registers (that is
+//! The raw ptrace(2) and waitpid(2) calls the injection session is built from. Nothing here knows about registers (that is
 //! `arch`) or about sessions; every function returns the kernel's errno untouched.
 
 use crate::Pid;
@@ -18,8 +17,8 @@ fn errno() -> Errno {
 }
 
 fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
-    // SAFETY: every request sent through here (SEIZE, INTERRUPT, CONT, SYSCALL,
-    // DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
+    // SAFETY: every request sent through here (SEIZE, SETOPTIONS, INTERRUPT, CONT,
+    // SINGLESTEP, DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
     let r = unsafe {
         libc::ptrace(
             req,
@@ -40,6 +39,61 @@ pub(crate) fn seize(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
     request(libc::PTRACE_SEIZE, tid, 0, options as usize)
 }
 
+/// `PTRACE_SETOPTIONS`: replace the tracing options (e.g. add or drop
+/// `PTRACE_O_SUSPEND_SECCOMP`).
+pub(crate) fn set_options(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
+    request(libc::PTRACE_SETOPTIONS, tid, 0, options as usize)
+}
+
+/// `PTRACE_O_SUSPEND_SECCOMP` (4.3): the tracee's seccomp filters do not run while
+/// this option is set. Setting it needs `CAP_SYS_ADMIN`, `CONFIG_CHECKPOINT_RESTORE`
+/// and a tracer that is not itself under seccomp (`EPERM`/`EINVAL` otherwise).
+pub(crate) const O_SUSPEND_SECCOMP: libc::c_int = libc::PTRACE_O_SUSPEND_SECCOMP;
+
+/// `PTRACE_SECCOMP_GET_FILTER` (4.4).
+const SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// Filter number `index` (0 = the most recently installed) of a stopped tracee, as
+/// the classic BPF it was installed with. `ENOENT` past the oldest filter; `EACCES`
+/// without `CAP_SYS_ADMIN` or when we are under seccomp ourselves; `EMEDIUMTYPE`
+/// when the thread is not in filter mode.
+pub(crate) fn seccomp_filter(tid: Pid, index: usize) -> Result<Vec<libc::sock_filter>, Errno> {
+    // SAFETY: with a null `data` the kernel only returns the filter's length.
+    let n = unsafe {
+        libc::ptrace(
+            SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    let empty = libc::sock_filter {
+        code: 0,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let mut buf = vec![empty; n as usize];
+    // SAFETY: `buf` holds `n` sock_filters, which is what the kernel writes for this
+    // index; a filter cannot change once installed, so the length still holds.
+    let r = unsafe {
+        libc::ptrace(
+            SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
 /// `PTRACE_INTERRUPT`: make a seized tracee stop (`PTRACE_EVENT_STOP`) without a signal.
 pub(crate) fn interrupt(tid: Pid) -> Result<(), Errno> {
     request(libc::PTRACE_INTERRUPT, tid, 0, 0)
@@ -50,28 +104,56 @@ pub(crate) fn cont(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_CONT, tid, 0, sig as usize)
 }
 
-/// `PTRACE_SYSCALL`: resume until the next syscall entry or exit, delivering `sig`.
-pub(crate) fn resume_to_syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
-}
-
 /// `PTRACE_DETACH`, delivering `sig`.
 pub(crate) fn detach(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_DETACH, tid, 0, sig as usize)
 }
 
-/// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit.
+/// `PTRACE_SINGLESTEP`: run one instruction, delivering `sig`.
+pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
+}
+
+/// How long [`wait`] polls before it blocks, adapted to how fast stops arrive.
 ///
 /// A stop normally follows within microseconds. Blocking at once lets our CPU go
-/// idle, and waking an idle CPU costs far more than the stop itself (tens of µs on a
-/// VM), once per injected call and per stop. So poll briefly first, then block.
-pub(crate) fn wait(tid: Pid) -> Result<i32, Errno> {
-    for _ in 0..SPIN_POLLS {
+/// idle, and waking an idle CPU costs more than the stop itself (tens of µs on a
+/// VM), once per stop. Polling for too long, though, takes the CPU from the very
+/// thread we wait for when the machine is busy. So the budget follows the stops:
+/// a stop that came while polling sets it to a little over twice its latency; one
+/// that did not halves it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spin {
+    budget: std::time::Duration,
+}
+
+const SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(4);
+const SPIN_MAX: std::time::Duration = std::time::Duration::from_micros(60);
+
+impl Default for Spin {
+    fn default() -> Self {
+        Spin {
+            budget: std::time::Duration::from_micros(30),
+        }
+    }
+}
+
+/// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit, polling
+/// for at most `spin`'s budget first.
+pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
+    let start = std::time::Instant::now();
+    loop {
         if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            let took = start.elapsed();
+            spin.budget = (took * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
             return Ok(st);
+        }
+        if start.elapsed() >= spin.budget {
+            break;
         }
         std::hint::spin_loop();
     }
+    spin.budget = (spin.budget / 2).max(SPIN_MIN);
     loop {
         if let Some(st) = wait_flags(tid, 0)? {
             return Ok(st);
@@ -79,12 +161,38 @@ pub(crate) fn wait(tid: Pid) -> Result<i32, Errno> {
     }
 }
 
-/// How many non-blocking polls [`wait`] makes before it blocks (about 100–200 µs).
-const SPIN_POLLS: u32 = 200;
-
-/// `waitpid(tid, &status, __WALL | WNOHANG)`: `Ok(None)` when nothing is ready.
-pub(crate) fn try_wait(tid: Pid) -> Result<Option<i32>, Errno> {
-    wait_flags(tid, libc::WNOHANG)
+/// [`wait`] with a deadline, for a stop that may never come (a thread in
+/// uninterruptible sleep): after the spin, polls with sleeps that grow from 20 µs
+/// to 500 µs. Not `sched_yield`: on a busy machine that hands the CPU to every other
+/// runnable task, for milliseconds. `Ok(None)` at the deadline.
+pub(crate) fn wait_until(
+    tid: Pid,
+    spin: &mut Spin,
+    deadline: std::time::Instant,
+) -> Result<Option<i32>, Errno> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            spin.budget = (start.elapsed() * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
+            return Ok(Some(st));
+        }
+        if start.elapsed() >= spin.budget {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
+            return Ok(Some(st));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_micros(500));
+    }
 }
 
 fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
@@ -101,57 +209,4 @@ fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
         }
         return Ok((r != 0).then_some(status));
     }
-}
-
-/// Our own thread's signal mask, as saved by [`block_termination_signals`].
-#[derive(Clone, Copy)]
-pub(crate) struct OurMask(libc::sigset_t);
-
-impl std::fmt::Debug for OurMask {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OurMask")
-    }
-}
-
-/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread and returns the
-/// previous mask. A termination signal that arrives during a session then stays
-/// pending until [`restore_mask`], i.e. until the target has been put back.
-pub(crate) fn block_termination_signals() -> OurMask {
-    let mut set = empty_sigset();
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // SAFETY: `set` is an initialised sigset and `sig` a valid signal number.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
-    let mut old = empty_sigset();
-    // SAFETY: pthread_sigmask reads `set` and writes `old`, both valid locals.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    OurMask(old)
-}
-
-/// Whether one of the signals [`block_termination_signals`] holds back is pending.
-pub(crate) fn termination_pending() -> bool {
-    let mut pending = empty_sigset();
-    // SAFETY: sigpending writes one sigset into our initialised local.
-    if unsafe { libc::sigpending(&mut pending) } != 0 {
-        return false;
-    }
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
-        .into_iter()
-        // SAFETY: sigismember reads the initialised set.
-        .any(|sig| unsafe { libc::sigismember(&pending, sig) } == 1)
-}
-
-fn empty_sigset() -> libc::sigset_t {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the whole set it is given.
-    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-    // SAFETY: initialised just above.
-    unsafe { set.assume_init() }
-}
-
-/// Puts back a mask saved by [`block_termination_signals`]; a pending SIGINT or
-/// SIGTERM is delivered now.
-pub(crate) fn restore_mask(mask: OurMask) {
-    // SAFETY: `mask.0` is a sigset the kernel filled in; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
 }

@@ -1,12 +1,18 @@
-//! The unix socket through which descriptors cross between fdgrab and a target
+//! The unix sockets through which descriptors cross between fdgrab and a target
 //! during an injection session.
 //!
-//! fdgrab listens on a fresh abstract-namespace stream socket; the injected code in
-//! the target connects to it. Abstract names are per network namespace, so when the
-//! target lives in another namespace the listener is created *inside* that namespace,
-//! from a short-lived thread that `setns`es into it (only that thread moves). The
-//! accepted connection is checked with `SO_PEERCRED`: anyone in the namespace could
-//! connect to the name, only the target's connection is used.
+//! Towards us ([`Mailbox`]): fdgrab binds a fresh abstract-namespace datagram
+//! socket with `SO_PASSCRED`, and the target sends the fds to its name with one
+//! `sendmsg` from an unconnected datagram socket (no `connect`, so one injected call
+//! less). Each message carries the sender's credentials, and only the target's are
+//! taken: anyone in the namespace could send to the name.
+//!
+//! Towards the target ([`Listener`]): a stream listener the target connects to, the
+//! connection checked with `SO_PEERCRED`; we then send on it and the target receives.
+//!
+//! Abstract names are per network namespace, so when the target lives in another
+//! namespace the socket is created *inside* that namespace, from a short-lived thread
+//! that `setns`es into it (only that thread moves).
 
 use crate::error::{Error, Result};
 use crate::Pid;
@@ -29,42 +35,57 @@ pub(crate) struct Listener {
     sockaddr: Vec<u8>,
 }
 
+/// A socket of `ty` bound to a new abstract name in the network namespace of thread
+/// `tid` of `pid` (a thread's view, because a zombie leader has no namespaces), set up
+/// by `setup` before it is bound; and its `sockaddr_un` as the target must write it.
+fn bound_socket(
+    pid: Pid,
+    tid: Pid,
+    ty: SocketType,
+    setup: impl FnOnce(&OwnedFd) -> std::io::Result<()> + Send,
+) -> Result<(OwnedFd, Vec<u8>)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "fdgrab-rendezvous-{}-{}-{nanos:08x}",
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::Relaxed)
+    );
+    let make = || -> std::io::Result<OwnedFd> {
+        let fd = socket_with(
+            AddressFamily::UNIX,
+            ty,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        setup(&fd)?;
+        bind(&fd, &SocketAddrUnix::new_abstract_name(name.as_bytes())?)?;
+        Ok(fd)
+    };
+    let fd = in_netns_of(pid, tid, make).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+        _ => Error::Io {
+            op: "creating the rendezvous socket in the target's network namespace",
+            pid,
+            fd: None,
+            source: e,
+        },
+    })?;
+    let mut sockaddr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    sockaddr.push(0);
+    sockaddr.extend_from_slice(name.as_bytes());
+    Ok((fd, sockaddr))
+}
+
 impl Listener {
     /// Listens on a new abstract name in the network namespace of thread `tid` of
-    /// process `pid` (a thread's view, because a zombie leader has no namespaces).
+    /// process `pid`.
     pub(crate) fn new(pid: Pid, tid: Pid) -> Result<Listener> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "fdgrab-rendezvous-{}-{}-{nanos:08x}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        );
-        let make = || -> std::io::Result<OwnedFd> {
-            let fd = socket_with(
-                AddressFamily::UNIX,
-                SocketType::STREAM,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                None,
-            )?;
-            bind(&fd, &SocketAddrUnix::new_abstract_name(name.as_bytes())?)?;
-            listen(&fd, 8)?;
-            Ok(fd)
-        };
-        let fd = in_netns_of(pid, tid, make).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-            _ => Error::Io {
-                op: "creating the rendezvous socket in the target's network namespace",
-                pid,
-                fd: None,
-                source: e,
-            },
-        })?;
-        let mut sockaddr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-        sockaddr.push(0);
-        sockaddr.extend_from_slice(name.as_bytes());
+        let (fd, sockaddr) = bound_socket(pid, tid, SocketType::STREAM, |_| Ok(()))?;
+        listen(&fd, 8)
+            .map_err(|e| Error::io("listening on the rendezvous socket", pid, None, e))?;
         Ok(Listener { fd, sockaddr })
     }
 
@@ -108,6 +129,75 @@ impl Listener {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// A datagram socket the target sends descriptors to. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    fd: OwnedFd,
+    sockaddr: Vec<u8>,
+}
+
+impl Mailbox {
+    /// Binds a new abstract name, with `SO_PASSCRED`, in the network namespace of
+    /// thread `tid` of `pid`.
+    pub(crate) fn new(pid: Pid, tid: Pid) -> Result<Mailbox> {
+        let (fd, sockaddr) = bound_socket(pid, tid, SocketType::DGRAM, |fd| {
+            sockopt::set_socket_passcred(fd, true).map_err(Into::into)
+        })?;
+        Ok(Mailbox { fd, sockaddr })
+    }
+
+    /// The `sockaddr_un` the target sends to.
+    pub(crate) fn sockaddr(&self) -> &[u8] {
+        &self.sockaddr
+    }
+
+    /// Takes the target's queued message and the (close-on-exec) fds it carries, at
+    /// most `max_fds`. The target's `sendmsg` has returned, so the message is waiting;
+    /// messages from other processes are dropped with their fds. `MSG_CTRUNC` (fds
+    /// that did not fit, or that our fd limit refused) is `EMFILE`.
+    pub(crate) fn take_from(&self, pid: Pid, max_fds: usize) -> std::io::Result<Vec<OwnedFd>> {
+        use rustix::net::{
+            recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+        };
+        use std::mem::MaybeUninit;
+        let max_fds = max_fds.max(1);
+        let mut space =
+            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds), ScmCredentials(1))];
+        loop {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut byte = [0u8; 1];
+            let msg = match recvmsg(
+                &self.fd,
+                &mut [std::io::IoSliceMut::new(&mut byte)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(Errno::INTR) => continue,
+                r => r?,
+            };
+            let mut fds = Vec::new();
+            let mut sender = None;
+            for m in control.drain() {
+                match m {
+                    RecvAncillaryMessage::ScmRights(rights) => fds.extend(rights),
+                    RecvAncillaryMessage::ScmCredentials(cred) => {
+                        sender = Some(cred.pid.as_raw_nonzero().get())
+                    }
+                    _ => {}
+                }
+            }
+            if sender != Some(pid) {
+                tracing::warn!(pid, intruder = ?sender, "dropping a foreign message to the rendezvous socket");
+                continue;
+            }
+            if msg.flags.contains(ReturnFlags::CTRUNC) {
+                return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            return Ok(fds);
         }
     }
 }

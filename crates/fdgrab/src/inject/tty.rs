@@ -15,7 +15,7 @@
 //!
 //! Then the new slave is `dup3`ed over every fd that was on the old terminal.
 
-use super::{open_channel, receive_from_us, remote_error, with_session, Session};
+use super::{open_channel, receive_from_us, remote_error, with_session, SeccompPolicy, Session};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{Pid, TargetFd};
@@ -31,7 +31,10 @@ pub enum CttyChange {
     LeaderWithoutTty,
     /// It is not a session leader: `setpgid(0, join)` first when it leads its process
     /// group, then `setsid`, then `TIOCSCTTY`.
-    Member { join: Option<Pid> },
+    Member {
+        /// The process group to join first (`setpgid`), when it leads its own.
+        join: Option<Pid>,
+    },
 }
 
 /// Makes `slave` (one of our descriptors, a pty slave) the controlling terminal of
@@ -43,7 +46,22 @@ pub fn take_terminal(
     change: CttyChange,
     fds: &[TargetFd],
 ) -> Result<()> {
-    with_session(target, |s| {
+    // Checked against the target's seccomp filters before anything runs (the
+    // terminal calls too, as far as their arguments are known); the rest are checked
+    // one by one just before they run.
+    let mut plan = Vec::new();
+    for &fd in fds {
+        super::receive_and_install_calls(&mut plan, fd);
+    }
+    plan.push(super::seccomp::Planned::new(
+        libc::SYS_ioctl,
+        &[
+            super::seccomp::UNKNOWN,
+            super::seccomp::k(libc::TIOCSCTTY),
+            super::seccomp::k(0),
+        ],
+    ));
+    with_session(target, SeccompPolicy::default(), &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, slave)?;
         match change {

@@ -31,6 +31,10 @@ pub struct Query {
     pub port: Option<u16>,
     /// Descriptors open on this (device, inode), as `stat(2)` gives them.
     pub file: Option<(u64, u64)>,
+    /// `file` is a unix socket's name: then the descriptors wanted are the unix
+    /// sockets bound to it and the connections accepted on them (what lsof and
+    /// fuser list), whose own inodes are sockfs ones.
+    pub file_is_socket: bool,
     /// Descriptors on files with no name left (link count 0): deleted files and
     /// memfds, as `lsof +L1` lists them.
     pub unlinked: bool,
@@ -59,6 +63,7 @@ impl Query {
 /// The matching descriptors of one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessFds {
+    /// The process.
     pub pid: Pid,
     /// The command name (`/proc/PID/comm`, lossy UTF-8; see `command_bytes`).
     pub command: String,
@@ -67,21 +72,27 @@ pub struct ProcessFds {
     pub command_bytes: Option<Vec<u8>>,
     /// Identity and credentials; `None` if the process could not be asked.
     pub process: Option<ProcessInfo>,
+    /// Its descriptors that match the query, in ascending order.
     pub fds: Vec<FdEntry>,
 }
 
 /// A process that could not be listed, and why (it exited, or we may not read it).
 #[derive(Debug)]
 pub struct Skipped {
+    /// The process.
     pub pid: Pid,
+    /// Why it could not be listed (e.g. [`Error::NoSuchProcess`],
+    /// [`Error::PermissionDenied`]).
     pub error: Error,
 }
 
+/// What a query found: the processes listed and those that could not be.
 #[derive(Debug, Default)]
 pub struct QueryResult {
     /// By pid. Without a narrowing query, every readable process appears, even with
     /// no fds (a kernel thread); with one, only processes with a match.
     pub processes: Vec<ProcessFds>,
+    /// Processes that could not be read, by pid.
     pub skipped: Vec<Skipped>,
 }
 
@@ -91,14 +102,30 @@ pub struct QueryResult {
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     let pids: Vec<Pid> = match pids {
-        Some(p) => p.to_vec(),
+        Some(p) => {
+            // A pid named twice is one process: listed (or skipped) once. The
+            // order is kept, since the first skipped pid decides the exit status.
+            let mut seen = std::collections::HashSet::new();
+            p.iter().copied().filter(|&pid| seen.insert(pid)).collect()
+        }
         None => all_pids(),
     };
-    let found = (q.port.is_some() || q.listening).then(|| matching_sockets(&pids, q));
+    let mut found = (q.port.is_some() || q.listening).then(|| matching_sockets(&pids, q));
+    let socket_file = q.file.filter(|_| q.file_is_socket);
+    if let Some((dev, ino)) = socket_file {
+        let bound = bound_sockets(&pids, dev, ino);
+        found = Some(match found {
+            Some(f) => f
+                .into_iter()
+                .filter(|(i, _)| bound.contains_key(i))
+                .collect(),
+            None => bound,
+        });
+    }
     let select = Select {
         fds: &q.fds,
         sockets: found.as_ref(),
-        file: q.file,
+        file: q.file.filter(|_| !q.file_is_socket),
         unlinked: q.unlinked,
         kinds: &q.kinds,
     };
@@ -212,45 +239,90 @@ fn netns_of(proc_dir: &OwnedFd) -> Option<(u64, u64)> {
         .map(|st| (st.st_dev, st.st_ino))
 }
 
-fn open_proc(pid: Pid) -> Option<OwnedFd> {
+fn open_proc(dir: &str) -> Option<OwnedFd> {
     openat(
         rustix::fs::CWD,
-        format!("/proc/{pid}"),
+        dir,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .ok()
 }
 
-/// The sockets a port or listening query asks for, across the network namespaces
-/// of `pids`, by inode (socket inodes are unique across namespaces).
-fn matching_sockets(pids: &[Pid], q: &Query) -> HashMap<u64, SocketInfo> {
+/// `/proc/PID`, or for a process whose leader exited (a zombie leader has no
+/// namespaces left) `/proc/PID/task/TID` of a live thread, with the stat of its
+/// `ns/net`.
+fn netns_dir(pid: Pid) -> Option<(rustix::fs::Stat, String)> {
+    let base = format!("/proc/{pid}");
+    match rustix::fs::stat(format!("{base}/ns/net")) {
+        Ok(st) => return Some((st, base)),
+        // Only a leader that exited is worth a look at the threads; a process we
+        // may not read (EACCES) is skipped later anyway.
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(_) => return None,
+    }
+    crate::procfs::tasks(pid)
+        .ok()?
+        .into_iter()
+        .filter(|&tid| tid != pid)
+        .find_map(|tid| {
+            let base = format!("/proc/{pid}/task/{tid}");
+            let st = rustix::fs::stat(format!("{base}/ns/net")).ok()?;
+            Some((st, base))
+        })
+}
+
+/// Calls `each` with one process of every network namespace among `pids` and its
+/// `/proc/PID` directory.
+fn for_each_netns(pids: &[Pid], mut each: impl FnMut(Pid, &OwnedFd)) {
     let mut seen = std::collections::HashSet::new();
-    let mut found = HashMap::new();
     for &pid in pids {
         // One stat per process; the /proc directory is opened once per namespace.
-        let Ok(st) = rustix::fs::stat(format!("/proc/{pid}/ns/net")) else {
+        let Some((st, base)) = netns_dir(pid) else {
             continue; // not ours to read; the process is skipped later anyway
         };
         if !seen.insert((st.st_dev, st.st_ino)) {
             continue;
         }
-        let Some(proc_dir) = open_proc(pid) else {
-            continue;
-        };
-        let from_diag = sock_diag::socket_in(&proc_dir).and_then(|sock| diag_matches(&sock, q));
+        if let Some(proc_dir) = open_proc(&base) {
+            each(pid, &proc_dir);
+        }
+    }
+}
+
+/// The unix sockets bound to the socket file `(dev, ino)`, and those accepted on
+/// them, across the network namespaces of `pids`, by inode.
+fn bound_sockets(pids: &[Pid], dev: u64, ino: u64) -> HashMap<u64, SocketInfo> {
+    let mut found = HashMap::new();
+    for_each_netns(pids, |pid, proc_dir| {
+        match sock_diag::socket_in(proc_dir).and_then(|s| unix_diag::bound_to(&s, dev, ino)) {
+            Ok(socks) => found.extend(socks.into_iter().map(|s| (s.inode, s.info))),
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "unix_diag refused; no socket bound to the path found there")
+            }
+        }
+    });
+    found
+}
+
+/// The sockets a port or listening query asks for, across the network namespaces
+/// of `pids`, by inode (socket inodes are unique across namespaces).
+fn matching_sockets(pids: &[Pid], q: &Query) -> HashMap<u64, SocketInfo> {
+    let mut found = HashMap::new();
+    for_each_netns(pids, |pid, proc_dir| {
+        let from_diag = sock_diag::socket_in(proc_dir).and_then(|sock| diag_matches(&sock, q));
         let socks = match from_diag {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(pid, error = %e, "sock_diag refused; filtering the /proc tables");
-                match SocketTable::load(pid, &proc_dir) {
+                match SocketTable::load(pid, proc_dir) {
                     Ok(t) => t.into_map(),
-                    Err(_) => continue,
+                    Err(_) => return,
                 }
             }
         };
         found.extend(socks.into_iter().filter(|(_, s)| matches(s, q)));
-    }
+    });
     found
 }
 

@@ -7,24 +7,58 @@ use super::sockets::{unix_info, unix_type, Endpoint, SocketInfo};
 use std::os::fd::OwnedFd;
 
 const UDIAG_SHOW_NAME: u32 = 0x1;
+const UDIAG_SHOW_VFS: u32 = 0x2;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 
 pub(crate) struct UnixSock {
     pub inode: u64,
     pub info: SocketInfo,
+    /// The file a bound path socket created (`struct unix_diag_vfs`: its device as
+    /// the kernel encodes it inside, major << 20 | minor, and the low 32 bits of its
+    /// inode); only asked for by [`bound_to`].
+    vfs: Option<(u32, u32)>,
 }
 
 /// Dumps every unix socket of the namespace `sock` (a sock_diag socket) lives in.
 pub(crate) fn dump(sock: &OwnedFd) -> std::io::Result<Vec<UnixSock>> {
+    dump_showing(sock, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER)
+}
+
+fn dump_showing(sock: &OwnedFd, show: u32) -> std::io::Result<Vec<UnixSock>> {
     let mut out = Vec::new();
-    sock_diag::request(sock, &unix_request(0, NLM_F_DUMP), |payload| {
+    sock_diag::request(sock, &unix_request(0, NLM_F_DUMP, show), |payload| {
         if let Some(s) = parse_msg(payload) {
             out.push(s);
         }
     })?;
     Ok(out)
+}
+
+/// The unix sockets of `sock`'s namespace that are bound to the file `(dev, ino)`
+/// (as `stat(2)` gives them), and the connections accepted on them, which carry
+/// the same name but no file of their own: what lsof and fuser list for a socket
+/// path.
+pub(crate) fn bound_to(sock: &OwnedFd, dev: u64, ino: u64) -> std::io::Result<Vec<UnixSock>> {
+    let file = (
+        (rustix::fs::major(dev) << 20) | rustix::fs::minor(dev),
+        ino as u32,
+    );
+    let all = dump_showing(sock, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_VFS)?;
+    let names: Vec<Option<Endpoint>> = all
+        .iter()
+        .filter(|s| s.vfs == Some(file))
+        .map(|s| s.info.local.clone())
+        .collect();
+    Ok(all
+        .into_iter()
+        .filter(|s| match s.vfs {
+            Some(v) => v == file,
+            None => s.info.local.is_some() && names.contains(&s.info.local),
+        })
+        .collect())
 }
 
 /// The unix socket with inode `ino`, asked for alone (no dump); `None` if it is
@@ -34,7 +68,8 @@ pub(crate) fn lookup(sock: &OwnedFd, ino: u64) -> std::io::Result<Option<UnixSoc
         return Ok(None); // unix_diag inodes are 32-bit; such a socket cannot be asked for
     };
     let mut out = None;
-    match sock_diag::request(sock, &unix_request(ino32, 0), |p| out = parse_msg(p)) {
+    let req = unix_request(ino32, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER);
+    match sock_diag::request(sock, &req, |p| out = parse_msg(p)) {
         Ok(()) => Ok(out),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
@@ -42,14 +77,14 @@ pub(crate) fn lookup(sock: &OwnedFd, ino: u64) -> std::io::Result<Option<UnixSoc
 }
 
 /// `struct nlmsghdr` + `struct unix_diag_req` for `inode` (0 with a dump: any).
-fn unix_request(inode: u32, flags: u16) -> Vec<u8> {
+fn unix_request(inode: u32, flags: u16, show: u32) -> Vec<u8> {
     let mut req = request_header(40, flags);
     req.push(libc::AF_UNIX as u8);
     req.push(0);
     req.extend_from_slice(&0u16.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req.extend_from_slice(&inode.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    req.extend_from_slice(&show.to_ne_bytes());
     // An exact lookup needs the cookie or INET_DIAG_NOCOOKIE (all ones).
     req.extend_from_slice(&[0xff; 8]);
     req
@@ -71,9 +106,15 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     let inode = u64::from(u32::from_ne_bytes(p[4..8].try_into().ok()?));
     let mut path = None;
     let mut peer = None;
+    let mut vfs = None;
     for (aty, data) in attributes(&p[16..]) {
         match aty {
             UNIX_DIAG_NAME if !data.is_empty() => path = Some(Endpoint::unix_bytes(data)),
+            UNIX_DIAG_VFS if data.len() >= 8 => {
+                let ino = u32::from_ne_bytes(data[0..4].try_into().ok()?);
+                let dev = u32::from_ne_bytes(data[4..8].try_into().ok()?);
+                vfs = Some((dev, ino));
+            }
             UNIX_DIAG_PEER if data.len() >= 4 => {
                 let v = u32::from_ne_bytes(data[0..4].try_into().ok()?);
                 if v != 0 {
@@ -86,6 +127,7 @@ fn parse_msg(p: &[u8]) -> Option<UnixSock> {
     Some(UnixSock {
         inode,
         info: unix_info(ty, state, path, peer),
+        vfs,
     })
 }
 

@@ -125,6 +125,7 @@ fn decode_tty_nr(tty_nr: i64) -> Option<Pty> {
 /// A process that has a pty's master open, at one or more fds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MasterHolder {
+    /// The holding process.
     pub pid: Pid,
     /// Its fds open on the master, lowest first.
     pub fds: Vec<TargetFd>,
@@ -146,6 +147,7 @@ impl MasterHolder {
 /// What [`master_holders`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Holders {
+    /// The processes that hold the master, by pid.
     pub holders: Vec<MasterHolder>,
     /// Processes whose fds we were not allowed to look at (`EACCES`): one of them
     /// may hold the master.

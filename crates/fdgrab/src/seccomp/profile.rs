@@ -43,6 +43,22 @@ pub enum ProfileError {
         /// The profile's `defaultAction`.
         default_action: String,
     },
+    /// The default action allows `bind` and a rule denies it only under `args`
+    /// conditions. The NOTIFY rule for the default must be unconditional, and
+    /// libseccomp drops a syscall's `args` rules once it has an unconditional one, so
+    /// the result would let through what the input denied.
+    #[error(
+        "syscalls[{rule}] denies bind only under args conditions while defaultAction \
+         {default_action} allows it: libseccomp drops such a rule once bind has an \
+         unconditional SCMP_ACT_NOTIFY rule, so the result would allow what the profile \
+         denies; deny bind without args conditions, or use a defaultAction that denies bind"
+    )]
+    DenialUnderArgs {
+        /// The index of the denying rule in `syscalls`.
+        rule: usize,
+        /// The profile's `defaultAction`.
+        default_action: String,
+    },
 }
 
 /// What [`to_agent_profile`] produces.
@@ -152,12 +168,15 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
     };
 
     let mut notes = Vec::new();
-    // The condition sets under which the input lets bind through; an empty set
-    // (unconditional) makes the others redundant.
-    let mut notify_when: Vec<Map<String, Value>> = Vec::new();
+    // The condition sets under which the input lets bind through (an empty set,
+    // unconditional, makes the others redundant), each with the place its NOTIFY
+    // rule takes: that of the first rule allowing bind under them, or the end for
+    // the default action. Of two rules with the same conditions libseccomp keeps
+    // the first, so a denial that came after the allowing rule must stay behind.
+    let mut notify_when: Vec<(Map<String, Value>, Option<usize>)> = Vec::new();
     let default_allows = lets_bind_through(&default_action);
     if default_allows {
-        notify_when.push(Map::new());
+        notify_when.push((Map::new(), None));
         notes.push(format!(
             "defaultAction {default_action} lets bind through: added an explicit \
              SCMP_ACT_NOTIFY rule for bind, which takes precedence over the default"
@@ -166,6 +185,7 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
 
     let mut kept = Vec::with_capacity(rules.len() + 1);
     let mut other_notify = 0;
+    let mut denial_under_args = None;
     for (i, mut rule) in rules.into_iter().enumerate() {
         let Value::Object(obj) = &mut rule else {
             return Err(ProfileError::Shape(format!(
@@ -181,6 +201,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             }
         };
         if !names_bind(obj) || !lets_bind_through(&action) {
+            if names_bind(obj) && !is_empty(obj.get("args")) {
+                denial_under_args = denial_under_args.or(Some(i));
+            }
             if action == "SCMP_ACT_NOTIFY" {
                 other_notify += 1;
             }
@@ -190,8 +213,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
         let cond = conditions(obj);
         let shown = Value::Object(cond.clone());
         tracing::debug!(rule = i, %action, conditions = %shown, "taking bind out of a rule that lets it through");
-        if !notify_when.contains(&cond) {
-            notify_when.push(cond);
+        match notify_when.iter_mut().find(|(c, _)| *c == cond) {
+            Some((_, at)) => *at = at.or(Some(kept.len())),
+            None => notify_when.push((cond, Some(kept.len()))),
         }
         if obj.get("name").is_some_and(|s| s == BIND) {
             obj.remove("name");
@@ -211,10 +235,22 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
     if notify_when.is_empty() {
         return Err(ProfileError::BindNeverAllowed { default_action });
     }
+    // Only the default's NOTIFY rule is new as an unconditional rule: one from an
+    // allowing rule was already unconditional in the input.
+    if let (Some(rule), Some(_)) = (
+        denial_under_args,
+        notify_when
+            .iter()
+            .find(|(c, at)| c.is_empty() && at.is_none()),
+    ) {
+        return Err(ProfileError::DenialUnderArgs {
+            rule,
+            default_action,
+        });
+    }
     // An unconditional rule covers every conditional one.
-    if notify_when.iter().any(Map::is_empty) {
-        notify_when.retain(Map::is_empty);
-        notify_when.truncate(1);
+    if notify_when.iter().any(|(c, _)| c.is_empty()) {
+        notify_when.retain(|(c, _)| c.is_empty());
     } else {
         notes.push(format!(
             "the input allows bind only under conditions: {} SCMP_ACT_NOTIFY rule(s) for \
@@ -222,7 +258,9 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             notify_when.len()
         ));
     }
-    for cond in notify_when {
+    // Placed from the last place to the first, so that each index still holds.
+    notify_when.sort_by_key(|&(_, at)| at.unwrap_or(usize::MAX));
+    for (cond, at) in notify_when.into_iter().rev() {
         let mut rule = Map::new();
         rule.insert("names".into(), Value::Array(vec![BIND.into()]));
         rule.insert("action".into(), "SCMP_ACT_NOTIFY".into());
@@ -232,7 +270,7 @@ pub fn rewrite(mut value: Value, listener: &ProfileListener) -> Result<AgentProf
             "fdgrab: bind goes to the fdgrab agent, which performs the binds its policy allows"
                 .into(),
         );
-        kept.push(Value::Object(rule));
+        kept.insert(at.unwrap_or(kept.len()), Value::Object(rule));
     }
     if other_notify > 0 {
         notes.push(format!(
@@ -317,17 +355,44 @@ mod tests {
         let p = &out.profile;
         assert_eq!(p["x-unknown"], json!({"kept": true}));
         let rules = p["syscalls"].as_array().expect("rules");
-        // The old-style rule is gone, `listen` keeps its rule, the denial stays.
+        // The old-style rule is gone, `listen` keeps its rule, the denial stays,
+        // and the NOTIFY rules take the places of the rules they replace.
+        assert_eq!(rules[0]["includes"], caps);
+        assert_eq!(rules[1]["args"], args);
         assert_eq!(
-            rules[0],
+            rules[2],
             json!({"names": ["listen"], "action": "SCMP_ACT_LOG", "args": args, "x": 1})
         );
-        assert_eq!(rules[1]["action"], "SCMP_ACT_ERRNO");
-        let n = notify_rules(p);
-        assert_eq!(n.len(), 2, "{p}");
-        assert_eq!(n[0]["includes"], caps);
-        assert_eq!(n[1]["args"], args);
+        assert_eq!(rules[3]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(notify_rules(p).len(), 2, "{p}");
         assert_eq!(out.notes.len(), 1, "{:?}", out.notes);
+    }
+
+    /// libseccomp keeps the first of two rules with the same conditions: a denial
+    /// behind an ALLOW never applied, and must stay behind the NOTIFY rule; one
+    /// ahead of it still wins, and so does any rule ahead of the default.
+    #[test]
+    fn notify_takes_the_place_of_the_rule_it_replaces() {
+        let deny = json!({"names": ["bind"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1});
+        let read = json!({"names": ["read"], "action": "SCMP_ACT_ALLOW"});
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            read, {"names": ["bind", "listen"], "action": "SCMP_ACT_ALLOW"}, deny]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], read);
+        assert_eq!(rules[1]["action"], "SCMP_ACT_NOTIFY", "{rules}");
+        assert_eq!(rules[2]["names"], json!(["listen"]));
+        assert_eq!(rules[3], deny);
+
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            deny, {"names": ["bind"], "action": "SCMP_ACT_ALLOW"}]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], deny);
+        assert_eq!(rules[1]["action"], "SCMP_ACT_NOTIFY", "{rules}");
+
+        let out = agent(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [deny, read]}));
+        let rules = &out.profile["syscalls"];
+        assert_eq!(rules[0], deny);
+        assert_eq!(rules[2]["action"], "SCMP_ACT_NOTIFY", "{rules}");
     }
 
     #[test]

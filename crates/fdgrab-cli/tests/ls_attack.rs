@@ -1,0 +1,360 @@
+//! `fdgrab ls` against inputs its authors did not try: names that imitate the
+//! kernel's own decorations, and command lines that repeat themselves.
+
+use fdgrab_testkit::{output_timeout, Target, TIMEOUT};
+use serde_json::Value;
+use std::process::Command;
+
+/// Opens each path given (creating it) and reports fd and inode, then waits.
+const HOLDER: &str = r#"
+import json, os, sys
+fds = []
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    fds.append({"fd": fd, "ino": os.fstat(fd).st_ino})
+print(json.dumps({"fds": fds}), flush=True)
+sys.stdin.read()
+"#;
+
+fn holder(paths: &[&str]) -> Target {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(HOLDER).args(paths);
+    Target::spawn_cmd(cmd)
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fdgrab-lsa-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn ls_json(args: &[&str]) -> Value {
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args).arg("--json");
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ls {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+/// A live file whose name ends in " (deleted)" is not deleted: the kernel adds
+/// that suffix to unlinked files' links, but a name may carry it too. lsof +L1
+/// (link count 0) does not list it, its path keeps the suffix, and a file that
+/// really is deleted next to it is still found.
+#[test]
+fn a_live_file_named_like_a_deleted_one_is_not_deleted() {
+    let dir = temp_dir("suffix");
+    let live = dir.join("app.log (deleted)");
+    let gone = dir.join("gone.log");
+    let (l, g) = (live.to_str().expect("utf8"), gone.to_str().expect("utf8"));
+    let t = holder(&[l, g]);
+    std::fs::remove_file(&gone).expect("unlink");
+    let fd = |i: usize| t.report["fds"][i]["fd"].as_i64().expect("fd");
+    let pid = t.pid.to_string();
+
+    let doc = ls_json(&[&pid, "--fd", &fd(0).to_string()]);
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(e["deleted"], false, "{e}");
+    assert_eq!(e["nlink"], 1, "{e}");
+    assert_eq!(e["path"], l, "{e}");
+
+    let doc = ls_json(&[&pid, "--deleted"]);
+    let fds: Vec<i64> = doc["processes"][0]["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect();
+    assert_eq!(fds, [fd(1)], "only the unlinked file: {doc}");
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!((&e["deleted"], &e["path"]), (&Value::Bool(true), &g.into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pid named twice is listed once, in the table, in JSON and in --pids
+/// (as lsof -p does).
+#[test]
+fn a_pid_named_twice_is_listed_once() {
+    let dir = temp_dir("twice");
+    let f = dir.join("f");
+    let t = holder(&[f.to_str().expect("utf8")]);
+    let pid = t.pid.to_string();
+    let fd = t.report["fds"][0]["fd"].as_i64().expect("fd").to_string();
+    let doc = ls_json(&[&pid, &pid, "--fd", &fd]);
+    let pids: Vec<&Value> = doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| &p["pid"])
+        .collect();
+    assert_eq!(pids, [&Value::from(t.pid)], "{doc}");
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(["ls", &pid, &pid, "--fd", &fd]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "header and one row:\n{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--path` on a unix socket's name finds the socket bound to it and the
+/// connections accepted on it, as lsof and fuser do (the fds refer to sockfs
+/// inodes, never to the name's inode, so comparing stats alone finds nothing).
+/// The client's end is not bound to the name and is left out, as lsof does.
+#[test]
+fn path_of_a_unix_socket_finds_its_listener_and_accepted_connections() {
+    let dir = temp_dir("usock");
+    let sock = dir.join("app.sock");
+    let s = sock.to_str().expect("utf8");
+    let server = r#"
+import json, os, socket, sys
+l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen()
+print(json.dumps({"listen": l.fileno()}), flush=True)
+a, _ = l.accept()
+print(json.dumps({"accepted": a.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let client = r#"
+import json, os, socket, sys
+c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])
+print(json.dumps({"client": c.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let py = |script: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script).arg(s);
+        Target::spawn_cmd(cmd)
+    };
+    let mut srv = py(server);
+    let cli = py(client);
+    let accepted: Value = serde_json::from_str(&srv.next_line()).expect("accepted");
+    let doc = ls_json(&["--path", s]);
+    let mut found: Vec<(i64, i64)> = Vec::new();
+    for p in doc["processes"].as_array().expect("processes") {
+        for e in p["fds"].as_array().expect("fds") {
+            found.push((
+                p["pid"].as_i64().expect("pid"),
+                e["fd"].as_i64().expect("fd"),
+            ));
+            assert_eq!(e["socket"]["local"]["path"], s, "{e}");
+        }
+    }
+    found.sort_unstable();
+    let srv_pid = i64::from(srv.pid);
+    assert_eq!(
+        found,
+        [
+            (srv_pid, srv.report["listen"].as_i64().expect("fd")),
+            (srv_pid, accepted["accepted"].as_i64().expect("fd")),
+        ],
+        "{doc}"
+    );
+    // fuser agrees on the holders.
+    let out = output_timeout(Command::new("fuser").arg(s), TIMEOUT);
+    let fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(fuser, [srv_pid]);
+    drop(cli);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With one PID, `--fd N` for an fd the process does not have is exit 5 whether
+/// or not another requested fd exists; and an fd that exists but is filtered out
+/// by another filter is not "missing" (nothing printed, exit 0).
+#[test]
+fn a_missing_fd_is_an_error_alone_and_a_filtered_one_is_not() {
+    let dir = temp_dir("missing-fd");
+    let f = dir.join("f");
+    let t = holder(&[f.to_str().expect("utf8")]);
+    let pid = t.pid.to_string();
+    let fd = t.report["fds"][0]["fd"].as_i64().expect("fd").to_string();
+    let run = |args: &[&str]| {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.arg("ls").arg(&pid).args(args);
+        output_timeout(&mut cmd, TIMEOUT)
+    };
+    for missing in [
+        &["--fd", "777"][..],
+        &["--fd", "777", "--json"],
+        &["--fd", "777", "--pids"],
+    ] {
+        let out = run(missing);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{missing:?}: {err}");
+        assert!(err.contains("777") && err.contains(&pid), "{err}");
+    }
+    // The file is there but is not a socket: filtered, not missing.
+    let out = run(&["--fd", &fd, "--type", "socket"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let out = run(&["--fd", &format!("0,{fd}"), "--type", "file"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--deleted` is `lsof +L1`: files with no name left. A file whose opened name
+/// was removed but which keeps another hard link still has a name: its fd says
+/// `deleted` (the name it was opened by is gone) with link count 1, and
+/// `--deleted` leaves it out, as lsof +L1 does.
+#[test]
+fn deleted_leaves_out_a_file_that_keeps_another_link() {
+    let dir = temp_dir("hardlink");
+    let opened = dir.join("opened");
+    let other = dir.join("other");
+    let t = holder(&[opened.to_str().expect("utf8")]);
+    std::fs::hard_link(&opened, &other).expect("link");
+    std::fs::remove_file(&opened).expect("unlink");
+    let pid = t.pid.to_string();
+    let doc = ls_json(&[&pid, "--fd", &t.report["fds"][0]["fd"].to_string()]);
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["deleted"], &e["nlink"]),
+        (&Value::Bool(true), &Value::from(1)),
+        "{e}"
+    );
+    let doc = ls_json(&[&pid, "--deleted"]);
+    assert_eq!(doc["processes"], Value::Array(Vec::new()), "{doc}");
+    let lsof = output_timeout(
+        Command::new("lsof").args(["-n", "-a", "+L1", "-p", &pid]),
+        TIMEOUT,
+    );
+    assert!(
+        !String::from_utf8_lossy(&lsof.stdout).contains("opened"),
+        "lsof +L1 lists it after all: {}",
+        String::from_utf8_lossy(&lsof.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A unix socket bound to the relative path `@name` is not the abstract socket
+/// `@name`: the table shows the abstract one's NUL as `@` (as ss and lsof do), so
+/// the path's own `@` is escaped, and JSON keeps the two apart by `path_bytes`.
+#[test]
+fn a_socket_path_starting_with_at_is_not_shown_as_abstract() {
+    let dir = temp_dir("at");
+    let name = format!("fdgrab-lsa-at-{}", std::process::id());
+    let script = r#"
+import json, os, socket, sys
+os.chdir(sys.argv[1])
+a = socket.socket(socket.AF_UNIX); a.bind(b"\0" + sys.argv[2].encode()); a.listen()
+p = socket.socket(socket.AF_UNIX); p.bind(b"@" + sys.argv[2].encode()); p.listen()
+print(json.dumps({"abstract": a.fileno(), "path": p.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(dir.to_str().expect("utf8"))
+        .arg(&name);
+    let t = Target::spawn_cmd(cmd);
+    let fd = |k: &str| t.report[k].as_i64().expect("fd").to_string();
+    let row = |fd: &str| {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.args(["ls", &t.pid.to_string(), "--fd", fd]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        assert!(out.status.success());
+        let table = String::from_utf8(out.stdout).expect("utf8");
+        table.lines().nth(1).expect("one row").to_string()
+    };
+    let (abstract_row, path_row) = (row(&fd("abstract")), row(&fd("path")));
+    assert!(
+        abstract_row.contains(&format!(" @{name} ")),
+        "{abstract_row}"
+    );
+    assert!(path_row.contains(&format!(" \\x40{name} ")), "{path_row}");
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", &fd("path")]);
+    let local = &doc["processes"][0]["fds"][0]["socket"]["local"];
+    assert_eq!(local["path"], format!("@{name}"));
+    assert!(local.get("path_bytes").is_none(), "{local}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same for a holder in a chroot: /proc/PID/fd/N reads relative to the
+/// reader's root, not the holder's, so the name is checked from ours as well.
+#[test]
+fn a_live_file_named_like_a_deleted_one_in_a_chroot_is_not_deleted() {
+    let dir = temp_dir("chroot");
+    std::fs::create_dir_all(dir.join("bin")).expect("bin");
+    // Debian's busybox is static: a chroot needs nothing else.
+    std::fs::copy("/usr/bin/busybox", dir.join("bin/busybox")).expect("busybox");
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&dir).args([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "exec 3<>'/app.log (deleted)'; echo '{}'; exec /bin/busybox cat",
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", "3"]);
+    let e = &doc["processes"][0]["fds"][0];
+    let full = dir.join("app.log (deleted)");
+    assert_eq!(e["deleted"], false, "{e}");
+    assert_eq!(e["path"], full.to_str().expect("utf8"), "{e}");
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process whose thread-group leader exited has no /proc/PID/ns/net (the
+/// leader is a zombie), yet its other threads still hold its sockets in their
+/// network namespace. `ls PID` already lists through a live thread; `--port` and
+/// `--listen` must find the listener the same way, here in a namespace of its own.
+#[test]
+fn port_and_listen_find_a_listener_whose_leader_exited() {
+    let script = r#"
+import ctypes, json, socket, threading, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+print(json.dumps({"port": l.getsockname()[1], "fd": l.fileno()}), flush=True)
+threading.Thread(target=lambda: time.sleep(120)).start()
+ctypes.CDLL(None).syscall(60, 0)  # exit(2): the leader thread alone
+"#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "python3", "-c", script]);
+    let t = Target::spawn_cmd(cmd);
+    fdgrab_testkit::wait_leader_zombie(t.pid);
+    let pid = t.pid.to_string();
+    let port = t.report["port"].to_string();
+    let fd = t.report["fd"].as_i64().expect("fd");
+    for args in [
+        vec![&pid[..], "--port", &port],
+        vec!["--port", &port],
+        vec![&pid[..], "--listen"],
+    ] {
+        let doc = ls_json(&args);
+        let found: Vec<(i64, i64)> = doc["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .flat_map(|p| {
+                let pid = p["pid"].as_i64().expect("pid");
+                p["fds"]
+                    .as_array()
+                    .expect("fds")
+                    .iter()
+                    .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
+            })
+            .collect();
+        let ours = (i64::from(t.pid), fd);
+        if args[0] == pid {
+            assert_eq!(found, [ours], "ls {args:?}: {doc}");
+        } else {
+            // System-wide, another namespace may use the same port number.
+            assert!(found.contains(&ours), "ls {args:?}: {doc}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Errors of a session: what a failed ptrace request, memory access or injected
+//! call means for the caller, named after the call.
+
+use super::{Session, State};
+use crate::error::Error;
+use crate::pidfd::PidFd;
+use crate::{procfs, Pid, TargetFd};
+use rustix::io::Errno;
+
+/// Why an injected syscall did not produce a result.
+#[derive(Debug)]
+pub(super) enum RunError {
+    /// A signal arrived before the thread's signals were blocked. It has not been
+    /// delivered yet; the caller decides what to do with it.
+    SignalFirst(i32),
+    Fatal(Error),
+}
+
+impl From<Error> for RunError {
+    fn from(e: Error) -> Self {
+        RunError::Fatal(e)
+    }
+}
+
+impl Session<'_> {
+    pub(super) fn died(&mut self) -> Error {
+        self.state = State::Gone;
+        Error::NoSuchProcess { pid: self.pid }
+    }
+
+    /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died.
+    pub(super) fn ptrace_error(&mut self, op: &'static str, e: Errno) -> Error {
+        if matches!(e, Errno::SRCH | Errno::CHILD)
+            && (!self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid))
+        {
+            return self.died();
+        }
+        Error::io(op, self.pid, None, e)
+    }
+
+    pub(super) fn mem_error(&self, op: &'static str, e: Errno) -> Error {
+        if e == Errno::SRCH || !self.target.is_alive() {
+            return Error::NoSuchProcess { pid: self.pid };
+        }
+        Error::io(op, self.pid, None, e)
+    }
+}
+
+pub(super) fn seize_error(target: &PidFd, tid: Pid, e: Errno) -> Error {
+    let pid = target.pid();
+    match e {
+        Errno::SRCH => Error::NoSuchProcess { pid },
+        Errno::PERM | Errno::ACCESS => {
+            let tracer = procfs::task_status(pid, tid)
+                .ok()
+                .and_then(|st| st.tracer_pid)
+                .filter(|&t| t != 0);
+            let hint = match tracer {
+                Some(t) => {
+                    format!("thread {tid} is already traced by process {t} (a debugger or strace?)")
+                }
+                None => crate::access::permission_hint(pid),
+            };
+            Error::PermissionDenied {
+                pid,
+                fd: None,
+                op: "ptrace(PTRACE_SEIZE)",
+                hint,
+            }
+        }
+        e => Error::io("ptrace(PTRACE_SEIZE)", pid, None, e),
+    }
+}
+
+/// The name of a syscall the session injects, for error messages.
+pub(crate) fn syscall_name(nr: i64) -> &'static str {
+    match nr {
+        libc::SYS_socket => "socket (injected)",
+        libc::SYS_connect => "connect (injected)",
+        libc::SYS_sendmsg => "sendmsg (injected)",
+        libc::SYS_recvmsg => "recvmsg (injected)",
+        libc::SYS_close => "close (injected)",
+        libc::SYS_dup3 => "dup3 (injected)",
+        libc::SYS_fcntl => "fcntl (injected)",
+        libc::SYS_mmap => "mmap (injected)",
+        libc::SYS_munmap => "munmap (injected)",
+        libc::SYS_rt_sigprocmask => "rt_sigprocmask (injected)",
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => "dup2 (injected)",
+        libc::SYS_close_range => "close_range (injected)",
+        _ => "a syscall injected into the target",
+    }
+}
+
+/// Maps a negative return of an injected call to an error that says it happened
+/// inside the target (where its seccomp filter, LSM and limits apply).
+pub(crate) fn remote_error(pid: Pid, fd: Option<TargetFd>, op: &'static str, ret: i64) -> Error {
+    let e = Errno::from_raw_os_error((-ret) as i32);
+    match e {
+        Errno::PERM | Errno::ACCESS => Error::PermissionDenied {
+            pid,
+            fd,
+            op,
+            hint: "refused inside the target: its seccomp filter or an LSM policy denies this call there".into(),
+        },
+        Errno::BADF => match fd {
+            Some(fd) => Error::NoSuchFd { pid, fd },
+            None => Error::io(op, pid, None, e),
+        },
+        Errno::NOSYS => Error::PermissionDenied {
+            pid,
+            fd,
+            op,
+            hint: "the call gave ENOSYS inside the target (a seccomp filter there refuses it)".into(),
+        },
+        e => Error::io(op, pid, fd, e),
+    }
+}

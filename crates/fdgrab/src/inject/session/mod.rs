@@ -1,0 +1,449 @@
+//! One ptrace injection session on one thread of a target.
+//!
+//! Lifecycle: `PTRACE_SEIZE` + `PTRACE_INTERRUPT` (no SIGSTOP the target could see),
+//! save the registers, block all blockable signals in the thread with an injected
+//! `rt_sigprocmask` (its sets live briefly below the stack's red zone), map a scratch
+//! page with an injected `mmap`, run any number of syscalls, then undo all of it in
+//! reverse: close what we opened there, `munmap`, restore the mask, restore the
+//! registers, detach. The same undo runs from `Drop` and on every error path.
+//!
+//! Each injected syscall is run by pointing the instruction pointer at a `syscall`
+//! instruction that already exists in the target (in the vDSO, or the one the thread
+//! is stopped after) and single-stepping over it (`PTRACE_SINGLESTEP`): one stop per call.
+//! Nothing in the target's code is ever patched, so other threads running the same
+//! code are unaffected.
+
+mod errors;
+mod locate;
+mod sigmask;
+mod stop;
+
+pub(crate) use errors::{remote_error, syscall_name};
+
+use super::arch::{Regs, SYSCALL_INSN};
+use super::ptrace;
+use super::seccomp::{self, k, Gate, Planned, SeccompPolicy, UNKNOWN};
+use crate::error::{Error, Result};
+use crate::pidfd::PidFd;
+use crate::{Pid, TargetFd};
+use errors::{seize_error, RunError};
+use locate::find_syscall_insn;
+use rustix::io::Errno;
+use sigmask::{OurMask, MASK_AREA};
+use std::marker::PhantomData;
+use stop::STOP_TIMEOUT;
+
+/// Size of the scratch mapping: room for a msghdr, a sockaddr and 253 fds of
+/// `SCM_RIGHTS`, several times over.
+const SCRATCH_LEN: u64 = 16 * 1024;
+
+/// Where the session stands with its thread. Whether a SIGSTOP must be passed on
+/// and what the filters allow are kept apart: they are facts, not states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Seized; the thread has not reached a stop (or never did).
+    Seized,
+    /// At a ptrace stop on the signal path (our interrupt, or the single-step
+    /// SIGTRAP of an injected call) with its original registers saved. Detaching
+    /// from here with those registers back lets the kernel finish an interrupted
+    /// syscall (restart or EINTR) exactly as it would have.
+    Stopped,
+    /// The target died.
+    Gone,
+    /// Restored and detached, or given up.
+    Finished,
+}
+
+/// An attached injection session. See the module documentation.
+///
+/// The session must stay on the thread that attached (ptrace ties the tracer to a
+/// thread), so it is neither `Send` nor `Sync`. While it lives, SIGINT, SIGTERM,
+/// SIGHUP and SIGQUIT are blocked in the calling thread, so they take effect only
+/// after the target has been restored. In a multithreaded program, block them in
+/// the other threads too.
+#[derive(Debug)]
+pub struct Session<'a> {
+    target: &'a PidFd,
+    pid: Pid,
+    tid: Pid,
+    /// The thread's registers when we stopped it (valid once it has stopped).
+    saved: Regs,
+    state: State,
+    /// Address of a `syscall` instruction in the target.
+    insn: u64,
+    /// The thread's original blocked-signal set, once we have replaced it.
+    old_mask: Option<u64>,
+    /// Stack bytes we overwrite for the mask calls, put back afterwards.
+    stack_backup: Option<(u64, [u8; 16])>,
+    scratch: Option<u64>,
+    scratch_used: u64,
+    /// Descriptors the session opened in the target and has not handed over.
+    remote_fds: Vec<i32>,
+    /// A SIGSTOP that arrived during the session, passed on at the end.
+    stop_seen: bool,
+    /// Our own thread's mask while termination signals are held back.
+    our_mask: Option<OurMask>,
+    /// How long to poll for a stop before blocking in waitpid.
+    spin: ptrace::Spin,
+    /// What the thread's seccomp filters mean for the injected calls.
+    gate: Gate,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> Session<'a> {
+    /// Attaches to `target` (its thread-group leader, or another live thread if the
+    /// leader has exited) and prepares it for injected syscalls.
+    ///
+    /// Errors: [`Error::NoSuchProcess`] if it is gone; [`Error::PermissionDenied`]
+    /// when `PTRACE_SEIZE` gives `EPERM` (another tracer, Yama, uid, LSM);
+    /// an error for a 32-bit target.
+    ///
+    /// The thread's seccomp filters are handled with the default [`SeccompPolicy`]:
+    /// each injected call is checked against them before it runs.
+    pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
+        Self::attach_planned(target, SeccompPolicy::default(), &[])
+    }
+
+    /// [`Session::attach`] with a seccomp policy and the calls the caller plans to
+    /// make besides the session's own (`rt_sigprocmask`, `mmap`, `munmap`): when the
+    /// thread is under seccomp they are all checked before anything runs in it, and
+    /// the session refuses ([`Error::SeccompRefused`], [`Error::SeccompUnchecked`])
+    /// rather than let a filter kill or trap the target.
+    pub(crate) fn attach_planned(
+        target: &'a PidFd,
+        policy: SeccompPolicy,
+        plan: &[Planned],
+    ) -> Result<Session<'a>> {
+        let pid = target.pid();
+        let tid = crate::access::fd_table_owner(target)?;
+        let seccomp_mode = seccomp::before_seize(pid, tid, policy)?;
+        let our_mask = OurMask::hold_termination_signals();
+        if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
+            our_mask.restore();
+            return Err(seize_error(target, tid, e));
+        }
+        tracing::debug!(pid, tid, "seized");
+        // The pid could have been reused between choosing the thread and seizing it;
+        // the pidfd (or the start time) tells. A stranger is stopped and let go untouched.
+        let stranger = !target.is_alive();
+        let mut s = Session {
+            target,
+            pid,
+            tid,
+            saved: Regs::default(),
+            state: State::Seized,
+            insn: 0,
+            old_mask: None,
+            stack_backup: None,
+            scratch: None,
+            scratch_used: 0,
+            remote_fds: Vec::new(),
+            stop_seen: false,
+            our_mask: Some(our_mask),
+            spin: ptrace::Spin::default(),
+            gate: if seccomp_mode.is_none() && policy.is_forced() {
+                Gate::Unchecked
+            } else {
+                Gate::Open
+            },
+            _not_send: PhantomData,
+        };
+        if stranger {
+            let _ = s.stop_for_injection(STOP_TIMEOUT);
+            let _ = s.finish();
+            return Err(Error::NoSuchProcess { pid });
+        }
+        match s.prepare(seccomp_mode.map(|m| (m, policy, plan))) {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                if let Err(cleanup) = s.finish() {
+                    tracing::warn!(pid, error = %cleanup, "restoring the target after a failed attach");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The process id of the target.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The thread the syscalls run on.
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    fn prepare(&mut self, seccomp: Option<(u8, SeccompPolicy, &[Planned])>) -> Result<()> {
+        // A thread that was being traced by someone else cannot be seized, so from here
+        // only we can stop it. Signal-delivery stops that come first are passed on.
+        self.stop_for_injection(STOP_TIMEOUT)?;
+        self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
+        tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, "stopped");
+        if let Some((mode, policy, plan)) = seccomp {
+            let mut all = self.own_calls();
+            all.extend_from_slice(plan);
+            let ip = self.insn + SYSCALL_INSN.len() as u64;
+            self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
+        }
+        self.block_signals()?;
+        let addr = self.syscall(
+            libc::SYS_mmap,
+            &[
+                0,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        if (-4095..0).contains(&addr) {
+            return Err(remote_error(
+                self.pid,
+                None,
+                "mmap (scratch page, injected)",
+                addr,
+            ));
+        }
+        self.scratch = Some(addr as u64);
+        Ok(())
+    }
+
+    /// The calls every session makes besides the caller's, with the arguments they
+    /// will have: block signals, map the scratch page, unmap it, restore the mask.
+    fn own_calls(&self) -> Vec<Planned> {
+        let area = self.saved.stack_pointer().wrapping_sub(MASK_AREA) & !15;
+        let set_mask = libc::SIG_SETMASK as u64;
+        vec![
+            Planned::new(
+                libc::SYS_rt_sigprocmask,
+                &[k(set_mask), k(area), k(area + 8), k(8)],
+            ),
+            Planned::new(
+                libc::SYS_mmap,
+                &[
+                    k(0),
+                    k(SCRATCH_LEN),
+                    k((libc::PROT_READ | libc::PROT_WRITE) as u64),
+                    k((libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64),
+                    k(u64::MAX),
+                    k(0),
+                ],
+            ),
+            Planned::new(libc::SYS_munmap, &[UNKNOWN, k(SCRATCH_LEN)]),
+            Planned::new(
+                libc::SYS_rt_sigprocmask,
+                &[k(set_mask), k(area), k(0), k(8)],
+            ),
+        ]
+    }
+
+    /// Runs one syscall in the target and returns what the kernel returned there:
+    /// a negative value is `-errno` *in the target*.
+    ///
+    /// `Err` means the session itself failed: [`Error::NoSuchProcess`] if the target
+    /// died, or an error if the call faulted (for example `SIGSYS` from the target's
+    /// seccomp filter).
+    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        if args.len() > 6 {
+            return Err(Error::InvalidArgument(format!(
+                "syscall {nr}: at most 6 arguments, got {}",
+                args.len()
+            )));
+        }
+        match self.run(nr, args, true) {
+            Ok(r) => Ok(r),
+            Err(RunError::Fatal(e)) => Err(e),
+            Err(RunError::SignalFirst(sig)) => Err(Error::io(
+                "injected syscall interrupted by a signal",
+                self.pid,
+                None,
+                Errno::from_raw_os_error(sig),
+            )),
+        }
+    }
+
+    fn run(&mut self, nr: i64, args: &[u64], blocked: bool) -> std::result::Result<i64, RunError> {
+        if self.state == State::Gone {
+            return Err(Error::NoSuchProcess { pid: self.pid }.into());
+        }
+        if self.state == State::Finished {
+            return Err(Error::InvalidArgument(
+                "the injection session has already been detached".into(),
+            )
+            .into());
+        }
+        let ip = self.insn + SYSCALL_INSN.len() as u64;
+        if let Gate::Checked(filters) = &self.gate {
+            if let Some(v) = seccomp::refused_now(filters, nr, args, ip) {
+                let known: Vec<Option<u64>> = args.iter().map(|&a| Some(a)).collect();
+                return Err(seccomp::refusal(
+                    self.pid,
+                    self.tid,
+                    seccomp::describe(nr, &known),
+                    v,
+                    "the call was not made; the target is restored".into(),
+                )
+                .into());
+            }
+        }
+        self.gate
+            .before_injected(self.tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
+        let frame = self.saved.for_syscall(self.insn, nr, args);
+        frame
+            .write(self.tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        let (r, forced) = self.step_over_syscall(nr, blocked)?;
+        tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
+        // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
+        // the result register and queues SIGSYS. Acting on that "result" (say, as an fd
+        // from socket()) would touch an unrelated fd of the target. Only possible when
+        // the filters could not be checked (a forced session).
+        if r == nr && forced == Some(libc::SIGSYS) {
+            return Err(Error::PermissionDenied {
+                pid: self.pid,
+                fd: None,
+                op: syscall_name(nr),
+                hint: "the target's seccomp filter traps this call (SIGSYS); the signal was not delivered".into(),
+            }
+            .into());
+        }
+        Ok(r)
+    }
+
+    /// Copies `data` into the scratch mapping and returns its address in the target.
+    /// The space is reused after [`Session::reset_scratch`].
+    pub fn push_bytes(&mut self, data: &[u8]) -> Result<u64> {
+        let base = self
+            .scratch
+            .ok_or_else(|| Error::InvalidArgument("no scratch mapping".into()))?;
+        let start = (self.scratch_used + 15) & !15;
+        let end = start + data.len() as u64;
+        if end > SCRATCH_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes do not fit in the {SCRATCH_LEN}-byte scratch mapping",
+                data.len()
+            )));
+        }
+        crate::sys::process_vm_write(self.tid, base + start, data)
+            .map_err(|e| self.mem_error("writing scratch memory", e))?;
+        self.scratch_used = end;
+        Ok(base + start)
+    }
+
+    /// Reads `buf.len()` bytes at `addr` in the target.
+    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        crate::sys::process_vm_read(self.tid, addr, buf)
+            .map_err(|e| self.mem_error("reading target memory", e))
+    }
+
+    /// Forgets everything pushed into the scratch mapping.
+    pub fn reset_scratch(&mut self) {
+        self.scratch_used = 0;
+    }
+
+    /// Records an fd the session opened in the target; it is closed when the session
+    /// ends unless [`Session::keep_remote_fd`] is called first.
+    pub(crate) fn track_remote_fd(&mut self, fd: i32) {
+        self.remote_fds.push(fd);
+    }
+
+    pub(crate) fn keep_remote_fd(&mut self, fd: i32) {
+        self.remote_fds.retain(|&f| f != fd);
+    }
+
+    /// Closes `fd` in the target now.
+    pub(crate) fn close_remote(&mut self, fd: i32) -> Result<()> {
+        self.keep_remote_fd(fd);
+        let r = self.syscall(libc::SYS_close, &[fd as u64])?;
+        if r < 0 {
+            return Err(remote_error(
+                self.pid,
+                TargetFd::new(fd),
+                "close (injected)",
+                r,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restores the target and detaches. Dropping the session does the same, but
+    /// can only log a failure.
+    pub fn detach(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    /// Undoes everything the session did, in reverse order. Every step is attempted
+    /// even if an earlier one failed; the first failure is returned.
+    fn finish(&mut self) -> Result<()> {
+        if self.state == State::Finished {
+            return Ok(());
+        }
+        let mut first: Option<Error> = None;
+        let mut note = |e: Error| {
+            if first.is_none() {
+                first = Some(e);
+            }
+        };
+        if self.state != State::Gone {
+            for fd in std::mem::take(&mut self.remote_fds) {
+                match self.syscall(libc::SYS_close, &[fd as u64]) {
+                    Ok(r) if r < 0 => note(remote_error(
+                        self.pid,
+                        TargetFd::new(fd),
+                        "close (injected)",
+                        r,
+                    )),
+                    Ok(_) => {}
+                    Err(e) => note(e),
+                }
+            }
+        }
+        if let (Some(addr), true) = (self.scratch, self.state != State::Gone) {
+            match self.syscall(libc::SYS_munmap, &[addr, SCRATCH_LEN]) {
+                Ok(0) => self.scratch = None,
+                Ok(r) => note(remote_error(
+                    self.pid,
+                    None,
+                    "munmap (scratch page, injected)",
+                    r,
+                )),
+                Err(e) => note(e),
+            }
+        }
+        if let (Some(mask), true) = (self.old_mask, self.state != State::Gone) {
+            match self.unblock_signals(mask) {
+                Ok(()) => self.old_mask = None,
+                Err(e) => note(e),
+            }
+        }
+        let gone = self.state == State::Gone;
+        if !gone {
+            self.restore_stack();
+            if let Err(e) = self.restore_and_detach() {
+                note(e);
+            }
+        }
+        self.state = State::Finished;
+        if let Some(mask) = self.our_mask.take() {
+            mask.restore();
+        }
+        if gone {
+            return Err(Error::NoSuchProcess { pid: self.pid });
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!(pid = self.pid, error = %e, "restoring the target when dropping the session");
+        }
+    }
+}

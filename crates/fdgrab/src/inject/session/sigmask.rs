@@ -1,0 +1,144 @@
+//! The target thread's signal mask during a session: blocked with an injected
+//! `rt_sigprocmask` (not `PTRACE_SETSIGMASK`, see [`Session::block_signals`]),
+//! restored at the end; and the termination signals held back in our own thread.
+
+use super::errors::{remote_error, RunError};
+use super::stop::STOP_TIMEOUT;
+use super::Session;
+use crate::error::{Error, Result};
+use crate::inject::arch::RED_ZONE;
+use crate::inject::ptrace;
+use rustix::io::Errno;
+
+/// What we hold back in our own thread during a session: termination signals take
+/// effect only once the target has been restored.
+const TERMINATION: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Our own thread's signal mask from before [`OurMask::hold_termination_signals`].
+#[derive(Clone, Copy)]
+pub(super) struct OurMask(Option<libc::sigset_t>);
+
+impl std::fmt::Debug for OurMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OurMask")
+    }
+}
+
+impl OurMask {
+    /// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread; they stay
+    /// pending until [`OurMask::restore`].
+    pub(super) fn hold_termination_signals() -> OurMask {
+        OurMask(crate::sys::block_signals(&TERMINATION).ok())
+    }
+
+    /// Puts the mask back; a held signal is delivered now.
+    pub(super) fn restore(self) {
+        if let Some(mask) = self.0 {
+            crate::sys::set_signal_mask(&mask);
+        }
+    }
+}
+
+/// Where, below the stack pointer, the signal sets are put for the injected
+/// `rt_sigprocmask` calls (beyond the red zone, 16-byte aligned).
+pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
+
+impl Session<'_> {
+    /// Replaces the thread's signal mask with "everything blocked", keeping the old one.
+    /// Done with the target's own `rt_sigprocmask` rather than `PTRACE_SETSIGMASK`,
+    /// because the latter also clears the thread's "restore the saved mask" flag and
+    /// would leave a thread caught in `ppoll`/`epoll_pwait`/`sigsuspend` with its
+    /// temporary mask for good.
+    pub(super) fn block_signals(&mut self) -> Result<()> {
+        for _ in 0..16 {
+            let area = self.mask_area()?;
+            let mut sets = [0u8; 16];
+            sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
+            crate::sys::process_vm_write(self.tid, area, &sets)
+                .map_err(|e| self.mem_error("writing a signal set", e))?;
+            let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
+            match self.run(libc::SYS_rt_sigprocmask, &args, false) {
+                Ok(0) => {
+                    let mut old = [0u8; 8];
+                    crate::sys::process_vm_read(self.tid, area + 8, &mut old)
+                        .map_err(|e| self.mem_error("reading the signal mask", e))?;
+                    self.old_mask = Some(u64::from_ne_bytes(old));
+                    return Ok(());
+                }
+                Ok(r) => return Err(remote_error(self.pid, None, "rt_sigprocmask (injected)", r)),
+                Err(RunError::Fatal(e)) => return Err(e),
+                Err(RunError::SignalFirst(sig)) => {
+                    // Let the signal be delivered on the original frame, exactly as
+                    // it would have been without us, then stop the thread again.
+                    tracing::debug!(
+                        pid = self.pid,
+                        sig,
+                        "a signal arrived before blocking; delivering it first"
+                    );
+                    self.restore_stack();
+                    self.saved
+                        .write(self.tid)
+                        .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+                    self.gate
+                        .before_own_code(self.tid)
+                        .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
+                    ptrace::cont(self.tid, sig).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
+                    self.stop_for_injection(STOP_TIMEOUT)?;
+                }
+            }
+        }
+        Err(Error::io(
+            "blocking signals in the target (a signal storm kept interrupting)",
+            self.pid,
+            None,
+            Errno::AGAIN,
+        ))
+    }
+
+    /// The 16 bytes below the red zone, saved the first time.
+    pub(super) fn mask_area(&mut self) -> Result<u64> {
+        let area = (self.saved.stack_pointer().wrapping_sub(MASK_AREA)) & !15;
+        if self.stack_backup.map(|(a, _)| a) != Some(area) {
+            self.restore_stack();
+            let mut bytes = [0u8; 16];
+            crate::sys::process_vm_read(self.tid, area, &mut bytes)
+                .map_err(|e| self.mem_error("reading the target's stack", e))?;
+            self.stack_backup = Some((area, bytes));
+        }
+        Ok(area)
+    }
+
+    pub(super) fn restore_stack(&mut self) {
+        if let Some((area, bytes)) = self.stack_backup.take() {
+            if let Err(e) = crate::sys::process_vm_write(self.tid, area, &bytes) {
+                tracing::debug!(pid = self.pid, error = %e, "could not put back stack bytes");
+            }
+        }
+    }
+
+    pub(super) fn unblock_signals(&mut self, mask: u64) -> Result<()> {
+        let area = self.mask_area()?;
+        crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
+            .map_err(|e| self.mem_error("writing a signal set", e))?;
+        let r = self.syscall(
+            libc::SYS_rt_sigprocmask,
+            &[libc::SIG_SETMASK as u64, area, 0, 8],
+        )?;
+        if r != 0 {
+            return Err(remote_error(
+                self.pid,
+                None,
+                "rt_sigprocmask (restoring the mask, injected)",
+                r,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether SIGINT, SIGTERM, SIGHUP or SIGQUIT is waiting for the session to end.
+    /// Long loops of injected calls check this to stop early; the signal then takes
+    /// effect when the session has restored the target.
+    pub fn termination_requested(&self) -> bool {
+        crate::sys::any_signal_pending(&TERMINATION)
+    }
+}

@@ -1,0 +1,199 @@
+//! Stops: what a `waitpid` status means, reaching the first stop, running one
+//! injected call to its stop, and leaving from the last one.
+
+use super::errors::RunError;
+use super::{Session, State};
+use crate::error::{Error, Result};
+use crate::inject::arch::{Regs, SYSCALL_INSN};
+use crate::inject::ptrace;
+use rustix::io::Errno;
+use std::time::{Duration, Instant};
+
+/// How long a thread may take to reach a ptrace stop after `PTRACE_INTERRUPT`. A
+/// thread in uninterruptible sleep (state D) stops only when it wakes up.
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a `waitpid` status says about the tracee.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// It exited or was killed.
+    Gone,
+    /// A syscall-entry or -exit stop (`SIGTRAP | 0x80`).
+    Syscall,
+    /// `PTRACE_EVENT_STOP`: our interrupt (SIGTRAP) or a group stop (a stop signal).
+    Event(i32),
+    /// A signal is about to be delivered.
+    Signal(i32),
+}
+
+pub(super) fn classify(status: i32) -> Stop {
+    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        return Stop::Gone;
+    }
+    let sig = libc::WSTOPSIG(status);
+    if sig == libc::SIGTRAP | 0x80 {
+        return Stop::Syscall;
+    }
+    if status >> 16 == libc::PTRACE_EVENT_STOP {
+        return Stop::Event(sig);
+    }
+    Stop::Signal(sig)
+}
+
+impl Session<'_> {
+    /// `PTRACE_INTERRUPT` and wait for the resulting stop, then save the registers.
+    pub(super) fn stop_for_injection(&mut self, timeout: Duration) -> Result<()> {
+        self.state = State::Seized;
+        ptrace::interrupt(self.tid).map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = match ptrace::wait_until(self.tid, &mut self.spin, deadline) {
+                Ok(Some(st)) => st,
+                Ok(None) => return Err(Error::io(
+                    "waiting for the target thread to stop (it may be in uninterruptible sleep)",
+                    self.pid,
+                    None,
+                    Errno::TIMEDOUT,
+                )),
+                Err(e) => return Err(self.ptrace_error("waitpid", e)),
+            };
+            match classify(status) {
+                Stop::Gone => return Err(self.died()),
+                Stop::Event(_) => break,
+                // A signal was being delivered: let it go on, our interrupt stays pending.
+                Stop::Signal(sig) => {
+                    ptrace::cont(self.tid, sig).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?
+                }
+                Stop::Syscall => {
+                    ptrace::cont(self.tid, 0).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?
+                }
+            }
+        }
+        self.saved = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+        self.state = State::Stopped;
+        if !self.saved.is_native_abi() {
+            return Err(Error::Io {
+                op:
+                    "ptrace injection (a 32-bit process; only the native 64-bit ABI is implemented)",
+                pid: self.pid,
+                fd: None,
+                source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the frame with `PTRACE_SINGLESTEP` over the `syscall` instruction: one
+    /// stop (the single-step SIGTRAP, with the instruction pointer just past the
+    /// instruction) instead of a syscall-entry and a syscall-exit stop.
+    ///
+    /// Whether the call has run is read from the instruction pointer at each stop, so
+    /// a resume never steps an instruction of the target's own. Pending signals are
+    /// reported before the instruction runs: while the thread's signals are not
+    /// blocked yet (`blocked` false) such a signal ends the attempt
+    /// ([`RunError::SignalFirst`]); once they are, the only signals left are SIGSTOP,
+    /// which is passed on, and those the call itself forces (SIGSYS from a seccomp
+    /// trap, a fault), which are dropped. A forced signal is reported before the
+    /// step's SIGTRAP. Returns the result and the forced signal dropped, if any.
+    pub(super) fn step_over_syscall(
+        &mut self,
+        nr: i64,
+        blocked: bool,
+    ) -> std::result::Result<(i64, Option<i32>), RunError> {
+        let after = self.insn + SYSCALL_INSN.len() as u64;
+        let mut deliver = 0;
+        let mut forced = None;
+        loop {
+            ptrace::single_step(self.tid, deliver)
+                .map_err(|e| self.ptrace_error("PTRACE_SINGLESTEP", e))?;
+            deliver = 0;
+            let status = self.wait()?;
+            let sig = match classify(status) {
+                Stop::Gone => return Err(self.died().into()),
+                // Group-stop and other event stops come before a queued SIGTRAP is
+                // reported; resuming again reports it without running anything.
+                Stop::Event(_) | Stop::Syscall => continue,
+                Stop::Signal(sig) => sig,
+            };
+            let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+            let done = regs.instruction_pointer() == after;
+            match sig {
+                libc::SIGTRAP if done => return Ok((regs.syscall_result(), forced)),
+                // Interrupted before it ran (or rewound for a restart): deliver the
+                // stop and step again.
+                libc::SIGSTOP => {
+                    self.stop_seen = true;
+                    deliver = libc::SIGSTOP;
+                }
+                sig if !done && !blocked => return Err(RunError::SignalFirst(sig)),
+                // With everything blocked, only a signal forced by the call gets
+                // here (SIGSYS from a seccomp trap, or a fault), or a stale SIGTRAP
+                // of an earlier step. Delivering it would run the target's handler on
+                // our frame, or kill it; it is dropped.
+                sig => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        sig,
+                        nr,
+                        "dropping a signal forced by an injected call"
+                    );
+                    if sig != libc::SIGTRAP {
+                        forced = Some(sig);
+                    }
+                }
+            }
+            // If the call ran, its SIGTRAP is still queued and is reported on the
+            // next resume, before the thread runs any instruction of its own.
+        }
+    }
+
+    /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).
+    pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
+        let tid = self.tid;
+        ptrace::wait(tid, &mut self.spin).map_err(|e| self.ptrace_error("waitpid", e).into())
+    }
+
+    /// Puts the saved registers back and detaches.
+    ///
+    /// If the thread was stopped inside a syscall that the kernel still has to
+    /// restart (see [`crate::inject::arch::Restart`]), the kernel decides between
+    /// restart and EINTR on the way out of the signal path, with whatever signal
+    /// became pending meanwhile. Every stop of a session is on that path (the
+    /// interrupt's event stop, the single-step SIGTRAP of each call), so detaching from
+    /// the last one with the original registers back lets the kernel decide exactly as
+    /// it would have without us: no rewinding by hand, no extra stop.
+    pub(super) fn restore_and_detach(&mut self) -> Result<()> {
+        let tid = self.tid;
+        if self.state == State::Seized {
+            // It never stopped (uninterruptible sleep past the timeout): there is
+            // nothing to restore, and a running tracee cannot be detached. If it stops
+            // later it stays stopped until this process exits, when the kernel drops
+            // the trace and lets it go; so the error says so.
+            return ptrace::detach(tid, 0).map_err(|e| {
+                Error::io(
+                    "detaching from a thread that never stopped (it is released when fdgrab exits)",
+                    self.pid,
+                    None,
+                    e,
+                )
+            });
+        }
+        self.gate
+            .before_own_code(tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETOPTIONS", e))?;
+        self.saved
+            .write(tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        if let Some(restart) = self.saved.pending_restart() {
+            tracing::trace!(pid = self.pid, ?restart, resumes = ?self.saved.after_restart(), "leaving an interrupted syscall to the kernel's restart logic");
+        }
+        ptrace::detach(tid, 0).map_err(|e| self.ptrace_error("PTRACE_DETACH", e))?;
+        if self.stop_seen {
+            // The SIGSTOP we passed on was consumed while we traced the thread; the
+            // group stop it began resumes for this thread on detach, but make sure.
+            let _ = self.target.send_signal(libc::SIGSTOP);
+        }
+        tracing::debug!(pid = self.pid, tid, "detached, target restored");
+        Ok(())
+    }
+}
