@@ -356,6 +356,9 @@ fn open_caller(cx: &Context<'_>, n: &Notification) -> std::result::Result<PidFd,
 }
 
 fn grab_caller_fd(thread: &PidFd, fd: i32) -> std::result::Result<OwnedFd, Decided> {
+    let Some(thread) = thread.as_pidfd() else {
+        return Err(cont("cannot open a pidfd for the caller"));
+    };
     pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()).map_err(|e| match e {
         Errno::SRCH => None,
         _ => cont("no such fd in the caller (the kernel answers)"),
