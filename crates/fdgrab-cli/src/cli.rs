@@ -22,8 +22,9 @@ use std::time::Duration;
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
-status, 126 if it cannot be started, 127 if it is not found."
+4 permission denied, 5 no such process or fd, 141 (quietly) if whoever read stdout went \
+away; commands that start CMD exit with its status, 126 if it cannot be started, 127 if \
+it is not found."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.

@@ -21,6 +21,9 @@ pub enum Code {
     CannotExecute = 126,
     /// CMD was not found (as `env` and shells use 127).
     NotFound = 127,
+    /// Whoever read fdgrab's stdout went away (`fdgrab ls | head`): fdgrab stops
+    /// quietly with the status a shell shows for a program killed by SIGPIPE.
+    BrokenPipe = 141,
 }
 
 impl From<Code> for ExitCode {
@@ -57,6 +60,9 @@ impl std::error::Error for CodedError {}
 /// Picks the exit code for an error by looking through its chain for a typed cause.
 pub fn code_for(e: &anyhow::Error) -> Code {
     for cause in e.chain() {
+        if cause.downcast_ref::<StdoutClosed>().is_some() {
+            return Code::BrokenPipe;
+        }
         if cause.downcast_ref::<UsageError>().is_some() {
             return Code::Usage;
         }
@@ -82,8 +88,44 @@ pub fn code_for(e: &anyhow::Error) -> Code {
     Code::Failure
 }
 
-/// Prints the error chain on stderr and returns its exit code.
+/// Prints the error chain on stderr and returns its exit code; a closed stdout
+/// ([`Code::BrokenPipe`]) is not worth a message.
 pub fn report(e: &anyhow::Error) -> ExitCode {
-    eprintln!("fdgrab: {e:#}");
-    code_for(e).into()
+    let code = code_for(e);
+    if code != Code::BrokenPipe {
+        eprintln!("fdgrab: {e:#}");
+    }
+    code.into()
+}
+
+/// The reader of our stdout went away (EPIPE on a write to stdout; Rust ignores
+/// SIGPIPE). Only writes to stdout become this: EPIPE on a socket fdgrab sends to
+/// is an error like any other.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// For `map_err` on a write to stdout: [`StdoutClosed`] for EPIPE, else the error
+/// with `what` as its context.
+pub fn stdout_error(what: &'static str) -> impl FnOnce(std::io::Error) -> anyhow::Error {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            StdoutClosed.into()
+        } else {
+            anyhow::Error::new(e).context(what)
+        }
+    }
+}
+
+/// `println!` that returns an error instead of panicking when stdout is closed.
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(stdout_error("writing to stdout"))
 }
