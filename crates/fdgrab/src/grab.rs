@@ -115,6 +115,7 @@ pub struct Taken<T> {
 }
 
 impl GrabOptions {
+    /// Copies with [`Backend::Auto`], no steal.
     pub fn new() -> Self {
         Self::default()
     }

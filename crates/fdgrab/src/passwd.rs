@@ -13,7 +13,9 @@ pub struct User {
     pub name: String,
     /// Home directory, for `HOME`.
     pub home: String,
+    /// The user id.
     pub uid: libc::uid_t,
+    /// The primary group id (from the passwd entry, or the GROUP asked for).
     pub gid: libc::gid_t,
     /// Supplementary groups, `gid` included.
     pub groups: Vec<libc::gid_t>,

@@ -175,7 +175,9 @@ pub enum SignalDefaults {
 /// `setuid`, in that order, on the child alone).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
+    /// The user id (`setuid`).
     pub uid: libc::uid_t,
+    /// The group id (`setgid`).
     pub gid: libc::gid_t,
     /// The supplementary groups (`setgroups`); usually includes `gid`.
     pub groups: Vec<libc::gid_t>,
@@ -425,11 +427,14 @@ impl Spawn {
         self
     }
 
+    /// The process group and session the child starts in (default: ours).
     pub fn session(mut self, s: Session) -> Self {
         self.session = s;
         self
     }
 
+    /// Which signal dispositions the child starts with (default: ignored stay
+    /// ignored, except `SIGPIPE`).
     pub fn signal_defaults(mut self, s: SignalDefaults) -> Self {
         self.signals = s;
         self
@@ -644,10 +649,13 @@ pub struct Child {
 }
 
 impl Child {
+    /// The child's pid.
     pub fn pid(&self) -> Pid {
         self.pidfd.pid()
     }
 
+    /// A pidfd of the child, opened before it could exit: signals and waits through
+    /// it cannot reach a recycled pid.
     pub fn pidfd(&self) -> &PidFd {
         &self.pidfd
     }
