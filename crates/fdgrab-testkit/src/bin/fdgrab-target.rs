@@ -831,8 +831,9 @@ fn signal_read(args: &[String]) {
     let sig = match args.first().map(String::as_str) {
         Some("rt") => libc::SIGRTMIN(),
         Some("usr2") => libc::SIGUSR2,
+        Some("trap") => libc::SIGTRAP,
         _ => {
-            eprintln!("usage: fdgrab-target signal-read rt|usr2 restart|norestart");
+            eprintln!("usage: fdgrab-target signal-read rt|usr2|trap restart|norestart");
             std::process::exit(2);
         }
     };

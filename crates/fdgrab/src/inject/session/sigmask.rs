@@ -43,8 +43,16 @@ impl OurMask {
 /// `rt_sigprocmask` calls (beyond the red zone, 16-byte aligned).
 pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 
+/// The mask a session puts in place: every signal but SIGTRAP. Each single-step ends
+/// in a SIGTRAP the kernel *forces* on the thread, and forcing a blocked signal resets
+/// its handler to SIG_DFL and unblocks it for good: a target's own SIGTRAP handler
+/// (the Go runtime's, a debugger's) would be lost. Left unblocked, the step's SIGTRAP
+/// is reported to us and dropped, and the handler stays.
+const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
+
 impl Session<'_> {
-    /// Replaces the thread's signal mask with "everything blocked", keeping the old one.
+    /// Replaces the thread's signal mask with "everything blocked" (but SIGTRAP, see
+    /// [`BLOCK_ALL_BUT_TRAP`]), keeping the old one.
     /// Done with the target's own `rt_sigprocmask` rather than `PTRACE_SETSIGMASK`,
     /// because the latter also clears the thread's "restore the saved mask" flag and
     /// would leave a thread caught in `ppoll`/`epoll_pwait`/`sigsuspend` with its
@@ -53,7 +61,7 @@ impl Session<'_> {
         for _ in 0..16 {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
-            sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
+            sets[..8].copy_from_slice(&BLOCK_ALL_BUT_TRAP.to_ne_bytes());
             crate::sys::process_vm_write(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];

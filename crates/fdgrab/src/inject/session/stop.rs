@@ -126,9 +126,9 @@ impl Session<'_> {
                     deliver = libc::SIGSTOP;
                 }
                 sig if !done && !blocked => return Err(RunError::SignalFirst(sig)),
-                // With everything blocked, only a signal forced by the call gets
-                // here (SIGSYS from a seccomp trap, or a fault), or a stale SIGTRAP
-                // of an earlier step. Delivering it would run the target's handler on
+                // With everything but SIGTRAP blocked, only a signal forced by the
+                // call gets here (SIGSYS from a seccomp trap, or a fault), or a stale
+                // SIGTRAP of an earlier step (or, rarely, one sent by someone else). Delivering it would run the target's handler on
                 // our frame, or kill it; it is dropped.
                 sig => {
                     tracing::debug!(

@@ -1,0 +1,40 @@
+//! Attacks on the injection engine's transparency promise that the other suites do
+//! not cover: state of the target the kernel changes behind the session's back.
+
+use fdgrab::{Backend, GrabOptions, PidFd, TargetFd};
+use fdgrab_testkit::{status_field, wait_in_syscall, Snapshot, Target};
+use std::io::Write;
+
+/// Every single-step of an injected call ends in a SIGTRAP the kernel forces on the
+/// thread; forcing a blocked signal resets its handler to SIG_DFL. A target with a
+/// SIGTRAP handler (the Go runtime installs one, so do debuggers and sanitizers) must
+/// keep it: afterwards a SIGTRAP still runs the handler instead of killing it.
+#[test]
+fn attack_injection_keeps_the_targets_sigtrap_handler() {
+    let mut t = Target::spawn(["signal-read", "trap", "restart"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
+    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let g = GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, fd)
+        .expect("ptrace grab");
+    drop(g);
+    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
+    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"alive\n").expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["n"].as_i64(), line["data"].as_str()),
+        (Some(6), Some("alive\n")),
+        "{line}"
+    );
+    before.assert_no_leftovers(&before.fds, "after the grab");
+}
