@@ -38,3 +38,20 @@ fn attack_injection_keeps_the_targets_sigtrap_handler() {
     );
     before.assert_no_leftovers(&before.fds, "after the grab");
 }
+
+/// A filter keyed on an argument the session only learns while it runs: `munmap` is
+/// refused for addresses above 0x7f00_ffff_ffff, where the scratch page lands, but
+/// not for the stand-in address the up-front check tries. The cleanup must still
+/// happen (suspending the filter for it, as root may): no mapping of ours is left.
+#[test]
+fn attack_cleanup_refused_only_for_the_real_address_leaves_no_mapping() {
+    let mut t = Target::spawn(["seccomp", "errno", "munmap", "high"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let r = GrabOptions::new().backend(Backend::Ptrace).grab(&pidfd, fd);
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    r.expect("ptrace grab");
+    before.assert_unharmed(&mut t, &before.fds, "after the grab");
+}

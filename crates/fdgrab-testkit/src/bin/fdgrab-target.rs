@@ -736,7 +736,7 @@ fn trap_socket() {
 
 fn seccomp_filtered(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: fdgrab-target seccomp ACTION NAME,...");
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high]");
         std::process::exit(2);
     };
     let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
@@ -772,9 +772,20 @@ fn seccomp_filtered(args: &[String]) {
     leave_usr_signals_pending();
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
+                                             // "high": the action applies only when the first argument is above
+                                             // 0x7f00_ffff_ffff (say, unmapping where the libraries and mmap areas live).
+    let high = args.get(2).map(String::as_str) == Some("high");
     for &nr in &nrs {
-        prog.push(ins(0x15, 0, 1, nr as u32));
-        prog.push(ins(0x06, 0, 0, action));
+        if high {
+            prog.push(ins(0x15, 0, 4, nr as u32));
+            prog.push(ins(0x20, 0, 0, 20)); // ld args[0] >> 32
+            prog.push(ins(0x25, 0, 1, 0x7f00)); // jgt
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else {
+            prog.push(ins(0x15, 0, 1, nr as u32));
+            prog.push(ins(0x06, 0, 0, action));
+        }
     }
     prog.push(ins(0x06, 0, 0, 0x7fff_0000));
     let report = serde_json::to_string(&inject_report(json!({"action": args[0], "calls": names})))

@@ -87,6 +87,7 @@ pub struct Session<'a> {
     spin: ptrace::Spin,
     /// What the thread's seccomp filters mean for the injected calls.
     gate: Gate,
+    policy: SeccompPolicy,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -146,6 +147,7 @@ impl<'a> Session<'a> {
             } else {
                 Gate::Open
             },
+            policy,
             _not_send: PhantomData,
         };
         if stranger {
@@ -278,14 +280,23 @@ impl<'a> Session<'a> {
         if let Gate::Checked(filters) = &self.gate {
             if let Some(v) = seccomp::refused_now(filters, nr, args, ip) {
                 let known: Vec<Option<u64>> = args.iter().map(|&a| Some(a)).collect();
-                return Err(seccomp::refusal(
-                    self.pid,
-                    self.tid,
-                    seccomp::describe(nr, &known),
-                    v,
-                    "the call was not made; the target is restored".into(),
-                )
-                .into());
+                let call = seccomp::describe(nr, &known);
+                // The up-front check could only try stand-ins for arguments known
+                // now (the scratch address, an fd the target got). Refusing here
+                // would be harmless for the work, but not for the cleanup (munmap,
+                // close, the mask): so suspend, as the up-front check would have.
+                let suspended = self.policy.may_suspend() && self.gate.suspend(self.tid).is_ok();
+                if !suspended {
+                    return Err(seccomp::refusal(
+                        self.pid,
+                        self.tid,
+                        call,
+                        v,
+                        "the call was not made; the target is restored".into(),
+                    )
+                    .into());
+                }
+                tracing::info!(pid = self.pid, tid = self.tid, %call, action = %v.verdict.action, "the target's seccomp filter would refuse this call with its real arguments; suspending it for the injected calls (PTRACE_O_SUSPEND_SECCOMP)");
             }
         }
         self.gate
