@@ -58,27 +58,21 @@ const SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 /// without `CAP_SYS_ADMIN` or when we are under seccomp ourselves; `EMEDIUMTYPE`
 /// when the thread is not in filter mode.
 pub(crate) fn seccomp_filter(tid: Pid, index: usize) -> Result<Vec<libc::sock_filter>, Errno> {
-    // SAFETY: with a null `data` the kernel only returns the filter's length.
-    let n = unsafe {
-        libc::ptrace(
-            SECCOMP_GET_FILTER,
-            tid,
-            index as *mut libc::c_void,
-            std::ptr::null_mut::<libc::c_void>(),
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
+    // The kernel copies the whole filter without a length to check against, and the
+    // stack can change between two calls (another thread of the target can add a
+    // filter to this one with SECCOMP_FILTER_FLAG_TSYNC even while it is stopped), so
+    // asking for the length first would not bound the copy. No filter is longer than
+    // BPF_MAXINSNS instructions: one call into a buffer of that size is always safe.
+    const BPF_MAXINSNS: usize = 4096;
     let empty = libc::sock_filter {
         code: 0,
         jt: 0,
         jf: 0,
         k: 0,
     };
-    let mut buf = vec![empty; n as usize];
-    // SAFETY: `buf` holds `n` sock_filters, which is what the kernel writes for this
-    // index; a filter cannot change once installed, so the length still holds.
+    let mut buf = vec![empty; BPF_MAXINSNS];
+    // SAFETY: `buf` holds BPF_MAXINSNS sock_filters, the most the kernel accepts in
+    // one filter and so the most it writes for any index.
     let r = unsafe {
         libc::ptrace(
             SECCOMP_GET_FILTER,
