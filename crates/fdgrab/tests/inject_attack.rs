@@ -27,15 +27,7 @@ fn attack_injection_keeps_the_targets_sigtrap_handler() {
     assert_eq!(sig, after, "{fields:?} changed by the injection");
     // SAFETY: kill with integer arguments.
     assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
-    let stdin = t.stdin.as_mut().expect("stdin");
-    stdin.write_all(b"alive\n").expect("write");
-    stdin.flush().expect("flush");
-    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
-    assert_eq!(
-        (line["n"].as_i64(), line["data"].as_str()),
-        (Some(6), Some("alive\n")),
-        "{line}"
-    );
+    echo(&mut t, "alive\n");
     before.assert_no_leftovers(&before.fds, "after the grab");
 }
 
@@ -54,4 +46,45 @@ fn attack_cleanup_refused_only_for_the_real_address_leaves_no_mapping() {
     before.assert_no_leftovers(&before.fds, "after the grab");
     r.expect("ptrace grab");
     before.assert_unharmed(&mut t, &before.fds, "after the grab");
+}
+
+/// A thread that blocks every signal (SIGTRAP included) keeps exactly that mask and
+/// its SIGTRAP handler: the call that puts the mask back must not end in a forced
+/// SIGTRAP, which would unblock SIGTRAP and reset its handler.
+#[test]
+fn attack_injection_keeps_a_mask_that_blocks_sigtrap() {
+    let mut t = Target::spawn(["signal-read", "trap", "restart", "block-all"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
+    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let g = GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, fd)
+        .expect("ptrace grab");
+    drop(g);
+    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
+    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    // The session left from a syscall-exit stop: the interrupted read still restarts
+    // and returns exactly the next line.
+    echo(&mut t, "restarted\n");
+}
+
+fn echo(t: &mut Target, s: &str) {
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(s.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (
+            line["n"].as_u64(),
+            line["errno"].as_i64(),
+            line["data"].as_str()
+        ),
+        (Some(s.len() as u64), Some(0), Some(s)),
+        "{line}"
+    );
 }

@@ -844,11 +844,22 @@ fn signal_read(args: &[String]) {
         Some("usr2") => libc::SIGUSR2,
         Some("trap") => libc::SIGTRAP,
         _ => {
-            eprintln!("usage: fdgrab-target signal-read rt|usr2|trap restart|norestart");
+            eprintln!(
+                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all]"
+            );
             std::process::exit(2);
         }
     };
     install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
+    if args.get(2).map(String::as_str) == Some("block-all") {
+        // The daemon pattern "block everything, take signals from a signalfd".
+        // SAFETY: sigfillset on a local set, then a mask change of this thread.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+    }
     emit(&inject_report(json!({"signal": sig})));
     echo_reads();
 }

@@ -108,6 +108,11 @@ pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
 }
 
+/// `PTRACE_SYSCALL`: run to the next syscall-entry or -exit stop, delivering `sig`.
+pub(crate) fn syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
+}
+
 /// How long [`wait`] polls before it blocks, adapted to how fast stops arrive.
 ///
 /// A stop normally follows within microseconds. Blocking at once lets our CPU go

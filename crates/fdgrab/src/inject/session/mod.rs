@@ -81,6 +81,9 @@ pub struct Session<'a> {
     remote_fds: Vec<i32>,
     /// A SIGSTOP that arrived during the session, passed on at the end.
     stop_seen: bool,
+    /// Run calls through syscall stops instead of single-stepping: set for the call
+    /// that puts back a mask blocking SIGTRAP (see [`Session::through_syscall_stops`]).
+    no_forced_trap: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
     /// How long to poll for a stop before blocking in waitpid.
@@ -140,6 +143,7 @@ impl<'a> Session<'a> {
             scratch_used: 0,
             remote_fds: Vec::new(),
             stop_seen: false,
+            no_forced_trap: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -306,7 +310,11 @@ impl<'a> Session<'a> {
         frame
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
-        let (r, forced) = self.step_over_syscall(nr, blocked)?;
+        let (r, forced) = if self.no_forced_trap {
+            self.through_syscall_stops(nr, blocked)?
+        } else {
+            self.step_over_syscall(nr, blocked)?
+        };
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
         // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
         // the result register and queues SIGSYS. Acting on that "result" (say, as an fd

@@ -128,10 +128,13 @@ impl Session<'_> {
         let area = self.mask_area()?;
         crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
+        self.no_forced_trap = mask & !BLOCK_ALL_BUT_TRAP != 0;
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
             &[libc::SIG_SETMASK as u64, area, 0, 8],
-        )?;
+        );
+        self.no_forced_trap = false;
+        let r = r?;
         if r != 0 {
             return Err(remote_error(
                 self.pid,

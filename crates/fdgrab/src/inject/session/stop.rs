@@ -147,6 +147,60 @@ impl Session<'_> {
         }
     }
 
+    /// Runs the frame with `PTRACE_SYSCALL`: a syscall-entry and a syscall-exit stop,
+    /// and no forced SIGTRAP. Used for the call after which the thread's mask blocks
+    /// SIGTRAP again: the single-step's SIGTRAP, forced on a blocked signal, would
+    /// unblock it and reset its handler to SIG_DFL. Signals are handled as in
+    /// [`Session::step_over_syscall`]; the exit stop is not on the signal path, but the
+    /// kernel takes the restart decision after it all the same (on the way out to
+    /// user mode), so detaching there with the original registers back is as exact.
+    pub(super) fn through_syscall_stops(
+        &mut self,
+        nr: i64,
+        blocked: bool,
+    ) -> std::result::Result<(i64, Option<i32>), RunError> {
+        let mut deliver = 0;
+        let mut entered = false;
+        let mut forced = None;
+        loop {
+            ptrace::syscall(self.tid, deliver)
+                .map_err(|e| self.ptrace_error("PTRACE_SYSCALL", e))?;
+            deliver = 0;
+            let sig = match classify(self.wait()?) {
+                Stop::Gone => return Err(self.died().into()),
+                Stop::Syscall if entered => {
+                    let regs =
+                        Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    return Ok((regs.syscall_result(), forced));
+                }
+                Stop::Syscall => {
+                    entered = true;
+                    continue;
+                }
+                Stop::Event(_) => continue,
+                Stop::Signal(sig) => sig,
+            };
+            match sig {
+                libc::SIGSTOP => {
+                    self.stop_seen = true;
+                    deliver = libc::SIGSTOP;
+                }
+                sig if !entered && !blocked => return Err(RunError::SignalFirst(sig)),
+                sig => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        sig,
+                        nr,
+                        "dropping a signal forced by an injected call"
+                    );
+                    if sig != libc::SIGTRAP {
+                        forced = Some(sig);
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).
     pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
         let tid = self.tid;
