@@ -8,6 +8,7 @@ use super::Session;
 use crate::error::{Error, Result};
 use crate::inject::arch::RED_ZONE;
 use crate::inject::ptrace;
+use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
 
 /// What we hold back in our own thread during a session: termination signals take
@@ -128,7 +129,10 @@ impl Session<'_> {
         let area = self.mask_area()?;
         crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
-        self.no_forced_trap = mask & !BLOCK_ALL_BUT_TRAP != 0;
+        // Not when the filters could not be checked: a seccomp trap of this call would
+        // then leave its SIGSYS pending past the exit stop, where nothing catches it.
+        self.no_forced_trap =
+            mask & !BLOCK_ALL_BUT_TRAP != 0 && !matches!(self.gate, Gate::Unchecked);
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
             &[libc::SIG_SETMASK as u64, area, 0, 8],
