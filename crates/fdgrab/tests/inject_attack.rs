@@ -88,3 +88,38 @@ fn echo(t: &mut Target, s: &str) {
         "{line}"
     );
 }
+
+/// The vDSO's address (from the auxiliary vector) now holds a readable but not
+/// executable page that happens to start with `0f 05`. Running an injected call
+/// there faults (SIGSEGV at our frame): that fault must end the session with an
+/// error and the target untouched, never be delivered to the target (it would die)
+/// nor retried forever.
+#[test]
+fn attack_fault_at_the_injected_frame_is_not_delivered() {
+    let mut t = Target::spawn(["fake-vdso"]);
+    assert_eq!(t.next_line(), "{\"replaced\":true}");
+    // Out of its last write and into the loop, so no syscall of its own is at hand.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = GrabOptions::new().backend(Backend::Ptrace).grab(&pidfd, fd);
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(fdgrab_testkit::TIMEOUT)
+        .expect("the grab hung");
+    if let Ok(()) = r {
+        panic!("a grab through a non-executable syscall instruction succeeded");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        status_field(t.pid, "State").is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X')),
+        "target died: {:?} ({r:?})",
+        status_field(t.pid, "State")
+    );
+    before.assert_no_leftovers(&before.fds, "after the refused grab");
+    let _ = t.child.kill();
+}

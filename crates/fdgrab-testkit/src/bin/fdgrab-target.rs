@@ -63,6 +63,7 @@ fn main() {
         "blocked-read" => return blocked_read(),
         "nanosleep" => return nanosleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         "spin" => return spin(),
+        "fake-vdso" => return fake_vdso(),
         "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
         "deny-socket" => return deny_socket(),
         "trap-socket" => return trap_socket(),
@@ -683,6 +684,46 @@ fn spin() {
                 return;
             }
         }
+    }
+}
+
+/// Spins with its vDSO replaced by a readable, non-executable page that starts with
+/// the bytes of a `syscall` instruction (what a process that unmapped its vDSO and
+/// reused the address could look like). Prints `{"replaced": true}` once done.
+fn fake_vdso() {
+    emit(&inject_report(json!({})));
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let (start, end) = maps
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| {
+            (
+                usize::from_str_radix(a, 16).expect("hex"),
+                usize::from_str_radix(b, 16).expect("hex"),
+            )
+        })
+        .expect("no [vdso] mapping");
+    // SAFETY: nothing below calls into the vDSO again (no clock reads); the new page
+    // is mapped at the same address, private and anonymous.
+    unsafe {
+        check(libc::munmap(start as *mut _, end - start), "munmap");
+        let p = libc::mmap(
+            start as *mut _,
+            end - start,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        assert_eq!(p as usize, start, "mmap");
+        *(start as *mut [u8; 2]) = [0x0f, 0x05];
+    }
+    raw_write(b"{\"replaced\":true}\n");
+    let mut acc: u64 = 1;
+    loop {
+        acc = std::hint::black_box(acc.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
 }
 

@@ -108,6 +108,27 @@ pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
 }
 
+/// `si_code` of the signal a tracee is stopped to deliver (`PTRACE_GETSIGINFO`):
+/// positive when the kernel raised it for a fault, zero or negative when a process
+/// sent it.
+pub(crate) fn signal_code(tid: Pid) -> Result<i32, Errno> {
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one siginfo_t into `info`, which is that large.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            (&mut info as *mut libc::siginfo_t).cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok(info.si_code)
+}
+
 /// `PTRACE_SYSCALL`: run to the next syscall-entry or -exit stop, delivering `sig`.
 pub(crate) fn syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)

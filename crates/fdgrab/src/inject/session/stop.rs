@@ -117,6 +117,9 @@ impl Session<'_> {
             };
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
+            if !done {
+                self.check_not_faulted(sig, nr)?;
+            }
             match sig {
                 libc::SIGTRAP if done => return Ok((regs.syscall_result(), forced)),
                 // Interrupted before it ran (or rewound for a restart): deliver the
@@ -180,6 +183,9 @@ impl Session<'_> {
                 Stop::Event(_) => continue,
                 Stop::Signal(sig) => sig,
             };
+            if !entered {
+                self.check_not_faulted(sig, nr)?;
+            }
             match sig {
                 libc::SIGSTOP => {
                     self.stop_seen = true;
@@ -199,6 +205,37 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Fails if `sig`, reported before the call ran, is a fault of our frame (the
+    /// `syscall` instruction we jumped to is not executable after all, say a page
+    /// now mapped where the vDSO was): delivering it would kill the target or run
+    /// its handler on our frame, and stepping again would fault forever. Detaching
+    /// from this stop discards it.
+    fn check_not_faulted(&mut self, sig: i32, nr: i64) -> std::result::Result<(), RunError> {
+        if !matches!(
+            sig,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+        ) {
+            return Ok(());
+        }
+        let code =
+            ptrace::signal_code(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGINFO", e))?;
+        if code <= 0 {
+            // Sent by a process: an ordinary signal.
+            return Ok(());
+        }
+        Err(Error::Io {
+            op: "running an injected syscall (the syscall instruction used faulted; the signal was not delivered)",
+            pid: self.pid,
+            fd: None,
+            source: std::io::Error::other(format!(
+                "signal {sig} at {:#x} before {} ran",
+                self.insn,
+                super::syscall_name(nr)
+            )),
+        }
+        .into())
     }
 
     /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).
