@@ -11,24 +11,10 @@ use std::io::Write;
 /// keep it: afterwards a SIGTRAP still runs the handler instead of killing it.
 #[test]
 fn attack_injection_keeps_the_targets_sigtrap_handler() {
-    let mut t = Target::spawn(["signal-read", "trap", "restart"]);
-    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
-    let before = Snapshot::take(t.pid);
-    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
-    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
-    let pidfd = PidFd::open(t.pid).expect("pidfd");
-    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
-    let g = GrabOptions::new()
-        .backend(Backend::Ptrace)
-        .grab(&pidfd, fd)
-        .expect("ptrace grab");
-    drop(g);
-    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
-    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    let mut t = grab_keeps_signal_state(&["signal-read", "trap", "restart"]);
     // SAFETY: kill with integer arguments.
     assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
     echo(&mut t, "alive\n");
-    before.assert_no_leftovers(&before.fds, "after the grab");
 }
 
 /// A filter keyed on an argument the session only learns while it runs: `munmap` is
@@ -53,7 +39,17 @@ fn attack_cleanup_refused_only_for_the_real_address_leaves_no_mapping() {
 /// SIGTRAP, which would unblock SIGTRAP and reset its handler.
 #[test]
 fn attack_injection_keeps_a_mask_that_blocks_sigtrap() {
-    let mut t = Target::spawn(["signal-read", "trap", "restart", "block-all"]);
+    let mut t = grab_keeps_signal_state(&["signal-read", "trap", "restart", "block-all"]);
+    // The session left from a syscall-exit stop: the interrupted read still restarts
+    // and returns exactly the next line.
+    echo(&mut t, "restarted\n");
+}
+
+/// Spawns the target with `args`, grabs its file by ptrace while it waits in `read`,
+/// and checks its signal handlers, mask and pending signals are as before and
+/// nothing of ours is left.
+fn grab_keeps_signal_state(args: &[&str]) -> Target {
+    let t = Target::spawn(args);
     wait_in_syscall(t.pid, t.pid, libc::SYS_read);
     let before = Snapshot::take(t.pid);
     let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
@@ -68,9 +64,7 @@ fn attack_injection_keeps_a_mask_that_blocks_sigtrap() {
     let after = fields.map(|k| status_field(t.pid, k).expect("status"));
     assert_eq!(sig, after, "{fields:?} changed by the injection");
     before.assert_no_leftovers(&before.fds, "after the grab");
-    // The session left from a syscall-exit stop: the interrupted read still restarts
-    // and returns exactly the next line.
-    echo(&mut t, "restarted\n");
+    t
 }
 
 fn echo(t: &mut Target, s: &str) {

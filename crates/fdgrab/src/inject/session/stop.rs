@@ -117,34 +117,12 @@ impl Session<'_> {
             };
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
-            if !done {
-                self.check_not_faulted(sig, nr)?;
+            if sig == libc::SIGTRAP && done {
+                return Ok((regs.syscall_result(), forced));
             }
-            match sig {
-                libc::SIGTRAP if done => return Ok((regs.syscall_result(), forced)),
-                // Interrupted before it ran (or rewound for a restart): deliver the
-                // stop and step again.
-                libc::SIGSTOP => {
-                    self.stop_seen = true;
-                    deliver = libc::SIGSTOP;
-                }
-                sig if !done && !blocked => return Err(RunError::SignalFirst(sig)),
-                // With everything but SIGTRAP blocked, only a signal forced by the
-                // call gets here (SIGSYS from a seccomp trap, or a fault), or a stale
-                // SIGTRAP of an earlier step (or, rarely, one sent by someone else). Delivering it would run the target's handler on
-                // our frame, or kill it; it is dropped.
-                sig => {
-                    tracing::debug!(
-                        pid = self.pid,
-                        sig,
-                        nr,
-                        "dropping a signal forced by an injected call"
-                    );
-                    if sig != libc::SIGTRAP {
-                        forced = Some(sig);
-                    }
-                }
-            }
+            // Interrupted before it ran (or rewound for a restart), or a signal the
+            // call forced.
+            deliver = self.on_signal(sig, nr, done, blocked, &mut forced)?;
             // If the call ran, its SIGTRAP is still queued and is reported on the
             // next resume, before the thread runs any instruction of its own.
         }
@@ -183,28 +161,49 @@ impl Session<'_> {
                 Stop::Event(_) => continue,
                 Stop::Signal(sig) => sig,
             };
-            if !entered {
-                self.check_not_faulted(sig, nr)?;
+            deliver = self.on_signal(sig, nr, entered, blocked, &mut forced)?;
+        }
+    }
+
+    /// A signal reported while an injected call runs, other than the step's own
+    /// SIGTRAP: what to deliver on the next resume. SIGSTOP is passed on. Before
+    /// the call has run (`ran` false), a fault of our frame is an error, and while the
+    /// thread's signals are not blocked yet any other signal ends the attempt
+    /// ([`RunError::SignalFirst`]). Otherwise, with everything but SIGTRAP blocked, only
+    /// a signal forced by the call gets here (SIGSYS from a seccomp trap, a fault), or
+    /// a stale SIGTRAP of an earlier step (or, rarely, one sent by someone else).
+    /// Delivering it would run the target's handler on our frame, or kill it; it is
+    /// dropped and, unless a SIGTRAP, recorded in `forced`.
+    fn on_signal(
+        &mut self,
+        sig: i32,
+        nr: i64,
+        ran: bool,
+        blocked: bool,
+        forced: &mut Option<i32>,
+    ) -> std::result::Result<i32, RunError> {
+        if !ran {
+            self.check_not_faulted(sig, nr)?;
+        }
+        match sig {
+            libc::SIGSTOP => {
+                self.stop_seen = true;
+                return Ok(libc::SIGSTOP);
             }
-            match sig {
-                libc::SIGSTOP => {
-                    self.stop_seen = true;
-                    deliver = libc::SIGSTOP;
-                }
-                sig if !entered && !blocked => return Err(RunError::SignalFirst(sig)),
-                sig => {
-                    tracing::debug!(
-                        pid = self.pid,
-                        sig,
-                        nr,
-                        "dropping a signal forced by an injected call"
-                    );
-                    if sig != libc::SIGTRAP {
-                        forced = Some(sig);
-                    }
+            sig if !ran && !blocked => return Err(RunError::SignalFirst(sig)),
+            sig => {
+                tracing::debug!(
+                    pid = self.pid,
+                    sig,
+                    nr,
+                    "dropping a signal forced by an injected call"
+                );
+                if sig != libc::SIGTRAP {
+                    *forced = Some(sig);
                 }
             }
         }
+        Ok(0)
     }
 
     /// Fails if `sig`, reported before the call ran, is a fault of our frame (the
