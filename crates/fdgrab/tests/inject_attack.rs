@@ -117,3 +117,14 @@ fn attack_fault_at_the_injected_frame_is_not_delivered() {
     before.assert_no_leftovers(&before.fds, "after the refused grab");
     let _ = t.child.kill();
 }
+
+/// A target that ignores SIGTRAP keeps ignoring it: the forced SIGTRAP of a
+/// single-step would reset an ignored signal to SIG_DFL (a later SIGTRAP would then
+/// kill the target), so such a session runs its calls through syscall stops.
+#[test]
+fn attack_injection_keeps_sigtrap_ignored() {
+    let mut t = grab_keeps_signal_state(&["signal-read", "usr2", "restart", "ignore-trap"]);
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    echo(&mut t, "still ignored\n");
+}

@@ -892,6 +892,10 @@ fn signal_read(args: &[String]) {
         }
     };
     install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
+    if args.get(2).map(String::as_str) == Some("ignore-trap") {
+        // SAFETY: sets SIGTRAP's disposition to "ignore".
+        unsafe { libc::signal(libc::SIGTRAP, libc::SIG_IGN) };
+    }
     if args.get(2).map(String::as_str) == Some("block-all") {
         // The daemon pattern "block everything, take signals from a signalfd".
         // SAFETY: sigfillset on a local set, then a mask change of this thread.

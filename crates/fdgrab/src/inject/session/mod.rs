@@ -82,7 +82,8 @@ pub struct Session<'a> {
     /// A SIGSTOP that arrived during the session, passed on at the end.
     stop_seen: bool,
     /// Run calls through syscall stops instead of single-stepping: set for the call
-    /// that puts back a mask blocking SIGTRAP (see [`Session::through_syscall_stops`]).
+    /// that puts back a mask blocking SIGTRAP, and for every call when the process
+    /// ignores SIGTRAP (see [`Session::through_syscall_stops`]).
     no_forced_trap: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
@@ -192,6 +193,7 @@ impl<'a> Session<'a> {
             let ip = self.insn + SYSCALL_INSN.len() as u64;
             self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
         }
+        self.no_forced_trap = self.sigtrap_ignored();
         self.block_signals()?;
         let addr = self.syscall(
             libc::SYS_mmap,

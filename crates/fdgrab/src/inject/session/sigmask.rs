@@ -104,6 +104,17 @@ impl Session<'_> {
         ))
     }
 
+    /// Whether every call must avoid the single-step's forced SIGTRAP: when the
+    /// process ignores SIGTRAP, forcing it resets it to SIG_DFL whatever the mask.
+    /// Not in an unchecked session (see [`Session::unblock_signals`]).
+    pub(super) fn sigtrap_ignored(&self) -> bool {
+        let ignored = crate::procfs::task_status(self.pid, self.tid)
+            .ok()
+            .and_then(|st| st.sig_ign)
+            .is_some_and(|set| set & !BLOCK_ALL_BUT_TRAP != 0);
+        ignored && !matches!(self.gate, Gate::Unchecked)
+    }
+
     /// The 16 bytes below the red zone, saved the first time.
     pub(super) fn mask_area(&mut self) -> Result<u64> {
         let area = (self.saved.stack_pointer().wrapping_sub(MASK_AREA)) & !15;
@@ -131,13 +142,14 @@ impl Session<'_> {
             .map_err(|e| self.mem_error("writing a signal set", e))?;
         // Not when the filters could not be checked: a seccomp trap of this call would
         // then leave its SIGSYS pending past the exit stop, where nothing catches it.
+        let all_calls = self.no_forced_trap;
         self.no_forced_trap =
-            mask & !BLOCK_ALL_BUT_TRAP != 0 && !matches!(self.gate, Gate::Unchecked);
+            all_calls || mask & !BLOCK_ALL_BUT_TRAP != 0 && !matches!(self.gate, Gate::Unchecked);
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
             &[libc::SIG_SETMASK as u64, area, 0, 8],
         );
-        self.no_forced_trap = false;
+        self.no_forced_trap = all_calls;
         let r = r?;
         if r != 0 {
             return Err(remote_error(
