@@ -20,21 +20,41 @@ use std::time::Duration;
     propagate_version = true,
     max_term_width = 100
 )]
-#[command(
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 unsupported kernel, \
-4 permission denied, 5 no such process or fd; commands that start CMD exit with its \
-status, 126 if it cannot be started, 127 if it is not found."
-)]
+// `--help` closes with the exit-status table (exit::Code::help_text), attached by
+// main only when help may be printed.
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). FDGRAB_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Log lines on stderr as plain text (coloured only on a terminal) or as one JSON
+    /// object per line.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "FDGRAB_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: Option<LogFormat>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+/// Each command's arguments are built only when that command runs (`defer`): the
+/// others cost nothing at start-up. Help, man pages and completions expand them all.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// List open fds: of some processes, or of every process, or only those matching.
     ///
@@ -192,7 +212,7 @@ pub enum Command {
     Profile(ProfileArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// Print the man page (or write one page per command into --dir).
+    /// Print a man page, or write them all into --dir.
     Man(ManArgs),
 }
 
@@ -302,7 +322,7 @@ pub struct BackendArg {
     /// How fds are taken: pidfd (pidfd_getfd, Linux 5.6), ptrace (injection: the process
     /// is briefly stopped and sends them itself), or auto (pidfd, falling back to ptrace
     /// only if the kernel lacks pidfd_getfd).
-    #[arg(long, default_value = "auto", value_parser = parse_backend, value_name = "auto|pidfd|ptrace")]
+    #[arg(long, default_value = "auto", value_parser = backend_values(), value_name = "BACKEND")]
     pub backend: Backend,
     #[command(flatten)]
     pub force: ForceArg,
@@ -322,6 +342,13 @@ impl ForceArg {
     pub fn seccomp(self) -> fdgrab::inject::SeccompPolicy {
         fdgrab::inject::SeccompPolicy::new().force(self.force)
     }
+}
+
+/// `--backend`'s values, listed for `--help` and shell completion.
+fn backend_values() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["auto", "pidfd", "ptrace"])
+        .try_map(|s| parse_backend(&s))
 }
 
 #[derive(Debug, clap::Args)]
@@ -503,8 +530,15 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {
-    /// Write fdgrab.1 and one fdgrab-COMMAND.1 per command into this directory.
-    #[arg(long)]
+    /// The page to print: a command (ls, get, ...), policy (fdgrab-policy(5), the
+    /// --allow-bind and --policy format) or json (fdgrab-json(5), the JSON schemas).
+    /// Default: fdgrab(1).
+    #[arg(value_name = "PAGE", conflicts_with = "dir")]
+    pub page: Option<String>,
+    /// Write every page into this directory: fdgrab.1, one fdgrab-COMMAND.1 per
+    /// command, fdgrab-policy.5 and fdgrab-json.5 (into the sibling man5 when DIR is
+    /// a man1 directory).
+    #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 

@@ -30,7 +30,7 @@ pub fn grab_and_spawn(
     backend: crate::cli::BackendArg,
     argv: &[OsString],
 ) -> Result<(Child, fdgrab::Backend)> {
-    let spawn = Spawner::new(argv)?;
+    let spawn = Spawner::new(argv, fds)?;
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
     let taken = fdgrab::GrabOptions::new()
         .backend(backend.backend)
@@ -49,7 +49,10 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    pub fn new(argv: &[OsString]) -> Result<Self> {
+    /// Also checks the NEWFD numbers of `fds` (two fds for one number, one past our
+    /// limit), which would otherwise be refused only once the copies exist.
+    pub fn new(argv: &[OsString], fds: &[crate::args::FdMap]) -> Result<Self> {
+        FdPlan::check_numbers(fds.iter().map(|m| m.new_fd))?;
         let spawn = Spawn::new(argv)?;
         let program = find_program(&argv[0])?;
         Ok(Self { spawn, program })

@@ -11,12 +11,12 @@ mod cli;
 mod cmd;
 mod exit;
 mod launch;
+mod logging;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr.
@@ -28,27 +28,27 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.verbose);
+    logging::init(cli.verbose, cli.log_format);
     match cmd::run(cli) {
         Ok(code) => code,
         Err(e) => exit::report(&e),
     }
 }
 
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("FDGRAB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A log line to a dead stderr (e.g. `attach` after its terminal hung up) must
-        // not turn into a panic that takes the process down.
-        .log_internal_errors(false)
-        .try_init();
+/// Parses the command line. The exit-status table closing `fdgrab --help` is
+/// rendered only when help may be printed: formatting it costs more than parsing a
+/// short command line.
+fn parse() -> Result<cli::Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = cli::Cli::command();
+    if args
+        .iter()
+        .skip(1)
+        .any(|a| a == "-h" || a == "--help" || a == "help")
+    {
+        cmd = cmd.after_help(exit::Code::help_text());
+    }
+    let matches = cmd.try_get_matches_from(args)?;
+    cli::Cli::from_arg_matches(&matches)
 }

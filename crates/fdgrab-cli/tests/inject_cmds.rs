@@ -1,8 +1,8 @@
 //! `--backend`, `steal`, `put` and `redirect` end to end, against real processes.
 
 use fdgrab_testkit::{
-    bin, fdgrab, injection_leftovers, output_timeout, proc_fds, read_line_timeout, run_fdgrab,
-    status_field, Target, TIMEOUT,
+    assert_success as assert_ok, bin, fdgrab, injection_leftovers, output_timeout, proc_fds,
+    read_line_timeout, run_fdgrab, status_field, test_path, Target, TIMEOUT,
 };
 use serde_json::Value;
 use std::io::{BufReader, Write};
@@ -32,17 +32,7 @@ fn send_line(t: &mut Target, s: &str) {
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("fdgrab-inject-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d.join(name)
-}
-
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_path("fdgrab-inject-cli", name)
 }
 
 /// Asserts that fdgrab failed with exit `code` and returns its stderr.

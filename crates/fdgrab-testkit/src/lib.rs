@@ -571,3 +571,21 @@ pub fn wait_gone(pid: u32) -> bool {
     }
     false
 }
+
+/// `name` inside a directory of this test process's own (`prefix-PID` under the
+/// temp dir), created on first use.
+pub fn test_path(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d.join(name)
+}
+
+/// Asserts that a command succeeded, showing its exit status and stderr if not.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -203,7 +203,9 @@ fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) 
 pub struct FdIdentity {
     /// Start of the process, in clock ticks after boot (`/proc/PID/stat` field 22).
     pub start: u64,
+    /// The device of the descriptor's inode (`st_dev`).
     pub dev: u64,
+    /// The inode number (`st_ino`).
     pub ino: u64,
     /// `mnt_id` from `/proc/PID/fdinfo/N`.
     pub mnt_id: u64,

@@ -17,17 +17,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The process (or thread) does not exist, has exited, or was reaped.
     #[error("process {pid}: no such process (it does not exist, has exited, or was reaped)")]
-    NoSuchProcess { pid: Pid },
+    NoSuchProcess {
+        /// The pid (or tid) that named it.
+        pid: Pid,
+    },
 
     /// The target is alive but has nothing open at that number.
     #[error("process {pid} has no open fd {fd}")]
-    NoSuchFd { pid: Pid, fd: TargetFd },
+    NoSuchFd {
+        /// The target.
+        pid: Pid,
+        /// The number it does not have.
+        fd: TargetFd,
+    },
 
     /// The kernel refused the access check (`EPERM`/`EACCES`).
     #[error("permission denied: {op} on process {pid}{}: {hint}", fd_suffix(*.fd))]
     PermissionDenied {
+        /// The target.
         pid: Pid,
+        /// The target's fd, when one was involved.
         fd: Option<TargetFd>,
+        /// The operation refused, e.g. `pidfd_getfd`.
         op: &'static str,
         /// The likely cause, worked out from the target's credentials and the system's
         /// ptrace policy.
@@ -38,15 +49,23 @@ pub enum Error {
     /// for an unknown flag).
     #[error("{op} is not supported by this kernel (needs Linux {needs} or later)")]
     Unsupported {
+        /// The system call or flag, e.g. `pidfd_getfd`.
         op: &'static str,
+        /// The first Linux version that has it, e.g. `5.6`.
         needs: &'static str,
+        /// The kernel's answer.
         #[source]
         source: io::Error,
     },
 
     /// Our own fd table is full (`EMFILE`/`ENFILE`).
     #[error("too many open files in fdgrab while taking fd {fd} from process {pid}")]
-    TooManyFiles { pid: Pid, fd: TargetFd },
+    TooManyFiles {
+        /// The target.
+        pid: Pid,
+        /// The fd being taken when our table filled up.
+        fd: TargetFd,
+    },
 
     /// An argument that no process could satisfy.
     #[error("invalid argument: {0}")]
@@ -56,15 +75,20 @@ pub enum Error {
     /// without consuming).
     #[error("process {pid} fd {fd}: {reason}")]
     WrongKind {
+        /// The target.
         pid: Pid,
+        /// Its fd.
         fd: TargetFd,
+        /// What it is and why that does not fit.
         reason: String,
     },
 
     /// A socket selector (`fdgrab exec`) matched none of the target's sockets.
     #[error("process {pid} has no socket matching '{selector}'; {available}")]
     NoMatchingSocket {
+        /// The target.
         pid: Pid,
+        /// The selector as given, e.g. `tcp:*:8080`.
         selector: String,
         /// What the process does listen on, for the user to pick from.
         available: String,
@@ -76,13 +100,17 @@ pub enum Error {
     /// call was not run; the target was left as it was.
     #[error("process {pid}: the seccomp filter of thread {tid} (filter {filter}, 0 = newest) answers the injected call {call} with {action}; refusing to inject: {hint}")]
     SeccompRefused {
+        /// The target.
         pid: Pid,
+        /// The thread whose filter refuses.
         tid: Pid,
         /// The call as it would have been made, e.g. `socket(0x1, 0x80001, 0x0)`.
         call: String,
         /// The filter's action, e.g. `SECCOMP_RET_KILL_PROCESS`.
         action: String,
+        /// Which filter of the thread's stack (0 = most recently installed).
         filter: usize,
+        /// What the user can do about it.
         hint: String,
     },
 
@@ -91,9 +119,13 @@ pub enum Error {
     /// Nothing was done to the target; the caller may force injection.
     #[error("process {pid}: thread {tid} is under seccomp ({mode}) and fdgrab cannot check its filters ({why}); an injected call it forbids could kill the process, so nothing was done (force it with --force)")]
     SeccompUnchecked {
+        /// The target.
         pid: Pid,
+        /// The thread that would be injected into.
         tid: Pid,
+        /// Its seccomp mode (`strict` or `filter`).
         mode: &'static str,
+        /// Why its filters cannot be read.
         why: String,
     },
 
@@ -104,7 +136,9 @@ pub enum Error {
          target's fd (the target replaced the fd meanwhile?)"
     )]
     IdentityMismatch {
+        /// The target.
         pid: Pid,
+        /// Its fd.
         fd: TargetFd,
         /// The mechanism that made the copy (`pidfd_getfd` or `ptrace`).
         method: &'static str,
@@ -113,7 +147,9 @@ pub enum Error {
     /// A system call on fdgrab's own side failed (no target is involved).
     #[error("{op}")]
     Local {
+        /// The operation, e.g. `opening /dev/null`.
         op: &'static str,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -121,9 +157,13 @@ pub enum Error {
     /// Any other system error, with the operation that hit it.
     #[error("{op} (process {pid}{})", fd_suffix(*.fd))]
     Io {
+        /// The operation, e.g. `reading /proc/PID/fdinfo/N`.
         op: &'static str,
+        /// The target.
         pid: Pid,
+        /// The target's fd, when one was involved.
         fd: Option<TargetFd>,
+        /// The OS error.
         #[source]
         source: io::Error,
     },

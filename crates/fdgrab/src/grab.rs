@@ -115,6 +115,7 @@ pub struct Taken<T> {
 }
 
 impl GrabOptions {
+    /// Copies with [`Backend::Auto`], no steal.
     pub fn new() -> Self {
         Self::default()
     }
@@ -129,6 +130,9 @@ impl GrabOptions {
     /// file as the target's fd (and the hook of [`Self::grab_many_then`] has run), the
     /// target's fds are closed (or get /dev/null) with
     /// [`crate::inject::close_in_target`]. If that fails the target keeps its fds.
+    /// Right before the close, each fd must still be the file that was copied (the
+    /// target may have reused the number while the hook ran), else
+    /// [`Error::IdentityMismatch`] and nothing is closed.
     pub fn steal(mut self, how: CloseMode) -> Self {
         self.steal = Some(how);
         self
@@ -197,9 +201,23 @@ impl GrabOptions {
         }
         // In the message, not only as a field, so `-v` output states it plainly.
         tracing::info!(pid = target.pid(), fds = ?fds, "took copies (method: {})", backend.method());
+        // The hook takes the copies away and may run for milliseconds (starting
+        // CMD), while the target may close a number and reuse it (accept, open).
+        // What a steal closes must still be the file it copied.
+        let copied = match self.steal {
+            Some(_) => out
+                .iter()
+                .map(|g| {
+                    let st = rustix::fs::fstat(&g.fd).map_err(|e| Error::local("fstat", e))?;
+                    Ok((g.target_fd, (st.st_dev, st.st_ino)))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let value = hook(out)?;
         let closed = match self.steal {
-            Some(how) => inject::close_in_target(target, fds, how, self.seccomp),
+            Some(how) => still_copied(target, &copied, backend)
+                .and_then(|()| inject::close_in_target(target, fds, how, self.seccomp)),
             None => Ok(()),
         };
         Ok(Taken {
@@ -240,6 +258,27 @@ impl GrabOptions {
             }
         })
     }
+}
+
+/// Checks that each of the target's fds still is the file (device and inode) it was
+/// when copied: [`Error::IdentityMismatch`] for the first that is not.
+fn still_copied(target: &PidFd, copied: &[(TargetFd, (u64, u64))], backend: Backend) -> Result<()> {
+    for &(fd, file) in copied {
+        let now = access::fd_identity(target, fd)?;
+        if (now.dev, now.ino) != file {
+            tracing::warn!(
+                pid = target.pid(),
+                fd = fd.as_raw(),
+                "the target reused the fd number before the steal could close it; leaving it open"
+            );
+            return Err(Error::IdentityMismatch {
+                pid: target.pid(),
+                fd,
+                method: backend.method(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a command is about to do to a process, checked as a whole before it starts.

@@ -35,6 +35,7 @@ use std::sync::mpsc;
 pub enum FdKind {
     /// A regular file (memfds are reported as [`FdKind::Memfd`]).
     File,
+    /// A directory.
     Dir,
     /// Character device.
     Chr,
@@ -44,12 +45,15 @@ pub enum FdKind {
     Fifo,
     /// An anonymous pipe (`pipe(2)`).
     Pipe,
+    /// A socket (details in [`FdEntry::socket`]).
     Socket,
     /// An anonymous inode: eventfd, epoll, timerfd, signalfd, pidfd, inotify, bpf, io_uring, ...
     Anon,
     /// A `memfd_create(2)` file.
     Memfd,
+    /// A symbolic link itself (opened with `O_PATH | O_NOFOLLOW`).
     Symlink,
+    /// Anything the kernel reported that is none of the above.
     Unknown,
 }
 
@@ -73,15 +77,20 @@ impl FdKind {
 }
 
 /// Access mode from `O_ACCMODE`, or `path` for `O_PATH` descriptors.
+/// How the descriptor was opened (`O_ACCMODE` of its open file description).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
+    /// `O_RDONLY`.
     #[serde(rename = "r")]
     Read,
+    /// `O_WRONLY`.
     #[serde(rename = "w")]
     Write,
+    /// `O_RDWR`.
     #[serde(rename = "rw")]
     ReadWrite,
+    /// `O_PATH`: a location only, no reads or writes.
     Path,
 }
 
@@ -100,8 +109,11 @@ impl Access {
 /// Status flags of the open file description, and the descriptor's close-on-exec bit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FdFlags {
+    /// `O_APPEND`: every write goes to the end.
     pub append: bool,
+    /// `O_NONBLOCK`, shared by every copy of the description.
     pub nonblock: bool,
+    /// `FD_CLOEXEC` of this descriptor (not of the description).
     pub cloexec: bool,
     /// The raw `flags:` value from fdinfo (octal there), for anything not named above.
     pub raw: u32,
@@ -110,20 +122,26 @@ pub struct FdFlags {
 /// One descriptor of the target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FdEntry {
+    /// The number in the target.
     pub fd: TargetFd,
+    /// How it was opened.
     pub access: Access,
+    /// Status flags and close-on-exec.
     pub flags: FdFlags,
+    /// What it refers to.
     #[serde(rename = "type")]
     pub kind: FdKind,
     /// `major:minor` of the device holding the inode.
     pub dev: Option<String>,
     /// `major:minor` of a character or block device itself.
     pub rdev: Option<String>,
+    /// The inode number (for sockets and pipes, the N of `socket:[N]`/`pipe:[N]`).
     pub inode: Option<u64>,
     /// Size in bytes for regular files and memfds.
     pub size: Option<u64>,
     /// The file position (`pos:` in fdinfo).
     pub offset: Option<u64>,
+    /// The mount id from fdinfo (`mnt_id:`).
     pub mnt_id: Option<u64>,
     /// The link count of the inode (0 for unlinked files and memfds), when stat'ed.
     pub nlink: Option<u64>,
@@ -149,6 +167,7 @@ pub struct FdEntry {
     /// The exact bytes of `memfd` when they are not valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memfd_bytes: Option<Vec<u8>>,
+    /// For sockets: family, type, protocol, state and addresses, when known.
     pub socket: Option<SocketInfo>,
 }
 
@@ -185,7 +204,9 @@ impl FdEntry {
 /// The descriptors of one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inventory {
+    /// The process listed.
     pub pid: Pid,
+    /// Its descriptors, in ascending order.
     pub fds: Vec<FdEntry>,
 }
 
@@ -735,7 +756,10 @@ impl EntryReader<'_> {
         if matches!(e.kind, FdKind::File | FdKind::Dir) {
             e.size = Some(st.st_size as u64);
         }
-        e.nlink = Some(st.st_nlink);
+        // nlink_t is 32 bits on aarch64 and 64 on x86_64, where the cast is a no-op.
+        #[allow(clippy::unnecessary_cast)]
+        let nlink = st.st_nlink as u64;
+        e.nlink = Some(nlink);
         if e.kind == FdKind::File && st.st_nlink == 0 {
             e.deleted = true;
         }

@@ -29,6 +29,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Every public item is documented.
+#![deny(missing_docs)]
+
 pub mod access;
 pub mod activation;
 pub mod error;

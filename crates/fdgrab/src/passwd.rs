@@ -13,7 +13,9 @@ pub struct User {
     pub name: String,
     /// Home directory, for `HOME`.
     pub home: String,
+    /// The user id.
     pub uid: libc::uid_t,
+    /// The primary group id (from the passwd entry, or the GROUP asked for).
     pub gid: libc::gid_t,
     /// Supplementary groups, `gid` included.
     pub groups: Vec<libc::gid_t>,
@@ -31,10 +33,12 @@ impl User {
     /// Resolves `USER[:GROUP]`, each a name or a number: `getpwnam_r` (or
     /// `getpwuid_r` for a number), `getgrnam_r` for a group name, and
     /// `getgrouplist` for the supplementary groups. A number that names no user is
-    /// used as is, with the same number as its group and `/` as its home.
+    /// used as is, with `/` as its home and, unless a group is given, the same
+    /// number as its group, but only when no group has that number: `--user 27`
+    /// must not quietly join Debian's `sudo` group (27), nor `shadow` or `kmem`.
     ///
     /// Errors: [`Error::InvalidArgument`] naming the user or group that NSS does not
-    /// know.
+    /// know, or the existing group an unknown uid would have borrowed.
     pub fn lookup(spec: &str) -> Result<User> {
         let bad = |why: String| Error::InvalidArgument(format!("--user '{spec}': {why}"));
         let (user, group) = match spec.split_once(':') {
@@ -61,6 +65,14 @@ impl User {
                 )))
             }
         };
+        if !known && group.is_none() {
+            if let Some(taken) = getgr_name(gid)? {
+                return Err(bad(format!(
+                    "uid {uid} names no user, and group {gid} is '{taken}': give the group \
+                     explicitly (--user {uid}:GROUP) rather than borrowing that one"
+                )));
+            }
+        }
         if let Some(g) = group {
             gid = match g.parse::<libc::gid_t>() {
                 Ok(n) => n,
@@ -186,6 +198,28 @@ fn getgr_gid(name: &str) -> Result<Option<libc::gid_t>> {
             return (rc, None);
         }
         (0, Some(gr.gr_gid))
+    })
+}
+
+/// The name of group `gid`, if NSS knows one.
+fn getgr_name(gid: libc::gid_t) -> Result<Option<String>> {
+    with_buffer("getgrgid_r", |buf| {
+        // SAFETY: an all-zero group is a valid value for the call to overwrite.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `gr`, `buf` (with its true length) and `result` are valid for
+        // writes.
+        let rc =
+            unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc != 0 || result.is_null() {
+            return (rc, None);
+        }
+        // SAFETY: on success the name is NUL-terminated, inside `buf`, which is alive
+        // here; it is copied before it goes.
+        let name = unsafe { CStr::from_ptr(gr.gr_name) }
+            .to_string_lossy()
+            .into_owned();
+        (0, Some(name))
     })
 }
 

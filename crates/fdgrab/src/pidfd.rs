@@ -64,6 +64,7 @@ pub struct ProcessInfo {
     pub pid: Pid,
     /// The thread-group id, i.e. the process id.
     pub tgid: Pid,
+    /// The parent's process id.
     pub ppid: Pid,
     /// real, effective, saved-set, filesystem
     pub uids: [u32; 4],

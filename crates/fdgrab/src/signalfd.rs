@@ -79,6 +79,7 @@ impl SignalFd {
 /// A signal read from a [`SignalFd`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SignalInfo {
+    /// The signal number (`ssi_signo`).
     pub signo: i32,
     /// `si_code`: `SI_USER` (0) for `kill`, `SI_KERNEL` (0x80) for what the kernel
     /// sends itself, e.g. a terminal's ^C to its foreground process group.

@@ -1,6 +1,8 @@
 //! The ptrace injection engine against real processes: targets stopped in blocking
 //! syscalls, spinning, multithreaded, sandboxed, and dying mid-session. After every
 //! test the target must be running, untraced, with no mapping or fd of ours left.
+// The blocking calls named here are x86_64's; the aarch64 port is compile-checked only.
+#![cfg(target_arch = "x86_64")]
 
 use fdgrab::inject::{self, CloseMode, SeccompPolicy, Session};
 use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};

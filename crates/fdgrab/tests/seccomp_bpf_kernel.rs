@@ -14,6 +14,8 @@
 //! test. The precedence of actions across stacked filters is checked separately,
 //! one child per case.
 
+// The probe calls are made with x86_64 inline assembly.
+#![cfg(target_arch = "x86_64")]
 use fdgrab::seccomp::bpf::{
     evaluate_stack, AluOp, Field, JmpOp, SeccompData, StackVerdict, AUDIT_ARCH_X86_64,
     X32_SYSCALL_BIT,

@@ -55,7 +55,8 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    out.flush().context("writing to stdout")?;
+    out.flush()
+        .map_err(crate::exit::stdout_error("writing to stdout"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,7 +70,8 @@ fn copy_positional(fd: &OwnedFd, out: &mut impl Write) -> Result<()> {
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e).context("reading the file"),
         };
-        out.write_all(&buf[..n]).context("writing to stdout")?;
+        out.write_all(&buf[..n])
+            .map_err(crate::exit::stdout_error("writing to stdout"))?;
         off += n as u64;
     }
 }
@@ -91,7 +93,9 @@ fn copy_consuming(fd: &OwnedFd, out: &mut impl Write) -> Result<()> {
             }
             Err(e) => return Err(e).context("reading from the fd"),
         };
-        out.write_all(&buf[..n]).context("writing to stdout")?;
-        out.flush().context("writing to stdout")?;
+        out.write_all(&buf[..n])
+            .map_err(crate::exit::stdout_error("writing to stdout"))?;
+        out.flush()
+            .map_err(crate::exit::stdout_error("writing to stdout"))?;
     }
 }

@@ -222,10 +222,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             Some(s) => Some(s.detach()?),
             None => None,
         };
-        println!("{}", child.release());
+        crate::exit::print_line(child.release())?;
         if let Some(p) = sup_pid {
             say!("fdgrab: supervisor {p} stays with new server {new_pid}");
-            println!("{p}");
+            crate::exit::print_line(p)?;
         }
         return Ok(ExitCode::SUCCESS);
     }

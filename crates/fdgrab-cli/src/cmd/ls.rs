@@ -3,7 +3,7 @@
 
 use crate::cli::LsArgs;
 use crate::exit::UsageError;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::{Error, TargetFd};
 use std::io::Write;
@@ -53,20 +53,24 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {
-            writeln!(out, "{pid}").context("writing to stdout")?;
+            writeln!(out, "{pid}").map_err(crate::exit::stdout_error("writing to stdout"))?;
         }
     } else if a.json {
         let doc = Doc {
             schema_version: SCHEMA_VERSION,
             processes: &result.processes,
         };
-        serde_json::to_writer(&mut out, &doc).context("writing JSON")?;
-        out.write_all(b"\n").context("writing JSON")?;
+        serde_json::to_writer(&mut out, &doc)
+            .map_err(|e| crate::exit::stdout_error("writing JSON")(e.into()))?;
+        out.write_all(b"\n")
+            .map_err(crate::exit::stdout_error("writing JSON"))?;
     } else {
         let with_process = a.pids.len() != 1;
-        write_table(&mut out, &result.processes, with_process).context("writing the table")?;
+        write_table(&mut out, &result.processes, with_process)
+            .map_err(crate::exit::stdout_error("writing the table"))?;
     }
-    out.flush().context("writing to stdout")?;
+    out.flush()
+        .map_err(crate::exit::stdout_error("writing to stdout"))?;
     status
 }
 
@@ -97,7 +101,12 @@ fn uid_of(user: &str) -> Result<u32> {
     if user.contains(':') {
         return Err(UsageError(format!("--user '{user}': a user, without a group")).into());
     }
-    Ok(fdgrab::passwd::User::lookup(user)?.uid)
+    // Only the uid matters here: a bare number that `run --user` would refuse for
+    // its group is still a uid to filter by.
+    match fdgrab::passwd::User::lookup(user) {
+        Ok(u) => Ok(u.uid),
+        Err(e) => user.parse().map_err(|_| e.into()),
+    }
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail

@@ -11,9 +11,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 pub fn run(a: PutArgs) -> Result<ExitCode> {
+    // First, before fdgrab opens anything of its own that could land on that
+    // number (the target's pidfd would, as the lowest free fd).
+    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
     // Everything that can refuse runs before the file is created or truncated.
     let target = Preflight::new(a.pid).injects().install_at(a.fd).check()?;
-    let inherited = a.our_fd.map(|n| dup_inherited(n.as_raw())).transpose()?;
     let opened: Option<Output> = match &a.file {
         Some(path) => {
             let mut o = std::fs::OpenOptions::new();
@@ -48,13 +50,16 @@ pub fn run(a: PutArgs) -> Result<ExitCode> {
     }
     if a.json {
         let source = match (&a.file, a.our_fd) {
-            (Some(p), _) => serde_json::json!({"file": p}),
+            (Some(p), _) => {
+                let mut source = serde_json::json!({});
+                super::redirect::json_path(&mut source, "file", p);
+                source
+            }
             (None, n) => serde_json::json!({"fd": n}),
         };
-        println!(
-            "{}",
-            serde_json::json!({"pid": a.pid, "fd": a.fd, "source": source, "method": "ptrace"})
-        );
+        crate::exit::print_line(
+            serde_json::json!({"pid": a.pid, "fd": a.fd, "source": source, "method": "ptrace"}),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

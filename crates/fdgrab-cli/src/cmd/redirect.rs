@@ -42,10 +42,9 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
             tracing::warn!(path = %record.display(), error = %e, "removing the redirect record");
         }
         if a.json {
-            println!(
-                "{}",
-                serde_json::json!({"pid": a.pid, "fd": a.fd, "restored_from": saved, "method": "ptrace"})
-            );
+            crate::exit::print_line(
+                serde_json::json!({"pid": a.pid, "fd": a.fd, "restored_from": saved, "method": "ptrace"}),
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -82,18 +81,19 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
         saved.to_string(),
     ];
     if a.json {
-        let doc = serde_json::json!({
-            "pid": a.pid, "fd": a.fd, "path": path, "saved_fd": saved, "undo": undo, "method": "ptrace",
+        let mut doc = serde_json::json!({
+            "pid": a.pid, "fd": a.fd, "saved_fd": saved, "undo": undo, "method": "ptrace",
         });
-        println!("{doc}");
+        json_path(&mut doc, "path", &path);
+        crate::exit::print_line(doc)?;
     } else {
-        println!(
+        crate::exit::print_line(format_args!(
             "fd {} of process {} now goes to {} (the old fd is kept in the process as fd {saved})",
             a.fd,
             a.pid,
             path.display()
-        );
-        println!("undo: {}", undo.join(" "));
+        ))?;
+        crate::exit::print_line(format_args!("undo: {}", undo.join(" ")))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,7 +103,20 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
 struct Record {
     saved: FdIdentity,
     installed: FdIdentity,
-    path: PathBuf,
+    /// For messages only, so lossy: a name that is not UTF-8 must not keep the
+    /// record from being written.
+    path: String,
+}
+
+/// Sets `doc[key]` to `path` as `ls --json` gives names (docs/inventory.md): the
+/// UTF-8 string, lossy, and for a name that is not UTF-8 also `KEY_bytes`, the
+/// exact bytes as numbers.
+pub(crate) fn json_path(doc: &mut serde_json::Value, key: &str, path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    doc[key] = path.to_string_lossy().into();
+    if path.to_str().is_none() {
+        doc[format!("{key}_bytes")] = path.as_os_str().as_bytes().into();
+    }
 }
 
 fn state_dir() -> PathBuf {
@@ -142,16 +155,20 @@ fn prune(dir: &std::path::Path) {
 
 /// Records decide whether an fd of another process gets closed, so they are only
 /// read from, and written to, a directory that fdgrab's user owns and nobody else
-/// can write to (a shared temp dir could have been prepared by someone else).
+/// can write to (a shared temp dir could have been prepared by someone else). The
+/// same holds for its parent (`fdgrab-UID` in a temp dir): whoever owns that can
+/// swap the record directory for another between this check and the read.
 fn trusted_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        anyhow::bail!(
-            "{} is not a directory owned by uid {me} and writable only by it",
-            dir.display()
-        );
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let meta = std::fs::symlink_metadata(d).with_context(|| format!("{}", d.display()))?;
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            anyhow::bail!(
+                "{} is not a directory owned by uid {me} and writable only by it",
+                d.display()
+            );
+        }
     }
     Ok(())
 }
@@ -165,7 +182,7 @@ fn record(target: &PidFd, fd: TargetFd, saved: TargetFd, path: &std::path::Path)
     let rec = Record {
         saved: fd_identity(target, saved)?,
         installed: fd_identity(target, fd)?,
-        path: path.to_path_buf(),
+        path: path.to_string_lossy().into_owned(),
     };
     let file = record_path(rec.saved.start, target.pid(), fd, saved);
     let dir = state_dir();
@@ -213,7 +230,7 @@ fn recorded(target: &PidFd, fd: TargetFd, saved: TargetFd) -> Result<PathBuf> {
     if !same_file(&rec.installed, &now_fd) {
         return Err(refuse(format!(
             "fd {fd} no longer points at {} (the process reopened it since)",
-            rec.path.display()
+            rec.path
         )));
     }
     Ok(file)
@@ -262,10 +279,16 @@ impl Output {
     }
 
     /// The hook for [`inject::put_with`]/[`inject::redirect_with`]: empties the file
-    /// if it is to be truncated.
+    /// if it is to be truncated. Only a regular file is: a FIFO, a terminal or
+    /// /dev/null has no length (`ftruncate` refuses it with EINVAL), and `O_TRUNC`
+    /// ignores them too.
     pub(crate) fn before_install(&self) -> impl FnOnce() -> fdgrab::Result<()> + '_ {
         move || {
-            if self.truncate {
+            let meta = self.file.metadata().map_err(|e| fdgrab::Error::Local {
+                op: "fstat on the output file",
+                source: e,
+            })?;
+            if self.truncate && meta.is_file() {
                 self.file.set_len(0).map_err(|e| fdgrab::Error::Local {
                     op: "truncating the output file",
                     source: e,

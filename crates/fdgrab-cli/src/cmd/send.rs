@@ -44,15 +44,15 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
             .iter()
             .map(|(fd, why)| serde_json::json!({"fd": fd, "reason": why}))
             .collect();
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "pid": a.pid,
             "fds": fds,
             "backend": used.map(|b| b.name()).unwrap_or("none"),
             "method": used.map(|b| b.method()).unwrap_or("none"),
             "skipped": skipped,
-            "to": a.to,
         });
-        println!("{doc}");
+        super::redirect::json_path(&mut doc, "to", &a.to);
+        crate::exit::print_line(doc)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
     // The library's steal: the copies are verified (same open file as the target's
     // fd), then the hook starts CMD, and only once it has exec'd does the target lose
     // anything; a command that cannot start takes nothing.
-    let spawn = Spawner::new(&a.cmd)?;
+    let spawn = Spawner::new(&a.cmd, &a.fds)?;
     let signals = forwarded_signals()?;
     let taken = GrabOptions::new()
         .backend(a.backend.backend)

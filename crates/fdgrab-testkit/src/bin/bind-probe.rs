@@ -394,6 +394,12 @@ fn x32() -> Value {
     json!({ "survived": true, "ret": r })
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn int80() -> Value {
+    json!({ "unsupported": "int 0x80 exists on x86_64 only" })
+}
+
+#[cfg(target_arch = "x86_64")]
 fn int80() -> Value {
     println!("{}", json!({ "calling": "int 0x80 getpid" }));
     let mut ret: i64 = 20; // __NR_getpid on i386

@@ -806,7 +806,11 @@ fn seccomp_filtered(args: &[String]) {
             "close" => libc::SYS_close,
             "fcntl" => libc::SYS_fcntl,
             "rt_sigprocmask" => libc::SYS_rt_sigprocmask,
+            #[cfg(target_arch = "x86_64")]
             "mknod" => libc::SYS_mknod,
+            // arm64 has only mknodat.
+            #[cfg(not(target_arch = "x86_64"))]
+            "mknod" => libc::SYS_mknodat,
             _ => usage(),
         });
     }
@@ -1115,6 +1119,7 @@ fn blocked_epoll() {
     emit(&inject_report(json!({})));
     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
     // SAFETY: `out` has room for the 4 events asked for; no timeout.
+    #[cfg(target_arch = "x86_64")]
     let r = unsafe {
         libc::syscall(
             libc::SYS_epoll_wait,
@@ -1122,6 +1127,20 @@ fn blocked_epoll() {
             out.as_mut_ptr(),
             4 as libc::c_long,
             -1 as libc::c_long,
+        )
+    };
+    // arm64 has no epoll_wait; epoll_pwait without a mask is the same call.
+    // SAFETY: as above; a null sigmask leaves the mask alone.
+    #[cfg(not(target_arch = "x86_64"))]
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait,
+            ep as libc::c_long,
+            out.as_mut_ptr(),
+            4 as libc::c_long,
+            -1 as libc::c_long,
+            std::ptr::null::<libc::sigset_t>(),
+            8 as libc::c_long,
         )
     };
     report_call(r);

@@ -80,10 +80,12 @@ impl ActivatedChild {
         }
     }
 
+    /// The new server's pid.
     pub fn pid(&self) -> Pid {
         self.child.pid()
     }
 
+    /// A pidfd of the new server, for signalling and waiting without pid races.
     pub fn pidfd(&self) -> &PidFd {
         self.child.pidfd()
     }

@@ -23,13 +23,16 @@ pub struct Selected {
     /// Every number the socket has in the target, lowest first: a socket dup'd to
     /// several numbers is one socket and is passed once.
     pub target_fds: Vec<TargetFd>,
+    /// The socket's inode number: its identity across numbers and processes.
     pub inode: u64,
+    /// Family, type, protocol, state and addresses.
     pub info: SocketInfo,
 }
 
 /// A selected socket with our copy of it.
 #[derive(Debug)]
 pub struct TakenSocket {
+    /// Which socket, and why it was chosen.
     pub selected: Selected,
     /// Our copy (close-on-exec), sharing the target's open file description.
     pub fd: OwnedFd,
@@ -142,6 +145,7 @@ pub fn describe_listeners(fds: &[Candidate]) -> String {
 /// One descriptor of the target, as far as socket selection needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
+    /// The number in the target.
     pub fd: TargetFd,
     /// What `/proc/PID/fd/N` points at.
     pub link: String,

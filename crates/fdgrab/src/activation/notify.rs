@@ -36,6 +36,7 @@ pub struct NotifySocket {
 pub struct Notification {
     /// The sender's pid as the kernel saw it (in our pid namespace).
     pub pid: Pid,
+    /// The sender's uid (`SCM_CREDENTIALS`).
     pub uid: u32,
     /// `KEY=VALUE` assignments, one per line.
     pub fields: Vec<(String, String)>,

@@ -15,14 +15,18 @@ use std::str::FromStr;
 /// An address, or any address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddrMatch {
+    /// `*`: any address, the wildcards `0.0.0.0` and `::` included.
     Any,
+    /// Exactly this address (an IPv4 one also as its IPv4-mapped IPv6 form).
     Exact(IpAddr),
 }
 
 /// A port, or any port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortMatch {
+    /// `*`: any port.
     Any,
+    /// Exactly this port.
     Exact(u16),
 }
 
@@ -30,12 +34,24 @@ pub enum PortMatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
     /// A listening TCP socket (IPv4 or IPv6).
-    Tcp { addr: AddrMatch, port: PortMatch },
+    Tcp {
+        /// The local address it listens on.
+        addr: AddrMatch,
+        /// The local port.
+        port: PortMatch,
+    },
     /// A bound, unconnected UDP socket.
-    Udp { addr: AddrMatch, port: PortMatch },
+    Udp {
+        /// The local address it is bound to.
+        addr: AddrMatch,
+        /// The local port.
+        port: PortMatch,
+    },
     /// A listening unix stream/seqpacket socket or a bound unix datagram socket.
-    /// `@name` is an abstract address.
-    Unix { path: String },
+    Unix {
+        /// The socket's path; `@name` is an abstract address.
+        path: String,
+    },
     /// The socket at this number in the target, which must be listening or bound.
     Fd(TargetFd),
     /// Every listening or bound socket of the target.

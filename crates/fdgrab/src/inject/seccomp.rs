@@ -70,6 +70,7 @@ impl SeccompPolicy {
         self
     }
 
+    /// Whether injection goes ahead even when the filters cannot be checked.
     pub fn is_forced(&self) -> bool {
         self.force
     }
@@ -231,7 +232,9 @@ pub(crate) fn describe(nr: i64, args: &[Option<u64>]) -> String {
 fn arg_count(nr: i64) -> usize {
     match nr {
         libc::SYS_close => 1,
-        libc::SYS_munmap | libc::SYS_dup2 => 2,
+        libc::SYS_munmap => 2,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => 2,
         libc::SYS_socket
         | libc::SYS_connect
         | libc::SYS_sendmsg
@@ -262,7 +265,7 @@ fn first_refused(
             for (bit, &i) in unknown.iter().enumerate() {
                 args[i] = STAND_INS[(combo >> bit) & 1];
             }
-            let v = evaluate_stack(filters, &SeccompData::x86_64(call.nr, &args, ip));
+            let v = evaluate_stack(filters, &SeccompData::native(call.nr, &args, ip));
             if !v.verdict.action.runs() {
                 return Some((*call, v));
             }
@@ -278,7 +281,7 @@ pub(crate) fn refused_now(
     args: &[u64],
     ip: u64,
 ) -> Option<StackVerdict> {
-    let v = evaluate_stack(filters, &SeccompData::x86_64(nr, args, ip));
+    let v = evaluate_stack(filters, &SeccompData::native(nr, args, ip));
     (!v.verdict.action.runs()).then_some(v)
 }
 

@@ -31,7 +31,10 @@ pub enum CttyChange {
     LeaderWithoutTty,
     /// It is not a session leader: `setpgid(0, join)` first when it leads its process
     /// group, then `setsid`, then `TIOCSCTTY`.
-    Member { join: Option<Pid> },
+    Member {
+        /// The process group to join first (`setpgid`), when it leads its own.
+        join: Option<Pid>,
+    },
 }
 
 /// Makes `slave` (one of our descriptors, a pty slave) the controlling terminal of

@@ -63,6 +63,7 @@ impl Query {
 /// The matching descriptors of one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessFds {
+    /// The process.
     pub pid: Pid,
     /// The command name (`/proc/PID/comm`, lossy UTF-8; see `command_bytes`).
     pub command: String,
@@ -71,21 +72,27 @@ pub struct ProcessFds {
     pub command_bytes: Option<Vec<u8>>,
     /// Identity and credentials; `None` if the process could not be asked.
     pub process: Option<ProcessInfo>,
+    /// Its descriptors that match the query, in ascending order.
     pub fds: Vec<FdEntry>,
 }
 
 /// A process that could not be listed, and why (it exited, or we may not read it).
 #[derive(Debug)]
 pub struct Skipped {
+    /// The process.
     pub pid: Pid,
+    /// Why it could not be listed (e.g. [`Error::NoSuchProcess`],
+    /// [`Error::PermissionDenied`]).
     pub error: Error,
 }
 
+/// What a query found: the processes listed and those that could not be.
 #[derive(Debug, Default)]
 pub struct QueryResult {
     /// By pid. Without a narrowing query, every readable process appears, even with
     /// no fds (a kernel thread); with one, only processes with a match.
     pub processes: Vec<ProcessFds>,
+    /// Processes that could not be read, by pid.
     pub skipped: Vec<Skipped>,
 }
 

@@ -18,6 +18,7 @@ pub struct Endpoint {
     /// IP address, for inet sockets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Port, for inet sockets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// File system path, or `@name` for an abstract unix address.
@@ -106,7 +107,9 @@ pub struct SocketInfo {
     /// TCP state names (`LISTEN`, `ESTABLISHED`, ...) for TCP; for unix sockets
     /// `LISTEN`, `CONNECTED`, `UNCONNECTED`, `CONNECTING`; `UNCONN`/`CONNECTED` for UDP.
     pub state: Option<String>,
+    /// The address it is bound to; `None` when unbound.
     pub local: Option<Endpoint>,
+    /// The address it is connected to; `None` when unconnected.
     pub peer: Option<Endpoint>,
     /// For connected unix sockets: the inode of the socket at the other end.
     pub peer_inode: Option<u64>,

@@ -9,9 +9,11 @@ use std::fs;
 /// What [`crate::inject::take_terminal`] must do to move one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SingleMove {
+    /// The process to move.
     pub pid: Pid,
     /// The terminal it leaves.
     pub old: Pty,
+    /// How its controlling terminal is changed.
     pub change: CttyChange,
     /// Its fds open on the old terminal: each gets the new slave.
     pub fds: Vec<TargetFd>,

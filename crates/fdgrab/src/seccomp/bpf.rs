@@ -22,6 +22,19 @@ pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// `__X32_SYSCALL_BIT`: x32 calls carry the x86_64 arch with this bit set in `nr`.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `AUDIT_ARCH_AARCH64` (`EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
+pub const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+/// `AUDIT_ARCH_ARM`: what an AArch32 (compat) task on an arm64 kernel reports.
+pub const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+
+/// The `AUDIT_ARCH_*` of the ABI this crate is built for; every other one is foreign.
+#[cfg(target_arch = "x86_64")]
+pub const NATIVE_AUDIT_ARCH: u32 = AUDIT_ARCH_X86_64;
+/// The `AUDIT_ARCH_*` of the ABI this crate is built for; every other one is foreign.
+#[cfg(target_arch = "aarch64")]
+pub const NATIVE_AUDIT_ARCH: u32 = AUDIT_ARCH_AARCH64;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("fdgrab's seccomp filters know the AUDIT_ARCH of x86_64 and aarch64 only");
 
 /// `sizeof(struct seccomp_data)`: what `BPF_LEN` loads.
 pub const SECCOMP_DATA_LEN: u32 = 64;
@@ -175,15 +188,16 @@ pub struct SeccompData {
 }
 
 impl SeccompData {
-    /// A native x86_64 call of `nr` with `args` (missing ones are 0) made from `ip`.
-    pub fn x86_64(nr: i64, args: &[u64], ip: u64) -> Self {
+    /// A call of `nr` through the native ABI ([`NATIVE_AUDIT_ARCH`]) with `args`
+    /// (missing ones are 0) made from `ip`.
+    pub fn native(nr: i64, args: &[u64], ip: u64) -> Self {
         let mut a = [0u64; 6];
         for (slot, v) in a.iter_mut().zip(args) {
             *slot = *v;
         }
         SeccompData {
             nr: nr as u32,
-            arch: AUDIT_ARCH_X86_64,
+            arch: NATIVE_AUDIT_ARCH,
             instruction_pointer: ip,
             args: a,
         }
@@ -240,17 +254,26 @@ impl Field {
 /// A binary ALU operation: `A = A op operand`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AluOp {
+    /// `A + operand` (wrapping).
     Add,
+    /// `A - operand` (wrapping).
     Sub,
+    /// `A * operand` (wrapping).
     Mul,
+    /// `A / operand`; division by zero ends the program with 0, as in the kernel.
     Div,
+    /// `A | operand`.
     Or,
+    /// `A & operand`.
     And,
+    /// `A << operand`.
     Lsh,
+    /// `A >> operand` (logical).
     Rsh,
     /// Not accepted by seccomp (the kernel's seccomp checker refuses it), but part of
     /// classic BPF; the interpreter implements it.
     Mod,
+    /// `A ^ operand`.
     Xor,
 }
 
@@ -274,8 +297,11 @@ impl AluOp {
 /// A conditional jump's comparison of A with K or X (unsigned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JmpOp {
+    /// `A == operand`.
     Eq,
+    /// `A > operand`.
     Gt,
+    /// `A >= operand`.
     Ge,
     /// `A & operand != 0`.
     Set,
@@ -496,25 +522,40 @@ impl fmt::Debug for Insn {
 /// Why a program could not be built or was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
+    /// Empty, or more instructions than the kernel accepts; how many.
     #[error("filter has {0} instructions; the kernel accepts 1 to {MAX_INSNS}")]
     TooLong(usize),
+    /// The instruction at this index jumps past the end.
     #[error("instruction {0} jumps outside the filter")]
     JumpTooFar(usize),
+    /// Two rules for this system call number.
     #[error("system call {0} has two rules")]
     DuplicateRule(u32),
+    /// The last instruction is not a return.
     #[error("the filter's last instruction is not a return (the kernel requires one)")]
     NoFinalReturn,
     #[error(
         "instruction {pc} (opcode {code:#x}, k {k:#x}) is not accepted in a seccomp filter: {why}"
     )]
+    /// An instruction the kernel's checkers refuse.
     BadInstruction {
+        /// Its index.
         pc: usize,
+        /// Its opcode.
         code: u16,
+        /// Its constant.
         k: u32,
+        /// Which rule it breaks.
         why: &'static str,
     },
     #[error("filter with {rules} rules needs {insns} instructions; the kernel accepts at most {MAX_INSNS}")]
-    TooManyRules { rules: usize, insns: usize },
+    /// More rules than fit in the kernel's instruction limit.
+    TooManyRules {
+        /// Rules asked for.
+        rules: usize,
+        /// Instructions they would take.
+        insns: usize,
+    },
 }
 
 /// A finished seccomp program that passed the kernel's checks.
@@ -631,14 +672,17 @@ impl Program {
         Program::from_insns(raw.iter().copied().map(Insn).collect())
     }
 
+    /// The instructions.
     pub fn insns(&self) -> &[Insn] {
         &self.insns
     }
 
+    /// How many instructions.
     pub fn len(&self) -> usize {
         self.insns.len()
     }
 
+    /// Whether there are none (never, for a checked program).
     pub fn is_empty(&self) -> bool {
         self.insns.is_empty()
     }
@@ -779,6 +823,7 @@ fn check_scratch_reads(insns: &[Insn]) -> Result<(), BuildError> {
 pub struct StackVerdict {
     /// Which filter decided: its index in the slice given (0 = most recent).
     pub filter: usize,
+    /// What that filter answered.
     pub verdict: Verdict,
 }
 
@@ -809,14 +854,16 @@ pub fn evaluate_stack(filters: &[Program], data: &SeccompData) -> StackVerdict {
     })
 }
 
-/// "Native x86_64 ABI only; these syscalls get these actions; everything else gets
-/// the default" — the one filter shape fdgrab installs.
+/// "Native ABI only; these syscalls get these actions; everything else gets the
+/// default" — the one filter shape fdgrab installs. Native is [`NATIVE_AUDIT_ARCH`]:
+/// on x86_64 that leaves out i386 (`int 0x80`) and, by the number check, x32; on
+/// aarch64 it leaves out AArch32 compat tasks (whose numbers never reach the x32 bit).
 ///
 /// Layout: every jump skips at most one instruction, so the only limit on the number
 /// of rules is the kernel's 4096 instructions (7 + 2 per rule: 2044 rules). An
 /// allowed call takes `5 + rules` steps.
 /// ```text
-///   ld arch;  jeq X86_64 ? +1 : +0;  ret on_foreign_arch
+///   ld arch;  jeq NATIVE ? +1 : +0;  ret on_foreign_arch
 ///   ld nr;    jge X32_BIT ? +0 : +1; ret on_foreign_arch
 ///   jeq nr0 ? +0 : +1;  ret action0
 ///   ...
@@ -835,7 +882,7 @@ pub const MAX_RULES: usize = (MAX_INSNS - 7) / 2;
 
 impl SyscallFilter {
     /// A filter with `default` for every call not named by a rule. Calls through
-    /// another ABI (i386 `int 0x80`, x32) are killed unless
+    /// another ABI (i386 `int 0x80`, x32, AArch32) are killed unless
     /// [`SyscallFilter::on_foreign_arch`] says otherwise.
     pub fn new(default: Action) -> Self {
         Self {
@@ -851,7 +898,7 @@ impl SyscallFilter {
         self
     }
 
-    /// Gives system call `nr` (x86_64 numbering) its own action.
+    /// Gives system call `nr` (the native numbering, as `libc::SYS_*`) its own action.
     pub fn rule(mut self, nr: libc::c_long, action: Action) -> Self {
         self.rules.push((nr as u32, action));
         self
@@ -876,7 +923,7 @@ impl SyscallFilter {
         }
         let mut insns = Vec::with_capacity(total);
         insns.push(Insn::load(Field::Arch));
-        insns.push(Insn::jeq(AUDIT_ARCH_X86_64, 1, 0));
+        insns.push(Insn::jeq(NATIVE_AUDIT_ARCH, 1, 0));
         insns.push(Insn::ret(self.on_foreign_arch));
         insns.push(Insn::load(Field::Nr));
         insns.push(Insn::jge(X32_SYSCALL_BIT, 0, 1));
@@ -904,9 +951,9 @@ mod tests {
     #[test]
     fn traps_bind_and_refuses_io_uring() {
         let p = bind_filter();
-        let bind = p.run(AUDIT_ARCH_X86_64, libc::SYS_bind as u32);
+        let bind = p.run(NATIVE_AUDIT_ARCH, libc::SYS_bind as u32);
         assert_eq!(bind.action, Action::Notify);
-        let uring = p.run(AUDIT_ARCH_X86_64, libc::SYS_io_uring_setup as u32);
+        let uring = p.run(NATIVE_AUDIT_ARCH, libc::SYS_io_uring_setup as u32);
         assert_eq!(uring.action, Action::Errno(libc::ENOSYS as u16));
     }
 
@@ -920,7 +967,7 @@ mod tests {
             libc::SYS_connect as u32,
             460,
         ] {
-            let v = p.run(AUDIT_ARCH_X86_64, nr);
+            let v = p.run(NATIVE_AUDIT_ARCH, nr);
             assert_eq!(v.action, Action::Allow, "nr {nr}");
             assert_eq!(
                 v.steps,
@@ -933,20 +980,30 @@ mod tests {
     #[test]
     fn foreign_abis_are_killed() {
         let p = bind_filter();
+        // The other architecture's native ABI is foreign too (a filter built for one
+        // must never pass the other's numbers, which mean different calls).
+        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64] {
+            if arch != NATIVE_AUDIT_ARCH {
+                assert_eq!(p.run(arch, 49).action, Action::KillProcess);
+                assert_eq!(p.run(arch, 200).action, Action::KillProcess);
+            }
+        }
+        // AArch32 compat on arm64: bind is 282, socketcall does not exist there.
+        for nr in [282u32, libc::SYS_bind as u32] {
+            assert_eq!(p.run(AUDIT_ARCH_ARM, nr).action, Action::KillProcess);
+        }
         // i386 bind is socketcall (102) or bind (361); neither may slip through.
         for nr in [102u32, 361, libc::SYS_bind as u32] {
             assert_eq!(p.run(AUDIT_ARCH_I386, nr).action, Action::KillProcess);
         }
-        // x32: the x86_64 arch with the x32 bit set in the number.
-        let x32_bind = X32_SYSCALL_BIT | libc::SYS_bind as u32;
-        assert_eq!(
-            p.run(AUDIT_ARCH_X86_64, x32_bind).action,
-            Action::KillProcess
-        );
-        assert_eq!(
-            p.run(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39).action,
-            Action::KillProcess
-        );
+        // x32: the x86_64 arch with the x32 bit set in the number (x32 bind is 49).
+        // On aarch64 no real number reaches the bit; the check costs one step.
+        for nr in [
+            X32_SYSCALL_BIT | libc::SYS_bind as u32,
+            X32_SYSCALL_BIT | 39,
+        ] {
+            assert_eq!(p.run(NATIVE_AUDIT_ARCH, nr).action, Action::KillProcess);
+        }
         let refusing = SyscallFilter::new(Action::Allow)
             .on_foreign_arch(Action::Errno(libc::ENOSYS as u16))
             .build()
@@ -1040,7 +1097,7 @@ mod tests {
         let p = bind_filter();
         let expected = vec![
             Insn::new(0x20, 0, 0, 4),
-            Insn::new(0x15, 1, 0, AUDIT_ARCH_X86_64),
+            Insn::new(0x15, 1, 0, NATIVE_AUDIT_ARCH),
             Insn::new(0x06, 0, 0, 0x8000_0000),
             Insn::new(0x20, 0, 0, 0),
             Insn::new(0x35, 0, 1, X32_SYSCALL_BIT),
@@ -1055,7 +1112,7 @@ mod tests {
         let raw = p.raw();
         assert_eq!(
             (raw[1].code, raw[1].jt, raw[1].jf, raw[1].k),
-            (0x15, 1, 0, 0xc000_003e)
+            (0x15, 1, 0, NATIVE_AUDIT_ARCH)
         );
     }
 
@@ -1071,10 +1128,10 @@ mod tests {
             let p = many_rules(n).build().expect("builds");
             assert_eq!(p.len(), 7 + 2 * n);
             for i in [0, n / 2, n - 1] {
-                let v = p.run(AUDIT_ARCH_X86_64, 1000 + i as u32);
+                let v = p.run(NATIVE_AUDIT_ARCH, 1000 + i as u32);
                 assert_eq!(v.action, Action::Errno(i as u16 + 1), "rule {i} of {n}");
             }
-            let v = p.run(AUDIT_ARCH_X86_64, 999);
+            let v = p.run(NATIVE_AUDIT_ARCH, 999);
             assert_eq!((v.action, v.steps), (Action::Allow, 5 + n));
             assert_eq!(
                 p.run(AUDIT_ARCH_I386, 1000).action,
@@ -1092,7 +1149,7 @@ mod tests {
     }
 
     fn data(nr: i64, args: &[u64]) -> SeccompData {
-        SeccompData::x86_64(nr, args, 0x7fff_1234_5678)
+        SeccompData::native(nr, args, 0x7fff_1234_5678)
     }
 
     #[test]
@@ -1105,7 +1162,7 @@ mod tests {
                 .raw
         };
         assert_eq!(load_ret(0), 41);
-        assert_eq!(load_ret(4), AUDIT_ARCH_X86_64);
+        assert_eq!(load_ret(4), NATIVE_AUDIT_ARCH);
         assert_eq!(load_ret(8), 0x1234_5678);
         assert_eq!(load_ret(12), 0x7fff);
         assert_eq!(load_ret(16), 1);

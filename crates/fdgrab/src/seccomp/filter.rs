@@ -58,6 +58,7 @@ pub enum InstallError {
     /// `EINVAL` for a flag this kernel lacks.
     #[error("the kernel refused the filter or one of its flags (WAIT_KILLABLE_RECV needs Linux 5.19): {0}")]
     Unsupported(Errno),
+    /// Any other errno from `seccomp(SECCOMP_SET_MODE_FILTER)`.
     #[error("seccomp(SECCOMP_SET_MODE_FILTER): {0}")]
     Other(Errno),
 }

@@ -18,7 +18,7 @@ pub use filter::{install, install_filter, set_no_new_privs, InstallError, Instal
 pub use notify::{AddFdAt, Listener, Notification, Response, SendError, SyscallData};
 pub use remote::{read_validated, ReadError};
 
-/// The filter `fdgrab run` installs: native x86_64 calls only (others kill the
+/// The filter `fdgrab run` installs: native calls only (x86_64 or aarch64; others kill the
 /// process), `bind` goes to the listener, `io_uring_setup` fails with `ENOSYS`
 /// (io_uring can bind without seccomp seeing it), everything else is allowed.
 pub fn bind_supervisor_filter() -> Result<Program, BuildError> {

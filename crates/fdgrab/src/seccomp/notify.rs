@@ -24,9 +24,16 @@ const ADDFD_FLAG_SEND: u32 = 2;
 /// The arguments of one trapped system call (`struct seccomp_data`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallData {
+    /// The system call number, in the numbering of `arch`.
     pub nr: i32,
+    /// The `AUDIT_ARCH_*` of the calling convention used (see
+    /// [`crate::seccomp::bpf::NATIVE_AUDIT_ARCH`]): a number means a call only
+    /// together with it.
     pub arch: u32,
+    /// Where the caller's syscall instruction is.
     pub instruction_pointer: u64,
+    /// The six argument registers, whatever the call uses; pointers point into
+    /// the caller's memory (read them with [`crate::seccomp::read_validated`]).
     pub args: [u64; 6],
 }
 
@@ -38,6 +45,7 @@ pub struct Notification {
     /// The **thread** id of the caller in our pid namespace, or 0 when the caller
     /// is outside it.
     pub tid: i32,
+    /// The call itself.
     pub data: SyscallData,
 }
 
@@ -59,6 +67,7 @@ pub enum SendError {
     /// `ENOENT`: the request is gone (the caller died or a signal withdrew it).
     #[error("the trapped call is gone (target killed or interrupted)")]
     Gone,
+    /// Any other error of `SECCOMP_IOCTL_NOTIF_SEND`.
     #[error("SECCOMP_IOCTL_NOTIF_SEND: {0}")]
     Other(#[source] std::io::Error),
 }

@@ -19,6 +19,7 @@ pub enum ReadError {
     /// The request is no longer pending; nothing read may be trusted.
     #[error("the trapped call is gone")]
     Gone,
+    /// Any other errno of `process_vm_readv(2)` (e.g. `ESRCH`: the thread is gone).
     #[error("process_vm_readv: {0}")]
     Other(Errno),
 }

@@ -67,14 +67,47 @@ impl FdPlan {
     /// before anything is started.
     pub fn from_pairs<F: AsFd>(pairs: impl IntoIterator<Item = (F, RawFd)>) -> Result<Self> {
         let pairs: Vec<(F, RawFd)> = pairs.into_iter().collect();
+        let seen = Self::checked(pairs.iter().map(|(_, to)| *to))?;
+        let mut moves = Vec::with_capacity(pairs.len());
+        let mut parked = Vec::new();
+        for (fd, to) in pairs {
+            let copy = loop {
+                let c = fcntl_dupfd_cloexec(&fd, 3).map_err(|e| match e {
+                    Errno::MFILE => local_io(
+                        "copying the fds for the command (F_DUPFD_CLOEXEC): fdgrab holds about \
+                         two of its own per fd it hands on; raise `ulimit -n`",
+                        e,
+                    ),
+                    e => local_io("F_DUPFD_CLOEXEC", e),
+                })?;
+                if seen.contains(&c.as_raw_fd()) {
+                    // Hold that number until every source has its copy.
+                    parked.push(c);
+                } else {
+                    break c;
+                }
+            };
+            moves.push((copy, to));
+        }
+        drop(parked);
+        Ok(Self { moves })
+    }
+
+    /// The checks of [`FdPlan::from_pairs`] on the numbers alone, so that a command
+    /// can refuse a bad map before it takes any fd.
+    pub fn check_numbers(numbers: impl IntoIterator<Item = RawFd>) -> Result<()> {
+        Self::checked(numbers).map(drop)
+    }
+
+    fn checked(numbers: impl IntoIterator<Item = RawFd>) -> Result<HashSet<RawFd>> {
         let mut seen = HashSet::new();
-        for (_, to) in &pairs {
-            if *to < 0 {
+        for to in numbers {
+            if to < 0 {
                 return Err(Error::InvalidArgument(format!(
                     "fd number {to} is negative"
                 )));
             }
-            if !seen.insert(*to) {
+            if !seen.insert(to) {
                 return Err(Error::InvalidArgument(format!(
                     "fd number {to} is the destination of more than one fd"
                 )));
@@ -88,22 +121,7 @@ impl FdPlan {
                 )));
             }
         }
-        let mut moves = Vec::with_capacity(pairs.len());
-        let mut parked = Vec::new();
-        for (fd, to) in pairs {
-            let copy = loop {
-                let c = fcntl_dupfd_cloexec(&fd, 3).map_err(|e| local_io("F_DUPFD_CLOEXEC", e))?;
-                if seen.contains(&c.as_raw_fd()) {
-                    // Hold that number until every source has its copy.
-                    parked.push(c);
-                } else {
-                    break c;
-                }
-            };
-            moves.push((copy, to));
-        }
-        drop(parked);
-        Ok(Self { moves })
+        Ok(seen)
     }
 
     /// `fds[i]` at `3 + i`, as systemd passes sockets (`SD_LISTEN_FDS_START`).
@@ -157,7 +175,9 @@ pub enum SignalDefaults {
 /// `setuid`, in that order, on the child alone).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
+    /// The user id (`setuid`).
     pub uid: libc::uid_t,
+    /// The group id (`setgid`).
     pub gid: libc::gid_t,
     /// The supplementary groups (`setgroups`); usually includes `gid`.
     pub groups: Vec<libc::gid_t>,
@@ -242,6 +262,9 @@ pub struct SpawnError {
     errno: Errno,
     /// Where it was looked for, or why it cannot run, when we know more than errno.
     detail: Option<String>,
+    /// `execve` said ENOENT about a file that exists: what is missing is the
+    /// interpreter its `#!` line names, or its ELF loader.
+    loader_missing: bool,
     #[source]
     source: std::io::Error,
 }
@@ -253,6 +276,7 @@ impl SpawnError {
             step,
             errno,
             detail: None,
+            loader_missing: false,
             source: errno.into(),
         }
     }
@@ -287,6 +311,10 @@ impl SpawnError {
     fn message(&self) -> String {
         let p = &self.program;
         let msg = match self.step {
+            _ if self.is_not_found() && self.loader_missing => format!(
+                "cannot execute '{p}': the interpreter its #! line names (or its ELF loader) \
+                 does not exist"
+            ),
             _ if self.is_not_found() => format!("command '{p}' not found"),
             Step::Resolve | Step::Exec => format!("cannot execute '{p}'"),
             Step::Filter => {
@@ -399,11 +427,14 @@ impl Spawn {
         self
     }
 
+    /// The process group and session the child starts in (default: ours).
     pub fn session(mut self, s: Session) -> Self {
         self.session = s;
         self
     }
 
+    /// Which signal dispositions the child starts with (default: ignored stay
+    /// ignored, except `SIGPIPE`).
     pub fn signal_defaults(mut self, s: SignalDefaults) -> Self {
         self.signals = s;
         self
@@ -451,7 +482,9 @@ impl Spawn {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
             }
             let step = Step::from_u8(step).unwrap_or(Step::Exec);
-            return Err(SpawnError::new(&program, step, errno).into());
+            let mut e = SpawnError::new(&program, step, errno);
+            e.loader_missing = step == Step::Exec && errno == Errno::NOENT && program.is_file();
+            return Err(e.into());
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
@@ -616,10 +649,13 @@ pub struct Child {
 }
 
 impl Child {
+    /// The child's pid.
     pub fn pid(&self) -> Pid {
         self.pidfd.pid()
     }
 
+    /// A pidfd of the child, opened before it could exit: signals and waits through
+    /// it cannot reach a recycled pid.
     pub fn pidfd(&self) -> &PidFd {
         &self.pidfd
     }

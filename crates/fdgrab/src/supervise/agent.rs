@@ -53,31 +53,42 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A snapshot of the agent ([`Agent::stats`]).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AgentStats {
+    /// Containers supervised now.
     pub containers: usize,
+    /// Runtime connections whose document has not fully arrived.
     pub connections_pending: usize,
     /// Idle connections closed to make room for new ones.
     pub connections_evicted: u64,
+    /// Thread pidfds held for trapped callers, over all containers.
     pub cached_pidfds: usize,
     /// Trapped calls decided (by the bind handler; answered by workers).
     pub decisions: u64,
     /// Decision latency quantiles, as the upper bound of a power-of-two bucket.
     pub latency_p50_us: Option<u64>,
+    /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
+    /// The same, container by container.
     pub per_container: Vec<ContainerStats>,
 }
 
 /// One container in [`AgentStats`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ContainerStats {
+    /// The container id.
     pub id: String,
+    /// The pod's name, when the runtime's annotations carry it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's namespace, when the runtime's annotations carry it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Trapped calls decided for it.
     pub decisions: u64,
     /// Requests answered ETIMEDOUT by the watchdog.
     pub timeouts: u64,
+    /// Its workers stuck in a read of its memory right now.
     pub blocked_workers: usize,
+    /// Thread pidfds held for its callers.
     pub cached_pidfds: usize,
 }
 
@@ -100,16 +111,23 @@ impl AgentStats {
 pub enum AgentEvent {
     /// A container's listener is now supervised.
     ContainerAdded {
+        /// The container id.
         container_id: String,
+        /// Its listener in the supervisor.
         listener: ListenerId,
     },
     /// A container's filter has no users left; its listener and policy are gone.
     ContainerReleased {
+        /// The container id.
         container_id: String,
+        /// The listener it had.
         listener: ListenerId,
     },
     /// A connection was turned away; the reason was logged.
-    Rejected { reason: String },
+    Rejected {
+        /// Why, as logged.
+        reason: String,
+    },
     /// An fd registered with [`Agent::watch`] is readable.
     Ready(u64),
 }

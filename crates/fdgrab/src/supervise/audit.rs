@@ -16,12 +16,16 @@ use std::sync::Mutex;
 /// Labels added to every line of one listener (the OCI agent fills these in).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditLabels {
+    /// The OCI container id.
     pub container_id: Option<String>,
+    /// The container's bundle directory.
     pub bundle: Option<String>,
     /// Kubernetes pod name, namespace and container name, from the runtime's
     /// annotations when it passes them.
     pub pod: Option<String>,
+    /// The pod's namespace (see `pod`).
     pub namespace: Option<String>,
+    /// The container's name in its pod (see `pod`).
     pub container_name: Option<String>,
 }
 
@@ -81,27 +85,45 @@ pub enum Decision {
 /// One decision, as written.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditRecord<'a> {
+    /// When, RFC 3339 in UTC with microseconds.
     pub time: String,
+    /// The caller's process id in our pid namespace, when known.
     pub pid: Option<i32>,
+    /// The caller's thread id in our pid namespace (0: outside it).
     pub tid: i32,
+    /// The caller's executable, when it could be read.
     pub exe: Option<String>,
+    /// The caller's effective uid, when it could be read.
     pub uid: Option<u32>,
+    /// The trapped call, e.g. `bind`.
     pub syscall: &'a str,
+    /// The address family asked for (`inet`, `inet6`, `unix`, ...).
     pub family: Option<String>,
+    /// `tcp` or `udp`, once the socket was examined.
     pub proto: Option<&'a str>,
+    /// The address asked for, when it is an IP one.
     pub address: Option<String>,
+    /// The port asked for, when it is an IP address.
     pub port: Option<u16>,
+    /// What was done.
     pub decision: Decision,
+    /// What the caller got: 0 or an errno.
     pub errno: Option<i32>,
+    /// Why, in words.
     pub reason: &'a str,
+    /// See [`AuditLabels::container_id`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<&'a str>,
+    /// See [`AuditLabels::bundle`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<&'a str>,
+    /// See [`AuditLabels::pod`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<&'a str>,
+    /// See [`AuditLabels::namespace`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<&'a str>,
+    /// See [`AuditLabels::container_name`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_name: Option<&'a str>,
     /// The network namespace (nsfs inode, as in `/proc/PID/ns/net`) of the

@@ -50,7 +50,9 @@ impl std::fmt::Debug for SpawnSetup {
 /// A supervised program that has exec'd, with the listener of its filter.
 #[derive(Debug)]
 pub struct Started {
+    /// The program.
     pub child: Child,
+    /// The user-notification listener of the filter it runs under.
     pub listener: Listener,
 }
 

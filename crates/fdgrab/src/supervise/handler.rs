@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub struct Context<'a> {
     /// The listener the request came from (for `ID_VALID`, remote reads, `ADDFD`).
     pub listener: &'a Listener,
+    /// Where decisions are recorded.
     pub audit: &'a AuditSink,
+    /// The labels of the listener's lines (container, pod, ...).
     pub labels: &'a AuditLabels,
     /// Privileged-port thresholds per network namespace, shared by all listeners.
     pub ports: &'a UnprivilegedPorts,
@@ -79,7 +81,7 @@ pub enum Answer {
 
 /// One kind of trapped system call.
 pub trait Handler: Send + std::fmt::Debug {
-    /// The x86_64 syscall numbers this handler answers.
+    /// The native syscall numbers (`libc::SYS_*`) this handler answers.
     fn syscalls(&self) -> &[libc::c_long];
 
     /// Decides one request. Must not block on the target: it is parked until we

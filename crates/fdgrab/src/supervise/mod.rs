@@ -55,8 +55,11 @@ pub enum SupervisorEvent {
     ListenerClosed(ListenerId),
     /// A request was answered (or found gone).
     Handled {
+        /// The listener it came through.
         listener: ListenerId,
+        /// The calling thread (0: outside our pid namespace).
         tid: i32,
+        /// The system call number.
         syscall: i32,
     },
     /// An fd registered with [`Supervisor::watch`] is readable (or hung up).
@@ -211,6 +214,7 @@ impl Supervisor {
         let _ = epoll::delete(&self.epoll, fd);
     }
 
+    /// How many listeners are supervised.
     pub fn listener_count(&self) -> usize {
         self.entries.len()
     }

@@ -70,12 +70,18 @@ pub struct ContainerProcessState {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
+    /// The runtime-spec version the runtime speaks.
     pub oci_version: String,
+    /// The container id (64 hex digits under most runtimes).
     pub id: String,
+    /// Where the container is in its life cycle.
     pub status: ContainerStatus,
+    /// The container's init process, in the runtime's pid namespace.
     #[serde(default)]
     pub pid: Option<i32>,
+    /// The bundle directory (where `config.json` is).
     pub bundle: String,
+    /// The container's annotations (pod name and namespace come from here).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -86,15 +92,20 @@ pub struct ContainerState {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerStatus {
+    /// Being created (the filter is installed now under runc and crun).
     Creating,
+    /// Created, its process not yet started.
     Created,
+    /// Its process runs.
     Running,
+    /// Its process exited.
     Stopped,
 }
 
 /// A document with its listener, checked and ready to supervise.
 #[derive(Debug)]
 pub struct ContainerListener {
+    /// The document the runtime sent.
     pub state: ContainerProcessState,
     /// The seccomp user-notification listener of the container's filter.
     pub notify_fd: OwnedFd,
@@ -104,27 +115,55 @@ pub struct ContainerListener {
 /// fatal to the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
+    /// The runtime connected and closed without sending anything.
     #[error("connection closed before any data")]
     Empty,
     #[error("connection closed after {len} bytes, in the middle of the document")]
-    Truncated { len: usize },
+    /// The connection closed in the middle of the document.
+    Truncated {
+        /// Bytes received before it closed.
+        len: usize,
+    },
+    /// The document exceeds the size limit.
     #[error("document larger than {MAX_DOCUMENT} bytes")]
     TooLarge,
     #[error("not a ContainerProcessState document: {0}")]
+    /// Not valid JSON of the expected shape; the parser's message.
     Malformed(String),
+    /// The container is already stopped.
     #[error("container status is `stopped`: there is no process left to supervise")]
     Stopped,
     #[error("the document names no `{SECCOMP_FD_NAME}` in `fds` ({names:?})")]
-    NoSeccompFd { names: Vec<String> },
+    /// `fds` does not name the seccomp listener.
+    NoSeccompFd {
+        /// The names `fds` did list.
+        names: Vec<String>,
+    },
     #[error("`{SECCOMP_FD_NAME}` appears {count} times in `fds`")]
-    DuplicateSeccompFd { count: usize },
+    /// `fds` names the seccomp listener more than once.
+    DuplicateSeccompFd {
+        /// How many times.
+        count: usize,
+    },
     #[error("`fds` names {names} descriptors but {received} came with the message")]
-    FdCountMismatch { names: usize, received: usize },
+    /// `fds` and the descriptors attached to the message disagree in number.
+    FdCountMismatch {
+        /// Entries in `fds`.
+        names: usize,
+        /// Descriptors received (`SCM_RIGHTS`).
+        received: usize,
+    },
+    /// More descriptors arrived than any runtime sends.
     #[error("more than {MAX_FDS} descriptors attached")]
     TooManyFds,
     #[error("the `{SECCOMP_FD_NAME}` descriptor is not a seccomp listener but {kind:?}")]
-    NotSeccompListener { kind: String },
+    /// The descriptor named as the listener is something else.
+    NotSeccompListener {
+        /// What it is (its `/proc/self/fd` link).
+        kind: String,
+    },
     #[error("reading the connection: {0}")]
+    /// Reading the connection failed.
     Io(#[from] io::Error),
 }
 
@@ -209,6 +248,7 @@ impl ObjectEnd {
 }
 
 impl StateReader {
+    /// A reader that has received nothing yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -345,7 +385,9 @@ fn check_seccomp_listener(fd: BorrowedFd<'_>) -> Result<(), Rejection> {
 /// Where a narrowing request came from, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NarrowSource {
+    /// The seccomp profile's `listenerMetadata`.
     Metadata,
+    /// The container annotation `org.fdgrab.allow-bind`.
     Annotation,
 }
 
@@ -362,7 +404,9 @@ impl fmt::Display for NarrowSource {
 #[derive(Debug, thiserror::Error)]
 #[error("{source_kind}: {reason}")]
 pub struct NarrowError {
+    /// Where the request came from.
     pub source_kind: NarrowSource,
+    /// What is wrong with it.
     pub reason: String,
 }
 

@@ -21,7 +21,9 @@ use std::sync::{Arc, RwLock};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// TCP (`SOCK_STREAM` on an inet socket).
     Tcp,
+    /// UDP (`SOCK_DGRAM` on an inet socket).
     Udp,
 }
 
@@ -39,6 +41,7 @@ impl fmt::Display for Proto {
 pub struct Rule {
     /// `None`: TCP and UDP.
     pub proto: Option<Proto>,
+    /// The ports allowed, both ends included.
     pub ports: RangeInclusive<u16>,
     /// `None`: any address, wildcard included.
     pub addr: Option<IpAddr>,
@@ -125,6 +128,7 @@ pub struct Policy {
 pub struct PolicyCell(RwLock<Arc<Policy>>);
 
 impl PolicyCell {
+    /// A cell holding `policy` until [`PolicyCell::set`] replaces it.
     pub fn new(policy: Arc<Policy>) -> Self {
         Self(RwLock::new(policy))
     }
@@ -148,6 +152,7 @@ pub struct PolicyError {
     pub path: Option<PathBuf>,
     /// 1-based line in the file, when the error has a place.
     pub line: Option<usize>,
+    /// What is wrong.
     pub reason: String,
 }
 
@@ -343,10 +348,12 @@ impl Policy {
         self.rules.iter().any(|r| r.ports.contains(&port))
     }
 
+    /// The rules, merged and in order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
+    /// Whether no bind is allowed at all.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

@@ -81,6 +81,7 @@ impl Default for UnprivilegedPorts {
 }
 
 impl UnprivilegedPorts {
+    /// An empty cache; our own network namespace's threshold is read now.
     pub fn new() -> Self {
         let own = (|| {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0")

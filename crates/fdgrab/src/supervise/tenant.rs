@@ -56,6 +56,7 @@ pub struct LatencyStats {
 }
 
 impl LatencyStats {
+    /// Counts one decision that took `d`.
     pub fn record(&self, d: Duration) {
         let us = d.as_micros().max(1);
         let i = (127 - us.leading_zeros() as usize).min(23);
@@ -109,7 +110,9 @@ struct Job {
 /// Counters shown in the agent's status.
 #[derive(Debug, Default)]
 pub struct TenantCounters {
+    /// Trapped calls decided.
     pub decisions: AtomicU64,
+    /// Requests answered `ETIMEDOUT` by the watchdog.
     pub timeouts: AtomicU64,
 }
 

@@ -85,6 +85,7 @@ pub(crate) fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_mmap => "mmap (injected)",
         libc::SYS_munmap => "munmap (injected)",
         libc::SYS_rt_sigprocmask => "rt_sigprocmask (injected)",
+        #[cfg(target_arch = "x86_64")]
         libc::SYS_dup2 => "dup2 (injected)",
         libc::SYS_close_range => "close_range (injected)",
         _ => "a syscall injected into the target",

@@ -1,7 +1,7 @@
 //! Locating a `syscall` instruction in the target to run injected calls from.
 
 use crate::error::{Error, Result};
-use crate::inject::arch::{Regs, SYSCALL_INSN};
+use crate::inject::arch::{find_syscall_insn as find_insn_in, Regs, SYSCALL_INSN};
 use crate::{procfs, Pid};
 use rustix::io::Errno;
 
@@ -17,7 +17,7 @@ pub(super) fn find_syscall_insn(pid: Pid, tid: Pid, regs: &Regs) -> Result<u64> 
         let at = regs
             .instruction_pointer()
             .wrapping_sub(SYSCALL_INSN.len() as u64);
-        let mut b = [0u8; 2];
+        let mut b = [0u8; SYSCALL_INSN.len()];
         if crate::sys::process_vm_read(tid, at, &mut b).is_ok() && b == SYSCALL_INSN {
             return Ok(at);
         }
@@ -75,7 +75,7 @@ fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
             break;
         }
         buf.extend_from_slice(&page);
-        if let Some(pos) = buf.windows(2).position(|w| w == SYSCALL_INSN) {
+        if let Some(pos) = find_insn_in(&buf) {
             return Some(base + pos as u64);
         }
     }
@@ -85,7 +85,5 @@ fn scan_pages(tid: Pid, base: u64, max: u64) -> Option<u64> {
 fn scan(tid: Pid, start: u64, end: u64) -> Option<u64> {
     let mut buf = vec![0u8; (end - start) as usize];
     crate::sys::process_vm_read(tid, start, &mut buf).ok()?;
-    buf.windows(2)
-        .position(|w| w == SYSCALL_INSN)
-        .map(|i| start + i as u64)
+    find_insn_in(&buf).map(|i| start + i as u64)
 }
