@@ -1,5 +1,7 @@
 //! Attacks on the injection engine's transparency promise that the other suites do
-//! not cover: state of the target the kernel changes behind the session's back.
+//! not cover: target state the kernel changes behind the session's back (the
+//! single-step's forced SIGTRAP), seccomp filters keyed on arguments known only at
+//! run time, and a fault of the injected frame itself.
 
 use fdgrab::{Backend, GrabOptions, PidFd, TargetFd};
 use fdgrab_testkit::{status_field, wait_in_syscall, Snapshot, Target};
