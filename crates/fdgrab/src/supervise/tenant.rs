@@ -178,7 +178,7 @@ impl Tenant {
     }
 
     fn shown_id(&self) -> String {
-        super::agent::shown(self.labels.container_id.as_deref().unwrap_or(""))
+        crate::inventory::escape(self.labels.container_id.as_deref().unwrap_or("").as_bytes())
     }
 
     /// Workers blocked in a read that the watchdog gave up on.
