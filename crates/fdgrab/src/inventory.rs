@@ -10,6 +10,7 @@ pub(crate) mod inet_diag;
 mod names;
 mod query;
 mod sock_diag;
+mod socket_info;
 mod sockets;
 pub(crate) mod unix_diag;
 

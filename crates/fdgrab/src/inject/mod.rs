@@ -21,6 +21,7 @@ pub(crate) mod ptrace;
 mod rendezvous;
 mod seccomp;
 mod session;
+mod syscalls;
 mod tty;
 
 pub use seccomp::SeccompPolicy;

@@ -212,7 +212,7 @@ fn read_filters(pid: Pid, tid: Pid, mode: u8) -> Result<Vec<Program>> {
 
 /// `name(arg, ...)` for messages, `?` for an argument not known yet.
 pub(crate) fn describe(nr: i64, args: &[Option<u64>]) -> String {
-    let name = super::session::syscall_name(nr).trim_end_matches(" (injected)");
+    let name = super::syscalls::syscall_name(nr).trim_end_matches(" (injected)");
     let mut padded = [Some(0u64); 6];
     for (slot, a) in padded.iter_mut().zip(args) {
         *slot = *a;

@@ -3,7 +3,7 @@
 //! connected unix socket.
 
 use super::sock_diag::{self, attributes, request_header, NLM_F_DUMP};
-use super::sockets::{unix_info, unix_type, Endpoint, SocketInfo};
+use super::socket_info::{unix_info, unix_type, Endpoint, SocketInfo};
 use std::os::fd::OwnedFd;
 
 const UDIAG_SHOW_NAME: u32 = 0x1;

@@ -18,7 +18,8 @@ mod locate;
 mod sigmask;
 mod stop;
 
-pub(crate) use errors::{remote_error, syscall_name};
+pub(crate) use crate::inject::syscalls::syscall_name;
+pub(crate) use errors::remote_error;
 
 use super::arch::{Regs, SYSCALL_INSN};
 use super::ptrace;
