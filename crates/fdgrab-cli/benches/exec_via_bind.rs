@@ -13,12 +13,13 @@
 //!
 //! Run with `scripts/bench exec_via_bind` (it builds the release binaries).
 
+use fdgrab_testkit::bench::Goals;
 use fdgrab_testkit::handover::{
     first_answer, free_port, gunicorn, gunicorn_args, stop_child, write_pid_app, Probe, TempDir,
 };
 use fdgrab_testkit::{bin, TIMEOUT};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GOAL: f64 = 1.2;
@@ -63,13 +64,13 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn main() -> ExitCode {
+fn main() {
     if std::env::args().any(|a| a == "--list") {
-        return ExitCode::SUCCESS;
+        return;
     }
+    let mut goals = Goals::new("exec_via_bind");
     let Some(g) = gunicorn() else {
-        println!("exec_via_bind: SKIP, gunicorn is not installed (Debian package gunicorn)");
-        return ExitCode::SUCCESS;
+        goals.skip("gunicorn is not installed (Debian package gunicorn)");
     };
     let dir = TempDir::new("bench-via-bind");
     write_pid_app(dir.path());
@@ -85,10 +86,15 @@ fn main() -> ExitCode {
     via("bind", addr, &server);
     let rounds = 9;
     let (mut c, mut e, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        c.push(cold(&server));
-        e.push(via("env", addr, &server));
-        b.push(via("bind", addr, &server));
+    for round in 0..rounds {
+        // The order rotates, so that no side always runs right after another.
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => c.push(cold(&server)),
+                1 => e.push(via("env", addr, &server)),
+                _ => b.push(via("bind", addr, &server)),
+            }
+        }
     }
     let (c, e, b) = (median(c), median(e), median(b));
     let ratio = b.as_secs_f64() / c.as_secs_f64();
@@ -102,11 +108,6 @@ fn main() -> ExitCode {
         b.as_secs_f64() / e.as_secs_f64(),
     );
     drop(held);
-    if ratio <= GOAL {
-        println!("--via bind within the {GOAL}x goal");
-        ExitCode::SUCCESS
-    } else {
-        println!("--via bind ABOVE the {GOAL}x goal");
-        ExitCode::FAILURE
-    }
+    goals.at_most("--via bind / cold start", ratio, GOAL);
+    goals.finish()
 }

@@ -12,6 +12,7 @@
 //! Exits non-zero when a goal is missed. Run with `scripts/bench` (it builds the
 //! release binaries first).
 
+use fdgrab_testkit::bench::Goals;
 use fdgrab_testkit::{bin, output_timeout, Target};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
@@ -80,8 +81,8 @@ fn medians(runs: &[Run], rounds: usize) -> Vec<f64> {
 }
 
 /// Times `runs` (the first is fdgrab) and checks each reference's ratio against
-/// its goal (`goals[i]` for `runs[i + 1]`); a miss is added to `missed`.
-fn compare(title: &str, runs: &[Run], goals: &[f64], rounds: usize, missed: &mut Vec<String>) {
+/// its goal (`goals[i]` for `runs[i + 1]`), recording each in `judged`.
+fn compare(title: &str, runs: &[Run], goals: &[f64], rounds: usize, judged: &mut Goals) {
     let m = medians(runs, rounds);
     println!("{title} (median of {rounds} interleaved rounds):");
     for (r, t) in runs.iter().zip(&m) {
@@ -89,19 +90,11 @@ fn compare(title: &str, runs: &[Run], goals: &[f64], rounds: usize, missed: &mut
     }
     for (i, goal) in goals.iter().enumerate() {
         let ratio = m[i + 1] / m[0];
-        let ok = ratio >= *goal;
-        println!(
-            "  ratio {:<28} {:>8.2}x  (goal >= {goal:.1}x) {}",
-            runs[i + 1].name,
+        judged.at_least(
+            &format!("{title}: {} / {}", runs[i + 1].name, runs[0].name),
             ratio,
-            if ok { "ok" } else { "MISSED" }
+            *goal,
         );
-        if !ok {
-            missed.push(format!(
-                "{title}: {} {ratio:.2}x < {goal}x",
-                runs[i + 1].name
-            ));
-        }
     }
 }
 
@@ -141,7 +134,7 @@ fn lsof_fds(args: &[&str]) -> BTreeMap<i64, BTreeSet<i64>> {
 }
 
 fn main() {
-    let mut missed = Vec::new();
+    let mut goals = Goals::new("ls_vs_lsof");
     let fg = fdgrab();
 
     for (fds, rounds) in [(10usize, 21), (100, 21), (1_000, 15), (10_000, 7)] {
@@ -175,7 +168,7 @@ fn main() {
             &runs,
             &[1.0, 3.0],
             rounds,
-            &mut missed,
+            &mut goals,
         );
     }
 
@@ -210,7 +203,7 @@ fn main() {
         ],
         &[5.0],
         5,
-        &mut missed,
+        &mut goals,
     );
 
     // Who holds a port: a listener and both ends of a connection, here.
@@ -234,7 +227,7 @@ fn main() {
     let me = std::process::id().to_string();
     assert_eq!(output(&runs[0].argv).trim(), me);
     assert_eq!(output(&runs[1].argv).trim(), me);
-    compare("who holds a port", &runs, &[3.0, 1.0], 9, &mut missed);
+    compare("who holds a port", &runs, &[3.0, 1.0], 9, &mut goals);
 
     // Who holds a file, and who holds deleted files.
     let dir = std::env::temp_dir().join(format!("fdgrab-bench-ls-{}", std::process::id()));
@@ -255,20 +248,14 @@ fn main() {
         run("fuser FILE", &["fuser", &f]),
     ];
     assert_eq!(output(&runs[0].argv).trim(), me);
-    compare("who holds a file", &runs, &[3.0], 9, &mut missed);
+    compare("who holds a file", &runs, &[3.0], 9, &mut goals);
     let runs = [
         run("fdgrab ls --deleted", &[&fg, "ls", "--deleted"]),
         run("lsof -n -P +L1", &["lsof", "-n", "-P", "+L1"]),
     ];
     assert!(output(&runs[0].argv).contains("doomed"));
-    compare("who holds deleted files", &runs, &[3.0], 5, &mut missed);
+    compare("who holds deleted files", &runs, &[3.0], 5, &mut goals);
     let _ = std::fs::remove_dir_all(&dir);
 
-    if !missed.is_empty() {
-        eprintln!("goals missed:");
-        for m in &missed {
-            eprintln!("  {m}");
-        }
-        std::process::exit(1);
-    }
+    goals.finish()
 }

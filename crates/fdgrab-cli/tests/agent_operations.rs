@@ -98,6 +98,37 @@ fn agent_sighup_reloads_policy_and_reopens_the_audit_file() {
     assert!(line.contains("\"pod\":\"pod-reload"), "{line}");
 }
 
+/// The audit path is reopened on the agent's own thread: a FIFO put there with
+/// nobody reading must not hang the reload (nor the agent), and a full disk must
+/// not stop binds from being answered.
+#[test]
+fn agent_reload_survives_an_audit_path_that_is_a_fifo_or_full() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut agent = AgentProc::start(&["--allow-bind", "tcp:91"]);
+    let mut t = FakeTenant::start_foreign(&agent, &unique("auditfifo"));
+    assert_eq!(t.ask("bind 127.78.6.1 91", TIMEOUT)["errno"], 0);
+
+    std::fs::remove_file(&agent.audit).expect("remove the audit file");
+    let path = std::ffi::CString::new(agent.audit.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo touches nothing else.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    signal(&agent, rustix::process::Signal::HUP);
+    log_count(&agent, "cannot reopen the audit file", 1);
+    log_count(&agent, "policy reloaded", 1);
+    assert!(agent.is_running());
+    assert_eq!(t.ask("bind 127.78.6.2 91", TIMEOUT)["errno"], 0);
+
+    std::fs::remove_file(&agent.audit).expect("remove the FIFO");
+    std::os::unix::fs::symlink("/dev/full", &agent.audit).expect("symlink");
+    signal(&agent, rustix::process::Signal::HUP);
+    log_count(&agent, "policy reloaded", 2);
+    assert_eq!(t.ask("bind 127.78.6.3 91", TIMEOUT)["errno"], 0);
+    log_count(&agent, "cannot write an audit record", 1);
+    assert!(agent.is_running());
+}
+
 #[test]
 fn agent_policy_must_be_a_small_regular_file() {
     if !root_or_skip() {

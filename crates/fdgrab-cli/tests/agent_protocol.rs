@@ -3,7 +3,9 @@
 //! real container, even while a slow client sits on a half-sent document.
 
 use fdgrab::passfd::send_fds;
-use fdgrab_testkit::oci::{unique, AgentProc, Bundle, Container, NetNs, Runtime, TempDir};
+use fdgrab_testkit::oci::{
+    unique, AgentProc, Bundle, Container, FakeTenant, NetNs, Runtime, TempDir,
+};
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -172,6 +174,34 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
         baseline,
         "no fd of a rejected client is kept: {}",
         agent.log.text()
+    );
+}
+
+/// A container id and an annotation carry text from whoever made the container
+/// into the agent's log: a newline there must not start a log line of its own.
+#[test]
+fn agent_log_lines_cannot_be_forged_by_a_container() {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
+    let id = format!("{}\nFORGED-ID fdgrab: forged", unique("forge"));
+    let mut t = FakeTenant::spawn_annotated(&agent.socket, &id, "tcp:80,tcp:8\nFORGED-SPEC x");
+    assert_eq!(t.line(TIMEOUT)["ready"], true);
+    let log = agent
+        .log
+        .wait_for("supervising container", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.contains("unreadable narrowing request"), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| !l.starts_with("FORGED-ID") && !l.starts_with("FORGED-SPEC")),
+        "{log}"
+    );
+    assert!(
+        log.contains("\\nFORGED-ID"),
+        "the id is shown escaped: {log}"
     );
 }
 

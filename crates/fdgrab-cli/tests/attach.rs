@@ -722,3 +722,232 @@ fn single_process_mode_takes_a_job_out_of_its_shell_session() {
     old.type_line("echo S$((5*5))");
     old.wait_for("S25", WAIT);
 }
+
+/// The pty index of `pid`'s stdin (`/dev/pts/N`).
+fn pts_index(pid: i32) -> u32 {
+    std::fs::read_link(format!("/proc/{pid}/fd/0"))
+        .ok()
+        .and_then(|l| l.to_str()?.strip_prefix("/dev/pts/")?.parse().ok())
+        .unwrap_or_else(|| panic!("process {pid}'s stdin is not on /dev/pts"))
+}
+
+#[test]
+fn a_master_of_the_same_index_in_another_devpts_instance_is_left_alone() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-inst-old");
+    let n = pts_index(py);
+    // A bystander in its own mount namespace with its own devpts instance (as in a
+    // container) holds the master of *its* pts/N: the same index, another pty.
+    let dir = std::env::temp_dir().join(format!("fdgrab-devpts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = format!(
+        "import os, fcntl, struct, sys, time\n\
+         keep = []\n\
+         while True:\n\
+         \x20   fd = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+         \x20   keep.append(fd)\n\
+         \x20   if struct.unpack('I', fcntl.ioctl(fd, 0x80045430, b'\\0' * 4))[0] == {n}: break\n\
+         print('FD', fd, flush=True)\n\
+         time.sleep(600)\n",
+        d = dir.display()
+    );
+    let mut child = std::process::Command::new("timeout")
+        .args(["120", "unshare", "-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts {d} && exec python3 -c \"$0\"",
+            d = dir.display()
+        ))
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("bystander's line");
+    let fd: i32 = line
+        .strip_prefix("FD ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("bystander said {line:?}"));
+    let bystander = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("python under timeout");
+    let _bystander = KillOnDrop::new(bystander);
+    let link = |pid: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    assert!(link(bystander).is_some_and(|l| l.ends_with("ptmx")));
+
+    let new = attach_in("att-inst-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('X', x + 1)");
+    new.wait_for("X 42", WAIT);
+    assert!(
+        link(bystander).is_some_and(|l| l.ends_with("ptmx")),
+        "fdgrab attach replaced another devpts instance's pty master: {:?}",
+        link(bystander)
+    );
+    exit_python(&new, py);
+    drop(_bystander);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn detach_works_after_a_paste_the_program_does_not_read() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start("att-paste-old", 80, 24, "exec bash --norc --noprofile -i");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    // Raw mode, and a foreground job that never reads its input: whatever is typed
+    // stays queued in the pty.
+    old.type_line("stty raw -echo; sleep 300");
+    wait_until("sleep to start", || !children(bash).is_empty());
+    let _sleep = KillOnDrop::new(children(bash)[0]);
+
+    let new = attach_in("att-paste-new", 100, 30, "", &bash.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    // More than the pty queues: the rest waits in fdgrab.
+    let paste = std::env::temp_dir().join(format!("fdgrab-paste-{}", std::process::id()));
+    std::fs::write(&paste, "a".repeat(20_000)).expect("paste file");
+    let path = paste.to_str().expect("utf-8 temp path");
+    assert!(new.run(&["load-buffer", path]).status.success());
+    assert!(new.run(&["paste-buffer"]).status.success());
+    let _ = std::fs::remove_file(&paste);
+    std::thread::sleep(Duration::from_millis(300));
+    new.key("Enter");
+    new.type_text("~.");
+    let text = expect_exit(&new, 7);
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    assert_healthy(bash);
+}
+
+/// A keeper (`fdgrab-keep`) holding the master of `/dev/pts/n`, if there is one.
+fn keeper_of(n: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim_end() != "fdgrab-keep" || gone(pid) {
+            return None;
+        }
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .ok()?
+            .flatten()
+            .any(|f| {
+                std::fs::read_to_string(f.path())
+                    .is_ok_and(|t| t.lines().any(|l| l == format!("tty-index:\t{n}")))
+            })
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_terminal_that_stops_reading_does_not_keep_signals_from_detaching() {
+    if !ready() {
+        return;
+    }
+    let old = Tmux::start("att-stall-old", 80, 24, "exec bash --norc --noprofile -i");
+    old.wait_for("bash-", WAIT);
+    let bash = old.pane_pid();
+    let _bash = KillOnDrop::new(bash);
+    let n = pts_index(bash);
+    // fdgrab's own terminal is a pty nobody reads after the banner (a stalled ssh
+    // connection): the session's output fills it and fdgrab's writes block.
+    let harness = format!(
+        "import os, pty, sys, time\n\
+         pid, m = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execv('{fdgrab}', ['fdgrab', 'attach', '{bash}'])\n\
+         print('FDGRAB', pid, flush=True)\n\
+         data = b''\n\
+         while b'to detach' not in data:\n\
+         \x20   data += os.read(m, 4096)\n\
+         os.write(m, b'yes | head -c 3000000\\r')\n\
+         print('STALLED', flush=True)\n\
+         time.sleep(120)\n",
+        fdgrab = bin("fdgrab").display()
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &harness])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let _harness = KillOnDrop::new(child.id() as i32);
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("harness line");
+    let fdgrab: i32 = line
+        .strip_prefix("FDGRAB ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("harness said {line:?}"));
+    let _fdgrab = KillOnDrop::new(fdgrab);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("harness line");
+    assert_eq!(line.trim(), "STALLED");
+    // Let the output fill fdgrab's terminal.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(keeper_of(n).is_none(), "a keeper before the signal");
+    signal(fdgrab, "TERM");
+    wait_until("a keeper to hold the session after SIGTERM", || {
+        keeper_of(n).is_some()
+    });
+    let keeper = keeper_of(n).expect("keeper");
+    let _keeper = KillOnDrop::new(keeper);
+    // Whatever fdgrab does now, the session no longer depends on it.
+    signal(fdgrab, "KILL");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_healthy(bash);
+    drop(_harness);
+    let _ = child.wait();
+}
+
+#[test]
+fn another_users_squatting_on_the_attach_lock_does_not_lock_root_out() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-squat-old");
+    let n = pts_index(py);
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/dev/pts").expect("/dev/pts").dev()
+    };
+    // uid 65534 binds (and listens on) the abstract name the lock of this pty uses.
+    let squat = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind(b'\\0fdgrab-attach/{dev:x}/{n}')\n\
+         s.listen(8)\n\
+         print('BOUND', flush=True)\n\
+         time.sleep(120)\n"
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &squat])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let _squatter = KillOnDrop::new(child.id() as i32);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("squatter's line");
+    assert_eq!(line.trim(), "BOUND");
+
+    let new = attach_in("att-squat-new", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('X', x + 1)");
+    new.wait_for("X 42", WAIT);
+    exit_python(&new, py);
+    drop(_squatter);
+    let _ = child.wait();
+}

@@ -240,7 +240,26 @@ fn exec_zero_downtime_udp() {
         format!("udp:127.0.0.1:{}", old.port(0)),
     );
     let exec = zero_downtime(activated_case(old, selector, Probe::Udp(addr), 2000));
+    assert_taken_by(&exec, "pidfd_getfd");
     stop_through_fdgrab(exec);
+}
+
+/// The ready line says which mechanism took every socket.
+fn assert_taken_by(exec: &Exec, method: &str) {
+    let ready = exec
+        .log
+        .iter()
+        .find(|l| l.contains(" is ready"))
+        .expect("a ready line");
+    let said: Vec<&str> = ready
+        .split(", taken by ")
+        .skip(1)
+        .map(|rest| rest.split(')').next().unwrap_or(rest))
+        .collect();
+    assert!(
+        !said.is_empty() && said.iter().all(|m| *m == method),
+        "every socket should be taken by {method}: {ready}"
+    );
 }
 
 /// The sockets can also be taken by ptrace injection (kernels without pidfd_getfd).
@@ -254,6 +273,8 @@ fn exec_zero_downtime_by_ptrace_backend() {
     let mut case = activated_case(old, selector, Probe::Tcp(addr), 2000);
     case.extra = vec!["--backend".into(), "ptrace".into()];
     let exec = zero_downtime(case);
+    // If --backend were ignored, pidfd_getfd would have taken the socket instead.
+    assert_taken_by(&exec, "ptrace");
     stop_through_fdgrab(exec);
 }
 

@@ -1016,3 +1016,74 @@ fn a_server_started_by_via_bind_can_itself_be_handed_over_again() {
     assert!(answers.iter().rev().take(20).all(|a| *a == Ok(3)), "{by:?}");
     drop(third);
 }
+
+/// A plain blocking server (`accept` in a loop on a blocking listener, as many
+/// simple servers are): argv[1] is the page, argv[2] and [3] the address.
+const BLOCKING_PY: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[2], int(sys.argv[3])))
+s.listen(64)
+print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        data = b''
+        while b'\r\n\r\n' not in data:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+        body = sys.argv[1].encode()
+        c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n' % len(body) + body)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn failure_after_a_non_blocking_bind_leaves_a_blocking_old_server_serving() {
+    if !ready() {
+        return;
+    }
+    let ip = "127.61.0.23";
+    let port = free_port_on(ip);
+    let mut child = Command::new(python())
+        .args(["-c", BLOCKING_PY, "master=1", ip, &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let pid = child.id() as i32;
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = read_line_timeout(&mut out, TIMEOUT).expect("old server's first line");
+    assert_eq!(line.trim(), "listening");
+    let old = Server {
+        child,
+        pid,
+        addrs: vec![spec(ip, port, "")],
+        report: None,
+    };
+    // The new server binds a non-blocking socket (as event-loop servers do), then
+    // fails before listen (a configuration error found after binding), while the
+    // old one keeps accepting under load.
+    let new = format!(
+        "import socket, sys, time\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.setblocking(False)\n\
+         s.bind(('{ip}', {port}))\n\
+         time.sleep(1.5)\n\
+         sys.exit(4)\n"
+    );
+    failed_handover(
+        &old,
+        &[selector(ip, port)],
+        &[],
+        &[python(), "-c".into(), new],
+        vec![Probe::Http(addr(ip, port))],
+        "exited (exit status 4) before it was ready",
+    );
+}

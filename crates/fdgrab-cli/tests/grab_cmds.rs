@@ -408,7 +408,7 @@ fn io_uring_fds_are_named_and_skipped_only_when_asked() {
     );
     assert!(listener.accept().is_err(), "nothing may be sent");
     let ptrace_get = |extra: &[&str]| {
-        let mut args = vec!["get", "--backend", "ptrace"];
+        let mut args = vec!["-v", "get", "--backend", "ptrace"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[pid.as_str(), file.as_str(), ring.as_str(), "--", "true"]);
         run_fdgrab(args)
@@ -424,6 +424,8 @@ fn io_uring_fds_are_named_and_skipped_only_when_asked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&format!("skipping fd {ring}")), "{err}");
+    // The file was really taken by injection (an ignored --backend would say pidfd_getfd).
+    assert!(err.contains("(method: ptrace)"), "{err}");
     assert_eq!(fdgrab_testkit::proc_fds(t.pid), fds_before);
 
     let mut cmd = fdgrab_testkit::fdgrab();

@@ -133,7 +133,11 @@ fn inject_cli_send_json_names_backend() {
         "/nonexistent",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend 'gdb'"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'gdb'") && err.contains("auto, pidfd, ptrace"),
+        "{err}"
+    );
 }
 
 /// Runs fdgrab under a seccomp filter that makes the listed syscalls fail with

@@ -69,6 +69,17 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
         );
         b.assert_unharmed(&mut t, &b.fds, &case);
     }
+    // A steal whose copy needs no injection (pidfd_getfd) must still be refused
+    // before CMD starts: the close that would follow cannot be checked.
+    let marker = std::env::temp_dir().join(format!("fdgrab-steal-marker-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let touch = format!("touch {}", marker.display());
+    let out = fdgrab_as_nobody(&["steal", &pid, &file, "--", "sh", "-c", &touch]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "steal by pidfd: {err}");
+    assert!(err.contains("seccomp") && err.contains("--force"), "{err}");
+    assert!(!marker.exists(), "CMD ran although the close was refused");
+    b.assert_unharmed(&mut t, &b.fds, "steal by pidfd");
     // --force: the filter (errno on mknod) is harmless, so the commands now work.
     let out = fdgrab_as_nobody(&["cat", "--force", "--backend", "ptrace", &pid, &file]);
     assert_success(&out);

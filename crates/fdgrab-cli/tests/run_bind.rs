@@ -291,6 +291,96 @@ fn run_nginx_as_nobody_listen_80() {
     );
 }
 
+/// Binds itself into the net_cls cgroup argv[1], binds and listens on
+/// 127.79.9.10:argv[2], and prints its socket's classid as sock_diag reports it.
+const CLASSID_PY: &str = r#"import socket, struct, sys, os
+cg = sys.argv[1]; port = int(sys.argv[2])
+open(cg + "/cgroup.procs", "w").write(str(os.getpid()))
+s = socket.socket(); s.bind(("127.79.9.10", port)); s.listen()
+def classid():
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4)
+    # inet_diag_req_v2: family, protocol, ext, pad, states, sockid(sport,dport,src[16],dst[16],if,cookie[2])
+    ext = 1 << (6 - 1)  # INET_DIAG_TCLASS also returns INET_DIAG_CLASS_ID
+    sockid = struct.pack("!HH", port, 0) + b"\0"*32 + struct.pack("=I", 0) + struct.pack("=II", 0xffffffff, 0xffffffff)
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, ext, 0, 1 << 10) + sockid
+    hdr = struct.pack("=IHHII", 16 + len(req), 20, 0x301, 1, 0)
+    nl.sendto(hdr + req, (0, 0))
+    data = nl.recv(65536)
+    off = 0; found = None
+    while off < len(data):
+        ln, ty = struct.unpack_from("=IH", data, off)
+        if ty == 20:
+            m = data[off+16:off+ln]
+            sport = struct.unpack_from("!H", m, 4)[0]
+            a = 72
+            while a + 4 <= len(m):
+                alen, aty = struct.unpack_from("=HH", m, a)
+                if alen < 4: break
+                if aty == 17 and sport == port:
+                    found = struct.unpack_from("=I", m, a + 4)[0]
+                a += (alen + 3) & ~3
+        if ty in (2, 3): break
+        off += (ln + 3) & ~3
+    return found
+print("classid=%#x" % (classid() or 0), flush=True)
+"#;
+
+/// A bind the supervisor hands back to the kernel is left untouched even when it
+/// is audited: copying the socket out (pidfd_getfd) would move it into the
+/// supervisor's cgroup-v1 net_cls/net_prio class.
+#[test]
+fn run_audited_bind_keeps_the_sockets_net_cls_class() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("netcls");
+    let mnt = dir.path("net_cls");
+    std::fs::create_dir(&mnt).expect("mount point");
+    // A host that already mounts net_cls together with net_prio (systemd's
+    // hybrid layout) accepts only the same set of controllers.
+    let mounted = ["net_cls", "net_cls,net_prio"].iter().any(|opts| {
+        Command::new("mount")
+            .args(["-t", "cgroup", "-o", opts, "fdgrab-test"])
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !mounted {
+        fdgrab_testkit::skip("cannot mount the cgroup-v1 net_cls controller");
+        return;
+    }
+    let group = mnt.join(format!("fdgrab-{}", std::process::id()));
+    std::fs::create_dir(&group).expect("cgroup");
+    std::fs::write(group.join("net_cls.classid"), "0x100001").expect("classid");
+    let script = dir.path("classid.py");
+    std::fs::write(&script, CLASSID_PY).expect("script");
+    let audit = dir.path("audit.jsonl");
+    let out = output_timeout(
+        fdgrab()
+            .arg("run")
+            .arg("--audit")
+            .arg(&audit)
+            .arg("--")
+            .arg(python())
+            .arg(&script)
+            .arg(&group)
+            .arg("41239"),
+        TIMEOUT,
+    );
+    let _ = std::fs::remove_dir(&group);
+    let _ = Command::new("umount").arg(&mnt).status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = std::fs::read_to_string(&audit).expect("audit");
+    assert!(
+        line.contains("\"proto\":\"tcp\""),
+        "the audit line still names the protocol: {line}"
+    );
+    assert!(line.contains("\"decision\":\"continue\""), "{line}");
+    assert_eq!(stdout.trim(), "classid=0x100001", "{out:?}");
+}
+
 #[test]
 fn run_unprivileged_and_unix_binds_pass_untouched() {
     if !root_or_skip() {

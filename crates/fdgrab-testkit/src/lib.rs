@@ -2,6 +2,7 @@
 //! spawning real target processes that report their own view of their fds, and
 //! running commands with a hard timeout so that no test can hang CI.
 
+pub mod bench;
 pub mod containers;
 pub mod cri;
 pub mod handover;

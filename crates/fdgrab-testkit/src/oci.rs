@@ -813,6 +813,18 @@ impl FakeTenant {
         if let Some(p) = port_start {
             cmd.env("FAKE_TENANT_FOREIGN_PORT_START", p.to_string());
         }
+        FakeTenant::spawn_command(cmd, socket, id)
+    }
+
+    /// Like [`FakeTenant::spawn_at`], with `allow_bind` as the container's
+    /// `org.fdgrab.allow-bind` annotation.
+    pub fn spawn_annotated(socket: &Path, id: &str, allow_bind: &str) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        cmd.env("FAKE_TENANT_ALLOW_BIND", allow_bind);
+        FakeTenant::spawn_command(cmd, socket, id)
+    }
+
+    fn spawn_command(mut cmd: Command, socket: &Path, id: &str) -> FakeTenant {
         let mut child = cmd
             .arg(socket)
             .arg(id)

@@ -181,6 +181,9 @@ impl GrabOptions {
         fds: &[TargetFd],
         hook: impl FnOnce(Vec<Grabbed>) -> std::result::Result<T, E>,
     ) -> std::result::Result<Taken<T>, E> {
+        if self.steal.is_some() {
+            inject::check_close_allowed(target, self.seccomp)?;
+        }
         let (copies, backend) = self.copy(target, fds)?;
         let mut out = Vec::with_capacity(copies.len());
         let mut owner = None;
@@ -442,15 +445,15 @@ pub fn open_target(pid: Pid, backend: Backend) -> Result<PidFd> {
 ///   with the most likely cause;
 /// - `EMFILE`/`ENFILE` → [`Error::TooManyFiles`]; `ENOSYS` → [`Error::Unsupported`].
 pub fn pidfd_getfd(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
-    if target.is_procfs() {
+    let Some(pidfd) = target.as_pidfd() else {
         // No pidfd_open means no pidfd_getfd either (5.3 < 5.6).
         return Err(Error::Unsupported {
             op: "pidfd_getfd",
             needs: "5.6",
             source: Errno::NOSYS.into(),
         });
-    }
-    match rustix::process::pidfd_getfd(target, fd.as_raw(), PidfdGetfdFlags::empty()) {
+    };
+    match rustix::process::pidfd_getfd(pidfd, fd.as_raw(), PidfdGetfdFlags::empty()) {
         Ok(ours) => Ok(ours),
         Err(Errno::SRCH) if !target.is_thread() && target.is_alive() => {
             grab_via_live_thread(target, fd)
@@ -470,7 +473,10 @@ fn grab_via_live_thread(target: &PidFd, fd: TargetFd) -> Result<OwnedFd> {
         let Ok(thread) = PidFd::open_thread(tid) else {
             continue;
         };
-        match rustix::process::pidfd_getfd(&thread, fd.as_raw(), PidfdGetfdFlags::empty()) {
+        let Some(thread_fd) = thread.as_pidfd() else {
+            continue;
+        };
+        match rustix::process::pidfd_getfd(thread_fd, fd.as_raw(), PidfdGetfdFlags::empty()) {
             Ok(ours) => {
                 tracing::debug!(
                     pid,

@@ -10,13 +10,13 @@ pub(crate) mod inet_diag;
 pub(crate) mod names;
 mod query;
 pub(crate) mod sock_diag;
+mod socket_info;
 pub(crate) mod sockets;
 pub(crate) mod unix_diag;
 
 pub use names::escape;
 pub use query::{query, ProcessFds, Query, QueryResult, Skipped};
 
-pub(crate) use sockets::diag_table;
 pub use sockets::{Endpoint, SocketInfo};
 
 use crate::error::{Error, Result};
@@ -229,6 +229,18 @@ pub fn inventory(target: &PidFd) -> Result<Inventory> {
     list(target, &Select::default(), &SocketSource::PerProcess)
 }
 
+/// Every descriptor of the process behind `target`, with socket details for its
+/// listening and bound sockets only: what a handover needs to choose from.
+///
+/// Listening TCP, all UDP and all unix sockets are taken from kernel-filtered
+/// `sock_diag` dumps in the target's network namespace, which is much cheaper than
+/// describing every connection as [`inventory`] does. Where those dumps are refused
+/// (no `inet_diag` module, no right to enter the namespace) the held sockets are
+/// described as [`inventory`] would, connections included.
+pub fn listening(target: &PidFd) -> Result<Inventory> {
+    list(target, &Select::default(), &SocketSource::Listening)
+}
+
 /// Which descriptors a listing keeps. Everything is kept by default; each narrowing
 /// is decided from the cheapest source first (the link, then a stat), so fdinfo is
 /// read only for the descriptors that are kept.
@@ -323,6 +335,9 @@ pub(crate) enum SocketSource<'a> {
     PerProcess,
     /// One table per network namespace, shared by every process of a scan.
     Shared(&'a query::NetnsTables),
+    /// Listening and bound sockets only, from state-filtered dumps; per process if
+    /// a dump is refused.
+    Listening,
 }
 
 pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
@@ -452,6 +467,13 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         } else if let SocketSource::Shared(tables) = sockets {
             let table = tables.get(pid, &proc_dir, &fd_dir, &held)?;
             socket_fds.for_each(|e| resolve(&table, e));
+        } else if let Some(found) = matches!(sockets, SocketSource::Listening)
+            .then(|| listener_table(pid, &proc_dir))
+            .flatten()
+        {
+            for e in socket_fds {
+                e.socket = e.inode.and_then(|i| found.get(&i).cloned());
+            }
         } else {
             let table = match preloaded {
                 Some(t) => t,
@@ -465,6 +487,15 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         return Err(Error::NoSuchProcess { pid });
     }
     Ok(Inventory { pid, fds })
+}
+
+/// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by
+/// inode; `None` if any dump is refused.
+fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInfo>> {
+    sock_diag::socket_in(proc_dir)
+        .and_then(|sock| sockets::diag_table(&sock, inet_diag::STATES_LISTEN))
+        .map_err(|e| tracing::debug!(pid, error = %e, "sock_diag dumps unavailable; describing every held socket"))
+        .ok()
 }
 
 /// `/proc/PID` (or `/proc/PID/task/TID`) and its `fd` and `fdinfo` directories.

@@ -108,10 +108,8 @@ fn nul_free(s: &str) -> Result<CString> {
 }
 
 fn nss_error(op: &'static str, errno: i32) -> Error {
-    Error::Io {
+    Error::Local {
         op,
-        pid: rustix::process::getpid().as_raw_nonzero().get(),
-        fd: None,
         source: std::io::Error::from_raw_os_error(errno),
     }
 }

@@ -221,6 +221,17 @@ impl PidFd {
         }
     }
 
+    /// The pidfd to poll (or add to an epoll set) for the process's exit. A
+    /// [`PidFd::open_procfs`] handle has none, and its `/proc` directory would poll
+    /// readable at once, so it is refused as [`Error::Unsupported`].
+    pub fn exit_fd(&self) -> Result<BorrowedFd<'_>> {
+        self.as_pidfd().ok_or_else(|| Error::Unsupported {
+            op: "poll(pidfd)",
+            needs: "5.3",
+            source: Errno::BADF.into(),
+        })
+    }
+
     /// The pid (or tid) this pidfd was opened for.
     pub fn pid(&self) -> Pid {
         self.pid
@@ -415,8 +426,9 @@ impl Handle {
 }
 
 /// The pidfd, or for a [`PidFd::open_procfs`] handle the `/proc/PID` directory,
-/// which pollers may wait on but pidfd system calls reject with `EBADF`: use
-/// [`PidFd::as_pidfd`] where only a real pidfd will do.
+/// which pidfd system calls reject with `EBADF` and which polls readable at once:
+/// use [`PidFd::as_pidfd`] for pidfd calls and [`PidFd::exit_fd`] to wait for an
+/// exit, which say what they hold.
 impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.handle.fd().as_fd()

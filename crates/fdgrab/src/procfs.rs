@@ -18,6 +18,8 @@ pub(crate) struct Status {
     pub seccomp: Option<u8>,
     /// `CapEff`: the effective capability set.
     pub cap_eff: Option<u64>,
+    /// `SigIgn`: the signals the process ignores.
+    pub sig_ign: Option<u64>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
@@ -51,6 +53,7 @@ pub(crate) fn parse_status(text: &str) -> std::io::Result<Status> {
             "TracerPid" => st.tracer_pid = value.parse().ok(),
             "Seccomp" => st.seccomp = value.parse().ok(),
             "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
+            "SigIgn" => st.sig_ign = u64::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }

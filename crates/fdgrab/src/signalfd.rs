@@ -30,12 +30,7 @@ impl SignalFd {
             Ok(fd) => Ok(Self { fd, old_mask }),
             Err(e) => {
                 sys::set_signal_mask(&old_mask);
-                Err(Error::Io {
-                    op: "signalfd",
-                    pid: rustix::process::getpid().as_raw_nonzero().get(),
-                    fd: None,
-                    source: e.into(),
-                })
+                Err(Error::local("signalfd", e))
             }
         }
     }
@@ -63,14 +58,7 @@ impl SignalFd {
                 Ok(_) => return Ok(None),
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(None),
-                Err(e) => {
-                    return Err(Error::Io {
-                        op: "read(signalfd)",
-                        pid: rustix::process::getpid().as_raw_nonzero().get(),
-                        fd: None,
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(Error::local("read(signalfd)", e)),
             }
         }
     }

@@ -266,6 +266,7 @@ fn inject_steal_close_and_devnull() {
     let pidfd = PidFd::open(t.pid).expect("pidfd");
     let file = tfd(t.fd_labelled("file"));
     let memfd = tfd(t.fd_labelled("memfd"));
+    let theirs = t.fd_report(file.as_raw().into());
     let got = GrabOptions::new()
         .backend(Backend::Ptrace)
         .steal(CloseMode::Close)
@@ -275,7 +276,10 @@ fn inject_steal_close_and_devnull() {
         !std::path::Path::new(&format!("/proc/{}/fd/{}", t.pid, file)).exists(),
         "fd still open in target"
     );
-    assert!(rustix::fs::fstat(&got.fd).is_ok());
+    // Ours is the file the target had, not merely some open fd.
+    let st = rustix::fs::fstat(&got.fd).expect("fstat");
+    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64(), "{theirs}");
+    assert_eq!(got.backend, Backend::Ptrace);
     GrabOptions::new()
         .steal(CloseMode::DevNull)
         .grab(&pidfd, memfd)

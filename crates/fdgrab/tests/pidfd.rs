@@ -49,11 +49,12 @@ fn nonblocking_pidfd() {
         },
     )
     .expect("pidfd");
-    let fl = rustix::fs::fcntl_getfl(&pidfd).expect("F_GETFL");
+    let pidfd = pidfd.as_pidfd().expect("a real pidfd");
+    let fl = rustix::fs::fcntl_getfl(pidfd).expect("F_GETFL");
     assert!(fl.contains(rustix::fs::OFlags::NONBLOCK));
     // waitid on a non-blocking pidfd of a running child does not block.
     let r = rustix::process::waitid(
-        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&pidfd)),
+        rustix::process::WaitId::PidFd(pidfd),
         rustix::process::WaitIdOptions::EXITED,
     );
     assert!(matches!(r, Err(rustix::io::Errno::AGAIN)), "{r:?}");

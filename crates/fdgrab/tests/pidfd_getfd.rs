@@ -155,7 +155,11 @@ fn process_whose_leader_exited_is_still_grabbable() {
     let ours = grab(&pidfd, n).expect("grab through a live thread");
     let theirs = t.fd_report(n.as_raw().into());
     let st = rustix::fs::fstat(&ours).expect("fstat");
-    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64());
+    assert_eq!(Some(st.st_ino), theirs["ino"].as_u64(), "{theirs}");
+    assert_eq!(
+        fdgrab_testkit::devstr(st.st_dev),
+        theirs["dev"].as_str().expect("dev")
+    );
 }
 
 #[test]

@@ -267,9 +267,16 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
 }
 
 /// Takes a copy of the master from every holder, then (only once all copies are
-/// made) puts /dev/null over the holders' fds, or retires keepers.
+/// made) puts /dev/null over the holders' fds, or retires keepers. Pty indexes
+/// repeat across devpts instances, so a holder whose copies turn out to be
+/// another instance's pts/N (a container's session) is left alone.
 fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> {
-    let mut opened = Vec::with_capacity(holders.len());
+    let instance = pty::slave_instance(pid, tty);
+    let ours = |fd: &OwnedFd| {
+        pty::master_index(fd) == Some(tty)
+            && (instance.is_none() || pty::master_instance(fd) == instance)
+    };
+    let mut taken = Vec::with_capacity(holders.len());
     let mut master = None;
     for h in holders {
         let holder = PidFd::open(h.pid)
@@ -284,22 +291,33 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
                     h.pid, h.comm
                 )
             })?;
+        let mut fds = Vec::new();
         for c in copies {
-            if pty::master_index(&c.fd) == Some(tty) && master.is_none() {
-                master = Some(c.fd);
+            if ours(&c.fd) {
+                fds.push(c.target_fd);
+                if master.is_none() {
+                    master = Some(c.fd);
+                }
             }
         }
-        opened.push(holder);
+        if fds.is_empty() {
+            tracing::info!(
+                holder = h.pid,
+                "holds another devpts instance's {tty}: left alone"
+            );
+            continue;
+        }
+        taken.push((h, holder, fds));
     }
     let master = master
         .with_context(|| format!("the holders' fds turned out not to be the master of {tty}"))?;
-    for (h, holder) in holders.iter().zip(&opened) {
+    for (h, holder, fds) in &taken {
         if h.is_keeper() {
             holder.send_signal(libc::SIGTERM)?;
             let _ = holder.wait_exit(Some(Duration::from_secs(2)));
             continue;
         }
-        let all: Vec<_> = h.fds.iter().chain(&h.slave_fds).copied().collect();
+        let all: Vec<_> = fds.iter().chain(&h.slave_fds).copied().collect();
         close_in_target(holder, &all, CloseMode::DevNull, Default::default()).with_context(
             || {
                 format!(
@@ -308,7 +326,7 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
                 )
             },
         )?;
-        tracing::info!(holder = h.pid, fds = ?h.fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
+        tracing::info!(holder = h.pid, fds = ?fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
     }
     Ok(master)
 }

@@ -249,10 +249,11 @@ fn describe_taken(taken: &[TakenSocket], numbered: bool) -> String {
                 String::new()
             };
             format!(
-                "{at}{} {} (old fd {})",
+                "{at}{} {} (old fd {}, taken by {})",
                 s.info.protocol.as_deref().unwrap_or(&s.info.family),
                 describe_endpoint(&s.info),
-                nums.join(",")
+                nums.join(","),
+                t.backend.method()
             )
         })
         .collect();

@@ -18,6 +18,8 @@
 //!   a privileged port); `{"errno":N}`. `FAKE_TENANT_FOREIGN_PORT_START` sets that
 //!   netns's `ip_unprivileged_port_start`.
 //! - `exit`.
+//!
+//! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
 
 use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
 use serde_json::json;
@@ -78,7 +80,7 @@ fn main() {
     let listener = seccomp::install(&prog, InstallFlags::supervised())
         .expect("installing the filter")
         .expect("a listener");
-    let doc = json!({
+    let mut doc = json!({
         "ociVersion": "1.0.2",
         "fds": ["seccompFd"],
         "pid": std::process::id(),
@@ -96,6 +98,9 @@ fn main() {
             },
         },
     });
+    if let Some(v) = std::env::var_os("FAKE_TENANT_ALLOW_BIND") {
+        doc["state"]["annotations"]["org.fdgrab.allow-bind"] = v.to_string_lossy().into();
+    }
     let fd = listener.into_fd();
     {
         let conn = UnixStream::connect(&socket).expect("connecting to the agent");

@@ -63,6 +63,7 @@ fn main() {
         "blocked-read" => return blocked_read(),
         "nanosleep" => return nanosleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         "spin" => return spin(),
+        "fake-vdso" => return fake_vdso(),
         "threads" => return threads(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8)),
         "deny-socket" => return deny_socket(),
         "trap-socket" => return trap_socket(),
@@ -686,6 +687,46 @@ fn spin() {
     }
 }
 
+/// Spins with its vDSO replaced by a readable, non-executable page that starts with
+/// the bytes of a `syscall` instruction (what a process that unmapped its vDSO and
+/// reused the address could look like). Prints `{"replaced": true}` once done.
+fn fake_vdso() {
+    emit(&inject_report(json!({})));
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let (start, end) = maps
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| {
+            (
+                usize::from_str_radix(a, 16).expect("hex"),
+                usize::from_str_radix(b, 16).expect("hex"),
+            )
+        })
+        .expect("no [vdso] mapping");
+    // SAFETY: nothing below calls into the vDSO again (no clock reads); the new page
+    // is mapped at the same address, private and anonymous.
+    unsafe {
+        check(libc::munmap(start as *mut _, end - start), "munmap");
+        let p = libc::mmap(
+            start as *mut _,
+            end - start,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        assert_eq!(p as usize, start, "mmap");
+        *(start as *mut [u8; 2]) = [0x0f, 0x05];
+    }
+    raw_write(b"{\"replaced\":true}\n");
+    let mut acc: u64 = 1;
+    loop {
+        acc = std::hint::black_box(acc.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 fn threads(n: usize) {
     let (r, _w) = rustix::pipe::pipe().expect("pipe");
     let r = std::sync::Arc::new(r);
@@ -736,7 +777,7 @@ fn trap_socket() {
 
 fn seccomp_filtered(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: fdgrab-target seccomp ACTION NAME,...");
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high]");
         std::process::exit(2);
     };
     let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
@@ -776,9 +817,20 @@ fn seccomp_filtered(args: &[String]) {
     leave_usr_signals_pending();
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
+                                             // "high": the action applies only when the first argument is above
+                                             // 0x7f00_ffff_ffff (say, unmapping where the libraries and mmap areas live).
+    let high = args.get(2).map(String::as_str) == Some("high");
     for &nr in &nrs {
-        prog.push(ins(0x15, 0, 1, nr as u32));
-        prog.push(ins(0x06, 0, 0, action));
+        if high {
+            prog.push(ins(0x15, 0, 4, nr as u32));
+            prog.push(ins(0x20, 0, 0, 20)); // ld args[0] >> 32
+            prog.push(ins(0x25, 0, 1, 0x7f00)); // jgt
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else {
+            prog.push(ins(0x15, 0, 1, nr as u32));
+            prog.push(ins(0x06, 0, 0, action));
+        }
     }
     prog.push(ins(0x06, 0, 0, 0x7fff_0000));
     let report = serde_json::to_string(&inject_report(json!({"action": args[0], "calls": names})))
@@ -835,12 +887,28 @@ fn signal_read(args: &[String]) {
     let sig = match args.first().map(String::as_str) {
         Some("rt") => libc::SIGRTMIN(),
         Some("usr2") => libc::SIGUSR2,
+        Some("trap") => libc::SIGTRAP,
         _ => {
-            eprintln!("usage: fdgrab-target signal-read rt|usr2 restart|norestart");
+            eprintln!(
+                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all]"
+            );
             std::process::exit(2);
         }
     };
     install_counter(sig, args.get(1).map(String::as_str) == Some("restart"));
+    if args.get(2).map(String::as_str) == Some("ignore-trap") {
+        // SAFETY: sets SIGTRAP's disposition to "ignore".
+        unsafe { libc::signal(libc::SIGTRAP, libc::SIG_IGN) };
+    }
+    if args.get(2).map(String::as_str) == Some("block-all") {
+        // The daemon pattern "block everything, take signals from a signalfd".
+        // SAFETY: sigfillset on a local set, then a mask change of this thread.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+    }
     emit(&inject_report(json!({"signal": sig})));
     echo_reads();
 }

@@ -87,7 +87,7 @@ impl BindHandover {
         const SIGNALS: u64 = 1;
         const EXITED: u64 = 2;
         self.sup.watch(signals.as_fd(), SIGNALS)?;
-        self.sup.watch(child.pidfd().as_fd(), EXITED)?;
+        self.sup.watch(child.pidfd().exit_fd()?, EXITED)?;
         loop {
             if let Some(st) = child.try_wait()? {
                 return Ok(st);
@@ -104,12 +104,9 @@ impl BindHandover {
     /// stdio on `/dev/null`) until every process under the filter has exited;
     /// returns its pid. The caller must be single-threaded.
     pub fn detach(mut self) -> Result<Pid> {
-        let me = rustix::process::getpid().as_raw_nonzero().get();
         let threads = std::fs::read_dir("/proc/self/task")
-            .map_err(|e| Error::Io {
+            .map_err(|e| Error::Local {
                 op: "listing /proc/self/task",
-                pid: me,
-                fd: None,
                 source: e,
             })?
             .count();
@@ -122,13 +119,11 @@ impl BindHandover {
             .read(true)
             .write(true)
             .open("/dev/null")
-            .map_err(|e| Error::Io {
+            .map_err(|e| Error::Local {
                 op: "opening /dev/null",
-                pid: me,
-                fd: None,
                 source: e,
             })?;
-        match crate::sys::fork().map_err(|e| Error::io("fork", me, None, e))? {
+        match crate::sys::fork().map_err(|e| Error::local("fork", e))? {
             Some(pid) => Ok(pid),
             None => {
                 let _ = rustix::process::setsid();

@@ -164,7 +164,8 @@ impl ActivatedChild {
                 .map_or(start_timeout, |a| a.min(start_timeout));
             let left = deadline.saturating_sub(elapsed);
             let gate_fd = gate.as_ref().map(|g| g.fd());
-            let mut fds = vec![PollFd::new(self.child.pidfd(), PollFlags::IN)];
+            let exit_fd = self.child.pidfd().exit_fd()?;
+            let mut fds = vec![PollFd::new(&exit_fd, PollFlags::IN)];
             if let Some(g) = &gate_fd {
                 fds.push(PollFd::new(g, PollFlags::IN));
             }

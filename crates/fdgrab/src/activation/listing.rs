@@ -1,17 +1,13 @@
-//! Which sockets a target has and which of them a selector means: a quick
-//! listing through filtered `sock_diag` dumps (the full inventory as fallback),
-//! selection, and taking the chosen sockets with a check that each copy is the
-//! socket the listing saw.
+//! Which sockets a target has and which of them a selector means: the
+//! inventory's listening view, selection, and taking the chosen sockets with a
+//! check that each copy is the socket the listing saw.
 
-use super::selector::{self, is_listening_or_bound, Selector};
+use super::selector::{self, is_listening_or_bound, Candidate, Selector};
 use crate::error::{Error, Result};
-use crate::inventory::{
-    bracketed, diag_table, inet_diag, inventory, proc_error, unix_diag, Inventory, ProcDirs,
-    SocketInfo,
-};
+use crate::grab::{Backend, Grabbed};
+use crate::inventory::{self, SocketInfo};
 use crate::pidfd::PidFd;
 use crate::{Pid, TargetFd};
-use rustix::io::Errno;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
@@ -36,6 +32,8 @@ pub struct TakenSocket {
     pub selected: Selected,
     /// Our copy (close-on-exec), sharing the target's open file description.
     pub fd: OwnedFd,
+    /// The mechanism that made the copy (never `Auto`).
+    pub backend: Backend,
 }
 
 /// Chooses sockets of `inv` for `selectors`, in selector order and, within one
@@ -142,101 +140,14 @@ pub fn describe_listeners(fds: &[Candidate]) -> String {
     }
 }
 
-/// One descriptor of the target, as far as socket selection needs to know it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    /// The number in the target.
-    pub fd: TargetFd,
-    /// What `/proc/PID/fd/N` points at.
-    pub link: String,
-    /// The socket inode, for sockets.
-    pub inode: Option<u64>,
-    /// Details of listening and bound sockets (others may be left out).
-    pub socket: Option<SocketInfo>,
-}
-
-impl Candidate {
-    /// `127.0.0.1:8080 (LISTEN)`, a path, or the link.
-    pub fn display_name(&self) -> String {
-        self.socket
-            .as_ref()
-            .map_or_else(|| self.link.clone(), SocketInfo::describe)
-    }
-}
-
-/// Every fd of the target, with details for its listening and bound sockets.
-///
-/// Listeners are found with kernel-filtered `sock_diag` dumps in the target's
-/// network namespace (listening TCP, all UDP and unix sockets), which is much
-/// cheaper than the full [`inventory`]; where those dumps are unavailable (no
-/// `inet_diag` module, no right to enter the namespace) the inventory is used.
+/// Every fd of the target, with details for its listening and bound sockets: the
+/// inventory's [`inventory::listening`] view, narrowed to what selection reads.
 pub fn listing(target: &PidFd) -> Result<Vec<Candidate>> {
-    match quick_listing(target) {
-        Ok(Some(list)) => Ok(list),
-        Ok(None) => Ok(from_inventory(&inventory(target)?)),
-        Err(e) => Err(e),
-    }
-}
-
-fn from_inventory(inv: &Inventory) -> Vec<Candidate> {
-    inv.fds
+    Ok(inventory::listening(target)?
+        .fds
         .iter()
-        .map(|e| Candidate {
-            fd: e.fd,
-            link: e.link.clone(),
-            inode: e.inode,
-            socket: e.socket.clone(),
-        })
-        .collect()
-}
-
-/// `Ok(None)` asks the caller to fall back to the full inventory.
-fn quick_listing(target: &PidFd) -> Result<Option<Vec<Candidate>>> {
-    let pid = target.pid();
-    let (dirs, numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
-    if numbers.is_empty() {
-        // Also what a process whose leader thread exited shows; the inventory knows
-        // how to read its table through another thread.
-        return Ok(None);
-    }
-    let (proc_dir, fd_dir) = (&dirs.proc_dir, &dirs.fd_dir);
-    let mut list = Vec::with_capacity(numbers.len());
-    for n in numbers {
-        let Some(fd) = TargetFd::new(n) else { continue };
-        let link = match rustix::fs::readlinkat(fd_dir, n.to_string(), Vec::new()) {
-            Ok(l) => l.to_string_lossy().into_owned(),
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(proc_error(pid, "readlink /proc/PID/fd/N", e)),
-        };
-        let inode = bracketed(&link, "socket:[");
-        list.push(Candidate {
-            fd,
-            link,
-            inode,
-            socket: None,
-        });
-    }
-    if list.iter().any(|c| c.inode.is_some()) {
-        let Some(table) = listener_table(pid, proc_dir) else {
-            return Ok(None);
-        };
-        for c in &mut list {
-            c.socket = c.inode.and_then(|i| table.get(&i).cloned());
-        }
-    }
-    if !target.is_alive() {
-        return Err(Error::NoSuchProcess { pid });
-    }
-    Ok(Some(list))
-}
-
-/// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by inode;
-/// `None` if any dump is refused.
-fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInfo>> {
-    unix_diag::diag_socket_in(proc_dir)
-        .and_then(|sock| diag_table(&sock, inet_diag::STATES_LISTEN))
-        .map_err(|e| tracing::debug!(pid, error = %e, "sock_diag dumps unavailable; using the inventory"))
-        .ok()
+        .map(Candidate::from)
+        .collect())
 }
 
 /// Lists the target's fds, selects, and copies the chosen sockets out of it.
@@ -258,7 +169,9 @@ pub fn take_sockets_with(
     let mut taken = Vec::with_capacity(selected.len());
     for sel in selected {
         let fd = sel.target_fds[0];
-        let ours = how.grab(target, fd)?.fd;
+        let Grabbed {
+            fd: ours, backend, ..
+        } = how.grab(target, fd)?;
         let st =
             rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
         if st.st_ino != sel.inode {
@@ -275,11 +188,13 @@ pub fn take_sockets_with(
             pid = target.pid(),
             fd = fd.as_raw(),
             inode = sel.inode,
+            method = backend.method(),
             "took socket"
         );
         taken.push(TakenSocket {
             selected: sel,
             fd: ours,
+            backend,
         });
     }
     Ok(taken)

@@ -22,11 +22,10 @@ mod spawn;
 
 pub use child::{ActivatedChild, NotReady, Readiness, ReadyGate};
 pub use listing::{
-    describe_listeners, listing, select, take_sockets, take_sockets_with, Candidate, Selected,
-    TakenSocket,
+    describe_listeners, listing, select, take_sockets, take_sockets_with, Selected, TakenSocket,
 };
 pub use notify::{Notification, NotifySender, NotifySocket};
-pub use selector::{is_listening_or_bound, AddrMatch, PortMatch, Selector};
+pub use selector::{is_listening_or_bound, AddrMatch, Candidate, PortMatch, Selector};
 pub use spawn::{check_fd_name, prepare, setup, spawn, ActivationCommand};
 
 pub use crate::spawn::{find_program, LISTEN_FDS_START};

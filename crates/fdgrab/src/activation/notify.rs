@@ -63,12 +63,7 @@ impl NotifySocket {
     pub fn bind() -> Result<Self> {
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         let me = rustix::process::getpid().as_raw_nonzero().get();
-        let io = |op, e: Errno| Error::Io {
-            op,
-            pid: me,
-            fd: None,
-            source: e.into(),
-        };
+        let io = Error::local;
         let sock = socket_with(
             AddressFamily::UNIX,
             SocketType::DGRAM,
@@ -111,7 +106,6 @@ impl NotifySocket {
     /// The next queued notification, or `None` when there is none. Datagrams that
     /// arrive without credentials are dropped.
     pub fn recv(&self) -> Result<Option<Notification>> {
-        let me = rustix::process::getpid().as_raw_nonzero().get();
         loop {
             let mut data = vec![0u8; MAX_MESSAGE];
             let mut space =
@@ -126,14 +120,7 @@ impl NotifySocket {
                 Ok(m) => m,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(None),
-                Err(e) => {
-                    return Err(Error::Io {
-                        op: "recvmsg(notify socket)",
-                        pid: me,
-                        fd: None,
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(Error::local("recvmsg(notify socket)", e)),
             };
             let mut cred = None;
             for m in control.drain() {
@@ -195,7 +182,7 @@ impl NotifySender {
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| Error::io("socket (NOTIFY_SOCKET)", own_pid(), None, e))?;
+        .map_err(|e| Error::local("socket (NOTIFY_SOCKET)", e))?;
         Ok(Some(Self { sock, addr }))
     }
 
@@ -209,10 +196,6 @@ impl NotifySender {
         }
         rustix::net::sendto(&self.sock, state.as_bytes(), flags, &self.addr)
     }
-}
-
-fn own_pid() -> Pid {
-    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 fn parse_fields(text: &str) -> Vec<(String, String)> {

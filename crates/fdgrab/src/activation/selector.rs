@@ -5,12 +5,44 @@
 //! sockets never grabs one that is not wanted (a grab rewrites a socket's cgroup-v1
 //! class ids).
 
-use super::Candidate;
-use crate::inventory::{Endpoint, SocketInfo};
+use crate::inventory::{Endpoint, FdEntry, FdKind, SocketInfo};
 use crate::TargetFd;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+/// One descriptor of the target, as far as socket selection needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The number in the target.
+    pub fd: TargetFd,
+    /// What `/proc/PID/fd/N` points at.
+    pub link: String,
+    /// The socket inode, for sockets.
+    pub inode: Option<u64>,
+    /// Details of listening and bound sockets (others may be left out).
+    pub socket: Option<SocketInfo>,
+}
+
+impl Candidate {
+    /// `127.0.0.1:8080 (LISTEN)`, a path, or the link.
+    pub fn display_name(&self) -> String {
+        self.socket
+            .as_ref()
+            .map_or_else(|| self.link.clone(), SocketInfo::describe)
+    }
+}
+
+impl From<&FdEntry> for Candidate {
+    fn from(e: &FdEntry) -> Self {
+        Candidate {
+            fd: e.fd,
+            link: e.link.clone(),
+            inode: e.inode.filter(|_| e.kind == FdKind::Socket),
+            socket: e.socket.clone(),
+        }
+    }
+}
 
 /// An address, or any address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

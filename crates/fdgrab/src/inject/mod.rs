@@ -21,6 +21,7 @@ pub(crate) mod ptrace;
 mod rendezvous;
 mod seccomp;
 mod session;
+mod syscalls;
 mod tty;
 
 pub use seccomp::SeccompPolicy;
@@ -85,9 +86,17 @@ fn cmsg_space(nfds: usize) -> usize {
     (CMSG_HDR + 4 * nfds + 7) & !7
 }
 
+/// The type of the target's end of the channel. Non-blocking because its
+/// `connect` must never wait: anyone in the network namespace can connect to our
+/// abstract name (it is listed in /proc/net/unix) and fill the listener's backlog,
+/// and a blocking `connect` would then hold the target, with its signals blocked,
+/// and fdgrab for as long as they like. Full, it fails with EAGAIN instead; the
+/// `recvmsg` that follows uses MSG_DONTWAIT anyway.
+const CHANNEL_SOCKET_TYPE: i32 = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+
 /// The calls [`open_channel`] makes, and the `close` of its socket at the end.
 fn channel_calls(plan: &mut Vec<Planned>) {
-    let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    let ty = CHANNEL_SOCKET_TYPE as u64;
     plan.push(Planned::new(
         libc::SYS_socket,
         &[k(libc::AF_UNIX as u64), k(ty), k(0)],
@@ -134,7 +143,7 @@ fn get_flags_call(fd: u64) -> Planned {
 fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
     let pid = s.pid();
     let listener = Listener::new(pid, s.tid())?;
-    let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+    let ty = CHANNEL_SOCKET_TYPE as u64;
     let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
     if fd < 0 {
         return Err(remote_error(pid, None, "socket(AF_UNIX) (injected)", fd));
@@ -414,6 +423,14 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Resu
         let (mailbox, remote) = open_mailbox(s)?;
         send_to_us(s, &mailbox, remote, fds)
     })
+}
+
+/// Refuses now what a later [`close_in_target`] with `policy` would refuse before
+/// seizing (a thread under seccomp whose filters fdgrab cannot read, without
+/// `force`), so that a steal can say no before it copies anything or starts CMD.
+pub(crate) fn check_close_allowed(target: &PidFd, policy: SeccompPolicy) -> Result<()> {
+    let tid = crate::access::fd_table_owner(target)?;
+    seccomp::before_seize(target.pid(), tid, policy).map(|_| ())
 }
 
 /// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over

@@ -58,27 +58,21 @@ const SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 /// without `CAP_SYS_ADMIN` or when we are under seccomp ourselves; `EMEDIUMTYPE`
 /// when the thread is not in filter mode.
 pub(crate) fn seccomp_filter(tid: Pid, index: usize) -> Result<Vec<libc::sock_filter>, Errno> {
-    // SAFETY: with a null `data` the kernel only returns the filter's length.
-    let n = unsafe {
-        libc::ptrace(
-            SECCOMP_GET_FILTER,
-            tid,
-            index as *mut libc::c_void,
-            std::ptr::null_mut::<libc::c_void>(),
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
+    // The kernel copies the whole filter without a length to check against, and the
+    // stack can change between two calls (another thread of the target can add a
+    // filter to this one with SECCOMP_FILTER_FLAG_TSYNC even while it is stopped), so
+    // asking for the length first would not bound the copy. No filter is longer than
+    // BPF_MAXINSNS instructions: one call into a buffer of that size is always safe.
+    const BPF_MAXINSNS: usize = 4096;
     let empty = libc::sock_filter {
         code: 0,
         jt: 0,
         jf: 0,
         k: 0,
     };
-    let mut buf = vec![empty; n as usize];
-    // SAFETY: `buf` holds `n` sock_filters, which is what the kernel writes for this
-    // index; a filter cannot change once installed, so the length still holds.
+    let mut buf = vec![empty; BPF_MAXINSNS];
+    // SAFETY: `buf` holds BPF_MAXINSNS sock_filters, the most the kernel accepts in
+    // one filter and so the most it writes for any index.
     let r = unsafe {
         libc::ptrace(
             SECCOMP_GET_FILTER,
@@ -112,6 +106,32 @@ pub(crate) fn detach(tid: Pid, sig: i32) -> Result<(), Errno> {
 /// `PTRACE_SINGLESTEP`: run one instruction, delivering `sig`.
 pub(crate) fn single_step(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize)
+}
+
+/// `si_code` of the signal a tracee is stopped to deliver (`PTRACE_GETSIGINFO`):
+/// positive when the kernel raised it for a fault, zero or negative when a process
+/// sent it.
+pub(crate) fn signal_code(tid: Pid) -> Result<i32, Errno> {
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one siginfo_t into `info`, which is that large.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            (&mut info as *mut libc::siginfo_t).cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok(info.si_code)
+}
+
+/// `PTRACE_SYSCALL`: run to the next syscall-entry or -exit stop, delivering `sig`.
+pub(crate) fn syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
 }
 
 /// How long [`wait`] polls before it blocks, adapted to how fast stops arrive.

@@ -12,7 +12,9 @@
 //!   cBPF interpreter over the thread's whole stack, with its real arguments as far as
 //!   they are known, the x86_64 arch and the instruction pointer it will have. If all
 //!   are allowed (or only logged), the session runs with its filters on, and each call
-//!   is evaluated again with its exact arguments just before it runs. If one is not,
+//!   is evaluated again with its exact arguments just before it runs (a refusal then
+//!   suspends the filters when the policy allows, since cleanup calls must run). If
+//!   one is not,
 //!   the filters are suspended for this tracer (`PTRACE_O_SUSPEND_SECCOMP`) when the
 //!   policy allows it and the kernel agrees; otherwise the session refuses before
 //!   anything has run in the target ([`Error::SeccompRefused`]);
@@ -71,6 +73,10 @@ impl SeccompPolicy {
     /// Whether injection goes ahead even when the filters cannot be checked.
     pub fn is_forced(&self) -> bool {
         self.force
+    }
+
+    pub(crate) fn may_suspend(&self) -> bool {
+        self.suspend
     }
 }
 
@@ -206,7 +212,7 @@ fn read_filters(pid: Pid, tid: Pid, mode: u8) -> Result<Vec<Program>> {
 
 /// `name(arg, ...)` for messages, `?` for an argument not known yet.
 pub(crate) fn describe(nr: i64, args: &[Option<u64>]) -> String {
-    let name = super::session::syscall_name(nr).trim_end_matches(" (injected)");
+    let name = super::syscalls::syscall_name(nr).trim_end_matches(" (injected)");
     let mut padded = [Some(0u64); 6];
     for (slot, a) in padded.iter_mut().zip(args) {
         *slot = *a;
@@ -345,10 +351,11 @@ pub(crate) fn decide(
             "suspending the filter is not allowed by the caller".into(),
         ));
     }
-    match ptrace::set_options(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP) {
+    let mut gate = Gate::Checked(filters);
+    match gate.suspend(tid) {
         Ok(()) => {
             tracing::info!(pid, tid, %call, action = %verdict.verdict.action, "the target's seccomp filter would refuse an injected call; suspending it for the injected calls (PTRACE_O_SUSPEND_SECCOMP)");
-            Ok(Gate::Suspended { active: true })
+            Ok(gate)
         }
         Err(e) => Err(refusal(
             pid,
@@ -361,6 +368,13 @@ pub(crate) fn decide(
 }
 
 impl Gate {
+    /// Suspends the thread's filters for the injected calls from now on.
+    pub(crate) fn suspend(&mut self, tid: Pid) -> std::result::Result<(), Errno> {
+        ptrace::set_options(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP)?;
+        *self = Gate::Suspended { active: true };
+        Ok(())
+    }
+
     /// Drops the suspension before the thread runs its own code (a signal handler),
     /// so only injected calls ever run unfiltered.
     pub(crate) fn before_own_code(&mut self, tid: Pid) -> std::result::Result<(), Errno> {

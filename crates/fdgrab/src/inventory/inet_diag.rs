@@ -5,7 +5,7 @@
 //! sockets it holds. `fdgrab exec` uses this to find listeners quickly.
 
 use super::sock_diag::{self, request_header, NLM_F_DUMP};
-use super::sockets::{Endpoint, SocketInfo};
+use super::socket_info::{Endpoint, SocketInfo};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
@@ -122,7 +122,7 @@ pub(crate) fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
         (
             "stream",
             "tcp",
-            super::sockets::tcp_state(state),
+            super::socket_info::tcp_state(state),
             state != 10,
         )
     } else {

@@ -3,11 +3,8 @@
 //! connected unix socket.
 
 use super::sock_diag::{self, attributes, request_header, NLM_F_DUMP};
-use super::sockets::{unix_info, unix_type, Endpoint, SocketInfo};
+use super::socket_info::{unix_info, unix_type, Endpoint, SocketInfo};
 use std::os::fd::OwnedFd;
-
-/// Kept for `activation`, which still reaches the transport through this module.
-pub(crate) use super::sock_diag::socket_in as diag_socket_in;
 
 const UDIAG_SHOW_NAME: u32 = 0x1;
 const UDIAG_SHOW_VFS: u32 = 0x2;

@@ -59,6 +59,12 @@ pub const RELAY_SIGNALS: [i32; 6] = [
 
 const BUF: usize = 64 * 1024;
 
+/// Typed input kept while the program does not read it. Below this, input is
+/// still read (so a detach works after a paste into a program that stopped
+/// reading, whose pty queues only a few KiB); above it, input waits in our
+/// terminal.
+const MAX_PENDING: usize = 1024 * 1024;
+
 /// Relays between our terminal (`raw`'s, read from `input`, written to `output`)
 /// and the pty `master` until one of the [`RelayEnd`] events. `signals` should
 /// carry [`RELAY_SIGNALS`]: `SIGWINCH` copies our window size to the master,
@@ -67,7 +73,9 @@ const BUF: usize = 64 * 1024;
 ///
 /// The master is made non-blocking for the loop (so a program that stops reading
 /// its input cannot stall its output), and its status flags are restored before
-/// returning. Input is read only while the previous input has been written.
+/// returning; so is our output's (as ssh does: a terminal that stops reading must
+/// not hold fdgrab in a write where no signal reaches it). Input the program does not take yet is kept, up to 1 MiB; past
+/// that, input is read only once the program takes some (and the escape with it).
 pub fn relay(
     master: BorrowedFd<'_>,
     input: BorrowedFd<'_>,
@@ -77,16 +85,29 @@ pub fn relay(
     escape: Escape,
 ) -> Result<RelayEnd> {
     let _nonblocking = NonBlocking::set(master)?;
+    // Our terminal too (as ssh does): a terminal that stops reading (a stalled
+    // connection) must not block us in a write where signals cannot reach us.
+    let mut out_nonblocking = Some(NonBlocking::set(output)?);
     let mut buf = vec![0u8; BUF];
     let mut to_master: Vec<u8> = Vec::new();
+    let mut to_output: Vec<u8> = Vec::new();
     let mut keys = EscapeState::new(escape);
     loop {
-        let master_events = if to_master.is_empty() {
+        // The master is read only while our terminal keeps up.
+        let mut master_events = if to_output.is_empty() {
             PollFlags::IN
         } else {
-            PollFlags::IN | PollFlags::OUT
+            PollFlags::empty()
         };
-        let input_events = if to_master.is_empty() {
+        if !to_master.is_empty() {
+            master_events |= PollFlags::OUT;
+        }
+        let output_events = if to_output.is_empty() {
+            PollFlags::empty()
+        } else {
+            PollFlags::OUT
+        };
+        let input_events = if to_master.len() < MAX_PENDING {
             PollFlags::IN
         } else {
             PollFlags::empty()
@@ -95,19 +116,27 @@ pub fn relay(
             PollFd::new(&master, master_events),
             PollFd::new(&input, input_events),
             PollFd::new(signals, PollFlags::IN),
+            PollFd::new(&output, output_events),
         ];
         match poll(&mut fds, None) {
             Ok(_) => {}
             Err(Errno::INTR) => continue,
             Err(e) => return Err(own_errno("poll", e)),
         }
-        let (m, i, s) = (fds[0].revents(), fds[1].revents(), fds[2].revents());
+        let (m, i, s, o) = (
+            fds[0].revents(),
+            fds[1].revents(),
+            fds[2].revents(),
+            fds[3].revents(),
+        );
 
         if s.contains(PollFlags::IN) {
             while let Some(sig) = signals.read()? {
                 match sig {
                     libc::SIGWINCH => resize(raw, master),
                     libc::SIGTSTP => {
+                        // The shell gets the terminal back as it left it.
+                        drop(out_nonblocking.take());
                         raw.suspend();
                         // SIGSTOP rather than SIGTSTP: the latter is blocked (it
                         // arrives through the signalfd).
@@ -116,6 +145,7 @@ pub fn relay(
                             rustix::process::Signal::STOP,
                         );
                         raw.resume()?;
+                        out_nonblocking.replace(NonBlocking::set(output)?);
                         resize(raw, master);
                     }
                     sig => return Ok(RelayEnd::Signal(sig)),
@@ -123,6 +153,14 @@ pub fn relay(
             }
         }
 
+        if o.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR)
+            && write_some(output, &mut to_output).is_err()
+        {
+            return Ok(RelayEnd::TerminalGone);
+        }
+
+        // A hang-up is reported whatever was asked; while our terminal lags behind,
+        // reading on is bounded by what the pty still holds.
         if m.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
             // A pty hands out at most a few KiB per read: gather what is there into
             // one write, so the terminal we write to wakes up once per batch.
@@ -144,10 +182,13 @@ pub fn relay(
                     Err(e) => return Err(own_errno("read(pty master)", e)),
                 }
             }
-            if got > 0 && write_all(output, &buf[..got]).is_err() {
+            to_output.extend_from_slice(&buf[..got]);
+            if write_some(output, &mut to_output).is_err() {
                 return Ok(RelayEnd::TerminalGone);
             }
             if ended {
+                // The program's last words, if our terminal takes them soon.
+                flush_blocking(output, &to_output);
                 return Ok(RelayEnd::SessionEnded);
             }
         }
@@ -224,23 +265,24 @@ fn resize(raw: &RawMode, master: BorrowedFd<'_>) {
     }
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> std::result::Result<(), Errno> {
-    while !data.is_empty() {
-        match rustix::io::write(fd, data) {
+/// Writes what non-blocking `fd` takes now of `pending`, keeping the rest.
+fn write_some(fd: BorrowedFd<'_>, pending: &mut Vec<u8>) -> std::result::Result<(), Errno> {
+    while !pending.is_empty() {
+        match rustix::io::write(fd, pending) {
             Ok(0) => return Err(Errno::IO),
-            Ok(n) => data = &data[n..],
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                let mut p = [PollFd::new(&fd, PollFlags::OUT)];
-                let _ = poll(&mut p, None);
+            Ok(n) => {
+                pending.drain(..n);
             }
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => break,
             Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-/// Best effort, bounded: the last keys before a detach.
+/// Best effort, bounded (about a second) on non-blocking `master`: the last keys
+/// before a detach, or the last output before the session's end.
 fn flush_blocking(master: BorrowedFd<'_>, data: &[u8]) {
     let mut data = data;
     for _ in 0..100 {

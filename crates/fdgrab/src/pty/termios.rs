@@ -42,7 +42,9 @@ impl RawMode {
     /// switches to raw mode again.
     pub fn suspend(&mut self) {
         if self.raw {
-            if let Err(e) = termios::tcsetattr(&self.fd, OptionalActions::Drain, &self.saved) {
+            // Not `Drain`: a terminal that stopped reading (a stalled connection)
+            // would hold us here for good, with the session depending on us.
+            if let Err(e) = termios::tcsetattr(&self.fd, OptionalActions::Now, &self.saved) {
                 tracing::warn!(error = %e, "could not restore the terminal's modes");
             }
             self.raw = false;
@@ -53,7 +55,7 @@ impl RawMode {
     pub fn resume(&mut self) -> Result<()> {
         let mut raw = self.saved.clone();
         raw.make_raw();
-        termios::tcsetattr(&self.fd, OptionalActions::Drain, &raw)
+        termios::tcsetattr(&self.fd, OptionalActions::Now, &raw)
             .map_err(|e| own_errno("tcsetattr(raw)", e))?;
         self.raw = true;
         Ok(())

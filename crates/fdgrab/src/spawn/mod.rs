@@ -690,8 +690,9 @@ impl Child {
             if let Some(st) = self.try_wait()? {
                 return Ok(st);
             }
+            let exit_fd = self.pidfd.exit_fd()?;
             let mut fds = [
-                PollFd::new(&self.pidfd, PollFlags::IN),
+                PollFd::new(&exit_fd, PollFlags::IN),
                 PollFd::new(signals, PollFlags::IN),
             ];
             match poll(&mut fds, None) {

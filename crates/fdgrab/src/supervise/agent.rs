@@ -28,6 +28,12 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Text from a runtime's document (the container id, annotations), as logged: a
+/// newline in it must not start a log line of its own.
+pub(crate) fn shown(text: &str) -> String {
+    crate::inventory::escape(text.as_bytes())
+}
+
 const LISTENER_TOKEN: u64 = 0;
 const WORKERS_TOKEN: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 2;
@@ -509,16 +515,16 @@ impl Agent {
         if let Err(e) = tenant.spawn_worker(0) {
             self.shared.pidfds.remove_owner(id);
             let reason = format!("supervising container {container_id}: starting its worker: {e}");
-            tracing::warn!(container = %container_id, error = %e, "could not supervise container");
+            tracing::warn!(container = %shown(&container_id), error = %e, "could not supervise container");
             events.push(AgentEvent::Rejected { reason });
             return;
         }
         tracing::info!(
-            container = %container_id,
-            bundle = %state.state.bundle,
+            container = %shown(&container_id),
+            bundle = %shown(&state.state.bundle),
             pid = state.pid,
             status = ?state.state.status,
-            oci_version = %state.oci_version,
+            oci_version = %shown(&state.oci_version),
             containers = self.containers.len() + 1,
             "supervising container"
         );
@@ -543,8 +549,8 @@ impl Agent {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(
-                    container = %state.state.id,
-                    error = %e,
+                    container = %shown(&state.state.id),
+                    error = %shown(&e.to_string()),
                     "unreadable narrowing request; this container gets no privileged ports"
                 );
                 deny_all()
@@ -564,7 +570,7 @@ impl Agent {
                 .map(|c| c.id)
                 .unwrap_or_default();
             tracing::info!(
-                container = %container_id,
+                container = %shown(&container_id),
                 containers = self.containers.len(),
                 "container's filter has no users left; released"
             );

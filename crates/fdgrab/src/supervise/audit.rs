@@ -218,11 +218,18 @@ impl AuditSink {
 
 fn open_append(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    // Non-blocking open: a FIFO nobody reads (put at the path between reloads)
+    // fails with ENXIO instead of hanging the agent's thread in open(2). Writes
+    // then block as usual.
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
 }
 
 /// `SystemTime::now()` as RFC 3339 with microseconds, UTC.

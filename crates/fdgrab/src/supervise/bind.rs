@@ -510,9 +510,29 @@ fn audit(
 }
 
 /// The protocol of the caller's socket `fd`, for an audit line the decision did
-/// not need it for: a pidfd and a copy of the socket, both closed at once, so
-/// nothing stays open for a bind the policy does not allow.
+/// not need it for. Read from the socket's `system.sockprotoname` attribute (the
+/// kernel's protocol name) through `/proc` when we may search the caller's fd
+/// directory: a copy of the socket (`pidfd_getfd`) moves it into our cgroup-v1
+/// net_cls/net_prio class, changing a socket handed back untouched. Otherwise
+/// (the agent keeps no DAC capability, and a non-root caller's fd directory is
+/// its own) a pidfd and a copy, both closed at once.
 fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+    let mut name = [0u8; 16];
+    match rustix::fs::getxattr(
+        format!("/proc/{tid}/fd/{fd}"),
+        "system.sockprotoname",
+        &mut name,
+    ) {
+        Ok(n) => {
+            return match name[..n].strip_suffix(b"\0").unwrap_or(&name[..n]) {
+                b"TCP" | b"TCPv6" => Some(Proto::Tcp),
+                b"UDP" | b"UDPv6" => Some(Proto::Udp),
+                _ => None,
+            }
+        }
+        Err(Errno::ACCESS) => {}
+        Err(_) => return None,
+    }
     let thread = match PidFd::open_thread(tid) {
         Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
         r => r,

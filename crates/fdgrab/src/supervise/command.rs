@@ -122,14 +122,13 @@ impl SupervisedCommand {
                 .map_err(|e| Error::InvalidArgument(format!("building the seccomp filter: {e}")))?
                 .raw(),
         };
-        let me = rustix::process::getpid().as_raw_nonzero().get();
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| Error::io("socketpair (listener hand-back)", me, None, e))?;
+        .map_err(|e| Error::local("socketpair (listener hand-back)", e))?;
         let mut spawn = Spawn::new(&self.argv)?;
         if let Some(SpawnSetup(f)) = self.setup.take() {
             spawn = f(spawn)?;
@@ -189,7 +188,7 @@ impl SupervisedCommand {
         const SIGNALS: u64 = 1;
         const EXITED: u64 = 2;
         sup.watch(signals.as_fd(), SIGNALS)?;
-        sup.watch(child.pidfd().as_fd(), EXITED)?;
+        sup.watch(child.pidfd().exit_fd()?, EXITED)?;
         loop {
             // A timeout so that the supervisor's idle maintenance runs.
             for ev in sup.dispatch(Some(Duration::from_secs(1)))? {

@@ -22,7 +22,10 @@
 //!    explicitly); the previous values are kept so that [`Handover::abort`] can put
 //!    them back. `SO_REUSEADDR` only matters for a bind and is not carried;
 //!    `SO_REUSEPORT` is left as the old server set it (group membership is fixed
-//!    at bind time);
+//!    at bind time). `O_NONBLOCK` of a stream socket is applied only when the
+//!    server calls `listen` on it (or at the commit): the old server shares the
+//!    flag, and a blocking accept loop there fails with `EAGAIN` once it is set,
+//!    which must not happen for a new server that fails before listening;
 //! 6. `SECCOMP_IOCTL_NOTIF_ADDFD` with `SETFD` installs the taken socket at the
 //!    caller's very number (its own socket is closed by the replacement), keeping
 //!    the caller's close-on-exec flag, and the bind is answered 0.
@@ -140,6 +143,8 @@ struct Slot {
     /// The backlog of the new server's `listen` on it.
     listened: Option<i32>,
     saved: Saved,
+    /// The `O_NONBLOCK` the new server chose, not applied yet (see [`apply_nonblock`]).
+    nonblock: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -177,6 +182,7 @@ impl Handover {
                 handed: None,
                 listened: None,
                 saved: Saved::default(),
+                nonblock: None,
             });
         }
         Ok(Self(Arc::new(Mutex::new(State {
@@ -243,6 +249,9 @@ impl Handover {
         let mut st = self.lock();
         st.done = true;
         for s in &mut st.slots {
+            if let Some(fd) = &s.fd {
+                apply_nonblock(fd, &s.saved, s.nonblock.take());
+            }
             if let (Some(fd), Some(backlog)) = (&s.fd, s.listened) {
                 // listen on a listening socket only changes its backlog.
                 if let Err(e) = rustix::net::listen(fd, backlog) {
@@ -347,6 +356,9 @@ fn open_caller(cx: &Context<'_>, n: &Notification) -> std::result::Result<PidFd,
 }
 
 fn grab_caller_fd(thread: &PidFd, fd: i32) -> std::result::Result<OwnedFd, Decided> {
+    let Some(thread) = thread.as_pidfd() else {
+        return Err(cont("cannot open a pidfd for the caller"));
+    };
     pidfd_getfd(thread, fd, PidfdGetfdFlags::empty()).map_err(|e| match e {
         Errno::SRCH => None,
         _ => cont("no such fd in the caller (the kernel answers)"),
@@ -374,6 +386,11 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     match st.slots.iter_mut().find(|s| Some(s.key) == key) {
         Some(slot) => {
             slot.listened = Some(backlog);
+            // The server starts accepting once this is answered: now it needs the
+            // mode it chose.
+            if let Some(fd) = &slot.fd {
+                apply_nonblock(fd, &slot.saved, slot.nonblock.take());
+            }
             tracing::info!(tid = n.tid, fd, addr = %slot.addr, backlog, "new server listens on a taken socket");
             Some((
                 Handed::Not(Response::Value(0)),
@@ -481,6 +498,16 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     }
     let carried = carried(&theirs, kind);
     let saved = apply(ours, &carried);
+    // A stream socket's mode waits for the server's listen (or the commit): the old
+    // server shares it, and one that accepts in a blocking loop would fail with
+    // EAGAIN, and stop, if this new server then failed before listening.
+    let stream = matches!(kind.ty, SocketType::STREAM | SocketType::SEQPACKET);
+    let pending = if stream {
+        Some(carried.nonblock)
+    } else {
+        apply_nonblock(ours, &saved, Some(carried.nonblock));
+        None
+    };
     let cloexec = flags.is_some_and(|f| f & libc::O_CLOEXEC != 0);
     match cx
         .listener
@@ -488,6 +515,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     {
         Ok(_) => {
             slot.saved = saved;
+            slot.nonblock = pending;
             slot.handed = Some((n.tid, fd));
             tracing::info!(tid = n.tid, fd, addr = %slot.addr, ?carried, "installed a taken socket at the caller's fd");
             Some((Handed::Installed, "taken socket installed"))
@@ -548,13 +576,12 @@ fn carried(theirs: &OwnedFd, kind: Kind) -> Carried {
 /// Sets `c` on `ours`; returns the previous values of what changed.
 fn apply(ours: &OwnedFd, c: &Carried) -> Saved {
     use crate::sys::{getsockopt_int, setsockopt_int};
-    let mut saved = Saved::default();
-    if let Ok(fl) = rustix::fs::fcntl_getfl(ours) {
-        let was = fl.contains(rustix::fs::OFlags::NONBLOCK);
-        if was != c.nonblock && rustix::io::ioctl_fionbio(ours, c.nonblock).is_ok() {
-            saved.nonblock = Some(was);
-        }
-    }
+    let mut saved = Saved {
+        // Recorded whatever happens next, so that an abort also undoes a mode the
+        // server set on the taken socket itself after its bind.
+        nonblock: nonblock_of(ours),
+        ..Saved::default()
+    };
     let set = |level, name, want: Option<i32>, slot: &mut Option<i32>, scale: i32| {
         let Some(want) = want else { return };
         let Ok(was) = getsockopt_int(ours, level, name) else {
@@ -586,6 +613,26 @@ fn apply(ours: &OwnedFd, c: &Carried) -> Saved {
         2,
     );
     saved
+}
+
+fn nonblock_of(fd: &OwnedFd) -> Option<bool> {
+    rustix::fs::fcntl_getfl(fd)
+        .ok()
+        .map(|f| f.contains(rustix::fs::OFlags::NONBLOCK))
+}
+
+/// Gives the taken socket the `O_NONBLOCK` the new server chose (`want`), unless the
+/// server already changed the mode itself since its bind (`saved` holds the mode
+/// before).
+fn apply_nonblock(ours: &OwnedFd, saved: &Saved, want: Option<bool>) {
+    let (Some(want), Some(before)) = (want, saved.nonblock) else {
+        return;
+    };
+    if nonblock_of(ours) == Some(before) && before != want {
+        if let Err(e) = rustix::io::ioctl_fionbio(ours, want) {
+            tracing::warn!(error = %e, "could not carry O_NONBLOCK to the taken socket");
+        }
+    }
 }
 
 fn restore(ours: &OwnedFd, s: &Saved) {
@@ -678,6 +725,9 @@ mod tests {
         let defer = |fd: &OwnedFd| {
             crate::sys::getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT).expect("get")
         };
+        // The mode waits for the server's listen.
+        assert!(!nonblock(&ours));
+        apply_nonblock(&ours, &saved, Some(wanted.nonblock));
         assert!(nonblock(&ours));
         assert_eq!(defer(&ours), 7);
         restore(&ours, &saved);

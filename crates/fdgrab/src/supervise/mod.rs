@@ -116,12 +116,7 @@ fn watch_in(
 }
 
 fn io_err(op: &'static str, e: Errno) -> Error {
-    Error::Io {
-        op,
-        pid: std::process::id() as i32,
-        fd: None,
-        source: e.into(),
-    }
+    Error::local(op, e)
 }
 
 impl Supervisor {

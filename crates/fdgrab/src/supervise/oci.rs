@@ -436,15 +436,37 @@ pub fn container_policy(
         // A list of ports narrows the ports only; where sockets may live stays
         // as the agent's policy says.
         let asked = asked_policy(source_kind, value)?.with_any_netns(true);
+        let current = narrowed.as_ref().unwrap_or(upper.as_ref());
+        let too_many = |what: String| NarrowError {
+            source_kind,
+            reason: format!("too many rules: {what}; ask for port ranges instead of single ports"),
+        };
+        let pairs = current.rules().len().saturating_mul(asked.rules().len());
+        if pairs > MAX_NARROW_PAIRS {
+            return Err(too_many(format!(
+                "{} requested against {} in the agent's policy (at most {MAX_NARROW_PAIRS} pairs)",
+                asked.rules().len(),
+                current.rules().len()
+            )));
+        }
         narrowed = Some(
-            narrowed
-                .as_ref()
-                .unwrap_or(upper.as_ref())
-                .intersect(&asked),
+            current
+                .intersect_within(&asked, MAX_NARROWED_RULES)
+                .ok_or_else(|| {
+                    too_many(format!(
+                        "the narrowed policy would exceed {MAX_NARROWED_RULES} rules"
+                    ))
+                })?,
         );
     }
     Ok(narrowed.map_or_else(|| Arc::clone(upper), Arc::new))
 }
+
+/// Rule pairs a container's request may cost: the agent computes the policy on
+/// its own thread, at start and at every reload (some tens of milliseconds).
+const MAX_NARROW_PAIRS: usize = 1 << 22;
+/// Rules a container's policy may have (each bind decision scans them).
+const MAX_NARROWED_RULES: usize = 1 << 16;
 
 /// The `allow-bind` values of a `listenerMetadata` text (see [`container_policy`]).
 fn metadata_allow_binds(meta: &str) -> Result<Vec<&str>, NarrowError> {
@@ -816,5 +838,43 @@ mod tests {
 
         let none = deny_all();
         assert!(!none.allows(Proto::Tcp, lo, 80));
+    }
+
+    /// The agent computes a container's policy on its own thread, at start and at
+    /// every reload: a request must not cost time or memory out of all proportion.
+    #[test]
+    fn an_outsized_narrowing_request_is_refused() {
+        // Time: every rule of the request meets every rule of the bound.
+        let upper: Vec<String> = (1..=2100).map(|p| format!("tcp:{p}")).collect();
+        let upper = Arc::new(Policy::from_specs(&upper).expect("upper"));
+        let asked: Vec<String> = (1..=2100).map(|p| format!("udp:{p}")).collect();
+        let e = container_policy(&upper, &state_with(None, Some(&asked.join(","))))
+            .expect_err("4.4 million rule pairs");
+        assert_eq!(e.source_kind, NarrowSource::Annotation);
+        assert!(e.reason.contains("too many"), "{e}");
+
+        // Memory: a bound with many addresses times a request with many ports.
+        let upper: Vec<String> = (0..300)
+            .map(|i| format!("tcp:1-1023@10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        let upper = Arc::new(Policy::from_specs(&upper).expect("upper"));
+        let asked: Vec<String> = (1..=1000).map(|p| p.to_string()).collect();
+        let e = container_policy(
+            &upper,
+            &state_with(Some(&format!("allow-bind={}", asked.join(","))), None),
+        )
+        .expect_err("300,000 rules");
+        assert_eq!(e.source_kind, NarrowSource::Metadata);
+        assert!(e.reason.contains("too many"), "{e}");
+
+        // A generous but sane request still narrows.
+        let upper = Arc::new(Policy::from_specs(&["tcp:1-1023", "udp:53"]).expect("upper"));
+        let p = container_policy(&upper, &state_with(None, Some(&asked.join(","))))
+            .expect("1000 ports");
+        assert!(p.allows(
+            crate::supervise::policy::Proto::Tcp,
+            "127.0.0.1".parse().expect("ip"),
+            999
+        ));
     }
 }

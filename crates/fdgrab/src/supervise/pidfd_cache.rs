@@ -156,9 +156,11 @@ impl ThreadPidfds {
     }
 
     /// Counts `owner` among those sharing the cache (its share shrinks others').
+    /// Adding a known owner again (a replacement worker) keeps its entries.
     pub fn add_owner(&self, owner: u64) {
         let mut g = self.lock();
-        if g.lru.insert(owner, BTreeMap::new()).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(v) = g.lru.entry(owner) {
+            v.insert(BTreeMap::new());
             g.owners += 1;
         }
     }
@@ -354,6 +356,35 @@ mod tests {
         PidFd::open_thread(tid)
             .or_else(|_| PidFd::open(std::process::id() as i32))
             .expect("pidfd")
+    }
+
+    /// The watchdog replaces a container's worker, and the new worker's handler
+    /// joins the cache under the same owner: the container's entries must stay
+    /// its own, within its share, and be closed when it goes.
+    #[test]
+    fn a_replacement_worker_keeps_its_containers_entries() {
+        use crate::supervise::bind::BindHandler;
+        use crate::supervise::policy::{Policy, PolicyCell};
+        let t = threads(16);
+        let cache = Arc::new(ThreadPidfds::new(16));
+        let cell = Arc::new(PolicyCell::new(Arc::new(Policy::empty())));
+        cache.add_owner(2);
+        let _first = BindHandler::shared(Arc::clone(&cell), Arc::clone(&cache), 1);
+        for &tid in &t.tids[..8] {
+            cache.insert(1, tid, pidfd(tid));
+        }
+        let _replacement = BindHandler::shared(cell, Arc::clone(&cache), 1);
+        assert_eq!(
+            cache.len_of(1),
+            8,
+            "the container's entries are still counted"
+        );
+        for &tid in &t.tids[8..] {
+            cache.insert(1, tid, pidfd(tid));
+        }
+        assert_eq!(cache.len(), 8, "the container stayed within its share");
+        cache.remove_owner(1);
+        assert_eq!(cache.len(), 0, "every pidfd of the container was closed");
     }
 
     #[test]

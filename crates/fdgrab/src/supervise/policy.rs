@@ -314,21 +314,32 @@ impl Policy {
 
     /// What both policies allow: a container's policy can only narrow the node's.
     pub fn intersect(&self, other: &Policy) -> Policy {
+        // Nothing holds more than usize::MAX rules, so the cap is never reached.
+        self.intersect_within(other, usize::MAX).unwrap_or_default()
+    }
+
+    /// [`Policy::intersect`], or `None` as soon as the result would have more than
+    /// `max_rules` rules (a bound with many addresses times a request with many
+    /// ports grows as their product).
+    pub fn intersect_within(&self, other: &Policy, max_rules: usize) -> Option<Policy> {
         let mut rules = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for a in &self.rules {
             for b in &other.rules {
                 if let Some(r) = a.intersect(b) {
                     if seen.insert(r.clone()) {
+                        if rules.len() == max_rules {
+                            return None;
+                        }
                         rules.push(r);
                     }
                 }
             }
         }
-        Policy {
+        Some(Policy {
             rules,
             any_netns: self.any_netns && other.any_netns,
-        }
+        })
     }
 
     /// Whether a bind of `proto` to `addr:port` is allowed.

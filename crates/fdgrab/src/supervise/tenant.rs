@@ -177,6 +177,10 @@ impl Tenant {
             .map(drop)
     }
 
+    fn shown_id(&self) -> String {
+        crate::inventory::escape(self.labels.container_id.as_deref().unwrap_or("").as_bytes())
+    }
+
     /// Workers blocked in a read that the watchdog gave up on.
     pub fn blocked_workers(&self) -> usize {
         self.blocked.load(Ordering::Acquire)
@@ -211,14 +215,14 @@ impl Tenant {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
         tracing::warn!(
-            container = self.labels.container_id.as_deref().unwrap_or(""),
+            container = %self.shown_id(),
             tid = job.tid,
             deadline = ?READ_DEADLINE,
             "bind answered ETIMEDOUT: {reason}"
         );
         self.answer_unread(job.id, job.tid, reason);
         if let Err(e) = self.spawn_worker(generation) {
-            tracing::error!(error = %e, container = self.labels.container_id.as_deref().unwrap_or(""),
+            tracing::error!(error = %e, container = %self.shown_id(),
                 "cannot start a replacement worker; this container's binds now wait");
         }
         true

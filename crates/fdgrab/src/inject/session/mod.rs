@@ -18,7 +18,8 @@ mod locate;
 mod sigmask;
 mod stop;
 
-pub(crate) use errors::{remote_error, syscall_name};
+pub(crate) use crate::inject::syscalls::syscall_name;
+pub(crate) use errors::remote_error;
 
 use super::arch::{Regs, SYSCALL_INSN};
 use super::ptrace;
@@ -81,12 +82,17 @@ pub struct Session<'a> {
     remote_fds: Vec<i32>,
     /// A SIGSTOP that arrived during the session, passed on at the end.
     stop_seen: bool,
+    /// Run calls through syscall stops instead of single-stepping: set for the call
+    /// that puts back a mask blocking SIGTRAP, and for every call when the process
+    /// ignores SIGTRAP (see [`Session::through_syscall_stops`]).
+    no_forced_trap: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
     /// How long to poll for a stop before blocking in waitpid.
     spin: ptrace::Spin,
     /// What the thread's seccomp filters mean for the injected calls.
     gate: Gate,
+    policy: SeccompPolicy,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -139,6 +145,7 @@ impl<'a> Session<'a> {
             scratch_used: 0,
             remote_fds: Vec::new(),
             stop_seen: false,
+            no_forced_trap: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -146,6 +153,7 @@ impl<'a> Session<'a> {
             } else {
                 Gate::Open
             },
+            policy,
             _not_send: PhantomData,
         };
         if stranger {
@@ -186,6 +194,7 @@ impl<'a> Session<'a> {
             let ip = self.insn + SYSCALL_INSN.len() as u64;
             self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
         }
+        self.no_forced_trap = self.sigtrap_ignored();
         self.block_signals()?;
         let addr = self.syscall(
             libc::SYS_mmap,
@@ -278,14 +287,23 @@ impl<'a> Session<'a> {
         if let Gate::Checked(filters) = &self.gate {
             if let Some(v) = seccomp::refused_now(filters, nr, args, ip) {
                 let known: Vec<Option<u64>> = args.iter().map(|&a| Some(a)).collect();
-                return Err(seccomp::refusal(
-                    self.pid,
-                    self.tid,
-                    seccomp::describe(nr, &known),
-                    v,
-                    "the call was not made; the target is restored".into(),
-                )
-                .into());
+                let call = seccomp::describe(nr, &known);
+                // The up-front check could only try stand-ins for arguments known
+                // now (the scratch address, an fd the target got). Refusing here
+                // would be harmless for the work, but not for the cleanup (munmap,
+                // close, the mask): so suspend, as the up-front check would have.
+                let suspended = self.policy.may_suspend() && self.gate.suspend(self.tid).is_ok();
+                if !suspended {
+                    return Err(seccomp::refusal(
+                        self.pid,
+                        self.tid,
+                        call,
+                        v,
+                        "the call was not made; the target is restored".into(),
+                    )
+                    .into());
+                }
+                tracing::info!(pid = self.pid, tid = self.tid, %call, action = %v.verdict.action, "the target's seccomp filter would refuse this call with its real arguments; suspending it for the injected calls (PTRACE_O_SUSPEND_SECCOMP)");
             }
         }
         self.gate
@@ -295,7 +313,11 @@ impl<'a> Session<'a> {
         frame
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
-        let (r, forced) = self.step_over_syscall(nr, blocked)?;
+        let (r, forced) = if self.no_forced_trap {
+            self.through_syscall_stops(nr, blocked)?
+        } else {
+            self.step_over_syscall(nr, blocked)?
+        };
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
         // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
         // the result register and queues SIGSYS. Acting on that "result" (say, as an fd

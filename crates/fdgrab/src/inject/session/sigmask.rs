@@ -8,6 +8,7 @@ use super::Session;
 use crate::error::{Error, Result};
 use crate::inject::arch::RED_ZONE;
 use crate::inject::ptrace;
+use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
 
 /// What we hold back in our own thread during a session: termination signals take
@@ -43,8 +44,16 @@ impl OurMask {
 /// `rt_sigprocmask` calls (beyond the red zone, 16-byte aligned).
 pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 
+/// The mask a session puts in place: every signal but SIGTRAP. Each single-step ends
+/// in a SIGTRAP the kernel *forces* on the thread, and forcing a blocked signal resets
+/// its handler to SIG_DFL and unblocks it for good: a target's own SIGTRAP handler
+/// (the Go runtime's, a debugger's) would be lost. Left unblocked, the step's SIGTRAP
+/// is reported to us and dropped, and the handler stays.
+const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
+
 impl Session<'_> {
-    /// Replaces the thread's signal mask with "everything blocked", keeping the old one.
+    /// Replaces the thread's signal mask with "everything blocked" (but SIGTRAP, see
+    /// [`BLOCK_ALL_BUT_TRAP`]), keeping the old one.
     /// Done with the target's own `rt_sigprocmask` rather than `PTRACE_SETSIGMASK`,
     /// because the latter also clears the thread's "restore the saved mask" flag and
     /// would leave a thread caught in `ppoll`/`epoll_pwait`/`sigsuspend` with its
@@ -53,7 +62,7 @@ impl Session<'_> {
         for _ in 0..16 {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
-            sets[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
+            sets[..8].copy_from_slice(&BLOCK_ALL_BUT_TRAP.to_ne_bytes());
             crate::sys::process_vm_write(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
@@ -95,6 +104,17 @@ impl Session<'_> {
         ))
     }
 
+    /// Whether every call must avoid the single-step's forced SIGTRAP: when the
+    /// process ignores SIGTRAP, forcing it resets it to SIG_DFL whatever the mask.
+    /// Not in an unchecked session (see [`Session::unblock_signals`]).
+    pub(super) fn sigtrap_ignored(&self) -> bool {
+        let ignored = crate::procfs::task_status(self.pid, self.tid)
+            .ok()
+            .and_then(|st| st.sig_ign)
+            .is_some_and(|set| set & !BLOCK_ALL_BUT_TRAP != 0);
+        ignored && !matches!(self.gate, Gate::Unchecked)
+    }
+
     /// The 16 bytes below the red zone, saved the first time.
     pub(super) fn mask_area(&mut self) -> Result<u64> {
         let area = (self.saved.stack_pointer().wrapping_sub(MASK_AREA)) & !15;
@@ -120,10 +140,17 @@ impl Session<'_> {
         let area = self.mask_area()?;
         crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
+        // Not when the filters could not be checked: a seccomp trap of this call would
+        // then leave its SIGSYS pending past the exit stop, where nothing catches it.
+        let all_calls = self.no_forced_trap;
+        self.no_forced_trap =
+            all_calls || mask & !BLOCK_ALL_BUT_TRAP != 0 && !matches!(self.gate, Gate::Unchecked);
         let r = self.syscall(
             libc::SYS_rt_sigprocmask,
             &[libc::SIG_SETMASK as u64, area, 0, 8],
-        )?;
+        );
+        self.no_forced_trap = all_calls;
+        let r = r?;
         if r != 0 {
             return Err(remote_error(
                 self.pid,

@@ -117,34 +117,124 @@ impl Session<'_> {
             };
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
-            match sig {
-                libc::SIGTRAP if done => return Ok((regs.syscall_result(), forced)),
-                // Interrupted before it ran (or rewound for a restart): deliver the
-                // stop and step again.
-                libc::SIGSTOP => {
-                    self.stop_seen = true;
-                    deliver = libc::SIGSTOP;
-                }
-                sig if !done && !blocked => return Err(RunError::SignalFirst(sig)),
-                // With everything blocked, only a signal forced by the call gets
-                // here (SIGSYS from a seccomp trap, or a fault), or a stale SIGTRAP
-                // of an earlier step. Delivering it would run the target's handler on
-                // our frame, or kill it; it is dropped.
-                sig => {
-                    tracing::debug!(
-                        pid = self.pid,
-                        sig,
-                        nr,
-                        "dropping a signal forced by an injected call"
-                    );
-                    if sig != libc::SIGTRAP {
-                        forced = Some(sig);
-                    }
-                }
+            if sig == libc::SIGTRAP && done {
+                return Ok((regs.syscall_result(), forced));
             }
+            // Interrupted before it ran (or rewound for a restart), or a signal the
+            // call forced.
+            deliver = self.on_signal(sig, nr, done, blocked, &mut forced)?;
             // If the call ran, its SIGTRAP is still queued and is reported on the
             // next resume, before the thread runs any instruction of its own.
         }
+    }
+
+    /// Runs the frame with `PTRACE_SYSCALL`: a syscall-entry and a syscall-exit stop,
+    /// and no forced SIGTRAP. Used for the call after which the thread's mask blocks
+    /// SIGTRAP again: the single-step's SIGTRAP, forced on a blocked signal, would
+    /// unblock it and reset its handler to SIG_DFL. Signals are handled as in
+    /// [`Session::step_over_syscall`]; the exit stop is not on the signal path, but the
+    /// kernel takes the restart decision after it all the same (on the way out to
+    /// user mode), so detaching there with the original registers back is as exact.
+    pub(super) fn through_syscall_stops(
+        &mut self,
+        nr: i64,
+        blocked: bool,
+    ) -> std::result::Result<(i64, Option<i32>), RunError> {
+        let mut deliver = 0;
+        let mut entered = false;
+        let mut forced = None;
+        loop {
+            ptrace::syscall(self.tid, deliver)
+                .map_err(|e| self.ptrace_error("PTRACE_SYSCALL", e))?;
+            deliver = 0;
+            let sig = match classify(self.wait()?) {
+                Stop::Gone => return Err(self.died().into()),
+                Stop::Syscall if entered => {
+                    let regs =
+                        Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    return Ok((regs.syscall_result(), forced));
+                }
+                Stop::Syscall => {
+                    entered = true;
+                    continue;
+                }
+                Stop::Event(_) => continue,
+                Stop::Signal(sig) => sig,
+            };
+            deliver = self.on_signal(sig, nr, entered, blocked, &mut forced)?;
+        }
+    }
+
+    /// A signal reported while an injected call runs, other than the step's own
+    /// SIGTRAP: what to deliver on the next resume. SIGSTOP is passed on. Before
+    /// the call has run (`ran` false), a fault of our frame is an error, and while the
+    /// thread's signals are not blocked yet any other signal ends the attempt
+    /// ([`RunError::SignalFirst`]). Otherwise, with everything but SIGTRAP blocked, only
+    /// a signal forced by the call gets here (SIGSYS from a seccomp trap, a fault), or
+    /// a stale SIGTRAP of an earlier step (or, rarely, one sent by someone else).
+    /// Delivering it would run the target's handler on our frame, or kill it; it is
+    /// dropped and, unless a SIGTRAP, recorded in `forced`.
+    fn on_signal(
+        &mut self,
+        sig: i32,
+        nr: i64,
+        ran: bool,
+        blocked: bool,
+        forced: &mut Option<i32>,
+    ) -> std::result::Result<i32, RunError> {
+        if !ran {
+            self.check_not_faulted(sig, nr)?;
+        }
+        match sig {
+            libc::SIGSTOP => {
+                self.stop_seen = true;
+                return Ok(libc::SIGSTOP);
+            }
+            sig if !ran && !blocked => return Err(RunError::SignalFirst(sig)),
+            sig => {
+                tracing::debug!(
+                    pid = self.pid,
+                    sig,
+                    nr,
+                    "dropping a signal forced by an injected call"
+                );
+                if sig != libc::SIGTRAP {
+                    *forced = Some(sig);
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    /// Fails if `sig`, reported before the call ran, is a fault of our frame (the
+    /// `syscall` instruction we jumped to is not executable after all, say a page
+    /// now mapped where the vDSO was): delivering it would kill the target or run
+    /// its handler on our frame, and stepping again would fault forever. Detaching
+    /// from this stop discards it.
+    fn check_not_faulted(&mut self, sig: i32, nr: i64) -> std::result::Result<(), RunError> {
+        if !matches!(
+            sig,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+        ) {
+            return Ok(());
+        }
+        let code =
+            ptrace::signal_code(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGINFO", e))?;
+        if code <= 0 {
+            // Sent by a process: an ordinary signal.
+            return Ok(());
+        }
+        Err(Error::Io {
+            op: "running an injected syscall (the syscall instruction used faulted; the signal was not delivered)",
+            pid: self.pid,
+            fd: None,
+            source: std::io::Error::other(format!(
+                "signal {sig} at {:#x} before {} ran",
+                self.insn,
+                super::syscall_name(nr)
+            )),
+        }
+        .into())
     }
 
     /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).

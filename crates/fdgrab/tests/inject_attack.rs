@@ -1,0 +1,132 @@
+//! Attacks on the injection engine's transparency promise that the other suites do
+//! not cover: target state the kernel changes behind the session's back (the
+//! single-step's forced SIGTRAP), seccomp filters keyed on arguments known only at
+//! run time, and a fault of the injected frame itself.
+
+use fdgrab::{Backend, GrabOptions, PidFd, TargetFd};
+use fdgrab_testkit::{status_field, wait_in_syscall, Snapshot, Target};
+use std::io::Write;
+
+/// Every single-step of an injected call ends in a SIGTRAP the kernel forces on the
+/// thread; forcing a blocked signal resets its handler to SIG_DFL. A target with a
+/// SIGTRAP handler (the Go runtime installs one, so do debuggers and sanitizers) must
+/// keep it: afterwards a SIGTRAP still runs the handler instead of killing it.
+#[test]
+fn attack_injection_keeps_the_targets_sigtrap_handler() {
+    let mut t = grab_keeps_signal_state(&["signal-read", "trap", "restart"]);
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    echo(&mut t, "alive\n");
+}
+
+/// A filter keyed on an argument the session only learns while it runs: `munmap` is
+/// refused for addresses above 0x7f00_ffff_ffff, where the scratch page lands, but
+/// not for the stand-in address the up-front check tries. The cleanup must still
+/// happen (suspending the filter for it, as root may): no mapping of ours is left.
+#[test]
+fn attack_cleanup_refused_only_for_the_real_address_leaves_no_mapping() {
+    let mut t = Target::spawn(["seccomp", "errno", "munmap", "high"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let r = GrabOptions::new().backend(Backend::Ptrace).grab(&pidfd, fd);
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    r.expect("ptrace grab");
+    before.assert_unharmed(&mut t, &before.fds, "after the grab");
+}
+
+/// A thread that blocks every signal (SIGTRAP included) keeps exactly that mask and
+/// its SIGTRAP handler: the call that puts the mask back must not end in a forced
+/// SIGTRAP, which would unblock SIGTRAP and reset its handler.
+#[test]
+fn attack_injection_keeps_a_mask_that_blocks_sigtrap() {
+    let mut t = grab_keeps_signal_state(&["signal-read", "trap", "restart", "block-all"]);
+    // The session left from a syscall-exit stop: the interrupted read still restarts
+    // and returns exactly the next line.
+    echo(&mut t, "restarted\n");
+}
+
+/// Spawns the target with `args`, grabs its file by ptrace while it waits in `read`,
+/// and checks its signal handlers, mask and pending signals are as before and
+/// nothing of ours is left.
+fn grab_keeps_signal_state(args: &[&str]) -> Target {
+    let t = Target::spawn(args);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
+    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let g = GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, fd)
+        .expect("ptrace grab");
+    drop(g);
+    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
+    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    t
+}
+
+fn echo(t: &mut Target, s: &str) {
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(s.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (
+            line["n"].as_u64(),
+            line["errno"].as_i64(),
+            line["data"].as_str()
+        ),
+        (Some(s.len() as u64), Some(0), Some(s)),
+        "{line}"
+    );
+}
+
+/// The vDSO's address (from the auxiliary vector) now holds a readable but not
+/// executable page that happens to start with `0f 05`. Running an injected call
+/// there faults (SIGSEGV at our frame): that fault must end the session with an
+/// error and the target untouched, never be delivered to the target (it would die)
+/// nor retried forever.
+#[test]
+fn attack_fault_at_the_injected_frame_is_not_delivered() {
+    let mut t = Target::spawn(["fake-vdso"]);
+    assert_eq!(t.next_line(), "{\"replaced\":true}");
+    // Out of its last write and into the loop, so no syscall of its own is at hand.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = GrabOptions::new().backend(Backend::Ptrace).grab(&pidfd, fd);
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(fdgrab_testkit::TIMEOUT)
+        .expect("the grab hung");
+    if let Ok(()) = r {
+        panic!("a grab through a non-executable syscall instruction succeeded");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        status_field(t.pid, "State").is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X')),
+        "target died: {:?} ({r:?})",
+        status_field(t.pid, "State")
+    );
+    before.assert_no_leftovers(&before.fds, "after the refused grab");
+    let _ = t.child.kill();
+}
+
+/// A target that ignores SIGTRAP keeps ignoring it: the forced SIGTRAP of a
+/// single-step would reset an ignored signal to SIG_DFL (a later SIGTRAP would then
+/// kill the target), so such a session runs its calls through syscall stops.
+#[test]
+fn attack_injection_keeps_sigtrap_ignored() {
+    let mut t = grab_keeps_signal_state(&["signal-read", "usr2", "restart", "ignore-trap"]);
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    echo(&mut t, "still ignored\n");
+}
