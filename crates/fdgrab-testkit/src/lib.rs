@@ -7,6 +7,7 @@ pub mod containers;
 pub mod cri;
 pub mod handover;
 pub mod oci;
+#[cfg(target_arch = "x86_64")]
 pub mod seccomp_oracle;
 pub mod tmux;
 

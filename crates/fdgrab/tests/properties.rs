@@ -8,6 +8,7 @@ use fdgrab::seccomp::bpf::{
 };
 use fdgrab::supervise::policy::{Policy, Proto};
 use fdgrab::TargetFd;
+#[cfg(target_arch = "x86_64")] // the oracle probes with x86_64 and i386 syscall instructions
 use fdgrab_testkit::seccomp_oracle;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -256,6 +257,7 @@ proptest! {
     /// The interpreter against the kernel: a random program the kernel accepts (and
     /// only such a program passes the builder) ends every probe call the way the
     /// interpreter's verdict says. See `fdgrab_testkit::seccomp_oracle`.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn bpf_interpreter_agrees_with_the_kernel(mut bytes in proptest::collection::vec(any::<u8>(), 7..200), valid in any::<bool>()) {
         if valid {
@@ -443,6 +445,7 @@ fn regression_proc_net_endpoint_not_ascii() {
 
 /// fuzz/bpf_kernel: the builder accepted a program without a final return, which
 /// the kernel refuses with EINVAL.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn regression_bpf_program_without_final_return() {
     use fdgrab::seccomp::bpf::{BuildError, Field, Insn};
@@ -457,6 +460,7 @@ fn regression_bpf_program_without_final_return() {
 
 /// The oracle itself tells the outcomes apart (so agreement means something): each
 /// action, on getpid and on an unimplemented number, through both ABIs.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn the_seccomp_oracle_sees_each_outcome() {
     use fdgrab::seccomp::bpf::Insn;
