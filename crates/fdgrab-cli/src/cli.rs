@@ -92,18 +92,24 @@ pub enum Command {
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
     /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
     /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
+    /// The process, every FD, the NEWFD map and CMD are checked before anything is
+    /// taken: a refused get changes nothing in the process.
     Get(GetArgs),
     /// Copy a file's content to stdout through one of a process's fds.
     ///
     /// Regular files and memfds are read from offset 0 with positional reads, so the
     /// target's offset does not move; this recovers deleted files and memfds. Pipes,
     /// sockets and character devices would lose data for the target, so they are read
-    /// only with --consume.
+    /// only with --consume. A write-only fd (a logger's O_APPEND log) is read through
+    /// a read-only reopen of /proc/PID/fd/FD, checked to be the same file. The process
+    /// is never changed, whether cat succeeds or refuses.
     Cat(CatArgs),
     /// Send copies of a process's fds to a unix socket with SCM_RIGHTS.
     ///
     /// Each message carries at most 253 fds and the text
-    /// "fdgrab pid=PID fds=N,N,...\n" naming the target's numbers, in order.
+    /// "fdgrab pid=PID fds=N,N,...\n" naming the target's numbers, in order. Every FD
+    /// is checked before anything is sent (one the kernel cannot pass, an io_uring,
+    /// fails the whole command unless --skip-unpassable); the process is not changed.
     Send(SendArgs),
     /// Hand a running server's listening sockets to a new server (systemd socket activation).
     ///
@@ -137,7 +143,9 @@ pub enum Command {
     /// reused), or with --null, /dev/null is put over them (the number stays taken;
     /// reads see end-of-file, writes are discarded). If CMD cannot be started, nothing
     /// is taken from the process. Closing uses ptrace injection. Signals and exit status
-    /// as for `get`.
+    /// as for `get`. A steal whose close could not follow (a traced process, or seccomp
+    /// filters fdgrab cannot read, without --force) is refused before anything is copied
+    /// or CMD starts; a number the process reused meanwhile is not closed.
     Steal(StealArgs),
     /// Install a file, or one of fdgrab's own fds, into a running process at number FD.
     ///
@@ -272,7 +280,7 @@ pub struct GetArgs {
     pub cmd: Vec<OsString>,
 }
 
-/// `--skip-unpassable`, for commands that pass fds over a unix socket.
+// `--skip-unpassable`, for commands that pass fds over a unix socket. (A plain comment: clap would take a doc comment on a flattened struct as the about text of every command that flattens it.)
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct UnpassableArg {
     /// Leave out fds the kernel refuses to pass over a unix socket (io_uring
@@ -316,7 +324,7 @@ pub struct SendArgs {
     pub json: bool,
 }
 
-/// `--backend`, shared by every command that takes fds out of a process.
+// `--backend`, shared by every command that takes fds out of a process.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct BackendArg {
     /// How fds are taken: pidfd (pidfd_getfd, Linux 5.6), ptrace (injection: the process
@@ -328,7 +336,7 @@ pub struct BackendArg {
     pub force: ForceArg,
 }
 
-/// `--force`, shared by every command that may inject into a process with ptrace.
+// `--force`, shared by every command that may inject into a process with ptrace.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ForceArg {
     /// Inject (ptrace) even into a process under seccomp whose filters fdgrab cannot
@@ -574,7 +582,7 @@ pub struct ProfileArgs {
     pub output: Option<PathBuf>,
 }
 
-/// The bind policy and audit options, shared by `run` and `agent`.
+// The bind policy and audit options, shared by `run` and `agent`.
 #[derive(Debug, clap::Args)]
 pub struct BindPolicyArgs {
     /// Allow privileged binds matching SPEC = [tcp|udp:]PORT[-PORT][@ADDR]. Repeatable.

@@ -468,3 +468,36 @@ fn warnings_to_a_dead_stderr_do_not_kill() {
     );
     assert!(appeared, "the agent never got past its warning");
 }
+
+/// Each command's own help opens with the summary `fdgrab --help` lists for it. A
+/// doc comment on a flattened argument struct once replaced that text in nine
+/// commands (and so in their man pages) with a line about `--backend` or `--force`.
+#[test]
+fn every_command_help_opens_with_its_own_summary() {
+    let top = run_fdgrab(["--help"]);
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    let listed: Vec<(String, String)> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let l = l.trim();
+            let (name, summary) = l.split_once(char::is_whitespace)?;
+            Some((name.to_string(), summary.trim().to_string()))
+        })
+        .filter(|(name, _)| name != "help")
+        .collect();
+    assert!(listed.len() >= 12, "commands listed: {listed:?}");
+    for (name, summary) in listed {
+        let out = run_fdgrab([name.as_str(), "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        let first = help.lines().next().unwrap_or_default();
+        // The listing drops a final period; the command's own help keeps it.
+        assert_eq!(
+            first.trim_end_matches('.'),
+            summary.trim_end_matches('.'),
+            "fdgrab {name} --help"
+        );
+    }
+}
