@@ -10,7 +10,7 @@ use crate::{procfs, sys, Pid};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, PidfdFlags};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// `PIDFD_THREAD` (Linux 6.9) is `O_EXCL`; rustix does not name it.
@@ -414,30 +414,6 @@ fn open_error(pid: Pid, flags: PidFdFlags, e: Errno) -> Error {
         },
         Errno::MFILE | Errno::NFILE => Error::io("pidfd_open", pid, None, e),
         e => Error::io("pidfd_open", pid, None, e),
-    }
-}
-
-impl Handle {
-    fn fd(&self) -> &OwnedFd {
-        match self {
-            Handle::Pidfd(fd) | Handle::Procfs { dir: fd, .. } => fd,
-        }
-    }
-}
-
-/// The pidfd, or for a [`PidFd::open_procfs`] handle the `/proc/PID` directory,
-/// which pidfd system calls reject with `EBADF` and which polls readable at once:
-/// use [`PidFd::as_pidfd`] for pidfd calls and [`PidFd::exit_fd`] to wait for an
-/// exit, which say what they hold.
-impl AsFd for PidFd {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.handle.fd().as_fd()
-    }
-}
-
-impl AsRawFd for PidFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.handle.fd().as_raw_fd()
     }
 }
 

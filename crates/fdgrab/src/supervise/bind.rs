@@ -261,6 +261,15 @@ impl BindHandler {
     }
 }
 
+/// `pidfd_getfd` on a caller's pidfd. Callers' pidfds are always real ones; a
+/// `/proc` handle, which the call would reject, is refused the same way (EBADF).
+fn getfd_from(thread: &PidFd, fd: i32) -> rustix::io::Result<OwnedFd> {
+    match thread.as_pidfd() {
+        Some(p) => pidfd_getfd(p, fd, PidfdGetfdFlags::empty()),
+        None => Err(Errno::BADF),
+    }
+}
+
 /// Our copy of the caller's sockaddr, checked the way `inet_bind`/`inet6_bind` do.
 /// `inet_bind` accepts `AF_UNSPEC` as `AF_INET` when the address is `INADDR_ANY`
 /// (an old compatibility rule); `inet6_bind` accepts only `AF_INET6`, which the
@@ -436,20 +445,19 @@ impl BindHandler {
             Some(t) => (t, false),
             None => (self.fresh_thread(cx, n)?, true),
         };
-        match pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty()) {
+        match getfd_from(&thread, fd) {
             Ok(s) => return Ok(s),
             // The cached pidfd named an earlier thread with this tid.
             Err(Errno::SRCH) if !fresh => {}
             Err(e @ (Errno::MFILE | Errno::NFILE)) => {
                 self.pidfds.shrink();
-                return pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty())
-                    .map_err(|_| getfd_error(e));
+                return getfd_from(&thread, fd).map_err(|_| getfd_error(e));
             }
             Err(e) => return Err(getfd_error(e)),
         }
         self.pidfds.remove(n.tid);
         let thread = self.fresh_thread(cx, n)?;
-        pidfd_getfd(thread.as_ref(), fd, PidfdGetfdFlags::empty()).map_err(getfd_error)
+        getfd_from(&thread, fd).map_err(getfd_error)
     }
 
     /// Whether `sock` is one we bound to `want` for a call its caller left.
@@ -538,7 +546,7 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
         r => r,
     }
     .ok()?;
-    let sock = pidfd_getfd(&thread, fd, PidfdGetfdFlags::empty()).ok()?;
+    let sock = getfd_from(&thread, fd).ok()?;
     transport(&sock).ok()
 }
 

@@ -254,6 +254,9 @@ impl ThreadPidfds {
             let g = self.lock();
             g.by_tid
                 .iter()
+                // Only real pidfds poll for an exit; a /proc handle would poll
+                // readable at once. The cache never holds one, but say so in types.
+                .filter(|(_, s)| s.pidfd.as_pidfd().is_some())
                 .map(|(t, s)| (*t, Arc::clone(&s.pidfd)))
                 .collect()
         };
@@ -262,7 +265,8 @@ impl ThreadPidfds {
         }
         let mut fds: Vec<PollFd<'_>> = snapshot
             .iter()
-            .map(|(_, p)| PollFd::new(p.as_ref(), PollFlags::IN))
+            .filter_map(|(_, p)| p.as_pidfd())
+            .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
             .collect();
         let zero = rustix::event::Timespec {
             tv_sec: 0,
