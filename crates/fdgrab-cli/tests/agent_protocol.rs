@@ -120,7 +120,18 @@ fn agent_rejects_malformed_messages_and_keeps_serving() {
         std::thread::sleep(Duration::from_millis(2));
     }
     expect_closed(s, "document in pieces");
-    let log = agent.log.text();
+    // The line is written before the close, but reaches us through a pipe read by
+    // another thread: wait for it rather than read the log at once.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let log = loop {
+        let log = agent.log.text();
+        if log.matches("is not a seccomp listener").count() >= 2
+            || std::time::Instant::now() > deadline
+        {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         log.matches("is not a seccomp listener").count(),
         2,
