@@ -53,7 +53,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // to, or when nobody holds the master any more.
     // Taken before anything is looked at or changed, so two attaches of one session
     // cannot race; held until fdgrab exits (the keeper does not inherit it).
-    let Some(lock) = pty::AttachLock::acquire(tty)? else {
+    let Some(lock) = pty::AttachLock::acquire(tty, pty::slave_instance(pid, tty))? else {
         return Err(CodedError(
             Code::AlreadyAttached,
             format!(
@@ -69,7 +69,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     } else {
         find_holders(pid, tty)?
     };
-    let how = match holders {
+    let mut how = match holders {
         Some(holders) => How::Steal(holders),
         None => How::Single(pty::plan_single_move(pid)?),
     };
@@ -78,9 +78,23 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // From here on a terminating signal must not kill us while the session depends
     // on our copy of the master: signals are read from a descriptor.
     let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
+    let mut stolen = None;
+    if let How::Steal(holders) = &how {
+        match take_master(pid, tty, holders)? {
+            Some(master) => stolen = Some(master),
+            // What holds "pts/N" now is another session, on an index the kernel
+            // reused after PID's own master was closed: nobody holds PID's master.
+            None => {
+                tracing::info!(pid, %tty, "the holders of {tty} hold another pty: single-process mode");
+                how = How::Single(pty::plan_single_move(pid)?);
+            }
+        }
+    }
     let (master, what) = match &how {
         How::Steal(holders) => {
-            let master = take_master(pid, tty, holders)?;
+            let master = stolen
+                .take()
+                .with_context(|| format!("no copy of the master of {tty} was taken"))?;
             let from = holders
                 .iter()
                 .map(|h| format!("{} ({})", h.pid, h.comm))
@@ -92,12 +106,18 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             let (master, slave) = pty::open_pair()?;
             // The session's new terminal gets its lock too.
             if let Some(new) = pty::master_index(&master) {
-                _locks.extend(pty::AttachLock::acquire(new)?);
+                _locks.extend(pty::AttachLock::acquire(
+                    new,
+                    pty::master_instance(&master),
+                )?);
             }
             pty::copy_modes(plan.old, &slave);
             take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
                 format!("moving process {pid} alone onto a new terminal (single-process mode)")
             })?;
+            // PID no longer runs on the old terminal, whose index the kernel may now
+            // give to an unrelated session: that one must stay attachable.
+            drop(_locks.remove(0));
             let new = pty::master_index(&master).map_or_else(String::new, |p| format!(" {p}"));
             let stay = if plan.left_behind.is_empty() {
                 String::new()
@@ -270,11 +290,17 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
 /// made) puts /dev/null over the holders' fds, or retires keepers. Pty indexes
 /// repeat across devpts instances, so a holder whose copies turn out to be
 /// another instance's pts/N (a container's session) is left alone.
-fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> {
+fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<OwnedFd>> {
+    // The target's own slave, down to the inode: an index reused for another
+    // session (after the old master was closed) must never count as ours.
+    let identity = pty::slave_identity(pid, tty);
     let instance = pty::slave_instance(pid, tty);
     let ours = |fd: &OwnedFd| {
         pty::master_index(fd) == Some(tty)
-            && (instance.is_none() || pty::master_instance(fd) == instance)
+            && match identity {
+                Some(id) => pty::master_identity(fd) == Some(id),
+                None => instance.is_none() || pty::master_instance(fd) == instance,
+            }
     };
     let mut taken = Vec::with_capacity(holders.len());
     let mut master = None;
@@ -309,8 +335,9 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
         }
         taken.push((h, holder, fds));
     }
-    let master = master
-        .with_context(|| format!("the holders' fds turned out not to be the master of {tty}"))?;
+    let Some(master) = master else {
+        return Ok(None);
+    };
     for (h, holder, fds) in &taken {
         if h.is_keeper() {
             holder.send_signal(libc::SIGTERM)?;
@@ -328,5 +355,5 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<OwnedFd> 
         )?;
         tracing::info!(holder = h.pid, fds = ?fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
     }
-    Ok(master)
+    Ok(Some(master))
 }

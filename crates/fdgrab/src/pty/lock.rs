@@ -19,10 +19,13 @@ pub struct AttachLock {
 }
 
 impl AttachLock {
-    /// Takes the lock for `pty`; `Ok(None)` if another process holds it.
-    pub fn acquire(pty: Pty) -> Result<Option<Self>> {
+    /// Takes the lock for `pty` of the devpts instance `instance` (its `st_dev`;
+    /// `None`: our own `/dev/pts`); `Ok(None)` if another process holds it. Indexes
+    /// repeat across instances, so the instance is part of the name.
+    pub fn acquire(pty: Pty, instance: Option<u64>) -> Result<Option<Self>> {
         use std::os::unix::fs::MetadataExt;
-        let dev = std::fs::metadata("/dev/pts").map(|m| m.dev()).unwrap_or(0);
+        let dev =
+            instance.unwrap_or_else(|| std::fs::metadata("/dev/pts").map(|m| m.dev()).unwrap_or(0));
         let name = format!("fdgrab-attach/{dev:x}/{}", pty.index());
         let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())
             .map_err(|e| own_errno("abstract socket name", e))?;

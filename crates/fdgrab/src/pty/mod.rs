@@ -151,6 +151,53 @@ pub fn master_instance(master: impl AsFd) -> Option<u64> {
     rustix::fs::fstat(&peer).ok().map(|st| st.st_dev)
 }
 
+/// Which pty a slave is, beyond its instance and index: devpts gives a new pty's
+/// slave a new inode, with the index's inode number but a new change time, so an
+/// index the kernel reused for another session (while an old slave of it is still
+/// open somewhere) does not compare equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlaveIdentity {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl SlaveIdentity {
+    fn of(st: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// The identity of `pty` as `pid` has it open on fd 0, 1 or 2; `None` if none of
+/// them is that slave.
+pub fn slave_identity(pid: Pid, pty: Pty) -> Option<SlaveIdentity> {
+    (0..3).find_map(|fd| {
+        let st = rustix::fs::stat(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        (Pty::from_rdev(st.st_rdev) == Some(pty)).then(|| SlaveIdentity::of(&st))
+    })
+}
+
+/// The identity of the slave of the pty whose master is `master` (through an
+/// `O_PATH` descriptor from `TIOCGPTPEER`, which opens no terminal).
+pub fn master_identity(master: impl AsFd) -> Option<SlaveIdentity> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::O_PATH | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags by value and returns a new fd (or -1).
+    let peer = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if peer < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    rustix::fs::fstat(&peer)
+        .ok()
+        .map(|st| SlaveIdentity::of(&st))
+}
+
 /// A process that has a pty's master open, at one or more fds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MasterHolder {
