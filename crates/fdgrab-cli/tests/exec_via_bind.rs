@@ -449,6 +449,14 @@ fn nginx_to_nginx_with_a_different_configuration() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(Probe::Http(addr(ip, p1)).ask(), Ok(2));
+    // nginx's workers outlive a killed master: stop it as nginx stops (TERM, and the
+    // master takes its workers down), and let fdgrab reap it, before letting go.
+    rustix::process::kill_process(master, rustix::process::Signal::TERM).expect("TERM nginx");
+    let deadline = Instant::now() + TIMEOUT;
+    while std::path::Path::new(&format!("/proc/{}", exec.new_pid)).exists() {
+        assert!(Instant::now() < deadline, "nginx did not stop on TERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(exec);
 }
 
