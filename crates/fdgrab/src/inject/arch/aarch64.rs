@@ -49,13 +49,6 @@ const NT_ARM_SYSTEM_CALL: libc::c_int = 0x404;
 /// syscall numbers and structs differ.
 const PSR_MODE32_BIT: u64 = 0x10;
 
-/// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`
-/// (`include/linux/errno.h`).
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
-
 /// A thread's general-purpose registers and the syscall number it is in.
 #[derive(Clone, Copy)]
 pub(crate) struct Regs {
@@ -221,11 +214,7 @@ impl Regs {
     /// already done the rewind and forgotten the syscall, so this is `None` there.
     pub(crate) fn pending_restart(&self) -> Option<Restart> {
         self.syscall_nr()?;
-        match -(self.gp.regs[0] as i64) {
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Some(Restart::Rewind),
-            ERESTART_RESTARTBLOCK => Some(Restart::RestartBlock),
-            _ => None,
-        }
+        super::restart_for(self.gp.regs[0] as i64)
     }
 
     /// A copy of these registers set up to run `svc #0` at `insn` with `nr` and up to

@@ -23,6 +23,23 @@ compile_error!(
     "fdgrab's ptrace injection (src/inject/arch) is implemented for x86_64 and aarch64 only"
 );
 
+/// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`
+/// (`include/linux/errno.h`): never seen by user space, because the kernel rewrites
+/// them on the way out of the signal path.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// The restart the kernel owes a syscall whose return register holds `ret`.
+fn restart_for(ret: i64) -> Option<Restart> {
+    match -ret {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Some(Restart::Rewind),
+        ERESTART_RESTARTBLOCK => Some(Restart::RestartBlock),
+        _ => None,
+    }
+}
+
 /// Offset of the first syscall instruction in `code`, which was read from an address
 /// aligned to [`INSN_ALIGN`] (a mapping or page start).
 pub(crate) fn find_syscall_insn(code: &[u8]) -> Option<usize> {

@@ -17,14 +17,6 @@ pub(crate) const RED_ZONE: u64 = 128;
 /// whose syscall numbers and structs differ.
 const USER_CS_64: u64 = 0x33;
 
-/// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`
-/// (`include/linux/errno.h`): never seen by user space, because the kernel rewrites
-/// them on the way out of the signal path.
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
-
 /// A thread's general-purpose registers.
 #[derive(Clone, Copy)]
 pub(crate) struct Regs(libc::user_regs_struct);
@@ -127,11 +119,7 @@ impl Regs {
     /// The restart the kernel still owes this frame, if it is an interrupted syscall.
     pub(crate) fn pending_restart(&self) -> Option<Restart> {
         self.syscall_nr()?;
-        match -(self.0.rax as i64) {
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Some(Restart::Rewind),
-            ERESTART_RESTARTBLOCK => Some(Restart::RestartBlock),
-            _ => None,
-        }
+        super::restart_for(self.0.rax as i64)
     }
 
     /// A copy of these registers set up to run `syscall` at `insn` with `nr` and up to
