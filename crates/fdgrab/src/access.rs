@@ -218,12 +218,7 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
     let pid = target.pid();
     let owner = fd_table_owner(target)?;
     let (_, start) = procfs::stat_state(pid).ok_or(Error::NoSuchProcess { pid })?;
-    let st =
-        rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")).map_err(|e| match e {
-            Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
-            Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
-            e => Error::io("stat(/proc/PID/fd/N)", pid, Some(fd), e),
-        })?;
+    let st = fd_stat(target, owner, fd)?;
     let info =
         std::fs::read_to_string(format!("/proc/{pid}/task/{owner}/fdinfo/{fd}")).map_err(|e| {
             Error::Io {
@@ -246,6 +241,16 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
         ino: st.st_ino,
         mnt_id: field("mnt_id:").parse().unwrap_or(0),
         cloexec: flags & libc::O_CLOEXEC as u64 != 0,
+    })
+}
+
+/// `stat` of the target's `fd`, read through thread `owner` (see [`fd_table_owner`]).
+pub(crate) fn fd_stat(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<rustix::fs::Stat> {
+    let pid = target.pid();
+    rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")).map_err(|e| match e {
+        Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
+        Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
+        e => Error::io("stat(/proc/PID/fd/N)", pid, Some(fd), e),
     })
 }
 

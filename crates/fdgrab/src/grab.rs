@@ -266,9 +266,15 @@ impl GrabOptions {
 /// Checks that each of the target's fds still is the file (device and inode) it was
 /// when copied: [`Error::IdentityMismatch`] for the first that is not.
 fn still_copied(target: &PidFd, copied: &[(TargetFd, (u64, u64))], backend: Backend) -> Result<()> {
+    if copied.is_empty() {
+        return Ok(());
+    }
+    // Only the file is compared: one owner lookup and one stat per fd, not the
+    // start time and fdinfo that `fd_identity` also reads.
+    let owner = access::fd_table_owner(target)?;
     for &(fd, file) in copied {
-        let now = access::fd_identity(target, fd)?;
-        if (now.dev, now.ino) != file {
+        let now = access::fd_stat(target, owner, fd)?;
+        if (now.st_dev, now.st_ino) != file {
             tracing::warn!(
                 pid = target.pid(),
                 fd = fd.as_raw(),
