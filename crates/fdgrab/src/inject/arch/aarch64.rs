@@ -27,6 +27,7 @@
 //! qemu-user, which does not emulate ptrace; the injection itself has not run on
 //! arm64 hardware.
 
+use super::Restart;
 use crate::Pid;
 use rustix::io::Errno;
 
@@ -67,16 +68,6 @@ impl std::fmt::Debug for Regs {
             self.gp.pc, self.gp.sp, self.gp.regs[0] as i64, self.gp.regs[8], self.syscallno
         )
     }
-}
-
-/// How the kernel will finish a syscall that was interrupted when we stopped the
-/// thread (only seen at a syscall-exit stop on arm64; see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Restart {
-    /// `ERESTARTSYS`/`ERESTARTNOINTR`/`ERESTARTNOHAND`: pc moves back over `svc`.
-    Rewind,
-    /// `ERESTART_RESTARTBLOCK`: as above, with `restart_syscall(2)` in x8.
-    RestartBlock,
 }
 
 impl Default for Regs {

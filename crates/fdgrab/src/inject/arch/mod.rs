@@ -23,6 +23,19 @@ compile_error!(
     "fdgrab's ptrace injection (src/inject/arch) is implemented for x86_64 and aarch64 only"
 );
 
+/// How the kernel will finish a syscall that was interrupted when we stopped the
+/// thread, once the thread leaves the signal path without a signal to handle (on
+/// arm64 only seen at a syscall-exit stop; see `aarch64.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// `ERESTARTSYS`/`ERESTARTNOINTR`/`ERESTARTNOHAND`: the instruction pointer moves
+    /// back over the syscall instruction and the syscall number is set again.
+    Rewind,
+    /// `ERESTART_RESTARTBLOCK`: as above, but with `restart_syscall(2)` as the number,
+    /// which continues from the thread's saved restart block (nanosleep's remaining time).
+    RestartBlock,
+}
+
 /// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`
 /// (`include/linux/errno.h`): never seen by user space, because the kernel rewrites
 /// them on the way out of the signal path.

@@ -2,6 +2,7 @@
 //! syscall ABI (nr in rax; args in rdi, rsi, rdx, r10, r8, r9; result in rax) and
 //! the restart codes the kernel leaves in rax of an interrupted syscall.
 
+use super::Restart;
 use crate::Pid;
 use rustix::io::Errno;
 
@@ -29,18 +30,6 @@ impl std::fmt::Debug for Regs {
             self.0.rip, self.0.rsp, self.0.rax as i64, self.0.orig_rax as i64
         )
     }
-}
-
-/// How the kernel will finish a syscall that was interrupted when we stopped the
-/// thread, once the thread leaves the signal path without a signal to handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Restart {
-    /// `ERESTARTSYS`/`ERESTARTNOINTR`/`ERESTARTNOHAND`: the instruction pointer is moved
-    /// back over `syscall` and rax gets the syscall number again.
-    Rewind,
-    /// `ERESTART_RESTARTBLOCK`: as above, but with `restart_syscall(2)` as the number,
-    /// which continues from the thread's saved restart block (nanosleep's remaining time).
-    RestartBlock,
 }
 
 impl Default for Regs {
