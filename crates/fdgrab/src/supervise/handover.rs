@@ -47,13 +47,12 @@
 //! After [`Handover::commit`] or [`Handover::abort`] every call goes straight back
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
-use super::bind::{parse_sockaddr, thread_group_pidfd};
+use super::bind::{parse_sockaddr, read_sockaddr, thread_group_pidfd, MAX_ADDRLEN};
 use super::handler::{Answer, Context, Handler};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
-    read_validated, Action, AddFdAt, BuildError, Notification, Program, ReadError, Response,
-    SendError, SyscallFilter,
+    Action, AddFdAt, BuildError, Notification, Program, Response, SendError, SyscallFilter,
 };
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrAny, SocketFlags, SocketType};
@@ -61,9 +60,6 @@ use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// `sizeof(struct sockaddr_storage)`.
-const MAX_ADDRLEN: i32 = 128;
 
 /// The filter of a server taking sockets through `bind`: `bind` and `listen` go to
 /// the listener, everything else is allowed. io_uring is left alone: a bind it
@@ -416,14 +412,12 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
         Ok(t) => t,
         Err(d) => return d,
     };
-    let mut raw = [0u8; MAX_ADDRLEN as usize];
-    let raw = &mut raw[..addrlen as usize];
-    match read_validated(cx.listener, n, ptr, raw) {
-        Ok(()) => {}
-        Err(ReadError::Gone) => return None,
-        Err(ReadError::Fault) => return cont("bad address (the kernel answers EFAULT)"),
-        Err(ReadError::Other(_)) => return cont("cannot read the caller's memory"),
-    }
+    let mut buf = [0u8; MAX_ADDRLEN as usize];
+    let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
+        Ok(raw) => raw,
+        Err(None) => return None,
+        Err(Some(why)) => return cont(why),
+    };
     let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
     let Ok(addr) = parse_sockaddr(family, raw) else {
         return cont("not an IP address");
