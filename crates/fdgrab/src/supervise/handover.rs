@@ -408,10 +408,6 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !(2..=MAX_ADDRLEN).contains(&addrlen) {
         return cont("address length the kernel judges");
     }
-    let thread = match open_caller(cx, n) {
-        Ok(t) => t,
-        Err(d) => return d,
-    };
     let mut buf = [0u8; MAX_ADDRLEN as usize];
     let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
         Ok(raw) => raw,
@@ -430,6 +426,11 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     {
         return cont("no taken socket has this address");
     }
+    // Only a bind of a taken address costs a pidfd.
+    let thread = match open_caller(cx, n) {
+        Ok(t) => t,
+        Err(d) => return d,
+    };
     let theirs = match grab_caller_fd(&thread, fd) {
         Ok(s) => s,
         Err(d) => return d,
