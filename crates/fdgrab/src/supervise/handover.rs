@@ -351,7 +351,13 @@ fn open_caller(cx: &Context<'_>, n: &Notification) -> std::result::Result<PidFd,
     })
 }
 
-fn grab_caller_fd(thread: &PidFd, fd: i32) -> std::result::Result<OwnedFd, Decided> {
+/// A copy of the caller's `fd`, through a pidfd closed again at once.
+fn grab_caller_fd(
+    cx: &Context<'_>,
+    n: &Notification,
+    fd: i32,
+) -> std::result::Result<OwnedFd, Decided> {
+    let thread = open_caller(cx, n)?;
     let Some(thread) = thread.as_pidfd() else {
         return Err(cont("cannot open a pidfd for the caller"));
     };
@@ -367,11 +373,7 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     }
     let fd = n.data.args[0] as u32 as i32;
     let backlog = n.data.args[1] as u32 as i32;
-    let thread = match open_caller(cx, n) {
-        Ok(t) => t,
-        Err(d) => return d,
-    };
-    let theirs = match grab_caller_fd(&thread, fd) {
+    let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
@@ -427,11 +429,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
         return cont("no taken socket has this address");
     }
     // Only a bind of a taken address costs a pidfd.
-    let thread = match open_caller(cx, n) {
-        Ok(t) => t,
-        Err(d) => return d,
-    };
-    let theirs = match grab_caller_fd(&thread, fd) {
+    let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
