@@ -30,7 +30,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// `sizeof(struct sockaddr_storage)`: the kernel refuses a longer `addrlen`.
-const MAX_ADDRLEN: i32 = 128;
+pub(super) const MAX_ADDRLEN: i32 = 128;
 const SOCKADDR_IN_LEN: usize = 16;
 /// `SIN6_LEN_RFC2133`: the shortest `sockaddr_in6` the kernel accepts (no scope id).
 const SOCKADDR_IN6_MIN: usize = 24;
@@ -183,17 +183,15 @@ impl BindHandler {
         if !(2..=MAX_ADDRLEN).contains(&addrlen) {
             return cont("address length the kernel judges");
         }
-        let mut raw = [0u8; MAX_ADDRLEN as usize];
-        let raw = &mut raw[..addrlen as usize];
+        let mut buf = [0u8; MAX_ADDRLEN as usize];
         // The read names the thread by tid and the ID_VALID inside proves the tid
         // still named the caller; nothing per-caller is opened before the policy
         // could allow the bind.
-        match read_validated(cx.listener, n, ptr, raw) {
-            Ok(()) => {}
-            Err(ReadError::Gone) => return None,
-            Err(ReadError::Fault) => return cont("bad address (the kernel answers EFAULT)"),
-            Err(ReadError::Other(_)) => return cont("cannot read the caller's memory"),
-        }
+        let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
+            Ok(raw) => raw,
+            Err(None) => return None,
+            Err(Some(why)) => return cont(why),
+        };
         // Past the only step that can block on the caller: from here on the answer
         // is ours to give, unless a watchdog already gave one.
         if !cx.claim() {
@@ -515,6 +513,25 @@ fn audit(
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
     );
+}
+
+/// Reads the `addrlen` bytes of `struct sockaddr` at `ptr` in the caller of a
+/// trapped bind, `addrlen` already checked against `2..=MAX_ADDRLEN`.
+/// `Err(None)`: the request is gone; `Err(Some(reason))`: the kernel judges it.
+pub(super) fn read_sockaddr<'a>(
+    listener: &crate::seccomp::Listener,
+    n: &Notification,
+    ptr: u64,
+    addrlen: i32,
+    buf: &'a mut [u8; MAX_ADDRLEN as usize],
+) -> std::result::Result<&'a [u8], Option<&'static str>> {
+    let raw = &mut buf[..addrlen as usize];
+    match read_validated(listener, n, ptr, raw) {
+        Ok(()) => Ok(raw),
+        Err(ReadError::Gone) => Err(None),
+        Err(ReadError::Fault) => Err(Some("bad address (the kernel answers EFAULT)")),
+        Err(ReadError::Other(_)) => Err(Some("cannot read the caller's memory")),
+    }
 }
 
 /// The protocol of the caller's socket `fd`, for an audit line the decision did

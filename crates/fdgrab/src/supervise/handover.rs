@@ -47,13 +47,12 @@
 //! After [`Handover::commit`] or [`Handover::abort`] every call goes straight back
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
-use super::bind::{parse_sockaddr, thread_group_pidfd};
+use super::bind::{parse_sockaddr, read_sockaddr, thread_group_pidfd, MAX_ADDRLEN};
 use super::handler::{Answer, Context, Handler};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
-    read_validated, Action, AddFdAt, BuildError, Notification, Program, ReadError, Response,
-    SendError, SyscallFilter,
+    Action, AddFdAt, BuildError, Notification, Program, Response, SendError, SyscallFilter,
 };
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrAny, SocketFlags, SocketType};
@@ -61,9 +60,6 @@ use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// `sizeof(struct sockaddr_storage)`.
-const MAX_ADDRLEN: i32 = 128;
 
 /// The filter of a server taking sockets through `bind`: `bind` and `listen` go to
 /// the listener, everything else is allowed. io_uring is left alone: a bind it
@@ -355,7 +351,13 @@ fn open_caller(cx: &Context<'_>, n: &Notification) -> std::result::Result<PidFd,
     })
 }
 
-fn grab_caller_fd(thread: &PidFd, fd: i32) -> std::result::Result<OwnedFd, Decided> {
+/// A copy of the caller's `fd`, through a pidfd closed again at once.
+fn grab_caller_fd(
+    cx: &Context<'_>,
+    n: &Notification,
+    fd: i32,
+) -> std::result::Result<OwnedFd, Decided> {
+    let thread = open_caller(cx, n)?;
     let Some(thread) = thread.as_pidfd() else {
         return Err(cont("cannot open a pidfd for the caller"));
     };
@@ -371,11 +373,7 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     }
     let fd = n.data.args[0] as u32 as i32;
     let backlog = n.data.args[1] as u32 as i32;
-    let thread = match open_caller(cx, n) {
-        Ok(t) => t,
-        Err(d) => return d,
-    };
-    let theirs = match grab_caller_fd(&thread, fd) {
+    let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
@@ -412,18 +410,12 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !(2..=MAX_ADDRLEN).contains(&addrlen) {
         return cont("address length the kernel judges");
     }
-    let thread = match open_caller(cx, n) {
-        Ok(t) => t,
-        Err(d) => return d,
+    let mut buf = [0u8; MAX_ADDRLEN as usize];
+    let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
+        Ok(raw) => raw,
+        Err(None) => return None,
+        Err(Some(why)) => return cont(why),
     };
-    let mut raw = [0u8; MAX_ADDRLEN as usize];
-    let raw = &mut raw[..addrlen as usize];
-    match read_validated(cx.listener, n, ptr, raw) {
-        Ok(()) => {}
-        Err(ReadError::Gone) => return None,
-        Err(ReadError::Fault) => return cont("bad address (the kernel answers EFAULT)"),
-        Err(ReadError::Other(_)) => return cont("cannot read the caller's memory"),
-    }
     let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
     let Ok(addr) = parse_sockaddr(family, raw) else {
         return cont("not an IP address");
@@ -436,7 +428,8 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     {
         return cont("no taken socket has this address");
     }
-    let theirs = match grab_caller_fd(&thread, fd) {
+    // Only a bind of a taken address costs a pidfd.
+    let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
