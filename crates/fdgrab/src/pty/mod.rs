@@ -89,13 +89,7 @@ impl std::fmt::Display for Pty {
 pub fn terminal_of(pid: Pid) -> Result<Option<Pty>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| proc_read_error(pid, "read /proc/PID/stat", e))?;
-    // Fields after the command name's closing parenthesis: state ppid pgrp session
-    // tty_nr ...; tty_nr is the 5th.
-    let tty_nr = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
-        .and_then(|f| f.parse::<i64>().ok())
-        .unwrap_or(0);
+    let tty_nr = crate::procfs::parse_stat_ids(&stat).map_or(0, |(_, _, tty, _)| tty);
     if let Some(pty) = decode_tty_nr(tty_nr) {
         return Ok(Some(pty));
     }
