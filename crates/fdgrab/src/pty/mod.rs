@@ -309,10 +309,8 @@ fn is_ptmx_path(link: &std::path::Path) -> bool {
 
 /// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
 fn tty_index(pid: Pid, fd: i32) -> Option<u32> {
-    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("tty-index:"))
-        .and_then(|v| v.trim().parse().ok())
+    let info = fs::read(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    crate::inventory::FdInfo::parse(&info).tty_index
 }
 
 fn proc_read_error(pid: Pid, op: &'static str, e: std::io::Error) -> Error {
