@@ -593,6 +593,8 @@ pub(crate) struct FdInfo {
     pub(crate) mnt_id: Option<u64>,
     /// `ino:` (Linux 5.14+).
     pub(crate) ino: Option<u64>,
+    /// `tty-index:` of a pty master (Linux 4.14+).
+    pub(crate) tty_index: Option<u32>,
 }
 
 impl FdInfo {
@@ -605,6 +607,7 @@ impl FdInfo {
             flags: 0,
             mnt_id: None,
             ino: None,
+            tty_index: None,
         };
         for line in text.lines() {
             let Some((k, v)) = line.split_once(':') else {
@@ -616,6 +619,7 @@ impl FdInfo {
                 "flags" => info.flags = u32::from_str_radix(v, 8).unwrap_or(0),
                 "mnt_id" => info.mnt_id = v.parse().ok(),
                 "ino" => info.ino = v.parse().ok(),
+                "tty-index" => info.tty_index = v.parse().ok(),
                 _ => {}
             }
         }

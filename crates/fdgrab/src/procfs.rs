@@ -125,6 +125,17 @@ pub(crate) fn parse_stat(stat: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// `(pgrp, session, tty_nr, tpgid)` of the text of `/proc/PID/stat`: fields 5-8,
+/// counted after the command name's last `)` as `parse_stat` does.
+pub(crate) fn parse_stat_ids(stat: &str) -> Option<(Pid, Pid, i64, Pid)> {
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(2);
+    let pgrp = f.next()?.parse().ok()?;
+    let sid = f.next()?.parse().ok()?;
+    let tty = f.next()?.parse().ok()?;
+    let tpgid = f.next()?.parse().ok()?;
+    Some((pgrp, sid, tty, tpgid))
+}
+
 /// Whether `pid` is still the process that started at `start` and has not exited.
 /// A zombie leader counts as alive while another of its threads runs.
 pub(crate) fn alive_since(pid: Pid, start: u64) -> bool {

@@ -89,13 +89,7 @@ impl std::fmt::Display for Pty {
 pub fn terminal_of(pid: Pid) -> Result<Option<Pty>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| proc_read_error(pid, "read /proc/PID/stat", e))?;
-    // Fields after the command name's closing parenthesis: state ppid pgrp session
-    // tty_nr ...; tty_nr is the 5th.
-    let tty_nr = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
-        .and_then(|f| f.parse::<i64>().ok())
-        .unwrap_or(0);
+    let tty_nr = crate::procfs::parse_stat_ids(&stat).map_or(0, |(_, _, tty, _)| tty);
     if let Some(pty) = decode_tty_nr(tty_nr) {
         return Ok(Some(pty));
     }
@@ -128,27 +122,14 @@ fn decode_tty_nr(tty_nr: i64) -> Option<Pty> {
 /// if one is that slave. Pty indexes repeat across instances (a container's
 /// `/dev/pts` has its own `pts/0`), so the index alone does not name a pty.
 pub fn slave_instance(pid: Pid, pty: Pty) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    (0..3).find_map(|fd| {
-        let m = fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
-        (Pty::from_rdev(m.rdev()) == Some(pty)).then(|| m.dev())
-    })
+    slave_identity(pid, pty).map(|id| id.dev)
 }
 
 /// The devpts instance (`st_dev`) of the pty whose master is `master`: its slave
 /// is looked at through an `O_PATH` descriptor from `TIOCGPTPEER` (Linux 4.13),
 /// which opens no terminal. `None` if `master` is not a pty master.
 pub fn master_instance(master: impl AsFd) -> Option<u64> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let flags = libc::O_PATH | libc::O_CLOEXEC;
-    // SAFETY: TIOCGPTPEER takes the open flags by value and returns a new fd (or -1).
-    let peer = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags) };
-    if peer < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
-    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
-    rustix::fs::fstat(&peer).ok().map(|st| st.st_dev)
+    master_identity(master).map(|id| id.dev)
 }
 
 /// Which pty a slave is, beyond its instance and index: devpts gives a new pty's
@@ -315,10 +296,8 @@ fn is_ptmx_path(link: &std::path::Path) -> bool {
 
 /// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
 fn tty_index(pid: Pid, fd: i32) -> Option<u32> {
-    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("tty-index:"))
-        .and_then(|v| v.trim().parse().ok())
+    let info = fs::read(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    crate::inventory::FdInfo::parse(&info).tty_index
 }
 
 fn proc_read_error(pid: Pid, op: &'static str, e: std::io::Error) -> Error {

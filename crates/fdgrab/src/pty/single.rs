@@ -24,13 +24,7 @@ pub struct SingleMove {
 
 /// `(pgrp, session, tty_nr, tpgid)` of `/proc/PID/stat`.
 fn ids(pid: Pid) -> Option<(Pid, Pid, i64, Pid)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(2);
-    let pgrp = f.next()?.parse().ok()?;
-    let sid = f.next()?.parse().ok()?;
-    let tty = f.next()?.parse().ok()?;
-    let tpgid = f.next()?.parse().ok()?;
-    Some((pgrp, sid, tty, tpgid))
+    crate::procfs::parse_stat_ids(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Every process's `(pid, pgrp, session)`.
