@@ -194,8 +194,7 @@ fn isolation(rounds: usize) -> bool {
 
 fn main() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("agent_start: needs root to run containers; skipped");
-        return;
+        fdgrab_testkit::bench::Goals::new("agent_start").skip("needs root to run containers");
     }
     let phase = std::env::var("FDGRAB_BENCH_PHASE").unwrap_or_default();
     let mut met = true;
