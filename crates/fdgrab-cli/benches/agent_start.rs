@@ -194,8 +194,7 @@ fn isolation(rounds: usize) -> bool {
 
 fn main() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("agent_start: needs root to run containers; skipped");
-        return;
+        fdgrab_testkit::bench::Goals::new("agent_start").skip("needs root to run containers");
     }
     let phase = std::env::var("FDGRAB_BENCH_PHASE").unwrap_or_default();
     let mut met = true;
@@ -209,13 +208,14 @@ fn main() {
     if phase == "isolation" {
         std::process::exit(if met { 0 } else { 1 });
     }
-    starts();
-    if !met {
+    let started = starts();
+    if !met || !started {
         std::process::exit(1);
     }
 }
 
-fn starts() {
+/// The start phase; returns whether every runtime met the goal.
+fn starts() -> bool {
     let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -243,6 +243,7 @@ fn starts() {
         ),
     ];
     println!("container starts (run to exit, `true` as uid 1000), {rounds} rounds each, rotating");
+    let mut met = true;
     for rt in Runtime::ALL {
         if !rt.available() {
             println!("{:>5}: not installed, skipped", rt.name());
@@ -286,10 +287,15 @@ fn starts() {
             mean_ratio(2, 1),
             ratio(1, 0),
         );
+        if ratio(2, 0) >= 1.05 {
+            println!("{:>5} goal MISSED: agent/plain median >= 1.05x", rt.name());
+            met = false;
+        }
     }
     println!(
         "agent: {} fds open at the end, {} log lines (warnings)",
         agent.fd_count(),
         agent.log.text().lines().count() - 1
     );
+    met
 }

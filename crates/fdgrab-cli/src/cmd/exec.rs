@@ -9,7 +9,7 @@ use fdgrab::activation::bind_handover::BindHandover;
 use fdgrab::activation::{
     self, ActivationCommand, NotReady, NotifySocket, Readiness, ReadyGate, TakenSocket,
 };
-use fdgrab::grab::open_target;
+use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
 use fdgrab::signalfd::signal_name;
 use fdgrab::PidFd;
@@ -54,7 +54,13 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
     let signals = forwarded_signals()?;
 
-    let target = open_target(a.pid, a.backend.backend)?;
+    // --steal injects its close: a target that cannot be stopped (traced, no access)
+    // is refused here, before the new server starts.
+    let mut preflight = Preflight::new(a.pid).backend(a.backend.backend);
+    if a.steal {
+        preflight = preflight.injects();
+    }
+    let target = preflight.check()?;
     let how = fdgrab::GrabOptions::new()
         .backend(a.backend.backend)
         .seccomp(a.backend.force.seccomp());
