@@ -293,14 +293,11 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
 fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<OwnedFd>> {
     // The target's own slave, down to the inode: an index reused for another
     // session (after the old master was closed) must never count as ours.
+    // (Without a slave on fd 0-2 there is nothing to compare beyond the index.)
     let identity = pty::slave_identity(pid, tty);
-    let instance = pty::slave_instance(pid, tty);
     let ours = |fd: &OwnedFd| {
         pty::master_index(fd) == Some(tty)
-            && match identity {
-                Some(id) => pty::master_identity(fd) == Some(id),
-                None => instance.is_none() || pty::master_instance(fd) == instance,
-            }
+            && identity.is_none_or(|id| pty::master_identity(fd) == Some(id))
     };
     let mut taken = Vec::with_capacity(holders.len());
     let mut master = None;
