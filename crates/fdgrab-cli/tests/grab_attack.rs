@@ -98,9 +98,24 @@ fn redirect_and_put_to_devices_and_fifos() {
         .expect("fifo reader");
     let out = run_fdgrab(["put", &t.pid(), "8", "--file", fifo.to_str().expect("utf8")]);
     assert_ok(&out);
-    assert!(t.fd_link(8).starts_with("pipe:") || t.fd_link(8) == fifo.display().to_string());
+    // That FIFO, not merely some pipe.
+    use std::os::unix::fs::MetadataExt;
+    let installed = std::fs::metadata(format!("/proc/{}/fd/8", t.pid())).expect("fd 8");
+    let made = std::fs::metadata(&fifo).expect("the fifo");
+    assert_eq!(
+        (installed.dev(), installed.ino()),
+        (made.dev(), made.ino()),
+        "fd 8 is {}",
+        t.fd_link(8)
+    );
     drop(reader);
-    assert!(proc_fds(t.0.id() as i32).len() >= 3);
+    // The target lives on with everything put into it.
+    assert!(
+        fdgrab_testkit::status_field(t.0.id() as i32, "State").is_some_and(|s| s.starts_with('S')),
+        "the target is no longer asleep"
+    );
+    assert_eq!(t.fd_link(7), "/dev/null");
+    assert_eq!(t.fd_link(1), log.display().to_string());
 }
 
 use std::os::unix::fs::OpenOptionsExt;
