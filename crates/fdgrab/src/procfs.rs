@@ -133,9 +133,53 @@ pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    fs::metadata(format!("/sys/fs/cgroup{path}"))
-        .ok()
-        .map(|m| m.ino())
+    let root = cgroup2_mount_point()?;
+    fs::metadata(format!("{root}{path}")).ok().map(|m| m.ino())
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified
+/// layout, but `/sys/fs/cgroup/unified` on a hybrid one, so it is looked up in
+/// our own mountinfo rather than assumed.
+fn cgroup2_mount_point() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(cgroup2_mount_point_in)
+}
+
+/// The mount point of one mountinfo line if its filesystem type is cgroup2.
+/// Field 5 is the mount point, octal-escaped; the type follows the `-` separator.
+fn cgroup2_mount_point_in(line: &str) -> Option<String> {
+    let (fields, tail) = line.split_once(" - ")?;
+    if tail.split(' ').next()? != "cgroup2" {
+        return None;
+    }
+    let escaped = fields.split(' ').nth(4)?;
+    Some(unescape_octal(escaped))
+}
+
+/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in
+/// mountinfo paths.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The state letter and start time (clock ticks after boot) of `/proc/PID/stat`.
@@ -247,6 +291,39 @@ mod tests {
         assert_eq!(numeric_name(b"+5"), None);
         assert_eq!(numeric_name(b"99999999999"), None);
         assert_eq!(numeric_name(b"4294967295"), None);
+    }
+
+    #[test]
+    fn cgroup2_mount_point_from_mountinfo_lines() {
+        let hybrid =
+            "35 25 0:30 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw";
+        assert_eq!(
+            cgroup2_mount_point_in(hybrid).as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        let v1 = "36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:11 - cgroup cgroup rw,cpu";
+        assert_eq!(cgroup2_mount_point_in(v1), None);
+        let spaced = r"40 25 0:32 / /mnt/cg\040two rw - cgroup2 none rw";
+        assert_eq!(
+            cgroup2_mount_point_in(spaced).as_deref(),
+            Some("/mnt/cg two")
+        );
+        assert_eq!(unescape_octal(r"a\134b\1"), r"a\b\1");
+    }
+
+    #[test]
+    fn cgroup_id_is_the_inode_of_our_own_cgroup_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let text = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            eprintln!("SKIP: this process is in no cgroup v2 hierarchy");
+            return;
+        };
+        let root = cgroup2_mount_point().expect("a 0:: line means cgroup2 is mounted");
+        let want = fs::metadata(format!("{root}{path}")).expect("stat").ino();
+        assert_eq!(cgroup_id(std::process::id() as Pid), Some(want));
+        let fs_type = rustix::fs::statfs(root.as_str()).expect("statfs").f_type;
+        assert_eq!(fs_type as i64, 0x6367_7270, "{root} is not a cgroup2 mount");
     }
 
     #[test]
