@@ -22,8 +22,9 @@ fn holds(pid: u32, fd: i32, like: &str) -> bool {
 }
 
 /// Starts `fdgrab CMD PID FD:7 -- sh -c SCRIPT`, waits until the shell holds the
-/// target's file at fd 7, sends `sig` to fdgrab, and returns fdgrab's exit code
-/// and the shell's pid.
+/// target's file at fd 7, sends `sig` to fdgrab, and returns fdgrab's exit status
+/// as a shell reports it (128+N for a process killed by signal N) and the shell's
+/// pid.
 fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32) {
     let t = Target::spawn(["zoo"]);
     let file = t.fd_labelled("file");
@@ -34,7 +35,12 @@ fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32)
         .spawn()
         .expect("spawn fdgrab");
     let _g = Guard(child.id());
-    let cmd = wait_for_child_of(child.id());
+    // `get` runs CMD in its own place (same pid); `steal` starts it as a child.
+    let cmd = if command == "get" {
+        child.id()
+    } else {
+        wait_for_child_of(child.id())
+    };
     let _g2 = Guard(cmd);
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !holds(cmd, 7, "file.txt") {
@@ -44,7 +50,10 @@ fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32)
     let pid = Pid::from_raw(child.id() as i32).expect("pid");
     kill_process(pid, sig).expect("signal fdgrab");
     let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits after the signal");
-    (st.code(), cmd)
+    // `steal` exits with 128+N itself; under `get`, CMD *is* fdgrab's process, so
+    // the signal that killed CMD is what fdgrab's parent sees.
+    use std::os::unix::process::ExitStatusExt;
+    (st.code().or(st.signal().map(|n| 128 + n)), cmd)
 }
 
 #[test]
