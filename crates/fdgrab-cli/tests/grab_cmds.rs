@@ -622,3 +622,34 @@ fn get_reports_a_failed_exec_on_its_own_stderr() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// fdgrab has its own entry point instead of std's runtime start; what that start
+/// did still holds: closed standard fds are opened on /dev/null (so nothing of
+/// fdgrab's lands on 0-2 and reaches CMD there), arguments that are not UTF-8 and
+/// the environment pass through exactly, and CMD's exit status is fdgrab's.
+#[test]
+fn entry_point_keeps_what_std_start_up_did() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    // fdgrab starts with stdin and stderr closed; CMD reports what it has there.
+    let out = output_timeout(
+        Command::new("sh")
+            .args(["-c", "exec 0<&- 2>&-; exec \"$@\"", "sh"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["get", &t.pid.to_string(), &format!("{file}:7"), "--"])
+            .args(["sh", "-c"])
+            .arg("readlink /proc/$$/fd/0 /proc/$$/fd/2 /proc/$$/fd/7; printf '%s|%s\\n' \"$1\" \"$FDGRAB_ENTRY_TEST\"; exit 7")
+            .arg("sh")
+            .arg(odd)
+            .env("FDGRAB_ENTRY_TEST", "kept"),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let lines: Vec<&[u8]> = out.stdout.split(|&b| b == b'\n').collect();
+    assert_eq!(lines[0], b"/dev/null", "{out:?}");
+    assert_eq!(lines[1], b"/dev/null", "{out:?}");
+    assert!(lines[2].ends_with(b"file.txt"), "{out:?}");
+    assert_eq!(lines[3], b"caf\xe9|kept", "{out:?}");
+}

@@ -321,6 +321,10 @@ fn set_handler(sig: c_int, handler: libc::sighandler_t) -> Result<(), Errno> {
     Ok(())
 }
 
+pub(super) fn ignore_sigpipe() -> Result<(), Errno> {
+    set_handler(libc::SIGPIPE, libc::SIG_IGN)
+}
+
 /// Installs the fd plan: every `(from, to)` pair with `dup2`, and with
 /// `close_other_fds` every other descriptor above 2 marked close-on-exec first.
 fn install_fds(p: &Prepared<'_>) -> Result<(), Errno> {
@@ -385,7 +389,7 @@ pub(super) fn exec_in_place(p: &Prepared<'_>) -> (Step, Errno) {
             // SAFETY: `saved` is ours and nothing else refers to it.
             unsafe { libc::close(saved) };
         }
-        let _ = set_handler(libc::SIGPIPE, libc::SIG_IGN);
+        let _ = ignore_sigpipe();
         (step, e)
     };
     // The plan may put a grabbed fd at 2; an exec failure is still reported on our

@@ -618,6 +618,14 @@ impl Spawn {
     }
 }
 
+/// Sets `SIGPIPE` to be ignored, as the Rust runtime does before `main`: a write
+/// to a closed pipe or socket then fails with `EPIPE` instead of killing us. For a
+/// binary with its own entry point (`#![no_main]`); programs started by
+/// [`Spawn`] get `SIGPIPE` at its default either way.
+pub fn ignore_sigpipe() -> Result<()> {
+    clone::ignore_sigpipe().map_err(|e| local_io("rt_sigaction(SIGPIPE, SIG_IGN)", e))
+}
+
 /// A copy of descriptor `n` that this process inherited (from the shell, or from
 /// whoever started it), as an [`OwnedFd`] that can be installed or passed on.
 ///
