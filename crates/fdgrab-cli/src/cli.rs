@@ -90,8 +90,9 @@ pub enum Command {
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
-    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
+    /// with close-on-exec cleared. CMD then runs in fdgrab's place (same pid, as with
+    /// env or nohup), so signals reach it directly and its status is fdgrab's (127: CMD
+    /// not found; 126: it cannot be started).
     /// The process, every FD, the NEWFD map and CMD are checked before anything is
     /// taken: a refused get changes nothing in the process.
     Get(GetArgs),
