@@ -652,3 +652,31 @@ fn listen_keeps_exactly_the_listening_sockets() {
         .collect();
     assert_eq!(got, want, "{doc}");
 }
+
+/// A process whose thread-group leader exited has an empty /proc/PID/fd, yet its
+/// other threads still share a live fd table: a query over every process still
+/// finds what it holds (while kernel threads, also with an empty fd directory, are
+/// passed over).
+#[test]
+fn path_finds_a_holder_whose_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    fdgrab_testkit::wait_leader_zombie(t.pid);
+    let fd = t.fd_labelled("pipe-r");
+    let tid = std::fs::read_dir(format!("/proc/{}/task", t.pid))
+        .expect("task")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&tid| tid != t.pid)
+        .expect("a live thread");
+    // The pipe itself, through the live thread's fd table.
+    let pipe = format!("/proc/{}/task/{tid}/fd/{fd}", t.pid);
+    assert_eq!(ls_pids(&["--path", &pipe]), [i64::from(t.pid)]);
+    let doc = ls_json(&["--path", &pipe]);
+    let fds: Vec<i64> = processes(&doc)[0]["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter_map(|e| e["fd"].as_i64())
+        .collect();
+    // Both ends of the pipe are the same inode.
+    assert!(fds.contains(&i64::from(fd)), "{doc}");
+}

@@ -22,7 +22,7 @@ pub use sockets::{Endpoint, SocketInfo};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{access::permission_hint, Pid, TargetFd};
-use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
+use rustix::fs::{openat, readlinkat, statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -273,25 +273,19 @@ impl Select<'_> {
             Mode::empty(),
         )
         .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
-        let mut dir = Dir::new(fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-            if let Ok(n) = entry.file_name().to_str().map(str::to_string) {
-                if n.bytes().all(|b| b.is_ascii_digit()) {
-                    names.push(n);
-                }
-            }
-        }
-        if names.is_empty() {
-            return Ok(true); // a leader that exited: the listing looks through a thread
-        }
-        let fd_dir = dir
-            .fd()
+        let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        Ok(names.iter().any(|n| {
+        if numbers.is_empty() {
+            // A kernel thread or a process without fds holds nothing; a leader
+            // that exited is listed through one of its threads.
+            return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
+        }
+        let fd_dir = fd_dir.as_fd();
+        Ok(numbers.iter().any(|&n| {
+            let n = itoa(n);
+            let n = n.as_str();
             let link_ok = !self.by_link()
-                || readlinkat(fd_dir, n.as_str(), Vec::new())
+                || readlinkat(fd_dir, n, Vec::new())
                     .is_ok_and(|l| self.link_may_match(l.as_bytes()));
             link_ok && self.file_may_match(fd_dir, n)
         }))
@@ -345,7 +339,10 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
     // the other threads still share a live fd table; read it through one of them.
-    if numbers.is_empty() && target.is_alive() {
+    if numbers.is_empty()
+        && crate::procfs::has_other_threads(dirs.fd_dir.as_fd())
+        && target.is_alive()
+    {
         for tid in crate::procfs::tasks(pid)
             .unwrap_or_default()
             .into_iter()
@@ -520,20 +517,8 @@ impl ProcDirs {
             .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
         let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
             .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
-        let mut numbers = Vec::new();
-        let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        for entry in dir {
-            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse::<i32>().ok())
-            {
-                numbers.push(n);
-            }
-        }
-        numbers.sort_unstable();
+        let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
+            .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         Ok((
             Self {
                 proc_dir,
