@@ -2,7 +2,7 @@
 //! narrowed by the questions lsof, ss and fuser answer.
 
 use crate::cli::LsArgs;
-use crate::exit::UsageError;
+use crate::exit::{Code, UsageError};
 use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::{Error, TargetFd};
@@ -44,7 +44,14 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    let status = report_skipped(&mut result, named.is_some());
+    // Like `lsof -t`, `fuser` and `pgrep`, --pids with nothing found exits 1, so
+    // that `pids=$(fdgrab ls ... --pids) || ...` can tell; a named process that
+    // could not be read keeps its own status.
+    let status = match report_skipped(&mut result, named.is_some())? {
+        None if a.pids_only && result.processes.is_empty() => Code::Failure.into(),
+        None => ExitCode::SUCCESS,
+        Some(code) => code,
+    };
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -71,7 +78,7 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     }
     out.flush()
         .map_err(crate::exit::stdout_error("writing to stdout"))?;
-    status
+    Ok(status)
 }
 
 fn build_query(a: &LsArgs) -> Result<Query> {
@@ -110,10 +117,11 @@ fn uid_of(user: &str) -> Result<u32> {
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail
-/// the run only when the user named them: the first one's error gives the status.
-fn report_skipped(result: &mut QueryResult, named: bool) -> Result<ExitCode> {
+/// the run only when the user named them: the first one's error gives the status
+/// (`None`: they do not change it).
+fn report_skipped(result: &mut QueryResult, named: bool) -> Result<Option<ExitCode>> {
     if result.skipped.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let gone = result
         .skipped
@@ -152,9 +160,9 @@ fn report_skipped(result: &mut QueryResult, named: bool) -> Result<ExitCode> {
     eprintln!("{line}");
     if named {
         let first = result.skipped.remove(0).error;
-        return Ok(crate::exit::code_for(&first.into()).into());
+        return Ok(Some(crate::exit::code_for(&first.into()).into()));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(None)
 }
 
 const HEADERS: [&str; 9] = [
