@@ -529,3 +529,54 @@ fn ls_of_a_large_table_resolves_every_socket() {
         .expect("target listed");
     assert_eq!(shared["fds"], alone["fds"]);
 }
+
+/// A large table with holes and one far-away fd: on Linux 6.2+ (which gives the
+/// count as the size of /proc/PID/fd) the readers list it range by range, skip the
+/// empty stretch, and must still find every fd exactly once, in order; `--fd` picks
+/// from it as from a small one.
+#[test]
+fn ls_of_a_large_sparse_table_lists_every_fd_once() {
+    const SPARSE: &str = r#"
+import json, os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+top = min(hard, 70000)
+resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(900)]
+for fd in fds[::3]:
+    os.close(fd)
+far = os.dup2(fds[1], top - 1)
+print(json.dumps({"far": far}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(SPARSE);
+    let t = Target::spawn_cmd(cmd);
+    let far = t.report["far"].as_i64().expect("far");
+    let truth: Vec<i64> = {
+        let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+            .expect("fd dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert!(truth.len() > 600 && truth.contains(&far), "{}", truth.len());
+    let doc = ls_json(t.pid);
+    let listed: Vec<i64> = doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect();
+    assert_eq!(listed, truth);
+    let pick = format!("{},{far}", truth[truth.len() / 2]);
+    let out = run_fdgrab(["ls", &t.pid.to_string(), "--fd", &pick, "--json"]);
+    let doc = only_process(serde_json::from_slice(&out.stdout).expect("json"), t.pid);
+    let picked: Vec<i64> = doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect();
+    assert_eq!(picked, [truth[truth.len() / 2], far]);
+}

@@ -127,6 +127,37 @@ pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i3
     Ok(out)
 }
 
+/// The descriptors numbered `lo..hi` of a `/proc/PID/fd` directory, read through
+/// `dir`, a handle of the caller's own (its position is moved): procfs puts fd N at
+/// offset N + 2, so the listing starts right at `lo`, and readers of different
+/// ranges share no work. Also the first number at or past `hi`, if there is one
+/// (`None`: no fd from `hi` on).
+pub(crate) fn fd_numbers_in(
+    dir: BorrowedFd<'_>,
+    lo: usize,
+    hi: usize,
+) -> rustix::io::Result<(Vec<i32>, Option<usize>)> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(lo as u64 + 2))?;
+    // Room for about one range of 128 numbers (24 to 32 bytes an entry), so a
+    // reader seldom lists entries that belong to the next range.
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        let Some(n) = numeric_name(entry?.file_name().to_bytes()) else {
+            continue;
+        };
+        let n = n as usize; // never negative: digits only
+        if n >= hi {
+            return Ok((out, Some(n)));
+        }
+        if n >= lo {
+            out.push(n as i32);
+        }
+    }
+    Ok((out, None))
+}
+
 /// Whether the process whose `/proc/PID/fd` is `fd_dir` has threads besides its
 /// leader: the link count of `/proc/PID/task` is 2 plus the number of threads. An
 /// empty fd directory with no other thread is a kernel thread or a process with no
@@ -146,6 +177,22 @@ fn numeric_name(name: &[u8]) -> Option<i32> {
         .iter()
         .fold(0_u64, |n, &d| n * 10 + u64::from(d - b'0'));
     i32::try_from(n).ok()
+}
+
+/// `/proc/PID/comm` without its newline, in one read: the name is at most 15
+/// bytes (`TASK_COMM_LEN`), so the size probe and second read of `fs::read` are
+/// not needed.
+pub(crate) fn comm(pid: Pid) -> rustix::io::Result<Vec<u8>> {
+    let file = rustix::fs::openat(
+        rustix::fs::CWD,
+        format!("/proc/{pid}/comm"),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut buf = [0u8; 64];
+    let n = rustix::io::retry_on_intr(|| rustix::io::read(&file, &mut buf))?;
+    let name = &buf[..n];
+    Ok(name.strip_suffix(b"\n").unwrap_or(name).to_vec())
 }
 
 /// The thread ids of a process, from `/proc/PID/task`.
@@ -321,6 +368,36 @@ mod tests {
         }
         assert!(fds.binary_search(&dir.as_raw_fd()).is_ok());
         assert_eq!(fds.first(), Some(&0), "fd 0 is listed");
+    }
+
+    #[test]
+    fn fd_ranges_cover_the_table_exactly() {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let held: Vec<_> = (0..300).map(|_| null.try_clone().expect("dup")).collect();
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open /proc/self/fd");
+        let all = numbered_entries(dir.as_fd()).expect("list");
+        let mut joined = Vec::new();
+        let mut lo = 0;
+        loop {
+            let (part, after) = fd_numbers_in(dir.as_fd(), lo, lo + 128).expect("range");
+            assert!(part.iter().all(|&n| (lo..lo + 128).contains(&(n as usize))));
+            joined.extend(part);
+            match after {
+                Some(next) => {
+                    assert!(next >= lo + 128);
+                    lo = next - next % 128;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(joined, all);
+        assert!(all.len() > 300, "{}", all.len());
+        drop(held);
     }
 
     #[test]
