@@ -580,3 +580,59 @@ sys.stdin.read()
         .collect();
     assert_eq!(picked, [truth[truth.len() / 2], far]);
 }
+
+/// One listening socket behind 2,100 fds (dup): a table this large is read in
+/// blocks on several threads and formatted on several, and every copy of the
+/// socket, not just the first, gets its details.
+#[test]
+fn ls_of_a_socket_held_by_thousands_of_fds() {
+    const DUPS: &str = r#"
+import json, os, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+dups = [os.dup(l.fileno()) for _ in range(2100)]
+print(json.dumps({"port": l.getsockname()[1], "ino": os.fstat(l.fileno()).st_ino}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(DUPS);
+    let t = Target::spawn_cmd(cmd);
+    let port = t.report["port"].as_u64().expect("port");
+    let ino = t.report["ino"].as_u64().expect("ino");
+    let doc = ls_json(t.pid);
+    let copies: Vec<&Value> = doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter(|e| e["inode"].as_u64() == Some(ino))
+        .collect();
+    assert_eq!(copies.len(), 2101);
+    for e in &copies {
+        assert_eq!(e["socket"]["state"], "LISTEN", "{e}");
+        assert_eq!(e["socket"]["local"]["port"].as_u64(), Some(port), "{e}");
+    }
+    // The table: one line per fd, in fd order, each copy described.
+    let out = run_fdgrab(["ls", &t.pid.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let fds_in_json: Vec<String> = doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].to_string())
+        .collect();
+    let fds_in_table: Vec<String> = rows
+        .iter()
+        .map(|l| {
+            let fd = l.split_whitespace().next().unwrap_or("");
+            fd.trim_end_matches(['r', 'w', 'u']).to_string()
+        })
+        .collect();
+    assert_eq!(fds_in_table, fds_in_json);
+    let listening = format!("127.0.0.1:{port} (LISTEN)");
+    assert_eq!(
+        rows.iter().filter(|l| l.ends_with(&listening)).count(),
+        2101
+    );
+}

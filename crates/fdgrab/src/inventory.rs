@@ -521,7 +521,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
                 Some(t) => t,
                 None => sockets::SocketTable::load_for(pid, &proc_dir, &fd_dir, &held)?,
             };
-            socket_fds.for_each(|e| resolve(&table, e));
+            describe_sockets(table, &mut fds, &fd_dir);
         }
     }
 
@@ -529,6 +529,30 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         return Err(Error::NoSuchProcess { pid });
     }
     Ok(Inventory { pid, fds })
+}
+
+/// Gives each socket fd its details from `table`, a table made for this listing
+/// alone: each entry is moved out rather than copied (thousands of sockets in a
+/// large table), and a socket held by several fds is copied from the first.
+fn describe_sockets(table: sockets::SocketTable, fds: &mut [FdEntry], fd_dir: &OwnedFd) {
+    let mut by_inode = table.into_map();
+    let mut first_holder: HashMap<u64, usize> = HashMap::new();
+    for i in 0..fds.len() {
+        let (FdKind::Socket, Some(ino)) = (fds[i].kind, fds[i].inode) else {
+            continue;
+        };
+        let info = match by_inode.remove(&ino) {
+            Some(info) => {
+                first_holder.insert(ino, i);
+                info
+            }
+            None => match first_holder.get(&ino).and_then(|&j| fds[j].socket.clone()) {
+                Some(info) => info,
+                None => sockets::SocketTable::unknown(fd_dir, fds[i].fd),
+            },
+        };
+        fds[i].socket = Some(info);
+    }
 }
 
 /// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by
