@@ -530,6 +530,23 @@ fn ls_of_a_large_table_resolves_every_socket() {
     assert_eq!(shared["fds"], alone["fds"]);
 }
 
+/// A python3 process running `script`, which prints one JSON line when ready.
+fn python_target(script: &str) -> Target {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    Target::spawn_cmd(cmd)
+}
+
+/// The fd numbers of a process's entry in an `ls --json` document, in order.
+fn fd_numbers(doc: &Value) -> Vec<i64> {
+    doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect()
+}
+
 /// A large table with holes and one far-away fd: on Linux 6.2+ (which gives the
 /// count as the size of /proc/PID/fd) the readers list it range by range, skip the
 /// empty stretch, and must still find every fd exactly once, in order; `--fd` picks
@@ -548,9 +565,7 @@ far = os.dup2(fds[1], top - 1)
 print(json.dumps({"far": far}), flush=True)
 sys.stdin.read()
 "#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(SPARSE);
-    let t = Target::spawn_cmd(cmd);
+    let t = python_target(SPARSE);
     let far = t.report["far"].as_i64().expect("far");
     let truth: Vec<i64> = {
         let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
@@ -562,23 +577,11 @@ sys.stdin.read()
     };
     assert!(truth.len() > 600 && truth.contains(&far), "{}", truth.len());
     let doc = ls_json(t.pid);
-    let listed: Vec<i64> = doc["fds"]
-        .as_array()
-        .expect("fds")
-        .iter()
-        .map(|e| e["fd"].as_i64().expect("fd"))
-        .collect();
-    assert_eq!(listed, truth);
+    assert_eq!(fd_numbers(&doc), truth);
     let pick = format!("{},{far}", truth[truth.len() / 2]);
     let out = run_fdgrab(["ls", &t.pid.to_string(), "--fd", &pick, "--json"]);
     let doc = only_process(serde_json::from_slice(&out.stdout).expect("json"), t.pid);
-    let picked: Vec<i64> = doc["fds"]
-        .as_array()
-        .expect("fds")
-        .iter()
-        .map(|e| e["fd"].as_i64().expect("fd"))
-        .collect();
-    assert_eq!(picked, [truth[truth.len() / 2], far]);
+    assert_eq!(fd_numbers(&doc), [truth[truth.len() / 2], far]);
 }
 
 /// One listening socket behind 2,100 fds (dup): a table this large is read in
@@ -595,9 +598,7 @@ dups = [os.dup(l.fileno()) for _ in range(2100)]
 print(json.dumps({"port": l.getsockname()[1], "ino": os.fstat(l.fileno()).st_ino}), flush=True)
 sys.stdin.read()
 "#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(DUPS);
-    let t = Target::spawn_cmd(cmd);
+    let t = python_target(DUPS);
     let port = t.report["port"].as_u64().expect("port");
     let ino = t.report["ino"].as_u64().expect("ino");
     let doc = ls_json(t.pid);
@@ -616,20 +617,14 @@ sys.stdin.read()
     let out = run_fdgrab(["ls", &t.pid.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    let fds_in_json: Vec<String> = doc["fds"]
-        .as_array()
-        .expect("fds")
+    let fds_in_table: Vec<i64> = rows
         .iter()
-        .map(|e| e["fd"].to_string())
-        .collect();
-    let fds_in_table: Vec<String> = rows
-        .iter()
-        .map(|l| {
-            let fd = l.split_whitespace().next().unwrap_or("");
-            fd.trim_end_matches(['r', 'w', 'u']).to_string()
+        .filter_map(|l| {
+            let fd = l.split_whitespace().next()?;
+            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
         })
         .collect();
-    assert_eq!(fds_in_table, fds_in_json);
+    assert_eq!(fds_in_table, fd_numbers(&doc));
     let listening = format!("127.0.0.1:{port} (LISTEN)");
     assert_eq!(
         rows.iter().filter(|l| l.ends_with(&listening)).count(),

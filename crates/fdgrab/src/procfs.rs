@@ -346,17 +346,23 @@ mod tests {
         assert_eq!(MAX_DIRENT, 280);
     }
 
-    #[test]
-    fn numbered_entries_lists_every_fd_across_batches() {
-        // Far more fds than one 16 KiB getdents buffer holds (about 680 entries).
+    /// `n` more fds of our own (copies of /dev/null), and our `/proc/self/fd`.
+    fn own_fds_plus(n: usize) -> (Vec<std::fs::File>, rustix::fd::OwnedFd) {
         let null = std::fs::File::open("/dev/null").expect("/dev/null");
-        let held: Vec<_> = (0..900).map(|_| null.try_clone().expect("dup")).collect();
+        let held = (0..n).map(|_| null.try_clone().expect("dup")).collect();
         let dir = rustix::fs::open(
             "/proc/self/fd",
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
             rustix::fs::Mode::empty(),
         )
         .expect("open /proc/self/fd");
+        (held, dir)
+    }
+
+    #[test]
+    fn numbered_entries_lists_every_fd_across_batches() {
+        // Far more fds than one 16 KiB getdents buffer holds (about 680 entries).
+        let (held, dir) = own_fds_plus(900);
         let fds = numbered_entries(dir.as_fd()).expect("list");
         use std::os::fd::AsRawFd;
         for h in &held {
@@ -372,14 +378,7 @@ mod tests {
 
     #[test]
     fn fd_ranges_cover_the_table_exactly() {
-        let null = std::fs::File::open("/dev/null").expect("/dev/null");
-        let held: Vec<_> = (0..300).map(|_| null.try_clone().expect("dup")).collect();
-        let dir = rustix::fs::open(
-            "/proc/self/fd",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .expect("open /proc/self/fd");
+        let (held, dir) = own_fds_plus(300);
         let all = numbered_entries(dir.as_fd()).expect("list");
         let mut joined = Vec::new();
         let mut lo = 0;
