@@ -653,3 +653,40 @@ fn entry_point_keeps_what_std_start_up_did() {
     assert!(lines[2].ends_with(b"file.txt"), "{out:?}");
     assert_eq!(lines[3], b"caf\xe9|kept", "{out:?}");
 }
+
+/// A failed exec is reported on fdgrab's own stderr even when the plan covers fd 2
+/// *and* the numbers just above it, where fdgrab parks its copy of stderr: the
+/// message must never be written into the target's file.
+#[test]
+fn get_never_reports_a_failed_exec_into_a_grabbed_fd() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let dir = fdgrab_testkit::test_path("get-exec-park", "dir");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/nonexistent/interpreter\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid)).expect("target's file");
+    let before = std::fs::read(&path).expect("read the target's file");
+    for backend in ["pidfd", "ptrace"] {
+        let out = output_timeout(
+            fdgrab_testkit::fdgrab()
+                .args(["get", "--backend", backend, &t.pid.to_string()])
+                .args((2..=12).map(|n| format!("{file}:{n}")))
+                .arg("--")
+                .arg(&script),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(127), "{backend}: {err}");
+        assert!(err.contains("interpreter"), "{backend}: {err}");
+        let after = std::fs::read(&path).expect("read the target's file");
+        assert_eq!(
+            String::from_utf8_lossy(&after),
+            String::from_utf8_lossy(&before),
+            "{backend}: fdgrab wrote into the target's file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

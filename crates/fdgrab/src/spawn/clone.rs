@@ -394,17 +394,38 @@ pub(super) fn exec_in_place(p: &Prepared<'_>) -> (Step, Errno) {
     };
     // The plan may put a grabbed fd at 2; an exec failure is still reported on our
     // own stderr.
-    let stderr = p.moves.iter().any(|&(_, to)| to == 2).then(|| {
-        // SAFETY: integers only; -1 (stderr closed) just means nothing to restore.
-        unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) }
-    });
-    let stderr = stderr.filter(|&fd| fd >= 0);
+    let stderr = p
+        .moves
+        .iter()
+        .any(|&(_, to)| to == 2)
+        .then(|| save_stderr(p))
+        .flatten();
     if let Err(e) = install_fds(p) {
         return failure(Step::Fds, e, stderr);
     }
     unblock_all();
     let e = execve(p);
     failure(Step::Exec, e, stderr)
+}
+
+/// A close-on-exec copy of fd 2 on a number the plan does not install over (a
+/// copy there would be replaced by a grabbed fd, and an error written into it);
+/// `None` when stderr is closed or no number is left.
+fn save_stderr(p: &Prepared<'_>) -> Option<RawFd> {
+    let mut lowest = 3;
+    loop {
+        // SAFETY: integers only.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, lowest) };
+        if fd < 0 {
+            return None;
+        }
+        if !p.moves.iter().any(|&(_, to)| to == fd) {
+            return Some(fd);
+        }
+        // SAFETY: the copy just made, ours alone.
+        unsafe { libc::close(fd) };
+        lowest = fd + 1;
+    }
 }
 
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
