@@ -690,3 +690,116 @@ fn get_never_reports_a_failed_exec_into_a_grabbed_fd() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pid a process's `TracerPid` names, or `None` once it is gone.
+fn tracer_of(pid: u32) -> Option<u32> {
+    fdgrab_testkit::status_field(pid as i32, "TracerPid")?
+        .parse()
+        .ok()
+}
+
+/// A signal that reaches fdgrab while a ptrace grab has the target in hand (a
+/// supervisor's SIGUSR1 or SIGALRM meant for CMD, whose pid fdgrab already is; a
+/// terminal's ^Z) waits until the target is restored: the target keeps running
+/// unharmed and untraced, and fdgrab never stops with the target in hand.
+#[test]
+fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
+    use std::io::BufRead;
+    let file = fdgrab_testkit::test_path("get-signal-grab", "file");
+    // Busy, with a system call now and then: registers left half-restored make
+    // it crash at once.
+    let mut target = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             os.dup2(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND), 7)\n\
+             print('ready', flush=True)\n\
+             n = 0\n\
+             while True:\n    n += 1\n    if n % 1000 == 0: os.getppid()\n",
+        )
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("target");
+    let tpid = target.id();
+    let mut line = String::new();
+    std::io::BufReader::new(target.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready");
+    assert_eq!(line, "ready\n");
+    for sig in [libc::SIGUSR1, libc::SIGALRM, libc::SIGTSTP] {
+        let mut hits = 0;
+        for _ in 0..200 {
+            if hits == 8 {
+                break;
+            }
+            let mut fdgrab = fdgrab_testkit::fdgrab()
+                .args(["get", "--backend", "ptrace", &tpid.to_string(), "7"])
+                .args(["--", "true"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("fdgrab");
+            let fpid = fdgrab.id();
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            let in_hand = loop {
+                if tracer_of(tpid) == Some(fpid) {
+                    break true;
+                }
+                if fdgrab.try_wait().ok().flatten().is_some()
+                    || std::time::Instant::now() > deadline
+                {
+                    break false;
+                }
+            };
+            if in_hand {
+                // At a different point of the session each time.
+                let at = std::time::Instant::now();
+                while at.elapsed() < std::time::Duration::from_micros(150 * hits) {}
+                hits += 1;
+                // SAFETY: a signal to our own unreaped child.
+                unsafe { libc::kill(fpid as i32, sig) };
+            }
+            // ^Z stops fdgrab, but only once the target is restored (a stop at
+            // CMD's start, as job control means it): then the target runs untraced.
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while fdgrab.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline
+            {
+                let fstate = fdgrab_testkit::status_field(fpid as i32, "State");
+                if fstate.as_deref().is_some_and(|s| s.starts_with('T')) {
+                    let state = fdgrab_testkit::status_field(tpid as i32, "State");
+                    let traced = tracer_of(tpid);
+                    // SAFETY: a signal to our own unreaped child.
+                    unsafe { libc::kill(fpid as i32, libc::SIGCONT) };
+                    assert_eq!(
+                        traced,
+                        Some(0),
+                        "signal {sig}: fdgrab stopped with the target in hand ({state:?})"
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let st = fdgrab_testkit::wait_timeout(&mut fdgrab, TIMEOUT);
+            let state = fdgrab_testkit::status_field(tpid as i32, "State");
+            assert!(
+                target.try_wait().ok().flatten().is_none(),
+                "signal {sig}: the target died: {:?}",
+                target.try_wait()
+            );
+            assert_eq!(tracer_of(tpid), Some(0), "signal {sig}: state {state:?}");
+            assert!(
+                state.as_deref().is_some_and(|s| s.starts_with('R')),
+                "signal {sig}: target state {state:?}"
+            );
+            st.unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+        }
+        assert_eq!(
+            hits, 8,
+            "signal {sig}: never caught fdgrab with the target in hand"
+        );
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
