@@ -100,11 +100,16 @@ fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr.
-            let _ = e.print();
+            // Help that did not reach stdout is a failed write like any other
+            // (141 quietly for a closed pipe).
+            let printed = e.print();
             return if e.use_stderr() {
                 exit::Code::Usage.into()
             } else {
-                ExitCode::SUCCESS
+                match printed.and_then(|()| std::io::Write::flush(&mut std::io::stdout())) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => exit::report(&exit::stdout_error("writing to stdout")(err)),
+                }
             };
         }
     };

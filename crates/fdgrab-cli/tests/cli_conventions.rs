@@ -501,3 +501,25 @@ fn every_command_help_opens_with_its_own_summary() {
         );
     }
 }
+
+/// `--help` and `--version` are output like any other: into a closed pipe they end
+/// quietly with 141, into a full device with an error and 1, never with 0.
+#[test]
+fn help_and_version_report_a_failed_write() {
+    for args in [vec!["--version"], vec!["--help"], vec!["get", "--help"]] {
+        let out = run_into_closed_pipe(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} must print nothing: {err}");
+        let out = output_timeout(
+            Command::new("sh")
+                .args(["-c", "exec \"$@\" >/dev/full", "sh"])
+                .arg(bin("fdgrab"))
+                .args(&args),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} > /dev/full: {err}");
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+    }
+}
