@@ -211,10 +211,6 @@ fn too_many_open_files_is_reported() {
     check(
         &out,
         1,
-        &[
-            "Too many open files",
-            &t.pid.to_string(),
-            "/proc/PID/status",
-        ],
+        &["Too many open files", &t.pid.to_string(), "/proc/PID/stat"],
     );
 }

@@ -803,3 +803,65 @@ fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
     let _ = target.wait();
     let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
 }
+
+/// A process's name is bytes (`prctl(PR_SET_NAME)`, or the file name it was
+/// started from), and it shows in `/proc/PID/status` and `stat`: a name that is not
+/// UTF-8 must not stop get (either backend), steal or put.
+#[test]
+fn a_target_whose_name_is_not_utf8_can_be_grabbed() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = fdgrab_testkit::test_path("get-odd-name", "dir");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let link = dir.join(std::ffi::OsStr::from_bytes(b"sl\xff\xfep"));
+    std::os::unix::fs::symlink("/bin/sleep", &link).expect("symlink");
+    let file = dir.join("file");
+    std::fs::write(&file, b"held\n").expect("write");
+    let mut target = Command::new("sh")
+        .args(["-c", "exec 5<\"$1\" 6<\"$1\"; exec \"$2\" 60", "sh"])
+        .arg(&file)
+        .arg(&link)
+        .spawn()
+        .expect("target");
+    let pid = target.id().to_string();
+    // Until sh has exec'd the oddly named sleep.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read(format!("/proc/{pid}/comm")).ok().as_deref() != Some(b"sl\xff\xfep\n") {
+        assert!(std::time::Instant::now() < deadline, "target never exec'd");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for backend in ["pidfd", "ptrace"] {
+        let out = run_fdgrab([
+            "get",
+            "--backend",
+            backend,
+            &pid,
+            "5:7",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/$$/fd/7",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "get {backend}: {err}");
+        assert_eq!(out.stdout, b"held\n", "get {backend}: {err}");
+    }
+    let out = run_fdgrab(["put", &pid, "6", "--file", "/dev/null"]);
+    assert!(
+        out.status.success(),
+        "put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_fdgrab(["steal", &pid, "5", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "steal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_link(format!("/proc/{pid}/fd/5")).is_err(),
+        "steal left fd 5"
+    );
+    let _ = target.kill();
+    let _ = target.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
