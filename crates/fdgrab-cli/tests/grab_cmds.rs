@@ -698,9 +698,9 @@ fn tracer_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// A signal that reaches fdgrab while a ptrace grab has the target in hand (a
-/// supervisor's SIGUSR1 or SIGALRM meant for CMD, whose pid fdgrab already is; a
-/// terminal's ^Z) waits until the target is restored: the target keeps running
+/// A signal that reaches fdgrab while a ptrace grab (or put) has the target in
+/// hand (a supervisor's SIGUSR1 or SIGALRM meant for CMD, whose pid fdgrab already
+/// is; a terminal's ^Z) waits until the target is restored: the target keeps running
 /// unharmed and untraced, and fdgrab never stops with the target in hand.
 #[test]
 fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
@@ -727,15 +727,23 @@ fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
         .read_line(&mut line)
         .expect("ready");
     assert_eq!(line, "ready\n");
-    for sig in [libc::SIGUSR1, libc::SIGALRM, libc::SIGTSTP] {
+    let tp = tpid.to_string();
+    let get: &[&str] = &["get", "--backend", "ptrace", &tp, "7", "--", "true"];
+    // put injects the same way (fd 8: the target's own fds stay as they are).
+    let put: &[&str] = &["put", &tp, "8", "--file", "/dev/null"];
+    for (args, sig) in [
+        (get, libc::SIGUSR1),
+        (get, libc::SIGALRM),
+        (get, libc::SIGTSTP),
+        (put, libc::SIGUSR1),
+    ] {
         let mut hits = 0;
         for _ in 0..200 {
             if hits == 8 {
                 break;
             }
             let mut fdgrab = fdgrab_testkit::fdgrab()
-                .args(["get", "--backend", "ptrace", &tpid.to_string(), "7"])
-                .args(["--", "true"])
+                .args(args)
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -774,7 +782,7 @@ fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
                     assert_eq!(
                         traced,
                         Some(0),
-                        "signal {sig}: fdgrab stopped with the target in hand ({state:?})"
+                        "{args:?} signal {sig}: fdgrab stopped with the target in hand ({state:?})"
                     );
                     break;
                 }
@@ -784,19 +792,23 @@ fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
             let state = fdgrab_testkit::status_field(tpid as i32, "State");
             assert!(
                 target.try_wait().ok().flatten().is_none(),
-                "signal {sig}: the target died: {:?}",
+                "{args:?} signal {sig}: the target died: {:?}",
                 target.try_wait()
             );
-            assert_eq!(tracer_of(tpid), Some(0), "signal {sig}: state {state:?}");
+            assert_eq!(
+                tracer_of(tpid),
+                Some(0),
+                "{args:?} signal {sig}: state {state:?}"
+            );
             assert!(
                 state.as_deref().is_some_and(|s| s.starts_with('R')),
-                "signal {sig}: target state {state:?}"
+                "{args:?} signal {sig}: target state {state:?}"
             );
-            st.unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+            st.unwrap_or_else(|e| panic!("{args:?} signal {sig}: {e}"));
         }
         assert_eq!(
             hits, 8,
-            "signal {sig}: never caught fdgrab with the target in hand"
+            "{args:?} signal {sig}: never caught fdgrab with the target in hand"
         );
     }
     let _ = target.kill();

@@ -219,9 +219,8 @@ impl GrabOptions {
         };
         let value = hook(out)?;
         let closed = match self.steal {
-            Some(how) => still_copied(target, &copied, backend).and_then(|()| {
-                signals_held(|| inject::close_in_target(target, fds, how, self.seccomp))
-            }),
+            Some(how) => still_copied(target, &copied, backend)
+                .and_then(|()| inject::close_in_target(target, fds, how, self.seccomp)),
             None => Ok(()),
         };
         Ok(Taken {
@@ -244,7 +243,7 @@ impl GrabOptions {
                     "taken by the ptrace backend",
                 ));
             }
-            signals_held(|| inject::grab_fds(target, fds, self.seccomp))
+            inject::grab_fds(target, fds, self.seccomp)
         };
         Ok(match self.backend {
             Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),
@@ -262,33 +261,6 @@ impl GrabOptions {
             }
         })
     }
-}
-
-/// Runs an injection session with every signal that could end or stop us held in
-/// the calling thread (the tracer): a process dying or stopping with a target in
-/// hand leaves it stopped, or detached mid-step with its registers swapped (it
-/// then dies of SIGTRAP or SIGSEGV). Held signals act once the target is restored.
-/// The session itself holds only SIGINT, SIGTERM, SIGHUP and SIGQUIT; a SIGUSR1
-/// or SIGALRM meant for the command `get` runs (whose pid fdgrab already is), or a
-/// terminal's ^Z, must wait too. Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
-/// SIGSYS) stay unblocked: blocking one that the kernel raises kills all the same.
-fn signals_held<T>(session: impl FnOnce() -> Result<T>) -> Result<T> {
-    const FAULTS: [i32; 6] = [
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGFPE,
-        libc::SIGILL,
-        libc::SIGTRAP,
-        libc::SIGSYS,
-    ];
-    let held: Vec<i32> = (1..=libc::SIGRTMAX())
-        .filter(|s| !FAULTS.contains(s))
-        .collect();
-    let old = crate::sys::block_signals(&held)
-        .map_err(|e| Error::local("pthread_sigmask(SIG_BLOCK)", e))?;
-    let r = session();
-    crate::sys::set_signal_mask(&old);
-    r
 }
 
 /// Checks that each of the target's fds still is the file (device and inode) it was

@@ -123,7 +123,7 @@ impl<'a> Session<'a> {
         let pid = target.pid();
         let tid = crate::access::fd_table_owner(target)?;
         let seccomp_mode = seccomp::before_seize(pid, tid, policy)?;
-        let our_mask = OurMask::hold_termination_signals();
+        let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
             our_mask.restore();
             return Err(seize_error(target, tid, e));

@@ -11,11 +11,22 @@ use crate::inject::ptrace;
 use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
 
-/// What we hold back in our own thread during a session: termination signals take
-/// effect only once the target has been restored.
+/// The signals that ask us to stop: a long loop of injected calls ends early when
+/// one is held back (see [`Session::termination_requested`]).
 const TERMINATION: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// Our own thread's signal mask from before [`OurMask::hold_termination_signals`].
+/// Faults the kernel raises on our own code: blocking them does not hold them back
+/// (a forced one kills all the same), so they stay unblocked.
+const FAULTS: [i32; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+/// Our own thread's signal mask from before [`OurMask::hold_signals`].
 #[derive(Clone, Copy)]
 pub(super) struct OurMask(Option<libc::sigset_t>);
 
@@ -26,10 +37,18 @@ impl std::fmt::Debug for OurMask {
 }
 
 impl OurMask {
-    /// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread; they stay
-    /// pending until [`OurMask::restore`].
-    pub(super) fn hold_termination_signals() -> OurMask {
-        OurMask(crate::sys::block_signals(&TERMINATION).ok())
+    /// Blocks every signal but [`FAULTS`] in the calling thread (the tracer); they
+    /// stay pending until [`OurMask::restore`]. A tracer that dies or stops with
+    /// the target in hand leaves it stopped, or detached mid-step with its
+    /// registers swapped, and it dies of SIGTRAP or SIGSEGV: so not only the
+    /// termination signals wait, but a SIGUSR1 or SIGALRM (meant for the command
+    /// `get` runs in fdgrab's place, which already has fdgrab's pid) and a
+    /// terminal's ^Z too.
+    pub(super) fn hold_signals() -> OurMask {
+        let held: Vec<i32> = (1..=libc::SIGRTMAX())
+            .filter(|s| !FAULTS.contains(s))
+            .collect();
+        OurMask(crate::sys::block_signals(&held).ok())
     }
 
     /// Puts the mask back; a held signal is delivered now.
