@@ -651,22 +651,21 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
     }
     // access(X_OK) alone is true for root whenever any x bit is set, or even none on
     // some file systems; execve needs a regular file with an x bit.
+    // One stat per candidate: `Some(false)` exists but cannot run, `None` missing.
     let runnable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            && access(p, Access::EXEC_OK).is_ok()
+        p.metadata().ok().map(|m| {
+            m.is_file() && m.permissions().mode() & 0o111 != 0 && access(p, Access::EXEC_OK).is_ok()
+        })
     };
     if cmd.as_bytes().contains(&b'/') {
         let p = PathBuf::from(cmd);
-        return if runnable(&p) {
-            Ok(p)
-        } else if p.exists() {
-            Err(fail(&p, Errno::ACCESS)
+        return match runnable(&p) {
+            Some(true) => Ok(p),
+            Some(false) => Err(fail(&p, Errno::ACCESS)
                 .detail("(not an executable file)")
-                .into())
-        } else {
-            Err(fail(&p, Errno::NOENT).into())
+                .into()),
+            None => Err(fail(&p, Errno::NOENT).into()),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -678,10 +677,11 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
             dir
         }
         .join(cmd);
-        if runnable(&candidate) {
-            return Ok(candidate);
+        match runnable(&candidate) {
+            Some(true) => return Ok(candidate),
+            Some(false) => found_unrunnable = true,
+            None => {}
         }
-        found_unrunnable |= candidate.exists();
     }
     let errno = if found_unrunnable {
         Errno::ACCESS
