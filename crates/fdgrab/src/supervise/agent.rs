@@ -73,6 +73,9 @@ pub struct AgentStats {
     pub latency_p50_us: Option<u64>,
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
+    /// Audit lines dropped because the audit sink did not take them (a pipe or
+    /// FIFO nobody reads): decisions never wait for it.
+    pub audit_lines_dropped: u64,
     /// The same, container by container.
     pub per_container: Vec<ContainerStats>,
 }
@@ -105,8 +108,12 @@ impl AgentStats {
             (Some(a), Some(b)) => format!("; bind latency p50<={a}us p99<={b}us"),
             _ => String::new(),
         };
+        let dropped = match self.audit_lines_dropped {
+            0 => String::new(),
+            n => format!("; {n} audit lines dropped"),
+        };
         format!(
-            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}",
+            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}{dropped}",
             self.containers, self.decisions, self.cached_pidfds, self.connections_pending
         )
     }
@@ -307,6 +314,7 @@ impl Agent {
             decisions: self.shared.latency.count(),
             latency_p50_us: self.shared.latency.quantile_us(0.5),
             latency_p99_us: self.shared.latency.quantile_us(0.99),
+            audit_lines_dropped: self.shared.audit.dropped(),
             per_container: containers,
         }
     }
