@@ -73,6 +73,9 @@ pub struct AgentStats {
     pub latency_p50_us: Option<u64>,
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
+    /// Workers blocked in a read of a container's memory and given up on, over
+    /// all containers (at most `MAX_BLOCKED_TOTAL`).
+    pub blocked_workers: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
     pub audit_lines_dropped: u64,
@@ -235,6 +238,7 @@ impl Agent {
             ports: UnprivilegedPorts::new(),
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
+            blocked_total: std::sync::atomic::AtomicUsize::new(0),
         });
         tracing::debug!(
             nofile = budget.limit,
@@ -315,6 +319,7 @@ impl Agent {
             latency_p50_us: self.shared.latency.quantile_us(0.5),
             latency_p99_us: self.shared.latency.quantile_us(0.99),
             audit_lines_dropped: self.shared.audit.dropped(),
+            blocked_workers: self.shared.blocked_total.load(Relaxed),
             per_container: containers,
         }
     }

@@ -12,8 +12,10 @@
 //! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
 //! when its read returns, at the latest when the container dies) and starts a
 //! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
-//! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
-//! [`Claim`] decides whether the worker or the watchdog answers, never both.
+//! `ETIMEDOUT` at once for every bind, without a read, until one returns; and the
+//! agent gives up on at most [`MAX_BLOCKED_TOTAL`] workers in all, after which a
+//! stalled worker is answered for but kept. A [`Claim`] decides whether the
+//! worker or the watchdog answers, never both.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -37,6 +39,13 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 /// Workers of one container that may be blocked in a read at once.
 pub const MAX_BLOCKED_WORKERS: usize = 2;
 
+/// Workers given up on (blocked in a read) over all containers. Beyond it, a
+/// worker that outlives its deadline is not replaced: its request is still
+/// answered `ETIMEDOUT`, but that container's next binds wait for its read to
+/// return. The agent thus never holds more than one worker per container plus
+/// this many, however many containers stall.
+pub const MAX_BLOCKED_TOTAL: usize = 16;
+
 /// Workers do little besides syscalls; the netns reader runs in a thread of its own.
 const WORKER_STACK: usize = 256 * 1024;
 
@@ -47,6 +56,8 @@ pub(crate) struct Shared {
     pub ports: UnprivilegedPorts,
     pub pidfds: Arc<ThreadPidfds>,
     pub latency: LatencyStats,
+    /// Workers given up on over all containers (at most [`MAX_BLOCKED_TOTAL`]).
+    pub blocked_total: AtomicUsize,
 }
 
 /// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
@@ -202,7 +213,8 @@ impl Tenant {
     }
 
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
-    /// replaces its worker. Returns whether it did.
+    /// replaces its worker, unless [`MAX_BLOCKED_TOTAL`] workers are given up on
+    /// already. Returns whether it answered.
     pub fn expire_overdue(self: &Arc<Self>, now: Instant) -> bool {
         let Some(job) = self.current_job() else {
             return false;
@@ -210,9 +222,7 @@ impl Tenant {
         if now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire() {
             return false;
         }
-        self.blocked.fetch_add(1, Ordering::AcqRel);
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
         tracing::warn!(
             container = %self.shown_id(),
@@ -221,9 +231,34 @@ impl Tenant {
             "bind answered ETIMEDOUT: {reason}"
         );
         self.answer_unread(job.id, job.tid, reason);
+        let reserved = self
+            .shared
+            .blocked_total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BLOCKED_TOTAL).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            // The worker stays this container's own: it serves on once its read
+            // returns, and until then only this container waits.
+            self.set_job(None, Some(&job.claim));
+            tracing::warn!(
+                container = %self.shown_id(),
+                limit = MAX_BLOCKED_TOTAL,
+                "agent-wide limit of blocked workers reached; this container's worker is not replaced, its binds wait until its read returns"
+            );
+            return true;
+        }
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(e) = self.spawn_worker(generation) {
+            // Keep the blocked worker as this container's: it serves on when its
+            // read returns.
+            self.generation.store(generation - 1, Ordering::Release);
+            self.blocked.fetch_sub(1, Ordering::AcqRel);
+            self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, container = %self.shown_id(),
-                "cannot start a replacement worker; this container's binds now wait");
+                "cannot start a replacement worker; this container's binds wait until its read returns");
         }
         true
     }
@@ -315,8 +350,14 @@ impl Tenant {
             };
             self.set_job(None, Some(&claim));
             if !claim.take() {
+                if self.generation.load(Ordering::Acquire) == generation {
+                    // The watchdog answered but kept us (the agent-wide limit).
+                    tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
+                    continue;
+                }
                 // The watchdog answered and started our successor.
                 self.blocked.fetch_sub(1, Ordering::AcqRel);
+                self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
                 return;
             }
