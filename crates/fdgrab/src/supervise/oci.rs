@@ -265,7 +265,8 @@ impl StateReader {
 
     /// Reads what `sock` has, and returns the document once it is complete.
     pub fn read_from(&mut self, sock: BorrowedFd<'_>) -> Result<ReadProgress, Rejection> {
-        let mut chunk = [0u8; 8192];
+        // Large: a trickled document is read in batches of many pieces.
+        let mut chunk = [0u8; 65536];
         loop {
             let got = match recv_fds(sock, &mut chunk, MAX_FDS) {
                 Ok(got) => got,

@@ -107,6 +107,10 @@ impl LatencyStats {
 pub(crate) enum TenantEvent {
     /// The filter has no users left.
     Released(u64),
+    /// The slow lane ([`super::agent`]) finished reading a trickled document.
+    Document(Box<super::oci::ContainerListener>),
+    /// The slow lane turned a connection away; the reason was logged.
+    Rejected(String),
 }
 
 /// The request a worker is deciding.
