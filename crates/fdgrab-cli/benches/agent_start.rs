@@ -262,13 +262,14 @@ fn isolation(goals: &mut Goals, rounds: usize, cgroup: Option<&ContainerCgroup>)
         ("32 slow 1 MiB documents", attack_documents),
     ];
     const BINDS: usize = 1000;
-    let watched = Watched {
+    let mut watched = Watched {
         agent: agent.pid,
-        // The victim is the agent's first container.
-        worker: thread_named(agent.pid, "fdgrab-tenant-1"),
+        worker: None,
         victim: victim.pid,
     };
     victim_run(&mut victim, BINDS, &watched);
+    // The victim is the agent's first container; its worker runs by now.
+    watched.worker = thread_named(agent.pid, "fdgrab-tenant-1");
     println!(
         "[{placement}] victim bind latency through the agent, {BINDS} binds per run, \
          {rounds} rounds, medians"

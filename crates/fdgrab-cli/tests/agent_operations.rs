@@ -77,6 +77,17 @@ fn agent_sighup_reloads_policy_and_reopens_the_audit_file() {
         .unwrap_or_else(|| panic!("{new:?}"));
     assert_eq!(handed_back["decision"], "continue", "{handed_back}");
     assert_eq!(handed_back["proto"], "tcp", "{handed_back}");
+    // The kernel ran that call after the agent let go: its errno is not known to
+    // the agent, and the line says who decided, with what the agent did know.
+    assert_eq!(handed_back["decided_by"], "kernel", "{handed_back}");
+    assert!(handed_back["errno"].is_null(), "{handed_back}");
+    assert_eq!(handed_back["family"], "inet", "{handed_back}");
+    assert!(handed_back["netns"].as_u64().is_some(), "{handed_back}");
+    let granted = new
+        .iter()
+        .find(|l| l["port"] == 90)
+        .unwrap_or_else(|| panic!("{new:?}"));
+    assert_eq!(granted["decided_by"], "fdgrab", "{granted}");
     assert_eq!(handed_back["namespace"], "tenants", "{handed_back}");
 
     // An invalid policy: logged, and the running one stays.
