@@ -131,3 +131,67 @@ fn agent_caps_blocked_workers_across_containers() {
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
 }
+
+/// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
+fn nices(agent: &AgentProc, name: &str) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .expect("tasks")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", agent.pid))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(|tid| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", agent.pid)).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            after.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Waits until every thread named `name` runs at `nice`.
+fn wait_nice(agent: &AgentProc, name: &str, nice: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = nices(agent, name);
+        if !now.is_empty() && now.iter().all(|&n| n == nice) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: nice {now:?}, want {nice}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A container that keeps hundreds of binds queued gets a worker at nice 19
+/// while it does (its calls then take CPU only when others' workers do not want
+/// it), and nice 0 again once its calls come one at a time. The slow lane for
+/// trickled documents runs at nice 19 from the start.
+#[test]
+fn agent_busy_container_worker_yields_and_recovers() {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    assert_eq!(nices(&agent, "fdgrab-slowlane"), [19]);
+    let mut busy = FakeTenant::start(&agent, &unique("busy"));
+    assert_eq!(busy.ask("bind 127.78.9.1 86", TIMEOUT)["errno"], 0);
+    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [0]);
+    assert_eq!(busy.ask("storm 300 79 86", TIMEOUT)["started"], 300);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    let r = busy.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(300), "{r}");
+    // One call after a pause: not busy any more; a successor at nice 0 serves it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(busy.ask("bind 127.78.9.2 86", TIMEOUT)["errno"], 0);
+    wait_nice(&agent, "fdgrab-tenant-1", 0);
+    assert_eq!(busy.ask("bind 127.78.9.3 86", TIMEOUT)["errno"], 0);
+    agent
+        .log
+        .wait_for("busy container: its worker yields", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -186,7 +186,7 @@ impl SlowLane {
         let pending = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&pending);
         std::thread::Builder::new()
-            .name("fdgrab-slow-docs".into())
+            .name("fdgrab-slowlane".into())
             .stack_size(256 * 1024)
             .spawn(move || slow_lane(&rx, &done, &waker, &count))?;
         Ok(SlowLane { tx, pending })
@@ -689,6 +689,21 @@ impl Agent {
                 }
                 TenantEvent::Rejected(reason) => {
                     events.push(AgentEvent::Rejected { reason });
+                    continue;
+                }
+                TenantEvent::Respawn(raw, generation, done) => {
+                    let started = self
+                        .containers
+                        .get(&ListenerId(raw))
+                        .is_some_and(|c| match c.tenant.spawn_worker(generation) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(container = %shown(&c.id), error = %e,
+                                    "cannot start a worker at nice 0; the one at nice 19 serves on");
+                                false
+                            }
+                        });
+                    let _ = done.send(started);
                     continue;
                 }
             };

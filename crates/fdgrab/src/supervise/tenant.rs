@@ -46,6 +46,65 @@ pub const MAX_BLOCKED_WORKERS: usize = 2;
 /// this many, however many containers stall.
 pub const MAX_BLOCKED_TOTAL: usize = 16;
 
+/// A worker that finds at least this many of its container's calls already
+/// queued within one [`BUSY_WINDOW`] yields: it runs at [`BUSY_NICE`] until its
+/// container stops queueing calls.
+const BUSY_QUEUED: u32 = 32;
+const BUSY_WINDOW: Duration = Duration::from_millis(20);
+const BUSY_NICE: i32 = 19;
+
+/// A worker's priority: lowered while its container keeps many calls queued (a
+/// thousand threads binding at once), so that it takes CPU from the other
+/// containers' workers only when they do not want it. A container whose calls
+/// come one at a time, however fast, keeps nice 0.
+///
+/// Lowering needs no privilege; coming back would need `CAP_SYS_NICE` (or a
+/// raised `RLIMIT_NICE`, whose hard limit only `CAP_SYS_RESOURCE` raises). So a
+/// lowered worker that should come back is replaced instead: the agent's thread,
+/// at nice 0, starts a successor, which inherits nice 0.
+struct Pace {
+    since: Instant,
+    queued: u32,
+    lowered: bool,
+}
+
+/// What [`Pace::note`] wants done.
+#[derive(Debug, PartialEq, Eq)]
+enum PaceChange {
+    Keep,
+    Lower,
+    Restore,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            since: Instant::now(),
+            queued: 0,
+            lowered: false,
+        }
+    }
+
+    /// Counts one call (`queued`: it was already waiting when the worker came
+    /// back for it), and once per window says whether the priority should change.
+    fn note(&mut self, queued: bool, now: Instant) -> PaceChange {
+        self.queued += u32::from(queued);
+        let elapsed = now.duration_since(self.since);
+        if elapsed < BUSY_WINDOW {
+            return PaceChange::Keep;
+        }
+        // A long pause is not busy, whatever queued before it.
+        let busy = self.queued >= BUSY_QUEUED && elapsed < 2 * BUSY_WINDOW;
+        self.since = now;
+        self.queued = 0;
+        match (busy, self.lowered) {
+            (true, false) => PaceChange::Lower,
+            (false, true) => PaceChange::Restore,
+            _ => PaceChange::Keep,
+        }
+    }
+}
+
 /// Workers do little besides syscalls; the netns reader runs in a thread of its own.
 const WORKER_STACK: usize = 256 * 1024;
 
@@ -107,6 +166,10 @@ impl LatencyStats {
 pub(crate) enum TenantEvent {
     /// The filter has no users left.
     Released(u64),
+    /// A worker at low priority wants a successor at nice 0 (the container is
+    /// not busy any more): the agent's thread starts it for `generation` and
+    /// says through the sender whether it did.
+    Respawn(u64, u64, std::sync::mpsc::SyncSender<bool>),
     /// The slow lane ([`super::agent`]) finished reading a trickled document.
     Document(Box<super::oci::ContainerListener>),
     /// The slow lane turned a connection away; the reason was logged.
@@ -281,6 +344,33 @@ impl Tenant {
         }
     }
 
+    /// Asks the agent's thread for a successor at nice 0, between two calls.
+    /// Returns whether this worker must now exit (else it serves on as it is).
+    fn respawn(&self, generation: u64) -> bool {
+        let next = generation + 1;
+        // Only the watchdog bumps the generation otherwise, and only while a job
+        // is current; this worker has none.
+        if self
+            .generation
+            .compare_exchange(generation, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .events
+            .lock()
+            .is_ok_and(|ev| ev.send(TenantEvent::Respawn(self.id, next, tx)).is_ok());
+        let _ = rustix::io::write(&*self.waker, &1u64.to_ne_bytes());
+        if sent && rx.recv().unwrap_or(false) {
+            tracing::debug!(container = %self.shown_id(), "container calm again: a worker at nice 0 takes over");
+            return true;
+        }
+        self.generation.store(generation, Ordering::Release);
+        false
+    }
+
     fn release(&self) {
         if let Ok(tx) = self.events.lock() {
             let _ = tx.send(TenantEvent::Released(self.id));
@@ -292,16 +382,44 @@ impl Tenant {
         let policy = Arc::clone(&self.policy);
         let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
         let bind_nr = handler.syscalls().to_vec();
+        let mut pace = Pace::new();
         loop {
             if self.generation.load(Ordering::Acquire) != generation {
                 return;
             }
             let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
-            match rustix::event::poll(&mut pfd, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on a container listener failed; releasing it");
-                    return self.release();
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let queued = matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0);
+            if !queued {
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+                        return self.release();
+                    }
+                }
+            }
+            match pace.note(queued, Instant::now()) {
+                PaceChange::Keep => {}
+                PaceChange::Lower => {
+                    let me = Some(rustix::thread::gettid());
+                    match rustix::process::setpriority_process(me, BUSY_NICE) {
+                        Ok(()) => {
+                            pace.lowered = true;
+                            tracing::debug!(container = %self.shown_id(), "busy container: its worker yields (nice {BUSY_NICE})");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot lower the worker's priority"),
+                    }
+                }
+                PaceChange::Restore => {
+                    // Handed over between two calls: the waiting one stays queued
+                    // in the kernel for the successor.
+                    if self.respawn(generation) {
+                        return;
+                    }
                 }
             }
             let revents = pfd[0].revents();
