@@ -149,16 +149,18 @@ struct Breakdown {
     agent_main_ms: f64,
 }
 
-/// Whom [`victim_run`] watches.
+/// Whom [`victim_run`] watches: the agent (its main thread, and the victim's
+/// worker, `fdgrab-tenant-1`: the victim is its first container) and the victim.
 struct Watched {
     agent: i32,
-    worker: Option<i32>,
     victim: i32,
 }
 
 /// p50 and p99 (µs) of `n` victim binds, and where their time went.
 fn victim_run(victim: &mut FakeTenant, n: usize, w: &Watched) -> (f64, f64, Breakdown) {
-    let worker = |()| w.worker.map_or((0, 0), |t| schedstat(w.agent, t));
+    // Looked up each time: a worker may have been replaced meanwhile.
+    let tid = thread_named(w.agent, "fdgrab-tenant-1");
+    let worker = |()| tid.map_or((0, 0), |t| schedstat(w.agent, t));
     let before = (
         worker(()),
         schedstat(w.victim, w.victim),
@@ -262,14 +264,11 @@ fn isolation(goals: &mut Goals, rounds: usize, cgroup: Option<&ContainerCgroup>)
         ("32 slow 1 MiB documents", attack_documents),
     ];
     const BINDS: usize = 1000;
-    let mut watched = Watched {
+    let watched = Watched {
         agent: agent.pid,
-        worker: None,
         victim: victim.pid,
     };
     victim_run(&mut victim, BINDS, &watched);
-    // The victim is the agent's first container; its worker runs by now.
-    watched.worker = thread_named(agent.pid, "fdgrab-tenant-1");
     println!(
         "[{placement}] victim bind latency through the agent, {BINDS} binds per run, \
          {rounds} rounds, medians"

@@ -6,6 +6,14 @@ use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant};
 use fdgrab_testkit::{is_root, TIMEOUT};
 use std::time::{Duration, Instant};
 
+fn root_or_skip() -> bool {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return false;
+    }
+    true
+}
+
 fn thread_count(agent: &AgentProc) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", agent.pid))
         .map(|d| d.count())
@@ -23,8 +31,7 @@ fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentPr
 
 #[test]
 fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
-    if !is_root() {
-        fdgrab_testkit::skip("the agent needs root");
+    if !root_or_skip() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
@@ -85,8 +92,7 @@ fn stat(agent: &AgentProc, name: &str) -> u64 {
 /// plus that limit, and a neighbour keeps binding.
 #[test]
 fn agent_caps_blocked_workers_across_containers() {
-    if !is_root() {
-        fdgrab_testkit::skip("the agent needs root");
+    if !root_or_skip() {
         return;
     }
     const LIMIT: usize = 16;
@@ -172,8 +178,7 @@ fn wait_nice(agent: &AgentProc, name: &str, nice: i64) {
 /// trickled documents runs at nice 19 from the start.
 #[test]
 fn agent_busy_container_worker_yields_and_recovers() {
-    if !is_root() {
-        fdgrab_testkit::skip("the agent needs root");
+    if !root_or_skip() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);

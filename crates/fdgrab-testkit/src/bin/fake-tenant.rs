@@ -241,9 +241,20 @@ struct Sustained {
     connections: u64,
 }
 
-/// `n` threads binding to 127.BASE.x.y:PORT until `stop`; returns once all run.
-fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained>> {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+/// `n` threads that start together (with the caller too when `with_caller`, who
+/// then calls `wait` on the barrier), thread i running `work` with
+/// 127.BASE.(i/250).(i%250+1) and PORT.
+fn binders<T: Send + 'static>(
+    n: usize,
+    base: u8,
+    port: u16,
+    with_caller: bool,
+    work: fn(Ipv4Addr, u16) -> T,
+) -> (
+    Vec<std::thread::JoinHandle<T>>,
+    std::sync::Arc<std::sync::Barrier>,
+) {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n + usize::from(with_caller)));
     let handles = (0..n)
         .map(|i| {
             let start = std::sync::Arc::clone(&start);
@@ -251,17 +262,27 @@ fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     start.wait();
-                    let addr = Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8);
-                    let mut done = Sustained::default();
-                    while !stopped() {
-                        drop(bind_once(addr, port));
-                        done.binds += 1;
-                    }
-                    done
+                    work(
+                        Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8),
+                        port,
+                    )
                 })
                 .expect("thread")
         })
         .collect();
+    (handles, start)
+}
+
+/// `n` threads binding to 127.BASE.x.y:PORT until `stop`; returns once all run.
+fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained>> {
+    let (handles, start) = binders(n, base, port, true, |addr, port| {
+        let mut done = Sustained::default();
+        while !stopped() {
+            drop(bind_once(addr, port));
+            done.binds += 1;
+        }
+        done
+    });
     start.wait();
     handles
 }
@@ -301,20 +322,7 @@ fn trickle(socket: &std::path::Path) -> Sustained {
 }
 
 fn threads(n: usize, base: u8, port: u16) {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let start = std::sync::Arc::clone(&start);
-            std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    start.wait();
-                    let addr = Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8);
-                    bind_once(addr, port)
-                })
-                .expect("thread")
-        })
-        .collect();
+    let (handles, _) = binders(n, base, port, false, bind_once);
     let results: Vec<(i32, u128, OwnedFd)> = handles
         .into_iter()
         .map(|h| h.join().expect("join"))

@@ -46,9 +46,9 @@ pub const MAX_BLOCKED_WORKERS: usize = 2;
 /// this many, however many containers stall.
 pub const MAX_BLOCKED_TOTAL: usize = 16;
 
-/// A worker that finds at least this many of its container's calls already
-/// queued within one [`BUSY_WINDOW`] yields: it runs at [`BUSY_NICE`] until its
-/// container stops queueing calls.
+/// A worker that finds, at least this many times within one [`BUSY_WINDOW`],
+/// another call of its container waiting behind the one it took, yields: it
+/// runs at [`BUSY_NICE`] until its container stops queueing calls.
 const BUSY_QUEUED: u32 = 32;
 const BUSY_WINDOW: Duration = Duration::from_millis(20);
 const BUSY_NICE: i32 = 19;
@@ -85,8 +85,8 @@ impl Pace {
         }
     }
 
-    /// Counts one call (`queued`: it was already waiting when the worker came
-    /// back for it), and once per window says whether the priority should change.
+    /// Counts one call (`queued`: another was waiting behind it), and once per
+    /// window says whether the priority should change.
     fn note(&mut self, queued: bool, now: Instant) -> PaceChange {
         self.queued += u32::from(queued);
         let elapsed = now.duration_since(self.since);
@@ -383,43 +383,22 @@ impl Tenant {
         let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
         let bind_nr = handler.syscalls().to_vec();
         let mut pace = Pace::new();
+        let mut restore = false;
         loop {
             if self.generation.load(Ordering::Acquire) != generation {
                 return;
             }
-            let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let queued = matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0);
-            if !queued {
-                match rustix::event::poll(&mut pfd, None) {
-                    Ok(_) | Err(Errno::INTR) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "poll on a container listener failed; releasing it");
-                        return self.release();
-                    }
-                }
+            // Handed over between two calls: a waiting one stays queued in the
+            // kernel for the successor.
+            if std::mem::take(&mut restore) && self.respawn(generation) {
+                return;
             }
-            match pace.note(queued, Instant::now()) {
-                PaceChange::Keep => {}
-                PaceChange::Lower => {
-                    let me = Some(rustix::thread::gettid());
-                    match rustix::process::setpriority_process(me, BUSY_NICE) {
-                        Ok(()) => {
-                            pace.lowered = true;
-                            tracing::debug!(container = %self.shown_id(), "busy container: its worker yields (nice {BUSY_NICE})");
-                        }
-                        Err(e) => tracing::debug!(error = %e, "cannot lower the worker's priority"),
-                    }
-                }
-                PaceChange::Restore => {
-                    // Handed over between two calls: the waiting one stays queued
-                    // in the kernel for the successor.
-                    if self.respawn(generation) {
-                        return;
-                    }
+            let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
+            match rustix::event::poll(&mut pfd, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+                    return self.release();
                 }
             }
             let revents = pfd[0].revents();
@@ -436,6 +415,30 @@ impl Tenant {
                     return self.release();
                 }
             };
+            // Another call of this container already waiting, with this one
+            // taken: two of its threads are in a trapped call at once. A thread
+            // calling one at a time, however fast, never shows that.
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
+            let queued = matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
+                && more[0].revents().contains(PollFlags::IN);
+            match pace.note(queued, Instant::now()) {
+                PaceChange::Keep => {}
+                PaceChange::Lower => {
+                    let me = Some(rustix::thread::gettid());
+                    match rustix::process::setpriority_process(me, BUSY_NICE) {
+                        Ok(()) => {
+                            pace.lowered = true;
+                            tracing::debug!(container = %self.shown_id(), "busy container: its worker yields (nice {BUSY_NICE})");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot lower the worker's priority"),
+                    }
+                }
+                PaceChange::Restore => restore = true,
+            }
             let started = Instant::now();
             self.counters.decisions.fetch_add(1, Ordering::Relaxed);
             if !bind_nr.contains(&libc::c_long::from(notif.data.nr)) {
