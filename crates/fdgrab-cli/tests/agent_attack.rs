@@ -200,3 +200,53 @@ fn agent_busy_container_worker_yields_and_recovers() {
         .wait_for("busy container: its worker yields", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A real runc or crun container starts while nine fake containers stall twice
+/// each (the agent-wide limit of workers given up on is reached) and another
+/// keeps 300 threads binding (its worker yields): the container's httpd still
+/// gets port 80, and once everyone is gone the agent is back to its baseline
+/// threads and fds.
+fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs};
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut stallers: Vec<FakeTenant> = (0..9)
+        .map(|_| FakeTenant::start(&agent, &unique("rstall")))
+        .collect();
+    for _ in 0..2 {
+        for s in &mut stallers {
+            assert_eq!(s.ask("uffd 85", TIMEOUT)["stalled"], true);
+        }
+        for s in &mut stallers {
+            assert_eq!(s.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+        }
+    }
+    let mut storm = FakeTenant::start(&agent, &unique("rstorm"));
+    assert_eq!(storm.ask("storm 300 77 86", TIMEOUT)["started"], 300);
+    let ns = NetNs::new();
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&agent.socket, &ns));
+    let id = unique(&format!("fdgrab-{}-amid-stalls", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    assert_eq!(stat(&agent, "blocked_workers"), 16);
+    let r = storm.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(300), "{r}");
+    storm.kill();
+    for s in &mut stallers {
+        s.kill();
+    }
+    c.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+fdgrab_testkit::per_runtime! {
+    agent_real_container_among_stalls_and_a_storm => real_container_among_stalls_and_a_storm,
+}
