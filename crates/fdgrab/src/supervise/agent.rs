@@ -56,6 +56,12 @@ const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
 /// away.
 const SLOW_LANE_MAX: usize = 64;
 
+/// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
+/// 3.2 MB/s per client, a megabyte in a third of a second, well within
+/// [`CONNECTION_TIMEOUT`], and a bounded cost per round however many bytes the
+/// clients have queued.
+const SLOW_LANE_BUDGET: usize = 16 * 1024;
+
 /// The slow lane's nice value: it runs only when nothing else wants the CPU.
 const SLOW_LANE_NICE: i32 = 19;
 
@@ -174,7 +180,7 @@ struct Connection {
 /// thread, at normal priority, that CPU was taken from the containers' workers.
 /// Handed to this thread, it is spent only when no worker (nor anything else on
 /// the node) wants the CPU, and in batches: the thread wakes every
-/// [`TRICKLE_PAUSE`] and reads all its connections dry.
+/// [`TRICKLE_PAUSE`] and reads up to [`SLOW_LANE_BUDGET`] from each connection.
 struct SlowLane {
     tx: Sender<Connection>,
     pending: Arc<AtomicUsize>,
@@ -230,7 +236,7 @@ fn slow_lane(
                 report(TenantEvent::Rejected(reason));
                 return false;
             }
-            match c.reader.read_from(c.sock.as_fd()) {
+            match c.reader.read_at_most(c.sock.as_fd(), SLOW_LANE_BUDGET) {
                 Ok(ReadProgress::Pending) => true,
                 Ok(ReadProgress::Complete(listener)) => {
                     report(TenantEvent::Document(listener));
