@@ -235,6 +235,10 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
         .http_get_eventually(80, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
     assert!(resp.contains(" 200 "), "{resp}");
+    // The runtime sent its document in one message: read at once, at normal
+    // priority, never by the slow lane.
+    let log = agent.log.text();
+    assert!(!log.contains("the slow lane reads the rest"), "{log}");
     assert_eq!(stat(&agent, "blocked_workers"), 16);
     let r = storm.ask("stop", TIMEOUT);
     assert!(r["binds"].as_u64() >= Some(300), "{r}");

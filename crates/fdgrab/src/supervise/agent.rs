@@ -588,6 +588,11 @@ impl Agent {
                 events.push(AgentEvent::Rejected { reason });
                 return;
             }
+            tracing::debug!(
+                token,
+                bytes = conn.reader.len(),
+                "document arrives in pieces; the slow lane reads the rest"
+            );
             // Counted now, so that a burst of trickling clients meets the limit.
             self.slow.pending.fetch_add(1, Ordering::Relaxed);
             if self.slow.tx.send(conn).is_err() {
