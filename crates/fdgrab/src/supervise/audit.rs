@@ -433,6 +433,29 @@ fn open_append(path: &Path) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// Whether copying a socket out of a process (`pidfd_getfd`, like receiving it
+/// over `SCM_RIGHTS`) could change it: the kernel re-tags a received socket with
+/// the receiver's cgroup-v1 `net_cls` class id and `net_prio` index. Those can
+/// differ from the owner's only where a v1 `net_cls` or `net_prio` hierarchy
+/// holds cgroups besides its root (`/proc/cgroups`); unreadable counts as yes.
+pub(crate) fn copying_a_socket_retags_it() -> bool {
+    std::fs::read_to_string("/proc/cgroups").map_or(true, |t| retagging_hierarchies(&t))
+}
+
+fn retagging_hierarchies(proc_cgroups: &str) -> bool {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            matches!(f.as_slice(), [name, hierarchy, cgroups, enabled, ..]
+                if matches!(*name, "net_cls" | "net_prio")
+                    && *hierarchy != "0"
+                    && *enabled != "0"
+                    && cgroups.parse::<u64>().map_or(true, |n| n > 1))
+        })
+}
+
 /// `SystemTime::now()` as RFC 3339 with microseconds, UTC.
 pub fn rfc3339_now() -> String {
     let now = std::time::SystemTime::now()
@@ -470,6 +493,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_copies_retag_only_under_v1_net_cls_or_net_prio_cgroups() {
+        let head = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t6\t1\n";
+        // Attached to v1 but only the root cgroup: everyone's class id is the same.
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t1\t1\nnet_prio\t0\t4\t1\n"
+        )));
+        // cgroup v2 only (hierarchy 0): no class ids at all.
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t0\t9\t1\nnet_prio\t0\t9\t1\n"
+        )));
+        assert!(retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t3\t1\nnet_prio\t0\t4\t1\n"
+        )));
+        assert!(retagging_hierarchies(&format!(
+            "{head}net_cls\t0\t1\t1\nnet_prio\t5\t2\t1\n"
+        )));
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t3\t0\n"
+        )));
+    }
 
     #[test]
     fn timestamps() {
