@@ -20,6 +20,25 @@ fn thread_count(agent: &AgentProc) -> usize {
         .unwrap_or(0)
 }
 
+/// `n` fake containers, each of which stalls `times` binds on a userfaultfd
+/// page nobody fills (port 85), every one answered ETIMEDOUT by the watchdog.
+fn stalling_tenants(agent: &AgentProc, n: usize, times: usize) -> Vec<FakeTenant> {
+    let mut tenants: Vec<FakeTenant> = (0..n)
+        .map(|_| FakeTenant::start(agent, &unique("stall")))
+        .collect();
+    for _ in 0..times {
+        for t in &mut tenants {
+            let r = t.ask("uffd 85", TIMEOUT);
+            assert_eq!(r["stalled"], true, "{r}");
+        }
+        for t in &mut tenants {
+            let r = t.line(TIMEOUT);
+            assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+        }
+    }
+    tenants
+}
+
 /// Waits until `what` of the agent is back to `baseline`.
 fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentProc) -> usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -38,17 +57,7 @@ fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers: Vec<FakeTenant> = (0..20)
-        .map(|_| FakeTenant::start(&agent, &unique("stall")))
-        .collect();
-    for a in &mut attackers {
-        let r = a.ask("uffd 85", TIMEOUT);
-        assert_eq!(r["stalled"], true, "{r}");
-    }
-    for a in &mut attackers {
-        let r = a.line(TIMEOUT);
-        assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
-    }
+    let mut attackers = stalling_tenants(&agent, 20, 1);
     // Each attacker now has a worker blocked and a fresh one serving it.
     assert!(thread_count(&agent) > threads + 20);
     let r = victim.ask("bind 127.78.7.1 86", TIMEOUT);
@@ -100,19 +109,7 @@ fn agent_caps_blocked_workers_across_containers() {
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers: Vec<FakeTenant> = (0..12)
-        .map(|_| FakeTenant::start(&agent, &unique("stall2")))
-        .collect();
-    for _ in 0..2 {
-        for a in &mut attackers {
-            let r = a.ask("uffd 85", TIMEOUT);
-            assert_eq!(r["stalled"], true, "{r}");
-        }
-        for a in &mut attackers {
-            let r = a.line(TIMEOUT);
-            assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
-        }
-    }
+    let mut attackers = stalling_tenants(&agent, 12, 2);
     assert_eq!(stat(&agent, "blocked_workers"), LIMIT as u64);
     let now = thread_count(&agent);
     // The main thread and any short-lived helper aside: the victim's worker, one
@@ -214,17 +211,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers: Vec<FakeTenant> = (0..9)
-        .map(|_| FakeTenant::start(&agent, &unique("rstall")))
-        .collect();
-    for _ in 0..2 {
-        for s in &mut stallers {
-            assert_eq!(s.ask("uffd 85", TIMEOUT)["stalled"], true);
-        }
-        for s in &mut stallers {
-            assert_eq!(s.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
-        }
-    }
+    let mut stallers = stalling_tenants(&agent, 9, 2);
     let mut storm = FakeTenant::start(&agent, &unique("rstorm"));
     assert_eq!(storm.ask("storm 300 77 86", TIMEOUT)["started"], 300);
     let ns = NetNs::new();
