@@ -22,7 +22,6 @@ use super::policy::{Policy, PolicyCell, Proto};
 use crate::pidfd::PidFd;
 use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -138,7 +137,7 @@ impl Handler for BindHandler {
         if cx.audit.is_enabled() {
             audit(cx, notif, &mut facts, response, decision, reason);
         }
-        let Some(key) = bound else {
+        let Some(sock) = bound else {
             return Answer::Respond(response);
         };
         // We changed the socket: if the caller never learns that, remember it so a
@@ -146,7 +145,7 @@ impl Handler for BindHandler {
         match cx.listener.respond(notif.id, response) {
             Ok(()) => {}
             Err(SendError::Gone) => {
-                if let Some(addr) = facts.addr {
+                if let (Some(addr), Some(key)) = (facts.addr, socket_key(&sock)) {
                     if self.unanswered.len() >= MAX_UNANSWERED {
                         self.unanswered.clear();
                     }
@@ -160,11 +159,10 @@ impl Handler for BindHandler {
     }
 }
 
-/// The answer, the audit decision and reason, and the identity of the socket if we
-/// bound it. Our copy of the socket is closed before answering: while the caller
-/// still holds its fd our close is a reference drop, whereas closing after the
-/// caller did would tear the socket down on the supervisor's time.
-type Decided = (Response, Decision, &'static str, Option<(u64, u64)>);
+/// The answer, the audit decision and reason, and our copy of the socket if we
+/// bound it. That copy is closed right after the answer; its identity (an
+/// `fstat`) is looked up only if the caller left the call before the answer.
+type Decided = (Response, Decision, &'static str, Option<OwnedFd>);
 
 impl BindHandler {
     /// `None` when the request vanished (nothing to answer).
@@ -221,11 +219,14 @@ impl BindHandler {
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        // The caller is parked in this call, so its netns cannot change under us.
-        facts.netns = cx.ports.netns_inode(&sock);
+        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
+        // threshold. The caller is parked in this call, so its netns cannot change
+        // under us.
+        let netns = cx.ports.socket_netns(&sock);
+        facts.netns = netns.inode;
         if !policy.any_netns() {
             let same = thread_netns_inode(n.tid)
-                .and_then(|caller| cx.ports.same_netns(&sock, n.tid, caller));
+                .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
             }
@@ -233,7 +234,7 @@ impl BindHandler {
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
+        if addr.port() >= cx.ports.for_socket_in(&sock, n.tid, netns.cookie) {
             return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
@@ -241,13 +242,13 @@ impl BindHandler {
                 Response::Value(0),
                 Decision::Bind,
                 "allowed by policy",
-                socket_key(&sock),
+                Some(sock),
             )),
             Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
                 Response::Value(0),
                 Decision::AlreadyBound,
                 "restarted call; already bound to this address",
-                socket_key(&sock),
+                Some(sock),
             )),
             Err(e) => Some((
                 Response::Error(e),
@@ -315,28 +316,38 @@ pub(crate) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'st
 
 /// TCP or UDP, if `sock` is a socket of `addr`'s family; otherwise why the kernel
 /// should decide.
+///
+/// One `fgetxattr(system.sockprotoname)` answers what `SO_DOMAIN`, `SO_TYPE` and
+/// `SO_PROTOCOL` would: it is the name of the protocol the socket was made with
+/// (`TCP`, `TCPv6`, `UDP`, `UDPv6`; `RAW`, `PING`, `MPTCP`, `UDP-Lite`, `UNIX`,
+/// ... for everything else). The one socket whose family changed after creation,
+/// an IPv6 one turned IPv4 by `IPV6_ADDRFORM`, is connected and so bound already:
+/// any bind of it fails `EINVAL`, ours as the caller's.
 fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str> {
-    let domain = rustix::net::sockopt::socket_domain(sock).map_err(|_| "the fd is not a socket")?;
-    let want = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    if domain != want {
+    let (v6, proto) = protocol_name(sock)?;
+    if v6 != addr.is_ipv6() {
         return Err("socket family differs from the address family");
     }
-    transport(sock)
+    Ok(proto)
 }
 
-/// TCP or UDP, whatever the family.
-fn transport(sock: &OwnedFd) -> Result<Proto, &'static str> {
-    let ty = rustix::net::sockopt::socket_type(sock).map_err(|_| "the fd is not a socket")?;
-    let protocol =
-        rustix::net::sockopt::socket_protocol(sock).map_err(|_| "the fd is not a socket")?;
-    let protocol = protocol.map(|p| p.as_raw().get() as i32).unwrap_or(0);
-    match (ty, protocol) {
-        (SocketType::STREAM, libc::IPPROTO_TCP) => Ok(Proto::Tcp),
-        (SocketType::DGRAM, libc::IPPROTO_UDP) => Ok(Proto::Udp),
-        _ => Err("not a TCP or UDP socket"),
+/// Whether `sock` was made as an IPv6 socket, and TCP or UDP, from its protocol
+/// name.
+fn protocol_name(sock: &OwnedFd) -> Result<(bool, Proto), &'static str> {
+    let mut name = [0u8; 16];
+    let n = rustix::fs::fgetxattr(sock, "system.sockprotoname", &mut name)
+        .map_err(|_| "the fd is not a socket")?;
+    inet_protocol(&name[..n]).ok_or("not a TCP or UDP socket")
+}
+
+/// The family (IPv6 or not) and protocol a `system.sockprotoname` value names.
+fn inet_protocol(name: &[u8]) -> Option<(bool, Proto)> {
+    match name.strip_suffix(b"\0").unwrap_or(name) {
+        b"TCP" => Some((false, Proto::Tcp)),
+        b"TCPv6" => Some((true, Proto::Tcp)),
+        b"UDP" => Some((false, Proto::Udp)),
+        b"UDPv6" => Some((true, Proto::Udp)),
+        _ => None,
     }
 }
 
@@ -548,13 +559,7 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
         "system.sockprotoname",
         &mut name,
     ) {
-        Ok(n) => {
-            return match name[..n].strip_suffix(b"\0").unwrap_or(&name[..n]) {
-                b"TCP" | b"TCPv6" => Some(Proto::Tcp),
-                b"UDP" | b"UDPv6" => Some(Proto::Udp),
-                _ => None,
-            }
-        }
+        Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
     }
@@ -564,7 +569,7 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
     }
     .ok()?;
     let sock = getfd_from(&thread, fd).ok()?;
-    transport(&sock).ok()
+    protocol_name(&sock).ok().map(|(_, p)| p)
 }
 
 /// Audits a bind answered without looking at it (a deadline passed, or an

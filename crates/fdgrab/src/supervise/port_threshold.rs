@@ -28,6 +28,15 @@ enum NsKey {
     Inode(u64, u64),
 }
 
+/// A socket's network namespace, looked up once per bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketNetns {
+    /// `SO_NETNS_COOKIE` (5.14).
+    pub cookie: Option<u64>,
+    /// The nsfs inode (as `/proc/PID/ns/net` names it).
+    pub inode: Option<u64>,
+}
+
 /// Per-netns threshold lookups.
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
@@ -51,8 +60,9 @@ fn parse(text: &[u8]) -> Option<u16> {
 }
 
 /// The socket's netns key, and an fd for the netns when one had to be opened.
-fn ns_key(sock: impl AsFd, tid: i32) -> Option<(NsKey, Option<OwnedFd>)> {
-    if let Ok(c) = sys::socket_netns_cookie(&sock) {
+/// `cookie`: the socket's netns cookie when the caller already read it.
+fn ns_key(sock: impl AsFd, tid: i32, cookie: Option<u64>) -> Option<(NsKey, Option<OwnedFd>)> {
+    if let Some(c) = cookie.or_else(|| sys::socket_netns_cookie(&sock).ok()) {
         return Some((NsKey::Cookie(c), None));
     }
     let ns = ns_fd(sock, tid)?;
@@ -87,7 +97,7 @@ impl UnprivilegedPorts {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0")
                 .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
                 .ok()?;
-            let (key, _) = ns_key(&probe, std::process::id() as i32)?;
+            let (key, _) = ns_key(&probe, std::process::id() as i32, None)?;
             Some((key, File::open(SYSCTL).ok()?))
         })();
         Self {
@@ -100,7 +110,14 @@ impl UnprivilegedPorts {
     /// The first unprivileged port for `sock`. `tid` names a thread that holds the
     /// socket, used when the kernel will not name the socket's netns.
     pub fn for_socket(&self, sock: impl AsFd, tid: i32) -> u16 {
-        let Some((key, ns)) = ns_key(&sock, tid) else {
+        self.for_socket_in(sock, tid, None)
+    }
+
+    /// [`Self::for_socket`] with the socket's netns cookie already read
+    /// ([`SocketNetns::cookie`]): one `getsockopt` per bind names the netns for
+    /// the threshold and for the netns policy alike.
+    pub fn for_socket_in(&self, sock: impl AsFd, tid: i32, cookie: Option<u64>) -> u16 {
+        let Some((key, ns)) = ns_key(&sock, tid, cookie) else {
             return DEFAULT_START;
         };
         if let Some(&(v, at)) = self.lock().get(&key) {
@@ -131,29 +148,47 @@ impl UnprivilegedPorts {
     /// names it), when it can be learnt: from the cookie cache, else with
     /// `SIOCGSKNS` (which needs `CAP_NET_ADMIN`).
     pub fn netns_inode(&self, sock: impl AsFd) -> Option<u64> {
+        self.socket_netns(sock).inode
+    }
+
+    /// The socket's network namespace as far as it can be named: its cookie
+    /// (one `getsockopt`) and, from the cookie cache or `SIOCGSKNS`, its inode.
+    pub fn socket_netns(&self, sock: impl AsFd) -> SocketNetns {
         let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
-            return socket_netns_inode(&sock);
+            return SocketNetns {
+                cookie: None,
+                inode: socket_netns_inode(&sock),
+            };
         };
-        if let Some(&ino) = self.inodes().get(&cookie) {
-            return Some(ino);
+        let cached = self.inodes().get(&cookie).copied();
+        let inode = cached.or_else(|| {
+            let ino = socket_netns_inode(&sock)?;
+            self.remember(cookie, ino);
+            Some(ino)
+        });
+        SocketNetns {
+            cookie: Some(cookie),
+            inode,
         }
-        let ino = socket_netns_inode(&sock)?;
-        self.remember(cookie, ino);
-        Some(ino)
     }
 
     /// Whether `sock` lives in the network namespace whose nsfs inode is
     /// `caller_ns` (thread `tid`'s). `None`: cannot tell.
+    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
+        self.in_netns(&self.socket_netns(sock), tid, caller_ns)
+    }
+
+    /// [`Self::same_netns`] for a socket whose netns was already looked up.
     ///
     /// Without `CAP_NET_ADMIN` the socket's namespace cannot be named, but its
     /// cookie can be read; the caller's namespace's cookie is then learnt once, by
     /// a short-lived thread that enters it (`CAP_SYS_ADMIN`) and makes a socket
     /// there, and kept like any other cookie.
-    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
-        if let Some(ino) = self.netns_inode(&sock) {
+    pub fn in_netns(&self, sock: &SocketNetns, tid: i32, caller_ns: u64) -> Option<bool> {
+        if let Some(ino) = sock.inode {
             return Some(ino == caller_ns);
         }
-        let cookie = sys::socket_netns_cookie(&sock).ok()?;
+        let cookie = sock.cookie?;
         let caller_cookie = caller_netns_cookie(tid, caller_ns)?;
         self.remember(caller_cookie, caller_ns);
         Some(cookie == caller_cookie)
