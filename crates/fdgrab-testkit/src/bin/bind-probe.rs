@@ -18,6 +18,8 @@
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
+//! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
+//!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
@@ -50,6 +52,7 @@ fn main() {
             wait_line();
             bind_mode("tcp4", "127.66.0.1", num(1, 80) as u16)
         }
+        "uffd-bind" => uffd_bind(),
         "io-uring" => io_uring(),
         "x32" => x32(),
         "int80" => int80(),
@@ -173,6 +176,16 @@ fn efault(port: u16) -> Value {
     // Page 1 of the address space is never mapped.
     let e = raw_bind(s.as_raw_fd(), 0x1000 as *const libc::sockaddr, 16);
     json!({ "errno": e, "port": local_port(&s), "asked": port })
+}
+
+fn uffd_bind() -> Value {
+    let (_ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
+        Ok(p) => p,
+        Err(e) => return json!({ "error": e }),
+    };
+    let s = tcp_socket(AddressFamily::INET);
+    let e = raw_bind(s.as_raw_fd(), page as *const libc::sockaddr, 16);
+    json!({ "errno": e, "port": local_port(&s) })
 }
 
 fn short(port: u16) -> Value {

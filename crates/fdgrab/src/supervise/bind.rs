@@ -20,7 +20,9 @@ use super::handler::{Answer, Context, Handler};
 use super::pidfd_cache::{FdBudget, ThreadPidfds};
 use super::policy::{Policy, PolicyCell, Proto};
 use crate::pidfd::PidFd;
-use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use crate::seccomp::{
+    read_validated, read_validated_within, Notification, ReadError, Response, SendError,
+};
 use rustix::io::Errno;
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::collections::HashMap;
@@ -87,13 +89,84 @@ fn socket_key(sock: &OwnedFd) -> Option<(u64, u64)> {
 /// What we learned about one request, for the audit line.
 #[derive(Default)]
 struct Facts {
-    family: Option<i32>,
+    /// The call's fd, family and address, as far as they were decoded.
+    call: BindArgs,
     proto: Option<Proto>,
-    addr: Option<SocketAddr>,
     /// The socket's network namespace (nsfs inode), once the socket was looked at.
     netns: Option<u64>,
-    /// The caller's fd number, for the audit line's protocol.
-    fd: Option<i32>,
+}
+
+/// What a trapped `bind(fd, addr, addrlen)` asks, learnt step by step by
+/// [`decode_bind`]: whatever was learnt before a step stopped it stays here, for
+/// an audit line.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BindArgs {
+    /// The caller's fd number.
+    pub fd: Option<i32>,
+    /// `sa_family` of our copy of the sockaddr.
+    pub family: Option<i32>,
+    /// The address, once parsed the way the kernel's IPv4/IPv6 binds do.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Why [`decode_bind`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Undecoded {
+    /// The request is gone (or someone else answers it): send nothing.
+    Gone,
+    /// The kernel judges the call (`CONTINUE`), for this reason.
+    Kernel(&'static str),
+    /// Reading the caller's memory outlived its deadline.
+    TimedOut,
+}
+
+/// Decodes a trapped bind's arguments into `args`, with our copy of the sockaddr
+/// read by `read` (plain, or with a deadline). `claim` runs right after the read,
+/// the only step that can block on the caller: `false` means someone else answered
+/// meanwhile. Only that copy is used from then on. Returns the fd and the address.
+pub(super) fn decode_bind(
+    listener: &crate::seccomp::Listener,
+    n: &Notification,
+    args: &mut BindArgs,
+    deadline: Option<std::time::Duration>,
+    claim: impl FnOnce() -> bool,
+) -> Result<(i32, SocketAddr), Undecoded> {
+    // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
+    let fd = n.data.args[0] as u32 as i32;
+    let ptr = n.data.args[1];
+    let addrlen = n.data.args[2] as u32 as i32;
+    args.fd = Some(fd);
+    if !(2..=MAX_ADDRLEN).contains(&addrlen) {
+        return Err(Undecoded::Kernel("address length the kernel judges"));
+    }
+    let mut buf = [0u8; MAX_ADDRLEN as usize];
+    let raw = &mut buf[..addrlen as usize];
+    // The read names the thread by tid and the ID_VALID inside proves the tid
+    // still named the caller; nothing per-caller is opened before the policy
+    // could allow the bind.
+    let read = match deadline {
+        None => read_validated(listener, n, ptr, raw),
+        Some(d) => read_validated_within(listener, n, ptr, raw, d),
+    };
+    match read {
+        Ok(()) => {}
+        Err(ReadError::Gone) => return Err(Undecoded::Gone),
+        Err(ReadError::Fault) => {
+            return Err(Undecoded::Kernel("bad address (the kernel answers EFAULT)"))
+        }
+        Err(ReadError::Other(_)) => {
+            return Err(Undecoded::Kernel("cannot read the caller's memory"))
+        }
+        Err(ReadError::TimedOut) => return Err(Undecoded::TimedOut),
+    }
+    if !claim() {
+        return Err(Undecoded::Gone);
+    }
+    let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
+    args.family = Some(family);
+    let addr = parse_sockaddr(family, raw).map_err(Undecoded::Kernel)?;
+    args.addr = Some(addr);
+    Ok((fd, addr))
 }
 
 /// The nsfs inode of thread `tid`'s network namespace, from the link's text
@@ -129,7 +202,7 @@ impl Handler for BindHandler {
         };
         tracing::debug!(
             tid = notif.tid,
-            addr = ?facts.addr,
+            addr = ?facts.call.addr,
             ?decision,
             reason,
             "bind"
@@ -145,7 +218,7 @@ impl Handler for BindHandler {
         match cx.listener.respond(notif.id, response) {
             Ok(()) => {}
             Err(SendError::Gone) => {
-                if let (Some(addr), Some(key)) = (facts.addr, socket_key(&sock)) {
+                if let (Some(addr), Some(key)) = (facts.call.addr, socket_key(&sock)) {
                     if self.unanswered.len() >= MAX_UNANSWERED {
                         self.unanswered.clear();
                     }
@@ -173,35 +246,13 @@ impl BindHandler {
         facts: &mut Facts,
     ) -> Option<Decided> {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
-        // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
-        let fd = n.data.args[0] as u32 as i32;
-        let ptr = n.data.args[1];
-        let addrlen = n.data.args[2] as u32 as i32;
-        facts.fd = Some(fd);
-        if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-            return cont("address length the kernel judges");
-        }
-        let mut buf = [0u8; MAX_ADDRLEN as usize];
-        // The read names the thread by tid and the ID_VALID inside proves the tid
-        // still named the caller; nothing per-caller is opened before the policy
-        // could allow the bind.
-        let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
-            Ok(raw) => raw,
-            Err(None) => return None,
-            Err(Some(why)) => return cont(why),
-        };
-        // Past the only step that can block on the caller: from here on the answer
+        // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        if !cx.claim() {
-            return None;
-        }
-        let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
-        facts.family = Some(family);
-        let addr = match parse_sockaddr(family, raw) {
-            Ok(a) => a,
-            Err(reason) => return cont(reason),
+        let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, None, || cx.claim()) {
+            Ok(call) => call,
+            Err(Undecoded::Kernel(reason)) => return cont(reason),
+            Err(Undecoded::Gone | Undecoded::TimedOut) => return None,
         };
-        facts.addr = Some(addr);
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }
@@ -515,34 +566,15 @@ fn audit(
     reason: &str,
 ) {
     let inet = matches!(
-        facts.family,
+        facts.call.family,
         Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
     );
     if facts.proto.is_none() && inet {
-        facts.proto = facts.fd.and_then(|fd| peek_transport(n.tid, fd));
+        facts.proto = facts.call.fd.and_then(|fd| peek_transport(n.tid, fd));
     }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
     );
-}
-
-/// Reads the `addrlen` bytes of `struct sockaddr` at `ptr` in the caller of a
-/// trapped bind, `addrlen` already checked against `2..=MAX_ADDRLEN`.
-/// `Err(None)`: the request is gone; `Err(Some(reason))`: the kernel judges it.
-pub(super) fn read_sockaddr<'a>(
-    listener: &crate::seccomp::Listener,
-    n: &Notification,
-    ptr: u64,
-    addrlen: i32,
-    buf: &'a mut [u8; MAX_ADDRLEN as usize],
-) -> std::result::Result<&'a [u8], Option<&'static str>> {
-    let raw = &mut buf[..addrlen as usize];
-    match read_validated(listener, n, ptr, raw) {
-        Ok(()) => Ok(raw),
-        Err(ReadError::Gone) => Err(None),
-        Err(ReadError::Fault) => Err(Some("bad address (the kernel answers EFAULT)")),
-        Err(ReadError::Other(_)) => Err(Some("cannot read the caller's memory")),
-    }
 }
 
 /// The protocol of the caller's socket `fd`, for an audit line the decision did
@@ -621,13 +653,13 @@ fn write_audit(
         exe,
         uid: status.as_ref().and_then(|s| s.uids).map(|u| u[1]),
         syscall: "bind",
-        family: facts.family.map(family_name),
+        family: facts.call.family.map(family_name),
         proto: facts.proto.map(|p| match p {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
         }),
-        address: facts.addr.map(|a| a.ip().to_string()),
-        port: facts.addr.map(|a| a.port()),
+        address: facts.call.addr.map(|a| a.ip().to_string()),
+        port: facts.call.addr.map(|a| a.port()),
         decision,
         errno,
         reason,
