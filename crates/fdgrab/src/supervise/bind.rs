@@ -19,6 +19,7 @@ use super::audit::{rfc3339_now, AuditLabels, AuditRecord, AuditSink, Decision};
 use super::handler::{Answer, Context, Handler};
 use super::pidfd_cache::{FdBudget, ThreadPidfds};
 use super::policy::{Policy, PolicyCell, Proto};
+use super::port_threshold::{netns_link_inode, NetnsLinks, NETNS_LINKS_PER_HANDLER};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
     read_validated, read_validated_within, Notification, ReadError, Response, SendError,
@@ -51,6 +52,8 @@ pub struct BindHandler {
     owner: u64,
     /// Whether `pidfds` is ours alone (then `maintain` prunes it).
     private_cache: bool,
+    /// Callers' `/proc/TID/ns/net` links, for the netns check.
+    links: Arc<NetnsLinks>,
 }
 
 /// More than this many withdrawn binds at once means nobody is retrying them.
@@ -76,7 +79,15 @@ impl BindHandler {
             pidfds,
             owner,
             private_cache: false,
+            links: Arc::new(NetnsLinks::new(NETNS_LINKS_PER_HANDLER)),
         }
+    }
+
+    /// Keeps callers' netns links in `links` (whoever shares it prunes it,
+    /// [`NetnsLinks::prune_exited`]) instead of a small cache of its own.
+    pub fn netns_links(mut self, links: Arc<NetnsLinks>) -> Self {
+        self.links = links;
+        self
     }
 }
 
@@ -173,12 +184,7 @@ pub(super) fn decode_bind(
 /// (`net:[INODE]`): reading the link costs half of following it.
 fn thread_netns_inode(tid: i32) -> Option<u64> {
     let link = rustix::fs::readlink(format!("/proc/{tid}/ns/net"), Vec::new()).ok()?;
-    link.to_str()
-        .ok()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    netns_link_inode(link.as_bytes())
 }
 
 impl Handler for BindHandler {
@@ -192,6 +198,7 @@ impl Handler for BindHandler {
         if self.private_cache {
             self.pidfds.prune_exited();
         }
+        self.links.prune_exited();
     }
 
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
@@ -276,7 +283,9 @@ impl BindHandler {
         let netns = cx.ports.socket_netns(&sock);
         facts.netns = netns.inode;
         if !policy.any_netns() {
-            let same = thread_netns_inode(n.tid)
+            let same = self
+                .links
+                .inode(n.tid)
                 .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");

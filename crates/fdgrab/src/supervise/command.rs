@@ -32,6 +32,9 @@ const MAINTENANCE_EVERY: rustix::event::Timespec = rustix::event::Timespec {
     tv_nsec: 0,
 };
 
+/// Netns links `run` keeps at most (one descriptor each).
+const MAX_NETNS_LINKS: usize = 256;
+
 /// A program to run under a seccomp notify supervisor.
 #[derive(Debug)]
 pub struct SupervisedCommand {
@@ -190,16 +193,17 @@ impl SupervisedCommand {
             tracing::debug!(error = %e, "capset failed; keeping capabilities");
         }
         // The serving thread sleeps in RECV while idle, so this thread closes the
-        // cached pidfds of exited threads, once a second.
+        // cached pidfds and netns links of exited threads, once a second.
         let pidfds = Arc::new(super::pidfd_cache::ThreadPidfds::new(
             budget.pidfd_capacity(),
         ));
         let policy = Arc::new(super::policy::PolicyCell::new(Arc::new(self.policy)));
-        let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(super::BindHandler::shared(
-            policy,
-            Arc::clone(&pidfds),
-            0,
-        ))];
+        let links = Arc::new(super::port_threshold::NetnsLinks::new(
+            budget.pidfd_capacity().min(MAX_NETNS_LINKS),
+        ));
+        let handler = super::BindHandler::shared(policy, Arc::clone(&pidfds), 0)
+            .netns_links(Arc::clone(&links));
+        let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(handler)];
         let notify_fd = listener.into_fd();
         std::thread::Builder::new()
             .name("fdgrab-bind".into())
@@ -222,7 +226,10 @@ impl SupervisedCommand {
                 PollFd::new(&exited, PollFlags::IN),
             ];
             match rustix::event::poll(&mut pfds, Some(&MAINTENANCE_EVERY)) {
-                Ok(0) => pidfds.prune_exited(),
+                Ok(0) => {
+                    pidfds.prune_exited();
+                    links.prune_exited();
+                }
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::local("poll (signals, program exit)", e)),
             }

@@ -212,6 +212,98 @@ impl UnprivilegedPorts {
     }
 }
 
+/// Kept-open `/proc/TID/ns/net` links (`O_PATH | O_NOFOLLOW`) of threads that
+/// made an allowed bind, to name a caller's network namespace on its next bind.
+///
+/// `readlinkat(link, "")` reads the thread's *current* netns, as `readlink` of the
+/// path does, at half the cost: no path walk through `/proc`. A link names the
+/// thread it was opened for (its `struct pid`), never a later thread given the same
+/// tid: once that thread is gone, reading the link fails and it is reopened by
+/// path. So while a read succeeds, its thread is alive, and since live threads
+/// have distinct tids, it is the caller parked in the request.
+#[derive(Debug)]
+pub struct NetnsLinks {
+    capacity: usize,
+    links: Mutex<HashMap<i32, OwnedFd>>,
+}
+
+/// Links kept per bind handler unless the caller sizes the cache: a handler per
+/// container in the agent, each thread that binds often gets the fast path.
+pub const NETNS_LINKS_PER_HANDLER: usize = 8;
+
+impl NetnsLinks {
+    /// Keeps at most `capacity` links (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, OwnedFd>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The nsfs inode of thread `tid`'s network namespace now. The caller must
+    /// know `tid` names the thread it means (a parked caller, checked with
+    /// `ID_VALID`), as for reading `/proc/TID/ns/net` by path.
+    pub fn inode(&self, tid: i32) -> Option<u64> {
+        use rustix::fs::{Mode, OFlags};
+        let mut links = self.lock();
+        if let Some(link) = links.get(&tid) {
+            match rustix::fs::readlinkat(link, "", Vec::new()) {
+                Ok(text) => return netns_link_inode(text.as_bytes()),
+                // Its thread is gone: this tid is someone else's now.
+                Err(_) => drop(links.remove(&tid)),
+            }
+        }
+        let link = rustix::fs::open(
+            format!("/proc/{tid}/ns/net"),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let ino = netns_link_inode(
+            rustix::fs::readlinkat(&link, "", Vec::new())
+                .ok()?
+                .as_bytes(),
+        )?;
+        if links.len() >= self.capacity {
+            if let Some(&old) = links.keys().next() {
+                links.remove(&old);
+            }
+        }
+        links.insert(tid, link);
+        Some(ino)
+    }
+
+    /// Closes the links of threads that have exited.
+    pub fn prune_exited(&self) {
+        self.lock()
+            .retain(|_, link| rustix::fs::readlinkat(&*link, "", Vec::new()).is_ok());
+    }
+
+    /// How many links are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The inode in a `net:[INODE]` link text.
+pub(crate) fn netns_link_inode(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text)
+        .ok()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 fn socket_netns_inode(sock: impl AsFd) -> Option<u64> {
     let ns = sys::socket_netns(sock).ok()?;
     rustix::fs::fstat(&ns).ok().map(|st| st.st_ino)
@@ -353,6 +445,51 @@ mod tests {
                 let _ = t.join();
             }
         }
+    }
+
+    /// A kept link reads its thread's netns as it is now (a thread that moved is
+    /// seen in its new netns), and a thread that exited is neither answered for
+    /// nor kept.
+    #[test]
+    fn netns_links_follow_the_thread_and_die_with_it() {
+        let ours = std::fs::metadata("/proc/self/ns/net").expect("own netns");
+        let links = NetnsLinks::new(4);
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (moved_tx, moved_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .expect("tid");
+            let _ = go_rx.recv();
+            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new
+            // network namespace; it touches no memory.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            let now = std::fs::metadata("/proc/thread-self/ns/net").ok();
+            moved_tx
+                .send((r, now.map(|m| std::os::unix::fs::MetadataExt::ino(&m))))
+                .expect("moved");
+            let _ = go_rx.recv();
+        });
+        let tid = tid_rx.recv().expect("tid");
+        assert_eq!(
+            links.inode(tid),
+            Some(std::os::unix::fs::MetadataExt::ino(&ours))
+        );
+        assert_eq!(links.len(), 1);
+        go_tx.send(()).expect("go");
+        let (r, moved) = moved_rx.recv().expect("moved");
+        if r == 0 {
+            let moved = moved.expect("new netns inode");
+            assert_ne!(moved, std::os::unix::fs::MetadataExt::ino(&ours));
+            assert_eq!(links.inode(tid), Some(moved), "read from the kept link");
+        } else {
+            fdgrab_testkit::skip("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
+        }
+        go_tx.send(()).expect("go");
+        t.join().expect("join");
+        links.prune_exited();
+        assert!(links.is_empty(), "the exited thread's link is closed");
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that
