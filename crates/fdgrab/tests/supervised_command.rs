@@ -47,6 +47,16 @@ fn a_pluggable_filter_traps_and_the_caller_answers() {
         .respond(n.id, Response::Value(4242))
         .expect("respond");
 
+    // Bounded: a trapped call nobody answers would hold the program for good.
+    if !started
+        .child
+        .pidfd()
+        .wait_exit(Some(TIMEOUT))
+        .expect("poll")
+    {
+        let _ = started.child.terminate(std::time::Duration::ZERO);
+        panic!("the program did not finish once its trapped call was answered");
+    }
     let st = started.child.wait().expect("wait");
     assert!(st.success(), "{st:?}");
     assert_eq!(std::fs::read_to_string(&out).expect("output"), "4242\n");
