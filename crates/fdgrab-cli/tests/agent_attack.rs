@@ -70,31 +70,6 @@ fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     returns(&agent, "fds", fds, AgentProc::fd_count);
 }
 
-/// `"NAME":N` in the agent's SIGUSR1 state line.
-fn stat(agent: &AgentProc, name: &str) -> u64 {
-    let pid = rustix::process::Pid::from_raw(agent.pid).expect("pid");
-    let seen = agent.log.text().matches("SIGUSR1: agent state").count();
-    rustix::process::kill_process(pid, rustix::process::Signal::USR1).expect("kill");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let log = agent.log.text();
-        if let Some(line) = log
-            .lines()
-            .filter(|l| l.contains("SIGUSR1: agent state"))
-            .nth(seen)
-        {
-            return line
-                .split(&format!("\"{name}\":"))
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {line}"));
-        }
-        assert!(Instant::now() < deadline, "no state line: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Twelve containers stall twice each (24 reads that never return): the agent
 /// gives up on at most 16 workers in all (`MAX_BLOCKED_TOTAL`), every stalled
 /// bind is still answered ETIMEDOUT, its threads stay within one per container
@@ -110,7 +85,7 @@ fn agent_caps_blocked_workers_across_containers() {
     let threads = thread_count(&agent);
     let mut victim = FakeTenant::start(&agent, &unique("calm"));
     let mut attackers = stalling_tenants(&agent, 12, 2);
-    assert_eq!(stat(&agent, "blocked_workers"), LIMIT as u64);
+    assert_eq!(agent.state_number("blocked_workers"), LIMIT as u64);
     let now = thread_count(&agent);
     // The main thread and any short-lived helper aside: the victim's worker, one
     // worker per attacker (some of them blocked and kept), and the given-up ones.
@@ -129,7 +104,7 @@ fn agent_caps_blocked_workers_across_containers() {
         a.kill();
     }
     returns(&agent, "threads", threads + 1, thread_count);
-    assert_eq!(stat(&agent, "blocked_workers"), 0);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
     victim.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
@@ -226,7 +201,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     // priority, never by the slow lane.
     let log = agent.log.text();
     assert!(!log.contains("the slow lane reads the rest"), "{log}");
-    assert_eq!(stat(&agent, "blocked_workers"), 16);
+    assert_eq!(agent.state_number("blocked_workers"), 16);
     let r = storm.ask("stop", TIMEOUT);
     assert!(r["binds"].as_u64() >= Some(300), "{r}");
     storm.kill();
