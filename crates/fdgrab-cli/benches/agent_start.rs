@@ -285,6 +285,10 @@ fn isolation(goals: &mut Goals, rounds: usize, cgroup: Option<&ContainerCgroup>)
                 let end = attack(target, &mut attacker);
                 runs[k].push(victim_run(&mut victim, BINDS, &watched));
                 end(&mut attacker);
+                // The attacker's exit (1,100 threads) and the agent's clean-up
+                // after it must not land in the next quiet run.
+                drop(attacker);
+                std::thread::sleep(RAMP);
             }
         }
         let med = |k: usize, p99: bool| {
