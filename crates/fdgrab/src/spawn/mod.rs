@@ -675,30 +675,43 @@ mod tests {
     #[test]
     fn child_failures_read_as_before() {
         let p = Path::new("/nonexistent/prog");
-        let text = |step, errno| child_failed(p, step, errno).to_string();
-        assert_eq!(
-            text(Step::Filter, Errno::BUSY),
-            "cannot start '/nonexistent/prog': installing the seccomp filter (this process \
-             already has a seccomp listener: fdgrab run cannot run inside another fdgrab run \
-             or under another seccomp notify supervisor)"
-        );
-        assert_eq!(
-            text(Step::Filter, Errno::INVAL),
-            "cannot start '/nonexistent/prog': installing the seccomp filter"
-        );
-        assert_eq!(
-            text(Step::Uid, Errno::PERM),
-            "cannot start '/nonexistent/prog': switching user (setuid)"
-        );
-        // The hint belongs to the filter step alone.
-        assert_eq!(
-            text(Step::Groups, Errno::BUSY),
-            "cannot start '/nonexistent/prog': setting the supplementary groups (setgroups)"
-        );
-        assert_eq!(
-            text(Step::Exec, Errno::NOENT),
-            "command '/nonexistent/prog' not found"
-        );
+        let cases = [
+            (
+                Step::Filter,
+                Errno::BUSY,
+                "cannot start '/nonexistent/prog': installing the seccomp filter (this process \
+                 already has a seccomp listener: fdgrab run cannot run inside another fdgrab \
+                 run or under another seccomp notify supervisor)",
+            ),
+            (
+                Step::Filter,
+                Errno::INVAL,
+                "cannot start '/nonexistent/prog': installing the seccomp filter",
+            ),
+            (
+                Step::Uid,
+                Errno::PERM,
+                "cannot start '/nonexistent/prog': switching user (setuid)",
+            ),
+            // The hint belongs to the filter step alone.
+            (
+                Step::Groups,
+                Errno::BUSY,
+                "cannot start '/nonexistent/prog': setting the supplementary groups (setgroups)",
+            ),
+            (
+                Step::Exec,
+                Errno::NOENT,
+                "command '/nonexistent/prog' not found",
+            ),
+        ];
+        for (step, errno, want) in cases {
+            assert_eq!(
+                child_failed(p, step, errno).to_string(),
+                want,
+                "{step:?} {errno:?}"
+            );
+        }
         let e = child_failed(p, Step::Filter, Errno::BUSY);
         assert_eq!((e.step(), e.errno()), (Step::Filter, Errno::BUSY));
         assert_eq!(
