@@ -299,6 +299,40 @@ fn detach_reattach_and_a_second_attach_is_refused() {
             .as_deref(),
         Some("fdgrab-keep\n")
     );
+    assert!(is_keeper(keeper), "the keeper does not answer as one");
+    // Exactly what it needs: /dev/null at 0-2, the master, its control socket pair.
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{keeper}/fd"))
+        .expect("keeper's fds")
+        .flatten()
+        .map(|e| {
+            let n = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .expect("fd");
+            let link = std::fs::read_link(e.path()).expect("fd link");
+            let link = link.to_string_lossy();
+            let kind = if link.starts_with("socket:") {
+                "socket"
+            } else {
+                &link
+            };
+            (n, kind.to_owned())
+        })
+        .collect();
+    fds.sort();
+    let want: Vec<(i32, String)> = [
+        (0, "/dev/null"),
+        (1, "/dev/null"),
+        (2, "/dev/null"),
+        (3, "/dev/ptmx"),
+        (4, "socket"),
+        (5, "socket"),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n, k.to_owned()))
+    .collect();
+    assert_eq!(fds, want, "the keeper's fds");
     assert_healthy(py);
     drop(first);
     drop(old);
@@ -646,7 +680,7 @@ fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
         .expect("python on a pty");
     let holders = fdgrab::pty::master_holders(tty).expect("holders").holders;
     assert_eq!(holders.len(), 1, "{holders:?}");
-    assert!(holders[0].is_keeper(), "{holders:?}");
+    assert!(is_keeper(holders[0].pid), "{holders:?}");
     let _keeper = KillOnDrop::new(holders[0].pid);
     assert_healthy(py);
 
@@ -829,12 +863,17 @@ fn detach_works_after_a_paste_the_program_does_not_read() {
     assert_healthy(bash);
 }
 
-/// A keeper (`fdgrab-keep`) holding the master of `/dev/pts/n`, if there is one.
+/// Whether `pid` is a keeper left by our fdgrab (by its handshake, not its name).
+fn is_keeper(pid: i32) -> bool {
+    fdgrab::pty::Keeper::identify_as(pid, &bin("fdgrab")).is_some()
+}
+
+/// A keeper holding the master of `/dev/pts/n`, if there is one.
 fn keeper_of(n: u32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        if comm.trim_end() != "fdgrab-keep" || gone(pid) {
+        if comm.trim_end() != "fdgrab-keep" || gone(pid) || !is_keeper(pid) {
             return None;
         }
         std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
@@ -949,5 +988,102 @@ fn another_users_squatting_on_the_attach_lock_does_not_lock_root_out() {
     new.wait_for("X 42", WAIT);
     exit_python(&new, py);
     drop(_squatter);
+    let _ = child.wait();
+}
+
+#[test]
+fn output_written_while_detached_is_replayed_on_reattach() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-replay-old");
+    let marker = std::env::temp_dir().join(format!("fdgrab-replay-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let first = attach_in("att-replay-a", 100, 30, "", &py.to_string());
+    first.wait_for("type Enter ~ . to detach", WAIT);
+    // Written while detached: 400 kB, far more than a pty holds, then a last
+    // line, then a file to say the writer was never blocked.
+    first.type_line(&format!(
+        "import threading, time; threading.Thread(target=lambda: (time.sleep(1.5), \
+         [print('flood', i) for i in range(30000)], print('LAST', 6 * 7, flush=True), \
+         open('{}', 'w').close())).start()",
+        marker.display()
+    ));
+    first.key("Enter");
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    wait_until("the program to write everything while detached", || {
+        marker.exists()
+    });
+    let _ = std::fs::remove_file(&marker);
+    assert_healthy(py);
+
+    let again = attach_in("att-replay-b", 100, 30, "", &py.to_string());
+    let text = again.wait_for("LAST 42", WAIT);
+    assert!(text.contains("flood 29999"), "{text}");
+    wait_until("the keeper to exit", || gone(keeper));
+    again.type_line("print('AFTER', x + 1)");
+    again.wait_for("AFTER 42", WAIT);
+    exit_python(&again, py);
+}
+
+#[test]
+fn a_process_named_like_a_keeper_is_not_taken_for_one() {
+    if !ready() {
+        return;
+    }
+    // A terminal emulator of its own making that calls itself fdgrab-keep.
+    let impostor = "import ctypes, os, pty, sys, time\n\
+         pid, m = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execvp('python3', ['python3', '-q'])\n\
+         ctypes.CDLL(None).prctl(15, b'fdgrab-keep', 0, 0, 0)\n\
+         print('CHILD', pid, flush=True)\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       d = os.read(m, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       d = b''\n\
+         \x20   if not d:\n\
+         \x20       time.sleep(0.05)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", impostor])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let holder = child.id() as i32;
+    let _holder = KillOnDrop::new(holder);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("impostor's line");
+    let py: i32 = line
+        .strip_prefix("CHILD ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("impostor said {line:?}"));
+    let _py = KillOnDrop::new(py);
+    wait_until("the impostor's name", || {
+        std::fs::read_to_string(format!("/proc/{holder}/comm")).is_ok_and(|c| c == "fdgrab-keep\n")
+    });
+    assert!(!is_keeper(holder));
+
+    let new = attach_in("att-impostor", 100, 30, "", &py.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        text.contains(&format!("taken from {holder} (fdgrab-keep)")),
+        "{text}"
+    );
+    // Treated as any holder: /dev/null over its master, and it is not ended.
+    assert!(!holds_a_master(holder), "the impostor kept its master");
+    assert_healthy(holder);
+    new.type_line("print('I', 6 * 7)");
+    new.wait_for("I 42", WAIT);
+    exit_python(&new, py);
+    assert_healthy(holder);
+    drop(_holder);
     let _ = child.wait();
 }

@@ -5,7 +5,7 @@ use crate::exit::{Code, CodedError, UsageError};
 use anyhow::{Context, Result};
 use fdgrab::grab::{open_target, GrabOptions};
 use fdgrab::inject::{close_in_target, take_terminal, CloseMode};
-use fdgrab::pty::{self, Escape, MasterHolder, Pty, RawMode, RelayEnd};
+use fdgrab::pty::{self, Escape, Keeper, MasterHolder, Pty, RawMode, RelayEnd};
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::{Pid, PidFd};
 use std::io::Write;
@@ -79,9 +79,13 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // on our copy of the master: signals are read from a descriptor.
     let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
     let mut stolen = None;
-    if let How::Steal(holders) = &how {
+    let mut replay = Vec::new();
+    if let How::Steal(holders) = &mut how {
         match take_master(pid, tty, holders)? {
-            Some(master) => stolen = Some(master),
+            Some((master, kept)) => {
+                stolen = Some(master);
+                replay = kept;
+            }
             // What holds "pts/N" now is another session, on an index the kernel
             // reused after PID's own master was closed: nobody holds PID's master.
             None => {
@@ -97,7 +101,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
                 .with_context(|| format!("no copy of the master of {tty} was taken"))?;
             let from = holders
                 .iter()
-                .map(|h| format!("{} ({})", h.pid, h.comm))
+                .map(|h| format!("{} ({})", h.holder.pid, h.holder.comm))
                 .collect::<Vec<_>>()
                 .join(", ");
             (master, format!("on {tty}, taken from {from}"))
@@ -163,6 +167,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             &mut raw,
             &signals,
             escape,
+            std::mem::take(&mut replay),
         )
         // `raw` is dropped here (also when unwinding): our terminal's modes are
         // back before anything else is printed, whatever the relay returned.
@@ -231,13 +236,19 @@ fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
 }
 
 enum How {
-    Steal(Vec<MasterHolder>),
+    Steal(Vec<Holder>),
     Single(pty::SingleMove),
+}
+
+/// A holder of the master, and whether it is one of our keepers.
+struct Holder {
+    holder: MasterHolder,
+    keeper: Option<Keeper>,
 }
 
 /// The processes holding the master, other than us; `None` if there are none, or a
 /// refusal.
-fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
+fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<Holder>>> {
     let me = std::process::id() as Pid;
     let found = pty::master_holders(tty)?;
     let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
@@ -262,8 +273,15 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
         return Ok(None);
     }
     let our_exe = std::fs::metadata("/proc/self/exe").ok();
-    for h in &holders {
-        if h.is_keeper() {
+    let mut out = Vec::with_capacity(holders.len());
+    for h in holders {
+        // Decided by a handshake with the process, not by its name: anything else
+        // named like a keeper is an ordinary holder.
+        if let Some(keeper) = Keeper::identify(h.pid) {
+            out.push(Holder {
+                holder: h,
+                keeper: Some(keeper),
+            });
             continue;
         }
         let same_exe = our_exe.as_ref().is_some_and(|ours| {
@@ -282,15 +300,20 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
             )
             .into());
         }
+        out.push(Holder {
+            holder: h,
+            keeper: None,
+        });
     }
-    Ok(Some(holders))
+    Ok(Some(out))
 }
 
 /// Takes a copy of the master from every holder, then (only once all copies are
 /// made) puts /dev/null over the holders' fds, or retires keepers. Pty indexes
 /// repeat across devpts instances, so a holder whose copies turn out to be
 /// another instance's pts/N (a container's session) is left alone.
-fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<OwnedFd>> {
+/// Retired keepers hand over the output they kept: returned with the master.
+fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(OwnedFd, Vec<u8>)>> {
     // The target's own slave, down to the inode: an index reused for another
     // session (after the old master was closed) must never count as ours.
     // (Without a slave on fd 0-2 there is nothing to compare beyond the index.)
@@ -301,7 +324,8 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
     };
     let mut taken = Vec::with_capacity(holders.len());
     let mut master = None;
-    for h in holders {
+    for entry in holders.iter_mut() {
+        let h = &entry.holder;
         let holder = PidFd::open(h.pid)
             .with_context(|| format!("opening process {} ({}), holder of {tty}", h.pid, h.comm))?;
         let copies = GrabOptions::new()
@@ -330,19 +354,30 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
             );
             continue;
         }
-        taken.push((h, holder, fds));
+        taken.push((entry, holder, fds));
     }
     let Some(master) = master else {
         return Ok(None);
     };
-    for (h, holder, fds) in &taken {
-        if h.is_keeper() {
-            holder.send_signal(libc::SIGTERM)?;
+    let mut replay = Vec::new();
+    for (entry, holder, fds) in taken {
+        if let Some(keeper) = entry.keeper.take() {
+            // It reads no more once asked; what the programs write next waits in
+            // the pty for our copy.
+            match keeper.retire() {
+                Ok(kept) => replay = kept,
+                Err(e) => {
+                    // Our copy is taken: the session does not depend on it any more.
+                    tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay; ending it");
+                    let _ = holder.send_signal(libc::SIGTERM);
+                }
+            }
             let _ = holder.wait_exit(Some(Duration::from_secs(2)));
             continue;
         }
+        let h = &entry.holder;
         let all: Vec<_> = fds.iter().chain(&h.slave_fds).copied().collect();
-        close_in_target(holder, &all, CloseMode::DevNull, Default::default()).with_context(
+        close_in_target(&holder, &all, CloseMode::DevNull, Default::default()).with_context(
             || {
                 format!(
                     "cannot put /dev/null over the master of {tty} in process {} ({})",
@@ -352,5 +387,5 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
         )?;
         tracing::info!(holder = h.pid, fds = ?fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
     }
-    Ok(Some(master))
+    Ok(Some((master, replay)))
 }

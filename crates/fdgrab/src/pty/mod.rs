@@ -29,7 +29,7 @@ pub(crate) mod relay;
 mod single;
 mod termios;
 
-pub use keeper::{keep_in_background, KEEPER_COMM};
+pub use keeper::{keep_in_background, Keeper, KEEPER_COMM, REPLAY_BYTES};
 pub use lock::AttachLock;
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
@@ -195,9 +195,10 @@ pub struct MasterHolder {
 }
 
 impl MasterHolder {
-    /// Whether this is a session left behind by [`keep_in_background`].
+    /// Whether this is a session left behind by [`keep_in_background`], decided
+    /// by [`Keeper::identify`] (never by the process's name).
     pub fn is_keeper(&self) -> bool {
-        self.comm == KEEPER_COMM
+        Keeper::identify(self.pid).is_some()
     }
 }
 
