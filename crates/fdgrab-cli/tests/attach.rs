@@ -1087,3 +1087,150 @@ fn a_process_named_like_a_keeper_is_not_taken_for_one() {
     drop(_holder);
     let _ = child.wait();
 }
+
+/// Runs `harness` (python) in a mount namespace of its own with a private devpts
+/// instance on /dev/pts and /dev/ptmx, so the ptys it and fdgrab make are seen by
+/// nobody else; returns its output lines.
+fn in_private_devpts(harness: &str) -> Vec<String> {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "90",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts && \
+             mount --bind /dev/pts/ptmx /dev/ptmx && exec python3 -c \"$0\"",
+        )
+        .arg(harness)
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "harness failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn single_process_mode_never_leaves_a_process_without_a_terminal() {
+    if !ready() {
+        return;
+    }
+    // A hostile process, a session leader without a terminal, opens every new pty
+    // slave it sees: the first it gets open becomes its controlling terminal, and
+    // TIOCSCTTY on that pty fails for anyone else. Each target (a session leader,
+    // and a member of another's session) is moved with --single while it races.
+    let harness = format!(
+        r#"
+import os, pty, select, signal, sys, time
+fdgrab = '{fdgrab}'
+
+def tty_nr(pid):
+    return int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[4])
+
+def read_until(m, want, limit=20):
+    data, end = b'', time.time() + limit
+    while want not in data and time.time() < end:
+        if select.select([m], [], [], 0.2)[0]:
+            try:
+                d = os.read(m, 4096)
+            except OSError:
+                break
+            if not d:
+                break
+            data += d
+    return data
+
+for kind in ['leader', 'member']:
+    for attempt in range(3):
+        pid, tm = pty.fork()
+        if pid == 0:
+            if kind == 'leader':
+                os.execvp('python3', ['python3', '-q'])
+            os.execvp('sh', ['sh', '-c', 'python3 -q; true'])
+        read_until(tm, b'>>>')
+        target = pid
+        if kind == 'member':
+            target = int(open('/proc/%d/task/%d/children' % (pid, pid)).read().split()[0])
+        before = tty_nr(target)
+        go_r, go_w = os.pipe()
+        fpid, fm = pty.fork()
+        if fpid == 0:
+            os.read(go_r, 1)
+            os.execv(fdgrab, ['fdgrab', 'attach', '--single', str(target)])
+        seen = set(os.listdir('/dev/pts'))
+        hostile = os.fork()
+        if hostile == 0:
+            os.setsid()
+            end = time.time() + 20
+            while time.time() < end:
+                for n in os.listdir('/dev/pts'):
+                    if n not in seen:
+                        # Until it opens: a locked slave refuses (EIO) meanwhile.
+                        try:
+                            os.open('/dev/pts/' + n, os.O_RDWR)
+                            seen.add(n)
+                        except OSError:
+                            pass
+                time.sleep(0.0002)
+            os._exit(0)
+        time.sleep(0.1)
+        os.write(go_w, b'g')
+        out = read_until(fm, b'to detach')
+        time.sleep(0.2)
+        after = tty_nr(target)
+        alive = os.path.exists('/proc/%d' % target)
+        print('RESULT', kind, attempt, 'moved' if b'alone, moved' in out else 'refused',
+              before, after, alive, flush=True)
+        if b'alone, moved' not in out:
+            print('OUT', out, flush=True)
+        os.kill(hostile, signal.SIGKILL)
+        os.waitpid(hostile, 0)
+        try:
+            os.write(fm, b'\r~.')
+        except OSError:
+            pass
+        read_until(fm, b'detached', 5)
+        for p in (target, pid, fpid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        for p in (pid, fpid):
+            try:
+                os.waitpid(p, 0)
+            except OSError:
+                pass
+        os.close(tm)
+        os.close(fm)
+"#,
+        fdgrab = bin("fdgrab").display()
+    );
+    let lines = in_private_devpts(&harness);
+    eprintln!("{lines:#?}");
+    let results: Vec<&String> = lines.iter().filter(|l| l.starts_with("RESULT")).collect();
+    assert_eq!(results.len(), 6, "{lines:#?}");
+    for r in results {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        let (outcome, before, after, alive) = (f[3], f[4], f[5], f[6]);
+        assert_eq!(alive, "True", "{lines:#?}");
+        // Never without a controlling terminal: either on the new one or, refused,
+        // still on the old one.
+        assert_ne!(
+            after, "0",
+            "left without a controlling terminal: {lines:#?}"
+        );
+        match outcome {
+            "moved" => assert_ne!(after, before, "{lines:#?}"),
+            _ => assert_eq!(after, before, "{lines:#?}"),
+        }
+    }
+}

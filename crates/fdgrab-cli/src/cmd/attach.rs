@@ -108,6 +108,11 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         }
         How::Single(plan) => {
             let (master, slave) = pty::open_pair()?;
+            // Nobody else may open the new slave (and make it theirs) while PID
+            // loses its old terminal and acquires this one: once it has left its
+            // session, a refused TIOCSCTTY could not be undone.
+            let locked = pty::SlaveLock::new(master.as_fd())
+                .with_context(|| format!("preparing a new terminal for process {pid}"))?;
             // The session's new terminal gets its lock too.
             if let Some(new) = pty::master_index(&master) {
                 _locks.extend(pty::AttachLock::acquire(
@@ -119,6 +124,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
                 format!("moving process {pid} alone onto a new terminal (single-process mode)")
             })?;
+            drop(locked);
             // PID no longer runs on the old terminal, whose index the kernel may now
             // give to an unrelated session: that one must stay attachable.
             drop(_locks.remove(0));

@@ -31,6 +31,7 @@ mod termios;
 
 pub use keeper::{keep_in_background, Keeper, KEEPER_COMM, REPLAY_BYTES};
 pub use lock::AttachLock;
+
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
@@ -346,6 +347,63 @@ pub fn open_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     Ok((master, slave))
+}
+
+/// While it lives, nobody can open the slave of a pty of ours (`TIOCSPTLCK` on the
+/// master: opening `/dev/pts/N` fails with `EIO`), so nobody can make it their
+/// controlling terminal while a process is moved onto it; descriptors already open
+/// (ours, the one handed to the process) keep working. Unlocked on drop.
+#[derive(Debug)]
+pub struct SlaveLock<'a> {
+    master: std::os::fd::BorrowedFd<'a>,
+}
+
+fn set_pty_lock(master: std::os::fd::BorrowedFd<'_>, locked: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = locked.into();
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points at a local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &v) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl<'a> SlaveLock<'a> {
+    /// Locks the slave of `master`, then checks that it is nobody's controlling
+    /// terminal yet (`TIOCGSID`, asked on the master: on the slave it answers only
+    /// for the caller's own terminal), so that a process made a session leader
+    /// can acquire it (`TIOCSCTTY` refuses a terminal another session has). A
+    /// process that opened the slave before the lock and made it its terminal is
+    /// found here, before anything is changed.
+    pub fn new(master: std::os::fd::BorrowedFd<'a>) -> Result<Self> {
+        set_pty_lock(master, true).map_err(|e| termios::own_error("ioctl(TIOCSPTLCK)", e))?;
+        let lock = Self { master };
+        let mut sid: libc::pid_t = 0;
+        // SAFETY: TIOCGSID writes one pid_t through the pointer, which points at a
+        // local; for a pty no session has it fails with ENOTTY.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCGSID,
+                &mut sid,
+            )
+        };
+        if r == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the new terminal was made the controlling terminal of session {sid} by another \
+                 process before it could be used; nothing was changed"
+            )));
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for SlaveLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = set_pty_lock(self.master, false) {
+            tracing::warn!(error = %e, "could not unlock the new pty's slave");
+        }
+    }
 }
 
 /// The index of the pty whose master is `master` (`TIOCGPTN`).
