@@ -44,7 +44,7 @@ mod netns;
 pub mod passfd;
 pub mod passwd;
 pub mod pidfd;
-mod procfs;
+pub mod procfs;
 pub mod pty;
 pub mod seccomp;
 pub mod signalfd;

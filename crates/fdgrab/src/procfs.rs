@@ -70,6 +70,43 @@ fn parse4(value: &str) -> Option<[u32; 4]> {
     ])
 }
 
+/// Every process id listed in `/proc` (one per thread group: `/proc` names no
+/// other threads), ascending. Non-numeric entries (`self`, `sys`, ...) are skipped
+/// without being copied: one `getdents64` buffer serves the whole listing.
+pub fn pids() -> std::io::Result<Vec<Pid>> {
+    use rustix::fs::{Mode, OFlags, RawDir};
+    use std::mem::MaybeUninit;
+    let dir = rustix::fs::openat(
+        rustix::fs::CWD,
+        "/proc",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+    let mut entries = RawDir::new(&dir, &mut buf);
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        if let Some(pid) = numeric_name(entry?.file_name().to_bytes()) {
+            out.push(pid);
+        }
+    }
+    // `/proc` lists in pid order today; sorting keeps the promise if that changes.
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The positive number a `/proc` entry name spells, digits only (no sign, no
+/// spaces), or `None`.
+fn numeric_name(name: &[u8]) -> Option<Pid> {
+    if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = name
+        .iter()
+        .fold(0_u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    Pid::try_from(n).ok().filter(|&p| p > 0)
+}
+
 /// The thread ids of a process, from `/proc/PID/task`.
 pub(crate) fn tasks(pid: Pid) -> std::io::Result<Vec<Pid>> {
     let mut out = Vec::new();
@@ -194,4 +231,29 @@ pub(crate) fn nofile_limit(pid: Pid) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_names_only() {
+        assert_eq!(numeric_name(b"1"), Some(1));
+        assert_eq!(numeric_name(b"4194304"), Some(4_194_304));
+        assert_eq!(numeric_name(b"self"), None);
+        assert_eq!(numeric_name(b"0"), None);
+        assert_eq!(numeric_name(b""), None);
+        assert_eq!(numeric_name(b"+5"), None);
+        assert_eq!(numeric_name(b"99999999999"), None);
+        assert_eq!(numeric_name(b"4294967295"), None);
+    }
+
+    #[test]
+    fn pids_lists_this_process_sorted() {
+        let pids = pids().expect("read /proc");
+        let me = std::process::id() as Pid;
+        assert!(pids.contains(&me), "{me} not in {pids:?}");
+        assert!(pids.windows(2).all(|w| w[0] < w[1]));
+    }
 }

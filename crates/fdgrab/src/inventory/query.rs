@@ -221,14 +221,8 @@ fn io_to_proc(pid: Pid, e: std::io::Error) -> Error {
 /// Every process id in `/proc`, but ours.
 fn all_pids() -> Vec<Pid> {
     let me = std::process::id() as Pid;
-    let mut pids: Vec<Pid> = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&p| p != me)
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
+    let mut pids = crate::procfs::pids().unwrap_or_default();
+    pids.retain(|&p| p != me);
     pids
 }
 
