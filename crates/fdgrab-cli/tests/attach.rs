@@ -1198,12 +1198,26 @@ for kind in ['leader', 'member']:
             os.write(fm, b'\r~.')
         except OSError:
             pass
-        read_until(fm, b'detached', 5)
+        said = read_until(fm, b're-attach', 5)
         for p in (target, pid, fpid):
             try:
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+        # The keeper ends with the session; it must not outlive this test.
+        if b'held by process ' in said:
+            keeper = int(said.split(b'held by process ')[1].split(b')')[0])
+            def running(p):
+                try:
+                    return open('/proc/%d/stat' % p).read().rsplit(')', 1)[1].split()[0] != 'Z'
+                except OSError:
+                    return False
+            end = time.time() + 5
+            while running(keeper) and time.time() < end:
+                time.sleep(0.02)
+            if running(keeper):
+                print('KEEPER-LEFT', keeper, flush=True)
+                os.kill(keeper, signal.SIGKILL)
         for p in (pid, fpid):
             try:
                 os.waitpid(p, 0)
@@ -1218,6 +1232,10 @@ for kind in ['leader', 'member']:
     eprintln!("{lines:#?}");
     let results: Vec<&String> = lines.iter().filter(|l| l.starts_with("RESULT")).collect();
     assert_eq!(results.len(), 6, "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("KEEPER-LEFT")),
+        "a keeper outlived its session: {lines:#?}"
+    );
     for r in results {
         let f: Vec<&str> = r.split_whitespace().collect();
         let (outcome, before, after, alive) = (f[3], f[4], f[5], f[6]);
@@ -1233,4 +1251,71 @@ for kind in ['leader', 'member']:
             _ => assert_eq!(after, before, "{lines:#?}"),
         }
     }
+}
+
+#[test]
+fn a_holder_outside_the_session_ancestry_loses_the_master_too() {
+    if !ready() {
+        return;
+    }
+    // The emulator (the program's parent) forks a helper that keeps a copy of the
+    // master: a holder that is no ancestor of the session, found by the sweep of
+    // every process that follows the quick take from the ancestors.
+    let emulator = "import os, pty, sys, time\n\
+         pid, m = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execvp('python3', ['python3', '-q'])\n\
+         helper = os.fork()\n\
+         if helper == 0:\n\
+         \x20   time.sleep(120)\n\
+         \x20   os._exit(0)\n\
+         print('CHILD', pid, helper, flush=True)\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       d = os.read(m, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       d = b''\n\
+         \x20   if not d:\n\
+         \x20       time.sleep(0.05)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", emulator])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("emulator's line");
+    let ids: Vec<i32> = line
+        .strip_prefix("CHILD ")
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let [py, helper] = ids[..] else {
+        panic!("emulator said {line:?}");
+    };
+    let (_py, _helper) = (KillOnDrop::new(py), KillOnDrop::new(helper));
+    assert!(holds_a_master(helper));
+
+    let new = attach_in("att-sweep", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        !holds_a_master(child.id() as i32),
+        "the emulator kept its master"
+    );
+    wait_until("the helper to lose its copy of the master", || {
+        !holds_a_master(helper)
+    });
+    assert_healthy(helper);
+    new.type_line("print('S', 6 * 7)");
+    new.wait_for("S 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
 }

@@ -64,10 +64,16 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         .into());
     };
     let mut _locks = vec![lock];
-    let holders = if a.single {
-        None
+    // The usual holders sit above the session (its emulator, tmux, sshd): found
+    // there, they are taken at once, and every other process is looked at while
+    // the relay already runs (`sweep`). Otherwise every process is looked at now.
+    let (holders, sweep_later) = if a.single {
+        (None, false)
     } else {
-        find_holders(pid, tty)?
+        match find_holders(pid, tty, true)? {
+            Some(near) => (Some(near), true),
+            None => (find_holders(pid, tty, false)?, false),
+        }
     };
     let mut how = match holders {
         Some(holders) => How::Steal(holders),
@@ -144,6 +150,13 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         }
     };
     drop(target);
+    let sweeping = match &how {
+        How::Steal(holders) if sweep_later => {
+            let handled: Vec<Pid> = holders.iter().map(|h| h.holder.pid).collect();
+            Some(std::thread::spawn(move || sweep(pid, tty, handled)))
+        }
+        _ => None,
+    };
     // The terminal the session now lives on (a new one in single-process mode).
     let tty = pty::master_index(&master).unwrap_or(tty);
 
@@ -178,6 +191,11 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         // `raw` is dropped here (also when unwinding): our terminal's modes are
         // back before anything else is printed, whatever the relay returned.
     }));
+    // Before anything can end this process: the sweep may be inside a ptrace
+    // session with another holder.
+    if let Some(sweeping) = sweeping {
+        let _ = sweeping.join();
+    }
     let end = match relayed {
         Ok(end) => end,
         Err(panic) => {
@@ -254,10 +272,19 @@ struct Holder {
 
 /// The processes holding the master, other than us; `None` if there are none, or a
 /// refusal.
-fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<Holder>>> {
+/// `near`: only among the ancestors of the session ([`pty::master_holders_near`]),
+/// and `None` when none of them holds the master.
+fn find_holders(pid: Pid, tty: Pty, near: bool) -> Result<Option<Vec<Holder>>> {
     let me = std::process::id() as Pid;
-    let found = pty::master_holders(tty)?;
+    let found = if near {
+        pty::master_holders_near(pid, tty)
+    } else {
+        pty::master_holders(tty)?
+    };
     let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
+    if holders.is_empty() && near {
+        return Ok(None);
+    }
     if holders.is_empty() {
         if let Some(&other) = found.unreadable.first() {
             return Err(fdgrab::Error::PermissionDenied {
@@ -278,7 +305,6 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<Holder>>> {
         tracing::info!(pid, %tty, "nobody holds the master: single-process mode");
         return Ok(None);
     }
-    let our_exe = std::fs::metadata("/proc/self/exe").ok();
     let mut out = Vec::with_capacity(holders.len());
     for h in holders {
         // Decided by a handshake with the process, not by its name: anything else
@@ -290,12 +316,7 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<Holder>>> {
             });
             continue;
         }
-        let same_exe = our_exe.as_ref().is_some_and(|ours| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(format!("/proc/{}/exe", h.pid))
-                .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
-        });
-        if same_exe || h.comm == "fdgrab" {
+        if runs_fdgrab(&h) {
             return Err(CodedError(
                 Code::AlreadyAttached,
                 format!(
@@ -312,6 +333,51 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<Holder>>> {
         });
     }
     Ok(Some(out))
+}
+
+/// Whether `h` is an fdgrab (our executable, or named so) that is not a keeper.
+fn runs_fdgrab(h: &MasterHolder) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_exe = std::fs::metadata("/proc/self/exe").is_ok_and(|ours| {
+        std::fs::metadata(format!("/proc/{}/exe", h.pid))
+            .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+    });
+    same_exe || h.comm == "fdgrab"
+}
+
+/// After a take from the holders above the session (`find_holders` with `near`),
+/// every other process is looked at, and any that also holds the master loses it
+/// the same way (a keeper is retired, another fdgrab is left alone: the attach
+/// lock already keeps two attaches of one session apart). Runs beside the relay.
+fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
+    let me = std::process::id() as Pid;
+    let found = match pty::master_holders(tty) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for other holders of {tty}");
+            return;
+        }
+    };
+    let mut rest: Vec<Holder> = found
+        .holders
+        .into_iter()
+        .filter(|h| h.pid != me && !handled.contains(&h.pid))
+        .filter_map(|h| {
+            let keeper = Keeper::identify(h.pid);
+            (keeper.is_some() || !runs_fdgrab(&h)).then_some(Holder { holder: h, keeper })
+        })
+        .collect();
+    if rest.is_empty() {
+        return;
+    }
+    match take_master(pid, tty, &mut rest) {
+        Ok(_) => {
+            tracing::info!(holders = ?rest.iter().map(|h| h.holder.pid).collect::<Vec<_>>(), "other holders of {tty} lost the master too")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take the master of {tty} from another holder")
+        }
+    }
 }
 
 /// Takes a copy of the master from every holder, then (only once all copies are

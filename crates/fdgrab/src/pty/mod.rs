@@ -219,24 +219,67 @@ pub struct Holders {
 /// scanned (threads share the fd table in all but exotic `clone` uses).
 pub fn master_holders(pty: Pty) -> Result<Holders> {
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let mut out = Holders::default();
-    let dir = fs::read_dir("/proc").map_err(|e| Error::Io {
+    let pids = crate::procfs::pids().map_err(|e| Error::Io {
         op: "read /proc",
         pid: me,
         fd: None,
         source: e,
     })?;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<Pid>().ok())
-        else {
-            continue;
-        };
-        let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
+    let out = holders_among(pty, pids);
+    tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
+    Ok(out)
+}
+
+/// The holders of the master of `pty` among the ancestors of `pid` and of its
+/// session leader: where terminal emulators, tmux, screen, `script` and sshd sit
+/// (the leader's parent, or sshd's privileged monitor above it). A few processes
+/// instead of all of them, so a first answer comes quickly; it may miss a holder
+/// elsewhere (a process the master was passed to), which only
+/// [`master_holders`] finds.
+pub fn master_holders_near(pid: Pid, pty: Pty) -> Holders {
+    let mut near = Vec::new();
+    let sid = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| crate::procfs::parse_stat_ids(&st))
+        .map(|(_, sid, _, _)| sid);
+    for start in [Some(pid), sid].into_iter().flatten() {
+        let mut p = start;
+        // Bounded: a pid namespace's init has ppid 0, and a chain is never long.
+        for _ in 0..64 {
+            if p <= 1 || near.contains(&p) {
+                break;
+            }
+            near.push(p);
+            match crate::procfs::status(p).ok().and_then(|s| s.ppid) {
+                Some(pp) => p = pp,
+                None => break,
+            }
+        }
+    }
+    near.sort_unstable();
+    let out = holders_among(pty, near);
+    tracing::debug!(%pty, holders = ?out.holders, "pty master holders near the session");
+    out
+}
+
+/// The holders of the master of `pty` among `pids`.
+fn holders_among(pty: Pty, pids: Vec<Pid>) -> Holders {
+    let mut out = Holders::default();
+    // One directory buffer and one link buffer for the whole scan, and every fd
+    // looked at relative to its process's open fd directory: a few thousand
+    // links on a busy host, so no path is built or walked from / per fd.
+    let mut dirbuf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut linkbuf = Vec::with_capacity(256);
+    for pid in pids {
+        use rustix::fs::{Mode, OFlags};
+        let dir = match rustix::fs::openat(
+            rustix::fs::CWD,
+            format!("/proc/{pid}/fd"),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            Err(rustix::io::Errno::ACCESS) => {
                 out.unreadable.push(pid);
                 continue;
             }
@@ -245,23 +288,28 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
         };
         let mut found = Vec::new();
         let mut slave_fds = Vec::new();
-        for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let mut entries = rustix::fs::RawDir::new(&dir, &mut dirbuf);
+        while let Some(Ok(entry)) = entries.next() {
+            let name = entry.file_name();
+            let Some(t) = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(|s| s.parse::<i32>().ok())
+                .and_then(TargetFd::new)
+            else {
                 continue;
             };
-            let Ok(link) = fs::read_link(fd.path()) else {
+            let Ok(link) = rustix::fs::readlinkat(&dir, name, std::mem::take(&mut linkbuf)) else {
                 continue;
             };
-            let Some(t) = TargetFd::new(n) else {
-                continue;
-            };
-            if is_ptmx_path(&link) {
-                if tty_index(pid, n) == Some(pty.index()) {
+            let bytes = link.as_bytes();
+            if bytes.rsplit(|&b| b == b'/').next() == Some(b"ptmx".as_slice()) {
+                if tty_index(pid, t.as_raw()) == Some(pty.index()) {
                     found.push(t);
                 }
-            } else if link.starts_with("/dev/pts/") && is_slave_of(&fd.path(), pty) {
+            } else if bytes.starts_with(b"/dev/pts/") && is_slave_of(&dir, name, pty) {
                 slave_fds.push(t);
             }
+            linkbuf = link.into_bytes_with_nul();
         }
         if !found.is_empty() {
             found.sort_unstable();
@@ -282,18 +330,14 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
         }
     }
     out.holders.sort_by_key(|h| h.pid);
-    tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
-    Ok(out)
+    out
 }
 
-fn is_slave_of(fd_link: &std::path::Path, pty: Pty) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    fs::metadata(fd_link)
-        .is_ok_and(|m| m.file_type().is_char_device() && Pty::from_rdev(m.rdev()) == Some(pty))
-}
-
-fn is_ptmx_path(link: &std::path::Path) -> bool {
-    link.file_name().is_some_and(|n| n == "ptmx")
+/// Whether fd `name` of the process whose fd directory is `dir` is the slave of `pty`.
+fn is_slave_of(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr, pty: Pty) -> bool {
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && Pty::from_rdev(st.st_rdev) == Some(pty)
+    })
 }
 
 /// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
