@@ -1029,42 +1029,59 @@ fn output_written_while_detached_is_replayed_on_reattach() {
     exit_python(&again, py);
 }
 
-#[test]
-fn a_process_named_like_a_keeper_is_not_taken_for_one() {
-    if !ready() {
-        return;
-    }
-    // A terminal emulator of its own making that calls itself fdgrab-keep.
-    let impostor = "import ctypes, os, pty, sys, time\n\
+/// A terminal emulator of our own making: a python that runs `python3 -q` on a new
+/// pty, runs `setup` (python, after the fork; it may set `extra`, a list of pids
+/// to report), and drains the master. Returns it and the REPL's pid, then `extra`.
+fn python_emulator(setup: &str) -> (std::process::Child, Vec<i32>) {
+    let script = format!(
+        "import ctypes, os, pty, sys, time\n\
          pid, m = pty.fork()\n\
          if pid == 0:\n\
          \x20   os.execvp('python3', ['python3', '-q'])\n\
-         ctypes.CDLL(None).prctl(15, b'fdgrab-keep', 0, 0, 0)\n\
-         print('CHILD', pid, flush=True)\n\
+         extra = []\n\
+         {setup}\n\
+         print('CHILD', pid, *extra, flush=True)\n\
          while True:\n\
          \x20   try:\n\
          \x20       d = os.read(m, 4096)\n\
          \x20   except OSError:\n\
          \x20       d = b''\n\
          \x20   if not d:\n\
-         \x20       time.sleep(0.05)\n";
+         \x20       time.sleep(0.05)\n"
+    );
     let mut child = std::process::Command::new("python3")
-        .args(["-c", impostor])
+        .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
-    let holder = child.id() as i32;
-    let _holder = KillOnDrop::new(holder);
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
         &mut line,
     )
-    .expect("impostor's line");
-    let py: i32 = line
+    .expect("emulator's line");
+    let ids: Vec<i32> = line
         .strip_prefix("CHILD ")
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("impostor said {line:?}"));
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!ids.is_empty(), "emulator said {line:?}");
+    (child, ids)
+}
+
+#[test]
+fn a_process_named_like_a_keeper_is_not_taken_for_one() {
+    if !ready() {
+        return;
+    }
+    // A terminal emulator of its own making that calls itself fdgrab-keep.
+    let (mut child, ids) = python_emulator("ctypes.CDLL(None).prctl(15, b'fdgrab-keep', 0, 0, 0)");
+    let holder = child.id() as i32;
+    let _holder = KillOnDrop::new(holder);
+    let py = ids[0];
     let _py = KillOnDrop::new(py);
     wait_until("the impostor's name", || {
         std::fs::read_to_string(format!("/proc/{holder}/comm")).is_ok_and(|c| c == "fdgrab-keep\n")
@@ -1261,44 +1278,16 @@ fn a_holder_outside_the_session_ancestry_loses_the_master_too() {
     // The emulator (the program's parent) forks a helper that keeps a copy of the
     // master: a holder that is no ancestor of the session, found by the sweep of
     // every process that follows the quick take from the ancestors.
-    let emulator = "import os, pty, sys, time\n\
-         pid, m = pty.fork()\n\
-         if pid == 0:\n\
-         \x20   os.execvp('python3', ['python3', '-q'])\n\
-         helper = os.fork()\n\
+    let (mut child, ids) = python_emulator(
+        "helper = os.fork()\n\
          if helper == 0:\n\
          \x20   time.sleep(120)\n\
          \x20   os._exit(0)\n\
-         print('CHILD', pid, helper, flush=True)\n\
-         while True:\n\
-         \x20   try:\n\
-         \x20       d = os.read(m, 4096)\n\
-         \x20   except OSError:\n\
-         \x20       d = b''\n\
-         \x20   if not d:\n\
-         \x20       time.sleep(0.05)\n";
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", emulator])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
+         extra = [helper]",
+    );
     let _emulator = KillOnDrop::new(child.id() as i32);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("emulator's line");
-    let ids: Vec<i32> = line
-        .strip_prefix("CHILD ")
-        .map(|s| {
-            s.split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
     let [py, helper] = ids[..] else {
-        panic!("emulator said {line:?}");
+        panic!("emulator said {ids:?}");
     };
     let (_py, _helper) = (KillOnDrop::new(py), KillOnDrop::new(helper));
     assert!(holds_a_master(helper));
