@@ -10,11 +10,13 @@
 //! - [`terminal_of`]: the pty a process runs on (`/proc/PID/stat` field `tty_nr`,
 //!   else the `/dev/pts/N` its fd 0, 1 or 2 points at);
 //! - [`master_holders`]: every process with that pty's master open, found through
-//!   the `tty-index` line the kernel puts in `/proc/PID/fdinfo/FD` of a ptmx fd;
+//!   the `tty-index` line the kernel puts in `/proc/PID/fdinfo/FD` of a ptmx fd
+//!   ([`master_holders_near`]: among the session's ancestors only, quickly);
 //! - [`relay`]: the emulator's loop between our terminal and a master, with raw
 //!   mode ([`RawMode`]), window-size propagation and an ssh-style escape;
 //! - [`keep_in_background`]: leaves a master with a small process that keeps the
-//!   session alive (and re-attachable) after we go;
+//!   session alive (and re-attachable) after we go, with the newest output for
+//!   the next attach ([`Keeper`]);
 //! - [`plan_single_move`] with [`crate::inject::take_terminal`]: when the master
 //!   cannot be had, one process alone moves onto a new pty ([`open_pair`]).
 //!
