@@ -259,6 +259,13 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     let first = attach_in("att-det-a", 100, 30, "", &py.to_string());
     first.wait_for("type Enter ~ . to detach", WAIT);
     first.type_line("y = 7");
+    // The relaying fdgrab runs the keeper's executable and holds the master and a
+    // socket of its own (the attach lock): still not a keeper.
+    let relaying = *children(first.pane_pid()).first().expect("fdgrab under sh");
+    assert!(
+        !is_keeper(relaying),
+        "the relaying fdgrab taken for a keeper"
+    );
 
     // Refused while attached: nothing changes for the first attach.
     let second = attach_in("att-det-b", 100, 30, "", &py.to_string());

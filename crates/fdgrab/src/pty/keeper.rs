@@ -292,10 +292,11 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Whether `pid` is a keeper: its executable is the same file as ours, and its
-    /// [`CONTROL_PEER_FD`] is a unix socket that `pid` itself created (the kernel's
-    /// `SO_PEERCRED`, which no process can set for another). `None` for anything
-    /// else, whatever its name. Takes a copy of that socket (`pidfd_getfd`).
+    /// Whether `pid` is a keeper: its executable is the same file as ours, it is
+    /// named [`KEEPER_COMM`], and its [`CONTROL_PEER_FD`] is a connected unix stream
+    /// socket that `pid` itself created (the kernel's `SO_PEERCRED`, which no
+    /// process can set for another). The name alone decides nothing. Takes a copy
+    /// of that socket (`pidfd_getfd`).
     pub fn identify(pid: Pid) -> Option<Keeper> {
         Self::identify_as(pid, std::path::Path::new("/proc/self/exe"))
     }
@@ -309,8 +310,20 @@ impl Keeper {
         if (ours.dev(), ours.ino()) != (theirs.dev(), theirs.ino()) {
             return None;
         }
+        // Not enough alone (anyone can name itself so), but an attaching fdgrab,
+        // which runs the same executable, is not taken for a keeper.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim_end() != KEEPER_COMM {
+            return None;
+        }
         let target = PidFd::open(pid).ok()?;
         let control = crate::grab::pidfd_getfd(&target, TargetFd::new(CONTROL_PEER_FD)?).ok()?;
+        // A connected stream socket (a listening one reports its own creator too).
+        if rustix::net::sockopt::socket_acceptconn(&control).unwrap_or(true)
+            || rustix::net::sockopt::socket_type(&control).ok()? != rustix::net::SocketType::STREAM
+        {
+            return None;
+        }
         let cred = rustix::net::sockopt::socket_peercred(&control).ok()?;
         (cred.pid.as_raw_nonzero().get() == pid).then_some(Keeper { pid, control })
     }
