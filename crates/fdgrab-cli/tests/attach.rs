@@ -1040,6 +1040,12 @@ fn output_written_while_detached_is_replayed_on_reattach() {
 /// pty, runs `setup` (python, after the fork; it may set `extra`, a list of pids
 /// to report), and drains the master. Returns it and the REPL's pid, then `extra`.
 fn python_emulator(setup: &str) -> (std::process::Child, Vec<i32>) {
+    python_emulator_under(&[], setup)
+}
+
+/// [`python_emulator`] run by `wrapper` (a command line that ends by running the
+/// python given as its last argument through `sh -c`'s `$0`), or directly.
+fn python_emulator_under(wrapper: &[&str], setup: &str) -> (std::process::Child, Vec<i32>) {
     let script = format!(
         "import ctypes, os, pty, sys, time\n\
          pid, m = pty.fork()\n\
@@ -1056,8 +1062,20 @@ fn python_emulator(setup: &str) -> (std::process::Child, Vec<i32>) {
          \x20   if not d:\n\
          \x20       time.sleep(0.05)\n"
     );
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", &script])
+    let mut command = match wrapper {
+        [] => {
+            let mut c = std::process::Command::new("python3");
+            c.arg("-c");
+            c
+        }
+        [first, rest @ ..] => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest);
+            c
+        }
+    };
+    let mut child = command
+        .arg(&script)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
@@ -1314,4 +1332,69 @@ fn a_holder_outside_the_session_ancestry_loses_the_master_too() {
     exit_python(&new, py);
     drop(_emulator);
     let _ = child.wait();
+}
+
+#[test]
+fn an_ancestor_with_another_instances_pty_of_the_same_index_does_not_hide_the_holder() {
+    if !ready() {
+        return;
+    }
+    // The emulator (the program's parent) hands its master to a helper, closes its
+    // own, and opens ptys of a devpts instance of its own until it holds one with
+    // the program's index: the quick look at the ancestors finds only that one,
+    // which is not the program's, and the attach must go on to find the helper.
+    let dir = std::env::temp_dir().join(format!("fdgrab-devpts-anc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mount = format!(
+        "mount -t devpts -o newinstance,ptmxmode=0666 devpts {} && exec python3 -c \"$0\"",
+        dir.display()
+    );
+    let setup = format!(
+        "import fcntl, struct\n\
+         helper = os.fork()\n\
+         if helper == 0:\n\
+         \x20   time.sleep(120)\n\
+         \x20   os._exit(0)\n\
+         n = struct.unpack('I', fcntl.ioctl(m, 0x80045430, b'\\0' * 4))[0]\n\
+         os.close(m)\n\
+         keep = []\n\
+         while True:\n\
+         \x20   m = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+         \x20   keep.append(m)\n\
+         \x20   if struct.unpack('I', fcntl.ioctl(m, 0x80045430, b'\\0' * 4))[0] == n: break\n\
+         extra = [helper]",
+        d = dir.display()
+    );
+    let (mut child, ids) = python_emulator_under(
+        &["timeout", "120", "unshare", "-m", "sh", "-c", &mount],
+        &setup,
+    );
+    let emulator = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("python under timeout");
+    let _emulator = KillOnDrop::new(emulator);
+    let [py, helper] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _helper) = (KillOnDrop::new(py), KillOnDrop::new(helper));
+    assert!(holds_a_master(helper));
+
+    let new = attach_in("att-anc-inst", 100, 30, "", &py.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        text.contains(&format!("taken from {helper} (python3);")),
+        "{text}"
+    );
+    assert!(!holds_a_master(helper), "the helper kept the master");
+    assert!(
+        holds_a_master(emulator),
+        "the other instance's pty was taken from the emulator"
+    );
+    new.type_line("print('A', 6 * 7)");
+    new.wait_for("A 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
 }

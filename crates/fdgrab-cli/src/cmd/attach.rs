@@ -67,7 +67,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // The usual holders sit above the session (its emulator, tmux, sshd): found
     // there, they are taken at once, and every other process is looked at while
     // the relay already runs (`sweep`). Otherwise every process is looked at now.
-    let (holders, sweep_later) = if a.single {
+    let (holders, mut sweep_later) = if a.single {
         (None, false)
     } else {
         match find_holders(pid, tty, true)? {
@@ -87,7 +87,17 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let mut stolen = None;
     let mut replay = Vec::new();
     if let How::Steal(holders) = &mut how {
-        match take_master(pid, tty, holders)? {
+        let mut got = take_master(pid, tty, holders)?;
+        if got.is_none() && sweep_later {
+            // The ancestors' pts/N was another devpts instance's (or a reused
+            // index): PID's master may still be held elsewhere.
+            sweep_later = false;
+            if let Some(all) = find_holders(pid, tty, false)? {
+                *holders = all;
+                got = take_master(pid, tty, holders)?;
+            }
+        }
+        match got {
             Some((master, kept)) => {
                 stolen = Some(master);
                 replay = kept;
@@ -107,6 +117,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
                 .with_context(|| format!("no copy of the master of {tty} was taken"))?;
             let from = holders
                 .iter()
+                .filter(|h| h.taken)
                 .map(|h| format!("{} ({})", h.holder.pid, h.holder.comm))
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -268,6 +279,8 @@ enum How {
 struct Holder {
     holder: MasterHolder,
     keeper: Option<Keeper>,
+    /// Set by `take_master` when its copies were the target's master.
+    taken: bool,
 }
 
 /// The processes holding the master, other than us; `None` if there are none, or a
@@ -313,6 +326,7 @@ fn find_holders(pid: Pid, tty: Pty, near: bool) -> Result<Option<Vec<Holder>>> {
             out.push(Holder {
                 holder: h,
                 keeper: Some(keeper),
+                taken: false,
             });
             continue;
         }
@@ -330,6 +344,7 @@ fn find_holders(pid: Pid, tty: Pty, near: bool) -> Result<Option<Vec<Holder>>> {
         out.push(Holder {
             holder: h,
             keeper: None,
+            taken: false,
         });
     }
     Ok(Some(out))
@@ -364,7 +379,11 @@ fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
         .filter(|h| h.pid != me && !handled.contains(&h.pid))
         .filter_map(|h| {
             let keeper = Keeper::identify(h.pid);
-            (keeper.is_some() || !runs_fdgrab(&h)).then_some(Holder { holder: h, keeper })
+            (keeper.is_some() || !runs_fdgrab(&h)).then_some(Holder {
+                holder: h,
+                keeper,
+                taken: false,
+            })
         })
         .collect();
     if rest.is_empty() {
@@ -426,6 +445,7 @@ fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(Own
             );
             continue;
         }
+        entry.taken = true;
         taken.push((entry, holder, fds));
     }
     let Some(master) = master else {
