@@ -31,7 +31,9 @@ pub(crate) mod relay;
 mod single;
 mod termios;
 
-pub use keeper::{keep_in_background, Keeper, KEEPER_COMM, REPLAY_BYTES};
+pub use keeper::{
+    keep_in_background, Keeper, CONTROL_FD, CONTROL_PEER_FD, KEEPER_COMM, MASTER_FD, REPLAY_BYTES,
+};
 pub use lock::AttachLock;
 
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
