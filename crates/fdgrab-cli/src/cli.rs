@@ -71,7 +71,8 @@ pub enum Command {
     ///
     /// Filters combine (all must hold): --port, --path, --deleted, --type, --listen,
     /// --user, --fd. --pids prints just the sorted, unique pids, e.g. for
-    /// kill $(fdgrab ls --port 8080 --pids).
+    /// kill $(fdgrab ls --port 8080 --pids), and exits 1 when none matched (as lsof
+    /// -t, fuser and pgrep do).
     ///
     /// Names in the table are escaped so that they cannot act on a terminal or span
     /// lines: \\ for a backslash, \n \t \r \e, \xNN for other control bytes and for
@@ -90,8 +91,9 @@ pub enum Command {
     /// Copy fds out of a process and run a command with them installed.
     ///
     /// Each FD is installed in CMD at NEWFD (default: the number it has in the target),
-    /// with close-on-exec cleared. fdgrab forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
-    /// to CMD and exits with its status (127: CMD not found; 126: it cannot be started).
+    /// with close-on-exec cleared. CMD then runs in fdgrab's place (same pid, as with
+    /// env or nohup), so signals reach it directly and its status is fdgrab's (127: CMD
+    /// not found; 126: it cannot be started).
     /// The process, every FD, the NEWFD map and CMD are checked before anything is
     /// taken: a refused get changes nothing in the process.
     Get(GetArgs),
@@ -255,7 +257,8 @@ pub struct LsArgs {
     /// number).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
-    /// Print only the matching pids, sorted and unique, one per line (lsof -t).
+    /// Print only the matching pids, sorted and unique, one per line (lsof -t). Exits 1
+    /// when none matched.
     #[arg(long = "pids", conflicts_with = "json")]
     pub pids_only: bool,
     /// One JSON document on stdout (schema 2; see docs/inventory.md).

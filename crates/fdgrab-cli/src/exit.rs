@@ -30,7 +30,7 @@ macro_rules! codes {
 }
 
 codes! {
-    Failure = 1 => "failure: anything not listed below (an fd of the wrong kind, an I/O error)",
+    Failure = 1 => "failure: anything not listed below (an fd of the wrong kind, an I/O error); ls --pids: nothing matched",
     Usage = 2 => "usage: a bad argument (pid 0, a negative pid or fd, a number out of range, a missing -- CMD, a bad policy file)",
     Unsupported = 3 => "the running kernel lacks a needed system call (pidfd_open needs Linux 5.3, pidfd_getfd 5.6)",
     PermissionDenied = 4 => "permission denied (another uid, a non-dumpable target, Yama, an LSM); the message names the likely cause",

@@ -1,4 +1,5 @@
-//! Starting CMD for `get`, `steal`, `exec` and `run`, and passing its status on.
+//! Starting CMD for `get`, `steal`, `exec` and `run`, and passing its status on
+//! (or, for `get`, running it in fdgrab's place).
 //!
 //! The spawning itself is the library's ([`fdgrab::spawn`]); this module holds what
 //! the commands share around it: the signals they forward and the exit code they
@@ -21,23 +22,29 @@ pub fn forwarded_signals() -> Result<SignalFd> {
     Ok(SignalFd::block(&FORWARDED)?)
 }
 
-/// Takes `fds` out of `target` with `backend` and starts `argv` with each installed at
-/// its new number. CMD is looked up first, so that a typo takes nothing. Returns once
-/// CMD has exec'd, with the backend that took the fds; our copies are closed by then.
-pub fn grab_and_spawn(
+/// Takes `fds` out of `target` with `backend` and replaces fdgrab with `argv`, each
+/// fd installed at its new number: `get` has nothing to do once CMD runs, so CMD
+/// runs in fdgrab's place (same pid) rather than as a child fdgrab would wait for.
+/// Signals sent to fdgrab's pid then reach CMD itself, and its status is the one
+/// fdgrab's parent sees. CMD is looked up first, so that a typo takes nothing.
+/// Returns only on failure.
+pub fn grab_and_exec(
     target: &fdgrab::PidFd,
     fds: &[crate::args::FdMap],
     backend: crate::cli::BackendArg,
     argv: &[OsString],
-) -> Result<(Child, fdgrab::Backend)> {
+) -> Result<std::convert::Infallible> {
     let spawn = Spawner::new(argv, fds)?;
+    // Blocked while the fds are taken (a ptrace grab must not be cut short); a
+    // signal that arrived meanwhile acts once they are unblocked just before exec,
+    // as if it had been sent to CMD at its start.
+    let _blocked = forwarded_signals()?;
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
-    let taken = fdgrab::GrabOptions::new()
+    let grabbed = fdgrab::GrabOptions::new()
         .backend(backend.backend)
         .seccomp(backend.force.seccomp())
-        .grab_many_then(target, &wanted, |grabbed| spawn.start(grabbed, fds))?;
-    taken.closed?;
-    Ok((taken.value, taken.backend))
+        .grab_many(target, &wanted)?;
+    Err(spawn.exec(grabbed, fds))
 }
 
 /// CMD, looked up before anything is taken (a typo takes nothing), to be started
@@ -63,6 +70,21 @@ impl Spawner {
     pub fn start(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> Result<Child> {
         let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
         Ok(self.spawn.program(self.program).fds(plan).spawn()?)
+    }
+
+    /// Replaces fdgrab with CMD, each of `grabbed` installed at the matching `fds`
+    /// entry's new number. Returns only on failure.
+    pub fn exec(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> anyhow::Error {
+        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)));
+        match plan {
+            Ok(plan) => self
+                .spawn
+                .program(self.program)
+                .fds(plan)
+                .exec_in_place()
+                .into(),
+            Err(e) => e.into(),
+        }
     }
 }
 

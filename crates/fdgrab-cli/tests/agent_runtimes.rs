@@ -138,10 +138,27 @@ fdgrab_testkit::per_runtime! {
     agent_policy_file_bounds_the_annotation => policy_file_bounds_annotation,
 }
 
+/// `RUNTIME ARGS... ID`, bounded in time; panics with the runtime's words on failure.
+fn runtime_cmd(rt: Runtime, args: &[&str], id: &str) -> String {
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new(rt.name()).args(args).arg(id),
+        START,
+    );
+    assert!(
+        out.status.success(),
+        "{} {args:?} {id}: {}",
+        rt.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Several containers of both runtimes at once, each in its own network
 /// namespace and each serving port 80 through the one agent; one of them is
-/// frozen (SIGSTOP) with its filter live, and that holds up nobody; neither does
-/// a `NOTIFY_SOCKET` reader that never reads.
+/// frozen (the runtime's `pause`, every process of it) with its filter live, and
+/// that holds up nobody; neither does a `NOTIFY_SOCKET` reader that never reads.
+/// The frozen container makes a trapped bind before the freeze and another after
+/// it is thawed, so its listener must still be served then.
 #[test]
 fn agent_serves_many_containers_at_once() {
     let runtimes: Vec<Runtime> = Runtime::ALL.into_iter().filter(|rt| rt.usable()).collect();
@@ -149,37 +166,41 @@ fn agent_serves_many_containers_at_once() {
         fdgrab_testkit::skip("neither runc nor crun is usable here");
         return;
     }
-    let agent = AgentProc::start(&["--allow-bind", "tcp:80"]);
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:81"]);
     let frozen_ns = NetNs::new();
-    // The frozen container's own bind goes through the agent before it is
-    // stopped, so it is a supervised tenant like the others.
+    // busybox httpd without -f binds, then daemonizes: `&&` goes on only once the
+    // bind (through the agent) succeeded. The second bind waits for a line.
     let mut spec = BundleSpec::new(
-        &["sh", "-c", "echo frozen-ready; exec httpd -f -p 80 -h /www"],
+        &[
+            "sh",
+            "-c",
+            "httpd -p 80 -h /www && echo frozen-ready && read x && \
+             httpd -p 81 -h /www && echo rebound; exec sleep 600",
+        ],
         notify(&agent, None),
     );
     spec.netns = Some(frozen_ns.path.clone());
     let frozen_bundle = Bundle::new(&spec);
     let frozen_id = unique("fdgrab-frozen");
-    let frozen = Container::run(runtimes[0], &frozen_bundle, &frozen_id);
+    let frozen_rt = runtimes[0];
+    let mut frozen = Container::run(frozen_rt, &frozen_bundle, &frozen_id);
     frozen
         .output
         .wait_for("frozen-ready", START)
-        .expect("frozen container started");
+        .unwrap_or_else(|e| {
+            panic!(
+                "frozen container's first bind: {e}; agent {}",
+                agent.log.text()
+            )
+        });
     let resp = frozen_ns
         .http_get_eventually(80, START)
         .expect("the frozen container's httpd bound port 80 through the agent");
     assert!(resp.contains(" 200 "), "{resp}");
-    let state = std::process::Command::new(runtimes[0].name())
-        .args(["state", &frozen_id])
-        .output()
-        .expect("state");
-    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state json");
-    let frozen_pid = state["pid"].as_i64().expect("pid") as i32;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(frozen_pid).expect("pid"),
-        rustix::process::Signal::STOP,
-    )
-    .expect("SIGSTOP");
+    runtime_cmd(frozen_rt, &["pause"], &frozen_id);
+    let state: serde_json::Value =
+        serde_json::from_str(&runtime_cmd(frozen_rt, &["state"], &frozen_id)).expect("state json");
+    assert_eq!(state["status"], "paused", "{state}");
 
     // More status updates than a unix datagram queue holds (max_dgram_qlen, 10),
     // none of them read: the agent must drop them rather than block on systemd.
@@ -218,13 +239,19 @@ fn agent_serves_many_containers_at_once() {
         log.contains(&format!("containers={}", running.len() + 1)),
         "all supervised at once: {log}"
     );
-    // The stopped container's listener was never given up: once thawed, its
-    // httpd serves again.
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(frozen_pid).expect("pid"),
-        rustix::process::Signal::CONT,
-    );
-    let resp = frozen_ns.http_get_eventually(80, START).expect("thawed");
+    // Thawed, the container binds again: its listener was kept and is served.
+    runtime_cmd(frozen_rt, &["resume"], &frozen_id);
+    frozen.send_line("go");
+    frozen
+        .output
+        .wait_for("rebound", START)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the thawed container's second bind: {e}; agent {}",
+                agent.log.text()
+            )
+        });
+    let resp = frozen_ns.http_get_eventually(81, START).expect("thawed");
     assert!(resp.contains(" 200 "), "{resp}");
     let audit = agent.audit_lines();
     let binds = audit
@@ -235,5 +262,12 @@ fn agent_serves_many_containers_at_once() {
         binds,
         running.len() + 1,
         "every container's bind, the frozen one's too"
+    );
+    assert!(
+        audit.iter().any(|l| l["port"] == 81
+            && l["decision"] == "bind"
+            && l["errno"] == 0
+            && l["container_id"] == frozen_id.as_str()),
+        "the thawed container's second bind went through the agent: {audit:?}"
     );
 }

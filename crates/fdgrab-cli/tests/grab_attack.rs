@@ -3,7 +3,7 @@
 //! Every target is a real process, checked after each case.
 
 use fdgrab_testkit::{
-    assert_success as assert_ok, proc_fds, run_fdgrab, test_path, wait_timeout, TIMEOUT,
+    assert_success as assert_ok, proc_fds, run_fdgrab, test_path, wait_timeout, Target, TIMEOUT,
 };
 use std::process::{Child, Command, Stdio};
 
@@ -98,9 +98,24 @@ fn redirect_and_put_to_devices_and_fifos() {
         .expect("fifo reader");
     let out = run_fdgrab(["put", &t.pid(), "8", "--file", fifo.to_str().expect("utf8")]);
     assert_ok(&out);
-    assert!(t.fd_link(8).starts_with("pipe:") || t.fd_link(8) == fifo.display().to_string());
+    // That FIFO, not merely some pipe.
+    use std::os::unix::fs::MetadataExt;
+    let installed = std::fs::metadata(format!("/proc/{}/fd/8", t.pid())).expect("fd 8");
+    let made = std::fs::metadata(&fifo).expect("the fifo");
+    assert_eq!(
+        (installed.dev(), installed.ino()),
+        (made.dev(), made.ino()),
+        "fd 8 is {}",
+        t.fd_link(8)
+    );
     drop(reader);
-    assert!(proc_fds(t.0.id() as i32).len() >= 3);
+    // The target lives on with everything put into it.
+    assert!(
+        fdgrab_testkit::status_field(t.0.id() as i32, "State").is_some_and(|s| s.starts_with('S')),
+        "the target is no longer asleep"
+    );
+    assert_eq!(t.fd_link(7), "/dev/null");
+    assert_eq!(t.fd_link(1), log.display().to_string());
 }
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -341,4 +356,46 @@ fn non_utf8_file_names_redirect_undo_and_report() {
     assert_ok(&r);
     let doc: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
     assert!(doc["source"]["file_bytes"].is_array(), "{doc}");
+}
+
+/// Without `kcmp` (no `CONFIG_KCMP`, or refused), the check that a copy is the
+/// target's fd falls back to comparing device and inode: `cat` still delivers
+/// the right file, and the trace shows that comparison is what decided.
+#[test]
+fn identity_check_without_kcmp_compares_the_inode() {
+    let t = Target::spawn(["zoo"]);
+    let fd = t.fd_labelled("file").to_string();
+    let pid = t.pid.to_string();
+    let mut cmd = Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=kcmp,stat,newfstatat,statx",
+        "-e",
+        "inject=kcmp:error=ENOSYS",
+        "-o",
+        "/dev/stderr",
+    ])
+    .arg(fdgrab_testkit::bin("fdgrab"))
+    .args(["cat", "--backend", "pidfd", &pid, &fd]);
+    let out = fdgrab_testkit::output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let want = std::fs::read(
+        t.fd_report(fd.parse().expect("fd"))["path"]
+            .as_str()
+            .expect("path"),
+    )
+    .expect("the target's file");
+    assert_eq!(out.stdout, want, "{err}");
+    let kcmp = err
+        .find("kcmp(")
+        .unwrap_or_else(|| panic!("no kcmp was tried: {err}"));
+    assert!(err[kcmp..].contains("(INJECTED)"), "{err}");
+    let fallback = format!("/proc/{pid}/task/{pid}/fd/{fd}");
+    assert!(
+        err[kcmp..].contains(&fallback),
+        "no stat of {fallback} after the refused kcmp: {err}"
+    );
 }

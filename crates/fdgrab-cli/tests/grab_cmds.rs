@@ -481,3 +481,175 @@ fn io_uring_fds_are_named_and_skipped_only_when_asked() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fd numbers a `sh -c` reports for itself (`ls /proc/$$/fd`), one per line.
+fn reported_fds(text: &str) -> Vec<i32> {
+    let mut v: Vec<i32> = text
+        .lines()
+        .skip_while(|l| *l != "fds:")
+        .skip(1)
+        .take_while(|l| !l.contains(':'))
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+fn status_mask(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {key} line in {text}"))
+}
+
+/// `get` runs CMD in its own place: CMD has fdgrab's pid, exactly the fd plan on
+/// top of what fdgrab itself inherited (none of fdgrab's own fds, the installed
+/// ones without close-on-exec), an empty signal mask, and ignored signals still
+/// ignored except SIGPIPE. Both backends.
+#[test]
+fn get_runs_cmd_in_fdgrabs_place_with_the_exact_fd_plan() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let memfd = t.fd_labelled("memfd");
+    let script = "echo pid=$$; echo fds:; ls /proc/$$/fd; echo end:; \
+                  grep -h flags /proc/$$/fdinfo/7 /proc/$$/fdinfo/9; \
+                  grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+    // The same shell without fdgrab: what it inherits from us and the test harness.
+    let plain = output_timeout(
+        Command::new("sh").args([
+            "-c",
+            "trap '' HUP PIPE; exec \"$@\"",
+            "sh",
+            "sh",
+            "-c",
+            script,
+        ]),
+        TIMEOUT,
+    );
+    let base = reported_fds(&String::from_utf8_lossy(&plain.stdout));
+    assert!(base.contains(&1), "{plain:?}");
+    for backend in ["pidfd", "ptrace"] {
+        // fdgrab starts with SIGHUP and SIGPIPE ignored, as under `nohup`.
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' HUP PIPE; exec \"$@\"", "sh"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["get", "--backend", backend, &t.pid.to_string()])
+            .args([format!("{file}:7"), format!("{memfd}:9")])
+            .args(["--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fdgrab");
+        let pid = child.id();
+        let st = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits");
+        let mut text = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut text)
+            .expect("read");
+        assert!(st.success(), "{backend}: {st} {text}");
+        // `sh` execs fdgrab, which execs CMD: all three are one process.
+        assert!(text.contains(&format!("pid={pid}\n")), "{backend}: {text}");
+        let mut want = base.clone();
+        want.extend([7, 9]);
+        want.sort();
+        want.dedup();
+        assert_eq!(reported_fds(&text), want, "{backend}: {text}");
+        let flags: Vec<u32> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("flags:"))
+            .filter_map(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .collect();
+        assert_eq!(flags.len(), 2, "{backend}: {text}");
+        assert!(
+            flags.iter().all(|f| f & 0o2000000 == 0),
+            "{backend}: installed fds keep close-on-exec: {text}"
+        );
+        assert_eq!(status_mask(&text, "SigBlk:"), 0, "{backend}: {text}");
+        let ign = status_mask(&text, "SigIgn:");
+        assert_ne!(
+            ign & (1 << (libc::SIGHUP - 1)),
+            0,
+            "{backend}: SIGHUP: {text}"
+        );
+        assert_eq!(
+            ign & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "{backend}: SIGPIPE: {text}"
+        );
+    }
+    // get never changes the target.
+    assert!(std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid)).is_ok());
+}
+
+/// An exec that fails after the fd plan is in place (here: over fdgrab's own
+/// stderr) is still reported on fdgrab's stderr, with 126 for a file the kernel
+/// refuses and 127 for a missing #! interpreter; the target keeps its fd.
+#[test]
+fn get_reports_a_failed_exec_on_its_own_stderr() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let dir = std::env::temp_dir().join(format!("fdgrab-get-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"\x7fELF this is no executable").expect("write");
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/nonexistent/interpreter\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&junk, &script] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for (backend, prog, code, needle) in [
+        ("pidfd", &junk, 126, "Exec format error"),
+        ("ptrace", &junk, 126, "Exec format error"),
+        ("pidfd", &script, 127, "interpreter"),
+    ] {
+        let out = output_timeout(
+            fdgrab_testkit::fdgrab()
+                .args(["get", "--backend", backend, &t.pid.to_string()])
+                .args([format!("{file}:2"), "--".into()])
+                .arg(prog),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{backend} {prog:?}: {err}");
+        assert!(err.contains(needle), "{backend} {prog:?}: {err}");
+        assert!(err.contains(&*prog.to_string_lossy()), "{err}");
+        assert!(std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid)).is_ok());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// fdgrab has its own entry point instead of std's runtime start; what that start
+/// did still holds: closed standard fds are opened on /dev/null (so nothing of
+/// fdgrab's lands on 0-2 and reaches CMD there), arguments that are not UTF-8 and
+/// the environment pass through exactly, and CMD's exit status is fdgrab's.
+#[test]
+fn entry_point_keeps_what_std_start_up_did() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    // fdgrab starts with stdin and stderr closed; CMD reports what it has there.
+    let out = output_timeout(
+        Command::new("sh")
+            .args(["-c", "exec 0<&- 2>&-; exec \"$@\"", "sh"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["get", &t.pid.to_string(), &format!("{file}:7"), "--"])
+            .args(["sh", "-c"])
+            .arg("readlink /proc/$$/fd/0 /proc/$$/fd/2 /proc/$$/fd/7; printf '%s|%s\\n' \"$1\" \"$FDGRAB_ENTRY_TEST\"; exit 7")
+            .arg("sh")
+            .arg(odd)
+            .env("FDGRAB_ENTRY_TEST", "kept"),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let lines: Vec<&[u8]> = out.stdout.split(|&b| b == b'\n').collect();
+    assert_eq!(lines[0], b"/dev/null", "{out:?}");
+    assert_eq!(lines[1], b"/dev/null", "{out:?}");
+    assert!(lines[2].ends_with(b"file.txt"), "{out:?}");
+    assert_eq!(lines[3], b"caf\xe9|kept", "{out:?}");
+}

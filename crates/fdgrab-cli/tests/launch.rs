@@ -22,8 +22,10 @@ fn holds(pid: u32, fd: i32, like: &str) -> bool {
 }
 
 /// Starts `fdgrab CMD PID FD:7 -- sh -c SCRIPT`, waits until the shell holds the
-/// target's file at fd 7, sends `sig` to fdgrab, and returns fdgrab's exit code
-/// and the shell's pid.
+/// target's file at fd 7 and SCRIPT has opened /dev/null at fd 9 (its sign that it is
+/// ready), sends `sig` to fdgrab, and returns fdgrab's exit status
+/// as a shell reports it (128+N for a process killed by signal N) and the shell's
+/// pid.
 fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32) {
     let t = Target::spawn(["zoo"]);
     let file = t.fd_labelled("file");
@@ -34,17 +36,29 @@ fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32)
         .spawn()
         .expect("spawn fdgrab");
     let _g = Guard(child.id());
-    let cmd = wait_for_child_of(child.id());
+    // `get` runs CMD in its own place (same pid); `steal` starts it as a child.
+    let cmd = if command == "get" {
+        child.id()
+    } else {
+        wait_for_child_of(child.id())
+    };
     let _g2 = Guard(cmd);
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while !holds(cmd, 7, "file.txt") {
-        assert!(std::time::Instant::now() < deadline, "CMD never got fd 7");
+    // The script opens fd 9 once it is ready for the signal (its trap set).
+    while !(holds(cmd, 7, "file.txt") && holds(cmd, 9, "/dev/null")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CMD never got fd 7 or never got ready"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let pid = Pid::from_raw(child.id() as i32).expect("pid");
     kill_process(pid, sig).expect("signal fdgrab");
     let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits after the signal");
-    (st.code(), cmd)
+    // `steal` exits with 128+N itself; under `get`, CMD *is* fdgrab's process, so
+    // the signal that killed CMD is what fdgrab's parent sees.
+    use std::os::unix::process::ExitStatusExt;
+    (st.code().or(st.signal().map(|n| 128 + n)), cmd)
 }
 
 #[test]
@@ -52,14 +66,14 @@ fn get_and_steal_forward_signals_and_exit_with_cmds_status() {
     for command in ["get", "steal"] {
         for sig in [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT] {
             // CMD dies of the forwarded signal: fdgrab reports it as a shell would.
-            let (code, cmd) = signal_fdgrab(command, "exec sleep 60", sig);
+            let (code, cmd) = signal_fdgrab(command, "exec 9</dev/null; exec sleep 60", sig);
             assert_eq!(code, Some(128 + sig.as_raw()), "{command} {sig:?}");
             assert!(wait_gone(cmd), "{command}: CMD {cmd} outlived fdgrab");
         }
         // CMD handles the signal and picks its own status: fdgrab passes it on.
         let (code, cmd) = signal_fdgrab(
             command,
-            "trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            "trap 'exit 42' TERM; exec 9</dev/null; while :; do sleep 0.05; done",
             Signal::TERM,
         );
         assert_eq!(code, Some(42), "{command}");

@@ -529,3 +529,105 @@ fn ls_of_a_large_table_resolves_every_socket() {
         .expect("target listed");
     assert_eq!(shared["fds"], alone["fds"]);
 }
+
+/// A python3 process running `script`, which prints one JSON line when ready.
+fn python_target(script: &str) -> Target {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    Target::spawn_cmd(cmd)
+}
+
+/// The fd numbers of a process's entry in an `ls --json` document, in order.
+fn fd_numbers(doc: &Value) -> Vec<i64> {
+    doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|e| e["fd"].as_i64().expect("fd"))
+        .collect()
+}
+
+/// A large table with holes and one far-away fd: on Linux 6.2+ (which gives the
+/// count as the size of /proc/PID/fd) the readers list it range by range, skip the
+/// empty stretch, and must still find every fd exactly once, in order; `--fd` picks
+/// from it as from a small one.
+#[test]
+fn ls_of_a_large_sparse_table_lists_every_fd_once() {
+    const SPARSE: &str = r#"
+import json, os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+top = min(hard, 70000)
+resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(900)]
+for fd in fds[::3]:
+    os.close(fd)
+far = os.dup2(fds[1], top - 1)
+print(json.dumps({"far": far}), flush=True)
+sys.stdin.read()
+"#;
+    let t = python_target(SPARSE);
+    let far = t.report["far"].as_i64().expect("far");
+    let truth: Vec<i64> = {
+        let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+            .expect("fd dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert!(truth.len() > 600 && truth.contains(&far), "{}", truth.len());
+    let doc = ls_json(t.pid);
+    assert_eq!(fd_numbers(&doc), truth);
+    let pick = format!("{},{far}", truth[truth.len() / 2]);
+    let out = run_fdgrab(["ls", &t.pid.to_string(), "--fd", &pick, "--json"]);
+    let doc = only_process(serde_json::from_slice(&out.stdout).expect("json"), t.pid);
+    assert_eq!(fd_numbers(&doc), [truth[truth.len() / 2], far]);
+}
+
+/// One listening socket behind 2,100 fds (dup): a table this large is read in
+/// blocks on several threads and formatted on several, and every copy of the
+/// socket, not just the first, gets its details.
+#[test]
+fn ls_of_a_socket_held_by_thousands_of_fds() {
+    const DUPS: &str = r#"
+import json, os, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+dups = [os.dup(l.fileno()) for _ in range(2100)]
+print(json.dumps({"port": l.getsockname()[1], "ino": os.fstat(l.fileno()).st_ino}), flush=True)
+sys.stdin.read()
+"#;
+    let t = python_target(DUPS);
+    let port = t.report["port"].as_u64().expect("port");
+    let ino = t.report["ino"].as_u64().expect("ino");
+    let doc = ls_json(t.pid);
+    let copies: Vec<&Value> = doc["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter(|e| e["inode"].as_u64() == Some(ino))
+        .collect();
+    assert_eq!(copies.len(), 2101);
+    for e in &copies {
+        assert_eq!(e["socket"]["state"], "LISTEN", "{e}");
+        assert_eq!(e["socket"]["local"]["port"].as_u64(), Some(port), "{e}");
+    }
+    // The table: one line per fd, in fd order, each copy described.
+    let out = run_fdgrab(["ls", &t.pid.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let fds_in_table: Vec<i64> = rows
+        .iter()
+        .filter_map(|l| {
+            let fd = l.split_whitespace().next()?;
+            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
+        })
+        .collect();
+    assert_eq!(fds_in_table, fd_numbers(&doc));
+    let listening = format!("127.0.0.1:{port} (LISTEN)");
+    assert_eq!(
+        rows.iter().filter(|l| l.ends_with(&listening)).count(),
+        2101
+    );
+}

@@ -652,3 +652,82 @@ fn listen_keeps_exactly_the_listening_sockets() {
         .collect();
     assert_eq!(got, want, "{doc}");
 }
+
+/// `--pids` that finds nothing exits 1 with nothing on stdout, as `lsof -t`, `fuser`
+/// and `pgrep` do; the table and JSON still exit 0. A named process that cannot be
+/// read keeps its own status (5), found or not.
+#[test]
+fn pids_exits_1_when_nothing_matches() {
+    let dir = temp_dir("nomatch");
+    let file = dir.join("unheld");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    // A port nobody holds: one the kernel just handed out and took back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+        .to_string();
+    for filter in [&["--path", f][..], &["--port", &port]] {
+        let mut args = vec!["ls"];
+        args.extend_from_slice(filter);
+        let table = fdgrab(&args, false);
+        assert_eq!(table.status.code(), Some(0), "{args:?}");
+        assert!(table.stdout.is_empty(), "{args:?}");
+        args.push("--pids");
+        let out = fdgrab(&args, false);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+        // What a script does with it.
+        let script = format!(
+            "{} ls {} --pids || echo nobody",
+            fdgrab_testkit::bin("fdgrab").display(),
+            filter.join(" ")
+        );
+        let sh = output_timeout(Command::new("sh").args(["-c", &script]), TIMEOUT);
+        assert_eq!(String::from_utf8_lossy(&sh.stdout), "nobody\n");
+    }
+    // A holder turns it into 0 and its pid.
+    let holder = python(HOLDER, &[f]);
+    assert_eq!(ls_pids(&["--path", f]), [i64::from(holder.pid)]);
+    // A named pid that is gone: 5, not 1.
+    let mut gone = Command::new("true").spawn().expect("true");
+    let pid = gone.id().to_string();
+    gone.wait().expect("reap");
+    let out = fdgrab(&["ls", &pid, "--path", f, "--pids"], false);
+    assert_eq!(out.status.code(), Some(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process whose thread-group leader exited has an empty /proc/PID/fd, yet its
+/// other threads still share a live fd table: a query over every process still
+/// finds what it holds (while kernel threads, also with an empty fd directory, are
+/// passed over).
+#[test]
+fn path_finds_a_holder_whose_leader_exited() {
+    let t = Target::spawn(["leader-exit"]);
+    fdgrab_testkit::wait_leader_zombie(t.pid);
+    let fd = t.fd_labelled("pipe-r");
+    let tid = std::fs::read_dir(format!("/proc/{}/task", t.pid))
+        .expect("task")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&tid| tid != t.pid)
+        .expect("a live thread");
+    // The pipe itself, through the live thread's fd table.
+    let pipe = format!("/proc/{}/task/{tid}/fd/{fd}", t.pid);
+    assert_eq!(ls_pids(&["--path", &pipe]), [i64::from(t.pid)]);
+    let doc = ls_json(&["--path", &pipe]);
+    let fds: Vec<i64> = processes(&doc)[0]["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter_map(|e| e["fd"].as_i64())
+        .collect();
+    // Both ends of the pipe are the same inode.
+    assert!(fds.contains(&i64::from(fd)), "{doc}");
+}

@@ -6,10 +6,13 @@
 //! command `fdgrab get --backend ptrace PID FD -- /bin/true` in interleaved rounds
 //! with `/bin/true`.
 //!
-//! Goals (the process exits 1 when one is missed):
-//! - a library ptrace grab of one fd in at most 0.2 ms (median of round medians);
+//! Goals (the process exits 1 when one is missed; `bench inject:` summary line):
+//! - a library ptrace grab of one fd in at most 0.2 ms (median of round medians):
+//!   the issue states this one absolutely, so it is judged as the grab's time over
+//!   that budget (at most 1.0x); its ratio to `pidfd_getfd` in the same run is
+//!   printed beside it;
 //! - gdb one-liner / whole ptrace command >= 150x;
-//! - 1,000 fds in one session at most 30 us per fd.
+//! - 1,000 fds in one session at most 30x `pidfd_getfd` per fd.
 //!
 //! Run: `scripts/bench inject` (it builds the release `fdgrab` first). The target is
 //! a `python3` process holding 1,000 fds and sleeping, so the ptrace path always
@@ -206,46 +209,35 @@ fn main() {
         "  whole ptrace command / /bin/true: {:.2}x",
         cmd.as_secs_f64() / truth.as_secs_f64()
     );
-    let mut missed = false;
-    let mut goal = |name: &str, ok: bool| {
-        println!("  {name}: {}", verdict(ok));
-        missed |= !ok;
-    };
-    println!("goals:");
-    goal(
-        "library ptrace grab of one fd <= 200 us (median)",
-        ptrace <= Duration::from_micros(200),
-    );
-    match gdb {
-        Some(g) => {
-            let ratio = g.as_secs_f64() / cmd.as_secs_f64();
-            goal(
-                &format!("gdb one-liner / whole ptrace command >= 150x (is {ratio:.0}x)"),
-                ratio >= 150.0,
-            );
-        }
-        None => goal(
-            "gdb one-liner / whole ptrace command (gdb is needed)",
-            false,
-        ),
-    }
-    goal(
-        "1000 fds <= 30 us per fd",
-        per_fd <= Duration::from_micros(30),
+    println!(
+        "  ptrace, per fd of 1,000 / pidfd_getfd: {:.2}x",
+        per_fd.as_secs_f64() / pidfd.as_secs_f64()
     );
     let _ = child.kill();
     let _ = child.wait();
-    if missed {
-        std::process::exit(1);
+    let mut goals = fdgrab_testkit::bench::Goals::new("inject");
+    goals.at_most(
+        "library ptrace grab of one fd / the 0.2 ms budget",
+        ptrace.as_secs_f64() / 200e-6,
+        1.0,
+    );
+    match gdb {
+        Some(g) => goals.at_least(
+            "gdb one-liner / whole ptrace command",
+            g.as_secs_f64() / cmd.as_secs_f64(),
+            150.0,
+        ),
+        None => goals.not_measured(
+            "gdb one-liner / whole ptrace command",
+            "gdb is not installed",
+        ),
     }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
+    goals.at_most(
+        "ptrace, per fd of 1,000 in one session / pidfd_getfd",
+        per_fd.as_secs_f64() / pidfd.as_secs_f64(),
+        30.0,
+    );
+    goals.finish()
 }
 
 /// The by-hand way: gdb attaches, calls dup(N) in the target, detaches.

@@ -184,12 +184,7 @@ fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) 
         Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
         Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
     }
-    let theirs = match rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {
-        Ok(st) => st,
-        Err(Errno::NOENT) if target.is_alive() => return Err(Error::NoSuchFd { pid, fd }),
-        Err(Errno::NOENT) | Err(Errno::SRCH) => return Err(Error::NoSuchProcess { pid }),
-        Err(e) => return Err(Error::io("stat(/proc/PID/task/TID/fd/N)", pid, Some(fd), e)),
-    };
+    let theirs = fd_stat(target, owner, fd)?;
     let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::local("fstat", e))?;
     Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
 }
@@ -245,6 +240,8 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
 }
 
 /// `stat` of the target's `fd`, read through thread `owner` (see [`fd_table_owner`]).
+/// The one place that maps its errors: `ENOENT` is a closed fd while the process
+/// lives, and a gone process after.
 pub(crate) fn fd_stat(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<rustix::fs::Stat> {
     let pid = target.pid();
     rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")).map_err(|e| match e {

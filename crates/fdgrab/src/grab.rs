@@ -403,7 +403,12 @@ impl Preflight {
         for &fd in &self.existing {
             access::fd_is_open(&target, owner, fd)?;
         }
-        if let Some(limit) = procfs::nofile_limit(pid) {
+        // /proc/PID/limits only when a number must be checked against it: reading
+        // it takes a dozen system calls, and most commands install nothing.
+        let limit = (!self.install_at.is_empty())
+            .then(|| procfs::nofile_limit(pid))
+            .flatten();
+        if let Some(limit) = limit {
             if let Some(fd) = self
                 .install_at
                 .iter()

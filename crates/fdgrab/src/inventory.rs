@@ -22,11 +22,12 @@ pub use sockets::{Endpoint, SocketInfo};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{access::permission_hint, Pid, TargetFd};
-use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags};
+use rustix::fs::{openat, readlinkat, statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// What kind of object a descriptor refers to.
@@ -273,25 +274,19 @@ impl Select<'_> {
             Mode::empty(),
         )
         .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
-        let mut dir = Dir::new(fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-            if let Ok(n) = entry.file_name().to_str().map(str::to_string) {
-                if n.bytes().all(|b| b.is_ascii_digit()) {
-                    names.push(n);
-                }
-            }
-        }
-        if names.is_empty() {
-            return Ok(true); // a leader that exited: the listing looks through a thread
-        }
-        let fd_dir = dir
-            .fd()
+        let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        Ok(names.iter().any(|n| {
+        if numbers.is_empty() {
+            // A kernel thread or a process without fds holds nothing; a leader
+            // that exited is listed through one of its threads.
+            return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
+        }
+        let fd_dir = fd_dir.as_fd();
+        Ok(numbers.iter().any(|&n| {
+            let n = itoa(n);
+            let n = n.as_str();
             let link_ok = !self.by_link()
-                || readlinkat(fd_dir, n.as_str(), Vec::new())
+                || readlinkat(fd_dir, n, Vec::new())
                     .is_ok_and(|l| self.link_may_match(l.as_bytes()));
             link_ok && self.file_may_match(fd_dir, n)
         }))
@@ -345,7 +340,10 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
     // the other threads still share a live fd table; read it through one of them.
-    if numbers.is_empty() && target.is_alive() {
+    if numbers.is_empty()
+        && crate::procfs::has_other_threads(dirs.fd_dir.as_fd())
+        && target.is_alive()
+    {
         for tid in crate::procfs::tasks(pid)
             .unwrap_or_default()
             .into_iter()
@@ -360,8 +358,10 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             }
         }
     }
-    if !select.fds.is_empty() {
-        numbers.retain(|n| select.fds.contains(&TargetFd(*n)));
+    if let Numbers::Listed(numbers) = &mut numbers {
+        if !select.fds.is_empty() {
+            numbers.retain(|n| select.fds.contains(&TargetFd(*n)));
+        }
     }
     let ProcDirs {
         proc_dir,
@@ -369,11 +369,14 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         fdinfo_dir,
     } = dirs;
 
-    // Each fd costs a readlink and an open/read/close of its fdinfo, all in procfs
-    // and all independent, so large tables are split across cores; small ones are
-    // read right here (a thread costs more than it saves, and far more on a loaded
-    // host, where each new thread waits for a CPU).
-    let read_part = |part: &[i32], socket_seen: Option<&mpsc::Sender<()>>| {
+    // Each fd costs an open/read/close of its fdinfo (files add a readlink and a
+    // stat), all in procfs and all independent, so large tables are split across
+    // cores; small ones are read right here (a thread costs more than it saves, and
+    // far more on a loaded host, where each new thread waits for a CPU). The table
+    // is cut into blocks that the readers claim one at a time, so a reader that the
+    // scheduler holds back leaves its share to the others instead of making them
+    // wait at the end.
+    let read_blocks = |blocks: &Blocks, socket_seen: Option<&mpsc::Sender<()>>| {
         let mut told = false;
         let mut reader = EntryReader {
             pid,
@@ -382,39 +385,71 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             devs_by_mount: HashMap::new(),
             pseudo_mounts: HashMap::new(),
         };
-        let mut out = Vec::with_capacity(part.len());
-        for &n in part {
-            let link = if select.by_link() {
-                let name = itoa(n);
-                match reader.link(&name)? {
-                    Some(l) if select.link_may_match(&l) => Some(l),
-                    _ => continue,
-                }
-            } else {
-                None
+        // A reader of ranges moves its own directory position.
+        let own_dir = match blocks.source {
+            BlockSource::Listed(..) => None,
+            BlockSource::Ranges => Some(
+                openat(
+                    &fd_dir,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?,
+            ),
+        };
+        let mut done = Vec::new();
+        loop {
+            let claimed = blocks
+                .claim(own_dir.as_ref().map(|d| d.as_fd()))
+                .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+            let Some((i, mut part)) = claimed else {
+                break;
             };
-            if select.file.is_some() && !select.file_may_match(fd_dir.as_fd(), &itoa(n)) {
-                continue;
+            if !select.fds.is_empty() {
+                part.retain(|n| select.fds.contains(&TargetFd(*n)));
             }
-            if let Some(e) = reader.read(n, link)? {
-                if select.keeps(&e) {
-                    if let (Some(tx), false, FdKind::Socket) = (socket_seen, told, e.kind) {
-                        told = tx.send(()).is_ok();
+            let mut out = Vec::with_capacity(part.len());
+            for &n in &part {
+                let link = if select.by_link() {
+                    let name = itoa(n);
+                    match reader.link(&name)? {
+                        Some(l) if select.link_may_match(&l) => Some(l),
+                        _ => continue,
                     }
-                    out.push(e);
+                } else {
+                    None
+                };
+                if select.file.is_some() && !select.file_may_match(fd_dir.as_fd(), &itoa(n)) {
+                    continue;
+                }
+                if let Some(e) = reader.read(n, link)? {
+                    if select.keeps(&e) {
+                        if let (Some(tx), false, FdKind::Socket) = (socket_seen, told, e.kind) {
+                            told = tx.send(()).is_ok();
+                        }
+                        out.push(e);
+                    }
                 }
             }
+            done.push((i, out));
         }
-        Ok::<_, Error>(out)
+        Ok::<_, Error>(done)
     };
     let mut preloaded = None;
-    let mut fds = if numbers.len() <= PARALLEL_THRESHOLD {
-        read_part(&numbers, None)?
+    let (source, expected) = match &numbers {
+        Numbers::Listed(all) => (BlockSource::Listed(all), all.len()),
+        Numbers::Large(count) => (BlockSource::Ranges, *count),
+    };
+    let mut fds = if expected <= PARALLEL_THRESHOLD {
+        let one = Blocks::new(source, expected.max(1));
+        let all = read_blocks(&one, None)?;
+        all.into_iter().flat_map(|(_, part)| part).collect()
     } else {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
-        let chunk = numbers.len().div_ceil(workers).max(PARALLEL_THRESHOLD);
+        let blocks = Blocks::new(source, BLOCK);
         // A large table of one process: its namespace's socket tables are read on
         // one more thread as soon as a reader meets the first socket (and never,
         // if none does), while the readers go on.
@@ -429,17 +464,24 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
                         .map(|()| sockets::SocketTable::load(pid, proc_dir))
                 })
             });
-            let handles: Vec<_> = numbers
-                .chunks(chunk)
-                .map(|part| {
+            // This thread is one of the readers.
+            let helpers: Vec<_> = (1..workers)
+                .map(|_| {
                     let tx = preload.then(|| tx.clone());
-                    s.spawn(move || read_part(part, tx.as_ref()))
+                    let blocks = &blocks;
+                    s.spawn(move || read_blocks(blocks, tx.as_ref()))
                 })
                 .collect();
+            let mine = read_blocks(&blocks, preload.then_some(&tx));
             drop(tx);
-            let mut fds = Vec::with_capacity(numbers.len());
-            for h in handles {
-                fds.extend(h.join().map_err(|_| worker_panicked(pid))??);
+            let mut found = mine?;
+            for h in helpers {
+                found.extend(h.join().map_err(|_| worker_panicked(pid))??);
+            }
+            found.sort_unstable_by_key(|(i, _)| *i);
+            let mut fds = Vec::with_capacity(expected);
+            for (_, part) in found {
+                fds.extend(part);
             }
             if let Some(t) = table {
                 preloaded = t.join().map_err(|_| worker_panicked(pid))?.transpose()?;
@@ -479,7 +521,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
                 Some(t) => t,
                 None => sockets::SocketTable::load_for(pid, &proc_dir, &fd_dir, &held)?,
             };
-            socket_fds.for_each(|e| resolve(&table, e));
+            describe_sockets(table, &mut fds, &fd_dir);
         }
     }
 
@@ -487,6 +529,30 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         return Err(Error::NoSuchProcess { pid });
     }
     Ok(Inventory { pid, fds })
+}
+
+/// Gives each socket fd its details from `table`, a table made for this listing
+/// alone: each entry is moved out rather than copied (thousands of sockets in a
+/// large table), and a socket held by several fds is copied from the first.
+fn describe_sockets(table: sockets::SocketTable, fds: &mut [FdEntry], fd_dir: &OwnedFd) {
+    let mut by_inode = table.into_map();
+    let mut first_holder: HashMap<u64, usize> = HashMap::new();
+    for i in 0..fds.len() {
+        let (FdKind::Socket, Some(ino)) = (fds[i].kind, fds[i].inode) else {
+            continue;
+        };
+        let info = match by_inode.remove(&ino) {
+            Some(info) => {
+                first_holder.insert(ino, i);
+                info
+            }
+            None => match first_holder.get(&ino).and_then(|&j| fds[j].socket.clone()) {
+                Some(info) => info,
+                None => sockets::SocketTable::unknown(fd_dir, fds[i].fd),
+            },
+        };
+        fds[i].socket = Some(info);
+    }
 }
 
 /// Listening TCP, all UDP and all unix sockets of `pid`'s network namespace by
@@ -498,6 +564,82 @@ fn listener_table(pid: Pid, proc_dir: &OwnedFd) -> Option<HashMap<u64, SocketInf
         .ok()
 }
 
+/// The fd numbers of a table: listed up front, or, for a large one, only counted
+/// (the readers list it range by range).
+pub(crate) enum Numbers {
+    Listed(Vec<i32>),
+    Large(usize),
+}
+
+impl Numbers {
+    fn is_empty(&self) -> bool {
+        matches!(self, Numbers::Listed(v) if v.is_empty())
+    }
+}
+
+enum BlockSource<'a> {
+    /// Slices of a listing made up front.
+    Listed(&'a [i32]),
+    /// Ranges of numbers, each listed by the reader that claims it.
+    Ranges,
+}
+
+/// Where the readers of one table claim their next block of fd numbers, keyed so
+/// that sorting the keys puts the blocks back in fd order.
+struct Blocks<'a> {
+    source: BlockSource<'a>,
+    size: usize,
+    /// The next block (Listed: its index; Ranges: its first number).
+    next: AtomicUsize,
+    /// Ranges: no fd at or past this number.
+    end: AtomicUsize,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(source: BlockSource<'a>, size: usize) -> Self {
+        Self {
+            source,
+            size,
+            next: AtomicUsize::new(0),
+            end: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// The next block with at least one fd, or `None` when the table is done.
+    /// `dir` is the caller's own handle on the fd directory (Ranges only).
+    fn claim(&self, dir: Option<BorrowedFd<'_>>) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
+        let (BlockSource::Ranges, Some(dir)) = (&self.source, dir) else {
+            let BlockSource::Listed(all) = self.source else {
+                return Ok(None);
+            };
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            return Ok(all.chunks(self.size).nth(i).map(|p| (i, p.to_vec())));
+        };
+        loop {
+            let lo = self.next.fetch_add(self.size, Ordering::Relaxed);
+            if lo >= self.end.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let hi = lo + self.size;
+            let (part, after) = crate::procfs::fd_numbers_in(dir, lo, hi)?;
+            match after {
+                None => {
+                    self.end.fetch_min(hi, Ordering::Relaxed);
+                }
+                // Nothing between hi and the next fd: its range is the next worth
+                // claiming (a sparse table skips its holes).
+                Some(next) => {
+                    self.next
+                        .fetch_max(next - next % self.size, Ordering::Relaxed);
+                }
+            }
+            if !part.is_empty() {
+                return Ok(Some((lo / self.size, part)));
+            }
+        }
+    }
+}
+
 /// `/proc/PID` (or `/proc/PID/task/TID`) and its `fd` and `fdinfo` directories.
 pub(crate) struct ProcDirs {
     pub(crate) proc_dir: OwnedFd,
@@ -506,8 +648,10 @@ pub(crate) struct ProcDirs {
 }
 
 impl ProcDirs {
-    /// Opens the directories under `base` and returns the sorted fd numbers.
-    pub(crate) fn open(pid: Pid, base: &str) -> Result<(Self, Vec<i32>)> {
+    /// Opens the directories under `base` and lists the fd numbers, unless the
+    /// table is large (Linux 6.2+ gives the count as the size of `fd`): then the
+    /// readers list it range by range themselves.
+    pub(crate) fn open(pid: Pid, base: &str) -> Result<(Self, Numbers)> {
         let dir_flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
         let proc_dir = openat(
             rustix::fs::CWD,
@@ -520,20 +664,15 @@ impl ProcDirs {
             .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
         let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
             .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
-        let mut numbers = Vec::new();
-        let dir = Dir::read_from(&fd_dir).map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        for entry in dir {
-            let entry = entry.map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse::<i32>().ok())
-            {
-                numbers.push(n);
-            }
-        }
-        numbers.sort_unstable();
+        let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
+        let numbers = if usize::try_from(count).is_ok_and(|c| c > PARALLEL_THRESHOLD) {
+            Numbers::Large(count as usize)
+        } else {
+            Numbers::Listed(
+                crate::procfs::numbered_entries(fd_dir.as_fd())
+                    .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?,
+            )
+        };
         Ok((
             Self {
                 proc_dir,
@@ -552,6 +691,9 @@ pub fn inventory_pid(pid: Pid) -> Result<Inventory> {
 
 /// Below this many fds, threads cost more than they save.
 const PARALLEL_THRESHOLD: usize = 256;
+/// The fds a reader claims at a time: small enough to even out readers that run at
+/// different speeds, large enough that claiming costs nothing.
+const BLOCK: usize = 128;
 const MAX_WORKERS: usize = 4;
 
 fn worker_panicked(pid: Pid) -> Error {

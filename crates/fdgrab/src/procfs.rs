@@ -2,7 +2,10 @@
 //! path behind ioctls and syscalls, and a missing field is not worth failing over.
 
 use crate::Pid;
+use rustix::fs::RawDir;
 use std::fs;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// Fields of `/proc/PID/status` that we use.
 #[derive(Debug, Default, Clone)]
@@ -71,40 +74,125 @@ fn parse4(value: &str) -> Option<[u32; 4]> {
 }
 
 /// Every process id listed in `/proc` (one per thread group: `/proc` names no
-/// other threads), ascending. Non-numeric entries (`self`, `sys`, ...) are skipped
-/// without being copied: one `getdents64` buffer serves the whole listing.
+/// other threads), ascending.
 pub fn pids() -> std::io::Result<Vec<Pid>> {
-    use rustix::fs::{Mode, OFlags, RawDir};
-    use std::mem::MaybeUninit;
     let dir = rustix::fs::openat(
         rustix::fs::CWD,
         "/proc",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
     )?;
-    let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
-    let mut entries = RawDir::new(&dir, &mut buf);
+    Ok(numbered_entries(dir.as_fd())?)
+}
+
+/// The longest `struct linux_dirent64` (a 255-byte name), as getdents lays it out.
+const MAX_DIRENT: usize = dirent_len(255);
+
+/// The size of the `struct linux_dirent64` for a name of `len` bytes: the fixed
+/// part (19 bytes), the name and its NUL, rounded up to 8.
+const fn dirent_len(len: usize) -> usize {
+    (19 + len + 1 + 7) & !7
+}
+
+/// The entries of a `/proc` directory whose names are numbers (processes in
+/// `/proc`, descriptors in `/proc/PID/fd`), ascending. The directory is read from
+/// its current position. Other names (`self`, `sys`, ...) are skipped without being
+/// copied: one `getdents64` buffer serves the whole listing.
+pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i32>> {
+    const BUF: usize = 16 * 1024;
+    let mut buf = [MaybeUninit::<u8>::uninit(); BUF];
+    let mut entries = RawDir::new(dir, &mut buf);
     let mut out = Vec::new();
+    let mut batch = 0;
     while let Some(entry) = entries.next() {
-        if let Some(pid) = numeric_name(entry?.file_name().to_bytes()) {
-            out.push(pid);
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        batch += dirent_len(name.len());
+        if let Some(n) = numeric_name(name) {
+            out.push(n);
+        }
+        if entries.is_buffer_empty() {
+            // procfs fills a getdents buffer until the next entry does not fit
+            // (proc_readfd_common, proc_pid_readdir), so a batch that left room for
+            // the longest entry was the last: the call that would return 0 is
+            // skipped, one syscall per directory.
+            if batch + MAX_DIRENT <= BUF {
+                break;
+            }
+            batch = 0;
         }
     }
-    // `/proc` lists in pid order today; sorting keeps the promise if that changes.
+    // Both directories list in number order today; sorting keeps the promise.
     out.sort_unstable();
     Ok(out)
 }
 
-/// The positive number a `/proc` entry name spells, digits only (no sign, no
-/// spaces), or `None`.
-fn numeric_name(name: &[u8]) -> Option<Pid> {
+/// The descriptors numbered `lo..hi` of a `/proc/PID/fd` directory, read through
+/// `dir`, a handle of the caller's own (its position is moved): procfs puts fd N at
+/// offset N + 2, so the listing starts right at `lo`, and readers of different
+/// ranges share no work. Also the first number at or past `hi`, if there is one
+/// (`None`: no fd from `hi` on).
+pub(crate) fn fd_numbers_in(
+    dir: BorrowedFd<'_>,
+    lo: usize,
+    hi: usize,
+) -> rustix::io::Result<(Vec<i32>, Option<usize>)> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(lo as u64 + 2))?;
+    // Room for about one range of 128 numbers (24 to 32 bytes an entry), so a
+    // reader seldom lists entries that belong to the next range.
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next() {
+        let Some(n) = numeric_name(entry?.file_name().to_bytes()) else {
+            continue;
+        };
+        let n = n as usize; // never negative: digits only
+        if n >= hi {
+            return Ok((out, Some(n)));
+        }
+        if n >= lo {
+            out.push(n as i32);
+        }
+    }
+    Ok((out, None))
+}
+
+/// Whether the process whose `/proc/PID/fd` is `fd_dir` has threads besides its
+/// leader: the link count of `/proc/PID/task` is 2 plus the number of threads. An
+/// empty fd directory with no other thread is a kernel thread or a process with no
+/// descriptors; with others, a leader that exited while its threads live on.
+pub(crate) fn has_other_threads(fd_dir: BorrowedFd<'_>) -> bool {
+    rustix::fs::statat(fd_dir, "../task", rustix::fs::AtFlags::empty())
+        .map_or(true, |st| st.st_nlink > 3)
+}
+
+/// The number a `/proc` entry name spells (digits only: no sign, no spaces; fd 0
+/// included), or `None`.
+fn numeric_name(name: &[u8]) -> Option<i32> {
     if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let n = name
         .iter()
         .fold(0_u64, |n, &d| n * 10 + u64::from(d - b'0'));
-    Pid::try_from(n).ok().filter(|&p| p > 0)
+    i32::try_from(n).ok()
+}
+
+/// `/proc/PID/comm` without its newline, in one read: the name is at most 15
+/// bytes (`TASK_COMM_LEN`), so the size probe and second read of `fs::read` are
+/// not needed.
+pub(crate) fn comm(pid: Pid) -> rustix::io::Result<Vec<u8>> {
+    let file = rustix::fs::openat(
+        rustix::fs::CWD,
+        format!("/proc/{pid}/comm"),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut buf = [0u8; 64];
+    let n = rustix::io::retry_on_intr(|| rustix::io::read(&file, &mut buf))?;
+    let name = &buf[..n];
+    Ok(name.strip_suffix(b"\n").unwrap_or(name).to_vec())
 }
 
 /// The thread ids of a process, from `/proc/PID/task`.
@@ -133,9 +221,53 @@ pub(crate) fn cgroup_id(pid: Pid) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    fs::metadata(format!("/sys/fs/cgroup{path}"))
-        .ok()
-        .map(|m| m.ino())
+    let root = cgroup2_mount_point()?;
+    fs::metadata(format!("{root}{path}")).ok().map(|m| m.ino())
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified
+/// layout, but `/sys/fs/cgroup/unified` on a hybrid one, so it is looked up in
+/// our own mountinfo rather than assumed.
+fn cgroup2_mount_point() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(cgroup2_mount_point_in)
+}
+
+/// The mount point of one mountinfo line if its filesystem type is cgroup2.
+/// Field 5 is the mount point, octal-escaped; the type follows the `-` separator.
+fn cgroup2_mount_point_in(line: &str) -> Option<String> {
+    let (fields, tail) = line.split_once(" - ")?;
+    if tail.split(' ').next()? != "cgroup2" {
+        return None;
+    }
+    let escaped = fields.split(' ').nth(4)?;
+    Some(unescape_octal(escaped))
+}
+
+/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in
+/// mountinfo paths.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The state letter and start time (clock ticks after boot) of `/proc/PID/stat`.
@@ -242,11 +374,106 @@ mod tests {
         assert_eq!(numeric_name(b"1"), Some(1));
         assert_eq!(numeric_name(b"4194304"), Some(4_194_304));
         assert_eq!(numeric_name(b"self"), None);
-        assert_eq!(numeric_name(b"0"), None);
+        assert_eq!(numeric_name(b"0"), Some(0));
         assert_eq!(numeric_name(b""), None);
         assert_eq!(numeric_name(b"+5"), None);
         assert_eq!(numeric_name(b"99999999999"), None);
         assert_eq!(numeric_name(b"4294967295"), None);
+    }
+
+    #[test]
+    fn cgroup2_mount_point_from_mountinfo_lines() {
+        let hybrid =
+            "35 25 0:30 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw";
+        assert_eq!(
+            cgroup2_mount_point_in(hybrid).as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        let v1 = "36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:11 - cgroup cgroup rw,cpu";
+        assert_eq!(cgroup2_mount_point_in(v1), None);
+        let spaced = r"40 25 0:32 / /mnt/cg\040two rw - cgroup2 none rw";
+        assert_eq!(
+            cgroup2_mount_point_in(spaced).as_deref(),
+            Some("/mnt/cg two")
+        );
+        assert_eq!(unescape_octal(r"a\134b\1"), r"a\b\1");
+    }
+
+    #[test]
+    fn cgroup_id_is_the_inode_of_our_own_cgroup_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let text = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            eprintln!("SKIP: this process is in no cgroup v2 hierarchy");
+            return;
+        };
+        let root = cgroup2_mount_point().expect("a 0:: line means cgroup2 is mounted");
+        let want = fs::metadata(format!("{root}{path}")).expect("stat").ino();
+        assert_eq!(cgroup_id(std::process::id() as Pid), Some(want));
+        let fs_type = rustix::fs::statfs(root.as_str()).expect("statfs").f_type;
+        assert_eq!(fs_type as i64, 0x6367_7270, "{root} is not a cgroup2 mount");
+    }
+
+    #[test]
+    fn dirent_sizes_match_the_kernel_layout() {
+        // d_ino 8, d_off 8, d_reclen 2, d_type 1, then the name and NUL.
+        assert_eq!(dirent_len(1), 24);
+        assert_eq!(dirent_len(4), 24);
+        assert_eq!(dirent_len(5), 32);
+        assert_eq!(MAX_DIRENT, 280);
+    }
+
+    /// `n` more fds of our own (copies of /dev/null), and our `/proc/self/fd`.
+    fn own_fds_plus(n: usize) -> (Vec<std::fs::File>, rustix::fd::OwnedFd) {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let held = (0..n).map(|_| null.try_clone().expect("dup")).collect();
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open /proc/self/fd");
+        (held, dir)
+    }
+
+    #[test]
+    fn numbered_entries_lists_every_fd_across_batches() {
+        // Far more fds than one 16 KiB getdents buffer holds (about 680 entries).
+        let (held, dir) = own_fds_plus(900);
+        let fds = numbered_entries(dir.as_fd()).expect("list");
+        use std::os::fd::AsRawFd;
+        for h in &held {
+            assert!(
+                fds.binary_search(&h.as_raw_fd()).is_ok(),
+                "fd {} missing",
+                h.as_raw_fd()
+            );
+        }
+        assert!(fds.binary_search(&dir.as_raw_fd()).is_ok());
+        assert_eq!(fds.first(), Some(&0), "fd 0 is listed");
+    }
+
+    #[test]
+    fn fd_ranges_cover_the_table_exactly() {
+        let (held, dir) = own_fds_plus(300);
+        let all = numbered_entries(dir.as_fd()).expect("list");
+        let mut joined = Vec::new();
+        let mut lo = 0;
+        loop {
+            let (part, after) = fd_numbers_in(dir.as_fd(), lo, lo + 128).expect("range");
+            assert!(part.iter().all(|&n| (lo..lo + 128).contains(&(n as usize))));
+            joined.extend(part);
+            match after {
+                Some(next) => {
+                    assert!(next >= lo + 128);
+                    lo = next - next % 128;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(joined, all);
+        assert!(all.len() > 300, "{}", all.len());
+        drop(held);
     }
 
     #[test]

@@ -89,6 +89,13 @@ fn long_lists_are_split_into_messages() {
 }
 
 fn receive_600(b: &OwnedFd) {
+    // Bounded: fds that never come must fail the test, not hang it.
+    rustix::net::sockopt::set_socket_timeout(
+        b,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(fdgrab_testkit::TIMEOUT),
+    )
+    .expect("SO_RCVTIMEO");
     let mut total = 0;
     let mut chunks = 0;
     let mut buf = [0u8; 64];

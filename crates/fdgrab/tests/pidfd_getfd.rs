@@ -144,6 +144,83 @@ fn killed_target_is_no_such_process() {
     ));
 }
 
+/// Without `kcmp` (no `CONFIG_KCMP`, or refused), `same_file` compares device and
+/// inode: the target's own file is recognised, another file is not. Run in a
+/// forked child whose seccomp filter fails `kcmp` with ENOSYS.
+#[test]
+fn same_file_without_kcmp_compares_the_inode() {
+    let t = Target::spawn(["zoo"]);
+    let pidfd = PidFd::open(t.pid).expect("pidfd_open");
+    let n = tfd(t.fd_labelled("file"));
+    let ours = grab(&pidfd, n).expect("grab");
+    let other = std::fs::File::open(format!("/proc/{}/status", t.pid)).expect("another file");
+    // SAFETY: the child runs the checks below and leaves with _exit; the harness
+    // runs this test alone in its process.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork");
+    if child == 0 {
+        let code =
+            if fdgrab_testkit::install_errno_filter(&[(libc::SYS_kcmp, libc::ENOSYS)]).is_err() {
+                10
+            } else if sys_kcmp_works() {
+                11
+            } else {
+                match (
+                    same_file(&pidfd, n, ours.as_fd()),
+                    same_file(&pidfd, n, other.as_fd()),
+                ) {
+                    (Ok(true), Ok(false)) => 0,
+                    (Ok(true), Ok(true)) => 1,
+                    (Ok(false), _) => 2,
+                    _ => 3,
+                }
+            };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut status = 0;
+    // SAFETY: polling our own child.
+    while unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == 0 {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: our own child, killed and reaped.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, &mut status, 0);
+            }
+            panic!("the child did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let meaning = match code {
+        Some(0) => "",
+        Some(1) => "another file was taken for the target's",
+        Some(2) => "the target's own file was not recognised",
+        Some(3) => "same_file failed",
+        Some(10) => "the filter could not be installed",
+        Some(11) => "kcmp still worked under the filter",
+        _ => "the child died",
+    };
+    assert_eq!(code, Some(0), "{meaning} (status {status:#x})");
+}
+
+/// Whether `kcmp(KCMP_FILE)` of our fd 0 with itself answers.
+fn sys_kcmp_works() -> bool {
+    let me = std::process::id() as libc::c_long;
+    // SAFETY: kcmp reads nothing of ours; the arguments are plain numbers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            me,
+            me,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        ) >= 0
+    }
+}
+
 #[test]
 fn process_whose_leader_exited_is_still_grabbable() {
     let t = Target::spawn(["leader-exit"]);

@@ -1,7 +1,7 @@
-//! `fdgrab get`: run a command with copies of a process's fds.
+//! `fdgrab get`: run a command with copies of a process's fds, in fdgrab's place.
 
 use crate::cli::GetArgs;
-use crate::launch::{forwarded_signals, grab_and_spawn, passthrough};
+use crate::launch::grab_and_exec;
 use anyhow::Result;
 use fdgrab::grab::Preflight;
 use std::process::ExitCode;
@@ -27,8 +27,6 @@ pub fn run(a: GetArgs) -> Result<ExitCode> {
     } else {
         a.fds.clone()
     };
-    let signals = forwarded_signals()?;
-    let (mut child, _) = grab_and_spawn(&target, &fds, a.backend, &a.cmd)?;
-    let status = child.wait_forwarding(&signals)?;
-    Ok(passthrough(status))
+    // CMD replaces fdgrab: from here on its status is fdgrab's.
+    match grab_and_exec(&target, &fds, a.backend, &a.cmd)? {}
 }

@@ -2,7 +2,7 @@
 //! narrowed by the questions lsof, ss and fuser answer.
 
 use crate::cli::LsArgs;
-use crate::exit::UsageError;
+use crate::exit::{Code, UsageError};
 use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::{Error, TargetFd};
@@ -44,7 +44,14 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    let status = report_skipped(&mut result, named.is_some());
+    // Like `lsof -t`, `fuser` and `pgrep`, --pids with nothing found exits 1, so
+    // that `pids=$(fdgrab ls ... --pids) || ...` can tell; a named process that
+    // could not be read keeps its own status.
+    let status = match report_skipped(&mut result, named.is_some())? {
+        None if a.pids_only && result.processes.is_empty() => Code::Failure.into(),
+        None => ExitCode::SUCCESS,
+        Some(code) => code,
+    };
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -71,7 +78,9 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     }
     out.flush()
         .map_err(crate::exit::stdout_error("writing to stdout"))?;
-    status
+    // The process exits next: freeing every entry one by one first is wasted time.
+    std::mem::forget(result);
+    Ok(status)
 }
 
 fn build_query(a: &LsArgs) -> Result<Query> {
@@ -110,10 +119,11 @@ fn uid_of(user: &str) -> Result<u32> {
 }
 
 /// One summary line on stderr for the processes that could not be read. They fail
-/// the run only when the user named them: the first one's error gives the status.
-fn report_skipped(result: &mut QueryResult, named: bool) -> Result<ExitCode> {
+/// the run only when the user named them: the first one's error gives the status
+/// (`None`: they do not change it).
+fn report_skipped(result: &mut QueryResult, named: bool) -> Result<Option<ExitCode>> {
     if result.skipped.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let gone = result
         .skipped
@@ -152,9 +162,9 @@ fn report_skipped(result: &mut QueryResult, named: bool) -> Result<ExitCode> {
     eprintln!("{line}");
     if named {
         let first = result.skipped.remove(0).error;
-        return Ok(crate::exit::code_for(&first.into()).into());
+        return Ok(Some(crate::exit::code_for(&first.into()).into()));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(None)
 }
 
 const HEADERS: [&str; 9] = [
@@ -167,27 +177,28 @@ fn write_table(
     with_process: bool,
 ) -> std::io::Result<()> {
     let skip = if with_process { 0 } else { 2 };
-    let mut rows: Vec<[String; 9]> = Vec::new();
-    for p in procs {
-        let command = escape(p.command_bytes.as_deref().unwrap_or(p.command.as_bytes()));
-        for e in &p.fds {
-            let [fd, flags, ty, dev, size_off, node, name] = row(e);
-            rows.push([
-                command.clone(),
-                p.pid.to_string(),
-                fd,
-                flags,
-                ty,
-                dev,
-                size_off,
-                node,
-                name,
-            ]);
+    // COMMAND and PID once per process; the other cells per fd.
+    let heads: Vec<[String; 2]> = procs
+        .iter()
+        .map(|p| {
+            let command = p.command_bytes.as_deref().unwrap_or(p.command.as_bytes());
+            [escape(command), p.pid.to_string()]
+        })
+        .collect();
+    let fds: Vec<(usize, &FdEntry)> = procs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.fds.iter().map(move |e| (i, e)))
+        .collect();
+    let rows = rows_of(&fds);
+    let mut widths = HEADERS.map(str::len);
+    for (i, _) in &fds {
+        for (w, c) in widths.iter_mut().zip(&heads[*i]) {
+            *w = (*w).max(c.chars().count());
         }
     }
-    let mut widths = HEADERS.map(str::len);
     for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()).take(8) {
+        for (w, c) in widths[2..8].iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
         }
     }
@@ -218,10 +229,45 @@ fn write_table(
         return Ok(()); // nothing matched: no header either, as lsof
     }
     emit(HEADERS, out)?;
-    for r in &rows {
-        emit(std::array::from_fn(|i| r[i].as_str()), out)?;
+    for ((p, _), r) in fds.iter().zip(&rows) {
+        let [command, pid] = &heads[*p];
+        emit(
+            std::array::from_fn(|i| match i {
+                0 => command.as_str(),
+                1 => pid.as_str(),
+                i => r[i - 2].as_str(),
+            }),
+            out,
+        )?;
     }
+    // Freeing tens of thousands of cells one by one just before exiting is
+    // wasted time.
+    std::mem::forget(rows);
     Ok(())
+}
+
+/// Rows from this many fds on are formatted on every core.
+const PARALLEL_ROWS: usize = 2048;
+
+/// The cells after COMMAND and PID of each fd, in order.
+fn rows_of(fds: &[(usize, &FdEntry)]) -> Vec<[String; 7]> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if fds.len() < PARALLEL_ROWS || cores < 2 {
+        return fds.iter().map(|(_, e)| row(e)).collect();
+    }
+    let chunk = fds.len().div_ceil(cores);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = fds
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|(_, e)| row(e)).collect::<Vec<_>>()))
+            .collect();
+        let mut rows = Vec::with_capacity(fds.len());
+        for p in parts {
+            // A panic in `row` is a bug; it surfaces here as in the serial case.
+            rows.extend(p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        rows
+    })
 }
 
 fn row(e: &FdEntry) -> [String; 7] {

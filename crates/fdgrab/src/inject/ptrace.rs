@@ -8,7 +8,9 @@ use rustix::io::Errno;
 /// mistaken for a real `SIGTRAP`.
 pub(crate) const O_TRACESYSGOOD: libc::c_int = libc::PTRACE_O_TRACESYSGOOD;
 
-fn errno() -> Errno {
+/// The errno of the libc call that just failed (`EIO` if it left none): the one
+/// helper for the raw calls of the injection engine (here and `arch`).
+pub(crate) fn errno() -> Errno {
     Errno::from_raw_os_error(
         std::io::Error::last_os_error()
             .raw_os_error()

@@ -201,8 +201,8 @@ fn one(pid: Pid, q: &Query, select: &Select, source: &SocketSource) -> Result<Op
     if q.narrows_fds() && inv.fds.is_empty() {
         return Ok(None);
     }
-    let comm = std::fs::read(format!("/proc/{pid}/comm")).map_err(|e| io_to_proc(pid, e))?;
-    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
+    let comm =
+        crate::procfs::comm(pid).map_err(|e| super::proc_error(pid, "read /proc/PID/comm", e))?;
     let (command, command_bytes) = super::names::split_utf8(comm);
     Ok(Some(ProcessFds {
         pid,

@@ -223,12 +223,16 @@ impl SocketTable {
     /// have been created after the dump, or be of a family we do not parse) is
     /// named through the `system.sockprotoname` xattr, still without touching it.
     pub(crate) fn lookup(&self, ino: u64, fd_dir: &OwnedFd, fd: TargetFd) -> SocketInfo {
-        if let Some(s) = self.by_inode.get(&ino) {
-            return s.clone();
+        match self.by_inode.get(&ino) {
+            Some(s) => s.clone(),
+            None => Self::unknown(fd_dir, fd),
         }
+    }
+
+    /// A socket found in no table, named by its `system.sockprotoname` xattr.
+    pub(crate) fn unknown(fd_dir: &OwnedFd, fd: TargetFd) -> SocketInfo {
         let name = fd.as_raw().to_string();
-        let proto = sockprotoname(fd_dir, &name);
-        SocketInfo::unknown(proto)
+        SocketInfo::unknown(sockprotoname(fd_dir, &name))
     }
 
     pub(crate) fn parse_inet(&mut self, text: &str, family: &str, proto: &str, ty: &str) {

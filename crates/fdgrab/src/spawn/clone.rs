@@ -254,6 +254,159 @@ fn errno() -> Errno {
     }
 }
 
+/// Sets to `SIG_DFL` every signal that must not keep its disposition across exec:
+/// handlers of ours (when `handlers` is set: a vfork-style child shares our
+/// handlers' code but must never run it; `execve` resets them anyway), and ignored
+/// signals as [`SignalDefaults`] asks (`SIGPIPE` always, which the Rust runtime
+/// ignores for itself, not for the program).
+fn reset_signals(p: &Prepared<'_>, handlers: bool) -> Result<(), Errno> {
+    if !handlers && p.signals == SignalDefaults::KeepIgnored {
+        // Only SIGPIPE can need a change: no query needed.
+        return set_default(libc::SIGPIPE);
+    }
+    for sig in 1..=p.sigrtmax {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // The raw call: glibc's sigaction refuses the two signals it keeps for
+        // itself (32, 33), which an ignoring parent may still pass on.
+        let mut old = KernelSigaction::default();
+        // SAFETY: a null new action (a query) and a valid pointer for the old one,
+        // with the kernel's sigset size.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                8usize,
+            )
+        };
+        let reset = match old.handler {
+            h if h == libc::SIG_DFL => false,
+            h if h == libc::SIG_IGN => p.signals == SignalDefaults::All || sig == libc::SIGPIPE,
+            // A handler of ours.
+            _ => handlers,
+        };
+        if reset {
+            set_default(sig)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_default(sig: c_int) -> Result<(), Errno> {
+    set_handler(sig, libc::SIG_DFL)
+}
+
+fn set_handler(sig: c_int, handler: libc::sighandler_t) -> Result<(), Errno> {
+    let act = KernelSigaction {
+        handler,
+        ..KernelSigaction::default()
+    };
+    // SAFETY: a valid action with no handler code (SIG_DFL or SIG_IGN); in a
+    // vfork-style child the dispositions are its own (no CLONE_SIGHAND).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+pub(super) fn ignore_sigpipe() -> Result<(), Errno> {
+    set_handler(libc::SIGPIPE, libc::SIG_IGN)
+}
+
+/// Installs the fd plan: every `(from, to)` pair with `dup2`, and with
+/// `close_other_fds` every other descriptor above 2 marked close-on-exec first.
+fn install_fds(p: &Prepared<'_>) -> Result<(), Errno> {
+    if p.close_other_fds {
+        // SAFETY: integers only. CLOSE_RANGE_CLOEXEC (5.11) marks rather than
+        // closes, so the sources and the hand-back socket stay usable until exec;
+        // dup2 below clears the flag on the installed numbers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            for fd in 3..p.nofile {
+                // SAFETY: integers only; EBADF for numbers not in use is expected.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
+    for &(from, to) in &p.moves {
+        // SAFETY: integers only. No source sits on a destination number, so each
+        // dup2 makes a new descriptor, which never has FD_CLOEXEC.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the signal mask to the empty set.
+fn unblock_all() {
+    // SAFETY: an all-zero sigset_t is the empty set.
+    let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer; null old set.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+}
+
+fn execve(p: &Prepared<'_>) -> Errno {
+    // SAFETY: path, argv and envp are NUL-terminated strings and null-terminated
+    // pointer arrays in `Prepared`, alive until exec (in a child: until clone
+    // returns in the parent).
+    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
+    errno()
+}
+
+/// Replaces this process with the program: the same steps as a child's, minus
+/// those only a child can take (session, credentials, filter). Returns only when a
+/// step failed, with the step and errno; by then the fd plan may be partly
+/// installed, but fd 2 is ours again (so the error can be reported where it was
+/// going) and `SIGPIPE` is ignored again.
+pub(super) fn exec_in_place(p: &Prepared<'_>) -> (Step, Errno) {
+    if let Err(e) = reset_signals(p, false) {
+        return (Step::Signals, e);
+    }
+    let failure = |step, e, stderr: Option<RawFd>| {
+        if let Some(saved) = stderr {
+            // SAFETY: integers only; `saved` is a close-on-exec copy of our stderr.
+            unsafe { libc::dup2(saved, 2) };
+            // SAFETY: `saved` is ours and nothing else refers to it.
+            unsafe { libc::close(saved) };
+        }
+        let _ = ignore_sigpipe();
+        (step, e)
+    };
+    // The plan may put a grabbed fd at 2; an exec failure is still reported on our
+    // own stderr.
+    let stderr = p.moves.iter().any(|&(_, to)| to == 2).then(|| {
+        // SAFETY: integers only; -1 (stderr closed) just means nothing to restore.
+        unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) }
+    });
+    let stderr = stderr.filter(|&fd| fd >= 0);
+    if let Err(e) = install_fds(p) {
+        return failure(Step::Fds, e, stderr);
+    }
+    unblock_all();
+    let e = execve(p);
+    failure(Step::Exec, e, stderr)
+}
+
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ChildArgs` that `spawn` passed, alive while we run.
     let args = unsafe { &*(arg as *const ChildArgs<'_, '_>) };
@@ -305,59 +458,13 @@ impl ChildArgs<'_, '_> {
         if let Some(s) = p.seccomp {
             self.install_filter(s);
         }
-        // SAFETY: an all-zero sigset_t is the empty set; the pointer is valid. Last
-        // before exec: from here on a signal acts on the child alone, by default.
-        let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer; null old set.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
-        // SAFETY: path, argv and envp are NUL-terminated strings and null-terminated
-        // pointer arrays in `Prepared`, alive until clone returns in the parent.
-        unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
-        self.fail(Step::Exec, errno())
+        // Last before exec: from here on a signal acts on the child alone, by default.
+        unblock_all();
+        self.fail(Step::Exec, execve(p))
     }
 
     fn reset_signals(&self) {
-        let p = self.prepared;
-        for sig in 1..=p.sigrtmax {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            // The raw call: glibc's sigaction refuses the two signals it keeps for
-            // itself (32, 33), which an ignoring parent may still pass on.
-            let mut old = KernelSigaction::default();
-            // SAFETY: a null new action (a query) and a valid pointer for the old one,
-            // with the kernel's sigset size.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    std::ptr::null::<KernelSigaction>(),
-                    &mut old as *mut KernelSigaction,
-                    8usize,
-                )
-            };
-            let reset = match old.handler {
-                h if h == libc::SIG_DFL => false,
-                h if h == libc::SIG_IGN => p.signals == SignalDefaults::All || sig == libc::SIGPIPE,
-                // A handler of ours: it must never run in the child.
-                _ => true,
-            };
-            if reset {
-                let dfl = KernelSigaction::default();
-                // SAFETY: a valid SIG_DFL action; dispositions are the child's own
-                // (no CLONE_SIGHAND).
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_rt_sigaction,
-                        sig,
-                        &dfl as *const KernelSigaction,
-                        std::ptr::null_mut::<KernelSigaction>(),
-                        8usize,
-                    )
-                };
-                self.check_raw(Step::Signals, r);
-            }
-        }
+        self.check(Step::Signals, reset_signals(self.prepared, true));
     }
 
     fn write_listen_pid(&self) {
@@ -386,33 +493,7 @@ impl ChildArgs<'_, '_> {
     }
 
     fn install_fds(&self) {
-        let p = self.prepared;
-        if p.close_other_fds {
-            // SAFETY: integers only. CLOSE_RANGE_CLOEXEC (5.11) marks rather than
-            // closes, so the sources and the hand-back socket stay usable until exec;
-            // dup2 below clears the flag on the installed numbers.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                )
-            };
-            if r < 0 {
-                for fd in 3..p.nofile {
-                    // SAFETY: integers only; EBADF for numbers not in use is expected.
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                }
-            }
-        }
-        for &(from, to) in &p.moves {
-            // SAFETY: integers only. No source sits on a destination number, so each
-            // dup2 makes a new descriptor, which never has FD_CLOEXEC.
-            if unsafe { libc::dup2(from, to) } < 0 {
-                self.fail(Step::Fds, errno());
-            }
-        }
+        self.check(Step::Fds, install_fds(self.prepared));
     }
 
     fn install_filter(&self, s: &SeccompHandBack) {

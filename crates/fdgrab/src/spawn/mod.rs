@@ -281,6 +281,14 @@ impl SpawnError {
         }
     }
 
+    /// A step of starting `program` failed with `errno`.
+    fn failed(program: &Path, step: Step, errno: Errno) -> Self {
+        let mut e = Self::new(program, step, errno);
+        // execve's ENOENT about a file that exists.
+        e.loader_missing = step == Step::Exec && errno == Errno::NOENT && program.is_file();
+        e
+    }
+
     fn detail(mut self, d: impl Into<String>) -> Self {
         self.detail = Some(d.into());
         self
@@ -482,9 +490,7 @@ impl Spawn {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
             }
             let step = Step::from_u8(step).unwrap_or(Step::Exec);
-            let mut e = SpawnError::new(&program, step, errno);
-            e.loader_missing = step == Step::Exec && errno == Errno::NOENT && program.is_file();
-            return Err(e.into());
+            return Err(SpawnError::failed(&program, step, errno).into());
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
@@ -507,6 +513,52 @@ impl Spawn {
                 Err(e)
             }
         }
+    }
+
+    /// Replaces this process with the program (`execve` in place, no child): for a
+    /// caller with nothing left to do once the program runs. The program then has
+    /// our pid, our parent, and receives signals sent to us directly; its exit
+    /// status is the one our parent sees.
+    ///
+    /// It starts exactly as a spawned one would: the fd plan installed without
+    /// `FD_CLOEXEC`, an empty signal mask, handlers reset by `execve`, ignored
+    /// signals as [`Spawn::signal_defaults`] says. Settings that only a child can
+    /// have ([`Spawn::session`], credentials, death signal, `no_new_privs`,
+    /// `LISTEN_PID`, a filter) are refused with [`Error::InvalidArgument`] before
+    /// anything changes.
+    ///
+    /// Returns only on failure. A [`SpawnError`] at [`Step::Fds`] or
+    /// [`Step::Exec`] means this process has changed: some descriptors of the plan
+    /// may be installed and the signal mask is empty. Standard error is ours again,
+    /// so the caller can report the error and exit.
+    pub fn exec_in_place(self) -> Error {
+        if self.session != Session::Inherit
+            || self.credentials.is_some()
+            || self.death_signal.is_some()
+            || self.no_new_privs
+            || self.listen_pid
+            || self.seccomp.is_some()
+        {
+            return Error::InvalidArgument(
+                "a session, credentials, a death signal, no_new_privs, LISTEN_PID or a \
+                 seccomp filter need a child: use spawn, not exec_in_place"
+                    .into(),
+            );
+        }
+        let program = match &self.program {
+            Some(p) => p.clone(),
+            None => match find_program(&self.argv[0]) {
+                Ok(p) => p,
+                Err(e) => return e,
+            },
+        };
+        let prepared = match self.prepare(&program) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        tracing::debug!(program = %program.display(), fds = self.fds.len(), "exec in place");
+        let (step, errno) = clone::exec_in_place(&prepared);
+        SpawnError::failed(&program, step, errno).into()
     }
 
     fn prepare(&self, program: &Path) -> Result<clone::Prepared<'_>> {
@@ -564,6 +616,14 @@ impl Spawn {
             self.seccomp.as_ref(),
         ))
     }
+}
+
+/// Sets `SIGPIPE` to be ignored, as the Rust runtime does before `main`: a write
+/// to a closed pipe or socket then fails with `EPIPE` instead of killing us. For a
+/// binary with its own entry point (`#![no_main]`); programs started by
+/// [`Spawn`] get `SIGPIPE` at its default either way.
+pub fn ignore_sigpipe() -> Result<()> {
+    clone::ignore_sigpipe().map_err(|e| local_io("rt_sigaction(SIGPIPE, SIG_IGN)", e))
 }
 
 /// A copy of descriptor `n` that this process inherited (from the shell, or from

@@ -108,7 +108,7 @@ unsafe fn regset(
         )
     };
     if r < 0 {
-        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+        Err(crate::inject::ptrace::errno())
     } else {
         Ok(iov.iov_len)
     }

@@ -54,7 +54,7 @@ impl Regs {
             )
         };
         if r < 0 {
-            Err(last_errno())
+            Err(crate::inject::ptrace::errno())
         } else {
             Ok(Regs(regs))
         }
@@ -75,7 +75,7 @@ impl Regs {
             )
         };
         if r < 0 {
-            Err(last_errno())
+            Err(crate::inject::ptrace::errno())
         } else {
             Ok(())
         }
@@ -149,14 +149,6 @@ impl Regs {
         }
         Regs(r)
     }
-}
-
-fn last_errno() -> Errno {
-    Errno::from_raw_os_error(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    )
 }
 
 #[cfg(test)]

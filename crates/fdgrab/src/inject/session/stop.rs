@@ -238,6 +238,19 @@ impl Session<'_> {
     }
 
     /// Waits for the thread's next stop, spinning briefly first (see [`ptrace::Spin`]).
+    ///
+    /// No deadline, unlike [`Session::stop_for_injection`]'s wait, and on purpose for
+    /// now. Here the thread has been resumed into one of our calls: the stop comes when
+    /// that call returns, and a signal, group stop, exit or SIGKILL also ends the wait.
+    /// It can still block for as long as the call itself blocks: `close` or `dup2` of a
+    /// file whose flush hangs (a FUSE daemon that does not answer, the target itself
+    /// being that daemon, a dead NFS server), where even `PTRACE_INTERRUPT` does not
+    /// return the call (FUSE waits killably once the request is sent). Giving up
+    /// there is worse than waiting: a running tracee cannot be detached, and when
+    /// fdgrab exited the kernel would let the call return into our frame with our
+    /// registers, so the target would run on corrupted. A deadline that only warns
+    /// would need a blocking wait with a timeout (a SIGCHLD signalfd), which is not
+    /// written yet.
     pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
         let tid = self.tid;
         ptrace::wait(tid, &mut self.spin).map_err(|e| self.ptrace_error("waitpid", e).into())
