@@ -170,8 +170,8 @@ fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
     log_count(&agent, "audit lines dropped", 1);
     let dropped = agent.state_number("audit_lines_dropped");
     assert!(dropped > 0 && dropped < 3000, "{dropped} dropped");
-    // Reading now lets the queue drain into the pipe at the next decision; the
-    // pipe may end in the middle of a line whose rest is still queued.
+    // Reading now lets the queue drain into the pipe; the pipe may end in the
+    // middle of a line whose rest is still queued.
     let mut text = Vec::new();
     let mut drain = |text: &mut Vec<u8>| {
         let mut buf = [0u8; 65536];
@@ -312,4 +312,71 @@ fn agent_keeps_only_the_capabilities_it_uses() {
         .expect("audit line");
     assert_eq!(line["decision"], "continue", "{line}");
     assert_eq!(line["reason"], "unprivileged port", "{line}");
+}
+
+/// Lines queued while the audit FIFO was full reach it once its reader catches
+/// up, without waiting for a later decision (a container that stops binding must
+/// not leave its last decisions unwritten), in order, whole, none dropped.
+#[test]
+fn agent_audit_queue_drains_without_further_decisions() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-drain");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    fdgrab_testkit::oci::mkfifo(&fifo);
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("FIFO reader");
+    // One page of pipe: a handful of lines fill it, the rest waits in the queue.
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ");
+    let mut agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:93"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut t = FakeTenant::start(&agent, &unique("auditdrain"));
+    const BINDS: usize = 60;
+    for i in 0..BINDS {
+        let r = t.ask(
+            &format!("bind 127.79.{}.{} 93", i / 200, i % 200 + 1),
+            TIMEOUT,
+        );
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // No decision from here on: only the agent's own flushing can deliver.
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while text.iter().filter(|&&b| b == b'\n').count() < BINDS && Instant::now() < deadline {
+        match reader.read(&mut buf) {
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+    let lines: Vec<serde_json::Value> = std::str::from_utf8(&text)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        BINDS,
+        "queued audit lines stayed in the agent: {} of {BINDS} arrived",
+        lines.len()
+    );
+    for (i, v) in lines.iter().enumerate() {
+        let want = format!("127.79.{}.{}", i / 200, i % 200 + 1);
+        assert_eq!(v["address"], want.as_str(), "line {i} out of order: {v}");
+    }
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
+    assert!(agent.is_running());
 }

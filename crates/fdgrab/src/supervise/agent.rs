@@ -65,6 +65,10 @@ const SLOW_LANE_BUDGET: usize = 16 * 1024;
 /// The slow lane's nice value: it runs only when nothing else wants the CPU.
 const SLOW_LANE_NICE: i32 = 19;
 
+/// How often queued audit lines are offered again to a sink that did not take
+/// them (a FIFO whose reader lags).
+const AUDIT_RETRY: Duration = Duration::from_millis(20);
+
 /// How often cached pidfds of exited threads are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
@@ -279,6 +283,8 @@ pub struct Agent {
     waker: Arc<OwnedFd>,
     slow: SlowLane,
     last_prune: Instant,
+    /// Audit lines wait in the queue for the sink: [`Agent::turn`] retries them.
+    audit_waiting: bool,
     evicted_connections: u64,
     /// epoll tokens of fds a caller asked us to watch, with the caller's token.
     watched: HashMap<u64, u64>,
@@ -366,6 +372,7 @@ impl Agent {
             waker,
             slow,
             last_prune: Instant::now(),
+            audit_waiting: false,
             evicted_connections: 0,
             watched: HashMap::new(),
         })
@@ -475,6 +482,7 @@ impl Agent {
         for c in self.containers.values() {
             c.tenant.expire_overdue(now);
         }
+        self.audit_waiting = self.shared.audit.flush();
         if now.duration_since(self.last_prune) >= PRUNE_EVERY {
             self.last_prune = now;
             self.shared.pidfds.prune_exited();
@@ -484,11 +492,13 @@ impl Agent {
 
     fn next_deadline(&self) -> Option<Instant> {
         let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
+        let audit = self.audit_waiting.then(|| Instant::now() + AUDIT_RETRY);
         self.connections
             .values()
             .map(|c| c.deadline)
             .chain(self.accept_paused_until)
             .chain(watchdog)
+            .chain(audit)
             .min()
     }
 

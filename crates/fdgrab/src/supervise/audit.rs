@@ -367,6 +367,19 @@ impl AuditSink {
         !matches!(self.sink, Sink::None)
     }
 
+    /// Writes what waits in the queue, as far as the sink takes it without
+    /// waiting; returns whether some still waits. Lines queued while a FIFO's
+    /// reader lagged must reach it once it reads again, even if no decision
+    /// follows to push them: whoever owns the sink calls this while it is true.
+    pub fn flush(&self) -> bool {
+        let Sink::Out(writer, _) = &self.sink else {
+            return false;
+        };
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.flush();
+        !w.pending.is_empty()
+    }
+
     /// Lines dropped since start because the sink did not take them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -415,6 +428,14 @@ impl AuditSink {
             w.last_drop_report = Some(now);
             w.dropped_since_report = 0;
         }
+    }
+}
+
+impl Drop for AuditSink {
+    /// A last try for the queued lines (an agent that ends with its audit
+    /// FIFO's reader catching up), still without waiting.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
