@@ -216,3 +216,44 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
 fdgrab_testkit::per_runtime! {
     agent_real_container_among_stalls_and_a_storm => real_container_among_stalls_and_a_storm,
 }
+
+/// A client keeps the slow lane full: 70 connections that each sent the start
+/// of a document and then nothing (they would sit there until their 5 s
+/// deadline). A runtime whose document arrives in two reads (the listener with
+/// the second) must still be served: the client holding most of the lane makes
+/// room, not the newcomer.
+#[test]
+fn agent_split_document_served_while_the_slow_lane_is_full() {
+    use std::io::Write;
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:94"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let squatters: Vec<std::os::unix::net::UnixStream> = (0..70)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+            s.write_all(br#"{"ociVersion":"1.0.2","#).expect("write");
+            s
+        })
+        .collect();
+    agent
+        .log
+        .wait_for("clients are sending their document in pieces", TIMEOUT)
+        .unwrap_or_else(|e| panic!("the slow lane never filled: {e}"));
+    for i in 0..3 {
+        let id = unique("split");
+        let mut t = FakeTenant::spawn_split(&agent.socket, &id);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "split document {i}: {ready}");
+        // A bind waits in the kernel until the agent serves the listener; a
+        // listener the agent dropped answers ENOSYS.
+        let r = t.ask(&format!("bind 127.79.9.{} 94", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "split document {i} not served: {r}");
+        t.kill();
+    }
+    drop(squatters);
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}

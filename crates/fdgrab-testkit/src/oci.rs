@@ -847,6 +847,14 @@ impl FakeTenant {
         FakeTenant::spawn_command(cmd, socket, id)
     }
 
+    /// Like [`FakeTenant::spawn_at`], sending its document in two writes 20 ms
+    /// apart, the listener with the second (`FAKE_TENANT_SPLIT`).
+    pub fn spawn_split(socket: &Path, id: &str) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        cmd.env("FAKE_TENANT_SPLIT", "1");
+        FakeTenant::spawn_command(cmd, socket, id)
+    }
+
     fn spawn_command(mut cmd: Command, socket: &Path, id: &str) -> FakeTenant {
         let mut child = cmd
             .arg(socket)

@@ -52,9 +52,16 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() 
 /// pieces.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
 
-/// Connections the slow lane reads at once; more trickling clients are turned
-/// away.
+/// Connections the slow lane reads at once. A newcomer is always taken: to make
+/// room, the peer process holding most of the lane loses its oldest connection
+/// (see [`make_room`]), so that clients trickling forever cannot lock out a
+/// runtime whose document happens to arrive in two reads.
 const SLOW_LANE_MAX: usize = 64;
+
+/// Connections handed to the slow lane that it has not yet taken in (it runs at
+/// nice 19 and may lag): past this the agent's thread turns newcomers away,
+/// which bounds the descriptors a flood can pin.
+const SLOW_LANE_BACKLOG: usize = 2 * SLOW_LANE_MAX;
 
 /// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
 /// 3.2 MB/s per client, a megabyte in a third of a second, well within
@@ -174,6 +181,9 @@ struct Connection {
     deadline: Instant,
     /// When data last arrived (or the connection was accepted).
     active: Instant,
+    accepted: Instant,
+    /// The connecting process (`SO_PEERCRED`), when the kernel says.
+    peer: Option<i32>,
 }
 
 /// A thread at nice 19 that reads the documents that arrive in pieces.
@@ -228,6 +238,14 @@ fn slow_lane(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         conns.extend(rx.try_iter());
+        for evicted in make_room(&mut conns, SLOW_LANE_MAX) {
+            let reason = format!(
+                "more than {SLOW_LANE_MAX} clients are sending their document in pieces; closed the oldest connection of the client holding most ({} bytes received)",
+                evicted.reader.len()
+            );
+            tracing::warn!(peer = ?evicted.peer, reason = %reason, "rejected a seccomp agent connection");
+            report(TenantEvent::Rejected(reason));
+        }
         let now = Instant::now();
         conns.retain_mut(|c| {
             if c.deadline <= now {
@@ -256,6 +274,32 @@ fn slow_lane(
         });
         count.store(conns.len(), Ordering::Relaxed);
     }
+}
+
+/// Takes connections out of `conns` until at most `max` remain: each time the
+/// oldest of those whose peer process holds the most. One process trickling on
+/// many connections thus pays first, and among single-connection peers the one
+/// trickling longest does; a newcomer (a runtime, whose document completes
+/// within milliseconds) is the last to go.
+fn make_room(conns: &mut Vec<Connection>, max: usize) -> Vec<Connection> {
+    let mut out = Vec::new();
+    while conns.len() > max {
+        let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
+        for c in conns.iter() {
+            *per_peer.entry(c.peer).or_default() += 1;
+        }
+        let victim = conns
+            .iter()
+            .enumerate()
+            // Most connections for its peer first, then accepted earliest.
+            .max_by_key(|(_, c)| (per_peer[&c.peer], std::cmp::Reverse(c.accepted)))
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => out.push(conns.swap_remove(i)),
+            None => break,
+        }
+    }
+    out
 }
 
 struct Container {
@@ -565,6 +609,9 @@ impl Agent {
         }
         tracing::debug!(token, "runtime connected");
         let now = Instant::now();
+        let peer = rustix::net::sockopt::socket_peercred(&sock)
+            .ok()
+            .map(|c| c.pid.as_raw_nonzero().get());
         self.connections.insert(
             token,
             Connection {
@@ -572,6 +619,8 @@ impl Agent {
                 reader: StateReader::new(),
                 deadline: now + CONNECTION_TIMEOUT,
                 active: now,
+                accepted: now,
+                peer,
             },
         );
     }
@@ -590,9 +639,9 @@ impl Agent {
                 return;
             };
             let _ = epoll::delete(&self.epoll, &conn.sock);
-            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_MAX {
+            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_BACKLOG {
                 let reason = format!(
-                    "more than {SLOW_LANE_MAX} clients are sending their document in pieces"
+                    "more than {SLOW_LANE_BACKLOG} clients are sending their document in pieces and the slow lane lags"
                 );
                 tracing::warn!(token, reason = %reason, "rejected a seccomp agent connection");
                 events.push(AgentEvent::Rejected { reason });
