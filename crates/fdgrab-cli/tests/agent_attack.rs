@@ -257,3 +257,50 @@ fn agent_split_document_served_while_the_slow_lane_is_full() {
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
 }
+
+/// A container that alternates storms and single calls makes the agent lower
+/// its worker and start a successor at nice 0 again and again: every call is
+/// answered once (no worker answers a call another already did), one worker
+/// serves it at a time, and once it dies mid-storm (its worker at nice 19) the
+/// agent is back to its baseline threads and fds.
+#[test]
+fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:95"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut t = FakeTenant::start(&agent, &unique("flip"));
+    let mut calm = FakeTenant::start(&agent, &unique("flipcalm"));
+    for round in 0..5 {
+        assert_eq!(t.ask("storm 200 81 95", TIMEOUT)["started"], 200);
+        wait_nice(&agent, "fdgrab-tenant-1", 19);
+        let r = t.ask("stop", TIMEOUT);
+        assert!(r["binds"].as_u64() >= Some(200), "round {round}: {r}");
+        std::thread::sleep(Duration::from_millis(60));
+        let r = t.ask(&format!("lat 20 127.81.250.{} 95", round + 1), TIMEOUT);
+        assert_eq!(r["errors"], 0, "round {round}: {r}");
+        wait_nice(&agent, "fdgrab-tenant-1", 0);
+        assert_eq!(nices(&agent, "fdgrab-tenant-1").len(), 1, "one worker");
+        let r = calm.ask(&format!("bind 127.81.251.{} 95", round + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // Dies while its worker yields, in the middle of a storm.
+    assert_eq!(t.ask("storm 200 81 95", TIMEOUT)["started"], 200);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    t.kill();
+    calm.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    let log = agent.log.text();
+    assert!(
+        log.matches("a worker at nice 0 takes over").count() >= 5,
+        "successors started: {log}"
+    );
+    assert!(
+        !log.contains("answering a trapped call"),
+        "a call answered twice or failed: {log}"
+    );
+    assert_eq!(agent.state_number("containers"), 0);
+}
