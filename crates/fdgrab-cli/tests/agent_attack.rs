@@ -215,6 +215,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
 
 fdgrab_testkit::per_runtime! {
     agent_real_container_among_stalls_and_a_storm => real_container_among_stalls_and_a_storm,
+    agent_real_container_with_full_slow_lane_and_audit_fifo => real_container_with_full_slow_lane_and_audit_fifo,
 }
 
 /// A client keeps the slow lane full: 70 connections that each sent the start
@@ -303,4 +304,92 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
         "a call answered twice or failed: {log}"
     );
     assert_eq!(agent.state_number("containers"), 0);
+}
+
+/// A real runc or crun container starts while a client squats the slow lane
+/// (70 documents that never finish), the audit FIFO's one-page pipe is full and
+/// its reader away, and the agent is sent SIGHUP (reload, reopen of the FIFO):
+/// the httpd gets port 80, and once the reader is back the container's audit
+/// line arrives whole without any further decision.
+fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs, TempDir};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !rt.usable() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-real-fifo");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    fdgrab_testkit::oci::mkfifo(&fifo);
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("FIFO reader");
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    assert!(unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    let agent = AgentProc::start_at(
+        dir,
+        &socket,
+        &fifo,
+        &["--allow-bind", "tcp:80", "--allow-bind", "tcp:97"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut filler = FakeTenant::start(&agent, &unique("rfill"));
+    let r = filler.ask("lat 30 127.83.0.1 97", TIMEOUT);
+    assert_eq!(r["errors"], 0, "{r}");
+    let squatters: Vec<std::os::unix::net::UnixStream> = (0..70)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            s.write_all(br#"{"ociVersion":"1.0.2","#).expect("write");
+            s
+        })
+        .collect();
+    let pid = rustix::process::Pid::from_raw(agent.pid).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let ns = NetNs::new();
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&socket, &ns));
+    let id = unique(&format!("fdgrab-{}-fifo", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    agent
+        .log
+        .wait_for("policy reloaded", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    let found = |text: &[u8]| {
+        String::from_utf8_lossy(text).lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["container_id"] == id.as_str() && v["port"] == 80 && v["errno"] == 0
+            })
+        })
+    };
+    while !found(&text) && Instant::now() < deadline {
+        match reader.read(&mut buf) {
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+    assert!(
+        found(&text),
+        "no audit line for {id}'s port 80: {}",
+        String::from_utf8_lossy(&text)
+    );
+    for l in String::from_utf8_lossy(&text).lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("torn {l:?}: {e}"));
+    }
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
+    drop(squatters);
+    filler.kill();
+    c.kill();
 }
