@@ -393,3 +393,37 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
     filler.kill();
     c.kill();
 }
+
+/// Eight containers stall twice each and fill the agent-wide limit of workers
+/// given up on (16); a ninth then stalls once, so its worker is answered for
+/// but kept. Once the eight are gone (their reads return), the ninth's next
+/// ordinary bind must be served: the kept worker is replaced as soon as there
+/// is room, not left to wait for a page nobody will ever fill.
+#[test]
+fn agent_kept_worker_is_replaced_once_the_limit_frees() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut stallers = stalling_tenants(&agent, 8, 2);
+    assert_eq!(agent.state_number("blocked_workers"), 16);
+    let mut late = FakeTenant::start(&agent, &unique("late"));
+    assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    agent
+        .log
+        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for s in &mut stallers {
+        s.kill();
+    }
+    let r = late.ask("bind 127.84.0.1 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(late.ask("bind 127.84.0.2 86", TIMEOUT)["errno"], 0);
+    late.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+}
