@@ -294,6 +294,13 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
     calm.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
+    // A worker reports its release just before it exits; the agent's thread
+    // may take it in a moment later.
+    let deadline = Instant::now() + TIMEOUT;
+    while agent.log.text().matches("no users left; released").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", agent.log.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = agent.log.text();
     assert!(
         log.matches("a worker at nice 0 takes over").count() >= 5,
