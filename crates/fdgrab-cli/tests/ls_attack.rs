@@ -358,3 +358,120 @@ ctypes.CDLL(None).syscall(60, 0)  # exit(2): the leader thread alone
         }
     }
 }
+
+/// `fdgrab ls ARGS` as uid/gid 65534, with a timeout.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args).uid(65534).gid(65534);
+    output_timeout(&mut cmd, TIMEOUT)
+}
+
+/// setpriv options for uid 65534 without capabilities, and with one.
+const NOBODY: &str = "--reuid=65534 --regid=65534 --clear-groups";
+const CAPPED: &str = "--reuid=65534 --regid=65534 --clear-groups \
+                      --inh-caps=+net_bind_service --ambient-caps=+net_bind_service";
+
+/// A process of the caller's own uid that holds a capability the caller lacks: its
+/// `/proc/PID/fd` directory opens and lists (same owner), but every link and stat
+/// through it is refused (ptrace read access needs the caller's capabilities to
+/// cover the target's). A narrowing query must report it as unreadable, as the
+/// plain listing does, not pass it over as a process without a match.
+#[test]
+fn a_narrowing_query_reports_a_process_it_may_not_read() {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(CAPPED.split(' '))
+        .arg(fdgrab_testkit::bin("fdgrab-target"))
+        .arg("zoo");
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let file = t.report["fds"]
+        .as_array()
+        .and_then(|fds| fds.iter().find(|e| e["label"] == "file"))
+        .and_then(|e| e["path"].as_str())
+        .expect("the zoo's file")
+        .to_string();
+    let f = file.as_str();
+    // The truth: the plain listing may not read it (4), and names it.
+    let plain = as_nobody(&[&pid]);
+    assert_eq!(plain.status.code(), Some(4), "{plain:?}");
+    for filter in [
+        &["--path", f][..],
+        &["--deleted"],
+        &["--port", "1"],
+        &["--type", "file"],
+    ] {
+        let mut args = vec![&pid[..]];
+        args.extend_from_slice(filter);
+        args.push("--pids");
+        let out = as_nobody(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "ls {args:?}: {err}");
+        assert!(err.contains(&pid), "ls {args:?}: {err}");
+    }
+    // System-wide, in a pid namespace of its own so that the count is exact: its
+    // init (root's sh) and the capable process are both skipped as unreadable.
+    let script = format!(
+        "setpriv {CAPPED} sleep 30 & sleep 0.3; \
+         for q in '--port 1' '--deleted' '--path /dev/null'; do \
+           setpriv {NOBODY} {fg} ls $q --pids; echo \"rc=$?\"; \
+         done; kill $!",
+        fg = fdgrab_testkit::bin("fdgrab").display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "rc=1\n".repeat(3),
+        "{err}"
+    );
+    let want = "fdgrab: skipped 2 processes: 2 permission denied\n";
+    assert_eq!(err, want.repeat(3));
+    if let Some(dir) = t.report["dir"].as_str() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A zombie named on the command line has exited: `ls ZPID` says so (exit 5), and
+/// a filter must not turn that into "nothing matched" (exit 1) or an empty success.
+#[test]
+fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
+    let mut child = Command::new("true").spawn().expect("true");
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .ok()
+        .flatten()
+        != Some(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "no zombie");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let file = std::env::current_exe().expect("exe");
+    let f = file.to_str().expect("utf8");
+    for filter in [
+        &[][..],
+        &["--path", f],
+        &["--deleted"],
+        &["--port", "1"],
+        &["--type", "file"],
+    ] {
+        for pids_only in [false, true] {
+            let mut args = vec!["ls", &pid[..]];
+            args.extend_from_slice(filter);
+            if pids_only {
+                args.push("--pids");
+            }
+            let out = output_timeout(fdgrab_testkit::fdgrab().args(&args), TIMEOUT);
+            assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains(&pid[..]));
+        }
+    }
+    child.wait().expect("reap");
+}

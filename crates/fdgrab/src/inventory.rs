@@ -282,14 +282,15 @@ impl Select<'_> {
             return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
         }
         let fd_dir = fd_dir.as_fd();
-        Ok(numbers.iter().any(|&n| {
+        for n in numbers {
             let n = itoa(n);
-            let n = n.as_str();
             let link_ok = !self.by_link()
-                || readlinkat(fd_dir, n, Vec::new())
-                    .is_ok_and(|l| self.link_may_match(l.as_bytes()));
-            link_ok && self.file_may_match(fd_dir, n)
-        }))
+                || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
+            if link_ok && self.file_may_match(pid, fd_dir, &n)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether anything can be decided from the link alone.
@@ -311,11 +312,21 @@ impl Select<'_> {
     }
 
     /// Whether descriptor `n` can be on the file asked for: one stat through the
-    /// fd link, as fuser does, with no readlink.
-    fn file_may_match(&self, fd_dir: BorrowedFd<'_>, n: &str) -> bool {
-        self.file.is_none_or(|(dev, ino)| {
-            statat(fd_dir, n, AtFlags::empty()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
-        })
+    /// fd link, as fuser does, with no readlink. A process that may not be read is
+    /// an error, not a process without a match: its fd directory may still list
+    /// (same owner) while every link and stat through it is refused (the ptrace
+    /// read check, e.g. a target with capabilities the caller lacks).
+    fn file_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: &str) -> Result<bool> {
+        let Some((dev, ino)) = self.file else {
+            return Ok(true);
+        };
+        match statat(fd_dir, n, AtFlags::empty()) {
+            Ok(st) => Ok(st.st_dev == dev && st.st_ino == ino),
+            // Refused by the file itself (a FUSE mount without allow_other) or
+            // by the process: the link, which touches nothing of the file, tells.
+            Err(Errno::ACCESS | Errno::PERM) => fd_link(pid, fd_dir, n).map(|_| false),
+            Err(_) => Ok(false),
+        }
     }
 
     fn keeps(&self, e: &FdEntry) -> bool {
@@ -420,7 +431,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
                 } else {
                     None
                 };
-                if select.file.is_some() && !select.file_may_match(fd_dir.as_fd(), &itoa(n)) {
+                if select.file.is_some() && !select.file_may_match(pid, fd_dir.as_fd(), &itoa(n))? {
                     continue;
                 }
                 if let Some(e) = reader.read(n, link)? {
@@ -772,11 +783,7 @@ impl FdInfo {
 impl EntryReader<'_> {
     /// The target of `/proc/PID/fd/N` as bytes; `None` if the fd was closed.
     fn link(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match readlinkat(self.fd_dir, name, Vec::new()) {
-            Ok(l) => Ok(Some(l.into_bytes())),
-            Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
-        }
+        fd_link(self.pid, self.fd_dir.as_fd(), name)
     }
 
     /// Reads descriptor `n`; `link` when the caller already read it.
@@ -985,6 +992,16 @@ impl EntryReader<'_> {
             None => lookup(),
         };
         dev.map(devstr)
+    }
+}
+
+/// The target of `/proc/PID/fd/N` as bytes; `None` if the fd was closed, an error
+/// if the process may not be read.
+fn fd_link(pid: Pid, fd_dir: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
+    match readlinkat(fd_dir, name, Vec::new()) {
+        Ok(l) => Ok(Some(l.into_bytes())),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(proc_error(pid, "readlink /proc/PID/fd/N", e)),
     }
 }
 
