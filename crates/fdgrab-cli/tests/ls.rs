@@ -631,3 +631,24 @@ sys.stdin.read()
         2101
     );
 }
+
+/// The `many` target's files go away with it: when the test kills it (dropping
+/// its `Target`) and when it ends on its own at EOF on stdin.
+#[test]
+fn the_many_target_leaves_no_files_behind() {
+    let killed = Target::spawn(["many", "40"]);
+    let dir = std::path::PathBuf::from(killed.report["dir"].as_str().expect("dir"));
+    assert!(dir.is_dir());
+    drop(killed);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    let mut ended = Target::spawn(["many", "40"]);
+    let dir = std::path::PathBuf::from(ended.report["dir"].as_str().expect("dir"));
+    drop(ended.stdin.take());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while ended.child.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "target did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
