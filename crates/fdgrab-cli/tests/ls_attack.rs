@@ -475,3 +475,89 @@ fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
     }
     child.wait().expect("reap");
 }
+
+/// A table that changes while it is read: two threads dup2 into the holes of a
+/// sparse table and close them again, and now and then close_range a stretch,
+/// growing and shrinking it across 128-fd block boundaries. Each listing must still
+/// hold every fd that stayed open throughout, exactly once, in order (fds that
+/// come and go may or may not appear).
+#[test]
+fn a_table_changing_during_the_listing_keeps_every_stable_fd_once() {
+    const CHURN: &str = r#"
+import json, os, random, resource, sys, threading
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+null = os.open("/dev/null", os.O_RDONLY)
+stable = {null}
+for b in range(1, 12):
+    for n in (b * 128 - 1, b * 128, b * 128 + 1, b * 128 + 127):
+        if n > null:
+            stable.add(os.dup2(null, n))
+stable.update(os.dup2(null, n) for n in range(300, 600, 2))
+churn = [n for n in range(128, 2000) if n not in stable]
+def spin(seed):
+    r = random.Random(seed)
+    while True:
+        try: os.dup2(null, r.choice(churn))
+        except OSError: pass
+        try: os.close(r.choice(churn))
+        except OSError: pass
+        if r.random() < 0.001:
+            os.closerange(1600, 2000)  # close_range(2); no stable fd there
+for seed in (1, 2):
+    threading.Thread(target=spin, args=(seed,), daemon=True).start()
+print(json.dumps({"stable": sorted(stable)}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CHURN]);
+    let t = Target::spawn_cmd(cmd);
+    let stable: Vec<i64> = t.report["stable"]
+        .as_array()
+        .expect("stable")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    let pid = t.pid.to_string();
+    for round in 0..8 {
+        let doc = ls_json(&[&pid]);
+        let fds: Vec<i64> = doc["processes"][0]["fds"]
+            .as_array()
+            .expect("fds")
+            .iter()
+            .filter_map(|e| e["fd"].as_i64())
+            .collect();
+        // Above 256 fds the table is read range by range, on several threads.
+        assert!(fds.len() > 256, "round {round}: only {} fds", fds.len());
+        assert!(
+            fds.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: order or duplicates"
+        );
+        let missing: Vec<&i64> = stable.iter().filter(|n| !fds.contains(n)).collect();
+        assert!(missing.is_empty(), "round {round}: missing {missing:?}");
+        // The table and --pids through a narrowing query, the same way.
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.args(["ls", &pid, "--type", "chr"]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        assert!(out.status.success(), "{out:?}");
+        let rows: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .next()?
+                    .trim_end_matches(['r', 'w', 'u'])
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(
+            rows.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: table order"
+        );
+        assert!(
+            stable.iter().all(|n| rows.contains(n)),
+            "round {round}: table misses a stable fd"
+        );
+    }
+}

@@ -476,6 +476,77 @@ mod tests {
         drop(held);
     }
 
+    /// Holes right before, at and after block boundaries, a far fd after a long
+    /// gap, and the top of a raised RLIMIT_NOFILE: every range asked for gives
+    /// exactly the open fds in it, and the first one past it.
+    #[test]
+    fn fd_ranges_of_a_sparse_table_with_holes_at_block_boundaries() {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let lim = getrlimit(Resource::Nofile);
+        // 2^20 (fs.nr_open's default) needs root; otherwise the hard limit.
+        let huge = rustix::process::Rlimit {
+            current: Some(1 << 20),
+            maximum: Some(1 << 20),
+        };
+        let top = match setrlimit(Resource::Nofile, huge) {
+            Ok(()) => 1 << 20,
+            Err(_) => {
+                let hard = lim.maximum.unwrap_or(1 << 20).min(1 << 20);
+                let raised = rustix::process::Rlimit {
+                    current: Some(hard),
+                    maximum: lim.maximum,
+                };
+                setrlimit(Resource::Nofile, raised).expect("raise RLIMIT_NOFILE");
+                hard
+            }
+        };
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let mut wanted: Vec<u64> = vec![127, 128, 129, 255, 256, 383, 511, 512, 1023, 1024];
+        wanted.extend([65_535, 65_536, 65_663, top - 129, top - 128, top - 1]);
+        wanted.retain(|&n| n < top);
+        wanted.dedup();
+        use std::os::fd::AsRawFd;
+        let held: Vec<rustix::fd::OwnedFd> = wanted
+            .iter()
+            .map(|&n| {
+                // The lowest free number from n on: n itself, in a test process.
+                let fd = rustix::io::fcntl_dupfd_cloexec(&null, n as i32).expect("dup");
+                assert_eq!(fd.as_raw_fd(), n as i32);
+                fd
+            })
+            .collect();
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open /proc/self/fd");
+        let all: Vec<usize> = numbered_entries(dir.as_fd())
+            .expect("list")
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        for &n in &wanted {
+            assert!(all.contains(&(n as usize)), "fd {n} not open");
+        }
+        let mut starts: Vec<usize> = wanted.iter().map(|&n| n as usize / 128 * 128).collect();
+        starts.extend([0, 128, 256, 384, 640, 4096, top as usize]);
+        for lo in starts {
+            let hi = lo + 128;
+            let (part, after) = fd_numbers_in(dir.as_fd(), lo, hi).expect("range");
+            let want: Vec<i32> = all
+                .iter()
+                .filter(|&&n| (lo..hi).contains(&n))
+                .map(|&n| n as i32)
+                .collect();
+            assert_eq!(part, want, "fds in {lo}..{hi}");
+            assert_eq!(after, all.iter().copied().find(|&n| n >= hi), "after {hi}");
+        }
+        drop(held);
+        // Lowering the hard limit again may be refused; the test process ends next.
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+
     #[test]
     fn pids_lists_this_process_sorted() {
         let pids = pids().expect("read /proc");
