@@ -676,7 +676,12 @@ impl ProcDirs {
         let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
             .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
         let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
-        let numbers = if usize::try_from(count).is_ok_and(|c| c > PARALLEL_THRESHOLD) {
+        // Ranges rely on fd N being at offset N + 2: checked once, and a kernel
+        // that says otherwise gets the full listing instead.
+        let numbers = if usize::try_from(count).is_ok_and(|c| c > PARALLEL_THRESHOLD)
+            && crate::procfs::fd_offsets_are_numbers(fd_dir.as_fd())
+                .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?
+        {
             Numbers::Large(count as usize)
         } else {
             Numbers::Listed(

@@ -132,6 +132,12 @@ pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i3
 /// offset N + 2, so the listing starts right at `lo`, and readers of different
 /// ranges share no work. Also the first number at or past `hi`, if there is one
 /// (`None`: no fd from `hi` on).
+///
+/// The offsets are checked as they come: within one `getdents64` batch each
+/// entry's `d_off` is where the next one starts, so fd N followed by fd M must say
+/// M + 2. A kernel that numbered its entries otherwise would make the seek land
+/// elsewhere and skip fds; that is an error (`EIO`), never a silently short list.
+/// (Across batches the table may change between calls, so no check there.)
 pub(crate) fn fd_numbers_in(
     dir: BorrowedFd<'_>,
     lo: usize,
@@ -143,11 +149,23 @@ pub(crate) fn fd_numbers_in(
     let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut entries = RawDir::new(dir, &mut buf);
     let mut out = Vec::new();
-    while let Some(entry) = entries.next() {
-        let Some(n) = numeric_name(entry?.file_name().to_bytes()) else {
+    let mut expect_next: Option<u64> = None;
+    loop {
+        if entries.is_buffer_empty() {
+            expect_next = None; // the next entry comes from a new call
+        }
+        let Some(entry) = entries.next() else {
+            break;
+        };
+        let entry = entry?;
+        let Some(n) = numeric_name(entry.file_name().to_bytes()) else {
             continue;
         };
         let n = n as usize; // never negative: digits only
+        if expect_next.is_some_and(|off| off != n as u64 + 2) {
+            return Err(rustix::io::Errno::IO);
+        }
+        expect_next = Some(entry.next_entry_cookie());
         if n >= hi {
             return Ok((out, Some(n)));
         }
@@ -156,6 +174,29 @@ pub(crate) fn fd_numbers_in(
         }
     }
     Ok((out, None))
+}
+
+/// Whether this kernel puts fd N of a `/proc/PID/fd` directory at offset N + 2
+/// (every kernel that gives the fd count as the directory's size, 6.2+, does; the
+/// check is one `getdents64`). `dir` is read from its start and rewound.
+pub(crate) fn fd_offsets_are_numbers(dir: BorrowedFd<'_>) -> rustix::io::Result<bool> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(2))?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    let mut ok = true;
+    let mut expect_next: Option<u64> = None;
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        if let Some(n) = numeric_name(entry.file_name().to_bytes()) {
+            ok &= expect_next.is_none_or(|off| off == n as u64 + 2);
+            expect_next = Some(entry.next_entry_cookie());
+        }
+        if entries.is_buffer_empty() {
+            break; // one batch is enough
+        }
+    }
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    Ok(ok)
 }
 
 /// Whether the process whose `/proc/PID/fd` is `fd_dir` has threads besides its
@@ -545,6 +586,49 @@ mod tests {
         drop(held);
         // Lowering the hard limit again may be refused; the test process ends next.
         let _ = setrlimit(Resource::Nofile, lim);
+    }
+
+    /// The offsets fd ranges rely on hold on this kernel, and a directory whose
+    /// offsets are not its entries' numbers (numbered files on a disk or tmpfs
+    /// directory stand in for a kernel that numbered fd entries otherwise) is
+    /// never read short: the check says no, and a range read is either exact or
+    /// an error.
+    #[test]
+    fn fd_offsets_are_checked_not_assumed() {
+        let (held, fd_dir) = own_fds_plus(300);
+        assert!(fd_offsets_are_numbers(fd_dir.as_fd()).expect("probe"));
+        assert_eq!(
+            numbered_entries(fd_dir.as_fd()).expect("rewound").first(),
+            Some(&0)
+        );
+        drop(held);
+
+        let dir = std::env::temp_dir().join(format!("fdgrab-offsets-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).expect("dir");
+        let names: Vec<usize> = (0..400).step_by(5).collect();
+        for n in &names {
+            fs::write(dir.join(n.to_string()), b"").expect("file");
+        }
+        let d = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open");
+        assert!(!fd_offsets_are_numbers(d.as_fd()).expect("probe"));
+        for lo in [0, 128, 256] {
+            let want: Vec<i32> = names
+                .iter()
+                .filter(|&&n| (lo..lo + 128).contains(&n))
+                .map(|&n| n as i32)
+                .collect();
+            match fd_numbers_in(d.as_fd(), lo, lo + 128) {
+                Ok((part, _)) => assert_eq!(part, want, "a short read of {lo}.."),
+                Err(e) => assert_eq!(e, rustix::io::Errno::IO),
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
