@@ -652,3 +652,61 @@ fn the_many_target_leaves_no_files_behind() {
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// Tables of exactly 255 to 258 fds (the 256 at which the listing switches to
+/// ranges read on several threads) and 2,047 to 2,049 (the 2,048 rows from which
+/// the table is formatted on every core): the JSON gives exactly /proc's fds, and
+/// the table one row per fd, in the same order.
+#[test]
+fn ls_at_the_sizes_where_the_listing_changes_strategy() {
+    const SIZED: &str = r#"
+import json, os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = []
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    want = int(line)
+    while True:
+        have = len(os.listdir("/proc/self/fd")) - 1  # listdir's own fd
+        if have < want:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        elif have > want:
+            os.close(held.pop())
+        else:
+            break
+    print(have, flush=True)
+"#;
+    let mut t = python_target(SIZED);
+    for size in [255usize, 256, 257, 258, 2047, 2048, 2049] {
+        use std::io::Write;
+        let stdin = t.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{size}").expect("ask for a size");
+        stdin.flush().expect("flush");
+        let line = fdgrab_testkit::read_line_timeout(t.stdout.as_mut().expect("stdout"), TIMEOUT)
+            .expect("size reached");
+        assert_eq!(line.trim(), size.to_string());
+        let truth: Vec<i64> = {
+            let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+                .expect("fd dir")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(truth.len(), size);
+        let doc = ls_json(t.pid);
+        assert_eq!(fd_numbers(&doc), truth, "{size} fds");
+        let out = run_fdgrab(["ls", &t.pid.to_string()]);
+        assert!(out.status.success());
+        let rows: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let fd = l.split_whitespace().next()?;
+                fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
+            })
+            .collect();
+        assert_eq!(rows, truth, "table of {size} fds");
+    }
+}
