@@ -537,6 +537,29 @@ fn python_target(script: &str) -> Target {
     Target::spawn_cmd(cmd)
 }
 
+/// The fd numbers in `/proc/PID/fd`, ascending: the truth for an idle target.
+fn proc_fd_numbers(pid: i32) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The FD column of a one-process `ls` table (the number without its mode
+/// letter), row by row.
+fn table_fd_numbers(stdout: &[u8]) -> Vec<i64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fd = l.split_whitespace().next()?;
+            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
+        })
+        .collect()
+}
+
 /// The fd numbers of a process's entry in an `ls --json` document, in order.
 fn fd_numbers(doc: &Value) -> Vec<i64> {
     doc["fds"]
@@ -567,14 +590,7 @@ sys.stdin.read()
 "#;
     let t = python_target(SPARSE);
     let far = t.report["far"].as_i64().expect("far");
-    let truth: Vec<i64> = {
-        let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
-            .expect("fd dir")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        v.sort_unstable();
-        v
-    };
+    let truth = proc_fd_numbers(t.pid);
     assert!(truth.len() > 600 && truth.contains(&far), "{}", truth.len());
     let doc = ls_json(t.pid);
     assert_eq!(fd_numbers(&doc), truth);
@@ -617,13 +633,7 @@ sys.stdin.read()
     let out = run_fdgrab(["ls", &t.pid.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    let fds_in_table: Vec<i64> = rows
-        .iter()
-        .filter_map(|l| {
-            let fd = l.split_whitespace().next()?;
-            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
-        })
-        .collect();
+    let fds_in_table = table_fd_numbers(&out.stdout);
     assert_eq!(fds_in_table, fd_numbers(&doc));
     let listening = format!("127.0.0.1:{port} (LISTEN)");
     assert_eq!(
@@ -686,27 +696,12 @@ for line in sys.stdin:
         let line = fdgrab_testkit::read_line_timeout(t.stdout.as_mut().expect("stdout"), TIMEOUT)
             .expect("size reached");
         assert_eq!(line.trim(), size.to_string());
-        let truth: Vec<i64> = {
-            let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
-                .expect("fd dir")
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            v.sort_unstable();
-            v
-        };
+        let truth = proc_fd_numbers(t.pid);
         assert_eq!(truth.len(), size);
         let doc = ls_json(t.pid);
         assert_eq!(fd_numbers(&doc), truth, "{size} fds");
         let out = run_fdgrab(["ls", &t.pid.to_string()]);
         assert!(out.status.success());
-        let rows: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let fd = l.split_whitespace().next()?;
-                fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
-            })
-            .collect();
-        assert_eq!(rows, truth, "table of {size} fds");
+        assert_eq!(table_fd_numbers(&out.stdout), truth, "table of {size} fds");
     }
 }
