@@ -502,6 +502,48 @@ fn run_forbidden_privileged_port_never_succeeds() {
     assert_eq!(ok["errno"], 0, "{ok}");
 }
 
+/// Only TCP and UDP sockets are bound by the supervisor: a stream socket that is
+/// MPTCP, a datagram socket that is UDP-Lite and a raw socket of protocol TCP all
+/// go back to the kernel, even where the policy allows the port.
+#[test]
+fn run_binds_only_tcp_and_udp_sockets() {
+    if !root_or_skip() {
+        return;
+    }
+    let allow = ["--allow-bind", "97@127.66.0.1"];
+    for kind in ["mptcp4", "udplite4"] {
+        let v = probe_run(&allow, &["bind", kind, "127.66.0.1", "97"]);
+        if v.get("socket_errno").is_some() {
+            fdgrab_testkit::skip(&format!("this kernel cannot make an {kind} socket: {v}"));
+            continue;
+        }
+        assert_eq!(v["errno"], libc::EACCES, "{kind}: {v}");
+        assert_eq!(v["port"], 0, "{kind}: {v}");
+    }
+    // A raw socket needs CAP_NET_RAW: the program runs as root, and the audit line
+    // shows who decided.
+    let dir = TempDir::new("raw");
+    let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
+    let p = probe();
+    let mut c = fdgrab();
+    c.args([
+        "run",
+        "--allow-bind",
+        "97@127.66.0.1",
+        "--audit",
+        &audit,
+        "--",
+    ])
+    .args([p.as_str(), "bind", "raw4tcp", "127.66.0.1", "97"]);
+    let v = parse_last(&output_timeout(&mut c, TIMEOUT));
+    assert_eq!(v["errno"], 0, "the kernel binds a raw socket for root: {v}");
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    let line: Value =
+        serde_json::from_str(text.lines().last().expect("an audit line")).expect("json");
+    assert_eq!(line["decision"], "continue", "{line}");
+    assert_eq!(line["reason"], "not a TCP or UDP socket", "{line}");
+}
+
 #[test]
 fn run_64_threads_10000_binds() {
     if !root_or_skip() {

@@ -10,6 +10,7 @@ pub mod oci;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp_oracle;
 pub mod tmux;
+pub mod uffd;
 
 use serde_json::Value;
 use std::ffi::OsStr;

@@ -4,8 +4,9 @@
 //!
 //! Modes (those with a fixed address use 127.66.0.1, which other tests on the
 //! machine are unlikely to bind):
-//! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6
-//!   or unix (ADDR is then a path). TCP sockets also listen, and dual-stack ones
+//! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6,
+//!   mptcp4, udplite4, raw4tcp (a raw socket of protocol TCP) or unix (ADDR is then
+//!   a path); `{"socket_errno":N}` if the socket cannot be made. TCP sockets also listen, and dual-stack ones
 //!   accept an IPv4 connection to prove it.
 //! - `inuse PORT`: binds and listens on 127.66.0.1:PORT, then binds a second socket there.
 //! - `efault PORT` / `short PORT`: bind with an unmapped pointer / addrlen 8.
@@ -18,6 +19,8 @@
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
+//! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
+//!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
@@ -50,6 +53,7 @@ fn main() {
             wait_line();
             bind_mode("tcp4", "127.66.0.1", num(1, 80) as u16)
         }
+        "uffd-bind" => uffd_bind(),
         "io-uring" => io_uring(),
         "x32" => x32(),
         "int80" => int80(),
@@ -102,14 +106,27 @@ fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
         return json!({ "errno": errno_of(rustix::net::bind(&s, &a)) });
     }
     let ip: IpAddr = addr.parse().expect("ip address");
-    let (family, ty) = match kind {
-        "tcp4" => (AddressFamily::INET, SocketType::STREAM),
-        "tcp6" | "tcp6only" => (AddressFamily::INET6, SocketType::STREAM),
-        "udp4" => (AddressFamily::INET, SocketType::DGRAM),
-        "udp6" => (AddressFamily::INET6, SocketType::DGRAM),
+    let (family, ty, protocol) = match kind {
+        "tcp4" => (AddressFamily::INET, SocketType::STREAM, 0),
+        "tcp6" | "tcp6only" => (AddressFamily::INET6, SocketType::STREAM, 0),
+        "udp4" => (AddressFamily::INET, SocketType::DGRAM, 0),
+        "udp6" => (AddressFamily::INET6, SocketType::DGRAM, 0),
+        // Stream and datagram sockets that are not TCP or UDP.
+        "mptcp4" => (AddressFamily::INET, SocketType::STREAM, libc::IPPROTO_MPTCP),
+        "udplite4" => (
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            libc::IPPROTO_UDPLITE,
+        ),
+        // A raw socket of protocol TCP (needs CAP_NET_RAW).
+        "raw4tcp" => (AddressFamily::INET, SocketType::RAW, libc::IPPROTO_TCP),
         other => panic!("unknown kind {other}"),
     };
-    let s = rustix::net::socket(family, ty, None).expect("socket");
+    let protocol = std::num::NonZeroU32::new(protocol as u32).map(rustix::net::Protocol::from_raw);
+    let s = match rustix::net::socket(family, ty, protocol) {
+        Ok(s) => s,
+        Err(e) => return json!({ "socket_errno": e.raw_os_error() }),
+    };
     if family == AddressFamily::INET6 {
         rustix::net::sockopt::set_ipv6_v6only(&s, kind == "tcp6only").expect("IPV6_V6ONLY");
     }
@@ -173,6 +190,16 @@ fn efault(port: u16) -> Value {
     // Page 1 of the address space is never mapped.
     let e = raw_bind(s.as_raw_fd(), 0x1000 as *const libc::sockaddr, 16);
     json!({ "errno": e, "port": local_port(&s), "asked": port })
+}
+
+fn uffd_bind() -> Value {
+    let (_ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
+        Ok(p) => p,
+        Err(e) => return json!({ "error": e }),
+    };
+    let s = tcp_socket(AddressFamily::INET);
+    let e = raw_bind(s.as_raw_fd(), page as *const libc::sockaddr, 16);
+    json!({ "errno": e, "port": local_port(&s) })
 }
 
 fn short(port: u16) -> Value {

@@ -225,51 +225,13 @@ fn threads(n: usize, base: u8, port: u16) {
 /// A sockaddr on a page registered with userfaultfd for missing-page faults that
 /// nobody serves: whoever reads it from another process blocks.
 fn uffd(port: u16) {
-    // SAFETY: userfaultfd(2) takes flags only and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-    if raw < 0 {
-        say(json!({"error": format!("userfaultfd: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    // SAFETY: raw is a new fd we own.
-    let ufd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
-    let mut api = UffdioApi {
-        api: 0xAA,
-        features: 0,
-        ioctls: 0,
+    let (ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
+        Ok(p) => p,
+        Err(e) => {
+            say(json!({ "error": e }));
+            return;
+        }
     };
-    // SAFETY: UFFDIO_API reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
-        say(json!({"error": format!("UFFDIO_API: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    // SAFETY: a fresh private anonymous mapping of one page.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        say(json!({"error": "mmap failed"}));
-        return;
-    }
-    let mut reg = UffdioRegister {
-        start: page as u64,
-        len: 4096,
-        mode: 1, // UFFDIO_REGISTER_MODE_MISSING
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
-        say(json!({"error": format!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    let page = page as usize;
     std::thread::spawn(move || {
         let s = tcp();
         // SAFETY: bind reads 16 bytes at `page` (never touched here); the page
@@ -286,23 +248,3 @@ fn uffd(port: u16) {
     });
     say(json!({"stalled": true}));
 }
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
