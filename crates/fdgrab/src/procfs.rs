@@ -85,41 +85,22 @@ pub fn pids() -> std::io::Result<Vec<Pid>> {
     Ok(numbered_entries(dir.as_fd())?)
 }
 
-/// The longest `struct linux_dirent64` (a 255-byte name), as getdents lays it out.
-const MAX_DIRENT: usize = dirent_len(255);
-
-/// The size of the `struct linux_dirent64` for a name of `len` bytes: the fixed
-/// part (19 bytes), the name and its NUL, rounded up to 8.
-const fn dirent_len(len: usize) -> usize {
-    (19 + len + 1 + 7) & !7
-}
-
 /// The entries of a `/proc` directory whose names are numbers (processes in
 /// `/proc`, descriptors in `/proc/PID/fd`), ascending. The directory is read from
 /// its current position. Other names (`self`, `sys`, ...) are skipped without being
 /// copied: one `getdents64` buffer serves the whole listing.
+///
+/// The listing ends only when `getdents64` returns nothing. A batch that left room
+/// in the buffer is no sign of the end: a signal arriving while the kernel fills
+/// it (filldir64 stops on `signal_pending`) returns what is there so far.
 pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i32>> {
     const BUF: usize = 16 * 1024;
     let mut buf = [MaybeUninit::<u8>::uninit(); BUF];
     let mut entries = RawDir::new(dir, &mut buf);
     let mut out = Vec::new();
-    let mut batch = 0;
     while let Some(entry) = entries.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        batch += dirent_len(name.len());
-        if let Some(n) = numeric_name(name) {
+        if let Some(n) = numeric_name(entry?.file_name().to_bytes()) {
             out.push(n);
-        }
-        if entries.is_buffer_empty() {
-            // procfs fills a getdents buffer until the next entry does not fit
-            // (proc_readfd_common, proc_pid_readdir), so a batch that left room for
-            // the longest entry was the last: the call that would return 0 is
-            // skipped, one syscall per directory.
-            if batch + MAX_DIRENT <= BUF {
-                break;
-            }
-            batch = 0;
         }
     }
     // Both directories list in number order today; sorting keeps the promise.
@@ -455,15 +436,6 @@ mod tests {
         assert_eq!(fs_type as i64, 0x6367_7270, "{root} is not a cgroup2 mount");
     }
 
-    #[test]
-    fn dirent_sizes_match_the_kernel_layout() {
-        // d_ino 8, d_off 8, d_reclen 2, d_type 1, then the name and NUL.
-        assert_eq!(dirent_len(1), 24);
-        assert_eq!(dirent_len(4), 24);
-        assert_eq!(dirent_len(5), 32);
-        assert_eq!(MAX_DIRENT, 280);
-    }
-
     /// `n` more fds of our own (copies of /dev/null), and our `/proc/self/fd`.
     fn own_fds_plus(n: usize) -> (Vec<std::fs::File>, rustix::fd::OwnedFd) {
         let null = std::fs::File::open("/dev/null").expect("/dev/null");
@@ -629,6 +601,50 @@ mod tests {
             }
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A signal that arrives while getdents64 fills a buffer makes it return what
+    /// it has so far (filldir64 stops on signal_pending), a short batch that is not
+    /// the last: a listing must not end there. A profiler's SIGPROF, a job-control
+    /// stop or a library user's own handlers all do this.
+    #[test]
+    fn numbered_entries_is_not_cut_short_by_signals() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        extern "C" fn nothing(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, for SIGUSR1, in this test's own
+        // process (nextest runs each test in a process of its own).
+        unsafe { libc::signal(libc::SIGUSR1, nothing as *const () as libc::sighandler_t) };
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum.map(|m| m.min(8192)),
+            maximum: lim.maximum,
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).expect("rlimit");
+        let (held, dir) = own_fds_plus(4000);
+        let want = numbered_entries(dir.as_fd()).expect("list");
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: `me` is the scope's owner thread, alive until the
+                    // scope ends, which waits for this thread.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                }
+            });
+            let mut short = 0;
+            for _ in 0..300 {
+                rustix::fs::seek(&dir, rustix::fs::SeekFrom::Start(0)).expect("rewind");
+                let got = numbered_entries(dir.as_fd()).expect("list");
+                if got != want {
+                    short += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(short, 0, "listings cut short by a signal, of 300");
+        });
+        drop(held);
     }
 
     #[test]
