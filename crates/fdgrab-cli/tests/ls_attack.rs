@@ -561,3 +561,40 @@ sys.stdin.read()
         );
     }
 }
+
+/// In a new pid namespace that kept its parent's /proc (`unshare --pid --fork`
+/// without `--mount-proc`), a pid means one process to pidfd_open and another in
+/// /proc: `ls PID` described the parent namespace's process of that number (its
+/// name, its fds) as if it were the one asked for. Refused with the reason now,
+/// once for a whole run; with a /proc of its own the same listing is right.
+#[test]
+fn a_proc_of_another_pid_namespace_is_refused_not_misread() {
+    let fg = fdgrab_testkit::bin("fdgrab");
+    let fg = fg.display();
+    let holder = format!(
+        "sleep 30 3</dev/null & {fg} ls $! --fd 3 --json; echo \"rc=$?\"; \
+         {fg} ls --pids; echo \"rc=$?\"; kill $!"
+    );
+    for (mount_proc, ok) in [(false, false), (true, true)] {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork"]);
+        if mount_proc {
+            cmd.arg("--mount-proc");
+        }
+        cmd.args(["sh", "-c", &holder]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            let doc: Value =
+                serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("json");
+            let p = &doc["processes"][0];
+            assert_eq!(p["command"], "sleep", "{stdout}");
+            assert_eq!(p["fds"][0]["link"], "/dev/null", "{stdout}");
+            assert!(stdout.contains("rc=0\n"), "{stdout} {err}");
+        } else {
+            assert_eq!(stdout, "rc=1\nrc=1\n", "{err}");
+            assert_eq!(err.matches("another pid namespace").count(), 2, "{err}");
+        }
+    }
+}

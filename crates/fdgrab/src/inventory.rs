@@ -346,7 +346,41 @@ pub(crate) enum SocketSource<'a> {
     Listening,
 }
 
+/// Checks that `/proc` shows this process's own pid namespace, so that a pid read
+/// there, or `/proc/PID` of a pid a pidfd was opened for, is the same process. A
+/// `/proc` mounted for another namespace (a new pid namespace that kept its
+/// parent's `/proc`, as `unshare --pid --fork` without `--mount-proc` does) would
+/// describe a different process under the same number. Asked of `/proc/self` once
+/// per run.
+pub fn check_proc_namespace() -> Result<()> {
+    static SELF_IN_PROC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let seen = SELF_IN_PROC.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    });
+    let me = std::process::id().to_string();
+    if seen.as_deref() == Some(me.as_str()) {
+        return Ok(());
+    }
+    let why = match seen {
+        Some(other) => format!(
+            "/proc/self is {other} there but this process is {me} in its own pid \
+             namespace: pids in that /proc are not this namespace's (mount a proc file \
+             system for this pid namespace, e.g. unshare --mount-proc)"
+        ),
+        None => "/proc/self cannot be read: no proc file system for this process's \
+                 pid namespace is mounted on /proc"
+            .to_string(),
+    };
+    Err(Error::Local {
+        op: "/proc belongs to another pid namespace",
+        source: std::io::Error::other(why),
+    })
+}
+
 pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
+    check_proc_namespace()?;
     let pid = target.pid();
     let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
