@@ -471,3 +471,49 @@ fn agent_reopen_with_queued_lines_tears_and_repeats_none() {
     );
     assert_eq!(dropped, 0);
 }
+
+/// `--audit -` with standard output a FIFO whose reader does not read for a
+/// while (one page of pipe): binds are answered at once, and once the reader
+/// reads, every line arrives whole, in order, with none dropped and no bind
+/// after it to push them.
+#[test]
+fn agent_audit_to_stdout_pipe_neither_blocks_nor_loses_lines() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-stdout");
+    let fifo = dir.path().join("stdout.fifo");
+    let mut reader = small_fifo_reader(&fifo);
+    // The agent as started by the testkit, with `--audit -` instead of its file
+    // and standard output the FIFO.
+    let script = format!(
+        "prog=$0; prev=; for a do shift; if [ \"$prev\" = --audit ]; then set -- \"$@\" -; \
+         else set -- \"$@\" \"$a\"; fi; prev=$a; done; exec \"$prog\" \"$@\" >{}",
+        fifo.display()
+    );
+    let agent = AgentProc::start_under(&["sh", "-c", &script], &["--allow-bind", "tcp:98"]);
+    let mut t = FakeTenant::start(&agent, &unique("auditstdout"));
+    const BINDS: usize = 150;
+    let addr = |i: usize| format!("127.85.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..BINDS {
+        assert_eq!(t.ask(&format!("bind {} 98", addr(i)), TIMEOUT)["errno"], 0);
+    }
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text.iter().filter(|&&b| b == b'\n').count() < BINDS && Instant::now() < deadline {
+        drain_fifo(&mut reader, &mut text);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen: Vec<String> = std::str::from_utf8(&text)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}"));
+            v["address"].as_str().expect("address").to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..BINDS).map(addr).collect();
+    assert_eq!(seen, want);
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
+}
