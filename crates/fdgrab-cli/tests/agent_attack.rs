@@ -434,3 +434,47 @@ fn agent_kept_worker_is_replaced_once_the_limit_frees() {
     returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
+
+/// 2,000 connections that each send the start of a document, as fast as the
+/// test can open them: the agent's descriptors stay bounded (its table of
+/// connections being read, the slow lane's 64 and what the slow lane has yet
+/// to take in), a neighbour keeps binding, a split document sent at the end is
+/// served, and the fds come back once the clients are gone.
+#[test]
+fn agent_flood_of_partial_documents_stays_bounded() {
+    use std::io::Write;
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:99"]);
+    let fds = agent.fd_count();
+    let mut calm = FakeTenant::start(&agent, &unique("floodcalm"));
+    let mut peak = 0;
+    let mut held = Vec::new();
+    for i in 0..2000 {
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&agent.socket) {
+            let _ = s.write_all(br#"{"ociVersion":"1.0.2","#);
+            held.push(s);
+        }
+        if i % 100 == 0 {
+            peak = peak.max(agent.fd_count());
+            let r = calm.ask(&format!("bind 127.86.0.{} 99", i / 100 + 1), TIMEOUT);
+            assert_eq!(r["errno"], 0, "{r}");
+        }
+    }
+    peak = peak.max(agent.fd_count());
+    // The table (512 at the default limit), the slow lane and its backlog.
+    assert!(
+        peak < fds + 512 + 64 + 128 + 16,
+        "agent fds peaked at {peak} (baseline {fds})"
+    );
+    let id = unique("floodsplit");
+    let mut t = FakeTenant::spawn_split(&agent.socket, &id);
+    let ready = t.line(TIMEOUT);
+    assert_eq!(ready["ready"], true, "split document refused: {ready}");
+    assert_eq!(t.ask("bind 127.86.1.1 99", TIMEOUT)["errno"], 0);
+    t.kill();
+    drop(held);
+    calm.kill();
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}

@@ -59,8 +59,9 @@ const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
 const SLOW_LANE_MAX: usize = 64;
 
 /// Connections handed to the slow lane that it has not yet taken in (it runs at
-/// nice 19 and may lag): past this the agent's thread turns newcomers away,
-/// which bounds the descriptors a flood can pin.
+/// nice 19 and may lag): past this the agent's thread keeps reading newcomers
+/// itself, in its own bounded table, which bounds the descriptors a flood can
+/// pin without turning a runtime away.
 const SLOW_LANE_BACKLOG: usize = 2 * SLOW_LANE_MAX;
 
 /// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
@@ -657,19 +658,21 @@ impl Agent {
         let outcome = conn.reader.read_from(conn.sock.as_fd());
         if matches!(outcome, Ok(ReadProgress::Pending)) && !conn.reader.is_empty() {
             // Runtimes send the whole document in one message. One that arrives
-            // in pieces goes to the slow lane, at the lowest priority.
+            // in pieces goes to the slow lane, at the lowest priority, unless a
+            // flood keeps the slow lane from taking in what it was handed: then
+            // it stays in this thread's table (bounded, idlest closed first) and
+            // is read here as its data comes, rather than turned away.
+            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_BACKLOG {
+                tracing::debug!(
+                    token,
+                    "the slow lane lags; this thread reads the document on"
+                );
+                return;
+            }
             let Some(conn) = self.connections.remove(&token) else {
                 return;
             };
             let _ = epoll::delete(&self.epoll, &conn.sock);
-            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_BACKLOG {
-                let reason = format!(
-                    "more than {SLOW_LANE_BACKLOG} clients are sending their document in pieces and the slow lane lags"
-                );
-                tracing::warn!(token, reason = %reason, "rejected a seccomp agent connection");
-                events.push(AgentEvent::Rejected { reason });
-                return;
-            }
             tracing::debug!(
                 token,
                 bytes = conn.reader.len(),
