@@ -320,23 +320,14 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
 /// line arrives whole without any further decision.
 fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Runtime) {
     use fdgrab_testkit::oci::{Bundle, Container, NetNs, TempDir};
-    use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
     if !rt.usable() {
         return;
     }
     let dir = TempDir::new("fdgrab-real-fifo");
     let fifo = dir.path().join("audit.fifo");
     let socket = dir.path().join("agent.sock");
-    fdgrab_testkit::oci::mkfifo(&fifo);
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .expect("FIFO reader");
-    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
-    assert!(unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    let mut reader = fdgrab_testkit::oci::one_page_fifo_reader(&fifo);
     let agent = AgentProc::start_at(
         dir,
         &socket,
@@ -369,8 +360,6 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
         .wait_for("policy reloaded", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut text = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 4096];
     let found = |text: &[u8]| {
         String::from_utf8_lossy(text).lines().any(|l| {
             serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
@@ -378,15 +367,7 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
             })
         })
     };
-    while !found(&text) && Instant::now() < deadline {
-        match reader.read(&mut buf) {
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("reading the FIFO: {e}"),
-        }
-    }
+    fdgrab_testkit::oci::read_until(&mut reader, &mut text, found);
     assert!(
         found(&text),
         "no audit line for {id}'s port 80: {}",

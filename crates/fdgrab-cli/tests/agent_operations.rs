@@ -2,7 +2,10 @@
 //! policy is logged and the running one stays), SIGUSR1 dumps its state, and
 //! `--policy` refuses what is not a small regular file at once.
 
-use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant, TempDir};
+use fdgrab_testkit::oci::{
+    drain_nonblocking, line_count, one_page_fifo_reader, read_until, unique, AgentProc, FakeTenant,
+    TempDir,
+};
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
 use std::time::{Duration, Instant};
 
@@ -145,7 +148,6 @@ fn agent_reload_survives_an_audit_path_that_is_a_fifo_or_full() {
 /// state dump and logged, and what does arrive is whole lines.
 #[test]
 fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     if !root_or_skip() {
         return;
@@ -170,28 +172,16 @@ fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
     log_count(&agent, "audit lines dropped", 1);
     let dropped = agent.state_number("audit_lines_dropped");
     assert!(dropped > 0 && dropped < 3000, "{dropped} dropped");
-    // Reading now lets the queue drain into the pipe; the pipe may end in the
-    // middle of a line whose rest is still queued.
+    // Reading now lets the queue drain into the pipe, in whole lines.
     let mut text = Vec::new();
-    let mut drain = |text: &mut Vec<u8>| {
-        let mut buf = [0u8; 65536];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("reading the FIFO: {e}"),
-            }
-        }
-    };
-    drain(&mut text);
+    drain_nonblocking(&mut reader, &mut text);
     let first = text.len();
     for i in 0..8 {
         assert_eq!(
             t.ask(&format!("bind 127.78.8.{} 92", i + 2), TIMEOUT)["errno"],
             0
         );
-        drain(&mut text);
+        drain_nonblocking(&mut reader, &mut text);
     }
     assert!(
         text.len() > first,
@@ -319,96 +309,45 @@ fn agent_keeps_only_the_capabilities_it_uses() {
 /// not leave its last decisions unwritten), in order, whole, none dropped.
 #[test]
 fn agent_audit_queue_drains_without_further_decisions() {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
     if !root_or_skip() {
         return;
     }
     let dir = TempDir::new("fdgrab-audit-drain");
     let fifo = dir.path().join("audit.fifo");
     let socket = dir.path().join("agent.sock");
-    fdgrab_testkit::oci::mkfifo(&fifo);
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .expect("FIFO reader");
     // One page of pipe: a handful of lines fill it, the rest waits in the queue.
-    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
-    let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    assert!(size >= 4096, "F_SETPIPE_SZ");
+    let mut reader = one_page_fifo_reader(&fifo);
     let mut agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:93"])
         .unwrap_or_else(|e| panic!("{e}"));
     let mut t = FakeTenant::start(&agent, &unique("auditdrain"));
     const BINDS: usize = 60;
+    let addr = |i: usize| format!("127.79.{}.{}", i / 200, i % 200 + 1);
     for i in 0..BINDS {
-        let r = t.ask(
-            &format!("bind 127.79.{}.{} 93", i / 200, i % 200 + 1),
-            TIMEOUT,
-        );
-        assert_eq!(r["errno"], 0, "{r}");
+        assert_eq!(t.ask(&format!("bind {} 93", addr(i)), TIMEOUT)["errno"], 0);
     }
     // No decision from here on: only the agent's own flushing can deliver.
     let mut text = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 4096];
-    while text.iter().filter(|&&b| b == b'\n').count() < BINDS && Instant::now() < deadline {
-        match reader.read(&mut buf) {
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("reading the FIFO: {e}"),
-        }
-    }
-    let lines: Vec<serde_json::Value> = std::str::from_utf8(&text)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
-        .collect();
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
     assert_eq!(
-        lines.len(),
-        BINDS,
-        "queued audit lines stayed in the agent: {} of {BINDS} arrived",
-        lines.len()
+        addresses(&[&text]),
+        (0..BINDS).map(addr).collect::<Vec<_>>(),
+        "queued audit lines stayed in the agent, or came torn or out of order"
     );
-    for (i, v) in lines.iter().enumerate() {
-        let want = format!("127.79.{}.{}", i / 200, i % 200 + 1);
-        assert_eq!(v["address"], want.as_str(), "line {i} out of order: {v}");
-    }
     assert_eq!(agent.state_number("audit_lines_dropped"), 0);
     assert!(agent.is_running());
 }
 
-/// Reads what a non-blocking FIFO reader can get now.
-fn drain_fifo(reader: &mut std::fs::File, text: &mut Vec<u8>) {
-    use std::io::Read;
-    let mut buf = [0u8; 65536];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) => panic!("reading a FIFO: {e}"),
-        }
-    }
-}
-
-/// A FIFO reader that opens `fifo` without blocking, its pipe one page.
-fn small_fifo_reader(fifo: &std::path::Path) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    fdgrab_testkit::oci::mkfifo(fifo);
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo)
-        .expect("FIFO reader");
-    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
-    let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    assert!(size >= 4096, "F_SETPIPE_SZ");
-    reader
+/// The `address` of every line of each text in turn; a torn line fails.
+fn addresses(texts: &[&[u8]]) -> Vec<String> {
+    texts
+        .iter()
+        .flat_map(|t| std::str::from_utf8(t).expect("utf-8").lines())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}"));
+            v["address"].as_str().expect("address").to_owned()
+        })
+        .collect()
 }
 
 /// Rotation while lines wait in the queue: the audit FIFO is full, the path is
@@ -423,7 +362,7 @@ fn agent_reopen_with_queued_lines_tears_and_repeats_none() {
     let dir = TempDir::new("fdgrab-audit-rotate");
     let fifo = dir.path().join("audit.fifo");
     let socket = dir.path().join("agent.sock");
-    let mut old_reader = small_fifo_reader(&fifo);
+    let mut old_reader = one_page_fifo_reader(&fifo);
     let agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:96"])
         .unwrap_or_else(|e| panic!("{e}"));
     let mut t = FakeTenant::start(&agent, &unique("auditrot"));
@@ -434,39 +373,28 @@ fn agent_reopen_with_queued_lines_tears_and_repeats_none() {
     }
     // The reader takes one pipeful: the agent refills the pipe from its queue.
     let mut old = Vec::new();
-    drain_fifo(&mut old_reader, &mut old);
+    drain_nonblocking(&mut old_reader, &mut old);
     std::thread::sleep(Duration::from_millis(200));
     let rotated = fifo.with_extension("fifo.1");
     std::fs::rename(&fifo, &rotated).expect("rename");
-    let mut new_reader = small_fifo_reader(&fifo);
+    let mut new_reader = one_page_fifo_reader(&fifo);
     signal(&agent, rustix::process::Signal::HUP);
     log_count(&agent, "policy reloaded", 1);
     // The old FIFO holds what it held; everything else reaches the new one.
-    drain_fifo(&mut old_reader, &mut old);
+    drain_nonblocking(&mut old_reader, &mut old);
     let mut new = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
     let dropped = agent.state_number("audit_lines_dropped") as usize;
-    let count = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count();
-    while count(&old) + count(&new) + dropped < BINDS && Instant::now() < deadline {
-        drain_fifo(&mut new_reader, &mut new);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    read_until(&mut new_reader, &mut new, |n| {
+        line_count(&old) + line_count(n) + dropped >= BINDS
+    });
     assert!(
         old.ends_with(b"\n"),
         "the old FIFO ends in a torn line: {:?}",
         String::from_utf8_lossy(&old[old.len().saturating_sub(80)..])
     );
-    let mut seen = Vec::new();
-    for (which, text) in [("old", &old), ("new", &new)] {
-        for l in std::str::from_utf8(text).expect("utf-8").lines() {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("torn line in the {which} FIFO {l:?}: {e}"));
-            seen.push(v["address"].as_str().expect("address").to_owned());
-        }
-    }
-    let want: Vec<String> = (0..BINDS).map(addr).collect();
     assert_eq!(
-        seen, want,
+        addresses(&[&old, &new]),
+        (0..BINDS).map(addr).collect::<Vec<_>>(),
         "lines lost, repeated or out of order ({dropped} counted dropped)"
     );
     assert_eq!(dropped, 0);
@@ -483,7 +411,7 @@ fn agent_audit_to_stdout_pipe_neither_blocks_nor_loses_lines() {
     }
     let dir = TempDir::new("fdgrab-audit-stdout");
     let fifo = dir.path().join("stdout.fifo");
-    let mut reader = small_fifo_reader(&fifo);
+    let mut reader = one_page_fifo_reader(&fifo);
     // The agent as started by the testkit, with `--audit -` instead of its file
     // and standard output the FIFO.
     let script = format!(
@@ -499,21 +427,10 @@ fn agent_audit_to_stdout_pipe_neither_blocks_nor_loses_lines() {
         assert_eq!(t.ask(&format!("bind {} 98", addr(i)), TIMEOUT)["errno"], 0);
     }
     let mut text = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while text.iter().filter(|&&b| b == b'\n').count() < BINDS && Instant::now() < deadline {
-        drain_fifo(&mut reader, &mut text);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let seen: Vec<String> = std::str::from_utf8(&text)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}"));
-            v["address"].as_str().expect("address").to_owned()
-        })
-        .collect();
-    let want: Vec<String> = (0..BINDS).map(addr).collect();
-    assert_eq!(seen, want);
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
+    assert_eq!(
+        addresses(&[&text]),
+        (0..BINDS).map(addr).collect::<Vec<_>>()
+    );
     assert_eq!(agent.state_number("audit_lines_dropped"), 0);
 }
