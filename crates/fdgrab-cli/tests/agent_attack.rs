@@ -459,3 +459,35 @@ fn agent_flood_of_partial_documents_stays_bounded() {
     calm.kill();
     returns(&agent, "fds", fds, AgentProc::fd_count);
 }
+
+/// A container's worker is lowered by a storm, then stalls on a userfaultfd
+/// page while lowered: the watchdog answers ETIMEDOUT and starts a successor
+/// (at nice 0, the agent's thread's), calm binds are served by it, and when the
+/// container dies both the stuck worker and its successor are gone.
+#[test]
+fn agent_stall_while_lowered_is_replaced_at_nice_0() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut t = FakeTenant::start(&agent, &unique("lowstall"));
+    assert_eq!(t.ask("storm 200 87 86", TIMEOUT)["started"], 200);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    let r = t.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(200), "{r}");
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    for i in 0..5 {
+        let r = t.ask(&format!("bind 127.87.250.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let mut n = nices(&agent, "fdgrab-tenant-1");
+    n.sort_unstable();
+    assert_eq!(n, [0, 19], "the stuck worker and its successor");
+    t.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+}
