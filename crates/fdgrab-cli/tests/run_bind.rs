@@ -544,6 +544,22 @@ fn run_binds_only_tcp_and_udp_sockets() {
     assert_eq!(line["reason"], "not a TCP or UDP socket", "{line}");
 }
 
+/// An IPv6 UDP socket turned IPv4 by `IPV6_ADDRFORM` keeps its protocol name
+/// (`UDPv6`) but is an IPv4 socket now; once disconnected it is unbound again,
+/// and an allowed IPv4 bind of it must succeed as it does for root.
+#[test]
+fn run_binds_an_ipv6_socket_turned_ipv4() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(&["--allow-bind", "udp:98@127.66.0.1"], &["addrform", "98"]);
+    assert_eq!(v["inet"], true, "IPV6_ADDRFORM made it an IPv4 socket: {v}");
+    assert_eq!(v["errno"], 0, "the policy allows udp:98: {v}");
+    assert_eq!(v["port"], 98, "{v}");
+    let plain = probe_unsupervised(&["addrform", "98"]);
+    assert_eq!(plain["errno"], libc::EACCES, "without fdgrab: {plain}");
+}
+
 #[test]
 fn run_64_threads_10000_binds() {
     if !root_or_skip() {

@@ -19,6 +19,9 @@
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
+//! - `addrform PORT`: a UDP IPv6 socket connected to a v4-mapped address, turned
+//!   IPv4 with `IPV6_ADDRFORM`, disconnected (which frees its port) and then bound
+//!   to 127.66.0.1:PORT with an IPv4 sockaddr.
 //! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
 //!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
@@ -53,6 +56,7 @@ fn main() {
             wait_line();
             bind_mode("tcp4", "127.66.0.1", num(1, 80) as u16)
         }
+        "addrform" => addrform(num(1, 80) as u16),
         "uffd-bind" => uffd_bind(),
         "io-uring" => io_uring(),
         "x32" => x32(),
@@ -190,6 +194,29 @@ fn efault(port: u16) -> Value {
     // Page 1 of the address space is never mapped.
     let e = raw_bind(s.as_raw_fd(), 0x1000 as *const libc::sockaddr, 16);
     json!({ "errno": e, "port": local_port(&s), "asked": port })
+}
+
+fn addrform(port: u16) -> Value {
+    let s = rustix::net::socket(AddressFamily::INET6, SocketType::DGRAM, None).expect("udp6");
+    let mapped = SocketAddr::new(IpAddr::V6(ADDR.to_ipv6_mapped()), 9);
+    rustix::net::connect(&s, &mapped).expect("connect to a v4-mapped address");
+    let v4: libc::c_int = libc::AF_INET;
+    // SAFETY: IPV6_ADDRFORM reads one int from the pointer given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_ADDRFORM,
+            (&v4 as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0, "IPV6_ADDRFORM: {}", std::io::Error::last_os_error());
+    rustix::net::connect_unspec(&s).expect("disconnect");
+    let family = rustix::net::sockopt::socket_domain(&s).expect("SO_DOMAIN");
+    let sa = sockaddr_in(port);
+    let e = raw_bind(s.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), 16);
+    json!({ "errno": e, "port": local_port(&s), "inet": family == AddressFamily::INET })
 }
 
 fn uffd_bind() -> Value {
