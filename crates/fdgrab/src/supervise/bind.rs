@@ -380,11 +380,17 @@ pub(crate) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'st
 /// One `fgetxattr(system.sockprotoname)` answers what `SO_DOMAIN`, `SO_TYPE` and
 /// `SO_PROTOCOL` would: it is the name of the protocol the socket was made with
 /// (`TCP`, `TCPv6`, `UDP`, `UDPv6`; `RAW`, `PING`, `MPTCP`, `UDP-Lite`, `UNIX`,
-/// ... for everything else). The one socket whose family changed after creation,
-/// an IPv6 one turned IPv4 by `IPV6_ADDRFORM`, is connected and so bound already:
-/// any bind of it fails `EINVAL`, ours as the caller's.
+/// ... for everything else). The name is the one the socket was made with: an
+/// IPv6 TCP or UDP socket turned IPv4 by `IPV6_ADDRFORM` is still `TCPv6` or
+/// `UDPv6`, and once disconnected it is unbound again, so an IPv6 name with an
+/// IPv4 address asks the socket's family now (`SO_DOMAIN`); a socket cannot turn
+/// IPv6, so nothing else needs the extra call.
 fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str> {
     let (v6, proto) = protocol_name(sock)?;
+    let v6 = v6
+        && (addr.is_ipv6()
+            || rustix::net::sockopt::socket_domain(sock)
+                .map_or(true, |d| d == rustix::net::AddressFamily::INET6));
     if v6 != addr.is_ipv6() {
         return Err("socket family differs from the address family");
     }
