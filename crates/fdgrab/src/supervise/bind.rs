@@ -474,10 +474,15 @@ impl BindHandler {
             r => r,
         };
         match opened {
-            Ok(p) => Ok(self.pidfds.insert(self.owner, tid, p)),
+            Ok(p) => Ok(self.keep(tid, p)),
             Err(e) if is_emfile(&e) => Err(OpenFailure::TooManyFiles),
             Err(_) => Err(OpenFailure::Other),
         }
+    }
+
+    /// Caches `p` for `tid` if it is a thread pidfd.
+    fn keep(&self, tid: i32, p: PidFd) -> Arc<PidFd> {
+        self.pidfds.insert(self.owner, tid, p)
     }
 
     /// A fresh pidfd for the request's thread, validated: the thread was in the
@@ -721,6 +726,33 @@ mod tests {
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec[..15]).is_err());
         unspec[4] = 127;
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec).is_err());
+    }
+
+    /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its
+    /// thread is gone. A thread group's pidfd (kernels before 6.9) stays valid
+    /// while its process lives, so a later thread of *another* process given the
+    /// same tid would be served from the first process's fd table.
+    #[test]
+    fn only_thread_pidfds_are_cached() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let h = BindHandler::new(Arc::new(Policy::default()));
+        let group = PidFd::open(me).expect("pidfd of our process");
+        assert!(!group.is_thread());
+        h.keep(me, group);
+        assert!(
+            h.pidfds.get(me).is_none(),
+            "a thread group's pidfd is not kept"
+        );
+        match PidFd::open_thread(me) {
+            Ok(thread) => {
+                h.keep(me, thread);
+                assert!(h.pidfds.get(me).is_some(), "a thread pidfd is kept");
+            }
+            Err(crate::Error::Unsupported { .. }) => {
+                fdgrab_testkit::skip("PIDFD_THREAD needs Linux 6.9")
+            }
+            Err(e) => panic!("thread pidfd: {e}"),
+        }
     }
 
     #[test]
