@@ -480,9 +480,17 @@ impl BindHandler {
         }
     }
 
-    /// Caches `p` for `tid` if it is a thread pidfd.
+    /// Caches `p` for `tid` if it is a thread pidfd. A thread group's pidfd
+    /// (before Linux 6.9) outlives the thread it was opened for: a later thread
+    /// of another process with the same tid would reach the first process's fds
+    /// through it, so it serves one request only (opened and validated with
+    /// `ID_VALID` each time).
     fn keep(&self, tid: i32, p: PidFd) -> Arc<PidFd> {
-        self.pidfds.insert(self.owner, tid, p)
+        if p.is_thread() {
+            self.pidfds.insert(self.owner, tid, p)
+        } else {
+            Arc::new(p)
+        }
     }
 
     /// A fresh pidfd for the request's thread, validated: the thread was in the
