@@ -1017,3 +1017,69 @@ fn run_uses_the_sockets_netns_port_threshold() {
     assert_eq!(lines[3]["errno"], 0, "{lines:?}");
     assert_eq!(lines[3]["port"], 65, "{lines:?}");
 }
+
+/// Whether this kernel is at least `major.minor` (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
+/// The caller's netns is read from kept `/proc/TID/ns/net` links and its fds through
+/// cached thread pidfds. A thread that moved into a netns of its own after a bind
+/// (so its link is kept) is judged in the new netns; and threads of that moved
+/// process that are given tids earlier binding threads had (cached links and
+/// pidfds of exited threads) are judged as themselves: binding a socket of the
+/// first netns is the kernel's EACCES every time, binding one of their own netns
+/// succeeds. Tids wrap within the test in a pid namespace of its own with a
+/// `pid_max` of 1000 (per pid namespace since Linux 6.14).
+#[test]
+fn run_netns_identity_survives_moves_and_tid_reuse() {
+    if !root_or_skip() {
+        return;
+    }
+    if !kernel_at_least(6, 14) {
+        // Before 6.14 pid_max is global: the test must not lower the host's.
+        fdgrab_testkit::skip("a pid_max of a pid namespace's own needs Linux 6.14");
+        return;
+    }
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let p = probe();
+    let script = format!(
+        "echo 1000 > /proc/sys/kernel/pid_max && exec {f} run --user nobody \
+         --allow-bind tcp:88-89@127.66.0.1 -- {p} netns-tid-reuse 100 3000 88"
+    );
+    let out = output_timeout(
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]),
+        Duration::from_secs(150),
+    );
+    let v = parse_last(&out);
+    if v.get("unshare_errno").is_some() {
+        fdgrab_testkit::skip(&format!("no user namespace for uid 65534: {v}"));
+        return;
+    }
+    assert_eq!(v["marked"], 100, "the first threads bind: {v}");
+    assert_eq!(v["before"], 0, "the child binds before moving: {v}");
+    assert_eq!(
+        v["moved"],
+        libc::EACCES,
+        "the moved thread's old socket: {v}"
+    );
+    let hits = v["hits"].as_u64().unwrap_or(0);
+    assert!(hits > 0, "some tids must come back: {v}");
+    assert_eq!(v["refused"].as_u64(), Some(hits), "{v}");
+    assert_eq!(v["wrong"], 0, "{v}");
+    assert_eq!(
+        v["old_port"], 0,
+        "the first netns's socket stays unbound: {v}"
+    );
+    assert_eq!(
+        v["guest_ok"].as_u64(),
+        Some(hits),
+        "their own netns's binds: {v}"
+    );
+}
