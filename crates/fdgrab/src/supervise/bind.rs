@@ -283,10 +283,17 @@ impl BindHandler {
         let netns = cx.ports.socket_netns(&sock);
         facts.netns = netns.inode;
         if !policy.any_netns() {
+            let mut gone = false;
             let same = self
                 .links
-                .inode(n.tid)
+                .inode(n.tid, || {
+                    gone = !cx.listener.id_valid(n.id);
+                    !gone
+                })
                 .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
+            if gone {
+                return None;
+            }
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
             }
