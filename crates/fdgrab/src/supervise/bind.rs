@@ -605,7 +605,10 @@ fn audit(
         Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
     );
     if facts.proto.is_none() && inet {
-        facts.proto = facts.call.fd.and_then(|fd| peek_transport(n.tid, fd));
+        facts.proto = facts
+            .call
+            .fd
+            .and_then(|fd| peek_transport(n.tid, fd, || cx.listener.id_valid(n.id)));
     }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
@@ -618,8 +621,11 @@ fn audit(
 /// directory: a copy of the socket (`pidfd_getfd`) moves it into our cgroup-v1
 /// net_cls/net_prio class, changing a socket handed back untouched. Otherwise
 /// (the agent keeps no DAC capability, and a non-root caller's fd directory is
-/// its own) a pidfd and a copy, both closed at once.
-fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+/// its own) a pidfd and a copy, both closed at once. The pidfd is opened by tid
+/// after the decision: `still_caller` (an `ID_VALID`) proves it names the caller
+/// before anything is copied out of it, so that no other process's socket is
+/// touched.
+fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Option<Proto> {
     let mut name = [0u8; 16];
     match rustix::fs::getxattr(
         format!("/proc/{tid}/fd/{fd}"),
@@ -635,6 +641,9 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
         r => r,
     }
     .ok()?;
+    if !still_caller() {
+        return None;
+    }
     let sock = getfd_from(&thread, fd).ok()?;
     protocol_name(&sock).ok().map(|(_, p)| p)
 }
