@@ -623,6 +623,27 @@ fn run_sigurg_storm_during_binds() {
     );
 }
 
+/// Without `SA_RESTART` a signal makes a supervised bind fail `EINTR` (an
+/// unsupervised one never does), possibly after fdgrab bound the socket. A retry
+/// on the same socket is then answered 0, never `EINVAL`, and every bind ends
+/// with the socket on the port.
+#[test]
+fn run_bind_interrupted_without_sa_restart_then_retried() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(
+        &["--allow-bind", "tcp:166@127.66.0.1"],
+        &["eintr", "3000", "166"],
+    );
+    assert_eq!(v["bad"], 0, "{v}");
+    assert_eq!(v["ok"], 3000, "{v}");
+    assert!(
+        v["interrupted"].as_u64().unwrap_or(0) > 0,
+        "the storm must interrupt some binds: {v}"
+    );
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -1051,7 +1072,7 @@ fn run_netns_identity_survives_moves_and_tid_reuse() {
     let p = probe();
     let script = format!(
         "echo 1000 > /proc/sys/kernel/pid_max && exec {f} run --user nobody \
-         --allow-bind tcp:88-89@127.66.0.1 -- {p} netns-tid-reuse 100 3000 88"
+         --allow-bind tcp:164-165@127.66.0.1 -- {p} netns-tid-reuse 100 3000 164"
     );
     let out = output_timeout(
         Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]),

@@ -16,6 +16,8 @@
 //! - `dup2race N PORT`: one thread binds a TCP socket at a fixed fd number to PORT while
 //!   another keeps putting a pipe or a UDP decoy at that number.
 //! - `sigurg N PORT`: binds while another thread sends SIGURG (SA_RESTART) in a storm.
+//! - `eintr N PORT`: as `sigurg`, with SIGUSR1 and no `SA_RESTART`: a bind that
+//!   fails `EINTR` is retried on the same socket until it does not.
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
@@ -57,6 +59,7 @@ fn main() {
         "threads" => threads(num(1, 64) as usize, num(2, 10_000), num(3, 100) as u16),
         "dup2race" => dup2race(num(1, 2000), num(2, 80) as u16),
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
+        "eintr" => eintr(num(1, 2000), num(2, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
             wait_line();
@@ -493,6 +496,45 @@ fn sigurg(n: u64, port: u16) -> Value {
     storm.join().expect("storm thread");
     json!({ "ok": ok, "bad": bad.len(), "examples": bad.iter().take(5).collect::<Vec<_>>(),
             "signals": sent.load(Ordering::Relaxed) })
+}
+
+fn eintr(n: u64, port: u16) -> Value {
+    // SAFETY: a handler that does nothing (async-signal-safe), without
+    // SA_RESTART: an interrupted call returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigurg as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: gettid has no arguments.
+    let tid = unsafe { libc::gettid() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let storm = std::thread::spawn(move || {
+        // SAFETY: getpid has no arguments.
+        let pid = unsafe { libc::getpid() };
+        while !stop2.load(Ordering::Relaxed) {
+            // SAFETY: tgkill with our own pid/tid and a handled signal.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+        }
+    });
+    let (mut ok, mut interrupted, mut bad) = (0u64, 0u64, Vec::new());
+    for _ in 0..n {
+        let s = tcp_socket(AddressFamily::INET);
+        let mut r = rustix::net::bind(&s, &v4(port));
+        while r == Err(Errno::INTR) {
+            interrupted += 1;
+            r = rustix::net::bind(&s, &v4(port));
+        }
+        match r {
+            Ok(()) if local_port(&s) == port => ok += 1,
+            r => bad.push(format!("{r:?} port {}", local_port(&s))),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    storm.join().expect("storm thread");
+    json!({ "ok": ok, "interrupted": interrupted, "bad": bad.len(),
+            "examples": bad.iter().take(5).collect::<Vec<_>>() })
 }
 
 fn fork_kill(n: u64, port: u16) -> Value {
