@@ -18,6 +18,9 @@
 //! - `sigurg N PORT`: binds while another thread sends SIGURG (SA_RESTART) in a storm.
 //! - `eintr N PORT`: as `sigurg`, with SIGUSR1 and no `SA_RESTART`: a bind that
 //!   fails `EINTR` is retried on the same socket until it does not.
+//! - `file-bind PATH PORT`: binds an open regular file (`PATH`) to
+//!   127.66.0.1:PORT (the kernel answers ENOTSOCK), while another thread binds a
+//!   TCP socket to PORT+1.
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
@@ -60,6 +63,7 @@ fn main() {
         "dup2race" => dup2race(num(1, 2000), num(2, 80) as u16),
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
         "eintr" => eintr(num(1, 2000), num(2, 80) as u16),
+        "file-bind" => file_bind(arg(1), num(2, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
             wait_line();
@@ -535,6 +539,23 @@ fn eintr(n: u64, port: u16) -> Value {
     storm.join().expect("storm thread");
     json!({ "ok": ok, "interrupted": interrupted, "bad": bad.len(),
             "examples": bad.iter().take(5).collect::<Vec<_>>() })
+}
+
+fn file_bind(path: &str, port: u16) -> Value {
+    let file = std::fs::File::open(path).expect("open the file");
+    let other = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = tcp_socket(AddressFamily::INET);
+        errno_of(rustix::net::bind(&s, &v4(port + 1)))
+    });
+    let sa = sockaddr_in(port);
+    let e = raw_bind(
+        file.as_raw_fd(),
+        (&sa as *const libc::sockaddr_in).cast(),
+        16,
+    );
+    let other = other.join().expect("other bind");
+    json!({ "errno": e, "other_errno": other })
 }
 
 fn fork_kill(n: u64, port: u16) -> Value {
