@@ -1299,4 +1299,16 @@ fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
         0,
         "fdgrab asked the FUSE server for an extended attribute of the file: {v}"
     );
+    // A port the policy does not allow, audited: the audit line's protocol is
+    // looked up without asking the file's file system either.
+    let dir = TempDir::new("fuse-audit");
+    let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
+    let v = probe_run(
+        &["--allow-bind", "tcp:168@127.66.0.1", "--audit", &audit],
+        &["file-bind", &fs.file(), "169"],
+    );
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    assert_eq!(fs.getxattr_requests(), 0, "audited: {v}");
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    assert!(text.contains("\"port\":169"), "{text}");
 }

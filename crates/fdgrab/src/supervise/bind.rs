@@ -272,15 +272,21 @@ impl BindHandler {
             Err(None) => return None,
             Err(Some(reason)) => return cont(reason),
         };
+        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
+        // threshold, and comes first: a getsockopt answers ENOTSOCK for any other
+        // file without reaching its file system, where an xattr read or an ioctl
+        // would ask a FUSE server (which may never answer). The caller is parked
+        // in this call, so its netns cannot change under us.
+        let cookie = match crate::sys::socket_netns_cookie(&sock) {
+            Err(Errno::NOTSOCK) => return cont("the fd is not a socket"),
+            c => c.ok(),
+        };
         let proto = match socket_proto(&sock, addr) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
-        // threshold. The caller is parked in this call, so its netns cannot change
-        // under us.
-        let netns = cx.ports.socket_netns(&sock);
+        let netns = cx.ports.socket_netns_with(&sock, cookie);
         facts.netns = netns.inode;
         if !policy.any_netns() {
             let mut gone = false;
@@ -625,14 +631,24 @@ fn audit(
 /// after the decision: `still_caller` (an `ID_VALID`) proves it names the caller
 /// before anything is copied out of it, so that no other process's socket is
 /// touched.
+///
+/// An xattr read of anything but a socket would reach the file's file system (a
+/// FUSE server, which may never answer): the fd must be a socket first, by its
+/// `/proc` link's text (`socket:[INODE]`) or, for our copy, by a `getsockopt`.
+/// Between the link's text and the read another thread may put a file at the
+/// number; that narrow window remains on this audit-only path.
 fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Option<Proto> {
+    let path = format!("/proc/{tid}/fd/{fd}");
     let mut name = [0u8; 16];
-    match rustix::fs::getxattr(
-        format!("/proc/{tid}/fd/{fd}"),
-        "system.sockprotoname",
-        &mut name,
-    ) {
-        Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
+    match rustix::fs::readlink(&path, Vec::new()) {
+        Ok(link) if link.as_bytes().starts_with(b"socket:") => {
+            match rustix::fs::getxattr(&path, "system.sockprotoname", &mut name) {
+                Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
+                Err(Errno::ACCESS) => {}
+                Err(_) => return None,
+            }
+        }
+        Ok(_) => return None,
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
     }
@@ -645,6 +661,9 @@ fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Opt
         return None;
     }
     let sock = getfd_from(&thread, fd).ok()?;
+    if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
+        return None;
+    }
     protocol_name(&sock).ok().map(|(_, p)| p)
 }
 

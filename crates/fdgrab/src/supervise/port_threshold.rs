@@ -154,7 +154,14 @@ impl UnprivilegedPorts {
     /// The socket's network namespace as far as it can be named: its cookie
     /// (one `getsockopt`) and, from the cookie cache or `SIOCGSKNS`, its inode.
     pub fn socket_netns(&self, sock: impl AsFd) -> SocketNetns {
-        let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
+        let cookie = sys::socket_netns_cookie(&sock).ok();
+        self.socket_netns_with(sock, cookie)
+    }
+
+    /// [`Self::socket_netns`] with the socket's `SO_NETNS_COOKIE` already read
+    /// (`None`: the kernel has none).
+    pub fn socket_netns_with(&self, sock: impl AsFd, cookie: Option<u64>) -> SocketNetns {
+        let Some(cookie) = cookie else {
             return SocketNetns {
                 cookie: None,
                 inode: socket_netns_inode(&sock),
