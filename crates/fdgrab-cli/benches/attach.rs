@@ -14,6 +14,7 @@
 //! Run: `scripts/bench attach` (as root; tmux and reptyr installed, as scripts/test
 //! does). `FDGRAB_BENCH_ROUNDS` changes the number of rounds.
 
+use fdgrab_testkit::bench::Goals;
 use fdgrab_testkit::bin;
 use fdgrab_testkit::tmux::Tmux;
 use std::io::Write;
@@ -139,9 +140,9 @@ fn timed_cat(t: &Tmux, id: &str, file: &str) -> Duration {
 }
 
 fn main() {
+    let mut goals = Goals::new("attach");
     if !rustix::process::geteuid().is_root() {
-        eprintln!("attach bench: needs root");
-        std::process::exit(1);
+        goals.skip("needs root");
     }
     for tool in ["tmux", "reptyr"] {
         if Command::new("sh")
@@ -150,8 +151,9 @@ fn main() {
             .status()
             .map_or(true, |s| !s.success())
         {
-            eprintln!("attach bench: {tool} is not installed (scripts/test installs it)");
-            std::process::exit(1);
+            goals.skip(&format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
         }
     }
     let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
@@ -253,16 +255,15 @@ fn main() {
         size / d.as_secs_f64()
     );
 
-    let mut missed = false;
-    if latency_ratio > LATENCY_GOAL {
-        eprintln!("attach bench: goal missed: fdgrab attach takes over {LATENCY_GOAL}x reptyr -T's time to relay");
-        missed = true;
-    }
-    if throughput_ratio < 0.9 {
-        eprintln!("attach bench: goal missed: attached throughput below 0.9x a plain pane");
-        missed = true;
-    }
-    if missed {
-        std::process::exit(1);
-    }
+    goals.at_most(
+        "first relayed byte, fdgrab attach / reptyr -T",
+        latency_ratio,
+        LATENCY_GOAL,
+    );
+    goals.at_least(
+        "cat throughput, attached / plain tmux pane",
+        throughput_ratio,
+        0.9,
+    );
+    goals.finish()
 }

@@ -94,7 +94,6 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         // The child has its own copies. Ours must go now: if the new server dies later,
         // a listening socket kept open only by fdgrab would queue connections nobody takes.
         drop(fds);
-        drop(taken);
         (child, None)
     } else {
         let env_fds: Vec<BorrowedFd<'_>> = match a.via {
@@ -224,11 +223,17 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         }
     }
     if a.detach {
+        // The detached supervisor is a fork of this process: what fdgrab itself
+        // holds (the signalfd, the old and new servers' pidfds) would otherwise
+        // stay open in it for the new server's whole life.
+        drop(signals);
+        drop(target);
+        let new_pid = child.release();
         let sup_pid = match supervisor {
             Some(s) => Some(s.detach()?),
             None => None,
         };
-        crate::exit::print_line(child.release())?;
+        crate::exit::print_line(new_pid)?;
         if let Some(p) = sup_pid {
             say!("fdgrab: supervisor {p} stays with new server {new_pid}");
             crate::exit::print_line(p)?;

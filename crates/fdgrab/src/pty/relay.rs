@@ -76,6 +76,8 @@ const MAX_PENDING: usize = 1024 * 1024;
 /// returning; so is our output's (as ssh does: a terminal that stops reading must
 /// not hold fdgrab in a write where no signal reaches it). Input the program does not take yet is kept, up to 1 MiB; past
 /// that, input is read only once the program takes some (and the escape with it).
+/// `replay` (what a keeper kept while nobody was attached, see [`super::Keeper`])
+/// is written to our terminal first, ahead of anything the master gives.
 pub fn relay(
     master: BorrowedFd<'_>,
     input: BorrowedFd<'_>,
@@ -83,6 +85,7 @@ pub fn relay(
     raw: &mut RawMode,
     signals: &SignalFd,
     escape: Escape,
+    replay: Vec<u8>,
 ) -> Result<RelayEnd> {
     let _nonblocking = NonBlocking::set(master)?;
     // Our terminal too (as ssh does): a terminal that stops reading (a stalled
@@ -90,7 +93,7 @@ pub fn relay(
     let mut out_nonblocking = Some(NonBlocking::set(output)?);
     let mut buf = vec![0u8; BUF];
     let mut to_master: Vec<u8> = Vec::new();
-    let mut to_output: Vec<u8> = Vec::new();
+    let mut to_output: Vec<u8> = replay;
     let mut keys = EscapeState::new(escape);
     loop {
         // The master is read only while our terminal keeps up.
