@@ -62,7 +62,7 @@ fn main() {
         "threads" => threads(num(1, 64) as usize, num(2, 10_000), num(3, 100) as u16),
         "dup2race" => dup2race(num(1, 2000), num(2, 80) as u16),
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
-        "eintr" => eintr(num(1, 2000), num(2, 80) as u16),
+        "eintr" => storm_binds(num(1, 2000), num(2, 80) as u16, libc::SIGUSR1, 0),
         "file-bind" => file_bind(arg(1), num(2, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
@@ -466,13 +466,20 @@ fn dup2race(n: u64, port: u16) -> Value {
 extern "C" fn on_sigurg(_: libc::c_int) {}
 
 fn sigurg(n: u64, port: u16) -> Value {
-    // SAFETY: installs a handler that does nothing (async-signal-safe), with
-    // SA_RESTART as Go's runtime does for its preemption signal.
+    storm_binds(n, port, libc::SIGURG, libc::SA_RESTART)
+}
+
+/// Binds `n` sockets while another thread sends `sig` to the binding thread in a
+/// storm; the handler does nothing and is installed with `sa_flags`. A bind that
+/// fails `EINTR` (no `SA_RESTART`) is retried on the same socket.
+fn storm_binds(n: u64, port: u16, sig: libc::c_int, sa_flags: libc::c_int) -> Value {
+    // SAFETY: installs a handler that does nothing (async-signal-safe); with
+    // SA_RESTART as Go's runtime does for its preemption signal, or without.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigurg as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut());
+        sa.sa_flags = sa_flags;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
     }
     // SAFETY: gettid has no arguments.
     let tid = unsafe { libc::gettid() };
@@ -484,42 +491,8 @@ fn sigurg(n: u64, port: u16) -> Value {
         let pid = unsafe { libc::getpid() };
         while !stop2.load(Ordering::Relaxed) {
             // SAFETY: tgkill with our own pid/tid and a handled signal.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGURG) };
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
             sent2.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    let (mut ok, mut bad) = (0u64, Vec::new());
-    for _ in 0..n {
-        let s = tcp_socket(AddressFamily::INET);
-        match rustix::net::bind(&s, &v4(port)) {
-            Ok(()) if local_port(&s) == port => ok += 1,
-            r => bad.push(format!("{r:?} port {}", local_port(&s))),
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    storm.join().expect("storm thread");
-    json!({ "ok": ok, "bad": bad.len(), "examples": bad.iter().take(5).collect::<Vec<_>>(),
-            "signals": sent.load(Ordering::Relaxed) })
-}
-
-fn eintr(n: u64, port: u16) -> Value {
-    // SAFETY: a handler that does nothing (async-signal-safe), without
-    // SA_RESTART: an interrupted call returns EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigurg as *const () as usize;
-        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-    }
-    // SAFETY: gettid has no arguments.
-    let tid = unsafe { libc::gettid() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let storm = std::thread::spawn(move || {
-        // SAFETY: getpid has no arguments.
-        let pid = unsafe { libc::getpid() };
-        while !stop2.load(Ordering::Relaxed) {
-            // SAFETY: tgkill with our own pid/tid and a handled signal.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
         }
     });
     let (mut ok, mut interrupted, mut bad) = (0u64, 0u64, Vec::new());
@@ -537,8 +510,8 @@ fn eintr(n: u64, port: u16) -> Value {
     }
     stop.store(true, Ordering::Relaxed);
     storm.join().expect("storm thread");
-    json!({ "ok": ok, "interrupted": interrupted, "bad": bad.len(),
-            "examples": bad.iter().take(5).collect::<Vec<_>>() })
+    json!({ "ok": ok, "bad": bad.len(), "examples": bad.iter().take(5).collect::<Vec<_>>(),
+            "signals": sent.load(Ordering::Relaxed), "interrupted": interrupted })
 }
 
 fn file_bind(path: &str, port: u16) -> Value {
