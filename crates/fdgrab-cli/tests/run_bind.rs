@@ -1105,175 +1105,6 @@ fn run_netns_identity_survives_moves_and_tid_reuse() {
     );
 }
 
-/// A FUSE file system with one empty file, `f`, served by a thread of the test.
-/// It counts `GETXATTR` requests and answers each only after two seconds
-/// (`ENODATA`): whoever asks a file there for an extended attribute waits on it.
-struct FuseFile {
-    dir: TempDir,
-    getxattr: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    server: Option<std::thread::JoinHandle<()>>,
-}
-
-mod fuse_op {
-    pub const LOOKUP: u32 = 1;
-    pub const FORGET: u32 = 2;
-    pub const GETATTR: u32 = 3;
-    pub const OPEN: u32 = 14;
-    pub const RELEASE: u32 = 18;
-    pub const GETXATTR: u32 = 22;
-    pub const FLUSH: u32 = 25;
-    pub const INIT: u32 = 26;
-    pub const INTERRUPT: u32 = 36;
-    pub const BATCH_FORGET: u32 = 42;
-}
-
-/// `struct fuse_attr` of inode `ino` with `mode`, owned by root, empty.
-fn fuse_attr(ino: u64, mode: u32) -> Vec<u8> {
-    let mut a = Vec::with_capacity(88);
-    for v in [ino, 0, 0, 0, 0, 0] {
-        a.extend_from_slice(&u64::to_ne_bytes(v));
-    }
-    for v in [0u32, 0, 0, mode, 1, 0, 0, 0, 4096, 0] {
-        a.extend_from_slice(&v.to_ne_bytes());
-    }
-    a
-}
-
-fn fuse_reply(dev: &std::fs::File, unique: u64, error: i32, body: &[u8]) {
-    let mut out = Vec::with_capacity(16 + body.len());
-    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    out.extend_from_slice(&error.to_ne_bytes());
-    out.extend_from_slice(&unique.to_ne_bytes());
-    out.extend_from_slice(body);
-    // A request the kernel gave up on (interrupted) is answered ENOENT: fine.
-    let _ = (&*dev).write(&out);
-}
-
-impl FuseFile {
-    /// `None` when FUSE cannot be mounted here.
-    fn mount(tag: &str) -> Option<FuseFile> {
-        use std::os::fd::AsRawFd;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        use std::sync::Arc;
-        let dir = TempDir::new(tag);
-        let dev = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .ok()?;
-        let opts = format!(
-            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
-            dev.as_raw_fd()
-        );
-        let target = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).ok()?;
-        let opts = std::ffi::CString::new(opts).ok()?;
-        // SAFETY: NUL-terminated strings that outlive the call.
-        let r = unsafe {
-            libc::mount(
-                c"fdgrab-test".as_ptr(),
-                target.as_ptr(),
-                c"fuse".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            return None;
-        }
-        let getxattr = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&getxattr);
-        let dev = Arc::new(dev);
-        let server = std::thread::spawn(move || {
-            let mut buf = vec![0u8; (1 << 20) + 4096];
-            // Ends when the file system is unmounted (ENODEV).
-            while let Ok(n) = (&*dev).read(&mut buf) {
-                if n < 40 {
-                    continue;
-                }
-                let u32_at =
-                    |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
-                let u64_at =
-                    |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap_or_default());
-                let (op, unique, node) = (u32_at(4), u64_at(8), u64_at(16));
-                let entry = |ino: u64, mode: u32| {
-                    let mut e = Vec::new();
-                    for v in [ino, 0, 1, 1] {
-                        e.extend_from_slice(&u64::to_ne_bytes(v));
-                    }
-                    e.extend_from_slice(&[0u8; 8]);
-                    e.extend_from_slice(&fuse_attr(ino, mode));
-                    e
-                };
-                let (dir_mode, file_mode) = (libc::S_IFDIR | 0o755, libc::S_IFREG | 0o644);
-                match op {
-                    fuse_op::INIT => {
-                        let mut init = Vec::new();
-                        for v in [7u32, 31, u32_at(48), 0] {
-                            init.extend_from_slice(&v.to_ne_bytes());
-                        }
-                        init.extend_from_slice(&16u16.to_ne_bytes());
-                        init.extend_from_slice(&12u16.to_ne_bytes());
-                        init.extend_from_slice(&4096u32.to_ne_bytes());
-                        init.extend_from_slice(&1u32.to_ne_bytes());
-                        init.resize(64, 0);
-                        fuse_reply(&dev, unique, 0, &init);
-                    }
-                    fuse_op::LOOKUP if node == 1 && buf[40..n].starts_with(b"f\0") => {
-                        fuse_reply(&dev, unique, 0, &entry(2, file_mode))
-                    }
-                    fuse_op::LOOKUP => fuse_reply(&dev, unique, -libc::ENOENT, &[]),
-                    fuse_op::GETATTR => {
-                        let mut a = Vec::new();
-                        a.extend_from_slice(&1u64.to_ne_bytes());
-                        a.extend_from_slice(&[0u8; 8]);
-                        let mode = if node == 1 { dir_mode } else { file_mode };
-                        a.extend_from_slice(&fuse_attr(node, mode));
-                        fuse_reply(&dev, unique, 0, &a);
-                    }
-                    fuse_op::OPEN => fuse_reply(&dev, unique, 0, &[0u8; 16]),
-                    fuse_op::FLUSH | fuse_op::RELEASE => fuse_reply(&dev, unique, 0, &[]),
-                    fuse_op::GETXATTR => {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let dev = Arc::clone(&dev);
-                        std::thread::spawn(move || {
-                            std::thread::sleep(Duration::from_secs(2));
-                            fuse_reply(&dev, unique, -libc::ENODATA, &[]);
-                        });
-                    }
-                    fuse_op::FORGET | fuse_op::BATCH_FORGET | fuse_op::INTERRUPT => {}
-                    _ => fuse_reply(&dev, unique, -libc::ENOSYS, &[]),
-                }
-            }
-        });
-        Some(FuseFile {
-            dir,
-            getxattr,
-            server: Some(server),
-        })
-    }
-
-    fn file(&self) -> String {
-        self.dir.path("f").to_string_lossy().into_owned()
-    }
-
-    fn getxattr_requests(&self) -> u64 {
-        self.getxattr.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for FuseFile {
-    fn drop(&mut self) {
-        let target =
-            std::ffi::CString::new(self.dir.0.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: a NUL-terminated path; a lazy unmount ends the connection, and
-        // with it the server's read.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        if let Some(t) = self.server.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The fd of a trapped bind need not be a socket: here it is a file on a FUSE
 /// file system whose server is slow to answer. fdgrab must learn that it is not a
 /// socket without asking the file's file system anything (an extended attribute
@@ -1284,7 +1115,7 @@ fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
     if !root_or_skip() {
         return;
     }
-    let Some(fs) = FuseFile::mount("fuse") else {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("run") else {
         fdgrab_testkit::skip("cannot mount a FUSE file system here");
         return;
     };
@@ -1295,9 +1126,9 @@ fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
     assert_eq!(v["other_errno"], 0, "{v}");
     assert_eq!(
-        fs.getxattr_requests(),
+        fs.slow_requests(),
         0,
-        "fdgrab asked the FUSE server for an extended attribute of the file: {v}"
+        "fdgrab asked the FUSE server about the file: {v}"
     );
     // A port the policy does not allow, audited: the audit line's protocol is
     // looked up without asking the file's file system either.
@@ -1308,7 +1139,7 @@ fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
         &["file-bind", &fs.file(), "169"],
     );
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
-    assert_eq!(fs.getxattr_requests(), 0, "audited: {v}");
+    assert_eq!(fs.slow_requests(), 0, "audited: {v}");
     let text = std::fs::read_to_string(&audit).expect("audit");
     assert!(text.contains("\"port\":169"), "{text}");
 }
