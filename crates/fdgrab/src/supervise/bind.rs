@@ -627,10 +627,11 @@ fn audit(
 /// directory: a copy of the socket (`pidfd_getfd`) moves it into our cgroup-v1
 /// net_cls/net_prio class, changing a socket handed back untouched. Otherwise
 /// (the agent keeps no DAC capability, and a non-root caller's fd directory is
-/// its own) a pidfd and a copy, both closed at once. The pidfd is opened by tid
-/// after the decision: `still_caller` (an `ID_VALID`) proves it names the caller
-/// before anything is copied out of it, so that no other process's socket is
-/// touched.
+/// its own) a pidfd and a copy, both closed at once; but not where the copy
+/// could re-tag the socket (v1 net_cls/net_prio cgroups in use): then unknown.
+/// The pidfd is opened by tid after the decision: `still_caller` (an
+/// `ID_VALID`) proves it names the caller before anything is copied out of it,
+/// so that no other process's socket is touched.
 ///
 /// An xattr read of anything but a socket would reach the file's file system (a
 /// FUSE server, which may never answer): the fd must be a socket first, by its
@@ -651,6 +652,9 @@ fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Opt
         Ok(_) => return None,
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
+    }
+    if super::audit::copying_a_socket_retags_it() {
+        return None;
     }
     let thread = match PidFd::open_thread(tid) {
         Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
