@@ -94,6 +94,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         // The child has its own copies. Ours must go now: if the new server dies later,
         // a listening socket kept open only by fdgrab would queue connections nobody takes.
         drop(fds);
+        drop(taken);
         (child, None)
     } else {
         let env_fds: Vec<BorrowedFd<'_>> = match a.via {
