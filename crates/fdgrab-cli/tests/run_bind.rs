@@ -1143,3 +1143,57 @@ fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
     let text = std::fs::read_to_string(&audit).expect("audit");
     assert!(text.contains("\"port\":169"), "{text}");
 }
+
+/// Audit lines that waited because the audit FIFO was full reach it once its
+/// reader catches up, even when the program binds nothing more: `run`'s serving
+/// thread sleeps in RECV, so someone else must push the queue out.
+#[test]
+fn run_audit_queue_drains_without_further_binds() {
+    use fdgrab_testkit::oci::{line_count, one_page_fifo_reader, read_until};
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("audit-drain");
+    let fifo = dir.path("audit.fifo");
+    // One page of pipe: a handful of lines fill it, the rest waits in the queue.
+    let mut reader = one_page_fifo_reader(&fifo);
+    const BINDS: usize = 60;
+    // Each bind on its own address, then the program stays, binding nothing.
+    let script = format!(
+        "import socket,sys,time\n\
+         for i in range({BINDS}):\n\
+         \x20   s=socket.socket(); s.bind(('127.84.0.%d' % (i+1), 97)); s.close()\n\
+         print('bound', flush=True)\n\
+         sys.stdin.read()\n"
+    );
+    let mut child = run_cmd(
+        &["--allow-bind", "tcp:97", "--audit", &fifo.to_string_lossy()],
+        &[python(), "-c", &script],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn fdgrab run");
+    let _g = Guard(child.id());
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = read_line_timeout(&mut out, TIMEOUT).expect("the program's binds");
+    assert_eq!(line.trim(), "bound");
+    let mut text = Vec::new();
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
+    let addresses: Vec<String> = std::str::from_utf8(&text)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("torn {l:?}: {e}"));
+            v["address"].as_str().expect("address").to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (1..=BINDS).map(|i| format!("127.84.0.{i}")).collect();
+    assert_eq!(
+        addresses, want,
+        "queued audit lines stayed in fdgrab run, or came torn or out of order"
+    );
+    drop(child.stdin.take());
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab run exits");
+    assert!(st.success(), "{st:?}");
+}

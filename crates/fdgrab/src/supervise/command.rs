@@ -32,6 +32,16 @@ const MAINTENANCE_EVERY: rustix::event::Timespec = rustix::event::Timespec {
     tv_nsec: 0,
 };
 
+/// How often `run` retries audit lines the sink could not take yet (as the
+/// agent does).
+const AUDIT_RETRY_EVERY: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: 20_000_000,
+};
+
+/// [`MAINTENANCE_EVERY`] as a [`std::time::Duration`].
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Netns links `run` keeps at most (one descriptor each).
 const MAX_NETNS_LINKS: usize = 256;
 
@@ -185,7 +195,7 @@ impl SupervisedCommand {
         } = self.start()?;
         // After the spawn, so that the program keeps the limit it was given.
         let budget = super::pidfd_cache::FdBudget::raise_nofile();
-        let audit = std::mem::replace(&mut self.audit, AuditSink::none());
+        let audit = Arc::new(std::mem::replace(&mut self.audit, AuditSink::none()));
         // The supervisor's set, plus CAP_KILL to forward signals to another user.
         // Capabilities are per thread: dropped before the serving thread starts,
         // which inherits the reduced sets.
@@ -205,11 +215,16 @@ impl SupervisedCommand {
             .netns_links(Arc::clone(&links));
         let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(handler)];
         let notify_fd = listener.into_fd();
+        let serving_audit = Arc::clone(&audit);
         std::thread::Builder::new()
             .name("fdgrab-bind".into())
             .spawn(move || {
-                if let Err(e) =
-                    super::serve_listener(notify_fd, handlers, audit, AuditLabels::default())
+                if let Err(e) = super::serve_listener(
+                    notify_fd,
+                    handlers,
+                    serving_audit,
+                    AuditLabels::default(),
+                )
                 {
                     tracing::error!(error = %e, "serving the seccomp listener failed; trapped binds now fail with ENOSYS");
                 }
@@ -220,18 +235,30 @@ impl SupervisedCommand {
             })?;
 
         let exited = child.pidfd().exit_fd()?;
+        // Lines the audit sink could not take at once (a FIFO whose reader lags)
+        // wait in its queue; the serving thread sleeps in RECV, so this thread
+        // pushes them out, often while some wait and once a second otherwise.
+        let mut audit_pending = false;
+        let mut last_prune = std::time::Instant::now();
         loop {
             let mut pfds = [
                 PollFd::new(signals, PollFlags::IN),
                 PollFd::new(&exited, PollFlags::IN),
             ];
-            match rustix::event::poll(&mut pfds, Some(&MAINTENANCE_EVERY)) {
-                Ok(0) => {
-                    pidfds.prune_exited();
-                    links.prune_exited();
-                }
+            let tick = if audit_pending {
+                AUDIT_RETRY_EVERY
+            } else {
+                MAINTENANCE_EVERY
+            };
+            match rustix::event::poll(&mut pfds, Some(&tick)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::local("poll (signals, program exit)", e)),
+            }
+            audit_pending = audit.flush();
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = std::time::Instant::now();
+                pidfds.prune_exited();
+                links.prune_exited();
             }
             if !pfds[0].revents().is_empty() {
                 child.forward(signals)?;
@@ -239,6 +266,7 @@ impl SupervisedCommand {
             if !pfds[1].revents().is_empty() {
                 let status = child.wait()?;
                 tracing::info!(?status, "program exited");
+                audit.flush();
                 return Ok(status);
             }
         }

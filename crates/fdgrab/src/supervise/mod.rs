@@ -303,7 +303,7 @@ fn sync_wake_up(listener: &Listener) {
 pub fn serve_listener(
     notify_fd: OwnedFd,
     handlers: Vec<Box<dyn Handler>>,
-    audit: AuditSink,
+    audit: Arc<AuditSink>,
     labels: AuditLabels,
 ) -> Result<()> {
     let listener = Listener::from_fd(notify_fd);
