@@ -1398,3 +1398,55 @@ fn an_ancestor_with_another_instances_pty_of_the_same_index_does_not_hide_the_ho
     let _ = child.wait();
     let _ = std::fs::remove_dir(&dir);
 }
+
+/// `O_NONBLOCK` in the status flags of `fd` of `pid` (`/proc/PID/fdinfo`).
+fn nonblocking(pid: i32, fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or_else(|| panic!("no flags in /proc/{pid}/fdinfo/{fd}: {info:?}"));
+    flags & libc::O_NONBLOCK as u32 != 0
+}
+
+#[test]
+fn the_shell_never_finds_its_terminal_non_blocking_even_after_a_kill() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-nonblock-old");
+    // The status flags of a terminal belong to its open file description, which
+    // fdgrab shares with the shell it runs in: after fdgrab, the shell asks.
+    let new = Tmux::start(
+        "att-nonblock-new",
+        100,
+        30,
+        &format!(
+            "{} attach {py}; python3 -c \"import fcntl, os; print('NONBLOCK', *(fcntl.fcntl(f, \
+             fcntl.F_GETFL) & os.O_NONBLOCK for f in (0, 1)))\"; stty sane; exec sleep 600",
+            bin("fdgrab").display()
+        ),
+    );
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let fdgrab = children(new.pane_pid())
+        .into_iter()
+        .find(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n == "fdgrab\n")
+        })
+        .expect("fdgrab under the pane's shell");
+    let _fdgrab = KillOnDrop::new(fdgrab);
+    // Output flowing, so the relay is in its loop.
+    new.type_line("print('N', x + 1)");
+    new.wait_for("N 42", WAIT);
+    for fd in [0, 1] {
+        assert!(
+            !nonblocking(fdgrab, fd),
+            "fdgrab's fd {fd} (its terminal) is non-blocking while attached"
+        );
+    }
+    // Nothing can put flags back after SIGKILL: they must never have been changed.
+    signal(fdgrab, "KILL");
+    let text = new.wait_for("NONBLOCK ", WAIT);
+    assert!(text.contains("NONBLOCK 0 0"), "{text}");
+}
