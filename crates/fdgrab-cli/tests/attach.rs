@@ -1450,3 +1450,58 @@ fn the_shell_never_finds_its_terminal_non_blocking_even_after_a_kill() {
     let text = new.wait_for("NONBLOCK ", WAIT);
     assert!(text.contains("NONBLOCK 0 0"), "{text}");
 }
+
+#[test]
+fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master() {
+    if !ready() {
+        return;
+    }
+    // Everything the keeper check looks at, made without being a keeper: the
+    // emulator's fork creates a socket pair itself (SO_PEERCRED names it), puts an
+    // end at fd 5 and the master at fd 3, and execs fdgrab through a link named
+    // fdgrab-keep (same executable, that comm), as a command that blocks.
+    let dir = std::env::temp_dir().join(format!("fdgrab-impostor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("fdgrab-keep");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin("fdgrab"), &link).expect("symlink");
+    let setup = format!(
+        "import socket\n\
+         imp = os.fork()\n\
+         if imp == 0:\n\
+         \x20   a, b = socket.socketpair()\n\
+         \x20   os.dup2(m, 3)\n\
+         \x20   os.dup2(b.fileno(), 5)\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   os.dup2(r, 20)\n\
+         \x20   os.dup2(w, 21)\n\
+         \x20   os.dup2(a.fileno(), 22)\n\
+         \x20   os.execv('{link}', ['fdgrab-keep', 'cat', '--consume', str(os.getpid()), '20'])\n\
+         extra = [imp]",
+        link = link.display()
+    );
+    let (mut child, ids) = python_emulator(&setup);
+    let emulator = child.id() as i32;
+    let _emulator = KillOnDrop::new(emulator);
+    let [py, imp] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _imp) = (KillOnDrop::new(py), KillOnDrop::new(imp));
+    wait_until("the impostor to run fdgrab", || {
+        std::fs::read_to_string(format!("/proc/{imp}/comm")).is_ok_and(|c| c == "fdgrab-keep\n")
+            && holds_a_master(imp)
+    });
+
+    let new = attach_in("att-impostor-exe", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    // Whatever it was taken for, it must not keep the session's master.
+    wait_until("the impostor to lose the master", || {
+        gone(imp) || !holds_a_master(imp)
+    });
+    new.type_line("print('K', 6 * 7)");
+    new.wait_for("K 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
