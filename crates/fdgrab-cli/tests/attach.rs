@@ -1466,16 +1466,15 @@ fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(bin("fdgrab"), &link).expect("symlink");
     let setup = format!(
-        "import socket\n\
+        "import fcntl, socket\n\
          imp = os.fork()\n\
          if imp == 0:\n\
          \x20   a, b = socket.socketpair()\n\
-         \x20   os.dup2(m, 3)\n\
-         \x20   os.dup2(b.fileno(), 5)\n\
          \x20   r, w = os.pipe()\n\
-         \x20   os.dup2(r, 20)\n\
-         \x20   os.dup2(w, 21)\n\
-         \x20   os.dup2(a.fileno(), 22)\n\
+         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (m, b.fileno(), r, w, a.fileno())]\n\
+         \x20   for f, to in zip(high, (3, 5, 20, 21, 22)):\n\
+         \x20       os.dup2(f, to)\n\
+         \x20       os.set_inheritable(to, True)\n\
          \x20   os.execv('{link}', ['fdgrab-keep', 'cat', '--consume', str(os.getpid()), '20'])\n\
          extra = [imp]",
         link = link.display()
@@ -1495,9 +1494,15 @@ fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master
     let new = attach_in("att-impostor-exe", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);
     // Whatever it was taken for, it must not keep the session's master.
-    wait_until("the impostor to lose the master", || {
-        gone(imp) || !holds_a_master(imp)
-    });
+    let deadline = Instant::now() + WAIT;
+    while !gone(imp) && holds_a_master(imp) {
+        assert!(
+            Instant::now() < deadline,
+            "the impostor kept the master:\n{}",
+            new.capture()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     new.type_line("print('K', 6 * 7)");
     new.wait_for("K 42", WAIT);
     exit_python(&new, py);
