@@ -456,16 +456,28 @@ fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(Own
         if let Some(keeper) = entry.keeper.take() {
             // It reads no more once asked; what the programs write next waits in
             // the pty for our copy.
-            match keeper.retire() {
-                Ok(kept) => replay = kept,
-                Err(e) => {
-                    // Our copy is taken: the session does not depend on it any more.
-                    tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay; ending it");
-                    let _ = holder.send_signal(libc::SIGTERM);
+            let kept = keeper.retire();
+            // A keeper exits once it has handed over its replay. One that does not
+            // (a process made to look like one: our executable run under the
+            // keeper's name, with a socket pair of its own at fd 5) is not trusted
+            // with the master, nor its "replay" with our terminal: it loses its
+            // copies as any holder does, and is not signalled.
+            if holder
+                .wait_exit(Some(Duration::from_secs(2)))
+                .unwrap_or(false)
+            {
+                match kept {
+                    Ok(kept) => replay = kept,
+                    Err(e) => {
+                        tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay")
+                    }
                 }
+                continue;
             }
-            let _ = holder.wait_exit(Some(Duration::from_secs(2)));
-            continue;
+            tracing::warn!(
+                holder = holder.pid(),
+                "holder passed for a keeper but did not exit when retired: treated as any holder"
+            );
         }
         let h = &entry.holder;
         let all: Vec<_> = fds.iter().chain(&h.slave_fds).copied().collect();
