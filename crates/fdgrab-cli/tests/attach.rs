@@ -1510,3 +1510,53 @@ fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_holder_running_our_own_binary_outside_the_session_ancestry_loses_the_master() {
+    if !ready() {
+        return;
+    }
+    // Not an attach (no attach lock is held for this session), merely our
+    // executable holding the master: the sweep after the quick take must not
+    // leave it the master because it runs fdgrab.
+    let setup = format!(
+        "import fcntl\n\
+         other = os.fork()\n\
+         if other == 0:\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (m, r, w)]\n\
+         \x20   for f, to in zip(high, (3, 20, 21)):\n\
+         \x20       os.dup2(f, to)\n\
+         \x20       os.set_inheritable(to, True)\n\
+         \x20   os.execv('{fdgrab}', ['fdgrab', 'cat', '--consume', str(os.getpid()), '20'])\n\
+         extra = [other]",
+        fdgrab = bin("fdgrab").display()
+    );
+    let (mut child, ids) = python_emulator(&setup);
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let [py, other] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _other) = (KillOnDrop::new(py), KillOnDrop::new(other));
+    wait_until("fdgrab cat to hold the master", || {
+        std::fs::read_to_string(format!("/proc/{other}/comm")).is_ok_and(|c| c == "fdgrab\n")
+            && holds_a_master(other)
+    });
+
+    let new = attach_in("att-own-exe", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let deadline = Instant::now() + WAIT;
+    while !gone(other) && holds_a_master(other) {
+        assert!(
+            Instant::now() < deadline,
+            "the other fdgrab kept the master:\n{}",
+            new.capture()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    new.type_line("print('O', 6 * 7)");
+    new.wait_for("O 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+}
