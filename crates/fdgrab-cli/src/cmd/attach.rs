@@ -362,8 +362,10 @@ fn runs_fdgrab(h: &MasterHolder) -> bool {
 
 /// After a take from the holders above the session (`find_holders` with `near`),
 /// every other process is looked at, and any that also holds the master loses it
-/// the same way (a keeper is retired, another fdgrab is left alone: the attach
-/// lock already keeps two attaches of one session apart). Runs beside the relay.
+/// the same way (a keeper is retired). A process running our executable is no
+/// exception: the attach lock we hold means it is not attaching this session, and
+/// leaving it the master would leave it reading the session's output. Runs beside
+/// the relay.
 fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
     let me = std::process::id() as Pid;
     let found = match pty::master_holders(tty) {
@@ -377,13 +379,10 @@ fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
         .holders
         .into_iter()
         .filter(|h| h.pid != me && !handled.contains(&h.pid))
-        .filter_map(|h| {
-            let keeper = Keeper::identify(h.pid);
-            (keeper.is_some() || !runs_fdgrab(&h)).then_some(Holder {
-                holder: h,
-                keeper,
-                taken: false,
-            })
+        .map(|h| Holder {
+            keeper: Keeper::identify(h.pid),
+            holder: h,
+            taken: false,
         })
         .collect();
     if rest.is_empty() {
