@@ -203,6 +203,8 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("sleep 301");
     wait_until("the second sleep", || !children(bash).is_empty());
     let job = children(bash)[0];
+    // ^Z typed before bash hands the terminal to the job would go to bash itself.
+    wait_until("the second sleep in the foreground", || in_foreground(job));
     new.key("C-z");
     new.wait_for("Stopped", WAIT);
     assert_eq!(state(job), Some('T'), "Ctrl-Z did not stop the job");
@@ -217,6 +219,19 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("exit");
     expect_exit(&new, 0);
     wait_until("bash to exit", || gone(bash));
+}
+
+/// Whether `pid` runs `sleep` in the foreground process group of its terminal
+/// (`tpgid` equal to its process group, in /proc/PID/stat).
+fn in_foreground(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((name, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    name.ends_with("(sleep") && f.len() > 5 && f[2] == f[5]
 }
 
 /// Kills a process when the test ends, however it ends (a failed test must not
