@@ -15,7 +15,7 @@
 //! does). `FDGRAB_BENCH_ROUNDS` changes the number of rounds;
 //! `FDGRAB_BENCH_ATTACH=throughput` runs only the second part, and
 //! `FDGRAB_BENCH_FDGRAB=PATH` measures another build of fdgrab (e.g. an older
-//! relay); `FDGRAB_BENCH_COMPARE=PATH` adds a pane attached through another build
+//! relay); `FDGRAB_BENCH_COMPARE=PATH[:PATH...]` adds panes attached through other builds
 //! to the throughput rounds, to compare two versions on one machine state.
 
 use fdgrab_testkit::bench::Goals;
@@ -247,9 +247,9 @@ fn main() {
         panes.push((label, id, Some(shell)));
     };
     attach_pane("attached".into(), fdgrab);
-    if let Some(other) = std::env::var_os("FDGRAB_BENCH_COMPARE") {
-        let other = other.to_str().expect("utf-8 path").to_owned();
-        attach_pane(format!("attached by {other}"), &other);
+    let others = std::env::var("FDGRAB_BENCH_COMPARE").unwrap_or_default();
+    for other in others.split(':').filter(|o| !o.is_empty()) {
+        attach_pane(format!("attached by {other}"), other);
     }
     let (plain, _) = new.new_window("exec bash --norc --noprofile");
     panes.push(("plain tmux pane".into(), plain, None));
@@ -287,13 +287,15 @@ fn main() {
         rate(&v),
         rate(&d)
     );
-    if medians.len() == 3 {
-        println!(
-            "attach: {} {:>8.1} MB/s   ratio {:.2} to the plain pane",
-            panes[1].0,
-            rate(&medians[1]),
-            d.as_secs_f64() / medians[1].as_secs_f64()
-        );
+    for (pane, m) in panes.iter().zip(&medians).skip(1) {
+        if pane.2.is_some() {
+            println!(
+                "attach: {} {:>8.1} MB/s   ratio {:.2} to the plain pane",
+                pane.0,
+                rate(m),
+                d.as_secs_f64() / m.as_secs_f64()
+            );
+        }
     }
 
     if let Some(latency_ratio) = latency_ratio {
