@@ -1466,6 +1466,63 @@ fn the_shell_never_finds_its_terminal_non_blocking_even_after_a_kill() {
     assert!(text.contains("NONBLOCK 0 0"), "{text}");
 }
 
+/// A python emulator whose fork execs fdgrab's executable as `exe` (named `argv0`),
+/// running `fdgrab cat --consume` of a pipe of its own (a command that blocks)
+/// with the fds in `fds` ("python expression" -> number) arranged first. The
+/// session is attached; that process must lose its copy of the master.
+fn our_executable_holding_the_master_loses_it(
+    tag: &str,
+    exe: &std::path::Path,
+    argv0: &str,
+    fds: &[(&str, i32)],
+) {
+    let (from, to): (Vec<&str>, Vec<String>) = fds.iter().map(|(e, n)| (*e, n.to_string())).unzip();
+    let setup = format!(
+        "import fcntl, socket\n\
+         other = os.fork()\n\
+         if other == 0:\n\
+         \x20   a, b = socket.socketpair()\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (r, w, {from})]\n\
+         \x20   for f, to in zip(high, (20, 21, {to})):\n\
+         \x20       os.dup2(f, to)\n\
+         \x20       os.set_inheritable(to, True)\n\
+         \x20   os.execv('{exe}', ['{argv0}', 'cat', '--consume', str(os.getpid()), '20'])\n\
+         extra = [other]",
+        from = from.join(", "),
+        to = to.join(", "),
+        exe = exe.display()
+    );
+    let (mut child, ids) = python_emulator(&setup);
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let [py, other] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _other) = (KillOnDrop::new(py), KillOnDrop::new(other));
+    let comm = format!("{argv0}\n");
+    wait_until("fdgrab's executable to hold the master", || {
+        std::fs::read_to_string(format!("/proc/{other}/comm")).is_ok_and(|c| c == comm)
+            && holds_a_master(other)
+    });
+
+    let new = attach_in(tag, 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let deadline = Instant::now() + WAIT;
+    while !gone(other) && holds_a_master(other) {
+        assert!(
+            Instant::now() < deadline,
+            "process {other} ({argv0}) kept the master:\n{}",
+            new.capture()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    new.type_line("print('O', 6 * 7)");
+    new.wait_for("O 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+}
+
 #[test]
 fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master() {
     if !ready() {
@@ -1473,56 +1530,19 @@ fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master
     }
     // Everything the keeper check looks at, made without being a keeper: the
     // emulator's fork creates a socket pair itself (SO_PEERCRED names it), puts an
-    // end at fd 5 and the master at fd 3, and execs fdgrab through a link named
-    // fdgrab-keep (same executable, that comm), as a command that blocks.
+    // end at fd 5 (the other at 22) and the master at fd 3, and execs fdgrab
+    // through a link named fdgrab-keep (same executable, that comm).
     let dir = std::env::temp_dir().join(format!("fdgrab-impostor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let link = dir.join("fdgrab-keep");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(bin("fdgrab"), &link).expect("symlink");
-    let setup = format!(
-        "import fcntl, socket\n\
-         imp = os.fork()\n\
-         if imp == 0:\n\
-         \x20   a, b = socket.socketpair()\n\
-         \x20   r, w = os.pipe()\n\
-         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (m, b.fileno(), r, w, a.fileno())]\n\
-         \x20   for f, to in zip(high, (3, 5, 20, 21, 22)):\n\
-         \x20       os.dup2(f, to)\n\
-         \x20       os.set_inheritable(to, True)\n\
-         \x20   os.execv('{link}', ['fdgrab-keep', 'cat', '--consume', str(os.getpid()), '20'])\n\
-         extra = [imp]",
-        link = link.display()
+    our_executable_holding_the_master_loses_it(
+        "att-impostor-exe",
+        &link,
+        "fdgrab-keep",
+        &[("m", 3), ("b.fileno()", 5), ("a.fileno()", 22)],
     );
-    let (mut child, ids) = python_emulator(&setup);
-    let emulator = child.id() as i32;
-    let _emulator = KillOnDrop::new(emulator);
-    let [py, imp] = ids[..] else {
-        panic!("emulator said {ids:?}");
-    };
-    let (_py, _imp) = (KillOnDrop::new(py), KillOnDrop::new(imp));
-    wait_until("the impostor to run fdgrab", || {
-        std::fs::read_to_string(format!("/proc/{imp}/comm")).is_ok_and(|c| c == "fdgrab-keep\n")
-            && holds_a_master(imp)
-    });
-
-    let new = attach_in("att-impostor-exe", 100, 30, "", &py.to_string());
-    new.wait_for("type Enter ~ . to detach", WAIT);
-    // Whatever it was taken for, it must not keep the session's master.
-    let deadline = Instant::now() + WAIT;
-    while !gone(imp) && holds_a_master(imp) {
-        assert!(
-            Instant::now() < deadline,
-            "the impostor kept the master:\n{}",
-            new.capture()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    new.type_line("print('K', 6 * 7)");
-    new.wait_for("K 42", WAIT);
-    exit_python(&new, py);
-    drop(_emulator);
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1534,44 +1554,10 @@ fn a_holder_running_our_own_binary_outside_the_session_ancestry_loses_the_master
     // Not an attach (no attach lock is held for this session), merely our
     // executable holding the master: the sweep after the quick take must not
     // leave it the master because it runs fdgrab.
-    let setup = format!(
-        "import fcntl\n\
-         other = os.fork()\n\
-         if other == 0:\n\
-         \x20   r, w = os.pipe()\n\
-         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (m, r, w)]\n\
-         \x20   for f, to in zip(high, (3, 20, 21)):\n\
-         \x20       os.dup2(f, to)\n\
-         \x20       os.set_inheritable(to, True)\n\
-         \x20   os.execv('{fdgrab}', ['fdgrab', 'cat', '--consume', str(os.getpid()), '20'])\n\
-         extra = [other]",
-        fdgrab = bin("fdgrab").display()
+    our_executable_holding_the_master_loses_it(
+        "att-own-exe",
+        &bin("fdgrab"),
+        "fdgrab",
+        &[("m", 3)],
     );
-    let (mut child, ids) = python_emulator(&setup);
-    let _emulator = KillOnDrop::new(child.id() as i32);
-    let [py, other] = ids[..] else {
-        panic!("emulator said {ids:?}");
-    };
-    let (_py, _other) = (KillOnDrop::new(py), KillOnDrop::new(other));
-    wait_until("fdgrab cat to hold the master", || {
-        std::fs::read_to_string(format!("/proc/{other}/comm")).is_ok_and(|c| c == "fdgrab\n")
-            && holds_a_master(other)
-    });
-
-    let new = attach_in("att-own-exe", 100, 30, "", &py.to_string());
-    new.wait_for("type Enter ~ . to detach", WAIT);
-    let deadline = Instant::now() + WAIT;
-    while !gone(other) && holds_a_master(other) {
-        assert!(
-            Instant::now() < deadline,
-            "the other fdgrab kept the master:\n{}",
-            new.capture()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    new.type_line("print('O', 6 * 7)");
-    new.wait_for("O 42", WAIT);
-    exit_python(&new, py);
-    drop(_emulator);
-    let _ = child.wait();
 }
