@@ -703,6 +703,29 @@ impl AgentProc {
         out
     }
 
+    /// The number `"NAME":N` in the state line the agent logs on SIGUSR1 (one
+    /// signal, waiting for the line it causes).
+    pub fn state_number(&self, name: &str) -> u64 {
+        const LINE: &str = "SIGUSR1: agent state";
+        let pid = rustix::process::Pid::from_raw(self.pid).expect("pid");
+        let seen = self.log.text().matches(LINE).count();
+        rustix::process::kill_process(pid, rustix::process::Signal::USR1).expect("kill");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.log.text();
+            if let Some(line) = log.lines().filter(|l| l.contains(LINE)).nth(seen) {
+                return line
+                    .split(&format!("\"{name}\":"))
+                    .nth(1)
+                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {line}"));
+            }
+            assert!(Instant::now() < deadline, "no state line: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The agent's open descriptors, counted in `/proc/PID/fd`.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))

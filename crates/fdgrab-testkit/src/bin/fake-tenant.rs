@@ -17,6 +17,13 @@
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
 //!   a privileged port); `{"errno":N}`. `FAKE_TENANT_FOREIGN_PORT_START` sets that
 //!   netns's `ip_unprivileged_port_start`.
+//! - `storm N BASE PORT`: like `threads`, but every thread keeps binding (a fresh
+//!   socket each time) until `stop`; `{"started":N}` once all run.
+//! - `trickle SOCKET N`: N threads each connect to the agent at SOCKET and send
+//!   a document that never ends in 256-byte writes, again and again, until
+//!   `stop`; `{"started":N}` at once.
+//! - `stop`: ends `storm` and `trickle`; `{"binds":B,"connections":C}` once every
+//!   thread has ended.
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
@@ -116,6 +123,7 @@ fn main() {
     let mut foreign = foreign;
     say(json!({"ready": true, "pid": std::process::id()}));
     let mut held: Vec<OwnedFd> = Vec::new();
+    let mut running: Vec<std::thread::JoinHandle<Sustained>> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -130,6 +138,29 @@ fn main() {
             Some("lat") => lat(num(1) as usize, ip(2).expect("ADDR"), num(3) as u16),
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
             Some("uffd") => uffd(num(1) as u16),
+            Some("storm") => {
+                running.extend(storm(num(1) as usize, num(2) as u8, num(3) as u16));
+                say(json!({"started": num(1)}));
+            }
+            Some("trickle") => {
+                let socket = std::path::PathBuf::from(w.get(1).copied().unwrap_or(""));
+                running.extend((0..num(2)).map(|_| {
+                    let socket = socket.clone();
+                    std::thread::spawn(move || trickle(&socket))
+                }));
+                say(json!({"started": num(2)}));
+            }
+            Some("stop") => {
+                STOP.store(true, std::sync::atomic::Ordering::Release);
+                let (mut binds, mut connections) = (0, 0);
+                for h in running.drain(..) {
+                    let s = h.join().expect("join");
+                    binds += s.binds;
+                    connections += s.connections;
+                }
+                STOP.store(false, std::sync::atomic::Ordering::Release);
+                say(json!({"binds": binds, "connections": connections}));
+            }
             Some("foreign") => {
                 let Some(s) = foreign.take() else {
                     say(json!({"error": "no foreign socket (FAKE_TENANT_FOREIGN)"}));
@@ -196,21 +227,102 @@ fn lat(n: usize, addr: Ipv4Addr, port: u16) {
         "p50_us": q(0.5), "p99_us": q(0.99), "max_us": times.last()}));
 }
 
-fn threads(n: usize, base: u8, port: u16) {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
+/// Set by `stop` for the sustained attacks.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// What one thread of a sustained attack did.
+#[derive(Default)]
+struct Sustained {
+    binds: u64,
+    connections: u64,
+}
+
+/// `n` threads that start together (with the caller too when `with_caller`, who
+/// then calls `wait` on the barrier), thread i running `work` with
+/// 127.BASE.(i/250).(i%250+1) and PORT.
+fn binders<T: Send + 'static>(
+    n: usize,
+    base: u8,
+    port: u16,
+    with_caller: bool,
+    work: fn(Ipv4Addr, u16) -> T,
+) -> (
+    Vec<std::thread::JoinHandle<T>>,
+    std::sync::Arc<std::sync::Barrier>,
+) {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n + usize::from(with_caller)));
+    let handles = (0..n)
         .map(|i| {
             let start = std::sync::Arc::clone(&start);
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     start.wait();
-                    let addr = Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8);
-                    bind_once(addr, port)
+                    work(
+                        Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8),
+                        port,
+                    )
                 })
                 .expect("thread")
         })
         .collect();
+    (handles, start)
+}
+
+/// `n` threads binding to 127.BASE.x.y:PORT until `stop`; returns once all run.
+fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained>> {
+    let (handles, start) = binders(n, base, port, true, |addr, port| {
+        let mut done = Sustained::default();
+        while !stopped() {
+            drop(bind_once(addr, port));
+            done.binds += 1;
+        }
+        done
+    });
+    start.wait();
+    handles
+}
+
+/// Sends never-ending documents to the agent at `socket` until `stop`.
+fn trickle(socket: &std::path::Path) -> Sustained {
+    let mut doc = br#"{"ociVersion":""#.to_vec();
+    doc.resize((1 << 20) + 512, b'a');
+    let mut done = Sustained::default();
+    while !stopped() {
+        let Ok(mut s) = UnixStream::connect(socket) else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        };
+        done.connections += 1;
+        // A write the agent does not drain times out, so that `stop` is seen.
+        let _ = s.set_write_timeout(Some(std::time::Duration::from_millis(50)));
+        'doc: for piece in doc.chunks(256) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                match std::io::Write::write(&mut s, rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) && !stopped() => {}
+                    Err(_) => break 'doc,
+                }
+                if stopped() {
+                    break 'doc;
+                }
+            }
+        }
+    }
+    done
+}
+
+fn threads(n: usize, base: u8, port: u16) {
+    let (handles, _) = binders(n, base, port, false, bind_once);
     let results: Vec<(i32, u128, OwnedFd)> = handles
         .into_iter()
         .map(|h| h.join().expect("join"))

@@ -6,7 +6,9 @@
 //! container's bind waits on another's. This thread accepts and reads runtime
 //! connections (non-blocking, each with a deadline, parsed in linear time), runs
 //! the workers' watchdog, and drops what was kept for a container once its filter
-//! has lost its last user.
+//! has lost its last user. A document that arrives in pieces is finished by the
+//! slow lane, a thread at nice 19, so that a client trickling megabytes costs the
+//! workers no CPU.
 
 use crate::supervise::audit::{AuditLabels, AuditSink};
 use crate::supervise::oci::{
@@ -24,6 +26,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +48,22 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the watchdog looks for overdue requests while containers exist.
 const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() as u64 / 5);
 
-/// How long a connection whose document arrives in pieces is left unread
-/// after each piece.
+/// How often the slow lane reads the connections whose document arrives in
+/// pieces.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Connections the slow lane reads at once; more trickling clients are turned
+/// away.
+const SLOW_LANE_MAX: usize = 64;
+
+/// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
+/// 3.2 MB/s per client, a megabyte in a third of a second, well within
+/// [`CONNECTION_TIMEOUT`], and a bounded cost per round however many bytes the
+/// clients have queued.
+const SLOW_LANE_BUDGET: usize = 16 * 1024;
+
+/// The slow lane's nice value: it runs only when nothing else wants the CPU.
+const SLOW_LANE_NICE: i32 = 19;
 
 /// How often cached pidfds of exited threads are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -73,6 +89,12 @@ pub struct AgentStats {
     pub latency_p50_us: Option<u64>,
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
+    /// Workers blocked in a read of a container's memory and given up on, over
+    /// all containers (at most `MAX_BLOCKED_TOTAL`).
+    pub blocked_workers: usize,
+    /// Audit lines dropped because the audit sink did not take them (a pipe or
+    /// FIFO nobody reads): decisions never wait for it.
+    pub audit_lines_dropped: u64,
     /// The same, container by container.
     pub per_container: Vec<ContainerStats>,
 }
@@ -105,8 +127,12 @@ impl AgentStats {
             (Some(a), Some(b)) => format!("; bind latency p50<={a}us p99<={b}us"),
             _ => String::new(),
         };
+        let dropped = match self.audit_lines_dropped {
+            0 => String::new(),
+            n => format!("; {n} audit lines dropped"),
+        };
         format!(
-            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}",
+            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}{dropped}",
             self.containers, self.decisions, self.cached_pidfds, self.connections_pending
         )
     }
@@ -144,8 +170,88 @@ struct Connection {
     deadline: Instant,
     /// When data last arrived (or the connection was accepted).
     active: Instant,
-    /// Set while the connection is left unwatched after a partial read.
-    resume_at: Option<Instant>,
+}
+
+/// A thread at nice 19 that reads the documents that arrive in pieces.
+///
+/// Runtimes send their whole document in one message, which this agent's
+/// thread reads at once. A client that sends it in pieces makes the agent scan
+/// and copy a megabyte at a time, for as long as it likes; on the agent's own
+/// thread, at normal priority, that CPU was taken from the containers' workers.
+/// Handed to this thread, it is spent only when no worker (nor anything else on
+/// the node) wants the CPU, and in batches: the thread wakes every
+/// [`TRICKLE_PAUSE`] and reads up to [`SLOW_LANE_BUDGET`] from each connection.
+struct SlowLane {
+    tx: Sender<Connection>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SlowLane {
+    fn spawn(done: Sender<TenantEvent>, waker: Arc<OwnedFd>) -> std::io::Result<SlowLane> {
+        let (tx, rx) = channel::<Connection>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("fdgrab-slowlane".into())
+            .stack_size(256 * 1024)
+            .spawn(move || slow_lane(&rx, &done, &waker, &count))?;
+        Ok(SlowLane { tx, pending })
+    }
+}
+
+fn slow_lane(
+    rx: &Receiver<Connection>,
+    done: &Sender<TenantEvent>,
+    waker: &OwnedFd,
+    count: &AtomicUsize,
+) {
+    // Only lowering: no capability needed, and it concerns this thread alone.
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), SLOW_LANE_NICE)
+    {
+        tracing::warn!(error = %e, "cannot lower the slow lane's priority");
+    }
+    let mut conns: Vec<Connection> = Vec::new();
+    let report = |ev: TenantEvent| {
+        if done.send(ev).is_ok() {
+            let _ = rustix::io::write(waker, &1u64.to_ne_bytes());
+        }
+    };
+    loop {
+        match rx.recv_timeout(TRICKLE_PAUSE) {
+            Ok(c) => conns.push(c),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        conns.extend(rx.try_iter());
+        let now = Instant::now();
+        conns.retain_mut(|c| {
+            if c.deadline <= now {
+                let reason = format!(
+                    "no complete document within {:?} ({} bytes received)",
+                    CONNECTION_TIMEOUT,
+                    c.reader.len()
+                );
+                tracing::warn!(reason = %reason, "rejected a seccomp agent connection");
+                report(TenantEvent::Rejected(reason));
+                return false;
+            }
+            match c.reader.read_at_most(c.sock.as_fd(), SLOW_LANE_BUDGET) {
+                Ok(ReadProgress::Pending) => true,
+                Ok(ReadProgress::Complete(listener)) => {
+                    report(TenantEvent::Document(listener));
+                    false
+                }
+                Err(Rejection::Empty) => false,
+                Err(rejection) => {
+                    tracing::warn!(reason = %rejection, "rejected a seccomp agent connection");
+                    report(TenantEvent::Rejected(rejection.to_string()));
+                    false
+                }
+            }
+        });
+        count.store(conns.len(), Ordering::Relaxed);
+    }
 }
 
 struct Container {
@@ -171,6 +277,7 @@ pub struct Agent {
     events_tx: Sender<TenantEvent>,
     events_rx: Receiver<TenantEvent>,
     waker: Arc<OwnedFd>,
+    slow: SlowLane,
     last_prune: Instant,
     evicted_connections: u64,
     /// epoll tokens of fds a caller asked us to watch, with the caller's token.
@@ -223,11 +330,19 @@ impl Agent {
             .map_err(|e| io_err(what, e))?;
         }
         let (events_tx, events_rx) = channel();
+        let waker = Arc::new(waker);
+        let slow = SlowLane::spawn(events_tx.clone(), Arc::clone(&waker)).map_err(|e| {
+            io_err(
+                "starting the slow lane thread",
+                Errno::from_io_error(&e).unwrap_or(Errno::AGAIN),
+            )
+        })?;
         let shared = Arc::new(Shared {
             audit: Arc::new(audit),
             ports: UnprivilegedPorts::new(),
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
+            blocked_total: std::sync::atomic::AtomicUsize::new(0),
         });
         tracing::debug!(
             nofile = budget.limit,
@@ -248,7 +363,8 @@ impl Agent {
             shared,
             events_tx,
             events_rx,
-            waker: Arc::new(waker),
+            waker,
+            slow,
             last_prune: Instant::now(),
             evicted_connections: 0,
             watched: HashMap::new(),
@@ -301,12 +417,14 @@ impl Agent {
             .collect();
         AgentStats {
             containers: containers.len(),
-            connections_pending: self.connections.len(),
+            connections_pending: self.connections.len() + self.slow.pending.load(Ordering::Relaxed),
             connections_evicted: self.evicted_connections,
             cached_pidfds: self.shared.pidfds.len(),
             decisions: self.shared.latency.count(),
             latency_p50_us: self.shared.latency.quantile_us(0.5),
             latency_p99_us: self.shared.latency.quantile_us(0.99),
+            audit_lines_dropped: self.shared.audit.dropped(),
+            blocked_workers: self.shared.blocked_total.load(Relaxed),
             per_container: containers,
         }
     }
@@ -368,7 +486,7 @@ impl Agent {
         let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
         self.connections
             .values()
-            .map(|c| c.resume_at.unwrap_or(c.deadline))
+            .map(|c| c.deadline)
             .chain(self.accept_paused_until)
             .chain(watchdog)
             .min()
@@ -444,7 +562,6 @@ impl Agent {
                 reader: StateReader::new(),
                 deadline: now + CONNECTION_TIMEOUT,
                 active: now,
-                resume_at: None,
             },
         );
     }
@@ -456,21 +573,34 @@ impl Agent {
         let now = Instant::now();
         conn.active = now;
         let outcome = conn.reader.read_from(conn.sock.as_fd());
-        if matches!(outcome, Ok(ReadProgress::Pending)) {
-            // Runtimes send the whole document in one message. One that trickles
-            // in is read in batches: the connection is left alone for a moment so
-            // that its data piles up in the socket, instead of waking this thread
-            // (and taking a CPU from the containers' workers) for every piece.
-            if epoll::modify(
-                &self.epoll,
-                &conn.sock,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::empty(),
-            )
-            .is_ok()
-            {
-                conn.resume_at = Some(now + TRICKLE_PAUSE);
+        if matches!(outcome, Ok(ReadProgress::Pending)) && !conn.reader.is_empty() {
+            // Runtimes send the whole document in one message. One that arrives
+            // in pieces goes to the slow lane, at the lowest priority.
+            let Some(conn) = self.connections.remove(&token) else {
+                return;
+            };
+            let _ = epoll::delete(&self.epoll, &conn.sock);
+            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_MAX {
+                let reason = format!(
+                    "more than {SLOW_LANE_MAX} clients are sending their document in pieces"
+                );
+                tracing::warn!(token, reason = %reason, "rejected a seccomp agent connection");
+                events.push(AgentEvent::Rejected { reason });
+                return;
             }
+            tracing::debug!(
+                token,
+                bytes = conn.reader.len(),
+                "document arrives in pieces; the slow lane reads the rest"
+            );
+            // Counted now, so that a burst of trickling clients meets the limit.
+            self.slow.pending.fetch_add(1, Ordering::Relaxed);
+            if self.slow.tx.send(conn).is_err() {
+                tracing::error!(token, "the slow lane has ended; closing a connection");
+            }
+            return;
+        }
+        if matches!(outcome, Ok(ReadProgress::Pending)) {
             return;
         }
         // Done with this connection either way. It is closed (which also drops it
@@ -561,7 +691,33 @@ impl Agent {
     fn drain_worker_events(&mut self, events: &mut Vec<AgentEvent>) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&*self.waker, &mut buf);
-        while let Ok(TenantEvent::Released(raw)) = self.events_rx.try_recv() {
+        while let Ok(ev) = self.events_rx.try_recv() {
+            let raw = match ev {
+                TenantEvent::Released(raw) => raw,
+                TenantEvent::Document(listener) => {
+                    self.add_container(*listener, events);
+                    continue;
+                }
+                TenantEvent::Rejected(reason) => {
+                    events.push(AgentEvent::Rejected { reason });
+                    continue;
+                }
+                TenantEvent::Respawn(raw, generation, done) => {
+                    let started = self
+                        .containers
+                        .get(&ListenerId(raw))
+                        .is_some_and(|c| match c.tenant.spawn_worker(generation) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(container = %shown(&c.id), error = %e,
+                                    "cannot start a worker at nice 0; the one at nice 19 serves on");
+                                false
+                            }
+                        });
+                    let _ = done.send(started);
+                    continue;
+                }
+            };
             let id = ListenerId(raw);
             self.shared.pidfds.remove_owner(raw);
             let container_id = self
@@ -592,19 +748,6 @@ impl Agent {
                 epoll::EventFlags::IN,
             ) {
                 tracing::error!(error = %e, "could not resume the listening socket");
-            }
-        }
-        for (token, conn) in &mut self.connections {
-            if conn.resume_at.is_some_and(|t| t <= now) {
-                conn.resume_at = None;
-                if let Err(e) = epoll::modify(
-                    &self.epoll,
-                    &conn.sock,
-                    epoll::EventData::new_u64(*token),
-                    epoll::EventFlags::IN,
-                ) {
-                    tracing::error!(error = %e, "could not resume reading a connection");
-                }
             }
         }
         let late: Vec<u64> = self

@@ -592,7 +592,8 @@ fn audit(
 /// directory: a copy of the socket (`pidfd_getfd`) moves it into our cgroup-v1
 /// net_cls/net_prio class, changing a socket handed back untouched. Otherwise
 /// (the agent keeps no DAC capability, and a non-root caller's fd directory is
-/// its own) a pidfd and a copy, both closed at once.
+/// its own) a pidfd and a copy, both closed at once; but not where the copy
+/// could re-tag the socket (v1 net_cls/net_prio cgroups in use): then unknown.
 fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
     let mut name = [0u8; 16];
     match rustix::fs::getxattr(
@@ -603,6 +604,9 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
         Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
+    }
+    if super::audit::copying_a_socket_retags_it() {
+        return None;
     }
     let thread = match PidFd::open_thread(tid) {
         Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
