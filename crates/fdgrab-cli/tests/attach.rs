@@ -1561,3 +1561,74 @@ fn a_holder_running_our_own_binary_outside_the_session_ancestry_loses_the_master
         &[("m", 3)],
     );
 }
+
+/// The lines of `t`'s pane, its history included, that are a number alone.
+fn numbers_in(t: &Tmux) -> Vec<String> {
+    let out = t.run(&["capture-pane", "-p", "-J", "-S", "-"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_program_writing_all_along_loses_and_repeats_nothing_across_detach_and_reattach() {
+    if !ready() {
+        return;
+    }
+    // Counts without pause between short sleeps: the detach and the re-attach both
+    // fall in the middle of its output.
+    let old = Tmux::start(
+        "att-stream-old",
+        80,
+        24,
+        "exec python3 -c 'import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.003)'",
+    );
+    let writer = old.pane_pid();
+    let _writer = KillOnDrop::new(writer);
+    old.wait_for("\n5\n", WAIT);
+
+    let first = attach_in("att-stream-a", 60, 30, "", &writer.to_string());
+    wait_until("output through the first attach", || {
+        numbers_in(&first).len() > 50
+    });
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+    // Written while detached: kept by the keeper (far less than its 64 KiB).
+    std::thread::sleep(Duration::from_millis(400));
+    let second = attach_in("att-stream-b", 60, 30, "", &writer.to_string());
+    wait_until("output through the second attach", || {
+        numbers_in(&second).len() > 200
+    });
+    let (a, b) = (numbers_in(&first), numbers_in(&second));
+    // A line the detach cut in two ends the first pane and starts the second.
+    let mut all: Vec<String> = a.clone();
+    let mut rest = &b[..];
+    if let (Some(last), Some(head)) = (a.last(), b.first()) {
+        let prev: Option<u64> = a.len().checked_sub(2).and_then(|i| a[i].parse().ok());
+        let joined = format!("{last}{head}");
+        if prev.is_some_and(|p| joined.parse::<u64>().ok() == Some(p + 1)) {
+            all.pop();
+            all.push(joined);
+            rest = &b[1..];
+        }
+    }
+    all.extend(rest.iter().cloned());
+    let n: Vec<u64> = all.iter().filter_map(|s| s.parse().ok()).collect();
+    for w in n.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "output lost or repeated around {}: first pane ended {:?}, second began {:?}",
+            w[0],
+            &a[a.len().saturating_sub(3)..],
+            &b[..b.len().min(3)]
+        );
+    }
+    second.type_text("~.");
+    let text = expect_exit(&second, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+}
