@@ -127,18 +127,16 @@ pub fn relay(
             std::thread::Builder::new()
                 .name("relay-output".into())
                 .spawn_scoped(scope, move || {
-                    w[0].run(|| sh.finish(copy_output(master, output, sh, replay)))
+                    w[0].run(sh, || copy_output(master, output, sh, replay))
                 }),
             std::thread::Builder::new()
                 .name("relay-input".into())
                 .spawn_scoped(scope, move || {
-                    w[1].run(|| sh.finish(read_input(input, sh, escape)))
+                    w[1].run(sh, || read_input(input, sh, escape))
                 }),
             std::thread::Builder::new()
                 .name("relay-to-master".into())
-                .spawn_scoped(scope, move || {
-                    w[2].run(|| sh.finish(write_master(master, sh)))
-                }),
+                .spawn_scoped(scope, move || w[2].run(sh, || write_master(master, sh))),
         ];
         let mut failed = None;
         for (s, w) in spawned.into_iter().zip(&workers) {
@@ -411,20 +409,28 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&self, body: impl FnOnce()) {
+    /// Runs `body` on this (new) thread and reports its end to `shared`.
+    fn run(&self, shared: &Shared, body: impl FnOnce() -> Option<Result<RelayEnd>>) {
         // SAFETY: pthread_self has no preconditions.
         *lock(&self.running) = Some(unsafe { libc::pthread_self() });
-        // Cleared however `body` ends (a panic too), so nobody signals a thread
-        // that is gone.
-        struct Done<'a>(&'a Worker);
+        // Runs however `body` ends: nobody signals a thread that is gone, and a
+        // panic still wakes the waiting thread (which would otherwise wait for an
+        // end that never comes; the scope then passes the panic on).
+        struct Done<'a>(&'a Worker, &'a Shared);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 *lock(&self.0.running) = None;
                 self.0.done.store(true, Ordering::SeqCst);
+                if std::thread::panicking() {
+                    self.1.finish(Some(Err(own_error(
+                        "relay thread",
+                        std::io::Error::other("panicked"),
+                    ))));
+                }
             }
         }
-        let _done = Done(self);
-        body();
+        let _done = Done(self, shared);
+        shared.finish(body());
     }
 
     /// Sends the wake signal to the thread until it has returned: one signal can
