@@ -2,7 +2,10 @@
 //! policy is logged and the running one stays), SIGUSR1 dumps its state, and
 //! `--policy` refuses what is not a small regular file at once.
 
-use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant, TempDir};
+use fdgrab_testkit::oci::{
+    drain_nonblocking, line_count, one_page_fifo_reader, read_until, unique, AgentProc, FakeTenant,
+    TempDir,
+};
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, TIMEOUT};
 use std::time::{Duration, Instant};
 
@@ -145,7 +148,6 @@ fn agent_reload_survives_an_audit_path_that_is_a_fifo_or_full() {
 /// state dump and logged, and what does arrive is whole lines.
 #[test]
 fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     if !root_or_skip() {
         return;
@@ -170,28 +172,16 @@ fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
     log_count(&agent, "audit lines dropped", 1);
     let dropped = agent.state_number("audit_lines_dropped");
     assert!(dropped > 0 && dropped < 3000, "{dropped} dropped");
-    // Reading now lets the queue drain into the pipe at the next decision; the
-    // pipe may end in the middle of a line whose rest is still queued.
+    // Reading now lets the queue drain into the pipe, in whole lines.
     let mut text = Vec::new();
-    let mut drain = |text: &mut Vec<u8>| {
-        let mut buf = [0u8; 65536];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("reading the FIFO: {e}"),
-            }
-        }
-    };
-    drain(&mut text);
+    drain_nonblocking(&mut reader, &mut text);
     let first = text.len();
     for i in 0..8 {
         assert_eq!(
             t.ask(&format!("bind 127.78.8.{} 92", i + 2), TIMEOUT)["errno"],
             0
         );
-        drain(&mut text);
+        drain_nonblocking(&mut reader, &mut text);
     }
     assert!(
         text.len() > first,
@@ -312,4 +302,135 @@ fn agent_keeps_only_the_capabilities_it_uses() {
         .expect("audit line");
     assert_eq!(line["decision"], "continue", "{line}");
     assert_eq!(line["reason"], "unprivileged port", "{line}");
+}
+
+/// Lines queued while the audit FIFO was full reach it once its reader catches
+/// up, without waiting for a later decision (a container that stops binding must
+/// not leave its last decisions unwritten), in order, whole, none dropped.
+#[test]
+fn agent_audit_queue_drains_without_further_decisions() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-drain");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    // One page of pipe: a handful of lines fill it, the rest waits in the queue.
+    let mut reader = one_page_fifo_reader(&fifo);
+    let mut agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:93"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut t = FakeTenant::start(&agent, &unique("auditdrain"));
+    const BINDS: usize = 60;
+    let addr = |i: usize| format!("127.79.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..BINDS {
+        assert_eq!(t.ask(&format!("bind {} 93", addr(i)), TIMEOUT)["errno"], 0);
+    }
+    // No decision from here on: only the agent's own flushing can deliver.
+    let mut text = Vec::new();
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
+    assert_eq!(
+        addresses(&[&text]),
+        (0..BINDS).map(addr).collect::<Vec<_>>(),
+        "queued audit lines stayed in the agent, or came torn or out of order"
+    );
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
+    assert!(agent.is_running());
+}
+
+/// The `address` of every line of each text in turn; a torn line fails.
+fn addresses(texts: &[&[u8]]) -> Vec<String> {
+    texts
+        .iter()
+        .flat_map(|t| std::str::from_utf8(t).expect("utf-8").lines())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}"));
+            v["address"].as_str().expect("address").to_owned()
+        })
+        .collect()
+}
+
+/// Rotation while lines wait in the queue: the audit FIFO is full, the path is
+/// moved away and a new FIFO made there, then SIGHUP. Neither FIFO ever gets a
+/// torn line, no line is written twice, and the lines keep their order across
+/// the two (the old one's, then the queue's in the new one's).
+#[test]
+fn agent_reopen_with_queued_lines_tears_and_repeats_none() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-rotate");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    let mut old_reader = one_page_fifo_reader(&fifo);
+    let agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:96"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut t = FakeTenant::start(&agent, &unique("auditrot"));
+    const BINDS: usize = 60;
+    let addr = |i: usize| format!("127.82.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..BINDS {
+        assert_eq!(t.ask(&format!("bind {} 96", addr(i)), TIMEOUT)["errno"], 0);
+    }
+    // The reader takes one pipeful: the agent refills the pipe from its queue.
+    let mut old = Vec::new();
+    drain_nonblocking(&mut old_reader, &mut old);
+    std::thread::sleep(Duration::from_millis(200));
+    let rotated = fifo.with_extension("fifo.1");
+    std::fs::rename(&fifo, &rotated).expect("rename");
+    let mut new_reader = one_page_fifo_reader(&fifo);
+    signal(&agent, rustix::process::Signal::HUP);
+    log_count(&agent, "policy reloaded", 1);
+    // The old FIFO holds what it held; everything else reaches the new one.
+    drain_nonblocking(&mut old_reader, &mut old);
+    let mut new = Vec::new();
+    let dropped = agent.state_number("audit_lines_dropped") as usize;
+    read_until(&mut new_reader, &mut new, |n| {
+        line_count(&old) + line_count(n) + dropped >= BINDS
+    });
+    assert!(
+        old.ends_with(b"\n"),
+        "the old FIFO ends in a torn line: {:?}",
+        String::from_utf8_lossy(&old[old.len().saturating_sub(80)..])
+    );
+    assert_eq!(
+        addresses(&[&old, &new]),
+        (0..BINDS).map(addr).collect::<Vec<_>>(),
+        "lines lost, repeated or out of order ({dropped} counted dropped)"
+    );
+    assert_eq!(dropped, 0);
+}
+
+/// `--audit -` with standard output a FIFO whose reader does not read for a
+/// while (one page of pipe): binds are answered at once, and once the reader
+/// reads, every line arrives whole, in order, with none dropped and no bind
+/// after it to push them.
+#[test]
+fn agent_audit_to_stdout_pipe_neither_blocks_nor_loses_lines() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-stdout");
+    let fifo = dir.path().join("stdout.fifo");
+    let mut reader = one_page_fifo_reader(&fifo);
+    // The agent as started by the testkit, with `--audit -` instead of its file
+    // and standard output the FIFO.
+    let script = format!(
+        "prog=$0; prev=; for a do shift; if [ \"$prev\" = --audit ]; then set -- \"$@\" -; \
+         else set -- \"$@\" \"$a\"; fi; prev=$a; done; exec \"$prog\" \"$@\" >{}",
+        fifo.display()
+    );
+    let agent = AgentProc::start_under(&["sh", "-c", &script], &["--allow-bind", "tcp:98"]);
+    let mut t = FakeTenant::start(&agent, &unique("auditstdout"));
+    const BINDS: usize = 150;
+    let addr = |i: usize| format!("127.85.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..BINDS {
+        assert_eq!(t.ask(&format!("bind {} 98", addr(i)), TIMEOUT)["errno"], 0);
+    }
+    let mut text = Vec::new();
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
+    assert_eq!(
+        addresses(&[&text]),
+        (0..BINDS).map(addr).collect::<Vec<_>>()
+    );
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
 }

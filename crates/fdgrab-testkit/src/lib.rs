@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod containers;
 pub mod cri;
+pub mod fuse;
 pub mod handover;
 pub mod oci;
 #[cfg(target_arch = "x86_64")]

@@ -27,6 +27,8 @@
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
+//! `FAKE_TENANT_SPLIT` sends the document in two writes 20 ms apart, the
+//! listener with the second.
 
 use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
 use serde_json::json;
@@ -111,8 +113,24 @@ fn main() {
     let fd = listener.into_fd();
     {
         let conn = UnixStream::connect(&socket).expect("connecting to the agent");
-        fdgrab::passfd::send_fds(&conn, doc.to_string().as_bytes(), &[fd.as_fd()])
-            .expect("sending the listener");
+        let text = doc.to_string();
+        let mut rest = text.as_bytes();
+        if std::env::var_os("FAKE_TENANT_SPLIT").is_some() {
+            // A runtime whose document arrives in two reads, the listener with
+            // the second.
+            let (head, tail) = rest.split_at(rest.len() / 2);
+            if let Err(e) = std::io::Write::write_all(&mut &conn, head) {
+                say(json!({"ready": false, "error": format!("sending the first half: {e}")}));
+                std::process::exit(1);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            rest = tail;
+        }
+        if let Err(e) = fdgrab::passfd::send_fds(&conn, rest, &[fd.as_fd()]) {
+            // The agent closed the connection: a runtime would fail the container.
+            say(json!({"ready": false, "error": format!("sending the listener: {e}")}));
+            std::process::exit(1);
+        }
     }
     drop(fd);
     if foreign.is_some() {

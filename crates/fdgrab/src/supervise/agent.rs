@@ -52,9 +52,17 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() 
 /// pieces.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
 
-/// Connections the slow lane reads at once; more trickling clients are turned
-/// away.
+/// Connections the slow lane reads at once. A newcomer is always taken: to make
+/// room, the peer process holding most of the lane loses its oldest connection
+/// (see [`make_room`]), so that clients trickling forever cannot lock out a
+/// runtime whose document happens to arrive in two reads.
 const SLOW_LANE_MAX: usize = 64;
+
+/// Connections handed to the slow lane that it has not yet taken in (it runs at
+/// nice 19 and may lag): past this the agent's thread keeps reading newcomers
+/// itself, in its own bounded table, which bounds the descriptors a flood can
+/// pin without turning a runtime away.
+const SLOW_LANE_BACKLOG: usize = 2 * SLOW_LANE_MAX;
 
 /// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
 /// 3.2 MB/s per client, a megabyte in a third of a second, well within
@@ -64,6 +72,10 @@ const SLOW_LANE_BUDGET: usize = 16 * 1024;
 
 /// The slow lane's nice value: it runs only when nothing else wants the CPU.
 const SLOW_LANE_NICE: i32 = 19;
+
+/// How often queued audit lines are offered again to a sink that did not take
+/// them (a FIFO whose reader lags).
+const AUDIT_RETRY: Duration = Duration::from_millis(20);
 
 /// How often cached pidfds of exited threads are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -170,6 +182,9 @@ struct Connection {
     deadline: Instant,
     /// When data last arrived (or the connection was accepted).
     active: Instant,
+    accepted: Instant,
+    /// The connecting process (`SO_PEERCRED`), when the kernel says.
+    peer: Option<i32>,
 }
 
 /// A thread at nice 19 that reads the documents that arrive in pieces.
@@ -224,6 +239,14 @@ fn slow_lane(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         conns.extend(rx.try_iter());
+        for evicted in make_room(&mut conns, SLOW_LANE_MAX) {
+            let reason = format!(
+                "more than {SLOW_LANE_MAX} clients are sending their document in pieces; closed the oldest connection of the client holding most ({} bytes received)",
+                evicted.reader.len()
+            );
+            tracing::warn!(peer = ?evicted.peer, reason = %reason, "rejected a seccomp agent connection");
+            report(TenantEvent::Rejected(reason));
+        }
         let now = Instant::now();
         conns.retain_mut(|c| {
             if c.deadline <= now {
@@ -254,6 +277,57 @@ fn slow_lane(
     }
 }
 
+/// Takes connections out of `conns` until at most `max` remain: each time the
+/// oldest of those whose peer process holds the most. One process trickling on
+/// many connections thus pays first, and among single-connection peers the one
+/// trickling longest does; a newcomer (a runtime, whose document completes
+/// within milliseconds) is the last to go.
+fn make_room(conns: &mut Vec<Connection>, max: usize) -> Vec<Connection> {
+    let mut out = Vec::new();
+    while conns.len() > max {
+        let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
+        for c in conns.iter() {
+            *per_peer.entry(c.peer).or_default() += 1;
+        }
+        let victim = conns
+            .iter()
+            .enumerate()
+            // Most connections for its peer first, then accepted earliest.
+            .max_by_key(|(_, c)| (per_peer[&c.peer], std::cmp::Reverse(c.accepted)))
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => out.push(conns.swap_remove(i)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// The connecting process (`SO_PEERCRED`). Read into `libc::ucred` rather than
+/// rustix's `UCred`, whose pid may not be 0: the kernel says 0 for a peer
+/// outside the agent's pid namespace.
+fn peer_pid(sock: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the
+    // fd is open for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 struct Container {
     id: String,
     tenant: Arc<Tenant>,
@@ -279,6 +353,8 @@ pub struct Agent {
     waker: Arc<OwnedFd>,
     slow: SlowLane,
     last_prune: Instant,
+    /// Audit lines wait in the queue for the sink: [`Agent::turn`] retries them.
+    audit_waiting: bool,
     evicted_connections: u64,
     /// epoll tokens of fds a caller asked us to watch, with the caller's token.
     watched: HashMap<u64, u64>,
@@ -366,6 +442,7 @@ impl Agent {
             waker,
             slow,
             last_prune: Instant::now(),
+            audit_waiting: false,
             evicted_connections: 0,
             watched: HashMap::new(),
         })
@@ -475,6 +552,7 @@ impl Agent {
         for c in self.containers.values() {
             c.tenant.expire_overdue(now);
         }
+        self.audit_waiting = self.shared.audit.flush();
         if now.duration_since(self.last_prune) >= PRUNE_EVERY {
             self.last_prune = now;
             self.shared.pidfds.prune_exited();
@@ -484,11 +562,13 @@ impl Agent {
 
     fn next_deadline(&self) -> Option<Instant> {
         let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
+        let audit = self.audit_waiting.then(|| Instant::now() + AUDIT_RETRY);
         self.connections
             .values()
             .map(|c| c.deadline)
             .chain(self.accept_paused_until)
             .chain(watchdog)
+            .chain(audit)
             .min()
     }
 
@@ -555,6 +635,7 @@ impl Agent {
         }
         tracing::debug!(token, "runtime connected");
         let now = Instant::now();
+        let peer = peer_pid(&sock);
         self.connections.insert(
             token,
             Connection {
@@ -562,6 +643,8 @@ impl Agent {
                 reader: StateReader::new(),
                 deadline: now + CONNECTION_TIMEOUT,
                 active: now,
+                accepted: now,
+                peer,
             },
         );
     }
@@ -575,19 +658,21 @@ impl Agent {
         let outcome = conn.reader.read_from(conn.sock.as_fd());
         if matches!(outcome, Ok(ReadProgress::Pending)) && !conn.reader.is_empty() {
             // Runtimes send the whole document in one message. One that arrives
-            // in pieces goes to the slow lane, at the lowest priority.
+            // in pieces goes to the slow lane, at the lowest priority, unless a
+            // flood keeps the slow lane from taking in what it was handed: then
+            // it stays in this thread's table (bounded, idlest closed first) and
+            // is read here as its data comes, rather than turned away.
+            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_BACKLOG {
+                tracing::debug!(
+                    token,
+                    "the slow lane lags; this thread reads the document on"
+                );
+                return;
+            }
             let Some(conn) = self.connections.remove(&token) else {
                 return;
             };
             let _ = epoll::delete(&self.epoll, &conn.sock);
-            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_MAX {
-                let reason = format!(
-                    "more than {SLOW_LANE_MAX} clients are sending their document in pieces"
-                );
-                tracing::warn!(token, reason = %reason, "rejected a seccomp agent connection");
-                events.push(AgentEvent::Rejected { reason });
-                return;
-            }
             tracing::debug!(
                 token,
                 bytes = conn.reader.len(),

@@ -137,6 +137,9 @@ pub struct AuditRecord<'a> {
 /// dropped: a few hundred lines.
 const MAX_PENDING: usize = 256 * 1024;
 
+/// What a pipe writes whole or not at all (`pipe(7)`), Linux's `PIPE_BUF`.
+const PIPE_BUF: usize = 4096;
+
 /// How often, at most, dropped lines are logged while a sink stays stalled.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -159,6 +162,9 @@ struct Writer {
     fd: OwnedFd,
     /// Sockets take `MSG_DONTWAIT` per call; other fds were opened `O_NONBLOCK`.
     socket: bool,
+    /// A pipe or FIFO: written in whole lines of at most `PIPE_BUF` bytes per
+    /// call, which the kernel writes entirely or not at all.
+    pipe: bool,
     /// Bytes written to nobody yet, whole lines except maybe the first.
     pending: Vec<u8>,
     /// Whether `pending` starts in the middle of a line (its head was written).
@@ -169,11 +175,13 @@ struct Writer {
 
 impl Writer {
     fn new(fd: OwnedFd) -> Self {
-        let socket = rustix::fs::fstat(&fd)
-            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_socket());
+        let kind = rustix::fs::fstat(&fd)
+            .ok()
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
         Writer {
             fd,
-            socket,
+            socket: kind.is_some_and(|k| k.is_socket()),
+            pipe: kind == Some(rustix::fs::FileType::Fifo),
             pending: Vec::new(),
             pending_partial: false,
             last_drop_report: None,
@@ -193,11 +201,31 @@ impl Writer {
         }
     }
 
+    /// Where the write starting at `from` ends. A pipe takes whole lines, up to
+    /// `PIPE_BUF` bytes at once: a larger write could stop in the middle of a
+    /// line, whose head a reader then has (and, after a reopen, whose tail nobody
+    /// gets). A single longer line goes alone.
+    fn chunk_end(&self, from: usize) -> usize {
+        let rest = &self.pending[from..];
+        if !self.pipe || rest.len() <= PIPE_BUF {
+            return self.pending.len();
+        }
+        let end = match rest[..PIPE_BUF].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1),
+        };
+        from + end
+    }
+
     /// Writes what is pending, as far as the sink takes it without waiting.
     fn flush(&mut self) {
         let mut done = 0;
         while done < self.pending.len() {
-            match self.write_some(&self.pending[done..]) {
+            let end = self.chunk_end(done);
+            match self.write_some(&self.pending[done..end]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => done += n,
             }
@@ -367,6 +395,19 @@ impl AuditSink {
         !matches!(self.sink, Sink::None)
     }
 
+    /// Writes what waits in the queue, as far as the sink takes it without
+    /// waiting; returns whether some still waits. Lines queued while a FIFO's
+    /// reader lagged must reach it once it reads again, even if no decision
+    /// follows to push them: whoever owns the sink calls this while it is true.
+    pub fn flush(&self) -> bool {
+        let Sink::Out(writer, _) = &self.sink else {
+            return false;
+        };
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.flush();
+        !w.pending.is_empty()
+    }
+
     /// Lines dropped since start because the sink did not take them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -415,6 +456,14 @@ impl AuditSink {
             w.last_drop_report = Some(now);
             w.dropped_since_report = 0;
         }
+    }
+}
+
+impl Drop for AuditSink {
+    /// A last try for the queued lines (an agent that ends with its audit
+    /// FIFO's reader catching up), still without waiting.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -514,6 +563,25 @@ mod tests {
         assert!(!retagging_hierarchies(&format!(
             "{head}net_cls\t13\t3\t0\n"
         )));
+    }
+
+    #[test]
+    fn pipes_take_whole_lines_of_at_most_pipe_buf() {
+        let (_r, w) = rustix::pipe::pipe().expect("pipe");
+        let mut wr = Writer::new(w);
+        assert!(wr.pipe);
+        let line = |c: u8, n: usize| {
+            let mut l = vec![c; n - 1];
+            l.push(b'\n');
+            l
+        };
+        wr.pending = [line(b'a', 1000), line(b'b', 3000), line(b'c', 500)].concat();
+        assert_eq!(wr.chunk_end(0), 4000);
+        assert_eq!(wr.chunk_end(4000), 4500);
+        // A line longer than PIPE_BUF goes alone.
+        wr.pending = [line(b'd', 5000), line(b'e', 10)].concat();
+        assert_eq!(wr.chunk_end(0), 5000);
+        assert_eq!(wr.chunk_end(5000), 5010);
     }
 
     #[test]

@@ -272,21 +272,34 @@ impl BindHandler {
             Err(None) => return None,
             Err(Some(reason)) => return cont(reason),
         };
+        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
+        // threshold, and comes first: a getsockopt answers ENOTSOCK for any other
+        // file without reaching its file system, where an xattr read or an ioctl
+        // would ask a FUSE server (which may never answer). The caller is parked
+        // in this call, so its netns cannot change under us.
+        let cookie = match crate::sys::socket_netns_cookie(&sock) {
+            Err(Errno::NOTSOCK) => return cont("the fd is not a socket"),
+            c => c.ok(),
+        };
         let proto = match socket_proto(&sock, addr) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
-        // threshold. The caller is parked in this call, so its netns cannot change
-        // under us.
-        let netns = cx.ports.socket_netns(&sock);
+        let netns = cx.ports.socket_netns_with(&sock, cookie);
         facts.netns = netns.inode;
         if !policy.any_netns() {
+            let mut gone = false;
             let same = self
                 .links
-                .inode(n.tid)
+                .inode(n.tid, || {
+                    gone = !cx.listener.id_valid(n.id);
+                    !gone
+                })
                 .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
+            if gone {
+                return None;
+            }
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
             }
@@ -380,11 +393,17 @@ pub(crate) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'st
 /// One `fgetxattr(system.sockprotoname)` answers what `SO_DOMAIN`, `SO_TYPE` and
 /// `SO_PROTOCOL` would: it is the name of the protocol the socket was made with
 /// (`TCP`, `TCPv6`, `UDP`, `UDPv6`; `RAW`, `PING`, `MPTCP`, `UDP-Lite`, `UNIX`,
-/// ... for everything else). The one socket whose family changed after creation,
-/// an IPv6 one turned IPv4 by `IPV6_ADDRFORM`, is connected and so bound already:
-/// any bind of it fails `EINVAL`, ours as the caller's.
+/// ... for everything else). The name is the one the socket was made with: an
+/// IPv6 TCP or UDP socket turned IPv4 by `IPV6_ADDRFORM` is still `TCPv6` or
+/// `UDPv6`, and once disconnected it is unbound again, so an IPv6 name with an
+/// IPv4 address asks the socket's family now (`SO_DOMAIN`); a socket cannot turn
+/// IPv6, so nothing else needs the extra call.
 fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str> {
     let (v6, proto) = protocol_name(sock)?;
+    let v6 = v6
+        && (addr.is_ipv6()
+            || rustix::net::sockopt::socket_domain(sock)
+                .map_or(true, |d| d == rustix::net::AddressFamily::INET6));
     if v6 != addr.is_ipv6() {
         return Err("socket family differs from the address family");
     }
@@ -468,9 +487,22 @@ impl BindHandler {
             r => r,
         };
         match opened {
-            Ok(p) => Ok(self.pidfds.insert(self.owner, tid, p)),
+            Ok(p) => Ok(self.keep(tid, p)),
             Err(e) if is_emfile(&e) => Err(OpenFailure::TooManyFiles),
             Err(_) => Err(OpenFailure::Other),
+        }
+    }
+
+    /// Caches `p` for `tid` if it is a thread pidfd. A thread group's pidfd
+    /// (before Linux 6.9) outlives the thread it was opened for: a later thread
+    /// of another process with the same tid would reach the first process's fds
+    /// through it, so it serves one request only (opened and validated with
+    /// `ID_VALID` each time).
+    fn keep(&self, tid: i32, p: PidFd) -> Arc<PidFd> {
+        if p.is_thread() {
+            self.pidfds.insert(self.owner, tid, p)
+        } else {
+            Arc::new(p)
         }
     }
 
@@ -579,7 +611,10 @@ fn audit(
         Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
     );
     if facts.proto.is_none() && inet {
-        facts.proto = facts.call.fd.and_then(|fd| peek_transport(n.tid, fd));
+        facts.proto = facts
+            .call
+            .fd
+            .and_then(|fd| peek_transport(n.tid, fd, || cx.listener.id_valid(n.id)));
     }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
@@ -594,14 +629,27 @@ fn audit(
 /// (the agent keeps no DAC capability, and a non-root caller's fd directory is
 /// its own) a pidfd and a copy, both closed at once; but not where the copy
 /// could re-tag the socket (v1 net_cls/net_prio cgroups in use): then unknown.
-fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+/// The pidfd is opened by tid after the decision: `still_caller` (an
+/// `ID_VALID`) proves it names the caller before anything is copied out of it,
+/// so that no other process's socket is touched.
+///
+/// An xattr read of anything but a socket would reach the file's file system (a
+/// FUSE server, which may never answer): the fd must be a socket first, by its
+/// `/proc` link's text (`socket:[INODE]`) or, for our copy, by a `getsockopt`.
+/// Between the link's text and the read another thread may put a file at the
+/// number; that narrow window remains on this audit-only path.
+fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Option<Proto> {
+    let path = format!("/proc/{tid}/fd/{fd}");
     let mut name = [0u8; 16];
-    match rustix::fs::getxattr(
-        format!("/proc/{tid}/fd/{fd}"),
-        "system.sockprotoname",
-        &mut name,
-    ) {
-        Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
+    match rustix::fs::readlink(&path, Vec::new()) {
+        Ok(link) if link.as_bytes().starts_with(b"socket:") => {
+            match rustix::fs::getxattr(&path, "system.sockprotoname", &mut name) {
+                Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
+                Err(Errno::ACCESS) => {}
+                Err(_) => return None,
+            }
+        }
+        Ok(_) => return None,
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
     }
@@ -613,7 +661,13 @@ fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
         r => r,
     }
     .ok()?;
+    if !still_caller() {
+        return None;
+    }
     let sock = getfd_from(&thread, fd).ok()?;
+    if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
+        return None;
+    }
     protocol_name(&sock).ok().map(|(_, p)| p)
 }
 
@@ -719,6 +773,33 @@ mod tests {
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec[..15]).is_err());
         unspec[4] = 127;
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec).is_err());
+    }
+
+    /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its
+    /// thread is gone. A thread group's pidfd (kernels before 6.9) stays valid
+    /// while its process lives, so a later thread of *another* process given the
+    /// same tid would be served from the first process's fd table.
+    #[test]
+    fn only_thread_pidfds_are_cached() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let h = BindHandler::new(Arc::new(Policy::default()));
+        let group = PidFd::open(me).expect("pidfd of our process");
+        assert!(!group.is_thread());
+        h.keep(me, group);
+        assert!(
+            h.pidfds.get(me).is_none(),
+            "a thread group's pidfd is not kept"
+        );
+        match PidFd::open_thread(me) {
+            Ok(thread) => {
+                h.keep(me, thread);
+                assert!(h.pidfds.get(me).is_some(), "a thread pidfd is kept");
+            }
+            Err(crate::Error::Unsupported { .. }) => {
+                fdgrab_testkit::skip("PIDFD_THREAD needs Linux 6.9")
+            }
+            Err(e) => panic!("thread pidfd: {e}"),
+        }
     }
 
     #[test]

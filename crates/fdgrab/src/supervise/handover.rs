@@ -386,6 +386,11 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !cx.listener.id_valid(n.id) {
         return None;
     }
+    // A getsockopt fails ENOTSOCK for any other file without reaching its file
+    // system; an fstat of a FUSE file may be a request to its server.
+    if rustix::net::sockopt::socket_type(&theirs).is_err() {
+        return cont("not a taken socket");
+    }
     let key = key_of(&theirs);
     match st.slots.iter_mut().find(|s| Some(s.key) == key) {
         Some(slot) => {
@@ -447,6 +452,12 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !cx.listener.id_valid(n.id) {
         return None;
     }
+    // The socket's kind first: getsockopt fails ENOTSOCK for any other file
+    // without reaching its file system, where the fstat below could ask a FUSE
+    // server (which may never answer). A handed socket is a socket.
+    let Some(kind) = kind_of(&theirs) else {
+        return cont("the fd is not a socket");
+    };
     let key = key_of(&theirs);
     // A restarted call on the socket we already installed there.
     if let Some(s) = st
@@ -461,9 +472,6 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
             "restarted call; the taken socket is already there",
         ));
     }
-    let Some(kind) = kind_of(&theirs) else {
-        return cont("the fd is not a socket");
-    };
     if local_addr(&theirs).is_some_and(|a| a.port() != 0) {
         return cont("the caller's socket is already bound (the kernel answers EINVAL)");
     }

@@ -154,7 +154,14 @@ impl UnprivilegedPorts {
     /// The socket's network namespace as far as it can be named: its cookie
     /// (one `getsockopt`) and, from the cookie cache or `SIOCGSKNS`, its inode.
     pub fn socket_netns(&self, sock: impl AsFd) -> SocketNetns {
-        let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
+        let cookie = sys::socket_netns_cookie(&sock).ok();
+        self.socket_netns_with(sock, cookie)
+    }
+
+    /// [`Self::socket_netns`] with the socket's `SO_NETNS_COOKIE` already read
+    /// (`None`: the kernel has none).
+    pub fn socket_netns_with(&self, sock: impl AsFd, cookie: Option<u64>) -> SocketNetns {
+        let Some(cookie) = cookie else {
             return SocketNetns {
                 cookie: None,
                 inode: socket_netns_inode(&sock),
@@ -244,10 +251,16 @@ impl NetnsLinks {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The nsfs inode of thread `tid`'s network namespace now. The caller must
-    /// know `tid` names the thread it means (a parked caller, checked with
-    /// `ID_VALID`), as for reading `/proc/TID/ns/net` by path.
-    pub fn inode(&self, tid: i32) -> Option<u64> {
+    /// The nsfs inode of thread `tid`'s network namespace now.
+    ///
+    /// A kept link whose read succeeds names a thread that has held `tid` since
+    /// the link was opened, so the parked caller that sent a request with `tid`
+    /// is that thread. A link opened by path names whichever thread holds `tid`
+    /// at the open: the caller may have left its call, exited, and had its tid
+    /// given to another thread since the last `ID_VALID`. So `still_caller` (an
+    /// `ID_VALID` of the request) runs after such an open; `false` means the
+    /// request is gone and nothing is answered or kept.
+    pub fn inode(&self, tid: i32, still_caller: impl FnOnce() -> bool) -> Option<u64> {
         use rustix::fs::{Mode, OFlags};
         let mut links = self.lock();
         if let Some(link) = links.get(&tid) {
@@ -268,6 +281,9 @@ impl NetnsLinks {
                 .ok()?
                 .as_bytes(),
         )?;
+        if !still_caller() {
+            return None;
+        }
         if links.len() >= self.capacity {
             if let Some(&old) = links.keys().next() {
                 links.remove(&old);
@@ -473,7 +489,7 @@ mod tests {
         });
         let tid = tid_rx.recv().expect("tid");
         assert_eq!(
-            links.inode(tid),
+            links.inode(tid, || true),
             Some(std::os::unix::fs::MetadataExt::ino(&ours))
         );
         assert_eq!(links.len(), 1);
@@ -482,7 +498,8 @@ mod tests {
         if r == 0 {
             let moved = moved.expect("new netns inode");
             assert_ne!(moved, std::os::unix::fs::MetadataExt::ino(&ours));
-            assert_eq!(links.inode(tid), Some(moved), "read from the kept link");
+            let kept = links.inode(tid, || panic!("a kept link needs no ID_VALID"));
+            assert_eq!(kept, Some(moved), "read from the kept link");
         } else {
             fdgrab_testkit::skip("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
         }
@@ -490,6 +507,20 @@ mod tests {
         t.join().expect("join");
         links.prune_exited();
         assert!(links.is_empty(), "the exited thread's link is closed");
+    }
+
+    /// A link opened by path is trusted (answered and kept) only if the request
+    /// is still pending afterwards: by then the tid may name another thread.
+    #[test]
+    fn netns_link_opened_by_path_needs_the_caller() {
+        let links = NetnsLinks::new(4);
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        assert_eq!(links.inode(tid, || false), None, "the request is gone");
+        assert!(links.is_empty(), "nothing kept for a request that is gone");
+        let ours = std::fs::metadata("/proc/thread-self/ns/net").expect("own netns");
+        let ino = Some(std::os::unix::fs::MetadataExt::ino(&ours));
+        assert_eq!(links.inode(tid, || true), ino);
+        assert_eq!(links.len(), 1);
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that

@@ -14,7 +14,7 @@
 //! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
 //! `ETIMEDOUT` at once for every bind, without a read, until one returns; and the
 //! agent gives up on at most [`MAX_BLOCKED_TOTAL`] workers in all, after which a
-//! stalled worker is answered for but kept. A [`Claim`] decides whether the
+//! stalled worker is answered for but kept, and replaced once there is room. A [`Claim`] decides whether the
 //! worker or the watchdog answers, never both.
 
 use super::audit::{AuditLabels, AuditSink};
@@ -40,9 +40,10 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 pub const MAX_BLOCKED_WORKERS: usize = 2;
 
 /// Workers given up on (blocked in a read) over all containers. Beyond it, a
-/// worker that outlives its deadline is not replaced: its request is still
-/// answered `ETIMEDOUT`, but that container's next binds wait for its read to
-/// return. The agent thus never holds more than one worker per container plus
+/// worker that outlives its deadline is not replaced at once: its request is
+/// still answered `ETIMEDOUT`, but that container's next binds wait for its
+/// read to return, or for another given-up worker's to (then the watchdog
+/// replaces the kept one at its next tick). The agent thus never holds more than one worker per container plus
 /// this many, however many containers stall.
 pub const MAX_BLOCKED_TOTAL: usize = 16;
 
@@ -264,29 +265,40 @@ impl Tenant {
         self.blocked.load(Ordering::Acquire)
     }
 
-    fn current_job(&self) -> Option<Job> {
-        self.job.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_job(&self, job: Option<Job>, only_if: Option<&Arc<Claim>>) {
-        let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
-        // A worker given up on must not clear its successor's job.
-        if let Some(mine) = only_if {
-            if !g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, mine)) {
-                return;
-            }
-        }
-        *g = job;
+    fn set_job(&self, job: Job) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
     }
 
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
     /// replaces its worker, unless [`MAX_BLOCKED_TOTAL`] workers are given up on
-    /// already. Returns whether it answered.
+    /// already; a worker kept for that reason is replaced at a later tick, once
+    /// there is room. Returns whether it answered.
+    ///
+    /// Everything up to the worker's fate is decided under the job lock, which
+    /// the worker also holds when it looks at its fate after its read: it never
+    /// sees the request expired but its generation not yet moved on, concludes
+    /// it was kept, and later exits without giving back its place among the
+    /// blocked.
     pub fn expire_overdue(self: &Arc<Self>, now: Instant) -> bool {
-        let Some(job) = self.current_job() else {
+        let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(job) = g.clone() else {
             return false;
         };
-        if now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire() {
+        let kept_before = job.claim.expired();
+        if !kept_before && (now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire()) {
+            return false;
+        }
+        let replaced = self.replace_worker();
+        if replaced {
+            // The successor owns the slot; the old worker finds its generation
+            // moved on and exits when its read returns.
+            *g = None;
+        }
+        drop(g);
+        if kept_before {
+            if replaced {
+                tracing::info!(container = %self.shown_id(), "room among blocked workers again: a kept worker is replaced");
+            }
             return false;
         }
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +310,19 @@ impl Tenant {
             "bind answered ETIMEDOUT: {reason}"
         );
         self.answer_unread(job.id, job.tid, reason);
+        if !replaced {
+            tracing::warn!(
+                container = %self.shown_id(),
+                limit = MAX_BLOCKED_TOTAL,
+                "agent-wide limit of blocked workers reached; this container's worker is kept until its read returns or others' do"
+            );
+        }
+        true
+    }
+
+    /// Gives up on the current worker and starts a successor, if the agent-wide
+    /// limit leaves room. Called with the job lock held.
+    fn replace_worker(self: &Arc<Self>) -> bool {
         let reserved = self
             .shared
             .blocked_total
@@ -306,26 +331,19 @@ impl Tenant {
             })
             .is_ok();
         if !reserved {
-            // The worker stays this container's own: it serves on once its read
-            // returns, and until then only this container waits.
-            self.set_job(None, Some(&job.claim));
-            tracing::warn!(
-                container = %self.shown_id(),
-                limit = MAX_BLOCKED_TOTAL,
-                "agent-wide limit of blocked workers reached; this container's worker is not replaced, its binds wait until its read returns"
-            );
-            return true;
+            return false;
         }
         self.blocked.fetch_add(1, Ordering::AcqRel);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(e) = self.spawn_worker(generation) {
             // Keep the blocked worker as this container's: it serves on when its
-            // read returns.
+            // read returns (it looks only under the lock we hold).
             self.generation.store(generation - 1, Ordering::Release);
             self.blocked.fetch_sub(1, Ordering::AcqRel);
             self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, container = %self.shown_id(),
                 "cannot start a replacement worker; this container's binds wait until its read returns");
+            return false;
         }
         true
     }
@@ -454,15 +472,12 @@ impl Tenant {
                 continue;
             }
             let claim = Arc::new(Claim::default());
-            self.set_job(
-                Some(Job {
-                    id: notif.id,
-                    tid: notif.tid,
-                    since: started,
-                    claim: Arc::clone(&claim),
-                }),
-                None,
-            );
+            self.set_job(Job {
+                id: notif.id,
+                tid: notif.tid,
+                since: started,
+                claim: Arc::clone(&claim),
+            });
             let answer = {
                 let mut cx = Context {
                     listener: &self.listener,
@@ -473,9 +488,16 @@ impl Tenant {
                 };
                 handler.handle(&mut cx, &notif)
             };
-            self.set_job(None, Some(&claim));
+            // Under the job lock: the watchdog decides this worker's fate under it.
+            let replaced = {
+                let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
+                if g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, &claim)) {
+                    *g = None;
+                }
+                !claim.take() && self.generation.load(Ordering::Acquire) != generation
+            };
             if !claim.take() {
-                if self.generation.load(Ordering::Acquire) == generation {
+                if !replaced {
                     // The watchdog answered but kept us (the agent-wide limit).
                     tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
                     continue;
