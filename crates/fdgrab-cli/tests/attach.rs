@@ -203,6 +203,8 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("sleep 301");
     wait_until("the second sleep", || !children(bash).is_empty());
     let job = children(bash)[0];
+    // ^Z typed before bash hands the terminal to the job would go to bash itself.
+    wait_until("the second sleep in the foreground", || in_foreground(job));
     new.key("C-z");
     new.wait_for("Stopped", WAIT);
     assert_eq!(state(job), Some('T'), "Ctrl-Z did not stop the job");
@@ -217,6 +219,19 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("exit");
     expect_exit(&new, 0);
     wait_until("bash to exit", || gone(bash));
+}
+
+/// Whether `pid` runs `sleep` in the foreground process group of its terminal
+/// (`tpgid` equal to its process group, in /proc/PID/stat).
+fn in_foreground(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((name, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    name.ends_with("(sleep") && f.len() > 5 && f[2] == f[5]
 }
 
 /// Kills a process when the test ends, however it ends (a failed test must not
@@ -1397,4 +1412,223 @@ fn an_ancestor_with_another_instances_pty_of_the_same_index_does_not_hide_the_ho
     drop(_emulator);
     let _ = child.wait();
     let _ = std::fs::remove_dir(&dir);
+}
+
+/// `O_NONBLOCK` in the status flags of `fd` of `pid` (`/proc/PID/fdinfo`).
+fn nonblocking(pid: i32, fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or_else(|| panic!("no flags in /proc/{pid}/fdinfo/{fd}: {info:?}"));
+    flags & libc::O_NONBLOCK as u32 != 0
+}
+
+#[test]
+fn the_shell_never_finds_its_terminal_non_blocking_even_after_a_kill() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-nonblock-old");
+    // The status flags of a terminal belong to its open file description, which
+    // fdgrab shares with the shell it runs in: after fdgrab, the shell asks.
+    let new = Tmux::start(
+        "att-nonblock-new",
+        100,
+        30,
+        &format!(
+            "{} attach {py}; python3 -c \"import fcntl, os; print('NONBLOCK', *(fcntl.fcntl(f, \
+             fcntl.F_GETFL) & os.O_NONBLOCK for f in (0, 1)))\"; stty sane; exec sleep 600",
+            bin("fdgrab").display()
+        ),
+    );
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let fdgrab = children(new.pane_pid())
+        .into_iter()
+        .find(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n == "fdgrab\n")
+        })
+        .expect("fdgrab under the pane's shell");
+    let _fdgrab = KillOnDrop::new(fdgrab);
+    // Output flowing, so the relay is in its loop.
+    new.type_line("print('N', x + 1)");
+    new.wait_for("N 42", WAIT);
+    for fd in [0, 1] {
+        assert!(
+            !nonblocking(fdgrab, fd),
+            "fdgrab's fd {fd} (its terminal) is non-blocking while attached"
+        );
+    }
+    // Nothing can put flags back after SIGKILL: they must never have been changed.
+    signal(fdgrab, "KILL");
+    let text = new.wait_for("NONBLOCK ", WAIT);
+    assert!(text.contains("NONBLOCK 0 0"), "{text}");
+}
+
+/// A python emulator whose fork execs fdgrab's executable as `exe` (named `argv0`),
+/// running `fdgrab cat --consume` of a pipe of its own (a command that blocks)
+/// with the fds in `fds` ("python expression" -> number) arranged first. The
+/// session is attached; that process must lose its copy of the master.
+fn our_executable_holding_the_master_loses_it(
+    tag: &str,
+    exe: &std::path::Path,
+    argv0: &str,
+    fds: &[(&str, i32)],
+) {
+    let (from, to): (Vec<&str>, Vec<String>) = fds.iter().map(|(e, n)| (*e, n.to_string())).unzip();
+    let setup = format!(
+        "import fcntl, socket\n\
+         other = os.fork()\n\
+         if other == 0:\n\
+         \x20   a, b = socket.socketpair()\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (r, w, {from})]\n\
+         \x20   for f, to in zip(high, (20, 21, {to})):\n\
+         \x20       os.dup2(f, to)\n\
+         \x20       os.set_inheritable(to, True)\n\
+         \x20   os.execv('{exe}', ['{argv0}', 'cat', '--consume', str(os.getpid()), '20'])\n\
+         extra = [other]",
+        from = from.join(", "),
+        to = to.join(", "),
+        exe = exe.display()
+    );
+    let (mut child, ids) = python_emulator(&setup);
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let [py, other] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _other) = (KillOnDrop::new(py), KillOnDrop::new(other));
+    let comm = format!("{argv0}\n");
+    wait_until("fdgrab's executable to hold the master", || {
+        std::fs::read_to_string(format!("/proc/{other}/comm")).is_ok_and(|c| c == comm)
+            && holds_a_master(other)
+    });
+
+    let new = attach_in(tag, 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let deadline = Instant::now() + WAIT;
+    while !gone(other) && holds_a_master(other) {
+        assert!(
+            Instant::now() < deadline,
+            "process {other} ({argv0}) kept the master:\n{}",
+            new.capture()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    new.type_line("print('O', 6 * 7)");
+    new.wait_for("O 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+}
+
+#[test]
+fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master() {
+    if !ready() {
+        return;
+    }
+    // Everything the keeper check looks at, made without being a keeper: the
+    // emulator's fork creates a socket pair itself (SO_PEERCRED names it), puts an
+    // end at fd 5 (the other at 22) and the master at fd 3, and execs fdgrab
+    // through a link named fdgrab-keep (same executable, that comm).
+    let dir = std::env::temp_dir().join(format!("fdgrab-impostor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("fdgrab-keep");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin("fdgrab"), &link).expect("symlink");
+    our_executable_holding_the_master_loses_it(
+        "att-impostor-exe",
+        &link,
+        "fdgrab-keep",
+        &[("m", 3), ("b.fileno()", 5), ("a.fileno()", 22)],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_holder_running_our_own_binary_outside_the_session_ancestry_loses_the_master() {
+    if !ready() {
+        return;
+    }
+    // Not an attach (no attach lock is held for this session), merely our
+    // executable holding the master: the sweep after the quick take must not
+    // leave it the master because it runs fdgrab.
+    our_executable_holding_the_master_loses_it(
+        "att-own-exe",
+        &bin("fdgrab"),
+        "fdgrab",
+        &[("m", 3)],
+    );
+}
+
+/// The lines of `t`'s pane, its history included, that are a number alone.
+fn numbers_in(t: &Tmux) -> Vec<String> {
+    let out = t.run(&["capture-pane", "-p", "-J", "-S", "-"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_program_writing_all_along_loses_and_repeats_nothing_across_detach_and_reattach() {
+    if !ready() {
+        return;
+    }
+    // Counts without pause between short sleeps: the detach and the re-attach both
+    // fall in the middle of its output.
+    let old = Tmux::start(
+        "att-stream-old",
+        80,
+        24,
+        "exec python3 -c 'import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.003)'",
+    );
+    let writer = old.pane_pid();
+    let _writer = KillOnDrop::new(writer);
+    old.wait_for("\n5\n", WAIT);
+
+    let first = attach_in("att-stream-a", 60, 30, "", &writer.to_string());
+    wait_until("output through the first attach", || {
+        numbers_in(&first).len() > 50
+    });
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+    // Written while detached: kept by the keeper (far less than its 64 KiB).
+    std::thread::sleep(Duration::from_millis(400));
+    let second = attach_in("att-stream-b", 60, 30, "", &writer.to_string());
+    wait_until("output through the second attach", || {
+        numbers_in(&second).len() > 200
+    });
+    let (a, b) = (numbers_in(&first), numbers_in(&second));
+    // A line the detach cut in two ends the first pane and starts the second.
+    let mut all: Vec<String> = a.clone();
+    let mut rest = &b[..];
+    if let (Some(last), Some(head)) = (a.last(), b.first()) {
+        let prev: Option<u64> = a.len().checked_sub(2).and_then(|i| a[i].parse().ok());
+        let joined = format!("{last}{head}");
+        if prev.is_some_and(|p| joined.parse::<u64>().ok() == Some(p + 1)) {
+            all.pop();
+            all.push(joined);
+            rest = &b[1..];
+        }
+    }
+    all.extend(rest.iter().cloned());
+    let n: Vec<u64> = all.iter().filter_map(|s| s.parse().ok()).collect();
+    for w in n.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "output lost or repeated around {}: first pane ended {:?}, second began {:?}",
+            w[0],
+            &a[a.len().saturating_sub(3)..],
+            &b[..b.len().min(3)]
+        );
+    }
+    second.type_text("~.");
+    let text = expect_exit(&second, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
 }

@@ -362,8 +362,10 @@ fn runs_fdgrab(h: &MasterHolder) -> bool {
 
 /// After a take from the holders above the session (`find_holders` with `near`),
 /// every other process is looked at, and any that also holds the master loses it
-/// the same way (a keeper is retired, another fdgrab is left alone: the attach
-/// lock already keeps two attaches of one session apart). Runs beside the relay.
+/// the same way (a keeper is retired). A process running our executable is no
+/// exception: the attach lock we hold means it is not attaching this session, and
+/// leaving it the master would leave it reading the session's output. Runs beside
+/// the relay.
 fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
     let me = std::process::id() as Pid;
     let found = match pty::master_holders(tty) {
@@ -377,13 +379,10 @@ fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
         .holders
         .into_iter()
         .filter(|h| h.pid != me && !handled.contains(&h.pid))
-        .filter_map(|h| {
-            let keeper = Keeper::identify(h.pid);
-            (keeper.is_some() || !runs_fdgrab(&h)).then_some(Holder {
-                holder: h,
-                keeper,
-                taken: false,
-            })
+        .map(|h| Holder {
+            keeper: Keeper::identify(h.pid),
+            holder: h,
+            taken: false,
         })
         .collect();
     if rest.is_empty() {
@@ -456,16 +455,28 @@ fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(Own
         if let Some(keeper) = entry.keeper.take() {
             // It reads no more once asked; what the programs write next waits in
             // the pty for our copy.
-            match keeper.retire() {
-                Ok(kept) => replay = kept,
-                Err(e) => {
-                    // Our copy is taken: the session does not depend on it any more.
-                    tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay; ending it");
-                    let _ = holder.send_signal(libc::SIGTERM);
+            let kept = keeper.retire();
+            // A keeper exits once it has handed over its replay. One that does not
+            // (a process made to look like one: our executable run under the
+            // keeper's name, with a socket pair of its own at fd 5) is not trusted
+            // with the master, nor its "replay" with our terminal: it loses its
+            // copies as any holder does, and is not signalled.
+            if holder
+                .wait_exit(Some(Duration::from_secs(2)))
+                .unwrap_or(false)
+            {
+                match kept {
+                    Ok(kept) => replay = kept,
+                    Err(e) => {
+                        tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay")
+                    }
                 }
+                continue;
             }
-            let _ = holder.wait_exit(Some(Duration::from_secs(2)));
-            continue;
+            tracing::warn!(
+                holder = holder.pid(),
+                "holder passed for a keeper but did not exit when retired: treated as any holder"
+            );
         }
         let h = &entry.holder;
         let all: Vec<_> = fds.iter().chain(&h.slave_fds).copied().collect();

@@ -295,8 +295,13 @@ impl Keeper {
     /// Whether `pid` is a keeper: its executable is the same file as ours, it is
     /// named [`KEEPER_COMM`], and its [`CONTROL_PEER_FD`] is a connected unix stream
     /// socket that `pid` itself created (the kernel's `SO_PEERCRED`, which no
-    /// process can set for another). The name alone decides nothing. Takes a copy
-    /// of that socket (`pidfd_getfd`).
+    /// process can set for another), and it runs as our effective uid. The name
+    /// alone decides nothing. Takes a copy of that socket (`pidfd_getfd`).
+    ///
+    /// A process that creates a socket pair and then execs our executable under
+    /// the keeper's name passes all of this (exec keeps its pid and descriptors):
+    /// callers must not trust a "keeper" that does not exit once retired
+    /// (`fdgrab attach` then treats it as any other holder).
     pub fn identify(pid: Pid) -> Option<Keeper> {
         Self::identify_as(pid, std::path::Path::new("/proc/self/exe"))
     }
@@ -312,6 +317,12 @@ impl Keeper {
         }
         // Not enough alone (anyone can name itself so), but an attaching fdgrab,
         // which runs the same executable, is not taken for a keeper.
+        // Made by an fdgrab of our uid (a keeper keeps its maker's credentials).
+        if std::fs::metadata(format!("/proc/{pid}")).ok()?.uid()
+            != rustix::process::geteuid().as_raw()
+        {
+            return None;
+        }
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         if comm.trim_end() != KEEPER_COMM {
             return None;
