@@ -12,8 +12,13 @@
 //!    pane's rate (tmux's own parsing is the bottleneck of both).
 //!
 //! Run: `scripts/bench attach` (as root; tmux and reptyr installed, as scripts/test
-//! does). `FDGRAB_BENCH_ROUNDS` changes the number of rounds.
+//! does). `FDGRAB_BENCH_ROUNDS` changes the number of rounds;
+//! `FDGRAB_BENCH_ATTACH=throughput` runs only the second part, and
+//! `FDGRAB_BENCH_FDGRAB=PATH` measures another build of fdgrab (e.g. an older
+//! relay); `FDGRAB_BENCH_COMPARE=PATH[:PATH...]` adds panes attached through other builds
+//! to the throughput rounds, to compare two versions on one machine state.
 
+use fdgrab_testkit::bench::Goals;
 use fdgrab_testkit::bin;
 use fdgrab_testkit::tmux::Tmux;
 use std::io::Write;
@@ -138,30 +143,8 @@ fn timed_cat(t: &Tmux, id: &str, file: &str) -> Duration {
     }
 }
 
-fn main() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("attach bench: needs root");
-        std::process::exit(1);
-    }
-    for tool in ["tmux", "reptyr"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map_or(true, |s| !s.success())
-        {
-            eprintln!("attach bench: {tool} is not installed (scripts/test installs it)");
-            std::process::exit(1);
-        }
-    }
-    let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
-    let fdgrab = bin("fdgrab");
-    let fdgrab = fdgrab.to_str().expect("utf-8 path");
-
-    // 1. Time to the first relayed byte.
+/// Part 1: fdgrab's median time to the first relayed byte over reptyr's.
+fn first_byte_ratio(fdgrab: &str, rounds: usize) -> f64 {
     let old = Tmux::start("bench-attach-old", 80, 24, "exec sleep 1000000");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -190,12 +173,48 @@ fn main() {
     }
     drop(old);
     let (f, r) = (median(&mut ours), median(&mut theirs));
-    let latency_ratio = f.as_secs_f64() / r.as_secs_f64();
+    let ratio = f.as_secs_f64() / r.as_secs_f64();
     println!(
-        "attach: first relayed byte  fdgrab attach {:>8.2} ms   reptyr -T {:>8.2} ms   ratio {latency_ratio:.2} (goal <= {LATENCY_GOAL:.2}; medians of {rounds})",
+        "attach: first relayed byte  fdgrab attach {:>8.2} ms   reptyr -T {:>8.2} ms   ratio {ratio:.2} (goal <= {LATENCY_GOAL:.2}; medians of {rounds})",
         f.as_secs_f64() * 1e3,
         r.as_secs_f64() * 1e3
     );
+
+    ratio
+}
+
+fn main() {
+    let mut goals = Goals::new("attach");
+    if !rustix::process::geteuid().is_root() {
+        goals.skip("needs root");
+    }
+    for tool in ["tmux", "reptyr"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            goals.skip(&format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
+        }
+    }
+    let rounds: usize = std::env::var("FDGRAB_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let fdgrab = std::env::var_os("FDGRAB_BENCH_FDGRAB")
+        .map_or_else(|| bin("fdgrab"), std::path::PathBuf::from);
+    let fdgrab = fdgrab.to_str().expect("utf-8 path");
+    let only_throughput = std::env::var("FDGRAB_BENCH_ATTACH").is_ok_and(|v| v == "throughput");
+
+    // 1. Time to the first relayed byte.
+    let latency_ratio = if only_throughput {
+        None
+    } else {
+        Some(first_byte_ratio(fdgrab, rounds))
+    };
 
     // 2. Throughput of the relay.
     let dir = std::env::temp_dir().join(format!("fdgrab-bench-attach-{}", std::process::id()));
@@ -214,55 +233,82 @@ fn main() {
     let file = file.to_str().expect("utf-8 path").to_owned();
     let old = Tmux::start("bench-attach-told", 100, 30, "exec sleep 1000000");
     let new = Tmux::start("bench-attach-tnew", 100, 30, "exec sleep 1000000");
-    let (_, shell) = old.new_window("exec bash --norc --noprofile");
-    let (attached, _) = new.new_window(&format!("exec {fdgrab} attach {shell}"));
-    let (plain, _) = new.new_window("exec bash --norc --noprofile");
-    let deadline = Instant::now() + DEADLINE;
-    while !new.capture_window(&attached).contains("to detach") {
-        assert!(Instant::now() < deadline, "fdgrab attach did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    // The panes measured, each round in a rotated order: through fdgrab, plain, and
+    // through the build named by FDGRAB_BENCH_COMPARE if set.
+    let mut panes: Vec<(String, String, Option<i32>)> = Vec::new();
+    let mut attach_pane = |label: String, tool: &str| {
+        let (_, shell) = old.new_window("exec bash --norc --noprofile");
+        let (id, _) = new.new_window(&format!("exec {tool} attach {shell}"));
+        let deadline = Instant::now() + DEADLINE;
+        while !new.capture_window(&id).contains("to detach") {
+            assert!(Instant::now() < deadline, "{tool} attach did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panes.push((label, id, Some(shell)));
+    };
+    attach_pane("attached".into(), fdgrab);
+    let others = std::env::var("FDGRAB_BENCH_COMPARE").unwrap_or_default();
+    for other in others.split(':').filter(|o| !o.is_empty()) {
+        attach_pane(format!("attached by {other}"), other);
     }
+    let (plain, _) = new.new_window("exec bash --norc --noprofile");
+    panes.push(("plain tmux pane".into(), plain, None));
     let throughput_rounds = (rounds / 3).max(5);
-    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); panes.len()];
     for round in 0..throughput_rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for through_fdgrab in order {
-            new.run(&["send-keys", "-t", &attached, "clear", "Enter"]);
-            new.run(&["send-keys", "-t", &plain, "clear", "Enter"]);
-            if through_fdgrab {
-                via.push(timed_cat(&new, &attached, &file));
-            } else {
-                direct.push(timed_cat(&new, &plain, &file));
+        for k in 0..panes.len() {
+            let at = (round + k) % panes.len();
+            for (_, id, _) in &panes {
+                new.run(&["send-keys", "-t", id, "clear", "Enter"]);
             }
+            times[at].push(timed_cat(&new, &panes[at].1, &file));
         }
     }
-    kill(shell);
+    for (_, _, shell) in &panes {
+        if let Some(shell) = shell {
+            kill(*shell);
+        }
+    }
     drop(new);
     drop(old);
     let _ = std::fs::remove_dir_all(&dir);
-    let (v, d) = (median(&mut via), median(&mut direct));
     let size = 60_000.0 * 70.0 / 1e6;
+    let rate = |d: &Duration| size / d.as_secs_f64();
+    for ((label, _, _), t) in panes.iter().zip(&times) {
+        let each: Vec<String> = t.iter().map(|d| format!("{:.1}", rate(d))).collect();
+        println!("attach: {label}: MB/s per round {}", each.join(" "));
+    }
+    let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
+    let d = medians[medians.len() - 1];
+    let v = medians[0];
     let throughput_ratio = d.as_secs_f64() / v.as_secs_f64();
     println!(
         "attach: cat of {size:.1} MB    attached {:>8.1} MB/s   plain tmux pane {:>8.1} MB/s   ratio {throughput_ratio:.2} (goal >= 0.90; medians of {throughput_rounds})",
-        size / v.as_secs_f64(),
-        size / d.as_secs_f64()
+        rate(&v),
+        rate(&d)
     );
+    for (pane, m) in panes.iter().zip(&medians).skip(1) {
+        if pane.2.is_some() {
+            println!(
+                "attach: {} {:>8.1} MB/s   ratio {:.2} to the plain pane",
+                pane.0,
+                rate(m),
+                d.as_secs_f64() / m.as_secs_f64()
+            );
+        }
+    }
 
-    let mut missed = false;
-    if latency_ratio > LATENCY_GOAL {
-        eprintln!("attach bench: goal missed: fdgrab attach takes over {LATENCY_GOAL}x reptyr -T's time to relay");
-        missed = true;
+    if let Some(latency_ratio) = latency_ratio {
+        goals.at_most(
+            "first relayed byte, fdgrab attach / reptyr -T",
+            latency_ratio,
+            LATENCY_GOAL,
+        );
     }
-    if throughput_ratio < 0.9 {
-        eprintln!("attach bench: goal missed: attached throughput below 0.9x a plain pane");
-        missed = true;
-    }
-    if missed {
-        std::process::exit(1);
-    }
+    goals.at_least(
+        "cat throughput, attached / plain tmux pane",
+        throughput_ratio,
+        0.9,
+    );
+    goals.finish()
 }

@@ -6,10 +6,37 @@ use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant};
 use fdgrab_testkit::{is_root, TIMEOUT};
 use std::time::{Duration, Instant};
 
+fn root_or_skip() -> bool {
+    if !is_root() {
+        fdgrab_testkit::skip("the agent needs root");
+        return false;
+    }
+    true
+}
+
 fn thread_count(agent: &AgentProc) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", agent.pid))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// `n` fake containers, each of which stalls `times` binds on a userfaultfd
+/// page nobody fills (port 85), every one answered ETIMEDOUT by the watchdog.
+fn stalling_tenants(agent: &AgentProc, n: usize, times: usize) -> Vec<FakeTenant> {
+    let mut tenants: Vec<FakeTenant> = (0..n)
+        .map(|_| FakeTenant::start(agent, &unique("stall")))
+        .collect();
+    for _ in 0..times {
+        for t in &mut tenants {
+            let r = t.ask("uffd 85", TIMEOUT);
+            assert_eq!(r["stalled"], true, "{r}");
+        }
+        for t in &mut tenants {
+            let r = t.line(TIMEOUT);
+            assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+        }
+    }
+    tenants
 }
 
 /// Waits until `what` of the agent is back to `baseline`.
@@ -23,25 +50,14 @@ fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentPr
 
 #[test]
 fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
-    if !is_root() {
-        fdgrab_testkit::skip("the agent needs root");
+    if !root_or_skip() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers: Vec<FakeTenant> = (0..20)
-        .map(|_| FakeTenant::start(&agent, &unique("stall")))
-        .collect();
-    for a in &mut attackers {
-        let r = a.ask("uffd 85", TIMEOUT);
-        assert_eq!(r["stalled"], true, "{r}");
-    }
-    for a in &mut attackers {
-        let r = a.line(TIMEOUT);
-        assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
-    }
+    let mut attackers = stalling_tenants(&agent, 20, 1);
     // Each attacker now has a worker blocked and a fresh one serving it.
     assert!(thread_count(&agent) > threads + 20);
     let r = victim.ask("bind 127.78.7.1 86", TIMEOUT);
@@ -52,4 +68,426 @@ fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     victim.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+/// Twelve containers stall twice each (24 reads that never return): the agent
+/// gives up on at most 16 workers in all (`MAX_BLOCKED_TOTAL`), every stalled
+/// bind is still answered ETIMEDOUT, its threads stay within one per container
+/// plus that limit, and a neighbour keeps binding.
+#[test]
+fn agent_caps_blocked_workers_across_containers() {
+    if !root_or_skip() {
+        return;
+    }
+    const LIMIT: usize = 16;
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut victim = FakeTenant::start(&agent, &unique("calm"));
+    let mut attackers = stalling_tenants(&agent, 12, 2);
+    assert_eq!(agent.state_number("blocked_workers"), LIMIT as u64);
+    let now = thread_count(&agent);
+    // The main thread and any short-lived helper aside: the victim's worker, one
+    // worker per attacker (some of them blocked and kept), and the given-up ones.
+    assert!(
+        now <= threads + 1 + attackers.len() + LIMIT,
+        "{now} threads, baseline {threads}"
+    );
+    assert!(now >= threads + 1 + attackers.len() + LIMIT - 1, "{now}");
+    agent
+        .log
+        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = victim.ask("bind 127.78.7.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    for a in &mut attackers {
+        a.kill();
+    }
+    returns(&agent, "threads", threads + 1, thread_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+    victim.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+/// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
+fn nices(agent: &AgentProc, name: &str) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .expect("tasks")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", agent.pid))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(|tid| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", agent.pid)).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            after.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Waits until every thread named `name` runs at `nice`.
+fn wait_nice(agent: &AgentProc, name: &str, nice: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = nices(agent, name);
+        if !now.is_empty() && now.iter().all(|&n| n == nice) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: nice {now:?}, want {nice}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A container that keeps hundreds of binds queued gets a worker at nice 19
+/// while it does (its calls then take CPU only when others' workers do not want
+/// it), and nice 0 again once its calls come one at a time. The slow lane for
+/// trickled documents runs at nice 19 from the start.
+#[test]
+fn agent_busy_container_worker_yields_and_recovers() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    assert_eq!(nices(&agent, "fdgrab-slowlane"), [19]);
+    let mut busy = FakeTenant::start(&agent, &unique("busy"));
+    assert_eq!(busy.ask("bind 127.78.9.1 86", TIMEOUT)["errno"], 0);
+    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [0]);
+    assert_eq!(busy.ask("storm 300 79 86", TIMEOUT)["started"], 300);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    let r = busy.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(300), "{r}");
+    // One call after a pause: not busy any more; a successor at nice 0 serves it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(busy.ask("bind 127.78.9.2 86", TIMEOUT)["errno"], 0);
+    wait_nice(&agent, "fdgrab-tenant-1", 0);
+    assert_eq!(busy.ask("bind 127.78.9.3 86", TIMEOUT)["errno"], 0);
+    agent
+        .log
+        .wait_for("busy container: its worker yields", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A real runc or crun container starts while nine fake containers stall twice
+/// each (the agent-wide limit of workers given up on is reached) and another
+/// keeps 300 threads binding (its worker yields): the container's httpd still
+/// gets port 80, and once everyone is gone the agent is back to its baseline
+/// threads and fds.
+fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs};
+    if !rt.usable() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut stallers = stalling_tenants(&agent, 9, 2);
+    let mut storm = FakeTenant::start(&agent, &unique("rstorm"));
+    assert_eq!(storm.ask("storm 300 77 86", TIMEOUT)["started"], 300);
+    let ns = NetNs::new();
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&agent.socket, &ns));
+    let id = unique(&format!("fdgrab-{}-amid-stalls", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    // The runtime sent its document in one message: read at once, at normal
+    // priority, never by the slow lane.
+    let log = agent.log.text();
+    assert!(!log.contains("the slow lane reads the rest"), "{log}");
+    assert_eq!(agent.state_number("blocked_workers"), 16);
+    let r = storm.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(300), "{r}");
+    storm.kill();
+    for s in &mut stallers {
+        s.kill();
+    }
+    c.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+fdgrab_testkit::per_runtime! {
+    agent_real_container_among_stalls_and_a_storm => real_container_among_stalls_and_a_storm,
+    agent_real_container_with_full_slow_lane_and_audit_fifo => real_container_with_full_slow_lane_and_audit_fifo,
+}
+
+/// A client keeps the slow lane full: 70 connections that each sent the start
+/// of a document and then nothing (they would sit there until their 5 s
+/// deadline). A runtime whose document arrives in two reads (the listener with
+/// the second) must still be served: the client holding most of the lane makes
+/// room, not the newcomer.
+#[test]
+fn agent_split_document_served_while_the_slow_lane_is_full() {
+    use std::io::Write;
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:94"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let squatters: Vec<std::os::unix::net::UnixStream> = (0..70)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+            s.write_all(br#"{"ociVersion":"1.0.2","#).expect("write");
+            s
+        })
+        .collect();
+    agent
+        .log
+        .wait_for("clients are sending their document in pieces", TIMEOUT)
+        .unwrap_or_else(|e| panic!("the slow lane never filled: {e}"));
+    for i in 0..3 {
+        let id = unique("split");
+        let mut t = FakeTenant::spawn_split(&agent.socket, &id);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "split document {i}: {ready}");
+        // A bind waits in the kernel until the agent serves the listener; a
+        // listener the agent dropped answers ENOSYS.
+        let r = t.ask(&format!("bind 127.79.9.{} 94", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "split document {i} not served: {r}");
+        t.kill();
+    }
+    drop(squatters);
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+/// A container that alternates storms and single calls makes the agent lower
+/// its worker and start a successor at nice 0 again and again: every call is
+/// answered once (no worker answers a call another already did), one worker
+/// serves it at a time, and once it dies mid-storm (its worker at nice 19) the
+/// agent is back to its baseline threads and fds.
+#[test]
+fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:95"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut t = FakeTenant::start(&agent, &unique("flip"));
+    let mut calm = FakeTenant::start(&agent, &unique("flipcalm"));
+    for round in 0..5 {
+        assert_eq!(t.ask("storm 200 81 95", TIMEOUT)["started"], 200);
+        wait_nice(&agent, "fdgrab-tenant-1", 19);
+        let r = t.ask("stop", TIMEOUT);
+        assert!(r["binds"].as_u64() >= Some(200), "round {round}: {r}");
+        std::thread::sleep(Duration::from_millis(60));
+        let r = t.ask(&format!("lat 20 127.81.250.{} 95", round + 1), TIMEOUT);
+        assert_eq!(r["errors"], 0, "round {round}: {r}");
+        wait_nice(&agent, "fdgrab-tenant-1", 0);
+        assert_eq!(nices(&agent, "fdgrab-tenant-1").len(), 1, "one worker");
+        let r = calm.ask(&format!("bind 127.81.251.{} 95", round + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // Dies while its worker yields, in the middle of a storm.
+    assert_eq!(t.ask("storm 200 81 95", TIMEOUT)["started"], 200);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    t.kill();
+    calm.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    // A worker reports its release just before it exits; the agent's thread
+    // may take it in a moment later.
+    let deadline = Instant::now() + TIMEOUT;
+    while agent.log.text().matches("no users left; released").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", agent.log.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = agent.log.text();
+    assert!(
+        log.matches("a worker at nice 0 takes over").count() >= 5,
+        "successors started: {log}"
+    );
+    assert!(
+        !log.contains("answering a trapped call"),
+        "a call answered twice or failed: {log}"
+    );
+    assert_eq!(agent.state_number("containers"), 0);
+}
+
+/// A real runc or crun container starts while a client squats the slow lane
+/// (70 documents that never finish), the audit FIFO's one-page pipe is full and
+/// its reader away, and the agent is sent SIGHUP (reload, reopen of the FIFO):
+/// the httpd gets port 80, and once the reader is back the container's audit
+/// line arrives whole without any further decision.
+fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Runtime) {
+    use fdgrab_testkit::oci::{Bundle, Container, NetNs, TempDir};
+    use std::io::Write;
+    if !rt.usable() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-real-fifo");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    let mut reader = fdgrab_testkit::oci::one_page_fifo_reader(&fifo);
+    let agent = AgentProc::start_at(
+        dir,
+        &socket,
+        &fifo,
+        &["--allow-bind", "tcp:80", "--allow-bind", "tcp:97"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut filler = FakeTenant::start(&agent, &unique("rfill"));
+    let r = filler.ask("lat 30 127.83.0.1 97", TIMEOUT);
+    assert_eq!(r["errors"], 0, "{r}");
+    let squatters: Vec<std::os::unix::net::UnixStream> = (0..70)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            s.write_all(br#"{"ociVersion":"1.0.2","#).expect("write");
+            s
+        })
+        .collect();
+    let pid = rustix::process::Pid::from_raw(agent.pid).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let ns = NetNs::new();
+    let bundle = Bundle::new(&fdgrab_testkit::oci::httpd_spec(&socket, &ns));
+    let id = unique(&format!("fdgrab-{}-fifo", rt.name()));
+    let mut c = Container::run(rt, &bundle, &id);
+    let resp = ns
+        .http_get_eventually(80, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}; {}; agent {}", c.output.text(), agent.log.text()));
+    assert!(resp.contains(" 200 "), "{resp}");
+    agent
+        .log
+        .wait_for("policy reloaded", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut text = Vec::new();
+    let found = |text: &[u8]| {
+        String::from_utf8_lossy(text).lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["container_id"] == id.as_str() && v["port"] == 80 && v["errno"] == 0
+            })
+        })
+    };
+    fdgrab_testkit::oci::read_until(&mut reader, &mut text, found);
+    assert!(
+        found(&text),
+        "no audit line for {id}'s port 80: {}",
+        String::from_utf8_lossy(&text)
+    );
+    for l in String::from_utf8_lossy(&text).lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("torn {l:?}: {e}"));
+    }
+    assert_eq!(agent.state_number("audit_lines_dropped"), 0);
+    drop(squatters);
+    filler.kill();
+    c.kill();
+}
+
+/// Eight containers stall twice each and fill the agent-wide limit of workers
+/// given up on (16); a ninth then stalls once, so its worker is answered for
+/// but kept. Once the eight are gone (their reads return), the ninth's next
+/// ordinary bind must be served: the kept worker is replaced as soon as there
+/// is room, not left to wait for a page nobody will ever fill.
+#[test]
+fn agent_kept_worker_is_replaced_once_the_limit_frees() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut stallers = stalling_tenants(&agent, 8, 2);
+    assert_eq!(agent.state_number("blocked_workers"), 16);
+    let mut late = FakeTenant::start(&agent, &unique("late"));
+    assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    agent
+        .log
+        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for s in &mut stallers {
+        s.kill();
+    }
+    let r = late.ask("bind 127.84.0.1 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(late.ask("bind 127.84.0.2 86", TIMEOUT)["errno"], 0);
+    late.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+}
+
+/// 2,000 connections that each send the start of a document, as fast as the
+/// test can open them: the agent's descriptors stay bounded (its table of
+/// connections being read, the slow lane's 64 and what the slow lane has yet
+/// to take in), a neighbour keeps binding, a split document sent at the end is
+/// served, and the fds come back once the clients are gone.
+#[test]
+fn agent_flood_of_partial_documents_stays_bounded() {
+    use std::io::Write;
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:99"]);
+    let fds = agent.fd_count();
+    let mut calm = FakeTenant::start(&agent, &unique("floodcalm"));
+    let mut peak = 0;
+    let mut held = Vec::new();
+    for i in 0..2000 {
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&agent.socket) {
+            let _ = s.write_all(br#"{"ociVersion":"1.0.2","#);
+            held.push(s);
+        }
+        if i % 100 == 0 {
+            peak = peak.max(agent.fd_count());
+            let r = calm.ask(&format!("bind 127.86.0.{} 99", i / 100 + 1), TIMEOUT);
+            assert_eq!(r["errno"], 0, "{r}");
+        }
+    }
+    peak = peak.max(agent.fd_count());
+    // The table (512 at the default limit), the slow lane and its backlog.
+    assert!(
+        peak < fds + 512 + 64 + 128 + 16,
+        "agent fds peaked at {peak} (baseline {fds})"
+    );
+    let id = unique("floodsplit");
+    let mut t = FakeTenant::spawn_split(&agent.socket, &id);
+    let ready = t.line(TIMEOUT);
+    assert_eq!(ready["ready"], true, "split document refused: {ready}");
+    assert_eq!(t.ask("bind 127.86.1.1 99", TIMEOUT)["errno"], 0);
+    t.kill();
+    drop(held);
+    calm.kill();
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+/// A container's worker is lowered by a storm, then stalls on a userfaultfd
+/// page while lowered: the watchdog answers ETIMEDOUT and starts a successor
+/// (at nice 0, the agent's thread's), calm binds are served by it, and when the
+/// container dies both the stuck worker and its successor are gone.
+#[test]
+fn agent_stall_while_lowered_is_replaced_at_nice_0() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut t = FakeTenant::start(&agent, &unique("lowstall"));
+    assert_eq!(t.ask("storm 200 87 86", TIMEOUT)["started"], 200);
+    wait_nice(&agent, "fdgrab-tenant-1", 19);
+    let r = t.ask("stop", TIMEOUT);
+    assert!(r["binds"].as_u64() >= Some(200), "{r}");
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    for i in 0..5 {
+        let r = t.ask(&format!("bind 127.87.250.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let mut n = nices(&agent, "fdgrab-tenant-1");
+    n.sort_unstable();
+    assert_eq!(n, [0, 19], "the stuck worker and its successor");
+    t.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
 }

@@ -203,6 +203,8 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("sleep 301");
     wait_until("the second sleep", || !children(bash).is_empty());
     let job = children(bash)[0];
+    // ^Z typed before bash hands the terminal to the job would go to bash itself.
+    wait_until("the second sleep in the foreground", || in_foreground(job));
     new.key("C-z");
     new.wait_for("Stopped", WAIT);
     assert_eq!(state(job), Some('T'), "Ctrl-Z did not stop the job");
@@ -217,6 +219,19 @@ fn shell_session_moves_from_script_with_job_control() {
     new.type_line("exit");
     expect_exit(&new, 0);
     wait_until("bash to exit", || gone(bash));
+}
+
+/// Whether `pid` runs `sleep` in the foreground process group of its terminal
+/// (`tpgid` equal to its process group, in /proc/PID/stat).
+fn in_foreground(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((name, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    name.ends_with("(sleep") && f.len() > 5 && f[2] == f[5]
 }
 
 /// Kills a process when the test ends, however it ends (a failed test must not
@@ -259,6 +274,13 @@ fn detach_reattach_and_a_second_attach_is_refused() {
     let first = attach_in("att-det-a", 100, 30, "", &py.to_string());
     first.wait_for("type Enter ~ . to detach", WAIT);
     first.type_line("y = 7");
+    // The relaying fdgrab runs the keeper's executable and holds the master and a
+    // socket of its own (the attach lock): still not a keeper.
+    let relaying = *children(first.pane_pid()).first().expect("fdgrab under sh");
+    assert!(
+        !is_keeper(relaying),
+        "the relaying fdgrab taken for a keeper"
+    );
 
     // Refused while attached: nothing changes for the first attach.
     let second = attach_in("att-det-b", 100, 30, "", &py.to_string());
@@ -299,6 +321,40 @@ fn detach_reattach_and_a_second_attach_is_refused() {
             .as_deref(),
         Some("fdgrab-keep\n")
     );
+    assert!(is_keeper(keeper), "the keeper does not answer as one");
+    // Exactly what it needs: /dev/null at 0-2, the master, its control socket pair.
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{keeper}/fd"))
+        .expect("keeper's fds")
+        .flatten()
+        .map(|e| {
+            let n = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .expect("fd");
+            let link = std::fs::read_link(e.path()).expect("fd link");
+            let link = link.to_string_lossy();
+            let kind = if link.starts_with("socket:") {
+                "socket"
+            } else {
+                &link
+            };
+            (n, kind.to_owned())
+        })
+        .collect();
+    fds.sort();
+    let want: Vec<(i32, String)> = [
+        (0, "/dev/null"),
+        (1, "/dev/null"),
+        (2, "/dev/null"),
+        (3, "/dev/ptmx"),
+        (4, "socket"),
+        (5, "socket"),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n, k.to_owned()))
+    .collect();
+    assert_eq!(fds, want, "the keeper's fds");
     assert_healthy(py);
     drop(first);
     drop(old);
@@ -646,7 +702,7 @@ fn losing_our_own_terminal_detaches_and_the_program_lives_on() {
         .expect("python on a pty");
     let holders = fdgrab::pty::master_holders(tty).expect("holders").holders;
     assert_eq!(holders.len(), 1, "{holders:?}");
-    assert!(holders[0].is_keeper(), "{holders:?}");
+    assert!(is_keeper(holders[0].pid), "{holders:?}");
     let _keeper = KillOnDrop::new(holders[0].pid);
     assert_healthy(py);
 
@@ -829,12 +885,17 @@ fn detach_works_after_a_paste_the_program_does_not_read() {
     assert_healthy(bash);
 }
 
-/// A keeper (`fdgrab-keep`) holding the master of `/dev/pts/n`, if there is one.
+/// Whether `pid` is a keeper left by our fdgrab (by its handshake, not its name).
+fn is_keeper(pid: i32) -> bool {
+    fdgrab::pty::Keeper::identify_as(pid, &bin("fdgrab")).is_some()
+}
+
+/// A keeper holding the master of `/dev/pts/n`, if there is one.
 fn keeper_of(n: u32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        if comm.trim_end() != "fdgrab-keep" || gone(pid) {
+        if comm.trim_end() != "fdgrab-keep" || gone(pid) || !is_keeper(pid) {
             return None;
         }
         std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
@@ -950,4 +1011,624 @@ fn another_users_squatting_on_the_attach_lock_does_not_lock_root_out() {
     exit_python(&new, py);
     drop(_squatter);
     let _ = child.wait();
+}
+
+#[test]
+fn output_written_while_detached_is_replayed_on_reattach() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-replay-old");
+    let marker = std::env::temp_dir().join(format!("fdgrab-replay-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let first = attach_in("att-replay-a", 100, 30, "", &py.to_string());
+    first.wait_for("type Enter ~ . to detach", WAIT);
+    // Written while detached: 400 kB, far more than a pty holds, then a last
+    // line, then a file to say the writer was never blocked.
+    first.type_line(&format!(
+        "import threading, time; threading.Thread(target=lambda: (time.sleep(1.5), \
+         [print('flood', i) for i in range(30000)], print('LAST', 6 * 7, flush=True), \
+         open('{}', 'w').close())).start()",
+        marker.display()
+    ));
+    first.key("Enter");
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    wait_until("the program to write everything while detached", || {
+        marker.exists()
+    });
+    let _ = std::fs::remove_file(&marker);
+    assert_healthy(py);
+
+    let again = attach_in("att-replay-b", 100, 30, "", &py.to_string());
+    let text = again.wait_for("LAST 42", WAIT);
+    assert!(text.contains("flood 29999"), "{text}");
+    wait_until("the keeper to exit", || gone(keeper));
+    again.type_line("print('AFTER', x + 1)");
+    again.wait_for("AFTER 42", WAIT);
+    exit_python(&again, py);
+}
+
+/// A terminal emulator of our own making: a python that runs `python3 -q` on a new
+/// pty, runs `setup` (python, after the fork; it may set `extra`, a list of pids
+/// to report), and drains the master. Returns it and the REPL's pid, then `extra`.
+fn python_emulator(setup: &str) -> (std::process::Child, Vec<i32>) {
+    python_emulator_under(&[], setup)
+}
+
+/// [`python_emulator`] run by `wrapper` (a command line that ends by running the
+/// python given as its last argument through `sh -c`'s `$0`), or directly.
+fn python_emulator_under(wrapper: &[&str], setup: &str) -> (std::process::Child, Vec<i32>) {
+    let script = format!(
+        "import ctypes, os, pty, sys, time\n\
+         pid, m = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execvp('python3', ['python3', '-q'])\n\
+         extra = []\n\
+         {setup}\n\
+         print('CHILD', pid, *extra, flush=True)\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       d = os.read(m, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       d = b''\n\
+         \x20   if not d:\n\
+         \x20       time.sleep(0.05)\n"
+    );
+    let mut command = match wrapper {
+        [] => {
+            let mut c = std::process::Command::new("python3");
+            c.arg("-c");
+            c
+        }
+        [first, rest @ ..] => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest);
+            c
+        }
+    };
+    let mut child = command
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("emulator's line");
+    let ids: Vec<i32> = line
+        .strip_prefix("CHILD ")
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!ids.is_empty(), "emulator said {line:?}");
+    (child, ids)
+}
+
+#[test]
+fn a_process_named_like_a_keeper_is_not_taken_for_one() {
+    if !ready() {
+        return;
+    }
+    // A terminal emulator of its own making that calls itself fdgrab-keep.
+    let (mut child, ids) = python_emulator("ctypes.CDLL(None).prctl(15, b'fdgrab-keep', 0, 0, 0)");
+    let holder = child.id() as i32;
+    let _holder = KillOnDrop::new(holder);
+    let py = ids[0];
+    let _py = KillOnDrop::new(py);
+    wait_until("the impostor's name", || {
+        std::fs::read_to_string(format!("/proc/{holder}/comm")).is_ok_and(|c| c == "fdgrab-keep\n")
+    });
+    assert!(!is_keeper(holder));
+
+    let new = attach_in("att-impostor", 100, 30, "", &py.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        text.contains(&format!("taken from {holder} (fdgrab-keep)")),
+        "{text}"
+    );
+    // Treated as any holder: /dev/null over its master, and it is not ended.
+    assert!(!holds_a_master(holder), "the impostor kept its master");
+    assert_healthy(holder);
+    new.type_line("print('I', 6 * 7)");
+    new.wait_for("I 42", WAIT);
+    exit_python(&new, py);
+    assert_healthy(holder);
+    drop(_holder);
+    let _ = child.wait();
+}
+
+/// Runs `harness` (python) in a mount namespace of its own with a private devpts
+/// instance on /dev/pts and /dev/ptmx, so the ptys it and fdgrab make are seen by
+/// nobody else; returns its output lines.
+fn in_private_devpts(harness: &str) -> Vec<String> {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "90",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts && \
+             mount --bind /dev/pts/ptmx /dev/ptmx && exec python3 -c \"$0\"",
+        )
+        .arg(harness)
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "harness failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn single_process_mode_never_leaves_a_process_without_a_terminal() {
+    if !ready() {
+        return;
+    }
+    // A hostile process, a session leader without a terminal, opens every new pty
+    // slave it sees: the first it gets open becomes its controlling terminal, and
+    // TIOCSCTTY on that pty fails for anyone else. Each target (a session leader,
+    // and a member of another's session) is moved with --single while it races.
+    let harness = format!(
+        r#"
+import os, pty, select, signal, sys, time
+fdgrab = '{fdgrab}'
+
+def tty_nr(pid):
+    return int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[4])
+
+def read_until(m, want, limit=20):
+    data, end = b'', time.time() + limit
+    while want not in data and time.time() < end:
+        if select.select([m], [], [], 0.2)[0]:
+            try:
+                d = os.read(m, 4096)
+            except OSError:
+                break
+            if not d:
+                break
+            data += d
+    return data
+
+for kind in ['leader', 'member']:
+    for attempt in range(3):
+        pid, tm = pty.fork()
+        if pid == 0:
+            if kind == 'leader':
+                os.execvp('python3', ['python3', '-q'])
+            os.execvp('sh', ['sh', '-c', 'python3 -q; true'])
+        read_until(tm, b'>>>')
+        target = pid
+        if kind == 'member':
+            target = int(open('/proc/%d/task/%d/children' % (pid, pid)).read().split()[0])
+        before = tty_nr(target)
+        go_r, go_w = os.pipe()
+        fpid, fm = pty.fork()
+        if fpid == 0:
+            os.read(go_r, 1)
+            os.execv(fdgrab, ['fdgrab', 'attach', '--single', str(target)])
+        seen = set(os.listdir('/dev/pts'))
+        hostile = os.fork()
+        if hostile == 0:
+            os.setsid()
+            end = time.time() + 20
+            while time.time() < end:
+                for n in os.listdir('/dev/pts'):
+                    if n not in seen:
+                        # Until it opens: a locked slave refuses (EIO) meanwhile.
+                        try:
+                            os.open('/dev/pts/' + n, os.O_RDWR)
+                            seen.add(n)
+                        except OSError:
+                            pass
+                time.sleep(0.0002)
+            os._exit(0)
+        time.sleep(0.1)
+        os.write(go_w, b'g')
+        out = read_until(fm, b'to detach')
+        time.sleep(0.2)
+        after = tty_nr(target)
+        alive = os.path.exists('/proc/%d' % target)
+        print('RESULT', kind, attempt, 'moved' if b'alone, moved' in out else 'refused',
+              before, after, alive, flush=True)
+        if b'alone, moved' not in out:
+            print('OUT', out, flush=True)
+        os.kill(hostile, signal.SIGKILL)
+        os.waitpid(hostile, 0)
+        try:
+            os.write(fm, b'\r~.')
+        except OSError:
+            pass
+        said = read_until(fm, b're-attach', 5)
+        for p in (target, pid, fpid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        # The keeper ends with the session; it must not outlive this test.
+        if b'held by process ' in said:
+            keeper = int(said.split(b'held by process ')[1].split(b')')[0])
+            def running(p):
+                try:
+                    return open('/proc/%d/stat' % p).read().rsplit(')', 1)[1].split()[0] != 'Z'
+                except OSError:
+                    return False
+            end = time.time() + 5
+            while running(keeper) and time.time() < end:
+                time.sleep(0.02)
+            if running(keeper):
+                print('KEEPER-LEFT', keeper, flush=True)
+                os.kill(keeper, signal.SIGKILL)
+        for p in (pid, fpid):
+            try:
+                os.waitpid(p, 0)
+            except OSError:
+                pass
+        os.close(tm)
+        os.close(fm)
+"#,
+        fdgrab = bin("fdgrab").display()
+    );
+    let lines = in_private_devpts(&harness);
+    eprintln!("{lines:#?}");
+    let results: Vec<&String> = lines.iter().filter(|l| l.starts_with("RESULT")).collect();
+    assert_eq!(results.len(), 6, "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("KEEPER-LEFT")),
+        "a keeper outlived its session: {lines:#?}"
+    );
+    for r in results {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        let (outcome, before, after, alive) = (f[3], f[4], f[5], f[6]);
+        assert_eq!(alive, "True", "{lines:#?}");
+        // Never without a controlling terminal: either on the new one or, refused,
+        // still on the old one.
+        assert_ne!(
+            after, "0",
+            "left without a controlling terminal: {lines:#?}"
+        );
+        match outcome {
+            "moved" => assert_ne!(after, before, "{lines:#?}"),
+            _ => assert_eq!(after, before, "{lines:#?}"),
+        }
+    }
+}
+
+#[test]
+fn a_holder_outside_the_session_ancestry_loses_the_master_too() {
+    if !ready() {
+        return;
+    }
+    // The emulator (the program's parent) forks a helper that keeps a copy of the
+    // master: a holder that is no ancestor of the session, found by the sweep of
+    // every process that follows the quick take from the ancestors.
+    let (mut child, ids) = python_emulator(
+        "helper = os.fork()\n\
+         if helper == 0:\n\
+         \x20   time.sleep(120)\n\
+         \x20   os._exit(0)\n\
+         extra = [helper]",
+    );
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let [py, helper] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _helper) = (KillOnDrop::new(py), KillOnDrop::new(helper));
+    assert!(holds_a_master(helper));
+
+    let new = attach_in("att-sweep", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        !holds_a_master(child.id() as i32),
+        "the emulator kept its master"
+    );
+    wait_until("the helper to lose its copy of the master", || {
+        !holds_a_master(helper)
+    });
+    assert_healthy(helper);
+    new.type_line("print('S', 6 * 7)");
+    new.wait_for("S 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+}
+
+#[test]
+fn an_ancestor_with_another_instances_pty_of_the_same_index_does_not_hide_the_holder() {
+    if !ready() {
+        return;
+    }
+    // The emulator (the program's parent) hands its master to a helper, closes its
+    // own, and opens ptys of a devpts instance of its own until it holds one with
+    // the program's index: the quick look at the ancestors finds only that one,
+    // which is not the program's, and the attach must go on to find the helper.
+    let dir = std::env::temp_dir().join(format!("fdgrab-devpts-anc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mount = format!(
+        "mount -t devpts -o newinstance,ptmxmode=0666 devpts {} && exec python3 -c \"$0\"",
+        dir.display()
+    );
+    let setup = format!(
+        "import fcntl, struct\n\
+         helper = os.fork()\n\
+         if helper == 0:\n\
+         \x20   time.sleep(120)\n\
+         \x20   os._exit(0)\n\
+         n = struct.unpack('I', fcntl.ioctl(m, 0x80045430, b'\\0' * 4))[0]\n\
+         os.close(m)\n\
+         keep = []\n\
+         while True:\n\
+         \x20   m = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+         \x20   keep.append(m)\n\
+         \x20   if struct.unpack('I', fcntl.ioctl(m, 0x80045430, b'\\0' * 4))[0] == n: break\n\
+         extra = [helper]",
+        d = dir.display()
+    );
+    let (mut child, ids) = python_emulator_under(
+        &["timeout", "120", "unshare", "-m", "sh", "-c", &mount],
+        &setup,
+    );
+    let emulator = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("python under timeout");
+    let _emulator = KillOnDrop::new(emulator);
+    let [py, helper] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _helper) = (KillOnDrop::new(py), KillOnDrop::new(helper));
+    assert!(holds_a_master(helper));
+
+    let new = attach_in("att-anc-inst", 100, 30, "", &py.to_string());
+    let text = new.wait_for("type Enter ~ . to detach", WAIT);
+    assert!(
+        text.contains(&format!("taken from {helper} (python3);")),
+        "{text}"
+    );
+    assert!(!holds_a_master(helper), "the helper kept the master");
+    assert!(
+        holds_a_master(emulator),
+        "the other instance's pty was taken from the emulator"
+    );
+    new.type_line("print('A', 6 * 7)");
+    new.wait_for("A 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// `O_NONBLOCK` in the status flags of `fd` of `pid` (`/proc/PID/fdinfo`).
+fn nonblocking(pid: i32, fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or_else(|| panic!("no flags in /proc/{pid}/fdinfo/{fd}: {info:?}"));
+    flags & libc::O_NONBLOCK as u32 != 0
+}
+
+#[test]
+fn the_shell_never_finds_its_terminal_non_blocking_even_after_a_kill() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-nonblock-old");
+    // The status flags of a terminal belong to its open file description, which
+    // fdgrab shares with the shell it runs in: after fdgrab, the shell asks.
+    let new = Tmux::start(
+        "att-nonblock-new",
+        100,
+        30,
+        &format!(
+            "{} attach {py}; python3 -c \"import fcntl, os; print('NONBLOCK', *(fcntl.fcntl(f, \
+             fcntl.F_GETFL) & os.O_NONBLOCK for f in (0, 1)))\"; stty sane; exec sleep 600",
+            bin("fdgrab").display()
+        ),
+    );
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let fdgrab = children(new.pane_pid())
+        .into_iter()
+        .find(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n == "fdgrab\n")
+        })
+        .expect("fdgrab under the pane's shell");
+    let _fdgrab = KillOnDrop::new(fdgrab);
+    // Output flowing, so the relay is in its loop.
+    new.type_line("print('N', x + 1)");
+    new.wait_for("N 42", WAIT);
+    for fd in [0, 1] {
+        assert!(
+            !nonblocking(fdgrab, fd),
+            "fdgrab's fd {fd} (its terminal) is non-blocking while attached"
+        );
+    }
+    // Nothing can put flags back after SIGKILL: they must never have been changed.
+    signal(fdgrab, "KILL");
+    let text = new.wait_for("NONBLOCK ", WAIT);
+    assert!(text.contains("NONBLOCK 0 0"), "{text}");
+}
+
+/// A python emulator whose fork execs fdgrab's executable as `exe` (named `argv0`),
+/// running `fdgrab cat --consume` of a pipe of its own (a command that blocks)
+/// with the fds in `fds` ("python expression" -> number) arranged first. The
+/// session is attached; that process must lose its copy of the master.
+fn our_executable_holding_the_master_loses_it(
+    tag: &str,
+    exe: &std::path::Path,
+    argv0: &str,
+    fds: &[(&str, i32)],
+) {
+    let (from, to): (Vec<&str>, Vec<String>) = fds.iter().map(|(e, n)| (*e, n.to_string())).unzip();
+    let setup = format!(
+        "import fcntl, socket\n\
+         other = os.fork()\n\
+         if other == 0:\n\
+         \x20   a, b = socket.socketpair()\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   high = [fcntl.fcntl(f, fcntl.F_DUPFD, 40) for f in (r, w, {from})]\n\
+         \x20   for f, to in zip(high, (20, 21, {to})):\n\
+         \x20       os.dup2(f, to)\n\
+         \x20       os.set_inheritable(to, True)\n\
+         \x20   os.execv('{exe}', ['{argv0}', 'cat', '--consume', str(os.getpid()), '20'])\n\
+         extra = [other]",
+        from = from.join(", "),
+        to = to.join(", "),
+        exe = exe.display()
+    );
+    let (mut child, ids) = python_emulator(&setup);
+    let _emulator = KillOnDrop::new(child.id() as i32);
+    let [py, other] = ids[..] else {
+        panic!("emulator said {ids:?}");
+    };
+    let (_py, _other) = (KillOnDrop::new(py), KillOnDrop::new(other));
+    let comm = format!("{argv0}\n");
+    wait_until("fdgrab's executable to hold the master", || {
+        std::fs::read_to_string(format!("/proc/{other}/comm")).is_ok_and(|c| c == comm)
+            && holds_a_master(other)
+    });
+
+    let new = attach_in(tag, 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let deadline = Instant::now() + WAIT;
+    while !gone(other) && holds_a_master(other) {
+        assert!(
+            Instant::now() < deadline,
+            "process {other} ({argv0}) kept the master:\n{}",
+            new.capture()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    new.type_line("print('O', 6 * 7)");
+    new.wait_for("O 42", WAIT);
+    exit_python(&new, py);
+    drop(_emulator);
+    let _ = child.wait();
+}
+
+#[test]
+fn a_holder_running_our_own_binary_as_fdgrab_keep_is_not_trusted_with_the_master() {
+    if !ready() {
+        return;
+    }
+    // Everything the keeper check looks at, made without being a keeper: the
+    // emulator's fork creates a socket pair itself (SO_PEERCRED names it), puts an
+    // end at fd 5 (the other at 22) and the master at fd 3, and execs fdgrab
+    // through a link named fdgrab-keep (same executable, that comm).
+    let dir = std::env::temp_dir().join(format!("fdgrab-impostor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("fdgrab-keep");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin("fdgrab"), &link).expect("symlink");
+    our_executable_holding_the_master_loses_it(
+        "att-impostor-exe",
+        &link,
+        "fdgrab-keep",
+        &[("m", 3), ("b.fileno()", 5), ("a.fileno()", 22)],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_holder_running_our_own_binary_outside_the_session_ancestry_loses_the_master() {
+    if !ready() {
+        return;
+    }
+    // Not an attach (no attach lock is held for this session), merely our
+    // executable holding the master: the sweep after the quick take must not
+    // leave it the master because it runs fdgrab.
+    our_executable_holding_the_master_loses_it(
+        "att-own-exe",
+        &bin("fdgrab"),
+        "fdgrab",
+        &[("m", 3)],
+    );
+}
+
+/// The lines of `t`'s pane, its history included, that are a number alone.
+fn numbers_in(t: &Tmux) -> Vec<String> {
+    let out = t.run(&["capture-pane", "-p", "-J", "-S", "-"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_program_writing_all_along_loses_and_repeats_nothing_across_detach_and_reattach() {
+    if !ready() {
+        return;
+    }
+    // Counts without pause between short sleeps: the detach and the re-attach both
+    // fall in the middle of its output.
+    let old = Tmux::start(
+        "att-stream-old",
+        80,
+        24,
+        "exec python3 -c 'import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.003)'",
+    );
+    let writer = old.pane_pid();
+    let _writer = KillOnDrop::new(writer);
+    old.wait_for("\n5\n", WAIT);
+
+    let first = attach_in("att-stream-a", 60, 30, "", &writer.to_string());
+    wait_until("output through the first attach", || {
+        numbers_in(&first).len() > 50
+    });
+    first.type_text("~.");
+    let text = expect_exit(&first, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+    // Written while detached: kept by the keeper (far less than its 64 KiB).
+    std::thread::sleep(Duration::from_millis(400));
+    let second = attach_in("att-stream-b", 60, 30, "", &writer.to_string());
+    wait_until("output through the second attach", || {
+        numbers_in(&second).len() > 200
+    });
+    let (a, b) = (numbers_in(&first), numbers_in(&second));
+    // A line the detach cut in two ends the first pane and starts the second.
+    let mut all: Vec<String> = a.clone();
+    let mut rest = &b[..];
+    if let (Some(last), Some(head)) = (a.last(), b.first()) {
+        let prev: Option<u64> = a.len().checked_sub(2).and_then(|i| a[i].parse().ok());
+        let joined = format!("{last}{head}");
+        if prev.is_some_and(|p| joined.parse::<u64>().ok() == Some(p + 1)) {
+            all.pop();
+            all.push(joined);
+            rest = &b[1..];
+        }
+    }
+    all.extend(rest.iter().cloned());
+    let n: Vec<u64> = all.iter().filter_map(|s| s.parse().ok()).collect();
+    for w in n.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "output lost or repeated around {}: first pane ended {:?}, second began {:?}",
+            w[0],
+            &a[a.len().saturating_sub(3)..],
+            &b[..b.len().min(3)]
+        );
+    }
+    second.type_text("~.");
+    let text = expect_exit(&second, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
 }

@@ -759,6 +759,16 @@ fn detach_leaves_a_supervisor_for_the_new_servers_life() {
     old.wait_exit(TIMEOUT);
     assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(2));
     assert!(process_exists(sup), "the supervisor did not stay");
+    // It holds what supervising needs, and nothing fdgrab held for itself: no
+    // signalfd, no pidfd of the old or the new server, no taken socket.
+    let strays: Vec<String> = fd_links(sup)
+        .into_iter()
+        .filter(|l| l.contains("signalfd") || l.contains("[pidfd]") || l.starts_with("socket:"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "the detached supervisor keeps {strays:?}"
+    );
     let blocked = fdgrab_testkit::status_field(sup, "SigBlk").expect("SigBlk");
     assert_eq!(
         u64::from_str_radix(blocked.trim(), 16).ok(),
@@ -1094,4 +1104,13 @@ fn failure_after_a_non_blocking_bind_leaves_a_blocking_old_server_serving() {
         vec![Probe::Http(addr(ip, port))],
         "exited (exit status 4) before it was ready",
     );
+}
+
+/// The targets of a process's fd links.
+fn fd_links(pid: i32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect()
 }

@@ -537,6 +537,29 @@ fn python_target(script: &str) -> Target {
     Target::spawn_cmd(cmd)
 }
 
+/// The fd numbers in `/proc/PID/fd`, ascending: the truth for an idle target.
+fn proc_fd_numbers(pid: i32) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The FD column of a one-process `ls` table (the number without its mode
+/// letter), row by row.
+fn table_fd_numbers(stdout: &[u8]) -> Vec<i64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fd = l.split_whitespace().next()?;
+            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
+        })
+        .collect()
+}
+
 /// The fd numbers of a process's entry in an `ls --json` document, in order.
 fn fd_numbers(doc: &Value) -> Vec<i64> {
     doc["fds"]
@@ -567,14 +590,7 @@ sys.stdin.read()
 "#;
     let t = python_target(SPARSE);
     let far = t.report["far"].as_i64().expect("far");
-    let truth: Vec<i64> = {
-        let mut v: Vec<i64> = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
-            .expect("fd dir")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        v.sort_unstable();
-        v
-    };
+    let truth = proc_fd_numbers(t.pid);
     assert!(truth.len() > 600 && truth.contains(&far), "{}", truth.len());
     let doc = ls_json(t.pid);
     assert_eq!(fd_numbers(&doc), truth);
@@ -617,17 +633,75 @@ sys.stdin.read()
     let out = run_fdgrab(["ls", &t.pid.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    let fds_in_table: Vec<i64> = rows
-        .iter()
-        .filter_map(|l| {
-            let fd = l.split_whitespace().next()?;
-            fd.trim_end_matches(['r', 'w', 'u']).parse().ok()
-        })
-        .collect();
+    let fds_in_table = table_fd_numbers(&out.stdout);
     assert_eq!(fds_in_table, fd_numbers(&doc));
     let listening = format!("127.0.0.1:{port} (LISTEN)");
     assert_eq!(
         rows.iter().filter(|l| l.ends_with(&listening)).count(),
         2101
     );
+}
+
+/// The `many` target's files go away with it: when the test kills it (dropping
+/// its `Target`) and when it ends on its own at EOF on stdin.
+#[test]
+fn the_many_target_leaves_no_files_behind() {
+    let killed = Target::spawn(["many", "40"]);
+    let dir = std::path::PathBuf::from(killed.report["dir"].as_str().expect("dir"));
+    assert!(dir.is_dir());
+    drop(killed);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    let mut ended = Target::spawn(["many", "40"]);
+    let dir = std::path::PathBuf::from(ended.report["dir"].as_str().expect("dir"));
+    drop(ended.stdin.take());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while ended.child.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "target did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Tables of exactly 255 to 258 fds (the 256 at which the listing switches to
+/// ranges read on several threads) and 2,047 to 2,049 (the 2,048 rows from which
+/// the table is formatted on every core): the JSON gives exactly /proc's fds, and
+/// the table one row per fd, in the same order.
+#[test]
+fn ls_at_the_sizes_where_the_listing_changes_strategy() {
+    const SIZED: &str = r#"
+import json, os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = []
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    want = int(line)
+    while True:
+        have = len(os.listdir("/proc/self/fd")) - 1  # listdir's own fd
+        if have < want:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        elif have > want:
+            os.close(held.pop())
+        else:
+            break
+    print(have, flush=True)
+"#;
+    let mut t = python_target(SIZED);
+    for size in [255usize, 256, 257, 258, 2047, 2048, 2049] {
+        use std::io::Write;
+        let stdin = t.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{size}").expect("ask for a size");
+        stdin.flush().expect("flush");
+        let line = fdgrab_testkit::read_line_timeout(t.stdout.as_mut().expect("stdout"), TIMEOUT)
+            .expect("size reached");
+        assert_eq!(line.trim(), size.to_string());
+        let truth = proc_fd_numbers(t.pid);
+        assert_eq!(truth.len(), size);
+        let doc = ls_json(t.pid);
+        assert_eq!(fd_numbers(&doc), truth, "{size} fds");
+        let out = run_fdgrab(["ls", &t.pid.to_string()]);
+        assert!(out.status.success());
+        assert_eq!(table_fd_numbers(&out.stdout), truth, "table of {size} fds");
+    }
 }

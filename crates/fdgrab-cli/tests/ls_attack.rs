@@ -358,3 +358,243 @@ ctypes.CDLL(None).syscall(60, 0)  # exit(2): the leader thread alone
         }
     }
 }
+
+/// `fdgrab ls ARGS` as uid/gid 65534, with a timeout.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args).uid(65534).gid(65534);
+    output_timeout(&mut cmd, TIMEOUT)
+}
+
+/// setpriv options for uid 65534 without capabilities, and with one.
+const NOBODY: &str = "--reuid=65534 --regid=65534 --clear-groups";
+const CAPPED: &str = "--reuid=65534 --regid=65534 --clear-groups \
+                      --inh-caps=+net_bind_service --ambient-caps=+net_bind_service";
+
+/// A process of the caller's own uid that holds a capability the caller lacks: its
+/// `/proc/PID/fd` directory opens and lists (same owner), but every link and stat
+/// through it is refused (ptrace read access needs the caller's capabilities to
+/// cover the target's). A narrowing query must report it as unreadable, as the
+/// plain listing does, not pass it over as a process without a match.
+#[test]
+fn a_narrowing_query_reports_a_process_it_may_not_read() {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(CAPPED.split(' '))
+        .arg(fdgrab_testkit::bin("fdgrab-target"))
+        .arg("zoo");
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let file = t.report["fds"]
+        .as_array()
+        .and_then(|fds| fds.iter().find(|e| e["label"] == "file"))
+        .and_then(|e| e["path"].as_str())
+        .expect("the zoo's file")
+        .to_string();
+    let f = file.as_str();
+    // The truth: the plain listing may not read it (4), and names it.
+    let plain = as_nobody(&[&pid]);
+    assert_eq!(plain.status.code(), Some(4), "{plain:?}");
+    for filter in [
+        &["--path", f][..],
+        &["--deleted"],
+        &["--port", "1"],
+        &["--type", "file"],
+    ] {
+        let mut args = vec![&pid[..]];
+        args.extend_from_slice(filter);
+        args.push("--pids");
+        let out = as_nobody(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "ls {args:?}: {err}");
+        assert!(err.contains(&pid), "ls {args:?}: {err}");
+    }
+    // System-wide, in a pid namespace of its own so that the count is exact: its
+    // init (root's sh) and the capable process are both skipped as unreadable.
+    let script = format!(
+        "setpriv {CAPPED} sleep 30 & sleep 0.3; \
+         for q in '--port 1' '--deleted' '--path /dev/null'; do \
+           setpriv {NOBODY} {fg} ls $q --pids; echo \"rc=$?\"; \
+         done; kill $!",
+        fg = fdgrab_testkit::bin("fdgrab").display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "rc=1\n".repeat(3),
+        "{err}"
+    );
+    let want = "fdgrab: skipped 2 processes: 2 permission denied\n";
+    assert_eq!(err, want.repeat(3));
+    if let Some(dir) = t.report["dir"].as_str() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A zombie named on the command line has exited: `ls ZPID` says so (exit 5), and
+/// a filter must not turn that into "nothing matched" (exit 1) or an empty success.
+#[test]
+fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
+    let mut child = Command::new("true").spawn().expect("true");
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .ok()
+        .flatten()
+        != Some(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "no zombie");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let file = std::env::current_exe().expect("exe");
+    let f = file.to_str().expect("utf8");
+    for filter in [
+        &[][..],
+        &["--path", f],
+        &["--deleted"],
+        &["--port", "1"],
+        &["--type", "file"],
+    ] {
+        for pids_only in [false, true] {
+            let mut args = vec!["ls", &pid[..]];
+            args.extend_from_slice(filter);
+            if pids_only {
+                args.push("--pids");
+            }
+            let out = output_timeout(fdgrab_testkit::fdgrab().args(&args), TIMEOUT);
+            assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains(&pid[..]));
+        }
+    }
+    child.wait().expect("reap");
+}
+
+/// A table that changes while it is read: two threads dup2 into the holes of a
+/// sparse table and close them again, and now and then close_range a stretch,
+/// growing and shrinking it across 128-fd block boundaries. Each listing must still
+/// hold every fd that stayed open throughout, exactly once, in order (fds that
+/// come and go may or may not appear).
+#[test]
+fn a_table_changing_during_the_listing_keeps_every_stable_fd_once() {
+    const CHURN: &str = r#"
+import json, os, random, resource, sys, threading
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+null = os.open("/dev/null", os.O_RDONLY)
+stable = {null}
+for b in range(1, 12):
+    for n in (b * 128 - 1, b * 128, b * 128 + 1, b * 128 + 127):
+        if n > null:
+            stable.add(os.dup2(null, n))
+stable.update(os.dup2(null, n) for n in range(300, 600, 2))
+churn = [n for n in range(128, 2000) if n not in stable]
+def spin(seed):
+    r = random.Random(seed)
+    while True:
+        try: os.dup2(null, r.choice(churn))
+        except OSError: pass
+        try: os.close(r.choice(churn))
+        except OSError: pass
+        if r.random() < 0.001:
+            os.closerange(1600, 2000)  # close_range(2); no stable fd there
+for seed in (1, 2):
+    threading.Thread(target=spin, args=(seed,), daemon=True).start()
+print(json.dumps({"stable": sorted(stable)}), flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CHURN]);
+    let t = Target::spawn_cmd(cmd);
+    let stable: Vec<i64> = t.report["stable"]
+        .as_array()
+        .expect("stable")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    let pid = t.pid.to_string();
+    for round in 0..8 {
+        let doc = ls_json(&[&pid]);
+        let fds: Vec<i64> = doc["processes"][0]["fds"]
+            .as_array()
+            .expect("fds")
+            .iter()
+            .filter_map(|e| e["fd"].as_i64())
+            .collect();
+        // Above 256 fds the table is read range by range, on several threads.
+        assert!(fds.len() > 256, "round {round}: only {} fds", fds.len());
+        assert!(
+            fds.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: order or duplicates"
+        );
+        let missing: Vec<&i64> = stable.iter().filter(|n| !fds.contains(n)).collect();
+        assert!(missing.is_empty(), "round {round}: missing {missing:?}");
+        // The table and --pids through a narrowing query, the same way.
+        let mut cmd = fdgrab_testkit::fdgrab();
+        cmd.args(["ls", &pid, "--type", "chr"]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        assert!(out.status.success(), "{out:?}");
+        let rows: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .next()?
+                    .trim_end_matches(['r', 'w', 'u'])
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(
+            rows.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: table order"
+        );
+        assert!(
+            stable.iter().all(|n| rows.contains(n)),
+            "round {round}: table misses a stable fd"
+        );
+    }
+}
+
+/// In a new pid namespace that kept its parent's /proc (`unshare --pid --fork`
+/// without `--mount-proc`), a pid means one process to pidfd_open and another in
+/// /proc: `ls PID` described the parent namespace's process of that number (its
+/// name, its fds) as if it were the one asked for. Refused with the reason now,
+/// once for a whole run; with a /proc of its own the same listing is right.
+#[test]
+fn a_proc_of_another_pid_namespace_is_refused_not_misread() {
+    let fg = fdgrab_testkit::bin("fdgrab");
+    let fg = fg.display();
+    let holder = format!(
+        "sleep 30 3</dev/null & {fg} ls $! --fd 3 --json; echo \"rc=$?\"; \
+         {fg} ls --pids; echo \"rc=$?\"; kill $!"
+    );
+    for (mount_proc, ok) in [(false, false), (true, true)] {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork"]);
+        if mount_proc {
+            cmd.arg("--mount-proc");
+        }
+        cmd.args(["sh", "-c", &holder]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            let doc: Value =
+                serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("json");
+            let p = &doc["processes"][0];
+            assert_eq!(p["command"], "sleep", "{stdout}");
+            assert_eq!(p["fds"][0]["link"], "/dev/null", "{stdout}");
+            assert!(stdout.contains("rc=0\n"), "{stdout} {err}");
+        } else {
+            assert_eq!(stdout, "rc=1\nrc=1\n", "{err}");
+            assert_eq!(err.matches("another pid namespace").count(), 2, "{err}");
+        }
+    }
+}

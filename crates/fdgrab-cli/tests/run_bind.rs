@@ -502,6 +502,64 @@ fn run_forbidden_privileged_port_never_succeeds() {
     assert_eq!(ok["errno"], 0, "{ok}");
 }
 
+/// Only TCP and UDP sockets are bound by the supervisor: a stream socket that is
+/// MPTCP, a datagram socket that is UDP-Lite and a raw socket of protocol TCP all
+/// go back to the kernel, even where the policy allows the port.
+#[test]
+fn run_binds_only_tcp_and_udp_sockets() {
+    if !root_or_skip() {
+        return;
+    }
+    let allow = ["--allow-bind", "97@127.66.0.1"];
+    for kind in ["mptcp4", "udplite4"] {
+        let v = probe_run(&allow, &["bind", kind, "127.66.0.1", "97"]);
+        if v.get("socket_errno").is_some() {
+            fdgrab_testkit::skip(&format!("this kernel cannot make an {kind} socket: {v}"));
+            continue;
+        }
+        assert_eq!(v["errno"], libc::EACCES, "{kind}: {v}");
+        assert_eq!(v["port"], 0, "{kind}: {v}");
+    }
+    // A raw socket needs CAP_NET_RAW: the program runs as root, and the audit line
+    // shows who decided.
+    let dir = TempDir::new("raw");
+    let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
+    let p = probe();
+    let mut c = fdgrab();
+    c.args([
+        "run",
+        "--allow-bind",
+        "97@127.66.0.1",
+        "--audit",
+        &audit,
+        "--",
+    ])
+    .args([p.as_str(), "bind", "raw4tcp", "127.66.0.1", "97"]);
+    let v = parse_last(&output_timeout(&mut c, TIMEOUT));
+    assert_eq!(v["errno"], 0, "the kernel binds a raw socket for root: {v}");
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    let line: Value =
+        serde_json::from_str(text.lines().last().expect("an audit line")).expect("json");
+    assert_eq!(line["decision"], "continue", "{line}");
+    assert_eq!(line["reason"], "not a TCP or UDP socket", "{line}");
+}
+
+/// An IPv6 UDP socket turned IPv4 by `IPV6_ADDRFORM` keeps its protocol name
+/// (`UDPv6`) but is an IPv4 socket now; once disconnected it is unbound again,
+/// and an allowed IPv4 bind of it must succeed as it does for root.
+#[test]
+fn run_binds_an_ipv6_socket_turned_ipv4() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(&["--allow-bind", "udp:98@127.66.0.1"], &["addrform", "98"]);
+    assert_eq!(v["inet"], true, "IPV6_ADDRFORM made it an IPv4 socket: {v}");
+    assert_eq!(v["errno"], 0, "the policy allows udp:98: {v}");
+    assert_eq!(v["port"], 98, "{v}");
+    let plain = probe_unsupervised(&["addrform", "98"]);
+    assert_eq!(plain["errno"], libc::EACCES, "without fdgrab: {plain}");
+}
+
 #[test]
 fn run_64_threads_10000_binds() {
     if !root_or_skip() {
@@ -562,6 +620,27 @@ fn run_sigurg_storm_during_binds() {
     assert!(
         v["signals"].as_u64().unwrap_or(0) > 1000,
         "the storm must actually happen: {v}"
+    );
+}
+
+/// Without `SA_RESTART` a signal makes a supervised bind fail `EINTR` (an
+/// unsupervised one never does), possibly after fdgrab bound the socket. A retry
+/// on the same socket is then answered 0, never `EINVAL`, and every bind ends
+/// with the socket on the port.
+#[test]
+fn run_bind_interrupted_without_sa_restart_then_retried() {
+    if !root_or_skip() {
+        return;
+    }
+    let v = probe_run(
+        &["--allow-bind", "tcp:166@127.66.0.1"],
+        &["eintr", "3000", "166"],
+    );
+    assert_eq!(v["bad"], 0, "{v}");
+    assert_eq!(v["ok"], 3000, "{v}");
+    assert!(
+        v["interrupted"].as_u64().unwrap_or(0) > 0,
+        "the storm must interrupt some binds: {v}"
     );
 }
 
@@ -958,4 +1037,163 @@ fn run_uses_the_sockets_netns_port_threshold() {
     assert_eq!(lines[2]["decision"], "bind", "{lines:?}");
     assert_eq!(lines[3]["errno"], 0, "{lines:?}");
     assert_eq!(lines[3]["port"], 65, "{lines:?}");
+}
+
+/// Whether this kernel is at least `major.minor` (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
+/// The caller's netns is read from kept `/proc/TID/ns/net` links and its fds through
+/// cached thread pidfds. A thread that moved into a netns of its own after a bind
+/// (so its link is kept) is judged in the new netns; and threads of that moved
+/// process that are given tids earlier binding threads had (cached links and
+/// pidfds of exited threads) are judged as themselves: binding a socket of the
+/// first netns is the kernel's EACCES every time, binding one of their own netns
+/// succeeds. Tids wrap within the test in a pid namespace of its own with a
+/// `pid_max` of 1000 (per pid namespace since Linux 6.14).
+#[test]
+fn run_netns_identity_survives_moves_and_tid_reuse() {
+    if !root_or_skip() {
+        return;
+    }
+    if !kernel_at_least(6, 14) {
+        // Before 6.14 pid_max is global: the test must not lower the host's.
+        fdgrab_testkit::skip("a pid_max of a pid namespace's own needs Linux 6.14");
+        return;
+    }
+    let f = bin("fdgrab").to_string_lossy().into_owned();
+    let p = probe();
+    let script = format!(
+        "echo 1000 > /proc/sys/kernel/pid_max && exec {f} run --user nobody \
+         --allow-bind tcp:164-165@127.66.0.1 -- {p} netns-tid-reuse 100 3000 164"
+    );
+    let out = output_timeout(
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]),
+        Duration::from_secs(150),
+    );
+    let v = parse_last(&out);
+    if v.get("unshare_errno").is_some() {
+        fdgrab_testkit::skip(&format!("no user namespace for uid 65534: {v}"));
+        return;
+    }
+    assert_eq!(v["marked"], 100, "the first threads bind: {v}");
+    assert_eq!(v["before"], 0, "the child binds before moving: {v}");
+    assert_eq!(
+        v["moved"],
+        libc::EACCES,
+        "the moved thread's old socket: {v}"
+    );
+    let hits = v["hits"].as_u64().unwrap_or(0);
+    assert!(hits > 0, "some tids must come back: {v}");
+    assert_eq!(v["refused"].as_u64(), Some(hits), "{v}");
+    assert_eq!(v["wrong"], 0, "{v}");
+    assert_eq!(
+        v["old_port"], 0,
+        "the first netns's socket stays unbound: {v}"
+    );
+    assert_eq!(
+        v["guest_ok"].as_u64(),
+        Some(hits),
+        "their own netns's binds: {v}"
+    );
+}
+
+/// The fd of a trapped bind need not be a socket: here it is a file on a FUSE
+/// file system whose server is slow to answer. fdgrab must learn that it is not a
+/// socket without asking the file's file system anything (an extended attribute
+/// read goes to the FUSE server, which then holds the supervisor, and with it
+/// every other bind of the program), and leave the call to the kernel (ENOTSOCK).
+#[test]
+fn run_bind_of_a_fuse_file_never_reaches_its_file_system() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("run") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    let v = probe_run(
+        &["--allow-bind", "tcp:167-168@127.66.0.1"],
+        &["file-bind", &fs.file(), "167"],
+    );
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    assert_eq!(v["other_errno"], 0, "{v}");
+    assert_eq!(
+        fs.slow_requests(),
+        0,
+        "fdgrab asked the FUSE server about the file: {v}"
+    );
+    // A port the policy does not allow, audited: the audit line's protocol is
+    // looked up without asking the file's file system either.
+    let dir = TempDir::new("fuse-audit");
+    let audit = dir.path("a.jsonl").to_string_lossy().into_owned();
+    let v = probe_run(
+        &["--allow-bind", "tcp:168@127.66.0.1", "--audit", &audit],
+        &["file-bind", &fs.file(), "169"],
+    );
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    assert_eq!(fs.slow_requests(), 0, "audited: {v}");
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    assert!(text.contains("\"port\":169"), "{text}");
+}
+
+/// Audit lines that waited because the audit FIFO was full reach it once its
+/// reader catches up, even when the program binds nothing more: `run`'s serving
+/// thread sleeps in RECV, so someone else must push the queue out.
+#[test]
+fn run_audit_queue_drains_without_further_binds() {
+    use fdgrab_testkit::oci::{line_count, one_page_fifo_reader, read_until};
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("audit-drain");
+    let fifo = dir.path("audit.fifo");
+    // One page of pipe: a handful of lines fill it, the rest waits in the queue.
+    let mut reader = one_page_fifo_reader(&fifo);
+    const BINDS: usize = 60;
+    // Each bind on its own address, then the program stays, binding nothing.
+    let script = format!(
+        "import socket,sys,time\n\
+         for i in range({BINDS}):\n\
+         \x20   s=socket.socket(); s.bind(('127.84.0.%d' % (i+1), 97)); s.close()\n\
+         print('bound', flush=True)\n\
+         sys.stdin.read()\n"
+    );
+    let mut child = run_cmd(
+        &["--allow-bind", "tcp:97", "--audit", &fifo.to_string_lossy()],
+        &[python(), "-c", &script],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn fdgrab run");
+    let _g = Guard(child.id());
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = read_line_timeout(&mut out, TIMEOUT).expect("the program's binds");
+    assert_eq!(line.trim(), "bound");
+    let mut text = Vec::new();
+    read_until(&mut reader, &mut text, |t| line_count(t) >= BINDS);
+    let addresses: Vec<String> = std::str::from_utf8(&text)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("torn {l:?}: {e}"));
+            v["address"].as_str().expect("address").to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (1..=BINDS).map(|i| format!("127.84.0.{i}")).collect();
+    assert_eq!(
+        addresses, want,
+        "queued audit lines stayed in fdgrab run, or came torn or out of order"
+    );
+    drop(child.stdin.take());
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab run exits");
+    assert!(st.success(), "{st:?}");
 }

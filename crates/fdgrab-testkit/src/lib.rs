@@ -5,17 +5,19 @@
 pub mod bench;
 pub mod containers;
 pub mod cri;
+pub mod fuse;
 pub mod handover;
 pub mod oci;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp_oracle;
 pub mod tmux;
+pub mod uffd;
 
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,8 +126,23 @@ impl Drop for Target {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The files of a `many` target are the test's, through this handle: a
+        // killed target cannot remove them itself.
+        if let Some(dir) = self.report["dir"].as_str().map(Path::new) {
+            let ours = dir.parent() == Some(std::env::temp_dir().as_path())
+                && dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(MANY_DIR_PREFIX));
+            if ours {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
+
+/// How the directory of a `many` target's files is named in the temp dir.
+pub const MANY_DIR_PREFIX: &str = "fdgrab-many-";
 
 /// Reads one line, failing after `timeout`.
 pub fn read_line_timeout<R: Read + AsFd>(

@@ -703,6 +703,29 @@ impl AgentProc {
         out
     }
 
+    /// The number `"NAME":N` in the state line the agent logs on SIGUSR1 (one
+    /// signal, waiting for the line it causes).
+    pub fn state_number(&self, name: &str) -> u64 {
+        const LINE: &str = "SIGUSR1: agent state";
+        let pid = rustix::process::Pid::from_raw(self.pid).expect("pid");
+        let seen = self.log.text().matches(LINE).count();
+        rustix::process::kill_process(pid, rustix::process::Signal::USR1).expect("kill");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.log.text();
+            if let Some(line) = log.lines().filter(|l| l.contains(LINE)).nth(seen) {
+                return line
+                    .split(&format!("\"{name}\":"))
+                    .nth(1)
+                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {line}"));
+            }
+            assert!(Instant::now() < deadline, "no state line: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The agent's open descriptors, counted in `/proc/PID/fd`.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))
@@ -824,6 +847,14 @@ impl FakeTenant {
         FakeTenant::spawn_command(cmd, socket, id)
     }
 
+    /// Like [`FakeTenant::spawn_at`], sending its document in two writes 20 ms
+    /// apart, the listener with the second (`FAKE_TENANT_SPLIT`).
+    pub fn spawn_split(socket: &Path, id: &str) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        cmd.env("FAKE_TENANT_SPLIT", "1");
+        FakeTenant::spawn_command(cmd, socket, id)
+    }
+
     fn spawn_command(mut cmd: Command, socket: &Path, id: &str) -> FakeTenant {
         let mut child = cmd
             .arg(socket)
@@ -908,6 +939,51 @@ pub fn mkfifo(path: &Path) {
         0,
     )
     .expect("mkfifo");
+}
+
+/// Makes a FIFO at `path` and opens it for reading without blocking, its pipe
+/// shrunk to one page, so that a few audit lines fill it.
+pub fn one_page_fifo_reader(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    mkfifo(path);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("FIFO reader");
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    let size = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ");
+    reader
+}
+
+/// Appends what the non-blocking `reader` can get now.
+pub fn drain_nonblocking(reader: &mut std::fs::File, text: &mut Vec<u8>) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("reading a FIFO: {e}"),
+        }
+    }
+}
+
+/// Reads the non-blocking `reader` into `text` until `done(text)`, for at most
+/// 10 s.
+pub fn read_until(reader: &mut std::fs::File, text: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(text) && Instant::now() < deadline {
+        drain_nonblocking(reader, text);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Counts the lines of `text`.
+pub fn line_count(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// A bundle spec for busybox httpd on port 80 in `ns`, its bind sent to the agent

@@ -5,8 +5,10 @@
 //!    `RECV`/`SEND` loop, with and without `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`.
 //! 2. The added cost of one intercepted privileged bind: the median iteration of a
 //!    socket/setsockopt/bind/close loop on 127.66.0.1:80 under `fdgrab run --user
-//!    nobody`, minus the same loop as root without a supervisor. Goal: at most 1.5×
-//!    the SYNC_WAKE_UP round trip. nsjail publishes 88 µs per notified call.
+//!    nobody`, minus the same loop as root without a supervisor. Goal: at most 1.8×
+//!    the SYNC_WAKE_UP round trip. nsjail publishes 88 µs per notified call. The
+//!    same loop under a policy with `netns = "any"` shows what the netns check
+//!    (reading the caller's `/proc/TID/ns/net` link) costs of that.
 //! 3. Untrapped calls: a `getppid` loop under `fdgrab run` against the same loop
 //!    without it. Goal: at most 1.05×.
 //!
@@ -67,9 +69,19 @@ fn main() {
         "tcp:80@127.66.0.1",
         "--",
     ];
+    // The same rule with the netns check lifted, to show its share.
+    let dir = std::env::temp_dir().join(format!("fdgrab-bench-bind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let any_netns = dir.join("any-netns.toml");
+    std::fs::write(
+        &any_netns,
+        "netns = \"any\"\nallow = [\"tcp:80@127.66.0.1\"]\n",
+    )
+    .expect("policy file");
+    let any_args = ["run", "--user", "nobody", "--policy"];
     // Rounds interleave every measurement, so load from other processes on the
     // machine hits them alike; medians of the rounds are reported.
-    let mut rounds: Vec<[f64; 5]> = Vec::new();
+    let mut rounds: Vec<[f64; 6]> = Vec::new();
     for _ in 0..ROUNDS {
         let slow = roundtrip_ns(false, false);
         let sync = roundtrip_ns(true, false);
@@ -80,14 +92,24 @@ fn main() {
             &loops,
             "80",
         ]));
-        rounds.push([slow, sync, sync_epoll, root, supervised]);
+        let any = median_ns(
+            Command::new(&fdgrab)
+                .args(any_args)
+                .arg(&any_netns)
+                .arg("--")
+                .arg(&probe)
+                .args(["loop-bind", &loops, "80"]),
+        );
+        rounds.push([slow, sync, sync_epoll, root, supervised, any]);
     }
+    let _ = std::fs::remove_dir_all(&dir);
     let col = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
     let added_each: Vec<f64> = rounds.iter().map(|r| (r[4] - r[3]) / r[1]).collect();
     let (lo, hi) = added_each
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    let (slow, sync, sync_epoll, root, supervised) = (col(0), col(1), col(2), col(3), col(4));
+    let (slow, sync, sync_epoll, root, supervised, any) =
+        (col(0), col(1), col(2), col(3), col(4), col(5));
     println!("bare notify round trip (raw ioctls, answered at once), median of {ROUNDS} rounds:");
     println!("  plain getppid, no filter       {plain:>9.0} ns");
     println!("  without SYNC_WAKE_UP           {slow:>9.0} ns");
@@ -105,6 +127,12 @@ fn main() {
          (rounds {lo:.2}x..{hi:.2}x; goal <= 1.8x); nsjail publishes 88 us: {:.1}x faster",
         added / sync,
         88_000.0 / added
+    );
+    println!(
+        "  nobody, netns = \"any\"          {any:>9.0} ns per iteration: the netns check costs \
+         {:.0} ns; without it {:.2}x",
+        supervised - any,
+        (any - root) / sync
     );
 
     let n = 5_000_000u64.to_string();

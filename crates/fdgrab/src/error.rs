@@ -170,7 +170,7 @@ pub enum Error {
 
     /// A program we were to start did not start ([`crate::spawn`]).
     #[error(transparent)]
-    Spawn(#[from] crate::spawn::SpawnError),
+    Spawn(#[from] crate::spawn_error::SpawnError),
 }
 
 fn fd_suffix(fd: Option<TargetFd>) -> String {

@@ -282,14 +282,15 @@ impl Select<'_> {
             return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
         }
         let fd_dir = fd_dir.as_fd();
-        Ok(numbers.iter().any(|&n| {
+        for n in numbers {
             let n = itoa(n);
-            let n = n.as_str();
             let link_ok = !self.by_link()
-                || readlinkat(fd_dir, n, Vec::new())
-                    .is_ok_and(|l| self.link_may_match(l.as_bytes()));
-            link_ok && self.file_may_match(fd_dir, n)
-        }))
+                || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
+            if link_ok && self.file_may_match(pid, fd_dir, &n)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether anything can be decided from the link alone.
@@ -311,11 +312,21 @@ impl Select<'_> {
     }
 
     /// Whether descriptor `n` can be on the file asked for: one stat through the
-    /// fd link, as fuser does, with no readlink.
-    fn file_may_match(&self, fd_dir: BorrowedFd<'_>, n: &str) -> bool {
-        self.file.is_none_or(|(dev, ino)| {
-            statat(fd_dir, n, AtFlags::empty()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
-        })
+    /// fd link, as fuser does, with no readlink. A process that may not be read is
+    /// an error, not a process without a match: its fd directory may still list
+    /// (same owner) while every link and stat through it is refused (the ptrace
+    /// read check, e.g. a target with capabilities the caller lacks).
+    fn file_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: &str) -> Result<bool> {
+        let Some((dev, ino)) = self.file else {
+            return Ok(true);
+        };
+        match statat(fd_dir, n, AtFlags::empty()) {
+            Ok(st) => Ok(st.st_dev == dev && st.st_ino == ino),
+            // Refused by the file itself (a FUSE mount without allow_other) or
+            // by the process: the link, which touches nothing of the file, tells.
+            Err(Errno::ACCESS | Errno::PERM) => fd_link(pid, fd_dir, n).map(|_| false),
+            Err(_) => Ok(false),
+        }
     }
 
     fn keeps(&self, e: &FdEntry) -> bool {
@@ -335,7 +346,41 @@ pub(crate) enum SocketSource<'a> {
     Listening,
 }
 
+/// Checks that `/proc` shows this process's own pid namespace, so that a pid read
+/// there, or `/proc/PID` of a pid a pidfd was opened for, is the same process. A
+/// `/proc` mounted for another namespace (a new pid namespace that kept its
+/// parent's `/proc`, as `unshare --pid --fork` without `--mount-proc` does) would
+/// describe a different process under the same number. Asked of `/proc/self` once
+/// per run.
+pub fn check_proc_namespace() -> Result<()> {
+    static SELF_IN_PROC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let seen = SELF_IN_PROC.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    });
+    let me = std::process::id().to_string();
+    if seen.as_deref() == Some(me.as_str()) {
+        return Ok(());
+    }
+    let why = match seen {
+        Some(other) => format!(
+            "/proc/self is {other} there but this process is {me} in its own pid \
+             namespace: pids in that /proc are not this namespace's (mount a proc file \
+             system for this pid namespace, e.g. unshare --mount-proc)"
+        ),
+        None => "/proc/self cannot be read: no proc file system for this process's \
+                 pid namespace is mounted on /proc"
+            .to_string(),
+    };
+    Err(Error::Local {
+        op: "/proc belongs to another pid namespace",
+        source: std::io::Error::other(why),
+    })
+}
+
 pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
+    check_proc_namespace()?;
     let pid = target.pid();
     let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
@@ -420,7 +465,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
                 } else {
                     None
                 };
-                if select.file.is_some() && !select.file_may_match(fd_dir.as_fd(), &itoa(n)) {
+                if select.file.is_some() && !select.file_may_match(pid, fd_dir.as_fd(), &itoa(n))? {
                     continue;
                 }
                 if let Some(e) = reader.read(n, link)? {
@@ -665,7 +710,12 @@ impl ProcDirs {
         let fdinfo_dir = openat(&proc_dir, "fdinfo", OFlags::PATH | dir_flags, Mode::empty())
             .map_err(|e| proc_error(pid, "open /proc/PID/fdinfo", e))?;
         let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
-        let numbers = if usize::try_from(count).is_ok_and(|c| c > PARALLEL_THRESHOLD) {
+        // Ranges rely on fd N being at offset N + 2: checked once, and a kernel
+        // that says otherwise gets the full listing instead.
+        let numbers = if usize::try_from(count).is_ok_and(|c| c > PARALLEL_THRESHOLD)
+            && crate::procfs::fd_offsets_are_numbers(fd_dir.as_fd())
+                .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?
+        {
             Numbers::Large(count as usize)
         } else {
             Numbers::Listed(
@@ -772,11 +822,7 @@ impl FdInfo {
 impl EntryReader<'_> {
     /// The target of `/proc/PID/fd/N` as bytes; `None` if the fd was closed.
     fn link(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match readlinkat(self.fd_dir, name, Vec::new()) {
-            Ok(l) => Ok(Some(l.into_bytes())),
-            Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(proc_error(self.pid, "readlink /proc/PID/fd/N", e)),
-        }
+        fd_link(self.pid, self.fd_dir.as_fd(), name)
     }
 
     /// Reads descriptor `n`; `link` when the caller already read it.
@@ -985,6 +1031,16 @@ impl EntryReader<'_> {
             None => lookup(),
         };
         dev.map(devstr)
+    }
+}
+
+/// The target of `/proc/PID/fd/N` as bytes; `None` if the fd was closed, an error
+/// if the process may not be read.
+fn fd_link(pid: Pid, fd_dir: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
+    match readlinkat(fd_dir, name, Vec::new()) {
+        Ok(l) => Ok(Some(l.into_bytes())),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(proc_error(pid, "readlink /proc/PID/fd/N", e)),
     }
 }
 

@@ -49,6 +49,7 @@ pub mod pty;
 pub mod seccomp;
 pub mod signalfd;
 pub mod spawn;
+mod spawn_error;
 pub mod supervise;
 mod sys;
 

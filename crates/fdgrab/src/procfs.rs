@@ -122,41 +122,22 @@ pub fn pids() -> std::io::Result<Vec<Pid>> {
     Ok(numbered_entries(dir.as_fd())?)
 }
 
-/// The longest `struct linux_dirent64` (a 255-byte name), as getdents lays it out.
-const MAX_DIRENT: usize = dirent_len(255);
-
-/// The size of the `struct linux_dirent64` for a name of `len` bytes: the fixed
-/// part (19 bytes), the name and its NUL, rounded up to 8.
-const fn dirent_len(len: usize) -> usize {
-    (19 + len + 1 + 7) & !7
-}
-
 /// The entries of a `/proc` directory whose names are numbers (processes in
 /// `/proc`, descriptors in `/proc/PID/fd`), ascending. The directory is read from
 /// its current position. Other names (`self`, `sys`, ...) are skipped without being
 /// copied: one `getdents64` buffer serves the whole listing.
+///
+/// The listing ends only when `getdents64` returns nothing. A batch that left room
+/// in the buffer is no sign of the end: a signal arriving while the kernel fills
+/// it (filldir64 stops on `signal_pending`) returns what is there so far.
 pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i32>> {
     const BUF: usize = 16 * 1024;
     let mut buf = [MaybeUninit::<u8>::uninit(); BUF];
     let mut entries = RawDir::new(dir, &mut buf);
     let mut out = Vec::new();
-    let mut batch = 0;
     while let Some(entry) = entries.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        batch += dirent_len(name.len());
-        if let Some(n) = numeric_name(name) {
+        if let Some(n) = numeric_name(entry?.file_name().to_bytes()) {
             out.push(n);
-        }
-        if entries.is_buffer_empty() {
-            // procfs fills a getdents buffer until the next entry does not fit
-            // (proc_readfd_common, proc_pid_readdir), so a batch that left room for
-            // the longest entry was the last: the call that would return 0 is
-            // skipped, one syscall per directory.
-            if batch + MAX_DIRENT <= BUF {
-                break;
-            }
-            batch = 0;
         }
     }
     // Both directories list in number order today; sorting keeps the promise.
@@ -169,6 +150,12 @@ pub(crate) fn numbered_entries(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<i3
 /// offset N + 2, so the listing starts right at `lo`, and readers of different
 /// ranges share no work. Also the first number at or past `hi`, if there is one
 /// (`None`: no fd from `hi` on).
+///
+/// The offsets are checked as they come: within one `getdents64` batch each
+/// entry's `d_off` is where the next one starts, so fd N followed by fd M must say
+/// M + 2. A kernel that numbered its entries otherwise would make the seek land
+/// elsewhere and skip fds; that is an error (`EIO`), never a silently short list.
+/// (Across batches the table may change between calls, so no check there.)
 pub(crate) fn fd_numbers_in(
     dir: BorrowedFd<'_>,
     lo: usize,
@@ -180,11 +167,23 @@ pub(crate) fn fd_numbers_in(
     let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut entries = RawDir::new(dir, &mut buf);
     let mut out = Vec::new();
-    while let Some(entry) = entries.next() {
-        let Some(n) = numeric_name(entry?.file_name().to_bytes()) else {
+    let mut expect_next: Option<u64> = None;
+    loop {
+        if entries.is_buffer_empty() {
+            expect_next = None; // the next entry comes from a new call
+        }
+        let Some(entry) = entries.next() else {
+            break;
+        };
+        let entry = entry?;
+        let Some(n) = numeric_name(entry.file_name().to_bytes()) else {
             continue;
         };
         let n = n as usize; // never negative: digits only
+        if expect_next.is_some_and(|off| off != n as u64 + 2) {
+            return Err(rustix::io::Errno::IO);
+        }
+        expect_next = Some(entry.next_entry_cookie());
         if n >= hi {
             return Ok((out, Some(n)));
         }
@@ -193,6 +192,29 @@ pub(crate) fn fd_numbers_in(
         }
     }
     Ok((out, None))
+}
+
+/// Whether this kernel puts fd N of a `/proc/PID/fd` directory at offset N + 2
+/// (every kernel that gives the fd count as the directory's size, 6.2+, does; the
+/// check is one `getdents64`). `dir` is read from its start and rewound.
+pub(crate) fn fd_offsets_are_numbers(dir: BorrowedFd<'_>) -> rustix::io::Result<bool> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(2))?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = RawDir::new(dir, &mut buf);
+    let mut ok = true;
+    let mut expect_next: Option<u64> = None;
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        if let Some(n) = numeric_name(entry.file_name().to_bytes()) {
+            ok &= expect_next.is_none_or(|off| off == n as u64 + 2);
+            expect_next = Some(entry.next_entry_cookie());
+        }
+        if entries.is_buffer_empty() {
+            break; // one batch is enough
+        }
+    }
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    Ok(ok)
 }
 
 /// Whether the process whose `/proc/PID/fd` is `fd_dir` has threads besides its
@@ -481,15 +503,6 @@ mod tests {
         assert_eq!(fs_type as i64, 0x6367_7270, "{root} is not a cgroup2 mount");
     }
 
-    #[test]
-    fn dirent_sizes_match_the_kernel_layout() {
-        // d_ino 8, d_off 8, d_reclen 2, d_type 1, then the name and NUL.
-        assert_eq!(dirent_len(1), 24);
-        assert_eq!(dirent_len(4), 24);
-        assert_eq!(dirent_len(5), 32);
-        assert_eq!(MAX_DIRENT, 280);
-    }
-
     /// `n` more fds of our own (copies of /dev/null), and our `/proc/self/fd`.
     fn own_fds_plus(n: usize) -> (Vec<std::fs::File>, rustix::fd::OwnedFd) {
         let null = std::fs::File::open("/dev/null").expect("/dev/null");
@@ -540,6 +553,164 @@ mod tests {
         }
         assert_eq!(joined, all);
         assert!(all.len() > 300, "{}", all.len());
+        drop(held);
+    }
+
+    /// Holes right before, at and after block boundaries, a far fd after a long
+    /// gap, and the top of a raised RLIMIT_NOFILE: every range asked for gives
+    /// exactly the open fds in it, and the first one past it.
+    #[test]
+    fn fd_ranges_of_a_sparse_table_with_holes_at_block_boundaries() {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let lim = getrlimit(Resource::Nofile);
+        // 2^20 (fs.nr_open's default) needs root; otherwise the hard limit.
+        let huge = rustix::process::Rlimit {
+            current: Some(1 << 20),
+            maximum: Some(1 << 20),
+        };
+        let top = match setrlimit(Resource::Nofile, huge) {
+            Ok(()) => 1 << 20,
+            Err(_) => {
+                let hard = lim.maximum.unwrap_or(1 << 20).min(1 << 20);
+                let raised = rustix::process::Rlimit {
+                    current: Some(hard),
+                    maximum: lim.maximum,
+                };
+                setrlimit(Resource::Nofile, raised).expect("raise RLIMIT_NOFILE");
+                hard
+            }
+        };
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let mut wanted: Vec<u64> = vec![127, 128, 129, 255, 256, 383, 511, 512, 1023, 1024];
+        wanted.extend([65_535, 65_536, 65_663, top - 129, top - 128, top - 1]);
+        wanted.retain(|&n| n < top);
+        wanted.dedup();
+        use std::os::fd::AsRawFd;
+        let held: Vec<rustix::fd::OwnedFd> = wanted
+            .iter()
+            .map(|&n| {
+                // The lowest free number from n on: n itself, in a test process.
+                let fd = rustix::io::fcntl_dupfd_cloexec(&null, n as i32).expect("dup");
+                assert_eq!(fd.as_raw_fd(), n as i32);
+                fd
+            })
+            .collect();
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open /proc/self/fd");
+        let all: Vec<usize> = numbered_entries(dir.as_fd())
+            .expect("list")
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        for &n in &wanted {
+            assert!(all.contains(&(n as usize)), "fd {n} not open");
+        }
+        let mut starts: Vec<usize> = wanted.iter().map(|&n| n as usize / 128 * 128).collect();
+        starts.extend([0, 128, 256, 384, 640, 4096, top as usize]);
+        for lo in starts {
+            let hi = lo + 128;
+            let (part, after) = fd_numbers_in(dir.as_fd(), lo, hi).expect("range");
+            let want: Vec<i32> = all
+                .iter()
+                .filter(|&&n| (lo..hi).contains(&n))
+                .map(|&n| n as i32)
+                .collect();
+            assert_eq!(part, want, "fds in {lo}..{hi}");
+            assert_eq!(after, all.iter().copied().find(|&n| n >= hi), "after {hi}");
+        }
+        drop(held);
+        // Lowering the hard limit again may be refused; the test process ends next.
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+
+    /// The offsets fd ranges rely on hold on this kernel, and a directory whose
+    /// offsets are not its entries' numbers (numbered files on a disk or tmpfs
+    /// directory stand in for a kernel that numbered fd entries otherwise) is
+    /// never read short: the check says no, and a range read is either exact or
+    /// an error.
+    #[test]
+    fn fd_offsets_are_checked_not_assumed() {
+        let (held, fd_dir) = own_fds_plus(300);
+        assert!(fd_offsets_are_numbers(fd_dir.as_fd()).expect("probe"));
+        assert_eq!(
+            numbered_entries(fd_dir.as_fd()).expect("rewound").first(),
+            Some(&0)
+        );
+        drop(held);
+
+        let dir = std::env::temp_dir().join(format!("fdgrab-offsets-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).expect("dir");
+        let names: Vec<usize> = (0..400).step_by(5).collect();
+        for n in &names {
+            fs::write(dir.join(n.to_string()), b"").expect("file");
+        }
+        let d = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open");
+        assert!(!fd_offsets_are_numbers(d.as_fd()).expect("probe"));
+        for lo in [0, 128, 256] {
+            let want: Vec<i32> = names
+                .iter()
+                .filter(|&&n| (lo..lo + 128).contains(&n))
+                .map(|&n| n as i32)
+                .collect();
+            match fd_numbers_in(d.as_fd(), lo, lo + 128) {
+                Ok((part, _)) => assert_eq!(part, want, "a short read of {lo}.."),
+                Err(e) => assert_eq!(e, rustix::io::Errno::IO),
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A signal that arrives while getdents64 fills a buffer makes it return what
+    /// it has so far (filldir64 stops on signal_pending), a short batch that is not
+    /// the last: a listing must not end there. A profiler's SIGPROF, a job-control
+    /// stop or a library user's own handlers all do this.
+    #[test]
+    fn numbered_entries_is_not_cut_short_by_signals() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        extern "C" fn nothing(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, for SIGUSR1, in this test's own
+        // process (nextest runs each test in a process of its own).
+        unsafe { libc::signal(libc::SIGUSR1, nothing as *const () as libc::sighandler_t) };
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum.map(|m| m.min(8192)),
+            maximum: lim.maximum,
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).expect("rlimit");
+        let (held, dir) = own_fds_plus(4000);
+        let want = numbered_entries(dir.as_fd()).expect("list");
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: `me` is the scope's owner thread, alive until the
+                    // scope ends, which waits for this thread.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                }
+            });
+            let mut short = 0;
+            for _ in 0..300 {
+                rustix::fs::seek(&dir, rustix::fs::SeekFrom::Start(0)).expect("rewind");
+                let got = numbered_entries(dir.as_fd()).expect("list");
+                if got != want {
+                    short += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(short, 0, "listings cut short by a signal, of 300");
+        });
         drop(held);
     }
 

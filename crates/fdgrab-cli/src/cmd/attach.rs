@@ -5,7 +5,7 @@ use crate::exit::{Code, CodedError, UsageError};
 use anyhow::{Context, Result};
 use fdgrab::grab::{open_target, GrabOptions};
 use fdgrab::inject::{close_in_target, take_terminal, CloseMode};
-use fdgrab::pty::{self, Escape, MasterHolder, Pty, RawMode, RelayEnd};
+use fdgrab::pty::{self, Escape, Keeper, MasterHolder, Pty, RawMode, RelayEnd};
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::{Pid, PidFd};
 use std::io::Write;
@@ -64,10 +64,16 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         .into());
     };
     let mut _locks = vec![lock];
-    let holders = if a.single {
-        None
+    // The usual holders sit above the session (its emulator, tmux, sshd): found
+    // there, they are taken at once, and every other process is looked at while
+    // the relay already runs (`sweep`). Otherwise every process is looked at now.
+    let (holders, mut sweep_later) = if a.single {
+        (None, false)
     } else {
-        find_holders(pid, tty)?
+        match find_holders(pid, tty, true)? {
+            Some(near) => (Some(near), true),
+            None => (find_holders(pid, tty, false)?, false),
+        }
     };
     let mut how = match holders {
         Some(holders) => How::Steal(holders),
@@ -79,9 +85,23 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // on our copy of the master: signals are read from a descriptor.
     let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
     let mut stolen = None;
-    if let How::Steal(holders) = &how {
-        match take_master(pid, tty, holders)? {
-            Some(master) => stolen = Some(master),
+    let mut replay = Vec::new();
+    if let How::Steal(holders) = &mut how {
+        let mut got = take_master(pid, tty, holders)?;
+        if got.is_none() && sweep_later {
+            // The ancestors' pts/N was another devpts instance's (or a reused
+            // index): PID's master may still be held elsewhere.
+            sweep_later = false;
+            if let Some(all) = find_holders(pid, tty, false)? {
+                *holders = all;
+                got = take_master(pid, tty, holders)?;
+            }
+        }
+        match got {
+            Some((master, kept)) => {
+                stolen = Some(master);
+                replay = kept;
+            }
             // What holds "pts/N" now is another session, on an index the kernel
             // reused after PID's own master was closed: nobody holds PID's master.
             None => {
@@ -97,13 +117,19 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
                 .with_context(|| format!("no copy of the master of {tty} was taken"))?;
             let from = holders
                 .iter()
-                .map(|h| format!("{} ({})", h.pid, h.comm))
+                .filter(|h| h.taken)
+                .map(|h| format!("{} ({})", h.holder.pid, h.holder.comm))
                 .collect::<Vec<_>>()
                 .join(", ");
             (master, format!("on {tty}, taken from {from}"))
         }
         How::Single(plan) => {
             let (master, slave) = pty::open_pair()?;
+            // Nobody else may open the new slave (and make it theirs) while PID
+            // loses its old terminal and acquires this one: once it has left its
+            // session, a refused TIOCSCTTY could not be undone.
+            let locked = pty::SlaveLock::new(master.as_fd())
+                .with_context(|| format!("preparing a new terminal for process {pid}"))?;
             // The session's new terminal gets its lock too.
             if let Some(new) = pty::master_index(&master) {
                 _locks.extend(pty::AttachLock::acquire(
@@ -115,6 +141,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             take_terminal(&target, slave.as_fd(), plan.change, &plan.fds).with_context(|| {
                 format!("moving process {pid} alone onto a new terminal (single-process mode)")
             })?;
+            drop(locked);
             // PID no longer runs on the old terminal, whose index the kernel may now
             // give to an unrelated session: that one must stay attachable.
             drop(_locks.remove(0));
@@ -134,6 +161,13 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         }
     };
     drop(target);
+    let sweeping = match &how {
+        How::Steal(holders) if sweep_later => {
+            let handled: Vec<Pid> = holders.iter().map(|h| h.holder.pid).collect();
+            Some(std::thread::spawn(move || sweep(pid, tty, handled)))
+        }
+        _ => None,
+    };
     // The terminal the session now lives on (a new one in single-process mode).
     let tty = pty::master_index(&master).unwrap_or(tty);
 
@@ -163,10 +197,16 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
             &mut raw,
             &signals,
             escape,
+            std::mem::take(&mut replay),
         )
         // `raw` is dropped here (also when unwinding): our terminal's modes are
         // back before anything else is printed, whatever the relay returned.
     }));
+    // Before anything can end this process: the sweep may be inside a ptrace
+    // session with another holder.
+    if let Some(sweeping) = sweeping {
+        let _ = sweeping.join();
+    }
     let end = match relayed {
         Ok(end) => end,
         Err(panic) => {
@@ -231,16 +271,33 @@ fn detach(master: OwnedFd, pid: Pid) -> Result<Pid> {
 }
 
 enum How {
-    Steal(Vec<MasterHolder>),
+    Steal(Vec<Holder>),
     Single(pty::SingleMove),
+}
+
+/// A holder of the master, and whether it is one of our keepers.
+struct Holder {
+    holder: MasterHolder,
+    keeper: Option<Keeper>,
+    /// Set by `take_master` when its copies were the target's master.
+    taken: bool,
 }
 
 /// The processes holding the master, other than us; `None` if there are none, or a
 /// refusal.
-fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
+/// `near`: only among the ancestors of the session ([`pty::master_holders_near`]),
+/// and `None` when none of them holds the master.
+fn find_holders(pid: Pid, tty: Pty, near: bool) -> Result<Option<Vec<Holder>>> {
     let me = std::process::id() as Pid;
-    let found = pty::master_holders(tty)?;
+    let found = if near {
+        pty::master_holders_near(pid, tty)
+    } else {
+        pty::master_holders(tty)?
+    };
     let holders: Vec<_> = found.holders.into_iter().filter(|h| h.pid != me).collect();
+    if holders.is_empty() && near {
+        return Ok(None);
+    }
     if holders.is_empty() {
         if let Some(&other) = found.unreadable.first() {
             return Err(fdgrab::Error::PermissionDenied {
@@ -261,17 +318,19 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
         tracing::info!(pid, %tty, "nobody holds the master: single-process mode");
         return Ok(None);
     }
-    let our_exe = std::fs::metadata("/proc/self/exe").ok();
-    for h in &holders {
-        if h.is_keeper() {
+    let mut out = Vec::with_capacity(holders.len());
+    for h in holders {
+        // Decided by a handshake with the process, not by its name: anything else
+        // named like a keeper is an ordinary holder.
+        if let Some(keeper) = Keeper::identify(h.pid) {
+            out.push(Holder {
+                holder: h,
+                keeper: Some(keeper),
+                taken: false,
+            });
             continue;
         }
-        let same_exe = our_exe.as_ref().is_some_and(|ours| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(format!("/proc/{}/exe", h.pid))
-                .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
-        });
-        if same_exe || h.comm == "fdgrab" {
+        if runs_fdgrab(&h) {
             return Err(CodedError(
                 Code::AlreadyAttached,
                 format!(
@@ -282,15 +341,69 @@ fn find_holders(pid: Pid, tty: Pty) -> Result<Option<Vec<MasterHolder>>> {
             )
             .into());
         }
+        out.push(Holder {
+            holder: h,
+            keeper: None,
+            taken: false,
+        });
     }
-    Ok(Some(holders))
+    Ok(Some(out))
+}
+
+/// Whether `h` is an fdgrab (our executable, or named so) that is not a keeper.
+fn runs_fdgrab(h: &MasterHolder) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_exe = std::fs::metadata("/proc/self/exe").is_ok_and(|ours| {
+        std::fs::metadata(format!("/proc/{}/exe", h.pid))
+            .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+    });
+    same_exe || h.comm == "fdgrab"
+}
+
+/// After a take from the holders above the session (`find_holders` with `near`),
+/// every other process is looked at, and any that also holds the master loses it
+/// the same way (a keeper is retired). A process running our executable is no
+/// exception: the attach lock we hold means it is not attaching this session, and
+/// leaving it the master would leave it reading the session's output. Runs beside
+/// the relay.
+fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
+    let me = std::process::id() as Pid;
+    let found = match pty::master_holders(tty) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for other holders of {tty}");
+            return;
+        }
+    };
+    let mut rest: Vec<Holder> = found
+        .holders
+        .into_iter()
+        .filter(|h| h.pid != me && !handled.contains(&h.pid))
+        .map(|h| Holder {
+            keeper: Keeper::identify(h.pid),
+            holder: h,
+            taken: false,
+        })
+        .collect();
+    if rest.is_empty() {
+        return;
+    }
+    match take_master(pid, tty, &mut rest) {
+        Ok(_) => {
+            tracing::info!(holders = ?rest.iter().map(|h| h.holder.pid).collect::<Vec<_>>(), "other holders of {tty} lost the master too")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take the master of {tty} from another holder")
+        }
+    }
 }
 
 /// Takes a copy of the master from every holder, then (only once all copies are
 /// made) puts /dev/null over the holders' fds, or retires keepers. Pty indexes
 /// repeat across devpts instances, so a holder whose copies turn out to be
 /// another instance's pts/N (a container's session) is left alone.
-fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<OwnedFd>> {
+/// Retired keepers hand over the output they kept: returned with the master.
+fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(OwnedFd, Vec<u8>)>> {
     // The target's own slave, down to the inode: an index reused for another
     // session (after the old master was closed) must never count as ours.
     // (Without a slave on fd 0-2 there is nothing to compare beyond the index.)
@@ -301,7 +414,8 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
     };
     let mut taken = Vec::with_capacity(holders.len());
     let mut master = None;
-    for h in holders {
+    for entry in holders.iter_mut() {
+        let h = &entry.holder;
         let holder = PidFd::open(h.pid)
             .with_context(|| format!("opening process {} ({}), holder of {tty}", h.pid, h.comm))?;
         let copies = GrabOptions::new()
@@ -330,19 +444,43 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
             );
             continue;
         }
-        taken.push((h, holder, fds));
+        entry.taken = true;
+        taken.push((entry, holder, fds));
     }
     let Some(master) = master else {
         return Ok(None);
     };
-    for (h, holder, fds) in &taken {
-        if h.is_keeper() {
-            holder.send_signal(libc::SIGTERM)?;
-            let _ = holder.wait_exit(Some(Duration::from_secs(2)));
-            continue;
+    let mut replay = Vec::new();
+    for (entry, holder, fds) in taken {
+        if let Some(keeper) = entry.keeper.take() {
+            // It reads no more once asked; what the programs write next waits in
+            // the pty for our copy.
+            let kept = keeper.retire();
+            // A keeper exits once it has handed over its replay. One that does not
+            // (a process made to look like one: our executable run under the
+            // keeper's name, with a socket pair of its own at fd 5) is not trusted
+            // with the master, nor its "replay" with our terminal: it loses its
+            // copies as any holder does, and is not signalled.
+            if holder
+                .wait_exit(Some(Duration::from_secs(2)))
+                .unwrap_or(false)
+            {
+                match kept {
+                    Ok(kept) => replay = kept,
+                    Err(e) => {
+                        tracing::warn!(error = %e, keeper = holder.pid(), "keeper gave no replay")
+                    }
+                }
+                continue;
+            }
+            tracing::warn!(
+                holder = holder.pid(),
+                "holder passed for a keeper but did not exit when retired: treated as any holder"
+            );
         }
+        let h = &entry.holder;
         let all: Vec<_> = fds.iter().chain(&h.slave_fds).copied().collect();
-        close_in_target(holder, &all, CloseMode::DevNull, Default::default()).with_context(
+        close_in_target(&holder, &all, CloseMode::DevNull, Default::default()).with_context(
             || {
                 format!(
                     "cannot put /dev/null over the master of {tty} in process {} ({})",
@@ -352,5 +490,5 @@ fn take_master(pid: Pid, tty: Pty, holders: &[MasterHolder]) -> Result<Option<Ow
         )?;
         tracing::info!(holder = h.pid, fds = ?fds, slave_fds = ?h.slave_fds, "master replaced with /dev/null in holder");
     }
-    Ok(Some(master))
+    Ok(Some((master, replay)))
 }

@@ -224,11 +224,17 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         }
     }
     if a.detach {
+        // The detached supervisor is a fork of this process: what fdgrab itself
+        // holds (the signalfd, the old and new servers' pidfds) would otherwise
+        // stay open in it for the new server's whole life.
+        drop(signals);
+        drop(target);
+        let new_pid = child.release();
         let sup_pid = match supervisor {
             Some(s) => Some(s.detach()?),
             None => None,
         };
-        crate::exit::print_line(child.release())?;
+        crate::exit::print_line(new_pid)?;
         if let Some(p) = sup_pid {
             say!("fdgrab: supervisor {p} stays with new server {new_pid}");
             crate::exit::print_line(p)?;

@@ -23,6 +23,8 @@ struct Doc<'a> {
 
 pub fn run(a: LsArgs) -> Result<ExitCode> {
     let q = build_query(&a)?;
+    // Once for the whole run, rather than as the reason every process is skipped.
+    fdgrab::inventory::check_proc_namespace()?;
     let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
     let mut result = query(named, &q);
     // One named process without a requested fd: the user asked for something that

@@ -4,8 +4,9 @@
 //!
 //! Modes (those with a fixed address use 127.66.0.1, which other tests on the
 //! machine are unlikely to bind):
-//! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6
-//!   or unix (ADDR is then a path). TCP sockets also listen, and dual-stack ones
+//! - `bind KIND ADDR PORT`: KIND is tcp4, tcp6 (dual-stack), tcp6only, udp4, udp6,
+//!   mptcp4, udplite4, raw4tcp (a raw socket of protocol TCP) or unix (ADDR is then
+//!   a path); `{"socket_errno":N}` if the socket cannot be made. TCP sockets also listen, and dual-stack ones
 //!   accept an IPv4 connection to prove it.
 //! - `inuse PORT`: binds and listens on 127.66.0.1:PORT, then binds a second socket there.
 //! - `efault PORT` / `short PORT`: bind with an unmapped pointer / addrlen 8.
@@ -15,9 +16,25 @@
 //! - `dup2race N PORT`: one thread binds a TCP socket at a fixed fd number to PORT while
 //!   another keeps putting a pipe or a UDP decoy at that number.
 //! - `sigurg N PORT`: binds while another thread sends SIGURG (SA_RESTART) in a storm.
+//! - `eintr N PORT`: as `sigurg`, with SIGUSR1 and no `SA_RESTART`: a bind that
+//!   fails `EINTR` is retried on the same socket until it does not.
+//! - `file-bind PATH PORT`: binds an open regular file (`PATH`) to
+//!   127.66.0.1:PORT (the kernel answers ENOTSOCK), while another thread binds a
+//!   TCP socket to PORT+1.
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
+//! - `addrform PORT`: a UDP IPv6 socket connected to a v4-mapped address, turned
+//!   IPv4 with `IPV6_ADDRFORM`, disconnected (which frees its port) and then bound
+//!   to 127.66.0.1:PORT with an IPv4 sockaddr.
+//! - `netns-tid-reuse H T PORT`: H short-lived threads each bind 127.66.0.1:PORT and
+//!   note their tid; then a child binds PORT too, moves into a user and network
+//!   namespace of its own and binds a socket made before the move (still in the
+//!   first netns) to PORT+1; then it runs T short-lived threads, and each whose tid
+//!   is one the first threads had binds that old socket, and a socket of the new
+//!   netns, to PORT+1.
+//! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
+//!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
@@ -45,11 +62,16 @@ fn main() {
         "threads" => threads(num(1, 64) as usize, num(2, 10_000), num(3, 100) as u16),
         "dup2race" => dup2race(num(1, 2000), num(2, 80) as u16),
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
+        "eintr" => storm_binds(num(1, 2000), num(2, 80) as u16, libc::SIGUSR1, 0),
+        "file-bind" => file_bind(arg(1), num(2, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
             wait_line();
             bind_mode("tcp4", "127.66.0.1", num(1, 80) as u16)
         }
+        "addrform" => addrform(num(1, 80) as u16),
+        "netns-tid-reuse" => netns_tid_reuse(num(1, 100), num(2, 5000), num(3, 80) as u16),
+        "uffd-bind" => uffd_bind(),
         "io-uring" => io_uring(),
         "x32" => x32(),
         "int80" => int80(),
@@ -102,14 +124,27 @@ fn bind_mode(kind: &str, addr: &str, port: u16) -> Value {
         return json!({ "errno": errno_of(rustix::net::bind(&s, &a)) });
     }
     let ip: IpAddr = addr.parse().expect("ip address");
-    let (family, ty) = match kind {
-        "tcp4" => (AddressFamily::INET, SocketType::STREAM),
-        "tcp6" | "tcp6only" => (AddressFamily::INET6, SocketType::STREAM),
-        "udp4" => (AddressFamily::INET, SocketType::DGRAM),
-        "udp6" => (AddressFamily::INET6, SocketType::DGRAM),
+    let (family, ty, protocol) = match kind {
+        "tcp4" => (AddressFamily::INET, SocketType::STREAM, 0),
+        "tcp6" | "tcp6only" => (AddressFamily::INET6, SocketType::STREAM, 0),
+        "udp4" => (AddressFamily::INET, SocketType::DGRAM, 0),
+        "udp6" => (AddressFamily::INET6, SocketType::DGRAM, 0),
+        // Stream and datagram sockets that are not TCP or UDP.
+        "mptcp4" => (AddressFamily::INET, SocketType::STREAM, libc::IPPROTO_MPTCP),
+        "udplite4" => (
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            libc::IPPROTO_UDPLITE,
+        ),
+        // A raw socket of protocol TCP (needs CAP_NET_RAW).
+        "raw4tcp" => (AddressFamily::INET, SocketType::RAW, libc::IPPROTO_TCP),
         other => panic!("unknown kind {other}"),
     };
-    let s = rustix::net::socket(family, ty, None).expect("socket");
+    let protocol = std::num::NonZeroU32::new(protocol as u32).map(rustix::net::Protocol::from_raw);
+    let s = match rustix::net::socket(family, ty, protocol) {
+        Ok(s) => s,
+        Err(e) => return json!({ "socket_errno": e.raw_os_error() }),
+    };
     if family == AddressFamily::INET6 {
         rustix::net::sockopt::set_ipv6_v6only(&s, kind == "tcp6only").expect("IPV6_V6ONLY");
     }
@@ -173,6 +208,145 @@ fn efault(port: u16) -> Value {
     // Page 1 of the address space is never mapped.
     let e = raw_bind(s.as_raw_fd(), 0x1000 as *const libc::sockaddr, 16);
     json!({ "errno": e, "port": local_port(&s), "asked": port })
+}
+
+fn addrform(port: u16) -> Value {
+    let s = rustix::net::socket(AddressFamily::INET6, SocketType::DGRAM, None).expect("udp6");
+    let mapped = SocketAddr::new(IpAddr::V6(ADDR.to_ipv6_mapped()), 9);
+    rustix::net::connect(&s, &mapped).expect("connect to a v4-mapped address");
+    let v4: libc::c_int = libc::AF_INET;
+    // SAFETY: IPV6_ADDRFORM reads one int from the pointer given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_ADDRFORM,
+            (&v4 as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0, "IPV6_ADDRFORM: {}", std::io::Error::last_os_error());
+    rustix::net::connect_unspec(&s).expect("disconnect");
+    let family = rustix::net::sockopt::socket_domain(&s).expect("SO_DOMAIN");
+    let sa = sockaddr_in(port);
+    let e = raw_bind(s.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), 16);
+    json!({ "errno": e, "port": local_port(&s), "inet": family == AddressFamily::INET })
+}
+
+/// Tids of the first netns's binding threads, shared with the forked child.
+const TID_MAP: usize = 1 << 22;
+
+fn netns_tid_reuse(host_threads: u64, total: u64, port: u16) -> Value {
+    // SAFETY: a fresh anonymous shared mapping; only this function uses it, as
+    // bytes indexed by tid (tids are below 2^22, the kernel's PID_MAX_LIMIT).
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            TID_MAP,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap");
+    let marks = map as usize;
+    let mark = move |tid: i32| marks + tid as usize % TID_MAP;
+    // Past the low tids, which the kernel skips once tids wrap (RESERVED_PIDS).
+    for _ in 0..1000 {
+        let t = std::thread::spawn(|| rustix::thread::gettid().as_raw_nonzero().get());
+        if t.join().expect("thread") > 400 {
+            break;
+        }
+    }
+    let old = tcp_socket(AddressFamily::INET);
+    let mut marked = 0;
+    for _ in 0..host_threads {
+        let t = std::thread::spawn(move || {
+            let s = tcp_socket(AddressFamily::INET);
+            let ok = rustix::net::bind(&s, &v4(port)).is_ok();
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            // SAFETY: inside the mapping; one thread writes at a time.
+            unsafe { *(mark(tid) as *mut u8) = u8::from(ok) };
+            ok
+        });
+        marked += u64::from(t.join().expect("host thread"));
+    }
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    // SAFETY: every thread of this process was joined above: the child is a copy
+    // of a single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(r);
+        let v = netns_tid_reuse_child(&old, total, port, mark);
+        let _ = rustix::io::write(&w, v.to_string().as_bytes());
+        // SAFETY: leaves the forked child without running the parent's exit code.
+        unsafe { libc::_exit(0) };
+    }
+    drop(w);
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let mut v: Value = serde_json::from_str(&text).unwrap_or(json!({ "child": text }));
+    v["marked"] = json!(marked);
+    v
+}
+
+fn netns_tid_reuse_child(
+    old: &OwnedFd,
+    total: u64,
+    port: u16,
+    mark: impl Fn(i32) -> usize + Copy + Send + 'static,
+) -> Value {
+    let first = tcp_socket(AddressFamily::INET);
+    let before = errno_of(rustix::net::bind(&first, &v4(port)));
+    // SAFETY: unshare moves this single-threaded process; no memory is touched.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        return json!({ "before": before, "unshare_errno": e });
+    }
+    let moved = errno_of(rustix::net::bind(old, &v4(port + 1)));
+    let old_fd = old.as_raw_fd();
+    let (mut hits, mut refused, mut wrong, mut guest_ok) = (0u64, 0u64, Vec::new(), 0u64);
+    for _ in 0..total {
+        let t = std::thread::spawn(move || {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            // SAFETY: inside the mapping, written before the fork.
+            if unsafe { *(mark(tid) as *const u8) } == 0 {
+                return None;
+            }
+            // SAFETY: the old socket stays open in this process while threads run.
+            let old = unsafe { std::os::fd::BorrowedFd::borrow_raw(old_fd) };
+            let e = errno_of(rustix::net::bind(old, &v4(port + 1)));
+            let fresh = tcp_socket(AddressFamily::INET);
+            let g = errno_of(rustix::net::bind(&fresh, &v4(port + 1)));
+            Some((tid, e, g))
+        });
+        if let Some((tid, e, g)) = t.join().expect("thread") {
+            hits += 1;
+            if e == libc::EACCES {
+                refused += 1;
+            } else {
+                wrong.push(format!("tid {tid}: old socket errno {e}"));
+            }
+            guest_ok += u64::from(g == 0);
+        }
+    }
+    json!({ "before": before, "moved": moved, "hits": hits, "refused": refused,
+            "guest_ok": guest_ok, "wrong": wrong.len(),
+            "examples": wrong.iter().take(5).collect::<Vec<_>>(),
+            "old_port": local_port(old) })
+}
+
+fn uffd_bind() -> Value {
+    let (_ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
+        Ok(p) => p,
+        Err(e) => return json!({ "error": e }),
+    };
+    let s = tcp_socket(AddressFamily::INET);
+    let e = raw_bind(s.as_raw_fd(), page as *const libc::sockaddr, 16);
+    json!({ "errno": e, "port": local_port(&s) })
 }
 
 fn short(port: u16) -> Value {
@@ -292,13 +466,20 @@ fn dup2race(n: u64, port: u16) -> Value {
 extern "C" fn on_sigurg(_: libc::c_int) {}
 
 fn sigurg(n: u64, port: u16) -> Value {
-    // SAFETY: installs a handler that does nothing (async-signal-safe), with
-    // SA_RESTART as Go's runtime does for its preemption signal.
+    storm_binds(n, port, libc::SIGURG, libc::SA_RESTART)
+}
+
+/// Binds `n` sockets while another thread sends `sig` to the binding thread in a
+/// storm; the handler does nothing and is installed with `sa_flags`. A bind that
+/// fails `EINTR` (no `SA_RESTART`) is retried on the same socket.
+fn storm_binds(n: u64, port: u16, sig: libc::c_int, sa_flags: libc::c_int) -> Value {
+    // SAFETY: installs a handler that does nothing (async-signal-safe); with
+    // SA_RESTART as Go's runtime does for its preemption signal, or without.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigurg as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut());
+        sa.sa_flags = sa_flags;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
     }
     // SAFETY: gettid has no arguments.
     let tid = unsafe { libc::gettid() };
@@ -310,14 +491,19 @@ fn sigurg(n: u64, port: u16) -> Value {
         let pid = unsafe { libc::getpid() };
         while !stop2.load(Ordering::Relaxed) {
             // SAFETY: tgkill with our own pid/tid and a handled signal.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGURG) };
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
             sent2.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let (mut ok, mut bad) = (0u64, Vec::new());
+    let (mut ok, mut interrupted, mut bad) = (0u64, 0u64, Vec::new());
     for _ in 0..n {
         let s = tcp_socket(AddressFamily::INET);
-        match rustix::net::bind(&s, &v4(port)) {
+        let mut r = rustix::net::bind(&s, &v4(port));
+        while r == Err(Errno::INTR) {
+            interrupted += 1;
+            r = rustix::net::bind(&s, &v4(port));
+        }
+        match r {
             Ok(()) if local_port(&s) == port => ok += 1,
             r => bad.push(format!("{r:?} port {}", local_port(&s))),
         }
@@ -325,7 +511,24 @@ fn sigurg(n: u64, port: u16) -> Value {
     stop.store(true, Ordering::Relaxed);
     storm.join().expect("storm thread");
     json!({ "ok": ok, "bad": bad.len(), "examples": bad.iter().take(5).collect::<Vec<_>>(),
-            "signals": sent.load(Ordering::Relaxed) })
+            "signals": sent.load(Ordering::Relaxed), "interrupted": interrupted })
+}
+
+fn file_bind(path: &str, port: u16) -> Value {
+    let file = std::fs::File::open(path).expect("open the file");
+    let other = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = tcp_socket(AddressFamily::INET);
+        errno_of(rustix::net::bind(&s, &v4(port + 1)))
+    });
+    let sa = sockaddr_in(port);
+    let e = raw_bind(
+        file.as_raw_fd(),
+        (&sa as *const libc::sockaddr_in).cast(),
+        16,
+    );
+    let other = other.join().expect("other bind");
+    json!({ "errno": e, "other_errno": other })
 }
 
 fn fork_kill(n: u64, port: u16) -> Value {

@@ -17,9 +17,18 @@
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
 //!   a privileged port); `{"errno":N}`. `FAKE_TENANT_FOREIGN_PORT_START` sets that
 //!   netns's `ip_unprivileged_port_start`.
+//! - `storm N BASE PORT`: like `threads`, but every thread keeps binding (a fresh
+//!   socket each time) until `stop`; `{"started":N}` once all run.
+//! - `trickle SOCKET N`: N threads each connect to the agent at SOCKET and send
+//!   a document that never ends in 256-byte writes, again and again, until
+//!   `stop`; `{"started":N}` at once.
+//! - `stop`: ends `storm` and `trickle`; `{"binds":B,"connections":C}` once every
+//!   thread has ended.
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
+//! `FAKE_TENANT_SPLIT` sends the document in two writes 20 ms apart, the
+//! listener with the second.
 
 use fdgrab::seccomp::{self, Action, InstallFlags, SyscallFilter};
 use serde_json::json;
@@ -104,8 +113,24 @@ fn main() {
     let fd = listener.into_fd();
     {
         let conn = UnixStream::connect(&socket).expect("connecting to the agent");
-        fdgrab::passfd::send_fds(&conn, doc.to_string().as_bytes(), &[fd.as_fd()])
-            .expect("sending the listener");
+        let text = doc.to_string();
+        let mut rest = text.as_bytes();
+        if std::env::var_os("FAKE_TENANT_SPLIT").is_some() {
+            // A runtime whose document arrives in two reads, the listener with
+            // the second.
+            let (head, tail) = rest.split_at(rest.len() / 2);
+            if let Err(e) = std::io::Write::write_all(&mut &conn, head) {
+                say(json!({"ready": false, "error": format!("sending the first half: {e}")}));
+                std::process::exit(1);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            rest = tail;
+        }
+        if let Err(e) = fdgrab::passfd::send_fds(&conn, rest, &[fd.as_fd()]) {
+            // The agent closed the connection: a runtime would fail the container.
+            say(json!({"ready": false, "error": format!("sending the listener: {e}")}));
+            std::process::exit(1);
+        }
     }
     drop(fd);
     if foreign.is_some() {
@@ -116,6 +141,7 @@ fn main() {
     let mut foreign = foreign;
     say(json!({"ready": true, "pid": std::process::id()}));
     let mut held: Vec<OwnedFd> = Vec::new();
+    let mut running: Vec<std::thread::JoinHandle<Sustained>> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -130,6 +156,29 @@ fn main() {
             Some("lat") => lat(num(1) as usize, ip(2).expect("ADDR"), num(3) as u16),
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
             Some("uffd") => uffd(num(1) as u16),
+            Some("storm") => {
+                running.extend(storm(num(1) as usize, num(2) as u8, num(3) as u16));
+                say(json!({"started": num(1)}));
+            }
+            Some("trickle") => {
+                let socket = std::path::PathBuf::from(w.get(1).copied().unwrap_or(""));
+                running.extend((0..num(2)).map(|_| {
+                    let socket = socket.clone();
+                    std::thread::spawn(move || trickle(&socket))
+                }));
+                say(json!({"started": num(2)}));
+            }
+            Some("stop") => {
+                STOP.store(true, std::sync::atomic::Ordering::Release);
+                let (mut binds, mut connections) = (0, 0);
+                for h in running.drain(..) {
+                    let s = h.join().expect("join");
+                    binds += s.binds;
+                    connections += s.connections;
+                }
+                STOP.store(false, std::sync::atomic::Ordering::Release);
+                say(json!({"binds": binds, "connections": connections}));
+            }
             Some("foreign") => {
                 let Some(s) = foreign.take() else {
                     say(json!({"error": "no foreign socket (FAKE_TENANT_FOREIGN)"}));
@@ -196,21 +245,102 @@ fn lat(n: usize, addr: Ipv4Addr, port: u16) {
         "p50_us": q(0.5), "p99_us": q(0.99), "max_us": times.last()}));
 }
 
-fn threads(n: usize, base: u8, port: u16) {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
+/// Set by `stop` for the sustained attacks.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// What one thread of a sustained attack did.
+#[derive(Default)]
+struct Sustained {
+    binds: u64,
+    connections: u64,
+}
+
+/// `n` threads that start together (with the caller too when `with_caller`, who
+/// then calls `wait` on the barrier), thread i running `work` with
+/// 127.BASE.(i/250).(i%250+1) and PORT.
+fn binders<T: Send + 'static>(
+    n: usize,
+    base: u8,
+    port: u16,
+    with_caller: bool,
+    work: fn(Ipv4Addr, u16) -> T,
+) -> (
+    Vec<std::thread::JoinHandle<T>>,
+    std::sync::Arc<std::sync::Barrier>,
+) {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n + usize::from(with_caller)));
+    let handles = (0..n)
         .map(|i| {
             let start = std::sync::Arc::clone(&start);
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     start.wait();
-                    let addr = Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8);
-                    bind_once(addr, port)
+                    work(
+                        Ipv4Addr::new(127, base, (i / 250) as u8, (i % 250 + 1) as u8),
+                        port,
+                    )
                 })
                 .expect("thread")
         })
         .collect();
+    (handles, start)
+}
+
+/// `n` threads binding to 127.BASE.x.y:PORT until `stop`; returns once all run.
+fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained>> {
+    let (handles, start) = binders(n, base, port, true, |addr, port| {
+        let mut done = Sustained::default();
+        while !stopped() {
+            drop(bind_once(addr, port));
+            done.binds += 1;
+        }
+        done
+    });
+    start.wait();
+    handles
+}
+
+/// Sends never-ending documents to the agent at `socket` until `stop`.
+fn trickle(socket: &std::path::Path) -> Sustained {
+    let mut doc = br#"{"ociVersion":""#.to_vec();
+    doc.resize((1 << 20) + 512, b'a');
+    let mut done = Sustained::default();
+    while !stopped() {
+        let Ok(mut s) = UnixStream::connect(socket) else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        };
+        done.connections += 1;
+        // A write the agent does not drain times out, so that `stop` is seen.
+        let _ = s.set_write_timeout(Some(std::time::Duration::from_millis(50)));
+        'doc: for piece in doc.chunks(256) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                match std::io::Write::write(&mut s, rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) && !stopped() => {}
+                    Err(_) => break 'doc,
+                }
+                if stopped() {
+                    break 'doc;
+                }
+            }
+        }
+    }
+    done
+}
+
+fn threads(n: usize, base: u8, port: u16) {
+    let (handles, _) = binders(n, base, port, false, bind_once);
     let results: Vec<(i32, u128, OwnedFd)> = handles
         .into_iter()
         .map(|h| h.join().expect("join"))
@@ -225,51 +355,13 @@ fn threads(n: usize, base: u8, port: u16) {
 /// A sockaddr on a page registered with userfaultfd for missing-page faults that
 /// nobody serves: whoever reads it from another process blocks.
 fn uffd(port: u16) {
-    // SAFETY: userfaultfd(2) takes flags only and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-    if raw < 0 {
-        say(json!({"error": format!("userfaultfd: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    // SAFETY: raw is a new fd we own.
-    let ufd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
-    let mut api = UffdioApi {
-        api: 0xAA,
-        features: 0,
-        ioctls: 0,
+    let (ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
+        Ok(p) => p,
+        Err(e) => {
+            say(json!({ "error": e }));
+            return;
+        }
     };
-    // SAFETY: UFFDIO_API reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
-        say(json!({"error": format!("UFFDIO_API: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    // SAFETY: a fresh private anonymous mapping of one page.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        say(json!({"error": "mmap failed"}));
-        return;
-    }
-    let mut reg = UffdioRegister {
-        start: page as u64,
-        len: 4096,
-        mode: 1, // UFFDIO_REGISTER_MODE_MISSING
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
-        say(json!({"error": format!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error())}));
-        return;
-    }
-    let page = page as usize;
     std::thread::spawn(move || {
         let s = tcp();
         // SAFETY: bind reads 16 bytes at `page` (never touched here); the page
@@ -286,23 +378,3 @@ fn uffd(port: u16) {
     });
     say(json!({"stalled": true}));
 }
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;

@@ -6,7 +6,8 @@
 //! - `zoo [--nondumpable]`: one fd of every kind the inventory knows.
 //! - `leader-exit`: opens a pipe, starts a thread, and ends the main thread with
 //!   `SYS_exit`, leaving a process whose leader is a zombie.
-//! - `many N`: N mixed descriptors (for benchmarks).
+//! - `many N`: N mixed descriptors (for benchmarks). Its files are in the report's
+//!   `dir`, removed at EOF on stdin, or by the test's `Target` when dropped.
 //!
 //! Modes for the ptrace injection tests; each opens a file labelled `file` (content
 //! `INJECT_FILE_CONTENT`) and reports it, then:
@@ -90,6 +91,13 @@ fn main() {
     };
     emit(&report);
     wait_for_eof();
+    if mode == "many" {
+        // Closed stdin: the test is done with the files (a test that kills the
+        // target instead removes them when its `Target` is dropped).
+        if let Some(dir) = report["dir"].as_str() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// A new, empty directory in the temp dir. The name carries the pid and the time,

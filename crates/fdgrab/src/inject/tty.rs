@@ -64,19 +64,43 @@ pub fn take_terminal(
     with_session(target, SeccompPolicy::default(), &plan, |s| {
         let ch = open_channel(s)?;
         let theirs = receive_from_us(s, &ch, slave)?;
-        match change {
-            CttyChange::LeaderWithTty => drop_ctty_ignoring_hup(s)?,
-            CttyChange::LeaderWithoutTty => {}
-            CttyChange::Member { join } => new_session(s, join)?,
-        }
+        // The old terminal, still open in the target while it has none: what puts
+        // it back should the new one be refused.
+        let old = match change {
+            CttyChange::LeaderWithTty => Some(drop_ctty_ignoring_hup(s)?),
+            CttyChange::LeaderWithoutTty => None,
+            CttyChange::Member { join } => {
+                new_session(s, join)?;
+                None
+            }
+        };
         let r = s.syscall(libc::SYS_ioctl, &[theirs as u64, libc::TIOCSCTTY, 0])?;
         if r < 0 {
+            let restored = match old {
+                Some(fd) => s
+                    .syscall(libc::SYS_ioctl, &[fd as u64, libc::TIOCSCTTY, 0])
+                    .is_ok_and(|r| r == 0),
+                None => false,
+            };
+            tracing::warn!(
+                pid = s.pid(),
+                restored,
+                "TIOCSCTTY on the new terminal refused"
+            );
             return Err(remote_error(
                 s.pid(),
                 None,
-                "ioctl(TIOCSCTTY) on the new terminal (injected)",
+                if restored {
+                    "ioctl(TIOCSCTTY) on the new terminal (injected; the old terminal was made \
+                     its controlling terminal again)"
+                } else {
+                    "ioctl(TIOCSCTTY) on the new terminal (injected)"
+                },
                 r,
             ));
+        }
+        if let Some(fd) = old {
+            s.close_remote(fd)?;
         }
         for &fd in fds {
             super::install(s, theirs, fd)?;
@@ -98,7 +122,9 @@ fn sigaction(s: &mut Session<'_>, sig: i32, new: u64, old: u64) -> Result<()> {
     Ok(())
 }
 
-fn drop_ctty_ignoring_hup(s: &mut Session<'_>) -> Result<()> {
+/// Drops the target's controlling terminal; returns the fd (in the target) of the
+/// old terminal, still open there and closed with the session unless kept.
+fn drop_ctty_ignoring_hup(s: &mut Session<'_>) -> Result<i32> {
     let pid = s.pid();
     s.reset_scratch();
     let mut ign = vec![0u8; SIGACTION_SIZE];
@@ -128,13 +154,15 @@ fn drop_ctty_ignoring_hup(s: &mut Session<'_>) -> Result<()> {
                 r,
             ));
         }
-        s.close_remote(fd as i32)
+        Ok(fd as i32)
     })();
     // Setting SIG_IGN again discards the SIGHUP that TIOCNOTTY queued while the
     // session keeps signals blocked; then the target's own action comes back.
     let again = sigaction(s, libc::SIGHUP, ign, 0);
     let back = sigaction(s, libc::SIGHUP, old, 0);
-    result.and(again).and(back)
+    let fd = result?;
+    again.and(back)?;
+    Ok(fd)
 }
 
 fn new_session(s: &mut Session<'_>, join: Option<Pid>) -> Result<()> {

@@ -101,6 +101,7 @@ pub struct QueryResult {
 /// cannot be read is reported in [`QueryResult::skipped`] and the others are still
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
+    let named = pids.is_some();
     let pids: Vec<Pid> = match pids {
         Some(p) => {
             // A pid named twice is one process: listed (or skipped) once. The
@@ -138,7 +139,7 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     let mut slots: Vec<Option<Result<Option<ProcessFds>>>> = if pids.len() <= 1 {
         // One process: no thread to wait for.
         pids.iter()
-            .map(|&pid| Some(one(pid, q, &select, &source)))
+            .map(|&pid| Some(one(pid, q, &select, &source, named)))
             .collect()
     } else {
         let next = AtomicUsize::new(0);
@@ -154,7 +155,7 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&pid) = pids.get(i) else { break };
-                            done.push((i, one(pid, q, &select, &source)));
+                            done.push((i, one(pid, q, &select, &source, named)));
                         }
                         done
                     })
@@ -186,14 +187,23 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     out
 }
 
-fn one(pid: Pid, q: &Query, select: &Select, source: &SocketSource) -> Result<Option<ProcessFds>> {
+/// `named`: the user asked for `pid`, so a process that cannot be listed (a
+/// zombie, one we may not read) is an error even when a filter would have left all
+/// its fds out; the cheap pass that only saves work over many processes is skipped.
+fn one(
+    pid: Pid,
+    q: &Query,
+    select: &Select,
+    source: &SocketSource,
+    named: bool,
+) -> Result<Option<ProcessFds>> {
     if let Some(uid) = q.uid {
         let st = crate::procfs::status(pid).map_err(|e| io_to_proc(pid, e))?;
         if st.uids.map(|u| u[1]) != Some(uid) {
             return Ok(None);
         }
     }
-    if !select.may_match_in(pid)? {
+    if !named && !select.may_match_in(pid)? {
         return Ok(None);
     }
     let target = PidFd::open(pid)?;

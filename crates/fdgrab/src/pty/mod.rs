@@ -10,11 +10,13 @@
 //! - [`terminal_of`]: the pty a process runs on (`/proc/PID/stat` field `tty_nr`,
 //!   else the `/dev/pts/N` its fd 0, 1 or 2 points at);
 //! - [`master_holders`]: every process with that pty's master open, found through
-//!   the `tty-index` line the kernel puts in `/proc/PID/fdinfo/FD` of a ptmx fd;
+//!   the `tty-index` line the kernel puts in `/proc/PID/fdinfo/FD` of a ptmx fd
+//!   ([`master_holders_near`]: among the session's ancestors only, quickly);
 //! - [`relay`]: the emulator's loop between our terminal and a master, with raw
 //!   mode ([`RawMode`]), window-size propagation and an ssh-style escape;
 //! - [`keep_in_background`]: leaves a master with a small process that keeps the
-//!   session alive (and re-attachable) after we go;
+//!   session alive (and re-attachable) after we go, with the newest output for
+//!   the next attach ([`Keeper`]);
 //! - [`plan_single_move`] with [`crate::inject::take_terminal`]: when the master
 //!   cannot be had, one process alone moves onto a new pty ([`open_pair`]).
 //!
@@ -29,8 +31,11 @@ pub(crate) mod relay;
 mod single;
 mod termios;
 
-pub use keeper::{keep_in_background, KEEPER_COMM};
+pub use keeper::{
+    keep_in_background, Keeper, CONTROL_FD, CONTROL_PEER_FD, KEEPER_COMM, MASTER_FD, REPLAY_BYTES,
+};
 pub use lock::AttachLock;
+
 pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
@@ -195,9 +200,10 @@ pub struct MasterHolder {
 }
 
 impl MasterHolder {
-    /// Whether this is a session left behind by [`keep_in_background`].
+    /// Whether this is a session left behind by [`keep_in_background`], decided
+    /// by [`Keeper::identify`] (never by the process's name).
     pub fn is_keeper(&self) -> bool {
-        self.comm == KEEPER_COMM
+        Keeper::identify(self.pid).is_some()
     }
 }
 
@@ -217,24 +223,67 @@ pub struct Holders {
 /// scanned (threads share the fd table in all but exotic `clone` uses).
 pub fn master_holders(pty: Pty) -> Result<Holders> {
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    let mut out = Holders::default();
-    let dir = fs::read_dir("/proc").map_err(|e| Error::Io {
+    let pids = crate::procfs::pids().map_err(|e| Error::Io {
         op: "read /proc",
         pid: me,
         fd: None,
         source: e,
     })?;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<Pid>().ok())
-        else {
-            continue;
-        };
-        let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
+    let out = holders_among(pty, pids);
+    tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
+    Ok(out)
+}
+
+/// The holders of the master of `pty` among the ancestors of `pid` and of its
+/// session leader: where terminal emulators, tmux, screen, `script` and sshd sit
+/// (the leader's parent, or sshd's privileged monitor above it). A few processes
+/// instead of all of them, so a first answer comes quickly; it may miss a holder
+/// elsewhere (a process the master was passed to), which only
+/// [`master_holders`] finds.
+pub fn master_holders_near(pid: Pid, pty: Pty) -> Holders {
+    let mut near = Vec::new();
+    let sid = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| crate::procfs::parse_stat_ids(&st))
+        .map(|(_, sid, _, _)| sid);
+    for start in [Some(pid), sid].into_iter().flatten() {
+        let mut p = start;
+        // Bounded: a pid namespace's init has ppid 0, and a chain is never long.
+        for _ in 0..64 {
+            if p <= 1 || near.contains(&p) {
+                break;
+            }
+            near.push(p);
+            match crate::procfs::status(p).ok().and_then(|s| s.ppid) {
+                Some(pp) => p = pp,
+                None => break,
+            }
+        }
+    }
+    near.sort_unstable();
+    let out = holders_among(pty, near);
+    tracing::debug!(%pty, holders = ?out.holders, "pty master holders near the session");
+    out
+}
+
+/// The holders of the master of `pty` among `pids`.
+fn holders_among(pty: Pty, pids: Vec<Pid>) -> Holders {
+    let mut out = Holders::default();
+    // One directory buffer and one link buffer for the whole scan, and every fd
+    // looked at relative to its process's open fd directory: a few thousand
+    // links on a busy host, so no path is built or walked from / per fd.
+    let mut dirbuf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut linkbuf = Vec::with_capacity(256);
+    for pid in pids {
+        use rustix::fs::{Mode, OFlags};
+        let dir = match rustix::fs::openat(
+            rustix::fs::CWD,
+            format!("/proc/{pid}/fd"),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            Err(rustix::io::Errno::ACCESS) => {
                 out.unreadable.push(pid);
                 continue;
             }
@@ -243,23 +292,28 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
         };
         let mut found = Vec::new();
         let mut slave_fds = Vec::new();
-        for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let mut entries = rustix::fs::RawDir::new(&dir, &mut dirbuf);
+        while let Some(Ok(entry)) = entries.next() {
+            let name = entry.file_name();
+            let Some(t) = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(|s| s.parse::<i32>().ok())
+                .and_then(TargetFd::new)
+            else {
                 continue;
             };
-            let Ok(link) = fs::read_link(fd.path()) else {
+            let Ok(link) = rustix::fs::readlinkat(&dir, name, std::mem::take(&mut linkbuf)) else {
                 continue;
             };
-            let Some(t) = TargetFd::new(n) else {
-                continue;
-            };
-            if is_ptmx_path(&link) {
-                if tty_index(pid, n) == Some(pty.index()) {
+            let bytes = link.as_bytes();
+            if bytes.rsplit(|&b| b == b'/').next() == Some(b"ptmx".as_slice()) {
+                if tty_index(pid, t.as_raw()) == Some(pty.index()) {
                     found.push(t);
                 }
-            } else if link.starts_with("/dev/pts/") && is_slave_of(&fd.path(), pty) {
+            } else if bytes.starts_with(b"/dev/pts/") && is_slave_of(&dir, name, pty) {
                 slave_fds.push(t);
             }
+            linkbuf = link.into_bytes_with_nul();
         }
         if !found.is_empty() {
             found.sort_unstable();
@@ -280,18 +334,14 @@ pub fn master_holders(pty: Pty) -> Result<Holders> {
         }
     }
     out.holders.sort_by_key(|h| h.pid);
-    tracing::debug!(%pty, holders = ?out.holders, unreadable = out.unreadable.len(), "pty master holders");
-    Ok(out)
+    out
 }
 
-fn is_slave_of(fd_link: &std::path::Path, pty: Pty) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    fs::metadata(fd_link)
-        .is_ok_and(|m| m.file_type().is_char_device() && Pty::from_rdev(m.rdev()) == Some(pty))
-}
-
-fn is_ptmx_path(link: &std::path::Path) -> bool {
-    link.file_name().is_some_and(|n| n == "ptmx")
+/// Whether fd `name` of the process whose fd directory is `dir` is the slave of `pty`.
+fn is_slave_of(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr, pty: Pty) -> bool {
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && Pty::from_rdev(st.st_rdev) == Some(pty)
+    })
 }
 
 /// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
@@ -345,6 +395,63 @@ pub fn open_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     Ok((master, slave))
+}
+
+/// While it lives, nobody can open the slave of a pty of ours (`TIOCSPTLCK` on the
+/// master: opening `/dev/pts/N` fails with `EIO`), so nobody can make it their
+/// controlling terminal while a process is moved onto it; descriptors already open
+/// (ours, the one handed to the process) keep working. Unlocked on drop.
+#[derive(Debug)]
+pub struct SlaveLock<'a> {
+    master: std::os::fd::BorrowedFd<'a>,
+}
+
+fn set_pty_lock(master: std::os::fd::BorrowedFd<'_>, locked: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = locked.into();
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points at a local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &v) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl<'a> SlaveLock<'a> {
+    /// Locks the slave of `master`, then checks that it is nobody's controlling
+    /// terminal yet (`TIOCGSID`, asked on the master: on the slave it answers only
+    /// for the caller's own terminal), so that a process made a session leader
+    /// can acquire it (`TIOCSCTTY` refuses a terminal another session has). A
+    /// process that opened the slave before the lock and made it its terminal is
+    /// found here, before anything is changed.
+    pub fn new(master: std::os::fd::BorrowedFd<'a>) -> Result<Self> {
+        set_pty_lock(master, true).map_err(|e| termios::own_error("ioctl(TIOCSPTLCK)", e))?;
+        let lock = Self { master };
+        let mut sid: libc::pid_t = 0;
+        // SAFETY: TIOCGSID writes one pid_t through the pointer, which points at a
+        // local; for a pty no session has it fails with ENOTTY.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCGSID,
+                &mut sid,
+            )
+        };
+        if r == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the new terminal was made the controlling terminal of session {sid} by another \
+                 process before it could be used; nothing was changed"
+            )));
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for SlaveLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = set_pty_lock(self.master, false) {
+            tracing::warn!(error = %e, "could not unlock the new pty's slave");
+        }
+    }
 }
 
 /// The index of the pty whose master is `master` (`TIOCGPTN`).

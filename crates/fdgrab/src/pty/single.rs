@@ -29,11 +29,9 @@ fn ids(pid: Pid) -> Option<(Pid, Pid, i64, Pid)> {
 
 /// Every process's `(pid, pgrp, session)`.
 fn all_ids() -> Vec<(Pid, Pid, Pid)> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<Pid>().ok())
+    crate::procfs::pids()
+        .unwrap_or_default()
+        .into_iter()
         .filter_map(|p| ids(p).map(|(g, s, _, _)| (p, g, s)))
         .collect()
 }

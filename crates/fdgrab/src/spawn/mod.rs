@@ -24,7 +24,9 @@ mod clone;
 
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
+use crate::seccomp::InstallError;
 use crate::signalfd::SignalFd;
+pub use crate::spawn_error::{SpawnError, Step};
 use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::{fcntl_dupfd_cloexec, Errno};
@@ -39,6 +41,21 @@ use std::time::Duration;
 /// A failure of ours (not of a target).
 fn local_io(op: &'static str, e: Errno) -> Error {
     Error::local(op, e)
+}
+
+/// The child's `step` of starting `program` failed with `errno`. The seccomp
+/// filter step's errno is read here, where seccomp's meaning of it is known: an
+/// `EBUSY` means a listener exists already, which a user can act on.
+fn child_failed(program: &Path, step: Step, errno: Errno) -> SpawnError {
+    let e = SpawnError::failed(program, step, errno);
+    if step == Step::Filter && InstallError::from_errno(errno) == InstallError::ListenerExists {
+        e.detail(
+            "(this process already has a seccomp listener: fdgrab run cannot run inside \
+             another fdgrab run or under another seccomp notify supervisor)",
+        )
+    } else {
+        e
+    }
 }
 
 /// Descriptors to install in the child: each of ours at a chosen number.
@@ -181,168 +198,6 @@ pub struct Credentials {
     pub gid: libc::gid_t,
     /// The supplementary groups (`setgroups`); usually includes `gid`.
     pub groups: Vec<libc::gid_t>,
-}
-
-/// A step of the child's set-up, named in errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-#[non_exhaustive]
-pub enum Step {
-    /// Finding the program in `PATH` (in the parent).
-    Resolve = 1,
-    /// Resetting signal dispositions.
-    Signals,
-    /// `setsid`/`setpgid`.
-    Session,
-    /// Installing the fd plan (`dup2`, `close_range`).
-    Fds,
-    /// `setgroups`.
-    Groups,
-    /// `setgid`.
-    Gid,
-    /// `setuid`.
-    Uid,
-    /// `PR_SET_PDEATHSIG`, and checking the parent is still the one that spawned.
-    DeathSignal,
-    /// `PR_SET_NO_NEW_PRIVS`.
-    NoNewPrivs,
-    /// `seccomp(SECCOMP_SET_MODE_FILTER)`.
-    Filter,
-    /// Sending the seccomp listener back to the parent.
-    SendListener,
-    /// `execve`.
-    Exec,
-}
-
-impl Step {
-    const ALL: [Step; 12] = [
-        Step::Resolve,
-        Step::Signals,
-        Step::Session,
-        Step::Fds,
-        Step::Groups,
-        Step::Gid,
-        Step::Uid,
-        Step::DeathSignal,
-        Step::NoNewPrivs,
-        Step::Filter,
-        Step::SendListener,
-        Step::Exec,
-    ];
-
-    fn from_u8(b: u8) -> Option<Step> {
-        Self::ALL.into_iter().find(|s| *s as u8 == b)
-    }
-
-    /// What the step does, for messages.
-    pub fn what(self) -> &'static str {
-        match self {
-            Step::Resolve => "finding the program",
-            Step::Signals => "resetting signal dispositions",
-            Step::Session => "setting the session or process group",
-            Step::Fds => "installing the descriptors (dup2)",
-            Step::Groups => "setting the supplementary groups (setgroups)",
-            Step::Gid => "switching group (setgid)",
-            Step::Uid => "switching user (setuid)",
-            Step::DeathSignal => "setting the parent-death signal",
-            Step::NoNewPrivs => "setting no_new_privs",
-            Step::Filter => "installing the seccomp filter",
-            Step::SendListener => "passing the seccomp listener to the supervisor",
-            Step::Exec => "executing the program (execve)",
-        }
-    }
-}
-
-/// A program that did not start.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", self.message())]
-pub struct SpawnError {
-    program: String,
-    step: Step,
-    errno: Errno,
-    /// Where it was looked for, or why it cannot run, when we know more than errno.
-    detail: Option<String>,
-    /// `execve` said ENOENT about a file that exists: what is missing is the
-    /// interpreter its `#!` line names, or its ELF loader.
-    loader_missing: bool,
-    #[source]
-    source: std::io::Error,
-}
-
-impl SpawnError {
-    fn new(program: &Path, step: Step, errno: Errno) -> Self {
-        Self {
-            program: program.to_string_lossy().into_owned(),
-            step,
-            errno,
-            detail: None,
-            loader_missing: false,
-            source: errno.into(),
-        }
-    }
-
-    /// A step of starting `program` failed with `errno`.
-    fn failed(program: &Path, step: Step, errno: Errno) -> Self {
-        let mut e = Self::new(program, step, errno);
-        // execve's ENOENT about a file that exists.
-        e.loader_missing = step == Step::Exec && errno == Errno::NOENT && program.is_file();
-        e
-    }
-
-    fn detail(mut self, d: impl Into<String>) -> Self {
-        self.detail = Some(d.into());
-        self
-    }
-
-    /// The step that failed.
-    pub fn step(&self) -> Step {
-        self.step
-    }
-
-    /// The errno of the failed call.
-    pub fn errno(&self) -> Errno {
-        self.errno
-    }
-
-    /// The program as given or resolved.
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
-    /// The program does not exist (`ENOENT`/`ENOTDIR` finding or executing it):
-    /// what shells report with status 127.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self.step, Step::Resolve | Step::Exec)
-            && matches!(self.errno, Errno::NOENT | Errno::NOTDIR)
-    }
-
-    fn message(&self) -> String {
-        let p = &self.program;
-        let msg = match self.step {
-            _ if self.is_not_found() && self.loader_missing => format!(
-                "cannot execute '{p}': the interpreter its #! line names (or its ELF loader) \
-                 does not exist"
-            ),
-            _ if self.is_not_found() => format!("command '{p}' not found"),
-            Step::Resolve | Step::Exec => format!("cannot execute '{p}'"),
-            Step::Filter => {
-                let ie = crate::seccomp::InstallError::from_errno(self.errno);
-                let hint = match ie {
-                    crate::seccomp::InstallError::ListenerExists => {
-                        " (this process already has a seccomp listener: fdgrab run cannot run \
-                         inside another fdgrab run or under another seccomp notify supervisor)"
-                    }
-                    _ => "",
-                };
-                format!("cannot start '{p}': {}{hint}", self.step.what())
-            }
-            step => format!("cannot start '{p}': {}", step.what()),
-        };
-        match &self.detail {
-            Some(d) => format!("{msg} {d}"),
-            None => msg,
-        }
-    }
 }
 
 /// The seccomp part of a supervised start: the filter the child installs on
@@ -490,7 +345,7 @@ impl Spawn {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
             }
             let step = Step::from_u8(step).unwrap_or(Step::Exec);
-            return Err(SpawnError::failed(&program, step, errno).into());
+            return Err(child_failed(&program, step, errno).into());
         }
         tracing::debug!(pid, program = %program.display(), fds = self.fds.len(), "spawned");
         drop(prepared);
@@ -558,7 +413,7 @@ impl Spawn {
         };
         tracing::debug!(program = %program.display(), fds = self.fds.len(), "exec in place");
         let (step, errno) = clone::exec_in_place(&prepared);
-        SpawnError::failed(&program, step, errno).into()
+        child_failed(&program, step, errno).into()
     }
 
     fn prepare(&self, program: &Path) -> Result<clone::Prepared<'_>> {
@@ -808,5 +663,60 @@ impl Child {
             }
         }
         self.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts users (and the CLI tests) read, word for word: the filter step's
+    /// hint is worked out here and carried by the error as data.
+    #[test]
+    fn child_failures_read_as_before() {
+        let p = Path::new("/nonexistent/prog");
+        let cases = [
+            (
+                Step::Filter,
+                Errno::BUSY,
+                "cannot start '/nonexistent/prog': installing the seccomp filter (this process \
+                 already has a seccomp listener: fdgrab run cannot run inside another fdgrab \
+                 run or under another seccomp notify supervisor)",
+            ),
+            (
+                Step::Filter,
+                Errno::INVAL,
+                "cannot start '/nonexistent/prog': installing the seccomp filter",
+            ),
+            (
+                Step::Uid,
+                Errno::PERM,
+                "cannot start '/nonexistent/prog': switching user (setuid)",
+            ),
+            // The hint belongs to the filter step alone.
+            (
+                Step::Groups,
+                Errno::BUSY,
+                "cannot start '/nonexistent/prog': setting the supplementary groups (setgroups)",
+            ),
+            (
+                Step::Exec,
+                Errno::NOENT,
+                "command '/nonexistent/prog' not found",
+            ),
+        ];
+        for (step, errno, want) in cases {
+            assert_eq!(
+                child_failed(p, step, errno).to_string(),
+                want,
+                "{step:?} {errno:?}"
+            );
+        }
+        let e = child_failed(p, Step::Filter, Errno::BUSY);
+        assert_eq!((e.step(), e.errno()), (Step::Filter, Errno::BUSY));
+        assert_eq!(
+            std::error::Error::source(&e).map(|s| s.to_string()),
+            Some(std::io::Error::from(Errno::BUSY).to_string())
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! container's bind waits on another's. This thread accepts and reads runtime
 //! connections (non-blocking, each with a deadline, parsed in linear time), runs
 //! the workers' watchdog, and drops what was kept for a container once its filter
-//! has lost its last user.
+//! has lost its last user. A document that arrives in pieces is finished by the
+//! slow lane, a thread at nice 19, so that a client trickling megabytes costs the
+//! workers no CPU.
 
 use crate::supervise::audit::{AuditLabels, AuditSink};
 use crate::supervise::oci::{
@@ -24,6 +26,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +48,34 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the watchdog looks for overdue requests while containers exist.
 const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() as u64 / 5);
 
-/// How long a connection whose document arrives in pieces is left unread
-/// after each piece.
+/// How often the slow lane reads the connections whose document arrives in
+/// pieces.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Connections the slow lane reads at once. A newcomer is always taken: to make
+/// room, the peer process holding most of the lane loses its oldest connection
+/// (see [`make_room`]), so that clients trickling forever cannot lock out a
+/// runtime whose document happens to arrive in two reads.
+const SLOW_LANE_MAX: usize = 64;
+
+/// Connections handed to the slow lane that it has not yet taken in (it runs at
+/// nice 19 and may lag): past this the agent's thread keeps reading newcomers
+/// itself, in its own bounded table, which bounds the descriptors a flood can
+/// pin without turning a runtime away.
+const SLOW_LANE_BACKLOG: usize = 2 * SLOW_LANE_MAX;
+
+/// Bytes the slow lane reads from one connection per round ([`TRICKLE_PAUSE`]):
+/// 3.2 MB/s per client, a megabyte in a third of a second, well within
+/// [`CONNECTION_TIMEOUT`], and a bounded cost per round however many bytes the
+/// clients have queued.
+const SLOW_LANE_BUDGET: usize = 16 * 1024;
+
+/// The slow lane's nice value: it runs only when nothing else wants the CPU.
+const SLOW_LANE_NICE: i32 = 19;
+
+/// How often queued audit lines are offered again to a sink that did not take
+/// them (a FIFO whose reader lags).
+const AUDIT_RETRY: Duration = Duration::from_millis(20);
 
 /// How often cached pidfds of exited threads are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -73,6 +101,12 @@ pub struct AgentStats {
     pub latency_p50_us: Option<u64>,
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
+    /// Workers blocked in a read of a container's memory and given up on, over
+    /// all containers (at most `MAX_BLOCKED_TOTAL`).
+    pub blocked_workers: usize,
+    /// Audit lines dropped because the audit sink did not take them (a pipe or
+    /// FIFO nobody reads): decisions never wait for it.
+    pub audit_lines_dropped: u64,
     /// The same, container by container.
     pub per_container: Vec<ContainerStats>,
 }
@@ -105,8 +139,12 @@ impl AgentStats {
             (Some(a), Some(b)) => format!("; bind latency p50<={a}us p99<={b}us"),
             _ => String::new(),
         };
+        let dropped = match self.audit_lines_dropped {
+            0 => String::new(),
+            n => format!("; {n} audit lines dropped"),
+        };
         format!(
-            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}",
+            "supervising {} containers; {} decisions; {} pidfds cached; {} connections pending{lat}{dropped}",
             self.containers, self.decisions, self.cached_pidfds, self.connections_pending
         )
     }
@@ -144,8 +182,150 @@ struct Connection {
     deadline: Instant,
     /// When data last arrived (or the connection was accepted).
     active: Instant,
-    /// Set while the connection is left unwatched after a partial read.
-    resume_at: Option<Instant>,
+    accepted: Instant,
+    /// The connecting process (`SO_PEERCRED`), when the kernel says.
+    peer: Option<i32>,
+}
+
+/// A thread at nice 19 that reads the documents that arrive in pieces.
+///
+/// Runtimes send their whole document in one message, which this agent's
+/// thread reads at once. A client that sends it in pieces makes the agent scan
+/// and copy a megabyte at a time, for as long as it likes; on the agent's own
+/// thread, at normal priority, that CPU was taken from the containers' workers.
+/// Handed to this thread, it is spent only when no worker (nor anything else on
+/// the node) wants the CPU, and in batches: the thread wakes every
+/// [`TRICKLE_PAUSE`] and reads up to [`SLOW_LANE_BUDGET`] from each connection.
+struct SlowLane {
+    tx: Sender<Connection>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SlowLane {
+    fn spawn(done: Sender<TenantEvent>, waker: Arc<OwnedFd>) -> std::io::Result<SlowLane> {
+        let (tx, rx) = channel::<Connection>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("fdgrab-slowlane".into())
+            .stack_size(256 * 1024)
+            .spawn(move || slow_lane(&rx, &done, &waker, &count))?;
+        Ok(SlowLane { tx, pending })
+    }
+}
+
+fn slow_lane(
+    rx: &Receiver<Connection>,
+    done: &Sender<TenantEvent>,
+    waker: &OwnedFd,
+    count: &AtomicUsize,
+) {
+    // Only lowering: no capability needed, and it concerns this thread alone.
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), SLOW_LANE_NICE)
+    {
+        tracing::warn!(error = %e, "cannot lower the slow lane's priority");
+    }
+    let mut conns: Vec<Connection> = Vec::new();
+    let report = |ev: TenantEvent| {
+        if done.send(ev).is_ok() {
+            let _ = rustix::io::write(waker, &1u64.to_ne_bytes());
+        }
+    };
+    loop {
+        match rx.recv_timeout(TRICKLE_PAUSE) {
+            Ok(c) => conns.push(c),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        conns.extend(rx.try_iter());
+        for evicted in make_room(&mut conns, SLOW_LANE_MAX) {
+            let reason = format!(
+                "more than {SLOW_LANE_MAX} clients are sending their document in pieces; closed the oldest connection of the client holding most ({} bytes received)",
+                evicted.reader.len()
+            );
+            tracing::warn!(peer = ?evicted.peer, reason = %reason, "rejected a seccomp agent connection");
+            report(TenantEvent::Rejected(reason));
+        }
+        let now = Instant::now();
+        conns.retain_mut(|c| {
+            if c.deadline <= now {
+                let reason = format!(
+                    "no complete document within {:?} ({} bytes received)",
+                    CONNECTION_TIMEOUT,
+                    c.reader.len()
+                );
+                tracing::warn!(reason = %reason, "rejected a seccomp agent connection");
+                report(TenantEvent::Rejected(reason));
+                return false;
+            }
+            match c.reader.read_at_most(c.sock.as_fd(), SLOW_LANE_BUDGET) {
+                Ok(ReadProgress::Pending) => true,
+                Ok(ReadProgress::Complete(listener)) => {
+                    report(TenantEvent::Document(listener));
+                    false
+                }
+                Err(Rejection::Empty) => false,
+                Err(rejection) => {
+                    tracing::warn!(reason = %rejection, "rejected a seccomp agent connection");
+                    report(TenantEvent::Rejected(rejection.to_string()));
+                    false
+                }
+            }
+        });
+        count.store(conns.len(), Ordering::Relaxed);
+    }
+}
+
+/// Takes connections out of `conns` until at most `max` remain: each time the
+/// oldest of those whose peer process holds the most. One process trickling on
+/// many connections thus pays first, and among single-connection peers the one
+/// trickling longest does; a newcomer (a runtime, whose document completes
+/// within milliseconds) is the last to go.
+fn make_room(conns: &mut Vec<Connection>, max: usize) -> Vec<Connection> {
+    let mut out = Vec::new();
+    while conns.len() > max {
+        let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
+        for c in conns.iter() {
+            *per_peer.entry(c.peer).or_default() += 1;
+        }
+        let victim = conns
+            .iter()
+            .enumerate()
+            // Most connections for its peer first, then accepted earliest.
+            .max_by_key(|(_, c)| (per_peer[&c.peer], std::cmp::Reverse(c.accepted)))
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => out.push(conns.swap_remove(i)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// The connecting process (`SO_PEERCRED`). Read into `libc::ucred` rather than
+/// rustix's `UCred`, whose pid may not be 0: the kernel says 0 for a peer
+/// outside the agent's pid namespace.
+fn peer_pid(sock: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the
+    // fd is open for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
 }
 
 struct Container {
@@ -171,7 +351,10 @@ pub struct Agent {
     events_tx: Sender<TenantEvent>,
     events_rx: Receiver<TenantEvent>,
     waker: Arc<OwnedFd>,
+    slow: SlowLane,
     last_prune: Instant,
+    /// Audit lines wait in the queue for the sink: [`Agent::turn`] retries them.
+    audit_waiting: bool,
     evicted_connections: u64,
     /// epoll tokens of fds a caller asked us to watch, with the caller's token.
     watched: HashMap<u64, u64>,
@@ -223,11 +406,19 @@ impl Agent {
             .map_err(|e| io_err(what, e))?;
         }
         let (events_tx, events_rx) = channel();
+        let waker = Arc::new(waker);
+        let slow = SlowLane::spawn(events_tx.clone(), Arc::clone(&waker)).map_err(|e| {
+            io_err(
+                "starting the slow lane thread",
+                Errno::from_io_error(&e).unwrap_or(Errno::AGAIN),
+            )
+        })?;
         let shared = Arc::new(Shared {
             audit: Arc::new(audit),
             ports: UnprivilegedPorts::new(),
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
+            blocked_total: std::sync::atomic::AtomicUsize::new(0),
         });
         tracing::debug!(
             nofile = budget.limit,
@@ -248,8 +439,10 @@ impl Agent {
             shared,
             events_tx,
             events_rx,
-            waker: Arc::new(waker),
+            waker,
+            slow,
             last_prune: Instant::now(),
+            audit_waiting: false,
             evicted_connections: 0,
             watched: HashMap::new(),
         })
@@ -301,12 +494,14 @@ impl Agent {
             .collect();
         AgentStats {
             containers: containers.len(),
-            connections_pending: self.connections.len(),
+            connections_pending: self.connections.len() + self.slow.pending.load(Ordering::Relaxed),
             connections_evicted: self.evicted_connections,
             cached_pidfds: self.shared.pidfds.len(),
             decisions: self.shared.latency.count(),
             latency_p50_us: self.shared.latency.quantile_us(0.5),
             latency_p99_us: self.shared.latency.quantile_us(0.99),
+            audit_lines_dropped: self.shared.audit.dropped(),
+            blocked_workers: self.shared.blocked_total.load(Relaxed),
             per_container: containers,
         }
     }
@@ -357,6 +552,7 @@ impl Agent {
         for c in self.containers.values() {
             c.tenant.expire_overdue(now);
         }
+        self.audit_waiting = self.shared.audit.flush();
         if now.duration_since(self.last_prune) >= PRUNE_EVERY {
             self.last_prune = now;
             self.shared.pidfds.prune_exited();
@@ -366,11 +562,13 @@ impl Agent {
 
     fn next_deadline(&self) -> Option<Instant> {
         let watchdog = (!self.containers.is_empty()).then(|| Instant::now() + WATCHDOG_TICK);
+        let audit = self.audit_waiting.then(|| Instant::now() + AUDIT_RETRY);
         self.connections
             .values()
-            .map(|c| c.resume_at.unwrap_or(c.deadline))
+            .map(|c| c.deadline)
             .chain(self.accept_paused_until)
             .chain(watchdog)
+            .chain(audit)
             .min()
     }
 
@@ -437,6 +635,7 @@ impl Agent {
         }
         tracing::debug!(token, "runtime connected");
         let now = Instant::now();
+        let peer = peer_pid(&sock);
         self.connections.insert(
             token,
             Connection {
@@ -444,7 +643,8 @@ impl Agent {
                 reader: StateReader::new(),
                 deadline: now + CONNECTION_TIMEOUT,
                 active: now,
-                resume_at: None,
+                accepted: now,
+                peer,
             },
         );
     }
@@ -456,21 +656,36 @@ impl Agent {
         let now = Instant::now();
         conn.active = now;
         let outcome = conn.reader.read_from(conn.sock.as_fd());
-        if matches!(outcome, Ok(ReadProgress::Pending)) {
-            // Runtimes send the whole document in one message. One that trickles
-            // in is read in batches: the connection is left alone for a moment so
-            // that its data piles up in the socket, instead of waking this thread
-            // (and taking a CPU from the containers' workers) for every piece.
-            if epoll::modify(
-                &self.epoll,
-                &conn.sock,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::empty(),
-            )
-            .is_ok()
-            {
-                conn.resume_at = Some(now + TRICKLE_PAUSE);
+        if matches!(outcome, Ok(ReadProgress::Pending)) && !conn.reader.is_empty() {
+            // Runtimes send the whole document in one message. One that arrives
+            // in pieces goes to the slow lane, at the lowest priority, unless a
+            // flood keeps the slow lane from taking in what it was handed: then
+            // it stays in this thread's table (bounded, idlest closed first) and
+            // is read here as its data comes, rather than turned away.
+            if self.slow.pending.load(Ordering::Relaxed) >= SLOW_LANE_BACKLOG {
+                tracing::debug!(
+                    token,
+                    "the slow lane lags; this thread reads the document on"
+                );
+                return;
             }
+            let Some(conn) = self.connections.remove(&token) else {
+                return;
+            };
+            let _ = epoll::delete(&self.epoll, &conn.sock);
+            tracing::debug!(
+                token,
+                bytes = conn.reader.len(),
+                "document arrives in pieces; the slow lane reads the rest"
+            );
+            // Counted now, so that a burst of trickling clients meets the limit.
+            self.slow.pending.fetch_add(1, Ordering::Relaxed);
+            if self.slow.tx.send(conn).is_err() {
+                tracing::error!(token, "the slow lane has ended; closing a connection");
+            }
+            return;
+        }
+        if matches!(outcome, Ok(ReadProgress::Pending)) {
             return;
         }
         // Done with this connection either way. It is closed (which also drops it
@@ -561,7 +776,33 @@ impl Agent {
     fn drain_worker_events(&mut self, events: &mut Vec<AgentEvent>) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&*self.waker, &mut buf);
-        while let Ok(TenantEvent::Released(raw)) = self.events_rx.try_recv() {
+        while let Ok(ev) = self.events_rx.try_recv() {
+            let raw = match ev {
+                TenantEvent::Released(raw) => raw,
+                TenantEvent::Document(listener) => {
+                    self.add_container(*listener, events);
+                    continue;
+                }
+                TenantEvent::Rejected(reason) => {
+                    events.push(AgentEvent::Rejected { reason });
+                    continue;
+                }
+                TenantEvent::Respawn(raw, generation, done) => {
+                    let started = self
+                        .containers
+                        .get(&ListenerId(raw))
+                        .is_some_and(|c| match c.tenant.spawn_worker(generation) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(container = %shown(&c.id), error = %e,
+                                    "cannot start a worker at nice 0; the one at nice 19 serves on");
+                                false
+                            }
+                        });
+                    let _ = done.send(started);
+                    continue;
+                }
+            };
             let id = ListenerId(raw);
             self.shared.pidfds.remove_owner(raw);
             let container_id = self
@@ -592,19 +833,6 @@ impl Agent {
                 epoll::EventFlags::IN,
             ) {
                 tracing::error!(error = %e, "could not resume the listening socket");
-            }
-        }
-        for (token, conn) in &mut self.connections {
-            if conn.resume_at.is_some_and(|t| t <= now) {
-                conn.resume_at = None;
-                if let Err(e) = epoll::modify(
-                    &self.epoll,
-                    &conn.sock,
-                    epoll::EventData::new_u64(*token),
-                    epoll::EventFlags::IN,
-                ) {
-                    tracing::error!(error = %e, "could not resume reading a connection");
-                }
             }
         }
         let late: Vec<u64> = self

@@ -3,15 +3,17 @@
 //! Fields: `time` (RFC 3339, UTC), `pid`, `tid`, `exe`, `uid`, `family`
 //! (`inet`, `inet6`, `unix`, or the number), `proto`, `address`, `port`,
 //! `decision`, `errno` (the number the program saw, 0 for success, null when the
-//! kernel decided), `reason`, `netns` (the socket's network namespace inode, or
+//! kernel decided), `decided_by` (`kernel` or `fdgrab`), `reason`, `netns` (the socket's network namespace inode, or
 //! the caller's when the socket was not looked at), and `container_id`,
 //! `bundle`, `pod`, `namespace`, `container_name` when known.
 
 use serde::Serialize;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Labels added to every line of one listener (the OCI agent fills these in).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -131,56 +133,261 @@ pub struct AuditRecord<'a> {
     pub netns: Option<u64>,
 }
 
+/// Bytes an audit sink that does not keep up may owe before whole lines are
+/// dropped: a few hundred lines.
+const MAX_PENDING: usize = 256 * 1024;
+
+/// What a pipe writes whole or not at all (`pipe(7)`), Linux's `PIPE_BUF`.
+const PIPE_BUF: usize = 4096;
+
+/// How often, at most, dropped lines are logged while a sink stays stalled.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// An audit line as written: the record and who gave the caller its answer.
+#[derive(Serialize)]
+struct Line<'r, 'a> {
+    #[serde(flatten)]
+    record: &'r AuditRecord<'a>,
+    /// `kernel` for `continue` (the kernel ran the call with the caller's own
+    /// rights, after the supervisor let go of it: its result is not known
+    /// here, so `errno` is null), `fdgrab` otherwise.
+    decided_by: &'static str,
+}
+
+/// Where the lines go. Every write is non-blocking: a pipe or FIFO nobody reads
+/// (or a stuck terminal) must not hold a decision, nor the lock every worker
+/// takes to audit. What the sink does not take at once waits in `pending`,
+/// bounded; beyond that, new lines are dropped and counted.
+struct Writer {
+    fd: OwnedFd,
+    /// Sockets take `MSG_DONTWAIT` per call; other fds were opened `O_NONBLOCK`.
+    socket: bool,
+    /// A pipe or FIFO: written in whole lines of at most `PIPE_BUF` bytes per
+    /// call, which the kernel writes entirely or not at all.
+    pipe: bool,
+    /// Bytes written to nobody yet, whole lines except maybe the first.
+    pending: Vec<u8>,
+    /// Whether `pending` starts in the middle of a line (its head was written).
+    pending_partial: bool,
+    last_drop_report: Option<Instant>,
+    dropped_since_report: u64,
+}
+
+impl Writer {
+    fn new(fd: OwnedFd) -> Self {
+        let kind = rustix::fs::fstat(&fd)
+            .ok()
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
+        Writer {
+            fd,
+            socket: kind.is_some_and(|k| k.is_socket()),
+            pipe: kind == Some(rustix::fs::FileType::Fifo),
+            pending: Vec::new(),
+            pending_partial: false,
+            last_drop_report: None,
+            dropped_since_report: 0,
+        }
+    }
+
+    fn write_some(&self, buf: &[u8]) -> rustix::io::Result<usize> {
+        if self.socket {
+            rustix::net::send(
+                &self.fd,
+                buf,
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            )
+        } else {
+            rustix::io::write(&self.fd, buf)
+        }
+    }
+
+    /// Where the write starting at `from` ends. A pipe takes whole lines, up to
+    /// `PIPE_BUF` bytes at once: a larger write could stop in the middle of a
+    /// line, whose head a reader then has (and, after a reopen, whose tail nobody
+    /// gets). A single longer line goes alone.
+    fn chunk_end(&self, from: usize) -> usize {
+        let rest = &self.pending[from..];
+        if !self.pipe || rest.len() <= PIPE_BUF {
+            return self.pending.len();
+        }
+        let end = match rest[..PIPE_BUF].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1),
+        };
+        from + end
+    }
+
+    /// Writes what is pending, as far as the sink takes it without waiting.
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.pending.len() {
+            let end = self.chunk_end(done);
+            match self.write_some(&self.pending[done..end]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+        if done > 0 {
+            let line_end = self.pending[..done].iter().rposition(|&b| b == b'\n');
+            self.pending.drain(..done);
+            self.pending_partial = match line_end {
+                Some(i) => i + 1 < done,
+                None => true,
+            };
+        }
+    }
+
+    /// Takes one line; `Err` when it was dropped (and why).
+    fn push(&mut self, line: &[u8]) -> Result<(), String> {
+        self.flush();
+        if self.pending.is_empty() {
+            match self.write_some(line) {
+                Ok(n) if n == line.len() => return Ok(()),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&line[n..]);
+                    self.pending_partial = n > 0;
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if self.pending.len() + line.len() > MAX_PENDING {
+            return Err(format!(
+                "the sink takes no more ({} bytes waiting)",
+                self.pending.len()
+            ));
+        }
+        if self.pending.is_empty() {
+            self.pending_partial = false;
+        }
+        self.pending.extend_from_slice(line);
+        Ok(())
+    }
+
+    /// Hands what is still pending over to `next` (after a reopen): the tail of a
+    /// line begun in the old file is dropped, whole lines move.
+    fn hand_over(&mut self, next: &mut Writer) -> u64 {
+        self.flush();
+        let mut lost = 0;
+        let mut rest = std::mem::take(&mut self.pending);
+        if self.pending_partial {
+            let cut = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            rest.drain(..cut);
+            lost = 1;
+        }
+        next.pending = rest;
+        next.pending_partial = false;
+        next.last_drop_report = self.last_drop_report;
+        next.dropped_since_report = self.dropped_since_report;
+        lost
+    }
+}
+
 enum Sink {
     None,
-    Stdout,
-    /// The file and the path it was opened at, for [`AuditSink::reopen`].
-    File(Mutex<File>, PathBuf),
+    /// Standard output (`path` None) or the file opened at `path`, which
+    /// [`AuditSink::reopen`] opens again.
+    Out(Mutex<Writer>, Option<PathBuf>),
 }
 
 /// Where audit lines go.
 pub struct AuditSink {
     sink: Sink,
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.sink {
             Sink::None => "none",
-            Sink::Stdout => "stdout",
-            Sink::File(..) => "file",
+            Sink::Out(_, None) => "stdout",
+            Sink::Out(_, Some(_)) => "file",
         };
         f.debug_struct("AuditSink").field("sink", &kind).finish()
     }
 }
 
 impl AuditSink {
+    fn with(sink: Sink) -> Self {
+        Self {
+            sink,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     /// Appends to `path`, creating it (mode 0600) if needed.
     pub fn from_path(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            sink: Sink::File(Mutex::new(open_append(path)?), path.to_path_buf()),
-        })
+        Ok(Self::with(Sink::Out(
+            Mutex::new(Writer::new(open_append(path)?)),
+            Some(path.to_path_buf()),
+        )))
     }
 
     /// Opens the path again and writes there from now on (logrotate moved the
     /// old file away). On failure the old file stays in use. A no-op for stdout.
     pub fn reopen(&self) -> io::Result<()> {
-        let Sink::File(file, path) = &self.sink else {
+        let Sink::Out(writer, Some(path)) = &self.sink else {
             return Ok(());
         };
-        let new = open_append(path)?;
-        *file.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        let mut new = Writer::new(open_append(path)?);
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = w.hand_over(&mut new);
+        *w = new;
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Writes to standard output.
+    /// Writes to standard output, through a descriptor of its own that never
+    /// blocks: a pipe, FIFO or terminal is opened again through
+    /// `/proc/self/fd/1` with `O_NONBLOCK` (changing fd 1's own flags would
+    /// change them for every process sharing it); a socket (the journal's
+    /// stdout stream) takes `MSG_DONTWAIT` per write.
     pub fn stdout() -> Self {
-        Self { sink: Sink::Stdout }
+        let stdout = io::stdout();
+        let out = std::os::fd::AsFd::as_fd(&stdout);
+        let kind = rustix::fs::fstat(out)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+            .ok();
+        let reopened = matches!(
+            kind,
+            Some(rustix::fs::FileType::Fifo | rustix::fs::FileType::CharacterDevice)
+        )
+        .then(|| {
+            rustix::fs::open(
+                "/proc/self/fd/1",
+                rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::APPEND
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::NOCTTY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        })
+        .flatten();
+        let fd = match reopened {
+            Some(fd) => Some(fd),
+            None => rustix::io::fcntl_dupfd_cloexec(out, 3).ok(),
+        };
+        match fd {
+            Some(fd) => Self::with(Sink::Out(Mutex::new(Writer::new(fd)), None)),
+            None => {
+                tracing::error!("cannot duplicate standard output for audit lines; not auditing");
+                Self::none()
+            }
+        }
     }
 
     /// Writes nothing (decisions still go to `tracing`).
     pub fn none() -> Self {
-        Self { sink: Sink::None }
+        Self::with(Sink::None)
     }
 
     /// Whether lines are written at all; gathering `exe` and `uid` costs syscalls.
@@ -188,13 +395,37 @@ impl AuditSink {
         !matches!(self.sink, Sink::None)
     }
 
-    /// Writes one line. A full disk must not stop the supervisor from answering,
-    /// so failures are reported to `tracing` and otherwise ignored.
+    /// Writes what waits in the queue, as far as the sink takes it without
+    /// waiting; returns whether some still waits. Lines queued while a FIFO's
+    /// reader lagged must reach it once it reads again, even if no decision
+    /// follows to push them: whoever owns the sink calls this while it is true.
+    pub fn flush(&self) -> bool {
+        let Sink::Out(writer, _) = &self.sink else {
+            return false;
+        };
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.flush();
+        !w.pending.is_empty()
+    }
+
+    /// Lines dropped since start because the sink did not take them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes one line without waiting for the sink. A full disk or a pipe
+    /// nobody reads must not stop the supervisor from answering: a line the
+    /// sink cannot take is dropped, counted ([`AuditSink::dropped`]) and
+    /// reported to `tracing` (at most every ten seconds while it lasts).
     pub fn write(&self, record: &AuditRecord<'_>) {
-        if !self.is_enabled() {
+        let Sink::Out(writer, path) = &self.sink else {
             return;
-        }
-        let mut line = match serde_json::to_vec(record) {
+        };
+        let decided_by = match record.decision {
+            Decision::Continue => "kernel",
+            _ => "fdgrab",
+        };
+        let mut line = match serde_json::to_vec(&Line { record, decided_by }) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode an audit record");
@@ -202,34 +433,76 @@ impl AuditSink {
             }
         };
         line.push(b'\n');
-        let result = match &self.sink {
-            Sink::None => Ok(()),
-            Sink::Stdout => io::stdout().lock().write_all(&line),
-            Sink::File(f, _) => match f.lock() {
-                Ok(mut f) => f.write_all(&line),
-                Err(_) => Err(io::Error::other("audit file lock poisoned")),
-            },
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Err(why) = w.push(&line) else {
+            return;
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot write an audit record");
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        w.dropped_since_report += 1;
+        let now = Instant::now();
+        if w.last_drop_report
+            .is_none_or(|t| now.duration_since(t) >= DROP_REPORT_EVERY)
+        {
+            let sink = path
+                .as_ref()
+                .map_or_else(|| "standard output".to_owned(), |p| p.display().to_string());
+            tracing::warn!(
+                sink = %sink,
+                dropped = w.dropped_since_report,
+                dropped_total = total,
+                reason = %why,
+                "audit lines dropped: the audit sink does not take them (a pipe or FIFO nobody reads?)"
+            );
+            w.last_drop_report = Some(now);
+            w.dropped_since_report = 0;
         }
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
+impl Drop for AuditSink {
+    /// A last try for the queued lines (an agent that ends with its audit
+    /// FIFO's reader catching up), still without waiting.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking open: a FIFO nobody reads (put at the path between reloads)
-    // fails with ENXIO instead of hanging the agent's thread in open(2). Writes
-    // then block as usual.
+    // Non-blocking, and left so: a FIFO nobody reads fails the open with ENXIO
+    // instead of hanging the agent's thread in open(2), and one whose reader
+    // stops reading fills up without blocking a write (regular files ignore
+    // the flag).
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    let flags = rustix::fs::fcntl_getfl(&file)?;
-    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
-    Ok(file)
+    Ok(file.into())
+}
+
+/// Whether copying a socket out of a process (`pidfd_getfd`, like receiving it
+/// over `SCM_RIGHTS`) could change it: the kernel re-tags a received socket with
+/// the receiver's cgroup-v1 `net_cls` class id and `net_prio` index. Those can
+/// differ from the owner's only where a v1 `net_cls` or `net_prio` hierarchy
+/// holds cgroups besides its root (`/proc/cgroups`); unreadable counts as yes.
+pub(crate) fn copying_a_socket_retags_it() -> bool {
+    std::fs::read_to_string("/proc/cgroups").map_or(true, |t| retagging_hierarchies(&t))
+}
+
+fn retagging_hierarchies(proc_cgroups: &str) -> bool {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            matches!(f.as_slice(), [name, hierarchy, cgroups, enabled, ..]
+                if matches!(*name, "net_cls" | "net_prio")
+                    && *hierarchy != "0"
+                    && *enabled != "0"
+                    && cgroups.parse::<u64>().map_or(true, |n| n > 1))
+        })
 }
 
 /// `SystemTime::now()` as RFC 3339 with microseconds, UTC.
@@ -269,6 +542,47 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_copies_retag_only_under_v1_net_cls_or_net_prio_cgroups() {
+        let head = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t6\t1\n";
+        // Attached to v1 but only the root cgroup: everyone's class id is the same.
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t1\t1\nnet_prio\t0\t4\t1\n"
+        )));
+        // cgroup v2 only (hierarchy 0): no class ids at all.
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t0\t9\t1\nnet_prio\t0\t9\t1\n"
+        )));
+        assert!(retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t3\t1\nnet_prio\t0\t4\t1\n"
+        )));
+        assert!(retagging_hierarchies(&format!(
+            "{head}net_cls\t0\t1\t1\nnet_prio\t5\t2\t1\n"
+        )));
+        assert!(!retagging_hierarchies(&format!(
+            "{head}net_cls\t13\t3\t0\n"
+        )));
+    }
+
+    #[test]
+    fn pipes_take_whole_lines_of_at_most_pipe_buf() {
+        let (_r, w) = rustix::pipe::pipe().expect("pipe");
+        let mut wr = Writer::new(w);
+        assert!(wr.pipe);
+        let line = |c: u8, n: usize| {
+            let mut l = vec![c; n - 1];
+            l.push(b'\n');
+            l
+        };
+        wr.pending = [line(b'a', 1000), line(b'b', 3000), line(b'c', 500)].concat();
+        assert_eq!(wr.chunk_end(0), 4000);
+        assert_eq!(wr.chunk_end(4000), 4500);
+        // A line longer than PIPE_BUF goes alone.
+        wr.pending = [line(b'd', 5000), line(b'e', 10)].concat();
+        assert_eq!(wr.chunk_end(0), 5000);
+        assert_eq!(wr.chunk_end(5000), 5010);
+    }
 
     #[test]
     fn timestamps() {

@@ -19,10 +19,12 @@ use super::audit::{rfc3339_now, AuditLabels, AuditRecord, AuditSink, Decision};
 use super::handler::{Answer, Context, Handler};
 use super::pidfd_cache::{FdBudget, ThreadPidfds};
 use super::policy::{Policy, PolicyCell, Proto};
+use super::port_threshold::{netns_link_inode, NetnsLinks, NETNS_LINKS_PER_HANDLER};
 use crate::pidfd::PidFd;
-use crate::seccomp::{read_validated, Notification, ReadError, Response, SendError};
+use crate::seccomp::{
+    read_validated, read_validated_within, Notification, ReadError, Response, SendError,
+};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketType};
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -50,6 +52,8 @@ pub struct BindHandler {
     owner: u64,
     /// Whether `pidfds` is ours alone (then `maintain` prunes it).
     private_cache: bool,
+    /// Callers' `/proc/TID/ns/net` links, for the netns check.
+    links: Arc<NetnsLinks>,
 }
 
 /// More than this many withdrawn binds at once means nobody is retrying them.
@@ -75,7 +79,15 @@ impl BindHandler {
             pidfds,
             owner,
             private_cache: false,
+            links: Arc::new(NetnsLinks::new(NETNS_LINKS_PER_HANDLER)),
         }
+    }
+
+    /// Keeps callers' netns links in `links` (whoever shares it prunes it,
+    /// [`NetnsLinks::prune_exited`]) instead of a small cache of its own.
+    pub fn netns_links(mut self, links: Arc<NetnsLinks>) -> Self {
+        self.links = links;
+        self
     }
 }
 
@@ -88,25 +100,91 @@ fn socket_key(sock: &OwnedFd) -> Option<(u64, u64)> {
 /// What we learned about one request, for the audit line.
 #[derive(Default)]
 struct Facts {
-    family: Option<i32>,
+    /// The call's fd, family and address, as far as they were decoded.
+    call: BindArgs,
     proto: Option<Proto>,
-    addr: Option<SocketAddr>,
     /// The socket's network namespace (nsfs inode), once the socket was looked at.
     netns: Option<u64>,
-    /// The caller's fd number, for the audit line's protocol.
-    fd: Option<i32>,
+}
+
+/// What a trapped `bind(fd, addr, addrlen)` asks, learnt step by step by
+/// [`decode_bind`]: whatever was learnt before a step stopped it stays here, for
+/// an audit line.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BindArgs {
+    /// The caller's fd number.
+    pub fd: Option<i32>,
+    /// `sa_family` of our copy of the sockaddr.
+    pub family: Option<i32>,
+    /// The address, once parsed the way the kernel's IPv4/IPv6 binds do.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Why [`decode_bind`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Undecoded {
+    /// The request is gone (or someone else answers it): send nothing.
+    Gone,
+    /// The kernel judges the call (`CONTINUE`), for this reason.
+    Kernel(&'static str),
+    /// Reading the caller's memory outlived its deadline.
+    TimedOut,
+}
+
+/// Decodes a trapped bind's arguments into `args`, with our copy of the sockaddr
+/// read by `read` (plain, or with a deadline). `claim` runs right after the read,
+/// the only step that can block on the caller: `false` means someone else answered
+/// meanwhile. Only that copy is used from then on. Returns the fd and the address.
+pub(super) fn decode_bind(
+    listener: &crate::seccomp::Listener,
+    n: &Notification,
+    args: &mut BindArgs,
+    deadline: Option<std::time::Duration>,
+    claim: impl FnOnce() -> bool,
+) -> Result<(i32, SocketAddr), Undecoded> {
+    // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
+    let fd = n.data.args[0] as u32 as i32;
+    let ptr = n.data.args[1];
+    let addrlen = n.data.args[2] as u32 as i32;
+    args.fd = Some(fd);
+    if !(2..=MAX_ADDRLEN).contains(&addrlen) {
+        return Err(Undecoded::Kernel("address length the kernel judges"));
+    }
+    let mut buf = [0u8; MAX_ADDRLEN as usize];
+    let raw = &mut buf[..addrlen as usize];
+    // The read names the thread by tid and the ID_VALID inside proves the tid
+    // still named the caller; nothing per-caller is opened before the policy
+    // could allow the bind.
+    let read = match deadline {
+        None => read_validated(listener, n, ptr, raw),
+        Some(d) => read_validated_within(listener, n, ptr, raw, d),
+    };
+    match read {
+        Ok(()) => {}
+        Err(ReadError::Gone) => return Err(Undecoded::Gone),
+        Err(ReadError::Fault) => {
+            return Err(Undecoded::Kernel("bad address (the kernel answers EFAULT)"))
+        }
+        Err(ReadError::Other(_)) => {
+            return Err(Undecoded::Kernel("cannot read the caller's memory"))
+        }
+        Err(ReadError::TimedOut) => return Err(Undecoded::TimedOut),
+    }
+    if !claim() {
+        return Err(Undecoded::Gone);
+    }
+    let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
+    args.family = Some(family);
+    let addr = parse_sockaddr(family, raw).map_err(Undecoded::Kernel)?;
+    args.addr = Some(addr);
+    Ok((fd, addr))
 }
 
 /// The nsfs inode of thread `tid`'s network namespace, from the link's text
 /// (`net:[INODE]`): reading the link costs half of following it.
 fn thread_netns_inode(tid: i32) -> Option<u64> {
     let link = rustix::fs::readlink(format!("/proc/{tid}/ns/net"), Vec::new()).ok()?;
-    link.to_str()
-        .ok()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    netns_link_inode(link.as_bytes())
 }
 
 impl Handler for BindHandler {
@@ -120,6 +198,7 @@ impl Handler for BindHandler {
         if self.private_cache {
             self.pidfds.prune_exited();
         }
+        self.links.prune_exited();
     }
 
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
@@ -130,7 +209,7 @@ impl Handler for BindHandler {
         };
         tracing::debug!(
             tid = notif.tid,
-            addr = ?facts.addr,
+            addr = ?facts.call.addr,
             ?decision,
             reason,
             "bind"
@@ -138,7 +217,7 @@ impl Handler for BindHandler {
         if cx.audit.is_enabled() {
             audit(cx, notif, &mut facts, response, decision, reason);
         }
-        let Some(key) = bound else {
+        let Some(sock) = bound else {
             return Answer::Respond(response);
         };
         // We changed the socket: if the caller never learns that, remember it so a
@@ -146,7 +225,7 @@ impl Handler for BindHandler {
         match cx.listener.respond(notif.id, response) {
             Ok(()) => {}
             Err(SendError::Gone) => {
-                if let Some(addr) = facts.addr {
+                if let (Some(addr), Some(key)) = (facts.call.addr, socket_key(&sock)) {
                     if self.unanswered.len() >= MAX_UNANSWERED {
                         self.unanswered.clear();
                     }
@@ -160,11 +239,10 @@ impl Handler for BindHandler {
     }
 }
 
-/// The answer, the audit decision and reason, and the identity of the socket if we
-/// bound it. Our copy of the socket is closed before answering: while the caller
-/// still holds its fd our close is a reference drop, whereas closing after the
-/// caller did would tear the socket down on the supervisor's time.
-type Decided = (Response, Decision, &'static str, Option<(u64, u64)>);
+/// The answer, the audit decision and reason, and our copy of the socket if we
+/// bound it. That copy is closed right after the answer; its identity (an
+/// `fstat`) is looked up only if the caller left the call before the answer.
+type Decided = (Response, Decision, &'static str, Option<OwnedFd>);
 
 impl BindHandler {
     /// `None` when the request vanished (nothing to answer).
@@ -175,35 +253,13 @@ impl BindHandler {
         facts: &mut Facts,
     ) -> Option<Decided> {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
-        // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
-        let fd = n.data.args[0] as u32 as i32;
-        let ptr = n.data.args[1];
-        let addrlen = n.data.args[2] as u32 as i32;
-        facts.fd = Some(fd);
-        if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-            return cont("address length the kernel judges");
-        }
-        let mut buf = [0u8; MAX_ADDRLEN as usize];
-        // The read names the thread by tid and the ID_VALID inside proves the tid
-        // still named the caller; nothing per-caller is opened before the policy
-        // could allow the bind.
-        let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
-            Ok(raw) => raw,
-            Err(None) => return None,
-            Err(Some(why)) => return cont(why),
-        };
-        // Past the only step that can block on the caller: from here on the answer
+        // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        if !cx.claim() {
-            return None;
-        }
-        let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
-        facts.family = Some(family);
-        let addr = match parse_sockaddr(family, raw) {
-            Ok(a) => a,
-            Err(reason) => return cont(reason),
+        let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, None, || cx.claim()) {
+            Ok(call) => call,
+            Err(Undecoded::Kernel(reason)) => return cont(reason),
+            Err(Undecoded::Gone | Undecoded::TimedOut) => return None,
         };
-        facts.addr = Some(addr);
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }
@@ -216,16 +272,34 @@ impl BindHandler {
             Err(None) => return None,
             Err(Some(reason)) => return cont(reason),
         };
+        // One SO_NETNS_COOKIE names the socket's netns for the policy and the
+        // threshold, and comes first: a getsockopt answers ENOTSOCK for any other
+        // file without reaching its file system, where an xattr read or an ioctl
+        // would ask a FUSE server (which may never answer). The caller is parked
+        // in this call, so its netns cannot change under us.
+        let cookie = match crate::sys::socket_netns_cookie(&sock) {
+            Err(Errno::NOTSOCK) => return cont("the fd is not a socket"),
+            c => c.ok(),
+        };
         let proto = match socket_proto(&sock, addr) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
         };
         facts.proto = Some(proto);
-        // The caller is parked in this call, so its netns cannot change under us.
-        facts.netns = cx.ports.netns_inode(&sock);
+        let netns = cx.ports.socket_netns_with(&sock, cookie);
+        facts.netns = netns.inode;
         if !policy.any_netns() {
-            let same = thread_netns_inode(n.tid)
-                .and_then(|caller| cx.ports.same_netns(&sock, n.tid, caller));
+            let mut gone = false;
+            let same = self
+                .links
+                .inode(n.tid, || {
+                    gone = !cx.listener.id_valid(n.id);
+                    !gone
+                })
+                .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
+            if gone {
+                return None;
+            }
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
             }
@@ -233,7 +307,7 @@ impl BindHandler {
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        if addr.port() >= cx.ports.for_socket(&sock, n.tid) {
+        if addr.port() >= cx.ports.for_socket_in(&sock, n.tid, netns.cookie) {
             return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
@@ -241,13 +315,13 @@ impl BindHandler {
                 Response::Value(0),
                 Decision::Bind,
                 "allowed by policy",
-                socket_key(&sock),
+                Some(sock),
             )),
             Err(Errno::INVAL) if self.restarted(&sock, &addr) => Some((
                 Response::Value(0),
                 Decision::AlreadyBound,
                 "restarted call; already bound to this address",
-                socket_key(&sock),
+                Some(sock),
             )),
             Err(e) => Some((
                 Response::Error(e),
@@ -315,28 +389,44 @@ pub(crate) fn parse_sockaddr(family: i32, raw: &[u8]) -> Result<SocketAddr, &'st
 
 /// TCP or UDP, if `sock` is a socket of `addr`'s family; otherwise why the kernel
 /// should decide.
+///
+/// One `fgetxattr(system.sockprotoname)` answers what `SO_DOMAIN`, `SO_TYPE` and
+/// `SO_PROTOCOL` would: it is the name of the protocol the socket was made with
+/// (`TCP`, `TCPv6`, `UDP`, `UDPv6`; `RAW`, `PING`, `MPTCP`, `UDP-Lite`, `UNIX`,
+/// ... for everything else). The name is the one the socket was made with: an
+/// IPv6 TCP or UDP socket turned IPv4 by `IPV6_ADDRFORM` is still `TCPv6` or
+/// `UDPv6`, and once disconnected it is unbound again, so an IPv6 name with an
+/// IPv4 address asks the socket's family now (`SO_DOMAIN`); a socket cannot turn
+/// IPv6, so nothing else needs the extra call.
 fn socket_proto(sock: &OwnedFd, addr: SocketAddr) -> Result<Proto, &'static str> {
-    let domain = rustix::net::sockopt::socket_domain(sock).map_err(|_| "the fd is not a socket")?;
-    let want = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    if domain != want {
+    let (v6, proto) = protocol_name(sock)?;
+    let v6 = v6
+        && (addr.is_ipv6()
+            || rustix::net::sockopt::socket_domain(sock)
+                .map_or(true, |d| d == rustix::net::AddressFamily::INET6));
+    if v6 != addr.is_ipv6() {
         return Err("socket family differs from the address family");
     }
-    transport(sock)
+    Ok(proto)
 }
 
-/// TCP or UDP, whatever the family.
-fn transport(sock: &OwnedFd) -> Result<Proto, &'static str> {
-    let ty = rustix::net::sockopt::socket_type(sock).map_err(|_| "the fd is not a socket")?;
-    let protocol =
-        rustix::net::sockopt::socket_protocol(sock).map_err(|_| "the fd is not a socket")?;
-    let protocol = protocol.map(|p| p.as_raw().get() as i32).unwrap_or(0);
-    match (ty, protocol) {
-        (SocketType::STREAM, libc::IPPROTO_TCP) => Ok(Proto::Tcp),
-        (SocketType::DGRAM, libc::IPPROTO_UDP) => Ok(Proto::Udp),
-        _ => Err("not a TCP or UDP socket"),
+/// Whether `sock` was made as an IPv6 socket, and TCP or UDP, from its protocol
+/// name.
+fn protocol_name(sock: &OwnedFd) -> Result<(bool, Proto), &'static str> {
+    let mut name = [0u8; 16];
+    let n = rustix::fs::fgetxattr(sock, "system.sockprotoname", &mut name)
+        .map_err(|_| "the fd is not a socket")?;
+    inet_protocol(&name[..n]).ok_or("not a TCP or UDP socket")
+}
+
+/// The family (IPv6 or not) and protocol a `system.sockprotoname` value names.
+fn inet_protocol(name: &[u8]) -> Option<(bool, Proto)> {
+    match name.strip_suffix(b"\0").unwrap_or(name) {
+        b"TCP" => Some((false, Proto::Tcp)),
+        b"TCPv6" => Some((true, Proto::Tcp)),
+        b"UDP" => Some((false, Proto::Udp)),
+        b"UDPv6" => Some((true, Proto::Udp)),
+        _ => None,
     }
 }
 
@@ -397,9 +487,22 @@ impl BindHandler {
             r => r,
         };
         match opened {
-            Ok(p) => Ok(self.pidfds.insert(self.owner, tid, p)),
+            Ok(p) => Ok(self.keep(tid, p)),
             Err(e) if is_emfile(&e) => Err(OpenFailure::TooManyFiles),
             Err(_) => Err(OpenFailure::Other),
+        }
+    }
+
+    /// Caches `p` for `tid` if it is a thread pidfd. A thread group's pidfd
+    /// (before Linux 6.9) outlives the thread it was opened for: a later thread
+    /// of another process with the same tid would reach the first process's fds
+    /// through it, so it serves one request only (opened and validated with
+    /// `ID_VALID` each time).
+    fn keep(&self, tid: i32, p: PidFd) -> Arc<PidFd> {
+        if p.is_thread() {
+            self.pidfds.insert(self.owner, tid, p)
+        } else {
+            Arc::new(p)
         }
     }
 
@@ -504,34 +607,18 @@ fn audit(
     reason: &str,
 ) {
     let inet = matches!(
-        facts.family,
+        facts.call.family,
         Some(libc::AF_INET | libc::AF_INET6 | libc::AF_UNSPEC)
     );
     if facts.proto.is_none() && inet {
-        facts.proto = facts.fd.and_then(|fd| peek_transport(n.tid, fd));
+        facts.proto = facts
+            .call
+            .fd
+            .and_then(|fd| peek_transport(n.tid, fd, || cx.listener.id_valid(n.id)));
     }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
     );
-}
-
-/// Reads the `addrlen` bytes of `struct sockaddr` at `ptr` in the caller of a
-/// trapped bind, `addrlen` already checked against `2..=MAX_ADDRLEN`.
-/// `Err(None)`: the request is gone; `Err(Some(reason))`: the kernel judges it.
-pub(super) fn read_sockaddr<'a>(
-    listener: &crate::seccomp::Listener,
-    n: &Notification,
-    ptr: u64,
-    addrlen: i32,
-    buf: &'a mut [u8; MAX_ADDRLEN as usize],
-) -> std::result::Result<&'a [u8], Option<&'static str>> {
-    let raw = &mut buf[..addrlen as usize];
-    match read_validated(listener, n, ptr, raw) {
-        Ok(()) => Ok(raw),
-        Err(ReadError::Gone) => Err(None),
-        Err(ReadError::Fault) => Err(Some("bad address (the kernel answers EFAULT)")),
-        Err(ReadError::Other(_)) => Err(Some("cannot read the caller's memory")),
-    }
 }
 
 /// The protocol of the caller's socket `fd`, for an audit line the decision did
@@ -540,31 +627,48 @@ pub(super) fn read_sockaddr<'a>(
 /// directory: a copy of the socket (`pidfd_getfd`) moves it into our cgroup-v1
 /// net_cls/net_prio class, changing a socket handed back untouched. Otherwise
 /// (the agent keeps no DAC capability, and a non-root caller's fd directory is
-/// its own) a pidfd and a copy, both closed at once.
-fn peek_transport(tid: i32, fd: i32) -> Option<Proto> {
+/// its own) a pidfd and a copy, both closed at once; but not where the copy
+/// could re-tag the socket (v1 net_cls/net_prio cgroups in use): then unknown.
+/// The pidfd is opened by tid after the decision: `still_caller` (an
+/// `ID_VALID`) proves it names the caller before anything is copied out of it,
+/// so that no other process's socket is touched.
+///
+/// An xattr read of anything but a socket would reach the file's file system (a
+/// FUSE server, which may never answer): the fd must be a socket first, by its
+/// `/proc` link's text (`socket:[INODE]`) or, for our copy, by a `getsockopt`.
+/// Between the link's text and the read another thread may put a file at the
+/// number; that narrow window remains on this audit-only path.
+fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Option<Proto> {
+    let path = format!("/proc/{tid}/fd/{fd}");
     let mut name = [0u8; 16];
-    match rustix::fs::getxattr(
-        format!("/proc/{tid}/fd/{fd}"),
-        "system.sockprotoname",
-        &mut name,
-    ) {
-        Ok(n) => {
-            return match name[..n].strip_suffix(b"\0").unwrap_or(&name[..n]) {
-                b"TCP" | b"TCPv6" => Some(Proto::Tcp),
-                b"UDP" | b"UDPv6" => Some(Proto::Udp),
-                _ => None,
+    match rustix::fs::readlink(&path, Vec::new()) {
+        Ok(link) if link.as_bytes().starts_with(b"socket:") => {
+            match rustix::fs::getxattr(&path, "system.sockprotoname", &mut name) {
+                Ok(n) => return inet_protocol(&name[..n]).map(|(_, p)| p),
+                Err(Errno::ACCESS) => {}
+                Err(_) => return None,
             }
         }
+        Ok(_) => return None,
         Err(Errno::ACCESS) => {}
         Err(_) => return None,
+    }
+    if super::audit::copying_a_socket_retags_it() {
+        return None;
     }
     let thread = match PidFd::open_thread(tid) {
         Err(crate::Error::Unsupported { .. }) => thread_group_pidfd(tid),
         r => r,
     }
     .ok()?;
+    if !still_caller() {
+        return None;
+    }
     let sock = getfd_from(&thread, fd).ok()?;
-    transport(&sock).ok()
+    if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
+        return None;
+    }
+    protocol_name(&sock).ok().map(|(_, p)| p)
 }
 
 /// Audits a bind answered without looking at it (a deadline passed, or an
@@ -616,13 +720,13 @@ fn write_audit(
         exe,
         uid: status.as_ref().and_then(|s| s.uids).map(|u| u[1]),
         syscall: "bind",
-        family: facts.family.map(family_name),
+        family: facts.call.family.map(family_name),
         proto: facts.proto.map(|p| match p {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
         }),
-        address: facts.addr.map(|a| a.ip().to_string()),
-        port: facts.addr.map(|a| a.port()),
+        address: facts.call.addr.map(|a| a.ip().to_string()),
+        port: facts.call.addr.map(|a| a.port()),
         decision,
         errno,
         reason,
@@ -669,6 +773,33 @@ mod tests {
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec[..15]).is_err());
         unspec[4] = 127;
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec).is_err());
+    }
+
+    /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its
+    /// thread is gone. A thread group's pidfd (kernels before 6.9) stays valid
+    /// while its process lives, so a later thread of *another* process given the
+    /// same tid would be served from the first process's fd table.
+    #[test]
+    fn only_thread_pidfds_are_cached() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let h = BindHandler::new(Arc::new(Policy::default()));
+        let group = PidFd::open(me).expect("pidfd of our process");
+        assert!(!group.is_thread());
+        h.keep(me, group);
+        assert!(
+            h.pidfds.get(me).is_none(),
+            "a thread group's pidfd is not kept"
+        );
+        match PidFd::open_thread(me) {
+            Ok(thread) => {
+                h.keep(me, thread);
+                assert!(h.pidfds.get(me).is_some(), "a thread pidfd is kept");
+            }
+            Err(crate::Error::Unsupported { .. }) => {
+                fdgrab_testkit::skip("PIDFD_THREAD needs Linux 6.9")
+            }
+            Err(e) => panic!("thread pidfd: {e}"),
+        }
     }
 
     #[test]

@@ -13,18 +13,37 @@
 //!
 //! [`SpawnError`]: crate::spawn::SpawnError
 
-use super::{AuditLabels, AuditSink, Policy, Supervisor, SupervisorEvent};
+use super::{AuditLabels, AuditSink, Policy};
 use crate::error::{Error, Result};
 pub use crate::passwd::User;
 use crate::seccomp::{self, InstallFlags, Listener, Program};
 use crate::signalfd::SignalFd;
 use crate::spawn::{Child, Credentials, SeccompHandBack, Spawn};
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::time::Duration;
+
+/// How often `run` closes the cached pidfds of threads that have exited.
+const MAINTENANCE_EVERY: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 1,
+    tv_nsec: 0,
+};
+
+/// How often `run` retries audit lines the sink could not take yet (as the
+/// agent does).
+const AUDIT_RETRY_EVERY: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: 20_000_000,
+};
+
+/// [`MAINTENANCE_EVERY`] as a [`std::time::Duration`].
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Netns links `run` keeps at most (one descriptor each).
+const MAX_NETNS_LINKS: usize = 256;
 
 /// A program to run under a seccomp notify supervisor.
 #[derive(Debug)]
@@ -165,42 +184,90 @@ impl SupervisedCommand {
     /// Starts the program and supervises it until it exits, forwarding every
     /// signal read from `signals` to it; returns its exit status. Once the listener
     /// is ours, the process keeps only the capabilities the supervisor uses.
+    ///
+    /// The listener is served by a thread of its own that blocks in `RECV`
+    /// ([`super::serve_listener`]); this thread waits for signals and the exit.
+    /// The serving thread ends when no process is left under the filter.
     pub fn run(mut self, signals: &SignalFd) -> Result<ExitStatus> {
         let Started {
             mut child,
             listener,
         } = self.start()?;
         // After the spawn, so that the program keeps the limit it was given.
-        super::pidfd_cache::FdBudget::raise_nofile();
-        let audit = std::mem::replace(&mut self.audit, AuditSink::none());
-        let mut sup = Supervisor::new(audit)?;
-        sup.add_listener(
-            listener.into_fd(),
-            Arc::new(self.policy),
-            AuditLabels::default(),
-        )?;
+        let budget = super::pidfd_cache::FdBudget::raise_nofile();
+        let audit = Arc::new(std::mem::replace(&mut self.audit, AuditSink::none()));
         // The supervisor's set, plus CAP_KILL to forward signals to another user.
+        // Capabilities are per thread: dropped before the serving thread starts,
+        // which inherits the reduced sets.
         if let Err(e) = super::capabilities::restrict(rustix::thread::CapabilitySet::KILL) {
             tracing::debug!(error = %e, "capset failed; keeping capabilities");
         }
-
-        // One epoll_wait per round: the signalfd and the pidfd wait with the listener.
-        const SIGNALS: u64 = 1;
-        const EXITED: u64 = 2;
-        sup.watch(signals.as_fd(), SIGNALS)?;
-        sup.watch(child.pidfd().exit_fd()?, EXITED)?;
-        loop {
-            // A timeout so that the supervisor's idle maintenance runs.
-            for ev in sup.dispatch(Some(Duration::from_secs(1)))? {
-                match ev {
-                    SupervisorEvent::Ready(SIGNALS) => child.forward(signals)?,
-                    SupervisorEvent::Ready(EXITED) => {
-                        let status = child.wait()?;
-                        tracing::info!(?status, "program exited");
-                        return Ok(status);
-                    }
-                    _ => {}
+        // The serving thread sleeps in RECV while idle, so this thread closes the
+        // cached pidfds and netns links of exited threads, once a second.
+        let pidfds = Arc::new(super::pidfd_cache::ThreadPidfds::new(
+            budget.pidfd_capacity(),
+        ));
+        let policy = Arc::new(super::policy::PolicyCell::new(Arc::new(self.policy)));
+        let links = Arc::new(super::port_threshold::NetnsLinks::new(
+            budget.pidfd_capacity().min(MAX_NETNS_LINKS),
+        ));
+        let handler = super::BindHandler::shared(policy, Arc::clone(&pidfds), 0)
+            .netns_links(Arc::clone(&links));
+        let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(handler)];
+        let notify_fd = listener.into_fd();
+        let serving_audit = Arc::clone(&audit);
+        std::thread::Builder::new()
+            .name("fdgrab-bind".into())
+            .spawn(move || {
+                if let Err(e) = super::serve_listener(
+                    notify_fd,
+                    handlers,
+                    serving_audit,
+                    AuditLabels::default(),
+                )
+                {
+                    tracing::error!(error = %e, "serving the seccomp listener failed; trapped binds now fail with ENOSYS");
                 }
+            })
+            .map_err(|e| Error::Local {
+                op: "starting the supervisor thread",
+                source: e,
+            })?;
+
+        let exited = child.pidfd().exit_fd()?;
+        // Lines the audit sink could not take at once (a FIFO whose reader lags)
+        // wait in its queue; the serving thread sleeps in RECV, so this thread
+        // pushes them out, often while some wait and once a second otherwise.
+        let mut audit_pending = false;
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            let mut pfds = [
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(&exited, PollFlags::IN),
+            ];
+            let tick = if audit_pending {
+                AUDIT_RETRY_EVERY
+            } else {
+                MAINTENANCE_EVERY
+            };
+            match rustix::event::poll(&mut pfds, Some(&tick)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::local("poll (signals, program exit)", e)),
+            }
+            audit_pending = audit.flush();
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = std::time::Instant::now();
+                pidfds.prune_exited();
+                links.prune_exited();
+            }
+            if !pfds[0].revents().is_empty() {
+                child.forward(signals)?;
+            }
+            if !pfds[1].revents().is_empty() {
+                let status = child.wait()?;
+                tracing::info!(?status, "program exited");
+                audit.flush();
+                return Ok(status);
             }
         }
     }

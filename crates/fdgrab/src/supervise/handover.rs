@@ -5,9 +5,14 @@
 //! ([`handover_filter`]). For each trapped `bind(fd, addr, addrlen)`:
 //! 1. a request no taken socket can match (bad length, unreadable address, port 0,
 //!    an address no taken socket has) goes back to the kernel (`CONTINUE`);
-//! 2. the sockaddr is copied with `process_vm_readv`, the caller's fd is copied
-//!    through a **thread** pidfd, its `/proc` fd flags are read, and `ID_VALID`
-//!    is checked after all three; only our copies are used from then on;
+//! 2. the sockaddr is decoded as the bind handler does ([`super::bind`]'s
+//!    `decode_bind`), with its deadline: the copy runs on a short-lived thread,
+//!    and one that outlives [`READ_DEADLINE`] (a page a userfaultfd or FUSE
+//!    server never fills) is abandoned, the bind answered `ETIMEDOUT` and the
+//!    handover refused ([`Handover::refusal`]); this supervisor's thread also
+//!    serves signals and the ready gate, so it must not block. Then the caller's
+//!    fd is copied through a **thread** pidfd and its `/proc` fd flags are read,
+//!    and `ID_VALID` is checked again; only our copies are used from then on;
 //! 3. the caller's socket must be unbound and of the taken socket's family, type
 //!    and protocol (another thread may have `dup2`'d something else over the
 //!    number): otherwise the kernel decides;
@@ -47,8 +52,9 @@
 //! After [`Handover::commit`] or [`Handover::abort`] every call goes straight back
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
-use super::bind::{parse_sockaddr, read_sockaddr, thread_group_pidfd, MAX_ADDRLEN};
+use super::bind::{decode_bind, thread_group_pidfd, BindArgs, Undecoded};
 use super::handler::{Answer, Context, Handler};
+use super::tenant::READ_DEADLINE;
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
@@ -380,6 +386,11 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !cx.listener.id_valid(n.id) {
         return None;
     }
+    // A getsockopt fails ENOTSOCK for any other file without reaching its file
+    // system; an fstat of a FUSE file may be a request to its server.
+    if rustix::net::sockopt::socket_type(&theirs).is_err() {
+        return cont("not a taken socket");
+    }
     let key = key_of(&theirs);
     match st.slots.iter_mut().find(|s| Some(s.key) == key) {
         Some(slot) => {
@@ -403,22 +414,26 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if st.done || (!st.unanswered && st.slots.iter().all(|s| s.handed.is_some())) {
         return cont("every taken socket was handed out");
     }
-    // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
-    let fd = n.data.args[0] as u32 as i32;
-    let ptr = n.data.args[1];
-    let addrlen = n.data.args[2] as u32 as i32;
-    if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-        return cont("address length the kernel judges");
-    }
-    let mut buf = [0u8; MAX_ADDRLEN as usize];
-    let raw = match read_sockaddr(cx.listener, n, ptr, addrlen, &mut buf) {
-        Ok(raw) => raw,
-        Err(None) => return None,
-        Err(Some(why)) => return cont(why),
-    };
-    let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
-    let Ok(addr) = parse_sockaddr(family, raw) else {
-        return cont("not an IP address");
+    // The new server's memory is read with the bind handler's deadline: the
+    // supervisor serves every signal and the ready gate from this thread.
+    let mut args = BindArgs::default();
+    let (fd, addr) = match decode_bind(cx.listener, n, &mut args, Some(READ_DEADLINE), || true) {
+        Ok(call) => call,
+        Err(Undecoded::Gone) => return None,
+        Err(Undecoded::Kernel(why)) => return cont(why),
+        Err(Undecoded::TimedOut) => {
+            let why = format!(
+                "the new server's bind address could not be read within {} ms (its \
+                 memory is on a page nobody fills; answered ETIMEDOUT)",
+                READ_DEADLINE.as_millis()
+            );
+            tracing::warn!(tid = n.tid, "{why}");
+            st.refusal.get_or_insert(why);
+            return Some((
+                Handed::Not(Response::Error(Errno::TIMEDOUT)),
+                "reading the caller's memory outlived the deadline",
+            ));
+        }
     };
     if addr.port() == 0
         || !st
@@ -437,6 +452,12 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     if !cx.listener.id_valid(n.id) {
         return None;
     }
+    // The socket's kind first: getsockopt fails ENOTSOCK for any other file
+    // without reaching its file system, where the fstat below could ask a FUSE
+    // server (which may never answer). A handed socket is a socket.
+    let Some(kind) = kind_of(&theirs) else {
+        return cont("the fd is not a socket");
+    };
     let key = key_of(&theirs);
     // A restarted call on the socket we already installed there.
     if let Some(s) = st
@@ -451,9 +472,6 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
             "restarted call; the taken socket is already there",
         ));
     }
-    let Some(kind) = kind_of(&theirs) else {
-        return cont("the fd is not a socket");
-    };
     if local_addr(&theirs).is_some_and(|a| a.port() != 0) {
         return cont("the caller's socket is already bound (the kernel answers EINVAL)");
     }

@@ -265,9 +265,24 @@ impl StateReader {
 
     /// Reads what `sock` has, and returns the document once it is complete.
     pub fn read_from(&mut self, sock: BorrowedFd<'_>) -> Result<ReadProgress, Rejection> {
-        let mut chunk = [0u8; 8192];
+        self.read_at_most(sock, usize::MAX)
+    }
+
+    /// Like [`StateReader::read_from`], reading at most `budget` bytes (at
+    /// least one read) and then reporting `Pending`.
+    pub fn read_at_most(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        mut budget: usize,
+    ) -> Result<ReadProgress, Rejection> {
+        // Large: a trickled document is read in batches of many pieces.
+        let mut chunk = [0u8; 65536];
         loop {
-            let got = match recv_fds(sock, &mut chunk, MAX_FDS) {
+            if budget == 0 {
+                return Ok(ReadProgress::Pending);
+            }
+            let want = chunk.len().min(budget);
+            let got = match recv_fds(sock, &mut chunk[..want], MAX_FDS) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(ReadProgress::Pending)
@@ -291,6 +306,7 @@ impl StateReader {
                 return Err(Rejection::TooLarge);
             }
             self.buf.extend_from_slice(&chunk[..got.len]);
+            budget -= got.len;
             let Some(end) = self.end.scan(&self.buf)? else {
                 continue;
             };

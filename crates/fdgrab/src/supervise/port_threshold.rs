@@ -28,6 +28,15 @@ enum NsKey {
     Inode(u64, u64),
 }
 
+/// A socket's network namespace, looked up once per bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketNetns {
+    /// `SO_NETNS_COOKIE` (5.14).
+    pub cookie: Option<u64>,
+    /// The nsfs inode (as `/proc/PID/ns/net` names it).
+    pub inode: Option<u64>,
+}
+
 /// Per-netns threshold lookups.
 #[derive(Debug)]
 pub struct UnprivilegedPorts {
@@ -51,8 +60,9 @@ fn parse(text: &[u8]) -> Option<u16> {
 }
 
 /// The socket's netns key, and an fd for the netns when one had to be opened.
-fn ns_key(sock: impl AsFd, tid: i32) -> Option<(NsKey, Option<OwnedFd>)> {
-    if let Ok(c) = sys::socket_netns_cookie(&sock) {
+/// `cookie`: the socket's netns cookie when the caller already read it.
+fn ns_key(sock: impl AsFd, tid: i32, cookie: Option<u64>) -> Option<(NsKey, Option<OwnedFd>)> {
+    if let Some(c) = cookie.or_else(|| sys::socket_netns_cookie(&sock).ok()) {
         return Some((NsKey::Cookie(c), None));
     }
     let ns = ns_fd(sock, tid)?;
@@ -87,7 +97,7 @@ impl UnprivilegedPorts {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0")
                 .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
                 .ok()?;
-            let (key, _) = ns_key(&probe, std::process::id() as i32)?;
+            let (key, _) = ns_key(&probe, std::process::id() as i32, None)?;
             Some((key, File::open(SYSCTL).ok()?))
         })();
         Self {
@@ -100,7 +110,14 @@ impl UnprivilegedPorts {
     /// The first unprivileged port for `sock`. `tid` names a thread that holds the
     /// socket, used when the kernel will not name the socket's netns.
     pub fn for_socket(&self, sock: impl AsFd, tid: i32) -> u16 {
-        let Some((key, ns)) = ns_key(&sock, tid) else {
+        self.for_socket_in(sock, tid, None)
+    }
+
+    /// [`Self::for_socket`] with the socket's netns cookie already read
+    /// ([`SocketNetns::cookie`]): one `getsockopt` per bind names the netns for
+    /// the threshold and for the netns policy alike.
+    pub fn for_socket_in(&self, sock: impl AsFd, tid: i32, cookie: Option<u64>) -> u16 {
+        let Some((key, ns)) = ns_key(&sock, tid, cookie) else {
             return DEFAULT_START;
         };
         if let Some(&(v, at)) = self.lock().get(&key) {
@@ -131,29 +148,54 @@ impl UnprivilegedPorts {
     /// names it), when it can be learnt: from the cookie cache, else with
     /// `SIOCGSKNS` (which needs `CAP_NET_ADMIN`).
     pub fn netns_inode(&self, sock: impl AsFd) -> Option<u64> {
-        let Ok(cookie) = sys::socket_netns_cookie(&sock) else {
-            return socket_netns_inode(&sock);
+        self.socket_netns(sock).inode
+    }
+
+    /// The socket's network namespace as far as it can be named: its cookie
+    /// (one `getsockopt`) and, from the cookie cache or `SIOCGSKNS`, its inode.
+    pub fn socket_netns(&self, sock: impl AsFd) -> SocketNetns {
+        let cookie = sys::socket_netns_cookie(&sock).ok();
+        self.socket_netns_with(sock, cookie)
+    }
+
+    /// [`Self::socket_netns`] with the socket's `SO_NETNS_COOKIE` already read
+    /// (`None`: the kernel has none).
+    pub fn socket_netns_with(&self, sock: impl AsFd, cookie: Option<u64>) -> SocketNetns {
+        let Some(cookie) = cookie else {
+            return SocketNetns {
+                cookie: None,
+                inode: socket_netns_inode(&sock),
+            };
         };
-        if let Some(&ino) = self.inodes().get(&cookie) {
-            return Some(ino);
+        let cached = self.inodes().get(&cookie).copied();
+        let inode = cached.or_else(|| {
+            let ino = socket_netns_inode(&sock)?;
+            self.remember(cookie, ino);
+            Some(ino)
+        });
+        SocketNetns {
+            cookie: Some(cookie),
+            inode,
         }
-        let ino = socket_netns_inode(&sock)?;
-        self.remember(cookie, ino);
-        Some(ino)
     }
 
     /// Whether `sock` lives in the network namespace whose nsfs inode is
     /// `caller_ns` (thread `tid`'s). `None`: cannot tell.
+    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
+        self.in_netns(&self.socket_netns(sock), tid, caller_ns)
+    }
+
+    /// [`Self::same_netns`] for a socket whose netns was already looked up.
     ///
     /// Without `CAP_NET_ADMIN` the socket's namespace cannot be named, but its
     /// cookie can be read; the caller's namespace's cookie is then learnt once, by
     /// a short-lived thread that enters it (`CAP_SYS_ADMIN`) and makes a socket
     /// there, and kept like any other cookie.
-    pub fn same_netns(&self, sock: impl AsFd, tid: i32, caller_ns: u64) -> Option<bool> {
-        if let Some(ino) = self.netns_inode(&sock) {
+    pub fn in_netns(&self, sock: &SocketNetns, tid: i32, caller_ns: u64) -> Option<bool> {
+        if let Some(ino) = sock.inode {
             return Some(ino == caller_ns);
         }
-        let cookie = sys::socket_netns_cookie(&sock).ok()?;
+        let cookie = sock.cookie?;
         let caller_cookie = caller_netns_cookie(tid, caller_ns)?;
         self.remember(caller_cookie, caller_ns);
         Some(cookie == caller_cookie)
@@ -175,6 +217,107 @@ impl UnprivilegedPorts {
         // Entries are plain values: a poisoned map is still a valid map.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Kept-open `/proc/TID/ns/net` links (`O_PATH | O_NOFOLLOW`) of threads that
+/// made an allowed bind, to name a caller's network namespace on its next bind.
+///
+/// `readlinkat(link, "")` reads the thread's *current* netns, as `readlink` of the
+/// path does, at half the cost: no path walk through `/proc`. A link names the
+/// thread it was opened for (its `struct pid`), never a later thread given the same
+/// tid: once that thread is gone, reading the link fails and it is reopened by
+/// path. So while a read succeeds, its thread is alive, and since live threads
+/// have distinct tids, it is the caller parked in the request.
+#[derive(Debug)]
+pub struct NetnsLinks {
+    capacity: usize,
+    links: Mutex<HashMap<i32, OwnedFd>>,
+}
+
+/// Links kept per bind handler unless the caller sizes the cache: a handler per
+/// container in the agent, each thread that binds often gets the fast path.
+pub const NETNS_LINKS_PER_HANDLER: usize = 8;
+
+impl NetnsLinks {
+    /// Keeps at most `capacity` links (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, OwnedFd>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The nsfs inode of thread `tid`'s network namespace now.
+    ///
+    /// A kept link whose read succeeds names a thread that has held `tid` since
+    /// the link was opened, so the parked caller that sent a request with `tid`
+    /// is that thread. A link opened by path names whichever thread holds `tid`
+    /// at the open: the caller may have left its call, exited, and had its tid
+    /// given to another thread since the last `ID_VALID`. So `still_caller` (an
+    /// `ID_VALID` of the request) runs after such an open; `false` means the
+    /// request is gone and nothing is answered or kept.
+    pub fn inode(&self, tid: i32, still_caller: impl FnOnce() -> bool) -> Option<u64> {
+        use rustix::fs::{Mode, OFlags};
+        let mut links = self.lock();
+        if let Some(link) = links.get(&tid) {
+            match rustix::fs::readlinkat(link, "", Vec::new()) {
+                Ok(text) => return netns_link_inode(text.as_bytes()),
+                // Its thread is gone: this tid is someone else's now.
+                Err(_) => drop(links.remove(&tid)),
+            }
+        }
+        let link = rustix::fs::open(
+            format!("/proc/{tid}/ns/net"),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let ino = netns_link_inode(
+            rustix::fs::readlinkat(&link, "", Vec::new())
+                .ok()?
+                .as_bytes(),
+        )?;
+        if !still_caller() {
+            return None;
+        }
+        if links.len() >= self.capacity {
+            if let Some(&old) = links.keys().next() {
+                links.remove(&old);
+            }
+        }
+        links.insert(tid, link);
+        Some(ino)
+    }
+
+    /// Closes the links of threads that have exited.
+    pub fn prune_exited(&self) {
+        self.lock()
+            .retain(|_, link| rustix::fs::readlinkat(&*link, "", Vec::new()).is_ok());
+    }
+
+    /// How many links are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The inode in a `net:[INODE]` link text.
+pub(crate) fn netns_link_inode(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text)
+        .ok()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn socket_netns_inode(sock: impl AsFd) -> Option<u64> {
@@ -318,6 +461,66 @@ mod tests {
                 let _ = t.join();
             }
         }
+    }
+
+    /// A kept link reads its thread's netns as it is now (a thread that moved is
+    /// seen in its new netns), and a thread that exited is neither answered for
+    /// nor kept.
+    #[test]
+    fn netns_links_follow_the_thread_and_die_with_it() {
+        let ours = std::fs::metadata("/proc/self/ns/net").expect("own netns");
+        let links = NetnsLinks::new(4);
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (moved_tx, moved_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .expect("tid");
+            let _ = go_rx.recv();
+            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new
+            // network namespace; it touches no memory.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            let now = std::fs::metadata("/proc/thread-self/ns/net").ok();
+            moved_tx
+                .send((r, now.map(|m| std::os::unix::fs::MetadataExt::ino(&m))))
+                .expect("moved");
+            let _ = go_rx.recv();
+        });
+        let tid = tid_rx.recv().expect("tid");
+        assert_eq!(
+            links.inode(tid, || true),
+            Some(std::os::unix::fs::MetadataExt::ino(&ours))
+        );
+        assert_eq!(links.len(), 1);
+        go_tx.send(()).expect("go");
+        let (r, moved) = moved_rx.recv().expect("moved");
+        if r == 0 {
+            let moved = moved.expect("new netns inode");
+            assert_ne!(moved, std::os::unix::fs::MetadataExt::ino(&ours));
+            let kept = links.inode(tid, || panic!("a kept link needs no ID_VALID"));
+            assert_eq!(kept, Some(moved), "read from the kept link");
+        } else {
+            fdgrab_testkit::skip("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
+        }
+        go_tx.send(()).expect("go");
+        t.join().expect("join");
+        links.prune_exited();
+        assert!(links.is_empty(), "the exited thread's link is closed");
+    }
+
+    /// A link opened by path is trusted (answered and kept) only if the request
+    /// is still pending afterwards: by then the tid may name another thread.
+    #[test]
+    fn netns_link_opened_by_path_needs_the_caller() {
+        let links = NetnsLinks::new(4);
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        assert_eq!(links.inode(tid, || false), None, "the request is gone");
+        assert!(links.is_empty(), "nothing kept for a request that is gone");
+        let ours = std::fs::metadata("/proc/thread-self/ns/net").expect("own netns");
+        let ino = Some(std::os::unix::fs::MetadataExt::ino(&ours));
+        assert_eq!(links.inode(tid, || true), ino);
+        assert_eq!(links.len(), 1);
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that

@@ -12,8 +12,10 @@
 //! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
 //! when its read returns, at the latest when the container dies) and starts a
 //! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
-//! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
-//! [`Claim`] decides whether the worker or the watchdog answers, never both.
+//! `ETIMEDOUT` at once for every bind, without a read, until one returns; and the
+//! agent gives up on at most [`MAX_BLOCKED_TOTAL`] workers in all, after which a
+//! stalled worker is answered for but kept, and replaced once there is room. A [`Claim`] decides whether the
+//! worker or the watchdog answers, never both.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -37,6 +39,73 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 /// Workers of one container that may be blocked in a read at once.
 pub const MAX_BLOCKED_WORKERS: usize = 2;
 
+/// Workers given up on (blocked in a read) over all containers. Beyond it, a
+/// worker that outlives its deadline is not replaced at once: its request is
+/// still answered `ETIMEDOUT`, but that container's next binds wait for its
+/// read to return, or for another given-up worker's to (then the watchdog
+/// replaces the kept one at its next tick). The agent thus never holds more than one worker per container plus
+/// this many, however many containers stall.
+pub const MAX_BLOCKED_TOTAL: usize = 16;
+
+/// A worker that finds, at least this many times within one [`BUSY_WINDOW`],
+/// another call of its container waiting behind the one it took, yields: it
+/// runs at [`BUSY_NICE`] until its container stops queueing calls.
+const BUSY_QUEUED: u32 = 32;
+const BUSY_WINDOW: Duration = Duration::from_millis(20);
+const BUSY_NICE: i32 = 19;
+
+/// A worker's priority: lowered while its container keeps many calls queued (a
+/// thousand threads binding at once), so that it takes CPU from the other
+/// containers' workers only when they do not want it. A container whose calls
+/// come one at a time, however fast, keeps nice 0.
+///
+/// Lowering needs no privilege; coming back would need `CAP_SYS_NICE` (or a
+/// raised `RLIMIT_NICE`, whose hard limit only `CAP_SYS_RESOURCE` raises). So a
+/// lowered worker that should come back is replaced instead: the agent's thread,
+/// at nice 0, starts a successor, which inherits nice 0.
+struct Pace {
+    since: Instant,
+    queued: u32,
+    lowered: bool,
+}
+
+/// What [`Pace::note`] wants done.
+#[derive(Debug, PartialEq, Eq)]
+enum PaceChange {
+    Keep,
+    Lower,
+    Restore,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            since: Instant::now(),
+            queued: 0,
+            lowered: false,
+        }
+    }
+
+    /// Counts one call (`queued`: another was waiting behind it), and once per
+    /// window says whether the priority should change.
+    fn note(&mut self, queued: bool, now: Instant) -> PaceChange {
+        self.queued += u32::from(queued);
+        let elapsed = now.duration_since(self.since);
+        if elapsed < BUSY_WINDOW {
+            return PaceChange::Keep;
+        }
+        // A long pause is not busy, whatever queued before it.
+        let busy = self.queued >= BUSY_QUEUED && elapsed < 2 * BUSY_WINDOW;
+        self.since = now;
+        self.queued = 0;
+        match (busy, self.lowered) {
+            (true, false) => PaceChange::Lower,
+            (false, true) => PaceChange::Restore,
+            _ => PaceChange::Keep,
+        }
+    }
+}
+
 /// Workers do little besides syscalls; the netns reader runs in a thread of its own.
 const WORKER_STACK: usize = 256 * 1024;
 
@@ -47,6 +116,8 @@ pub(crate) struct Shared {
     pub ports: UnprivilegedPorts,
     pub pidfds: Arc<ThreadPidfds>,
     pub latency: LatencyStats,
+    /// Workers given up on over all containers (at most [`MAX_BLOCKED_TOTAL`]).
+    pub blocked_total: AtomicUsize,
 }
 
 /// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
@@ -96,6 +167,14 @@ impl LatencyStats {
 pub(crate) enum TenantEvent {
     /// The filter has no users left.
     Released(u64),
+    /// A worker at low priority wants a successor at nice 0 (the container is
+    /// not busy any more): the agent's thread starts it for `generation` and
+    /// says through the sender whether it did.
+    Respawn(u64, u64, std::sync::mpsc::SyncSender<bool>),
+    /// The slow lane ([`super::agent`]) finished reading a trickled document.
+    Document(Box<super::oci::ContainerListener>),
+    /// The slow lane turned a connection away; the reason was logged.
+    Rejected(String),
 }
 
 /// The request a worker is deciding.
@@ -186,33 +265,43 @@ impl Tenant {
         self.blocked.load(Ordering::Acquire)
     }
 
-    fn current_job(&self) -> Option<Job> {
-        self.job.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_job(&self, job: Option<Job>, only_if: Option<&Arc<Claim>>) {
-        let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
-        // A worker given up on must not clear its successor's job.
-        if let Some(mine) = only_if {
-            if !g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, mine)) {
-                return;
-            }
-        }
-        *g = job;
+    fn set_job(&self, job: Job) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
     }
 
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
-    /// replaces its worker. Returns whether it did.
+    /// replaces its worker, unless [`MAX_BLOCKED_TOTAL`] workers are given up on
+    /// already; a worker kept for that reason is replaced at a later tick, once
+    /// there is room. Returns whether it answered.
+    ///
+    /// Everything up to the worker's fate is decided under the job lock, which
+    /// the worker also holds when it looks at its fate after its read: it never
+    /// sees the request expired but its generation not yet moved on, concludes
+    /// it was kept, and later exits without giving back its place among the
+    /// blocked.
     pub fn expire_overdue(self: &Arc<Self>, now: Instant) -> bool {
-        let Some(job) = self.current_job() else {
+        let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(job) = g.clone() else {
             return false;
         };
-        if now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire() {
+        let kept_before = job.claim.expired();
+        if !kept_before && (now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire()) {
             return false;
         }
-        self.blocked.fetch_add(1, Ordering::AcqRel);
+        let replaced = self.replace_worker();
+        if replaced {
+            // The successor owns the slot; the old worker finds its generation
+            // moved on and exits when its read returns.
+            *g = None;
+        }
+        drop(g);
+        if kept_before {
+            if replaced {
+                tracing::info!(container = %self.shown_id(), "room among blocked workers again: a kept worker is replaced");
+            }
+            return false;
+        }
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
         tracing::warn!(
             container = %self.shown_id(),
@@ -221,9 +310,40 @@ impl Tenant {
             "bind answered ETIMEDOUT: {reason}"
         );
         self.answer_unread(job.id, job.tid, reason);
+        if !replaced {
+            tracing::warn!(
+                container = %self.shown_id(),
+                limit = MAX_BLOCKED_TOTAL,
+                "agent-wide limit of blocked workers reached; this container's worker is kept until its read returns or others' do"
+            );
+        }
+        true
+    }
+
+    /// Gives up on the current worker and starts a successor, if the agent-wide
+    /// limit leaves room. Called with the job lock held.
+    fn replace_worker(self: &Arc<Self>) -> bool {
+        let reserved = self
+            .shared
+            .blocked_total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BLOCKED_TOTAL).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return false;
+        }
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(e) = self.spawn_worker(generation) {
+            // Keep the blocked worker as this container's: it serves on when its
+            // read returns (it looks only under the lock we hold).
+            self.generation.store(generation - 1, Ordering::Release);
+            self.blocked.fetch_sub(1, Ordering::AcqRel);
+            self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, container = %self.shown_id(),
-                "cannot start a replacement worker; this container's binds now wait");
+                "cannot start a replacement worker; this container's binds wait until its read returns");
+            return false;
         }
         true
     }
@@ -242,6 +362,33 @@ impl Tenant {
         }
     }
 
+    /// Asks the agent's thread for a successor at nice 0, between two calls.
+    /// Returns whether this worker must now exit (else it serves on as it is).
+    fn respawn(&self, generation: u64) -> bool {
+        let next = generation + 1;
+        // Only the watchdog bumps the generation otherwise, and only while a job
+        // is current; this worker has none.
+        if self
+            .generation
+            .compare_exchange(generation, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .events
+            .lock()
+            .is_ok_and(|ev| ev.send(TenantEvent::Respawn(self.id, next, tx)).is_ok());
+        let _ = rustix::io::write(&*self.waker, &1u64.to_ne_bytes());
+        if sent && rx.recv().unwrap_or(false) {
+            tracing::debug!(container = %self.shown_id(), "container calm again: a worker at nice 0 takes over");
+            return true;
+        }
+        self.generation.store(generation, Ordering::Release);
+        false
+    }
+
     fn release(&self) {
         if let Ok(tx) = self.events.lock() {
             let _ = tx.send(TenantEvent::Released(self.id));
@@ -253,8 +400,15 @@ impl Tenant {
         let policy = Arc::clone(&self.policy);
         let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
         let bind_nr = handler.syscalls().to_vec();
+        let mut pace = Pace::new();
+        let mut restore = false;
         loop {
             if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            // Handed over between two calls: a waiting one stays queued in the
+            // kernel for the successor.
+            if std::mem::take(&mut restore) && self.respawn(generation) {
                 return;
             }
             let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
@@ -279,6 +433,30 @@ impl Tenant {
                     return self.release();
                 }
             };
+            // Another call of this container already waiting, with this one
+            // taken: two of its threads are in a trapped call at once. A thread
+            // calling one at a time, however fast, never shows that.
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
+            let queued = matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
+                && more[0].revents().contains(PollFlags::IN);
+            match pace.note(queued, Instant::now()) {
+                PaceChange::Keep => {}
+                PaceChange::Lower => {
+                    let me = Some(rustix::thread::gettid());
+                    match rustix::process::setpriority_process(me, BUSY_NICE) {
+                        Ok(()) => {
+                            pace.lowered = true;
+                            tracing::debug!(container = %self.shown_id(), "busy container: its worker yields (nice {BUSY_NICE})");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot lower the worker's priority"),
+                    }
+                }
+                PaceChange::Restore => restore = true,
+            }
             let started = Instant::now();
             self.counters.decisions.fetch_add(1, Ordering::Relaxed);
             if !bind_nr.contains(&libc::c_long::from(notif.data.nr)) {
@@ -294,15 +472,12 @@ impl Tenant {
                 continue;
             }
             let claim = Arc::new(Claim::default());
-            self.set_job(
-                Some(Job {
-                    id: notif.id,
-                    tid: notif.tid,
-                    since: started,
-                    claim: Arc::clone(&claim),
-                }),
-                None,
-            );
+            self.set_job(Job {
+                id: notif.id,
+                tid: notif.tid,
+                since: started,
+                claim: Arc::clone(&claim),
+            });
             let answer = {
                 let mut cx = Context {
                     listener: &self.listener,
@@ -313,10 +488,23 @@ impl Tenant {
                 };
                 handler.handle(&mut cx, &notif)
             };
-            self.set_job(None, Some(&claim));
+            // Under the job lock: the watchdog decides this worker's fate under it.
+            let replaced = {
+                let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
+                if g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, &claim)) {
+                    *g = None;
+                }
+                !claim.take() && self.generation.load(Ordering::Acquire) != generation
+            };
             if !claim.take() {
+                if !replaced {
+                    // The watchdog answered but kept us (the agent-wide limit).
+                    tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
+                    continue;
+                }
                 // The watchdog answered and started our successor.
                 self.blocked.fetch_sub(1, Ordering::AcqRel);
+                self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
                 return;
             }

@@ -1,0 +1,196 @@
+//! A FUSE file system served by a thread of the test, with one empty file, `f`,
+//! whose server is slow to answer what only a stranger to the file would ask: an
+//! extended attribute, or its attributes once it is open (they are never cached).
+//! Each such request is counted and answered after two seconds, so a supervisor
+//! that asks stalls visibly, and the count proves it asked.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LOOKUP: u32 = 1;
+const FORGET: u32 = 2;
+const GETATTR: u32 = 3;
+const OPEN: u32 = 14;
+const RELEASE: u32 = 18;
+const GETXATTR: u32 = 22;
+const FLUSH: u32 = 25;
+const INIT: u32 = 26;
+const INTERRUPT: u32 = 36;
+const BATCH_FORGET: u32 = 42;
+
+/// How long a slow request waits for its answer.
+const SLOW: Duration = Duration::from_secs(2);
+
+/// The mounted file system; unmounted on drop.
+#[derive(Debug)]
+pub struct FuseFile {
+    dir: PathBuf,
+    slow: Arc<AtomicU64>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `struct fuse_attr` of inode `ino` with `mode`, owned by root, empty.
+fn attr(ino: u64, mode: u32) -> Vec<u8> {
+    let mut a = Vec::with_capacity(88);
+    for v in [ino, 0, 0, 0, 0, 0] {
+        a.extend_from_slice(&u64::to_ne_bytes(v));
+    }
+    for v in [0u32, 0, 0, mode, 1, 0, 0, 0, 4096, 0] {
+        a.extend_from_slice(&v.to_ne_bytes());
+    }
+    a
+}
+
+fn reply(dev: &File, unique: u64, error: i32, body: &[u8]) {
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&error.to_ne_bytes());
+    out.extend_from_slice(&unique.to_ne_bytes());
+    out.extend_from_slice(body);
+    // A request the kernel gave up on is answered ENOENT: nothing to do.
+    let _ = (&*dev).write(&out);
+}
+
+fn mode_of(node: u64) -> u32 {
+    if node == 1 {
+        libc::S_IFDIR | 0o755
+    } else {
+        libc::S_IFREG | 0o644
+    }
+}
+
+/// Serves requests until the file system is unmounted (the read fails).
+fn serve(dev: Arc<File>, slow: Arc<AtomicU64>) {
+    let opened = AtomicBool::new(false);
+    let mut buf = vec![0u8; (1 << 20) + 4096];
+    while let Ok(n) = (&*dev).read(&mut buf) {
+        if n < 40 {
+            continue;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
+        let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap_or_default());
+        let (op, unique, node) = (u32_at(4), u64_at(8), u64_at(16));
+        let answer_late = |error: i32, body: Vec<u8>| {
+            slow.fetch_add(1, Ordering::SeqCst);
+            let dev = Arc::clone(&dev);
+            std::thread::spawn(move || {
+                std::thread::sleep(SLOW);
+                reply(&dev, unique, error, &body);
+            });
+        };
+        match op {
+            INIT => {
+                let mut init = Vec::new();
+                for v in [7u32, 31, u32_at(48), 0] {
+                    init.extend_from_slice(&v.to_ne_bytes());
+                }
+                init.extend_from_slice(&16u16.to_ne_bytes());
+                init.extend_from_slice(&12u16.to_ne_bytes());
+                init.extend_from_slice(&4096u32.to_ne_bytes());
+                init.extend_from_slice(&1u32.to_ne_bytes());
+                init.resize(64, 0);
+                reply(&dev, unique, 0, &init);
+            }
+            LOOKUP if node == 1 && buf[40..n].starts_with(b"f\0") => {
+                // nodeid 2, generation 0, entry valid 1 s, attributes never.
+                let mut e = Vec::new();
+                for v in [2u64, 0, 1, 0] {
+                    e.extend_from_slice(&v.to_ne_bytes());
+                }
+                e.extend_from_slice(&[0u8; 8]);
+                e.extend_from_slice(&attr(2, mode_of(2)));
+                reply(&dev, unique, 0, &e);
+            }
+            LOOKUP => reply(&dev, unique, -libc::ENOENT, &[]),
+            GETATTR => {
+                let mut a = vec![0u8; 16];
+                a.extend_from_slice(&attr(node, mode_of(node)));
+                if node == 2 && opened.load(Ordering::SeqCst) {
+                    answer_late(0, a);
+                } else {
+                    reply(&dev, unique, 0, &a);
+                }
+            }
+            OPEN => {
+                opened.store(true, Ordering::SeqCst);
+                reply(&dev, unique, 0, &[0u8; 16]);
+            }
+            FLUSH | RELEASE => reply(&dev, unique, 0, &[]),
+            GETXATTR => answer_late(-libc::ENODATA, Vec::new()),
+            FORGET | BATCH_FORGET | INTERRUPT => {}
+            _ => reply(&dev, unique, -libc::ENOSYS, &[]),
+        }
+    }
+}
+
+impl FuseFile {
+    /// Mounts a fresh one (readable by every user); `None` when FUSE cannot be
+    /// mounted here.
+    pub fn mount(tag: &str) -> Option<FuseFile> {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("fdgrab-fuse-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .ok()?;
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        let opts = std::ffi::CString::new(opts).ok()?;
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c"fdgrab-test".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        let slow = Arc::new(AtomicU64::new(0));
+        let (dev, count) = (Arc::new(dev), Arc::clone(&slow));
+        let server = std::thread::spawn(move || serve(dev, count));
+        Some(FuseFile {
+            dir,
+            slow,
+            server: Some(server),
+        })
+    }
+
+    /// The path of the file.
+    pub fn file(&self) -> String {
+        self.dir.join("f").to_string_lossy().into_owned()
+    }
+
+    /// Requests answered late so far: extended attributes of anything, and the
+    /// file's attributes after it was opened.
+    pub fn slow_requests(&self) -> u64 {
+        self.slow.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FuseFile {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a NUL-terminated path; a lazy unmount ends the connection,
+            // and with it the server's read.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
