@@ -352,3 +352,33 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
 }
+
+/// The credentials of a unix socket's peer (`SO_PEERCRED`): pid, uid, gid.
+///
+/// Read into `libc::ucred` rather than rustix's `UCred`, whose pid cannot be 0:
+/// the kernel reports pid 0 for a peer outside our pid namespace, which any
+/// process sharing the socket's network namespace can be.
+pub(crate) fn peer_cred(sock: impl AsFd) -> Result<(i32, u32, u32), Errno> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the
+    // fd is borrowed, so open, for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}

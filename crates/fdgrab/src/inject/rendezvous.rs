@@ -111,12 +111,13 @@ impl Listener {
                 }
                 Err(e) => return Err(Error::io("accepting the target's connection", pid, None, e)),
             };
-            match sockopt::socket_peercred(&conn) {
-                Ok(cred) if cred.pid.as_raw_nonzero().get() == pid => return Ok(conn),
-                Ok(cred) => {
+            // A peer in another pid namespace reads as pid 0, never as `pid`.
+            match crate::sys::peer_cred(&conn) {
+                Ok((peer, _, _)) if peer == pid => return Ok(conn),
+                Ok((peer, _, _)) => {
                     tracing::warn!(
                         pid,
-                        intruder = cred.pid.as_raw_nonzero().get(),
+                        intruder = peer,
                         "dropping a foreign connection to the rendezvous socket"
                     );
                 }

@@ -335,8 +335,8 @@ impl Keeper {
         {
             return None;
         }
-        let cred = rustix::net::sockopt::socket_peercred(&control).ok()?;
-        (cred.pid.as_raw_nonzero().get() == pid).then_some(Keeper { pid, control })
+        let (peer, _, _) = crate::sys::peer_cred(&control).ok()?;
+        (peer == pid).then_some(Keeper { pid, control })
     }
 
     /// The keeper's pid.

@@ -83,11 +83,8 @@ fn held_by_us_or_root(addr: &SocketAddrUnix) -> bool {
             Err(_) => return false,
         }
     }
-    match rustix::net::sockopt::socket_peercred(&probe) {
-        Ok(cred) => {
-            let uid = cred.uid.as_raw();
-            uid == 0 || uid == rustix::process::geteuid().as_raw()
-        }
+    match crate::sys::peer_cred(&probe) {
+        Ok((_, uid, _)) => uid == 0 || uid == rustix::process::geteuid().as_raw(),
         Err(_) => true,
     }
 }

@@ -303,29 +303,12 @@ fn make_room(conns: &mut Vec<Connection>, max: usize) -> Vec<Connection> {
     out
 }
 
-/// The connecting process (`SO_PEERCRED`). Read into `libc::ucred` rather than
-/// rustix's `UCred`, whose pid may not be 0: the kernel says 0 for a peer
-/// outside the agent's pid namespace.
+/// The connecting process (`SO_PEERCRED`); none for a peer outside our pid
+/// namespace, which the kernel reports as pid 0.
 fn peer_pid(sock: &OwnedFd) -> Option<i32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and the
-    // fd is open for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0 && cred.pid > 0).then_some(cred.pid)
+    crate::sys::peer_cred(sock)
+        .ok()
+        .and_then(|(pid, _, _)| (pid > 0).then_some(pid))
 }
 
 struct Container {
