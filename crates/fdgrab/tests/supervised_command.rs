@@ -69,8 +69,8 @@ fn a_pluggable_filter_traps_and_the_caller_answers() {
 /// `ETIMEDOUT`, and the handover refused with the reason.
 #[test]
 fn handover_read_of_an_unfilled_page_has_a_deadline() {
-    use fdgrab::supervise::handover::{handover_filter, Handover};
-    use fdgrab::supervise::{AuditLabels, AuditSink, Handler, Supervisor, SupervisorEvent};
+    use fdgrab::supervise::handover::Handover;
+    use fdgrab::supervise::SupervisorEvent;
     use std::os::fd::OwnedFd;
     use std::time::{Duration, Instant};
     if !fdgrab_testkit::is_root() {
@@ -85,17 +85,7 @@ fn handover_read_of_an_unfilled_page_has_a_deadline() {
         "uffd-bind".into(),
     ]
     .into();
-    let (out_r, out_w) = rustix::pipe::pipe().expect("pipe");
-    let started = SupervisedCommand::new(&argv)
-        .filter(&handover_filter().expect("filter"))
-        .spawn_setup(move |s| Ok(s.fds(fdgrab::spawn::FdPlan::from_pairs([(out_w, 1)])?)))
-        .start()
-        .expect("start");
-    let mut child = started.child;
-    let mut sup = Supervisor::new(AuditSink::none()).expect("supervisor");
-    let handlers: Vec<Box<dyn Handler>> = vec![Box::new(handover.handler())];
-    sup.add_listener_with(started.listener.into_fd(), handlers, AuditLabels::default())
-        .expect("listener");
+    let (mut child, mut sup, out_r) = start_under_handover(&argv, &handover);
     // The supervisor runs on a thread of its own, so that a read that blocked it
     // for good fails this test instead of hanging it.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -136,8 +126,7 @@ fn handover_read_of_an_unfilled_page_has_a_deadline() {
 /// the kernel (`ENOTSOCK`).
 #[test]
 fn handover_bind_of_a_fuse_file_never_reaches_its_file_system() {
-    use fdgrab::supervise::handover::{handover_filter, Handover};
-    use fdgrab::supervise::{AuditLabels, AuditSink, Handler, Supervisor};
+    use fdgrab::supervise::handover::Handover;
     use std::os::fd::OwnedFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -161,17 +150,7 @@ fn handover_bind_of_a_fuse_file_never_reaches_its_file_system() {
         port.to_string().into(),
     ]
     .into();
-    let (out_r, out_w) = rustix::pipe::pipe().expect("pipe");
-    let started = SupervisedCommand::new(&argv)
-        .filter(&handover_filter().expect("filter"))
-        .spawn_setup(move |s| Ok(s.fds(fdgrab::spawn::FdPlan::from_pairs([(out_w, 1)])?)))
-        .start()
-        .expect("start");
-    let mut child = started.child;
-    let mut sup = Supervisor::new(AuditSink::none()).expect("supervisor");
-    let handlers: Vec<Box<dyn Handler>> = vec![Box::new(handover.handler())];
-    sup.add_listener_with(started.listener.into_fd(), handlers, AuditLabels::default())
-        .expect("listener");
+    let (mut child, mut sup, out_r) = start_under_handover(&argv, &handover);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let serving = std::thread::spawn(move || {
@@ -199,4 +178,29 @@ fn handover_bind_of_a_fuse_file_never_reaches_its_file_system() {
         "the supervisor asked the FUSE server about the file: {v}"
     );
     handover.abort();
+}
+
+/// Starts `argv` under the bind handover's filter, its stdout on a pipe, and a
+/// supervisor serving it with `handover`'s handler: the child, the supervisor
+/// and the pipe's read end.
+fn start_under_handover(
+    argv: &[OsString],
+    handover: &fdgrab::supervise::handover::Handover,
+) -> (
+    fdgrab::spawn::Child,
+    fdgrab::supervise::Supervisor,
+    std::os::fd::OwnedFd,
+) {
+    use fdgrab::supervise::{AuditLabels, AuditSink, Handler, Supervisor};
+    let (out_r, out_w) = rustix::pipe::pipe().expect("pipe");
+    let started = SupervisedCommand::new(argv)
+        .filter(&fdgrab::supervise::handover::handover_filter().expect("filter"))
+        .spawn_setup(move |s| Ok(s.fds(fdgrab::spawn::FdPlan::from_pairs([(out_w, 1)])?)))
+        .start()
+        .expect("start");
+    let mut sup = Supervisor::new(AuditSink::none()).expect("supervisor");
+    let handlers: Vec<Box<dyn Handler>> = vec![Box::new(handover.handler())];
+    sup.add_listener_with(started.listener.into_fd(), handlers, AuditLabels::default())
+        .expect("listener");
+    (started.child, sup, out_r)
 }
