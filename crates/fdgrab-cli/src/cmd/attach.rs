@@ -366,37 +366,46 @@ fn runs_fdgrab(h: &MasterHolder) -> bool {
 /// exception: the attach lock we hold means it is not attaching this session, and
 /// leaving it the master would leave it reading the session's output. Runs beside
 /// the relay.
-fn sweep(pid: Pid, tty: Pty, handled: Vec<Pid>) {
+fn sweep(pid: Pid, tty: Pty, mut handled: Vec<Pid>) {
     let me = std::process::id() as Pid;
-    let found = match pty::master_holders(tty) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not look for other holders of {tty}");
+    // A holder may fork before its turn comes, and its child holds the master
+    // too: the walk is repeated while it still finds someone, a few times at most.
+    for _ in 0..SWEEP_PASSES {
+        let found = match pty::master_holders(tty) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for other holders of {tty}");
+                return;
+            }
+        };
+        let mut rest: Vec<Holder> = found
+            .holders
+            .into_iter()
+            .filter(|h| h.pid != me && !handled.contains(&h.pid))
+            .map(|h| Holder {
+                keeper: Keeper::identify(h.pid),
+                holder: h,
+                taken: false,
+            })
+            .collect();
+        if rest.is_empty() {
             return;
         }
-    };
-    let mut rest: Vec<Holder> = found
-        .holders
-        .into_iter()
-        .filter(|h| h.pid != me && !handled.contains(&h.pid))
-        .map(|h| Holder {
-            keeper: Keeper::identify(h.pid),
-            holder: h,
-            taken: false,
-        })
-        .collect();
-    if rest.is_empty() {
-        return;
-    }
-    match take_master(pid, tty, &mut rest) {
-        Ok(_) => {
-            tracing::info!(holders = ?rest.iter().map(|h| h.holder.pid).collect::<Vec<_>>(), "other holders of {tty} lost the master too")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not take the master of {tty} from another holder")
+        handled.extend(rest.iter().map(|h| h.holder.pid));
+        match take_master(pid, tty, &mut rest) {
+            Ok(_) => {
+                tracing::info!(holders = ?rest.iter().map(|h| h.holder.pid).collect::<Vec<_>>(), "other holders of {tty} lost the master too")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the master of {tty} from another holder");
+                return;
+            }
         }
     }
 }
+
+/// How many times [`sweep`] walks `/proc` at most.
+const SWEEP_PASSES: usize = 4;
 
 /// Takes a copy of the master from every holder, then (only once all copies are
 /// made) puts /dev/null over the holders' fds, or retires keepers. Pty indexes
