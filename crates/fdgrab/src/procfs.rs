@@ -488,17 +488,27 @@ mod tests {
         assert_eq!(unescape_octal(r"a\134b\1"), r"a\b\1");
     }
 
+    /// The kernel's own answer (`PIDFD_GET_INFO`'s cgroup id) is the oracle for
+    /// the /proc fallback, on whichever cgroup layout this machine has.
     #[test]
-    fn cgroup_id_is_the_inode_of_our_own_cgroup_directory() {
-        use std::os::unix::fs::MetadataExt;
-        let text = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            eprintln!("SKIP: this process is in no cgroup v2 hierarchy");
-            return;
+    fn cgroup_id_matches_the_kernels_answer() {
+        let me = std::process::id() as Pid;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(me).expect("our pid"),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd_open");
+        let info = match crate::sys::pidfd_get_info(&pidfd, crate::sys::PIDFD_INFO_CGROUPID) {
+            Ok(i) if i.mask & crate::sys::PIDFD_INFO_CGROUPID != 0 => i,
+            _ => {
+                eprintln!("SKIP: no PIDFD_GET_INFO cgroup id on this kernel (Linux 6.13+)");
+                return;
+            }
         };
-        let root = cgroup2_mount_point().expect("a 0:: line means cgroup2 is mounted");
-        let want = fs::metadata(format!("{root}{path}")).expect("stat").ino();
-        assert_eq!(cgroup_id(std::process::id() as Pid), Some(want));
+        assert_eq!(cgroup_id(me), Some(info.cgroupid));
+        // In the root cgroup the id is 1, which a tmpfs root's inode is too: the
+        // directory it is read from must also be the cgroup2 mount itself.
+        let root = cgroup2_mount_point().expect("the cgroup2 mount");
         let fs_type = rustix::fs::statfs(root.as_str()).expect("statfs").f_type;
         assert_eq!(fs_type as i64, 0x6367_7270, "{root} is not a cgroup2 mount");
     }

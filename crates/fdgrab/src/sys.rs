@@ -378,7 +378,7 @@ pub(crate) fn peer_cred(sock: impl AsFd) -> Result<(i32, u32, u32), Errno> {
         )
     };
     if r != 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        return Err(Errno::from_raw_os_error(last_errno()));
     }
     Ok((cred.pid, cred.uid, cred.gid))
 }
