@@ -7,7 +7,7 @@
 
 use fdgrab::inject::{self, SeccompPolicy};
 use fdgrab::{Backend, Error, GrabOptions, PidFd, TargetFd};
-use fdgrab_testkit::{is_root, skip, status_field, Snapshot, Target};
+use fdgrab_testkit::{is_root, skip, status_field, wait_in_syscall, Snapshot, Target};
 use std::os::fd::AsFd;
 
 fn tfd(n: i32) -> TargetFd {
@@ -51,7 +51,17 @@ fn run_op(t: &Target, op: Op, policy: SeccompPolicy) -> fdgrab::Result<()> {
 }
 
 fn spawn_filtered(action: &str, calls: &str) -> Target {
-    let t = Target::spawn(["seccomp", action, calls]);
+    spawn_filtered_in(action, calls, "read")
+}
+
+/// [`spawn_filtered`] with the target waiting in `read` or, with `"ppoll"`, in a
+/// ppoll with a mask: a thread the session must block with an injected
+/// `rt_sigprocmask`, since `PTRACE_SETSIGMASK` would lose ppoll's saved mask.
+fn spawn_filtered_in(action: &str, calls: &str, wait: &str) -> Target {
+    let t = Target::spawn(["seccomp", action, calls, wait]);
+    if wait == "ppoll" {
+        wait_in_syscall(t.pid, t.pid, libc::SYS_ppoll);
+    }
     assert_eq!(
         status_field(t.pid, "Seccomp").as_deref(),
         Some("2"),
@@ -95,7 +105,13 @@ fn refused_then_served(action: &str) {
     for call in CALLS {
         let case = format!("{action} on {call}");
         let op = op_for(call);
-        let mut t = spawn_filtered(action, call);
+        // Only a thread in a call that swaps masks gets an injected rt_sigprocmask.
+        let wait = if call == "rt_sigprocmask" {
+            "ppoll"
+        } else {
+            "read"
+        };
+        let mut t = spawn_filtered_in(action, call, wait);
         let b = Snapshot::take(t.pid);
         match run_op(&t, op, SeccompPolicy::new().suspend(false)) {
             Err(Error::SeccompRefused {
@@ -177,5 +193,26 @@ fn seccomp_filter_on_unrelated_call_is_served() {
             };
             b.assert_unharmed(&mut t, &fds, &case);
         }
+    }
+}
+
+/// A thread outside the calls that swap masks (here in `read`) has its mask set with
+/// `PTRACE_SETSIGMASK`: no `rt_sigprocmask` runs in it, so a filter that would kill
+/// or refuse one neither stops the session nor needs suspending, and the mask comes
+/// back exactly.
+#[test]
+fn seccomp_filter_on_rt_sigprocmask_is_not_met_outside_mask_swapping_calls() {
+    if !is_root() {
+        skip("reading seccomp filters needs root");
+        return;
+    }
+    for action in ["kill-process", "errno"] {
+        let case = format!("{action} on rt_sigprocmask, target in read");
+        let mut t = spawn_filtered_in(action, "rt_sigprocmask", "read");
+        wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+        let b = Snapshot::take(t.pid);
+        run_op(&t, Op::Grab, SeccompPolicy::new().suspend(false))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        b.assert_unharmed(&mut t, &b.fds, &case);
     }
 }

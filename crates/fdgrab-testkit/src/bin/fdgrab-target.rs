@@ -785,7 +785,7 @@ fn trap_socket() {
 
 fn seccomp_filtered(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high]");
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high] [ppoll]");
         std::process::exit(2);
     };
     let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
@@ -827,7 +827,14 @@ fn seccomp_filtered(args: &[String]) {
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
                                              // "high": the action applies only when the first argument is above
                                              // 0x7f00_ffff_ffff (say, unmapping where the libraries and mmap areas live).
-    let high = args.get(2).map(String::as_str) == Some("high");
+    let high = args[2..].iter().any(|a| a == "high");
+    // "ppoll": wait in ppoll with a mask (the one in force, so the signal state the
+    // tests compare stays the same) before each read: a call that swaps masks.
+    let in_ppoll = args[2..].iter().any(|a| a == "ppoll");
+    let mut mask = sigset_of(&[]);
+    // SAFETY: reads the current mask into an initialised set (before the filter,
+    // which may forbid rt_sigprocmask).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
     for &nr in &nrs {
         if high {
             prog.push(ins(0x15, 0, 4, nr as u32));
@@ -855,6 +862,16 @@ fn seccomp_filtered(args: &[String]) {
     raw_write(report.as_bytes());
     let mut buf = [0u8; 4096];
     loop {
+        if in_ppoll {
+            let mut pfd = libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no timeout, an initialised mask; glibc's
+            // ppoll is the bare syscall.
+            unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &mask) };
+        }
         // SAFETY: `buf` is writable for its length.
         let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {

@@ -131,6 +131,49 @@ pub(crate) fn signal_code(tid: Pid) -> Result<i32, Errno> {
     Ok(info.si_code)
 }
 
+/// `PTRACE_GETSIGMASK` (3.11): the stopped tracee's blocked-signal set (signals
+/// 1-64, bit `n - 1` for signal `n`).
+pub(crate) fn sigmask(tid: Pid) -> Result<u64, Errno> {
+    let mut set = 0u64;
+    // SAFETY: with `addr` = 8 the kernel writes exactly 8 bytes (a kernel sigset_t
+    // of this ABI) to `data`, which points at our u64.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>() as *mut libc::c_void,
+            (&mut set as *mut u64).cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok(set)
+}
+
+/// `PTRACE_SETSIGMASK` (3.11): replaces the stopped tracee's blocked-signal set
+/// (SIGKILL and SIGSTOP are dropped from it by the kernel). It also clears the
+/// thread's "restore the saved mask on the way out" flag, which only matters for a
+/// thread inside a call that swaps masks (`ppoll`, `sigsuspend`, ...): see
+/// `session::sigmask`.
+pub(crate) fn set_sigmask(tid: Pid, set: u64) -> Result<(), Errno> {
+    // SAFETY: with `addr` = 8 the kernel reads exactly 8 bytes from `data`, which
+    // points at our u64.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>() as *mut libc::c_void,
+            (&set as *const u64).cast_mut().cast::<libc::c_void>(),
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// `PTRACE_SYSCALL`: run to the next syscall-entry or -exit stop, delivering `sig`.
 pub(crate) fn syscall(tid: Pid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)

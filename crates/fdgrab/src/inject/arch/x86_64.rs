@@ -100,6 +100,21 @@ impl Regs {
         (nr >= 0).then_some(nr)
     }
 
+    /// Argument `i` (0-5) of the syscall the thread is in. The kernel leaves the
+    /// argument registers as they were at entry, so they are valid at any stop
+    /// inside or on the way out of a syscall.
+    pub(crate) fn syscall_arg(&self, i: usize) -> u64 {
+        match i {
+            0 => self.0.rdi,
+            1 => self.0.rsi,
+            2 => self.0.rdx,
+            3 => self.0.r10,
+            4 => self.0.r8,
+            5 => self.0.r9,
+            _ => 0,
+        }
+    }
+
     /// The syscall's return value (valid at a syscall-exit stop).
     pub(crate) fn syscall_result(&self) -> i64 {
         self.0.rax as i64

@@ -82,6 +82,9 @@ pub struct Session<'a> {
     remote_fds: Vec<i32>,
     /// A SIGSTOP that arrived during the session, passed on at the end.
     stop_seen: bool,
+    /// Block and restore the thread's signals with `PTRACE_SETSIGMASK` rather than
+    /// injected `rt_sigprocmask` calls (see [`sigmask::mask_by_ptrace_is_exact`]).
+    mask_by_ptrace: bool,
     /// Run calls through syscall stops instead of single-stepping: set for the call
     /// that puts back a mask blocking SIGTRAP, and for every call when the process
     /// ignores SIGTRAP (see [`Session::through_syscall_stops`]).
@@ -145,6 +148,7 @@ impl<'a> Session<'a> {
             scratch_used: 0,
             remote_fds: Vec::new(),
             stop_seen: false,
+            mask_by_ptrace: false,
             no_forced_trap: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
@@ -187,7 +191,8 @@ impl<'a> Session<'a> {
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
         self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
-        tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, "stopped");
+        self.mask_by_ptrace = sigmask::mask_by_ptrace_is_exact(&self.saved);
+        tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, mask_by_ptrace = self.mask_by_ptrace, "stopped");
         if let Some((mode, policy, plan)) = seccomp {
             let mut all = self.own_calls();
             all.extend_from_slice(plan);
@@ -220,11 +225,12 @@ impl<'a> Session<'a> {
     }
 
     /// The calls every session makes besides the caller's, with the arguments they
-    /// will have: block signals, map the scratch page, unmap it, restore the mask.
+    /// will have: block signals (unless done by ptrace), map the scratch page, unmap
+    /// it, restore the mask (unless done by ptrace).
     fn own_calls(&self) -> Vec<Planned> {
         let area = self.saved.stack_pointer().wrapping_sub(MASK_AREA) & !15;
         let set_mask = libc::SIG_SETMASK as u64;
-        vec![
+        let mut calls = vec![
             Planned::new(
                 libc::SYS_rt_sigprocmask,
                 &[k(set_mask), k(area), k(area + 8), k(8)],
@@ -245,7 +251,11 @@ impl<'a> Session<'a> {
                 libc::SYS_rt_sigprocmask,
                 &[k(set_mask), k(area), k(0), k(8)],
             ),
-        ]
+        ];
+        if self.mask_by_ptrace {
+            calls.retain(|c| c.nr != libc::SYS_rt_sigprocmask);
+        }
+        calls
     }
 
     /// Runs one syscall in the target and returns what the kernel returned there:

@@ -1,12 +1,13 @@
-//! The target thread's signal mask during a session: blocked with an injected
-//! `rt_sigprocmask` (not `PTRACE_SETSIGMASK`, see [`Session::block_signals`]),
-//! restored at the end; and the termination signals held back in our own thread.
+//! The target thread's signal mask during a session: blocked with
+//! `PTRACE_SETSIGMASK` when that is exact, else with an injected `rt_sigprocmask`
+//! (see [`Session::block_signals`]), restored at the end the same way; and the
+//! termination signals held back in our own thread.
 
 use super::errors::{remote_error, RunError};
 use super::stop::STOP_TIMEOUT;
 use super::Session;
 use crate::error::{Error, Result};
-use crate::inject::arch::RED_ZONE;
+use crate::inject::arch::{Regs, RED_ZONE};
 use crate::inject::ptrace;
 use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
@@ -70,14 +71,93 @@ pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 /// is reported to us and dropped, and the handler stays.
 const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
 
+/// Whether `PTRACE_SETSIGMASK` is exact for a thread stopped with `regs`: it also
+/// clears the thread's "restore the saved mask on the way out" flag, which only a
+/// call that runs with a temporary mask sets (`ppoll`, `pselect6`, `epoll_pwait`,
+/// `epoll_pwait2` given a mask, `rt_sigsuspend`, `io_pgetevents`, `io_uring_enter`).
+/// Cleared there, the thread would keep the temporary mask for good. So: yes for a
+/// thread stopped in its own code, or in one of the common blocking calls that never
+/// swap masks (or a mask-taking one given none); no for every other call, which
+/// then gets the injected `rt_sigprocmask`.
+///
+/// x86_64 decides a syscall's restart after our stop, so `orig_rax` still names
+/// the call there. arm64 forgets it before the stop (see `arch/aarch64.rs`), so it
+/// cannot tell and always injects.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn mask_by_ptrace_is_exact(regs: &Regs) -> bool {
+    const NEVER_SWAP: [i64; 33] = [
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_recvmmsg,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_sendmmsg,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_poll,
+        libc::SYS_select,
+        libc::SYS_epoll_wait,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_futex,
+        libc::SYS_wait4,
+        libc::SYS_waitid,
+        libc::SYS_pause,
+        libc::SYS_restart_syscall,
+        libc::SYS_sched_yield,
+        libc::SYS_msgrcv,
+        libc::SYS_msgsnd,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_flock,
+        libc::SYS_fcntl,
+        libc::SYS_openat,
+    ];
+    let Some(nr) = regs.syscall_nr() else {
+        return true;
+    };
+    // The calls that take a mask, given none (a null pointer), swap nothing.
+    let mask_arg = match nr {
+        libc::SYS_ppoll => Some(3),
+        libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => Some(4),
+        libc::SYS_pselect6 => Some(5),
+        _ => None,
+    };
+    match mask_arg {
+        Some(i) => regs.syscall_arg(i) == 0,
+        None => NEVER_SWAP.contains(&nr),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn mask_by_ptrace_is_exact(_: &Regs) -> bool {
+    false
+}
+
 impl Session<'_> {
     /// Replaces the thread's signal mask with "everything blocked" (but SIGTRAP, see
     /// [`BLOCK_ALL_BUT_TRAP`]), keeping the old one.
-    /// Done with the target's own `rt_sigprocmask` rather than `PTRACE_SETSIGMASK`,
-    /// because the latter also clears the thread's "restore the saved mask" flag and
-    /// would leave a thread caught in `ppoll`/`epoll_pwait`/`sigsuspend` with its
-    /// temporary mask for good.
+    ///
+    /// With `PTRACE_SETSIGMASK` where [`mask_by_ptrace_is_exact`]: no injected call,
+    /// no stop, and a signal that arrived before stays pending until the mask is put
+    /// back, then is delivered on the thread's own frame as it would have been.
+    /// Elsewhere with the target's own `rt_sigprocmask`, which leaves the flag alone.
     pub(super) fn block_signals(&mut self) -> Result<()> {
+        if self.mask_by_ptrace {
+            let old =
+                ptrace::sigmask(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGMASK", e))?;
+            ptrace::set_sigmask(self.tid, BLOCK_ALL_BUT_TRAP)
+                .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
+            self.old_mask = Some(old);
+            return Ok(());
+        }
         for _ in 0..16 {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
@@ -156,6 +236,12 @@ impl Session<'_> {
     }
 
     pub(super) fn unblock_signals(&mut self, mask: u64) -> Result<()> {
+        if self.mask_by_ptrace {
+            // Set at the last stop, right before the detach: the thread runs no code
+            // of ours with it, so no forced SIGTRAP meets a mask that blocks it.
+            return ptrace::set_sigmask(self.tid, mask)
+                .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e));
+        }
         let area = self.mask_area()?;
         crate::sys::process_vm_write(self.tid, area, &mask.to_ne_bytes())
             .map_err(|e| self.mem_error("writing a signal set", e))?;
