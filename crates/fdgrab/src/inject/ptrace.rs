@@ -226,10 +226,44 @@ pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
     }
 }
 
+/// The calling thread's timer slack set to 1 µs until dropped, then put back.
+///
+/// A normal thread's sleeps may overrun by its slack (50 µs by default) so that
+/// the kernel can batch wake-ups: a 20 µs nap would take about 70. The first stop
+/// of a session waits for a thread that is often asleep on another, idle CPU (on a
+/// VM, tens of µs to wake), longer than the spin; fine naps catch it when it comes.
+struct FineTimerSlack(Option<usize>);
+
+impl FineTimerSlack {
+    fn set() -> FineTimerSlack {
+        // SAFETY: PR_GET_TIMERSLACK takes no pointers; it returns the slack in ns.
+        let old = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+        // SAFETY: PR_SET_TIMERSLACK takes an integer (ns, > 0) and changes only the
+        // calling thread.
+        let set = old > 0 && unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0) } == 0;
+        FineTimerSlack(set.then_some(old as usize))
+    }
+}
+
+impl Drop for FineTimerSlack {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            // SAFETY: as in `set`, with the value read there.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, old, 0, 0, 0) };
+        }
+    }
+}
+
+/// Naps of [`wait_until`]: 20 µs for the first millisecond, then growing to 500 µs.
+const NAP: std::time::Duration = std::time::Duration::from_micros(20);
+const NAP_FINE_FOR: std::time::Duration = std::time::Duration::from_millis(1);
+const NAP_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// [`wait`] with a deadline, for a stop that may never come (a thread in
-/// uninterruptible sleep): after the spin, polls with sleeps that grow from 20 µs
-/// to 500 µs. Not `sched_yield`: on a busy machine that hands the CPU to every other
-/// runnable task, for milliseconds. `Ok(None)` at the deadline.
+/// uninterruptible sleep): after the spin, polls with sleeps of 20 µs (timer slack
+/// 1 µs, see [`FineTimerSlack`]) for a millisecond, then growing to 500 µs. Not
+/// `sched_yield`: on a busy machine that hands the CPU to every other runnable task,
+/// for milliseconds. `Ok(None)` at the deadline.
 pub(crate) fn wait_until(
     tid: Pid,
     spin: &mut Spin,
@@ -246,7 +280,8 @@ pub(crate) fn wait_until(
         }
         std::hint::spin_loop();
     }
-    let mut nap = std::time::Duration::from_micros(20);
+    let _slack = FineTimerSlack::set();
+    let mut nap = NAP;
     loop {
         if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
             return Ok(Some(st));
@@ -256,7 +291,9 @@ pub(crate) fn wait_until(
             return Ok(None);
         }
         std::thread::sleep(nap.min(deadline - now));
-        nap = (nap * 2).min(std::time::Duration::from_micros(500));
+        if start.elapsed() >= NAP_FINE_FOR {
+            nap = (nap * 2).min(NAP_MAX);
+        }
     }
 }
 
