@@ -247,9 +247,10 @@ fn send_to_us(
             ));
         }
         s.reset_scratch();
-        let name = s.push_bytes(mailbox.sockaddr())?;
-        let byte = s.push_bytes(b"F")?;
-        let iov = s.push_bytes(&iovec(byte, 1))?;
+        let mut st = s.stage()?;
+        let name = st.put(mailbox.sockaddr());
+        let byte = st.put(b"F");
+        let iov = st.put(&iovec(byte, 1));
         let mut control = Vec::with_capacity(cmsg_space(chunk.len()));
         control.extend_from_slice(&((CMSG_HDR + 4 * chunk.len()) as u64).to_ne_bytes());
         control.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
@@ -258,9 +259,10 @@ fn send_to_us(
             control.extend_from_slice(&fd.as_raw().to_ne_bytes());
         }
         control.resize(cmsg_space(chunk.len()), 0);
-        let ctl = s.push_bytes(&control)?;
+        let ctl = st.put(&control);
         let name = (name, mailbox.sockaddr().len() as u64);
-        let msg = s.push_bytes(&msghdr(name, iov, ctl, control.len() as u64))?;
+        let msg = st.put(&msghdr(name, iov, ctl, control.len() as u64));
+        s.push_staged(st)?;
         let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
         let r = s.syscall(libc::SYS_sendmsg, &[remote as u64, msg, flags])?;
         if r == -(libc::EBADF as i64) {
@@ -326,11 +328,13 @@ fn receive_from_us(s: &mut Session<'_>, ch: &Channel, ours: BorrowedFd<'_>) -> R
         source: e,
     })?;
     s.reset_scratch();
-    let byte = s.push_bytes(&[0u8])?;
-    let iov = s.push_bytes(&iovec(byte, 1))?;
+    let mut st = s.stage()?;
+    let byte = st.put(&[0u8]);
+    let iov = st.put(&iovec(byte, 1));
     let space = cmsg_space(1);
-    let ctl = s.push_bytes(&vec![0u8; space])?;
-    let msg = s.push_bytes(&msghdr((0, 0), iov, ctl, space as u64))?;
+    let ctl = st.put(&vec![0u8; space]);
+    let msg = st.put(&msghdr((0, 0), iov, ctl, space as u64));
+    s.push_staged(st)?;
     let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
     let r = s.syscall(libc::SYS_recvmsg, &[ch.remote as u64, msg, flags])?;
     if r < 0 {

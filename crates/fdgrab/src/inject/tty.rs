@@ -129,9 +129,11 @@ fn drop_ctty_ignoring_hup(s: &mut Session<'_>) -> Result<i32> {
     s.reset_scratch();
     let mut ign = vec![0u8; SIGACTION_SIZE];
     ign[..8].copy_from_slice(&(libc::SIG_IGN as u64).to_ne_bytes());
-    let ign = s.push_bytes(&ign)?;
-    let old = s.push_bytes(&[0u8; SIGACTION_SIZE])?;
-    let path = s.push_bytes(b"/dev/tty\0")?;
+    let mut st = s.stage()?;
+    let ign = st.put(&ign);
+    let old = st.put(&[0u8; SIGACTION_SIZE]);
+    let path = st.put(b"/dev/tty\0");
+    s.push_staged(st)?;
     sigaction(s, libc::SIGHUP, ign, old)?;
     let result = (|| {
         let flags = (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;

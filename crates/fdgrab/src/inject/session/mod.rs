@@ -38,6 +38,25 @@ use stop::STOP_TIMEOUT;
 /// `SCM_RIGHTS`, several times over.
 const SCRATCH_LEN: u64 = 16 * 1024;
 
+/// Data laid out for the scratch mapping (see [`Session::stage`]): each piece
+/// 16-byte aligned, as [`Session::push_bytes`] places it.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The address in the target of `bytes[0]`.
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl Staged {
+    /// Appends `data`; returns the address it will have in the target.
+    pub(crate) fn put(&mut self, data: &[u8]) -> u64 {
+        self.bytes.resize((self.bytes.len() + 15) & !15, 0);
+        let addr = self.at + self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        addr
+    }
+}
+
 /// Where the session stands with its thread. Whether a SIGSTOP must be passed on
 /// and what the filters allow are kept apart: they are facts, not states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,10 +367,33 @@ impl<'a> Session<'a> {
     /// Copies `data` into the scratch mapping and returns its address in the target.
     /// The space is reused after [`Session::reset_scratch`].
     pub fn push_bytes(&mut self, data: &[u8]) -> Result<u64> {
+        let mut staged = self.stage()?;
+        let at = staged.put(data);
+        self.push_staged(staged)?;
+        Ok(at)
+    }
+
+    /// Starts laying out data for the scratch mapping in our memory, at the
+    /// addresses it will have there, so that structures pointing at each other
+    /// (a msghdr, its iovec, its control data) go over in one write
+    /// ([`Session::push_staged`]).
+    pub(crate) fn stage(&self) -> Result<Staged> {
         let base = self
             .scratch
             .ok_or_else(|| Error::InvalidArgument("no scratch mapping".into()))?;
-        let start = (self.scratch_used + 15) & !15;
+        Ok(Staged {
+            at: base + ((self.scratch_used + 15) & !15),
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Copies what was laid out with [`Session::stage`] into the scratch mapping.
+    pub(crate) fn push_staged(&mut self, staged: Staged) -> Result<()> {
+        let base = self
+            .scratch
+            .ok_or_else(|| Error::InvalidArgument("no scratch mapping".into()))?;
+        let start = staged.at - base;
+        let data = staged.bytes;
         let end = start + data.len() as u64;
         if end > SCRATCH_LEN {
             return Err(Error::InvalidArgument(format!(
@@ -359,10 +401,10 @@ impl<'a> Session<'a> {
                 data.len()
             )));
         }
-        crate::sys::process_vm_write(self.tid, base + start, data)
+        crate::sys::process_vm_write(self.tid, base + start, &data)
             .map_err(|e| self.mem_error("writing scratch memory", e))?;
         self.scratch_used = end;
-        Ok(base + start)
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `addr` in the target.
