@@ -312,3 +312,31 @@ fn wait_flags(tid: Pid, extra: libc::c_int) -> Result<Option<i32>, Errno> {
         return Ok((r != 0).then_some(status));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slack() -> libc::c_int {
+        // SAFETY: PR_GET_TIMERSLACK takes no pointers.
+        unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }
+    }
+
+    /// The naps of the first stop run with a 1 µs slack, and the thread's own slack
+    /// comes back however the wait ends (the guard's drop runs on every return).
+    #[test]
+    fn fine_timer_slack_is_put_back() {
+        std::thread::spawn(|| {
+            // SAFETY: an integer argument; this thread only.
+            let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 70_000, 0, 0, 0) };
+            assert_eq!(r, 0);
+            {
+                let _fine = FineTimerSlack::set();
+                assert_eq!(slack(), 1000);
+            }
+            assert_eq!(slack(), 70_000);
+        })
+        .join()
+        .expect("thread");
+    }
+}

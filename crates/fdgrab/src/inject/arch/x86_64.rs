@@ -115,6 +115,15 @@ impl Regs {
         }
     }
 
+    /// A thread stopped inside syscall `nr` with `args`, for tests.
+    #[cfg(test)]
+    pub(crate) fn in_syscall(nr: i64, args: &[u64]) -> Regs {
+        let mut r = Regs::default().for_syscall(0x1000, nr, args);
+        r.0.orig_rax = nr as u64;
+        r.0.rax = (-514i64) as u64;
+        r
+    }
+
     /// The syscall's return value (valid at a syscall-exit stop).
     pub(crate) fn syscall_result(&self) -> i64 {
         self.0.rax as i64

@@ -274,3 +274,54 @@ impl Session<'_> {
         crate::sys::any_signal_pending(&TERMINATION)
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptrace_sets_the_mask_only_where_no_saved_mask_can_be_pending() {
+        let user_code = Regs::default().for_syscall(0x1000, 0, &[]);
+        assert!(mask_by_ptrace_is_exact(&user_code));
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_epoll_wait,
+        ] {
+            assert!(mask_by_ptrace_is_exact(&Regs::in_syscall(
+                nr,
+                &[3, 0, 0, 0, 0, 0]
+            )));
+        }
+        let mask = 0x7ffd_0000_1000;
+        for (nr, at) in [
+            (libc::SYS_ppoll, 3),
+            (libc::SYS_epoll_pwait, 4),
+            (libc::SYS_epoll_pwait2, 4),
+            (libc::SYS_pselect6, 5),
+        ] {
+            let mut args = [3, 0x7ffd_0000_2000, 1, 0, 0, 0];
+            assert!(
+                mask_by_ptrace_is_exact(&Regs::in_syscall(nr, &args)),
+                "{nr} without a mask"
+            );
+            args[at] = mask;
+            assert!(
+                !mask_by_ptrace_is_exact(&Regs::in_syscall(nr, &args)),
+                "{nr} with a mask"
+            );
+        }
+        // Calls that always swap, and any call not known never to.
+        for nr in [
+            libc::SYS_rt_sigsuspend,
+            333, // io_pgetevents
+            libc::SYS_io_uring_enter,
+            libc::SYS_ioctl,
+        ] {
+            assert!(
+                !mask_by_ptrace_is_exact(&Regs::in_syscall(nr, &[0, 0, 0, 0, mask, mask])),
+                "{nr}"
+            );
+        }
+    }
+}
