@@ -82,6 +82,23 @@ pub(crate) fn fd_table_owner(target: &PidFd) -> Result<Pid> {
         .ok_or(Error::NoSuchProcess { pid })
 }
 
+/// [`fd_table_owner`] and that thread's `status`, read once when the leader is
+/// alive (its `State` line tells, where [`fd_table_owner`] reads `stat`).
+pub(crate) fn fd_table_owner_status(target: &PidFd) -> Result<(Pid, procfs::Status)> {
+    let pid = target.pid();
+    if !target.is_alive() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    if let Ok(st) = procfs::task_status(pid, pid) {
+        if target.is_thread() || st.state.is_some_and(|s| !matches!(s, 'Z' | 'X')) {
+            return Ok((pid, st));
+        }
+    }
+    let tid = fd_table_owner(target)?;
+    let st = procfs::task_status(pid, tid).map_err(|_| Error::NoSuchProcess { pid })?;
+    Ok((tid, st))
+}
+
 /// Works out the most likely reason the ptrace access check (`PTRACE_MODE_ATTACH_REALCREDS`)
 /// refused us, so the user is not left guessing between uid, dumpability, Yama and LSMs.
 pub(crate) fn permission_hint(pid: Pid) -> String {

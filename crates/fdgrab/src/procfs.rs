@@ -62,6 +62,8 @@ pub(crate) struct Status {
     pub cap_eff: Option<u64>,
     /// `SigIgn`: the signals the process ignores.
     pub sig_ign: Option<u64>,
+    /// `State`: its letter (`R`, `S`, `D`, `Z`, ...).
+    pub state: Option<char>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
@@ -94,6 +96,7 @@ pub(crate) fn parse_status(text: &str) -> std::io::Result<Status> {
             "Seccomp" => st.seccomp = value.parse().ok(),
             "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
             "SigIgn" => st.sig_ign = u64::from_str_radix(value, 16).ok(),
+            "State" => st.state = value.chars().next(),
             _ => {}
         }
     }

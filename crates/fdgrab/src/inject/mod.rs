@@ -433,8 +433,8 @@ pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Resu
 /// seizing (a thread under seccomp whose filters fdgrab cannot read, without
 /// `force`), so that a steal can say no before it copies anything or starts CMD.
 pub(crate) fn check_close_allowed(target: &PidFd, policy: SeccompPolicy) -> Result<()> {
-    let tid = crate::access::fd_table_owner(target)?;
-    seccomp::before_seize(target.pid(), tid, policy).map(|_| ())
+    let (tid, status) = crate::access::fd_table_owner_status(target)?;
+    seccomp::before_seize(target.pid(), tid, &status, policy).map(|_| ())
 }
 
 /// Closes `fds` in `target` (or, with [`CloseMode::DevNull`], puts /dev/null over

@@ -150,11 +150,14 @@ fn why_unreadable() -> Option<String> {
 /// The check made before seizing: `Ok(Some(mode))` when the thread is under seccomp
 /// and its filters can be read; `Ok(None)` when there is nothing to check or the
 /// caller forced an unreadable case; an error when it must be refused.
-pub(crate) fn before_seize(pid: Pid, tid: Pid, policy: SeccompPolicy) -> Result<Option<u8>> {
-    let mode = procfs::task_status(pid, tid)
-        .map_err(|_| Error::NoSuchProcess { pid })?
-        .seccomp
-        .unwrap_or(0);
+/// `status` is the thread's, read just before.
+pub(crate) fn before_seize(
+    pid: Pid,
+    tid: Pid,
+    status: &procfs::Status,
+    policy: SeccompPolicy,
+) -> Result<Option<u8>> {
+    let mode = status.seccomp.unwrap_or(0);
     if mode == 0 {
         return Ok(None);
     }

@@ -143,8 +143,8 @@ impl<'a> Session<'a> {
         plan: &[Planned],
     ) -> Result<Session<'a>> {
         let pid = target.pid();
-        let tid = crate::access::fd_table_owner(target)?;
-        let seccomp_mode = seccomp::before_seize(pid, tid, policy)?;
+        let (tid, status) = crate::access::fd_table_owner_status(target)?;
+        let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
             our_mask.restore();
