@@ -207,9 +207,7 @@ impl Session<'_> {
     /// process ignores SIGTRAP, forcing it resets it to SIG_DFL whatever the mask.
     /// Not in an unchecked session (see [`Session::unblock_signals`]).
     pub(super) fn sigtrap_ignored(&self) -> bool {
-        let ignored = crate::procfs::task_status(self.pid, self.tid)
-            .ok()
-            .and_then(|st| st.sig_ign)
+        let ignored = crate::procfs::task_sig_ignored(self.pid, self.tid)
             .is_some_and(|set| set & !BLOCK_ALL_BUT_TRAP != 0);
         ignored && !matches!(self.gate, Gate::Unchecked)
     }
