@@ -235,7 +235,10 @@ impl GrabOptions {
         // The target sends the copies over a unix socket: refuse what the kernel
         // would refuse, naming the fd, before stopping anything.
         let by_ptrace = || {
-            if let Some(&(fd, why)) = unpassable(target, fds)?.first() {
+            // One status read names the fd table's owner for both the check and the
+            // session (which also takes its seccomp mode from it).
+            let owner = access::fd_table_owner_status(target)?;
+            if let Some(&(fd, why)) = unpassable_in(target, owner.0, fds)?.first() {
                 return Err(unpassable_error(
                     target.pid(),
                     fd,
@@ -243,7 +246,7 @@ impl GrabOptions {
                     "taken by the ptrace backend",
                 ));
             }
-            inject::grab_fds(target, fds, self.seccomp)
+            inject::grab_fds_of(target, owner, fds, self.seccomp)
         };
         Ok(match self.backend {
             Backend::Pidfd => (by_pidfd()?, Backend::Pidfd),
@@ -597,8 +600,16 @@ pub fn readable(target: &PidFd, fd: TargetFd, copy: OwnedFd) -> Result<OwnedFd> 
 /// socket (see [`crate::passfd::refusal`]), with the reason. The ptrace backend
 /// and `SCM_RIGHTS` hand-overs cannot take them; `pidfd_getfd` can.
 pub fn unpassable(target: &PidFd, fds: &[TargetFd]) -> Result<Vec<(TargetFd, &'static str)>> {
+    unpassable_in(target, access::fd_table_owner(target)?, fds)
+}
+
+/// [`unpassable`] through the fd table of thread `owner`, already chosen.
+fn unpassable_in(
+    target: &PidFd,
+    owner: Pid,
+    fds: &[TargetFd],
+) -> Result<Vec<(TargetFd, &'static str)>> {
     let pid = target.pid();
-    let owner = access::fd_table_owner(target)?;
     let mut out = Vec::new();
     for &fd in fds {
         match std::fs::read_link(format!("/proc/{pid}/task/{owner}/fd/{fd}")) {

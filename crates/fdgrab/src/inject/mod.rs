@@ -418,12 +418,29 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 /// against them are `socket`, `sendmsg` and `close` besides the session's
 /// own (see [`Session`]).
 pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
+    grab_fds_of(
+        target,
+        crate::access::fd_table_owner_status(target)?,
+        fds,
+        policy,
+    )
+}
+
+/// [`grab_fds`] from the thread `owner` names (the fd table's owner and its
+/// `status`, read by the caller just before, see
+/// [`crate::access::fd_table_owner_status`]).
+pub(crate) fn grab_fds_of(
+    target: &PidFd,
+    owner: (crate::Pid, procfs::Status),
+    fds: &[TargetFd],
+    policy: SeccompPolicy,
+) -> Result<Vec<OwnedFd>> {
     if fds.is_empty() {
         return Ok(Vec::new());
     }
     let mut plan = Vec::new();
     mailbox_calls(&mut plan);
-    with_session(target, policy, &plan, |s| {
+    with_session_of(target, owner, policy, &plan, |s| {
         let (mailbox, remote) = open_mailbox(s)?;
         send_to_us(s, &mailbox, remote, fds)
     })
@@ -647,7 +664,19 @@ fn with_session<T>(
     plan: &[Planned],
     f: impl FnOnce(&mut Session<'_>) -> Result<T>,
 ) -> Result<T> {
-    let mut s = Session::attach_planned(target, policy, plan)?;
+    let owner = crate::access::fd_table_owner_status(target)?;
+    with_session_of(target, owner, policy, plan, f)
+}
+
+/// [`with_session`] on the thread `owner` names (see [`grab_fds_of`]).
+fn with_session_of<T>(
+    target: &PidFd,
+    owner: (crate::Pid, procfs::Status),
+    policy: SeccompPolicy,
+    plan: &[Planned],
+    f: impl FnOnce(&mut Session<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut s = Session::attach_planned(target, owner, policy, plan)?;
     let r = f(&mut s);
     let d = s.detach();
     match (r, d) {

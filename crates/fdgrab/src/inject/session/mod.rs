@@ -129,7 +129,8 @@ impl<'a> Session<'a> {
     /// The thread's seccomp filters are handled with the default [`SeccompPolicy`]:
     /// each injected call is checked against them before it runs.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
-        Self::attach_planned(target, SeccompPolicy::default(), &[])
+        let owner = crate::access::fd_table_owner_status(target)?;
+        Self::attach_planned(target, owner, SeccompPolicy::default(), &[])
     }
 
     /// [`Session::attach`] with a seccomp policy and the calls the caller plans to
@@ -137,13 +138,17 @@ impl<'a> Session<'a> {
     /// thread is under seccomp they are all checked before anything runs in it, and
     /// the session refuses ([`Error::SeccompRefused`], [`Error::SeccompUnchecked`])
     /// rather than let a filter kill or trap the target.
+    ///
+    /// `owner` is the thread to use and its `status`, read just before
+    /// ([`crate::access::fd_table_owner_status`]).
     pub(crate) fn attach_planned(
         target: &'a PidFd,
+        owner: (Pid, crate::procfs::Status),
         policy: SeccompPolicy,
         plan: &[Planned],
     ) -> Result<Session<'a>> {
         let pid = target.pid();
-        let (tid, status) = crate::access::fd_table_owner_status(target)?;
+        let (tid, status) = owner;
         let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
