@@ -9,7 +9,8 @@
 //!   ≤ 1.5× its own median (no long tail).
 //!
 //! Exits non-zero when a goal is missed. Run with `scripts/bench get_vs_true`
-//! (it builds the release binaries).
+//! (it builds the release binaries); `FDGRAB_BENCH_BIN` measures another fdgrab
+//! binary (e.g. an older build).
 
 use fdgrab_testkit::{bin, Target};
 use std::process::{Command, Stdio};
@@ -43,7 +44,9 @@ fn main() {
     let target = Target::spawn(["zoo"]);
     let pid = target.pid.to_string();
     let fd = target.fd_labelled("file").to_string();
-    let fdgrab = bin("fdgrab");
+    let fdgrab = std::env::var_os("FDGRAB_BENCH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin("fdgrab"));
     let get = |backend: &str| {
         let mut c = Command::new(&fdgrab);
         c.args(["get", "--backend", backend, &pid, &fd, "--", "/bin/true"]);
