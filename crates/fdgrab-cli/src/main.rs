@@ -66,8 +66,13 @@ fn parse() -> Result<cli::Cli, clap::Error> {
     {
         cmd = cmd.after_help(exit::Code::help_text());
     }
-    let matches = cmd.try_get_matches_from(args)?;
-    cli::Cli::from_arg_matches(&matches)
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = cli::Cli::from_arg_matches(&matches);
+    // Freeing clap's command tree and matches (a few hundred allocations) costs more
+    // instructions than parsing: they are left to the process's end or exec instead.
+    std::mem::forget(matches);
+    std::mem::forget(cmd);
+    cli
 }
 
 #[cfg(test)]
