@@ -165,7 +165,7 @@ fn main() {
         }
     }
     println!("{rounds} interleaved rounds; medians.");
-    let what = "startup-order.txt names found in the binary (stale: run scripts/startup-order)";
+    let what = "startup-order.txt names found in the binary (if low: rerun scripts/startup-order)";
     match order_resolved(&fdgrab) {
         Some((found, listed)) if listed > 0 => {
             println!("{what}: {found} of {listed}");
