@@ -1,8 +1,9 @@
 //! One ptrace injection session on one thread of a target.
 //!
 //! Lifecycle: `PTRACE_SEIZE` + `PTRACE_INTERRUPT` (no SIGSTOP the target could see),
-//! save the registers, block all blockable signals in the thread with an injected
-//! `rt_sigprocmask` (its sets live briefly below the stack's red zone), map a scratch
+//! save the registers, block all blockable signals in the thread (with
+//! `PTRACE_SETSIGMASK` where that is exact, else with an injected `rt_sigprocmask`
+//! whose sets live briefly below the stack's red zone; see `sigmask`), map a scratch
 //! page with an injected `mmap`, run any number of syscalls, then undo all of it in
 //! reverse: close what we opened there, `munmap`, restore the mask, restore the
 //! registers, detach. The same undo runs from `Drop` and on every error path.
