@@ -611,6 +611,9 @@ fn inject_report(extra: Value) -> Value {
 fn echo_reads() {
     let mut buf = [0u8; 4096];
     loop {
+        if PPOLL_FIRST.load(std::sync::atomic::Ordering::SeqCst) {
+            ppoll_until_readable();
+        }
         // SAFETY: `buf` is writable for its length.
         let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
         let errno = if n < 0 {
@@ -915,7 +918,7 @@ fn signal_read(args: &[String]) {
         Some("trap") => libc::SIGTRAP,
         _ => {
             eprintln!(
-                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all]"
+                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all|ignore-trap|ppoll]"
             );
             std::process::exit(2);
         }
@@ -934,8 +937,36 @@ fn signal_read(args: &[String]) {
             libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
         }
     }
+    if args.get(2).map(String::as_str) == Some("ppoll") {
+        // Wait for input in a ppoll with a mask (the one in force) before each read:
+        // a call that swaps masks, so a session blocks this thread's signals with an
+        // injected rt_sigprocmask (and its signal-first retry), not with ptrace.
+        PPOLL_FIRST.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     emit(&inject_report(json!({"signal": sig})));
     echo_reads();
+}
+
+/// Set by `signal-read ... ppoll`: [`echo_reads`] waits in `ppoll` before each read.
+static PPOLL_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits in `ppoll` with the mask in force until stdin is readable (handlers that
+/// interrupt it run, and it is called again).
+fn ppoll_until_readable() {
+    let mut mask = sigset_of(&[]);
+    // SAFETY: reads the current mask into an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout, an initialised mask.
+        if unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &mask) } > 0 {
+            return;
+        }
+    }
 }
 
 fn vfork_sleep(ms: u64) {
