@@ -71,14 +71,18 @@ pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 /// is reported to us and dropped, and the handler stays.
 const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
 
-/// Whether `PTRACE_SETSIGMASK` is exact for a thread stopped with `regs`: it also
-/// clears the thread's "restore the saved mask on the way out" flag, which only a
-/// call that runs with a temporary mask sets (`ppoll`, `pselect6`, `epoll_pwait`,
-/// `epoll_pwait2` given a mask, `rt_sigsuspend`, `io_pgetevents`, `io_uring_enter`).
-/// Cleared there, the thread would keep the temporary mask for good. So: yes for a
+/// Whether `PTRACE_GETSIGMASK`/`PTRACE_SETSIGMASK` are exact on every kernel for a
+/// thread stopped with `regs`. A call that runs with a temporary mask (`ppoll`,
+/// `pselect6`, `epoll_pwait`, `epoll_pwait2` given a mask, `rt_sigsuspend`,
+/// `io_pgetevents`, `io_uring_enter`) leaves the thread's "restore the saved mask
+/// on the way out" flag set at our stop. Since Linux 5.1 (commit fcfc2aa0185f)
+/// GETSIGMASK then returns the saved mask and SETSIGMASK drops the flag, which is
+/// exact; before, GETSIGMASK returned the temporary mask and the kernel put the
+/// saved one back over ours at the first resume, unblocking signals while our calls
+/// ran. The ptrace backend is also the fallback for kernels that old, so: yes for a
 /// thread stopped in its own code, or in one of the common blocking calls that never
 /// swap masks (or a mask-taking one given none); no for every other call, which
-/// then gets the injected `rt_sigprocmask`.
+/// then gets the injected `rt_sigprocmask`, exact everywhere.
 ///
 /// x86_64 decides a syscall's restart after our stop, so `orig_rax` still names
 /// the call there. arm64 forgets it before the stop (see `arch/aarch64.rs`), so it
