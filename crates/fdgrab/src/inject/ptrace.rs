@@ -132,7 +132,8 @@ pub(crate) fn signal_code(tid: Pid) -> Result<i32, Errno> {
 }
 
 /// `PTRACE_GETSIGMASK` (3.11): the stopped tracee's blocked-signal set (signals
-/// 1-64, bit `n - 1` for signal `n`).
+/// 1-64, bit `n - 1` for signal `n`); since 5.1 the mask a call that swaps masks
+/// will put back, while the thread is on its way out of one.
 pub(crate) fn sigmask(tid: Pid) -> Result<u64, Errno> {
     let mut set = 0u64;
     // SAFETY: with `addr` = 8 the kernel writes exactly 8 bytes (a kernel sigset_t
@@ -152,10 +153,10 @@ pub(crate) fn sigmask(tid: Pid) -> Result<u64, Errno> {
 }
 
 /// `PTRACE_SETSIGMASK` (3.11): replaces the stopped tracee's blocked-signal set
-/// (SIGKILL and SIGSTOP are dropped from it by the kernel). It also clears the
-/// thread's "restore the saved mask on the way out" flag, which only matters for a
-/// thread inside a call that swaps masks (`ppoll`, `sigsuspend`, ...): see
-/// `session::sigmask`.
+/// (SIGKILL and SIGSTOP are dropped from it by the kernel). Since 5.1 it also
+/// clears the thread's "restore the saved mask on the way out" flag, which only
+/// matters for a thread inside a call that swaps masks (`ppoll`, `sigsuspend`,
+/// ...): see `session::sigmask`.
 pub(crate) fn set_sigmask(tid: Pid, set: u64) -> Result<(), Errno> {
     // SAFETY: with `addr` = 8 the kernel reads exactly 8 bytes from `data`, which
     // points at our u64.
