@@ -130,3 +130,69 @@ fn attack_injection_keeps_sigtrap_ignored() {
     assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
     echo(&mut t, "still ignored\n");
 }
+
+/// The thread that grabs sets its timer slack to 1 µs while it naps for the first
+/// stop, and must put back exactly the slack it had, whatever its size: a caller
+/// (or a service manager's `TimerSlackNSec=`) may use several seconds to save power.
+/// The target is in uninterruptible sleep for 300 ms, so the wait does nap.
+#[test]
+fn attack_a_large_timer_slack_of_the_caller_is_put_back() {
+    fn slack() -> i64 {
+        // SAFETY: PR_GET_TIMERSLACK takes no pointers; the raw call returns the
+        // whole value (the libc wrapper returns an int).
+        unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_GET_TIMERSLACK,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        }
+    }
+    let mut t = Target::spawn(["vfork-sleep", "300"]);
+    let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+    while !status_field(t.pid, "State").is_some_and(|st| st.starts_with('D')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "target never entered state D"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let large: u64 = 5_000_000_000;
+    let after = std::thread::spawn(move || {
+        // SAFETY: an integer argument; this thread only.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_TIMERSLACK,
+                large,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        assert_eq!(r, 0, "PR_SET_TIMERSLACK");
+        assert_eq!(slack(), large as i64);
+        let g = GrabOptions::new().backend(Backend::Ptrace).grab(&pidfd, fd);
+        (g.map(|_| ()).map_err(|e| e.to_string()), slack())
+    })
+    .join()
+    .expect("grab thread");
+    assert_eq!(
+        after.1, large as i64,
+        "timer slack changed by the grab ({:?})",
+        after.0
+    );
+    after.0.expect("ptrace grab");
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"woke\n").expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(line["n"], 5, "{line}");
+}
