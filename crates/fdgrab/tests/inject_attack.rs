@@ -51,8 +51,20 @@ fn attack_injection_keeps_a_mask_that_blocks_sigtrap() {
 /// and checks its signal handlers, mask and pending signals are as before and
 /// nothing of ours is left.
 fn grab_keeps_signal_state(args: &[&str]) -> Target {
+    grab_keeps_signal_state_after(args, |_| {})
+}
+
+/// [`grab_keeps_signal_state`], with `prepare` done to the target (by pid) once it
+/// waits in `read`, before the state is read.
+fn grab_keeps_signal_state_after(args: &[&str], prepare: impl FnOnce(i32)) -> Target {
     let t = Target::spawn(args);
-    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let waits_in = if args.contains(&"ppoll") {
+        libc::SYS_ppoll
+    } else {
+        libc::SYS_read
+    };
+    wait_in_syscall(t.pid, t.pid, waits_in);
+    prepare(t.pid);
     let before = Snapshot::take(t.pid);
     let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
     let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
@@ -195,4 +207,84 @@ fn attack_a_large_timer_slack_of_the_caller_is_put_back() {
     stdin.flush().expect("flush");
     let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
     assert_eq!(line["n"], 5, "{line}");
+}
+
+/// A SIGTRAP that is pending when the session starts belongs to the target, not to
+/// the single-steps: here it is blocked (the thread blocks everything) and pending
+/// both for the thread and for the process, and must still be, the handler intact.
+#[test]
+fn attack_injection_keeps_a_pending_sigtrap() {
+    pending_sigtrap_kept(&["signal-read", "trap", "restart", "block-all"]);
+}
+
+/// [`attack_injection_keeps_a_pending_sigtrap`] for a thread in `ppoll` with a
+/// mask, whose signals the session blocks with an injected `rt_sigprocmask`.
+#[test]
+fn attack_injection_keeps_a_pending_sigtrap_in_ppoll() {
+    pending_sigtrap_kept(&["signal-read", "trap", "restart", "block-all", "ppoll"]);
+}
+
+fn pending_sigtrap_kept(args: &[&str]) {
+    let mut t = grab_keeps_signal_state_after(args, |pid| {
+        // SAFETY: kill and tgkill with integer arguments.
+        unsafe {
+            assert_eq!(libc::kill(pid, libc::SIGTRAP), 0);
+            assert_eq!(libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGTRAP), 0);
+        }
+        let bit = 1u64 << (libc::SIGTRAP - 1);
+        for k in ["SigPnd", "ShdPnd"] {
+            let v = status_field(pid, k).expect("status");
+            let v = u64::from_str_radix(&v, 16).expect("hex");
+            assert_ne!(v & bit, 0, "{k} {v:#x}: SIGTRAP not pending");
+        }
+    });
+    echo(&mut t, "still pending\n");
+}
+
+/// A stopped process (SIGSTOP) with a SIGTRAP pending, not blocked, and a handler
+/// for it: a grab must neither run the handler while the process is stopped nor
+/// swallow the signal; after SIGCONT the handler runs, once.
+#[test]
+fn attack_injection_keeps_a_sigtrap_pending_in_a_stopped_process() {
+    let mut t = Target::spawn(["signal-read", "trap", "restart"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGSTOP) }, 0);
+    let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+    while !status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')) {
+        assert!(std::time::Instant::now() < deadline, "target never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
+    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let g = GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, fd)
+        .expect("ptrace grab");
+    drop(g);
+    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
+    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')),
+        "no longer stopped: {:?}",
+        status_field(t.pid, "State")
+    );
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGCONT) }, 0);
+    before.assert_no_leftovers(&before.fds, "after the grab and SIGCONT");
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"cont\n").expect("write");
+    stdin.flush().expect("flush");
+    let line: serde_json::Value = serde_json::from_str(&t.next_line()).expect("json");
+    assert_eq!(
+        (line["n"].as_i64(), line["count"].as_u64()),
+        (Some(5), Some(1)),
+        "the SIGTRAP handler must run once, after SIGCONT: {line}"
+    );
 }

@@ -918,7 +918,7 @@ fn signal_read(args: &[String]) {
         Some("trap") => libc::SIGTRAP,
         _ => {
             eprintln!(
-                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all|ignore-trap|ppoll]"
+                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all|ignore-trap] [ppoll]"
             );
             std::process::exit(2);
         }
@@ -937,7 +937,7 @@ fn signal_read(args: &[String]) {
             libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
         }
     }
-    if args.get(2).map(String::as_str) == Some("ppoll") {
+    if args[2.min(args.len())..].iter().any(|a| a == "ppoll") {
         // Wait for input in a ppoll with a mask (the one in force) before each read:
         // a call that swaps masks, so a session blocks this thread's signals with an
         // injected rt_sigprocmask (and its signal-first retry), not with ptrace.

@@ -107,8 +107,12 @@ pub struct Session<'a> {
     mask_by_ptrace: bool,
     /// Run calls through syscall stops instead of single-stepping: set for the call
     /// that puts back a mask blocking SIGTRAP, and for every call when the process
-    /// ignores SIGTRAP (see [`Session::through_syscall_stops`]).
+    /// ignores SIGTRAP or has one pending (see [`Session::through_syscall_stops`]).
     no_forced_trap: bool,
+    /// A SIGTRAP of the target's own was pending when we looked (its `status`, just
+    /// before seizing): the session keeps SIGTRAP blocked too, so that it stays
+    /// pending rather than be taken for a step's (see [`Session::blocking_set`]).
+    trap_pending: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
     /// How long to poll for a stop before blocking in waitpid.
@@ -150,6 +154,8 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>> {
         let pid = target.pid();
         let (tid, status) = owner;
+        let trap_pending =
+            (status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0)) & sigmask::TRAP_BIT != 0;
         let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
@@ -175,6 +181,7 @@ impl<'a> Session<'a> {
             stop_seen: false,
             mask_by_ptrace: false,
             no_forced_trap: false,
+            trap_pending,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -224,7 +231,8 @@ impl<'a> Session<'a> {
             let ip = self.insn + SYSCALL_INSN.len() as u64;
             self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
         }
-        self.no_forced_trap = self.sigtrap_ignored();
+        self.trap_pending &= !matches!(self.gate, Gate::Unchecked);
+        self.no_forced_trap = self.sigtrap_ignored() || self.trap_pending;
         self.block_signals()?;
         let addr = self.syscall(
             libc::SYS_mmap,

@@ -69,7 +69,10 @@ pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 /// its handler to SIG_DFL and unblocks it for good: a target's own SIGTRAP handler
 /// (the Go runtime's, a debugger's) would be lost. Left unblocked, the step's SIGTRAP
 /// is reported to us and dropped, and the handler stays.
-const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
+const BLOCK_ALL_BUT_TRAP: u64 = !TRAP_BIT;
+
+/// SIGTRAP in a signal set.
+pub(super) const TRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 
 /// Whether `PTRACE_SETSIGMASK` is exact for a thread stopped with `regs`: it also
 /// clears the thread's "restore the saved mask on the way out" flag, which only a
@@ -153,7 +156,7 @@ impl Session<'_> {
         if self.mask_by_ptrace {
             let old =
                 ptrace::sigmask(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGMASK", e))?;
-            ptrace::set_sigmask(self.tid, BLOCK_ALL_BUT_TRAP)
+            ptrace::set_sigmask(self.tid, self.blocking_set())
                 .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
             self.old_mask = Some(old);
             return Ok(());
@@ -161,7 +164,7 @@ impl Session<'_> {
         for _ in 0..16 {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
-            sets[..8].copy_from_slice(&BLOCK_ALL_BUT_TRAP.to_ne_bytes());
+            sets[..8].copy_from_slice(&self.blocking_set().to_ne_bytes());
             crate::sys::process_vm_write(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
@@ -201,6 +204,19 @@ impl Session<'_> {
             None,
             Errno::AGAIN,
         ))
+    }
+
+    /// The mask the session puts in place: [`BLOCK_ALL_BUT_TRAP`], or everything when
+    /// the target has a SIGTRAP of its own pending. Unblocked, that one would be
+    /// reported at the first resume and dropped as a step's; blocked, it waits for
+    /// the thread's mask to come back. The calls then run through syscall stops, so
+    /// that no step's SIGTRAP is forced on the blocked signal.
+    fn blocking_set(&self) -> u64 {
+        if self.trap_pending {
+            !0
+        } else {
+            BLOCK_ALL_BUT_TRAP
+        }
     }
 
     /// Whether every call must avoid the single-step's forced SIGTRAP: when the
