@@ -264,3 +264,45 @@ fn restart_erestartnointr_call_is_restarted_after_a_handler() {
     );
     assert_eq!(line["count"], 1, "the handler ran once: {line}");
 }
+
+/// A 64-bit thread in the ia32 `epoll_pwait2` (through `int $0x80`), whose mask
+/// argument unblocks SIGUSR1 (blocked otherwise). Its `orig_rax` (441) reads like
+/// the native call, but the mask argument is in another register, so the session
+/// must treat it as a call that swaps masks, as it does the native one: the
+/// process is stopped (SIGSTOP) and a SIGUSR1 is pending when the grab starts; once
+/// continued, the handler must have run (the call returns EINTR), and the thread's
+/// own mask (SIGUSR1 blocked) be back.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn restart_int80_call_with_a_mask_is_not_read_as_a_native_call() {
+    let mut t = Target::spawn(["int80-epoll-pwait2"]);
+    wait_in_syscall(t.pid, t.pid, 441);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let before = Snapshot::take(t.pid);
+    kill(t.pid, libc::SIGSTOP);
+    let deadline = Instant::now() + TIMEOUT;
+    while !status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')) {
+        assert!(Instant::now() < deadline, "target never stopped");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill(t.pid, libc::SIGUSR1);
+    GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, tfd(t.fd_labelled("file")))
+        .expect("grab");
+    kill(t.pid, libc::SIGCONT);
+    let line = json_line(&mut t);
+    assert_eq!(
+        (line["ret"].as_i64(), line["count"].as_u64()),
+        (Some(-(libc::EINTR as i64)), Some(1)),
+        "the SIGUSR1 the call's mask lets through must be handled: {line}"
+    );
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    let blk = status_field(t.pid, "SigBlk").expect("SigBlk");
+    let blk = u64::from_str_radix(&blk, 16).expect("hex");
+    assert_ne!(
+        blk & (1 << (libc::SIGUSR1 - 1)),
+        0,
+        "own mask lost: {blk:#x}"
+    );
+}

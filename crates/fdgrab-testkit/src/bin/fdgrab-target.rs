@@ -78,6 +78,8 @@ fn main() {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
         }
         "lock-pi" => return lock_pi(),
+        #[cfg(target_arch = "x86_64")]
+        "int80-epoll-pwait2" => return int80_epoll_pwait2(),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -1201,4 +1203,69 @@ fn blocked_epoll() {
     };
     report_call(r);
     wait_for_eof();
+}
+
+/// A 64-bit thread that waits in the ia32 `epoll_pwait2` (441) through `int $0x80`,
+/// with a temporary mask that unblocks SIGUSR1 (blocked otherwise): its `orig_rax`
+/// is an ia32 number, and its mask argument is in `edi`, not `r8` (kept 0 here).
+/// Prints `{"ret", "count"}` each time the call returns (the SIGUSR1 handler's
+/// count), then waits for a line on stdin before calling again.
+#[cfg(target_arch = "x86_64")]
+fn int80_epoll_pwait2() {
+    install_counter(libc::SIGUSR1, false);
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    // SAFETY: creates a new epoll fd (with nothing in it); no pointers.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    // Pointers of an ia32 call are 32 bits: a page below 4 GiB for the empty
+    // compat sigset (offset 0) and the events buffer (offset 64).
+    // SAFETY: a fresh anonymous mapping, no address hint.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap MAP_32BIT");
+    let page = page as u64;
+    emit(&inject_report(json!({})));
+    let mut line = [0u8; 256];
+    loop {
+        let mut ret: u64 = 441;
+        // SAFETY: ia32 epoll_pwait2(ep, page + 64, 1, NULL, page, 8): it writes at
+        // most one 12-byte event at page + 64 and reads 8 bytes of mask at page. rbx
+        // and rbp are saved around the call (the compiler reserves them).
+        unsafe {
+            std::arch::asm!(
+                "push rbx",
+                "push rbp",
+                "mov ebx, {ep:e}",
+                "mov ebp, 8",
+                "int 0x80",
+                "pop rbp",
+                "pop rbx",
+                ep = in(reg) ep,
+                inout("rax") ret,
+                in("rcx") page + 64,
+                in("rdx") 1u64,
+                in("rsi") 0u64,
+                in("rdi") page,
+                in("r8") 0u64,
+            )
+        };
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"ret": ret as i32, "count": count}));
+        // SAFETY: `line` is writable for its length.
+        if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
+            return;
+        }
+    }
 }

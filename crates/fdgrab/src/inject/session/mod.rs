@@ -223,7 +223,13 @@ impl<'a> Session<'a> {
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
         self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
-        self.mask_by_ptrace = sigmask::mask_by_ptrace_is_exact(&self.saved);
+        // The syscall number (and arguments) can be read as native ones only for a
+        // thread that entered with the native instruction, the one it is stopped
+        // right after. A 64-bit thread can also enter with `int $0x80`: an ia32
+        // number, arguments in other registers (ia32 `sigsuspend` is 72, `fcntl`).
+        let native_entry = self.saved.syscall_nr().is_none()
+            || self.insn + SYSCALL_INSN.len() as u64 == self.saved.instruction_pointer();
+        self.mask_by_ptrace = native_entry && sigmask::mask_by_ptrace_is_exact(&self.saved);
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, mask_by_ptrace = self.mask_by_ptrace, "stopped");
         if let Some((mode, policy, plan)) = seccomp {
             let mut all = self.own_calls();
