@@ -65,6 +65,14 @@ fn grab_keeps_signal_state_after(args: &[&str], prepare: impl FnOnce(i32)) -> Ta
     };
     wait_in_syscall(t.pid, t.pid, waits_in);
     prepare(t.pid);
+    let before = grab_comparing_signal_state(&t);
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    t
+}
+
+/// Grabs the target's file by ptrace and checks its signal handlers, mask and
+/// pending signals are as before; returns the snapshot taken before.
+fn grab_comparing_signal_state(t: &Target) -> Snapshot {
     let before = Snapshot::take(t.pid);
     let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
     let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
@@ -77,8 +85,7 @@ fn grab_keeps_signal_state_after(args: &[&str], prepare: impl FnOnce(i32)) -> Ta
     drop(g);
     let after = fields.map(|k| status_field(t.pid, k).expect("status"));
     assert_eq!(sig, after, "{fields:?} changed by the injection");
-    before.assert_no_leftovers(&before.fds, "after the grab");
-    t
+    before
 }
 
 fn echo(t: &mut Target, s: &str) {
@@ -257,18 +264,7 @@ fn attack_injection_keeps_a_sigtrap_pending_in_a_stopped_process() {
     }
     // SAFETY: kill with integer arguments.
     assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
-    let fields = ["SigCgt", "SigIgn", "SigBlk", "SigPnd", "ShdPnd"];
-    let sig = fields.map(|k| status_field(t.pid, k).expect("status"));
-    let before = Snapshot::take(t.pid);
-    let pidfd = PidFd::open(t.pid).expect("pidfd");
-    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
-    let g = GrabOptions::new()
-        .backend(Backend::Ptrace)
-        .grab(&pidfd, fd)
-        .expect("ptrace grab");
-    drop(g);
-    let after = fields.map(|k| status_field(t.pid, k).expect("status"));
-    assert_eq!(sig, after, "{fields:?} changed by the injection");
+    let before = grab_comparing_signal_state(&t);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(
         status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')),
