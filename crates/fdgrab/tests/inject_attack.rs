@@ -253,8 +253,30 @@ fn pending_sigtrap_kept(args: &[&str]) {
 /// swallow the signal; after SIGCONT the handler runs, once.
 #[test]
 fn attack_injection_keeps_a_sigtrap_pending_in_a_stopped_process() {
-    let mut t = Target::spawn(["signal-read", "trap", "restart"]);
-    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    grab_while_stopped_with_pending(&["signal-read", "trap", "restart"], libc::SIGTRAP);
+}
+
+/// A stopped process (SIGSTOP) in `ppoll` with a mask (so the session would block
+/// its signals with an injected `rt_sigprocmask`) and a SIGUSR2 pending: the grab
+/// must not run the handler while the process is stopped (resuming the thread to
+/// make that call would deliver the signal first); after SIGCONT it runs, once.
+#[test]
+fn attack_injection_runs_no_handler_in_a_stopped_process() {
+    grab_while_stopped_with_pending(&["signal-read", "usr2", "restart", "ppoll"], libc::SIGUSR2);
+}
+
+/// Spawns a `signal-read` target with `args` counting `sig`, stops it (SIGSTOP),
+/// sends it `sig`, grabs by ptrace: the signal state must not change and the
+/// process stay stopped; after SIGCONT the handler has run exactly once when the
+/// next line is read.
+fn grab_while_stopped_with_pending(args: &[&str], sig: i32) {
+    let mut t = Target::spawn(args);
+    let waits_in = if args.contains(&"ppoll") {
+        libc::SYS_ppoll
+    } else {
+        libc::SYS_read
+    };
+    wait_in_syscall(t.pid, t.pid, waits_in);
     // SAFETY: kill with integer arguments.
     assert_eq!(unsafe { libc::kill(t.pid, libc::SIGSTOP) }, 0);
     let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
@@ -263,7 +285,7 @@ fn attack_injection_keeps_a_sigtrap_pending_in_a_stopped_process() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     // SAFETY: kill with integer arguments.
-    assert_eq!(unsafe { libc::kill(t.pid, libc::SIGTRAP) }, 0);
+    assert_eq!(unsafe { libc::kill(t.pid, sig) }, 0);
     let before = grab_comparing_signal_state(&t);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(
@@ -281,6 +303,6 @@ fn attack_injection_keeps_a_sigtrap_pending_in_a_stopped_process() {
     assert_eq!(
         (line["n"].as_i64(), line["count"].as_u64()),
         (Some(5), Some(1)),
-        "the SIGTRAP handler must run once, after SIGCONT: {line}"
+        "the handler of signal {sig} must run once, after SIGCONT: {line}"
     );
 }

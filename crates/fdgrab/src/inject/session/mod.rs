@@ -113,6 +113,10 @@ pub struct Session<'a> {
     /// before seizing): the session keeps SIGTRAP blocked too, so that it stays
     /// pending rather than be taken for a step's (see [`Session::blocking_set`]).
     trap_pending: bool,
+    /// The first stop was a group stop (the process was stopped by a stop signal):
+    /// the thread's signals are then blocked by ptrace, before it runs anything,
+    /// whatever call it is in, so that no handler runs while the process is stopped.
+    group_stopped: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
     /// How long to poll for a stop before blocking in waitpid.
@@ -182,6 +186,7 @@ impl<'a> Session<'a> {
             mask_by_ptrace: false,
             no_forced_trap: false,
             trap_pending,
+            group_stopped: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -223,13 +228,7 @@ impl<'a> Session<'a> {
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
         self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
-        // The syscall number (and arguments) can be read as native ones only for a
-        // thread that entered with the native instruction, the one it is stopped
-        // right after. A 64-bit thread can also enter with `int $0x80`: an ia32
-        // number, arguments in other registers (ia32 `sigsuspend` is 72, `fcntl`).
-        let native_entry = self.saved.syscall_nr().is_none()
-            || self.insn + SYSCALL_INSN.len() as u64 == self.saved.instruction_pointer();
-        self.mask_by_ptrace = native_entry && sigmask::mask_by_ptrace_is_exact(&self.saved);
+        self.mask_by_ptrace = sigmask::mask_by_ptrace(&self.saved, self.insn, self.group_stopped);
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, mask_by_ptrace = self.mask_by_ptrace, "stopped");
         if let Some((mode, policy, plan)) = seccomp {
             let mut all = self.own_calls();

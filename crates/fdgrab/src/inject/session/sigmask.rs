@@ -7,7 +7,7 @@ use super::errors::{remote_error, RunError};
 use super::stop::STOP_TIMEOUT;
 use super::Session;
 use crate::error::{Error, Result};
-use crate::inject::arch::{Regs, RED_ZONE};
+use crate::inject::arch::{Regs, RED_ZONE, SYSCALL_INSN};
 use crate::inject::ptrace;
 use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
@@ -142,6 +142,27 @@ pub(super) fn mask_by_ptrace_is_exact(regs: &Regs) -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) fn mask_by_ptrace_is_exact(_: &Regs) -> bool {
     false
+}
+
+/// Whether a session blocks the signals of a thread stopped with `regs` (its
+/// `syscall` instruction found at `insn`) with `PTRACE_SETSIGMASK`.
+///
+/// Always when the first stop was a group stop (the process stopped by a stop
+/// signal): an injected call would resume the thread through the signal path
+/// first and run the handler of any signal pending, while the process is meant to
+/// be stopped. Blocked by ptrace, such a signal waits for SIGCONT (one that only
+/// the temporary mask of a call that is not restarted, like `epoll_pwait`, lets
+/// through then waits for the next such call).
+///
+/// Else where [`mask_by_ptrace_is_exact`], for a thread that entered its syscall
+/// with the native instruction, the one it is stopped right after: only then can
+/// its number and arguments be read as native ones. A 64-bit thread can also enter
+/// with `int $0x80`: an ia32 number (ia32 `sigsuspend` is 72, native `fcntl`), the
+/// arguments in other registers.
+pub(super) fn mask_by_ptrace(regs: &Regs, insn: u64, group_stopped: bool) -> bool {
+    let native_entry = regs.syscall_nr().is_none()
+        || insn.wrapping_add(SYSCALL_INSN.len() as u64) == regs.instruction_pointer();
+    group_stopped || native_entry && mask_by_ptrace_is_exact(regs)
 }
 
 impl Session<'_> {
@@ -325,6 +346,19 @@ mod tests {
                 "{nr} with a mask"
             );
         }
+        // Entered with `int $0x80` (not stopped right after the `syscall` at `insn`):
+        // an ia32 number, whatever it reads as natively; in a group stop, always.
+        // (`Regs::in_syscall` leaves the thread at 0x1000.)
+        let at = |insn: u64, nr: i64| {
+            mask_by_ptrace(&Regs::in_syscall(nr, &[3, 0, 0, 0, 0, 0]), insn, false)
+        };
+        assert!(at(0x1000 - 2, libc::SYS_fcntl));
+        assert!(at(0x1000 - 2, libc::SYS_epoll_pwait2));
+        assert!(!at(0x7000, libc::SYS_fcntl), "ia32 sigsuspend");
+        assert!(!at(0x7000, libc::SYS_epoll_pwait2), "ia32 epoll_pwait2");
+        let sigsuspend = Regs::in_syscall(libc::SYS_rt_sigsuspend, &[0x1000, 8]);
+        assert!(mask_by_ptrace(&sigsuspend, 0x7000, true));
+        assert!(!mask_by_ptrace(&sigsuspend, 0x7000, false));
         // Calls that always swap, and any call not known never to.
         for nr in [
             libc::SYS_rt_sigsuspend,
