@@ -312,3 +312,48 @@ fn restart_int80_call_in_a_stopped_process_keeps_its_signal() {
         "own mask lost: {blk:#x}"
     );
 }
+
+/// A thread in `sigsuspend` runs with its temporary mask (SIGUSR1 let through) and
+/// the saved one (SIGUSR1 blocked) to put back. After grabs (the injected
+/// `rt_sigprocmask` way) it is back in `sigsuspend` with the temporary mask; a
+/// SIGUSR1 then ends it through the handler, once, and the saved mask is back.
+#[test]
+fn restart_sigsuspend_keeps_its_temporary_and_saved_masks() {
+    let mut t = Target::spawn(["sigsuspend"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_rt_sigsuspend);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let file = tfd(t.fd_labelled("file"));
+    for _ in 0..3 {
+        GrabOptions::new()
+            .backend(Backend::Ptrace)
+            .grab(&pidfd, file)
+            .expect("grab");
+    }
+    wait_in_syscall(t.pid, t.pid, libc::SYS_rt_sigsuspend);
+    std::thread::sleep(Duration::from_millis(20));
+    before.assert_no_leftovers(&before.fds, "after the grabs");
+    assert_eq!(
+        Snapshot::take(t.pid).signals,
+        before.signals,
+        "SigBlk/SigPnd/ShdPnd in sigsuspend after the grabs"
+    );
+    kill(t.pid, libc::SIGUSR1);
+    let line = json_line(&mut t);
+    assert_eq!(
+        (
+            line["ret"].as_i64(),
+            line["errno"].as_i64(),
+            line["count"].as_u64()
+        ),
+        (Some(-1), Some(libc::EINTR as i64), Some(1)),
+        "{line}"
+    );
+    let blk = status_field(t.pid, "SigBlk").expect("SigBlk");
+    let blk = u64::from_str_radix(&blk, 16).expect("hex");
+    assert_ne!(
+        blk & (1 << (libc::SIGUSR1 - 1)),
+        0,
+        "saved mask lost: {blk:#x}"
+    );
+}

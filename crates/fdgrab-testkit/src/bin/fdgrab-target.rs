@@ -78,6 +78,7 @@ fn main() {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
         }
         "lock-pi" => return lock_pi(),
+        "sigsuspend" => return sigsuspend_loop(),
         #[cfg(target_arch = "x86_64")]
         "int80-epoll-pwait2" => return int80_epoll_pwait2(),
         "try-grab" => {
@@ -1263,6 +1264,30 @@ fn int80_epoll_pwait2() {
         };
         let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
         emit(&json!({"ret": ret as i32, "count": count}));
+        // SAFETY: `line` is writable for its length.
+        if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
+            return;
+        }
+    }
+}
+
+/// Blocks SIGUSR1, then waits for it in `rt_sigsuspend` with an empty mask (the
+/// temporary mask that lets it through), printing `{"ret", "errno", "count"}` each
+/// time the call returns, then waiting for a line on stdin before calling again.
+fn sigsuspend_loop() {
+    install_counter(libc::SIGUSR1, false);
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    emit(&inject_report(json!({})));
+    let none = sigset_of(&[]);
+    let mut line = [0u8; 256];
+    loop {
+        // SAFETY: an initialised set; the call only reads it.
+        let ret = unsafe { libc::sigsuspend(&none) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"ret": ret, "errno": errno, "count": count}));
         // SAFETY: `line` is writable for its length.
         if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
             return;
