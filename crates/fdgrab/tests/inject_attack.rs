@@ -306,3 +306,44 @@ fn grab_while_stopped_with_pending(args: &[&str], sig: i32) {
         "the handler of signal {sig} must run once, after SIGCONT: {line}"
     );
 }
+
+/// A 32-bit (ia32) thread, here a 64-bit process that switched to 32-bit code and
+/// blocks in an ia32 `read`: the ptrace backend speaks only the native ABI, so the
+/// grab is refused, naming the reason, and the thread is left exactly as it was:
+/// its read returns the next line, whose length it exits with.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn attack_a_32_bit_thread_is_refused_and_left_untouched() {
+    let mut t = Target::spawn(["ia32-read"]);
+    if t.report["extra"]["ia32"] != true {
+        fdgrab_testkit::skip("the kernel runs no ia32 code");
+        return;
+    }
+    // The ia32 number of read.
+    wait_in_syscall(t.pid, t.pid, 3);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let fd = TargetFd::new(t.fd_labelled("file")).expect("fd");
+    let err = GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, fd)
+        .map(|_| ())
+        .expect_err("a ptrace grab from a 32-bit thread");
+    assert!(err.to_string().contains("32-bit"), "{err}");
+    before.assert_no_leftovers(&before.fds, "after the refused grab");
+    let stdin = t.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"12345\n").expect("write");
+    stdin.flush().expect("flush");
+    let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+    let status = loop {
+        if let Some(st) = t.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ia32 read never returned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(6), "{status:?}");
+}

@@ -80,6 +80,8 @@ fn main() {
         "lock-pi" => return lock_pi(),
         "sigsuspend" => return sigsuspend_loop(),
         #[cfg(target_arch = "x86_64")]
+        "ia32-read" => return ia32_read(),
+        #[cfg(target_arch = "x86_64")]
         "int80-epoll-pwait2" => return int80_epoll_pwait2(),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
@@ -1292,5 +1294,69 @@ fn sigsuspend_loop() {
         if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
             return;
         }
+    }
+}
+
+/// Switches to 32-bit code (ia32, code segment 0x23) that makes a blocking
+/// `read(0, buf, 64)` through `int $0x80`, then exits with the count read as its
+/// status. First prints `{"ia32": false}` and returns when the kernel runs no ia32
+/// code (a child that tries an ia32 `getpid` dies), else the usual report.
+#[cfg(target_arch = "x86_64")]
+fn ia32_read() {
+    // SAFETY: the child only makes an ia32 getpid (no pointers) and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: ia32 getpid takes no arguments; eax is its number and result.
+        unsafe { std::arch::asm!("int 0x80", inout("eax") 20u32 => _) };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    if !libc::WIFEXITED(status) {
+        emit(&json!({"ia32": false}));
+        return;
+    }
+    // One page below 4 GiB: the code at its start, a buffer at 0x800, the stack
+    // at its end (the 32-bit code sees only the low halves of rip and rsp).
+    // SAFETY: a fresh anonymous mapping, no address hint.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap MAP_32BIT");
+    let base = page as u64;
+    let buf = (base + 0x800) as u32;
+    let mut code = vec![0xb8, 3, 0, 0, 0]; // mov eax, 3 (read)
+    code.extend_from_slice(&[0x31, 0xdb]); // xor ebx, ebx
+    code.push(0xb9); // mov ecx, buf
+    code.extend_from_slice(&buf.to_le_bytes());
+    code.extend_from_slice(&[0xba, 64, 0, 0, 0]); // mov edx, 64
+    code.extend_from_slice(&[0xcd, 0x80]); // int 0x80
+    code.extend_from_slice(&[0x89, 0xc3]); // mov ebx, eax
+    code.extend_from_slice(&[0xb8, 252, 0, 0, 0]); // mov eax, 252 (exit_group)
+    code.extend_from_slice(&[0xcd, 0x80, 0xf4]); // int 0x80; hlt
+                                                 // SAFETY: the mapping is 4096 writable bytes; the code is far shorter.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len()) };
+    emit(&inject_report(json!({"ia32": true})));
+    // SAFETY: a far return into the 32-bit code segment at the code above, with a
+    // stack in the same page; that code never comes back, it exits the process.
+    unsafe {
+        std::arch::asm!(
+            "mov rsp, {stack}",
+            "push 0x23",
+            "push {code}",
+            "retfq",
+            stack = in(reg) base + 4096,
+            code = in(reg) base,
+            options(noreturn)
+        )
     }
 }
