@@ -64,6 +64,10 @@ pub(crate) struct Status {
     pub sig_ign: Option<u64>,
     /// `State`: its letter (`R`, `S`, `D`, `Z`, ...).
     pub state: Option<char>,
+    /// `SigPnd`: the signals pending for this thread.
+    pub sig_pnd: Option<u64>,
+    /// `ShdPnd`: the signals pending for the whole process.
+    pub shd_pnd: Option<u64>,
 }
 
 pub(crate) fn status(pid: Pid) -> std::io::Result<Status> {
@@ -97,6 +101,8 @@ pub(crate) fn parse_status(text: &str) -> std::io::Result<Status> {
             "CapEff" => st.cap_eff = u64::from_str_radix(value, 16).ok(),
             "SigIgn" => st.sig_ign = u64::from_str_radix(value, 16).ok(),
             "State" => st.state = value.chars().next(),
+            "SigPnd" => st.sig_pnd = u64::from_str_radix(value, 16).ok(),
+            "ShdPnd" => st.shd_pnd = u64::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }

@@ -264,3 +264,96 @@ fn restart_erestartnointr_call_is_restarted_after_a_handler() {
     );
     assert_eq!(line["count"], 1, "the handler ran once: {line}");
 }
+
+/// A 64-bit thread in the ia32 `epoll_pwait2` (through `int $0x80`, an ia32 number
+/// in `orig_rax`), whose mask argument unblocks SIGUSR1 (blocked otherwise), in a
+/// stopped process (SIGSTOP) with a SIGUSR1 pending: the grab runs no handler
+/// while the process is stopped and loses no signal. After SIGCONT the call
+/// returns EINTR (the stop's); the handler has run then or, since the call's
+/// temporary mask is gone with the session and `epoll_pwait2` is not restarted,
+/// runs in the next call; the thread's own mask is back.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn restart_int80_call_in_a_stopped_process_keeps_its_signal() {
+    let mut t = Target::spawn(["int80-epoll-pwait2"]);
+    wait_in_syscall(t.pid, t.pid, 441);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let before = Snapshot::take(t.pid);
+    kill(t.pid, libc::SIGSTOP);
+    let deadline = Instant::now() + TIMEOUT;
+    while !status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')) {
+        assert!(Instant::now() < deadline, "target never stopped");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill(t.pid, libc::SIGUSR1);
+    let pending = ["SigPnd", "ShdPnd"].map(|k| status_field(t.pid, k).expect("status"));
+    GrabOptions::new()
+        .backend(Backend::Ptrace)
+        .grab(&pidfd, tfd(t.fd_labelled("file")))
+        .expect("grab");
+    let after = ["SigPnd", "ShdPnd"].map(|k| status_field(t.pid, k).expect("status"));
+    assert_eq!(pending, after, "pending signals changed while stopped");
+    kill(t.pid, libc::SIGCONT);
+    let eintr = Some(-(libc::EINTR as i64));
+    let mut line = json_line(&mut t);
+    assert_eq!(line["ret"].as_i64(), eintr, "{line}");
+    if line["count"] == 0 {
+        send_line(&mut t, "again\n");
+        line = json_line(&mut t);
+        assert_eq!(line["ret"].as_i64(), eintr, "{line}");
+    }
+    assert_eq!(line["count"], 1, "SIGUSR1 handled once: {line}");
+    before.assert_no_leftovers(&before.fds, "after the grab");
+    let blk = status_field(t.pid, "SigBlk").expect("SigBlk");
+    let blk = u64::from_str_radix(&blk, 16).expect("hex");
+    assert_ne!(
+        blk & (1 << (libc::SIGUSR1 - 1)),
+        0,
+        "own mask lost: {blk:#x}"
+    );
+}
+
+/// A thread in `sigsuspend` runs with its temporary mask (SIGUSR1 let through) and
+/// the saved one (SIGUSR1 blocked) to put back. After grabs (the injected
+/// `rt_sigprocmask` way) it is back in `sigsuspend` with the temporary mask; a
+/// SIGUSR1 then ends it through the handler, once, and the saved mask is back.
+#[test]
+fn restart_sigsuspend_keeps_its_temporary_and_saved_masks() {
+    let mut t = Target::spawn(["sigsuspend"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_rt_sigsuspend);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let file = tfd(t.fd_labelled("file"));
+    for _ in 0..3 {
+        GrabOptions::new()
+            .backend(Backend::Ptrace)
+            .grab(&pidfd, file)
+            .expect("grab");
+    }
+    wait_in_syscall(t.pid, t.pid, libc::SYS_rt_sigsuspend);
+    std::thread::sleep(Duration::from_millis(20));
+    before.assert_no_leftovers(&before.fds, "after the grabs");
+    assert_eq!(
+        Snapshot::take(t.pid).signals,
+        before.signals,
+        "SigBlk/SigPnd/ShdPnd in sigsuspend after the grabs"
+    );
+    kill(t.pid, libc::SIGUSR1);
+    let line = json_line(&mut t);
+    assert_eq!(
+        (
+            line["ret"].as_i64(),
+            line["errno"].as_i64(),
+            line["count"].as_u64()
+        ),
+        (Some(-1), Some(libc::EINTR as i64), Some(1)),
+        "{line}"
+    );
+    let blk = status_field(t.pid, "SigBlk").expect("SigBlk");
+    let blk = u64::from_str_radix(&blk, 16).expect("hex");
+    assert_ne!(
+        blk & (1 << (libc::SIGUSR1 - 1)),
+        0,
+        "saved mask lost: {blk:#x}"
+    );
+}

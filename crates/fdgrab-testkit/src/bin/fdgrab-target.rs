@@ -78,6 +78,11 @@ fn main() {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
         }
         "lock-pi" => return lock_pi(),
+        "sigsuspend" => return sigsuspend_loop(),
+        #[cfg(target_arch = "x86_64")]
+        "ia32-read" => return ia32_read(),
+        #[cfg(target_arch = "x86_64")]
+        "int80-epoll-pwait2" => return int80_epoll_pwait2(),
         "try-grab" => {
             // Reports what fdgrab::grab says when called from this process (used to
             // test the library with dropped credentials); exits at once.
@@ -918,7 +923,7 @@ fn signal_read(args: &[String]) {
         Some("trap") => libc::SIGTRAP,
         _ => {
             eprintln!(
-                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all|ignore-trap|ppoll]"
+                "usage: fdgrab-target signal-read rt|usr2|trap restart|norestart [block-all|ignore-trap] [ppoll]"
             );
             std::process::exit(2);
         }
@@ -937,7 +942,7 @@ fn signal_read(args: &[String]) {
             libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
         }
     }
-    if args.get(2).map(String::as_str) == Some("ppoll") {
+    if args[2.min(args.len())..].iter().any(|a| a == "ppoll") {
         // Wait for input in a ppoll with a mask (the one in force) before each read:
         // a call that swaps masks, so a session blocks this thread's signals with an
         // injected rt_sigprocmask (and its signal-first retry), not with ptrace.
@@ -1201,4 +1206,157 @@ fn blocked_epoll() {
     };
     report_call(r);
     wait_for_eof();
+}
+
+/// A 64-bit thread that waits in the ia32 `epoll_pwait2` (441) through `int $0x80`,
+/// with a temporary mask that unblocks SIGUSR1 (blocked otherwise): its `orig_rax`
+/// is an ia32 number, and its mask argument is in `edi`, not `r8` (kept 0 here).
+/// Prints `{"ret", "count"}` each time the call returns (the SIGUSR1 handler's
+/// count), then waits for a line on stdin before calling again.
+#[cfg(target_arch = "x86_64")]
+fn int80_epoll_pwait2() {
+    install_counter(libc::SIGUSR1, false);
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    // SAFETY: creates a new epoll fd (with nothing in it); no pointers.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    // Pointers of an ia32 call are 32 bits: a page below 4 GiB for the empty
+    // compat sigset (offset 0) and the events buffer (offset 64).
+    // SAFETY: a fresh anonymous mapping, no address hint.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap MAP_32BIT");
+    let page = page as u64;
+    emit(&inject_report(json!({})));
+    let mut line = [0u8; 256];
+    loop {
+        let mut ret: u64 = 441;
+        // SAFETY: ia32 epoll_pwait2(ep, page + 64, 1, NULL, page, 8): it writes at
+        // most one 12-byte event at page + 64 and reads 8 bytes of mask at page. rbx
+        // and rbp are saved around the call (the compiler reserves them).
+        unsafe {
+            std::arch::asm!(
+                "push rbx",
+                "push rbp",
+                "mov ebx, {ep:e}",
+                "mov ebp, 8",
+                "int 0x80",
+                "pop rbp",
+                "pop rbx",
+                ep = in(reg) ep,
+                inout("rax") ret,
+                in("rcx") page + 64,
+                in("rdx") 1u64,
+                in("rsi") 0u64,
+                in("rdi") page,
+                in("r8") 0u64,
+            )
+        };
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"ret": ret as i32, "count": count}));
+        // SAFETY: `line` is writable for its length.
+        if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
+            return;
+        }
+    }
+}
+
+/// Blocks SIGUSR1, then waits for it in `rt_sigsuspend` with an empty mask (the
+/// temporary mask that lets it through), printing `{"ret", "errno", "count"}` each
+/// time the call returns, then waiting for a line on stdin before calling again.
+fn sigsuspend_loop() {
+    install_counter(libc::SIGUSR1, false);
+    let usr1 = sigset_of(&[libc::SIGUSR1]);
+    // SAFETY: blocks SIGUSR1 in this thread; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut()) };
+    emit(&inject_report(json!({})));
+    let none = sigset_of(&[]);
+    let mut line = [0u8; 256];
+    loop {
+        // SAFETY: an initialised set; the call only reads it.
+        let ret = unsafe { libc::sigsuspend(&none) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let count = HANDLED.load(std::sync::atomic::Ordering::SeqCst);
+        emit(&json!({"ret": ret, "errno": errno, "count": count}));
+        // SAFETY: `line` is writable for its length.
+        if unsafe { libc::read(0, line.as_mut_ptr().cast(), line.len()) } <= 0 {
+            return;
+        }
+    }
+}
+
+/// Switches to 32-bit code (ia32, code segment 0x23) that makes a blocking
+/// `read(0, buf, 64)` through `int $0x80`, then exits with the count read as its
+/// status. First prints `{"ia32": false}` and returns when the kernel runs no ia32
+/// code (a child that tries an ia32 `getpid` dies), else the usual report.
+#[cfg(target_arch = "x86_64")]
+fn ia32_read() {
+    // SAFETY: the child only makes an ia32 getpid (no pointers) and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: ia32 getpid takes no arguments; eax is its number and result.
+        unsafe { std::arch::asm!("int 0x80", inout("eax") 20u32 => _) };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    if !libc::WIFEXITED(status) {
+        emit(&json!({"ia32": false}));
+        return;
+    }
+    // One page below 4 GiB: the code at its start, a buffer at 0x800, the stack
+    // at its end (the 32-bit code sees only the low halves of rip and rsp).
+    // SAFETY: a fresh anonymous mapping, no address hint.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap MAP_32BIT");
+    let base = page as u64;
+    let buf = (base + 0x800) as u32;
+    let mut code = vec![0xb8, 3, 0, 0, 0]; // mov eax, 3 (read)
+    code.extend_from_slice(&[0x31, 0xdb]); // xor ebx, ebx
+    code.push(0xb9); // mov ecx, buf
+    code.extend_from_slice(&buf.to_le_bytes());
+    code.extend_from_slice(&[0xba, 64, 0, 0, 0]); // mov edx, 64
+    code.extend_from_slice(&[0xcd, 0x80]); // int 0x80
+    code.extend_from_slice(&[0x89, 0xc3]); // mov ebx, eax
+    code.extend_from_slice(&[0xb8, 252, 0, 0, 0]); // mov eax, 252 (exit_group)
+    code.extend_from_slice(&[0xcd, 0x80, 0xf4]); // int 0x80; hlt
+                                                 // SAFETY: the mapping is 4096 writable bytes; the code is far shorter.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len()) };
+    emit(&inject_report(json!({"ia32": true})));
+    // SAFETY: a far return into the 32-bit code segment at the code above, with a
+    // stack in the same page; that code never comes back, it exits the process.
+    unsafe {
+        std::arch::asm!(
+            "mov rsp, {stack}",
+            "push 0x23",
+            "push {code}",
+            "retfq",
+            stack = in(reg) base + 4096,
+            code = in(reg) base,
+            options(noreturn)
+        )
+    }
 }

@@ -233,24 +233,30 @@ pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
 /// the kernel can batch wake-ups: a 20 µs nap would take about 70. The first stop
 /// of a session waits for a thread that is often asleep on another, idle CPU (on a
 /// VM, tens of µs to wake), longer than the spin; fine naps catch it when it comes.
-struct FineTimerSlack(Option<usize>);
+///
+/// Through the raw syscall: the slack is a 64-bit count of ns, and the libc
+/// wrapper (like rustix's) returns an int, which would cut a slack of seconds.
+struct FineTimerSlack(Option<libc::c_ulong>);
+
+fn prctl_timer_slack(op: libc::c_int, value: libc::c_ulong) -> libc::c_long {
+    let unused: libc::c_ulong = 0;
+    // SAFETY: PR_GET_TIMERSLACK and PR_SET_TIMERSLACK take integers only (the
+    // slack in ns) and concern only the calling thread.
+    unsafe { libc::syscall(libc::SYS_prctl, op, value, unused, unused, unused) }
+}
 
 impl FineTimerSlack {
     fn set() -> FineTimerSlack {
-        // SAFETY: PR_GET_TIMERSLACK takes no pointers; it returns the slack in ns.
-        let old = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
-        // SAFETY: PR_SET_TIMERSLACK takes an integer (ns, > 0) and changes only the
-        // calling thread.
-        let set = old > 0 && unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0) } == 0;
-        FineTimerSlack(set.then_some(old as usize))
+        let old = prctl_timer_slack(libc::PR_GET_TIMERSLACK, 0);
+        let set = old > 0 && prctl_timer_slack(libc::PR_SET_TIMERSLACK, 1000) == 0;
+        FineTimerSlack(set.then_some(old as libc::c_ulong))
     }
 }
 
 impl Drop for FineTimerSlack {
     fn drop(&mut self) {
         if let Some(old) = self.0 {
-            // SAFETY: as in `set`, with the value read there.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, old, 0, 0, 0) };
+            prctl_timer_slack(libc::PR_SET_TIMERSLACK, old);
         }
     }
 }

@@ -107,8 +107,16 @@ pub struct Session<'a> {
     mask_by_ptrace: bool,
     /// Run calls through syscall stops instead of single-stepping: set for the call
     /// that puts back a mask blocking SIGTRAP, and for every call when the process
-    /// ignores SIGTRAP (see [`Session::through_syscall_stops`]).
+    /// ignores SIGTRAP or has one pending (see [`Session::through_syscall_stops`]).
     no_forced_trap: bool,
+    /// A SIGTRAP of the target's own was pending when we looked (its `status`, just
+    /// before seizing): the session keeps SIGTRAP blocked too, so that it stays
+    /// pending rather than be taken for a step's (see [`Session::blocking_set`]).
+    trap_pending: bool,
+    /// The first stop was a group stop (the process was stopped by a stop signal):
+    /// the thread's signals are then blocked by ptrace, before it runs anything,
+    /// whatever call it is in, so that no handler runs while the process is stopped.
+    group_stopped: bool,
     /// Our own thread's mask while termination signals are held back.
     our_mask: Option<OurMask>,
     /// How long to poll for a stop before blocking in waitpid.
@@ -150,6 +158,8 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>> {
         let pid = target.pid();
         let (tid, status) = owner;
+        let trap_pending =
+            (status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0)) & sigmask::TRAP_BIT != 0;
         let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
@@ -175,6 +185,8 @@ impl<'a> Session<'a> {
             stop_seen: false,
             mask_by_ptrace: false,
             no_forced_trap: false,
+            trap_pending,
+            group_stopped: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -216,7 +228,7 @@ impl<'a> Session<'a> {
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
         self.insn = find_syscall_insn(self.pid, self.tid, &self.saved)?;
-        self.mask_by_ptrace = sigmask::mask_by_ptrace_is_exact(&self.saved);
+        self.mask_by_ptrace = sigmask::mask_by_ptrace(&self.saved, self.insn, self.group_stopped);
         tracing::trace!(pid = self.pid, insn = format_args!("{:#x}", self.insn), regs = ?self.saved, mask_by_ptrace = self.mask_by_ptrace, "stopped");
         if let Some((mode, policy, plan)) = seccomp {
             let mut all = self.own_calls();
@@ -224,7 +236,8 @@ impl<'a> Session<'a> {
             let ip = self.insn + SYSCALL_INSN.len() as u64;
             self.gate = seccomp::decide(self.pid, self.tid, mode, &all, ip, policy)?;
         }
-        self.no_forced_trap = self.sigtrap_ignored();
+        self.trap_pending &= !matches!(self.gate, Gate::Unchecked);
+        self.no_forced_trap = self.sigtrap_ignored() || self.trap_pending;
         self.block_signals()?;
         let addr = self.syscall(
             libc::SYS_mmap,

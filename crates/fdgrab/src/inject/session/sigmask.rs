@@ -7,7 +7,7 @@ use super::errors::{remote_error, RunError};
 use super::stop::STOP_TIMEOUT;
 use super::Session;
 use crate::error::{Error, Result};
-use crate::inject::arch::{Regs, RED_ZONE};
+use crate::inject::arch::{Regs, RED_ZONE, SYSCALL_INSN};
 use crate::inject::ptrace;
 use crate::inject::seccomp::Gate;
 use rustix::io::Errno;
@@ -69,7 +69,10 @@ pub(super) const MASK_AREA: u64 = RED_ZONE + 64;
 /// its handler to SIG_DFL and unblocks it for good: a target's own SIGTRAP handler
 /// (the Go runtime's, a debugger's) would be lost. Left unblocked, the step's SIGTRAP
 /// is reported to us and dropped, and the handler stays.
-const BLOCK_ALL_BUT_TRAP: u64 = !(1 << (libc::SIGTRAP - 1));
+const BLOCK_ALL_BUT_TRAP: u64 = !TRAP_BIT;
+
+/// SIGTRAP in a signal set.
+pub(super) const TRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 
 /// Whether `PTRACE_GETSIGMASK`/`PTRACE_SETSIGMASK` are exact on every kernel for a
 /// thread stopped with `regs`. A call that runs with a temporary mask (`ppoll`,
@@ -145,6 +148,27 @@ pub(super) fn mask_by_ptrace_is_exact(_: &Regs) -> bool {
     false
 }
 
+/// Whether a session blocks the signals of a thread stopped with `regs` (its
+/// `syscall` instruction found at `insn`) with `PTRACE_SETSIGMASK`.
+///
+/// Always when the first stop was a group stop (the process stopped by a stop
+/// signal): an injected call would resume the thread through the signal path
+/// first and run the handler of any signal pending, while the process is meant to
+/// be stopped. Blocked by ptrace, such a signal waits for SIGCONT (one that only
+/// the temporary mask of a call that is not restarted, like `epoll_pwait`, lets
+/// through then waits for the next such call).
+///
+/// Else where [`mask_by_ptrace_is_exact`], for a thread that entered its syscall
+/// with the native instruction, the one it is stopped right after: only then can
+/// its number and arguments be read as native ones. A 64-bit thread can also enter
+/// with `int $0x80`: an ia32 number (ia32 `sigsuspend` is 72, native `fcntl`), the
+/// arguments in other registers.
+pub(super) fn mask_by_ptrace(regs: &Regs, insn: u64, group_stopped: bool) -> bool {
+    let native_entry = regs.syscall_nr().is_none()
+        || insn.wrapping_add(SYSCALL_INSN.len() as u64) == regs.instruction_pointer();
+    group_stopped || native_entry && mask_by_ptrace_is_exact(regs)
+}
+
 impl Session<'_> {
     /// Replaces the thread's signal mask with "everything blocked" (but SIGTRAP, see
     /// [`BLOCK_ALL_BUT_TRAP`]), keeping the old one.
@@ -157,7 +181,7 @@ impl Session<'_> {
         if self.mask_by_ptrace {
             let old =
                 ptrace::sigmask(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGMASK", e))?;
-            ptrace::set_sigmask(self.tid, BLOCK_ALL_BUT_TRAP)
+            ptrace::set_sigmask(self.tid, self.blocking_set())
                 .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
             self.old_mask = Some(old);
             return Ok(());
@@ -165,7 +189,7 @@ impl Session<'_> {
         for _ in 0..16 {
             let area = self.mask_area()?;
             let mut sets = [0u8; 16];
-            sets[..8].copy_from_slice(&BLOCK_ALL_BUT_TRAP.to_ne_bytes());
+            sets[..8].copy_from_slice(&self.blocking_set().to_ne_bytes());
             crate::sys::process_vm_write(self.tid, area, &sets)
                 .map_err(|e| self.mem_error("writing a signal set", e))?;
             let args = [libc::SIG_SETMASK as u64, area, area + 8, 8];
@@ -205,6 +229,19 @@ impl Session<'_> {
             None,
             Errno::AGAIN,
         ))
+    }
+
+    /// The mask the session puts in place: [`BLOCK_ALL_BUT_TRAP`], or everything when
+    /// the target has a SIGTRAP of its own pending. Unblocked, that one would be
+    /// reported at the first resume and dropped as a step's; blocked, it waits for
+    /// the thread's mask to come back. The calls then run through syscall stops, so
+    /// that no step's SIGTRAP is forced on the blocked signal.
+    fn blocking_set(&self) -> u64 {
+        if self.trap_pending {
+            !0
+        } else {
+            BLOCK_ALL_BUT_TRAP
+        }
     }
 
     /// Whether every call must avoid the single-step's forced SIGTRAP: when the
@@ -313,6 +350,19 @@ mod tests {
                 "{nr} with a mask"
             );
         }
+        // Entered with `int $0x80` (not stopped right after the `syscall` at `insn`):
+        // an ia32 number, whatever it reads as natively; in a group stop, always.
+        // (`Regs::in_syscall` leaves the thread at 0x1000.)
+        let at = |insn: u64, nr: i64| {
+            mask_by_ptrace(&Regs::in_syscall(nr, &[3, 0, 0, 0, 0, 0]), insn, false)
+        };
+        assert!(at(0x1000 - 2, libc::SYS_fcntl));
+        assert!(at(0x1000 - 2, libc::SYS_epoll_pwait2));
+        assert!(!at(0x7000, libc::SYS_fcntl), "ia32 sigsuspend");
+        assert!(!at(0x7000, libc::SYS_epoll_pwait2), "ia32 epoll_pwait2");
+        let sigsuspend = Regs::in_syscall(libc::SYS_rt_sigsuspend, &[0x1000, 8]);
+        assert!(mask_by_ptrace(&sigsuspend, 0x7000, true));
+        assert!(!mask_by_ptrace(&sigsuspend, 0x7000, false));
         // Calls that always swap, and any call not known never to.
         for nr in [
             libc::SYS_rt_sigsuspend,

@@ -59,7 +59,10 @@ impl Session<'_> {
             };
             match classify(status) {
                 Stop::Gone => return Err(self.died()),
-                Stop::Event(_) => break,
+                Stop::Event(sig) => {
+                    self.group_stopped = sig != libc::SIGTRAP;
+                    break;
+                }
                 // A signal was being delivered: let it go on, our interrupt stays pending.
                 Stop::Signal(sig) => {
                     ptrace::cont(self.tid, sig).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?
