@@ -27,7 +27,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// What kind of object a descriptor refers to.
@@ -264,16 +264,30 @@ impl Select<'_> {
     /// alone: the cheap first pass of a narrowing query over many processes, which
     /// opens nothing else (no pidfd, no fdinfo) for the many that hold no match.
     pub(crate) fn may_match_in(&self, pid: Pid) -> Result<bool> {
-        if !self.by_link() && self.file.is_none() {
+        if !self.prefilters() {
             return Ok(true);
         }
-        let fd_dir = openat(
+        self.table_may_match(pid, &self.open_fd_dir(pid)?)
+    }
+
+    /// Whether the first pass decides anything (else every process may match).
+    pub(crate) fn prefilters(&self) -> bool {
+        self.by_link() || self.file.is_some()
+    }
+
+    /// `/proc/PID/fd`, opened for the first pass.
+    pub(crate) fn open_fd_dir(&self, pid: Pid) -> Result<OwnedFd> {
+        openat(
             rustix::fs::CWD,
             format!("/proc/{pid}/fd"),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))
+    }
+
+    /// The first pass over the whole table of `fd_dir`, listed here.
+    pub(crate) fn table_may_match(&self, pid: Pid, fd_dir: &OwnedFd) -> Result<bool> {
         let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         if numbers.is_empty() {
@@ -281,16 +295,36 @@ impl Select<'_> {
             // that exited is listed through one of its threads.
             return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
         }
-        let fd_dir = fd_dir.as_fd();
-        for n in numbers {
-            let n = itoa(n);
-            let link_ok = !self.by_link()
-                || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
-            if link_ok && self.file_may_match(pid, fd_dir, &n)? {
+        self.any_may_match(pid, fd_dir.as_fd(), &numbers, None)
+    }
+
+    /// Whether any of `numbers` passes the first pass; stops early (with
+    /// `false`) once `settled` says another reader decided.
+    pub(crate) fn any_may_match(
+        &self,
+        pid: Pid,
+        fd_dir: BorrowedFd<'_>,
+        numbers: &[i32],
+        settled: Option<&AtomicBool>,
+    ) -> Result<bool> {
+        for &n in numbers {
+            if settled.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
+            if self.fd_may_match(pid, fd_dir, n)? {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The first pass over descriptor `n`: its link, then its stat, each only
+    /// when a narrowing needs it.
+    pub(crate) fn fd_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: i32) -> Result<bool> {
+        let n = itoa(n);
+        let link_ok =
+            !self.by_link() || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
+        Ok(link_ok && self.file_may_match(pid, fd_dir, &n)?)
     }
 
     /// Whether anything can be decided from the link alone.
@@ -491,9 +525,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         let all = read_blocks(&one, None)?;
         all.into_iter().flat_map(|(_, part)| part).collect()
     } else {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_WORKERS);
+        let workers = cores().min(MAX_WORKERS);
         let blocks = Blocks::new(source, BLOCK);
         // A large table of one process: its namespace's socket tables are read on
         // one more thread as soon as a reader meets the first socket (and never,
@@ -622,7 +654,7 @@ impl Numbers {
     }
 }
 
-enum BlockSource<'a> {
+pub(crate) enum BlockSource<'a> {
     /// Slices of a listing made up front.
     Listed(&'a [i32]),
     /// Ranges of numbers, each listed by the reader that claims it.
@@ -631,7 +663,7 @@ enum BlockSource<'a> {
 
 /// Where the readers of one table claim their next block of fd numbers, keyed so
 /// that sorting the keys puts the blocks back in fd order.
-struct Blocks<'a> {
+pub(crate) struct Blocks<'a> {
     source: BlockSource<'a>,
     size: usize,
     /// The next block (Listed: its index; Ranges: its first number).
@@ -641,7 +673,7 @@ struct Blocks<'a> {
 }
 
 impl<'a> Blocks<'a> {
-    fn new(source: BlockSource<'a>, size: usize) -> Self {
+    pub(crate) fn new(source: BlockSource<'a>, size: usize) -> Self {
         Self {
             source,
             size,
@@ -652,7 +684,10 @@ impl<'a> Blocks<'a> {
 
     /// The next block with at least one fd, or `None` when the table is done.
     /// `dir` is the caller's own handle on the fd directory (Ranges only).
-    fn claim(&self, dir: Option<BorrowedFd<'_>>) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
+    pub(crate) fn claim(
+        &self,
+        dir: Option<BorrowedFd<'_>>,
+    ) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
         let (BlockSource::Ranges, Some(dir)) = (&self.source, dir) else {
             let BlockSource::Listed(all) = self.source else {
                 return Ok(None);
@@ -1074,4 +1109,11 @@ fn itoa(mut n: i32) -> String {
         n /= 10;
     }
     String::from_utf8_lossy(&digits[i..]).into_owned()
+}
+
+/// The cores this process may run on, for sizing its thread pools: one
+/// `sched_getaffinity`, where std's `available_parallelism` also reads the
+/// cgroup's CPU quota files at every call (about ten system calls).
+pub(crate) fn cores() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
 }
