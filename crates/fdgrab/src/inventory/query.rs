@@ -407,12 +407,13 @@ impl<'a> Scan<'a> {
         };
         // Linux 6.2+ gives the number of open fds as the directory's size.
         let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
-        if usize::try_from(count).is_ok_and(|c| c > SHARE_FROM) && self.ranges_ok(&fd_dir) {
+        let count = usize::try_from(count).unwrap_or(0);
+        if count > SHARE_FROM && self.ranges_ok(&fd_dir) {
             return Ok(Some(Arc::new(SharedTable {
                 index: i,
                 pid,
                 fd_dir,
-                ranges: Blocks::new(BlockSource::Ranges, SHARED_BLOCK),
+                ranges: Blocks::new(BlockSource::Probed { below: count }, SHARED_BLOCK),
                 settled: AtomicBool::new(false),
                 progress: Mutex::default(),
             })));
@@ -707,23 +708,31 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     /// Holds COUNT descriptors of /dev/null, of which the one at index AT (if
-    /// below COUNT) is PATH instead; with HIGH, PATH is also held as fd HIGH, far
-    /// past the others. Reports the numbers.
+    /// below COUNT) is PATH instead; with HIGH (if not negative), PATH is also held
+    /// as fd HIGH, far past the others; with HOLES, every third descriptor but the
+    /// one at AT is closed again. Reports the numbers still open.
     const HOLDER: &str = r#"
 import json, os, resource, sys
 count, at, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-high = int(sys.argv[4]) if len(sys.argv) > 4 else None
+high = int(sys.argv[4]) if len(sys.argv) > 4 and int(sys.argv[4]) >= 0 else None
+holes = len(sys.argv) > 5
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64, (high or 0) + 1)), hard))
 fds = [os.open(path if i == at else "/dev/null", os.O_RDONLY) for i in range(count)]
+target = fds[at] if at < count else None
+if holes:
+    for i in range(1, count, 3):
+        if i != at:
+            os.close(fds[i])
+    fds = [fd for i, fd in enumerate(fds) if i == at or i % 3 != 1]
 if high is not None:
     f = os.open(path, os.O_RDONLY); os.dup2(f, high); os.close(f); fds.append(high)
-print(json.dumps({"fds": fds}), flush=True)
+print(json.dumps({"fds": fds, "target": target}), flush=True)
 sys.stdin.read()
 "#;
 
     fn holder(count: usize, at: usize, path: &std::path::Path) -> (Target, Vec<i32>) {
-        holder_with(count, at, path, None)
+        holder_with(count, at, path, None, false)
     }
 
     fn holder_with(
@@ -731,11 +740,13 @@ sys.stdin.read()
         at: usize,
         path: &std::path::Path,
         high: Option<i32>,
+        holes: bool,
     ) -> (Target, Vec<i32>) {
         let mut cmd = std::process::Command::new("python3");
         cmd.args(["-c", HOLDER, &count.to_string(), &at.to_string()])
             .arg(path)
-            .args(high.map(|h| h.to_string()));
+            .arg(high.unwrap_or(-1).to_string())
+            .args(holes.then_some("holes"));
         let t = Target::spawn_cmd(cmd);
         let fds = t.report["fds"]
             .as_array()
@@ -809,7 +820,7 @@ sys.stdin.read()
         let select = select(&q);
         let source = SocketSource::PerProcess;
         let high = 20 * SHARED_BLOCK as i32 + 7;
-        let (t, _) = holder_with(count, count, &path, Some(high));
+        let (t, _) = holder_with(count, count, &path, Some(high), false);
         let (small, _) = holder(3, 3, &path);
         let pids = [t.pid, small.pid];
         let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
@@ -820,6 +831,39 @@ sys.stdin.read()
             .expect("the holder matches");
         let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
         assert_eq!(listed, [high]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A table with holes below its fd count: the numbers tried in the ranges
+    /// below the count find nothing in the holes, and a match is found both among
+    /// them (right after a hole) and past the count, where ranges are listed.
+    #[test]
+    fn a_shared_table_with_holes_below_its_count() {
+        let (dir, q) = held_file("holes");
+        let path = dir.join("held");
+        let count = 6 * SHARED_BLOCK;
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        for at in [3 * SHARED_BLOCK + 2, count - 1] {
+            let (t, _) = holder_with(count, at, &path, None, true);
+            let open = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+                .expect("fd dir")
+                .count();
+            let fd = t.report["target"].as_i64().expect("target") as i32;
+            if at == count - 1 {
+                assert!(fd as usize >= open, "fd {fd} is past the count {open}");
+            }
+            let (small, _) = holder(3, 3, &path);
+            let pids = [t.pid, small.pid];
+            let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
+            let p = slots[0]
+                .take()
+                .expect("an outcome")
+                .expect("no error")
+                .expect("the holder matches");
+            let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+            assert_eq!(listed, [fd], "match at index {at}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
