@@ -295,7 +295,29 @@ impl Select<'_> {
             // that exited is listed through one of its threads.
             return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
         }
-        self.any_may_match(pid, fd_dir.as_fd(), &numbers, None)
+        self.any_may_match(pid, fd_dir.as_fd(), numbers, None)
+    }
+
+    /// The first pass over a table of `count` fds (the size of its directory,
+    /// Linux 6.2+) whose offsets are its numbers: fds `0..count` are tried without
+    /// a listing (a table is usually dense, and listing an entry costs procfs
+    /// about a third of what trying it costs; a hole costs one try that finds
+    /// nothing), then the directory is listed from `count` on, which finds every
+    /// fd past the holes (usually none: one empty `getdents64`).
+    pub(crate) fn counted_table_may_match(
+        &self,
+        pid: Pid,
+        fd_dir: &OwnedFd,
+        count: usize,
+    ) -> Result<bool> {
+        let tried = (0..count).filter_map(|n| i32::try_from(n).ok());
+        if self.any_may_match(pid, fd_dir.as_fd(), tried, None)? {
+            return Ok(true);
+        }
+        let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(count as u64 + 2))
+            .and_then(|_| crate::procfs::numbered_entries(fd_dir.as_fd()))
+            .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        self.any_may_match(pid, fd_dir.as_fd(), rest, None)
     }
 
     /// Whether any of `numbers` passes the first pass; stops early (with
@@ -304,10 +326,10 @@ impl Select<'_> {
         &self,
         pid: Pid,
         fd_dir: BorrowedFd<'_>,
-        numbers: &[i32],
+        numbers: impl IntoIterator<Item = i32>,
         settled: Option<&AtomicBool>,
     ) -> Result<bool> {
-        for &n in numbers {
+        for n in numbers {
             if settled.is_some_and(|s| s.load(Ordering::Relaxed)) {
                 break;
             }
@@ -467,7 +489,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         // A reader of ranges moves its own directory position.
         let own_dir = match blocks.source {
             BlockSource::Listed(..) => None,
-            BlockSource::Ranges | BlockSource::Probed { .. } => Some(
+            BlockSource::Ranges { .. } => Some(
                 openat(
                     &fd_dir,
                     ".",
@@ -518,7 +540,12 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     let mut preloaded = None;
     let (source, expected) = match &numbers {
         Numbers::Listed(all) => (BlockSource::Listed(all), all.len()),
-        Numbers::Large(count) => (BlockSource::Ranges, *count),
+        Numbers::Large(count) => (
+            BlockSource::Ranges {
+                tried_below: *count,
+            },
+            *count,
+        ),
     };
     let mut fds = if expected <= PARALLEL_THRESHOLD {
         let one = Blocks::new(source, expected.max(1));
@@ -657,15 +684,15 @@ impl Numbers {
 pub(crate) enum BlockSource<'a> {
     /// Slices of a listing made up front.
     Listed(&'a [i32]),
-    /// Ranges of numbers, each listed by the reader that claims it.
-    Ranges,
-    /// Ranges as above, but those below `below` (the table's fd count) are not
-    /// listed: the reader tries every number in them. A table is usually dense
-    /// up to its count, and listing an entry costs procfs about a third of what
-    /// trying it costs, so this saves the listing; a hole costs a try that
-    /// finds nothing (`ENOENT`). Holes are bounded by the count, so a sparse
-    /// table costs at most twice its fds.
-    Probed { below: usize },
+    /// Ranges of numbers, each read by the reader that claims it. Those below
+    /// `tried_below` (the table's fd count) are not listed: the reader tries
+    /// every number in them. A table is usually dense up to its count, and
+    /// listing an entry costs procfs about a third of what trying it costs, so
+    /// this saves the listing; a hole costs a try that finds nothing (`ENOENT`).
+    /// Ranges from the count on are listed (`getdents64`), which finds every fd
+    /// past the holes; holes are bounded by the count, so a sparse table costs
+    /// at most twice its fds.
+    Ranges { tried_below: usize },
 }
 
 /// Where the readers of one table claim their next block of fd numbers, keyed so
@@ -695,12 +722,7 @@ impl<'a> Blocks<'a> {
         &self,
         dir: Option<BorrowedFd<'_>>,
     ) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
-        let below = match self.source {
-            BlockSource::Probed { below } => below,
-            _ => 0,
-        };
-        let (BlockSource::Ranges | BlockSource::Probed { .. }, Some(dir)) = (&self.source, dir)
-        else {
+        let (&BlockSource::Ranges { tried_below }, Some(dir)) = (&self.source, dir) else {
             let BlockSource::Listed(all) = self.source else {
                 return Ok(None);
             };
@@ -713,7 +735,7 @@ impl<'a> Blocks<'a> {
                 return Ok(None);
             }
             let hi = lo + self.size;
-            if hi <= below {
+            if hi <= tried_below {
                 let part = (lo..hi).filter_map(|n| i32::try_from(n).ok()).collect();
                 return Ok(Some((lo / self.size, part)));
             }

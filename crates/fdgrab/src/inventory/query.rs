@@ -238,6 +238,9 @@ struct Scan<'a> {
     /// Whether this kernel numbers fd directory offsets as ranges need: asked
     /// of the first large table (one `getdents64`), once per scan.
     ranges_ok: OnceLock<bool>,
+    /// Whether this kernel gives an fd directory's size as its number of fds
+    /// (Linux 6.2+; older ones say 0): asked of our own, once per scan.
+    counts_fds: OnceLock<bool>,
 }
 
 #[derive(Default)]
@@ -305,6 +308,7 @@ impl<'a> Scan<'a> {
             state: Mutex::default(),
             wake: Condvar::new(),
             ranges_ok: OnceLock::new(),
+            counts_fds: OnceLock::new(),
         }
     }
 
@@ -408,22 +412,48 @@ impl<'a> Scan<'a> {
         // Linux 6.2+ gives the number of open fds as the directory's size.
         let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
         let count = usize::try_from(count).unwrap_or(0);
+        if count == 0 && self.counts_fds() {
+            // No fd: a kernel thread (dozens on a host) or a leader that exited
+            // while its threads live on, told apart without a listing.
+            if !crate::procfs::has_other_threads(fd_dir.as_fd()) {
+                return decided(Ok(None));
+            }
+            drop(fd_dir);
+            return decided(describe(pid, self.q, self.select, self.source));
+        }
         if count > SHARE_FROM && self.ranges_ok(&fd_dir) {
             return Ok(Some(Arc::new(SharedTable {
                 index: i,
                 pid,
                 fd_dir,
-                ranges: Blocks::new(BlockSource::Probed { below: count }, SHARED_BLOCK),
+                ranges: Blocks::new(BlockSource::Ranges { tried_below: count }, SHARED_BLOCK),
                 settled: AtomicBool::new(false),
                 progress: Mutex::default(),
             })));
         }
-        let may_match = self.select.table_may_match(pid, &fd_dir);
+        let may_match = if count > 0 && self.ranges_ok(&fd_dir) {
+            self.select.counted_table_may_match(pid, &fd_dir, count)
+        } else {
+            self.select.table_may_match(pid, &fd_dir)
+        };
         drop(fd_dir);
         decided(match may_match {
             Ok(true) => describe(pid, self.q, self.select, self.source),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
+        })
+    }
+
+    fn counts_fds(&self) -> bool {
+        *self.counts_fds.get_or_init(|| {
+            // Our fd directory, while open, holds at least itself.
+            rustix::fs::open(
+                "/proc/self/fd",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .and_then(|d| rustix::fs::fstat(&d))
+            .is_ok_and(|st| st.st_size > 0)
         })
     }
 
@@ -450,7 +480,7 @@ impl<'a> Scan<'a> {
                 self.select.any_may_match(
                     table.pid,
                     table.fd_dir.as_fd(),
-                    &numbers,
+                    numbers,
                     Some(&table.settled),
                 ),
             ),
@@ -863,6 +893,35 @@ sys.stdin.read()
                 .expect("the holder matches");
             let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
             assert_eq!(listed, [fd], "match at index {at}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A small table (not shared) with holes: its numbers below the fd count
+    /// are tried, then the rest is listed, so a match among them, right after a
+    /// hole, or far past the count is found, and no other descriptor is listed.
+    #[test]
+    fn a_small_table_with_holes_is_checked_whole() {
+        let (dir, q) = held_file("small");
+        let path = dir.join("held");
+        let count = SHARE_FROM / 2;
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        for (at, high) in [(0, None), (7, None), (count, Some(700))] {
+            let (t, fds) = holder_with(count, at, &path, high, true);
+            let fd = high.unwrap_or_else(|| t.report["target"].as_i64().expect("target") as i32);
+            assert!(fds.contains(&fd));
+            let (small, _) = holder(3, 3, &path);
+            let pids = [t.pid, small.pid];
+            let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
+            let p = slots[0]
+                .take()
+                .expect("an outcome")
+                .expect("no error")
+                .expect("the holder matches");
+            let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+            assert_eq!(listed, [fd], "match at index {at}, high {high:?}");
+            assert!(matches!(slots[1], Some(Ok(None))));
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
