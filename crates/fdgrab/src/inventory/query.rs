@@ -808,6 +808,22 @@ sys.stdin.read()
         }
     }
 
+    /// Scans `pid` and a small holder of only /dev/null with `q`'s file: the fds
+    /// listed for `pid` (`None`: no match), checking the small holder has none.
+    fn scan_pair(pid: Pid, q: &Query, path: &std::path::Path) -> Option<Vec<i32>> {
+        let select = select(q);
+        let source = SocketSource::PerProcess;
+        let (small, _) = holder(3, 3, path);
+        let pids = [pid, small.pid];
+        let mut slots = Scan::new(&pids, q, &select, &source, false).run();
+        assert!(
+            matches!(slots[1], Some(Ok(None))),
+            "the small holder holds /dev/null only"
+        );
+        let found = slots[0].take().expect("an outcome").expect("no error");
+        found.map(|p| p.fds.iter().map(|e| e.fd.0).collect())
+    }
+
     /// A table large enough to be shared is checked block by block on every
     /// worker; its match is found wherever it is (first block, middle, last fd),
     /// with exactly the matching descriptor, and a table without one is no match.
@@ -816,26 +832,10 @@ sys.stdin.read()
         let (dir, q) = held_file("blocks");
         let path = dir.join("held");
         let count = 8 * SHARED_BLOCK + 5;
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         for at in [0, count / 2, count - 1, count] {
             let (t, fds) = holder(count, at, &path);
-            let (small, _) = holder(3, 3, &path);
-            let pids = [t.pid, small.pid];
-            let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
-            let found = slots[0].take().expect("an outcome").expect("no error");
-            match fds.get(at) {
-                Some(&fd) => {
-                    let p = found.expect("the holder matches");
-                    let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
-                    assert_eq!(listed, [fd], "match at index {at}");
-                }
-                None => assert!(found.is_none(), "no match expected"),
-            }
-            assert!(
-                matches!(slots[1], Some(Ok(None))),
-                "the small holder holds /dev/null only"
-            );
+            let want = fds.get(at).map(|&fd| vec![fd]);
+            assert_eq!(scan_pair(t.pid, &q, &path), want, "match at index {at}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -847,20 +847,9 @@ sys.stdin.read()
         let (dir, q) = held_file("sparse");
         let path = dir.join("held");
         let count = 3 * SHARED_BLOCK;
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         let high = 20 * SHARED_BLOCK as i32 + 7;
         let (t, _) = holder_with(count, count, &path, Some(high), false);
-        let (small, _) = holder(3, 3, &path);
-        let pids = [t.pid, small.pid];
-        let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
-        let p = slots[0]
-            .take()
-            .expect("an outcome")
-            .expect("no error")
-            .expect("the holder matches");
-        let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
-        assert_eq!(listed, [high]);
+        assert_eq!(scan_pair(t.pid, &q, &path), Some(vec![high]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -872,8 +861,6 @@ sys.stdin.read()
         let (dir, q) = held_file("holes");
         let path = dir.join("held");
         let count = 6 * SHARED_BLOCK;
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         for at in [3 * SHARED_BLOCK + 2, count - 1] {
             let (t, _) = holder_with(count, at, &path, None, true);
             let open = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
@@ -883,16 +870,7 @@ sys.stdin.read()
             if at == count - 1 {
                 assert!(fd as usize >= open, "fd {fd} is past the count {open}");
             }
-            let (small, _) = holder(3, 3, &path);
-            let pids = [t.pid, small.pid];
-            let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
-            let p = slots[0]
-                .take()
-                .expect("an outcome")
-                .expect("no error")
-                .expect("the holder matches");
-            let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
-            assert_eq!(listed, [fd], "match at index {at}");
+            assert_eq!(scan_pair(t.pid, &q, &path), Some(vec![fd]), "at {at}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -905,23 +883,12 @@ sys.stdin.read()
         let (dir, q) = held_file("small");
         let path = dir.join("held");
         let count = SHARE_FROM / 2;
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         for (at, high) in [(0, None), (7, None), (count, Some(700))] {
             let (t, fds) = holder_with(count, at, &path, high, true);
             let fd = high.unwrap_or_else(|| t.report["target"].as_i64().expect("target") as i32);
             assert!(fds.contains(&fd));
-            let (small, _) = holder(3, 3, &path);
-            let pids = [t.pid, small.pid];
-            let mut slots = Scan::new(&pids, &q, &select, &source, false).run();
-            let p = slots[0]
-                .take()
-                .expect("an outcome")
-                .expect("no error")
-                .expect("the holder matches");
-            let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
-            assert_eq!(listed, [fd], "match at index {at}, high {high:?}");
-            assert!(matches!(slots[1], Some(Ok(None))));
+            let found = scan_pair(t.pid, &q, &path);
+            assert_eq!(found, Some(vec![fd]), "at {at}, high {high:?}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
