@@ -458,9 +458,15 @@ impl<'a> Scan<'a> {
     }
 
     fn ranges_ok(&self, fd_dir: &OwnedFd) -> bool {
-        *self
-            .ranges_ok
-            .get_or_init(|| crate::procfs::fd_offsets_are_numbers(fd_dir.as_fd()).unwrap_or(false))
+        if let Some(&ok) = self.ranges_ok.get() {
+            return ok;
+        }
+        // A table that cannot be read (its process exited, or refuses us) says
+        // nothing about the kernel: only an answer is kept for the scan.
+        match crate::procfs::fd_offsets_are_numbers(fd_dir.as_fd()) {
+            Ok(ok) => *self.ranges_ok.get_or_init(|| ok),
+            Err(_) => false,
+        }
     }
 
     /// Claims, lists and checks one range of a shared table: the process's
