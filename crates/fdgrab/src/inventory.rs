@@ -270,6 +270,12 @@ impl Select<'_> {
         self.table_may_match(pid, &self.open_fd_dir(pid)?)
     }
 
+    /// Whether a match in the first pass is a match of the whole query: the
+    /// narrowings it checks (device and inode, socket inodes) are all there is.
+    pub(crate) fn first_pass_is_exact(&self) -> bool {
+        self.prefilters() && self.fds.is_empty() && self.kinds.is_empty() && !self.unlinked
+    }
+
     /// Whether the first pass decides anything (else every process may match).
     pub(crate) fn prefilters(&self) -> bool {
         self.by_link() || self.file.is_some()

@@ -47,6 +47,12 @@ pub struct Query {
     pub listening: bool,
     /// Only processes whose effective uid is this.
     pub uid: Option<u32>,
+    /// Only the pids are wanted (`ls --pids`): a process found by a first pass
+    /// that decides the query exactly (by device and inode, or by socket inode,
+    /// with no fd-number, type or link-count narrowing) is reported with its pid
+    /// alone: no pidfd, fdinfo, command or credentials are read for it, and its
+    /// `fds`, `command` and `process` stay empty.
+    pub pids_only: bool,
 }
 
 impl Query {
@@ -438,10 +444,24 @@ impl<'a> Scan<'a> {
         };
         drop(fd_dir);
         decided(match may_match {
-            Ok(true) => describe(pid, self.q, self.select, self.source),
+            Ok(true) => self.matched(pid),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         })
+    }
+
+    /// A process the first pass found a match in.
+    fn matched(&self, pid: Pid) -> Result<Option<ProcessFds>> {
+        if self.q.pids_only && self.select.first_pass_is_exact() {
+            return Ok(Some(ProcessFds {
+                pid,
+                command: String::new(),
+                command_bytes: None,
+                process: None,
+                fds: Vec::new(),
+            }));
+        }
+        describe(pid, self.q, self.select, self.source)
     }
 
     fn counts_fds(&self) -> bool {
@@ -514,9 +534,7 @@ impl<'a> Scan<'a> {
         drop(progress);
         let outcome = match error {
             Some(e) => Err(e),
-            None if table.settled.load(Ordering::Relaxed) => {
-                describe(table.pid, self.q, self.select, self.source)
-            }
+            None if table.settled.load(Ordering::Relaxed) => self.matched(table.pid),
             None => Ok(None),
         };
         (Some((table.index, outcome)), true)
@@ -895,6 +913,42 @@ sys.stdin.read()
             assert!(fds.contains(&fd));
             let found = scan_pair(t.pid, &q, &path);
             assert_eq!(found, Some(vec![fd]), "at {at}, high {high:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `pids_only`: a match the first pass decides is reported by its pid
+    /// alone; with a narrowing the first pass does not check (a type), the
+    /// process is still described, and the narrowing holds.
+    #[test]
+    fn pids_only_skips_the_description_only_when_the_first_pass_decides() {
+        let (dir, mut q) = held_file("pids");
+        let path = dir.join("held");
+        let (t, fds) = holder(5, 2, &path);
+        q.pids_only = true;
+        let source = SocketSource::PerProcess;
+        for kinds in [vec![], vec![FdKind::File], vec![FdKind::Pipe]] {
+            q.kinds = kinds;
+            let select = Select {
+                file: q.file,
+                kinds: &q.kinds,
+                ..Select::default()
+            };
+            let (small, _) = holder(3, 3, &path);
+            let pids = [t.pid, small.pid];
+            let slots = Scan::new(&pids, &q, &select, &source, false).run();
+            match (q.kinds.as_slice(), &slots[0]) {
+                ([], Some(Ok(Some(p)))) => {
+                    assert_eq!(p.pid, t.pid);
+                    assert!(p.fds.is_empty() && p.process.is_none(), "{p:?}");
+                }
+                ([FdKind::File], Some(Ok(Some(p)))) => {
+                    let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+                    assert_eq!(listed, [fds[2]]);
+                }
+                ([FdKind::Pipe], Some(Ok(None))) => {}
+                (kinds, other) => panic!("{kinds:?}: {other:?}"),
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
