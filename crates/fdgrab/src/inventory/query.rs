@@ -293,6 +293,20 @@ enum Work {
     Process(usize),
 }
 
+/// A worker's claim on a process it is opening; dropping it (also while a
+/// panic unwinds) ends the claim and wakes the workers waiting for it.
+struct Opening<'s, 'a>(&'s Scan<'a>);
+
+impl Drop for Opening<'_, '_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.opening -= 1;
+        if st.opening == 0 {
+            self.0.wake.notify_all();
+        }
+    }
+}
+
 /// A worker's own handle on a shared table's fd directory: listing a range moves
 /// the directory position, so readers do not share one.
 type OwnDir = Option<(usize, OwnedFd)>;
@@ -355,19 +369,16 @@ impl<'a> Scan<'a> {
                     done.extend(outcome);
                 }
                 Work::Process(i) => {
-                    let outcome = self.process(i);
-                    let mut st = self.lock();
-                    st.opening -= 1;
-                    match outcome {
+                    // Dropped last, even if `process` panics: waiting workers
+                    // must learn that this one will share no table.
+                    let _opening = Opening(self);
+                    match self.process(i) {
                         Ok(Some(table)) => {
-                            st.tables.push(table);
+                            self.lock().tables.push(table);
                             self.wake.notify_all();
                         }
                         Ok(None) => {}
                         Err(outcome) => done.push(outcome),
-                    }
-                    if st.opening == 0 {
-                        self.wake.notify_all();
                     }
                 }
             }
