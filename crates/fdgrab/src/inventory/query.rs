@@ -229,9 +229,10 @@ type Outcome = (usize, Result<Option<ProcessFds>>);
 /// the next process; a process with a large fd table does not keep one worker
 /// busy while the others run out of work: its first pass (one stat or readlink
 /// per fd) is cut into ranges of fd numbers that every worker claims, each
-/// listing its range itself (procfs puts fd N at directory offset N + 2), so a
-/// single busy process among many idle ones is listed and checked on every
-/// core. Whoever finishes a table's last range finishes that process.
+/// trying the numbers of its range (below the table's count) or listing it
+/// itself (procfs puts fd N at directory offset N + 2), so a single busy process
+/// among many idle ones is checked on every core. Whoever finishes a table's
+/// last range finishes that process.
 struct Scan<'a> {
     pids: &'a [Pid],
     q: &'a Query,
@@ -239,7 +240,8 @@ struct Scan<'a> {
     source: &'a SocketSource<'a>,
     named: bool,
     state: Mutex<ScanState>,
-    /// Signalled when a table is shared or the last first listing ends.
+    /// Signalled when a table is shared, or when no worker is opening a
+    /// process any more.
     wake: Condvar,
     /// Whether this kernel numbers fd directory offsets as ranges need: asked
     /// of the first large table (one `getdents64`), once per scan.
@@ -448,7 +450,8 @@ impl<'a> Scan<'a> {
                 progress: Mutex::default(),
             })));
         }
-        let may_match = if count > 0 && self.ranges_ok(&fd_dir) {
+        // The offset check needs two fds to compare; one is listed whole.
+        let may_match = if count > 1 && self.ranges_ok(&fd_dir) {
             self.select.counted_table_may_match(pid, &fd_dir, count)
         } else {
             self.select.table_may_match(pid, &fd_dir)
