@@ -254,7 +254,7 @@ fn main() {
         run("fuser FILE", &["fuser", &f]),
     ];
     assert_eq!(output(&runs[0].argv).trim(), me);
-    compare("who holds a file", &runs, &[3.0], 9, &mut goals);
+    compare("who holds a file", &runs, &[3.0], 31, &mut goals);
     let runs = [
         run("fdgrab ls --deleted", &[&fg, "ls", "--deleted"]),
         run("lsof -n -P +L1", &["lsof", "-n", "-P", "+L1"]),

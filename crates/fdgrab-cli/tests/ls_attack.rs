@@ -571,11 +571,21 @@ sys.stdin.read()
 fn a_proc_of_another_pid_namespace_is_refused_not_misread() {
     let fg = fdgrab_testkit::bin("fdgrab");
     let fg = fg.display();
-    let holder = format!(
-        "sleep 30 3</dev/null & {fg} ls $! --fd 3 --json; echo \"rc=$?\"; \
-         {fg} ls --pids; echo \"rc=$?\"; kill $!"
-    );
     for (mount_proc, ok) in [(false, false), (true, true)] {
+        // With its own /proc, the listing waits (up to 10 s) until the child has
+        // its fd 3 and is sleep: on a loaded host the shell's child may not have
+        // run yet when the next command starts. Without, /proc/$! is another
+        // process, and the run is refused whatever the child's state.
+        let wait = if mount_proc {
+            "i=0; while [ \"$(cat /proc/$!/comm)\" != sleep ] && [ $i -lt 1000 ]; do \
+             i=$((i+1)); sleep 0.01; done; "
+        } else {
+            ""
+        };
+        let holder = format!(
+            "sleep 30 3</dev/null & {wait}{fg} ls $! --fd 3 --json; echo \"rc=$?\"; \
+             {fg} ls --pids; echo \"rc=$?\"; kill $!"
+        );
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork"]);
         if mount_proc {

@@ -731,3 +731,118 @@ fn path_finds_a_holder_whose_leader_exited() {
     // Both ends of the pipe are the same inode.
     assert!(fds.contains(&i64::from(fd)), "{doc}");
 }
+
+/// Holds COUNT descriptors (/dev/null and pipe ends) with, from index AT on, the
+/// file PATH, a TCP listener and an unlinked file; reports their numbers and the
+/// listener's port.
+const BIG_HOLDER: &str = r#"
+import json, os, resource, socket, sys, tempfile
+count, at, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+keep, mine, opened = [], {}, 0
+while opened < count:
+    if opened >= at and not mine:
+        mine["file"] = os.open(path, os.O_RDONLY)
+        l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(); keep.append(l)
+        mine["listener"], mine["port"] = l.fileno(), l.getsockname()[1]
+        fd, name = tempfile.mkstemp(dir=os.path.dirname(path)); os.unlink(name)
+        mine["deleted"] = fd
+        opened += 3
+    elif opened % 3 == 0:
+        keep.extend(os.pipe()); opened += 2
+    else:
+        keep.append(os.open("/dev/null", os.O_RDONLY)); opened += 1
+print(json.dumps(mine), flush=True)
+sys.stdin.read()
+"#;
+
+/// A table large enough to be shared among the scan's threads (each lists and
+/// checks ranges of fd numbers) still gives every match, wherever it sits: at the
+/// start, in the middle or at the very end of the table, for `--path` (with fuser
+/// agreeing), `--port` and `--deleted`.
+#[test]
+fn matches_anywhere_in_a_large_fd_table() {
+    let dir = temp_dir("large");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let count = 900;
+    let holders: Vec<Target> = [0, count / 2, count - 3]
+        .iter()
+        .map(|at| python(BIG_HOLDER, &[&count.to_string(), &at.to_string(), f]))
+        .collect();
+    let mut all: Vec<i64> = holders.iter().map(|t| i64::from(t.pid)).collect();
+    all.sort_unstable();
+    assert_eq!(ls_pids(&["--path", f]), all);
+    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
+    let fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
+        .collect();
+    assert_eq!(fuser, all, "fuser disagrees");
+    let doc = ls_json(&["--path", f]);
+    let deleted = ls_json(&["--deleted"]);
+    for t in &holders {
+        let fd = |key: &str| t.report[key].as_i64().unwrap_or_else(|| panic!("{key}"));
+        let fds_in = |doc: &Value| -> Vec<i64> {
+            processes(doc)
+                .iter()
+                .filter(|p| p["pid"].as_i64() == Some(t.pid.into()))
+                .flat_map(|p| p["fds"].as_array().expect("fds").iter())
+                .filter_map(|e| e["fd"].as_i64())
+                .collect()
+        };
+        assert_eq!(fds_in(&doc), [fd("file")], "--path, pid {}", t.pid);
+        assert_eq!(
+            fds_in(&deleted),
+            [fd("deleted")],
+            "--deleted, pid {}",
+            t.pid
+        );
+        let port = fd("port").to_string();
+        assert_eq!(ls_pids(&["--port", &port]), [i64::from(t.pid)]);
+        let by_port = ls_json(&["--port", &port]);
+        assert_eq!(fds_in(&by_port), [fd("listener")], "--port, pid {}", t.pid);
+    }
+    drop(holders);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Processes with large tables that start and exit all through the scan: every
+/// run succeeds, finds the steady holder, and says at most one line on stderr.
+#[test]
+fn large_tables_exiting_during_a_path_scan_do_not_fail_it() {
+    let dir = temp_dir("large-churn");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let target = fdgrab_testkit::bin("fdgrab-target");
+    let mut churn = Command::new("sh")
+        .args([
+            "-c",
+            "while :; do \"$0\" many 400 </dev/null >/dev/null & \"$0\" many 400 </dev/null >/dev/null & wait; done",
+        ])
+        .arg(&target)
+        .spawn()
+        .expect("churn");
+    let steady = python(HOLDER, &[f]);
+    for _ in 0..10 {
+        let out = fdgrab(&["ls", "--path", f, "--pids"], false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.lines().count() <= 1,
+            "more than one summary line: {err}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            steady.pid.to_string()
+        );
+    }
+    let _ = churn.kill();
+    let _ = churn.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

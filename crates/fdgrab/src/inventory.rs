@@ -27,7 +27,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// What kind of object a descriptor refers to.
@@ -264,16 +264,36 @@ impl Select<'_> {
     /// alone: the cheap first pass of a narrowing query over many processes, which
     /// opens nothing else (no pidfd, no fdinfo) for the many that hold no match.
     pub(crate) fn may_match_in(&self, pid: Pid) -> Result<bool> {
-        if !self.by_link() && self.file.is_none() {
+        if !self.prefilters() {
             return Ok(true);
         }
-        let fd_dir = openat(
+        self.table_may_match(pid, &self.open_fd_dir(pid)?)
+    }
+
+    /// Whether a match in the first pass is a match of the whole query: the
+    /// narrowings it checks (device and inode, socket inodes) are all there is.
+    pub(crate) fn first_pass_is_exact(&self) -> bool {
+        self.prefilters() && self.fds.is_empty() && self.kinds.is_empty() && !self.unlinked
+    }
+
+    /// Whether the first pass decides anything (else every process may match).
+    pub(crate) fn prefilters(&self) -> bool {
+        self.by_link() || self.file.is_some()
+    }
+
+    /// `/proc/PID/fd`, opened for the first pass.
+    pub(crate) fn open_fd_dir(&self, pid: Pid) -> Result<OwnedFd> {
+        openat(
             rustix::fs::CWD,
             format!("/proc/{pid}/fd"),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))?;
+        .map_err(|e| proc_error(pid, "open /proc/PID/fd", e))
+    }
+
+    /// The first pass over the whole table of `fd_dir`, listed here.
+    pub(crate) fn table_may_match(&self, pid: Pid, fd_dir: &OwnedFd) -> Result<bool> {
         let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         if numbers.is_empty() {
@@ -281,16 +301,58 @@ impl Select<'_> {
             // that exited is listed through one of its threads.
             return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
         }
-        let fd_dir = fd_dir.as_fd();
+        self.any_may_match(pid, fd_dir.as_fd(), numbers, None)
+    }
+
+    /// The first pass over a table of `count` fds (the size of its directory,
+    /// Linux 6.2+) whose offsets are its numbers: fds `0..count` are tried without
+    /// a listing (a table is usually dense, and listing an entry costs procfs
+    /// about a third of what trying it costs; a hole costs one try that finds
+    /// nothing), then the directory is listed from `count` on, which finds every
+    /// fd past the holes (usually none: one empty `getdents64`).
+    pub(crate) fn counted_table_may_match(
+        &self,
+        pid: Pid,
+        fd_dir: &OwnedFd,
+        count: usize,
+    ) -> Result<bool> {
+        let tried = (0..count).filter_map(|n| i32::try_from(n).ok());
+        if self.any_may_match(pid, fd_dir.as_fd(), tried, None)? {
+            return Ok(true);
+        }
+        let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(count as u64 + 2))
+            .and_then(|_| crate::procfs::numbered_entries(fd_dir.as_fd()))
+            .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
+        self.any_may_match(pid, fd_dir.as_fd(), rest, None)
+    }
+
+    /// Whether any of `numbers` passes the first pass; stops early (with
+    /// `false`) once `settled` says another reader decided.
+    pub(crate) fn any_may_match(
+        &self,
+        pid: Pid,
+        fd_dir: BorrowedFd<'_>,
+        numbers: impl IntoIterator<Item = i32>,
+        settled: Option<&AtomicBool>,
+    ) -> Result<bool> {
         for n in numbers {
-            let n = itoa(n);
-            let link_ok = !self.by_link()
-                || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
-            if link_ok && self.file_may_match(pid, fd_dir, &n)? {
+            if settled.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
+            if self.fd_may_match(pid, fd_dir, n)? {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The first pass over descriptor `n`: its link, then its stat, each only
+    /// when a narrowing needs it.
+    pub(crate) fn fd_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: i32) -> Result<bool> {
+        let n = itoa(n);
+        let link_ok =
+            !self.by_link() || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
+        Ok(link_ok && self.file_may_match(pid, fd_dir, &n)?)
     }
 
     /// Whether anything can be decided from the link alone.
@@ -433,7 +495,7 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
         // A reader of ranges moves its own directory position.
         let own_dir = match blocks.source {
             BlockSource::Listed(..) => None,
-            BlockSource::Ranges => Some(
+            BlockSource::Ranges { .. } => Some(
                 openat(
                     &fd_dir,
                     ".",
@@ -484,16 +546,19 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
     let mut preloaded = None;
     let (source, expected) = match &numbers {
         Numbers::Listed(all) => (BlockSource::Listed(all), all.len()),
-        Numbers::Large(count) => (BlockSource::Ranges, *count),
+        Numbers::Large(count) => (
+            BlockSource::Ranges {
+                tried_below: *count,
+            },
+            *count,
+        ),
     };
     let mut fds = if expected <= PARALLEL_THRESHOLD {
         let one = Blocks::new(source, expected.max(1));
         let all = read_blocks(&one, None)?;
         all.into_iter().flat_map(|(_, part)| part).collect()
     } else {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_WORKERS);
+        let workers = cores().min(MAX_WORKERS);
         let blocks = Blocks::new(source, BLOCK);
         // A large table of one process: its namespace's socket tables are read on
         // one more thread as soon as a reader meets the first socket (and never,
@@ -622,16 +687,23 @@ impl Numbers {
     }
 }
 
-enum BlockSource<'a> {
+pub(crate) enum BlockSource<'a> {
     /// Slices of a listing made up front.
     Listed(&'a [i32]),
-    /// Ranges of numbers, each listed by the reader that claims it.
-    Ranges,
+    /// Ranges of numbers, each read by the reader that claims it. Those below
+    /// `tried_below` (the table's fd count) are not listed: the reader tries
+    /// every number in them. A table is usually dense up to its count, and
+    /// listing an entry costs procfs about a third of what trying it costs, so
+    /// this saves the listing; a hole costs a try that finds nothing (`ENOENT`).
+    /// Ranges from the count on are listed (`getdents64`), which finds every fd
+    /// past the holes; holes are bounded by the count, so a sparse table costs
+    /// at most twice its fds.
+    Ranges { tried_below: usize },
 }
 
 /// Where the readers of one table claim their next block of fd numbers, keyed so
 /// that sorting the keys puts the blocks back in fd order.
-struct Blocks<'a> {
+pub(crate) struct Blocks<'a> {
     source: BlockSource<'a>,
     size: usize,
     /// The next block (Listed: its index; Ranges: its first number).
@@ -641,7 +713,7 @@ struct Blocks<'a> {
 }
 
 impl<'a> Blocks<'a> {
-    fn new(source: BlockSource<'a>, size: usize) -> Self {
+    pub(crate) fn new(source: BlockSource<'a>, size: usize) -> Self {
         Self {
             source,
             size,
@@ -652,8 +724,11 @@ impl<'a> Blocks<'a> {
 
     /// The next block with at least one fd, or `None` when the table is done.
     /// `dir` is the caller's own handle on the fd directory (Ranges only).
-    fn claim(&self, dir: Option<BorrowedFd<'_>>) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
-        let (BlockSource::Ranges, Some(dir)) = (&self.source, dir) else {
+    pub(crate) fn claim(
+        &self,
+        dir: Option<BorrowedFd<'_>>,
+    ) -> rustix::io::Result<Option<(usize, Vec<i32>)>> {
+        let (&BlockSource::Ranges { tried_below }, Some(dir)) = (&self.source, dir) else {
             let BlockSource::Listed(all) = self.source else {
                 return Ok(None);
             };
@@ -666,6 +741,10 @@ impl<'a> Blocks<'a> {
                 return Ok(None);
             }
             let hi = lo + self.size;
+            if hi <= tried_below {
+                let part = (lo..hi).filter_map(|n| i32::try_from(n).ok()).collect();
+                return Ok(Some((lo / self.size, part)));
+            }
             let (part, after) = crate::procfs::fd_numbers_in(dir, lo, hi)?;
             match after {
                 None => {
@@ -1074,4 +1153,11 @@ fn itoa(mut n: i32) -> String {
         n /= 10;
     }
     String::from_utf8_lossy(&digits[i..]).into_owned()
+}
+
+/// The cores this process may run on, for sizing its thread pools: one
+/// `sched_getaffinity`, where std's `available_parallelism` also reads the
+/// cgroup's CPU quota files at every call (about ten system calls).
+pub(crate) fn cores() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
 }

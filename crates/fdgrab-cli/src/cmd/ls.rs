@@ -104,6 +104,7 @@ fn build_query(a: &LsArgs) -> Result<Query> {
         kinds: a.kinds.clone(),
         listening: a.listen,
         uid,
+        pids_only: a.pids_only,
     })
 }
 

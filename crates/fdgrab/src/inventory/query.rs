@@ -11,16 +11,18 @@
 //! cores, and processes of one network namespace share one socket table.
 
 use super::sockets::{SocketInfo, SocketTable};
-use super::{inet_diag, sock_diag, unix_diag, FdEntry, FdKind, Select, SocketSource};
+use super::{
+    inet_diag, sock_diag, unix_diag, BlockSource, Blocks, FdEntry, FdKind, Select, SocketSource,
+};
 use crate::error::{Error, Result};
 use crate::pidfd::{PidFd, ProcessInfo};
 use crate::{Pid, TargetFd};
 use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// What to look for. Every narrowing given must hold (they combine with "and").
 #[derive(Clone, Debug, Default)]
@@ -45,6 +47,12 @@ pub struct Query {
     pub listening: bool,
     /// Only processes whose effective uid is this.
     pub uid: Option<u32>,
+    /// Only the pids are wanted (`ls --pids`): a process found by a first pass
+    /// that decides the query exactly (by device and inode, or by socket inode,
+    /// with no fd-number, type or link-count narrowing) is reported with its pid
+    /// alone: no pidfd, fdinfo, command or credentials are read for it, and its
+    /// `fds`, `command` and `process` stay empty.
+    pub pids_only: bool,
 }
 
 impl Query {
@@ -142,34 +150,7 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
             .map(|&pid| Some(one(pid, q, &select, &source, named)))
             .collect()
     } else {
-        let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8)
-            .min(pids.len());
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&pid) = pids.get(i) else { break };
-                            done.push((i, one(pid, q, &select, &source, named)));
-                        }
-                        done
-                    })
-                })
-                .collect();
-            let mut slots: Vec<_> = (0..pids.len()).map(|_| None).collect();
-            for h in handles {
-                // A panicking worker leaves its processes as None: reported below.
-                for (i, r) in h.join().unwrap_or_default() {
-                    slots[i] = Some(r);
-                }
-            }
-            slots
-        })
+        Scan::new(&pids, q, &select, &source, named).run()
     };
     let mut out = QueryResult::default();
     for (pid, slot) in pids.iter().zip(slots.iter_mut()) {
@@ -197,15 +178,33 @@ fn one(
     source: &SocketSource,
     named: bool,
 ) -> Result<Option<ProcessFds>> {
-    if let Some(uid) = q.uid {
-        let st = crate::procfs::status(pid).map_err(|e| io_to_proc(pid, e))?;
-        if st.uids.map(|u| u[1]) != Some(uid) {
-            return Ok(None);
-        }
+    if !user_matches(pid, q)? {
+        return Ok(None);
     }
     if !named && !select.may_match_in(pid)? {
         return Ok(None);
     }
+    describe(pid, q, select, source)
+}
+
+/// Whether `pid` runs as the user the query asks for (any, without `--user`).
+fn user_matches(pid: Pid, q: &Query) -> Result<bool> {
+    let Some(uid) = q.uid else {
+        return Ok(true);
+    };
+    let st = crate::procfs::status(pid).map_err(|e| io_to_proc(pid, e))?;
+    Ok(st.uids.map(|u| u[1]) == Some(uid))
+}
+
+/// The full listing of a process that passed the cheap checks: its matching
+/// descriptors with fdinfo, its command and credentials (`None` when a narrowing
+/// query leaves no descriptor).
+fn describe(
+    pid: Pid,
+    q: &Query,
+    select: &Select,
+    source: &SocketSource,
+) -> Result<Option<ProcessFds>> {
     let target = PidFd::open(pid)?;
     let inv = super::list(&target, select, source)?;
     if q.narrows_fds() && inv.fds.is_empty() {
@@ -221,6 +220,368 @@ fn one(
         process: target.info().ok(),
         fds: inv.fds,
     }))
+}
+
+/// The outcome for the process at one index of the scan's pid list.
+type Outcome = (usize, Result<Option<ProcessFds>>);
+
+/// A scan of many processes, shared by its worker threads. Each worker claims
+/// the next process; a process with a large fd table does not keep one worker
+/// busy while the others run out of work: its first pass (one stat or readlink
+/// per fd) is cut into ranges of fd numbers that every worker claims, each
+/// trying the numbers of its range (below the table's count) or listing it
+/// itself (procfs puts fd N at directory offset N + 2), so a single busy process
+/// among many idle ones is checked on every core. Whoever finishes a table's
+/// last range finishes that process.
+struct Scan<'a> {
+    pids: &'a [Pid],
+    q: &'a Query,
+    select: &'a Select<'a>,
+    source: &'a SocketSource<'a>,
+    named: bool,
+    state: Mutex<ScanState>,
+    /// Signalled when a table is shared, or when no worker is opening a
+    /// process any more.
+    wake: Condvar,
+    /// Whether this kernel numbers fd directory offsets as ranges need: asked
+    /// of the first large table (one `getdents64`), once per scan.
+    ranges_ok: OnceLock<bool>,
+    /// Whether this kernel gives an fd directory's size as its number of fds
+    /// (Linux 6.2+; older ones say 0): asked of our own, once per scan.
+    counts_fds: OnceLock<bool>,
+}
+
+#[derive(Default)]
+struct ScanState {
+    /// The next index of `pids` to claim.
+    next: usize,
+    /// Workers opening a process right now: each may still share a table, so
+    /// idle workers wait for them rather than leave.
+    opening: usize,
+    /// Shared tables that may have ranges left to claim.
+    tables: Vec<Arc<SharedTable>>,
+}
+
+/// The fd table of one process, checked range by range by every worker.
+struct SharedTable {
+    index: usize,
+    pid: Pid,
+    fd_dir: OwnedFd,
+    ranges: Blocks<'static>,
+    /// A range has found a match (or failed): later ranges are not checked.
+    settled: AtomicBool,
+    progress: Mutex<TableProgress>,
+}
+
+#[derive(Default)]
+struct TableProgress {
+    /// Ranges claimed and not finished.
+    in_flight: usize,
+    /// No range is left to claim.
+    exhausted: bool,
+    /// A worker has taken the table's outcome.
+    finished: bool,
+    error: Option<Error>,
+}
+
+/// A table with more fds than this is shared among the workers...
+const SHARE_FROM: usize = 2 * SHARED_BLOCK;
+/// ... in ranges of this many fd numbers (a range of stats takes tens of
+/// microseconds).
+const SHARED_BLOCK: usize = 64;
+
+enum Work {
+    Table(Arc<SharedTable>),
+    Process(usize),
+}
+
+/// A worker's claim on a process it is opening; dropping it (also while a
+/// panic unwinds) ends the claim and wakes the workers waiting for it.
+struct Opening<'s, 'a>(&'s Scan<'a>);
+
+impl Drop for Opening<'_, '_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.opening -= 1;
+        if st.opening == 0 {
+            self.0.wake.notify_all();
+        }
+    }
+}
+
+/// A worker's own handle on a shared table's fd directory: listing a range moves
+/// the directory position, so readers do not share one.
+type OwnDir = Option<(usize, OwnedFd)>;
+
+impl<'a> Scan<'a> {
+    fn new(
+        pids: &'a [Pid],
+        q: &'a Query,
+        select: &'a Select<'a>,
+        source: &'a SocketSource<'a>,
+        named: bool,
+    ) -> Self {
+        Scan {
+            pids,
+            q,
+            select,
+            source,
+            named,
+            state: Mutex::default(),
+            wake: Condvar::new(),
+            ranges_ok: OnceLock::new(),
+            counts_fds: OnceLock::new(),
+        }
+    }
+
+    /// Runs the scan on one thread per core: the outcome of each process by its
+    /// index in `pids` (`None` if its worker panicked). The calling thread only
+    /// waits: were it a worker, the scheduler could queue a new thread behind it
+    /// on its own core for milliseconds (measured: a helper waited 2 ms to run
+    /// while the other core was free), where a caller that sleeps at once
+    /// leaves its core to a worker.
+    fn run(&self) -> Vec<Option<Result<Option<ProcessFds>>>> {
+        let workers = super::cores().clamp(1, 8).min(self.pids.len());
+        std::thread::scope(|s| {
+            let helpers: Vec<_> = (0..workers).map(|_| s.spawn(|| self.work())).collect();
+            let mut done = Vec::new();
+            for h in helpers {
+                // A panicking worker leaves its processes as None.
+                done.extend(h.join().unwrap_or_default());
+            }
+            let mut slots: Vec<_> = (0..self.pids.len()).map(|_| None).collect();
+            for (i, r) in done {
+                slots[i] = Some(r);
+            }
+            slots
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ScanState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One worker: claims work until none is left, and returns its outcomes.
+    fn work(&self) -> Vec<Outcome> {
+        let mut done = Vec::new();
+        let mut own_dir: OwnDir = None;
+        while let Some(work) = self.claim() {
+            match work {
+                Work::Table(table) => {
+                    let (outcome, exhausted) = self.check_range(&table, &mut own_dir);
+                    if exhausted {
+                        self.lock().tables.retain(|t| !Arc::ptr_eq(t, &table));
+                    }
+                    done.extend(outcome);
+                }
+                Work::Process(i) => {
+                    // Dropped last, even if `process` panics: waiting workers
+                    // must learn that this one will share no table.
+                    let _opening = Opening(self);
+                    match self.process(i) {
+                        Ok(Some(table)) => {
+                            self.lock().tables.push(table);
+                            self.wake.notify_all();
+                        }
+                        Ok(None) => {}
+                        Err(outcome) => done.push(outcome),
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// The next piece of work: a range of a shared table first (so that tables
+    /// end early, and processes, which cannot be cut, are what is left at the
+    /// end), then the next process. `None` once nothing is left and no worker
+    /// may still share a table.
+    fn claim(&self) -> Option<Work> {
+        let mut st = self.lock();
+        loop {
+            if let Some(table) = st.tables.last() {
+                return Some(Work::Table(Arc::clone(table)));
+            }
+            if st.next < self.pids.len() {
+                st.next += 1;
+                st.opening += 1;
+                return Some(Work::Process(st.next - 1));
+            }
+            if st.opening == 0 {
+                return None;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Process `i`: decided here, or its table handed back to be shared
+    /// (`Ok(Some)`); `Err` carries the outcome when it is decided.
+    #[allow(clippy::result_large_err)]
+    fn process(&self, i: usize) -> std::result::Result<Option<Arc<SharedTable>>, Outcome> {
+        let pid = self.pids[i];
+        let decided = |r: Result<Option<ProcessFds>>| Err((i, r));
+        match user_matches(pid, self.q) {
+            Ok(true) => {}
+            Ok(false) => return decided(Ok(None)),
+            Err(e) => return decided(Err(e)),
+        }
+        if self.named || !self.select.prefilters() {
+            return decided(describe(pid, self.q, self.select, self.source));
+        }
+        let fd_dir = match self.select.open_fd_dir(pid) {
+            Ok(d) => d,
+            Err(e) => return decided(Err(e)),
+        };
+        // Linux 6.2+ gives the number of open fds as the directory's size.
+        let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
+        let count = usize::try_from(count).unwrap_or(0);
+        if count == 0 && self.counts_fds() {
+            // No fd: a kernel thread (dozens on a host) or a leader that exited
+            // while its threads live on, told apart without a listing.
+            if !crate::procfs::has_other_threads(fd_dir.as_fd()) {
+                return decided(Ok(None));
+            }
+            drop(fd_dir);
+            return decided(describe(pid, self.q, self.select, self.source));
+        }
+        if count > SHARE_FROM && self.ranges_ok(&fd_dir) {
+            return Ok(Some(Arc::new(SharedTable {
+                index: i,
+                pid,
+                fd_dir,
+                ranges: Blocks::new(BlockSource::Ranges { tried_below: count }, SHARED_BLOCK),
+                settled: AtomicBool::new(false),
+                progress: Mutex::default(),
+            })));
+        }
+        // The offset check needs two fds to compare; one is listed whole.
+        let may_match = if count > 1 && self.ranges_ok(&fd_dir) {
+            self.select.counted_table_may_match(pid, &fd_dir, count)
+        } else {
+            self.select.table_may_match(pid, &fd_dir)
+        };
+        drop(fd_dir);
+        decided(match may_match {
+            Ok(true) => self.matched(pid),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// A process the first pass found a match in.
+    fn matched(&self, pid: Pid) -> Result<Option<ProcessFds>> {
+        if self.q.pids_only && self.select.first_pass_is_exact() {
+            return Ok(Some(ProcessFds {
+                pid,
+                command: String::new(),
+                command_bytes: None,
+                process: None,
+                fds: Vec::new(),
+            }));
+        }
+        describe(pid, self.q, self.select, self.source)
+    }
+
+    fn counts_fds(&self) -> bool {
+        *self.counts_fds.get_or_init(|| {
+            // Our fd directory, while open, holds at least itself.
+            rustix::fs::open(
+                "/proc/self/fd",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .and_then(|d| rustix::fs::fstat(&d))
+            .is_ok_and(|st| st.st_size > 0)
+        })
+    }
+
+    fn ranges_ok(&self, fd_dir: &OwnedFd) -> bool {
+        if let Some(&ok) = self.ranges_ok.get() {
+            return ok;
+        }
+        // A table that cannot be read (its process exited, or refuses us) says
+        // nothing about the kernel: only an answer is kept for the scan.
+        match crate::procfs::fd_offsets_are_numbers(fd_dir.as_fd()) {
+            Ok(ok) => *self.ranges_ok.get_or_init(|| ok),
+            Err(_) => false,
+        }
+    }
+
+    /// Claims, lists and checks one range of a shared table: the process's
+    /// outcome when this was the table's last range, and whether no range is
+    /// left to claim.
+    fn check_range(&self, table: &SharedTable, own_dir: &mut OwnDir) -> (Option<Outcome>, bool) {
+        let lock = || table.progress.lock().unwrap_or_else(|p| p.into_inner());
+        lock().in_flight += 1;
+        let claimed = if table.settled.load(Ordering::Relaxed) {
+            Ok(None)
+        } else {
+            self.claim_range(table, own_dir)
+        };
+        let (more, result) = match claimed {
+            Ok(Some((_, numbers))) => (
+                true,
+                self.select.any_may_match(
+                    table.pid,
+                    table.fd_dir.as_fd(),
+                    numbers,
+                    Some(&table.settled),
+                ),
+            ),
+            Ok(None) => (false, Ok(false)),
+            Err(e) => (false, Err(e)),
+        };
+        let mut progress = lock();
+        progress.in_flight -= 1;
+        match result {
+            Ok(false) => {}
+            Ok(true) => table.settled.store(true, Ordering::Relaxed),
+            Err(e) => {
+                progress.error.get_or_insert(e);
+                table.settled.store(true, Ordering::Relaxed);
+            }
+        }
+        progress.exhausted |= !more;
+        if !progress.exhausted || progress.in_flight > 0 || progress.finished {
+            return (None, !more);
+        }
+        // Every claimed range is checked and none is left: `settled` and
+        // `error` are final.
+        progress.finished = true;
+        let error = progress.error.take();
+        drop(progress);
+        let outcome = match error {
+            Some(e) => Err(e),
+            None if table.settled.load(Ordering::Relaxed) => self.matched(table.pid),
+            None => Ok(None),
+        };
+        (Some((table.index, outcome)), true)
+    }
+
+    /// The next range of `table` with at least one fd, listed through this
+    /// worker's own handle on its fd directory.
+    fn claim_range(
+        &self,
+        table: &SharedTable,
+        own_dir: &mut OwnDir,
+    ) -> Result<Option<(usize, Vec<i32>)>> {
+        let pid = table.pid;
+        if own_dir.as_ref().is_none_or(|(i, _)| *i != table.index) {
+            let dir = openat(
+                &table.fd_dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| super::proc_error(pid, "open /proc/PID/fd", e))?;
+            *own_dir = Some((table.index, dir));
+        }
+        let dir = own_dir.as_ref().map(|(_, d)| d.as_fd());
+        table
+            .ranges
+            .claim(dir)
+            .map_err(|e| super::proc_error(pid, "read /proc/PID/fd", e))
+    }
 }
 
 fn io_to_proc(pid: Pid, e: std::io::Error) -> Error {
@@ -409,5 +770,243 @@ impl NetnsTables {
             // The process that loaded first vanished meanwhile; ask for this one.
             None => per_process(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdgrab_testkit::Target;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Holds COUNT descriptors of /dev/null, of which the one at index AT (if
+    /// below COUNT) is PATH instead; with HIGH (if not negative), PATH is also held
+    /// as fd HIGH, far past the others; with HOLES, every third descriptor but the
+    /// one at AT is closed again. Reports the numbers still open.
+    const HOLDER: &str = r#"
+import json, os, resource, sys
+count, at, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+high = int(sys.argv[4]) if len(sys.argv) > 4 and int(sys.argv[4]) >= 0 else None
+holes = len(sys.argv) > 5
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64, (high or 0) + 1)), hard))
+fds = [os.open(path if i == at else "/dev/null", os.O_RDONLY) for i in range(count)]
+target = fds[at] if at < count else None
+if holes:
+    for i in range(1, count, 3):
+        if i != at:
+            os.close(fds[i])
+    fds = [fd for i, fd in enumerate(fds) if i == at or i % 3 != 1]
+if high is not None:
+    f = os.open(path, os.O_RDONLY); os.dup2(f, high); os.close(f); fds.append(high)
+print(json.dumps({"fds": fds, "target": target}), flush=True)
+sys.stdin.read()
+"#;
+
+    fn holder(count: usize, at: usize, path: &std::path::Path) -> (Target, Vec<i32>) {
+        holder_with(count, at, path, None, false)
+    }
+
+    fn holder_with(
+        count: usize,
+        at: usize,
+        path: &std::path::Path,
+        high: Option<i32>,
+        holes: bool,
+    ) -> (Target, Vec<i32>) {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", HOLDER, &count.to_string(), &at.to_string()])
+            .arg(path)
+            .arg(high.unwrap_or(-1).to_string())
+            .args(holes.then_some("holes"));
+        let t = Target::spawn_cmd(cmd);
+        let fds = t.report["fds"]
+            .as_array()
+            .expect("fds")
+            .iter()
+            .map(|v| v.as_i64().expect("fd") as i32)
+            .collect();
+        (t, fds)
+    }
+
+    fn held_file(tag: &str) -> (std::path::PathBuf, Query) {
+        let dir = std::env::temp_dir().join(format!("fdgrab-scan-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("held");
+        std::fs::write(&path, b"x").expect("write");
+        let m = std::fs::metadata(&path).expect("stat");
+        let q = Query {
+            file: Some((m.dev(), m.ino())),
+            ..Query::default()
+        };
+        (dir, q)
+    }
+
+    fn select(q: &Query) -> Select<'_> {
+        Select {
+            file: q.file,
+            ..Select::default()
+        }
+    }
+
+    /// Scans `pid` and a small holder of only /dev/null with `q`'s file: the fds
+    /// listed for `pid` (`None`: no match), checking the small holder has none.
+    fn scan_pair(pid: Pid, q: &Query, path: &std::path::Path) -> Option<Vec<i32>> {
+        let select = select(q);
+        let source = SocketSource::PerProcess;
+        let (small, _) = holder(3, 3, path);
+        let pids = [pid, small.pid];
+        let mut slots = Scan::new(&pids, q, &select, &source, false).run();
+        assert!(
+            matches!(slots[1], Some(Ok(None))),
+            "the small holder holds /dev/null only"
+        );
+        let found = slots[0].take().expect("an outcome").expect("no error");
+        found.map(|p| p.fds.iter().map(|e| e.fd.0).collect())
+    }
+
+    /// A table large enough to be shared is checked block by block on every
+    /// worker; its match is found wherever it is (first block, middle, last fd),
+    /// with exactly the matching descriptor, and a table without one is no match.
+    #[test]
+    fn a_shared_table_finds_its_match_in_any_block() {
+        let (dir, q) = held_file("blocks");
+        let path = dir.join("held");
+        let count = 8 * SHARED_BLOCK + 5;
+        for at in [0, count / 2, count - 1, count] {
+            let (t, fds) = holder(count, at, &path);
+            let want = fds.get(at).map(|&fd| vec![fd]);
+            assert_eq!(scan_pair(t.pid, &q, &path), want, "match at index {at}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A sparse shared table: ranges with no fd are skipped, and a match far past
+    /// a hole of thousands of numbers is still found.
+    #[test]
+    fn a_shared_table_with_a_large_hole_finds_a_match_past_it() {
+        let (dir, q) = held_file("sparse");
+        let path = dir.join("held");
+        let count = 3 * SHARED_BLOCK;
+        let high = 20 * SHARED_BLOCK as i32 + 7;
+        let (t, _) = holder_with(count, count, &path, Some(high), false);
+        assert_eq!(scan_pair(t.pid, &q, &path), Some(vec![high]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A table with holes below its fd count: the numbers tried in the ranges
+    /// below the count find nothing in the holes, and a match is found both among
+    /// them (right after a hole) and past the count, where ranges are listed.
+    #[test]
+    fn a_shared_table_with_holes_below_its_count() {
+        let (dir, q) = held_file("holes");
+        let path = dir.join("held");
+        let count = 6 * SHARED_BLOCK;
+        for at in [3 * SHARED_BLOCK + 2, count - 1] {
+            let (t, _) = holder_with(count, at, &path, None, true);
+            let open = std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+                .expect("fd dir")
+                .count();
+            let fd = t.report["target"].as_i64().expect("target") as i32;
+            if at == count - 1 {
+                assert!(fd as usize >= open, "fd {fd} is past the count {open}");
+            }
+            assert_eq!(scan_pair(t.pid, &q, &path), Some(vec![fd]), "at {at}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A small table (not shared) with holes: its numbers below the fd count
+    /// are tried, then the rest is listed, so a match among them, right after a
+    /// hole, or far past the count is found, and no other descriptor is listed.
+    #[test]
+    fn a_small_table_with_holes_is_checked_whole() {
+        let (dir, q) = held_file("small");
+        let path = dir.join("held");
+        let count = SHARE_FROM / 2;
+        for (at, high) in [(0, None), (7, None), (count, Some(700))] {
+            let (t, fds) = holder_with(count, at, &path, high, true);
+            let fd = high.unwrap_or_else(|| t.report["target"].as_i64().expect("target") as i32);
+            assert!(fds.contains(&fd));
+            let found = scan_pair(t.pid, &q, &path);
+            assert_eq!(found, Some(vec![fd]), "at {at}, high {high:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `pids_only`: a match the first pass decides is reported by its pid
+    /// alone; with a narrowing the first pass does not check (a type), the
+    /// process is still described, and the narrowing holds.
+    #[test]
+    fn pids_only_skips_the_description_only_when_the_first_pass_decides() {
+        let (dir, mut q) = held_file("pids");
+        let path = dir.join("held");
+        let (t, fds) = holder(5, 2, &path);
+        q.pids_only = true;
+        let source = SocketSource::PerProcess;
+        for kinds in [vec![], vec![FdKind::File], vec![FdKind::Pipe]] {
+            q.kinds = kinds;
+            let select = Select {
+                file: q.file,
+                kinds: &q.kinds,
+                ..Select::default()
+            };
+            let (small, _) = holder(3, 3, &path);
+            let pids = [t.pid, small.pid];
+            let slots = Scan::new(&pids, &q, &select, &source, false).run();
+            match (q.kinds.as_slice(), &slots[0]) {
+                ([], Some(Ok(Some(p)))) => {
+                    assert_eq!(p.pid, t.pid);
+                    assert!(p.fds.is_empty() && p.process.is_none(), "{p:?}");
+                }
+                ([FdKind::File], Some(Ok(Some(p)))) => {
+                    let listed: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+                    assert_eq!(listed, [fds[2]]);
+                }
+                ([FdKind::Pipe], Some(Ok(None))) => {}
+                (kinds, other) => panic!("{kinds:?}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A process that exits while its shared table is being checked ends as "no
+    /// such process" (which a run reports as skipped), whether its match was
+    /// found before it exited or would have been in a later range: never as a
+    /// process that holds nothing.
+    #[test]
+    fn a_shared_table_whose_process_exits_mid_scan() {
+        let (dir, q) = held_file("exit");
+        let path = dir.join("held");
+        let count = 4 * SHARED_BLOCK + 5;
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        for at in [0, count - 1] {
+            let (mut t, _) = holder(count, at, &path);
+            let pids = [t.pid];
+            let scan = Scan::new(&pids, &q, &select, &source, false);
+            let Ok(Some(table)) = scan.process(0) else {
+                panic!("a table of {count} fds is shared");
+            };
+            let mut own_dir = None;
+            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+            assert!(outcome.is_none() && !exhausted, "more ranges to go");
+            t.child.kill().expect("kill");
+            t.child.wait().expect("reap");
+            let mut outcomes = Vec::new();
+            for _ in 0..count {
+                let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+                outcomes.extend(outcome);
+                if exhausted {
+                    break;
+                }
+            }
+            match &outcomes[..] {
+                [(0, Err(Error::NoSuchProcess { pid }))] => assert_eq!(*pid, t.pid),
+                other => panic!("match at {at}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
