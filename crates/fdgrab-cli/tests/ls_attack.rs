@@ -608,3 +608,158 @@ fn a_proc_of_another_pid_namespace_is_refused_not_misread() {
         }
     }
 }
+
+/// Holds the file PATH at exactly the fd numbers of SPEC's `at` (dup2), in a table
+/// first filled with `fill` /dev/null fds and then cut by `close` ([lo, hi)
+/// stretches, closerange), so that fds sit in holes, on range boundaries and past
+/// the table's fd count. With `clone_files`, a second process (clone with
+/// CLONE_FILES, not CLONE_THREAD) shares the very same table. Reports the pids.
+const LAYOUT: &str = r#"
+import ctypes, json, os, resource, signal, sys
+path, spec = sys.argv[1], json.loads(sys.argv[2])
+top = max(spec["at"] + [spec.get("fill", 0)]) + 64
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(top, soft), max(top, hard)))
+except (ValueError, OSError):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+keep = [os.open("/dev/null", os.O_RDONLY) for _ in range(spec.get("fill", 0))]
+for lo, hi in spec.get("close", []):
+    os.closerange(lo, hi)
+f = os.open(path, os.O_RDONLY)
+for n in spec["at"]:
+    os.dup2(f, n)
+if f not in spec["at"]:
+    os.close(f)
+pids = [os.getpid()]
+if spec.get("clone_files"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+    child = libc.syscall(nr, 0x400 | signal.SIGCHLD, 0, 0, 0, 0)  # CLONE_FILES
+    if child == 0:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        while True:
+            signal.pause()
+    pids.append(child)
+print(json.dumps({"pids": pids, "count": len(os.listdir("/proc/self/fd")) - 1}), flush=True)
+sys.stdin.read()
+"#;
+
+/// This process's hard RLIMIT_NOFILE, which its python children inherit.
+fn hard_nofile() -> i64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("a hard limit on open files")
+}
+
+/// `fdgrab ls ARGS` (which must succeed): stdout.
+fn ls_ok(args: &[&str]) -> String {
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ls {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The fd numbers the document lists for `pid`, in its order.
+fn fds_of(doc: &Value, pid: i64) -> Vec<i64> {
+    doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["pid"].as_i64() == Some(pid))
+        .flat_map(|p| p["fds"].as_array().expect("fds").iter())
+        .filter_map(|e| e["fd"].as_i64())
+        .collect()
+}
+
+/// `--path` is exact on tables laid out against the scan's shortcuts: fds far
+/// apart (5 and 6/7 of the fd limit), one at the limit (1,048,575 under the usual
+/// nr_open), a
+/// table whose count is 3 with fds 0, 1 and 70,000, a table large enough to be
+/// shared among the scan's threads with its only match on each side of every
+/// 64-fd range boundary below, at and past its fd count, and tables shared by two
+/// processes (CLONE_FILES without CLONE_THREAD). System-wide and per pid, the
+/// fds listed are exactly the ones held, --pids prints every holder, and fuser
+/// agrees.
+#[test]
+fn path_is_exact_on_sparse_shared_and_boundary_tables() {
+    let dir = temp_dir("layouts");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    // 297 /dev/null fds (3..300), 200..300 closed again: a count of 200 (with the
+    // file), so ranges of 64 below 192 are tried and the rest listed.
+    let shared = |at: i64| serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [at]});
+    // The highest fd this test may hold: 1,048,575 where the hard limit is the
+    // kernel's usual nr_open, lower where it is not and may not be raised.
+    let top = hard_nofile() - 1;
+    let mut specs = vec![
+        serde_json::json!({"at": [5, top * 6 / 7]}),
+        serde_json::json!({"at": [top]}),
+        serde_json::json!({"close": [[2, 3]], "at": [top.min(70_000)]}),
+        serde_json::json!({"at": [5], "clone_files": true}),
+        serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [250], "clone_files": true}),
+    ];
+    for at in [
+        63, 64, 127, 128, 191, 192, 199, 200, 255, 256, 319, 320, top,
+    ] {
+        specs.push(shared(at));
+    }
+    let holders: Vec<(Target, Vec<i64>)> = specs
+        .iter()
+        .map(|spec| {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", LAYOUT, f, &spec.to_string()]);
+            let at = spec["at"]
+                .as_array()
+                .expect("at")
+                .iter()
+                .filter_map(Value::as_i64)
+                .collect();
+            (Target::spawn_cmd(cmd), at)
+        })
+        .collect();
+    let pids_of = |t: &Target| -> Vec<i64> {
+        t.report["pids"]
+            .as_array()
+            .expect("pids")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect()
+    };
+    let mut all: Vec<i64> = holders.iter().flat_map(|(t, _)| pids_of(t)).collect();
+    all.sort_unstable();
+    let printed: Vec<i64> = ls_ok(&["--path", f, "--pids"])
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect();
+    assert_eq!(printed, all, "--pids");
+    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
+    let mut fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    fuser.sort_unstable();
+    fuser.dedup();
+    assert_eq!(fuser, all, "fuser disagrees");
+    let doc = ls_json(&["--path", f]);
+    for (t, at) in &holders {
+        for pid in pids_of(t) {
+            let spec = &t.report;
+            assert_eq!(&fds_of(&doc, pid), at, "system-wide, pid {pid}: {spec}");
+            let one = ls_json(&[&pid.to_string(), "--path", f]);
+            assert_eq!(&fds_of(&one, pid), at, "ls {pid} --path: {spec}");
+        }
+    }
+    drop(holders);
+    let _ = std::fs::remove_dir_all(&dir);
+}
