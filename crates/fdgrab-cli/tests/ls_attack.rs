@@ -763,3 +763,105 @@ fn path_is_exact_on_sparse_shared_and_boundary_tables() {
     drop(holders);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Listens on a port of 127.0.0.1 and, given a port, connects to it; reports both.
+const PEER: &str = r#"
+import json, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+out = {"port": l.getsockname()[1]}
+if len(sys.argv) > 1:
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    out["client"] = c.fileno()
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+/// `fdgrab ls ARGS --pids` as root or as uid 65534: the pids printed (none when it
+/// exits 1, which --pids means for "nothing matched"; any other failure fails).
+fn pids_as(nobody: bool, args: &[&str]) -> Vec<i64> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args).arg("--pids");
+    if nobody {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect()
+}
+
+/// --pids reports a match the first pass decides by pid alone, but every other
+/// narrowing still holds: --user leaves out a holder of another uid (for --path,
+/// --port and --listen), --fd and --type are still decided per fd, and an
+/// unprivileged caller finds its own holder with a large table (fds past its count)
+/// while the processes it may not read stay out.
+#[test]
+fn pids_keeps_user_fd_and_type_narrowings() {
+    let dir = temp_dir("pids-user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let layout = |nobody: bool, spec: Value| {
+        let mut cmd = Command::new("setpriv");
+        if nobody {
+            cmd.args(NOBODY.split(' '));
+        }
+        cmd.args(["/usr/bin/python3", "-c", LAYOUT, f, &spec.to_string()]);
+        Target::spawn_cmd(cmd)
+    };
+    // Root holds the file at fd 7; nobody at fd 250 of a 200-fd table.
+    let mine = layout(false, serde_json::json!({"at": [7]}));
+    let theirs = layout(
+        true,
+        serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [250]}),
+    );
+    let (root_pid, nobody_pid) = (i64::from(mine.pid), i64::from(theirs.pid));
+    let mut both = vec![root_pid, nobody_pid];
+    both.sort_unstable();
+    assert_eq!(pids_as(false, &["--path", f]), both);
+    assert_eq!(pids_as(false, &["--path", f, "--user", "0"]), [root_pid]);
+    assert_eq!(
+        pids_as(false, &["--path", f, "--user", "65534"]),
+        [nobody_pid]
+    );
+    assert_eq!(pids_as(false, &["--path", f, "--fd", "250"]), [nobody_pid]);
+    assert_eq!(pids_as(false, &["--path", f, "--fd", "7"]), [root_pid]);
+    assert_eq!(pids_as(false, &["--path", f, "--type", "file"]), both);
+    assert_eq!(
+        pids_as(false, &["--path", f, "--type", "socket"]),
+        [0_i64; 0]
+    );
+    assert_eq!(pids_as(true, &["--path", f]), [nobody_pid]);
+
+    // A server of nobody's and a root client of it: both hold the port.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(NOBODY.split(" "))
+        .args(["/usr/bin/python3", "-c", PEER]);
+    let server = Target::spawn_cmd(cmd);
+    let port = server.report["port"].as_i64().expect("port").to_string();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PEER, &port]);
+    let client = Target::spawn_cmd(cmd);
+    let (srv, cli) = (i64::from(server.pid), i64::from(client.pid));
+    let client_fd = client.report["client"].as_i64().expect("fd").to_string();
+    assert_eq!(pids_as(false, &["--port", &port]), [srv, cli]);
+    assert_eq!(pids_as(false, &["--port", &port, "--user", "65534"]), [srv]);
+    assert_eq!(pids_as(false, &["--port", &port, "--user", "0"]), [cli]);
+    assert_eq!(
+        pids_as(false, &["--port", &port, "--fd", &client_fd]),
+        [cli]
+    );
+    assert_eq!(
+        pids_as(false, &["--port", &port, "--listen", "--user", "0"]),
+        [0_i64; 0]
+    );
+    assert_eq!(pids_as(true, &["--port", &port]), [srv]);
+    drop((mine, theirs, server, client));
+    let _ = std::fs::remove_dir_all(&dir);
+}
