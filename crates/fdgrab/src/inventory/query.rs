@@ -477,6 +477,15 @@ impl<'a> Scan<'a> {
         })
     }
 
+    /// Whether the leader behind `fd_dir` has exited while other threads live
+    /// on: the kernel then counts no fd in its directory, and the table those
+    /// threads share is only seen through them.
+    fn leader_exited(&self, fd_dir: &OwnedFd) -> bool {
+        self.counts_fds()
+            && rustix::fs::fstat(fd_dir).is_ok_and(|st| st.st_size == 0)
+            && crate::procfs::has_other_threads(fd_dir.as_fd())
+    }
+
     fn ranges_ok(&self, fd_dir: &OwnedFd) -> bool {
         if let Some(&ok) = self.ranges_ok.get() {
             return ok;
@@ -535,6 +544,11 @@ impl<'a> Scan<'a> {
         let outcome = match error {
             Some(e) => Err(e),
             None if table.settled.load(Ordering::Relaxed) => self.matched(table.pid),
+            // The ranges were read through the leader, which may have exited
+            // since while its threads hold the table on: read it through them.
+            None if self.leader_exited(&table.fd_dir) => {
+                describe(table.pid, self.q, self.select, self.source)
+            }
             None => Ok(None),
         };
         (Some((table.index, outcome)), true)
@@ -988,6 +1002,87 @@ sys.stdin.read()
                 [(0, Err(Error::NoSuchProcess { pid }))] => assert_eq!(*pid, t.pid),
                 other => panic!("match at {at}: {other:?}"),
             }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Holds COUNT descriptors of /dev/null, the last of them PATH, and a second
+    /// thread; on a line on stdin the leader exits (pthread_exit), and the thread
+    /// keeps the table alive.
+    const LEADER_EXITS: &str = r#"
+import ctypes, json, os, resource, sys, threading
+count, path = int(sys.argv[1]), sys.argv[2]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(count - 1)]
+fds.append(os.open(path, os.O_RDONLY))
+threading.Thread(target=threading.Event().wait).start()
+print(json.dumps({"target": fds[-1]}), flush=True)
+sys.stdin.readline()
+ctypes.CDLL(None).pthread_exit(None)
+"#;
+
+    /// A holder whose leader exits while its table is checked (after the first
+    /// pass has started, for a shared table, a small counted one, and from
+    /// before it is opened), while another thread keeps holding the file: still a
+    /// holder, found through the live thread, as when the leader exited before.
+    #[test]
+    fn a_holder_whose_leader_exits_mid_scan_is_still_found() {
+        use std::io::Write;
+        let (dir, q) = held_file("leader");
+        let path = dir.join("held");
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        for count in [4 * SHARED_BLOCK + 5, SHARE_FROM / 2] {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.args(["-c", LEADER_EXITS, &count.to_string()])
+                .arg(&path);
+            let mut t = Target::spawn_cmd(cmd);
+            let fd = t.report["target"].as_i64().expect("target") as i32;
+            let pids = [t.pid];
+            let scan = Scan::new(&pids, &q, &select, &source, false);
+            let exit_leader = |t: &mut Target| {
+                let stdin = t.stdin.as_mut().expect("stdin");
+                stdin.write_all(b"exit\n").expect("tell the leader");
+                stdin.flush().expect("flush");
+                fdgrab_testkit::wait_leader_zombie(t.pid);
+            };
+            let outcome = if count > SHARE_FROM {
+                let Ok(Some(table)) = scan.process(0) else {
+                    panic!("a table of {count} fds is shared");
+                };
+                let mut own_dir = None;
+                let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+                assert!(outcome.is_none() && !exhausted, "more ranges to go");
+                exit_leader(&mut t);
+                let mut outcomes = Vec::new();
+                for _ in 0..count {
+                    let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+                    outcomes.extend(outcome);
+                    if exhausted {
+                        break;
+                    }
+                }
+                match <[Outcome; 1]>::try_from(outcomes) {
+                    Ok([(0, outcome)]) => outcome,
+                    other => panic!("one outcome: {other:?}"),
+                }
+            } else {
+                // The whole first pass of a small table is one call: the leader
+                // exits right after its fd directory was counted, which the
+                // same call does first, so exit it before and check that the
+                // scan still finds the holder (the fast path for empty tables).
+                exit_leader(&mut t);
+                match scan.process(0) {
+                    Err((0, outcome)) => outcome,
+                    _ => panic!("a small table is decided at once"),
+                }
+            };
+            let found = outcome
+                .expect("no error")
+                .unwrap_or_else(|| panic!("count {count}: not found"));
+            let fds: Vec<i32> = found.fds.iter().map(|e| e.fd.0).collect();
+            assert_eq!(fds, [fd], "count {count}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
