@@ -865,3 +865,55 @@ fn pids_keeps_user_fd_and_type_narrowings() {
     drop((mine, theirs, server, client));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A large table that churns while system-wide scans run: two threads dup2 into
+/// and close fds from 3 to 2,000 and now and then close a whole stretch, so the
+/// fd count swings across the stable fds holding the file (at 199, 200 and 1,999:
+/// below, at and far past any count), which are therefore tried in one scan and
+/// listed in the next. Every scan finds the holder, and lists exactly those fds.
+#[test]
+fn a_churning_table_keeps_its_stable_match_in_every_scan() {
+    const CHURN: &str = r#"
+import json, os, random, resource, sys, threading
+path = sys.argv[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+null = os.open("/dev/null", os.O_RDONLY)
+f = os.open(path, os.O_RDONLY)
+stable = [199, 200, 1999]
+for n in stable:
+    os.dup2(f, n)
+os.close(f)
+churn = [n for n in range(3, 1999) if n not in stable and n != null]
+def spin(seed):
+    r = random.Random(seed)
+    while True:
+        for _ in range(r.randrange(1, 200)):
+            try: os.dup2(null, r.choice(churn))
+            except OSError: pass
+        for _ in range(r.randrange(1, 200)):
+            try: os.close(r.choice(churn))
+            except OSError: pass
+        if r.random() < 0.05:
+            os.closerange(201, 1999)
+for seed in (1, 2):
+    threading.Thread(target=spin, args=(seed,), daemon=True).start()
+print(json.dumps({"stable": stable}), flush=True)
+sys.stdin.read()
+"#;
+    let dir = temp_dir("churn-scan");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CHURN, f]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = i64::from(t.pid);
+    for round in 0..12 {
+        assert_eq!(pids_as(false, &["--path", f]), [pid], "round {round}");
+        let doc = ls_json(&["--path", f]);
+        assert_eq!(fds_of(&doc, pid), [199, 200, 1999], "round {round}");
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
