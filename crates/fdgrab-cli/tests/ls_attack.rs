@@ -917,3 +917,51 @@ sys.stdin.read()
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP listener and one end of a unix socket pair, both also held by a forked
+/// child; reports the pids and the fds.
+const SOCKETS_SHARED: &str = r#"
+import ctypes, json, os, signal, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    while True:
+        signal.pause()
+print(json.dumps({"pids": [os.getpid(), child], "tcp": l.fileno(), "unix": a.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--path /proc/PID/fd/N` of a socket names the socket itself (an inode of
+/// sockfs), not a unix socket's name on a file system: its holders are the fds on
+/// that inode, as fuser finds them (a TCP socket has no name to be bound to, and a
+/// unix socket pair's end none either).
+#[test]
+fn path_through_proc_fd_of_a_socket_finds_its_holders() {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SOCKETS_SHARED]);
+    let t = Target::spawn_cmd(cmd);
+    let pids: Vec<i64> = t.report["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    for kind in ["tcp", "unix"] {
+        let fd = t.report[kind].as_i64().expect("fd");
+        let path = format!("/proc/{}/fd/{fd}", t.pid);
+        let out = output_timeout(Command::new("fuser").arg(&path), TIMEOUT);
+        let mut fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        fuser.sort_unstable();
+        assert_eq!(fuser, pids, "{kind}: fuser");
+        assert_eq!(pids_as(false, &["--path", &path]), pids, "{kind}: --pids");
+        let doc = ls_json(&["--path", &path]);
+        for &pid in &pids {
+            assert_eq!(fds_of(&doc, pid), [fd], "{kind}: pid {pid}: {doc}");
+        }
+    }
+}
