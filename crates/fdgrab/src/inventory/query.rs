@@ -1086,4 +1086,72 @@ ctypes.CDLL(None).pthread_exit(None)
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Holds COUNT descriptors of /dev/null (close-on-exec) and, past them, PATH
+    /// (kept across exec); on a line on stdin it becomes `sleep`.
+    const EXECS: &str = r#"
+import json, os, resource, sys
+count, path = int(sys.argv[1]), sys.argv[2]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(count - 1)]
+f = os.open(path, os.O_RDONLY); os.set_inheritable(f, True)
+print(json.dumps({"target": f}), flush=True)
+sys.stdin.readline()
+os.execv("/bin/sleep", ["sleep", "30"])
+"#;
+
+    /// A process that execs while its shared table is checked: the descriptors
+    /// closed on exec are gone, and the one it keeps is still found, with exactly
+    /// that descriptor listed.
+    #[test]
+    fn a_shared_table_whose_process_execs_mid_scan() {
+        use std::io::Write;
+        let (dir, q) = held_file("exec");
+        let path = dir.join("held");
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        let count = 4 * SHARED_BLOCK + 5;
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", EXECS, &count.to_string()]).arg(&path);
+        let mut t = Target::spawn_cmd(cmd);
+        let fd = t.report["target"].as_i64().expect("target") as i32;
+        let pids = [t.pid];
+        let scan = Scan::new(&pids, &q, &select, &source, false);
+        let Ok(Some(table)) = scan.process(0) else {
+            panic!("a table of {count} fds is shared");
+        };
+        let mut own_dir = None;
+        let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+        assert!(outcome.is_none() && !exhausted, "more ranges to go");
+        let stdin = t.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"exec\n").expect("tell it");
+        stdin.flush().expect("flush");
+        let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+        while std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
+            .ok()
+            .as_deref()
+            != Some("sleep\n")
+        {
+            assert!(std::time::Instant::now() < deadline, "no exec");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut outcomes = Vec::new();
+        for _ in 0..count {
+            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+            outcomes.extend(outcome);
+            if exhausted {
+                break;
+            }
+        }
+        match &outcomes[..] {
+            [(0, Ok(Some(p)))] => {
+                let fds: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+                assert_eq!(fds, [fd]);
+                assert_eq!(p.command, "sleep");
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
