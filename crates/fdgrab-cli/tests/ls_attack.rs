@@ -687,7 +687,8 @@ fn fds_of(doc: &Value, pid: i64) -> Vec<i64> {
 /// table whose count is 3 with fds 0, 1 and 70,000, a table large enough to be
 /// shared among the scan's threads with its only match on each side of every
 /// 64-fd range boundary below, at and past its fd count, and tables shared by two
-/// processes (CLONE_FILES without CLONE_THREAD). System-wide and per pid, the
+/// processes (CLONE_FILES without CLONE_THREAD); the same past a count of 300,
+/// which `ls PID` reads in blocks. System-wide and per pid, the
 /// fds listed are exactly the ones held, --pids prints every holder, and fuser
 /// agrees.
 #[test]
@@ -713,6 +714,10 @@ fn path_is_exact_on_sparse_shared_and_boundary_tables() {
         63, 64, 127, 128, 191, 192, 199, 200, 255, 256, 319, 320, top,
     ] {
         specs.push(shared(at));
+    }
+    // A count of 300: `ls PID` reads it in blocks of 128, tried below 256.
+    for at in [255, 256, 299, 300, 383, 384, top] {
+        specs.push(serde_json::json!({"fill": 397, "close": [[300, 400]], "at": [at]}));
     }
     let holders: Vec<(Target, Vec<i64>)> = specs
         .iter()
@@ -758,6 +763,14 @@ fn path_is_exact_on_sparse_shared_and_boundary_tables() {
             assert_eq!(&fds_of(&doc, pid), at, "system-wide, pid {pid}: {spec}");
             let one = ls_json(&[&pid.to_string(), "--path", f]);
             assert_eq!(&fds_of(&one, pid), at, "ls {pid} --path: {spec}");
+            // The whole table, as the kernel lists it (the holder is idle).
+            let mut held: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("fd dir")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            held.sort_unstable();
+            let whole = ls_json(&[&pid.to_string()]);
+            assert_eq!(fds_of(&whole, pid), held, "ls {pid}: {spec}");
         }
     }
     drop(holders);
