@@ -967,6 +967,35 @@ sys.stdin.read()
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Shares the table of `scan`'s only process, checks its first range, runs
+    /// `meanwhile`, then checks the other ranges: the outcomes.
+    fn first_range_then(scan: &Scan, count: usize, meanwhile: impl FnOnce()) -> Vec<Outcome> {
+        let Ok(Some(table)) = scan.process(0) else {
+            panic!("a table of {count} fds is shared");
+        };
+        let mut own_dir = None;
+        let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+        assert!(outcome.is_none() && !exhausted, "more ranges to go");
+        meanwhile();
+        let mut outcomes = Vec::new();
+        for _ in 0..count {
+            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+            outcomes.extend(outcome);
+            if exhausted {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Writes `line` to the target's stdin.
+    fn tell(t: &mut Target, line: &[u8]) {
+        use std::io::Write;
+        let stdin = t.stdin.as_mut().expect("stdin");
+        stdin.write_all(line).expect("write to the target");
+        stdin.flush().expect("flush");
+    }
+
     /// A process that exits while its shared table is being checked ends as "no
     /// such process" (which a run reports as skipped), whether its match was
     /// found before it exited or would have been in a later range: never as a
@@ -982,22 +1011,10 @@ sys.stdin.read()
             let (mut t, _) = holder(count, at, &path);
             let pids = [t.pid];
             let scan = Scan::new(&pids, &q, &select, &source, false);
-            let Ok(Some(table)) = scan.process(0) else {
-                panic!("a table of {count} fds is shared");
-            };
-            let mut own_dir = None;
-            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-            assert!(outcome.is_none() && !exhausted, "more ranges to go");
-            t.child.kill().expect("kill");
-            t.child.wait().expect("reap");
-            let mut outcomes = Vec::new();
-            for _ in 0..count {
-                let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-                outcomes.extend(outcome);
-                if exhausted {
-                    break;
-                }
-            }
+            let outcomes = first_range_then(&scan, count, || {
+                t.child.kill().expect("kill");
+                t.child.wait().expect("reap");
+            });
             match &outcomes[..] {
                 [(0, Err(Error::NoSuchProcess { pid }))] => assert_eq!(*pid, t.pid),
                 other => panic!("match at {at}: {other:?}"),
@@ -1028,7 +1045,6 @@ ctypes.CDLL(None).pthread_exit(None)
     /// holder, found through the live thread, as when the leader exited before.
     #[test]
     fn a_holder_whose_leader_exits_mid_scan_is_still_found() {
-        use std::io::Write;
         let (dir, q) = held_file("leader");
         let path = dir.join("held");
         let select = select(&q);
@@ -1042,27 +1058,11 @@ ctypes.CDLL(None).pthread_exit(None)
             let pids = [t.pid];
             let scan = Scan::new(&pids, &q, &select, &source, false);
             let exit_leader = |t: &mut Target| {
-                let stdin = t.stdin.as_mut().expect("stdin");
-                stdin.write_all(b"exit\n").expect("tell the leader");
-                stdin.flush().expect("flush");
+                tell(t, b"exit\n");
                 fdgrab_testkit::wait_leader_zombie(t.pid);
             };
             let outcome = if count > SHARE_FROM {
-                let Ok(Some(table)) = scan.process(0) else {
-                    panic!("a table of {count} fds is shared");
-                };
-                let mut own_dir = None;
-                let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-                assert!(outcome.is_none() && !exhausted, "more ranges to go");
-                exit_leader(&mut t);
-                let mut outcomes = Vec::new();
-                for _ in 0..count {
-                    let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-                    outcomes.extend(outcome);
-                    if exhausted {
-                        break;
-                    }
-                }
+                let outcomes = first_range_then(&scan, count, || exit_leader(&mut t));
                 match <[Outcome; 1]>::try_from(outcomes) {
                     Ok([(0, outcome)]) => outcome,
                     other => panic!("one outcome: {other:?}"),
@@ -1106,7 +1106,6 @@ os.execv("/bin/sleep", ["sleep", "30"])
     /// that descriptor listed.
     #[test]
     fn a_shared_table_whose_process_execs_mid_scan() {
-        use std::io::Write;
         let (dir, q) = held_file("exec");
         let path = dir.join("held");
         let select = select(&q);
@@ -1118,32 +1117,18 @@ os.execv("/bin/sleep", ["sleep", "30"])
         let fd = t.report["target"].as_i64().expect("target") as i32;
         let pids = [t.pid];
         let scan = Scan::new(&pids, &q, &select, &source, false);
-        let Ok(Some(table)) = scan.process(0) else {
-            panic!("a table of {count} fds is shared");
-        };
-        let mut own_dir = None;
-        let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-        assert!(outcome.is_none() && !exhausted, "more ranges to go");
-        let stdin = t.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"exec\n").expect("tell it");
-        stdin.flush().expect("flush");
-        let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
-        while std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
-            .ok()
-            .as_deref()
-            != Some("sleep\n")
-        {
-            assert!(std::time::Instant::now() < deadline, "no exec");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let mut outcomes = Vec::new();
-        for _ in 0..count {
-            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-            outcomes.extend(outcome);
-            if exhausted {
-                break;
+        let outcomes = first_range_then(&scan, count, || {
+            tell(&mut t, b"exec\n");
+            let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+            while std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
+                .ok()
+                .as_deref()
+                != Some("sleep\n")
+            {
+                assert!(std::time::Instant::now() < deadline, "no exec");
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-        }
+        });
         match &outcomes[..] {
             [(0, Ok(Some(p)))] => {
                 let fds: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
