@@ -656,6 +656,18 @@ fn hard_nofile() -> i64 {
         .expect("a hard limit on open files")
 }
 
+/// The pids fuser finds holding `path` by their fds, sorted and unique.
+fn fuser_pids(path: &str) -> Vec<i64> {
+    let out = output_timeout(Command::new("fuser").arg(path), TIMEOUT);
+    let mut pids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// `fdgrab ls ARGS` (which must succeed): stdout.
 fn ls_ok(args: &[&str]) -> String {
     let mut cmd = fdgrab_testkit::fdgrab();
@@ -748,14 +760,7 @@ fn path_is_exact_on_sparse_shared_and_boundary_tables() {
         .map(|l| l.parse().expect("pid"))
         .collect();
     assert_eq!(printed, all, "--pids");
-    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
-    let mut fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    fuser.sort_unstable();
-    fuser.dedup();
-    assert_eq!(fuser, all, "fuser disagrees");
+    assert_eq!(fuser_pids(f), all, "fuser disagrees");
     let doc = ls_json(&["--path", f]);
     for (t, at) in &holders {
         for pid in pids_of(t) {
@@ -964,13 +969,7 @@ fn path_through_proc_fd_of_a_socket_finds_its_holders() {
     for kind in ["tcp", "unix"] {
         let fd = t.report[kind].as_i64().expect("fd");
         let path = format!("/proc/{}/fd/{fd}", t.pid);
-        let out = output_timeout(Command::new("fuser").arg(&path), TIMEOUT);
-        let mut fuser: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        fuser.sort_unstable();
-        assert_eq!(fuser, pids, "{kind}: fuser");
+        assert_eq!(fuser_pids(&path), pids, "{kind}: fuser");
         assert_eq!(pids_as(false, &["--path", &path]), pids, "{kind}: --pids");
         let doc = ls_json(&["--path", &path]);
         for &pid in &pids {
