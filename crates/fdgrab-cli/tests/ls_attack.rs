@@ -608,3 +608,372 @@ fn a_proc_of_another_pid_namespace_is_refused_not_misread() {
         }
     }
 }
+
+/// Holds the file PATH at exactly the fd numbers of SPEC's `at` (dup2), in a table
+/// first filled with `fill` /dev/null fds and then cut by `close` ([lo, hi)
+/// stretches, closerange), so that fds sit in holes, on range boundaries and past
+/// the table's fd count. With `clone_files`, a second process (clone with
+/// CLONE_FILES, not CLONE_THREAD) shares the very same table. Reports the pids.
+const LAYOUT: &str = r#"
+import ctypes, json, os, resource, signal, sys
+path, spec = sys.argv[1], json.loads(sys.argv[2])
+top = max(spec["at"] + [spec.get("fill", 0)]) + 64
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(top, soft), max(top, hard)))
+except (ValueError, OSError):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+keep = [os.open("/dev/null", os.O_RDONLY) for _ in range(spec.get("fill", 0))]
+for lo, hi in spec.get("close", []):
+    os.closerange(lo, hi)
+f = os.open(path, os.O_RDONLY)
+for n in spec["at"]:
+    os.dup2(f, n)
+if f not in spec["at"]:
+    os.close(f)
+pids = [os.getpid()]
+if spec.get("clone_files"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+    child = libc.syscall(nr, 0x400 | signal.SIGCHLD, 0, 0, 0, 0)  # CLONE_FILES
+    if child == 0:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        while True:
+            signal.pause()
+    pids.append(child)
+print(json.dumps({"pids": pids, "count": len(os.listdir("/proc/self/fd")) - 1}), flush=True)
+sys.stdin.read()
+"#;
+
+/// This process's hard RLIMIT_NOFILE, which its python children inherit.
+fn hard_nofile() -> i64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("a hard limit on open files")
+}
+
+/// The pids fuser finds holding `path` by their fds, sorted and unique.
+fn fuser_pids(path: &str) -> Vec<i64> {
+    let out = output_timeout(Command::new("fuser").arg(path), TIMEOUT);
+    let mut pids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// `fdgrab ls ARGS` (which must succeed): stdout.
+fn ls_ok(args: &[&str]) -> String {
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ls {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The fd numbers the document lists for `pid`, in its order.
+fn fds_of(doc: &Value, pid: i64) -> Vec<i64> {
+    doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["pid"].as_i64() == Some(pid))
+        .flat_map(|p| p["fds"].as_array().expect("fds").iter())
+        .filter_map(|e| e["fd"].as_i64())
+        .collect()
+}
+
+/// `--path` is exact on tables laid out against the scan's shortcuts: fds far
+/// apart (5 and 6/7 of the fd limit), one at the limit (1,048,575 under the usual
+/// nr_open), a
+/// table whose count is 3 with fds 0, 1 and 70,000, a table large enough to be
+/// shared among the scan's threads with its only match on each side of every
+/// 64-fd range boundary below, at and past its fd count, and tables shared by two
+/// processes (CLONE_FILES without CLONE_THREAD); the same past a count of 300,
+/// which `ls PID` reads in blocks. System-wide and per pid, the
+/// fds listed are exactly the ones held, --pids prints every holder, and fuser
+/// agrees.
+#[test]
+fn path_is_exact_on_sparse_shared_and_boundary_tables() {
+    let dir = temp_dir("layouts");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    // 297 /dev/null fds (3..300), 200..300 closed again: a count of 200 (with the
+    // file), so ranges of 64 below 192 are tried and the rest listed.
+    let shared = |at: i64| serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [at]});
+    // The highest fd this test may hold: 1,048,575 where the hard limit is the
+    // kernel's usual nr_open, lower where it is not and may not be raised.
+    let top = hard_nofile() - 1;
+    let mut specs = vec![
+        serde_json::json!({"at": [5, top * 6 / 7]}),
+        serde_json::json!({"at": [top]}),
+        serde_json::json!({"close": [[2, 3]], "at": [top.min(70_000)]}),
+        serde_json::json!({"at": [5], "clone_files": true}),
+        serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [250], "clone_files": true}),
+    ];
+    for at in [
+        63, 64, 127, 128, 191, 192, 199, 200, 255, 256, 319, 320, top,
+    ] {
+        specs.push(shared(at));
+    }
+    // A count of 300: `ls PID` reads it in blocks of 128, tried below 256.
+    for at in [255, 256, 299, 300, 383, 384, top] {
+        specs.push(serde_json::json!({"fill": 397, "close": [[300, 400]], "at": [at]}));
+    }
+    let holders: Vec<(Target, Vec<i64>)> = specs
+        .iter()
+        .map(|spec| {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", LAYOUT, f, &spec.to_string()]);
+            let at = spec["at"]
+                .as_array()
+                .expect("at")
+                .iter()
+                .filter_map(Value::as_i64)
+                .collect();
+            (Target::spawn_cmd(cmd), at)
+        })
+        .collect();
+    let pids_of = |t: &Target| -> Vec<i64> {
+        t.report["pids"]
+            .as_array()
+            .expect("pids")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect()
+    };
+    let mut all: Vec<i64> = holders.iter().flat_map(|(t, _)| pids_of(t)).collect();
+    all.sort_unstable();
+    let printed: Vec<i64> = ls_ok(&["--path", f, "--pids"])
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect();
+    assert_eq!(printed, all, "--pids");
+    assert_eq!(fuser_pids(f), all, "fuser disagrees");
+    let doc = ls_json(&["--path", f]);
+    for (t, at) in &holders {
+        for pid in pids_of(t) {
+            let spec = &t.report;
+            assert_eq!(&fds_of(&doc, pid), at, "system-wide, pid {pid}: {spec}");
+            let one = ls_json(&[&pid.to_string(), "--path", f]);
+            assert_eq!(&fds_of(&one, pid), at, "ls {pid} --path: {spec}");
+            // The whole table, as the kernel lists it (the holder is idle).
+            let mut held: Vec<i64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("fd dir")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            held.sort_unstable();
+            let whole = ls_json(&[&pid.to_string()]);
+            assert_eq!(fds_of(&whole, pid), held, "ls {pid}: {spec}");
+        }
+    }
+    drop(holders);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Listens on a port of 127.0.0.1 and, given a port, connects to it; reports both.
+const PEER: &str = r#"
+import json, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+out = {"port": l.getsockname()[1]}
+if len(sys.argv) > 1:
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    out["client"] = c.fileno()
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+/// `fdgrab ls ARGS --pids` as root or as uid 65534: the pids printed (none when it
+/// exits 1, which --pids means for "nothing matched"; any other failure fails).
+fn pids_as(nobody: bool, args: &[&str]) -> Vec<i64> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.arg("ls").args(args).arg("--pids");
+    if nobody {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect()
+}
+
+/// --pids reports a match the first pass decides by pid alone, but every other
+/// narrowing still holds: --user leaves out a holder of another uid (for --path,
+/// --port and --listen), --fd and --type are still decided per fd, and an
+/// unprivileged caller finds its own holder with a large table (fds past its count)
+/// while the processes it may not read stay out.
+#[test]
+fn pids_keeps_user_fd_and_type_narrowings() {
+    let dir = temp_dir("pids-user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let layout = |nobody: bool, spec: Value| {
+        let mut cmd = Command::new("setpriv");
+        if nobody {
+            cmd.args(NOBODY.split(' '));
+        }
+        cmd.args(["/usr/bin/python3", "-c", LAYOUT, f, &spec.to_string()]);
+        Target::spawn_cmd(cmd)
+    };
+    // Root holds the file at fd 7; nobody at fd 250 of a 200-fd table.
+    let mine = layout(false, serde_json::json!({"at": [7]}));
+    let theirs = layout(
+        true,
+        serde_json::json!({"fill": 297, "close": [[200, 300]], "at": [250]}),
+    );
+    let (root_pid, nobody_pid) = (i64::from(mine.pid), i64::from(theirs.pid));
+    let mut both = vec![root_pid, nobody_pid];
+    both.sort_unstable();
+    assert_eq!(pids_as(false, &["--path", f]), both);
+    assert_eq!(pids_as(false, &["--path", f, "--user", "0"]), [root_pid]);
+    assert_eq!(
+        pids_as(false, &["--path", f, "--user", "65534"]),
+        [nobody_pid]
+    );
+    assert_eq!(pids_as(false, &["--path", f, "--fd", "250"]), [nobody_pid]);
+    assert_eq!(pids_as(false, &["--path", f, "--fd", "7"]), [root_pid]);
+    assert_eq!(pids_as(false, &["--path", f, "--type", "file"]), both);
+    assert_eq!(
+        pids_as(false, &["--path", f, "--type", "socket"]),
+        [0_i64; 0]
+    );
+    assert_eq!(pids_as(true, &["--path", f]), [nobody_pid]);
+
+    // A server of nobody's and a root client of it: both hold the port.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(NOBODY.split(" "))
+        .args(["/usr/bin/python3", "-c", PEER]);
+    let server = Target::spawn_cmd(cmd);
+    let port = server.report["port"].as_i64().expect("port").to_string();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PEER, &port]);
+    let client = Target::spawn_cmd(cmd);
+    let (srv, cli) = (i64::from(server.pid), i64::from(client.pid));
+    let client_fd = client.report["client"].as_i64().expect("fd").to_string();
+    assert_eq!(pids_as(false, &["--port", &port]), [srv, cli]);
+    assert_eq!(pids_as(false, &["--port", &port, "--user", "65534"]), [srv]);
+    assert_eq!(pids_as(false, &["--port", &port, "--user", "0"]), [cli]);
+    assert_eq!(
+        pids_as(false, &["--port", &port, "--fd", &client_fd]),
+        [cli]
+    );
+    assert_eq!(
+        pids_as(false, &["--port", &port, "--listen", "--user", "0"]),
+        [0_i64; 0]
+    );
+    assert_eq!(pids_as(true, &["--port", &port]), [srv]);
+    drop((mine, theirs, server, client));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A large table that churns while system-wide scans run: two threads dup2 into
+/// and close fds from 3 to 2,000 and now and then close a whole stretch, so the
+/// fd count swings across the stable fds holding the file (at 199, 200 and 1,999:
+/// below, at and far past any count), which are therefore tried in one scan and
+/// listed in the next. Every scan finds the holder, and lists exactly those fds.
+#[test]
+fn a_churning_table_keeps_its_stable_match_in_every_scan() {
+    const CHURN: &str = r#"
+import json, os, random, resource, sys, threading
+path = sys.argv[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+null = os.open("/dev/null", os.O_RDONLY)
+f = os.open(path, os.O_RDONLY)
+stable = [199, 200, 1999]
+for n in stable:
+    os.dup2(f, n)
+os.close(f)
+churn = [n for n in range(3, 1999) if n not in stable and n != null]
+def spin(seed):
+    r = random.Random(seed)
+    while True:
+        for _ in range(r.randrange(1, 200)):
+            try: os.dup2(null, r.choice(churn))
+            except OSError: pass
+        for _ in range(r.randrange(1, 200)):
+            try: os.close(r.choice(churn))
+            except OSError: pass
+        if r.random() < 0.05:
+            os.closerange(201, 1999)
+for seed in (1, 2):
+    threading.Thread(target=spin, args=(seed,), daemon=True).start()
+print(json.dumps({"stable": stable}), flush=True)
+sys.stdin.read()
+"#;
+    let dir = temp_dir("churn-scan");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let f = file.to_str().expect("utf8");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CHURN, f]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = i64::from(t.pid);
+    for round in 0..12 {
+        assert_eq!(pids_as(false, &["--path", f]), [pid], "round {round}");
+        let doc = ls_json(&["--path", f]);
+        assert_eq!(fds_of(&doc, pid), [199, 200, 1999], "round {round}");
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP listener and one end of a unix socket pair, both also held by a forked
+/// child; reports the pids and the fds.
+const SOCKETS_SHARED: &str = r#"
+import ctypes, json, os, signal, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    while True:
+        signal.pause()
+print(json.dumps({"pids": [os.getpid(), child], "tcp": l.fileno(), "unix": a.fileno()}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--path /proc/PID/fd/N` of a socket names the socket itself (an inode of
+/// sockfs), not a unix socket's name on a file system: its holders are the fds on
+/// that inode, as fuser finds them (a TCP socket has no name to be bound to, and a
+/// unix socket pair's end none either).
+#[test]
+fn path_through_proc_fd_of_a_socket_finds_its_holders() {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SOCKETS_SHARED]);
+    let t = Target::spawn_cmd(cmd);
+    let pids: Vec<i64> = t.report["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    for kind in ["tcp", "unix"] {
+        let fd = t.report[kind].as_i64().expect("fd");
+        let path = format!("/proc/{}/fd/{fd}", t.pid);
+        assert_eq!(fuser_pids(&path), pids, "{kind}: fuser");
+        assert_eq!(pids_as(false, &["--path", &path]), pids, "{kind}: --pids");
+        let doc = ls_json(&["--path", &path]);
+        for &pid in &pids {
+            assert_eq!(fds_of(&doc, pid), [fd], "{kind}: pid {pid}: {doc}");
+        }
+    }
+}

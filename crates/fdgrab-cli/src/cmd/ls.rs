@@ -90,7 +90,11 @@ fn build_query(a: &LsArgs) -> Result<Query> {
         Some(p) => {
             let m = std::fs::metadata(p)
                 .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
-            (Some((m.dev(), m.ino())), m.file_type().is_socket())
+            // A unix socket's name is matched by the sockets bound to it; a
+            // socket itself (/proc/PID/fd/N of one, an inode of sockfs) by the
+            // fds on it, as any other file and as fuser does.
+            let name = m.file_type().is_socket() && !on_sockfs(p);
+            (Some((m.dev(), m.ino())), name)
         }
         None => (None, false),
     };
@@ -106,6 +110,14 @@ fn build_query(a: &LsArgs) -> Result<Query> {
         uid,
         pids_only: a.pids_only,
     })
+}
+
+/// Whether `path` leads to a socket itself rather than to a name it was bound to.
+fn on_sockfs(path: &std::path::Path) -> bool {
+    const SOCKFS_MAGIC: i64 = 0x534F_434B;
+    // f_type is i64 here, narrower or unsigned on other targets.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == SOCKFS_MAGIC)
 }
 
 /// A user name (through NSS, as `run --user` resolves it) or a number.

@@ -495,6 +495,15 @@ impl<'a> Scan<'a> {
         })
     }
 
+    /// Whether the leader behind `fd_dir` has exited while other threads live
+    /// on: the kernel then counts no fd in its directory, and the table those
+    /// threads share is only seen through them.
+    fn leader_exited(&self, fd_dir: &OwnedFd) -> bool {
+        self.counts_fds()
+            && rustix::fs::fstat(fd_dir).is_ok_and(|st| st.st_size == 0)
+            && crate::procfs::has_other_threads(fd_dir.as_fd())
+    }
+
     fn ranges_ok(&self, fd_dir: &OwnedFd) -> bool {
         if let Some(&ok) = self.ranges_ok.get() {
             return ok;
@@ -553,6 +562,11 @@ impl<'a> Scan<'a> {
         let outcome = match error {
             Some(e) => Err(e),
             None if table.settled.load(Ordering::Relaxed) => self.matched(table.pid),
+            // The ranges were read through the leader, which may have exited
+            // since while its threads hold the table on: read it through them.
+            None if self.leader_exited(&table.fd_dir) => {
+                describe(table.pid, self.q, self.select, self.source)
+            }
             None => Ok(None),
         };
         (Some((table.index, outcome)), true)
@@ -971,6 +985,35 @@ sys.stdin.read()
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Shares the table of `scan`'s only process, checks its first range, runs
+    /// `meanwhile`, then checks the other ranges: the outcomes.
+    fn first_range_then(scan: &Scan, count: usize, meanwhile: impl FnOnce()) -> Vec<Outcome> {
+        let Ok(Some(table)) = scan.process(0) else {
+            panic!("a table of {count} fds is shared");
+        };
+        let mut own_dir = None;
+        let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+        assert!(outcome.is_none() && !exhausted, "more ranges to go");
+        meanwhile();
+        let mut outcomes = Vec::new();
+        for _ in 0..count {
+            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+            outcomes.extend(outcome);
+            if exhausted {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// Writes `line` to the target's stdin.
+    fn tell(t: &mut Target, line: &[u8]) {
+        use std::io::Write;
+        let stdin = t.stdin.as_mut().expect("stdin");
+        stdin.write_all(line).expect("write to the target");
+        stdin.flush().expect("flush");
+    }
+
     /// A process that exits while its shared table is being checked ends as "no
     /// such process" (which a run reports as skipped), whether its match was
     /// found before it exited or would have been in a later range: never as a
@@ -986,26 +1029,131 @@ sys.stdin.read()
             let (mut t, _) = holder(count, at, &path);
             let pids = [t.pid];
             let scan = Scan::new(&pids, &q, &select, &source, false);
-            let Ok(Some(table)) = scan.process(0) else {
-                panic!("a table of {count} fds is shared");
-            };
-            let mut own_dir = None;
-            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-            assert!(outcome.is_none() && !exhausted, "more ranges to go");
-            t.child.kill().expect("kill");
-            t.child.wait().expect("reap");
-            let mut outcomes = Vec::new();
-            for _ in 0..count {
-                let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
-                outcomes.extend(outcome);
-                if exhausted {
-                    break;
-                }
-            }
+            let outcomes = first_range_then(&scan, count, || {
+                t.child.kill().expect("kill");
+                t.child.wait().expect("reap");
+            });
             match &outcomes[..] {
                 [(0, Err(Error::NoSuchProcess { pid }))] => assert_eq!(*pid, t.pid),
                 other => panic!("match at {at}: {other:?}"),
             }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Holds COUNT descriptors of /dev/null, the last of them PATH, and a second
+    /// thread; on a line on stdin the leader exits (pthread_exit), and the thread
+    /// keeps the table alive.
+    const LEADER_EXITS: &str = r#"
+import ctypes, json, os, resource, sys, threading
+count, path = int(sys.argv[1]), sys.argv[2]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(count - 1)]
+fds.append(os.open(path, os.O_RDONLY))
+threading.Thread(target=threading.Event().wait).start()
+print(json.dumps({"target": fds[-1]}), flush=True)
+sys.stdin.readline()
+ctypes.CDLL(None).pthread_exit(None)
+"#;
+
+    /// A holder whose leader exits while its table is checked (after the first
+    /// pass has started, for a shared table, a small counted one, and from
+    /// before it is opened), while another thread keeps holding the file: still a
+    /// holder, found through the live thread, as when the leader exited before.
+    #[test]
+    fn a_holder_whose_leader_exits_mid_scan_is_still_found() {
+        let (dir, q) = held_file("leader");
+        let path = dir.join("held");
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        for count in [4 * SHARED_BLOCK + 5, SHARE_FROM / 2] {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.args(["-c", LEADER_EXITS, &count.to_string()])
+                .arg(&path);
+            let mut t = Target::spawn_cmd(cmd);
+            let fd = t.report["target"].as_i64().expect("target") as i32;
+            let pids = [t.pid];
+            let scan = Scan::new(&pids, &q, &select, &source, false);
+            let exit_leader = |t: &mut Target| {
+                tell(t, b"exit\n");
+                fdgrab_testkit::wait_leader_zombie(t.pid);
+            };
+            let outcome = if count > SHARE_FROM {
+                let outcomes = first_range_then(&scan, count, || exit_leader(&mut t));
+                match <[Outcome; 1]>::try_from(outcomes) {
+                    Ok([(0, outcome)]) => outcome,
+                    other => panic!("one outcome: {other:?}"),
+                }
+            } else {
+                // The whole first pass of a small table is one call: the leader
+                // exits right after its fd directory was counted, which the
+                // same call does first, so exit it before and check that the
+                // scan still finds the holder (the fast path for empty tables).
+                exit_leader(&mut t);
+                match scan.process(0) {
+                    Err((0, outcome)) => outcome,
+                    _ => panic!("a small table is decided at once"),
+                }
+            };
+            let found = outcome
+                .expect("no error")
+                .unwrap_or_else(|| panic!("count {count}: not found"));
+            let fds: Vec<i32> = found.fds.iter().map(|e| e.fd.0).collect();
+            assert_eq!(fds, [fd], "count {count}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Holds COUNT descriptors of /dev/null (close-on-exec) and, past them, PATH
+    /// (kept across exec); on a line on stdin it becomes `sleep`.
+    const EXECS: &str = r#"
+import json, os, resource, sys
+count, path = int(sys.argv[1]), sys.argv[2]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(count - 1)]
+f = os.open(path, os.O_RDONLY); os.set_inheritable(f, True)
+print(json.dumps({"target": f}), flush=True)
+sys.stdin.readline()
+os.execv("/bin/sleep", ["sleep", "30"])
+"#;
+
+    /// A process that execs while its shared table is checked: the descriptors
+    /// closed on exec are gone, and the one it keeps is still found, with exactly
+    /// that descriptor listed.
+    #[test]
+    fn a_shared_table_whose_process_execs_mid_scan() {
+        let (dir, q) = held_file("exec");
+        let path = dir.join("held");
+        let select = select(&q);
+        let source = SocketSource::PerProcess;
+        let count = 4 * SHARED_BLOCK + 5;
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", EXECS, &count.to_string()]).arg(&path);
+        let mut t = Target::spawn_cmd(cmd);
+        let fd = t.report["target"].as_i64().expect("target") as i32;
+        let pids = [t.pid];
+        let scan = Scan::new(&pids, &q, &select, &source, false);
+        let outcomes = first_range_then(&scan, count, || {
+            tell(&mut t, b"exec\n");
+            let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+            while std::fs::read_to_string(format!("/proc/{}/comm", t.pid))
+                .ok()
+                .as_deref()
+                != Some("sleep\n")
+            {
+                assert!(std::time::Instant::now() < deadline, "no exec");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        match &outcomes[..] {
+            [(0, Ok(Some(p)))] => {
+                let fds: Vec<i32> = p.fds.iter().map(|e| e.fd.0).collect();
+                assert_eq!(fds, [fd]);
+                assert_eq!(p.command, "sleep");
+            }
+            other => panic!("{other:?}"),
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
