@@ -178,16 +178,20 @@ impl ThreadPidfds {
 
     /// The cached pidfd of `tid`, now the most recently used.
     pub fn get(&self, tid: i32) -> Option<Arc<PidFd>> {
-        let mut g = self.lock();
-        g.clock += 1;
-        let now = g.clock;
+        let mut guard = self.lock();
+        let g = &mut *guard;
         let slot = g.by_tid.get_mut(&tid)?;
-        let (owner, old) = (slot.owner, slot.stamp);
-        slot.stamp = now;
         let pidfd = Arc::clone(&slot.pidfd);
-        if let Some(l) = g.lru.get_mut(&owner) {
-            l.remove(&old);
-            l.insert(now, tid);
+        // Already the most recently used (a thread binding again): the order
+        // stays as it is, with no tree update.
+        if slot.stamp != g.clock {
+            g.clock += 1;
+            let (owner, old) = (slot.owner, slot.stamp);
+            slot.stamp = g.clock;
+            if let Some(l) = g.lru.get_mut(&owner) {
+                l.remove(&old);
+                l.insert(g.clock, tid);
+            }
         }
         Some(pidfd)
     }
@@ -432,6 +436,32 @@ mod tests {
         assert_eq!(cache.len(), 4);
         assert_eq!(cache.shrink(), 2);
         assert_eq!(cache.len(), 2);
+    }
+
+    /// Getting the newest entry again leaves the order alone (no tree update);
+    /// the entry that is really the oldest still goes first, and an entry made
+    /// newest by a get is kept.
+    #[test]
+    fn getting_the_newest_again_keeps_the_order() {
+        let t = threads(6);
+        let cache = ThreadPidfds::new(4);
+        for &tid in &t.tids[..4] {
+            cache.insert(7, tid, pidfd(tid));
+        }
+        for _ in 0..3 {
+            assert!(cache.get(t.tids[3]).is_some(), "the newest, again");
+        }
+        cache.insert(7, t.tids[4], pidfd(t.tids[4]));
+        assert!(cache.get(t.tids[0]).is_none(), "the oldest went first");
+        assert!(cache.get(t.tids[3]).is_some());
+        // tids[1] becomes the newest, and a repeated get keeps it so.
+        assert!(cache.get(t.tids[1]).is_some());
+        assert!(cache.get(t.tids[1]).is_some());
+        cache.insert(7, t.tids[5], pidfd(t.tids[5]));
+        assert!(cache.get(t.tids[2]).is_none(), "then the next oldest");
+        for &tid in &[t.tids[1], t.tids[3], t.tids[4], t.tids[5]] {
+            assert!(cache.get(tid).is_some(), "tid {tid} kept");
+        }
     }
 
     #[test]

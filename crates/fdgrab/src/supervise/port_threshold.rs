@@ -264,8 +264,8 @@ impl NetnsLinks {
         use rustix::fs::{Mode, OFlags};
         let mut links = self.lock();
         if let Some(link) = links.get(&tid) {
-            match rustix::fs::readlinkat(link, "", Vec::new()) {
-                Ok(text) => return netns_link_inode(text.as_bytes()),
+            match read_link_inode(link) {
+                Ok(ino) => return ino,
                 // Its thread is gone: this tid is someone else's now.
                 Err(_) => drop(links.remove(&tid)),
             }
@@ -276,11 +276,7 @@ impl NetnsLinks {
             Mode::empty(),
         )
         .ok()?;
-        let ino = netns_link_inode(
-            rustix::fs::readlinkat(&link, "", Vec::new())
-                .ok()?
-                .as_bytes(),
-        )?;
+        let ino = read_link_inode(&link).ok()??;
         if !still_caller() {
             return None;
         }
@@ -295,8 +291,7 @@ impl NetnsLinks {
 
     /// Closes the links of threads that have exited.
     pub fn prune_exited(&self) {
-        self.lock()
-            .retain(|_, link| rustix::fs::readlinkat(&*link, "", Vec::new()).is_ok());
+        self.lock().retain(|_, link| read_link_inode(link).is_ok());
     }
 
     /// How many links are kept.
@@ -308,6 +303,15 @@ impl NetnsLinks {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The nsfs inode a kept `/proc/TID/ns/net` link names now (`Ok(None)`: not
+/// a `net:[INODE]` text); an error once its thread is gone. Read into a stack
+/// buffer: this is on every allowed bind's path, which allocates nothing.
+fn read_link_inode(link: impl AsFd) -> rustix::io::Result<Option<u64>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32];
+    let (text, _) = rustix::fs::readlinkat_raw(link, c"", &mut buf)?;
+    Ok(netns_link_inode(text))
 }
 
 /// The inode in a `net:[INODE]` link text.
