@@ -424,50 +424,10 @@ fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64; 4], controllen: usize) -> libc
 /// # Safety
 /// Only for a freshly forked child of a single-threaded process.
 unsafe fn child(sock: RawFd, result: RawFd) -> ! {
-    let filter = [
-        // ld nr; jeq getppid ? notify : allow
-        libc::sock_filter {
-            code: 0x20,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: 0x15,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_getppid as u32,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_USER_NOTIF,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_ALLOW,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
     // SAFETY: the caller guarantees we are a fresh child; every pointer below is to
     // a live local of the right size.
     unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        let listener = libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            FLAG_NEW_LISTENER,
-            &prog,
-        );
-        if listener < 0 {
-            libc::_exit(1);
-        }
+        let listener = trap_only(libc::SYS_getppid);
         send_fd(sock, listener as RawFd);
         libc::close(listener as RawFd);
         let mut samples = [0u64; CALLS];
@@ -722,37 +682,6 @@ unsafe fn floor_child(
     path: &std::ffi::CStr,
     argv: &[*const libc::c_char],
 ) -> ! {
-    let filter = [
-        // ld nr; jeq bind ? notify : allow
-        libc::sock_filter {
-            code: 0x20,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: 0x15,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_bind as u32,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_USER_NOTIF,
-        },
-        libc::sock_filter {
-            code: 0x06,
-            jt: 0,
-            jf: 0,
-            k: RET_ALLOW,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
     // SAFETY: the caller guarantees a fresh child; every pointer is to a live local
     // or to memory prepared before the fork.
     unsafe {
@@ -764,16 +693,7 @@ unsafe fn floor_child(
         {
             libc::_exit(1);
         }
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        let listener = libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            FLAG_NEW_LISTENER,
-            &prog,
-        );
-        if listener < 0 {
-            libc::_exit(1);
-        }
+        let listener = trap_only(libc::SYS_bind);
         send_fd(sock, listener as RawFd);
         libc::close(listener as RawFd);
         libc::dup2(out, 1);
@@ -799,5 +719,59 @@ fn send_fd(sock: RawFd, fd: RawFd) {
         (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
         libc::sendmsg(sock, &msg, 0);
+    }
+}
+
+/// Installs a filter that sends system call `nr` to a new listener and allows
+/// everything else; returns the listener (exits the process if it cannot).
+///
+/// # Safety
+/// Only in a forked child: it sets `PR_SET_NO_NEW_PRIVS` and may `_exit`.
+unsafe fn trap_only(nr: libc::c_long) -> RawFd {
+    let filter = [
+        // ld nr; jeq NR ? notify : allow
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: nr as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_USER_NOTIF,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `filter`, both live locals; the caller is a
+    // forked child that may set no_new_privs and exit.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        let listener = libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            FLAG_NEW_LISTENER,
+            &prog,
+        );
+        if listener < 0 {
+            libc::_exit(1);
+        }
+        listener as RawFd
     }
 }
