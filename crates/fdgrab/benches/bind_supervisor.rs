@@ -15,11 +15,14 @@
 //!    read, `ID_VALID`, `pidfd_getfd` (pidfd kept), `SO_NETNS_COOKIE` (proves a
 //!    socket, names its netns), `system.sockprotoname` (family, type, protocol),
 //!    `readlinkat` of a kept `/proc/TID/ns/net` link (the caller's netns), `bind`,
-//!    `SEND`, `close`. fdgrab's added cost over this floor's is its own overhead.
+//!    `SEND`, `close`. The program runs as nobody here too. fdgrab's added cost
+//!    over this floor's is its own overhead. Goal: at most 1.25× the floor's.
 //! 4. Untrapped calls: a `getppid` loop under `fdgrab run` against the same loop
 //!    without it. Goal: at most 1.05×.
 //!
 //! Needs root and release binaries: `scripts/bench-run` builds them and runs this.
+//! `FDGRAB_BENCH_BASE=/path/to/an/older/fdgrab` adds that build's loop to every
+//! round, for a before/after comparison in the same conditions.
 
 use std::os::fd::RawFd;
 use std::process::Command;
