@@ -8,14 +8,100 @@
 //! - the same with `--backend ptrace`. Goal: median ≤ 3.0× `/bin/true`, and its p90
 //!   ≤ 1.5× its own median (no long tail).
 //!
+//! For scale, two more rows, printed and not judged: the floor of any `get` that is
+//! a program of its own, started and then exec'ing CMD. Each is a minimal program
+//! built here that does only `pidfd_open`, `pidfd_getfd`, `dup2` and `execv`: one
+//! in C (`cc`), one in Rust with std (`rustc`, linked with the static unwinder as
+//! fdgrab is). A compiler that is missing leaves its row out.
+//!
 //! Exits non-zero when a goal is missed. Run with `scripts/bench get_vs_true`
-//! (it builds the release binaries).
+//! (it builds the release binaries); `FDGRAB_BENCH_BIN` measures another fdgrab
+//! binary (e.g. an older build).
 
 use fdgrab_testkit::{bin, Target};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 60;
+
+const FLOOR_C: &str = r#"
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    int pid = atoi(argv[1]), fd = atoi(argv[2]);
+    int p = syscall(SYS_pidfd_open, pid, 0);
+    int g = p < 0 ? -1 : syscall(SYS_pidfd_getfd, p, fd, 0);
+    if (g < 0 || dup2(g, fd) < 0) return 1;
+    execv(argv[3], argv + 3);
+    return 127;
+}
+"#;
+
+const FLOOR_RUST: &str = r#"
+use std::os::unix::process::CommandExt;
+extern "C" {
+    fn syscall(n: i64, ...) -> i64;
+    fn dup2(old: i32, new: i32) -> i32;
+}
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let pid: i32 = a[1].parse().expect("pid");
+    let fd: i32 = a[2].parse().expect("fd");
+    // SAFETY: plain system calls on integers; no memory is passed.
+    let ok = unsafe {
+        let p = syscall(434, pid, 0); // pidfd_open
+        let g = if p < 0 { -1 } else { syscall(438, p, fd, 0) }; // pidfd_getfd
+        g >= 0 && dup2(g as i32, fd) >= 0
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    let e = std::process::Command::new(&a[3]).args(&a[4..]).exec();
+    eprintln!("{e}");
+    std::process::exit(127)
+}
+"#;
+
+/// Builds the floor programs in `dir`: (row name, path) for each compiler found.
+fn floor_programs(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBuf)> {
+    let build = |src_name: &str, src: &str, compile: &mut Command| {
+        let src_path = dir.join(src_name);
+        std::fs::write(&src_path, src).expect("write floor source");
+        let ok = compile
+            .arg(&src_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| dir.join(src_name.split('.').next().unwrap_or(src_name)))
+    };
+    let mut out = Vec::new();
+    let c = dir.join("floor_c");
+    if let Some(p) = build(
+        "floor_c.c",
+        FLOOR_C,
+        Command::new("cc").args(["-O2", "-o"]).arg(&c),
+    ) {
+        out.push(("C get (floor)", p));
+    }
+    let rust = dir.join("floor_rust");
+    let unwinder = concat!(env!("OUT_DIR"), "/static-unwinder");
+    if let Some(p) = build(
+        "floor_rust.rs",
+        FLOOR_RUST,
+        Command::new("rustc")
+            .args(["-C", "opt-level=3", "-C", "strip=debuginfo", "-L"])
+            .arg(format!("native={unwinder}"))
+            .arg("-o")
+            .arg(&rust),
+    ) {
+        out.push(("Rust std get (floor)", p));
+    }
+    out
+}
 
 fn time(cmd: &mut Command) -> Duration {
     let start = Instant::now();
@@ -43,10 +129,21 @@ fn main() {
     let target = Target::spawn(["zoo"]);
     let pid = target.pid.to_string();
     let fd = target.fd_labelled("file").to_string();
-    let fdgrab = bin("fdgrab");
+    let fdgrab = std::env::var_os("FDGRAB_BENCH_BIN")
+        .filter(|b| !b.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin("fdgrab"));
     let get = |backend: &str| {
         let mut c = Command::new(&fdgrab);
         c.args(["get", "--backend", backend, &pid, &fd, "--", "/bin/true"]);
+        c
+    };
+    let scratch = std::env::temp_dir().join(format!("fdgrab-get-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let floors = floor_programs(&scratch);
+    let floor = |path: &std::path::Path| {
+        let mut c = Command::new(path);
+        c.args([&pid, &fd, "/bin/true"]);
         c
     };
     // Warm the page cache and check every command works before timing.
@@ -54,14 +151,22 @@ fn main() {
         time(&mut Command::new("/bin/true"));
         time(&mut get("pidfd"));
         time(&mut get("ptrace"));
+        for (_, path) in &floors {
+            time(&mut floor(path));
+        }
     }
     let (mut t, mut p, mut x, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut f: Vec<Vec<Duration>> = vec![Vec::new(); floors.len()];
     for _ in 0..ROUNDS {
         t.push(time(&mut Command::new("/bin/true")));
         v.push(time(Command::new(&fdgrab).arg("--version")));
         p.push(time(&mut get("pidfd")));
         x.push(time(&mut get("ptrace")));
+        for (i, (_, path)) in floors.iter().enumerate() {
+            f[i].push(time(&mut floor(path)));
+        }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     let true_med = quantile(&mut t, 0.5);
     let pidfd_med = quantile(&mut p, 0.5);
     let ptrace_med = quantile(&mut x, 0.5);
@@ -90,6 +195,15 @@ fn main() {
         ms(ptrace_med),
         ms(ptrace_p90)
     );
+    for (i, (name, _)) in floors.iter().enumerate() {
+        let med = quantile(&mut f[i], 0.5);
+        println!(
+            "  {name:<36} {:7.3} ms (p90 {:.3})  {:.2}x /bin/true",
+            ms(med),
+            ms(quantile(&mut f[i], 0.9)),
+            ms(med) / ms(true_med)
+        );
+    }
     drop(target);
     let mut goals = fdgrab_testkit::bench::Goals::new("get_vs_true");
     goals.at_most("get (pidfd) / /bin/true", pidfd_ratio, 2.0);

@@ -13,6 +13,9 @@
 //! Page faults and wall time are printed, not judged: faults are dominated by what
 //! the dynamic loader maps, and wall-time ratios on a shared 2-core machine move by
 //! more than the difference being measured. Figures: docs/performance.md.
+//! A third goal guards the link order of start-up functions (build.rs): at least
+//! 80% of the names in `startup-order.txt` are functions of the measured binary
+//! (fewer: the file went stale, regenerate it with `scripts/startup-order`).
 
 use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
 use std::process::{Command, Stdio};
@@ -68,6 +71,26 @@ fn instructions(argv: &[String]) -> Option<u64> {
         .split_whitespace()
         .next()?;
     n.parse().ok()
+}
+
+/// How many of the function names in `startup-order.txt` the binary at `bin` has
+/// (`nm`), and how many the file lists; None without `nm` or the file.
+fn order_resolved(bin: &str) -> Option<(usize, usize)> {
+    let order =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/startup-order.txt")).ok()?;
+    let nm = Command::new("nm")
+        .arg("--defined-only")
+        .arg(bin)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&nm.stdout);
+    let have: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let wanted: Vec<&str> = order.lines().filter(|l| !l.starts_with('#')).collect();
+    let found = wanted.iter().filter(|n| have.contains(*n)).count();
+    Some((found, wanted.len()))
 }
 
 fn median<T: Ord + Copy>(v: &mut [T]) -> T {
@@ -142,6 +165,14 @@ fn main() {
         }
     }
     println!("{rounds} interleaved rounds; medians.");
+    let what = "startup-order.txt names found in the binary (if low: rerun scripts/startup-order)";
+    match order_resolved(&fdgrab) {
+        Some((found, listed)) if listed > 0 => {
+            println!("{what}: {found} of {listed}");
+            goals.at_least(what, found as f64 / listed as f64, 0.8);
+        }
+        _ => goals.not_measured(what, "no nm, or no startup-order.txt"),
+    }
     for (name, n, goal) in judged {
         let what = format!("{name} instructions / /bin/true's");
         match (n, insns[0]) {
