@@ -320,3 +320,57 @@ fn agent_netns_check_without_net_admin() {
         "{audit:?}"
     );
 }
+
+/// Many containers keep many threads binding at once, at a low descriptor
+/// limit: what the agent caches per calling thread (a pidfd and a netns link)
+/// stays within its quarter of the table, however many containers there are.
+/// (With 8 netns links per container outside the budget, twelve containers
+/// would have held 96 links on top of the pidfds.) Every bind still succeeds,
+/// and the descriptors come back once the containers are gone.
+#[test]
+fn agent_descriptor_budget_holds_with_many_containers() {
+    if !root_or_skip() {
+        return;
+    }
+    const NOFILE: usize = 256;
+    const CONTAINERS: u8 = 12;
+    const THREADS: usize = 8;
+    let agent = AgentProc::start_with_nofile(&["--allow-bind", "tcp:87"], NOFILE as u64);
+    let baseline = agent.fd_count();
+    let mut tenants: Vec<FakeTenant> = (0..CONTAINERS)
+        .map(|i| FakeTenant::start(&agent, &unique(&format!("many{i}"))))
+        .collect();
+    // Each container's listener, and whatever else it holds between binds.
+    let with_tenants = agent.fd_count();
+    for (i, t) in (0u8..).zip(tenants.iter_mut()) {
+        let r = t.ask(&format!("storm {THREADS} {} 87", 140 + i), TIMEOUT);
+        assert_eq!(r["started"], THREADS, "{r}");
+    }
+    // The cache's quarter, plus what a request holds while it is served (our
+    // copy of the socket, a fresh pidfd or link not yet cached, a /proc file of
+    // the audit line): a few per worker.
+    let bound = NOFILE / 4 + 3 * usize::from(CONTAINERS);
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        peak = peak.max(agent.fd_count().saturating_sub(with_tenants));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        peak <= bound,
+        "the agent held {peak} descriptors for {CONTAINERS} containers' binding threads, \
+         more than {bound}"
+    );
+    for (i, t) in (0u8..).zip(tenants.iter_mut()) {
+        let r = t.ask("stop", TIMEOUT);
+        assert!(r["binds"].as_u64() >= Some(THREADS as u64), "{r}");
+        let r = t.ask(&format!("bind 127.{}.9.9 87", 140 + i), TIMEOUT);
+        assert_eq!(r["errno"], 0, "container {i}, after its storm: {r}");
+    }
+    let log = agent.log.text();
+    assert!(!log.contains("EMFILE"), "{log}");
+    for mut t in tenants {
+        t.kill();
+    }
+    fds_return(&agent, baseline);
+}

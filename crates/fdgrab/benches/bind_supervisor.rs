@@ -9,10 +9,20 @@
 //!    the SYNC_WAKE_UP round trip. nsjail publishes 88 µs per notified call. The
 //!    same loop under a policy with `netns = "any"` shows what the netns check
 //!    (reading the caller's `/proc/TID/ns/net` link) costs of that.
-//! 3. Untrapped calls: a `getppid` loop under `fdgrab run` against the same loop
+//! 3. The floor: the same loop, its binds answered by a raw-syscall supervisor in
+//!    this bench (none of fdgrab's code) that makes exactly the calls no safe bind
+//!    supervisor can leave out, timed one by one in a second pass: the sockaddr
+//!    read, `ID_VALID`, `pidfd_getfd` (pidfd kept), `SO_NETNS_COOKIE` (proves a
+//!    socket, names its netns), `system.sockprotoname` (family, type, protocol),
+//!    `readlinkat` of a kept `/proc/TID/ns/net` link (the caller's netns), `bind`,
+//!    `SEND`, `close`. The program runs as nobody here too. fdgrab's added cost
+//!    over this floor's is its own overhead. Goal: at most 1.25× the floor's.
+//! 4. Untrapped calls: a `getppid` loop under `fdgrab run` against the same loop
 //!    without it. Goal: at most 1.05×.
 //!
 //! Needs root and release binaries: `scripts/bench-run` builds them and runs this.
+//! `FDGRAB_BENCH_BASE=/path/to/an/older/fdgrab` adds that build's loop to every
+//! round, for a before/after comparison in the same conditions.
 
 use std::os::fd::RawFd;
 use std::process::Command;
@@ -27,6 +37,10 @@ const IOCTL_RECV: libc::c_ulong = 0xc050_2100;
 const IOCTL_SEND: libc::c_ulong = 0xc018_2101;
 const IOCTL_SET_FLAGS: libc::c_ulong = 0x4008_2104;
 const FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
+/// uid and gid of `nobody` (Debian).
+const NOBODY: libc::uid_t = 65534;
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
 #[repr(C)]
 struct Notif {
@@ -81,7 +95,11 @@ fn main() {
     let any_args = ["run", "--user", "nobody", "--policy"];
     // Rounds interleave every measurement, so load from other processes on the
     // machine hits them alike; medians of the rounds are reported.
-    let mut rounds: Vec<[f64; 6]> = Vec::new();
+    // FDGRAB_BENCH_BASE=/path/to/an/older/fdgrab measures it in the same rounds.
+    let base = std::env::var_os("FDGRAB_BENCH_BASE").map(std::path::PathBuf::from);
+    let mut base_rounds = Vec::new();
+    let mut rounds: Vec<[f64; 7]> = Vec::new();
+    let mut steps: [Vec<f64>; FLOOR_STEPS.len()] = Default::default();
     for _ in 0..ROUNDS {
         let slow = roundtrip_ns(false, false);
         let sync = roundtrip_ns(true, false);
@@ -100,7 +118,17 @@ fn main() {
                 .arg(&probe)
                 .args(["loop-bind", &loops, "80"]),
         );
-        rounds.push([slow, sync, sync_epoll, root, supervised, any]);
+        if let Some(old) = &base {
+            base_rounds.push(median_ns(
+                Command::new(old)
+                    .args(run_args)
+                    .arg(&probe)
+                    .args(["loop-bind", &loops, "80"]),
+            ));
+        }
+        let floor = floor_ns(&probe, &loops, None);
+        floor_ns(&probe, &loops, Some(&mut steps));
+        rounds.push([slow, sync, sync_epoll, root, supervised, any, floor]);
     }
     let _ = std::fs::remove_dir_all(&dir);
     let col = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
@@ -108,8 +136,8 @@ fn main() {
     let (lo, hi) = added_each
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    let (slow, sync, sync_epoll, root, supervised, any) =
-        (col(0), col(1), col(2), col(3), col(4), col(5));
+    let (slow, sync, sync_epoll, root, supervised, any, floor) =
+        (col(0), col(1), col(2), col(3), col(4), col(5), col(6));
     println!("bare notify round trip (raw ioctls, answered at once), median of {ROUNDS} rounds:");
     println!("  plain getppid, no filter       {plain:>9.0} ns");
     println!("  without SYNC_WAKE_UP           {slow:>9.0} ns");
@@ -134,6 +162,29 @@ fn main() {
         supervised - any,
         (any - root) / sync
     );
+    if !base_rounds.is_empty() {
+        let b = median(base_rounds) - root;
+        println!(
+            "  FDGRAB_BENCH_BASE under run    {:>9.0} ns per iteration: {b:.0} ns added = {:.2}x",
+            b + root,
+            b / sync
+        );
+    }
+    let floor_added = floor - root;
+    println!(
+        "  the floor (raw supervisor)     {floor:>9.0} ns per iteration: {floor_added:.0} ns added = \
+         {:.2}x the round trip; fdgrab's added cost is {:.2}x the floor's",
+        floor_added / sync,
+        added / floor_added
+    );
+    println!("  the floor's calls, timed one by one (medians of {ROUNDS} rounds' medians):");
+    let mut sum = 0.0;
+    for (name, samples) in FLOOR_STEPS.iter().zip(steps) {
+        let m = median(samples);
+        sum += m;
+        println!("    {name:<44} {m:>6.0} ns");
+    }
+    println!("    {:<44} {sum:>6.0} ns", "sum");
 
     let n = 5_000_000u64.to_string();
     let bare = median_ns(Command::new(&probe).args(["loop-getppid", &n]));
@@ -163,6 +214,11 @@ fn main() {
         "added per intercepted bind / SYNC_WAKE_UP round trip",
         added / sync,
         1.8,
+    );
+    goals.at_most(
+        "fdgrab's added cost per bind / the floor's",
+        added / floor_added,
+        1.25,
     );
     goals.at_most(
         "untrapped getppid under run / under a one-instruction filter",
@@ -285,19 +341,7 @@ fn roundtrip_ns(sync_wake_up: bool, through_epoll: bool) -> f64 {
         // SAFETY: in the child; see `child`.
         unsafe { child(sv[1], result[1]) };
     }
-    // SAFETY: receiving one fd with SCM_RIGHTS into stack buffers; all pointers are
-    // valid for the sizes given.
-    let listener = unsafe {
-        let mut byte = 0u8;
-        let mut iov = one_byte(&mut byte);
-        let mut cbuf = [0u64; 4];
-        let len = std::mem::size_of_val(&cbuf);
-        let mut msg = msghdr(&mut iov, &mut cbuf, len);
-        check(libc::recvmsg(sv[0], &mut msg, 0) as libc::c_long, "recvmsg");
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        assert!(!cmsg.is_null(), "no listener fd from the child");
-        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd)
-    };
+    let listener = recv_listener(sv[0]);
     if sync_wake_up {
         // SAFETY: SET_FLAGS takes its flags by value.
         check(
@@ -383,8 +427,312 @@ fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64; 4], controllen: usize) -> libc
 /// # Safety
 /// Only for a freshly forked child of a single-threaded process.
 unsafe fn child(sock: RawFd, result: RawFd) -> ! {
+    // SAFETY: the caller guarantees we are a fresh child; every pointer below is to
+    // a live local of the right size.
+    unsafe {
+        let listener = trap_only(libc::SYS_getppid);
+        send_fd(sock, listener as RawFd);
+        libc::close(listener as RawFd);
+        let mut samples = [0u64; CALLS];
+        for i in 0..WARMUP + CALLS {
+            let mut a: libc::timespec = std::mem::zeroed();
+            let mut b: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut a);
+            libc::syscall(libc::SYS_getppid);
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut b);
+            if i >= WARMUP {
+                let ns = (b.tv_sec - a.tv_sec) * 1_000_000_000 + (b.tv_nsec - a.tv_nsec);
+                samples[i - WARMUP] = ns as u64;
+            }
+        }
+        samples.sort_unstable();
+        let med = samples[CALLS / 2] as f64;
+        libc::write(result, med.to_ne_bytes().as_ptr().cast(), 8);
+        libc::_exit(0);
+    }
+}
+
+/// The calls a safe bind supervisor must make per allowed bind, in order, as
+/// [`floor_ns`] times them (`RECV` is left out: it is where the supervisor waits).
+const FLOOR_STEPS: [&str; 9] = [
+    "process_vm_readv (the sockaddr)",
+    "ID_VALID",
+    "pidfd_getfd (kept pidfd)",
+    "getsockopt(SO_NETNS_COOKIE)",
+    "fgetxattr(system.sockprotoname)",
+    "readlinkat (kept /proc/TID/ns/net link)",
+    "bind",
+    "SEND",
+    "close (our copy)",
+];
+
+/// Runs `bind-probe loop-bind` with its binds trapped and answered here by the
+/// floor's calls, and returns the probe's median iteration. With `steps`, each
+/// call is timed and its per-request times are pushed (as one median per run).
+fn floor_ns(probe: &std::path::Path, loops: &str, steps: Option<&mut [Vec<f64>; 9]>) -> f64 {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(probe.as_os_str().as_bytes()).expect("probe path");
+    let argv_owned = [
+        CString::new("bind-probe").expect("arg"),
+        CString::new("loop-bind").expect("arg"),
+        CString::new(loops).expect("arg"),
+        CString::new("80").expect("arg"),
+    ];
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut sv = [0 as RawFd; 2];
+    let mut out = [0 as RawFd; 2];
+    // SAFETY: arrays of two ints for the new fds.
+    unsafe {
+        check(
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()).into(),
+            "socketpair",
+        );
+        check(libc::pipe(out.as_mut_ptr()).into(), "pipe");
+    }
+    // SAFETY: the bench is single-threaded; the child only makes system calls on
+    // memory prepared before the fork, then execs.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, see above.
+        unsafe { floor_child(sv[1], out[1], &path, &argv) };
+    }
+    // SAFETY: closing the child's ends in the parent.
+    unsafe {
+        libc::close(sv[1]);
+        libc::close(out[1]);
+    }
+    let listener = recv_listener(sv[0]);
+    let link_path = CString::new(format!("/proc/{pid}/ns/net")).expect("path");
+    // SAFETY: plain system calls on fds and C strings that live across them.
+    let (pidfd, link) = unsafe {
+        check(
+            libc::ioctl(listener, IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP).into(),
+            "SET_FLAGS",
+        );
+        let pidfd = check(libc::syscall(libc::SYS_pidfd_open, pid, 0), "pidfd_open") as RawFd;
+        let link = libc::open(
+            link_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        check(link.into(), "open /proc/PID/ns/net");
+        (pidfd, link)
+    };
+    let timed = steps.is_some();
+    let mut times: Vec<[u64; 9]> = Vec::new();
+    let xattr = c"system.sockprotoname";
+    loop {
+        let mut t = [0u64; 10];
+        let mut stamp = |i: usize| {
+            if timed {
+                t[i] = now_ns();
+            }
+        };
+        // SAFETY: zeroed structs of the sizes the ioctl numbers encode; every
+        // buffer below is a live local of the length passed with it.
+        let done = unsafe {
+            let mut n: Notif = std::mem::zeroed();
+            if libc::ioctl(listener, IOCTL_RECV, &mut n) < 0 {
+                true // ENOENT: the filter has no users left, the probe exited
+            } else {
+                let mut addr = [0u8; 128];
+                let len = (n.args[2] as usize).min(addr.len());
+                stamp(0);
+                let local = libc::iovec {
+                    iov_base: addr.as_mut_ptr().cast(),
+                    iov_len: len,
+                };
+                let remote = libc::iovec {
+                    iov_base: n.args[1] as usize as *mut libc::c_void,
+                    iov_len: len,
+                };
+                check(
+                    libc::process_vm_readv(n.pid as i32, &local, 1, &remote, 1, 0) as libc::c_long,
+                    "process_vm_readv",
+                );
+                stamp(1);
+                check(
+                    libc::ioctl(listener, IOCTL_ID_VALID, &n.id).into(),
+                    "ID_VALID",
+                );
+                stamp(2);
+                let sock = check(
+                    libc::syscall(libc::SYS_pidfd_getfd, pidfd, n.args[0] as i32, 0),
+                    "pidfd_getfd",
+                ) as RawFd;
+                stamp(3);
+                let mut cookie = 0u64;
+                let mut olen = 8 as libc::socklen_t;
+                check(
+                    libc::getsockopt(
+                        sock,
+                        libc::SOL_SOCKET,
+                        SO_NETNS_COOKIE,
+                        (&mut cookie as *mut u64).cast(),
+                        &mut olen,
+                    )
+                    .into(),
+                    "SO_NETNS_COOKIE",
+                );
+                stamp(4);
+                let mut name = [0u8; 16];
+                check(
+                    libc::fgetxattr(sock, xattr.as_ptr(), name.as_mut_ptr().cast(), 16)
+                        as libc::c_long,
+                    "fgetxattr",
+                );
+                stamp(5);
+                let mut ns = [0u8; 64];
+                check(
+                    libc::readlinkat(link, c"".as_ptr(), ns.as_mut_ptr().cast(), 64)
+                        as libc::c_long,
+                    "readlinkat",
+                );
+                stamp(6);
+                let bound = libc::bind(sock, addr.as_ptr().cast(), len as libc::socklen_t);
+                stamp(7);
+                let mut r = Resp {
+                    id: n.id,
+                    val: 0,
+                    error: if bound < 0 {
+                        -*libc::__errno_location()
+                    } else {
+                        0
+                    },
+                    flags: 0,
+                };
+                check(libc::ioctl(listener, IOCTL_SEND, &mut r).into(), "SEND");
+                stamp(8);
+                libc::close(sock);
+                stamp(9);
+                false
+            }
+        };
+        if done {
+            break;
+        }
+        if timed {
+            let mut d = [0u64; 9];
+            for (i, v) in d.iter_mut().enumerate() {
+                *v = t[i + 1] - t[i];
+            }
+            times.push(d);
+        }
+    }
+    let mut text = String::new();
+    // SAFETY: the pipe's read end is ours; File takes it over and closes it.
+    let mut pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(out[0]) };
+    std::io::Read::read_to_string(&mut pipe, &mut text).expect("probe output");
+    // SAFETY: reaping our child; closing fds this function opened.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        for fd in [sv[0], listener, pidfd, link] {
+            libc::close(fd);
+        }
+    }
+    if let Some(steps) = steps {
+        for (i, s) in steps.iter_mut().enumerate() {
+            s.push(median(times.iter().map(|d| d[i] as f64).collect()));
+        }
+    }
+    let v: serde_json::Value = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("floor probe printed {text:?}"));
+    if v["fails"].as_u64().unwrap_or(0) > 0 {
+        panic!("floor probe: some binds failed: {v}");
+    }
+    v["median_ns"].as_f64().expect("median_ns")
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Receives the listener fd a child sent with SCM_RIGHTS.
+fn recv_listener(sock: RawFd) -> RawFd {
+    // SAFETY: receiving one fd with SCM_RIGHTS into stack buffers; all pointers are
+    // valid for the sizes given.
+    unsafe {
+        let mut byte = 0u8;
+        let mut iov = one_byte(&mut byte);
+        let mut cbuf = [0u64; 4];
+        let len = std::mem::size_of_val(&cbuf);
+        let mut msg = msghdr(&mut iov, &mut cbuf, len);
+        check(libc::recvmsg(sock, &mut msg, 0) as libc::c_long, "recvmsg");
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null(), "no listener fd from the child");
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd)
+    }
+}
+
+/// Installs a filter that traps `bind`, hands its listener over `sock`, and execs
+/// the probe with its stdout on `out`.
+///
+/// # Safety
+/// Only for a freshly forked child of a single-threaded process.
+unsafe fn floor_child(
+    sock: RawFd,
+    out: RawFd,
+    path: &std::ffi::CStr,
+    argv: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: the caller guarantees a fresh child; every pointer is to a live local
+    // or to memory prepared before the fork.
+    unsafe {
+        // The program runs as nobody, as under `fdgrab run --user nobody`: the
+        // supervisor's reads and copies then cross users the same way.
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(NOBODY) != 0
+            || libc::setuid(NOBODY) != 0
+        {
+            libc::_exit(1);
+        }
+        let listener = trap_only(libc::SYS_bind);
+        send_fd(sock, listener as RawFd);
+        libc::close(listener as RawFd);
+        libc::dup2(out, 1);
+        libc::execv(path.as_ptr(), argv.as_ptr());
+        libc::_exit(127);
+    }
+}
+
+/// Sends `fd` over `sock` with SCM_RIGHTS (one data byte).
+fn send_fd(sock: RawFd, fd: RawFd) {
+    let mut byte = b'L';
+    let mut iov = one_byte(&mut byte);
+    let mut cbuf = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let msg = msghdr(&mut iov, &mut cbuf, space);
+    // SAFETY: `msg` has room for one SCM_RIGHTS header and fd in `cbuf`, which
+    // lives until the sendmsg returns.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        libc::sendmsg(sock, &msg, 0);
+    }
+}
+
+/// Installs a filter that sends system call `nr` to a new listener and allows
+/// everything else; returns the listener (exits the process if it cannot).
+///
+/// # Safety
+/// Only in a forked child: it sets `PR_SET_NO_NEW_PRIVS` and may `_exit`.
+unsafe fn trap_only(nr: libc::c_long) -> RawFd {
     let filter = [
-        // ld nr; jeq getppid ? notify : allow
+        // ld nr; jeq NR ? notify : allow
         libc::sock_filter {
             code: 0x20,
             jt: 0,
@@ -395,7 +743,7 @@ unsafe fn child(sock: RawFd, result: RawFd) -> ! {
             code: 0x15,
             jt: 0,
             jf: 1,
-            k: libc::SYS_getppid as u32,
+            k: nr as u32,
         },
         libc::sock_filter {
             code: 0x06,
@@ -414,8 +762,8 @@ unsafe fn child(sock: RawFd, result: RawFd) -> ! {
         len: filter.len() as u16,
         filter: filter.as_ptr().cast_mut(),
     };
-    // SAFETY: the caller guarantees we are a fresh child; every pointer below is to
-    // a live local of the right size.
+    // SAFETY: `prog` points at `filter`, both live locals; the caller is a
+    // forked child that may set no_new_privs and exit.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         let listener = libc::syscall(
@@ -427,32 +775,6 @@ unsafe fn child(sock: RawFd, result: RawFd) -> ! {
         if listener < 0 {
             libc::_exit(1);
         }
-        let mut byte = b'L';
-        let mut iov = one_byte(&mut byte);
-        let mut cbuf = [0u64; 4];
-        let msg = msghdr(&mut iov, &mut cbuf, libc::CMSG_SPACE(4) as usize);
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, listener as RawFd);
-        libc::sendmsg(sock, &msg, 0);
-        libc::close(listener as RawFd);
-        let mut samples = [0u64; CALLS];
-        for i in 0..WARMUP + CALLS {
-            let mut a: libc::timespec = std::mem::zeroed();
-            let mut b: libc::timespec = std::mem::zeroed();
-            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut a);
-            libc::syscall(libc::SYS_getppid);
-            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut b);
-            if i >= WARMUP {
-                let ns = (b.tv_sec - a.tv_sec) * 1_000_000_000 + (b.tv_nsec - a.tv_nsec);
-                samples[i - WARMUP] = ns as u64;
-            }
-        }
-        samples.sort_unstable();
-        let med = samples[CALLS / 2] as f64;
-        libc::write(result, med.to_ne_bytes().as_ptr().cast(), 8);
-        libc::_exit(0);
+        listener as RawFd
     }
 }

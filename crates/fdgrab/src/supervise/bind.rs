@@ -17,9 +17,9 @@
 
 use super::audit::{rfc3339_now, AuditLabels, AuditRecord, AuditSink, Decision};
 use super::handler::{Answer, Context, Handler};
-use super::pidfd_cache::{FdBudget, ThreadPidfds};
+use super::pidfd_cache::{CachedThread, FdBudget, ThreadPidfds};
 use super::policy::{Policy, PolicyCell, Proto};
-use super::port_threshold::{netns_link_inode, NetnsLinks, NETNS_LINKS_PER_HANDLER};
+use super::port_threshold::{caller_netns, netns_link_inode, CallerNetns};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
     read_validated, read_validated_within, Notification, ReadError, Response, SendError,
@@ -52,8 +52,6 @@ pub struct BindHandler {
     owner: u64,
     /// Whether `pidfds` is ours alone (then `maintain` prunes it).
     private_cache: bool,
-    /// Callers' `/proc/TID/ns/net` links, for the netns check.
-    links: Arc<NetnsLinks>,
 }
 
 /// More than this many withdrawn binds at once means nobody is retrying them.
@@ -79,15 +77,7 @@ impl BindHandler {
             pidfds,
             owner,
             private_cache: false,
-            links: Arc::new(NetnsLinks::new(NETNS_LINKS_PER_HANDLER)),
         }
-    }
-
-    /// Keeps callers' netns links in `links` (whoever shares it prunes it,
-    /// [`NetnsLinks::prune_exited`]) instead of a small cache of its own.
-    pub fn netns_links(mut self, links: Arc<NetnsLinks>) -> Self {
-        self.links = links;
-        self
     }
 }
 
@@ -192,13 +182,13 @@ impl Handler for BindHandler {
         &[libc::SYS_bind]
     }
 
-    /// Closes the cached pidfds of threads that have exited, when the cache is
-    /// this handler's alone (a shared one is pruned by its owner).
+    /// Closes the cached pidfds (and netns links) of threads that have exited,
+    /// when the cache is this handler's alone (a shared one is pruned by its
+    /// owner).
     fn maintain(&mut self) {
         if self.private_cache {
             self.pidfds.prune_exited();
         }
-        self.links.prune_exited();
     }
 
     fn handle(&mut self, cx: &mut Context<'_>, notif: &Notification) -> Answer {
@@ -267,7 +257,7 @@ impl BindHandler {
         if !policy.could_allow(addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        let sock = match self.grab(cx, n, fd) {
+        let (sock, cached) = match self.grab(cx, n, fd) {
             Ok(s) => s,
             Err(None) => return None,
             Err(Some(reason)) => return cont(reason),
@@ -289,16 +279,19 @@ impl BindHandler {
         let netns = cx.ports.socket_netns_with(&sock, cookie);
         facts.netns = netns.inode;
         if !policy.any_netns() {
-            let mut gone = false;
-            let same = self
-                .links
-                .inode(n.tid, || {
-                    gone = !cx.listener.id_valid(n.id);
-                    !gone
-                })
-                .and_then(|caller| cx.ports.in_netns(&netns, n.tid, caller));
-            if gone {
-                return None;
+            let kept = cached.as_ref().and_then(|c| c.link.as_deref());
+            let caller = caller_netns(kept, n.tid, || cx.listener.id_valid(n.id));
+            let same = caller
+                .inode()
+                .and_then(|ino| cx.ports.in_netns(&netns, n.tid, ino));
+            match (caller, cached) {
+                (CallerNetns::Gone, _) => return None,
+                // A link proven the caller's, kept with the pidfd that reached
+                // the caller's fd table: both name the same thread.
+                (CallerNetns::Opened(_, link), Some(c)) => {
+                    self.pidfds.keep_link(n.tid, &c.pidfd, link);
+                }
+                _ => {}
             }
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
@@ -513,7 +506,7 @@ impl BindHandler {
         &self,
         cx: &Context<'_>,
         n: &Notification,
-    ) -> Result<Arc<PidFd>, Option<&'static str>> {
+    ) -> Result<CachedThread, Option<&'static str>> {
         let opened = self.open_thread(n.tid);
         if !cx.listener.id_valid(n.id) {
             if opened.is_ok() {
@@ -521,44 +514,56 @@ impl BindHandler {
             }
             return Err(None);
         }
-        opened.map_err(|f| {
-            Some(match f {
-                OpenFailure::TooManyFiles => EMFILE_REASON,
-                OpenFailure::Other => NO_PIDFD_REASON,
+        opened
+            .map(|pidfd| CachedThread { pidfd, link: None })
+            .map_err(|f| {
+                Some(match f {
+                    OpenFailure::TooManyFiles => EMFILE_REASON,
+                    OpenFailure::Other => NO_PIDFD_REASON,
+                })
             })
-        })
     }
 
-    /// Copies the caller's fd `fd`. `Err(None)`: the request is gone;
-    /// `Err(Some(why))`: the kernel should decide.
+    /// Copies the caller's fd `fd`, with the cache entry (pidfd and netns link)
+    /// that reached it when the pidfd is a cached one. `Err(None)`: the request
+    /// is gone; `Err(Some(why))`: the kernel should decide.
     fn grab(
         &mut self,
         cx: &Context<'_>,
         n: &Notification,
         fd: i32,
-    ) -> Result<OwnedFd, Option<&'static str>> {
+    ) -> Result<(OwnedFd, Option<CachedThread>), Option<&'static str>> {
         let getfd_error = |e: Errno| match e {
             Errno::SRCH => None,
             Errno::MFILE | Errno::NFILE => Some(EMFILE_REASON),
             _ => Some(NO_FD_REASON),
         };
-        let (thread, fresh) = match self.pidfds.get(n.tid) {
-            Some(t) => (t, false),
+        let (thread, fresh) = match self.pidfds.entry(n.tid) {
+            Some(c) => (c, false),
             None => (self.fresh_thread(cx, n)?, true),
         };
-        match getfd_from(&thread, fd) {
-            Ok(s) => return Ok(s),
+        match getfd_from(&thread.pidfd, fd) {
+            Ok(s) => return Ok((s, self.cached(thread))),
             // The cached pidfd named an earlier thread with this tid.
             Err(Errno::SRCH) if !fresh => {}
             Err(e @ (Errno::MFILE | Errno::NFILE)) => {
                 self.pidfds.shrink();
-                return getfd_from(&thread, fd).map_err(|_| getfd_error(e));
+                return getfd_from(&thread.pidfd, fd)
+                    .map(|s| (s, None))
+                    .map_err(|_| getfd_error(e));
             }
             Err(e) => return Err(getfd_error(e)),
         }
         self.pidfds.remove(n.tid);
         let thread = self.fresh_thread(cx, n)?;
-        getfd_from(&thread, fd).map_err(getfd_error)
+        let sock = getfd_from(&thread.pidfd, fd).map_err(getfd_error)?;
+        Ok((sock, self.cached(thread)))
+    }
+
+    /// `thread` if its pidfd is a cached thread pidfd (a thread group's, before
+    /// Linux 6.9, serves one request and keeps no link).
+    fn cached(&self, thread: CachedThread) -> Option<CachedThread> {
+        thread.pidfd.is_thread().then_some(thread)
     }
 
     /// Whether `sock` is one we bound to `want` for a call its caller left.

@@ -42,9 +42,6 @@ const AUDIT_RETRY_EVERY: rustix::event::Timespec = rustix::event::Timespec {
 /// [`MAINTENANCE_EVERY`] as a [`std::time::Duration`].
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Netns links `run` keeps at most (one descriptor each).
-const MAX_NETNS_LINKS: usize = 256;
-
 /// A program to run under a seccomp notify supervisor.
 #[derive(Debug)]
 pub struct SupervisedCommand {
@@ -208,11 +205,7 @@ impl SupervisedCommand {
             budget.pidfd_capacity(),
         ));
         let policy = Arc::new(super::policy::PolicyCell::new(Arc::new(self.policy)));
-        let links = Arc::new(super::port_threshold::NetnsLinks::new(
-            budget.pidfd_capacity().min(MAX_NETNS_LINKS),
-        ));
-        let handler = super::BindHandler::shared(policy, Arc::clone(&pidfds), 0)
-            .netns_links(Arc::clone(&links));
+        let handler = super::BindHandler::shared(policy, Arc::clone(&pidfds), 0);
         let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(handler)];
         let notify_fd = listener.into_fd();
         let serving_audit = Arc::clone(&audit);
@@ -258,7 +251,6 @@ impl SupervisedCommand {
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = std::time::Instant::now();
                 pidfds.prune_exited();
-                links.prune_exited();
             }
             if !pfds[0].revents().is_empty() {
                 child.forward(signals)?;

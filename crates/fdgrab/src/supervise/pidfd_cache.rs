@@ -1,15 +1,17 @@
 //! The supervisor's descriptor budget and its cache of thread pidfds.
 //!
 //! Every descriptor the supervisor holds comes out of one table, sized by
-//! `RLIMIT_NOFILE`. The only per-caller descriptors it keeps are thread pidfds
-//! (one per thread that made an allowed bind, to skip `pidfd_open` on the next
-//! one), so those live in one cache with a fixed share of the table. Within it,
+//! `RLIMIT_NOFILE`. The only per-caller descriptors it keeps are per thread that
+//! made an allowed bind: its pidfd (to skip `pidfd_open` on the next one) and a
+//! link to its `/proc/TID/ns/net` (to read its netns without a path walk). Both
+//! live in one entry of one cache with a fixed share of the table. Within it,
 //! each owner (a container, for the agent) gets an equal share and is evicted
 //! least-recently-used first: a container with a thousand binding threads
 //! recycles its own entries and never pushes out another's.
 
 use crate::pidfd::PidFd;
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Fewest entries an owner may keep however many owners share the cache.
@@ -56,9 +58,10 @@ impl FdBudget {
         }
     }
 
-    /// Cached thread pidfds: a quarter of the table.
+    /// Cached thread entries: a quarter of the table, at two descriptors each
+    /// (a pidfd and a netns link).
     pub fn pidfd_capacity(&self) -> usize {
-        usize::try_from(self.limit / 4)
+        usize::try_from(self.limit / 8)
             .unwrap_or(usize::MAX)
             .clamp(MIN_SHARE, MAX_CAPACITY)
     }
@@ -73,8 +76,20 @@ impl FdBudget {
 
 struct Slot {
     pidfd: Arc<PidFd>,
+    /// The thread's `/proc/TID/ns/net` link, once one was proven its own.
+    link: Option<Arc<OwnedFd>>,
     owner: u64,
     stamp: u64,
+}
+
+/// A cached thread: its pidfd and, if one was kept, its netns link.
+#[derive(Debug, Clone)]
+pub struct CachedThread {
+    /// The thread's pidfd.
+    pub pidfd: Arc<PidFd>,
+    /// An `O_PATH` link to the thread's `/proc/TID/ns/net`, opened while the
+    /// thread was parked in a request that was still pending afterwards.
+    pub link: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Default)]
@@ -178,18 +193,51 @@ impl ThreadPidfds {
 
     /// The cached pidfd of `tid`, now the most recently used.
     pub fn get(&self, tid: i32) -> Option<Arc<PidFd>> {
-        let mut g = self.lock();
-        g.clock += 1;
-        let now = g.clock;
+        self.entry(tid).map(|e| e.pidfd)
+    }
+
+    /// The cached pidfd and netns link of `tid`, now the most recently used.
+    pub fn entry(&self, tid: i32) -> Option<CachedThread> {
+        let mut guard = self.lock();
+        let g = &mut *guard;
         let slot = g.by_tid.get_mut(&tid)?;
-        let (owner, old) = (slot.owner, slot.stamp);
-        slot.stamp = now;
-        let pidfd = Arc::clone(&slot.pidfd);
-        if let Some(l) = g.lru.get_mut(&owner) {
-            l.remove(&old);
-            l.insert(now, tid);
+        let entry = CachedThread {
+            pidfd: Arc::clone(&slot.pidfd),
+            link: slot.link.clone(),
+        };
+        // Already the most recently used (a thread binding again): the order
+        // stays as it is, with no tree update.
+        if slot.stamp != g.clock {
+            g.clock += 1;
+            let (owner, old) = (slot.owner, slot.stamp);
+            slot.stamp = g.clock;
+            if let Some(l) = g.lru.get_mut(&owner) {
+                l.remove(&old);
+                l.insert(g.clock, tid);
+            }
         }
-        Some(pidfd)
+        Some(entry)
+    }
+
+    /// Keeps `link` with `tid`'s entry if that entry still holds `pidfd` (the
+    /// pidfd the request was served with: then link and pidfd name the same
+    /// thread); otherwise closes it. `false` when it was not kept.
+    pub fn keep_link(&self, tid: i32, pidfd: &Arc<PidFd>, link: OwnedFd) -> bool {
+        let mut g = self.lock();
+        match g.by_tid.get_mut(&tid) {
+            Some(slot) if Arc::ptr_eq(&slot.pidfd, pidfd) => {
+                slot.link = Some(Arc::new(link));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Descriptors held: pidfds and netns links (a link still in use by a
+    /// request outlives its entry by that request).
+    pub fn descriptors(&self) -> usize {
+        let g = self.lock();
+        g.by_tid.len() + g.by_tid.values().filter(|s| s.link.is_some()).count()
     }
 
     /// Caches `pidfd` for `tid` on behalf of `owner`, first evicting `owner`'s
@@ -220,6 +268,7 @@ impl ThreadPidfds {
             tid,
             Slot {
                 pidfd: Arc::clone(&pidfd),
+                link: None,
                 owner,
                 stamp,
             },
@@ -434,6 +483,117 @@ mod tests {
         assert_eq!(cache.len(), 2);
     }
 
+    /// Getting the newest entry again leaves the order alone (no tree update);
+    /// the entry that is really the oldest still goes first, and an entry made
+    /// newest by a get is kept.
+    #[test]
+    fn getting_the_newest_again_keeps_the_order() {
+        let t = threads(6);
+        let cache = ThreadPidfds::new(4);
+        for &tid in &t.tids[..4] {
+            cache.insert(7, tid, pidfd(tid));
+        }
+        for _ in 0..3 {
+            assert!(cache.get(t.tids[3]).is_some(), "the newest, again");
+        }
+        cache.insert(7, t.tids[4], pidfd(t.tids[4]));
+        assert!(cache.get(t.tids[0]).is_none(), "the oldest went first");
+        assert!(cache.get(t.tids[3]).is_some());
+        // tids[1] becomes the newest, and a repeated get keeps it so.
+        assert!(cache.get(t.tids[1]).is_some());
+        assert!(cache.get(t.tids[1]).is_some());
+        cache.insert(7, t.tids[5], pidfd(t.tids[5]));
+        assert!(cache.get(t.tids[2]).is_none(), "then the next oldest");
+        for &tid in &[t.tids[1], t.tids[3], t.tids[4], t.tids[5]] {
+            assert!(cache.get(tid).is_some(), "tid {tid} kept");
+        }
+    }
+
+    fn netns_link(tid: i32) -> OwnedFd {
+        rustix::fs::open(
+            format!("/proc/{tid}/ns/net"),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("netns link")
+    }
+
+    /// Open descriptors of this process.
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").expect("fd dir").count()
+    }
+
+    /// A netns link is kept only with the pidfd it was proven with, and goes
+    /// with that entry: a later pidfd for the tid (a later thread) starts
+    /// without one.
+    #[test]
+    fn a_netns_link_lives_and_dies_with_its_pidfd() {
+        let t = threads(2);
+        let tid = t.tids[0];
+        let cache = ThreadPidfds::new(8);
+        let first = cache.insert(1, tid, pidfd(tid));
+        let other = Arc::new(pidfd(tid));
+        assert!(
+            !cache.keep_link(tid, &other, netns_link(tid)),
+            "not with another pidfd"
+        );
+        assert!(cache.entry(tid).expect("entry").link.is_none());
+        assert!(cache.keep_link(tid, &first, netns_link(tid)));
+        assert!(cache.entry(tid).expect("entry").link.is_some());
+        assert_eq!(cache.descriptors(), 2);
+        // The tid's entry replaced (its pidfd named an earlier thread): no link.
+        cache.remove(tid);
+        assert!(!cache.keep_link(tid, &first, netns_link(tid)), "entry gone");
+        cache.insert(1, tid, pidfd(tid));
+        assert!(cache.entry(tid).expect("entry").link.is_none());
+        assert!(
+            !cache.keep_link(t.tids[1], &first, netns_link(t.tids[1])),
+            "no entry for that tid"
+        );
+        assert_eq!(cache.descriptors(), 1);
+    }
+
+    /// The agent's one budget holds however many containers bind: every
+    /// container's threads keep a pidfd and a netns link, yet the cache never
+    /// holds more than its capacity in entries and twice that in descriptors,
+    /// a quarter of the table; removing the containers closes them all.
+    #[test]
+    fn the_budget_holds_with_many_containers() {
+        const CONTAINERS: u64 = 40;
+        const THREADS_EACH: usize = 3;
+        let budget = FdBudget { limit: 256 };
+        let cache = ThreadPidfds::new(budget.pidfd_capacity());
+        assert_eq!(budget.pidfd_capacity(), 32);
+        let before = open_fds();
+        let mut all = Vec::new();
+        for owner in 0..CONTAINERS {
+            cache.add_owner(owner);
+            let t = threads(THREADS_EACH);
+            for &tid in &t.tids {
+                let p = cache.insert(owner, tid, pidfd(tid));
+                assert!(cache.keep_link(tid, &p, netns_link(tid)));
+                assert!(cache.len() <= budget.pidfd_capacity());
+                assert!(cache.descriptors() <= 2 * budget.pidfd_capacity());
+                assert!(cache.len_of(owner) <= cache.share());
+            }
+            all.push(t);
+        }
+        assert_eq!(cache.len(), budget.pidfd_capacity());
+        assert_eq!(cache.descriptors(), 2 * budget.pidfd_capacity());
+        assert!(
+            open_fds() - before <= budget.limit as usize / 4,
+            "the cache holds {} descriptors, more than a quarter of {}",
+            open_fds() - before,
+            budget.limit
+        );
+        for owner in 0..CONTAINERS {
+            cache.remove_owner(owner);
+        }
+        assert!(cache.is_empty());
+        assert_eq!(open_fds(), before, "every pidfd and link closed");
+        drop(all);
+    }
+
     #[test]
     fn exited_threads_are_pruned() {
         let cache = ThreadPidfds::new(8);
@@ -455,7 +615,7 @@ mod tests {
 
     #[test]
     fn budget_follows_the_limit() {
-        assert_eq!(FdBudget { limit: 1024 }.pidfd_capacity(), 256);
+        assert_eq!(FdBudget { limit: 1024 }.pidfd_capacity(), 128);
         assert_eq!(FdBudget { limit: 1024 }.pending_connections(), 128);
         assert_eq!(FdBudget { limit: 1 << 20 }.pidfd_capacity(), MAX_CAPACITY);
         assert_eq!(FdBudget { limit: 1 << 20 }.pending_connections(), 512);

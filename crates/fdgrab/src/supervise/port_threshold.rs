@@ -219,95 +219,79 @@ impl UnprivilegedPorts {
     }
 }
 
-/// Kept-open `/proc/TID/ns/net` links (`O_PATH | O_NOFOLLOW`) of threads that
-/// made an allowed bind, to name a caller's network namespace on its next bind.
-///
-/// `readlinkat(link, "")` reads the thread's *current* netns, as `readlink` of the
-/// path does, at half the cost: no path walk through `/proc`. A link names the
-/// thread it was opened for (its `struct pid`), never a later thread given the same
-/// tid: once that thread is gone, reading the link fails and it is reopened by
-/// path. So while a read succeeds, its thread is alive, and since live threads
-/// have distinct tids, it is the caller parked in the request.
+/// A caller's network namespace, read for the netns check
+/// ([`caller_netns`]).
 #[derive(Debug)]
-pub struct NetnsLinks {
-    capacity: usize,
-    links: Mutex<HashMap<i32, OwnedFd>>,
+pub enum CallerNetns {
+    /// Read through a kept link (`None`: an unexpected link text).
+    Kept(Option<u64>),
+    /// Read through a link opened by path just now, proven to be the caller's:
+    /// worth keeping for the thread's next bind.
+    Opened(Option<u64>, OwnedFd),
+    /// The caller's netns could not be read.
+    Unknown,
+    /// The request is gone: answer nothing.
+    Gone,
 }
 
-/// Links kept per bind handler unless the caller sizes the cache: a handler per
-/// container in the agent, each thread that binds often gets the fast path.
-pub const NETNS_LINKS_PER_HANDLER: usize = 8;
-
-impl NetnsLinks {
-    /// Keeps at most `capacity` links (at least one).
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            links: Mutex::new(HashMap::new()),
+impl CallerNetns {
+    /// The nsfs inode, if one was read.
+    pub fn inode(&self) -> Option<u64> {
+        match self {
+            CallerNetns::Kept(i) | CallerNetns::Opened(i, _) => *i,
+            CallerNetns::Unknown | CallerNetns::Gone => None,
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, OwnedFd>> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner())
+/// The nsfs inode of thread `tid`'s network namespace now, for a request from
+/// `tid` that was pending when this was called.
+///
+/// `kept` is an `O_PATH | O_NOFOLLOW` link to the thread's `/proc/TID/ns/net`
+/// from an earlier bind. `readlinkat(link, "")` reads the thread's *current*
+/// netns, as `readlink` of the path does, at half the cost: no path walk. A link
+/// names the thread it was opened for (its `struct pid`), never a later thread
+/// given the same tid: once that thread is gone, reading it fails. So while a
+/// read succeeds its thread is alive, and since live threads have distinct tids,
+/// it is the caller parked in the request.
+///
+/// Without a kept link (or once its thread is gone) a link is opened by path. It
+/// names whichever thread holds `tid` at the open: the caller may have left its
+/// call, exited, and had its tid given to another thread since the last
+/// `ID_VALID`. So `still_caller` (an `ID_VALID` of the request) runs after such
+/// an open; `false` means the request is gone, and nothing is answered or kept.
+pub fn caller_netns(
+    kept: Option<&OwnedFd>,
+    tid: i32,
+    still_caller: impl FnOnce() -> bool,
+) -> CallerNetns {
+    use rustix::fs::{Mode, OFlags};
+    if let Some(Ok(ino)) = kept.map(read_link_inode) {
+        return CallerNetns::Kept(ino);
     }
+    let Ok(link) = rustix::fs::open(
+        format!("/proc/{tid}/ns/net"),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return CallerNetns::Unknown;
+    };
+    let Ok(ino) = read_link_inode(&link) else {
+        return CallerNetns::Unknown;
+    };
+    if !still_caller() {
+        return CallerNetns::Gone;
+    }
+    CallerNetns::Opened(ino, link)
+}
 
-    /// The nsfs inode of thread `tid`'s network namespace now.
-    ///
-    /// A kept link whose read succeeds names a thread that has held `tid` since
-    /// the link was opened, so the parked caller that sent a request with `tid`
-    /// is that thread. A link opened by path names whichever thread holds `tid`
-    /// at the open: the caller may have left its call, exited, and had its tid
-    /// given to another thread since the last `ID_VALID`. So `still_caller` (an
-    /// `ID_VALID` of the request) runs after such an open; `false` means the
-    /// request is gone and nothing is answered or kept.
-    pub fn inode(&self, tid: i32, still_caller: impl FnOnce() -> bool) -> Option<u64> {
-        use rustix::fs::{Mode, OFlags};
-        let mut links = self.lock();
-        if let Some(link) = links.get(&tid) {
-            match rustix::fs::readlinkat(link, "", Vec::new()) {
-                Ok(text) => return netns_link_inode(text.as_bytes()),
-                // Its thread is gone: this tid is someone else's now.
-                Err(_) => drop(links.remove(&tid)),
-            }
-        }
-        let link = rustix::fs::open(
-            format!("/proc/{tid}/ns/net"),
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        let ino = netns_link_inode(
-            rustix::fs::readlinkat(&link, "", Vec::new())
-                .ok()?
-                .as_bytes(),
-        )?;
-        if !still_caller() {
-            return None;
-        }
-        if links.len() >= self.capacity {
-            if let Some(&old) = links.keys().next() {
-                links.remove(&old);
-            }
-        }
-        links.insert(tid, link);
-        Some(ino)
-    }
-
-    /// Closes the links of threads that have exited.
-    pub fn prune_exited(&self) {
-        self.lock()
-            .retain(|_, link| rustix::fs::readlinkat(&*link, "", Vec::new()).is_ok());
-    }
-
-    /// How many links are kept.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// The nsfs inode a kept `/proc/TID/ns/net` link names now (`Ok(None)`: not
+/// a `net:[INODE]` text); an error once its thread is gone. Read into a stack
+/// buffer: this is on every allowed bind's path, which allocates nothing.
+pub(crate) fn read_link_inode(link: impl AsFd) -> rustix::io::Result<Option<u64>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32];
+    let (text, _) = rustix::fs::readlinkat_raw(link, c"", &mut buf)?;
+    Ok(netns_link_inode(text))
 }
 
 /// The inode in a `net:[INODE]` link text.
@@ -464,12 +448,12 @@ mod tests {
     }
 
     /// A kept link reads its thread's netns as it is now (a thread that moved is
-    /// seen in its new netns), and a thread that exited is neither answered for
-    /// nor kept.
+    /// seen in its new netns), and once its thread has exited it answers for no
+    /// one: not for a later thread given the same tid either.
     #[test]
-    fn netns_links_follow_the_thread_and_die_with_it() {
+    fn a_kept_netns_link_follows_its_thread_and_dies_with_it() {
+        use std::os::unix::fs::MetadataExt;
         let ours = std::fs::metadata("/proc/self/ns/net").expect("own netns");
-        let links = NetnsLinks::new(4);
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (moved_tx, moved_rx) = std::sync::mpsc::channel();
@@ -482,45 +466,61 @@ mod tests {
             // network namespace; it touches no memory.
             let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
             let now = std::fs::metadata("/proc/thread-self/ns/net").ok();
-            moved_tx
-                .send((r, now.map(|m| std::os::unix::fs::MetadataExt::ino(&m))))
-                .expect("moved");
+            moved_tx.send((r, now.map(|m| m.ino()))).expect("moved");
             let _ = go_rx.recv();
         });
         let tid = tid_rx.recv().expect("tid");
-        assert_eq!(
-            links.inode(tid, || true),
-            Some(std::os::unix::fs::MetadataExt::ino(&ours))
-        );
-        assert_eq!(links.len(), 1);
+        let link = match caller_netns(None, tid, || true) {
+            CallerNetns::Opened(ino, link) => {
+                assert_eq!(ino, Some(ours.ino()));
+                link
+            }
+            other => panic!("opened by path: {other:?}"),
+        };
         go_tx.send(()).expect("go");
         let (r, moved) = moved_rx.recv().expect("moved");
         if r == 0 {
             let moved = moved.expect("new netns inode");
-            assert_ne!(moved, std::os::unix::fs::MetadataExt::ino(&ours));
-            let kept = links.inode(tid, || panic!("a kept link needs no ID_VALID"));
-            assert_eq!(kept, Some(moved), "read from the kept link");
+            assert_ne!(moved, ours.ino());
+            let kept = caller_netns(Some(&link), tid, || panic!("a kept link needs no ID_VALID"));
+            assert!(
+                matches!(kept, CallerNetns::Kept(Some(i)) if i == moved),
+                "{kept:?}"
+            );
         } else {
             fdgrab_testkit::skip("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
         }
         go_tx.send(()).expect("go");
         t.join().expect("join");
-        links.prune_exited();
-        assert!(links.is_empty(), "the exited thread's link is closed");
+        assert!(
+            read_link_inode(&link).is_err(),
+            "the link died with its thread"
+        );
+        // Whoever holds the tid now (usually nobody) is read by path only, and
+        // only answered for while the request is pending.
+        let after = caller_netns(Some(&link), tid, || false);
+        assert!(
+            matches!(after, CallerNetns::Unknown | CallerNetns::Gone),
+            "{after:?}"
+        );
     }
 
     /// A link opened by path is trusted (answered and kept) only if the request
     /// is still pending afterwards: by then the tid may name another thread.
     #[test]
     fn netns_link_opened_by_path_needs_the_caller() {
-        let links = NetnsLinks::new(4);
         let tid = rustix::thread::gettid().as_raw_nonzero().get();
-        assert_eq!(links.inode(tid, || false), None, "the request is gone");
-        assert!(links.is_empty(), "nothing kept for a request that is gone");
+        assert!(matches!(
+            caller_netns(None, tid, || false),
+            CallerNetns::Gone
+        ));
         let ours = std::fs::metadata("/proc/thread-self/ns/net").expect("own netns");
         let ino = Some(std::os::unix::fs::MetadataExt::ino(&ours));
-        assert_eq!(links.inode(tid, || true), ino);
-        assert_eq!(links.len(), 1);
+        let got = caller_netns(None, tid, || true);
+        assert!(
+            matches!(got, CallerNetns::Opened(i, _) if i == ino),
+            "{got:?}"
+        );
     }
 
     /// A socket made in another netns (as a container's would be) is judged by that

@@ -402,6 +402,7 @@ impl Tenant {
         let bind_nr = handler.syscalls().to_vec();
         let mut pace = Pace::new();
         let mut restore = false;
+        let mut claim = Arc::new(Claim::default());
         loop {
             if self.generation.load(Ordering::Acquire) != generation {
                 return;
@@ -471,7 +472,13 @@ impl Tenant {
                 );
                 continue;
             }
-            let claim = Arc::new(Claim::default());
+            // A fresh claim per request; the last one is reset in place when
+            // nobody else holds it any more (no allocation per bind), else a
+            // new one is made.
+            match Arc::get_mut(&mut claim) {
+                Some(c) => *c = Claim::default(),
+                None => claim = Arc::new(Claim::default()),
+            }
             self.set_job(Job {
                 id: notif.id,
                 tid: notif.tid,
