@@ -374,3 +374,69 @@ fn agent_descriptor_budget_holds_with_many_containers() {
     }
     fds_return(&agent, baseline);
 }
+
+/// Sets `pid`'s soft `RLIMIT_NOFILE` so that exactly `free` descriptor numbers
+/// below it are unused: its next `free` opens succeed, the one after fails
+/// with EMFILE (the hard limit stays).
+fn leave_free_fds(pid: i32, free: usize) {
+    let open: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let (mut limit, mut unused) = (0usize, 0usize);
+    while unused < free {
+        if !open.contains(&limit) {
+            unused += 1;
+        }
+        limit += 1;
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit get");
+    let new = libc::rlimit {
+        rlim_max: old.rlim_max,
+        ..new
+    };
+    // SAFETY: as above; only the soft limit changes.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit set");
+}
+
+/// An agent with room for the caller's pidfd and its socket but not for one
+/// more descriptor: the caller's netns is still read (a link's text needs no
+/// descriptor), and an allowed bind in the caller's own netns is performed by
+/// the agent, not handed to the kernel as a netns mismatch.
+#[test]
+fn agent_netns_check_when_out_of_descriptors() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:461"]);
+    let mut t = FakeTenant::start(&agent, &unique("nofds"));
+    // Learns the container's netns (its cookie and inode) and caches the main
+    // thread's pidfd and link.
+    assert_eq!(t.ask("bind 127.161.0.1 461", TIMEOUT)["errno"], 0);
+    // A new thread: a fresh pidfd and a copy of its socket take the last two.
+    leave_free_fds(agent.pid, 2);
+    let r = t.ask("threads 1 162 461", TIMEOUT);
+    assert_eq!(r["ok"], 1, "{r}");
+    let audit = agent.audit_lines();
+    let line = audit
+        .iter()
+        .find(|l| l["address"] == "127.162.0.1")
+        .unwrap_or_else(|| panic!("no audit line: {audit:?}"));
+    assert_eq!(
+        (&line["decision"], &line["errno"]),
+        (&Value::from("bind"), &Value::from(0)),
+        "the agent bound it: {line}; log {}",
+        agent.log.text()
+    );
+}
