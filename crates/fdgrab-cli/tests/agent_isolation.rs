@@ -440,3 +440,174 @@ fn agent_netns_check_when_out_of_descriptors() {
         agent.log.text()
     );
 }
+
+/// The tid of the agent's thread named `comm`, once it runs.
+fn agent_thread(agent: &AgentProc, comm: &str) -> i32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+            .expect("task dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|tid| {
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", agent.pid))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            });
+        if let Some(tid) = found {
+            return tid;
+        }
+        assert!(Instant::now() < deadline, "no agent thread {comm}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a ptrace stop of `tid` within `TIMEOUT`; its wait status.
+fn traced_stop(tid: i32) -> Result<i32, String> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for a tracee of this thread; writes a local.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if r == tid {
+            return if libc::WIFSTOPPED(status) {
+                Ok(status)
+            } else {
+                Err(format!("thread {tid} ended: {status:#x}"))
+            };
+        }
+        if r < 0 || Instant::now() > deadline {
+            return Err(format!("no stop of thread {tid}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Seizes the agent's thread `tid` (this thread is then its tracer) and
+/// stops it right after the `ID_VALID` that follows its next read of a
+/// caller's memory (`process_vm_readv`): the request it validated may then
+/// vanish while the thread holds still. Says so through `paused`, and lets
+/// it go on when `release` says so (or is dropped).
+fn hold_after_validated_read(
+    tid: i32,
+    paused: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> Result<(), String> {
+    const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+    let sys = |req: libc::c_uint, data: usize| {
+        // SAFETY: ptrace requests on our tracee that pass no memory.
+        let r = unsafe { libc::ptrace(req, tid, 0usize, data) };
+        if r < 0 {
+            Err(format!(
+                "ptrace {req:#x}: {}",
+                std::io::Error::last_os_error()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    sys(libc::PTRACE_SEIZE, libc::PTRACE_O_TRACESYSGOOD as usize)?;
+    sys(libc::PTRACE_INTERRUPT, 0)?;
+    traced_stop(tid)?;
+    let (mut read, mut validating, mut signal) = (false, false, 0);
+    loop {
+        sys(libc::PTRACE_SYSCALL, signal)?;
+        signal = 0;
+        let status = traced_stop(tid)?;
+        let stop = libc::WSTOPSIG(status);
+        if stop != (libc::SIGTRAP | 0x80) {
+            // A signal for the thread goes through; an event stop does not.
+            if status >> 16 == 0 {
+                signal = stop as usize;
+            }
+            continue;
+        }
+        // struct ptrace_syscall_info: op (1 entry, 2 exit) in the first byte,
+        // the syscall number (entry) at byte 24.
+        let mut info = [0u64; 12];
+        // SAFETY: the kernel writes at most size_of_val(&info) bytes to `info`.
+        let n = unsafe {
+            libc::ptrace(
+                PTRACE_GET_SYSCALL_INFO,
+                tid,
+                std::mem::size_of_val(&info),
+                info.as_mut_ptr(),
+            )
+        };
+        if n < 0 {
+            return Err("PTRACE_GET_SYSCALL_INFO".into());
+        }
+        let (op, nr) = (info[0] & 0xff, info[3] as libc::c_long);
+        match op {
+            1 if nr == libc::SYS_process_vm_readv => read = true,
+            1 => validating = read && nr == libc::SYS_ioctl,
+            2 if validating => break,
+            _ => {}
+        }
+    }
+    let _ = paused.send(());
+    let _ = release.recv_timeout(TIMEOUT);
+    sys(libc::PTRACE_DETACH, 0)
+}
+
+/// A bind validated for a thread of one container, whose caller then dies and
+/// whose tid goes to a thread of another container that has made a bind (so
+/// that the shared cache holds its pidfd and netns link under that tid), must
+/// not be carried out on the newcomer's socket: the cache entry is younger
+/// than the request, so it proves nothing about the caller. The agent's
+/// worker is held (ptrace) between the request's validation and its use of
+/// the cache, which a tenant otherwise only hits by racing pid reuse.
+#[test]
+fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:463", "--allow-bind", "tcp:464"]);
+    let mut first = FakeTenant::start(&agent, &unique("reuse-a"));
+    let worker = agent_thread(&agent, "fdgrab-tenant-1");
+    // The second container may bind only port 464.
+    let id = unique("reuse-b");
+    let mut second = FakeTenant::spawn_annotated(&agent.socket, &id, "tcp:464");
+    assert_eq!(second.line(TIMEOUT)["ready"], true);
+    agent
+        .log
+        .wait_for(&format!("container={id} "), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (paused_tx, paused) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let tracer =
+        std::thread::spawn(move || hold_after_validated_read(worker, paused_tx, release_rx));
+    // Give the tracer its seize before the request arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let caller = first.ask("fork-bind 127.163.0.1 463 200", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    if paused.recv_timeout(TIMEOUT).is_err() {
+        panic!("the worker never read: {:?}", tracer.join());
+    }
+    // SAFETY: kill(2) of our tenant's child, parked in its bind.
+    assert_eq!(unsafe { libc::kill(caller as i32, libc::SIGKILL) }, 0);
+    assert_eq!(
+        first.ask(&format!("reap {caller}"), TIMEOUT)["reaped"],
+        caller
+    );
+    let r = second.ask(&format!("clone-bind {caller} 127.164.0.1 464 200"), TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "the newcomer has the caller's tid and its own bind: {r}"
+    );
+    let _ = release.send(());
+    tracer.join().expect("tracer").expect("tracing the worker");
+    // The held request is decided by now, one way or another.
+    let r = first.ask("bind 127.163.0.2 463", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = second.ask("query", TIMEOUT);
+    assert_eq!(
+        r["port"], 0,
+        "the newcomer's socket was bound for the dead caller of another container: {r}"
+    );
+    let audit = agent.audit_lines();
+    assert!(
+        !audit.iter().any(|l| l["errno"] == libc::ETIMEDOUT),
+        "the held request outlived its deadline; nothing was tested: {audit:?}"
+    );
+}

@@ -538,7 +538,7 @@ impl BindHandler {
             Errno::MFILE | Errno::NFILE => Some(EMFILE_REASON),
             _ => Some(NO_FD_REASON),
         };
-        let (thread, fresh) = match self.pidfds.entry(n.tid) {
+        let (thread, fresh) = match self.pidfds.entry(self.owner, n.tid) {
             Some(c) => (c, false),
             None => (self.fresh_thread(cx, n)?, true),
         };
