@@ -611,3 +611,29 @@ fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
         "the held request outlived its deadline; nothing was tested: {audit:?}"
     );
 }
+
+/// An agent out of descriptors before it could name a new container's netns:
+/// the bind is handed to the kernel with the EMFILE reason, not blamed on a
+/// foreign netns.
+#[test]
+fn agent_out_of_descriptors_for_a_new_netns_says_emfile() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:462"]);
+    let mut t = FakeTenant::start(&agent, &unique("nofds-cold"));
+    leave_free_fds(agent.pid, 2);
+    let r = t.ask("bind 127.165.0.1 462", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let audit = agent.audit_lines();
+    let line = audit
+        .iter()
+        .find(|l| l["address"] == "127.165.0.1")
+        .unwrap_or_else(|| panic!("no audit line: {audit:?}"));
+    let reason = line["reason"].as_str().unwrap_or("");
+    assert!(
+        line["decision"] == "continue" && reason.contains("EMFILE"),
+        "{line}; log {}",
+        agent.log.text()
+    );
+}
