@@ -481,13 +481,23 @@ fn traced_stop(tid: i32) -> Result<i32, String> {
     }
 }
 
-/// Seizes the agent's thread `tid` (this thread is then its tracer) and
-/// stops it right after the `ID_VALID` that follows its next read of a
-/// caller's memory (`process_vm_readv`): the request it validated may then
-/// vanish while the thread holds still. Says so through `paused`, and lets
-/// it go on when `release` says so (or is dropped).
-fn hold_after_validated_read(
+/// Where [`hold_worker`] stops a worker deciding a bind.
+#[derive(Clone, Copy, PartialEq)]
+enum Hold {
+    /// Right after the `ID_VALID` that follows its read of the caller's memory
+    /// (`process_vm_readv`), before it claims the request.
+    AfterValidatedRead,
+    /// At its `pidfd_getfd`, past the claim (the caller's pidfd is cached).
+    AtGetfd,
+}
+
+/// Seizes the agent's thread `tid` (this thread is then its tracer) and stops
+/// it at `at` in the next bind it decides: the request may then vanish, or
+/// outlive its deadline, while the thread holds still. Says so through
+/// `paused`, and lets it go on when `release` says so (or is dropped).
+fn hold_worker(
     tid: i32,
+    at: Hold,
     paused: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
 ) -> Result<(), String> {
@@ -537,9 +547,10 @@ fn hold_after_validated_read(
         }
         let (op, nr) = (info[0] & 0xff, info[3] as libc::c_long);
         match op {
+            1 if at == Hold::AtGetfd && read && nr == libc::SYS_pidfd_getfd => break,
             1 if nr == libc::SYS_process_vm_readv => read = true,
             1 => validating = read && nr == libc::SYS_ioctl,
-            2 if validating => break,
+            2 if validating && at == Hold::AfterValidatedRead => break,
             _ => {}
         }
     }
@@ -573,8 +584,9 @@ fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (paused_tx, paused) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
-    let tracer =
-        std::thread::spawn(move || hold_after_validated_read(worker, paused_tx, release_rx));
+    let tracer = std::thread::spawn(move || {
+        hold_worker(worker, Hold::AfterValidatedRead, paused_tx, release_rx)
+    });
     // Give the tracer its seize before the request arrives.
     std::thread::sleep(Duration::from_millis(100));
     let caller = first.ask("fork-bind 127.163.0.1 463 200", TIMEOUT)["pid"]
@@ -635,5 +647,65 @@ fn agent_out_of_descriptors_for_a_new_netns_says_emfile() {
         line["decision"] == "continue" && reason.contains("EMFILE"),
         "{line}; log {}",
         agent.log.text()
+    );
+}
+
+/// A bind held in its worker past the deadline is answered exactly once: by
+/// the worker when it had claimed the request before the hold (0, however
+/// late), by the watchdog when it had not (ETIMEDOUT, and the worker, let go,
+/// does nothing with it). The claim each worker resets between requests
+/// serves the binds after both.
+#[test]
+fn agent_bind_held_past_its_deadline_is_answered_once() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:465"]);
+    let mut t = FakeTenant::start(&agent, &unique("held"));
+    // Caches the main thread's pidfd: its next bind's first call past the
+    // claim is pidfd_getfd.
+    assert_eq!(t.ask("bind 127.166.0.1 465", TIMEOUT)["errno"], 0);
+    let held = |t: &mut FakeTenant, at: Hold, addr: &str| {
+        let worker = agent_thread(&agent, "fdgrab-tenant-1");
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let tracer = std::thread::spawn(move || hold_worker(worker, at, paused_tx, release_rx));
+        std::thread::sleep(Duration::from_millis(100));
+        t.send(&format!("bind {addr} 465"));
+        if paused.recv_timeout(TIMEOUT).is_err() {
+            panic!("the worker never got there: {:?}", tracer.join());
+        }
+        // Well past the deadline (500 ms) and the watchdog's next look.
+        std::thread::sleep(Duration::from_millis(1200));
+        let _ = release.send(());
+        tracer.join().expect("tracer").expect("tracing the worker");
+        t.line(TIMEOUT)
+    };
+    let r = held(&mut t, Hold::AtGetfd, "127.166.0.2");
+    assert_eq!(
+        r["errno"], 0,
+        "claimed before the hold: the worker answers: {r}"
+    );
+    let r = held(&mut t, Hold::AfterValidatedRead, "127.166.0.3");
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "the watchdog answered: {r}");
+    for i in 4..8 {
+        let r = t.ask(&format!("bind 127.166.0.{i} 465"), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let audit = agent.audit_lines();
+    let of = |addr: &str| audit.iter().filter(|l| l["address"] == addr).count();
+    assert_eq!(of("127.166.0.2"), 1, "{audit:?}");
+    assert_eq!(
+        of("127.166.0.3"),
+        0,
+        "the worker let go acts on nothing: {audit:?}"
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|l| l["errno"] == libc::ETIMEDOUT)
+            .count(),
+        1,
+        "{audit:?}"
     );
 }
