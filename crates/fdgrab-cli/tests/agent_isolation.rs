@@ -410,6 +410,16 @@ fn leave_free_fds(pid: i32, free: usize) {
     assert_eq!(r, 0, "prlimit set");
 }
 
+/// The agent's audit line for the bind to `addr`.
+fn audit_line_of(agent: &AgentProc, addr: &str) -> Value {
+    let audit = agent.audit_lines();
+    audit
+        .iter()
+        .find(|l| l["address"] == addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no audit line for {addr}: {audit:?}"))
+}
+
 /// An agent with room for the caller's pidfd and its socket but not for one
 /// more descriptor: the caller's netns is still read (a link's text needs no
 /// descriptor), and an allowed bind in the caller's own netns is performed by
@@ -428,11 +438,7 @@ fn agent_netns_check_when_out_of_descriptors() {
     leave_free_fds(agent.pid, 2);
     let r = t.ask("threads 1 162 461", TIMEOUT);
     assert_eq!(r["ok"], 1, "{r}");
-    let audit = agent.audit_lines();
-    let line = audit
-        .iter()
-        .find(|l| l["address"] == "127.162.0.1")
-        .unwrap_or_else(|| panic!("no audit line: {audit:?}"));
+    let line = audit_line_of(&agent, "127.162.0.1");
     assert_eq!(
         (&line["decision"], &line["errno"]),
         (&Value::from("bind"), &Value::from(0)),
@@ -637,11 +643,7 @@ fn agent_out_of_descriptors_for_a_new_netns_says_emfile() {
     leave_free_fds(agent.pid, 2);
     let r = t.ask("bind 127.165.0.1 462", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
-    let audit = agent.audit_lines();
-    let line = audit
-        .iter()
-        .find(|l| l["address"] == "127.165.0.1")
-        .unwrap_or_else(|| panic!("no audit line: {audit:?}"));
+    let line = audit_line_of(&agent, "127.165.0.1");
     let reason = line["reason"].as_str().unwrap_or("");
     assert!(
         line["decision"] == "continue" && reason.contains("EMFILE"),
