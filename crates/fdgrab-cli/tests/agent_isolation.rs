@@ -498,12 +498,13 @@ enum Hold {
 }
 
 /// Seizes the agent's thread `tid` (this thread is then its tracer) and stops
-/// it at `at` in the next bind it decides: the request may then vanish, or
+/// it at `at` in the bind it decides after `skip` more: the request may then vanish, or
 /// outlive its deadline, while the thread holds still. Says so through
 /// `paused`, and lets it go on when `release` says so (or is dropped).
 fn hold_worker(
     tid: i32,
     at: Hold,
+    skip: usize,
     paused: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
 ) -> Result<(), String> {
@@ -523,7 +524,7 @@ fn hold_worker(
     sys(libc::PTRACE_SEIZE, libc::PTRACE_O_TRACESYSGOOD as usize)?;
     sys(libc::PTRACE_INTERRUPT, 0)?;
     traced_stop(tid)?;
-    let (mut read, mut validating, mut signal) = (false, false, 0);
+    let (mut reads, mut validating, mut signal) = (0, false, 0);
     loop {
         sys(libc::PTRACE_SYSCALL, signal)?;
         signal = 0;
@@ -552,9 +553,10 @@ fn hold_worker(
             return Err("PTRACE_GET_SYSCALL_INFO".into());
         }
         let (op, nr) = (info[0] & 0xff, info[3] as libc::c_long);
+        let read = reads > skip;
         match op {
             1 if at == Hold::AtGetfd && read && nr == libc::SYS_pidfd_getfd => break,
-            1 if nr == libc::SYS_process_vm_readv => read = true,
+            1 if nr == libc::SYS_process_vm_readv => reads += 1,
             1 => validating = read && nr == libc::SYS_ioctl,
             2 if validating && at == Hold::AfterValidatedRead => break,
             _ => {}
@@ -591,7 +593,7 @@ fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
     let (paused_tx, paused) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
     let tracer = std::thread::spawn(move || {
-        hold_worker(worker, Hold::AfterValidatedRead, paused_tx, release_rx)
+        hold_worker(worker, Hold::AfterValidatedRead, 0, paused_tx, release_rx)
     });
     // Give the tracer its seize before the request arrives.
     std::thread::sleep(Duration::from_millis(100));
@@ -671,7 +673,7 @@ fn agent_bind_held_past_its_deadline_is_answered_once() {
         let worker = agent_thread(&agent, "fdgrab-tenant-1");
         let (paused_tx, paused) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel();
-        let tracer = std::thread::spawn(move || hold_worker(worker, at, paused_tx, release_rx));
+        let tracer = std::thread::spawn(move || hold_worker(worker, at, 0, paused_tx, release_rx));
         std::thread::sleep(Duration::from_millis(100));
         t.send(&format!("bind {addr} 465"));
         if paused.recv_timeout(TIMEOUT).is_err() {
@@ -708,6 +710,63 @@ fn agent_bind_held_past_its_deadline_is_answered_once() {
             .filter(|l| l["errno"] == libc::ETIMEDOUT)
             .count(),
         1,
+        "{audit:?}"
+    );
+}
+
+/// The same within one container, for a caller whose pidfd and netns link
+/// are cached (it bound before): the caller dies while its bind is decided
+/// and its tid goes to a newcomer of the same container, whose bind waits
+/// behind it. The dead caller's entry is not taken for the newcomer's, and
+/// the newcomer's socket is left alone.
+#[test]
+fn agent_tid_reused_in_the_same_container_while_a_bind_is_decided() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:466"]);
+    let mut t = FakeTenant::start(&agent, &unique("reuse-same"));
+    let worker = agent_thread(&agent, "fdgrab-tenant-1");
+    let (paused_tx, paused) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    // The caller's first bind caches its pidfd and link; its second is held.
+    let tracer = std::thread::spawn(move || {
+        hold_worker(worker, Hold::AfterValidatedRead, 1, paused_tx, release_rx)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let caller = t.ask("fork-bind 127.167.0.1 466 200 2", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    if paused.recv_timeout(TIMEOUT).is_err() {
+        panic!("the worker never read: {:?}", tracer.join());
+    }
+    // SAFETY: kill(2) of our tenant's child, parked in its second bind.
+    assert_eq!(unsafe { libc::kill(caller as i32, libc::SIGKILL) }, 0);
+    assert_eq!(t.ask(&format!("reap {caller}"), TIMEOUT)["reaped"], caller);
+    // The newcomer's own bind waits behind the held one.
+    t.send(&format!("clone-bind {caller} 127.167.0.2 466 200"));
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = release.send(());
+    tracer.join().expect("tracer").expect("tracing the worker");
+    let r = t.line(TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "the newcomer has the caller's tid and its own bind: {r}"
+    );
+    let r = t.ask("query", TIMEOUT);
+    assert_eq!(
+        r["port"], 0,
+        "the newcomer's socket was bound for the dead caller: {r}"
+    );
+    let audit = agent.audit_lines();
+    assert!(
+        !audit.iter().any(|l| l["errno"] == libc::ETIMEDOUT),
+        "the held request outlived its deadline; nothing was tested: {audit:?}"
+    );
+    assert_eq!(
+        audit_line_of(&agent, "127.167.0.1")["errno"],
+        0,
         "{audit:?}"
     );
 }

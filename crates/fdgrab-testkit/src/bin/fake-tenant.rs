@@ -24,9 +24,10 @@
 //!   `stop`; `{"started":N}` at once.
 //! - `stop`: ends `storm` and `trickle`; `{"binds":B,"connections":C}` once every
 //!   thread has ended.
-//! - `fork-bind ADDR PORT FD`: a child process (under the same filter) binds a
-//!   fresh TCP socket, placed at FD, to ADDR:PORT; `{"pid":P}` at once (the
-//!   child may stay in its bind).
+//! - `fork-bind ADDR PORT FD [TIMES]`: a child process (under the same filter)
+//!   binds a fresh TCP socket, placed at FD (closing the one before), to
+//!   ADDR:PORT, TIMES times (1); `{"pid":P}` at once (the child may stay in a
+//!   bind).
 //! - `reap PID`: waits for that child; `{"reaped":PID}`.
 //! - `clone-bind PID ADDR PORT FD`: a child made with `clone3` and `set_tid`, so
 //!   that its pid is PID (free again after `reap`), binds one socket to
@@ -201,7 +202,8 @@ fn main() {
             }
             Some("fork-bind") => {
                 let sa = sockaddr(ip(1).expect("ADDR"), num(2) as u16);
-                say(json!({"pid": fork_bind(sa, num(3) as i32)}));
+                let times = num(4).max(1);
+                say(json!({"pid": fork_bind(sa, num(3) as i32, times)}));
             }
             Some("reap") => {
                 let pid = num(1) as i32;
@@ -444,12 +446,14 @@ fn bind_at(sa: &libc::sockaddr_in, fd: i32) -> i32 {
     }
 }
 
-/// A child that binds a socket at `fd` to `sa` and exits; its pid.
-fn fork_bind(sa: libc::sockaddr_in, fd: i32) -> i32 {
+/// A child that binds a socket at `fd` to `sa` `times` times and exits; its pid.
+fn fork_bind(sa: libc::sockaddr_in, fd: i32, times: u64) -> i32 {
     // SAFETY: the child runs only async-signal-safe calls (bind_at, _exit).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        bind_at(&sa, fd);
+        for _ in 0..times {
+            bind_at(&sa, fd);
+        }
         // SAFETY: ends the forked child without running the parent's atexit work.
         unsafe { libc::_exit(0) };
     }
