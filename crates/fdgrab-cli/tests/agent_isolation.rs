@@ -580,8 +580,30 @@ fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:463", "--allow-bind", "tcp:464"]);
-    let mut first = FakeTenant::start(&agent, &unique("reuse-a"));
-    let worker = agent_thread(&agent, "fdgrab-tenant-1");
+    tid_reused_by_another_container(&agent);
+}
+
+/// The same under `netns = "any"`, where no netns link is read at all: the
+/// newcomer's cached pidfd alone would reach its socket.
+#[test]
+fn agent_tid_reused_by_another_container_netns_any() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-reuse-any");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "netns = \"any\"\nallow = [\"tcp:463\", \"tcp:464\"]\n",
+    )
+    .expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    tid_reused_by_another_container(&agent);
+}
+
+fn tid_reused_by_another_container(agent: &AgentProc) {
+    let mut first = FakeTenant::start(agent, &unique("reuse-a"));
+    let worker = agent_thread(agent, "fdgrab-tenant-1");
     // The second container may bind only port 464.
     let id = unique("reuse-b");
     let mut second = FakeTenant::spawn_annotated(&agent.socket, &id, "tcp:464");
