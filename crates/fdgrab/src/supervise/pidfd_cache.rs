@@ -201,10 +201,11 @@ impl ThreadPidfds {
     ///
     /// An entry proves a request's caller only if it is older than the
     /// request's `ID_VALID`: its thread held the tid from its caching until now,
-    /// so it was the thread in the call. Only the owner's one deciding worker
-    /// caches entries for it, never while it decides a request; another
-    /// owner's worker may cache one for a tid the caller left (exited) after
-    /// its request was validated, a newcomer's in another container.
+    /// so it was the thread in the call. An owner's entries are cached by its
+    /// one deciding worker, a request at a time, so every entry it finds is
+    /// older than the request it decides; another owner's worker may cache
+    /// one meanwhile for a tid the caller left (exited) after its request was
+    /// validated: a newcomer's, in another container.
     pub fn entry(&self, owner: u64, tid: i32) -> Option<CachedThread> {
         self.lookup(Some(owner), tid)
     }
