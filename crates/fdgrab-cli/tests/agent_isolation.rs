@@ -792,3 +792,33 @@ fn agent_tid_reused_in_the_same_container_while_a_bind_is_decided() {
         "{audit:?}"
     );
 }
+
+/// A caller binds (its pidfd and link become the newest cache entry, which a
+/// lookup takes without touching the LRU order), exits, and its tid goes to a
+/// newcomer of the same container: the newcomer's bind is served through a
+/// pidfd of its own, on its own socket, and nothing else of it is touched.
+#[test]
+fn agent_newest_entry_of_an_exited_thread_is_not_reused() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:468"]);
+    let mut t = FakeTenant::start(&agent, &unique("newest"));
+    let caller = t.ask("fork-bind 127.168.0.1 468 200", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    assert_eq!(t.ask(&format!("reap {caller}"), TIMEOUT)["reaped"], caller);
+    assert_eq!(audit_line_of(&agent, "127.168.0.1")["errno"], 0);
+    let r = t.ask(&format!("clone-bind {caller} 127.168.0.2 468 200"), TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "{r}"
+    );
+    assert_eq!(t.ask("query", TIMEOUT)["port"], 0);
+    let line = audit_line_of(&agent, "127.168.0.2");
+    assert_eq!(
+        (&line["errno"], &line["tid"]),
+        (&Value::from(0), &Value::from(caller))
+    );
+}
