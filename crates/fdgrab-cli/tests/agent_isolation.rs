@@ -374,3 +374,451 @@ fn agent_descriptor_budget_holds_with_many_containers() {
     }
     fds_return(&agent, baseline);
 }
+
+/// Sets `pid`'s soft `RLIMIT_NOFILE` so that exactly `free` descriptor numbers
+/// below it are unused: its next `free` opens succeed, the one after fails
+/// with EMFILE (the hard limit stays).
+fn leave_free_fds(pid: i32, free: usize) {
+    let open: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let (mut limit, mut unused) = (0usize, 0usize);
+    while unused < free {
+        if !open.contains(&limit) {
+            unused += 1;
+        }
+        limit += 1;
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit get");
+    let new = libc::rlimit {
+        rlim_max: old.rlim_max,
+        ..new
+    };
+    // SAFETY: as above; only the soft limit changes.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit set");
+}
+
+/// The agent's audit line for the bind to `addr`.
+fn audit_line_of(agent: &AgentProc, addr: &str) -> Value {
+    let audit = agent.audit_lines();
+    audit
+        .iter()
+        .find(|l| l["address"] == addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no audit line for {addr}: {audit:?}"))
+}
+
+/// An agent with room for the caller's pidfd and its socket but not for one
+/// more descriptor: the caller's netns is still read (a link's text needs no
+/// descriptor), and an allowed bind in the caller's own netns is performed by
+/// the agent, not handed to the kernel as a netns mismatch.
+#[test]
+fn agent_netns_check_when_out_of_descriptors() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:461"]);
+    let mut t = FakeTenant::start(&agent, &unique("nofds"));
+    // Learns the container's netns (its cookie and inode) and caches the main
+    // thread's pidfd and link.
+    assert_eq!(t.ask("bind 127.161.0.1 461", TIMEOUT)["errno"], 0);
+    // A new thread: a fresh pidfd and a copy of its socket take the last two.
+    leave_free_fds(agent.pid, 2);
+    let r = t.ask("threads 1 162 461", TIMEOUT);
+    assert_eq!(r["ok"], 1, "{r}");
+    let line = audit_line_of(&agent, "127.162.0.1");
+    assert_eq!(
+        (&line["decision"], &line["errno"]),
+        (&Value::from("bind"), &Value::from(0)),
+        "the agent bound it: {line}; log {}",
+        agent.log.text()
+    );
+}
+
+/// The tid of the agent's thread named `comm`, once it runs.
+fn agent_thread(agent: &AgentProc, comm: &str) -> i32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+            .expect("task dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|tid| {
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", agent.pid))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            });
+        if let Some(tid) = found {
+            return tid;
+        }
+        assert!(Instant::now() < deadline, "no agent thread {comm}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a ptrace stop of `tid` within `TIMEOUT`; its wait status.
+fn traced_stop(tid: i32) -> Result<i32, String> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for a tracee of this thread; writes a local.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if r == tid {
+            return if libc::WIFSTOPPED(status) {
+                Ok(status)
+            } else {
+                Err(format!("thread {tid} ended: {status:#x}"))
+            };
+        }
+        if r < 0 || Instant::now() > deadline {
+            return Err(format!("no stop of thread {tid}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Where [`hold_worker`] stops a worker deciding a bind.
+#[derive(Clone, Copy, PartialEq)]
+enum Hold {
+    /// Right after the `ID_VALID` that follows its read of the caller's memory
+    /// (`process_vm_readv`), before it claims the request.
+    AfterValidatedRead,
+    /// At its `pidfd_getfd`, past the claim (the caller's pidfd is cached).
+    AtGetfd,
+}
+
+/// Seizes the agent's thread `tid` (this thread is then its tracer) and stops
+/// it at `at` in the bind it decides after `skip` more: the request may then vanish, or
+/// outlive its deadline, while the thread holds still. Says so through
+/// `paused`, and lets it go on when `release` says so (or is dropped).
+fn hold_worker(
+    tid: i32,
+    at: Hold,
+    skip: usize,
+    paused: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> Result<(), String> {
+    const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+    let sys = |req: libc::c_uint, data: usize| {
+        // SAFETY: ptrace requests on our tracee that pass no memory.
+        let r = unsafe { libc::ptrace(req, tid, 0usize, data) };
+        if r < 0 {
+            Err(format!(
+                "ptrace {req:#x}: {}",
+                std::io::Error::last_os_error()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    sys(libc::PTRACE_SEIZE, libc::PTRACE_O_TRACESYSGOOD as usize)?;
+    sys(libc::PTRACE_INTERRUPT, 0)?;
+    traced_stop(tid)?;
+    let (mut reads, mut validating, mut signal) = (0, false, 0);
+    loop {
+        sys(libc::PTRACE_SYSCALL, signal)?;
+        signal = 0;
+        let status = traced_stop(tid)?;
+        let stop = libc::WSTOPSIG(status);
+        if stop != (libc::SIGTRAP | 0x80) {
+            // A signal for the thread goes through; an event stop does not.
+            if status >> 16 == 0 {
+                signal = stop as usize;
+            }
+            continue;
+        }
+        // struct ptrace_syscall_info: op (1 entry, 2 exit) in the first byte,
+        // the syscall number (entry) at byte 24.
+        let mut info = [0u64; 12];
+        // SAFETY: the kernel writes at most size_of_val(&info) bytes to `info`.
+        let n = unsafe {
+            libc::ptrace(
+                PTRACE_GET_SYSCALL_INFO,
+                tid,
+                std::mem::size_of_val(&info),
+                info.as_mut_ptr(),
+            )
+        };
+        if n < 0 {
+            return Err("PTRACE_GET_SYSCALL_INFO".into());
+        }
+        let (op, nr) = (info[0] & 0xff, info[3] as libc::c_long);
+        let read = reads > skip;
+        match op {
+            1 if at == Hold::AtGetfd && read && nr == libc::SYS_pidfd_getfd => break,
+            1 if nr == libc::SYS_process_vm_readv => reads += 1,
+            1 => validating = read && nr == libc::SYS_ioctl,
+            2 if validating && at == Hold::AfterValidatedRead => break,
+            _ => {}
+        }
+    }
+    let _ = paused.send(());
+    let _ = release.recv_timeout(TIMEOUT);
+    sys(libc::PTRACE_DETACH, 0)
+}
+
+/// A bind validated for a thread of one container, whose caller then dies and
+/// whose tid goes to a thread of another container that has made a bind (so
+/// that the shared cache holds its pidfd and netns link under that tid), must
+/// not be carried out on the newcomer's socket: the cache entry is younger
+/// than the request, so it proves nothing about the caller. The agent's
+/// worker is held (ptrace) between the request's validation and its use of
+/// the cache, which a tenant otherwise only hits by racing pid reuse.
+#[test]
+fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:463", "--allow-bind", "tcp:464"]);
+    tid_reused_by_another_container(&agent);
+}
+
+/// The same under `netns = "any"`, where no netns link is read at all: the
+/// newcomer's cached pidfd alone would reach its socket.
+#[test]
+fn agent_tid_reused_by_another_container_netns_any() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = fdgrab_testkit::oci::TempDir::new("fdgrab-reuse-any");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "netns = \"any\"\nallow = [\"tcp:463\", \"tcp:464\"]\n",
+    )
+    .expect("policy");
+    let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
+    tid_reused_by_another_container(&agent);
+}
+
+fn tid_reused_by_another_container(agent: &AgentProc) {
+    let mut first = FakeTenant::start(agent, &unique("reuse-a"));
+    let worker = agent_thread(agent, "fdgrab-tenant-1");
+    // The second container may bind only port 464.
+    let id = unique("reuse-b");
+    let mut second = FakeTenant::spawn_annotated(&agent.socket, &id, "tcp:464");
+    assert_eq!(second.line(TIMEOUT)["ready"], true);
+    agent
+        .log
+        .wait_for(&format!("container={id} "), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (paused_tx, paused) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let tracer = std::thread::spawn(move || {
+        hold_worker(worker, Hold::AfterValidatedRead, 0, paused_tx, release_rx)
+    });
+    // Give the tracer its seize before the request arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let caller = first.ask("fork-bind 127.163.0.1 463 200", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    if paused.recv_timeout(TIMEOUT).is_err() {
+        panic!("the worker never read: {:?}", tracer.join());
+    }
+    // SAFETY: kill(2) of our tenant's child, parked in its bind.
+    assert_eq!(unsafe { libc::kill(caller as i32, libc::SIGKILL) }, 0);
+    assert_eq!(
+        first.ask(&format!("reap {caller}"), TIMEOUT)["reaped"],
+        caller
+    );
+    let r = second.ask(&format!("clone-bind {caller} 127.164.0.1 464 200"), TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "the newcomer has the caller's tid and its own bind: {r}"
+    );
+    let _ = release.send(());
+    tracer.join().expect("tracer").expect("tracing the worker");
+    // The held request is decided by now, one way or another.
+    let r = first.ask("bind 127.163.0.2 463", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = second.ask("query", TIMEOUT);
+    assert_eq!(
+        r["port"], 0,
+        "the newcomer's socket was bound for the dead caller of another container: {r}"
+    );
+    let audit = agent.audit_lines();
+    assert!(
+        !audit.iter().any(|l| l["errno"] == libc::ETIMEDOUT),
+        "the held request outlived its deadline; nothing was tested: {audit:?}"
+    );
+}
+
+/// An agent out of descriptors before it could name a new container's netns:
+/// the bind is handed to the kernel with the EMFILE reason, not blamed on a
+/// foreign netns.
+#[test]
+fn agent_out_of_descriptors_for_a_new_netns_says_emfile() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:462"]);
+    let mut t = FakeTenant::start(&agent, &unique("nofds-cold"));
+    leave_free_fds(agent.pid, 2);
+    let r = t.ask("bind 127.165.0.1 462", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let line = audit_line_of(&agent, "127.165.0.1");
+    let reason = line["reason"].as_str().unwrap_or("");
+    assert!(
+        line["decision"] == "continue" && reason.contains("EMFILE"),
+        "{line}; log {}",
+        agent.log.text()
+    );
+}
+
+/// A bind held in its worker past the deadline is answered exactly once: by
+/// the worker when it had claimed the request before the hold (0, however
+/// late), by the watchdog when it had not (ETIMEDOUT, and the worker, let go,
+/// does nothing with it). The claim each worker resets between requests
+/// serves the binds after both.
+#[test]
+fn agent_bind_held_past_its_deadline_is_answered_once() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:465"]);
+    let mut t = FakeTenant::start(&agent, &unique("held"));
+    // Caches the main thread's pidfd: its next bind's first call past the
+    // claim is pidfd_getfd.
+    assert_eq!(t.ask("bind 127.166.0.1 465", TIMEOUT)["errno"], 0);
+    let held = |t: &mut FakeTenant, at: Hold, addr: &str| {
+        let worker = agent_thread(&agent, "fdgrab-tenant-1");
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let tracer = std::thread::spawn(move || hold_worker(worker, at, 0, paused_tx, release_rx));
+        std::thread::sleep(Duration::from_millis(100));
+        t.send(&format!("bind {addr} 465"));
+        if paused.recv_timeout(TIMEOUT).is_err() {
+            panic!("the worker never got there: {:?}", tracer.join());
+        }
+        // Well past the deadline (500 ms) and the watchdog's next look.
+        std::thread::sleep(Duration::from_millis(1200));
+        let _ = release.send(());
+        tracer.join().expect("tracer").expect("tracing the worker");
+        t.line(TIMEOUT)
+    };
+    let r = held(&mut t, Hold::AtGetfd, "127.166.0.2");
+    assert_eq!(
+        r["errno"], 0,
+        "claimed before the hold: the worker answers: {r}"
+    );
+    let r = held(&mut t, Hold::AfterValidatedRead, "127.166.0.3");
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "the watchdog answered: {r}");
+    for i in 4..8 {
+        let r = t.ask(&format!("bind 127.166.0.{i} 465"), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let audit = agent.audit_lines();
+    let of = |addr: &str| audit.iter().filter(|l| l["address"] == addr).count();
+    assert_eq!(of("127.166.0.2"), 1, "{audit:?}");
+    assert_eq!(
+        of("127.166.0.3"),
+        0,
+        "the worker let go acts on nothing: {audit:?}"
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|l| l["errno"] == libc::ETIMEDOUT)
+            .count(),
+        1,
+        "{audit:?}"
+    );
+}
+
+/// The same within one container, for a caller whose pidfd and netns link
+/// are cached (it bound before): the caller dies while its bind is decided
+/// and its tid goes to a newcomer of the same container, whose bind waits
+/// behind it. The dead caller's entry is not taken for the newcomer's, and
+/// the newcomer's socket is left alone.
+#[test]
+fn agent_tid_reused_in_the_same_container_while_a_bind_is_decided() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:466"]);
+    let mut t = FakeTenant::start(&agent, &unique("reuse-same"));
+    let worker = agent_thread(&agent, "fdgrab-tenant-1");
+    let (paused_tx, paused) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    // The caller's first bind caches its pidfd and link; its second is held.
+    let tracer = std::thread::spawn(move || {
+        hold_worker(worker, Hold::AfterValidatedRead, 1, paused_tx, release_rx)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let caller = t.ask("fork-bind 127.167.0.1 466 200 2", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    if paused.recv_timeout(TIMEOUT).is_err() {
+        panic!("the worker never read: {:?}", tracer.join());
+    }
+    // SAFETY: kill(2) of our tenant's child, parked in its second bind.
+    assert_eq!(unsafe { libc::kill(caller as i32, libc::SIGKILL) }, 0);
+    assert_eq!(t.ask(&format!("reap {caller}"), TIMEOUT)["reaped"], caller);
+    // The newcomer's own bind waits behind the held one.
+    t.send(&format!("clone-bind {caller} 127.167.0.2 466 200"));
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = release.send(());
+    tracer.join().expect("tracer").expect("tracing the worker");
+    let r = t.line(TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "the newcomer has the caller's tid and its own bind: {r}"
+    );
+    let r = t.ask("query", TIMEOUT);
+    assert_eq!(
+        r["port"], 0,
+        "the newcomer's socket was bound for the dead caller: {r}"
+    );
+    let audit = agent.audit_lines();
+    assert!(
+        !audit.iter().any(|l| l["errno"] == libc::ETIMEDOUT),
+        "the held request outlived its deadline; nothing was tested: {audit:?}"
+    );
+    assert_eq!(
+        audit_line_of(&agent, "127.167.0.1")["errno"],
+        0,
+        "{audit:?}"
+    );
+}
+
+/// A caller binds (its pidfd and link become the newest cache entry, which a
+/// lookup takes without touching the LRU order), exits, and its tid goes to a
+/// newcomer of the same container: the newcomer's bind is served through a
+/// pidfd of its own, on its own socket, and nothing else of it is touched.
+#[test]
+fn agent_newest_entry_of_an_exited_thread_is_not_reused() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:468"]);
+    let mut t = FakeTenant::start(&agent, &unique("newest"));
+    let caller = t.ask("fork-bind 127.168.0.1 468 200", TIMEOUT)["pid"]
+        .as_i64()
+        .expect("pid");
+    assert_eq!(t.ask(&format!("reap {caller}"), TIMEOUT)["reaped"], caller);
+    assert_eq!(audit_line_of(&agent, "127.168.0.1")["errno"], 0);
+    let r = t.ask(&format!("clone-bind {caller} 127.168.0.2 468 200"), TIMEOUT);
+    assert_eq!(
+        (&r["pid"], &r["errno"]),
+        (&Value::from(caller), &Value::from(0)),
+        "{r}"
+    );
+    assert_eq!(t.ask("query", TIMEOUT)["port"], 0);
+    let line = audit_line_of(&agent, "127.168.0.2");
+    assert_eq!(
+        (&line["errno"], &line["tid"]),
+        (&Value::from(0), &Value::from(caller))
+    );
+}

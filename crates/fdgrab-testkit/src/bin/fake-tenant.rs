@@ -24,6 +24,16 @@
 //!   `stop`; `{"started":N}` at once.
 //! - `stop`: ends `storm` and `trickle`; `{"binds":B,"connections":C}` once every
 //!   thread has ended.
+//! - `fork-bind ADDR PORT FD [TIMES]`: a child process (under the same filter)
+//!   binds a fresh TCP socket, placed at FD (closing the one before), to
+//!   ADDR:PORT, TIMES times (1); `{"pid":P}` at once (the child may stay in a
+//!   bind).
+//! - `reap PID`: waits for that child; `{"reaped":PID}`.
+//! - `clone-bind PID ADDR PORT FD`: a child made with `clone3` and `set_tid`, so
+//!   that its pid is PID (free again after `reap`), binds one socket to
+//!   ADDR:PORT and then keeps another, unbound, at FD; `{"pid":P,"errno":N}`.
+//! - `query`: where that child's socket at FD is bound now;
+//!   `{"addr":A,"port":N}`.
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
@@ -142,6 +152,7 @@ fn main() {
     say(json!({"ready": true, "pid": std::process::id()}));
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut running: Vec<std::thread::JoinHandle<Sustained>> = Vec::new();
+    let mut cloned: Option<(OwnedFd, OwnedFd)> = None;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -189,6 +200,34 @@ fn main() {
                 held.push(s);
                 say(json!({"errno": r.err().map_or(0, |e| e.raw_os_error())}));
             }
+            Some("fork-bind") => {
+                let sa = sockaddr(ip(1).expect("ADDR"), num(2) as u16);
+                let times = num(4).max(1);
+                say(json!({"pid": fork_bind(sa, num(3) as i32, times)}));
+            }
+            Some("reap") => {
+                let pid = num(1) as i32;
+                // SAFETY: waits for our own child; the status is written to a local.
+                let r = unsafe { libc::waitpid(pid, &mut 0, 0) };
+                say(json!({"reaped": r}));
+            }
+            Some("clone-bind") => {
+                let sa = sockaddr(ip(2).expect("ADDR"), num(3) as u16);
+                match clone_bind(num(1) as i32, sa, num(4) as i32) {
+                    Ok((pid, errno, ctl)) => {
+                        cloned = Some(ctl);
+                        say(json!({"pid": pid, "errno": errno}));
+                    }
+                    Err(e) => say(json!({"error": e})),
+                }
+            }
+            Some("query") => match cloned.as_ref().map(query) {
+                Some(Some(sa)) => say(json!({
+                    "addr": Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)).to_string(),
+                    "port": u16::from_be(sa.sin_port),
+                })),
+                _ => say(json!({"error": "no cloned child to ask"})),
+            },
             Some("exit") | None => break,
             Some(other) => say(json!({"error": format!("unknown command {other}")})),
         }
@@ -377,4 +416,120 @@ fn uffd(port: u16) {
         std::mem::forget(ufd);
     });
     say(json!({"stalled": true}));
+}
+
+fn sockaddr(addr: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// In a forked child: a TCP socket at `fd`, bound to `sa`; the errno (0: bound).
+/// Only async-signal-safe calls, on memory prepared before the fork.
+fn bind_at(sa: &libc::sockaddr_in, fd: i32) -> i32 {
+    // SAFETY: plain system calls on our own descriptors; `sa` is a valid
+    // sockaddr_in of the length given.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        libc::dup2(s, fd);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, std::ptr::from_ref(sa).cast(), len) == 0 {
+            0
+        } else {
+            *libc::__errno_location()
+        }
+    }
+}
+
+/// A child that binds a socket at `fd` to `sa` `times` times and exits; its pid.
+fn fork_bind(sa: libc::sockaddr_in, fd: i32, times: u64) -> i32 {
+    // SAFETY: the child runs only async-signal-safe calls (bind_at, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        for _ in 0..times {
+            bind_at(&sa, fd);
+        }
+        // SAFETY: ends the forked child without running the parent's atexit work.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe")
+}
+
+/// A child with pid `pid` (clone3's `set_tid`) that binds one socket to `sa`,
+/// keeps a second one unbound at `fd`, and answers `query` until its control
+/// pipe closes. Returns its pid, the bind's errno, and the control pipe (our
+/// write end, the end we read answers from).
+fn clone_bind(
+    pid: i32,
+    sa: libc::sockaddr_in,
+    fd: i32,
+) -> Result<(i32, i32, (OwnedFd, OwnedFd)), i32> {
+    let (go_r, go_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let tids = [pid];
+    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    args[4] = libc::SIGCHLD as u64;
+    args[8] = tids.as_ptr() as u64;
+    args[9] = 1;
+    // SAFETY: clone3 without CLONE_VM is a fork; the child runs only
+    // async-signal-safe calls on memory prepared before it.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args.as_mut_ptr(),
+            std::mem::size_of_val(&args),
+        )
+    };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    if got == 0 {
+        // SAFETY: the child's own descriptors and stack buffers only.
+        unsafe {
+            libc::close(go_w.as_raw_fd());
+            libc::close(out_r.as_raw_fd());
+            let first = bind_at(&sa, 3000);
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            libc::dup2(s, fd);
+            libc::write(out_w.as_raw_fd(), std::ptr::from_ref(&first).cast(), 4);
+            let mut b = 0u8;
+            while libc::read(go_r.as_raw_fd(), std::ptr::from_mut(&mut b).cast(), 1) == 1 {
+                let mut name: libc::sockaddr_in = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                libc::getsockname(fd, std::ptr::from_mut(&mut name).cast(), &mut len);
+                libc::write(
+                    out_w.as_raw_fd(),
+                    std::ptr::from_ref(&name).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                );
+            }
+            libc::_exit(0);
+        }
+    }
+    drop((go_r, out_w));
+    let mut errno = [0u8; 4];
+    rustix::io::read(&out_r, &mut errno).map_err(|e| e.raw_os_error())?;
+    Ok((got as i32, i32::from_ne_bytes(errno), (go_w, out_r)))
+}
+
+/// Asks the `clone_bind` child where its socket is bound.
+fn query(ctl: &(OwnedFd, OwnedFd)) -> Option<libc::sockaddr_in> {
+    rustix::io::write(&ctl.0, &[1]).ok()?;
+    let mut buf = [0u8; std::mem::size_of::<libc::sockaddr_in>()];
+    let n = rustix::io::read(&ctl.1, &mut buf).ok()?;
+    (n == buf.len()).then(|| {
+        // SAFETY: `buf` holds a whole sockaddr_in written by the child.
+        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) }
+    })
 }

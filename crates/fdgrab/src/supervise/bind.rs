@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use rustix::process::{pidfd_getfd, PidfdGetfdFlags};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 /// `sizeof(struct sockaddr_storage)`: the kernel refuses a longer `addrlen`.
@@ -293,6 +293,12 @@ impl BindHandler {
                 }
                 _ => {}
             }
+            if same.is_none() && out_of_descriptors(&sock) {
+                // Naming a netns may take a descriptor (`SIOCGSKNS`, or a
+                // socket made in the caller's): that is why it is unknown.
+                self.pidfds.shrink();
+                return cont(EMFILE_REASON);
+            }
             if same != Some(true) {
                 return cont("the socket lives in another network namespace than the caller; the policy allows only the caller's (netns = \"any\" widens it)");
             }
@@ -441,6 +447,15 @@ const EMFILE_REASON: &str =
 const NO_PIDFD_REASON: &str = "cannot open a pidfd for the caller (the kernel decides)";
 const NO_FD_REASON: &str = "no such fd in the caller (the kernel answers)";
 
+/// Whether our descriptor table is full (a `F_DUPFD_CLOEXEC` of `fd` fails
+/// `EMFILE`); asked only on the rare path where something could not be named.
+fn out_of_descriptors(fd: impl AsFd) -> bool {
+    matches!(
+        rustix::io::fcntl_dupfd_cloexec(fd, 0),
+        Err(Errno::MFILE | Errno::NFILE)
+    )
+}
+
 /// Why no pidfd could be opened for a thread.
 enum OpenFailure {
     /// Our table is full even after shrinking the cache.
@@ -538,7 +553,7 @@ impl BindHandler {
             Errno::MFILE | Errno::NFILE => Some(EMFILE_REASON),
             _ => Some(NO_FD_REASON),
         };
-        let (thread, fresh) = match self.pidfds.entry(n.tid) {
+        let (thread, fresh) = match self.pidfds.entry(self.owner, n.tid) {
             Some(c) => (c, false),
             None => (self.fresh_thread(cx, n)?, true),
         };

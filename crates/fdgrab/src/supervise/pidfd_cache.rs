@@ -193,14 +193,30 @@ impl ThreadPidfds {
 
     /// The cached pidfd of `tid`, now the most recently used.
     pub fn get(&self, tid: i32) -> Option<Arc<PidFd>> {
-        self.entry(tid).map(|e| e.pidfd)
+        self.lookup(None, tid).map(|e| e.pidfd)
     }
 
-    /// The cached pidfd and netns link of `tid`, now the most recently used.
-    pub fn entry(&self, tid: i32) -> Option<CachedThread> {
+    /// The pidfd and netns link `owner` cached for `tid`, now the most recently
+    /// used; `None` when `tid`'s entry is another owner's.
+    ///
+    /// An entry proves a request's caller only if it is older than the
+    /// request's `ID_VALID`: its thread held the tid from its caching until now,
+    /// so it was the thread in the call. An owner's entries are cached by its
+    /// one deciding worker, a request at a time, so every entry it finds is
+    /// older than the request it decides; another owner's worker may cache
+    /// one meanwhile for a tid the caller left (exited) after its request was
+    /// validated: a newcomer's, in another container.
+    pub fn entry(&self, owner: u64, tid: i32) -> Option<CachedThread> {
+        self.lookup(Some(owner), tid)
+    }
+
+    fn lookup(&self, owner: Option<u64>, tid: i32) -> Option<CachedThread> {
         let mut guard = self.lock();
         let g = &mut *guard;
         let slot = g.by_tid.get_mut(&tid)?;
+        if owner.is_some_and(|o| o != slot.owner) {
+            return None;
+        }
         let entry = CachedThread {
             pidfd: Arc::clone(&slot.pidfd),
             link: slot.link.clone(),
@@ -537,20 +553,37 @@ mod tests {
             !cache.keep_link(tid, &other, netns_link(tid)),
             "not with another pidfd"
         );
-        assert!(cache.entry(tid).expect("entry").link.is_none());
+        assert!(cache.entry(1, tid).expect("entry").link.is_none());
         assert!(cache.keep_link(tid, &first, netns_link(tid)));
-        assert!(cache.entry(tid).expect("entry").link.is_some());
+        assert!(cache.entry(1, tid).expect("entry").link.is_some());
         assert_eq!(cache.descriptors(), 2);
         // The tid's entry replaced (its pidfd named an earlier thread): no link.
         cache.remove(tid);
         assert!(!cache.keep_link(tid, &first, netns_link(tid)), "entry gone");
         cache.insert(1, tid, pidfd(tid));
-        assert!(cache.entry(tid).expect("entry").link.is_none());
+        assert!(cache.entry(1, tid).expect("entry").link.is_none());
         assert!(
             !cache.keep_link(t.tids[1], &first, netns_link(t.tids[1])),
             "no entry for that tid"
         );
         assert_eq!(cache.descriptors(), 1);
+    }
+
+    /// An owner is never handed another owner's entry for a tid: a worker
+    /// deciding a request cannot tell whether that entry was cached before the
+    /// request was validated (then its thread was the caller) or after.
+    #[test]
+    fn an_entry_is_its_owners_alone() {
+        let cache = ThreadPidfds::new(8);
+        let t = threads(1);
+        let tid = t.tids[0];
+        cache.insert(2, tid, pidfd(tid));
+        assert!(cache.entry(1, tid).is_none(), "owner 2's entry");
+        assert!(cache.entry(2, tid).is_some());
+        cache.insert(1, tid, pidfd(tid));
+        assert!(cache.entry(2, tid).is_none(), "taken over by owner 1");
+        assert!(cache.entry(1, tid).is_some());
+        assert_eq!(cache.len(), 1);
     }
 
     /// The agent's one budget holds however many containers bind: every

@@ -228,6 +228,9 @@ pub enum CallerNetns {
     /// Read through a link opened by path just now, proven to be the caller's:
     /// worth keeping for the thread's next bind.
     Opened(Option<u64>, OwnedFd),
+    /// Read by path, with no link to keep (the supervisor is out of
+    /// descriptors); proven to be the caller's.
+    ByPath(Option<u64>),
     /// The caller's netns could not be read.
     Unknown,
     /// The request is gone: answer nothing.
@@ -238,7 +241,7 @@ impl CallerNetns {
     /// The nsfs inode, if one was read.
     pub fn inode(&self) -> Option<u64> {
         match self {
-            CallerNetns::Kept(i) | CallerNetns::Opened(i, _) => *i,
+            CallerNetns::Kept(i) | CallerNetns::Opened(i, _) | CallerNetns::ByPath(i) => *i,
             CallerNetns::Unknown | CallerNetns::Gone => None,
         }
     }
@@ -269,12 +272,26 @@ pub fn caller_netns(
     if let Some(Ok(ino)) = kept.map(read_link_inode) {
         return CallerNetns::Kept(ino);
     }
-    let Ok(link) = rustix::fs::open(
-        format!("/proc/{tid}/ns/net"),
+    let path = format!("/proc/{tid}/ns/net");
+    let link = match rustix::fs::open(
+        &path,
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    ) else {
-        return CallerNetns::Unknown;
+    ) {
+        Ok(link) => link,
+        // Out of descriptors: the link's text is still read, by path (which
+        // needs none), and nothing is kept.
+        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+            let Ok(ino) = read_link_inode_at(rustix::fs::CWD, path.as_str()) else {
+                return CallerNetns::Unknown;
+            };
+            return if still_caller() {
+                CallerNetns::ByPath(ino)
+            } else {
+                CallerNetns::Gone
+            };
+        }
+        Err(_) => return CallerNetns::Unknown,
     };
     let Ok(ino) = read_link_inode(&link) else {
         return CallerNetns::Unknown;
@@ -289,8 +306,16 @@ pub fn caller_netns(
 /// a `net:[INODE]` text); an error once its thread is gone. Read into a stack
 /// buffer: this is on every allowed bind's path, which allocates nothing.
 pub(crate) fn read_link_inode(link: impl AsFd) -> rustix::io::Result<Option<u64>> {
+    read_link_inode_at(link, c"")
+}
+
+/// [`read_link_inode`] of the link at `path` from `dir`.
+fn read_link_inode_at(
+    dir: impl AsFd,
+    path: impl rustix::path::Arg,
+) -> rustix::io::Result<Option<u64>> {
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32];
-    let (text, _) = rustix::fs::readlinkat_raw(link, c"", &mut buf)?;
+    let (text, _) = rustix::fs::readlinkat_raw(dir, path, &mut buf)?;
     Ok(netns_link_inode(text))
 }
 
