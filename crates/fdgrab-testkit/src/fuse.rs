@@ -3,6 +3,10 @@
 //! extended attribute, or its attributes once it is open (they are never cached).
 //! Each such request is counted and answered after two seconds, so a supervisor
 //! that asks stalls visibly, and the count proves it asked.
+//!
+//! Only requests made by the test's own process tree count: other tests running at
+//! the same time may `stat` every open fd of the host (`fdgrab ls --path`, `fuser`,
+//! `lsof`), and their questions say nothing about the supervisor under test.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,6 +34,7 @@ const SLOW: Duration = Duration::from_secs(2);
 pub struct FuseFile {
     dir: PathBuf,
     slow: Arc<AtomicU64>,
+    strangers: Arc<AtomicU64>,
     server: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -63,8 +68,36 @@ fn mode_of(node: u64) -> u32 {
     }
 }
 
+/// A numeric field of `/proc/PID/status`.
+fn status_field(pid: u32, key: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+    line.trim().parse().ok()
+}
+
+/// Whether the thread `tid` (the kernel names a request's thread, not its
+/// process) belongs to this test process or one of its descendants. The requester
+/// waits in its request, so it is alive while this is asked. A requester that
+/// cannot be read counts as ours: the test must not pass by losing track of it.
+fn ours(tid: u32) -> bool {
+    let me = std::process::id();
+    let Some(mut pid) = status_field(tid, "Tgid:") else {
+        return true;
+    };
+    while pid > 1 {
+        if pid == me {
+            return true;
+        }
+        match status_field(pid, "PPid:") {
+            Some(parent) => pid = parent,
+            None => return true,
+        }
+    }
+    false
+}
+
 /// Serves requests until the file system is unmounted (the read fails).
-fn serve(dev: Arc<File>, slow: Arc<AtomicU64>) {
+fn serve(dev: Arc<File>, slow: Arc<AtomicU64>, strangers: Arc<AtomicU64>) {
     let opened = AtomicBool::new(false);
     let mut buf = vec![0u8; (1 << 20) + 4096];
     while let Ok(n) = (&*dev).read(&mut buf) {
@@ -74,8 +107,11 @@ fn serve(dev: Arc<File>, slow: Arc<AtomicU64>) {
         let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
         let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap_or_default());
         let (op, unique, node) = (u32_at(4), u64_at(8), u64_at(16));
+        // struct fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid.
+        let requester = u32_at(32);
         let answer_late = |error: i32, body: Vec<u8>| {
-            slow.fetch_add(1, Ordering::SeqCst);
+            let counter = if ours(requester) { &slow } else { &strangers };
+            counter.fetch_add(1, Ordering::SeqCst);
             let dev = Arc::clone(&dev);
             std::thread::spawn(move || {
                 std::thread::sleep(SLOW);
@@ -160,11 +196,13 @@ impl FuseFile {
             return None;
         }
         let slow = Arc::new(AtomicU64::new(0));
-        let (dev, count) = (Arc::new(dev), Arc::clone(&slow));
-        let server = std::thread::spawn(move || serve(dev, count));
+        let strangers = Arc::new(AtomicU64::new(0));
+        let (dev, count, others) = (Arc::new(dev), Arc::clone(&slow), Arc::clone(&strangers));
+        let server = std::thread::spawn(move || serve(dev, count, others));
         Some(FuseFile {
             dir,
             slow,
+            strangers,
             server: Some(server),
         })
     }
@@ -176,8 +214,14 @@ impl FuseFile {
 
     /// Requests answered late so far: extended attributes of anything, and the
     /// file's attributes after it was opened.
+    /// Made by this test process or its descendants only.
     pub fn slow_requests(&self) -> u64 {
         self.slow.load(Ordering::SeqCst)
+    }
+
+    /// Slow requests made by processes outside this test's tree.
+    pub fn stranger_requests(&self) -> u64 {
+        self.strangers.load(Ordering::SeqCst)
     }
 }
 
@@ -192,5 +236,64 @@ impl Drop for FuseFile {
             let _ = t.join();
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+
+    fn wait_for(count: impl Fn() -> u64, want: u64) -> u64 {
+        let until = Instant::now() + Duration::from_secs(20);
+        while count() < want && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        count()
+    }
+
+    /// A thread of the test and a child of it are the test's own; a process that
+    /// left the tree (its parent exited, it was reparented) is a stranger.
+    #[test]
+    fn only_the_test_trees_questions_count() {
+        if !crate::is_root() {
+            crate::skip("mounting FUSE needs root");
+            return;
+        }
+        let Some(fs) = FuseFile::mount("self-check") else {
+            crate::skip("cannot mount a FUSE file system here");
+            return;
+        };
+        let file = File::open(fs.file()).expect("open the FUSE file");
+        let link = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let from_thread = link.clone();
+        std::thread::spawn(move || std::fs::metadata(from_thread))
+            .join()
+            .expect("thread")
+            .expect("stat from a thread");
+        assert_eq!(fs.slow_requests(), 1, "a thread of the test");
+        let st = std::process::Command::new("stat")
+            .args(["-L", &link])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("stat");
+        assert!(st.success());
+        assert_eq!(fs.slow_requests(), 2, "a child of the test");
+        // The subshell's parent exits at once; by the time it asks it is orphaned.
+        let st = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("(sleep 0.3; stat -L {link}) >/dev/null 2>&1 </dev/null &"),
+            ])
+            .status()
+            .expect("sh");
+        assert!(st.success());
+        assert_eq!(wait_for(|| fs.stranger_requests(), 1), 1, "an orphan");
+        assert_eq!(
+            fs.slow_requests(),
+            2,
+            "the orphan was counted as the test's"
+        );
     }
 }
