@@ -331,14 +331,18 @@ fn binders<T: Send + 'static>(
 }
 
 /// `n` threads binding to 127.BASE.x.y:PORT until `stop`; returns once all run.
+/// Every thread binds at least once, even if `stop` comes before the scheduler
+/// ran it: a test may count on `n` calls having been made and answered.
 fn storm(n: usize, base: u8, port: u16) -> Vec<std::thread::JoinHandle<Sustained>> {
     let (handles, start) = binders(n, base, port, true, |addr, port| {
         let mut done = Sustained::default();
-        while !stopped() {
+        loop {
             drop(bind_once(addr, port));
             done.binds += 1;
+            if stopped() {
+                break done;
+            }
         }
-        done
     });
     start.wait();
     handles
