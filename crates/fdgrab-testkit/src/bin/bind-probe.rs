@@ -193,14 +193,7 @@ fn raw_bind(fd: RawFd, ptr: *const libc::sockaddr, len: libc::socklen_t) -> i32 
 }
 
 fn sockaddr_in(port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ADDR).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
+    fdgrab_testkit::sockaddr_v4(ADDR, port)
 }
 
 fn efault(port: u16) -> Value {

@@ -201,7 +201,7 @@ fn main() {
                 say(json!({"errno": r.err().map_or(0, |e| e.raw_os_error())}));
             }
             Some("fork-bind") => {
-                let sa = sockaddr(ip(1).expect("ADDR"), num(2) as u16);
+                let sa = fdgrab_testkit::sockaddr_v4(ip(1).expect("ADDR"), num(2) as u16);
                 let times = num(4).max(1);
                 say(json!({"pid": fork_bind(sa, num(3) as i32, times)}));
             }
@@ -212,7 +212,7 @@ fn main() {
                 say(json!({"reaped": r}));
             }
             Some("clone-bind") => {
-                let sa = sockaddr(ip(2).expect("ADDR"), num(3) as u16);
+                let sa = fdgrab_testkit::sockaddr_v4(ip(2).expect("ADDR"), num(3) as u16);
                 match clone_bind(num(1) as i32, sa, num(4) as i32) {
                     Ok((pid, errno, ctl)) => {
                         cloned = Some(ctl);
@@ -420,17 +420,6 @@ fn uffd(port: u16) {
         std::mem::forget(ufd);
     });
     say(json!({"stalled": true}));
-}
-
-fn sockaddr(addr: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
 }
 
 /// In a forked child: a TCP socket at `fd`, bound to `sa`; the errno (0: bound).
