@@ -69,11 +69,17 @@ pub(crate) fn fd_is_open(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<()>
 /// The thread whose view of the fd table to use: the leader, unless it has exited
 /// (a zombie leader with live threads), then the first live thread.
 pub(crate) fn fd_table_owner(target: &PidFd) -> Result<Pid> {
+    fd_table_owner_given(target, None)
+}
+
+/// [`fd_table_owner`] for a caller that has just read whether the leader is alive
+/// (`leader_alive`), so that its `stat` is not read a second time.
+pub(crate) fn fd_table_owner_given(target: &PidFd, leader_alive: Option<bool>) -> Result<Pid> {
     let pid = target.pid();
     if !target.is_alive() {
         return Err(Error::NoSuchProcess { pid });
     }
-    if target.is_thread() || procfs::thread_alive(pid, pid) {
+    if target.is_thread() || leader_alive.unwrap_or_else(|| procfs::thread_alive(pid, pid)) {
         return Ok(pid);
     }
     let tids = procfs::tasks(pid).map_err(|_| Error::NoSuchProcess { pid })?;

@@ -379,17 +379,18 @@ impl Preflight {
         let target = open_target(pid, self.backend)?;
         // The checks below read /proc; a failure to read it at all (fdgrab's own fd
         // table full, /proc missing) is reported as what it is, not as "no process".
-        let kernel_thread = procfs::is_kernel_thread(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-            _ => Error::Io {
-                op: "reading /proc/PID/stat",
-                pid,
-                fd: None,
-                source: e,
-            },
-        })?;
+        let (kernel_thread, leader_alive) =
+            procfs::kernel_thread_and_leader_alive(pid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+                _ => Error::Io {
+                    op: "reading /proc/PID/stat",
+                    pid,
+                    fd: None,
+                    source: e,
+                },
+            })?;
         // A reaped or fully exited process fails here, before anything else is read.
-        let owner = access::fd_table_owner(&target)?;
+        let owner = access::fd_table_owner_given(&target, Some(leader_alive))?;
         if kernel_thread {
             let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             return Err(Error::InvalidArgument(format!(

@@ -441,19 +441,19 @@ pub(crate) fn thread_auxv(pid: Pid, tid: Pid) -> std::io::Result<Vec<u8>> {
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat` (include/linux/sched.h).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Whether `pid` is a kernel thread (it has no fd table or memory of its own).
-/// An error when `/proc/PID/stat` cannot be read (`ENOENT`: no such process).
-pub(crate) fn is_kernel_thread(pid: Pid) -> std::io::Result<bool> {
+/// Of `/proc/PID/stat`: whether `pid` is a kernel thread (it has no fd table or
+/// memory of its own), and whether its leader is alive (neither a zombie nor dead:
+/// the leader's own state, as [`thread_alive`] reads it for the leader).
+/// An error when the file cannot be read (`ENOENT`: no such process).
+pub(crate) fn kernel_thread_and_leader_alive(pid: Pid) -> std::io::Result<(bool, bool)> {
     read_record(format!("/proc/{pid}/stat"), |s| {
-        // flags is field 9: the 7th after the state that follows the ')'.
-        s.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(6)?
-            .parse::<u64>()
-            .ok()
+        let mut fields = s.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        // flags is field 9: the 6th after the state that follows the ')'.
+        let flags = fields.nth(5)?.parse::<u64>().ok()?;
+        Some((flags & PF_KTHREAD != 0, !matches!(state, 'Z' | 'X')))
     })
-    .map(|flags| flags.is_some_and(|flags| flags & PF_KTHREAD != 0))
+    .map(|found| found.unwrap_or((false, false)))
 }
 
 /// The soft `RLIMIT_NOFILE` of `pid` from `/proc/PID/limits` (readable by anyone);
