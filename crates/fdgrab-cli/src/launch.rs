@@ -35,10 +35,9 @@ pub fn grab_and_exec(
     argv: &[OsString],
 ) -> Result<std::convert::Infallible> {
     let spawn = Spawner::new(argv, fds)?;
-    // Blocked while the fds are taken (a ptrace grab must not be cut short); a
-    // signal that arrived meanwhile acts once they are unblocked just before exec,
-    // as if it had been sent to CMD at its start.
-    let _blocked = forwarded_signals()?;
+    // No signal is blocked here: a ptrace session holds every signal of ours while
+    // it runs (the target is never left mid-injection), and a signal that ends
+    // fdgrab before the exec only ends what CMD would have been.
     let wanted: Vec<_> = fds.iter().map(|m| m.fd).collect();
     let grabbed = fdgrab::GrabOptions::new()
         .backend(backend.backend)
@@ -68,23 +67,26 @@ impl Spawner {
     /// Starts CMD with each of `grabbed` installed at the matching `fds` entry's new
     /// number. Returns once CMD has exec'd.
     pub fn start(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> Result<Child> {
-        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
-        Ok(self.spawn.program(self.program).fds(plan).spawn()?)
+        Ok(self.command(grabbed, fds)?.spawn()?)
     }
 
     /// Replaces fdgrab with CMD, each of `grabbed` installed at the matching `fds`
     /// entry's new number. Returns only on failure.
     pub fn exec(self, grabbed: Vec<fdgrab::Grabbed>, fds: &[crate::args::FdMap]) -> anyhow::Error {
-        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)));
-        match plan {
-            Ok(plan) => self
-                .spawn
-                .program(self.program)
-                .fds(plan)
-                .exec_in_place()
-                .into(),
+        match self.command(grabbed, fds) {
+            Ok(spawn) => spawn.exec_in_place().into(),
             Err(e) => e.into(),
         }
+    }
+
+    /// CMD with its program found and each of `grabbed` planned at its new number.
+    fn command(
+        self,
+        grabbed: Vec<fdgrab::Grabbed>,
+        fds: &[crate::args::FdMap],
+    ) -> fdgrab::Result<Spawn> {
+        let plan = FdPlan::from_pairs(grabbed.into_iter().zip(fds).map(|(g, m)| (g.fd, m.new_fd)))?;
+        Ok(self.spawn.program(self.program).fds(plan))
     }
 }
 

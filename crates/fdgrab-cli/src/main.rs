@@ -24,10 +24,6 @@ use std::process::ExitCode;
 /// parsing `/proc/self/maps`), about 0.1 ms; it was given up because it needs an
 /// unsafe attribute (`no_mangle`) in this crate, which holds no unsafe code.
 fn main() -> ExitCode {
-    run()
-}
-
-fn run() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
