@@ -459,6 +459,10 @@ fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(Own
     let Some(master) = master else {
         return Ok(None);
     };
+    // Keepers last: retiring one cannot be undone, so every plain holder must have
+    // been given /dev/null (the step that can refuse) before a keeper is asked to
+    // hand over and exit.
+    taken.sort_by_key(|(entry, _, _)| entry.keeper.is_some());
     let mut replay = Vec::new();
     for (entry, holder, fds) in taken {
         if let Some(keeper) = entry.keeper.take() {
