@@ -19,7 +19,7 @@ use super::audit::{rfc3339_now, AuditLabels, AuditRecord, AuditSink, Decision};
 use super::handler::{Answer, Context, Handler};
 use super::pidfd_cache::{CachedThread, FdBudget, ThreadPidfds};
 use super::policy::{Policy, PolicyCell, Proto};
-use super::port_threshold::{caller_netns, netns_link_inode, CallerNetns};
+use super::port_threshold::{caller_netns, thread_netns_inode, CallerNetns};
 use crate::pidfd::PidFd;
 use crate::seccomp::{
     read_validated, read_validated_within, Notification, ReadError, Response, SendError,
@@ -168,13 +168,6 @@ pub(super) fn decode_bind(
     let addr = parse_sockaddr(family, raw).map_err(Undecoded::Kernel)?;
     args.addr = Some(addr);
     Ok((fd, addr))
-}
-
-/// The nsfs inode of thread `tid`'s network namespace, from the link's text
-/// (`net:[INODE]`): reading the link costs half of following it.
-fn thread_netns_inode(tid: i32) -> Option<u64> {
-    let link = rustix::fs::readlink(format!("/proc/{tid}/ns/net"), Vec::new()).ok()?;
-    netns_link_inode(link.as_bytes())
 }
 
 impl Handler for BindHandler {

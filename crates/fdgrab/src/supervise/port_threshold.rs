@@ -319,6 +319,14 @@ fn read_link_inode_at(
     Ok(netns_link_inode(text))
 }
 
+/// The nsfs inode of thread `tid`'s network namespace, from the link's text
+/// (`net:[INODE]`): reading the link costs half of following it.
+pub(crate) fn thread_netns_inode(tid: i32) -> Option<u64> {
+    read_link_inode_at(rustix::fs::CWD, format!("/proc/{tid}/ns/net"))
+        .ok()
+        .flatten()
+}
+
 /// The inode in a `net:[INODE]` link text.
 pub(crate) fn netns_link_inode(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text)
