@@ -229,7 +229,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         // stay open in it for the new server's whole life.
         drop(signals);
         drop(target);
-        let new_pid = child.release();
+        child.release();
         let sup_pid = match supervisor {
             Some(s) => Some(s.detach()?),
             None => None,

@@ -496,14 +496,18 @@ impl Tenant {
                 handler.handle(&mut cx, &notif)
             };
             // Under the job lock: the watchdog decides this worker's fate under it.
-            let replaced = {
+            let (mine, replaced) = {
                 let mut g = self.job.lock().unwrap_or_else(|p| p.into_inner());
                 if g.as_ref().is_some_and(|j| Arc::ptr_eq(&j.claim, &claim)) {
                     *g = None;
                 }
-                !claim.take() && self.generation.load(Ordering::Acquire) != generation
+                let mine = claim.take();
+                (
+                    mine,
+                    !mine && self.generation.load(Ordering::Acquire) != generation,
+                )
             };
-            if !claim.take() {
+            if !mine {
                 if !replaced {
                     // The watchdog answered but kept us (the agent-wide limit).
                     tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
