@@ -706,7 +706,6 @@ fn tracer_of(pid: u32) -> Option<u32> {
 /// unharmed and untraced, and fdgrab never stops with the target in hand.
 #[test]
 fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
-    use std::io::BufRead;
     let file = fdgrab_testkit::test_path("get-signal-grab", "file");
     // Busy, with a system call now and then: registers left half-restored make
     // it crash at once.
@@ -724,11 +723,9 @@ fn a_signal_during_a_ptrace_grab_never_harms_the_target() {
         .spawn()
         .expect("target");
     let tpid = target.id();
-    let mut line = String::new();
-    std::io::BufReader::new(target.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready");
-    assert_eq!(line, "ready\n");
+    let mut out = std::io::BufReader::new(target.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("ready");
+    assert_eq!(line, "ready");
     let tp = tpid.to_string();
     let get: &[&str] = &["get", "--backend", "ptrace", &tp, "7", "--", "true"];
     // put injects the same way (fd 8: the target's own fds stay as they are).
