@@ -70,10 +70,11 @@ fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     returns(&agent, "fds", fds, AgentProc::fd_count);
 }
 
-/// Twelve containers stall twice each (24 reads that never return): the agent
-/// gives up on at most 16 workers in all (`MAX_BLOCKED_TOTAL`), every stalled
-/// bind is still answered ETIMEDOUT, its threads stay within one per container
-/// plus that limit, and a neighbour keeps binding.
+/// Eighteen containers stall twice each (36 reads that never return): each
+/// gives up its first worker on a place of its own, the second ones take the
+/// 16 places of the agent-wide pool (`MAX_BLOCKED_TOTAL`) and two are kept;
+/// every stalled bind is still answered ETIMEDOUT, the threads stay within two
+/// per container plus the pool, and a neighbour keeps binding.
 #[test]
 fn agent_caps_blocked_workers_across_containers() {
     if !root_or_skip() {
@@ -84,16 +85,19 @@ fn agent_caps_blocked_workers_across_containers() {
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers = stalling_tenants(&agent, 12, 2);
-    assert_eq!(agent.state_number("blocked_workers"), LIMIT as u64);
+    let mut attackers = stalling_tenants(&agent, 18, 2);
+    assert_eq!(agent.state_number("blocked_in_pool"), LIMIT as u64);
+    assert_eq!(
+        agent.state_number("blocked_workers"),
+        (attackers.len() + LIMIT) as u64
+    );
     let now = thread_count(&agent);
     // The main thread and any short-lived helper aside: the victim's worker, one
-    // worker per attacker (some of them blocked and kept), and the given-up ones.
-    assert!(
-        now <= threads + 1 + attackers.len() + LIMIT,
-        "{now} threads, baseline {threads}"
-    );
-    assert!(now >= threads + 1 + attackers.len() + LIMIT - 1, "{now}");
+    // worker per attacker (two of them blocked and kept), each attacker's own
+    // given-up one and those in the pool.
+    let expected = threads + 1 + 2 * attackers.len() + LIMIT;
+    assert!(now <= expected, "{now} threads, baseline {threads}");
+    assert!(now + 1 >= expected, "{now}");
     agent
         .log
         .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
@@ -108,6 +112,54 @@ fn agent_caps_blocked_workers_across_containers() {
     victim.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
+}
+
+/// One tenant holding 16 containers stalls twice in each, which takes every
+/// place of the agent-wide pool of given-up workers (16). A victim container's
+/// read then stalls once past the deadline: it gets its ETIMEDOUT, and its next
+/// honest binds are served at once by a replacement worker (its first given-up
+/// worker never needs a pool place), not after the attacker's reads return,
+/// which is never. The agent's threads stay within the documented bound: two
+/// per container plus the pool.
+#[test]
+fn agent_full_pool_never_costs_another_container_its_replacement() {
+    if !root_or_skip() {
+        return;
+    }
+    const POOL: usize = 16;
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    let mut attackers = stalling_tenants(&agent, POOL, 2);
+    assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    // Not waiting for anyone's read: the replacement serves at once (the
+    // watchdog's tick is 100 ms; the bound leaves room for a loaded machine).
+    for i in 1..=3 {
+        let r = victim.ask(&format!("bind 127.86.0.{i} 86"), Duration::from_secs(2));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // The attacker's reads never returned: the pool is still full.
+    assert_eq!(agent.state_number("blocked_in_pool"), POOL as u64);
+    let containers = attackers.len() + 1;
+    assert_eq!(
+        agent.state_number("blocked_workers"),
+        (2 * attackers.len() + 1) as u64
+    );
+    let now = thread_count(&agent);
+    // Each container's worker and its own given-up one, plus the pool.
+    let bound = threads + 2 * containers + POOL;
+    assert!(now <= bound, "{now} threads, bound {bound}");
+    assert!(now + 1 >= bound, "{now} threads, bound {bound}");
+    for a in &mut attackers {
+        a.kill();
+    }
+    victim.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+    assert_eq!(agent.state_number("blocked_in_pool"), 0);
 }
 
 /// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
@@ -173,8 +225,8 @@ fn agent_busy_container_worker_yields_and_recovers() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// A real runc or crun container starts while nine fake containers stall twice
-/// each (the agent-wide limit of workers given up on is reached) and another
+/// A real runc or crun container starts while seventeen fake containers stall
+/// twice each (the agent-wide pool of workers given up on is full) and another
 /// keeps 300 threads binding (its worker yields): the container's httpd still
 /// gets port 80, and once everyone is gone the agent is back to its baseline
 /// threads and fds.
@@ -186,7 +238,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, 9, 2);
+    let mut stallers = stalling_tenants(&agent, 17, 2);
     let mut storm = FakeTenant::start(&agent, &unique("rstorm"));
     assert_eq!(storm.ask("storm 300 77 86", TIMEOUT)["started"], 300);
     let ns = NetNs::new();
@@ -201,7 +253,8 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     // priority, never by the slow lane.
     let log = agent.log.text();
     assert!(!log.contains("the slow lane reads the rest"), "{log}");
-    assert_eq!(agent.state_number("blocked_workers"), 16);
+    assert_eq!(agent.state_number("blocked_in_pool"), 16);
+    assert_eq!(agent.state_number("blocked_workers"), 17 + 16);
     let r = storm.ask("stop", TIMEOUT);
     assert!(r["binds"].as_u64() >= Some(300), "{r}");
     storm.kill();
@@ -382,11 +435,13 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
     c.kill();
 }
 
-/// Eight containers stall twice each and fill the agent-wide limit of workers
-/// given up on (16); a ninth then stalls once, so its worker is answered for
-/// but kept. Once the eight are gone (their reads return), the ninth's next
-/// ordinary bind must be served: the kept worker is replaced as soon as there
-/// is room, not left to wait for a page nobody will ever fill.
+/// Sixteen containers stall twice each and fill the agent-wide pool of places
+/// for workers given up on (16); a seventeenth then stalls twice: its first
+/// worker is replaced on a place of its own, its second is answered for but
+/// kept. Once the sixteen are gone (their reads return), the kept worker must
+/// be replaced as soon as there is room, not left to wait for a page nobody
+/// will ever fill: with its two workers given up, the seventeenth's next binds
+/// are answered ETIMEDOUT at once by the successor, without a read.
 #[test]
 fn agent_kept_worker_is_replaced_once_the_limit_frees() {
     if !root_or_skip() {
@@ -395,21 +450,36 @@ fn agent_kept_worker_is_replaced_once_the_limit_frees() {
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, 8, 2);
-    assert_eq!(agent.state_number("blocked_workers"), 16);
+    let mut stallers = stalling_tenants(&agent, 16, 2);
+    assert_eq!(agent.state_number("blocked_in_pool"), 16);
     let mut late = FakeTenant::start(&agent, &unique("late"));
-    assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
-    assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    for _ in 0..2 {
+        assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
+        assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    }
     agent
         .log
         .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(agent.state_number("blocked_workers"), 2 * 16 + 1);
     for s in &mut stallers {
         s.kill();
     }
-    let r = late.ask("bind 127.84.0.1 86", TIMEOUT);
-    assert_eq!(r["errno"], 0, "{r}");
-    assert_eq!(late.ask("bind 127.84.0.2 86", TIMEOUT)["errno"], 0);
+    for i in 1..=2 {
+        let r = late.ask(&format!("bind 127.84.0.{i} 86"), TIMEOUT);
+        assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    }
+    let refused = agent
+        .audit_lines()
+        .iter()
+        .filter(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("earlier reads of this container's memory"))
+        })
+        .count();
+    assert_eq!(refused, 2, "answered without a read by the successor");
+    assert_eq!(agent.state_number("blocked_in_pool"), 1);
     late.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
