@@ -48,26 +48,82 @@ fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentPr
     assert_eq!(now(agent), baseline, "agent {what} back to baseline");
 }
 
+/// The agent-wide pool of places for given-up workers (`MAX_BLOCKED_TOTAL`).
+const POOL: usize = 16;
+
+/// An agent (ports 85-86) with its baseline fds and threads, a calm container,
+/// and `n` containers that each stalled `times` reads.
+struct Stalled {
+    agent: AgentProc,
+    fds: usize,
+    threads: usize,
+    calm: FakeTenant,
+    attackers: Vec<FakeTenant>,
+}
+
+impl Stalled {
+    fn start(calm: &str, n: usize, times: usize) -> Stalled {
+        let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+        let fds = agent.fd_count();
+        let threads = thread_count(&agent);
+        let calm = FakeTenant::start(&agent, &unique(calm));
+        let attackers = stalling_tenants(&agent, n, times);
+        Stalled {
+            agent,
+            fds,
+            threads,
+            calm,
+            attackers,
+        }
+    }
+
+    /// Asserts the agent holds `extra` threads over its baseline (one fewer
+    /// while a thread is still being started), never more than the documented
+    /// bound: each container's worker and its own given-up one, plus the pool.
+    fn threads_are(&self, extra: usize) {
+        let now = thread_count(&self.agent);
+        let bound = self.threads + 2 * (self.attackers.len() + 1) + POOL;
+        assert!(now <= bound, "{now} threads, bound {bound}");
+        let expected = self.threads + extra;
+        assert!(
+            now <= expected && now + 1 >= expected,
+            "{now} threads, expected {expected}"
+        );
+    }
+
+    /// Ends the attackers: their threads go, the calm container keeps its
+    /// `calm_threads` (its worker, and one given up on if it stalled); then
+    /// ends it too, and the agent's threads and fds are back to the baseline.
+    fn end(mut self, calm_threads: usize) {
+        for a in &mut self.attackers {
+            a.kill();
+        }
+        returns(
+            &self.agent,
+            "threads",
+            self.threads + calm_threads,
+            thread_count,
+        );
+        let blocked = self.agent.state_number("blocked_workers");
+        assert_eq!(blocked, calm_threads as u64 - 1);
+        assert_eq!(self.agent.state_number("blocked_in_pool"), 0);
+        self.calm.kill();
+        returns(&self.agent, "threads", self.threads, thread_count);
+        returns(&self.agent, "fds", self.fds, AgentProc::fd_count);
+    }
+}
+
 #[test]
 fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     if !root_or_skip() {
         return;
     }
-    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
-    let threads = thread_count(&agent);
-    let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers = stalling_tenants(&agent, 20, 1);
+    let mut s = Stalled::start("calm", 20, 1);
     // Each attacker now has a worker blocked and a fresh one serving it.
-    assert!(thread_count(&agent) > threads + 20);
-    let r = victim.ask("bind 127.78.7.1 86", TIMEOUT);
+    s.threads_are(1 + 2 * 20);
+    let r = s.calm.ask("bind 127.78.7.1 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
-    for a in &mut attackers {
-        a.kill();
-    }
-    victim.kill();
-    returns(&agent, "threads", threads, thread_count);
-    returns(&agent, "fds", fds, AgentProc::fd_count);
+    s.end(1);
 }
 
 /// Eighteen containers stall twice each (36 reads that never return): each
@@ -80,38 +136,19 @@ fn agent_caps_blocked_workers_across_containers() {
     if !root_or_skip() {
         return;
     }
-    const LIMIT: usize = 16;
-    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
-    let threads = thread_count(&agent);
-    let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers = stalling_tenants(&agent, 18, 2);
-    assert_eq!(agent.state_number("blocked_in_pool"), LIMIT as u64);
-    assert_eq!(
-        agent.state_number("blocked_workers"),
-        (attackers.len() + LIMIT) as u64
-    );
-    let now = thread_count(&agent);
-    // The main thread and any short-lived helper aside: the victim's worker, one
-    // worker per attacker (two of them blocked and kept), each attacker's own
-    // given-up one and those in the pool.
-    let expected = threads + 1 + 2 * attackers.len() + LIMIT;
-    assert!(now <= expected, "{now} threads, baseline {threads}");
-    assert!(now + 1 >= expected, "{now}");
-    agent
+    let mut s = Stalled::start("calm", 18, 2);
+    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
+    assert_eq!(s.agent.state_number("blocked_workers"), (18 + POOL) as u64);
+    // The calm container's worker, one worker per attacker (two of them
+    // blocked and kept), each attacker's own given-up one and those in the pool.
+    s.threads_are(1 + 2 * 18 + POOL);
+    s.agent
         .log
         .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
-    let r = victim.ask("bind 127.78.7.2 86", TIMEOUT);
+    let r = s.calm.ask("bind 127.78.7.2 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
-    for a in &mut attackers {
-        a.kill();
-    }
-    returns(&agent, "threads", threads + 1, thread_count);
-    assert_eq!(agent.state_number("blocked_workers"), 0);
-    victim.kill();
-    returns(&agent, "threads", threads, thread_count);
-    returns(&agent, "fds", fds, AgentProc::fd_count);
+    s.end(1);
 }
 
 /// One tenant holding 16 containers stalls twice in each, which takes every
@@ -126,12 +163,8 @@ fn agent_full_pool_never_costs_another_container_its_replacement() {
     if !root_or_skip() {
         return;
     }
-    const POOL: usize = 16;
-    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
-    let threads = thread_count(&agent);
-    let mut victim = FakeTenant::start(&agent, &unique("victim"));
-    let mut attackers = stalling_tenants(&agent, POOL, 2);
+    let mut s = Stalled::start("victim", POOL, 2);
+    let victim = &mut s.calm;
     assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
     assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
     // Not waiting for anyone's read: the replacement serves at once (the
@@ -141,25 +174,15 @@ fn agent_full_pool_never_costs_another_container_its_replacement() {
         assert_eq!(r["errno"], 0, "{r}");
     }
     // The attacker's reads never returned: the pool is still full.
-    assert_eq!(agent.state_number("blocked_in_pool"), POOL as u64);
-    let containers = attackers.len() + 1;
+    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
     assert_eq!(
-        agent.state_number("blocked_workers"),
-        (2 * attackers.len() + 1) as u64
+        s.agent.state_number("blocked_workers"),
+        (2 * POOL + 1) as u64
     );
-    let now = thread_count(&agent);
-    // Each container's worker and its own given-up one, plus the pool.
-    let bound = threads + 2 * containers + POOL;
-    assert!(now <= bound, "{now} threads, bound {bound}");
-    assert!(now + 1 >= bound, "{now} threads, bound {bound}");
-    for a in &mut attackers {
-        a.kill();
-    }
-    victim.kill();
-    returns(&agent, "threads", threads, thread_count);
-    returns(&agent, "fds", fds, AgentProc::fd_count);
-    assert_eq!(agent.state_number("blocked_workers"), 0);
-    assert_eq!(agent.state_number("blocked_in_pool"), 0);
+    // At the bound: every container has its worker and its own given-up one,
+    // and the pool is full.
+    s.threads_are(2 * (POOL + 1) + POOL);
+    s.end(2);
 }
 
 /// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
