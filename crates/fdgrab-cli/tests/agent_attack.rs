@@ -185,6 +185,104 @@ fn agent_full_pool_never_costs_another_container_its_replacement() {
     s.end(2);
 }
 
+/// A pids cgroup holding the agent, whose `pids.max` the test sets: the way to
+/// make the agent's thread creation fail (`EAGAIN`) while it runs as root.
+/// The agent goes back to the hierarchy's root cgroup when dropped.
+struct PidsCgroup {
+    root: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pid: i32,
+}
+
+impl PidsCgroup {
+    /// `None` (a loud skip) when no pids controller is mounted, v1 or v2.
+    fn holding(agent: &AgentProc) -> Option<PidsCgroup> {
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let v2_pids = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+        let root = if v2_pids {
+            // The root's children get the controller only once it is enabled.
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+            v2.to_path_buf()
+        } else {
+            let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
+            if !v1.join("cgroup.procs").exists() {
+                fdgrab_testkit::skip("no pids cgroup controller is mounted (v1 or v2)");
+                return None;
+            }
+            v1
+        };
+        let dir = root.join(unique("fdgrab-agent-pids"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cg = PidsCgroup {
+            root,
+            dir,
+            pid: agent.pid,
+        };
+        cg.set("cgroup.procs", &agent.pid.to_string());
+        Some(cg)
+    }
+
+    fn set(&self, file: &str, value: &str) {
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The agent cannot start a thread (its pids cgroup is full) when a
+/// container's read stalls: the request is still answered ETIMEDOUT, the
+/// blocked worker is kept and the place it would have taken is given back.
+/// Once threads can start again, the watchdog replaces the kept worker at its
+/// next tick: the container's next binds are served, and it then holds exactly
+/// its one own place, nothing of the pool.
+#[test]
+fn agent_failed_replacement_keeps_the_worker_and_gives_its_place_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let Some(cg) = PidsCgroup::holding(&agent) else {
+        return;
+    };
+    let mut t = FakeTenant::start(&agent, &unique("nospawn"));
+    assert_eq!(t.ask("bind 127.86.1.1 86", TIMEOUT)["errno"], 0);
+    cg.set("pids.max", &thread_count(&agent).to_string());
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    agent
+        .log
+        .wait_for("cannot start a replacement worker", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+    assert_eq!(agent.state_number("blocked_in_pool"), 0);
+    assert!(
+        !agent
+            .log
+            .text()
+            .contains("agent-wide limit of blocked workers"),
+        "a failed start is not the pool being full"
+    );
+    cg.set("pids.max", "max");
+    let r = t.ask("bind 127.86.1.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(agent.state_number("blocked_workers"), 1);
+    assert_eq!(agent.state_number("blocked_in_pool"), 0);
+    t.kill();
+    returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+    drop(cg);
+}
+
 /// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
 fn nices(agent: &AgentProc, name: &str) -> Vec<i64> {
     std::fs::read_dir(format!("/proc/{}/task", agent.pid))
