@@ -682,3 +682,100 @@ fn agent_stall_while_lowered_is_replaced_at_nice_0() {
     returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
+
+/// Copies of every userfaultfd `pid` holds (`pidfd_getfd`): while the test
+/// keeps them, reads blocked on that process's unfilled pages stay blocked
+/// after it exits, as when the page's filler lives outside the container
+/// (another container of the pod that was passed the userfaultfd).
+fn hold_userfaultfds(pid: i32) -> Vec<std::os::fd::OwnedFd> {
+    let target = rustix::process::Pid::from_raw(pid).expect("pid");
+    let pidfd = rustix::process::pidfd_open(target, rustix::process::PidfdFlags::empty())
+        .expect("pidfd_open");
+    let held: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            (link.to_str()? == "anon_inode:[userfaultfd]").then_some(())?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty()).ok()
+        })
+        .collect();
+    assert!(!held.is_empty(), "no userfaultfd in {pid}");
+    held
+}
+
+/// Whether the agent logged that the container `id` was released.
+fn released(agent: &AgentProc, id: &str) -> bool {
+    agent
+        .log
+        .text()
+        .lines()
+        .any(|l| l.contains("released") && l.contains(&format!("container={id} ")))
+}
+
+/// Sixteen containers fill the pool; a seventeenth stalls twice (its second
+/// worker kept, the pool being full) and dies, but its page's filler lives on
+/// outside it (the test holds its userfaultfds), so its reads never return.
+/// The dead container is released at the watchdog's next tick, and a pool
+/// place freed later goes to a living container that needs it, not to a
+/// successor for the dead one (which would hold it as long as the page stays
+/// unfilled): a victim that then stalls twice has both its workers replaced
+/// and its next bind answered at once.
+#[test]
+fn agent_dead_container_never_takes_a_freed_pool_place() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let threads = thread_count(&agent);
+    let mut stallers = stalling_tenants(&agent, POOL, 2);
+    let id = unique("dead");
+    let mut dead = FakeTenant::start(&agent, &id);
+    for _ in 0..2 {
+        assert_eq!(dead.ask("uffd 85", TIMEOUT)["stalled"], true);
+        assert_eq!(dead.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    }
+    agent
+        .log
+        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let filler = hold_userfaultfds(dead.pid);
+    dead.kill();
+    // A pool place frees: one staller's two reads return when it dies.
+    let freed = stallers.remove(0);
+    drop(freed);
+    let deadline = Instant::now() + TIMEOUT;
+    while !released(&agent, &id) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(released(&agent, &id), "the dead container is released");
+    // Left: each staller's two given-up workers, and the dead container's
+    // first one (on its own place); its kept worker holds no place.
+    let left = 2 * (POOL - 1) + 1;
+    let deadline = Instant::now() + TIMEOUT;
+    while agent.state_number("blocked_workers") as usize > left && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        agent.state_number("blocked_in_pool"),
+        POOL as u64 - 1,
+        "the freed place is not spent on the dead container"
+    );
+    assert_eq!(agent.state_number("blocked_workers"), left as u64);
+    let mut victim = FakeTenant::start(&agent, &unique("victim"));
+    for _ in 0..2 {
+        assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
+        assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    }
+    let r = victim.ask("bind 127.86.2.1 86", TIMEOUT);
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "answered at once, unread: {r}");
+    assert_eq!(agent.state_number("blocked_in_pool"), POOL as u64);
+    drop(filler);
+    victim.kill();
+    for s in &mut stallers {
+        s.kill();
+    }
+    returns(&agent, "threads", threads, thread_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+}
