@@ -779,3 +779,83 @@ fn agent_dead_container_never_takes_a_freed_pool_place() {
     returns(&agent, "threads", threads, thread_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
+
+/// A read that outlives the deadline and then fails: the caller unmaps the
+/// page and closes the userfaultfd once it has its ETIMEDOUT, so the given-up
+/// worker's read ends in EFAULT. The watchdog answered the request; the worker
+/// must not record a decision of its own for it (the kernel judging a bad
+/// address) that was never sent: one request, one audit line, ETIMEDOUT.
+#[test]
+fn agent_read_failing_after_the_deadline_is_audited_once() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let mut t = FakeTenant::start(&agent, &unique("fault"));
+    assert_eq!(t.ask("uffd-fault 85", TIMEOUT)["stalled"], true);
+    let r = t.line(TIMEOUT);
+    assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+    assert_eq!(r["unmapped"], true, "{r}");
+    // The given-up worker's read has returned once its place is back.
+    returns(&agent, "blocked workers", 0, |a| {
+        a.state_number("blocked_workers") as usize
+    });
+    // A bind after it, so that every line of the stalled one is written.
+    assert_eq!(t.ask("bind 127.86.3.1 86", TIMEOUT)["errno"], 0);
+    let audit = agent.audit_lines();
+    let stalled: Vec<_> = audit.iter().filter(|l| l["port"] != 86).collect();
+    assert_eq!(stalled.len(), 1, "one line for the stalled bind: {audit:?}");
+    assert_eq!(stalled[0]["errno"], libc::ETIMEDOUT, "{audit:?}");
+}
+
+/// Churn at the pool's edge: 14 containers hold 14 pool places for good; four
+/// more stall two reads at once, again and again, each read returning (EFAULT)
+/// 700 ms after its caller has its ETIMEDOUT, so that a container's first read
+/// is still blocked when its second outlives the deadline. The four want four
+/// pool places and find two, so some second workers are kept and replaced
+/// later, while first ones return and give their places back. After every round the threads are
+/// within the documented bound; at the end every churner's bind is served and
+/// the places are exactly the 14 holders', none leaked or freed twice.
+#[test]
+fn agent_churning_stalls_at_a_nearly_full_pool_leak_no_place() {
+    if !root_or_skip() {
+        return;
+    }
+    let holders = POOL - 2;
+    let s = Stalled::start("calm", holders, 2);
+    let mut churners: Vec<FakeTenant> = (0..4)
+        .map(|_| FakeTenant::start(&s.agent, &unique("churn")))
+        .collect();
+    let bound = s.threads + 2 * (holders + churners.len() + 1) + POOL;
+    for _round in 0..3 {
+        for c in &mut churners {
+            for _ in 0..2 {
+                assert_eq!(c.ask("uffd-fault 85 700", TIMEOUT)["stalled"], true);
+            }
+        }
+        for c in &mut churners {
+            for _ in 0..2 {
+                let r = c.line(TIMEOUT);
+                assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+            }
+        }
+        let now = thread_count(&s.agent);
+        assert!(now <= bound, "{now} threads, bound {bound}");
+    }
+    s.agent
+        .log
+        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    returns(&s.agent, "blocked workers", 2 * holders, |a| {
+        a.state_number("blocked_workers") as usize
+    });
+    assert_eq!(s.agent.state_number("blocked_in_pool"), holders as u64);
+    for (i, c) in churners.iter_mut().enumerate() {
+        let r = c.ask(&format!("bind 127.86.4.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    for c in &mut churners {
+        c.kill();
+    }
+    s.end(1);
+}
