@@ -241,7 +241,9 @@ impl Drop for PidsCgroup {
 /// blocked worker is kept and the place it would have taken is given back.
 /// Once threads can start again, the watchdog replaces the kept worker at its
 /// next tick: the container's next binds are served, and it then holds exactly
-/// its one own place, nothing of the pool.
+/// its one own place, nothing of the pool. The watchdog retries at every tick
+/// meanwhile, but the failure is logged as an error once, not ten times a
+/// second for as long as threads cannot start.
 #[test]
 fn agent_failed_replacement_keeps_the_worker_and_gives_its_place_back() {
     if !root_or_skip() {
@@ -261,6 +263,19 @@ fn agent_failed_replacement_keeps_the_worker_and_gives_its_place_back() {
     agent
         .log
         .wait_for("cannot start a replacement worker", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A few of the watchdog's 100 ms ticks.
+    std::thread::sleep(Duration::from_millis(500));
+    let errors = agent
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("cannot start a replacement worker"))
+        .count();
+    assert_eq!(errors, 1, "logged as an error once");
+    agent
+        .log
+        .wait_for("still cannot start a replacement worker", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(agent.state_number("blocked_workers"), 0);
     assert_eq!(agent.state_number("blocked_in_pool"), 0);

@@ -336,6 +336,8 @@ pub(crate) struct Tenant {
     /// Set once the agent was told the container is gone: whichever of the
     /// watchdog and a worker sees it first tells it, and only that one.
     released: AtomicBool,
+    /// The last attempt to start a replacement worker failed (and was logged).
+    spawn_failing: AtomicBool,
     pub counters: TenantCounters,
     shared: Arc<Shared>,
     events: Mutex<Sender<TenantEvent>>,
@@ -368,6 +370,7 @@ impl Tenant {
             blocked: BlockedPlaces::default(),
             generation: AtomicU64::new(0),
             released: AtomicBool::new(false),
+            spawn_failing: AtomicBool::new(false),
             counters: TenantCounters::default(),
             shared,
             events: Mutex::new(events),
@@ -474,10 +477,17 @@ impl Tenant {
             // read returns (it looks only under the lock we hold).
             self.generation.store(generation - 1, Ordering::Release);
             self.blocked.give_back(&self.shared.blocked, job);
-            tracing::error!(error = %e, container = %self.shown_id(),
-                "cannot start a replacement worker; this container's binds wait until its read returns");
+            // Retried at every tick: an error once per run of failures.
+            if self.spawn_failing.swap(true, Ordering::Relaxed) {
+                tracing::debug!(error = %e, container = %self.shown_id(),
+                    "still cannot start a replacement worker");
+            } else {
+                tracing::error!(error = %e, container = %self.shown_id(),
+                    "cannot start a replacement worker; this container's binds wait until its read returns or one can start");
+            }
             return Replacement::SpawnFailed;
         }
+        self.spawn_failing.store(false, Ordering::Relaxed);
         Replacement::Started
     }
 
