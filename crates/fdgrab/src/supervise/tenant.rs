@@ -10,8 +10,8 @@
 //! A watchdog on the agent's thread bounds the stall for the container itself:
 //! once a request has been in a worker for [`READ_DEADLINE`], the watchdog
 //! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
-//! when its read returns, at the latest when the container dies) and starts a
-//! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
+//! when its read returns, normally at the latest when the container dies; see
+//! below) and starts a fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
 //! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
 //! [`Claim`] decides whether the worker or the watchdog answers, never both.
 //!
