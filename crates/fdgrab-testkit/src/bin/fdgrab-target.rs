@@ -793,7 +793,7 @@ fn trap_socket() {
 
 fn seccomp_filtered(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high] [ppoll]");
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high|exec|ip2] [ppoll]");
         std::process::exit(2);
     };
     let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
@@ -836,6 +836,11 @@ fn seccomp_filtered(args: &[String]) {
                                              // "high": the action applies only when the first argument is above
                                              // 0x7f00_ffff_ffff (say, unmapping where the libraries and mmap areas live).
     let high = args[2..].iter().any(|a| a == "high");
+    // "exec": only when the third argument has PROT_EXEC (an executable mmap).
+    let exec = args[2..].iter().any(|a| a == "exec");
+    // "ip2": only for a call made from 2 bytes into a page (a `syscall` instruction
+    // at a page's start, as in code written at the start of a fresh mapping).
+    let ip2 = args[2..].iter().any(|a| a == "ip2");
     // "ppoll": wait in ppoll with a mask (the one in force, so the signal state the
     // tests compare stays the same) before each read: a call that swaps masks.
     let in_ppoll = args[2..].iter().any(|a| a == "ppoll");
@@ -844,7 +849,20 @@ fn seccomp_filtered(args: &[String]) {
     // which may forbid rt_sigprocmask).
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
     for &nr in &nrs {
-        if high {
+        if exec {
+            prog.push(ins(0x15, 0, 4, nr as u32));
+            prog.push(ins(0x20, 0, 0, 32)); // ld args[2] (low half)
+            prog.push(ins(0x45, 0, 1, libc::PROT_EXEC as u32)); // jset
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else if ip2 {
+            prog.push(ins(0x15, 0, 5, nr as u32));
+            prog.push(ins(0x20, 0, 0, 8)); // ld instruction_pointer (low half)
+            prog.push(ins(0x54, 0, 0, 0xfff)); // and
+            prog.push(ins(0x15, 0, 1, 2)); // jeq
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else if high {
             prog.push(ins(0x15, 0, 4, nr as u32));
             prog.push(ins(0x20, 0, 0, 20)); // ld args[0] >> 32
             prog.push(ins(0x25, 0, 1, 0x7f00)); // jgt
