@@ -79,18 +79,24 @@ fn routine_grabs_in_four_stops() {
     );
 }
 
-/// A filter that kills on an executable `mmap`: no such mapping is asked for
-/// (the target would die), and the calls are made one by one, filter in force.
-#[test]
-fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
+/// [`grab_in`] a target under the filter `args` give, expecting the per-call way.
+fn per_call_in(args: &[&str], case: &str) {
     if !is_root() {
         skip("reading seccomp filters needs root");
         return;
     }
-    for action in ["kill-process", "errno"] {
-        let t = Target::spawn(["seccomp", action, "mmap", "exec"]);
-        grab_in(t, 6, &format!("{action} on mmap with PROT_EXEC"));
-    }
+    grab_in(Target::spawn(args), 6, case);
+}
+
+/// A filter that kills on an executable `mmap`: no such mapping is asked for
+/// (the target would die), and the calls are made one by one, filter in force.
+#[test]
+fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
+    per_call_in(
+        &["seccomp", "kill-process", "mmap", "exec"],
+        "kill on PROT_EXEC",
+    );
+    per_call_in(&["seccomp", "errno", "mmap", "exec"], "EPERM for PROT_EXEC");
 }
 
 /// A filter that looks at the fd of `sendmsg` and `close` (here: kill if it is
@@ -99,12 +105,8 @@ fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
 /// checked with its real fd.
 #[test]
 fn routine_not_used_where_a_filter_reads_the_fd_it_makes() {
-    if !is_root() {
-        skip("reading seccomp filters needs root");
-        return;
-    }
-    let t = Target::spawn(["seccomp", "kill-process", "sendmsg,close", "high"]);
-    grab_in(t, 6, "kill on sendmsg/close by fd");
+    let args = ["seccomp", "kill-process", "sendmsg,close", "high"];
+    per_call_in(&args, "kill on sendmsg/close by fd");
 }
 
 /// A filter that kills a `socket` made from 2 bytes into a page: where the
@@ -113,12 +115,8 @@ fn routine_not_used_where_a_filter_reads_the_fd_it_makes() {
 /// is ruled out; the step's `socket` passes.
 #[test]
 fn routine_not_used_where_a_filter_treats_its_code_differently() {
-    if !is_root() {
-        skip("reading seccomp filters needs root");
-        return;
-    }
-    let t = Target::spawn(["seccomp", "kill-process", "socket", "ip2"]);
-    grab_in(t, 6, "kill on socket from a page start");
+    let args = ["seccomp", "kill-process", "socket", "ip2"];
+    per_call_in(&args, "kill on socket from a page start");
 }
 
 /// `socket` failing inside the routine (EMFILE: the target's fd limit lowered to

@@ -272,18 +272,17 @@ impl<'a> Session<'a> {
         self.block_signals()?;
         if exec_scratch && self.exec_scratch_allowed() {
             let addr = self.syscall(libc::SYS_mmap, &scratch_mmap(libc::PROT_EXEC))?;
-            if !(-4095..0).contains(&addr) {
-                self.scratch = Some(addr as u64);
-                self.scratch_exec = true;
+            if (-4095..0).contains(&addr) {
+                // An LSM (SELinux execmem) or a memory limit: the per-call way needs
+                // no executable page.
+                tracing::debug!(
+                    pid = self.pid,
+                    ret = addr,
+                    "no read+exec scratch mapping; injecting call by call"
+                );
+            } else if self.exec_scratch_writable(addr as u64)? {
                 return Ok(());
             }
-            // An LSM (SELinux execmem) or a memory limit: the per-call way needs no
-            // executable page.
-            tracing::debug!(
-                pid = self.pid,
-                ret = addr,
-                "no read+exec scratch mapping; injecting call by call"
-            );
         }
         let addr = self.syscall(libc::SYS_mmap, &scratch_mmap(libc::PROT_WRITE))?;
         if (-4095..0).contains(&addr) {

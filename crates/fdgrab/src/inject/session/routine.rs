@@ -63,6 +63,34 @@ impl Session<'_> {
         }
     }
 
+    /// Takes the read+exec mapping at `addr` as the scratch mapping if it can be
+    /// written through `/proc/PID/mem` (a kernel built or booted with
+    /// `proc_mem.force_override=never` refuses); else unmaps it and returns false,
+    /// for a read+write one.
+    pub(super) fn exec_scratch_writable(&mut self, addr: u64) -> Result<bool> {
+        self.scratch = Some(addr);
+        self.scratch_exec = true;
+        match self.write_through_mem(addr, &[0]) {
+            Ok(()) => return Ok(true),
+            Err(e @ Error::NoSuchProcess { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!(pid = self.pid, error = %e, "the read+exec scratch mapping cannot be written; injecting call by call");
+            }
+        }
+        self.scratch_exec = false;
+        let r = self.syscall(libc::SYS_munmap, &[addr, super::SCRATCH_LEN])?;
+        if r != 0 {
+            return Err(super::remote_error(
+                self.pid,
+                None,
+                "munmap (scratch page, injected)",
+                r,
+            ));
+        }
+        self.scratch = None;
+        Ok(false)
+    }
+
     /// Writes into the target through `/proc/PID/task/TID/mem`, which (unlike
     /// `process_vm_writev`) reaches a read-only page, as a debugger's breakpoints do.
     pub(super) fn write_through_mem(&mut self, addr: u64, data: &[u8]) -> Result<()> {
