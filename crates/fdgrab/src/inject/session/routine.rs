@@ -135,8 +135,14 @@ impl Session<'_> {
         frame: impl FnOnce(&Regs) -> Regs,
         end: u64,
     ) -> Result<(Regs, Option<i32>)> {
-        if self.state != State::Stopped {
-            return Err(Error::NoSuchProcess { pid: self.pid });
+        match self.state {
+            State::Stopped => {}
+            State::Gone => return Err(Error::NoSuchProcess { pid: self.pid }),
+            State::Seized | State::Finished => {
+                return Err(Error::InvalidArgument(
+                    "an injected routine needs a stopped thread".into(),
+                ))
+            }
         }
         let tid = self.tid;
         frame(&self.saved)
