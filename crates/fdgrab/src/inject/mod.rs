@@ -518,7 +518,9 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 ///
 /// `policy` says what to do about the target's seccomp filters; the calls checked
 /// against them are `socket`, `sendmsg` and `close` besides the session's
-/// own (see [`Session`]).
+/// own (see [`Session`]). On x86_64 those three run as one routine from a
+/// read+exec scratch mapping where the filters (if any) let each of them run from
+/// there, else one by one (docs/injection.md, "The grab routine").
 pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
     grab_fds_of(
         target,

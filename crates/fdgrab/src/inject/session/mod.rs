@@ -12,7 +12,8 @@
 //! instruction that already exists in the target (in the vDSO, or the one the thread
 //! is stopped after) and single-stepping over it (`PTRACE_SINGLESTEP`): one stop per call.
 //! Nothing in the target's code is ever patched, so other threads running the same
-//! code are unaffected.
+//! code are unaffected. A routine of several calls (`routine`) runs instead from
+//! the session's own scratch mapping, made read+exec for it.
 
 mod errors;
 mod locate;
@@ -79,7 +80,8 @@ enum State {
     /// Seized; the thread has not reached a stop (or never did).
     Seized,
     /// At a ptrace stop on the signal path (our interrupt, or the single-step
-    /// SIGTRAP of an injected call) with its original registers saved. Detaching
+    /// SIGTRAP of an injected call, or a routine's trap) with its original
+    /// registers saved. Detaching
     /// from here with those registers back lets the kernel finish an interrupted
     /// syscall (restart or EINTR) exactly as it would have.
     Stopped,
