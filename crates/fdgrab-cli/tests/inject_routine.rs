@@ -9,7 +9,8 @@
 use fdgrab_testkit::{fdgrab, is_root, output_timeout, skip, Snapshot, Target, TIMEOUT};
 use std::process::Output;
 
-/// `fdgrab -vv get --backend ptrace PID FD -- sh -c 'readlink /proc/self/fd/3'`.
+/// `fdgrab -vv get --backend ptrace PID FD -- readlink -v /proc/self/fd/FD` (`get`
+/// hands the copy on at the target's number).
 fn get(t: &Target, fd: i32) -> Output {
     output_timeout(
         fdgrab().args([
@@ -21,7 +22,8 @@ fn get(t: &Target, fd: i32) -> Output {
             &fd.to_string(),
             "--",
             "readlink",
-            "/proc/self/fd/3",
+            "-v",
+            &format!("/proc/self/fd/{fd}"),
         ]),
         TIMEOUT,
     )
@@ -164,4 +166,42 @@ fn routine_socket_failure_stops_it_and_reports_the_errno() {
         b.assert_unharmed(&mut t, &b.fds, &case);
     }
     assert_eq!(errors[0], errors[1], "the two ways report differently");
+}
+
+/// A signal the routine forces stops it there, undelivered. The target's second
+/// thread gives every thread, once the main one is traced (after fdgrab found no
+/// filter to read), a filter that traps the routine's `close` (SIGSYS, which
+/// would kill it if delivered). The routine is then stopped at the trap, its
+/// socket closed with a step (from another address, which the filter lets
+/// through), the scratch page unmapped, and the grab fails naming the signal;
+/// the target lives on as it was. When the filter comes in too early or too late
+/// the grab simply succeeds, so cases are tried until the trap has been met.
+#[test]
+fn routine_stopped_by_a_signal_it_forces() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-trap-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let forced = err.contains("forced a signal");
+        assert_eq!(
+            out.status.success(),
+            !forced,
+            "{:?} {:?}: {err}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        b.assert_unharmed(&mut t, &b.fds, "a filter added mid-session");
+        outcomes.push(forced);
+        if forced {
+            assert!(err.contains("signal 31"), "SIGSYS: {err}");
+            return;
+        }
+    }
+    panic!("the trap was never met in {} grabs", outcomes.len());
 }
