@@ -187,13 +187,7 @@ fn restart_sigstop_during_session_leaves_the_process_stopped() {
     assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
     kill(t.pid, libc::SIGCONT);
     before.assert_no_leftovers(&before.fds, "after the session");
-    send_line(&mut t, "cont\n");
-    let line = json_line(&mut t);
-    assert_eq!(
-        (line["n"].as_i64(), line["data"].as_str()),
-        (Some(5), Some("cont\n")),
-        "{line}"
-    );
+    read_returns(&mut t, "cont\n");
 }
 
 /// A thread in uninterruptible sleep never reaches the stop: fdgrab gives up after
@@ -401,11 +395,16 @@ fn restart_sigstop_storm_during_grabs() {
     }
     assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
     before.assert_no_leftovers(&before.fds, "after the storm");
-    send_line(&mut t, "after\n");
-    let line = json_line(&mut t);
+    read_returns(&mut t, "after\n");
+}
+
+/// Sends `s` and checks that the target's next `read` returns exactly it.
+fn read_returns(t: &mut Target, s: &str) {
+    send_line(t, s);
+    let line = json_line(t);
     assert_eq!(
         (line["n"].as_i64(), line["data"].as_str()),
-        (Some(6), Some("after\n")),
+        (Some(s.len() as i64), Some(s)),
         "{line}"
     );
 }
