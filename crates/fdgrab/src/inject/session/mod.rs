@@ -79,11 +79,10 @@ impl Staged {
 enum State {
     /// Seized; the thread has not reached a stop (or never did).
     Seized,
-    /// At a ptrace stop on the signal path (our interrupt, or the single-step
-    /// SIGTRAP of an injected call, or a routine's trap) with its original
-    /// registers saved. Detaching
-    /// from here with those registers back lets the kernel finish an interrupted
-    /// syscall (restart or EINTR) exactly as it would have.
+    /// At a ptrace stop on the signal path (our interrupt, the single-step SIGTRAP
+    /// of an injected call, or a routine's trap) with its original registers
+    /// saved. Detaching from here with those registers back lets the kernel
+    /// finish an interrupted syscall (restart or EINTR) exactly as it would have.
     Stopped,
     /// The target died.
     Gone,
