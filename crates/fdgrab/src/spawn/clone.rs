@@ -33,6 +33,7 @@ pub(super) struct Prepared<'a> {
     pid_entry: Option<Vec<u8>>,
     moves: Vec<(RawFd, RawFd)>,
     close_other_fds: bool,
+    /// The soft `RLIMIT_NOFILE` (capped), when `close_other_fds` is set.
     nofile: i32,
     sigrtmax: c_int,
     session: Session,
@@ -83,10 +84,16 @@ impl<'a> Prepared<'a> {
                 .chain(std::iter::once(std::ptr::null()))
                 .collect()
         };
-        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(1 << 20)
-            .min(1 << 20) as i32;
+        // Only the fallback of `close_other_fds` needs the limit (no call otherwise:
+        // `get` asked three times).
+        let nofile = if close_other_fds {
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1 << 20)
+                .min(1 << 20) as i32
+        } else {
+            0
+        };
         Self {
             path,
             _argv: argv,
