@@ -152,7 +152,9 @@ fn cmd_starts_with_sigpipe_at_its_default() {
 /// `fdgrab ls PID | head -1` in a shell, PID holding 1,500 files (over 100 KB of
 /// listing, more than a pipe holds): the header line comes through, then head
 /// leaves and fdgrab's next write meets the closed pipe. fdgrab ends with 141
-/// without a word on stderr: no panic's 101, no "Broken pipe" error.
+/// without a word on stderr: no panic's 101, no "Broken pipe" error. (A shell
+/// shows 141 for a death by `SIGPIPE` too; `cli_conventions`'
+/// `closed_stdout_ends_quietly_with_141` tells an exit from a death.)
 #[test]
 fn ls_into_head_ends_quietly() {
     let t = Target::spawn(["many", "1500"]);
