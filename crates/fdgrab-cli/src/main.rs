@@ -28,9 +28,9 @@ use std::process::ExitCode;
 /// `SIGSEGV`/`SIGBUS` handlers. What it did that fdgrab relies on is done in
 /// [`entry`]; what is given up:
 /// - a stack overflow is a plain `SIGSEGV` (killed by signal 11, as a C program
-///   overflowing), without std's "has overflowed its stack" line. fdgrab has no
-///   unbounded recursion: clap's parsing is flat, and the parsers of untrusted input
-///   (serde_json, toml) stop at a nesting limit of their own;
+///   overflowing), without std's "has overflowed its stack" line. No deep
+///   recursion is known in fdgrab: clap's parsing is flat, and the parsers of
+///   untrusted input (serde_json, toml) stop at a nesting limit of their own;
 /// - the main thread has no name: a panic there reads `thread '<unnamed>' (TID)`,
 ///   where TID is fdgrab's pid, instead of `thread 'main'`.
 ///
