@@ -13,9 +13,8 @@
 //!   is never filled; prints `{"stalled":true}` at once and `{"uffd_errno":N}`
 //!   when the bind returns.
 //! - `uffd-fault PORT [MS]`: like `uffd`, but MS ms (0) after the bind returns
-//!   the thread unmaps the page and closes the userfaultfd, so that a read
-//!   still blocked on it ends in `EFAULT`; `{"uffd_errno":N,"unmapped":true}`
-//!   after that.
+//!   (and its line is printed) the thread unmaps the page and closes the
+//!   userfaultfd, so that a read still blocked on it ends in `EFAULT`.
 //! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
 //!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
@@ -423,16 +422,17 @@ fn uffd(port: u16, unmap_after: Option<u64>) {
         } else {
             std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
         };
+        say(json!({"uffd_errno": errno, "port": port}));
         if let Some(ms) = unmap_after {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             // SAFETY: the page was mapped by unfilled_page and nothing here
             // refers to it any more.
-            let r = unsafe { libc::munmap(page as *mut libc::c_void, 4096) };
+            if unsafe { libc::munmap(page as *mut libc::c_void, 4096) } != 0 {
+                say(json!({"error": format!("munmap: {}", std::io::Error::last_os_error())}));
+            }
             drop(ufd);
-            say(json!({"uffd_errno": errno, "port": port, "unmapped": r == 0}));
             return;
         }
-        say(json!({"uffd_errno": errno, "port": port}));
         // Keep the userfaultfd open: the page must stay unserved.
         std::mem::forget(ufd);
     });
