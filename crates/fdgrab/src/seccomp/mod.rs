@@ -7,6 +7,7 @@
 pub mod bpf;
 mod filter;
 mod ioctl;
+mod killable_read;
 mod notify;
 pub mod profile;
 mod remote;
@@ -16,7 +17,7 @@ pub use bpf::{
 };
 pub use filter::{install, install_filter, set_no_new_privs, InstallError, InstallFlags};
 pub use notify::{AddFdAt, Listener, Notification, Response, SendError, SyscallData};
-pub use remote::{read_validated, read_validated_within, ReadError, MAX_BLOCKED_READS};
+pub use remote::{read_validated, read_validated_within, ReadError};
 
 /// The filter `fdgrab run` installs: native calls only (x86_64 or aarch64; others kill the
 /// process), `bind` goes to the listener, `io_uring_setup` fails with `ENOSYS`

@@ -6,10 +6,10 @@
 //! still parked in *this* call, so the tid still named the right process while we
 //! read), and from then on act only on our copy.
 
+use super::killable_read::KillableError;
 use super::notify::{Listener, Notification};
 use rustix::io::Errno;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::Instant;
 
 /// Why target memory could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -30,65 +30,31 @@ pub enum ReadError {
     TimedOut,
 }
 
-/// Reads of [`read_validated_within`] still in flight, abandoned ones included.
-static READS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// Reads that may be blocked at once; beyond that, [`read_validated_within`]
-/// answers [`ReadError::TimedOut`] without reading, so that a target cannot pile
-/// up blocked threads in the supervisor.
-pub const MAX_BLOCKED_READS: usize = 2;
-
 /// [`read_validated`] with a deadline. `process_vm_readv` on a page that a
-/// userfaultfd or FUSE server never fills waits uninterruptibly, so the copy runs
-/// on a short-lived thread; after `deadline` it is abandoned (it ends when its read
-/// returns, at the latest when the target dies) and [`ReadError::TimedOut`] is
-/// returned. `ID_VALID` is checked here, after the copy arrived.
+/// userfaultfd or FUSE server never fills waits until a fatal signal, so the copy
+/// runs in a process of its own ([`super::killable_read`]), which is killed at
+/// `deadline`: then [`ReadError::TimedOut`] is returned, and nothing of the read
+/// is left behind. `ID_VALID` is checked here, after the copy arrived.
 pub fn read_validated_within(
     listener: &Listener,
     notif: &Notification,
     addr: u64,
     buf: &mut [u8],
-    deadline: Duration,
+    deadline: Instant,
 ) -> Result<(), ReadError> {
     if notif.tid <= 0 {
         return Err(ReadError::Other(Errno::SRCH));
     }
-    if READS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKED_READS {
-        READS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-        return Err(ReadError::TimedOut);
-    }
-    let (tid, len) = (notif.tid, buf.len());
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name("fdgrab-read".into())
-        .stack_size(READER_STACK)
-        .spawn(move || {
-            let mut copy = vec![0u8; len];
-            let r = crate::sys::process_vm_read(tid, addr, &mut copy);
-            READS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            // The receiver is gone when the deadline passed: nothing to do.
-            let _ = tx.send((r, copy));
-        });
-    if spawned.is_err() {
-        READS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-        return Err(ReadError::Other(Errno::AGAIN));
-    }
-    let result = match rx.recv_timeout(deadline) {
-        Ok((Ok(()), copy)) => {
-            buf.copy_from_slice(&copy);
-            Ok(())
-        }
-        Ok((Err(e), _)) => Err(classify(e)),
-        Err(_) => return Err(ReadError::TimedOut),
+    let result = match super::killable_read::read(notif.tid, addr, buf, deadline) {
+        Ok(()) => Ok(()),
+        Err(KillableError::Read(e)) => Err(classify(e)),
+        Err(KillableError::TimedOut) => return Err(ReadError::TimedOut),
     };
     if !listener.id_valid(notif.id) {
         return Err(ReadError::Gone);
     }
     result
 }
-
-/// A reader thread needs little more than the copy itself.
-const READER_STACK: usize = 64 * 1024;
 
 fn classify(e: Errno) -> ReadError {
     match e {

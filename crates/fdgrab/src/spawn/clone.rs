@@ -166,8 +166,9 @@ struct ChildArgs<'p, 'a> {
     report: &'p Report,
 }
 
-/// The child's stack: a private mapping with a guard page below it.
-struct Stack {
+/// The child's stack: a private mapping with a guard page below it. Also the
+/// stack of a killable reader ([`crate::seccomp`]'s reads in a process of their own).
+pub(crate) struct Stack {
     base: *mut c_void,
     len: usize,
 }
@@ -195,7 +196,7 @@ impl Stack {
         Ok(stack)
     }
 
-    fn top(&self) -> *mut c_void {
+    pub(crate) fn top(&self) -> *mut c_void {
         // Stacks grow down on every architecture Linux runs this on except parisc.
         self.base.wrapping_byte_add(self.len)
     }
@@ -210,14 +211,16 @@ unsafe impl Send for Stack {}
 static SPARE: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
 
 impl Stack {
-    fn take() -> Result<Self, Errno> {
+    pub(crate) fn take() -> Result<Self, Errno> {
         match SPARE.lock().ok().and_then(|mut s| s.take()) {
             Some(s) => Ok(s),
             None => Self::new(),
         }
     }
 
-    fn give_back(self) {
+    /// Keeps the stack for the next child, or unmaps it. Only once the child
+    /// that ran on it has exec'd or been reaped.
+    pub(crate) fn give_back(self) {
         if let Ok(mut spare) = SPARE.lock() {
             if spare.is_none() {
                 *spare = Some(self);
@@ -245,33 +248,21 @@ pub(super) fn spawn(prepared: &Prepared<'_>) -> Result<Outcome, Errno> {
         prepared,
         report: &report,
     };
-    // SAFETY: an all-ones sigset_t is the full set; the pointers are valid.
-    let mut full: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a sigset_t.
-    unsafe { libc::sigfillset(&mut full) };
-    // SAFETY: as above; `old` receives our mask.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to two sigset_t values.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut old) };
     // SAFETY: `child_main` runs on `stack` with `args`, both alive until clone
     // returns, which with CLONE_VFORK is after the child's execve or exit. The child
     // only makes system calls on memory prepared above (see `ChildArgs::run`).
     let pid = unsafe {
-        libc::clone(
+        clone_with_signals_blocked(
             child_main,
-            stack.top(),
+            &stack,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&args as *const ChildArgs<'_, '_>).cast_mut().cast(),
+            std::ptr::null_mut(),
         )
     };
-    let clone_errno = (pid < 0).then(errno);
-    // SAFETY: puts our own mask back; valid pointer.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     // The child has exec'd or exited: nothing runs on the stack any more.
     stack.give_back();
-    if let Some(e) = clone_errno {
-        return Err(e);
-    }
+    let pid = pid?;
     let step = report.step.load(Ordering::SeqCst);
     let failure = (step != 0).then(|| {
         (
@@ -283,6 +274,42 @@ pub(super) fn spawn(prepared: &Prepared<'_>) -> Result<Outcome, Errno> {
         )
     });
     Ok(Outcome { pid, failure })
+}
+
+/// `clone(2)` through the C library, with every signal blocked in the calling
+/// thread meanwhile: the child starts with all signals blocked, so no handler of
+/// ours can run on its stack (only SIGKILL and SIGSTOP reach it). `ptid` gets the
+/// child's pidfd with `CLONE_PIDFD`. Returns the child's pid.
+///
+/// # Safety
+/// `child` must run on `stack` with `arg` as `clone(2)` does for a child sharing
+/// our memory (`CLONE_VM`): no allocation, locks, TLS or unwinding, and `stack` and
+/// `arg` must outlive it (until it has exec'd or been reaped).
+pub(crate) unsafe fn clone_with_signals_blocked(
+    child: extern "C" fn(*mut c_void) -> c_int,
+    stack: &Stack,
+    flags: c_int,
+    arg: *mut c_void,
+    ptid: *mut c_int,
+) -> Result<i32, Errno> {
+    // SAFETY: an all-zero sigset_t is a valid value to fill.
+    let mut full: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a sigset_t.
+    unsafe { libc::sigfillset(&mut full) };
+    // SAFETY: as above; `old` receives our mask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to two sigset_t values.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut old) };
+    // SAFETY: the caller's contract covers `child`, `stack` and `arg`; `ptid` is
+    // written only with CLONE_PIDFD or CLONE_PARENT_SETTID.
+    let pid = unsafe { libc::clone(child, stack.top(), flags, arg, ptid) };
+    let clone_errno = (pid < 0).then(errno);
+    // SAFETY: puts our own mask back; valid pointer.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    match clone_errno {
+        Some(e) => Err(e),
+        None => Ok(pid),
+    }
 }
 
 /// The errno of the call that just failed (never 0, which `Errno` cannot hold).

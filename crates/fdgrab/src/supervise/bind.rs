@@ -95,6 +95,8 @@ struct Facts {
     proto: Option<Proto>,
     /// The socket's network namespace (nsfs inode), once the socket was looked at.
     netns: Option<u64>,
+    /// The read outlived `Context::read_deadline`.
+    overdue: bool,
 }
 
 /// What a trapped `bind(fd, addr, addrlen)` asks, learnt step by step by
@@ -122,7 +124,8 @@ pub(super) enum Undecoded {
 }
 
 /// Decodes a trapped bind's arguments into `args`, with our copy of the sockaddr
-/// read by `read` (plain, or with a deadline). `claim` runs right after the read,
+/// read in this thread, or with a `deadline` in a reader process that is killed
+/// at the deadline. `claim` runs right after the read,
 /// the only step that can block on the caller, whatever the read did (or before
 /// judging a length that needs no read): `false` means someone else answered
 /// meanwhile, and nothing may be answered or recorded as ours. Only that copy is
@@ -131,7 +134,7 @@ pub(super) fn decode_bind(
     listener: &crate::seccomp::Listener,
     n: &Notification,
     args: &mut BindArgs,
-    deadline: Option<std::time::Duration>,
+    deadline: Option<std::time::Instant>,
     claim: impl FnOnce() -> bool,
 ) -> Result<(i32, SocketAddr), Undecoded> {
     // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
@@ -194,6 +197,7 @@ impl Handler for BindHandler {
         let mut facts = Facts::default();
         let (response, decision, reason, bound) = match self.decide(cx, notif, &mut facts) {
             Some(d) => d,
+            None if facts.overdue => return Answer::Overdue,
             None => return Answer::Done,
         };
         tracing::debug!(
@@ -244,11 +248,18 @@ impl BindHandler {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, None, || cx.claim()) {
-            Ok(call) => call,
-            Err(Undecoded::Kernel(reason)) => return cont(reason),
-            Err(Undecoded::Gone | Undecoded::TimedOut) => return None,
-        };
+        let (fd, addr) =
+            match decode_bind(cx.listener, n, &mut facts.call, cx.read_deadline, || {
+                cx.claim()
+            }) {
+                Ok(call) => call,
+                Err(Undecoded::Kernel(reason)) => return cont(reason),
+                Err(Undecoded::Gone) => return None,
+                Err(Undecoded::TimedOut) => {
+                    facts.overdue = true;
+                    return None;
+                }
+            };
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }

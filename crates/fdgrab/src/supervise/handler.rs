@@ -24,6 +24,10 @@ pub struct Context<'a> {
     /// Set when someone else may answer this request after a deadline: the
     /// handler must [`Context::claim`] it before changing anything.
     pub claim: Option<&'a Claim>,
+    /// When set, the caller's memory is read in a reader process that is killed
+    /// at this instant (the request then has no answer from the handler): for
+    /// callers whose reads may stall. `None`: read in this thread.
+    pub read_deadline: Option<std::time::Instant>,
 }
 
 impl Context<'_> {
@@ -77,6 +81,11 @@ pub enum Answer {
     /// The handler already answered (for example with `ADDFD | SEND`), or the
     /// request is gone; send nothing.
     Done,
+    /// Reading the caller's memory outlived [`Context::read_deadline`]; the
+    /// handler neither claimed nor answered the request. Whoever set the
+    /// deadline answers it (the agent's worker: `ETIMEDOUT`, if its claim is
+    /// still free).
+    Overdue,
 }
 
 /// One kind of trapped system call.

@@ -6,9 +6,9 @@
 //! 1. a request no taken socket can match (bad length, unreadable address, port 0,
 //!    an address no taken socket has) goes back to the kernel (`CONTINUE`);
 //! 2. the sockaddr is decoded as the bind handler does ([`super::bind`]'s
-//!    `decode_bind`), with its deadline: the copy runs on a short-lived thread,
-//!    and one that outlives [`READ_DEADLINE`] (a page a userfaultfd or FUSE
-//!    server never fills) is abandoned, the bind answered `ETIMEDOUT` and the
+//!    `decode_bind`), with its deadline: the copy runs in a reader process of
+//!    its own, and one that outlives [`READ_DEADLINE`] (a page a userfaultfd or
+//!    FUSE server never fills) is killed, the bind answered `ETIMEDOUT` and the
 //!    handover refused ([`Handover::refusal`]); this supervisor's thread also
 //!    serves signals and the ready gate, so it must not block. Then the caller's
 //!    fd is copied through a **thread** pidfd and its `/proc` fd flags are read,
@@ -417,7 +417,13 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // The new server's memory is read with the bind handler's deadline: the
     // supervisor serves every signal and the ready gate from this thread.
     let mut args = BindArgs::default();
-    let (fd, addr) = match decode_bind(cx.listener, n, &mut args, Some(READ_DEADLINE), || true) {
+    let (fd, addr) = match decode_bind(
+        cx.listener,
+        n,
+        &mut args,
+        Some(std::time::Instant::now() + READ_DEADLINE),
+        || true,
+    ) {
         Ok(call) => call,
         Err(Undecoded::Gone) => return None,
         Err(Undecoded::Kernel(why)) => return cont(why),

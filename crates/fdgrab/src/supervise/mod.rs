@@ -387,6 +387,7 @@ fn answer(
         labels: &entry.labels,
         ports,
         claim: None,
+        read_deadline: None,
     };
     handler.handle(&mut cx, notif)
 }

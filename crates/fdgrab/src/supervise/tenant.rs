@@ -75,6 +75,13 @@ pub const OWN_BLOCKED_WORKERS: usize = 1;
 /// this many, however many containers stall.
 pub const MAX_BLOCKED_TOTAL: usize = 16;
 
+/// Given-up workers over all containers from which on every read, of every
+/// container, runs in a killable reader: a thread given up on in a read cannot
+/// be ended (see the module docs), a reader process can, so the agent's
+/// unkillable stuck threads stop growing here, however many containers come and
+/// stall.
+pub const MAX_GIVEN_UP_IN_THREAD: usize = 16;
+
 /// Counts of given-up workers over all containers.
 #[derive(Debug, Default)]
 pub(crate) struct BlockedPool {
@@ -308,6 +315,9 @@ struct Job {
     tid: i32,
     since: Instant,
     claim: Arc<Claim>,
+    /// The read runs in a killable reader, which ends at the deadline: its
+    /// worker is never given up on.
+    killable: bool,
 }
 
 /// Counters shown in the agent's status.
@@ -338,6 +348,9 @@ pub(crate) struct Tenant {
     released: AtomicBool,
     /// The last attempt to start a replacement worker failed (and was logged).
     spawn_failing: AtomicBool,
+    /// A request of this container outlived [`READ_DEADLINE`]: from then on its
+    /// reads all run in killable readers.
+    suspect: AtomicBool,
     pub counters: TenantCounters,
     shared: Arc<Shared>,
     events: Mutex<Sender<TenantEvent>>,
@@ -371,6 +384,7 @@ impl Tenant {
             generation: AtomicU64::new(0),
             released: AtomicBool::new(false),
             spawn_failing: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
             counters: TenantCounters::default(),
             shared,
             events: Mutex::new(events),
@@ -418,10 +432,22 @@ impl Tenant {
         let Some(job) = g.clone() else {
             return false;
         };
+        if job.killable {
+            // Its reader is killed at the deadline and the worker serves on:
+            // answer for it if it has not, never replace it.
+            if now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire() {
+                return false;
+            }
+            drop(g);
+            self.answer_overdue(job.id, job.tid);
+            return true;
+        }
         let kept_before = job.claim.expired();
         if !kept_before && (now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire()) {
             return false;
         }
+        // Its successor, and every worker after it, reads killably.
+        self.suspect.store(true, Ordering::Release);
         let replacement = if self.gone() {
             Replacement::ContainerGone
         } else {
@@ -445,15 +471,7 @@ impl Tenant {
             }
             return false;
         }
-        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
-        tracing::warn!(
-            container = %self.shown_id(),
-            tid = job.tid,
-            deadline = ?READ_DEADLINE,
-            "bind answered ETIMEDOUT: {reason}"
-        );
-        self.answer_unread(job.id, job.tid, reason);
+        self.answer_overdue(job.id, job.tid);
         if replacement == Replacement::NoPlace {
             tracing::warn!(
                 container = %self.shown_id(),
@@ -489,6 +507,21 @@ impl Tenant {
         }
         self.spawn_failing.store(false, Ordering::Relaxed);
         Replacement::Started
+    }
+
+    /// Answers `ETIMEDOUT` for a request whose read outlived [`READ_DEADLINE`],
+    /// by whoever holds its claim, and marks the container suspect.
+    fn answer_overdue(&self, id: u64, tid: i32) {
+        self.suspect.store(true, Ordering::Release);
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
+        tracing::warn!(
+            container = %self.shown_id(),
+            tid,
+            deadline = ?READ_DEADLINE,
+            "bind answered ETIMEDOUT: {reason}"
+        );
+        self.answer_unread(id, tid, reason);
     }
 
     fn answer_unread(&self, id: u64, tid: i32, reason: &str) {
@@ -638,11 +671,17 @@ impl Tenant {
                 Some(c) => *c = Claim::default(),
                 None => claim = Arc::new(Claim::default()),
             }
+            // In a killable reader: a container that stalled a read before, and
+            // every container once the agent holds its share of threads it can
+            // never end. Else in this thread, which costs about 1 µs.
+            let killable = self.suspect.load(Ordering::Acquire)
+                || self.shared.blocked.given_up() >= MAX_GIVEN_UP_IN_THREAD;
             self.set_job(Job {
                 id: notif.id,
                 tid: notif.tid,
                 since: started,
                 claim: Arc::clone(&claim),
+                killable,
             });
             let answer = {
                 let mut cx = Context {
@@ -651,6 +690,7 @@ impl Tenant {
                     labels: &self.labels,
                     ports: &self.shared.ports,
                     claim: Some(&claim),
+                    read_deadline: killable.then(|| started + READ_DEADLINE),
                 };
                 handler.handle(&mut cx, &notif)
             };
@@ -669,6 +709,14 @@ impl Tenant {
                 }
                 (mine, replaced)
             };
+            if answer == Answer::Overdue {
+                // Its reader was killed at the deadline; the watchdog may have
+                // answered already.
+                if mine {
+                    self.answer_overdue(notif.id, notif.tid);
+                }
+                continue;
+            }
             if !mine {
                 if !replaced {
                     // The watchdog answered but kept us (the agent-wide limit).
