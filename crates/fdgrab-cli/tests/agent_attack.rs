@@ -48,8 +48,9 @@ fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentPr
     assert_eq!(now(agent), baseline, "agent {what} back to baseline");
 }
 
-/// The agent-wide pool of places for given-up workers (`MAX_BLOCKED_TOTAL`).
-const POOL: usize = 16;
+/// Given-up workers agent-wide from which on every read is killable
+/// (`MAX_GIVEN_UP_IN_THREAD`).
+const IN_THREAD_CAP: usize = 16;
 
 /// An agent (ports 85-86) with its baseline fds and threads, a calm container,
 /// and `n` containers that each stalled `times` reads.
@@ -79,10 +80,10 @@ impl Stalled {
 
     /// Asserts the agent holds `extra` threads over its baseline (one fewer
     /// while a thread is still being started), never more than the documented
-    /// bound: each container's worker and its own given-up one, plus the pool.
+    /// bound: each container's worker and at most one given-up one.
     fn threads_are(&self, extra: usize) {
         let now = thread_count(&self.agent);
-        let bound = self.threads + 2 * (self.attackers.len() + 1) + POOL;
+        let bound = self.threads + 2 * (self.attackers.len() + 1);
         assert!(now <= bound, "{now} threads, bound {bound}");
         let expected = self.threads + extra;
         assert!(
@@ -106,7 +107,6 @@ impl Stalled {
         );
         let blocked = self.agent.state_number("blocked_workers");
         assert_eq!(blocked, calm_threads as u64 - 1);
-        assert_eq!(self.agent.state_number("blocked_in_pool"), 0);
         self.calm.kill();
         returns(&self.agent, "threads", self.threads, thread_count);
         returns(&self.agent, "fds", self.fds, AgentProc::fd_count);
@@ -127,62 +127,70 @@ fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
 }
 
 /// Eighteen containers stall twice each (36 reads that never return): each
-/// gives up its first worker on a place of its own, the second ones take the
-/// 16 places of the agent-wide pool (`MAX_BLOCKED_TOTAL`) and two are kept;
-/// every stalled bind is still answered ETIMEDOUT, the threads stay within two
-/// per container plus the pool, and a neighbour keeps binding.
+/// gives up its first worker, which stalled in its own thread; the second
+/// stall of each is read in a killable reader, killed at the deadline, and its
+/// worker serves on. Every stalled bind is still answered ETIMEDOUT, the agent
+/// holds one worker per container plus one given up on, and a neighbour keeps
+/// binding. (Before killable readers, each second stall cost a thread too.)
 #[test]
-fn agent_caps_blocked_workers_across_containers() {
+fn agent_second_stalls_are_killed_not_given_up() {
     if !root_or_skip() {
         return;
     }
     let mut s = Stalled::start("calm", 18, 2);
-    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
-    assert_eq!(s.agent.state_number("blocked_workers"), (18 + POOL) as u64);
-    // The calm container's worker, one worker per attacker (two of them
-    // blocked and kept), each attacker's own given-up one and those in the pool.
-    s.threads_are(1 + 2 * 18 + POOL);
-    s.agent
-        .log
-        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.agent.state_number("blocked_workers"), 18);
+    s.threads_are(1 + 2 * 18);
     let r = s.calm.ask("bind 127.78.7.2 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
     s.end(1);
 }
 
-/// One tenant holding 16 containers stalls twice in each, which takes every
-/// place of the agent-wide pool of given-up workers (16). A victim container's
-/// read then stalls once past the deadline: it gets its ETIMEDOUT, and its next
-/// honest binds are served at once by a replacement worker (its first given-up
-/// worker never needs a pool place), not after the attacker's reads return,
-/// which is never. The agent's threads stay within the documented bound: two
-/// per container plus the pool.
+/// Sixteen containers stall once each, which gives up on sixteen workers
+/// (`MAX_GIVEN_UP_IN_THREAD`): from then on every read, of every container, is
+/// killable. A victim container's first read stalls: it gets its ETIMEDOUT,
+/// its worker is not given up on (no thread more), and its next honest binds
+/// are served at once by that same worker.
 #[test]
-fn agent_full_pool_never_costs_another_container_its_replacement() {
+fn agent_at_the_in_thread_cap_every_read_is_killable() {
     if !root_or_skip() {
         return;
     }
-    let mut s = Stalled::start("victim", POOL, 2);
+    let mut s = Stalled::start("victim", IN_THREAD_CAP, 1);
+    assert_eq!(
+        s.agent.state_number("blocked_workers"),
+        IN_THREAD_CAP as u64
+    );
+    s.threads_are(1 + 2 * IN_THREAD_CAP);
     let victim = &mut s.calm;
     assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
     assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
-    // Not waiting for anyone's read: the replacement serves at once (the
-    // watchdog's tick is 100 ms; the bound leaves room for a loaded machine).
+    // The watchdog's tick is 100 ms; the bound leaves room for a loaded machine.
     for i in 1..=3 {
         let r = victim.ask(&format!("bind 127.86.0.{i} 86"), Duration::from_secs(2));
         assert_eq!(r["errno"], 0, "{r}");
     }
-    // The attacker's reads never returned: the pool is still full.
-    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
     assert_eq!(
         s.agent.state_number("blocked_workers"),
-        (2 * POOL + 1) as u64
+        IN_THREAD_CAP as u64
     );
-    // At the bound: every container has its worker and its own given-up one,
-    // and the pool is full.
-    s.threads_are(2 * (POOL + 1) + POOL);
-    s.end(2);
+    s.threads_are(1 + 2 * IN_THREAD_CAP);
+    assert_eq!(agent_children(&s.agent), 0, "the killed reader was reaped");
+    s.end(1);
+}
+
+/// Children of the agent (killable readers; a zombie counts too).
+fn agent_children(agent: &AgentProc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        })
+        .sum()
 }
 
 /// A pids cgroup holding the agent, whose `pids.max` the test sets: the way to
@@ -278,19 +286,10 @@ fn agent_failed_replacement_keeps_the_worker_and_gives_its_place_back() {
         .wait_for("still cannot start a replacement worker", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(agent.state_number("blocked_workers"), 0);
-    assert_eq!(agent.state_number("blocked_in_pool"), 0);
-    assert!(
-        !agent
-            .log
-            .text()
-            .contains("agent-wide limit of blocked workers"),
-        "a failed start is not the pool being full"
-    );
     cg.set("pids.max", "max");
     let r = t.ask("bind 127.86.1.2 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
     assert_eq!(agent.state_number("blocked_workers"), 1);
-    assert_eq!(agent.state_number("blocked_in_pool"), 0);
     t.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
@@ -362,7 +361,7 @@ fn agent_busy_container_worker_yields_and_recovers() {
 }
 
 /// A real runc or crun container starts while seventeen fake containers stall
-/// twice each (the agent-wide pool of workers given up on is full) and another
+/// twice each (past the in-thread cap: every read is killable) and another
 /// keeps 300 threads binding (its worker yields): the container's httpd still
 /// gets port 80, and once everyone is gone the agent is back to its baseline
 /// threads and fds.
@@ -389,8 +388,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     // priority, never by the slow lane.
     let log = agent.log.text();
     assert!(!log.contains("the slow lane reads the rest"), "{log}");
-    assert_eq!(agent.state_number("blocked_in_pool"), 16);
-    assert_eq!(agent.state_number("blocked_workers"), 17 + 16);
+    assert_eq!(agent.state_number("blocked_workers"), 17);
     let r = storm.ask("stop", TIMEOUT);
     assert!(r["binds"].as_u64() >= Some(300), "{r}");
     storm.kill();
@@ -571,54 +569,42 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
     c.kill();
 }
 
-/// Sixteen containers stall twice each and fill the agent-wide pool of places
-/// for workers given up on (16); a seventeenth then stalls twice: its first
-/// worker is replaced on a place of its own, its second is answered for but
-/// kept. Once the sixteen are gone (their reads return), the kept worker must
-/// be replaced as soon as there is room, not left to wait for a page nobody
-/// will ever fill: with its two workers given up, the seventeenth's next binds
-/// are answered ETIMEDOUT at once by the successor, without a read.
+/// A container stalls once (its worker, blocked in its own thread, is given up
+/// on and replaced), then again: now suspect, it reads in a killable reader,
+/// which is killed at the deadline, so its worker is not given up on. Its next
+/// honest bind is served by that same worker (no thread more), and the killed
+/// reader left no child of the agent behind (no zombie).
 #[test]
-fn agent_kept_worker_is_replaced_once_the_limit_frees() {
+fn agent_suspect_container_serves_on_after_a_killed_read() {
     if !root_or_skip() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, 16, 2);
-    assert_eq!(agent.state_number("blocked_in_pool"), 16);
-    let mut late = FakeTenant::start(&agent, &unique("late"));
-    for _ in 0..2 {
-        assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
-        assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    let mut t = FakeTenant::start(&agent, &unique("suspect"));
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    assert_eq!(t.ask("bind 127.84.0.1 86", TIMEOUT)["errno"], 0);
+    assert_eq!(agent.state_number("blocked_workers"), 1);
+    let after_first = thread_count(&agent);
+    assert_eq!(after_first, threads + 2, "its worker and the given-up one");
+    for round in 0..3 {
+        assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+        assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+        let r = t.ask(&format!("bind 127.84.1.{} 86", round + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+        assert_eq!(thread_count(&agent), after_first, "no thread more");
+        assert_eq!(agent.state_number("blocked_workers"), 1);
+        assert_eq!(agent_children(&agent), 0, "the killed reader was reaped");
     }
-    agent
-        .log
-        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(agent.state_number("blocked_workers"), 2 * 16 + 1);
-    for s in &mut stallers {
-        s.kill();
-    }
-    for i in 1..=2 {
-        let r = late.ask(&format!("bind 127.84.0.{i} 86"), TIMEOUT);
-        assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
-    }
-    let refused = agent
+    let timeouts = agent
         .audit_lines()
         .iter()
-        .filter(|l| {
-            l["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("earlier reads of this container's memory"))
-        })
+        .filter(|l| l["errno"] == libc::ETIMEDOUT)
         .count();
-    assert_eq!(refused, 2, "answered without a read by the successor");
-    assert_eq!(agent.state_number("blocked_in_pool"), 1);
-    late.kill();
+    assert_eq!(timeouts, 4, "one line per stalled bind");
+    t.kill();
     returns(&agent, "threads", threads, thread_count);
-    returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
 
@@ -720,77 +706,57 @@ fn hold_userfaultfds(pid: i32) -> Vec<std::os::fd::OwnedFd> {
     held
 }
 
-/// Whether the agent logged that the container `id` was released.
-fn released(agent: &AgentProc, id: &str) -> bool {
-    agent
-        .log
-        .text()
-        .lines()
-        .any(|l| l.contains("released") && l.contains(&format!("container={id} ")))
-}
-
-/// Sixteen containers fill the pool; a seventeenth stalls twice (its second
-/// worker kept, the pool being full) and dies, but its page's filler lives on
-/// outside it (the test holds its userfaultfds), so its reads never return.
-/// The dead container is released at the watchdog's next tick, and a pool
-/// place freed later goes to a living container that needs it, not to a
-/// successor for the dead one (which would hold it as long as the page stays
-/// unfilled): a victim that then stalls twice has both its workers replaced
-/// and its next bind answered at once.
+/// A tenant restarts stalling containers again and again, each one's
+/// userfaultfd kept alive outside it (the test holds copies, as a sidecar
+/// would), so no read blocked in a worker's own thread ever returns: 40
+/// containers, 10 at a time. Reads in a worker's own thread stop at
+/// `MAX_GIVEN_UP_IN_THREAD` given up agent-wide; every read after that is in a
+/// killable reader, killed at the deadline. So the agent's threads stay within
+/// the documented bound (a worker per living container, plus at most
+/// `MAX_GIVEN_UP_IN_THREAD - 1` plus the in-thread reads in flight when the cap
+/// was reached, here 10), whatever the number of restarts (before: two threads
+/// per restart, without end), and a fresh honest container is served at once.
 #[test]
-fn agent_dead_container_never_takes_a_freed_pool_place() {
+fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
     if !root_or_skip() {
         return;
     }
+    const AT_ONCE: usize = 10;
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, POOL, 2);
-    let id = unique("dead");
-    let mut dead = FakeTenant::start(&agent, &id);
-    for _ in 0..2 {
-        assert_eq!(dead.ask("uffd 85", TIMEOUT)["stalled"], true);
-        assert_eq!(dead.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    let bound = threads + AT_ONCE + (IN_THREAD_CAP - 1) + AT_ONCE;
+    let mut held = Vec::new();
+    for _round in 0..4 {
+        let mut tenants = stalling_tenants(&agent, AT_ONCE, 1);
+        let now = thread_count(&agent);
+        assert!(now <= bound, "{now} threads, bound {bound}");
+        for t in &mut tenants {
+            held.extend(hold_userfaultfds(t.pid));
+            t.kill();
+        }
     }
-    agent
-        .log
-        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let filler = hold_userfaultfds(dead.pid);
-    dead.kill();
-    // A pool place frees: one staller's two reads return when it dies.
-    let freed = stallers.remove(0);
-    drop(freed);
+    // The dead containers are released; their killable workers go with them.
+    let dead_bound = threads + (IN_THREAD_CAP - 1) + AT_ONCE;
     let deadline = Instant::now() + TIMEOUT;
-    while !released(&agent, &id) && Instant::now() < deadline {
+    while thread_count(&agent) > dead_bound && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(released(&agent, &id), "the dead container is released");
-    // Left: each staller's two given-up workers, and the dead container's
-    // first one (on its own place); its kept worker holds no place.
-    let left = 2 * (POOL - 1) + 1;
-    let deadline = Instant::now() + TIMEOUT;
-    while agent.state_number("blocked_workers") as usize > left && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        agent.state_number("blocked_in_pool"),
-        POOL as u64 - 1,
-        "the freed place is not spent on the dead container"
+    let now = thread_count(&agent);
+    assert!(now <= dead_bound, "{now} threads, bound {dead_bound}");
+    let given_up = agent.state_number("blocked_workers") as usize;
+    assert!(
+        (IN_THREAD_CAP..IN_THREAD_CAP + AT_ONCE).contains(&given_up),
+        "{given_up} given up"
     );
-    assert_eq!(agent.state_number("blocked_workers"), left as u64);
-    let mut victim = FakeTenant::start(&agent, &unique("victim"));
-    for _ in 0..2 {
-        assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
-        assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    let mut fresh = FakeTenant::start(&agent, &unique("fresh"));
+    for i in 1..=3 {
+        let r = fresh.ask(&format!("bind 127.86.2.{i} 86"), Duration::from_secs(2));
+        assert_eq!(r["errno"], 0, "{r}");
     }
-    let r = victim.ask("bind 127.86.2.1 86", TIMEOUT);
-    assert_eq!(r["errno"], libc::ETIMEDOUT, "answered at once, unread: {r}");
-    assert_eq!(agent.state_number("blocked_in_pool"), POOL as u64);
-    drop(filler);
-    victim.kill();
-    for s in &mut stallers {
-        s.kill();
-    }
+    assert_eq!(agent_children(&agent), 0, "every killed reader was reaped");
+    fresh.kill();
+    // The outside holder lets go: every read blocked in a thread returns.
+    drop(held);
     returns(&agent, "threads", threads, thread_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
@@ -807,7 +773,8 @@ fn agent_read_failing_after_the_deadline_is_audited_once() {
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
     let mut t = FakeTenant::start(&agent, &unique("fault"));
-    assert_eq!(t.ask("uffd-fault 85", TIMEOUT)["stalled"], true);
+    let r = t.ask("uffd-fault 85", TIMEOUT);
+    assert_eq!(r["stalled"], true, "{r}");
     let r = t.line(TIMEOUT);
     assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
     // The given-up worker's read has returned once its place is back.
@@ -822,26 +789,25 @@ fn agent_read_failing_after_the_deadline_is_audited_once() {
     assert_eq!(stalled[0]["errno"], libc::ETIMEDOUT, "{audit:?}");
 }
 
-/// Churn at the pool's edge: 14 containers hold 14 pool places for good; four
-/// more stall two reads at once, again and again, each read returning (EFAULT)
-/// 1.5 s after its caller has its ETIMEDOUT, so that a container's first read
-/// is still blocked when its second outlives the deadline, and a round's
-/// reads are still blocked while the next round stalls. The four want four
-/// pool places and find two, so some second workers are kept and replaced
-/// later, while first ones return and give their places back. After every round the threads are
-/// within the documented bound; at the end every churner's bind is served and
-/// the places are exactly the 14 holders', none leaked or freed twice.
+/// Churn near the in-thread cap: 14 containers hold 14 given-up workers for
+/// good; four more stall two reads at once, again and again, each read
+/// returning (EFAULT) 1.5 s after its caller has its ETIMEDOUT, so that a
+/// container's first read is still blocked when its second outlives the
+/// deadline, and a round's reads are still blocked while the next round
+/// stalls. After every round the threads are within the documented bound; at
+/// the end every churner's bind is served and the given-up workers are exactly
+/// the 14 holders', none leaked or counted twice.
 #[test]
-fn agent_churning_stalls_at_a_nearly_full_pool_leak_no_place() {
+fn agent_churning_stalls_near_the_cap_leak_no_place() {
     if !root_or_skip() {
         return;
     }
-    let holders = POOL - 2;
+    let holders = IN_THREAD_CAP - 2;
     let s = Stalled::start("calm", holders, 2);
     let mut churners: Vec<FakeTenant> = (0..4)
         .map(|_| FakeTenant::start(&s.agent, &unique("churn")))
         .collect();
-    let bound = s.threads + 2 * (holders + churners.len() + 1) + POOL;
+    let bound = s.threads + 2 * (holders + churners.len() + 1);
     for _round in 0..3 {
         for c in &mut churners {
             c.send("uffd-fault 85 1500");
@@ -861,14 +827,9 @@ fn agent_churning_stalls_at_a_nearly_full_pool_leak_no_place() {
         let now = thread_count(&s.agent);
         assert!(now <= bound, "{now} threads, bound {bound}");
     }
-    s.agent
-        .log
-        .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    returns(&s.agent, "blocked workers", 2 * holders, |a| {
+    returns(&s.agent, "blocked workers", holders, |a| {
         a.state_number("blocked_workers") as usize
     });
-    assert_eq!(s.agent.state_number("blocked_in_pool"), holders as u64);
     for (i, c) in churners.iter_mut().enumerate() {
         let r = c.ask(&format!("bind 127.86.4.{} 86", i + 1), TIMEOUT);
         assert_eq!(r["errno"], 0, "{r}");

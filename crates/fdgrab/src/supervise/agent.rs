@@ -101,13 +101,10 @@ pub struct AgentStats {
     pub latency_p50_us: Option<u64>,
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
-    /// Workers blocked in a read of a container's memory and given up on, over
-    /// all containers: each container's first is its own, the others hold a
-    /// place of the agent-wide pool (see `blocked_in_pool`).
+    /// Workers blocked in a read of a container's memory in their own thread
+    /// and given up on, over all containers (at most one per container; from
+    /// `MAX_GIVEN_UP_IN_THREAD` on, every read runs in a killable reader).
     pub blocked_workers: usize,
-    /// Of those, the ones holding a place of the pool shared by all containers
-    /// (at most `MAX_BLOCKED_TOTAL`).
-    pub blocked_in_pool: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
     pub audit_lines_dropped: u64,
@@ -128,7 +125,7 @@ pub struct ContainerStats {
     pub namespace: Option<String>,
     /// Trapped calls decided for it.
     pub decisions: u64,
-    /// Requests answered ETIMEDOUT by the watchdog.
+    /// Requests answered ETIMEDOUT: their read outlived the deadline.
     pub timeouts: u64,
     /// Its workers stuck in a read of its memory right now.
     pub blocked_workers: usize,
@@ -489,7 +486,6 @@ impl Agent {
             latency_p99_us: self.shared.latency.quantile_us(0.99),
             audit_lines_dropped: self.shared.audit.dropped(),
             blocked_workers: self.shared.blocked.given_up(),
-            blocked_in_pool: self.shared.blocked.pooled(),
             per_container: containers,
         }
     }

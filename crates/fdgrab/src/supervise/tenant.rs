@@ -54,26 +54,11 @@ use std::time::{Duration, Instant};
 /// of resident memory takes microseconds; this leaves room for a swapped-out page.
 pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 
-/// Workers of one container that may be given up on (blocked in a read) at
-/// once; beyond, its binds get `ETIMEDOUT` without a read.
-pub const MAX_BLOCKED_WORKERS: usize = 2;
-
-/// Given-up workers a container holds without drawing from the agent-wide pool:
-/// its first stalled read is always answered and its worker always replaced,
-/// whatever the other containers hold. It costs at most one more thread per
-/// container, next to the worker the agent pays for each anyway.
-pub const OWN_BLOCKED_WORKERS: usize = 1;
-
-/// Places for given-up workers beyond each container's own
-/// ([`OWN_BLOCKED_WORKERS`]), shared by all containers, first come first
-/// served. With every place taken, a worker that outlives its deadline and
-/// would need one is not replaced at once: its request is still answered
-/// `ETIMEDOUT`, but that container's next binds wait for its own read to
-/// return, or for a place to free (then the watchdog replaces the kept worker
-/// at its next tick). Only a container with a given-up worker already can be
-/// kept so. The agent thus never holds more than two workers per container plus
-/// this many, however many containers stall.
-pub const MAX_BLOCKED_TOTAL: usize = 16;
+/// Workers of one container that may be given up on at once. Only a read in
+/// the worker's own thread can be given up on, and after its first the
+/// container reads only in killable readers, so one is all it ever needs; a
+/// second is refused (the worker is answered for and kept) as a guard.
+pub const MAX_BLOCKED_WORKERS: usize = 1;
 
 /// Given-up workers over all containers from which on every read, of every
 /// container, runs in a killable reader: a thread given up on in a read cannot
@@ -82,13 +67,11 @@ pub const MAX_BLOCKED_TOTAL: usize = 16;
 /// stall.
 pub const MAX_GIVEN_UP_IN_THREAD: usize = 16;
 
-/// Counts of given-up workers over all containers.
+/// Given-up workers over all containers.
 #[derive(Debug, Default)]
 pub(crate) struct BlockedPool {
-    /// Given-up workers still blocked, own places and pool places alike.
+    /// Given-up workers still blocked.
     given_up: AtomicUsize,
-    /// Of those, the ones holding a pool place (at most [`MAX_BLOCKED_TOTAL`]).
-    pooled: AtomicUsize,
 }
 
 impl BlockedPool {
@@ -96,22 +79,13 @@ impl BlockedPool {
     pub fn given_up(&self) -> usize {
         self.given_up.load(Ordering::Acquire)
     }
-
-    /// Pool places taken.
-    pub fn pooled(&self) -> usize {
-        self.pooled.load(Ordering::Acquire)
-    }
 }
 
-/// One container's given-up workers, and the places they hold.
+/// One container's given-up workers.
 ///
-/// Which places a container holds follows from how many workers it has given
-/// up on (the first [`OWN_BLOCKED_WORKERS`] are its own, the rest pool
-/// places), not from which worker took which: any of them returning gives back
-/// a pool place while the container holds one. Its count therefore changes
-/// only under its job lock (the caller's guard is the proof), so that a worker
-/// returning while the watchdog gives up on another cannot leave the pool
-/// counting a place nobody holds.
+/// The count changes only under the container's job lock (the caller's guard is
+/// the proof), so that a worker returning while the watchdog gives up on
+/// another cannot leave the agent-wide count off.
 #[derive(Debug, Default)]
 pub(crate) struct BlockedPlaces {
     blocked: AtomicUsize,
@@ -123,22 +97,11 @@ impl BlockedPlaces {
         self.blocked.load(Ordering::Acquire)
     }
 
-    /// Takes a place for one more given-up worker: its own while it has one
-    /// left, else one of `pool`'s. False when it needs a pool place and none is
-    /// free, or it holds [`MAX_BLOCKED_WORKERS`] already.
+    /// Counts one more given-up worker; false when it holds
+    /// [`MAX_BLOCKED_WORKERS`] already.
     fn take<T>(&self, pool: &BlockedPool, _job: &MutexGuard<'_, T>) -> bool {
         let held = self.count();
         if held >= MAX_BLOCKED_WORKERS {
-            return false;
-        }
-        if held >= OWN_BLOCKED_WORKERS
-            && pool
-                .pooled
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < MAX_BLOCKED_TOTAL).then_some(n + 1)
-                })
-                .is_err()
-        {
             return false;
         }
         pool.given_up.fetch_add(1, Ordering::AcqRel);
@@ -153,9 +116,6 @@ impl BlockedPlaces {
         debug_assert!(held > 0, "a place given back that was never taken");
         if held == 0 {
             return;
-        }
-        if held > OWN_BLOCKED_WORKERS {
-            pool.pooled.fetch_sub(1, Ordering::AcqRel);
         }
         pool.given_up.fetch_sub(1, Ordering::AcqRel);
         self.blocked.store(held - 1, Ordering::Release);
@@ -231,7 +191,7 @@ pub(crate) struct Shared {
     pub ports: UnprivilegedPorts,
     pub pidfds: Arc<ThreadPidfds>,
     pub latency: LatencyStats,
-    /// Workers given up on over all containers, and the pool places they hold.
+    /// Workers given up on over all containers.
     pub blocked: BlockedPool,
 }
 
@@ -297,14 +257,14 @@ pub(crate) enum TenantEvent {
 enum Replacement {
     /// Given up on; a successor serves the container.
     Started,
-    /// Kept: no place for one more given-up worker of this container.
+    /// Kept: this container has a given-up worker already (not expected: its
+    /// reads after the first stall are killable).
     NoPlace,
     /// Kept: its successor could not be started (logged).
     SpawnFailed,
-    /// Not replaced: the container is gone (its filter has no users left), so
-    /// a successor would serve nobody and hold a place for as long as the
-    /// blocked read lasts, which a page filled from outside the container can
-    /// make forever. The container is released instead.
+    /// Given up on without a successor: the container is gone (its filter has
+    /// no users left), so a successor would serve nobody. The container is
+    /// released.
     ContainerGone,
 }
 
@@ -325,7 +285,7 @@ struct Job {
 pub struct TenantCounters {
     /// Trapped calls decided.
     pub decisions: AtomicU64,
-    /// Requests answered `ETIMEDOUT` by the watchdog.
+    /// Requests answered `ETIMEDOUT`: their read outlived [`READ_DEADLINE`].
     pub timeouts: AtomicU64,
 }
 
@@ -416,10 +376,12 @@ impl Tenant {
     }
 
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
-    /// replaces its worker, unless that needs a pool place and every one of the
-    /// [`MAX_BLOCKED_TOTAL`] is taken; a worker kept for that reason is replaced
-    /// at a later tick, once there is room, or the container is released if it
-    /// is gone by then (its kept worker is the only one watching its listener).
+    /// marks its container suspect. A worker reading in a killable reader is
+    /// left to serve on (its reader dies at the deadline). One reading in its
+    /// own thread is given up on and replaced; if its successor cannot start,
+    /// it is kept and the replacement retried at every tick, and if the
+    /// container is gone it is given up on without a successor and the
+    /// container released (its worker is the only one watching its listener).
     /// Returns whether it answered.
     ///
     /// Everything up to the worker's fate is decided under the job lock, which
@@ -448,26 +410,26 @@ impl Tenant {
         }
         // Its successor, and every worker after it, reads killably.
         self.suspect.store(true, Ordering::Release);
-        let replacement = if self.gone() {
-            Replacement::ContainerGone
-        } else {
-            self.replace_worker(&g)
-        };
-        let replaced = replacement == Replacement::Started;
+        let gone = self.gone();
+        let replacement = self.replace_worker(&g, !gone);
+        let replaced = matches!(
+            replacement,
+            Replacement::Started | Replacement::ContainerGone
+        );
         if replaced {
-            // The successor owns the slot; the old worker finds its generation
-            // moved on and exits when its read returns.
+            // A successor (if any) owns the slot; the old worker finds its
+            // generation moved on and exits, giving its place back, when its
+            // read returns.
             *g = None;
         }
         drop(g);
-        if replacement == Replacement::ContainerGone {
-            // Its worker is kept (it exits once its read returns, if ever) and
-            // holds no place; nobody is left to be served.
+        if gone {
+            // Nobody is left to be served.
             self.release();
         }
         if kept_before {
-            if replaced {
-                tracing::info!(container = %self.shown_id(), "room among blocked workers again: a kept worker is replaced");
+            if replacement == Replacement::Started {
+                tracing::info!(container = %self.shown_id(), "a kept worker is replaced");
             }
             return false;
         }
@@ -475,21 +437,27 @@ impl Tenant {
         if replacement == Replacement::NoPlace {
             tracing::warn!(
                 container = %self.shown_id(),
-                limit = MAX_BLOCKED_TOTAL,
                 given_up = self.blocked.count(),
-                "agent-wide limit of blocked workers reached; this container, which has a blocked worker already, keeps its worker until its read returns or a pool place frees"
+                "a second read of this container blocked in its worker's own thread; the worker is kept until its read returns"
             );
         }
         true
     }
 
-    /// Gives up on the current worker and starts a successor, if there is a
-    /// place for it ([`BlockedPlaces::take`]). Called with the job lock held.
-    fn replace_worker(self: &Arc<Self>, job: &MutexGuard<'_, Option<Job>>) -> Replacement {
+    /// Gives up on the current worker ([`BlockedPlaces::take`]) and, with
+    /// `successor`, starts one. Called with the job lock held.
+    fn replace_worker(
+        self: &Arc<Self>,
+        job: &MutexGuard<'_, Option<Job>>,
+        successor: bool,
+    ) -> Replacement {
         if !self.blocked.take(&self.shared.blocked, job) {
             return Replacement::NoPlace;
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        if !successor {
+            return Replacement::ContainerGone;
+        }
         if let Err(e) = self.spawn_worker(generation) {
             // Keep the blocked worker as this container's: it serves on when its
             // read returns (it looks only under the lock we hold).
@@ -656,14 +624,6 @@ impl Tenant {
                 let _ = self.listener.respond(notif.id, Response::Continue);
                 continue;
             }
-            if self.blocked.count() >= MAX_BLOCKED_WORKERS {
-                self.answer_unread(
-                    notif.id,
-                    notif.tid,
-                    "earlier reads of this container's memory are still blocked",
-                );
-                continue;
-            }
             // A fresh claim per request; the last one is reset in place when
             // nobody else holds it any more (no allocation per bind), else a
             // new one is made.
@@ -772,30 +732,6 @@ mod tests {
     }
 
     #[test]
-    fn a_full_pool_never_costs_a_container_its_first_place() {
-        let pool = BlockedPool::default();
-        let attackers = containers(MAX_BLOCKED_TOTAL + 4);
-        for a in &attackers {
-            assert!(a.give_up(&pool), "a first place is always there");
-        }
-        let second: usize = attackers
-            .iter()
-            .map(|a| usize::from(a.give_up(&pool)))
-            .sum();
-        assert_eq!(
-            second, MAX_BLOCKED_TOTAL,
-            "second places come from the pool"
-        );
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
-        let victim = Container::new();
-        assert!(victim.give_up(&pool), "the victim's first place");
-        assert!(!victim.give_up(&pool), "its second needs the full pool");
-        assert_eq!(victim.places.count(), 1);
-        assert_eq!(pool.given_up(), attackers.len() + MAX_BLOCKED_TOTAL + 1);
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
-    }
-
-    #[test]
     fn no_container_holds_more_than_its_limit() {
         let pool = BlockedPool::default();
         let c = Container::new();
@@ -804,75 +740,43 @@ mod tests {
         }
         assert!(!c.give_up(&pool));
         assert_eq!(c.places.count(), MAX_BLOCKED_WORKERS);
-        assert_eq!(pool.pooled(), MAX_BLOCKED_WORKERS - OWN_BLOCKED_WORKERS);
+        assert_eq!(pool.given_up(), MAX_BLOCKED_WORKERS);
     }
 
-    /// Whichever of a container's two given-up workers returns first, the pool
-    /// place goes back, and another container can take it.
+    /// Containers that exit while holding places: each blocked read returns,
+    /// and the agent-wide count is as if they had never stalled.
     #[test]
-    fn a_returning_read_frees_a_pool_place_first() {
+    fn exiting_containers_give_every_place_back() {
         let pool = BlockedPool::default();
-        let full = containers(MAX_BLOCKED_TOTAL);
-        for c in &full {
-            assert!(c.give_up(&pool) && c.give_up(&pool));
+        let cs = containers(MAX_GIVEN_UP_IN_THREAD + 4);
+        for c in &cs {
+            assert!(c.give_up(&pool), "every container has its place");
         }
-        let waiting = Container::new();
-        assert!(waiting.give_up(&pool));
-        assert!(!waiting.give_up(&pool));
-        full[3].returns(&pool);
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL - 1);
-        assert_eq!(full[3].places.count(), 1, "it keeps its own place");
-        assert!(waiting.give_up(&pool), "the freed place is taken");
-        full[3].returns(&pool);
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL, "its own place held none");
-        assert!(full[3].give_up(&pool), "its own place is there again");
-        assert!(!full[3].give_up(&pool), "a second needs the full pool");
-    }
-
-    /// A container that exits while holding places: each of its blocked reads
-    /// returns, and the pool and the totals are as if it had never stalled.
-    #[test]
-    fn an_exiting_container_gives_every_place_back() {
-        let pool = BlockedPool::default();
-        let others = containers(MAX_BLOCKED_TOTAL - 1);
-        for c in &others {
-            assert!(c.give_up(&pool) && c.give_up(&pool));
-        }
-        let exiting = Container::new();
-        assert!(exiting.give_up(&pool) && exiting.give_up(&pool));
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
-        exiting.returns(&pool);
-        exiting.returns(&pool);
-        assert_eq!(exiting.places.count(), 0);
-        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL - 1);
-        assert_eq!(pool.given_up(), 2 * others.len());
-        for c in &others {
+        assert_eq!(pool.given_up(), cs.len());
+        for c in &cs {
             c.returns(&pool);
-            c.returns(&pool);
+            assert_eq!(c.places.count(), 0);
         }
-        assert_eq!((pool.pooled(), pool.given_up()), (0, 0));
+        assert_eq!(pool.given_up(), 0);
     }
 
     /// The successor a place was taken for could not start: the place is
-    /// given back at once and the counts are where they were, own or pooled.
+    /// given back at once and the counts are where they were.
     #[test]
     fn a_failed_spawn_leaves_the_counts_as_they_were() {
         let pool = BlockedPool::default();
         let c = Container::new();
-        for held in 0..MAX_BLOCKED_WORKERS {
-            let before = (pool.given_up(), pool.pooled(), c.places.count());
-            assert_eq!(before.2, held);
-            assert!(c.give_up(&pool));
-            c.returns(&pool);
-            assert_eq!((pool.given_up(), pool.pooled(), c.places.count()), before);
-            assert!(c.give_up(&pool), "the place is there for the next try");
-        }
+        let before = (pool.given_up(), c.places.count());
+        assert!(c.give_up(&pool));
+        c.returns(&pool);
+        assert_eq!((pool.given_up(), c.places.count()), before);
+        assert!(c.give_up(&pool), "the place is there for the next try");
     }
 
     /// Many threads give up and return at once, as watchdog and workers do:
-    /// the pool never exceeds its size and ends empty.
+    /// the count never exceeds one per container and ends at zero.
     #[test]
-    fn concurrent_give_ups_and_returns_keep_the_pool_exact() {
+    fn concurrent_give_ups_and_returns_keep_the_count_exact() {
         let pool = Arc::new(BlockedPool::default());
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -882,17 +786,12 @@ mod tests {
                     for _ in 0..2_000 {
                         for c in &cs {
                             let _ = c.give_up(&pool);
-                            assert!(pool.pooled() <= MAX_BLOCKED_TOTAL);
+                            assert!(pool.given_up() <= 8 * 4 * MAX_BLOCKED_WORKERS);
                         }
                         for c in &cs {
                             if c.places.count() > 0 {
                                 c.returns(&pool);
                             }
-                        }
-                    }
-                    for c in &cs {
-                        while c.places.count() > 0 {
-                            c.returns(&pool);
                         }
                     }
                 })
@@ -901,6 +800,6 @@ mod tests {
         for h in handles {
             h.join().expect("thread");
         }
-        assert_eq!((pool.pooled(), pool.given_up()), (0, 0));
+        assert_eq!(pool.given_up(), 0);
     }
 }
