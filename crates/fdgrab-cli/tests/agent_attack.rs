@@ -140,6 +140,9 @@ fn agent_second_stalls_are_killed_not_given_up() {
     let mut s = Stalled::start("calm", 18, 2);
     assert_eq!(s.agent.state_number("blocked_workers"), 18);
     s.threads_are(1 + 2 * 18);
+    // An attacker's own next honest bind is served by its worker.
+    let r = s.attackers[0].ask("bind 127.78.7.3 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
     let r = s.calm.ask("bind 127.78.7.2 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
     s.end(1);
