@@ -579,6 +579,22 @@ pub fn wait_for_child_of(pid: u32) -> u32 {
     }
 }
 
+/// How many children `pid` has now, over all its threads, zombies included
+/// (`/proc/PID/task/TID/children`); `pid` may be `"self"`.
+pub fn children_count(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        })
+        .sum()
+}
+
 /// Whether `pid` is gone (or a zombie) within [`TIMEOUT`].
 pub fn wait_gone(pid: u32) -> bool {
     let deadline = Instant::now() + TIMEOUT;

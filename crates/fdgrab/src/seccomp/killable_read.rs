@@ -236,18 +236,7 @@ mod tests {
     /// Descriptors and children of this process (over all its threads).
     fn fds_and_children() -> (usize, usize) {
         let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
-        let children = std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|t| {
-                std::fs::read_to_string(t.path().join("children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .count()
-            })
-            .sum();
-        (fds, children)
+        (fds, fdgrab_testkit::children_count("self"))
     }
 
     fn soon() -> Instant {
@@ -319,5 +308,37 @@ mod tests {
             assert_eq!(buf, src);
         }
         assert_eq!(fds_and_children(), before);
+    }
+
+    /// Not a check: prints the cost of a read in a killable reader against one
+    /// in this thread (interleaved rounds, medians). Run with
+    /// `cargo test --release -p fdgrab --lib -- --ignored --nocapture per_read_cost`.
+    #[test]
+    #[ignore = "a measurement"]
+    fn per_read_cost() {
+        let src = [0x11u8; 16];
+        let (mut thread, mut killable) = (Vec::new(), Vec::new());
+        for _ in 0..21 {
+            let t = Instant::now();
+            for _ in 0..1_000 {
+                let mut buf = [0u8; 16];
+                crate::sys::process_vm_read(own_tid(), src.as_ptr() as u64, &mut buf)
+                    .expect("read");
+            }
+            thread.push(t.elapsed() / 1_000);
+            let t = Instant::now();
+            for _ in 0..1_000 {
+                let mut buf = [0u8; 16];
+                read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+            }
+            killable.push(t.elapsed() / 1_000);
+        }
+        thread.sort();
+        killable.sort();
+        let (t, k) = (thread[10], killable[10]);
+        println!(
+            "per read: in this thread {t:?}, in a killable reader {k:?}: {:.1}x",
+            k.as_secs_f64() / t.as_secs_f64()
+        );
     }
 }

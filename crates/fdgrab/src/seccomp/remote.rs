@@ -32,7 +32,7 @@ pub enum ReadError {
 
 /// [`read_validated`] with a deadline. `process_vm_readv` on a page that a
 /// userfaultfd or FUSE server never fills waits until a fatal signal, so the copy
-/// runs in a process of its own ([`super::killable_read`]), which is killed at
+/// runs in a process of its own that shares our memory, which is killed at
 /// `deadline`: then [`ReadError::TimedOut`] is returned, and nothing of the read
 /// is left behind. `ID_VALID` is checked here, after the copy arrived.
 pub fn read_validated_within(

@@ -2,38 +2,44 @@
 //! of its own.
 //!
 //! The only step of a bind decision that can block on the container is reading
-//! its memory (`process_vm_readv` waits, uninterruptibly, on a page that a
-//! userfaultfd or FUSE server never fills). So each container is served by its
-//! own worker thread, which blocks in `poll` on the listener and answers with no
-//! hand-off, and nothing one container does can stall another's worker.
+//! its memory: `process_vm_readv` on a page that a userfaultfd or FUSE server
+//! never fills sleeps killably, that is until a fatal signal, and a fatal signal
+//! ends a whole thread group. So each container is served by its own worker
+//! thread, which blocks in `poll` on the listener and answers with no hand-off,
+//! and nothing one container does can stall another's worker.
 //!
-//! A watchdog on the agent's thread bounds the stall for the container itself:
-//! once a request has been in a worker for [`READ_DEADLINE`], the watchdog
-//! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
-//! when its read returns, normally at the latest when the container dies; see
-//! below) and starts a fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
-//! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
-//! [`Claim`] decides whether the worker or the watchdog answers, never both.
+//! A read runs in one of two places. Normally in the worker's own thread (about
+//! 1 µs); such a read, once stalled, can only be abandoned. Or in a killable
+//! reader ([`crate::seccomp::read_validated_within`]: a process of its own
+//! sharing our memory, some tens of µs), which is killed at [`READ_DEADLINE`]
+//! and always reaped. A container's reads go to killable readers (a) once one
+//! of its requests has outlived the deadline (it is *suspect* from then on), and
+//! (b) for every container while [`MAX_GIVEN_UP_IN_THREAD`] or more workers are
+//! given up on agent-wide.
 //!
-//! Places for given-up workers (`BlockedPlaces`): a container's first
-//! ([`OWN_BLOCKED_WORKERS`]) is its own and is always there, so its worker is
-//! replaced whatever other containers hold; only further ones take a place of
-//! the agent-wide pool of [`MAX_BLOCKED_TOTAL`]. With the pool full, a stalled
-//! worker that would need a pool place is answered for but kept, and replaced
-//! once there is room. So no set of containers can take the place another
-//! container needs to get past its first stalled read, and the agent holds at
-//! most `(1 + OWN_BLOCKED_WORKERS) × containers + MAX_BLOCKED_TOTAL` workers
-//! (two per container plus 16), and at most `1 + MAX_BLOCKED_WORKERS` (three)
-//! for any one container; besides those, for a moment, a lowered worker
-//! handing over to its successor (`Pace`).
+//! A watchdog on the agent's thread answers a request still in a worker after
+//! [`READ_DEADLINE`] with `ETIMEDOUT` (with an audit line) and marks its
+//! container suspect; a [`Claim`] decides whether the worker or the watchdog
+//! answers, never both. A worker whose read is in a killable reader is left to
+//! serve on: its reader dies at the deadline, and whichever of it and the
+//! watchdog claims the request first answers it. A worker stalled in its own
+//! thread is given up on (it exits when its read returns) and a fresh one
+//! started; if that cannot start, the stalled worker is kept and the watchdog
+//! retries at every tick; if the container is gone, it is given up on without a
+//! successor and the container released.
 //!
-//! That bound counts supervised containers. A blocked read ends when the page
-//! is filled or its filler lets go; a filler outside the container (a
-//! userfaultfd passed to another container) keeps the read, and the places of
-//! the dead container's given-up workers, past the container's end, and
-//! nothing here can end it. The watchdog releases a container that is gone
-//! instead of replacing its kept worker, so at least no place is spent on a
-//! successor that would serve nobody.
+//! The bound. A thread stalled in its own read ends only when the page is filled
+//! or its filler lets go, which a filler outside the container (a userfaultfd
+//! passed to a sidecar) may never do, container restarts or not. By (a) a
+//! container has at most one such thread in its life ([`MAX_BLOCKED_WORKERS`]);
+//! by (b) a read starts in a worker's own thread only while fewer than
+//! [`MAX_GIVEN_UP_IN_THREAD`] workers are given up on agent-wide. So the agent
+//! never holds more than `MAX_GIVEN_UP_IN_THREAD + R` given-up threads, where
+//! `R` is the number of in-thread reads still in flight when the count reached
+//! the cap (at most one per other container then being served), however many
+//! containers come, stall and go; besides those, one worker per living
+//! container, a killable reader per read in flight in one, and, for a moment, a
+//! lowered worker handing over to its successor (`Pace`).
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
