@@ -186,6 +186,51 @@ fn agent_children(agent: &AgentProc) -> usize {
     fdgrab_testkit::children_count(&agent.pid.to_string())
 }
 
+/// The agent dies (SIGKILL) while a killable reader of a suspect container
+/// is blocked on a page nobody fills: the reader does not outlive it (its
+/// parent-death signal), so no process of the agent's is left holding its
+/// memory.
+#[test]
+fn agent_killed_mid_read_leaves_no_reader() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let mut t = FakeTenant::start(&agent, &unique("orphan"));
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    // Suspect now: the next stalled read is in a killable reader.
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    let agent_task = format!("/proc/{}/task", agent.pid);
+    let deadline = Instant::now() + TIMEOUT;
+    let reader = loop {
+        let found = std::fs::read_dir(&agent_task)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|task| {
+                std::fs::read_to_string(task.path().join("children"))
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no killable reader started");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SAFETY: a signal to the agent we started.
+    assert_eq!(unsafe { libc::kill(agent.pid, libc::SIGKILL) }, 0);
+    assert!(
+        fdgrab_testkit::wait_gone(reader),
+        "reader {reader} outlived the agent"
+    );
+    agent.kill();
+}
+
 /// A pids cgroup holding the agent, whose `pids.max` the test sets: the way to
 /// make the agent's thread creation fail (`EAGAIN`) while it runs as root.
 /// The agent goes back to the hierarchy's root cgroup when dropped.

@@ -17,7 +17,8 @@
 //! read in the calling thread, so callers use it only where a stalled read must
 //! end (see [`crate::supervise`]'s agent).
 //!
-//! The child runs one function that makes two raw system calls: it shares our
+//! The child runs one function that makes three raw system calls (its
+//! parent-death signal, the read, `exit`): it shares our
 //! memory and, without `CLONE_SETTLS`, the calling thread's TLS, so it must
 //! never touch `errno`, the allocator, a lock or a panic. Its exit signal is 0,
 //! so only a wait with `__WALL` sees it: a `waitpid(-1)` elsewhere in the
@@ -162,6 +163,23 @@ extern "C" fn reader_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Request` that `read` passed; it lives until we are
     // reaped.
     let req = unsafe { &*(arg as *const Request) };
+    // Killed with the thread that waits for it: only when the whole agent dies
+    // (that thread reaps it before going on), so no reader outlives the agent
+    // blocked on a page.
+    // SAFETY: integers only.
+    unsafe {
+        raw_syscall6(
+            libc::SYS_prctl as usize,
+            [
+                libc::PR_SET_PDEATHSIG as usize,
+                libc::SIGKILL as usize,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
     // SAFETY: the iovecs describe the caller's buffer (writable, shared with us
     // by CLONE_VM) and memory of the other process, which the kernel checks.
     let r = unsafe {
