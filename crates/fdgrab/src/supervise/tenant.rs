@@ -685,7 +685,8 @@ impl Tenant {
             }
             if !mine {
                 if !replaced {
-                    // The watchdog answered but kept us (the agent-wide limit).
+                    // The watchdog answered but kept us: no successor could
+                    // start, or a second read blocked in this thread.
                     tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
                     continue;
                 }
