@@ -183,8 +183,11 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>> {
         let pid = target.pid();
         let (tid, status) = owner;
-        let trap_pending =
-            (status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0)) & sigmask::TRAP_BIT != 0;
+        let pending = status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0);
+        let trap_pending = pending & sigmask::TRAP_BIT != 0;
+        // A routine's faults must find no signal of theirs pending or ignored.
+        let exec_scratch = exec_scratch
+            && (pending | status.sig_ign.unwrap_or(u64::MAX)) & sigmask::ROUTINE_FAULT_BITS == 0;
         let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {

@@ -23,6 +23,7 @@
 //!   restart decision at the detach is the kernel's, unchanged.
 
 use super::errors::RunError;
+use super::sigmask::ROUTINE_FAULT_BITS;
 use super::stop::{classify, Stop};
 use super::{Session, State};
 use crate::error::{Error, Result};
@@ -148,6 +149,25 @@ impl Session<'_> {
         frame(&self.saved)
             .write(tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        // Faults unblocked while it runs, so that forcing one keeps the target's
+        // handler (see `ROUTINE_FAULT_BITS`); the session's mask is back at its stop.
+        let mask = ptrace::sigmask(tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGMASK", e))?;
+        ptrace::set_sigmask(tid, mask & !ROUTINE_FAULT_BITS)
+            .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
+        let r = self.resume_routine(end);
+        if self.state == State::Gone {
+            return r;
+        }
+        let back = ptrace::set_sigmask(tid, mask);
+        let (regs, forced) = r?;
+        back.map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
+        Ok((regs, forced))
+    }
+
+    /// Resumes a routine entered by [`Session::run_routine`] until it stops at
+    /// `end` or on a signal it forced.
+    fn resume_routine(&mut self, end: u64) -> Result<(Regs, Option<i32>)> {
+        let tid = self.tid;
         let mut deliver = 0;
         loop {
             ptrace::cont(tid, deliver).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;

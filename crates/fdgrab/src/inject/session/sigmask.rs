@@ -27,6 +27,19 @@ const FAULTS: [i32; 6] = [
     libc::SIGSYS,
 ];
 
+/// The faults a routine can force on the target thread (`SIGTRAP` aside, which is
+/// never blocked): a seccomp trap's SIGSYS (a filter added with TSYNC once the
+/// filters were read), and a fault on its code page (another thread unmapped or
+/// changed it). The kernel resets the handler of a signal it forces while it is
+/// blocked or ignored to SIG_DFL, for the whole process and for good, so a
+/// routine runs with these unblocked, and not at all where the process ignores
+/// one or has one pending (an unblocked pending one would be taken for forced).
+pub(super) const ROUTINE_FAULT_BITS: u64 = 1 << (libc::SIGSEGV - 1)
+    | 1 << (libc::SIGBUS - 1)
+    | 1 << (libc::SIGFPE - 1)
+    | 1 << (libc::SIGILL - 1)
+    | 1 << (libc::SIGSYS - 1);
+
 /// Our own thread's signal mask from before [`OurMask::hold_signals`].
 #[derive(Clone, Copy)]
 pub(super) struct OurMask(Option<libc::sigset_t>);
