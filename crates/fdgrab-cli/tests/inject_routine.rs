@@ -205,3 +205,26 @@ fn routine_stopped_by_a_signal_it_forces() {
     }
     panic!("the trap was never met in {} grabs", outcomes.len());
 }
+
+/// A hostile second thread replaces the routine's final `int3` with a jump to
+/// itself once the code is in place, so the routine never ends: fdgrab must not
+/// wait for it forever. It gives up after a deadline, stops the thread, closes
+/// what the routine opened, takes its page back and restores the thread; the
+/// grab fails and the target runs on as before. When the thread comes too late
+/// the grab simply succeeds, so cases are tried until the hijack has landed.
+#[test]
+fn routine_that_never_ends_is_given_up() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["hijack-routine"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hijacked = err.contains("did not end");
+        assert_eq!(out.status.success(), !hijacked, "{err}");
+        b.assert_unharmed(&mut t, &b.fds, "a routine that never ends");
+        if hijacked {
+            return;
+        }
+    }
+    panic!("the hijack never landed in 40 grabs");
+}

@@ -74,6 +74,7 @@ fn main() {
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
         "tsync-trap-when-traced" => return tsync_trap_when_traced(),
+        "hijack-routine" => return hijack_routine(),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -819,6 +820,75 @@ fn tsync_trap_when_traced() {
             std::thread::park();
         }
     });
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+/// Like `blocked-read`, with a hostile second thread: it predicts where the next
+/// 16 KiB anonymous mapping goes, makes it writable as soon as it exists (the
+/// scratch mapping of an injected routine), and replaces the routine's final
+/// `int3` (0x2e bytes in) with a jump to itself as soon as the code is written:
+/// the routine then never ends. It gives up after a while, so that a tracer
+/// that gets away is not kept busy.
+fn hijack_routine() {
+    const LEN: usize = 16 * 1024;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: mmap/munmap of a fresh anonymous mapping of ours, only to learn
+        // where the kernel puts the next one of that size (after this thread's stack).
+        let at = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            libc::munmap(p, LEN);
+            p as usize
+        };
+        let _ = ready_tx.send(());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        // SAFETY: mprotect of an address range; it fails (ENOMEM) until something is
+        // mapped there.
+        while unsafe { libc::mprotect(at as *mut libc::c_void, LEN, rwx) } != 0 {
+            if std::time::Instant::now() > deadline {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        // Through process_vm_readv/writev on ourselves: the tracer may unmap the page
+        // at any time, which must give EFAULT here, not SIGSEGV.
+        let me = std::process::id() as libc::pid_t;
+        let remote = |len| libc::iovec {
+            iov_base: (at + 0x2e) as *mut libc::c_void,
+            iov_len: len,
+        };
+        let mut byte = [0u8; 2];
+        let mut jump = [0xeb_u8, 0xfe];
+        while std::time::Instant::now() < deadline {
+            let local = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            // SAFETY: reads 1 byte into `byte`; a bad remote address gives EFAULT.
+            let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote(1), 1, 0) };
+            if n == 1 && byte[0] == 0xcc {
+                let local = libc::iovec {
+                    iov_base: jump.as_mut_ptr().cast(),
+                    iov_len: 2,
+                };
+                // SAFETY: writes the 2 bytes of `jump`; a bad address gives EFAULT.
+                unsafe { libc::process_vm_writev(me, &local, 1, &remote(2), 1, 0) };
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    });
+    let _ = ready.recv();
     emit(&inject_report(json!({})));
     echo_reads();
 }

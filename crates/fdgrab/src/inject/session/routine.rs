@@ -22,14 +22,33 @@
 //! - the thread stops on the signal path at its end, as after a step, so the
 //!   restart decision at the detach is the kernel's, unchanged.
 
-use super::errors::RunError;
 use super::sigmask::ROUTINE_FAULT_BITS;
+use super::stop::STOP_TIMEOUT;
 use super::stop::{classify, Stop};
 use super::{Session, State};
 use crate::error::{Error, Result};
 use crate::inject::arch::{Regs, SYSCALL_INSN};
 use crate::inject::ptrace;
 use crate::inject::seccomp::{self, Gate, Planned};
+use rustix::io::Errno;
+use std::time::{Duration, Instant};
+
+/// How long a routine may run before it is stopped where it is: its calls never
+/// block (a datagram `sendmsg` with `MSG_DONTWAIT`, a `socket`, the `close` of
+/// that socket), so only code that is no longer ours (another thread of the target
+/// rewrote it) or a starved thread takes this long.
+pub(crate) const ROUTINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a routine's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RoutineEnd {
+    /// At its final trap.
+    Trap,
+    /// On a signal it forced (a fault, a seccomp trap), not delivered.
+    Forced(i32),
+    /// Stopped where it was after [`ROUTINE_TIMEOUT`].
+    GivenUp,
+}
 
 impl Session<'_> {
     /// Whether a read+exec scratch mapping may be asked for (see the module
@@ -127,15 +146,16 @@ impl Session<'_> {
 
     /// Runs a routine: the frame `frame` makes from the thread's saved registers
     /// (entering the routine), resumed until the routine's trap leaves the
-    /// instruction pointer at `end`. Returns the registers there; or, with the
-    /// signal, those at a signal the routine forced (a fault, a seccomp trap), where
-    /// it was stopped and not resumed (the signal is not delivered).
+    /// instruction pointer at `end`. Returns the registers there; or those at a
+    /// signal the routine forced (a fault, a seccomp trap), where it was stopped
+    /// and not resumed (the signal is not delivered); or those where it was
+    /// stopped after running too long (see [`RoutineEnd`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn run_routine(
         &mut self,
         frame: impl FnOnce(&Regs) -> Regs,
         end: u64,
-    ) -> Result<(Regs, Option<i32>)> {
+    ) -> Result<(Regs, RoutineEnd)> {
         match self.state {
             State::Stopped => {}
             State::Gone => return Err(Error::NoSuchProcess { pid: self.pid }),
@@ -165,31 +185,58 @@ impl Session<'_> {
     }
 
     /// Resumes a routine entered by [`Session::run_routine`] until it stops at
-    /// `end` or on a signal it forced.
-    fn resume_routine(&mut self, end: u64) -> Result<(Regs, Option<i32>)> {
+    /// `end`, on a signal it forced, or at [`ROUTINE_TIMEOUT`].
+    fn resume_routine(&mut self, end: u64) -> Result<(Regs, RoutineEnd)> {
         let tid = self.tid;
+        let mut deadline = Instant::now() + ROUTINE_TIMEOUT;
+        let mut given_up = false;
         let mut deliver = 0;
         loop {
             ptrace::cont(tid, deliver).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
             deliver = 0;
-            let status = self.wait().map_err(|e| match e {
-                RunError::Fatal(e) => e,
-                RunError::SignalFirst(sig) => Error::io(
-                    "running an injected routine",
-                    self.pid,
-                    None,
-                    rustix::io::Errno::from_raw_os_error(sig),
-                ),
-            })?;
+            let status = loop {
+                match ptrace::wait_until(tid, &mut self.spin, deadline) {
+                    Ok(Some(status)) => break status,
+                    Err(e) => return Err(self.ptrace_error("waitpid", e)),
+                    Ok(None) if given_up => {
+                        return Err(Error::io(
+                            "stopping an injected routine that did not end (the thread does not stop; it may be in uninterruptible sleep)",
+                            self.pid,
+                            None,
+                            Errno::TIMEDOUT,
+                        ))
+                    }
+                    // Its three calls never block: code that runs this long is not
+                    // ours any more (another thread of the target rewrote the page),
+                    // or the thread is starved. Either way it is stopped where it is.
+                    Ok(None) => {
+                        tracing::debug!(pid = self.pid, "the injected routine did not end; interrupting it");
+                        ptrace::interrupt(tid)
+                            .map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
+                        given_up = true;
+                        deadline = Instant::now() + STOP_TIMEOUT;
+                    }
+                }
+            };
+            self.stops += 1;
             let sig = match classify(status) {
                 Stop::Gone => return Err(self.died()),
+                // Our interrupt's stop (or a group stop that took its place).
+                Stop::Event(_) if given_up => {
+                    let regs =
+                        Regs::read(tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    return Ok((regs, RoutineEnd::GivenUp));
+                }
                 // A group stop (a SIGSTOP passed on) ends with this resume, as at a step.
                 Stop::Event(_) | Stop::Syscall => continue,
                 Stop::Signal(sig) => sig,
             };
             let regs = Regs::read(tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             match sig {
-                libc::SIGTRAP if regs.instruction_pointer() == end => return Ok((regs, None)),
+                // A pending interrupt of ours is met (and passed) at the next step.
+                libc::SIGTRAP if regs.instruction_pointer() == end => {
+                    return Ok((regs, RoutineEnd::Trap))
+                }
                 libc::SIGSTOP => {
                     self.stop_seen = true;
                     deliver = libc::SIGSTOP;
@@ -204,7 +251,7 @@ impl Session<'_> {
                         ip = format_args!("{:#x}", regs.instruction_pointer()),
                         "the injected routine forced a signal; stopping it there"
                     );
-                    return Ok((regs, Some(sig)));
+                    return Ok((regs, RoutineEnd::Forced(sig)));
                 }
             }
         }
