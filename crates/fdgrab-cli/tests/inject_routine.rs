@@ -99,6 +99,12 @@ fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
         "kill on PROT_EXEC",
     );
     per_call_in(&["seccomp", "errno", "mmap", "exec"], "EPERM for PROT_EXEC");
+    // systemd's MemoryDenyWriteExecute=: `mprotect` with PROT_EXEC refused (its
+    // `mmap` rule refuses only write+exec, which lets a read+exec mapping through).
+    per_call_in(
+        &["seccomp", "errno", "mprotect,pkey_mprotect", "exec"],
+        "MemoryDenyWriteExecute",
+    );
 }
 
 /// A filter that looks at the fd of `sendmsg` and `close` (here: kill if it is

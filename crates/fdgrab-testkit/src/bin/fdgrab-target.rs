@@ -931,6 +931,8 @@ fn seccomp_filtered(args: &[String]) {
             "socket" => libc::SYS_socket,
             "mmap" => libc::SYS_mmap,
             "munmap" => libc::SYS_munmap,
+            "mprotect" => libc::SYS_mprotect,
+            "pkey_mprotect" => libc::SYS_pkey_mprotect,
             "connect" => libc::SYS_connect,
             "sendmsg" => libc::SYS_sendmsg,
             "recvmsg" => libc::SYS_recvmsg,

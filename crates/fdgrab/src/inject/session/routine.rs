@@ -60,9 +60,19 @@ impl Session<'_> {
         let ip = self.insn + SYSCALL_INSN.len() as u64;
         match &self.gate {
             Gate::Open => true,
+            // A filter that refuses to make memory executable (systemd's
+            // MemoryDenyWriteExecute= refuses `mprotect` with PROT_EXEC, and lets a
+            // read+exec `mmap` through) says the target runs no code that was not
+            // mapped from a file: it gets none of ours either.
             Gate::Checked(filters) => {
                 let args = super::scratch_mmap(libc::PROT_EXEC);
+                let exec = [
+                    0,
+                    super::SCRATCH_LEN,
+                    (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                ];
                 seccomp::refused_now(filters, libc::SYS_mmap, &args, ip).is_none()
+                    && seccomp::refused_now(filters, libc::SYS_mprotect, &exec, ip).is_none()
             }
             Gate::Suspended { .. } | Gate::Unchecked => false,
         }
