@@ -234,3 +234,49 @@ fn routine_that_never_ends_is_given_up() {
     }
     panic!("the hijack never landed in 40 grabs");
 }
+
+/// `/proc/PID/task/TID/mem` that cannot be opened for writing (here: a read-only
+/// file bind-mounted over it in fdgrab's own mount namespace; on other systems
+/// `proc_mem.force_override=never`): the read+exec page is given back and the grab
+/// goes call by call from a read+write one: interrupt, `mmap` (exec), `munmap`,
+/// `mmap`, `socket`, `sendmsg`, `close`, `munmap`.
+#[test]
+fn routine_not_used_where_the_target_memory_cannot_be_written() {
+    if !is_root() {
+        skip("a bind mount over /proc/PID/task/TID/mem needs root");
+        return;
+    }
+    let mut t = Target::spawn(["signal-read", "usr2", "restart"]);
+    let b = Snapshot::take(t.pid);
+    let fd = t.fd_labelled("file");
+    let ro = std::env::temp_dir().join(format!("fdgrab-routine-ro-{}", std::process::id()));
+    std::fs::write(&ro, b"").expect("write");
+    let script = format!(
+        "mount --bind -o ro {} /proc/{pid}/task/{pid}/mem && exec {} -vv get --backend ptrace {pid} {fd} -- readlink -v /proc/self/fd/{fd}",
+        ro.display(),
+        fdgrab_testkit::bin("fdgrab").display(),
+        pid = t.pid,
+    );
+    let out = output_timeout(
+        std::process::Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        TIMEOUT,
+    );
+    let _ = std::fs::remove_file(&ro);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scratch mapping cannot be written"), "{err}");
+    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        link.to_string_lossy()
+    );
+    assert_eq!(stops(&err), Some(8), "{err}");
+    b.assert_unharmed(&mut t, &b.fds, "/proc/PID/mem not writable");
+}
