@@ -280,3 +280,38 @@ fn routine_not_used_where_the_target_memory_cannot_be_written() {
     assert_eq!(stops(&err), Some(8), "{err}");
     b.assert_unharmed(&mut t, &b.fds, "/proc/PID/mem not writable");
 }
+
+/// An executable `mmap` the kernel refuses though the filters fdgrab read let it
+/// through (here a filter that refuses it with EPERM, added with TSYNC by the
+/// target's second thread once the main one is traced, standing in for an LSM's
+/// `execmem` or a memory limit): the grab goes call by call from a read+write
+/// page: interrupt, `mmap` (exec, refused), `mmap`, `socket`, `sendmsg`,
+/// `close`, `munmap`. When the filter comes too late the routine is used, so
+/// cases are tried until the refusal has been met.
+#[test]
+fn routine_not_used_where_the_exec_mapping_is_refused() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-no-exec-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            link.to_string_lossy()
+        );
+        b.assert_unharmed(&mut t, &b.fds, "an exec mapping refused");
+        if err.contains("no read+exec scratch mapping") {
+            assert_eq!(stops(&err), Some(7), "{err}");
+            return;
+        }
+        assert_eq!(stops(&err), Some(4), "{err}");
+    }
+    panic!("the refusal was never met in 40 grabs");
+}

@@ -73,7 +73,8 @@ fn main() {
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
-        "tsync-trap-when-traced" => return tsync_trap_when_traced(),
+        "tsync-trap-when-traced" => return tsync_trap_when_traced(false),
+        "tsync-no-exec-when-traced" => return tsync_trap_when_traced(true),
         "hijack-routine" => return hijack_routine(),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
@@ -783,8 +784,9 @@ fn threads(n: usize) {
 /// traced and then, with `SECCOMP_FILTER_FLAG_TSYNC`, gives every thread a filter
 /// that traps (SIGSYS) a `close` made 0x27 bytes into a page: where the injected
 /// grab routine makes its `close`. A tracer that read the filters before (there
-/// were none) learns of it only from the trap.
-fn tsync_trap_when_traced() {
+/// were none) learns of it only from the trap. With `no_exec`, the filter
+/// instead refuses (EPERM) an `mmap` with PROT_EXEC, as an LSM would.
+fn tsync_trap_when_traced(no_exec: bool) {
     use std::os::unix::fs::FileExt;
     let main = rustix::thread::gettid().as_raw_nonzero().get();
     // Opened once, before the report: the fd table must not change while it runs.
@@ -814,8 +816,17 @@ fn tsync_trap_when_traced() {
             ins(0x06, 0, 0, fdgrab_testkit::SECCOMP_RET_TRAP),
             ins(0x06, 0, 0, 0x7fff_0000),
         ];
+        let no_exec_prog = [
+            ins(0x20, 0, 0, 0),                      // ld nr
+            ins(0x15, 0, 3, libc::SYS_mmap as u32),  // jeq mmap
+            ins(0x20, 0, 0, 32),                     // ld args[2] (low)
+            ins(0x45, 0, 1, libc::PROT_EXEC as u32), // jset
+            ins(0x06, 0, 0, 0x0005_0000 | libc::EPERM as u32),
+            ins(0x06, 0, 0, 0x7fff_0000),
+        ];
+        let prog: &[libc::sock_filter] = if no_exec { &no_exec_prog } else { &prog };
         const TSYNC: u32 = 1;
-        fdgrab_testkit::install_filter_with(&prog, TSYNC).expect("seccomp filter");
+        fdgrab_testkit::install_filter_with(prog, TSYNC).expect("seccomp filter");
         loop {
             std::thread::park();
         }
