@@ -960,6 +960,11 @@ fn seccomp_filtered(args: &[String]) {
         });
     }
     leave_usr_signals_pending();
+    if action == fdgrab_testkit::SECCOMP_RET_TRAP {
+        // A program that installs a trapping filter handles SIGSYS: that handler
+        // must survive a trap an injected call meets.
+        install_counter(libc::SIGSYS, false);
+    }
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
                                              // "high": the action applies only when the first argument is above

@@ -136,6 +136,10 @@ pub struct Session<'a> {
     /// before seizing): the session keeps SIGTRAP blocked too, so that it stays
     /// pending rather than be taken for a step's (see [`Session::blocking_set`]).
     trap_pending: bool,
+    /// A SIGSYS was pending when we looked: the session keeps it blocked, so that
+    /// it stays pending rather than be taken for one a call forced (see
+    /// [`Session::blocking_set`]).
+    sys_pending: bool,
     /// The first stop was a group stop (the process was stopped by a stop signal):
     /// the thread's signals are then blocked by ptrace, before it runs anything,
     /// whatever call it is in, so that no handler runs while the process is stopped.
@@ -218,6 +222,7 @@ impl<'a> Session<'a> {
             mask_by_ptrace: false,
             no_forced_trap: false,
             trap_pending,
+            sys_pending: pending & sigmask::SYS_BIT != 0,
             group_stopped: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
