@@ -315,3 +315,46 @@ fn routine_not_used_where_the_exec_mapping_is_refused() {
     }
     panic!("the refusal was never met in 40 grabs");
 }
+
+/// A call of the routine that waits (here its `close`, sent to a user-notification
+/// listener, that the target's second thread adds with TSYNC once the main one is
+/// traced, and never answers): after the deadline the routine is interrupted,
+/// which ends the wait before the `close` ran; the socket it made is closed with
+/// a step, and the target keeps nothing of ours (only its own new listener).
+#[test]
+fn routine_waiting_in_a_call_is_interrupted() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-notify-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let waited = err.contains("did not end");
+        assert_eq!(out.status.success(), !waited, "{err}");
+        // The thread may see the trace late (the listener then comes after the
+        // grab) or not at all (no listener).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let listener = loop {
+            let found = fdgrab_testkit::proc_fds(t.pid)
+                .into_iter()
+                .find(|l| l.ends_with("seccomp notify"));
+            if found.is_some() || waited || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let fds = match &listener {
+            Some(l) => b.fds_with(l),
+            None => b.fds.clone(),
+        };
+        assert!(listener.is_some() || !waited, "{err}");
+        b.assert_unharmed(&mut t, &fds, "a call that waits");
+        if waited {
+            return;
+        }
+    }
+    panic!("the wait was never met in 40 grabs");
+}

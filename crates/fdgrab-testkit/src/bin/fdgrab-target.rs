@@ -73,8 +73,9 @@ fn main() {
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
-        "tsync-trap-when-traced" => return tsync_trap_when_traced(false),
-        "tsync-no-exec-when-traced" => return tsync_trap_when_traced(true),
+        "tsync-trap-when-traced" => return tsync_trap_when_traced(Tsync::TrapClose),
+        "tsync-no-exec-when-traced" => return tsync_trap_when_traced(Tsync::NoExec),
+        "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
         "hijack-routine" => return hijack_routine(),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
@@ -784,9 +785,8 @@ fn threads(n: usize) {
 /// traced and then, with `SECCOMP_FILTER_FLAG_TSYNC`, gives every thread a filter
 /// that traps (SIGSYS) a `close` made 0x27 bytes into a page: where the injected
 /// grab routine makes its `close`. A tracer that read the filters before (there
-/// were none) learns of it only from the trap. With `no_exec`, the filter
-/// instead refuses (EPERM) an `mmap` with PROT_EXEC, as an LSM would.
-fn tsync_trap_when_traced(no_exec: bool) {
+/// were none) learns of it only from the trap. See [`Tsync`] for the others.
+fn tsync_trap_when_traced(what: Tsync) {
     use std::os::unix::fs::FileExt;
     let main = rustix::thread::gettid().as_raw_nonzero().get();
     // Opened once, before the report: the fd table must not change while it runs.
@@ -824,9 +824,21 @@ fn tsync_trap_when_traced(no_exec: bool) {
             ins(0x06, 0, 0, 0x0005_0000 | libc::EPERM as u32),
             ins(0x06, 0, 0, 0x7fff_0000),
         ];
-        let prog: &[libc::sock_filter] = if no_exec { &no_exec_prog } else { &prog };
         const TSYNC: u32 = 1;
-        fdgrab_testkit::install_filter_with(prog, TSYNC).expect("seccomp filter");
+        // NEW_LISTENER with TSYNC needs TSYNC_ESRCH.
+        const NOTIFY: u32 = TSYNC | 8 | 16;
+        let notify_prog = {
+            let mut p = prog;
+            p[5] = ins(0x06, 0, 0, 0x7fc0_0000);
+            p
+        };
+        let (prog, flags): (&[libc::sock_filter], u32) = match what {
+            Tsync::TrapClose => (&prog, TSYNC),
+            Tsync::NoExec => (&no_exec_prog, TSYNC),
+            Tsync::NotifyClose => (&notify_prog, NOTIFY),
+        };
+        // The listener (NotifyClose) stays open and is never read: the call waits.
+        fdgrab_testkit::install_filter_with(prog, flags).expect("seccomp filter");
         loop {
             std::thread::park();
         }
@@ -902,6 +914,18 @@ fn hijack_routine() {
     let _ = ready.recv();
     emit(&inject_report(json!({})));
     echo_reads();
+}
+
+/// The filter `tsync-*-when-traced` adds once the main thread is traced.
+#[derive(Clone, Copy)]
+enum Tsync {
+    /// Traps (SIGSYS) a `close` made 0x27 bytes into a page.
+    TrapClose,
+    /// Refuses (EPERM) an `mmap` with PROT_EXEC, as an LSM would.
+    NoExec,
+    /// Sends a `close` made 0x27 bytes into a page to a user-notification
+    /// listener that never answers.
+    NotifyClose,
 }
 
 fn deny_socket() {

@@ -249,11 +249,14 @@ impl Regs {
     /// `skipped`: the stop is a seccomp trap's, so the call just before the
     /// instruction pointer did not run. Between a call's `syscall` and the `mov`
     /// that records it in r14 (a stop there: an interrupt, a fault of the next
-    /// fetch) the socket is in rax after `socket`, and already closed after `close`.
+    /// fetch) the socket is in rax after `socket`, and already closed after
+    /// `close`, unless that did not run: trapped, or interrupted before it ran
+    /// (a user-notification wait our interrupt ended leaves a restart code).
     pub(crate) fn send_progress(&self, at: u64, skipped: bool) -> SendProgress {
+        let interrupted = (-516..=-512).contains(&(self.0.rax as i64));
         let fd = match self.0.rip.wrapping_sub(at) {
             0x02..=0x07 if !skipped => self.0.rax as i64,
-            0x27 if !skipped => -1,
+            0x27 if !skipped && !interrupted => -1,
             _ => self.0.r14 as i64,
         };
         let sent = self.0.r15 as i64;
@@ -334,6 +337,8 @@ mod tests {
         r.0.rax = 0;
         assert_eq!(r.send_progress(0x5000, false).open_fd, None);
         assert_eq!(r.send_progress(0x5000, true).open_fd, Some(7));
+        r.0.rax = (-512i64) as u64;
+        assert_eq!(r.send_progress(0x5000, false).open_fd, Some(7));
         r.0.rip = 0x502f;
         r.0.r14 = u64::MAX;
         assert_eq!(r.send_progress(0x5000, false).open_fd, None);

@@ -23,14 +23,12 @@
 //!   restart decision at the detach is the kernel's, unchanged.
 
 use super::sigmask::ROUTINE_FAULT_BITS;
-use super::stop::STOP_TIMEOUT;
 use super::stop::{classify, Stop};
 use super::{Session, State};
 use crate::error::{Error, Result};
 use crate::inject::arch::{Regs, SYSCALL_INSN};
 use crate::inject::ptrace;
 use crate::inject::seccomp::{self, Gate, Planned};
-use rustix::io::Errno;
 use std::time::{Duration, Instant};
 
 /// How long a routine may run before it is stopped where it is: its calls never
@@ -198,33 +196,37 @@ impl Session<'_> {
     /// `end`, on a signal it forced, or at [`ROUTINE_TIMEOUT`].
     fn resume_routine(&mut self, end: u64) -> Result<(Regs, RoutineEnd)> {
         let tid = self.tid;
-        let mut deadline = Instant::now() + ROUTINE_TIMEOUT;
+        let deadline = Instant::now() + ROUTINE_TIMEOUT;
         let mut given_up = false;
         let mut deliver = 0;
         loop {
             ptrace::cont(tid, deliver).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
             deliver = 0;
             let status = loop {
+                if given_up {
+                    // As for a step's call, from here the stop is waited for without
+                    // a deadline: a thread left running in our code with our
+                    // registers (when fdgrab exits) would be worse. It comes at once
+                    // unless the thread is in a call that even the interrupt does
+                    // not end (say, a user-notification wait made killable).
+                    break ptrace::wait(tid, &mut self.spin)
+                        .map_err(|e| self.ptrace_error("waitpid", e))?;
+                }
                 match ptrace::wait_until(tid, &mut self.spin, deadline) {
                     Ok(Some(status)) => break status,
                     Err(e) => return Err(self.ptrace_error("waitpid", e)),
-                    Ok(None) if given_up => {
-                        return Err(Error::io(
-                            "stopping an injected routine that did not end (the thread does not stop; it may be in uninterruptible sleep)",
-                            self.pid,
-                            None,
-                            Errno::TIMEDOUT,
-                        ))
-                    }
                     // Its three calls never block: code that runs this long is not
                     // ours any more (another thread of the target rewrote the page),
-                    // or the thread is starved. Either way it is stopped where it is.
+                    // a call a filter added meanwhile holds (a user notification), or
+                    // a starved thread. Either way it is stopped where it is.
                     Ok(None) => {
-                        tracing::debug!(pid = self.pid, "the injected routine did not end; interrupting it");
+                        tracing::debug!(
+                            pid = self.pid,
+                            "the injected routine did not end; interrupting it"
+                        );
                         ptrace::interrupt(tid)
                             .map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
                         given_up = true;
-                        deadline = Instant::now() + STOP_TIMEOUT;
                     }
                 }
             };
