@@ -42,6 +42,16 @@ fn stops(err: &str) -> Option<u32> {
         .ok()
 }
 
+/// Checks that `get`'s output names what the target's `fd` is.
+fn assert_copy_of(t: &Target, fd: i32, out: &Output, case: &str) {
+    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        link.to_string_lossy(),
+        "{case}: the copy is not the target's fd {fd}"
+    );
+}
+
 /// Grabs the target's `file` fd and checks the copy, the way taken (`want`
 /// stops), that no filter was suspended, and the target.
 fn grab_in(mut t: Target, want: u32, case: &str) {
@@ -50,12 +60,7 @@ fn grab_in(mut t: Target, want: u32, case: &str) {
     let out = get(&t, fd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{case}: {err}");
-    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        link.to_string_lossy(),
-        "{case}: the copy is not the target's fd {fd}"
-    );
+    assert_copy_of(&t, fd, &out, case);
     assert_eq!(stops(&err), Some(want), "{case}: {err}");
     assert_eq!(err.contains(CALL_BY_CALL), want != 4, "{case}: {err}");
     assert!(!err.contains("SUSPEND_SECCOMP"), "{case}: {err}");
@@ -272,11 +277,7 @@ fn routine_not_used_where_the_target_memory_cannot_be_written() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("scratch mapping cannot be written"), "{err}");
-    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        link.to_string_lossy()
-    );
+    assert_copy_of(&t, fd, &out, "/proc/PID/mem not writable");
     assert_eq!(stops(&err), Some(8), "{err}");
     b.assert_unharmed(&mut t, &b.fds, "/proc/PID/mem not writable");
 }
@@ -301,11 +302,7 @@ fn routine_not_used_where_the_exec_mapping_is_refused() {
         let out = get(&t, fd);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
-        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim_end(),
-            link.to_string_lossy()
-        );
+        assert_copy_of(&t, fd, &out, "an exec mapping refused");
         b.assert_unharmed(&mut t, &b.fds, "an exec mapping refused");
         if err.contains("no read+exec scratch mapping") {
             assert_eq!(stops(&err), Some(7), "{err}");
