@@ -355,3 +355,29 @@ fn routine_waiting_in_a_call_is_interrupted() {
     }
     panic!("the wait was never met in 40 grabs");
 }
+
+/// A hostile second thread rewrites the fd in the routine's `SCM_RIGHTS` message
+/// (to its fd 0) once it is written: the copy fdgrab receives is not the one it
+/// asked for, and the identity check refuses it (nothing is handed on). When the
+/// thread comes too late the grab simply succeeds, so cases are tried until the
+/// forgery has landed.
+#[test]
+fn routine_forged_message_is_refused() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["forge-routine"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let forged = err.contains("is not the same open file");
+        b.assert_unharmed(&mut t, &b.fds, "a forged message");
+        if forged {
+            assert!(!out.status.success(), "{err}");
+            assert!(out.stdout.is_empty(), "handed on: {err}");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
+        assert_copy_of(&t, fd, &out, "a forgery that came too late");
+    }
+    panic!("the forgery never landed in 40 grabs");
+}

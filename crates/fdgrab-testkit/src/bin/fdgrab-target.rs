@@ -76,7 +76,8 @@ fn main() {
         "tsync-trap-when-traced" => return tsync_trap_when_traced(Tsync::TrapClose),
         "tsync-no-exec-when-traced" => return tsync_trap_when_traced(Tsync::NoExec),
         "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
-        "hijack-routine" => return hijack_routine(),
+        "hijack-routine" => return hijack_routine(false),
+        "forge-routine" => return hijack_routine(true),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -851,9 +852,11 @@ fn tsync_trap_when_traced(what: Tsync) {
 /// 16 KiB anonymous mapping goes, makes it writable as soon as it exists (the
 /// scratch mapping of an injected routine), and replaces the routine's final
 /// `int3` (0x2e bytes in) with a jump to itself as soon as the code is written:
-/// the routine then never ends. It gives up after a while, so that a tracer
-/// that gets away is not kept busy.
-fn hijack_routine() {
+/// the routine then never ends. With `forge`, it instead replaces the fd in the
+/// `SCM_RIGHTS` message the routine sends with its own fd 0, so that what the
+/// tracer receives is not the fd it asked for. It gives up after a while, so
+/// that a tracer that gets away is not kept busy.
+fn hijack_routine(forge: bool) {
     const LEN: usize = 16 * 1024;
     let (ready_tx, ready) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -890,6 +893,10 @@ fn hijack_routine() {
             iov_base: (at + 0x2e) as *mut libc::c_void,
             iov_len: len,
         };
+        if forge {
+            forge_rights(me, at, deadline);
+            return;
+        }
         let mut byte = [0u8; 2];
         let mut jump = [0xeb_u8, 0xfe];
         while std::time::Instant::now() < deadline {
@@ -914,6 +921,47 @@ fn hijack_routine() {
     let _ = ready.recv();
     emit(&inject_report(json!({})));
     echo_reads();
+}
+
+/// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message that shows up
+/// in the first KiB at `at` (in this process, `me`) into 0.
+fn forge_rights(me: libc::pid_t, at: usize, deadline: std::time::Instant) {
+    // cmsg_len 20 (one fd), SOL_SOCKET, SCM_RIGHTS.
+    let mut header = Vec::new();
+    header.extend_from_slice(&20u64.to_ne_bytes());
+    header.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+    header.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+    let mut page = vec![0u8; 1024];
+    let mut zero = 0i32.to_ne_bytes();
+    while std::time::Instant::now() < deadline {
+        let local = libc::iovec {
+            iov_base: page.as_mut_ptr().cast(),
+            iov_len: page.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: page.len(),
+        };
+        // SAFETY: reads into `page`; a bad remote address gives EFAULT.
+        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+        let found = (n == page.len() as isize)
+            .then(|| page.windows(header.len()).position(|w| w == header))
+            .flatten();
+        if let Some(off) = found {
+            let local = libc::iovec {
+                iov_base: zero.as_mut_ptr().cast(),
+                iov_len: 4,
+            };
+            let remote = libc::iovec {
+                iov_base: (at + off + header.len()) as *mut libc::c_void,
+                iov_len: 4,
+            };
+            // SAFETY: writes the 4 bytes of `zero`; a bad address gives EFAULT.
+            unsafe { libc::process_vm_writev(me, &local, 1, &remote, 1, 0) };
+            return;
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// The filter `tsync-*-when-traced` adds once the main thread is traced.
