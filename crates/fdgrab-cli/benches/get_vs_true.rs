@@ -8,11 +8,12 @@
 //! - the same with `--backend ptrace`. Goal: median ≤ 3.0× `/bin/true`, and its p90
 //!   ≤ 1.5× its own median (no long tail).
 //!
-//! For scale, two more rows, printed and not judged: the floor of any `get` that is
-//! a program of its own, started and then exec'ing CMD. Each is a minimal program
+//! For scale, three more rows, printed and not judged: the floor of any `get` that
+//! is a program of its own, started and then exec'ing CMD. Each is a minimal program
 //! built here that does only `pidfd_open`, `pidfd_getfd`, `dup2` and `execv`: one
-//! in C (`cc`), one in Rust with std (`rustc`, linked with the static unwinder as
-//! fdgrab is). A compiler that is missing leaves its row out.
+//! in C (`cc`), two in Rust (`rustc`, linked with the static unwinder as fdgrab
+//! is), one entered through std's runtime start and one through a C `main` of its
+//! own (`#![no_main]`, as fdgrab is). A compiler that is missing leaves its row out.
 //!
 //! Exits non-zero when a goal is missed. Run with `scripts/bench get_vs_true`
 //! (it builds the release binaries); `FDGRAB_BENCH_BIN` measures another fdgrab
@@ -40,13 +41,15 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const FLOOR_RUST: &str = r#"
+/// The Rust floors' work, shared by both entry points: returns the exit status
+/// when the exec failed.
+const FLOOR_RUST_GET: &str = r#"
 use std::os::unix::process::CommandExt;
 extern "C" {
     fn syscall(n: i64, ...) -> i64;
     fn dup2(old: i32, new: i32) -> i32;
 }
-fn main() {
+fn get() -> i32 {
     let a: Vec<String> = std::env::args().collect();
     let pid: i32 = a[1].parse().expect("pid");
     let fd: i32 = a[2].parse().expect("fd");
@@ -57,11 +60,27 @@ fn main() {
         g >= 0 && dup2(g as i32, fd) >= 0
     };
     if !ok {
-        std::process::exit(1);
+        return 1;
     }
     let e = std::process::Command::new(&a[3]).args(&a[4..]).exec();
     eprintln!("{e}");
-    std::process::exit(127)
+    127
+}
+"#;
+
+/// std's runtime start (`lang_start`) around it.
+const FLOOR_RUST_STD_MAIN: &str = r#"
+fn main() {
+    std::process::exit(get())
+}
+"#;
+
+/// A C `main` of its own around it, as fdgrab has (no `lang_start`).
+const FLOOR_RUST_NO_MAIN: &str = r#"
+#![no_main]
+#[no_mangle]
+extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+    get()
 }
 "#;
 
@@ -87,18 +106,29 @@ fn floor_programs(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBu
     ) {
         out.push(("C get (floor)", p));
     }
-    let rust = dir.join("floor_rust");
     let unwinder = concat!(env!("OUT_DIR"), "/static-unwinder");
-    if let Some(p) = build(
-        "floor_rust.rs",
-        FLOOR_RUST,
-        Command::new("rustc")
-            .args(["-C", "opt-level=3", "-C", "strip=debuginfo", "-L"])
-            .arg(format!("native={unwinder}"))
-            .arg("-o")
-            .arg(&rust),
-    ) {
-        out.push(("Rust std get (floor)", p));
+    for (name, row, main) in [
+        ("floor_rust", "Rust std get (floor)", FLOOR_RUST_STD_MAIN),
+        (
+            "floor_rust_no_main",
+            "Rust no_main get (floor)",
+            FLOOR_RUST_NO_MAIN,
+        ),
+    ] {
+        // `#![no_main]` is an inner attribute: it has to come first.
+        let src = format!("{main}{FLOOR_RUST_GET}");
+        let exe = dir.join(name);
+        if let Some(p) = build(
+            &format!("{name}.rs"),
+            &src,
+            Command::new("rustc")
+                .args(["-C", "opt-level=3", "-C", "strip=debuginfo", "-L"])
+                .arg(format!("native={unwinder}"))
+                .arg("-o")
+                .arg(&exe),
+        ) {
+            out.push((row, p));
+        }
     }
     out
 }
@@ -198,10 +228,11 @@ fn main() {
     for (i, (name, _)) in floors.iter().enumerate() {
         let med = quantile(&mut f[i], 0.5);
         println!(
-            "  {name:<36} {:7.3} ms (p90 {:.3})  {:.2}x /bin/true",
+            "  {name:<36} {:7.3} ms (p90 {:.3})  {:.2}x /bin/true; get is {:.2}x this",
             ms(med),
             ms(quantile(&mut f[i], 0.9)),
-            ms(med) / ms(true_med)
+            ms(med) / ms(true_med),
+            ms(pidfd_med) / ms(med)
         );
     }
     drop(target);

@@ -2,8 +2,12 @@
 //! codes lives in the `fdgrab` library.
 
 // Every `unsafe` block of the project lives in the library, next to the kernel
-// interface it wraps.
-#![forbid(unsafe_code)]
+// interface it wraps. The one exception to the lint is not a block but the
+// unmangled `main` symbol below (see `entry`).
+#![deny(unsafe_code)]
+// Our own C `main` instead of std's runtime start (`lang_start`); see `entry`. The
+// unit-test harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
 mod args;
 mod bind_policy;
@@ -13,17 +17,101 @@ mod exit;
 mod launch;
 mod logging;
 
+use std::ffi::c_int;
 use std::process::ExitCode;
 
-/// std's start-up (`lang_start`) stays in charge: it opens `/dev/null` on closed
-/// fds 0, 1 and 2 (so no fd of ours, a pidfd or a grabbed fd, lands on a standard
-/// number), ignores `SIGPIPE` (a closed pipe is an `EPIPE` error, reported, or exit
-/// 141 quietly for stdout), exits 101 on a panic and flushes stdout. A C `main`
-/// of our own was measured to save about a fifth of `fdgrab --version`'s
-/// instructions (std finds the main thread's stack for its overflow message by
-/// parsing `/proc/self/maps`), about 0.1 ms; it was given up because it needs an
-/// unsafe attribute (`no_mangle`) in this crate, which holds no unsafe code.
-fn main() -> ExitCode {
+/// The process's entry point, called by the C library in place of std's runtime
+/// start. That start cost ~85 µs of every command on this project's machines (a
+/// tenth of `fdgrab --version`): it finds the main thread's stack for its
+/// stack-overflow message by having glibc parse `/proc/self/maps`
+/// (`pthread_getattr_np`), then maps an alternate signal stack and installs
+/// `SIGSEGV`/`SIGBUS` handlers. What it did that fdgrab relies on is done in
+/// [`entry`]; what is given up:
+/// - a stack overflow is a plain `SIGSEGV` (killed by signal 11, as a C program
+///   overflowing), without std's "has overflowed its stack" line. No deep
+///   recursion is known in fdgrab: clap's parsing is flat, and the parsers of
+///   untrusted input (serde_json, toml) stop at a nesting limit of their own;
+/// - the main thread has no name: a panic there reads `thread '<unnamed>' (TID)`,
+///   where TID is fdgrab's pid, instead of `thread 'main'`.
+///
+/// The arguments and the environment still come through std: on glibc it takes
+/// them from the C library's start-up (an `.init_array` function), not from
+/// `lang_start`. Threads spawned later, std's `Command` and every other std API
+/// behave as before.
+// SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
+// runtime calls it with this signature.
+#[cfg(not(test))]
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
+    entry(run)
+}
+
+/// What std's start-up did that fdgrab relies on, around `run`:
+/// - fds 0, 1 and 2 are opened on `/dev/null` when closed, so that no fd of ours (a
+///   pidfd, a grabbed fd) can land on a standard number, be taken for stdio and
+///   reach CMD there ([`standard_fds_open`]);
+/// - `SIGPIPE` is ignored, so that a write to a closed pipe or socket is an `EPIPE`
+///   error: reported, or for stdout a quiet exit 141 (`fdgrab ls | head`). The
+///   library's spawner sets it back to its default in every CMD, and std's
+///   `Command` does the same on its own (it resets `SIGPIPE` unless the
+///   `-Zon-broken-pipe` attribute was used, which only `lang_start` could record);
+/// - a panic prints its message (the default hook runs before unwinding) and exits
+///   with 101 instead of unwinding out of a C function (an abort);
+/// - stdout's buffer is flushed before exit (`lang_start`'s clean-up did it; C's
+///   `exit` knows nothing of Rust's buffers).
+fn entry(run: impl FnOnce() -> ExitCode + std::panic::UnwindSafe) -> c_int {
+    use std::io::Write as _;
+    standard_fds_open();
+    if let Err(e) = fdgrab::spawn::ignore_sigpipe() {
+        eprintln!("fdgrab: {e}");
+        return c_int::from(exit::Code::Failure as u8);
+    }
+    let code = std::panic::catch_unwind(run).unwrap_or(ExitCode::from(PANIC_EXIT));
+    let _ = std::io::stdout().lock().flush();
+    // `ExitCode` does not give its number back (on stable); it is one of 256.
+    (0..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .map_or(1, c_int::from)
+}
+
+/// The status of a panic, as std's own start-up exits with.
+const PANIC_EXIT: u8 = 101;
+
+/// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed, lowest first, so
+/// that `open` (which takes the lowest free number) fills exactly that one. One
+/// `fcntl(F_GETFD)` per number: cheaper than std's `poll` of all three in the
+/// common case, and it cannot fail for a small `RLIMIT_NOFILE` as `poll` can. A
+/// `/dev/null` that cannot be opened leaves the number closed, as std did.
+fn standard_fds_open() {
+    use std::os::fd::AsFd;
+    let closed = |fd: std::os::fd::BorrowedFd<'_>| {
+        rustix::io::fcntl_getfd(fd) == Err(rustix::io::Errno::BADF)
+    };
+    let std = [
+        closed(std::io::stdin().as_fd()),
+        closed(std::io::stdout().as_fd()),
+        closed(std::io::stderr().as_fd()),
+    ];
+    for closed in std {
+        if closed {
+            let null = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDWR,
+                rustix::fs::Mode::empty(),
+            );
+            // Kept open for the life of the process, at the number it fills.
+            if let Ok(fd) = null {
+                std::mem::forget(fd);
+            }
+        }
+    }
+}
+
+/// The command: parse, set up logging, dispatch, report.
+// The unit-test harness has its own `main`; the tests call `entry` with closures.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -74,6 +162,19 @@ fn parse() -> Result<cli::Cli, clap::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::ExitCode;
+
+    /// The entry point passes the command's status on, every one of the 256, and
+    /// turns a panic into std's 101 (the panic message is printed by the hook
+    /// before unwinding), instead of unwinding into the C library (an abort).
+    #[test]
+    fn entry_passes_statuses_and_turns_a_panic_into_101() {
+        for n in [0u8, 1, 2, 7, 101, 126, 127, 141, 255] {
+            assert_eq!(super::entry(move || ExitCode::from(n)), i32::from(n));
+        }
+        assert_eq!(super::entry(|| panic!("panicking on purpose")), 101);
+    }
+
     /// build.rs links GCC's static unwinder in place of libgcc_s.so.1, for this
     /// test binary as for fdgrab: a panic still unwinds to `catch_unwind` (attach
     /// restores the terminal that way), and the shared unwinder is not loaded.

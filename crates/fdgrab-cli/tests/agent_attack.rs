@@ -48,66 +48,239 @@ fn returns(agent: &AgentProc, what: &str, baseline: usize, now: impl Fn(&AgentPr
     assert_eq!(now(agent), baseline, "agent {what} back to baseline");
 }
 
+/// The agent-wide pool of places for given-up workers (`MAX_BLOCKED_TOTAL`).
+const POOL: usize = 16;
+
+/// An agent (ports 85-86) with its baseline fds and threads, a calm container,
+/// and `n` containers that each stalled `times` reads.
+struct Stalled {
+    agent: AgentProc,
+    fds: usize,
+    threads: usize,
+    calm: FakeTenant,
+    attackers: Vec<FakeTenant>,
+}
+
+impl Stalled {
+    fn start(calm: &str, n: usize, times: usize) -> Stalled {
+        let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+        let fds = agent.fd_count();
+        let threads = thread_count(&agent);
+        let calm = FakeTenant::start(&agent, &unique(calm));
+        let attackers = stalling_tenants(&agent, n, times);
+        Stalled {
+            agent,
+            fds,
+            threads,
+            calm,
+            attackers,
+        }
+    }
+
+    /// Asserts the agent holds `extra` threads over its baseline (one fewer
+    /// while a thread is still being started), never more than the documented
+    /// bound: each container's worker and its own given-up one, plus the pool.
+    fn threads_are(&self, extra: usize) {
+        let now = thread_count(&self.agent);
+        let bound = self.threads + 2 * (self.attackers.len() + 1) + POOL;
+        assert!(now <= bound, "{now} threads, bound {bound}");
+        let expected = self.threads + extra;
+        assert!(
+            now <= expected && now + 1 >= expected,
+            "{now} threads, expected {expected}"
+        );
+    }
+
+    /// Ends the attackers: their threads go, the calm container keeps its
+    /// `calm_threads` (its worker, and one given up on if it stalled); then
+    /// ends it too, and the agent's threads and fds are back to the baseline.
+    fn end(mut self, calm_threads: usize) {
+        for a in &mut self.attackers {
+            a.kill();
+        }
+        returns(
+            &self.agent,
+            "threads",
+            self.threads + calm_threads,
+            thread_count,
+        );
+        let blocked = self.agent.state_number("blocked_workers");
+        assert_eq!(blocked, calm_threads as u64 - 1);
+        assert_eq!(self.agent.state_number("blocked_in_pool"), 0);
+        self.calm.kill();
+        returns(&self.agent, "threads", self.threads, thread_count);
+        returns(&self.agent, "fds", self.fds, AgentProc::fd_count);
+    }
+}
+
 #[test]
 fn agent_twenty_stalled_tenants_leave_no_threads_or_fds() {
     if !root_or_skip() {
         return;
     }
-    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
-    let threads = thread_count(&agent);
-    let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers = stalling_tenants(&agent, 20, 1);
+    let mut s = Stalled::start("calm", 20, 1);
     // Each attacker now has a worker blocked and a fresh one serving it.
-    assert!(thread_count(&agent) > threads + 20);
-    let r = victim.ask("bind 127.78.7.1 86", TIMEOUT);
+    s.threads_are(1 + 2 * 20);
+    let r = s.calm.ask("bind 127.78.7.1 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
-    for a in &mut attackers {
-        a.kill();
-    }
-    victim.kill();
-    returns(&agent, "threads", threads, thread_count);
-    returns(&agent, "fds", fds, AgentProc::fd_count);
+    s.end(1);
 }
 
-/// Twelve containers stall twice each (24 reads that never return): the agent
-/// gives up on at most 16 workers in all (`MAX_BLOCKED_TOTAL`), every stalled
-/// bind is still answered ETIMEDOUT, its threads stay within one per container
-/// plus that limit, and a neighbour keeps binding.
+/// Eighteen containers stall twice each (36 reads that never return): each
+/// gives up its first worker on a place of its own, the second ones take the
+/// 16 places of the agent-wide pool (`MAX_BLOCKED_TOTAL`) and two are kept;
+/// every stalled bind is still answered ETIMEDOUT, the threads stay within two
+/// per container plus the pool, and a neighbour keeps binding.
 #[test]
 fn agent_caps_blocked_workers_across_containers() {
     if !root_or_skip() {
         return;
     }
-    const LIMIT: usize = 16;
-    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
-    let fds = agent.fd_count();
-    let threads = thread_count(&agent);
-    let mut victim = FakeTenant::start(&agent, &unique("calm"));
-    let mut attackers = stalling_tenants(&agent, 12, 2);
-    assert_eq!(agent.state_number("blocked_workers"), LIMIT as u64);
-    let now = thread_count(&agent);
-    // The main thread and any short-lived helper aside: the victim's worker, one
-    // worker per attacker (some of them blocked and kept), and the given-up ones.
-    assert!(
-        now <= threads + 1 + attackers.len() + LIMIT,
-        "{now} threads, baseline {threads}"
-    );
-    assert!(now >= threads + 1 + attackers.len() + LIMIT - 1, "{now}");
-    agent
+    let mut s = Stalled::start("calm", 18, 2);
+    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
+    assert_eq!(s.agent.state_number("blocked_workers"), (18 + POOL) as u64);
+    // The calm container's worker, one worker per attacker (two of them
+    // blocked and kept), each attacker's own given-up one and those in the pool.
+    s.threads_are(1 + 2 * 18 + POOL);
+    s.agent
         .log
         .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
-    let r = victim.ask("bind 127.78.7.2 86", TIMEOUT);
+    let r = s.calm.ask("bind 127.78.7.2 86", TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
-    for a in &mut attackers {
-        a.kill();
+    s.end(1);
+}
+
+/// One tenant holding 16 containers stalls twice in each, which takes every
+/// place of the agent-wide pool of given-up workers (16). A victim container's
+/// read then stalls once past the deadline: it gets its ETIMEDOUT, and its next
+/// honest binds are served at once by a replacement worker (its first given-up
+/// worker never needs a pool place), not after the attacker's reads return,
+/// which is never. The agent's threads stay within the documented bound: two
+/// per container plus the pool.
+#[test]
+fn agent_full_pool_never_costs_another_container_its_replacement() {
+    if !root_or_skip() {
+        return;
     }
-    returns(&agent, "threads", threads + 1, thread_count);
+    let mut s = Stalled::start("victim", POOL, 2);
+    let victim = &mut s.calm;
+    assert_eq!(victim.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(victim.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    // Not waiting for anyone's read: the replacement serves at once (the
+    // watchdog's tick is 100 ms; the bound leaves room for a loaded machine).
+    for i in 1..=3 {
+        let r = victim.ask(&format!("bind 127.86.0.{i} 86"), Duration::from_secs(2));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    // The attacker's reads never returned: the pool is still full.
+    assert_eq!(s.agent.state_number("blocked_in_pool"), POOL as u64);
+    assert_eq!(
+        s.agent.state_number("blocked_workers"),
+        (2 * POOL + 1) as u64
+    );
+    // At the bound: every container has its worker and its own given-up one,
+    // and the pool is full.
+    s.threads_are(2 * (POOL + 1) + POOL);
+    s.end(2);
+}
+
+/// A pids cgroup holding the agent, whose `pids.max` the test sets: the way to
+/// make the agent's thread creation fail (`EAGAIN`) while it runs as root.
+/// The agent goes back to the hierarchy's root cgroup when dropped.
+struct PidsCgroup {
+    root: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pid: i32,
+}
+
+impl PidsCgroup {
+    /// `None` (a loud skip) when no pids controller is mounted, v1 or v2.
+    fn holding(agent: &AgentProc) -> Option<PidsCgroup> {
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let v2_pids = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+        let root = if v2_pids {
+            // The root's children get the controller only once it is enabled.
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+            v2.to_path_buf()
+        } else {
+            let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
+            if !v1.join("cgroup.procs").exists() {
+                fdgrab_testkit::skip("no pids cgroup controller is mounted (v1 or v2)");
+                return None;
+            }
+            v1
+        };
+        let dir = root.join(unique("fdgrab-agent-pids"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cg = PidsCgroup {
+            root,
+            dir,
+            pid: agent.pid,
+        };
+        cg.set("cgroup.procs", &agent.pid.to_string());
+        Some(cg)
+    }
+
+    fn set(&self, file: &str, value: &str) {
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The agent cannot start a thread (its pids cgroup is full) when a
+/// container's read stalls: the request is still answered ETIMEDOUT, the
+/// blocked worker is kept and the place it would have taken is given back.
+/// Once threads can start again, the watchdog replaces the kept worker at its
+/// next tick: the container's next binds are served, and it then holds exactly
+/// its one own place, nothing of the pool.
+#[test]
+fn agent_failed_replacement_keeps_the_worker_and_gives_its_place_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
+    let threads = thread_count(&agent);
+    let Some(cg) = PidsCgroup::holding(&agent) else {
+        return;
+    };
+    let mut t = FakeTenant::start(&agent, &unique("nospawn"));
+    assert_eq!(t.ask("bind 127.86.1.1 86", TIMEOUT)["errno"], 0);
+    cg.set("pids.max", &thread_count(&agent).to_string());
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    agent
+        .log
+        .wait_for("cannot start a replacement worker", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(agent.state_number("blocked_workers"), 0);
-    victim.kill();
+    assert_eq!(agent.state_number("blocked_in_pool"), 0);
+    assert!(
+        !agent
+            .log
+            .text()
+            .contains("agent-wide limit of blocked workers"),
+        "a failed start is not the pool being full"
+    );
+    cg.set("pids.max", "max");
+    let r = t.ask("bind 127.86.1.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(agent.state_number("blocked_workers"), 1);
+    assert_eq!(agent.state_number("blocked_in_pool"), 0);
+    t.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
+    assert_eq!(agent.state_number("blocked_workers"), 0);
+    drop(cg);
 }
 
 /// The nice values of the agent's threads named `name` (`/proc/.../stat` field 19).
@@ -173,8 +346,8 @@ fn agent_busy_container_worker_yields_and_recovers() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// A real runc or crun container starts while nine fake containers stall twice
-/// each (the agent-wide limit of workers given up on is reached) and another
+/// A real runc or crun container starts while seventeen fake containers stall
+/// twice each (the agent-wide pool of workers given up on is full) and another
 /// keeps 300 threads binding (its worker yields): the container's httpd still
 /// gets port 80, and once everyone is gone the agent is back to its baseline
 /// threads and fds.
@@ -186,7 +359,7 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     let agent = AgentProc::start(&["--allow-bind", "tcp:80", "--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, 9, 2);
+    let mut stallers = stalling_tenants(&agent, 17, 2);
     let mut storm = FakeTenant::start(&agent, &unique("rstorm"));
     assert_eq!(storm.ask("storm 300 77 86", TIMEOUT)["started"], 300);
     let ns = NetNs::new();
@@ -201,7 +374,8 @@ fn real_container_among_stalls_and_a_storm(rt: fdgrab_testkit::oci::Runtime) {
     // priority, never by the slow lane.
     let log = agent.log.text();
     assert!(!log.contains("the slow lane reads the rest"), "{log}");
-    assert_eq!(agent.state_number("blocked_workers"), 16);
+    assert_eq!(agent.state_number("blocked_in_pool"), 16);
+    assert_eq!(agent.state_number("blocked_workers"), 17 + 16);
     let r = storm.ask("stop", TIMEOUT);
     assert!(r["binds"].as_u64() >= Some(300), "{r}");
     storm.kill();
@@ -382,11 +556,13 @@ fn real_container_with_full_slow_lane_and_audit_fifo(rt: fdgrab_testkit::oci::Ru
     c.kill();
 }
 
-/// Eight containers stall twice each and fill the agent-wide limit of workers
-/// given up on (16); a ninth then stalls once, so its worker is answered for
-/// but kept. Once the eight are gone (their reads return), the ninth's next
-/// ordinary bind must be served: the kept worker is replaced as soon as there
-/// is room, not left to wait for a page nobody will ever fill.
+/// Sixteen containers stall twice each and fill the agent-wide pool of places
+/// for workers given up on (16); a seventeenth then stalls twice: its first
+/// worker is replaced on a place of its own, its second is answered for but
+/// kept. Once the sixteen are gone (their reads return), the kept worker must
+/// be replaced as soon as there is room, not left to wait for a page nobody
+/// will ever fill: with its two workers given up, the seventeenth's next binds
+/// are answered ETIMEDOUT at once by the successor, without a read.
 #[test]
 fn agent_kept_worker_is_replaced_once_the_limit_frees() {
     if !root_or_skip() {
@@ -395,21 +571,36 @@ fn agent_kept_worker_is_replaced_once_the_limit_frees() {
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
-    let mut stallers = stalling_tenants(&agent, 8, 2);
-    assert_eq!(agent.state_number("blocked_workers"), 16);
+    let mut stallers = stalling_tenants(&agent, 16, 2);
+    assert_eq!(agent.state_number("blocked_in_pool"), 16);
     let mut late = FakeTenant::start(&agent, &unique("late"));
-    assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
-    assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    for _ in 0..2 {
+        assert_eq!(late.ask("uffd 85", TIMEOUT)["stalled"], true);
+        assert_eq!(late.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    }
     agent
         .log
         .wait_for("agent-wide limit of blocked workers reached", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(agent.state_number("blocked_workers"), 2 * 16 + 1);
     for s in &mut stallers {
         s.kill();
     }
-    let r = late.ask("bind 127.84.0.1 86", TIMEOUT);
-    assert_eq!(r["errno"], 0, "{r}");
-    assert_eq!(late.ask("bind 127.84.0.2 86", TIMEOUT)["errno"], 0);
+    for i in 1..=2 {
+        let r = late.ask(&format!("bind 127.84.0.{i} 86"), TIMEOUT);
+        assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    }
+    let refused = agent
+        .audit_lines()
+        .iter()
+        .filter(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("earlier reads of this container's memory"))
+        })
+        .count();
+    assert_eq!(refused, 2, "answered without a read by the successor");
+    assert_eq!(agent.state_number("blocked_in_pool"), 1);
     late.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);

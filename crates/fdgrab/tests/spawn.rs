@@ -158,6 +158,25 @@ fn listen_pid_is_the_childs_own_pid_and_env_is_set() {
     );
 }
 
+/// A program whose environment is not changed gets ours passed on as it is (no
+/// copy is made then): every entry, in order. (`get`, which execs in place, is
+/// checked the same way, with bytes that are not UTF-8, in the CLI's
+/// `entry_point` tests.)
+#[test]
+fn unchanged_environment_is_passed_on_exactly() {
+    let ours = std::fs::read("/proc/self/environ").expect("our environ");
+    let r = sleeper(Spawn::new(&argv(&["sleep", "30"])).expect("argv"));
+    let child = std::fs::read(format!("/proc/{}/environ", r.pid())).expect("child environ");
+    assert_eq!(
+        String::from_utf8_lossy(&child),
+        String::from_utf8_lossy(&ours)
+    );
+    assert!(
+        ours.split(|&b| b == 0).count() > 1,
+        "an empty environment proves nothing"
+    );
+}
+
 #[test]
 fn signal_mask_is_empty_and_dispositions_reset() {
     // Blocked here, as get/steal/exec/run block what they forward.

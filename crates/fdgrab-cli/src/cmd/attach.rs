@@ -352,12 +352,7 @@ fn find_holders(pid: Pid, tty: Pty, near: bool) -> Result<Option<Vec<Holder>>> {
 
 /// Whether `h` is an fdgrab (our executable, or named so) that is not a keeper.
 fn runs_fdgrab(h: &MasterHolder) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let same_exe = std::fs::metadata("/proc/self/exe").is_ok_and(|ours| {
-        std::fs::metadata(format!("/proc/{}/exe", h.pid))
-            .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
-    });
-    same_exe || h.comm == "fdgrab"
+    h.comm == "fdgrab" || pty::runs_executable(h.pid, std::path::Path::new("/proc/self/exe"))
 }
 
 /// After a take from the holders above the session (`find_holders` with `near`),
@@ -394,7 +389,20 @@ fn sweep(pid: Pid, tty: Pty, mut handled: Vec<Pid>) {
         handled.extend(rest.iter().map(|h| h.holder.pid));
         match take_master(pid, tty, &mut rest) {
             Ok(_) => {
-                tracing::info!(holders = ?rest.iter().map(|h| h.holder.pid).collect::<Vec<_>>(), "other holders of {tty} lost the master too")
+                // Holders of another devpts instance's pts/N are found too, and left
+                // alone: only those that held ours are named.
+                let lost: Vec<Pid> = rest
+                    .iter()
+                    .filter(|h| h.taken)
+                    .map(|h| h.holder.pid)
+                    .collect();
+                if lost.is_empty() {
+                    tracing::info!(
+                        "the other holders of {tty} found hold another instance's: left alone"
+                    );
+                } else {
+                    tracing::info!(holders = ?lost, "other holders of {tty} lost the master too");
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not take the master of {tty} from another holder");

@@ -291,6 +291,17 @@ pub struct Keeper {
     control: OwnedFd,
 }
 
+/// Whether process `pid` runs the executable file `exe`, judged by device and
+/// inode: a name or a path in `/proc/PID/cmdline` could be anything.
+pub fn runs_executable(pid: Pid, exe: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ours) = std::fs::metadata(exe) else {
+        return false;
+    };
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .is_ok_and(|theirs| (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()))
+}
+
 impl Keeper {
     /// Whether `pid` is a keeper: its executable is the same file as ours, it is
     /// named [`KEEPER_COMM`], and its [`CONTROL_PEER_FD`] is a connected unix stream
@@ -310,9 +321,7 @@ impl Keeper {
     /// other than fdgrab, such as a test, asking about fdgrab's keepers).
     pub fn identify_as(pid: Pid, exe: &std::path::Path) -> Option<Keeper> {
         use std::os::unix::fs::MetadataExt;
-        let ours = std::fs::metadata(exe).ok()?;
-        let theirs = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-        if (ours.dev(), ours.ino()) != (theirs.dev(), theirs.ino()) {
+        if !runs_executable(pid, exe) {
             return None;
         }
         // Not enough alone (anyone can name itself so), but an attaching fdgrab,

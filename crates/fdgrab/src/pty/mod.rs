@@ -32,7 +32,8 @@ mod single;
 mod termios;
 
 pub use keeper::{
-    keep_in_background, Keeper, CONTROL_FD, CONTROL_PEER_FD, KEEPER_COMM, MASTER_FD, REPLAY_BYTES,
+    keep_in_background, runs_executable, Keeper, CONTROL_FD, CONTROL_PEER_FD, KEEPER_COMM,
+    MASTER_FD, REPLAY_BYTES,
 };
 pub use lock::AttachLock;
 

@@ -26,11 +26,14 @@ pub(super) struct Prepared<'a> {
     _argv: Vec<CString>,
     _env: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
+    /// Empty when the program inherits our environment as it is: `execve` then
+    /// gets the C library's `environ` itself (see [`Prepared::envp`]).
     envp_ptrs: Vec<*const c_char>,
     /// `LISTEN_PID=` followed by room for the digits and a NUL, when asked for.
     pid_entry: Option<Vec<u8>>,
     moves: Vec<(RawFd, RawFd)>,
     close_other_fds: bool,
+    /// The soft `RLIMIT_NOFILE` (capped), when `close_other_fds` is set.
     nofile: i32,
     sigrtmax: c_int,
     session: Session,
@@ -43,10 +46,12 @@ pub(super) struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     #[allow(clippy::too_many_arguments)]
+    /// `env: None` passes our own environment on unchanged, without a copy
+    /// (`listen_pid` needs a copy to add its entry to, and is ignored then).
     pub(super) fn new(
         path: CString,
         argv: Vec<CString>,
-        env: Vec<CString>,
+        env: Option<Vec<CString>>,
         listen_pid: bool,
         moves: Vec<(RawFd, RawFd)>,
         close_other_fds: bool,
@@ -62,22 +67,33 @@ impl<'a> Prepared<'a> {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        let mut pid_entry = listen_pid.then(|| {
+        let inherit = env.is_none();
+        let env = env.unwrap_or_default();
+        let mut pid_entry = (listen_pid && !inherit).then(|| {
             let mut e = LISTEN_PID_PREFIX.to_vec();
             // The longest pid has 10 digits; the rest stays NUL.
             e.extend_from_slice(&[0u8; 16]);
             e
         });
-        let envp_ptrs = env
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain(pid_entry.as_mut().map(|e| e.as_mut_ptr() as *const c_char))
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(1 << 20)
-            .min(1 << 20) as i32;
+        let envp_ptrs = if inherit {
+            Vec::new()
+        } else {
+            env.iter()
+                .map(|e| e.as_ptr())
+                .chain(pid_entry.as_mut().map(|e| e.as_mut_ptr() as *const c_char))
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        // Only the fallback of `close_other_fds` needs the limit (no call otherwise:
+        // `get` asked three times).
+        let nofile = if close_other_fds {
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1 << 20)
+                .min(1 << 20) as i32
+        } else {
+            0
+        };
         Self {
             path,
             _argv: argv,
@@ -97,6 +113,29 @@ impl<'a> Prepared<'a> {
             seccomp,
         }
     }
+}
+
+impl Prepared<'_> {
+    /// The environment array for `execve`: ours as the C library holds it, or the
+    /// prepared copy.
+    fn envp(&self) -> *const *const c_char {
+        if !self.envp_ptrs.is_empty() {
+            return self.envp_ptrs.as_ptr();
+        }
+        // SAFETY: a by-value read of the C library's pointer to its NULL-terminated
+        // `KEY=value` array, which it keeps valid for the life of the process
+        // unless the environment is changed. Nothing in fdgrab changes it, and
+        // `std::env::set_var`'s contract (an `unsafe fn` since edition 2024) makes
+        // its caller ensure that no other thread reads the environment by other
+        // means meanwhile, such as this exec; `execvp` and `posix_spawn` read
+        // `environ` the same way.
+        unsafe { environ }
+    }
+}
+
+extern "C" {
+    /// The C library's environment (environ(7)), as glibc and musl export it.
+    static mut environ: *const *const c_char;
 }
 
 /// `struct sigaction` as the kernel's `rt_sigaction` takes it on x86-64 and
@@ -369,7 +408,7 @@ fn execve(p: &Prepared<'_>) -> Errno {
     // SAFETY: path, argv and envp are NUL-terminated strings and null-terminated
     // pointer arrays in `Prepared`, alive until exec (in a child: until clone
     // returns in the parent).
-    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
+    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp()) };
     errno()
 }
 

@@ -30,7 +30,6 @@ pub use crate::spawn_error::{SpawnError, Step};
 use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::{fcntl_dupfd_cloexec, Errno};
-use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -97,7 +96,7 @@ impl FdPlan {
                     ),
                     e => local_io("F_DUPFD_CLOEXEC", e),
                 })?;
-                if seen.contains(&c.as_raw_fd()) {
+                if seen.binary_search(&c.as_raw_fd()).is_ok() {
                     // Hold that number until every source has its copy.
                     parked.push(c);
                 } else {
@@ -116,19 +115,22 @@ impl FdPlan {
         Self::checked(numbers).map(drop)
     }
 
-    fn checked(numbers: impl IntoIterator<Item = RawFd>) -> Result<HashSet<RawFd>> {
-        let mut seen = HashSet::new();
-        for to in numbers {
-            if to < 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "fd number {to} is negative"
-                )));
-            }
-            if !seen.insert(to) {
-                return Err(Error::InvalidArgument(format!(
-                    "fd number {to} is the destination of more than one fd"
-                )));
-            }
+    /// The destination numbers, sorted, once each is known to be unique and below
+    /// the limit. (A sorted `Vec`, not a `HashSet`: its `RandomState` costs a
+    /// `getrandom` call per `get`, for a handful of numbers.)
+    fn checked(numbers: impl IntoIterator<Item = RawFd>) -> Result<Vec<RawFd>> {
+        let mut seen: Vec<RawFd> = numbers.into_iter().collect();
+        if let Some(to) = seen.iter().find(|&&to| to < 0) {
+            return Err(Error::InvalidArgument(format!(
+                "fd number {to} is negative"
+            )));
+        }
+        seen.sort_unstable();
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::InvalidArgument(format!(
+                "fd number {} is the destination of more than one fd",
+                w[0]
+            )));
         }
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         if let Some(limit) = limit {
@@ -427,31 +429,15 @@ impl Spawn {
             .iter()
             .map(|a| cstr(a.as_bytes(), "an argument"))
             .collect::<Result<Vec<_>>>()?;
-        let mut env: Vec<CString> = Vec::new();
-        let own = |k: &OsStr| {
-            self.env_remove.iter().any(|r| r == k)
-                || self.env_set.iter().any(|(s, _)| s == k)
-                || (self.listen_pid && k == "LISTEN_PID")
+        // Copying the environment into new strings cost ~55,000 instructions (7% of
+        // a whole `fdgrab get`); a program that inherits it unchanged gets ours as
+        // it is.
+        let inherit = self.env_set.is_empty() && self.env_remove.is_empty() && !self.listen_pid;
+        let env = if inherit {
+            None
+        } else {
+            Some(self.changed_env()?)
         };
-        let mut push = |k: OsString, v: &OsStr| -> Result<()> {
-            // Sized for the '=' and the NUL, so that CString::new does not reallocate.
-            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
-            kv.extend_from_slice(k.as_bytes());
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            env.push(CString::new(kv).map_err(|_| {
-                Error::InvalidArgument("an environment variable contains a NUL byte".into())
-            })?);
-            Ok(())
-        };
-        for (k, v) in std::env::vars_os() {
-            if !own(&k) {
-                push(k, &v)?;
-            }
-        }
-        for (k, v) in &self.env_set {
-            push(k.clone(), v)?;
-        }
         Ok(clone::Prepared::new(
             path,
             argv,
@@ -470,6 +456,37 @@ impl Spawn {
             self.no_new_privs,
             self.seccomp.as_ref(),
         ))
+    }
+
+    /// Our environment with this spawn's changes, as `KEY=value` C strings
+    /// (`LISTEN_PID`'s entry is added by the child).
+    fn changed_env(&self) -> Result<Vec<CString>> {
+        let mut env: Vec<CString> = Vec::new();
+        let own = |k: &OsStr| {
+            self.env_remove.iter().any(|r| r == k)
+                || self.env_set.iter().any(|(s, _)| s == k)
+                || (self.listen_pid && k == "LISTEN_PID")
+        };
+        let mut push = |k: &OsStr, v: &OsStr| -> Result<()> {
+            // Sized for the '=' and the NUL, so that CString::new does not reallocate.
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(CString::new(kv).map_err(|_| {
+                Error::InvalidArgument("an environment variable contains a NUL byte".into())
+            })?);
+            Ok(())
+        };
+        for (k, v) in std::env::vars_os() {
+            if !own(&k) {
+                push(&k, &v)?;
+            }
+        }
+        for (k, v) in &self.env_set {
+            push(k, v)?;
+        }
+        Ok(env)
     }
 }
 

@@ -102,8 +102,12 @@ pub struct AgentStats {
     /// As `latency_p50_us`, the 99th percentile.
     pub latency_p99_us: Option<u64>,
     /// Workers blocked in a read of a container's memory and given up on, over
-    /// all containers (at most `MAX_BLOCKED_TOTAL`).
+    /// all containers: each container's first is its own, the others hold a
+    /// place of the agent-wide pool (see `blocked_in_pool`).
     pub blocked_workers: usize,
+    /// Of those, the ones holding a place of the pool shared by all containers
+    /// (at most `MAX_BLOCKED_TOTAL`).
+    pub blocked_in_pool: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
     pub audit_lines_dropped: u64,
@@ -401,7 +405,7 @@ impl Agent {
             ports: UnprivilegedPorts::new(),
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
-            blocked_total: std::sync::atomic::AtomicUsize::new(0),
+            blocked: Default::default(),
         });
         tracing::debug!(
             nofile = budget.limit,
@@ -484,7 +488,8 @@ impl Agent {
             latency_p50_us: self.shared.latency.quantile_us(0.5),
             latency_p99_us: self.shared.latency.quantile_us(0.99),
             audit_lines_dropped: self.shared.audit.dropped(),
-            blocked_workers: self.shared.blocked_total.load(Relaxed),
+            blocked_workers: self.shared.blocked.given_up(),
+            blocked_in_pool: self.shared.blocked.pooled(),
             per_container: containers,
         }
     }

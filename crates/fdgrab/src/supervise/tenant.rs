@@ -12,10 +12,20 @@
 //! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
 //! when its read returns, at the latest when the container dies) and starts a
 //! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
-//! `ETIMEDOUT` at once for every bind, without a read, until one returns; and the
-//! agent gives up on at most [`MAX_BLOCKED_TOTAL`] workers in all, after which a
-//! stalled worker is answered for but kept, and replaced once there is room. A [`Claim`] decides whether the
-//! worker or the watchdog answers, never both.
+//! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
+//! [`Claim`] decides whether the worker or the watchdog answers, never both.
+//!
+//! Places for given-up workers (`BlockedPlaces`): a container's first
+//! ([`OWN_BLOCKED_WORKERS`]) is its own and is always there, so its worker is
+//! replaced whatever other containers hold; only further ones take a place of
+//! the agent-wide pool of [`MAX_BLOCKED_TOTAL`]. With the pool full, a stalled
+//! worker that would need a pool place is answered for but kept, and replaced
+//! once there is room. So no set of containers can take the place another
+//! container needs to get past its first stalled read, and the agent holds at
+//! most `(1 + OWN_BLOCKED_WORKERS) × containers + MAX_BLOCKED_TOTAL` workers
+//! (two per container plus 16), and at most `1 + MAX_BLOCKED_WORKERS` (three)
+//! for any one container; besides those, for a moment, a lowered worker
+//! handing over to its successor (`Pace`).
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -29,23 +39,113 @@ use rustix::io::Errno;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long one request may take before its container gets `ETIMEDOUT`. A read
 /// of resident memory takes microseconds; this leaves room for a swapped-out page.
 pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 
-/// Workers of one container that may be blocked in a read at once.
+/// Workers of one container that may be given up on (blocked in a read) at
+/// once; beyond, its binds get `ETIMEDOUT` without a read.
 pub const MAX_BLOCKED_WORKERS: usize = 2;
 
-/// Workers given up on (blocked in a read) over all containers. Beyond it, a
-/// worker that outlives its deadline is not replaced at once: its request is
-/// still answered `ETIMEDOUT`, but that container's next binds wait for its
-/// read to return, or for another given-up worker's to (then the watchdog
-/// replaces the kept one at its next tick). The agent thus never holds more than one worker per container plus
+/// Given-up workers a container holds without drawing from the agent-wide pool:
+/// its first stalled read is always answered and its worker always replaced,
+/// whatever the other containers hold. It costs at most one more thread per
+/// container, next to the worker the agent pays for each anyway.
+pub const OWN_BLOCKED_WORKERS: usize = 1;
+
+/// Places for given-up workers beyond each container's own
+/// ([`OWN_BLOCKED_WORKERS`]), shared by all containers, first come first
+/// served. With every place taken, a worker that outlives its deadline and
+/// would need one is not replaced at once: its request is still answered
+/// `ETIMEDOUT`, but that container's next binds wait for its own read to
+/// return, or for a place to free (then the watchdog replaces the kept worker
+/// at its next tick). Only a container with a given-up worker already can be
+/// kept so. The agent thus never holds more than two workers per container plus
 /// this many, however many containers stall.
 pub const MAX_BLOCKED_TOTAL: usize = 16;
+
+/// Counts of given-up workers over all containers.
+#[derive(Debug, Default)]
+pub(crate) struct BlockedPool {
+    /// Given-up workers still blocked, own places and pool places alike.
+    given_up: AtomicUsize,
+    /// Of those, the ones holding a pool place (at most [`MAX_BLOCKED_TOTAL`]).
+    pooled: AtomicUsize,
+}
+
+impl BlockedPool {
+    /// Given-up workers over all containers.
+    pub fn given_up(&self) -> usize {
+        self.given_up.load(Ordering::Acquire)
+    }
+
+    /// Pool places taken.
+    pub fn pooled(&self) -> usize {
+        self.pooled.load(Ordering::Acquire)
+    }
+}
+
+/// One container's given-up workers, and the places they hold.
+///
+/// Which places a container holds follows from how many workers it has given
+/// up on (the first [`OWN_BLOCKED_WORKERS`] are its own, the rest pool
+/// places), not from which worker took which: any of them returning gives back
+/// a pool place while the container holds one. Its count therefore changes
+/// only under its job lock (the caller's guard is the proof), so that a worker
+/// returning while the watchdog gives up on another cannot leave the pool
+/// counting a place nobody holds.
+#[derive(Debug, Default)]
+pub(crate) struct BlockedPlaces {
+    blocked: AtomicUsize,
+}
+
+impl BlockedPlaces {
+    /// Given-up workers of this container still blocked.
+    fn count(&self) -> usize {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Takes a place for one more given-up worker: its own while it has one
+    /// left, else one of `pool`'s. False when it needs a pool place and none is
+    /// free, or it holds [`MAX_BLOCKED_WORKERS`] already.
+    fn take<T>(&self, pool: &BlockedPool, _job: &MutexGuard<'_, T>) -> bool {
+        let held = self.count();
+        if held >= MAX_BLOCKED_WORKERS {
+            return false;
+        }
+        if held >= OWN_BLOCKED_WORKERS
+            && pool
+                .pooled
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_BLOCKED_TOTAL).then_some(n + 1)
+                })
+                .is_err()
+        {
+            return false;
+        }
+        pool.given_up.fetch_add(1, Ordering::AcqRel);
+        self.blocked.store(held + 1, Ordering::Release);
+        true
+    }
+
+    /// Gives back the place of one given-up worker: its read returned (or the
+    /// successor it was given up for could not start).
+    fn give_back<T>(&self, pool: &BlockedPool, _job: &MutexGuard<'_, T>) {
+        let held = self.count();
+        debug_assert!(held > 0, "a place given back that was never taken");
+        if held == 0 {
+            return;
+        }
+        if held > OWN_BLOCKED_WORKERS {
+            pool.pooled.fetch_sub(1, Ordering::AcqRel);
+        }
+        pool.given_up.fetch_sub(1, Ordering::AcqRel);
+        self.blocked.store(held - 1, Ordering::Release);
+    }
+}
 
 /// A worker that finds, at least this many times within one [`BUSY_WINDOW`],
 /// another call of its container waiting behind the one it took, yields: it
@@ -116,8 +216,8 @@ pub(crate) struct Shared {
     pub ports: UnprivilegedPorts,
     pub pidfds: Arc<ThreadPidfds>,
     pub latency: LatencyStats,
-    /// Workers given up on over all containers (at most [`MAX_BLOCKED_TOTAL`]).
-    pub blocked_total: AtomicUsize,
+    /// Workers given up on over all containers, and the pool places they hold.
+    pub blocked: BlockedPool,
 }
 
 /// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
@@ -177,6 +277,17 @@ pub(crate) enum TenantEvent {
     Rejected(String),
 }
 
+/// What became of a worker the watchdog would give up on.
+#[derive(Debug, PartialEq, Eq)]
+enum Replacement {
+    /// Given up on; a successor serves the container.
+    Started,
+    /// Kept: no place for one more given-up worker of this container.
+    NoPlace,
+    /// Kept: its successor could not be started (logged).
+    SpawnFailed,
+}
+
 /// The request a worker is deciding.
 #[derive(Clone, Debug)]
 struct Job {
@@ -203,8 +314,9 @@ pub(crate) struct Tenant {
     pub labels: AuditLabels,
     pub policy: Arc<PolicyCell>,
     job: Mutex<Option<Job>>,
-    /// Workers given up on that are still inside a read.
-    blocked: AtomicUsize,
+    /// Workers given up on that are still inside a read; changed only under
+    /// `job`'s lock.
+    blocked: BlockedPlaces,
     /// Bumped whenever the current worker is replaced; a worker whose number is
     /// stale exits.
     generation: AtomicU64,
@@ -237,7 +349,7 @@ impl Tenant {
             labels,
             policy,
             job: Mutex::new(None),
-            blocked: AtomicUsize::new(0),
+            blocked: BlockedPlaces::default(),
             generation: AtomicU64::new(0),
             counters: TenantCounters::default(),
             shared,
@@ -262,7 +374,7 @@ impl Tenant {
 
     /// Workers blocked in a read that the watchdog gave up on.
     pub fn blocked_workers(&self) -> usize {
-        self.blocked.load(Ordering::Acquire)
+        self.blocked.count()
     }
 
     fn set_job(&self, job: Job) {
@@ -270,9 +382,9 @@ impl Tenant {
     }
 
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
-    /// replaces its worker, unless [`MAX_BLOCKED_TOTAL`] workers are given up on
-    /// already; a worker kept for that reason is replaced at a later tick, once
-    /// there is room. Returns whether it answered.
+    /// replaces its worker, unless that needs a pool place and every one of the
+    /// [`MAX_BLOCKED_TOTAL`] is taken; a worker kept for that reason is replaced
+    /// at a later tick, once there is room. Returns whether it answered.
     ///
     /// Everything up to the worker's fate is decided under the job lock, which
     /// the worker also holds when it looks at its fate after its read: it never
@@ -288,7 +400,8 @@ impl Tenant {
         if !kept_before && (now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire()) {
             return false;
         }
-        let replaced = self.replace_worker();
+        let replacement = self.replace_worker(&g);
+        let replaced = replacement == Replacement::Started;
         if replaced {
             // The successor owns the slot; the old worker finds its generation
             // moved on and exits when its read returns.
@@ -310,42 +423,34 @@ impl Tenant {
             "bind answered ETIMEDOUT: {reason}"
         );
         self.answer_unread(job.id, job.tid, reason);
-        if !replaced {
+        if replacement == Replacement::NoPlace {
             tracing::warn!(
                 container = %self.shown_id(),
                 limit = MAX_BLOCKED_TOTAL,
-                "agent-wide limit of blocked workers reached; this container's worker is kept until its read returns or others' do"
+                given_up = self.blocked.count(),
+                "agent-wide limit of blocked workers reached; this container, which has a blocked worker already, keeps its worker until its read returns or a pool place frees"
             );
         }
         true
     }
 
-    /// Gives up on the current worker and starts a successor, if the agent-wide
-    /// limit leaves room. Called with the job lock held.
-    fn replace_worker(self: &Arc<Self>) -> bool {
-        let reserved = self
-            .shared
-            .blocked_total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_BLOCKED_TOTAL).then_some(n + 1)
-            })
-            .is_ok();
-        if !reserved {
-            return false;
+    /// Gives up on the current worker and starts a successor, if there is a
+    /// place for it ([`BlockedPlaces::take`]). Called with the job lock held.
+    fn replace_worker(self: &Arc<Self>, job: &MutexGuard<'_, Option<Job>>) -> Replacement {
+        if !self.blocked.take(&self.shared.blocked, job) {
+            return Replacement::NoPlace;
         }
-        self.blocked.fetch_add(1, Ordering::AcqRel);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(e) = self.spawn_worker(generation) {
             // Keep the blocked worker as this container's: it serves on when its
             // read returns (it looks only under the lock we hold).
             self.generation.store(generation - 1, Ordering::Release);
-            self.blocked.fetch_sub(1, Ordering::AcqRel);
-            self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
+            self.blocked.give_back(&self.shared.blocked, job);
             tracing::error!(error = %e, container = %self.shown_id(),
                 "cannot start a replacement worker; this container's binds wait until its read returns");
-            return false;
+            return Replacement::SpawnFailed;
         }
-        true
+        Replacement::Started
     }
 
     fn answer_unread(&self, id: u64, tid: i32, reason: &str) {
@@ -464,7 +569,7 @@ impl Tenant {
                 let _ = self.listener.respond(notif.id, Response::Continue);
                 continue;
             }
-            if self.blocked.load(Ordering::Acquire) >= MAX_BLOCKED_WORKERS {
+            if self.blocked.count() >= MAX_BLOCKED_WORKERS {
                 self.answer_unread(
                     notif.id,
                     notif.tid,
@@ -502,10 +607,13 @@ impl Tenant {
                     *g = None;
                 }
                 let mine = claim.take();
-                (
-                    mine,
-                    !mine && self.generation.load(Ordering::Acquire) != generation,
-                )
+                let replaced = !mine && self.generation.load(Ordering::Acquire) != generation;
+                if replaced {
+                    // Given up on and replaced: our place goes back under the
+                    // same lock the watchdog takes places under.
+                    self.blocked.give_back(&self.shared.blocked, &g);
+                }
+                (mine, replaced)
             };
             if !mine {
                 if !replaced {
@@ -514,8 +622,6 @@ impl Tenant {
                     continue;
                 }
                 // The watchdog answered and started our successor.
-                self.blocked.fetch_sub(1, Ordering::AcqRel);
-                self.shared.blocked_total.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
                 return;
             }
@@ -529,5 +635,170 @@ impl Tenant {
             }
             self.shared.latency.record(started.elapsed());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container's places and the lock its count changes under.
+    struct Container {
+        places: BlockedPlaces,
+        job: Mutex<()>,
+    }
+
+    impl Container {
+        fn new() -> Self {
+            Container {
+                places: BlockedPlaces::default(),
+                job: Mutex::new(()),
+            }
+        }
+
+        fn give_up(&self, pool: &BlockedPool) -> bool {
+            self.places.take(pool, &self.job.lock().expect("lock"))
+        }
+
+        fn returns(&self, pool: &BlockedPool) {
+            self.places.give_back(pool, &self.job.lock().expect("lock"))
+        }
+    }
+
+    fn containers(n: usize) -> Vec<Container> {
+        (0..n).map(|_| Container::new()).collect()
+    }
+
+    #[test]
+    fn a_full_pool_never_costs_a_container_its_first_place() {
+        let pool = BlockedPool::default();
+        let attackers = containers(MAX_BLOCKED_TOTAL + 4);
+        for a in &attackers {
+            assert!(a.give_up(&pool), "a first place is always there");
+        }
+        let second: usize = attackers
+            .iter()
+            .map(|a| usize::from(a.give_up(&pool)))
+            .sum();
+        assert_eq!(
+            second, MAX_BLOCKED_TOTAL,
+            "second places come from the pool"
+        );
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
+        let victim = Container::new();
+        assert!(victim.give_up(&pool), "the victim's first place");
+        assert!(!victim.give_up(&pool), "its second needs the full pool");
+        assert_eq!(victim.places.count(), 1);
+        assert_eq!(pool.given_up(), attackers.len() + MAX_BLOCKED_TOTAL + 1);
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
+    }
+
+    #[test]
+    fn no_container_holds_more_than_its_limit() {
+        let pool = BlockedPool::default();
+        let c = Container::new();
+        for _ in 0..MAX_BLOCKED_WORKERS {
+            assert!(c.give_up(&pool));
+        }
+        assert!(!c.give_up(&pool));
+        assert_eq!(c.places.count(), MAX_BLOCKED_WORKERS);
+        assert_eq!(pool.pooled(), MAX_BLOCKED_WORKERS - OWN_BLOCKED_WORKERS);
+    }
+
+    /// Whichever of a container's two given-up workers returns first, the pool
+    /// place goes back, and another container can take it.
+    #[test]
+    fn a_returning_read_frees_a_pool_place_first() {
+        let pool = BlockedPool::default();
+        let full = containers(MAX_BLOCKED_TOTAL);
+        for c in &full {
+            assert!(c.give_up(&pool) && c.give_up(&pool));
+        }
+        let waiting = Container::new();
+        assert!(waiting.give_up(&pool));
+        assert!(!waiting.give_up(&pool));
+        full[3].returns(&pool);
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL - 1);
+        assert_eq!(full[3].places.count(), 1, "it keeps its own place");
+        assert!(waiting.give_up(&pool), "the freed place is taken");
+        full[3].returns(&pool);
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL, "its own place held none");
+        assert!(full[3].give_up(&pool), "its own place is there again");
+        assert!(!full[3].give_up(&pool), "a second needs the full pool");
+    }
+
+    /// A container that exits while holding places: each of its blocked reads
+    /// returns, and the pool and the totals are as if it had never stalled.
+    #[test]
+    fn an_exiting_container_gives_every_place_back() {
+        let pool = BlockedPool::default();
+        let others = containers(MAX_BLOCKED_TOTAL - 1);
+        for c in &others {
+            assert!(c.give_up(&pool) && c.give_up(&pool));
+        }
+        let exiting = Container::new();
+        assert!(exiting.give_up(&pool) && exiting.give_up(&pool));
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL);
+        exiting.returns(&pool);
+        exiting.returns(&pool);
+        assert_eq!(exiting.places.count(), 0);
+        assert_eq!(pool.pooled(), MAX_BLOCKED_TOTAL - 1);
+        assert_eq!(pool.given_up(), 2 * others.len());
+        for c in &others {
+            c.returns(&pool);
+            c.returns(&pool);
+        }
+        assert_eq!((pool.pooled(), pool.given_up()), (0, 0));
+    }
+
+    /// The successor a place was taken for could not start: the place is
+    /// given back at once and the counts are where they were, own or pooled.
+    #[test]
+    fn a_failed_spawn_leaves_the_counts_as_they_were() {
+        let pool = BlockedPool::default();
+        let c = Container::new();
+        for held in 0..MAX_BLOCKED_WORKERS {
+            let before = (pool.given_up(), pool.pooled(), c.places.count());
+            assert_eq!(before.2, held);
+            assert!(c.give_up(&pool));
+            c.returns(&pool);
+            assert_eq!((pool.given_up(), pool.pooled(), c.places.count()), before);
+            assert!(c.give_up(&pool), "the place is there for the next try");
+        }
+    }
+
+    /// Many threads give up and return at once, as watchdog and workers do:
+    /// the pool never exceeds its size and ends empty.
+    #[test]
+    fn concurrent_give_ups_and_returns_keep_the_pool_exact() {
+        let pool = Arc::new(BlockedPool::default());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    let cs = containers(4);
+                    for _ in 0..2_000 {
+                        for c in &cs {
+                            let _ = c.give_up(&pool);
+                            assert!(pool.pooled() <= MAX_BLOCKED_TOTAL);
+                        }
+                        for c in &cs {
+                            if c.places.count() > 0 {
+                                c.returns(&pool);
+                            }
+                        }
+                    }
+                    for c in &cs {
+                        while c.places.count() > 0 {
+                            c.returns(&pool);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        assert_eq!((pool.pooled(), pool.given_up()), (0, 0));
     }
 }

@@ -1,0 +1,215 @@
+//! fdgrab starts through its own C `main`, not std's runtime start (see
+//! `crates/fdgrab-cli/src/main.rs`). What that start did and fdgrab relies on,
+//! checked against real processes: closed standard fds are filled before any fd of
+//! ours is opened, `SIGPIPE` is ignored in fdgrab but at its default in every CMD,
+//! and a reader going away is a quiet exit.
+
+use fdgrab_testkit::{output_timeout, wait_timeout, Target, TIMEOUT};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+/// The fds of process `pid`, number and what it points at, once it runs `comm`.
+fn fds_once_running(pid: u32, comm: &str) -> Vec<(i32, String)> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let running =
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm);
+    while !running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} never ran {comm}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| {
+            let n: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let to = std::fs::read_link(format!("/proc/{pid}/fd/{n}")).ok()?;
+            Some((n, to.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// fdgrab started with fds 0, 1 and 2 all closed (by a shell that then execs it),
+/// so that the first fds fdgrab opens (its pidfd, the grabbed copies, the ptrace
+/// backend's sockets) would get 0, 1 and 2 if nothing filled them first. CMD (run
+/// in fdgrab's place, same pid) holds /dev/null on the standard numbers, the
+/// target's file on 7, and nothing else, with either backend.
+#[test]
+fn closed_standard_fds_at_start_are_filled_before_anything_is_opened() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid)).expect("target's file");
+    let path = path.to_string_lossy().into_owned();
+    // What the shell passes on besides 0-2 (a test runner's jobserver pipe, the
+    // shell's own saved copies) reaches CMD through fdgrab unchanged: `get` leaves
+    // inherited fds alone.
+    let mut plain = Command::new("sh")
+        .args(["-c", CLOSE_STD_THEN_EXEC, "sh", "sleep", "30"])
+        .spawn()
+        .expect("spawn sh");
+    let inherited = fds_once_running(plain.id(), "sleep");
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert!(
+        inherited.iter().all(|(n, _)| *n > 2 && *n != 7),
+        "{inherited:?}"
+    );
+    for backend in ["pidfd", "ptrace"] {
+        let mut child = Command::new("sh")
+            .args(["-c", CLOSE_STD_THEN_EXEC, "sh"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["get", "--backend", backend, &t.pid.to_string()])
+            .args([
+                format!("{file}:7"),
+                "--".into(),
+                "sleep".into(),
+                "30".into(),
+            ])
+            .spawn()
+            .expect("spawn sh");
+        let fds = fds_once_running(child.id(), "sleep");
+        let _ = child.kill();
+        let _ = child.wait();
+        let null = "/dev/null".to_string();
+        let mut want = vec![
+            (0, null.clone()),
+            (1, null.clone()),
+            (2, null),
+            (7, path.clone()),
+        ];
+        want.extend(inherited.iter().cloned());
+        want.sort();
+        assert_eq!(fds, want, "{backend}");
+    }
+    // A command that prints (to the /dev/null that now is its stdout) and one that
+    // is refused (its message to the /dev/null on 2) end with their own statuses.
+    for (args, code) in [
+        (vec!["ls".to_string(), t.pid.to_string()], 0),
+        (
+            vec![
+                "get".into(),
+                "0".into(),
+                "3".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            2,
+        ),
+    ] {
+        let out = output_timeout(
+            Command::new("sh")
+                .args(["-c", CLOSE_STD_THEN_EXEC, "sh"])
+                .arg(fdgrab_testkit::bin("fdgrab"))
+                .args(&args),
+            TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+    }
+}
+
+/// A shell script that closes fds 0, 1 and 2, then execs its arguments.
+const CLOSE_STD_THEN_EXEC: &str = "exec 0<&- 1>&- 2>&-; exec \"$@\"";
+
+/// fdgrab ignores `SIGPIPE` for itself, but CMD must start with it at its default,
+/// as from a shell: `yes` writing into a pipe nobody reads is killed by `SIGPIPE`
+/// (with `SIGPIPE` ignored it would print "Broken pipe" and exit 1). `get` runs CMD
+/// in its own place, so the status is the signal itself; `steal` runs it as a child
+/// and reports 128+13 as a shell would.
+#[test]
+fn cmd_starts_with_sigpipe_at_its_default() {
+    let t = Target::spawn(["zoo"]);
+    let pid = t.pid.to_string();
+    for (cmd, fd) in [("get", "file"), ("steal", "append")] {
+        let fd = t.fd_labelled(fd).to_string();
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        drop(r);
+        let mut child = fdgrab_testkit::fdgrab()
+            .args([cmd, &pid, &fd, "--", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fdgrab");
+        let status = wait_timeout(&mut child, TIMEOUT).expect("fdgrab ended");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("read stderr");
+        assert!(err.is_empty(), "{cmd}: {err}");
+        match cmd {
+            "get" => assert_eq!(status.signal(), Some(libc::SIGPIPE), "{cmd}: {status:?}"),
+            _ => assert_eq!(
+                status.code(),
+                Some(128 + libc::SIGPIPE),
+                "{cmd}: {status:?}"
+            ),
+        }
+    }
+}
+
+/// `fdgrab ls PID | head -1` in a shell, PID holding 1,500 files (over 100 KB of
+/// listing, more than a pipe holds): the header line comes through, then head
+/// leaves and fdgrab's next write meets the closed pipe. fdgrab ends with 141
+/// without a word on stderr: no panic's 101, no "Broken pipe" error. (A shell
+/// shows 141 for a death by `SIGPIPE` too; `cli_conventions`'
+/// `closed_stdout_ends_quietly_with_141` tells an exit from a death.)
+#[test]
+fn ls_into_head_ends_quietly() {
+    let t = Target::spawn(["many", "1500"]);
+    let out = output_timeout(
+        Command::new("bash")
+            .args([
+                "-c",
+                "\"$1\" ls \"$2\" | head -1; echo \"fdgrab status ${PIPESTATUS[0]}\"",
+                "bash",
+            ])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .arg(t.pid.to_string()),
+        TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}{stderr}");
+    assert!(
+        lines[0].contains("FD") && lines[0].contains("NAME"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "fdgrab status 141", "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `get` passes its environment on to CMD exactly as it got it (as the C library
+/// holds it, without a copy): every entry in order, bytes that are not UTF-8 and
+/// an empty value included.
+#[test]
+fn get_passes_its_environment_on_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file").to_string();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 =x");
+    let mut child = fdgrab_testkit::fdgrab()
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("FDGRAB_ENV_ODD", odd)
+        .env("FDGRAB_ENV_EMPTY", "")
+        .args(["get", &t.pid.to_string(), &file, "--", "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn fdgrab");
+    fds_once_running(child.id(), "sleep");
+    let env = std::fs::read(format!("/proc/{}/environ", child.id())).expect("CMD's environ");
+    let _ = child.kill();
+    let _ = child.wait();
+    // std's `Command` hands a cleared-and-set environment over sorted by name.
+    let mut want = b"FDGRAB_ENV_EMPTY=\0FDGRAB_ENV_ODD=".to_vec();
+    want.extend_from_slice(odd.as_bytes());
+    want.extend_from_slice(b"\0PATH=/usr/bin:/bin\0");
+    assert_eq!(
+        String::from_utf8_lossy(&env),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(env, want);
+}
