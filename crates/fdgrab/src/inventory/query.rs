@@ -1077,14 +1077,16 @@ sys.stdin.read()
     }
 
     /// A small table (not shared) with holes: its numbers below the fd count
-    /// are tried, then the rest is listed, so a match among them, right after a
-    /// hole, or far past the count is found, and no other descriptor is listed.
+    /// are tried, then the rest is listed (from the count, or from a hole on
+    /// once holes are many), so a match among them, right after a hole, past
+    /// the point where tries gave way to the listing, or far past the count is
+    /// found, and no other descriptor is listed.
     #[test]
     fn a_small_table_with_holes_is_checked_whole() {
         let (dir, q) = held_file("small");
         let path = dir.join("held");
         let count = SHARE_FROM / 2;
-        for (at, high) in [(0, None), (7, None), (count, Some(700))] {
+        for (at, high) in [(0, None), (7, None), (count - 2, None), (count, Some(700))] {
             let (t, fds) = holder_with(count, at, &path, high, true);
             let fd = high.unwrap_or_else(|| t.report["target"].as_i64().expect("target") as i32);
             assert!(fds.contains(&fd));
