@@ -394,13 +394,13 @@ impl<'a> Scan<'a> {
     /// Runs the scan on one thread per core: the outcome of each process by its
     /// index in the plan's `pids` (`None` if its worker panicked). The workers
     /// start first, and the calling thread makes the plan (`prepare`: listing
-    /// the processes, asking for sockets) while they do, which hides the
-    /// threads' start (about 0.1 ms on a 2-core VM, most of it the first
-    /// spawn). Then the calling thread only waits: were it a worker, the
-    /// scheduler could queue a new thread behind it on its own core for
-    /// milliseconds (measured: a helper waited 2 ms to run while the other
-    /// core was free), where a caller that sleeps at once leaves its core to
-    /// a worker.
+    /// the processes, asking for sockets) while they set themselves up (signal
+    /// stack, `malloc` arena, waking on the other core); the spawns themselves
+    /// stay on the calling thread. Then the calling thread only waits: were
+    /// it a worker, the scheduler could queue a new thread behind it on its
+    /// own core for milliseconds (measured: a helper waited 2 ms to run while
+    /// the other core was free), where a caller that sleeps at once leaves its
+    /// core to a worker.
     ///
     /// The workers are not joined: the scope ends as soon as each has handed
     /// over its outcomes, and their threads' own teardown (unmapping the signal
