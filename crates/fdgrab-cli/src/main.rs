@@ -81,8 +81,14 @@ const PANIC_EXIT: u8 = 101;
 /// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed, lowest first, so
 /// that `open` (which takes the lowest free number) fills exactly that one. One
 /// `fcntl(F_GETFD)` per number: cheaper than std's `poll` of all three in the
-/// common case, and it cannot fail for a small `RLIMIT_NOFILE` as `poll` can. A
-/// `/dev/null` that cannot be opened leaves the number closed, as std did.
+/// common case, and it cannot fail for a small `RLIMIT_NOFILE` as `poll` can.
+///
+/// Where `/dev/null` cannot be opened (an empty `/dev` in a bare chroot or
+/// container; std's start-up aborts then), the number is still taken, by a
+/// close-on-exec `O_PATH` fd of `/`: reads and writes on it fail with `EBADF`, so
+/// to fdgrab (whose stdio ignores `EBADF`) it is as closed as before, and CMD gets
+/// the number closed, as fdgrab got it. Left free, it would receive the first fd
+/// fdgrab opens, and fdgrab's own messages would be written into a grabbed file.
 fn standard_fds_open() {
     use std::os::fd::AsFd;
     let closed = |fd: std::os::fd::BorrowedFd<'_>| {
@@ -93,15 +99,13 @@ fn standard_fds_open() {
         closed(std::io::stdout().as_fd()),
         closed(std::io::stderr().as_fd()),
     ];
+    use rustix::fs::{open, Mode, OFlags};
     for closed in std {
         if closed {
-            let null = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR,
-                rustix::fs::Mode::empty(),
-            );
+            let fd = open("/dev/null", OFlags::RDWR, Mode::empty())
+                .or_else(|_| open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()));
             // Kept open for the life of the process, at the number it fills.
-            if let Ok(fd) = null {
+            if let Ok(fd) = fd {
                 std::mem::forget(fd);
             }
         }
