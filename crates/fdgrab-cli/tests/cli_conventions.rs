@@ -57,6 +57,9 @@ fn closed_stdout_ends_quietly_with_141() {
         vec!["completions", "bash"],
         vec!["man"],
         vec!["man", "json"],
+        vec!["profile"],
+        vec!["--version"],
+        vec!["--help"],
     ] {
         let out = run_into_closed_pipe(&args);
         let err = String::from_utf8_lossy(&out.stderr);
