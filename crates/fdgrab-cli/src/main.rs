@@ -64,7 +64,7 @@ fn entry(run: impl FnOnce() -> ExitCode + std::panic::UnwindSafe) -> c_int {
     use std::io::Write as _;
     standard_fds_open();
     if let Err(e) = fdgrab::spawn::ignore_sigpipe() {
-        eprintln!("fdgrab: {e}");
+        exit::eprint_line(format_args!("fdgrab: {e}"));
         return c_int::from(exit::Code::Failure as u8);
     }
     let code = std::panic::catch_unwind(run).unwrap_or(ExitCode::from(PANIC_EXIT));

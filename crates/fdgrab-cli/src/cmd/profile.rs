@@ -53,7 +53,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     for note in &out.notes {
-        eprintln!("fdgrab: note: {note}");
+        crate::exit::eprint_line(format_args!("fdgrab: note: {note}"));
     }
     let mut json = serde_json::to_string_pretty(&out.profile).context("serialising the profile")?;
     json.push('\n');
