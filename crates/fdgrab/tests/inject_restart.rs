@@ -187,13 +187,7 @@ fn restart_sigstop_during_session_leaves_the_process_stopped() {
     assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
     kill(t.pid, libc::SIGCONT);
     before.assert_no_leftovers(&before.fds, "after the session");
-    send_line(&mut t, "cont\n");
-    let line = json_line(&mut t);
-    assert_eq!(
-        (line["n"].as_i64(), line["data"].as_str()),
-        (Some(5), Some("cont\n")),
-        "{line}"
-    );
+    read_returns(&mut t, "cont\n");
 }
 
 /// A thread in uninterruptible sleep never reaches the stop: fdgrab gives up after
@@ -355,5 +349,62 @@ fn restart_sigsuspend_keeps_its_temporary_and_saved_masks() {
         blk & (1 << (libc::SIGUSR1 - 1)),
         0,
         "saved mask lost: {blk:#x}"
+    );
+}
+
+/// SIGSTOP and SIGCONT sent without pause while grabs run (which take the routine:
+/// `socket`, `sendmsg`, `close` in one resume, so some stops land inside it): every
+/// grab succeeds, nothing of ours is left, and the process, continued at the end,
+/// is untraced and its SA_RESTART read returns the next line intact.
+#[test]
+fn restart_sigstop_storm_during_grabs() {
+    let mut t = Target::spawn(["signal-read", "usr2", "restart"]);
+    wait_in_syscall(t.pid, t.pid, libc::SYS_read);
+    let before = Snapshot::take(t.pid);
+    let pidfd = PidFd::open(t.pid).expect("pidfd");
+    let file = tfd(t.fd_labelled("file"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let (stop, pid) = (stop.clone(), t.pid);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                kill(pid, libc::SIGSTOP);
+                std::thread::sleep(Duration::from_micros(70));
+                kill(pid, libc::SIGCONT);
+                std::thread::sleep(Duration::from_micros(110));
+            }
+        })
+    };
+    let opts = GrabOptions::new().backend(Backend::Ptrace);
+    let mut grabs = 0;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        opts.grab(&pidfd, file)
+            .expect("grab during a SIGSTOP storm");
+        grabs += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    storm.join().expect("storm");
+    assert!(grabs > 10, "only {grabs} grabs");
+    kill(t.pid, libc::SIGCONT);
+    let deadline = Instant::now() + TIMEOUT;
+    while status_field(t.pid, "State").is_some_and(|st| st.starts_with('T')) {
+        assert!(Instant::now() < deadline, "the process stays stopped");
+        kill(t.pid, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
+    before.assert_no_leftovers(&before.fds, "after the storm");
+    read_returns(&mut t, "after\n");
+}
+
+/// Sends `s` and checks that the target's next `read` returns exactly it.
+fn read_returns(t: &mut Target, s: &str) {
+    send_line(t, s);
+    let line = json_line(t);
+    assert_eq!(
+        (line["n"].as_i64(), line["data"].as_str()),
+        (Some(s.len() as i64), Some(s)),
+        "{line}"
     );
 }

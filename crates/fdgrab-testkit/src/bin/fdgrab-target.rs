@@ -73,6 +73,7 @@ fn main() {
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
+        "tsync-trap-when-traced" => return tsync_trap_when_traced(),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -777,6 +778,48 @@ fn threads(n: usize) {
     echo_reads();
 }
 
+/// Like `blocked-read`, with a second thread that waits for the main thread to be
+/// traced and then, with `SECCOMP_FILTER_FLAG_TSYNC`, gives every thread a filter
+/// that traps (SIGSYS) a `close` made 0x27 bytes into a page: where the injected
+/// grab routine makes its `close`. A tracer that read the filters before (there
+/// were none) learns of it only from the trap.
+fn tsync_trap_when_traced() {
+    use std::os::unix::fs::FileExt;
+    let main = rustix::thread::gettid().as_raw_nonzero().get();
+    // Opened once, before the report: the fd table must not change while it runs.
+    let status = std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        let mut traced = || {
+            let n = status.read_at(&mut buf, 0).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .is_some_and(|v| v.trim() != "0")
+        };
+        while !traced() {
+            std::hint::spin_loop();
+        }
+        let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+        let prog = [
+            ins(0x20, 0, 0, 0),                      // ld nr
+            ins(0x15, 0, 4, libc::SYS_close as u32), // jeq close
+            ins(0x20, 0, 0, 8),                      // ld instruction_pointer (low)
+            ins(0x54, 0, 0, 0xfff),                  // and
+            ins(0x15, 0, 1, 0x27),                   // jeq
+            ins(0x06, 0, 0, fdgrab_testkit::SECCOMP_RET_TRAP),
+            ins(0x06, 0, 0, 0x7fff_0000),
+        ];
+        const TSYNC: u32 = 1;
+        fdgrab_testkit::install_filter_with(&prog, TSYNC).expect("seccomp filter");
+        loop {
+            std::thread::park();
+        }
+    });
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
 fn deny_socket() {
     fdgrab_testkit::install_errno_filter(&[(libc::SYS_socket, libc::EPERM)])
         .expect("seccomp filter");
@@ -793,7 +836,7 @@ fn trap_socket() {
 
 fn seccomp_filtered(args: &[String]) {
     let usage = || -> ! {
-        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high] [ppoll]");
+        eprintln!("usage: fdgrab-target seccomp ACTION NAME,... [high|exec|ip2] [ppoll]");
         std::process::exit(2);
     };
     let (Some(action), Some(names)) = (args.first(), args.get(1)) else {
@@ -836,6 +879,11 @@ fn seccomp_filtered(args: &[String]) {
                                              // "high": the action applies only when the first argument is above
                                              // 0x7f00_ffff_ffff (say, unmapping where the libraries and mmap areas live).
     let high = args[2..].iter().any(|a| a == "high");
+    // "exec": only when the third argument has PROT_EXEC (an executable mmap).
+    let exec = args[2..].iter().any(|a| a == "exec");
+    // "ip2": only for a call made from 2 bytes into a page (a `syscall` instruction
+    // at a page's start, as in code written at the start of a fresh mapping).
+    let ip2 = args[2..].iter().any(|a| a == "ip2");
     // "ppoll": wait in ppoll with a mask (the one in force, so the signal state the
     // tests compare stays the same) before each read: a call that swaps masks.
     let in_ppoll = args[2..].iter().any(|a| a == "ppoll");
@@ -844,7 +892,20 @@ fn seccomp_filtered(args: &[String]) {
     // which may forbid rt_sigprocmask).
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
     for &nr in &nrs {
-        if high {
+        if exec {
+            prog.push(ins(0x15, 0, 4, nr as u32));
+            prog.push(ins(0x20, 0, 0, 32)); // ld args[2] (low half)
+            prog.push(ins(0x45, 0, 1, libc::PROT_EXEC as u32)); // jset
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else if ip2 {
+            prog.push(ins(0x15, 0, 5, nr as u32));
+            prog.push(ins(0x20, 0, 0, 8)); // ld instruction_pointer (low half)
+            prog.push(ins(0x54, 0, 0, 0xfff)); // and
+            prog.push(ins(0x15, 0, 1, 2)); // jeq
+            prog.push(ins(0x06, 0, 0, action));
+            prog.push(ins(0x06, 0, 0, 0x7fff_0000));
+        } else if high {
             prog.push(ins(0x15, 0, 4, nr as u32));
             prog.push(ins(0x20, 0, 0, 20)); // ld args[0] >> 32
             prog.push(ins(0x25, 0, 1, 0x7f00)); // jgt

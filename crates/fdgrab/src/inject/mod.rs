@@ -35,7 +35,7 @@ use crate::passfd::{self, SCM_MAX_FD};
 use crate::pidfd::PidFd;
 use crate::{procfs, TargetFd};
 use rendezvous::{Listener, Mailbox};
-use session::remote_error;
+use session::{remote_error, Staged};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// What a steal leaves behind at the target's number.
@@ -171,35 +171,35 @@ fn open_channel(s: &mut Session<'_>) -> Result<Channel> {
 /// The calls [`grab_fds`] makes: a datagram socket, `sendmsg`s to our mailbox, and
 /// the `close` of the socket at the end.
 fn mailbox_calls(plan: &mut Vec<Planned>) {
-    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
-    plan.push(Planned::new(
-        libc::SYS_socket,
-        &[k(libc::AF_UNIX as u64), k(ty), k(0)],
-    ));
-    let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+    plan.push(Planned::new(libc::SYS_socket, &MAILBOX_SOCKET.map(k)));
     plan.push(Planned::new(
         libc::SYS_sendmsg,
-        &[UNKNOWN, UNKNOWN, k(flags)],
+        &[UNKNOWN, UNKNOWN, k(SEND_FLAGS)],
     ));
     plan.push(Planned::new(libc::SYS_close, &[UNKNOWN]));
 }
 
-/// Our mailbox, and the unconnected datagram socket the target sends to it from.
-fn open_mailbox(s: &mut Session<'_>) -> Result<(Mailbox, i32)> {
-    let pid = s.pid();
-    let mailbox = Mailbox::new(pid, s.tid())?;
-    let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
-    let fd = s.syscall(libc::SYS_socket, &[libc::AF_UNIX as u64, ty, 0])?;
+/// The arguments of the `socket` the target sends to our mailbox from: an
+/// unconnected datagram socket.
+const MAILBOX_SOCKET: [u64; 3] = [
+    libc::AF_UNIX as u64,
+    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+    0,
+];
+
+/// The flags of the target's `sendmsg` to our mailbox.
+const SEND_FLAGS: u64 = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
+
+const MAILBOX_SOCKET_OP: &str = "socket(AF_UNIX, SOCK_DGRAM) (injected)";
+
+/// The socket the target sends to our mailbox from.
+fn open_mailbox_socket(s: &mut Session<'_>) -> Result<i32> {
+    let fd = s.syscall(libc::SYS_socket, &MAILBOX_SOCKET)?;
     if fd < 0 {
-        return Err(remote_error(
-            pid,
-            None,
-            "socket(AF_UNIX, SOCK_DGRAM) (injected)",
-            fd,
-        ));
+        return Err(remote_error(s.pid(), None, MAILBOX_SOCKET_OP, fd));
     }
     s.track_remote_fd(fd as i32);
-    Ok((mailbox, fd as i32))
+    Ok(fd as i32)
 }
 
 /// Which of `fds` the target does not have, using `fcntl(F_GETFD)` in the target.
@@ -227,6 +227,82 @@ fn fd_flags(s: &mut Session<'_>, fd: TargetFd) -> Result<Option<i32>> {
     }
 }
 
+/// Lays out the message that carries `fds` (at most [`SCM_MAX_FD`]) to our
+/// mailbox; returns the address its msghdr will have in the target.
+fn stage_rights(st: &mut Staged, mailbox: &Mailbox, fds: &[TargetFd]) -> u64 {
+    let name = st.put(mailbox.sockaddr());
+    let byte = st.put(b"F");
+    let iov = st.put(&iovec(byte, 1));
+    let mut control = Vec::with_capacity(cmsg_space(fds.len()));
+    control.extend_from_slice(&((CMSG_HDR + 4 * fds.len()) as u64).to_ne_bytes());
+    control.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+    control.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+    for fd in fds {
+        control.extend_from_slice(&fd.as_raw().to_ne_bytes());
+    }
+    control.resize(cmsg_space(fds.len()), 0);
+    let ctl = st.put(&control);
+    let name = (name, mailbox.sockaddr().len() as u64);
+    st.put(&msghdr(name, iov, ctl, control.len() as u64))
+}
+
+/// What a `sendmsg` of `fds` to our mailbox that returned `r` in the target means:
+/// `EBADF` names the first fd the target does not have, `EINVAL` an io_uring fd.
+fn check_sent(s: &mut Session<'_>, fds: &[TargetFd], r: i64) -> Result<()> {
+    let pid = s.pid();
+    if r == -(libc::EBADF as i64) {
+        if let Some(fd) = first_missing(s, fds)? {
+            return Err(Error::NoSuchFd { pid, fd });
+        }
+    }
+    if r == -(libc::EINVAL as i64) {
+        if let Some(fd) = fds
+            .iter()
+            .copied()
+            .find(|&fd| procfs::is_io_uring(pid, s.tid(), fd.as_raw()))
+        {
+            return Err(Error::WrongKind {
+                pid,
+                fd,
+                reason: "it is an io_uring instance, and the kernel refuses to pass io_uring fds with SCM_RIGHTS (sendmsg gave EINVAL), so it cannot be taken by ptrace injection".into(),
+            });
+        }
+    }
+    if r < 0 {
+        return Err(remote_error(
+            pid,
+            None,
+            "sendmsg(SCM_RIGHTS) to fdgrab (injected)",
+            r,
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the message the target's `sendmsg` of `fds` queued in our mailbox.
+fn receive(mailbox: &Mailbox, pid: crate::Pid, fds: &[TargetFd]) -> Result<Vec<OwnedFd>> {
+    let got = mailbox
+        .take_from(pid, fds.len())
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => Error::TooManyFiles { pid, fd: fds[0] },
+            _ => Error::Io {
+                op: "receiving fds from the target",
+                pid,
+                fd: None,
+                source: e,
+            },
+        })?;
+    if got.len() != fds.len() {
+        return Err(Error::io(
+            "receiving fds from the target (fewer arrived than were sent; is fdgrab's fd limit too low?)",
+            pid,
+            None,
+            rustix::io::Errno::MFILE,
+        ));
+    }
+    Ok(got)
+}
+
 /// Makes the target send copies of `fds` to our mailbox from its socket `remote`, at
 /// most 253 per message.
 fn send_to_us(
@@ -239,82 +315,108 @@ fn send_to_us(
     let mut out = Vec::with_capacity(fds.len());
     for chunk in fds.chunks(SCM_MAX_FD) {
         if s.termination_requested() {
-            return Err(Error::io(
-                "taking fds (interrupted by a termination signal)",
-                pid,
-                None,
-                rustix::io::Errno::INTR,
-            ));
+            return Err(interrupted(pid));
         }
         s.reset_scratch();
         let mut st = s.stage()?;
-        let name = st.put(mailbox.sockaddr());
-        let byte = st.put(b"F");
-        let iov = st.put(&iovec(byte, 1));
-        let mut control = Vec::with_capacity(cmsg_space(chunk.len()));
-        control.extend_from_slice(&((CMSG_HDR + 4 * chunk.len()) as u64).to_ne_bytes());
-        control.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-        control.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
-        for fd in chunk {
-            control.extend_from_slice(&fd.as_raw().to_ne_bytes());
-        }
-        control.resize(cmsg_space(chunk.len()), 0);
-        let ctl = st.put(&control);
-        let name = (name, mailbox.sockaddr().len() as u64);
-        let msg = st.put(&msghdr(name, iov, ctl, control.len() as u64));
+        let msg = stage_rights(&mut st, mailbox, chunk);
         s.push_staged(st)?;
-        let flags = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64;
-        let r = s.syscall(libc::SYS_sendmsg, &[remote as u64, msg, flags])?;
-        if r == -(libc::EBADF as i64) {
-            if let Some(fd) = first_missing(s, chunk)? {
-                return Err(Error::NoSuchFd { pid, fd });
-            }
-        }
-        if r == -(libc::EINVAL as i64) {
-            if let Some(fd) = chunk
-                .iter()
-                .copied()
-                .find(|&fd| procfs::is_io_uring(pid, s.tid(), fd.as_raw()))
-            {
-                return Err(Error::WrongKind {
-                    pid,
-                    fd,
-                    reason: "it is an io_uring instance, and the kernel refuses to pass io_uring fds with SCM_RIGHTS (sendmsg gave EINVAL), so it cannot be taken by ptrace injection".into(),
-                });
-            }
-        }
-        if r < 0 {
-            return Err(remote_error(
-                pid,
-                None,
-                "sendmsg(SCM_RIGHTS) to fdgrab (injected)",
-                r,
-            ));
-        }
-        let got = mailbox
-            .take_from(pid, chunk.len())
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                    Error::TooManyFiles { pid, fd: chunk[0] }
-                }
-                _ => Error::Io {
-                    op: "receiving fds from the target",
-                    pid,
-                    fd: None,
-                    source: e,
-                },
-            })?;
-        if got.len() != chunk.len() {
-            return Err(Error::io(
-                "receiving fds from the target (fewer arrived than were sent; is fdgrab's fd limit too low?)",
-                pid,
-                None,
-                rustix::io::Errno::MFILE,
-            ));
-        }
-        out.extend(got);
+        let r = s.syscall(libc::SYS_sendmsg, &[remote as u64, msg, SEND_FLAGS])?;
+        check_sent(s, chunk, r)?;
+        out.extend(receive(mailbox, pid, chunk)?);
     }
     Ok(out)
+}
+
+fn interrupted(pid: crate::Pid) -> Error {
+    Error::io(
+        "taking fds (interrupted by a termination signal)",
+        pid,
+        None,
+        rustix::io::Errno::INTR,
+    )
+}
+
+/// Takes copies of `fds` (at most one message's) with one routine in the target
+/// (see `arch::send_routine`): it makes the socket, sends from it and closes it
+/// without a stop in between. `Ok(None)`, with nothing done in the target, where
+/// the routine may not run (see [`Session::routine_allowed`]); the caller then makes
+/// the same calls one by one. The results are read as the per-call way reads them.
+#[cfg(target_arch = "x86_64")]
+fn send_in_one_go(
+    s: &mut Session<'_>,
+    mailbox: &Mailbox,
+    fds: &[TargetFd],
+) -> Result<Option<Vec<OwnedFd>>> {
+    use arch::send_routine::{CALLS, CODE, END};
+    let pid = s.pid();
+    if fds.len() > SCM_MAX_FD {
+        return Ok(None);
+    }
+    if s.termination_requested() {
+        return Err(interrupted(pid));
+    }
+    s.reset_scratch();
+    let mut st = s.stage()?;
+    let at = st.put(&CODE);
+    let msg = stage_rights(&mut st, mailbox, fds);
+    let calls = [
+        (
+            Planned::new(libc::SYS_socket, &MAILBOX_SOCKET.map(k)),
+            at + CALLS[0],
+        ),
+        (
+            Planned::new(libc::SYS_sendmsg, &[UNKNOWN, k(msg), k(SEND_FLAGS)]),
+            at + CALLS[1],
+        ),
+        (Planned::new(libc::SYS_close, &[UNKNOWN]), at + CALLS[2]),
+    ];
+    if !s.routine_allowed(&calls) {
+        tracing::debug!(
+            pid,
+            "the send routine may not run here; injecting call by call"
+        );
+        return Ok(None);
+    }
+    s.push_staged(st)?;
+    let (regs, forced) = s.run_routine(
+        |saved| saved.for_send_routine(at, MAILBOX_SOCKET, msg, SEND_FLAGS),
+        at + END,
+    )?;
+    let done = regs.send_progress();
+    tracing::trace!(pid, ?done, "send routine");
+    if let Some(sig) = forced {
+        if let Some(fd) = done.open_fd {
+            s.track_remote_fd(fd);
+        }
+        return Err(Error::Io {
+            op: "running the injected send routine (it forced a signal, which was not delivered)",
+            pid,
+            fd: None,
+            source: std::io::Error::other(format!(
+                "signal {sig} at {:#x}",
+                regs.instruction_pointer()
+            )),
+        });
+    }
+    let Some(sent) = done.sendmsg else {
+        return Err(remote_error(pid, None, MAILBOX_SOCKET_OP, done.last));
+    };
+    check_sent(s, fds, sent)?;
+    let got = receive(mailbox, pid, fds)?;
+    if done.last < 0 && done.last != -(libc::EINTR as i64) {
+        return Err(remote_error(pid, None, "close (injected)", done.last));
+    }
+    Ok(Some(got))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn send_in_one_go(
+    _: &mut Session<'_>,
+    _: &Mailbox,
+    _: &[TargetFd],
+) -> Result<Option<Vec<OwnedFd>>> {
+    Ok(None)
 }
 
 /// Sends `ours` to the target, which receives it at some free number (close-on-exec)
@@ -416,7 +518,9 @@ fn install(s: &mut Session<'_>, from: i32, at: TargetFd) -> Result<()> {
 ///
 /// `policy` says what to do about the target's seccomp filters; the calls checked
 /// against them are `socket`, `sendmsg` and `close` besides the session's
-/// own (see [`Session`]).
+/// own (see [`Session`]). On x86_64 those three run as one routine from a
+/// read+exec scratch mapping where the filters (if any) let each of them run from
+/// there, else one by one (docs/injection.md, "The grab routine").
 pub fn grab_fds(target: &PidFd, fds: &[TargetFd], policy: SeccompPolicy) -> Result<Vec<OwnedFd>> {
     grab_fds_of(
         target,
@@ -440,8 +544,13 @@ pub(crate) fn grab_fds_of(
     }
     let mut plan = Vec::new();
     mailbox_calls(&mut plan);
-    with_session_of(target, owner, policy, &plan, |s| {
-        let (mailbox, remote) = open_mailbox(s)?;
+    let one_go = cfg!(target_arch = "x86_64") && fds.len() <= SCM_MAX_FD;
+    with_session_of(target, owner, policy, &plan, one_go, |s| {
+        let mailbox = Mailbox::new(s.pid(), s.tid())?;
+        if let Some(got) = send_in_one_go(s, &mailbox, fds)? {
+            return Ok(got);
+        }
+        let remote = open_mailbox_socket(s)?;
         send_to_us(s, &mailbox, remote, fds)
     })
 }
@@ -665,18 +774,20 @@ fn with_session<T>(
     f: impl FnOnce(&mut Session<'_>) -> Result<T>,
 ) -> Result<T> {
     let owner = crate::access::fd_table_owner_status(target)?;
-    with_session_of(target, owner, policy, plan, f)
+    with_session_of(target, owner, policy, plan, false, f)
 }
 
-/// [`with_session`] on the thread `owner` names (see [`grab_fds_of`]).
+/// [`with_session`] on the thread `owner` names (see [`grab_fds_of`]), its scratch
+/// mapping executable for a routine if `exec_scratch` (see [`Session::attach_planned`]).
 fn with_session_of<T>(
     target: &PidFd,
     owner: (crate::Pid, procfs::Status),
     policy: SeccompPolicy,
     plan: &[Planned],
+    exec_scratch: bool,
     f: impl FnOnce(&mut Session<'_>) -> Result<T>,
 ) -> Result<T> {
-    let mut s = Session::attach_planned(target, owner, policy, plan)?;
+    let mut s = Session::attach_planned(target, owner, policy, plan, exec_scratch)?;
     let r = f(&mut s);
     let d = s.detach();
     match (r, d) {

@@ -288,6 +288,26 @@ pub(crate) fn refused_now(
     (!v.verdict.action.runs()).then_some(v)
 }
 
+/// Whether the filters let every call of an injected routine run, each from its own
+/// instruction pointer, where `None` arguments are results of earlier calls of the
+/// routine (an fd): only when no filter even loads such an argument is the verdict
+/// certain whatever its value, so a filter that looks at it makes this false, as does
+/// any call not allowed.
+pub(crate) fn routine_runs(filters: &[Program], calls: &[(Planned, u64)]) -> bool {
+    calls.iter().all(|(call, ip)| {
+        let args = call.args.map(|a| a.unwrap_or(0));
+        let data = SeccompData::native(call.nr, &args, *ip);
+        // Both 32-bit words of each unknown argument (seccomp_data.args at 16 + 8i).
+        let unknown = (0..6)
+            .filter(|&i| call.args[i].is_none())
+            .fold(0u16, |m, i| m | 0b11 << (4 + 2 * i));
+        evaluate_stack(filters, &data).verdict.action.runs()
+            && filters
+                .iter()
+                .all(|f| f.evaluate_reading(&data).1 & unknown == 0)
+    })
+}
+
 pub(crate) fn refusal(pid: Pid, tid: Pid, call: String, v: StackVerdict, hint: String) -> Error {
     Error::SeccompRefused {
         pid,
@@ -399,5 +419,64 @@ impl Gate {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seccomp::bpf::{Field, Insn};
+
+    /// `nr == sendmsg`: `action` if a word of `field` is loaded and non-zero, else
+    /// allow; any other call: allow.
+    fn on_sendmsg(field: Field, action: Action) -> Program {
+        Program::from_insns(vec![
+            Insn::load(Field::Nr),
+            Insn::jeq(libc::SYS_sendmsg as u32, 0, 2),
+            Insn::load(field),
+            Insn::jeq(0, 0, 1),
+            Insn::ret(Action::Allow),
+            Insn::ret(action),
+        ])
+        .expect("program")
+    }
+
+    fn routine(ip: u64) -> Vec<(Planned, u64)> {
+        vec![
+            (
+                Planned::new(libc::SYS_socket, &[k(1), k(0x80002), k(0)]),
+                ip,
+            ),
+            (
+                Planned::new(
+                    libc::SYS_sendmsg,
+                    &[UNKNOWN, k(0x7f00_0000_1000), k(0x4040)],
+                ),
+                ip + 0x18,
+            ),
+            (Planned::new(libc::SYS_close, &[UNKNOWN]), ip + 0x25),
+        ]
+    }
+
+    #[test]
+    fn a_routine_runs_only_if_no_filter_looks_at_what_it_learns() {
+        let ip = 0x7f12_3456_0002;
+        assert!(routine_runs(&[], &routine(ip)));
+        // Looks at the flags (known), which it refuses.
+        let flags = on_sendmsg(Field::ArgLow(2), Action::Errno(1));
+        assert!(!routine_runs(std::slice::from_ref(&flags), &routine(ip)));
+        // Looks at a known argument that lets it through.
+        let high = on_sendmsg(Field::ArgHigh(2), Action::KillProcess);
+        assert!(routine_runs(std::slice::from_ref(&high), &routine(ip)));
+        // Looks at the fd the routine's socket returns: whatever it would say, not
+        // knowable before (allowed for fd 0, the stand-in here).
+        for half in [Field::ArgLow(0), Field::ArgHigh(0)] {
+            let fd = on_sendmsg(half, Action::KillProcess);
+            assert!(!routine_runs(&[high.clone(), fd], &routine(ip)), "{half:?}");
+        }
+        // Looks at the instruction pointer: decided with the routine's own.
+        let at_ip = on_sendmsg(Field::IpHigh, Action::KillThread);
+        assert!(!routine_runs(std::slice::from_ref(&at_ip), &routine(ip)));
+        assert!(routine_runs(std::slice::from_ref(&at_ip), &routine(0x1000)));
     }
 }

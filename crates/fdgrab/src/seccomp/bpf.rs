@@ -705,11 +705,20 @@ impl Program {
     /// words starting at 0, unsigned comparisons, shifts by `X & 31`, and a division
     /// or modulo by an X of 0 ending the program with 0 (`SECCOMP_RET_KILL_THREAD`).
     pub fn evaluate(&self, data: &SeccompData) -> Verdict {
+        self.evaluate_reading(data).0
+    }
+
+    /// [`Program::evaluate`], and which 32-bit words of `data` the run loaded: bit
+    /// `n` for the word at byte offset `4 * n`. The path a run takes depends only on
+    /// the words it loads, so the verdict holds for every call that differs from
+    /// `data` in words it did not load (say, an fd number not known in advance).
+    pub fn evaluate_reading(&self, data: &SeccompData) -> (Verdict, u16) {
+        let mut read = 0u16;
         let (mut a, mut x) = (0u32, 0u32);
         let mut mem = [0u32; MEM_WORDS];
         let mut pc = 0usize;
         let mut steps = 0usize;
-        let done = |raw: u32, steps: usize| Verdict {
+        let verdict = |raw: u32, steps: usize| Verdict {
             action: Action::of_raw(raw),
             raw,
             steps,
@@ -722,7 +731,10 @@ impl Program {
             match i.code & 0x07 {
                 BPF_LD | BPF_LDX => {
                     let v = match i.code & 0xe0 {
-                        BPF_ABS => data.word(k).unwrap_or(0),
+                        BPF_ABS => {
+                            read |= 1u16.checked_shl(k / 4).unwrap_or(0);
+                            data.word(k).unwrap_or(0)
+                        }
                         BPF_LEN => SECCOMP_DATA_LEN,
                         BPF_MEM => mem[k as usize % MEM_WORDS],
                         _ => k, // BPF_IMM
@@ -741,7 +753,7 @@ impl Program {
                         BPF_ADD => a.wrapping_add(src),
                         BPF_SUB => a.wrapping_sub(src),
                         BPF_MUL => a.wrapping_mul(src),
-                        BPF_DIV | BPF_MOD if src == 0 => return done(0, steps),
+                        BPF_DIV | BPF_MOD if src == 0 => return (verdict(0, steps), read),
                         BPF_DIV => a / src,
                         BPF_MOD => a % src,
                         BPF_OR => a | src,
@@ -750,7 +762,7 @@ impl Program {
                         BPF_LSH => a << (src & 31),
                         BPF_RSH => a >> (src & 31),
                         BPF_NEG => a.wrapping_neg(),
-                        _ => return done(0, steps),
+                        _ => return (verdict(0, steps), read),
                     };
                 }
                 BPF_JMP => {
@@ -764,11 +776,16 @@ impl Program {
                         BPF_JGT => a > src,
                         BPF_JGE => a >= src,
                         BPF_JSET => a & src != 0,
-                        _ => return done(0, steps),
+                        _ => return (verdict(0, steps), read),
                     };
                     pc += usize::from(if taken { i.jt } else { i.jf });
                 }
-                BPF_RET => return done(if i.code & BPF_A != 0 { a } else { k }, steps),
+                BPF_RET => {
+                    return (
+                        verdict(if i.code & BPF_A != 0 { a } else { k }, steps),
+                        read,
+                    )
+                }
                 _ => {
                     if i.code & 0x80 != 0 {
                         a = x; // TXA
@@ -779,7 +796,7 @@ impl Program {
             }
         }
         // Falling off the end cannot happen in a checked program.
-        done(0, steps)
+        (verdict(0, steps), read)
     }
 }
 

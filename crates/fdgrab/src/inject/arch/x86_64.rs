@@ -175,6 +175,88 @@ impl Regs {
     }
 }
 
+/// The routine a grab runs in the target in one resume instead of three
+/// single-steps: `socket`, `sendmsg` of the fds to our mailbox from that socket,
+/// `close` of it, then `int3`. It is written into the session's scratch mapping
+/// (mapped read+exec, written through `/proc/PID/mem`) and entered with the frame of
+/// [`Regs::for_send_routine`]. A failed `socket` skips the rest; a failed `sendmsg`
+/// still closes the socket (the close does not use its result). Each step leaves
+/// what the tracer needs in callee-saved registers (the frame is ours and is
+/// replaced by the thread's own registers afterwards):
+///
+/// - r14: the socket while it is open in the target, else -1 (set right after
+///   `socket` returns, reset right after `close`), so a routine stopped at any
+///   point tells whether an fd of ours is left to close;
+/// - r15: `sendmsg`'s result, or `i64::MIN` until it has run;
+/// - rax at the `int3`: `close`'s result, or `socket`'s `-errno` if it failed.
+///
+/// ```text
+///  0: 0f 05                 syscall          ; socket(rdi, rsi, rdx) (rax = 41)
+///  2: 48 85 c0              test rax, rax
+///  5: 78 27                 js   0x2e        ; failed: straight to the trap
+///  7: 49 89 c6              mov  r14, rax
+///  a: 48 89 c7              mov  rdi, rax
+///  d: 4c 89 e6              mov  rsi, r12    ; the msghdr
+/// 10: 4c 89 ea              mov  rdx, r13    ; the flags
+/// 13: b8 2e 00 00 00        mov  eax, 46
+/// 18: 0f 05                 syscall          ; sendmsg
+/// 1a: 49 89 c7              mov  r15, rax
+/// 1d: 4c 89 f7              mov  rdi, r14
+/// 20: b8 03 00 00 00        mov  eax, 3
+/// 25: 0f 05                 syscall          ; close
+/// 27: 49 c7 c6 ff ff ff ff  mov  r14, -1
+/// 2e: cc                    int3
+/// ```
+pub(crate) mod send_routine {
+    /// The machine code.
+    pub(crate) const CODE: [u8; 0x2f] = [
+        0x0f, 0x05, 0x48, 0x85, 0xc0, 0x78, 0x27, 0x49, 0x89, 0xc6, 0x48, 0x89, 0xc7, 0x4c, 0x89,
+        0xe6, 0x4c, 0x89, 0xea, 0xb8, 0x2e, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x89, 0xc7, 0x4c,
+        0x89, 0xf7, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0xc7, 0xc6, 0xff, 0xff, 0xff,
+        0xff, 0xcc,
+    ];
+    /// Offsets just past the `syscall` of `socket`, `sendmsg` and `close`: the
+    /// instruction pointer each call shows a seccomp filter.
+    pub(crate) const CALLS: [u64; 3] = [0x02, 0x1a, 0x27];
+    /// Offset just past the `int3`: the instruction pointer at the routine's end.
+    pub(crate) const END: u64 = 0x2f;
+}
+
+/// Where a send routine stands, read from its registers at a stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SendProgress {
+    /// The socket the routine made, while it is open in the target.
+    pub open_fd: Option<i32>,
+    /// `sendmsg`'s result, once it has run.
+    pub sendmsg: Option<i64>,
+    /// The result of the last call made (`close`, or a failed `socket`).
+    pub last: i64,
+}
+
+impl Regs {
+    /// The frame that runs [`send_routine`] at `at`: `socket(socket[0..3])`, then
+    /// `sendmsg(fd, msg, flags)`. `orig_rax = -1`, as for [`Regs::for_syscall`].
+    pub(crate) fn for_send_routine(&self, at: u64, socket: [u64; 3], msg: u64, flags: u64) -> Regs {
+        let mut r = self.for_syscall(at, libc::SYS_socket, &socket).0;
+        r.r12 = msg;
+        r.r13 = flags;
+        r.r14 = u64::MAX;
+        r.r15 = i64::MIN as u64;
+        Regs(r)
+    }
+
+    /// The progress of a [`send_routine`] stopped with these registers.
+    pub(crate) fn send_progress(&self) -> SendProgress {
+        let fd = self.0.r14 as i64;
+        let sent = self.0.r15 as i64;
+        SendProgress {
+            open_fd: (0..=i64::from(i32::MAX)).contains(&fd).then_some(fd as i32),
+            sendmsg: (sent != i64::MIN).then_some(sent),
+            last: self.0.rax as i64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +299,30 @@ mod tests {
             (r.0.rip, r.0.rax, r.0.rdi, r.0.rsi, r.0.rdx, r.0.r10),
             (0x4000, 41, 1, 2, 3, 0)
         );
+    }
+
+    /// The jump of a failed `socket` lands on the `int3`, and the offsets named
+    /// are those of the instructions they describe.
+    #[test]
+    fn send_routine_layout() {
+        use send_routine::{CALLS, CODE, END};
+        for at in CALLS {
+            assert_eq!(&CODE[at as usize - 2..at as usize], &SYSCALL_INSN);
+        }
+        assert_eq!(CODE[END as usize - 1], 0xcc);
+        assert_eq!(CODE.len() as u64, END);
+        // js rel8 at 5, the next instruction at 7.
+        assert_eq!(CODE[5], 0x78);
+        assert_eq!(7 + CODE[6] as u64, END - 1);
+        let r = Regs::default().for_send_routine(0x5000, [1, 2, 0], 0x6000, 0x40);
+        assert_eq!(
+            r.send_progress(),
+            SendProgress {
+                open_fd: None,
+                sendmsg: None,
+                last: libc::SYS_socket
+            }
+        );
+        assert_eq!((r.0.rip, r.0.orig_rax as i64), (0x5000, -1));
     }
 }

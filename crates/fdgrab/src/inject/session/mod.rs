@@ -12,10 +12,12 @@
 //! instruction that already exists in the target (in the vDSO, or the one the thread
 //! is stopped after) and single-stepping over it (`PTRACE_SINGLESTEP`): one stop per call.
 //! Nothing in the target's code is ever patched, so other threads running the same
-//! code are unaffected.
+//! code are unaffected. A routine of several calls (`routine`) runs instead from
+//! the session's own scratch mapping, made read+exec for it.
 
 mod errors;
 mod locate;
+mod routine;
 mod sigmask;
 mod stop;
 
@@ -38,6 +40,19 @@ use stop::STOP_TIMEOUT;
 /// Size of the scratch mapping: room for a msghdr, a sockaddr and 253 fds of
 /// `SCM_RIGHTS`, several times over.
 const SCRATCH_LEN: u64 = 16 * 1024;
+
+/// The arguments of the scratch mapping's `mmap`: readable, and `PROT_WRITE` or
+/// `PROT_EXEC` besides.
+fn scratch_mmap(prot: i32) -> [u64; 6] {
+    [
+        0,
+        SCRATCH_LEN,
+        (libc::PROT_READ | prot) as u64,
+        (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+        u64::MAX,
+        0,
+    ]
+}
 
 /// Data laid out for the scratch mapping (see [`Session::stage`]): each piece
 /// 16-byte aligned, as [`Session::push_bytes`] places it.
@@ -64,10 +79,10 @@ impl Staged {
 enum State {
     /// Seized; the thread has not reached a stop (or never did).
     Seized,
-    /// At a ptrace stop on the signal path (our interrupt, or the single-step
-    /// SIGTRAP of an injected call) with its original registers saved. Detaching
-    /// from here with those registers back lets the kernel finish an interrupted
-    /// syscall (restart or EINTR) exactly as it would have.
+    /// At a ptrace stop on the signal path (our interrupt, the single-step SIGTRAP
+    /// of an injected call, or a routine's trap) with its original registers
+    /// saved. Detaching from here with those registers back lets the kernel
+    /// finish an interrupted syscall (restart or EINTR) exactly as it would have.
     Stopped,
     /// The target died.
     Gone,
@@ -98,6 +113,13 @@ pub struct Session<'a> {
     stack_backup: Option<(u64, [u8; 16])>,
     scratch: Option<u64>,
     scratch_used: u64,
+    /// The scratch mapping is read+exec (for a routine, see `routine`): it is
+    /// written through `mem`, since `process_vm_writev` honours protections.
+    scratch_exec: bool,
+    /// `/proc/PID/task/TID/mem`, opened for the first write to an exec scratch.
+    mem: Option<std::fs::File>,
+    /// How many ptrace stops the session has waited for (reported at the detach).
+    stops: u32,
     /// Descriptors the session opened in the target and has not handed over.
     remote_fds: Vec<i32>,
     /// A SIGSTOP that arrived during the session, passed on at the end.
@@ -139,7 +161,7 @@ impl<'a> Session<'a> {
     /// each injected call is checked against them before it runs.
     pub fn attach(target: &'a PidFd) -> Result<Session<'a>> {
         let owner = crate::access::fd_table_owner_status(target)?;
-        Self::attach_planned(target, owner, SeccompPolicy::default(), &[])
+        Self::attach_planned(target, owner, SeccompPolicy::default(), &[], false)
     }
 
     /// [`Session::attach`] with a seccomp policy and the calls the caller plans to
@@ -149,12 +171,15 @@ impl<'a> Session<'a> {
     /// rather than let a filter kill or trap the target.
     ///
     /// `owner` is the thread to use and its `status`, read just before
-    /// ([`crate::access::fd_table_owner_status`]).
+    /// ([`crate::access::fd_table_owner_status`]). With `exec_scratch`, the scratch
+    /// mapping is made read+exec where that is allowed, for a routine (see
+    /// [`Session::routine_allowed`]); its data then goes in through `/proc/PID/mem`.
     pub(crate) fn attach_planned(
         target: &'a PidFd,
         owner: (Pid, crate::procfs::Status),
         policy: SeccompPolicy,
         plan: &[Planned],
+        exec_scratch: bool,
     ) -> Result<Session<'a>> {
         let pid = target.pid();
         let (tid, status) = owner;
@@ -181,6 +206,9 @@ impl<'a> Session<'a> {
             stack_backup: None,
             scratch: None,
             scratch_used: 0,
+            scratch_exec: false,
+            mem: None,
+            stops: 0,
             remote_fds: Vec::new(),
             stop_seen: false,
             mask_by_ptrace: false,
@@ -202,7 +230,7 @@ impl<'a> Session<'a> {
             let _ = s.finish();
             return Err(Error::NoSuchProcess { pid });
         }
-        match s.prepare(seccomp_mode.map(|m| (m, policy, plan))) {
+        match s.prepare(seccomp_mode.map(|m| (m, policy, plan)), exec_scratch) {
             Ok(()) => Ok(s),
             Err(e) => {
                 if let Err(cleanup) = s.finish() {
@@ -223,7 +251,11 @@ impl<'a> Session<'a> {
         self.tid
     }
 
-    fn prepare(&mut self, seccomp: Option<(u8, SeccompPolicy, &[Planned])>) -> Result<()> {
+    fn prepare(
+        &mut self,
+        seccomp: Option<(u8, SeccompPolicy, &[Planned])>,
+        exec_scratch: bool,
+    ) -> Result<()> {
         // A thread that was being traced by someone else cannot be seized, so from here
         // only we can stop it. Signal-delivery stops that come first are passed on.
         self.stop_for_injection(STOP_TIMEOUT)?;
@@ -239,17 +271,21 @@ impl<'a> Session<'a> {
         self.trap_pending &= !matches!(self.gate, Gate::Unchecked);
         self.no_forced_trap = self.sigtrap_ignored() || self.trap_pending;
         self.block_signals()?;
-        let addr = self.syscall(
-            libc::SYS_mmap,
-            &[
-                0,
-                SCRATCH_LEN,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
-        )?;
+        if exec_scratch && self.exec_scratch_allowed() {
+            let addr = self.syscall(libc::SYS_mmap, &scratch_mmap(libc::PROT_EXEC))?;
+            if (-4095..0).contains(&addr) {
+                // An LSM (SELinux execmem) or a memory limit: the per-call way needs
+                // no executable page.
+                tracing::debug!(
+                    pid = self.pid,
+                    ret = addr,
+                    "no read+exec scratch mapping; injecting call by call"
+                );
+            } else if self.exec_scratch_writable(addr as u64)? {
+                return Ok(());
+            }
+        }
+        let addr = self.syscall(libc::SYS_mmap, &scratch_mmap(libc::PROT_WRITE))?;
         if (-4095..0).contains(&addr) {
             return Err(remote_error(
                 self.pid,
@@ -273,17 +309,7 @@ impl<'a> Session<'a> {
                 libc::SYS_rt_sigprocmask,
                 &[k(set_mask), k(area), k(area + 8), k(8)],
             ),
-            Planned::new(
-                libc::SYS_mmap,
-                &[
-                    k(0),
-                    k(SCRATCH_LEN),
-                    k((libc::PROT_READ | libc::PROT_WRITE) as u64),
-                    k((libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64),
-                    k(u64::MAX),
-                    k(0),
-                ],
-            ),
+            Planned::new(libc::SYS_mmap, &scratch_mmap(libc::PROT_WRITE).map(k)),
             Planned::new(libc::SYS_munmap, &[UNKNOWN, k(SCRATCH_LEN)]),
             Planned::new(
                 libc::SYS_rt_sigprocmask,
@@ -420,8 +446,12 @@ impl<'a> Session<'a> {
                 data.len()
             )));
         }
-        crate::sys::process_vm_write(self.tid, base + start, &data)
-            .map_err(|e| self.mem_error("writing scratch memory", e))?;
+        if self.scratch_exec {
+            self.write_through_mem(base + start, &data)?;
+        } else {
+            crate::sys::process_vm_write(self.tid, base + start, &data)
+                .map_err(|e| self.mem_error("writing scratch memory", e))?;
+        }
         self.scratch_used = end;
         Ok(())
     }

@@ -57,6 +57,7 @@ impl Session<'_> {
                 )),
                 Err(e) => return Err(self.ptrace_error("waitpid", e)),
             };
+            self.stops += 1;
             match classify(status) {
                 Stop::Gone => return Err(self.died()),
                 Stop::Event(sig) => {
@@ -256,7 +257,10 @@ impl Session<'_> {
     /// written yet.
     pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
         let tid = self.tid;
-        ptrace::wait(tid, &mut self.spin).map_err(|e| self.ptrace_error("waitpid", e).into())
+        let status =
+            ptrace::wait(tid, &mut self.spin).map_err(|e| self.ptrace_error("waitpid", e))?;
+        self.stops += 1;
+        Ok(status)
     }
 
     /// Puts the saved registers back and detaches.
@@ -299,7 +303,12 @@ impl Session<'_> {
             // group stop it began resumes for this thread on detach, but make sure.
             let _ = self.target.send_signal(libc::SIGSTOP);
         }
-        tracing::debug!(pid = self.pid, tid, "detached, target restored");
+        tracing::debug!(
+            pid = self.pid,
+            tid,
+            stops = self.stops,
+            "detached, target restored"
+        );
         Ok(())
     }
 }

@@ -1,0 +1,207 @@
+//! The grab routine (`socket`, `sendmsg`, `close` run from code in the scratch
+//! mapping in one resume, see docs/injection.md): taken where it keeps every
+//! guarantee of the per-call steps, and the per-call way everywhere else. Which way
+//! a grab went is read from the session's own count of ptrace stops (`-vv`): 4 with
+//! the routine (interrupt, `mmap`, routine, `munmap`), 6 call by call. After every
+//! case the target is alive, answering, untraced, with nothing of ours left, and
+//! no filter was suspended to let the routine through.
+
+use fdgrab_testkit::{fdgrab, is_root, output_timeout, skip, Snapshot, Target, TIMEOUT};
+use std::process::Output;
+
+/// `fdgrab -vv get --backend ptrace PID FD -- readlink -v /proc/self/fd/FD` (`get`
+/// hands the copy on at the target's number).
+fn get(t: &Target, fd: i32) -> Output {
+    output_timeout(
+        fdgrab().args([
+            "-vv",
+            "get",
+            "--backend",
+            "ptrace",
+            &t.pid.to_string(),
+            &fd.to_string(),
+            "--",
+            "readlink",
+            "-v",
+            &format!("/proc/self/fd/{fd}"),
+        ]),
+        TIMEOUT,
+    )
+}
+
+/// The debug line of a grab that does not use the routine.
+const CALL_BY_CALL: &str = "injecting call by call";
+
+/// The session's stop count from its "detached" debug line.
+fn stops(err: &str) -> Option<u32> {
+    let at = err.find("stops=")? + "stops=".len();
+    err[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Grabs the target's `file` fd and checks the copy, the way taken (`want`
+/// stops), that no filter was suspended, and the target.
+fn grab_in(mut t: Target, want: u32, case: &str) {
+    let b = Snapshot::take(t.pid);
+    let fd = t.fd_labelled("file");
+    let out = get(&t, fd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{case}: {err}");
+    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        link.to_string_lossy(),
+        "{case}: the copy is not the target's fd {fd}"
+    );
+    assert_eq!(stops(&err), Some(want), "{case}: {err}");
+    assert_eq!(err.contains(CALL_BY_CALL), want != 4, "{case}: {err}");
+    assert!(!err.contains("SUSPEND_SECCOMP"), "{case}: {err}");
+    b.assert_unharmed(&mut t, &b.fds, case);
+}
+
+#[test]
+fn routine_grabs_in_four_stops() {
+    grab_in(
+        Target::spawn(["signal-read", "usr2", "restart"]),
+        4,
+        "no filter",
+    );
+    if !is_root() {
+        skip("reading seccomp filters needs root");
+        return;
+    }
+    // A filter that allows every call of the routine from where it runs.
+    grab_in(
+        Target::spawn(["seccomp", "kill-process", "mknod"]),
+        4,
+        "a filter on mknod",
+    );
+}
+
+/// [`grab_in`] a target under the filter `args` give, expecting the per-call way.
+fn per_call_in(args: &[&str], case: &str) {
+    if !is_root() {
+        skip("reading seccomp filters needs root");
+        return;
+    }
+    grab_in(Target::spawn(args), 6, case);
+}
+
+/// A filter that kills on an executable `mmap`: no such mapping is asked for
+/// (the target would die), and the calls are made one by one, filter in force.
+#[test]
+fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
+    per_call_in(
+        &["seccomp", "kill-process", "mmap", "exec"],
+        "kill on PROT_EXEC",
+    );
+    per_call_in(&["seccomp", "errno", "mmap", "exec"], "EPERM for PROT_EXEC");
+}
+
+/// A filter that looks at the fd of `sendmsg` and `close` (here: kill if it is
+/// above 2^47, never true for an fd): the fd is known only inside the routine,
+/// so its verdict cannot be known before, and the calls go one by one, each
+/// checked with its real fd.
+#[test]
+fn routine_not_used_where_a_filter_reads_the_fd_it_makes() {
+    let args = ["seccomp", "kill-process", "sendmsg,close", "high"];
+    per_call_in(&args, "kill on sendmsg/close by fd");
+}
+
+/// A filter that kills a `socket` made from 2 bytes into a page: where the
+/// routine's own `syscall` instruction is (it starts the fresh mapping), not where
+/// a step's is. Checked with the routine's real instruction pointer, the routine
+/// is ruled out; the step's `socket` passes.
+#[test]
+fn routine_not_used_where_a_filter_treats_its_code_differently() {
+    let args = ["seccomp", "kill-process", "socket", "ip2"];
+    per_call_in(&args, "kill on socket from a page start");
+}
+
+/// `socket` failing inside the routine (EMFILE: the target's fd limit lowered to
+/// its lowest free number) ends it before `sendmsg`, and the error is the one the
+/// per-call way reports; the target keeps no fd and no mapping of ours.
+#[test]
+fn routine_socket_failure_stops_it_and_reports_the_errno() {
+    if !is_root() {
+        skip("the per-call comparison reads seccomp filters (root)");
+        return;
+    }
+    let mut errors = Vec::new();
+    for (args, per_call) in [
+        (&["signal-read", "usr2", "restart"][..], false),
+        (&["seccomp", "errno", "mmap", "exec"][..], true),
+    ] {
+        let mut t = Target::spawn(args);
+        let fds = fdgrab_testkit::proc_fds(t.pid);
+        let lowest_free = (0..)
+            .find(|n| !fds.iter().any(|l| l.starts_with(&format!("{n} ->"))))
+            .expect("a free number");
+        let limit = libc::rlimit {
+            rlim_cur: lowest_free,
+            rlim_max: 4096,
+        };
+        // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+        let r = unsafe { libc::prlimit(t.pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        assert!((fd as u64) < lowest_free);
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let case = args.join(" ");
+        assert!(!out.status.success(), "{case}: {err}");
+        // Interrupt, mmap, the routine or the failed socket, munmap.
+        assert_eq!(stops(&err), Some(4), "{case}: {err}");
+        assert_eq!(err.contains(CALL_BY_CALL), per_call, "{case}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("socket(AF_UNIX, SOCK_DGRAM)"))
+            .unwrap_or_else(|| panic!("{case}: no socket error: {err}"));
+        assert!(line.contains("Too many open files"), "{case}: {line}");
+        errors.push(line.replace(&t.pid.to_string(), "PID"));
+        b.assert_unharmed(&mut t, &b.fds, &case);
+    }
+    assert_eq!(errors[0], errors[1], "the two ways report differently");
+}
+
+/// A signal the routine forces stops it there, undelivered. The target's second
+/// thread gives every thread, once the main one is traced (after fdgrab found no
+/// filter to read), a filter that traps the routine's `close` (SIGSYS, which
+/// would kill it if delivered). The routine is then stopped at the trap, its
+/// socket closed with a step (from another address, which the filter lets
+/// through), the scratch page unmapped, and the grab fails naming the signal;
+/// the target lives on as it was. When the filter comes in too early or too late
+/// the grab simply succeeds, so cases are tried until the trap has been met.
+#[test]
+fn routine_stopped_by_a_signal_it_forces() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-trap-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let forced = err.contains("forced a signal");
+        assert_eq!(
+            out.status.success(),
+            !forced,
+            "{:?} {:?}: {err}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        b.assert_unharmed(&mut t, &b.fds, "a filter added mid-session");
+        outcomes.push(forced);
+        if forced {
+            assert!(err.contains("signal 31"), "SIGSYS: {err}");
+            return;
+        }
+    }
+    panic!("the trap was never met in {} grabs", outcomes.len());
+}
