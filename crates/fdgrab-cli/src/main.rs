@@ -6,8 +6,10 @@
 // unmangled `main` symbol below (see `entry`).
 #![deny(unsafe_code)]
 // Our own C `main` instead of std's runtime start (`lang_start`); see `entry`. The
-// unit-test harness brings its own `main`.
-#![cfg_attr(not(test), no_main)]
+// unit-test harness brings its own `main`. Only on glibc: there std takes the
+// arguments from the C library's start-up; elsewhere (musl) only `lang_start` would
+// hand them over, so std's `main` stays.
+#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
 
 mod args;
 mod bind_policy;
@@ -40,11 +42,18 @@ use std::process::ExitCode;
 /// behave as before.
 // SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
 // runtime calls it with this signature.
-#[cfg(not(test))]
+#[cfg(all(not(test), target_env = "gnu"))]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
     entry(run)
+}
+
+/// Elsewhere than on glibc std's own start-up runs (only it hands the arguments
+/// over there), and [`entry`] adds nothing it has not done already.
+#[cfg(all(not(test), not(target_env = "gnu")))]
+fn main() -> ExitCode {
+    ExitCode::from(entry(run) as u8)
 }
 
 /// What std's start-up did that fdgrab relies on, around `run`:
