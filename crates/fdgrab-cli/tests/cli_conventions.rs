@@ -556,6 +556,8 @@ fn errors_and_warnings_to_a_dead_stderr_keep_the_exit_code() {
     let file = t.fd_labelled("file").to_string();
     for (args, code) in [
         (vec!["get", gone_pid.as_str(), "3", "--", "true"], 5),
+        // `ls` reports the processes it skipped on a line of its own.
+        (vec!["ls", gone_pid.as_str()], 5),
         (
             vec!["get", pid.as_str(), file.as_str(), "--", "/nonexistent/cmd"],
             127,
