@@ -12,6 +12,9 @@
 //! - `uffd PORT`: a thread binds with its sockaddr on a userfaultfd page that
 //!   is never filled; prints `{"stalled":true}` at once and `{"uffd_errno":N}`
 //!   when the bind returns.
+//! - `uffd-fault PORT [MS]`: like `uffd`, but MS ms (0) after the bind returns
+//!   (and its line is printed) the thread unmaps the page and closes the
+//!   userfaultfd, so that a read still blocked on it ends in `EFAULT`.
 //! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
 //!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
@@ -166,7 +169,8 @@ fn main() {
             }
             Some("lat") => lat(num(1) as usize, ip(2).expect("ADDR"), num(3) as u16),
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
-            Some("uffd") => uffd(num(1) as u16),
+            Some("uffd") => uffd(num(1) as u16, None),
+            Some("uffd-fault") => uffd(num(1) as u16, Some(num(2))),
             Some("storm") => {
                 running.extend(storm(num(1) as usize, num(2) as u8, num(3) as u16));
                 say(json!({"started": num(1)}));
@@ -396,8 +400,11 @@ fn threads(n: usize, base: u8, port: u16) {
 }
 
 /// A sockaddr on a page registered with userfaultfd for missing-page faults that
-/// nobody serves: whoever reads it from another process blocks.
-fn uffd(port: u16) {
+/// nobody serves: whoever reads it from another process blocks. With
+/// `unmap_after` (ms), the page is unmapped that long after the bind returns
+/// and the userfaultfd closed: a read still blocked on it then fails with
+/// `EFAULT`.
+fn uffd(port: u16, unmap_after: Option<u64>) {
     let (ufd, page) = match fdgrab_testkit::uffd::unfilled_page() {
         Ok(p) => p,
         Err(e) => {
@@ -416,6 +423,16 @@ fn uffd(port: u16) {
             std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
         };
         say(json!({"uffd_errno": errno, "port": port}));
+        if let Some(ms) = unmap_after {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            // SAFETY: the page was mapped by unfilled_page and nothing here
+            // refers to it any more.
+            if unsafe { libc::munmap(page as *mut libc::c_void, 4096) } != 0 {
+                say(json!({"error": format!("munmap: {}", std::io::Error::last_os_error())}));
+            }
+            drop(ufd);
+            return;
+        }
         // Keep the userfaultfd open: the page must stay unserved.
         std::mem::forget(ufd);
     });

@@ -123,8 +123,10 @@ pub(super) enum Undecoded {
 
 /// Decodes a trapped bind's arguments into `args`, with our copy of the sockaddr
 /// read by `read` (plain, or with a deadline). `claim` runs right after the read,
-/// the only step that can block on the caller: `false` means someone else answered
-/// meanwhile. Only that copy is used from then on. Returns the fd and the address.
+/// the only step that can block on the caller, whatever the read did (or before
+/// judging a length that needs no read): `false` means someone else answered
+/// meanwhile, and nothing may be answered or recorded as ours. Only that copy is
+/// used from then on. Returns the fd and the address.
 pub(super) fn decode_bind(
     listener: &crate::seccomp::Listener,
     n: &Notification,
@@ -138,7 +140,10 @@ pub(super) fn decode_bind(
     let addrlen = n.data.args[2] as u32 as i32;
     args.fd = Some(fd);
     if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-        return Err(Undecoded::Kernel("address length the kernel judges"));
+        return Err(match claim() {
+            true => Undecoded::Kernel("address length the kernel judges"),
+            false => Undecoded::Gone,
+        });
     }
     let mut buf = [0u8; MAX_ADDRLEN as usize];
     let raw = &mut buf[..addrlen as usize];
@@ -149,19 +154,20 @@ pub(super) fn decode_bind(
         None => read_validated(listener, n, ptr, raw),
         Some(d) => read_validated_within(listener, n, ptr, raw, d),
     };
-    match read {
-        Ok(()) => {}
+    let judged = match read {
+        Ok(()) => None,
         Err(ReadError::Gone) => return Err(Undecoded::Gone),
-        Err(ReadError::Fault) => {
-            return Err(Undecoded::Kernel("bad address (the kernel answers EFAULT)"))
-        }
-        Err(ReadError::Other(_)) => {
-            return Err(Undecoded::Kernel("cannot read the caller's memory"))
-        }
         Err(ReadError::TimedOut) => return Err(Undecoded::TimedOut),
-    }
+        Err(ReadError::Fault) => Some("bad address (the kernel answers EFAULT)"),
+        Err(ReadError::Other(_)) => Some("cannot read the caller's memory"),
+    };
+    // A read that failed after the deadline is no more ours to answer than one
+    // that worked.
     if !claim() {
         return Err(Undecoded::Gone);
+    }
+    if let Some(reason) = judged {
+        return Err(Undecoded::Kernel(reason));
     }
     let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
     args.family = Some(family);
@@ -786,6 +792,40 @@ mod tests {
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec[..15]).is_err());
         unspec[4] = 127;
         assert!(parse_sockaddr(libc::AF_UNSPEC, &unspec).is_err());
+    }
+
+    /// Every outcome [`decode_bind`] can turn into an answer of ours (the
+    /// kernel judging the call) needs the claim, not only a read that worked:
+    /// with the claim gone to a watchdog that answered `ETIMEDOUT`, the handler
+    /// must not audit a decision that is never sent. Here an address length the
+    /// kernel judges (no read) and a caller outside our pid namespace (a read
+    /// that cannot be made); neither touches the listener.
+    #[test]
+    fn an_answer_of_ours_needs_the_claim_whatever_the_read_did() {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+        let listener = crate::seccomp::Listener::from_fd(fd);
+        let notif = |tid: i32, addrlen: u64| Notification {
+            id: 1,
+            tid,
+            data: crate::seccomp::SyscallData {
+                nr: libc::SYS_bind as i32,
+                arch: 0,
+                instruction_pointer: 0,
+                args: [3, 0x1000, addrlen, 0, 0, 0],
+            },
+        };
+        for n in [notif(1, 1), notif(0, 16)] {
+            let mut args = BindArgs::default();
+            let taken = decode_bind(&listener, &n, &mut args, None, || false);
+            assert_eq!(
+                taken,
+                Err(Undecoded::Gone),
+                "claimed by someone else: {n:?}"
+            );
+            let mut args = BindArgs::default();
+            let ours = decode_bind(&listener, &n, &mut args, None, || true);
+            assert!(matches!(ours, Err(Undecoded::Kernel(_))), "{ours:?}");
+        }
     }
 
     /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its

@@ -10,8 +10,8 @@
 //! A watchdog on the agent's thread bounds the stall for the container itself:
 //! once a request has been in a worker for [`READ_DEADLINE`], the watchdog
 //! answers it `ETIMEDOUT` (with an audit line), gives up on that worker (it exits
-//! when its read returns, at the latest when the container dies) and starts a
-//! fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
+//! when its read returns, normally at the latest when the container dies; see
+//! below) and starts a fresh one. A container with [`MAX_BLOCKED_WORKERS`] workers still blocked gets
 //! `ETIMEDOUT` at once for every bind, without a read, until one returns. A
 //! [`Claim`] decides whether the worker or the watchdog answers, never both.
 //!
@@ -26,6 +26,14 @@
 //! (two per container plus 16), and at most `1 + MAX_BLOCKED_WORKERS` (three)
 //! for any one container; besides those, for a moment, a lowered worker
 //! handing over to its successor (`Pace`).
+//!
+//! That bound counts supervised containers. A blocked read ends when the page
+//! is filled or its filler lets go; a filler outside the container (a
+//! userfaultfd passed to another container) keeps the read, and the places of
+//! the dead container's given-up workers, past the container's end, and
+//! nothing here can end it. The watchdog releases a container that is gone
+//! instead of replacing its kept worker, so at least no place is spent on a
+//! successor that would serve nobody.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -37,7 +45,7 @@ use crate::seccomp::{Listener, Response, SendError};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -286,6 +294,11 @@ enum Replacement {
     NoPlace,
     /// Kept: its successor could not be started (logged).
     SpawnFailed,
+    /// Not replaced: the container is gone (its filter has no users left), so
+    /// a successor would serve nobody and hold a place for as long as the
+    /// blocked read lasts, which a page filled from outside the container can
+    /// make forever. The container is released instead.
+    ContainerGone,
 }
 
 /// The request a worker is deciding.
@@ -320,6 +333,11 @@ pub(crate) struct Tenant {
     /// Bumped whenever the current worker is replaced; a worker whose number is
     /// stale exits.
     generation: AtomicU64,
+    /// Set once the agent was told the container is gone: whichever of the
+    /// watchdog and a worker sees it first tells it, and only that one.
+    released: AtomicBool,
+    /// The last attempt to start a replacement worker failed (and was logged).
+    spawn_failing: AtomicBool,
     pub counters: TenantCounters,
     shared: Arc<Shared>,
     events: Mutex<Sender<TenantEvent>>,
@@ -351,6 +369,8 @@ impl Tenant {
             job: Mutex::new(None),
             blocked: BlockedPlaces::default(),
             generation: AtomicU64::new(0),
+            released: AtomicBool::new(false),
+            spawn_failing: AtomicBool::new(false),
             counters: TenantCounters::default(),
             shared,
             events: Mutex::new(events),
@@ -384,7 +404,9 @@ impl Tenant {
     /// The watchdog: answers a request that has outlived [`READ_DEADLINE`] and
     /// replaces its worker, unless that needs a pool place and every one of the
     /// [`MAX_BLOCKED_TOTAL`] is taken; a worker kept for that reason is replaced
-    /// at a later tick, once there is room. Returns whether it answered.
+    /// at a later tick, once there is room, or the container is released if it
+    /// is gone by then (its kept worker is the only one watching its listener).
+    /// Returns whether it answered.
     ///
     /// Everything up to the worker's fate is decided under the job lock, which
     /// the worker also holds when it looks at its fate after its read: it never
@@ -400,7 +422,11 @@ impl Tenant {
         if !kept_before && (now.duration_since(job.since) < READ_DEADLINE || !job.claim.expire()) {
             return false;
         }
-        let replacement = self.replace_worker(&g);
+        let replacement = if self.gone() {
+            Replacement::ContainerGone
+        } else {
+            self.replace_worker(&g)
+        };
         let replaced = replacement == Replacement::Started;
         if replaced {
             // The successor owns the slot; the old worker finds its generation
@@ -408,6 +434,11 @@ impl Tenant {
             *g = None;
         }
         drop(g);
+        if replacement == Replacement::ContainerGone {
+            // Its worker is kept (it exits once its read returns, if ever) and
+            // holds no place; nobody is left to be served.
+            self.release();
+        }
         if kept_before {
             if replaced {
                 tracing::info!(container = %self.shown_id(), "room among blocked workers again: a kept worker is replaced");
@@ -446,10 +477,17 @@ impl Tenant {
             // read returns (it looks only under the lock we hold).
             self.generation.store(generation - 1, Ordering::Release);
             self.blocked.give_back(&self.shared.blocked, job);
-            tracing::error!(error = %e, container = %self.shown_id(),
-                "cannot start a replacement worker; this container's binds wait until its read returns");
+            // Retried at every tick: an error once per run of failures.
+            if self.spawn_failing.swap(true, Ordering::Relaxed) {
+                tracing::debug!(error = %e, container = %self.shown_id(),
+                    "still cannot start a replacement worker");
+            } else {
+                tracing::error!(error = %e, container = %self.shown_id(),
+                    "cannot start a replacement worker; this container's binds wait until its read returns or one can start");
+            }
             return Replacement::SpawnFailed;
         }
+        self.spawn_failing.store(false, Ordering::Relaxed);
         Replacement::Started
     }
 
@@ -494,7 +532,23 @@ impl Tenant {
         false
     }
 
+    /// Whether the container's filter has no users left (`POLLHUP` on the
+    /// listener): nothing of it can make a trapped call any more.
+    fn gone(&self) -> bool {
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut pfd = [PollFd::new(&self.listener, PollFlags::empty())];
+        matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
+            && pfd[0].revents().contains(PollFlags::HUP)
+    }
+
+    /// Tells the agent the container is gone, once.
     fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if let Ok(tx) = self.events.lock() {
             let _ = tx.send(TenantEvent::Released(self.id));
         }
