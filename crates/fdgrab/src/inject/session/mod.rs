@@ -23,6 +23,7 @@ mod stop;
 
 pub(crate) use crate::inject::syscalls::syscall_name;
 pub(crate) use errors::remote_error;
+#[cfg(target_arch = "x86_64")]
 pub(crate) use routine::{RoutineEnd, ROUTINE_TIMEOUT};
 
 use super::arch::{Regs, SYSCALL_INSN};
