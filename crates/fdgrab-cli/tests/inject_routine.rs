@@ -381,3 +381,28 @@ fn routine_forged_message_is_refused() {
     }
     panic!("the forgery never landed in 40 grabs");
 }
+
+/// A hostile second thread unmaps the routine's page once its code is written:
+/// the routine faults (SIGSEGV forced on the thread), is stopped there, the
+/// signal is not delivered and the target's own SIGSEGV handler is kept; or the
+/// page goes after the routine ended, and the grab succeeds. Cases are tried
+/// until the fault has been met.
+#[test]
+fn routine_whose_page_is_unmapped_faults_harmlessly() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["unmap-routine"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let faulted = err.contains("forced a signal");
+        b.assert_unharmed(&mut t, &b.fds, "the routine's page unmapped");
+        if faulted {
+            assert!(err.contains("signal 11"), "{err}");
+            assert!(!out.status.success(), "{err}");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
+    }
+    panic!("the fault was never met in 40 grabs");
+}

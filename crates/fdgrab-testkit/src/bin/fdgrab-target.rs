@@ -76,8 +76,9 @@ fn main() {
         "tsync-trap-when-traced" => return tsync_trap_when_traced(Tsync::TrapClose),
         "tsync-no-exec-when-traced" => return tsync_trap_when_traced(Tsync::NoExec),
         "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
-        "hijack-routine" => return hijack_routine(false),
-        "forge-routine" => return hijack_routine(true),
+        "hijack-routine" => return hijack_routine(Hijack::Loop),
+        "forge-routine" => return hijack_routine(Hijack::Forge),
+        "unmap-routine" => return hijack_routine(Hijack::Unmap),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -852,11 +853,12 @@ fn tsync_trap_when_traced(what: Tsync) {
 /// 16 KiB anonymous mapping goes, makes it writable as soon as it exists (the
 /// scratch mapping of an injected routine), and replaces the routine's final
 /// `int3` (0x2e bytes in) with a jump to itself as soon as the code is written:
-/// the routine then never ends. With `forge`, it instead replaces the fd in the
-/// `SCM_RIGHTS` message the routine sends with its own fd 0, so that what the
-/// tracer receives is not the fd it asked for. It gives up after a while, so
-/// that a tracer that gets away is not kept busy.
-fn hijack_routine(forge: bool) {
+/// the routine then never ends (see [`Hijack`] for the others). It gives up after
+/// a while, so that a tracer that gets away is not kept busy.
+fn hijack_routine(how: Hijack) {
+    if matches!(how, Hijack::Unmap) {
+        install_counter(libc::SIGSEGV, false);
+    }
     const LEN: usize = 16 * 1024;
     let (ready_tx, ready) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -893,7 +895,7 @@ fn hijack_routine(forge: bool) {
             iov_base: (at + 0x2e) as *mut libc::c_void,
             iov_len: len,
         };
-        if forge {
+        if matches!(how, Hijack::Forge) {
             forge_rights(me, at, deadline);
             return;
         }
@@ -906,6 +908,11 @@ fn hijack_routine(forge: bool) {
             };
             // SAFETY: reads 1 byte into `byte`; a bad remote address gives EFAULT.
             let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote(1), 1, 0) };
+            if n == 1 && byte[0] == 0xcc && matches!(how, Hijack::Unmap) {
+                // SAFETY: unmaps the tracer's scratch page, which nothing of ours uses.
+                unsafe { libc::munmap(at as *mut libc::c_void, LEN) };
+                return;
+            }
             if n == 1 && byte[0] == 0xcc {
                 let local = libc::iovec {
                     iov_base: jump.as_mut_ptr().cast(),
@@ -921,6 +928,19 @@ fn hijack_routine(forge: bool) {
     let _ = ready.recv();
     emit(&inject_report(json!({})));
     echo_reads();
+}
+
+/// What `hijack-routine`'s second thread does to the routine's page.
+#[derive(Clone, Copy)]
+enum Hijack {
+    /// Replaces the final `int3` with a jump to itself.
+    Loop,
+    /// Replaces the fd in the `SCM_RIGHTS` message with its own fd 0, so that
+    /// what the tracer receives is not the fd it asked for.
+    Forge,
+    /// Unmaps the page (the routine faults), with a SIGSEGV handler installed
+    /// that must survive the fault.
+    Unmap,
 }
 
 /// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message that shows up
