@@ -173,9 +173,19 @@ pub fn code_for(e: &anyhow::Error) -> Code {
 pub fn report(e: &anyhow::Error) -> ExitCode {
     let code = code_for(e);
     if code != Code::BrokenPipe {
-        eprintln!("fdgrab: {e:#}");
+        eprint_line(format_args!("fdgrab: {e:#}"));
     }
     code.into()
+}
+
+/// `eprintln!` that never panics: a message that cannot be written (stderr's
+/// reader went away) must not turn a documented exit code, or a command that
+/// only warned, into a panic's 101. One `write`, so that a line shared with a
+/// program's own output (CMD inherits our stderr) is not split.
+pub fn eprint_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let line = format!("{line}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The reader of our stdout went away (EPIPE on a write to stdout; Rust ignores

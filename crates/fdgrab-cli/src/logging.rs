@@ -40,7 +40,9 @@ pub fn init(verbose: u8, format: Option<LogFormat>) {
         (Some(directives), json) => {
             let directives = directives.to_string_lossy();
             let filter = EnvFilter::try_new(&*directives).unwrap_or_else(|e| {
-                eprintln!("fdgrab: ignoring FDGRAB_LOG={directives:?}: {e}");
+                crate::exit::eprint_line(format_args!(
+                    "fdgrab: ignoring FDGRAB_LOG={directives:?}: {e}"
+                ));
                 EnvFilter::new(level.to_string())
             });
             let builder = builder.with_env_filter(filter);

@@ -6,8 +6,10 @@
 // unmangled `main` symbol below (see `entry`).
 #![deny(unsafe_code)]
 // Our own C `main` instead of std's runtime start (`lang_start`); see `entry`. The
-// unit-test harness brings its own `main`.
-#![cfg_attr(not(test), no_main)]
+// unit-test harness brings its own `main`. Only on glibc: there std takes the
+// arguments from the C library's start-up; elsewhere (musl) only `lang_start` would
+// hand them over, so std's `main` stays.
+#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
 
 mod args;
 mod bind_policy;
@@ -40,11 +42,18 @@ use std::process::ExitCode;
 /// behave as before.
 // SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
 // runtime calls it with this signature.
-#[cfg(not(test))]
+#[cfg(all(not(test), target_env = "gnu"))]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
     entry(run)
+}
+
+/// Elsewhere than on glibc std's own start-up runs (only it hands the arguments
+/// over there), and [`entry`] adds nothing it has not done already.
+#[cfg(all(not(test), not(target_env = "gnu")))]
+fn main() -> ExitCode {
+    ExitCode::from(entry(run) as u8)
 }
 
 /// What std's start-up did that fdgrab relies on, around `run`:
@@ -64,7 +73,7 @@ fn entry(run: impl FnOnce() -> ExitCode + std::panic::UnwindSafe) -> c_int {
     use std::io::Write as _;
     standard_fds_open();
     if let Err(e) = fdgrab::spawn::ignore_sigpipe() {
-        eprintln!("fdgrab: {e}");
+        exit::eprint_line(format_args!("fdgrab: {e}"));
         return c_int::from(exit::Code::Failure as u8);
     }
     let code = std::panic::catch_unwind(run).unwrap_or(ExitCode::from(PANIC_EXIT));
@@ -81,8 +90,14 @@ const PANIC_EXIT: u8 = 101;
 /// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed, lowest first, so
 /// that `open` (which takes the lowest free number) fills exactly that one. One
 /// `fcntl(F_GETFD)` per number: cheaper than std's `poll` of all three in the
-/// common case, and it cannot fail for a small `RLIMIT_NOFILE` as `poll` can. A
-/// `/dev/null` that cannot be opened leaves the number closed, as std did.
+/// common case, and it cannot fail for a small `RLIMIT_NOFILE` as `poll` can.
+///
+/// Where `/dev/null` cannot be opened (an empty `/dev` in a bare chroot or
+/// container; std's start-up aborts then), the number is still taken, by a
+/// close-on-exec `O_PATH` fd of `/`: reads and writes on it fail with `EBADF`, so
+/// to fdgrab (whose stdio ignores `EBADF`) it is as closed as before, and CMD gets
+/// the number closed, as fdgrab got it. Left free, it would receive the first fd
+/// fdgrab opens, and fdgrab's own messages would be written into a grabbed file.
 fn standard_fds_open() {
     use std::os::fd::AsFd;
     let closed = |fd: std::os::fd::BorrowedFd<'_>| {
@@ -93,15 +108,13 @@ fn standard_fds_open() {
         closed(std::io::stdout().as_fd()),
         closed(std::io::stderr().as_fd()),
     ];
+    use rustix::fs::{open, Mode, OFlags};
     for closed in std {
         if closed {
-            let null = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR,
-                rustix::fs::Mode::empty(),
-            );
+            let fd = open("/dev/null", OFlags::RDWR, Mode::empty())
+                .or_else(|_| open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()));
             // Kept open for the life of the process, at the number it fills.
-            if let Ok(fd) = null {
+            if let Ok(fd) = fd {
                 std::mem::forget(fd);
             }
         }

@@ -57,6 +57,9 @@ fn closed_stdout_ends_quietly_with_141() {
         vec!["completions", "bash"],
         vec!["man"],
         vec!["man", "json"],
+        vec!["profile"],
+        vec!["--version"],
+        vec!["--help"],
     ] {
         let out = run_into_closed_pipe(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -522,4 +525,53 @@ fn help_and_version_report_a_failed_write() {
         assert_eq!(out.status.code(), Some(1), "{args:?} > /dev/full: {err}");
         assert!(err.contains("No space left"), "{args:?}: {err}");
     }
+}
+
+/// Runs fdgrab with stderr on a pipe whose read end is already closed (its reader,
+/// a log collector or `2>&1 | head`, went away); returns the status.
+fn status_with_dead_stderr(args: &[&str]) -> std::process::ExitStatus {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    let mut child = fdgrab()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(w))
+        .spawn()
+        .expect("spawn fdgrab");
+    fdgrab_testkit::wait_timeout(&mut child, TIMEOUT).expect("fdgrab ended")
+}
+
+/// An error or a warning that cannot be written because stderr's reader went away
+/// changes nothing else: the error keeps its documented exit code (not a panic's
+/// 101), and a command that warns still does its work (`steal` of a listening
+/// socket warns before it takes it).
+#[test]
+fn errors_and_warnings_to_a_dead_stderr_keep_the_exit_code() {
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let gone_pid = gone.id().to_string();
+    gone.wait().expect("reap true");
+    let t = Target::spawn(["zoo"]);
+    let pid = t.pid.to_string();
+    let file = t.fd_labelled("file").to_string();
+    for (args, code) in [
+        (vec!["get", gone_pid.as_str(), "3", "--", "true"], 5),
+        // `ls` reports the processes it skipped on a line of its own.
+        (vec!["ls", gone_pid.as_str()], 5),
+        (
+            vec!["get", pid.as_str(), file.as_str(), "--", "/nonexistent/cmd"],
+            127,
+        ),
+    ] {
+        let status = status_with_dead_stderr(&args);
+        assert_eq!(status.code(), Some(code), "{args:?}: {status:?}");
+    }
+    let listener = t.fd_labelled("tcp-listen");
+    let fd = listener.to_string();
+    let status = status_with_dead_stderr(&["steal", &pid, &fd, "--", "true"]);
+    assert_eq!(status.code(), Some(0), "steal: {status:?}");
+    assert!(
+        std::fs::read_link(format!("/proc/{}/fd/{listener}", t.pid)).is_err(),
+        "steal did not take the listener"
+    );
 }

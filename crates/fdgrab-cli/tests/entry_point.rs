@@ -213,3 +213,44 @@ fn get_passes_its_environment_on_exactly() {
     );
     assert_eq!(env, want);
 }
+
+/// fdgrab started with fds 1 and 2 closed where `/dev/null` cannot be opened (a
+/// mount namespace whose `/dev` is an empty tmpfs: a bare chroot or container).
+/// std's start-up aborts then; fdgrab runs on, but the numbers must still be taken
+/// before any fd of ours is opened: otherwise the grabbed file lands on 1 or 2 and
+/// fdgrab's own log lines (`-vv`) are written into the target's file. The file is
+/// unchanged, and CMD gets 1 and 2 closed, as fdgrab got them.
+#[test]
+fn closed_standard_fds_without_dev_null_receive_nothing_of_ours() {
+    let t = Target::spawn(["zoo"]);
+    let file = t.fd_labelled("file");
+    let path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid)).expect("target's file");
+    let before = std::fs::read(&path).expect("read the target's file");
+    let script = "mount -t tmpfs fdgrab-no-dev /dev || exit 99; exec 1>&- 2>&-; exec \"$@\"";
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["-vv", "get", &t.pid.to_string(), &format!("{file}:7")])
+        .args(["--", "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn unshare");
+    let fds = fds_once_running(child.id(), "sleep");
+    let _ = child.kill();
+    let _ = child.wait();
+    let after = std::fs::read(&path).expect("read the target's file");
+    assert_eq!(
+        String::from_utf8_lossy(&after),
+        String::from_utf8_lossy(&before),
+        "fdgrab wrote into the target's file"
+    );
+    let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
+    assert!(
+        numbers.contains(&0) && !numbers.contains(&1) && !numbers.contains(&2),
+        "{fds:?}"
+    );
+    assert!(
+        fds.contains(&(7, path.to_string_lossy().into_owned())),
+        "{fds:?}"
+    );
+}

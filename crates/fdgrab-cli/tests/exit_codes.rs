@@ -124,8 +124,15 @@ fn code_5_no_such_process_or_fd() {
         5,
         &["2147483647"],
     );
-    // A selector (fd list for ls) that matches nothing.
-    check(&run_fdgrab(["ls", &tp, "4321"]), 5, &["4321"]);
+    // An fd selector that matches nothing (a bare second number would be a pid,
+    // and a fixed one may be in use by then).
+    check(&run_fdgrab(["ls", &tp, "--fd", "4321"]), 5, &["4321", &tp]);
+    let gone = free_pid();
+    check(
+        &run_fdgrab(["ls", &tp, &gone]),
+        5,
+        &[&gone, "no such process"],
+    );
 }
 
 #[test]

@@ -42,6 +42,16 @@ fn stops(err: &str) -> Option<u32> {
         .ok()
 }
 
+/// Checks that `get`'s output names what the target's `fd` is.
+fn assert_copy_of(t: &Target, fd: i32, out: &Output, case: &str) {
+    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        link.to_string_lossy(),
+        "{case}: the copy is not the target's fd {fd}"
+    );
+}
+
 /// Grabs the target's `file` fd and checks the copy, the way taken (`want`
 /// stops), that no filter was suspended, and the target.
 fn grab_in(mut t: Target, want: u32, case: &str) {
@@ -50,12 +60,7 @@ fn grab_in(mut t: Target, want: u32, case: &str) {
     let out = get(&t, fd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{case}: {err}");
-    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", t.pid)).expect("readlink");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        link.to_string_lossy(),
-        "{case}: the copy is not the target's fd {fd}"
-    );
+    assert_copy_of(&t, fd, &out, case);
     assert_eq!(stops(&err), Some(want), "{case}: {err}");
     assert_eq!(err.contains(CALL_BY_CALL), want != 4, "{case}: {err}");
     assert!(!err.contains("SUSPEND_SECCOMP"), "{case}: {err}");
@@ -99,6 +104,12 @@ fn routine_not_used_where_a_filter_refuses_an_exec_mapping() {
         "kill on PROT_EXEC",
     );
     per_call_in(&["seccomp", "errno", "mmap", "exec"], "EPERM for PROT_EXEC");
+    // systemd's MemoryDenyWriteExecute=: `mprotect` with PROT_EXEC refused (its
+    // `mmap` rule refuses only write+exec, which lets a read+exec mapping through).
+    per_call_in(
+        &["seccomp", "errno", "mprotect,pkey_mprotect", "exec"],
+        "MemoryDenyWriteExecute",
+    );
 }
 
 /// A filter that looks at the fd of `sendmsg` and `close` (here: kill if it is
@@ -204,4 +215,194 @@ fn routine_stopped_by_a_signal_it_forces() {
         }
     }
     panic!("the trap was never met in {} grabs", outcomes.len());
+}
+
+/// A hostile second thread replaces the routine's final `int3` with a jump to
+/// itself once the code is in place, so the routine never ends: fdgrab must not
+/// wait for it forever. It gives up after a deadline, stops the thread, closes
+/// what the routine opened, takes its page back and restores the thread; the
+/// grab fails and the target runs on as before. When the thread comes too late
+/// the grab simply succeeds, so cases are tried until the hijack has landed.
+#[test]
+fn routine_that_never_ends_is_given_up() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["hijack-routine"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hijacked = err.contains("did not end");
+        assert_eq!(out.status.success(), !hijacked, "{err}");
+        b.assert_unharmed(&mut t, &b.fds, "a routine that never ends");
+        if hijacked {
+            return;
+        }
+    }
+    panic!("the hijack never landed in 40 grabs");
+}
+
+/// `/proc/PID/task/TID/mem` that cannot be opened for writing (here: a read-only
+/// file bind-mounted over it in fdgrab's own mount namespace; on other systems
+/// `proc_mem.force_override=never`): the read+exec page is given back and the grab
+/// goes call by call from a read+write one: interrupt, `mmap` (exec), `munmap`,
+/// `mmap`, `socket`, `sendmsg`, `close`, `munmap`.
+#[test]
+fn routine_not_used_where_the_target_memory_cannot_be_written() {
+    if !is_root() {
+        skip("a bind mount over /proc/PID/task/TID/mem needs root");
+        return;
+    }
+    let mut t = Target::spawn(["signal-read", "usr2", "restart"]);
+    let b = Snapshot::take(t.pid);
+    let fd = t.fd_labelled("file");
+    let ro = std::env::temp_dir().join(format!("fdgrab-routine-ro-{}", std::process::id()));
+    std::fs::write(&ro, b"").expect("write");
+    let script = format!(
+        "mount --bind -o ro {} /proc/{pid}/task/{pid}/mem && exec {} -vv get --backend ptrace {pid} {fd} -- readlink -v /proc/self/fd/{fd}",
+        ro.display(),
+        fdgrab_testkit::bin("fdgrab").display(),
+        pid = t.pid,
+    );
+    let out = output_timeout(
+        std::process::Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        TIMEOUT,
+    );
+    let _ = std::fs::remove_file(&ro);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scratch mapping cannot be written"), "{err}");
+    assert_copy_of(&t, fd, &out, "/proc/PID/mem not writable");
+    assert_eq!(stops(&err), Some(8), "{err}");
+    b.assert_unharmed(&mut t, &b.fds, "/proc/PID/mem not writable");
+}
+
+/// An executable `mmap` the kernel refuses though the filters fdgrab read let it
+/// through (here a filter that refuses it with EPERM, added with TSYNC by the
+/// target's second thread once the main one is traced, standing in for an LSM's
+/// `execmem` or a memory limit): the grab goes call by call from a read+write
+/// page: interrupt, `mmap` (exec, refused), `mmap`, `socket`, `sendmsg`,
+/// `close`, `munmap`. When the filter comes too late the routine is used, so
+/// cases are tried until the refusal has been met.
+#[test]
+fn routine_not_used_where_the_exec_mapping_is_refused() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-no-exec-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_copy_of(&t, fd, &out, "an exec mapping refused");
+        b.assert_unharmed(&mut t, &b.fds, "an exec mapping refused");
+        if err.contains("no read+exec scratch mapping") {
+            assert_eq!(stops(&err), Some(7), "{err}");
+            return;
+        }
+        assert_eq!(stops(&err), Some(4), "{err}");
+    }
+    panic!("the refusal was never met in 40 grabs");
+}
+
+/// A call of the routine that waits (here its `close`, sent to a user-notification
+/// listener, that the target's second thread adds with TSYNC once the main one is
+/// traced, and never answers): after the deadline the routine is interrupted,
+/// which ends the wait before the `close` ran; the socket it made is closed with
+/// a step, and the target keeps nothing of ours (only its own new listener).
+#[test]
+fn routine_waiting_in_a_call_is_interrupted() {
+    if !is_root() {
+        skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let mut t = Target::spawn(["tsync-notify-when-traced"]);
+        let b = Snapshot::take(t.pid);
+        let out = get(&t, t.fd_labelled("file"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let waited = err.contains("did not end");
+        assert_eq!(out.status.success(), !waited, "{err}");
+        // The thread may see the trace late (the listener then comes after the
+        // grab) or not at all (no listener).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let listener = loop {
+            let found = fdgrab_testkit::proc_fds(t.pid)
+                .into_iter()
+                .find(|l| l.ends_with("seccomp notify"));
+            if found.is_some() || waited || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let fds = match &listener {
+            Some(l) => b.fds_with(l),
+            None => b.fds.clone(),
+        };
+        assert!(listener.is_some() || !waited, "{err}");
+        b.assert_unharmed(&mut t, &fds, "a call that waits");
+        if waited {
+            return;
+        }
+    }
+    panic!("the wait was never met in 40 grabs");
+}
+
+/// A hostile second thread rewrites the fd in the routine's `SCM_RIGHTS` message
+/// (to its fd 0) once it is written: the copy fdgrab receives is not the one it
+/// asked for, and the identity check refuses it (nothing is handed on). When the
+/// thread comes too late the grab simply succeeds, so cases are tried until the
+/// forgery has landed.
+#[test]
+fn routine_forged_message_is_refused() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["forge-routine"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let forged = err.contains("is not the same open file");
+        b.assert_unharmed(&mut t, &b.fds, "a forged message");
+        if forged {
+            assert!(!out.status.success(), "{err}");
+            assert!(out.stdout.is_empty(), "handed on: {err}");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
+        assert_copy_of(&t, fd, &out, "a forgery that came too late");
+    }
+    panic!("the forgery never landed in 40 grabs");
+}
+
+/// A hostile second thread unmaps the routine's page once its code is written:
+/// the routine faults (SIGSEGV forced on the thread), is stopped there, the
+/// signal is not delivered and the target's own SIGSEGV handler is kept; or the
+/// page goes after the routine ended, and the grab succeeds. Cases are tried
+/// until the fault has been met.
+#[test]
+fn routine_whose_page_is_unmapped_faults_harmlessly() {
+    for _ in 0..40 {
+        let mut t = Target::spawn(["unmap-routine"]);
+        let b = Snapshot::take(t.pid);
+        let fd = t.fd_labelled("file");
+        let out = get(&t, fd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let faulted = err.contains("forced a signal");
+        b.assert_unharmed(&mut t, &b.fds, "the routine's page unmapped");
+        if faulted {
+            assert!(err.contains("signal 11"), "{err}");
+            assert!(!out.status.success(), "{err}");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
+    }
+    panic!("the fault was never met in 40 grabs");
 }

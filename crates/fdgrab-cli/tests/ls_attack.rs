@@ -977,3 +977,56 @@ fn path_through_proc_fd_of_a_socket_finds_its_holders() {
         }
     }
 }
+
+/// Kernel threads hold no fd, and an unprivileged caller may not open their
+/// (root's) fd directories: a narrowing query skips them as unreadable, as the
+/// plain listing does, rather than passing them over as holding nothing (its
+/// shortcut for empty fd tables, two stats and no open, is only for
+/// directories the caller owns). Compared by the summary's count, retried
+/// while processes come and go.
+#[test]
+fn kernel_threads_stay_unreadable_to_an_unprivileged_narrowing_query() {
+    // PF_KTHREAD, in the flags (9th field) of /proc/PID/stat.
+    let kthreads = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let flags = after_comm.split_whitespace().nth(6);
+            flags
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|f| f & 0x0020_0000 != 0)
+        })
+        .count();
+    if kthreads == 0 {
+        fdgrab_testkit::skip("no kernel thread in this pid namespace");
+        return;
+    }
+    let denied = |args: &[&str]| -> usize {
+        let out = as_nobody(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let counts = err
+            .trim()
+            .rsplit_once(": ")
+            .map_or("", |(_, counts)| counts);
+        counts
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" permission denied"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("ls {args:?}: no count of unreadable processes: {err}"))
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let plain = denied(&["--pids"]);
+        let narrowed = denied(&["--path", "/dev/null", "--pids"]);
+        assert!(
+            plain >= kthreads / 2,
+            "{plain} unreadable, {kthreads} kernel threads"
+        );
+        if plain == narrowed {
+            return;
+        }
+        seen.push((plain, narrowed));
+    }
+    panic!("unreadable processes, plain against --path: {seen:?}");
+}

@@ -466,14 +466,15 @@ pub fn injection_leftovers(pid: i32, maps_before: &str, fds_before: &[String]) -
     None
 }
 
-/// What an injection must leave as it was: mappings, fd table, signal mask and
-/// pending signals (`SigBlk`, `SigPnd`, `ShdPnd`).
+/// What an injection must leave as it was: mappings, fd table, signal mask,
+/// pending signals and dispositions (`SigBlk`, `SigPnd`, `ShdPnd`, `SigIgn`,
+/// `SigCgt`: a signal the kernel forces while it is blocked loses its handler).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub pid: i32,
     pub maps: String,
     pub fds: Vec<String>,
-    pub signals: [String; 3],
+    pub signals: [String; 5],
 }
 
 impl Snapshot {
@@ -482,7 +483,8 @@ impl Snapshot {
             pid,
             maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps"),
             fds: proc_fds(pid),
-            signals: ["SigBlk", "SigPnd", "ShdPnd"].map(|k| status_field(pid, k).expect("status")),
+            signals: ["SigBlk", "SigPnd", "ShdPnd", "SigIgn", "SigCgt"]
+                .map(|k| status_field(pid, k).expect("status")),
         }
     }
 

@@ -309,18 +309,35 @@ impl Select<'_> {
     /// a listing (a table is usually dense, and listing an entry costs procfs
     /// about a third of what trying it costs; a hole costs one try that finds
     /// nothing), then the directory is listed from `count` on, which finds every
-    /// fd past the holes (usually none: one empty `getdents64`).
+    /// fd past the holes (usually none: one empty `getdents64`). Once the holes
+    /// met are many for the numbers left below `count` (a shell's `0 1 2 10
+    /// 255`: a hole at 3, one number left), the listing starts right after the
+    /// last hole instead: a hole tried costs about what four entries listed do.
     pub(crate) fn counted_table_may_match(
         &self,
         pid: Pid,
         fd_dir: &OwnedFd,
         count: usize,
     ) -> Result<bool> {
-        let tried = (0..count).filter_map(|n| i32::try_from(n).ok());
-        if self.any_may_match(pid, fd_dir.as_fd(), tried, None)? {
-            return Ok(true);
+        let mut listed_from = count;
+        let mut holes = 0;
+        for n in 0..count {
+            let Ok(number) = i32::try_from(n) else {
+                break;
+            };
+            match self.fd_first_pass(pid, fd_dir.as_fd(), number)? {
+                FirstPass::May => return Ok(true),
+                FirstPass::Not => {}
+                FirstPass::Closed => {
+                    holes += 1;
+                    if count - n - 1 <= 4 * holes {
+                        listed_from = n + 1;
+                        break;
+                    }
+                }
+            }
         }
-        let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(count as u64 + 2))
+        let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(listed_from as u64 + 2))
             .and_then(|_| crate::procfs::numbered_entries(fd_dir.as_fd()))
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         self.any_may_match(pid, fd_dir.as_fd(), rest, None)
@@ -349,10 +366,20 @@ impl Select<'_> {
     /// The first pass over descriptor `n`: its link, then its stat, each only
     /// when a narrowing needs it.
     pub(crate) fn fd_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: i32) -> Result<bool> {
+        Ok(self.fd_first_pass(pid, fd_dir, n)? == FirstPass::May)
+    }
+
+    /// The first pass over descriptor `n`, telling a closed one apart.
+    fn fd_first_pass(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: i32) -> Result<FirstPass> {
         let n = itoa(n);
-        let link_ok =
-            !self.by_link() || fd_link(pid, fd_dir, &n)?.is_some_and(|l| self.link_may_match(&l));
-        Ok(link_ok && self.file_may_match(pid, fd_dir, &n)?)
+        if self.by_link() {
+            match fd_link(pid, fd_dir, &n)? {
+                None => return Ok(FirstPass::Closed),
+                Some(l) if !self.link_may_match(&l) => return Ok(FirstPass::Not),
+                Some(_) => {}
+            }
+        }
+        self.file_first_pass(pid, fd_dir, &n)
     }
 
     /// Whether anything can be decided from the link alone.
@@ -379,15 +406,21 @@ impl Select<'_> {
     /// (same owner) while every link and stat through it is refused (the ptrace
     /// read check, e.g. a target with capabilities the caller lacks).
     fn file_may_match(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: &str) -> Result<bool> {
+        Ok(self.file_first_pass(pid, fd_dir, n)? == FirstPass::May)
+    }
+
+    fn file_first_pass(&self, pid: Pid, fd_dir: BorrowedFd<'_>, n: &str) -> Result<FirstPass> {
         let Some((dev, ino)) = self.file else {
-            return Ok(true);
+            return Ok(FirstPass::May);
         };
         match statat(fd_dir, n, AtFlags::empty()) {
-            Ok(st) => Ok(st.st_dev == dev && st.st_ino == ino),
+            Ok(st) if st.st_dev == dev && st.st_ino == ino => Ok(FirstPass::May),
+            Ok(_) => Ok(FirstPass::Not),
+            Err(Errno::NOENT) => Ok(FirstPass::Closed),
             // Refused by the file itself (a FUSE mount without allow_other) or
             // by the process: the link, which touches nothing of the file, tells.
-            Err(Errno::ACCESS | Errno::PERM) => fd_link(pid, fd_dir, n).map(|_| false),
-            Err(_) => Ok(false),
+            Err(Errno::ACCESS | Errno::PERM) => fd_link(pid, fd_dir, n).map(|_| FirstPass::Not),
+            Err(_) => Ok(FirstPass::Not),
         }
     }
 
@@ -395,6 +428,17 @@ impl Select<'_> {
         (self.kinds.is_empty() || self.kinds.contains(&e.kind))
             && (!self.unlinked || e.is_unlinked())
     }
+}
+
+/// What the first pass learned of one fd number.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstPass {
+    /// It may match: the narrowings the first pass checks hold.
+    May,
+    /// It does not match.
+    Not,
+    /// No fd has that number.
+    Closed,
 }
 
 /// Where socket details come from.

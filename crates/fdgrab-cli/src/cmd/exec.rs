@@ -22,9 +22,7 @@ use std::time::Duration;
 /// and `eprintln!` (unbuffered) writes a line in pieces that its output can split.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let line = format!("{}\n", format_args!($($arg)*));
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        crate::exit::eprint_line(format_args!($($arg)*));
     }};
 }
 

@@ -174,7 +174,7 @@ fn report_skipped(result: &mut QueryResult, named: bool) -> Result<Option<ExitCo
             line = format!("fdgrab: {}", only.error);
         }
     }
-    eprintln!("{line}");
+    crate::exit::eprint_line(line);
     if named {
         let first = result.skipped.remove(0).error;
         return Ok(Some(crate::exit::code_for(&first.into()).into()));

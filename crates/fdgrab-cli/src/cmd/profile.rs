@@ -53,7 +53,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     for note in &out.notes {
-        eprintln!("fdgrab: note: {note}");
+        crate::exit::eprint_line(format_args!("fdgrab: note: {note}"));
     }
     let mut json = serde_json::to_string_pretty(&out.profile).context("serialising the profile")?;
     json.push('\n');
@@ -61,7 +61,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout()
             .lock()
             .write_all(json.as_bytes())
-            .context("writing the profile to stdout")?,
+            .map_err(crate::exit::stdout_error("writing the profile to stdout"))?,
         Some(path) => write_atomically(path, json.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)

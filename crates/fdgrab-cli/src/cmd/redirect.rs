@@ -67,10 +67,10 @@ pub fn run(a: RedirectArgs) -> Result<ExitCode> {
     );
     let saved = file.keep_if(r)?;
     if let Err(e) = record(&target, a.fd, saved, &path) {
-        eprintln!(
+        crate::exit::eprint_line(format_args!(
             "fdgrab: warning: could not record saved fd {saved} ({e:#}); \
              `fdgrab redirect --undo` will refuse it"
-        );
+        ));
     }
     let undo = [
         "fdgrab".to_string(),

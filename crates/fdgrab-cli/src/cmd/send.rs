@@ -85,7 +85,9 @@ pub(crate) fn passable<T: Clone>(
         );
     }
     for (fd, why) in &refused {
-        eprintln!("fdgrab: skipping fd {fd} of process {pid}: {why}");
+        crate::exit::eprint_line(format_args!(
+            "fdgrab: skipping fd {fd} of process {pid}: {why}"
+        ));
     }
     let kept: Vec<T> = items
         .iter()

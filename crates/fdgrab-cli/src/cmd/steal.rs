@@ -50,10 +50,10 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
         // Through the pidfd: a process that exited meanwhile cannot be confused with
         // a newcomer that got its pid.
         if let Err(e) = target.send_signal(sig) {
-            eprintln!(
+            crate::exit::eprint_line(format_args!(
                 "fdgrab: the fds were stolen, but signalling process {}: {e}",
                 a.pid
-            );
+            ));
         }
     }
     let status = child.wait_forwarding(&signals)?;
@@ -66,12 +66,12 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
 fn warn_listening(pid: fdgrab::Pid, grabbed: &[Grabbed]) {
     for g in grabbed {
         if rustix::net::sockopt::socket_acceptconn(&g.fd).unwrap_or(false) {
-            eprintln!(
+            crate::exit::eprint_line(format_args!(
                 "fdgrab: warning: fd {} of process {pid} is a listening socket; a server that \
                  polls it with poll or select will spin at full CPU once it is gone. Pass \
                  --signal-old SIG to stop the old server (see docs/grab.md)",
                 g.target_fd
-            );
+            ));
         }
     }
 }

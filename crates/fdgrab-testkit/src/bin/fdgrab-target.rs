@@ -73,7 +73,12 @@ fn main() {
         "epoll" => return blocked_epoll(),
         "exec-enosys" => return exec_enosys(&args[1..]),
         "seccomp" => return seccomp_filtered(&args[1..]),
-        "tsync-trap-when-traced" => return tsync_trap_when_traced(),
+        "tsync-trap-when-traced" => return tsync_trap_when_traced(Tsync::TrapClose),
+        "tsync-no-exec-when-traced" => return tsync_trap_when_traced(Tsync::NoExec),
+        "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
+        "hijack-routine" => return hijack_routine(Hijack::Loop),
+        "forge-routine" => return hijack_routine(Hijack::Forge),
+        "unmap-routine" => return hijack_routine(Hijack::Unmap),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -782,12 +787,15 @@ fn threads(n: usize) {
 /// traced and then, with `SECCOMP_FILTER_FLAG_TSYNC`, gives every thread a filter
 /// that traps (SIGSYS) a `close` made 0x27 bytes into a page: where the injected
 /// grab routine makes its `close`. A tracer that read the filters before (there
-/// were none) learns of it only from the trap.
-fn tsync_trap_when_traced() {
+/// were none) learns of it only from the trap. See [`Tsync`] for the others.
+fn tsync_trap_when_traced(what: Tsync) {
     use std::os::unix::fs::FileExt;
     let main = rustix::thread::gettid().as_raw_nonzero().get();
     // Opened once, before the report: the fd table must not change while it runs.
     let status = std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status");
+    // A program that installs a trapping filter handles SIGSYS: that handler must
+    // survive a trap an injected call meets.
+    install_counter(libc::SIGSYS, false);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         let mut traced = || {
@@ -810,14 +818,182 @@ fn tsync_trap_when_traced() {
             ins(0x06, 0, 0, fdgrab_testkit::SECCOMP_RET_TRAP),
             ins(0x06, 0, 0, 0x7fff_0000),
         ];
+        let no_exec_prog = [
+            ins(0x20, 0, 0, 0),                      // ld nr
+            ins(0x15, 0, 3, libc::SYS_mmap as u32),  // jeq mmap
+            ins(0x20, 0, 0, 32),                     // ld args[2] (low)
+            ins(0x45, 0, 1, libc::PROT_EXEC as u32), // jset
+            ins(0x06, 0, 0, 0x0005_0000 | libc::EPERM as u32),
+            ins(0x06, 0, 0, 0x7fff_0000),
+        ];
         const TSYNC: u32 = 1;
-        fdgrab_testkit::install_filter_with(&prog, TSYNC).expect("seccomp filter");
+        // NEW_LISTENER with TSYNC needs TSYNC_ESRCH.
+        const NOTIFY: u32 = TSYNC | 8 | 16;
+        let notify_prog = {
+            let mut p = prog;
+            p[5] = ins(0x06, 0, 0, 0x7fc0_0000);
+            p
+        };
+        let (prog, flags): (&[libc::sock_filter], u32) = match what {
+            Tsync::TrapClose => (&prog, TSYNC),
+            Tsync::NoExec => (&no_exec_prog, TSYNC),
+            Tsync::NotifyClose => (&notify_prog, NOTIFY),
+        };
+        // The listener (NotifyClose) stays open and is never read: the call waits.
+        fdgrab_testkit::install_filter_with(prog, flags).expect("seccomp filter");
         loop {
             std::thread::park();
         }
     });
     emit(&inject_report(json!({})));
     echo_reads();
+}
+
+/// Like `blocked-read`, with a hostile second thread: it predicts where the next
+/// 16 KiB anonymous mapping goes, makes it writable as soon as it exists (the
+/// scratch mapping of an injected routine), and replaces the routine's final
+/// `int3` (0x2e bytes in) with a jump to itself as soon as the code is written:
+/// the routine then never ends (see [`Hijack`] for the others). It gives up after
+/// a while, so that a tracer that gets away is not kept busy.
+fn hijack_routine(how: Hijack) {
+    if matches!(how, Hijack::Unmap) {
+        install_counter(libc::SIGSEGV, false);
+    }
+    const LEN: usize = 16 * 1024;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: mmap/munmap of a fresh anonymous mapping of ours, only to learn
+        // where the kernel puts the next one of that size (after this thread's stack).
+        let at = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            libc::munmap(p, LEN);
+            p as usize
+        };
+        let _ = ready_tx.send(());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        // SAFETY: mprotect of an address range; it fails (ENOMEM) until something is
+        // mapped there.
+        while unsafe { libc::mprotect(at as *mut libc::c_void, LEN, rwx) } != 0 {
+            if std::time::Instant::now() > deadline {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        // Through process_vm_readv/writev on ourselves: the tracer may unmap the page
+        // at any time, which must give EFAULT here, not SIGSEGV.
+        let me = std::process::id() as libc::pid_t;
+        let remote = |len| libc::iovec {
+            iov_base: (at + 0x2e) as *mut libc::c_void,
+            iov_len: len,
+        };
+        if matches!(how, Hijack::Forge) {
+            forge_rights(me, at, deadline);
+            return;
+        }
+        let mut byte = [0u8; 2];
+        let mut jump = [0xeb_u8, 0xfe];
+        while std::time::Instant::now() < deadline {
+            let local = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            // SAFETY: reads 1 byte into `byte`; a bad remote address gives EFAULT.
+            let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote(1), 1, 0) };
+            if n == 1 && byte[0] == 0xcc && matches!(how, Hijack::Unmap) {
+                // SAFETY: unmaps the tracer's scratch page, which nothing of ours uses.
+                unsafe { libc::munmap(at as *mut libc::c_void, LEN) };
+                return;
+            }
+            if n == 1 && byte[0] == 0xcc {
+                let local = libc::iovec {
+                    iov_base: jump.as_mut_ptr().cast(),
+                    iov_len: 2,
+                };
+                // SAFETY: writes the 2 bytes of `jump`; a bad address gives EFAULT.
+                unsafe { libc::process_vm_writev(me, &local, 1, &remote(2), 1, 0) };
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    });
+    let _ = ready.recv();
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+/// What `hijack-routine`'s second thread does to the routine's page.
+#[derive(Clone, Copy)]
+enum Hijack {
+    /// Replaces the final `int3` with a jump to itself.
+    Loop,
+    /// Replaces the fd in the `SCM_RIGHTS` message with its own fd 0, so that
+    /// what the tracer receives is not the fd it asked for.
+    Forge,
+    /// Unmaps the page (the routine faults), with a SIGSEGV handler installed
+    /// that must survive the fault.
+    Unmap,
+}
+
+/// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message that shows up
+/// in the first KiB at `at` (in this process, `me`) into 0.
+fn forge_rights(me: libc::pid_t, at: usize, deadline: std::time::Instant) {
+    // cmsg_len 20 (one fd), SOL_SOCKET, SCM_RIGHTS.
+    let mut header = Vec::new();
+    header.extend_from_slice(&20u64.to_ne_bytes());
+    header.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+    header.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+    let mut page = vec![0u8; 1024];
+    let mut zero = 0i32.to_ne_bytes();
+    while std::time::Instant::now() < deadline {
+        let local = libc::iovec {
+            iov_base: page.as_mut_ptr().cast(),
+            iov_len: page.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: page.len(),
+        };
+        // SAFETY: reads into `page`; a bad remote address gives EFAULT.
+        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+        let found = (n == page.len() as isize)
+            .then(|| page.windows(header.len()).position(|w| w == header))
+            .flatten();
+        if let Some(off) = found {
+            let local = libc::iovec {
+                iov_base: zero.as_mut_ptr().cast(),
+                iov_len: 4,
+            };
+            let remote = libc::iovec {
+                iov_base: (at + off + header.len()) as *mut libc::c_void,
+                iov_len: 4,
+            };
+            // SAFETY: writes the 4 bytes of `zero`; a bad address gives EFAULT.
+            unsafe { libc::process_vm_writev(me, &local, 1, &remote, 1, 0) };
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The filter `tsync-*-when-traced` adds once the main thread is traced.
+#[derive(Clone, Copy)]
+enum Tsync {
+    /// Traps (SIGSYS) a `close` made 0x27 bytes into a page.
+    TrapClose,
+    /// Refuses (EPERM) an `mmap` with PROT_EXEC, as an LSM would.
+    NoExec,
+    /// Sends a `close` made 0x27 bytes into a page to a user-notification
+    /// listener that never answers.
+    NotifyClose,
 }
 
 fn deny_socket() {
@@ -858,6 +1034,8 @@ fn seccomp_filtered(args: &[String]) {
             "socket" => libc::SYS_socket,
             "mmap" => libc::SYS_mmap,
             "munmap" => libc::SYS_munmap,
+            "mprotect" => libc::SYS_mprotect,
+            "pkey_mprotect" => libc::SYS_pkey_mprotect,
             "connect" => libc::SYS_connect,
             "sendmsg" => libc::SYS_sendmsg,
             "recvmsg" => libc::SYS_recvmsg,
@@ -874,6 +1052,11 @@ fn seccomp_filtered(args: &[String]) {
         });
     }
     leave_usr_signals_pending();
+    if action == fdgrab_testkit::SECCOMP_RET_TRAP {
+        // A program that installs a trapping filter handles SIGSYS: that handler
+        // must survive a trap an injected call meets.
+        install_counter(libc::SIGSYS, false);
+    }
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut prog = vec![ins(0x20, 0, 0, 0)]; // ld nr
                                              // "high": the action applies only when the first argument is above

@@ -349,6 +349,7 @@ fn send_in_one_go(
     fds: &[TargetFd],
 ) -> Result<Option<Vec<OwnedFd>>> {
     use arch::send_routine::{CALLS, CODE, END};
+    use session::RoutineEnd;
     let pid = s.pid();
     if fds.len() > SCM_MAX_FD {
         return Ok(None);
@@ -379,24 +380,35 @@ fn send_in_one_go(
         return Ok(None);
     }
     s.push_staged(st)?;
-    let (regs, forced) = s.run_routine(
+    let (regs, end) = s.run_routine(
         |saved| saved.for_send_routine(at, MAILBOX_SOCKET, msg, SEND_FLAGS),
         at + END,
     )?;
-    let done = regs.send_progress();
-    tracing::trace!(pid, ?done, "send routine");
-    if let Some(sig) = forced {
+    let done = regs.send_progress(at, end == RoutineEnd::Forced(libc::SIGSYS));
+    tracing::trace!(pid, ?done, ?end, "send routine");
+    let why = match end {
+        RoutineEnd::Trap => None,
+        RoutineEnd::Forced(sig) => Some((
+            "running the injected send routine (it forced a signal, which was not delivered)",
+            format!("signal {sig}"),
+        )),
+        RoutineEnd::GivenUp => Some((
+            "running the injected send routine (it did not end; stopped there and undone)",
+            format!(
+                "still running after {} s",
+                session::ROUTINE_TIMEOUT.as_secs()
+            ),
+        )),
+    };
+    if let Some((op, what)) = why {
         if let Some(fd) = done.open_fd {
             s.track_remote_fd(fd);
         }
         return Err(Error::Io {
-            op: "running the injected send routine (it forced a signal, which was not delivered)",
+            op,
             pid,
             fd: None,
-            source: std::io::Error::other(format!(
-                "signal {sig} at {:#x}",
-                regs.instruction_pointer()
-            )),
+            source: std::io::Error::other(format!("{what} at {:#x}", regs.instruction_pointer())),
         });
     }
     let Some(sent) = done.sendmsg else {

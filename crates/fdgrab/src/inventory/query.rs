@@ -21,6 +21,7 @@ use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
@@ -110,47 +111,38 @@ pub struct QueryResult {
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     let named = pids.is_some();
-    let pids: Vec<Pid> = match pids {
-        Some(p) => {
-            // A pid named twice is one process: listed (or skipped) once. The
-            // order is kept, since the first skipped pid decides the exit status.
-            let mut seen = std::collections::HashSet::new();
-            p.iter().copied().filter(|&pid| seen.insert(pid)).collect()
-        }
-        None => all_pids(),
-    };
-    let mut found = (q.port.is_some() || q.listening).then(|| matching_sockets(&pids, q));
-    let socket_file = q.file.filter(|_| q.file_is_socket);
-    if let Some((dev, ino)) = socket_file {
-        let bound = bound_sockets(&pids, dev, ino);
-        found = Some(match found {
-            Some(f) => f
-                .into_iter()
-                .filter(|(i, _)| bound.contains_key(i))
-                .collect(),
-            None => bound,
-        });
-    }
-    let select = Select {
-        fds: &q.fds,
-        sockets: found.as_ref(),
-        file: q.file.filter(|_| !q.file_is_socket),
-        unlinked: q.unlinked,
-        kinds: &q.kinds,
-    };
+    let named_pids: Option<Vec<Pid>> = pids.map(|p| {
+        // A pid named twice is one process: listed (or skipped) once. The
+        // order is kept, since the first skipped pid decides the exit status.
+        let mut seen = std::collections::HashSet::new();
+        p.iter().copied().filter(|&pid| seen.insert(pid)).collect()
+    });
+    let found = OnceLock::new();
     let tables = NetnsTables::default();
-    let source = if pids.len() > 1 {
-        SocketSource::Shared(&tables)
-    } else {
-        SocketSource::PerProcess
-    };
-    let mut slots: Vec<Option<Result<Option<ProcessFds>>>> = if pids.len() <= 1 {
+    let (pids, mut slots) = match named_pids {
         // One process: no thread to wait for.
-        pids.iter()
-            .map(|&pid| Some(one(pid, q, &select, &source, named)))
-            .collect()
-    } else {
-        Scan::new(&pids, q, &select, &source, named).run()
+        Some(pids) if pids.len() <= 1 => {
+            let sockets = found.get_or_init(|| sockets_asked(&pids, q));
+            let plan = Plan::new(pids, q, sockets, None);
+            let slots = plan
+                .pids
+                .iter()
+                .map(|&pid| Some(one(pid, q, &plan.select, &plan.source, named)))
+                .collect();
+            (plan.pids, slots)
+        }
+        // Many: the workers start while this thread lists the processes and
+        // asks for the sockets the query needs.
+        named_pids => {
+            let scan = Scan::new(q, named);
+            let slots = scan.run(|| {
+                let pids = named_pids.unwrap_or_else(all_pids);
+                let found = found.get_or_init(|| sockets_asked(&pids, q));
+                Plan::new(pids, q, found, Some(&tables))
+            });
+            let pids = scan.into_plan().map(|p| p.pids).unwrap_or_default();
+            (pids, slots)
+        }
     };
     let mut out = QueryResult::default();
     for (pid, slot) in pids.iter().zip(slots.iter_mut()) {
@@ -166,6 +158,59 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     }
     out.processes.sort_by_key(|p| p.pid);
     out
+}
+
+/// The sockets a port, listening or socket-name query selects among `pids`
+/// (by inode); `None` when the query asks for no socket in particular.
+fn sockets_asked(pids: &[Pid], q: &Query) -> Option<HashMap<u64, SocketInfo>> {
+    let mut found = (q.port.is_some() || q.listening).then(|| matching_sockets(pids, q));
+    if let Some((dev, ino)) = q.file.filter(|_| q.file_is_socket) {
+        let bound = bound_sockets(pids, dev, ino);
+        found = Some(match found {
+            Some(f) => f
+                .into_iter()
+                .filter(|(i, _)| bound.contains_key(i))
+                .collect(),
+            None => bound,
+        });
+    }
+    found
+}
+
+/// What a scan works through: the processes, which of their fds are wanted,
+/// and where socket details come from.
+struct Plan<'a> {
+    pids: Vec<Pid>,
+    select: Select<'a>,
+    source: SocketSource<'a>,
+}
+
+impl<'a> Plan<'a> {
+    /// `tables`: socket tables shared by the processes of one network
+    /// namespace (else each process asks for its own).
+    fn new(
+        pids: Vec<Pid>,
+        q: &'a Query,
+        sockets: &'a Option<HashMap<u64, SocketInfo>>,
+        tables: Option<&'a NetnsTables>,
+    ) -> Self {
+        let select = Select {
+            fds: &q.fds,
+            sockets: sockets.as_ref(),
+            file: q.file.filter(|_| !q.file_is_socket),
+            unlinked: q.unlinked,
+            kinds: &q.kinds,
+        };
+        let source = match tables {
+            Some(t) if pids.len() > 1 => SocketSource::Shared(t),
+            _ => SocketSource::PerProcess,
+        };
+        Plan {
+            pids,
+            select,
+            source,
+        }
+    }
 }
 
 /// `named`: the user asked for `pid`, so a process that cannot be listed (a
@@ -234,14 +279,14 @@ type Outcome = (usize, Result<Option<ProcessFds>>);
 /// among many idle ones is checked on every core. Whoever finishes a table's
 /// last range finishes that process.
 struct Scan<'a> {
-    pids: &'a [Pid],
     q: &'a Query,
-    select: &'a Select<'a>,
-    source: &'a SocketSource<'a>,
     named: bool,
+    /// The processes and what to look for: made by the calling thread while
+    /// the workers start.
+    plan: OnceLock<Plan<'a>>,
     state: Mutex<ScanState>,
-    /// Signalled when a table is shared, or when no worker is opening a
-    /// process any more.
+    /// Signalled when the plan is made, when a table is shared, or when no
+    /// worker is opening a process any more.
     wake: Condvar,
     /// Whether this kernel numbers fd directory offsets as ranges need: asked
     /// of the first large table (one `getdents64`), once per scan.
@@ -249,10 +294,17 @@ struct Scan<'a> {
     /// Whether this kernel gives an fd directory's size as its number of fds
     /// (Linux 6.2+; older ones say 0): asked of our own, once per scan.
     counts_fds: OnceLock<bool>,
+    /// `/proc`, for stats of its entries without walking to it each time.
+    proc_root: OnceLock<Option<OwnedFd>>,
+    /// Our effective uid: the owner of an fd directory we may open.
+    euid: u32,
 }
 
 #[derive(Default)]
 struct ScanState {
+    /// The calling thread is done making the plan (or gave up: then `plan`
+    /// stays empty and the workers leave).
+    planned: bool,
     /// The next index of `pids` to claim.
     next: usize,
     /// Workers opening a process right now: each may still share a table, so
@@ -309,52 +361,79 @@ impl Drop for Opening<'_, '_> {
     }
 }
 
+/// Hands the plan to the workers when dropped: also when making it panicked,
+/// so that no worker waits for a plan that never comes.
+struct Publish<'s, 'a>(&'s Scan<'a>);
+
+impl Drop for Publish<'_, '_> {
+    fn drop(&mut self) {
+        self.0.lock().planned = true;
+        self.0.wake.notify_all();
+    }
+}
+
 /// A worker's own handle on a shared table's fd directory: listing a range moves
 /// the directory position, so readers do not share one.
 type OwnDir = Option<(usize, OwnedFd)>;
 
 impl<'a> Scan<'a> {
-    fn new(
-        pids: &'a [Pid],
-        q: &'a Query,
-        select: &'a Select<'a>,
-        source: &'a SocketSource<'a>,
-        named: bool,
-    ) -> Self {
+    fn new(q: &'a Query, named: bool) -> Self {
         Scan {
-            pids,
             q,
-            select,
-            source,
             named,
+            plan: OnceLock::new(),
             state: Mutex::default(),
             wake: Condvar::new(),
             ranges_ok: OnceLock::new(),
             counts_fds: OnceLock::new(),
+            proc_root: OnceLock::new(),
+            euid: rustix::process::geteuid().as_raw(),
         }
     }
 
     /// Runs the scan on one thread per core: the outcome of each process by its
-    /// index in `pids` (`None` if its worker panicked). The calling thread only
-    /// waits: were it a worker, the scheduler could queue a new thread behind it
-    /// on its own core for milliseconds (measured: a helper waited 2 ms to run
-    /// while the other core was free), where a caller that sleeps at once
-    /// leaves its core to a worker.
-    fn run(&self) -> Vec<Option<Result<Option<ProcessFds>>>> {
-        let workers = super::cores().clamp(1, 8).min(self.pids.len());
+    /// index in the plan's `pids` (`None` if its worker panicked). The workers
+    /// start first, and the calling thread makes the plan (`prepare`: listing
+    /// the processes, asking for sockets) while they set themselves up (signal
+    /// stack, `malloc` arena, waking on the other core); the spawns themselves
+    /// stay on the calling thread. Then the calling thread only waits: were
+    /// it a worker, the scheduler could queue a new thread behind it on its
+    /// own core for milliseconds (measured: a helper waited 2 ms to run while
+    /// the other core was free), where a caller that sleeps at once leaves its
+    /// core to a worker.
+    ///
+    /// The workers are not joined: the scope ends as soon as each has handed
+    /// over its outcomes, and their threads' own teardown (unmapping the signal
+    /// stack, releasing the stack, exiting) then overlaps with what the caller
+    /// does next instead of delaying it.
+    fn run(&self, prepare: impl FnOnce() -> Plan<'a>) -> Vec<Option<Result<Option<ProcessFds>>>> {
+        let workers = super::cores().clamp(1, 8);
+        let done = Mutex::new(Vec::new());
         std::thread::scope(|s| {
-            let helpers: Vec<_> = (0..workers).map(|_| s.spawn(|| self.work())).collect();
-            let mut done = Vec::new();
-            for h in helpers {
-                // A panicking worker leaves its processes as None.
-                done.extend(h.join().unwrap_or_default());
+            for _ in 0..workers {
+                s.spawn(|| {
+                    // A panicking worker leaves its processes as None.
+                    let outcomes = std::panic::catch_unwind(AssertUnwindSafe(|| self.work()));
+                    if let Ok(outcomes) = outcomes {
+                        done.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(outcomes);
+                    }
+                });
             }
-            let mut slots: Vec<_> = (0..self.pids.len()).map(|_| None).collect();
-            for (i, r) in done {
-                slots[i] = Some(r);
-            }
-            slots
-        })
+            let _publish = Publish(self);
+            let _ = self.plan.set(prepare());
+        });
+        let n = self.plan.get().map_or(0, |p| p.pids.len());
+        let mut slots: Vec<_> = (0..n).map(|_| None).collect();
+        for (i, r) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            slots[i] = Some(r);
+        }
+        slots
+    }
+
+    fn into_plan(self) -> Option<Plan<'a>> {
+        self.plan.into_inner()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ScanState> {
@@ -365,10 +444,10 @@ impl<'a> Scan<'a> {
     fn work(&self) -> Vec<Outcome> {
         let mut done = Vec::new();
         let mut own_dir: OwnDir = None;
-        while let Some(work) = self.claim() {
+        while let Some((plan, work)) = self.claim() {
             match work {
                 Work::Table(table) => {
-                    let (outcome, exhausted) = self.check_range(&table, &mut own_dir);
+                    let (outcome, exhausted) = self.check_range(plan, &table, &mut own_dir);
                     if exhausted {
                         self.lock().tables.retain(|t| !Arc::ptr_eq(t, &table));
                     }
@@ -378,7 +457,7 @@ impl<'a> Scan<'a> {
                     // Dropped last, even if `process` panics: waiting workers
                     // must learn that this one will share no table.
                     let _opening = Opening(self);
-                    match self.process(i) {
+                    match self.process(plan, i) {
                         Ok(Some(table)) => {
                             self.lock().tables.push(table);
                             self.wake.notify_all();
@@ -392,23 +471,27 @@ impl<'a> Scan<'a> {
         done
     }
 
-    /// The next piece of work: a range of a shared table first (so that tables
-    /// end early, and processes, which cannot be cut, are what is left at the
-    /// end), then the next process. `None` once nothing is left and no worker
-    /// may still share a table.
-    fn claim(&self) -> Option<Work> {
+    /// The next piece of work, once the plan is made: a range of a shared
+    /// table first (so that tables end early, and processes, which cannot be
+    /// cut, are what is left at the end), then the next process. `None` once
+    /// nothing is left and no worker may still share a table, or when no plan
+    /// came.
+    fn claim(&self) -> Option<(&Plan<'a>, Work)> {
         let mut st = self.lock();
         loop {
-            if let Some(table) = st.tables.last() {
-                return Some(Work::Table(Arc::clone(table)));
-            }
-            if st.next < self.pids.len() {
-                st.next += 1;
-                st.opening += 1;
-                return Some(Work::Process(st.next - 1));
-            }
-            if st.opening == 0 {
-                return None;
+            if st.planned {
+                let plan = self.plan.get()?;
+                if let Some(table) = st.tables.last() {
+                    return Some((plan, Work::Table(Arc::clone(table))));
+                }
+                if st.next < plan.pids.len() {
+                    st.next += 1;
+                    st.opening += 1;
+                    return Some((plan, Work::Process(st.next - 1)));
+                }
+                if st.opening == 0 {
+                    return None;
+                }
             }
             st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -417,23 +500,47 @@ impl<'a> Scan<'a> {
     /// Process `i`: decided here, or its table handed back to be shared
     /// (`Ok(Some)`); `Err` carries the outcome when it is decided.
     #[allow(clippy::result_large_err)]
-    fn process(&self, i: usize) -> std::result::Result<Option<Arc<SharedTable>>, Outcome> {
-        let pid = self.pids[i];
+    fn process(
+        &self,
+        plan: &Plan,
+        i: usize,
+    ) -> std::result::Result<Option<Arc<SharedTable>>, Outcome> {
+        let pid = plan.pids[i];
+        let (select, source) = (&plan.select, &plan.source);
         let decided = |r: Result<Option<ProcessFds>>| Err((i, r));
         match user_matches(pid, self.q) {
             Ok(true) => {}
             Ok(false) => return decided(Ok(None)),
             Err(e) => return decided(Err(e)),
         }
-        if self.named || !self.select.prefilters() {
-            return decided(describe(pid, self.q, self.select, self.source));
+        if self.named || !select.prefilters() {
+            return decided(describe(pid, self.q, select, source));
         }
-        let fd_dir = match self.select.open_fd_dir(pid) {
+        // Linux 6.2+ gives the number of open fds as the size of the fd
+        // directory, to a stat that needs no permission on it.
+        let counted = self.proc_stat(pid, "fd");
+        if let Ok(st) = &counted {
+            // No fd: a kernel thread (dozens on a host) or a leader that exited
+            // while its threads live on, told apart without opening anything
+            // (two stats, where open, fstat, stat and close cost 1.5 times
+            // as much). Only in a directory the caller owns, which it could
+            // open: one it may not open stays an error, as in a listing.
+            if st.st_size == 0 && st.st_uid == self.euid && self.counts_fds() {
+                let threads = self.proc_stat(pid, "task").map_or(true, |t| t.st_nlink > 3);
+                if !threads {
+                    return decided(Ok(None));
+                }
+                return decided(describe(pid, self.q, select, source));
+            }
+        }
+        let fd_dir = match select.open_fd_dir(pid) {
             Ok(d) => d,
             Err(e) => return decided(Err(e)),
         };
-        // Linux 6.2+ gives the number of open fds as the directory's size.
-        let count = rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size);
+        let count = match counted {
+            Ok(st) => st.st_size,
+            Err(_) => rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size),
+        };
         let count = usize::try_from(count).unwrap_or(0);
         if count == 0 && self.counts_fds() {
             // No fd: a kernel thread (dozens on a host) or a leader that exited
@@ -442,7 +549,7 @@ impl<'a> Scan<'a> {
                 return decided(Ok(None));
             }
             drop(fd_dir);
-            return decided(describe(pid, self.q, self.select, self.source));
+            return decided(describe(pid, self.q, select, source));
         }
         if count > SHARE_FROM && self.ranges_ok(&fd_dir) {
             return Ok(Some(Arc::new(SharedTable {
@@ -456,21 +563,21 @@ impl<'a> Scan<'a> {
         }
         // The offset check needs two fds to compare; one is listed whole.
         let may_match = if count > 1 && self.ranges_ok(&fd_dir) {
-            self.select.counted_table_may_match(pid, &fd_dir, count)
+            select.counted_table_may_match(pid, &fd_dir, count)
         } else {
-            self.select.table_may_match(pid, &fd_dir)
+            select.table_may_match(pid, &fd_dir)
         };
         drop(fd_dir);
         decided(match may_match {
-            Ok(true) => self.matched(pid),
+            Ok(true) => self.matched(plan, pid),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         })
     }
 
     /// A process the first pass found a match in.
-    fn matched(&self, pid: Pid) -> Result<Option<ProcessFds>> {
-        if self.q.pids_only && self.select.first_pass_is_exact() {
+    fn matched(&self, plan: &Plan, pid: Pid) -> Result<Option<ProcessFds>> {
+        if self.q.pids_only && plan.select.first_pass_is_exact() {
             return Ok(Some(ProcessFds {
                 pid,
                 command: String::new(),
@@ -479,7 +586,24 @@ impl<'a> Scan<'a> {
                 fds: Vec::new(),
             }));
         }
-        describe(pid, self.q, self.select, self.source)
+        describe(pid, self.q, &plan.select, &plan.source)
+    }
+
+    /// `/proc/PID/NAME`, by a stat relative to `/proc`.
+    fn proc_stat(&self, pid: Pid, name: &str) -> rustix::io::Result<rustix::fs::Stat> {
+        let proc_root = self.proc_root.get_or_init(|| {
+            rustix::fs::open(
+                "/proc",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        });
+        let path = format!("{pid}/{name}");
+        match proc_root {
+            Some(root) => statat(root, path, AtFlags::empty()),
+            None => statat(rustix::fs::CWD, format!("/proc/{path}"), AtFlags::empty()),
+        }
     }
 
     fn counts_fds(&self) -> bool {
@@ -519,7 +643,12 @@ impl<'a> Scan<'a> {
     /// Claims, lists and checks one range of a shared table: the process's
     /// outcome when this was the table's last range, and whether no range is
     /// left to claim.
-    fn check_range(&self, table: &SharedTable, own_dir: &mut OwnDir) -> (Option<Outcome>, bool) {
+    fn check_range(
+        &self,
+        plan: &Plan,
+        table: &SharedTable,
+        own_dir: &mut OwnDir,
+    ) -> (Option<Outcome>, bool) {
         let lock = || table.progress.lock().unwrap_or_else(|p| p.into_inner());
         lock().in_flight += 1;
         let claimed = if table.settled.load(Ordering::Relaxed) {
@@ -530,7 +659,7 @@ impl<'a> Scan<'a> {
         let (more, result) = match claimed {
             Ok(Some((_, numbers))) => (
                 true,
-                self.select.any_may_match(
+                plan.select.any_may_match(
                     table.pid,
                     table.fd_dir.as_fd(),
                     numbers,
@@ -561,11 +690,11 @@ impl<'a> Scan<'a> {
         drop(progress);
         let outcome = match error {
             Some(e) => Err(e),
-            None if table.settled.load(Ordering::Relaxed) => self.matched(table.pid),
+            None if table.settled.load(Ordering::Relaxed) => self.matched(plan, table.pid),
             // The ranges were read through the leader, which may have exited
             // since while its threads hold the table on: read it through them.
             None if self.leader_exited(&table.fd_dir) => {
-                describe(table.pid, self.q, self.select, self.source)
+                describe(table.pid, self.q, &plan.select, &plan.source)
             }
             None => Ok(None),
         };
@@ -864,14 +993,30 @@ sys.stdin.read()
         }
     }
 
+    /// The plan of a scan of `pids` for `select`, each process asking for its
+    /// own sockets.
+    fn plan<'a>(pids: &[Pid], select: Select<'a>) -> Plan<'a> {
+        Plan {
+            pids: pids.to_vec(),
+            select,
+            source: SocketSource::PerProcess,
+        }
+    }
+
+    /// A scan of `pids` whose plan is made, for driving its steps by hand.
+    fn planned<'a>(pids: &[Pid], q: &'a Query) -> Scan<'a> {
+        let scan = Scan::new(q, false);
+        assert!(scan.plan.set(plan(pids, select(q))).is_ok());
+        scan.lock().planned = true;
+        scan
+    }
+
     /// Scans `pid` and a small holder of only /dev/null with `q`'s file: the fds
     /// listed for `pid` (`None`: no match), checking the small holder has none.
     fn scan_pair(pid: Pid, q: &Query, path: &std::path::Path) -> Option<Vec<i32>> {
-        let select = select(q);
-        let source = SocketSource::PerProcess;
         let (small, _) = holder(3, 3, path);
         let pids = [pid, small.pid];
-        let mut slots = Scan::new(&pids, q, &select, &source, false).run();
+        let mut slots = Scan::new(q, false).run(|| plan(&pids, select(q)));
         assert!(
             matches!(slots[1], Some(Ok(None))),
             "the small holder holds /dev/null only"
@@ -932,14 +1077,16 @@ sys.stdin.read()
     }
 
     /// A small table (not shared) with holes: its numbers below the fd count
-    /// are tried, then the rest is listed, so a match among them, right after a
-    /// hole, or far past the count is found, and no other descriptor is listed.
+    /// are tried, then the rest is listed (from the count, or from a hole on
+    /// once holes are many), so a match among them, right after a hole, past
+    /// the point where tries gave way to the listing, or far past the count is
+    /// found, and no other descriptor is listed.
     #[test]
     fn a_small_table_with_holes_is_checked_whole() {
         let (dir, q) = held_file("small");
         let path = dir.join("held");
         let count = SHARE_FROM / 2;
-        for (at, high) in [(0, None), (7, None), (count, Some(700))] {
+        for (at, high) in [(0, None), (7, None), (count - 2, None), (count, Some(700))] {
             let (t, fds) = holder_with(count, at, &path, high, true);
             let fd = high.unwrap_or_else(|| t.report["target"].as_i64().expect("target") as i32);
             assert!(fds.contains(&fd));
@@ -958,7 +1105,6 @@ sys.stdin.read()
         let path = dir.join("held");
         let (t, fds) = holder(5, 2, &path);
         q.pids_only = true;
-        let source = SocketSource::PerProcess;
         for kinds in [vec![], vec![FdKind::File], vec![FdKind::Pipe]] {
             q.kinds = kinds;
             let select = Select {
@@ -968,7 +1114,7 @@ sys.stdin.read()
             };
             let (small, _) = holder(3, 3, &path);
             let pids = [t.pid, small.pid];
-            let slots = Scan::new(&pids, &q, &select, &source, false).run();
+            let slots = Scan::new(&q, false).run(|| plan(&pids, select));
             match (q.kinds.as_slice(), &slots[0]) {
                 ([], Some(Ok(Some(p)))) => {
                     assert_eq!(p.pid, t.pid);
@@ -985,19 +1131,36 @@ sys.stdin.read()
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A plan that is never made (making it panicked) lets the workers go:
+    /// the panic reaches the caller instead of a scan that waits forever.
+    #[test]
+    fn a_scan_whose_plan_panics_ends() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let q = Query::default();
+            let scan = Scan::new(&q, false);
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                scan.run(|| panic!("no plan"));
+            }));
+            let _ = tx.send(ran.is_err());
+        });
+        assert_eq!(rx.recv_timeout(fdgrab_testkit::TIMEOUT), Ok(true));
+    }
+
     /// Shares the table of `scan`'s only process, checks its first range, runs
     /// `meanwhile`, then checks the other ranges: the outcomes.
     fn first_range_then(scan: &Scan, count: usize, meanwhile: impl FnOnce()) -> Vec<Outcome> {
-        let Ok(Some(table)) = scan.process(0) else {
+        let plan = scan.plan.get().expect("a plan");
+        let Ok(Some(table)) = scan.process(plan, 0) else {
             panic!("a table of {count} fds is shared");
         };
         let mut own_dir = None;
-        let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+        let (outcome, exhausted) = scan.check_range(plan, &table, &mut own_dir);
         assert!(outcome.is_none() && !exhausted, "more ranges to go");
         meanwhile();
         let mut outcomes = Vec::new();
         for _ in 0..count {
-            let (outcome, exhausted) = scan.check_range(&table, &mut own_dir);
+            let (outcome, exhausted) = scan.check_range(plan, &table, &mut own_dir);
             outcomes.extend(outcome);
             if exhausted {
                 break;
@@ -1023,12 +1186,10 @@ sys.stdin.read()
         let (dir, q) = held_file("exit");
         let path = dir.join("held");
         let count = 4 * SHARED_BLOCK + 5;
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         for at in [0, count - 1] {
             let (mut t, _) = holder(count, at, &path);
             let pids = [t.pid];
-            let scan = Scan::new(&pids, &q, &select, &source, false);
+            let scan = planned(&pids, &q);
             let outcomes = first_range_then(&scan, count, || {
                 t.child.kill().expect("kill");
                 t.child.wait().expect("reap");
@@ -1065,8 +1226,6 @@ ctypes.CDLL(None).pthread_exit(None)
     fn a_holder_whose_leader_exits_mid_scan_is_still_found() {
         let (dir, q) = held_file("leader");
         let path = dir.join("held");
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         for count in [4 * SHARED_BLOCK + 5, SHARE_FROM / 2] {
             let mut cmd = std::process::Command::new("python3");
             cmd.args(["-c", LEADER_EXITS, &count.to_string()])
@@ -1074,7 +1233,7 @@ ctypes.CDLL(None).pthread_exit(None)
             let mut t = Target::spawn_cmd(cmd);
             let fd = t.report["target"].as_i64().expect("target") as i32;
             let pids = [t.pid];
-            let scan = Scan::new(&pids, &q, &select, &source, false);
+            let scan = planned(&pids, &q);
             let exit_leader = |t: &mut Target| {
                 tell(t, b"exit\n");
                 fdgrab_testkit::wait_leader_zombie(t.pid);
@@ -1091,7 +1250,7 @@ ctypes.CDLL(None).pthread_exit(None)
                 // same call does first, so exit it before and check that the
                 // scan still finds the holder (the fast path for empty tables).
                 exit_leader(&mut t);
-                match scan.process(0) {
+                match scan.process(scan.plan.get().expect("a plan"), 0) {
                     Err((0, outcome)) => outcome,
                     _ => panic!("a small table is decided at once"),
                 }
@@ -1126,15 +1285,13 @@ os.execv("/bin/sleep", ["sleep", "30"])
     fn a_shared_table_whose_process_execs_mid_scan() {
         let (dir, q) = held_file("exec");
         let path = dir.join("held");
-        let select = select(&q);
-        let source = SocketSource::PerProcess;
         let count = 4 * SHARED_BLOCK + 5;
         let mut cmd = std::process::Command::new("python3");
         cmd.args(["-c", EXECS, &count.to_string()]).arg(&path);
         let mut t = Target::spawn_cmd(cmd);
         let fd = t.report["target"].as_i64().expect("target") as i32;
         let pids = [t.pid];
-        let scan = Scan::new(&pids, &q, &select, &source, false);
+        let scan = planned(&pids, &q);
         let outcomes = first_range_then(&scan, count, || {
             tell(&mut t, b"exec\n");
             let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;

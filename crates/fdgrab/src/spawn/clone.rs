@@ -125,10 +125,10 @@ impl Prepared<'_> {
         // SAFETY: a by-value read of the C library's pointer to its NULL-terminated
         // `KEY=value` array, which it keeps valid for the life of the process
         // unless the environment is changed. Nothing in fdgrab changes it, and
-        // `std::env::set_var`'s contract (an `unsafe fn` since edition 2024) makes
-        // its caller ensure that no other thread reads the environment by other
-        // means meanwhile, such as this exec; `execvp` and `posix_spawn` read
-        // `environ` the same way.
+        // `std::env::set_var`'s contract (an `unsafe fn` in every edition, though
+        // only edition 2024 makes callers say so) makes its caller ensure that no
+        // other thread reads the environment by other means meanwhile, such as
+        // this exec; `execvp` and `posix_spawn` read `environ` the same way.
         unsafe { environ }
     }
 }

@@ -333,6 +333,13 @@ impl Spawn {
     /// Starts the program. Returns once it has exec'd; every failure before that
     /// (not found, not executable, a set-up step) is a [`SpawnError`] inside
     /// [`Error::Spawn`], and the failed child has been reaped.
+    ///
+    /// With no variable set or removed, the child's `execve` reads the C library's
+    /// `environ` directly, without the lock std's `Command` holds while it does the
+    /// same: another thread of the caller must not call `std::env::set_var` or
+    /// `remove_var` meanwhile (their safety contract forbids it in every edition;
+    /// edition 2021 merely does not make the caller write `unsafe`). Setting any
+    /// variable with [`Spawn::env`] makes a copy under std's lock instead.
     pub fn spawn(self) -> Result<Child> {
         let program = match &self.program {
             Some(p) => p.clone(),

@@ -245,9 +245,20 @@ impl Regs {
         Regs(r)
     }
 
-    /// The progress of a [`send_routine`] stopped with these registers.
-    pub(crate) fn send_progress(&self) -> SendProgress {
-        let fd = self.0.r14 as i64;
+    /// The progress of a [`send_routine`] at `at` stopped with these registers;
+    /// `skipped`: the stop is a seccomp trap's, so the call just before the
+    /// instruction pointer did not run. Between a call's `syscall` and the `mov`
+    /// that records it in r14 (a stop there: an interrupt, a fault of the next
+    /// fetch) the socket is in rax after `socket`, and already closed after
+    /// `close`, unless that did not run: trapped, or interrupted before it ran
+    /// (a user-notification wait our interrupt ended leaves a restart code).
+    pub(crate) fn send_progress(&self, at: u64, skipped: bool) -> SendProgress {
+        let interrupted = (-516..=-512).contains(&(self.0.rax as i64));
+        let fd = match self.0.rip.wrapping_sub(at) {
+            0x02..=0x07 if !skipped => self.0.rax as i64,
+            0x27 if !skipped && !interrupted => -1,
+            _ => self.0.r14 as i64,
+        };
         let sent = self.0.r15 as i64;
         SendProgress {
             open_fd: (0..=i64::from(i32::MAX)).contains(&fd).then_some(fd as i32),
@@ -314,9 +325,26 @@ mod tests {
         // js rel8 at 5, the next instruction at 7.
         assert_eq!(CODE[5], 0x78);
         assert_eq!(7 + CODE[6] as u64, END - 1);
+        let mut r = Regs::default().for_send_routine(0x5000, [1, 2, 0], 0x6000, 0x40);
+        // Stopped right after `socket` returned 7, and after `close` of it; or
+        // trapped by seccomp there (rax the call's number, the socket left open).
+        r.0.rip = 0x5002;
+        r.0.rax = 7;
+        assert_eq!(r.send_progress(0x5000, false).open_fd, Some(7));
+        assert_eq!(r.send_progress(0x5000, true).open_fd, None);
+        r.0.rip = 0x5027;
+        r.0.r14 = 7;
+        r.0.rax = 0;
+        assert_eq!(r.send_progress(0x5000, false).open_fd, None);
+        assert_eq!(r.send_progress(0x5000, true).open_fd, Some(7));
+        r.0.rax = (-512i64) as u64;
+        assert_eq!(r.send_progress(0x5000, false).open_fd, Some(7));
+        r.0.rip = 0x502f;
+        r.0.r14 = u64::MAX;
+        assert_eq!(r.send_progress(0x5000, false).open_fd, None);
         let r = Regs::default().for_send_routine(0x5000, [1, 2, 0], 0x6000, 0x40);
         assert_eq!(
-            r.send_progress(),
+            r.send_progress(0x5000, false),
             SendProgress {
                 open_fd: None,
                 sendmsg: None,

@@ -23,6 +23,8 @@ mod stop;
 
 pub(crate) use crate::inject::syscalls::syscall_name;
 pub(crate) use errors::remote_error;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use routine::{RoutineEnd, ROUTINE_TIMEOUT};
 
 use super::arch::{Regs, SYSCALL_INSN};
 use super::ptrace;
@@ -135,6 +137,10 @@ pub struct Session<'a> {
     /// before seizing): the session keeps SIGTRAP blocked too, so that it stays
     /// pending rather than be taken for a step's (see [`Session::blocking_set`]).
     trap_pending: bool,
+    /// A SIGSYS was pending when we looked: the session keeps it blocked, so that
+    /// it stays pending rather than be taken for one a call forced (see
+    /// [`Session::blocking_set`]).
+    sys_pending: bool,
     /// The first stop was a group stop (the process was stopped by a stop signal):
     /// the thread's signals are then blocked by ptrace, before it runs anything,
     /// whatever call it is in, so that no handler runs while the process is stopped.
@@ -183,8 +189,11 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>> {
         let pid = target.pid();
         let (tid, status) = owner;
-        let trap_pending =
-            (status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0)) & sigmask::TRAP_BIT != 0;
+        let pending = status.sig_pnd.unwrap_or(0) | status.shd_pnd.unwrap_or(0);
+        let trap_pending = pending & sigmask::TRAP_BIT != 0;
+        // A routine's faults must find no signal of theirs pending or ignored.
+        let exec_scratch = exec_scratch
+            && (pending | status.sig_ign.unwrap_or(u64::MAX)) & sigmask::ROUTINE_FAULT_BITS == 0;
         let seccomp_mode = seccomp::before_seize(pid, tid, &status, policy)?;
         let our_mask = OurMask::hold_signals();
         if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD) {
@@ -214,6 +223,7 @@ impl<'a> Session<'a> {
             mask_by_ptrace: false,
             no_forced_trap: false,
             trap_pending,
+            sys_pending: pending & sigmask::SYS_BIT != 0,
             group_stopped: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),

@@ -22,13 +22,31 @@
 //! - the thread stops on the signal path at its end, as after a step, so the
 //!   restart decision at the detach is the kernel's, unchanged.
 
-use super::errors::RunError;
+use super::sigmask::ROUTINE_FAULT_BITS;
 use super::stop::{classify, Stop};
 use super::{Session, State};
 use crate::error::{Error, Result};
 use crate::inject::arch::{Regs, SYSCALL_INSN};
 use crate::inject::ptrace;
 use crate::inject::seccomp::{self, Gate, Planned};
+use std::time::{Duration, Instant};
+
+/// How long a routine may run before it is stopped where it is: its calls never
+/// block (a datagram `sendmsg` with `MSG_DONTWAIT`, a `socket`, the `close` of
+/// that socket), so only code that is no longer ours (another thread of the target
+/// rewrote it) or a starved thread takes this long.
+pub(crate) const ROUTINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a routine's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RoutineEnd {
+    /// At its final trap.
+    Trap,
+    /// On a signal it forced (a fault, a seccomp trap), not delivered.
+    Forced(i32),
+    /// Stopped where it was after [`ROUTINE_TIMEOUT`].
+    GivenUp,
+}
 
 impl Session<'_> {
     /// Whether a read+exec scratch mapping may be asked for (see the module
@@ -40,9 +58,19 @@ impl Session<'_> {
         let ip = self.insn + SYSCALL_INSN.len() as u64;
         match &self.gate {
             Gate::Open => true,
+            // A filter that refuses to make memory executable (systemd's
+            // MemoryDenyWriteExecute= refuses `mprotect` with PROT_EXEC, and lets a
+            // read+exec `mmap` through) says the target runs no code that was not
+            // mapped from a file: it gets none of ours either.
             Gate::Checked(filters) => {
                 let args = super::scratch_mmap(libc::PROT_EXEC);
+                let exec = [
+                    0,
+                    super::SCRATCH_LEN,
+                    (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                ];
                 seccomp::refused_now(filters, libc::SYS_mmap, &args, ip).is_none()
+                    && seccomp::refused_now(filters, libc::SYS_mprotect, &exec, ip).is_none()
             }
             Gate::Suspended { .. } | Gate::Unchecked => false,
         }
@@ -126,15 +154,16 @@ impl Session<'_> {
 
     /// Runs a routine: the frame `frame` makes from the thread's saved registers
     /// (entering the routine), resumed until the routine's trap leaves the
-    /// instruction pointer at `end`. Returns the registers there; or, with the
-    /// signal, those at a signal the routine forced (a fault, a seccomp trap), where
-    /// it was stopped and not resumed (the signal is not delivered).
+    /// instruction pointer at `end`. Returns the registers there; or those at a
+    /// signal the routine forced (a fault, a seccomp trap), where it was stopped
+    /// and not resumed (the signal is not delivered); or those where it was
+    /// stopped after running too long (see [`RoutineEnd`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn run_routine(
         &mut self,
         frame: impl FnOnce(&Regs) -> Regs,
         end: u64,
-    ) -> Result<(Regs, Option<i32>)> {
+    ) -> Result<(Regs, RoutineEnd)> {
         match self.state {
             State::Stopped => {}
             State::Gone => return Err(Error::NoSuchProcess { pid: self.pid }),
@@ -148,28 +177,78 @@ impl Session<'_> {
         frame(&self.saved)
             .write(tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        // Faults unblocked while it runs, so that forcing one keeps the target's
+        // handler (see `ROUTINE_FAULT_BITS`); the session's mask is back at its stop.
+        let mask = ptrace::sigmask(tid).map_err(|e| self.ptrace_error("PTRACE_GETSIGMASK", e))?;
+        ptrace::set_sigmask(tid, mask & !ROUTINE_FAULT_BITS)
+            .map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
+        let r = self.resume_routine(end);
+        if self.state == State::Gone {
+            return r;
+        }
+        let back = ptrace::set_sigmask(tid, mask);
+        let (regs, forced) = r?;
+        back.map_err(|e| self.ptrace_error("PTRACE_SETSIGMASK", e))?;
+        Ok((regs, forced))
+    }
+
+    /// Resumes a routine entered by [`Session::run_routine`] until it stops at
+    /// `end`, on a signal it forced, or at [`ROUTINE_TIMEOUT`].
+    fn resume_routine(&mut self, end: u64) -> Result<(Regs, RoutineEnd)> {
+        let tid = self.tid;
+        let deadline = Instant::now() + ROUTINE_TIMEOUT;
+        let mut given_up = false;
         let mut deliver = 0;
         loop {
             ptrace::cont(tid, deliver).map_err(|e| self.ptrace_error("PTRACE_CONT", e))?;
             deliver = 0;
-            let status = self.wait().map_err(|e| match e {
-                RunError::Fatal(e) => e,
-                RunError::SignalFirst(sig) => Error::io(
-                    "running an injected routine",
-                    self.pid,
-                    None,
-                    rustix::io::Errno::from_raw_os_error(sig),
-                ),
-            })?;
+            let status = loop {
+                if given_up {
+                    // As for a step's call, from here the stop is waited for without
+                    // a deadline: a thread left running in our code with our
+                    // registers (when fdgrab exits) would be worse. It comes at once
+                    // unless the thread is in a call that even the interrupt does
+                    // not end (say, a user-notification wait made killable).
+                    break ptrace::wait(tid, &mut self.spin)
+                        .map_err(|e| self.ptrace_error("waitpid", e))?;
+                }
+                match ptrace::wait_until(tid, &mut self.spin, deadline) {
+                    Ok(Some(status)) => break status,
+                    Err(e) => return Err(self.ptrace_error("waitpid", e)),
+                    // Its three calls never block: code that runs this long is not
+                    // ours any more (another thread of the target rewrote the page),
+                    // a call a filter added meanwhile holds (a user notification), or
+                    // a starved thread. Either way it is stopped where it is.
+                    Ok(None) => {
+                        tracing::debug!(
+                            pid = self.pid,
+                            "the injected routine did not end; interrupting it"
+                        );
+                        ptrace::interrupt(tid)
+                            .map_err(|e| self.ptrace_error("PTRACE_INTERRUPT", e))?;
+                        given_up = true;
+                    }
+                }
+            };
+            self.stops += 1;
             let sig = match classify(status) {
                 Stop::Gone => return Err(self.died()),
+                // Our interrupt's stop (or a group stop that took its place).
+                Stop::Event(_) if given_up => {
+                    let regs =
+                        Regs::read(tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    return Ok((regs, RoutineEnd::GivenUp));
+                }
                 // A group stop (a SIGSTOP passed on) ends with this resume, as at a step.
                 Stop::Event(_) | Stop::Syscall => continue,
                 Stop::Signal(sig) => sig,
             };
             let regs = Regs::read(tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             match sig {
-                libc::SIGTRAP if regs.instruction_pointer() == end => return Ok((regs, None)),
+                // A pending interrupt of ours is met (and passed) at the next step.
+                libc::SIGTRAP if regs.instruction_pointer() == end => {
+                    return Ok((regs, RoutineEnd::Trap))
+                }
                 libc::SIGSTOP => {
                     self.stop_seen = true;
                     deliver = libc::SIGSTOP;
@@ -184,7 +263,7 @@ impl Session<'_> {
                         ip = format_args!("{:#x}", regs.instruction_pointer()),
                         "the injected routine forced a signal; stopping it there"
                     );
-                    return Ok((regs, Some(sig)));
+                    return Ok((regs, RoutineEnd::Forced(sig)));
                 }
             }
         }

@@ -27,6 +27,19 @@ const FAULTS: [i32; 6] = [
     libc::SIGSYS,
 ];
 
+/// The faults a routine can force on the target thread (`SIGTRAP` aside, which is
+/// never blocked): a seccomp trap's SIGSYS (a filter added with TSYNC once the
+/// filters were read), and a fault on its code page (another thread unmapped or
+/// changed it). The kernel resets the handler of a signal it forces while it is
+/// blocked or ignored to SIG_DFL, for the whole process and for good, so a
+/// routine runs with these unblocked, and not at all where the process ignores
+/// one or has one pending (an unblocked pending one would be taken for forced).
+pub(super) const ROUTINE_FAULT_BITS: u64 = 1 << (libc::SIGSEGV - 1)
+    | 1 << (libc::SIGBUS - 1)
+    | 1 << (libc::SIGFPE - 1)
+    | 1 << (libc::SIGILL - 1)
+    | 1 << (libc::SIGSYS - 1);
+
 /// Our own thread's signal mask from before [`OurMask::hold_signals`].
 #[derive(Clone, Copy)]
 pub(super) struct OurMask(Option<libc::sigset_t>);
@@ -73,6 +86,9 @@ const BLOCK_ALL_BUT_TRAP: u64 = !TRAP_BIT;
 
 /// SIGTRAP in a signal set.
 pub(super) const TRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
+
+/// SIGSYS in a signal set.
+pub(super) const SYS_BIT: u64 = 1 << (libc::SIGSYS - 1);
 
 /// Whether `PTRACE_GETSIGMASK`/`PTRACE_SETSIGMASK` are exact on every kernel for a
 /// thread stopped with `regs`. A call that runs with a temporary mask (`ppoll`,
@@ -236,11 +252,23 @@ impl Session<'_> {
     /// reported at the first resume and dropped as a step's; blocked, it waits for
     /// the thread's mask to come back. The calls then run through syscall stops, so
     /// that no step's SIGTRAP is forced on the blocked signal.
+    ///
+    /// SIGSYS stays unblocked too (unless one is pending, see `sys_pending`): a
+    /// call a seccomp filter traps forces it, and forcing a blocked signal resets
+    /// its handler to SIG_DFL for the whole process, so a target with a SIGSYS
+    /// handler (any program that installs trapping filters) would die of its next
+    /// trapped call. Unblocked, it is reported to us and dropped, as a step's
+    /// SIGTRAP is.
     fn blocking_set(&self) -> u64 {
-        if self.trap_pending {
+        let set = if self.trap_pending {
             !0
         } else {
             BLOCK_ALL_BUT_TRAP
+        };
+        if self.sys_pending {
+            set
+        } else {
+            set & !SYS_BIT
         }
     }
 
