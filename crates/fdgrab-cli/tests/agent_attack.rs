@@ -618,6 +618,7 @@ fn agent_suspect_container_serves_on_after_a_killed_read() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut t = FakeTenant::start(&agent, &unique("suspect"));
     assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
@@ -643,6 +644,7 @@ fn agent_suspect_container_serves_on_after_a_killed_read() {
     assert_eq!(timeouts, 4, "one line per stalled bind");
     t.kill();
     returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
 
@@ -761,6 +763,7 @@ fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
     }
     const AT_ONCE: usize = 10;
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let bound = threads + AT_ONCE + IN_THREAD_CAP + (AT_ONCE - 1);
     let mut held = Vec::new();
@@ -796,6 +799,7 @@ fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
     // The outside holder lets go: every read blocked in a thread returns.
     drop(held);
     returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
 
