@@ -353,6 +353,23 @@ fn nices(agent: &AgentProc, name: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The nice value the agent runs at, which its workers start from and return to
+/// (0 unless the suite itself runs under `nice`).
+fn base_nice(agent: &AgentProc) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid)).expect("agent stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let nice = after
+        .split_whitespace()
+        .nth(16)
+        .and_then(|n| n.parse().ok())
+        .expect("nice field");
+    assert!(
+        nice < 19,
+        "the agent runs at nice {nice}: its workers cannot yield below it"
+    );
+    nice
+}
+
 /// Waits until every thread named `name` runs at `nice`.
 fn wait_nice(agent: &AgentProc, name: &str, nice: i64) {
     let deadline = Instant::now() + TIMEOUT;
@@ -382,7 +399,8 @@ fn agent_busy_container_worker_yields_and_recovers() {
     assert_eq!(nices(&agent, "fdgrab-slowlane"), [19]);
     let mut busy = FakeTenant::start(&agent, &unique("busy"));
     assert_eq!(busy.ask("bind 127.78.9.1 86", TIMEOUT)["errno"], 0);
-    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [0]);
+    let base = base_nice(&agent);
+    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [base]);
     assert_eq!(busy.ask("storm 300 79 86", TIMEOUT)["started"], 300);
     wait_nice(&agent, "fdgrab-tenant-1", 19);
     let r = busy.ask("stop", TIMEOUT);
@@ -390,7 +408,7 @@ fn agent_busy_container_worker_yields_and_recovers() {
     // One call after a pause: not busy any more; a successor at nice 0 serves it.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(busy.ask("bind 127.78.9.2 86", TIMEOUT)["errno"], 0);
-    wait_nice(&agent, "fdgrab-tenant-1", 0);
+    wait_nice(&agent, "fdgrab-tenant-1", base);
     assert_eq!(busy.ask("bind 127.78.9.3 86", TIMEOUT)["errno"], 0);
     agent
         .log
@@ -495,6 +513,7 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:95"]);
+    let base = base_nice(&agent);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut t = FakeTenant::start(&agent, &unique("flip"));
@@ -507,7 +526,7 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
         std::thread::sleep(Duration::from_millis(60));
         let r = t.ask(&format!("lat 20 127.81.250.{} 95", round + 1), TIMEOUT);
         assert_eq!(r["errors"], 0, "round {round}: {r}");
-        wait_nice(&agent, "fdgrab-tenant-1", 0);
+        wait_nice(&agent, "fdgrab-tenant-1", base);
         assert_eq!(nices(&agent, "fdgrab-tenant-1").len(), 1, "one worker");
         let r = calm.ask(&format!("bind 127.81.251.{} 95", round + 1), TIMEOUT);
         assert_eq!(r["errno"], 0, "{r}");
@@ -717,7 +736,11 @@ fn agent_stall_while_lowered_is_replaced_at_nice_0() {
     }
     let mut n = nices(&agent, "fdgrab-tenant-1");
     n.sort_unstable();
-    assert_eq!(n, [0, 19], "the stuck worker and its successor");
+    assert_eq!(
+        n,
+        [base_nice(&agent), 19],
+        "the stuck worker and its successor"
+    );
     t.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
