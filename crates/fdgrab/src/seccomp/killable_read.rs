@@ -24,7 +24,7 @@
 //! so only a wait with `__WALL` sees it: a `waitpid(-1)` elsewhere in the
 //! process cannot reap it (and reuse its pid) behind our back.
 
-use crate::spawn::clone::{clone_with_signals_blocked, Stack};
+use crate::clone_vm::{clone_with_signals_blocked, Stack};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use std::ffi::{c_int, c_void};
