@@ -327,36 +327,4 @@ mod tests {
         }
         assert_eq!(fds_and_children(), before);
     }
-
-    /// Not a check: prints the cost of a read in a killable reader against one
-    /// in this thread (interleaved rounds, medians). Run with
-    /// `cargo test --release -p fdgrab --lib -- --ignored --nocapture per_read_cost`.
-    #[test]
-    #[ignore = "a measurement"]
-    fn per_read_cost() {
-        let src = [0x11u8; 16];
-        let (mut thread, mut killable) = (Vec::new(), Vec::new());
-        for _ in 0..21 {
-            let t = Instant::now();
-            for _ in 0..1_000 {
-                let mut buf = [0u8; 16];
-                crate::sys::process_vm_read(own_tid(), src.as_ptr() as u64, &mut buf)
-                    .expect("read");
-            }
-            thread.push(t.elapsed() / 1_000);
-            let t = Instant::now();
-            for _ in 0..1_000 {
-                let mut buf = [0u8; 16];
-                read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
-            }
-            killable.push(t.elapsed() / 1_000);
-        }
-        thread.sort();
-        killable.sort();
-        let (t, k) = (thread[10], killable[10]);
-        println!(
-            "per read: in this thread {t:?}, in a killable reader {k:?}: {:.1}x",
-            k.as_secs_f64() / t.as_secs_f64()
-        );
-    }
 }
