@@ -1029,3 +1029,59 @@ fn kernel_threads_stay_unreadable_to_an_unprivileged_narrowing_query() {
         );
     }
 }
+
+/// A system-wide scan where no thread can be started (a pids cgroup at its limit,
+/// as under a unit's `TasksMax=`): the calling thread scans alone and finds every
+/// holder. Before, the refused spawn panicked while the workers already started
+/// waited for a plan that never came, and the scope waited for them: a hang.
+#[test]
+fn a_scan_that_can_start_no_thread_still_answers() {
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    let root = if std::fs::read_to_string(v2.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+    {
+        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+        v2.to_path_buf()
+    } else {
+        let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
+        if !v1.join("cgroup.procs").exists() {
+            fdgrab_testkit::skip("no pids cgroup controller is mounted (v1 or v2)");
+            return;
+        }
+        v1
+    };
+    let cg = root.join(format!("fdgrab-ls-nothreads-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("mkdir {}: {e}", cg.display()));
+    // Room for the shell that moves itself in and then becomes fdgrab, no more.
+    std::fs::write(cg.join("pids.max"), "1").expect("pids.max");
+    let dir = temp_dir("nothreads");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let t = holder(&[file.to_str().expect("utf8")]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" ls --path \"$1\" --pids",
+        cg.display()
+    );
+    let out = output_timeout(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .arg(env!("CARGO_BIN_EXE_fdgrab"))
+            .arg(&file),
+        TIMEOUT,
+    );
+    let _ = std::fs::remove_dir(&cg);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        t.pid.to_string(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -409,20 +409,34 @@ impl<'a> Scan<'a> {
     fn run(&self, prepare: impl FnOnce() -> Plan<'a>) -> Vec<Option<Result<Option<ProcessFds>>>> {
         let workers = super::cores().clamp(1, 8);
         let done = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    // A panicking worker leaves its processes as None.
-                    let outcomes = std::panic::catch_unwind(AssertUnwindSafe(|| self.work()));
-                    if let Ok(outcomes) = outcomes {
-                        done.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(outcomes);
-                    }
-                });
+        let work = || {
+            // A panicking worker leaves its processes as None.
+            let outcomes = std::panic::catch_unwind(AssertUnwindSafe(|| self.work()));
+            if let Ok(outcomes) = outcomes {
+                done.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(outcomes);
             }
-            let _publish = Publish(self);
+        };
+        std::thread::scope(|s| {
+            // Released (the plan published, or its absence) however this ends:
+            // started workers wait for it, and the scope waits for them.
+            let publish = Publish(self);
+            let mut started = 0;
+            for _ in 0..workers {
+                // A thread refused (a pids limit, RLIMIT_NPROC, no memory) is not
+                // an error: fewer workers do the same work.
+                if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                    break;
+                }
+                started += 1;
+            }
             let _ = self.plan.set(prepare());
+            drop(publish);
+            if started == 0 {
+                tracing::debug!("no scan thread could be started: the calling thread scans");
+                work();
+            }
         });
         let n = self.plan.get().map_or(0, |p| p.pids.len());
         let mut slots: Vec<_> = (0..n).map(|_| None).collect();
