@@ -7,7 +7,7 @@
 pub mod bpf;
 mod filter;
 mod ioctl;
-mod killable_read;
+pub(crate) mod killable_read;
 mod notify;
 pub mod profile;
 mod remote;
