@@ -907,3 +907,49 @@ fn agent_churning_stalls_near_the_cap_leak_no_place() {
     }
     s.end(1);
 }
+
+/// A suspect container (its worker was given up on once) binds while the
+/// agent's pids cgroup is full, so no killable reader can start: the bind is
+/// still answered at once (the kernel judges it, audited with the reason), the
+/// agent starts no thread and gives up on
+/// no worker (no read in the worker's own thread for a suspect container), and
+/// once tasks can start again its binds are granted.
+#[test]
+fn agent_suspect_container_with_no_room_for_a_reader_is_answered() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let Some(cg) = PidsCgroup::holding(&agent) else {
+        return;
+    };
+    let mut t = FakeTenant::start(&agent, &unique("noreader"));
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    assert_eq!(agent.state_number("blocked_workers"), 1);
+    let threads = thread_count(&agent);
+    // Every task the cgroup may hold is there: no reader can start.
+    let tasks = thread_count(&agent) + agent_children(&agent);
+    cg.set("pids.max", &tasks.to_string());
+    let r = t.ask("bind 127.86.3.1 86", TIMEOUT);
+    assert!(r["errno"].is_i64(), "answered: {r}");
+    let lines = agent.audit_lines();
+    assert!(
+        lines.iter().any(|l| l["decision"] == "continue"
+            && l["decided_by"] == "kernel"
+            && l["reason"] == "cannot read the caller's memory"),
+        "judged by the kernel, with the reason: {lines:?}"
+    );
+    assert_eq!(thread_count(&agent), threads, "no thread more");
+    assert_eq!(
+        agent.state_number("blocked_workers"),
+        1,
+        "no worker given up"
+    );
+    cg.set("pids.max", "max");
+    let r = t.ask("bind 127.86.3.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(agent_zombies(&agent), 0);
+    t.kill();
+    drop(cg);
+}
