@@ -377,6 +377,23 @@ fn nices(agent: &AgentProc, name: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The nice value the agent runs at, which its workers start from and return to
+/// (0 unless the suite itself runs under `nice`).
+fn base_nice(agent: &AgentProc) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid)).expect("agent stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let nice = after
+        .split_whitespace()
+        .nth(16)
+        .and_then(|n| n.parse().ok())
+        .expect("nice field");
+    assert!(
+        nice < 19,
+        "the agent runs at nice {nice}: its workers cannot yield below it"
+    );
+    nice
+}
+
 /// Waits until every thread named `name` runs at `nice`.
 fn wait_nice(agent: &AgentProc, name: &str, nice: i64) {
     let deadline = Instant::now() + TIMEOUT;
@@ -406,7 +423,8 @@ fn agent_busy_container_worker_yields_and_recovers() {
     assert_eq!(nices(&agent, "fdgrab-slowlane"), [19]);
     let mut busy = FakeTenant::start(&agent, &unique("busy"));
     assert_eq!(busy.ask("bind 127.78.9.1 86", TIMEOUT)["errno"], 0);
-    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [0]);
+    let base = base_nice(&agent);
+    assert_eq!(nices(&agent, "fdgrab-tenant-1"), [base]);
     assert_eq!(busy.ask("storm 300 79 86", TIMEOUT)["started"], 300);
     wait_nice(&agent, "fdgrab-tenant-1", 19);
     let r = busy.ask("stop", TIMEOUT);
@@ -414,7 +432,7 @@ fn agent_busy_container_worker_yields_and_recovers() {
     // One call after a pause: not busy any more; a successor at nice 0 serves it.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(busy.ask("bind 127.78.9.2 86", TIMEOUT)["errno"], 0);
-    wait_nice(&agent, "fdgrab-tenant-1", 0);
+    wait_nice(&agent, "fdgrab-tenant-1", base);
     assert_eq!(busy.ask("bind 127.78.9.3 86", TIMEOUT)["errno"], 0);
     agent
         .log
@@ -519,6 +537,7 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:95"]);
+    let base = base_nice(&agent);
     let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut t = FakeTenant::start(&agent, &unique("flip"));
@@ -531,7 +550,7 @@ fn agent_alternating_storms_respawn_without_growth_or_double_answers() {
         std::thread::sleep(Duration::from_millis(60));
         let r = t.ask(&format!("lat 20 127.81.250.{} 95", round + 1), TIMEOUT);
         assert_eq!(r["errors"], 0, "round {round}: {r}");
-        wait_nice(&agent, "fdgrab-tenant-1", 0);
+        wait_nice(&agent, "fdgrab-tenant-1", base);
         assert_eq!(nices(&agent, "fdgrab-tenant-1").len(), 1, "one worker");
         let r = calm.ask(&format!("bind 127.81.251.{} 95", round + 1), TIMEOUT);
         assert_eq!(r["errno"], 0, "{r}");
@@ -642,6 +661,7 @@ fn agent_suspect_container_serves_on_after_a_killed_read() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let mut t = FakeTenant::start(&agent, &unique("suspect"));
     assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
@@ -668,6 +688,7 @@ fn agent_suspect_container_serves_on_after_a_killed_read() {
     assert_eq!(timeouts, 4, "one line per stalled bind");
     t.kill();
     returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
 
@@ -740,7 +761,11 @@ fn agent_stall_while_lowered_is_replaced_at_nice_0() {
     }
     let mut n = nices(&agent, "fdgrab-tenant-1");
     n.sort_unstable();
-    assert_eq!(n, [0, 19], "the stuck worker and its successor");
+    assert_eq!(
+        n,
+        [base_nice(&agent), 19],
+        "the stuck worker and its successor"
+    );
     t.kill();
     returns(&agent, "threads", threads, thread_count);
     returns(&agent, "fds", fds, AgentProc::fd_count);
@@ -786,6 +811,7 @@ fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
     }
     const AT_ONCE: usize = 10;
     let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let fds = agent.fd_count();
     let threads = thread_count(&agent);
     let bound = threads + AT_ONCE + IN_THREAD_CAP + (AT_ONCE - 1);
     let mut held = Vec::new();
@@ -826,6 +852,7 @@ fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
     // The outside holder lets go: every read blocked in a thread returns.
     drop(held);
     returns(&agent, "threads", threads, thread_count);
+    returns(&agent, "fds", fds, AgentProc::fd_count);
     assert_eq!(agent.state_number("blocked_workers"), 0);
 }
 

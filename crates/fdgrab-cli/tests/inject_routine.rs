@@ -232,7 +232,8 @@ fn routine_that_never_ends_is_given_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         let hijacked = err.contains("did not end");
         assert_eq!(out.status.success(), !hijacked, "{err}");
-        b.assert_unharmed(&mut t, &b.fds, "a routine that never ends");
+        let fds = fds_with_listener(&t, &b, hijacked, &err);
+        b.assert_unharmed(&mut t, &fds, "a routine that never ends");
         if hijacked {
             return;
         }
@@ -331,23 +332,7 @@ fn routine_waiting_in_a_call_is_interrupted() {
         let err = String::from_utf8_lossy(&out.stderr);
         let waited = err.contains("did not end");
         assert_eq!(out.status.success(), !waited, "{err}");
-        // The thread may see the trace late (the listener then comes after the
-        // grab) or not at all (no listener).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let listener = loop {
-            let found = fdgrab_testkit::proc_fds(t.pid)
-                .into_iter()
-                .find(|l| l.ends_with("seccomp notify"));
-            if found.is_some() || waited || std::time::Instant::now() > deadline {
-                break found;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let fds = match &listener {
-            Some(l) => b.fds_with(l),
-            None => b.fds.clone(),
-        };
-        assert!(listener.is_some() || !waited, "{err}");
+        let fds = fds_with_listener(&t, &b, waited, &err);
         b.assert_unharmed(&mut t, &fds, "a call that waits");
         if waited {
             return;
@@ -370,7 +355,8 @@ fn routine_forged_message_is_refused() {
         let out = get(&t, fd);
         let err = String::from_utf8_lossy(&out.stderr);
         let forged = err.contains("is not the same open file");
-        b.assert_unharmed(&mut t, &b.fds, "a forged message");
+        let fds = fds_with_listener(&t, &b, forged, &err);
+        b.assert_unharmed(&mut t, &fds, "a forged message");
         if forged {
             assert!(!out.status.success(), "{err}");
             assert!(out.stdout.is_empty(), "handed on: {err}");
@@ -396,7 +382,8 @@ fn routine_whose_page_is_unmapped_faults_harmlessly() {
         let out = get(&t, fd);
         let err = String::from_utf8_lossy(&out.stderr);
         let faulted = err.contains("forced a signal");
-        b.assert_unharmed(&mut t, &b.fds, "the routine's page unmapped");
+        let fds = fds_with_listener(&t, &b, faulted, &err);
+        b.assert_unharmed(&mut t, &fds, "the routine's page unmapped");
         if faulted {
             assert!(err.contains("signal 11"), "{err}");
             assert!(!out.status.success(), "{err}");
@@ -405,4 +392,26 @@ fn routine_whose_page_is_unmapped_faults_harmlessly() {
         assert!(out.status.success(), "{err}");
     }
     panic!("the fault was never met in 40 grabs");
+}
+
+/// The target's fds as `b` saw them, plus the user-notification listener its
+/// second thread adds once it sees the trace: when the attack `landed` that was
+/// during the grab; otherwise it may come after it, or (once the target is no
+/// longer traced) never.
+fn fds_with_listener(t: &Target, b: &Snapshot, landed: bool, err: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let listener = loop {
+        let found = fdgrab_testkit::proc_fds(t.pid)
+            .into_iter()
+            .find(|l| l.ends_with("seccomp notify"));
+        if found.is_some() || landed || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(listener.is_some() || !landed, "{err}");
+    match &listener {
+        Some(l) => b.fds_with(l),
+        None => b.fds.clone(),
+    }
 }

@@ -1,6 +1,7 @@
 //! The parsers of untrusted input that are private to the crate, reachable for the
 //! fuzz targets (`fuzz/`) and the property tests. Each function is the exact code
 //! production runs on that input, with no I/O around it. Not a stable API.
+//! Also the one private primitive a benchmark measures ([`killable_read`]).
 
 use crate::inventory::{Endpoint, SocketInfo};
 use std::net::SocketAddr;
@@ -170,4 +171,20 @@ pub fn pty_escape(escape: crate::pty::Escape, pieces: &[&[u8]]) -> (Vec<u8>, boo
         }
     }
     (out, false)
+}
+
+/// The agent's killable read (a reader process, killed at `deadline`): copies
+/// `buf.len()` bytes at `addr` out of thread `tid`'s process. For the
+/// `killable_read` benchmark; `Err` is the errno, or `ETIMEDOUT` for the deadline.
+pub fn killable_read(
+    tid: i32,
+    addr: u64,
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> Result<(), rustix::io::Errno> {
+    use crate::seccomp::killable_read::{read, KillableError};
+    read(tid, addr, buf, deadline).map_err(|e| match e {
+        KillableError::Read(e) => e,
+        KillableError::TimedOut => rustix::io::Errno::TIMEDOUT,
+    })
 }

@@ -34,6 +34,7 @@
 
 pub mod access;
 pub mod activation;
+mod clone_vm;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -849,85 +849,94 @@ fn tsync_trap_when_traced(what: Tsync) {
     echo_reads();
 }
 
-/// Like `blocked-read`, with a hostile second thread: it predicts where the next
-/// 16 KiB anonymous mapping goes, makes it writable as soon as it exists (the
-/// scratch mapping of an injected routine), and replaces the routine's final
-/// `int3` (0x2e bytes in) with a jump to itself as soon as the code is written:
-/// the routine then never ends (see [`Hijack`] for the others). It gives up after
-/// a while, so that a tracer that gets away is not kept busy.
+/// Like `blocked-read`, with a hostile second thread that attacks the tracer's
+/// routine while it runs (see [`Hijack`]). Racing the routine from a spinning
+/// thread lands too rarely on a busy machine, so the attack is paced by the
+/// kernel: once the main thread is traced (after the tracer read our filters),
+/// the thread adds, for every thread (TSYNC), a user-notification filter on the
+/// routine's own call (its `sendmsg`, 0x1a bytes into a page, or its `close`,
+/// 0x27 in). Its listener, this thread, then holds that call while it does its
+/// harm, and lets it run on (`CONTINUE`). Every later call of those kinds at those
+/// addresses is let through at once.
 fn hijack_routine(how: Hijack) {
+    use std::os::unix::fs::FileExt;
     if matches!(how, Hijack::Unmap) {
         install_counter(libc::SIGSEGV, false);
     }
-    const LEN: usize = 16 * 1024;
-    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let main = rustix::thread::gettid().as_raw_nonzero().get();
+    // Opened once, before the report: the fd table must not change while it runs.
+    let status = std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status");
     std::thread::spawn(move || {
-        // SAFETY: mmap/munmap of a fresh anonymous mapping of ours, only to learn
-        // where the kernel puts the next one of that size (after this thread's stack).
-        let at = unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED, "mmap");
-            libc::munmap(p, LEN);
-            p as usize
+        let mut buf = vec![0u8; 4096];
+        let mut traced = || {
+            let n = status.read_at(&mut buf, 0).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .is_some_and(|v| v.trim() != "0")
         };
-        let _ = ready_tx.send(());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-        // SAFETY: mprotect of an address range; it fails (ENOMEM) until something is
-        // mapped there.
-        while unsafe { libc::mprotect(at as *mut libc::c_void, LEN, rwx) } != 0 {
-            if std::time::Instant::now() > deadline {
-                return;
-            }
+        while !traced() {
             std::hint::spin_loop();
         }
-        // Through process_vm_readv/writev on ourselves: the tracer may unmap the page
-        // at any time, which must give EFAULT here, not SIGSEGV.
-        let me = std::process::id() as libc::pid_t;
-        let remote = |len| libc::iovec {
-            iov_base: (at + 0x2e) as *mut libc::c_void,
-            iov_len: len,
+        let (nr, at) = match how {
+            Hijack::Forge => (libc::SYS_sendmsg, 0x1a),
+            Hijack::Loop | Hijack::Unmap => (libc::SYS_close, 0x27),
         };
-        if matches!(how, Hijack::Forge) {
-            forge_rights(me, at, deadline);
-            return;
-        }
-        let mut byte = [0u8; 2];
-        let mut jump = [0xeb_u8, 0xfe];
-        while std::time::Instant::now() < deadline {
-            let local = libc::iovec {
-                iov_base: byte.as_mut_ptr().cast(),
-                iov_len: 1,
-            };
-            // SAFETY: reads 1 byte into `byte`; a bad remote address gives EFAULT.
-            let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote(1), 1, 0) };
-            if n == 1 && byte[0] == 0xcc && matches!(how, Hijack::Unmap) {
-                // SAFETY: unmaps the tracer's scratch page, which nothing of ours uses.
-                unsafe { libc::munmap(at as *mut libc::c_void, LEN) };
-                return;
+        let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+        let prog = [
+            ins(0x20, 0, 0, 0),           // ld nr
+            ins(0x15, 0, 4, nr as u32),   // jeq
+            ins(0x20, 0, 0, 8),           // ld instruction_pointer (low)
+            ins(0x54, 0, 0, 0xfff),       // and
+            ins(0x15, 0, 1, at),          // jeq
+            ins(0x06, 0, 0, 0x7fc0_0000), // user notification
+            ins(0x06, 0, 0, 0x7fff_0000), // allow
+        ];
+        // TSYNC, NEW_LISTENER, TSYNC_ESRCH.
+        let fd = fdgrab_testkit::install_filter_with(&prog, 1 | 8 | 16).expect("seccomp filter");
+        // SAFETY: the listener the kernel just gave us, owned by nothing else.
+        let listener = fdgrab::seccomp::Listener::from_fd(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut done = false;
+        while let Ok(Some(n)) = listener.recv() {
+            if !done {
+                done = true;
+                hijack_page(how, n.data.instruction_pointer as usize & !0xfff);
             }
-            if n == 1 && byte[0] == 0xcc {
-                let local = libc::iovec {
-                    iov_base: jump.as_mut_ptr().cast(),
-                    iov_len: 2,
-                };
-                // SAFETY: writes the 2 bytes of `jump`; a bad address gives EFAULT.
-                unsafe { libc::process_vm_writev(me, &local, 1, &remote(2), 1, 0) };
-                return;
-            }
-            std::hint::spin_loop();
+            let _ = listener.respond(n.id, fdgrab::seccomp::Response::Continue);
         }
     });
-    let _ = ready.recv();
     emit(&inject_report(json!({})));
     echo_reads();
+}
+
+/// Does `how` to the routine's page at `page` (in this process), while its call
+/// is held.
+fn hijack_page(how: Hijack, page: usize) {
+    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+    match how {
+        Hijack::Unmap => {
+            // SAFETY: unmaps the tracer's scratch page, which nothing of ours uses.
+            unsafe { libc::munmap(page as *mut libc::c_void, 4096) };
+        }
+        Hijack::Loop => {
+            // SAFETY: the tracer's scratch page, mapped (its call is held), made
+            // writable; nothing of ours uses it.
+            unsafe {
+                libc::mprotect(page as *mut libc::c_void, 4096, rwx);
+                let int3 = (page + 0x2e) as *mut u8;
+                if std::ptr::read_volatile(int3) == 0xcc {
+                    // jmp . (to itself)
+                    std::ptr::write_volatile(int3, 0xeb);
+                    std::ptr::write_volatile(int3.add(1), 0xfe);
+                }
+            }
+        }
+        Hijack::Forge => {
+            // SAFETY: as for Loop.
+            unsafe { libc::mprotect(page as *mut libc::c_void, 4096, rwx) };
+            forge_rights(std::process::id() as libc::pid_t, page);
+        }
+    }
 }
 
 /// What `hijack-routine`'s second thread does to the routine's page.
@@ -943,9 +952,9 @@ enum Hijack {
     Unmap,
 }
 
-/// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message that shows up
-/// in the first KiB at `at` (in this process, `me`) into 0.
-fn forge_rights(me: libc::pid_t, at: usize, deadline: std::time::Instant) {
+/// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message in the first
+/// KiB at `at` (in this process, `me`) into 0.
+fn forge_rights(me: libc::pid_t, at: usize) {
     // cmsg_len 20 (one fd), SOL_SOCKET, SCM_RIGHTS.
     let mut header = Vec::new();
     header.extend_from_slice(&20u64.to_ne_bytes());
@@ -953,34 +962,30 @@ fn forge_rights(me: libc::pid_t, at: usize, deadline: std::time::Instant) {
     header.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
     let mut page = vec![0u8; 1024];
     let mut zero = 0i32.to_ne_bytes();
-    while std::time::Instant::now() < deadline {
+    let local = libc::iovec {
+        iov_base: page.as_mut_ptr().cast(),
+        iov_len: page.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: at as *mut libc::c_void,
+        iov_len: page.len(),
+    };
+    // SAFETY: reads into `page`; a bad remote address gives EFAULT.
+    let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
+    let found = (n == page.len() as isize)
+        .then(|| page.windows(header.len()).position(|w| w == header))
+        .flatten();
+    if let Some(off) = found {
         let local = libc::iovec {
-            iov_base: page.as_mut_ptr().cast(),
-            iov_len: page.len(),
+            iov_base: zero.as_mut_ptr().cast(),
+            iov_len: 4,
         };
         let remote = libc::iovec {
-            iov_base: at as *mut libc::c_void,
-            iov_len: page.len(),
+            iov_base: (at + off + header.len()) as *mut libc::c_void,
+            iov_len: 4,
         };
-        // SAFETY: reads into `page`; a bad remote address gives EFAULT.
-        let n = unsafe { libc::process_vm_readv(me, &local, 1, &remote, 1, 0) };
-        let found = (n == page.len() as isize)
-            .then(|| page.windows(header.len()).position(|w| w == header))
-            .flatten();
-        if let Some(off) = found {
-            let local = libc::iovec {
-                iov_base: zero.as_mut_ptr().cast(),
-                iov_len: 4,
-            };
-            let remote = libc::iovec {
-                iov_base: (at + off + header.len()) as *mut libc::c_void,
-                iov_len: 4,
-            };
-            // SAFETY: writes the 4 bytes of `zero`; a bad address gives EFAULT.
-            unsafe { libc::process_vm_writev(me, &local, 1, &remote, 1, 0) };
-            return;
-        }
-        std::hint::spin_loop();
+        // SAFETY: writes the 4 bytes of `zero`; a bad address gives EFAULT.
+        unsafe { libc::process_vm_writev(me, &local, 1, &remote, 1, 0) };
     }
 }
 

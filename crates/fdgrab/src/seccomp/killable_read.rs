@@ -36,7 +36,7 @@
 //! wait with `__WALL` sees it: a `waitpid(-1)` elsewhere in the process cannot
 //! reap it (and reuse its pid) behind our back.
 
-use crate::spawn::clone::{clone_with_signals_blocked, Stack};
+use crate::clone_vm::{clone_with_signals_blocked, Stack};
 use rustix::io::Errno;
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -616,37 +616,5 @@ mod tests {
         let mut buf = [0u8; 25];
         read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
         assert_eq!(buf, src);
-    }
-
-    /// Not a check: prints the cost of a read in a killable reader against one
-    /// in this thread (interleaved rounds, medians). Run with
-    /// `cargo test --release -p fdgrab --lib -- --ignored --nocapture per_read_cost`.
-    #[test]
-    #[ignore = "a measurement"]
-    fn per_read_cost() {
-        let src = [0x11u8; 16];
-        let (mut thread, mut killable) = (Vec::new(), Vec::new());
-        for _ in 0..21 {
-            let t = Instant::now();
-            for _ in 0..1_000 {
-                let mut buf = [0u8; 16];
-                crate::sys::process_vm_read(own_tid(), src.as_ptr() as u64, &mut buf)
-                    .expect("read");
-            }
-            thread.push(t.elapsed() / 1_000);
-            let t = Instant::now();
-            for _ in 0..1_000 {
-                let mut buf = [0u8; 16];
-                read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
-            }
-            killable.push(t.elapsed() / 1_000);
-        }
-        thread.sort();
-        killable.sort();
-        let (t, k) = (thread[10], killable[10]);
-        println!(
-            "per read: in this thread {t:?}, in a killable reader {k:?}: {:.1}x",
-            k.as_secs_f64() / t.as_secs_f64()
-        );
     }
 }

@@ -20,7 +20,7 @@
 //! failure is reported through memory both share, and [`Spawn::spawn`] returns only
 //! once the program is running: an error names the program and the step.
 
-pub(crate) mod clone;
+mod clone;
 
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
