@@ -579,9 +579,21 @@ mod tests {
             // SAFETY: leaves the forked child at once.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
+        // Bounded: under a harness that runs tests in threads, a lock another
+        // thread held at the fork could keep the child from ever finishing.
         let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let until = Instant::now() + Duration::from_secs(10);
+        // SAFETY: polls our own child.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            if Instant::now() > until {
+                // SAFETY: our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: reaps it.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                panic!("the forked child did not finish in 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "{status:#x}"
