@@ -18,7 +18,9 @@
 //! making each attack of the agent issue, sustained while the victim measures:
 //! 1,100 threads binding over and over, a sockaddr on a userfaultfd page nobody
 //! fills, 600 idle runtime connections, 32 clients trickling 1 MiB documents in
-//! 256-byte pieces again and again. Rounds interleave quiet and attacked runs;
+//! 256-byte pieces again and again, 16 containers that each stall one read and
+//! keep it stalled (past 16 given-up workers the agent reads every container
+//! killably). Rounds interleave quiet and attacked runs;
 //! medians of the rounds. It runs twice: with the attacker where the bench runs,
 //! and with the attacker in a CPU cgroup of its own, as a runtime places a
 //! container. Goals: attacked p99 <= 2x quiet p99 (judged with the attacker in a cgroup; see
@@ -96,6 +98,25 @@ fn attack_uffd(_: &AgentProc, t: &mut FakeTenant) -> End {
         let r = t.line(Duration::from_secs(30));
         assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
     })
+}
+
+/// Sixteen more containers (besides the attacker) each stall one read on a page
+/// nobody fills and keep it unfilled: the agent then holds 16 given-up workers,
+/// and from then on reads every container's memory, the victim's too, in a
+/// killable reader process.
+fn attack_sixteen_stalls(agent: &AgentProc, t: &mut FakeTenant) -> End {
+    let mut stallers: Vec<FakeTenant> = (0..15)
+        .map(|_| FakeTenant::start_quiet(agent, &unique("bench-staller")))
+        .collect();
+    for s in std::iter::once(&mut *t).chain(stallers.iter_mut()) {
+        let r = s.ask("uffd 83", Duration::from_secs(30));
+        assert_eq!(r["stalled"], true, "{r}");
+    }
+    for s in std::iter::once(&mut *t).chain(stallers.iter_mut()) {
+        let r = s.line(Duration::from_secs(30));
+        assert_eq!(r["uffd_errno"], libc::ETIMEDOUT, "{r}");
+    }
+    Box::new(move |_| drop(stallers))
 }
 
 fn attack_idle(agent: &AgentProc, _: &mut FakeTenant) -> End {
@@ -257,9 +278,10 @@ fn isolation(goals: &mut Goals, rounds: usize, cgroup: Option<&ContainerCgroup>)
     let agent = AgentProc::start_quiet(&["--allow-bind", "tcp:81-84"]);
     let other = AgentProc::start_quiet(&["--allow-bind", "tcp:81-84"]);
     let mut victim = FakeTenant::start_quiet(&agent, &unique("bench-victim"));
-    let attacks: [(&str, Attack); 4] = [
+    let attacks: [(&str, Attack); 5] = [
         ("1,100 binding threads", attack_threads),
         ("userfaultfd stall", attack_uffd),
+        ("16 userfaultfd stalls", attack_sixteen_stalls),
         ("600 idle connections", attack_idle),
         ("32 slow 1 MiB documents", attack_documents),
     ];
@@ -273,7 +295,9 @@ fn isolation(goals: &mut Goals, rounds: usize, cgroup: Option<&ContainerCgroup>)
         "[{placement}] victim bind latency through the agent, {BINDS} binds per run, \
          {rounds} rounds, medians"
     );
-    for (name, attack) in attacks {
+    // `FDGRAB_BENCH_ATTACK=16` runs only the attacks whose name contains it.
+    let only = std::env::var("FDGRAB_BENCH_ATTACK").unwrap_or_default();
+    for (name, attack) in attacks.into_iter().filter(|(n, _)| n.contains(&only)) {
         let mut runs: [Vec<(f64, f64, Breakdown)>; 3] = Default::default();
         for _ in 0..rounds {
             runs[0].push(victim_run(&mut victim, BINDS, &watched));

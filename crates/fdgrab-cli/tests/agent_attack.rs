@@ -177,11 +177,35 @@ fn agent_at_the_in_thread_cap_every_read_is_killable() {
         IN_THREAD_CAP as u64
     );
     s.threads_are(1 + 2 * IN_THREAD_CAP);
-    assert_eq!(agent_children(&s.agent), 0, "the killed reader was reaped");
+    assert_eq!(agent_zombies(&s.agent), 0, "the killed reader was reaped");
+    assert_eq!(agent_children(&s.agent), 1, "the victim's worker's reader");
     s.end(1);
 }
 
-/// Children of the agent (killable readers; a zombie counts too).
+/// Children of the agent (killable readers, one at most per thread that reads
+/// killably) that are zombies: a killed reader not reaped.
+fn agent_zombies(agent: &AgentProc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .count()
+}
+
+/// Children of the agent: a live one is the idle reader of a worker that
+/// reads killably.
 fn agent_children(agent: &AgentProc) -> usize {
     fdgrab_testkit::children_count(&agent.pid.to_string())
 }
@@ -653,7 +677,8 @@ fn agent_suspect_container_serves_on_after_a_killed_read() {
         assert_eq!(r["errno"], 0, "{r}");
         assert_eq!(thread_count(&agent), after_first, "no thread more");
         assert_eq!(agent.state_number("blocked_workers"), 1);
-        assert_eq!(agent_children(&agent), 0, "the killed reader was reaped");
+        assert_eq!(agent_zombies(&agent), 0, "the killed reader was reaped");
+        assert_eq!(agent_children(&agent), 1, "a fresh reader for its worker");
     }
     let timeouts = agent
         .audit_lines()
@@ -817,7 +842,12 @@ fn agent_restarted_stalling_containers_leave_a_bounded_number_of_threads() {
         let r = fresh.ask(&format!("bind 127.86.2.{i} 86"), Duration::from_secs(2));
         assert_eq!(r["errno"], 0, "{r}");
     }
-    assert_eq!(agent_children(&agent), 0, "every killed reader was reaped");
+    assert_eq!(agent_zombies(&agent), 0, "every killed reader was reaped");
+    assert_eq!(
+        agent_children(&agent),
+        1,
+        "the fresh container's worker's reader"
+    );
     fresh.kill();
     // The outside holder lets go: every read blocked in a thread returns.
     drop(held);
@@ -903,4 +933,50 @@ fn agent_churning_stalls_near_the_cap_leak_no_place() {
         c.kill();
     }
     s.end(1);
+}
+
+/// A suspect container (its worker was given up on once) binds while the
+/// agent's pids cgroup is full, so no killable reader can start: the bind is
+/// still answered at once (the kernel judges it, audited with the reason), the
+/// agent starts no thread and gives up on
+/// no worker (no read in the worker's own thread for a suspect container), and
+/// once tasks can start again its binds are granted.
+#[test]
+fn agent_suspect_container_with_no_room_for_a_reader_is_answered() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let Some(cg) = PidsCgroup::holding(&agent) else {
+        return;
+    };
+    let mut t = FakeTenant::start(&agent, &unique("noreader"));
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    assert_eq!(agent.state_number("blocked_workers"), 1);
+    let threads = thread_count(&agent);
+    // Every task the cgroup may hold is there: no reader can start.
+    let tasks = thread_count(&agent) + agent_children(&agent);
+    cg.set("pids.max", &tasks.to_string());
+    let r = t.ask("bind 127.86.3.1 86", TIMEOUT);
+    assert!(r["errno"].is_i64(), "answered: {r}");
+    let lines = agent.audit_lines();
+    assert!(
+        lines.iter().any(|l| l["decision"] == "continue"
+            && l["decided_by"] == "kernel"
+            && l["reason"] == "cannot read the caller's memory"),
+        "judged by the kernel, with the reason: {lines:?}"
+    );
+    assert_eq!(thread_count(&agent), threads, "no thread more");
+    assert_eq!(
+        agent.state_number("blocked_workers"),
+        1,
+        "no worker given up"
+    );
+    cg.set("pids.max", "max");
+    let r = t.ask("bind 127.86.3.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(agent_zombies(&agent), 0);
+    t.kill();
+    drop(cg);
 }

@@ -1,10 +1,13 @@
 //! What the agent pays for a read it can kill: a sockaddr-sized copy out of
-//! another thread's memory in a reader process of its own (`clone(CLONE_VM)`,
-//! polled with a deadline, reaped), against the same `process_vm_readv` made in
+//! another thread's memory, handed to the calling thread's reader process
+//! (`clone(CLONE_VM)`, kept, pinned to the thread's CPU, killed and reaped
+//! past a deadline), against the same `process_vm_readv` made in
 //! the calling thread, as every read of a container that never stalled is.
 //! Interleaved rounds of 1,000 reads, medians.
 //!
-//! Goal: the killable read ≤ 100× the in-thread one. It is the price a container
+//! Goal: the killable read ≤ 20× the in-thread one (kept and pinned it is
+//! 6.5×; a reader started per read was 41–51×, and pushed a victim's p99 to
+//! 7–63× quiet once every container read killably). It is the price a container
 //! that once stalled a read (or every container, once 16 workers are given up
 //! agent-wide) pays per bind; a bare notify round trip is about 4 µs here, so
 //! this bounds how slow those binds get, not the common path.
@@ -58,7 +61,7 @@ fn main() {
     goals.at_most(
         "killable read / in-thread read",
         k.as_secs_f64() / t.as_secs_f64(),
-        100.0,
+        20.0,
     );
     goals.finish()
 }

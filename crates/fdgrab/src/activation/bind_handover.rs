@@ -127,6 +127,9 @@ impl BindHandover {
             Some(pid) => Ok(pid),
             None => {
                 let _ = rustix::process::setsid();
+                // The handover's reads ran in a reader of fdgrab's; none of
+                // its descriptors stays here.
+                crate::seccomp::killable_read::drop_thread_reader();
                 // fdgrab blocks the signals it forwards; this process must be
                 // stoppable by them like any other.
                 crate::sys::set_signal_mask(&crate::sys::sigset(&[]));

@@ -11,7 +11,7 @@
 //! A read runs in one of two places. Normally in the worker's own thread (about
 //! 1 µs); such a read, once stalled, can only be abandoned. Or in a killable
 //! reader ([`crate::seccomp::read_validated_within`]: a process of its own
-//! sharing our memory, some tens of µs), which is killed at [`READ_DEADLINE`]
+//! sharing our memory, one per worker, handed each read), which is killed at [`READ_DEADLINE`]
 //! and always reaped. A container's reads go to killable readers (a) once one
 //! of its requests has outlived the deadline (it is *suspect* from then on), and
 //! (b) for every container while [`MAX_GIVEN_UP_IN_THREAD`] or more workers are
@@ -38,7 +38,7 @@
 //! `R` is the number of in-thread reads still in flight when the count reached
 //! the cap (at most one per other container then being served), however many
 //! containers come, stall and go; besides those, one worker per living
-//! container, a killable reader per read in flight in one, and, for a moment, a
+//! container, an idle or busy killable reader per worker that read killably, and, for a moment, a
 //! lowered worker handing over to its successor (`Pace`).
 
 use super::audit::{AuditLabels, AuditSink};
