@@ -29,8 +29,10 @@ use std::process::ExitCode;
 /// (`pthread_getattr_np`), then maps an alternate signal stack and installs
 /// `SIGSEGV`/`SIGBUS` handlers. What it did that fdgrab relies on is done in
 /// [`entry`]; what is given up:
-/// - a stack overflow is a plain `SIGSEGV` (killed by signal 11, as a C program
-///   overflowing), without std's "has overflowed its stack" line. No deep
+/// - a stack overflow, in the main thread or in a thread spawned later (std sets
+///   up their handler only once `lang_start` has), is a plain `SIGSEGV` (killed
+///   by signal 11, as a C program overflowing), without std's "has overflowed its
+///   stack" line. No deep
 ///   recursion is known in fdgrab: clap's parsing is flat, and the parsers of
 ///   untrusted input (serde_json, toml) stop at a nesting limit of their own;
 /// - the main thread has no name: a panic there reads `thread '<unnamed>' (TID)`,
@@ -38,8 +40,8 @@ use std::process::ExitCode;
 ///
 /// The arguments and the environment still come through std: on glibc it takes
 /// them from the C library's start-up (an `.init_array` function), not from
-/// `lang_start`. Threads spawned later, std's `Command` and every other std API
-/// behave as before.
+/// `lang_start`. std's `Command`, threads (but for the overflow message) and every
+/// other std API behave as before.
 // SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
 // runtime calls it with this signature.
 #[cfg(all(not(test), target_env = "gnu"))]

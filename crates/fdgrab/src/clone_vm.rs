@@ -46,8 +46,9 @@ impl Stack {
 // child has exec'd or exited), so it may move between threads.
 unsafe impl Send for Stack {}
 
-/// One stack kept from the last spawn: mapping, guarding and unmapping a fresh one
-/// and faulting its pages in again cost more than the rest of the parent's work.
+/// One stack kept from the last child (a spawn's or a killable reader's): mapping,
+/// guarding and unmapping a fresh one and faulting its pages in again cost more
+/// than the rest of the parent's work.
 static SPARE: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
 
 impl Stack {
