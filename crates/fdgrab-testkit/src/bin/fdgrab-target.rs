@@ -79,6 +79,7 @@ fn main() {
         "hijack-routine" => return hijack_routine(Hijack::Loop),
         "forge-routine" => return hijack_routine(Hijack::Forge),
         "unmap-routine" => return hijack_routine(Hijack::Unmap),
+        "sigsys-routine" => return hijack_routine(Hijack::SendSigsys),
         "signal-read" => return signal_read(&args[1..]),
         "vfork-sleep" => {
             return vfork_sleep(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000))
@@ -880,7 +881,7 @@ fn hijack_routine(how: Hijack) {
         }
         let (nr, at) = match how {
             Hijack::Forge => (libc::SYS_sendmsg, 0x1a),
-            Hijack::Loop | Hijack::Unmap => (libc::SYS_close, 0x27),
+            Hijack::Loop | Hijack::Unmap | Hijack::SendSigsys => (libc::SYS_close, 0x27),
         };
         let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
         let prog = [
@@ -920,9 +921,11 @@ fn hijack_page(how: Hijack, page: usize) {
         }
         Hijack::Loop => {
             // SAFETY: the tracer's scratch page, mapped (its call is held), made
-            // writable; nothing of ours uses it.
+            // writable (or left alone if it cannot be); nothing of ours uses it.
             unsafe {
-                libc::mprotect(page as *mut libc::c_void, 4096, rwx);
+                if libc::mprotect(page as *mut libc::c_void, 4096, rwx) != 0 {
+                    return;
+                }
                 let int3 = (page + 0x2e) as *mut u8;
                 if std::ptr::read_volatile(int3) == 0xcc {
                     // jmp . (to itself)
@@ -931,9 +934,16 @@ fn hijack_page(how: Hijack, page: usize) {
                 }
             }
         }
+        Hijack::SendSigsys => {
+            let pid = std::process::id() as libc::pid_t;
+            // SAFETY: tgkill with integer arguments, to our own main thread.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGSYS) };
+        }
         Hijack::Forge => {
             // SAFETY: as for Loop.
-            unsafe { libc::mprotect(page as *mut libc::c_void, 4096, rwx) };
+            if unsafe { libc::mprotect(page as *mut libc::c_void, 4096, rwx) } != 0 {
+                return;
+            }
             forge_rights(std::process::id() as libc::pid_t, page);
         }
     }
@@ -950,6 +960,9 @@ enum Hijack {
     /// Unmaps the page (the routine faults), with a SIGSEGV handler installed
     /// that must survive the fault.
     Unmap,
+    /// Sends SIGSYS to the main thread (a signal from a process, which the routine
+    /// did not force): its `close` then runs, and the signal is met right after.
+    SendSigsys,
 }
 
 /// Rewrites the fd of the first one-fd `SCM_RIGHTS` control message in the first

@@ -370,7 +370,12 @@ fn send_in_one_go(
             Planned::new(libc::SYS_sendmsg, &[UNKNOWN, k(msg), k(SEND_FLAGS)]),
             at + CALLS[1],
         ),
-        (Planned::new(libc::SYS_close, &[UNKNOWN]), at + CALLS[2]),
+        // The routine leaves sendmsg's message and flags in the second and third
+        // argument registers: a filter sees them with `close` too.
+        (
+            Planned::new(libc::SYS_close, &[UNKNOWN, k(msg), k(SEND_FLAGS)]),
+            at + CALLS[2],
+        ),
     ];
     if !s.routine_allowed(&calls) {
         tracing::debug!(

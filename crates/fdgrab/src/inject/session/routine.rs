@@ -256,6 +256,20 @@ impl Session<'_> {
                 // Not the routine's own (it has one trap, at its end): sent by
                 // someone else and dropped, as at a step.
                 libc::SIGTRAP => {}
+                // Sent by a process (`kill`, `tgkill`: a code of 0 or below), not
+                // forced by the routine: dropped like a foreign SIGTRAP. Taken for
+                // forced, a SIGSYS would pass for a seccomp skip of the call before
+                // the stop, and the routine's progress (which fd is open) be misread.
+                sig if ptrace::signal_code(tid)
+                    .map_err(|e| self.ptrace_error("PTRACE_GETSIGINFO", e))?
+                    <= 0 =>
+                {
+                    tracing::debug!(
+                        pid = self.pid,
+                        sig,
+                        "a signal sent during the routine: dropped"
+                    );
+                }
                 sig => {
                     tracing::debug!(
                         pid = self.pid,
