@@ -267,21 +267,7 @@ struct PidsCgroup {
 impl PidsCgroup {
     /// `None` (a loud skip) when no pids controller is mounted, v1 or v2.
     fn holding(agent: &AgentProc) -> Option<PidsCgroup> {
-        let v2 = std::path::Path::new("/sys/fs/cgroup");
-        let v2_pids = std::fs::read_to_string(v2.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
-        let root = if v2_pids {
-            // The root's children get the controller only once it is enabled.
-            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
-            v2.to_path_buf()
-        } else {
-            let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
-            if !v1.join("cgroup.procs").exists() {
-                fdgrab_testkit::skip("no pids cgroup controller is mounted (v1 or v2)");
-                return None;
-            }
-            v1
-        };
+        let root = fdgrab_testkit::pids_cgroup_root()?;
         let dir = root.join(unique("fdgrab-agent-pids"));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let cg = PidsCgroup {

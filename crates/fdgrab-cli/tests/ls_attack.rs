@@ -1036,19 +1036,8 @@ fn kernel_threads_stay_unreadable_to_an_unprivileged_narrowing_query() {
 /// waited for a plan that never came, and the scope waited for them: a hang.
 #[test]
 fn a_scan_that_can_start_no_thread_still_answers() {
-    let v2 = std::path::Path::new("/sys/fs/cgroup");
-    let root = if std::fs::read_to_string(v2.join("cgroup.controllers"))
-        .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
-    {
-        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
-        v2.to_path_buf()
-    } else {
-        let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
-        if !v1.join("cgroup.procs").exists() {
-            fdgrab_testkit::skip("no pids cgroup controller is mounted (v1 or v2)");
-            return;
-        }
-        v1
+    let Some(root) = fdgrab_testkit::pids_cgroup_root() else {
+        return;
     };
     let cg = root.join(format!("fdgrab-ls-nothreads-{}", std::process::id()));
     std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("mkdir {}: {e}", cg.display()));

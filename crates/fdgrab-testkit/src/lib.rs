@@ -639,3 +639,24 @@ pub fn sockaddr_v4(addr: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
         sin_zero: [0; 8],
     }
 }
+
+/// The root of a pids cgroup hierarchy, v2 (with the controller enabled for its
+/// children) or v1: where a test makes a cgroup whose `pids.max` it sets, the way
+/// to make thread or process creation fail (`EAGAIN`) even for root. `None`,
+/// after a loud skip, when no pids controller is mounted.
+pub fn pids_cgroup_root() -> Option<std::path::PathBuf> {
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    if std::fs::read_to_string(v2.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+    {
+        // The root's children get the controller only once it is enabled.
+        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+        return Some(v2.to_path_buf());
+    }
+    let v1 = std::path::PathBuf::from("/sys/fs/cgroup/pids");
+    if v1.join("cgroup.procs").exists() {
+        return Some(v1);
+    }
+    skip("no pids cgroup controller is mounted (v1 or v2)");
+    None
+}

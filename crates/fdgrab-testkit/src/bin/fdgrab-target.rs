@@ -784,31 +784,43 @@ fn threads(n: usize) {
     echo_reads();
 }
 
+/// The calling (main) thread's `status`, opened before the report: the fd table
+/// must not change while the test looks at it.
+fn main_thread_status() -> std::fs::File {
+    let main = rustix::thread::gettid().as_raw_nonzero().get();
+    std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status")
+}
+
+/// Spins until the thread whose `status` this is has a tracer: an attack that
+/// must come after fdgrab looked at the target and before it is done.
+fn spin_until_traced(status: &std::fs::File) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = status.read_at(&mut buf, 0).unwrap_or(0);
+        let traced = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0");
+        if traced {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Like `blocked-read`, with a second thread that waits for the main thread to be
 /// traced and then, with `SECCOMP_FILTER_FLAG_TSYNC`, gives every thread a filter
 /// that traps (SIGSYS) a `close` made 0x27 bytes into a page: where the injected
 /// grab routine makes its `close`. A tracer that read the filters before (there
 /// were none) learns of it only from the trap. See [`Tsync`] for the others.
 fn tsync_trap_when_traced(what: Tsync) {
-    use std::os::unix::fs::FileExt;
-    let main = rustix::thread::gettid().as_raw_nonzero().get();
-    // Opened once, before the report: the fd table must not change while it runs.
-    let status = std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status");
+    let status = main_thread_status();
     // A program that installs a trapping filter handles SIGSYS: that handler must
     // survive a trap an injected call meets.
     install_counter(libc::SIGSYS, false);
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        let mut traced = || {
-            let n = status.read_at(&mut buf, 0).unwrap_or(0);
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .is_some_and(|v| v.trim() != "0")
-        };
-        while !traced() {
-            std::hint::spin_loop();
-        }
+        spin_until_traced(&status);
         let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
         let prog = [
             ins(0x20, 0, 0, 0),                      // ld nr
@@ -860,25 +872,12 @@ fn tsync_trap_when_traced(what: Tsync) {
 /// harm, and lets it run on (`CONTINUE`). Every later call of those kinds at those
 /// addresses is let through at once.
 fn hijack_routine(how: Hijack) {
-    use std::os::unix::fs::FileExt;
     if matches!(how, Hijack::Unmap) {
         install_counter(libc::SIGSEGV, false);
     }
-    let main = rustix::thread::gettid().as_raw_nonzero().get();
-    // Opened once, before the report: the fd table must not change while it runs.
-    let status = std::fs::File::open(format!("/proc/self/task/{main}/status")).expect("status");
+    let status = main_thread_status();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        let mut traced = || {
-            let n = status.read_at(&mut buf, 0).unwrap_or(0);
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .is_some_and(|v| v.trim() != "0")
-        };
-        while !traced() {
-            std::hint::spin_loop();
-        }
+        spin_until_traced(&status);
         let (nr, at) = match how {
             Hijack::Forge => (libc::SYS_sendmsg, 0x1a),
             Hijack::Loop | Hijack::Unmap | Hijack::SendSigsys => (libc::SYS_close, 0x27),
