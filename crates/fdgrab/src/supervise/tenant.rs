@@ -675,6 +675,12 @@ impl Tenant {
                 }
                 (mine, replaced)
             };
+            if replaced {
+                // The watchdog answered and started our successor: whatever our
+                // answer, serving on would put two workers on one listener.
+                tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
+                return;
+            }
             if answer == Answer::Overdue {
                 // Its reader was killed at the deadline; the watchdog may have
                 // answered already.
@@ -684,15 +690,10 @@ impl Tenant {
                 continue;
             }
             if !mine {
-                if !replaced {
-                    // The watchdog answered but kept us: no successor could
-                    // start, or a second read blocked in this thread.
-                    tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
-                    continue;
-                }
-                // The watchdog answered and started our successor.
-                tracing::debug!(tid = notif.tid, "a blocked read returned; worker exits");
-                return;
+                // The watchdog answered but kept us: no successor could start, or
+                // a second read blocked in this thread.
+                tracing::debug!(tid = notif.tid, "a blocked read returned; worker serves on");
+                continue;
             }
             if let Answer::Respond(resp) = answer {
                 match self.listener.respond(notif.id, resp) {
