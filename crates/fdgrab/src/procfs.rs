@@ -248,8 +248,17 @@ pub(crate) fn fd_offsets_are_numbers(dir: BorrowedFd<'_>) -> rustix::io::Result<
 /// empty fd directory with no other thread is a kernel thread or a process with no
 /// descriptors; with others, a leader that exited while its threads live on.
 pub(crate) fn has_other_threads(fd_dir: BorrowedFd<'_>) -> bool {
-    rustix::fs::statat(fd_dir, "../task", rustix::fs::AtFlags::empty())
-        .map_or(true, |st| st.st_nlink > 3)
+    task_links_show_other_threads(rustix::fs::statat(
+        fd_dir,
+        "../task",
+        rustix::fs::AtFlags::empty(),
+    ))
+}
+
+/// [`has_other_threads`] from a stat of `/proc/PID/task` made another way. One
+/// that failed counts as showing other threads: the caller then looks closer.
+pub(crate) fn task_links_show_other_threads(task: rustix::io::Result<rustix::fs::Stat>) -> bool {
+    task.map_or(true, |st| st.st_nlink > 3)
 }
 
 /// The number a `/proc` entry name spells (digits only: no sign, no spaces; fd 0

@@ -540,7 +540,8 @@ impl<'a> Scan<'a> {
             // as much). Only in a directory the caller owns, which it could
             // open: one it may not open stays an error, as in a listing.
             if st.st_size == 0 && st.st_uid == self.euid && self.counts_fds() {
-                let threads = self.proc_stat(pid, "task").map_or(true, |t| t.st_nlink > 3);
+                let threads =
+                    crate::procfs::task_links_show_other_threads(self.proc_stat(pid, "task"));
                 if !threads {
                     return decided(Ok(None));
                 }
