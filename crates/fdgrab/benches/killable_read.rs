@@ -32,17 +32,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..READS {
             let mut buf = [0u8; 16];
-            let local = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let remote = libc::iovec {
-                iov_base: addr as usize as *mut libc::c_void,
-                iov_len: buf.len(),
-            };
-            // SAFETY: reads 16 bytes of our own `src` into `buf`.
-            let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
-            assert_eq!(n, 16, "process_vm_readv");
+            fdgrab::fuzzing::in_thread_read(tid, addr, &mut buf).expect("in-thread read");
         }
         thread.push(t.elapsed() / READS);
         let t = Instant::now();

@@ -1,7 +1,8 @@
 //! The parsers of untrusted input that are private to the crate, reachable for the
 //! fuzz targets (`fuzz/`) and the property tests. Each function is the exact code
 //! production runs on that input, with no I/O around it. Not a stable API.
-//! Also the one private primitive a benchmark measures ([`killable_read`]).
+//! Also the two private reads the `killable_read` benchmark compares
+//! ([`in_thread_read`], [`killable_read`]).
 
 use crate::inventory::{Endpoint, SocketInfo};
 use std::net::SocketAddr;
@@ -171,6 +172,12 @@ pub fn pty_escape(escape: crate::pty::Escape, pieces: &[&[u8]]) -> (Vec<u8>, boo
         }
     }
     (out, false)
+}
+
+/// The agent's in-thread read, as a worker makes it for a container that never
+/// stalled one: the reference of the `killable_read` benchmark.
+pub fn in_thread_read(tid: i32, addr: u64, buf: &mut [u8]) -> Result<(), rustix::io::Errno> {
+    crate::sys::process_vm_read(tid, addr, buf)
 }
 
 /// The agent's killable read (a reader process, killed at `deadline`): copies
