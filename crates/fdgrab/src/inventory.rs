@@ -259,6 +259,29 @@ pub(crate) struct Select<'a> {
     pub kinds: &'a [FdKind],
 }
 
+/// What the first pass over one fd table saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TableMatch {
+    /// An fd passed it.
+    Found,
+    /// No fd did.
+    None,
+    /// Its directory lists no fd, but threads live on behind an exited leader:
+    /// the table they share is seen only through them (by a full description),
+    /// so nothing is known yet.
+    ThroughThreads,
+}
+
+impl TableMatch {
+    fn found(any: bool) -> TableMatch {
+        if any {
+            TableMatch::Found
+        } else {
+            TableMatch::None
+        }
+    }
+}
+
 impl Select<'_> {
     /// Whether process `pid` may hold a matching fd, judged from links and stats
     /// alone: the cheap first pass of a narrowing query over many processes, which
@@ -267,7 +290,7 @@ impl Select<'_> {
         if !self.prefilters() {
             return Ok(true);
         }
-        self.table_may_match(pid, &self.open_fd_dir(pid)?)
+        Ok(self.table_may_match(pid, &self.open_fd_dir(pid)?)? != TableMatch::None)
     }
 
     /// Whether a match in the first pass is a match of the whole query: the
@@ -293,15 +316,24 @@ impl Select<'_> {
     }
 
     /// The first pass over the whole table of `fd_dir`, listed here.
-    pub(crate) fn table_may_match(&self, pid: Pid, fd_dir: &OwnedFd) -> Result<bool> {
+    pub(crate) fn table_may_match(&self, pid: Pid, fd_dir: &OwnedFd) -> Result<TableMatch> {
         let numbers = crate::procfs::numbered_entries(fd_dir.as_fd())
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
         if numbers.is_empty() {
             // A kernel thread or a process without fds holds nothing; a leader
             // that exited is listed through one of its threads.
-            return Ok(crate::procfs::has_other_threads(fd_dir.as_fd()));
+            return Ok(if crate::procfs::has_other_threads(fd_dir.as_fd()) {
+                TableMatch::ThroughThreads
+            } else {
+                TableMatch::None
+            });
         }
-        self.any_may_match(pid, fd_dir.as_fd(), numbers, None)
+        Ok(TableMatch::found(self.any_may_match(
+            pid,
+            fd_dir.as_fd(),
+            numbers,
+            None,
+        )?))
     }
 
     /// The first pass over a table of `count` fds (the size of its directory,
@@ -318,7 +350,7 @@ impl Select<'_> {
         pid: Pid,
         fd_dir: &OwnedFd,
         count: usize,
-    ) -> Result<bool> {
+    ) -> Result<TableMatch> {
         let mut listed_from = count;
         let mut holes = 0;
         for n in 0..count {
@@ -326,7 +358,7 @@ impl Select<'_> {
                 break;
             };
             match self.fd_first_pass(pid, fd_dir.as_fd(), number)? {
-                FirstPass::May => return Ok(true),
+                FirstPass::May => return Ok(TableMatch::Found),
                 FirstPass::Not => {}
                 FirstPass::Closed => {
                     holes += 1;
@@ -340,7 +372,12 @@ impl Select<'_> {
         let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(listed_from as u64 + 2))
             .and_then(|_| crate::procfs::numbered_entries(fd_dir.as_fd()))
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        self.any_may_match(pid, fd_dir.as_fd(), rest, None)
+        Ok(TableMatch::found(self.any_may_match(
+            pid,
+            fd_dir.as_fd(),
+            rest,
+            None,
+        )?))
     }
 
     /// Whether any of `numbers` passes the first pass; stops early (with

@@ -13,6 +13,7 @@
 use super::sockets::{SocketInfo, SocketTable};
 use super::{
     inet_diag, sock_diag, unix_diag, BlockSource, Blocks, FdEntry, FdKind, Select, SocketSource,
+    TableMatch,
 };
 use crate::error::{Error, Result};
 use crate::pidfd::{PidFd, ProcessInfo};
@@ -582,10 +583,15 @@ impl<'a> Scan<'a> {
         } else {
             select.table_may_match(pid, &fd_dir)
         };
+        // A leader that exited after the count shows a directory with nothing
+        // left in it, as below: its table is seen through its threads.
+        let leader_gone = matches!(may_match, Ok(TableMatch::None)) && self.leader_exited(&fd_dir);
         drop(fd_dir);
         decided(match may_match {
-            Ok(true) => self.matched(plan, pid),
-            Ok(false) => Ok(None),
+            Ok(TableMatch::Found) => self.matched(plan, pid),
+            Ok(TableMatch::ThroughThreads) => describe(pid, self.q, select, source),
+            Ok(TableMatch::None) if leader_gone => describe(pid, self.q, select, source),
+            Ok(TableMatch::None) => Ok(None),
             Err(e) => Err(e),
         })
     }
@@ -1275,6 +1281,49 @@ ctypes.CDLL(None).pthread_exit(None)
                 .unwrap_or_else(|| panic!("count {count}: not found"));
             let fds: Vec<i32> = found.fds.iter().map(|e| e.fd.0).collect();
             assert_eq!(fds, [fd], "count {count}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A table whose leader has exited lists no fd in its own directory: the first
+    /// pass over it knows nothing (its threads still share the table), which is
+    /// not a match. Taken for one, `--pids` printed the process unchecked on
+    /// kernels that count no fds (before 6.2), and whenever the leader exited
+    /// between the count and the listing. `process` then describes it through a
+    /// thread, which finds the file.
+    #[test]
+    fn an_exited_leaders_table_is_seen_through_its_threads_not_matched() {
+        let (dir, q) = held_file("through");
+        let path = dir.join("held");
+        let other = dir.join("other");
+        std::fs::write(&other, b"y").expect("write");
+        for (file, holds) in [(&path, true), (&other, false)] {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.args(["-c", LEADER_EXITS, "4"]).arg(file);
+            let mut t = Target::spawn_cmd(cmd);
+            tell(&mut t, b"exit\n");
+            fdgrab_testkit::wait_leader_zombie(t.pid);
+            let pids = [t.pid];
+            let scan = planned(&pids, &q);
+            let plan = scan.plan.get().expect("a plan");
+            let fd_dir = plan.select.open_fd_dir(t.pid).expect("fd dir");
+            assert_eq!(
+                plan.select
+                    .table_may_match(t.pid, &fd_dir)
+                    .expect("first pass"),
+                TableMatch::ThroughThreads
+            );
+            drop(fd_dir);
+            let found = match scan.process(plan, 0) {
+                Err((0, outcome)) => outcome.expect("no error"),
+                _ => panic!("an empty table is decided at once"),
+            };
+            assert_eq!(
+                found.is_some(),
+                holds,
+                "holds {}: {found:?}",
+                file.display()
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
