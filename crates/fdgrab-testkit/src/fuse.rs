@@ -70,9 +70,9 @@ fn mode_of(node: u64) -> u32 {
 
 /// A numeric field of `/proc/PID/status`.
 fn status_field(pid: u32, key: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find_map(|l| l.strip_prefix(key))?;
-    line.trim().parse().ok()
+    crate::status_field(i32::try_from(pid).ok()?, key)?
+        .parse()
+        .ok()
 }
 
 /// Whether the thread `tid` (the kernel names a request's thread, not its
@@ -81,14 +81,14 @@ fn status_field(pid: u32, key: &str) -> Option<u32> {
 /// cannot be read counts as ours: the test must not pass by losing track of it.
 fn ours(tid: u32) -> bool {
     let me = std::process::id();
-    let Some(mut pid) = status_field(tid, "Tgid:") else {
+    let Some(mut pid) = status_field(tid, "Tgid") else {
         return true;
     };
     while pid > 1 {
         if pid == me {
             return true;
         }
-        match status_field(pid, "PPid:") {
+        match status_field(pid, "PPid") {
             Some(parent) => pid = parent,
             None => return true,
         }
