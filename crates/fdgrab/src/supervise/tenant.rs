@@ -40,6 +40,14 @@
 //! containers come, stall and go; besides those, one worker per living
 //! container, an idle or busy killable reader per worker that read killably, and, for a moment, a
 //! lowered worker handing over to its successor (`Pace`).
+//!
+//! Not bounded (known, not fixed): a reader that SIGKILL does not end. A page
+//! of a FUSE file the container maps, with readahead off, is read by a request
+//! that, once its daemon has taken it and never answers, the kernel waits out
+//! uninterruptibly. The reader then never dies, its worker waits to reap it,
+//! and that container's binds are no longer read (its own daemon's doing); a
+//! daemon outside the container that keeps such requests across restarts
+//! costs the agent one thread per restart.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
