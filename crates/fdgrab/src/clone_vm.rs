@@ -4,6 +4,7 @@
 //! blocked; this module holds that stack and that `clone`, and nothing that knows
 //! what the child then does.
 
+use crate::sys::errno;
 use rustix::io::Errno;
 use std::ffi::{c_int, c_void};
 
@@ -111,13 +112,5 @@ pub(crate) unsafe fn clone_with_signals_blocked(
     match clone_errno {
         Some(e) => Err(e),
         None => Ok(pid),
-    }
-}
-
-/// The errno of the call that just failed (never 0, which `Errno` cannot hold).
-pub(crate) fn errno() -> Errno {
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(e) if e > 0 => Errno::from_raw_os_error(e),
-        _ => Errno::IO,
     }
 }

@@ -167,10 +167,17 @@ pub(crate) fn dup_own_fd(n: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, 
     rustix::io::fcntl_dupfd_cloexec(fd, 3)
 }
 
+/// The errno of the libc call that just failed, as an `Errno` (`EIO` if it left
+/// none: `Errno` cannot hold 0). The one helper for the crate's raw calls.
+pub(crate) fn errno() -> Errno {
+    Errno::from_raw_os_error(last_errno())
+}
+
 fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(e) if e > 0 => e,
+        _ => libc::EIO,
+    }
 }
 
 /// A signal set made from signal numbers.

@@ -8,15 +8,8 @@ use rustix::io::Errno;
 /// mistaken for a real `SIGTRAP`.
 pub(crate) const O_TRACESYSGOOD: libc::c_int = libc::PTRACE_O_TRACESYSGOOD;
 
-/// The errno of the libc call that just failed (`EIO` if it left none): the one
-/// helper for the raw calls of the injection engine (here and `arch`).
-pub(crate) fn errno() -> Errno {
-    Errno::from_raw_os_error(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    )
-}
+// The injection engine's raw calls (here and `arch`) read their errno so.
+pub(crate) use crate::sys::errno;
 
 fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
     // SAFETY: every request sent through here (SEIZE, SETOPTIONS, INTERRUPT, CONT,

@@ -1,6 +1,7 @@
 //! Raw `seccomp(2)` and the listener ioctls. This file holds the seccomp layer's
 //! `unsafe`; everything above it is typed.
 
+use crate::sys::errno;
 use rustix::io::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -14,14 +15,6 @@ const _: () = assert!(std::mem::size_of::<libc::seccomp_notif>() == 80);
 const _: () = assert!(std::mem::size_of::<libc::seccomp_notif_resp>() == 24);
 const _: () = assert!(std::mem::size_of::<libc::seccomp_notif_addfd>() == 24);
 const _: () = assert!(libc::SECCOMP_IOCTL_NOTIF_ID_VALID as libc::c_ulong == 0x4008_2102);
-
-fn errno() -> Errno {
-    Errno::from_raw_os_error(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    )
-}
 
 /// `seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog)`. Returns the listener fd when
 /// `flags` has `NEW_LISTENER`, otherwise `None`.

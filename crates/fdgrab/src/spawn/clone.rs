@@ -9,7 +9,8 @@
 //! defaults before it unblocks anything.
 
 use super::{Credentials, SeccompHandBack, Session, SignalDefaults, Step};
-use crate::clone_vm::{clone_with_signals_blocked, errno, Stack};
+use crate::clone_vm::{clone_with_signals_blocked, Stack};
+use crate::sys::errno;
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use std::ffi::{c_char, c_int, c_void, CString};
