@@ -81,7 +81,16 @@ impl Session<'_> {
     /// run from the scratch mapping now.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn routine_allowed(&self, calls: &[(Planned, u64)]) -> bool {
-        if !self.scratch_exec || self.no_forced_trap || self.state != State::Stopped {
+        // Where the mask is set by injected calls (a thread stopped in ppoll,
+        // sigsuspend and the like, whose saved mask the kernel still has to put
+        // back), the routine's own mask changes by ptrace would clear that flag
+        // and read the saved mask for the session's: such a thread is served
+        // call by call.
+        if !self.scratch_exec
+            || self.no_forced_trap
+            || !self.mask_by_ptrace
+            || self.state != State::Stopped
+        {
             return false;
         }
         match &self.gate {
