@@ -476,6 +476,49 @@ fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
     child.wait().expect("reap");
 }
 
+/// `/proc` mounted with `hidepid=2` (in a mount namespace of its own) hides
+/// root's processes from uid 65534: a named root process is alive, so `ls PID`
+/// says the caller may not read it (exit 4, naming hidepid), not that it is gone
+/// (exit 5), with or without a filter; the caller's own process is still listed,
+/// and a system-wide query does not see the hidden one at all (as `ps`).
+#[test]
+fn a_process_hidden_by_hidepid_is_denied_not_gone() {
+    let root = holder(&[]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(NOBODY.split(' ')).args(["sleep", "30"]);
+    let mut own = cmd.spawn().expect("sleep as 65534");
+    let script = format!(
+        "mount -t proc -o hidepid=2 proc /proc || exit 99; \
+         for q in '' '--path /dev/null' '--type chr --pids'; do \
+           setpriv {NOBODY} {fg} ls {root} $q >/dev/null; echo \"rc=$?\"; \
+         done; \
+         setpriv {NOBODY} {fg} ls {own} --fd 0 --pids; \
+         setpriv {NOBODY} {fg} ls --path /dev/null --pids 2>/dev/null",
+        fg = fdgrab_testkit::bin("fdgrab").display(),
+        root = root.pid,
+        own = own.id(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let _ = own.kill();
+    let _ = own.wait();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let mut lines = stdout.lines();
+    for q in ["", "--path", "--type"] {
+        assert_eq!(lines.next(), Some("rc=4"), "ls PID {q}: {stdout}{err}");
+    }
+    let own = own.id().to_string();
+    assert_eq!(lines.next(), Some(own.as_str()), "{stdout}{err}");
+    let rest: Vec<&str> = lines.collect();
+    assert!(!rest.contains(&root.pid.to_string().as_str()), "{rest:?}");
+    assert!(rest.contains(&own.as_str()), "{rest:?}");
+    assert_eq!(err.matches("mounted with hidepid=2").count(), 3, "{err}");
+}
+
 /// A table that changes while it is read: two threads dup2 into the holes of a
 /// sparse table and close them again, and now and then close_range a stretch,
 /// growing and shrinking it across 128-fd block boundaries. Each listing must still

@@ -525,7 +525,8 @@ pub fn check_proc_namespace() -> Result<()> {
 pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
     check_proc_namespace()?;
     let pid = target.pid();
-    let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
+    let (mut dirs, mut numbers) =
+        ProcDirs::open(pid, &format!("/proc/{pid}")).map_err(|e| hidden_if_alive(target, e))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
     // the other threads still share a live fd table; read it through one of them.
     if numbers.is_empty()
@@ -912,6 +913,23 @@ fn worker_panicked(pid: Pid) -> Error {
         pid,
         fd: None,
         source: std::io::Error::other("worker thread panicked"),
+    }
+}
+
+/// A process whose pidfd is live but whose `/proc/PID` cannot be found is hidden
+/// from us (`/proc` mounted with `hidepid=2` or `invisible`), not gone: the
+/// caller may not read it, as when its files refuse us.
+fn hidden_if_alive(target: &PidFd, e: Error) -> Error {
+    match e {
+        Error::NoSuchProcess { pid } if target.is_alive() => Error::PermissionDenied {
+            pid,
+            fd: None,
+            op: "open /proc/PID",
+            hint: "/proc hides the processes of other users from us (mounted with hidepid=2 or \
+                   hidepid=invisible); ask as their user or as root"
+                .into(),
+        },
+        e => e,
     }
 }
 
