@@ -238,6 +238,72 @@ sys.stdin.read()
     assert!(!ours.contains(&ino), "unexpectedly visible in our netns");
 }
 
+/// Forks a child that moves to a fresh network namespace, listens there and
+/// sends the listener back over a socketpair; the parent (still in ours) holds
+/// it. Reports the parent's fd, the child's pid and fd, the inode and the port.
+const PASSED_ACROSS_NETNS: &str = r#"
+import ctypes, json, os, socket, sys
+a, b = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    a.close()
+    if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
+        os._exit(3)
+    l = socket.socket(); l.bind(("0.0.0.0", 0)); l.listen()
+    socket.send_fds(b, [b"l"], [l.fileno()])
+    b.send(json.dumps({"fd": l.fileno(), "port": l.getsockname()[1]}).encode())
+    sys.stdin.read()
+    os._exit(0)
+b.close()
+_, fds, _, _ = socket.recv_fds(a, 1, 1)
+child = json.loads(a.recv(4096))
+print(json.dumps({"fd": fds[0], "ino": os.fstat(fds[0]).st_ino, "child": pid,
+                  "child_fd": child["fd"], "port": child["port"]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// A listener made in another network namespace and held (over SCM_RIGHTS) by a
+/// process in ours keeps its own namespace: ours has no trace of it. Listing
+/// both processes, or every process, describes it for both holders from the
+/// namespace it lives in (where a listing read each holder's own namespace
+/// only, and showed the one in ours as a bare "TCP" with no address), as
+/// `--port` finds both; ss in its namespace agrees.
+#[test]
+fn a_socket_held_across_network_namespaces_is_described_for_every_holder() {
+    let t = python(PASSED_ACROSS_NETNS, &[]);
+    let (ino, port) = (inode(&t.report, "ino"), inode(&t.report, "port"));
+    let child = t.report["child"].as_i64().expect("child");
+    let holders = [
+        (i64::from(t.pid), t.report["fd"].as_i64().expect("fd")),
+        (child, t.report["child_fd"].as_i64().expect("child fd")),
+    ];
+    let (parent, child_s) = (t.pid.to_string(), child.to_string());
+    let port_s = port.to_string();
+    for args in [&[&parent[..], &child_s][..], &[], &["--port", &port_s]] {
+        let doc = ls_json(args);
+        for (pid, fd) in holders {
+            let e = processes(&doc)
+                .iter()
+                .filter(|p| p["pid"] == pid)
+                .flat_map(|p| p["fds"].as_array().expect("fds"))
+                .find(|e| e["fd"] == fd)
+                .unwrap_or_else(|| panic!("ls {args:?}: pid {pid} fd {fd} missing"));
+            assert_eq!(e["inode"], ino, "{e}");
+            let sock = &e["socket"];
+            assert_eq!(sock["state"], "LISTEN", "ls {args:?}, pid {pid}: {e}");
+            assert_eq!(sock["local"]["port"], port, "ls {args:?}, pid {pid}: {e}");
+        }
+    }
+    assert!(
+        !ss_inodes(port as u16).contains(&ino),
+        "visible in our netns"
+    );
+    let mut ss = Command::new("nsenter");
+    ss.args(["-t", &child_s, "-n", "ss", "-Hltne"]);
+    let theirs = String::from_utf8_lossy(&output_timeout(&mut ss, TIMEOUT).stdout).into_owned();
+    assert!(theirs.contains(&format!("ino:{ino} ")), "{theirs}");
+}
+
 /// Holds the files named in argv open and reports (path, fd, inode) for each.
 const HOLDER: &str = r#"
 import json, os, sys

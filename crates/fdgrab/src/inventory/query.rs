@@ -156,6 +156,7 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
             }),
         }
     }
+    tables.describe_foreign_sockets(&mut out.processes);
     out.processes.sort_by_key(|p| p.pid);
     out
 }
@@ -923,6 +924,39 @@ pub(crate) struct NetnsTables {
 }
 
 impl NetnsTables {
+    /// Describes the sockets its holder's own namespace does not know from the
+    /// tables of the other namespaces the scan read: a socket keeps the network
+    /// namespace it was created in, whoever holds it (one passed over SCM_RIGHTS
+    /// from a container, or kept across `setns`). Socket inodes are unique
+    /// across namespaces, so an inode found elsewhere is that socket.
+    fn describe_foreign_sockets(&self, processes: &mut [ProcessFds]) {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if tables.len() < 2 {
+            return;
+        }
+        let loaded: Vec<&SocketTable> = tables
+            .values()
+            .filter_map(|cell| cell.get()?.as_deref())
+            .collect();
+        let unknown = |e: &FdEntry| {
+            e.socket
+                .as_ref()
+                .is_some_and(|s| s.state.is_none() && s.local.is_none() && s.peer.is_none())
+        };
+        for e in processes
+            .iter_mut()
+            .flat_map(|p| p.fds.iter_mut())
+            .filter(|e| unknown(e))
+        {
+            if let Some(info) = e
+                .inode
+                .and_then(|ino| loaded.iter().find_map(|t| t.by_inode.get(&ino)))
+            {
+                e.socket = Some(info.clone());
+            }
+        }
+    }
+
     pub(crate) fn get(
         &self,
         pid: Pid,
