@@ -519,6 +519,44 @@ fn a_process_hidden_by_hidepid_is_denied_not_gone() {
     assert_eq!(err.matches("mounted with hidepid=2").count(), 3, "{err}");
 }
 
+/// A thread id is not a process: `ls TID` fails as a usage error (exit 2)
+/// naming the process the thread belongs to, with or without a filter, and a
+/// process named beside it is still listed.
+#[test]
+fn a_thread_id_is_refused_naming_its_process() {
+    let script = r#"
+import json, os, threading
+ready = threading.Event()
+def run():
+    ready.set(); threading.Event().wait()
+threading.Thread(target=run, daemon=True).start(); ready.wait()
+tid = [int(t) for t in os.listdir("/proc/self/task") if int(t) != os.getpid()][0]
+print(json.dumps({"tid": tid}), flush=True)
+import sys; sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    let t = Target::spawn_cmd(cmd);
+    let tid = t.report["tid"].as_i64().expect("tid").to_string();
+    let pid = t.pid.to_string();
+    for args in [
+        &["ls", &tid[..]][..],
+        &["ls", &tid, "--path", "/dev/null", "--pids"],
+    ] {
+        let out = output_timeout(fdgrab_testkit::fdgrab().args(args), TIMEOUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let want = format!("pid {tid} is a thread of process {pid}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    let out = output_timeout(
+        fdgrab_testkit::fdgrab().args(["ls", &tid, &pid, "--pids"]),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{pid}\n"));
+}
+
 /// A table that changes while it is read: two threads dup2 into the holes of a
 /// sparse table and close them again, and now and then close_range a stretch,
 /// growing and shrinking it across 128-fd block boundaries. Each listing must still

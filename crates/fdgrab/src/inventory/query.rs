@@ -248,7 +248,7 @@ fn describe(
     select: &Select,
     source: &SocketSource,
 ) -> Result<Option<ProcessFds>> {
-    let target = PidFd::open(pid)?;
+    let target = PidFd::open(pid).map_err(|e| thread_of_process(pid, e))?;
     let inv = super::list(&target, select, source)?;
     if q.narrows_fds() && inv.fds.is_empty() {
         return Ok(None);
@@ -263,6 +263,21 @@ fn describe(
         process: target.info().ok(),
         fds: inv.fds,
     }))
+}
+
+/// A thread id named where a process is wanted: the error names its process,
+/// which is the one to list (the threads share its table).
+fn thread_of_process(pid: Pid, e: Error) -> Error {
+    let tgid = || crate::procfs::status(pid).ok()?.tgid.filter(|&t| t != pid);
+    match e {
+        Error::InvalidArgument(_) => match tgid() {
+            Some(tgid) => Error::InvalidArgument(format!(
+                "pid {pid} is a thread of process {tgid}, not a process: list {tgid}"
+            )),
+            None => e,
+        },
+        e => e,
+    }
 }
 
 /// The outcome for the process at one index of the scan's pid list.
