@@ -1297,6 +1297,23 @@ sys.stdin.readline()
 ctypes.CDLL(None).pthread_exit(None)
 "#;
 
+    /// A LEADER_EXITS holder of COUNT fds, the last of them on `file`.
+    fn leader_exits(count: usize, file: &std::path::Path) -> Target {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", LEADER_EXITS, &count.to_string()]).arg(file);
+        Target::spawn_cmd(cmd)
+    }
+
+    /// `held_file`, and another file beside it that the query does not ask
+    /// for: each with whether it is the query's.
+    fn held_and_other(tag: &str) -> (std::path::PathBuf, Query, [(std::path::PathBuf, bool); 2]) {
+        let (dir, q) = held_file(tag);
+        let other = dir.join("other");
+        std::fs::write(&other, b"y").expect("write");
+        let files = [(dir.join("held"), true), (other, false)];
+        (dir, q, files)
+    }
+
     /// A holder whose leader exits while its table is checked (after the first
     /// pass has started, for a shared table, a small counted one, and from
     /// before it is opened), while another thread keeps holding the file: still a
@@ -1306,10 +1323,7 @@ ctypes.CDLL(None).pthread_exit(None)
         let (dir, q) = held_file("leader");
         let path = dir.join("held");
         for count in [4 * SHARED_BLOCK + 5, SHARE_FROM / 2] {
-            let mut cmd = std::process::Command::new("python3");
-            cmd.args(["-c", LEADER_EXITS, &count.to_string()])
-                .arg(&path);
-            let mut t = Target::spawn_cmd(cmd);
+            let mut t = leader_exits(count, &path);
             let fd = t.report["target"].as_i64().expect("target") as i32;
             let pids = [t.pid];
             let scan = planned(&pids, &q);
@@ -1351,14 +1365,9 @@ ctypes.CDLL(None).pthread_exit(None)
     /// the leader exits, then the pass runs on the stale count: no timing.
     #[test]
     fn a_leader_that_exits_after_its_table_was_counted_is_read_through_its_threads() {
-        let (dir, q) = held_file("counted");
-        let path = dir.join("held");
-        let other = dir.join("other");
-        std::fs::write(&other, b"y").expect("write");
-        for (file, holds) in [(&path, true), (&other, false)] {
-            let mut cmd = std::process::Command::new("python3");
-            cmd.args(["-c", LEADER_EXITS, "8"]).arg(file);
-            let mut t = Target::spawn_cmd(cmd);
+        let (dir, q, files) = held_and_other("counted");
+        for (file, holds) in files {
+            let mut t = leader_exits(8, &file);
             let fd = t.report["target"].as_i64().expect("target") as i32;
             let pid = t.pid;
             let q = q.clone();
@@ -1414,14 +1423,9 @@ ctypes.CDLL(None).pthread_exit(None)
     /// thread, which finds the file.
     #[test]
     fn an_exited_leaders_table_is_seen_through_its_threads_not_matched() {
-        let (dir, q) = held_file("through");
-        let path = dir.join("held");
-        let other = dir.join("other");
-        std::fs::write(&other, b"y").expect("write");
-        for (file, holds) in [(&path, true), (&other, false)] {
-            let mut cmd = std::process::Command::new("python3");
-            cmd.args(["-c", LEADER_EXITS, "4"]).arg(file);
-            let mut t = Target::spawn_cmd(cmd);
+        let (dir, q, files) = held_and_other("through");
+        for (file, holds) in files {
+            let mut t = leader_exits(4, &file);
             tell(&mut t, b"exit\n");
             fdgrab_testkit::wait_leader_zombie(t.pid);
             let pids = [t.pid];
