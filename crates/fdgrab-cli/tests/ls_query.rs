@@ -238,6 +238,95 @@ sys.stdin.read()
     assert!(!ours.contains(&ino), "unexpectedly visible in our netns");
 }
 
+/// In a network namespace of its own (fixed ports, nothing else there): a
+/// dual-stack IPv6 listener on 4000 with an IPv4 client (accepted as
+/// `::ffff:127.0.0.1`), an SO_REUSEPORT pair on 4001, a bound UDP socket on
+/// 4002 and a UDP socket connected to it from an ephemeral port. Reports each
+/// group's inodes and the ephemeral port.
+const PORT_KINDS: &str = r#"
+import json, os, socket, sys
+ino = lambda s: os.fstat(s.fileno()).st_ino
+d = socket.socket(socket.AF_INET6); d.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+d.bind(("::", 4000)); d.listen()
+c = socket.create_connection(("127.0.0.1", 4000)); a, _ = d.accept()
+rp = []
+for _ in range(2):
+    r = socket.socket(); r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    r.bind(("127.0.0.1", 4001)); r.listen(); rp.append(r)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 4002))
+uc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); uc.connect(("127.0.0.1", 4002))
+print(json.dumps({"4000": [ino(d), ino(c), ino(a)], "4001": [ino(r) for r in rp],
+                  "4002": [ino(u), ino(uc)], "ephemeral": uc.getsockname()[1],
+                  "connected_udp": ino(uc), "mapped": a.getpeername()[0]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--port` on the cases a port question meets besides plain listeners and
+/// clients: a dual-stack listener and its IPv4-mapped connection, an
+/// SO_REUSEPORT group, connected and unconnected UDP, and a filter equal to a
+/// client's ephemeral port (only that client). Each against the process's own
+/// report and ss in its namespace; `--listen` keeps the listeners and the
+/// unconnected UDP socket only.
+#[test]
+fn port_finds_dual_stack_reuseport_and_udp_sockets() {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec python3 -c \"$0\"",
+        PORT_KINDS,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    assert_eq!(t.report["mapped"], "::ffff:127.0.0.1", "{}", t.report);
+    let pid = i64::from(t.pid);
+    let inodes = |key: &str| -> BTreeSet<(i64, u64)> {
+        t.report[key]
+            .as_array()
+            .expect("inodes")
+            .iter()
+            .map(|v| (pid, v.as_u64().expect("inode")))
+            .collect()
+    };
+    let ephemeral = t.report["ephemeral"].to_string();
+    let cases = [
+        ("4000", inodes("4000")),
+        ("4001", inodes("4001")),
+        ("4002", inodes("4002")),
+        (
+            &ephemeral[..],
+            [(pid, inode(&t.report, "connected_udp"))].into(),
+        ),
+    ];
+    let target = t.pid.to_string();
+    for (port, truth) in &cases {
+        // Other namespaces may use these ports too: only the target is compared.
+        let doc = ls_json(&["--port", port]);
+        let ours: BTreeSet<(i64, u64)> = pid_inodes(&doc)
+            .into_iter()
+            .filter(|&(p, _)| p == pid)
+            .collect();
+        assert_eq!(&ours, truth, "ls --port {port}: {doc}");
+        let mut ss = Command::new("nsenter");
+        ss.args(["-t", &target, "-n", "ss", "-tuaneH"])
+            .arg(format!("( sport = :{port} or dport = :{port} )"));
+        let out = output_timeout(&mut ss, TIMEOUT);
+        let theirs: BTreeSet<(i64, u64)> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("ino:")?.parse().ok())
+            .filter(|&i| i != 0)
+            .map(|i| (pid, i))
+            .collect();
+        assert_eq!(&theirs, truth, "ss disagrees on {port}");
+    }
+    let doc = ls_json(&[&target, "--listen"]);
+    let mut listening = inodes("4001");
+    for key in ["4000", "4002"] {
+        listening.insert((pid, t.report[key][0].as_u64().expect("inode")));
+    }
+    assert_eq!(pid_inodes(&doc), listening, "{doc}");
+}
+
 /// Forks a child that moves to a fresh network namespace, listens there and
 /// sends the listener back over a socketpair; the parent (still in ours) holds
 /// it. Reports the parent's fd, the child's pid and fd, the inode and the port.
