@@ -242,6 +242,63 @@ fn deleted_leaves_out_a_file_that_keeps_another_link() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Holds, in DIR, every kind of inode that can lose its last name while open:
+/// an O_TMPFILE file (never had one), a deleted file, a removed directory, a
+/// removed FIFO, a memfd; and two that keep a name: a file whose opened name
+/// was removed but which has another hard link, and a live file. Reports which
+/// fds are unlinked.
+const UNLINKED_KINDS: &str = r#"
+import json, os, sys
+d = sys.argv[1]
+t = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmp")
+open(d + "/gone", "w").write("gone"); g = os.open(d + "/gone", os.O_RDONLY); os.unlink(d + "/gone")
+os.mkdir(d + "/dir"); r = os.open(d + "/dir", os.O_RDONLY | os.O_DIRECTORY); os.rmdir(d + "/dir")
+os.mkfifo(d + "/fifo"); f = os.open(d + "/fifo", os.O_RDWR); os.unlink(d + "/fifo")
+m = os.memfd_create("kinds")
+open(d + "/a", "w").write("a"); os.link(d + "/a", d + "/b"); h = os.open(d + "/a", os.O_RDONLY); os.unlink(d + "/a")
+live = os.open(d + "/b", os.O_RDONLY)
+print(json.dumps({"unlinked": sorted([t, g, r, f, m]), "named": [h, live]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--deleted` finds every kind of unlinked inode lsof +L1 finds (an O_TMPFILE
+/// file, a deleted file, a removed directory and FIFO, a memfd) and no inode
+/// that still has a name, on the same fds as lsof.
+#[test]
+fn deleted_finds_every_unlinked_kind_as_lsof_does() {
+    let dir = temp_dir("kinds");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(UNLINKED_KINDS).arg(&dir);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let want: Vec<i64> = t.report["unlinked"]
+        .as_array()
+        .expect("unlinked")
+        .iter()
+        .map(|v| v.as_i64().expect("fd"))
+        .collect();
+    let doc = ls_json(&[&pid, "--deleted"]);
+    let found: Vec<i64> = doc["processes"][0]["fds"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["fd"].as_i64().expect("fd")).collect())
+        .unwrap_or_default();
+    assert_eq!(found, want, "{doc}");
+    for e in doc["processes"][0]["fds"].as_array().expect("fds") {
+        assert_eq!(e["nlink"], 0, "{e}");
+    }
+    // lsof +L1 -F f: one "fN" line per fd (and "fcwd", "ftxt" and the like).
+    let lsof = output_timeout(
+        Command::new("lsof").args(["-n", "-a", "+L1", "-p", &pid, "-F", "f"]),
+        TIMEOUT,
+    );
+    let theirs: Vec<i64> = String::from_utf8_lossy(&lsof.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix('f')?.parse().ok())
+        .collect();
+    assert_eq!(theirs, want, "lsof +L1 disagrees");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A unix socket bound to the relative path `@name` is not the abstract socket
 /// `@name`: the table shows the abstract one's NUL as `@` (as ss and lsof do), so
 /// the path's own `@` is escaped, and JSON keeps the two apart by `path_bytes`.
