@@ -536,7 +536,8 @@ fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
 /// `/proc` mounted with `hidepid=2` (in a mount namespace of its own) hides
 /// root's processes from uid 65534: a named root process is alive, so `ls PID`
 /// says the caller may not read it (exit 4, naming hidepid), not that it is gone
-/// (exit 5), with or without a filter; the caller's own process is still listed,
+/// (exit 5), with or without a filter (`--user` too, which reads its status
+/// first); the caller's own process is still listed,
 /// and a system-wide query does not see the hidden one at all (as `ps`).
 #[test]
 fn a_process_hidden_by_hidepid_is_denied_not_gone() {
@@ -546,7 +547,7 @@ fn a_process_hidden_by_hidepid_is_denied_not_gone() {
     let mut own = cmd.spawn().expect("sleep as 65534");
     let script = format!(
         "mount -t proc -o hidepid=2 proc /proc || exit 99; \
-         for q in '' '--path /dev/null' '--type chr --pids'; do \
+         for q in '' '--path /dev/null' '--type chr --pids' '--user 0'; do \
            setpriv {NOBODY} {fg} ls {root} $q >/dev/null; echo \"rc=$?\"; \
          done; \
          setpriv {NOBODY} {fg} ls {own} --fd 0 --pids; \
@@ -565,7 +566,7 @@ fn a_process_hidden_by_hidepid_is_denied_not_gone() {
         String::from_utf8_lossy(&out.stderr),
     );
     let mut lines = stdout.lines();
-    for q in ["", "--path", "--type"] {
+    for q in ["", "--path", "--type", "--user"] {
         assert_eq!(lines.next(), Some("rc=4"), "ls PID {q}: {stdout}{err}");
     }
     let own = own.id().to_string();
@@ -573,7 +574,7 @@ fn a_process_hidden_by_hidepid_is_denied_not_gone() {
     let rest: Vec<&str> = lines.collect();
     assert!(!rest.contains(&root.pid.to_string().as_str()), "{rest:?}");
     assert!(rest.contains(&own.as_str()), "{rest:?}");
-    assert_eq!(err.matches("mounted with hidepid=2").count(), 3, "{err}");
+    assert_eq!(err.matches("mounted with hidepid=2").count(), 4, "{err}");
 }
 
 /// A thread id is not a process: `ls TID` fails as a usage error (exit 2)

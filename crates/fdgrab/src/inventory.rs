@@ -921,7 +921,7 @@ pub(crate) fn leader_exited(fd_dir: BorrowedFd<'_>) -> bool {
 /// A process whose pidfd is live but whose `/proc/PID` cannot be found is hidden
 /// from us (`/proc` mounted with `hidepid=2` or `invisible`), not gone: the
 /// caller may not read it, as when its files refuse us.
-fn hidden_if_alive(target: &PidFd, e: Error) -> Error {
+pub(crate) fn hidden_if_alive(target: &PidFd, e: Error) -> Error {
     match e {
         Error::NoSuchProcess { pid } if target.is_alive() => Error::PermissionDenied {
             pid,

@@ -224,7 +224,12 @@ fn named(
     select: &Select,
     source: &SocketSource,
 ) -> Result<Option<ProcessFds>> {
-    if !user_matches(pid, q)? {
+    // A process /proc hides from us has no status to read either.
+    let hidden = |e| match PidFd::open(pid) {
+        Ok(target) => super::hidden_if_alive(&target, e),
+        Err(_) => e,
+    };
+    if !user_matches(pid, q).map_err(hidden)? {
         return Ok(None);
     }
     describe(pid, q, select, source)
@@ -538,12 +543,15 @@ impl<'a> Scan<'a> {
         let pid = plan.pids[i];
         let (select, source) = (&plan.select, &plan.source);
         let decided = |r: Result<Option<ProcessFds>>| Err((i, r));
+        if self.named.is_some() {
+            return decided(named(pid, self.q, select, source));
+        }
         match user_matches(pid, self.q) {
             Ok(true) => {}
             Ok(false) => return decided(Ok(None)),
             Err(e) => return decided(Err(e)),
         }
-        if self.named.is_some() || !select.prefilters() {
+        if !select.prefilters() {
             return decided(describe(pid, self.q, select, source));
         }
         // Linux 6.2+ gives the number of open fds as the size of the fd
