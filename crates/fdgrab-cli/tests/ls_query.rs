@@ -327,6 +327,62 @@ fn port_finds_dual_stack_reuseport_and_udp_sockets() {
     assert_eq!(pid_inodes(&doc), listening, "{doc}");
 }
 
+/// A thread that unshares its fd table (CLONE_FILES) and listens on a port
+/// there, and opens a file there; reports its tid, the port and the inode.
+const THREAD_TABLE: &str = r#"
+import ctypes, json, os, socket, sys, threading
+path = sys.argv[1]
+ready = threading.Event(); out = {}
+def run():
+    if ctypes.CDLL(None, use_errno=True).unshare(0x400) != 0:
+        out["refused"] = os.strerror(ctypes.get_errno()); ready.set(); return
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+    f = os.open(path, os.O_RDONLY)
+    out.update(port=l.getsockname()[1], ino=os.fstat(l.fileno()).st_ino, tid=threading.get_native_id())
+    ready.set(); threading.Event().wait()
+threading.Thread(target=run, daemon=True).start(); ready.wait()
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+/// A listener (and a file) held only in a thread's private fd table is not
+/// found: `/proc/PID/fd` shows the leader's table, and lsof and `ss -p` do not
+/// find its owner either (the documented limit). But the kernel still reports
+/// the socket, so a port question that finds no process says so on stderr
+/// rather than let "nobody" pass for "free"; a port with no socket at all
+/// gets no such line, nor does a file question.
+#[test]
+fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
+    let dir = temp_dir("thread-table");
+    let file = dir.join("held");
+    std::fs::write(&file, b"x").expect("write");
+    let t = python(THREAD_TABLE, &[file.to_str().expect("utf8")]);
+    if let Some(why) = t.report["refused"].as_str() {
+        panic!("unshare(CLONE_FILES) refused: {why}");
+    }
+    let port = t.report["port"].to_string();
+    let ino = inode(&t.report, "ino");
+    // The truth: the kernel has it, with no owner anyone can name.
+    assert!(ss_inodes(port.parse().expect("port")).contains(&ino));
+    assert!(lsof_pids(&["-n", "-P", &format!("-i:{port}")]).is_empty());
+    let out = fdgrab(&["ls", "--port", &port, "--pids"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(err.contains("the kernel has 1 matching socket"), "{err}");
+    // No socket on the port: nothing to say.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let free_port = free.local_addr().expect("addr").port().to_string();
+    drop(free);
+    let out = fdgrab(&["ls", "--port", &free_port, "--pids"], false);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("kernel has"));
+    let f = file.to_str().expect("utf8");
+    let out = fdgrab(&["ls", "--path", f, "--pids"], false);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("kernel has"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Forks a child that moves to a fresh network namespace, listens there and
 /// sends the listener back over a socketpair; the parent (still in ours) holds
 /// it. Reports the parent's fd, the child's pid and fd, the inode and the port.

@@ -104,6 +104,13 @@ pub struct QueryResult {
     pub processes: Vec<ProcessFds>,
     /// Processes that could not be read, by pid.
     pub skipped: Vec<Skipped>,
+    /// When a question about sockets alone (`port`, `listening`, a unix
+    /// socket's name, over every process) found no process: how many sockets
+    /// the kernel reported as matching it all the same. No fd fdgrab could read
+    /// refers to them: they are held in a thread's private fd table, by a
+    /// process that could not be read, or only in flight in a unix socket's
+    /// queue. 0 otherwise.
+    pub unheld_sockets: usize,
 }
 
 /// Answers `q` over `pids`, or over every process when `pids` is `None` (except the
@@ -111,6 +118,7 @@ pub struct QueryResult {
 /// cannot be read is reported in [`QueryResult::skipped`] and the others are still
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
+    let every_process = pids.is_none();
     let named_pids: Option<Vec<Pid>> = pids.map(|p| {
         // A pid named twice is one process: listed (or skipped) once. The
         // order is kept, since the first skipped pid decides the exit status.
@@ -158,6 +166,19 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
     }
     tables.describe_foreign_sockets(&mut out.processes);
     out.processes.sort_by_key(|p| p.pid);
+    let sockets_only = q.uid.is_none()
+        && q.fds.is_empty()
+        && q.kinds.is_empty()
+        && !q.unlinked
+        && (q.file.is_none() || q.file_is_socket);
+    if every_process && sockets_only && out.processes.is_empty() {
+        // Inode 0: an orphan (closed, still finishing its connection), which
+        // no fd can hold.
+        out.unheld_sockets = found
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, |f| f.keys().filter(|&&ino| ino != 0).count());
+    }
     out
 }
 
