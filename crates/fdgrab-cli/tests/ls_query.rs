@@ -353,9 +353,7 @@ sys.stdin.read()
 /// gets no such line, nor does a file question.
 #[test]
 fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
-    let dir = temp_dir("thread-table");
-    let file = dir.join("held");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("thread-table", "held");
     let t = python(THREAD_TABLE, &[file.to_str().expect("utf8")]);
     if let Some(why) = t.report["refused"].as_str() {
         panic!("unshare(CLONE_FILES) refused: {why}");
@@ -465,6 +463,14 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// A fresh `temp_dir` and a small file NAME in it.
+fn temp_file(tag: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let file = dir.join(name);
+    std::fs::write(&file, b"x").expect("write");
+    (dir, file)
 }
 
 #[test]
@@ -732,9 +738,7 @@ fn an_unprivileged_caller_lists_only_its_own_processes() {
 
 #[test]
 fn pids_output_feeds_kill() {
-    let dir = temp_dir("kill");
-    let file = dir.join("victim");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("kill", "victim");
     let f = file.to_str().expect("utf8");
     let mut a = python(HOLDER, &[f]);
     let mut b = python(HOLDER, &[f]);
@@ -869,9 +873,7 @@ fn listen_keeps_exactly_the_listening_sockets() {
 /// read keeps its own status (5), found or not.
 #[test]
 fn pids_exits_1_when_nothing_matches() {
-    let dir = temp_dir("nomatch");
-    let file = dir.join("unheld");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("nomatch", "unheld");
     let f = file.to_str().expect("utf8");
     // A port nobody holds: one the kernel just handed out and took back.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -974,9 +976,7 @@ sys.stdin.read()
 /// agreeing), `--port` and `--deleted`.
 #[test]
 fn matches_anywhere_in_a_large_fd_table() {
-    let dir = temp_dir("large");
-    let file = dir.join("held");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("large", "held");
     let f = file.to_str().expect("utf8");
     let count = 900;
     let holders: Vec<Target> = [0, count / 2, count - 3]
@@ -1026,9 +1026,7 @@ fn matches_anywhere_in_a_large_fd_table() {
 /// run succeeds, finds the steady holder, and says at most one line on stderr.
 #[test]
 fn large_tables_exiting_during_a_path_scan_do_not_fail_it() {
-    let dir = temp_dir("large-churn");
-    let file = dir.join("held");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("large-churn", "held");
     let f = file.to_str().expect("utf8");
     let target = fdgrab_testkit::bin("fdgrab-target");
     let mut churn = Command::new("sh")
