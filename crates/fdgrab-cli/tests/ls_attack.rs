@@ -299,6 +299,78 @@ fn deleted_finds_every_unlinked_kind_as_lsof_does() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Renames itself (PR_SET_NAME) to the bytes given in hex, then reports its
+/// own /proc/self/comm as bytes.
+const NAMED: &str = r#"
+import ctypes, json, sys
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])), 0, 0, 0)
+comm = open("/proc/self/comm", "rb").read().rstrip(b"\n")
+print(json.dumps({"comm": list(comm)}), flush=True)
+sys.stdin.read()
+"#;
+
+/// Command names a process can give itself: a newline, bytes that are not
+/// UTF-8, and 16 bytes (the kernel keeps 15). JSON gives each exactly (the
+/// string, or `command_bytes` when it is not UTF-8), and the table keeps every
+/// fd on one line with the name escaped.
+#[test]
+fn hostile_command_names_are_exact_in_json_and_escaped_in_the_table() {
+    let names = ["610a62", "ff61fe62", "4142434445464748494a4b4c4d4e4f50"];
+    let targets: Vec<Target> = names
+        .iter()
+        .map(|hex| {
+            let mut cmd = Command::new("python3");
+            cmd.arg("-c").arg(NAMED).arg(hex);
+            Target::spawn_cmd(cmd)
+        })
+        .collect();
+    let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
+    args.extend(["--fd", "0"]);
+    let doc = ls_json(&args);
+    let procs = doc["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), targets.len(), "{doc}");
+    for t in &targets {
+        let comm: Vec<u8> = t.report["comm"]
+            .as_array()
+            .expect("comm")
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect();
+        let p = procs.iter().find(|p| p["pid"] == t.pid).expect("listed");
+        let exact: Vec<u8> = match p.get("command_bytes") {
+            Some(b) => b
+                .as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| b.as_u64().expect("byte") as u8)
+                .collect(),
+            None => p["command"].as_str().expect("command").as_bytes().to_vec(),
+        };
+        assert_eq!(exact, comm, "{p}");
+    }
+    assert_eq!(targets[2].report["comm"].as_array().map(Vec::len), Some(15));
+    let out = output_timeout(fdgrab_testkit::fdgrab().arg("ls").args(&args), TIMEOUT);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), targets.len(), "{table}");
+    for (t, want) in targets
+        .iter()
+        .zip(["a\\nb", "\\xffa\\xfeb", "ABCDEFGHIJKLMNO"])
+    {
+        let pid = t.pid.to_string();
+        let cells = rows
+            .iter()
+            .map(|r| r.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells.get(1) == Some(&pid.as_str()));
+        assert_eq!(
+            cells.and_then(|c| c.first().copied()),
+            Some(want),
+            "{table}"
+        );
+    }
+}
+
 /// A unix socket bound to the relative path `@name` is not the abstract socket
 /// `@name`: the table shows the abstract one's NUL as `@` (as ss and lsof do), so
 /// the path's own `@` is escaped, and JSON keeps the two apart by `path_bytes`.
