@@ -825,6 +825,21 @@ impl FakeTenant {
         t
     }
 
+    /// Like [`FakeTenant::start`], with `env` set for the tenant (its
+    /// `FAKE_TENANT_*` switches).
+    pub fn start_with_env(agent: &AgentProc, id: &str, env: &[(&str, &str)]) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        cmd.envs(env.iter().copied());
+        let mut t = FakeTenant::spawn_command(cmd, &agent.socket, id);
+        let ready = t.line(TIMEOUT);
+        assert_eq!(ready["ready"], true, "{ready}");
+        agent
+            .log
+            .wait_for(&format!("container={id} "), TIMEOUT)
+            .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
+        t
+    }
+
     /// Starts `fake-tenant SOCKET ID` without waiting for anything: for a test
     /// that accepts the listener on `socket` itself. `foreign` and `port_start`
     /// as in [`FakeTenant::start_foreign_with_port_start`].

@@ -137,6 +137,15 @@ pub(super) fn decode_bind(
     deadline: Option<std::time::Instant>,
     claim: impl FnOnce() -> bool,
 ) -> Result<(i32, SocketAddr), Undecoded> {
+    // A number means a call only with its ABI: a filter that traps bind's
+    // number under every ABI (a runtime's profile lists i386 and x32 too)
+    // reports other calls with it (on x86_64, 49 is the i386 geteuid).
+    if n.data.arch != crate::seccomp::bpf::NATIVE_AUDIT_ARCH {
+        return Err(match claim() {
+            true => Undecoded::Kernel("a call through another ABI (the kernel decides)"),
+            false => Undecoded::Gone,
+        });
+    }
     // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
     let fd = n.data.args[0] as u32 as i32;
     let ptr = n.data.args[1];
@@ -316,10 +325,29 @@ impl BindHandler {
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
+        let v4_too = takes_ipv4_wildcard(&sock, addr);
+        if v4_too && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) {
+            return cont(DUAL_STACK_REASON);
+        }
         if addr.port() >= cx.ports.for_socket_in(&sock, n.tid, netns.cookie) {
             return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
+            // Bound, IPV6_V6ONLY is fixed: if another thread cleared it between
+            // the check and the bind, the socket took the IPv4 wildcard too.
+            Ok(())
+                if !v4_too
+                    && takes_ipv4_wildcard(&sock, addr)
+                    && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
+            {
+                tracing::warn!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
+                Some((
+                    Response::Value(0),
+                    Decision::Bind,
+                    DUAL_STACK_RACED_REASON,
+                    Some(sock),
+                ))
+            }
             Ok(()) => Some((
                 Response::Value(0),
                 Decision::Bind,
@@ -451,6 +479,21 @@ pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     tracing::debug!(tid, tgid, "no PIDFD_THREAD; using the thread group's pidfd");
     PidFd::open(tgid)
 }
+
+/// Whether binding `addr` on `sock` takes the IPv4 wildcard as well: the IPv6
+/// wildcard on a socket without `IPV6_V6ONLY` (asked only for `::`; a socket
+/// that cannot say is taken to be dual-stack).
+fn takes_ipv4_wildcard(sock: &OwnedFd, addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            !rustix::net::sockopt::ipv6_v6only(sock).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+const DUAL_STACK_REASON: &str = "[::] on a dual-stack socket takes 0.0.0.0 too, which the policy does not allow (the kernel decides)";
+const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow";
 
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
@@ -820,7 +863,7 @@ mod tests {
             tid,
             data: crate::seccomp::SyscallData {
                 nr: libc::SYS_bind as i32,
-                arch: 0,
+                arch: crate::seccomp::bpf::NATIVE_AUDIT_ARCH,
                 instruction_pointer: 0,
                 args: [3, 0x1000, addrlen, 0, 0, 0],
             },

@@ -1,0 +1,116 @@
+//! Hostile programs against the bind supervisor (`fdgrab run` and the agent):
+//! calls that look like a bind but are not one, and binds whose effect is wider
+//! than the address they name. Each case failed before its fix.
+
+use fdgrab_testkit::oci::{unique, AgentProc, FakeTenant};
+use fdgrab_testkit::{bin, output_timeout, TIMEOUT};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("the supervisor tests need root (they drop to uid 65534)");
+        return false;
+    }
+    true
+}
+
+/// A runtime's profile traps a number under every ABI it lists, and on x86_64
+/// the native `bind` (49) is the i386 `geteuid`. Such a call carries whatever
+/// its registers hold; decoding it as a bind would answer `geteuid` with a
+/// bind's result (0: "root") and bind a socket the program never asked to bind.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn agent_call_of_another_abi_with_binds_number_is_not_a_bind() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:86"]);
+    let id = unique("abi");
+    let mut t = FakeTenant::start_with_env(&agent, &id, &[("FAKE_TENANT_ANY_ABI", "1")]);
+    let r = t.ask("int80-geteuid 127.67.0.1 86", TIMEOUT);
+    assert_eq!(
+        (r["ret"].clone(), r["port"].clone()),
+        (65534.into(), 0.into()),
+        "the i386 geteuid must run as itself and bind nothing: {r}"
+    );
+    let line = agent
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["tid"].as_i64().is_some() && l["container_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no audit line for {id}: {}", agent.log.text()));
+    assert_eq!(line["decision"], "continue", "{line}");
+    // The same tenant's native binds are still served.
+    let ok = t.ask("bind 127.67.0.1 86", TIMEOUT);
+    assert_eq!(ok["errno"], 0, "{ok}");
+}
+
+/// `bind-probe ARGS` under `fdgrab run --user nobody OPTS` in a network
+/// namespace of its own (loopback up), so that wildcard binds meet no other
+/// test's; its JSON line.
+fn probe_in_netns(opts: &[&str], args: &[&str]) -> Value {
+    let mut inner = vec![
+        bin("fdgrab").to_string_lossy().into_owned(),
+        "run".into(),
+        "--user".into(),
+        "nobody".into(),
+    ];
+    inner.extend(opts.iter().map(|s| s.to_string()));
+    inner.push("--".into());
+    inner.push(bin("bind-probe").to_string_lossy().into_owned());
+    inner.extend(args.iter().map(|s| s.to_string()));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .args(&inner);
+    let out = output_timeout(&mut cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no output; status {:?}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// `[::]` on a dual-stack socket takes `0.0.0.0` as well: a rule for the IPv6
+/// wildcard alone must not hand out the IPv4 one through it.
+#[test]
+fn run_ipv6_wildcard_rule_does_not_grant_the_ipv4_wildcard() {
+    if !root_or_skip() {
+        return;
+    }
+    let v6 = ["--allow-bind", "tcp:731@[::]"];
+    let dual = probe_in_netns(&v6, &["bind", "tcp6", "::", "731"]);
+    assert_eq!(
+        dual["errno"],
+        libc::EACCES,
+        "a dual-stack [::]:731 would hold 0.0.0.0:731 too: {dual}"
+    );
+    let only = probe_in_netns(&v6, &["bind", "tcp6only", "::", "731"]);
+    assert_eq!(
+        (only["errno"].clone(), only["port"].clone()),
+        (0.into(), 731.into()),
+        "{only}"
+    );
+    let both = [
+        "--allow-bind",
+        "tcp:731@[::]",
+        "--allow-bind",
+        "tcp:731@0.0.0.0",
+    ];
+    let dual = probe_in_netns(&both, &["bind", "tcp6", "::", "731"]);
+    assert_eq!(
+        (dual["errno"].clone(), dual["v4_connect"].clone()),
+        (0.into(), true.into()),
+        "{dual}"
+    );
+    // The IPv4 wildcard rule alone never grants [::].
+    let v4 = probe_in_netns(
+        &["--allow-bind", "tcp:731@0.0.0.0"],
+        &["bind", "tcp6only", "::", "731"],
+    );
+    assert_eq!(v4["errno"], libc::EACCES, "{v4}");
+}
