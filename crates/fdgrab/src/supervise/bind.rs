@@ -340,7 +340,7 @@ impl BindHandler {
                     && takes_ipv4_wildcard(&sock, addr)
                     && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
             {
-                tracing::warn!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
+                tracing::debug!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
                 Some((
                     Response::Value(0),
                     Decision::Bind,
