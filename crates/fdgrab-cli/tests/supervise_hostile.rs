@@ -114,3 +114,22 @@ fn run_ipv6_wildcard_rule_does_not_grant_the_ipv4_wildcard() {
     );
     assert_eq!(v4["errno"], libc::EACCES, "{v4}");
 }
+
+/// A negative fd is the kernel's `EBADF`; handed to a raw call as if it were a
+/// descriptor it tripped a debug assertion and took the container's worker
+/// down, leaving its later binds unanswered.
+#[test]
+fn agent_bind_on_a_negative_fd_is_the_kernels_ebadf() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:86"]);
+    let id = unique("badfd");
+    let mut t = FakeTenant::start(&agent, &id);
+    for fd in ["-1", "-100", "-2147483648", "999999"] {
+        let r = t.ask(&format!("bind-fd {fd} 127.67.0.3 86"), TIMEOUT);
+        assert_eq!(r["errno"], libc::EBADF, "bind({fd}, ...): {r}");
+    }
+    let ok = t.ask("bind 127.67.0.3 86", TIMEOUT);
+    assert_eq!(ok["errno"], 0, "the container is still served: {ok}");
+}

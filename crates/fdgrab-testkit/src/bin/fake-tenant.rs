@@ -37,6 +37,8 @@
 //!   ADDR:PORT and then keeps another, unbound, at FD; `{"pid":P,"errno":N}`.
 //! - `query`: where that child's socket at FD is bound now;
 //!   `{"addr":A,"port":N}`.
+//! - `bind-fd FD ADDR PORT`: `bind(FD, ADDR:PORT)` with the raw number, a
+//!   bad one (-1) included; `{"errno":N}`.
 //! - `int80-geteuid ADDR PORT`: a thread drops to uid 65534 and makes the
 //!   i386 `geteuid` (`int 0x80`, number 49, the native `bind`'s number) with
 //!   the registers of a `bind` of a fresh TCP socket to ADDR:PORT (sockaddr in
@@ -248,6 +250,25 @@ fn main() {
                 })),
                 _ => say(json!({"error": "no cloned child to ask"})),
             },
+            Some("bind-fd") => {
+                let fd = w.get(1).and_then(|s| s.parse::<i32>().ok()).unwrap_or(-1);
+                let sa = fdgrab_testkit::sockaddr_v4(ip(2).expect("ADDR"), num(3) as u16);
+                // SAFETY: a bind with a pointer to our own sockaddr_in and its
+                // size; a bad fd is the kernel's (or the supervisor's) to answer.
+                let r = unsafe {
+                    libc::bind(
+                        fd,
+                        std::ptr::addr_of!(sa).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                let errno = if r == 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+                };
+                say(json!({"errno": errno}));
+            }
             Some("int80-geteuid") => say(int80_geteuid(ip(1).expect("ADDR"), num(2) as u16)),
             Some("exit") | None => break,
             Some(other) => say(json!({"error": format!("unknown command {other}")})),

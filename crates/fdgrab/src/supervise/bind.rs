@@ -141,21 +141,23 @@ pub(super) fn decode_bind(
     // number under every ABI (a runtime's profile lists i386 and x32 too)
     // reports other calls with it (on x86_64, 49 is the i386 geteuid).
     if n.data.arch != crate::seccomp::bpf::NATIVE_AUDIT_ARCH {
-        return Err(match claim() {
-            true => Undecoded::Kernel("a call through another ABI (the kernel decides)"),
-            false => Undecoded::Gone,
-        });
+        return Err(the_kernels(
+            claim,
+            "a call through another ABI (the kernel decides)",
+        ));
     }
     // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
     let fd = n.data.args[0] as u32 as i32;
     let ptr = n.data.args[1];
     let addrlen = n.data.args[2] as u32 as i32;
     args.fd = Some(fd);
+    // The kernel looks the fd up before the address: a negative one is its
+    // EBADF, and no descriptor call of ours may be handed one.
+    if fd < 0 {
+        return Err(the_kernels(claim, "negative fd (the kernel answers EBADF)"));
+    }
     if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-        return Err(match claim() {
-            true => Undecoded::Kernel("address length the kernel judges"),
-            false => Undecoded::Gone,
-        });
+        return Err(the_kernels(claim, "address length the kernel judges"));
     }
     let mut buf = [0u8; MAX_ADDRLEN as usize];
     let raw = &mut buf[..addrlen as usize];
@@ -186,6 +188,15 @@ pub(super) fn decode_bind(
     let addr = parse_sockaddr(family, raw).map_err(Undecoded::Kernel)?;
     args.addr = Some(addr);
     Ok((fd, addr))
+}
+
+/// The kernel judges the call, for `reason`, if the answer is still ours to
+/// give (`claim`).
+fn the_kernels(claim: impl FnOnce() -> bool, reason: &'static str) -> Undecoded {
+    match claim() {
+        true => Undecoded::Kernel(reason),
+        false => Undecoded::Gone,
+    }
 }
 
 impl Handler for BindHandler {
