@@ -46,24 +46,13 @@ fn agent_call_of_another_abi_with_binds_number_is_not_a_bind() {
     assert_eq!(ok["errno"], 0, "{ok}");
 }
 
-/// `bind-probe ARGS` under `fdgrab run --user nobody OPTS` in a network
-/// namespace of its own (loopback up), so that wildcard binds meet no other
-/// test's; its JSON line.
-fn probe_in_netns(opts: &[&str], args: &[&str]) -> Value {
-    let mut inner = vec![
-        bin("fdgrab").to_string_lossy().into_owned(),
-        "run".into(),
-        "--user".into(),
-        "nobody".into(),
-    ];
-    inner.extend(opts.iter().map(|s| s.to_string()));
-    inner.push("--".into());
-    inner.push(bin("bind-probe").to_string_lossy().into_owned());
-    inner.extend(args.iter().map(|s| s.to_string()));
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
-        .args(&inner);
-    let out = output_timeout(&mut cmd, Duration::from_secs(60));
+/// `CMD` in a network namespace of its own (loopback up), so that wildcard
+/// binds meet no other test's; its last JSON line.
+fn in_netns(cmd: &[String]) -> Value {
+    let mut c = Command::new("unshare");
+    c.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .args(cmd);
+    let out = output_timeout(&mut c, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_else(|| {
         panic!(
@@ -73,6 +62,55 @@ fn probe_in_netns(opts: &[&str], args: &[&str]) -> Value {
         )
     });
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// `bind-probe ARGS` under `fdgrab run --user nobody OPTS`, in a network
+/// namespace of its own.
+fn probe_in_netns(opts: &[&str], args: &[&str]) -> Value {
+    let mut cmd = vec![
+        bin("fdgrab").to_string_lossy().into_owned(),
+        "run".into(),
+        "--user".into(),
+        "nobody".into(),
+    ];
+    cmd.extend(opts.iter().map(|s| s.to_string()));
+    cmd.push("--".into());
+    cmd.push(bin("bind-probe").to_string_lossy().into_owned());
+    cmd.extend(args.iter().map(|s| s.to_string()));
+    in_netns(&cmd)
+}
+
+/// A program under `fdgrab run` allowed every privileged port gets, for each
+/// odd bind, the kernel's own answer to the same program holding
+/// `CAP_NET_BIND_SERVICE`: lengths, families that do not match the socket,
+/// `AF_UNSPEC`, v4-mapped and scoped addresses, sockets already bound, bad fds.
+/// MPTCP and UDP-Lite sockets are not in the table: fdgrab binds TCP and UDP
+/// only, so they get the kernel's `EACCES`.
+#[test]
+fn run_answers_odd_binds_as_the_kernel_does_with_the_capability() {
+    if !root_or_skip() {
+        return;
+    }
+    let probe = bin("bind-probe").to_string_lossy().into_owned();
+    let reference = in_netns(&[
+        "setpriv".into(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        "--inh-caps=+net_bind_service".into(),
+        "--ambient-caps=+net_bind_service".into(),
+        probe,
+        "parity".into(),
+    ]);
+    let supervised = probe_in_netns(&["--allow-bind", "1-1023"], &["parity"]);
+    let cases = reference.as_object().expect("a table");
+    assert!(cases.len() > 40, "{reference}");
+    for (case, want) in cases {
+        assert_eq!(
+            &supervised[case], want,
+            "{case}: supervised {supervised}, kernel with the capability {reference}"
+        );
+    }
 }
 
 /// `[::]` on a dual-stack socket takes `0.0.0.0` as well: a rule for the IPv6
