@@ -171,3 +171,44 @@ fn agent_bind_on_a_negative_fd_is_the_kernels_ebadf() {
     let ok = t.ask("bind 127.67.0.3 86", TIMEOUT);
     assert_eq!(ok["errno"], 0, "the container is still served: {ok}");
 }
+
+/// A runtime may send a container id (and the pod name fake-tenant derives from
+/// it) of any length up to the document's megabyte. Repeated whole on every
+/// audit line of that container, 100 KB ids made 240 KB lines, each nearly
+/// filling the audit queue that every container's lines share.
+#[test]
+fn agent_audit_lines_of_a_container_with_a_huge_id_stay_small() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:86"]);
+    let id = format!("{}\n\u{1b}[31m\"huge", "i".repeat(100_000));
+    let mut t = FakeTenant::spawn_at(&agent.socket, &id, false, None);
+    let ready = t.line(TIMEOUT);
+    assert_eq!(ready["ready"], true, "{ready}");
+    let r = t.ask("bind 127.67.0.4 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let text = loop {
+        let text = std::fs::read_to_string(&agent.audit).unwrap_or_default();
+        if text.contains("127.67.0.4") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("127.67.0.4"))
+        .unwrap_or_else(|| panic!("no audit line: {}", agent.log.text()));
+    assert!(line.len() < 12_000, "an audit line of {} bytes", line.len());
+    let v: Value = serde_json::from_str(line).expect("JSON");
+    let shown = v["container_id"].as_str().expect("container_id");
+    assert!(
+        shown.starts_with("iiii") && shown.ends_with(" more bytes]"),
+        "{shown:.80}"
+    );
+    assert!(
+        agent.log.text().len() < 40_000,
+        "the agent's log repeats the id whole"
+    );
+}

@@ -59,13 +59,32 @@ impl AuditLabels {
                 .cloned()
         };
         Self {
-            container_id: Some(state.state.id.clone()),
-            bundle: Some(state.state.bundle.clone()),
-            pod: pick(&POD_KEYS),
-            namespace: pick(&NAMESPACE_KEYS),
-            container_name: pick(&CONTAINER_NAME_KEYS),
+            container_id: Some(capped(&state.state.id)),
+            bundle: Some(capped(&state.state.bundle)),
+            pod: pick(&POD_KEYS).map(|v| capped(&v)),
+            namespace: pick(&NAMESPACE_KEYS).map(|v| capped(&v)),
+            container_name: pick(&CONTAINER_NAME_KEYS).map(|v| capped(&v)),
         }
     }
+}
+
+/// The most bytes of a runtime-given label (container id, bundle, pod name)
+/// that go into audit lines and logs: a pod name has at most 253, a bundle is a
+/// path (4,096), and a document may hold a megabyte, which repeated on every
+/// line of that container would fill the audit queue all containers share.
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// `text`, cut to [`MAX_LABEL_BYTES`] at a character boundary and marked with
+/// how much was left out.
+pub fn capped(text: &str) -> String {
+    if text.len() <= MAX_LABEL_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} more bytes]", &text[..end], text.len() - end)
 }
 
 /// What the supervisor did with one trapped call.
@@ -542,6 +561,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_labels_are_cut_at_a_character_boundary() {
+        assert_eq!(capped("web-0"), "web-0");
+        let exact = "a".repeat(MAX_LABEL_BYTES);
+        assert_eq!(capped(&exact), exact);
+        // A two-byte character straddling the limit is left out whole.
+        let long = format!("{}é{}", "a".repeat(MAX_LABEL_BYTES - 1), "b".repeat(10));
+        let cut = capped(&long);
+        assert_eq!(
+            cut,
+            format!("{}…[12 more bytes]", "a".repeat(MAX_LABEL_BYTES - 1))
+        );
+    }
 
     #[test]
     fn socket_copies_retag_only_under_v1_net_cls_or_net_prio_cgroups() {
