@@ -212,3 +212,45 @@ fn agent_audit_lines_of_a_container_with_a_huge_id_stay_small() {
         "the agent's log repeats the id whole"
     );
 }
+
+/// The audit queue is shared by every container: with a sink that does not
+/// keep up (a FIFO nobody reads for a while, a stalled log pipe), a container
+/// that binds nonstop filled it and its neighbour's decisions were dropped
+/// unrecorded. Each container now keeps an equal share.
+#[test]
+fn agent_audit_flood_of_one_container_leaves_room_for_another() {
+    use fdgrab_testkit::oci::{drain_nonblocking, TempDir};
+    use std::os::unix::fs::OpenOptionsExt;
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("fdgrab-audit-share");
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    fdgrab_testkit::oci::mkfifo(&fifo);
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("FIFO reader");
+    let agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:86"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut flood = FakeTenant::start(&agent, &unique("flood"));
+    let mut quiet = FakeTenant::start(&agent, &unique("quiet"));
+    // About 1.5 MB of lines: several times the pipe and the queue.
+    let r = flood.ask("lat 3000 127.67.0.5 86", Duration::from_secs(150));
+    assert_eq!(r["errors"], 0, "{r}");
+    let r = quiet.ask("bind 127.67.0.6 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    let mut text = Vec::new();
+    fdgrab_testkit::oci::read_until(&mut reader, &mut text, |t| {
+        String::from_utf8_lossy(t).contains("127.67.0.6")
+    });
+    drain_nonblocking(&mut reader, &mut text);
+    assert!(
+        String::from_utf8_lossy(&text).contains("\"127.67.0.6\""),
+        "the quiet container's decision was dropped ({} bytes read)",
+        text.len()
+    );
+    assert!(agent.state_number("audit_lines_dropped") > 0);
+}
