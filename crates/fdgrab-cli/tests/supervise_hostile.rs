@@ -254,3 +254,24 @@ fn agent_audit_flood_of_one_container_leaves_room_for_another() {
     );
     assert!(agent.state_number("audit_lines_dropped") > 0);
 }
+
+/// `--user 4294967295` is `(uid_t)-1`, "leave unchanged" to the set*id calls:
+/// the launch failed at the switch with a bare `EINVAL` and exit status 126,
+/// as if the program could not run. It is a bad argument.
+#[test]
+fn run_user_with_the_unset_id_is_a_usage_error() {
+    for spec in ["4294967295", "4294967295:0", "65534:4294967295"] {
+        let out = output_timeout(
+            fdgrab_testkit::fdgrab()
+                .args(["run", "--user", spec, "--", "true"])
+                .env_remove("RUST_LOG"),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--user {spec}: {err}");
+        assert!(
+            err.contains(&format!("--user '{spec}'")) && err.contains("is -1 as a 32-bit id"),
+            "{err}"
+        );
+    }
+}
