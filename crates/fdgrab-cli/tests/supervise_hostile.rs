@@ -219,22 +219,14 @@ fn agent_audit_lines_of_a_container_with_a_huge_id_stay_small() {
 /// unrecorded. Each container now keeps an equal share.
 #[test]
 fn agent_audit_flood_of_one_container_leaves_room_for_another() {
-    use fdgrab_testkit::oci::{drain_nonblocking, TempDir};
-    use std::os::unix::fs::OpenOptionsExt;
+    use fdgrab_testkit::oci::drain_nonblocking;
     if !root_or_skip() {
         return;
     }
-    let dir = TempDir::new("fdgrab-audit-share");
-    let fifo = dir.path().join("audit.fifo");
-    let socket = dir.path().join("agent.sock");
-    fdgrab_testkit::oci::mkfifo(&fifo);
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .expect("FIFO reader");
-    let agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:86"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (agent, mut reader) = fdgrab_testkit::oci::agent_with_fifo_audit(
+        "fdgrab-audit-share",
+        &["--allow-bind", "tcp:86"],
+    );
     let mut flood = FakeTenant::start(&agent, &unique("flood"));
     let mut quiet = FakeTenant::start(&agent, &unique("quiet"));
     // About 1.5 MB of lines: several times the pipe and the queue.

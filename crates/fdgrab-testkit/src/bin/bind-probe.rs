@@ -674,24 +674,14 @@ fn parity() -> Value {
     let v4 = |a: &str, port: u16| fdgrab_testkit::sockaddr_v4(a.parse().expect("IPv4"), port);
     let tcp4 = || raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
     let udp4 = || raw_socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+    let set_int = |s: RawFd, level: i32, opt: i32, value: i32| {
+        // SAFETY: s is ours; the option is an int.
+        unsafe { libc::setsockopt(s, level, opt, std::ptr::addr_of!(value).cast(), 4) };
+    };
     let tcp6 = |only: i32| {
         let s = raw_socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
-        // SAFETY: s is ours; the option is an int.
-        unsafe {
-            libc::setsockopt(
-                s,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                std::ptr::addr_of!(only).cast(),
-                4,
-            )
-        };
+        set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, only);
         s
-    };
-    let set_int = |s: RawFd, level: i32, opt: i32| {
-        let one: i32 = 1;
-        // SAFETY: s is ours; the option is an int.
-        unsafe { libc::setsockopt(s, level, opt, std::ptr::addr_of!(one).cast(), 4) };
     };
     let b4 = |fd: RawFd, sa: libc::sockaddr_in, len: u32| {
         let mut buf = [0u8; 200];
@@ -766,7 +756,7 @@ fn parity() -> Value {
     );
     put("non-local", b4(tcp4(), v4("10.255.255.1", 99), 16));
     let s = tcp4();
-    set_int(s, libc::IPPROTO_IP, libc::IP_FREEBIND);
+    set_int(s, libc::IPPROTO_IP, libc::IP_FREEBIND, 1);
     put("non-local freebind", b4(s, v4("10.255.255.1", 100), 16));
     put("udp multicast", b4(udp4(), v4("224.0.0.1", 101), 16));
     put("udp broadcast", b4(udp4(), v4("127.255.255.255", 102), 16));
@@ -790,7 +780,7 @@ fn parity() -> Value {
     unsafe { libc::listen(s, 1) };
     put("in use", b4(tcp4(), v4("127.0.0.5", 107), 16));
     let s = tcp4();
-    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     put("in use, SO_REUSEADDR", b4(s, v4("127.0.0.5", 107), 16));
     put("udp on a tcp port", b4(udp4(), v4("127.0.0.5", 107), 16));
     let path = std::fs::File::open("/").expect("/");
