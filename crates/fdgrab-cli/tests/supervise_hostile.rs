@@ -267,3 +267,43 @@ fn run_user_with_the_unset_id_is_a_usage_error() {
         );
     }
 }
+
+/// A bind of a FUSE file: fdgrab's copy is found not to be a socket without
+/// asking the file system, but closing the copy is a `FLUSH` request to the
+/// server, which the kernel waits out. Made on the thread serving the
+/// listener, before the answer, a server that held it held the program in
+/// its bind (and every later bind). The close now happens elsewhere.
+#[test]
+fn run_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("hold") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_flushes();
+    let mut child = fdgrab_testkit::fdgrab()
+        .args(["run", "--user", "nobody", "--allow-bind"])
+        .arg("tcp:171-172@127.66.0.1")
+        .arg("--")
+        .arg(bin("bind-probe"))
+        .args(["file-bind", &fs.file(), "171"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fdgrab run");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(20));
+    // Whatever happened, let the closes (ours and the program's) finish.
+    let held = fs.release_flushes();
+    let status = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
+    let line =
+        line.unwrap_or_else(|e| panic!("the bind was not answered ({held} flushes held): {e}"));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    assert_eq!(v["other_errno"], 0, "{v}");
+    assert!(held >= 1, "fdgrab's copy was closed with its FLUSH held");
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
+}

@@ -298,7 +298,10 @@ impl BindHandler {
         // would ask a FUSE server (which may never answer). The caller is parked
         // in this call, so its netns cannot change under us.
         let cookie = match crate::sys::socket_netns_cookie(&sock) {
-            Err(Errno::NOTSOCK) => return cont("the fd is not a socket"),
+            Err(Errno::NOTSOCK) => {
+                let_go_of_file(sock);
+                return cont("the fd is not a socket");
+            }
             c => c.ok(),
         };
         let proto = match socket_proto(&sock, addr) {
@@ -750,9 +753,41 @@ fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Opt
     }
     let sock = getfd_from(&thread, fd).ok()?;
     if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
+        let_go_of_file(sock);
         return None;
     }
     protocol_name(&sock).ok().map(|(_, p)| p)
+}
+
+/// Copies of callers' files being closed on threads of their own.
+static CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The most such threads at once: each may wait for ever.
+const MAX_CLOSING: usize = 16;
+
+/// Closes our copy of a caller's fd that is not a socket, off the thread that
+/// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
+/// which the kernel waits out uninterruptibly once the server has taken it: a
+/// server that never answers would hold the worker (and the caller, still
+/// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
+/// past that (or without a thread) the close is made here.
+fn let_go_of_file(copy: OwnedFd) {
+    use std::sync::atomic::Ordering::AcqRel;
+    if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
+        CLOSING.fetch_sub(1, AcqRel);
+        drop(copy);
+        return;
+    }
+    let closer = std::thread::Builder::new()
+        .name("fdgrab-close".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            drop(copy);
+            CLOSING.fetch_sub(1, AcqRel);
+        });
+    // A closure that could not start was dropped, and the copy with it.
+    if closer.is_err() {
+        CLOSING.fetch_sub(1, AcqRel);
+    }
 }
 
 /// Audits a bind answered without looking at it (a deadline passed, or an
