@@ -307,3 +307,44 @@ fn run_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     assert!(held >= 1, "fdgrab's copy was closed with its FLUSH held");
     assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
 }
+
+/// The same under `exec --via bind`: the new server binds a FUSE file to a
+/// taken address. The supervisor, which also forwards signals and waits for
+/// readiness, closed its copy on its only thread.
+#[test]
+fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("hold-exec") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    // This test process is the old server.
+    let old = std::net::TcpListener::bind("127.66.0.1:0").expect("a listener");
+    let port = old.local_addr().expect("its address").port().to_string();
+    fs.hold_flushes();
+    let mut child = fdgrab_testkit::fdgrab()
+        .args(["exec", &std::process::id().to_string()])
+        .arg(format!("tcp:127.66.0.1:{port}"))
+        .args(["--via", "bind", "--ready-timeout", "30", "--"])
+        .arg(bin("bind-probe"))
+        .args(["file-bind", &fs.file(), &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fdgrab exec");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(20));
+    let held = fs.release_flushes();
+    let _ = child.kill();
+    let _ = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
+    let line =
+        line.unwrap_or_else(|e| panic!("the bind was not answered ({held} flushes held): {e}"));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    assert!(held >= 1, "the copy was closed with its FLUSH held");
+    drop(old);
+}

@@ -770,7 +770,7 @@ const MAX_CLOSING: usize = 16;
 /// server that never answers would hold the worker (and the caller, still
 /// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
 /// past that (or without a thread) the close is made here.
-fn let_go_of_file(copy: OwnedFd) {
+pub(super) fn let_go_of_file(copy: OwnedFd) {
     use std::sync::atomic::Ordering::AcqRel;
     if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
         CLOSING.fetch_sub(1, AcqRel);
