@@ -268,6 +268,35 @@ fn run_user_with_the_unset_id_is_a_usage_error() {
     }
 }
 
+/// Runs the command `cmd(FILE)` makes (whose program binds the FUSE file FILE
+/// and prints a JSON line) while every close of that file waits for the test
+/// (its `FLUSH` held), and returns the line; `None` after a loud skip when
+/// FUSE cannot be mounted. Panics if no line comes while the closes wait.
+fn answered_while_flushes_wait(tag: &str, cmd: impl FnOnce(&str) -> Command) -> Option<Value> {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount(tag) else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return None;
+    };
+    fs.hold_flushes();
+    let mut child = cmd(&fs.file())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning fdgrab");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(20));
+    // Whatever happened, let the closes (fdgrab's and the program's) finish.
+    let held = fs.release_flushes();
+    let _ = child.kill();
+    let _ = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
+    let line =
+        line.unwrap_or_else(|e| panic!("the bind was not answered ({held} flushes held): {e}"));
+    assert!(held >= 1, "the copy was closed with its FLUSH held");
+    Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+}
+
 /// A bind of a FUSE file: fdgrab's copy is found not to be a socket without
 /// asking the file system, but closing the copy is a `FLUSH` request to the
 /// server, which the kernel waits out. Made on the thread serving the
@@ -275,37 +304,22 @@ fn run_user_with_the_unset_id_is_a_usage_error() {
 /// its bind (and every later bind). The close now happens elsewhere.
 #[test]
 fn run_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
-    use std::io::BufReader;
-    use std::process::Stdio;
     if !root_or_skip() {
         return;
     }
-    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("hold") else {
-        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+    let Some(v) = answered_while_flushes_wait("hold", |file| {
+        let mut c = fdgrab_testkit::fdgrab();
+        c.args(["run", "--user", "nobody", "--allow-bind"])
+            .arg("tcp:171-172@127.66.0.1")
+            .arg("--")
+            .arg(bin("bind-probe"))
+            .args(["file-bind", file, "171"]);
+        c
+    }) else {
         return;
     };
-    fs.hold_flushes();
-    let mut child = fdgrab_testkit::fdgrab()
-        .args(["run", "--user", "nobody", "--allow-bind"])
-        .arg("tcp:171-172@127.66.0.1")
-        .arg("--")
-        .arg(bin("bind-probe"))
-        .args(["file-bind", &fs.file(), "171"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("fdgrab run");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(20));
-    // Whatever happened, let the closes (ours and the program's) finish.
-    let held = fs.release_flushes();
-    let status = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
-    let line =
-        line.unwrap_or_else(|e| panic!("the bind was not answered ({held} flushes held): {e}"));
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
     assert_eq!(v["other_errno"], 0, "{v}");
-    assert!(held >= 1, "fdgrab's copy was closed with its FLUSH held");
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
 }
 
 /// The same under `exec --via bind`: the new server binds a FUSE file to a
@@ -313,38 +327,23 @@ fn run_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
 /// readiness, closed its copy on its only thread.
 #[test]
 fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
-    use std::io::BufReader;
-    use std::process::Stdio;
     if !root_or_skip() {
         return;
     }
-    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("hold-exec") else {
-        fdgrab_testkit::skip("cannot mount a FUSE file system here");
-        return;
-    };
     // This test process is the old server.
     let old = std::net::TcpListener::bind("127.66.0.1:0").expect("a listener");
     let port = old.local_addr().expect("its address").port().to_string();
-    fs.hold_flushes();
-    let mut child = fdgrab_testkit::fdgrab()
-        .args(["exec", &std::process::id().to_string()])
-        .arg(format!("tcp:127.66.0.1:{port}"))
-        .args(["--via", "bind", "--ready-timeout", "30", "--"])
-        .arg(bin("bind-probe"))
-        .args(["file-bind", &fs.file(), &port])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fdgrab exec");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(20));
-    let held = fs.release_flushes();
-    let _ = child.kill();
-    let _ = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
-    let line =
-        line.unwrap_or_else(|e| panic!("the bind was not answered ({held} flushes held): {e}"));
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let Some(v) = answered_while_flushes_wait("hold-exec", |file| {
+        let mut c = fdgrab_testkit::fdgrab();
+        c.args(["exec", &std::process::id().to_string()])
+            .arg(format!("tcp:127.66.0.1:{port}"))
+            .args(["--via", "bind", "--ready-timeout", "30", "--"])
+            .arg(bin("bind-probe"))
+            .args(["file-bind", file, &port]);
+        c
+    }) else {
+        return;
+    };
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
-    assert!(held >= 1, "the copy was closed with its FLUSH held");
     drop(old);
 }
