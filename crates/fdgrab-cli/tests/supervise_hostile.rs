@@ -347,3 +347,28 @@ fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
     drop(old);
 }
+
+/// A bind of a file is the kernel's `ENOTSOCK` and changes nothing, so once it
+/// returns, closing the file releases what the file held (a `flock`). fdgrab's
+/// copy, closed off the serving thread so that a FUSE server cannot hold it,
+/// was closed after the answer: the program found its own lock still held.
+#[test]
+fn run_bind_of_a_file_leaves_no_copy_open_past_the_answer() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = fdgrab_testkit::test_path("flock-bind", "dir");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("locked");
+    std::fs::write(&file, b"x").expect("a file");
+    let v = probe_in_netns(
+        &["--allow-bind", "tcp:173@127.66.0.1"],
+        &["flock-bind", &file.to_string_lossy(), "200", "173"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (v["errno"].clone(), v["still_locked"].clone()),
+        (libc::ENOTSOCK.into(), 0.into()),
+        "{v}"
+    );
+}

@@ -764,12 +764,19 @@ static CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// The most such threads at once: each may wait for ever.
 const MAX_CLOSING: usize = 16;
 
+/// How long the serving thread waits for a close handed to a thread of its own.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Closes our copy of a caller's fd that is not a socket, off the thread that
 /// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
 /// which the kernel waits out uninterruptibly once the server has taken it: a
 /// server that never answers would hold the worker (and the caller, still
 /// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
 /// past that (or without a thread) the close is made here.
+///
+/// The caller is answered only once the close is done or [`CLOSE_WAIT`] has
+/// passed: a copy still open after the answer keeps what the file holds (a
+/// `flock`, a pipe's writer, a tty's session) past the caller's own close.
 pub(super) fn let_go_of_file(copy: OwnedFd) {
     use std::sync::atomic::Ordering::AcqRel;
     if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
@@ -777,16 +784,23 @@ pub(super) fn let_go_of_file(copy: OwnedFd) {
         drop(copy);
         return;
     }
+    let (done, closed) = std::sync::mpsc::sync_channel::<()>(1);
     let closer = std::thread::Builder::new()
         .name("fdgrab-close".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             drop(copy);
             CLOSING.fetch_sub(1, AcqRel);
+            let _ = done.send(());
         });
-    // A closure that could not start was dropped, and the copy with it.
-    if closer.is_err() {
-        CLOSING.fetch_sub(1, AcqRel);
+    match closer {
+        Ok(_) => {
+            let _ = closed.recv_timeout(CLOSE_WAIT);
+        }
+        // A closure that could not start was dropped, and the copy with it.
+        Err(_) => {
+            CLOSING.fetch_sub(1, AcqRel);
+        }
     }
 }
 
