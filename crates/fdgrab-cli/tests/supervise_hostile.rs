@@ -249,13 +249,17 @@ fn agent_audit_flood_of_one_container_leaves_room_for_another() {
 
 /// `--user 4294967295` is `(uid_t)-1`, "leave unchanged" to the set*id calls:
 /// the launch failed at the switch with a bare `EINVAL` and exit status 126,
-/// as if the program could not run. It is a bad argument.
+/// as if the program could not run. It is a bad argument, and refused before
+/// anything is made: the `--audit` file was created first.
 #[test]
 fn run_user_with_the_unset_id_is_a_usage_error() {
+    let audit = fdgrab_testkit::test_path("unset-id", "audit.log");
     for spec in ["4294967295", "4294967295:0", "65534:4294967295"] {
         let out = output_timeout(
             fdgrab_testkit::fdgrab()
-                .args(["run", "--user", spec, "--", "true"])
+                .args(["run", "--user", spec, "--audit"])
+                .arg(&audit)
+                .args(["--", "true"])
                 .env_remove("RUST_LOG"),
             TIMEOUT,
         );
@@ -265,6 +269,12 @@ fn run_user_with_the_unset_id_is_a_usage_error() {
             err.contains(&format!("--user '{spec}'")) && err.contains("is -1 as a 32-bit id"),
             "{err}"
         );
+        let made = audit.exists();
+        let _ = std::fs::remove_file(&audit);
+        assert!(!made, "--user {spec}: a refused run created its audit file");
+    }
+    if let Some(dir) = audit.parent() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
