@@ -373,7 +373,7 @@ fn run_bind_of_a_file_leaves_no_copy_open_past_the_answer() {
     std::fs::write(&file, b"x").expect("a file");
     let v = probe_in_netns(
         &["--allow-bind", "tcp:173@127.66.0.1"],
-        &["flock-bind", &file.to_string_lossy(), "200", "173"],
+        &["flock-bind", &file.to_string_lossy(), "50", "173"],
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
