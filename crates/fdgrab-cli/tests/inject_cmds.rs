@@ -1099,3 +1099,45 @@ fn failed_injection_leaves_files_as_they_were() {
         guard.check(&format!("{args:?}"));
     }
 }
+
+/// Another thread of the target runs `execve` while fdgrab waits for the traced
+/// thread in one of its calls (the second thread, once the main one is traced,
+/// holds the session's `munmap` with a user-notification filter and then execs
+/// `/bin/sleep`). The kernel kills the traced thread and hands its pid to the new
+/// program without waking a tracer that waits for that pid: fdgrab used to wait
+/// for ever there. It must notice, fail naming the execve, and leave the new
+/// program running, untraced, with no fd of the session's. When the filter comes
+/// too late the put simply succeeds, so cases are tried until the exec is met.
+#[test]
+fn exec_in_another_thread_during_a_session_ends_it() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let t = Target::spawn(["exec-when-traced"]);
+        let pid = t.pid.to_string();
+        let out = output_timeout(
+            fdgrab().args(["put", &pid, "9", "--file", "/dev/null"]),
+            Duration::from_secs(20),
+        );
+        if out.status.success() {
+            continue;
+        }
+        let err = failure_text(&out, 1);
+        assert!(err.contains(&pid) && err.contains("execve"), "{err}");
+        let deadline = Instant::now() + TIMEOUT;
+        let cmdline = |p: &str| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        while !cmdline(&pid).starts_with(b"/bin/sleep\0") {
+            assert!(Instant::now() < deadline, "the new program never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
+        let state = status_field(t.pid, "State").unwrap_or_default();
+        assert!(state.starts_with('S'), "{state}");
+        let fds = proc_fds(t.pid);
+        assert!(!fds.iter().any(|l| l.contains("socket:")), "{fds:?}");
+        return;
+    }
+    panic!("the exec was never met in 40 puts");
+}

@@ -198,23 +198,18 @@ impl Default for Spin {
 }
 
 /// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit, polling
-/// for at most `spin`'s budget first.
+/// for at most `spin`'s budget first, then with naps (see [`wait_until`]).
+///
+/// Never a blocking `waitpid`: when another thread of the process runs `execve`
+/// while ours waits in a call, the kernel kills ours, gives its pid to the exec'ing
+/// thread and drops the trace, and the wake-up it sends the tracer carries the
+/// dead thread's *new* pid, which a `waitpid` for `tid` filters out (checked on
+/// 6.18): a blocked tracer would sleep for ever. Polled, the next `waitpid` finds
+/// no tracee `tid` and fails with `ECHILD`.
 pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
-    let start = std::time::Instant::now();
     loop {
-        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
-            let took = start.elapsed();
-            spin.budget = (took * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
-            return Ok(st);
-        }
-        if start.elapsed() >= spin.budget {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    spin.budget = (spin.budget / 2).max(SPIN_MIN);
-    loop {
-        if let Some(st) = wait_flags(tid, 0)? {
+        let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        if let Some(st) = wait_polled(tid, spin, far, true)? {
             return Ok(st);
         }
     }
@@ -254,10 +249,13 @@ impl Drop for FineTimerSlack {
     }
 }
 
-/// Naps of [`wait_until`]: 20 µs for the first millisecond, then growing to 500 µs.
+/// Naps of [`wait_until`]: 20 µs for the first millisecond, then growing to 500 µs,
+/// and after a second (a call that blocks: a hung flush) to 10 ms.
 const NAP: std::time::Duration = std::time::Duration::from_micros(20);
 const NAP_FINE_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 const NAP_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+const NAP_LONG_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const NAP_LONG: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// [`wait`] with a deadline, for a stop that may never come (a thread in
 /// uninterruptible sleep): after the spin, polls with sleeps of 20 µs (timer slack
@@ -268,6 +266,17 @@ pub(crate) fn wait_until(
     tid: Pid,
     spin: &mut Spin,
     deadline: std::time::Instant,
+) -> Result<Option<i32>, Errno> {
+    wait_polled(tid, spin, deadline, false)
+}
+
+/// [`wait_until`]; with `halve`, a stop that did not come within the spin halves
+/// its budget (for the steps, whose stops normally come at once).
+fn wait_polled(
+    tid: Pid,
+    spin: &mut Spin,
+    deadline: std::time::Instant,
+    halve: bool,
 ) -> Result<Option<i32>, Errno> {
     let start = std::time::Instant::now();
     loop {
@@ -280,6 +289,9 @@ pub(crate) fn wait_until(
         }
         std::hint::spin_loop();
     }
+    if halve {
+        spin.budget = (spin.budget / 2).max(SPIN_MIN);
+    }
     let _slack = FineTimerSlack::set();
     let mut nap = NAP;
     loop {
@@ -291,7 +303,10 @@ pub(crate) fn wait_until(
             return Ok(None);
         }
         std::thread::sleep(nap.min(deadline - now));
-        if start.elapsed() >= NAP_FINE_FOR {
+        let waited = start.elapsed();
+        if waited >= NAP_LONG_AFTER {
+            nap = NAP_LONG;
+        } else if waited >= NAP_FINE_FOR {
             nap = (nap * 2).min(NAP_MAX);
         }
     }

@@ -28,12 +28,41 @@ impl Session<'_> {
         Error::NoSuchProcess { pid: self.pid }
     }
 
-    /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died.
+    /// What a session whose thread is gone reports: the process died, or
+    /// ([`Session::replaced`]) it lives on with a new program.
+    pub(super) fn gone_error(&self) -> Error {
+        if self.replaced {
+            Error::io(
+                "the traced thread was killed by an execve that another thread of the \
+                 process ran during the session: the process now runs a new program, with \
+                 none of the session's close-on-exec fds and its memory replaced",
+                self.pid,
+                None,
+                Errno::CHILD,
+            )
+        } else {
+            Error::NoSuchProcess { pid: self.pid }
+        }
+    }
+
+    /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died;
+    /// on a live thread that no longer has us as its tracer, that an `execve` in
+    /// another thread took its pid (the thread we traced is gone, and this one is
+    /// not ours: nothing more may be written to it or undone in it).
     pub(super) fn ptrace_error(&mut self, op: &'static str, e: Errno) -> Error {
-        if matches!(e, Errno::SRCH | Errno::CHILD)
-            && (!self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid))
-        {
-            return self.died();
+        if matches!(e, Errno::SRCH | Errno::CHILD) {
+            if !self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid) {
+                return self.died();
+            }
+            let ours = procfs::task_status(self.pid, self.tid)
+                .ok()
+                .and_then(|st| st.tracer_pid)
+                == Some(std::process::id() as Pid);
+            if !ours {
+                self.state = State::Gone;
+                self.replaced = true;
+                return self.gone_error();
+            }
         }
         Error::io(op, self.pid, None, e)
     }

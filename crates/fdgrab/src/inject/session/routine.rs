@@ -175,7 +175,7 @@ impl Session<'_> {
     ) -> Result<(Regs, RoutineEnd)> {
         match self.state {
             State::Stopped => {}
-            State::Gone => return Err(Error::NoSuchProcess { pid: self.pid }),
+            State::Gone => return Err(self.gone_error()),
             State::Seized | State::Finished => {
                 return Err(Error::InvalidArgument(
                     "an injected routine needs a stopped thread".into(),

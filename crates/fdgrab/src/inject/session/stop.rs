@@ -252,9 +252,9 @@ impl Session<'_> {
     /// return the call (FUSE waits killably once the request is sent). Giving up
     /// there is worse than waiting: a running tracee cannot be detached, and when
     /// fdgrab exited the kernel would let the call return into our frame with our
-    /// registers, so the target would run on corrupted. A deadline that only warns
-    /// would need a blocking wait with a timeout (a SIGCHLD signalfd), which is not
-    /// written yet.
+    /// registers, so the target would run on corrupted. The wait polls (see
+    /// [`ptrace::wait`]), so a thread an `execve` elsewhere in the process took
+    /// away ends it with `ECHILD`.
     pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
         let tid = self.tid;
         let status =
