@@ -1141,3 +1141,62 @@ fn exec_in_another_thread_during_a_session_ends_it() {
     }
     panic!("the exec was never met in 40 puts");
 }
+
+/// A process whose fd table is full up to its open-file limit but for one number:
+/// `put` needs two there (its socket and the fd it receives), the kernel then
+/// drops the fd from the message (`MSG_CTRUNC`). The error must say the table is
+/// full (it said "received no fd ... Protocol error"), and a full table refuses
+/// a grab the same way; the process keeps its fds, mappings and signal state.
+#[test]
+fn put_and_grab_into_a_full_fd_table_say_so() {
+    let script = "import os, resource, sys\n\
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 4096))\n\
+        fds = []\n\
+        try:\n    while True: fds.append(os.open('/dev/null', os.O_RDONLY))\n\
+        except OSError: pass\n\
+        os.close(fds.pop())\n\
+        print('{\"fds\": %d}' % len(fds), flush=True)\n\
+        sys.stdin.read()\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let before = fdgrab_testkit::Snapshot::take(t.pid);
+    let file = tmp("full-table");
+    let path = file.to_str().expect("utf-8 path");
+    let out = output_timeout(fdgrab().args(["put", &pid, "5", "--file", path]), TIMEOUT);
+    let err = failure_text(&out, 1);
+    assert!(
+        err.contains(&pid) && err.contains("no free fd number below its open-file limit"),
+        "{err}"
+    );
+    before.assert_no_leftovers(&before.fds, "put into a full table");
+    assert!(!file.exists(), "put left the file it created");
+    // One free number is enough for the grab's socket.
+    let grab = || {
+        output_timeout(
+            fdgrab().args(["get", "--backend", "ptrace", &pid, "5", "--", "true"]),
+            TIMEOUT,
+        )
+    };
+    assert_ok(&grab());
+    before.assert_no_leftovers(&before.fds, "a grab with one free number");
+    // None: the limit lowered to that number.
+    let fds = proc_fds(t.pid);
+    let free = (0..)
+        .find(|n| !fds.iter().any(|l| l.starts_with(&format!("{n} ->"))))
+        .expect("a free number");
+    let limit = libc::rlimit {
+        rlim_cur: free,
+        rlim_max: 4096,
+    };
+    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+    let r = unsafe { libc::prlimit(t.pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let err = failure_text(&grab(), 1);
+    assert!(
+        err.contains("no free fd number below its open-file limit"),
+        "{err}"
+    );
+    before.assert_no_leftovers(&before.fds, "a grab into a full table");
+}

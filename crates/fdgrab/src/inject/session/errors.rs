@@ -122,6 +122,17 @@ pub(crate) fn remote_error(pid: Pid, fd: Option<TargetFd>, op: &'static str, ret
             op,
             hint: "the call gave ENOSYS inside the target (a seccomp filter there refuses it)".into(),
         },
+        Errno::MFILE => Error::Io {
+            op,
+            pid,
+            fd,
+            source: std::io::Error::other(format!(
+                "{}: the process has no free fd number below its open-file limit \
+                 (RLIMIT_NOFILE), and the injected calls need one there for a grab, two \
+                 for a put or redirect",
+                std::io::Error::from(e)
+            )),
+        },
         e => Error::io(op, pid, fd, e),
     }
 }
