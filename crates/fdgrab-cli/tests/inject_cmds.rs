@@ -1200,3 +1200,34 @@ fn put_and_grab_into_a_full_fd_table_say_so() {
     );
     before.assert_no_leftovers(&before.fds, "a grab into a full table");
 }
+
+/// Stealing fd 0, 1 or 2 with a close frees a number the process uses without
+/// looking: its next `open` gets it, and its output goes into that file. `steal`
+/// says so (naming the pid and fd, and `--null`); with `--null` it has no reason to.
+#[test]
+fn steal_of_a_standard_fd_warns_unless_null() {
+    let mut sleep = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sleep");
+    let pid = sleep.id().to_string();
+    let out = run_fdgrab(["steal", &pid, "1", "--", "true"]);
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("fd 1 is process {pid}'s standard output")) && err.contains("--null"),
+        "{err}"
+    );
+    let out = run_fdgrab(["steal", "--null", &pid, "0", "2", "--", "true"]);
+    assert_ok(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+}
