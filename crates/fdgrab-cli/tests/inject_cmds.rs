@@ -1231,3 +1231,88 @@ fn steal_of_a_standard_fd_warns_unless_null() {
     let _ = sleep.kill();
     let _ = sleep.wait();
 }
+
+/// A SIGSTOP and then a SIGCONT (job control, a supervisor pausing a process) that
+/// land while fdgrab injects: the process must end up as the last signal left it,
+/// running. fdgrab used to send the process another SIGSTOP at the end of every
+/// session that had met one "to make sure", which stopped it for good when the
+/// SIGCONT had come in between. The target's second thread holds the session's
+/// last call (`munmap`, through a user-notification filter it adds once the main
+/// thread is traced) until both signals have been sent.
+#[test]
+fn stop_and_cont_during_a_session_leave_the_process_running() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    // When the filter comes too late (a busy machine), the grab simply succeeds
+    // without being held: tried again.
+    for _ in 0..20 {
+        let mut t = Target::spawn(["hold-unmap-when-traced"]);
+        let fd = t.fd_labelled("file").to_string();
+        let mut grab = fdgrab()
+            .args([
+                "get",
+                "--backend",
+                "ptrace",
+                &t.pid.to_string(),
+                &fd,
+                "--",
+                "true",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("fdgrab");
+        let held = loop {
+            let stdout = t.stdout.as_mut().expect("stdout");
+            if let Ok(line) = read_line_timeout(stdout, Duration::from_millis(200)) {
+                break line.contains("held");
+            }
+            if grab.try_wait().expect("try_wait").is_some() {
+                break false;
+            }
+        };
+        if held {
+            stop_and_cont_while_held(&mut t, &mut grab);
+            return;
+        }
+        let _ = fdgrab_testkit::wait_timeout(&mut grab, TIMEOUT);
+    }
+    panic!("the session was never held in 20 grabs");
+}
+
+fn stop_and_cont_while_held(t: &mut Target, grab: &mut std::process::Child) {
+    let pid = t.pid;
+    let kill = |sig| {
+        // SAFETY: kill with the pid of our own child, not reaped, and a signal number.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    };
+    kill(libc::SIGSTOP);
+    // The group stop has reached the thread that holds the call.
+    let deadline = Instant::now() + TIMEOUT;
+    let holder_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(&pid.to_string()))
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("status"))
+                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("State:\tT")))
+            })
+    };
+    while !holder_stopped() {
+        assert!(Instant::now() < deadline, "the group stop never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(libc::SIGCONT);
+    let status = fdgrab_testkit::wait_timeout(grab, TIMEOUT).expect("fdgrab ended");
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let state = status_field(pid, "State").unwrap_or_default();
+    assert!(!state.starts_with('T'), "left stopped: {state}");
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    send_line(t, "still there\n");
+    assert_eq!(json_line(t)["data"], "still there\n");
+}

@@ -124,8 +124,6 @@ pub struct Session<'a> {
     stops: u32,
     /// Descriptors the session opened in the target and has not handed over.
     remote_fds: Vec<i32>,
-    /// A SIGSTOP that arrived during the session, passed on at the end.
-    stop_seen: bool,
     /// Block and restore the thread's signals with `PTRACE_SETSIGMASK` rather than
     /// injected `rt_sigprocmask` calls (see [`sigmask::mask_by_ptrace_is_exact`]).
     mask_by_ptrace: bool,
@@ -222,7 +220,6 @@ impl<'a> Session<'a> {
             mem: None,
             stops: 0,
             remote_fds: Vec::new(),
-            stop_seen: false,
             mask_by_ptrace: false,
             no_forced_trap: false,
             trap_pending,

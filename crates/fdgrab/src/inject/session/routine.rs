@@ -258,10 +258,7 @@ impl Session<'_> {
                 libc::SIGTRAP if regs.instruction_pointer() == end => {
                     return Ok((regs, RoutineEnd::Trap))
                 }
-                libc::SIGSTOP => {
-                    self.stop_seen = true;
-                    deliver = libc::SIGSTOP;
-                }
+                libc::SIGSTOP => deliver = libc::SIGSTOP,
                 // Not the routine's own (it has one trap, at its end): sent by
                 // someone else and dropped, as at a step.
                 libc::SIGTRAP => {}

@@ -122,6 +122,9 @@ impl Session<'_> {
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
             if sig == libc::SIGTRAP && done {
+                if self.restarted(&regs, nr)? {
+                    continue;
+                }
                 return Ok((regs.syscall_result(), forced));
             }
             // Interrupted before it ran (or rewound for a restart), or a signal the
@@ -156,6 +159,10 @@ impl Session<'_> {
                 Stop::Syscall if entered => {
                     let regs =
                         Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    if self.restarted(&regs, nr)? {
+                        entered = false;
+                        continue;
+                    }
                     return Ok((regs.syscall_result(), forced));
                 }
                 Stop::Syscall => {
@@ -167,6 +174,32 @@ impl Session<'_> {
             };
             deliver = self.on_signal(sig, nr, entered, blocked, &mut forced)?;
         }
+    }
+
+    /// An injected call that a signal interrupted ends with a restart code in its
+    /// result register (`-ERESTARTSYS` and the like: a blocking call such as a
+    /// `close` whose flush waits, met by a SIGSTOP, the one signal the session
+    /// cannot block). The kernel turns that into a restart on the way out of the
+    /// stop, after the tracer has looked, and the code is not a result: taken as
+    /// one, a cleanup `munmap` "failed" with error 512 and left the scratch page
+    /// mapped. No handler can run here (everything else is blocked, and SIGSTOP has
+    /// none), so the kernel would restart the call: it is put back as it was, to be
+    /// run again. Returns whether it was.
+    fn restarted(&mut self, regs: &Regs, nr: i64) -> std::result::Result<bool, RunError> {
+        if regs.pending_restart().is_none() {
+            return Ok(false);
+        }
+        tracing::debug!(
+            pid = self.pid,
+            nr,
+            ret = regs.syscall_result(),
+            "an injected call was interrupted by a signal; restarting it"
+        );
+        let args: Vec<u64> = (0..6).map(|i| regs.syscall_arg(i)).collect();
+        regs.for_syscall(self.insn, nr, &args)
+            .write(self.tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        Ok(true)
     }
 
     /// A signal reported while an injected call runs, other than the step's own
@@ -190,10 +223,7 @@ impl Session<'_> {
             self.check_not_faulted(sig, nr)?;
         }
         match sig {
-            libc::SIGSTOP => {
-                self.stop_seen = true;
-                return Ok(libc::SIGSTOP);
-            }
+            libc::SIGSTOP => return Ok(libc::SIGSTOP),
             sig if !ran && !blocked => return Err(RunError::SignalFirst(sig)),
             sig => {
                 tracing::debug!(
@@ -297,12 +327,12 @@ impl Session<'_> {
         if let Some(restart) = self.saved.pending_restart() {
             tracing::trace!(pid = self.pid, ?restart, resumes = ?self.saved.after_restart(), "leaving an interrupted syscall to the kernel's restart logic");
         }
+        // A SIGSTOP that came during the session was passed on, and the group stop it
+        // began is the kernel's to keep: the detach puts the thread back into it if it
+        // is still in effect. Sending another SIGSTOP here "to make sure" stopped a
+        // process that a SIGCONT had continued meanwhile (a STOP/CONT pair during the
+        // session), and showed its parent a stop nobody sent.
         ptrace::detach(tid, 0).map_err(|e| self.ptrace_error("PTRACE_DETACH", e))?;
-        if self.stop_seen {
-            // The SIGSTOP we passed on was consumed while we traced the thread; the
-            // group stop it began resumes for this thread on detach, but make sure.
-            let _ = self.target.send_signal(libc::SIGSTOP);
-        }
         tracing::debug!(
             pid = self.pid,
             tid,
