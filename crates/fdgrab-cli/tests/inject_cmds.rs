@@ -1182,17 +1182,7 @@ fn put_and_grab_into_a_full_fd_table_say_so() {
     assert_ok(&grab());
     before.assert_no_leftovers(&before.fds, "a grab with one free number");
     // None: the limit lowered to that number.
-    let fds = proc_fds(t.pid);
-    let free = (0..)
-        .find(|n| !fds.iter().any(|l| l.starts_with(&format!("{n} ->"))))
-        .expect("a free number");
-    let limit = libc::rlimit {
-        rlim_cur: free,
-        rlim_max: 4096,
-    };
-    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
-    let r = unsafe { libc::prlimit(t.pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    fdgrab_testkit::fill_fd_table(t.pid);
     let err = failure_text(&grab(), 1);
     assert!(
         err.contains("no free fd number below its open-file limit"),
