@@ -198,7 +198,8 @@ impl Default for Spin {
 }
 
 /// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit, polling
-/// for at most `spin`'s budget first, then with naps (see [`wait_until`]).
+/// for at most `spin`'s budget first, then with naps (5 µs for 200 µs, then as in
+/// [`wait_until`]).
 ///
 /// Never a blocking `waitpid`: when another thread of the process runs `execve`
 /// while ours waits in a call, the kernel kills ours, gives its pid to the exec'ing
@@ -256,6 +257,10 @@ const NAP_FINE_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 const NAP_MAX: std::time::Duration = std::time::Duration::from_micros(500);
 const NAP_LONG_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 const NAP_LONG: std::time::Duration = std::time::Duration::from_millis(10);
+/// A step's stop, unlike the first, normally comes within tens of µs: its naps
+/// start at 5 µs, for the first 200 µs, so as not to overshoot it by much.
+const NAP_STEP: std::time::Duration = std::time::Duration::from_micros(5);
+const NAP_STEP_FOR: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// [`wait`] with a deadline, for a stop that may never come (a thread in
 /// uninterruptible sleep): after the spin, polls with sleeps of 20 µs (timer slack
@@ -270,13 +275,13 @@ pub(crate) fn wait_until(
     wait_polled(tid, spin, deadline, false)
 }
 
-/// [`wait_until`]; with `halve`, a stop that did not come within the spin halves
-/// its budget (for the steps, whose stops normally come at once).
+/// [`wait_until`]; for a `step` (whose stop normally comes at once), a stop that
+/// did not come within the spin halves its budget, and the naps start finer.
 fn wait_polled(
     tid: Pid,
     spin: &mut Spin,
     deadline: std::time::Instant,
-    halve: bool,
+    step: bool,
 ) -> Result<Option<i32>, Errno> {
     let start = std::time::Instant::now();
     loop {
@@ -289,11 +294,11 @@ fn wait_polled(
         }
         std::hint::spin_loop();
     }
-    if halve {
+    if step {
         spin.budget = (spin.budget / 2).max(SPIN_MIN);
     }
     let _slack = FineTimerSlack::set();
-    let mut nap = NAP;
+    let mut nap = if step { NAP_STEP } else { NAP };
     loop {
         if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
             return Ok(Some(st));
@@ -308,6 +313,8 @@ fn wait_polled(
             nap = NAP_LONG;
         } else if waited >= NAP_FINE_FOR {
             nap = (nap * 2).min(NAP_MAX);
+        } else if waited >= NAP_STEP_FOR {
+            nap = nap.max(NAP);
         }
     }
 }
