@@ -49,12 +49,15 @@ impl Session<'_> {
         loop {
             let status = match ptrace::wait_until(self.tid, &mut self.spin, deadline) {
                 Ok(Some(st)) => st,
-                Ok(None) => return Err(Error::io(
-                    "waiting for the target thread to stop (it may be in uninterruptible sleep)",
-                    self.pid,
-                    None,
-                    Errno::TIMEDOUT,
-                )),
+                Ok(None) => {
+                    let op = if in_vfork(self.pid, self.tid) {
+                        "waiting for the target thread to stop: it is in vfork, in \
+                         uninterruptible sleep until its child runs execve or exits"
+                    } else {
+                        "waiting for the target thread to stop (it may be in uninterruptible sleep)"
+                    };
+                    return Err(Error::io(op, self.pid, None, Errno::TIMEDOUT));
+                }
                 Err(e) => return Err(self.ptrace_error("waitpid", e)),
             };
             self.stops += 1;
@@ -340,5 +343,31 @@ impl Session<'_> {
             "detached, target restored"
         );
         Ok(())
+    }
+}
+
+/// Whether thread `tid` waits in `vfork` (or a `clone`/`clone3` with
+/// `CLONE_VFORK`, as `posix_spawn` makes) for its child to exec or exit: the wait
+/// ptrace cannot stop (`/proc/PID/task/TID/syscall`, readable to its tracer).
+fn in_vfork(pid: crate::Pid, tid: crate::Pid) -> bool {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+    let mut fields = text.split_whitespace();
+    let nr: Option<i64> = fields.next().and_then(|f| f.parse().ok());
+    let arg0 = fields
+        .next()
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok());
+    let vfork_flag = |flags: u64| flags & libc::CLONE_VFORK as u64 != 0;
+    match (nr, arg0) {
+        #[cfg(target_arch = "x86_64")]
+        (Some(libc::SYS_vfork), _) => true,
+        (Some(libc::SYS_clone), Some(flags)) => vfork_flag(flags),
+        (Some(libc::SYS_clone3), Some(args)) => {
+            // `struct clone_args` starts with the flags.
+            let mut flags = [0u8; 8];
+            crate::sys::process_vm_read(tid, args, &mut flags).is_ok()
+                && vfork_flag(u64::from_ne_bytes(flags))
+        }
+        _ => false,
     }
 }
