@@ -46,7 +46,7 @@ impl Session<'_> {
     }
 
     /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died;
-    /// on a live thread that no longer has us as its tracer, that an `execve` in
+    /// on a live thread that no longer has a tracer, that an `execve` in
     /// another thread took its pid (the thread we traced is gone, and this one is
     /// not ours: nothing more may be written to it or undone in it).
     pub(super) fn ptrace_error(&mut self, op: &'static str, e: Errno) -> Error {
@@ -54,11 +54,13 @@ impl Session<'_> {
             if !self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid) {
                 return self.died();
             }
-            let ours = procfs::task_status(self.pid, self.tid)
+            // Untraced: not ours any more. (Not compared with our pid: a /proc of
+            // another pid namespace would show our pid under another number.)
+            let untraced = procfs::task_status(self.pid, self.tid)
                 .ok()
                 .and_then(|st| st.tracer_pid)
-                == Some(std::process::id() as Pid);
-            if !ours {
+                == Some(0);
+            if untraced {
                 self.state = State::Gone;
                 self.replaced = true;
                 return self.gone_error();
