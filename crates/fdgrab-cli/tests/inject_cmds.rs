@@ -1253,7 +1253,9 @@ fn stop_and_cont_during_a_session_leave_the_process_running() {
             .stdout(Stdio::null())
             .spawn()
             .expect("fdgrab");
+        let deadline = Instant::now() + TIMEOUT;
         let held = loop {
+            assert!(Instant::now() < deadline, "fdgrab neither held nor done");
             let stdout = t.stdout.as_mut().expect("stdout");
             if let Ok(line) = read_line_timeout(stdout, Duration::from_millis(200)) {
                 break line.contains("held");
