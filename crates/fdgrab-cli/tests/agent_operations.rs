@@ -148,22 +148,15 @@ fn agent_reload_survives_an_audit_path_that_is_a_fifo_or_full() {
 /// state dump and logged, and what does arrive is whole lines.
 #[test]
 fn agent_audit_fifo_nobody_reads_drops_lines_instead_of_blocking() {
-    use std::os::unix::fs::OpenOptionsExt;
     if !root_or_skip() {
         return;
     }
-    let dir = TempDir::new("fdgrab-audit-stall");
-    let fifo = dir.path().join("audit.fifo");
-    let socket = dir.path().join("agent.sock");
-    fdgrab_testkit::oci::mkfifo(&fifo);
-    // Open for reading (so the agent's open succeeds), and never read until the end.
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .expect("FIFO reader");
-    let mut agent = AgentProc::start_at(dir, &socket, &fifo, &["--allow-bind", "tcp:92"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The FIFO is open for reading (so the agent's open succeeds), and not
+    // read until the end.
+    let (mut agent, mut reader) = fdgrab_testkit::oci::agent_with_fifo_audit(
+        "fdgrab-audit-stall",
+        &["--allow-bind", "tcp:92"],
+    );
     let mut t = FakeTenant::start(&agent, &unique("auditstall"));
     // 3,000 audited binds of about 500 bytes each: several times what the pipe
     // (64 KiB) and the queue (256 KiB) hold. A blocking write would hang here.

@@ -705,3 +705,63 @@ for line in sys.stdin:
         assert_eq!(table_fd_numbers(&out.stdout), truth, "table of {size} fds");
     }
 }
+
+/// MPTCP sockets (IPPROTO_MPTCP, 262: what Go servers listen with by default
+/// since 1.24 where the kernel allows it): a listener on IPv4, one on IPv6 and
+/// a connection on each. The kernel describes them through their TCP subflows,
+/// which carry the socket's inode; reports each fd with its own view.
+const MPTCP: &str = r#"
+import json, socket, sys
+try:
+    l4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    l6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 262)
+except OSError as e:
+    print(json.dumps({"refused": str(e)}), flush=True); sys.stdin.read(); sys.exit()
+l6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+l4.bind(("127.0.0.1", 0)); l4.listen(); l6.bind(("::1", 0)); l6.listen()
+c4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262); c4.connect(l4.getsockname())
+c6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 262); c6.connect(l6.getsockname()[:2])
+a4, _ = l4.accept(); a6, _ = l6.accept()
+fds = []
+for s, state in [(l4, "LISTEN"), (l6, "LISTEN"), (c4, "ESTABLISHED"), (c6, "ESTABLISHED"),
+                 (a4, "ESTABLISHED"), (a6, "ESTABLISHED")]:
+    peer = s.getpeername()[1] if state != "LISTEN" else None
+    fds.append({"fd": s.fileno(), "state": state, "local": s.getsockname()[1], "peer": peer})
+print(json.dumps({"fds": fds}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `ls PID` describes MPTCP sockets as lsof and ss do, by their TCP subflows:
+/// state and both ports as the process sees them (it showed them as `unknown
+/// mptcp`, with no address, while `--port` found them), and `--port` finds
+/// each by its port.
+#[test]
+fn mptcp_sockets_are_described_by_their_subflows() {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(MPTCP);
+    let t = Target::spawn_cmd(cmd);
+    if let Some(why) = t.report["refused"].as_str() {
+        fdgrab_testkit::skip(&format!("no MPTCP socket here: {why}"));
+        return;
+    }
+    let doc = ls_json(t.pid);
+    let want = t.report["fds"].as_array().expect("fds");
+    for w in want {
+        let e = entry(&doc, w["fd"].as_i64().expect("fd"));
+        assert_eq!(e["type"], "socket", "{e}");
+        let s = &e["socket"];
+        assert_eq!(s["protocol"], "tcp", "{e}");
+        assert_eq!(s["state"], w["state"], "{e}");
+        assert_eq!(s["local"]["port"], w["local"], "{e}");
+        assert_eq!(s["peer"]["port"], w["peer"], "{e}");
+    }
+    let pid = t.pid.to_string();
+    for w in want.iter().filter(|w| w["state"] == "LISTEN") {
+        let port = w["local"].to_string();
+        let out = run_fdgrab(["ls", &pid, "--port", &port, "--json"]);
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let fds = only_process(doc, t.pid)["fds"].clone();
+        let n = fds.as_array().map_or(0, Vec::len);
+        assert_eq!(n, 3, "listener, client and accepted on {port}: {fds}");
+    }
+}

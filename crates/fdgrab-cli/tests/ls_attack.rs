@@ -242,6 +242,135 @@ fn deleted_leaves_out_a_file_that_keeps_another_link() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Holds, in DIR, every kind of inode that can lose its last name while open:
+/// an O_TMPFILE file (never had one), a deleted file, a removed directory, a
+/// removed FIFO, a memfd; and two that keep a name: a file whose opened name
+/// was removed but which has another hard link, and a live file. Reports which
+/// fds are unlinked.
+const UNLINKED_KINDS: &str = r#"
+import json, os, sys
+d = sys.argv[1]
+t = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmp")
+open(d + "/gone", "w").write("gone"); g = os.open(d + "/gone", os.O_RDONLY); os.unlink(d + "/gone")
+os.mkdir(d + "/dir"); r = os.open(d + "/dir", os.O_RDONLY | os.O_DIRECTORY); os.rmdir(d + "/dir")
+os.mkfifo(d + "/fifo"); f = os.open(d + "/fifo", os.O_RDWR); os.unlink(d + "/fifo")
+m = os.memfd_create("kinds")
+open(d + "/a", "w").write("a"); os.link(d + "/a", d + "/b"); h = os.open(d + "/a", os.O_RDONLY); os.unlink(d + "/a")
+live = os.open(d + "/b", os.O_RDONLY)
+print(json.dumps({"unlinked": sorted([t, g, r, f, m]), "named": [h, live]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--deleted` finds every kind of unlinked inode lsof +L1 finds (an O_TMPFILE
+/// file, a deleted file, a removed directory and FIFO, a memfd) and no inode
+/// that still has a name, on the same fds as lsof.
+#[test]
+fn deleted_finds_every_unlinked_kind_as_lsof_does() {
+    let dir = temp_dir("kinds");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(UNLINKED_KINDS).arg(&dir);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let want: Vec<i64> = t.report["unlinked"]
+        .as_array()
+        .expect("unlinked")
+        .iter()
+        .map(|v| v.as_i64().expect("fd"))
+        .collect();
+    let doc = ls_json(&[&pid, "--deleted"]);
+    let found: Vec<i64> = doc["processes"][0]["fds"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["fd"].as_i64().expect("fd")).collect())
+        .unwrap_or_default();
+    assert_eq!(found, want, "{doc}");
+    for e in doc["processes"][0]["fds"].as_array().expect("fds") {
+        assert_eq!(e["nlink"], 0, "{e}");
+    }
+    // lsof +L1 -F f: one "fN" line per fd (and "fcwd", "ftxt" and the like).
+    let lsof = output_timeout(
+        Command::new("lsof").args(["-n", "-a", "+L1", "-p", &pid, "-F", "f"]),
+        TIMEOUT,
+    );
+    let theirs: Vec<i64> = String::from_utf8_lossy(&lsof.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix('f')?.parse().ok())
+        .collect();
+    assert_eq!(theirs, want, "lsof +L1 disagrees");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Renames itself (PR_SET_NAME) to the bytes given in hex, then reports its
+/// own /proc/self/comm as bytes.
+const NAMED: &str = r#"
+import ctypes, json, sys
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])), 0, 0, 0)
+comm = open("/proc/self/comm", "rb").read().rstrip(b"\n")
+print(json.dumps({"comm": list(comm)}), flush=True)
+sys.stdin.read()
+"#;
+
+/// Command names a process can give itself: a newline, bytes that are not
+/// UTF-8, and 16 bytes (the kernel keeps 15). JSON gives each exactly (the
+/// string, or `command_bytes` when it is not UTF-8), and the table keeps every
+/// fd on one line with the name escaped.
+#[test]
+fn hostile_command_names_are_exact_in_json_and_escaped_in_the_table() {
+    let names = ["610a62", "ff61fe62", "4142434445464748494a4b4c4d4e4f50"];
+    let targets: Vec<Target> = names
+        .iter()
+        .map(|hex| {
+            let mut cmd = Command::new("python3");
+            cmd.arg("-c").arg(NAMED).arg(hex);
+            Target::spawn_cmd(cmd)
+        })
+        .collect();
+    let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
+    args.extend(["--fd", "0"]);
+    let doc = ls_json(&args);
+    let procs = doc["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), targets.len(), "{doc}");
+    for t in &targets {
+        let comm: Vec<u8> = t.report["comm"]
+            .as_array()
+            .expect("comm")
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect();
+        let p = procs.iter().find(|p| p["pid"] == t.pid).expect("listed");
+        let exact: Vec<u8> = match p.get("command_bytes") {
+            Some(b) => b
+                .as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| b.as_u64().expect("byte") as u8)
+                .collect(),
+            None => p["command"].as_str().expect("command").as_bytes().to_vec(),
+        };
+        assert_eq!(exact, comm, "{p}");
+    }
+    assert_eq!(targets[2].report["comm"].as_array().map(Vec::len), Some(15));
+    let out = output_timeout(fdgrab_testkit::fdgrab().arg("ls").args(&args), TIMEOUT);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), targets.len(), "{table}");
+    for (t, want) in targets
+        .iter()
+        .zip(["a\\nb", "\\xffa\\xfeb", "ABCDEFGHIJKLMNO"])
+    {
+        let pid = t.pid.to_string();
+        let cells = rows
+            .iter()
+            .map(|r| r.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells.get(1) == Some(&pid.as_str()));
+        assert_eq!(
+            cells.and_then(|c| c.first().copied()),
+            Some(want),
+            "{table}"
+        );
+    }
+}
+
 /// A unix socket bound to the relative path `@name` is not the abstract socket
 /// `@name`: the table shows the abstract one's NUL as `@` (as ss and lsof do), so
 /// the path's own `@` is escaped, and JSON keeps the two apart by `path_bytes`.
@@ -474,6 +603,88 @@ fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
         }
     }
     child.wait().expect("reap");
+}
+
+/// `/proc` mounted with `hidepid=2` (in a mount namespace of its own) hides
+/// root's processes from uid 65534: a named root process is alive, so `ls PID`
+/// says the caller may not read it (exit 4, naming hidepid), not that it is gone
+/// (exit 5), with or without a filter (`--user` too, which reads its status
+/// first); the caller's own process is still listed,
+/// and a system-wide query does not see the hidden one at all (as `ps`).
+#[test]
+fn a_process_hidden_by_hidepid_is_denied_not_gone() {
+    let root = holder(&[]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(NOBODY.split(' ')).args(["sleep", "30"]);
+    let mut own = cmd.spawn().expect("sleep as 65534");
+    let script = format!(
+        "mount -t proc -o hidepid=2 proc /proc || exit 99; \
+         for q in '' '--path /dev/null' '--type chr --pids' '--user 0'; do \
+           setpriv {NOBODY} {fg} ls {root} $q >/dev/null; echo \"rc=$?\"; \
+         done; \
+         setpriv {NOBODY} {fg} ls {own} --fd 0 --pids; \
+         setpriv {NOBODY} {fg} ls --path /dev/null --pids 2>/dev/null",
+        fg = fdgrab_testkit::bin("fdgrab").display(),
+        root = root.pid,
+        own = own.id(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let _ = own.kill();
+    let _ = own.wait();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let mut lines = stdout.lines();
+    for q in ["", "--path", "--type", "--user"] {
+        assert_eq!(lines.next(), Some("rc=4"), "ls PID {q}: {stdout}{err}");
+    }
+    let own = own.id().to_string();
+    assert_eq!(lines.next(), Some(own.as_str()), "{stdout}{err}");
+    let rest: Vec<&str> = lines.collect();
+    assert!(!rest.contains(&root.pid.to_string().as_str()), "{rest:?}");
+    assert!(rest.contains(&own.as_str()), "{rest:?}");
+    assert_eq!(err.matches("mounted with hidepid=2").count(), 4, "{err}");
+}
+
+/// A thread id is not a process: `ls TID` fails as a usage error (exit 2)
+/// naming the process the thread belongs to, with or without a filter, and a
+/// process named beside it is still listed.
+#[test]
+fn a_thread_id_is_refused_naming_its_process() {
+    let script = r#"
+import json, os, threading
+ready = threading.Event()
+def run():
+    ready.set(); threading.Event().wait()
+threading.Thread(target=run, daemon=True).start(); ready.wait()
+tid = [int(t) for t in os.listdir("/proc/self/task") if int(t) != os.getpid()][0]
+print(json.dumps({"tid": tid}), flush=True)
+import sys; sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    let t = Target::spawn_cmd(cmd);
+    let tid = t.report["tid"].as_i64().expect("tid").to_string();
+    let pid = t.pid.to_string();
+    for args in [
+        &["ls", &tid[..]][..],
+        &["ls", &tid, "--path", "/dev/null", "--pids"],
+    ] {
+        let out = output_timeout(fdgrab_testkit::fdgrab().args(args), TIMEOUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let want = format!("pid {tid} is a thread of process {pid}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    let out = output_timeout(
+        fdgrab_testkit::fdgrab().args(["ls", &tid, &pid, "--pids"]),
+        TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{pid}\n"));
 }
 
 /// A table that changes while it is read: two threads dup2 into the holes of a

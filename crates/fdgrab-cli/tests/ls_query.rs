@@ -238,6 +238,215 @@ sys.stdin.read()
     assert!(!ours.contains(&ino), "unexpectedly visible in our netns");
 }
 
+/// In a network namespace of its own (fixed ports, nothing else there): a
+/// dual-stack IPv6 listener on 4000 with an IPv4 client (accepted as
+/// `::ffff:127.0.0.1`), an SO_REUSEPORT pair on 4001, a bound UDP socket on
+/// 4002 and a UDP socket connected to it from an ephemeral port. Reports each
+/// group's inodes and the ephemeral port.
+const PORT_KINDS: &str = r#"
+import json, os, socket, sys
+ino = lambda s: os.fstat(s.fileno()).st_ino
+d = socket.socket(socket.AF_INET6); d.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+d.bind(("::", 4000)); d.listen()
+c = socket.create_connection(("127.0.0.1", 4000)); a, _ = d.accept()
+rp = []
+for _ in range(2):
+    r = socket.socket(); r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    r.bind(("127.0.0.1", 4001)); r.listen(); rp.append(r)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 4002))
+uc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); uc.connect(("127.0.0.1", 4002))
+print(json.dumps({"4000": [ino(d), ino(c), ino(a)], "4001": [ino(r) for r in rp],
+                  "4002": [ino(u), ino(uc)], "ephemeral": uc.getsockname()[1],
+                  "connected_udp": ino(uc), "mapped": a.getpeername()[0]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `--port` on the cases a port question meets besides plain listeners and
+/// clients: a dual-stack listener and its IPv4-mapped connection, an
+/// SO_REUSEPORT group, connected and unconnected UDP, and a filter equal to a
+/// client's ephemeral port (only that client). Each against the process's own
+/// report and ss in its namespace; `--listen` keeps the listeners and the
+/// unconnected UDP socket only.
+#[test]
+fn port_finds_dual_stack_reuseport_and_udp_sockets() {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec python3 -c \"$0\"",
+        PORT_KINDS,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    assert_eq!(t.report["mapped"], "::ffff:127.0.0.1", "{}", t.report);
+    let pid = i64::from(t.pid);
+    let inodes = |key: &str| -> BTreeSet<(i64, u64)> {
+        t.report[key]
+            .as_array()
+            .expect("inodes")
+            .iter()
+            .map(|v| (pid, v.as_u64().expect("inode")))
+            .collect()
+    };
+    let ephemeral = t.report["ephemeral"].to_string();
+    let cases = [
+        ("4000", inodes("4000")),
+        ("4001", inodes("4001")),
+        ("4002", inodes("4002")),
+        (
+            &ephemeral[..],
+            [(pid, inode(&t.report, "connected_udp"))].into(),
+        ),
+    ];
+    let target = t.pid.to_string();
+    for (port, truth) in &cases {
+        // Other namespaces may use these ports too: only the target is compared.
+        let doc = ls_json(&["--port", port]);
+        let ours: BTreeSet<(i64, u64)> = pid_inodes(&doc)
+            .into_iter()
+            .filter(|&(p, _)| p == pid)
+            .collect();
+        assert_eq!(&ours, truth, "ls --port {port}: {doc}");
+        let mut ss = Command::new("nsenter");
+        ss.args(["-t", &target, "-n", "ss", "-tuaneH"])
+            .arg(format!("( sport = :{port} or dport = :{port} )"));
+        let out = output_timeout(&mut ss, TIMEOUT);
+        let theirs: BTreeSet<(i64, u64)> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("ino:")?.parse().ok())
+            .filter(|&i| i != 0)
+            .map(|i| (pid, i))
+            .collect();
+        assert_eq!(&theirs, truth, "ss disagrees on {port}");
+    }
+    let doc = ls_json(&[&target, "--listen"]);
+    let mut listening = inodes("4001");
+    for key in ["4000", "4002"] {
+        listening.insert((pid, t.report[key][0].as_u64().expect("inode")));
+    }
+    assert_eq!(pid_inodes(&doc), listening, "{doc}");
+}
+
+/// A thread that unshares its fd table (CLONE_FILES) and listens on a port
+/// there, and opens a file there; reports its tid, the port and the inode.
+const THREAD_TABLE: &str = r#"
+import ctypes, json, os, socket, sys, threading
+path = sys.argv[1]
+ready = threading.Event(); out = {}
+def run():
+    if ctypes.CDLL(None, use_errno=True).unshare(0x400) != 0:
+        out["refused"] = os.strerror(ctypes.get_errno()); ready.set(); return
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+    f = os.open(path, os.O_RDONLY)
+    out.update(port=l.getsockname()[1], ino=os.fstat(l.fileno()).st_ino, tid=threading.get_native_id())
+    ready.set(); threading.Event().wait()
+threading.Thread(target=run, daemon=True).start(); ready.wait()
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+/// A listener (and a file) held only in a thread's private fd table is not
+/// found: `/proc/PID/fd` shows the leader's table, and lsof and `ss -p` do not
+/// find its owner either (the documented limit). But the kernel still reports
+/// the socket, so a port question that finds no process says so on stderr
+/// rather than let "nobody" pass for "free"; a port with no socket at all
+/// gets no such line, nor does a file question.
+#[test]
+fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
+    let (dir, file) = temp_file("thread-table", "held");
+    let t = python(THREAD_TABLE, &[file.to_str().expect("utf8")]);
+    if let Some(why) = t.report["refused"].as_str() {
+        panic!("unshare(CLONE_FILES) refused: {why}");
+    }
+    let port = t.report["port"].to_string();
+    let ino = inode(&t.report, "ino");
+    // The truth: the kernel has it, with no owner anyone can name.
+    assert!(ss_inodes(port.parse().expect("port")).contains(&ino));
+    assert!(lsof_pids(&["-n", "-P", &format!("-i:{port}")]).is_empty());
+    let out = fdgrab(&["ls", "--port", &port, "--pids"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(err.contains("the kernel has 1 matching socket"), "{err}");
+    // No socket on the port: nothing to say.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let free_port = free.local_addr().expect("addr").port().to_string();
+    drop(free);
+    let out = fdgrab(&["ls", "--port", &free_port, "--pids"], false);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("kernel has"));
+    let f = file.to_str().expect("utf8");
+    let out = fdgrab(&["ls", "--path", f, "--pids"], false);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("kernel has"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Forks a child that moves to a fresh network namespace, listens there and
+/// sends the listener back over a socketpair; the parent (still in ours) holds
+/// it. Reports the parent's fd, the child's pid and fd, the inode and the port.
+const PASSED_ACROSS_NETNS: &str = r#"
+import ctypes, json, os, socket, sys
+a, b = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    a.close()
+    if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
+        os._exit(3)
+    l = socket.socket(); l.bind(("0.0.0.0", 0)); l.listen()
+    socket.send_fds(b, [b"l"], [l.fileno()])
+    b.send(json.dumps({"fd": l.fileno(), "port": l.getsockname()[1]}).encode())
+    sys.stdin.read()
+    os._exit(0)
+b.close()
+_, fds, _, _ = socket.recv_fds(a, 1, 1)
+child = json.loads(a.recv(4096))
+print(json.dumps({"fd": fds[0], "ino": os.fstat(fds[0]).st_ino, "child": pid,
+                  "child_fd": child["fd"], "port": child["port"]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// A listener made in another network namespace and held (over SCM_RIGHTS) by a
+/// process in ours keeps its own namespace: ours has no trace of it. Listing
+/// both processes, or every process, describes it for both holders from the
+/// namespace it lives in (where a listing read each holder's own namespace
+/// only, and showed the one in ours as a bare "TCP" with no address), as
+/// `--port` finds both; ss in its namespace agrees.
+#[test]
+fn a_socket_held_across_network_namespaces_is_described_for_every_holder() {
+    let t = python(PASSED_ACROSS_NETNS, &[]);
+    let (ino, port) = (inode(&t.report, "ino"), inode(&t.report, "port"));
+    let child = t.report["child"].as_i64().expect("child");
+    let holders = [
+        (i64::from(t.pid), t.report["fd"].as_i64().expect("fd")),
+        (child, t.report["child_fd"].as_i64().expect("child fd")),
+    ];
+    let (parent, child_s) = (t.pid.to_string(), child.to_string());
+    let port_s = port.to_string();
+    for args in [&[&parent[..], &child_s][..], &[], &["--port", &port_s]] {
+        let doc = ls_json(args);
+        for (pid, fd) in holders {
+            let e = processes(&doc)
+                .iter()
+                .filter(|p| p["pid"] == pid)
+                .flat_map(|p| p["fds"].as_array().expect("fds"))
+                .find(|e| e["fd"] == fd)
+                .unwrap_or_else(|| panic!("ls {args:?}: pid {pid} fd {fd} missing"));
+            assert_eq!(e["inode"], ino, "{e}");
+            let sock = &e["socket"];
+            assert_eq!(sock["state"], "LISTEN", "ls {args:?}, pid {pid}: {e}");
+            assert_eq!(sock["local"]["port"], port, "ls {args:?}, pid {pid}: {e}");
+        }
+    }
+    assert!(
+        !ss_inodes(port as u16).contains(&ino),
+        "visible in our netns"
+    );
+    let mut ss = Command::new("nsenter");
+    ss.args(["-t", &child_s, "-n", "ss", "-Hltne"]);
+    let theirs = String::from_utf8_lossy(&output_timeout(&mut ss, TIMEOUT).stdout).into_owned();
+    assert!(theirs.contains(&format!("ino:{ino} ")), "{theirs}");
+}
+
 /// Holds the files named in argv open and reports (path, fd, inode) for each.
 const HOLDER: &str = r#"
 import json, os, sys
@@ -254,6 +463,14 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// A fresh `temp_dir` and a small file NAME in it.
+fn temp_file(tag: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let file = dir.join(name);
+    std::fs::write(&file, b"x").expect("write");
+    (dir, file)
 }
 
 #[test]
@@ -521,9 +738,7 @@ fn an_unprivileged_caller_lists_only_its_own_processes() {
 
 #[test]
 fn pids_output_feeds_kill() {
-    let dir = temp_dir("kill");
-    let file = dir.join("victim");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("kill", "victim");
     let f = file.to_str().expect("utf8");
     let mut a = python(HOLDER, &[f]);
     let mut b = python(HOLDER, &[f]);
@@ -658,9 +873,7 @@ fn listen_keeps_exactly_the_listening_sockets() {
 /// read keeps its own status (5), found or not.
 #[test]
 fn pids_exits_1_when_nothing_matches() {
-    let dir = temp_dir("nomatch");
-    let file = dir.join("unheld");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("nomatch", "unheld");
     let f = file.to_str().expect("utf8");
     // A port nobody holds: one the kernel just handed out and took back.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -763,9 +976,7 @@ sys.stdin.read()
 /// agreeing), `--port` and `--deleted`.
 #[test]
 fn matches_anywhere_in_a_large_fd_table() {
-    let dir = temp_dir("large");
-    let file = dir.join("held");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("large", "held");
     let f = file.to_str().expect("utf8");
     let count = 900;
     let holders: Vec<Target> = [0, count / 2, count - 3]
@@ -815,9 +1026,7 @@ fn matches_anywhere_in_a_large_fd_table() {
 /// run succeeds, finds the steady holder, and says at most one line on stderr.
 #[test]
 fn large_tables_exiting_during_a_path_scan_do_not_fail_it() {
-    let dir = temp_dir("large-churn");
-    let file = dir.join("held");
-    std::fs::write(&file, b"x").expect("write");
+    let (dir, file) = temp_file("large-churn", "held");
     let f = file.to_str().expect("utf8");
     let target = fdgrab_testkit::bin("fdgrab-target");
     let mut churn = Command::new("sh")

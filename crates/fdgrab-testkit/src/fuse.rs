@@ -35,6 +35,8 @@ pub struct FuseFile {
     dir: PathBuf,
     slow: Arc<AtomicU64>,
     strangers: Arc<AtomicU64>,
+    flushes: Arc<HeldFlushes>,
+    dev: Arc<File>,
     server: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -96,8 +98,21 @@ fn ours(tid: u32) -> bool {
     false
 }
 
+/// `FLUSH` requests (sent at every close of the file) kept unanswered while
+/// `hold` is set, until [`FuseFile::release_flushes`].
+#[derive(Debug, Default)]
+struct HeldFlushes {
+    hold: AtomicBool,
+    held: std::sync::Mutex<Vec<u64>>,
+}
+
 /// Serves requests until the file system is unmounted (the read fails).
-fn serve(dev: Arc<File>, slow: Arc<AtomicU64>, strangers: Arc<AtomicU64>) {
+fn serve(
+    dev: Arc<File>,
+    slow: Arc<AtomicU64>,
+    strangers: Arc<AtomicU64>,
+    flushes: Arc<HeldFlushes>,
+) {
     let opened = AtomicBool::new(false);
     let mut buf = vec![0u8; (1 << 20) + 4096];
     while let Ok(n) = (&*dev).read(&mut buf) {
@@ -155,7 +170,18 @@ fn serve(dev: Arc<File>, slow: Arc<AtomicU64>, strangers: Arc<AtomicU64>) {
                 opened.store(true, Ordering::SeqCst);
                 reply(&dev, unique, 0, &[0u8; 16]);
             }
-            FLUSH | RELEASE => reply(&dev, unique, 0, &[]),
+            FLUSH => {
+                // Decided under the lock the release takes, so that none is
+                // held after it.
+                let mut held = flushes.held.lock().unwrap_or_else(|p| p.into_inner());
+                if flushes.hold.load(Ordering::SeqCst) {
+                    held.push(unique);
+                } else {
+                    drop(held);
+                    reply(&dev, unique, 0, &[]);
+                }
+            }
+            RELEASE => reply(&dev, unique, 0, &[]),
             GETXATTR => answer_late(-libc::ENODATA, Vec::new()),
             FORGET | BATCH_FORGET | INTERRUPT => {}
             _ => reply(&dev, unique, -libc::ENOSYS, &[]),
@@ -197,12 +223,17 @@ impl FuseFile {
         }
         let slow = Arc::new(AtomicU64::new(0));
         let strangers = Arc::new(AtomicU64::new(0));
-        let (dev, count, others) = (Arc::new(dev), Arc::clone(&slow), Arc::clone(&strangers));
-        let server = std::thread::spawn(move || serve(dev, count, others));
+        let flushes = Arc::new(HeldFlushes::default());
+        let dev = Arc::new(dev);
+        let (count, others) = (Arc::clone(&slow), Arc::clone(&strangers));
+        let (server_dev, held) = (Arc::clone(&dev), Arc::clone(&flushes));
+        let server = std::thread::spawn(move || serve(server_dev, count, others, held));
         Some(FuseFile {
             dir,
             slow,
             strangers,
+            flushes,
+            dev,
             server: Some(server),
         })
     }
@@ -219,6 +250,26 @@ impl FuseFile {
         self.slow.load(Ordering::SeqCst)
     }
 
+    /// From now on, every close of the file waits (its `FLUSH` goes
+    /// unanswered) until [`FuseFile::release_flushes`].
+    pub fn hold_flushes(&self) {
+        self.flushes.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the held `FLUSH` requests and stops holding new ones; returns
+    /// how many were held.
+    pub fn release_flushes(&self) -> usize {
+        let held = {
+            let mut held = self.flushes.held.lock().unwrap_or_else(|p| p.into_inner());
+            self.flushes.hold.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *held)
+        };
+        for &unique in &held {
+            reply(&self.dev, unique, 0, &[]);
+        }
+        held.len()
+    }
+
     /// Slow requests made by processes outside this test's tree.
     pub fn stranger_requests(&self) -> u64 {
         self.strangers.load(Ordering::SeqCst)
@@ -227,6 +278,7 @@ impl FuseFile {
 
 impl Drop for FuseFile {
     fn drop(&mut self) {
+        self.release_flushes();
         if let Ok(target) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
             // SAFETY: a NUL-terminated path; a lazy unmount ends the connection,
             // and with it the server's read.

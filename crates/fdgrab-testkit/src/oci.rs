@@ -815,14 +815,28 @@ impl FakeTenant {
     }
 
     fn launch(agent: &AgentProc, id: &str, foreign: bool, port_start: Option<u16>) -> FakeTenant {
-        let mut t = FakeTenant::spawn_at(&agent.socket, id, foreign, port_start);
-        let ready = t.line(TIMEOUT);
+        let t = FakeTenant::spawn_at(&agent.socket, id, foreign, port_start);
+        t.supervised_by(agent, id)
+    }
+
+    /// Waits for the tenant's ready line, then for the agent to log that it
+    /// supervises `id`.
+    fn supervised_by(mut self, agent: &AgentProc, id: &str) -> FakeTenant {
+        let ready = self.line(TIMEOUT);
         assert_eq!(ready["ready"], true, "{ready}");
         agent
             .log
             .wait_for(&format!("container={id} "), TIMEOUT)
             .unwrap_or_else(|e| panic!("agent never supervised {id}: {e}"));
-        t
+        self
+    }
+
+    /// Like [`FakeTenant::start`], with `env` set for the tenant (its
+    /// `FAKE_TENANT_*` switches).
+    pub fn start_with_env(agent: &AgentProc, id: &str, env: &[(&str, &str)]) -> FakeTenant {
+        let mut cmd = Command::new(bin("fake-tenant"));
+        cmd.envs(env.iter().copied());
+        FakeTenant::spawn_command(cmd, &agent.socket, id).supervised_by(agent, id)
     }
 
     /// Starts `fake-tenant SOCKET ID` without waiting for anything: for a test
@@ -939,6 +953,25 @@ pub fn mkfifo(path: &Path) {
         0,
     )
     .expect("mkfifo");
+}
+
+/// An agent started with `args` whose audit sink is a FIFO in its own
+/// directory, and that FIFO's reader, opened without blocking and not read
+/// until the test reads it: a sink that does not keep up.
+pub fn agent_with_fifo_audit(prefix: &str, args: &[&str]) -> (AgentProc, std::fs::File) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new(prefix);
+    let fifo = dir.path().join("audit.fifo");
+    let socket = dir.path().join("agent.sock");
+    mkfifo(&fifo);
+    // Open for reading first, so that the agent's open succeeds.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("FIFO reader");
+    let agent = AgentProc::start_at(dir, &socket, &fifo, args).unwrap_or_else(|e| panic!("{e}"));
+    (agent, reader)
 }
 
 /// Makes a FIFO at `path` and opens it for reading without blocking, its pipe

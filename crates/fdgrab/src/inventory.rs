@@ -283,16 +283,6 @@ impl TableMatch {
 }
 
 impl Select<'_> {
-    /// Whether process `pid` may hold a matching fd, judged from links and stats
-    /// alone: the cheap first pass of a narrowing query over many processes, which
-    /// opens nothing else (no pidfd, no fdinfo) for the many that hold no match.
-    pub(crate) fn may_match_in(&self, pid: Pid) -> Result<bool> {
-        if !self.prefilters() {
-            return Ok(true);
-        }
-        Ok(self.table_may_match(pid, &self.open_fd_dir(pid)?)? != TableMatch::None)
-    }
-
     /// Whether a match in the first pass is a match of the whole query: the
     /// narrowings it checks (device and inode, socket inodes) are all there is.
     pub(crate) fn first_pass_is_exact(&self) -> bool {
@@ -372,12 +362,16 @@ impl Select<'_> {
         let rest = rustix::fs::seek(fd_dir, rustix::fs::SeekFrom::Start(listed_from as u64 + 2))
             .and_then(|_| crate::procfs::numbered_entries(fd_dir.as_fd()))
             .map_err(|e| proc_error(pid, "read /proc/PID/fd", e))?;
-        Ok(TableMatch::found(self.any_may_match(
-            pid,
-            fd_dir.as_fd(),
-            rest,
-            None,
-        )?))
+        if self.any_may_match(pid, fd_dir.as_fd(), rest, None)? {
+            return Ok(TableMatch::Found);
+        }
+        // A leader that exited after the count leaves a directory with nothing
+        // in it, as `table_may_match` finds it.
+        Ok(if leader_exited(fd_dir.as_fd()) {
+            TableMatch::ThroughThreads
+        } else {
+            TableMatch::None
+        })
     }
 
     /// Whether any of `numbers` passes the first pass; stops early (with
@@ -525,7 +519,8 @@ pub fn check_proc_namespace() -> Result<()> {
 pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> Result<Inventory> {
     check_proc_namespace()?;
     let pid = target.pid();
-    let (mut dirs, mut numbers) = ProcDirs::open(pid, &format!("/proc/{pid}"))?;
+    let (mut dirs, mut numbers) =
+        ProcDirs::open(pid, &format!("/proc/{pid}")).map_err(|e| hidden_if_alive(target, e))?;
     // Once the thread-group leader has exited, /proc/PID/fd is empty even though
     // the other threads still share a live fd table; read it through one of them.
     if numbers.is_empty()
@@ -912,6 +907,31 @@ fn worker_panicked(pid: Pid) -> Error {
         pid,
         fd: None,
         source: std::io::Error::other("worker thread panicked"),
+    }
+}
+
+/// Whether the leader behind `fd_dir`, a table the kernel counted fds in (Linux
+/// 6.2+), has exited while other threads live on: the kernel then counts no fd
+/// in its directory, and the table those threads share is seen only through them.
+pub(crate) fn leader_exited(fd_dir: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd_dir).is_ok_and(|st| st.st_size == 0)
+        && crate::procfs::has_other_threads(fd_dir)
+}
+
+/// A process whose pidfd is live but whose `/proc/PID` cannot be found is hidden
+/// from us (`/proc` mounted with `hidepid=2` or `invisible`), not gone: the
+/// caller may not read it, as when its files refuse us.
+pub(crate) fn hidden_if_alive(target: &PidFd, e: Error) -> Error {
+    match e {
+        Error::NoSuchProcess { pid } if target.is_alive() => Error::PermissionDenied {
+            pid,
+            fd: None,
+            op: "open /proc/PID",
+            hint: "/proc hides the processes of other users from us (mounted with hidepid=2 or \
+                   hidepid=invisible); ask as their user or as root"
+                .into(),
+        },
+        e => e,
     }
 }
 

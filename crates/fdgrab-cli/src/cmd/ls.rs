@@ -55,6 +55,15 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
         Some(code) => code,
     };
 
+    if result.unheld_sockets > 0 {
+        let n = result.unheld_sockets;
+        crate::exit::eprint_line(format!(
+            "fdgrab: no process found, but the kernel has {n} matching socket{}: held in a \
+             thread's private fd table, by a process that could not be read, or in flight \
+             in a unix socket",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     if a.pids_only {

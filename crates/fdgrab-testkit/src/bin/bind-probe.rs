@@ -35,6 +35,12 @@
 //!   netns, to PORT+1.
 //! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
 //!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
+//! - `parity`: a table of binds the kernel answers in different ways (lengths,
+//!   families that do not match the socket, `AF_UNSPEC`, v4-mapped, scope ids,
+//!   non-local, multicast, sockets already bound or connected, bad fds, files,
+//!   other protocols, dual-stack wildcards), all on ports below 1024 on
+//!   loopback; `{"case":errno,...}` (a negative number: the socket could not be
+//!   made). For a network namespace of its own.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
@@ -72,6 +78,7 @@ fn main() {
         "addrform" => addrform(num(1, 80) as u16),
         "netns-tid-reuse" => netns_tid_reuse(num(1, 100), num(2, 5000), num(3, 80) as u16),
         "uffd-bind" => uffd_bind(),
+        "parity" => parity(),
         "io-uring" => io_uring(),
         "x32" => x32(),
         "int80" => int80(),
@@ -521,6 +528,9 @@ fn file_bind(path: &str, port: u16) -> Value {
         16,
     );
     let other = other.join().expect("other bind");
+    // Closed at exit, after the report: closing a FUSE file waits for its
+    // server's answer to FLUSH, which a test may hold.
+    std::mem::forget(file);
     json!({ "errno": e, "other_errno": other })
 }
 
@@ -636,4 +646,180 @@ fn loop_getppid(n: u64) -> Value {
         samples.push(t.elapsed().as_nanos() as f64 / BATCH as f64);
     }
     json!({ "median_ns": median(samples) })
+}
+
+/// A raw socket(2): the fd, or minus the errno.
+fn raw_socket(domain: i32, ty: i32, protocol: i32) -> RawFd {
+    // SAFETY: socket(2) takes no pointers; the fd is left open on purpose (the
+    // table's sockets live until the probe exits).
+    let fd = unsafe { libc::socket(domain, ty, protocol) };
+    if fd < 0 {
+        -std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+    } else {
+        fd
+    }
+}
+
+fn raw_v6(addr: &str, port: u16, scope: u32, flow: u32) -> libc::sockaddr_in6 {
+    let ip: Ipv6Addr = addr.parse().expect("an IPv6 address");
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: port.to_be(),
+        sin6_flowinfo: flow.to_be(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: ip.octets(),
+        },
+        sin6_scope_id: scope,
+    }
+}
+
+fn parity() -> Value {
+    let v4 = |a: &str, port: u16| fdgrab_testkit::sockaddr_v4(a.parse().expect("IPv4"), port);
+    let tcp4 = || raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    let udp4 = || raw_socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+    let set_int = |s: RawFd, level: i32, opt: i32, value: i32| {
+        // SAFETY: s is ours; the option is an int.
+        unsafe { libc::setsockopt(s, level, opt, std::ptr::addr_of!(value).cast(), 4) };
+    };
+    let tcp6 = |only: i32| {
+        let s = raw_socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
+        set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, only);
+        s
+    };
+    let b4 = |fd: RawFd, sa: libc::sockaddr_in, len: u32| {
+        let mut buf = [0u8; 200];
+        // SAFETY: a sockaddr_in is plain bytes and fits the buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(std::ptr::addr_of!(sa).cast::<u8>(), buf.as_mut_ptr(), 16)
+        };
+        raw_bind(fd, buf.as_ptr().cast(), len)
+    };
+    let b6 = |fd: RawFd, sa: libc::sockaddr_in6, len: u32| {
+        raw_bind(fd, std::ptr::addr_of!(sa).cast(), len)
+    };
+    let in6 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+    let mut r = serde_json::Map::new();
+    let mut put = |k: &str, v: i32| {
+        r.insert(k.into(), v.into());
+    };
+    put("v4 len16", b4(tcp4(), v4("127.0.0.1", 80), 16));
+    put("v4 len15", b4(tcp4(), v4("127.0.0.2", 81), 15));
+    put("v4 len17", b4(tcp4(), v4("127.0.0.2", 82), 17));
+    put("v4 len128", b4(tcp4(), v4("127.0.0.2", 83), 128));
+    put("v4 len129", b4(tcp4(), v4("127.0.0.2", 83), 129));
+    put("v4 len0", b4(tcp4(), v4("127.0.0.2", 83), 0));
+    put("v4 len1", b4(tcp4(), v4("127.0.0.2", 83), 1));
+    put("v4 len-1", b4(tcp4(), v4("127.0.0.2", 83), u32::MAX));
+    put(
+        "v6 addr on v4 socket",
+        b6(tcp4(), raw_v6("::1", 84, 0, 0), in6),
+    );
+    put(
+        "v4 addr on v6 socket len16",
+        b4(tcp6(0), v4("127.0.0.2", 85), 16),
+    );
+    put(
+        "v4 addr on v6 socket len28",
+        b4(tcp6(0), v4("127.0.0.2", 85), 28),
+    );
+    let mut unspec = v4("0.0.0.0", 86);
+    unspec.sin_family = libc::AF_UNSPEC as libc::sa_family_t;
+    put("unspec any", b4(tcp4(), unspec, 16));
+    put("unspec any on v6", b4(tcp6(0), unspec, 16));
+    let mut unspec_lo = v4("127.0.0.1", 87);
+    unspec_lo.sin_family = libc::AF_UNSPEC as libc::sa_family_t;
+    put("unspec loopback", b4(tcp4(), unspec_lo, 16));
+    put(
+        "mapped on v6only",
+        b6(tcp6(1), raw_v6("::ffff:127.0.0.3", 89, 0, 0), in6),
+    );
+    put(
+        "mapped on dual",
+        b6(tcp6(0), raw_v6("::ffff:127.0.0.3", 90, 0, 0), in6),
+    );
+    put("v6 len24", b6(tcp6(1), raw_v6("::1", 91, 0, 0), 24));
+    put("v6 len26", b6(tcp6(1), raw_v6("::1", 92, 0, 0), 26));
+    put("v6 len23", b6(tcp6(1), raw_v6("::1", 93, 0, 0), 23));
+    put(
+        "link-local without scope",
+        b6(tcp6(1), raw_v6("fe80::1", 94, 0, 0), in6),
+    );
+    put(
+        "link-local scope lo",
+        b6(tcp6(1), raw_v6("fe80::1", 95, 1, 0), in6),
+    );
+    put(
+        "link-local scope len24",
+        b6(tcp6(1), raw_v6("fe80::1", 96, 1, 0), 24),
+    );
+    put("::1 scope 99", b6(tcp6(1), raw_v6("::1", 97, 99, 0), in6));
+    put(
+        "::1 flowinfo",
+        b6(tcp6(1), raw_v6("::1", 98, 0, 0x12345), in6),
+    );
+    put("non-local", b4(tcp4(), v4("10.255.255.1", 99), 16));
+    let s = tcp4();
+    set_int(s, libc::IPPROTO_IP, libc::IP_FREEBIND, 1);
+    put("non-local freebind", b4(s, v4("10.255.255.1", 100), 16));
+    put("udp multicast", b4(udp4(), v4("224.0.0.1", 101), 16));
+    put("udp broadcast", b4(udp4(), v4("127.255.255.255", 102), 16));
+    put("tcp broadcast", b4(tcp4(), v4("127.255.255.255", 102), 16));
+    let s = tcp4();
+    b4(s, v4("127.0.0.4", 103), 16);
+    put("already bound", b4(s, v4("127.0.0.4", 104), 16));
+    put("same address again", b4(s, v4("127.0.0.4", 103), 16));
+    let s = tcp4();
+    // SAFETY: listen(2) on our own socket.
+    unsafe { libc::listen(s, 1) };
+    put("listening", b4(s, v4("127.0.0.4", 105), 16));
+    let s = udp4();
+    let peer = v4("127.0.0.1", 9);
+    // SAFETY: connect(2) with our own sockaddr_in and its size.
+    unsafe { libc::connect(s, std::ptr::addr_of!(peer).cast(), 16) };
+    put("connected udp", b4(s, v4("127.0.0.4", 106), 16));
+    let s = tcp4();
+    b4(s, v4("127.0.0.5", 107), 16);
+    // SAFETY: listen(2) on our own socket.
+    unsafe { libc::listen(s, 1) };
+    put("in use", b4(tcp4(), v4("127.0.0.5", 107), 16));
+    let s = tcp4();
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    put("in use, SO_REUSEADDR", b4(s, v4("127.0.0.5", 107), 16));
+    put("udp on a tcp port", b4(udp4(), v4("127.0.0.5", 107), 16));
+    let path = std::fs::File::open("/").expect("/");
+    put(
+        "directory fd",
+        b4(path.as_raw_fd(), v4("127.0.0.6", 108), 16),
+    );
+    put("fd -1", b4(-1, v4("127.0.0.6", 108), 16));
+    put("fd 999999", b4(999_999, v4("127.0.0.6", 108), 16));
+    put("efault", raw_bind(tcp4(), 8 as *const libc::sockaddr, 16));
+    put(
+        "v4 address on unix socket",
+        b4(
+            raw_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            v4("127.0.0.6", 108),
+            16,
+        ),
+    );
+    let s = raw_socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP);
+    put(
+        "ping",
+        if s < 0 {
+            s
+        } else {
+            b4(s, v4("127.0.0.6", 110), 16)
+        },
+    );
+    put("dual-stack [::]", b6(tcp6(0), raw_v6("::", 112, 0, 0), in6));
+    put(
+        "dual-stack ::ffff:0.0.0.0",
+        b6(tcp6(0), raw_v6("::ffff:0.0.0.0", 113, 0, 0), in6),
+    );
+    put(
+        "0.0.0.0 after ::ffff:0.0.0.0",
+        b4(tcp4(), v4("0.0.0.0", 113), 16),
+    );
+    put("port 0", b4(tcp4(), v4("127.0.0.7", 0), 16));
+    Value::Object(r)
 }

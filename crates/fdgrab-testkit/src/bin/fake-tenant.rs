@@ -37,6 +37,14 @@
 //!   ADDR:PORT and then keeps another, unbound, at FD; `{"pid":P,"errno":N}`.
 //! - `query`: where that child's socket at FD is bound now;
 //!   `{"addr":A,"port":N}`.
+//! - `bind-fd FD ADDR PORT`: `bind(FD, ADDR:PORT)` with the raw number, a
+//!   bad one (-1) included; `{"errno":N}`.
+//! - `int80-geteuid ADDR PORT`: a thread drops to uid 65534 and makes the
+//!   i386 `geteuid` (`int 0x80`, number 49, the native `bind`'s number) with
+//!   the registers of a `bind` of a fresh TCP socket to ADDR:PORT (sockaddr in
+//!   the low 4 GiB); `{"ret":R,"port":P}`, P where the socket is bound then
+//!   (0: unbound). Only with `FAKE_TENANT_ANY_ABI=1`, whose filter traps
+//!   number 49 whatever the ABI (`{"error":..}` on other architectures).
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
@@ -94,10 +102,20 @@ fn main() {
         },
     );
     let foreign = std::env::var_os("FAKE_TENANT_FOREIGN").map(|_| foreign_socket());
-    let prog = SyscallFilter::new(Action::Allow)
-        .rule(libc::SYS_bind, Action::Notify)
-        .build()
-        .expect("filter");
+    let prog = match std::env::var_os("FAKE_TENANT_ANY_ABI") {
+        // A runtime's profile may trap a number under every ABI it lists: the
+        // native bind's number is another call elsewhere (i386 `geteuid`).
+        Some(_) => seccomp::Program::from_insns(vec![
+            seccomp::Insn::load_abs(0),
+            seccomp::Insn::jeq(libc::SYS_bind as u32, 0, 1),
+            seccomp::Insn::ret(Action::Notify),
+            seccomp::Insn::ret(Action::Allow),
+        ]),
+        None => SyscallFilter::new(Action::Allow)
+            .rule(libc::SYS_bind, Action::Notify)
+            .build(),
+    }
+    .expect("filter");
     seccomp::set_no_new_privs().expect("no_new_privs");
     let listener = seccomp::install(&prog, InstallFlags::supervised())
         .expect("installing the filter")
@@ -232,6 +250,26 @@ fn main() {
                 })),
                 _ => say(json!({"error": "no cloned child to ask"})),
             },
+            Some("bind-fd") => {
+                let fd = w.get(1).and_then(|s| s.parse::<i32>().ok()).unwrap_or(-1);
+                let sa = fdgrab_testkit::sockaddr_v4(ip(2).expect("ADDR"), num(3) as u16);
+                // SAFETY: a bind with a pointer to our own sockaddr_in and its
+                // size; a bad fd is the kernel's (or the supervisor's) to answer.
+                let r = unsafe {
+                    libc::bind(
+                        fd,
+                        std::ptr::addr_of!(sa).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                let errno = if r == 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+                };
+                say(json!({"errno": errno}));
+            }
+            Some("int80-geteuid") => say(int80_geteuid(ip(1).expect("ADDR"), num(2) as u16)),
             Some("exit") | None => break,
             Some(other) => say(json!({"error": format!("unknown command {other}")})),
         }
@@ -542,4 +580,63 @@ fn query(ctl: &(OwnedFd, OwnedFd)) -> Option<libc::sockaddr_in> {
         // SAFETY: `buf` holds a whole sockaddr_in written by the child.
         unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) }
     })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int80_geteuid(_: Ipv4Addr, _: u16) -> serde_json::Value {
+    json!({"error": "int 0x80 exists on x86_64 only"})
+}
+
+#[cfg(target_arch = "x86_64")]
+fn int80_geteuid(addr: Ipv4Addr, port: u16) -> serde_json::Value {
+    std::thread::spawn(move || {
+        // setresgid/setresuid of this thread alone: it makes the call.
+        rustix::thread::set_thread_res_gid(gid(), gid(), gid()).expect("setresgid");
+        rustix::thread::set_thread_res_uid(uid(), uid(), uid()).expect("setresuid");
+        let s = tcp();
+        // SAFETY: a fresh anonymous page below 4 GiB (i386 pointers are 32 bits),
+        // unmapped below; nothing else refers to it.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return json!({"error": "mmap(MAP_32BIT) failed"});
+        }
+        let sa = fdgrab_testkit::sockaddr_v4(addr, port);
+        // SAFETY: the page is ours, writable and large enough for a sockaddr_in.
+        unsafe { std::ptr::write(page.cast::<libc::sockaddr_in>(), sa) };
+        let mut ret: i64 = 49; // i386 geteuid, which takes no arguments
+                               // SAFETY: the i386 geteuid reads no memory; the registers it ignores
+                               // carry a bind's arguments for whoever decodes the call as one.
+                               // `int 0x80` clobbers only eax (r8-r11 are preserved by the compat entry).
+        unsafe {
+            // rbx is LLVM's: swapped in and back around the call.
+            std::arch::asm!(
+                "xchg rbx, {fd}",
+                "int 0x80",
+                "xchg rbx, {fd}",
+                fd = inout(reg) s.as_raw_fd() as u64 => _,
+                inout("rax") ret,
+                in("rcx") page as u64,
+                in("rdx") std::mem::size_of::<libc::sockaddr_in>() as u64,
+                options(nostack),
+            )
+        };
+        let bound = rustix::net::getsockname(&s)
+            .ok()
+            .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+            .map_or(0, |a| a.port());
+        // SAFETY: unmaps the page mapped above; nothing refers to it any more.
+        unsafe { libc::munmap(page, 4096) };
+        json!({"ret": ret, "port": bound})
+    })
+    .join()
+    .expect("int 0x80 thread")
 }

@@ -104,6 +104,13 @@ pub struct QueryResult {
     pub processes: Vec<ProcessFds>,
     /// Processes that could not be read, by pid.
     pub skipped: Vec<Skipped>,
+    /// When a question about sockets alone (`port`, `listening`, a unix
+    /// socket's name, over every process) found no process: how many sockets
+    /// the kernel reported as matching it all the same. No fd fdgrab could read
+    /// refers to them: they are held in a thread's private fd table, by a
+    /// process that could not be read, or only in flight in a unix socket's
+    /// queue. 0 otherwise.
+    pub unheld_sockets: usize,
 }
 
 /// Answers `q` over `pids`, or over every process when `pids` is `None` (except the
@@ -111,7 +118,7 @@ pub struct QueryResult {
 /// cannot be read is reported in [`QueryResult::skipped`] and the others are still
 /// listed.
 pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
-    let named = pids.is_some();
+    let every_process = pids.is_none();
     let named_pids: Option<Vec<Pid>> = pids.map(|p| {
         // A pid named twice is one process: listed (or skipped) once. The
         // order is kept, since the first skipped pid decides the exit status.
@@ -128,14 +135,14 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
             let slots = plan
                 .pids
                 .iter()
-                .map(|&pid| Some(one(pid, q, &plan.select, &plan.source, named)))
+                .map(|&pid| Some(named(pid, q, &plan.select, &plan.source)))
                 .collect();
             (plan.pids, slots)
         }
         // Many: the workers start while this thread lists the processes and
         // asks for the sockets the query needs.
         named_pids => {
-            let scan = Scan::new(q, named);
+            let scan = Scan::new(q, named_pids.as_ref().map(Vec::len));
             let slots = scan.run(|| {
                 let pids = named_pids.unwrap_or_else(all_pids);
                 let found = found.get_or_init(|| sockets_asked(&pids, q));
@@ -157,7 +164,21 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
             }),
         }
     }
+    tables.describe_foreign_sockets(&mut out.processes);
     out.processes.sort_by_key(|p| p.pid);
+    let sockets_only = q.uid.is_none()
+        && q.fds.is_empty()
+        && q.kinds.is_empty()
+        && !q.unlinked
+        && (q.file.is_none() || q.file_is_socket);
+    if every_process && sockets_only && out.processes.is_empty() {
+        // Inode 0: an orphan (closed, still finishing its connection), which
+        // no fd can hold.
+        out.unheld_sockets = found
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, |f| f.keys().filter(|&&ino| ino != 0).count());
+    }
     out
 }
 
@@ -214,20 +235,22 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// `named`: the user asked for `pid`, so a process that cannot be listed (a
-/// zombie, one we may not read) is an error even when a filter would have left all
-/// its fds out; the cheap pass that only saves work over many processes is skipped.
-fn one(
+/// A process the user named: one that cannot be listed (a zombie, one we may not
+/// read) is an error even when a filter would have left all its fds out, so it
+/// is described whole, with no cheap first pass (which only saves work over many
+/// processes).
+fn named(
     pid: Pid,
     q: &Query,
     select: &Select,
     source: &SocketSource,
-    named: bool,
 ) -> Result<Option<ProcessFds>> {
-    if !user_matches(pid, q)? {
-        return Ok(None);
-    }
-    if !named && !select.may_match_in(pid)? {
+    // A process /proc hides from us has no status to read either.
+    let hidden = |e| match PidFd::open(pid) {
+        Ok(target) => super::hidden_if_alive(&target, e),
+        Err(_) => e,
+    };
+    if !user_matches(pid, q).map_err(hidden)? {
         return Ok(None);
     }
     describe(pid, q, select, source)
@@ -251,7 +274,7 @@ fn describe(
     select: &Select,
     source: &SocketSource,
 ) -> Result<Option<ProcessFds>> {
-    let target = PidFd::open(pid)?;
+    let target = PidFd::open(pid).map_err(|e| thread_of_process(pid, e))?;
     let inv = super::list(&target, select, source)?;
     if q.narrows_fds() && inv.fds.is_empty() {
         return Ok(None);
@@ -268,6 +291,21 @@ fn describe(
     }))
 }
 
+/// A thread id named where a process is wanted: the error names its process,
+/// which is the one to list (the threads share its table).
+fn thread_of_process(pid: Pid, e: Error) -> Error {
+    let tgid = || crate::procfs::status(pid).ok()?.tgid.filter(|&t| t != pid);
+    match e {
+        Error::InvalidArgument(_) => match tgid() {
+            Some(tgid) => Error::InvalidArgument(format!(
+                "pid {pid} is a thread of process {tgid}, not a process: list {tgid}"
+            )),
+            None => e,
+        },
+        e => e,
+    }
+}
+
 /// The outcome for the process at one index of the scan's pid list.
 type Outcome = (usize, Result<Option<ProcessFds>>);
 
@@ -281,7 +319,9 @@ type Outcome = (usize, Result<Option<ProcessFds>>);
 /// last range finishes that process.
 struct Scan<'a> {
     q: &'a Query,
-    named: bool,
+    /// How many processes the user named (`None`: every process): each is
+    /// described whole, and the scan needs no more threads than them.
+    named: Option<usize>,
     /// The processes and what to look for: made by the calling thread while
     /// the workers start.
     plan: OnceLock<Plan<'a>>,
@@ -378,7 +418,8 @@ impl Drop for Publish<'_, '_> {
 type OwnDir = Option<(usize, OwnedFd)>;
 
 impl<'a> Scan<'a> {
-    fn new(q: &'a Query, named: bool) -> Self {
+    /// `named`: how many processes the user named (`None`: every process).
+    fn new(q: &'a Query, named: Option<usize>) -> Self {
         Scan {
             q,
             named,
@@ -408,7 +449,7 @@ impl<'a> Scan<'a> {
     /// stack, releasing the stack, exiting) then overlaps with what the caller
     /// does next instead of delaying it.
     fn run(&self, prepare: impl FnOnce() -> Plan<'a>) -> Vec<Option<Result<Option<ProcessFds>>>> {
-        let workers = super::cores().clamp(1, 8);
+        let workers = scan_threads(super::cores(), self.named);
         let done = Mutex::new(Vec::new());
         let work = || {
             // A panicking worker leaves its processes as None.
@@ -523,50 +564,66 @@ impl<'a> Scan<'a> {
         let pid = plan.pids[i];
         let (select, source) = (&plan.select, &plan.source);
         let decided = |r: Result<Option<ProcessFds>>| Err((i, r));
+        if self.named.is_some() {
+            return decided(named(pid, self.q, select, source));
+        }
         match user_matches(pid, self.q) {
             Ok(true) => {}
             Ok(false) => return decided(Ok(None)),
             Err(e) => return decided(Err(e)),
         }
-        if self.named || !select.prefilters() {
+        if !select.prefilters() {
             return decided(describe(pid, self.q, select, source));
         }
         // Linux 6.2+ gives the number of open fds as the size of the fd
         // directory, to a stat that needs no permission on it.
         let counted = self.proc_stat(pid, "fd");
-        if let Ok(st) = &counted {
-            // No fd: a kernel thread (dozens on a host) or a leader that exited
-            // while its threads live on, told apart without opening anything
-            // (two stats, where open, fstat, stat and close cost 1.5 times
-            // as much). Only in a directory the caller owns, which it could
-            // open: one it may not open stays an error, as in a listing.
-            if st.st_size == 0 && st.st_uid == self.euid && self.counts_fds() {
-                let threads =
-                    crate::procfs::task_links_show_other_threads(self.proc_stat(pid, "task"));
-                if !threads {
-                    return decided(Ok(None));
-                }
-                return decided(describe(pid, self.q, select, source));
-            }
-        }
-        let fd_dir = match select.open_fd_dir(pid) {
-            Ok(d) => d,
-            Err(e) => return decided(Err(e)),
+        let fd_dir = match &counted {
+            // No fd counted in a directory the caller owns (so could open): a
+            // kernel thread (dozens on a host) or a leader that exited, told
+            // apart below without opening anything (two stats, where open,
+            // fstat, stat and close cost 1.5 times as much). One it may not
+            // own is opened, so that a refusal stays an error, as in a listing.
+            Ok(st) if st.st_size == 0 && st.st_uid == self.euid && self.counts_fds() => None,
+            _ => match select.open_fd_dir(pid) {
+                Ok(d) => Some(d),
+                Err(e) => return decided(Err(e)),
+            },
         };
-        let count = match counted {
-            Ok(st) => st.st_size,
-            Err(_) => rustix::fs::fstat(&fd_dir).map_or(0, |st| st.st_size),
+        let count = match (counted, &fd_dir) {
+            (Ok(st), _) => st.st_size,
+            (Err(_), Some(d)) => rustix::fs::fstat(d).map_or(0, |st| st.st_size),
+            (Err(_), None) => 0,
         };
-        let count = usize::try_from(count).unwrap_or(0);
-        if count == 0 && self.counts_fds() {
-            // No fd: a kernel thread (dozens on a host) or a leader that exited
-            // while its threads live on, told apart without a listing.
-            if !crate::procfs::has_other_threads(fd_dir.as_fd()) {
-                return decided(Ok(None));
+        match fd_dir {
+            Some(fd_dir) if count > 0 || !self.counts_fds() => {
+                self.first_pass(plan, i, fd_dir, usize::try_from(count).unwrap_or(0))
             }
-            drop(fd_dir);
-            return decided(describe(pid, self.q, select, source));
+            // No fd: a kernel thread holds nothing; a leader that exited while
+            // its threads live on is read through them.
+            _ => decided(
+                if crate::procfs::task_links_show_other_threads(self.proc_stat(pid, "task")) {
+                    describe(pid, self.q, select, source)
+                } else {
+                    Ok(None)
+                },
+            ),
         }
+    }
+
+    /// The first pass over process `i`'s fd table of `count` fds (0 when the
+    /// kernel does not count them): the table handed back to be shared when it
+    /// is large, else decided here.
+    #[allow(clippy::result_large_err)]
+    fn first_pass(
+        &self,
+        plan: &Plan,
+        i: usize,
+        fd_dir: OwnedFd,
+        count: usize,
+    ) -> std::result::Result<Option<Arc<SharedTable>>, Outcome> {
+        let pid = plan.pids[i];
+        let select = &plan.select;
         if count > SHARE_FROM && self.ranges_ok(&fd_dir) {
             return Ok(Some(Arc::new(SharedTable {
                 index: i,
@@ -583,17 +640,16 @@ impl<'a> Scan<'a> {
         } else {
             select.table_may_match(pid, &fd_dir)
         };
-        // A leader that exited after the count shows a directory with nothing
-        // left in it, as below: its table is seen through its threads.
-        let leader_gone = matches!(may_match, Ok(TableMatch::None)) && self.leader_exited(&fd_dir);
         drop(fd_dir);
-        decided(match may_match {
-            Ok(TableMatch::Found) => self.matched(plan, pid),
-            Ok(TableMatch::ThroughThreads) => describe(pid, self.q, select, source),
-            Ok(TableMatch::None) if leader_gone => describe(pid, self.q, select, source),
-            Ok(TableMatch::None) => Ok(None),
-            Err(e) => Err(e),
-        })
+        Err((
+            i,
+            match may_match {
+                Ok(TableMatch::Found) => self.matched(plan, pid),
+                Ok(TableMatch::ThroughThreads) => describe(pid, self.q, select, &plan.source),
+                Ok(TableMatch::None) => Ok(None),
+                Err(e) => Err(e),
+            },
+        ))
     }
 
     /// A process the first pass found a match in.
@@ -638,15 +694,6 @@ impl<'a> Scan<'a> {
             .and_then(|d| rustix::fs::fstat(&d))
             .is_ok_and(|st| st.st_size > 0)
         })
-    }
-
-    /// Whether the leader behind `fd_dir` has exited while other threads live
-    /// on: the kernel then counts no fd in its directory, and the table those
-    /// threads share is only seen through them.
-    fn leader_exited(&self, fd_dir: &OwnedFd) -> bool {
-        self.counts_fds()
-            && rustix::fs::fstat(fd_dir).is_ok_and(|st| st.st_size == 0)
-            && crate::procfs::has_other_threads(fd_dir.as_fd())
     }
 
     fn ranges_ok(&self, fd_dir: &OwnedFd) -> bool {
@@ -714,7 +761,7 @@ impl<'a> Scan<'a> {
             None if table.settled.load(Ordering::Relaxed) => self.matched(plan, table.pid),
             // The ranges were read through the leader, which may have exited
             // since while its threads hold the table on: read it through them.
-            None if self.leader_exited(&table.fd_dir) => {
+            None if super::leader_exited(table.fd_dir.as_fd()) => {
                 describe(table.pid, self.q, &plan.select, &plan.source)
             }
             None => Ok(None),
@@ -746,6 +793,13 @@ impl<'a> Scan<'a> {
             .claim(dir)
             .map_err(|e| super::proc_error(pid, "read /proc/PID/fd", e))
     }
+}
+
+/// The scan threads for `cores` cores: one per core, up to 8, and no more than
+/// the processes the user `named` (each is described whole by one thread, which
+/// spreads a large table over the cores itself).
+fn scan_threads(cores: usize, named: Option<usize>) -> usize {
+    cores.clamp(1, 8).min(named.unwrap_or(usize::MAX).max(1))
 }
 
 fn io_to_proc(pid: Pid, e: std::io::Error) -> Error {
@@ -914,6 +968,39 @@ pub(crate) struct NetnsTables {
 }
 
 impl NetnsTables {
+    /// Describes the sockets its holder's own namespace does not know from the
+    /// tables of the other namespaces the scan read: a socket keeps the network
+    /// namespace it was created in, whoever holds it (one passed over SCM_RIGHTS
+    /// from a container, or kept across `setns`). Socket inodes are unique
+    /// across namespaces, so an inode found elsewhere is that socket.
+    fn describe_foreign_sockets(&self, processes: &mut [ProcessFds]) {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if tables.len() < 2 {
+            return;
+        }
+        let loaded: Vec<&SocketTable> = tables
+            .values()
+            .filter_map(|cell| cell.get()?.as_deref())
+            .collect();
+        let unknown = |e: &FdEntry| {
+            e.socket
+                .as_ref()
+                .is_some_and(|s| s.state.is_none() && s.local.is_none() && s.peer.is_none())
+        };
+        for e in processes
+            .iter_mut()
+            .flat_map(|p| p.fds.iter_mut())
+            .filter(|e| unknown(e))
+        {
+            if let Some(info) = e
+                .inode
+                .and_then(|ino| loaded.iter().find_map(|t| t.by_inode.get(&ino)))
+            {
+                e.socket = Some(info.clone());
+            }
+        }
+    }
+
     pub(crate) fn get(
         &self,
         pid: Pid,
@@ -1026,7 +1113,7 @@ sys.stdin.read()
 
     /// A scan of `pids` whose plan is made, for driving its steps by hand.
     fn planned<'a>(pids: &[Pid], q: &'a Query) -> Scan<'a> {
-        let scan = Scan::new(q, false);
+        let scan = Scan::new(q, None);
         assert!(scan.plan.set(plan(pids, select(q))).is_ok());
         scan.lock().planned = true;
         scan
@@ -1037,7 +1124,7 @@ sys.stdin.read()
     fn scan_pair(pid: Pid, q: &Query, path: &std::path::Path) -> Option<Vec<i32>> {
         let (small, _) = holder(3, 3, path);
         let pids = [pid, small.pid];
-        let mut slots = Scan::new(q, false).run(|| plan(&pids, select(q)));
+        let mut slots = Scan::new(q, None).run(|| plan(&pids, select(q)));
         assert!(
             matches!(slots[1], Some(Ok(None))),
             "the small holder holds /dev/null only"
@@ -1135,7 +1222,7 @@ sys.stdin.read()
             };
             let (small, _) = holder(3, 3, &path);
             let pids = [t.pid, small.pid];
-            let slots = Scan::new(&q, false).run(|| plan(&pids, select));
+            let slots = Scan::new(&q, None).run(|| plan(&pids, select));
             match (q.kinds.as_slice(), &slots[0]) {
                 ([], Some(Ok(Some(p)))) => {
                     assert_eq!(p.pid, t.pid);
@@ -1159,7 +1246,7 @@ sys.stdin.read()
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let q = Query::default();
-            let scan = Scan::new(&q, false);
+            let scan = Scan::new(&q, None);
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 scan.run(|| panic!("no plan"));
             }));
@@ -1239,6 +1326,23 @@ sys.stdin.readline()
 ctypes.CDLL(None).pthread_exit(None)
 "#;
 
+    /// A LEADER_EXITS holder of COUNT fds, the last of them on `file`.
+    fn leader_exits(count: usize, file: &std::path::Path) -> Target {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", LEADER_EXITS, &count.to_string()]).arg(file);
+        Target::spawn_cmd(cmd)
+    }
+
+    /// `held_file`, and another file beside it that the query does not ask
+    /// for: each with whether it is the query's.
+    fn held_and_other(tag: &str) -> (std::path::PathBuf, Query, [(std::path::PathBuf, bool); 2]) {
+        let (dir, q) = held_file(tag);
+        let other = dir.join("other");
+        std::fs::write(&other, b"y").expect("write");
+        let files = [(dir.join("held"), true), (other, false)];
+        (dir, q, files)
+    }
+
     /// A holder whose leader exits while its table is checked (after the first
     /// pass has started, for a shared table, a small counted one, and from
     /// before it is opened), while another thread keeps holding the file: still a
@@ -1248,10 +1352,7 @@ ctypes.CDLL(None).pthread_exit(None)
         let (dir, q) = held_file("leader");
         let path = dir.join("held");
         for count in [4 * SHARED_BLOCK + 5, SHARE_FROM / 2] {
-            let mut cmd = std::process::Command::new("python3");
-            cmd.args(["-c", LEADER_EXITS, &count.to_string()])
-                .arg(&path);
-            let mut t = Target::spawn_cmd(cmd);
+            let mut t = leader_exits(count, &path);
             let fd = t.report["target"].as_i64().expect("target") as i32;
             let pids = [t.pid];
             let scan = planned(&pids, &q);
@@ -1285,6 +1386,64 @@ ctypes.CDLL(None).pthread_exit(None)
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A leader that exits after its table was counted (and before the first
+    /// pass tries it) leaves a directory with nothing in it: the counted first
+    /// pass says the table is seen through its threads, not that it holds no
+    /// match, and the process is then described through a live thread, which
+    /// finds the file; a table without it is still no match. The count is taken,
+    /// the leader exits, then the pass runs on the stale count: no timing.
+    #[test]
+    fn a_leader_that_exits_after_its_table_was_counted_is_read_through_its_threads() {
+        let (dir, q, files) = held_and_other("counted");
+        for (file, holds) in files {
+            let mut t = leader_exits(8, &file);
+            let fd = t.report["target"].as_i64().expect("target") as i32;
+            let pid = t.pid;
+            let q = q.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let ran = std::thread::spawn(move || {
+                let pids = [pid];
+                let scan = planned(&pids, &q);
+                let plan = scan.plan.get().expect("a plan");
+                let fd_dir = plan.select.open_fd_dir(pid).expect("fd dir");
+                let count = rustix::fs::fstat(&fd_dir).expect("fstat").st_size as usize;
+                assert!(
+                    count > 1 && count <= SHARE_FROM,
+                    "a small counted table: {count}"
+                );
+                let fd_dir2 = plan.select.open_fd_dir(pid).expect("fd dir");
+                tell(&mut t, b"exit\n");
+                fdgrab_testkit::wait_leader_zombie(pid);
+                let seen = plan.select.counted_table_may_match(pid, &fd_dir2, count);
+                let outcome = match scan.first_pass(plan, 0, fd_dir, count) {
+                    Err((0, outcome)) => outcome,
+                    _ => panic!("a small table is decided at once"),
+                };
+                let _ = tx.send((seen.expect("first pass"), outcome.expect("no error")));
+                drop(t);
+            });
+            let (seen, found) = rx
+                .recv_timeout(fdgrab_testkit::TIMEOUT)
+                .unwrap_or_else(|_| panic!("the scan of {} ended", file.display()));
+            assert_eq!(seen, TableMatch::ThroughThreads);
+            let fds: Option<Vec<i32>> = found.map(|p| p.fds.iter().map(|e| e.fd.0).collect());
+            assert_eq!(fds, holds.then(|| vec![fd]), "holds {}", file.display());
+            ran.join().expect("scan thread");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Named processes need no more scan threads than there are of them (each
+    /// is described whole by one thread); every process: one per core, up to 8.
+    #[test]
+    fn named_pids_cap_the_scan_threads() {
+        assert_eq!(scan_threads(8, Some(2)), 2);
+        assert_eq!(scan_threads(8, Some(20)), 8);
+        assert_eq!(scan_threads(2, Some(3)), 2);
+        assert_eq!(scan_threads(16, None), 8);
+        assert_eq!(scan_threads(0, Some(0)), 1);
+    }
+
     /// A table whose leader has exited lists no fd in its own directory: the first
     /// pass over it knows nothing (its threads still share the table), which is
     /// not a match. Taken for one, `--pids` printed the process unchecked on
@@ -1293,14 +1452,9 @@ ctypes.CDLL(None).pthread_exit(None)
     /// thread, which finds the file.
     #[test]
     fn an_exited_leaders_table_is_seen_through_its_threads_not_matched() {
-        let (dir, q) = held_file("through");
-        let path = dir.join("held");
-        let other = dir.join("other");
-        std::fs::write(&other, b"y").expect("write");
-        for (file, holds) in [(&path, true), (&other, false)] {
-            let mut cmd = std::process::Command::new("python3");
-            cmd.args(["-c", LEADER_EXITS, "4"]).arg(file);
-            let mut t = Target::spawn_cmd(cmd);
+        let (dir, q, files) = held_and_other("through");
+        for (file, holds) in files {
+            let mut t = leader_exits(4, &file);
             tell(&mut t, b"exit\n");
             fdgrab_testkit::wait_leader_zombie(t.pid);
             let pids = [t.pid];

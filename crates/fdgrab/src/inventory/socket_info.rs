@@ -114,7 +114,7 @@ impl SocketInfo {
         let family = match protocol.as_deref() {
             Some(p) if p.starts_with("UNIX") => "unix",
             Some(p) if p.ends_with("v6") => "inet6",
-            Some("TCP" | "UDP" | "RAW" | "UDP-Lite" | "PING") => "inet",
+            Some("TCP" | "UDP" | "RAW" | "UDP-Lite" | "PING" | "MPTCP") => "inet",
             Some("NETLINK") => "netlink",
             Some("PACKET") => "packet",
             _ => "unknown",

@@ -90,6 +90,13 @@ impl SocketTable {
                     want.tcp[usize::from(p == "TCPv6")] = true;
                     want.tcp_inodes.push(ino);
                 }
+                // An MPTCP socket is described by its TCP subflows, which the
+                // kernel grafts onto its inode (as lsof and ss show it); an
+                // IPv6 one may run an IPv4 subflow, so both tables are asked.
+                Some("MPTCP" | "MPTCPv6") => {
+                    want.tcp = [true, true];
+                    want.tcp_inodes.push(ino);
+                }
                 Some("UDP") => want.udp[0] = true,
                 Some("UDPv6") => want.udp[1] = true,
                 Some(p) if p.starts_with("UNIX") => {

@@ -10,7 +10,7 @@
 //! slow lane, a thread at nice 19, so that a client trickling megabytes costs the
 //! workers no CPU.
 
-use crate::supervise::audit::{AuditLabels, AuditSink};
+use crate::supervise::audit::{capped, AuditLabels, AuditSink};
 use crate::supervise::oci::{
     container_policy, deny_all, ContainerListener, ContainerProcessState, ReadProgress, Rejection,
     StateReader,
@@ -696,9 +696,10 @@ impl Agent {
 
     fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {
         let state = listener.state;
-        let container_id = state.state.id.clone();
         let policy = self.policy_for(&state);
         let labels = AuditLabels::from_state(&state);
+        let container_id = labels.container_id.clone().unwrap_or_default();
+        let bundle = labels.bundle.clone().unwrap_or_default();
         let id = self.next_listener;
         self.next_listener += 1;
         self.shared.pidfds.add_owner(id);
@@ -720,10 +721,10 @@ impl Agent {
         }
         tracing::info!(
             container = %shown(&container_id),
-            bundle = %shown(&state.state.bundle),
+            bundle = %shown(&bundle),
             pid = state.pid,
             status = ?state.state.status,
-            oci_version = %shown(&state.oci_version),
+            oci_version = %shown(&capped(&state.oci_version)),
             containers = self.containers.len() + 1,
             "supervising container"
         );
@@ -748,7 +749,7 @@ impl Agent {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(
-                    container = %shown(&state.state.id),
+                    container = %shown(&capped(&state.state.id)),
                     error = %shown(&e.to_string()),
                     "unreadable narrowing request; this container gets no privileged ports"
                 );

@@ -8,6 +8,7 @@
 //! `bundle`, `pod`, `namespace`, `container_name` when known.
 
 use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -59,13 +60,32 @@ impl AuditLabels {
                 .cloned()
         };
         Self {
-            container_id: Some(state.state.id.clone()),
-            bundle: Some(state.state.bundle.clone()),
-            pod: pick(&POD_KEYS),
-            namespace: pick(&NAMESPACE_KEYS),
-            container_name: pick(&CONTAINER_NAME_KEYS),
+            container_id: Some(capped(&state.state.id)),
+            bundle: Some(capped(&state.state.bundle)),
+            pod: pick(&POD_KEYS).map(|v| capped(&v)),
+            namespace: pick(&NAMESPACE_KEYS).map(|v| capped(&v)),
+            container_name: pick(&CONTAINER_NAME_KEYS).map(|v| capped(&v)),
         }
     }
+}
+
+/// The most bytes of a runtime-given label (container id, bundle, pod name)
+/// that go into audit lines and logs: a pod name has at most 253, a bundle is a
+/// path (4,096), and a document may hold a megabyte, which repeated on every
+/// line of that container would fill the audit queue all containers share.
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// `text`, cut to [`MAX_LABEL_BYTES`] at a character boundary and marked with
+/// how much was left out.
+pub fn capped(text: &str) -> String {
+    if text.len() <= MAX_LABEL_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} more bytes]", &text[..end], text.len() - end)
 }
 
 /// What the supervisor did with one trapped call.
@@ -169,6 +189,12 @@ struct Writer {
     pending: Vec<u8>,
     /// Whether `pending` starts in the middle of a line (its head was written).
     pending_partial: bool,
+    /// Whose each line in `pending` is and how many of its bytes are there
+    /// still, in order (they add up to `pending.len()`).
+    lines: VecDeque<(u64, usize)>,
+    /// Bytes in `pending` per owner (a container): the queue is shared, and a
+    /// container that floods it must not crowd out another's lines.
+    held: HashMap<u64, usize>,
     last_drop_report: Option<Instant>,
     dropped_since_report: u64,
 }
@@ -184,6 +210,8 @@ impl Writer {
             pipe: kind == Some(rustix::fs::FileType::Fifo),
             pending: Vec::new(),
             pending_partial: false,
+            lines: VecDeque::new(),
+            held: HashMap::new(),
             last_drop_report: None,
             dropped_since_report: 0,
         }
@@ -233,6 +261,7 @@ impl Writer {
         if done > 0 {
             let line_end = self.pending[..done].iter().rposition(|&b| b == b'\n');
             self.pending.drain(..done);
+            self.written(done);
             self.pending_partial = match line_end {
                 Some(i) => i + 1 < done,
                 None => true,
@@ -240,32 +269,110 @@ impl Writer {
         }
     }
 
-    /// Takes one line; `Err` when it was dropped (and why).
-    fn push(&mut self, line: &[u8]) -> Result<(), String> {
+    /// `n` bytes from the head of `pending` were written (and drained).
+    fn written(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some((owner, len)) = self.lines.front_mut() else {
+                break;
+            };
+            let k = n.min(*len);
+            *len -= k;
+            n -= k;
+            let owner = *owner;
+            if *len == 0 {
+                self.lines.pop_front();
+            }
+            self.release(owner, k);
+        }
+    }
+
+    fn release(&mut self, owner: u64, bytes: usize) {
+        if let Some(h) = self.held.get_mut(&owner) {
+            *h = h.saturating_sub(bytes);
+            if *h == 0 {
+                self.held.remove(&owner);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, owner: u64, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        self.lines.push_back((owner, bytes.len()));
+        *self.held.entry(owner).or_default() += bytes.len();
+    }
+
+    /// Makes room for `len` bytes of `owner` in a full queue, if `owner` holds
+    /// less than an equal share of it: whole lines of whoever else holds the
+    /// most go, oldest first (never the line whose head was written). Returns
+    /// how many lines went, and whether the line now fits.
+    fn make_room(&mut self, owner: u64, len: usize) -> (u64, bool) {
+        let owners = self.held.len() + usize::from(!self.held.contains_key(&owner));
+        let share = MAX_PENDING / owners.max(1);
+        let mine = self.held.get(&owner).copied().unwrap_or(0);
+        let mut evicted = 0;
+        if mine + len > share {
+            return (evicted, false);
+        }
+        while self.pending.len() + len > MAX_PENDING {
+            let from = usize::from(self.pending_partial);
+            let hog = self
+                .held
+                .iter()
+                .filter(|&(&o, _)| o != owner)
+                .max_by_key(|&(_, &h)| h)
+                .map(|(&o, _)| o);
+            let Some(i) =
+                hog.and_then(|hog| self.lines.iter().skip(from).position(|&(o, _)| o == hog))
+            else {
+                return (evicted, false);
+            };
+            let i = i + from;
+            let start: usize = self.lines.iter().take(i).map(|&(_, l)| l).sum();
+            let Some((hog, l)) = self.lines.remove(i) else {
+                return (evicted, false);
+            };
+            self.pending.drain(start..start + l);
+            self.release(hog, l);
+            evicted += 1;
+        }
+        (evicted, true)
+    }
+
+    /// Takes one line of `owner`'s; `Err` when it was dropped (and why). Both
+    /// carry how many queued lines of others were dropped to make room.
+    fn push(&mut self, owner: u64, line: &[u8]) -> Result<u64, (u64, String)> {
         self.flush();
         if self.pending.is_empty() {
             match self.write_some(line) {
-                Ok(n) if n == line.len() => return Ok(()),
+                Ok(n) if n == line.len() => return Ok(0),
                 Ok(n) => {
-                    self.pending.extend_from_slice(&line[n..]);
+                    self.enqueue(owner, &line[n..]);
                     self.pending_partial = n > 0;
-                    return Ok(());
+                    return Ok(0);
                 }
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err((0, e.to_string())),
             }
         }
+        let mut evicted = 0;
         if self.pending.len() + line.len() > MAX_PENDING {
-            return Err(format!(
-                "the sink takes no more ({} bytes waiting)",
-                self.pending.len()
-            ));
+            let (went, fits) = self.make_room(owner, line.len());
+            evicted = went;
+            if !fits {
+                return Err((
+                    evicted,
+                    format!(
+                        "the sink takes no more ({} bytes waiting)",
+                        self.pending.len()
+                    ),
+                ));
+            }
         }
         if self.pending.is_empty() {
             self.pending_partial = false;
         }
-        self.pending.extend_from_slice(line);
-        Ok(())
+        self.enqueue(owner, line);
+        Ok(evicted)
     }
 
     /// Hands what is still pending over to `next` (after a reopen): the tail of a
@@ -281,8 +388,13 @@ impl Writer {
                 .map_or(rest.len(), |i| i + 1);
             rest.drain(..cut);
             lost = 1;
+            if let Some((owner, len)) = self.lines.pop_front() {
+                self.release(owner, len);
+            }
         }
         next.pending = rest;
+        next.lines = std::mem::take(&mut self.lines);
+        next.held = std::mem::take(&mut self.held);
         next.pending_partial = false;
         next.last_drop_report = self.last_drop_report;
         next.dropped_since_report = self.dropped_since_report;
@@ -433,12 +545,22 @@ impl AuditSink {
             }
         };
         line.push(b'\n');
+        let owner = record.container_id.map_or(0, |id| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(id, &mut h);
+            std::hash::Hasher::finish(&h)
+        });
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Err(why) = w.push(&line) else {
-            return;
+        let (dropped, why) = match w.push(owner, &line) {
+            Ok(0) => return,
+            Ok(evicted) => (
+                evicted,
+                "a container held more than its share of the queue".to_owned(),
+            ),
+            Err((evicted, why)) => (evicted + 1, why),
         };
-        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        w.dropped_since_report += 1;
+        let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
+        w.dropped_since_report += dropped;
         let now = Instant::now();
         if w.last_drop_report
             .is_none_or(|t| now.duration_since(t) >= DROP_REPORT_EVERY)
@@ -542,6 +664,81 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn consistent(w: &Writer) {
+        let queued: usize = w.lines.iter().map(|&(_, l)| l).sum();
+        assert_eq!(queued, w.pending.len());
+        assert_eq!(w.held.values().sum::<usize>(), w.pending.len());
+    }
+
+    /// One container flooding a sink that does not keep up must not crowd
+    /// another's lines out of the queue they share.
+    #[test]
+    fn a_flooding_owner_cannot_crowd_out_another() {
+        let (r, wr) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC,
+        )
+        .expect("pipe");
+        let mut w = Writer::new(wr);
+        let line = |c: u8| {
+            let mut l = vec![c; 499];
+            l.push(b'\n');
+            l
+        };
+        let mut dropped = 0;
+        for _ in 0..2000 {
+            if w.push(1, &line(b'a')).is_err() {
+                dropped += 1;
+            }
+            consistent(&w);
+        }
+        assert!(dropped > 0, "the flood filled the pipe and the queue");
+        // The neighbour's lines still get in, at the flooder's expense, up to
+        // half the queue between the two.
+        for i in 0..100 {
+            let r = w.push(2, &line(b'b'));
+            assert!(matches!(r, Ok(n) if n >= 1), "line {i}: {r:?}");
+            consistent(&w);
+        }
+        assert!(w.held[&1] >= MAX_PENDING / 2 - 500, "{:?}", w.held);
+        // The flooder is held to its share while the neighbour holds its own.
+        assert!(w.push(1, &line(b'a')).is_err());
+        // Everything queued reaches a reader, in whole lines.
+        let mut text = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            w.flush();
+            match rustix::io::read(&r, &mut buf) {
+                Ok(0) | Err(_) if w.pending.is_empty() => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        consistent(&w);
+        assert!(w.held.is_empty());
+        let lines: Vec<&[u8]> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert!(lines.iter().all(|l| l.len() == 499
+            && (l[0] == b'a' || l[0] == b'b')
+            && l.iter().all(|&c| c == l[0])));
+        assert_eq!(lines.iter().filter(|l| l[0] == b'b').count(), 100);
+    }
+
+    #[test]
+    fn long_labels_are_cut_at_a_character_boundary() {
+        assert_eq!(capped("web-0"), "web-0");
+        let exact = "a".repeat(MAX_LABEL_BYTES);
+        assert_eq!(capped(&exact), exact);
+        // A two-byte character straddling the limit is left out whole.
+        let long = format!("{}é{}", "a".repeat(MAX_LABEL_BYTES - 1), "b".repeat(10));
+        let cut = capped(&long);
+        assert_eq!(
+            cut,
+            format!("{}…[12 more bytes]", "a".repeat(MAX_LABEL_BYTES - 1))
+        );
+    }
 
     #[test]
     fn socket_copies_retag_only_under_v1_net_cls_or_net_prio_cgroups() {

@@ -137,16 +137,27 @@ pub(super) fn decode_bind(
     deadline: Option<std::time::Instant>,
     claim: impl FnOnce() -> bool,
 ) -> Result<(i32, SocketAddr), Undecoded> {
+    // A number means a call only with its ABI: a filter that traps bind's
+    // number under every ABI (a runtime's profile lists i386 and x32 too)
+    // reports other calls with it (on x86_64, 49 is the i386 geteuid).
+    if n.data.arch != crate::seccomp::bpf::NATIVE_AUDIT_ARCH {
+        return Err(the_kernels(
+            claim,
+            "a call through another ABI (the kernel decides)",
+        ));
+    }
     // bind takes `int fd` and `int addrlen`: the upper halves are ignored.
     let fd = n.data.args[0] as u32 as i32;
     let ptr = n.data.args[1];
     let addrlen = n.data.args[2] as u32 as i32;
     args.fd = Some(fd);
+    // The kernel looks the fd up before the address: a negative one is its
+    // EBADF, and no descriptor call of ours may be handed one.
+    if fd < 0 {
+        return Err(the_kernels(claim, "negative fd (the kernel answers EBADF)"));
+    }
     if !(2..=MAX_ADDRLEN).contains(&addrlen) {
-        return Err(match claim() {
-            true => Undecoded::Kernel("address length the kernel judges"),
-            false => Undecoded::Gone,
-        });
+        return Err(the_kernels(claim, "address length the kernel judges"));
     }
     let mut buf = [0u8; MAX_ADDRLEN as usize];
     let raw = &mut buf[..addrlen as usize];
@@ -177,6 +188,15 @@ pub(super) fn decode_bind(
     let addr = parse_sockaddr(family, raw).map_err(Undecoded::Kernel)?;
     args.addr = Some(addr);
     Ok((fd, addr))
+}
+
+/// The kernel judges the call, for `reason`, if the answer is still ours to
+/// give (`claim`).
+fn the_kernels(claim: impl FnOnce() -> bool, reason: &'static str) -> Undecoded {
+    match claim() {
+        true => Undecoded::Kernel(reason),
+        false => Undecoded::Gone,
+    }
 }
 
 impl Handler for BindHandler {
@@ -278,7 +298,10 @@ impl BindHandler {
         // would ask a FUSE server (which may never answer). The caller is parked
         // in this call, so its netns cannot change under us.
         let cookie = match crate::sys::socket_netns_cookie(&sock) {
-            Err(Errno::NOTSOCK) => return cont("the fd is not a socket"),
+            Err(Errno::NOTSOCK) => {
+                let_go_of_file(sock);
+                return cont("the fd is not a socket");
+            }
             c => c.ok(),
         };
         let proto = match socket_proto(&sock, addr) {
@@ -316,10 +339,29 @@ impl BindHandler {
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
+        let v4_too = takes_ipv4_wildcard(&sock, addr);
+        if v4_too && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) {
+            return cont(DUAL_STACK_REASON);
+        }
         if addr.port() >= cx.ports.for_socket_in(&sock, n.tid, netns.cookie) {
             return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
+            // Bound, IPV6_V6ONLY is fixed: if another thread cleared it between
+            // the check and the bind, the socket took the IPv4 wildcard too.
+            Ok(())
+                if !v4_too
+                    && takes_ipv4_wildcard(&sock, addr)
+                    && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
+            {
+                tracing::debug!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
+                Some((
+                    Response::Value(0),
+                    Decision::Bind,
+                    DUAL_STACK_RACED_REASON,
+                    Some(sock),
+                ))
+            }
             Ok(()) => Some((
                 Response::Value(0),
                 Decision::Bind,
@@ -451,6 +493,21 @@ pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     tracing::debug!(tid, tgid, "no PIDFD_THREAD; using the thread group's pidfd");
     PidFd::open(tgid)
 }
+
+/// Whether binding `addr` on `sock` takes the IPv4 wildcard as well: the IPv6
+/// wildcard on a socket without `IPV6_V6ONLY` (asked only for `::`; a socket
+/// that cannot say is taken to be dual-stack).
+fn takes_ipv4_wildcard(sock: &OwnedFd, addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            !rustix::net::sockopt::ipv6_v6only(sock).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+const DUAL_STACK_REASON: &str = "[::] on a dual-stack socket takes 0.0.0.0 too, which the policy does not allow (the kernel decides)";
+const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow";
 
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
@@ -696,9 +753,41 @@ fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Opt
     }
     let sock = getfd_from(&thread, fd).ok()?;
     if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
+        let_go_of_file(sock);
         return None;
     }
     protocol_name(&sock).ok().map(|(_, p)| p)
+}
+
+/// Copies of callers' files being closed on threads of their own.
+static CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The most such threads at once: each may wait for ever.
+const MAX_CLOSING: usize = 16;
+
+/// Closes our copy of a caller's fd that is not a socket, off the thread that
+/// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
+/// which the kernel waits out uninterruptibly once the server has taken it: a
+/// server that never answers would hold the worker (and the caller, still
+/// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
+/// past that (or without a thread) the close is made here.
+pub(super) fn let_go_of_file(copy: OwnedFd) {
+    use std::sync::atomic::Ordering::AcqRel;
+    if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
+        CLOSING.fetch_sub(1, AcqRel);
+        drop(copy);
+        return;
+    }
+    let closer = std::thread::Builder::new()
+        .name("fdgrab-close".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            drop(copy);
+            CLOSING.fetch_sub(1, AcqRel);
+        });
+    // A closure that could not start was dropped, and the copy with it.
+    if closer.is_err() {
+        CLOSING.fetch_sub(1, AcqRel);
+    }
 }
 
 /// Audits a bind answered without looking at it (a deadline passed, or an
@@ -820,7 +909,7 @@ mod tests {
             tid,
             data: crate::seccomp::SyscallData {
                 nr: libc::SYS_bind as i32,
-                arch: 0,
+                arch: crate::seccomp::bpf::NATIVE_AUDIT_ARCH,
                 instruction_pointer: 0,
                 args: [3, 0x1000, addrlen, 0, 0, 0],
             },

@@ -101,3 +101,72 @@ pub trait Handler: Send + std::fmt::Debug {
     /// is cached about processes that have exited.
     fn maintain(&mut self) {}
 }
+
+/// [`Handler::handle`], with a panic turned into `CONTINUE`: the caller is
+/// parked until someone answers, and a panic would end the thread that serves
+/// its listener (under the agent, that container's worker; under `run`, the
+/// supervisor), leaving this call and every later one unanswered for good.
+/// The kernel then judges the call with the caller's own rights.
+pub fn handle_guarded(
+    handler: &mut (impl Handler + ?Sized),
+    cx: &mut Context<'_>,
+    notif: &Notification,
+) -> Answer {
+    let run = std::panic::AssertUnwindSafe(|| handler.handle(cx, notif));
+    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        tracing::error!(
+            tid = notif.tid,
+            nr = notif.data.nr,
+            "the handler of a trapped call panicked; the kernel decides it"
+        );
+        Answer::Respond(Response::Continue)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Panics;
+
+    impl Handler for Panics {
+        fn syscalls(&self) -> &[libc::c_long] {
+            &[libc::SYS_bind]
+        }
+        fn handle(&mut self, _: &mut Context<'_>, _: &Notification) -> Answer {
+            panic!("a handler bug")
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_leaves_the_call_to_the_kernel() {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+        let listener = Listener::from_fd(fd);
+        let audit = AuditSink::none();
+        let labels = AuditLabels::default();
+        let ports = UnprivilegedPorts::new();
+        let mut cx = Context {
+            listener: &listener,
+            audit: &audit,
+            labels: &labels,
+            ports: &ports,
+            claim: None,
+            read_deadline: None,
+        };
+        let notif = Notification {
+            id: 1,
+            tid: 1,
+            data: crate::seccomp::SyscallData {
+                nr: libc::SYS_bind as i32,
+                arch: crate::seccomp::bpf::NATIVE_AUDIT_ARCH,
+                instruction_pointer: 0,
+                args: [0; 6],
+            },
+        };
+        assert_eq!(
+            handle_guarded(&mut Panics, &mut cx, &notif),
+            Answer::Respond(Response::Continue)
+        );
+    }
+}

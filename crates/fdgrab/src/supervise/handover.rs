@@ -52,7 +52,7 @@
 //! After [`Handover::commit`] or [`Handover::abort`] every call goes straight back
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
-use super::bind::{decode_bind, thread_group_pidfd, BindArgs, Undecoded};
+use super::bind::{decode_bind, let_go_of_file, thread_group_pidfd, BindArgs, Undecoded};
 use super::handler::{Answer, Context, Handler};
 use super::tenant::READ_DEADLINE;
 use crate::error::{Error, Result};
@@ -462,6 +462,8 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // without reaching its file system, where the fstat below could ask a FUSE
     // server (which may never answer). A handed socket is a socket.
     let Some(kind) = kind_of(&theirs) else {
+        // Closing a FUSE file asks its server (FLUSH): not on this thread.
+        let_go_of_file(theirs);
         return cont("the fd is not a socket");
     };
     let key = key_of(&theirs);

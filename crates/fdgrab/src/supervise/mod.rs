@@ -389,7 +389,7 @@ fn answer(
         claim: None,
         read_deadline: None,
     };
-    handler.handle(&mut cx, notif)
+    handler::handle_guarded(handler.as_mut(), &mut cx, notif)
 }
 
 // The OCI agent may move a supervisor into a thread of its own.

@@ -51,7 +51,7 @@
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
-use super::handler::{Answer, Claim, Context, Handler};
+use super::handler::{handle_guarded, Answer, Claim, Context, Handler};
 use super::pidfd_cache::ThreadPidfds;
 use super::policy::PolicyCell;
 use super::port_threshold::UnprivilegedPorts;
@@ -666,7 +666,7 @@ impl Tenant {
                     claim: Some(&claim),
                     read_deadline: killable.then(|| started + READ_DEADLINE),
                 };
-                handler.handle(&mut cx, &notif)
+                handle_guarded(&mut handler, &mut cx, &notif)
             };
             // Under the job lock: the watchdog decides this worker's fate under it.
             let (mine, replaced) = {
