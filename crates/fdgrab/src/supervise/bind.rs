@@ -354,12 +354,30 @@ impl BindHandler {
                     && takes_ipv4_wildcard(&sock, addr)
                     && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
             {
-                tracing::debug!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
+                // A bind cannot be undone: the socket holds the IPv4 wildcard
+                // against the policy. Fail closed, as the filter does for calls
+                // it cannot vet: the caller is killed (its copy of the socket
+                // goes with it unless another process shares it), ours is
+                // closed, and no restart is remembered as a success.
+                drop(sock);
+                let killed = self
+                    .fresh_thread(cx, n)
+                    .is_ok_and(|t| t.pidfd.send_signal(libc::SIGKILL).is_ok());
+                tracing::warn!(
+                    tid = n.tid,
+                    %addr,
+                    killed,
+                    "IPV6_V6ONLY was cleared during the bind: the socket took 0.0.0.0 too, against the policy"
+                );
                 Some((
-                    Response::Value(0),
+                    Response::Error(Errno::ACCESS),
                     Decision::Bind,
-                    DUAL_STACK_RACED_REASON,
-                    Some(sock),
+                    if killed {
+                        DUAL_STACK_RACED_REASON
+                    } else {
+                        DUAL_STACK_RACED_GONE_REASON
+                    },
+                    None,
                 ))
             }
             Ok(()) => Some((
@@ -507,7 +525,8 @@ fn takes_ipv4_wildcard(sock: &OwnedFd, addr: SocketAddr) -> bool {
 }
 
 const DUAL_STACK_REASON: &str = "[::] on a dual-stack socket takes 0.0.0.0 too, which the policy does not allow (the kernel decides)";
-const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow";
+const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow: the caller was killed";
+const DUAL_STACK_RACED_GONE_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow; the caller could not be killed (gone)";
 
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
