@@ -381,6 +381,40 @@ fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A socket the kernel holds for itself (a vxlan tunnel's UDP socket, as for
+/// wireguard or an NFS mount) has an inode and no fd anywhere: the "no process
+/// found" line must not send the reader looking for a thread or an unreadable
+/// process only. ss agrees that the socket exists.
+#[test]
+fn a_socket_the_kernel_holds_is_reported_as_the_kernels() {
+    // Another namespace, so a fixed port cannot collide with other tests.
+    let port = "47917";
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up; if ip link add vxfg type vxlan id 42 dstport \"$0\" local 127.0.0.1 \
+         dev lo && ip link set vxfg up; then echo '{\"ok\":true}'; else echo '{\"ok\":false}'; \
+         fi; exec cat",
+        port,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    if t.report["ok"] != true {
+        return fdgrab_testkit::skip("no vxlan device (the vxlan module) to make a kernel socket");
+    }
+    let mut ss = Command::new("nsenter");
+    let pid = t.pid.to_string();
+    ss.args(["-t", &pid, "-n", "ss", "-Huan", "sport", "=", port]);
+    let theirs = String::from_utf8_lossy(&output_timeout(&mut ss, TIMEOUT).stdout).into_owned();
+    assert!(theirs.contains(&format!(":{port} ")), "{theirs}");
+    let out = fdgrab(&["ls", "--port", port, "--pids"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the kernel has 1 matching socket"), "{err}");
+    assert!(err.contains("by the kernel itself"), "{err}");
+}
+
 /// Forks a child that moves to a fresh network namespace, listens there and
 /// sends the listener back over a socketpair; the parent (still in ours) holds
 /// it. Reports the parent's fd, the child's pid and fd, the inode and the port.

@@ -108,8 +108,9 @@ pub struct QueryResult {
     /// socket's name, over every process) found no process: how many sockets
     /// the kernel reported as matching it all the same. No fd fdgrab could read
     /// refers to them: they are held in a thread's private fd table, by a
-    /// process that could not be read, or only in flight in a unix socket's
-    /// queue. 0 otherwise.
+    /// process that could not be read, only in flight in a unix socket's
+    /// queue, or by the kernel itself (a tunnel's or a network file system's
+    /// socket has an inode and no fd). 0 otherwise.
     pub unheld_sockets: usize,
 }
 
