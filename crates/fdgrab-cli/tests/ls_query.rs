@@ -381,6 +381,28 @@ fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A listener only fdgrab itself holds (inherited from whoever started it,
+/// which kept no copy: here python execs fdgrab) is the caller's own, which a
+/// run over every process leaves out; it is not a socket nobody could be
+/// found for, so no "no process found" line.
+#[test]
+fn a_socket_only_the_caller_holds_is_not_reported_as_unheld() {
+    let script = r#"
+import os, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+os.set_inheritable(l.fileno(), True)
+os.execv(sys.argv[1], [sys.argv[1], "ls", "--port", str(l.getsockname()[1]), "--pids"])
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(fdgrab_testkit::fdgrab().get_program());
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(!err.contains("kernel has"), "{err}");
+}
+
 /// A socket the kernel holds for itself (a vxlan tunnel's UDP socket, as for
 /// wireguard or an NFS mount) has an inode and no fd anywhere: the "no process
 /// found" line must not send the reader looking for a thread or an unreadable

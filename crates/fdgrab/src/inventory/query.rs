@@ -174,13 +174,29 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
         && (q.file.is_none() || q.file_is_socket);
     if every_process && sockets_only && out.processes.is_empty() {
         // Inode 0: an orphan (closed, still finishing its connection), which
-        // no fd can hold.
-        out.unheld_sockets = found
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, |f| f.keys().filter(|&&ino| ino != 0).count());
+        // no fd can hold. The caller's own (inherited) sockets are held, by
+        // the one process the scan leaves out.
+        if let Some(f) = found.get().and_then(Option::as_ref) {
+            let ours = own_socket_inodes();
+            out.unheld_sockets = f
+                .keys()
+                .filter(|&&ino| ino != 0 && !ours.contains(&ino))
+                .count();
+        }
     }
     out
+}
+
+/// The inodes of the sockets in the caller's own fd table.
+fn own_socket_inodes() -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let link = std::fs::read_link(e.ok()?.path()).ok()?;
+        super::bracketed(link.to_str()?, "socket:[")
+    })
+    .collect()
 }
 
 /// The sockets a port, listening or socket-name query selects among `pids`
