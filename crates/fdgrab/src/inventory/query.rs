@@ -317,7 +317,13 @@ fn thread_of_process(pid: Pid, e: Error) -> Error {
             Some(tgid) => Error::InvalidArgument(format!(
                 "pid {pid} is a thread of process {tgid}, not a process: list {tgid}"
             )),
-            None => e,
+            // Its status is hidden from us (or it has just exited): the
+            // library's advice (open it as a thread) is nothing ls can do.
+            None => Error::InvalidArgument(format!(
+                "pid {pid} is a thread, not a process: list its process (Tgid in \
+                 /proc/{pid}/status, which /proc does not show us: mounted with \
+                 hidepid=2 or hidepid=invisible, or the thread has exited)"
+            )),
         },
         e => e,
     }
