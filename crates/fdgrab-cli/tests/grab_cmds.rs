@@ -876,3 +876,45 @@ fn a_target_whose_name_is_not_utf8_can_be_grabbed() {
     let _ = target.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fdgrab cat PID 1 >> app.log` for a process that logs to app.log: the file
+/// grows by what cat copies as fast as cat reads it, so the copy never ended
+/// (it filled the disk; here a 1 MiB `ulimit -f` stops it). It is refused up
+/// front, naming the pid and fd, and the file keeps its content.
+#[test]
+fn cat_into_the_file_it_reads_is_refused() {
+    let dir = fdgrab_testkit::test_path("fdgrab-cat-self", "dir");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let log = dir.join("app.log");
+    std::fs::write(&log, b"first line\n").expect("write");
+    let app = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open log");
+    let mut sleep = Command::new("sleep")
+        .arg("60")
+        .stdout(app)
+        .spawn()
+        .expect("sleep");
+    let script = format!(
+        "ulimit -f 1024; exec \"$0\" cat {} 1 >> '{}'",
+        sleep.id(),
+        log.display()
+    );
+    let out = output_timeout(
+        Command::new("sh")
+            .args(["-c", &script])
+            .arg(fdgrab_testkit::bin("fdgrab")),
+        TIMEOUT,
+    );
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("fd 1 of process {}", sleep.id())) && err.contains("standard output"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&log).expect("read"), b"first line\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1099,3 +1099,212 @@ fn failed_injection_leaves_files_as_they_were() {
         guard.check(&format!("{args:?}"));
     }
 }
+
+/// Another thread of the target runs `execve` while fdgrab waits for the traced
+/// thread in one of its calls (the second thread, once the main one is traced,
+/// holds the session's `munmap` with a user-notification filter and then execs
+/// `/bin/sleep`). The kernel kills the traced thread and hands its pid to the new
+/// program without waking a tracer that waits for that pid: fdgrab used to wait
+/// for ever there. It must notice, fail naming the execve, and leave the new
+/// program running, untraced, with no fd of the session's. When the filter comes
+/// too late the put simply succeeds, so cases are tried until the exec is met.
+#[test]
+fn exec_in_another_thread_during_a_session_ends_it() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    for _ in 0..40 {
+        let t = Target::spawn(["exec-when-traced"]);
+        let pid = t.pid.to_string();
+        let out = output_timeout(
+            fdgrab().args(["put", &pid, "9", "--file", "/dev/null"]),
+            Duration::from_secs(20),
+        );
+        if out.status.success() {
+            continue;
+        }
+        let err = failure_text(&out, 1);
+        assert!(err.contains(&pid) && err.contains("execve"), "{err}");
+        let deadline = Instant::now() + TIMEOUT;
+        let cmdline = |p: &str| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        while !cmdline(&pid).starts_with(b"/bin/sleep\0") {
+            assert!(Instant::now() < deadline, "the new program never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(status_field(t.pid, "TracerPid").as_deref(), Some("0"));
+        let state = status_field(t.pid, "State").unwrap_or_default();
+        assert!(state.starts_with('S'), "{state}");
+        let fds = proc_fds(t.pid);
+        assert!(!fds.iter().any(|l| l.contains("socket:")), "{fds:?}");
+        return;
+    }
+    panic!("the exec was never met in 40 puts");
+}
+
+/// A process whose fd table is full up to its open-file limit but for one number:
+/// `put` needs two there (its socket and the fd it receives), the kernel then
+/// drops the fd from the message (`MSG_CTRUNC`). The error must say the table is
+/// full (it said "received no fd ... Protocol error"), and a full table refuses
+/// a grab the same way; the process keeps its fds, mappings and signal state.
+#[test]
+fn put_and_grab_into_a_full_fd_table_say_so() {
+    let script = "import os, resource, sys\n\
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 4096))\n\
+        fds = []\n\
+        try:\n    while True: fds.append(os.open('/dev/null', os.O_RDONLY))\n\
+        except OSError: pass\n\
+        os.close(fds.pop())\n\
+        print('{\"fds\": %d}' % len(fds), flush=True)\n\
+        sys.stdin.read()\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let before = fdgrab_testkit::Snapshot::take(t.pid);
+    let file = tmp("full-table");
+    let path = file.to_str().expect("utf-8 path");
+    let out = output_timeout(fdgrab().args(["put", &pid, "5", "--file", path]), TIMEOUT);
+    let err = failure_text(&out, 1);
+    assert!(
+        err.contains(&pid) && err.contains("no free fd number below its open-file limit"),
+        "{err}"
+    );
+    before.assert_no_leftovers(&before.fds, "put into a full table");
+    assert!(!file.exists(), "put left the file it created");
+    // One free number is enough for the grab's socket.
+    let grab = || {
+        output_timeout(
+            fdgrab().args(["get", "--backend", "ptrace", &pid, "5", "--", "true"]),
+            TIMEOUT,
+        )
+    };
+    assert_ok(&grab());
+    before.assert_no_leftovers(&before.fds, "a grab with one free number");
+    // None: the limit lowered to that number.
+    fdgrab_testkit::fill_fd_table(t.pid);
+    let err = failure_text(&grab(), 1);
+    assert!(
+        err.contains("no free fd number below its open-file limit"),
+        "{err}"
+    );
+    before.assert_no_leftovers(&before.fds, "a grab into a full table");
+}
+
+/// Stealing fd 0, 1 or 2 with a close frees a number the process uses without
+/// looking: its next `open` gets it, and its output goes into that file. `steal`
+/// says so (naming the pid and fd, and `--null`); with `--null` it has no reason to.
+#[test]
+fn steal_of_a_standard_fd_warns_unless_null() {
+    let mut sleep = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sleep");
+    let pid = sleep.id().to_string();
+    let out = run_fdgrab(["steal", &pid, "1", "--", "true"]);
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("fd 1 is process {pid}'s standard output")) && err.contains("--null"),
+        "{err}"
+    );
+    let out = run_fdgrab(["steal", "--null", &pid, "0", "2", "--", "true"]);
+    assert_ok(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+}
+
+/// A SIGSTOP and then a SIGCONT (job control, a supervisor pausing a process) that
+/// land while fdgrab injects: the process must end up as the last signal left it,
+/// running. fdgrab used to send the process another SIGSTOP at the end of every
+/// session that had met one "to make sure", which stopped it for good when the
+/// SIGCONT had come in between. The target's second thread holds the session's
+/// last call (`munmap`, through a user-notification filter it adds once the main
+/// thread is traced) until both signals have been sent.
+#[test]
+fn stop_and_cont_during_a_session_leave_the_process_running() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    // When the filter comes too late (a busy machine), the grab simply succeeds
+    // without being held: tried again.
+    for _ in 0..20 {
+        let mut t = Target::spawn(["hold-unmap-when-traced"]);
+        let fd = t.fd_labelled("file").to_string();
+        let mut grab = fdgrab()
+            .args([
+                "get",
+                "--backend",
+                "ptrace",
+                &t.pid.to_string(),
+                &fd,
+                "--",
+                "true",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("fdgrab");
+        let deadline = Instant::now() + TIMEOUT;
+        let held = loop {
+            assert!(Instant::now() < deadline, "fdgrab neither held nor done");
+            let stdout = t.stdout.as_mut().expect("stdout");
+            if let Ok(line) = read_line_timeout(stdout, Duration::from_millis(200)) {
+                break line.contains("held");
+            }
+            if grab.try_wait().expect("try_wait").is_some() {
+                break false;
+            }
+        };
+        if held {
+            stop_and_cont_while_held(&mut t, &mut grab);
+            return;
+        }
+        let _ = fdgrab_testkit::wait_timeout(&mut grab, TIMEOUT);
+    }
+    panic!("the session was never held in 20 grabs");
+}
+
+fn stop_and_cont_while_held(t: &mut Target, grab: &mut std::process::Child) {
+    let pid = t.pid;
+    let kill = |sig| {
+        // SAFETY: kill with the pid of our own child, not reaped, and a signal number.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    };
+    kill(libc::SIGSTOP);
+    // The group stop has reached the thread that holds the call.
+    let deadline = Instant::now() + TIMEOUT;
+    let holder_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(&pid.to_string()))
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("status"))
+                    .is_ok_and(|s| s.lines().any(|l| l.starts_with("State:\tT")))
+            })
+    };
+    while !holder_stopped() {
+        assert!(Instant::now() < deadline, "the group stop never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(libc::SIGCONT);
+    let status = fdgrab_testkit::wait_timeout(grab, TIMEOUT).expect("fdgrab ended");
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let state = status_field(pid, "State").unwrap_or_default();
+    assert!(!state.starts_with('T'), "left stopped: {state}");
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    send_line(t, "still there\n");
+    assert_eq!(json_line(t)["data"], "still there\n");
+}

@@ -147,17 +147,7 @@ fn routine_socket_failure_stops_it_and_reports_the_errno() {
         (&["seccomp", "errno", "mmap", "exec"][..], true),
     ] {
         let mut t = Target::spawn(args);
-        let fds = fdgrab_testkit::proc_fds(t.pid);
-        let lowest_free = (0..)
-            .find(|n| !fds.iter().any(|l| l.starts_with(&format!("{n} ->"))))
-            .expect("a free number");
-        let limit = libc::rlimit {
-            rlim_cur: lowest_free,
-            rlim_max: 4096,
-        };
-        // SAFETY: prlimit with a valid new limit and no old-limit pointer.
-        let r = unsafe { libc::prlimit(t.pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+        let lowest_free = fdgrab_testkit::fill_fd_table(t.pid);
         let b = Snapshot::take(t.pid);
         let fd = t.fd_labelled("file");
         assert!((fd as u64) < lowest_free);

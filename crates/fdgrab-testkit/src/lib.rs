@@ -408,6 +408,23 @@ pub fn status_field(pid: i32, key: &str) -> Option<String> {
     })
 }
 
+/// Lowers `pid`'s soft `RLIMIT_NOFILE` to its lowest free fd number, so that its
+/// fd table is full (no free number below the limit); returns that number.
+pub fn fill_fd_table(pid: i32) -> u64 {
+    let fds = proc_fds(pid);
+    let lowest_free = (0..)
+        .find(|n| !fds.iter().any(|l| l.starts_with(&format!("{n} ->"))))
+        .expect("a free number");
+    let limit = libc::rlimit {
+        rlim_cur: lowest_free,
+        rlim_max: 4096,
+    };
+    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lowest_free
+}
+
 /// Checks that nothing of an injection session is left in `pid`: none of its threads
 /// is stopped or traced, no anonymous 16 KiB scratch mapping was added, and its fds are the ones
 /// listed in `fds_before`. Returns a description of the first difference.

@@ -210,7 +210,9 @@ fn restart_never_stopped_thread_is_left_alone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("uninterruptible sleep") && err.contains(&t.pid.to_string()),
+        err.contains("uninterruptible sleep")
+            && err.contains("it is in vfork")
+            && err.contains(&t.pid.to_string()),
         "{err}"
     );
     assert!(

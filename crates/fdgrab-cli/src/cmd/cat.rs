@@ -26,6 +26,7 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
         // pread never moves the shared file position, so the target sees no change.
         // A write-only fd (a logger's O_APPEND log) is read through a read-only reopen.
         FileType::RegularFile | FileType::BlockDevice => {
+            refuse_own_output(&st, a.pid, a.fd)?;
             let fd = fdgrab::grab::readable(&target, a.fd, g.fd)?;
             copy_positional(&fd, &mut out)?
         }
@@ -58,6 +59,25 @@ pub fn run(a: CatArgs) -> Result<ExitCode> {
     out.flush()
         .map_err(crate::exit::stdout_error("writing to stdout"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A file that is also our standard output (`fdgrab cat PID 1 >> app.log` for a
+/// process logging to app.log) grows by what we copy as fast as we read it: the
+/// copy would never end and fill the disk. Refused, as cat(1) refuses "input file
+/// is output file".
+fn refuse_own_output(st: &rustix::fs::Stat, pid: i32, fd: fdgrab::TargetFd) -> Result<()> {
+    let out = match fstat(std::io::stdout()) {
+        Ok(out) => out,
+        Err(_) => return Ok(()),
+    };
+    if (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino) {
+        return Err(crate::exit::UsageError(format!(
+            "fd {fd} of process {pid} is the very file fdgrab's standard output writes to: \
+             copying it into itself would never end; write to another file"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn copy_positional(fd: &OwnedFd, out: &mut impl Write) -> Result<()> {

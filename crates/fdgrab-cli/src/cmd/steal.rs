@@ -35,6 +35,9 @@ pub fn run(a: StealArgs) -> Result<ExitCode> {
             if a.signal_old.is_none() {
                 warn_listening(a.pid, &grabbed);
             }
+            if !a.null {
+                warn_standard(a.pid, &grabbed);
+            }
             spawn.start(grabbed, &a.fds)
         })?;
     let mut child = taken.value;
@@ -70,6 +73,39 @@ fn warn_listening(pid: fdgrab::Pid, grabbed: &[Grabbed]) {
                 "fdgrab: warning: fd {} of process {pid} is a listening socket; a server that \
                  polls it with poll or select will spin at full CPU once it is gone. Pass \
                  --signal-old SIG to stop the old server (see docs/grab.md)",
+                g.target_fd
+            ));
+        }
+    }
+}
+
+/// Closing fd 0, 1 or 2 frees a number the process's own code writes to (or reads
+/// from) without looking: the next file it opens gets that number, and its output
+/// goes into that file. `--null` keeps the number taken.
+fn warn_standard(pid: fdgrab::Pid, grabbed: &[Grabbed]) {
+    const NAMES: [(&str, &str); 3] = [
+        (
+            "standard input",
+            "what it reads from fd 0 then comes out of that file",
+        ),
+        (
+            "standard output",
+            "what it writes to fd 1 then goes into that file",
+        ),
+        (
+            "standard error",
+            "what it writes to fd 2 then goes into that file",
+        ),
+    ];
+    for g in grabbed {
+        if let Some((name, effect)) = usize::try_from(g.target_fd.as_raw())
+            .ok()
+            .and_then(|n| NAMES.get(n))
+        {
+            crate::exit::eprint_line(format_args!(
+                "fdgrab: warning: fd {} is process {pid}'s {name}; once it is closed, the next \
+                 file the process opens gets that number, and {effect}. Pass --null to keep \
+                 the number taken by /dev/null",
                 g.target_fd
             ));
         }

@@ -77,6 +77,8 @@ fn main() {
         "tsync-no-exec-when-traced" => return tsync_trap_when_traced(Tsync::NoExec),
         "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
         "hijack-routine" => return hijack_routine(Hijack::Loop),
+        "exec-when-traced" => return exec_when_traced(),
+        "hold-unmap-when-traced" => return hold_unmap_when_traced(),
         "forge-routine" => return hijack_routine(Hijack::Forge),
         "unmap-routine" => return hijack_routine(Hijack::Unmap),
         "sigsys-routine" => return hijack_routine(Hijack::SendSigsys),
@@ -1620,4 +1622,80 @@ fn ia32_read() {
             options(noreturn)
         )
     }
+}
+
+/// Once the main thread is traced, adds for every thread (TSYNC) a
+/// user-notification filter on `munmap` of 16 KiB (the tracer's scratch page) and
+/// returns its listener: the tracer's last call then waits for this thread.
+fn listen_for_scratch_unmap(status: &std::fs::File) -> fdgrab::seccomp::Listener {
+    spin_until_traced(status);
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        ins(0x20, 0, 0, 0),                       // ld nr
+        ins(0x15, 0, 3, libc::SYS_munmap as u32), // jeq munmap
+        ins(0x20, 0, 0, 24),                      // ld args[1] (low)
+        ins(0x15, 0, 1, 16 * 1024),               // jeq 16 KiB
+        ins(0x06, 0, 0, 0x7fc0_0000),             // user notification
+        ins(0x06, 0, 0, 0x7fff_0000),             // allow
+    ];
+    // TSYNC, NEW_LISTENER, TSYNC_ESRCH.
+    let fd = fdgrab_testkit::install_filter_with(&prog, 1 | 8 | 16).expect("seccomp filter");
+    // SAFETY: the listener the kernel just gave us, owned by nothing else.
+    fdgrab::seccomp::Listener::from_fd(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Like `blocked-read`, with a second thread that replaces the program while the
+/// main thread is traced: when the tracer's `munmap` waits for it (see
+/// [`listen_for_scratch_unmap`]), it runs `execve("/bin/sleep")`. The kernel then
+/// kills the main thread and gives its pid to the exec'ing one: the tracer loses
+/// its tracee while it waits for it, without a wake-up. The new program inherits
+/// the filter, but not the listener (close-on-exec), and `sleep` makes no such
+/// `munmap`.
+fn exec_when_traced() {
+    let status = main_thread_status();
+    std::thread::spawn(move || {
+        let listener = listen_for_scratch_unmap(&status);
+        if let Ok(Some(_)) = listener.recv() {
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("/bin/sleep").arg("60"),
+            );
+            eprintln!("fdgrab-target: exec: {err}");
+            std::process::exit(1);
+        }
+    });
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+/// Like `blocked-read`, with a second thread that holds the tracer's `munmap` (see
+/// [`listen_for_scratch_unmap`]) and prints `{"held": true}` when it does, so that
+/// the test can signal the process while the session is sure to be under way.
+/// Every `munmap` after the first is let through at once.
+fn hold_unmap_when_traced() {
+    let status = main_thread_status();
+    std::thread::spawn(move || {
+        let listener = listen_for_scratch_unmap(&status);
+        let mut first = true;
+        loop {
+            // `None`: interrupted (the stop signal the test sends), or the call
+            // went away (a signal interrupted it; it comes again when restarted).
+            let n = match listener.recv() {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("fdgrab-target: listener: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+            };
+            if first {
+                first = false;
+                emit(&json!({"held": true}));
+                continue;
+            }
+            let _ = listener.respond(n.id, fdgrab::seccomp::Response::Continue);
+        }
+    });
+    emit(&inject_report(json!({})));
+    echo_reads();
 }

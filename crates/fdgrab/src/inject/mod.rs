@@ -470,8 +470,17 @@ fn receive_from_us(s: &mut Session<'_>, ch: &Channel, ours: BorrowedFd<'_>) -> R
     let msg_flags = u32_at(&hdr, MSGHDR_FLAGS as usize) as i32;
     let mut control = vec![0u8; space];
     s.read_bytes(ctl, &mut control)?;
+    if msg_flags & libc::MSG_CTRUNC != 0 {
+        // The kernel truncates the SCM_RIGHTS data when the receiver cannot install
+        // the fd: its table is full (the socket took the last free number).
+        return Err(remote_error(
+            pid,
+            None,
+            "recvmsg(SCM_RIGHTS) from fdgrab (injected)",
+            -(libc::EMFILE as i64),
+        ));
+    }
     let ok = controllen as usize >= CMSG_HDR + 4
-        && msg_flags & libc::MSG_CTRUNC == 0
         && u64_at(&control, 0) as usize == CMSG_HDR + 4
         && u32_at(&control, 8) as i32 == libc::SOL_SOCKET
         && u32_at(&control, 12) as i32 == libc::SCM_RIGHTS;

@@ -198,23 +198,19 @@ impl Default for Spin {
 }
 
 /// `waitpid(tid, &status, __WALL)`: until the tracee's next stop or exit, polling
-/// for at most `spin`'s budget first.
+/// for at most `spin`'s budget first, then with naps (5 µs for 200 µs, then as in
+/// [`wait_until`]).
+///
+/// Never a blocking `waitpid`: when another thread of the process runs `execve`
+/// while ours waits in a call, the kernel kills ours, gives its pid to the exec'ing
+/// thread and drops the trace, and the wake-up it sends the tracer carries the
+/// dead thread's *new* pid, which a `waitpid` for `tid` filters out (checked on
+/// 6.18): a blocked tracer would sleep for ever. Polled, the next `waitpid` finds
+/// no tracee `tid` and fails with `ECHILD`.
 pub(crate) fn wait(tid: Pid, spin: &mut Spin) -> Result<i32, Errno> {
-    let start = std::time::Instant::now();
     loop {
-        if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
-            let took = start.elapsed();
-            spin.budget = (took * 2 + SPIN_MIN).clamp(SPIN_MIN, SPIN_MAX);
-            return Ok(st);
-        }
-        if start.elapsed() >= spin.budget {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    spin.budget = (spin.budget / 2).max(SPIN_MIN);
-    loop {
-        if let Some(st) = wait_flags(tid, 0)? {
+        let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        if let Some(st) = wait_polled(tid, spin, far, true)? {
             return Ok(st);
         }
     }
@@ -254,10 +250,17 @@ impl Drop for FineTimerSlack {
     }
 }
 
-/// Naps of [`wait_until`]: 20 µs for the first millisecond, then growing to 500 µs.
+/// Naps of [`wait_until`]: 20 µs for the first millisecond, then growing to 500 µs,
+/// and after a second (a call that blocks: a hung flush) to 10 ms.
 const NAP: std::time::Duration = std::time::Duration::from_micros(20);
 const NAP_FINE_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 const NAP_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+const NAP_LONG_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const NAP_LONG: std::time::Duration = std::time::Duration::from_millis(10);
+/// A step's stop, unlike the first, normally comes within tens of µs: its naps
+/// start at 5 µs, for the first 200 µs, so as not to overshoot it by much.
+const NAP_STEP: std::time::Duration = std::time::Duration::from_micros(5);
+const NAP_STEP_FOR: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// [`wait`] with a deadline, for a stop that may never come (a thread in
 /// uninterruptible sleep): after the spin, polls with sleeps of 20 µs (timer slack
@@ -268,6 +271,17 @@ pub(crate) fn wait_until(
     tid: Pid,
     spin: &mut Spin,
     deadline: std::time::Instant,
+) -> Result<Option<i32>, Errno> {
+    wait_polled(tid, spin, deadline, false)
+}
+
+/// [`wait_until`]; for a `step` (whose stop normally comes at once), a stop that
+/// did not come within the spin halves its budget, and the naps start finer.
+fn wait_polled(
+    tid: Pid,
+    spin: &mut Spin,
+    deadline: std::time::Instant,
+    step: bool,
 ) -> Result<Option<i32>, Errno> {
     let start = std::time::Instant::now();
     loop {
@@ -280,8 +294,11 @@ pub(crate) fn wait_until(
         }
         std::hint::spin_loop();
     }
+    if step {
+        spin.budget = (spin.budget / 2).max(SPIN_MIN);
+    }
     let _slack = FineTimerSlack::set();
-    let mut nap = NAP;
+    let mut nap = if step { NAP_STEP } else { NAP };
     loop {
         if let Some(st) = wait_flags(tid, libc::WNOHANG)? {
             return Ok(Some(st));
@@ -291,8 +308,13 @@ pub(crate) fn wait_until(
             return Ok(None);
         }
         std::thread::sleep(nap.min(deadline - now));
-        if start.elapsed() >= NAP_FINE_FOR {
+        let waited = start.elapsed();
+        if waited >= NAP_LONG_AFTER {
+            nap = NAP_LONG;
+        } else if waited >= NAP_FINE_FOR {
             nap = (nap * 2).min(NAP_MAX);
+        } else if waited >= NAP_STEP_FOR {
+            nap = nap.max(NAP);
         }
     }
 }

@@ -28,12 +28,43 @@ impl Session<'_> {
         Error::NoSuchProcess { pid: self.pid }
     }
 
-    /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died.
+    /// What a session whose thread is gone reports: the process died, or
+    /// ([`Session::replaced`]) it lives on with a new program.
+    pub(super) fn gone_error(&self) -> Error {
+        if self.replaced {
+            Error::io(
+                "the traced thread was killed by an execve that another thread of the \
+                 process ran during the session: the process now runs a new program, with \
+                 none of the session's close-on-exec fds and its memory replaced",
+                self.pid,
+                None,
+                Errno::CHILD,
+            )
+        } else {
+            Error::NoSuchProcess { pid: self.pid }
+        }
+    }
+
+    /// A ptrace/waitpid failure: `ESRCH`/`ECHILD` on a dead target means it died;
+    /// on a live thread that no longer has a tracer, that an `execve` in
+    /// another thread took its pid (the thread we traced is gone, and this one is
+    /// not ours: nothing more may be written to it or undone in it).
     pub(super) fn ptrace_error(&mut self, op: &'static str, e: Errno) -> Error {
-        if matches!(e, Errno::SRCH | Errno::CHILD)
-            && (!self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid))
-        {
-            return self.died();
+        if matches!(e, Errno::SRCH | Errno::CHILD) {
+            if !self.target.is_alive() || !procfs::thread_alive(self.pid, self.tid) {
+                return self.died();
+            }
+            // Untraced: not ours any more. (Not compared with our pid: a /proc of
+            // another pid namespace would show our pid under another number.)
+            let untraced = procfs::task_status(self.pid, self.tid)
+                .ok()
+                .and_then(|st| st.tracer_pid)
+                == Some(0);
+            if untraced {
+                self.state = State::Gone;
+                self.replaced = true;
+                return self.gone_error();
+            }
         }
         Error::io(op, self.pid, None, e)
     }
@@ -92,6 +123,17 @@ pub(crate) fn remote_error(pid: Pid, fd: Option<TargetFd>, op: &'static str, ret
             fd,
             op,
             hint: "the call gave ENOSYS inside the target (a seccomp filter there refuses it)".into(),
+        },
+        Errno::MFILE => Error::Io {
+            op,
+            pid,
+            fd,
+            source: std::io::Error::other(format!(
+                "{}: the process has no free fd number below its open-file limit \
+                 (RLIMIT_NOFILE), and the injected calls need one there for a grab, two \
+                 for a put or redirect",
+                std::io::Error::from(e)
+            )),
         },
         e => Error::io(op, pid, fd, e),
     }

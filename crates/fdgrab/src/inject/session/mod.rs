@@ -124,8 +124,6 @@ pub struct Session<'a> {
     stops: u32,
     /// Descriptors the session opened in the target and has not handed over.
     remote_fds: Vec<i32>,
-    /// A SIGSTOP that arrived during the session, passed on at the end.
-    stop_seen: bool,
     /// Block and restore the thread's signals with `PTRACE_SETSIGMASK` rather than
     /// injected `rt_sigprocmask` calls (see [`sigmask::mask_by_ptrace_is_exact`]).
     mask_by_ptrace: bool,
@@ -141,6 +139,9 @@ pub struct Session<'a> {
     /// it stays pending rather than be taken for one a call forced (see
     /// [`Session::blocking_set`]).
     sys_pending: bool,
+    /// The thread was killed by an `execve` in another thread, which took its pid
+    /// (see [`Session::ptrace_error`]): gone, though the process lives on.
+    replaced: bool,
     /// The first stop was a group stop (the process was stopped by a stop signal):
     /// the thread's signals are then blocked by ptrace, before it runs anything,
     /// whatever call it is in, so that no handler runs while the process is stopped.
@@ -219,12 +220,12 @@ impl<'a> Session<'a> {
             mem: None,
             stops: 0,
             remote_fds: Vec::new(),
-            stop_seen: false,
             mask_by_ptrace: false,
             no_forced_trap: false,
             trap_pending,
             sys_pending: pending & sigmask::SYS_BIT != 0,
             group_stopped: false,
+            replaced: false,
             our_mask: Some(our_mask),
             spin: ptrace::Spin::default(),
             gate: if seccomp_mode.is_none() && policy.is_forced() {
@@ -359,7 +360,7 @@ impl<'a> Session<'a> {
 
     fn run(&mut self, nr: i64, args: &[u64], blocked: bool) -> std::result::Result<i64, RunError> {
         if self.state == State::Gone {
-            return Err(Error::NoSuchProcess { pid: self.pid }.into());
+            return Err(self.gone_error().into());
         }
         if self.state == State::Finished {
             return Err(Error::InvalidArgument(
@@ -398,9 +399,9 @@ impl<'a> Session<'a> {
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
         let (r, forced) = if self.no_forced_trap {
-            self.through_syscall_stops(nr, blocked)?
+            self.through_syscall_stops(&frame, nr, blocked)?
         } else {
-            self.step_over_syscall(nr, blocked)?
+            self.step_over_syscall(&frame, nr, blocked)?
         };
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
         // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in
@@ -564,7 +565,7 @@ impl<'a> Session<'a> {
             mask.restore();
         }
         if gone {
-            return Err(Error::NoSuchProcess { pid: self.pid });
+            return Err(self.gone_error());
         }
         match first {
             Some(e) => Err(e),

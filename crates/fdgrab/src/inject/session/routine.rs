@@ -175,7 +175,7 @@ impl Session<'_> {
     ) -> Result<(Regs, RoutineEnd)> {
         match self.state {
             State::Stopped => {}
-            State::Gone => return Err(Error::NoSuchProcess { pid: self.pid }),
+            State::Gone => return Err(self.gone_error()),
             State::Seized | State::Finished => {
                 return Err(Error::InvalidArgument(
                     "an injected routine needs a stopped thread".into(),
@@ -258,10 +258,7 @@ impl Session<'_> {
                 libc::SIGTRAP if regs.instruction_pointer() == end => {
                     return Ok((regs, RoutineEnd::Trap))
                 }
-                libc::SIGSTOP => {
-                    self.stop_seen = true;
-                    deliver = libc::SIGSTOP;
-                }
+                libc::SIGSTOP => deliver = libc::SIGSTOP,
                 // Not the routine's own (it has one trap, at its end): sent by
                 // someone else and dropped, as at a step.
                 libc::SIGTRAP => {}

@@ -49,12 +49,15 @@ impl Session<'_> {
         loop {
             let status = match ptrace::wait_until(self.tid, &mut self.spin, deadline) {
                 Ok(Some(st)) => st,
-                Ok(None) => return Err(Error::io(
-                    "waiting for the target thread to stop (it may be in uninterruptible sleep)",
-                    self.pid,
-                    None,
-                    Errno::TIMEDOUT,
-                )),
+                Ok(None) => {
+                    let op = if in_vfork(self.pid, self.tid) {
+                        "waiting for the target thread to stop: it is in vfork, in \
+                         uninterruptible sleep until its child runs execve or exits"
+                    } else {
+                        "waiting for the target thread to stop (it may be in uninterruptible sleep)"
+                    };
+                    return Err(Error::io(op, self.pid, None, Errno::TIMEDOUT));
+                }
                 Err(e) => return Err(self.ptrace_error("waitpid", e)),
             };
             self.stops += 1;
@@ -101,6 +104,7 @@ impl Session<'_> {
     /// step's SIGTRAP. Returns the result and the forced signal dropped, if any.
     pub(super) fn step_over_syscall(
         &mut self,
+        frame: &Regs,
         nr: i64,
         blocked: bool,
     ) -> std::result::Result<(i64, Option<i32>), RunError> {
@@ -122,6 +126,9 @@ impl Session<'_> {
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
             if sig == libc::SIGTRAP && done {
+                if self.restarted(&regs, frame, nr)? {
+                    continue;
+                }
                 return Ok((regs.syscall_result(), forced));
             }
             // Interrupted before it ran (or rewound for a restart), or a signal the
@@ -141,6 +148,7 @@ impl Session<'_> {
     /// user mode), so detaching there with the original registers back is as exact.
     pub(super) fn through_syscall_stops(
         &mut self,
+        frame: &Regs,
         nr: i64,
         blocked: bool,
     ) -> std::result::Result<(i64, Option<i32>), RunError> {
@@ -156,6 +164,10 @@ impl Session<'_> {
                 Stop::Syscall if entered => {
                     let regs =
                         Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
+                    if self.restarted(&regs, frame, nr)? {
+                        entered = false;
+                        continue;
+                    }
                     return Ok((regs.syscall_result(), forced));
                 }
                 Stop::Syscall => {
@@ -167,6 +179,39 @@ impl Session<'_> {
             };
             deliver = self.on_signal(sig, nr, entered, blocked, &mut forced)?;
         }
+    }
+
+    /// An injected call that a signal interrupted ends with a restart code in its
+    /// result register (`-ERESTARTSYS` and the like: a blocking call such as a
+    /// `close` whose flush waits, met by a SIGSTOP, the one signal the session
+    /// cannot block). The kernel turns that into a restart on the way out of the
+    /// stop, after the tracer has looked, and the code is not a result: taken as
+    /// one, a cleanup `munmap` "failed" with error 512 and left the scratch page
+    /// mapped. No handler can run here (everything else is blocked, and SIGSTOP has
+    /// none), so the kernel would restart the call: it is put back as it was, to be
+    /// run again. Returns whether it was.
+    fn restarted(
+        &mut self,
+        regs: &Regs,
+        frame: &Regs,
+        nr: i64,
+    ) -> std::result::Result<bool, RunError> {
+        if regs.pending_restart().is_none() {
+            return Ok(false);
+        }
+        tracing::debug!(
+            pid = self.pid,
+            nr,
+            ret = regs.syscall_result(),
+            "an injected call was interrupted by a signal; restarting it"
+        );
+        // The frame the call was started with, not one rebuilt from `regs`: on
+        // aarch64 the first argument's register now holds the restart code (the
+        // kernel keeps the original in `orig_x0`, which ptrace cannot read).
+        frame
+            .write(self.tid)
+            .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
+        Ok(true)
     }
 
     /// A signal reported while an injected call runs, other than the step's own
@@ -190,10 +235,7 @@ impl Session<'_> {
             self.check_not_faulted(sig, nr)?;
         }
         match sig {
-            libc::SIGSTOP => {
-                self.stop_seen = true;
-                return Ok(libc::SIGSTOP);
-            }
+            libc::SIGSTOP => return Ok(libc::SIGSTOP),
             sig if !ran && !blocked => return Err(RunError::SignalFirst(sig)),
             sig => {
                 tracing::debug!(
@@ -252,9 +294,9 @@ impl Session<'_> {
     /// return the call (FUSE waits killably once the request is sent). Giving up
     /// there is worse than waiting: a running tracee cannot be detached, and when
     /// fdgrab exited the kernel would let the call return into our frame with our
-    /// registers, so the target would run on corrupted. A deadline that only warns
-    /// would need a blocking wait with a timeout (a SIGCHLD signalfd), which is not
-    /// written yet.
+    /// registers, so the target would run on corrupted. The wait polls (see
+    /// [`ptrace::wait`]), so a thread an `execve` elsewhere in the process took
+    /// away ends it with `ECHILD`.
     pub(super) fn wait(&mut self) -> std::result::Result<i32, RunError> {
         let tid = self.tid;
         let status =
@@ -297,12 +339,12 @@ impl Session<'_> {
         if let Some(restart) = self.saved.pending_restart() {
             tracing::trace!(pid = self.pid, ?restart, resumes = ?self.saved.after_restart(), "leaving an interrupted syscall to the kernel's restart logic");
         }
+        // A SIGSTOP that came during the session was passed on, and the group stop it
+        // began is the kernel's to keep: the detach puts the thread back into it if it
+        // is still in effect. Sending another SIGSTOP here "to make sure" stopped a
+        // process that a SIGCONT had continued meanwhile (a STOP/CONT pair during the
+        // session), and showed its parent a stop nobody sent.
         ptrace::detach(tid, 0).map_err(|e| self.ptrace_error("PTRACE_DETACH", e))?;
-        if self.stop_seen {
-            // The SIGSTOP we passed on was consumed while we traced the thread; the
-            // group stop it began resumes for this thread on detach, but make sure.
-            let _ = self.target.send_signal(libc::SIGSTOP);
-        }
         tracing::debug!(
             pid = self.pid,
             tid,
@@ -310,5 +352,31 @@ impl Session<'_> {
             "detached, target restored"
         );
         Ok(())
+    }
+}
+
+/// Whether thread `tid` waits in `vfork` (or a `clone`/`clone3` with
+/// `CLONE_VFORK`, as `posix_spawn` makes) for its child to exec or exit: the wait
+/// ptrace cannot stop (`/proc/PID/task/TID/syscall`, readable to its tracer).
+fn in_vfork(pid: crate::Pid, tid: crate::Pid) -> bool {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+    let mut fields = text.split_whitespace();
+    let nr: Option<i64> = fields.next().and_then(|f| f.parse().ok());
+    let arg0 = fields
+        .next()
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok());
+    let vfork_flag = |flags: u64| flags & libc::CLONE_VFORK as u64 != 0;
+    match (nr, arg0) {
+        #[cfg(target_arch = "x86_64")]
+        (Some(libc::SYS_vfork), _) => true,
+        (Some(libc::SYS_clone), Some(flags)) => vfork_flag(flags),
+        (Some(libc::SYS_clone3), Some(args)) => {
+            // `struct clone_args` starts with the flags.
+            let mut flags = [0u8; 8];
+            crate::sys::process_vm_read(tid, args, &mut flags).is_ok()
+                && vfork_flag(u64::from_ne_bytes(flags))
+        }
+        _ => false,
     }
 }
