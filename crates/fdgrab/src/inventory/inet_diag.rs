@@ -6,7 +6,7 @@
 
 use super::sock_diag::{self, request_header, NLM_F_DUMP};
 use super::socket_info::{Endpoint, SocketInfo};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
@@ -100,11 +100,11 @@ const IPPROTO_MPTCP: u32 = 262;
 pub(crate) fn insert_all(
     by_inode: &mut HashMap<u64, SocketInfo>,
     socks: Vec<InetSock>,
-    shared: &mut Vec<u64>,
+    shared: &mut HashSet<u64>,
 ) {
     for s in socks {
         if by_inode.insert(s.inode, s.info).is_some() {
-            shared.push(s.inode);
+            shared.insert(s.inode);
         }
     }
 }
@@ -119,7 +119,7 @@ pub(crate) fn describe_mptcp(
     states: u32,
     port: Option<u16>,
     by_inode: &mut HashMap<u64, SocketInfo>,
-    shared: &[u64],
+    shared: &HashSet<u64>,
 ) {
     if shared.is_empty() {
         return;

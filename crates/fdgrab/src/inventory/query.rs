@@ -940,7 +940,7 @@ fn diag_matches(sock: &OwnedFd, q: &Query) -> std::io::Result<HashMap<u64, Socke
     } else {
         (inet_diag::STATES_WITH_INODE, inet_diag::STATES_ALL)
     };
-    let mut shared = Vec::new();
+    let mut shared = std::collections::HashSet::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for (protocol, states) in [
             (libc::IPPROTO_TCP as u8, tcp_states),

@@ -175,7 +175,7 @@ impl SocketTable {
         let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
         let tcp = libc::IPPROTO_TCP as u8;
         let mut tcp_states = inet_diag::STATES_WITH_INODE;
-        let mut shared = Vec::new();
+        let mut shared = std::collections::HashSet::new();
         if !want.tcp_inodes.is_empty() {
             for (_, family) in families.iter().enumerate().filter(|(i, _)| want.tcp[*i]) {
                 let socks = inet_diag::dump(sock, *family, tcp, inet_diag::STATES_LISTEN, None)?;
