@@ -1312,3 +1312,18 @@ fn a_scan_that_can_start_no_thread_still_answers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Port 0 is no port a socket is found by (an unbound socket and an unconnected
+/// peer both read 0): `--port 0` answered "nobody" with status 0, which passes
+/// for "free". It is a usage error naming the option.
+#[test]
+fn port_zero_is_a_usage_error() {
+    let out = output_timeout(
+        Command::new(fdgrab_testkit::bin("fdgrab")).args(["ls", "--port", "0", "--pids"]),
+        TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--port"), "{err}");
+    assert!(out.stdout.is_empty());
+}
