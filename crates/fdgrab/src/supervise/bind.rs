@@ -339,47 +339,19 @@ impl BindHandler {
         if !policy.allows(proto, addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        let v4_too = takes_ipv4_wildcard(&sock, addr);
-        if v4_too && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) {
+        // `[::]` takes `0.0.0.0` too unless the socket is IPV6_V6ONLY, and any
+        // thread (or process) sharing the socket can clear that option up to the
+        // very bind, which cannot be undone. So the IPv6 wildcard is granted only
+        // where the IPv4 one is too, whatever the option says now.
+        if is_ipv6_wildcard(addr)
+            && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port())
+        {
             return cont(DUAL_STACK_REASON);
         }
         if addr.port() >= cx.ports.for_socket_in(&sock, n.tid, netns.cookie) {
             return cont("unprivileged port");
         }
         match rustix::net::bind(&sock, &addr) {
-            // Bound, IPV6_V6ONLY is fixed: if another thread cleared it between
-            // the check and the bind, the socket took the IPv4 wildcard too.
-            Ok(())
-                if !v4_too
-                    && takes_ipv4_wildcard(&sock, addr)
-                    && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
-            {
-                // A bind cannot be undone: the socket holds the IPv4 wildcard
-                // against the policy. Fail closed, as the filter does for calls
-                // it cannot vet: the caller is killed (its copy of the socket
-                // goes with it unless another process shares it), ours is
-                // closed, and no restart is remembered as a success.
-                drop(sock);
-                let killed = self
-                    .fresh_thread(cx, n)
-                    .is_ok_and(|t| t.pidfd.send_signal(libc::SIGKILL).is_ok());
-                tracing::warn!(
-                    tid = n.tid,
-                    %addr,
-                    killed,
-                    "IPV6_V6ONLY was cleared during the bind: the socket took 0.0.0.0 too, against the policy"
-                );
-                Some((
-                    Response::Error(Errno::ACCESS),
-                    Decision::Bind,
-                    if killed {
-                        DUAL_STACK_RACED_REASON
-                    } else {
-                        DUAL_STACK_RACED_GONE_REASON
-                    },
-                    None,
-                ))
-            }
             Ok(()) => Some((
                 Response::Value(0),
                 Decision::Bind,
@@ -512,21 +484,13 @@ pub(super) fn thread_group_pidfd(tid: i32) -> crate::Result<PidFd> {
     PidFd::open(tgid)
 }
 
-/// Whether binding `addr` on `sock` takes the IPv4 wildcard as well: the IPv6
-/// wildcard on a socket without `IPV6_V6ONLY` (asked only for `::`; a socket
-/// that cannot say is taken to be dual-stack).
-fn takes_ipv4_wildcard(sock: &OwnedFd, addr: SocketAddr) -> bool {
-    match addr {
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            !rustix::net::sockopt::ipv6_v6only(sock).unwrap_or(false)
-        }
-        _ => false,
-    }
+/// Whether `addr` is the IPv6 wildcard, which a socket without `IPV6_V6ONLY`
+/// binds together with the IPv4 one.
+fn is_ipv6_wildcard(addr: SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified())
 }
 
-const DUAL_STACK_REASON: &str = "[::] on a dual-stack socket takes 0.0.0.0 too, which the policy does not allow (the kernel decides)";
-const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow: the caller was killed";
-const DUAL_STACK_RACED_GONE_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow; the caller could not be killed (gone)";
+const DUAL_STACK_REASON: &str = "[::] takes 0.0.0.0 too unless IPV6_V6ONLY is set, which the program can clear up to the bind; the policy does not allow 0.0.0.0 (the kernel decides)";
 
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";

@@ -456,6 +456,8 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     };
     let flags = fd_flags(n.tid, fd);
     if !cx.listener.id_valid(n.id) {
+        // Not known to be a socket yet: a FUSE file's close may never return.
+        let_go_of_file(theirs);
         return None;
     }
     // The socket's kind first: getsockopt fails ENOTSOCK for any other file
