@@ -1114,8 +1114,25 @@ fn exec_in_another_thread_during_a_session_ends_it() {
         fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
         return;
     }
+    exec_during_session("exec-when-traced");
+}
+
+/// [`exec_in_another_thread_during_a_session_ends_it`] in a process whose main
+/// thread has exited, so that fdgrab traces another thread: the execve kills that
+/// one outright (its exit is reported to fdgrab) and the process lives on. fdgrab
+/// said "no such process" there.
+#[test]
+fn exec_during_a_session_with_the_leader_gone_names_the_execve() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    exec_during_session("leader-exit-exec-when-traced");
+}
+
+fn exec_during_session(mode: &str) {
     for _ in 0..40 {
-        let t = Target::spawn(["exec-when-traced"]);
+        let t = Target::spawn([mode]);
         let pid = t.pid.to_string();
         let out = output_timeout(
             fdgrab().args(["put", &pid, "9", "--file", "/dev/null"]),
