@@ -1724,7 +1724,12 @@ fn hold_unmap_when_traced() {
             };
             if first {
                 first = false;
-                emit(&json!({"held": true}));
+                // Not `emit`: the traced main thread may have been stopped while
+                // it held the stdout lock (just after printing its report), and
+                // would hold it until the call this thread holds returns.
+                let line = b"{\"held\":true}\n";
+                // SAFETY: writes `line`, valid for its length, to fd 1.
+                unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
                 continue;
             }
             let _ = listener.respond(n.id, fdgrab::seccomp::Response::Continue);
