@@ -236,7 +236,9 @@ pub struct LsArgs {
     #[arg(long = "fd", value_name = "FD", value_parser = parse_fd, value_delimiter = ',')]
     pub fds: Vec<TargetFd>,
     /// Only TCP and UDP sockets whose local or peer port is PORT (lsof -i :PORT).
-    #[arg(long, value_name = "PORT")]
+    // Port 0 names no socket (unbound ones and unconnected peers show 0): a
+    // query for it could only ever answer "nobody", so it is refused.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Only fds open on PATH: the same device and inode, under any name (fuser PATH).
     /// For a unix socket's name: the sockets bound to it and those accepted on them.

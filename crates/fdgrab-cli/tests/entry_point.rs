@@ -13,23 +13,36 @@ fn fds_once_running(pid: u32, comm: &str) -> Vec<(i32, String)> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     let running =
         || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm);
-    while !running() {
+    let fds = || {
+        let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fd dir")
+            .filter_map(|e| {
+                let n: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let to = std::fs::read_link(format!("/proc/{pid}/fd/{n}")).ok()?;
+                Some((n, to.to_string_lossy().into_owned()))
+            })
+            .collect();
+        fds.sort();
+        fds
+    };
+    // The name changes at the exec, before CMD's own start-up, which opens files of
+    // its own for a moment (`sleep` reads /etc/locale.alias on the lowest free
+    // number, 1 when 1 is closed): the table counts once it holds still.
+    let mut last = None;
+    loop {
         assert!(
             std::time::Instant::now() < deadline,
-            "{pid} never ran {comm}"
+            "{pid} never ran {comm}, or its fds never held still"
         );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        if running() {
+            let now = fds();
+            if last.as_ref() == Some(&now) {
+                return now;
+            }
+            last = Some(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .filter_map(|e| {
-            let n: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let to = std::fs::read_link(format!("/proc/{pid}/fd/{n}")).ok()?;
-            Some((n, to.to_string_lossy().into_owned()))
-        })
-        .collect();
-    fds.sort();
-    fds
 }
 
 /// fdgrab started with fds 0, 1 and 2 all closed (by a shell that then execs it),

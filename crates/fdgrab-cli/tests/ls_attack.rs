@@ -649,11 +649,8 @@ fn a_process_hidden_by_hidepid_is_denied_not_gone() {
     assert_eq!(err.matches("mounted with hidepid=2").count(), 4, "{err}");
 }
 
-/// A thread id is not a process: `ls TID` fails as a usage error (exit 2)
-/// naming the process the thread belongs to, with or without a filter, and a
-/// process named beside it is still listed.
-#[test]
-fn a_thread_id_is_refused_naming_its_process() {
+/// A process with a second thread that reports the thread's id.
+fn thread_reporter() -> Target {
     let script = r#"
 import json, os, threading
 ready = threading.Event()
@@ -666,7 +663,37 @@ import sys; sys.stdin.read()
 "#;
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(script);
-    let t = Target::spawn_cmd(cmd);
+    Target::spawn_cmd(cmd)
+}
+
+/// A thread of a process `/proc` hides (`hidepid=2`) is still refused as a
+/// thread (exit 2), but its process cannot be named; the message then says
+/// how to find it, not the library's "open it as a thread", which `ls` has
+/// no way to do.
+#[test]
+fn a_hidden_thread_id_is_refused_with_advice_ls_can_follow() {
+    let t = thread_reporter();
+    let tid = t.report["tid"].as_i64().expect("tid");
+    let script = format!(
+        "mount -t proc -o hidepid=2 proc /proc || exit 99; setpriv {NOBODY} {fg} ls {tid}",
+        fg = fdgrab_testkit::bin("fdgrab").display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("pid {tid} is a thread")), "{err}");
+    assert!(!err.contains("open it as a thread"), "{err}");
+    assert!(err.contains("hidepid"), "{err}");
+}
+
+/// A thread id is not a process: `ls TID` fails as a usage error (exit 2)
+/// naming the process the thread belongs to, with or without a filter, and a
+/// process named beside it is still listed.
+#[test]
+fn a_thread_id_is_refused_naming_its_process() {
+    let t = thread_reporter();
     let tid = t.report["tid"].as_i64().expect("tid").to_string();
     let pid = t.pid.to_string();
     for args in [
@@ -1284,4 +1311,19 @@ fn a_scan_that_can_start_no_thread_still_answers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Port 0 is no port a socket is found by (an unbound socket and an unconnected
+/// peer both read 0): `--port 0` answered "nobody" with status 0, which passes
+/// for "free". It is a usage error naming the option.
+#[test]
+fn port_zero_is_a_usage_error() {
+    let out = output_timeout(
+        Command::new(fdgrab_testkit::bin("fdgrab")).args(["ls", "--port", "0", "--pids"]),
+        TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--port"), "{err}");
+    assert!(out.stdout.is_empty());
 }

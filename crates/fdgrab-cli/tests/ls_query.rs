@@ -381,6 +381,144 @@ fn a_socket_held_only_by_a_threads_own_table_is_reported_as_unheld() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A listener only fdgrab itself holds (inherited from whoever started it,
+/// which kept no copy: here python execs fdgrab) is the caller's own, which a
+/// run over every process leaves out; it is not a socket nobody could be
+/// found for, so no "no process found" line.
+#[test]
+fn a_socket_only_the_caller_holds_is_not_reported_as_unheld() {
+    let script = r#"
+import os, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+os.set_inheritable(l.fileno(), True)
+os.execv(sys.argv[1], [sys.argv[1], "ls", "--port", str(l.getsockname()[1]), "--pids"])
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(fdgrab_testkit::fdgrab().get_program());
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(!err.contains("kernel has"), "{err}");
+}
+
+/// A socket the kernel holds for itself (a vxlan tunnel's UDP socket, as for
+/// wireguard or an NFS mount) has an inode and no fd anywhere: the "no process
+/// found" line must not send the reader looking for a thread or an unreadable
+/// process only. ss agrees that the socket exists.
+#[test]
+fn a_socket_the_kernel_holds_is_reported_as_the_kernels() {
+    // Another namespace, so a fixed port cannot collide with other tests.
+    let port = "47917";
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up; if ip link add vxfg type vxlan id 42 dstport \"$0\" local 127.0.0.1 \
+         dev lo && ip link set vxfg up; then echo '{\"ok\":true}'; else echo '{\"ok\":false}'; \
+         fi; exec cat",
+        port,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    if t.report["ok"] != true {
+        return fdgrab_testkit::skip("no vxlan device (the vxlan module) to make a kernel socket");
+    }
+    let mut ss = Command::new("nsenter");
+    let pid = t.pid.to_string();
+    ss.args(["-t", &pid, "-n", "ss", "-Huan", "sport", "=", port]);
+    let theirs = String::from_utf8_lossy(&output_timeout(&mut ss, TIMEOUT).stdout).into_owned();
+    assert!(theirs.contains(&format!(":{port} ")), "{theirs}");
+    let out = fdgrab(&["ls", "--port", port, "--pids"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the kernel has 1 matching socket"), "{err}");
+    assert!(err.contains("by the kernel itself"), "{err}");
+}
+
+/// Three MPTCP connections over two subflows each (the second from 127.0.0.2,
+/// which the path manager adds), in a fresh network namespace; reports the
+/// port, and for each connection the fds of both ends and the client's port.
+const MPTCP_TWO_SUBFLOWS: &str = r#"
+import json, socket, subprocess, sys, time
+def out(**kw):
+    print(json.dumps(kw), flush=True); sys.stdin.read(); sys.exit(0)
+try:
+    l = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+except OSError as e:
+    out(ok=False, why=str(e))
+l.bind(("127.0.0.1", 0)); l.listen()
+port = l.getsockname()[1]
+conns = []
+for _ in range(3):
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    c.connect(("127.0.0.1", port)); s, _ = l.accept()
+    c.send(b"x"); s.recv(1)
+    conns.append((c, s))
+for _ in range(100):
+    ss = subprocess.run(["ss", "-Htn", "dport", "=", str(port)], capture_output=True, text=True).stdout
+    if len(ss.splitlines()) >= 6:
+        break
+    time.sleep(0.05)
+else:
+    out(ok=False, why="no second subflows: " + ss)
+out(ok=True, port=port, conns=[{"client": c.fileno(), "server": s.fileno(),
+    "client_port": c.getsockname()[1]} for c, s in conns])
+"#;
+
+/// An MPTCP socket's TCP subflows all carry its inode: a listing described
+/// each end by whichever subflow the dump gave last (hash order), so an end
+/// often showed the second subflow's 127.0.0.2 and its port, not the
+/// connection's own addresses (those `ss -M` shows). Every end of three
+/// connections, listed alone and by `--port`.
+#[test]
+fn an_mptcp_connection_is_described_by_its_own_addresses_not_a_later_subflow() {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && ip mptcp limits set subflow 2 \
+         && ip mptcp endpoint add 127.0.0.2 dev lo subflow && exec python3 -c \"$0\"",
+        MPTCP_TWO_SUBFLOWS,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    if t.report["ok"] != true {
+        return fdgrab_testkit::skip(&format!("no MPTCP with two subflows: {}", t.report));
+    }
+    let port = &t.report["port"];
+    let pid = t.pid.to_string();
+    for args in [&[&pid[..]][..], &["--port", &port.to_string()]] {
+        let doc = ls_json(args);
+        let socket = |fd: &Value| {
+            processes(&doc)
+                .iter()
+                .filter(|p| p["pid"] == t.pid)
+                .flat_map(|p| p["fds"].as_array().expect("fds"))
+                .find(|e| &e["fd"] == fd)
+                .unwrap_or_else(|| panic!("ls {args:?}: fd {fd} missing: {doc}"))["socket"]
+                .clone()
+        };
+        for conn in t.report["conns"].as_array().expect("conns") {
+            let (client, server) = (socket(&conn["client"]), socket(&conn["server"]));
+            let ends = [
+                (&client["local"], &conn["client_port"]),
+                (&client["peer"], port),
+                (&server["local"], port),
+                (&server["peer"], &conn["client_port"]),
+            ];
+            for (end, port) in ends {
+                assert_eq!(
+                    end["address"], "127.0.0.1",
+                    "ls {args:?}: {client} {server}"
+                );
+                assert_eq!(&end["port"], port, "ls {args:?}: {client} {server}");
+            }
+        }
+    }
+}
+
 /// Forks a child that moves to a fresh network namespace, listens there and
 /// sends the listener back over a socketpair; the parent (still in ours) holds
 /// it. Reports the parent's fd, the child's pid and fd, the inode and the port.

@@ -249,13 +249,17 @@ fn agent_audit_flood_of_one_container_leaves_room_for_another() {
 
 /// `--user 4294967295` is `(uid_t)-1`, "leave unchanged" to the set*id calls:
 /// the launch failed at the switch with a bare `EINVAL` and exit status 126,
-/// as if the program could not run. It is a bad argument.
+/// as if the program could not run. It is a bad argument, and refused before
+/// anything is made: the `--audit` file was created first.
 #[test]
 fn run_user_with_the_unset_id_is_a_usage_error() {
+    let audit = fdgrab_testkit::test_path("unset-id", "audit.log");
     for spec in ["4294967295", "4294967295:0", "65534:4294967295"] {
         let out = output_timeout(
             fdgrab_testkit::fdgrab()
-                .args(["run", "--user", spec, "--", "true"])
+                .args(["run", "--user", spec, "--audit"])
+                .arg(&audit)
+                .args(["--", "true"])
                 .env_remove("RUST_LOG"),
             TIMEOUT,
         );
@@ -265,6 +269,12 @@ fn run_user_with_the_unset_id_is_a_usage_error() {
             err.contains(&format!("--user '{spec}'")) && err.contains("is -1 as a 32-bit id"),
             "{err}"
         );
+        let made = audit.exists();
+        let _ = std::fs::remove_file(&audit);
+        assert!(!made, "--user {spec}: a refused run created its audit file");
+    }
+    if let Some(dir) = audit.parent() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
@@ -346,4 +356,93 @@ fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     };
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
     drop(old);
+}
+
+/// A bind of a file is the kernel's `ENOTSOCK` and changes nothing, so once it
+/// returns, closing the file releases what the file held (a `flock`). fdgrab's
+/// copy, closed off the serving thread so that a FUSE server cannot hold it,
+/// was closed after the answer: the program found its own lock still held.
+#[test]
+fn run_bind_of_a_file_leaves_no_copy_open_past_the_answer() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = fdgrab_testkit::test_path("flock-bind", "dir");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let file = dir.join("locked");
+    std::fs::write(&file, b"x").expect("a file");
+    let v = probe_in_netns(
+        &["--allow-bind", "tcp:173@127.66.0.1"],
+        &["flock-bind", &file.to_string_lossy(), "50", "173"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (v["errno"].clone(), v["still_locked"].clone()),
+        (libc::ENOTSOCK.into(), 0.into()),
+        "{v}"
+    );
+}
+
+/// A thread that clears `IPV6_V6ONLY` between the supervisor's check and its
+/// bind gets the IPv4 wildcard through a `[::]`-only rule (the reviewer saw it
+/// in 38 of 300 tries). A bind cannot be undone, so the caller is killed: no
+/// try may ever see its socket bound dual-stack.
+#[test]
+fn run_v6only_cleared_during_the_bind_never_leaves_a_dual_stack_socket() {
+    if !root_or_skip() {
+        return;
+    }
+    const RACE: &str = r#"
+import socket, sys, threading
+bound = 0
+for i in range(300):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    stop = False
+    def flip():
+        v = 0
+        while not stop:
+            try:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v)
+            except OSError:
+                return
+            v ^= 1
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        s.bind(("::", 741))
+        ok = True
+    except OSError:
+        ok = False
+    stop = True
+    t.join()
+    if ok:
+        bound += 1
+        if s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0:
+            print("VIOLATION at try", i, flush=True)
+            sys.exit(3)
+    s.close()
+print("done", bound, flush=True)
+"#;
+    let mut c = Command::new("unshare");
+    c.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(bin("fdgrab"))
+        .args(["run", "--user", "nobody", "--allow-bind", "tcp:741@[::]"])
+        .args(["--", "/usr/bin/python3", "-c", RACE]);
+    let out = output_timeout(&mut c, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("VIOLATION"),
+        "a [::]-only rule left a dual-stack socket: {stdout}, status {:?}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Either no try raced (every bind allowed or refused), or the racing
+    // program was killed for it.
+    assert!(
+        stdout.contains("done") || out.status.code() == Some(128 + libc::SIGKILL),
+        "status {:?}, stdout {stdout}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

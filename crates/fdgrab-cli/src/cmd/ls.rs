@@ -59,8 +59,8 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
         let n = result.unheld_sockets;
         crate::exit::eprint_line(format!(
             "fdgrab: no process found, but the kernel has {n} matching socket{}: held in a \
-             thread's private fd table, by a process that could not be read, or in flight \
-             in a unix socket",
+             thread's private fd table, by a process that could not be read, in flight in a \
+             unix socket, or by the kernel itself (a vxlan or wireguard tunnel, an NFS mount)",
             if n == 1 { "" } else { "s" }
         ));
     }

@@ -16,7 +16,6 @@ use std::process::ExitCode;
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let policy = load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())?;
-    let audit = open_audit(&a.bind_policy)?;
     let user = a.user.as_deref().map(User::lookup).transpose()?;
     if let Some(u) = &user {
         refuse_unset_id(a.user.as_deref().unwrap_or_default(), u)?;
@@ -24,6 +23,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if a.cmd.is_empty() {
         return Err(UsageError("no command given after --".into()).into());
     }
+    // Opening the sink may create its file: only once the arguments are good.
+    let audit = open_audit(&a.bind_policy)?;
     tracing::info!(policy = %policy, "starting supervised program");
     // Blocked and read from a signalfd so that they can be forwarded; the spawner
     // unblocks them in the program.

@@ -21,6 +21,10 @@
 //! - `file-bind PATH PORT`: binds an open regular file (`PATH`) to
 //!   127.66.0.1:PORT (the kernel answers ENOTSOCK), while another thread binds a
 //!   TCP socket to PORT+1.
+//! - `flock-bind PATH N PORT`: N times, opens `PATH`, takes an exclusive `flock`,
+//!   binds that file to 127.66.0.1:PORT (ENOTSOCK), closes it and tries the lock
+//!   again through a new open; `{"errno":E,"still_locked":K}` (K: how often the
+//!   closed file still held the lock).
 //! - `fork-kill N PORT`: prints a ready line and waits for a line on stdin; then N
 //!   children bind in a loop and are SIGKILLed at random moments.
 //! - `wait-bind PORT`: waits for a line on stdin, then binds 127.66.0.1:PORT.
@@ -70,6 +74,7 @@ fn main() {
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
         "eintr" => storm_binds(num(1, 2000), num(2, 80) as u16, libc::SIGUSR1, 0),
         "file-bind" => file_bind(arg(1), num(2, 80) as u16),
+        "flock-bind" => flock_bind(arg(1), num(2, 100), num(3, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
             wait_line();
@@ -532,6 +537,29 @@ fn file_bind(path: &str, port: u16) -> Value {
     // server's answer to FLUSH, which a test may hold.
     std::mem::forget(file);
     json!({ "errno": e, "other_errno": other })
+}
+
+fn flock_bind(path: &str, n: u64, port: u16) -> Value {
+    use rustix::fs::{flock, FlockOperation};
+    let sa = sockaddr_in(port);
+    let (mut errno, mut still_locked) = (0, 0);
+    for _ in 0..n {
+        let file = std::fs::File::open(path).expect("open the file");
+        // Waits for a copy of the last round's file, if one is still open.
+        flock(&file, FlockOperation::LockExclusive).expect("first lock");
+        errno = raw_bind(
+            file.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            16,
+        );
+        drop(file);
+        // The lock belongs to the open file, and every copy of it was closed.
+        let again = std::fs::File::open(path).expect("open the file again");
+        if flock(&again, FlockOperation::NonBlockingLockExclusive).is_err() {
+            still_locked += 1;
+        }
+    }
+    json!({ "errno": errno, "still_locked": still_locked })
 }
 
 fn fork_kill(n: u64, port: u16) -> Value {

@@ -6,6 +6,7 @@
 
 use super::sock_diag::{self, request_header, NLM_F_DUMP};
 use super::socket_info::{Endpoint, SocketInfo};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
@@ -44,22 +45,42 @@ pub(crate) fn dump(
     states: u32,
     port: Option<u16>,
 ) -> std::io::Result<Vec<InetSock>> {
+    dump_as(sock, family, protocol, None, states, port)
+}
+
+/// `dump`, with `wide_protocol` (one that does not fit the request's u8, as
+/// MPTCP's 262) asked for through `INET_DIAG_REQ_PROTOCOL`; the sockets are
+/// then parsed as `protocol`'s.
+fn dump_as(
+    sock: &OwnedFd,
+    family: u8,
+    protocol: u8,
+    wide_protocol: Option<u32>,
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
     let filter = port.map(port_filter).unwrap_or_default();
-    let attr_len = if filter.is_empty() {
+    let filter_len = if filter.is_empty() {
         0
     } else {
         4 + filter.len()
     };
+    let attr_len = filter_len + wide_protocol.map_or(0, |_| 8);
     // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero),
-    // then the optional bytecode attribute.
+    // then the optional bytecode and protocol attributes.
     let mut req = request_header((72 + attr_len) as u32, NLM_F_DUMP);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
     if !filter.is_empty() {
-        req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        req.extend_from_slice(&(filter_len as u16).to_ne_bytes());
         req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         req.extend_from_slice(&filter);
+    }
+    if let Some(p) = wide_protocol {
+        req.extend_from_slice(&8u16.to_ne_bytes());
+        req.extend_from_slice(&INET_DIAG_REQ_PROTOCOL.to_ne_bytes());
+        req.extend_from_slice(&p.to_ne_bytes());
     }
     let mut out = Vec::new();
     sock_diag::request(sock, &req, |p| {
@@ -68,6 +89,55 @@ pub(crate) fn dump(
         }
     })?;
     Ok(out)
+}
+
+/// `INET_DIAG_REQ_PROTOCOL`: a u32 protocol, for those past 255.
+const INET_DIAG_REQ_PROTOCOL: u16 = 3;
+const IPPROTO_MPTCP: u32 = 262;
+
+/// Puts the sockets of a dump into `by_inode`, noting in `shared` each
+/// inode met again: the subflows of an MPTCP socket all carry its inode.
+pub(crate) fn insert_all(
+    by_inode: &mut HashMap<u64, SocketInfo>,
+    socks: Vec<InetSock>,
+    shared: &mut HashSet<u64>,
+) {
+    for s in socks {
+        if by_inode.insert(s.inode, s.info).is_some() {
+            shared.insert(s.inode);
+        }
+    }
+}
+
+/// Describes each MPTCP socket in `shared` (several subflows, one inode) by its
+/// connection's own addresses, those of its first subflow as `ss -M` shows
+/// them (mptcp_diag), not by whichever subflow a TCP dump gave last. One
+/// subflow describes its socket exactly, so a host without such sockets pays
+/// nothing; without mptcp_diag the subflow's addresses stay.
+pub(crate) fn describe_mptcp(
+    sock: &OwnedFd,
+    states: u32,
+    port: Option<u16>,
+    by_inode: &mut HashMap<u64, SocketInfo>,
+    shared: &HashSet<u64>,
+) {
+    if shared.is_empty() {
+        return;
+    }
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let tcp = libc::IPPROTO_TCP as u8;
+        match dump_as(sock, family, tcp, Some(IPPROTO_MPTCP), states, port) {
+            Ok(socks) => by_inode.extend(
+                socks
+                    .into_iter()
+                    .filter(|s| shared.contains(&s.inode))
+                    .map(|s| (s.inode, s.info)),
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "mptcp_diag refused; subflows describe MPTCP sockets")
+            }
+        }
+    }
 }
 
 /// "source port == `port` or destination port == `port`" as `inet_diag_bc_op`s

@@ -108,8 +108,9 @@ pub struct QueryResult {
     /// socket's name, over every process) found no process: how many sockets
     /// the kernel reported as matching it all the same. No fd fdgrab could read
     /// refers to them: they are held in a thread's private fd table, by a
-    /// process that could not be read, or only in flight in a unix socket's
-    /// queue. 0 otherwise.
+    /// process that could not be read, only in flight in a unix socket's
+    /// queue, or by the kernel itself (a tunnel's or a network file system's
+    /// socket has an inode and no fd). 0 otherwise.
     pub unheld_sockets: usize,
 }
 
@@ -173,13 +174,29 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
         && (q.file.is_none() || q.file_is_socket);
     if every_process && sockets_only && out.processes.is_empty() {
         // Inode 0: an orphan (closed, still finishing its connection), which
-        // no fd can hold.
-        out.unheld_sockets = found
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, |f| f.keys().filter(|&&ino| ino != 0).count());
+        // no fd can hold. The caller's own (inherited) sockets are held, by
+        // the one process the scan leaves out.
+        if let Some(f) = found.get().and_then(Option::as_ref) {
+            let ours = own_socket_inodes();
+            out.unheld_sockets = f
+                .keys()
+                .filter(|&&ino| ino != 0 && !ours.contains(&ino))
+                .count();
+        }
     }
     out
+}
+
+/// The inodes of the sockets in the caller's own fd table.
+fn own_socket_inodes() -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let link = std::fs::read_link(e.ok()?.path()).ok()?;
+        super::bracketed(link.to_str()?, "socket:[")
+    })
+    .collect()
 }
 
 /// The sockets a port, listening or socket-name query selects among `pids`
@@ -300,7 +317,13 @@ fn thread_of_process(pid: Pid, e: Error) -> Error {
             Some(tgid) => Error::InvalidArgument(format!(
                 "pid {pid} is a thread of process {tgid}, not a process: list {tgid}"
             )),
-            None => e,
+            // Its status is hidden from us (or it has just exited): the
+            // library's advice (open it as a thread) is nothing ls can do.
+            None => Error::InvalidArgument(format!(
+                "pid {pid} is a thread, not a process: list its process (Tgid in \
+                 /proc/{pid}/status, which /proc does not show us: mounted with \
+                 hidepid=2 or hidepid=invisible, or the thread has exited)"
+            )),
         },
         e => e,
     }
@@ -917,15 +940,17 @@ fn diag_matches(sock: &OwnedFd, q: &Query) -> std::io::Result<HashMap<u64, Socke
     } else {
         (inet_diag::STATES_WITH_INODE, inet_diag::STATES_ALL)
     };
+    let mut shared = std::collections::HashSet::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for (protocol, states) in [
             (libc::IPPROTO_TCP as u8, tcp_states),
             (libc::IPPROTO_UDP as u8, udp_states),
         ] {
             let socks = inet_diag::dump(sock, family, protocol, states, q.port)?;
-            out.extend(socks.into_iter().map(|s| (s.inode, s.info)));
+            inet_diag::insert_all(&mut out, socks, &mut shared);
         }
     }
+    inet_diag::describe_mptcp(sock, tcp_states, q.port, &mut out, &shared);
     if q.listening && q.port.is_none() {
         out.extend(
             unix_diag::dump(sock)?

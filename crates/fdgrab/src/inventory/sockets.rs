@@ -175,11 +175,11 @@ impl SocketTable {
         let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
         let tcp = libc::IPPROTO_TCP as u8;
         let mut tcp_states = inet_diag::STATES_WITH_INODE;
+        let mut shared = std::collections::HashSet::new();
         if !want.tcp_inodes.is_empty() {
             for (_, family) in families.iter().enumerate().filter(|(i, _)| want.tcp[*i]) {
                 let socks = inet_diag::dump(sock, *family, tcp, inet_diag::STATES_LISTEN, None)?;
-                self.by_inode
-                    .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+                inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
             }
             tcp_states &= !inet_diag::STATES_LISTEN;
             if want
@@ -200,10 +200,11 @@ impl SocketTable {
             }
             for (protocol, states) in dumps {
                 let socks = inet_diag::dump(sock, family, protocol, states, None)?;
-                self.by_inode
-                    .extend(socks.into_iter().map(|s| (s.inode, s.info)));
+                inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
             }
         }
+        let states = inet_diag::STATES_WITH_INODE;
+        inet_diag::describe_mptcp(sock, states, None, &mut self.by_inode, &shared);
         match (&want.unix_inodes, want.unix) {
             (_, false) => {}
             (Some(inodes), true) => {

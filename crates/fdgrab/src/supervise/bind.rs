@@ -354,12 +354,30 @@ impl BindHandler {
                     && takes_ipv4_wildcard(&sock, addr)
                     && !policy.allows(proto, Ipv4Addr::UNSPECIFIED.into(), addr.port()) =>
             {
-                tracing::debug!(tid = n.tid, %addr, "IPV6_V6ONLY cleared during the bind");
+                // A bind cannot be undone: the socket holds the IPv4 wildcard
+                // against the policy. Fail closed, as the filter does for calls
+                // it cannot vet: the caller is killed (its copy of the socket
+                // goes with it unless another process shares it), ours is
+                // closed, and no restart is remembered as a success.
+                drop(sock);
+                let killed = self
+                    .fresh_thread(cx, n)
+                    .is_ok_and(|t| t.pidfd.send_signal(libc::SIGKILL).is_ok());
+                tracing::warn!(
+                    tid = n.tid,
+                    %addr,
+                    killed,
+                    "IPV6_V6ONLY was cleared during the bind: the socket took 0.0.0.0 too, against the policy"
+                );
                 Some((
-                    Response::Value(0),
+                    Response::Error(Errno::ACCESS),
                     Decision::Bind,
-                    DUAL_STACK_RACED_REASON,
-                    Some(sock),
+                    if killed {
+                        DUAL_STACK_RACED_REASON
+                    } else {
+                        DUAL_STACK_RACED_GONE_REASON
+                    },
+                    None,
                 ))
             }
             Ok(()) => Some((
@@ -507,7 +525,8 @@ fn takes_ipv4_wildcard(sock: &OwnedFd, addr: SocketAddr) -> bool {
 }
 
 const DUAL_STACK_REASON: &str = "[::] on a dual-stack socket takes 0.0.0.0 too, which the policy does not allow (the kernel decides)";
-const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow";
+const DUAL_STACK_RACED_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow: the caller was killed";
+const DUAL_STACK_RACED_GONE_REASON: &str = "allowed by policy for [::]; IPV6_V6ONLY was cleared during the bind, so the socket took 0.0.0.0 too, which the policy does not allow; the caller could not be killed (gone)";
 
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
@@ -764,12 +783,19 @@ static CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// The most such threads at once: each may wait for ever.
 const MAX_CLOSING: usize = 16;
 
+/// How long the serving thread waits for a close handed to a thread of its own.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Closes our copy of a caller's fd that is not a socket, off the thread that
 /// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
 /// which the kernel waits out uninterruptibly once the server has taken it: a
 /// server that never answers would hold the worker (and the caller, still
 /// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
 /// past that (or without a thread) the close is made here.
+///
+/// The caller is answered only once the close is done or [`CLOSE_WAIT`] has
+/// passed: a copy still open after the answer keeps what the file holds (a
+/// `flock`, a pipe's writer, a tty's session) past the caller's own close.
 pub(super) fn let_go_of_file(copy: OwnedFd) {
     use std::sync::atomic::Ordering::AcqRel;
     if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
@@ -777,16 +803,23 @@ pub(super) fn let_go_of_file(copy: OwnedFd) {
         drop(copy);
         return;
     }
+    let (done, closed) = std::sync::mpsc::sync_channel::<()>(1);
     let closer = std::thread::Builder::new()
         .name("fdgrab-close".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             drop(copy);
             CLOSING.fetch_sub(1, AcqRel);
+            let _ = done.send(());
         });
-    // A closure that could not start was dropped, and the copy with it.
-    if closer.is_err() {
-        CLOSING.fetch_sub(1, AcqRel);
+    match closer {
+        Ok(_) => {
+            let _ = closed.recv_timeout(CLOSE_WAIT);
+        }
+        // A closure that could not start was dropped, and the copy with it.
+        Err(_) => {
+            CLOSING.fetch_sub(1, AcqRel);
+        }
     }
 }
 

@@ -399,9 +399,9 @@ impl<'a> Session<'a> {
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
         let (r, forced) = if self.no_forced_trap {
-            self.through_syscall_stops(nr, blocked)?
+            self.through_syscall_stops(&frame, nr, blocked)?
         } else {
-            self.step_over_syscall(nr, blocked)?
+            self.step_over_syscall(&frame, nr, blocked)?
         };
         tracing::trace!(pid = self.pid, nr, ?args, ret = r, "injected syscall");
         // A seccomp SECCOMP_RET_TRAP skips the call, puts the syscall number back in

@@ -104,6 +104,7 @@ impl Session<'_> {
     /// step's SIGTRAP. Returns the result and the forced signal dropped, if any.
     pub(super) fn step_over_syscall(
         &mut self,
+        frame: &Regs,
         nr: i64,
         blocked: bool,
     ) -> std::result::Result<(i64, Option<i32>), RunError> {
@@ -125,7 +126,7 @@ impl Session<'_> {
             let regs = Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
             let done = regs.instruction_pointer() == after;
             if sig == libc::SIGTRAP && done {
-                if self.restarted(&regs, nr)? {
+                if self.restarted(&regs, frame, nr)? {
                     continue;
                 }
                 return Ok((regs.syscall_result(), forced));
@@ -147,6 +148,7 @@ impl Session<'_> {
     /// user mode), so detaching there with the original registers back is as exact.
     pub(super) fn through_syscall_stops(
         &mut self,
+        frame: &Regs,
         nr: i64,
         blocked: bool,
     ) -> std::result::Result<(i64, Option<i32>), RunError> {
@@ -162,7 +164,7 @@ impl Session<'_> {
                 Stop::Syscall if entered => {
                     let regs =
                         Regs::read(self.tid).map_err(|e| self.ptrace_error("PTRACE_GETREGS", e))?;
-                    if self.restarted(&regs, nr)? {
+                    if self.restarted(&regs, frame, nr)? {
                         entered = false;
                         continue;
                     }
@@ -189,7 +191,12 @@ impl Session<'_> {
     /// mapped. No handler can run here (everything else is blocked, and SIGSTOP has
     /// none), so the kernel would restart the call: it is put back as it was, to be
     /// run again. Returns whether it was.
-    fn restarted(&mut self, regs: &Regs, nr: i64) -> std::result::Result<bool, RunError> {
+    fn restarted(
+        &mut self,
+        regs: &Regs,
+        frame: &Regs,
+        nr: i64,
+    ) -> std::result::Result<bool, RunError> {
         if regs.pending_restart().is_none() {
             return Ok(false);
         }
@@ -199,8 +206,10 @@ impl Session<'_> {
             ret = regs.syscall_result(),
             "an injected call was interrupted by a signal; restarting it"
         );
-        let args: Vec<u64> = (0..6).map(|i| regs.syscall_arg(i)).collect();
-        regs.for_syscall(self.insn, nr, &args)
+        // The frame the call was started with, not one rebuilt from `regs`: on
+        // aarch64 the first argument's register now holds the restart code (the
+        // kernel keeps the original in `orig_x0`, which ptrace cannot read).
+        frame
             .write(self.tid)
             .map_err(|e| self.ptrace_error("PTRACE_SETREGS", e))?;
         Ok(true)
