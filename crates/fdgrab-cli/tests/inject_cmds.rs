@@ -1114,8 +1114,25 @@ fn exec_in_another_thread_during_a_session_ends_it() {
         fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
         return;
     }
+    exec_during_session("exec-when-traced");
+}
+
+/// [`exec_in_another_thread_during_a_session_ends_it`] in a process whose main
+/// thread has exited, so that fdgrab traces another thread: the execve kills that
+/// one outright (its exit is reported to fdgrab) and the process lives on. fdgrab
+/// said "no such process" there.
+#[test]
+fn exec_during_a_session_with_the_leader_gone_names_the_execve() {
+    if !fdgrab_testkit::is_root() {
+        fdgrab_testkit::skip("a filter installed for all threads with TSYNC needs root here");
+        return;
+    }
+    exec_during_session("leader-exit-exec-when-traced");
+}
+
+fn exec_during_session(mode: &str) {
     for _ in 0..40 {
-        let t = Target::spawn(["exec-when-traced"]);
+        let t = Target::spawn([mode]);
         let pid = t.pid.to_string();
         let out = output_timeout(
             fdgrab().args(["put", &pid, "9", "--file", "/dev/null"]),
@@ -1307,4 +1324,56 @@ fn stop_and_cont_while_held(t: &mut Target, grab: &mut std::process::Child) {
     assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
     send_line(t, "still there\n");
     assert_eq!(json_line(t)["data"], "still there\n");
+}
+
+/// A `close` frees its fd number whatever the file's flush answers: an error
+/// (`EIO` from a network or FUSE file whose last write failed) is reported after
+/// the fact. `steal` took it for a failed close and said the process "still has"
+/// an fd it no longer had, exiting with an error although the command ran and the
+/// steal was done.
+#[test]
+fn steal_whose_close_reports_a_flush_error_is_done() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("steal-flush-error") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let mut target = Command::new("sh")
+        .args(["-c", "exec 3<\"$0\"; exec sleep 60", &fs.file()])
+        .spawn()
+        .expect("sh");
+    let pid = target.id();
+    let fd3 = format!("/proc/{pid}/fd/3");
+    let deadline = Instant::now() + TIMEOUT;
+    while std::fs::read_link(&fd3).map_or(true, |p| !p.ends_with("f"))
+        || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sh"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the target never opened the file"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.fail_flushes(libc::EIO);
+    let mut steal = fdgrab()
+        .args([
+            "steal",
+            "--backend",
+            "ptrace",
+            &pid.to_string(),
+            "3",
+            "--",
+            "true",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fdgrab");
+    let status = fdgrab_testkit::wait_timeout(&mut steal, TIMEOUT).expect("fdgrab ended");
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut steal.stderr.take().expect("stderr"), &mut err);
+    let gone = std::fs::symlink_metadata(&fd3).is_err();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("still has"), "{err}");
+    assert!(gone, "fd 3 is still there");
 }

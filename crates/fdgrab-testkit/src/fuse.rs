@@ -103,6 +103,8 @@ fn ours(tid: u32) -> bool {
 #[derive(Debug, Default)]
 struct HeldFlushes {
     hold: AtomicBool,
+    /// The answer to a `FLUSH` not held: 0, or a negative errno.
+    error: std::sync::atomic::AtomicI32,
     held: std::sync::Mutex<Vec<u64>>,
 }
 
@@ -178,7 +180,7 @@ fn serve(
                     held.push(unique);
                 } else {
                     drop(held);
-                    reply(&dev, unique, 0, &[]);
+                    reply(&dev, unique, flushes.error.load(Ordering::SeqCst), &[]);
                 }
             }
             RELEASE => reply(&dev, unique, 0, &[]),
@@ -254,6 +256,12 @@ impl FuseFile {
     /// unanswered) until [`FuseFile::release_flushes`].
     pub fn hold_flushes(&self) {
         self.flushes.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, every close of the file fails with `errno` (as a close
+    /// whose last write to a network file failed), its fd closed all the same.
+    pub fn fail_flushes(&self, errno: i32) {
+        self.flushes.error.store(-errno, Ordering::SeqCst);
     }
 
     /// Answers the held `FLUSH` requests and stops holding new ones; returns

@@ -78,6 +78,7 @@ fn main() {
         "tsync-notify-when-traced" => return tsync_trap_when_traced(Tsync::NotifyClose),
         "hijack-routine" => return hijack_routine(Hijack::Loop),
         "exec-when-traced" => return exec_when_traced(),
+        "leader-exit-exec-when-traced" => return leader_exit_exec_when_traced(),
         "hold-unmap-when-traced" => return hold_unmap_when_traced(),
         "forge-routine" => return hijack_routine(Hijack::Forge),
         "unmap-routine" => return hijack_routine(Hijack::Unmap),
@@ -1652,7 +1653,13 @@ fn listen_for_scratch_unmap(status: &std::fs::File) -> fdgrab::seccomp::Listener
 /// the filter, but not the listener (close-on-exec), and `sleep` makes no such
 /// `munmap`.
 fn exec_when_traced() {
-    let status = main_thread_status();
+    exec_when_thread_traced(main_thread_status());
+    emit(&inject_report(json!({})));
+    echo_reads();
+}
+
+/// The second thread of [`exec_when_traced`], for the thread whose `status` this is.
+fn exec_when_thread_traced(status: std::fs::File) {
     std::thread::spawn(move || {
         let listener = listen_for_scratch_unmap(&status);
         if let Ok(Some(_)) = listener.recv() {
@@ -1663,8 +1670,35 @@ fn exec_when_traced() {
             std::process::exit(1);
         }
     });
-    emit(&inject_report(json!({})));
-    echo_reads();
+}
+
+/// [`exec_when_traced`] in a process whose main thread has exited (as in
+/// `leader-exit`): the tracer traces the echoing thread, not the leader, and the
+/// execve, from a third thread, kills it and takes the leader's pid. The report
+/// comes once the leader is a zombie.
+fn leader_exit_exec_when_traced() {
+    let leader = std::process::id();
+    std::thread::spawn(move || {
+        exec_when_thread_traced(main_thread_status());
+        let state = || {
+            std::fs::read_to_string(format!("/proc/self/task/{leader}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        };
+        while !state() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        emit(&inject_report(json!({})));
+        echo_reads();
+        std::process::exit(0);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SAFETY: ends only the calling (main) thread; the others keep the process.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
 }
 
 /// Like `blocked-read`, with a second thread that holds the tracer's `munmap` (see
@@ -1690,7 +1724,12 @@ fn hold_unmap_when_traced() {
             };
             if first {
                 first = false;
-                emit(&json!({"held": true}));
+                // Not `emit`: the traced main thread may have been stopped while
+                // it held the stdout lock (just after printing its report), and
+                // would hold it until the call this thread holds returns.
+                let line = b"{\"held\":true}\n";
+                // SAFETY: writes `line`, valid for its length, to fd 1.
+                unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
                 continue;
             }
             let _ = listener.respond(n.id, fdgrab::seccomp::Response::Continue);

@@ -23,9 +23,24 @@ impl From<Error> for RunError {
 }
 
 impl Session<'_> {
+    /// The traced thread is gone. When it was not the leader (the leader had
+    /// exited, a zombie), only an `execve` in another thread or a group exit can
+    /// have killed it while it ran our calls, and both end within moments: the
+    /// exec takes the leader's pid (a live leader again: the process lives on),
+    /// the exit ends the process.
     pub(super) fn died(&mut self) -> Error {
         self.state = State::Gone;
-        Error::NoSuchProcess { pid: self.pid }
+        if self.tid != self.pid {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while self.target.is_alive() && std::time::Instant::now() < deadline {
+                if procfs::thread_alive(self.pid, self.pid) {
+                    self.replaced = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        self.gone_error()
     }
 
     /// What a session whose thread is gone reports: the process died, or

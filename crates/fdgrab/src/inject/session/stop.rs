@@ -183,8 +183,9 @@ impl Session<'_> {
 
     /// An injected call that a signal interrupted ends with a restart code in its
     /// result register (`-ERESTARTSYS` and the like: a blocking call such as a
-    /// `close` whose flush waits, met by a SIGSTOP, the one signal the session
-    /// cannot block). The kernel turns that into a restart on the way out of the
+    /// `munmap` a seccomp user-notification supervisor holds, met by a SIGSTOP, the
+    /// one signal the session cannot block; never a `close`, which the kernel turns
+    /// into `EINTR` since its fd is already gone). The kernel turns that into a restart on the way out of the
     /// stop, after the tracer has looked, and the code is not a result: taken as
     /// one, a cleanup `munmap` "failed" with error 512 and left the scratch page
     /// mapped. No handler can run here (everything else is blocked, and SIGSTOP has
