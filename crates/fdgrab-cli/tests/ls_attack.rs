@@ -590,6 +590,9 @@ fn a_named_zombie_is_no_such_process_with_or_without_a_filter() {
         &["--deleted"],
         &["--port", "1"],
         &["--type", "file"],
+        // Another user's: a quiet "no match" (status 0) before the fix.
+        &["--user", "nobody"],
+        &["--user", "root"],
     ] {
         for pids_only in [false, true] {
             let mut args = vec!["ls", &pid[..]];
@@ -699,6 +702,8 @@ fn a_thread_id_is_refused_naming_its_process() {
     for args in [
         &["ls", &tid[..]][..],
         &["ls", &tid, "--path", "/dev/null", "--pids"],
+        // With `--user` of another user it was a quiet "no match" (status 0).
+        &["ls", &tid, "--user", "nobody"],
     ] {
         let out = output_timeout(fdgrab_testkit::fdgrab().args(args), TIMEOUT);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -262,12 +262,19 @@ fn named(
     select: &Select,
     source: &SocketSource,
 ) -> Result<Option<ProcessFds>> {
+    if q.uid.is_none() {
+        return describe(pid, q, select, source);
+    }
+    // What it is comes before whose it is: a thread id, a zombie or a process
+    // /proc hides from us is the same error with `--user` as without, never a
+    // quiet "no match".
+    let target = PidFd::open(pid).map_err(|e| thread_of_process(pid, e))?;
     // A process /proc hides from us has no status to read either.
-    let hidden = |e| match PidFd::open(pid) {
-        Ok(target) => super::hidden_if_alive(&target, e),
-        Err(_) => e,
-    };
-    if !user_matches(pid, q).map_err(hidden)? {
+    let matches = user_matches(pid, q).map_err(|e| super::hidden_if_alive(&target, e))?;
+    if !matches {
+        if !target.is_alive() {
+            return Err(Error::NoSuchProcess { pid });
+        }
         return Ok(None);
     }
     describe(pid, q, select, source)
