@@ -1193,3 +1193,24 @@ fn large_tables_exiting_during_a_path_scan_do_not_fail_it() {
     let _ = churn.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A listener held by a process outside fdgrab's pid namespace, in the network
+/// namespace fdgrab shares (a pod's sidecar, a `--net=host` container): no
+/// process fdgrab can list lives in that network namespace, which was then
+/// never asked, so "nobody" passed for "free" with nothing on stderr.
+#[test]
+fn a_socket_held_outside_the_callers_pid_namespace_is_reported_as_unheld() {
+    let t = python(SERVER, &[]);
+    let port = t.report["port"].to_string();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(fdgrab_testkit::bin("fdgrab"))
+        .args(["ls", "--port", &port, "--pids"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // The two listeners and the UDP socket of the holder.
+    assert!(err.contains("the kernel has 3 matching sockets"), "{err}");
+    assert!(err.contains("outside this pid namespace"), "{err}");
+}

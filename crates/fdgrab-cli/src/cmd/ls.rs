@@ -58,9 +58,10 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     if result.unheld_sockets > 0 {
         let n = result.unheld_sockets;
         crate::exit::eprint_line(format!(
-            "fdgrab: no process found, but the kernel has {n} matching socket{}: held in a \
-             thread's private fd table, by a process that could not be read, in flight in a \
-             unix socket, or by the kernel itself (a vxlan or wireguard tunnel, an NFS mount)",
+            "fdgrab: no process found, but the kernel has {n} matching socket{}: held by a \
+             process outside this pid namespace (/proc shows none of them), by one that could \
+             not be read, in a thread's private fd table, in flight in a unix socket, or by \
+             the kernel itself (a vxlan or wireguard tunnel, an NFS mount)",
             if n == 1 { "" } else { "s" }
         ));
     }

@@ -107,8 +107,9 @@ pub struct QueryResult {
     /// When a question about sockets alone (`port`, `listening`, a unix
     /// socket's name, over every process) found no process: how many sockets
     /// the kernel reported as matching it all the same. No fd fdgrab could read
-    /// refers to them: they are held in a thread's private fd table, by a
-    /// process that could not be read, only in flight in a unix socket's
+    /// refers to them: they are held by a process outside the caller's pid
+    /// namespace (sharing its network namespace), in a thread's private fd
+    /// table, by a process that could not be read, only in flight in a unix socket's
     /// queue, or by the kernel itself (a tunnel's or a network file system's
     /// socket has an inode and no fd). 0 otherwise.
     pub unheld_sockets: usize,
@@ -146,7 +147,18 @@ pub fn query(pids: Option<&[Pid]>, q: &Query) -> QueryResult {
             let scan = Scan::new(q, named_pids.as_ref().map(Vec::len));
             let slots = scan.run(|| {
                 let pids = named_pids.unwrap_or_else(all_pids);
-                let found = found.get_or_init(|| sockets_asked(&pids, q));
+                let found = found.get_or_init(|| {
+                    if !every_process {
+                        return sockets_asked(&pids, q);
+                    }
+                    // The caller's own network namespace is asked too, though
+                    // no listed process may live there (a pid namespace of its
+                    // own, an unprivileged caller): its matching sockets are
+                    // what tells "held by nobody we see" from "free".
+                    let mut in_netns = pids.clone();
+                    in_netns.push(std::process::id() as Pid);
+                    sockets_asked(&in_netns, q)
+                });
                 Plan::new(pids, q, found, Some(&tables))
             });
             let pids = scan.into_plan().map(|p| p.pids).unwrap_or_default();
