@@ -52,7 +52,9 @@ impl Session<'_> {
     /// Whether a read+exec scratch mapping may be asked for (see the module
     /// documentation).
     pub(super) fn exec_scratch_allowed(&self) -> bool {
-        if self.no_forced_trap {
+        // Where the routine can never run (see [`Self::routine_allowed`]), an
+        // executable mapping would cost the probe and the staging for nothing.
+        if self.no_forced_trap || !self.mask_by_ptrace {
             return false;
         }
         let ip = self.insn + SYSCALL_INSN.len() as u64;
