@@ -710,14 +710,7 @@ impl<'a> Scan<'a> {
 
     /// `/proc/PID/NAME`, by a stat relative to `/proc`.
     fn proc_stat(&self, pid: Pid, name: &str) -> rustix::io::Result<rustix::fs::Stat> {
-        let proc_root = self.proc_root.get_or_init(|| {
-            rustix::fs::open(
-                "/proc",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        });
+        let proc_root = self.proc_root.get_or_init(|| open_proc("/proc"));
         let path = format!("{pid}/{name}");
         match proc_root {
             Some(root) => statat(root, path, AtFlags::empty()),
