@@ -88,6 +88,18 @@ impl User {
         } else {
             vec![gid]
         };
+        // `(uid_t)-1` and `(gid_t)-1` mean "leave unchanged" to the set*id calls
+        // and name nobody: a switch to them would fail with a bare `EINVAL`.
+        const UNSET: u32 = u32::MAX;
+        let unset = std::iter::once(("uid", uid))
+            .chain(groups.iter().chain([&gid]).map(|&g| ("gid", g)))
+            .find(|&(_, id)| id == UNSET);
+        if let Some((kind, id)) = unset {
+            return Err(bad(format!(
+                "{kind} {id} is -1 as a 32-bit id, which set*id calls read as \"leave \
+                 unchanged\" and no process can have"
+            )));
+        }
         Ok(User {
             name,
             home,

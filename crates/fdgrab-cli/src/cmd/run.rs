@@ -17,9 +17,6 @@ use std::process::ExitCode;
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let policy = load_policy(&a.bind_policy.allow_bind, a.bind_policy.policy.as_deref())?;
     let user = a.user.as_deref().map(User::lookup).transpose()?;
-    if let Some(u) = &user {
-        refuse_unset_id(a.user.as_deref().unwrap_or_default(), u)?;
-    }
     if a.cmd.is_empty() {
         return Err(UsageError("no command given after --".into()).into());
     }
@@ -39,20 +36,4 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let status = cmd.run(&signals)?;
     tracing::info!(?status, "program exited");
     Ok(passthrough(status))
-}
-
-/// `(uid_t)-1` and `(gid_t)-1` mean "leave unchanged" to the set*id calls
-/// and names nobody: the launch would fail at the switch with a bare `EINVAL`.
-fn refuse_unset_id(spec: &str, u: &User) -> Result<()> {
-    const UNSET: u32 = u32::MAX;
-    let bad = std::iter::once(("uid", u.uid))
-        .chain(u.groups.iter().chain([&u.gid]).map(|&g| ("gid", g)))
-        .find(|&(_, id)| id == UNSET);
-    match bad {
-        Some((kind, id)) => Err(UsageError(format!(
-            "--user '{spec}': {kind} {id} is -1 as a 32-bit id, which set*id calls read as \"leave unchanged\" and no process can have"
-        ))
-        .into()),
-        None => Ok(()),
-    }
 }
