@@ -424,7 +424,7 @@ impl Tenant {
         }
         // Its successor, and every worker after it, reads killably.
         self.suspect.store(true, Ordering::Release);
-        let gone = self.gone();
+        let gone = super::hung_up(&self.listener);
         let replacement = self.replace_worker(&g, !gone);
         let replaced = matches!(
             replacement,
@@ -545,18 +545,6 @@ impl Tenant {
         }
         self.generation.store(generation, Ordering::Release);
         false
-    }
-
-    /// Whether the container's filter has no users left (`POLLHUP` on the
-    /// listener): nothing of it can make a trapped call any more.
-    fn gone(&self) -> bool {
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let mut pfd = [PollFd::new(&self.listener, PollFlags::empty())];
-        matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
-            && pfd[0].revents().contains(PollFlags::HUP)
     }
 
     /// Tells the agent the container is gone, once.
