@@ -969,3 +969,132 @@ fn agent_suspect_container_with_no_room_for_a_reader_is_answered() {
     t.kill();
     drop(cg);
 }
+
+/// A FUSE file system whose daemon (a thread of this test) takes every read
+/// of its `page` file and holds it; `None` after a loud skip.
+fn held_fuse(tag: &str) -> Option<fdgrab_testkit::fuse::FuseFile> {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount(tag) else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return None;
+    };
+    fs.hold_reads();
+    Some(fs)
+}
+
+/// Buried readers a container may leave (`MAX_BURIED_PER_TENANT`).
+const BURIED_PER_CONTAINER: usize = 4;
+
+/// Waits until the agent's state dump says `name` is `want`.
+fn state_becomes(agent: &AgentProc, name: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.state_number(name) != want {
+        assert!(Instant::now() < deadline, "{name} never became {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A suspect container binds with its sockaddr on a page of a FUSE file whose
+/// daemon has taken the read and never answers: its killable reader, killed
+/// at the deadline, cannot die (the kernel waits out a request its daemon
+/// took). The bind is answered ETIMEDOUT, the reader is buried, and the
+/// container's own worker serves its next honest bind at once (before, the
+/// worker waited in the reap for as long as the daemon did, and the
+/// container's binds with it). Its neighbour is served throughout. The
+/// container may leave 4 such readers; then each of its binds is answered
+/// ETIMEDOUT at once, without a reader (the daemon sees no new read). When
+/// the daemon answers, every buried reader is reaped (no zombie, no child but
+/// the worker's idle reader, threads back) and the container is served again.
+#[test]
+fn agent_container_stuck_on_a_hung_fuse_page_blocks_nobody() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = held_fuse("agent-stuck") else {
+        return;
+    };
+    let mut s = Stalled::start("neighbour", 1, 1);
+    let page_file = fs.page();
+    let attacker = &mut s.attackers[0];
+    for page in 0..BURIED_PER_CONTAINER {
+        assert_eq!(
+            attacker.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT)["stalled"],
+            true
+        );
+        let r = attacker.line(TIMEOUT);
+        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+        assert_eq!(fs.held_reads(), page + 1, "the daemon took the read");
+        // Its own worker serves on (the watchdog's tick is 100 ms; the bound
+        // leaves room for a loaded machine) while it has readers to spare,
+        // and so does the neighbour's.
+        if page + 1 < BURIED_PER_CONTAINER {
+            let r = attacker.ask(&format!("bind 127.87.1.{page} 86"), Duration::from_secs(2));
+            assert_eq!(r["errno"], 0, "{r}");
+        }
+        let r = s
+            .calm
+            .ask(&format!("bind 127.87.2.{page} 86"), Duration::from_secs(2));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let buried = BURIED_PER_CONTAINER as u64;
+    assert_eq!(s.agent.state_number("buried_readers"), buried);
+    // Past its share: every read of it that needs a reader is answered
+    // ETIMEDOUT at once, and none reaches the daemon; the neighbour is served.
+    let taken = fs.reads_taken();
+    assert_eq!(
+        attacker.ask(&format!("mmap-bind {page_file} 9 85"), TIMEOUT)["stalled"],
+        true
+    );
+    let r = attacker.line(TIMEOUT);
+    assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+    let r = attacker.ask("bind 127.87.1.9 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    assert_eq!(fs.reads_taken(), taken, "no reader started past the share");
+    assert_eq!(s.agent.state_number("buried_readers"), buried);
+    let r = s.calm.ask("bind 127.87.2.9 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    // The daemon answers: every buried reader dies and is reaped, and the
+    // container is served again.
+    assert_eq!(fs.release_reads(), BURIED_PER_CONTAINER);
+    state_becomes(&s.agent, "buried_readers", 0);
+    assert_eq!(agent_zombies(&s.agent), 0, "the buried readers were reaped");
+    let r = s.attackers[0].ask("bind 127.87.1.10 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(
+        agent_children(&s.agent),
+        1,
+        "the attacker's worker's reader"
+    );
+    s.threads_are(1 + 2);
+    s.end(1);
+    drop(fs);
+}
+
+/// As above, but the FUSE daemon dies instead of answering: the buried
+/// readers end with its connection and are reaped.
+#[test]
+fn agent_buried_readers_go_when_the_fuse_daemon_dies() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(mut fs) = held_fuse("agent-dies") else {
+        return;
+    };
+    let mut s = Stalled::start("neighbour", 1, 1);
+    let page_file = fs.page();
+    for page in 0..2 {
+        let attacker = &mut s.attackers[0];
+        assert_eq!(
+            attacker.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT)["stalled"],
+            true
+        );
+        assert_eq!(attacker.line(TIMEOUT)["mmap_errno"], libc::ETIMEDOUT);
+    }
+    assert_eq!(s.agent.state_number("buried_readers"), 2);
+    fs.kill_server();
+    state_becomes(&s.agent, "buried_readers", 0);
+    assert_eq!(agent_zombies(&s.agent), 0);
+    let r = s.calm.ask("bind 127.87.3.1 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    s.end(1);
+    drop(fs);
+}

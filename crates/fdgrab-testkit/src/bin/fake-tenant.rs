@@ -15,6 +15,11 @@
 //! - `uffd-fault PORT [MS]`: like `uffd`, but MS ms (0) after the bind returns
 //!   (and its line is printed) the thread unmaps the page and closes the
 //!   userfaultfd, so that a read still blocked on it ends in `EFAULT`.
+//! - `mmap-bind PATH PAGE PORT`: maps the file at PATH (shared, read-only, 16
+//!   pages) and has a thread bind with its sockaddr at the start of page PAGE,
+//!   never touched here; prints `{"stalled":true}` at once and
+//!   `{"mmap_errno":N}` when the bind returns. On a FUSE file whose daemon holds
+//!   reads, whoever reads that sockaddr waits for the daemon.
 //! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
 //!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
@@ -189,6 +194,7 @@ fn main() {
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
             Some("uffd") => uffd(num(1) as u16, None),
             Some("uffd-fault") => uffd(num(1) as u16, Some(num(2))),
+            Some("mmap-bind") => mmap_bind(w.get(1).copied().unwrap_or(""), num(2) as usize),
             Some("storm") => {
                 running.extend(storm(num(1) as usize, num(2) as u8, num(3) as u16));
                 say(json!({"started": num(1)}));
@@ -473,6 +479,46 @@ fn uffd(port: u16, unmap_after: Option<u64>) {
         }
         // Keep the userfaultfd open: the page must stay unserved.
         std::mem::forget(ufd);
+    });
+    say(json!({"stalled": true}));
+}
+
+/// A bind whose sockaddr lies on page `page` of a shared mapping of `path`,
+/// made on a thread of its own (see the `mmap-bind` command).
+fn mmap_bind(path: &str, page: usize) {
+    const PAGES: usize = 16;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return say(json!({"error": format!("open {path}: {e}")})),
+    };
+    // SAFETY: a fresh shared read-only mapping of the file, never unmapped
+    // (the bind thread may read it at any time) and never touched here.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096 * PAGES,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return say(json!({"error": format!("mmap: {}", std::io::Error::last_os_error())}));
+    }
+    let addr = at as usize + 4096 * page.min(PAGES - 1);
+    std::thread::spawn(move || {
+        let s = tcp();
+        // SAFETY: bind reads 16 bytes at `addr`, inside the mapping, which
+        // stays for the life of the process.
+        let r = unsafe { libc::bind(s.as_raw_fd(), addr as *const libc::sockaddr, 16) };
+        let errno = if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        say(json!({"mmap_errno": errno}));
+        drop(file);
     });
     say(json!({"stalled": true}));
 }

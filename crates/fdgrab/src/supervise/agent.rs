@@ -105,6 +105,10 @@ pub struct AgentStats {
     /// and given up on, over all containers (at most one per container; from
     /// `MAX_GIVEN_UP_IN_THREAD` on, every read runs in a killable reader).
     pub blocked_workers: usize,
+    /// Killable readers killed at a deadline that have not died yet (a FUSE
+    /// request their daemon took and does not answer), over all containers:
+    /// reaped as they die; at most 4 per container and 64 in all.
+    pub buried_readers: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
     pub audit_lines_dropped: u64,
@@ -129,6 +133,8 @@ pub struct ContainerStats {
     pub timeouts: u64,
     /// Its workers stuck in a read of its memory right now.
     pub blocked_workers: usize,
+    /// Its killable readers killed but not dead yet.
+    pub buried_readers: usize,
     /// Thread pidfds held for its callers.
     pub cached_pidfds: usize,
 }
@@ -473,6 +479,7 @@ impl Agent {
                 decisions: c.tenant.counters.decisions.load(Relaxed),
                 timeouts: c.tenant.counters.timeouts.load(Relaxed),
                 blocked_workers: c.tenant.blocked_workers(),
+                buried_readers: crate::seccomp::killable_read::buried(c.tenant.id).0,
                 cached_pidfds: self.shared.pidfds.len_of(c.tenant.id),
             })
             .collect();
@@ -486,6 +493,7 @@ impl Agent {
             latency_p99_us: self.shared.latency.quantile_us(0.99),
             audit_lines_dropped: self.shared.audit.dropped(),
             blocked_workers: self.shared.blocked.given_up(),
+            buried_readers: crate::seccomp::killable_read::buried(u64::MAX).1,
             per_container: containers,
         }
     }

@@ -134,7 +134,7 @@ pub(super) fn decode_bind(
     listener: &crate::seccomp::Listener,
     n: &Notification,
     args: &mut BindArgs,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<(std::time::Instant, u64)>,
     claim: impl FnOnce() -> bool,
 ) -> Result<(i32, SocketAddr), Undecoded> {
     // A number means a call only with its ABI: a filter that traps bind's
@@ -166,12 +166,14 @@ pub(super) fn decode_bind(
     // could allow the bind.
     let read = match deadline {
         None => read_validated(listener, n, ptr, raw),
-        Some(d) => read_validated_within(listener, n, ptr, raw, d),
+        Some((d, tenant)) => read_validated_within(listener, n, ptr, raw, d, tenant),
     };
     let judged = match read {
         Ok(()) => None,
         Err(ReadError::Gone) => return Err(Undecoded::Gone),
-        Err(ReadError::TimedOut) => return Err(Undecoded::TimedOut),
+        // An earlier read of this tenant's is still stuck: answered as its
+        // own deadline would have been, without a reader.
+        Err(ReadError::TimedOut | ReadError::Stuck) => return Err(Undecoded::TimedOut),
         Err(ReadError::Fault) => Some("bad address (the kernel answers EFAULT)"),
         Err(ReadError::Other(_)) => Some("cannot read the caller's memory"),
     };
@@ -268,18 +270,17 @@ impl BindHandler {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        let (fd, addr) =
-            match decode_bind(cx.listener, n, &mut facts.call, cx.read_deadline, || {
-                cx.claim()
-            }) {
-                Ok(call) => call,
-                Err(Undecoded::Kernel(reason)) => return cont(reason),
-                Err(Undecoded::Gone) => return None,
-                Err(Undecoded::TimedOut) => {
-                    facts.overdue = true;
-                    return None;
-                }
-            };
+        let deadline = cx.read_deadline.map(|d| (d, self.owner));
+        let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, deadline, || cx.claim())
+        {
+            Ok(call) => call,
+            Err(Undecoded::Kernel(reason)) => return cont(reason),
+            Err(Undecoded::Gone) => return None,
+            Err(Undecoded::TimedOut) => {
+                facts.overdue = true;
+                return None;
+            }
+        };
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }

@@ -421,7 +421,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
         cx.listener,
         n,
         &mut args,
-        Some(std::time::Instant::now() + READ_DEADLINE),
+        Some((std::time::Instant::now() + READ_DEADLINE, 0)),
         || true,
     ) {
         Ok(call) => call,

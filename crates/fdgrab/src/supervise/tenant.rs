@@ -41,13 +41,15 @@
 //! container, an idle or busy killable reader per worker that read killably, and, for a moment, a
 //! lowered worker handing over to its successor (`Pace`).
 //!
-//! Not bounded (known, not fixed): a reader that SIGKILL does not end. A page
-//! of a FUSE file the container maps, with readahead off, is read by a request
-//! that, once its daemon has taken it and never answers, the kernel waits out
-//! uninterruptibly. The reader then never dies, its worker waits to reap it,
-//! and that container's binds are no longer read (its own daemon's doing); a
-//! daemon outside the container that keeps such requests across restarts
-//! costs the agent one thread per restart.
+//! A reader that SIGKILL does not end: a page of a FUSE file the container
+//! maps is read by a request that, once its daemon has taken it and never
+//! answers, the kernel waits out uninterruptibly. Such a reader is buried
+//! (see `seccomp::killable_read`): its worker answers `ETIMEDOUT` and
+//! serves on with a fresh reader, and a reaper thread reaps the buried one
+//! once the daemon answers or dies. A container may leave
+//! `MAX_BURIED_PER_TENANT` (4) of them, the agent
+//! `MAX_BURIED` (64); past either, the container's
+//! reads that need a new reader are answered `ETIMEDOUT` at once, without one.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
