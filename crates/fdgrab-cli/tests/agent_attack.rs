@@ -1009,10 +1009,12 @@ fn agent_container_stuck_on_a_hung_fuse_page_blocks_nobody() {
     if !root_or_skip() {
         return;
     }
+    // Dropped before the agent, which cannot exit while its readers wait
+    // for the file system.
+    let mut s = Stalled::start("neighbour", 1, 1);
     let Some(fs) = held_fuse("agent-stuck") else {
         return;
     };
-    let mut s = Stalled::start("neighbour", 1, 1);
     let page_file = fs.page();
     let attacker = &mut s.attackers[0];
     for page in 0..BURIED_PER_CONTAINER {
@@ -1076,10 +1078,10 @@ fn agent_buried_readers_go_when_the_fuse_daemon_dies() {
     if !root_or_skip() {
         return;
     }
+    let mut s = Stalled::start("neighbour", 1, 1);
     let Some(mut fs) = held_fuse("agent-dies") else {
         return;
     };
-    let mut s = Stalled::start("neighbour", 1, 1);
     let page_file = fs.page();
     for page in 0..2 {
         let attacker = &mut s.attackers[0];
@@ -1096,5 +1098,82 @@ fn agent_buried_readers_go_when_the_fuse_daemon_dies() {
     let r = s.calm.ask("bind 127.87.3.1 86", Duration::from_secs(2));
     assert_eq!(r["errno"], 0, "{r}");
     s.end(1);
+    drop(fs);
+}
+
+/// The agent's threads closing copies of callers' files (`fdgrab-close`).
+fn closer_threads(agent: &AgentProc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fdgrab-close")
+        })
+        .count()
+}
+
+/// Closing the agent's copy of a FUSE file is a `FLUSH` its server may never
+/// answer, so it is made on a thread of its own, of which one container may
+/// hold 4 (`MAX_CLOSING_PER_OWNER`). A container binds a FUSE file from 24
+/// threads while the server holds every flush: it fills its 4 places, and its
+/// fifth close waits on its own worker. A neighbour's bind of a FUSE file is
+/// still answered (ENOTSOCK, its copy closed on a thread of its own), and so
+/// are its socket binds. (Before, the 16 places were agent-wide: the attacker
+/// took them all, and the neighbour's close then waited on its worker, with
+/// its bind, for as long as the server held it.) Once the server answers,
+/// every close finishes and the attacker is served again.
+#[test]
+fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:87-88"]);
+    let threads = thread_count(&agent);
+    // Dropped before the agent, which cannot exit while its closes wait for
+    // the file system.
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("agent-flush") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_flushes();
+    let mut attacker = FakeTenant::start(&agent, &unique("flusher"));
+    let mut neighbour = FakeTenant::start(&agent, &unique("neighbour"));
+    let file = fs.file();
+    assert_eq!(
+        attacker.ask(&format!("file-bind {file} 87 24"), TIMEOUT)["started"],
+        24
+    );
+    // Its places fill (one bind every 50 ms); then its worker waits in the
+    // fifth close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closer_threads(&agent) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's closes never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Room for every one of the 24 to have taken a place if it could (the
+    // former agent-wide pool: 16).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(closer_threads(&agent), 4, "the attacker holds its 4 places");
+    let r = neighbour.ask(&format!("file-bind {file} 88"), TIMEOUT);
+    assert_eq!(r["errno"], libc::ENOTSOCK, "{r}");
+    let r = neighbour.ask("bind 127.88.0.1 88", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert!(
+        closer_threads(&agent) <= 5,
+        "the neighbour's close on a thread"
+    );
+    // The server answers: every close ends, the attacker is served again.
+    fs.release_flushes();
+    returns(&agent, "threads", threads + 2, thread_count);
+    assert_eq!(closer_threads(&agent), 0);
+    let r = attacker.ask("bind 127.88.0.2 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    attacker.kill();
+    neighbour.kill();
+    returns(&agent, "threads", threads, thread_count);
     drop(fs);
 }

@@ -457,7 +457,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     let flags = fd_flags(n.tid, fd);
     if !cx.listener.id_valid(n.id) {
         // Not known to be a socket yet: a FUSE file's close may never return.
-        let_go_of_file(theirs);
+        let_go_of_file(theirs, 0);
         return None;
     }
     // The socket's kind first: getsockopt fails ENOTSOCK for any other file
@@ -465,7 +465,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // server (which may never answer). A handed socket is a socket.
     let Some(kind) = kind_of(&theirs) else {
         // Closing a FUSE file asks its server (FLUSH): not on this thread.
-        let_go_of_file(theirs);
+        let_go_of_file(theirs, 0);
         return cont("the fd is not a socket");
     };
     let key = key_of(&theirs);
