@@ -855,6 +855,14 @@ fn run_refuses_io_uring_and_foreign_abis() {
     }
     let v = probe_run(&[], &["io-uring"]);
     assert_eq!(v["errno"], libc::ENOSYS, "{v}");
+    // A negative number has the x32 bit set but is no x32 call: the kernel's
+    // ENOSYS, as without the filter (before, the program was killed).
+    let v = probe_run(&[], &["nosys"]);
+    assert_eq!(
+        v["errnos"],
+        serde_json::json!([libc::ENOSYS, libc::ENOSYS]),
+        "{v}"
+    );
     for mode in ["x32", "int80"] {
         let out = output_timeout(&mut run_cmd(&[], &[&probe(), mode]), TIMEOUT);
         assert_eq!(

@@ -46,6 +46,8 @@
 //!   loopback; `{"case":errno,...}` (a negative number: the socket could not be
 //!   made). For a network namespace of its own.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
+//! - `nosys`: `syscall(-1)` and `syscall(0xffff_ffff)`, numbers of no call of
+//!   any ABI; `{"errnos":[E1,E2]}` (the kernel's ENOSYS).
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
 use serde_json::{json, Value};
@@ -86,6 +88,7 @@ fn main() {
         "parity" => parity(),
         "io-uring" => io_uring(),
         "x32" => x32(),
+        "nosys" => nosys(),
         "int80" => int80(),
         "loop-bind" => loop_bind(num(1, 10_000), num(2, 80) as u16),
         "loop-getppid" => loop_getppid(num(1, 1_000_000)),
@@ -619,6 +622,22 @@ fn io_uring() -> Value {
         drop(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
     }
     json!({ "errno": errno })
+}
+
+fn nosys() -> Value {
+    let errnos: Vec<i32> = [-1i64, 0xffff_ffff]
+        .into_iter()
+        .map(|nr| {
+            // SAFETY: no call has this number; the kernel answers ENOSYS.
+            let r = unsafe { libc::syscall(nr as libc::c_long) };
+            if r == -1 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .collect();
+    json!({ "errnos": errnos })
 }
 
 fn x32() -> Value {

@@ -162,14 +162,14 @@ impl AgentStats {
 pub enum AgentEvent {
     /// A container's listener is now supervised.
     ContainerAdded {
-        /// The container id.
+        /// The container id, whole (logs and audit lines cut it to 4 KiB).
         container_id: String,
         /// Its listener in the supervisor.
         listener: ListenerId,
     },
     /// A container's filter has no users left; its listener and policy are gone.
     ContainerReleased {
-        /// The container id.
+        /// The container id, whole.
         container_id: String,
         /// The listener it had.
         listener: ListenerId,
@@ -705,11 +705,13 @@ impl Agent {
     fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {
         let state = listener.state;
         let policy = self.policy_for(&state);
-        let labels = AuditLabels::from_state(&state);
+        let mut labels = AuditLabels::from_state(&state);
         let container_id = labels.container_id.clone().unwrap_or_default();
         let bundle = labels.bundle.clone().unwrap_or_default();
         let id = self.next_listener;
         self.next_listener += 1;
+        // Its own share of the audit queue, whatever its id looks like.
+        labels.owner = id;
         self.shared.pidfds.add_owner(id);
         let tenant = Tenant::new(
             id,
@@ -737,6 +739,7 @@ impl Agent {
             "supervising container"
         );
         let id = ListenerId(id);
+        let whole_id = state.state.id.clone();
         self.containers.insert(
             id,
             Container {
@@ -746,7 +749,7 @@ impl Agent {
             },
         );
         events.push(AgentEvent::ContainerAdded {
-            container_id,
+            container_id: whole_id,
             listener: id,
         });
     }
@@ -801,7 +804,7 @@ impl Agent {
             let container_id = self
                 .containers
                 .remove(&id)
-                .map(|c| c.id)
+                .map(|c| c.state.state.id)
                 .unwrap_or_default();
             tracing::info!(
                 container = %shown(&container_id),

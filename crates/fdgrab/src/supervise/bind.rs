@@ -894,6 +894,7 @@ fn write_audit(
         namespace: labels.namespace.as_deref(),
         container_name: labels.container_name.as_deref(),
         netns: facts.netns.or_else(|| thread_netns_inode(tid)),
+        owner: labels.owner,
     };
     audit.write(&rec);
 }
