@@ -37,6 +37,11 @@
 //!   first netns) to PORT+1; then it runs T short-lived threads, and each whose tid
 //!   is one the first threads had binds that old socket, and a socket of the new
 //!   netns, to PORT+1.
+//! - `fuse-stall PATH PORT`: maps the FUSE file PATH (16 pages, never touched
+//!   here) and, on a thread, binds a TCP socket with its sockaddr on page 0;
+//!   once that bind returns (or after 10 s), binds 127.66.0.1:PORT; then the
+//!   same with page 1 and PORT+1. `{"stalls":[E,E],"binds":[E,E]}` (-1: no
+//!   answer within 10 s).
 //! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
 //!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `parity`: a table of binds the kernel answers in different ways (lengths,
@@ -85,6 +90,7 @@ fn main() {
         "addrform" => addrform(num(1, 80) as u16),
         "netns-tid-reuse" => netns_tid_reuse(num(1, 100), num(2, 5000), num(3, 80) as u16),
         "uffd-bind" => uffd_bind(),
+        "fuse-stall" => fuse_stall(arg(1), num(2, 80) as u16),
         "parity" => parity(),
         "io-uring" => io_uring(),
         "x32" => x32(),
@@ -345,6 +351,49 @@ fn netns_tid_reuse_child(
             "guest_ok": guest_ok, "wrong": wrong.len(),
             "examples": wrong.iter().take(5).collect::<Vec<_>>(),
             "old_port": local_port(old) })
+}
+
+fn fuse_stall(path: &str, port: u16) -> Value {
+    const PAGES: usize = 16;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return json!({ "error": format!("open {path}: {e}") }),
+    };
+    // SAFETY: a fresh shared read-only mapping of the file, never unmapped
+    // (a thread whose bind is not answered may read it at any time).
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096 * PAGES,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return json!({ "error": format!("mmap: {}", std::io::Error::last_os_error()) });
+    }
+    let (mut stalls, mut binds) = (Vec::new(), Vec::new());
+    for page in 0..2usize {
+        let addr = at as usize + 4096 * page;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = tcp_socket(AddressFamily::INET);
+            let _ = tx.send(raw_bind(s.as_raw_fd(), addr as *const libc::sockaddr, 16));
+        });
+        stalls.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or(-1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = port + page as u16;
+        std::thread::spawn(move || {
+            let s = tcp_socket(AddressFamily::INET);
+            let _ = tx.send(errno_of(rustix::net::bind(&s, &v4(p))));
+            // The socket stays bound while the probe lives.
+            std::mem::forget(s);
+        });
+        binds.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or(-1));
+    }
+    json!({ "stalls": stalls, "binds": binds })
 }
 
 fn uffd_bind() -> Value {
