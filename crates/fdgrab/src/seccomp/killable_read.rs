@@ -277,8 +277,9 @@ impl Drop for Reader {
             }
             return;
         }
-        // Idle (waiting on its futex) or stalled in a read: a fatal signal ends
-        // either at once (ESRCH only if it died meanwhile).
+        // Idle (waiting on its futex; one stalled in a read was retired, not
+        // kept): a fatal signal ends it at once (ESRCH only if it died
+        // meanwhile).
         let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
         reap(&self.pidfd);
         // Reaped: nothing runs on the stack or reads the slot any more.

@@ -8,8 +8,9 @@
 //! 2. the sockaddr is decoded as the bind handler does ([`super::bind`]'s
 //!    `decode_bind`), with its deadline: the copy runs in a reader process of
 //!    its own, and one that outlives [`READ_DEADLINE`] (a page a userfaultfd or
-//!    FUSE server never fills) is killed, the bind answered `ETIMEDOUT` and the
-//!    handover refused ([`Handover::refusal`]); this supervisor's thread also
+//!    FUSE server never fills) is killed (or, if the kill cannot end it, left
+//!    to a reaper), the bind answered `ETIMEDOUT` and the handover refused
+//!    ([`Handover::refusal`]); this supervisor's thread also
 //!    serves signals and the ready gate, so it must not block. Then the caller's
 //!    fd is copied through a **thread** pidfd and its `/proc` fd flags are read,
 //!    and `ID_VALID` is checked again; only our copies are used from then on;
