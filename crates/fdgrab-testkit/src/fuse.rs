@@ -289,6 +289,30 @@ fn serve(
     }
 }
 
+/// Maps the first [`PAGES`] pages of the file at `path` shared and read-only,
+/// for good (a thread may read it at any time), and returns the address; the
+/// pages are never touched here, so whoever reads them first faults them in.
+pub fn map_pages(path: &str) -> Result<usize, String> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    // SAFETY: a fresh shared read-only mapping of the file, which is never
+    // unmapped; the descriptor may close after it.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096 * PAGES,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(at as usize)
+}
+
 impl FuseFile {
     /// Mounts a fresh one (readable by every user); `None` when FUSE cannot be
     /// mounted here.

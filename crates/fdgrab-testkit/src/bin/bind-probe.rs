@@ -354,29 +354,13 @@ fn netns_tid_reuse_child(
 }
 
 fn fuse_stall(path: &str, port: u16) -> Value {
-    const PAGES: usize = 16;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return json!({ "error": format!("open {path}: {e}") }),
+    let at = match fdgrab_testkit::fuse::map_pages(path) {
+        Ok(at) => at,
+        Err(e) => return json!({ "error": e }),
     };
-    // SAFETY: a fresh shared read-only mapping of the file, never unmapped
-    // (a thread whose bind is not answered may read it at any time).
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096 * PAGES,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return json!({ "error": format!("mmap: {}", std::io::Error::last_os_error()) });
-    }
     let (mut stalls, mut binds) = (Vec::new(), Vec::new());
     for page in 0..2usize {
-        let addr = at as usize + 4096 * page;
+        let addr = at + 4096 * page;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let s = tcp_socket(AddressFamily::INET);

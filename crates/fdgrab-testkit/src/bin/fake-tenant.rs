@@ -523,27 +523,11 @@ fn file_bind(path: &str, port: u16, threads: u64) {
 /// A bind whose sockaddr lies on page `page` of a shared mapping of `path`,
 /// made on a thread of its own (see the `mmap-bind` command).
 fn mmap_bind(path: &str, page: usize) {
-    const PAGES: usize = 16;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return say(json!({"error": format!("open {path}: {e}")})),
+    let at = match fdgrab_testkit::fuse::map_pages(path) {
+        Ok(at) => at,
+        Err(e) => return say(json!({ "error": e })),
     };
-    // SAFETY: a fresh shared read-only mapping of the file, never unmapped
-    // (the bind thread may read it at any time) and never touched here.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096 * PAGES,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return say(json!({"error": format!("mmap: {}", std::io::Error::last_os_error())}));
-    }
-    let addr = at as usize + 4096 * page.min(PAGES - 1);
+    let addr = at + 4096 * page.min(fdgrab_testkit::fuse::PAGES - 1);
     std::thread::spawn(move || {
         let s = tcp();
         // SAFETY: bind reads 16 bytes at `addr`, inside the mapping, which
@@ -555,7 +539,6 @@ fn mmap_bind(path: &str, page: usize) {
             std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
         };
         say(json!({"mmap_errno": errno}));
-        drop(file);
     });
     say(json!({"stalled": true}));
 }

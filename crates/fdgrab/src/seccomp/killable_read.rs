@@ -845,7 +845,6 @@ mod tests {
     /// A mapping of the FUSE file's pages, unmapped on drop (before the file
     /// system goes).
     struct Mapped {
-        _file: std::fs::File,
         at: usize,
         len: usize,
     }
@@ -875,25 +874,10 @@ mod tests {
             return None;
         };
         fs.hold_reads();
-        let file = std::fs::File::open(fs.page()).expect("open the FUSE page");
-        let len = 4096 * fdgrab_testkit::fuse::PAGES;
-        // SAFETY: a fresh shared read-only mapping of the file; nothing here
-        // touches it (only readers of ours fault it in).
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-            )
-        };
-        assert_ne!(at, libc::MAP_FAILED, "mmap the FUSE page");
+        let at = fdgrab_testkit::fuse::map_pages(&fs.page()).expect("map the FUSE pages");
         let map = Mapped {
-            _file: file,
-            at: at as usize,
-            len,
+            at,
+            len: 4096 * fdgrab_testkit::fuse::PAGES,
         };
         Some((fs, map))
     }
