@@ -409,6 +409,7 @@ impl Agent {
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
             blocked: Default::default(),
+            paced: true,
         });
         tracing::debug!(
             nofile = budget.limit,

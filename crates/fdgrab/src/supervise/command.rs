@@ -215,6 +215,8 @@ impl SupervisedCommand {
             pidfds: Arc::clone(&pidfds),
             latency: Default::default(),
             blocked: Default::default(),
+            // One program: no other container to yield CPU to.
+            paced: false,
         });
         let waker = rustix::event::eventfd(
             0,

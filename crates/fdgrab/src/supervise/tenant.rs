@@ -209,6 +209,11 @@ pub(crate) struct Shared {
     pub latency: LatencyStats,
     /// Workers given up on over all containers.
     pub blocked: BlockedPool,
+    /// Whether a busy worker yields ([`Pace`]): CPU between containers. Not
+    /// under `run`, which serves one program; its workers then also skip the
+    /// look for a queued call that pacing needs, and the `poll` before each
+    /// `RECV` (two system calls per call).
+    pub paced: bool,
 }
 
 /// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
@@ -576,22 +581,32 @@ impl Tenant {
             if std::mem::take(&mut restore) && self.respawn(generation) {
                 return;
             }
-            let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
-            match rustix::event::poll(&mut pfd, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+            // Unpaced (`run`, one program), the worker blocks in RECV itself:
+            // one system call fewer per call. Its process ends with the
+            // program, so a RECV that never returns (before Linux 6.6, once
+            // the filter has no users) keeps nothing alive.
+            if self.shared.paced {
+                let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+                        return self.release();
+                    }
+                }
+                let revents = pfd[0].revents();
+                if !revents.contains(PollFlags::IN)
+                    && revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                {
                     return self.release();
                 }
             }
-            let revents = pfd[0].revents();
-            if !revents.contains(PollFlags::IN)
-                && revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
-            {
-                return self.release();
-            }
             let notif = match self.listener.recv() {
                 Ok(Some(n)) => n,
+                // Since 6.6 RECV fails at once once the filter has no users.
+                Ok(None) if !self.shared.paced && super::hung_up(&self.listener) => {
+                    return self.release();
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "SECCOMP_IOCTL_NOTIF_RECV failed; releasing the container");
@@ -606,9 +621,14 @@ impl Tenant {
                 tv_nsec: 0,
             };
             let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
-            let queued = matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
+            let queued = self.shared.paced
+                && matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
                 && more[0].revents().contains(PollFlags::IN);
-            match pace.note(queued, Instant::now()) {
+            let change = match self.shared.paced {
+                true => pace.note(queued, Instant::now()),
+                false => PaceChange::Keep,
+            };
+            match change {
                 PaceChange::Keep => {}
                 PaceChange::Lower => {
                     let me = Some(rustix::thread::gettid());
