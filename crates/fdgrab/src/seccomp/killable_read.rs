@@ -371,6 +371,8 @@ pub(crate) fn drop_thread_reader() {
     // `try_lock`: in a child of `fork` the parent's reaper may have held it.
     let inherited = match GRAVEYARD.try_lock() {
         Ok(mut g) if g.buried.iter().any(|r| r.owner != std::process::id()) => {
+            // The parent's reaper thread is not ours either.
+            g.reaper = false;
             std::mem::take(&mut g.buried)
         }
         _ => Vec::new(),
