@@ -41,7 +41,7 @@ const SLOW: Duration = Duration::from_secs(2);
 
 /// `page`'s node id, and its size in pages.
 const PAGE_NODE: u64 = 3;
-pub const PAGES: usize = 16;
+pub const PAGES: usize = 80;
 const PAGE_SIZE: u64 = 4096 * PAGES as u64;
 
 /// The mounted file system; unmounted on drop.

@@ -37,7 +37,7 @@
 //!   first netns) to PORT+1; then it runs T short-lived threads, and each whose tid
 //!   is one the first threads had binds that old socket, and a socket of the new
 //!   netns, to PORT+1.
-//! - `fuse-stall PATH PORT`: maps the FUSE file PATH (16 pages, never touched
+//! - `fuse-stall PATH PORT`: maps the FUSE file PATH (its pages, never touched
 //!   here) and, on a thread, binds a TCP socket with its sockaddr on page 0;
 //!   once that bind returns (or after 10 s), binds 127.66.0.1:PORT; then the
 //!   same with page 1 and PORT+1. `{"stalls":[E,E],"binds":[E,E]}` (-1: no

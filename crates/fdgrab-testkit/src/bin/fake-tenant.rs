@@ -15,8 +15,8 @@
 //! - `uffd-fault PORT [MS]`: like `uffd`, but MS ms (0) after the bind returns
 //!   (and its line is printed) the thread unmaps the page and closes the
 //!   userfaultfd, so that a read still blocked on it ends in `EFAULT`.
-//! - `mmap-bind PATH PAGE PORT`: maps the file at PATH (shared, read-only, 16
-//!   pages) and has a thread bind with its sockaddr at the start of page PAGE,
+//! - `mmap-bind PATH PAGE PORT`: maps the file at PATH (shared, read-only,
+//!   `fuse::PAGES` pages) and has a thread bind with its sockaddr at the start of page PAGE,
 //!   never touched here; prints `{"stalled":true}` at once and
 //!   `{"mmap_errno":N}` when the bind returns. On a FUSE file whose daemon holds
 //!   reads, whoever reads that sockaddr waits for the daemon.

@@ -980,6 +980,55 @@ mod tests {
         drop(map);
     }
 
+    /// However many tenants leave readers stuck, the process holds at most
+    /// `MAX_BURIED` of them: 16 tenants fill their shares, and then a read of
+    /// a tenant with none buried gets no reader either (`Stuck`). When the
+    /// daemon answers, all are reaped and readers start again.
+    #[test]
+    fn buried_readers_are_bounded_over_all_tenants() {
+        let Some((fs, map)) = held_fuse_pages("cap") else {
+            return;
+        };
+        let before = fds_and_children();
+        let tenants = MAX_BURIED / MAX_BURIED_PER_TENANT;
+        // A page per reader.
+        const _: () = assert!(MAX_BURIED < fdgrab_testkit::fuse::PAGES);
+        for t in 0..tenants {
+            for k in 0..MAX_BURIED_PER_TENANT {
+                let page = map.page(t * MAX_BURIED_PER_TENANT + k);
+                let (r, _) = read_within(page, 16, Duration::from_millis(50), 100 + t as u64);
+                assert_eq!(r, Err(KillableError::TimedOut), "tenant {t}, read {k}");
+            }
+        }
+        assert_eq!(buried(100), (MAX_BURIED_PER_TENANT, MAX_BURIED));
+        let src = *b"a tenant with nothing buried";
+        let (r, _) = read_within(
+            src.as_ptr() as usize,
+            src.len(),
+            Duration::from_secs(10),
+            999,
+        );
+        assert_eq!(r, Err(KillableError::Stuck), "past the process's cap");
+        assert_eq!(
+            fs.held_reads(),
+            MAX_BURIED,
+            "no reader started past the cap"
+        );
+        assert_eq!(fs.release_reads(), MAX_BURIED);
+        wait_until("every buried reader reaped", || buried(100).1 == 0);
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
+        let (r, buf) = read_within(
+            src.as_ptr() as usize,
+            src.len(),
+            Duration::from_secs(10),
+            999,
+        );
+        assert_eq!((r, &buf[..]), (Ok(()), &src[..]));
+        drop(map);
+    }
+
     /// The daemon dies instead of answering (its `/dev/fuse` closes, which
     /// aborts the connection): the buried readers die with their requests
     /// and are reaped.
