@@ -492,3 +492,41 @@ fn run_bind_with_its_address_on_a_hung_fuse_page_is_answered_and_the_rest_served
     let status = status.expect("fdgrab exited once the daemon answered");
     assert!(status.success(), "{status:?}");
 }
+
+/// `exec --via bind`, whose new server binds with its sockaddr on a page of a
+/// FUSE file whose daemon takes the read and never answers: the supervisor's
+/// reader, killed at the deadline, cannot die. The bind is answered
+/// ETIMEDOUT and the handover refused with the reason while the read is still
+/// held (the reader is left to a reaper). Before, the supervisor, fdgrab's
+/// only thread, waited in the reap for as long as the daemon did: no answer,
+/// no signal forwarded, no ready timeout.
+#[test]
+fn exec_via_bind_with_its_address_on_a_hung_fuse_page_is_refused_not_stuck() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("exec-stall") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_reads();
+    // This test process is the old server.
+    let old = std::net::TcpListener::bind("127.66.0.1:0").expect("a listener");
+    let port = old.local_addr().expect("its address").port();
+    let out = output_timeout(
+        fdgrab_testkit::fdgrab()
+            .args(["exec", &std::process::id().to_string()])
+            .arg(format!("tcp:127.66.0.1:{port}"))
+            .args(["--via", "bind", "--ready-timeout", "30", "--"])
+            .arg(bin("bind-probe"))
+            .args(["fuse-bind", &fs.page()]),
+        Duration::from_secs(30),
+    );
+    let held = fs.held_reads();
+    fs.release_reads();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("could not be read within 500 ms"), "{err}");
+    assert_eq!(held, 1, "the read was still held when fdgrab gave up");
+    drop(old);
+}

@@ -42,6 +42,8 @@
 //!   once that bind returns (or after 10 s), binds 127.66.0.1:PORT; then the
 //!   same with page 1 and PORT+1. `{"stalls":[E,E],"binds":[E,E]}` (-1: no
 //!   answer within 10 s).
+//! - `fuse-bind PATH`: binds a TCP socket with its sockaddr on the first page of
+//!   a mapping of the FUSE file PATH; `{"errno":N}` once answered.
 //! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
 //!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `parity`: a table of binds the kernel answers in different ways (lengths,
@@ -91,6 +93,13 @@ fn main() {
         "netns-tid-reuse" => netns_tid_reuse(num(1, 100), num(2, 5000), num(3, 80) as u16),
         "uffd-bind" => uffd_bind(),
         "fuse-stall" => fuse_stall(arg(1), num(2, 80) as u16),
+        "fuse-bind" => match fdgrab_testkit::fuse::map_pages(arg(1)) {
+            Ok(at) => {
+                let s = tcp_socket(AddressFamily::INET);
+                json!({ "errno": raw_bind(s.as_raw_fd(), at as *const libc::sockaddr, 16) })
+            }
+            Err(e) => json!({ "error": e }),
+        },
         "parity" => parity(),
         "io-uring" => io_uring(),
         "x32" => x32(),

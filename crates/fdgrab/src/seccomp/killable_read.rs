@@ -565,6 +565,25 @@ extern "C" fn reader_main(arg: *mut c_void) -> c_int {
             ],
         )
     };
+    // A descriptor table of our own, empty: a reader that outlives its kill
+    // (see the module docs) and then the agent would otherwise keep every
+    // descriptor of ours open (the containers' listeners, a caller's pipes)
+    // for as long as it is stuck. `CLOSE_RANGE_UNSHARE` (Linux 5.9) copies
+    // none of them first; without it, the table stays shared.
+    // SAFETY: integers only; the range is every descriptor.
+    unsafe {
+        raw_syscall6(
+            libc::SYS_close_range as usize,
+            [
+                0,
+                u32::MAX as usize,
+                libc::CLOSE_RANGE_UNSHARE as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
     // Our parent died before the signal was set (it is then not sent): go
     // rather than wait for requests nobody sends.
     // SAFETY: no arguments.
