@@ -45,7 +45,8 @@
 //! [`crate::supervise`]'s agent).
 //!
 //! The reader runs one function that makes raw system calls only (its
-//! parent-death signal, futex waits and wakes, the read): it shares our memory
+//! parent-death signal, dropping its share of our descriptor table, futex
+//! waits and wakes, the read): it shares our memory
 //! and, without `CLONE_SETTLS`, the calling thread's TLS, so it must never touch
 //! `errno`, the allocator, a lock or a panic. Its exit signal is 0, so only a
 //! wait with `__WALL` sees it: a `waitpid(-1)` elsewhere in the process cannot
