@@ -1177,3 +1177,69 @@ fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
     returns(&agent, "threads", threads, thread_count);
     drop(fs);
 }
+
+/// A suspect container makes `n` binds whose sockaddr sits on pages `first..`
+/// of the held FUSE file, each answered ETIMEDOUT.
+fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
+    for page in first..first + n {
+        let r = t.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT);
+        assert_eq!(r["stalled"], true, "{r}");
+        let r = t.line(TIMEOUT);
+        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+    }
+}
+
+/// A container that fills its share of buried readers and is restarted (a new
+/// container of the same pod, as the kubelet makes) gets no fresh share: the
+/// places go with the pod. The restarted container's stuck bind is answered
+/// at once without a reader, while a container of another pod still gets
+/// one. (Keyed by container, each restart of a pod whose FUSE daemon holds
+/// requests for ever took 4 more places, up to the agent's 64.)
+#[test]
+fn agent_restarted_container_keeps_its_pods_share_of_buried_readers() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let Some(fs) = held_fuse("agent-pod") else {
+        return;
+    };
+    let page_file = fs.page();
+    let pod = [("FAKE_TENANT_POD", "restarting")];
+    let mut first = stalling_tenant(&agent, &pod);
+    fuse_stalls(&mut first, &page_file, 0, BURIED_PER_CONTAINER);
+    first.kill();
+    assert_eq!(
+        agent.state_number("buried_readers"),
+        BURIED_PER_CONTAINER as u64
+    );
+    let mut again = stalling_tenant(&agent, &pod);
+    let taken = fs.reads_taken();
+    fuse_stalls(&mut again, &page_file, 10, 1);
+    assert_eq!(
+        fs.reads_taken(),
+        taken,
+        "no reader for the restarted container"
+    );
+    let mut other = stalling_tenant(&agent, &[("FAKE_TENANT_POD", "another")]);
+    fuse_stalls(&mut other, &page_file, 20, 1);
+    assert_eq!(
+        fs.reads_taken(),
+        taken + 1,
+        "another pod's reader took the read"
+    );
+    fs.release_reads();
+    state_becomes(&agent, "buried_readers", 0);
+    let r = again.ask("bind 127.87.4.1 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    drop(fs);
+}
+
+/// A fake container of the pod `env` names, made suspect by one stalled read
+/// (a userfaultfd page): its later reads are killable.
+fn stalling_tenant(agent: &AgentProc, env: &[(&str, &str)]) -> FakeTenant {
+    let mut t = FakeTenant::start_with_env(agent, &unique("pod"), env);
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    t
+}

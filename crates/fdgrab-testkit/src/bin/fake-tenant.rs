@@ -57,6 +57,8 @@
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
+//! `FAKE_TENANT_POD` names the pod (else `pod-ID`): containers restarted in
+//! one pod.
 //! `FAKE_TENANT_SPLIT` sends the document in two writes 20 ms apart, the
 //! listener with the second.
 
@@ -147,6 +149,9 @@ fn main() {
             },
         },
     });
+    if let Some(v) = std::env::var_os("FAKE_TENANT_POD") {
+        doc["state"]["annotations"]["io.kubernetes.pod.name"] = v.to_string_lossy().into();
+    }
     if let Some(v) = std::env::var_os("FAKE_TENANT_ALLOW_BIND") {
         doc["state"]["annotations"]["org.fdgrab.allow-bind"] = v.to_string_lossy().into();
     }

@@ -107,7 +107,7 @@ pub struct AgentStats {
     pub blocked_workers: usize,
     /// Killable readers killed at a deadline that have not died yet (a FUSE
     /// request their daemon took and does not answer), over all containers:
-    /// reaped as they die; at most 4 per container and 64 in all.
+    /// reaped as they die; at most 4 per pod (else container) and 64 in all.
     pub buried_readers: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
@@ -133,7 +133,7 @@ pub struct ContainerStats {
     pub timeouts: u64,
     /// Its workers stuck in a read of its memory right now.
     pub blocked_workers: usize,
-    /// Its killable readers killed but not dead yet.
+    /// Its pod's (else its own) killable readers killed but not dead yet.
     pub buried_readers: usize,
     /// Thread pidfds held for its callers.
     pub cached_pidfds: usize,
@@ -480,7 +480,7 @@ impl Agent {
                 decisions: c.tenant.counters.decisions.load(Relaxed),
                 timeouts: c.tenant.counters.timeouts.load(Relaxed),
                 blocked_workers: c.tenant.blocked_workers(),
-                buried_readers: crate::seccomp::killable_read::buried(c.tenant.id).0,
+                buried_readers: crate::seccomp::killable_read::buried(c.tenant.share()).0,
                 cached_pidfds: self.shared.pidfds.len_of(c.tenant.id),
             })
             .collect();

@@ -50,6 +50,9 @@ pub struct BindHandler {
     pidfds: Arc<ThreadPidfds>,
     /// Whose share of `pidfds` this handler spends.
     owner: u64,
+    /// Whose places for what can outlive a call this handler spends (see
+    /// [`BindHandler::share`]).
+    share: u64,
     /// Whether `pidfds` is ours alone (then `maintain` prunes it).
     private_cache: bool,
 }
@@ -76,8 +79,19 @@ impl BindHandler {
             unanswered: HashMap::new(),
             pidfds,
             owner,
+            share: owner,
             private_cache: false,
         }
+    }
+
+    /// Spends `share`'s places for what can outlive a call: killable readers
+    /// a kill cannot end, closes of FUSE files that wait (the owner's by
+    /// default). The agent gives every container of one pod the same share,
+    /// so that a pod whose containers restart does not get fresh places with
+    /// each restart.
+    pub fn share(mut self, share: u64) -> Self {
+        self.share = share;
+        self
     }
 }
 
@@ -231,7 +245,7 @@ impl Handler for BindHandler {
         );
         if cx.audit.is_enabled() {
             audit(
-                cx, notif, &mut facts, response, decision, reason, self.owner,
+                cx, notif, &mut facts, response, decision, reason, self.share,
             );
         }
         let Some(sock) = bound else {
@@ -272,7 +286,7 @@ impl BindHandler {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        let deadline = cx.read_deadline.map(|d| (d, self.owner));
+        let deadline = cx.read_deadline.map(|d| (d, self.share));
         let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, deadline, || cx.claim())
         {
             Ok(call) => call,
@@ -302,7 +316,7 @@ impl BindHandler {
         // in this call, so its netns cannot change under us.
         let cookie = match crate::sys::socket_netns_cookie(&sock) {
             Err(Errno::NOTSOCK) => {
-                let_go_of_file(sock, self.owner);
+                let_go_of_file(sock, self.share);
                 return cont("the fd is not a socket");
             }
             c => c.ok(),

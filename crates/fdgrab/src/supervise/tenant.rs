@@ -46,7 +46,7 @@
 //! answers, the kernel waits out uninterruptibly. Such a reader is buried
 //! (see `seccomp::killable_read`): its worker answers `ETIMEDOUT` and
 //! serves on with a fresh reader, and a reaper thread reaps the buried one
-//! once the daemon answers or dies. A container may leave
+//! once the daemon answers or dies. A container (its pod, when named) may leave
 //! `MAX_BURIED_PER_TENANT` (4) of them, the agent
 //! `MAX_BURIED` (64); past either, the container's
 //! reads that need a new reader are answered `ETIMEDOUT` at once, without one.
@@ -383,6 +383,21 @@ impl Tenant {
             .map(drop)
     }
 
+    /// Whose places this container's stuck readers and waiting closes take:
+    /// its pod's, when the runtime names the pod (a restarted container is a
+    /// new container of the same pod), else its own. Never 0, which is
+    /// `run`'s and the handover's.
+    pub fn share(&self) -> u64 {
+        match (&self.labels.namespace, &self.labels.pod) {
+            (namespace, Some(pod)) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&(namespace, pod), &mut h);
+                std::hash::Hasher::finish(&h) | 1 << 63
+            }
+            _ => self.id,
+        }
+    }
+
     fn shown_id(&self) -> String {
         crate::inventory::escape(self.labels.container_id.as_deref().unwrap_or("").as_bytes())
     }
@@ -567,7 +582,8 @@ impl Tenant {
 
     fn work(self: Arc<Self>, generation: u64) {
         let policy = Arc::clone(&self.policy);
-        let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
+        let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id)
+            .share(self.share());
         let bind_nr = handler.syscalls().to_vec();
         let mut pace = Pace::new();
         let mut restore = false;
