@@ -851,3 +851,64 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events name a container by its whole id: logs, audit lines and the
+    /// state dump cut it to 4 KiB, but a library user matching events to
+    /// containers must not see two ids that agree in their first 4 KiB as one.
+    #[test]
+    fn container_events_carry_the_whole_id() {
+        let dir = std::env::temp_dir().join(format!("fdgrab-agent-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let socket = std::os::unix::net::UnixListener::bind(dir.join("agent.sock")).expect("bind");
+        let mut agent = Agent::new(
+            OwnedFd::from(socket),
+            Policy::default(),
+            AuditSink::none(),
+            FdBudget::current(),
+        )
+        .expect("agent");
+        let id = format!(
+            "{}-the-end",
+            "c".repeat(super::super::audit::MAX_LABEL_BYTES + 10)
+        );
+        let doc = format!(
+            r#"{{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":1,"state":{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"/b"}}}}"#
+        );
+        let state = super::super::oci::parse_document(doc.as_bytes())
+            .expect("parse")
+            .expect("complete");
+        // Not a listener: its worker finds that out at the first readiness,
+        // and releases the container.
+        let notify_fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+        let wake = rustix::io::dup(&notify_fd).expect("dup");
+        let mut events = Vec::new();
+        agent.add_container(ContainerListener { state, notify_fd }, &mut events);
+        assert_eq!(
+            events,
+            vec![AgentEvent::ContainerAdded {
+                container_id: id.clone(),
+                listener: ListenerId(1),
+            }]
+        );
+        rustix::io::write(&wake, &1u64.to_ne_bytes()).expect("wake the worker");
+        let until = Instant::now() + Duration::from_secs(20);
+        let released = loop {
+            let evs = agent.turn(Some(Duration::from_millis(100))).expect("turn");
+            if let Some(AgentEvent::ContainerReleased { container_id, .. }) = evs
+                .into_iter()
+                .find(|e| matches!(e, AgentEvent::ContainerReleased { .. }))
+            {
+                break container_id;
+            }
+            assert!(Instant::now() < until, "the container was never released");
+        };
+        assert_eq!(released, id);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
