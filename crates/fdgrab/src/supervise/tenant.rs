@@ -619,7 +619,7 @@ impl Tenant {
             }
             let notif = match self.listener.recv() {
                 Ok(Some(n)) => n,
-                // Since 6.6 RECV fails at once once the filter has no users.
+                // Since 6.6 RECV fails at once when the filter has no users left.
                 Ok(None) if !self.shared.paced && super::hung_up(&self.listener) => {
                     return self.release();
                 }
