@@ -1243,3 +1243,48 @@ fn stalling_tenant(agent: &AgentProc, env: &[(&str, &str)]) -> FakeTenant {
     assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
     t
 }
+
+/// A container past its share of buried readers has each bind answered
+/// ETIMEDOUT at once, without a read, so it can have hundreds answered a
+/// second. The agent warns of its timeouts at most every 10 s per container
+/// (with the count answered since), not once per bind: before, each bind
+/// wrote a warning at the default log level, and a container binding nonstop
+/// flooded the agent's log (and a journal's per-service rate limit then
+/// dropped every other container's lines with it). Its neighbour's timeout
+/// is still warned of at once.
+#[test]
+fn agent_stuck_container_binding_nonstop_does_not_flood_the_log() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let Some(fs) = held_fuse("agent-flood") else {
+        return;
+    };
+    let page_file = fs.page();
+    let mut t = stalling_tenant(&agent, &[]);
+    fuse_stalls(&mut t, &page_file, 0, BURIED_PER_CONTAINER);
+    state_becomes(&agent, "buried_readers", BURIED_PER_CONTAINER as u64);
+    let r = t.ask("lat 300 127.87.6.1 86", TIMEOUT);
+    assert_eq!(r["errors"], 300, "{r}");
+    assert_eq!(r["first_errno"], libc::ETIMEDOUT, "{r}");
+    let warned = |log: &str| log.matches("bind answered ETIMEDOUT").count();
+    let log = agent.log.text();
+    // One for the first stall; the rest (4 buried reads, 300 binds) within
+    // 10 s of it.
+    assert!(warned(&log) <= 2, "{} warnings", warned(&log));
+    let before = warned(&agent.log.text());
+    let mut other = stalling_tenant(&agent, &[]);
+    let deadline = Instant::now() + TIMEOUT;
+    while warned(&agent.log.text()) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the neighbour's timeout is warned of at once"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs.release_reads();
+    state_becomes(&agent, "buried_readers", 0);
+    other.kill();
+    drop(fs);
+}

@@ -83,6 +83,11 @@ pub const MAX_BLOCKED_WORKERS: usize = 1;
 /// stall.
 pub const MAX_GIVEN_UP_IN_THREAD: usize = 16;
 
+/// A container's binds answered `ETIMEDOUT` are warned of at most this often
+/// (the first at once, then with the count since): past its share of stuck
+/// readers, each of its binds is answered so at once.
+const TIMEOUT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Given-up workers over all containers.
 #[derive(Debug, Default)]
 pub(crate) struct BlockedPool {
@@ -332,6 +337,9 @@ pub(crate) struct Tenant {
     /// A request of this container outlived [`READ_DEADLINE`]: from then on its
     /// reads all run in killable readers.
     suspect: AtomicBool,
+    /// When its last `ETIMEDOUT` was warned of, and how many were answered
+    /// since (see [`TIMEOUT_WARN_EVERY`]).
+    timeout_warned: Mutex<(Option<Instant>, u64)>,
     pub counters: TenantCounters,
     shared: Arc<Shared>,
     events: Mutex<Sender<TenantEvent>>,
@@ -366,6 +374,7 @@ impl Tenant {
             released: AtomicBool::new(false),
             spawn_failing: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
+            timeout_warned: Mutex::new((None, 0)),
             counters: TenantCounters::default(),
             shared,
             events: Mutex::new(events),
@@ -519,13 +528,35 @@ impl Tenant {
         self.suspect.store(true, Ordering::Release);
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
         let reason = "reading the caller's memory outlived the deadline (a page nobody fills?)";
-        tracing::warn!(
-            container = %self.shown_id(),
-            tid,
-            deadline = ?READ_DEADLINE,
-            "bind answered ETIMEDOUT: {reason}"
-        );
+        if let Some(answered) = self.timeout_warning_due(Instant::now()) {
+            tracing::warn!(
+                container = %self.shown_id(),
+                tid,
+                deadline = ?READ_DEADLINE,
+                answered,
+                "bind answered ETIMEDOUT: {reason}"
+            );
+        }
         self.answer_unread(id, tid, reason);
+    }
+
+    /// Counts one more bind answered `ETIMEDOUT`; whether to warn of it, with
+    /// how many were answered so since the last warning (this one included).
+    /// A container past its share of stuck readers has every bind answered at
+    /// once, as fast as it binds: a warning each would flood the log.
+    fn timeout_warning_due(&self, now: Instant) -> Option<u64> {
+        let mut w = self
+            .timeout_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        w.1 += 1;
+        if w.0
+            .is_some_and(|last| now.duration_since(last) < TIMEOUT_WARN_EVERY)
+        {
+            return None;
+        }
+        w.0 = Some(now);
+        Some(std::mem::take(&mut w.1))
     }
 
     fn answer_unread(&self, id: u64, tid: i32, reason: &str) {
