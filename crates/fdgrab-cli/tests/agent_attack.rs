@@ -1287,3 +1287,69 @@ fn agent_stuck_container_binding_nonstop_does_not_flood_the_log() {
     other.kill();
     drop(fs);
 }
+
+/// The agent dies (SIGKILL: a crash, or systemd's final kill on a stop) while
+/// a reader is buried in a FUSE read its daemon holds. The agent exits at
+/// once all the same; the reader, which no signal ends, outlives it, but
+/// holds none of its descriptors (it dropped its share of the table when it
+/// started), so an agent started again on the same socket finds the old one
+/// stale, replaces it and serves containers while the reader is still held.
+/// (A reader sharing the table kept the old listening socket open: the new
+/// agent took it for a live agent's and would not start.) The reader goes
+/// once the daemon answers.
+#[test]
+fn agent_restarted_while_a_reader_is_buried_starts_and_serves() {
+    if !root_or_skip() {
+        return;
+    }
+    let args = ["--allow-bind", "tcp:85-86"];
+    let mut agent = AgentProc::start(&args);
+    let Some(fs) = held_fuse("agent-restart") else {
+        return;
+    };
+    let page_file = fs.page();
+    let mut t = stalling_tenant(&agent, &[]);
+    fuse_stalls(&mut t, &page_file, 0, 1);
+    state_becomes(&agent, "buried_readers", 1);
+    // The worker's reader was retired with the stall: the one child left is
+    // the buried reader.
+    let kids: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let reader = kids[0];
+    // SAFETY: a signal to the agent we started.
+    assert_eq!(unsafe { libc::kill(agent.pid, libc::SIGKILL) }, 0);
+    let exited = fdgrab_testkit::wait_timeout(&mut agent.child, TIMEOUT);
+    assert!(exited.is_ok(), "the agent did not exit: {exited:?}");
+    let fds = std::fs::read_dir(format!("/proc/{reader}/fd")).map(|d| d.count());
+    assert_eq!(fds.ok(), Some(0), "the buried reader holds no descriptor");
+    let again = AgentProc::start_at(
+        fdgrab_testkit::oci::TempDir::new("fdgrab-agent-again"),
+        &agent.socket,
+        &agent.audit,
+        &args,
+    )
+    .unwrap_or_else(|e| panic!("the agent did not start again: {e}"));
+    let mut c = FakeTenant::start(&again, &unique("after-restart"));
+    let r = c.ask("bind 127.87.7.1 86", Duration::from_secs(5));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(fs.release_reads(), 1);
+    assert!(
+        fdgrab_testkit::wait_gone(reader),
+        "the reader went once the daemon answered"
+    );
+    c.kill();
+    t.kill();
+    drop(again);
+    drop(fs);
+}

@@ -551,7 +551,8 @@ extern "C" fn reader_main(arg: *mut c_void) -> c_int {
     let slot = unsafe { &*(arg as *const Slot) };
     // Killed with the thread that waits for it: when that thread exits (its
     // `Reader` also kills and reaps us) or the whole agent dies, so no reader
-    // outlives the agent blocked on a page.
+    // outlives the agent blocked on a page, but one a kill cannot end (buried:
+    // see the module docs), which outlives it holding no descriptor of ours.
     // SAFETY: integers only.
     unsafe {
         raw_syscall6(
