@@ -35,7 +35,17 @@ pub struct AuditLabels {
     /// the whole container id, not the cut one: two ids that share their
     /// first 4 KiB are two owners.
     pub owner: u64,
+    /// The pod sandbox's id, as containerd or CRI-O set it (after any
+    /// annotation of the pod's own): the one label that says which
+    /// containers are one pod's, across their restarts. Not written.
+    pub sandbox: Option<String>,
 }
+
+/// Annotation keys that carry the pod sandbox's id: containerd's and CRI-O's.
+const SANDBOX_KEYS: [&str; 2] = [
+    "io.kubernetes.cri.sandbox-id",
+    "io.kubernetes.cri-o.SandboxID",
+];
 
 /// Annotation keys that carry the pod name, its namespace and the container name:
 /// the CRI's own (set by the kubelet, passed on by containerd and CRI-O), then
@@ -70,6 +80,7 @@ impl AuditLabels {
             pod: pick(&POD_KEYS).map(|v| capped(&v)),
             namespace: pick(&NAMESPACE_KEYS).map(|v| capped(&v)),
             container_name: pick(&CONTAINER_NAME_KEYS).map(|v| capped(&v)),
+            sandbox: pick(&SANDBOX_KEYS),
             owner: {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&state.state.id, &mut h);

@@ -394,17 +394,10 @@ impl Tenant {
 
     /// Whose places this container's stuck readers and waiting closes take:
     /// its pod's, when the runtime names the pod (a restarted container is a
-    /// new container of the same pod), else its own. Never 0, which is
-    /// `run`'s and the handover's.
+    /// new container of the same pod; see [`share_of`]), else its own. Never
+    /// 0, which is `run`'s and the handover's.
     pub fn share(&self) -> u64 {
-        match (&self.labels.namespace, &self.labels.pod) {
-            (namespace, Some(pod)) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::hash::Hash::hash(&(namespace, pod), &mut h);
-                std::hash::Hasher::finish(&h) | 1 << 63
-            }
-            _ => self.id,
-        }
+        share_of(&self.labels, self.id)
     }
 
     fn shown_id(&self) -> String {
@@ -773,9 +766,93 @@ impl Tenant {
     }
 }
 
+/// [`Tenant::share`] of the container `id` labelled `labels`: its pod
+/// sandbox's when the runtime names it, else its pod's by namespace and name,
+/// else its own. The sandbox id first: CRI-O's pod label is the container's
+/// own name, restart attempt included (a fresh share per restart), and the
+/// name and namespace keys are plain annotations a runtime may pass on from
+/// its request; the runtime sets the sandbox id itself and keeps it across
+/// restarts.
+fn share_of(labels: &AuditLabels, id: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match (&labels.sandbox, &labels.pod) {
+        (Some(sandbox), _) => (0u8, sandbox).hash(&mut h),
+        (None, Some(pod)) => (1u8, &labels.namespace, pod).hash(&mut h),
+        (None, None) => return id,
+    }
+    h.finish() | 1 << 63
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The labels of a container whose runtime passed these annotations.
+    fn labelled(annotations: &[(&str, &str)]) -> AuditLabels {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+            .collect();
+        let doc = serde_json::json!({
+            "ociVersion": "1.0.2", "fds": ["seccompFd"], "pid": 1,
+            "state": {"ociVersion": "1.0.2", "id": "c", "status": "creating",
+                      "pid": 1, "bundle": "/b", "annotations": annotations},
+        });
+        let state = super::super::oci::parse_document(doc.to_string().as_bytes())
+            .expect("parse")
+            .expect("complete");
+        AuditLabels::from_state(&state)
+    }
+
+    /// Places go with the pod sandbox the runtime names. CRI-O labels each
+    /// container by its own name, restart attempt included
+    /// (`io.kubernetes.cri-o.Name`), but keeps its sandbox id: a restarted
+    /// container is of the same sandbox and gets no fresh places. Two
+    /// sandboxes never share places, whatever pod name and namespace their
+    /// annotations claim (plain annotations, which a runtime may pass on).
+    #[test]
+    fn places_go_with_the_pod_sandbox() {
+        let crio = |name: &str, sandbox: &str| {
+            labelled(&[
+                ("io.kubernetes.cri-o.Name", name),
+                ("io.kubernetes.cri-o.SandboxID", sandbox),
+            ])
+        };
+        let (first, restarted) = (
+            crio("k8s_app_web-0_shop_6f1c_0", "5b2e"),
+            crio("k8s_app_web-0_shop_6f1c_1", "5b2e"),
+        );
+        assert_eq!(share_of(&first, 1), share_of(&restarted, 2), "a restart");
+        assert_ne!(
+            share_of(&first, 1),
+            share_of(&crio("k8s_app_web-0_shop_6f1c_0", "9d40"), 3),
+            "another sandbox"
+        );
+        let claiming = |sandbox: &str| {
+            labelled(&[
+                ("io.kubernetes.pod.name", "web-0"),
+                ("io.kubernetes.pod.namespace", "shop"),
+                ("io.kubernetes.cri.sandbox-id", sandbox),
+            ])
+        };
+        assert_ne!(
+            share_of(&claiming("a1"), 1),
+            share_of(&claiming("b2"), 2),
+            "two sandboxes claiming one pod"
+        );
+        // Without a sandbox id: the pod, by namespace and name.
+        let pod = |ns: &str| {
+            labelled(&[
+                ("io.kubernetes.pod.name", "web-0"),
+                ("io.kubernetes.pod.namespace", ns),
+            ])
+        };
+        assert_eq!(share_of(&pod("shop"), 1), share_of(&pod("shop"), 2));
+        assert_ne!(share_of(&pod("shop"), 1), share_of(&pod("blog"), 2));
+        // Without either: the container's own.
+        assert_eq!(share_of(&labelled(&[]), 7), 7);
+    }
 
     /// A container's places and the lock its count changes under.
     struct Container {
