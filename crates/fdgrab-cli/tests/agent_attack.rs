@@ -1118,8 +1118,8 @@ fn closer_threads(agent: &AgentProc) -> usize {
 /// Closing the agent's copy of a FUSE file is a `FLUSH` its server may never
 /// answer, so it is made on a thread of its own, of which one container may
 /// hold 4 (`MAX_CLOSING_PER_OWNER`). A container binds a FUSE file from 24
-/// threads while the server holds every flush: it fills its 4 places, and its
-/// fifth close waits on its own worker. A neighbour's bind of a FUSE file is
+/// threads while the server holds every flush: it fills its 4 places, and
+/// its later binds are the kernel's (no copy taken). A neighbour's bind of a FUSE file is
 /// still answered (ENOTSOCK, its copy closed on a thread of its own), and so
 /// are its socket binds. (Before, the 16 places were agent-wide: the attacker
 /// took them all, and the neighbour's close then waited on its worker, with
@@ -1352,4 +1352,63 @@ fn agent_restarted_while_a_reader_is_buried_starts_and_serves() {
     t.kill();
     drop(again);
     drop(fs);
+}
+
+/// The agent's worker threads (`fdgrab-tenant-N`) in state `D`: waiting in
+/// the kernel for something no signal ends (a FUSE request).
+fn workers_in_d(agent: &AgentProc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "TID (COMM) STATE ...": the comm may hold anything but ')'.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            stat.contains("(fdgrab-tenant-") && after.trim_start().starts_with('D')
+        })
+        .count()
+}
+
+/// A pod whose FUSE server holds every flush fills its 4 closing places;
+/// then its containers, one after another (as restarts make them), each
+/// bind the FUSE file again and again. Past the pod's places the agent takes
+/// no copy of a caller's file (the kernel answers, ENOTSOCK), so no close of
+/// one can hold a container's worker: every bind is answered and no worker
+/// waits in the kernel. (Before, each container's fifth such close was made
+/// on its worker, which then waited for the server for good, with that
+/// container's binds: a thread per restart, without bound.)
+#[test]
+fn agent_restarted_container_holding_fuse_flushes_leaks_no_worker() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:87-88"]);
+    let threads = thread_count(&agent);
+    // Dropped after the file system (declared before it), even on a failed
+    // assertion: a container's own close of the FUSE file, at its exit,
+    // waits for the server too.
+    let mut containers: Vec<FakeTenant> = Vec::new();
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("agent-flush-restart") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_flushes();
+    let file = fs.file();
+    let pod = [("FAKE_TENANT_POD", "flushing")];
+    for round in 0..3 {
+        containers.push(FakeTenant::start_with_env(&agent, &unique("flusher"), &pod));
+        let t = containers.last_mut().expect("just pushed");
+        for k in 0..6 {
+            let r = t.ask(&format!("file-bind {file} 87"), Duration::from_secs(5));
+            assert_eq!(r["errno"], libc::ENOTSOCK, "round {round}, bind {k}: {r}");
+        }
+    }
+    assert_eq!(closer_threads(&agent), 4, "the pod's places");
+    assert_eq!(workers_in_d(&agent), 0, "no worker waits for the server");
+    fs.release_flushes();
+    for t in &mut containers {
+        t.kill();
+    }
+    returns(&agent, "threads", threads, thread_count);
 }

@@ -304,6 +304,9 @@ impl BindHandler {
         if !policy.could_allow(addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
+        if !may_close(self.share) {
+            return cont(CLOSES_WAITING_REASON);
+        }
         let (sock, cached) = match self.grab(cx, n, fd) {
             Ok(s) => s,
             Err(None) => return None,
@@ -509,6 +512,7 @@ fn is_ipv6_wildcard(addr: SocketAddr) -> bool {
 
 const DUAL_STACK_REASON: &str = "[::] takes 0.0.0.0 too unless IPV6_V6ONLY is set, which the program can clear up to the bind; the policy does not allow 0.0.0.0 (the kernel decides)";
 
+const CLOSES_WAITING_REASON: &str = "closes of this pod's earlier copies of files still wait for their server (a FUSE server holding FLUSH?); no copy is taken (the kernel decides)";
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
 const NO_PIDFD_REASON: &str = "cannot open a pidfd for the caller (the kernel decides)";
@@ -754,7 +758,7 @@ fn peek_transport(
         r => r,
     }
     .ok()?;
-    if !still_caller() {
+    if !still_caller() || !may_close(owner) {
         return None;
     }
     let sock = getfd_from(&thread, fd).ok()?;
@@ -765,73 +769,124 @@ fn peek_transport(
     protocol_name(&sock).ok().map(|(_, p)| p)
 }
 
-/// Copies of callers' files being closed on threads of their own, by owner
-/// (the agent's container; 0 under `run` and the handover).
-static CLOSING: std::sync::Mutex<Vec<(u64, usize)>> = std::sync::Mutex::new(Vec::new());
+/// Closes of copies of callers' files that may still wait (see
+/// [`let_go_of_file`]): per owner (the agent's pod or container; 0 under
+/// `run` and the handover), and how many run on threads of their own.
+struct Closing {
+    by_owner: Vec<(u64, usize)>,
+    threads: usize,
+}
+
+static CLOSING: std::sync::Mutex<Closing> = std::sync::Mutex::new(Closing {
+    by_owner: Vec::new(),
+    threads: 0,
+});
+/// The sum over `CLOSING.by_owner`: 0 (the usual case) spares a bind the lock.
+static CLOSING_ANY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// The most such threads at once, over all owners: each may wait for ever.
 const MAX_CLOSING: usize = 64;
-/// The most such threads one owner may hold: one container holding its files'
-/// flushes cannot take the others' places.
+/// The most such closes one owner may have waiting, on threads or on its
+/// worker: one container holding its files' flushes cannot take the others'
+/// places, and a container restarted again and again cannot leave a worker
+/// stuck in a close each time.
 const MAX_CLOSING_PER_OWNER: usize = 4;
 
 /// How long the serving thread waits for a close handed to a thread of its own.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Takes a place among the closing threads for `owner`; false when it holds
-/// [`MAX_CLOSING_PER_OWNER`] or all [`MAX_CLOSING`] are taken.
-fn take_closing_place(owner: u64) -> bool {
-    let mut places = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
-    let total: usize = places.iter().map(|&(_, n)| n).sum();
-    if total >= MAX_CLOSING {
-        return false;
+/// Where a close that may wait is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// On a thread of its own.
+    Thread,
+    /// On the calling worker: every thread is taken.
+    Here,
+}
+
+fn closing() -> std::sync::MutexGuard<'static, Closing> {
+    CLOSING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes a place for one of `owner`'s closes; `None` when it has
+/// [`MAX_CLOSING_PER_OWNER`] waiting already.
+fn take_closing_place(owner: u64) -> Option<Place> {
+    let mut g = closing();
+    match g.by_owner.iter_mut().find(|(o, _)| *o == owner) {
+        Some((_, n)) if *n >= MAX_CLOSING_PER_OWNER => return None,
+        Some((_, n)) => *n += 1,
+        None => g.by_owner.push((owner, 1)),
     }
-    match places.iter_mut().find(|(o, _)| *o == owner) {
-        Some((_, n)) if *n >= MAX_CLOSING_PER_OWNER => false,
-        Some((_, n)) => {
-            *n += 1;
-            true
-        }
-        None => {
-            places.push((owner, 1));
-            true
-        }
+    CLOSING_ANY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if g.threads < MAX_CLOSING {
+        g.threads += 1;
+        Some(Place::Thread)
+    } else {
+        Some(Place::Here)
     }
 }
 
-fn give_closing_place_back(owner: u64) {
-    let mut places = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = places.iter().position(|&(o, _)| o == owner) {
-        places[i].1 -= 1;
-        if places[i].1 == 0 {
-            places.swap_remove(i);
+fn give_closing_place_back(owner: u64, place: Place) {
+    let mut g = closing();
+    if let Some(i) = g.by_owner.iter().position(|&(o, _)| o == owner) {
+        g.by_owner[i].1 -= 1;
+        if g.by_owner[i].1 == 0 {
+            g.by_owner.swap_remove(i);
         }
+        CLOSING_ANY.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+    if place == Place::Thread {
+        g.threads -= 1;
+    }
+}
+
+/// Whether `owner` may have one more close waiting. A caller's fd is copied
+/// only then: the copy of a file that is no socket must be closed, and past
+/// the owner's places that close could only be made where nothing bounds it.
+fn may_close(owner: u64) -> bool {
+    if CLOSING_ANY.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return true;
+    }
+    closing()
+        .by_owner
+        .iter()
+        .find(|(o, _)| *o == owner)
+        .is_none_or(|&(_, n)| n < MAX_CLOSING_PER_OWNER)
 }
 
 /// Closes our copy of a caller's fd that is not a socket, off the thread that
 /// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
 /// which the kernel waits out uninterruptibly once the server has taken it: a
 /// server that never answers would hold the worker (and the caller, still
-/// unanswered) for ever. At most [`MAX_CLOSING_PER_OWNER`] such closes of one
-/// owner, and [`MAX_CLOSING`] in all, wait at once; past that (or without a
-/// thread) the close is made here, so a container that keeps its flushes
-/// waiting stalls its own worker, never a neighbour's.
+/// unanswered) for ever. One owner may have [`MAX_CLOSING_PER_OWNER`] such
+/// closes waiting, and [`MAX_CLOSING`] wait on threads in all; past the
+/// latter the close is made here, and counts against the owner's places all
+/// the same. Callers look at [`may_close`] before they copy a caller's fd, so
+/// that past its places an owner's copies are not taken at all (else: made
+/// here).
 ///
 /// The caller is answered only once the close is done or [`CLOSE_WAIT`] has
 /// passed: a copy still open after the answer keeps what the file holds (a
 /// `flock`, a pipe's writer, a tty's session) past the caller's own close.
 pub(super) fn let_go_of_file(copy: OwnedFd, owner: u64) {
-    if !take_closing_place(owner) {
-        drop(copy);
-        return;
-    }
+    let place = match take_closing_place(owner) {
+        Some(Place::Thread) => Place::Thread,
+        Some(Place::Here) => {
+            drop(copy);
+            give_closing_place_back(owner, Place::Here);
+            return;
+        }
+        None => {
+            drop(copy);
+            return;
+        }
+    };
     let (done, closed) = std::sync::mpsc::sync_channel::<()>(1);
     let closer = std::thread::Builder::new()
         .name("fdgrab-close".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             drop(copy);
-            give_closing_place_back(owner);
+            give_closing_place_back(owner, place);
             let _ = done.send(());
         });
     match closer {
@@ -839,7 +894,7 @@ pub(super) fn let_go_of_file(copy: OwnedFd, owner: u64) {
             let _ = closed.recv_timeout(CLOSE_WAIT);
         }
         // A closure that could not start was dropped, and the copy with it.
-        Err(_) => give_closing_place_back(owner),
+        Err(_) => give_closing_place_back(owner, place),
     }
 }
 
@@ -982,32 +1037,52 @@ mod tests {
         }
     }
 
-    /// One owner takes at most its share of the closing threads' places;
-    /// others still find theirs, up to the agent-wide cap, and a place given
-    /// back is there again.
+    /// One owner takes at most its share of the places for closes that may
+    /// wait; others still find theirs on threads up to the agent-wide cap,
+    /// and past it on their own worker, which counts against their share all
+    /// the same. A place given back is there again.
     #[test]
     fn closing_places_are_shared_per_owner() {
         for _ in 0..MAX_CLOSING_PER_OWNER {
-            assert!(take_closing_place(1));
+            assert_eq!(take_closing_place(1), Some(Place::Thread));
         }
-        assert!(!take_closing_place(1), "past its share");
+        assert_eq!(take_closing_place(1), None, "past its share");
+        assert!(!may_close(1));
         let others = (MAX_CLOSING - MAX_CLOSING_PER_OWNER) / MAX_CLOSING_PER_OWNER;
         for owner in 2..2 + others as u64 {
             for _ in 0..MAX_CLOSING_PER_OWNER {
-                assert!(take_closing_place(owner), "owner {owner}");
+                assert_eq!(take_closing_place(owner), Some(Place::Thread), "{owner}");
             }
         }
-        assert!(!take_closing_place(999), "the agent-wide cap");
-        give_closing_place_back(1);
-        assert!(take_closing_place(999), "a place given back");
-        give_closing_place_back(999);
-        assert!(take_closing_place(1));
+        assert!(may_close(999));
+        for _ in 0..MAX_CLOSING_PER_OWNER {
+            assert_eq!(take_closing_place(999), Some(Place::Here), "no thread left");
+        }
+        assert!(!may_close(999), "closes on its worker count too");
+        for _ in 0..MAX_CLOSING_PER_OWNER {
+            give_closing_place_back(999, Place::Here);
+        }
+        give_closing_place_back(1, Place::Thread);
+        assert!(may_close(1));
+        assert_eq!(
+            take_closing_place(999),
+            Some(Place::Thread),
+            "a place given back"
+        );
+        give_closing_place_back(999, Place::Thread);
         for owner in 1..2 + others as u64 {
-            for _ in 0..MAX_CLOSING_PER_OWNER {
-                give_closing_place_back(owner);
+            let n = if owner == 1 {
+                MAX_CLOSING_PER_OWNER - 1
+            } else {
+                MAX_CLOSING_PER_OWNER
+            };
+            for _ in 0..n {
+                give_closing_place_back(owner, Place::Thread);
             }
         }
-        assert!(CLOSING.lock().expect("lock").is_empty());
+        let g = closing();
+        assert!(g.by_owner.is_empty() && g.threads == 0);
+        assert_eq!(CLOSING_ANY.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its
