@@ -1103,16 +1103,21 @@ fn agent_buried_readers_go_when_the_fuse_daemon_dies() {
     drop(fs);
 }
 
-/// The agent's threads closing copies of callers' files (`fdgrab-close`).
-fn closer_threads(agent: &AgentProc) -> usize {
+/// The agent's threads whose `/proc/PID/task/TID` directory passes `pred`.
+fn agent_threads_where(agent: &AgentProc, pred: impl Fn(&std::path::Path) -> bool) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", agent.pid))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fdgrab-close")
-        })
+        .filter(|t| pred(&t.path()))
         .count()
+}
+
+/// The agent's threads closing copies of callers' files (`fdgrab-close`).
+fn closer_threads(agent: &AgentProc) -> usize {
+    agent_threads_where(agent, |t| {
+        std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "fdgrab-close")
+    })
 }
 
 /// Closing the agent's copy of a FUSE file is a `FLUSH` its server may never
@@ -1357,17 +1362,12 @@ fn agent_restarted_while_a_reader_is_buried_starts_and_serves() {
 /// The agent's worker threads (`fdgrab-tenant-N`) in state `D`: waiting in
 /// the kernel for something no signal ends (a FUSE request).
 fn workers_in_d(agent: &AgentProc) -> usize {
-    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // "TID (COMM) STATE ...": the comm may hold anything but ')'.
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            stat.contains("(fdgrab-tenant-") && after.trim_start().starts_with('D')
-        })
-        .count()
+    agent_threads_where(agent, |t| {
+        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+        // "TID (COMM) STATE ...": the state follows the comm's last ')'.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        stat.contains("(fdgrab-tenant-") && after.trim_start().starts_with('D')
+    })
 }
 
 /// A pod whose FUSE server holds every flush fills its 4 closing places;
