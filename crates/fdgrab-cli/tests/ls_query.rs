@@ -611,6 +611,17 @@ fn temp_file(tag: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) 
     (dir, file)
 }
 
+/// The pids `fuser PATH` prints (its marks stripped), sorted.
+fn fuser_pids(path: &str) -> Vec<i64> {
+    let out = output_timeout(Command::new("fuser").arg(path), TIMEOUT);
+    let mut pids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 #[test]
 fn path_finds_every_holder_by_device_and_inode() {
     let dir = temp_dir("path");
@@ -643,13 +654,8 @@ fn path_finds_every_holder_by_device_and_inode() {
         assert_eq!(proc_["fds"][0]["path"], p);
     }
     // fuser agrees on the holders.
-    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
-    let fuser: BTreeSet<i64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
-        .collect();
-    let ours: BTreeSet<i64> = ls_pids(&["--path", f]).into_iter().collect();
-    assert_eq!(ours, fuser, "fuser disagrees");
+    let ours = ls_pids(&["--path", f]);
+    assert_eq!(ours, fuser_pids(f), "fuser disagrees");
     assert!(!ours.contains(&t3.pid.into()));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -692,20 +698,11 @@ fn path_finds_holders_through_a_bind_mount_and_after_the_unlink() {
     let mut truth = vec![i64::from(bound.pid), i64::from(named.pid)];
     truth.sort_unstable();
     assert_eq!(ls_pids(&["--path", f]), truth, "by name");
-    let fuser_of = |p: &str| -> Vec<i64> {
-        let out = output_timeout(Command::new("fuser").arg(p), TIMEOUT);
-        let mut pids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
-            .collect();
-        pids.sort_unstable();
-        pids
-    };
-    assert_eq!(fuser_of(f), truth, "fuser by name");
+    assert_eq!(fuser_pids(f), truth, "fuser by name");
     std::fs::remove_file(&file).expect("unlink");
     let through = format!("/proc/{}/fd/{}", named.pid, fd(&named));
     assert_eq!(ls_pids(&["--path", &through]), truth, "deleted");
-    assert_eq!(fuser_of(&through), truth, "fuser, deleted");
+    assert_eq!(fuser_pids(&through), truth, "fuser, deleted");
     let doc = ls_json(&["--path", &through]);
     let ino = named.report["fds"][0]["ino"].as_u64().expect("ino");
     let expect: BTreeSet<(i64, u64)> = truth.iter().map(|&p| (p, ino)).collect();
