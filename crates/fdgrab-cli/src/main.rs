@@ -20,6 +20,10 @@ mod launch;
 mod logging;
 
 use std::ffi::c_int;
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 /// The process's entry point, called by the C library in place of std's runtime

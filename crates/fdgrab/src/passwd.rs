@@ -2,6 +2,11 @@
 //! `run --user` finds whoever the system knows: `/etc/passwd`, LDAP, SSSD,
 //! extrausers, systemd's dynamic users. The lookups run in the parent before
 //! anything is spawned (NSS modules allocate and may talk to daemons).
+//!
+//! Only glibc loads NSS modules. A static musl build (the one fdgrab ships, see
+//! docs/packaging.md) would see `/etc/passwd` and `/etc/group` alone, so it asks
+//! glibc's `getent` instead, which answers through the modules nsswitch.conf names;
+//! where `getent` is missing the C library's own lookups are all there is.
 
 use crate::error::{Error, Result};
 use std::ffi::{CStr, CString};
@@ -40,6 +45,16 @@ impl User {
     /// Errors: [`Error::InvalidArgument`] naming the user or group that NSS does not
     /// know, or the existing group an unknown uid would have borrowed.
     pub fn lookup(spec: &str) -> Result<User> {
+        Self::lookup_through(NameService::system(), spec)
+    }
+
+    /// [`User::lookup`] through the given name service (for tests that compare
+    /// the two).
+    pub fn lookup_through(ns: NameService, spec: &str) -> Result<User> {
+        let getpw = |key| ns.getpw(key);
+        let getgr_name = |gid| ns.getgr_name(gid);
+        let getgr_gid = |name| ns.getgr_gid(name);
+        let group_list = |name, gid| ns.group_list(name, gid);
         let bad = |why: String| Error::InvalidArgument(format!("--user '{spec}': {why}"));
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -107,6 +122,139 @@ impl User {
             gid,
             groups,
         })
+    }
+}
+
+/// Where users and groups are looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameService {
+    /// The C library's `get*_r` functions (with glibc: NSS itself).
+    Libc,
+    /// glibc's `getent` program (NSS from a binary without glibc).
+    Getent,
+}
+
+/// Where glibc installs `getent`; an absolute path, so that `PATH` plays no part
+/// in a lookup made as root.
+const GETENT: &str = "/usr/bin/getent";
+
+impl NameService {
+    /// Libc on glibc; elsewhere `getent` when it is installed.
+    pub fn system() -> Self {
+        if cfg!(target_env = "gnu") || !std::path::Path::new(GETENT).exists() {
+            NameService::Libc
+        } else {
+            NameService::Getent
+        }
+    }
+
+    fn getpw(self, key: Key<'_>) -> Result<Option<PasswdEntry>> {
+        match self {
+            NameService::Libc => getpw(key),
+            NameService::Getent => {
+                let k = match key {
+                    Key::Name(n) => n.to_string(),
+                    Key::Uid(u) => u.to_string(),
+                };
+                let Some(line) = getent("passwd", &k)? else {
+                    return Ok(None);
+                };
+                // name:password:uid:gid:gecos:home:shell
+                let f: Vec<&str> = line.split(':').collect();
+                match f[..] {
+                    [name, _, uid, gid, _, home, ..] => Ok(Some(PasswdEntry {
+                        name: name.to_string(),
+                        uid: number(uid, &line)?,
+                        gid: number(gid, &line)?,
+                        home: home.to_string(),
+                    })),
+                    _ => Err(odd_answer(&line)),
+                }
+            }
+        }
+    }
+
+    fn getgr_gid(self, name: &str) -> Result<Option<libc::gid_t>> {
+        match self {
+            NameService::Libc => getgr_gid(name),
+            NameService::Getent => match getent("group", name)? {
+                // name:password:gid:members
+                Some(line) => match line.split(':').nth(2) {
+                    Some(gid) => number(gid, &line).map(Some),
+                    None => Err(odd_answer(&line)),
+                },
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn getgr_name(self, gid: libc::gid_t) -> Result<Option<String>> {
+        match self {
+            NameService::Libc => getgr_name(gid),
+            NameService::Getent => Ok(getent("group", &gid.to_string())?
+                .and_then(|line| line.split(':').next().map(str::to_string))),
+        }
+    }
+
+    fn group_list(self, name: &str, gid: libc::gid_t) -> Result<Vec<libc::gid_t>> {
+        match self {
+            NameService::Libc => group_list(name, gid),
+            NameService::Getent => {
+                // "NAME  GID GID...": the groups that list the user, as
+                // `initgroups` would set them, without the primary one.
+                let mut groups = vec![gid];
+                if let Some(line) = getent("initgroups", name)? {
+                    for g in line.split_whitespace().skip(1) {
+                        let g = number(g, &line)?;
+                        if !groups.contains(&g) {
+                            groups.push(g);
+                        }
+                    }
+                }
+                Ok(groups)
+            }
+        }
+    }
+}
+
+/// `getent DATABASE KEY`: its first line, or `None` when NSS knows no such key
+/// (exit 2). A key of digits is looked up as an id by `getent`.
+fn getent(database: &str, key: &str) -> Result<Option<String>> {
+    nul_free(key)?;
+    let out = std::process::Command::new(GETENT)
+        .args([database, "--", key])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|source| Error::Local {
+            op: "run getent",
+            source,
+        })?;
+    match out.status.code() {
+        Some(0) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            Ok(text.lines().next().map(str::to_string))
+        }
+        Some(2) => Ok(None),
+        _ => Err(Error::Local {
+            op: "getent",
+            source: std::io::Error::other(format!(
+                "getent {database} '{key}' failed ({})",
+                out.status
+            )),
+        }),
+    }
+}
+
+fn number(field: &str, line: &str) -> Result<u32> {
+    field.parse().map_err(|_| odd_answer(line))
+}
+
+fn odd_answer(line: &str) -> Error {
+    Error::Local {
+        op: "getent",
+        source: std::io::Error::other(format!("unexpected answer '{line}'")),
     }
 }
 
