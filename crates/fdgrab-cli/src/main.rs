@@ -6,10 +6,8 @@
 // unmangled `main` symbol below (see `entry`).
 #![deny(unsafe_code)]
 // Our own C `main` instead of std's runtime start (`lang_start`); see `entry`. The
-// unit-test harness brings its own `main`. Only on glibc: there std takes the
-// arguments from the C library's start-up; elsewhere (musl) only `lang_start` would
-// hand them over, so std's `main` stays.
-#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
+// unit-test harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
 mod args;
 mod bind_policy;
@@ -21,9 +19,17 @@ mod logging;
 
 use std::ffi::c_int;
 
+/// The static musl build's allocator. musl's own maps and unmaps small regions one
+/// at a time: more page faults at every start, and `ls` of a big table 20-40%
+/// slower (docs/packaging.md).
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (the bindings name no
+/// constant for it).
+#[cfg(all(not(test), target_env = "musl"))]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 use std::process::ExitCode;
 
 /// The process's entry point, called by the C library in place of std's runtime
@@ -45,22 +51,43 @@ use std::process::ExitCode;
 /// The arguments and the environment still come through std: on glibc it takes
 /// them from the C library's start-up (an `.init_array` function), not from
 /// `lang_start`. std's `Command`, threads (but for the overflow message) and every
-/// other std API behave as before.
+/// other std API behave as before. Elsewhere (musl, the static build) std learns
+/// the arguments only from `lang_start`: `main` copies them from `argv` for
+/// [`parse`]. The environment comes from the C library on both.
 // SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
 // runtime calls it with this signature.
-#[cfg(all(not(test), target_env = "gnu"))]
+#[cfg(not(test))]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
+extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
+    // Freed memory goes back to the kernel at once rather than 10 ms later, and so
+    // does that of threads that ended: the agent's clients read documents of up to
+    // 1 MiB each, and 32 at once left it ~90 MB larger for good.
+    #[cfg(target_env = "musl")]
+    // SAFETY: stores an integer in mimalloc's option table, before any allocation.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
+    };
+    #[cfg(not(target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let count = usize::try_from(argc).unwrap_or(0);
+        // SAFETY: the C runtime passes `argc` pointers in `argv`, each to a
+        // NUL-terminated string that lives as long as the process; they are copied.
+        let args = (0..count)
+            .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
+            .map(|a| std::ffi::OsStr::from_bytes(a.to_bytes()).to_os_string())
+            .collect();
+        let _ = C_ARGS.set(args);
+    }
+    #[cfg(target_env = "gnu")]
+    let _ = (argc, argv);
     entry(run)
 }
 
-/// Elsewhere than on glibc std's own start-up runs (only it hands the arguments
-/// over there), and [`entry`] adds nothing it has not done already.
-#[cfg(all(not(test), not(target_env = "gnu")))]
-fn main() -> ExitCode {
-    ExitCode::from(entry(run) as u8)
-}
+/// The command line as `main` received it, where std does not know it (musl).
+#[cfg(not(target_env = "gnu"))]
+static C_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
 
 /// What std's start-up did that fdgrab relies on, around `run`:
 /// - fds 0, 1 and 2 are opened on `/dev/null` when closed, so that no fd of ours (a
@@ -160,6 +187,12 @@ fn run() -> ExitCode {
 /// short command line.
 fn parse() -> Result<cli::Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
+    #[cfg(not(target_env = "gnu"))]
+    let args: Vec<std::ffi::OsString> = C_ARGS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().collect());
+    #[cfg(target_env = "gnu")]
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut cmd = cli::Cli::command();
     if args
