@@ -19,17 +19,17 @@ mod logging;
 
 use std::ffi::c_int;
 
-/// The static musl build's allocator. musl's own maps and unmaps small regions one
-/// at a time: more page faults at every start, and `ls` of a big table 20-40%
-/// slower (docs/packaging.md).
+/// The static musl build's allocator: musl's own, or mimalloc for the commands in
+/// [`ALLOCATING`] (see `fdgrab::allocator`).
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static HEAP: fdgrab::allocator::Heap = fdgrab::allocator::Heap;
 
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (the bindings name no
-/// constant for it).
+/// The commands that allocate a lot: big tables, and the long-running supervisors
+/// with many threads.
 #[cfg(all(not(test), target_env = "musl"))]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const ALLOCATING: [&[u8]; 3] = [b"ls", b"agent", b"run"];
+
 use std::process::ExitCode;
 
 /// The process's entry point, called by the C library in place of std's runtime
@@ -60,23 +60,26 @@ use std::process::ExitCode;
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
-    // Freed memory goes back to the kernel at once rather than 10 ms later, and so
-    // does that of threads that ended: the agent's clients read documents of up to
-    // 1 MiB each, and 32 at once left it ~90 MB larger for good.
-    #[cfg(target_env = "musl")]
-    // SAFETY: stores an integer in mimalloc's option table, before any allocation.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
-    };
     #[cfg(not(target_env = "gnu"))]
     {
         use std::os::unix::ffi::OsStrExt;
         let count = usize::try_from(argc).unwrap_or(0);
         // SAFETY: the C runtime passes `argc` pointers in `argv`, each to a
         // NUL-terminated string that lives as long as the process; they are copied.
+        let arg = |i: usize| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }.to_bytes();
+        // Before the first allocation: the subcommand is the first argument that
+        // is not an option.
+        #[cfg(target_env = "musl")]
+        if (1..count)
+            .map(arg)
+            .find(|a| !a.starts_with(b"-"))
+            .is_some_and(|c| ALLOCATING.contains(&c))
+        {
+            fdgrab::allocator::Heap::use_mimalloc();
+        }
         let args = (0..count)
-            .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
-            .map(|a| std::ffi::OsStr::from_bytes(a.to_bytes()).to_os_string())
+            .map(arg)
+            .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
             .collect();
         let _ = C_ARGS.set(args);
     }
