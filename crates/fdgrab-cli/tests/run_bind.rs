@@ -848,6 +848,54 @@ fn run_user_known_only_through_nss() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'fdgrabnss'"));
 }
 
+/// A `getent` that has no `initgroups` database (musl's, on a musl distribution)
+/// still gives `--user` its supplementary groups: the static build then asks the C
+/// library's own lookup. (The glibc build never runs `getent`; this holds for both.)
+/// The group file and the `getent` are bind-mounted in a mount namespace private to
+/// the test.
+#[test]
+fn run_user_groups_without_getent_initgroups() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent");
+    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
+    std::fs::write(
+        dir.path("getent"),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = initgroups ] && exit 1\nexec {} \"$@\"\n",
+            dir.path("getent.real").display()
+        ),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(
+        dir.path("getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    group.push_str("fdgrabgetentgrp:x:23459:daemon\n");
+    std::fs::write(dir.path("group"), group).expect("write group");
+    let script = format!(
+        "mount --bind {dir}/getent /usr/bin/getent && mount --bind {dir}/group /etc/group && \
+         exec {fdgrab} run --user daemon -- id -G",
+        dir = dir.path("").display(),
+        fdgrab = bin("fdgrab").display(),
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let groups: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    assert!(
+        groups.contains(&23459),
+        "daemon's extra group is missing: {out:?}"
+    );
+}
+
 #[test]
 fn run_refuses_io_uring_and_foreign_abis() {
     if !root_or_skip() {

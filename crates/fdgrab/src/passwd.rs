@@ -156,8 +156,10 @@ impl NameService {
                     Key::Name(n) => n.to_string(),
                     Key::Uid(u) => u.to_string(),
                 };
-                let Some(line) = getent("passwd", &k)? else {
-                    return Ok(None);
+                let line = match getent("passwd", &k)? {
+                    Answer::Found(line) => line,
+                    Answer::Missing => return Ok(None),
+                    Answer::Unsupported => return getpw(key),
                 };
                 // name:password:uid:gid:gecos:home:shell
                 let f: Vec<&str> = line.split(':').collect();
@@ -179,11 +181,12 @@ impl NameService {
             NameService::Libc => getgr_gid(name),
             NameService::Getent => match getent("group", name)? {
                 // name:password:gid:members
-                Some(line) => match line.split(':').nth(2) {
+                Answer::Found(line) => match line.split(':').nth(2) {
                     Some(gid) => number(gid, &line).map(Some),
                     None => Err(odd_answer(&line)),
                 },
-                None => Ok(None),
+                Answer::Missing => Ok(None),
+                Answer::Unsupported => getgr_gid(name),
             },
         }
     }
@@ -191,8 +194,11 @@ impl NameService {
     fn getgr_name(self, gid: libc::gid_t) -> Result<Option<String>> {
         match self {
             NameService::Libc => getgr_name(gid),
-            NameService::Getent => Ok(getent("group", &gid.to_string())?
-                .and_then(|line| line.split(':').next().map(str::to_string))),
+            NameService::Getent => match getent("group", &gid.to_string())? {
+                Answer::Found(line) => Ok(line.split(':').next().map(str::to_string)),
+                Answer::Missing => Ok(None),
+                Answer::Unsupported => getgr_name(gid),
+            },
         }
     }
 
@@ -203,12 +209,15 @@ impl NameService {
                 // "NAME  GID GID...": the groups that list the user, as
                 // `initgroups` would set them, without the primary one.
                 let mut groups = vec![gid];
-                if let Some(line) = getent("initgroups", name)? {
-                    for g in line.split_whitespace().skip(1) {
-                        let g = number(g, &line)?;
-                        if !groups.contains(&g) {
-                            groups.push(g);
-                        }
+                let line = match getent("initgroups", name)? {
+                    Answer::Found(line) => line,
+                    Answer::Missing => return Ok(groups),
+                    Answer::Unsupported => return group_list(name, gid),
+                };
+                for g in line.split_whitespace().skip(1) {
+                    let g = number(g, &line)?;
+                    if !groups.contains(&g) {
+                        groups.push(g);
                     }
                 }
                 Ok(groups)
@@ -217,9 +226,19 @@ impl NameService {
     }
 }
 
-/// `getent DATABASE KEY`: its first line, or `None` when NSS knows no such key
-/// (exit 2). A key of digits is looked up as an id by `getent`.
-fn getent(database: &str, key: &str) -> Result<Option<String>> {
+/// What `getent` said about a key.
+enum Answer {
+    /// The first line of its answer.
+    Found(String),
+    /// NSS knows no such key (exit 2).
+    Missing,
+    /// This `getent` does not do that database (exit 1: musl's has no
+    /// `initgroups`, for one): the C library's own lookup is asked instead.
+    Unsupported,
+}
+
+/// `getent DATABASE KEY`. A key of digits is looked up as an id by `getent`.
+fn getent(database: &str, key: &str) -> Result<Answer> {
     nul_free(key)?;
     let out = std::process::Command::new(GETENT)
         .args([database, "--", key])
@@ -232,11 +251,12 @@ fn getent(database: &str, key: &str) -> Result<Option<String>> {
             source,
         })?;
     match out.status.code() {
-        Some(0) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            Ok(text.lines().next().map(str::to_string))
-        }
-        Some(2) => Ok(None),
+        Some(0) => match String::from_utf8_lossy(&out.stdout).lines().next() {
+            Some(line) => Ok(Answer::Found(line.to_string())),
+            None => Ok(Answer::Missing),
+        },
+        Some(1) => Ok(Answer::Unsupported),
+        Some(2) => Ok(Answer::Missing),
         _ => Err(Error::Local {
             op: "getent",
             source: std::io::Error::other(format!(
