@@ -848,6 +848,37 @@ fn run_user_known_only_through_nss() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'fdgrabnss'"));
 }
 
+/// `--user` values that glibc's `getent` would read as ids (`strtoul` takes white
+/// space, a sign and numbers beyond 32 bits; 4294967296 is uid 0 once cut) are
+/// names to fdgrab, as to the C library: refused as unknown, the program never
+/// started. The static build, which asks `getent`, ran it as root.
+#[test]
+fn run_user_names_that_getent_reads_as_ids_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent-ids");
+    for (spec, named) in [
+        ("4294967296", "no user '4294967296'"),
+        (" 0", "no user ' 0'"),
+        ("-4294967295", "no user '-4294967295'"),
+        ("nobody:4294967296", "no group '4294967296'"),
+        ("nobody: 0", "no group ' 0'"),
+    ] {
+        let marker = dir.path("started");
+        let mut c = fdgrab();
+        c.arg("run")
+            .arg(format!("--user={spec}"))
+            .args(["--", "touch"])
+            .arg(&marker);
+        let out = output_timeout(&mut c, TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "'{spec}': {out:?}");
+        assert!(stderr.contains(named), "'{spec}': {stderr}");
+        assert!(!marker.exists(), "'{spec}': the program ran");
+    }
+}
+
 /// A `getent` that has no `initgroups` database (musl's, on a musl distribution)
 /// still gives `--user` its supplementary groups: the static build then asks the C
 /// library's own lookup. (The glibc build never runs `getent`; this holds for both.)

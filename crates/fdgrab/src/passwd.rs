@@ -164,6 +164,7 @@ impl NameService {
                 // name:password:uid:gid:gecos:home:shell
                 let f: Vec<&str> = line.split(':').collect();
                 match f[..] {
+                    [name, ..] if !answers_name(&key, name) => Ok(None),
                     [name, _, uid, gid, _, home, ..] => Ok(Some(PasswdEntry {
                         name: name.to_string(),
                         uid: number(uid, &line)?,
@@ -181,9 +182,10 @@ impl NameService {
             NameService::Libc => getgr_gid(name),
             NameService::Getent => match getent("group", name)? {
                 // name:password:gid:members
-                Answer::Found(line) => match line.split(':').nth(2) {
-                    Some(gid) => number(gid, &line).map(Some),
-                    None => Err(odd_answer(&line)),
+                Answer::Found(line) => match line.split(':').collect::<Vec<_>>()[..] {
+                    [found, ..] if !answers_name(&Key::Name(name), found) => Ok(None),
+                    [_, _, gid, ..] => number(gid, &line).map(Some),
+                    _ => Err(odd_answer(&line)),
                 },
                 Answer::Missing => Ok(None),
                 Answer::Unsupported => getgr_gid(name),
@@ -237,7 +239,31 @@ enum Answer {
     Unsupported,
 }
 
-/// `getent DATABASE KEY`. A key of digits is looked up as an id by `getent`.
+/// Whether `getent`'s entry named `found` answers a lookup of `key`. `getent`
+/// looks a key up as an id whenever `strtoul` reads all of it as a number, which
+/// is more than digits: `" 5"`, `"+5"`, `"-4294967295"` (1), and `"4294967296"`
+/// (0 once cut to 32 bits: root). A name lookup of such a key answered by an
+/// entry of another name was an id lookup, and the C library's `getpwnam` or
+/// `getgrnam` would have found nothing: the answer is "no such name", and
+/// [`User::lookup`] then reads the key as a number itself, or refuses it. (A user
+/// or group whose name is such a number can thus only be reached by its id here.)
+fn answers_name(key: &Key<'_>, found: &str) -> bool {
+    match key {
+        Key::Name(name) => *name == found || !read_as_id_by_getent(name),
+        Key::Uid(_) => true,
+    }
+}
+
+/// Whether `strtoul(key, &end, 10)` takes all of `key` (glibc's `getent` then
+/// calls `getpwuid`/`getgrgid`): white space, a sign, then digits only.
+fn read_as_id_by_getent(key: &str) -> bool {
+    let rest = key.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `getent DATABASE KEY`. A key that reads as a number is looked up as an id by
+/// `getent` (see [`answers_name`]).
 fn getent(database: &str, key: &str) -> Result<Answer> {
     nul_free(key)?;
     let out = std::process::Command::new(GETENT)

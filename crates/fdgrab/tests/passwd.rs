@@ -41,6 +41,16 @@ fn getent_answers_as_glibc_does() {
         "root:no-such-group-fdgrab".into(),
         "0:4294967295".into(),
         "".into(),
+        // Names that `getent` reads as ids (`strtoul`), and the C library does not:
+        // 4294967296 is uid 0 once cut to 32 bits.
+        "4294967296".into(),
+        " 5".into(),
+        "\t0".into(),
+        "-4294967295".into(),
+        "+5".into(),
+        "nobody:4294967296".into(),
+        "nobody: 42".into(),
+        "nobody:-4294967295".into(),
     ]
     .into_iter()
     .chain(borrowed);
