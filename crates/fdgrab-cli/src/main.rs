@@ -67,14 +67,9 @@ extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
         // SAFETY: the C runtime passes `argc` pointers in `argv`, each to a
         // NUL-terminated string that lives as long as the process; they are copied.
         let arg = |i: usize| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }.to_bytes();
-        // Before the first allocation: the subcommand is the first argument that
-        // is not an option.
+        // Before the first allocation.
         #[cfg(target_env = "musl")]
-        if (1..count)
-            .map(arg)
-            .find(|a| !a.starts_with(b"-"))
-            .is_some_and(|c| ALLOCATING.contains(&c))
-        {
+        if subcommand((1..count).map(arg)).is_some_and(|c| ALLOCATING.contains(&c)) {
             fdgrab::allocator::Heap::use_mimalloc();
         }
         let args = (0..count)
@@ -86,6 +81,22 @@ extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
     #[cfg(target_env = "gnu")]
     let _ = (argc, argv);
     entry(run)
+}
+
+/// The subcommand among the arguments after the program's name, found without
+/// allocating: the first that is neither an option nor the value of a global
+/// option given apart (`--log-format json ls`).
+#[cfg(any(test, target_env = "musl"))]
+fn subcommand<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        if a == b"--log-format" {
+            args.next();
+        } else if !a.starts_with(b"-") {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// The command line as `main` received it, where std does not know it (musl).
@@ -228,6 +239,37 @@ mod tests {
             assert_eq!(super::entry(move || ExitCode::from(n)), i32::from(n));
         }
         assert_eq!(super::entry(|| panic!("panicking on purpose")), 101);
+    }
+
+    /// The subcommand that picks the musl build's allocator is the one clap runs,
+    /// also after global options, in either place and with their values apart.
+    #[test]
+    fn subcommand_is_found_after_global_options() {
+        let cases: [(&[&str], Option<&str>); 8] = [
+            (&["ls", "1"], Some("ls")),
+            (&["-v", "agent"], Some("agent")),
+            (
+                &["-vv", "--log-format", "json", "agent", "--socket", "s"],
+                Some("agent"),
+            ),
+            (&["--log-format=json", "run", "--", "ls"], Some("run")),
+            (&["--log-format", "text", "-v", "ls"], Some("ls")),
+            (&["get", "--log-format", "json", "1", "0"], Some("get")),
+            (&["--log-format"], None),
+            (&[], None),
+        ];
+        for (args, want) in cases {
+            let got = super::subcommand(args.iter().map(|a| a.as_bytes()));
+            assert_eq!(got, want.map(str::as_bytes), "{args:?}");
+        }
+        // The one global option with a value is the one skipped.
+        let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let valued: Vec<_> = cli
+            .get_arguments()
+            .filter(|a| a.is_global_set() && a.get_action().takes_values())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(valued, ["log-format"]);
     }
 
     /// build.rs links GCC's static unwinder in place of libgcc_s.so.1, for this
