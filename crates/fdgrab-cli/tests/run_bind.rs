@@ -879,11 +879,12 @@ fn run_user_names_that_getent_reads_as_ids_are_refused() {
     }
 }
 
-/// A `getent` that has no `initgroups` database (musl's, on a musl distribution)
-/// still gives `--user` its supplementary groups: the static build then asks the C
-/// library's own lookup. (The glibc build never runs `getent`; this holds for both.)
-/// The group file and the `getent` are bind-mounted in a mount namespace private to
-/// the test.
+/// A `getent` as Alpine's (musl-utils): no `initgroups` database, and every
+/// argument after the database a key, `--` included, the first one not found
+/// ending it with status 2. `--user` still finds the user and its supplementary
+/// groups: the static build asks the C library's own lookup for the groups. (The
+/// glibc build never runs `getent`; this holds for both.) The group file and the
+/// `getent` are bind-mounted in a mount namespace private to the test.
 #[test]
 fn run_user_groups_without_getent_initgroups() {
     if !root_or_skip() {
@@ -894,7 +895,8 @@ fn run_user_groups_without_getent_initgroups() {
     std::fs::write(
         dir.path("getent"),
         format!(
-            "#!/bin/sh\n[ \"$1\" = initgroups ] && exit 1\nexec {} \"$@\"\n",
+            "#!/bin/sh\ndb=$1; shift\n[ \"$db\" = initgroups ] && exit 1\n\
+             for k in \"$@\"; do [ \"$k\" = -- ] && exit 2; {} \"$db\" -- \"$k\" || exit; done\n",
             dir.path("getent.real").display()
         ),
     )

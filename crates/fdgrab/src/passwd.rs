@@ -266,8 +266,14 @@ fn read_as_id_by_getent(key: &str) -> bool {
 /// `getent` (see [`answers_name`]).
 fn getent(database: &str, key: &str) -> Result<Answer> {
     nul_free(key)?;
+    // glibc's `getent` reads a key that starts with '-' as an option unless `--`
+    // comes first; Alpine's (musl-utils) takes every argument as a key, `--`
+    // included, and stops at the first it does not find: `--` only where needed.
+    let end_of_options = key.starts_with('-').then_some("--");
     let out = std::process::Command::new(GETENT)
-        .args([database, "--", key])
+        .arg(database)
+        .args(end_of_options)
+        .arg(key)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
