@@ -19,8 +19,9 @@ const MIMALLOC: u8 = 2;
 /// the latest, and never changed (a block must be freed by the one that made it).
 static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (the bindings name no
-/// constant for it).
+/// `mi_option_purge_delay` in `mi_option_t`, the same number in mimalloc 2 and 3
+/// (the bindings name no constant for it; the crate builds mimalloc 3 unless its
+/// `v2` feature is on).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// The global allocator of the musl build: see the module documentation.
@@ -31,9 +32,9 @@ impl Heap {
     /// Makes mimalloc the allocator for the rest of the process. Takes effect only
     /// before the first allocation; returns whether it did.
     ///
-    /// Freed memory then goes back to the kernel at once rather than 10 ms later:
-    /// the agent's clients read documents of up to 1 MiB each, and 32 at once left
-    /// it ~90 MB larger for good.
+    /// Freed memory then goes back to the kernel at once rather than a second
+    /// later (mimalloc 3's default delay): the agent's clients read documents of
+    /// up to 1 MiB each, and 32 at once left it ~90 MB larger for good.
     pub fn use_mimalloc() -> bool {
         let chosen = CHOICE
             .compare_exchange(UNDECIDED, MIMALLOC, Ordering::SeqCst, Ordering::SeqCst)
