@@ -929,6 +929,52 @@ fn run_user_groups_without_getent_initgroups() {
     );
 }
 
+/// A directory's gecos may hold a ':' (LDAP, SSSD; a passwd file cannot), which
+/// `getent` prints as it is: `HOME` is still the home, the last field but one.
+/// Only the musl build reads `getent`'s lines (the glibc one gets the fields from
+/// NSS itself, and no passwd file can hold such an entry), hence the cfg.
+#[cfg(target_env = "musl")]
+#[test]
+fn run_user_home_from_a_getent_line_with_a_colon_in_gecos() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent-gecos");
+    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
+    std::fs::write(
+        dir.path("getent"),
+        format!(
+            "#!/bin/sh
+[ \"$1\" = passwd ] && [ \"$2\" = fdgrabgecos ] && \
+             exec echo 'fdgrabgecos:x:23471:23471:Ops: night shift:/nonexistent-gecos-home:/bin/sh'
+\
+             exec {} \"$@\"
+",
+            dir.path("getent.real").display()
+        ),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(
+        dir.path("getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = format!(
+        "mount --bind {dir}/getent /usr/bin/getent && \
+         exec {fdgrab} run --user fdgrabgecos -- sh -c 'echo \"$HOME\"; id -u'",
+        dir = dir.path("").display(),
+        fdgrab = bin("fdgrab").display(),
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/nonexistent-gecos-home\n23471\n"
+    );
+}
+
 #[test]
 fn run_refuses_io_uring_and_foreign_abis() {
     if !root_or_skip() {

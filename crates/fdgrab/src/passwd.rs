@@ -161,11 +161,13 @@ impl NameService {
                     Answer::Missing => return Ok(None),
                     Answer::Unsupported => return getpw(key),
                 };
-                // name:password:uid:gid:gecos:home:shell
+                // name:password:uid:gid:gecos:home:shell, where only the gecos
+                // of a directory (LDAP, SSSD) may hold a ':' of its own: the home
+                // is the last field but one.
                 let f: Vec<&str> = line.split(':').collect();
                 match f[..] {
                     [name, ..] if !answers_name(&key, name) => Ok(None),
-                    [name, _, uid, gid, _, home, ..] => Ok(Some(PasswdEntry {
+                    [name, _, uid, gid, _, .., home, _] => Ok(Some(PasswdEntry {
                         name: name.to_string(),
                         uid: number(uid, &line)?,
                         gid: number(gid, &line)?,
