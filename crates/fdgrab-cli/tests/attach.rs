@@ -634,6 +634,48 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     wait_until("the keeper to exit with the session", || gone(keeper));
 }
 
+/// Signals that end a program by default but that fdgrab has no use for (a stray
+/// `kill -USR1`, a timer's `SIGALRM`, a real-time signal): each detaches like
+/// `SIGTERM`, with the terminal back in its modes and a keeper holding the
+/// session, instead of killing fdgrab with the terminal raw and the program hung up.
+#[test]
+fn any_signal_that_would_end_fdgrab_detaches_and_keeps_the_program() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-usr-old");
+    let mut old = Some(old);
+    let rtmin_plus_3 = (libc::SIGRTMIN() + 3).to_string();
+    // Each keeper is retired by the next attach; killed early, it would hang up
+    // the session.
+    let mut keepers = Vec::new();
+    for (tag, sig, num) in [
+        ("att-usr-1", "USR1", libc::SIGUSR1),
+        ("att-usr-2", "ALRM", libc::SIGALRM),
+        ("att-usr-3", rtmin_plus_3.as_str(), libc::SIGRTMIN() + 3),
+    ] {
+        let new = attach_in(tag, 100, 30, "", &py.to_string());
+        new.wait_for("type Enter ~ . to detach", WAIT);
+        let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+        new.type_line(&format!("print('BEFORE', '{tag}')"));
+        new.wait_for(&format!("BEFORE {tag}"), WAIT);
+        drop(old.take());
+        signal(fdgrab, sig);
+        let text = expect_exit(&new, 128 + num);
+        assert!(text.contains("detached on "), "{text}");
+        let keeper = keeper_in(&text);
+        keepers.push(KillOnDrop::new(keeper));
+        assert!(holds_a_master(keeper), "the keeper holds the session");
+        assert_healthy(py);
+    }
+    // Re-attached once more, the program still has its state.
+    let new = attach_in("att-usr-4", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('STATE', x + 1)");
+    new.wait_for("STATE 42", WAIT);
+    exit_python(&new, py);
+}
+
 #[test]
 fn a_holder_with_the_master_at_several_fds_loses_all_of_them() {
     if !ready() {

@@ -122,6 +122,36 @@ impl Drop for SignalFd {
     }
 }
 
+/// Every signal that ends a process by default and reaches it only when sent
+/// (`kill`, a timer, a terminal, a resource limit), in numeric order: the
+/// standard ones and the real-time ones the C library leaves to programs. Not the
+/// faults a thread raises itself (`SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`,
+/// `SIGTRAP`, `SIGSYS`, `SIGABRT`), which the kernel delivers even when blocked,
+/// nor `SIGKILL`/`SIGSTOP`, which cannot be blocked, nor `SIGPIPE`, which fdgrab
+/// ignores (blocked, a write's `EPIPE` would queue it for the reader). A process that must not be
+/// ended midway by a stray `kill -USR1` blocks all of these (see [`SignalFd`]).
+pub fn ending_by_default() -> Vec<i32> {
+    let mut sigs = vec![
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+    ];
+    sigs.sort_unstable();
+    sigs.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    sigs
+}
+
 /// The conventional name of a signal (`TERM` for 15), for messages.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: &[(i32, &str)] = &[

@@ -83,7 +83,7 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
 
     // From here on a terminating signal must not kill us while the session depends
     // on our copy of the master: signals are read from a descriptor.
-    let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
+    let signals = SignalFd::block(&pty::relay_signals())?;
     let mut stolen = None;
     let mut replay = Vec::new();
     if let How::Steal(holders) = &mut how {
