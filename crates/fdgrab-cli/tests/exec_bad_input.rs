@@ -288,3 +288,140 @@ fn exec_interrupted_while_waiting() {
     );
     old.assert_untouched();
 }
+
+/// A signal fdgrab does not use for itself but that would end it (`SIGUSR1`,
+/// a real-time one) while the new server is starting aborts the handover like ^C:
+/// the new server is stopped, the old one is left alone, and fdgrab says which
+/// signal. Before, fdgrab died of it, leaving the new server orphaned beside the
+/// old one, both on the shared sockets.
+#[test]
+fn exec_any_ending_signal_while_waiting_aborts_cleanly() {
+    for (sig, name) in [
+        (libc::SIGUSR1, "SIGUSR1".to_string()),
+        (
+            libc::SIGRTMIN() + 2,
+            format!("signal {}", libc::SIGRTMIN() + 2),
+        ),
+    ] {
+        let old = old_server();
+        let mut child = fdgrab()
+            .args(["exec", &old.server.pid.to_string(), &old.tcp(), "--"])
+            .args([&activated(), "serve", "--ready", "never"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let link = old
+            .fds
+            .values()
+            .find(|l| l.starts_with("socket:"))
+            .cloned()
+            .expect("socket");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while holders(&link).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "new server never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0, "kill");
+        let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit");
+        if st.code() != Some(1) {
+            // A new server fdgrab left behind shares our stderr pipe: end it
+            // before failing, or reading stderr would wait for it forever.
+            let tree = process_tree(old.server.pid);
+            for p in holders(&link).into_iter().filter(|p| !tree.contains(p)) {
+                // SAFETY: kill(2) has no memory effects.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            panic!("{name}: fdgrab ended with {st:?}, not 1");
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert!(
+            stderr.contains(&format!("was not ready yet when fdgrab received {name}")),
+            "{stderr}"
+        );
+        old.assert_untouched();
+    }
+}
+
+/// Once the new server runs, `SIGUSR1` and `SIGUSR2` to fdgrab are the server's
+/// (nginx reopens its logs on USR1, gunicorn upgrades on USR2): fdgrab passes them
+/// on and keeps supervising, under `--via env` and under `--via bind` (where the
+/// server's later binds need fdgrab alive), and `SIGTERM` still ends both with the
+/// server's status.
+#[test]
+fn exec_forwards_usr1_and_usr2_to_the_ready_server() {
+    for via in ["env", "bind"] {
+        let old = old_server();
+        let dir = TempDir::new("exec-usr1");
+        let log = dir.path().join("signals");
+        let listener = match via {
+            "env" => "socket.socket(fileno=3)".to_string(),
+            _ => format!(
+                "socket.create_server(('127.0.0.1', {}))",
+                old.server.port(0)
+            ),
+        };
+        let server = format!(
+            r#"
+import os, signal, socket, sys, time
+log = open({log:?}, "a", buffering=1)
+for s in (signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, lambda n, f: log.write(signal.Signals(n).name + "\n"))
+lst = {listener}
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+name = os.environ["NOTIFY_SOCKET"]
+u.sendto(b"READY=1", "\0" + name[1:] if name.startswith("@") else name)
+while True:
+    time.sleep(1)
+"#,
+            log = log.to_string_lossy()
+        );
+        let mut exec = fdgrab_testkit::handover::Exec::start(&[
+            old.server.pid.to_string(),
+            old.tcp(),
+            "--via".into(),
+            via.into(),
+            "--".into(),
+            "python3".into(),
+            "-c".into(),
+            server,
+        ]);
+        let seen = |want: &str| {
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.lines().any(|l| l == want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "--via {via}: the new server never got {want}; it logged {text:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        exec.signal(libc::SIGUSR1);
+        seen("SIGUSR1");
+        exec.signal(libc::SIGUSR2);
+        seen("SIGUSR2");
+        assert_eq!(
+            exec.child.try_wait().expect("try_wait"),
+            None,
+            "--via {via}: fdgrab must keep running"
+        );
+        exec.signal(libc::SIGTERM);
+        let st = wait_timeout(&mut exec.child, TIMEOUT).expect("fdgrab did not exit on SIGTERM");
+        assert_eq!(
+            st.code(),
+            Some(128 + libc::SIGTERM),
+            "--via {via}: the server's own status"
+        );
+    }
+}

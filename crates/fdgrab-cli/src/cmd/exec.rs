@@ -3,7 +3,7 @@
 
 use crate::cli::{ExecArgs, Via};
 use crate::exit::UsageError;
-use crate::launch::{forwarded_signals, passthrough};
+use crate::launch::passthrough;
 use anyhow::{bail, Context, Result};
 use fdgrab::activation::bind_handover::BindHandover;
 use fdgrab::activation::{
@@ -11,7 +11,7 @@ use fdgrab::activation::{
 };
 use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
-use fdgrab::signalfd::signal_name;
+use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -50,7 +50,11 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     let program = activation::find_program(&a.cmd[0])?;
     // Blocked before anything is started, so that a ^C during the handover is seen
     // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
-    let signals = forwarded_signals()?;
+    // Every signal that would end fdgrab, not only the usual four: a `kill -USR1`
+    // meant for the server (nginx reopens its logs on it) must reach it, not kill
+    // fdgrab and leave the new server orphaned beside the old one (or, under
+    // `--via bind`, without the supervisor its trapped calls wait for).
+    let signals = SignalFd::block(&fdgrab::signalfd::ending_by_default())?;
 
     // --steal injects its close: a target that cannot be stopped (traced, no access)
     // is refused here, before the new server starts.
