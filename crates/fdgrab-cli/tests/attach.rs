@@ -894,6 +894,187 @@ fn a_master_of_the_same_index_in_another_devpts_instance_is_left_alone() {
     let _ = std::fs::remove_dir(&dir);
 }
 
+/// fdgrab's stdout on the program's own terminal (`fdgrab attach PID > /dev/pts/N`)
+/// is refused like its stdin there: relayed back into the terminal it came from,
+/// the session's output would go round and round (megabytes a second, for ever).
+#[test]
+fn stdout_on_the_programs_own_terminal_is_refused() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-out-old");
+    let n = pts_index(py);
+    let new = attach_in("att-out-new", 100, 30, "", &format!("{py} > /dev/pts/{n}"));
+    let text = expect_exit(&new, 2);
+    assert!(
+        text.contains(&format!(
+            "already runs on this terminal (/dev/pts/{n}, fdgrab's stdout)"
+        )),
+        "{text}"
+    );
+    assert!(
+        holds_a_master(old.server_pid()),
+        "the old terminal lost its master"
+    );
+    assert_healthy(py);
+}
+
+/// A program on pts/`n` of a devpts instance of its own (as in a container): a
+/// holder in its own mount namespace opens ptys there until it has pts/`n`, and
+/// runs `python3 ARGS` on it as a session leader, keeping the master.
+struct OtherInstance {
+    /// `timeout` running the holder.
+    child: std::process::Child,
+    holder: KillOnDrop,
+    program: i32,
+    dir: std::path::PathBuf,
+}
+
+impl OtherInstance {
+    fn start(n: u32, python_args: &[&str]) -> OtherInstance {
+        let dir = std::env::temp_dir().join(format!("fdgrab-devpts-{n}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = format!(
+            "import os, fcntl, struct, sys, time, termios\n\
+             keep = []\n\
+             while True:\n\
+             \x20   fd = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+             \x20   keep.append(fd)\n\
+             \x20   if struct.unpack('I', fcntl.ioctl(fd, 0x80045430, b'\\0' * 4))[0] == {n}: break\n\
+             fcntl.ioctl(fd, 0x40045431, struct.pack('i', 0))  # TIOCSPTLCK: unlock\n\
+             pid = os.fork()\n\
+             if pid == 0:\n\
+             \x20   os.setsid()\n\
+             \x20   s = os.open('{d}/{n}', os.O_RDWR)\n\
+             \x20   fcntl.ioctl(s, termios.TIOCSCTTY, 0)\n\
+             \x20   for i in range(3): os.dup2(s, i)\n\
+             \x20   os.execvp('python3', ['python3'] + sys.argv[1:])\n\
+             for k in keep[:-1]: os.close(k)\n\
+             print('PID', pid, flush=True)\n\
+             time.sleep(600)\n",
+            d = dir.display()
+        );
+        let mut child = std::process::Command::new("timeout")
+            .args(["120", "unshare", "-m", "sh", "-c"])
+            .arg(format!(
+                "mount -t devpts -o newinstance,ptmxmode=0666 devpts {d} && exec python3 -c \"$0\" \"$@\"",
+                d = dir.display()
+            ))
+            .arg(&script)
+            .args(python_args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("holder's line");
+        let holder = KillOnDrop::new(*children(child.id() as i32).first().expect("under timeout"));
+        let program: i32 = line
+            .strip_prefix("PID ")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("holder said {line:?}"));
+        wait_until("python on the other pts/N", || {
+            std::fs::read_to_string(format!("/proc/{program}/cmdline"))
+                .is_ok_and(|c| c.starts_with("python3\0"))
+        });
+        let rdev = std::fs::metadata(format!("/proc/{program}/fd/0")).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            rustix::fs::minor(m.rdev())
+        });
+        assert_eq!(rdev.ok(), Some(n), "the program's index");
+        OtherInstance {
+            child,
+            holder,
+            program,
+            dir,
+        }
+    }
+}
+
+impl Drop for OtherInstance {
+    fn drop(&mut self) {
+        drop(KillOnDrop::new(self.program));
+        drop(std::mem::replace(&mut self.holder, KillOnDrop(0, None)));
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A shell in a new terminal, and that terminal's pts index.
+fn shell_terminal(tag: &str) -> (Tmux, u32) {
+    let new = Tmux::start(tag, 100, 30, "exec bash --norc --noprofile -i");
+    new.wait_for("bash-", WAIT);
+    let n = pts_index(new.pane_pid());
+    (new, n)
+}
+
+/// Types `fdgrab attach ARGS` into a shell terminal, followed by what
+/// [`expect_exit`] reads.
+fn type_attach(t: &Tmux, args: &str) {
+    t.type_line(&format!(
+        "{} attach {args}; echo E\"\"XIT=$?; stty -a; echo STTY-D\"\"ONE",
+        bin("fdgrab").display()
+    ));
+}
+
+/// Our terminal and the program's have the same index in two devpts instances
+/// (the host's `pts/N` and a container's `pts/N`): two different terminals, so the
+/// attach goes ahead instead of being refused as "already on this terminal".
+#[test]
+fn a_program_on_another_instances_pty_of_our_index_can_be_attached() {
+    if !ready() {
+        return;
+    }
+    let (new, n) = shell_terminal("att-same-idx");
+    let other = OtherInstance::start(n, &["-q"]);
+    type_attach(&new, &other.program.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('Y', 6 * 7)");
+    new.wait_for("Y 42", WAIT);
+    exit_python(&new, other.program);
+}
+
+/// The program exits while the sweep for other holders still walks `/proc` (here:
+/// on the `SIGWINCH` that attaching sends it). The sweep keeps looking for the
+/// attached pty itself, not for whatever now has its index: the terminal fdgrab
+/// runs in, pts/N of the host's instance, keeps its master (before, the sweep took
+/// it from tmux, and the shell fdgrab ran in was hung up).
+#[test]
+fn a_program_exiting_during_the_sweep_leaves_other_ptys_of_its_index_alone() {
+    if !ready() {
+        return;
+    }
+    for round in 0..3 {
+        let (new, n) = shell_terminal(&format!("att-sweep-{round}"));
+        let server = new.server_pid();
+        let other = OtherInstance::start(
+            n,
+            &[
+                "-c",
+                "import os, signal, time\n\
+                 signal.signal(signal.SIGWINCH, lambda *a: os._exit(0))\n\
+                 time.sleep(600)",
+            ],
+        );
+        let catches_winch = || {
+            status_field(other.program, "SigCgt")
+                .and_then(|m| u64::from_str_radix(&m, 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGWINCH - 1)) != 0)
+        };
+        wait_until("the program's SIGWINCH handler", catches_winch);
+        type_attach(&new, &other.program.to_string());
+        let text = expect_exit(&new, 0);
+        assert!(
+            text.contains("ended (no process has it open any more)"),
+            "{text}"
+        );
+        assert!(
+            holds_a_master(server),
+            "tmux lost the master of its own pane"
+        );
+        drop(other);
+    }
+}
+
 #[test]
 fn detach_works_after_a_paste_the_program_does_not_read() {
     if !ready() {
