@@ -377,7 +377,10 @@ for s in (signal.SIGUSR1, signal.SIGUSR2):
 lst = {listener}
 u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 name = os.environ["NOTIFY_SOCKET"]
-u.sendto(b"READY=1", "\0" + name[1:] if name.startswith("@") else name)
+try:
+    u.sendto(b"READY=1", "\0" + name[1:] if name.startswith("@") else name)
+except ConnectionRefusedError:
+    pass  # --via bind: its listen() made it ready first, and fdgrab stopped listening
 while True:
     time.sleep(1)
 "#,
@@ -424,4 +427,49 @@ while True:
             "--via {via}: the server's own status"
         );
     }
+}
+
+/// A new server that daemonizes (forks twice, `setsid`, the first process exits)
+/// counts as having exited before it was ready; the daemon it left behind holding
+/// the sockets is stopped too, so the old server is again their only holder (before,
+/// the daemon served on beside it while fdgrab said it was "not touched").
+#[test]
+fn exec_new_server_that_daemonizes_leaves_nothing_behind() {
+    let old = old_server();
+    let daemon = r#"
+import os, socket, sys, time
+if os.fork():
+    sys.exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+null = os.open("/dev/null", os.O_RDWR)
+for n in range(3):
+    os.dup2(null, n)
+lst = socket.socket(fileno=3)
+time.sleep(120)
+"#;
+    let out = exec(
+        &old,
+        &[
+            &old.tcp(),
+            "--signal-old",
+            "KILL",
+            "--",
+            "python3",
+            "-c",
+            daemon,
+        ],
+    );
+    assert_fails(
+        &out,
+        1,
+        &[
+            // 1, or 2 when the intermediate process was stopped just after its fork.
+            "exited (exit status 0) before it was ready (stopped ",
+            "process(es) it had forked and left behind)",
+            "was not touched and keeps its sockets",
+        ],
+    );
+    old.assert_untouched();
 }

@@ -77,6 +77,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         .collect();
 
     let notify = NotifySocket::bind()?;
+    // What the new server forks and leaves behind before it is ready (a server that
+    // daemonizes) becomes our child, so that calling the handover off stops it too
+    // instead of leaving it serving on the old server's sockets.
+    activation::adopt_orphans(true)?;
     let via_env = a.via != Via::Bind;
     let cmd = ActivationCommand {
         program,
@@ -130,19 +134,31 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             if let Some(s) = supervisor.take() {
                 s.handover().abort();
             }
+            // The new server is stopped below (or has exited); what it forked and
+            // left behind goes too, or it would serve on beside the old server.
+            let left_behind = match why {
+                NotReady::Exited(_) => match child.end_left_behind(STOP_GRACE) {
+                    0 => String::new(),
+                    n => format!(" (stopped {n} process(es) it had forked and left behind)"),
+                },
+                _ => String::new(),
+            };
             let reason = match why {
                 NotReady::Exited(st) => match unclaimed.as_ref().filter(|u| !u.is_empty()) {
                     Some(u) => format!(
-                        "exited ({}) before it was ready, without binding {} (a bind must name \
+                        "exited ({}) before it was ready{left_behind}, without binding {} (a bind must name \
                          exactly a taken address, with its family and type; any other gets the \
                          kernel's answer, EADDRINUSE while the old server holds the port)",
                         describe_status(st),
                         u.join(", ")
                     ),
-                    None => format!("exited ({}) before it was ready", describe_status(st)),
+                    None => format!(
+                        "exited ({}) before it was ready{left_behind}",
+                        describe_status(st)
+                    ),
                 },
                 NotReady::TimedOut(t) => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     match unclaimed.filter(|u| !u.is_empty()) {
                         Some(u) => format!(
                             "did not bind {} within {t:?} (stopped it: {}); it must bind exactly \
@@ -163,7 +179,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     }
                 }
                 NotReady::Interrupted(sig) => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     format!(
                         "was not ready yet when fdgrab received {} (stopped it: {})",
                         signal_name(sig),
@@ -171,7 +187,7 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     )
                 }
                 NotReady::Refused => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     format!(
                         "cannot take over: {} (stopped it: {})",
                         refusal.unwrap_or_default(),
@@ -187,6 +203,8 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         }
     };
 
+    // From here on the new server's orphans are not ours.
+    activation::adopt_orphans(false)?;
     if a.steal {
         if let Err(e) = steal(&target, &target_fds, &mut child, a.backend.force.seccomp()) {
             if let Some(s) = &supervisor {
@@ -315,7 +333,7 @@ fn steal(
             Ok(())
         }
         Err(e) => {
-            let st = child.terminate(STOP_GRACE)?;
+            let st = child.terminate_all(STOP_GRACE)?;
             Err(anyhow::Error::new(e).context(format!(
                 "closing the sockets in process {} failed; stopped the new server {} ({})",
                 target.pid(),

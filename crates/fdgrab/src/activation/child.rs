@@ -245,11 +245,100 @@ impl ActivatedChild {
         self.child.terminate(grace)
     }
 
+    /// [`ActivatedChild::terminate`], then [`ActivatedChild::end_left_behind`]: a
+    /// handover called off leaves no process of the new server's holding the old
+    /// server's sockets.
+    pub fn terminate_all(&mut self, grace: Duration) -> Result<ExitStatus> {
+        let st = self.terminate(grace)?;
+        self.end_left_behind(grace);
+        Ok(st)
+    }
+
+    /// Stops (`SIGTERM`, `SIGKILL` after `grace`) and reaps every other child of
+    /// ours: after [`adopt_orphans`], the processes the new server forked and left
+    /// behind (it exited, or daemonized), which still hold the sockets it was
+    /// given. Children of those that are orphaned meanwhile come to us in turn, so
+    /// this looks again a few times.
+    ///
+    /// Returns how many processes it stopped.
+    pub fn end_left_behind(&self, grace: Duration) -> usize {
+        let server = self.pid();
+        let mut ended = 0;
+        for _ in 0..LEFT_BEHIND_ROUNDS {
+            // Our children, unreaped, cannot be replaced by another process under
+            // the same pid before the pidfd is open.
+            let kids: Vec<PidFd> = other_children(server)
+                .into_iter()
+                .filter_map(|p| PidFd::open(p).ok())
+                .collect();
+            if kids.is_empty() {
+                break;
+            }
+            for k in &kids {
+                // One that has exited already (a daemon's intermediate process) is
+                // only reaped.
+                if k.is_alive() {
+                    tracing::info!(
+                        pid = k.pid(),
+                        server,
+                        "stopping a process the new server left behind"
+                    );
+                    ended += 1;
+                    let _ = k.send_signal(libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + grace;
+            for k in &kids {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !k.wait_exit(Some(left)).unwrap_or(false) {
+                    let _ = k.send_signal(libc::SIGKILL);
+                }
+                let _ = k.wait_child();
+            }
+        }
+        ended
+    }
+
     /// Waits for the child to exit, passing every signal read from `signals` on to
     /// it, and returns its status.
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
         self.child.wait_forwarding(signals)
     }
+}
+
+/// How many times [`ActivatedChild::end_left_behind`] looks for children at most.
+const LEFT_BEHIND_ROUNDS: usize = 4;
+
+/// Makes this process the reaper of its descendants' orphans
+/// (`PR_SET_CHILD_SUBREAPER`): a process the new server forks and leaves behind
+/// (it exits first, or daemonizes with a double fork and `setsid`) becomes our
+/// child rather than init's, so that a handover called off can stop it too
+/// ([`ActivatedChild::end_left_behind`]). `false` turns it off again, for once the
+/// new server is ready: a long-running server's orphans are not ours to reap.
+pub fn adopt_orphans(on: bool) -> Result<()> {
+    let me = on.then(rustix::process::getpid);
+    rustix::process::set_child_subreaper(me)
+        .map_err(|e| Error::local("prctl(PR_SET_CHILD_SUBREAPER)", e))
+}
+
+/// Our children (of every thread) but `except`.
+fn other_children(except: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut kids: Vec<Pid> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<Pid>>()
+        })
+        .filter(|&p| p != except)
+        .collect();
+    kids.sort_unstable();
+    kids.dedup();
+    kids
 }
 
 impl Drop for ActivatedChild {

@@ -20,7 +20,7 @@ pub mod notify;
 pub mod selector;
 mod spawn;
 
-pub use child::{ActivatedChild, NotReady, Readiness, ReadyGate};
+pub use child::{adopt_orphans, ActivatedChild, NotReady, Readiness, ReadyGate};
 pub use listing::{
     describe_listeners, listing, select, take_sockets, take_sockets_with, Selected, TakenSocket,
 };
