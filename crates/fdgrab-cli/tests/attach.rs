@@ -1075,6 +1075,63 @@ fn a_program_exiting_during_the_sweep_leaves_other_ptys_of_its_index_alone() {
     }
 }
 
+/// A terminal that does not know its size (0 rows, 0 columns: a pty whose emulator
+/// never set one, a serial line) does not shrink the program's window to nothing:
+/// the program keeps the size it had.
+#[test]
+fn a_terminal_of_unknown_size_leaves_the_programs_size_alone() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-nosize-old");
+    // An "emulator" that never sets a size: a fresh pty is 0x0.
+    let harness = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "attach", sys.argv[2]])
+buf = b""
+def until(want):
+    global buf
+    end = time.time() + 20
+    while want not in buf:
+        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+        if not r:
+            sys.exit("timed out waiting for %r; got %r" % (want, buf))
+        try:
+            buf += os.read(fd, 4096)
+        except OSError:
+            sys.exit("EOF waiting for %r; got %r" % (want, buf))
+until(b"to detach")
+os.write(fd, b"print('SZ', *os.get_terminal_size(), 'END')\r")
+until(b" END\r\n")
+line = [l for l in buf.split(b"\n") if l.startswith(b"SZ ")][-1]
+os.write(fd, b"\r~.")
+until(b"detached")
+_, st = os.waitpid(pid, 0)
+print(line.decode().strip(), os.waitstatus_to_exitcode(st), flush=True)
+"#;
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new("python3")
+            .args(["-c", harness])
+            .arg(bin("fdgrab"))
+            .arg(py.to_string()),
+        TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "SZ 80 24 END 7",
+        "the program's size, fdgrab's status"
+    );
+    assert_healthy(py);
+}
+
 #[test]
 fn detach_works_after_a_paste_the_program_does_not_read() {
     if !ready() {
