@@ -473,3 +473,72 @@ time.sleep(120)
     );
     old.assert_untouched();
 }
+
+/// A CMD that exists but that the caller may not run is "cannot execute" (126)
+/// with the reason, never "not found" (127): uid 65534 behind a directory it may
+/// not search (the path stat fails with EACCES), facing a file only its owner may
+/// execute, and finding such files in PATH. Nothing is taken first.
+#[test]
+fn exec_command_the_caller_may_not_run_is_126_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let old = old_server();
+    let dir = TempDir::new("exec-noperm");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).expect("mkdir");
+    let hidden = closed.join("server");
+    std::fs::copy("/bin/true", &hidden).expect("copy");
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let owner_only = dir.path().join("owner-only");
+    std::fs::copy("/bin/true", &owner_only).expect("copy");
+    std::fs::set_permissions(&owner_only, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let as_nobody = |cmd: &str, path_var: &str| {
+        let out = fdgrab()
+            .args(["exec", &old.server.pid.to_string(), &old.tcp(), "--", cmd])
+            .env("PATH", path_var)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("fdgrab");
+        out
+    };
+    let dirs = format!("{}:{}", closed.display(), dir.path().display());
+    for (cmd, path_var, needles) in [
+        (
+            hidden.to_str().expect("utf-8"),
+            "/usr/bin:/bin",
+            vec![
+                "cannot execute",
+                "a directory on its path is not searchable by uid 65534",
+                "Permission denied",
+            ],
+        ),
+        (
+            owner_only.to_str().expect("utf-8"),
+            "/usr/bin:/bin",
+            vec!["cannot execute", "not executable by uid 65534"],
+        ),
+        (
+            "server",
+            dirs.as_str(),
+            vec![
+                "cannot execute 'server'",
+                "found in PATH as",
+                "a directory on its path is not searchable by uid 65534",
+            ],
+        ),
+        (
+            "owner-only",
+            dir.path().to_str().expect("utf-8"),
+            vec!["found in PATH as", "not executable by uid 65534"],
+        ),
+    ] {
+        let out = as_nobody(cmd, path_var);
+        assert_fails(&out, 126, &needles);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("not found"), "{cmd}: {stderr}");
+    }
+    old.assert_untouched();
+}

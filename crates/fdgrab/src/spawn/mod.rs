@@ -523,59 +523,93 @@ pub fn dup_inherited(n: RawFd) -> Result<OwnedFd> {
 /// Errors are [`SpawnError`]s at [`Step::Resolve`]: `ENOENT` when nothing by that
 /// name exists, `EACCES` when it exists but is not an executable file.
 pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
-    use rustix::fs::{access, Access};
     let fail = |p: &Path, e| SpawnError::new(p, Step::Resolve, e);
     if cmd.is_empty() {
         return Err(Error::InvalidArgument("the command to run is empty".into()));
     }
-    // access(X_OK) alone is true for root whenever any x bit is set, or even none on
-    // some file systems; execve needs a regular file with an x bit.
-    // One stat per candidate: `Some(false)` exists but cannot run, `None` missing.
-    let runnable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().ok().map(|m| {
-            m.is_file() && m.permissions().mode() & 0o111 != 0 && access(p, Access::EXEC_OK).is_ok()
-        })
-    };
     if cmd.as_bytes().contains(&b'/') {
         let p = PathBuf::from(cmd);
-        return match runnable(&p) {
-            Some(true) => Ok(p),
-            Some(false) => Err(fail(&p, Errno::ACCESS)
-                .detail("(not an executable file)")
-                .into()),
-            None => Err(fail(&p, Errno::NOENT).into()),
+        return match candidate(&p) {
+            Candidate::Runnable => Ok(p),
+            Candidate::Missing => Err(fail(&p, Errno::NOENT).into()),
+            Candidate::Refused(why) => Err(fail(&p, Errno::ACCESS).detail(why).into()),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut found_unrunnable = false;
+    let mut refused = None;
     for dir in std::env::split_paths(&path) {
-        let candidate = if dir.as_os_str().is_empty() {
+        let candidate_path = if dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             dir
         }
         .join(cmd);
-        match runnable(&candidate) {
-            Some(true) => return Ok(candidate),
-            Some(false) => found_unrunnable = true,
-            None => {}
+        match candidate(&candidate_path) {
+            Candidate::Runnable => return Ok(candidate_path),
+            Candidate::Refused(why) => {
+                refused.get_or_insert((candidate_path, why));
+            }
+            Candidate::Missing => {}
         }
     }
-    let errno = if found_unrunnable {
-        Errno::ACCESS
-    } else {
-        Errno::NOENT
-    };
-    let detail = if found_unrunnable {
-        format!(
-            "(found in PATH, but not as an executable file; PATH={})",
-            path.to_string_lossy()
-        )
-    } else {
-        format!("in PATH ({})", path.to_string_lossy())
+    // As execvp: a candidate that exists but may not be run makes the error EACCES.
+    let (errno, detail) = match refused {
+        Some((first, why)) => (
+            Errno::ACCESS,
+            format!(
+                "(found in PATH as {}, {}; PATH={})",
+                first.display(),
+                why.trim_start_matches('(').trim_end_matches(')'),
+                path.to_string_lossy()
+            ),
+        ),
+        None => (
+            Errno::NOENT,
+            format!("in PATH ({})", path.to_string_lossy()),
+        ),
     };
     Err(fail(Path::new(cmd), errno).detail(detail).into())
+}
+
+/// What [`find_program`] makes of one path.
+enum Candidate {
+    Runnable,
+    /// Nothing by that name (`ENOENT`, `ENOTDIR`).
+    Missing,
+    /// It exists, or may, but cannot be run by us: why, in parentheses.
+    Refused(String),
+}
+
+/// One `stat` and one `access` per candidate. `access(X_OK)` alone is true for
+/// root whenever any x bit is set, or even none on some file systems; execve needs
+/// a regular file with an x bit, that the caller may execute, on a path whose
+/// directories the caller may search.
+fn candidate(p: &Path) -> Candidate {
+    use rustix::fs::{access, Access};
+    use std::os::unix::fs::PermissionsExt;
+    let uid = || rustix::process::geteuid().as_raw();
+    match p.metadata() {
+        Ok(m) if m.is_dir() => Candidate::Refused("(not an executable file: a directory)".into()),
+        Ok(m) if !m.is_file() => {
+            Candidate::Refused("(not an executable file: not a regular file)".into())
+        }
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Candidate::Refused("(not an executable file: no execute permission bit)".into())
+        }
+        Ok(_) => match access(p, Access::EXEC_OK) {
+            Ok(()) => Candidate::Runnable,
+            Err(_) => Candidate::Refused(format!(
+                "(not executable by uid {}: its permission bits or an ACL refuse it, or its \
+                 file system is mounted noexec)",
+                uid()
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Candidate::Refused(format!(
+            "(a directory on its path is not searchable by uid {})",
+            uid()
+        )),
+        Err(_) => Candidate::Missing,
+    }
 }
 
 /// A started program, our child. Dropping it neither waits for nor stops it.
