@@ -1,5 +1,6 @@
-//! Hostile and mistaken input to `fdgrab send`: every refusal names the argument
-//! and says what it is, and nothing is taken.
+//! Hostile and odd input to `fdgrab send` and `fdgrab exec` that the other test
+//! files do not cover: every refusal names the argument and says what it is, and
+//! nothing is taken; what is accepted works.
 
 use fdgrab_testkit::{run_fdgrab, Target};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -52,4 +53,81 @@ fn send_to_something_other_than_a_listening_stream_socket_says_what_it_is() {
         "the target's fd {fd}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A unix socket whose path holds characters `LISTEN_FDNAMES` may not (a space,
+/// non-ASCII) is handed over under a name made valid, instead of the command being
+/// refused over a name the user never gave.
+#[test]
+fn exec_unix_path_with_a_space_gets_a_valid_default_name() {
+    let dir = std::env::temp_dir().join(format!("fdgrab-exec-name-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("my app é.sock");
+    // The old server binds and listens itself, then says so.
+    let mut server = KillOnDrop(
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n\
+             print('up', flush=True); time.sleep(60)",
+            ])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut up = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut up, fdgrab_testkit::TIMEOUT)
+        .expect("the old server's line");
+    assert_eq!(line.trim(), "up");
+    let names = dir.join("names");
+    let out = fdgrab_testkit::output_timeout(
+        fdgrab_testkit::fdgrab().args([
+            "exec",
+            &server.0.id().to_string(),
+            &format!("unix:{}", path.display()),
+            "--ready-timeout",
+            "200ms",
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo \"$LISTEN_FDS $LISTEN_FDNAMES\" > '{}'; exec sleep 5 >/dev/null 2>&1",
+                names.display()
+            ),
+        ]),
+        fdgrab_testkit::TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let new_pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid printed: {stderr}"));
+    let got = std::fs::read_to_string(&names).expect("names file");
+    assert_eq!(
+        got.trim(),
+        format!(
+            "1 unix-{}",
+            path.display().to_string().replace([' ', 'é'], "_")
+        )
+    );
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(new_pid, libc::SIGKILL) };
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child killed and reaped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
