@@ -668,6 +668,18 @@ fn any_signal_that_would_end_fdgrab_detaches_and_keeps_the_program() {
         assert!(holds_a_master(keeper), "the keeper holds the session");
         assert_healthy(py);
     }
+    // The keeper holding the session now shrugs the same signals off (only
+    // SIGTERM ends it).
+    let keeper = keepers.last().map(|k| k.0).expect("a keeper");
+    for sig in ["USR1", "ALRM", rtmin_plus_3.as_str(), "USR2"] {
+        signal(keeper, sig);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !gone(keeper) && holds_a_master(keeper),
+        "the keeper died of a stray signal"
+    );
+    assert_healthy(py);
     // Re-attached once more, the program still has its state.
     let new = attach_in("att-usr-4", 100, 30, "", &py.to_string());
     new.wait_for("type Enter ~ . to detach", WAIT);

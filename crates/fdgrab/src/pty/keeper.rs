@@ -59,6 +59,14 @@ pub fn keep_in_background(master: OwnedFd) -> Result<Pid> {
     // The replay ring, allocated here: the keeper allocates nothing.
     let mut ring = vec![0u8; REPLAY_BYTES];
     let ring_ptr = ring.as_mut_ptr();
+    // The signals the keeper ignores, listed here: it allocates nothing either.
+    // Every one that would end it but SIGTERM (its documented way out): a stray
+    // `kill -USR1` must not hang the session up.
+    let ignored: Vec<i32> = crate::signalfd::ending_by_default()
+        .into_iter()
+        .filter(|&s| s != libc::SIGTERM)
+        .chain([libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGPIPE])
+        .collect();
 
     // SAFETY: fork has no memory-safety preconditions. The child only makes
     // async-signal-safe calls (setsid, fork, write, _exit, and in `keep` open,
@@ -76,7 +84,7 @@ pub fn keep_in_background(master: OwnedFd) -> Result<Pid> {
             libc::setsid();
             let keeper = libc::fork();
             if keeper == 0 {
-                keep(m, ring_ptr);
+                keep(m, ring_ptr, &ignored);
             }
             let bytes = keeper.to_ne_bytes();
             libc::write(w, bytes.as_ptr().cast(), bytes.len());
@@ -86,6 +94,7 @@ pub fn keep_in_background(master: OwnedFd) -> Result<Pid> {
     drop(report_w);
     drop(high);
     drop(ring);
+    drop(ignored);
     // The intermediate child exits at once; reaping it leaves the keeper an orphan
     // adopted by init (or the nearest subreaper), not our child.
     let _ = rustix::process::waitpid(
@@ -156,7 +165,7 @@ impl Ring {
 /// # Safety
 /// Only to be called in a freshly forked child: it closes every descriptor but the
 /// ones it keeps. `ring` must point at [`REPLAY_BYTES`] writable bytes.
-unsafe fn keep(m: i32, ring: *mut u8) -> ! {
+unsafe fn keep(m: i32, ring: *mut u8, ignored: &[i32]) -> ! {
     // SAFETY: plain system calls on integers and on pointers to constants and locals.
     unsafe {
         let name = b"fdgrab-keep\0";
@@ -197,15 +206,7 @@ unsafe fn keep(m: i32, ring: *mut u8) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in [
-            libc::SIGHUP,
-            libc::SIGINT,
-            libc::SIGQUIT,
-            libc::SIGTSTP,
-            libc::SIGTTIN,
-            libc::SIGTTOU,
-            libc::SIGPIPE,
-        ] {
+        for &sig in ignored {
             libc::signal(sig, libc::SIG_IGN);
         }
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
