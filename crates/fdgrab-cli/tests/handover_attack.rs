@@ -131,3 +131,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `--steal` when the old server exited on its own after its sockets were taken
+/// (here the new server kills it while starting): there is nothing left to close,
+/// and the new server, ready and now the sockets' only holder, keeps serving
+/// (before, the failed close stopped it: nobody served any more).
+#[test]
+fn exec_steal_after_the_old_server_exited_keeps_the_new_one_serving() {
+    use fdgrab_testkit::handover::{Exec, Probe, Server};
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
+    let probe = Probe::Tcp(old.addrs[0].parse().expect("addr"));
+    assert_eq!(probe.ask(), Ok(old.pid));
+    let mut exec = Exec::start(&[
+        old.pid.to_string(),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+        "--steal".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "kill -KILL {}; sleep 0.3; exec {} serve",
+            old.pid,
+            fdgrab_testkit::bin("fdgrab-activated").display()
+        ),
+    ]);
+    assert!(
+        exec.log
+            .iter()
+            .any(|l| l.contains(&format!("old server {} has already exited", old.pid))),
+        "{:#?}",
+        exec.log
+    );
+    for _ in 0..5 {
+        assert_eq!(probe.ask(), Ok(exec.new_pid), "the new server serves");
+    }
+    exec.signal(libc::SIGTERM);
+    let st = fdgrab_testkit::wait_timeout(&mut exec.child, fdgrab_testkit::TIMEOUT)
+        .expect("fdgrab did not exit on SIGTERM");
+    assert_eq!(st.code(), Some(0), "fdgrab-activated ends 0 on SIGTERM");
+}

@@ -332,6 +332,16 @@ fn steal(
             );
             Ok(())
         }
+        // It exited since it was chosen: its sockets are the new server's alone,
+        // which is what stealing was for. Stopping the new server now would leave
+        // nobody serving.
+        Err(fdgrab::Error::NoSuchProcess { .. }) => {
+            say!(
+                "fdgrab: old server {} has already exited; no socket left to close",
+                target.pid()
+            );
+            Ok(())
+        }
         Err(e) => {
             let st = child.terminate_all(STOP_GRACE)?;
             Err(anyhow::Error::new(e).context(format!(
