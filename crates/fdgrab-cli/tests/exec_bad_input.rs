@@ -542,3 +542,35 @@ fn exec_command_the_caller_may_not_run_is_126_with_the_reason() {
     }
     old.assert_untouched();
 }
+
+/// Run from a terminal, a new server that reads it (a passphrase prompt) is
+/// stopped by `SIGTTIN`: its process group is not the terminal's foreground. Alive
+/// but serving nothing, it is not "still running" when `--ready-timeout` passes:
+/// the handover is called off and the old server keeps serving (before, fdgrab
+/// called it ready and sent the old server its `--signal-old`).
+#[test]
+fn exec_new_server_stopped_by_the_terminal_is_not_ready() {
+    use fdgrab_testkit::tmux::Tmux;
+    if !Tmux::available() {
+        fdgrab_testkit::skip("tmux is not installed (scripts/test installs it)");
+        return;
+    }
+    let old = old_server();
+    let cmd = format!(
+        "{} exec {} {} --ready-timeout 1s --signal-old KILL -- python3 -c \
+         'import socket; s = socket.socket(fileno=3); input(\"passphrase: \")'; \
+         echo EXIT=$?; exec sleep 600",
+        bin("fdgrab").display(),
+        old.server.pid,
+        old.tcp()
+    );
+    let term = Tmux::start("exec-ttin", 200, 40, &cmd);
+    let text = term.wait_for("EXIT=", TIMEOUT);
+    assert!(text.contains("EXIT=1"), "{text}");
+    let flat = text.replace('\n', "");
+    assert!(
+        flat.contains("was stopped (SIGTTIN) when --ready-timeout passed"),
+        "{text}"
+    );
+    old.assert_untouched();
+}

@@ -168,6 +168,8 @@ pub fn signal_name(sig: i32) -> String {
         (libc::SIGCONT, "CONT"),
         (libc::SIGSTOP, "STOP"),
         (libc::SIGTSTP, "TSTP"),
+        (libc::SIGTTIN, "TTIN"),
+        (libc::SIGTTOU, "TTOU"),
         (libc::SIGWINCH, "WINCH"),
     ];
     match NAMES.iter().find(|(n, _)| *n == sig) {

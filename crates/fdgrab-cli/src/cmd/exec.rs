@@ -186,6 +186,17 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                         describe_status(st)
                     )
                 }
+                NotReady::Stopped(sig) => {
+                    let st = child.terminate_all(STOP_GRACE)?;
+                    format!(
+                        "was stopped ({}) when --ready-timeout passed, so it served nothing \
+                         (stopped it: {}); it runs in a process group of its own, which may not \
+                         read from the terminal fdgrab runs in (SIGTTIN) nor, under `stty \
+                         tostop`, write to it (SIGTTOU): give it </dev/null or another output",
+                        signal_name(sig),
+                        describe_status(st)
+                    )
+                }
                 NotReady::Refused => {
                     let st = child.terminate_all(STOP_GRACE)?;
                     format!(

@@ -35,6 +35,10 @@ pub enum NotReady {
     Interrupted(i32),
     /// The [`ReadyGate`] called the handover off; it is still running.
     Refused,
+    /// The ready timeout passed while it was stopped by this signal (`SIGTTIN`:
+    /// it read from the terminal, whose foreground its process group is not):
+    /// alive, but serving nothing.
+    Stopped(i32),
 }
 
 /// A second source of readiness for [`ActivatedChild::wait_ready_gated`]: the
@@ -148,6 +152,10 @@ impl ActivatedChild {
                             self.child.status().unwrap_or_default(),
                         )));
                     }
+                    // "Still running" must mean able to serve.
+                    if let Some(sig) = self.stopped_by() {
+                        return Ok(Err(NotReady::Stopped(sig)));
+                    }
                     return Ok(Ok(Readiness::Assumed(after)));
                 }
             }
@@ -238,6 +246,19 @@ impl ActivatedChild {
     /// Reaps the child if it has exited; `true` if it has.
     fn reap_if_exited(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_some())
+    }
+
+    /// The signal that stopped the child, if it is stopped now (`waitid` with
+    /// `WSTOPPED | WNOHANG | WNOWAIT` on its pidfd: nothing is consumed, and we
+    /// never wait for stops otherwise, so a stop is reported until a `SIGCONT`).
+    fn stopped_by(&self) -> Option<i32> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        let fd = self.child.pidfd().as_pidfd()?;
+        let opts = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        waitid(WaitId::PidFd(fd), opts)
+            .ok()
+            .flatten()
+            .and_then(|st| st.stopping_signal())
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.

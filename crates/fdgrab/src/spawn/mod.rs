@@ -709,6 +709,8 @@ impl Child {
             Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
             Err(e) => return Err(e),
         }
+        // A stopped child would keep the SIGTERM pending for the whole grace time.
+        let _ = self.pidfd.send_signal(libc::SIGCONT);
         if !self.pidfd.wait_exit(Some(grace))? {
             tracing::warn!(
                 pid = self.pid(),
