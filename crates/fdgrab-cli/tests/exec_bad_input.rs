@@ -176,6 +176,16 @@ fn exec_command_not_found() {
         .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &junk.to_string_lossy()]);
     assert_fails(&out, 126, &["cannot execute", "junk", "Exec format error"]);
+    // A symlink loop is no "not found": execve would fail with ELOOP.
+    let a = dir.path().join("loop-a");
+    std::os::unix::fs::symlink(dir.path().join("loop-b"), &a).expect("symlink");
+    std::os::unix::fs::symlink(&a, dir.path().join("loop-b")).expect("symlink");
+    let out = exec(&old, &[&tcp, "--", &a.to_string_lossy()]);
+    assert_fails(
+        &out,
+        126,
+        &["cannot execute", "Too many levels of symbolic links"],
+    );
     old.assert_untouched();
 }
 

@@ -532,7 +532,8 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
         return match candidate(&p) {
             Candidate::Runnable => Ok(p),
             Candidate::Missing => Err(fail(&p, Errno::NOENT).into()),
-            Candidate::Refused(why) => Err(fail(&p, Errno::ACCESS).detail(why).into()),
+            Candidate::Refused(errno, why) if why.is_empty() => Err(fail(&p, errno).into()),
+            Candidate::Refused(errno, why) => Err(fail(&p, errno).detail(why).into()),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -546,20 +547,24 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
         .join(cmd);
         match candidate(&candidate_path) {
             Candidate::Runnable => return Ok(candidate_path),
-            Candidate::Refused(why) => {
-                refused.get_or_insert((candidate_path, why));
+            Candidate::Refused(errno, why) => {
+                refused.get_or_insert((candidate_path, errno, why));
             }
             Candidate::Missing => {}
         }
     }
-    // As execvp: a candidate that exists but may not be run makes the error EACCES.
+    // As execvp: a candidate that exists but may not be run makes the error its own
+    // (EACCES for permissions), not ENOENT.
     let (errno, detail) = match refused {
-        Some((first, why)) => (
-            Errno::ACCESS,
+        Some((first, errno, why)) => (
+            errno,
             format!(
-                "(found in PATH as {}, {}; PATH={})",
+                "(found in PATH as {}{}; PATH={})",
                 first.display(),
-                why.trim_start_matches('(').trim_end_matches(')'),
+                match why.trim_start_matches('(').trim_end_matches(')') {
+                    "" => String::new(),
+                    why => format!(", {why}"),
+                },
                 path.to_string_lossy()
             ),
         ),
@@ -576,8 +581,9 @@ enum Candidate {
     Runnable,
     /// Nothing by that name (`ENOENT`, `ENOTDIR`).
     Missing,
-    /// It exists, or may, but cannot be run by us: why, in parentheses.
-    Refused(String),
+    /// It exists, or may, but cannot be run by us: the errno execve would give,
+    /// and why, in parentheses.
+    Refused(Errno, String),
 }
 
 /// One `stat` and one `access` per candidate. `access(X_OK)` alone is true for
@@ -589,26 +595,42 @@ fn candidate(p: &Path) -> Candidate {
     use std::os::unix::fs::PermissionsExt;
     let uid = || rustix::process::geteuid().as_raw();
     match p.metadata() {
-        Ok(m) if m.is_dir() => Candidate::Refused("(not an executable file: a directory)".into()),
-        Ok(m) if !m.is_file() => {
-            Candidate::Refused("(not an executable file: not a regular file)".into())
-        }
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-            Candidate::Refused("(not an executable file: no execute permission bit)".into())
-        }
+        Ok(m) if m.is_dir() => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: a directory)".into(),
+        ),
+        Ok(m) if !m.is_file() => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: not a regular file)".into(),
+        ),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: no execute permission bit)".into(),
+        ),
         Ok(_) => match access(p, Access::EXEC_OK) {
             Ok(()) => Candidate::Runnable,
-            Err(_) => Candidate::Refused(format!(
-                "(not executable by uid {}: its permission bits or an ACL refuse it, or its \
+            Err(e) => Candidate::Refused(
+                e,
+                format!(
+                    "(not executable by uid {}: its permission bits or an ACL refuse it, or its \
                  file system is mounted noexec)",
-                uid()
-            )),
+                    uid()
+                ),
+            ),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Candidate::Refused(format!(
-            "(a directory on its path is not searchable by uid {})",
-            uid()
-        )),
-        Err(_) => Candidate::Missing,
+        Err(e) => match e.raw_os_error().map(Errno::from_raw_os_error) {
+            Some(Errno::NOENT | Errno::NOTDIR) | None => Candidate::Missing,
+            Some(Errno::ACCESS) => Candidate::Refused(
+                Errno::ACCESS,
+                format!(
+                    "(a directory on its path is not searchable by uid {})",
+                    uid()
+                ),
+            ),
+            // A symlink loop, a name too long, an I/O error: execve would fail the
+            // same way, and "not found" would be a lie.
+            Some(errno) => Candidate::Refused(errno, String::new()),
+        },
     }
 }
 
