@@ -584,3 +584,79 @@ fn exec_new_server_stopped_by_the_terminal_is_not_ready() {
     );
     old.assert_untouched();
 }
+
+/// The old server accepts in a plain blocking loop (Python's `socket.accept`); the
+/// new server makes the shared listener non-blocking, as most servers do, and then
+/// fails to start. The handover is called off and the listener is blocking again:
+/// the old server keeps serving (before, its next `accept` failed with `EAGAIN`
+/// and it died, although fdgrab said it was "not touched").
+#[test]
+fn exec_called_off_puts_back_the_blocking_mode_the_new_server_changed() {
+    use fdgrab_testkit::handover::Probe;
+    for via in ["env", "both"] {
+        let mut old = Reap(
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import os, socket\n\
+                 s = socket.create_server(('127.0.0.1', 0))\n\
+                 print(s.getsockname()[1], s.fileno(), flush=True)\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept()\n\
+                 \x20   c.recv(16); c.sendall(b'pid=%d\\n' % os.getpid()); c.close()\n",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3"),
+        );
+        let pid = old.0.id() as i32;
+        let mut out = std::io::BufReader::new(old.0.stdout.take().expect("stdout"));
+        let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("port");
+        let (port, fd) = line.trim().split_once(' ').expect("port fd");
+        let probe = Probe::Tcp(format!("127.0.0.1:{port}").parse().expect("addr"));
+        assert_eq!(probe.ask(), Ok(pid));
+        let flags = || {
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("flags:"))
+                        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                })
+                .expect("flags")
+        };
+        let before = flags();
+        let out = run_fdgrab([
+            "exec",
+            &pid.to_string(),
+            &format!("tcp:127.0.0.1:{port}"),
+            "--via",
+            via,
+            "--",
+            "python3",
+            "-c",
+            "import socket, sys; s = socket.socket(fileno=3); s.setblocking(False); sys.exit(3)",
+        ]);
+        assert_fails(&out, 1, &["exited (exit status 3)", "O_NONBLOCK, put back"]);
+        assert_eq!(flags(), before, "--via {via}: the listener's status flags");
+        for _ in 0..5 {
+            assert_eq!(
+                probe.ask(),
+                Ok(pid),
+                "--via {via}: the old server serves on"
+            );
+        }
+        drop(old);
+    }
+}
+
+/// A child killed and reaped however the test ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

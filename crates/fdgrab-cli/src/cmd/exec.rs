@@ -90,6 +90,12 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         new_session: a.detach,
     };
     let summary = describe_taken(&taken, via_env);
+    // What the new server does to the shared sockets' status flags (it makes them
+    // non-blocking, usually) is undone if the handover is called off.
+    let flags = {
+        let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
+        activation::SavedStatusFlags::save(&fds)?
+    };
     let target_fds: Vec<fdgrab::TargetFd> = taken
         .iter()
         .flat_map(|t| t.selected.target_fds.iter().copied())
@@ -206,8 +212,14 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     )
                 }
             };
+            // Nothing of the new server's runs any more.
+            let put_back = match flags.restore() {
+                0 => "",
+                _ => " (the status flags the new server changed on them, O_NONBLOCK, put back)",
+            };
             bail!(
-                "new server {new_pid} ({}) {reason}; process {} was not touched and keeps its sockets",
+                "new server {new_pid} ({}) {reason}; process {} was not touched and keeps its \
+                 sockets{put_back}",
                 a.cmd[0].to_string_lossy(),
                 a.pid
             );
@@ -221,12 +233,16 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             if let Some(s) = &supervisor {
                 s.handover().abort();
             }
+            flags.restore();
             return Err(e);
         }
     }
     if let Some(s) = &supervisor {
         s.handover().commit();
     }
+    // Our copies must go now: if the new server dies later, a listening socket kept
+    // open only by fdgrab would queue connections nobody takes.
+    drop(flags);
     let how = match how {
         Readiness::Notified => "sent READY=1".to_string(),
         Readiness::Assumed(t) => format!("still running after {t:?}"),
