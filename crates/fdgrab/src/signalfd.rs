@@ -128,7 +128,9 @@ impl Drop for SignalFd {
 /// faults a thread raises itself (`SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`,
 /// `SIGTRAP`, `SIGSYS`, `SIGABRT`), which the kernel delivers even when blocked,
 /// nor `SIGKILL`/`SIGSTOP`, which cannot be blocked, nor `SIGPIPE`, which fdgrab
-/// ignores (blocked, a write's `EPIPE` would queue it for the reader). A process that must not be
+/// ignores (blocked, a write's `EPIPE` would queue it for the reader), nor
+/// `SIGXCPU`/`SIGXFSZ`, which tell a process about its own resource limits (not
+/// something to pass on to another). A process that must not be
 /// ended midway by a stray `kill -USR1` blocks all of these (see [`SignalFd`]).
 pub fn ending_by_default() -> Vec<i32> {
     let mut sigs = vec![
@@ -140,8 +142,6 @@ pub fn ending_by_default() -> Vec<i32> {
         libc::SIGALRM,
         libc::SIGTERM,
         libc::SIGSTKFLT,
-        libc::SIGXCPU,
-        libc::SIGXFSZ,
         libc::SIGVTALRM,
         libc::SIGPROF,
         libc::SIGIO,

@@ -69,7 +69,12 @@ pub const RELAY_SIGNALS: [i32; 6] = [
 /// the program hung up.
 pub fn relay_signals() -> Vec<i32> {
     let mut sigs = RELAY_SIGNALS.to_vec();
-    for sig in crate::signalfd::ending_by_default() {
+    // fdgrab's own resource limits end the relay as well, rather than fdgrab.
+    let own_limits = [libc::SIGXCPU, libc::SIGXFSZ];
+    for sig in crate::signalfd::ending_by_default()
+        .into_iter()
+        .chain(own_limits)
+    {
         if sig != wake_signal() && !sigs.contains(&sig) {
             sigs.push(sig);
         }
