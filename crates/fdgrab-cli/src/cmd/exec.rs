@@ -13,7 +13,6 @@ use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
 use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -90,35 +89,37 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         new_session: a.detach,
     };
     let summary = describe_taken(&taken, via_env);
-    // What the new server does to the shared sockets' status flags (it makes them
-    // non-blocking, usually) is undone if the handover is called off.
-    let flags = {
-        let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
-        activation::SavedStatusFlags::save(&fds)?
-    };
     let target_fds: Vec<fdgrab::TargetFd> = taken
         .iter()
         .flat_map(|t| t.selected.target_fds.iter().copied())
         .collect();
-    let (mut child, mut supervisor) = if a.via == Via::Env {
-        let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
-        let child = activation::spawn(&cmd, &fds)?;
-        // The child has its own copies. Ours must go now: if the new server dies later,
-        // a listening socket kept open only by fdgrab would queue connections nobody takes.
-        drop(fds);
-        drop(taken);
-        (child, None)
+    // What the new server does to the shared sockets' status flags (it makes them
+    // non-blocking, usually) is undone if the handover is called off: read now,
+    // before it starts, and put back through copies kept until the handover is
+    // decided.
+    let (flags, mut child, mut supervisor) = if a.via == Via::Env {
+        // Our copies themselves, kept (not one more each: fdgrab already holds about
+        // two fds per socket while it starts the server).
+        let flags = activation::SavedStatusFlags::save(taken.into_iter().map(|t| t.fd).collect())?;
+        let child = activation::spawn(&cmd, &flags.fds())?;
+        (flags, child, None)
     } else {
-        let env_fds: Vec<BorrowedFd<'_>> = match a.via {
-            Via::Both => taken.iter().map(|t| t.fd.as_fd()).collect(),
+        let ours: Vec<std::os::fd::OwnedFd> = taken.into_iter().map(|t| t.fd).collect();
+        let flags = activation::SavedStatusFlags::save(
+            ours.iter()
+                .map(|f| f.try_clone())
+                .collect::<std::io::Result<_>>()
+                .context("copying the taken sockets")?,
+        )?;
+        let env_fds = match a.via {
+            Via::Both => flags.fds(),
             _ => Vec::new(),
         };
         let plan = fdgrab::spawn::FdPlan::listen_fds(&env_fds)?;
         drop(env_fds);
         // The supervisor keeps its copies until the handover is decided.
-        let ours = taken.into_iter().map(|t| t.fd).collect();
         let (child, sup) = BindHandover::spawn(&cmd, plan, ours)?;
-        (child, Some(sup))
+        (flags, child, Some(sup))
     };
 
     let new_pid = child.pid();

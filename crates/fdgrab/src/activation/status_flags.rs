@@ -11,8 +11,7 @@
 
 use crate::error::{Error, Result};
 use rustix::fs::OFlags;
-use rustix::io::fcntl_dupfd_cloexec;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Copies of the taken sockets with their status flags as they were before the
 /// new server started.
@@ -22,19 +21,22 @@ pub struct SavedStatusFlags {
 }
 
 impl SavedStatusFlags {
-    /// Reads the status flags of each of `fds` (`F_GETFL`) and keeps a copy of
-    /// each (`F_DUPFD_CLOEXEC`) to put them back through.
-    pub fn save<F: AsFd>(fds: &[F]) -> Result<Self> {
+    /// Reads the status flags of each of `fds` (`F_GETFL`) and keeps them, to put
+    /// the flags back through.
+    pub fn save(fds: Vec<OwnedFd>) -> Result<Self> {
         let saved = fds
-            .iter()
+            .into_iter()
             .map(|f| {
-                let flags = rustix::fs::fcntl_getfl(f).map_err(|e| Error::local("F_GETFL", e))?;
-                let copy =
-                    fcntl_dupfd_cloexec(f, 3).map_err(|e| Error::local("F_DUPFD_CLOEXEC", e))?;
-                Ok((copy, flags))
+                let flags = rustix::fs::fcntl_getfl(&f).map_err(|e| Error::local("F_GETFL", e))?;
+                Ok((f, flags))
             })
             .collect::<Result<_>>()?;
         Ok(Self { saved })
+    }
+
+    /// The sockets, in the order given to [`SavedStatusFlags::save`].
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.saved.iter().map(|(f, _)| f.as_fd()).collect()
     }
 
     /// Puts back every status flag that changed since [`SavedStatusFlags::save`]
