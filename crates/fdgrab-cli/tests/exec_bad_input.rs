@@ -255,22 +255,35 @@ fn exec_new_server_never_ready() {
 #[test]
 fn exec_interrupted_while_waiting() {
     let old = old_server();
-    let mut child = fdgrab()
-        .args([
-            "exec",
-            &old.server.pid.to_string(),
-            &old.tcp(),
-            "--signal-old",
-            "KILL",
-            "--",
-        ])
+    let (mut child, _) = start_never_ready(&old, &["--signal-old", "KILL"]);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(st.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was not ready yet when fdgrab received SIGINT"),
+        "{stderr}"
+    );
+    old.assert_untouched();
+}
+
+/// Starts `fdgrab exec` with `extra` options and a new server that never says it
+/// is ready, and waits until that server holds the old one's listener too; returns
+/// fdgrab and the listener's `/proc` link.
+fn start_never_ready(old: &Old, extra: &[&str]) -> (std::process::Child, String) {
+    let child = fdgrab()
+        .args(["exec", &old.server.pid.to_string(), &old.tcp()])
+        .args(extra)
+        .arg("--")
         .args([&activated(), "serve", "--ready", "never"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Wait until the new server is up (it holds the listener too).
     let link = old
         .fds
         .values()
@@ -285,18 +298,7 @@ fn exec_interrupted_while_waiting() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
-    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    assert_eq!(st.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("was not ready yet when fdgrab received SIGINT"),
-        "{stderr}"
-    );
-    old.assert_untouched();
+    (child, link)
 }
 
 /// A signal fdgrab does not use for itself but that would end it (`SIGUSR1`,
@@ -314,28 +316,7 @@ fn exec_any_ending_signal_while_waiting_aborts_cleanly() {
         ),
     ] {
         let old = old_server();
-        let mut child = fdgrab()
-            .args(["exec", &old.server.pid.to_string(), &old.tcp(), "--"])
-            .args([&activated(), "serve", "--ready", "never"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let link = old
-            .fds
-            .values()
-            .find(|l| l.starts_with("socket:"))
-            .cloned()
-            .expect("socket");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while holders(&link).len() < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "new server never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (mut child, link) = start_never_ready(&old, &[]);
         // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it.
         assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0, "kill");
         let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit");
