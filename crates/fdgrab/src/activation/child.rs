@@ -306,6 +306,8 @@ impl ActivatedChild {
                     );
                     ended += 1;
                     let _ = k.send_signal(libc::SIGTERM);
+                    // A stopped one would keep it pending for the whole grace time.
+                    let _ = k.send_signal(libc::SIGCONT);
                 }
             }
             let deadline = Instant::now() + grace;
