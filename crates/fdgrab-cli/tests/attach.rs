@@ -1087,6 +1087,89 @@ fn a_program_exiting_during_the_sweep_leaves_other_ptys_of_its_index_alone() {
     }
 }
 
+/// The program has its terminal only as its controlling terminal (its stdio went
+/// to /dev/null), and the master's holder is not among its ancestors, so every
+/// process is looked at; a container's pts/N of the same index is held elsewhere.
+/// The session leader's slave tells which pts/N is the program's: the other
+/// instance's holder keeps its master (before, with the index alone to go by, it
+/// got /dev/null too).
+#[test]
+fn a_job_without_stdio_on_its_terminal_takes_only_its_own_master() {
+    if !ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fdgrab-ctty-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pidfile = dir.join("job");
+    // An "emulator" that opens a pty, starts a shell session on it whose job has
+    // no stdio on it, hands the master to a helper (no ancestor of the job) and
+    // leaves.
+    let emulator = r#"
+import os, sys, time, fcntl, termios
+master, slave = os.openpty()
+shell = os.fork()
+if shell == 0:
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for i in range(3):
+        os.dup2(slave, i)
+    os.execvp("sh", ["sh", "-c", "python3 -c 'import time; time.sleep(600)' </dev/null >/dev/null 2>&1 & echo $! > " + sys.argv[1] + "; exec sleep 600"])
+helper = os.fork()
+if helper == 0:
+    time.sleep(600)
+    os._exit(0)
+print(os.ttyname(slave).rsplit("/", 1)[1], shell, helper, flush=True)
+os._exit(0)
+"#;
+    let mut em = std::process::Command::new("python3")
+        .args(["-c", emulator])
+        .arg(&pidfile)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(em.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("emulator's line");
+    let _ = em.wait();
+    let nums: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (n, shell, helper) = (nums[0] as u32, nums[1], nums[2]);
+    let (_shell, _helper) = (KillOnDrop::new(shell), KillOnDrop::new(helper));
+    wait_until("the job's pid", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let job: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("job pid");
+    let _job = KillOnDrop::new(job);
+    let other = OtherInstance::start(n, &["-q"]);
+    let other_holder = other.holder.0;
+    assert!(holds_a_master(other_holder));
+
+    let new = attach_in("att-ctty-only", 100, 30, "", &job.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let text = new.capture();
+    assert!(
+        text.contains(&format!("taken from {helper} ")),
+        "the helper's master: {text}"
+    );
+    assert!(
+        holds_a_master(other_holder),
+        "the other devpts instance's holder lost its master"
+    );
+    assert!(!holds_a_master(helper), "the helper kept the master");
+    new.key("Enter");
+    new.type_text("~.");
+    let text = expect_exit(&new, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+    assert_healthy(job);
+    drop(other);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A terminal that does not know its size (0 rows, 0 columns: a pty whose emulator
 /// never set one, a serial line) does not shrink the program's window to nothing:
 /// the program keeps the size it had.

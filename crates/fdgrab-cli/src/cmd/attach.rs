@@ -91,14 +91,14 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let mut stolen = None;
     let mut replay = Vec::new();
     if let How::Steal(holders) = &mut how {
-        let mut got = take_master(pid, tty, pty::slave_identity(pid, tty), holders)?;
+        let mut got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
         if got.is_none() && sweep_later {
             // The ancestors' pts/N was another devpts instance's (or a reused
             // index): PID's master may still be held elsewhere.
             sweep_later = false;
             if let Some(all) = find_holders(pid, tty, false)? {
                 *holders = all;
-                got = take_master(pid, tty, pty::slave_identity(pid, tty), holders)?;
+                got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
             }
         }
         match got {
@@ -437,8 +437,8 @@ const SWEEP_PASSES: usize = 4;
 /// Retired keepers hand over the output they kept: returned with the master.
 /// `identity` is the target's own slave, down to the inode: an index reused for
 /// another session (after the old master was closed) must never count as ours.
-/// (`None`: the target has no slave on fd 0-2, and there is nothing to compare
-/// beyond the index.)
+/// (`None`: neither the target nor its session leader has the slave on fd 0-2,
+/// and there is nothing to compare beyond the index.)
 fn take_master(
     pid: Pid,
     tty: Pty,
