@@ -341,8 +341,9 @@ fn exec_any_ending_signal_while_waiting_aborts_cleanly() {
     }
 }
 
-/// Once the new server runs, `SIGUSR1` and `SIGUSR2` to fdgrab are the server's
-/// (nginx reopens its logs on USR1, gunicorn upgrades on USR2): fdgrab passes them
+/// Once the new server runs, `SIGUSR1`, `SIGUSR2`, `SIGTTIN`, `SIGTTOU` and
+/// `SIGWINCH` sent to fdgrab are the server's (nginx reopens its logs on USR1,
+/// gunicorn upgrades on USR2 and adds a worker on TTIN): fdgrab passes them
 /// on and keeps supervising, under `--via env` and under `--via bind` (where the
 /// server's later binds need fdgrab alive), and `SIGTERM` still ends both with the
 /// server's status.
@@ -363,7 +364,7 @@ fn exec_forwards_usr1_and_usr2_to_the_ready_server() {
             r#"
 import os, signal, socket, sys, time
 log = open({log:?}, "a", buffering=1)
-for s in (signal.SIGUSR1, signal.SIGUSR2):
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
     signal.signal(s, lambda n, f: log.write(signal.Signals(n).name + "\n"))
 lst = {listener}
 u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -405,6 +406,24 @@ while True:
         seen("SIGUSR1");
         exec.signal(libc::SIGUSR2);
         seen("SIGUSR2");
+        // gunicorn's TTIN/TTOU, nginx's WINCH: the server's, and they stop fdgrab
+        // no more.
+        for (sig, name) in [
+            (libc::SIGTTIN, "SIGTTIN"),
+            (libc::SIGTTOU, "SIGTTOU"),
+            (libc::SIGWINCH, "SIGWINCH"),
+        ] {
+            exec.signal(sig);
+            seen(name);
+        }
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", exec.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().chars().next())
+            })
+            .flatten();
+        assert_ne!(state, Some('T'), "--via {via}: fdgrab was stopped");
         assert_eq!(
             exec.child.try_wait().expect("try_wait"),
             None,
@@ -640,4 +659,39 @@ impl Drop for Reap {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// While the new server starts, a user's `SIGTTIN` or `SIGWINCH` to fdgrab (meant
+/// for the server) neither stops fdgrab (`SIGTTIN`'s default) nor calls the
+/// handover off; a `SIGINT` afterwards still does.
+#[test]
+fn exec_terminal_signals_while_waiting_do_not_call_the_handover_off() {
+    let old = old_server();
+    let (mut child, _) = start_never_ready(&old, &[]);
+    for sig in [libc::SIGTTIN, libc::SIGWINCH, libc::SIGTTOU] {
+        // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0, "kill");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(child.try_wait().expect("try_wait"), None, "fdgrab ended");
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
+        .flatten();
+    assert_ne!(state, Some('T'), "fdgrab was stopped");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(st.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was not ready yet when fdgrab received SIGINT"),
+        "{stderr}"
+    );
+    old.assert_untouched();
 }

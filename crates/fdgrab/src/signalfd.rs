@@ -122,6 +122,14 @@ impl Drop for SignalFd {
     }
 }
 
+/// Signals the kernel sends about a terminal: its new size (`SIGWINCH`), a read or
+/// (under `tostop`) a write from a background process group (`SIGTTIN`,
+/// `SIGTTOU`). From the kernel ([`SignalInfo::from_kernel`]) they concern the
+/// receiver's own use of its terminal; sent by a user to a process that supervises
+/// a server, they are the server's business (gunicorn adds and removes workers on
+/// `TTIN`/`TTOU`, nginx stops its workers gracefully on `WINCH`).
+pub const TERMINAL_SIGNALS: [i32; 3] = [libc::SIGWINCH, libc::SIGTTIN, libc::SIGTTOU];
+
 /// Every signal that ends a process by default and reaches it only when sent
 /// (`kill`, a timer, a terminal, a resource limit), in numeric order: the
 /// standard ones and the real-time ones the C library leaves to programs. Not the

@@ -53,7 +53,11 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     // meant for the server (nginx reopens its logs on it) must reach it, not kill
     // fdgrab and leave the new server orphaned beside the old one (or, under
     // `--via bind`, without the supervisor its trapped calls wait for).
-    let signals = SignalFd::block(&fdgrab::signalfd::ending_by_default())?;
+    // And the terminal signals, which a user may send to the server through us
+    // (gunicorn's TTIN/TTOU would otherwise stop fdgrab instead).
+    let mut blocked = fdgrab::signalfd::ending_by_default();
+    blocked.extend(fdgrab::signalfd::TERMINAL_SIGNALS);
+    let signals = SignalFd::block(&blocked)?;
 
     // --steal injects its close: a target that cannot be stopped (traced, no access)
     // is refused here, before the new server starts.

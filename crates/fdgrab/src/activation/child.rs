@@ -205,8 +205,16 @@ impl ActivatedChild {
                 }
             }
             if let Some(s) = signals {
-                if let Some(sig) = s.read()? {
-                    return Ok(Err(NotReady::Interrupted(sig)));
+                while let Some(info) = s.read_info()? {
+                    // A terminal's resize, a user's `kill -TTIN` meant for the
+                    // server: no reason to call the handover off.
+                    if crate::signalfd::TERMINAL_SIGNALS.contains(&info.signo) {
+                        if !info.from_kernel() {
+                            let _ = self.child.pidfd().send_signal(info.signo);
+                        }
+                        continue;
+                    }
+                    return Ok(Err(NotReady::Interrupted(info.signo)));
                 }
             }
             if let Some(n) = notify {

@@ -701,7 +701,8 @@ impl Child {
     /// Passes every pending signal of `signals` on to the child, except one the
     /// kernel sent to our whole process group (a terminal's ^C) when the child is
     /// in that group: it got its own, and a second ^C means "force" to many
-    /// programs.
+    /// programs; and except one of [`crate::signalfd::TERMINAL_SIGNALS`] from the
+    /// kernel, which is about our own terminal.
     pub fn forward(&self, signals: &SignalFd) -> Result<()> {
         while let Some(info) = signals.read_info()? {
             let sig = info.signo;
@@ -711,6 +712,10 @@ impl Child {
                     sig,
                     "not forwarding a process-group signal"
                 );
+                continue;
+            }
+            // Our terminal's size, our own background read or write: not the child's.
+            if info.from_kernel() && crate::signalfd::TERMINAL_SIGNALS.contains(&sig) {
                 continue;
             }
             tracing::info!(pid = self.pid(), sig, "forwarding signal");
