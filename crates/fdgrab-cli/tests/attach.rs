@@ -1170,6 +1170,42 @@ os._exit(0)
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Detach, re-attach at once, five times over: the keeper left by a detach is
+/// recognisable as one (named, its control socket in place) before that fdgrab
+/// exits, so the next attach retires it instead of taking it for another fdgrab
+/// still attached (status 6).
+#[test]
+fn reattaching_right_after_a_detach_is_never_refused() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-quick-old");
+    let cmd = format!(
+        "for i in 1 2 3 4 5; do {} attach {py}; echo RC=$?; done; echo ALL-DONE; exec sleep 600",
+        bin("fdgrab").display()
+    );
+    let t = Tmux::start("att-quick-new", 100, 40, &cmd);
+    for round in 1..=5 {
+        t.wait_until(WAIT, |s| {
+            s.matches("type Enter ~ . to detach").count() >= round
+        })
+        .unwrap_or_else(|s| panic!("attach {round} did not start:\n{s}"));
+        t.key("Enter");
+        t.type_text("~.");
+        t.wait_until(WAIT, |s| s.matches("RC=").count() >= round)
+            .unwrap_or_else(|s| panic!("attach {round} did not end:\n{s}"));
+    }
+    let text = t.wait_for("ALL-DONE", WAIT);
+    assert_eq!(
+        text.matches("RC=7").count(),
+        5,
+        "every round detached:\n{text}"
+    );
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    assert_healthy(py);
+}
+
 /// A terminal that does not know its size (0 rows, 0 columns: a pty whose emulator
 /// never set one, a serial line) does not shrink the program's window to nothing:
 /// the program keeps the size it had.

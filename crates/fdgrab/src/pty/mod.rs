@@ -196,7 +196,7 @@ pub fn terminal_identity(pid: Pid, pty: Pty) -> Option<SlaveIdentity> {
 }
 
 /// Whether our `fd` is `pid`'s terminal `pty`: a slave of the same index that,
-/// when `pid` has its terminal open on fd 0, 1 or 2, is also the same inode of the
+/// when [`terminal_identity`] knows `pid`'s slave, is also the same inode of the
 /// same devpts instance (a container's `pts/0` is not the host's `pts/0`).
 pub fn is_terminal_of(fd: impl AsFd, pid: Pid, pty: Pty) -> bool {
     let Ok(st) = rustix::fs::fstat(fd) else {
@@ -205,7 +205,7 @@ pub fn is_terminal_of(fd: impl AsFd, pid: Pid, pty: Pty) -> bool {
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR || Pty::from_rdev(st.st_rdev) != Some(pty) {
         return false;
     }
-    slave_identity(pid, pty).is_none_or(|id| id == SlaveIdentity::of(&st))
+    terminal_identity(pid, pty).is_none_or(|id| id == SlaveIdentity::of(&st))
 }
 
 /// The identity of the slave of the pty whose master is `master` (through an
