@@ -255,19 +255,8 @@ fn exec_new_server_never_ready() {
 #[test]
 fn exec_interrupted_while_waiting() {
     let old = old_server();
-    let (mut child, _) = start_never_ready(&old, &["--signal-old", "KILL"]);
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
-    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    assert_eq!(st.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("was not ready yet when fdgrab received SIGINT"),
-        "{stderr}"
-    );
-    old.assert_untouched();
+    let (child, _) = start_never_ready(&old, &["--signal-old", "KILL"]);
+    interrupt_and_expect_abort(&old, child);
 }
 
 /// Starts `fdgrab exec` with `extra` options and a new server that never says it
@@ -299,6 +288,29 @@ fn start_never_ready(old: &Old, extra: &[&str]) -> (std::process::Child, String)
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, link)
+}
+
+/// Sends fdgrab `SIGINT` while its new server is not ready: it must call the
+/// handover off, say so, exit 1, and leave the old server as it was.
+fn interrupt_and_expect_abort(old: &Old, mut child: std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(st.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was not ready yet when fdgrab received SIGINT"),
+        "{stderr}"
+    );
+    old.assert_untouched();
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`T`: stopped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// A signal fdgrab does not use for itself but that would end it (`SIGUSR1`,
@@ -416,14 +428,11 @@ while True:
             exec.signal(sig);
             seen(name);
         }
-        let state = std::fs::read_to_string(format!("/proc/{}/stat", exec.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().chars().next())
-            })
-            .flatten();
-        assert_ne!(state, Some('T'), "--via {via}: fdgrab was stopped");
+        assert_ne!(
+            proc_state(exec.child.id()),
+            Some('T'),
+            "--via {via}: fdgrab was stopped"
+        );
         assert_eq!(
             exec.child.try_wait().expect("try_wait"),
             None,
@@ -674,24 +683,6 @@ fn exec_terminal_signals_while_waiting_do_not_call_the_handover_off() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(child.try_wait().expect("try_wait"), None, "fdgrab ended");
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().chars().next())
-        })
-        .flatten();
-    assert_ne!(state, Some('T'), "fdgrab was stopped");
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
-    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab did not exit after SIGINT");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    assert_eq!(st.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("was not ready yet when fdgrab received SIGINT"),
-        "{stderr}"
-    );
-    old.assert_untouched();
+    assert_ne!(proc_state(child.id()), Some('T'), "fdgrab was stopped");
+    interrupt_and_expect_abort(&old, child);
 }
