@@ -170,3 +170,49 @@ fn exec_steal_after_the_old_server_exited_keeps_the_new_one_serving() {
         .expect("fdgrab did not exit on SIGTERM");
     assert_eq!(st.code(), Some(0), "fdgrab-activated ends 0 on SIGTERM");
 }
+
+/// Under `--via env` in the foreground, `NOTIFY_SOCKET` stays open for the new
+/// server's life, as under systemd: a `STATUS=` sent after `READY=1` is received,
+/// not refused (`ECONNREFUSED` made this server exit 9).
+#[test]
+fn exec_notify_socket_outlives_readiness() {
+    use fdgrab_testkit::handover::{Probe, Server};
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
+    let probe = Probe::Tcp(old.addrs[0].parse().expect("addr"));
+    assert_eq!(probe.ask(), Ok(old.pid));
+    let server = r#"
+import os, socket, sys, time
+lst = socket.socket(fileno=3)
+name = os.environ["NOTIFY_SOCKET"]
+addr = "\0" + name[1:] if name.startswith("@") else name
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"READY=1", addr)
+for i in range(5):
+    time.sleep(0.1)
+    try:
+        u.sendto(b"STATUS=serving %d" % i, addr)
+    except OSError as e:
+        print("notify failed:", e, file=sys.stderr, flush=True)
+        sys.exit(9)
+"#;
+    let out = fdgrab_testkit::output_timeout(
+        fdgrab_testkit::fdgrab().args([
+            "exec",
+            &old.pid.to_string(),
+            &format!("tcp:127.0.0.1:{}", old.port(0)),
+            "--",
+            "python3",
+            "-c",
+            server,
+        ]),
+        fdgrab_testkit::TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is ready (sent READY=1)"), "{stderr}");
+    assert_eq!(
+        probe.ask(),
+        Ok(old.pid),
+        "the old server, not signalled, serves on"
+    );
+}

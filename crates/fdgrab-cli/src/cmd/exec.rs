@@ -134,7 +134,8 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         a.start_timeout,
         supervisor.as_mut().map(|s| s as &mut dyn ReadyGate),
     )?;
-    drop(notify);
+    // Kept for the new server's life only where fdgrab stays and reads it (below).
+    let notify = (a.via == Via::Env && !a.detach).then_some(notify);
     let how = match outcome {
         Ok(how) => how,
         Err(why) => {
@@ -295,7 +296,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     }
     let status = match supervisor.as_mut() {
         Some(s) => s.serve(&mut child, &signals)?,
-        None => child.wait_forwarding(&signals)?,
+        None => match &notify {
+            Some(n) => child.wait_forwarding_notified(&signals, n)?,
+            None => child.wait_forwarding(&signals)?,
+        },
     };
     Ok(passthrough(status))
 }

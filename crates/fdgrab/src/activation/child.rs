@@ -335,6 +335,39 @@ impl ActivatedChild {
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
         self.child.wait_forwarding(signals)
     }
+
+    /// [`ActivatedChild::wait_forwarding`] that also keeps reading `notify`, as
+    /// systemd keeps a service's `NOTIFY_SOCKET` for its whole life: a server's
+    /// later `STATUS=`, `RELOADING=1` or `STOPPING=1` is logged instead of failing
+    /// with `ECONNREFUSED` (or, unread, filling the socket until it blocks).
+    pub fn wait_forwarding_notified(
+        &mut self,
+        signals: &SignalFd,
+        notify: &NotifySocket,
+    ) -> Result<ExitStatus> {
+        let pid = self.pid();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            let exit_fd = self.child.pidfd().exit_fd()?;
+            let mut fds = [
+                PollFd::new(&exit_fd, PollFlags::IN),
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(notify, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("poll", pid, None, e)),
+            }
+            self.child.forward(signals)?;
+            while let Some(msg) = notify.recv()? {
+                if let Some(status) = msg.field("STATUS") {
+                    tracing::info!(pid, sender = msg.pid, status, "new server status");
+                }
+            }
+        }
+    }
 }
 
 /// How many times [`ActivatedChild::end_left_behind`] looks for children at most.
