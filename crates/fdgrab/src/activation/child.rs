@@ -362,6 +362,10 @@ impl ActivatedChild {
             }
             self.child.forward(signals)?;
             while let Some(msg) = notify.recv()? {
+                // Anyone in the network namespace may write to an abstract name.
+                if !notify::is_same_or_descendant(msg.pid, pid) {
+                    continue;
+                }
                 if let Some(status) = msg.field("STATUS") {
                     tracing::info!(pid, sender = msg.pid, status, "new server status");
                 }
