@@ -216,3 +216,44 @@ for i in range(5):
         "the old server, not signalled, serves on"
     );
 }
+
+/// The new server was stopped (`kill -STOP`) after the handover; `SIGTERM` to
+/// fdgrab reaches it and continues it, as a shell's `kill` of a stopped job does,
+/// so both end instead of fdgrab waiting for ever on a pending signal.
+#[test]
+fn exec_sigterm_ends_a_stopped_new_server() {
+    use fdgrab_testkit::handover::{Exec, Server};
+    let old = Server::activated(&["--listen", "tcp:127.0.0.1:0"]);
+    let mut exec = Exec::start(&[
+        old.pid.to_string(),
+        format!("tcp:127.0.0.1:{}", old.port(0)),
+        "--".into(),
+        fdgrab_testkit::bin("fdgrab-activated")
+            .to_string_lossy()
+            .into_owned(),
+        "serve".into(),
+    ]);
+    let new = rustix::process::Pid::from_raw(exec.new_pid).expect("pid");
+    rustix::process::kill_process(new, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", exec.new_pid))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next())
+            })
+            == Some('T')
+    };
+    let deadline = std::time::Instant::now() + fdgrab_testkit::TIMEOUT;
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    exec.signal(libc::SIGTERM);
+    let st = fdgrab_testkit::wait_timeout(&mut exec.child, fdgrab_testkit::TIMEOUT)
+        .expect("fdgrab waited on a stopped server");
+    assert_eq!(st.code(), Some(0), "fdgrab-activated ends 0 on SIGTERM");
+}

@@ -153,7 +153,7 @@ impl ActivatedChild {
                         )));
                     }
                     // "Still running" must mean able to serve.
-                    if let Some(sig) = self.stopped_by() {
+                    if let Some(sig) = self.child.stopped_by() {
                         return Ok(Err(NotReady::Stopped(sig)));
                     }
                     return Ok(Ok(Readiness::Assumed(after)));
@@ -254,19 +254,6 @@ impl ActivatedChild {
     /// Reaps the child if it has exited; `true` if it has.
     fn reap_if_exited(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_some())
-    }
-
-    /// The signal that stopped the child, if it is stopped now (`waitid` with
-    /// `WSTOPPED | WNOHANG | WNOWAIT` on its pidfd: nothing is consumed, and we
-    /// never wait for stops otherwise, so a stop is reported until a `SIGCONT`).
-    fn stopped_by(&self) -> Option<i32> {
-        use rustix::process::{waitid, WaitId, WaitIdOptions};
-        let fd = self.child.pidfd().as_pidfd()?;
-        let opts = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-        waitid(WaitId::PidFd(fd), opts)
-            .ok()
-            .flatten()
-            .and_then(|st| st.stopping_signal())
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.

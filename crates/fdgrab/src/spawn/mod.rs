@@ -723,8 +723,30 @@ impl Child {
                 Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
                 Err(e) => return Err(e),
             }
+            // As a shell's `kill` of a stopped job: a stopped child would keep a
+            // SIGTERM or SIGHUP pending, and us waiting, until someone continued it.
+            if matches!(sig, libc::SIGTERM | libc::SIGHUP) && self.stopped() {
+                let _ = self.pidfd.send_signal(libc::SIGCONT);
+            }
         }
         Ok(())
+    }
+
+    /// The signal that stopped the child, if it is stopped now (`waitid` with
+    /// `WSTOPPED | WNOHANG | WNOWAIT` on its pidfd: nothing is consumed, and stops
+    /// are never waited for otherwise, so a stop is reported until a `SIGCONT`).
+    pub fn stopped_by(&self) -> Option<i32> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        let fd = self.pidfd.as_pidfd()?;
+        let opts = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        waitid(WaitId::PidFd(fd), opts)
+            .ok()
+            .flatten()
+            .and_then(|st| st.stopping_signal())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped_by().is_some()
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
