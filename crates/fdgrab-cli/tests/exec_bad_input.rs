@@ -176,16 +176,13 @@ fn exec_command_not_found() {
         .expect("chmod");
     let out = exec(&old, &[&tcp, "--", &junk.to_string_lossy()]);
     assert_fails(&out, 126, &["cannot execute", "junk", "Exec format error"]);
-    // A symlink loop is no "not found": execve would fail with ELOOP.
+    // A symlink loop is no "not found": execve would fail with ELOOP (by number:
+    // "Too many levels of symbolic links" in glibc, "Symbolic link loop" in musl).
     let a = dir.path().join("loop-a");
     std::os::unix::fs::symlink(dir.path().join("loop-b"), &a).expect("symlink");
     std::os::unix::fs::symlink(&a, dir.path().join("loop-b")).expect("symlink");
     let out = exec(&old, &[&tcp, "--", &a.to_string_lossy()]);
-    assert_fails(
-        &out,
-        126,
-        &["cannot execute", "Too many levels of symbolic links"],
-    );
+    assert_fails(&out, 126, &["cannot execute", "(os error 40)"]);
     old.assert_untouched();
 }
 
@@ -531,7 +528,8 @@ fn exec_command_the_caller_may_not_run_is_126_with_the_reason() {
             vec![
                 "cannot execute",
                 "a directory on its path is not searchable by uid 65534",
-                "Permission denied",
+                // EACCES by number: its text is the C library's.
+                "(os error 13)",
             ],
         ),
         (
