@@ -1,4 +1,4 @@
-//! CPU affinity for the scan threads: a thread keeps the core it starts on.
+//! CPU affinity for the scan threads: one core each.
 //!
 //! Why pin at all: the scan's threads are woken together when the plan is
 //! ready (they start while the calling thread lists `/proc`), and the scheduler
@@ -7,17 +7,9 @@
 //! runs the woken thread was placed on the core where the other one was already
 //! scanning and preempted it, and the idle core stayed idle for 1.7–3.1 ms — the
 //! length of the whole scan — because a thread that ran a moment ago counts as
-//! cache-hot and is not pulled to an idle core. Pinned to the distinct cores
-//! they started on, the threads cannot stack: the same runs took a median
-//! 2.81 ms against 3.16 ms, and the slowest tenth 2.99 ms against 4.14 ms.
-//!
-//! A thread is pinned only to the core it is running on, and only if no other
-//! thread of the scan took it; otherwise it is left to the scheduler. Moving it
-//! to a free core instead (the first version) was worse when that core was
-//! busy with another program: the scheduler had started both threads on the
-//! other core for that reason, the moved thread waited 4 ms behind the other
-//! program there, and the run waited for it although the first thread had done
-//! all the work meanwhile (traced the same way).
+//! cache-hot and is not pulled to an idle core. Pinned to distinct cores, the
+//! threads cannot stack: the same runs took a median 2.81 ms against 3.16 ms,
+//! and the slowest tenth 2.99 ms against 4.14 ms.
 //!
 //! Pinning gives up nothing the scan relies on: its threads claim work one
 //! piece at a time (a process, or a range of 64 fds of a large table), so a
@@ -56,26 +48,26 @@ impl Cores {
         self.count
     }
 
-    /// Pins the calling thread to the core it runs on, unless another thread
-    /// took that core: the core pinned to, or `None` when the thread was left
-    /// as it was (its core taken, or the kernel refused: `sched_setaffinity(2)`
-    /// under a seccomp filter, or a cpuset changed meanwhile, `EINVAL`); it then
-    /// runs wherever the scheduler puts it, as it would unpinned.
-    pub(crate) fn pin_this_thread(&self) -> Option<usize> {
+    /// Pins the calling thread to a core no other thread took: the one it runs
+    /// on if that is free (no migration), else the lowest free one. Nothing
+    /// happens once every core is taken, or when the kernel refuses
+    /// (`sched_setaffinity(2)` under a seccomp filter, or a cpuset changed
+    /// meanwhile: `EINVAL`): the thread then runs wherever the scheduler puts
+    /// it, as it would unpinned.
+    pub(crate) fn pin_this_thread(&self) {
         let core = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             let here = sched_getcpu();
-            let i = free.iter().position(|&c| c == here)?;
-            free.swap_remove(i)
+            match free.iter().position(|&c| c == here) {
+                Some(i) => free.swap_remove(i),
+                None if free.is_empty() => return,
+                None => free.remove(0),
+            }
         };
         let mut one = CpuSet::new();
         one.set(core);
-        match sched_setaffinity(None, &one) {
-            Ok(()) => Some(core),
-            Err(e) => {
-                tracing::debug!(core, error = %e, "scan thread not pinned");
-                None
-            }
+        if let Err(e) = sched_setaffinity(None, &one) {
+            tracing::debug!(core, error = %e, "scan thread not pinned");
         }
     }
 }
@@ -89,53 +81,49 @@ mod tests {
         (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
     }
 
-    /// Runs `f` on a new thread whose affinity is first set to `cores`.
-    fn on(
-        cores: &[usize],
-        f: impl FnOnce() -> Option<usize> + Send,
-    ) -> (Option<usize>, Vec<usize>) {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut set = CpuSet::new();
-                cores.iter().for_each(|&c| set.set(c));
-                sched_setaffinity(None, &set).expect("sched_setaffinity");
-                let pinned = f();
-                (pinned, allowed_now())
-            })
-            .join()
-            .expect("join")
-        })
-    }
-
-    /// A thread is pinned to the core it runs on while that core is free; a
-    /// second thread on a taken core is left alone (never moved to another
-    /// core); each core is handed out once.
+    /// One thread per core, each pinned to a core of its own among those the
+    /// process may use; a thread that comes after every core is taken keeps
+    /// the whole set.
     #[test]
-    fn a_thread_keeps_its_own_core_and_a_taken_core_is_not_shared() {
+    fn each_thread_gets_a_core_of_its_own() {
         let all = allowed_now();
         if all.len() < 2 {
             fdgrab_testkit::skip("pinning needs at least 2 allowed cores");
             return;
         }
-        let (c0, c1) = (all[0], all[1]);
         let cores = Cores::allowed();
         assert_eq!(cores.count(), all.len());
-        assert_eq!(on(&[c0], || cores.pin_this_thread()), (Some(c0), vec![c0]));
-        // c0 is taken: not pinned (its mask stays the one it had) ...
-        assert_eq!(on(&[c0], || cores.pin_this_thread()), (None, vec![c0]));
-        // ... and a thread that may run anywhere either gets the free core it
-        // runs on, or stays free to run anywhere.
-        let (pinned, mask) = on(&all, || cores.pin_this_thread());
-        match pinned {
-            Some(c) => {
-                assert_ne!(c, c0, "c0 handed out twice");
-                assert_eq!(mask, vec![c]);
-            }
-            None => assert_eq!(mask, all),
-        }
-        assert_eq!(
-            on(&[c1], || cores.pin_this_thread()).0.is_some(),
-            pinned != Some(c1)
-        );
+        let pinned: Vec<Vec<usize>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..all.len())
+                .map(|_| {
+                    s.spawn(|| {
+                        cores.pin_this_thread();
+                        allowed_now()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("join"))
+                .collect()
+        });
+        let mut taken: Vec<usize> = pinned
+            .iter()
+            .map(|set| {
+                assert_eq!(set.len(), 1, "one core per thread: {set:?}");
+                set[0]
+            })
+            .collect();
+        taken.sort_unstable();
+        assert_eq!(taken, all, "every allowed core, once");
+        let late = std::thread::scope(|s| {
+            s.spawn(|| {
+                cores.pin_this_thread();
+                allowed_now()
+            })
+            .join()
+            .expect("join")
+        });
+        assert_eq!(late, all, "no core left: not pinned");
     }
 }

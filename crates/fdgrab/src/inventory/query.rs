@@ -488,9 +488,8 @@ impl<'a> Scan<'a> {
     /// it a worker, the scheduler could queue a new thread behind it on its
     /// own core for milliseconds (measured: a helper waited 2 ms to run while
     /// the other core was free), where a caller that sleeps at once leaves its
-    /// core to a worker. Each spawned worker pins itself to the core it starts
-    /// on unless another worker took it (see `affinity`: woken together, two
-    /// workers were stacked on one core).
+    /// core to a worker. Each spawned worker pins itself to a core of its own
+    /// (see `affinity`: woken together, two workers were stacked on one core).
     ///
     /// The workers are not joined: the scope ends as soon as each has handed
     /// over its outcomes, and their threads' own teardown (unmapping the signal
