@@ -14,11 +14,8 @@
 //! Pinning gives up nothing the scan relies on: its threads claim work one
 //! piece at a time (a process, or a range of 64 fds of a large table), so a
 //! thread whose core is busy with another program simply claims less, as an
-//! unpinned one would. What it does give up: a pinned thread cannot flee its
-//! core, so one held by a real-time busy loop there holds its current piece
-//! until the kernel's real-time throttling lets it run (cores isolated from
-//! the scheduler are outside the process's affinity and never chosen). Only
-//! threads the scan itself started are pinned; they end with the scan.
+//! unpinned one would. Only threads the scan itself started are pinned; they
+//! end with the scan.
 
 use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use std::sync::Mutex;
