@@ -6,7 +6,6 @@
 //! cgroup-v1 net_cls/net_prio ids to ours, so sockets are resolved through
 //! `/proc/PID/net/*` and `NETLINK_SOCK_DIAG` instead.
 
-mod affinity;
 pub(crate) mod inet_diag;
 pub(crate) mod names;
 mod query;

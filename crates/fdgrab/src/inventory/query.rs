@@ -10,7 +10,6 @@
 //! looks for the kernel's " (deleted)" suffix first. Processes are spread over the
 //! cores, and processes of one network namespace share one socket table.
 
-use super::affinity::Cores;
 use super::sockets::{SocketInfo, SocketTable};
 use super::{
     inet_diag, sock_diag, unix_diag, BlockSource, Blocks, FdEntry, FdKind, Select, SocketSource,
@@ -382,8 +381,6 @@ struct Scan<'a> {
     proc_root: OnceLock<Option<OwnedFd>>,
     /// Our effective uid: the owner of an fd directory we may open.
     euid: u32,
-    /// The cores the scan threads are spread over.
-    cores: Cores,
 }
 
 #[derive(Default)]
@@ -475,7 +472,6 @@ impl<'a> Scan<'a> {
             counts_fds: OnceLock::new(),
             proc_root: OnceLock::new(),
             euid: rustix::process::geteuid().as_raw(),
-            cores: Cores::allowed(),
         }
     }
 
@@ -488,22 +484,16 @@ impl<'a> Scan<'a> {
     /// it a worker, the scheduler could queue a new thread behind it on its
     /// own core for milliseconds (measured: a helper waited 2 ms to run while
     /// the other core was free), where a caller that sleeps at once leaves its
-    /// core to a worker. Each spawned worker pins itself to a core of its own
-    /// (see `affinity`: woken together, two workers were stacked on one core).
+    /// core to a worker.
     ///
     /// The workers are not joined: the scope ends as soon as each has handed
     /// over its outcomes, and their threads' own teardown (unmapping the signal
     /// stack, releasing the stack, exiting) then overlaps with what the caller
     /// does next instead of delaying it.
     fn run(&self, prepare: impl FnOnce() -> Plan<'a>) -> Vec<Option<Result<Option<ProcessFds>>>> {
-        let workers = scan_threads(self.cores.count(), self.named);
+        let workers = scan_threads(super::cores(), self.named);
         let done = Mutex::new(Vec::new());
-        // `pin`: a thread of the scan's own, one of several (see `affinity`);
-        // the calling thread is never pinned.
-        let work = |pin: bool| {
-            if pin {
-                self.cores.pin_this_thread();
-            }
+        let work = || {
             // A panicking worker leaves its processes as None.
             let outcomes = std::panic::catch_unwind(AssertUnwindSafe(|| self.work()));
             if let Ok(outcomes) = outcomes {
@@ -520,11 +510,7 @@ impl<'a> Scan<'a> {
             for _ in 0..workers {
                 // A thread refused (a pids limit, RLIMIT_NPROC, no memory) is not
                 // an error: fewer workers do the same work.
-                let pin = workers > 1;
-                if std::thread::Builder::new()
-                    .spawn_scoped(s, move || work(pin))
-                    .is_err()
-                {
+                if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
                     break;
                 }
                 started += 1;
@@ -533,7 +519,7 @@ impl<'a> Scan<'a> {
             drop(publish);
             if started == 0 {
                 tracing::debug!("no scan thread could be started: the calling thread scans");
-                work(false);
+                work();
             }
         });
         let n = self.plan.get().map_or(0, |p| p.pids.len());
@@ -1493,29 +1479,6 @@ ctypes.CDLL(None).pthread_exit(None)
         assert_eq!(scan_threads(2, Some(3)), 2);
         assert_eq!(scan_threads(16, None), 8);
         assert_eq!(scan_threads(0, Some(0)), 1);
-    }
-
-    /// A scan over every process pins its own threads to a core each (see
-    /// `affinity`), never the thread that asked: its affinity is the same
-    /// after the query, and the holder is found.
-    #[test]
-    fn a_scan_leaves_the_callers_affinity_alone() {
-        let (dir, q) = held_file("affinity");
-        let file = std::fs::File::open(dir.join("held")).expect("open");
-        let mut holder = std::process::Command::new("sleep")
-            .arg("30")
-            .stdin(file)
-            .spawn()
-            .expect("sleep");
-        let before = rustix::thread::sched_getaffinity(None).expect("affinity");
-        let found = query(None, &q);
-        let after = rustix::thread::sched_getaffinity(None).expect("affinity");
-        let _ = holder.kill();
-        let _ = holder.wait();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(before == after, "the caller's affinity changed");
-        let pids: Vec<Pid> = found.processes.iter().map(|p| p.pid).collect();
-        assert_eq!(pids, vec![holder.id() as Pid]);
     }
 
     /// A table whose leader has exited lists no fd in its own directory: the first
