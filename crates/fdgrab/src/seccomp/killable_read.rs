@@ -232,7 +232,9 @@ impl Reader {
                 return None;
             }
             let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                // `as _`: time_t's Rust alias differs between the C libraries. A
+                // wait cut at an hour only loops again towards the deadline.
+                tv_sec: left.as_secs().min(3600) as _,
                 tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
             };
             futex(&slot.state, libc::FUTEX_WAIT, ASKED, Some(&ts));
