@@ -376,7 +376,10 @@ pub fn adopt_orphans(on: bool) -> Result<()> {
         .map_err(|e| Error::local("prctl(PR_SET_CHILD_SUBREAPER)", e))
 }
 
-/// Our children (of every thread) but `except`.
+/// Our children (of every thread) but `except` and our own killable readers
+/// (see `seccomp::killable_read`): those share our memory, and one buried in a
+/// FUSE read its daemon holds ends with no signal, so a wait for it would
+/// never return.
 fn other_children(except: Pid) -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
@@ -389,11 +392,29 @@ fn other_children(except: Pid) -> Vec<Pid> {
                 .filter_map(|p| p.parse().ok())
                 .collect::<Vec<Pid>>()
         })
-        .filter(|&p| p != except)
+        .filter(|&p| p != except && !shares_our_memory(p))
         .collect();
     kids.sort_unstable();
     kids.dedup();
     kids
+}
+
+/// Whether `pid` shares our address space (`kcmp(KCMP_VM)`); `false` where
+/// that cannot be told.
+fn shares_our_memory(pid: Pid) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: integer arguments only; the call compares two processes' mm.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(std::process::id() as i32),
+            libc::c_long::from(pid),
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    r == 0
 }
 
 impl Drop for ActivatedChild {
