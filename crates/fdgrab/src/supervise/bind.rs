@@ -512,7 +512,7 @@ fn is_ipv6_wildcard(addr: SocketAddr) -> bool {
 
 const DUAL_STACK_REASON: &str = "[::] takes 0.0.0.0 too unless IPV6_V6ONLY is set, which the program can clear up to the bind; the policy does not allow 0.0.0.0 (the kernel decides)";
 
-const CLOSES_WAITING_REASON: &str = "closes of this pod's earlier copies of files still wait for their server (a FUSE server holding FLUSH?); no copy is taken (the kernel decides)";
+const CLOSES_WAITING_REASON: &str = "closes of earlier copies of this program's (its pod's) files still wait for their server (a FUSE server holding FLUSH?); no copy is taken (the kernel decides)";
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
 const NO_PIDFD_REASON: &str = "cannot open a pidfd for the caller (the kernel decides)";
