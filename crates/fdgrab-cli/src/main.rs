@@ -157,6 +157,13 @@ fn run() -> ExitCode {
 fn parse() -> Result<cli::Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(get) = args::fast_get(&args) {
+        return Ok(cli::Cli {
+            verbose: 0,
+            log_format: None,
+            command: cli::Command::Get(get),
+        });
+    }
     let mut cmd = cli::Cli::command();
     if args
         .iter()
