@@ -561,6 +561,9 @@ mod tests {
             (Some(0x1000), Some(0x1ff_ffff_ffff))
         );
         assert_eq!(st.seccomp, Some(2));
+        // Cut only at ASCII bytes, so text around them may be anything.
+        let odd = super::parse_status("Näme:\t€:é\n:\n\nTgid:\t5 \nPPid:ü").expect("parse");
+        assert_eq!((odd.tgid, odd.ppid), (Some(5), None));
         let partial = super::parse_status("Tgid:\t3\nSeccomp:\t0").expect("parse");
         assert_eq!(
             (partial.tgid, partial.seccomp, partial.uids),
