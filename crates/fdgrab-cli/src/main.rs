@@ -6,10 +6,8 @@
 // unmangled `main` symbol below (see `entry`).
 #![deny(unsafe_code)]
 // Our own C `main` instead of std's runtime start (`lang_start`); see `entry`. The
-// unit-test harness brings its own `main`. Only on glibc: there std takes the
-// arguments from the C library's start-up; elsewhere (musl) only `lang_start` would
-// hand them over, so std's `main` stays.
-#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
+// unit-test harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
 mod args;
 mod bind_policy;
@@ -20,6 +18,18 @@ mod launch;
 mod logging;
 
 use std::ffi::c_int;
+
+/// The static musl build's allocator: musl's own, or mimalloc for the commands in
+/// [`ALLOCATING`] (see `fdgrab::allocator`).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static HEAP: fdgrab::allocator::Heap = fdgrab::allocator::Heap;
+
+/// The commands that allocate a lot: big tables, and the long-running supervisors
+/// with many threads.
+#[cfg(all(not(test), target_env = "musl"))]
+const ALLOCATING: [&[u8]; 3] = [b"ls", b"agent", b"run"];
+
 use std::process::ExitCode;
 
 /// The process's entry point, called by the C library in place of std's runtime
@@ -41,22 +51,57 @@ use std::process::ExitCode;
 /// The arguments and the environment still come through std: on glibc it takes
 /// them from the C library's start-up (an `.init_array` function), not from
 /// `lang_start`. std's `Command`, threads (but for the overflow message) and every
-/// other std API behave as before.
+/// other std API behave as before. Elsewhere (musl, the static build) std learns
+/// the arguments only from `lang_start`: `main` copies them from `argv` for
+/// [`parse`]. The environment comes from the C library on both.
 // SAFETY (of the unmangled symbol): this binary defines no other `main`, and the C
 // runtime calls it with this signature.
-#[cfg(all(not(test), target_env = "gnu"))]
+#[cfg(not(test))]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
+extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
+    #[cfg(not(target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let count = usize::try_from(argc).unwrap_or(0);
+        // SAFETY: the C runtime passes `argc` pointers in `argv`, each to a
+        // NUL-terminated string that lives as long as the process; they are copied.
+        let arg = |i: usize| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }.to_bytes();
+        // Before the first allocation.
+        #[cfg(target_env = "musl")]
+        if subcommand((1..count).map(arg)).is_some_and(|c| ALLOCATING.contains(&c)) {
+            fdgrab::allocator::Heap::use_mimalloc();
+        }
+        let args = (0..count)
+            .map(arg)
+            .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
+            .collect();
+        let _ = C_ARGS.set(args);
+    }
+    #[cfg(target_env = "gnu")]
+    let _ = (argc, argv);
     entry(run)
 }
 
-/// Elsewhere than on glibc std's own start-up runs (only it hands the arguments
-/// over there), and [`entry`] adds nothing it has not done already.
-#[cfg(all(not(test), not(target_env = "gnu")))]
-fn main() -> ExitCode {
-    ExitCode::from(entry(run) as u8)
+/// The subcommand among the arguments after the program's name, found without
+/// allocating: the first that is neither an option nor the value of a global
+/// option given apart (`--log-format json ls`).
+#[cfg(any(test, target_env = "musl"))]
+fn subcommand<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        if a == b"--log-format" {
+            args.next();
+        } else if !a.starts_with(b"-") {
+            return Some(a);
+        }
+    }
+    None
 }
+
+/// The command line as `main` received it, where std does not know it (musl).
+#[cfg(not(target_env = "gnu"))]
+static C_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
 
 /// What std's start-up did that fdgrab relies on, around `run`:
 /// - fds 0, 1 and 2 are opened on `/dev/null` when closed, so that no fd of ours (a
@@ -156,6 +201,12 @@ fn run() -> ExitCode {
 /// short command line.
 fn parse() -> Result<cli::Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
+    #[cfg(not(target_env = "gnu"))]
+    let args: Vec<std::ffi::OsString> = C_ARGS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().collect());
+    #[cfg(target_env = "gnu")]
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(get) = args::fast_get(&args) {
         return Ok(cli::Cli {
@@ -197,6 +248,37 @@ mod tests {
             assert_eq!(super::entry(move || ExitCode::from(n)), i32::from(n));
         }
         assert_eq!(super::entry(|| panic!("panicking on purpose")), 101);
+    }
+
+    /// The subcommand that picks the musl build's allocator is the one clap runs,
+    /// also after global options, in either place and with their values apart.
+    #[test]
+    fn subcommand_is_found_after_global_options() {
+        let cases: [(&[&str], Option<&str>); 8] = [
+            (&["ls", "1"], Some("ls")),
+            (&["-v", "agent"], Some("agent")),
+            (
+                &["-vv", "--log-format", "json", "agent", "--socket", "s"],
+                Some("agent"),
+            ),
+            (&["--log-format=json", "run", "--", "ls"], Some("run")),
+            (&["--log-format", "text", "-v", "ls"], Some("ls")),
+            (&["get", "--log-format", "json", "1", "0"], Some("get")),
+            (&["--log-format"], None),
+            (&[], None),
+        ];
+        for (args, want) in cases {
+            let got = super::subcommand(args.iter().map(|a| a.as_bytes()));
+            assert_eq!(got, want.map(str::as_bytes), "{args:?}");
+        }
+        // The one global option with a value is the one skipped.
+        let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let valued: Vec<_> = cli
+            .get_arguments()
+            .filter(|a| a.is_global_set() && a.get_action().takes_values())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(valued, ["log-format"]);
     }
 
     /// build.rs links GCC's static unwinder in place of libgcc_s.so.1, for this

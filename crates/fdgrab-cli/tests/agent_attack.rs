@@ -969,3 +969,277 @@ fn agent_suspect_container_with_no_room_for_a_reader_is_answered() {
     t.kill();
     drop(cg);
 }
+
+/// A FUSE file system whose daemon (a thread of this test) takes every read
+/// of its `page` file and holds it; `None` after a loud skip.
+fn held_fuse(tag: &str) -> Option<fdgrab_testkit::fuse::FuseFile> {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount(tag) else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return None;
+    };
+    fs.hold_reads();
+    Some(fs)
+}
+
+/// Buried readers a container may leave (`MAX_BURIED_PER_TENANT`).
+const BURIED_PER_CONTAINER: usize = 4;
+
+/// Waits until the agent's state dump says `name` is `want`.
+fn state_becomes(agent: &AgentProc, name: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.state_number(name) != want {
+        assert!(Instant::now() < deadline, "{name} never became {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A suspect container binds with its sockaddr on a page of a FUSE file whose
+/// daemon has taken the read and never answers: its killable reader, killed
+/// at the deadline, cannot die (the kernel waits out a request its daemon
+/// took). The bind is answered ETIMEDOUT, the reader is buried, and the
+/// container's own worker serves its next honest bind at once (before, the
+/// worker waited in the reap for as long as the daemon did, and the
+/// container's binds with it). Its neighbour is served throughout. The
+/// container may leave 4 such readers; then each of its binds is answered
+/// ETIMEDOUT at once, without a reader (the daemon sees no new read). When
+/// the daemon answers, every buried reader is reaped (no zombie, no child but
+/// the worker's idle reader, threads back) and the container is served again.
+#[test]
+fn agent_container_stuck_on_a_hung_fuse_page_blocks_nobody() {
+    if !root_or_skip() {
+        return;
+    }
+    // Dropped before the agent, which cannot exit while its readers wait
+    // for the file system.
+    let mut s = Stalled::start("neighbour", 1, 1);
+    let Some(fs) = held_fuse("agent-stuck") else {
+        return;
+    };
+    let page_file = fs.page();
+    let attacker = &mut s.attackers[0];
+    for page in 0..BURIED_PER_CONTAINER {
+        assert_eq!(
+            attacker.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT)["stalled"],
+            true
+        );
+        let r = attacker.line(TIMEOUT);
+        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+        assert_eq!(fs.held_reads(), page + 1, "the daemon took the read");
+        // Its own worker serves on (the watchdog's tick is 100 ms; the bound
+        // leaves room for a loaded machine) while it has readers to spare,
+        // and so does the neighbour's.
+        if page + 1 < BURIED_PER_CONTAINER {
+            let r = attacker.ask(&format!("bind 127.87.1.{page} 86"), Duration::from_secs(2));
+            assert_eq!(r["errno"], 0, "{r}");
+        }
+        let r = s
+            .calm
+            .ask(&format!("bind 127.87.2.{page} 86"), Duration::from_secs(2));
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let buried = BURIED_PER_CONTAINER as u64;
+    assert_eq!(s.agent.state_number("buried_readers"), buried);
+    // Past its share: every read of it that needs a reader is answered
+    // ETIMEDOUT at once, and none reaches the daemon; the neighbour is served.
+    let taken = fs.reads_taken();
+    assert_eq!(
+        attacker.ask(&format!("mmap-bind {page_file} 9 85"), TIMEOUT)["stalled"],
+        true
+    );
+    let r = attacker.line(TIMEOUT);
+    assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+    let r = attacker.ask("bind 127.87.1.9 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    assert_eq!(fs.reads_taken(), taken, "no reader started past the share");
+    assert_eq!(s.agent.state_number("buried_readers"), buried);
+    let r = s.calm.ask("bind 127.87.2.9 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    // The daemon answers: every buried reader dies and is reaped, and the
+    // container is served again.
+    assert_eq!(fs.release_reads(), BURIED_PER_CONTAINER);
+    state_becomes(&s.agent, "buried_readers", 0);
+    assert_eq!(agent_zombies(&s.agent), 0, "the buried readers were reaped");
+    let r = s.attackers[0].ask("bind 127.87.1.10 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(
+        agent_children(&s.agent),
+        1,
+        "the attacker's worker's reader"
+    );
+    s.threads_are(1 + 2);
+    s.end(1);
+    drop(fs);
+}
+
+/// As above, but the FUSE daemon dies instead of answering: the buried
+/// readers end with its connection and are reaped.
+#[test]
+fn agent_buried_readers_go_when_the_fuse_daemon_dies() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut s = Stalled::start("neighbour", 1, 1);
+    let Some(mut fs) = held_fuse("agent-dies") else {
+        return;
+    };
+    let page_file = fs.page();
+    for page in 0..2 {
+        let attacker = &mut s.attackers[0];
+        assert_eq!(
+            attacker.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT)["stalled"],
+            true
+        );
+        assert_eq!(attacker.line(TIMEOUT)["mmap_errno"], libc::ETIMEDOUT);
+    }
+    assert_eq!(s.agent.state_number("buried_readers"), 2);
+    fs.kill_server();
+    state_becomes(&s.agent, "buried_readers", 0);
+    assert_eq!(agent_zombies(&s.agent), 0);
+    let r = s.calm.ask("bind 127.87.3.1 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    s.end(1);
+    drop(fs);
+}
+
+/// The agent's threads closing copies of callers' files (`fdgrab-close`).
+fn closer_threads(agent: &AgentProc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", agent.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fdgrab-close")
+        })
+        .count()
+}
+
+/// Closing the agent's copy of a FUSE file is a `FLUSH` its server may never
+/// answer, so it is made on a thread of its own, of which one container may
+/// hold 4 (`MAX_CLOSING_PER_OWNER`). A container binds a FUSE file from 24
+/// threads while the server holds every flush: it fills its 4 places, and its
+/// fifth close waits on its own worker. A neighbour's bind of a FUSE file is
+/// still answered (ENOTSOCK, its copy closed on a thread of its own), and so
+/// are its socket binds. (Before, the 16 places were agent-wide: the attacker
+/// took them all, and the neighbour's close then waited on its worker, with
+/// its bind, for as long as the server held it.) Once the server answers,
+/// every close finishes and the attacker is served again.
+#[test]
+fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:87-88"]);
+    let threads = thread_count(&agent);
+    // Dropped before the agent, which cannot exit while its closes wait for
+    // the file system.
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("agent-flush") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_flushes();
+    let mut attacker = FakeTenant::start(&agent, &unique("flusher"));
+    let mut neighbour = FakeTenant::start(&agent, &unique("neighbour"));
+    let file = fs.file();
+    assert_eq!(
+        attacker.ask(&format!("file-bind {file} 87 24"), TIMEOUT)["started"],
+        24
+    );
+    // Its places fill (one bind every 50 ms); then its worker waits in the
+    // fifth close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closer_threads(&agent) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's closes never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Room for every one of the 24 to have taken a place if it could (the
+    // former agent-wide pool: 16).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(closer_threads(&agent), 4, "the attacker holds its 4 places");
+    let r = neighbour.ask(&format!("file-bind {file} 88"), TIMEOUT);
+    assert_eq!(r["errno"], libc::ENOTSOCK, "{r}");
+    let r = neighbour.ask("bind 127.88.0.1 88", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    assert!(
+        closer_threads(&agent) <= 5,
+        "the neighbour's close on a thread"
+    );
+    // The server answers: every close ends, the attacker is served again.
+    fs.release_flushes();
+    returns(&agent, "threads", threads + 2, thread_count);
+    assert_eq!(closer_threads(&agent), 0);
+    let r = attacker.ask("bind 127.88.0.2 88", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    attacker.kill();
+    neighbour.kill();
+    returns(&agent, "threads", threads, thread_count);
+    drop(fs);
+}
+
+/// A suspect container makes `n` binds whose sockaddr sits on pages `first..`
+/// of the held FUSE file, each answered ETIMEDOUT.
+fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
+    for page in first..first + n {
+        let r = t.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT);
+        assert_eq!(r["stalled"], true, "{r}");
+        let r = t.line(TIMEOUT);
+        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+    }
+}
+
+/// A container that fills its share of buried readers and is restarted (a new
+/// container of the same pod, as the kubelet makes) gets no fresh share: the
+/// places go with the pod. The restarted container's stuck bind is answered
+/// at once without a reader, while a container of another pod still gets
+/// one. (Keyed by container, each restart of a pod whose FUSE daemon holds
+/// requests for ever took 4 more places, up to the agent's 64.)
+#[test]
+fn agent_restarted_container_keeps_its_pods_share_of_buried_readers() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86"]);
+    let Some(fs) = held_fuse("agent-pod") else {
+        return;
+    };
+    let page_file = fs.page();
+    let pod = [("FAKE_TENANT_POD", "restarting")];
+    let mut first = stalling_tenant(&agent, &pod);
+    fuse_stalls(&mut first, &page_file, 0, BURIED_PER_CONTAINER);
+    first.kill();
+    assert_eq!(
+        agent.state_number("buried_readers"),
+        BURIED_PER_CONTAINER as u64
+    );
+    let mut again = stalling_tenant(&agent, &pod);
+    let taken = fs.reads_taken();
+    fuse_stalls(&mut again, &page_file, 10, 1);
+    assert_eq!(
+        fs.reads_taken(),
+        taken,
+        "no reader for the restarted container"
+    );
+    let mut other = stalling_tenant(&agent, &[("FAKE_TENANT_POD", "another")]);
+    fuse_stalls(&mut other, &page_file, 20, 1);
+    assert_eq!(
+        fs.reads_taken(),
+        taken + 1,
+        "another pod's reader took the read"
+    );
+    fs.release_reads();
+    state_becomes(&agent, "buried_readers", 0);
+    let r = again.ask("bind 127.87.4.1 86", Duration::from_secs(2));
+    assert_eq!(r["errno"], 0, "{r}");
+    drop(fs);
+}
+
+/// A fake container of the pod `env` names, made suspect by one stalled read
+/// (a userfaultfd page): its later reads are killable.
+fn stalling_tenant(agent: &AgentProc, env: &[(&str, &str)]) -> FakeTenant {
+    let mut t = FakeTenant::start_with_env(agent, &unique("pod"), env);
+    assert_eq!(t.ask("uffd 85", TIMEOUT)["stalled"], true);
+    assert_eq!(t.line(TIMEOUT)["uffd_errno"], libc::ETIMEDOUT);
+    t
+}

@@ -267,3 +267,39 @@ fn closed_standard_fds_without_dev_null_receive_nothing_of_ours() {
         "{fds:?}"
     );
 }
+
+/// The static musl build's `main` picks mimalloc for `ls`, `agent` and `run`, also
+/// after global options with their values apart, and leaves every other command on
+/// musl's allocator (docs/packaging.md). Which one served is told by mimalloc's own
+/// statistics at exit (`MIMALLOC_SHOW_STATS`): its arena section appears only when
+/// it allocated. Only the musl build has the switch (the glibc one uses glibc's
+/// allocator for everything), hence the cfg.
+#[cfg(target_env = "musl")]
+#[test]
+fn musl_allocator_follows_the_subcommand_after_global_options() {
+    let pid = std::process::id().to_string();
+    let served_by_mimalloc = |args: &[&str]| {
+        let mut c = fdgrab_testkit::fdgrab();
+        c.args(args).env("MIMALLOC_SHOW_STATS", "1");
+        let out = output_timeout(&mut c, TIMEOUT);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).contains("committed")
+    };
+    for args in [
+        &["ls", &pid][..],
+        &["-v", "ls", &pid],
+        &["--log-format", "json", "ls", &pid],
+        &["--log-format=text", "-vv", "ls", &pid],
+    ] {
+        assert!(
+            served_by_mimalloc(args),
+            "{args:?}: musl's allocator served"
+        );
+    }
+    for args in [
+        &["completions", "bash"][..],
+        &["--log-format", "json", "completions", "bash"],
+    ] {
+        assert!(!served_by_mimalloc(args), "{args:?}: mimalloc served");
+    }
+}

@@ -848,6 +848,133 @@ fn run_user_known_only_through_nss() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'fdgrabnss'"));
 }
 
+/// `--user` values that glibc's `getent` would read as ids (`strtoul` takes white
+/// space, a sign and numbers beyond 32 bits; 4294967296 is uid 0 once cut) are
+/// names to fdgrab, as to the C library: refused as unknown, the program never
+/// started. The static build, which asks `getent`, ran it as root.
+#[test]
+fn run_user_names_that_getent_reads_as_ids_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent-ids");
+    for (spec, named) in [
+        ("4294967296", "no user '4294967296'"),
+        (" 0", "no user ' 0'"),
+        ("-4294967295", "no user '-4294967295'"),
+        ("nobody:4294967296", "no group '4294967296'"),
+        ("nobody: 0", "no group ' 0'"),
+    ] {
+        let marker = dir.path("started");
+        let mut c = fdgrab();
+        c.arg("run")
+            .arg(format!("--user={spec}"))
+            .args(["--", "touch"])
+            .arg(&marker);
+        let out = output_timeout(&mut c, TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "'{spec}': {out:?}");
+        assert!(stderr.contains(named), "'{spec}': {stderr}");
+        assert!(!marker.exists(), "'{spec}': the program ran");
+    }
+}
+
+/// A `getent` as Alpine's (musl-utils): no `initgroups` database, and every
+/// argument after the database a key, `--` included, the first one not found
+/// ending it with status 2. `--user` still finds the user and its supplementary
+/// groups: the static build asks the C library's own lookup for the groups. (The
+/// glibc build never runs `getent`; this holds for both.) The group file and the
+/// `getent` are bind-mounted in a mount namespace private to the test.
+#[test]
+fn run_user_groups_without_getent_initgroups() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent");
+    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
+    std::fs::write(
+        dir.path("getent"),
+        format!(
+            "#!/bin/sh\ndb=$1; shift\n[ \"$db\" = initgroups ] && exit 1\n\
+             for k in \"$@\"; do [ \"$k\" = -- ] && exit 2; {} \"$db\" -- \"$k\" || exit; done\n",
+            dir.path("getent.real").display()
+        ),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(
+        dir.path("getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    group.push_str("fdgrabgetentgrp:x:23459:daemon\n");
+    std::fs::write(dir.path("group"), group).expect("write group");
+    let script = format!(
+        "mount --bind {dir}/getent /usr/bin/getent && mount --bind {dir}/group /etc/group && \
+         exec {fdgrab} run --user daemon -- id -G",
+        dir = dir.path("").display(),
+        fdgrab = bin("fdgrab").display(),
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let groups: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    assert!(
+        groups.contains(&23459),
+        "daemon's extra group is missing: {out:?}"
+    );
+}
+
+/// A directory's gecos may hold a ':' (LDAP, SSSD; a passwd file cannot), which
+/// `getent` prints as it is: `HOME` is still the home, the last field but one.
+/// Only the musl build reads `getent`'s lines (the glibc one gets the fields from
+/// NSS itself, and no passwd file can hold such an entry), hence the cfg.
+#[cfg(target_env = "musl")]
+#[test]
+fn run_user_home_from_a_getent_line_with_a_colon_in_gecos() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("getent-gecos");
+    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
+    std::fs::write(
+        dir.path("getent"),
+        format!(
+            "#!/bin/sh
+[ \"$1\" = passwd ] && [ \"$2\" = fdgrabgecos ] && \
+             exec echo 'fdgrabgecos:x:23471:23471:Ops: night shift:/nonexistent-gecos-home:/bin/sh'
+\
+             exec {} \"$@\"
+",
+            dir.path("getent.real").display()
+        ),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(
+        dir.path("getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = format!(
+        "mount --bind {dir}/getent /usr/bin/getent && \
+         exec {fdgrab} run --user fdgrabgecos -- sh -c 'echo \"$HOME\"; id -u'",
+        dir = dir.path("").display(),
+        fdgrab = bin("fdgrab").display(),
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/nonexistent-gecos-home\n23471\n"
+    );
+}
+
 #[test]
 fn run_refuses_io_uring_and_foreign_abis() {
     if !root_or_skip() {
@@ -855,6 +982,14 @@ fn run_refuses_io_uring_and_foreign_abis() {
     }
     let v = probe_run(&[], &["io-uring"]);
     assert_eq!(v["errno"], libc::ENOSYS, "{v}");
+    // A negative number has the x32 bit set but is no x32 call: the kernel's
+    // ENOSYS, as without the filter (before, the program was killed).
+    let v = probe_run(&[], &["nosys"]);
+    assert_eq!(
+        v["errnos"],
+        serde_json::json!([libc::ENOSYS, libc::ENOSYS]),
+        "{v}"
+    );
     for mode in ["x32", "int80"] {
         let out = output_timeout(&mut run_cmd(&[], &[&probe(), mode]), TIMEOUT);
         assert_eq!(

@@ -444,3 +444,89 @@ print("done", bound, flush=True)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `fdgrab run`, whose program binds with its sockaddr on a page of a FUSE
+/// file whose daemon takes the read and never answers, then binds a real
+/// socket, twice. Each stalled bind is answered ETIMEDOUT at the read
+/// deadline, as under the agent, and the program's next bind is served: the
+/// first stall in the worker's own thread (given up on and replaced), the
+/// second in a reader that is killed, cannot die, and is buried. (Before,
+/// `run` read in its only serving thread without a deadline: the first stall
+/// held that thread, and every later bind of the program, for as long as the
+/// daemon did.) Once the daemon answers, fdgrab exits with the program.
+#[test]
+fn run_bind_with_its_address_on_a_hung_fuse_page_is_answered_and_the_rest_served() {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("run-stall") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_reads();
+    let mut child = fdgrab_testkit::fdgrab()
+        .args(["run", "--allow-bind", "tcp:173-174@127.66.0.1", "--"])
+        .arg(bin("bind-probe"))
+        .args(["fuse-stall", &fs.page(), "173"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning fdgrab");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, Duration::from_secs(40));
+    // Whatever happened, let the reads (the abandoned worker's, the buried
+    // reader's) finish, so that fdgrab can exit.
+    let held = fs.release_reads();
+    let status = fdgrab_testkit::wait_timeout(&mut child, TIMEOUT);
+    let line = line.unwrap_or_else(|e| panic!("no answer ({held} reads held): {e}"));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(
+        v["stalls"],
+        serde_json::json!([libc::ETIMEDOUT, libc::ETIMEDOUT]),
+        "{v}"
+    );
+    assert_eq!(v["binds"], serde_json::json!([0, 0]), "{v}");
+    assert_eq!(held, 2, "the daemon took both reads");
+    let status = status.expect("fdgrab exited once the daemon answered");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `exec --via bind`, whose new server binds with its sockaddr on a page of a
+/// FUSE file whose daemon takes the read and never answers: the supervisor's
+/// reader, killed at the deadline, cannot die. The bind is answered
+/// ETIMEDOUT and the handover refused with the reason while the read is still
+/// held (the reader is left to a reaper). Before, the supervisor, fdgrab's
+/// only thread, waited in the reap for as long as the daemon did: no answer,
+/// no signal forwarded, no ready timeout.
+#[test]
+fn exec_via_bind_with_its_address_on_a_hung_fuse_page_is_refused_not_stuck() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("exec-stall") else {
+        fdgrab_testkit::skip("cannot mount a FUSE file system here");
+        return;
+    };
+    fs.hold_reads();
+    // This test process is the old server.
+    let old = std::net::TcpListener::bind("127.66.0.1:0").expect("a listener");
+    let port = old.local_addr().expect("its address").port();
+    let out = output_timeout(
+        fdgrab_testkit::fdgrab()
+            .args(["exec", &std::process::id().to_string()])
+            .arg(format!("tcp:127.66.0.1:{port}"))
+            .args(["--via", "bind", "--ready-timeout", "30", "--"])
+            .arg(bin("bind-probe"))
+            .args(["fuse-bind", &fs.page()]),
+        Duration::from_secs(30),
+    );
+    let held = fs.held_reads();
+    fs.release_reads();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("could not be read within 500 ms"), "{err}");
+    assert_eq!(held, 1, "the read was still held when fdgrab gave up");
+    drop(old);
+}

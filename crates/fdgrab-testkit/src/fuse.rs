@@ -4,6 +4,15 @@
 //! Each such request is counted and answered after two seconds, so a supervisor
 //! that asks stalls visibly, and the count proves it asked.
 //!
+//! A second file, `page`, holds [`PAGES`] pages of 4096 bytes: with
+//! [`FuseFile::hold_reads`], every `READ` of it is taken and left unanswered
+//! until [`FuseFile::release_reads`] (or the server's end,
+//! [`FuseFile::kill_server`]), as a daemon that hangs would. The kernel waits
+//! out a request its daemon has taken uninterruptibly, so whoever faults the page
+//! in (a `process_vm_readv` of a mapping of it) stays in that read, a `SIGKILL`
+//! notwithstanding. The file system has no `FUSE_ASYNC_READ` and no readahead:
+//! each page is one `READ`, made by the faulting task.
+//!
 //! Only requests made by the test's own process tree count: other tests running at
 //! the same time may `stat` every open fd of the host (`fdgrab ls --path`, `fuser`,
 //! `lsof`), and their questions say nothing about the supervisor under test.
@@ -19,6 +28,7 @@ const LOOKUP: u32 = 1;
 const FORGET: u32 = 2;
 const GETATTR: u32 = 3;
 const OPEN: u32 = 14;
+const READ: u32 = 15;
 const RELEASE: u32 = 18;
 const GETXATTR: u32 = 22;
 const FLUSH: u32 = 25;
@@ -29,6 +39,11 @@ const BATCH_FORGET: u32 = 42;
 /// How long a slow request waits for its answer.
 const SLOW: Duration = Duration::from_secs(2);
 
+/// `page`'s node id, and its size in pages.
+const PAGE_NODE: u64 = 3;
+pub const PAGES: usize = 80;
+const PAGE_SIZE: u64 = 4096 * PAGES as u64;
+
 /// The mounted file system; unmounted on drop.
 #[derive(Debug)]
 pub struct FuseFile {
@@ -36,14 +51,19 @@ pub struct FuseFile {
     slow: Arc<AtomicU64>,
     strangers: Arc<AtomicU64>,
     flushes: Arc<HeldFlushes>,
+    reads: Arc<HeldReads>,
     dev: Arc<File>,
+    /// Written to end the server ([`FuseFile::kill_server`]).
+    stop: Arc<std::os::fd::OwnedFd>,
     server: Option<std::thread::JoinHandle<()>>,
 }
 
-/// `struct fuse_attr` of inode `ino` with `mode`, owned by root, empty.
+/// `struct fuse_attr` of inode `ino` with `mode`, owned by root; `page` is
+/// [`PAGES`] pages long, the others are empty.
 fn attr(ino: u64, mode: u32) -> Vec<u8> {
+    let size = if ino == PAGE_NODE { PAGE_SIZE } else { 0 };
     let mut a = Vec::with_capacity(88);
-    for v in [ino, 0, 0, 0, 0, 0] {
+    for v in [ino, size, 1, 0, 0, 0] {
         a.extend_from_slice(&u64::to_ne_bytes(v));
     }
     for v in [0u32, 0, 0, mode, 1, 0, 0, 0, 4096, 0] {
@@ -108,16 +128,64 @@ struct HeldFlushes {
     held: std::sync::Mutex<Vec<u64>>,
 }
 
-/// Serves requests until the file system is unmounted (the read fails).
+/// `READ` requests of `page` kept unanswered while `hold` is set, with the
+/// size each asked for.
+#[derive(Debug, Default)]
+struct HeldReads {
+    hold: AtomicBool,
+    /// Unique id, offset and size of each.
+    held: std::sync::Mutex<Vec<(u64, u64, u32)>>,
+    /// Reads taken so far (held or not).
+    taken: AtomicU64,
+}
+
+/// What a read of `page` at `offset` returns: the byte at offset `i` is
+/// `i % 251`.
+fn page_bytes(offset: u64, size: u32) -> Vec<u8> {
+    let end = PAGE_SIZE.min(offset + u64::from(size));
+    (offset.min(end)..end).map(|i| (i % 251) as u8).collect()
+}
+
+/// Waits until `dev` has a request or `stop` was written; false for the
+/// latter (or a failed poll).
+fn next_request(dev: &File, stop: &std::os::fd::OwnedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut pfds = [
+            PollFd::new(dev, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match poll(&mut pfds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+        if !pfds[1].revents().is_empty() {
+            return false;
+        }
+        return true;
+    }
+}
+
+/// Serves requests until the file system is unmounted (the read fails) or
+/// `stop` is written.
 fn serve(
     dev: Arc<File>,
+    stop: Arc<std::os::fd::OwnedFd>,
     slow: Arc<AtomicU64>,
     strangers: Arc<AtomicU64>,
     flushes: Arc<HeldFlushes>,
+    reads: Arc<HeldReads>,
 ) {
     let opened = AtomicBool::new(false);
     let mut buf = vec![0u8; (1 << 20) + 4096];
-    while let Ok(n) = (&*dev).read(&mut buf) {
+    while next_request(&dev, &stop) {
+        let n = match (&*dev).read(&mut buf) {
+            Ok(n) => n,
+            // Withdrawn before we read it (an interrupted requester).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => break,
+        };
         if n < 40 {
             continue;
         }
@@ -138,7 +206,8 @@ fn serve(
         match op {
             INIT => {
                 let mut init = Vec::new();
-                for v in [7u32, 31, u32_at(48), 0] {
+                // No readahead: a fault reads its one page.
+                for v in [7u32, 31, 0, 0] {
                     init.extend_from_slice(&v.to_ne_bytes());
                 }
                 init.extend_from_slice(&16u16.to_ne_bytes());
@@ -158,6 +227,27 @@ fn serve(
                 e.extend_from_slice(&attr(2, mode_of(2)));
                 reply(&dev, unique, 0, &e);
             }
+            LOOKUP if node == 1 && buf[40..n].starts_with(b"page\0") => {
+                let mut e = Vec::new();
+                for v in [PAGE_NODE, 0, 1, 0] {
+                    e.extend_from_slice(&v.to_ne_bytes());
+                }
+                e.extend_from_slice(&[0u8; 8]);
+                e.extend_from_slice(&attr(PAGE_NODE, mode_of(PAGE_NODE)));
+                reply(&dev, unique, 0, &e);
+            }
+            READ if node == PAGE_NODE => {
+                // struct fuse_read_in: fh, offset, size, ...
+                let (offset, size) = (u64_at(40 + 8), u32_at(40 + 16));
+                reads.taken.fetch_add(1, Ordering::SeqCst);
+                let mut held = reads.held.lock().unwrap_or_else(|p| p.into_inner());
+                if reads.hold.load(Ordering::SeqCst) {
+                    held.push((unique, offset, size));
+                } else {
+                    drop(held);
+                    reply(&dev, unique, 0, &page_bytes(offset, size));
+                }
+            }
             LOOKUP => reply(&dev, unique, -libc::ENOENT, &[]),
             GETATTR => {
                 let mut a = vec![0u8; 16];
@@ -167,6 +257,14 @@ fn serve(
                 } else {
                     reply(&dev, unique, 0, &a);
                 }
+            }
+            OPEN if node == PAGE_NODE => {
+                // struct fuse_open_out: fh, open_flags (FOPEN_KEEP_CACHE: an
+                // open must not drop the cache, which waits for a held read's
+                // page), padding.
+                let mut o = [0u8; 16];
+                o[8..12].copy_from_slice(&2u32.to_ne_bytes());
+                reply(&dev, unique, 0, &o);
             }
             OPEN => {
                 opened.store(true, Ordering::SeqCst);
@@ -189,6 +287,30 @@ fn serve(
             _ => reply(&dev, unique, -libc::ENOSYS, &[]),
         }
     }
+}
+
+/// Maps the first [`PAGES`] pages of the file at `path` shared and read-only,
+/// for good (a thread may read it at any time), and returns the address; the
+/// pages are never touched here, so whoever reads them first faults them in.
+pub fn map_pages(path: &str) -> Result<usize, String> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    // SAFETY: a fresh shared read-only mapping of the file, which is never
+    // unmapped; the descriptor may close after it.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096 * PAGES,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(at as usize)
 }
 
 impl FuseFile {
@@ -226,16 +348,23 @@ impl FuseFile {
         let slow = Arc::new(AtomicU64::new(0));
         let strangers = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new(HeldFlushes::default());
+        let reads = Arc::new(HeldReads::default());
+        let stop = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).ok()?);
         let dev = Arc::new(dev);
         let (count, others) = (Arc::clone(&slow), Arc::clone(&strangers));
         let (server_dev, held) = (Arc::clone(&dev), Arc::clone(&flushes));
-        let server = std::thread::spawn(move || serve(server_dev, count, others, held));
+        let (server_reads, server_stop) = (Arc::clone(&reads), Arc::clone(&stop));
+        let server = std::thread::spawn(move || {
+            serve(server_dev, server_stop, count, others, held, server_reads)
+        });
         Some(FuseFile {
             dir,
             slow,
             strangers,
             flushes,
+            reads,
             dev,
+            stop,
             server: Some(server),
         })
     }
@@ -278,6 +407,72 @@ impl FuseFile {
         held.len()
     }
 
+    /// The path of the one-page file whose reads [`FuseFile::hold_reads`]
+    /// holds.
+    pub fn page(&self) -> String {
+        self.dir.join("page").to_string_lossy().into_owned()
+    }
+
+    /// From now on, every `READ` of `page` is taken and left unanswered until
+    /// [`FuseFile::release_reads`].
+    pub fn hold_reads(&self) {
+        self.reads.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// `READ`s of `page` taken and not answered yet.
+    pub fn held_reads(&self) -> usize {
+        self.reads
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// `READ`s of `page` taken so far, answered or not.
+    pub fn reads_taken(&self) -> u64 {
+        self.reads.taken.load(Ordering::SeqCst)
+    }
+
+    /// Answers the held `READ`s (the byte at offset `i` is `i % 251`) and
+    /// stops holding new ones; returns how many were held.
+    pub fn release_reads(&self) -> usize {
+        let held = {
+            let mut held = self.reads.held.lock().unwrap_or_else(|p| p.into_inner());
+            self.reads.hold.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *held)
+        };
+        for &(unique, offset, size) in &held {
+            reply(&self.dev, unique, 0, &page_bytes(offset, size));
+        }
+        held.len()
+    }
+
+    /// Ends the server as a daemon that dies would: its thread stops and the
+    /// last `/dev/fuse` descriptor closes, which aborts the connection, so
+    /// every request still waiting (a held `READ` or `FLUSH`) fails at once
+    /// and later ones fail with `ENOTCONN`. Nothing is answered first.
+    pub fn kill_server(&mut self) {
+        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        self.reads
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.flushes
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        // The server's copy went with its thread; this is the last one.
+        if let Ok(dev) = File::open("/dev/null") {
+            let old = std::mem::replace(&mut self.dev, Arc::new(dev));
+            drop(old);
+        }
+    }
+
     /// Slow requests made by processes outside this test's tree.
     pub fn stranger_requests(&self) -> u64 {
         self.strangers.load(Ordering::SeqCst)
@@ -287,6 +482,10 @@ impl FuseFile {
 impl Drop for FuseFile {
     fn drop(&mut self) {
         self.release_flushes();
+        self.release_reads();
+        // Ends the server even while a mapping keeps the file system alive
+        // past the unmount.
+        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
         if let Ok(target) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
             // SAFETY: a NUL-terminated path; a lazy unmount ends the connection,
             // and with it the server's read.

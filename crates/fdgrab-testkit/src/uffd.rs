@@ -42,7 +42,7 @@ pub fn unfilled_page() -> Result<(OwnedFd, usize), String> {
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
+    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API as _, &mut api) } != 0 {
         return Err(format!("UFFDIO_API: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh private anonymous mapping of one page, never unmapped.
@@ -66,7 +66,7 @@ pub fn unfilled_page() -> Result<(OwnedFd, usize), String> {
         ioctls: 0,
     };
     // SAFETY: UFFDIO_REGISTER reads and writes the struct we pass.
-    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
+    if unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
         return Err(format!(
             "UFFDIO_REGISTER: {}",
             std::io::Error::last_os_error()

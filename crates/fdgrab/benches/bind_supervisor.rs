@@ -345,7 +345,7 @@ fn roundtrip_ns(sync_wake_up: bool, through_epoll: bool) -> f64 {
     if sync_wake_up {
         // SAFETY: SET_FLAGS takes its flags by value.
         check(
-            unsafe { libc::ioctl(listener, IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP) }.into(),
+            unsafe { libc::ioctl(listener, IOCTL_SET_FLAGS as _, FD_SYNC_WAKE_UP) }.into(),
             "SET_FLAGS",
         );
     }
@@ -368,14 +368,20 @@ fn roundtrip_ns(sync_wake_up: bool, through_epoll: bool) -> f64 {
                 libc::epoll_wait(ep, &mut ev, 1, -1);
             }
             let mut n: Notif = std::mem::zeroed();
-            check(libc::ioctl(listener, IOCTL_RECV, &mut n).into(), "RECV");
+            check(
+                libc::ioctl(listener, IOCTL_RECV as _, &mut n).into(),
+                "RECV",
+            );
             let mut r = Resp {
                 id: n.id,
                 val: 7,
                 error: 0,
                 flags: 0,
             };
-            check(libc::ioctl(listener, IOCTL_SEND, &mut r).into(), "SEND");
+            check(
+                libc::ioctl(listener, IOCTL_SEND as _, &mut r).into(),
+                "SEND",
+            );
         }
     }
     child_result(
@@ -418,7 +424,7 @@ fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64; 4], controllen: usize) -> libc
     msg.msg_iov = iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = controllen;
+    msg.msg_controllen = controllen as _;
     msg
 }
 
@@ -508,7 +514,7 @@ fn floor_ns(probe: &std::path::Path, loops: &str, steps: Option<&mut [Vec<f64>; 
     // SAFETY: plain system calls on fds and C strings that live across them.
     let (pidfd, link) = unsafe {
         check(
-            libc::ioctl(listener, IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP).into(),
+            libc::ioctl(listener, IOCTL_SET_FLAGS as _, FD_SYNC_WAKE_UP).into(),
             "SET_FLAGS",
         );
         let pidfd = check(libc::syscall(libc::SYS_pidfd_open, pid, 0), "pidfd_open") as RawFd;
@@ -533,7 +539,7 @@ fn floor_ns(probe: &std::path::Path, loops: &str, steps: Option<&mut [Vec<f64>; 
         // buffer below is a live local of the length passed with it.
         let done = unsafe {
             let mut n: Notif = std::mem::zeroed();
-            if libc::ioctl(listener, IOCTL_RECV, &mut n) < 0 {
+            if libc::ioctl(listener, IOCTL_RECV as _, &mut n) < 0 {
                 true // ENOENT: the filter has no users left, the probe exited
             } else {
                 let mut addr = [0u8; 128];
@@ -553,7 +559,7 @@ fn floor_ns(probe: &std::path::Path, loops: &str, steps: Option<&mut [Vec<f64>; 
                 );
                 stamp(1);
                 check(
-                    libc::ioctl(listener, IOCTL_ID_VALID, &n.id).into(),
+                    libc::ioctl(listener, IOCTL_ID_VALID as _, &n.id).into(),
                     "ID_VALID",
                 );
                 stamp(2);
@@ -602,7 +608,10 @@ fn floor_ns(probe: &std::path::Path, loops: &str, steps: Option<&mut [Vec<f64>; 
                     },
                     flags: 0,
                 };
-                check(libc::ioctl(listener, IOCTL_SEND, &mut r).into(), "SEND");
+                check(
+                    libc::ioctl(listener, IOCTL_SEND as _, &mut r).into(),
+                    "SEND",
+                );
                 stamp(8);
                 libc::close(sock);
                 stamp(9);
@@ -719,7 +728,7 @@ fn send_fd(sock: RawFd, fd: RawFd) {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
         libc::sendmsg(sock, &msg, 0);
     }

@@ -190,8 +190,8 @@ pub fn killable_read(
     deadline: std::time::Instant,
 ) -> Result<(), rustix::io::Errno> {
     use crate::seccomp::killable_read::{read, KillableError};
-    read(tid, addr, buf, deadline).map_err(|e| match e {
+    read(tid, addr, buf, deadline, 0).map_err(|e| match e {
         KillableError::Read(e) => e,
-        KillableError::TimedOut => rustix::io::Errno::TIMEDOUT,
+        KillableError::TimedOut | KillableError::Stuck => rustix::io::Errno::TIMEDOUT,
     })
 }

@@ -34,6 +34,8 @@
 
 pub mod access;
 pub mod activation;
+#[cfg(target_env = "musl")]
+pub mod allocator;
 mod clone_vm;
 pub mod error;
 #[doc(hidden)]

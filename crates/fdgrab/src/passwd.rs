@@ -2,6 +2,11 @@
 //! `run --user` finds whoever the system knows: `/etc/passwd`, LDAP, SSSD,
 //! extrausers, systemd's dynamic users. The lookups run in the parent before
 //! anything is spawned (NSS modules allocate and may talk to daemons).
+//!
+//! Only glibc loads NSS modules. A static musl build (the one fdgrab ships, see
+//! docs/packaging.md) would see `/etc/passwd` and `/etc/group` alone, so it asks
+//! glibc's `getent` instead, which answers through the modules nsswitch.conf names;
+//! where `getent` is missing the C library's own lookups are all there is.
 
 use crate::error::{Error, Result};
 use std::ffi::{CStr, CString};
@@ -40,6 +45,16 @@ impl User {
     /// Errors: [`Error::InvalidArgument`] naming the user or group that NSS does not
     /// know, or the existing group an unknown uid would have borrowed.
     pub fn lookup(spec: &str) -> Result<User> {
+        Self::lookup_through(NameService::system(), spec)
+    }
+
+    /// [`User::lookup`] through the given name service (for tests that compare
+    /// the two).
+    pub fn lookup_through(ns: NameService, spec: &str) -> Result<User> {
+        let getpw = |key| ns.getpw(key);
+        let getgr_name = |gid| ns.getgr_name(gid);
+        let getgr_gid = |name| ns.getgr_gid(name);
+        let group_list = |name, gid| ns.group_list(name, gid);
         let bad = |why: String| Error::InvalidArgument(format!("--user '{spec}': {why}"));
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -107,6 +122,193 @@ impl User {
             gid,
             groups,
         })
+    }
+}
+
+/// Where users and groups are looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameService {
+    /// The C library's `get*_r` functions (with glibc: NSS itself).
+    Libc,
+    /// glibc's `getent` program (NSS from a binary without glibc).
+    Getent,
+}
+
+/// Where glibc installs `getent`; an absolute path, so that `PATH` plays no part
+/// in a lookup made as root.
+const GETENT: &str = "/usr/bin/getent";
+
+impl NameService {
+    /// Libc on glibc; elsewhere `getent` when it is installed.
+    pub fn system() -> Self {
+        if cfg!(target_env = "gnu") || !std::path::Path::new(GETENT).exists() {
+            NameService::Libc
+        } else {
+            NameService::Getent
+        }
+    }
+
+    fn getpw(self, key: Key<'_>) -> Result<Option<PasswdEntry>> {
+        match self {
+            NameService::Libc => getpw(key),
+            NameService::Getent => {
+                let k = match key {
+                    Key::Name(n) => n.to_string(),
+                    Key::Uid(u) => u.to_string(),
+                };
+                let line = match getent("passwd", &k)? {
+                    Answer::Found(line) => line,
+                    Answer::Missing => return Ok(None),
+                    Answer::Unsupported => return getpw(key),
+                };
+                // name:password:uid:gid:gecos:home:shell, where only the gecos
+                // of a directory (LDAP, SSSD) may hold a ':' of its own: the home
+                // is the last field but one.
+                let f: Vec<&str> = line.split(':').collect();
+                match f[..] {
+                    [name, ..] if !answers_name(&key, name) => Ok(None),
+                    [name, _, uid, gid, _, .., home, _] => Ok(Some(PasswdEntry {
+                        name: name.to_string(),
+                        uid: number(uid, &line)?,
+                        gid: number(gid, &line)?,
+                        home: home.to_string(),
+                    })),
+                    _ => Err(odd_answer(&line)),
+                }
+            }
+        }
+    }
+
+    fn getgr_gid(self, name: &str) -> Result<Option<libc::gid_t>> {
+        match self {
+            NameService::Libc => getgr_gid(name),
+            NameService::Getent => match getent("group", name)? {
+                // name:password:gid:members
+                Answer::Found(line) => match line.split(':').collect::<Vec<_>>()[..] {
+                    [found, ..] if !answers_name(&Key::Name(name), found) => Ok(None),
+                    [_, _, gid, ..] => number(gid, &line).map(Some),
+                    _ => Err(odd_answer(&line)),
+                },
+                Answer::Missing => Ok(None),
+                Answer::Unsupported => getgr_gid(name),
+            },
+        }
+    }
+
+    fn getgr_name(self, gid: libc::gid_t) -> Result<Option<String>> {
+        match self {
+            NameService::Libc => getgr_name(gid),
+            NameService::Getent => match getent("group", &gid.to_string())? {
+                Answer::Found(line) => Ok(line.split(':').next().map(str::to_string)),
+                Answer::Missing => Ok(None),
+                Answer::Unsupported => getgr_name(gid),
+            },
+        }
+    }
+
+    fn group_list(self, name: &str, gid: libc::gid_t) -> Result<Vec<libc::gid_t>> {
+        match self {
+            NameService::Libc => group_list(name, gid),
+            NameService::Getent => {
+                // "NAME  GID GID...": the groups that list the user, as
+                // `initgroups` would set them, without the primary one.
+                let mut groups = vec![gid];
+                let line = match getent("initgroups", name)? {
+                    Answer::Found(line) => line,
+                    Answer::Missing => return Ok(groups),
+                    Answer::Unsupported => return group_list(name, gid),
+                };
+                for g in line.split_whitespace().skip(1) {
+                    let g = number(g, &line)?;
+                    if !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+                Ok(groups)
+            }
+        }
+    }
+}
+
+/// What `getent` said about a key.
+enum Answer {
+    /// The first line of its answer.
+    Found(String),
+    /// NSS knows no such key (exit 2).
+    Missing,
+    /// This `getent` does not do that database (exit 1: musl's has no
+    /// `initgroups`, for one): the C library's own lookup is asked instead.
+    Unsupported,
+}
+
+/// Whether `getent`'s entry named `found` answers a lookup of `key`. `getent`
+/// looks a key up as an id whenever `strtoul` reads all of it as a number, which
+/// is more than digits: `" 5"`, `"+5"`, `"-4294967295"` (1), and `"4294967296"`
+/// (0 once cut to 32 bits: root). A name lookup of such a key answered by an
+/// entry of another name was an id lookup, and the C library's `getpwnam` or
+/// `getgrnam` would have found nothing: the answer is "no such name", and
+/// [`User::lookup`] then reads the key as a number itself, or refuses it. (A user
+/// or group whose name is such a number can thus only be reached by its id here.)
+fn answers_name(key: &Key<'_>, found: &str) -> bool {
+    match key {
+        Key::Name(name) => *name == found || !read_as_id_by_getent(name),
+        Key::Uid(_) => true,
+    }
+}
+
+/// Whether `strtoul(key, &end, 10)` takes all of `key` (glibc's `getent` then
+/// calls `getpwuid`/`getgrgid`): white space, a sign, then digits only.
+fn read_as_id_by_getent(key: &str) -> bool {
+    let rest = key.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `getent DATABASE KEY`. A key that reads as a number is looked up as an id by
+/// `getent` (see [`answers_name`]).
+fn getent(database: &str, key: &str) -> Result<Answer> {
+    nul_free(key)?;
+    // glibc's `getent` reads a key that starts with '-' as an option unless `--`
+    // comes first; Alpine's (musl-utils) takes every argument as a key, `--`
+    // included, and stops at the first it does not find: `--` only where needed.
+    let end_of_options = key.starts_with('-').then_some("--");
+    let out = std::process::Command::new(GETENT)
+        .arg(database)
+        .args(end_of_options)
+        .arg(key)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|source| Error::Local {
+            op: "run getent",
+            source,
+        })?;
+    match out.status.code() {
+        Some(0) => match String::from_utf8_lossy(&out.stdout).lines().next() {
+            Some(line) => Ok(Answer::Found(line.to_string())),
+            None => Ok(Answer::Missing),
+        },
+        Some(1) => Ok(Answer::Unsupported),
+        Some(2) => Ok(Answer::Missing),
+        _ => Err(Error::Local {
+            op: "getent",
+            source: std::io::Error::other(format!(
+                "getent {database} '{key}' failed ({})",
+                out.status
+            )),
+        }),
+    }
+}
+
+fn number(field: &str, line: &str) -> Result<u32> {
+    field.parse().map_err(|_| odd_answer(line))
+}
+
+fn odd_answer(line: &str) -> Error {
+    Error::Local {
+        op: "getent",
+        source: std::io::Error::other(format!("unexpected answer '{line}'")),
     }
 }
 

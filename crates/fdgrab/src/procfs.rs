@@ -830,15 +830,16 @@ mod tests {
         rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).expect("rlimit");
         let (held, dir) = own_fds_plus(4000);
         let want = numbered_entries(dir.as_fd()).expect("list");
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        // A thread id rather than a pthread_t, which musl makes a pointer (not Sync).
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        let pid = rustix::process::getpid().as_raw_nonzero().get();
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: `me` is the scope's owner thread, alive until the
-                    // scope ends, which waits for this thread.
-                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                    // SAFETY: tgkill takes integers only; `me` is the scope's owner
+                    // thread, alive until the scope ends, which waits for this one.
+                    unsafe { libc::syscall(libc::SYS_tgkill, pid, me, libc::SIGUSR1) };
                 }
             });
             let mut short = 0;

@@ -49,7 +49,7 @@ pub(crate) fn pidfd_get_info(pidfd: impl AsFd, mask: u64) -> Result<PidfdInfo, E
     };
     // SAFETY: `info` is a properly sized, writable `struct pidfd_info`; the ioctl
     // number encodes exactly that size, so the kernel writes within it.
-    let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+    let r = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
     if r < 0 {
         Err(Errno::from_raw_os_error(last_errno()))
     } else {

@@ -98,7 +98,13 @@ fn inject_blocked_read_resumes_with_exact_data() {
 #[test]
 fn inject_nanosleep_sleeps_full_time() {
     let mut t = Target::spawn(["nanosleep", "1500"]);
-    wait_in_syscall(t.pid, t.pid, libc::SYS_clock_nanosleep);
+    // The C library's nanosleep: clock_nanosleep in glibc, nanosleep in musl.
+    let nr = if cfg!(target_env = "musl") {
+        libc::SYS_nanosleep
+    } else {
+        libc::SYS_clock_nanosleep
+    };
+    wait_in_syscall(t.pid, t.pid, nr);
     let before = snapshot(t.pid);
     for _ in 0..3 {
         let _g = grab_file_by_ptrace(&t);

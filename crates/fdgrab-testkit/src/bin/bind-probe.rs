@@ -37,6 +37,13 @@
 //!   first netns) to PORT+1; then it runs T short-lived threads, and each whose tid
 //!   is one the first threads had binds that old socket, and a socket of the new
 //!   netns, to PORT+1.
+//! - `fuse-stall PATH PORT`: maps the FUSE file PATH (its pages, never touched
+//!   here) and, on a thread, binds a TCP socket with its sockaddr on page 0;
+//!   once that bind returns (or after 10 s), binds 127.66.0.1:PORT; then the
+//!   same with page 1 and PORT+1. `{"stalls":[E,E],"binds":[E,E]}` (-1: no
+//!   answer within 10 s).
+//! - `fuse-bind PATH`: binds a TCP socket with its sockaddr on the first page of
+//!   a mapping of the FUSE file PATH; `{"errno":N}` once answered.
 //! - `uffd-bind`: binds a TCP socket with its sockaddr on a page nobody fills
 //!   (userfaultfd): whoever reads it blocks; `{"errno":N}` once answered.
 //! - `parity`: a table of binds the kernel answers in different ways (lengths,
@@ -46,6 +53,8 @@
 //!   loopback; `{"case":errno,...}` (a negative number: the socket could not be
 //!   made). For a network namespace of its own.
 //! - `io-uring`, `x32`, `int80`: calls the filter refuses or kills.
+//! - `nosys`: `syscall(-1)` and `syscall(0xffff_ffff)`, numbers of no call of
+//!   any ABI; `{"errnos":[E1,E2]}` (the kernel's ENOSYS).
 //! - `loop-bind N PORT` / `loop-getppid N`: timing loops (median ns per iteration).
 
 use serde_json::{json, Value};
@@ -83,9 +92,18 @@ fn main() {
         "addrform" => addrform(num(1, 80) as u16),
         "netns-tid-reuse" => netns_tid_reuse(num(1, 100), num(2, 5000), num(3, 80) as u16),
         "uffd-bind" => uffd_bind(),
+        "fuse-stall" => fuse_stall(arg(1), num(2, 80) as u16),
+        "fuse-bind" => match fdgrab_testkit::fuse::map_pages(arg(1)) {
+            Ok(at) => {
+                let s = tcp_socket(AddressFamily::INET);
+                json!({ "errno": raw_bind(s.as_raw_fd(), at as *const libc::sockaddr, 16) })
+            }
+            Err(e) => json!({ "error": e }),
+        },
         "parity" => parity(),
         "io-uring" => io_uring(),
         "x32" => x32(),
+        "nosys" => nosys(),
         "int80" => int80(),
         "loop-bind" => loop_bind(num(1, 10_000), num(2, 80) as u16),
         "loop-getppid" => loop_getppid(num(1, 1_000_000)),
@@ -342,6 +360,33 @@ fn netns_tid_reuse_child(
             "guest_ok": guest_ok, "wrong": wrong.len(),
             "examples": wrong.iter().take(5).collect::<Vec<_>>(),
             "old_port": local_port(old) })
+}
+
+fn fuse_stall(path: &str, port: u16) -> Value {
+    let at = match fdgrab_testkit::fuse::map_pages(path) {
+        Ok(at) => at,
+        Err(e) => return json!({ "error": e }),
+    };
+    let (mut stalls, mut binds) = (Vec::new(), Vec::new());
+    for page in 0..2usize {
+        let addr = at + 4096 * page;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = tcp_socket(AddressFamily::INET);
+            let _ = tx.send(raw_bind(s.as_raw_fd(), addr as *const libc::sockaddr, 16));
+        });
+        stalls.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or(-1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = port + page as u16;
+        std::thread::spawn(move || {
+            let s = tcp_socket(AddressFamily::INET);
+            let _ = tx.send(errno_of(rustix::net::bind(&s, &v4(p))));
+            // The socket stays bound while the probe lives.
+            std::mem::forget(s);
+        });
+        binds.push(rx.recv_timeout(Duration::from_secs(10)).unwrap_or(-1));
+    }
+    json!({ "stalls": stalls, "binds": binds })
 }
 
 fn uffd_bind() -> Value {
@@ -619,6 +664,22 @@ fn io_uring() -> Value {
         drop(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
     }
     json!({ "errno": errno })
+}
+
+fn nosys() -> Value {
+    let errnos: Vec<i32> = [-1i64, 0xffff_ffff]
+        .into_iter()
+        .map(|nr| {
+            // SAFETY: no call has this number; the kernel answers ENOSYS.
+            let r = unsafe { libc::syscall(nr as libc::c_long) };
+            if r == -1 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .collect();
+    json!({ "errnos": errnos })
 }
 
 fn x32() -> Value {

@@ -15,6 +15,15 @@
 //! - `uffd-fault PORT [MS]`: like `uffd`, but MS ms (0) after the bind returns
 //!   (and its line is printed) the thread unmaps the page and closes the
 //!   userfaultfd, so that a read still blocked on it ends in `EFAULT`.
+//! - `mmap-bind PATH PAGE PORT`: maps the file at PATH (shared, read-only,
+//!   `fuse::PAGES` pages) and has a thread bind with its sockaddr at the start of page PAGE,
+//!   never touched here; prints `{"stalled":true}` at once and
+//!   `{"mmap_errno":N}` when the bind returns. On a FUSE file whose daemon holds
+//!   reads, whoever reads that sockaddr waits for the daemon.
+//! - `file-bind PATH PORT [N]`: opens the file at PATH (kept open) and binds
+//!   it to 127.66.0.1:PORT (the kernel answers ENOTSOCK); `{"errno":N}`. With
+//!   N, N threads bind it at once instead and `{"started":N}` comes at once
+//!   (the threads say nothing).
 //! - `foreign PORT`: binds 0.0.0.0:PORT on a TCP socket made in a network namespace
 //!   of its own (only with `FAKE_TENANT_FOREIGN=1`, which makes that socket at
 //!   start and then drops to uid/gid 65534, so that the kernel alone would refuse
@@ -48,6 +57,8 @@
 //! - `exit`.
 //!
 //! `FAKE_TENANT_ALLOW_BIND` sets the `org.fdgrab.allow-bind` annotation.
+//! `FAKE_TENANT_POD` names the pod (else `pod-ID`): containers restarted in
+//! one pod.
 //! `FAKE_TENANT_SPLIT` sends the document in two writes 20 ms apart, the
 //! listener with the second.
 
@@ -138,6 +149,9 @@ fn main() {
             },
         },
     });
+    if let Some(v) = std::env::var_os("FAKE_TENANT_POD") {
+        doc["state"]["annotations"]["io.kubernetes.pod.name"] = v.to_string_lossy().into();
+    }
     if let Some(v) = std::env::var_os("FAKE_TENANT_ALLOW_BIND") {
         doc["state"]["annotations"]["org.fdgrab.allow-bind"] = v.to_string_lossy().into();
     }
@@ -189,6 +203,8 @@ fn main() {
             Some("threads") => threads(num(1) as usize, num(2) as u8, num(3) as u16),
             Some("uffd") => uffd(num(1) as u16, None),
             Some("uffd-fault") => uffd(num(1) as u16, Some(num(2))),
+            Some("file-bind") => file_bind(w.get(1).copied().unwrap_or(""), num(2) as u16, num(3)),
+            Some("mmap-bind") => mmap_bind(w.get(1).copied().unwrap_or(""), num(2) as usize),
             Some("storm") => {
                 running.extend(storm(num(1) as usize, num(2) as u8, num(3) as u16));
                 say(json!({"started": num(1)}));
@@ -473,6 +489,61 @@ fn uffd(port: u16, unmap_after: Option<u64>) {
         }
         // Keep the userfaultfd open: the page must stay unserved.
         std::mem::forget(ufd);
+    });
+    say(json!({"stalled": true}));
+}
+
+/// Binds an open file (see the `file-bind` command).
+fn file_bind(path: &str, port: u16, threads: u64) {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return say(json!({"error": format!("open {path}: {e}")})),
+    };
+    let sa = fdgrab_testkit::sockaddr_v4(Ipv4Addr::new(127, 66, 0, 1), port);
+    let fd = file.as_raw_fd();
+    // Kept open for the life of the process: its close would be a FLUSH of
+    // our own, which the test may hold.
+    std::mem::forget(file);
+    let bind = move || {
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a bind of our own open file with a valid sockaddr_in.
+        let r = unsafe { libc::bind(fd, std::ptr::from_ref(&sa).cast(), len) };
+        if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+    };
+    if threads == 0 {
+        return say(json!({"errno": bind()}));
+    }
+    for _ in 0..threads {
+        std::thread::spawn(move || {
+            bind();
+        });
+    }
+    say(json!({"started": threads}));
+}
+
+/// A bind whose sockaddr lies on page `page` of a shared mapping of `path`,
+/// made on a thread of its own (see the `mmap-bind` command).
+fn mmap_bind(path: &str, page: usize) {
+    let at = match fdgrab_testkit::fuse::map_pages(path) {
+        Ok(at) => at,
+        Err(e) => return say(json!({ "error": e })),
+    };
+    let addr = at + 4096 * page.min(fdgrab_testkit::fuse::PAGES - 1);
+    std::thread::spawn(move || {
+        let s = tcp();
+        // SAFETY: bind reads 16 bytes at `addr`, inside the mapping, which
+        // stays for the life of the process.
+        let r = unsafe { libc::bind(s.as_raw_fd(), addr as *const libc::sockaddr, 16) };
+        let errno = if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        say(json!({"mmap_errno": errno}));
     });
     say(json!({"stalled": true}));
 }

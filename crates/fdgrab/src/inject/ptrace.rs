@@ -11,7 +11,14 @@ pub(crate) const O_TRACESYSGOOD: libc::c_int = libc::PTRACE_O_TRACESYSGOOD;
 // The injection engine's raw calls (here and `arch`) read their errno so.
 pub(crate) use crate::sys::errno;
 
-fn request(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
+/// The type of ptrace(2)'s request argument in the C library's prototype: glibc
+/// declares an enum (`unsigned int`), musl an `int`.
+#[cfg(target_env = "musl")]
+type Request = libc::c_int;
+#[cfg(not(target_env = "musl"))]
+type Request = libc::c_uint;
+
+fn request(req: Request, tid: Pid, addr: usize, data: usize) -> Result<(), Errno> {
     // SAFETY: every request sent through here (SEIZE, SETOPTIONS, INTERRUPT, CONT,
     // SINGLESTEP, DETACH) takes integers only in `addr` and `data`; the kernel reads no memory.
     let r = unsafe {
@@ -46,7 +53,7 @@ pub(crate) fn set_options(tid: Pid, options: libc::c_int) -> Result<(), Errno> {
 pub(crate) const O_SUSPEND_SECCOMP: libc::c_int = libc::PTRACE_O_SUSPEND_SECCOMP;
 
 /// `PTRACE_SECCOMP_GET_FILTER` (4.4).
-const SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const SECCOMP_GET_FILTER: Request = 0x420c;
 
 /// Filter number `index` (0 = the most recently installed) of a stopped tracee, as
 /// the classic BPF it was installed with. `ENOENT` past the oldest filter; `EACCES`
@@ -133,7 +140,7 @@ pub(crate) fn sigmask(tid: Pid) -> Result<u64, Errno> {
     // of this ABI) to `data`, which points at our u64.
     let r = unsafe {
         libc::ptrace(
-            libc::PTRACE_GETSIGMASK,
+            libc::PTRACE_GETSIGMASK as Request,
             tid,
             std::mem::size_of::<u64>() as *mut libc::c_void,
             (&mut set as *mut u64).cast::<libc::c_void>(),
@@ -155,7 +162,7 @@ pub(crate) fn set_sigmask(tid: Pid, set: u64) -> Result<(), Errno> {
     // points at our u64.
     let r = unsafe {
         libc::ptrace(
-            libc::PTRACE_SETSIGMASK,
+            libc::PTRACE_SETSIGMASK as Request,
             tid,
             std::mem::size_of::<u64>() as *mut libc::c_void,
             (&set as *const u64).cast_mut().cast::<libc::c_void>(),

@@ -57,7 +57,7 @@ pub fn take_terminal(
         libc::SYS_ioctl,
         &[
             super::seccomp::UNKNOWN,
-            super::seccomp::k(libc::TIOCSCTTY),
+            super::seccomp::k(TIOCSCTTY),
             super::seccomp::k(0),
         ],
     ));
@@ -74,11 +74,11 @@ pub fn take_terminal(
                 None
             }
         };
-        let r = s.syscall(libc::SYS_ioctl, &[theirs as u64, libc::TIOCSCTTY, 0])?;
+        let r = s.syscall(libc::SYS_ioctl, &[theirs as u64, TIOCSCTTY, 0])?;
         if r < 0 {
             let restored = match old {
                 Some(fd) => s
-                    .syscall(libc::SYS_ioctl, &[fd as u64, libc::TIOCSCTTY, 0])
+                    .syscall(libc::SYS_ioctl, &[fd as u64, TIOCSCTTY, 0])
                     .is_ok_and(|r| r == 0),
                 None => false,
             };
@@ -114,6 +114,11 @@ pub fn take_terminal(
 /// (no flags, empty mask); big enough for every layout's old action.
 const SIGACTION_SIZE: usize = 32;
 
+// The injected ioctl's request numbers as the syscall takes them: the C libraries
+// type the constants differently (glibc `unsigned long`, musl `int`).
+const TIOCSCTTY: u64 = libc::TIOCSCTTY as _;
+const TIOCNOTTY: u64 = libc::TIOCNOTTY as _;
+
 fn sigaction(s: &mut Session<'_>, sig: i32, new: u64, old: u64) -> Result<()> {
     let r = s.syscall(libc::SYS_rt_sigaction, &[sig as u64, new, old, 8])?;
     if r < 0 {
@@ -147,7 +152,7 @@ fn drop_ctty_ignoring_hup(s: &mut Session<'_>) -> Result<i32> {
             ));
         }
         s.track_remote_fd(fd as i32);
-        let r = s.syscall(libc::SYS_ioctl, &[fd as u64, libc::TIOCNOTTY, 0])?;
+        let r = s.syscall(libc::SYS_ioctl, &[fd as u64, TIOCNOTTY, 0])?;
         if r < 0 {
             return Err(remote_error(
                 pid,

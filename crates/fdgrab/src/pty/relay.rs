@@ -400,11 +400,19 @@ fn wait_for(fd: BorrowedFd<'_>, events: PollFlags) {
     let _ = poll(&mut p, Some(&t));
 }
 
+/// A `pthread_t`, which musl defines as a pointer (hence not `Send`).
+#[derive(Clone, Copy)]
+struct ThreadId(libc::pthread_t);
+
+// SAFETY: the value is only an id handed back to `pthread_kill`; nothing is ever
+// read or written through it, and `Worker` signals it only while the thread runs.
+unsafe impl Send for ThreadId {}
+
 /// A relay thread, as seen by the thread that stops it.
 #[derive(Default)]
 struct Worker {
     /// The thread's id while it runs; `None` before and after.
-    running: Mutex<Option<libc::pthread_t>>,
+    running: Mutex<Option<ThreadId>>,
     done: AtomicBool,
 }
 
@@ -412,7 +420,7 @@ impl Worker {
     /// Runs `body` on this (new) thread and reports its end to `shared`.
     fn run(&self, shared: &Shared, body: impl FnOnce() -> Option<Result<RelayEnd>>) {
         // SAFETY: pthread_self has no preconditions.
-        *lock(&self.running) = Some(unsafe { libc::pthread_self() });
+        *lock(&self.running) = Some(ThreadId(unsafe { libc::pthread_self() }));
         // Runs however `body` ends: nobody signals a thread that is gone, and a
         // panic still wakes the waiting thread (which would otherwise wait for an
         // end that never comes; the scope then passes the panic on).
@@ -439,7 +447,7 @@ impl Worker {
         while !self.done.load(Ordering::SeqCst) {
             {
                 let running = lock(&self.running);
-                if let Some(t) = *running {
+                if let Some(ThreadId(t)) = *running {
                     // SAFETY: `t` is a thread of this process that has not
                     // returned: it clears `running` (under this lock) before it
                     // does.

@@ -22,6 +22,10 @@ pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// `__X32_SYSCALL_BIT`: x32 calls carry the x86_64 arch with this bit set in `nr`.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// The sign bit of `nr`: a negative number (`syscall(-1)`), which has the x32
+/// bit set too but names no call of any ABI.
+const NEGATIVE_NR: u32 = 0x8000_0000;
 /// `AUDIT_ARCH_AARCH64` (`EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
 pub const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
 /// `AUDIT_ARCH_ARM`: what an AArch32 (compat) task on an arm64 kernel reports.
@@ -875,13 +879,15 @@ pub fn evaluate_stack(filters: &[Program], data: &SeccompData) -> StackVerdict {
 /// default" — the one filter shape fdgrab installs. Native is [`NATIVE_AUDIT_ARCH`]:
 /// on x86_64 that leaves out i386 (`int 0x80`) and, by the number check, x32; on
 /// aarch64 it leaves out AArch32 compat tasks (whose numbers never reach the x32 bit).
+/// A negative number (`syscall(-1)`, top bit set) is not an x32 call: it gets the
+/// default, and the kernel's `ENOSYS` under an allowing one, as without a filter.
 ///
-/// Layout: every jump skips at most one instruction, so the only limit on the number
-/// of rules is the kernel's 4096 instructions (7 + 2 per rule: 2044 rules). An
-/// allowed call takes `5 + rules` steps.
+/// Layout: every jump skips at most two instructions, so the only limit on the
+/// number of rules is the kernel's 4096 instructions (8 + 2 per rule: 2044 rules).
+/// An allowed call takes `5 + rules` steps.
 /// ```text
 ///   ld arch;  jeq NATIVE ? +1 : +0;  ret on_foreign_arch
-///   ld nr;    jge X32_BIT ? +0 : +1; ret on_foreign_arch
+///   ld nr;    jge X32_BIT ? +0 : +2; jge 1<<31 ? +1 : +0; ret on_foreign_arch
 ///   jeq nr0 ? +0 : +1;  ret action0
 ///   ...
 ///   jeq nrN ? +0 : +1;  ret actionN
@@ -895,7 +901,7 @@ pub struct SyscallFilter {
 }
 
 /// The most rules a [`SyscallFilter`] can hold.
-pub const MAX_RULES: usize = (MAX_INSNS - 7) / 2;
+pub const MAX_RULES: usize = (MAX_INSNS - 8) / 2;
 
 impl SyscallFilter {
     /// A filter with `default` for every call not named by a rule. Calls through
@@ -931,7 +937,7 @@ impl SyscallFilter {
             }
         }
         let n = self.rules.len();
-        let total = 7 + 2 * n;
+        let total = 8 + 2 * n;
         if total > MAX_INSNS {
             return Err(BuildError::TooManyRules {
                 rules: n,
@@ -943,7 +949,8 @@ impl SyscallFilter {
         insns.push(Insn::jeq(NATIVE_AUDIT_ARCH, 1, 0));
         insns.push(Insn::ret(self.on_foreign_arch));
         insns.push(Insn::load(Field::Nr));
-        insns.push(Insn::jge(X32_SYSCALL_BIT, 0, 1));
+        insns.push(Insn::jge(X32_SYSCALL_BIT, 0, 2));
+        insns.push(Insn::jge(NEGATIVE_NR, 1, 0));
         insns.push(Insn::ret(self.on_foreign_arch));
         for &(nr, action) in &self.rules {
             insns.push(Insn::jeq(nr, 0, 1));
@@ -1020,6 +1027,15 @@ mod tests {
             X32_SYSCALL_BIT | 39,
         ] {
             assert_eq!(p.run(NATIVE_AUDIT_ARCH, nr).action, Action::KillProcess);
+        }
+        // A negative number (`syscall(-1)`) is no x32 call: the default, so
+        // the kernel answers ENOSYS.
+        for nr in [u32::MAX, NEGATIVE_NR, NEGATIVE_NR | X32_SYSCALL_BIT | 39] {
+            assert_eq!(
+                p.run(NATIVE_AUDIT_ARCH, nr).action,
+                Action::Allow,
+                "{nr:#x}"
+            );
         }
         let refusing = SyscallFilter::new(Action::Allow)
             .on_foreign_arch(Action::Errno(libc::ENOSYS as u16))
@@ -1117,7 +1133,8 @@ mod tests {
             Insn::new(0x15, 1, 0, NATIVE_AUDIT_ARCH),
             Insn::new(0x06, 0, 0, 0x8000_0000),
             Insn::new(0x20, 0, 0, 0),
-            Insn::new(0x35, 0, 1, X32_SYSCALL_BIT),
+            Insn::new(0x35, 0, 2, X32_SYSCALL_BIT),
+            Insn::new(0x35, 1, 0, 0x8000_0000),
             Insn::new(0x06, 0, 0, 0x8000_0000),
             Insn::new(0x15, 0, 1, libc::SYS_bind as u32),
             Insn::new(0x06, 0, 0, 0x7fc0_0000),
@@ -1143,7 +1160,7 @@ mod tests {
     fn rule_counts_past_the_old_8_bit_jump_ceiling() {
         for n in [126usize, 127, 128, 255, 256, 1000, MAX_RULES] {
             let p = many_rules(n).build().expect("builds");
-            assert_eq!(p.len(), 7 + 2 * n);
+            assert_eq!(p.len(), 8 + 2 * n);
             for i in [0, n / 2, n - 1] {
                 let v = p.run(NATIVE_AUDIT_ARCH, 1000 + i as u32);
                 assert_eq!(v.action, Action::Errno(i as u16 + 1), "rule {i} of {n}");
@@ -1160,7 +1177,7 @@ mod tests {
             many_rules(MAX_RULES + 1).build(),
             Err(BuildError::TooManyRules {
                 rules: MAX_RULES + 1,
-                insns: MAX_INSNS + 1
+                insns: 8 + 2 * (MAX_RULES + 1)
             })
         );
     }

@@ -6,20 +6,33 @@
 //! ours stuck that way can only be abandoned, never ended. A child that shares
 //! our memory (`CLONE_VM`) but is a thread group of its own (no `CLONE_THREAD`)
 //! can be sent `SIGKILL` alone: the read then returns at once and the child dies
-//! (measured on the 6.18 kernel here: gone 0.2 ms after the signal; not so for a
-//! FUSE request its daemon has taken and does not answer, which the kernel waits
-//! out uninterruptibly: see [`crate::supervise`]'s agent). That is what
-//! [`read`] does, in a reader each calling thread keeps: the thread puts a
-//! request (tid, addresses, length) in a slot they share and wakes the reader
-//! on a futex; the reader copies straight into the caller's buffer, says DONE
-//! and sleeps until the next request. Past the deadline the thread kills the
-//! reader and reaps it before [`read`] returns, so the buffer and the stack it
-//! used are free again, no zombie stays and no byte of a cut-short read is used;
-//! the next read starts a fresh one. A thread's reader is killed and reaped
-//! when the thread exits (its thread-local's destructor), and dies with the
-//! thread in any case (its parent-death signal). A child of `fork` inherits the
-//! thread-local but not the reader, so a reader is used and killed only by the
-//! process that started it.
+//! (measured on the 6.18 kernel here: gone 0.2 ms after the signal). That is
+//! what [`read`] does, in a reader each calling thread keeps: the thread puts a
+//! request (tid, address, length) in a slot they share and wakes the reader on
+//! a futex; the reader copies into the slot's own buffer, says DONE and sleeps
+//! until the next request; the thread then copies the bytes out. Past the
+//! deadline the thread kills the reader; the next read starts a fresh one.
+//!
+//! **A reader that SIGKILL does not end.** A FUSE request its daemon has
+//! already taken is waited out uninterruptibly (`request_wait_answer`: once the
+//! request is in user space, even a fatal signal only marks it): a page of a
+//! FUSE file the caller maps, read with readahead off or without
+//! `FUSE_ASYNC_READ`, keeps a killed reader alive until the daemon answers or
+//! its connection ends. So a killed reader is waited for [`KILL_GRACE`] at most;
+//! one still alive then is *buried*: handed, with the slot it copies into and the
+//! stack it runs on, to a reaper thread that reaps it without waiting
+//! (`WNOHANG`) whenever it has died, and frees both only then. The calling
+//! thread's buffer was never the reader's to write, so it is free the moment
+//! [`read`] returns, and the thread carries on with a fresh reader. Buried
+//! readers are bounded: at most [`MAX_BURIED_PER_TENANT`] per tenant (whoever
+//! the caller names: the agent's container) and [`MAX_BURIED`] in all; a read
+//! that would need a new reader past either gets [`KillableError::Stuck`] at
+//! once, without starting one.
+//!
+//! A thread's reader is killed and reaped when the thread exits (its
+//! thread-local's destructor), and dies with the thread in any case (its
+//! parent-death signal). A child of `fork` inherits the thread-local but not the
+//! reader, so a reader is used and killed only by the process that started it.
 //!
 //! A reader per read (a `clone`, an exit and a reap each time) cost 40–47 µs and
 //! pushed a victim container's p99 bind latency to 7–63× its quiet value once
@@ -32,7 +45,8 @@
 //! [`crate::supervise`]'s agent).
 //!
 //! The reader runs one function that makes raw system calls only (its
-//! parent-death signal, futex waits and wakes, the read): it shares our memory
+//! parent-death signal, dropping its share of our descriptor table, futex
+//! waits and wakes, the read): it shares our memory
 //! and, without `CLONE_SETTLS`, the calling thread's TLS, so it must never touch
 //! `errno`, the allocator, a lock or a panic. Its exit signal is 0, so only a
 //! wait with `__WALL` sees it: a `waitpid(-1)` elsewhere in the process cannot
@@ -40,11 +54,32 @@
 
 use crate::clone_vm::{clone_with_signals_blocked, Stack};
 use rustix::io::Errno;
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{c_int, c_void};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicIsize, AtomicU32, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The most bytes one [`read`] copies: the reader copies into a buffer of its
+/// slot of this size (a sockaddr is at most 128 bytes).
+pub(crate) const MAX_READ: usize = 128;
+
+/// How long a killed reader is waited for before it is buried: one blocked on
+/// a userfaultfd page or a FUSE request not yet taken is gone in about 0.2 ms.
+pub const KILL_GRACE: Duration = Duration::from_millis(20);
+
+/// Buried readers (killed, not yet dead) of one tenant at most: past that its
+/// reads that need a new reader are refused at once ([`KillableError::Stuck`]).
+pub const MAX_BURIED_PER_TENANT: usize = 4;
+
+/// Buried readers over all tenants at most: each is a task of ours (and a
+/// pidfd and a stack mapping) for as long as its FUSE daemon does not answer,
+/// which may be for ever.
+pub const MAX_BURIED: usize = 64;
+
+/// How often the reaper looks for buried readers that have died.
+const REAP_EVERY: Duration = Duration::from_millis(25);
 
 /// Why a killable read gave no bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +87,13 @@ pub(crate) enum KillableError {
     /// `process_vm_readv` failed (a short read is `EFAULT`), or the reader could
     /// not be started.
     Read(Errno),
-    /// The deadline passed; the reader was killed and reaped.
+    /// The deadline passed; the reader was killed (and reaped, or buried: see
+    /// the module docs).
     TimedOut,
+    /// No reader was started: the tenant (or the process) has as many buried
+    /// readers as it may ([`MAX_BURIED_PER_TENANT`], [`MAX_BURIED`]), that is
+    /// earlier reads of its memory are still stuck.
+    Stuck,
 }
 
 /// [`Slot::state`]: no request yet.
@@ -71,12 +111,16 @@ struct Slot {
     /// A futex word: [`IDLE`], [`ASKED`] or [`DONE`].
     state: AtomicU32,
     pid: AtomicUsize,
-    local: AtomicUsize,
     remote: AtomicUsize,
     len: AtomicUsize,
     result: AtomicIsize,
     /// Our pid: the reader's parent while it lives.
     parent: AtomicUsize,
+    /// Where the reader copies to: the reader's own, so that one that outlives
+    /// its read (buried) never writes memory the caller has taken back. Read
+    /// by the calling thread only after DONE, written by the reader only
+    /// between ASKED and DONE.
+    bytes: UnsafeCell<[u8; MAX_READ]>,
 }
 
 /// A reader process that serves one thread's reads one after another, so that
@@ -88,6 +132,10 @@ struct Reader {
     /// `Reader` but not the reader, which must be neither used nor killed from
     /// there.
     owner: u32,
+    /// Whose reads it serves (see [`read`]): whose share a burial spends.
+    tenant: u64,
+    /// Reaped already (by the reaper, without waiting): its drop frees only.
+    reaped: bool,
     pidfd: OwnedFd,
     /// The reader's pid, to pin it.
     pid: i32,
@@ -104,16 +152,16 @@ thread_local! {
 }
 
 impl Reader {
-    fn start() -> Result<Reader, Errno> {
+    fn start(tenant: u64) -> Result<Reader, Errno> {
         let stack = Stack::take()?;
         let slot = Box::new(Slot {
             state: AtomicU32::new(IDLE),
             pid: AtomicUsize::new(0),
-            local: AtomicUsize::new(0),
             remote: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             result: AtomicIsize::new(0),
             parent: AtomicUsize::new(std::process::id() as usize),
+            bytes: UnsafeCell::new([0; MAX_READ]),
         });
         let mut pidfd: c_int = -1;
         // Shared memory, files, fs and signal handlers: nothing to copy. Exit signal 0.
@@ -147,6 +195,8 @@ impl Reader {
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         Ok(Reader {
             owner: std::process::id(),
+            tenant,
+            reaped: false,
             pidfd,
             pid,
             cpu: std::cell::Cell::new(-1),
@@ -155,30 +205,36 @@ impl Reader {
         })
     }
 
-    /// One read; `None` when the deadline passed first (the reader must then
-    /// be dropped: it is still inside the read).
+    /// One read of at most [`MAX_READ`] bytes; `None` when the deadline passed
+    /// first (the reader must then be retired: it is still inside the read).
     fn read(&self, tid: i32, addr: u64, buf: &mut [u8], deadline: Instant) -> Option<isize> {
         self.pin_here();
         let slot = &self.slot;
+        let len = buf.len().min(MAX_READ);
         slot.pid.store(tid as usize, Ordering::Relaxed);
-        slot.local
-            .store(buf.as_mut_ptr() as usize, Ordering::Relaxed);
         slot.remote.store(addr as usize, Ordering::Relaxed);
-        slot.len.store(buf.len(), Ordering::Relaxed);
+        slot.len.store(len, Ordering::Relaxed);
         slot.state.store(ASKED, Ordering::Release);
         futex(&slot.state, libc::FUTEX_WAKE, 1, None);
         loop {
             if slot.state.load(Ordering::Acquire) == DONE {
-                // The reader wrote `buf` before it said DONE, and touches it no
-                // more.
-                return Some(slot.result.load(Ordering::Relaxed));
+                let r = slot.result.load(Ordering::Relaxed);
+                // SAFETY: the reader wrote the bytes before it said DONE and
+                // touches them no more until the next ASKED, which only this
+                // thread sets.
+                let bytes = unsafe { &*slot.bytes.get() };
+                let got = usize::try_from(r).unwrap_or(0).min(len);
+                buf[..got].copy_from_slice(&bytes[..got]);
+                return Some(r);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
             let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                // `as _`: time_t's Rust alias differs between the C libraries. A
+                // wait cut at an hour only loops again towards the deadline.
+                tv_sec: left.as_secs().min(3600) as _,
                 tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
             };
             futex(&slot.state, libc::FUTEX_WAIT, ASKED, Some(&ts));
@@ -218,8 +274,15 @@ impl Drop for Reader {
             // stack go.
             return;
         }
-        // Idle (waiting on its futex) or stalled in a read: a fatal signal ends
-        // either at once (ESRCH only if it died meanwhile).
+        if self.reaped {
+            if let Some(stack) = self.stack.take() {
+                stack.give_back();
+            }
+            return;
+        }
+        // Idle (waiting on its futex; one stalled in a read was retired, not
+        // kept): a fatal signal ends it at once (ESRCH only if it died
+        // meanwhile).
         let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
         reap(&self.pidfd);
         // Reaped: nothing runs on the stack or reads the slot any more.
@@ -247,15 +310,21 @@ fn futex(word: &AtomicU32, op: c_int, val: u32, timeout: Option<&libc::timespec>
     };
 }
 
-/// Copies `buf.len()` bytes at `addr` out of thread `tid`'s process, in this
-/// thread's reader process, which is killed if it has not finished by
-/// `deadline`.
+/// Copies `buf.len()` bytes (at most [`MAX_READ`]: more is `EINVAL`) at
+/// `addr` out of thread `tid`'s process, in this thread's reader process,
+/// which is killed if it has not finished by `deadline`. `tenant` names whose
+/// reads these are: a reader killed but not dead counts against its share of
+/// buried readers (see the module docs).
 pub(crate) fn read(
     tid: i32,
     addr: u64,
     buf: &mut [u8],
     deadline: Instant,
+    tenant: u64,
 ) -> Result<(), KillableError> {
+    if buf.len() > MAX_READ {
+        return Err(KillableError::Read(Errno::INVAL));
+    }
     // Past the deadline already: no reader is started (or used) for nothing.
     if Instant::now() >= deadline {
         return Err(KillableError::TimedOut);
@@ -264,20 +333,24 @@ pub(crate) fn read(
         let mut reader = cell.borrow_mut();
         if reader
             .as_ref()
-            .is_some_and(|r| r.owner != std::process::id())
+            .is_some_and(|r| r.owner != std::process::id() || r.tenant != tenant)
         {
             *reader = None;
         }
         if reader.is_none() {
-            *reader = Some(Reader::start().map_err(KillableError::Read)?);
+            if !may_start(tenant) {
+                return Err(KillableError::Stuck);
+            }
+            *reader = Some(Reader::start(tenant).map_err(KillableError::Read)?);
         }
         let answer = reader
             .as_ref()
             .and_then(|r| r.read(tid, addr, buf, deadline));
         if answer.is_none() {
-            // Killed and reaped before `buf` is given back: no byte of a read
-            // cut short is ever used.
-            *reader = None;
+            // It never wrote `buf`; killed, it is reaped here or buried.
+            if let Some(r) = reader.take() {
+                retire(r);
+            }
         }
         Ok(answer)
     });
@@ -294,9 +367,163 @@ pub(crate) fn read(
 
 /// Forgets this thread's reader: ends it if this process started it, else (a
 /// child of `fork`) only closes the inherited pidfd. For a process about to
-/// live on without reading killably, which should hold no stray pidfd.
+/// live on without reading killably, which should hold no stray pidfd. Buried
+/// readers inherited from the parent are forgotten too (their pidfds closed).
 pub(crate) fn drop_thread_reader() {
     let _ = READER.try_with(|cell| cell.borrow_mut().take());
+    // `try_lock`: in a child of `fork` the parent's reaper may have held it.
+    let inherited = match GRAVEYARD.try_lock() {
+        Ok(mut g) if g.buried.iter().any(|r| r.owner != std::process::id()) => {
+            // The parent's reaper thread is not ours either.
+            g.reaper = false;
+            std::mem::take(&mut g.buried)
+        }
+        _ => Vec::new(),
+    };
+    drop(inherited);
+}
+
+/// Readers killed but not dead yet (see the module docs), and whether the
+/// reaper thread runs.
+struct Graveyard {
+    buried: Vec<Reader>,
+    reaper: bool,
+}
+
+static GRAVEYARD: Mutex<Graveyard> = Mutex::new(Graveyard {
+    buried: Vec::new(),
+    reaper: false,
+});
+
+/// Whether the reaper could not be started when last wanted: then whoever
+/// takes the graveyard's lock reaps.
+static NO_REAPER: AtomicBool = AtomicBool::new(false);
+
+fn graveyard() -> std::sync::MutexGuard<'static, Graveyard> {
+    GRAVEYARD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `tenant` may start a reader: it and the process are below their
+/// caps of buried readers.
+fn may_start(tenant: u64) -> bool {
+    let mut g = graveyard();
+    if g.buried.is_empty() {
+        return true;
+    }
+    if NO_REAPER.load(Ordering::Relaxed) {
+        sweep(&mut g);
+    }
+    let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
+    mine < MAX_BURIED_PER_TENANT && g.buried.len() < MAX_BURIED
+}
+
+/// Buried readers of `tenant`, and over all tenants.
+pub(crate) fn buried(tenant: u64) -> (usize, usize) {
+    let g = graveyard();
+    let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
+    (mine, g.buried.len())
+}
+
+/// Reaps the buried readers that have died (without waiting) and frees what
+/// they ran on.
+fn sweep(g: &mut Graveyard) {
+    g.buried.retain_mut(|r| {
+        r.reaped = try_reap(&r.pidfd);
+        !r.reaped
+    });
+}
+
+/// Ends a reader whose read outlived its deadline: killed, then reaped if it
+/// dies within [`KILL_GRACE`], else buried.
+fn retire(mut r: Reader) {
+    if r.owner != std::process::id() {
+        return;
+    }
+    let _ = rustix::process::pidfd_send_signal(&r.pidfd, rustix::process::Signal::KILL);
+    // A pidfd polls readable once its process has exited.
+    let grace = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: KILL_GRACE.as_nanos() as _,
+    };
+    let mut pfd = [rustix::event::PollFd::new(
+        &r.pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let _ = rustix::event::poll(&mut pfd, Some(&grace));
+    if try_reap(&r.pidfd) {
+        r.reaped = true;
+        return;
+    }
+    tracing::warn!(
+        reader = r.pid,
+        tenant = r.tenant,
+        "a killed reader does not die (a FUSE request its daemon took and does not answer?); reaped once it does"
+    );
+    let mut g = graveyard();
+    g.buried.push(r);
+    if !g.reaper {
+        let started = std::thread::Builder::new()
+            .name("fdgrab-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(reap_buried);
+        g.reaper = started.is_ok();
+        NO_REAPER.store(started.is_err(), Ordering::Relaxed);
+    }
+}
+
+/// The reaper: reaps buried readers as they die, and ends once none is left.
+fn reap_buried() {
+    loop {
+        let freed = {
+            let mut g = graveyard();
+            let before = g.buried.len();
+            let mut dead = Vec::new();
+            let mut i = 0;
+            while i < g.buried.len() {
+                if try_reap(&g.buried[i].pidfd) {
+                    let mut r = g.buried.swap_remove(i);
+                    r.reaped = true;
+                    dead.push(r);
+                } else {
+                    i += 1;
+                }
+            }
+            if g.buried.is_empty() {
+                g.reaper = false;
+                drop(g);
+                drop(dead);
+                tracing::debug!(reaped = before, "every buried reader reaped");
+                return;
+            }
+            dead
+        };
+        // Freed outside the lock: a stack given back takes another.
+        drop(freed);
+        std::thread::sleep(REAP_EVERY);
+    }
+}
+
+/// Reaps the child if it has exited, without waiting; whether it was reaped
+/// (or is gone in any case: `ECHILD`).
+fn try_reap(pidfd: &OwnedFd) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value for the kernel to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is valid for writing; the pidfd is ours and names our
+    // child. `__WALL`: its exit signal is not SIGCHLD.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_fd().as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::__WALL,
+        )
+    };
+    if r != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+    }
+    // WNOHANG with nothing to report leaves si_pid 0.
+    // SAFETY: filled by the kernel (or still all zero).
+    unsafe { info.si_pid() != 0 }
 }
 
 /// Reaps the child (blocking until it has exited).
@@ -341,6 +568,25 @@ extern "C" fn reader_main(arg: *mut c_void) -> c_int {
             ],
         )
     };
+    // A descriptor table of our own, empty: a reader that outlives its kill
+    // (see the module docs) and then the agent would otherwise keep every
+    // descriptor of ours open (the containers' listeners, a caller's pipes)
+    // for as long as it is stuck. `CLOSE_RANGE_UNSHARE` (Linux 5.9) copies
+    // none of them first; without it, the table stays shared.
+    // SAFETY: integers only; the range is every descriptor.
+    unsafe {
+        raw_syscall6(
+            libc::SYS_close_range as usize,
+            [
+                0,
+                u32::MAX as usize,
+                libc::CLOSE_RANGE_UNSHARE as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
     // Our parent died before the signal was set (it is then not sent): go
     // rather than wait for requests nobody sends.
     // SAFETY: no arguments.
@@ -367,18 +613,18 @@ extern "C" fn reader_main(arg: *mut c_void) -> c_int {
             };
             continue;
         }
-        let len = slot.len.load(Ordering::Relaxed);
+        let len = slot.len.load(Ordering::Relaxed).min(MAX_READ);
         let local = libc::iovec {
-            iov_base: slot.local.load(Ordering::Relaxed) as *mut c_void,
+            iov_base: slot.bytes.get().cast(),
             iov_len: len,
         };
         let remote = libc::iovec {
             iov_base: slot.remote.load(Ordering::Relaxed) as *mut c_void,
             iov_len: len,
         };
-        // SAFETY: the iovecs describe the caller's buffer (writable, shared
-        // with us by CLONE_VM, not given back before DONE) and memory of the
-        // other process, which the kernel checks.
+        // SAFETY: the iovecs describe the slot's buffer (ours until we say
+        // DONE, freed only once we are reaped) and memory of the other
+        // process, which the kernel checks.
         let r = unsafe {
             raw_syscall6(
                 libc::SYS_process_vm_readv as usize,
@@ -476,7 +722,7 @@ mod tests {
     fn a_read_returns_the_bytes() {
         let src = *b"the bytes a reader process copies";
         let mut buf = [0u8; 33];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
         assert_eq!(buf, src);
     }
 
@@ -484,7 +730,7 @@ mod tests {
     fn an_unmapped_address_is_efault() {
         let mut buf = [0u8; 16];
         assert_eq!(
-            read(own_tid(), 8, &mut buf, soon()),
+            read(own_tid(), 8, &mut buf, soon(), 0),
             Err(KillableError::Read(Errno::FAULT))
         );
     }
@@ -495,7 +741,7 @@ mod tests {
         let mut buf = [0u8; 4];
         let x = 7u32;
         assert_eq!(
-            read(tid, &x as *const u32 as u64, &mut buf, soon()),
+            read(tid, &x as *const u32 as u64, &mut buf, soon(), 0),
             Err(KillableError::Read(Errno::SRCH))
         );
     }
@@ -514,7 +760,7 @@ mod tests {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(200);
         assert_eq!(
-            read(own_tid(), page as u64, &mut buf, deadline),
+            read(own_tid(), page as u64, &mut buf, deadline, 0),
             Err(KillableError::TimedOut)
         );
         assert!(Instant::now() >= deadline, "not before the deadline");
@@ -525,7 +771,8 @@ mod tests {
                 own_tid(),
                 page as u64,
                 &mut buf,
-                Instant::now() + Duration::from_millis(100)
+                Instant::now() + Duration::from_millis(100),
+                0
             ),
             Err(KillableError::TimedOut)
         );
@@ -539,13 +786,13 @@ mod tests {
         let src = [0x5au8; 128];
         let before = fds_and_children();
         let mut buf = [0u8; 128];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
         let with_reader = (before.0 + 1, before.1 + 1);
         assert_eq!(fds_and_children(), with_reader, "one reader, its pidfd");
         for i in 0..5_000u32 {
             let src = [i as u8; 128];
             let mut buf = [0u8; 128];
-            read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+            read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
             assert_eq!(buf, src);
         }
         assert_eq!(fds_and_children(), with_reader);
@@ -559,7 +806,7 @@ mod tests {
         std::thread::spawn(|| {
             let src = *b"read in a thread that then exits";
             let mut buf = [0u8; 32];
-            read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+            read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
             assert_eq!(buf, src);
             assert_eq!(fdgrab_testkit::children_count("self"), 1);
         })
@@ -576,14 +823,14 @@ mod tests {
     fn a_forked_child_does_not_use_or_kill_its_parents_reader() {
         let src = *b"forked";
         let mut buf = [0u8; 6];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
         // SAFETY: the test's child only reads, then leaves with `_exit`.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
             let mut buf = [0u8; 6];
             let deadline = Instant::now() + Duration::from_millis(300);
-            let ok = read(own_tid(), src.as_ptr() as u64, &mut buf, deadline) == Ok(())
+            let ok = read(own_tid(), src.as_ptr() as u64, &mut buf, deadline, 0) == Ok(())
                 && buf == src
                 && fdgrab_testkit::children_count("self") == 1;
             drop_thread_reader();
@@ -610,13 +857,220 @@ mod tests {
             "{status:#x}"
         );
         let mut buf = [0u8; 6];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("parent's reader");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("parent's reader");
         assert_eq!(buf, src);
         assert_eq!(
             fdgrab_testkit::children_count("self"),
             1,
             "still one reader"
         );
+    }
+
+    /// A mapping of the FUSE file's pages, unmapped on drop (before the file
+    /// system goes).
+    struct Mapped {
+        at: usize,
+        len: usize,
+    }
+
+    impl Mapped {
+        fn page(&self, i: usize) -> usize {
+            self.at + 4096 * i
+        }
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            // SAFETY: our own mapping, which nothing refers to any more.
+            unsafe { libc::munmap(self.at as *mut c_void, self.len) };
+        }
+    }
+
+    /// The pages of a FUSE file mapped here, whose reads the daemon takes and
+    /// holds; `None` (after a loud skip) where FUSE cannot be mounted.
+    fn held_fuse_pages(tag: &str) -> Option<(fdgrab_testkit::fuse::FuseFile, Mapped)> {
+        if !fdgrab_testkit::is_root() {
+            fdgrab_testkit::skip("mounting FUSE needs root");
+            return None;
+        }
+        let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount(tag) else {
+            fdgrab_testkit::skip("cannot mount a FUSE file system here");
+            return None;
+        };
+        fs.hold_reads();
+        let at = fdgrab_testkit::fuse::map_pages(&fs.page()).expect("map the FUSE pages");
+        let map = Mapped {
+            at,
+            len: 4096 * fdgrab_testkit::fuse::PAGES,
+        };
+        Some((fs, map))
+    }
+
+    /// `read` on a thread of its own, bounded: a read that never returns fails
+    /// the test instead of hanging it.
+    fn read_within(
+        addr: usize,
+        len: usize,
+        deadline: Duration,
+        tenant: u64,
+    ) -> (Result<(), KillableError>, Vec<u8>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0xaa; len];
+            let r = read(
+                own_tid(),
+                addr as u64,
+                &mut buf,
+                Instant::now() + deadline,
+                tenant,
+            );
+            let _ = tx.send((r, buf));
+            // The thread's reader (if any) goes with it.
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the read returned within 20 s")
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < until, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A read whose FUSE daemon took the request and does not answer: SIGKILL
+    /// does not end the reader (the kernel waits the request out). `read`
+    /// returns all the same, at its deadline, without a byte in the caller's
+    /// buffer; the reader is buried, and the same tenant's and another's next
+    /// reads are served by fresh readers. A tenant may leave
+    /// `MAX_BURIED_PER_TENANT` such readers; its next read that needs one is
+    /// refused at once (`Stuck`) and starts none, while another tenant's still
+    /// gets one. When the daemon answers, the reaper reaps every buried reader:
+    /// no child, zombie, thread or descriptor is left. (Before, the reap
+    /// waited for the daemon: `read` did not return.)
+    #[test]
+    fn a_reader_stuck_in_a_fuse_read_is_buried_and_reaped_once_answered() {
+        let Some((fs, map)) = held_fuse_pages("buried") else {
+            return;
+        };
+        let before = fds_and_children();
+        let threads = || std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        let threads_before = threads();
+        let (r, buf) = read_within(map.page(0), 16, Duration::from_millis(200), 7);
+        assert_eq!(r, Err(KillableError::TimedOut));
+        assert_eq!(
+            buf,
+            vec![0xaa; 16],
+            "nothing written to the caller's buffer"
+        );
+        assert_eq!(fs.held_reads(), 1, "the daemon took the read");
+        assert_eq!(buried(7), (1, 1));
+        let src = *b"served next to a stuck reader";
+        let (r, buf) = read_within(src.as_ptr() as usize, src.len(), Duration::from_secs(10), 7);
+        assert_eq!(
+            (r, &buf[..]),
+            (Ok(()), &src[..]),
+            "the same tenant, a fresh reader"
+        );
+        // Each reader on a page of its own: a second read of a page whose
+        // read is held waits for the page's lock, killably, and dies.
+        for n in 2..=MAX_BURIED_PER_TENANT {
+            let (r, _) = read_within(map.page(n - 1), 16, Duration::from_millis(100), 7);
+            assert_eq!(r, Err(KillableError::TimedOut));
+            assert_eq!(buried(7), (n, n));
+        }
+        let (r, _) = read_within(src.as_ptr() as usize, src.len(), Duration::from_secs(10), 7);
+        assert_eq!(
+            r,
+            Err(KillableError::Stuck),
+            "past its share: refused, no reader"
+        );
+        assert_eq!(buried(7), (MAX_BURIED_PER_TENANT, MAX_BURIED_PER_TENANT));
+        let (r, buf) = read_within(src.as_ptr() as usize, src.len(), Duration::from_secs(10), 8);
+        assert_eq!(
+            (r, &buf[..]),
+            (Ok(()), &src[..]),
+            "another tenant is served"
+        );
+        assert_eq!(fs.release_reads(), MAX_BURIED_PER_TENANT);
+        wait_until("every buried reader reaped", || buried(7) == (0, 0));
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
+        wait_until("the reaper gone", || threads() == threads_before);
+        drop(map);
+    }
+
+    /// However many tenants leave readers stuck, the process holds at most
+    /// `MAX_BURIED` of them: 16 tenants fill their shares, and then a read of
+    /// a tenant with none buried gets no reader either (`Stuck`). When the
+    /// daemon answers, all are reaped and readers start again.
+    #[test]
+    fn buried_readers_are_bounded_over_all_tenants() {
+        let Some((fs, map)) = held_fuse_pages("cap") else {
+            return;
+        };
+        let before = fds_and_children();
+        let tenants = MAX_BURIED / MAX_BURIED_PER_TENANT;
+        // A page per reader.
+        const _: () = assert!(MAX_BURIED < fdgrab_testkit::fuse::PAGES);
+        for t in 0..tenants {
+            for k in 0..MAX_BURIED_PER_TENANT {
+                let page = map.page(t * MAX_BURIED_PER_TENANT + k);
+                let (r, _) = read_within(page, 16, Duration::from_millis(50), 100 + t as u64);
+                assert_eq!(r, Err(KillableError::TimedOut), "tenant {t}, read {k}");
+            }
+        }
+        assert_eq!(buried(100), (MAX_BURIED_PER_TENANT, MAX_BURIED));
+        let src = *b"a tenant with nothing buried";
+        let (r, _) = read_within(
+            src.as_ptr() as usize,
+            src.len(),
+            Duration::from_secs(10),
+            999,
+        );
+        assert_eq!(r, Err(KillableError::Stuck), "past the process's cap");
+        assert_eq!(
+            fs.held_reads(),
+            MAX_BURIED,
+            "no reader started past the cap"
+        );
+        assert_eq!(fs.release_reads(), MAX_BURIED);
+        wait_until("every buried reader reaped", || buried(100).1 == 0);
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
+        let (r, buf) = read_within(
+            src.as_ptr() as usize,
+            src.len(),
+            Duration::from_secs(10),
+            999,
+        );
+        assert_eq!((r, &buf[..]), (Ok(()), &src[..]));
+        drop(map);
+    }
+
+    /// The daemon dies instead of answering (its `/dev/fuse` closes, which
+    /// aborts the connection): the buried readers die with their requests
+    /// and are reaped.
+    #[test]
+    fn buried_readers_are_reaped_when_the_fuse_daemon_dies() {
+        let Some((mut fs, map)) = held_fuse_pages("daemon-dies") else {
+            return;
+        };
+        let before = fds_and_children();
+        for n in 1..=2 {
+            let (r, _) = read_within(map.page(n), 16, Duration::from_millis(100), 3);
+            assert_eq!(r, Err(KillableError::TimedOut));
+            assert_eq!(buried(3), (n, n));
+        }
+        fs.kill_server();
+        wait_until("every buried reader reaped", || buried(3) == (0, 0));
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
+        drop(map);
     }
 
     /// After a killed read the next one gets a fresh reader and the right
@@ -629,15 +1083,15 @@ mod tests {
         };
         let src = *b"bytes after a killed read";
         let mut buf = [0u8; 25];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
         let mut stalled = [0u8; 25];
         let deadline = Instant::now() + Duration::from_millis(100);
         assert_eq!(
-            read(own_tid(), page as u64, &mut stalled, deadline),
+            read(own_tid(), page as u64, &mut stalled, deadline, 0),
             Err(KillableError::TimedOut)
         );
         let mut buf = [0u8; 25];
-        read(own_tid(), src.as_ptr() as u64, &mut buf, soon()).expect("read");
+        read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), 0).expect("read");
         assert_eq!(buf, src);
     }
 }

@@ -28,27 +28,38 @@ pub enum ReadError {
     /// on a page nobody fills (a userfaultfd or FUSE server that does not answer).
     #[error("reading the target's memory outlived the deadline")]
     TimedOut,
+    /// Nothing was read: earlier reads of this tenant's memory outlived their
+    /// deadlines and their readers are still stuck (a FUSE request its daemon
+    /// does not answer), as many as a tenant may leave.
+    #[error("earlier reads of the target's memory are still stuck")]
+    Stuck,
 }
 
 /// [`read_validated`] with a deadline. `process_vm_readv` on a page that a
 /// userfaultfd or FUSE server never fills waits until a fatal signal, so the copy
 /// runs in a process of its own that shares our memory, which is killed at
 /// `deadline`: then [`ReadError::TimedOut`] is returned, and nothing of the read
-/// is left behind. `ID_VALID` is checked here, after the copy arrived.
+/// is left behind in `buf`. A reader that a kill does not end (a FUSE request
+/// its daemon took) is left to a reaper and counts against `tenant`'s share of
+/// such readers; past it, [`ReadError::Stuck`] at once. `buf` holds at most
+/// 128 bytes (more is `EINVAL`). `ID_VALID` is checked here, after the copy
+/// arrived.
 pub fn read_validated_within(
     listener: &Listener,
     notif: &Notification,
     addr: u64,
     buf: &mut [u8],
     deadline: Instant,
+    tenant: u64,
 ) -> Result<(), ReadError> {
     if notif.tid <= 0 {
         return Err(ReadError::Other(Errno::SRCH));
     }
-    let result = match super::killable_read::read(notif.tid, addr, buf, deadline) {
+    let result = match super::killable_read::read(notif.tid, addr, buf, deadline, tenant) {
         Ok(()) => Ok(()),
         Err(KillableError::Read(e)) => Err(classify(e)),
         Err(KillableError::TimedOut) => return Err(ReadError::TimedOut),
+        Err(KillableError::Stuck) => return Err(ReadError::Stuck),
     };
     if !listener.id_valid(notif.id) {
         return Err(ReadError::Gone);

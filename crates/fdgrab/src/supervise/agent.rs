@@ -105,6 +105,10 @@ pub struct AgentStats {
     /// and given up on, over all containers (at most one per container; from
     /// `MAX_GIVEN_UP_IN_THREAD` on, every read runs in a killable reader).
     pub blocked_workers: usize,
+    /// Killable readers killed at a deadline that have not died yet (a FUSE
+    /// request their daemon took and does not answer), over all containers:
+    /// reaped as they die; at most 4 per pod (else container) and 64 in all.
+    pub buried_readers: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
     pub audit_lines_dropped: u64,
@@ -129,6 +133,8 @@ pub struct ContainerStats {
     pub timeouts: u64,
     /// Its workers stuck in a read of its memory right now.
     pub blocked_workers: usize,
+    /// Its pod's (else its own) killable readers killed but not dead yet.
+    pub buried_readers: usize,
     /// Thread pidfds held for its callers.
     pub cached_pidfds: usize,
 }
@@ -156,14 +162,14 @@ impl AgentStats {
 pub enum AgentEvent {
     /// A container's listener is now supervised.
     ContainerAdded {
-        /// The container id.
+        /// The container id, whole (logs and audit lines cut it to 4 KiB).
         container_id: String,
         /// Its listener in the supervisor.
         listener: ListenerId,
     },
     /// A container's filter has no users left; its listener and policy are gone.
     ContainerReleased {
-        /// The container id.
+        /// The container id, whole.
         container_id: String,
         /// The listener it had.
         listener: ListenerId,
@@ -403,6 +409,7 @@ impl Agent {
             pidfds: Arc::new(ThreadPidfds::new(budget.pidfd_capacity())),
             latency: LatencyStats::default(),
             blocked: Default::default(),
+            paced: true,
         });
         tracing::debug!(
             nofile = budget.limit,
@@ -473,6 +480,7 @@ impl Agent {
                 decisions: c.tenant.counters.decisions.load(Relaxed),
                 timeouts: c.tenant.counters.timeouts.load(Relaxed),
                 blocked_workers: c.tenant.blocked_workers(),
+                buried_readers: crate::seccomp::killable_read::buried(c.tenant.share()).0,
                 cached_pidfds: self.shared.pidfds.len_of(c.tenant.id),
             })
             .collect();
@@ -486,6 +494,7 @@ impl Agent {
             latency_p99_us: self.shared.latency.quantile_us(0.99),
             audit_lines_dropped: self.shared.audit.dropped(),
             blocked_workers: self.shared.blocked.given_up(),
+            buried_readers: crate::seccomp::killable_read::buried(u64::MAX).1,
             per_container: containers,
         }
     }
@@ -697,11 +706,13 @@ impl Agent {
     fn add_container(&mut self, listener: ContainerListener, events: &mut Vec<AgentEvent>) {
         let state = listener.state;
         let policy = self.policy_for(&state);
-        let labels = AuditLabels::from_state(&state);
+        let mut labels = AuditLabels::from_state(&state);
         let container_id = labels.container_id.clone().unwrap_or_default();
         let bundle = labels.bundle.clone().unwrap_or_default();
         let id = self.next_listener;
         self.next_listener += 1;
+        // Its own share of the audit queue, whatever its id looks like.
+        labels.owner = id;
         self.shared.pidfds.add_owner(id);
         let tenant = Tenant::new(
             id,
@@ -729,6 +740,7 @@ impl Agent {
             "supervising container"
         );
         let id = ListenerId(id);
+        let whole_id = state.state.id.clone();
         self.containers.insert(
             id,
             Container {
@@ -738,7 +750,7 @@ impl Agent {
             },
         );
         events.push(AgentEvent::ContainerAdded {
-            container_id,
+            container_id: whole_id,
             listener: id,
         });
     }
@@ -793,7 +805,7 @@ impl Agent {
             let container_id = self
                 .containers
                 .remove(&id)
-                .map(|c| c.id)
+                .map(|c| c.state.state.id)
                 .unwrap_or_default();
             tracing::info!(
                 container = %shown(&container_id),
@@ -837,5 +849,66 @@ impl Agent {
                 events.push(AgentEvent::Rejected { reason });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events name a container by its whole id: logs, audit lines and the
+    /// state dump cut it to 4 KiB, but a library user matching events to
+    /// containers must not see two ids that agree in their first 4 KiB as one.
+    #[test]
+    fn container_events_carry_the_whole_id() {
+        let dir = std::env::temp_dir().join(format!("fdgrab-agent-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let socket = std::os::unix::net::UnixListener::bind(dir.join("agent.sock")).expect("bind");
+        let mut agent = Agent::new(
+            OwnedFd::from(socket),
+            Policy::default(),
+            AuditSink::none(),
+            FdBudget::current(),
+        )
+        .expect("agent");
+        let id = format!(
+            "{}-the-end",
+            "c".repeat(super::super::audit::MAX_LABEL_BYTES + 10)
+        );
+        let doc = format!(
+            r#"{{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":1,"state":{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":1,"bundle":"/b"}}}}"#
+        );
+        let state = super::super::oci::parse_document(doc.as_bytes())
+            .expect("parse")
+            .expect("complete");
+        // Not a listener: its worker finds that out at the first readiness,
+        // and releases the container.
+        let notify_fd =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+        let wake = rustix::io::dup(&notify_fd).expect("dup");
+        let mut events = Vec::new();
+        agent.add_container(ContainerListener { state, notify_fd }, &mut events);
+        assert_eq!(
+            events,
+            vec![AgentEvent::ContainerAdded {
+                container_id: id.clone(),
+                listener: ListenerId(1),
+            }]
+        );
+        rustix::io::write(&wake, &1u64.to_ne_bytes()).expect("wake the worker");
+        let until = Instant::now() + Duration::from_secs(20);
+        let released = loop {
+            let evs = agent.turn(Some(Duration::from_millis(100))).expect("turn");
+            if let Some(AgentEvent::ContainerReleased { container_id, .. }) = evs
+                .into_iter()
+                .find(|e| matches!(e, AgentEvent::ContainerReleased { .. }))
+            {
+                break container_id;
+            }
+            assert!(Instant::now() < until, "the container was never released");
+        };
+        assert_eq!(released, id);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -30,6 +30,11 @@ pub struct AuditLabels {
     pub namespace: Option<String>,
     /// The container's name in its pod (see `pod`).
     pub container_name: Option<String>,
+    /// Whose share of a full audit queue these lines use (0: nobody's in
+    /// particular). Not written. [`AuditLabels::from_state`] derives it from
+    /// the whole container id, not the cut one: two ids that share their
+    /// first 4 KiB are two owners.
+    pub owner: u64,
 }
 
 /// Annotation keys that carry the pod name, its namespace and the container name:
@@ -65,6 +70,11 @@ impl AuditLabels {
             pod: pick(&POD_KEYS).map(|v| capped(&v)),
             namespace: pick(&NAMESPACE_KEYS).map(|v| capped(&v)),
             container_name: pick(&CONTAINER_NAME_KEYS).map(|v| capped(&v)),
+            owner: {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&state.state.id, &mut h);
+                std::hash::Hasher::finish(&h)
+            },
         }
     }
 }
@@ -151,6 +161,9 @@ pub struct AuditRecord<'a> {
     /// The network namespace (nsfs inode, as in `/proc/PID/ns/net`) of the
     /// socket, or of the caller when the socket was not looked at.
     pub netns: Option<u64>,
+    /// See [`AuditLabels::owner`].
+    #[serde(skip)]
+    pub owner: u64,
 }
 
 /// Bytes an audit sink that does not keep up may owe before whole lines are
@@ -545,11 +558,7 @@ impl AuditSink {
             }
         };
         line.push(b'\n');
-        let owner = record.container_id.map_or(0, |id| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(id, &mut h);
-            std::hash::Hasher::finish(&h)
-        });
+        let owner = record.owner;
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         let (dropped, why) = match w.push(owner, &line) {
             Ok(0) => return,
@@ -814,6 +823,7 @@ mod tests {
             pod: Some("web-0"),
             namespace: None,
             container_name: None,
+            owner: 0,
             netns: Some(4026531840),
         };
         sink.write(&rec);

@@ -50,6 +50,9 @@ pub struct BindHandler {
     pidfds: Arc<ThreadPidfds>,
     /// Whose share of `pidfds` this handler spends.
     owner: u64,
+    /// Whose places for what can outlive a call this handler spends (see
+    /// [`BindHandler::share`]).
+    share: u64,
     /// Whether `pidfds` is ours alone (then `maintain` prunes it).
     private_cache: bool,
 }
@@ -76,8 +79,19 @@ impl BindHandler {
             unanswered: HashMap::new(),
             pidfds,
             owner,
+            share: owner,
             private_cache: false,
         }
+    }
+
+    /// Spends `share`'s places for what can outlive a call: killable readers
+    /// a kill cannot end, closes of FUSE files that wait (the owner's by
+    /// default). The agent gives every container of one pod the same share,
+    /// so that a pod whose containers restart does not get fresh places with
+    /// each restart.
+    pub fn share(mut self, share: u64) -> Self {
+        self.share = share;
+        self
     }
 }
 
@@ -134,7 +148,7 @@ pub(super) fn decode_bind(
     listener: &crate::seccomp::Listener,
     n: &Notification,
     args: &mut BindArgs,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<(std::time::Instant, u64)>,
     claim: impl FnOnce() -> bool,
 ) -> Result<(i32, SocketAddr), Undecoded> {
     // A number means a call only with its ABI: a filter that traps bind's
@@ -166,12 +180,14 @@ pub(super) fn decode_bind(
     // could allow the bind.
     let read = match deadline {
         None => read_validated(listener, n, ptr, raw),
-        Some(d) => read_validated_within(listener, n, ptr, raw, d),
+        Some((d, tenant)) => read_validated_within(listener, n, ptr, raw, d, tenant),
     };
     let judged = match read {
         Ok(()) => None,
         Err(ReadError::Gone) => return Err(Undecoded::Gone),
-        Err(ReadError::TimedOut) => return Err(Undecoded::TimedOut),
+        // An earlier read of this tenant's is still stuck: answered as its
+        // own deadline would have been, without a reader.
+        Err(ReadError::TimedOut | ReadError::Stuck) => return Err(Undecoded::TimedOut),
         Err(ReadError::Fault) => Some("bad address (the kernel answers EFAULT)"),
         Err(ReadError::Other(_)) => Some("cannot read the caller's memory"),
     };
@@ -228,7 +244,9 @@ impl Handler for BindHandler {
             "bind"
         );
         if cx.audit.is_enabled() {
-            audit(cx, notif, &mut facts, response, decision, reason);
+            audit(
+                cx, notif, &mut facts, response, decision, reason, self.share,
+            );
         }
         let Some(sock) = bound else {
             return Answer::Respond(response);
@@ -268,18 +286,17 @@ impl BindHandler {
         let cont = |reason| Some((Response::Continue, Decision::Continue, reason, None));
         // Past the read, the only step that can block on the caller, the answer
         // is ours to give, unless a watchdog already gave one.
-        let (fd, addr) =
-            match decode_bind(cx.listener, n, &mut facts.call, cx.read_deadline, || {
-                cx.claim()
-            }) {
-                Ok(call) => call,
-                Err(Undecoded::Kernel(reason)) => return cont(reason),
-                Err(Undecoded::Gone) => return None,
-                Err(Undecoded::TimedOut) => {
-                    facts.overdue = true;
-                    return None;
-                }
-            };
+        let deadline = cx.read_deadline.map(|d| (d, self.share));
+        let (fd, addr) = match decode_bind(cx.listener, n, &mut facts.call, deadline, || cx.claim())
+        {
+            Ok(call) => call,
+            Err(Undecoded::Kernel(reason)) => return cont(reason),
+            Err(Undecoded::Gone) => return None,
+            Err(Undecoded::TimedOut) => {
+                facts.overdue = true;
+                return None;
+            }
+        };
         if addr.port() == 0 {
             return cont("port 0 (the kernel picks a port)");
         }
@@ -299,7 +316,7 @@ impl BindHandler {
         // in this call, so its netns cannot change under us.
         let cookie = match crate::sys::socket_netns_cookie(&sock) {
             Err(Errno::NOTSOCK) => {
-                let_go_of_file(sock);
+                let_go_of_file(sock, self.share);
                 return cont("the fd is not a socket");
             }
             c => c.ok(),
@@ -675,6 +692,7 @@ fn audit(
     response: Response,
     decision: Decision,
     reason: &str,
+    owner: u64,
 ) {
     let inet = matches!(
         facts.call.family,
@@ -684,7 +702,7 @@ fn audit(
         facts.proto = facts
             .call
             .fd
-            .and_then(|fd| peek_transport(n.tid, fd, || cx.listener.id_valid(n.id)));
+            .and_then(|fd| peek_transport(n.tid, fd, owner, || cx.listener.id_valid(n.id)));
     }
     write_audit(
         cx.audit, cx.labels, n.tid, facts, response, decision, reason,
@@ -708,7 +726,12 @@ fn audit(
 /// `/proc` link's text (`socket:[INODE]`) or, for our copy, by a `getsockopt`.
 /// Between the link's text and the read another thread may put a file at the
 /// number; that narrow window remains on this audit-only path.
-fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Option<Proto> {
+fn peek_transport(
+    tid: i32,
+    fd: i32,
+    owner: u64,
+    still_caller: impl FnOnce() -> bool,
+) -> Option<Proto> {
     let path = format!("/proc/{tid}/fd/{fd}");
     let mut name = [0u8; 16];
     match rustix::fs::readlink(&path, Vec::new()) {
@@ -736,34 +759,69 @@ fn peek_transport(tid: i32, fd: i32, still_caller: impl FnOnce() -> bool) -> Opt
     }
     let sock = getfd_from(&thread, fd).ok()?;
     if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
-        let_go_of_file(sock);
+        let_go_of_file(sock, owner);
         return None;
     }
     protocol_name(&sock).ok().map(|(_, p)| p)
 }
 
-/// Copies of callers' files being closed on threads of their own.
-static CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// The most such threads at once: each may wait for ever.
-const MAX_CLOSING: usize = 16;
+/// Copies of callers' files being closed on threads of their own, by owner
+/// (the agent's container; 0 under `run` and the handover).
+static CLOSING: std::sync::Mutex<Vec<(u64, usize)>> = std::sync::Mutex::new(Vec::new());
+/// The most such threads at once, over all owners: each may wait for ever.
+const MAX_CLOSING: usize = 64;
+/// The most such threads one owner may hold: one container holding its files'
+/// flushes cannot take the others' places.
+const MAX_CLOSING_PER_OWNER: usize = 4;
 
 /// How long the serving thread waits for a close handed to a thread of its own.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Takes a place among the closing threads for `owner`; false when it holds
+/// [`MAX_CLOSING_PER_OWNER`] or all [`MAX_CLOSING`] are taken.
+fn take_closing_place(owner: u64) -> bool {
+    let mut places = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
+    let total: usize = places.iter().map(|&(_, n)| n).sum();
+    if total >= MAX_CLOSING {
+        return false;
+    }
+    match places.iter_mut().find(|(o, _)| *o == owner) {
+        Some((_, n)) if *n >= MAX_CLOSING_PER_OWNER => false,
+        Some((_, n)) => {
+            *n += 1;
+            true
+        }
+        None => {
+            places.push((owner, 1));
+            true
+        }
+    }
+}
+
+fn give_closing_place_back(owner: u64) {
+    let mut places = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = places.iter().position(|&(o, _)| o == owner) {
+        places[i].1 -= 1;
+        if places[i].1 == 0 {
+            places.swap_remove(i);
+        }
+    }
+}
 
 /// Closes our copy of a caller's fd that is not a socket, off the thread that
 /// serves the listener. Closing a FUSE file is a `FLUSH` request to its server,
 /// which the kernel waits out uninterruptibly once the server has taken it: a
 /// server that never answers would hold the worker (and the caller, still
-/// unanswered) for ever. At most [`MAX_CLOSING`] such closes wait at once;
-/// past that (or without a thread) the close is made here.
+/// unanswered) for ever. At most [`MAX_CLOSING_PER_OWNER`] such closes of one
+/// owner, and [`MAX_CLOSING`] in all, wait at once; past that (or without a
+/// thread) the close is made here, so a container that keeps its flushes
+/// waiting stalls its own worker, never a neighbour's.
 ///
 /// The caller is answered only once the close is done or [`CLOSE_WAIT`] has
 /// passed: a copy still open after the answer keeps what the file holds (a
 /// `flock`, a pipe's writer, a tty's session) past the caller's own close.
-pub(super) fn let_go_of_file(copy: OwnedFd) {
-    use std::sync::atomic::Ordering::AcqRel;
-    if CLOSING.fetch_add(1, AcqRel) >= MAX_CLOSING {
-        CLOSING.fetch_sub(1, AcqRel);
+pub(super) fn let_go_of_file(copy: OwnedFd, owner: u64) {
+    if !take_closing_place(owner) {
         drop(copy);
         return;
     }
@@ -773,7 +831,7 @@ pub(super) fn let_go_of_file(copy: OwnedFd) {
         .stack_size(64 * 1024)
         .spawn(move || {
             drop(copy);
-            CLOSING.fetch_sub(1, AcqRel);
+            give_closing_place_back(owner);
             let _ = done.send(());
         });
     match closer {
@@ -781,9 +839,7 @@ pub(super) fn let_go_of_file(copy: OwnedFd) {
             let _ = closed.recv_timeout(CLOSE_WAIT);
         }
         // A closure that could not start was dropped, and the copy with it.
-        Err(_) => {
-            CLOSING.fetch_sub(1, AcqRel);
-        }
+        Err(_) => give_closing_place_back(owner),
     }
 }
 
@@ -852,6 +908,7 @@ fn write_audit(
         namespace: labels.namespace.as_deref(),
         container_name: labels.container_name.as_deref(),
         netns: facts.netns.or_else(|| thread_netns_inode(tid)),
+        owner: labels.owner,
     };
     audit.write(&rec);
 }
@@ -923,6 +980,34 @@ mod tests {
             let ours = decode_bind(&listener, &n, &mut args, None, || true);
             assert!(matches!(ours, Err(Undecoded::Kernel(_))), "{ours:?}");
         }
+    }
+
+    /// One owner takes at most its share of the closing threads' places;
+    /// others still find theirs, up to the agent-wide cap, and a place given
+    /// back is there again.
+    #[test]
+    fn closing_places_are_shared_per_owner() {
+        for _ in 0..MAX_CLOSING_PER_OWNER {
+            assert!(take_closing_place(1));
+        }
+        assert!(!take_closing_place(1), "past its share");
+        let others = (MAX_CLOSING - MAX_CLOSING_PER_OWNER) / MAX_CLOSING_PER_OWNER;
+        for owner in 2..2 + others as u64 {
+            for _ in 0..MAX_CLOSING_PER_OWNER {
+                assert!(take_closing_place(owner), "owner {owner}");
+            }
+        }
+        assert!(!take_closing_place(999), "the agent-wide cap");
+        give_closing_place_back(1);
+        assert!(take_closing_place(999), "a place given back");
+        give_closing_place_back(999);
+        assert!(take_closing_place(1));
+        for owner in 1..2 + others as u64 {
+            for _ in 0..MAX_CLOSING_PER_OWNER {
+                give_closing_place_back(owner);
+            }
+        }
+        assert!(CLOSING.lock().expect("lock").is_empty());
     }
 
     /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its

@@ -26,10 +26,11 @@ use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
 
-/// How often `run` closes the cached pidfds of threads that have exited.
-const MAINTENANCE_EVERY: rustix::event::Timespec = rustix::event::Timespec {
-    tv_sec: 1,
-    tv_nsec: 0,
+/// How often `run`'s watchdog looks for a read of the program's memory that
+/// outlived its deadline (as the agent's: a fifth of the deadline).
+const WATCHDOG_EVERY: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: super::tenant::READ_DEADLINE.as_nanos() as i64 / 5,
 };
 
 /// How often `run` retries audit lines the sink could not take yet (as the
@@ -39,7 +40,7 @@ const AUDIT_RETRY_EVERY: rustix::event::Timespec = rustix::event::Timespec {
     tv_nsec: 20_000_000,
 };
 
-/// [`MAINTENANCE_EVERY`] as a [`std::time::Duration`].
+/// How often `run` closes the cached pidfds of threads that have exited.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A program to run under a seccomp notify supervisor.
@@ -182,9 +183,12 @@ impl SupervisedCommand {
     /// signal read from `signals` to it; returns its exit status. Once the listener
     /// is ours, the process keeps only the capabilities the supervisor uses.
     ///
-    /// The listener is served by a thread of its own that blocks in `RECV`
-    /// ([`super::serve_listener`]); this thread waits for signals and the exit.
-    /// The serving thread ends when no process is left under the filter.
+    /// The listener is served as the agent serves a container's
+    /// ([`super::tenant`]): by a worker thread of its own, whose read of the
+    /// program's memory, should it outlive [`super::tenant::READ_DEADLINE`],
+    /// is answered `ETIMEDOUT` by this thread's watchdog (the worker is then
+    /// replaced, and from then on every read runs in a reader that can be
+    /// killed). This thread also waits for signals and the exit.
     pub fn run(mut self, signals: &SignalFd) -> Result<ExitStatus> {
         let Started {
             mut child,
@@ -199,53 +203,74 @@ impl SupervisedCommand {
         if let Err(e) = super::capabilities::restrict(rustix::thread::CapabilitySet::KILL) {
             tracing::debug!(error = %e, "capset failed; keeping capabilities");
         }
-        // The serving thread sleeps in RECV while idle, so this thread closes the
+        // The serving thread sleeps while idle, so this thread closes the
         // cached pidfds and netns links of exited threads, once a second.
         let pidfds = Arc::new(super::pidfd_cache::ThreadPidfds::new(
             budget.pidfd_capacity(),
         ));
         let policy = Arc::new(super::policy::PolicyCell::new(Arc::new(self.policy)));
-        let handler = super::BindHandler::shared(policy, Arc::clone(&pidfds), 0);
-        let handlers: Vec<Box<dyn super::Handler>> = vec![Box::new(handler)];
-        let notify_fd = listener.into_fd();
-        let serving_audit = Arc::clone(&audit);
-        std::thread::Builder::new()
-            .name("fdgrab-bind".into())
-            .spawn(move || {
-                if let Err(e) = super::serve_listener(
-                    notify_fd,
-                    handlers,
-                    serving_audit,
-                    AuditLabels::default(),
-                )
-                {
-                    tracing::error!(error = %e, "serving the seccomp listener failed; trapped binds now fail with ENOSYS");
-                }
-            })
-            .map_err(|e| Error::Local {
-                op: "starting the supervisor thread",
-                source: e,
-            })?;
+        let shared = Arc::new(super::tenant::Shared {
+            audit: Arc::clone(&audit),
+            ports: super::port_threshold::UnprivilegedPorts::new(),
+            pidfds: Arc::clone(&pidfds),
+            latency: Default::default(),
+            blocked: Default::default(),
+            // One program: no other container to yield CPU to.
+            paced: false,
+        });
+        let waker = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::local("eventfd", e))?;
+        let waker = Arc::new(waker);
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let tenant = super::tenant::Tenant::new(
+            0,
+            listener.into_fd(),
+            AuditLabels::default(),
+            policy,
+            shared,
+            events_tx,
+            Arc::clone(&waker),
+        );
+        tenant.spawn_worker(0).map_err(|e| Error::Local {
+            op: "starting the supervisor thread",
+            source: e,
+        })?;
 
         let exited = child.pidfd().exit_fd()?;
         // Lines the audit sink could not take at once (a FIFO whose reader lags)
-        // wait in its queue; the serving thread sleeps in RECV, so this thread
-        // pushes them out, often while some wait and once a second otherwise.
+        // wait in its queue; the serving thread does not write them out, so
+        // this thread does, often while some wait and once a second otherwise.
         let mut audit_pending = false;
         let mut last_prune = std::time::Instant::now();
         loop {
             let mut pfds = [
                 PollFd::new(signals, PollFlags::IN),
                 PollFd::new(&exited, PollFlags::IN),
+                PollFd::new(&*waker, PollFlags::IN),
             ];
+            // The watchdog's tick, as the agent's.
             let tick = if audit_pending {
                 AUDIT_RETRY_EVERY
             } else {
-                MAINTENANCE_EVERY
+                WATCHDOG_EVERY
             };
             match rustix::event::poll(&mut pfds, Some(&tick)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::local("poll (signals, program exit)", e)),
+            }
+            tenant.expire_overdue(std::time::Instant::now());
+            if !pfds[2].revents().is_empty() {
+                let _ = rustix::io::read(&*waker, &mut [0u8; 8]);
+                for ev in events.try_iter() {
+                    // A worker lowered while the program bound from many
+                    // threads at once asks for a successor at nice 0.
+                    if let super::tenant::TenantEvent::Respawn(_, generation, done) = ev {
+                        let _ = done.send(tenant.spawn_worker(generation).is_ok());
+                    }
+                }
             }
             audit_pending = audit.flush();
             if last_prune.elapsed() >= PRUNE_EVERY {

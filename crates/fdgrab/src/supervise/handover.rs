@@ -8,8 +8,9 @@
 //! 2. the sockaddr is decoded as the bind handler does ([`super::bind`]'s
 //!    `decode_bind`), with its deadline: the copy runs in a reader process of
 //!    its own, and one that outlives [`READ_DEADLINE`] (a page a userfaultfd or
-//!    FUSE server never fills) is killed, the bind answered `ETIMEDOUT` and the
-//!    handover refused ([`Handover::refusal`]); this supervisor's thread also
+//!    FUSE server never fills) is killed (or, if the kill cannot end it, left
+//!    to a reaper), the bind answered `ETIMEDOUT` and the handover refused
+//!    ([`Handover::refusal`]); this supervisor's thread also
 //!    serves signals and the ready gate, so it must not block. Then the caller's
 //!    fd is copied through a **thread** pidfd and its `/proc` fd flags are read,
 //!    and `ID_VALID` is checked again; only our copies are used from then on;
@@ -421,7 +422,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
         cx.listener,
         n,
         &mut args,
-        Some(std::time::Instant::now() + READ_DEADLINE),
+        Some((std::time::Instant::now() + READ_DEADLINE, 0)),
         || true,
     ) {
         Ok(call) => call,
@@ -457,7 +458,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     let flags = fd_flags(n.tid, fd);
     if !cx.listener.id_valid(n.id) {
         // Not known to be a socket yet: a FUSE file's close may never return.
-        let_go_of_file(theirs);
+        let_go_of_file(theirs, 0);
         return None;
     }
     // The socket's kind first: getsockopt fails ENOTSOCK for any other file
@@ -465,7 +466,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // server (which may never answer). A handed socket is a socket.
     let Some(kind) = kind_of(&theirs) else {
         // Closing a FUSE file asks its server (FLUSH): not on this thread.
-        let_go_of_file(theirs);
+        let_go_of_file(theirs, 0);
         return cont("the fd is not a socket");
     };
     let key = key_of(&theirs);

@@ -804,6 +804,22 @@ mod tests {
         s
     }
 
+    /// Audit lines share a full queue per owner. Two container ids that agree
+    /// in their first 4 KiB are cut to the same label, but are two owners:
+    /// the owner comes from the whole id.
+    #[test]
+    fn ids_cut_alike_are_distinct_audit_owners() {
+        let long = "c".repeat(crate::supervise::audit::MAX_LABEL_BYTES + 10);
+        let (mut a, mut b) = (state_with(None, None), state_with(None, None));
+        a.state.id = format!("{long}a");
+        b.state.id = format!("{long}b");
+        use crate::supervise::AuditLabels;
+        let (la, lb) = (AuditLabels::from_state(&a), AuditLabels::from_state(&b));
+        assert_eq!(la.container_id, lb.container_id, "the same cut label");
+        assert_ne!(la.owner, lb.owner);
+        assert_eq!(la.owner, AuditLabels::from_state(&a).owner, "stable");
+    }
+
     #[test]
     fn a_container_narrows_but_never_widens() {
         use crate::supervise::policy::Proto;

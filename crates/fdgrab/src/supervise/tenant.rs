@@ -41,13 +41,15 @@
 //! container, an idle or busy killable reader per worker that read killably, and, for a moment, a
 //! lowered worker handing over to its successor (`Pace`).
 //!
-//! Not bounded (known, not fixed): a reader that SIGKILL does not end. A page
-//! of a FUSE file the container maps, with readahead off, is read by a request
-//! that, once its daemon has taken it and never answers, the kernel waits out
-//! uninterruptibly. The reader then never dies, its worker waits to reap it,
-//! and that container's binds are no longer read (its own daemon's doing); a
-//! daemon outside the container that keeps such requests across restarts
-//! costs the agent one thread per restart.
+//! A reader that SIGKILL does not end: a page of a FUSE file the container
+//! maps is read by a request that, once its daemon has taken it and never
+//! answers, the kernel waits out uninterruptibly. Such a reader is buried
+//! (see `seccomp::killable_read`): its worker answers `ETIMEDOUT` and
+//! serves on with a fresh reader, and a reaper thread reaps the buried one
+//! once the daemon answers or dies. A container (its pod, when named) may leave
+//! `MAX_BURIED_PER_TENANT` (4) of them, the agent
+//! `MAX_BURIED` (64); past either, the container's
+//! reads that need a new reader are answered `ETIMEDOUT` at once, without one.
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -207,6 +209,11 @@ pub(crate) struct Shared {
     pub latency: LatencyStats,
     /// Workers given up on over all containers.
     pub blocked: BlockedPool,
+    /// Whether a busy worker yields ([`Pace`]): CPU between containers. Not
+    /// under `run`, which serves one program; its workers then also skip the
+    /// look for a queued call that pacing needs, and the `poll` before each
+    /// `RECV` (two system calls per call).
+    pub paced: bool,
 }
 
 /// Decision latencies (RECV to answer), in power-of-two microsecond buckets.
@@ -374,6 +381,21 @@ impl Tenant {
             .stack_size(WORKER_STACK)
             .spawn(move || me.work(generation))
             .map(drop)
+    }
+
+    /// Whose places this container's stuck readers and waiting closes take:
+    /// its pod's, when the runtime names the pod (a restarted container is a
+    /// new container of the same pod), else its own. Never 0, which is
+    /// `run`'s and the handover's.
+    pub fn share(&self) -> u64 {
+        match (&self.labels.namespace, &self.labels.pod) {
+            (namespace, Some(pod)) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&(namespace, pod), &mut h);
+                std::hash::Hasher::finish(&h) | 1 << 63
+            }
+            _ => self.id,
+        }
     }
 
     fn shown_id(&self) -> String {
@@ -560,7 +582,8 @@ impl Tenant {
 
     fn work(self: Arc<Self>, generation: u64) {
         let policy = Arc::clone(&self.policy);
-        let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id);
+        let mut handler = BindHandler::shared(policy, Arc::clone(&self.shared.pidfds), self.id)
+            .share(self.share());
         let bind_nr = handler.syscalls().to_vec();
         let mut pace = Pace::new();
         let mut restore = false;
@@ -574,22 +597,32 @@ impl Tenant {
             if std::mem::take(&mut restore) && self.respawn(generation) {
                 return;
             }
-            let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
-            match rustix::event::poll(&mut pfd, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+            // Unpaced (`run`, one program), the worker blocks in RECV itself:
+            // one system call fewer per call. Its process ends with the
+            // program, so a RECV that never returns (before Linux 6.6, once
+            // the filter has no users) keeps nothing alive.
+            if self.shared.paced {
+                let mut pfd = [PollFd::new(&self.listener, PollFlags::IN)];
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll on a container listener failed; releasing it");
+                        return self.release();
+                    }
+                }
+                let revents = pfd[0].revents();
+                if !revents.contains(PollFlags::IN)
+                    && revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                {
                     return self.release();
                 }
             }
-            let revents = pfd[0].revents();
-            if !revents.contains(PollFlags::IN)
-                && revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
-            {
-                return self.release();
-            }
             let notif = match self.listener.recv() {
                 Ok(Some(n)) => n,
+                // Since 6.6 RECV fails at once when the filter has no users left.
+                Ok(None) if !self.shared.paced && super::hung_up(&self.listener) => {
+                    return self.release();
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "SECCOMP_IOCTL_NOTIF_RECV failed; releasing the container");
@@ -604,9 +637,14 @@ impl Tenant {
                 tv_nsec: 0,
             };
             let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
-            let queued = matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
+            let queued = self.shared.paced
+                && matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
                 && more[0].revents().contains(PollFlags::IN);
-            match pace.note(queued, Instant::now()) {
+            let change = match self.shared.paced {
+                true => pace.note(queued, Instant::now()),
+                false => PaceChange::Keep,
+            };
+            match change {
                 PaceChange::Keep => {}
                 PaceChange::Lower => {
                     let me = Some(rustix::thread::gettid());
