@@ -122,8 +122,9 @@ pub enum Command {
     /// long. Then --steal closes the sockets in the old server and --signal-old signals it
     /// (through a pidfd). If CMD exits or never becomes ready, it is stopped, the old server
     /// is left exactly as it was, and fdgrab exits non-zero. Otherwise fdgrab stays CMD's
-    /// parent, forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to it and exits with its status
-    /// (--detach: returns once CMD is ready and prints its pid).
+    /// parent, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, every other
+    /// signal that would end fdgrab, and a user's SIGTTIN, SIGTTOU and SIGWINCH to it, and
+    /// exits with its status (--detach: returns once CMD is ready and prints its pid).
     ///
     /// With --via bind, CMD needs no LISTEN_FDS support: it runs under a seccomp filter
     /// that traps bind and listen, and its own bind() of a taken address (same address,

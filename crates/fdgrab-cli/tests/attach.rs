@@ -634,6 +634,60 @@ fn signals_restore_the_terminal_and_keep_the_session() {
     wait_until("the keeper to exit with the session", || gone(keeper));
 }
 
+/// Signals that end a program by default but that fdgrab has no use for (a stray
+/// `kill -USR1`, a timer's `SIGALRM`, a real-time signal): each detaches like
+/// `SIGTERM`, with the terminal back in its modes and a keeper holding the
+/// session, instead of killing fdgrab with the terminal raw and the program hung up.
+#[test]
+fn any_signal_that_would_end_fdgrab_detaches_and_keeps_the_program() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-usr-old");
+    let mut old = Some(old);
+    let rtmin_plus_3 = (libc::SIGRTMIN() + 3).to_string();
+    // Each keeper is retired by the next attach; killed early, it would hang up
+    // the session.
+    let mut keepers = Vec::new();
+    for (tag, sig, num) in [
+        ("att-usr-1", "USR1", libc::SIGUSR1),
+        ("att-usr-2", "ALRM", libc::SIGALRM),
+        ("att-usr-3", rtmin_plus_3.as_str(), libc::SIGRTMIN() + 3),
+    ] {
+        let new = attach_in(tag, 100, 30, "", &py.to_string());
+        new.wait_for("type Enter ~ . to detach", WAIT);
+        let fdgrab = *children(new.pane_pid()).first().expect("fdgrab under sh");
+        new.type_line(&format!("print('BEFORE', '{tag}')"));
+        new.wait_for(&format!("BEFORE {tag}"), WAIT);
+        drop(old.take());
+        signal(fdgrab, sig);
+        let text = expect_exit(&new, 128 + num);
+        assert!(text.contains("detached on "), "{text}");
+        let keeper = keeper_in(&text);
+        keepers.push(KillOnDrop::new(keeper));
+        assert!(holds_a_master(keeper), "the keeper holds the session");
+        assert_healthy(py);
+    }
+    // The keeper holding the session now shrugs the same signals off (only
+    // SIGTERM ends it).
+    let keeper = keepers.last().map(|k| k.0).expect("a keeper");
+    for sig in ["USR1", "ALRM", rtmin_plus_3.as_str(), "USR2"] {
+        signal(keeper, sig);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !gone(keeper) && holds_a_master(keeper),
+        "the keeper died of a stray signal"
+    );
+    assert_healthy(py);
+    // Re-attached once more, the program still has its state.
+    let new = attach_in("att-usr-4", 100, 30, "", &py.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('STATE', x + 1)");
+    new.wait_for("STATE 42", WAIT);
+    exit_python(&new, py);
+}
+
 #[test]
 fn a_holder_with_the_master_at_several_fds_loses_all_of_them() {
     if !ready() {
@@ -850,6 +904,363 @@ fn a_master_of_the_same_index_in_another_devpts_instance_is_left_alone() {
     drop(_bystander);
     let _ = child.wait();
     let _ = std::fs::remove_dir(&dir);
+}
+
+/// fdgrab's stdout on the program's own terminal (`fdgrab attach PID > /dev/pts/N`)
+/// is refused like its stdin there: relayed back into the terminal it came from,
+/// the session's output would go round and round (megabytes a second, for ever).
+#[test]
+fn stdout_on_the_programs_own_terminal_is_refused() {
+    if !ready() {
+        return;
+    }
+    let (old, py, _py) = old_python("att-out-old");
+    let n = pts_index(py);
+    let new = attach_in("att-out-new", 100, 30, "", &format!("{py} > /dev/pts/{n}"));
+    let text = expect_exit(&new, 2);
+    assert!(
+        text.contains(&format!(
+            "already runs on this terminal (/dev/pts/{n}, fdgrab's stdout)"
+        )),
+        "{text}"
+    );
+    assert!(
+        holds_a_master(old.server_pid()),
+        "the old terminal lost its master"
+    );
+    assert_healthy(py);
+}
+
+/// A program on pts/`n` of a devpts instance of its own (as in a container): a
+/// holder in its own mount namespace opens ptys there until it has pts/`n`, and
+/// runs `python3 ARGS` on it as a session leader, keeping the master.
+struct OtherInstance {
+    /// `timeout` running the holder.
+    child: std::process::Child,
+    holder: KillOnDrop,
+    program: i32,
+    dir: std::path::PathBuf,
+}
+
+impl OtherInstance {
+    fn start(n: u32, python_args: &[&str]) -> OtherInstance {
+        let dir = std::env::temp_dir().join(format!("fdgrab-devpts-{n}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = format!(
+            "import os, fcntl, struct, sys, time, termios\n\
+             keep = []\n\
+             while True:\n\
+             \x20   fd = os.open('{d}/ptmx', os.O_RDWR | os.O_NOCTTY)\n\
+             \x20   keep.append(fd)\n\
+             \x20   if struct.unpack('I', fcntl.ioctl(fd, 0x80045430, b'\\0' * 4))[0] == {n}: break\n\
+             fcntl.ioctl(fd, 0x40045431, struct.pack('i', 0))  # TIOCSPTLCK: unlock\n\
+             pid = os.fork()\n\
+             if pid == 0:\n\
+             \x20   os.setsid()\n\
+             \x20   s = os.open('{d}/{n}', os.O_RDWR)\n\
+             \x20   fcntl.ioctl(s, termios.TIOCSCTTY, 0)\n\
+             \x20   for i in range(3): os.dup2(s, i)\n\
+             \x20   os.execvp('python3', ['python3'] + sys.argv[1:])\n\
+             for k in keep[:-1]: os.close(k)\n\
+             print('PID', pid, flush=True)\n\
+             time.sleep(600)\n",
+            d = dir.display()
+        );
+        let mut child = std::process::Command::new("timeout")
+            .args(["120", "unshare", "-m", "sh", "-c"])
+            .arg(format!(
+                "mount -t devpts -o newinstance,ptmxmode=0666 devpts {d} && exec python3 -c \"$0\" \"$@\"",
+                d = dir.display()
+            ))
+            .arg(&script)
+            .args(python_args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("holder's line");
+        let holder = KillOnDrop::new(*children(child.id() as i32).first().expect("under timeout"));
+        let program: i32 = line
+            .strip_prefix("PID ")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("holder said {line:?}"));
+        wait_until("python on the other pts/N", || {
+            std::fs::read_to_string(format!("/proc/{program}/cmdline"))
+                .is_ok_and(|c| c.starts_with("python3\0"))
+        });
+        let rdev = std::fs::metadata(format!("/proc/{program}/fd/0")).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            rustix::fs::minor(m.rdev())
+        });
+        assert_eq!(rdev.ok(), Some(n), "the program's index");
+        OtherInstance {
+            child,
+            holder,
+            program,
+            dir,
+        }
+    }
+}
+
+impl Drop for OtherInstance {
+    fn drop(&mut self) {
+        drop(KillOnDrop::new(self.program));
+        drop(std::mem::replace(&mut self.holder, KillOnDrop(0, None)));
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A shell in a new terminal, and that terminal's pts index.
+fn shell_terminal(tag: &str) -> (Tmux, u32) {
+    let new = Tmux::start(tag, 100, 30, "exec bash --norc --noprofile -i");
+    new.wait_for("bash-", WAIT);
+    let n = pts_index(new.pane_pid());
+    (new, n)
+}
+
+/// Types `fdgrab attach ARGS` into a shell terminal, followed by what
+/// [`expect_exit`] reads.
+fn type_attach(t: &Tmux, args: &str) {
+    t.type_line(&format!(
+        "{} attach {args}; echo E\"\"XIT=$?; stty -a; echo STTY-D\"\"ONE",
+        bin("fdgrab").display()
+    ));
+}
+
+/// Our terminal and the program's have the same index in two devpts instances
+/// (the host's `pts/N` and a container's `pts/N`): two different terminals, so the
+/// attach goes ahead instead of being refused as "already on this terminal".
+#[test]
+fn a_program_on_another_instances_pty_of_our_index_can_be_attached() {
+    if !ready() {
+        return;
+    }
+    let (new, n) = shell_terminal("att-same-idx");
+    let other = OtherInstance::start(n, &["-q"]);
+    type_attach(&new, &other.program.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    new.type_line("print('Y', 6 * 7)");
+    new.wait_for("Y 42", WAIT);
+    exit_python(&new, other.program);
+}
+
+/// The program exits while the sweep for other holders still walks `/proc` (here:
+/// on the `SIGWINCH` that attaching sends it). The sweep keeps looking for the
+/// attached pty itself, not for whatever now has its index: the terminal fdgrab
+/// runs in, pts/N of the host's instance, keeps its master (before, the sweep took
+/// it from tmux, and the shell fdgrab ran in was hung up).
+#[test]
+fn a_program_exiting_during_the_sweep_leaves_other_ptys_of_its_index_alone() {
+    if !ready() {
+        return;
+    }
+    for round in 0..3 {
+        let (new, n) = shell_terminal(&format!("att-sweep-{round}"));
+        let server = new.server_pid();
+        let other = OtherInstance::start(
+            n,
+            &[
+                "-c",
+                "import os, signal, time\n\
+                 signal.signal(signal.SIGWINCH, lambda *a: os._exit(0))\n\
+                 time.sleep(600)",
+            ],
+        );
+        let catches_winch = || {
+            status_field(other.program, "SigCgt")
+                .and_then(|m| u64::from_str_radix(&m, 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGWINCH - 1)) != 0)
+        };
+        wait_until("the program's SIGWINCH handler", catches_winch);
+        type_attach(&new, &other.program.to_string());
+        let text = expect_exit(&new, 0);
+        assert!(
+            text.contains("ended (no process has it open any more)"),
+            "{text}"
+        );
+        assert!(
+            holds_a_master(server),
+            "tmux lost the master of its own pane"
+        );
+        drop(other);
+    }
+}
+
+/// The program has its terminal only as its controlling terminal (its stdio went
+/// to /dev/null), and the master's holder is not among its ancestors, so every
+/// process is looked at; a container's pts/N of the same index is held elsewhere.
+/// The session leader's slave tells which pts/N is the program's: the other
+/// instance's holder keeps its master (before, with the index alone to go by, it
+/// got /dev/null too).
+#[test]
+fn a_job_without_stdio_on_its_terminal_takes_only_its_own_master() {
+    if !ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fdgrab-ctty-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pidfile = dir.join("job");
+    // An "emulator" that opens a pty, starts a shell session on it whose job has
+    // no stdio on it, hands the master to a helper (no ancestor of the job) and
+    // leaves.
+    let emulator = r#"
+import os, sys, time, fcntl, termios
+master, slave = os.openpty()
+shell = os.fork()
+if shell == 0:
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for i in range(3):
+        os.dup2(slave, i)
+    os.execvp("sh", ["sh", "-c", "python3 -c 'import time; time.sleep(600)' </dev/null >/dev/null 2>&1 & echo $! > " + sys.argv[1] + "; exec sleep 600"])
+helper = os.fork()
+if helper == 0:
+    time.sleep(600)
+    os._exit(0)
+print(os.ttyname(slave).rsplit("/", 1)[1], shell, helper, flush=True)
+os._exit(0)
+"#;
+    let mut em = std::process::Command::new("python3")
+        .args(["-c", emulator])
+        .arg(&pidfile)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(em.stdout.take().expect("stdout"));
+    let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT).expect("emulator's line");
+    let _ = em.wait();
+    let nums: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (n, shell, helper) = (nums[0] as u32, nums[1], nums[2]);
+    let (_shell, _helper) = (KillOnDrop::new(shell), KillOnDrop::new(helper));
+    wait_until("the job's pid", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let job: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("job pid");
+    let _job = KillOnDrop::new(job);
+    let other = OtherInstance::start(n, &["-q"]);
+    let other_holder = other.holder.0;
+    assert!(holds_a_master(other_holder));
+
+    let new = attach_in("att-ctty-only", 100, 30, "", &job.to_string());
+    new.wait_for("type Enter ~ . to detach", WAIT);
+    let text = new.capture();
+    assert!(
+        text.contains(&format!("taken from {helper} ")),
+        "the helper's master: {text}"
+    );
+    assert!(
+        holds_a_master(other_holder),
+        "the other devpts instance's holder lost its master"
+    );
+    assert!(!holds_a_master(helper), "the helper kept the master");
+    new.key("Enter");
+    new.type_text("~.");
+    let text = expect_exit(&new, 7);
+    let _keeper = KillOnDrop::new(keeper_in(&text));
+    assert_healthy(job);
+    drop(other);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Detach, re-attach at once, five times over: the keeper left by a detach is
+/// recognisable as one (named, its control socket in place) before that fdgrab
+/// exits, so the next attach retires it instead of taking it for another fdgrab
+/// still attached (status 6).
+#[test]
+fn reattaching_right_after_a_detach_is_never_refused() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-quick-old");
+    let cmd = format!(
+        "for i in 1 2 3 4 5; do {} attach {py}; echo RC=$?; done; echo ALL-DONE; exec sleep 600",
+        bin("fdgrab").display()
+    );
+    let t = Tmux::start("att-quick-new", 100, 40, &cmd);
+    for round in 1..=5 {
+        t.wait_until(WAIT, |s| {
+            s.matches("type Enter ~ . to detach").count() >= round
+        })
+        .unwrap_or_else(|s| panic!("attach {round} did not start:\n{s}"));
+        t.key("Enter");
+        t.type_text("~.");
+        t.wait_until(WAIT, |s| s.matches("RC=").count() >= round)
+            .unwrap_or_else(|s| panic!("attach {round} did not end:\n{s}"));
+    }
+    let text = t.wait_for("ALL-DONE", WAIT);
+    assert_eq!(
+        text.matches("RC=7").count(),
+        5,
+        "every round detached:\n{text}"
+    );
+    let keeper = keeper_in(&text);
+    let _keeper = KillOnDrop::new(keeper);
+    assert_healthy(py);
+}
+
+/// A terminal that does not know its size (0 rows, 0 columns: a pty whose emulator
+/// never set one, a serial line) does not shrink the program's window to nothing:
+/// the program keeps the size it had.
+#[test]
+fn a_terminal_of_unknown_size_leaves_the_programs_size_alone() {
+    if !ready() {
+        return;
+    }
+    let (_old, py, _py) = old_python("att-nosize-old");
+    // An "emulator" that never sets a size: a fresh pty is 0x0.
+    let harness = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "attach", sys.argv[2]])
+buf = b""
+def until(want):
+    global buf
+    end = time.time() + 20
+    while want not in buf:
+        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+        if not r:
+            sys.exit("timed out waiting for %r; got %r" % (want, buf))
+        try:
+            buf += os.read(fd, 4096)
+        except OSError:
+            sys.exit("EOF waiting for %r; got %r" % (want, buf))
+until(b"to detach")
+os.write(fd, b"print('SZ', *os.get_terminal_size(), 'END')\r")
+until(b" END\r\n")
+line = [l for l in buf.split(b"\n") if l.startswith(b"SZ ")][-1]
+os.write(fd, b"\r~.")
+until(b"detached")
+_, st = os.waitpid(pid, 0)
+print(line.decode().strip(), os.waitstatus_to_exitcode(st), flush=True)
+"#;
+    let out = fdgrab_testkit::output_timeout(
+        std::process::Command::new("python3")
+            .args(["-c", harness])
+            .arg(bin("fdgrab"))
+            .arg(py.to_string()),
+        TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "SZ 80 24 END 7",
+        "the program's size, fdgrab's status"
+    );
+    assert_healthy(py);
 }
 
 #[test]

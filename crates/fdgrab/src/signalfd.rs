@@ -122,6 +122,44 @@ impl Drop for SignalFd {
     }
 }
 
+/// Signals the kernel sends about a terminal: its new size (`SIGWINCH`), a read or
+/// (under `tostop`) a write from a background process group (`SIGTTIN`,
+/// `SIGTTOU`). From the kernel ([`SignalInfo::from_kernel`]) they concern the
+/// receiver's own use of its terminal; sent by a user to a process that supervises
+/// a server, they are the server's business (gunicorn adds and removes workers on
+/// `TTIN`/`TTOU`, nginx stops its workers gracefully on `WINCH`).
+pub const TERMINAL_SIGNALS: [i32; 3] = [libc::SIGWINCH, libc::SIGTTIN, libc::SIGTTOU];
+
+/// Every signal that ends a process by default and reaches it only when sent
+/// (`kill`, a timer, a terminal, a resource limit), in numeric order: the
+/// standard ones and the real-time ones the C library leaves to programs. Not the
+/// faults a thread raises itself (`SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`,
+/// `SIGTRAP`, `SIGSYS`, `SIGABRT`), which the kernel delivers even when blocked,
+/// nor `SIGKILL`/`SIGSTOP`, which cannot be blocked, nor `SIGPIPE`, which fdgrab
+/// ignores (blocked, a write's `EPIPE` would queue it for the reader), nor
+/// `SIGXCPU`/`SIGXFSZ`, which tell a process about its own resource limits (not
+/// something to pass on to another). A process that must not be
+/// ended midway by a stray `kill -USR1` blocks all of these (see [`SignalFd`]).
+pub fn ending_by_default() -> Vec<i32> {
+    let mut sigs = vec![
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGSTKFLT,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+    ];
+    sigs.sort_unstable();
+    sigs.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    sigs
+}
+
 /// The conventional name of a signal (`TERM` for 15), for messages.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: &[(i32, &str)] = &[
@@ -138,6 +176,8 @@ pub fn signal_name(sig: i32) -> String {
         (libc::SIGCONT, "CONT"),
         (libc::SIGSTOP, "STOP"),
         (libc::SIGTSTP, "TSTP"),
+        (libc::SIGTTIN, "TTIN"),
+        (libc::SIGTTOU, "TTOU"),
         (libc::SIGWINCH, "WINCH"),
     ];
     match NAMES.iter().find(|(n, _)| *n == sig) {

@@ -43,11 +43,15 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         ))
         .into());
     };
-    if Pty::of_fd(stdin.as_fd()) == Some(tty) {
-        return Err(UsageError(format!(
-            "process {pid} already runs on this terminal ({tty})"
-        ))
-        .into());
+    // Relayed to the terminal it comes from, the session's output would come back
+    // as its own output, round and round.
+    for (name, fd) in [("stdin", stdin.as_fd()), ("stdout", stdout.as_fd())] {
+        if pty::is_terminal_of(fd, pid, tty) {
+            return Err(UsageError(format!(
+                "process {pid} already runs on this terminal ({tty}, fdgrab's {name})"
+            ))
+            .into());
+        }
     }
     // Steal the whole session when its master can be had; move PID alone when asked
     // to, or when nobody holds the master any more.
@@ -83,18 +87,18 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
 
     // From here on a terminating signal must not kill us while the session depends
     // on our copy of the master: signals are read from a descriptor.
-    let signals = SignalFd::block(&pty::RELAY_SIGNALS)?;
+    let signals = SignalFd::block(&pty::relay_signals())?;
     let mut stolen = None;
     let mut replay = Vec::new();
     if let How::Steal(holders) = &mut how {
-        let mut got = take_master(pid, tty, holders)?;
+        let mut got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
         if got.is_none() && sweep_later {
             // The ancestors' pts/N was another devpts instance's (or a reused
             // index): PID's master may still be held elsewhere.
             sweep_later = false;
             if let Some(all) = find_holders(pid, tty, false)? {
                 *holders = all;
-                got = take_master(pid, tty, holders)?;
+                got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
             }
         }
         match got {
@@ -164,7 +168,14 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let sweeping = match &how {
         How::Steal(holders) if sweep_later => {
             let handled: Vec<Pid> = holders.iter().map(|h| h.holder.pid).collect();
-            Some(std::thread::spawn(move || sweep(pid, tty, handled)))
+            // The pty the sweep looks for, fixed now from our copy of its master: once
+            // the program has exited (it may, while the sweep still walks), its fds
+            // no longer tell, and by index alone another devpts instance's pts/N, or
+            // a new session given the index, would lose its master.
+            let identity = pty::master_identity(&master);
+            Some(std::thread::spawn(move || {
+                sweep(pid, tty, identity, handled)
+            }))
         }
         _ => None,
     };
@@ -361,8 +372,12 @@ fn runs_fdgrab(h: &MasterHolder) -> bool {
 /// exception: the attach lock we hold means it is not attaching this session, and
 /// leaving it the master would leave it reading the session's output. Runs beside
 /// the relay.
-fn sweep(pid: Pid, tty: Pty, mut handled: Vec<Pid>) {
+fn sweep(pid: Pid, tty: Pty, identity: Option<pty::SlaveIdentity>, mut handled: Vec<Pid>) {
     let me = std::process::id() as Pid;
+    if identity.is_none() {
+        tracing::warn!("the master's slave cannot be identified (TIOCGPTPEER); no sweep for other holders of {tty}");
+        return;
+    }
     // A holder may fork before its turn comes, and its child holds the master
     // too: the walk is repeated while it still finds someone, a few times at most.
     for _ in 0..SWEEP_PASSES {
@@ -387,7 +402,7 @@ fn sweep(pid: Pid, tty: Pty, mut handled: Vec<Pid>) {
             return;
         }
         handled.extend(rest.iter().map(|h| h.holder.pid));
-        match take_master(pid, tty, &mut rest) {
+        match take_master(pid, tty, identity, &mut rest) {
             Ok(_) => {
                 // Holders of another devpts instance's pts/N are found too, and left
                 // alone: only those that held ours are named.
@@ -420,11 +435,16 @@ const SWEEP_PASSES: usize = 4;
 /// repeat across devpts instances, so a holder whose copies turn out to be
 /// another instance's pts/N (a container's session) is left alone.
 /// Retired keepers hand over the output they kept: returned with the master.
-fn take_master(pid: Pid, tty: Pty, holders: &mut [Holder]) -> Result<Option<(OwnedFd, Vec<u8>)>> {
-    // The target's own slave, down to the inode: an index reused for another
-    // session (after the old master was closed) must never count as ours.
-    // (Without a slave on fd 0-2 there is nothing to compare beyond the index.)
-    let identity = pty::slave_identity(pid, tty);
+/// `identity` is the target's own slave, down to the inode: an index reused for
+/// another session (after the old master was closed) must never count as ours.
+/// (`None`: neither the target nor its session leader has the slave on fd 0-2,
+/// and there is nothing to compare beyond the index.)
+fn take_master(
+    pid: Pid,
+    tty: Pty,
+    identity: Option<pty::SlaveIdentity>,
+    holders: &mut [Holder],
+) -> Result<Option<(OwnedFd, Vec<u8>)>> {
     let ours = |fd: &OwnedFd| {
         pty::master_index(fd) == Some(tty)
             && identity.is_none_or(|id| pty::master_identity(fd) == Some(id))

@@ -3,7 +3,7 @@
 
 use crate::cli::{ExecArgs, Via};
 use crate::exit::UsageError;
-use crate::launch::{forwarded_signals, passthrough};
+use crate::launch::passthrough;
 use anyhow::{bail, Context, Result};
 use fdgrab::activation::bind_handover::BindHandover;
 use fdgrab::activation::{
@@ -11,9 +11,8 @@ use fdgrab::activation::{
 };
 use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
-use fdgrab::signalfd::signal_name;
+use fdgrab::signalfd::{signal_name, SignalFd};
 use fdgrab::PidFd;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -50,7 +49,15 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     let program = activation::find_program(&a.cmd[0])?;
     // Blocked before anything is started, so that a ^C during the handover is seen
     // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
-    let signals = forwarded_signals()?;
+    // Every signal that would end fdgrab, not only the usual four: a `kill -USR1`
+    // meant for the server (nginx reopens its logs on it) must reach it, not kill
+    // fdgrab and leave the new server orphaned beside the old one (or, under
+    // `--via bind`, without the supervisor its trapped calls wait for).
+    // And the terminal signals, which a user may send to the server through us
+    // (gunicorn's TTIN/TTOU would otherwise stop fdgrab instead).
+    let mut blocked = fdgrab::signalfd::ending_by_default();
+    blocked.extend(fdgrab::signalfd::TERMINAL_SIGNALS);
+    let signals = SignalFd::block(&blocked)?;
 
     // --steal injects its close: a target that cannot be stopped (traced, no access)
     // is refused here, before the new server starts.
@@ -73,6 +80,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         .collect();
 
     let notify = NotifySocket::bind()?;
+    // What the new server forks and leaves behind before it is ready (a server that
+    // daemonizes) becomes our child, so that calling the handover off stops it too
+    // instead of leaving it serving on the old server's sockets.
+    activation::adopt_orphans(true)?;
     let via_env = a.via != Via::Bind;
     let cmd = ActivationCommand {
         program,
@@ -86,25 +97,33 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|t| t.selected.target_fds.iter().copied())
         .collect();
-    let (mut child, mut supervisor) = if a.via == Via::Env {
-        let fds: Vec<BorrowedFd<'_>> = taken.iter().map(|t| t.fd.as_fd()).collect();
-        let child = activation::spawn(&cmd, &fds)?;
-        // The child has its own copies. Ours must go now: if the new server dies later,
-        // a listening socket kept open only by fdgrab would queue connections nobody takes.
-        drop(fds);
-        drop(taken);
-        (child, None)
+    // What the new server does to the shared sockets' status flags (it makes them
+    // non-blocking, usually) is undone if the handover is called off: read now,
+    // before it starts, and put back through copies kept until the handover is
+    // decided.
+    let (flags, mut child, mut supervisor) = if a.via == Via::Env {
+        // Our copies themselves, kept (not one more each: fdgrab already holds about
+        // two fds per socket while it starts the server).
+        let flags = activation::SavedStatusFlags::save(taken.into_iter().map(|t| t.fd).collect())?;
+        let child = activation::spawn(&cmd, &flags.fds())?;
+        (flags, child, None)
     } else {
-        let env_fds: Vec<BorrowedFd<'_>> = match a.via {
-            Via::Both => taken.iter().map(|t| t.fd.as_fd()).collect(),
+        let ours: Vec<std::os::fd::OwnedFd> = taken.into_iter().map(|t| t.fd).collect();
+        let flags = activation::SavedStatusFlags::save(
+            ours.iter()
+                .map(|f| f.try_clone())
+                .collect::<std::io::Result<_>>()
+                .context("copying the taken sockets")?,
+        )?;
+        let env_fds = match a.via {
+            Via::Both => flags.fds(),
             _ => Vec::new(),
         };
         let plan = fdgrab::spawn::FdPlan::listen_fds(&env_fds)?;
         drop(env_fds);
         // The supervisor keeps its copies until the handover is decided.
-        let ours = taken.into_iter().map(|t| t.fd).collect();
         let (child, sup) = BindHandover::spawn(&cmd, plan, ours)?;
-        (child, Some(sup))
+        (flags, child, Some(sup))
     };
 
     let new_pid = child.pid();
@@ -115,7 +134,8 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
         a.start_timeout,
         supervisor.as_mut().map(|s| s as &mut dyn ReadyGate),
     )?;
-    drop(notify);
+    // Kept for the new server's life only where fdgrab stays and reads it (below).
+    let notify = (a.via == Via::Env && !a.detach).then_some(notify);
     let how = match outcome {
         Ok(how) => how,
         Err(why) => {
@@ -126,19 +146,31 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
             if let Some(s) = supervisor.take() {
                 s.handover().abort();
             }
+            // The new server is stopped below (or has exited); what it forked and
+            // left behind goes too, or it would serve on beside the old server.
+            let left_behind = match why {
+                NotReady::Exited(_) => match child.end_left_behind(STOP_GRACE) {
+                    0 => String::new(),
+                    n => format!(" (stopped {n} process(es) it had forked and left behind)"),
+                },
+                _ => String::new(),
+            };
             let reason = match why {
                 NotReady::Exited(st) => match unclaimed.as_ref().filter(|u| !u.is_empty()) {
                     Some(u) => format!(
-                        "exited ({}) before it was ready, without binding {} (a bind must name \
+                        "exited ({}) before it was ready{left_behind}, without binding {} (a bind must name \
                          exactly a taken address, with its family and type; any other gets the \
                          kernel's answer, EADDRINUSE while the old server holds the port)",
                         describe_status(st),
                         u.join(", ")
                     ),
-                    None => format!("exited ({}) before it was ready", describe_status(st)),
+                    None => format!(
+                        "exited ({}) before it was ready{left_behind}",
+                        describe_status(st)
+                    ),
                 },
                 NotReady::TimedOut(t) => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     match unclaimed.filter(|u| !u.is_empty()) {
                         Some(u) => format!(
                             "did not bind {} within {t:?} (stopped it: {}); it must bind exactly \
@@ -159,15 +191,26 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     }
                 }
                 NotReady::Interrupted(sig) => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     format!(
                         "was not ready yet when fdgrab received {} (stopped it: {})",
                         signal_name(sig),
                         describe_status(st)
                     )
                 }
+                NotReady::Stopped(sig) => {
+                    let st = child.terminate_all(STOP_GRACE)?;
+                    format!(
+                        "was stopped ({}) when --ready-timeout passed, so it served nothing \
+                         (stopped it: {}); it runs in a process group of its own, which may not \
+                         read from the terminal fdgrab runs in (SIGTTIN) nor, under `stty \
+                         tostop`, write to it (SIGTTOU): give it </dev/null or another output",
+                        signal_name(sig),
+                        describe_status(st)
+                    )
+                }
                 NotReady::Refused => {
-                    let st = child.terminate(STOP_GRACE)?;
+                    let st = child.terminate_all(STOP_GRACE)?;
                     format!(
                         "cannot take over: {} (stopped it: {})",
                         refusal.unwrap_or_default(),
@@ -175,25 +218,37 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
                     )
                 }
             };
+            // Nothing of the new server's runs any more.
+            let put_back = match flags.restore() {
+                0 => "",
+                _ => " (the status flags the new server changed on them, O_NONBLOCK, put back)",
+            };
             bail!(
-                "new server {new_pid} ({}) {reason}; process {} was not touched and keeps its sockets",
+                "new server {new_pid} ({}) {reason}; process {} was not touched and keeps its \
+                 sockets{put_back}",
                 a.cmd[0].to_string_lossy(),
                 a.pid
             );
         }
     };
 
+    // From here on the new server's orphans are not ours.
+    activation::adopt_orphans(false)?;
     if a.steal {
         if let Err(e) = steal(&target, &target_fds, &mut child, a.backend.force.seccomp()) {
             if let Some(s) = &supervisor {
                 s.handover().abort();
             }
+            flags.restore();
             return Err(e);
         }
     }
     if let Some(s) = &supervisor {
         s.handover().commit();
     }
+    // Our copies must go now: if the new server dies later, a listening socket kept
+    // open only by fdgrab would queue connections nobody takes.
+    drop(flags);
     let how = match how {
         Readiness::Notified => "sent READY=1".to_string(),
         Readiness::Assumed(t) => format!("still running after {t:?}"),
@@ -241,7 +296,10 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     }
     let status = match supervisor.as_mut() {
         Some(s) => s.serve(&mut child, &signals)?,
-        None => child.wait_forwarding(&signals)?,
+        None => match &notify {
+            Some(n) => child.wait_forwarding_notified(&signals, n)?,
+            None => child.wait_forwarding(&signals)?,
+        },
     };
     Ok(passthrough(status))
 }
@@ -310,8 +368,18 @@ fn steal(
             );
             Ok(())
         }
+        // It exited since it was chosen: its sockets are the new server's alone,
+        // which is what stealing was for. Stopping the new server now would leave
+        // nobody serving.
+        Err(fdgrab::Error::NoSuchProcess { .. }) => {
+            say!(
+                "fdgrab: old server {} has already exited; no socket left to close",
+                target.pid()
+            );
+            Ok(())
+        }
         Err(e) => {
-            let st = child.terminate(STOP_GRACE)?;
+            let st = child.terminate_all(STOP_GRACE)?;
             Err(anyhow::Error::new(e).context(format!(
                 "closing the sockets in process {} failed; stopped the new server {} ({})",
                 target.pid(),

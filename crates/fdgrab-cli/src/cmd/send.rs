@@ -21,11 +21,13 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
         |f| *f,
         "sent",
     )?;
+    // A destination that cannot take them is known before anything is taken (with
+    // --backend ptrace, taking stops the target).
+    let sock = connect(&a.to)?;
     let grabbed = GrabOptions::new()
         .backend(a.backend.backend)
         .seccomp(a.backend.force.seccomp())
         .grab_many(&target, &fds)?;
-    let sock = connect(&a.to)?;
     let borrowed: Vec<BorrowedFd<'_>> = grabbed.iter().map(|g| g.fd.as_fd()).collect();
     let numbers: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
     passfd::send_all_fds(&sock, &borrowed, |i, n| {
@@ -117,5 +119,28 @@ fn connect(path: &std::path::Path) -> Result<UnixStream> {
         return UnixStream::connect_addr(&addr)
             .with_context(|| format!("connecting to {}", path.display()));
     }
-    UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))
+    UnixStream::connect(path).map_err(|e| {
+        let why = connect_hint(path, &e);
+        anyhow::Error::new(e).context(format!("connecting to {}{why}", path.display()))
+    })
+}
+
+/// What the kernel's errno means for `--to`, when it alone would mislead: a
+/// regular file answers `ECONNREFUSED` like a socket nobody listens on, and a
+/// datagram socket `EPROTOTYPE`.
+fn connect_hint(path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).map(|m| m.file_type());
+    match (e.raw_os_error(), kind) {
+        (Some(libc::ECONNREFUSED), Ok(t)) if !t.is_socket() => {
+            " (it is not a socket; --to names a listening unix stream socket)".into()
+        }
+        (Some(libc::ECONNREFUSED), _) => " (a socket nobody listens on)".into(),
+        (Some(libc::EPROTOTYPE), _) => {
+            " (not a stream socket, e.g. a datagram one; --to names a listening unix stream \
+             socket)"
+                .into()
+        }
+        _ => String::new(),
+    }
 }

@@ -35,6 +35,10 @@ pub enum NotReady {
     Interrupted(i32),
     /// The [`ReadyGate`] called the handover off; it is still running.
     Refused,
+    /// The ready timeout passed while it was stopped by this signal (`SIGTTIN`:
+    /// it read from the terminal, whose foreground its process group is not):
+    /// alive, but serving nothing.
+    Stopped(i32),
 }
 
 /// A second source of readiness for [`ActivatedChild::wait_ready_gated`]: the
@@ -148,6 +152,10 @@ impl ActivatedChild {
                             self.child.status().unwrap_or_default(),
                         )));
                     }
+                    // "Still running" must mean able to serve.
+                    if let Some(sig) = self.child.stopped_by() {
+                        return Ok(Err(NotReady::Stopped(sig)));
+                    }
                     return Ok(Ok(Readiness::Assumed(after)));
                 }
             }
@@ -197,8 +205,16 @@ impl ActivatedChild {
                 }
             }
             if let Some(s) = signals {
-                if let Some(sig) = s.read()? {
-                    return Ok(Err(NotReady::Interrupted(sig)));
+                while let Some(info) = s.read_info()? {
+                    // A terminal's resize, a user's `kill -TTIN` meant for the
+                    // server: no reason to call the handover off.
+                    if crate::signalfd::TERMINAL_SIGNALS.contains(&info.signo) {
+                        if !info.from_kernel() {
+                            let _ = self.child.pidfd().send_signal(info.signo);
+                        }
+                        continue;
+                    }
+                    return Ok(Err(NotReady::Interrupted(info.signo)));
                 }
             }
             if let Some(n) = notify {
@@ -245,11 +261,139 @@ impl ActivatedChild {
         self.child.terminate(grace)
     }
 
+    /// [`ActivatedChild::terminate`], then [`ActivatedChild::end_left_behind`]: a
+    /// handover called off leaves no process of the new server's holding the old
+    /// server's sockets.
+    pub fn terminate_all(&mut self, grace: Duration) -> Result<ExitStatus> {
+        let st = self.terminate(grace)?;
+        self.end_left_behind(grace);
+        Ok(st)
+    }
+
+    /// Stops (`SIGTERM`, `SIGKILL` after `grace`) and reaps every other child of
+    /// ours: after [`adopt_orphans`], the processes the new server forked and left
+    /// behind (it exited, or daemonized), which still hold the sockets it was
+    /// given. Children of those that are orphaned meanwhile come to us in turn, so
+    /// this looks again a few times.
+    ///
+    /// Returns how many processes it stopped.
+    pub fn end_left_behind(&self, grace: Duration) -> usize {
+        let server = self.pid();
+        let mut ended = 0;
+        for _ in 0..LEFT_BEHIND_ROUNDS {
+            // Our children, unreaped, cannot be replaced by another process under
+            // the same pid before the pidfd is open.
+            let kids: Vec<PidFd> = other_children(server)
+                .into_iter()
+                .filter_map(|p| PidFd::open(p).ok())
+                .collect();
+            if kids.is_empty() {
+                break;
+            }
+            for k in &kids {
+                // One that has exited already (a daemon's intermediate process) is
+                // only reaped.
+                if k.is_alive() {
+                    tracing::info!(
+                        pid = k.pid(),
+                        server,
+                        "stopping a process the new server left behind"
+                    );
+                    ended += 1;
+                    let _ = k.send_signal(libc::SIGTERM);
+                    // A stopped one would keep it pending for the whole grace time.
+                    let _ = k.send_signal(libc::SIGCONT);
+                }
+            }
+            let deadline = Instant::now() + grace;
+            for k in &kids {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !k.wait_exit(Some(left)).unwrap_or(false) {
+                    let _ = k.send_signal(libc::SIGKILL);
+                }
+                let _ = k.wait_child();
+            }
+        }
+        ended
+    }
+
     /// Waits for the child to exit, passing every signal read from `signals` on to
     /// it, and returns its status.
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
         self.child.wait_forwarding(signals)
     }
+
+    /// [`ActivatedChild::wait_forwarding`] that also keeps reading `notify`, as
+    /// systemd keeps a service's `NOTIFY_SOCKET` for its whole life: a server's
+    /// later `STATUS=`, `RELOADING=1` or `STOPPING=1` is logged instead of failing
+    /// with `ECONNREFUSED` (or, unread, filling the socket until it blocks).
+    pub fn wait_forwarding_notified(
+        &mut self,
+        signals: &SignalFd,
+        notify: &NotifySocket,
+    ) -> Result<ExitStatus> {
+        let pid = self.pid();
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            let exit_fd = self.child.pidfd().exit_fd()?;
+            let mut fds = [
+                PollFd::new(&exit_fd, PollFlags::IN),
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(notify, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("poll", pid, None, e)),
+            }
+            self.child.forward(signals)?;
+            while let Some(msg) = notify.recv()? {
+                // Anyone in the network namespace may write to an abstract name.
+                if !notify::is_same_or_descendant(msg.pid, pid) {
+                    continue;
+                }
+                if let Some(status) = msg.field("STATUS") {
+                    tracing::info!(pid, sender = msg.pid, status, "new server status");
+                }
+            }
+        }
+    }
+}
+
+/// How many times [`ActivatedChild::end_left_behind`] looks for children at most.
+const LEFT_BEHIND_ROUNDS: usize = 4;
+
+/// Makes this process the reaper of its descendants' orphans
+/// (`PR_SET_CHILD_SUBREAPER`): a process the new server forks and leaves behind
+/// (it exits first, or daemonizes with a double fork and `setsid`) becomes our
+/// child rather than init's, so that a handover called off can stop it too
+/// ([`ActivatedChild::end_left_behind`]). `false` turns it off again, for once the
+/// new server is ready: a long-running server's orphans are not ours to reap.
+pub fn adopt_orphans(on: bool) -> Result<()> {
+    let me = on.then(rustix::process::getpid);
+    rustix::process::set_child_subreaper(me)
+        .map_err(|e| Error::local("prctl(PR_SET_CHILD_SUBREAPER)", e))
+}
+
+/// Our children (of every thread) but `except`.
+fn other_children(except: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut kids: Vec<Pid> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<Pid>>()
+        })
+        .filter(|&p| p != except)
+        .collect();
+    kids.sort_unstable();
+    kids.dedup();
+    kids
 }
 
 impl Drop for ActivatedChild {

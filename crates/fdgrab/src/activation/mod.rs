@@ -19,13 +19,15 @@ mod listing;
 pub mod notify;
 pub mod selector;
 mod spawn;
+mod status_flags;
 
-pub use child::{ActivatedChild, NotReady, Readiness, ReadyGate};
+pub use child::{adopt_orphans, ActivatedChild, NotReady, Readiness, ReadyGate};
 pub use listing::{
     describe_listeners, listing, select, take_sockets, take_sockets_with, Selected, TakenSocket,
 };
 pub use notify::{Notification, NotifySender, NotifySocket};
 pub use selector::{is_listening_or_bound, AddrMatch, Candidate, PortMatch, Selector};
 pub use spawn::{check_fd_name, prepare, setup, spawn, ActivationCommand};
+pub use status_flags::SavedStatusFlags;
 
 pub use crate::spawn::{find_program, LISTEN_FDS_START};

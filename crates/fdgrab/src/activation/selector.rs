@@ -199,18 +199,26 @@ impl fmt::Display for InetDisplay {
 impl Selector {
     /// The name a socket gets in `LISTEN_FDNAMES` when `--name` does not give one:
     /// the selector with each `:` turned into `-` (systemd forbids `:` in names),
-    /// e.g. `tcp-127.0.0.1-8080`, `unix-/run/app.sock`, `fd-3`.
+    /// e.g. `tcp-127.0.0.1-8080`, `unix-/run/app.sock`, `fd-3`. Anything else a
+    /// name may not hold (a unix path's spaces or non-ASCII characters) becomes `_`,
+    /// and a name longer than systemd's 255 characters keeps its last 255 (a
+    /// path's end tells most): the user never chose this name, so it must never
+    /// be what refuses the command.
     pub fn default_fd_name(&self) -> String {
         let name: String = self
             .to_string()
             .chars()
-            .map(|c| if c == ':' { '-' } else { c })
+            .map(|c| match c {
+                ':' => '-',
+                c if c.is_ascii_graphic() => c,
+                _ => '_',
+            })
             .collect();
         if name == "*" {
-            "listen".into()
-        } else {
-            name
+            return "listen".into();
         }
+        // ASCII by now: one byte per character.
+        name[name.len().saturating_sub(super::spawn::MAX_FD_NAME)..].to_string()
     }
 
     /// Whether `entry` is a socket this selector takes. `fd:N` matches on the number
@@ -431,6 +439,27 @@ mod tests {
             "unix-/run/a.sock"
         );
         assert_eq!(sel("fd:3").default_fd_name(), "fd-3");
+        assert_eq!(
+            sel("unix:/tmp/a bé\t.sock").default_fd_name(),
+            "unix-/tmp/a_b__.sock"
+        );
+        let long = format!("unix:/{}/end.sock", "d".repeat(300));
+        let name = sel(&long).default_fd_name();
+        assert_eq!(name.len(), 255);
+        assert!(name.ends_with("/end.sock"), "{name}");
+        for s in [
+            "unix:/tmp/a bé.sock",
+            &long,
+            "unix:@abstract name",
+            "tcp:*:*",
+        ] {
+            let name = sel(s).default_fd_name();
+            assert_eq!(
+                crate::activation::check_fd_name(&name),
+                Ok(()),
+                "{s} gives {name}"
+            );
+        }
         assert_eq!(sel("*").default_fd_name(), "listen");
     }
 }

@@ -7,14 +7,19 @@ use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
-/// Checks a `LISTEN_FDNAMES` entry the way systemd does: at most 255 printable
-/// ASCII characters, no `:` (the separator).
+/// The longest `LISTEN_FDNAMES` entry systemd accepts (`FDNAME_MAX`).
+pub(crate) const MAX_FD_NAME: usize = 255;
+
+/// Checks a `LISTEN_FDNAMES` entry the way systemd does: at most [`MAX_FD_NAME`]
+/// printable ASCII characters, no `:` (the separator).
 pub fn check_fd_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("an fd name cannot be empty".into());
     }
-    if name.len() > 255 {
-        return Err(format!("fd name '{name}' is longer than 255 characters"));
+    if name.len() > MAX_FD_NAME {
+        return Err(format!(
+            "fd name '{name}' is longer than {MAX_FD_NAME} characters"
+        ));
     }
     if let Some(c) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
         return Err(format!(

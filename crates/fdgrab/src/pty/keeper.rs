@@ -59,11 +59,19 @@ pub fn keep_in_background(master: OwnedFd) -> Result<Pid> {
     // The replay ring, allocated here: the keeper allocates nothing.
     let mut ring = vec![0u8; REPLAY_BYTES];
     let ring_ptr = ring.as_mut_ptr();
+    // The signals the keeper ignores, listed here: it allocates nothing either.
+    // Every one that would end it but SIGTERM (its documented way out): a stray
+    // `kill -USR1` must not hang the session up.
+    let ignored: Vec<i32> = crate::signalfd::ending_by_default()
+        .into_iter()
+        .filter(|&s| s != libc::SIGTERM)
+        .chain([libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGPIPE])
+        .collect();
 
     // SAFETY: fork has no memory-safety preconditions. The child only makes
     // async-signal-safe calls (setsid, fork, write, _exit, and in `keep` open,
     // dup2, close_range, socketpair, prctl, sigprocmask, signal, fcntl, chdir,
-    // poll, read) on memory that exists before the fork, and never returns into
+    // getpid, poll, read) on memory that exists before the fork, and never returns into
     // the caller's frames.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -74,18 +82,20 @@ pub fn keep_in_background(master: OwnedFd) -> Result<Pid> {
         // `ring_ptr` points at REPLAY_BYTES bytes this child's copy of the heap owns.
         unsafe {
             libc::setsid();
-            let keeper = libc::fork();
-            if keeper == 0 {
-                keep(m, ring_ptr);
+            // The keeper reports its own pid once it can be recognised as one (named,
+            // its control socket in place): an attach right after this one returns
+            // must not find a holder still named "fdgrab" and refuse as if another
+            // fdgrab were attached.
+            if libc::fork() == 0 {
+                keep(m, ring_ptr, &ignored, w);
             }
-            let bytes = keeper.to_ne_bytes();
-            libc::write(w, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(0);
         }
     }
     drop(report_w);
     drop(high);
     drop(ring);
+    drop(ignored);
     // The intermediate child exits at once; reaping it leaves the keeper an orphan
     // adopted by init (or the nearest subreaper), not our child.
     let _ = rustix::process::waitpid(
@@ -151,16 +161,38 @@ impl Ring {
     }
 }
 
+/// Closes every descriptor from `from` up but `keep` (`close_range`, once or twice).
+///
+/// # Safety
+/// Closes descriptors behind the back of anything that owns them: only for the
+/// keeper, which owns nothing but what it arranges itself.
+unsafe fn close_all_from_but(from: i32, keep: i32) {
+    let close = |lo: i32, hi: u32| {
+        // SAFETY: close_range takes integers only; see the function's contract.
+        unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi, 0u32) };
+    };
+    if keep >= from {
+        if keep > from {
+            close(from, (keep - 1) as u32);
+        }
+        close(keep + 1, u32::MAX);
+    } else {
+        close(from, u32::MAX);
+    }
+}
+
 /// The keeper's whole life. Never returns.
 ///
 /// # Safety
 /// Only to be called in a freshly forked child: it closes every descriptor but the
 /// ones it keeps. `ring` must point at [`REPLAY_BYTES`] writable bytes.
-unsafe fn keep(m: i32, ring: *mut u8) -> ! {
+unsafe fn keep(m: i32, ring: *mut u8, ignored: &[i32], report: i32) -> ! {
     // SAFETY: plain system calls on integers and on pointers to constants and locals.
     unsafe {
         let name = b"fdgrab-keep\0";
         libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        // Above the numbers arranged below, kept through them until the report.
+        let report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10);
         // /dev/null first lands on the lowest free number, possibly MASTER_FD:
         // moved above the numbers the keeper arranges before they are arranged.
         let low = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
@@ -172,14 +204,10 @@ unsafe fn keep(m: i32, ring: *mut u8) -> ! {
         for fd in 0..3 {
             libc::dup2(null, fd);
         }
-        // Everything else goes: what fdgrab had open (its terminal, the report
-        // pipe, the copies it made), and the spare /dev/null and master numbers.
-        libc::syscall(
-            libc::SYS_close_range,
-            (MASTER_FD + 1) as u32,
-            u32::MAX,
-            0u32,
-        );
+        // Everything else goes: what fdgrab had open (its terminal, the copies it
+        // made), and the spare /dev/null and master numbers; the report pipe at the
+        // end.
+        close_all_from_but(MASTER_FD + 1, report);
         let mut pair = [0i32; 2];
         // Made here, so that its credentials (SO_PEERCRED) name the keeper itself.
         if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) != 0
@@ -188,28 +216,21 @@ unsafe fn keep(m: i32, ring: *mut u8) -> ! {
         {
             libc::_exit(1);
         }
-        libc::syscall(
-            libc::SYS_close_range,
-            (CONTROL_PEER_FD + 1) as u32,
-            u32::MAX,
-            0u32,
-        );
+        close_all_from_but(CONTROL_PEER_FD + 1, report);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in [
-            libc::SIGHUP,
-            libc::SIGINT,
-            libc::SIGQUIT,
-            libc::SIGTSTP,
-            libc::SIGTTIN,
-            libc::SIGTTOU,
-            libc::SIGPIPE,
-        ] {
+        for &sig in ignored {
             libc::signal(sig, libc::SIG_IGN);
         }
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         libc::chdir(c"/".as_ptr());
+        // Recognisable now (Keeper::identify): the attach that made us may go.
+        let me = libc::getpid().to_ne_bytes();
+        if report < 0 || libc::write(report, me.as_ptr().cast(), me.len()) != me.len() as isize {
+            libc::_exit(1);
+        }
+        libc::close(report);
         // Non-blocking: an attach taking a copy may read first what poll announced.
         let fl = libc::fcntl(MASTER_FD, libc::F_GETFL);
         if fl >= 0 {

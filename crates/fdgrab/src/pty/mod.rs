@@ -37,7 +37,7 @@ pub use keeper::{
 };
 pub use lock::AttachLock;
 
-pub use relay::{relay, Escape, RelayEnd, RELAY_SIGNALS};
+pub use relay::{relay, relay_signals, Escape, RelayEnd, RELAY_SIGNALS};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
 
@@ -166,6 +166,46 @@ pub fn slave_identity(pid: Pid, pty: Pty) -> Option<SlaveIdentity> {
         let st = rustix::fs::stat(format!("/proc/{pid}/fd/{fd}")).ok()?;
         (Pty::from_rdev(st.st_rdev) == Some(pty)).then(|| SlaveIdentity::of(&st))
     })
+}
+
+/// The identity of `pid`'s terminal `pty`: the slave it has open on fd 0, 1 or 2,
+/// or else, when `pty` is its controlling terminal but its stdio went elsewhere (a
+/// job started `</dev/null >log 2>&1 &`), the one its session leader has open
+/// there: a session has one controlling terminal. `None` when neither tells, and
+/// only the index is known.
+pub fn terminal_identity(pid: Pid, pty: Pty) -> Option<SlaveIdentity> {
+    slave_identity(pid, pty).or_else(|| {
+        let ids = |p: Pid| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            crate::procfs::parse_stat_ids(&stat)
+        };
+        let (_, sid, tty_nr, _) = ids(pid)?;
+        if sid <= 0 || sid == pid || decode_tty_nr(tty_nr) != Some(pty) {
+            return None;
+        }
+        // Still that session's leader, on the same controlling terminal.
+        let (_, leader_sid, leader_tty, _) = ids(sid)?;
+        if leader_sid != sid || leader_tty != tty_nr {
+            return None;
+        }
+        // (Were the pid reused since by another session's leader on another
+        // instance's pts/N, no holder would match: PID would be moved alone, and
+        // no one else's master taken.)
+        slave_identity(sid, pty)
+    })
+}
+
+/// Whether our `fd` is `pid`'s terminal `pty`: a slave of the same index that,
+/// when [`terminal_identity`] knows `pid`'s slave, is also the same inode of the
+/// same devpts instance (a container's `pts/0` is not the host's `pts/0`).
+pub fn is_terminal_of(fd: impl AsFd, pid: Pid, pty: Pty) -> bool {
+    let Ok(st) = rustix::fs::fstat(fd) else {
+        return false;
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || Pty::from_rdev(st.st_rdev) != Some(pty) {
+        return false;
+    }
+    terminal_identity(pid, pty).is_none_or(|id| id == SlaveIdentity::of(&st))
 }
 
 /// The identity of the slave of the pty whose master is `master` (through an

@@ -43,7 +43,8 @@ pub enum RelayEnd {
     SessionEnded,
     /// The user typed the escape sequence.
     Detached,
-    /// A terminating signal arrived: `SIGHUP`, `SIGINT`, `SIGTERM` or `SIGQUIT`.
+    /// A terminating signal arrived: `SIGHUP`, `SIGINT`, `SIGTERM`, `SIGQUIT`, or
+    /// another of [`relay_signals`].
     Signal(i32),
     /// Our own terminal went away (end of file or `EIO` reading it, or an error
     /// writing to it), e.g. the ssh connection fdgrab ran in dropped.
@@ -59,6 +60,27 @@ pub const RELAY_SIGNALS: [i32; 6] = [
     libc::SIGQUIT,
     libc::SIGTSTP,
 ];
+
+/// [`RELAY_SIGNALS`] and every other signal that would end fdgrab by default
+/// (`SIGUSR1`, `SIGALRM`, real-time signals, ...) but the relay's own
+/// [`wake_signal`]: each of those ends the relay as [`RelayEnd::Signal`] like
+/// `SIGTERM`, so that a stray `kill -USR1` leaves a keeper holding the session and
+/// our terminal in its modes, instead of killing fdgrab with the terminal raw and
+/// the program hung up.
+pub fn relay_signals() -> Vec<i32> {
+    let mut sigs = RELAY_SIGNALS.to_vec();
+    // fdgrab's own resource limits end the relay as well, rather than fdgrab.
+    let own_limits = [libc::SIGXCPU, libc::SIGXFSZ];
+    for sig in crate::signalfd::ending_by_default()
+        .into_iter()
+        .chain(own_limits)
+    {
+        if sig != wake_signal() && !sigs.contains(&sig) {
+            sigs.push(sig);
+        }
+    }
+    sigs
+}
 
 /// One read of the master: a pty hands out what it holds (at most a few KiB at a
 /// time under a fast writer), so this is never the limit.
@@ -76,7 +98,7 @@ const FLUSH_FOR: Duration = Duration::from_secs(1);
 
 /// Relays between our terminal (`raw`'s, read from `input`, written to `output`)
 /// and the pty `master` until one of the [`RelayEnd`] events. `signals` should
-/// carry [`RELAY_SIGNALS`] (and be made on this thread, so the threads started
+/// carry [`relay_signals`] (and be made on this thread, so the threads started
 /// here keep them blocked): `SIGWINCH` copies our window size to the master,
 /// `SIGTSTP` puts our terminal back to normal, stops fdgrab, and switches to raw
 /// mode again on `SIGCONT`, and the terminating ones end the relay.

@@ -76,8 +76,20 @@ impl Drop for RawMode {
 /// Copies the window size of terminal `from` (`TIOCGWINSZ`) to the pty master `to`
 /// (`TIOCSWINSZ`). When the size changes, the kernel sends `SIGWINCH` to the
 /// foreground process group on the slave, so full-screen programs redraw.
+///
+/// A size with no rows or no columns is a terminal that does not know its size (a
+/// serial line, a pty whose emulator never set one): it is not copied, and the
+/// program keeps the size it had rather than being told it has no room at all.
 pub fn copy_window_size(from: impl AsFd, to: impl AsFd) -> Result<()> {
     let ws = termios::tcgetwinsize(from).map_err(|e| own_errno("TIOCGWINSZ", e))?;
+    if ws.ws_row == 0 || ws.ws_col == 0 {
+        tracing::debug!(
+            rows = ws.ws_row,
+            cols = ws.ws_col,
+            "our terminal's size is unknown: not copied"
+        );
+        return Ok(());
+    }
     termios::tcsetwinsize(to, ws).map_err(|e| own_errno("TIOCSWINSZ on the pty master", e))
 }
 

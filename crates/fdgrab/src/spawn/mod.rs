@@ -523,59 +523,115 @@ pub fn dup_inherited(n: RawFd) -> Result<OwnedFd> {
 /// Errors are [`SpawnError`]s at [`Step::Resolve`]: `ENOENT` when nothing by that
 /// name exists, `EACCES` when it exists but is not an executable file.
 pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
-    use rustix::fs::{access, Access};
     let fail = |p: &Path, e| SpawnError::new(p, Step::Resolve, e);
     if cmd.is_empty() {
         return Err(Error::InvalidArgument("the command to run is empty".into()));
     }
-    // access(X_OK) alone is true for root whenever any x bit is set, or even none on
-    // some file systems; execve needs a regular file with an x bit.
-    // One stat per candidate: `Some(false)` exists but cannot run, `None` missing.
-    let runnable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().ok().map(|m| {
-            m.is_file() && m.permissions().mode() & 0o111 != 0 && access(p, Access::EXEC_OK).is_ok()
-        })
-    };
     if cmd.as_bytes().contains(&b'/') {
         let p = PathBuf::from(cmd);
-        return match runnable(&p) {
-            Some(true) => Ok(p),
-            Some(false) => Err(fail(&p, Errno::ACCESS)
-                .detail("(not an executable file)")
-                .into()),
-            None => Err(fail(&p, Errno::NOENT).into()),
+        return match candidate(&p) {
+            Candidate::Runnable => Ok(p),
+            Candidate::Missing => Err(fail(&p, Errno::NOENT).into()),
+            Candidate::Refused(errno, why) if why.is_empty() => Err(fail(&p, errno).into()),
+            Candidate::Refused(errno, why) => Err(fail(&p, errno).detail(why).into()),
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut found_unrunnable = false;
+    let mut refused = None;
     for dir in std::env::split_paths(&path) {
-        let candidate = if dir.as_os_str().is_empty() {
+        let candidate_path = if dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             dir
         }
         .join(cmd);
-        match runnable(&candidate) {
-            Some(true) => return Ok(candidate),
-            Some(false) => found_unrunnable = true,
-            None => {}
+        match candidate(&candidate_path) {
+            Candidate::Runnable => return Ok(candidate_path),
+            Candidate::Refused(errno, why) => {
+                refused.get_or_insert((candidate_path, errno, why));
+            }
+            Candidate::Missing => {}
         }
     }
-    let errno = if found_unrunnable {
-        Errno::ACCESS
-    } else {
-        Errno::NOENT
-    };
-    let detail = if found_unrunnable {
-        format!(
-            "(found in PATH, but not as an executable file; PATH={})",
-            path.to_string_lossy()
-        )
-    } else {
-        format!("in PATH ({})", path.to_string_lossy())
+    // As execvp: a candidate that exists but may not be run makes the error its own
+    // (EACCES for permissions), not ENOENT.
+    let (errno, detail) = match refused {
+        Some((first, errno, why)) => (
+            errno,
+            format!(
+                "(found in PATH as {}{}; PATH={})",
+                first.display(),
+                match why.trim_start_matches('(').trim_end_matches(')') {
+                    "" => String::new(),
+                    why => format!(", {why}"),
+                },
+                path.to_string_lossy()
+            ),
+        ),
+        None => (
+            Errno::NOENT,
+            format!("in PATH ({})", path.to_string_lossy()),
+        ),
     };
     Err(fail(Path::new(cmd), errno).detail(detail).into())
+}
+
+/// What [`find_program`] makes of one path.
+enum Candidate {
+    Runnable,
+    /// Nothing by that name (`ENOENT`, `ENOTDIR`).
+    Missing,
+    /// It exists, or may, but cannot be run by us: the errno execve would give,
+    /// and why, in parentheses.
+    Refused(Errno, String),
+}
+
+/// One `stat` and one `access` per candidate. `access(X_OK)` alone is true for
+/// root whenever any x bit is set, or even none on some file systems; execve needs
+/// a regular file with an x bit, that the caller may execute, on a path whose
+/// directories the caller may search.
+fn candidate(p: &Path) -> Candidate {
+    use rustix::fs::{access, Access};
+    use std::os::unix::fs::PermissionsExt;
+    let uid = || rustix::process::geteuid().as_raw();
+    match p.metadata() {
+        Ok(m) if m.is_dir() => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: a directory)".into(),
+        ),
+        Ok(m) if !m.is_file() => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: not a regular file)".into(),
+        ),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Candidate::Refused(
+            Errno::ACCESS,
+            "(not an executable file: no execute permission bit)".into(),
+        ),
+        Ok(_) => match access(p, Access::EXEC_OK) {
+            Ok(()) => Candidate::Runnable,
+            Err(e) => Candidate::Refused(
+                e,
+                format!(
+                    "(not executable by uid {}: its permission bits or an ACL refuse it, or its \
+                 file system is mounted noexec)",
+                    uid()
+                ),
+            ),
+        },
+        Err(e) => match e.raw_os_error().map(Errno::from_raw_os_error) {
+            Some(Errno::NOENT | Errno::NOTDIR) | None => Candidate::Missing,
+            Some(Errno::ACCESS) => Candidate::Refused(
+                Errno::ACCESS,
+                format!(
+                    "(a directory on its path is not searchable by uid {})",
+                    uid()
+                ),
+            ),
+            // A symlink loop, a name too long, an I/O error: execve would fail the
+            // same way, and "not found" would be a lie.
+            Some(errno) => Candidate::Refused(errno, String::new()),
+        },
+    }
 }
 
 /// A started program, our child. Dropping it neither waits for nor stops it.
@@ -645,7 +701,8 @@ impl Child {
     /// Passes every pending signal of `signals` on to the child, except one the
     /// kernel sent to our whole process group (a terminal's ^C) when the child is
     /// in that group: it got its own, and a second ^C means "force" to many
-    /// programs.
+    /// programs; and except one of [`crate::signalfd::TERMINAL_SIGNALS`] from the
+    /// kernel, which is about our own terminal.
     pub fn forward(&self, signals: &SignalFd) -> Result<()> {
         while let Some(info) = signals.read_info()? {
             let sig = info.signo;
@@ -657,13 +714,39 @@ impl Child {
                 );
                 continue;
             }
+            // Our terminal's size, our own background read or write: not the child's.
+            if info.from_kernel() && crate::signalfd::TERMINAL_SIGNALS.contains(&sig) {
+                continue;
+            }
             tracing::info!(pid = self.pid(), sig, "forwarding signal");
             match self.pidfd.send_signal(sig) {
                 Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
                 Err(e) => return Err(e),
             }
+            // As a shell's `kill` of a stopped job: a stopped child would keep a
+            // SIGTERM or SIGHUP pending, and us waiting, until someone continued it.
+            if matches!(sig, libc::SIGTERM | libc::SIGHUP) && self.stopped() {
+                let _ = self.pidfd.send_signal(libc::SIGCONT);
+            }
         }
         Ok(())
+    }
+
+    /// The signal that stopped the child, if it is stopped now (`waitid` with
+    /// `WSTOPPED | WNOHANG | WNOWAIT` on its pidfd: nothing is consumed, and stops
+    /// are never waited for otherwise, so a stop is reported until a `SIGCONT`).
+    pub fn stopped_by(&self) -> Option<i32> {
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
+        let fd = self.pidfd.as_pidfd()?;
+        let opts = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        waitid(WaitId::PidFd(fd), opts)
+            .ok()
+            .flatten()
+            .and_then(|st| st.stopping_signal())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped_by().is_some()
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
@@ -675,6 +758,8 @@ impl Child {
             Ok(()) | Err(Error::NoSuchProcess { .. }) => {}
             Err(e) => return Err(e),
         }
+        // A stopped child would keep the SIGTERM pending for the whole grace time.
+        let _ = self.pidfd.send_signal(libc::SIGCONT);
         if !self.pidfd.wait_exit(Some(grace))? {
             tracing::warn!(
                 pid = self.pid(),
