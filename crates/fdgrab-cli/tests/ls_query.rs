@@ -611,6 +611,17 @@ fn temp_file(tag: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) 
     (dir, file)
 }
 
+/// The pids `fuser PATH` prints (its marks stripped), sorted.
+fn fuser_pids(path: &str) -> Vec<i64> {
+    let out = output_timeout(Command::new("fuser").arg(path), TIMEOUT);
+    let mut pids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 #[test]
 fn path_finds_every_holder_by_device_and_inode() {
     let dir = temp_dir("path");
@@ -643,14 +654,60 @@ fn path_finds_every_holder_by_device_and_inode() {
         assert_eq!(proc_["fds"][0]["path"], p);
     }
     // fuser agrees on the holders.
-    let out = output_timeout(Command::new("fuser").arg(f), TIMEOUT);
-    let fuser: BTreeSet<i64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok())
-        .collect();
-    let ours: BTreeSet<i64> = ls_pids(&["--path", f]).into_iter().collect();
-    assert_eq!(ours, fuser, "fuser disagrees");
+    let ours = ls_pids(&["--path", f]);
+    assert_eq!(ours, fuser_pids(f), "fuser disagrees");
     assert!(!ours.contains(&t3.pid.into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--path` matches by device and inode, never by the link's text: a holder
+/// in a mount namespace of its own that opened the file through a bind mount
+/// (its link names a directory that is empty in ours) is found, and so are both
+/// holders once the file is deleted, named through `/proc/PID/fd/N` (the
+/// links then end in " (deleted)"). fuser agrees in both cases.
+#[test]
+fn path_finds_holders_through_a_bind_mount_and_after_the_unlink() {
+    let dir = temp_dir("bind");
+    let (real, view) = (dir.join("real"), dir.join("view"));
+    std::fs::create_dir_all(&real).expect("dir");
+    std::fs::create_dir_all(&view).expect("dir");
+    let file = real.join("data");
+    std::fs::write(&file, b"held twice").expect("write");
+    let (f, r, v) = (
+        file.to_str().expect("utf8"),
+        real.to_str().expect("utf8"),
+        view.to_str().expect("utf8"),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec python3 -c "$3" "$2/data""#)
+        .args(["sh", r, v, HOLDER]);
+    let bound = Target::spawn_cmd(cmd);
+    let named = python(HOLDER, &[f]);
+    let fd = |t: &Target| t.report["fds"][0]["fd"].as_i64().expect("fd");
+    let link = std::fs::read_link(format!("/proc/{}/fd/{}", bound.pid, fd(&bound)));
+    assert_eq!(
+        link.expect("link"),
+        view.join("data"),
+        "the holder sees the file through the bind mount"
+    );
+    assert!(
+        std::fs::read_dir(&view).expect("view").next().is_none(),
+        "the bind mount is the holder's alone"
+    );
+    let mut truth = vec![i64::from(bound.pid), i64::from(named.pid)];
+    truth.sort_unstable();
+    assert_eq!(ls_pids(&["--path", f]), truth, "by name");
+    assert_eq!(fuser_pids(f), truth, "fuser by name");
+    std::fs::remove_file(&file).expect("unlink");
+    let through = format!("/proc/{}/fd/{}", named.pid, fd(&named));
+    assert_eq!(ls_pids(&["--path", &through]), truth, "deleted");
+    assert_eq!(fuser_pids(&through), truth, "fuser, deleted");
+    let doc = ls_json(&["--path", &through]);
+    let ino = named.report["fds"][0]["ino"].as_u64().expect("ino");
+    let expect: BTreeSet<(i64, u64)> = truth.iter().map(|&p| (p, ino)).collect();
+    assert_eq!(pid_inodes(&doc), expect, "{doc}");
+    drop(bound);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
