@@ -172,8 +172,8 @@ pub enum Command {
     /// by fdgrab on the program's own socket and answered with the exact result;
     /// every other bind is handed back to the kernel untouched. io_uring_setup fails
     /// with ENOSYS (io_uring can bind without seccomp seeing it). Calls made through
-    /// another ABI (i386, x32) kill the program. fdgrab forwards SIGINT, SIGTERM, SIGHUP
-    /// and SIGQUIT and exits with the program's status (127: not found; 126: it cannot
+    /// another ABI (i386, x32) kill the program. fdgrab forwards every signal that would
+    /// end it (INT, TERM, HUP, QUIT, USR1, USR2, ALRM...) and exits with the program's status (127: not found; 126: it cannot
     /// be started, e.g. a failed switch to --user).
     Run(RunArgs),
     /// Serve as an OCI seccomp agent: supervise containers' binds for runc and crun.

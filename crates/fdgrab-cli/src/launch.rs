@@ -12,14 +12,18 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 
-/// The signals fdgrab passes on to CMD while it waits for it.
-pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-
-/// Blocks [`FORWARDED`] and opens a signalfd for them. Called before CMD starts, so
-/// that a signal arriving meanwhile is forwarded rather than killing fdgrab with
-/// CMD orphaned; the spawner unblocks them in CMD.
+/// Blocks every signal that would end fdgrab by default, and the terminal ones,
+/// and opens a signalfd for them: fdgrab passes them on to CMD while it waits for
+/// it. Called before CMD starts, so that a signal arriving meanwhile is forwarded
+/// rather than killing fdgrab with CMD orphaned (under `run`, with nobody left to
+/// answer its trapped binds); not only ^C and `kill`'s TERM: a `kill -USR1` meant
+/// for a server (nginx reopens its logs on it) or a timer's ALRM as well. The
+/// kernel's own terminal signals and group signals are not passed on
+/// (`Child::forward`); the spawner unblocks everything in CMD.
 pub fn forwarded_signals() -> Result<SignalFd> {
-    Ok(SignalFd::block(&FORWARDED)?)
+    let mut blocked = fdgrab::signalfd::ending_by_default();
+    blocked.extend(fdgrab::signalfd::TERMINAL_SIGNALS);
+    Ok(SignalFd::block(&blocked)?)
 }
 
 /// Takes `fds` out of `target` with `backend` and replaces fdgrab with `argv`, each

@@ -209,17 +209,24 @@ fn completions_and_man_page() {
 #[test]
 fn too_many_open_files_is_reported() {
     let t = Target::spawn(["zoo"]);
-    let mut cmd = Command::new("prlimit");
-    // stdin, stdout, stderr and the pidfd fit; nothing else does.
-    cmd.args(["--nofile=4:4", "--"])
-        .arg(fdgrab_testkit::bin("fdgrab"))
-        .args(["cat", &t.pid.to_string(), "3"]);
-    let out = output_timeout(&mut cmd, TIMEOUT);
+    let pid = t.pid.to_string();
+    let cat = |fd: &str| {
+        let mut cmd = Command::new("prlimit");
+        // stdin, stdout, stderr and the pidfd fit; nothing else does.
+        cmd.args(["--nofile=4:4", "--"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["cat", &pid, fd]);
+        output_timeout(&mut cmd, TIMEOUT)
+    };
+    // The checks of an fd that is there open nothing; the copy is what fails.
     check(
-        &out,
+        &cat("3"),
         1,
-        // EMFILE by number: its text is the C library's ("Too many open files" in
-        // glibc, "No file descriptors available" in musl).
-        &["(os error 24)", &t.pid.to_string(), "/proc/PID/stat"],
+        &["too many open files in fdgrab", "fd 3", &pid],
     );
+    // A missing fd makes the checks read /proc/PID/stat to tell why; failing to
+    // open it at all is reported as what it is, not as "no such process". EMFILE by
+    // number: its text is the C library's ("Too many open files" in glibc, "No file
+    // descriptors available" in musl).
+    check(&cat("999"), 1, &["(os error 24)", &pid, "/proc/PID/stat"]);
 }

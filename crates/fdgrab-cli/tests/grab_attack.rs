@@ -358,9 +358,10 @@ fn non_utf8_file_names_redirect_undo_and_report() {
     assert!(doc["source"]["file_bytes"].is_array(), "{doc}");
 }
 
-/// Without `kcmp` (no `CONFIG_KCMP`, or refused), the check that a copy is the
-/// target's fd falls back to comparing device and inode: `cat` still delivers
-/// the right file, and the trace shows that comparison is what decided.
+/// Without `kcmp` (no `CONFIG_KCMP`, or refused), the check that a copy the
+/// target sent (ptrace) is the target's fd falls back to comparing device and
+/// inode: `cat` still delivers the right file, and the trace shows that comparison
+/// is what decided.
 #[test]
 fn identity_check_without_kcmp_compares_the_inode() {
     let t = Target::spawn(["zoo"]);
@@ -378,7 +379,7 @@ fn identity_check_without_kcmp_compares_the_inode() {
         "/dev/stderr",
     ])
     .arg(fdgrab_testkit::bin("fdgrab"))
-    .args(["cat", "--backend", "pidfd", &pid, &fd]);
+    .args(["cat", "--backend", "ptrace", &pid, &fd]);
     let out = fdgrab_testkit::output_timeout(&mut cmd, TIMEOUT);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");

@@ -831,6 +831,17 @@ fn refused_when_another_tracer_holds_the_target() {
         vec!["put", &pid, "1", "--file", keep_s],
         vec!["steal", &pid, "0", "--", "touch", marker_s],
         vec!["cat", "--backend", "ptrace", &pid, "0"],
+        // A ptrace copy has no attach preflight: its seize is refused alike.
+        vec![
+            "get",
+            "--backend",
+            "ptrace",
+            &pid,
+            "0",
+            "--",
+            "touch",
+            marker_s,
+        ],
     ];
     for args in &cases {
         let out = run_fdgrab(args);

@@ -29,12 +29,25 @@ fn holds(pid: u32, fd: i32, like: &str) -> bool {
 fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32) {
     let t = Target::spawn(["zoo"]);
     let file = t.fd_labelled("file");
-    let mut child = fdgrab()
-        .args([command, &t.pid.to_string(), &format!("{file}:7"), "--"])
-        .args(["sh", "-c", script])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn fdgrab");
+    let file_path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid))
+        .expect("the target's file")
+        .display()
+        .to_string();
+    let mut fdgrab = fdgrab();
+    if command == "run" {
+        // `run` takes no fd: fd 7 is opened by the script itself.
+        fdgrab.args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("exec 7<{file_path}; {script}"),
+        ]);
+    } else {
+        fdgrab.args([command, &t.pid.to_string(), &format!("{file}:7"), "--"]);
+        fdgrab.args(["sh", "-c", script]);
+    }
+    let mut child = fdgrab.stdin(Stdio::null()).spawn().expect("spawn fdgrab");
     let _g = Guard(child.id());
     // `get` runs CMD in its own place (same pid); `steal` starts it as a child.
     let cmd = if command == "get" {
@@ -63,21 +76,33 @@ fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32)
 
 #[test]
 fn get_and_steal_forward_signals_and_exit_with_cmds_status() {
-    for command in ["get", "steal"] {
-        for sig in [Signal::TERM, Signal::INT, Signal::HUP, Signal::QUIT] {
+    for command in ["get", "steal", "run"] {
+        // Not only the usual four: a stray `kill -USR1` (or a timer's ALRM) meant
+        // for CMD used to end `steal` and `run` with CMD orphaned (under `run`,
+        // with no supervisor for its binds).
+        for (sig, name) in [
+            (Signal::TERM, "TERM"),
+            (Signal::INT, "INT"),
+            (Signal::HUP, "HUP"),
+            (Signal::QUIT, "QUIT"),
+            (Signal::USR1, "USR1"),
+            (Signal::USR2, "USR2"),
+            (Signal::ALARM, "ALRM"),
+        ] {
             // CMD dies of the forwarded signal: fdgrab reports it as a shell would.
             let (code, cmd) = signal_fdgrab(command, "exec 9</dev/null; exec sleep 60", sig);
             assert_eq!(code, Some(128 + sig.as_raw()), "{command} {sig:?}");
             assert!(wait_gone(cmd), "{command}: CMD {cmd} outlived fdgrab");
+            // CMD handles the signal and picks its own status: fdgrab passes it on
+            // (a fdgrab ended by the signal itself would report 128+N instead).
+            let (code, cmd) = signal_fdgrab(
+                command,
+                &format!("trap 'exit 42' {name}; exec 9</dev/null; while :; do sleep 0.05; done"),
+                sig,
+            );
+            assert_eq!(code, Some(42), "{command} {name}");
+            assert!(wait_gone(cmd));
         }
-        // CMD handles the signal and picks its own status: fdgrab passes it on.
-        let (code, cmd) = signal_fdgrab(
-            command,
-            "trap 'exit 42' TERM; exec 9</dev/null; while :; do sleep 0.05; done",
-            Signal::TERM,
-        );
-        assert_eq!(code, Some(42), "{command}");
-        assert!(wait_gone(cmd));
     }
 }
 

@@ -59,7 +59,9 @@ pub(crate) fn fd_is_open(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<()>
         Err(Errno::PERM | Errno::ACCESS) => Err(Error::PermissionDenied {
             pid,
             fd: Some(fd),
-            op: "reading /proc/PID/fd",
+            // The kernel guards /proc/PID/fd with a ptrace access check (read
+            // mode): uids, dumpability and LSMs decide (Yama restricts only attaching).
+            op: "reading /proc/PID/fd (a ptrace access check)",
             hint: permission_hint(pid),
         }),
         Err(e) => Err(Error::io("readlink(/proc/PID/fd/N)", pid, Some(fd), e)),

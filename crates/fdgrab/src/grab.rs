@@ -159,10 +159,11 @@ impl GrabOptions {
     ///
     /// [`Backend::Auto`] uses `pidfd_getfd` and falls back to ptrace injection only
     /// when the kernel lacks it (`ENOSYS`); any other refusal is reported as is,
-    /// because ptrace would be refused for the same reason. Every copy, whichever
-    /// backend made it, is checked with [`access::same_file`]
-    /// ([`Error::IdentityMismatch`] if the target replaced the fd meanwhile). For a
-    /// steal, a failed close is returned as the error and the copies are dropped.
+    /// because ptrace would be refused for the same reason. A copy the target sent
+    /// (ptrace) is checked with [`access::same_file`] ([`Error::IdentityMismatch`]
+    /// if the target replaced the fd meanwhile); one `pidfd_getfd` made is the
+    /// target's file by construction. For a steal, a failed close is returned as
+    /// the error and the copies are dropped.
     pub fn grab_many(&self, target: &PidFd, fds: &[TargetFd]) -> Result<Vec<Grabbed>> {
         let taken = self.grab_many_then(target, fds, Ok::<_, Error>)?;
         taken.closed?;
@@ -188,7 +189,14 @@ impl GrabOptions {
         let mut out = Vec::with_capacity(copies.len());
         let mut owner = None;
         for (&target_fd, fd) in fds.iter().zip(copies) {
-            if !same_file_cached(target, &mut owner, target_fd, fd.as_fd())? {
+            // `pidfd_getfd` copies, through the pidfd, whatever the target's table
+            // holds at that number at that instant: the copy *is* the target's
+            // file, and a `kcmp` right after could only see a later change of the
+            // target's own, which no check can rule out. An fd that came over a
+            // socket from injected code is compared.
+            if backend == Backend::Ptrace
+                && !same_file_cached(target, &mut owner, target_fd, fd.as_fd())?
+            {
                 return Err(Error::IdentityMismatch {
                     pid: target.pid(),
                     fd: target_fd,
@@ -312,13 +320,18 @@ fn still_copied(target: &PidFd, copied: &[(TargetFd, (u64, u64))], backend: Back
 /// 1. the process exists ([`Error::NoSuchProcess`]); a zombie whose threads have all
 ///    exited counts as gone;
 /// 2. it is not a kernel thread ([`Error::InvalidArgument`]: it has no fds of its own);
-/// 3. for injection: the thread fdgrab would stop is not traced by another process,
+/// 3. for injection ([`Preflight::injects`]): the thread fdgrab would stop is not
+///    traced by another process,
 ///    and the ptrace attach check passes (an `O_RDONLY` open of
 ///    `/proc/PID/task/TID/mem` runs the same `PTRACE_MODE_ATTACH` check, Yama and
 ///    LSMs included, without attaching) → [`Error::PermissionDenied`];
 /// 4. every fd in `existing` is open in the target ([`Error::NoSuchFd`]);
 /// 5. every number in `install_at` is below the target's soft `RLIMIT_NOFILE`
 ///    ([`Error::InvalidArgument`] naming the limit: `dup3` would refuse it).
+///
+/// When every fd in `existing` is open in the leader's own table, one `readlink`
+/// per fd answers 1, 2 and 4 together (see `leader_has_all`); the checks are made
+/// one by one, each with its own error, only when one of those fails.
 ///
 /// A check cannot stop the target from changing afterwards (closing the fd, exiting);
 /// the operation itself still reports that, as the same error. What only an injected
@@ -347,10 +360,16 @@ impl Preflight {
         }
     }
 
-    /// The backend fds will be taken with; [`Backend::Ptrace`] implies [`Self::injects`].
+    /// The backend fds will be taken with.
+    ///
+    /// Copying with [`Backend::Ptrace`] needs no [`Self::injects`]: its
+    /// `PTRACE_SEIZE` comes before it changes anything in the target and is
+    /// refused for the same reasons (another tracer, the attach check), with the
+    /// same [`Error::PermissionDenied`] naming the tracer or the likely cause. A
+    /// command that has a side effect of its own before it injects (a steal starts
+    /// CMD before its close) asks for the check up front with [`Self::injects`].
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
-        self.injects |= backend == Backend::Ptrace;
         self
     }
 
@@ -377,34 +396,14 @@ impl Preflight {
     pub fn check(self) -> Result<PidFd> {
         let pid = self.pid;
         let target = open_target(pid, self.backend)?;
-        // The checks below read /proc; a failure to read it at all (fdgrab's own fd
-        // table full, /proc missing) is reported as what it is, not as "no process".
-        let (kernel_thread, leader_alive) =
-            procfs::kernel_thread_and_leader_alive(pid).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-                _ => Error::Io {
-                    op: "reading /proc/PID/stat",
-                    pid,
-                    fd: None,
-                    source: e,
-                },
-            })?;
-        // A reaped or fully exited process fails here, before anything else is read.
-        let owner = access::fd_table_owner_given(&target, Some(leader_alive))?;
-        if kernel_thread {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            return Err(Error::InvalidArgument(format!(
-                "process {pid} ({}) is a kernel thread: it has no fds of its own, and fdgrab \
-                 never stops or injects into kernel threads",
-                name.trim()
-            )));
-        }
-        if self.injects {
-            access::check_attach(&target, owner)?;
-        }
-        for &fd in &self.existing {
-            access::fd_is_open(&target, owner, fd)?;
-        }
+        let owner = if self.leader_has_all(&target) {
+            if self.injects {
+                access::check_attach(&target, pid)?;
+            }
+            pid
+        } else {
+            self.owner_or_refusal(&target)?
+        };
         // /proc/PID/limits only when a number must be checked against it: reading
         // it takes a dozen system calls, and most commands install nothing.
         let limit = (!self.install_at.is_empty())
@@ -424,6 +423,56 @@ impl Preflight {
         }
         tracing::debug!(pid, owner, injects = self.injects, "preflight passed");
         Ok(target)
+    }
+
+    /// The common case, in one `readlink` per fd: every fd in `existing` is open in
+    /// the leader's own table. That table proves checks 1 and 2 at once (a kernel
+    /// thread has none, and an exited leader's is gone: its `fd` directory is
+    /// empty), so the `stat` that [`Self::owner_or_refusal`] reads is not needed.
+    /// The pidfd is polled after the reads: a process still alive then is the one
+    /// they read (a pid is reused only once its process is reaped).
+    fn leader_has_all(&self, target: &PidFd) -> bool {
+        let pid = self.pid;
+        !self.existing.is_empty()
+            && self.existing.iter().all(|fd| {
+                rustix::fs::readlink(format!("/proc/{pid}/task/{pid}/fd/{fd}"), Vec::new()).is_ok()
+            })
+            && target.is_alive()
+    }
+
+    /// Checks 1 to 4 one by one, each failure named; returns the thread that owns
+    /// the fd table.
+    fn owner_or_refusal(&self, target: &PidFd) -> Result<Pid> {
+        let pid = self.pid;
+        // The checks below read /proc; a failure to read it at all (fdgrab's own fd
+        // table full, /proc missing) is reported as what it is, not as "no process".
+        let (kernel_thread, leader_alive) =
+            procfs::kernel_thread_and_leader_alive(pid).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+                _ => Error::Io {
+                    op: "reading /proc/PID/stat",
+                    pid,
+                    fd: None,
+                    source: e,
+                },
+            })?;
+        // A reaped or fully exited process fails here, before anything else is read.
+        let owner = access::fd_table_owner_given(target, Some(leader_alive))?;
+        if kernel_thread {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "process {pid} ({}) is a kernel thread: it has no fds of its own, and fdgrab \
+                 never stops or injects into kernel threads",
+                name.trim()
+            )));
+        }
+        if self.injects {
+            access::check_attach(target, owner)?;
+        }
+        for &fd in &self.existing {
+            access::fd_is_open(target, owner, fd)?;
+        }
+        Ok(owner)
     }
 }
 

@@ -4,7 +4,7 @@
 //! `--user`, sets its parent-death signal and no_new_privs, installs the filter
 //! itself and hands the listener back before exec. fdgrab keeps only the
 //! capabilities the supervisor needs and serves the listener until the program
-//! exits, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT.
+//! exits, forwarding every signal that would end fdgrab (see `launch::forwarded_signals`).
 
 use crate::bind_policy::{load_policy, open_audit};
 use crate::cli::RunArgs;

@@ -62,6 +62,10 @@ pub fn run(a: SendArgs) -> Result<ExitCode> {
 /// Target fds left out, each with the kernel's reason.
 pub(crate) type Refused = Vec<(fdgrab::TargetFd, &'static str)>;
 
+/// The advice given with the refusal of an fd the kernel will not pass.
+pub(crate) const SKIP_ADVICE: &str =
+    "nothing was taken; pass --skip-unpassable to hand over the other fds";
+
 /// Splits `items` (each naming a target fd through `fd_of`) into those the kernel
 /// will pass over a unix socket and those it refuses, with the reason. A refused fd
 /// is an error naming it unless `skip` (`--skip-unpassable`); skipped ones are named
@@ -83,7 +87,7 @@ pub(crate) fn passable<T: Clone>(
         let (fd, why) = refused[0];
         return Err(
             anyhow::Error::new(fdgrab::grab::unpassable_error(pid, fd, why, how))
-                .context("nothing was taken; pass --skip-unpassable to hand over the other fds"),
+                .context(SKIP_ADVICE),
         );
     }
     for (fd, why) in &refused {
