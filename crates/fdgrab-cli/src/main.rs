@@ -208,7 +208,7 @@ fn parse() -> Result<cli::Cli, clap::Error> {
         .unwrap_or_else(|| std::env::args_os().collect());
     #[cfg(target_env = "gnu")]
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(get) = args::fast_get(&args) {
+    if let Some(get) = cmd::fast_get(&args) {
         return Ok(cli::Cli {
             verbose: 0,
             log_format: None,

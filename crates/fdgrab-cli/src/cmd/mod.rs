@@ -14,6 +14,8 @@ mod run;
 mod send;
 mod steal;
 
+pub use get::fast_get;
+
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
 
