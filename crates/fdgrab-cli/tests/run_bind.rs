@@ -879,6 +879,23 @@ fn run_user_names_that_getent_reads_as_ids_are_refused() {
     }
 }
 
+/// Writes `DIR/getent`, a shell script standing in for `/usr/bin/getent` (the real
+/// one is copied to `DIR/getent.real`, which `body` may run as `{real}`).
+fn fake_getent(dir: &TempDir, body: &str) {
+    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
+    let real = dir.path("getent.real").display().to_string();
+    std::fs::write(
+        dir.path("getent"),
+        format!("#!/bin/sh\n{}", body.replace("{real}", &real)),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(
+        dir.path("getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+}
+
 /// A `getent` as Alpine's (musl-utils): no `initgroups` database, and every
 /// argument after the database a key, `--` included, the first one not found
 /// ending it with status 2. `--user` still finds the user and its supplementary
@@ -891,21 +908,11 @@ fn run_user_groups_without_getent_initgroups() {
         return;
     }
     let dir = TempDir::new("getent");
-    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
-    std::fs::write(
-        dir.path("getent"),
-        format!(
-            "#!/bin/sh\ndb=$1; shift\n[ \"$db\" = initgroups ] && exit 1\n\
-             for k in \"$@\"; do [ \"$k\" = -- ] && exit 2; {} \"$db\" -- \"$k\" || exit; done\n",
-            dir.path("getent.real").display()
-        ),
-    )
-    .expect("write getent");
-    std::fs::set_permissions(
-        dir.path("getent"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    fake_getent(
+        &dir,
+        "db=$1; shift\n[ \"$db\" = initgroups ] && exit 1\n\
+         for k in \"$@\"; do [ \"$k\" = -- ] && exit 2; {real} \"$db\" -- \"$k\" || exit; done\n",
+    );
     let mut group = std::fs::read_to_string("/etc/group").expect("/etc/group");
     group.push_str("fdgrabgetentgrp:x:23459:daemon\n");
     std::fs::write(dir.path("group"), group).expect("write group");
@@ -940,25 +947,12 @@ fn run_user_home_from_a_getent_line_with_a_colon_in_gecos() {
         return;
     }
     let dir = TempDir::new("getent-gecos");
-    std::fs::copy("/usr/bin/getent", dir.path("getent.real")).expect("copy getent");
-    std::fs::write(
-        dir.path("getent"),
-        format!(
-            "#!/bin/sh
-[ \"$1\" = passwd ] && [ \"$2\" = fdgrabgecos ] && \
-             exec echo 'fdgrabgecos:x:23471:23471:Ops: night shift:/nonexistent-gecos-home:/bin/sh'
-\
-             exec {} \"$@\"
-",
-            dir.path("getent.real").display()
-        ),
-    )
-    .expect("write getent");
-    std::fs::set_permissions(
-        dir.path("getent"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    fake_getent(
+        &dir,
+        "[ \"$1\" = passwd ] && [ \"$2\" = fdgrabgecos ] && \
+         exec echo 'fdgrabgecos:x:23471:23471:Ops: night shift:/nonexistent-gecos-home:/bin/sh'\n\
+         exec {real} \"$@\"\n",
+    );
     let script = format!(
         "mount --bind {dir}/getent /usr/bin/getent && \
          exec {fdgrab} run --user fdgrabgecos -- sh -c 'echo \"$HOME\"; id -u'",
