@@ -42,20 +42,25 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
     let b = Snapshot::take(t.pid);
     let pid = t.pid.to_string();
     let file = t.fd_labelled("file").to_string();
+    // `send` connects to --to before it takes anything: a socket that listens, which
+    // uid 65534 may connect to, so that the seccomp check is what refuses.
+    let dir = std::env::temp_dir().join(format!("fdgrab-seccomp-send-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let open = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod")
+    };
+    open(&dir);
+    let to = dir.join("to.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&to).expect("bind --to");
+    open(&to);
+    let to = to.display().to_string();
     let cases: [&[&str]; 6] = [
         &["put", &pid, "61", "--file", "/dev/null", "--read"],
         &["redirect", &pid, "1", "/dev/null"],
         &["cat", "--backend", "ptrace", &pid, &file],
         &["get", "--backend", "ptrace", &pid, &file, "--", "true"],
-        &[
-            "send",
-            "--backend",
-            "ptrace",
-            &pid,
-            &file,
-            "--to",
-            "/nonexistent.sock",
-        ],
+        &["send", "--backend", "ptrace", &pid, &file, "--to", &to],
         &["steal", "--backend", "ptrace", &pid, &file, "--", "true"],
     ];
     for args in cases {
@@ -97,6 +102,7 @@ fn seccomp_cli_unreadable_filter_refused_without_force() {
     assert_success(&out);
     let fds = b.fds_with("61 -> /dev/null");
     b.assert_unharmed(&mut t, &fds, "put --force");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Forced into a filter that traps the injected `socket`: the trap is caught (the
