@@ -775,6 +775,19 @@ fn detach_leaves_a_supervisor_for_the_new_servers_life() {
         Some(0),
         "the supervisor keeps fdgrab's blocked signals: {blocked}"
     );
+    // A stray USR1, USR2 or ALRM does not end it (the server's binds would get
+    // ENOSYS); TERM would.
+    let sup_pid = rustix::process::Pid::from_raw(sup).expect("pid");
+    for sig in [
+        rustix::process::Signal::USR1,
+        rustix::process::Signal::USR2,
+        rustix::process::Signal::ALARM,
+    ] {
+        rustix::process::kill_process(sup_pid, sig).expect("signal the supervisor");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(process_exists(sup), "a stray signal ended the supervisor");
+    assert_eq!(Probe::Http(addr(ip, port)).ask(), Ok(2));
     // It leaves with the last process under the filter.
     let pid = rustix::process::Pid::from_raw(new_pid).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("TERM new server");

@@ -133,6 +133,17 @@ impl BindHandover {
                 // fdgrab blocks the signals it forwards; this process must be
                 // stoppable by them like any other.
                 crate::sys::set_signal_mask(&crate::sys::sigset(&[]));
+                // But only by those meant to stop a process: a stray `kill -USR1`
+                // (or a timer's ALRM) that ended it would leave the new server's
+                // later binds answered ENOSYS, with nobody behind the filter.
+                let stopping = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+                for sig in crate::signalfd::ending_by_default() {
+                    if !stopping.contains(&sig) {
+                        // SAFETY: SIG_IGN installs no handler code; this process
+                        // is single-threaded (checked before the fork).
+                        unsafe { libc::signal(sig, libc::SIG_IGN) };
+                    }
+                }
                 for n in 0..3 {
                     let _ = crate::sys::dup_onto(&devnull, n);
                 }
