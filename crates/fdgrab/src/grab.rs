@@ -434,9 +434,10 @@ impl Preflight {
     fn leader_has_all(&self, target: &PidFd) -> bool {
         let pid = self.pid;
         !self.existing.is_empty()
-            && self.existing.iter().all(|fd| {
-                rustix::fs::readlink(format!("/proc/{pid}/task/{pid}/fd/{fd}"), Vec::new()).is_ok()
-            })
+            && self
+                .existing
+                .iter()
+                .all(|&fd| access::fd_is_open(target, pid, fd).is_ok())
             && target.is_alive()
     }
 
