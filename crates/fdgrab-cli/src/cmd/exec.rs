@@ -3,7 +3,7 @@
 
 use crate::cli::{ExecArgs, Via};
 use crate::exit::UsageError;
-use crate::launch::passthrough;
+use crate::launch::{forwarded_signals, passthrough};
 use anyhow::{bail, Context, Result};
 use fdgrab::activation::bind_handover::BindHandover;
 use fdgrab::activation::{
@@ -11,7 +11,7 @@ use fdgrab::activation::{
 };
 use fdgrab::grab::Preflight;
 use fdgrab::inject::CloseMode;
-use fdgrab::signalfd::{signal_name, SignalFd};
+use fdgrab::signalfd::signal_name;
 use fdgrab::PidFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
@@ -48,16 +48,9 @@ pub fn run(a: ExecArgs) -> Result<ExitCode> {
     }
     let program = activation::find_program(&a.cmd[0])?;
     // Blocked before anything is started, so that a ^C during the handover is seen
-    // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway.
-    // Every signal that would end fdgrab, not only the usual four: a `kill -USR1`
-    // meant for the server (nginx reopens its logs on it) must reach it, not kill
-    // fdgrab and leave the new server orphaned beside the old one (or, under
-    // `--via bind`, without the supervisor its trapped calls wait for).
-    // And the terminal signals, which a user may send to the server through us
-    // (gunicorn's TTIN/TTOU would otherwise stop fdgrab instead).
-    let mut blocked = fdgrab::signalfd::ending_by_default();
-    blocked.extend(fdgrab::signalfd::TERMINAL_SIGNALS);
-    let signals = SignalFd::block(&blocked)?;
+    // by the wait loop (and aborts it cleanly) instead of killing fdgrab halfway;
+    // the same set as steal and run forward (see `forwarded_signals`).
+    let signals = forwarded_signals()?;
 
     // --steal injects its close: a target that cannot be stopped (traced, no access)
     // is refused here, before the new server starts.
