@@ -826,9 +826,7 @@ fn run_user_known_only_through_nss() {
             real = db.display(),
             fdgrab = bin("fdgrab").display(),
         );
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-        let out = output_timeout(&mut c, TIMEOUT);
+        let out = in_private_mounts(&script);
         assert!(out.status.success(), "{user}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -879,6 +877,14 @@ fn run_user_names_that_getent_reads_as_ids_are_refused() {
     }
 }
 
+/// Runs `script` with `sh` in a mount namespace of its own, whose bind mounts no
+/// other test sees.
+fn in_private_mounts(script: &str) -> Output {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script]);
+    output_timeout(&mut c, TIMEOUT)
+}
+
 /// Writes `DIR/getent`, a shell script standing in for `/usr/bin/getent` (the real
 /// one is copied to `DIR/getent.real`, which `body` may run as `{real}`).
 fn fake_getent(dir: &TempDir, body: &str) {
@@ -922,9 +928,7 @@ fn run_user_groups_without_getent_initgroups() {
         dir = dir.path("").display(),
         fdgrab = bin("fdgrab").display(),
     );
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-    let out = output_timeout(&mut c, TIMEOUT);
+    let out = in_private_mounts(&script);
     assert!(out.status.success(), "{out:?}");
     let groups: Vec<u32> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -959,9 +963,7 @@ fn run_user_home_from_a_getent_line_with_a_colon_in_gecos() {
         dir = dir.path("").display(),
         fdgrab = bin("fdgrab").display(),
     );
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-    let out = output_timeout(&mut c, TIMEOUT);
+    let out = in_private_mounts(&script);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
