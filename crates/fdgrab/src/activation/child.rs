@@ -308,10 +308,23 @@ impl ActivatedChild {
             let deadline = Instant::now() + grace;
             for k in &kids {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if !k.wait_exit(Some(left)).unwrap_or(false) {
+                let mut gone = k.wait_exit(Some(left)).unwrap_or(false);
+                if !gone {
                     let _ = k.send_signal(libc::SIGKILL);
+                    // SIGKILL does not end a process in an uninterruptible wait (a
+                    // FUSE or NFS read): it is left to be reaped when fdgrab exits
+                    // rather than waited for without end.
+                    gone = k.wait_exit(Some(KILL_GRACE)).unwrap_or(false);
                 }
-                let _ = k.wait_child();
+                if gone {
+                    let _ = k.wait_child();
+                } else {
+                    tracing::warn!(
+                        pid = k.pid(),
+                        server,
+                        "a process the new server left behind did not end on SIGKILL"
+                    );
+                }
             }
         }
         ended
@@ -360,6 +373,9 @@ impl ActivatedChild {
         }
     }
 }
+
+/// How long [`ActivatedChild::end_left_behind`] waits for a process it killed.
+const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// How many times [`ActivatedChild::end_left_behind`] looks for children at most.
 const LEFT_BEHIND_ROUNDS: usize = 4;
