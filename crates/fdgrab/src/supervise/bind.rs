@@ -512,7 +512,7 @@ fn is_ipv6_wildcard(addr: SocketAddr) -> bool {
 
 const DUAL_STACK_REASON: &str = "[::] takes 0.0.0.0 too unless IPV6_V6ONLY is set, which the program can clear up to the bind; the policy does not allow 0.0.0.0 (the kernel decides)";
 
-const CLOSES_WAITING_REASON: &str = "closes of earlier copies of this program's (its pod's) files still wait for their server (a FUSE server holding FLUSH?); no copy is taken (the kernel decides)";
+pub(super) const CLOSES_WAITING_REASON: &str = "closes of earlier copies of this program's (its pod's) files still wait for their server (a FUSE server holding FLUSH?); no copy is taken (the kernel decides)";
 const EMFILE_REASON: &str =
     "the supervisor is out of file descriptors (EMFILE; the kernel decides)";
 const NO_PIDFD_REASON: &str = "cannot open a pidfd for the caller (the kernel decides)";
@@ -842,7 +842,7 @@ fn give_closing_place_back(owner: u64, place: Place) {
 /// Whether `owner` may have one more close waiting. A caller's fd is copied
 /// only then: the copy of a file that is no socket must be closed, and past
 /// the owner's places that close could only be made where nothing bounds it.
-fn may_close(owner: u64) -> bool {
+pub(super) fn may_close(owner: u64) -> bool {
     if CLOSING_ANY.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         return true;
     }

@@ -53,7 +53,10 @@
 //! After [`Handover::commit`] or [`Handover::abort`] every call goes straight back
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
-use super::bind::{decode_bind, let_go_of_file, thread_group_pidfd, BindArgs, Undecoded};
+use super::bind::{
+    decode_bind, let_go_of_file, may_close, thread_group_pidfd, BindArgs, Undecoded,
+    CLOSES_WAITING_REASON,
+};
 use super::handler::{Answer, Context, Handler};
 use super::tenant::READ_DEADLINE;
 use crate::error::{Error, Result};
@@ -450,7 +453,12 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     {
         return cont("no taken socket has this address");
     }
-    // Only a bind of a taken address costs a pidfd.
+    // Only a bind of a taken address costs a pidfd. And only while a close of the
+    // copy has a place to wait: past the program's places, `let_go_of_file` would
+    // close it on this thread, which a FUSE server holding FLUSH stalls for good.
+    if !may_close(0) {
+        return cont(CLOSES_WAITING_REASON);
+    }
     let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
