@@ -18,7 +18,7 @@ use crate::supervise::oci::{
 use crate::supervise::pidfd_cache::{FdBudget, ThreadPidfds};
 use crate::supervise::policy::{Policy, PolicyCell};
 use crate::supervise::port_threshold::UnprivilegedPorts;
-use crate::supervise::tenant::{LatencyStats, Shared, Tenant, TenantEvent, READ_DEADLINE};
+use crate::supervise::tenant::{LatencyStats, Shared, Tenant, TenantEvent, WATCHDOG_TICK};
 use crate::supervise::{io_err, watch_in, ListenerId};
 use crate::Result;
 use rustix::event::epoll;
@@ -44,9 +44,6 @@ const FIRST_CONN_TOKEN: u64 = 2;
 /// How long a runtime may take to send its whole document. runc and crun send it
 /// in one `sendmsg` right after `connect`, so this only bounds broken clients.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often the watchdog looks for overdue requests while containers exist.
-const WATCHDOG_TICK: Duration = Duration::from_millis(READ_DEADLINE.as_millis() as u64 / 5);
 
 /// How often the slow lane reads the connections whose document arrives in
 /// pieces.

@@ -29,8 +29,8 @@ use std::sync::Arc;
 /// How often `run`'s watchdog looks for a read of the program's memory that
 /// outlived its deadline (as the agent's: a fifth of the deadline).
 const WATCHDOG_EVERY: rustix::event::Timespec = rustix::event::Timespec {
-    tv_sec: 0,
-    tv_nsec: super::tenant::READ_DEADLINE.as_nanos() as i64 / 5,
+    tv_sec: super::tenant::WATCHDOG_TICK.as_secs() as i64,
+    tv_nsec: super::tenant::WATCHDOG_TICK.subsec_nanos() as i64,
 };
 
 /// How often `run` retries audit lines the sink could not take yet (as the

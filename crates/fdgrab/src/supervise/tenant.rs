@@ -70,6 +70,11 @@ use std::time::{Duration, Instant};
 /// of resident memory takes microseconds; this leaves room for a swapped-out page.
 pub const READ_DEADLINE: Duration = Duration::from_millis(500);
 
+/// How often a watchdog (the agent's, `run`'s) looks for a read that outlived
+/// [`READ_DEADLINE`]: a fifth of it.
+pub(crate) const WATCHDOG_TICK: Duration =
+    Duration::from_nanos(READ_DEADLINE.as_nanos() as u64 / 5);
+
 /// Workers of one container that may be given up on at once. Only a read in
 /// the worker's own thread can be given up on, and after its first the
 /// container reads only in killable readers, so one is all it ever needs; a
