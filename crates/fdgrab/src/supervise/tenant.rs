@@ -658,20 +658,20 @@ impl Tenant {
                     return self.release();
                 }
             };
-            // Another call of this container already waiting, with this one
-            // taken: two of its threads are in a trapped call at once. A thread
-            // calling one at a time, however fast, never shows that.
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
-            let queued = self.shared.paced
-                && matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
-                && more[0].revents().contains(PollFlags::IN);
-            let change = match self.shared.paced {
-                true => pace.note(queued, Instant::now()),
-                false => PaceChange::Keep,
+            let change = if self.shared.paced {
+                // Another call of this container already waiting, with this one
+                // taken: two of its threads are in a trapped call at once. A
+                // thread calling one at a time, however fast, never shows that.
+                let zero = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let mut more = [PollFd::new(&self.listener, PollFlags::IN)];
+                let queued = matches!(rustix::event::poll(&mut more, Some(&zero)), Ok(n) if n > 0)
+                    && more[0].revents().contains(PollFlags::IN);
+                pace.note(queued, Instant::now())
+            } else {
+                PaceChange::Keep
             };
             match change {
                 PaceChange::Keep => {}
