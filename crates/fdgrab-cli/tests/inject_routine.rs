@@ -324,7 +324,7 @@ fn routine_waiting_in_a_call_is_interrupted() {
         let waited = err.contains("did not end");
         assert_eq!(out.status.success(), !waited, "{err}");
         let fds = fds_with_listener(&t, &b, waited, &err);
-        b.assert_unharmed(&mut t, &fds, "a call that waits");
+        b.assert_unharmed(&mut t, &fds, &format!("a call that waits ({err})"));
         if waited {
             return;
         }

@@ -523,7 +523,7 @@ fn leader_exit() -> Value {
     let (r, w) = (r.into_raw_fd(), w.into_raw_fd());
     let report =
         json!({"pid": std::process::id(), "fds": [describe(r, "pipe-r"), describe(w, "pipe-w")]});
-    std::thread::spawn(|| loop {
+    spawn_started(|| loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     });
     emit(&report);
@@ -760,7 +760,7 @@ fn threads(n: usize) {
     for i in 1..n {
         let r = r.clone();
         let pair = pair.clone();
-        std::thread::spawn(move || match i % 4 {
+        spawn_started(move || match i % 4 {
             0 => {
                 let mut acc = 0u64;
                 loop {
@@ -787,6 +787,21 @@ fn threads(n: usize) {
     echo_reads();
 }
 
+/// Starts a thread running `f` and returns once it has started, since tests take
+/// their snapshot of the maps after the report: the thread's start-up (its stack,
+/// its alternate signal stack, the C library's first allocations in it) must not
+/// change them later, which the static musl build showed. The channel is freed by
+/// this thread, after the new one has dropped its end.
+fn spawn_started<F: FnOnce() + Send + 'static>(f: F) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+    std::thread::spawn(move || {
+        drop(tx);
+        f()
+    });
+    // Err once the sender is gone: that is the signal.
+    let _ = rx.recv();
+}
+
 /// The calling (main) thread's `status`, opened before the report: the fd table
 /// must not change while the test looks at it.
 fn main_thread_status() -> std::fs::File {
@@ -796,15 +811,18 @@ fn main_thread_status() -> std::fs::File {
 
 /// Spins until the thread whose `status` this is has a tracer: an attack that
 /// must come after fdgrab looked at the target and before it is done.
+///
+/// It allocates nothing: a thread that allocated (and freed) while the tracer runs
+/// would change the maps that a test compares before and after.
 fn spin_until_traced(status: &std::fs::File) {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = [0u8; 4096];
     loop {
         let n = status.read_at(&mut buf, 0).unwrap_or(0);
-        let traced = String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))
-            .is_some_and(|v| v.trim() != "0");
+        let traced = buf[..n]
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(b"TracerPid:"))
+            .is_some_and(|v| v.trim_ascii() != b"0");
         if traced {
             return;
         }
@@ -822,7 +840,7 @@ fn tsync_trap_when_traced(what: Tsync) {
     // A program that installs a trapping filter handles SIGSYS: that handler must
     // survive a trap an injected call meets.
     install_counter(libc::SIGSYS, false);
-    std::thread::spawn(move || {
+    spawn_started(move || {
         spin_until_traced(&status);
         let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
         let prog = [
@@ -879,7 +897,7 @@ fn hijack_routine(how: Hijack) {
         install_counter(libc::SIGSEGV, false);
     }
     let status = main_thread_status();
-    std::thread::spawn(move || {
+    spawn_started(move || {
         spin_until_traced(&status);
         let (nr, at) = match how {
             Hijack::Forge => (libc::SYS_sendmsg, 0x1a),
@@ -1267,7 +1285,7 @@ static PI_LOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 fn lock_pi() {
     install_counter(libc::SIGUSR1, false);
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    spawn_started(move || {
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         // Uncontended PI lock: the owner's tid in the word, no syscall.
         PI_LOCK
@@ -1660,7 +1678,7 @@ fn exec_when_traced() {
 
 /// The second thread of [`exec_when_traced`], for the thread whose `status` this is.
 fn exec_when_thread_traced(status: std::fs::File) {
-    std::thread::spawn(move || {
+    spawn_started(move || {
         let listener = listen_for_scratch_unmap(&status);
         if let Ok(Some(_)) = listener.recv() {
             let err = std::os::unix::process::CommandExt::exec(
@@ -1678,7 +1696,7 @@ fn exec_when_thread_traced(status: std::fs::File) {
 /// comes once the leader is a zombie.
 fn leader_exit_exec_when_traced() {
     let leader = std::process::id();
-    std::thread::spawn(move || {
+    spawn_started(move || {
         exec_when_thread_traced(main_thread_status());
         let state = || {
             std::fs::read_to_string(format!("/proc/self/task/{leader}/stat"))
@@ -1707,7 +1725,7 @@ fn leader_exit_exec_when_traced() {
 /// Every `munmap` after the first is let through at once.
 fn hold_unmap_when_traced() {
     let status = main_thread_status();
-    std::thread::spawn(move || {
+    spawn_started(move || {
         let listener = listen_for_scratch_unmap(&status);
         let mut first = true;
         loop {
