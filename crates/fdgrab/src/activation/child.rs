@@ -9,7 +9,7 @@ use crate::spawn::Child;
 use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -346,31 +346,19 @@ impl ActivatedChild {
         notify: &NotifySocket,
     ) -> Result<ExitStatus> {
         let pid = self.pid();
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st);
-            }
-            let exit_fd = self.child.pidfd().exit_fd()?;
-            let mut fds = [
-                PollFd::new(&exit_fd, PollFlags::IN),
-                PollFd::new(signals, PollFlags::IN),
-                PollFd::new(notify, PollFlags::IN),
-            ];
-            match poll(&mut fds, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(Error::io("poll", pid, None, e)),
-            }
-            self.child.forward(signals)?;
-            while let Some(msg) = notify.recv()? {
-                // Anyone in the network namespace may write to an abstract name.
-                if !notify::is_same_or_descendant(msg.pid, pid) {
-                    continue;
+        self.child
+            .wait_forwarding_also(signals, Some(notify.as_fd()), || {
+                while let Some(msg) = notify.recv()? {
+                    // Anyone in the network namespace may write to an abstract name.
+                    if !notify::is_same_or_descendant(msg.pid, pid) {
+                        continue;
+                    }
+                    if let Some(status) = msg.field("STATUS") {
+                        tracing::info!(pid, sender = msg.pid, status, "new server status");
+                    }
                 }
-                if let Some(status) = msg.field("STATUS") {
-                    tracing::info!(pid, sender = msg.pid, status, "new server status");
-                }
-            }
-        }
+                Ok(())
+            })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::{fcntl_dupfd_cloexec, Errno};
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -681,6 +681,17 @@ impl Child {
     /// Waits for the child to exit, passing every signal read from `signals` on to
     /// it, and returns its status.
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
+        self.wait_forwarding_also(signals, None, || Ok(()))
+    }
+
+    /// [`Child::wait_forwarding`] that also wakes up when `also` is readable, and
+    /// calls `serve` after every wake-up, once the signals are passed on.
+    pub fn wait_forwarding_also(
+        &mut self,
+        signals: &SignalFd,
+        also: Option<BorrowedFd<'_>>,
+        mut serve: impl FnMut() -> Result<()>,
+    ) -> Result<ExitStatus> {
         loop {
             if let Some(st) = self.try_wait()? {
                 return Ok(st);
@@ -689,12 +700,15 @@ impl Child {
             let mut fds = [
                 PollFd::new(&exit_fd, PollFlags::IN),
                 PollFd::new(signals, PollFlags::IN),
+                PollFd::from_borrowed_fd(also.unwrap_or(signals.as_fd()), PollFlags::IN),
             ];
-            match poll(&mut fds, None) {
+            let n = if also.is_some() { 3 } else { 2 };
+            match poll(&mut fds[..n], None) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(Error::io("poll", self.pid(), None, e)),
             }
             self.forward(signals)?;
+            serve()?;
         }
     }
 
