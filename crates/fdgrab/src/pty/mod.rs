@@ -37,7 +37,7 @@ pub use keeper::{
 };
 pub use lock::AttachLock;
 
-pub use relay::{relay, relay_signals, Escape, RelayEnd, RELAY_SIGNALS};
+pub use relay::{relay, relay_signals, Escape, RelayEnd};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
 
