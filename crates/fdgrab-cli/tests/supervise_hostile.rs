@@ -357,6 +357,32 @@ fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     drop(old);
 }
 
+/// The same for `listen`, which `exec --via bind` also traps: the new server
+/// calls it on a FUSE file. The copy of its fd, found not to be a socket, was
+/// closed on the supervisor's only thread, so the `listen` (and every signal
+/// and the ready gate) waited for the FUSE server's answer to `FLUSH`.
+#[test]
+fn exec_via_bind_listen_on_a_fuse_file_is_answered_while_its_flush_waits() {
+    if !root_or_skip() {
+        return;
+    }
+    let old = std::net::TcpListener::bind("127.66.0.7:0").expect("a listener");
+    let port = old.local_addr().expect("its address").port().to_string();
+    let Some(v) = answered_while_flushes_wait("hold-listen", |file| {
+        let mut c = fdgrab_testkit::fdgrab();
+        c.args(["exec", &std::process::id().to_string()])
+            .arg(format!("tcp:127.66.0.7:{port}"))
+            .args(["--via", "bind", "--ready-timeout", "30", "--"])
+            .arg(bin("bind-probe"))
+            .args(["file-listen", file]);
+        c
+    }) else {
+        return;
+    };
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
+    drop(old);
+}
+
 /// A bind of a file is the kernel's `ENOTSOCK` and changes nothing, so once it
 /// returns, closing the file releases what the file held (a `flock`). fdgrab's
 /// copy, closed off the serving thread so that a FUSE server cannot hold it,

@@ -383,18 +383,26 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     }
     let fd = n.data.args[0] as u32 as i32;
     let backlog = n.data.args[1] as u32 as i32;
+    // As for a bind: closing a copy of a FUSE file waits for its server (FLUSH),
+    // so it is made off this thread, in a place taken before the copy.
+    let Some(place) = reserve_close(0) else {
+        return cont(CLOSES_WAITING_REASON);
+    };
     let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
     if !cx.listener.id_valid(n.id) {
+        let_go_of_file(theirs, place);
         return None;
     }
     // A getsockopt fails ENOTSOCK for any other file without reaching its file
     // system; an fstat of a FUSE file may be a request to its server.
     if rustix::net::sockopt::socket_type(&theirs).is_err() {
+        let_go_of_file(theirs, place);
         return cont("not a taken socket");
     }
+    drop(place);
     let key = key_of(&theirs);
     match st.slots.iter_mut().find(|s| Some(s.key) == key) {
         Some(slot) => {
