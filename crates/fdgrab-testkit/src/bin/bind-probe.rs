@@ -21,8 +21,8 @@
 //! - `file-bind PATH PORT`: binds an open regular file (`PATH`) to
 //!   127.66.0.1:PORT (the kernel answers ENOTSOCK), while another thread binds a
 //!   TCP socket to PORT+1.
-//! - `file-listen PATH`: calls `listen` on an open regular file (`PATH`): the
-//!   kernel answers ENOTSOCK; `{"errno":E}`.
+//! - `file-listen PATH [PORT]`: calls `listen` on an open regular file (`PATH`): the
+//!   kernel answers ENOTSOCK; `{"errno":E}` (PORT, if given, is not used).
 //! - `flock-bind PATH N PORT`: N times, opens `PATH`, takes an exclusive `flock`,
 //!   binds that file to 127.66.0.1:PORT (ENOTSOCK), closes it and tries the lock
 //!   again through a new open; `{"errno":E,"still_locked":K}` (K: how often the
