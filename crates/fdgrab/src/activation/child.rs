@@ -147,10 +147,8 @@ impl ActivatedChild {
             let may_count = gate.as_ref().is_none_or(|g| g.may_count());
             if let Some(after) = ready_after.filter(|_| may_count) {
                 if elapsed >= after {
-                    if self.reap_if_exited()? {
-                        return Ok(Err(NotReady::Exited(
-                            self.child.status().unwrap_or_default(),
-                        )));
+                    if let Some(st) = self.child.try_wait()? {
+                        return Ok(Err(NotReady::Exited(st)));
                     }
                     // "Still running" must mean able to serve.
                     if let Some(sig) = self.child.stopped_by() {
@@ -160,10 +158,8 @@ impl ActivatedChild {
                 }
             }
             if elapsed >= start_timeout {
-                if self.reap_if_exited()? {
-                    return Ok(Err(NotReady::Exited(
-                        self.child.status().unwrap_or_default(),
-                    )));
+                if let Some(st) = self.child.try_wait()? {
+                    return Ok(Err(NotReady::Exited(st)));
                 }
                 return Ok(Err(NotReady::TimedOut(start_timeout)));
             }
@@ -194,10 +190,8 @@ impl ActivatedChild {
                     return Ok(Err(NotReady::Refused));
                 }
             }
-            if self.reap_if_exited()? {
-                return Ok(Err(NotReady::Exited(
-                    self.child.status().unwrap_or_default(),
-                )));
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(Err(NotReady::Exited(st)));
             }
             if let Some(g) = &gate {
                 if g.ready() {
@@ -239,21 +233,14 @@ impl ActivatedChild {
                     }
                     if msg.is_ready() {
                         // It may have said READY=1 and died straight after.
-                        if self.reap_if_exited()? {
-                            return Ok(Err(NotReady::Exited(
-                                self.child.status().unwrap_or_default(),
-                            )));
+                        if let Some(st) = self.child.try_wait()? {
+                            return Ok(Err(NotReady::Exited(st)));
                         }
                         return Ok(Ok(Readiness::Notified));
                     }
                 }
             }
         }
-    }
-
-    /// Reaps the child if it has exited; `true` if it has.
-    fn reap_if_exited(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_some())
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
