@@ -1188,12 +1188,7 @@ fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
 /// A suspect container makes `n` binds whose sockaddr sits on pages `first..`
 /// of the held FUSE file, each answered ETIMEDOUT.
 fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
-    for page in first..first + n {
-        let r = t.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT);
-        assert_eq!(r["stalled"], true, "{r}");
-        let r = t.line(TIMEOUT);
-        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
-    }
+    fuse_stall_all(std::slice::from_mut(t), page_file, first, n);
 }
 
 /// A container that fills its share of buried readers and is restarted (a new
@@ -1201,7 +1196,7 @@ fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
 /// places go with the pod. The restarted container's stuck bind is answered
 /// at once without a reader, while a container of another pod still gets
 /// one. (Keyed by container, each restart of a pod whose FUSE daemon holds
-/// requests for ever took 4 more places, up to the agent's 64.)
+/// requests for ever took 4 more places, up to the agent-wide cap.)
 #[test]
 fn agent_restarted_container_keeps_its_pods_share_of_buried_readers() {
     if !root_or_skip() {
