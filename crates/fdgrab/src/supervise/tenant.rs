@@ -47,9 +47,11 @@
 //! (see `seccomp::killable_read`): its worker answers `ETIMEDOUT` and
 //! serves on with a fresh reader, and a reaper thread reaps the buried one
 //! once the daemon answers or dies. A container (its pod, when named) may leave
-//! `MAX_BURIED_PER_TENANT` (4) of them, the agent
-//! `MAX_BURIED` (64); past either, the container's
-//! reads that need a new reader are answered `ETIMEDOUT` at once, without one.
+//! `MAX_BURIED_PER_TENANT` (4) of them; past that, the container's reads that
+//! need a new reader are answered `ETIMEDOUT` at once, without one. The
+//! agent-wide bound follows from the pods the node runs
+//! ([`super::agent::Agent::set_max_pods`]), so that pods at their shares never
+//! deny a reader to a pod below its own (see `seccomp::killable_read`).
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
