@@ -857,12 +857,9 @@ fn take_closing_place(owner: u64) -> Option<Place> {
             Err(p) => p.into_inner().0,
         };
     }
-    if g.threads < MAX_CLOSING {
-        g.threads += 1;
-        Some(Place::Thread)
-    } else {
-        Some(Place::Here)
-    }
+    // Where a close is made is decided when the place is spent: a place only
+    // taken for a check must not take a closer thread from a close that waits.
+    Some(Place::Here)
 }
 
 /// Gives back a place taken ([`take_closing_place`]), or `spent` on a close
@@ -904,7 +901,14 @@ impl ClosePlace {
             c.taken -= 1;
             c.closing += 1;
         }
+        if g.threads < MAX_CLOSING {
+            g.threads += 1;
+            self.place = Place::Thread;
+        }
         self.spent = true;
+        drop(g);
+        // A caller waiting for this owner's places must not wait for this one.
+        CLOSING_FREED.notify_all();
     }
 }
 
@@ -1148,12 +1152,32 @@ mod tests {
         // Owner 1's first close is done.
         held.remove(0);
         assert!(reserve_close(1).is_some());
-        let p = reserve_close(999).expect("a place given back");
+        let p = waiting_close(999).expect("a place given back");
         assert_eq!(p.place, Place::Thread, "a thread given back");
         drop(p);
         held.clear();
         let g = closing();
         assert!(g.by_owner.is_empty() && g.threads == 0);
+    }
+
+    /// Places only taken for checks take no closer thread: a close spent once
+    /// they are given back gets a thread of its own, not the caller's worker.
+    #[test]
+    fn places_only_taken_leave_the_closer_threads_free() {
+        let _serial = places_serial();
+        let mut held = Vec::new();
+        for owner in 0..(MAX_CLOSING / MAX_CLOSING_PER_OWNER) as u64 {
+            for _ in 0..MAX_CLOSING_PER_OWNER {
+                held.push(reserve_close(5000 + owner).expect("taken"));
+            }
+        }
+        let mut late = reserve_close(9999).expect("a place");
+        held.clear();
+        late.spend();
+        assert_eq!(late.place, Place::Thread);
+        drop(late);
+        let g = closing();
+        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
     }
 
     /// A place another caller has only taken (its copy not yet known to be a
