@@ -33,7 +33,10 @@
 //! share gets a reader, so that tenants at their shares cannot deny one to
 //! another; past that (more tenants hold stuck readers than it runs: tenants
 //! gone whose file system lives on), only a tenant with none buried, up to one
-//! more per tenant it may run; past that, nobody.
+//! more per tenant it may run; past that, nobody. Each tenant counts towards
+//! these up to its share only: the checks are made when a reader starts, so
+//! a tenant whose threads' readers all stall at once may leave one per
+//! thread, past its share, and those must not spend the others' room.
 //!
 //! A thread's reader is killed and reaped when the thread exits (its
 //! thread-local's destructor), and dies with the thread in any case (its
@@ -444,10 +447,22 @@ fn may_start(tenant: u64) -> bool {
     if NO_REAPER.load(Ordering::Relaxed) {
         sweep(&mut g);
     }
-    let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
+    let mut per_tenant = std::collections::HashMap::<u64, usize>::new();
+    for r in &g.buried {
+        *per_tenant.entry(r.tenant).or_default() += 1;
+    }
+    let mine = per_tenant.get(&tenant).copied().unwrap_or(0);
+    // Each tenant counts up to its share only: the share is checked when a
+    // reader starts, so a tenant whose workers' readers, started at once,
+    // all stall leaves one per worker; counted in full, they spent the
+    // others' room, and one tenant with enough workers alone denied a
+    // reader to every tenant holding any.
+    let held: usize = per_tenant
+        .values()
+        .map(|&n| n.min(MAX_BURIED_PER_TENANT))
+        .sum();
     let (shares, ceiling) = buried_caps();
-    let all = g.buried.len();
-    mine < MAX_BURIED_PER_TENANT && (all < shares || (mine == 0 && all < ceiling))
+    mine < MAX_BURIED_PER_TENANT && (held < shares || (mine == 0 && held < ceiling))
 }
 
 /// Buried readers of `tenant`, and over all tenants.
