@@ -447,22 +447,30 @@ fn may_start(tenant: u64) -> bool {
     if NO_REAPER.load(Ordering::Relaxed) {
         sweep(&mut g);
     }
-    let mut per_tenant = std::collections::HashMap::<u64, usize>::new();
-    for r in &g.buried {
-        *per_tenant.entry(r.tenant).or_default() += 1;
+    // A tenant past its share asks on each of its calls: answered first,
+    // with one pass.
+    let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
+    let (shares, ceiling) = buried_caps();
+    if mine >= MAX_BURIED_PER_TENANT {
+        return false;
     }
-    let mine = per_tenant.get(&tenant).copied().unwrap_or(0);
+    if g.buried.len() < shares {
+        return true;
+    }
     // Each tenant counts up to its share only: the share is checked when a
     // reader starts, so a tenant whose workers' readers, started at once,
     // all stall leaves one per worker; counted in full, they spent the
     // others' room, and one tenant with enough workers alone denied a
     // reader to every tenant holding any.
+    let mut per_tenant = std::collections::HashMap::<u64, usize>::new();
+    for r in &g.buried {
+        *per_tenant.entry(r.tenant).or_default() += 1;
+    }
     let held: usize = per_tenant
         .values()
         .map(|&n| n.min(MAX_BURIED_PER_TENANT))
         .sum();
-    let (shares, ceiling) = buried_caps();
-    mine < MAX_BURIED_PER_TENANT && (held < shares || (mine == 0 && held < ceiling))
+    held < shares || (mine == 0 && held < ceiling)
 }
 
 /// Buried readers of `tenant`, and over all tenants.
