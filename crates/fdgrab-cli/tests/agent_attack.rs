@@ -1186,8 +1186,8 @@ fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
 }
 
 /// A pod's readers left stuck past its share spend nobody else's. The share
-/// is checked when a reader starts, so a pod whose 8 containers each start a
-/// reader at once (none buried yet) and stall all 8 leaves 8 buried, twice its
+/// is checked when a reader starts, so a pod whose 8 containers each hold a
+/// reader started while none was buried and stall all 8 leaves 8 buried, twice its
 /// share. With `--max-pods 2` (8 in all before pods with none stuck are
 /// limited) that one pod alone reached the bound: a second pod, holding 1 of
 /// its own 4, had its next bind answered ETIMEDOUT at once without a read.
@@ -1210,6 +1210,12 @@ fn agent_pod_past_its_share_by_concurrent_readers_denies_no_other_pod() {
     let mut big: Vec<FakeTenant> = (0..CONTAINERS)
         .map(|_| stalling_tenant(&agent, &[("FAKE_TENANT_POD", "big")]))
         .collect();
+    // Each worker starts its reader now, while the pod holds none: the
+    // stalls below need no new reader, however slowly they are asked.
+    for (i, t) in big.iter_mut().enumerate() {
+        let r = t.ask(&format!("bind 127.87.91.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
     fuse_stall_all(&mut big, &page_file, 10, 1);
     state_becomes(&agent, "buried_readers", 1 + CONTAINERS as u64);
     let taken = fs.reads_taken();
