@@ -570,8 +570,10 @@ pub struct AgentArgs {
     /// leave behind in the agent: a reader of a container's memory stuck for good in
     /// a FUSE read that no kill ends. Each pod may leave 4; up to 4 per pod this
     /// allows, one pod's stuck readers never deny a reader to another, and once 5 per
-    /// pod this allows are stuck the agent starts no reader.
-    #[arg(long, value_name = "N", default_value_t = fdgrab::supervise::agent::DEFAULT_MAX_PODS as u32,
+    /// pod this allows are stuck (each pod counted up to its 4), or 10 counted in
+    /// full, the agent starts no reader.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          default_value_t = fdgrab::supervise::agent::DEFAULT_MAX_PODS as u32,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_pods: u32,
 }

@@ -1185,6 +1185,54 @@ fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
     drop(fs);
 }
 
+/// A pod's readers left stuck past its share spend nobody else's. The share
+/// is checked when a reader starts, so a pod whose 8 containers each hold a
+/// reader started while none was buried and stall all 8 leaves 8 buried, twice its
+/// share. With `--max-pods 2` (8 in all before pods with none stuck are
+/// limited) that one pod alone reached the bound: a second pod, holding 1 of
+/// its own 4, had its next bind answered ETIMEDOUT at once without a read.
+/// Now each pod counts towards the bound up to its share only: the second pod
+/// is served, and the big pod is still refused past its share.
+#[test]
+fn agent_pod_past_its_share_by_concurrent_readers_denies_no_other_pod() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86", "--max-pods", "2"]);
+    let Some(fs) = held_fuse("agent-wide-pod") else {
+        return;
+    };
+    let page_file = fs.page();
+    let mut victim = stalling_tenant(&agent, &[("FAKE_TENANT_POD", "victim")]);
+    fuse_stalls(&mut victim, &page_file, 0, 1);
+    state_becomes(&agent, "buried_readers", 1);
+    const CONTAINERS: usize = 8;
+    let mut big: Vec<FakeTenant> = (0..CONTAINERS)
+        .map(|_| stalling_tenant(&agent, &[("FAKE_TENANT_POD", "big")]))
+        .collect();
+    // Each worker starts its reader now, while the pod holds none: the
+    // stalls below need no new reader, however slowly they are asked.
+    for (i, t) in big.iter_mut().enumerate() {
+        let r = t.ask(&format!("bind 127.87.91.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    fuse_stall_all(&mut big, &page_file, 10, 1);
+    state_becomes(&agent, "buried_readers", 1 + CONTAINERS as u64);
+    let taken = fs.reads_taken();
+    let r = victim.ask("bind 127.87.90.1 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "the other pod is below its share: {r}");
+    let r = big[0].ask("bind 127.87.90.2 86", TIMEOUT);
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "past its share: {r}");
+    assert_eq!(fs.reads_taken(), taken, "no reader past the pod's share");
+    assert_eq!(fs.release_reads(), 1 + CONTAINERS);
+    state_becomes(&agent, "buried_readers", 0);
+    for t in &mut big {
+        t.kill();
+    }
+    assert_eq!(agent_zombies(&agent), 0);
+    drop(fs);
+}
+
 /// A suspect container makes `n` binds whose sockaddr sits on pages `first..`
 /// of the held FUSE file, each answered ETIMEDOUT.
 fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {

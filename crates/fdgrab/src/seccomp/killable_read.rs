@@ -33,7 +33,10 @@
 //! share gets a reader, so that tenants at their shares cannot deny one to
 //! another; past that (more tenants hold stuck readers than it runs: tenants
 //! gone whose file system lives on), only a tenant with none buried, up to one
-//! more per tenant it may run; past that, nobody.
+//! more per tenant it may run; past that, nobody. Each tenant counts towards
+//! these up to its share only: the checks are made when a reader starts, so
+//! a tenant whose threads' readers all stall at once may leave one per
+//! thread, past its share, and those must not spend the others' room.
 //!
 //! A thread's reader is killed and reaped when the thread exits (its
 //! thread-local's destructor), and dies with the thread in any case (its
@@ -97,11 +100,21 @@ pub fn set_max_tenants(n: usize) {
 }
 
 /// The most buried readers from which on only a tenant with none gets a
-/// reader, and the most from which on nobody does.
+/// reader, and the most from which on nobody does (each tenant counted up to
+/// its share: see [`may_start`]).
 fn buried_caps() -> (usize, usize) {
     let tenants = MAX_TENANTS.load(Ordering::Relaxed);
     let shares = tenants.saturating_mul(MAX_BURIED_PER_TENANT);
     (shares, shares.saturating_add(tenants))
+}
+
+/// Buried readers, each counted, from which on nobody gets a reader: twice
+/// the ceiling. Counted up to their shares, tenants whose threads' readers
+/// stalled all at once (one per thread, past the share) could otherwise
+/// churn: a tenant of many threads stalls them all, goes, and a new one does
+/// the same, without bound while the capped count stays low.
+fn hard_cap() -> usize {
+    buried_caps().1.saturating_mul(2)
 }
 
 /// How often the reaper looks for buried readers that have died.
@@ -444,10 +457,33 @@ fn may_start(tenant: u64) -> bool {
     if NO_REAPER.load(Ordering::Relaxed) {
         sweep(&mut g);
     }
+    // A tenant past its share asks on each of its calls: answered first,
+    // with one pass.
     let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
     let (shares, ceiling) = buried_caps();
-    let all = g.buried.len();
-    mine < MAX_BURIED_PER_TENANT && (all < shares || (mine == 0 && all < ceiling))
+    if mine >= MAX_BURIED_PER_TENANT {
+        return false;
+    }
+    if g.buried.len() < shares {
+        return true;
+    }
+    if g.buried.len() >= hard_cap() {
+        return false;
+    }
+    // Each tenant counts up to its share only: the share is checked when a
+    // reader starts, so a tenant whose workers' readers, started at once,
+    // all stall leaves one per worker; counted in full, they spent the
+    // others' room, and one tenant with enough workers alone denied a
+    // reader to every tenant holding any.
+    let mut per_tenant = std::collections::HashMap::<u64, usize>::new();
+    for r in &g.buried {
+        *per_tenant.entry(r.tenant).or_default() += 1;
+    }
+    let held: usize = per_tenant
+        .values()
+        .map(|&n| n.min(MAX_BURIED_PER_TENANT))
+        .sum();
+    held < shares || (mine == 0 && held < ceiling)
 }
 
 /// Buried readers of `tenant`, and over all tenants.
@@ -1104,6 +1140,73 @@ mod tests {
         });
         let (r, buf) = honest(999);
         assert_eq!((r, &buf[..]), (Ok(()), &src[..]));
+        set_max_tenants(DEFAULT_MAX_TENANTS);
+        drop(map);
+    }
+
+    /// A tenant whose threads all hold a reader started before any was buried
+    /// leaves one per thread when all stall at once: past its share, which
+    /// spends no other tenant's room (another tenant with none buried still
+    /// gets a reader while the total, counted up to the shares, is below
+    /// them), up to the hard cap, twice the ceiling counted in full, from
+    /// which on nobody gets one.
+    #[test]
+    fn a_tenants_readers_stalled_at_once_are_bounded_and_spend_no_others_room() {
+        let Some((fs, map)) = held_fuse_pages("at-once") else {
+            return;
+        };
+        let before = fds_and_children();
+        set_max_tenants(2);
+        let (shares, ceiling) = buried_caps();
+        assert_eq!((shares, ceiling, hard_cap()), (8, 10, 20));
+        let src = *b"honest";
+        let stall_all = |threads: usize, first: usize, tenant: u64| {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+            let at = map.at;
+            let readers: Vec<_> = (0..threads)
+                .map(|i| {
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 6];
+                        let honest = read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), tenant);
+                        barrier.wait();
+                        let page = (at + 4096 * (first + i)) as u64;
+                        let deadline = Instant::now() + Duration::from_millis(200);
+                        (honest, read(own_tid(), page, &mut buf, deadline, tenant))
+                    })
+                })
+                .collect();
+            for r in readers {
+                let (honest, stalled) = r.join().expect("reader thread");
+                assert_eq!(honest, Ok(()));
+                assert_eq!(stalled, Err(KillableError::TimedOut));
+            }
+        };
+        stall_all(9, 0, 300);
+        assert_eq!(buried(300), (9, 9), "one per thread, past its share");
+        let (r, _) = read_within(map.page(20), 16, Duration::from_millis(50), 301);
+        assert_eq!(
+            r,
+            Err(KillableError::TimedOut),
+            "counted up to its share: 4 of 8"
+        );
+        assert_eq!(
+            read_within(src.as_ptr() as usize, 6, Duration::from_secs(10), 301).0,
+            Ok(()),
+            "below its share, another tenant is served"
+        );
+        stall_all(10, 30, 302);
+        assert_eq!(buried(302), (10, 20));
+        assert_eq!(
+            read_within(src.as_ptr() as usize, 6, Duration::from_secs(10), 303).0,
+            Err(KillableError::Stuck),
+            "at the hard cap: nobody"
+        );
+        assert_eq!(fs.release_reads(), 20);
+        wait_until("every buried reader reaped", || buried(300).1 == 0);
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
         set_max_tenants(DEFAULT_MAX_TENANTS);
         drop(map);
     }

@@ -468,8 +468,10 @@ impl Agent {
     /// 1), which bounds the killable readers a kill cannot end that the agent
     /// keeps: 4 per pod, plus (once more pods than that hold some: pods gone
     /// whose FUSE daemon lives on) one each for a pod that holds none; at
-    /// `5 * max_pods` no reader starts (a worker's reader already running can
-    /// still be left stuck). Below its share a pod always gets a reader, so
+    /// `5 * max_pods` no reader starts, each pod counted up to its 4 (a
+    /// worker's reader already running can still be left stuck: at most one
+    /// per container past its pod's share, which spends no other pod's room),
+    /// nor at `10 * max_pods` counted in full. Below its share a pod always gets a reader, so
     /// pods at their shares deny none to another. Process-wide: every agent
     /// of the process shares the bound.
     pub fn set_max_pods(&mut self, max_pods: usize) {

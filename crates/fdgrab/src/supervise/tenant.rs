@@ -848,6 +848,29 @@ mod tests {
             share_of(&claiming("b2"), 2),
             "two sandboxes claiming one pod"
         );
+        // Each runtime sets its own key after what it passes on, never the
+        // other's: a pod that passes the other runtime's key on, naming
+        // another sandbox, does not take that sandbox's places.
+        let (victim_containerd, victim_crio) = (
+            labelled(&[("io.kubernetes.cri.sandbox-id", "a1")]),
+            labelled(&[("io.kubernetes.cri-o.SandboxID", "a1")]),
+        );
+        let forged =
+            |own_key: &str, other_key: &str| labelled(&[(own_key, "c3"), (other_key, "a1")]);
+        for forger in [
+            forged(
+                "io.kubernetes.cri-o.SandboxID",
+                "io.kubernetes.cri.sandbox-id",
+            ),
+            forged(
+                "io.kubernetes.cri.sandbox-id",
+                "io.kubernetes.cri-o.SandboxID",
+            ),
+        ] {
+            for victim in [&victim_containerd, &victim_crio] {
+                assert_ne!(share_of(&forger, 4), share_of(victim, 5), "a forged key");
+            }
+        }
         // Without a sandbox id: the pod, by namespace and name.
         let pod = |ns: &str| {
             labelled(&[
