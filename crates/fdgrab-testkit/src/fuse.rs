@@ -548,7 +548,9 @@ mod tests {
             .status()
             .expect("sh");
         assert!(st.success());
-        assert_eq!(wait_for(|| fs.stranger_requests(), 1), 1, "an orphan");
+        // At least: a system-wide scan another test runs meanwhile (`ls --path`
+        // stats every process's fds, this one's too) asks as a stranger as well.
+        assert!(wait_for(|| fs.stranger_requests(), 1) >= 1, "an orphan");
         assert_eq!(
             fs.slow_requests(),
             2,

@@ -574,7 +574,9 @@ pub fn proc_fds(pid: i32) -> Vec<String> {
 }
 
 /// The first child of `pid` once it has exec'd something other than `fdgrab`
-/// (the CMD an fdgrab command started); panics after [`TIMEOUT`].
+/// (the CMD an fdgrab command started); panics after [`TIMEOUT`]. The static
+/// build's `getent` (its user lookup, before anything else is set up) is not
+/// CMD: a signal sent then found fdgrab with its default dispositions.
 pub fn wait_for_child_of(pid: u32) -> u32 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -586,7 +588,8 @@ pub fn wait_for_child_of(pid: u32) -> u32 {
             .and_then(|c| c.parse().ok())
         {
             let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-            if !exe.to_string_lossy().ends_with("fdgrab") {
+            let exe = exe.to_string_lossy();
+            if !exe.is_empty() && !exe.ends_with("fdgrab") && !exe.ends_with("/getent") {
                 return c;
             }
         }
