@@ -222,6 +222,13 @@ fn parse() -> Result<cli::Cli, clap::Error> {
             command: cli::Command::Get(get),
         });
     }
+    if let Some(ls) = cmd::fast_ls(&args) {
+        return Ok(cli::Cli {
+            verbose: 0,
+            log_format: None,
+            command: cli::Command::Ls(ls),
+        });
+    }
     let mut cmd = cli::Cli::command();
     if args
         .iter()

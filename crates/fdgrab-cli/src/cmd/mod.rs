@@ -15,6 +15,7 @@ mod send;
 mod steal;
 
 pub use get::fast_get;
+pub use ls::fast_ls;
 
 use crate::cli::{Cli, Command};
 use std::process::ExitCode;
