@@ -475,18 +475,16 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Runs the scan on one thread per core, the calling thread included: the
-    /// outcome of each process by its index in the plan's `pids` (`None` if
-    /// its worker panicked). The other workers start first, and the calling
-    /// thread makes the plan (`prepare`: listing the processes, asking for
-    /// sockets) while they set themselves up (signal stack, `malloc` arena,
-    /// waking on the other core); then it claims work as they do. A caller
-    /// that only waited (as this did before) cost one more thread to start and
-    /// a wake-up at the end, and left the scan to threads the scheduler may
-    /// start late: a helper has been seen waiting 2 ms to run, and on a loaded
-    /// host the two workers ran one after the other while the caller slept
-    /// (timestamps per phase). Working, the caller scans alone at worst, as a
-    /// one-thread tool does; `ls --path` over ~80 processes took 5–8% less.
+    /// Runs the scan on one thread per core: the outcome of each process by its
+    /// index in the plan's `pids` (`None` if its worker panicked). The workers
+    /// start first, and the calling thread makes the plan (`prepare`: listing
+    /// the processes, asking for sockets) while they set themselves up (signal
+    /// stack, `malloc` arena, waking on the other core); the spawns themselves
+    /// stay on the calling thread. Then the calling thread only waits: were
+    /// it a worker, the scheduler could queue a new thread behind it on its
+    /// own core for milliseconds (measured: a helper waited 2 ms to run while
+    /// the other core was free), where a caller that sleeps at once leaves its
+    /// core to a worker.
     ///
     /// The workers are not joined: the scope ends as soon as each has handed
     /// over its outcomes, and their threads' own teardown (unmapping the signal
@@ -509,7 +507,7 @@ impl<'a> Scan<'a> {
             // started workers wait for it, and the scope waits for them.
             let publish = Publish(self);
             let mut started = 0;
-            for _ in 1..workers {
+            for _ in 0..workers {
                 // A thread refused (a pids limit, RLIMIT_NPROC, no memory) is not
                 // an error: fewer workers do the same work.
                 if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
@@ -519,10 +517,10 @@ impl<'a> Scan<'a> {
             }
             let _ = self.plan.set(prepare());
             drop(publish);
-            if started + 1 < workers {
-                tracing::debug!(started, "fewer scan threads than cores could be started");
+            if started == 0 {
+                tracing::debug!("no scan thread could be started: the calling thread scans");
+                work();
             }
-            work();
         });
         let n = self.plan.get().map_or(0, |p| p.pids.len());
         let mut slots: Vec<_> = (0..n).map(|_| None).collect();
