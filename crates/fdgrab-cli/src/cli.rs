@@ -566,6 +566,16 @@ pub struct AgentArgs {
     /// and audit lines carry the container id and bundle.
     #[command(flatten)]
     pub bind_policy: BindPolicyArgs,
+    /// The most pods this node runs (the kubelet's maxPods). It bounds what a pod can
+    /// leave behind in the agent: a reader of a container's memory stuck for good in
+    /// a FUSE read that no kill ends. Each pod may leave 4; up to 4 per pod this
+    /// allows, one pod's stuck readers never deny a reader to another, and once 5 per
+    /// pod this allows are stuck (each pod counted up to its 4), or 10 counted in
+    /// full, the agent starts no reader.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          default_value_t = fdgrab::supervise::agent::DEFAULT_MAX_PODS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_pods: u32,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1185,15 +1185,58 @@ fn agent_container_holding_fuse_flushes_leaves_its_neighbour_closes() {
     drop(fs);
 }
 
+/// A pod's readers left stuck past its share spend nobody else's. The share
+/// is checked when a reader starts, so a pod whose 8 containers each hold a
+/// reader started while none was buried and stall all 8 leaves 8 buried, twice its
+/// share. With `--max-pods 2` (8 in all before pods with none stuck are
+/// limited) that one pod alone reached the bound: a second pod, holding 1 of
+/// its own 4, had its next bind answered ETIMEDOUT at once without a read.
+/// Now each pod counts towards the bound up to its share only: the second pod
+/// is served, and the big pod is still refused past its share.
+#[test]
+fn agent_pod_past_its_share_by_concurrent_readers_denies_no_other_pod() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86", "--max-pods", "2"]);
+    let Some(fs) = held_fuse("agent-wide-pod") else {
+        return;
+    };
+    let page_file = fs.page();
+    let mut victim = stalling_tenant(&agent, &[("FAKE_TENANT_POD", "victim")]);
+    fuse_stalls(&mut victim, &page_file, 0, 1);
+    state_becomes(&agent, "buried_readers", 1);
+    const CONTAINERS: usize = 8;
+    let mut big: Vec<FakeTenant> = (0..CONTAINERS)
+        .map(|_| stalling_tenant(&agent, &[("FAKE_TENANT_POD", "big")]))
+        .collect();
+    // Each worker starts its reader now, while the pod holds none: the
+    // stalls below need no new reader, however slowly they are asked.
+    for (i, t) in big.iter_mut().enumerate() {
+        let r = t.ask(&format!("bind 127.87.91.{} 86", i + 1), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    fuse_stall_all(&mut big, &page_file, 10, 1);
+    state_becomes(&agent, "buried_readers", 1 + CONTAINERS as u64);
+    let taken = fs.reads_taken();
+    let r = victim.ask("bind 127.87.90.1 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "the other pod is below its share: {r}");
+    let r = big[0].ask("bind 127.87.90.2 86", TIMEOUT);
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "past its share: {r}");
+    assert_eq!(fs.reads_taken(), taken, "no reader past the pod's share");
+    assert_eq!(fs.release_reads(), 1 + CONTAINERS);
+    state_becomes(&agent, "buried_readers", 0);
+    for t in &mut big {
+        t.kill();
+    }
+    assert_eq!(agent_zombies(&agent), 0);
+    drop(fs);
+}
+
 /// A suspect container makes `n` binds whose sockaddr sits on pages `first..`
 /// of the held FUSE file, each answered ETIMEDOUT.
 fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
-    for page in first..first + n {
-        let r = t.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT);
-        assert_eq!(r["stalled"], true, "{r}");
-        let r = t.line(TIMEOUT);
-        assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
-    }
+    fuse_stall_all(std::slice::from_mut(t), page_file, first, n);
 }
 
 /// A container that fills its share of buried readers and is restarted (a new
@@ -1201,7 +1244,7 @@ fn fuse_stalls(t: &mut FakeTenant, page_file: &str, first: usize, n: usize) {
 /// places go with the pod. The restarted container's stuck bind is answered
 /// at once without a reader, while a container of another pod still gets
 /// one. (Keyed by container, each restart of a pod whose FUSE daemon holds
-/// requests for ever took 4 more places, up to the agent's 64.)
+/// requests for ever took 4 more places, up to the agent-wide cap.)
 #[test]
 fn agent_restarted_container_keeps_its_pods_share_of_buried_readers() {
     if !root_or_skip() {
@@ -1411,4 +1454,115 @@ fn agent_restarted_container_holding_fuse_flushes_leaks_no_worker() {
         t.kill();
     }
     returns(&agent, "threads", threads, thread_count);
+}
+
+/// Each of `tenants` (already suspect, or reading killably because the
+/// in-thread cap is reached) binds with its sockaddr on `rounds` pages of the
+/// held FUSE file, all at once, each answered ETIMEDOUT: `rounds` buried
+/// readers per tenant. Tenant `i` uses pages `first + i * rounds ..`.
+fn fuse_stall_all(tenants: &mut [FakeTenant], page_file: &str, first: usize, rounds: usize) {
+    for round in 0..rounds {
+        for (i, t) in tenants.iter_mut().enumerate() {
+            let page = first + i * rounds + round;
+            let r = t.ask(&format!("mmap-bind {page_file} {page} 85"), TIMEOUT);
+            assert_eq!(r["stalled"], true, "{r}");
+        }
+        for t in tenants.iter_mut() {
+            let r = t.line(TIMEOUT);
+            assert_eq!(r["mmap_errno"], libc::ETIMEDOUT, "{r}");
+        }
+    }
+}
+
+/// Hostile pods cannot deny binds to the others. Sixteen containers, each of
+/// a pod of its own, stall once on a userfaultfd page (16 given-up workers:
+/// from then on every container reads killably, and so needs a reader), then
+/// each leaves its 4 readers buried on a FUSE page whose daemon holds every
+/// read: 64 buried readers, each pod at its share. A container that arrives
+/// now and binds honestly is served, and so are more; each hostile pod, past
+/// its share, is still refused at once without a read. (Before, 64 was the
+/// agent-wide cap: from then on every container whose worker had no reader
+/// yet, a new one or a respawned one, had every bind answered ETIMEDOUT.
+/// Now the cap is 4 per pod the node may run, `--max-pods`, 110 by default.)
+#[test]
+fn agent_pods_at_their_share_of_buried_readers_deny_nobody_else() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut s = Stalled::start("calm", IN_THREAD_CAP, 1);
+    let Some(fs) = held_fuse("agent-fair") else {
+        return;
+    };
+    let page_file = fs.page();
+    fuse_stall_all(&mut s.attackers, &page_file, 0, BURIED_PER_CONTAINER);
+    let hostile = (IN_THREAD_CAP * BURIED_PER_CONTAINER) as u64;
+    state_becomes(&s.agent, "buried_readers", hostile);
+    for n in 0..2 {
+        let mut newcomer = FakeTenant::start(&s.agent, &unique("newcomer"));
+        for i in 1..=3 {
+            let r = newcomer.ask(&format!("bind 127.87.7{n}.{i} 86"), TIMEOUT);
+            assert_eq!(r["errno"], 0, "newcomer {n}, bind {i}: {r}");
+        }
+        newcomer.kill();
+    }
+    let r = s.calm.ask("bind 127.87.72.1 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    // Every hostile pod is still held to its own share.
+    let taken = fs.reads_taken();
+    let r = s.attackers[0].ask("bind 127.87.72.2 86", TIMEOUT);
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "{r}");
+    assert_eq!(fs.reads_taken(), taken, "no reader past the pod's share");
+    assert_eq!(s.agent.state_number("buried_readers"), hostile);
+    assert_eq!(fs.release_reads(), hostile as usize);
+    state_becomes(&s.agent, "buried_readers", 0);
+    assert_eq!(agent_zombies(&s.agent), 0);
+    s.end(1);
+    drop(fs);
+}
+
+/// `--max-pods 2`: the agent keeps at most 4 buried readers per pod it may
+/// run (8), and past that one more each for pods that hold none (10 in all).
+/// Two pods fill their shares; a container that stalled once (a swapped-out
+/// page, say; it reads killably from then on) but holds no buried reader is
+/// still served. A third pod may leave one reader stuck, not a second; a
+/// fourth one more; then, at 10, a container holding none gets no reader
+/// either: the bound on the agent's tasks wins, and says so in its answer
+/// (ETIMEDOUT at once, no read).
+#[test]
+fn agent_max_pods_bounds_buried_readers_and_serves_pods_below_their_share() {
+    if !root_or_skip() {
+        return;
+    }
+    let agent = AgentProc::start(&["--allow-bind", "tcp:85-86", "--max-pods", "2"]);
+    let Some(fs) = held_fuse("agent-max-pods") else {
+        return;
+    };
+    let page_file = fs.page();
+    let pod = |name: &str| stalling_tenant(&agent, &[("FAKE_TENANT_POD", name)]);
+    let mut full = vec![pod("a"), pod("b")];
+    fuse_stall_all(&mut full, &page_file, 0, BURIED_PER_CONTAINER);
+    state_becomes(&agent, "buried_readers", 8);
+    let mut victim = pod("victim");
+    for i in 1..=3 {
+        let r = victim.ask(&format!("bind 127.87.80.{i} 86"), TIMEOUT);
+        assert_eq!(r["errno"], 0, "{r}");
+    }
+    let mut late = vec![pod("c"), pod("d")];
+    fuse_stall_all(&mut late, &page_file, 20, 1);
+    state_becomes(&agent, "buried_readers", 10);
+    let taken = fs.reads_taken();
+    fuse_stalls(&mut late[0], &page_file, 30, 1);
+    assert_eq!(fs.reads_taken(), taken, "past the shares: one each");
+    let r = victim.ask("bind 127.87.80.9 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "its reader lives on: {r}");
+    let mut newcomer = pod("e");
+    let r = newcomer.ask("bind 127.87.81.1 86", TIMEOUT);
+    assert_eq!(r["errno"], libc::ETIMEDOUT, "at the ceiling: {r}");
+    assert_eq!(fs.reads_taken(), taken);
+    assert_eq!(fs.release_reads(), 10);
+    state_becomes(&agent, "buried_readers", 0);
+    let r = newcomer.ask("bind 127.87.81.2 86", TIMEOUT);
+    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(agent_zombies(&agent), 0);
+    drop(fs);
 }

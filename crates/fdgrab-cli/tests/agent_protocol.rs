@@ -302,3 +302,26 @@ fn agent_refuses_bad_arguments() {
     assert!(err.contains("--allow-bind"), "{err}");
     assert!(!sock.exists(), "no socket is created for a refused policy");
 }
+
+/// `--max-pods` out of range, negative, not a number or empty: a usage error
+/// (exit 2) that names the argument, and no socket. (`-1` was taken for an
+/// unknown option: "unexpected argument '-1' found", without the argument.)
+#[test]
+fn agent_refuses_bad_max_pods() {
+    let dir = TempDir::new("fdgrab-agent-max-pods");
+    let sock = dir.path().join("agent.sock");
+    for bad in ["0", "-1", "65537", "many", ""] {
+        let mut cmd = fdgrab();
+        cmd.args(["agent", "--socket"]).arg(&sock).args([
+            "--allow-bind",
+            "tcp:85",
+            "--max-pods",
+            bad,
+        ]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--max-pods"), "{bad:?}: {err}");
+        assert!(!sock.exists(), "{bad:?}: no socket");
+    }
+}

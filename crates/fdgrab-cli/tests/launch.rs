@@ -21,57 +21,92 @@ fn holds(pid: u32, fd: i32, like: &str) -> bool {
         .is_ok_and(|l| l.to_string_lossy().contains(like))
 }
 
-/// Starts `fdgrab CMD PID FD:7 -- sh -c SCRIPT`, waits until the shell holds the
-/// target's file at fd 7 and SCRIPT has opened /dev/null at fd 9 (its sign that it is
-/// ready), sends `sig` to fdgrab, and returns fdgrab's exit status
-/// as a shell reports it (128+N for a process killed by signal N) and the shell's
-/// pid.
+/// `fdgrab CMD PID FD:7 -- sh -c SCRIPT` started, with CMD ready: the shell
+/// holds the target's file at fd 7 and SCRIPT has opened /dev/null at fd 9 (its
+/// sign that it is ready). Both are killed on drop.
+struct Started {
+    fdgrab: std::process::Child,
+    /// CMD's pid (fdgrab's own under `get`).
+    cmd: u32,
+    _guards: [Guard; 2],
+    _target: Target,
+}
+
+impl Started {
+    fn new(command: &str, script: &str, stdout: Stdio) -> Self {
+        let t = Target::spawn(["zoo"]);
+        let file = t.fd_labelled("file");
+        let file_path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid))
+            .expect("the target's file")
+            .display()
+            .to_string();
+        let mut fdgrab = fdgrab();
+        if command == "run" {
+            // `run` takes no fd: fd 7 is opened by the script itself.
+            fdgrab.args([
+                "run",
+                "--",
+                "sh",
+                "-c",
+                &format!("exec 7<{file_path}; {script}"),
+            ]);
+        } else {
+            fdgrab.args([command, &t.pid.to_string(), &format!("{file}:7"), "--"]);
+            fdgrab.args(["sh", "-c", script]);
+        }
+        let child = fdgrab
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .spawn()
+            .expect("spawn fdgrab");
+        let g = Guard(child.id());
+        // `get` runs CMD in its own place (same pid); `steal` starts it as a child.
+        let cmd = if command == "get" {
+            child.id()
+        } else {
+            wait_for_child_of(child.id())
+        };
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !(holds(cmd, 7, "file.txt") && holds(cmd, 9, "/dev/null")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CMD never got fd 7 or never got ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Self {
+            fdgrab: child,
+            cmd,
+            _guards: [g, Guard(cmd)],
+            _target: t,
+        }
+    }
+
+    /// Sends signal number `sig` to fdgrab.
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; fdgrab is our unreaped child.
+        let r = unsafe { libc::kill(self.fdgrab.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "signal {sig} to fdgrab");
+    }
+
+    /// fdgrab's exit status as a shell reports it (128+N for a process killed
+    /// by signal N).
+    fn status(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let st = wait_timeout(&mut self.fdgrab, TIMEOUT).expect("fdgrab exits after the signal");
+        st.code().or(st.signal().map(|n| 128 + n))
+    }
+}
+
+/// Starts `fdgrab CMD PID FD:7 -- sh -c SCRIPT` (see [`Started`]), sends `sig`
+/// to fdgrab once CMD is ready, and returns fdgrab's exit status as a shell
+/// reports it and CMD's pid. (`steal` exits with 128+N itself; under `get`, CMD
+/// *is* fdgrab's process, so the signal that killed CMD is what fdgrab's parent
+/// sees.)
 fn signal_fdgrab(command: &str, script: &str, sig: Signal) -> (Option<i32>, u32) {
-    let t = Target::spawn(["zoo"]);
-    let file = t.fd_labelled("file");
-    let file_path = std::fs::read_link(format!("/proc/{}/fd/{file}", t.pid))
-        .expect("the target's file")
-        .display()
-        .to_string();
-    let mut fdgrab = fdgrab();
-    if command == "run" {
-        // `run` takes no fd: fd 7 is opened by the script itself.
-        fdgrab.args([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            &format!("exec 7<{file_path}; {script}"),
-        ]);
-    } else {
-        fdgrab.args([command, &t.pid.to_string(), &format!("{file}:7"), "--"]);
-        fdgrab.args(["sh", "-c", script]);
-    }
-    let mut child = fdgrab.stdin(Stdio::null()).spawn().expect("spawn fdgrab");
-    let _g = Guard(child.id());
-    // `get` runs CMD in its own place (same pid); `steal` starts it as a child.
-    let cmd = if command == "get" {
-        child.id()
-    } else {
-        wait_for_child_of(child.id())
-    };
-    let _g2 = Guard(cmd);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    // The script opens fd 9 once it is ready for the signal (its trap set).
-    while !(holds(cmd, 7, "file.txt") && holds(cmd, 9, "/dev/null")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "CMD never got fd 7 or never got ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let pid = Pid::from_raw(child.id() as i32).expect("pid");
-    kill_process(pid, sig).expect("signal fdgrab");
-    let st = wait_timeout(&mut child, TIMEOUT).expect("fdgrab exits after the signal");
-    // `steal` exits with 128+N itself; under `get`, CMD *is* fdgrab's process, so
-    // the signal that killed CMD is what fdgrab's parent sees.
-    use std::os::unix::process::ExitStatusExt;
-    (st.code().or(st.signal().map(|n| 128 + n)), cmd)
+    let mut s = Started::new(command, script, Stdio::inherit());
+    s.signal(sig.as_raw());
+    (s.status(), s.cmd)
 }
 
 #[test]
@@ -184,5 +219,75 @@ print('status', os.waitstatus_to_exitcode(status))
             text.contains("status 0"),
             "{command}: fdgrab exits with CMD's status: {text}"
         );
+    }
+}
+
+/// Under `steal` and `run`, the signals a user sends that are CMD's business
+/// and would not end fdgrab (`SIGWINCH`, `SIGTTIN`, `SIGTTOU`: a resize, a
+/// worker more or less), and a real-time one, are passed on to CMD, and fdgrab
+/// goes on waiting (not stopped by `SIGTTIN`/`SIGTTOU`, nor ended).
+#[test]
+fn steal_and_run_forward_terminal_and_realtime_signals() {
+    use std::io::BufReader;
+    let rt = libc::SIGRTMIN() + 3;
+    let sigs = [
+        (libc::SIGWINCH, "WINCH"),
+        (libc::SIGTTIN, "TTIN"),
+        (libc::SIGTTOU, "TTOU"),
+        (rt, "RT"),
+    ];
+    let traps: String = sigs
+        .iter()
+        .map(|(n, name)| format!("trap 'echo {name}' {n}; "))
+        .collect();
+    for command in ["steal", "run"] {
+        let script = format!("{traps}exec 9</dev/null; while :; do sleep 0.05; done");
+        let mut s = Started::new(command, &script, Stdio::piped());
+        let mut out = BufReader::new(s.fdgrab.stdout.take().expect("fdgrab's stdout"));
+        // One at a time: a shell runs pending traps in its own order.
+        for (sig, name) in sigs {
+            s.signal(sig);
+            let line = fdgrab_testkit::read_line_timeout(&mut out, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{command}: {name} never reached CMD: {e}"));
+            assert_eq!(line, name, "{command}");
+        }
+        s.signal(libc::SIGTERM);
+        assert_eq!(s.status(), Some(128 + libc::SIGTERM), "{command}");
+        assert!(wait_gone(s.cmd), "{command}: CMD outlived fdgrab");
+    }
+}
+
+/// A `SIGTERM` or `SIGHUP` passed on to a CMD that is stopped is followed by
+/// `SIGCONT`, as a shell's `kill` of a stopped job: else it stays pending, and
+/// `steal` or `run` would wait for a CMD that never ends.
+#[test]
+fn steal_and_run_end_a_stopped_cmd() {
+    let state = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+    };
+    for command in ["steal", "run"] {
+        for sig in [libc::SIGTERM, libc::SIGHUP] {
+            let mut s = Started::new(command, "exec 9</dev/null; exec sleep 60", Stdio::null());
+            let pid = Pid::from_raw(s.cmd as i32).expect("CMD's pid");
+            kill_process(pid, Signal::STOP).expect("SIGSTOP to CMD");
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while state(s.cmd).as_deref() != Some("T") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{command}: CMD never stopped"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            s.signal(sig);
+            assert_eq!(s.status(), Some(128 + sig), "{command} {sig}");
+            assert!(wait_gone(s.cmd), "{command}: CMD outlived fdgrab");
+        }
     }
 }

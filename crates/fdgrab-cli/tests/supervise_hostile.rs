@@ -331,6 +331,23 @@ fn run_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     assert_eq!(v["other_errno"], 0, "{v}");
 }
 
+/// [`answered_while_flushes_wait`] under `exec --via bind`, this test process
+/// being the old server with a listener on `ip`: the new server is
+/// `bind-probe MODE FILE PORT` (its port taken from the old server's).
+fn exec_via_bind_while_flushes_wait(tag: &str, ip: &str, mode: &str) -> Option<Value> {
+    let old = std::net::TcpListener::bind((ip, 0)).expect("a listener");
+    let port = old.local_addr().expect("its address").port().to_string();
+    answered_while_flushes_wait(tag, |file| {
+        let mut c = fdgrab_testkit::fdgrab();
+        c.args(["exec", &std::process::id().to_string()])
+            .arg(format!("tcp:{ip}:{port}"))
+            .args(["--via", "bind", "--ready-timeout", "30", "--"])
+            .arg(bin("bind-probe"))
+            .args([mode, file, &port]);
+        c
+    })
+}
+
 /// The same under `exec --via bind`: the new server binds a FUSE file to a
 /// taken address. The supervisor, which also forwards signals and waits for
 /// readiness, closed its copy on its only thread.
@@ -339,22 +356,26 @@ fn exec_via_bind_of_a_fuse_file_is_answered_while_its_flush_waits() {
     if !root_or_skip() {
         return;
     }
-    // This test process is the old server.
-    let old = std::net::TcpListener::bind("127.66.0.1:0").expect("a listener");
-    let port = old.local_addr().expect("its address").port().to_string();
-    let Some(v) = answered_while_flushes_wait("hold-exec", |file| {
-        let mut c = fdgrab_testkit::fdgrab();
-        c.args(["exec", &std::process::id().to_string()])
-            .arg(format!("tcp:127.66.0.1:{port}"))
-            .args(["--via", "bind", "--ready-timeout", "30", "--"])
-            .arg(bin("bind-probe"))
-            .args(["file-bind", file, &port]);
-        c
-    }) else {
+    let Some(v) = exec_via_bind_while_flushes_wait("hold-exec", "127.66.0.1", "file-bind") else {
         return;
     };
     assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
-    drop(old);
+}
+
+/// The same for `listen`, which `exec --via bind` also traps: the new server
+/// calls it on a FUSE file. The copy of its fd, found not to be a socket, was
+/// closed on the supervisor's only thread, so the `listen` (and every signal
+/// and the ready gate) waited for the FUSE server's answer to `FLUSH`.
+#[test]
+fn exec_via_bind_listen_on_a_fuse_file_is_answered_while_its_flush_waits() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(v) = exec_via_bind_while_flushes_wait("hold-listen", "127.66.0.7", "file-listen")
+    else {
+        return;
+    };
+    assert_eq!(v["errno"], libc::ENOTSOCK, "{v}");
 }
 
 /// A bind of a file is the kernel's `ENOTSOCK` and changes nothing, so once it

@@ -49,6 +49,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .context("blocking SIGHUP and SIGUSR1 for the agent's signalfd")?;
     let mut agent =
         Agent::new(listener, upper, audit, budget).context("setting up the event loop")?;
+    agent.set_max_pods(a.max_pods as usize);
     agent
         .watch(signals.as_fd(), SIGNALS)
         .context("watching the signalfd")?;
@@ -60,7 +61,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         )
         .context("notifying systemd (NOTIFY_SOCKET)")?;
     }
-    tracing::info!(socket = %a.socket.display(), nofile = budget.limit, "fdgrab agent ready");
+    tracing::info!(socket = %a.socket.display(), nofile = budget.limit, max_pods = a.max_pods, "fdgrab agent ready");
     let mut last_status = (Instant::now(), 0u64);
     loop {
         let events = agent.turn(None).context("agent event loop")?;

@@ -43,10 +43,15 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
         ))
         .into());
     };
+    // PID's slave, down to the inode, read once: every check below and the take
+    // compare with this reading. No later one would guard against anything: PID
+    // changing terminals meanwhile would only make a re-read come back `None`,
+    // and the index alone be compared.
+    let identity = pty::terminal_identity(pid, tty);
     // Relayed to the terminal it comes from, the session's output would come back
     // as its own output, round and round.
     for (name, fd) in [("stdin", stdin.as_fd()), ("stdout", stdout.as_fd())] {
-        if pty::is_terminal_of(fd, pid, tty) {
+        if pty::is_terminal_of(fd, tty, identity) {
             return Err(UsageError(format!(
                 "process {pid} already runs on this terminal ({tty}, fdgrab's {name})"
             ))
@@ -57,7 +62,8 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     // to, or when nobody holds the master any more.
     // Taken before anything is looked at or changed, so two attaches of one session
     // cannot race; held until fdgrab exits (the keeper does not inherit it).
-    let Some(lock) = pty::AttachLock::acquire(tty, pty::slave_instance(pid, tty))? else {
+    let Some(lock) = pty::AttachLock::acquire(tty, identity.map(pty::SlaveIdentity::instance))?
+    else {
         return Err(CodedError(
             Code::AlreadyAttached,
             format!(
@@ -91,14 +97,14 @@ pub fn run(a: AttachArgs) -> Result<ExitCode> {
     let mut stolen = None;
     let mut replay = Vec::new();
     if let How::Steal(holders) = &mut how {
-        let mut got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
+        let mut got = take_master(pid, tty, identity, holders)?;
         if got.is_none() && sweep_later {
             // The ancestors' pts/N was another devpts instance's (or a reused
             // index): PID's master may still be held elsewhere.
             sweep_later = false;
             if let Some(all) = find_holders(pid, tty, false)? {
                 *holders = all;
-                got = take_master(pid, tty, pty::terminal_identity(pid, tty), holders)?;
+                got = take_master(pid, tty, identity, holders)?;
             }
         }
         match got {

@@ -21,6 +21,8 @@
 //! - `file-bind PATH PORT`: binds an open regular file (`PATH`) to
 //!   127.66.0.1:PORT (the kernel answers ENOTSOCK), while another thread binds a
 //!   TCP socket to PORT+1.
+//! - `file-listen PATH [PORT]`: calls `listen` on an open regular file (`PATH`): the
+//!   kernel answers ENOTSOCK; `{"errno":E}` (PORT, if given, is not used).
 //! - `flock-bind PATH N PORT`: N times, opens `PATH`, takes an exclusive `flock`,
 //!   binds that file to 127.66.0.1:PORT (ENOTSOCK), closes it and tries the lock
 //!   again through a new open; `{"errno":E,"still_locked":K}` (K: how often the
@@ -83,6 +85,7 @@ fn main() {
         "sigurg" => sigurg(num(1, 2000), num(2, 80) as u16),
         "eintr" => storm_binds(num(1, 2000), num(2, 80) as u16, libc::SIGUSR1, 0),
         "file-bind" => file_bind(arg(1), num(2, 80) as u16),
+        "file-listen" => file_listen(arg(1)),
         "flock-bind" => flock_bind(arg(1), num(2, 100), num(3, 80) as u16),
         "fork-kill" => fork_kill(num(1, 100), num(2, 80) as u16),
         "wait-bind" => {
@@ -582,6 +585,14 @@ fn file_bind(path: &str, port: u16) -> Value {
     // server's answer to FLUSH, which a test may hold.
     std::mem::forget(file);
     json!({ "errno": e, "other_errno": other })
+}
+
+fn file_listen(path: &str) -> Value {
+    let file = std::fs::File::open(path).expect("open the file");
+    let e = errno_of(rustix::net::listen(&file, 5));
+    // Closed at exit, after the report, as in `file_bind`.
+    std::mem::forget(file);
+    json!({ "errno": e })
 }
 
 fn flock_bind(path: &str, n: u64, port: u16) -> Value {

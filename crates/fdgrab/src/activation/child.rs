@@ -9,7 +9,7 @@ use crate::spawn::Child;
 use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -147,10 +147,8 @@ impl ActivatedChild {
             let may_count = gate.as_ref().is_none_or(|g| g.may_count());
             if let Some(after) = ready_after.filter(|_| may_count) {
                 if elapsed >= after {
-                    if self.reap_if_exited()? {
-                        return Ok(Err(NotReady::Exited(
-                            self.child.status().unwrap_or_default(),
-                        )));
+                    if let Some(st) = self.child.try_wait()? {
+                        return Ok(Err(NotReady::Exited(st)));
                     }
                     // "Still running" must mean able to serve.
                     if let Some(sig) = self.child.stopped_by() {
@@ -160,10 +158,8 @@ impl ActivatedChild {
                 }
             }
             if elapsed >= start_timeout {
-                if self.reap_if_exited()? {
-                    return Ok(Err(NotReady::Exited(
-                        self.child.status().unwrap_or_default(),
-                    )));
+                if let Some(st) = self.child.try_wait()? {
+                    return Ok(Err(NotReady::Exited(st)));
                 }
                 return Ok(Err(NotReady::TimedOut(start_timeout)));
             }
@@ -194,10 +190,8 @@ impl ActivatedChild {
                     return Ok(Err(NotReady::Refused));
                 }
             }
-            if self.reap_if_exited()? {
-                return Ok(Err(NotReady::Exited(
-                    self.child.status().unwrap_or_default(),
-                )));
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(Err(NotReady::Exited(st)));
             }
             if let Some(g) = &gate {
                 if g.ready() {
@@ -239,21 +233,14 @@ impl ActivatedChild {
                     }
                     if msg.is_ready() {
                         // It may have said READY=1 and died straight after.
-                        if self.reap_if_exited()? {
-                            return Ok(Err(NotReady::Exited(
-                                self.child.status().unwrap_or_default(),
-                            )));
+                        if let Some(st) = self.child.try_wait()? {
+                            return Ok(Err(NotReady::Exited(st)));
                         }
                         return Ok(Ok(Readiness::Notified));
                     }
                 }
             }
         }
-    }
-
-    /// Reaps the child if it has exited; `true` if it has.
-    fn reap_if_exited(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_some())
     }
 
     /// Sends `SIGTERM`, waits up to `grace`, then `SIGKILL`s, and reaps.
@@ -346,31 +333,19 @@ impl ActivatedChild {
         notify: &NotifySocket,
     ) -> Result<ExitStatus> {
         let pid = self.pid();
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st);
-            }
-            let exit_fd = self.child.pidfd().exit_fd()?;
-            let mut fds = [
-                PollFd::new(&exit_fd, PollFlags::IN),
-                PollFd::new(signals, PollFlags::IN),
-                PollFd::new(notify, PollFlags::IN),
-            ];
-            match poll(&mut fds, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(Error::io("poll", pid, None, e)),
-            }
-            self.child.forward(signals)?;
-            while let Some(msg) = notify.recv()? {
-                // Anyone in the network namespace may write to an abstract name.
-                if !notify::is_same_or_descendant(msg.pid, pid) {
-                    continue;
+        self.child
+            .wait_forwarding_also(signals, Some(notify.as_fd()), || {
+                while let Some(msg) = notify.recv()? {
+                    // Anyone in the network namespace may write to an abstract name.
+                    if !notify::is_same_or_descendant(msg.pid, pid) {
+                        continue;
+                    }
+                    if let Some(status) = msg.field("STATUS") {
+                        tracing::info!(pid, sender = msg.pid, status, "new server status");
+                    }
                 }
-                if let Some(status) = msg.field("STATUS") {
-                    tracing::info!(pid, sender = msg.pid, status, "new server status");
-                }
-            }
-        }
+                Ok(())
+            })
     }
 }
 

@@ -21,9 +21,9 @@
 //!   cannot be had, one process alone moves onto a new pty ([`open_pair`]).
 //!
 //! Pty indexes are per devpts instance: a container with its own `/dev/pts` has its
-//! own `pts/0`. [`master_holders`] goes by index; [`slave_instance`] and
-//! [`master_instance`] tell which instance a target's slave and a grabbed master
-//! belong to.
+//! own `pts/0`. [`master_holders`] goes by index; [`terminal_identity`] and
+//! [`master_identity`] tell which instance (and which pty of it) a target's
+//! slave and a grabbed master belong to.
 
 mod keeper;
 mod lock;
@@ -37,7 +37,7 @@ pub use keeper::{
 };
 pub use lock::AttachLock;
 
-pub use relay::{relay, relay_signals, Escape, RelayEnd, RELAY_SIGNALS};
+pub use relay::{relay, relay_signals, Escape, RelayEnd};
 pub use single::{copy_modes, plan_single_move, SingleMove};
 pub use termios::{copy_window_size, is_terminal, redraw, RawMode};
 
@@ -124,13 +124,6 @@ fn decode_tty_nr(tty_nr: i64) -> Option<Pty> {
     Pty::from_rdev(rustix::fs::makedev(major as u32, minor as u32))
 }
 
-/// The devpts instance (`st_dev`) of `pty` as `pid` sees it, from its fd 0, 1 or 2
-/// if one is that slave. Pty indexes repeat across instances (a container's
-/// `/dev/pts` has its own `pts/0`), so the index alone does not name a pty.
-pub fn slave_instance(pid: Pid, pty: Pty) -> Option<u64> {
-    slave_identity(pid, pty).map(|id| id.dev)
-}
-
 /// The devpts instance (`st_dev`) of the pty whose master is `master`: its slave
 /// is looked at through an `O_PATH` descriptor from `TIOCGPTPEER` (Linux 4.13),
 /// which opens no terminal. `None` if `master` is not a pty master.
@@ -150,6 +143,13 @@ pub struct SlaveIdentity {
 }
 
 impl SlaveIdentity {
+    /// The devpts instance (`st_dev`) the slave belongs to. Pty indexes repeat
+    /// across instances (a container's `/dev/pts` has its own `pts/0`), so the
+    /// index alone does not name a pty.
+    pub fn instance(self) -> u64 {
+        self.dev
+    }
+
     fn of(st: &rustix::fs::Stat) -> Self {
         Self {
             dev: st.st_dev,
@@ -195,17 +195,18 @@ pub fn terminal_identity(pid: Pid, pty: Pty) -> Option<SlaveIdentity> {
     })
 }
 
-/// Whether our `fd` is `pid`'s terminal `pty`: a slave of the same index that,
-/// when [`terminal_identity`] knows `pid`'s slave, is also the same inode of the
-/// same devpts instance (a container's `pts/0` is not the host's `pts/0`).
-pub fn is_terminal_of(fd: impl AsFd, pid: Pid, pty: Pty) -> bool {
+/// Whether our `fd` is the terminal `pty` whose identity is `identity` (a
+/// process's, from [`terminal_identity`]): a slave of the same index that, when
+/// the identity is known, is also the same inode of the same devpts instance (a
+/// container's `pts/0` is not the host's `pts/0`).
+pub fn is_terminal_of(fd: impl AsFd, pty: Pty, identity: Option<SlaveIdentity>) -> bool {
     let Ok(st) = rustix::fs::fstat(fd) else {
         return false;
     };
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR || Pty::from_rdev(st.st_rdev) != Some(pty) {
         return false;
     }
-    terminal_identity(pid, pty).is_none_or(|id| id == SlaveIdentity::of(&st))
+    identity.is_none_or(|id| id == SlaveIdentity::of(&st))
 }
 
 /// The identity of the slave of the pty whose master is `master` (through an

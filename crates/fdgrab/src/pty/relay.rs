@@ -51,8 +51,9 @@ pub enum RelayEnd {
     TerminalGone,
 }
 
-/// The signals [`relay`] expects its signalfd to carry.
-pub const RELAY_SIGNALS: [i32; 6] = [
+/// The signals the relay handles itself; [`relay_signals`] adds the others that
+/// would end fdgrab.
+const RELAY_SIGNALS: [i32; 6] = [
     libc::SIGWINCH,
     libc::SIGHUP,
     libc::SIGINT,
@@ -61,8 +62,10 @@ pub const RELAY_SIGNALS: [i32; 6] = [
     libc::SIGTSTP,
 ];
 
-/// [`RELAY_SIGNALS`] and every other signal that would end fdgrab by default
-/// (`SIGUSR1`, `SIGALRM`, real-time signals, ...) but the relay's own
+/// The signals [`relay`] expects its signalfd to carry: those it handles itself
+/// (`SIGWINCH`, `SIGHUP`, `SIGINT`, `SIGTERM`, `SIGQUIT`, `SIGTSTP`) and every
+/// other signal that would end fdgrab by default (`SIGUSR1`, `SIGALRM`,
+/// real-time signals, ...) but the relay's own
 /// [`wake_signal`]: each of those ends the relay as [`RelayEnd::Signal`] like
 /// `SIGTERM`, so that a stray `kill -USR1` leaves a keeper holding the session and
 /// our terminal in its modes, instead of killing fdgrab with the terminal raw and

@@ -24,10 +24,19 @@
 //! (`WNOHANG`) whenever it has died, and frees both only then. The calling
 //! thread's buffer was never the reader's to write, so it is free the moment
 //! [`read`] returns, and the thread carries on with a fresh reader. Buried
-//! readers are bounded: at most [`MAX_BURIED_PER_TENANT`] per tenant (whoever
-//! the caller names: the agent's container) and [`MAX_BURIED`] in all; a read
-//! that would need a new reader past either gets [`KillableError::Stuck`] at
-//! once, without starting one.
+//! readers are bounded per tenant (whoever the caller names: the agent's pod
+//! or container): a read that would need a new reader gets
+//! [`KillableError::Stuck`] at once, without starting one, when its tenant has
+//! [`MAX_BURIED_PER_TENANT`] buried. The process-wide bound follows from the
+//! tenants a node may run ([`set_max_tenants`]): up to
+//! [`MAX_BURIED_PER_TENANT`] per tenant it may run, every tenant below its
+//! share gets a reader, so that tenants at their shares cannot deny one to
+//! another; past that (more tenants hold stuck readers than it runs: tenants
+//! gone whose file system lives on), only a tenant with none buried, up to one
+//! more per tenant it may run; past that, nobody. Each tenant counts towards
+//! these up to its share only: the checks are made when a reader starts, so
+//! a tenant whose threads' readers all stall at once may leave one per
+//! thread, past its share, and those must not spend the others' room.
 //!
 //! A thread's reader is killed and reaped when the thread exits (its
 //! thread-local's destructor), and dies with the thread in any case (its
@@ -73,10 +82,40 @@ pub const KILL_GRACE: Duration = Duration::from_millis(20);
 /// reads that need a new reader are refused at once ([`KillableError::Stuck`]).
 pub const MAX_BURIED_PER_TENANT: usize = 4;
 
-/// Buried readers over all tenants at most: each is a task of ours (and a
-/// pidfd and a stack mapping) for as long as its FUSE daemon does not answer,
-/// which may be for ever.
-pub const MAX_BURIED: usize = 64;
+/// Tenants a process serves at most, unless told ([`set_max_tenants`]): the
+/// kubelet's default `maxPods`.
+pub const DEFAULT_MAX_TENANTS: usize = 110;
+
+/// Tenants the process may serve at once ([`set_max_tenants`]), which sizes
+/// the process-wide bound on buried readers: each is a task of ours (a pid,
+/// its kernel stack, a pidfd and a stack mapping) for as long as its FUSE
+/// daemon does not answer, which may be for ever.
+static MAX_TENANTS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_TENANTS);
+
+/// Sets how many tenants (the agent's pods) the process serves at most
+/// (at least 1). Buried readers are then bounded by
+/// [`MAX_BURIED_PER_TENANT`]` + 1` per tenant it may serve (see the module docs).
+pub fn set_max_tenants(n: usize) {
+    MAX_TENANTS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The most buried readers from which on only a tenant with none gets a
+/// reader, and the most from which on nobody does (each tenant counted up to
+/// its share: see [`may_start`]).
+fn buried_caps() -> (usize, usize) {
+    let tenants = MAX_TENANTS.load(Ordering::Relaxed);
+    let shares = tenants.saturating_mul(MAX_BURIED_PER_TENANT);
+    (shares, shares.saturating_add(tenants))
+}
+
+/// Buried readers, each counted, from which on nobody gets a reader: twice
+/// the ceiling. Counted up to their shares, tenants whose threads' readers
+/// stalled all at once (one per thread, past the share) could otherwise
+/// churn: a tenant of many threads stalls them all, goes, and a new one does
+/// the same, without bound while the capped count stays low.
+fn hard_cap() -> usize {
+    buried_caps().1.saturating_mul(2)
+}
 
 /// How often the reaper looks for buried readers that have died.
 const REAP_EVERY: Duration = Duration::from_millis(25);
@@ -90,9 +129,10 @@ pub(crate) enum KillableError {
     /// The deadline passed; the reader was killed (and reaped, or buried: see
     /// the module docs).
     TimedOut,
-    /// No reader was started: the tenant (or the process) has as many buried
-    /// readers as it may ([`MAX_BURIED_PER_TENANT`], [`MAX_BURIED`]), that is
-    /// earlier reads of its memory are still stuck.
+    /// No reader was started: the tenant has as many buried readers as it may
+    /// ([`MAX_BURIED_PER_TENANT`], or fewer once the process holds its bound:
+    /// see the module docs), that is earlier reads of its memory are still
+    /// stuck.
     Stuck,
 }
 
@@ -403,8 +443,12 @@ fn graveyard() -> std::sync::MutexGuard<'static, Graveyard> {
     GRAVEYARD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether `tenant` may start a reader: it and the process are below their
-/// caps of buried readers.
+/// Whether `tenant` may start a reader: it is below its share of buried
+/// readers, and either the process is below the shares of the tenants it may
+/// serve or (up to one more each) `tenant` has none buried. A tenant that
+/// stalls no read never has one buried, so tenants at their shares can deny
+/// it a reader only once more of them hold stuck readers than the process
+/// serves, and then only past one more each.
 fn may_start(tenant: u64) -> bool {
     let mut g = graveyard();
     if g.buried.is_empty() {
@@ -413,8 +457,33 @@ fn may_start(tenant: u64) -> bool {
     if NO_REAPER.load(Ordering::Relaxed) {
         sweep(&mut g);
     }
+    // A tenant past its share asks on each of its calls: answered first,
+    // with one pass.
     let mine = g.buried.iter().filter(|r| r.tenant == tenant).count();
-    mine < MAX_BURIED_PER_TENANT && g.buried.len() < MAX_BURIED
+    let (shares, ceiling) = buried_caps();
+    if mine >= MAX_BURIED_PER_TENANT {
+        return false;
+    }
+    if g.buried.len() < shares {
+        return true;
+    }
+    if g.buried.len() >= hard_cap() {
+        return false;
+    }
+    // Each tenant counts up to its share only: the share is checked when a
+    // reader starts, so a tenant whose workers' readers, started at once,
+    // all stall leaves one per worker; counted in full, they spent the
+    // others' room, and one tenant with enough workers alone denied a
+    // reader to every tenant holding any.
+    let mut per_tenant = std::collections::HashMap::<u64, usize>::new();
+    for r in &g.buried {
+        *per_tenant.entry(r.tenant).or_default() += 1;
+    }
+    let held: usize = per_tenant
+        .values()
+        .map(|&n| n.min(MAX_BURIED_PER_TENANT))
+        .sum();
+    held < shares || (mine == 0 && held < ceiling)
 }
 
 /// Buried readers of `tenant`, and over all tenants.
@@ -1003,52 +1072,142 @@ mod tests {
         drop(map);
     }
 
-    /// However many tenants leave readers stuck, the process holds at most
-    /// `MAX_BURIED` of them: 16 tenants fill their shares, and then a read of
-    /// a tenant with none buried gets no reader either (`Stuck`). When the
-    /// daemon answers, all are reaped and readers start again.
+    /// However many tenants leave readers stuck, the process holds a bounded
+    /// number, and tenants at their shares deny nobody a reader. For 3
+    /// tenants: 3 fill their shares (12); a tenant with none buried still
+    /// gets a reader, and may leave one stuck, but then no second (past the
+    /// shares, one each); at 12 + 3 nobody gets one. When the daemon answers,
+    /// all are reaped and readers start again.
     #[test]
     fn buried_readers_are_bounded_over_all_tenants() {
         let Some((fs, map)) = held_fuse_pages("cap") else {
             return;
         };
         let before = fds_and_children();
-        let tenants = MAX_BURIED / MAX_BURIED_PER_TENANT;
+        const TENANTS: usize = 3;
+        set_max_tenants(TENANTS);
+        let (shares, ceiling) = buried_caps();
+        assert_eq!((shares, ceiling), (12, 15));
         // A page per reader.
-        const _: () = assert!(MAX_BURIED < fdgrab_testkit::fuse::PAGES);
-        for t in 0..tenants {
+        const _: () = assert!(TENANTS * (MAX_BURIED_PER_TENANT + 1) < fdgrab_testkit::fuse::PAGES);
+        let stall = |page: usize, tenant: u64| {
+            read_within(map.page(page), 16, Duration::from_millis(50), tenant).0
+        };
+        for t in 0..TENANTS {
             for k in 0..MAX_BURIED_PER_TENANT {
-                let page = map.page(t * MAX_BURIED_PER_TENANT + k);
-                let (r, _) = read_within(page, 16, Duration::from_millis(50), 100 + t as u64);
+                let r = stall(t * MAX_BURIED_PER_TENANT + k, 100 + t as u64);
                 assert_eq!(r, Err(KillableError::TimedOut), "tenant {t}, read {k}");
             }
         }
-        assert_eq!(buried(100), (MAX_BURIED_PER_TENANT, MAX_BURIED));
+        assert_eq!(buried(100), (MAX_BURIED_PER_TENANT, shares));
         let src = *b"a tenant with nothing buried";
-        let (r, _) = read_within(
-            src.as_ptr() as usize,
-            src.len(),
-            Duration::from_secs(10),
-            999,
-        );
-        assert_eq!(r, Err(KillableError::Stuck), "past the process's cap");
+        let honest = |tenant: u64| {
+            read_within(
+                src.as_ptr() as usize,
+                src.len(),
+                Duration::from_secs(10),
+                tenant,
+            )
+        };
+        let (r, buf) = honest(999);
         assert_eq!(
-            fs.held_reads(),
-            MAX_BURIED,
-            "no reader started past the cap"
+            (r, &buf[..]),
+            (Ok(()), &src[..]),
+            "tenants at their shares deny nobody"
         );
-        assert_eq!(fs.release_reads(), MAX_BURIED);
+        for t in 0..TENANTS as u64 {
+            assert_eq!(
+                stall(shares + t as usize, 200 + t),
+                Err(KillableError::TimedOut)
+            );
+            assert_eq!(
+                stall(40 + t as usize, 200 + t),
+                Err(KillableError::Stuck),
+                "past the shares, one each"
+            );
+        }
+        assert_eq!(buried(200), (1, ceiling));
+        assert_eq!(
+            honest(999).0,
+            Err(KillableError::Stuck),
+            "at the ceiling: nobody"
+        );
+        assert_eq!(fs.held_reads(), ceiling, "no reader started past the caps");
+        assert_eq!(fs.release_reads(), ceiling);
         wait_until("every buried reader reaped", || buried(100).1 == 0);
         wait_until("no child, zombie or descriptor left", || {
             fds_and_children() == before
         });
-        let (r, buf) = read_within(
-            src.as_ptr() as usize,
-            src.len(),
-            Duration::from_secs(10),
-            999,
-        );
+        let (r, buf) = honest(999);
         assert_eq!((r, &buf[..]), (Ok(()), &src[..]));
+        set_max_tenants(DEFAULT_MAX_TENANTS);
+        drop(map);
+    }
+
+    /// A tenant whose threads all hold a reader started before any was buried
+    /// leaves one per thread when all stall at once: past its share, which
+    /// spends no other tenant's room (another tenant with none buried still
+    /// gets a reader while the total, counted up to the shares, is below
+    /// them), up to the hard cap, twice the ceiling counted in full, from
+    /// which on nobody gets one.
+    #[test]
+    fn a_tenants_readers_stalled_at_once_are_bounded_and_spend_no_others_room() {
+        let Some((fs, map)) = held_fuse_pages("at-once") else {
+            return;
+        };
+        let before = fds_and_children();
+        set_max_tenants(2);
+        let (shares, ceiling) = buried_caps();
+        assert_eq!((shares, ceiling, hard_cap()), (8, 10, 20));
+        let src = *b"honest";
+        let stall_all = |threads: usize, first: usize, tenant: u64| {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+            let at = map.at;
+            let readers: Vec<_> = (0..threads)
+                .map(|i| {
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 6];
+                        let honest = read(own_tid(), src.as_ptr() as u64, &mut buf, soon(), tenant);
+                        barrier.wait();
+                        let page = (at + 4096 * (first + i)) as u64;
+                        let deadline = Instant::now() + Duration::from_millis(200);
+                        (honest, read(own_tid(), page, &mut buf, deadline, tenant))
+                    })
+                })
+                .collect();
+            for r in readers {
+                let (honest, stalled) = r.join().expect("reader thread");
+                assert_eq!(honest, Ok(()));
+                assert_eq!(stalled, Err(KillableError::TimedOut));
+            }
+        };
+        stall_all(9, 0, 300);
+        assert_eq!(buried(300), (9, 9), "one per thread, past its share");
+        let (r, _) = read_within(map.page(20), 16, Duration::from_millis(50), 301);
+        assert_eq!(
+            r,
+            Err(KillableError::TimedOut),
+            "counted up to its share: 4 of 8"
+        );
+        assert_eq!(
+            read_within(src.as_ptr() as usize, 6, Duration::from_secs(10), 301).0,
+            Ok(()),
+            "below its share, another tenant is served"
+        );
+        stall_all(10, 30, 302);
+        assert_eq!(buried(302), (10, 20));
+        assert_eq!(
+            read_within(src.as_ptr() as usize, 6, Duration::from_secs(10), 303).0,
+            Err(KillableError::Stuck),
+            "at the hard cap: nobody"
+        );
+        assert_eq!(fs.release_reads(), 20);
+        wait_until("every buried reader reaped", || buried(300).1 == 0);
+        wait_until("no child, zombie or descriptor left", || {
+            fds_and_children() == before
+        });
+        set_max_tenants(DEFAULT_MAX_TENANTS);
         drop(map);
     }
 

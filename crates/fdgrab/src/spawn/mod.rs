@@ -31,7 +31,7 @@ use crate::Pid;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::{fcntl_dupfd_cloexec, Errno};
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -532,8 +532,10 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
         return match candidate(&p) {
             Candidate::Runnable => Ok(p),
             Candidate::Missing => Err(fail(&p, Errno::NOENT).into()),
-            Candidate::Refused(errno, why) if why.is_empty() => Err(fail(&p, errno).into()),
-            Candidate::Refused(errno, why) => Err(fail(&p, errno).detail(why).into()),
+            Candidate::Refused(errno, None) => Err(fail(&p, errno).into()),
+            Candidate::Refused(errno, Some(why)) => {
+                Err(fail(&p, errno).detail(format!("({why})")).into())
+            }
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -561,10 +563,7 @@ pub fn find_program(cmd: &OsStr) -> Result<PathBuf> {
             format!(
                 "(found in PATH as {}{}; PATH={})",
                 first.display(),
-                match why.trim_start_matches('(').trim_end_matches(')') {
-                    "" => String::new(),
-                    why => format!(", {why}"),
-                },
+                why.map_or_else(String::new, |why| format!(", {why}")),
                 path.to_string_lossy()
             ),
         ),
@@ -582,8 +581,14 @@ enum Candidate {
     /// Nothing by that name (`ENOENT`, `ENOTDIR`).
     Missing,
     /// It exists, or may, but cannot be run by us: the errno execve would give,
-    /// and why, in parentheses.
-    Refused(Errno, String),
+    /// and why, when we know more than the errno.
+    Refused(Errno, Option<String>),
+}
+
+impl Candidate {
+    fn refused(errno: Errno, why: impl Into<String>) -> Self {
+        Self::Refused(errno, Some(why.into()))
+    }
 }
 
 /// One `stat` and one `access` per candidate. `access(X_OK)` alone is true for
@@ -595,41 +600,36 @@ fn candidate(p: &Path) -> Candidate {
     use std::os::unix::fs::PermissionsExt;
     let uid = || rustix::process::geteuid().as_raw();
     match p.metadata() {
-        Ok(m) if m.is_dir() => Candidate::Refused(
+        Ok(m) if m.is_dir() => {
+            Candidate::refused(Errno::ACCESS, "not an executable file: a directory")
+        }
+        Ok(m) if !m.is_file() => {
+            Candidate::refused(Errno::ACCESS, "not an executable file: not a regular file")
+        }
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Candidate::refused(
             Errno::ACCESS,
-            "(not an executable file: a directory)".into(),
-        ),
-        Ok(m) if !m.is_file() => Candidate::Refused(
-            Errno::ACCESS,
-            "(not an executable file: not a regular file)".into(),
-        ),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Candidate::Refused(
-            Errno::ACCESS,
-            "(not an executable file: no execute permission bit)".into(),
+            "not an executable file: no execute permission bit",
         ),
         Ok(_) => match access(p, Access::EXEC_OK) {
             Ok(()) => Candidate::Runnable,
-            Err(e) => Candidate::Refused(
+            Err(e) => Candidate::refused(
                 e,
                 format!(
-                    "(not executable by uid {}: its permission bits or an ACL refuse it, or its \
-                 file system is mounted noexec)",
+                    "not executable by uid {}: its permission bits or an ACL refuse it, or its \
+                 file system is mounted noexec",
                     uid()
                 ),
             ),
         },
         Err(e) => match e.raw_os_error().map(Errno::from_raw_os_error) {
             Some(Errno::NOENT | Errno::NOTDIR) | None => Candidate::Missing,
-            Some(Errno::ACCESS) => Candidate::Refused(
+            Some(Errno::ACCESS) => Candidate::refused(
                 Errno::ACCESS,
-                format!(
-                    "(a directory on its path is not searchable by uid {})",
-                    uid()
-                ),
+                format!("a directory on its path is not searchable by uid {}", uid()),
             ),
             // A symlink loop, a name too long, an I/O error: execve would fail the
             // same way, and "not found" would be a lie.
-            Some(errno) => Candidate::Refused(errno, String::new()),
+            Some(errno) => Candidate::Refused(errno, None),
         },
     }
 }
@@ -681,6 +681,17 @@ impl Child {
     /// Waits for the child to exit, passing every signal read from `signals` on to
     /// it, and returns its status.
     pub fn wait_forwarding(&mut self, signals: &SignalFd) -> Result<ExitStatus> {
+        self.wait_forwarding_also(signals, None, || Ok(()))
+    }
+
+    /// [`Child::wait_forwarding`] that also wakes up when `also` is readable, and
+    /// calls `serve` after every wake-up, once the signals are passed on.
+    pub fn wait_forwarding_also(
+        &mut self,
+        signals: &SignalFd,
+        also: Option<BorrowedFd<'_>>,
+        mut serve: impl FnMut() -> Result<()>,
+    ) -> Result<ExitStatus> {
         loop {
             if let Some(st) = self.try_wait()? {
                 return Ok(st);
@@ -689,12 +700,15 @@ impl Child {
             let mut fds = [
                 PollFd::new(&exit_fd, PollFlags::IN),
                 PollFd::new(signals, PollFlags::IN),
+                PollFd::from_borrowed_fd(also.unwrap_or(signals.as_fd()), PollFlags::IN),
             ];
-            match poll(&mut fds, None) {
+            let n = if also.is_some() { 3 } else { 2 };
+            match poll(&mut fds[..n], None) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(Error::io("poll", self.pid(), None, e)),
             }
             self.forward(signals)?;
+            serve()?;
         }
     }
 

@@ -81,6 +81,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// instead of spinning on a readiness that cannot be served.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Pods a node runs at most unless told ([`Agent::set_max_pods`]): the
+/// kubelet's default `maxPods`.
+pub const DEFAULT_MAX_PODS: usize = crate::seccomp::killable_read::DEFAULT_MAX_TENANTS;
+
 /// A snapshot of the agent ([`Agent::stats`]).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AgentStats {
@@ -104,7 +108,8 @@ pub struct AgentStats {
     pub blocked_workers: usize,
     /// Killable readers killed at a deadline that have not died yet (a FUSE
     /// request their daemon took and does not answer), over all containers:
-    /// reaped as they die; at most 4 per pod (else container) and 64 in all.
+    /// reaped as they die; at most 4 per pod (else container), and in all 4
+    /// per pod the node may run plus 1 (see [`Agent::set_max_pods`]).
     pub buried_readers: usize,
     /// Audit lines dropped because the audit sink did not take them (a pipe or
     /// FIFO nobody reads): decisions never wait for it.
@@ -457,6 +462,20 @@ impl Agent {
             let p = self.policy_for(&c.state);
             c.tenant.policy.set(p);
         }
+    }
+
+    /// How many pods the node runs at most (the kubelet's `maxPods`; at least
+    /// 1), which bounds the killable readers a kill cannot end that the agent
+    /// keeps: 4 per pod, plus (once more pods than that hold some: pods gone
+    /// whose FUSE daemon lives on) one each for a pod that holds none; at
+    /// `5 * max_pods` no reader starts, each pod counted up to its 4 (a
+    /// worker's reader already running can still be left stuck: at most one
+    /// per container past its pod's share, which spends no other pod's room),
+    /// nor at `10 * max_pods` counted in full. Below its share a pod always gets a reader, so
+    /// pods at their shares deny none to another. Process-wide: every agent
+    /// of the process shares the bound.
+    pub fn set_max_pods(&mut self, max_pods: usize) {
+        crate::seccomp::killable_read::set_max_tenants(max_pods);
     }
 
     /// Reopens the audit file at its path (after logrotate moved it away).

@@ -37,8 +37,13 @@ pub struct AuditLabels {
     pub owner: u64,
     /// The pod sandbox's id, as containerd or CRI-O set it (after any
     /// annotation of the pod's own): the one label that says which
-    /// containers are one pod's, across their restarts. Not written.
-    pub sandbox: Option<String>,
+    /// containers are one pod's, across their restarts. Each key of
+    /// [`SANDBOX_KEYS`] that is set, in order: a runtime sets its own key
+    /// but may pass the other's on from the pod, so the one set is not
+    /// proof of which runtime made the spec, and taking either alone let a
+    /// pod name another sandbox through the other runtime's key. With both,
+    /// the runtime's own is always part of it. Not written.
+    pub sandbox: Option<[Option<String>; 2]>,
 }
 
 /// Annotation keys that carry the pod sandbox's id: containerd's and CRI-O's.
@@ -80,7 +85,8 @@ impl AuditLabels {
             pod: pick(&POD_KEYS).map(|v| capped(&v)),
             namespace: pick(&NAMESPACE_KEYS).map(|v| capped(&v)),
             container_name: pick(&CONTAINER_NAME_KEYS).map(|v| capped(&v)),
-            sandbox: pick(&SANDBOX_KEYS),
+            sandbox: Some(SANDBOX_KEYS.map(|k| pick(&[k])))
+                .filter(|ids| ids.iter().any(Option::is_some)),
             owner: {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&state.state.id, &mut h);

@@ -304,9 +304,9 @@ impl BindHandler {
         if !policy.could_allow(addr.ip(), addr.port()) {
             return cont("not allowed by policy (the kernel decides)");
         }
-        if !may_close(self.share) {
+        let Some(place) = reserve_close(self.share) else {
             return cont(CLOSES_WAITING_REASON);
-        }
+        };
         let (sock, cached) = match self.grab(cx, n, fd) {
             Ok(s) => s,
             Err(None) => return None,
@@ -319,11 +319,13 @@ impl BindHandler {
         // in this call, so its netns cannot change under us.
         let cookie = match crate::sys::socket_netns_cookie(&sock) {
             Err(Errno::NOTSOCK) => {
-                let_go_of_file(sock, self.share);
+                let_go_of_file(sock, place);
                 return cont("the fd is not a socket");
             }
             c => c.ok(),
         };
+        // A socket's close waits for nobody.
+        drop(place);
         let proto = match socket_proto(&sock, addr) {
             Ok(p) => p,
             Err(reason) => return cont(reason),
@@ -758,12 +760,13 @@ fn peek_transport(
         r => r,
     }
     .ok()?;
-    if !still_caller() || !may_close(owner) {
+    if !still_caller() {
         return None;
     }
+    let place = reserve_close(owner)?;
     let sock = getfd_from(&thread, fd).ok()?;
     if crate::sys::socket_netns_cookie(&sock) == Err(Errno::NOTSOCK) {
-        let_go_of_file(sock, owner);
+        let_go_of_file(sock, place);
         return None;
     }
     protocol_name(&sock).ok().map(|(_, p)| p)
@@ -773,16 +776,26 @@ fn peek_transport(
 /// [`let_go_of_file`]): per owner (the agent's pod or container; 0 under
 /// `run` and the handover), and how many run on threads of their own.
 struct Closing {
-    by_owner: Vec<(u64, usize)>,
+    by_owner: Vec<OwnerCloses>,
     threads: usize,
+}
+
+/// One owner's places: `taken` before its copy is known to be a socket (given
+/// back within microseconds, since that check waits on nothing), `closing` once
+/// spent on a close that may wait for ever.
+#[derive(Clone, Copy, Debug)]
+struct OwnerCloses {
+    owner: u64,
+    taken: usize,
+    closing: usize,
 }
 
 static CLOSING: std::sync::Mutex<Closing> = std::sync::Mutex::new(Closing {
     by_owner: Vec::new(),
     threads: 0,
 });
-/// The sum over `CLOSING.by_owner`: 0 (the usual case) spares a bind the lock.
-static CLOSING_ANY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Told when a place is given back.
+static CLOSING_FREED: std::sync::Condvar = std::sync::Condvar::new();
 /// The most such threads at once, over all owners: each may wait for ever.
 const MAX_CLOSING: usize = 64;
 /// The most such closes one owner may have waiting, on threads or on its
@@ -790,6 +803,11 @@ const MAX_CLOSING: usize = 64;
 /// places, and a container restarted again and again cannot leave a worker
 /// stuck in a close each time.
 const MAX_CLOSING_PER_OWNER: usize = 4;
+/// How long a caller waits for one of its owner's places that another caller
+/// has only taken: a pod's containers binding at the same moment must not see
+/// the kernel refuse a bind for a place that comes back at once. Places spent
+/// on closes are not waited for.
+const TAKEN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long the serving thread waits for a close handed to a thread of its own.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
@@ -808,49 +826,111 @@ fn closing() -> std::sync::MutexGuard<'static, Closing> {
 }
 
 /// Takes a place for one of `owner`'s closes; `None` when it has
-/// [`MAX_CLOSING_PER_OWNER`] waiting already.
+/// [`MAX_CLOSING_PER_OWNER`] closes waiting, or places taken by other callers
+/// that were not given back within [`TAKEN_WAIT`].
 fn take_closing_place(owner: u64) -> Option<Place> {
+    let deadline = std::time::Instant::now() + TAKEN_WAIT;
     let mut g = closing();
-    match g.by_owner.iter_mut().find(|(o, _)| *o == owner) {
-        Some((_, n)) if *n >= MAX_CLOSING_PER_OWNER => return None,
-        Some((_, n)) => *n += 1,
-        None => g.by_owner.push((owner, 1)),
+    loop {
+        let i = match g.by_owner.iter().position(|c| c.owner == owner) {
+            Some(i) => i,
+            None => {
+                g.by_owner.push(OwnerCloses {
+                    owner,
+                    taken: 0,
+                    closing: 0,
+                });
+                g.by_owner.len() - 1
+            }
+        };
+        let c = g.by_owner[i];
+        if c.taken + c.closing < MAX_CLOSING_PER_OWNER {
+            g.by_owner[i].taken += 1;
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if c.taken == 0 || left.is_zero() {
+            return None;
+        }
+        g = match CLOSING_FREED.wait_timeout(g, left) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
     }
-    CLOSING_ANY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if g.threads < MAX_CLOSING {
-        g.threads += 1;
-        Some(Place::Thread)
-    } else {
-        Some(Place::Here)
-    }
+    // Where a close is made is decided when the place is spent: a place only
+    // taken for a check must not take a closer thread from a close that waits.
+    Some(Place::Here)
 }
 
-fn give_closing_place_back(owner: u64, place: Place) {
+/// Gives back a place taken ([`take_closing_place`]), or `spent` on a close
+/// that is now done.
+fn give_closing_place_back(owner: u64, place: Place, spent: bool) {
     let mut g = closing();
-    if let Some(i) = g.by_owner.iter().position(|&(o, _)| o == owner) {
-        g.by_owner[i].1 -= 1;
-        if g.by_owner[i].1 == 0 {
+    if let Some(i) = g.by_owner.iter().position(|c| c.owner == owner) {
+        let c = &mut g.by_owner[i];
+        if spent {
+            c.closing -= 1;
+        } else {
+            c.taken -= 1;
+        }
+        if c.taken + c.closing == 0 {
             g.by_owner.swap_remove(i);
         }
-        CLOSING_ANY.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     if place == Place::Thread {
         g.threads -= 1;
     }
+    drop(g);
+    CLOSING_FREED.notify_all();
 }
 
-/// Whether `owner` may have one more close waiting. A caller's fd is copied
-/// only then: the copy of a file that is no socket must be closed, and past
-/// the owner's places that close could only be made where nothing bounds it.
-pub(super) fn may_close(owner: u64) -> bool {
-    if CLOSING_ANY.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        return true;
+/// A place for one of `owner`'s closes, taken before a caller's fd is copied
+/// ([`reserve_close`]) and held until the copy is known to be a socket: given
+/// back on drop, or spent by [`let_go_of_file`] until its close is done.
+pub(super) struct ClosePlace {
+    owner: u64,
+    place: Place,
+    spent: bool,
+}
+
+impl ClosePlace {
+    /// Counts the place as a close that may wait: no longer worth waiting for.
+    fn spend(&mut self) {
+        let mut g = closing();
+        if let Some(c) = g.by_owner.iter_mut().find(|c| c.owner == self.owner) {
+            c.taken -= 1;
+            c.closing += 1;
+        }
+        if g.threads < MAX_CLOSING {
+            g.threads += 1;
+            self.place = Place::Thread;
+        }
+        self.spent = true;
+        drop(g);
+        // A caller waiting for this owner's places must not wait for this one.
+        CLOSING_FREED.notify_all();
     }
-    closing()
-        .by_owner
-        .iter()
-        .find(|(o, _)| *o == owner)
-        .is_none_or(|&(_, n)| n < MAX_CLOSING_PER_OWNER)
+}
+
+/// Takes a place for one more close of `owner`'s, or `None` when it has
+/// [`MAX_CLOSING_PER_OWNER`] waiting (or taken by callers that keep them past
+/// [`TAKEN_WAIT`]). A caller's fd is copied only with one: the copy of a file
+/// that is no socket must be closed, and past the owner's places that close
+/// could only be made where nothing bounds it. The check and the take are one
+/// step, so that callers serving one owner at once (a pod's containers) cannot
+/// all pass on its last place.
+pub(super) fn reserve_close(owner: u64) -> Option<ClosePlace> {
+    take_closing_place(owner).map(|place| ClosePlace {
+        owner,
+        place,
+        spent: false,
+    })
+}
+
+impl Drop for ClosePlace {
+    fn drop(&mut self) {
+        give_closing_place_back(self.owner, self.place, self.spent);
+    }
 }
 
 /// Closes our copy of a caller's fd that is not a socket, off the thread that
@@ -860,41 +940,32 @@ pub(super) fn may_close(owner: u64) -> bool {
 /// unanswered) for ever. One owner may have [`MAX_CLOSING_PER_OWNER`] such
 /// closes waiting, and [`MAX_CLOSING`] wait on threads in all; past the
 /// latter the close is made here, and counts against the owner's places all
-/// the same. Callers look at [`may_close`] before they copy a caller's fd, so
-/// that past its places an owner's copies are not taken at all (else: made
-/// here).
+/// the same. Callers take the place ([`reserve_close`]) before they copy a
+/// caller's fd, so that past its places an owner's copies are not taken at
+/// all (else: made here).
 ///
 /// The caller is answered only once the close is done or [`CLOSE_WAIT`] has
 /// passed: a copy still open after the answer keeps what the file holds (a
 /// `flock`, a pipe's writer, a tty's session) past the caller's own close.
-pub(super) fn let_go_of_file(copy: OwnedFd, owner: u64) {
-    let place = match take_closing_place(owner) {
-        Some(Place::Thread) => Place::Thread,
-        Some(Place::Here) => {
-            drop(copy);
-            give_closing_place_back(owner, Place::Here);
-            return;
-        }
-        None => {
-            drop(copy);
-            return;
-        }
-    };
+pub(super) fn let_go_of_file(copy: OwnedFd, mut place: ClosePlace) {
+    place.spend();
+    if place.place == Place::Here {
+        // The place is given back once the close is done.
+        drop(copy);
+        return;
+    }
     let (done, closed) = std::sync::mpsc::sync_channel::<()>(1);
     let closer = std::thread::Builder::new()
         .name("fdgrab-close".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             drop(copy);
-            give_closing_place_back(owner, place);
+            drop(place);
             let _ = done.send(());
         });
-    match closer {
-        Ok(_) => {
-            let _ = closed.recv_timeout(CLOSE_WAIT);
-        }
-        // A closure that could not start was dropped, and the copy with it.
-        Err(_) => give_closing_place_back(owner, place),
+    // A closure that could not start was dropped, with the copy and the place.
+    if closer.is_ok() {
+        let _ = closed.recv_timeout(CLOSE_WAIT);
     }
 }
 
@@ -1037,52 +1108,137 @@ mod tests {
         }
     }
 
+    /// A place spent on a close that waits, as [`let_go_of_file`] spends it.
+    fn waiting_close(owner: u64) -> Option<ClosePlace> {
+        reserve_close(owner).map(|mut p| {
+            p.spend();
+            p
+        })
+    }
+
     /// One owner takes at most its share of the places for closes that may
     /// wait; others still find theirs on threads up to the agent-wide cap,
     /// and past it on their own worker, which counts against their share all
     /// the same. A place given back is there again.
     #[test]
     fn closing_places_are_shared_per_owner() {
+        let _serial = places_serial();
+        let mut held = Vec::new();
         for _ in 0..MAX_CLOSING_PER_OWNER {
-            assert_eq!(take_closing_place(1), Some(Place::Thread));
+            let p = waiting_close(1).expect("its share");
+            assert_eq!(p.place, Place::Thread);
+            held.push(p);
         }
-        assert_eq!(take_closing_place(1), None, "past its share");
-        assert!(!may_close(1));
+        assert!(reserve_close(1).is_none(), "past its share");
         let others = (MAX_CLOSING - MAX_CLOSING_PER_OWNER) / MAX_CLOSING_PER_OWNER;
         for owner in 2..2 + others as u64 {
             for _ in 0..MAX_CLOSING_PER_OWNER {
-                assert_eq!(take_closing_place(owner), Some(Place::Thread), "{owner}");
+                let p = waiting_close(owner).expect("its share");
+                assert_eq!(p.place, Place::Thread, "{owner}");
+                held.push(p);
             }
         }
-        assert!(may_close(999));
+        let mut late = Vec::new();
         for _ in 0..MAX_CLOSING_PER_OWNER {
-            assert_eq!(take_closing_place(999), Some(Place::Here), "no thread left");
+            let p = waiting_close(999).expect("its share");
+            assert_eq!(p.place, Place::Here, "no thread left");
+            late.push(p);
         }
-        assert!(!may_close(999), "closes on its worker count too");
-        for _ in 0..MAX_CLOSING_PER_OWNER {
-            give_closing_place_back(999, Place::Here);
-        }
-        give_closing_place_back(1, Place::Thread);
-        assert!(may_close(1));
-        assert_eq!(
-            take_closing_place(999),
-            Some(Place::Thread),
-            "a place given back"
+        assert!(
+            reserve_close(999).is_none(),
+            "closes on its worker count too"
         );
-        give_closing_place_back(999, Place::Thread);
-        for owner in 1..2 + others as u64 {
-            let n = if owner == 1 {
-                MAX_CLOSING_PER_OWNER - 1
-            } else {
-                MAX_CLOSING_PER_OWNER
-            };
-            for _ in 0..n {
-                give_closing_place_back(owner, Place::Thread);
-            }
-        }
+        late.clear();
+        // Owner 1's first close is done.
+        held.remove(0);
+        assert!(reserve_close(1).is_some());
+        let p = waiting_close(999).expect("a place given back");
+        assert_eq!(p.place, Place::Thread, "a thread given back");
+        drop(p);
+        held.clear();
         let g = closing();
         assert!(g.by_owner.is_empty() && g.threads == 0);
-        assert_eq!(CLOSING_ANY.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    /// Places only taken for checks take no closer thread: a close spent once
+    /// they are given back gets a thread of its own, not the caller's worker.
+    #[test]
+    fn places_only_taken_leave_the_closer_threads_free() {
+        let _serial = places_serial();
+        let mut held = Vec::new();
+        for owner in 0..(MAX_CLOSING / MAX_CLOSING_PER_OWNER) as u64 {
+            for _ in 0..MAX_CLOSING_PER_OWNER {
+                held.push(reserve_close(5000 + owner).expect("taken"));
+            }
+        }
+        let mut late = reserve_close(9999).expect("a place");
+        held.clear();
+        late.spend();
+        assert_eq!(late.place, Place::Thread);
+        drop(late);
+        let g = closing();
+        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
+    }
+
+    /// A place another caller has only taken (its copy not yet known to be a
+    /// socket) comes back at once: a caller that finds its owner's places all
+    /// taken so waits for one, rather than have the kernel refuse its bind.
+    #[test]
+    fn a_place_only_taken_is_waited_for() {
+        let _serial = places_serial();
+        let mut taken: Vec<_> = (0..MAX_CLOSING_PER_OWNER)
+            .map(|_| reserve_close(8).expect("its share"))
+            .collect();
+        std::thread::scope(|s| {
+            let late = s.spawn(|| reserve_close(8).is_some());
+            // Pacing only: the late caller is most likely waiting by now.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            taken.pop();
+            assert!(late.join().expect("the late caller"), "served");
+        });
+        taken.clear();
+        let g = closing();
+        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
+    }
+
+    /// The tests that count the process-wide places, one at a time.
+    fn places_serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Callers serving one owner at once (a pod's containers, each on its own
+    /// worker) all ask for its places together: no more of them get one than
+    /// it has while the first ones keep theirs, and a place not spent on a
+    /// close is there again once dropped. (A check that took nothing let every
+    /// one of them pass.)
+    #[test]
+    fn close_places_are_taken_by_whoever_checks() {
+        let _serial = places_serial();
+        let callers = 4 * MAX_CLOSING_PER_OWNER;
+        let start = std::sync::Barrier::new(callers);
+        let held = std::sync::Barrier::new(callers);
+        let got = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..callers)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let place = reserve_close(7);
+                        // Nobody gives a place back before everyone has asked.
+                        held.wait();
+                        place.is_some()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a caller"))
+                .filter(|&got| got)
+                .count()
+        });
+        assert_eq!(got, MAX_CLOSING_PER_OWNER);
+        let g = closing();
+        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
     }
 
     /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its

@@ -54,7 +54,7 @@
 //! to the kernel: a later bind (a reload adding a port) works as if unsupervised.
 
 use super::bind::{
-    decode_bind, let_go_of_file, may_close, thread_group_pidfd, BindArgs, Undecoded,
+    decode_bind, let_go_of_file, reserve_close, thread_group_pidfd, BindArgs, Undecoded,
     CLOSES_WAITING_REASON,
 };
 use super::handler::{Answer, Context, Handler};
@@ -383,18 +383,26 @@ fn on_listen(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     }
     let fd = n.data.args[0] as u32 as i32;
     let backlog = n.data.args[1] as u32 as i32;
+    // As for a bind: closing a copy of a FUSE file waits for its server (FLUSH),
+    // so it is made off this thread, in a place taken before the copy.
+    let Some(place) = reserve_close(0) else {
+        return cont(CLOSES_WAITING_REASON);
+    };
     let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
     };
     if !cx.listener.id_valid(n.id) {
+        let_go_of_file(theirs, place);
         return None;
     }
     // A getsockopt fails ENOTSOCK for any other file without reaching its file
     // system; an fstat of a FUSE file may be a request to its server.
     if rustix::net::sockopt::socket_type(&theirs).is_err() {
+        let_go_of_file(theirs, place);
         return cont("not a taken socket");
     }
+    drop(place);
     let key = key_of(&theirs);
     match st.slots.iter_mut().find(|s| Some(s.key) == key) {
         Some(slot) => {
@@ -456,9 +464,9 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // Only a bind of a taken address costs a pidfd. And only while a close of the
     // copy has a place to wait: past the program's places, `let_go_of_file` would
     // close it on this thread, which a FUSE server holding FLUSH stalls for good.
-    if !may_close(0) {
+    let Some(place) = reserve_close(0) else {
         return cont(CLOSES_WAITING_REASON);
-    }
+    };
     let theirs = match grab_caller_fd(cx, n, fd) {
         Ok(s) => s,
         Err(d) => return d,
@@ -466,7 +474,7 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     let flags = fd_flags(n.tid, fd);
     if !cx.listener.id_valid(n.id) {
         // Not known to be a socket yet: a FUSE file's close may never return.
-        let_go_of_file(theirs, 0);
+        let_go_of_file(theirs, place);
         return None;
     }
     // The socket's kind first: getsockopt fails ENOTSOCK for any other file
@@ -474,9 +482,10 @@ fn on_bind(st: &mut State, cx: &Context<'_>, n: &Notification) -> Decided {
     // server (which may never answer). A handed socket is a socket.
     let Some(kind) = kind_of(&theirs) else {
         // Closing a FUSE file asks its server (FLUSH): not on this thread.
-        let_go_of_file(theirs, 0);
+        let_go_of_file(theirs, place);
         return cont("the fd is not a socket");
     };
+    drop(place);
     let key = key_of(&theirs);
     // A restarted call on the socket we already installed there.
     if let Some(s) = st

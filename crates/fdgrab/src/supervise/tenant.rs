@@ -47,9 +47,11 @@
 //! (see `seccomp::killable_read`): its worker answers `ETIMEDOUT` and
 //! serves on with a fresh reader, and a reaper thread reaps the buried one
 //! once the daemon answers or dies. A container (its pod, when named) may leave
-//! `MAX_BURIED_PER_TENANT` (4) of them, the agent
-//! `MAX_BURIED` (64); past either, the container's
-//! reads that need a new reader are answered `ETIMEDOUT` at once, without one.
+//! `MAX_BURIED_PER_TENANT` (4) of them; past that, the container's reads that
+//! need a new reader are answered `ETIMEDOUT` at once, without one. The
+//! agent-wide bound follows from the pods the node runs
+//! ([`super::agent::Agent::set_max_pods`]), so that pods at their shares never
+//! deny a reader to a pod below its own (see `seccomp::killable_read`).
 
 use super::audit::{AuditLabels, AuditSink};
 use super::bind::{audit_unread, BindHandler};
@@ -846,6 +848,29 @@ mod tests {
             share_of(&claiming("b2"), 2),
             "two sandboxes claiming one pod"
         );
+        // Each runtime sets its own key after what it passes on, never the
+        // other's: a pod that passes the other runtime's key on, naming
+        // another sandbox, does not take that sandbox's places.
+        let (victim_containerd, victim_crio) = (
+            labelled(&[("io.kubernetes.cri.sandbox-id", "a1")]),
+            labelled(&[("io.kubernetes.cri-o.SandboxID", "a1")]),
+        );
+        let forged =
+            |own_key: &str, other_key: &str| labelled(&[(own_key, "c3"), (other_key, "a1")]);
+        for forger in [
+            forged(
+                "io.kubernetes.cri-o.SandboxID",
+                "io.kubernetes.cri.sandbox-id",
+            ),
+            forged(
+                "io.kubernetes.cri.sandbox-id",
+                "io.kubernetes.cri-o.SandboxID",
+            ),
+        ] {
+            for victim in [&victim_containerd, &victim_crio] {
+                assert_ne!(share_of(&forger, 4), share_of(victim, 5), "a forged key");
+            }
+        }
         // Without a sandbox id: the pod, by namespace and name.
         let pod = |ns: &str| {
             labelled(&[
