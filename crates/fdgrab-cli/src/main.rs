@@ -69,8 +69,15 @@ extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
         let arg = |i: usize| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }.to_bytes();
         // Before the first allocation.
         #[cfg(target_env = "musl")]
-        if subcommand((1..count).map(arg)).is_some_and(|c| ALLOCATING.contains(&c)) {
-            fdgrab::allocator::Heap::use_mimalloc();
+        match subcommand((1..count).map(arg)) {
+            // Brief, and starts no program: see `use_mimalloc_briefly`.
+            Some(b"ls") => {
+                fdgrab::allocator::Heap::use_mimalloc_briefly();
+            }
+            Some(c) if ALLOCATING.contains(&c) => {
+                fdgrab::allocator::Heap::use_mimalloc();
+            }
+            _ => {}
         }
         let args = (0..count)
             .map(arg)
@@ -213,6 +220,13 @@ fn parse() -> Result<cli::Cli, clap::Error> {
             verbose: 0,
             log_format: None,
             command: cli::Command::Get(get),
+        });
+    }
+    if let Some(ls) = cmd::fast_ls(&args) {
+        return Ok(cli::Cli {
+            verbose: 0,
+            log_format: None,
+            command: cli::Command::Ls(ls),
         });
     }
     let mut cmd = cli::Cli::command();

@@ -6,7 +6,8 @@
 //! giving memory back from many threads. mimalloc is the opposite: fast once
 //! running, but its set-up and first pages cost ~0.25 ms of a `get`. [`Heap`]
 //! uses musl's for every command but the ones that allocate a lot, which pick
-//! mimalloc with [`Heap::use_mimalloc`] before their first allocation.
+//! mimalloc with [`Heap::use_mimalloc`] (or [`Heap::use_mimalloc_briefly`]) before
+//! their first allocation.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -42,6 +43,29 @@ impl Heap {
         if chosen {
             // SAFETY: stores an integer in mimalloc's option table.
             unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        }
+        chosen
+    }
+
+    /// [`Heap::use_mimalloc`] for a command that runs briefly and starts no
+    /// other program (`ls`): freed memory stays until the exit (mimalloc's own
+    /// delay), and the process takes no transparent huge pages. mimalloc
+    /// reserves its heap as one 1 GiB mapping, so where THP is `always` (or
+    /// through the `MADV_HUGEPAGE` it asks for) the first touch of each 2 MiB
+    /// of it zeroes a whole huge page, and each purge of 64 KiB in one splits
+    /// it, with a TLB flush on every core the threads ran on: a quarter of a
+    /// system-wide `ls --path`'s time (perf: `clear_page_erms`,
+    /// `__split_huge_pmd`, `smp_call_function_many_cond`), which made the
+    /// static build 20% slower than glibc's. The THP setting outlives
+    /// `execve` in children, hence only for commands that start none.
+    pub fn use_mimalloc_briefly() -> bool {
+        let chosen = CHOICE
+            .compare_exchange(UNDECIDED, MIMALLOC, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if chosen {
+            // Refused (a seccomp filter, an old kernel): huge pages cost time,
+            // never correctness.
+            let _ = rustix::thread::disable_transparent_huge_pages(true);
         }
         chosen
     }

@@ -109,7 +109,6 @@ mod tests {
     /// which shows every field.
     #[test]
     fn fast_get_agrees_with_clap() {
-        use clap::Parser;
         let lines: &[&[&str]] = &[
             &["get", "42", "3", "--", "true"],
             &[
@@ -164,35 +163,10 @@ mod tests {
             &["ls", "42"],
             &["steal", "42", "3", "--", "true"],
         ];
-        let mut read = 0;
-        for line in lines {
-            let argv: Vec<std::ffi::OsString> = std::iter::once("fdgrab")
-                .chain(line.iter().copied())
-                .map(Into::into)
-                .collect();
-            let by_clap = crate::cli::Cli::try_parse_from(&argv);
-            match (fast_get(&argv), by_clap) {
-                (None, _) => {}
-                (Some(fast), Ok(cli)) => {
-                    read += 1;
-                    assert_eq!((cli.verbose, cli.log_format), (0, None), "{line:?}");
-                    let crate::cli::Command::Get(by_clap) = cli.command else {
-                        panic!("{line:?}: clap read another command");
-                    };
-                    assert_eq!(format!("{fast:?}"), format!("{by_clap:?}"), "{line:?}");
-                }
-                (Some(fast), Err(e)) => panic!("{line:?}: read as {fast:?}, clap says {e}"),
-            }
-        }
-        // FDGRAB_LOG_FORMAT (clap reads it for --log-format) sends every line to clap.
-        let expected = match std::env::var_os("FDGRAB_LOG_FORMAT") {
-            None => 8,
-            Some(_) => 0,
-        };
-        assert_eq!(
-            read, expected,
-            "the lines of the expected shape are read fast"
-        );
+        super::super::fast_path_agrees_with_clap(lines, 8, fast_get, |c| match c {
+            crate::cli::Command::Get(a) => Some(a),
+            _ => None,
+        });
         let argv: Vec<std::ffi::OsString> = ["fdgrab", "get", "42", "3", "--", "t"]
             .into_iter()
             .map(Into::into)
