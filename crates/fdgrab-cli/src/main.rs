@@ -70,7 +70,7 @@ extern "C" fn main(argc: c_int, argv: *const *const std::ffi::c_char) -> c_int {
         // Before the first allocation.
         #[cfg(target_env = "musl")]
         match subcommand((1..count).map(arg)) {
-            // Brief, and starts no program: see `use_mimalloc_briefly`.
+            // Brief: see `use_mimalloc_briefly`.
             Some(b"ls") => {
                 fdgrab::allocator::Heap::use_mimalloc_briefly();
             }

@@ -47,27 +47,31 @@ impl Heap {
         chosen
     }
 
-    /// [`Heap::use_mimalloc`] for a command that runs briefly and starts no
-    /// other program (`ls`): freed memory stays until the exit (mimalloc's own
-    /// delay), and the process takes no transparent huge pages. mimalloc
-    /// reserves its heap as one 1 GiB mapping, so where THP is `always` (or
-    /// through the `MADV_HUGEPAGE` it asks for) the first touch of each 2 MiB
-    /// of it zeroes a whole huge page, and each purge of 64 KiB in one splits
-    /// it, with a TLB flush on every core the threads ran on: a quarter of a
-    /// system-wide `ls --path`'s time (perf: `clear_page_erms`,
-    /// `__split_huge_pmd`, `smp_call_function_many_cond`), which made the
-    /// static build 20% slower than glibc's. The THP setting outlives
-    /// `execve` in children, hence only for commands that start none.
+    /// [`Heap::use_mimalloc`] for a command that runs briefly (`ls`): freed
+    /// memory stays until the exit (mimalloc's own delay). Such a command calls
+    /// [`Heap::forgo_huge_pages`] once it will start no other program.
     pub fn use_mimalloc_briefly() -> bool {
-        let chosen = CHOICE
+        CHOICE
             .compare_exchange(UNDECIDED, MIMALLOC, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
-        if chosen {
+            .is_ok()
+    }
+
+    /// Takes no more transparent huge pages in this process, where mimalloc
+    /// serves it. mimalloc reserves its heap as one 1 GiB mapping, so where THP
+    /// is `always` (or through the `MADV_HUGEPAGE` it asks for) the first touch
+    /// of each 2 MiB of it zeroes a whole huge page, and each purge of 64 KiB in
+    /// one splits it, with a TLB flush on every core the threads ran on: a
+    /// quarter of a system-wide `ls --path`'s time (perf: `clear_page_erms`,
+    /// `__split_huge_pmd`, `smp_call_function_many_cond`), which made the static
+    /// build 20% slower than glibc's. The setting outlives `execve` in
+    /// children: call it only once the command will start no program (`ls
+    /// --user` runs `getent` first).
+    pub fn forgo_huge_pages() {
+        if CHOICE.load(Ordering::Relaxed) == MIMALLOC {
             // Refused (a seccomp filter, an old kernel): huge pages cost time,
             // never correctness.
             let _ = rustix::thread::disable_transparent_huge_pages(true);
         }
-        chosen
     }
 
     fn mimalloc() -> bool {
