@@ -778,6 +778,9 @@ fn peek_transport(
 struct Closing {
     by_owner: Vec<OwnerCloses>,
     threads: usize,
+    /// Callers waiting on [`CLOSING_FREED`]: only then is it told (a wake-up is
+    /// a system call, and every bind the policy could allow gives a place back).
+    waiters: usize,
 }
 
 /// One owner's places: `taken` before its copy is known to be a socket (given
@@ -793,6 +796,7 @@ struct OwnerCloses {
 static CLOSING: std::sync::Mutex<Closing> = std::sync::Mutex::new(Closing {
     by_owner: Vec::new(),
     threads: 0,
+    waiters: 0,
 });
 /// Told when a place is given back.
 static CLOSING_FREED: std::sync::Condvar = std::sync::Condvar::new();
@@ -852,10 +856,12 @@ fn take_closing_place(owner: u64) -> Option<Place> {
         if c.taken == 0 || left.is_zero() {
             return None;
         }
+        g.waiters += 1;
         g = match CLOSING_FREED.wait_timeout(g, left) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,
         };
+        g.waiters -= 1;
     }
     // Where a close is made is decided when the place is spent: a place only
     // taken for a check must not take a closer thread from a close that waits.
@@ -880,8 +886,16 @@ fn give_closing_place_back(owner: u64, place: Place, spent: bool) {
     if place == Place::Thread {
         g.threads -= 1;
     }
+    wake_waiters(g);
+}
+
+/// Tells the callers waiting for places, if any, that one changed.
+fn wake_waiters(g: std::sync::MutexGuard<'static, Closing>) {
+    let any = g.waiters > 0;
     drop(g);
-    CLOSING_FREED.notify_all();
+    if any {
+        CLOSING_FREED.notify_all();
+    }
 }
 
 /// A place for one of `owner`'s closes, taken before a caller's fd is copied
@@ -906,9 +920,8 @@ impl ClosePlace {
             self.place = Place::Thread;
         }
         self.spent = true;
-        drop(g);
         // A caller waiting for this owner's places must not wait for this one.
-        CLOSING_FREED.notify_all();
+        wake_waiters(g);
     }
 }
 
@@ -1157,7 +1170,7 @@ mod tests {
         drop(p);
         held.clear();
         let g = closing();
-        assert!(g.by_owner.is_empty() && g.threads == 0);
+        assert!(g.by_owner.is_empty() && g.threads == 0 && g.waiters == 0);
     }
 
     /// Places only taken for checks take no closer thread: a close spent once
@@ -1177,7 +1190,10 @@ mod tests {
         assert_eq!(late.place, Place::Thread);
         drop(late);
         let g = closing();
-        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
+        assert!(
+            g.by_owner.is_empty() && g.threads == 0 && g.waiters == 0,
+            "all given back"
+        );
     }
 
     /// A place another caller has only taken (its copy not yet known to be a
@@ -1198,7 +1214,10 @@ mod tests {
         });
         taken.clear();
         let g = closing();
-        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
+        assert!(
+            g.by_owner.is_empty() && g.threads == 0 && g.waiters == 0,
+            "all given back"
+        );
     }
 
     /// The tests that count the process-wide places, one at a time.
@@ -1238,7 +1257,10 @@ mod tests {
         });
         assert_eq!(got, MAX_CLOSING_PER_OWNER);
         let g = closing();
-        assert!(g.by_owner.is_empty() && g.threads == 0, "all given back");
+        assert!(
+            g.by_owner.is_empty() && g.threads == 0 && g.waiters == 0,
+            "all given back"
+        );
     }
 
     /// Only a thread pidfd is kept for a tid: it fails with `ESRCH` once its
