@@ -1332,3 +1332,58 @@ fn port_zero_is_a_usage_error() {
     assert!(err.contains("--port"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// A process holding a file on a FUSE mount whose server does not answer (a
+/// dead sshfs, a stuck lxcfs) must not stall `ls` for everyone: the device,
+/// inode, size and link count come from what the kernel has cached, and no
+/// request reaches the file server. The test server answers the file's
+/// attributes only 2 s late, and counts every such request made by this test's
+/// processes, `fdgrab` included.
+#[test]
+fn a_file_server_that_does_not_answer_stalls_no_listing() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-stall") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let file = fs.file();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let ino = std::fs::metadata(format!("/proc/{pid}/fd/3"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    // The test's own stat above was the file server's first late answer.
+    let before = fs.slow_requests();
+    assert!(before >= 1 && ino.is_ok(), "the test server answered late");
+    let ino = ino.unwrap_or_default();
+
+    let started = std::time::Instant::now();
+    let doc = ls_json(&[&pid, "--fd", "3"]);
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["type"], &e["inode"]),
+        (&"file".into(), &ino.into()),
+        "{e}"
+    );
+    let pids = ls_ok(&["--path", &file, "--pids"]);
+    assert!(pids.lines().any(|l| l == pid), "{pid} holds {file}: {pids}");
+    for args in [["--path", "/etc/hostname"], ["--deleted", "--json"]] {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        let out = output_timeout(cmd.arg("ls").args(args), TIMEOUT);
+        // 1: nothing matched.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "ls {args:?}: {out:?}"
+        );
+    }
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls asked the file server for attributes"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "ls waited for the file server: {:?}",
+        started.elapsed()
+    );
+}

@@ -210,8 +210,8 @@ fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) 
         Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
     }
     let theirs = fd_stat(target, owner, fd)?;
-    let mine = rustix::fs::fstat(ours.as_fd()).map_err(|e| Error::local("fstat", e))?;
-    Ok((theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino))
+    let mine = crate::statx::cached(ours.as_fd()).map_err(|e| Error::local("statx", e))?;
+    Ok((theirs.dev, theirs.ino) == (mine.dev, mine.ino))
 }
 
 /// What can be checked about a target's fd from outside, without a copy of it: the
@@ -257,8 +257,8 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
     let flags = u64::from_str_radix(field("flags:"), 8).unwrap_or(0);
     Ok(FdIdentity {
         start,
-        dev: st.st_dev,
-        ino: st.st_ino,
+        dev: st.dev,
+        ino: st.ino,
         mnt_id: field("mnt_id:").parse().unwrap_or(0),
         cloexec: flags & libc::O_CLOEXEC as u64 != 0,
     })
@@ -267,9 +267,12 @@ pub fn fd_identity(target: &PidFd, fd: TargetFd) -> Result<FdIdentity> {
 /// `stat` of the target's `fd`, read through thread `owner` (see [`fd_table_owner`]).
 /// The one place that maps its errors: `ENOENT` is a closed fd while the process
 /// lives, and a gone process after.
-pub(crate) fn fd_stat(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<rustix::fs::Stat> {
+/// The attributes are the kernel's cached ones ([`crate::statx`]): the target's
+/// file server is never waited for.
+pub(crate) fn fd_stat(target: &PidFd, owner: Pid, fd: TargetFd) -> Result<crate::statx::Attrs> {
     let pid = target.pid();
-    rustix::fs::stat(format!("/proc/{pid}/task/{owner}/fd/{fd}")).map_err(|e| match e {
+    let path = format!("/proc/{pid}/task/{owner}/fd/{fd}");
+    crate::statx::cached_at(rustix::fs::CWD, path.as_str()).map_err(|e| match e {
         Errno::NOENT if target.is_alive() => Error::NoSuchFd { pid, fd },
         Errno::NOENT | Errno::SRCH => Error::NoSuchProcess { pid },
         e => Error::io("stat(/proc/PID/fd/N)", pid, Some(fd), e),

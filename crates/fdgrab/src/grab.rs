@@ -219,8 +219,8 @@ impl GrabOptions {
             Some(_) => out
                 .iter()
                 .map(|g| {
-                    let st = rustix::fs::fstat(&g.fd).map_err(|e| Error::local("fstat", e))?;
-                    Ok((g.target_fd, (st.st_dev, st.st_ino)))
+                    let st = crate::statx::cached(&g.fd).map_err(|e| Error::local("statx", e))?;
+                    Ok((g.target_fd, (st.dev, st.ino)))
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => Vec::new(),
@@ -285,7 +285,7 @@ fn still_copied(target: &PidFd, copied: &[(TargetFd, (u64, u64))], backend: Back
     let owner = access::fd_table_owner(target)?;
     for &(fd, file) in copied {
         let now = access::fd_stat(target, owner, fd)?;
-        if (now.st_dev, now.st_ino) != file {
+        if (now.dev, now.ino) != file {
             tracing::warn!(
                 pid = target.pid(),
                 fd = fd.as_raw(),

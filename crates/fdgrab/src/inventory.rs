@@ -22,7 +22,7 @@ pub use sockets::{Endpoint, SocketInfo};
 use crate::error::{Error, Result};
 use crate::pidfd::PidFd;
 use crate::{access::permission_hint, Pid, TargetFd};
-use rustix::fs::{openat, readlinkat, statat, AtFlags, Mode, OFlags};
+use rustix::fs::{openat, readlinkat, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -446,8 +446,8 @@ impl Select<'_> {
         let Some((dev, ino)) = self.file else {
             return Ok(FirstPass::May);
         };
-        match statat(fd_dir, n, AtFlags::empty()) {
-            Ok(st) if st.st_dev == dev && st.st_ino == ino => Ok(FirstPass::May),
+        match crate::statx::cached_at(fd_dir, n) {
+            Ok(st) if st.dev == dev && st.ino == ino => Ok(FirstPass::May),
             Ok(_) => Ok(FirstPass::Not),
             Err(Errno::NOENT) => Ok(FirstPass::Closed),
             // Refused by the file itself (a FUSE mount without allow_other) or
@@ -1148,11 +1148,10 @@ impl EntryReader<'_> {
     }
 
     fn fill_from_stat(&self, e: &mut FdEntry, name: &str) {
-        let Ok(st) = statat(self.fd_dir, name, AtFlags::empty()) else {
+        let Ok(st) = crate::statx::cached_at(self.fd_dir, name) else {
             return;
         };
-        let mode = st.st_mode & libc::S_IFMT;
-        e.kind = match mode {
+        e.kind = match st.file_type() {
             libc::S_IFREG => FdKind::File,
             libc::S_IFDIR => FdKind::Dir,
             libc::S_IFCHR => FdKind::Chr,
@@ -1162,19 +1161,16 @@ impl EntryReader<'_> {
             libc::S_IFLNK => FdKind::Symlink,
             _ => FdKind::Unknown,
         };
-        e.dev = Some(devstr(st.st_dev));
-        e.inode = Some(st.st_ino);
+        e.dev = Some(devstr(st.dev));
+        e.inode = Some(st.ino);
         if matches!(e.kind, FdKind::Chr | FdKind::Blk) {
-            e.rdev = Some(devstr(st.st_rdev));
+            e.rdev = Some(devstr(st.rdev));
         }
         if matches!(e.kind, FdKind::File | FdKind::Dir) {
-            e.size = Some(st.st_size as u64);
+            e.size = Some(st.size);
         }
-        // nlink_t is 32 bits on aarch64 and 64 on x86_64, where the cast is a no-op.
-        #[allow(clippy::unnecessary_cast)]
-        let nlink = st.st_nlink as u64;
-        e.nlink = Some(nlink);
-        if e.kind == FdKind::File && st.st_nlink == 0 {
+        e.nlink = Some(st.nlink);
+        if e.kind == FdKind::File && st.nlink == 0 {
             e.deleted = true;
         }
     }
@@ -1190,24 +1186,20 @@ impl EntryReader<'_> {
             return false;
         }
         let same =
-            |st: rustix::fs::Stat| Some(devstr(st.st_dev)) == e.dev && Some(st.st_ino) == e.inode;
-        if statat(rustix::fs::CWD, path, AtFlags::empty()).is_ok_and(same) {
+            |st: crate::statx::Attrs| Some(devstr(st.dev)) == e.dev && Some(st.ino) == e.inode;
+        if crate::statx::cached_at(rustix::fs::CWD, path).is_ok_and(same) {
             return true;
         }
         let mut in_root = b"../root".to_vec();
         in_root.extend_from_slice(path);
-        statat(self.fd_dir, in_root.as_slice(), AtFlags::empty()).is_ok_and(same)
+        crate::statx::cached_at(self.fd_dir, in_root.as_slice()).is_ok_and(same)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems
     /// (sockfs, pipefs, anon_inodefs, pidfs) are stat'ed once per mount.
     fn mount_dev(&mut self, mnt_id: Option<u64>, name: &str) -> Option<String> {
         let fd_dir = self.fd_dir;
-        let lookup = || {
-            statat(fd_dir, name, AtFlags::empty())
-                .ok()
-                .map(|st| st.st_dev)
-        };
+        let lookup = || crate::statx::cached_at(fd_dir, name).ok().map(|st| st.dev);
         let dev = match mnt_id {
             Some(m) => *self.devs_by_mount.entry(m).or_insert_with(lookup),
             None => lookup(),

@@ -53,6 +53,7 @@ pub mod seccomp;
 pub mod signalfd;
 pub mod spawn;
 mod spawn_error;
+pub mod statx;
 pub mod supervise;
 mod sys;
 

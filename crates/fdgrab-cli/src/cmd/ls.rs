@@ -8,7 +8,6 @@ use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, Query
 use fdgrab::{Error, TargetFd};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
 /// Bumped whenever a field changes meaning or disappears; new fields do not bump it.
@@ -176,13 +175,17 @@ pub fn fast_ls(argv: &[std::ffi::OsString]) -> Option<LsArgs> {
 fn build_query(a: &LsArgs) -> Result<Query> {
     let (file, file_is_socket) = match &a.path {
         Some(p) => {
-            let m = std::fs::metadata(p)
-                .map_err(|e| UsageError(format!("--path {}: cannot stat it: {e}", p.display())))?;
+            // Cached attributes, as for the fds compared with it: a path on a
+            // file server that does not answer still names its device and inode.
+            let m = fdgrab::statx::cached_at(rustix::fs::CWD, p.as_path()).map_err(|e| {
+                let e = std::io::Error::from(e);
+                UsageError(format!("--path {}: cannot stat it: {e}", p.display()))
+            })?;
             // A unix socket's name is matched by the sockets bound to it; a
             // socket itself (/proc/PID/fd/N of one, an inode of sockfs) by the
             // fds on it, as any other file and as fuser does.
-            let name = m.file_type().is_socket() && !on_sockfs(p);
-            (Some((m.dev(), m.ino())), name)
+            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(p);
+            (Some((m.dev, m.ino)), name)
         }
         None => (None, false),
     };

@@ -172,15 +172,15 @@ pub fn take_sockets_with(
         let Grabbed {
             fd: ours, backend, ..
         } = how.grab(target, fd)?;
-        let st =
-            rustix::fs::fstat(&ours).map_err(|e| Error::io("fstat", target.pid(), Some(fd), e))?;
-        if st.st_ino != sel.inode {
+        let st = crate::statx::cached(&ours)
+            .map_err(|e| Error::io("statx", target.pid(), Some(fd), e))?;
+        if st.ino != sel.inode {
             return Err(Error::WrongKind {
                 pid: target.pid(),
                 fd,
                 reason: format!(
                     "the fd changed while it was being taken (was socket:[{}], now inode {})",
-                    sel.inode, st.st_ino
+                    sel.inode, st.ino
                 ),
             });
         }

@@ -314,13 +314,15 @@ pub struct Keeper {
 
 /// Whether process `pid` runs the executable file `exe`, judged by device and
 /// inode: a name or a path in `/proc/PID/cmdline` could be anything.
+/// The attributes are the kernel's cached ones: a process whose executable
+/// lives on a file server that does not answer is not waited for.
 pub fn runs_executable(pid: Pid, exe: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(ours) = std::fs::metadata(exe) else {
+    let cached = |p: &std::path::Path| crate::statx::cached_at(rustix::fs::CWD, p);
+    let Ok(ours) = cached(exe) else {
         return false;
     };
-    std::fs::metadata(format!("/proc/{pid}/exe"))
-        .is_ok_and(|theirs| (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()))
+    let theirs = format!("/proc/{pid}/exe");
+    cached(std::path::Path::new(&theirs)).is_ok_and(|t| (ours.dev, ours.ino) == (t.dev, t.ino))
 }
 
 impl Keeper {

@@ -74,11 +74,20 @@ impl Pty {
         (major == PTS_MAJOR).then_some(Self(minor))
     }
 
-    /// The pty `fd` is a slave of (`fstat`), if it is one.
+    /// The pty `fd` is a slave of, if it is one (its cached attributes: a file
+    /// on a file server that does not answer is not waited for).
     pub fn of_fd(fd: impl AsFd) -> Option<Self> {
-        let st = rustix::fs::fstat(fd).ok()?;
-        (st.st_mode & libc::S_IFMT == libc::S_IFCHR)
-            .then(|| Self::from_rdev(st.st_rdev))
+        Self::of_attrs(crate::statx::cached(fd.as_fd()).ok()?)
+    }
+
+    /// The pty `/proc/PID/fd/N`, or any path, is a slave of, if it is one.
+    pub(crate) fn of_path(path: &str) -> Option<Self> {
+        Self::of_attrs(crate::statx::cached_at(rustix::fs::CWD, path).ok()?)
+    }
+
+    fn of_attrs(st: crate::statx::Attrs) -> Option<Self> {
+        (st.file_type() == libc::S_IFCHR)
+            .then(|| Self::from_rdev(st.rdev))
             .flatten()
     }
 }
@@ -100,13 +109,8 @@ pub fn terminal_of(pid: Pid) -> Result<Option<Pty>> {
         return Ok(Some(pty));
     }
     for fd in 0..3 {
-        if let Ok(meta) = fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            if meta.file_type().is_char_device() {
-                if let Some(pty) = Pty::from_rdev(meta.rdev()) {
-                    return Ok(Some(pty));
-                }
-            }
+        if let Some(pty) = Pty::of_path(&format!("/proc/{pid}/fd/{fd}")) {
+            return Ok(Some(pty));
         }
     }
     Ok(None)

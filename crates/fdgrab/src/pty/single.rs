@@ -122,13 +122,10 @@ pub fn plan_single_move(pid: Pid) -> Result<SingleMove> {
     let mut fds = Vec::new();
     if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in dir.flatten() {
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
             let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            let on_old = fs::metadata(e.path()).is_ok_and(|m| {
-                m.file_type().is_char_device() && Pty::from_rdev(m.rdev()) == Some(old)
-            });
+            let on_old = e.path().to_str().and_then(Pty::of_path) == Some(old);
             if let (true, Some(fd)) = (on_old, TargetFd::new(n)) {
                 fds.push(fd);
             }
