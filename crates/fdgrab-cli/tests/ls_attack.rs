@@ -1387,3 +1387,61 @@ fn a_file_server_that_does_not_answer_stalls_no_listing() {
         started.elapsed()
     );
 }
+
+/// A name that ends in " (deleted)" is checked by walking it: the file may
+/// really be called so. On a file server, a walk whose cached directory
+/// entries have expired asks the server to look each name up again, and one
+/// that does not answer held `ls` (`ls PID`, and `ls --deleted` of every
+/// process) as the attributes did. The walk now goes only as far as the
+/// kernel's caches go; where they cannot tell, the suffix is taken for the
+/// kernel's (as for an unlinked file, the far more common case), which is what
+/// docs/inventory.md says.
+#[test]
+fn a_name_like_a_deleted_one_on_a_file_server_that_does_not_answer_stalls_no_listing() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-lookup") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let file = fs.named_deleted();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let ino = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/proc/{pid}/fd/3")).expect("stat the target's fd"),
+    );
+    // The server's entries are valid for one second: past that a walk by
+    // name asks it again.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+
+    let started = std::time::Instant::now();
+    let doc = ls_json(&[&pid, "--fd", "3"]);
+    let mut cmd = fdgrab_testkit::fdgrab();
+    let out = output_timeout(cmd.args(["ls", "--deleted", "--json"]), TIMEOUT);
+    let took = started.elapsed();
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls looked the name up on the file server"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "ls waited for the file server: {took:?}"
+    );
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["type"], &e["inode"], &e["nlink"]),
+        (&"file".into(), &ino.into(), &1.into()),
+        "{e}"
+    );
+    // The caches cannot tell this name from an unlinked file's link.
+    let stripped = file.strip_suffix(" (deleted)").unwrap_or(&file);
+    assert_eq!(
+        (&e["deleted"], &e["path"]),
+        (&true.into(), &stripped.into()),
+        "{e}"
+    );
+}
