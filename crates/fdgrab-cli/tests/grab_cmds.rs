@@ -918,3 +918,50 @@ fn cat_into_the_file_it_reads_is_refused() {
     assert_eq!(std::fs::read(&log).expect("read"), b"first line\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A steal checks, before it closes the target's fd, that the fd still holds
+/// the file it copied, by device and inode from the kernel's cached attributes
+/// (`statx`), and a ptrace copy is compared with the target's fd (`kcmp`, else
+/// those attributes). Where `statx` is refused (ENOSYS on old kernels, EPERM
+/// from older container seccomp profiles; here a seccomp filter set up before
+/// fdgrab's exec) it falls back to `fstatat`, and the steal is done as without
+/// the filter: the command gets the file, the target's fd is closed.
+#[test]
+fn steal_with_statx_refused_is_done() {
+    let dir = fdgrab_testkit::test_path("steal-no-statx", "dir");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("file");
+    std::fs::write(&file, b"held\n").expect("write");
+    for (filter, backend) in [
+        ("statx", "auto"),
+        ("statx=EPERM", "auto"),
+        ("statx=EPERM,kcmp=EPERM", "ptrace"),
+        ("statx,kcmp", "ptrace"),
+    ] {
+        let mut target = Command::new("sh")
+            .args(["-c", "exec 5<\"$1\"; exec sleep 60", "sh"])
+            .arg(&file)
+            .spawn()
+            .expect("target");
+        let pid = target.id().to_string();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::fs::read(format!("/proc/{pid}/comm")).ok().as_deref() != Some(b"sleep\n") {
+            assert!(std::time::Instant::now() < deadline, "target never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+        cmd.args(["exec-enosys", filter, "--"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["steal", "--backend", backend, &pid, "5:3", "--"])
+            .args(["sh", "-c", "cat <&3"]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        let gone = std::fs::read_link(format!("/proc/{pid}/fd/5")).is_err();
+        let _ = target.kill();
+        let _ = target.wait();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "steal under {filter}: {err}");
+        assert_eq!(out.stdout, b"held\n", "steal under {filter}: {err}");
+        assert!(gone, "steal under {filter} left fd 5: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

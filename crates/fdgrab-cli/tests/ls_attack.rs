@@ -1445,3 +1445,119 @@ fn a_name_like_a_deleted_one_on_a_file_server_that_does_not_answer_stalls_no_lis
         "{e}"
     );
 }
+
+/// Holds, in DIR, a file, the directory, /dev/null, a pipe, a deleted file, a
+/// live file named like a deleted one, a file whose opened name was removed
+/// while another hard link keeps it, and a listening unix socket.
+const FALLBACK_KINDS: &str = r#"
+import json, os, socket, sys
+d = sys.argv[1]
+open(d + "/file", "w").write("file"); f = os.open(d + "/file", os.O_RDONLY)
+dd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+n = os.open("/dev/null", os.O_RDONLY)
+r, w = os.pipe()
+open(d + "/gone", "w").write("gone!"); g = os.open(d + "/gone", os.O_RDONLY); os.unlink(d + "/gone")
+open(d + "/app.log (deleted)", "w").write("live"); l = os.open(d + "/app.log (deleted)", os.O_RDONLY)
+open(d + "/a", "w").write("a"); os.link(d + "/a", d + "/b"); h = os.open(d + "/a", os.O_RDONLY); os.unlink(d + "/a")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(d + "/sock"); s.listen()
+print(json.dumps({"fds": [f, dd, n, r, w, g, l, h, s.fileno()]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `fdgrab ls ARGS --json` run through `fdgrab-target exec-enosys FILTER` (the
+/// syscalls FILTER names fail with the errno it gives), as `uid` if given (set
+/// in the forked child before the exec).
+fn ls_json_filtered(filter: Option<&str>, uid: Option<u32>, args: &[&str]) -> Value {
+    use std::os::unix::process::CommandExt;
+    let fdgrab = fdgrab_testkit::bin("fdgrab");
+    let mut cmd = match filter {
+        Some(f) => {
+            let mut c = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+            c.args(["exec-enosys", f, "--"]).arg(&fdgrab);
+            c
+        }
+        None => Command::new(&fdgrab),
+    };
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.arg("ls").args(args).arg("--json");
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ls {args:?} under {filter:?} as {uid:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+/// Where `statx` is refused (ENOSYS on old kernels, EPERM from older
+/// container seccomp profiles) `ls` falls back to `fstatat`, and where
+/// `openat2`'s cached walk is (ENOSYS before 5.6, EINVAL before 5.12, EPERM from
+/// a profile) it walks the name as `stat` does; either way the listing is the
+/// one made without a filter, field by field, for every kind of fd, and so are
+/// `--deleted` and `--path`. The same holds for uid 65534 listing its own
+/// process.
+#[test]
+fn statx_and_openat2_refused_give_the_same_listing() {
+    let dir = temp_dir("fallback");
+    let d = dir.to_str().expect("utf8").to_owned();
+    let file = format!("{d}/file");
+    for uid in [None, Some(65534)] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::os::unix::fs::chown(&dir, uid, uid).expect("chown");
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(FALLBACK_KINDS).arg(&d);
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        }
+        let t = Target::spawn_cmd(cmd);
+        let pid = t.pid.to_string();
+        let want = ls_json_filtered(None, uid, &[&pid]);
+        let fds = want["processes"][0]["fds"].as_array().expect("fds");
+        assert!(fds.len() >= 9, "{want}");
+        let named = fds
+            .iter()
+            .find(|e| e["path"] == format!("{d}/app.log (deleted)"))
+            .unwrap_or_else(|| panic!("the live file: {want}"));
+        assert_eq!(named["deleted"], false, "{named}");
+        let want_deleted = ls_json_filtered(None, uid, &[&pid, "--deleted"]);
+        assert_eq!(
+            want_deleted["processes"][0]["fds"].as_array().map(Vec::len),
+            Some(1),
+            "{want_deleted}"
+        );
+        for filter in [
+            "statx",
+            "statx=EPERM",
+            "openat2",
+            "openat2=EINVAL",
+            "openat2=EPERM,statx=EPERM",
+            "openat2,statx",
+        ] {
+            let got = ls_json_filtered(Some(filter), uid, &[&pid]);
+            assert_eq!(
+                got["processes"], want["processes"],
+                "ls {pid} under {filter} as {uid:?}"
+            );
+            let got = ls_json_filtered(Some(filter), uid, &[&pid, "--deleted"]);
+            assert_eq!(
+                got["processes"], want_deleted["processes"],
+                "ls {pid} --deleted under {filter} as {uid:?}"
+            );
+            let got = ls_json_filtered(Some(filter), uid, &["--path", &file]);
+            let pids: Vec<i64> = got["processes"]
+                .as_array()
+                .map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                pids,
+                vec![i64::from(t.pid)],
+                "ls --path {file} under {filter} as {uid:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
