@@ -1561,3 +1561,93 @@ fn statx_and_openat2_refused_give_the_same_listing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Holds, with its working directory on the FUSE mount DIR, the file `f`
+/// (whose attributes the server answers late once open), `g (deleted)`, and a
+/// TCP listener on 127.0.0.1; reports the port.
+const FUSE_HOLDER: &str = r#"
+import json, os, socket, sys
+os.chdir(sys.argv[1])
+f = os.open("f", os.O_RDONLY)
+g = os.open("g (deleted)", os.O_RDONLY)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(json.dumps({"port": s.getsockname()[1], "fds": [f, g]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// No question `ls` answers, and no listing `exec` chooses from, asks a file
+/// server the user did not name: with a process whose working directory is on
+/// a FUSE mount, holding there one file whose attributes and one whose name
+/// lookups the server answers only 2 s late (and counts), every filter and
+/// output of `ls`, for that process and for all, and an `exec` handover from
+/// it, make no request to the server.
+#[test]
+fn no_listing_asks_a_file_server_that_does_not_answer() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-every") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let dir = std::path::Path::new(&fs.file())
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(FUSE_HOLDER).arg(&dir);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let port = t.report["port"].to_string();
+    // Past the name entries' one second, and every later lookup late.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+    let runs: &[&[&str]] = &[
+        &[&pid],
+        &[&pid, "--json"],
+        &[&pid, "--deleted"],
+        &[&pid, "--type", "file", "--json"],
+        &[],
+        &["--json"],
+        &["--deleted", "--json"],
+        &["--deleted", "--pids"],
+        &["--type", "file"],
+        &["--type", "file", "--pids"],
+        &["--user", "root", "--type", "file"],
+        &["--listen"],
+        &["--port", &port, "--json"],
+        &["--port", &port, "--pids"],
+        &["--path", "/etc/hostname"],
+        &["--path", "/etc/hostname", "--pids"],
+    ];
+    for args in runs {
+        let started = std::time::Instant::now();
+        let mut cmd = fdgrab_testkit::fdgrab();
+        let out = output_timeout(
+            cmd.arg("ls")
+                .args(*args)
+                .stdout(std::process::Stdio::null()),
+            TIMEOUT,
+        );
+        // 1: nothing matched.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "ls {args:?}: {out:?}"
+        );
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "ls {args:?} asked the file server (took {:?})",
+            started.elapsed()
+        );
+    }
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(["exec", "--ready-timeout", "100ms", "--detach", &pid])
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .args(["--", "sleep", "2"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success(), "exec: {out:?}");
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "exec's listing asked the file server"
+    );
+}
