@@ -965,3 +965,92 @@ fn steal_with_statx_refused_is_done() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Holds, with its working directory on the FUSE mount DIR, the file `f`
+/// (whose attributes the server answers late once open) and `g (deleted)`,
+/// besides a plain file (FILE) and a pipe; reports the numbers.
+const FUSE_NEIGHBOUR: &str = r#"
+import json, os, sys
+os.chdir(sys.argv[1])
+f = os.open("f", os.O_RDONLY)
+g = os.open("g (deleted)", os.O_RDONLY)
+plain = os.open(sys.argv[2], os.O_RDWR)
+r, w = os.pipe()
+os.write(w, b"piped\n")
+print(json.dumps({"plain": plain, "pipe": r, "out": w}), flush=True)
+sys.stdin.read()
+"#;
+
+/// The commands that take, send, install or redirect one fd of a process make
+/// no request to a file server that serves *other* fds of it (and its working
+/// directory): the server answers attributes, name lookups and extended
+/// attributes only 2 s late here, and counts every request. Only the fd named is
+/// looked at.
+#[test]
+fn grab_commands_ask_no_file_server_of_other_fds() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("grab-neighbour") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let dir = std::path::Path::new(&fs.file())
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work = fdgrab_testkit::test_path("grab-neighbour", "dir");
+    std::fs::create_dir_all(&work).expect("dir");
+    let plain = work.join("plain");
+    std::fs::write(&plain, b"plain\n").expect("write");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(FUSE_NEIGHBOUR).arg(&dir).arg(&plain);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let num = |k: &str| t.report[k].to_string();
+    let (plain_fd, pipe_fd, out_fd) = (num("plain"), num("pipe"), num("out"));
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+    let sock = work.join("to.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let redirected = work.join("redirected");
+    let sock_s = sock.to_str().expect("utf8");
+    let redirected_s = redirected.to_str().expect("utf8");
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["cat", &pid, &plain_fd],
+        vec!["cat", "--backend", "ptrace", &pid, &plain_fd],
+        vec!["get", &pid, &plain_fd, "--", "true"],
+        vec!["get", "--backend", "ptrace", &pid, &pipe_fd, "--", "true"],
+        vec!["send", &pid, &plain_fd, "--to", sock_s],
+        vec!["put", &pid, "40", "--file", "/dev/null"],
+        vec!["redirect", "--json", &pid, &out_fd, redirected_s],
+        vec!["steal", &pid, "40", "--", "true"],
+        vec![
+            "steal",
+            "--backend",
+            "ptrace",
+            "--null",
+            &pid,
+            &plain_fd,
+            "--",
+            "true",
+        ],
+    ];
+    for args in &runs {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        let out = output_timeout(cmd.args(args).stdin(Stdio::null()), TIMEOUT);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "{args:?} asked the file server of another fd"
+        );
+        if args[0] == "send" {
+            let _ = listener.accept();
+        }
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&work);
+}
