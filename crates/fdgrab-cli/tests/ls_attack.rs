@@ -1651,3 +1651,40 @@ fn no_listing_asks_a_file_server_that_does_not_answer() {
         "exec's listing asked the file server"
     );
 }
+
+/// `ls --path` of a unix socket's name on a file server (a FUSE mount here)
+/// looks for the sockets bound to that name; telling a name from a socket
+/// itself (`/proc/PID/fd/N` of one) asked the name's file system for its
+/// statistics (`statfs`), a request to the server, answered 2 s late here.
+/// Every socket is on the kernel's one sockfs, whose device tells it instead.
+#[test]
+fn path_of_a_socket_name_on_a_file_server_asks_it_nothing_more() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-sockname") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let name = fs.socket_name();
+    let before = fs.slow_requests();
+    let mut cmd = fdgrab_testkit::fdgrab();
+    let out = output_timeout(cmd.args(["ls", "--path", &name, "--json"]), TIMEOUT);
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls --path asked the name's file server"
+    );
+    // Nothing is bound to it: no process (1, or 0 with a process it could
+    // not read).
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["processes"], Value::Array(Vec::new()), "{doc}");
+    // A socket itself is still matched by the fds on it.
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let me = std::process::id();
+    let link = format!("/proc/{me}/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&a));
+    let doc = ls_json(&["--path", &link]);
+    let pids: Vec<i64> = doc["processes"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(pids, vec![i64::from(me)], "{doc}");
+}

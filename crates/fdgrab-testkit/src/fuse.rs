@@ -18,6 +18,9 @@
 //! (a walk through the file system whose cached entry has expired: entries are
 //! valid for one second) is answered late and counted, as the attributes are.
 //!
+//! A fourth name, `sock`, is a unix socket's (nothing is bound to it), and
+//! the file system's statistics (`statfs`) are answered late too.
+//!
 //! Only requests made by the test's own process tree count: other tests running at
 //! the same time may `stat` every open fd of the host (`fdgrab ls --path`, `fuser`,
 //! `lsof`), and their questions say nothing about the supervisor under test.
@@ -33,6 +36,7 @@ const LOOKUP: u32 = 1;
 const FORGET: u32 = 2;
 const GETATTR: u32 = 3;
 const OPEN: u32 = 14;
+const STATFS: u32 = 17;
 const READ: u32 = 15;
 const RELEASE: u32 = 18;
 const GETXATTR: u32 = 22;
@@ -49,6 +53,8 @@ const PAGE_NODE: u64 = 3;
 /// The node id and name of the file whose name ends in " (deleted)".
 const NAMED_DELETED_NODE: u64 = 4;
 const NAMED_DELETED: &str = "g (deleted)";
+/// The node id of `sock`, a unix socket's name (nothing is bound to it).
+const SOCK_NODE: u64 = 5;
 pub const PAGES: usize = 80;
 const PAGE_SIZE: u64 = 4096 * PAGES as u64;
 
@@ -92,10 +98,10 @@ fn reply(dev: &File, unique: u64, error: i32, body: &[u8]) {
 }
 
 fn mode_of(node: u64) -> u32 {
-    if node == 1 {
-        libc::S_IFDIR | 0o755
-    } else {
-        libc::S_IFREG | 0o644
+    match node {
+        1 => libc::S_IFDIR | 0o755,
+        SOCK_NODE => libc::S_IFSOCK | 0o755,
+        _ => libc::S_IFREG | 0o644,
     }
 }
 
@@ -234,6 +240,7 @@ fn serve(
                     b"f" => Some(2),
                     b"page" => Some(PAGE_NODE),
                     n if n == NAMED_DELETED.as_bytes() => Some(NAMED_DELETED_NODE),
+                    b"sock" => Some(SOCK_NODE),
                     _ => None,
                 };
                 match child {
@@ -304,6 +311,9 @@ fn serve(
             }
             RELEASE => reply(&dev, unique, 0, &[]),
             GETXATTR => answer_late(-libc::ENODATA, Vec::new()),
+            // struct fuse_statfs_out: blocks, free, available, files, free
+            // files; block size, name length, fragment size, padding; spare.
+            STATFS => answer_late(0, vec![0u8; 80]),
             FORGET | BATCH_FORGET | INTERRUPT => {}
             _ => reply(&dev, unique, -libc::ENOSYS, &[]),
         }
@@ -406,6 +416,11 @@ impl FuseFile {
         self.dir.join("f").to_string_lossy().into_owned()
     }
 
+    /// The path of `sock`, a unix socket's name that nothing is bound to.
+    pub fn socket_name(&self) -> String {
+        self.dir.join("sock").to_string_lossy().into_owned()
+    }
+
     /// The path of the file named `g (deleted)`: alive, with one link.
     pub fn named_deleted(&self) -> String {
         self.dir.join(NAMED_DELETED).to_string_lossy().into_owned()
@@ -419,7 +434,8 @@ impl FuseFile {
     }
 
     /// Requests answered late so far: extended attributes of anything, the
-    /// file's attributes after it was opened, and name lookups after
+    /// file system's statistics, the file's attributes after it was opened,
+    /// and name lookups after
     /// [`FuseFile::slow_lookups`].
     /// Made by this test process or its descendants only.
     pub fn slow_requests(&self) -> u64 {
