@@ -1562,22 +1562,23 @@ fn statx_and_openat2_refused_give_the_same_listing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Holds, with its working directory on the FUSE mount DIR, the file `f`
-/// (whose attributes the server answers late once open), `g (deleted)`, and a
-/// TCP listener on 127.0.0.1; reports the port.
+/// Holds, with its working directory and its root on the FUSE mount DIR, the
+/// file `f` (whose attributes the server answers late once open), `g
+/// (deleted)`, and a TCP listener on 127.0.0.1; reports the port.
 const FUSE_HOLDER: &str = r#"
 import json, os, socket, sys
 os.chdir(sys.argv[1])
 f = os.open("f", os.O_RDONLY)
 g = os.open("g (deleted)", os.O_RDONLY)
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+os.chroot(".")
 print(json.dumps({"port": s.getsockname()[1], "fds": [f, g]}), flush=True)
 sys.stdin.read()
 "#;
 
 /// No question `ls` answers, and no listing `exec` chooses from, asks a file
-/// server the user did not name: with a process whose working directory is on
-/// a FUSE mount, holding there one file whose attributes and one whose name
+/// server the user did not name: with a process whose working directory and
+/// root are on a FUSE mount, holding there one file whose attributes and one whose name
 /// lookups the server answers only 2 s late (and counts), every filter and
 /// output of `ls`, for that process and for all, and an `exec` handover from
 /// it, make no request to the server.
