@@ -2043,3 +2043,93 @@ fn a_program_writing_all_along_loses_and_repeats_nothing_across_detach_and_reatt
     let text = expect_exit(&second, 7);
     let _keeper = KillOnDrop::new(keeper_in(&text));
 }
+
+/// Finding who holds a terminal's master looks at every process's fds, and
+/// checks each fd whose link starts with `/dev/pts/` for the terminal's slave.
+/// That check must not wait for a file server: a process in a mount namespace
+/// of its own may hold a FUSE file that it sees as `/dev/pts/f` (and so does
+/// its link), and a plain `stat` of it asked the server, which answers the
+/// attributes of an open file only 2 s late here.
+#[test]
+fn a_file_server_that_does_not_answer_stalls_no_search_for_a_master() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("attach-stall") else {
+        skip("FUSE cannot be mounted here (attach tests run as root)");
+        return;
+    };
+    let dir = std::path::Path::new(&fs.file())
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /dev/pts && exec 3</dev/pts/f && exec sleep 60")
+        .arg(&dir)
+        .spawn()
+        .expect("unshare");
+    let _guard = KillOnDrop::new(holder.id() as i32);
+    let link = format!("/proc/{}/fd/3", holder.id());
+    wait_until("the holder to open /dev/pts/f", || {
+        std::fs::read_link(&link).is_ok_and(|l| l == std::path::Path::new("/dev/pts/f"))
+    });
+    let before = fs.slow_requests();
+    let started = Instant::now();
+    let holders = fdgrab::pty::master_holders(fdgrab::pty::Pty::new(0));
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(holders.is_ok(), "{holders:?}");
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "the search asked the file server"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the search waited for the file server: {took:?}"
+    );
+}
+
+/// `attach` of a process whose fds 0 to 2 are files on a FUSE server that
+/// answers their attributes only 2 s late (and counts each request), with no
+/// controlling terminal: the pty it runs on is looked for on those fds from the
+/// kernel's cached attributes, and the refusal (no pty, 2) comes without a
+/// request to the server, in full and in `--single` mode.
+#[test]
+fn a_program_with_its_stdio_on_a_file_server_is_refused_without_asking_it() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("attach-stdio") else {
+        skip("FUSE cannot be mounted here (attach tests run as root)");
+        return;
+    };
+    let mut target = std::process::Command::new("setsid")
+        .args(["sh", "-c", "exec 0<\"$0\" 1<\"$0\" 2<\"$0\"; exec sleep 60"])
+        .arg(fs.file())
+        .spawn()
+        .expect("setsid");
+    let pid = target.id() as i32;
+    let _guard = KillOnDrop::new(pid);
+    wait_until("the target to put its stdio on the FUSE file", || {
+        std::fs::read_link(format!("/proc/{pid}/fd/2"))
+            .is_ok_and(|l| l == std::path::Path::new(&fs.file()))
+            && std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c == b"sleep\n")
+    });
+    let before = fs.slow_requests();
+    for mode in ["", "--single "] {
+        // `script` gives fdgrab a terminal of its own to attach to.
+        let out = fdgrab_testkit::output_timeout(
+            std::process::Command::new("script").args([
+                "-qec",
+                &format!("{} attach {mode}{pid}", bin("fdgrab").display()),
+                "/dev/null",
+            ]),
+            TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(2), "attach {mode}: {out:?}");
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "attach {mode}asked the file server"
+        );
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+}

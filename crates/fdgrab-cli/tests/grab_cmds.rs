@@ -918,3 +918,139 @@ fn cat_into_the_file_it_reads_is_refused() {
     assert_eq!(std::fs::read(&log).expect("read"), b"first line\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A steal checks, before it closes the target's fd, that the fd still holds
+/// the file it copied, by device and inode from the kernel's cached attributes
+/// (`statx`), and a ptrace copy is compared with the target's fd (`kcmp`, else
+/// those attributes). Where `statx` is refused (ENOSYS on old kernels, EPERM
+/// from older container seccomp profiles; here a seccomp filter set up before
+/// fdgrab's exec) it falls back to `fstatat`, and the steal is done as without
+/// the filter: the command gets the file, the target's fd is closed.
+#[test]
+fn steal_with_statx_refused_is_done() {
+    let dir = fdgrab_testkit::test_path("steal-no-statx", "dir");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("file");
+    std::fs::write(&file, b"held\n").expect("write");
+    for (filter, backend) in [
+        ("statx", "auto"),
+        ("statx=EPERM", "auto"),
+        ("statx=EPERM,kcmp=EPERM", "ptrace"),
+        ("statx,kcmp", "ptrace"),
+    ] {
+        let mut target = Command::new("sh")
+            .args(["-c", "exec 5<\"$1\"; exec sleep 60", "sh"])
+            .arg(&file)
+            .spawn()
+            .expect("target");
+        let pid = target.id().to_string();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::fs::read(format!("/proc/{pid}/comm")).ok().as_deref() != Some(b"sleep\n") {
+            assert!(std::time::Instant::now() < deadline, "target never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut cmd = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+        cmd.args(["exec-enosys", filter, "--"])
+            .arg(fdgrab_testkit::bin("fdgrab"))
+            .args(["steal", "--backend", backend, &pid, "5:3", "--"])
+            .args(["sh", "-c", "cat <&3"]);
+        let out = output_timeout(&mut cmd, TIMEOUT);
+        let gone = std::fs::read_link(format!("/proc/{pid}/fd/5")).is_err();
+        let _ = target.kill();
+        let _ = target.wait();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "steal under {filter}: {err}");
+        assert_eq!(out.stdout, b"held\n", "steal under {filter}: {err}");
+        assert!(gone, "steal under {filter} left fd 5: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Holds, with its working directory on the FUSE mount DIR, the file `f`
+/// (whose attributes the server answers late once open) and `g (deleted)`,
+/// besides a plain file (FILE) and a pipe; reports the numbers.
+const FUSE_NEIGHBOUR: &str = r#"
+import json, os, sys
+os.chdir(sys.argv[1])
+f = os.open("f", os.O_RDONLY)
+g = os.open("g (deleted)", os.O_RDONLY)
+plain = os.open(sys.argv[2], os.O_RDWR)
+r, w = os.pipe()
+os.write(w, b"piped\n")
+print(json.dumps({"plain": plain, "pipe": r, "out": w}), flush=True)
+sys.stdin.read()
+"#;
+
+/// The commands that take, send, install or redirect one fd of a process make
+/// no request to a file server that serves *other* fds of it (and its working
+/// directory): the server answers attributes, name lookups and extended
+/// attributes only 2 s late here, and counts every request. Only the fd named is
+/// looked at.
+#[test]
+fn grab_commands_ask_no_file_server_of_other_fds() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("grab-neighbour") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let dir = std::path::Path::new(&fs.file())
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work = fdgrab_testkit::test_path("grab-neighbour", "dir");
+    std::fs::create_dir_all(&work).expect("dir");
+    let plain = work.join("plain");
+    std::fs::write(&plain, b"plain\n").expect("write");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(FUSE_NEIGHBOUR).arg(&dir).arg(&plain);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let num = |k: &str| t.report[k].to_string();
+    let (plain_fd, pipe_fd, out_fd) = (num("plain"), num("pipe"), num("out"));
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+    let sock = work.join("to.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let redirected = work.join("redirected");
+    let sock_s = sock.to_str().expect("utf8");
+    let redirected_s = redirected.to_str().expect("utf8");
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["cat", &pid, &plain_fd],
+        vec!["cat", "--backend", "ptrace", &pid, &plain_fd],
+        vec!["get", &pid, &plain_fd, "--", "true"],
+        vec!["get", "--backend", "ptrace", &pid, &pipe_fd, "--", "true"],
+        vec!["send", &pid, &plain_fd, "--to", sock_s],
+        vec!["put", &pid, "40", "--file", "/dev/null"],
+        vec!["redirect", "--json", &pid, &out_fd, redirected_s],
+        vec!["steal", &pid, "40", "--", "true"],
+        vec![
+            "steal",
+            "--backend",
+            "ptrace",
+            "--null",
+            &pid,
+            &plain_fd,
+            "--",
+            "true",
+        ],
+    ];
+    for args in &runs {
+        let mut cmd = fdgrab_testkit::fdgrab();
+        let out = output_timeout(cmd.args(args).stdin(Stdio::null()), TIMEOUT);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "{args:?} asked the file server of another fd"
+        );
+        if args[0] == "send" {
+            let _ = listener.accept();
+        }
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&work);
+}

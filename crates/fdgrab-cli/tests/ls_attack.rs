@@ -1387,3 +1387,305 @@ fn a_file_server_that_does_not_answer_stalls_no_listing() {
         started.elapsed()
     );
 }
+
+/// A name that ends in " (deleted)" is checked by walking it: the file may
+/// really be called so. On a file server, a walk whose cached directory
+/// entries have expired asks the server to look each name up again, and one
+/// that does not answer held `ls` (`ls PID`, and `ls --deleted` of every
+/// process) as the attributes did. The walk now goes only as far as the
+/// kernel's caches go; where they cannot tell, the suffix is taken for the
+/// kernel's (as for an unlinked file, the far more common case), which is what
+/// docs/inventory.md says.
+#[test]
+fn a_name_like_a_deleted_one_on_a_file_server_that_does_not_answer_stalls_no_listing() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-lookup") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let file = fs.named_deleted();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let ino = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/proc/{pid}/fd/3")).expect("stat the target's fd"),
+    );
+    // The server's entries are valid for one second: past that a walk by
+    // name asks it again.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+
+    let started = std::time::Instant::now();
+    let doc = ls_json(&[&pid, "--fd", "3"]);
+    let mut cmd = fdgrab_testkit::fdgrab();
+    let out = output_timeout(cmd.args(["ls", "--deleted", "--json"]), TIMEOUT);
+    let took = started.elapsed();
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls looked the name up on the file server"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "ls waited for the file server: {took:?}"
+    );
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["type"], &e["inode"], &e["nlink"]),
+        (&"file".into(), &ino.into(), &1.into()),
+        "{e}"
+    );
+    // The caches cannot tell this name from an unlinked file's link.
+    let stripped = file.strip_suffix(" (deleted)").unwrap_or(&file);
+    assert_eq!(
+        (&e["deleted"], &e["path"]),
+        (&true.into(), &stripped.into()),
+        "{e}"
+    );
+}
+
+/// Holds, in DIR, a file, the directory, /dev/null, a pipe, a deleted file, a
+/// live file named like a deleted one, a file whose opened name was removed
+/// while another hard link keeps it, and a listening unix socket.
+const FALLBACK_KINDS: &str = r#"
+import json, os, socket, sys
+d = sys.argv[1]
+open(d + "/file", "w").write("file"); f = os.open(d + "/file", os.O_RDONLY)
+dd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+n = os.open("/dev/null", os.O_RDONLY)
+r, w = os.pipe()
+open(d + "/gone", "w").write("gone!"); g = os.open(d + "/gone", os.O_RDONLY); os.unlink(d + "/gone")
+open(d + "/app.log (deleted)", "w").write("live"); l = os.open(d + "/app.log (deleted)", os.O_RDONLY)
+open(d + "/a", "w").write("a"); os.link(d + "/a", d + "/b"); h = os.open(d + "/a", os.O_RDONLY); os.unlink(d + "/a")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(d + "/sock"); s.listen()
+print(json.dumps({"fds": [f, dd, n, r, w, g, l, h, s.fileno()]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// `fdgrab ls ARGS --json` run through `fdgrab-target exec-enosys FILTER` (the
+/// syscalls FILTER names fail with the errno it gives), as `uid` if given (set
+/// in the forked child before the exec).
+fn ls_json_filtered(filter: Option<&str>, uid: Option<u32>, args: &[&str]) -> Value {
+    use std::os::unix::process::CommandExt;
+    let fdgrab = fdgrab_testkit::bin("fdgrab");
+    let mut cmd = match filter {
+        Some(f) => {
+            let mut c = Command::new(fdgrab_testkit::bin("fdgrab-target"));
+            c.args(["exec-enosys", f, "--"]).arg(&fdgrab);
+            c
+        }
+        None => Command::new(&fdgrab),
+    };
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.arg("ls").args(args).arg("--json");
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "ls {args:?} under {filter:?} as {uid:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+/// Where `statx` is refused (ENOSYS on old kernels, EPERM from older
+/// container seccomp profiles) `ls` falls back to `fstatat`, and where
+/// `openat2`'s cached walk is (ENOSYS before 5.6, EINVAL before 5.12, EPERM from
+/// a profile) it walks the name as `stat` does; either way the listing is the
+/// one made without a filter, field by field, for every kind of fd, and so are
+/// `--deleted` and `--path`. The same holds for uid 65534 listing its own
+/// process.
+#[test]
+fn statx_and_openat2_refused_give_the_same_listing() {
+    let dir = temp_dir("fallback");
+    let d = dir.to_str().expect("utf8").to_owned();
+    let file = format!("{d}/file");
+    for uid in [None, Some(65534)] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::os::unix::fs::chown(&dir, uid, uid).expect("chown");
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(FALLBACK_KINDS).arg(&d);
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        }
+        let t = Target::spawn_cmd(cmd);
+        let pid = t.pid.to_string();
+        let want = ls_json_filtered(None, uid, &[&pid]);
+        let fds = want["processes"][0]["fds"].as_array().expect("fds");
+        assert!(fds.len() >= 9, "{want}");
+        let named = fds
+            .iter()
+            .find(|e| e["path"] == format!("{d}/app.log (deleted)"))
+            .unwrap_or_else(|| panic!("the live file: {want}"));
+        assert_eq!(named["deleted"], false, "{named}");
+        let want_deleted = ls_json_filtered(None, uid, &[&pid, "--deleted"]);
+        assert_eq!(
+            want_deleted["processes"][0]["fds"].as_array().map(Vec::len),
+            Some(1),
+            "{want_deleted}"
+        );
+        for filter in [
+            "statx",
+            "statx=EPERM",
+            "openat2",
+            "openat2=EINVAL",
+            "openat2=EPERM,statx=EPERM",
+            "openat2,statx",
+        ] {
+            let got = ls_json_filtered(Some(filter), uid, &[&pid]);
+            assert_eq!(
+                got["processes"], want["processes"],
+                "ls {pid} under {filter} as {uid:?}"
+            );
+            let got = ls_json_filtered(Some(filter), uid, &[&pid, "--deleted"]);
+            assert_eq!(
+                got["processes"], want_deleted["processes"],
+                "ls {pid} --deleted under {filter} as {uid:?}"
+            );
+            let got = ls_json_filtered(Some(filter), uid, &["--path", &file]);
+            let pids: Vec<i64> = got["processes"]
+                .as_array()
+                .map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                pids,
+                vec![i64::from(t.pid)],
+                "ls --path {file} under {filter} as {uid:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Holds, with its working directory and its root on the FUSE mount DIR, the
+/// file `f` (whose attributes the server answers late once open), `g
+/// (deleted)`, and a TCP listener on 127.0.0.1; reports the port.
+const FUSE_HOLDER: &str = r#"
+import json, os, socket, sys
+os.chdir(sys.argv[1])
+f = os.open("f", os.O_RDONLY)
+g = os.open("g (deleted)", os.O_RDONLY)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+os.chroot(".")
+print(json.dumps({"port": s.getsockname()[1], "fds": [f, g]}), flush=True)
+sys.stdin.read()
+"#;
+
+/// No question `ls` answers, and no listing `exec` chooses from, asks a file
+/// server the user did not name: with a process whose working directory and
+/// root are on a FUSE mount, holding there one file whose attributes and one whose name
+/// lookups the server answers only 2 s late (and counts), every filter and
+/// output of `ls`, for that process and for all, and an `exec` handover from
+/// it, make no request to the server.
+#[test]
+fn no_listing_asks_a_file_server_that_does_not_answer() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-every") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let dir = std::path::Path::new(&fs.file())
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(FUSE_HOLDER).arg(&dir);
+    let t = Target::spawn_cmd(cmd);
+    let pid = t.pid.to_string();
+    let port = t.report["port"].to_string();
+    // Past the name entries' one second, and every later lookup late.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+    let runs: &[&[&str]] = &[
+        &[&pid],
+        &[&pid, "--json"],
+        &[&pid, "--deleted"],
+        &[&pid, "--type", "file", "--json"],
+        &[],
+        &["--json"],
+        &["--deleted", "--json"],
+        &["--deleted", "--pids"],
+        &["--type", "file"],
+        &["--type", "file", "--pids"],
+        &["--user", "root", "--type", "file"],
+        &["--listen"],
+        &["--port", &port, "--json"],
+        &["--port", &port, "--pids"],
+        &["--path", "/etc/hostname"],
+        &["--path", "/etc/hostname", "--pids"],
+    ];
+    for args in runs {
+        let started = std::time::Instant::now();
+        let mut cmd = fdgrab_testkit::fdgrab();
+        let out = output_timeout(
+            cmd.arg("ls")
+                .args(*args)
+                .stdout(std::process::Stdio::null()),
+            TIMEOUT,
+        );
+        // 1: nothing matched.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "ls {args:?}: {out:?}"
+        );
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "ls {args:?} asked the file server (took {:?})",
+            started.elapsed()
+        );
+    }
+    let mut cmd = fdgrab_testkit::fdgrab();
+    cmd.args(["exec", "--ready-timeout", "100ms", "--detach", &pid])
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .args(["--", "sleep", "2"]);
+    let out = output_timeout(&mut cmd, TIMEOUT);
+    assert!(out.status.success(), "exec: {out:?}");
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "exec's listing asked the file server"
+    );
+}
+
+/// `ls --path` of a unix socket's name on a file server (a FUSE mount here)
+/// looks for the sockets bound to that name; telling a name from a socket
+/// itself (`/proc/PID/fd/N` of one) asked the name's file system for its
+/// statistics (`statfs`), a request to the server, answered 2 s late here.
+/// Every socket is on the kernel's one sockfs, whose device tells it instead.
+#[test]
+fn path_of_a_socket_name_on_a_file_server_asks_it_nothing_more() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-sockname") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let name = fs.socket_name();
+    let before = fs.slow_requests();
+    let mut cmd = fdgrab_testkit::fdgrab();
+    let out = output_timeout(cmd.args(["ls", "--path", &name, "--json"]), TIMEOUT);
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls --path asked the name's file server"
+    );
+    // Nothing is bound to it: no process (1, or 0 with a process it could
+    // not read).
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["processes"], Value::Array(Vec::new()), "{doc}");
+    // A socket itself is still matched by the fds on it.
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let me = std::process::id();
+    let link = format!("/proc/{me}/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&a));
+    let doc = ls_json(&["--path", &link]);
+    let pids: Vec<i64> = doc["processes"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(pids, vec![i64::from(me)], "{doc}");
+}

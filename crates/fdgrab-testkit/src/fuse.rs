@@ -13,6 +13,14 @@
 //! notwithstanding. The file system has no `FUSE_ASYNC_READ` and no readahead:
 //! each page is one `READ`, made by the faulting task.
 //!
+//! A third file, `g (deleted)`, carries in its name the suffix the kernel gives
+//! an unlinked file's link; with [`FuseFile::slow_lookups`], every name lookup
+//! (a walk through the file system whose cached entry has expired: entries are
+//! valid for one second) is answered late and counted, as the attributes are.
+//!
+//! A fourth name, `sock`, is a unix socket's (nothing is bound to it), and
+//! the file system's statistics (`statfs`) are answered late too.
+//!
 //! Only requests made by the test's own process tree count: other tests running at
 //! the same time may `stat` every open fd of the host (`fdgrab ls --path`, `fuser`,
 //! `lsof`), and their questions say nothing about the supervisor under test.
@@ -28,6 +36,7 @@ const LOOKUP: u32 = 1;
 const FORGET: u32 = 2;
 const GETATTR: u32 = 3;
 const OPEN: u32 = 14;
+const STATFS: u32 = 17;
 const READ: u32 = 15;
 const RELEASE: u32 = 18;
 const GETXATTR: u32 = 22;
@@ -41,6 +50,11 @@ const SLOW: Duration = Duration::from_secs(2);
 
 /// `page`'s node id, and its size in pages.
 const PAGE_NODE: u64 = 3;
+/// The node id and name of the file whose name ends in " (deleted)".
+const NAMED_DELETED_NODE: u64 = 4;
+const NAMED_DELETED: &str = "g (deleted)";
+/// The node id of `sock`, a unix socket's name (nothing is bound to it).
+const SOCK_NODE: u64 = 5;
 pub const PAGES: usize = 80;
 const PAGE_SIZE: u64 = 4096 * PAGES as u64;
 
@@ -52,6 +66,7 @@ pub struct FuseFile {
     strangers: Arc<AtomicU64>,
     flushes: Arc<HeldFlushes>,
     reads: Arc<HeldReads>,
+    late_lookups: Arc<AtomicBool>,
     dev: Arc<File>,
     /// Written to end the server ([`FuseFile::kill_server`]).
     stop: Arc<std::os::fd::OwnedFd>,
@@ -83,10 +98,10 @@ fn reply(dev: &File, unique: u64, error: i32, body: &[u8]) {
 }
 
 fn mode_of(node: u64) -> u32 {
-    if node == 1 {
-        libc::S_IFDIR | 0o755
-    } else {
-        libc::S_IFREG | 0o644
+    match node {
+        1 => libc::S_IFDIR | 0o755,
+        SOCK_NODE => libc::S_IFSOCK | 0o755,
+        _ => libc::S_IFREG | 0o644,
     }
 }
 
@@ -176,6 +191,7 @@ fn serve(
     strangers: Arc<AtomicU64>,
     flushes: Arc<HeldFlushes>,
     reads: Arc<HeldReads>,
+    late_lookups: Arc<AtomicBool>,
 ) {
     let opened = AtomicBool::new(false);
     let mut buf = vec![0u8; (1 << 20) + 4096];
@@ -217,24 +233,36 @@ fn serve(
                 init.resize(64, 0);
                 reply(&dev, unique, 0, &init);
             }
-            LOOKUP if node == 1 && buf[40..n].starts_with(b"f\0") => {
-                // nodeid 2, generation 0, entry valid 1 s, attributes never.
-                let mut e = Vec::new();
-                for v in [2u64, 0, 1, 0] {
-                    e.extend_from_slice(&v.to_ne_bytes());
+            LOOKUP if node == 1 => {
+                let name = &buf[40..n];
+                let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                let child = match name {
+                    b"f" => Some(2),
+                    b"page" => Some(PAGE_NODE),
+                    n if n == NAMED_DELETED.as_bytes() => Some(NAMED_DELETED_NODE),
+                    b"sock" => Some(SOCK_NODE),
+                    _ => None,
+                };
+                match child {
+                    Some(child) => {
+                        // nodeid, generation 0, entry valid 1 s, attributes never.
+                        let mut e = Vec::new();
+                        for v in [child, 0, 1, 0] {
+                            e.extend_from_slice(&v.to_ne_bytes());
+                        }
+                        e.extend_from_slice(&[0u8; 8]);
+                        e.extend_from_slice(&attr(child, mode_of(child)));
+                        if late_lookups.load(Ordering::SeqCst) {
+                            answer_late(0, e);
+                        } else {
+                            reply(&dev, unique, 0, &e);
+                        }
+                    }
+                    None if late_lookups.load(Ordering::SeqCst) => {
+                        answer_late(-libc::ENOENT, Vec::new())
+                    }
+                    None => reply(&dev, unique, -libc::ENOENT, &[]),
                 }
-                e.extend_from_slice(&[0u8; 8]);
-                e.extend_from_slice(&attr(2, mode_of(2)));
-                reply(&dev, unique, 0, &e);
-            }
-            LOOKUP if node == 1 && buf[40..n].starts_with(b"page\0") => {
-                let mut e = Vec::new();
-                for v in [PAGE_NODE, 0, 1, 0] {
-                    e.extend_from_slice(&v.to_ne_bytes());
-                }
-                e.extend_from_slice(&[0u8; 8]);
-                e.extend_from_slice(&attr(PAGE_NODE, mode_of(PAGE_NODE)));
-                reply(&dev, unique, 0, &e);
             }
             READ if node == PAGE_NODE => {
                 // struct fuse_read_in: fh, offset, size, ...
@@ -283,6 +311,9 @@ fn serve(
             }
             RELEASE => reply(&dev, unique, 0, &[]),
             GETXATTR => answer_late(-libc::ENODATA, Vec::new()),
+            // struct fuse_statfs_out: blocks, free, available, files, free
+            // files; block size, name length, fragment size, padding; spare.
+            STATFS => answer_late(0, vec![0u8; 80]),
             FORGET | BATCH_FORGET | INTERRUPT => {}
             _ => reply(&dev, unique, -libc::ENOSYS, &[]),
         }
@@ -349,13 +380,23 @@ impl FuseFile {
         let strangers = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new(HeldFlushes::default());
         let reads = Arc::new(HeldReads::default());
+        let late_lookups = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).ok()?);
         let dev = Arc::new(dev);
         let (count, others) = (Arc::clone(&slow), Arc::clone(&strangers));
         let (server_dev, held) = (Arc::clone(&dev), Arc::clone(&flushes));
         let (server_reads, server_stop) = (Arc::clone(&reads), Arc::clone(&stop));
+        let server_lookups = Arc::clone(&late_lookups);
         let server = std::thread::spawn(move || {
-            serve(server_dev, server_stop, count, others, held, server_reads)
+            serve(
+                server_dev,
+                server_stop,
+                count,
+                others,
+                held,
+                server_reads,
+                server_lookups,
+            )
         });
         Some(FuseFile {
             dir,
@@ -363,6 +404,7 @@ impl FuseFile {
             strangers,
             flushes,
             reads,
+            late_lookups,
             dev,
             stop,
             server: Some(server),
@@ -374,8 +416,27 @@ impl FuseFile {
         self.dir.join("f").to_string_lossy().into_owned()
     }
 
-    /// Requests answered late so far: extended attributes of anything, and the
-    /// file's attributes after it was opened.
+    /// The path of `sock`, a unix socket's name that nothing is bound to.
+    pub fn socket_name(&self) -> String {
+        self.dir.join("sock").to_string_lossy().into_owned()
+    }
+
+    /// The path of the file named `g (deleted)`: alive, with one link.
+    pub fn named_deleted(&self) -> String {
+        self.dir.join(NAMED_DELETED).to_string_lossy().into_owned()
+    }
+
+    /// From now on, every name lookup is answered late (and counted in
+    /// [`FuseFile::slow_requests`]): a walk by name through the file system
+    /// once its cached entries have expired (after one second) waits for it.
+    pub fn slow_lookups(&self) {
+        self.late_lookups.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests answered late so far: extended attributes of anything, the
+    /// file system's statistics, the file's attributes after it was opened,
+    /// and name lookups after
+    /// [`FuseFile::slow_lookups`].
     /// Made by this test process or its descendants only.
     pub fn slow_requests(&self) -> u64 {
         self.slow.load(Ordering::SeqCst)

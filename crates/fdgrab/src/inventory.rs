@@ -1181,18 +1181,34 @@ impl EntryReader<'_> {
     /// target), else from the root of the target's mount namespace, so both are
     /// asked; the inode check rules out a wrong answer from either. Only asked of
     /// inodes that still have a link, so unlinked files cost nothing.
+    ///
+    /// The name is walked only through the kernel's caches
+    /// ([`crate::statx::cached_walk`]), so that a file server is never asked:
+    /// an open file's own name and directories are always cached, but on FUSE,
+    /// NFS and the like a cached entry expires, and checking it again would go
+    /// to the server. Where the caches cannot tell, the suffix is taken for the
+    /// kernel's, as for a file that was unlinked (whose name with the suffix is
+    /// not cached either).
     fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
         if e.nlink.is_none_or(|n| n == 0) {
             return false;
         }
         let same =
             |st: crate::statx::Attrs| Some(devstr(st.dev)) == e.dev && Some(st.ino) == e.inode;
-        if crate::statx::cached_at(rustix::fs::CWD, path).is_ok_and(same) {
+        if crate::statx::cached_walk(rustix::fs::CWD, path, false).is_ok_and(same) {
             return true;
         }
-        let mut in_root = b"../root".to_vec();
-        in_root.extend_from_slice(path);
-        crate::statx::cached_at(self.fd_dir, in_root.as_slice()).is_ok_and(same)
+        // The target's root, reached through procfs alone: an O_PATH open
+        // calls no file system code, and the walk below starts past it.
+        let Ok(root) = openat(
+            self.fd_dir,
+            "../root",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        crate::statx::cached_walk(&root, path, true).is_ok_and(same)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems

@@ -63,6 +63,60 @@ pub fn cached(fd: impl AsFd) -> Result<Attrs> {
     stat(fd.as_fd(), "", AtFlags::EMPTY_PATH)
 }
 
+/// Set once `openat2` with `RESOLVE_CACHED` was refused; [`cached_walk`] then
+/// walks as `fstatat` does.
+static WALK_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The attributes of the file `path` names (the final component itself, not
+/// what it may point to), looked up by name relative to `dir` only as far as
+/// the kernel's caches go: `Err(EAGAIN)` when a name is not cached or its
+/// cached entry is due to be checked with the file system (a FUSE or NFS entry
+/// past its timeout), which then is not asked. With `in_root`, `dir` is the
+/// root the walk cannot leave (absolute names and `..` stay under it).
+///
+/// `openat2(O_PATH, RESOLVE_CACHED)` (Linux 5.12): the walk stays in RCU
+/// mode, where a file system can only answer from its cache, and an `O_PATH`
+/// open calls no file system code. Where it is refused (an older kernel:
+/// `EINVAL` or `ENOSYS`, or a sandbox: `EPERM`), the name is walked as
+/// `fstatat` walks it, which may wait for the file's server.
+pub fn cached_walk(
+    dir: impl AsFd,
+    path: impl rustix::path::Arg + Copy,
+    in_root: bool,
+) -> Result<Attrs> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = dir.as_fd();
+    let oflags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut resolve = ResolveFlags::CACHED;
+    if in_root {
+        resolve |= ResolveFlags::IN_ROOT;
+    }
+    if !WALK_REFUSED.load(Ordering::Relaxed) {
+        // A rename elsewhere while walking in RCU mode also ends the walk with
+        // EAGAIN: one more try tells that apart from a name not cached.
+        let mut tries = 2;
+        loop {
+            match rustix::fs::openat2(dir, path, oflags, Mode::empty(), resolve) {
+                Ok(fd) => return cached(&fd),
+                Err(Errno::AGAIN) if tries > 1 => tries -= 1,
+                Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
+                    WALK_REFUSED.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let path = path.into_c_str()?;
+    let bytes = path.to_bytes();
+    let relative = match bytes.iter().position(|&b| b != b'/') {
+        Some(start) if in_root => &bytes[start..],
+        None if in_root => b".".as_slice(),
+        _ => bytes,
+    };
+    stat(dir, relative, AtFlags::SYMLINK_NOFOLLOW)
+}
+
 fn stat(dir: BorrowedFd<'_>, path: impl rustix::path::Arg + Copy, flags: AtFlags) -> Result<Attrs> {
     if !REFUSED.load(Ordering::Relaxed) {
         match rustix::fs::statx(dir, path, flags | AtFlags::STATX_DONT_SYNC, WANTED) {
@@ -147,6 +201,23 @@ mod tests {
         let pipe = cached_at(proc_fd.as_fd(), name.as_str()).expect("statx pipe");
         assert_eq!(pipe.file_type(), libc::S_IFIFO);
         assert_eq!(pipe, cached(r.as_fd()).expect("statx pipe fd"));
+    }
+
+    /// A walk through cached names gives the attributes `lstat` gives, from
+    /// our root and under another root; a name never looked up is not cached.
+    #[test]
+    fn a_cached_walk_agrees_with_lstat() {
+        let dev = std::fs::File::open("/dev").expect("/dev");
+        // Looked up once, so that its entry is in the cache.
+        let want = std::fs::symlink_metadata("/dev/null").expect("lstat");
+        let key = |a: Attrs| (a.dev, a.ino, a.mode);
+        let got = cached_walk(rustix::fs::CWD, "/dev/null", false).expect("walk");
+        assert_eq!(key(got), (want.dev(), want.ino(), want.mode()));
+        let under = cached_walk(dev.as_fd(), "/null", true).expect("walk in root");
+        assert_eq!(under, got);
+        let fresh = format!("/dev/fdgrab-never-{}", std::process::id());
+        let r = cached_walk(rustix::fs::CWD, fresh.as_str(), false).map(|_| ());
+        assert!(matches!(r, Err(Errno::AGAIN | Errno::NOENT)), "{r:?}");
     }
 
     /// A missing name is the kernel's error, not a fallback's.

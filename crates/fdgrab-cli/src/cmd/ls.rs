@@ -184,7 +184,7 @@ fn build_query(a: &LsArgs) -> Result<Query> {
             // A unix socket's name is matched by the sockets bound to it; a
             // socket itself (/proc/PID/fd/N of one, an inode of sockfs) by the
             // fds on it, as any other file and as fuser does.
-            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(p);
+            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(&m);
             (Some((m.dev, m.ino)), name)
         }
         None => (None, false),
@@ -203,12 +203,17 @@ fn build_query(a: &LsArgs) -> Result<Query> {
     })
 }
 
-/// Whether `path` leads to a socket itself rather than to a name it was bound to.
-fn on_sockfs(path: &std::path::Path) -> bool {
-    const SOCKFS_MAGIC: i64 = 0x534F_434B;
-    // f_type is i64 here, narrower or unsigned on other targets.
-    #[allow(clippy::unnecessary_cast)]
-    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == SOCKFS_MAGIC)
+/// Whether `m` is a socket itself rather than a name one was bound to. Every
+/// socket is an inode of the kernel's one sockfs mount, so its device is that of
+/// any socket, such as one made for the question. Asking the path's own file
+/// system (`statfs`) was a request to its server when the name is on FUSE or
+/// NFS, and one that does not answer held `ls` for good.
+fn on_sockfs(m: &fdgrab::statx::Attrs) -> bool {
+    use rustix::net::{socket, AddressFamily, SocketType};
+    socket(AddressFamily::UNIX, SocketType::DGRAM, None)
+        .ok()
+        .and_then(|s| fdgrab::statx::cached(&s).ok())
+        .is_some_and(|s| s.dev == m.dev)
 }
 
 /// A user name (through NSS, as `run --user` resolves it) or a number.

@@ -44,8 +44,9 @@
 //!   `FUTEX_LOCK_PI` on it (interrupted, the kernel answers `-ERESTARTNOINTR`), with
 //!   a counting SIGUSR1 handler without `SA_RESTART`. A line on stdin makes the helper
 //!   unlock; the main thread then prints `{"ret", "errno", "count"}`.
-//! - `exec-enosys NAME,... -- CMD ARGS...`: makes the named syscalls (`pidfd_open`,
-//!   `pidfd_getfd`) fail with ENOSYS, then execs CMD. Prints no report.
+//! - `exec-enosys NAME[=ERRNO],... -- CMD ARGS...`: makes the named syscalls
+//!   (`pidfd_open`, `pidfd_getfd`, `statx`, `openat2`, `kcmp`) fail with ENOSYS,
+//!   or with ERRNO (`EPERM`, `EINVAL`) where given, then execs CMD. Prints no report.
 
 use serde_json::{json, Value};
 use std::ffi::CString;
@@ -1354,21 +1355,34 @@ fn exec_enosys(args: &[String]) {
             (names, &rest[1..])
         }
         _ => {
-            eprintln!("usage: fdgrab-target exec-enosys NAME,... -- CMD ARGS...");
+            eprintln!("usage: fdgrab-target exec-enosys NAME[=ERRNO],... -- CMD ARGS...");
             std::process::exit(2);
         }
     };
     let mut rules = Vec::new();
-    for name in names.split(',') {
+    for rule in names.split(',') {
+        let (name, errno) = rule.split_once('=').unwrap_or((rule, "ENOSYS"));
         let nr = match name {
             "pidfd_open" => libc::SYS_pidfd_open,
             "pidfd_getfd" => libc::SYS_pidfd_getfd,
+            "statx" => libc::SYS_statx,
+            "openat2" => libc::SYS_openat2,
+            "kcmp" => libc::SYS_kcmp,
             other => {
                 eprintln!("fdgrab-target: unknown syscall {other}");
                 std::process::exit(2);
             }
         };
-        rules.push((nr, libc::ENOSYS));
+        let errno = match errno {
+            "ENOSYS" => libc::ENOSYS,
+            "EPERM" => libc::EPERM,
+            "EINVAL" => libc::EINVAL,
+            other => {
+                eprintln!("fdgrab-target: unknown errno {other}");
+                std::process::exit(2);
+            }
+        };
+        rules.push((nr, errno));
     }
     fdgrab_testkit::install_errno_filter(&rules).expect("seccomp filter");
     let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();

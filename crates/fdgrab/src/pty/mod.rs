@@ -384,10 +384,12 @@ fn holders_among(pty: Pty, pids: Vec<Pid>) -> Holders {
 }
 
 /// Whether fd `name` of the process whose fd directory is `dir` is the slave of `pty`.
+/// From the cached attributes: the link is only a name, and a process in a mount
+/// namespace of its own may see a FUSE or NFS file as `/dev/pts/N`, whose server
+/// a plain `stat` would ask.
 fn is_slave_of(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr, pty: Pty) -> bool {
-    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()).is_ok_and(|st| {
-        st.st_mode & libc::S_IFMT == libc::S_IFCHR && Pty::from_rdev(st.st_rdev) == Some(pty)
-    })
+    crate::statx::cached_at(dir, name)
+        .is_ok_and(|st| st.file_type() == libc::S_IFCHR && Pty::from_rdev(st.rdev) == Some(pty))
 }
 
 /// The `tty-index` line of a ptmx fd's fdinfo (Linux 4.14+).
