@@ -1689,3 +1689,70 @@ fn path_of_a_socket_name_on_a_file_server_asks_it_nothing_more() {
         .unwrap_or_default();
     assert_eq!(pids, vec![i64::from(me)], "{doc}");
 }
+
+/// A live directory named like a deleted one on a local file system whose names
+/// the kernel never resolves from its caches alone (cgroupfs, a kernfs, as
+/// sysfs) keeps its name and is not deleted: the walk through the caches cannot
+/// tell there, and the full walk, which asks no server on a local file system,
+/// does.
+#[test]
+fn a_live_directory_named_like_a_deleted_one_on_cgroupfs_is_not_deleted() {
+    let Some(root) = fdgrab_testkit::pids_cgroup_root() else {
+        return;
+    };
+    let dir = root.join(format!("fdgrab-lsa-{} (deleted)", std::process::id()));
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).expect("mkdir in the cgroup file system");
+    let d = dir.to_str().expect("utf8").to_string();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg("import json,os,sys\nfd=os.open(sys.argv[1], os.O_RDONLY)\nprint(json.dumps({'fd': fd}), flush=True)\nsys.stdin.read()")
+        .arg(&d);
+    let t = Target::spawn_cmd(cmd);
+    let fd = t.report["fd"].as_i64().expect("fd").to_string();
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", &fd]);
+    let e = &doc["processes"][0]["fds"][0];
+    assert_eq!(
+        (&e["type"], &e["deleted"]),
+        (&"dir".into(), &false.into()),
+        "{e}"
+    );
+    assert_eq!(e["path"], d.as_str(), "{e}");
+    drop(t);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// `--path /proc/PID/fd/N` of a socket finds the fds on that socket even where
+/// fdgrab may make no socket of its own (a sandbox refusing `socket()`, as
+/// systemd's `RestrictAddressFamilies=` does): telling a socket from a socket's
+/// name needs no socket.
+#[test]
+fn path_of_a_socket_itself_is_found_where_sockets_are_refused() {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(
+        "import json,socket,sys\na,b=socket.socketpair()\nprint(json.dumps({'fd': a.fileno()}), flush=True)\nsys.stdin.read()",
+    );
+    let t = Target::spawn_cmd(cmd);
+    let path = format!("/proc/{}/fd/{}", t.pid, t.report["fd"]);
+    for filter in [None, Some("socket=EAFNOSUPPORT")] {
+        let doc = ls_json_filtered(filter, None, &["--path", &path]);
+        let found: Vec<(i64, i64)> = doc["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .flat_map(|p| {
+                let pid = p["pid"].as_i64().expect("pid");
+                p["fds"]
+                    .as_array()
+                    .expect("fds")
+                    .iter()
+                    .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
+            })
+            .collect();
+        let want = (i64::from(t.pid), t.report["fd"].as_i64().expect("fd"));
+        assert!(
+            found.contains(&want),
+            "{filter:?}: {want:?} not in {found:?}"
+        );
+    }
+}

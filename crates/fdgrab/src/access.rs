@@ -210,7 +210,7 @@ fn same_file_in(target: &PidFd, owner: Pid, fd: TargetFd, ours: BorrowedFd<'_>) 
         Err(e) => return Err(Error::io("kcmp", pid, Some(fd), e)),
     }
     let theirs = fd_stat(target, owner, fd)?;
-    let mine = crate::statx::cached(ours.as_fd()).map_err(|e| Error::local("statx", e))?;
+    let mine = crate::statx::cached(ours.as_fd()).map_err(|e| Error::local("stat", e))?;
     Ok((theirs.dev, theirs.ino) == (mine.dev, mine.ino))
 }
 

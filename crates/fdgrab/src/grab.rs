@@ -219,7 +219,7 @@ impl GrabOptions {
             Some(_) => out
                 .iter()
                 .map(|g| {
-                    let st = crate::statx::cached(&g.fd).map_err(|e| Error::local("statx", e))?;
+                    let st = crate::statx::cached(&g.fd).map_err(|e| Error::local("stat", e))?;
                     Ok((g.target_fd, (st.dev, st.ino)))
                 })
                 .collect::<Result<Vec<_>>>()?,

@@ -1182,20 +1182,40 @@ impl EntryReader<'_> {
     /// asked; the inode check rules out a wrong answer from either. Only asked of
     /// inodes that still have a link, so unlinked files cost nothing.
     ///
-    /// The name is walked only through the kernel's caches
-    /// ([`crate::statx::cached_walk`]), so that a file server is never asked:
-    /// an open file's own name and directories are always cached, but on FUSE,
-    /// NFS and the like a cached entry expires, and checking it again would go
-    /// to the server. Where the caches cannot tell, the suffix is taken for the
-    /// kernel's, as for a file that was unlinked (whose name with the suffix is
-    /// not cached either).
+    /// The name is walked through the kernel's caches first
+    /// ([`crate::statx::cached_walk`]). Where they cannot tell, the walk is
+    /// made in full unless the fd's file system is one whose server may not
+    /// answer (FUSE, NFS, CIFS, 9p, Ceph and the like, by the fd's mount in the
+    /// target's `mountinfo`): then the suffix is taken for the kernel's, as for
+    /// a file that was unlinked (whose name with the suffix is not cached
+    /// either). Local file systems can leave the cached walk with everything
+    /// cached (sysfs and cgroupfs always do; a directory's ACL not read yet
+    /// does), and there a full walk asks nothing of a server.
     fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
         if e.nlink.is_none_or(|n| n == 0) {
             return false;
         }
         let same =
             |st: crate::statx::Attrs| Some(devstr(st.dev)) == e.dev && Some(st.ino) == e.inode;
-        if crate::statx::cached_walk(rustix::fs::CWD, path, false).is_ok_and(same) {
+        let mut full_walk_safe = None;
+        let mut found = |dir: BorrowedFd<'_>, in_root: bool| match crate::statx::cached_walk(
+            dir, path, in_root,
+        ) {
+            Err(Errno::AGAIN) => {
+                let safe = *full_walk_safe.get_or_insert_with(|| !self.may_wait(e.mnt_id));
+                if !safe {
+                    tracing::debug!(
+                        pid = self.pid,
+                        fd = e.fd.as_raw(),
+                        "name not cached on a file system whose server may not answer; \
+                         its \" (deleted)\" is taken for the kernel's"
+                    );
+                }
+                safe && crate::statx::walk(dir, path, in_root).is_ok_and(same)
+            }
+            r => r.is_ok_and(same),
+        };
+        if found(rustix::fs::CWD, false) {
             return true;
         }
         // The target's root, reached through procfs alone: an O_PATH open
@@ -1208,7 +1228,29 @@ impl EntryReader<'_> {
         ) else {
             return false;
         };
-        crate::statx::cached_walk(&root, path, true).is_ok_and(same)
+        found(root.as_fd(), true)
+    }
+
+    /// Whether the file system of mount `mnt_id` (the target's, from its
+    /// `mountinfo`) may have a server that does not answer. An unknown mount
+    /// may.
+    fn may_wait(&self, mnt_id: Option<u64>) -> bool {
+        let Some(mnt_id) = mnt_id else {
+            return true;
+        };
+        let Ok(file) = openat(
+            self.fd_dir,
+            "../mountinfo",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return true;
+        };
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut std::fs::File::from(file), &mut text).is_err() {
+            return true;
+        }
+        mount_fstype(&text, mnt_id).is_none_or(fstype_may_wait)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems
@@ -1247,6 +1289,42 @@ pub(crate) fn anon_kind(raw: &str) -> String {
     }
 }
 
+/// The file system type of mount `mnt_id` in a `mountinfo` text: the field
+/// after the " - " separator (optional fields come before it).
+fn mount_fstype(mountinfo: &str, mnt_id: u64) -> Option<&str> {
+    mountinfo.lines().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let id: u64 = head.split(' ').next()?.parse().ok()?;
+        (id == mnt_id).then(|| tail.split(' ').next()).flatten()
+    })
+}
+
+/// File systems whose attributes or names may have to come from a server
+/// (a daemon, the network) that can fail to answer.
+fn fstype_may_wait(fstype: &str) -> bool {
+    const REMOTE: &[&str] = &[
+        "fuse",
+        "fuseblk",
+        "virtiofs",
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "afs",
+        "coda",
+        "lustre",
+        "orangefs",
+        "vboxsf",
+        "gfs2",
+        "ocfs2",
+        "glusterfs",
+    ];
+    fstype.starts_with("fuse.") || REMOTE.contains(&fstype)
+}
+
 fn devstr(dev: u64) -> String {
     format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
 }
@@ -1271,4 +1349,31 @@ fn itoa(mut n: i32) -> String {
 /// cgroup's CPU quota files at every call (about ten system calls).
 pub(crate) fn cores() -> usize {
     rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The type comes after the separator, whatever optional fields come
+    /// before it, and only for the mount asked about.
+    #[test]
+    fn mount_fstype_reads_the_field_after_the_separator() {
+        let text = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /mnt/s rw,nosuid shared:7 master:2 - fuse.sshfs host:/ rw,user_id=0
+41 22 0:36 / /mnt/n rw - nfs4 srv:/x rw,vers=4.2
+";
+        assert_eq!(mount_fstype(text, 22), Some("ext4"));
+        assert_eq!(mount_fstype(text, 40), Some("fuse.sshfs"));
+        assert_eq!(mount_fstype(text, 41), Some("nfs4"));
+        assert_eq!(mount_fstype(text, 4), None);
+        assert!(fstype_may_wait("fuse.sshfs") && fstype_may_wait("fuse"));
+        assert!(fstype_may_wait("nfs4") && fstype_may_wait("9p") && fstype_may_wait("cifs"));
+        for local in [
+            "ext4", "xfs", "btrfs", "tmpfs", "overlay", "sysfs", "cgroup2", "fusectl",
+        ] {
+            assert!(!fstype_may_wait(local), "{local}");
+        }
+    }
 }

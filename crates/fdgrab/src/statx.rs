@@ -6,10 +6,12 @@
 //! file on FUSE whose cached attributes have expired sends `GETATTR` to the FUSE
 //! server, and a server that never answers (a dead sshfs, a stuck lxcfs) holds the
 //! caller for good: once the server has read the request, not even `SIGKILL` ends
-//! the wait. NFS, CIFS, 9p and Ceph likewise go to the server. With
-//! `AT_STATX_DONT_SYNC` they all answer from the inode as it is cached; device,
-//! inode number, type and rdev never change for an inode, and size and link count
-//! are what this host last saw. Local file systems answer the same either way.
+//! the wait. NFS and Ceph likewise go to the server. With `AT_STATX_DONT_SYNC`
+//! they answer from the inode as it is cached (CIFS too, as long as the size is
+//! not asked for); device, inode number, type and rdev never change for an
+//! inode, and size and link count are what this host last saw. Local file
+//! systems answer the same either way. 9p mounted without `cache=loose` or
+//! `cache=meta` asks its server whatever the flag.
 //!
 //! The call is refused in some sandboxes (older container seccomp profiles fail
 //! `statx` with `EPERM`, old kernels lack it): then `fstatat`, which may wait,
@@ -47,10 +49,13 @@ impl Attrs {
 /// Set once `statx` was refused; every later call goes to `fstatat`.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// The size is not asked for, though it is used: the kernel copies every basic
+/// field whatever the mask, and CIFS waits for the file's pending writes to
+/// reach its server when the size is asked for (`filemap_fdatawait`, which no
+/// signal ends), even with `AT_STATX_DONT_SYNC`.
 const WANTED: StatxFlags = StatxFlags::TYPE
     .union(StatxFlags::INO)
-    .union(StatxFlags::NLINK)
-    .union(StatxFlags::SIZE);
+    .union(StatxFlags::NLINK);
 
 /// The attributes of `path` relative to `dir`, following a final link (the
 /// magic links of `/proc/PID/fd/` included), from the kernel's cache.
@@ -63,30 +68,35 @@ pub fn cached(fd: impl AsFd) -> Result<Attrs> {
     stat(fd.as_fd(), "", AtFlags::EMPTY_PATH)
 }
 
-/// Set once `openat2` with `RESOLVE_CACHED` was refused; [`cached_walk`] then
-/// walks as `fstatat` does.
+/// Set once `openat2` with `RESOLVE_CACHED` was found refused; [`cached_walk`]
+/// then walks as `fstatat` does.
 static WALK_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The attributes of the file `path` names (the final component itself, not
 /// what it may point to), looked up by name relative to `dir` only as far as
-/// the kernel's caches go: `Err(EAGAIN)` when a name is not cached or its
-/// cached entry is due to be checked with the file system (a FUSE or NFS entry
-/// past its timeout), which then is not asked. With `in_root`, `dir` is the
-/// root the walk cannot leave (absolute names and `..` stay under it).
+/// the kernel's caches go. With `in_root`, `dir` is the root the walk cannot
+/// leave (absolute names and `..` stay under it).
+///
+/// `Err(EAGAIN)`: the walk could not finish from the caches. That is a name
+/// not cached, a cached entry due to be checked with its file system (a FUSE
+/// or NFS entry past its timeout), but also, with everything cached, a file
+/// system that never answers from its caches alone (sysfs and cgroupfs) or a
+/// permission check that would have to read an ACL from disk. The caller
+/// decides whether a full walk ([`walk`]) is safe for it.
 ///
 /// `openat2(O_PATH, RESOLVE_CACHED)` (Linux 5.12): the walk stays in RCU
 /// mode, where a file system can only answer from its cache, and an `O_PATH`
 /// open calls no file system code. Where it is refused (an older kernel:
-/// `EINVAL` or `ENOSYS`, or a sandbox: `EPERM`), the name is walked as
-/// `fstatat` walks it, which may wait for the file's server.
+/// `EINVAL` or `ENOSYS`, or a sandbox: `EPERM`, each confirmed on `/`, since a
+/// name can give `EINVAL` of its own), the name is walked in full, which may
+/// wait for the file's server.
 pub fn cached_walk(
     dir: impl AsFd,
     path: impl rustix::path::Arg + Copy,
     in_root: bool,
 ) -> Result<Attrs> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::fs::ResolveFlags;
     let dir = dir.as_fd();
-    let oflags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut resolve = ResolveFlags::CACHED;
     if in_root {
         resolve |= ResolveFlags::IN_ROOT;
@@ -96,17 +106,29 @@ pub fn cached_walk(
         // EAGAIN: one more try tells that apart from a name not cached.
         let mut tries = 2;
         loop {
-            match rustix::fs::openat2(dir, path, oflags, Mode::empty(), resolve) {
+            match open_path(dir, path, resolve) {
                 Ok(fd) => return cached(&fd),
                 Err(Errno::AGAIN) if tries > 1 => tries -= 1,
-                Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
-                    WALK_REFUSED.store(true, Ordering::Relaxed);
-                    break;
+                Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::PERM)) => {
+                    match open_path(rustix::fs::CWD, "/", ResolveFlags::CACHED) {
+                        Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
+                            WALK_REFUSED.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        _ => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
     }
+    walk(dir, path, in_root)
+}
+
+/// [`cached_walk`]'s name looked up in full, as `fstatat` looks it up: a
+/// directory entry that is not cached, or is due to be checked, is asked of
+/// its file system. The final attributes still come from the cache.
+pub fn walk(dir: impl AsFd, path: impl rustix::path::Arg + Copy, in_root: bool) -> Result<Attrs> {
     let path = path.into_c_str()?;
     let bytes = path.to_bytes();
     let relative = match bytes.iter().position(|&b| b != b'/') {
@@ -114,7 +136,17 @@ pub fn cached_walk(
         None if in_root => b".".as_slice(),
         _ => bytes,
     };
-    stat(dir, relative, AtFlags::SYMLINK_NOFOLLOW)
+    stat(dir.as_fd(), relative, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn open_path(
+    dir: BorrowedFd<'_>,
+    path: impl rustix::path::Arg,
+    resolve: rustix::fs::ResolveFlags,
+) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let oflags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat2(dir, path, oflags, Mode::empty(), resolve)
 }
 
 fn stat(dir: BorrowedFd<'_>, path: impl rustix::path::Arg + Copy, flags: AtFlags) -> Result<Attrs> {

@@ -6,6 +6,7 @@ use crate::exit::{Code, UsageError};
 use anyhow::Result;
 use fdgrab::inventory::{escape, query, FdEntry, FdKind, ProcessFds, Query, QueryResult};
 use fdgrab::{Error, TargetFd};
+use rustix::fs::{Mode, OFlags};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
@@ -175,16 +176,21 @@ pub fn fast_ls(argv: &[std::ffi::OsString]) -> Option<LsArgs> {
 fn build_query(a: &LsArgs) -> Result<Query> {
     let (file, file_is_socket) = match &a.path {
         Some(p) => {
-            // Cached attributes, as for the fds compared with it: a path on a
-            // file server that does not answer still names its device and inode.
-            let m = fdgrab::statx::cached_at(rustix::fs::CWD, p.as_path()).map_err(|e| {
+            // One walk of the name, to an O_PATH descriptor (which calls no
+            // file system code), then its cached attributes, as for the fds
+            // compared with it: a path on a file server that does not answer
+            // still names its device and inode.
+            let cannot = |e: rustix::io::Errno| {
                 let e = std::io::Error::from(e);
                 UsageError(format!("--path {}: cannot stat it: {e}", p.display()))
-            })?;
+            };
+            let flags = OFlags::PATH | OFlags::CLOEXEC;
+            let fd = rustix::fs::open(p.as_path(), flags, Mode::empty()).map_err(cannot)?;
+            let m = fdgrab::statx::cached(&fd).map_err(cannot)?;
             // A unix socket's name is matched by the sockets bound to it; a
             // socket itself (/proc/PID/fd/N of one, an inode of sockfs) by the
             // fds on it, as any other file and as fuser does.
-            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(&m);
+            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(&fd);
             (Some((m.dev, m.ino)), name)
         }
         None => (None, false),
@@ -203,17 +209,16 @@ fn build_query(a: &LsArgs) -> Result<Query> {
     })
 }
 
-/// Whether `m` is a socket itself rather than a name one was bound to. Every
-/// socket is an inode of the kernel's one sockfs mount, so its device is that of
-/// any socket, such as one made for the question. Asking the path's own file
-/// system (`statfs`) was a request to its server when the name is on FUSE or
-/// NFS, and one that does not answer held `ls` for good.
-fn on_sockfs(m: &fdgrab::statx::Attrs) -> bool {
-    use rustix::net::{socket, AddressFamily, SocketType};
-    socket(AddressFamily::UNIX, SocketType::DGRAM, None)
-        .ok()
-        .and_then(|s| fdgrab::statx::cached(&s).ok())
-        .is_some_and(|s| s.dev == m.dev)
+/// Whether `fd`, opened on a socket's inode, is on the socket itself rather
+/// than on a name one was bound to. sockfs names its inodes `socket:[INODE]`,
+/// which is what the kernel gives for the descriptor's path; a name's path is
+/// the name's. Asking the name's own file system (`statfs`) was a request to its
+/// server when the name is on FUSE or NFS, and one that does not answer held
+/// `ls` for good; comparing with the device of a socket made for the question
+/// needed a `socket()`, which sandboxes may refuse.
+fn on_sockfs(fd: &std::os::fd::OwnedFd) -> bool {
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    rustix::fs::readlink(link, Vec::new()).is_ok_and(|l| l.to_bytes().starts_with(b"socket:["))
 }
 
 /// A user name (through NSS, as `run --user` resolves it) or a number.

@@ -45,8 +45,9 @@
 //!   a counting SIGUSR1 handler without `SA_RESTART`. A line on stdin makes the helper
 //!   unlock; the main thread then prints `{"ret", "errno", "count"}`.
 //! - `exec-enosys NAME[=ERRNO],... -- CMD ARGS...`: makes the named syscalls
-//!   (`pidfd_open`, `pidfd_getfd`, `statx`, `openat2`, `kcmp`) fail with ENOSYS,
-//!   or with ERRNO (`EPERM`, `EINVAL`) where given, then execs CMD. Prints no report.
+//!   (`pidfd_open`, `pidfd_getfd`, `statx`, `openat2`, `kcmp`, `socket`) fail with
+//!   ENOSYS, or with ERRNO (`EPERM`, `EINVAL`, `EAFNOSUPPORT`) where given, then
+//!   execs CMD. Prints no report.
 
 use serde_json::{json, Value};
 use std::ffi::CString;
@@ -1368,6 +1369,7 @@ fn exec_enosys(args: &[String]) {
             "statx" => libc::SYS_statx,
             "openat2" => libc::SYS_openat2,
             "kcmp" => libc::SYS_kcmp,
+            "socket" => libc::SYS_socket,
             other => {
                 eprintln!("fdgrab-target: unknown syscall {other}");
                 std::process::exit(2);
@@ -1377,6 +1379,7 @@ fn exec_enosys(args: &[String]) {
             "ENOSYS" => libc::ENOSYS,
             "EPERM" => libc::EPERM,
             "EINVAL" => libc::EINVAL,
+            "EAFNOSUPPORT" => libc::EAFNOSUPPORT,
             other => {
                 eprintln!("fdgrab-target: unknown errno {other}");
                 std::process::exit(2);

@@ -173,7 +173,7 @@ pub fn take_sockets_with(
             fd: ours, backend, ..
         } = how.grab(target, fd)?;
         let st = crate::statx::cached(&ours)
-            .map_err(|e| Error::io("statx", target.pid(), Some(fd), e))?;
+            .map_err(|e| Error::io("stat", target.pid(), Some(fd), e))?;
         if st.ino != sel.inode {
             return Err(Error::WrongKind {
                 pid: target.pid(),
