@@ -2056,10 +2056,7 @@ fn a_file_server_that_does_not_answer_stalls_no_search_for_a_master() {
         skip("FUSE cannot be mounted here (attach tests run as root)");
         return;
     };
-    let dir = std::path::Path::new(&fs.file())
-        .parent()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = fs.dir();
     let mut holder = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg("mount --bind \"$0\" /dev/pts && exec 3</dev/pts/f && exec sleep 60")

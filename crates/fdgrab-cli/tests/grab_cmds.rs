@@ -992,10 +992,7 @@ fn grab_commands_ask_no_file_server_of_other_fds() {
         fdgrab_testkit::skip("FUSE cannot be mounted here");
         return;
     };
-    let dir = std::path::Path::new(&fs.file())
-        .parent()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = fs.dir();
     let work = fdgrab_testkit::test_path("grab-neighbour", "dir");
     std::fs::create_dir_all(&work).expect("dir");
     let plain = work.join("plain");

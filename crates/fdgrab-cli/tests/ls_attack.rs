@@ -30,15 +30,7 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 fn ls_json(args: &[&str]) -> Value {
-    let mut cmd = fdgrab_testkit::fdgrab();
-    cmd.arg("ls").args(args).arg("--json");
-    let out = output_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        out.status.success(),
-        "ls {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON document")
+    ls_json_filtered(None, None, args)
 }
 
 /// A live file whose name ends in " (deleted)" is not deleted: the kernel adds
@@ -1588,10 +1580,7 @@ fn no_listing_asks_a_file_server_that_does_not_answer() {
         fdgrab_testkit::skip("FUSE cannot be mounted here");
         return;
     };
-    let dir = std::path::Path::new(&fs.file())
-        .parent()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = fs.dir();
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(FUSE_HOLDER).arg(&dir);
     let t = Target::spawn_cmd(cmd);

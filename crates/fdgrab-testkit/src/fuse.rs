@@ -411,6 +411,11 @@ impl FuseFile {
         })
     }
 
+    /// The mount point: the directory holding the file system's names.
+    pub fn dir(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
     /// The path of the file.
     pub fn file(&self) -> String {
         self.dir.join("f").to_string_lossy().into_owned()
