@@ -457,19 +457,7 @@ ctypes.CDLL(None).syscall(60, 0)  # exit(2): the leader thread alone
         vec![&pid[..], "--listen"],
     ] {
         let doc = ls_json(&args);
-        let found: Vec<(i64, i64)> = doc["processes"]
-            .as_array()
-            .expect("processes")
-            .iter()
-            .flat_map(|p| {
-                let pid = p["pid"].as_i64().expect("pid");
-                p["fds"]
-                    .as_array()
-                    .expect("fds")
-                    .iter()
-                    .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
-            })
-            .collect();
+        let found = pid_fd_pairs(&doc);
         let ours = (i64::from(t.pid), fd);
         if args[0] == pid {
             assert_eq!(found, [ours], "ls {args:?}: {doc}");
@@ -901,6 +889,23 @@ fn fuser_pids(path: &str) -> Vec<i64> {
     pids.sort_unstable();
     pids.dedup();
     pids
+}
+
+/// Every (pid, fd) a schema 2 document lists, in its order.
+fn pid_fd_pairs(doc: &Value) -> Vec<(i64, i64)> {
+    doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .flat_map(|p| {
+            let pid = p["pid"].as_i64().expect("pid");
+            p["fds"]
+                .as_array()
+                .expect("fds")
+                .iter()
+                .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
+        })
+        .collect()
 }
 
 /// `fdgrab ls ARGS` (which must succeed): stdout.
@@ -1725,19 +1730,7 @@ fn path_of_a_socket_itself_is_found_where_sockets_are_refused() {
     let path = format!("/proc/{}/fd/{}", t.pid, t.report["fd"]);
     for filter in [None, Some("socket=EAFNOSUPPORT")] {
         let doc = ls_json_filtered(filter, None, &["--path", &path]);
-        let found: Vec<(i64, i64)> = doc["processes"]
-            .as_array()
-            .expect("processes")
-            .iter()
-            .flat_map(|p| {
-                let pid = p["pid"].as_i64().expect("pid");
-                p["fds"]
-                    .as_array()
-                    .expect("fds")
-                    .iter()
-                    .map(move |e| (pid, e["fd"].as_i64().expect("fd")))
-            })
-            .collect();
+        let found = pid_fd_pairs(&doc);
         let want = (i64::from(t.pid), t.report["fd"].as_i64().expect("fd"));
         assert!(
             found.contains(&want),
