@@ -1411,6 +1411,28 @@ fn a_name_like_a_deleted_one_on_a_file_server_that_does_not_answer_stalls_no_lis
     // name asks it again.
     std::thread::sleep(std::time::Duration::from_millis(1300));
     fs.slow_lookups();
+    // Where the walk through the caches is refused (Linux before 5.12:
+    // EINVAL, before 5.6: ENOSYS), the same rule holds: a full walk is made
+    // only through mounts that cannot wait, and this one is FUSE.
+    for filter in ["openat2=EINVAL", "openat2=ENOSYS"] {
+        let before = fs.slow_requests();
+        let started = std::time::Instant::now();
+        let doc = ls_json_filtered(Some(filter), None, &[&pid, "--fd", "3"]);
+        let took = started.elapsed();
+        assert_eq!(
+            fs.slow_requests(),
+            before,
+            "{filter}: a lookup on the server"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{filter}: {took:?}"
+        );
+        assert_eq!(
+            doc["processes"][0]["fds"][0]["deleted"], true,
+            "{filter}: {doc}"
+        );
+    }
     let before = fs.slow_requests();
 
     let started = std::time::Instant::now();
@@ -1737,4 +1759,62 @@ fn path_of_a_socket_itself_is_found_where_sockets_are_refused() {
             "{filter:?}: {want:?} not in {found:?}"
         );
     }
+}
+
+/// The full walk that settles a name ending in " (deleted)" where the caches
+/// cannot is made only through mounts that cannot wait: an overlay whose lower
+/// layer is a FUSE mount is not one (its lookups go down to the FUSE server),
+/// though the fd's own mount is the overlay. The server answers lookups 2 s
+/// late and counts them.
+#[test]
+fn a_name_on_an_overlay_over_a_file_server_is_not_walked() {
+    let Some(fs) = fdgrab_testkit::fuse::FuseFile::mount("ls-overlay") else {
+        fdgrab_testkit::skip("FUSE cannot be mounted here");
+        return;
+    };
+    let dir = temp_dir("overlay");
+    let (upper, work, merged) = (dir.join("u"), dir.join("w"), dir.join("m"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).expect("overlay dirs");
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        fs.dir(),
+        upper.display(),
+        work.display()
+    );
+    let mut mount = Command::new("mount");
+    mount
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged);
+    let out = output_timeout(&mut mount, TIMEOUT);
+    if !out.status.success() {
+        fdgrab_testkit::skip(&format!(
+            "overlay over FUSE cannot be mounted here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let file = merged.join("g (deleted)").to_string_lossy().into_owned();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
+    let t = Target::spawn_cmd(cmd);
+    // Past the server's one-second entry timeout, a walk by name asks it again.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    fs.slow_lookups();
+    let before = fs.slow_requests();
+    let started = std::time::Instant::now();
+    let doc = ls_json(&[&t.pid.to_string(), "--fd", "3"]);
+    let took = started.elapsed();
+    drop(t);
+    let _ = output_timeout(Command::new("umount").arg(&merged), TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        fs.slow_requests(),
+        before,
+        "ls looked the name up on the server"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert_eq!(doc["processes"][0]["fds"][0]["type"], "file", "{doc}");
 }

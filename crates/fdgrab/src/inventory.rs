@@ -569,6 +569,8 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             fdinfo_dir: &fdinfo_dir,
             devs_by_mount: HashMap::new(),
             pseudo_mounts: HashMap::new(),
+            our_mounts: None,
+            target_mounts: None,
         };
         // A reader of ranges moves its own directory position.
         let own_dir = match blocks.source {
@@ -958,6 +960,11 @@ struct EntryReader<'a> {
     devs_by_mount: HashMap<u64, Option<u64>>,
     /// Mount ids known to be sockfs or pipefs, with their link prefix.
     pseudo_mounts: HashMap<u64, &'static str>,
+    /// Our `mountinfo` and the target's, read at their first use (a name
+    /// ending in " (deleted)" that the caches cannot tell); `None` inside when
+    /// unreadable.
+    our_mounts: Option<Option<Vec<u8>>>,
+    target_mounts: Option<Option<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -1183,74 +1190,82 @@ impl EntryReader<'_> {
     /// inodes that still have a link, so unlinked files cost nothing.
     ///
     /// The name is walked through the kernel's caches first
-    /// ([`crate::statx::cached_walk`]). Where they cannot tell, the walk is
-    /// made in full unless the fd's file system is one whose server may not
-    /// answer (FUSE, NFS, CIFS, 9p, Ceph and the like, by the fd's mount in the
-    /// target's `mountinfo`): then the suffix is taken for the kernel's, as for
-    /// a file that was unlinked (whose name with the suffix is not cached
+    /// ([`crate::statx::cached_walk`]). Where they cannot tell, it is walked in
+    /// full ([`crate::statx::walk`], no symbolic link followed) only if no mount
+    /// the walk can cross, by the mount table of the namespace it is made in,
+    /// is of a file system whose server may not answer (FUSE, NFS, CIFS, 9p,
+    /// Ceph, autofs, and overlay and other stacked file systems, whose layers
+    /// may be any of these); otherwise the suffix is taken for the kernel's, as
+    /// for a file that was unlinked (whose name with the suffix is not cached
     /// either). Local file systems can leave the cached walk with everything
     /// cached (sysfs and cgroupfs always do; a directory's ACL not read yet
     /// does), and there a full walk asks nothing of a server.
-    fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
-        if e.nlink.is_none_or(|n| n == 0) {
+    fn names_this_inode(&mut self, path: &[u8], e: &FdEntry) -> bool {
+        // A name the kernel could not write from a root (a file on a mount out
+        // of reach) would be walked from our working directory instead.
+        if e.nlink.is_none_or(|n| n == 0) || !path.starts_with(b"/") {
             return false;
         }
         let same =
             |st: crate::statx::Attrs| Some(devstr(st.dev)) == e.dev && Some(st.ino) == e.inode;
-        let mut full_walk_safe = None;
-        let mut found = |dir: BorrowedFd<'_>, in_root: bool| match crate::statx::cached_walk(
-            dir, path, in_root,
-        ) {
+        // From our root, in our mount namespace, then from the target's root,
+        // in its namespace (reached through procfs alone: an O_PATH open calls
+        // no file system code, and the walk starts past it).
+        let Ok(our_root) = rustix::fs::open("/", Self::ROOT_FLAGS, Mode::empty()) else {
+            return false;
+        };
+        if self.name_is(&our_root, false, path, same) {
+            return true;
+        }
+        let Ok(root) = openat(self.fd_dir, "../root", Self::ROOT_FLAGS, Mode::empty()) else {
+            return false;
+        };
+        self.name_is(&root, true, path, same)
+    }
+
+    const ROOT_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+    /// Whether `path`, walked from `root` (ours, or with `in_root` the
+    /// target's), is a file `same` accepts; see [`Self::names_this_inode`].
+    fn name_is(
+        &mut self,
+        root: &OwnedFd,
+        in_root: bool,
+        path: &[u8],
+        same: impl Fn(crate::statx::Attrs) -> bool,
+    ) -> bool {
+        let dir = if in_root {
+            root.as_fd()
+        } else {
+            rustix::fs::CWD
+        };
+        match crate::statx::cached_walk(dir, path, in_root) {
+            Ok(st) => same(st),
             Err(Errno::AGAIN) => {
-                let safe = *full_walk_safe.get_or_insert_with(|| !self.may_wait(e.mnt_id));
+                let table = if in_root {
+                    let fd_dir = self.fd_dir;
+                    self.target_mounts
+                        .get_or_insert_with(|| read_mountinfo(fd_dir.as_fd(), "../mountinfo"))
+                } else {
+                    self.our_mounts.get_or_insert_with(|| {
+                        read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo")
+                    })
+                };
+                let safe = table.as_deref().is_some_and(|t| {
+                    crate::statx::mount_id(root).is_some_and(|r| walk_is_local(t, r, path))
+                });
                 if !safe {
                     tracing::debug!(
                         pid = self.pid,
-                        fd = e.fd.as_raw(),
-                        "name not cached on a file system whose server may not answer; \
-                         its \" (deleted)\" is taken for the kernel's"
+                        "{} is not cached and a mount on its way may wait for a server; \
+                         its \" (deleted)\" is taken for the kernel's",
+                        String::from_utf8_lossy(path)
                     );
                 }
                 safe && crate::statx::walk(dir, path, in_root).is_ok_and(same)
             }
-            r => r.is_ok_and(same),
-        };
-        if found(rustix::fs::CWD, false) {
-            return true;
+            Err(_) => false,
         }
-        // The target's root, reached through procfs alone: an O_PATH open
-        // calls no file system code, and the walk below starts past it.
-        let Ok(root) = openat(
-            self.fd_dir,
-            "../root",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return false;
-        };
-        found(root.as_fd(), true)
-    }
-
-    /// Whether the file system of mount `mnt_id` (the target's, from its
-    /// `mountinfo`) may have a server that does not answer. An unknown mount
-    /// may.
-    fn may_wait(&self, mnt_id: Option<u64>) -> bool {
-        let Some(mnt_id) = mnt_id else {
-            return true;
-        };
-        let Ok(file) = openat(
-            self.fd_dir,
-            "../mountinfo",
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return true;
-        };
-        let mut text = String::new();
-        if std::io::Read::read_to_string(&mut std::fs::File::from(file), &mut text).is_err() {
-            return true;
-        }
-        mount_fstype(&text, mnt_id).is_none_or(fstype_may_wait)
     }
 
     /// The device of everything on one mount is the same, so pseudo file systems
@@ -1289,40 +1304,112 @@ pub(crate) fn anon_kind(raw: &str) -> String {
     }
 }
 
-/// The file system type of mount `mnt_id` in a `mountinfo` text: the field
-/// after the " - " separator (optional fields come before it).
-fn mount_fstype(mountinfo: &str, mnt_id: u64) -> Option<&str> {
-    mountinfo.lines().find_map(|line| {
-        let (head, tail) = line.split_once(" - ")?;
-        let id: u64 = head.split(' ').next()?.parse().ok()?;
-        (id == mnt_id).then(|| tail.split(' ').next()).flatten()
-    })
+/// The whole of a `mountinfo` file, `None` if it cannot be read.
+fn read_mountinfo(dir: BorrowedFd<'_>, path: &str) -> Option<Vec<u8>> {
+    let file = openat(dir, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(file), &mut text).ok()?;
+    Some(text)
 }
 
-/// File systems whose attributes or names may have to come from a server
-/// (a daemon, the network) that can fail to answer.
-fn fstype_may_wait(fstype: &str) -> bool {
-    const REMOTE: &[&str] = &[
-        "fuse",
-        "fuseblk",
-        "virtiofs",
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "9p",
-        "ceph",
-        "afs",
-        "coda",
-        "lustre",
-        "orangefs",
-        "vboxsf",
-        "gfs2",
-        "ocfs2",
-        "glusterfs",
+/// Whether a walk of `path` from the root whose mount is `root_mnt`, with no
+/// symbolic link followed, crosses only mounts that answer without a server, by
+/// the mount table `mountinfo` of the namespace it is made in: the root must be
+/// a mount's root at "/" (a process chrooted into a directory shows no mount for
+/// where it is), and every mount at "/", at `path` or at a directory above it
+/// (any mount there, the ones beneath the top one too) must be local.
+fn walk_is_local(mountinfo: &[u8], root_mnt: u64, path: &[u8]) -> bool {
+    let mut root_seen = false;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let Some((id, point, fstype)) = mountinfo_fields(line) else {
+            continue;
+        };
+        let above = point == b"/"
+            || path
+                .strip_prefix(point.as_slice())
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/');
+        if above && fstype_may_wait(fstype) {
+            return false;
+        }
+        root_seen |= id == root_mnt && point == b"/";
+    }
+    root_seen
+}
+
+/// Mount id, mount point (its octal escapes undone) and file system type of
+/// one `mountinfo` line. The type is the first field after the " - "
+/// separator: optional fields come before it, and escaped names hold no space.
+fn mountinfo_fields(line: &[u8]) -> Option<(u64, Vec<u8>, &[u8])> {
+    let sep = line.windows(3).position(|w| w == b" - ")?;
+    let (head, tail) = (&line[..sep], &line[sep + 3..]);
+    let mut fields = head.split(|&b| b == b' ');
+    let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let point = unescape_octal(fields.nth(3)?);
+    let fstype = tail.split(|&b| b == b' ').next()?;
+    Some((id, point, fstype))
+}
+
+/// `\NNN` octal escapes (space, tab, newline, backslash in mount points) undone.
+fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let digits = s
+            .get(i + 1..i + 4)
+            .filter(|d| s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match digits {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(s[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// File systems whose names or attributes may have to come from a server (a
+/// daemon, the network) that can fail to answer, and those stacked on other
+/// file systems that may be such (overlay's layers), or that mount on first
+/// use (autofs).
+fn fstype_may_wait(fstype: &[u8]) -> bool {
+    const REMOTE: &[&[u8]] = &[
+        b"fuse",
+        b"fuseblk",
+        b"virtiofs",
+        b"nfs",
+        b"nfs4",
+        b"cifs",
+        b"smb3",
+        b"smbfs",
+        b"9p",
+        b"ceph",
+        b"afs",
+        b"coda",
+        b"lustre",
+        b"pvfs2",
+        b"vboxsf",
+        b"gfs2",
+        b"ocfs2",
+        b"glusterfs",
+        b"beegfs",
+        b"gpfs",
+        b"cvfs",
+        b"davfs",
+        b"autofs",
+        b"overlay",
+        b"aufs",
+        b"ecryptfs",
+        b"shiftfs",
+        b"unionfs",
     ];
-    fstype.starts_with("fuse.") || REMOTE.contains(&fstype)
+    fstype.starts_with(b"fuse.") || fstype.starts_with(b"fuseblk.") || REMOTE.contains(&fstype)
 }
 
 fn devstr(dev: u64) -> String {
@@ -1355,25 +1442,47 @@ pub(crate) fn cores() -> usize {
 mod tests {
     use super::*;
 
-    /// The type comes after the separator, whatever optional fields come
-    /// before it, and only for the mount asked about.
-    #[test]
-    fn mount_fstype_reads_the_field_after_the_separator() {
-        let text = "\
+    const TABLE: &[u8] = b"\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
 40 22 0:35 / /mnt/s rw,nosuid shared:7 master:2 - fuse.sshfs host:/ rw,user_id=0
-41 22 0:36 / /mnt/n rw - nfs4 srv:/x rw,vers=4.2
+41 22 0:36 / /srv/my\\040data rw - nfs4 srv:/x rw,vers=4.2
+42 22 0:37 / /tmp rw - tmpfs tmpfs rw
+43 42 0:38 / /tmp/o rw - overlay overlay rw,lowerdir=/a
 ";
-        assert_eq!(mount_fstype(text, 22), Some("ext4"));
-        assert_eq!(mount_fstype(text, 40), Some("fuse.sshfs"));
-        assert_eq!(mount_fstype(text, 41), Some("nfs4"));
-        assert_eq!(mount_fstype(text, 4), None);
-        assert!(fstype_may_wait("fuse.sshfs") && fstype_may_wait("fuse"));
-        assert!(fstype_may_wait("nfs4") && fstype_may_wait("9p") && fstype_may_wait("cifs"));
+
+    /// The fields come from either side of the separator, whatever optional
+    /// fields come before it, with a mount point's escapes undone.
+    #[test]
+    fn mountinfo_fields_read_each_side_of_the_separator() {
+        let lines: Vec<_> = TABLE
+            .split(|&b| b == b'\n')
+            .filter_map(mountinfo_fields)
+            .collect();
+        assert_eq!(lines[1], (40, b"/mnt/s".to_vec(), b"fuse.sshfs".as_slice()));
+        assert_eq!(lines[2], (41, b"/srv/my data".to_vec(), b"nfs4".as_slice()));
+        assert_eq!(unescape_octal(b"a\\134b\\012\\9"), b"a\\b\n\\9");
+        assert!(fstype_may_wait(b"fuse.sshfs") && fstype_may_wait(b"fuseblk.ntfs"));
+        assert!(fstype_may_wait(b"nfs4") && fstype_may_wait(b"9p") && fstype_may_wait(b"overlay"));
         for local in [
-            "ext4", "xfs", "btrfs", "tmpfs", "overlay", "sysfs", "cgroup2", "fusectl",
+            "ext4", "xfs", "btrfs", "tmpfs", "sysfs", "cgroup2", "fusectl",
         ] {
-            assert!(!fstype_may_wait(local), "{local}");
+            assert!(!fstype_may_wait(local.as_bytes()), "{local}");
         }
+    }
+
+    /// A walk is local when the root is the "/" mount named and no mount at
+    /// "/" or above the name may wait; mounts elsewhere do not count.
+    #[test]
+    fn a_walk_is_local_only_through_local_mounts() {
+        assert!(walk_is_local(TABLE, 22, b"/home/a (deleted)"));
+        assert!(walk_is_local(TABLE, 22, b"/tmp/x (deleted)"));
+        assert!(walk_is_local(TABLE, 22, b"/mnt/sx"));
+        assert!(!walk_is_local(TABLE, 22, b"/mnt/s/x (deleted)"));
+        assert!(!walk_is_local(TABLE, 22, b"/mnt/s"));
+        assert!(!walk_is_local(TABLE, 22, b"/srv/my data/f"));
+        assert!(!walk_is_local(TABLE, 22, b"/tmp/o/f"));
+        // A root that is not a mount's root at "/" (a chroot into a directory).
+        assert!(!walk_is_local(TABLE, 42, b"/x"));
+        assert!(!walk_is_local(TABLE, 99, b"/x"));
     }
 }

@@ -11,7 +11,8 @@
 //! not asked for); device, inode number, type and rdev never change for an
 //! inode, and size and link count are what this host last saw. Local file
 //! systems answer the same either way. 9p mounted without `cache=loose` or
-//! `cache=meta` asks its server whatever the flag.
+//! `cache=meta` asks its server whatever the flag, and CIFS does for a file
+//! unlinked on this host.
 //!
 //! The call is refused in some sandboxes (older container seccomp profiles fail
 //! `statx` with `EPERM`, old kernels lack it): then `fstatat`, which may wait,
@@ -69,7 +70,7 @@ pub fn cached(fd: impl AsFd) -> Result<Attrs> {
 }
 
 /// Set once `openat2` with `RESOLVE_CACHED` was found refused; [`cached_walk`]
-/// then walks as `fstatat` does.
+/// then cannot tell anything.
 static WALK_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The attributes of the file `path` names (the final component itself, not
@@ -77,58 +78,72 @@ static WALK_REFUSED: AtomicBool = AtomicBool::new(false);
 /// the kernel's caches go. With `in_root`, `dir` is the root the walk cannot
 /// leave (absolute names and `..` stay under it).
 ///
-/// `Err(EAGAIN)`: the walk could not finish from the caches. That is a name
-/// not cached, a cached entry due to be checked with its file system (a FUSE
-/// or NFS entry past its timeout), but also, with everything cached, a file
-/// system that never answers from its caches alone (sysfs and cgroupfs) or a
-/// permission check that would have to read an ACL from disk. The caller
-/// decides whether a full walk ([`walk`]) is safe for it.
+/// `Err(EAGAIN)`: the caches could not tell. That is a name not cached, a
+/// cached entry due to be checked with its file system (a FUSE or NFS entry
+/// past its timeout), but also, with everything cached, a file system that
+/// never answers from its caches alone (sysfs and cgroupfs) or a permission
+/// check that would have to read an ACL from disk; and a kernel or sandbox
+/// that refuses such a walk. The caller decides whether a full walk
+/// ([`walk`]) is safe for it.
 ///
 /// `openat2(O_PATH, RESOLVE_CACHED)` (Linux 5.12): the walk stays in RCU
 /// mode, where a file system can only answer from its cache, and an `O_PATH`
-/// open calls no file system code. Where it is refused (an older kernel:
-/// `EINVAL` or `ENOSYS`, or a sandbox: `EPERM`, each confirmed on `/`, since a
-/// name can give `EINVAL` of its own), the name is walked in full, which may
-/// wait for the file's server.
+/// open calls no file system code. Refused means `EINVAL` or `ENOSYS` (an
+/// older kernel) or `EPERM` (a sandbox), each confirmed on `/`, since a name
+/// can give `EINVAL` of its own.
 pub fn cached_walk(
     dir: impl AsFd,
     path: impl rustix::path::Arg + Copy,
     in_root: bool,
 ) -> Result<Attrs> {
     use rustix::fs::ResolveFlags;
+    if WALK_REFUSED.load(Ordering::Relaxed) {
+        return Err(Errno::AGAIN);
+    }
     let dir = dir.as_fd();
     let mut resolve = ResolveFlags::CACHED;
     if in_root {
         resolve |= ResolveFlags::IN_ROOT;
     }
-    if !WALK_REFUSED.load(Ordering::Relaxed) {
-        // A rename elsewhere while walking in RCU mode also ends the walk with
-        // EAGAIN: one more try tells that apart from a name not cached.
-        let mut tries = 2;
-        loop {
-            match open_path(dir, path, resolve) {
-                Ok(fd) => return cached(&fd),
-                Err(Errno::AGAIN) if tries > 1 => tries -= 1,
-                Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::PERM)) => {
-                    match open_path(rustix::fs::CWD, "/", ResolveFlags::CACHED) {
-                        Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
-                            WALK_REFUSED.store(true, Ordering::Relaxed);
-                            break;
-                        }
-                        _ => return Err(e),
+    // A rename elsewhere while walking in RCU mode also ends the walk with
+    // EAGAIN: one more try tells that apart from a name not cached.
+    let mut tries = 2;
+    loop {
+        match open_path(dir, path, resolve) {
+            Ok(fd) => return cached(&fd),
+            Err(Errno::AGAIN) if tries > 1 => tries -= 1,
+            Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::PERM)) => {
+                return match open_path(rustix::fs::CWD, "/", ResolveFlags::CACHED) {
+                    Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {
+                        WALK_REFUSED.store(true, Ordering::Relaxed);
+                        Err(Errno::AGAIN)
                     }
-                }
-                Err(e) => return Err(e),
+                    _ => Err(e),
+                };
             }
+            Err(e) => return Err(e),
         }
     }
-    walk(dir, path, in_root)
 }
 
-/// [`cached_walk`]'s name looked up in full, as `fstatat` looks it up: a
-/// directory entry that is not cached, or is due to be checked, is asked of
-/// its file system. The final attributes still come from the cache.
+/// [`cached_walk`]'s name looked up in full: a directory entry that is not
+/// cached, or is due to be checked, is asked of its file system. No symbolic
+/// link is followed on the way (`RESOLVE_NO_SYMLINKS`), so the walk crosses
+/// only the mounts the name's own directories are on, which the caller can
+/// check beforehand; where `openat2` is missing (before Linux 5.6) the name is
+/// walked as `fstatat` walks it. The final attributes come from the cache.
 pub fn walk(dir: impl AsFd, path: impl rustix::path::Arg + Copy, in_root: bool) -> Result<Attrs> {
+    use rustix::fs::ResolveFlags;
+    let dir = dir.as_fd();
+    let mut resolve = ResolveFlags::NO_SYMLINKS;
+    if in_root {
+        resolve |= ResolveFlags::IN_ROOT;
+    }
+    match open_path(dir, path, resolve) {
+        Ok(fd) => return cached(&fd),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {}
+        Err(e) => return Err(e),
+    }
     let path = path.into_c_str()?;
     let bytes = path.to_bytes();
     let relative = match bytes.iter().position(|&b| b != b'/') {
@@ -136,7 +151,25 @@ pub fn walk(dir: impl AsFd, path: impl rustix::path::Arg + Copy, in_root: bool) 
         None if in_root => b".".as_slice(),
         _ => bytes,
     };
-    stat(dir.as_fd(), relative, AtFlags::SYMLINK_NOFOLLOW)
+    stat(dir, relative, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// The id of the mount `fd` is on (`STATX_MNT_ID`, Linux 5.8, from the cache),
+/// else the `mnt_id:` line of its `/proc/self/fdinfo` (where `statx` is
+/// refused, or older); `None` where neither gives it.
+pub fn mount_id(fd: impl AsFd) -> Option<u64> {
+    let fd = fd.as_fd();
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+    if let Ok(st) = rustix::fs::statx(fd, "", flags, StatxFlags::MNT_ID) {
+        if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
+            return Some(st.stx_mnt_id);
+        }
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn open_path(

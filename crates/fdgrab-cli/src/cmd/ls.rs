@@ -190,7 +190,7 @@ fn build_query(a: &LsArgs) -> Result<Query> {
             // A unix socket's name is matched by the sockets bound to it; a
             // socket itself (/proc/PID/fd/N of one, an inode of sockfs) by the
             // fds on it, as any other file and as fuser does.
-            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(&fd);
+            let name = m.file_type() == libc::S_IFSOCK && !on_sockfs(&fd, &m);
             (Some((m.dev, m.ino)), name)
         }
         None => (None, false),
@@ -209,16 +209,24 @@ fn build_query(a: &LsArgs) -> Result<Query> {
     })
 }
 
-/// Whether `fd`, opened on a socket's inode, is on the socket itself rather
-/// than on a name one was bound to. sockfs names its inodes `socket:[INODE]`,
-/// which is what the kernel gives for the descriptor's path; a name's path is
-/// the name's. Asking the name's own file system (`statfs`) was a request to its
-/// server when the name is on FUSE or NFS, and one that does not answer held
-/// `ls` for good; comparing with the device of a socket made for the question
-/// needed a `socket()`, which sandboxes may refuse.
-fn on_sockfs(fd: &std::os::fd::OwnedFd) -> bool {
+/// Whether `fd` (with attributes `m`), opened on a socket's inode, is on the
+/// socket itself rather than on a name one was bound to. sockfs names its
+/// inodes `socket:[INODE]`, which is what the kernel gives for the descriptor's
+/// path; a name's path is the name's. Where `/proc` cannot tell (not mounted, or
+/// another pid namespace's), the device is compared with a socket's made for
+/// the question: every socket is an inode of the one sockfs. Asking the name's
+/// own file system (`statfs`) was a request to its server when the name is on
+/// FUSE or NFS, and one that does not answer held `ls` for good.
+fn on_sockfs(fd: &std::os::fd::OwnedFd, m: &fdgrab::statx::Attrs) -> bool {
+    use rustix::net::{socket, AddressFamily, SocketType};
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
-    rustix::fs::readlink(link, Vec::new()).is_ok_and(|l| l.to_bytes().starts_with(b"socket:["))
+    match rustix::fs::readlink(link, Vec::new()) {
+        Ok(l) => l.to_bytes().starts_with(b"socket:["),
+        Err(_) => socket(AddressFamily::UNIX, SocketType::DGRAM, None)
+            .ok()
+            .and_then(|s| fdgrab::statx::cached(&s).ok())
+            .is_some_and(|s| s.dev == m.dev),
+    }
 }
 
 /// A user name (through NSS, as `run --user` resolves it) or a number.
