@@ -569,8 +569,6 @@ pub(crate) fn list(target: &PidFd, select: &Select, sockets: &SocketSource) -> R
             fdinfo_dir: &fdinfo_dir,
             devs_by_mount: HashMap::new(),
             pseudo_mounts: HashMap::new(),
-            our_mounts: None,
-            target_mounts: None,
         };
         // A reader of ranges moves its own directory position.
         let own_dir = match blocks.source {
@@ -960,11 +958,6 @@ struct EntryReader<'a> {
     devs_by_mount: HashMap<u64, Option<u64>>,
     /// Mount ids known to be sockfs or pipefs, with their link prefix.
     pseudo_mounts: HashMap<u64, &'static str>,
-    /// Our `mountinfo` and the target's, read at their first use (a name
-    /// ending in " (deleted)" that the caches cannot tell); `None` inside when
-    /// unreadable.
-    our_mounts: Option<Option<Vec<u8>>>,
-    target_mounts: Option<Option<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -1190,19 +1183,19 @@ impl EntryReader<'_> {
     /// inodes that still have a link, so unlinked files cost nothing.
     ///
     /// The name is walked through the kernel's caches first
-    /// ([`crate::statx::cached_walk`]). Where they cannot tell, it is walked in
-    /// full ([`crate::statx::walk`], no symbolic link followed) only if no mount
-    /// the walk can cross, by the mount table of the namespace it is made in,
-    /// is of a file system whose server may not answer (FUSE, NFS, CIFS, 9p,
-    /// Ceph, autofs, and overlay and other stacked file systems, whose layers
-    /// may be any of these); otherwise the suffix is taken for the kernel's, as
-    /// for a file that was unlinked (whose name with the suffix is not cached
-    /// either). Local file systems can leave the cached walk with everything
-    /// cached (sysfs and cgroupfs always do; a directory's ACL not read yet
-    /// does), and there a full walk asks nothing of a server.
-    fn names_this_inode(&mut self, path: &[u8], e: &FdEntry) -> bool {
-        // A name the kernel could not write from a root (a file on a mount out
-        // of reach) would be walked from our working directory instead.
+    /// ([`crate::statx::cached_walk`]). Where they cannot tell, it is walked
+    /// again one name at a time ([`walk_local`]), each looked up only in a
+    /// directory whose mount is local and stepping onto another mount only
+    /// from the caches and only if that mount is local too; a mount whose
+    /// server may not answer (FUSE, NFS, CIFS, 9p, Ceph, autofs, and overlay
+    /// and other stacked file systems, whose layers may be any of these) ends
+    /// the walk, and the suffix is then taken for the kernel's, as for a file
+    /// that was unlinked (whose name with the suffix is not cached either).
+    /// Local file systems can leave the cached walk with everything cached
+    /// (sysfs and cgroupfs always do; a directory's ACL not read yet does), and
+    /// there the second walk asks nothing of a server.
+    fn names_this_inode(&self, path: &[u8], e: &FdEntry) -> bool {
+        // Links are written from a root; anything else is not a name to walk.
         if e.nlink.is_none_or(|n| n == 0) || !path.starts_with(b"/") {
             return false;
         }
@@ -1228,7 +1221,7 @@ impl EntryReader<'_> {
     /// Whether `path`, walked from `root` (ours, or with `in_root` the
     /// target's), is a file `same` accepts; see [`Self::names_this_inode`].
     fn name_is(
-        &mut self,
+        &self,
         root: &OwnedFd,
         in_root: bool,
         path: &[u8],
@@ -1242,27 +1235,23 @@ impl EntryReader<'_> {
         match crate::statx::cached_walk(dir, path, in_root) {
             Ok(st) => same(st),
             Err(Errno::AGAIN) => {
-                let table = if in_root {
-                    let fd_dir = self.fd_dir;
-                    self.target_mounts
-                        .get_or_insert_with(|| read_mountinfo(fd_dir.as_fd(), "../mountinfo"))
-                } else {
-                    self.our_mounts.get_or_insert_with(|| {
+                let mountinfo = || {
+                    if in_root {
+                        read_mountinfo(self.fd_dir.as_fd(), "../mountinfo")
+                    } else {
                         read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo")
-                    })
+                    }
                 };
-                let safe = table.as_deref().is_some_and(|t| {
-                    crate::statx::mount_id(root).is_some_and(|r| walk_is_local(t, r, path))
-                });
-                if !safe {
+                let found = walk_local(root, path, &mountinfo);
+                if found.is_none() {
                     tracing::debug!(
                         pid = self.pid,
-                        "{} is not cached and a mount on its way may wait for a server; \
-                         its \" (deleted)\" is taken for the kernel's",
+                        "{} is not cached and its walk meets a mount that may wait for a \
+                         server; its \" (deleted)\" is taken for the kernel's",
                         String::from_utf8_lossy(path)
                     );
                 }
-                safe && crate::statx::walk(dir, path, in_root).is_ok_and(same)
+                found.is_some_and(same)
             }
             Err(_) => false,
         }
@@ -1312,66 +1301,105 @@ fn read_mountinfo(dir: BorrowedFd<'_>, path: &str) -> Option<Vec<u8>> {
     Some(text)
 }
 
-/// Whether a walk of `path` from the root whose mount is `root_mnt`, with no
-/// symbolic link followed, crosses only mounts that answer without a server, by
-/// the mount table `mountinfo` of the namespace it is made in: the root must be
-/// a mount's root at "/" (a process chrooted into a directory shows no mount for
-/// where it is), and every mount at "/", at `path` or at a directory above it
-/// (any mount there, the ones beneath the top one too) must be local.
-fn walk_is_local(mountinfo: &[u8], root_mnt: u64, path: &[u8]) -> bool {
-    let mut root_seen = false;
-    for line in mountinfo.split(|&b| b == b'\n') {
-        let Some((id, point, fstype)) = mountinfo_fields(line) else {
-            continue;
+/// The attributes of `path` walked from `root` one name at a time, every
+/// name looked up in a directory on a local mount (`mountinfo` gives the mount
+/// table of the namespace the walk is made in), or `None` where the walk would
+/// have to enter a mount that may wait for a server, or fails. A step does not
+/// cross mounts (`RESOLVE_NO_XDEV`) and follows no symbolic link; a name that
+/// is a mount point is stepped onto from the caches alone, and the mount
+/// reached is checked before anything is looked up in it. Each mount is
+/// checked through a descriptor that pins it, against a table read after that
+/// descriptor was opened, so its id cannot name a mount made since. A
+/// directory renamed or replaced meanwhile changes where the walk goes, never
+/// which file system answers a lookup. Without `openat2` (before Linux 5.6)
+/// nothing is walked.
+fn walk_local(
+    root: &OwnedFd,
+    path: &[u8],
+    mountinfo: &dyn Fn() -> Option<Vec<u8>>,
+) -> Option<crate::statx::Attrs> {
+    use rustix::fs::{openat2, ResolveFlags};
+    let local = |fd: BorrowedFd<'_>| {
+        crate::statx::mount_id(fd)
+            .is_some_and(|id| mountinfo().is_some_and(|t| mount_is_local(&t, id)))
+    };
+    // Crossing onto a mount calls into no file system but autofs (which can
+    // wait for its daemon while it mounts or expires); where the caches alone
+    // cannot cross (the parent is sysfs or cgroupfs, which refuse such walks),
+    // the crossing is made in full only on a host with no autofs mount.
+    let mut no_autofs = None;
+    let mut full_crossing_safe =
+        || *no_autofs.get_or_insert_with(|| mountinfo().is_some_and(|t| !has_autofs(&t)));
+    let mut step = |dir: BorrowedFd<'_>, name: &[u8], is_dir: bool| -> Option<OwnedFd> {
+        let path = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = if is_dir {
+            path | OFlags::DIRECTORY
+        } else {
+            path
         };
-        let above = point == b"/"
-            || path
-                .strip_prefix(point.as_slice())
-                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/');
-        if above && fstype_may_wait(fstype) {
-            return false;
+        let base = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        let xdev = base | ResolveFlags::NO_XDEV;
+        match openat2(dir, name, flags, Mode::empty(), xdev) {
+            Ok(fd) => Some(fd),
+            Err(Errno::XDEV) => {
+                // Without O_DIRECTORY an automount point is not triggered.
+                let cached = base | ResolveFlags::CACHED;
+                let fd = match openat2(dir, name, path, Mode::empty(), cached) {
+                    Ok(fd) => fd,
+                    Err(Errno::AGAIN | Errno::INVAL) if full_crossing_safe() => {
+                        openat2(dir, name, path, Mode::empty(), base).ok()?
+                    }
+                    Err(_) => return None,
+                };
+                local(fd.as_fd()).then_some(fd)
+            }
+            Err(_) => None,
         }
-        root_seen |= id == root_mnt && point == b"/";
+    };
+    if !local(root.as_fd()) {
+        return None;
     }
-    root_seen
+    let names: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|n| !n.is_empty())
+        .collect();
+    let (last, dirs) = names.split_last()?;
+    let mut cur: Option<OwnedFd> = None;
+    for name in dirs {
+        let dir = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+        cur = Some(step(dir, name, true)?);
+    }
+    let dir = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+    crate::statx::cached(step(dir, last, false)?).ok()
 }
 
-/// Mount id, mount point (its octal escapes undone) and file system type of
-/// one `mountinfo` line. The type is the first field after the " - "
-/// separator: optional fields come before it, and escaped names hold no space.
-fn mountinfo_fields(line: &[u8]) -> Option<(u64, Vec<u8>, &[u8])> {
+/// Whether a `mountinfo` table holds an autofs mount.
+fn has_autofs(mountinfo: &[u8]) -> bool {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(mountinfo_fields)
+        .any(|(_, fstype)| fstype == b"autofs")
+}
+
+/// Whether mount `id` of a `mountinfo` table is of a file system that answers
+/// without a server; a mount not in the table is not.
+fn mount_is_local(mountinfo: &[u8], id: u64) -> bool {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(mountinfo_fields)
+        .find(|&(mnt, _)| mnt == id)
+        .is_some_and(|(_, fstype)| !fstype_may_wait(fstype))
+}
+
+/// Mount id and file system type of one `mountinfo` line. The type is the
+/// first field after the " - " separator: optional fields come before it, and
+/// the escaped paths hold no space.
+fn mountinfo_fields(line: &[u8]) -> Option<(u64, &[u8])> {
     let sep = line.windows(3).position(|w| w == b" - ")?;
-    let (head, tail) = (&line[..sep], &line[sep + 3..]);
-    let mut fields = head.split(|&b| b == b' ');
-    let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    let point = unescape_octal(fields.nth(3)?);
-    let fstype = tail.split(|&b| b == b' ').next()?;
-    Some((id, point, fstype))
-}
-
-/// `\NNN` octal escapes (space, tab, newline, backslash in mount points) undone.
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let digits = s
-            .get(i + 1..i + 4)
-            .filter(|d| s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match digits {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(s[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+    let id_end = line.iter().position(|&b| b == b' ')?;
+    let id = std::str::from_utf8(&line[..id_end]).ok()?.parse().ok()?;
+    let fstype = line[sep + 3..].split(|&b| b == b' ').next()?;
+    Some((id, fstype))
 }
 
 /// File systems whose names or attributes may have to come from a server (a
@@ -1450,17 +1478,21 @@ mod tests {
 43 42 0:38 / /tmp/o rw - overlay overlay rw,lowerdir=/a
 ";
 
-    /// The fields come from either side of the separator, whatever optional
-    /// fields come before it, with a mount point's escapes undone.
+    /// Id and type come from either side of the separator, whatever optional
+    /// fields come before it; a mount is local by its type, and one not in
+    /// the table is not.
     #[test]
-    fn mountinfo_fields_read_each_side_of_the_separator() {
+    fn mounts_are_local_by_their_type_in_the_table() {
         let lines: Vec<_> = TABLE
             .split(|&b| b == b'\n')
             .filter_map(mountinfo_fields)
             .collect();
-        assert_eq!(lines[1], (40, b"/mnt/s".to_vec(), b"fuse.sshfs".as_slice()));
-        assert_eq!(lines[2], (41, b"/srv/my data".to_vec(), b"nfs4".as_slice()));
-        assert_eq!(unescape_octal(b"a\\134b\\012\\9"), b"a\\b\n\\9");
+        assert_eq!(lines[1], (40, b"fuse.sshfs".as_slice()));
+        assert_eq!(lines[2], (41, b"nfs4".as_slice()));
+        assert!(mount_is_local(TABLE, 22) && mount_is_local(TABLE, 42));
+        for id in [40, 41, 43, 99] {
+            assert!(!mount_is_local(TABLE, id), "{id}");
+        }
         assert!(fstype_may_wait(b"fuse.sshfs") && fstype_may_wait(b"fuseblk.ntfs"));
         assert!(fstype_may_wait(b"nfs4") && fstype_may_wait(b"9p") && fstype_may_wait(b"overlay"));
         for local in [
@@ -1470,19 +1502,34 @@ mod tests {
         }
     }
 
-    /// A walk is local when the root is the "/" mount named and no mount at
-    /// "/" or above the name may wait; mounts elsewhere do not count.
+    /// The walk one name at a time finds what `lstat` finds through local
+    /// mounts (here /dev, a mount of its own, and a file on it), and gives up
+    /// at a mount that is not local by the table it is given.
     #[test]
-    fn a_walk_is_local_only_through_local_mounts() {
-        assert!(walk_is_local(TABLE, 22, b"/home/a (deleted)"));
-        assert!(walk_is_local(TABLE, 22, b"/tmp/x (deleted)"));
-        assert!(walk_is_local(TABLE, 22, b"/mnt/sx"));
-        assert!(!walk_is_local(TABLE, 22, b"/mnt/s/x (deleted)"));
-        assert!(!walk_is_local(TABLE, 22, b"/mnt/s"));
-        assert!(!walk_is_local(TABLE, 22, b"/srv/my data/f"));
-        assert!(!walk_is_local(TABLE, 22, b"/tmp/o/f"));
-        // A root that is not a mount's root at "/" (a chroot into a directory).
-        assert!(!walk_is_local(TABLE, 42, b"/x"));
-        assert!(!walk_is_local(TABLE, 99, b"/x"));
+    fn walk_local_crosses_local_mounts_only() {
+        use std::os::unix::fs::MetadataExt;
+        let root =
+            rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open /");
+        let ours = || read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo");
+        let want = std::fs::symlink_metadata("/dev/null").expect("lstat");
+        let got = walk_local(&root, b"/dev/null", &ours).expect("a local walk");
+        assert_eq!((got.dev, got.ino), (want.dev(), want.ino()));
+        // The same walk with /dev's mount made FUSE in the table.
+        let dev = rustix::fs::open("/dev", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .expect("open /dev");
+        let dev_id = crate::statx::mount_id(&dev).expect("mount id").to_string();
+        let table = ours().expect("mountinfo");
+        let text = String::from_utf8_lossy(&table)
+            .lines()
+            .map(|l| match l.split_once(" - ") {
+                Some((head, _)) if head.split(' ').next() == Some(dev_id.as_str()) => {
+                    format!("{head} - fuse.test x rw")
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fake = || Some(text.clone().into_bytes());
+        assert_eq!(walk_local(&root, b"/dev/null", &fake), None);
     }
 }

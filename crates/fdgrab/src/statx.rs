@@ -84,7 +84,8 @@ static WALK_REFUSED: AtomicBool = AtomicBool::new(false);
 /// never answers from its caches alone (sysfs and cgroupfs) or a permission
 /// check that would have to read an ACL from disk; and a kernel or sandbox
 /// that refuses such a walk. The caller decides whether a full walk
-/// ([`walk`]) is safe for it.
+/// (by other means: `ls` walks one name at a time through local mounts) is
+/// safe for it.
 ///
 /// `openat2(O_PATH, RESOLVE_CACHED)` (Linux 5.12): the walk stays in RCU
 /// mode, where a file system can only answer from its cache, and an `O_PATH`
@@ -124,34 +125,6 @@ pub fn cached_walk(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// [`cached_walk`]'s name looked up in full: a directory entry that is not
-/// cached, or is due to be checked, is asked of its file system. No symbolic
-/// link is followed on the way (`RESOLVE_NO_SYMLINKS`), so the walk crosses
-/// only the mounts the name's own directories are on, which the caller can
-/// check beforehand; where `openat2` is missing (before Linux 5.6) the name is
-/// walked as `fstatat` walks it. The final attributes come from the cache.
-pub fn walk(dir: impl AsFd, path: impl rustix::path::Arg + Copy, in_root: bool) -> Result<Attrs> {
-    use rustix::fs::ResolveFlags;
-    let dir = dir.as_fd();
-    let mut resolve = ResolveFlags::NO_SYMLINKS;
-    if in_root {
-        resolve |= ResolveFlags::IN_ROOT;
-    }
-    match open_path(dir, path, resolve) {
-        Ok(fd) => return cached(&fd),
-        Err(Errno::INVAL | Errno::NOSYS | Errno::PERM) => {}
-        Err(e) => return Err(e),
-    }
-    let path = path.into_c_str()?;
-    let bytes = path.to_bytes();
-    let relative = match bytes.iter().position(|&b| b != b'/') {
-        Some(start) if in_root => &bytes[start..],
-        None if in_root => b".".as_slice(),
-        _ => bytes,
-    };
-    stat(dir, relative, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// The id of the mount `fd` is on (`STATX_MNT_ID`, Linux 5.8, from the cache),
