@@ -1413,7 +1413,7 @@ fn mount_is_local(mountinfo: &[u8], id: u64) -> bool {
         .split(|&b| b == b'\n')
         .filter_map(mountinfo_fields)
         .find(|&(mnt, _, _, _)| mnt == id)
-        .is_some_and(|(_, _, _, fstype)| !fstype_may_wait(fstype))
+        .is_some_and(|(_, _, _, fstype)| fstype_is_local(fstype))
 }
 
 /// Mount id, parent mount id, mount point (as written, escaped) and file
@@ -1431,42 +1431,56 @@ fn mountinfo_fields(line: &[u8]) -> Option<(u64, u64, &[u8], &[u8])> {
     Some((id, parent, point, fstype))
 }
 
-/// File systems whose names or attributes may have to come from a server (a
-/// daemon, the network) that can fail to answer, and those stacked on other
-/// file systems that may be such (overlay's layers), or that mount on first
-/// use (autofs).
-fn fstype_may_wait(fstype: &[u8]) -> bool {
-    const REMOTE: &[&[u8]] = &[
-        b"fuse",
-        b"fuseblk",
-        b"virtiofs",
-        b"nfs",
-        b"nfs4",
-        b"cifs",
-        b"smb3",
-        b"smbfs",
-        b"9p",
-        b"ceph",
-        b"afs",
-        b"coda",
-        b"lustre",
-        b"pvfs2",
-        b"vboxsf",
-        b"gfs2",
-        b"ocfs2",
-        b"glusterfs",
-        b"beegfs",
-        b"gpfs",
-        b"cvfs",
-        b"davfs",
-        b"autofs",
-        b"overlay",
-        b"aufs",
-        b"ecryptfs",
-        b"shiftfs",
-        b"unionfs",
+/// File systems known to answer lookups from this host alone: disk, memory
+/// and kernel file systems. Any other (FUSE, NFS, CIFS, 9p, Ceph and every
+/// networked or daemon-served one, autofs, which mounts on first use, overlay
+/// and other stacked ones, whose layers may be any of these, and any type not
+/// named here) may have to wait for a server.
+fn fstype_is_local(fstype: &[u8]) -> bool {
+    const LOCAL: &[&[u8]] = &[
+        b"ext2",
+        b"ext3",
+        b"ext4",
+        b"xfs",
+        b"btrfs",
+        b"f2fs",
+        b"jfs",
+        b"reiserfs",
+        b"nilfs2",
+        b"zfs",
+        b"bcachefs",
+        b"vfat",
+        b"msdos",
+        b"exfat",
+        b"ntfs3",
+        b"hfsplus",
+        b"udf",
+        b"iso9660",
+        b"squashfs",
+        b"tmpfs",
+        b"ramfs",
+        b"devtmpfs",
+        b"proc",
+        b"sysfs",
+        b"cgroup",
+        b"cgroup2",
+        b"devpts",
+        b"mqueue",
+        b"hugetlbfs",
+        b"debugfs",
+        b"tracefs",
+        b"securityfs",
+        b"pstore",
+        b"bpf",
+        b"configfs",
+        b"efivarfs",
+        b"binfmt_misc",
+        b"fusectl",
+        b"nsfs",
+        b"rpc_pipefs",
+        b"selinuxfs",
     ];
-    fstype.starts_with(b"fuse.") || fstype.starts_with(b"fuseblk.") || REMOTE.contains(&fstype)
+    LOCAL.contains(&fstype)
 }
 
 fn devstr(dev: u64) -> String {
@@ -1533,12 +1547,22 @@ mod tests {
         for id in [40, 41, 43, 99] {
             assert!(!mount_is_local(TABLE, id), "{id}");
         }
-        assert!(fstype_may_wait(b"fuse.sshfs") && fstype_may_wait(b"fuseblk.ntfs"));
-        assert!(fstype_may_wait(b"nfs4") && fstype_may_wait(b"9p") && fstype_may_wait(b"overlay"));
+        for remote in [
+            "fuse",
+            "fuse.sshfs",
+            "fuseblk.ntfs",
+            "nfs4",
+            "9p",
+            "overlay",
+            "autofs",
+            "wekafs",
+        ] {
+            assert!(!fstype_is_local(remote.as_bytes()), "{remote}");
+        }
         for local in [
             "ext4", "xfs", "btrfs", "tmpfs", "sysfs", "cgroup2", "fusectl",
         ] {
-            assert!(!fstype_may_wait(local.as_bytes()), "{local}");
+            assert!(fstype_is_local(local.as_bytes()), "{local}");
         }
     }
 

@@ -127,22 +127,28 @@ pub fn cached_walk(
     }
 }
 
-/// The id of the mount `fd` is on (`STATX_MNT_ID`, Linux 5.8, from the cache),
-/// else the `mnt_id:` line of its `/proc/self/fdinfo` (where `statx` is
-/// refused, or older); `None` where neither gives it.
+/// The id of the mount `fd` is on: the `mnt_id:` line of its
+/// `/proc/self/fdinfo`, which asks no file system (a `statx` calls the file
+/// system's `getattr`, and 9p without a cache, or CIFS after a change in the
+/// directory, then ask their server), else `STATX_MNT_ID` (Linux 5.8) where
+/// `/proc` cannot tell; `None` where neither gives it.
 pub fn mount_id(fd: impl AsFd) -> Option<u64> {
     let fd = fd.as_fd();
-    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
-    if let Ok(st) = rustix::fs::statx(fd, "", flags, StatxFlags::MNT_ID) {
-        if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
-            return Some(st.stx_mnt_id);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    if let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) {
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(id);
         }
     }
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))
-        .and_then(|v| v.trim().parse().ok())
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+    let st = rustix::fs::statx(fd, "", flags, StatxFlags::MNT_ID).ok()?;
+    StatxFlags::from_bits_retain(st.stx_mask)
+        .contains(StatxFlags::MNT_ID)
+        .then_some(st.stx_mnt_id)
 }
 
 fn open_path(
