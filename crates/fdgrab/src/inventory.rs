@@ -1184,13 +1184,12 @@ impl EntryReader<'_> {
     ///
     /// The name is walked through the kernel's caches first
     /// ([`crate::statx::cached_walk`]). Where they cannot tell, it is walked
-    /// again one name at a time ([`walk_local`]), each looked up only in a
-    /// directory whose mount is local and stepping onto another mount only
-    /// from the caches and only if that mount is local too; a mount whose
+    /// again one name at a time ([`walk_local`]), a name the caches cannot give
+    /// looked up in full only in a directory on a local mount; a mount whose
     /// server may not answer (FUSE, NFS, CIFS, 9p, Ceph, autofs, and overlay
     /// and other stacked file systems, whose layers may be any of these) ends
-    /// the walk, and the suffix is then taken for the kernel's, as for a file
-    /// that was unlinked (whose name with the suffix is not cached either).
+    /// the walk there, and the suffix is then taken for the kernel's, as for a
+    /// file that was unlinked (whose name with the suffix is not cached either).
     /// Local file systems can leave the cached walk with everything cached
     /// (sysfs and cgroupfs always do; a directory's ACL not read yet does), and
     /// there the second walk asks nothing of a server.
@@ -1204,37 +1203,42 @@ impl EntryReader<'_> {
         // From our root, in our mount namespace, then from the target's root,
         // in its namespace (reached through procfs alone: an O_PATH open calls
         // no file system code, and the walk starts past it).
-        let Ok(our_root) = rustix::fs::open("/", Self::ROOT_FLAGS, Mode::empty()) else {
-            return false;
-        };
-        if self.name_is(&our_root, false, path, same) {
+        if self.name_is(None, path, same) {
             return true;
         }
         let Ok(root) = openat(self.fd_dir, "../root", Self::ROOT_FLAGS, Mode::empty()) else {
             return false;
         };
-        self.name_is(&root, true, path, same)
+        self.name_is(Some(&root), path, same)
     }
 
     const ROOT_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
-    /// Whether `path`, walked from `root` (ours, or with `in_root` the
-    /// target's), is a file `same` accepts; see [`Self::names_this_inode`].
+    /// Whether `path`, walked from the target's `root` (ours where `None`), is
+    /// a file `same` accepts; see [`Self::names_this_inode`].
     fn name_is(
         &self,
-        root: &OwnedFd,
-        in_root: bool,
+        root: Option<&OwnedFd>,
         path: &[u8],
         same: impl Fn(crate::statx::Attrs) -> bool,
     ) -> bool {
-        let dir = if in_root {
-            root.as_fd()
-        } else {
-            rustix::fs::CWD
-        };
+        let in_root = root.is_some();
+        let dir = root.map_or(rustix::fs::CWD, |r| r.as_fd());
         match crate::statx::cached_walk(dir, path, in_root) {
             Ok(st) => same(st),
             Err(Errno::AGAIN) => {
+                // Our root is opened only now: the cached walk above needs none.
+                let ours;
+                let root = match root {
+                    Some(r) => r,
+                    None => match rustix::fs::open("/", Self::ROOT_FLAGS, Mode::empty()) {
+                        Ok(fd) => {
+                            ours = fd;
+                            &ours
+                        }
+                        Err(_) => return false,
+                    },
+                };
                 let mountinfo = || {
                     if in_root {
                         read_mountinfo(self.fd_dir.as_fd(), "../mountinfo")
@@ -1306,11 +1310,12 @@ fn read_mountinfo(dir: BorrowedFd<'_>, path: &str) -> Option<Vec<u8>> {
 /// looked up from the caches first (`RESOLVE_CACHED`: in RCU mode no file
 /// system can wait, whatever its kind, mount crossings included). A name the
 /// caches cannot give is looked up in full only in a directory whose mount is
-/// local, without crossing mounts (`RESOLVE_NO_XDEV`); a mount point met then
-/// is stepped onto in full only if no autofs mount lies below the directory's
-/// mount (crossing onto a mount calls no file system code but autofs's, which
-/// can wait for its daemon). No symbolic link is followed. A directory's mount is checked by
-/// its id through the descriptor that pins it, in a table (`mountinfo`, of the
+/// local and has no autofs mount on its mount points (autofs can wait for its
+/// daemon as a walk steps onto it), without crossing mounts
+/// (`RESOLVE_NO_XDEV`); a mount point met then is stepped onto in full, and the
+/// mount reached is checked like any other before a name is looked up in it in
+/// full. No symbolic link is followed. A directory's mount is checked by its id
+/// through the descriptor that pins it, in a table (`mountinfo`, of the
 /// namespace the walk is made in) read after that, so the id cannot name a
 /// mount made since; a directory renamed or swapped meanwhile changes where
 /// the walk goes, never which file system answers a lookup. Without `openat2`
@@ -1347,7 +1352,7 @@ fn walk_local(
         }
         // Without O_DIRECTORY no automount is triggered: before Linux 6.17 a
         // RESOLVE_NO_XDEV lookup still walked onto the mounts there before
-        // giving up. The type is checked from the result.
+        // giving up.
         let fd = match openat2(dir, name, path, Mode::empty(), base | ResolveFlags::NO_XDEV) {
             Ok(fd) => fd,
             // A mount point in a local directory with no autofs on its mount
@@ -1357,8 +1362,8 @@ fn walk_local(
             Err(Errno::XDEV) => openat2(dir, name, path, Mode::empty(), base).ok()?,
             Err(_) => return None,
         };
-        let is_dir_now = crate::statx::cached(&fd).is_ok_and(|st| st.file_type() == libc::S_IFDIR);
-        (!is_dir || is_dir_now).then_some(fd)
+        // Not a directory after all: the next step's lookup in it fails.
+        Some(fd)
     };
     let names: Vec<&[u8]> = path
         .split(|&b| b == b'/')
@@ -1566,40 +1571,46 @@ mod tests {
         }
     }
 
-    /// The walk one name at a time finds what `lstat` finds through local
-    /// mounts (here /dev, a mount of its own, and a file on it), and takes a
-    /// name the caches give even in a mount the table calls FUSE (the
-    /// integration tests `ls_attack::a_name_on_an_overlay_*` and
-    /// `a_name_like_a_deleted_one_on_a_file_server_*` show that nothing is
-    /// looked up in full there).
-    #[test]
-    fn walk_local_crosses_local_mounts_only() {
-        use std::os::unix::fs::MetadataExt;
-        let root =
-            rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open /");
-        let ours = || read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo");
-        let want = std::fs::symlink_metadata("/dev/null").expect("lstat");
-        let got = walk_local(&root, b"/dev/null", &ours).expect("a local walk");
-        assert_eq!((got.dev, got.ino), (want.dev(), want.ino()));
-        // The same walk with /dev's mount made FUSE in the table.
-        let dev = rustix::fs::open("/dev", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-            .expect("open /dev");
-        let dev_id = crate::statx::mount_id(&dev).expect("mount id").to_string();
-        let table = ours().expect("mountinfo");
-        let text = String::from_utf8_lossy(&table)
+    /// `mountinfo` with the mount `of` (a path) made FUSE.
+    fn as_fuse(of: &str) -> Vec<u8> {
+        let fd = rustix::fs::open(of, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open");
+        let id = crate::statx::mount_id(&fd).expect("mount id").to_string();
+        let table = read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo").expect("mountinfo");
+        String::from_utf8_lossy(&table)
             .lines()
             .map(|l| match l.split_once(" - ") {
-                Some((head, _)) if head.split(' ').next() == Some(dev_id.as_str()) => {
+                Some((head, _)) if head.split(' ').next() == Some(id.as_str()) => {
                     format!("{head} - fuse.test x rw")
                 }
                 _ => l.to_string(),
             })
             .collect::<Vec<_>>()
-            .join("\n");
-        let fake = || Some(text.clone().into_bytes());
-        // A name the caches give is taken whatever the mount: no file system
-        // can wait in such a lookup.
-        let got = walk_local(&root, b"/dev/null", &fake).expect("a cached walk");
-        assert_eq!((got.dev, got.ino), (want.dev(), want.ino()));
+            .join("\n")
+            .into_bytes()
+    }
+
+    /// The walk one name at a time finds what `lstat` finds. A name the caches
+    /// give is taken whatever the mount (here /dev/null, with /dev's mount
+    /// made FUSE in the table): no file system can wait in such a lookup. A
+    /// name they cannot give is looked up in full only in a local mount: sysfs
+    /// answers no cached walk, so /sys/fs is found through the real table and
+    /// not through one where sysfs is FUSE.
+    #[test]
+    fn walk_local_looks_names_up_in_full_in_local_mounts_only() {
+        use std::os::unix::fs::MetadataExt;
+        let root =
+            rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open /");
+        let ours = || read_mountinfo(rustix::fs::CWD, "/proc/self/mountinfo");
+        for path in ["/dev/null", "/sys/fs"] {
+            let want = std::fs::symlink_metadata(path).expect("lstat");
+            let got = walk_local(&root, path.as_bytes(), &ours).expect("a local walk");
+            assert_eq!((got.dev, got.ino), (want.dev(), want.ino()), "{path}");
+        }
+        let dev_fuse = as_fuse("/dev");
+        let got = walk_local(&root, b"/dev/null", &|| Some(dev_fuse.clone()));
+        assert!(got.is_some(), "a cached name in a mount called FUSE");
+        let sys_fuse = as_fuse("/sys");
+        let got = walk_local(&root, b"/sys/fs", &|| Some(sys_fuse.clone()));
+        assert_eq!(got, None, "a full lookup in a mount called FUSE");
     }
 }

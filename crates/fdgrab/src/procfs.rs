@@ -46,6 +46,19 @@ fn read_record<T>(
     })
 }
 
+/// The mount id of our own descriptor `fd`: the `mnt_id:` line of its
+/// `/proc/self/fdinfo`, which no file system is asked for.
+pub(crate) fn own_fd_mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    read_record(format!("/proc/self/fdinfo/{raw}"), |text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse().ok())
+    })
+    .ok()
+    .flatten()
+}
+
 /// Fields of `/proc/PID/status` that we use.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Status {

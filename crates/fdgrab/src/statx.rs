@@ -134,15 +134,8 @@ pub fn cached_walk(
 /// `/proc` cannot tell; `None` where neither gives it.
 pub fn mount_id(fd: impl AsFd) -> Option<u64> {
     let fd = fd.as_fd();
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    if let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) {
-        if let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("mnt_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return Some(id);
-        }
+    if let Some(id) = crate::procfs::own_fd_mount_id(fd) {
+        return Some(id);
     }
     let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
     let st = rustix::fs::statx(fd, "", flags, StatxFlags::MNT_ID).ok()?;
