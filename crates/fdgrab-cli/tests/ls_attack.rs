@@ -16,6 +16,13 @@ print(json.dumps({"fds": fds}), flush=True)
 sys.stdin.read()
 "#;
 
+/// A shell holding `path` open for reading on fd 3, then waiting (as `cat`).
+fn holds_on_fd_3(path: &str) -> Target {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", path]);
+    Target::spawn_cmd(cmd)
+}
+
 fn holder(paths: &[&str]) -> Target {
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(HOLDER).args(paths);
@@ -1343,9 +1350,7 @@ fn a_file_server_that_does_not_answer_stalls_no_listing() {
         return;
     };
     let file = fs.file();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
-    let t = Target::spawn_cmd(cmd);
+    let t = holds_on_fd_3(&file);
     let pid = t.pid.to_string();
     let ino = std::fs::metadata(format!("/proc/{pid}/fd/3"))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -1400,9 +1405,7 @@ fn a_name_like_a_deleted_one_on_a_file_server_that_does_not_answer_stalls_no_lis
         return;
     };
     let file = fs.named_deleted();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
-    let t = Target::spawn_cmd(cmd);
+    let t = holds_on_fd_3(&file);
     let pid = t.pid.to_string();
     let ino = std::os::unix::fs::MetadataExt::ino(
         &std::fs::metadata(format!("/proc/{pid}/fd/3")).expect("stat the target's fd"),
@@ -1809,9 +1812,7 @@ fn a_name_on_an_overlay_over_a_file_server_is_not_walked() {
         return;
     }
     let file = merged.join("g (deleted)").to_string_lossy().into_owned();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "exec 3<\"$0\"; echo '{}'; exec cat", &file]);
-    let t = Target::spawn_cmd(cmd);
+    let t = holds_on_fd_3(&file);
     // Past the server's one-second entry timeout, a walk by name asks it again.
     std::thread::sleep(std::time::Duration::from_millis(1300));
     fs.slow_lookups();
