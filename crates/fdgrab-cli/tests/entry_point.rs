@@ -303,3 +303,36 @@ fn musl_allocator_follows_the_subcommand_after_global_options() {
         assert!(!served_by_mimalloc(args), "{args:?}: mimalloc served");
     }
 }
+
+/// The option numbers `fdgrab::allocator` sets name the options it means: the
+/// bindings name no constant for them, and the numbers differ between mimalloc
+/// versions. mimalloc's verbose start-up report lists every option by name in
+/// the order of its `mi_option_t`. `ls` sets `allow_thp` after that report is
+/// printed, so the report shows its default; `ls`'s effect is in the run's time
+/// (docs/performance.md, issue 11, "huge pages before the first allocation").
+#[cfg(target_env = "musl")]
+#[test]
+fn mimalloc_option_numbers_name_the_options_meant() {
+    let pid = std::process::id().to_string();
+    let mut c = fdgrab_testkit::fdgrab();
+    c.args(["ls", &pid]).env("MIMALLOC_VERBOSE", "1");
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let names: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("option '")?.split('\'').next())
+        .collect();
+    // `mi_option_t` is a C int.
+    let at = |n: i32| names.get(usize::try_from(n).expect("index")).copied();
+    assert_eq!(
+        at(fdgrab::allocator::MI_OPTION_PURGE_DELAY),
+        Some("purge_delay"),
+        "{names:?}"
+    );
+    assert_eq!(
+        at(fdgrab::allocator::MI_OPTION_ALLOW_THP),
+        Some("allow_thp"),
+        "{names:?}"
+    );
+}

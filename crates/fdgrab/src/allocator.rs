@@ -23,7 +23,13 @@ static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 /// `mi_option_purge_delay` in `mi_option_t`, the same number in mimalloc 2 and 3
 /// (the bindings name no constant for it; the crate builds mimalloc 3 unless its
 /// `v2` feature is on).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// `mi_option_allow_thp` in mimalloc 3's `mi_option_t` (37 in mimalloc 2; the
+/// bindings name no constant for it). A test reads mimalloc's own name for it
+/// from its verbose start-up report, so a change of version cannot silently
+/// set some other option.
+pub const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// The global allocator of the musl build: see the module documentation.
 #[derive(Debug)]
@@ -48,30 +54,37 @@ impl Heap {
     }
 
     /// [`Heap::use_mimalloc`] for a command that runs briefly (`ls`): freed
-    /// memory stays until the exit (mimalloc's own delay). Such a command calls
-    /// [`Heap::forgo_huge_pages`] once it will start no other program.
+    /// memory stays until the exit (mimalloc's own delay), and the process takes
+    /// no transparent huge pages.
+    ///
+    /// mimalloc reserves its heap as one 1 GiB mapping and asks for huge pages
+    /// on it (`MADV_HUGEPAGE`), so where THP is `madvise` or `always` the first
+    /// touch of each 2 MiB of it zeroes a whole huge page, and each purge of
+    /// 64 KiB in one splits it, with a TLB flush on every core the threads ran
+    /// on. perf showed `clear_page_erms` at 12% of a system-wide `ls --path`;
+    /// turning THP off only once the command was under way (as this build did
+    /// before) came after the first huge page was already zeroed, 0.26 ms of a
+    /// 1.5 ms command. With `allow_thp` off and `PR_SET_THP_DISABLE` set
+    /// before its first allocation, mimalloc asks for no huge pages and the
+    /// kernel gives none. `PR_SET_THP_DISABLE` outlives `execve`: the one program `ls` may start is
+    /// `getent` (for `--user`), a lookup that lives for milliseconds and loses
+    /// nothing by running on small pages.
     pub fn use_mimalloc_briefly() -> bool {
-        CHOICE
+        let chosen = CHOICE
             .compare_exchange(UNDECIDED, MIMALLOC, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }
-
-    /// Takes no more transparent huge pages in this process, where mimalloc
-    /// serves it. mimalloc reserves its heap as one 1 GiB mapping, so where THP
-    /// is `always` (or through the `MADV_HUGEPAGE` it asks for) the first touch
-    /// of each 2 MiB of it zeroes a whole huge page, and each purge of 64 KiB in
-    /// one splits it, with a TLB flush on every core the threads ran on: a
-    /// quarter of a system-wide `ls --path`'s time (perf: `clear_page_erms`,
-    /// `__split_huge_pmd`, `smp_call_function_many_cond`), which made the static
-    /// build 20% slower than glibc's. The setting outlives `execve` in
-    /// children: call it only once the command will start no program (`ls
-    /// --user` runs `getent` first).
-    pub fn forgo_huge_pages() {
-        if CHOICE.load(Ordering::Relaxed) == MIMALLOC {
+            .is_ok();
+        if chosen {
+            // mimalloc reads this option as it starts (to set `PR_SET_THP_DISABLE`)
+            // and again at each mapping it makes (to advise it): the first may
+            // already be past, hence the prctl of our own, which also covers THP
+            // `always`, where no advice is needed.
+            // SAFETY: stores an integer in mimalloc's option table.
+            unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
             // Refused (a seccomp filter, an old kernel): huge pages cost time,
             // never correctness.
             let _ = rustix::thread::disable_transparent_huge_pages(true);
         }
+        chosen
     }
 
     fn mimalloc() -> bool {

@@ -24,10 +24,6 @@ struct Doc<'a> {
 
 pub fn run(a: LsArgs) -> Result<ExitCode> {
     let q = build_query(&a)?;
-    // The query is built (`--user`'s lookup may run `getent`): from here on `ls`
-    // starts no program.
-    #[cfg(target_env = "musl")]
-    fdgrab::allocator::Heap::forgo_huge_pages();
     // Once for the whole run, rather than as the reason every process is skipped.
     fdgrab::inventory::check_proc_namespace()?;
     let named = (!a.pids.is_empty()).then_some(a.pids.as_slice());
