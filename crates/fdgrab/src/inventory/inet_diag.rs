@@ -4,7 +4,7 @@
 //! hash as well: several milliseconds on a host with a large table, however few
 //! sockets it holds. `fdgrab exec` uses this to find listeners quickly.
 
-use super::sock_diag::{self, request_header, NLM_F_DUMP};
+use super::sock_diag::{self, request_header, typed_request_header, NLM_F_DUMP, TCPDIAG_GETSOCK};
 use super::socket_info::{Endpoint, SocketInfo};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -59,31 +59,109 @@ fn dump_as(
     states: u32,
     port: Option<u16>,
 ) -> std::io::Result<Vec<InetSock>> {
-    let filter = port.map(port_filter).unwrap_or_default();
-    let filter_len = if filter.is_empty() {
-        0
-    } else {
-        4 + filter.len()
-    };
-    let attr_len = filter_len + wide_protocol.map_or(0, |_| 8);
+    let filter = bytecode_attribute(port);
+    let attr_len = filter.len() + wide_protocol.map_or(0, |_| 8);
     // struct nlmsghdr + struct inet_diag_req_v2 (56 bytes, socket id all zero),
     // then the optional bytecode and protocol attributes.
     let mut req = request_header((72 + attr_len) as u32, NLM_F_DUMP);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]);
-    if !filter.is_empty() {
-        req.extend_from_slice(&(filter_len as u16).to_ne_bytes());
-        req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        req.extend_from_slice(&filter);
-    }
+    req.extend_from_slice(&filter);
     if let Some(p) = wide_protocol {
         req.extend_from_slice(&8u16.to_ne_bytes());
         req.extend_from_slice(&INET_DIAG_REQ_PROTOCOL.to_ne_bytes());
         req.extend_from_slice(&p.to_ne_bytes());
     }
+    collect(sock, &req, protocol)
+}
+
+/// The TCP sockets of the address families in `families` (IPv4, IPv6) whose
+/// state is in `states`, on `port` if given.
+///
+/// The kernel keeps IPv4 and IPv6 TCP sockets in one established hash and walks
+/// every bucket of it for any dump that asks for more than listeners, whatever
+/// the family asked for: 1.5–1.7 ms for the 262,144 buckets of a 23 GB host
+/// holding 30 sockets. One request per family walked it twice. `inet_diag`'s
+/// original interface (`TCPDIAG_GETSOCK`) dumps both families in one walk, and
+/// is asked where both are wanted; a kernel that refuses it is asked once per
+/// family.
+pub(crate) fn dump_tcp(
+    sock: &OwnedFd,
+    families: [bool; 2],
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
+    dump_tcp_as(sock, TCPDIAG_GETSOCK, families, states, port)
+}
+
+/// [`dump_tcp`], asking for both families with a request of type `both`.
+fn dump_tcp_as(
+    sock: &OwnedFd,
+    both: u16,
+    families: [bool; 2],
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
+    if families == [true, true] {
+        match tcp_of_both_families(sock, both, states, port) {
+            Ok(socks) => return Ok(socks),
+            Err(e) => {
+                tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; one TCP dump per address family")
+            }
+        }
+    }
     let mut out = Vec::new();
-    sock_diag::request(sock, &req, |p| {
+    for (family, wanted) in [libc::AF_INET as u8, libc::AF_INET6 as u8]
+        .into_iter()
+        .zip(families)
+    {
+        if wanted {
+            out.extend(dump(sock, family, libc::IPPROTO_TCP as u8, states, port)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One dump of TCP sockets of both families, by a request of type `ty`
+/// (`TCPDIAG_GETSOCK`).
+fn tcp_of_both_families(
+    sock: &OwnedFd,
+    ty: u16,
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
+    let filter = bytecode_attribute(port);
+    // struct nlmsghdr + struct inet_diag_req (60 bytes: family, two address
+    // lengths, extensions, socket id, states, tables), then the bytecode. The
+    // kernel dumps AF_UNSPEC whatever family the request names.
+    let mut req = typed_request_header(ty, (76 + filter.len()) as u32, NLM_F_DUMP);
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    req.extend_from_slice(&[0u8; 48]);
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&filter);
+    collect(sock, &req, libc::IPPROTO_TCP as u8)
+}
+
+/// The `INET_DIAG_REQ_BYTECODE` attribute keeping only sockets on `port`; empty
+/// without a port.
+fn bytecode_attribute(port: Option<u16>) -> Vec<u8> {
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    let filter = port_filter(port);
+    let mut attr = Vec::with_capacity(4 + filter.len());
+    attr.extend_from_slice(&((4 + filter.len()) as u16).to_ne_bytes());
+    attr.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    attr.extend_from_slice(&filter);
+    attr
+}
+
+/// Sends `req` and parses each answer as a `protocol` socket.
+fn collect(sock: &OwnedFd, req: &[u8], protocol: u8) -> std::io::Result<Vec<InetSock>> {
+    let mut out = Vec::new();
+    sock_diag::request(sock, req, |p| {
         if let Some(s) = parse_msg(p, protocol) {
             out.push(s);
         }
@@ -233,6 +311,87 @@ mod tests {
         std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .expect("stat")
             .ino()
+    }
+
+    /// A listener and both ends of a loopback connection, over `ip`.
+    fn connection(ip: &str) -> Option<[std::os::fd::OwnedFd; 3]> {
+        let listener = std::net::TcpListener::bind((ip, 0)).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let client = std::net::TcpStream::connect((ip, port)).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        Some([listener.into(), client.into(), server.into()])
+    }
+
+    /// Our sockets among `found`, by inode, with what was said of each.
+    fn ours(found: Vec<InetSock>, fds: &[std::os::fd::OwnedFd]) -> Vec<(u64, String)> {
+        let mine: Vec<u64> = fds.iter().map(inode_of).collect();
+        let mut out: Vec<(u64, String)> = found
+            .into_iter()
+            .filter(|s| mine.contains(&s.inode))
+            .map(|s| (s.inode, format!("{:?}", s.info)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The one walk for both families finds exactly what one dump per family
+    /// finds, IPv4 and IPv6 alike; the same with a port filter, which keeps only
+    /// that port's sockets; and where the kernel refuses the request (here an
+    /// unknown type, EINVAL) the per-family dumps answer instead.
+    #[test]
+    fn one_tcp_dump_of_both_families_finds_what_one_per_family_finds() {
+        let Some(v6) = connection("::1") else {
+            eprintln!("SKIP: no IPv6 loopback on this host");
+            return;
+        };
+        let v4 = connection("127.0.0.1").expect("IPv4 loopback");
+        let all: Vec<_> = v4.into_iter().chain(v6).collect();
+        let sock = sock_diag::socket_here();
+        let tcp = libc::IPPROTO_TCP as u8;
+        let per_family = |port: Option<u16>| {
+            let mut found =
+                dump(&sock, libc::AF_INET as u8, tcp, STATES_WITH_INODE, port).expect("IPv4 dump");
+            found.extend(
+                dump(&sock, libc::AF_INET6 as u8, tcp, STATES_WITH_INODE, port).expect("IPv6 dump"),
+            );
+            ours(found, &all)
+        };
+        let both = tcp_of_both_families(&sock, TCPDIAG_GETSOCK, STATES_WITH_INODE, None)
+            .expect("TCPDIAG_GETSOCK dump");
+        let both = ours(both, &all);
+        assert_eq!(both.len(), 6, "{both:?}");
+        assert_eq!(both, per_family(None));
+        let v6_port = std::net::TcpListener::from(all[3].try_clone().expect("dup"))
+            .local_addr()
+            .expect("addr")
+            .port();
+        let on_port =
+            tcp_of_both_families(&sock, TCPDIAG_GETSOCK, STATES_WITH_INODE, Some(v6_port))
+                .expect("filtered TCPDIAG_GETSOCK dump");
+        let on_port = ours(on_port, &all);
+        assert_eq!(on_port.len(), 3, "{on_port:?}");
+        assert_eq!(on_port, per_family(Some(v6_port)));
+        // An unknown request type is refused, so the fallback is what answers.
+        let unknown = 17;
+        let refused = tcp_of_both_families(&sock, unknown, STATES_WITH_INODE, None);
+        assert_eq!(
+            refused.err().and_then(|e| e.raw_os_error()),
+            Some(libc::EINVAL)
+        );
+        let fallback = dump_tcp_as(&sock, unknown, [true, true], STATES_WITH_INODE, None)
+            .expect("per-family fallback");
+        assert_eq!(ours(fallback, &all), both);
+        let v4_only = dump_tcp(&sock, [true, false], STATES_WITH_INODE, None).expect("IPv4");
+        assert_eq!(ours(v4_only, &all), ours_of(&both, &all[..3]));
+    }
+
+    /// The entries of `said` for the sockets `fds`.
+    fn ours_of(said: &[(u64, String)], fds: &[std::os::fd::OwnedFd]) -> Vec<(u64, String)> {
+        let mine: Vec<u64> = fds.iter().map(inode_of).collect();
+        said.iter()
+            .filter(|(i, _)| mine.contains(i))
+            .cloned()
+            .collect()
     }
 
     /// The kernel accepts the port filter (a refused one is EINVAL) and applies it:

@@ -953,14 +953,12 @@ fn diag_matches(sock: &OwnedFd, q: &Query) -> std::io::Result<HashMap<u64, Socke
         (inet_diag::STATES_WITH_INODE, inet_diag::STATES_ALL)
     };
     let mut shared = std::collections::HashSet::new();
+    let socks = inet_diag::dump_tcp(sock, [true, true], tcp_states, q.port)?;
+    inet_diag::insert_all(&mut out, socks, &mut shared);
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        for (protocol, states) in [
-            (libc::IPPROTO_TCP as u8, tcp_states),
-            (libc::IPPROTO_UDP as u8, udp_states),
-        ] {
-            let socks = inet_diag::dump(sock, family, protocol, states, q.port)?;
-            inet_diag::insert_all(&mut out, socks, &mut shared);
-        }
+        let udp = libc::IPPROTO_UDP as u8;
+        let socks = inet_diag::dump(sock, family, udp, udp_states, q.port)?;
+        inet_diag::insert_all(&mut out, socks, &mut shared);
     }
     inet_diag::describe_mptcp(sock, tcp_states, q.port, &mut out, &shared);
     if q.listening && q.port.is_none() {

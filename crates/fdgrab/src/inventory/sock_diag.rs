@@ -10,23 +10,33 @@ use rustix::net::{
 use std::os::fd::{AsFd, OwnedFd};
 
 pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The request type of `inet_diag`'s original interface, still answered for
+/// TCP: its dumps cover both address families in one walk (see
+/// `inet_diag::dump_tcp`). The answer messages carry the same type.
+pub(crate) const TCPDIAG_GETSOCK: u16 = 18;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
-/// The 16-byte `struct nlmsghdr` of a request whose total length is `len`.
+/// The 16-byte `struct nlmsghdr` of a `SOCK_DIAG_BY_FAMILY` request whose total
+/// length is `len`.
 pub(crate) fn request_header(len: u32, flags: u16) -> Vec<u8> {
+    typed_request_header(SOCK_DIAG_BY_FAMILY, len, flags)
+}
+
+/// [`request_header`] for a request of type `ty`.
+pub(crate) fn typed_request_header(ty: u16, len: u32, flags: u16) -> Vec<u8> {
     let mut req = Vec::with_capacity(len as usize);
     req.extend_from_slice(&len.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&ty.to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // portid: the kernel
     req
 }
 
-/// Sends one `SOCK_DIAG_BY_FAMILY` request (a dump or an exact lookup) and hands the
+/// Sends one sock_diag request (a dump or an exact lookup) and hands the
 /// payload of every answer message to `each`, until `NLMSG_DONE`, or after the one
 /// answer of a non-dump request. A kernel error (`NLMSG_ERROR` with a non-zero code)
 /// becomes the error, e.g. `ENOENT` when the protocol's diag module is missing or
@@ -59,10 +69,10 @@ pub(crate) fn request(
     }
 }
 
-/// Hands the payload of each `SOCK_DIAG_BY_FAMILY` message in one reply datagram to
-/// `each`; `Some` once the answer is complete (`NLMSG_DONE`, an error or an
-/// acknowledgement, or the one answer to a non-dump request), `None` when more
-/// datagrams follow.
+/// Hands the payload of each `SOCK_DIAG_BY_FAMILY` (or `TCPDIAG_GETSOCK`) message
+/// in one reply datagram to `each`; `Some` once the answer is complete
+/// (`NLMSG_DONE`, an error or an acknowledgement, or the one answer to a non-dump
+/// request), `None` when more datagrams follow.
 pub(crate) fn walk(
     mut msgs: &[u8],
     dump: bool,
@@ -89,7 +99,9 @@ pub(crate) fn walk(
                 let errno = err.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO);
                 return Some(Err(std::io::Error::from_raw_os_error(errno)));
             }
-            SOCK_DIAG_BY_FAMILY => {
+            // A socket sends one request at a time, so an answer of the older
+            // type answers a request of that type.
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 each(&msgs[16..len]);
                 if !dump {
                     return Some(Ok(()));

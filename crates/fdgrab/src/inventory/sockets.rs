@@ -172,15 +172,11 @@ impl SocketTable {
     }
 
     fn fill_from_diag(&mut self, sock: &OwnedFd, want: &Want) -> std::io::Result<()> {
-        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
-        let tcp = libc::IPPROTO_TCP as u8;
         let mut tcp_states = inet_diag::STATES_WITH_INODE;
         let mut shared = std::collections::HashSet::new();
         if !want.tcp_inodes.is_empty() {
-            for (_, family) in families.iter().enumerate().filter(|(i, _)| want.tcp[*i]) {
-                let socks = inet_diag::dump(sock, *family, tcp, inet_diag::STATES_LISTEN, None)?;
-                inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
-            }
+            let socks = inet_diag::dump_tcp(sock, want.tcp, inet_diag::STATES_LISTEN, None)?;
+            inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
             tcp_states &= !inet_diag::STATES_LISTEN;
             if want
                 .tcp_inodes
@@ -190,16 +186,15 @@ impl SocketTable {
                 tcp_states = 0;
             }
         }
-        for (i, family) in families.into_iter().enumerate() {
-            let mut dumps = Vec::new();
-            if want.tcp[i] && tcp_states != 0 {
-                dumps.push((tcp, tcp_states));
-            }
-            if want.udp[i] {
-                dumps.push((libc::IPPROTO_UDP as u8, inet_diag::STATES_ALL));
-            }
-            for (protocol, states) in dumps {
-                let socks = inet_diag::dump(sock, family, protocol, states, None)?;
+        if want.tcp.contains(&true) && tcp_states != 0 {
+            let socks = inet_diag::dump_tcp(sock, want.tcp, tcp_states, None)?;
+            inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
+        }
+        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
+        for (family, wanted) in families.into_iter().zip(want.udp) {
+            if wanted {
+                let udp = libc::IPPROTO_UDP as u8;
+                let socks = inet_diag::dump(sock, family, udp, inet_diag::STATES_ALL, None)?;
                 inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
             }
         }
@@ -397,14 +392,14 @@ pub(crate) fn diag_table(
     sock: &OwnedFd,
     tcp_states: u32,
 ) -> std::io::Result<HashMap<u64, SocketInfo>> {
-    let mut table = HashMap::new();
-    for (family, protocol, states) in [
-        (libc::AF_INET, libc::IPPROTO_TCP, tcp_states),
-        (libc::AF_INET6, libc::IPPROTO_TCP, tcp_states),
-        (libc::AF_INET, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
-        (libc::AF_INET6, libc::IPPROTO_UDP, inet_diag::STATES_ALL),
-    ] {
-        let socks = inet_diag::dump(sock, family as u8, protocol as u8, states, None)?;
+    let mut table: HashMap<u64, SocketInfo> =
+        inet_diag::dump_tcp(sock, [true, true], tcp_states, None)?
+            .into_iter()
+            .map(|s| (s.inode, s.info))
+            .collect();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let udp = libc::IPPROTO_UDP as u8;
+        let socks = inet_diag::dump(sock, family as u8, udp, inet_diag::STATES_ALL, None)?;
         table.extend(socks.into_iter().map(|s| (s.inode, s.info)));
     }
     table.extend(
