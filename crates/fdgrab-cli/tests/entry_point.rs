@@ -335,4 +335,53 @@ fn mimalloc_option_numbers_name_the_options_meant() {
         Some("allow_thp"),
         "{names:?}"
     );
+    assert_eq!(
+        at(fdgrab::allocator::MI_OPTION_DESTROY_ON_EXIT),
+        Some("destroy_on_exit"),
+        "{names:?}"
+    );
+    assert_eq!(at(1), Some("show_stats"), "{names:?}");
+    assert_eq!(at(2), Some("verbose"), "{names:?}");
+}
+
+/// The static build's `ls` takes no transparent huge pages from its first
+/// allocation on (mimalloc advises none, and the process is marked before
+/// mimalloc's heap is touched), and gives nothing back at exit (no `madvise`
+/// after its output): both were time spent on memory a brief command never needs
+/// back (docs/packaging.md, "Allocator").
+#[cfg(target_env = "musl")]
+#[test]
+fn musl_ls_takes_no_huge_pages_and_gives_nothing_back_at_exit() {
+    let dir = std::env::temp_dir().join(format!("fdgrab-ls-thp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let trace = dir.join("trace");
+    let pid = std::process::id().to_string();
+    let fdgrab = fdgrab_testkit::bin("fdgrab");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-e", "trace=madvise,prctl,write", "-o"])
+        .arg(&trace)
+        .arg(&fdgrab)
+        .args(["ls", &pid]);
+    let out = output_timeout(&mut c, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let lines: Vec<&str> = text.lines().collect();
+    let marked = lines
+        .iter()
+        .position(|l| l.contains("prctl(PR_SET_THP_DISABLE, 1"))
+        .unwrap_or_else(|| panic!("no PR_SET_THP_DISABLE:\n{text}"));
+    assert!(!text.contains("MADV_HUGEPAGE"), "{text}");
+    // The first write is the table; nothing of the heap is touched before the mark.
+    let first_madvise = lines.iter().position(|l| l.contains("madvise("));
+    assert!(first_madvise.is_none_or(|m| m > marked), "{text}");
+    let output = lines
+        .iter()
+        .rposition(|l| l.contains("write(1,"))
+        .unwrap_or_else(|| panic!("no output:\n{text}"));
+    assert!(
+        !lines[output..].iter().any(|l| l.contains("madvise(")),
+        "madvise after the output:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
