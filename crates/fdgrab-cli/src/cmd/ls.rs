@@ -371,8 +371,14 @@ const PARALLEL_ROWS: usize = 2048;
 
 /// The cells after COMMAND and PID of each fd, in order.
 fn rows_of(fds: &[(usize, &FdEntry)]) -> Vec<[String; 7]> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if fds.len() < PARALLEL_ROWS || cores < 2 {
+    // Asked only for a table this large: std's count reads the cgroup's CPU
+    // quota files, ten system calls, at every call.
+    let cores = if fds.len() < PARALLEL_ROWS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    if cores < 2 {
         return fds.iter().map(|(_, e)| row(e)).collect();
     }
     let chunk = fds.len().div_ceil(cores);
