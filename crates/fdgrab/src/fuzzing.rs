@@ -97,7 +97,8 @@ pub fn sock_diag_reply(
     dump: bool,
 ) -> (Option<std::io::Result<()>>, Vec<(u64, SocketInfo)>) {
     let mut found = Vec::new();
-    let end = crate::inventory::sock_diag::walk(datagram, dump, &mut |p| {
+    use crate::inventory::sock_diag::{walk, End, SOCK_DIAG_BY_FAMILY};
+    let end = walk(datagram, SOCK_DIAG_BY_FAMILY, None, dump, &mut |p| {
         for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
             if let Some(s) = crate::inventory::inet_diag::parse_msg(p, proto) {
                 found.push((s.inode, s.info));
@@ -106,6 +107,10 @@ pub fn sock_diag_reply(
         if let Some(s) = crate::inventory::unix_diag::parse_msg(p) {
             found.push((s.inode, s.info));
         }
+    });
+    let end = end.map(|e| match e {
+        End::Done => Ok(()),
+        End::Refused(e) | End::Failed(e) => Err(e),
     });
     (end, found)
 }

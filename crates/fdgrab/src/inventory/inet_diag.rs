@@ -9,6 +9,7 @@ use super::socket_info::{Endpoint, SocketInfo};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `1 << TCP_LISTEN`.
 pub(crate) const STATES_LISTEN: u32 = 1 << 10;
@@ -103,10 +104,13 @@ fn dump_tcp_as(
     states: u32,
     port: Option<u16>,
 ) -> std::io::Result<Vec<InetSock>> {
-    if families == [true, true] {
-        match tcp_of_both_families(sock, both, states, port) {
+    if families == [true, true] && !BOTH_REFUSED.load(Ordering::Relaxed) {
+        // Only the kernel's refusal of the request leads to the per-family dumps;
+        // any other failure may have left part of the answer on the socket.
+        match tcp_of_both_families(sock, both, states, port)? {
             Ok(socks) => return Ok(socks),
             Err(e) => {
+                BOTH_REFUSED.store(true, Ordering::Relaxed);
                 tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; one TCP dump per address family")
             }
         }
@@ -123,14 +127,17 @@ fn dump_tcp_as(
     Ok(out)
 }
 
+/// Set once the kernel refused `TCPDIAG_GETSOCK`: not asked again in this run.
+static BOTH_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// One dump of TCP sockets of both families, by a request of type `ty`
-/// (`TCPDIAG_GETSOCK`).
+/// (`TCPDIAG_GETSOCK`); the inner error is the kernel's refusal of the request.
 fn tcp_of_both_families(
     sock: &OwnedFd,
     ty: u16,
     states: u32,
     port: Option<u16>,
-) -> std::io::Result<Vec<InetSock>> {
+) -> std::io::Result<Result<Vec<InetSock>, std::io::Error>> {
     let filter = bytecode_attribute(port);
     // struct nlmsghdr + struct inet_diag_req (60 bytes: family, two address
     // lengths, extensions, socket id, states, tables), then the bytecode. The
@@ -141,7 +148,13 @@ fn tcp_of_both_families(
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&filter);
-    collect(sock, &req, libc::IPPROTO_TCP as u8)
+    let mut out = Vec::new();
+    let refused = sock_diag::request_or_refused(sock, &req, |p| {
+        if let Some(s) = parse_msg(p, libc::IPPROTO_TCP as u8) {
+            out.push(s);
+        }
+    })?;
+    Ok(refused.map_or(Ok(out), Err))
 }
 
 /// The `INET_DIAG_REQ_BYTECODE` attribute keeping only sockets on `port`; empty
@@ -267,11 +280,14 @@ pub(crate) fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     }
     let endpoint = Endpoint::inet;
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
+        // A socket that never connected (bound, or closed before connecting) has
+        // an all-zero peer, which names no peer.
+        let no_peer = state == 10 || (dst.is_unspecified() && dport == 0);
         (
             "stream",
             "tcp",
             super::socket_info::tcp_state(state),
-            state != 10,
+            !no_peer,
         )
     } else {
         // UDP reports TCP_ESTABLISHED for connected sockets and TCP_CLOSE otherwise.
@@ -357,6 +373,7 @@ mod tests {
             ours(found, &all)
         };
         let both = tcp_of_both_families(&sock, TCPDIAG_GETSOCK, STATES_WITH_INODE, None)
+            .expect("socket")
             .expect("TCPDIAG_GETSOCK dump");
         let both = ours(both, &all);
         assert_eq!(both.len(), 6, "{both:?}");
@@ -367,6 +384,7 @@ mod tests {
             .port();
         let on_port =
             tcp_of_both_families(&sock, TCPDIAG_GETSOCK, STATES_WITH_INODE, Some(v6_port))
+                .expect("socket")
                 .expect("filtered TCPDIAG_GETSOCK dump");
         let on_port = ours(on_port, &all);
         assert_eq!(on_port.len(), 3, "{on_port:?}");
@@ -375,7 +393,10 @@ mod tests {
         let unknown = 17;
         let refused = tcp_of_both_families(&sock, unknown, STATES_WITH_INODE, None);
         assert_eq!(
-            refused.err().and_then(|e| e.raw_os_error()),
+            refused
+                .expect("socket")
+                .err()
+                .and_then(|e| e.raw_os_error()),
             Some(libc::EINVAL)
         );
         let fallback = dump_tcp_as(&sock, unknown, [true, true], STATES_WITH_INODE, None)
@@ -392,6 +413,42 @@ mod tests {
             .filter(|(i, _)| mine.contains(i))
             .cloned()
             .collect()
+    }
+
+    /// A TCP socket that is bound but neither listens nor connected (dumped from
+    /// the bind hash since Linux 6.8) shows its address and no peer: the kernel
+    /// gives it an all-zero peer, which named a peer 0.0.0.0:0 before.
+    #[test]
+    fn a_bound_unconnected_tcp_socket_has_no_peer() {
+        use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
+        let s = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        bind(
+            &s,
+            &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+        )
+        .expect("bind");
+        let port = std::net::SocketAddrV4::try_from(getsockname(&s).expect("getsockname"))
+            .expect("an IPv4 address")
+            .port();
+        let ino = inode_of(&s);
+        let sock = sock_diag::socket_here();
+        let found = dump(
+            &sock,
+            libc::AF_INET as u8,
+            libc::IPPROTO_TCP as u8,
+            STATES_WITH_INODE,
+            None,
+        )
+        .expect("dump");
+        let info = found
+            .into_iter()
+            .find(|f| f.inode == ino)
+            .expect("in the dump")
+            .info;
+        assert_eq!(info.state.as_deref(), Some("CLOSE"), "{info:?}");
+        let local_port = info.local.as_ref().and_then(|e| e.port);
+        assert_eq!(local_port, Some(port), "{info:?}");
+        assert!(info.peer.is_none(), "{info:?}");
     }
 
     /// The kernel accepts the port filter (a refused one is EINVAL) and applies it:

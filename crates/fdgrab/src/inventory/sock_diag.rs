@@ -5,14 +5,17 @@
 use rustix::fs::{openat, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+    connect, netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags,
+    SocketType,
 };
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The request type of `inet_diag`'s original interface, still answered for
 /// TCP: its dumps cover both address families in one walk (see
-/// `inet_diag::dump_tcp`). The answer messages carry the same type.
+/// `inet_diag::dump_tcp`). The answer messages carry the same type, as every
+/// answer carries its request's.
 pub(crate) const TCPDIAG_GETSOCK: u16 = 18;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
@@ -36,22 +39,59 @@ pub(crate) fn typed_request_header(ty: u16, len: u32, flags: u16) -> Vec<u8> {
     req
 }
 
+/// Sequence numbers for requests: an answer left queued by an earlier request on
+/// the same socket (one cut short by an error) carries another number and is
+/// never read as this one's.
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// How an answer ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// `NLMSG_DONE`, an acknowledgement, or the one answer to a non-dump request.
+    Done,
+    /// The kernel's error (`NLMSG_ERROR`), e.g. `ENOENT` when the protocol's diag
+    /// module is missing or an exact lookup finds no such socket.
+    Refused(std::io::Error),
+    /// A dump that failed part way (`NLMSG_DONE` carrying an error), or a
+    /// malformed answer.
+    Failed(std::io::Error),
+}
+
 /// Sends one sock_diag request (a dump or an exact lookup) and hands the
 /// payload of every answer message to `each`, until `NLMSG_DONE`, or after the one
-/// answer of a non-dump request. A kernel error (`NLMSG_ERROR` with a non-zero code)
-/// becomes the error, e.g. `ENOENT` when the protocol's diag module is missing or
-/// an exact lookup finds no such socket.
-pub(crate) fn request(
+/// answer of a non-dump request. A kernel error becomes the error.
+pub(crate) fn request(sock: &OwnedFd, req: &[u8], each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    match request_or_refused(sock, req, each)? {
+        None => Ok(()),
+        Some(refused) => Err(refused),
+    }
+}
+
+/// [`request`], telling the kernel's refusal of the request itself (its error
+/// before any answer: `Ok(Some(error))`) from a failure after answers began or
+/// of the socket (`Err`), after which the socket may still hold part of the
+/// answer.
+pub(crate) fn request_or_refused(
     sock: &OwnedFd,
     req: &[u8],
     mut each: impl FnMut(&[u8]),
-) -> std::io::Result<()> {
-    let dump = req
-        .get(6..8)
-        .map(|b| u16::from_ne_bytes([b[0], b[1]]) & NLM_F_DUMP == NLM_F_DUMP)
-        .unwrap_or(false);
-    send(sock, req, SendFlags::empty())?;
+) -> std::io::Result<Option<std::io::Error>> {
+    let field = |at: usize| {
+        req.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    let (Some(ty), Some(flags)) = (field(4), field(6)) else {
+        return Err(std::io::Error::other(
+            "sock_diag request shorter than its header",
+        ));
+    };
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut sent = req.to_vec();
+    sent[8..12].copy_from_slice(&seq.to_ne_bytes());
+    send(sock, &sent, SendFlags::empty())?;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut answered = false;
     loop {
         let n = loop {
             match recv(sock, &mut buf, RecvFlags::empty()) {
@@ -61,55 +101,76 @@ pub(crate) fn request(
             }
         };
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some(end) = walk(&buf[..n], dump, &mut each) {
-            return end;
+        let mut each_seen = |p: &[u8]| {
+            answered = true;
+            each(p)
+        };
+        match walk(&buf[..n], ty, Some(seq), dump, &mut each_seen) {
+            None => {}
+            Some(End::Done) => return Ok(None),
+            Some(End::Refused(e)) if !answered => return Ok(Some(e)),
+            Some(End::Refused(e) | End::Failed(e)) => return Err(e),
         }
     }
 }
 
-/// Hands the payload of each `SOCK_DIAG_BY_FAMILY` (or `TCPDIAG_GETSOCK`) message
-/// in one reply datagram to `each`; `Some` once the answer is complete
-/// (`NLMSG_DONE`, an error or an acknowledgement, or the one answer to a non-dump
-/// request), `None` when more datagrams follow.
+/// Hands the payload of each answer message of type `ty` (the request's) in one
+/// reply datagram to `each`, skipping those of another request (`seq`, when
+/// given); `Some` once the answer has ended, `None` when more datagrams follow.
 pub(crate) fn walk(
     mut msgs: &[u8],
+    ty: u16,
+    seq: Option<u32>,
     dump: bool,
     each: &mut impl FnMut(&[u8]),
-) -> Option<std::io::Result<()>> {
+) -> Option<End> {
+    let errno_at = |m: &[u8]| {
+        m.get(16..20)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // The kernel sends a negative errno; anything else (i32::MIN has no negation)
+    // is a malformed reply, reported as EIO.
+    let error = |err: i32| {
+        let errno = err.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO);
+        std::io::Error::from_raw_os_error(errno)
+    };
     while msgs.len() >= 16 {
         let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
-        let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+        let mty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+        let mseq = u32::from_ne_bytes([msgs[8], msgs[9], msgs[10], msgs[11]]);
         if len < 16 || len > msgs.len() {
-            return Some(Err(std::io::Error::other("malformed netlink message")));
+            return Some(End::Failed(std::io::Error::other(
+                "malformed netlink message",
+            )));
         }
-        match ty {
-            NLMSG_DONE => return Some(Ok(())),
-            NLMSG_ERROR => {
-                let err = msgs
-                    .get(16..20)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(-libc::EIO);
-                if err == 0 {
-                    return Some(Ok(())); // an acknowledgement
-                }
-                // The kernel sends a negative errno; anything else (i32::MIN has no
-                // negation) is a malformed reply, reported as EIO.
-                let errno = err.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO);
-                return Some(Err(std::io::Error::from_raw_os_error(errno)));
+        let msg = &msgs[..len];
+        msgs = &msgs[align4(len).min(msgs.len())..];
+        if seq.is_some_and(|s| s != mseq) {
+            continue;
+        }
+        match mty {
+            NLMSG_DONE => {
+                return Some(match errno_at(msg) {
+                    Some(err) if err < 0 => End::Failed(error(err)),
+                    _ => End::Done,
+                });
             }
-            // A socket sends one request at a time, so an answer of the older
-            // type answers a request of that type.
-            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
-                each(&msgs[16..len]);
+            NLMSG_ERROR => {
+                return Some(match errno_at(msg).unwrap_or(-libc::EIO) {
+                    0 => End::Done, // an acknowledgement
+                    err => End::Refused(error(err)),
+                });
+            }
+            t if t == ty => {
+                each(&msg[16..]);
                 if !dump {
-                    return Some(Ok(()));
+                    return Some(End::Done);
                 }
             }
             _ => {}
         }
-        msgs = &msgs[align4(len).min(msgs.len())..];
     }
     None
 }
@@ -148,12 +209,18 @@ pub(crate) fn socket_in(proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
         Mode::empty(),
     )?;
     crate::netns::run_in(ns.as_fd(), || {
-        Ok(socket_with(
+        let sock = socket_with(
             AddressFamily::NETLINK,
             SocketType::DGRAM,
             SocketFlags::CLOEXEC,
             Some(netlink::SOCK_DIAG),
-        )?)
+        )?;
+        // Connected to the kernel (port 0), the socket takes no message from any
+        // other: whoever holds CAP_NET_ADMIN over the namespace (the owner of an
+        // unprivileged user namespace, for one) may otherwise send it forged
+        // answers, which would be read as the kernel's.
+        connect(&sock, &netlink::SocketAddrNetlink::new(0, 0))?;
+        Ok(sock)
     })
 }
 
@@ -167,4 +234,85 @@ pub(crate) fn socket_here() -> OwnedFd {
     )
     .expect("/proc/self");
     socket_in(&proc_dir).expect("sock_diag socket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{getsockname, sendto};
+
+    /// A netlink message: header (type, flags, seq) and payload.
+    fn msg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut m = Vec::with_capacity(align4(len));
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize(align4(len), 0);
+        m
+    }
+
+    /// A `unix_diag_msg` for inode `ino`: stream, connected.
+    fn unix_answer(ino: u32) -> Vec<u8> {
+        let mut p = vec![libc::AF_UNIX as u8, 1, 1, 0];
+        p.extend_from_slice(&ino.to_ne_bytes());
+        p.extend_from_slice(&[0u8; 8]);
+        p
+    }
+
+    /// Our sock_diag socket takes answers from the kernel alone: another netlink
+    /// socket in its namespace (ours here, as root; in an unprivileged user
+    /// namespace, its owner) cannot queue a forged answer on it, and the next
+    /// request is answered by the kernel.
+    #[test]
+    fn no_other_socket_can_answer_for_the_kernel() {
+        let sock = socket_here();
+        let ours = netlink::SocketAddrNetlink::try_from(getsockname(&sock).expect("getsockname"))
+            .expect("a netlink address");
+        let forger = socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )
+        .expect("socket");
+        let forged_ino = 0x7fff_fff0;
+        let next = SEQ.load(Ordering::Relaxed);
+        let mut forged = msg(SOCK_DIAG_BY_FAMILY, 2, next, &unix_answer(forged_ino));
+        forged.extend(msg(NLMSG_DONE, 2, next, &0i32.to_ne_bytes()));
+        let sent = sendto(&forger, &forged, SendFlags::empty(), &ours);
+        assert_eq!(sent.err(), Some(Errno::CONNREFUSED));
+        let listed = super::super::unix_diag::dump(&sock).expect("unix dump");
+        assert!(listed.iter().all(|s| s.inode != u64::from(forged_ino)));
+    }
+
+    /// An answer is read only from messages of its own request (sequence number)
+    /// and type; a dump that fails part way (`NLMSG_DONE` with an error) fails,
+    /// and the kernel's error is a refusal.
+    #[test]
+    fn an_answer_is_read_only_from_its_own_requests_messages() {
+        let mut datagram = msg(SOCK_DIAG_BY_FAMILY, 2, 6, &unix_answer(1));
+        datagram.extend(msg(TCPDIAG_GETSOCK, 2, 7, &unix_answer(2)));
+        datagram.extend(msg(SOCK_DIAG_BY_FAMILY, 2, 7, &unix_answer(3)));
+        datagram.extend(msg(NLMSG_DONE, 2, 6, &0i32.to_ne_bytes()));
+        let mut seen = Vec::new();
+        let mut each = |p: &[u8]| seen.push(p[4]);
+        assert!(walk(&datagram, SOCK_DIAG_BY_FAMILY, Some(7), true, &mut each).is_none());
+        assert_eq!(seen, [3]);
+        let failed = msg(NLMSG_DONE, 2, 7, &(-libc::EINTR).to_ne_bytes());
+        let end = walk(&failed, SOCK_DIAG_BY_FAMILY, Some(7), true, &mut |_| {});
+        assert!(
+            matches!(&end, Some(End::Failed(e)) if e.raw_os_error() == Some(libc::EINTR)),
+            "{end:?}"
+        );
+        let refused = msg(NLMSG_ERROR, 0, 7, &(-libc::ENOENT).to_ne_bytes());
+        let end = walk(&refused, SOCK_DIAG_BY_FAMILY, Some(7), true, &mut |_| {});
+        assert!(
+            matches!(&end, Some(End::Refused(e)) if e.raw_os_error() == Some(libc::ENOENT)),
+            "{end:?}"
+        );
+    }
 }

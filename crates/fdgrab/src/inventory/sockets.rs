@@ -256,7 +256,12 @@ impl SocketTable {
             };
             let st = u8::from_str_radix(f[3], 16).unwrap_or(0);
             let (state, peer) = match proto {
-                "tcp" => (Some(tcp_state(st).to_string()), (st != 10).then_some(peer)),
+                // A socket that never connected (bound, or closed before
+                // connecting) has an all-zero peer, which names no peer.
+                "tcp" => (
+                    Some(tcp_state(st).to_string()),
+                    (st != 10 && !is_unspecified(&peer)).then_some(peer),
+                ),
                 "raw" => (None, (!is_unspecified(&peer)).then_some(peer)),
                 _ => {
                     let connected = st == 1;
