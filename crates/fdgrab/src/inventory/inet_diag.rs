@@ -329,6 +329,13 @@ mod tests {
             .ino()
     }
 
+    /// The IPv4 TCP sockets of our namespace with an inode, on `port` if given.
+    fn tcp4_dump(port: Option<u16>) -> Vec<InetSock> {
+        let sock = sock_diag::socket_here();
+        let (family, tcp) = (libc::AF_INET as u8, libc::IPPROTO_TCP as u8);
+        dump(&sock, family, tcp, STATES_WITH_INODE, port).expect("an IPv4 TCP dump")
+    }
+
     /// A listener and both ends of a loopback connection, over `ip`.
     fn connection(ip: &str) -> Option<[std::os::fd::OwnedFd; 3]> {
         let listener = std::net::TcpListener::bind((ip, 0)).ok()?;
@@ -431,15 +438,7 @@ mod tests {
             .expect("an IPv4 address")
             .port();
         let ino = inode_of(&s);
-        let sock = sock_diag::socket_here();
-        let found = dump(
-            &sock,
-            libc::AF_INET as u8,
-            libc::IPPROTO_TCP as u8,
-            STATES_WITH_INODE,
-            None,
-        )
-        .expect("dump");
+        let found = tcp4_dump(None);
         let info = found
             .into_iter()
             .find(|f| f.inode == ino)
@@ -461,15 +460,7 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let sock = sock_diag::socket_here();
-        let found = dump(
-            &sock,
-            libc::AF_INET as u8,
-            libc::IPPROTO_TCP as u8,
-            STATES_WITH_INODE,
-            Some(port),
-        )
-        .expect("a filtered dump");
+        let found = tcp4_dump(Some(port));
         let inodes: Vec<u64> = found.iter().map(|s| s.inode).collect();
         for s in [inode_of(&listener), inode_of(&client), inode_of(&server)] {
             assert!(inodes.contains(&s), "{s} missing from {found:?}");
