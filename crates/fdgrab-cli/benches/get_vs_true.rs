@@ -86,24 +86,8 @@ extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
 
 /// Builds the floor programs in `dir`: (row name, path) for each compiler found.
 fn floor_programs(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBuf)> {
-    let build = |src_name: &str, src: &str, compile: &mut Command| {
-        let src_path = dir.join(src_name);
-        std::fs::write(&src_path, src).expect("write floor source");
-        let ok = compile
-            .arg(&src_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| dir.join(src_name.split('.').next().unwrap_or(src_name)))
-    };
     let mut out = Vec::new();
-    let c = dir.join("floor_c");
-    if let Some(p) = build(
-        "floor_c.c",
-        FLOOR_C,
-        Command::new("cc").args(["-O2", "-o"]).arg(&c),
-    ) {
+    if let Some(p) = fdgrab_testkit::bench::build_c_floor(dir, "floor_c", FLOOR_C, false) {
         out.push(("C get (floor)", p));
     }
     let unwinder = concat!(env!("OUT_DIR"), "/static-unwinder");
@@ -118,8 +102,10 @@ fn floor_programs(dir: &std::path::Path) -> Vec<(&'static str, std::path::PathBu
         // `#![no_main]` is an inner attribute: it has to come first.
         let src = format!("{main}{FLOOR_RUST_GET}");
         let exe = dir.join(name);
-        if let Some(p) = build(
-            &format!("{name}.rs"),
+        if let Some(p) = fdgrab_testkit::bench::build_floor(
+            dir,
+            name,
+            "rs",
             &src,
             Command::new("rustc")
                 .args(["-C", "opt-level=3", "-C", "strip=debuginfo", "-L"])

@@ -9,6 +9,14 @@
 //!   (no slower); `--path` against `fuser FILE` (3x); `--deleted` against
 //!   `lsof +L1` (3x).
 //!
+//! For scale, rows printed and not judged: floors, static C programs (`cc`) that
+//! make only the kernel calls a question needs. Beside `ls PID`: start, one
+//! sock_diag dump of the TCP tables, exit (the target holds connected TCP
+//! sockets, and no kernel interface describes one without that walk). Beside
+//! `--path`: one `statx` per fd of every process. Each is printed as the
+//! reference over the floor: below the goal, no program built on those calls
+//! can meet it. A missing compiler leaves the rows out.
+//!
 //! Exits non-zero when a goal is missed. Run with `scripts/bench` (it builds the
 //! release binaries first).
 
@@ -81,7 +89,8 @@ fn medians(runs: &[Run], rounds: usize) -> Vec<f64> {
 }
 
 /// Times `runs` (the first is fdgrab) and checks each reference's ratio against
-/// its goal (`goals[i]` for `runs[i + 1]`), recording each in `judged`.
+/// its goal (`goals[i]` for `runs[i + 1]`), recording each in `judged`. Runs
+/// past those are floors: the first reference over each is printed, not judged.
 fn compare(title: &str, runs: &[Run], goals: &[f64], rounds: usize, judged: &mut Goals) {
     let m = medians(runs, rounds);
     println!("{title} (median of {rounds} interleaved rounds):");
@@ -96,7 +105,86 @@ fn compare(title: &str, runs: &[Run], goals: &[f64], rounds: usize, judged: &mut
             *goal,
         );
     }
+    for (floor, t) in runs.iter().zip(&m).skip(goals.len() + 1) {
+        println!(
+            "for scale, not judged: {title}: {} / {}: {:.3}x",
+            runs[1].name,
+            floor.name,
+            m[1] / t
+        );
+    }
 }
+
+/// The least any `ls PID` of a process holding a connected TCP socket pays
+/// besides its listing: start, one dump of the TCP tables (both families, every
+/// state a socket with an inode can be in), exit.
+const FLOOR_TCP_DUMP: &str = r#"
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(void) {
+    int s = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    struct { struct nlmsghdr h; struct inet_diag_req r; } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = TCPDIAG_GETSOCK;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_seq = 1;
+    req.r.idiag_states = ~((1u << 6) | (1u << 12));
+    if (s < 0 || send(s, &req, sizeof req, 0) < 0) return 2;
+    static char buf[65536];
+    for (;;) {
+        int n = recv(s, buf, sizeof buf, 0);
+        if (n <= 0) return 2;
+        for (struct nlmsghdr *h = (void *)buf; NLMSG_OK(h, n); h = NLMSG_NEXT(h, n))
+            if (h->nlmsg_type == NLMSG_DONE) return 0;
+            else if (h->nlmsg_type == NLMSG_ERROR) return 2;
+    }
+}
+"#;
+
+/// The least any "who holds FILE" pays: one `statx` (cached attributes, as
+/// fdgrab's) per fd of every process, one `stat` per process, on one thread.
+const FLOOR_PATH: &str = r#"
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct stat want;
+    if (argc < 2 || stat(argv[1], &want)) return 2;
+    int proc = open("/proc", O_RDONLY | O_DIRECTORY);
+    DIR *d = fdopendir(dup(proc));
+    struct dirent *e;
+    char name[300];
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        snprintf(name, sizeof name, "%s/fd", e->d_name);
+        struct stat fs;
+        if (fstatat(proc, name, &fs, 0) || fs.st_size == 0) continue;
+        int fdd = openat(proc, name, O_RDONLY | O_DIRECTORY);
+        DIR *fds = fdd < 0 ? NULL : fdopendir(fdd);
+        struct dirent *f;
+        int hit = 0;
+        while (fds && (f = readdir(fds))) {
+            struct statx sx;
+            if (f->d_name[0] == '.' ||
+                statx(fdd, f->d_name, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &sx))
+                continue;
+            hit |= sx.stx_ino == want.st_ino &&
+                   makedev(sx.stx_dev_major, sx.stx_dev_minor) == want.st_dev;
+        }
+        if (fds) closedir(fds);
+        if (hit) printf("%s\n", e->d_name);
+    }
+    return 0;
+}
+"#;
 
 /// fd numbers by pid from `fdgrab ls` (table with COMMAND and PID columns).
 fn fdgrab_fds(text: &str) -> BTreeMap<i64, BTreeSet<i64>> {
@@ -136,15 +224,25 @@ fn lsof_fds(args: &[&str]) -> BTreeMap<i64, BTreeSet<i64>> {
 fn main() {
     let mut goals = Goals::new("ls_vs_lsof");
     let fg = fdgrab();
+    let scratch = std::env::temp_dir().join(format!("fdgrab-ls-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let floor = |name: &str, src: &str| {
+        fdgrab_testkit::bench::build_c_floor(&scratch, name, src, true)
+            .map(|p| p.to_string_lossy().into_owned())
+    };
+    let (tcp_floor, path_floor) = (floor("tcp_dump", FLOOR_TCP_DUMP), floor("path", FLOOR_PATH));
 
     for (fds, rounds) in [(10usize, 21), (100, 21), (1_000, 15), (10_000, 7)] {
         let t = Target::spawn(["many", &fds.to_string()]);
         let pid = t.pid.to_string();
-        let runs = [
+        let mut runs = vec![
             run("fdgrab ls PID", &[&fg, "ls", &pid]),
             run("lsfd -p PID", &["lsfd", "-p", &pid]),
             run("lsof -n -P -p PID", &["lsof", "-n", "-P", "-p", &pid]),
         ];
+        if let Some(f) = &tcp_floor {
+            runs.push(run("C: start + one TCP dump (floor)", &[f]));
+        }
         // Same fds: every numeric fd lsof finds is a row of ours.
         let ours: BTreeSet<i64> = output(&runs[0].argv)
             .lines()
@@ -247,13 +345,16 @@ fn main() {
     let _doomed = std::fs::File::open(&doomed).expect("open");
     std::fs::remove_file(&doomed).expect("unlink");
     let f = path.to_string_lossy().into_owned();
-    let runs = [
+    let mut runs = vec![
         run(
             "fdgrab ls --path FILE --pids",
             &[&fg, "ls", "--path", &f, "--pids"],
         ),
         run("fuser FILE", &["fuser", &f]),
     ];
+    if let Some(floor) = &path_floor {
+        runs.push(run("C: one statx per fd (floor)", &[floor, &f]));
+    }
     assert_eq!(output(&runs[0].argv).trim(), me);
     compare("who holds a file", &runs, &[3.0], 31, &mut goals);
     let runs = [
@@ -263,6 +364,7 @@ fn main() {
     assert!(output(&runs[0].argv).contains("doomed"));
     compare("who holds deleted files", &runs, &[3.0], 5, &mut goals);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scratch);
 
     goals.finish()
 }

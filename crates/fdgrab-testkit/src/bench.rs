@@ -77,3 +77,43 @@ impl Goals {
         std::process::exit(1)
     }
 }
+
+/// Builds a floor program from `src` into `dir/name` with `compile` (which gets
+/// the source's path as its last argument), for a row printed for scale beside
+/// a benchmark's goals: `None` where the compiler is missing or fails, so that
+/// the row is left out.
+pub fn build_floor(
+    dir: &std::path::Path,
+    name: &str,
+    ext: &str,
+    src: &str,
+    compile: &mut std::process::Command,
+) -> Option<std::path::PathBuf> {
+    let src_path = dir.join(format!("{name}.{ext}"));
+    std::fs::write(&src_path, src).ok()?;
+    let ok = compile
+        .arg(&src_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| dir.join(name))
+}
+
+/// [`build_floor`] for a C program, compiled with `cc -O2`, statically linked
+/// when `static_link` (where the C library allows it) so that its start-up is
+/// the least a program can pay.
+pub fn build_c_floor(
+    dir: &std::path::Path,
+    name: &str,
+    src: &str,
+    static_link: bool,
+) -> Option<std::path::PathBuf> {
+    let mut cc = std::process::Command::new("cc");
+    cc.arg("-O2");
+    if static_link {
+        cc.arg("-static");
+    }
+    cc.arg("-o").arg(dir.join(name));
+    build_floor(dir, name, "c", src, &mut cc)
+}
