@@ -109,10 +109,19 @@ fn dump_tcp_as(
         // any other failure may have left part of the answer on the socket.
         match tcp_of_both_families(sock, both, states, port)? {
             Ok(socks) => return Ok(socks),
-            Err(e) => {
+            // The kernel without the request (EINVAL) or without inet_diag's
+            // handler for it (EOPNOTSUPP, ENOENT); any other error (ENOMEM, say)
+            // is not about the request, and fails this dump alone.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOENT)
+                ) =>
+            {
                 BOTH_REFUSED.store(true, Ordering::Relaxed);
                 tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; one TCP dump per address family")
             }
+            Err(e) => return Err(e),
         }
     }
     let mut out = Vec::new();
@@ -280,9 +289,11 @@ pub(crate) fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     }
     let endpoint = Endpoint::inet;
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
-        // A socket that never connected (bound, or closed before connecting) has
-        // an all-zero peer, which names no peer.
-        let no_peer = state == 10 || (dst.is_unspecified() && dport == 0);
+        // A socket that never connected (bound, or closed before connecting)
+        // has an all-zero peer, and one disconnected (`connect(AF_UNSPEC)`)
+        // keeps the address with port 0: TCP never connects to port 0, so port
+        // 0 names no peer.
+        let no_peer = state == 10 || dport == 0;
         (
             "stream",
             "tcp",
@@ -424,7 +435,9 @@ mod tests {
 
     /// A TCP socket that is bound but neither listens nor connected (dumped from
     /// the bind hash since Linux 6.8) shows its address and no peer: the kernel
-    /// gives it an all-zero peer, which named a peer 0.0.0.0:0 before.
+    /// gives it an all-zero peer, which named a peer 0.0.0.0:0 before. So does
+    /// one disconnected by `connect(AF_UNSPEC)`, which keeps its peer's address
+    /// with port 0.
     #[test]
     fn a_bound_unconnected_tcp_socket_has_no_peer() {
         use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
@@ -438,16 +451,34 @@ mod tests {
             .expect("an IPv4 address")
             .port();
         let ino = inode_of(&s);
+        // Bound to a port of its own (not an ephemeral one, which a disconnect
+        // gives back), connected, then disconnected: it stays in the bind hash.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let dropped = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        let dropped_port = loop {
+            let free = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let at = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, free);
+            if bind(&dropped, &at).is_ok() {
+                break free;
+            }
+        };
+        rustix::net::connect(&dropped, &listener.local_addr().expect("addr")).expect("connect");
+        rustix::net::connect_unspec(&dropped).expect("disconnect");
         let found = tcp4_dump(None);
-        let info = found
-            .into_iter()
-            .find(|f| f.inode == ino)
-            .expect("in the dump")
-            .info;
-        assert_eq!(info.state.as_deref(), Some("CLOSE"), "{info:?}");
-        let local_port = info.local.as_ref().and_then(|e| e.port);
-        assert_eq!(local_port, Some(port), "{info:?}");
-        assert!(info.peer.is_none(), "{info:?}");
+        for (ino, port) in [(ino, port), (inode_of(&dropped), dropped_port)] {
+            let info = &found
+                .iter()
+                .find(|f| f.inode == ino)
+                .expect("in the dump")
+                .info;
+            assert_eq!(info.state.as_deref(), Some("CLOSE"), "{info:?}");
+            let local_port = info.local.as_ref().and_then(|e| e.port);
+            assert_eq!(local_port, Some(port), "{info:?}");
+            assert!(info.peer.is_none(), "{info:?}");
+        }
     }
 
     /// The kernel accepts the port filter (a refused one is EINVAL) and applies it:

@@ -5,8 +5,8 @@
 use rustix::fs::{openat, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    connect, netlink, recv, send, socket_with, AddressFamily, RecvFlags, SendFlags, SocketFlags,
-    SocketType,
+    connect, netlink, recvfrom, send, socket_with, AddressFamily, RecvFlags, SendFlags,
+    SocketFlags, SocketType,
 };
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -76,15 +76,13 @@ pub(crate) fn request_or_refused(
     req: &[u8],
     mut each: impl FnMut(&[u8]),
 ) -> std::io::Result<Option<std::io::Error>> {
-    let field = |at: usize| {
-        req.get(at..at + 2)
-            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-    };
-    let (Some(ty), Some(flags)) = (field(4), field(6)) else {
+    if req.len() < 16 {
         return Err(std::io::Error::other(
             "sock_diag request shorter than its header",
         ));
-    };
+    }
+    let field = |at: usize| u16::from_ne_bytes([req[at], req[at + 1]]);
+    let (ty, flags) = (field(4), field(6));
     let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let mut sent = req.to_vec();
@@ -94,14 +92,20 @@ pub(crate) fn request_or_refused(
     let mut answered = false;
     loop {
         let n = loop {
-            match recv(sock, &mut buf, RecvFlags::empty()) {
-                Ok((n, _)) => break n,
+            match recvfrom(sock, &mut buf[..], RecvFlags::empty()) {
+                Ok((n, _, from)) if from_the_kernel(from.as_ref()) => break n,
+                // Queued by another socket before ours was connected (binding
+                // comes first, and its port id is our pid, which anyone can
+                // guess): never read as the kernel's.
+                Ok(_) => continue,
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         };
         if n == 0 {
-            return Ok(None);
+            return Err(std::io::Error::other(
+                "empty sock_diag answer before its end",
+            ));
         }
         let mut each_seen = |p: &[u8]| {
             answered = true;
@@ -114,6 +118,13 @@ pub(crate) fn request_or_refused(
             Some(End::Refused(e) | End::Failed(e)) => return Err(e),
         }
     }
+}
+
+/// Whether a datagram came from the kernel: port id 0, no multicast group. No
+/// other socket can have port 0.
+fn from_the_kernel(from: Option<&rustix::net::SocketAddrAny>) -> bool {
+    from.and_then(|a| netlink::SocketAddrNetlink::try_from(a.clone()).ok())
+        .is_some_and(|a| a.pid() == 0 && a.groups() == 0)
 }
 
 /// Hands the payload of each answer message of type `ty` (the request's) in one
@@ -218,7 +229,8 @@ pub(crate) fn socket_in(proc_dir: &OwnedFd) -> std::io::Result<OwnedFd> {
         // Connected to the kernel (port 0), the socket takes no message from any
         // other: whoever holds CAP_NET_ADMIN over the namespace (the owner of an
         // unprivileged user namespace, for one) may otherwise send it forged
-        // answers, which would be read as the kernel's.
+        // answers. `connect` binds first, so a message may still be queued in
+        // between: `request` reads only the kernel's datagrams.
         connect(&sock, &netlink::SocketAddrNetlink::new(0, 0))?;
         Ok(sock)
     })
@@ -240,6 +252,7 @@ pub(crate) fn socket_here() -> OwnedFd {
 mod tests {
     use super::*;
     use rustix::net::{getsockname, sendto};
+    use std::os::fd::AsRawFd;
 
     /// A netlink message: header (type, flags, seq) and payload.
     fn msg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -287,6 +300,44 @@ mod tests {
         assert_eq!(sent.err(), Some(Errno::CONNREFUSED));
         let listed = super::super::unix_diag::dump(&sock).expect("unix dump");
         assert!(listed.iter().all(|s| s.inode != u64::from(forged_ino)));
+    }
+
+    /// A forged answer queued before the socket was connected (`connect` binds
+    /// it first, under a port id anyone can guess: our pid) is never read as the
+    /// kernel's, whatever sequence numbers it carries.
+    #[test]
+    fn an_answer_queued_before_connecting_is_not_read() {
+        let new_socket = || {
+            socket_with(
+                AddressFamily::NETLINK,
+                SocketType::DGRAM,
+                SocketFlags::CLOEXEC,
+                Some(netlink::SOCK_DIAG),
+            )
+            .expect("socket")
+        };
+        let sock = new_socket();
+        rustix::net::bind(&sock, &netlink::SocketAddrNetlink::new(0, 0)).expect("bind");
+        let ours = netlink::SocketAddrNetlink::try_from(getsockname(&sock).expect("getsockname"))
+            .expect("a netlink address");
+        let forged_ino = 0x7fff_fff1;
+        let next = SEQ.load(Ordering::Relaxed);
+        let mut forged = Vec::new();
+        for seq in next..next + 8 {
+            forged.extend(msg(SOCK_DIAG_BY_FAMILY, 2, seq, &unix_answer(forged_ino)));
+            forged.extend(msg(NLMSG_DONE, 2, seq, &0i32.to_ne_bytes()));
+        }
+        sendto(new_socket(), &forged, SendFlags::empty(), &ours).expect("queued");
+        connect(&sock, &netlink::SocketAddrNetlink::new(0, 0)).expect("connect");
+        let listed = super::super::unix_diag::dump(&sock).expect("unix dump");
+        assert!(listed.iter().all(|s| s.inode != u64::from(forged_ino)));
+        // Our own sockets are there: the kernel's answer was read.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let a_ino = std::fs::metadata(format!("/proc/self/fd/{}", a.as_raw_fd()))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("stat");
+        let listed = super::super::unix_diag::dump(&sock).expect("unix dump");
+        assert!(listed.iter().any(|s| s.inode == a_ino));
     }
 
     /// An answer is read only from messages of its own request (sequence number)

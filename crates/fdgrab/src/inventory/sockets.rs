@@ -256,11 +256,11 @@ impl SocketTable {
             };
             let st = u8::from_str_radix(f[3], 16).unwrap_or(0);
             let (state, peer) = match proto {
-                // A socket that never connected (bound, or closed before
-                // connecting) has an all-zero peer, which names no peer.
+                // Port 0 names no peer: a socket that never connected has an
+                // all-zero one, one disconnected keeps the address alone.
                 "tcp" => (
                     Some(tcp_state(st).to_string()),
-                    (st != 10 && !is_unspecified(&peer)).then_some(peer),
+                    (st != 10 && peer.port != Some(0)).then_some(peer),
                 ),
                 "raw" => (None, (!is_unspecified(&peer)).then_some(peer)),
                 _ => {
