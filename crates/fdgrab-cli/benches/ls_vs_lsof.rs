@@ -13,9 +13,11 @@
 //! make only the kernel calls a question needs. Beside `ls PID`: start, one
 //! sock_diag dump of the TCP tables, exit (the target holds connected TCP
 //! sockets, and no kernel interface describes one without that walk). Beside
-//! `--path`: one `statx` per fd of every process. Each is printed as the
-//! reference over the floor: below the goal, no program built on those calls
-//! can meet it. A missing compiler leaves the rows out.
+//! `--path`: one `statx` per fd of every process, on one thread. Each is
+//! printed as the reference over the floor. The first bounds any `ls PID` that
+//! describes TCP sockets: below the goal, no such program can meet it in that
+//! run. The second is a scale, not a bound (two threads can beat it). A missing
+//! compiler leaves the rows out.
 //!
 //! Exits non-zero when a goal is missed. Run with `scripts/bench` (it builds the
 //! release binaries first).
