@@ -1271,3 +1271,48 @@ fn a_socket_held_outside_the_callers_pid_namespace_is_reported_as_unheld() {
     assert!(err.contains("the kernel has 3 matching sockets"), "{err}");
     assert!(err.contains("outside this pid namespace"), "{err}");
 }
+
+/// A connection attempt to port 0 (Linux sends the SYN) is SYN_SENT with a real
+/// peer: only a closed socket's port 0 means "no peer". In a fresh network
+/// namespace where the peer's address routes back to loopback and answers no
+/// one, so the attempt stays pending; ss sees it too.
+#[test]
+fn a_connection_attempt_to_port_0_has_its_peer() {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && ip addr add 192.0.2.1/32 dev lo && \
+         ip route add 192.0.2.0/24 dev lo && exec python3 -c \"$0\"",
+        r#"
+import json, socket, sys
+s = socket.socket(); s.setblocking(False)
+try:
+    s.connect(("192.0.2.2", 0))
+except BlockingIOError:
+    pass
+print(json.dumps({"fd": s.fileno(), "port": s.getsockname()[1]}), flush=True)
+sys.stdin.read()
+"#,
+    ]);
+    let t = Target::spawn_cmd(cmd);
+    let fd = t.report["fd"].as_i64().expect("fd");
+    let pid = t.pid.to_string();
+    let mut ss = Command::new("nsenter");
+    ss.args(["-t", &pid, "-n", "ss", "-Htn", "state", "syn-sent"]);
+    let theirs = String::from_utf8_lossy(&output_timeout(&mut ss, TIMEOUT).stdout).into_owned();
+    assert!(theirs.contains("192.0.2.2:"), "ss: {theirs}");
+    let peer_of = |doc: &Value| {
+        processes(doc)
+            .iter()
+            .flat_map(|p| p["fds"].as_array().expect("fds").iter())
+            .find(|e| e["fd"].as_i64() == Some(fd))
+            .map(|e| (e["socket"]["state"].clone(), e["socket"]["peer"].clone()))
+            .expect("the socket")
+    };
+    let (state, peer) = peer_of(&ls_json(&["--fd", &fd.to_string(), &pid]));
+    assert_eq!(state, "SYN_SENT", "{peer}");
+    assert_eq!(peer["address"], "192.0.2.2", "{peer}");
+    assert_eq!(peer["port"], 0, "{peer}");
+}

@@ -289,11 +289,11 @@ pub(crate) fn parse_msg(p: &[u8], protocol: u8) -> Option<InetSock> {
     }
     let endpoint = Endpoint::inet;
     let (ty, proto, state_name, connected) = if protocol == libc::IPPROTO_TCP as u8 {
-        // A socket that never connected (bound, or closed before connecting)
-        // has an all-zero peer, and one disconnected (`connect(AF_UNSPEC)`)
-        // keeps the address with port 0: TCP never connects to port 0, so port
-        // 0 names no peer.
-        let no_peer = state == 10 || dport == 0;
+        // A closed socket that never connected (bound, or closed before
+        // connecting) has an all-zero peer, and one disconnected
+        // (`connect(AF_UNSPEC)`) keeps the address with port 0: closed, port 0
+        // names no peer. An attempt to port 0 (SYN_SENT) still has one.
+        let no_peer = state == 10 || (state == 7 && dport == 0);
         (
             "stream",
             "tcp",
@@ -437,7 +437,8 @@ mod tests {
     /// the bind hash since Linux 6.8) shows its address and no peer: the kernel
     /// gives it an all-zero peer, which named a peer 0.0.0.0:0 before. So does
     /// one disconnected by `connect(AF_UNSPEC)`, which keeps its peer's address
-    /// with port 0.
+    /// with port 0. (`ls_query::a_connection_attempt_to_port_0_has_its_peer`:
+    /// one not closed keeps it.)
     #[test]
     fn a_bound_unconnected_tcp_socket_has_no_peer() {
         use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};

@@ -256,11 +256,12 @@ impl SocketTable {
             };
             let st = u8::from_str_radix(f[3], 16).unwrap_or(0);
             let (state, peer) = match proto {
-                // Port 0 names no peer: a socket that never connected has an
-                // all-zero one, one disconnected keeps the address alone.
+                // Closed, port 0 names no peer: a socket that never connected
+                // has an all-zero one, one disconnected keeps the address
+                // alone. An attempt to port 0 (SYN_SENT) still has one.
                 "tcp" => (
                     Some(tcp_state(st).to_string()),
-                    (st != 10 && peer.port != Some(0)).then_some(peer),
+                    (st != 10 && !(st == 7 && peer.port == Some(0))).then_some(peer),
                 ),
                 "raw" => (None, (!is_unspecified(&peer)).then_some(peer)),
                 _ => {
