@@ -962,7 +962,7 @@ fn agent_suspect_container_with_no_room_for_a_reader_is_answered() {
     // Every task the cgroup may hold is there: no reader can start.
     let tasks = thread_count(&agent) + agent_children(&agent);
     cg.set("pids.max", &tasks.to_string());
-    let r = t.ask("bind 127.86.3.1 86", TIMEOUT);
+    let r = t.ask("bind 127.86.5.1 86", TIMEOUT);
     assert!(r["errno"].is_i64(), "answered: {r}");
     let lines = agent.audit_lines();
     assert!(

@@ -583,7 +583,7 @@ fn agent_tid_reused_by_another_container_while_a_bind_is_decided() {
         return;
     }
     let agent = AgentProc::start(&["--allow-bind", "tcp:463", "--allow-bind", "tcp:464"]);
-    tid_reused_by_another_container(&agent);
+    tid_reused_by_another_container(&agent, 1);
 }
 
 /// The same under `netns = "any"`, where no netns link is read at all: the
@@ -601,10 +601,14 @@ fn agent_tid_reused_by_another_container_netns_any() {
     )
     .expect("policy");
     let agent = AgentProc::start(&["--policy", policy.to_str().expect("utf-8")]);
-    tid_reused_by_another_container(&agent);
+    tid_reused_by_another_container(&agent, 2);
 }
 
-fn tid_reused_by_another_container(agent: &AgentProc) {
+/// `host`: a byte of the loopback addresses the two containers bind, one per
+/// test, so that the tests (whose tenants share the host's network namespace)
+/// never bind the same address and port when run side by side (EADDRINUSE in
+/// one CI simulation).
+fn tid_reused_by_another_container(agent: &AgentProc, host: u8) {
     let mut first = FakeTenant::start(agent, &unique("reuse-a"));
     let worker = agent_thread(agent, "fdgrab-tenant-1");
     // The second container may bind only port 464.
@@ -622,7 +626,7 @@ fn tid_reused_by_another_container(agent: &AgentProc) {
     });
     // Give the tracer its seize before the request arrives.
     std::thread::sleep(Duration::from_millis(100));
-    let caller = first.ask("fork-bind 127.163.0.1 463 200", TIMEOUT)["pid"]
+    let caller = first.ask(&format!("fork-bind 127.163.{host}.1 463 200"), TIMEOUT)["pid"]
         .as_i64()
         .expect("pid");
     if paused.recv_timeout(TIMEOUT).is_err() {
@@ -634,7 +638,10 @@ fn tid_reused_by_another_container(agent: &AgentProc) {
         first.ask(&format!("reap {caller}"), TIMEOUT)["reaped"],
         caller
     );
-    let r = second.ask(&format!("clone-bind {caller} 127.164.0.1 464 200"), TIMEOUT);
+    let r = second.ask(
+        &format!("clone-bind {caller} 127.164.{host}.1 464 200"),
+        TIMEOUT,
+    );
     assert_eq!(
         (&r["pid"], &r["errno"]),
         (&Value::from(caller), &Value::from(0)),
@@ -643,7 +650,7 @@ fn tid_reused_by_another_container(agent: &AgentProc) {
     let _ = release.send(());
     tracer.join().expect("tracer").expect("tracing the worker");
     // The held request is decided by now, one way or another.
-    let r = first.ask("bind 127.163.0.2 463", TIMEOUT);
+    let r = first.ask(&format!("bind 127.163.{host}.2 463"), TIMEOUT);
     assert_eq!(r["errno"], 0, "{r}");
     let r = second.ask("query", TIMEOUT);
     assert_eq!(
