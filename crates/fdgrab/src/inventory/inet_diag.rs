@@ -124,13 +124,36 @@ fn dump_tcp_as(
             Err(e) => return Err(e),
         }
     }
+    per_family(sock, libc::IPPROTO_TCP as u8, families, states, port)
+}
+
+/// The UDP sockets of the address families in `families` (IPv4, IPv6) whose
+/// state is in `states`, on `port` if given: one dump per family, since UDP has
+/// no request for both.
+pub(crate) fn dump_udp(
+    sock: &OwnedFd,
+    families: [bool; 2],
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
+    per_family(sock, libc::IPPROTO_UDP as u8, families, states, port)
+}
+
+/// One `protocol` dump per address family in `families` (IPv4, IPv6).
+fn per_family(
+    sock: &OwnedFd,
+    protocol: u8,
+    families: [bool; 2],
+    states: u32,
+    port: Option<u16>,
+) -> std::io::Result<Vec<InetSock>> {
     let mut out = Vec::new();
     for (family, wanted) in [libc::AF_INET as u8, libc::AF_INET6 as u8]
         .into_iter()
         .zip(families)
     {
         if wanted {
-            out.extend(dump(sock, family, libc::IPPROTO_TCP as u8, states, port)?);
+            out.extend(dump(sock, family, protocol, states, port)?);
         }
     }
     Ok(out)

@@ -955,11 +955,8 @@ fn diag_matches(sock: &OwnedFd, q: &Query) -> std::io::Result<HashMap<u64, Socke
     let mut shared = std::collections::HashSet::new();
     let socks = inet_diag::dump_tcp(sock, [true, true], tcp_states, q.port)?;
     inet_diag::insert_all(&mut out, socks, &mut shared);
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let udp = libc::IPPROTO_UDP as u8;
-        let socks = inet_diag::dump(sock, family, udp, udp_states, q.port)?;
-        inet_diag::insert_all(&mut out, socks, &mut shared);
-    }
+    let socks = inet_diag::dump_udp(sock, [true, true], udp_states, q.port)?;
+    inet_diag::insert_all(&mut out, socks, &mut shared);
     inet_diag::describe_mptcp(sock, tcp_states, q.port, &mut out, &shared);
     if q.listening && q.port.is_none() {
         out.extend(

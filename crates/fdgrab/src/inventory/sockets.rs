@@ -190,13 +190,9 @@ impl SocketTable {
             let socks = inet_diag::dump_tcp(sock, want.tcp, tcp_states, None)?;
             inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
         }
-        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
-        for (family, wanted) in families.into_iter().zip(want.udp) {
-            if wanted {
-                let udp = libc::IPPROTO_UDP as u8;
-                let socks = inet_diag::dump(sock, family, udp, inet_diag::STATES_ALL, None)?;
-                inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
-            }
+        if want.udp.contains(&true) {
+            let socks = inet_diag::dump_udp(sock, want.udp, inet_diag::STATES_ALL, None)?;
+            inet_diag::insert_all(&mut self.by_inode, socks, &mut shared);
         }
         let states = inet_diag::STATES_WITH_INODE;
         inet_diag::describe_mptcp(sock, states, None, &mut self.by_inode, &shared);
@@ -398,16 +394,13 @@ pub(crate) fn diag_table(
     sock: &OwnedFd,
     tcp_states: u32,
 ) -> std::io::Result<HashMap<u64, SocketInfo>> {
-    let mut table: HashMap<u64, SocketInfo> =
-        inet_diag::dump_tcp(sock, [true, true], tcp_states, None)?
-            .into_iter()
-            .map(|s| (s.inode, s.info))
-            .collect();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let udp = libc::IPPROTO_UDP as u8;
-        let socks = inet_diag::dump(sock, family as u8, udp, inet_diag::STATES_ALL, None)?;
-        table.extend(socks.into_iter().map(|s| (s.inode, s.info)));
-    }
+    let tcp = inet_diag::dump_tcp(sock, [true, true], tcp_states, None)?;
+    let udp = inet_diag::dump_udp(sock, [true, true], inet_diag::STATES_ALL, None)?;
+    let mut table: HashMap<u64, SocketInfo> = tcp
+        .into_iter()
+        .chain(udp)
+        .map(|s| (s.inode, s.info))
+        .collect();
     table.extend(
         unix_diag::dump(sock)?
             .into_iter()
